@@ -1,0 +1,187 @@
+"""The machine contract: shared inputs, shared actions, views, and the endpoint a transport drives.
+
+Theory of operation
+-------------------
+Every protocol in ``powergrid`` is a *machine*: a plain object with
+
+* ``handle(event, now) -> list[action]``: the only way in. ``now`` is float
+  seconds on the caller's monotonic clock; a machine never reads a clock.
+* ``next_deadline() -> float | None``: when the machine next wants
+  :class:`DeadlineReached`, or None. The driver wakes it then (or later) and
+  the machine does whatever is due; waking it early is harmless.
+* read-only properties for its state.
+
+Inputs are *events* named for what happened (:class:`Received`,
+:class:`DeadlineReached`, a local command); outputs are *actions* named as
+commands (:class:`Send`, :class:`Multicast`, a notification). Both are frozen,
+slotted, keyword-only ``attrs`` classes. A machine works for one group; the
+node that composes machines knows which group and adds the datagram header.
+
+A peer can never make ``handle`` raise: a stale, duplicate or hostile message
+is dropped and counted in the machine's ``stats``. Local misuse (a bad command)
+raises a :class:`~powergrid.errors.LocalError` at once.
+
+A *node* (``powergrid.node``) composes the machines of one process and speaks
+bytes: it is an :class:`Endpoint`, which is all a transport needs. Its outputs
+are :data:`Output`: datagrams to send (:class:`Transmit`,
+:class:`TransmitGroup`), multicast subscriptions (:class:`JoinGroup`,
+:class:`LeaveGroup`), and notifications for the application, which the
+transport passes on untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import attrs
+
+from powergrid.types import Epoch, GroupId, Incarnation, NodeId
+from powergrid.wire import Message
+
+__all__ = [
+    "DeadlineReached",
+    "Endpoint",
+    "JoinGroup",
+    "LeaveGroup",
+    "Member",
+    "Multicast",
+    "Output",
+    "Received",
+    "Send",
+    "Transmit",
+    "TransmitGroup",
+    "View",
+]
+
+
+# ----------------------------------------------------------------- inputs
+
+
+@attrs.frozen(kw_only=True)
+class Received:
+    """A decoded message arrived from ``sender`` (in its ``incarnation``)."""
+
+    sender: NodeId
+    incarnation: Incarnation
+    message: Message
+
+
+@attrs.frozen(kw_only=True)
+class DeadlineReached:
+    """The time a machine asked for with ``next_deadline()`` has come."""
+
+
+# ---------------------------------------------------------------- actions
+
+
+@attrs.frozen(kw_only=True)
+class Send:
+    """Send ``message`` to node ``to`` as one datagram (unreliably)."""
+
+    to: NodeId
+    message: Message
+
+
+@attrs.frozen(kw_only=True)
+class Multicast:
+    """Send ``message`` to the machine's group as one datagram (unreliably)."""
+
+    message: Message
+
+
+# ------------------------------------------------------------------ views
+
+
+@attrs.frozen(kw_only=True, order=True)
+class Member:
+    """One member of a view: who, which life, and what it may become."""
+
+    node: NodeId
+    incarnation: Incarnation
+    rank: int = 0
+    broker_capable: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class View:
+    """The members of a group as its leader last announced them.
+
+    ``view_id`` only grows within a group; ``leader`` is 0 while there is none;
+    ``members`` is sorted by node id and includes the leader.
+    """
+
+    group: GroupId
+    view_id: int
+    leader: NodeId
+    epoch: Epoch
+    members: tuple[Member, ...]
+
+    @property
+    def nodes(self) -> tuple[NodeId, ...]:
+        """The member ids, sorted."""
+        return tuple(m.node for m in self.members)
+
+    def incarnation_of(self, node: NodeId) -> Incarnation | None:
+        """The incarnation ``node`` has in this view, or None if it is not a member."""
+        for m in self.members:
+            if m.node == node:
+                return m.incarnation
+        return None
+
+
+# ------------------------------------------------------- node <-> transport
+
+
+@attrs.frozen(kw_only=True)
+class Transmit:
+    """Send ``data`` to the unicast socket of node ``to``."""
+
+    to: NodeId
+    data: bytes
+
+
+@attrs.frozen(kw_only=True)
+class TransmitGroup:
+    """Send ``data`` to the multicast address of ``group``."""
+
+    group: GroupId
+    data: bytes
+
+
+@attrs.frozen(kw_only=True)
+class JoinGroup:
+    """Subscribe this node's socket to ``group``'s multicast address."""
+
+    group: GroupId
+
+
+@attrs.frozen(kw_only=True)
+class LeaveGroup:
+    """Unsubscribe from ``group``."""
+
+    group: GroupId
+
+
+Output = object
+"""What a node returns: Transmit, TransmitGroup, JoinGroup, LeaveGroup, or a
+notification for the app (any other attrs class), which transports pass on."""
+
+
+class Endpoint(Protocol):
+    """What a transport drives: a node, bytes in and bytes out."""
+
+    @property
+    def node_id(self) -> NodeId:
+        """This endpoint's id (its unicast address)."""
+
+    def start(self, now: float) -> list[Output]:
+        """Begin: join groups, announce ourselves."""
+
+    def receive(self, data: bytes, now: float) -> list[Output]:
+        """One datagram arrived (unicast or multicast)."""
+
+    def handle_deadline(self, now: float) -> list[Output]:
+        """``next_deadline()`` has come."""
+
+    def next_deadline(self) -> float | None:
+        """When to call :meth:`handle_deadline` next, or None."""

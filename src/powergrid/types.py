@@ -1,0 +1,95 @@
+"""Core value types: node ids, groups, epochs, incarnations, sequence numbers.
+
+A :data:`NodeId` is derived from the node's unicast socket address, so two live
+processes can never share one: it is the IPv4 address in the high 32 bits and
+the UDP port in the low 16 bits of a 48-bit integer. Ids are plain ``int`` at
+run time (they are hashed and compared on every datagram) and ``NewType`` for
+the type checker. Ordering ids orders addresses, which the bully election uses
+as the tie-breaker after the operator-set rank (see :class:`ElectionKey`).
+
+An *incarnation* numbers the lives of one address: a process that restarts on
+the same address comes back with a higher incarnation and is never mistaken for
+its old self. A transport picks it (the memory network counts restarts; the UDP
+transport uses the start time in milliseconds, mod 2**32).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import NewType
+
+import attrs
+
+from powergrid.errors import ConfigError
+
+__all__ = [
+    "BROKER_GROUP",
+    "MAX_NODE_ID",
+    "ElectionKey",
+    "Epoch",
+    "GroupId",
+    "Incarnation",
+    "NodeId",
+    "Seq",
+    "format_node",
+    "node_address",
+    "node_id",
+]
+
+NodeId = NewType("NodeId", int)
+"""48 bits: IPv4 address << 16 | UDP port. 0 means "no node"."""
+
+GroupId = NewType("GroupId", int)
+"""32 bits. Group 0 is the broker group; clusters are 1 and up."""
+
+Epoch = NewType("Epoch", int)
+"""A leader's term, 32 bits; only grows. 0 means "no leader yet"."""
+
+Incarnation = NewType("Incarnation", int)
+"""The life of a process at one address, 32 bits; a restart picks a higher one."""
+
+Seq = NewType("Seq", int)
+"""A sender's sequence number, 64 bits; the first message is 1."""
+
+MAX_NODE_ID = (1 << 48) - 1
+BROKER_GROUP = GroupId(0)
+
+
+def node_id(host: str, port: int) -> NodeId:
+    """The id of the node whose unicast socket is ``host:port`` (IPv4 dotted quad).
+
+    Raises :class:`ConfigError` for a host that is not IPv4 or a port outside 1..65535.
+    """
+    try:
+        addr = ipaddress.IPv4Address(host)
+    except ValueError as exc:
+        raise ConfigError(f"node address {host!r} is not an IPv4 address") from exc
+    if not 1 <= port <= 0xFFFF:
+        raise ConfigError(f"node port {port} is outside 1..65535")
+    return NodeId((int(addr) << 16) | port)
+
+
+def node_address(nid: int) -> tuple[str, int]:
+    """The ``(host, port)`` a node id was derived from."""
+    if not 0 < nid <= MAX_NODE_ID:
+        raise ConfigError(f"{nid} is not a node id (1..2**48-1)")
+    return str(ipaddress.IPv4Address(nid >> 16)), nid & 0xFFFF
+
+
+def format_node(nid: int) -> str:
+    """``"127.0.0.1:9000"`` for a node id, ``"-"`` for 0."""
+    if nid == 0:
+        return "-"
+    host, port = node_address(nid)
+    return f"{host}:{port}"
+
+
+@attrs.frozen(order=True)
+class ElectionKey:
+    """What the bully election compares: operator rank first, then the node id."""
+
+    rank: int
+    node: NodeId
+
+    def __str__(self) -> str:
+        return f"{self.rank}/{format_node(self.node)}"
