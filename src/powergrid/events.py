@@ -42,15 +42,20 @@ __all__ = [
     "DeadlineReached",
     "Endpoint",
     "JoinGroup",
+    "LeaderElected",
+    "LeaderLost",
     "LeaveGroup",
     "Member",
     "Multicast",
+    "MulticastReliable",
     "Output",
     "Received",
     "Send",
+    "SendReliable",
     "Transmit",
     "TransmitGroup",
     "View",
+    "ViewChanged",
 ]
 
 
@@ -87,6 +92,56 @@ class Multicast:
     """Send ``message`` to the machine's group as one datagram (unreliably)."""
 
     message: Message
+
+
+@attrs.frozen(kw_only=True)
+class SendReliable:
+    """Send ``message`` to node ``to`` through the reliable unicast channel.
+
+    The node routes it through ``powergrid.unicast`` (as an inner message of
+    :class:`~powergrid.wire.UData`); the receiving node decodes it and hands it
+    to its machines as a :class:`Received` from the original sender.
+    """
+
+    to: NodeId
+    message: Message
+
+
+@attrs.frozen(kw_only=True)
+class MulticastReliable:
+    """Multicast ``message`` to the machine's group through reliable ordered multicast."""
+
+    message: Message
+
+
+# ------------------------------------------------ notifications between machines
+# The node passes these from the machine that emits them to the machines that
+# consume them, and on to the app.
+
+
+@attrs.frozen(kw_only=True)
+class ViewChanged:
+    """Membership installed ``view`` (emitted by membership; input to multicast and election)."""
+
+    view: View
+
+
+@attrs.frozen(kw_only=True)
+class LeaderLost:
+    """Membership stopped hearing ``leader`` of ``group`` (epoch ``epoch``); input to election."""
+
+    group: GroupId
+    leader: NodeId
+    epoch: Epoch
+
+
+@attrs.frozen(kw_only=True)
+class LeaderElected:
+    """Election settled: ``leader`` leads ``group`` in ``epoch``; input to membership and market."""
+
+    group: GroupId
+    leader: NodeId
+    epoch: Epoch
 
 
 # ------------------------------------------------------------------ views

@@ -357,8 +357,7 @@ def _decode_body(code: int, data: bytes | memoryview, offset: int) -> Message:
     end = offset + lay.fixed.size
     if len(data) < end:
         raise DecodeError(
-            f"{name} truncated: {len(data) - offset} body bytes, "
-            f"need at least {lay.fixed.size}"
+            f"{name} truncated: {len(data) - offset} body bytes, need at least {lay.fixed.size}"
         )
     values = lay.fixed.unpack_from(data, offset)
     msg: Message
