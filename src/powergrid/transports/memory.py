@@ -1,0 +1,555 @@
+"""An in-memory network with virtual time: drives endpoints without sockets or clocks.
+
+Theory of operation
+-------------------
+:class:`MemoryNetwork` is a discrete-event simulator. It holds one heap of
+pending events ordered by ``(virtual time, sequence number)``: datagram
+deliveries, endpoint wake-ups, delayed starts and (in the fuzz network) fault
+steps. The sequence number breaks ties in the order events were scheduled, so
+a run is a pure function of its inputs: the same seed and the same endpoints
+give the same deliveries, in the same order, at the same times.
+
+*Driving endpoints.* The network calls an :class:`~powergrid.events.Endpoint`'s
+``start``, ``receive`` and ``handle_deadline`` with the virtual ``now``, and
+handles what they return:
+
+* :class:`~powergrid.events.Transmit` -- one copy to node ``to`` after the link
+  latency;
+* :class:`~powergrid.events.TransmitGroup` -- one copy to every node subscribed
+  to the group, in sorted id order, not to the sender unless ``loopback``;
+* :class:`~powergrid.events.JoinGroup` / :class:`~powergrid.events.LeaveGroup`
+  -- the node's subscriptions;
+* anything else is a notification for the application: it goes to the
+  ``observer`` callback, the in-memory :attr:`MemoryNetwork.log` (unless turned
+  off) and the :class:`Trace`.
+
+*Timers cost nothing while idle.* After every call into an endpoint the
+network reads its ``next_deadline()`` once and schedules a single wake-up for
+it. A wake-up carries a token (its heap sequence number); rescheduling just
+replaces the node's token, so superseded wake-ups are discarded when they
+surface (lazy invalidation) and no node is ever scanned or ticked. Running the
+clock forward jumps straight from event to event: a thousand idle nodes cost
+nothing per simulated second.
+
+*What it assumes.* Endpoints are deterministic given their inputs (their
+randomness comes from a seeded ``random.Random``). Latency is fixed or a
+function of the link; a ``drop`` hook can lose chosen datagrams. Datagrams to
+an address with no node, or to a node that was removed while they were in
+flight, are dropped and counted; a node added later at that address never
+sees datagrams that were in flight to its predecessor.
+
+*Pause.* :meth:`MemoryNetwork.pause` freezes a node: deliveries queue in its
+inbox and its timer does not fire; :meth:`MemoryNetwork.resume` hands it the
+queued datagrams in arrival order and rearms its timer (firing at once if it
+is overdue).
+
+Local misuse (adding a node id twice, running the clock backwards, a negative
+latency) raises :class:`~powergrid.errors.UsageError` or
+:class:`~powergrid.errors.ConfigError`. Exceptions raised by an endpoint
+propagate to the caller of ``step``/``run_until``: they are bugs to report.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+import random
+from collections.abc import Callable, Iterable
+from typing import IO, Any
+
+import attrs
+
+from powergrid.errors import ConfigError, UsageError
+from powergrid.events import Endpoint, JoinGroup, LeaveGroup, Transmit, TransmitGroup
+from powergrid.types import NodeId
+
+__all__ = [
+    "Latency",
+    "MemoryNetwork",
+    "NetworkStats",
+    "Observer",
+    "Trace",
+]
+
+Latency = float | Callable[[NodeId, NodeId], float]
+"""Seconds from send to delivery: a constant, or a function of ``(src, dst)``."""
+
+Observer = Callable[[float, NodeId, object], None]
+"""Called with ``(time, node, output)`` for every notification a node returns."""
+
+# Heap entry kinds. An entry is (time, seq, kind, node, a, b, c).
+_DELIVER = 0  # a=data, b=src, c=life of dst's address when sent
+_WAKE = 1  # a, b, c unused; valid iff seq is the node's current wake token
+_START = 2  # a=endpoint
+_STEP = 3  # a=an object the subclass applies (fault step)
+
+_TYPE_OFFSET = 3  # the message type code's offset in the datagram header
+
+
+def _type_of(data: bytes) -> int:
+    return data[_TYPE_OFFSET] if len(data) > _TYPE_OFFSET else -1
+
+
+@attrs.define
+class NetworkStats:
+    """Counters of a network run. ``*_by_type`` are keyed by the header's type code (-1: too short).
+
+    ``sent`` counts datagram copies put on the wire (one per destination),
+    ``delivered`` copies handed to an endpoint, ``dropped`` copies lost for
+    any reason (no such node, the drop hook, a fault); copies still in flight
+    account for the difference.
+    """
+
+    sent: int = 0
+    delivered: int = 0
+    dropped: int = 0
+    calls: int = 0
+    wakeups: int = 0
+    stale_wakeups: int = 0
+    notifications: int = 0
+    sent_by_type: dict[int, int] = attrs.field(factory=dict)
+    delivered_by_type: dict[int, int] = attrs.field(factory=dict)
+    dropped_by_type: dict[int, int] = attrs.field(factory=dict)
+
+
+class Trace:
+    """A run's transcript as JSON lines, with a running SHA-256 of every line.
+
+    Each line is ``{"t": time, "node": id, "ev": event, ...fields}`` with
+    sorted keys, so the same run gives the same bytes and the same
+    :attr:`hexdigest`. Lines are kept in :attr:`lines` if ``keep`` and written
+    to ``file`` if given; the hash is always computed.
+    """
+
+    __slots__ = ("_file", "_hash", "count", "lines")
+
+    def __init__(self, *, keep: bool = False, file: IO[str] | None = None) -> None:
+        self._hash = hashlib.sha256()
+        self._file = file
+        self.lines: list[str] | None = [] if keep else None
+        self.count = 0
+
+    def record(self, time: float, node: int, event: str, **fields: Any) -> None:
+        """Append one line. Field values must be JSON-serialisable."""
+        fields["t"] = time
+        fields["node"] = node
+        fields["ev"] = event
+        line = json.dumps(fields, sort_keys=True, separators=(",", ":"))
+        self._hash.update(line.encode())
+        self._hash.update(b"\n")
+        self.count += 1
+        if self.lines is not None:
+            self.lines.append(line)
+        if self._file is not None:
+            self._file.write(line + "\n")
+
+    @property
+    def hexdigest(self) -> str:
+        """SHA-256 of every line so far (each followed by a newline)."""
+        return self._hash.hexdigest()
+
+
+@attrs.define(eq=False)
+class _Slot:
+    endpoint: Endpoint
+    incarnation: int
+    wake_token: int = -1
+    wake_at: float = 0.0
+    paused: bool = False
+    inbox: list[tuple[bytes, int]] = attrs.field(factory=list)
+    groups: set[int] = attrs.field(factory=set)
+
+
+class MemoryNetwork:
+    """Delivers datagrams between endpoints in virtual time (see the module docstring).
+
+    :param seed: seeds :attr:`rng` (a fresh ``random.Random``); give this or ``rng``.
+    :param rng: the network's random stream, for latency functions and builders.
+    :param latency: seconds per datagram, or a function ``(src, dst) -> seconds``.
+    :param drop: ``(src, dst, data) -> bool``; True loses that copy.
+    :param observer: ``(time, node, output)`` for every notification.
+    :param loopback: deliver a node's group datagrams to itself too.
+    :param keep_log: keep notifications in :attr:`log`.
+    :param trace: a :class:`Trace` to record deliveries, drops and notifications in.
+    """
+
+    def __init__(
+        self,
+        *,
+        seed: int | None = None,
+        rng: random.Random | None = None,
+        latency: Latency = 0.001,
+        drop: Callable[[NodeId, NodeId, bytes], bool] | None = None,
+        observer: Observer | None = None,
+        loopback: bool = False,
+        keep_log: bool = True,
+        trace: Trace | None = None,
+    ) -> None:
+        if seed is not None and rng is not None:
+            raise ConfigError("give MemoryNetwork a seed or an rng, not both")
+        if not callable(latency) and not latency >= 0:
+            raise ConfigError(f"latency {latency!r} must be >= 0 seconds")
+        self.rng: random.Random = rng if rng is not None else random.Random(seed)
+        self._latency = latency
+        self._drop = drop
+        self._observer = observer
+        self._loopback = loopback
+        self.trace = trace
+        self.log: list[tuple[float, NodeId, object]] | None = [] if keep_log else None
+        self.stats = NetworkStats()
+        self._now = 0.0
+        self._seq = 0
+        self._heap: list[tuple[Any, ...]] = []
+        self._slots: dict[int, _Slot] = {}
+        self._life: dict[int, int] = {}
+        self._subscribers: dict[int, list[int]] = {}
+        self._handlers: dict[type, Callable[[int, _Slot, Any], None]] = {
+            Transmit: self._on_transmit,
+            TransmitGroup: self._on_transmit_group,
+            JoinGroup: self._on_join,
+            LeaveGroup: self._on_leave,
+        }
+
+    # ------------------------------------------------------------ properties
+
+    @property
+    def now(self) -> float:
+        """The virtual time, in seconds."""
+        return self._now
+
+    @property
+    def nodes(self) -> tuple[NodeId, ...]:
+        """The ids of the nodes present (running or paused), sorted."""
+        return tuple(NodeId(n) for n in sorted(self._slots))
+
+    @property
+    def pending(self) -> int:
+        """Heap entries not yet processed (including superseded wake-ups)."""
+        return len(self._heap)
+
+    def endpoint(self, node: int) -> Endpoint | None:
+        """The endpoint at ``node``, or None."""
+        slot = self._slots.get(node)
+        return slot.endpoint if slot is not None else None
+
+    def incarnation(self, node: int) -> int | None:
+        """The incarnation the endpoint at ``node`` was added with, or None."""
+        slot = self._slots.get(node)
+        return slot.incarnation if slot is not None else None
+
+    def is_paused(self, node: int) -> bool:
+        """Whether ``node`` is present and paused."""
+        slot = self._slots.get(node)
+        return slot is not None and slot.paused
+
+    def subscribers(self, group: int) -> tuple[NodeId, ...]:
+        """The nodes subscribed to ``group``, sorted."""
+        return tuple(NodeId(n) for n in self._subscribers.get(group, ()))
+
+    def next_time(self) -> float | None:
+        """When the next heap entry is due (it may be a superseded wake-up), or None."""
+        return self._heap[0][0] if self._heap else None
+
+    # ------------------------------------------------------------- topology
+
+    def add(self, endpoint: Endpoint, *, at: float | None = None, incarnation: int = 1) -> None:
+        """Add ``endpoint`` and call its ``start`` now, or at virtual time ``at``.
+
+        Raises :class:`UsageError` if a node with that id is present, or
+        ``at`` is in the past. A delayed start is cancelled by :meth:`remove`.
+        """
+        node = endpoint.node_id
+        if node in self._slots:
+            raise UsageError(f"node {node} is already on the network; remove it first")
+        if at is not None and at > self._now:
+            self._push(at, _START, node, endpoint, b=incarnation, c=self._life.get(node, 0))
+            return
+        if at is not None and at < self._now:
+            raise UsageError(f"cannot add node {node} at {at}: the time is already {self._now}")
+        self._start(node, endpoint, incarnation)
+
+    def remove(self, node: int) -> Endpoint | None:
+        """Take ``node`` off the network: its endpoint, timer, inbox, subscriptions
+        and the datagrams in flight to it are gone. Returns the endpoint, or None
+        if the node was not present (a pending delayed start is cancelled)."""
+        self._life[node] = self._life.get(node, 0) + 1
+        slot = self._slots.pop(node, None)
+        if slot is None:
+            return None
+        for group in sorted(slot.groups):
+            self._unsubscribe(node, group)
+        self.stats.dropped += len(slot.inbox)
+        if self.trace is not None:
+            self.trace.record(self._now, node, "remove", inc=slot.incarnation)
+        return slot.endpoint
+
+    def pause(self, node: int) -> bool:
+        """Freeze ``node``: queue its deliveries and hold its timer. False if absent or paused."""
+        slot = self._slots.get(node)
+        if slot is None or slot.paused:
+            return False
+        slot.paused = True
+        slot.wake_token = -1
+        return True
+
+    def resume(self, node: int) -> bool:
+        """Unfreeze ``node``: deliver its inbox in order, rearm its timer.
+
+        False if ``node`` is absent or not paused.
+        """
+        slot = self._slots.get(node)
+        if slot is None or not slot.paused:
+            return False
+        slot.paused = False
+        inbox, slot.inbox = slot.inbox, []
+        for data, src in inbox:
+            if self._slots.get(node) is not slot:
+                break
+            self._deliver_now(node, slot, data, src)
+        if self._slots.get(node) is slot:
+            self._rearm(node, slot)
+        return True
+
+    def command(self, node: int, call: Callable[[Any, float], Iterable[object]]) -> None:
+        """Give ``node`` a local command now: ``call(endpoint, now)`` returns its outputs.
+
+        For example ``net.command(n, lambda ep, now: ep.multicast(b"hi", now))``.
+        The outputs are handled like any other and the node's timer is rearmed.
+        Raises :class:`UsageError` if ``node`` is absent or paused.
+        """
+        slot = self._slots.get(node)
+        if slot is None or slot.paused:
+            state = "paused" if slot is not None else "not on the network"
+            raise UsageError(f"cannot command node {node}: it is {state}")
+        self.stats.calls += 1
+        self._emit(node, slot, call(slot.endpoint, self._now))
+        if self._slots.get(node) is slot:
+            self._rearm(node, slot)
+
+    # ----------------------------------------------------------------- clock
+
+    def step(self) -> bool:
+        """Process the next event (skipping superseded wake-ups). False if there was none."""
+        heap = self._heap
+        while heap:
+            entry = heapq.heappop(heap)
+            if self._process(entry):
+                return True
+        return False
+
+    def run_until(self, t: float, *, on_event: Callable[[], object] | None = None) -> None:
+        """Process every event due at or before ``t``, then set the clock to ``t``.
+
+        ``on_event`` is called after each processed event. Raises
+        :class:`UsageError` if ``t`` is before :attr:`now`.
+        """
+        if t < self._now:
+            raise UsageError(f"cannot run until {t}: the time is already {self._now}")
+        heap = self._heap
+        pop = heapq.heappop
+        process = self._process
+        while heap and heap[0][0] <= t:
+            if process(pop(heap)) and on_event is not None:
+                on_event()
+        self._now = t
+
+    def run_until_quiet(self, limit: float) -> bool:
+        """Process events until none are left or the next is after virtual time ``limit``.
+
+        Returns True if the network went quiet (nothing pending), False if it
+        stopped at the limit; the clock stays at the last event processed.
+        """
+        heap = self._heap
+        pop = heapq.heappop
+        process = self._process
+        while heap:
+            if heap[0][0] > limit:
+                if not self._void(heap[0]):
+                    return False
+                pop(heap)  # a superseded wake-up or cancelled start: nothing pending
+                continue
+            process(pop(heap))
+        return True
+
+    # -------------------------------------------------------------- internals
+
+    def _push(
+        self, time: float, kind: int, node: int, a: Any = None, *, b: Any = 0, c: Any = 0
+    ) -> int:
+        self._seq += 1
+        seq = self._seq
+        heapq.heappush(self._heap, (time, seq, kind, node, a, b, c))
+        return seq
+
+    def _push_step(self, time: float, step: object) -> None:
+        self._push(time, _STEP, 0, step)
+
+    def _void(self, entry: tuple[Any, ...]) -> bool:
+        """Whether a heap entry would do nothing (superseded wake-up, cancelled start)."""
+        _, seq, kind, node, _, _, c = entry
+        if kind == _WAKE:
+            slot = self._slots.get(node)
+            return slot is None or slot.wake_token != seq
+        if kind == _START:
+            return c != self._life.get(node, 0) or node in self._slots
+        return False
+
+    def _process(self, entry: tuple[Any, ...]) -> bool:
+        """Handle one heap entry; False if it was void (superseded wake-up, gone node)."""
+        time, seq, kind, node, a, b, c = entry
+        if kind == _DELIVER:
+            self._now = time
+            slot = self._slots.get(node)
+            if slot is None or c != self._life.get(node, 0):
+                self._count_drop(node, a, b, "no-node")
+                return True
+            if slot.paused:
+                slot.inbox.append((a, b))
+                return True
+            self._deliver_now(node, slot, a, b)
+            return True
+        if kind == _WAKE:
+            slot = self._slots.get(node)
+            if slot is None or slot.wake_token != seq:
+                self.stats.stale_wakeups += 1
+                return False
+            self._now = time
+            slot.wake_token = -1
+            self.stats.wakeups += 1
+            self.stats.calls += 1
+            outs = slot.endpoint.handle_deadline(time)
+            self._emit(node, slot, outs)
+            if self._slots.get(node) is slot:
+                self._rearm(node, slot)
+            return True
+        if kind == _START:
+            if c != self._life.get(node, 0) or node in self._slots:
+                return False
+            self._now = time
+            self._start(node, a, b)
+            return True
+        self._now = time
+        self._apply_step(a)
+        return True
+
+    def _apply_step(self, step: Any) -> None:
+        raise UsageError(f"this network does not apply steps like {step!r}")
+
+    def _start(self, node: int, endpoint: Endpoint, incarnation: int) -> None:
+        slot = _Slot(endpoint, incarnation)
+        self._slots[node] = slot
+        if self.trace is not None:
+            self.trace.record(self._now, node, "start", inc=incarnation)
+        self.stats.calls += 1
+        outs = endpoint.start(self._now)
+        self._emit(node, slot, outs)
+        if self._slots.get(node) is slot:
+            self._rearm(node, slot)
+
+    def _deliver_now(self, node: int, slot: _Slot, data: bytes, src: int) -> None:
+        stats = self.stats
+        stats.delivered += 1
+        code = _type_of(data)
+        by = stats.delivered_by_type
+        by[code] = by.get(code, 0) + 1
+        if self.trace is not None:
+            self.trace.record(self._now, node, "deliver", src=src, data=data.hex())
+        stats.calls += 1
+        outs = slot.endpoint.receive(data, self._now)
+        self._emit(node, slot, outs)
+        if self._slots.get(node) is slot:
+            self._rearm(node, slot)
+
+    def _rearm(self, node: int, slot: _Slot) -> None:
+        if slot.paused:
+            return
+        deadline = slot.endpoint.next_deadline()
+        if deadline is None:
+            slot.wake_token = -1
+            return
+        deadline = max(deadline, self._now)
+        if slot.wake_token >= 0 and slot.wake_at == deadline:
+            return
+        slot.wake_at = deadline
+        slot.wake_token = self._push(deadline, _WAKE, node)
+
+    def _emit(self, node: int, slot: _Slot, outputs: Iterable[object]) -> None:
+        handlers = self._handlers
+        for out in outputs:
+            handler = handlers.get(type(out))
+            if handler is not None:
+                handler(node, slot, out)
+            else:
+                self._notify(node, out)
+
+    def _notify(self, node: int, out: object) -> None:
+        self.stats.notifications += 1
+        if self.log is not None:
+            self.log.append((self._now, NodeId(node), out))
+        if self.trace is not None:
+            self.trace.record(self._now, node, "output", out=repr(out))
+        if self._observer is not None:
+            self._observer(self._now, NodeId(node), out)
+
+    def _on_transmit(self, node: int, slot: _Slot, out: Transmit) -> None:
+        self._route(node, out.to, out.data)
+
+    def _on_transmit_group(self, node: int, slot: _Slot, out: TransmitGroup) -> None:
+        route = self._route
+        data = out.data
+        for dst in self._subscribers.get(out.group, ()):
+            if dst != node or self._loopback:
+                route(node, dst, data)
+
+    def _on_join(self, node: int, slot: _Slot, out: JoinGroup) -> None:
+        group = out.group
+        if group in slot.groups:
+            return
+        slot.groups.add(group)
+        subs = self._subscribers.setdefault(group, [])
+        subs.append(node)
+        subs.sort()
+
+    def _on_leave(self, node: int, slot: _Slot, out: LeaveGroup) -> None:
+        if out.group in slot.groups:
+            slot.groups.discard(out.group)
+            self._unsubscribe(node, out.group)
+
+    def _unsubscribe(self, node: int, group: int) -> None:
+        subs = self._subscribers.get(group)
+        if subs is not None:
+            subs.remove(node)
+            if not subs:
+                del self._subscribers[group]
+
+    def _count_sent(self, data: bytes) -> None:
+        stats = self.stats
+        stats.sent += 1
+        code = _type_of(data)
+        by = stats.sent_by_type
+        by[code] = by.get(code, 0) + 1
+
+    def _count_drop(self, dst: int, data: bytes, src: int, why: str) -> None:
+        stats = self.stats
+        stats.dropped += 1
+        code = _type_of(data)
+        by = stats.dropped_by_type
+        by[code] = by.get(code, 0) + 1
+        if self.trace is not None:
+            self.trace.record(self._now, dst, "drop", src=src, why=why, type=code)
+
+    def _route(self, src: int, dst: int, data: bytes) -> None:
+        """Put one copy of ``data`` from ``src`` to ``dst`` on the wire."""
+        self._count_sent(data)
+        if self._drop is not None and self._drop(NodeId(src), NodeId(dst), data):
+            self._count_drop(dst, data, src, "hook")
+            return
+        latency = self._latency
+        delay = latency(NodeId(src), NodeId(dst)) if callable(latency) else latency
+        self._send_after(delay, src, dst, data)
+
+    def _send_after(self, delay: float, src: int, dst: int, data: bytes) -> None:
+        if not delay >= 0:
+            raise ConfigError(f"latency from {src} to {dst} is {delay!r}; it must be >= 0")
+        self._push(self._now + delay, _DELIVER, dst, data, b=src, c=self._life.get(dst, 0))
