@@ -1,0 +1,78 @@
+"""The power market: bids, one-pass clearing, and the client, broker and lead-broker machines.
+
+See ``docs/protocols/market.md``. :mod:`~powergrid.market.bids` holds the
+values (bids, the price grid), :mod:`~powergrid.market.clearing` the pure
+clearing functions, and one module per machine: :mod:`~powergrid.market.client`,
+:mod:`~powergrid.market.broker`, :mod:`~powergrid.market.lead`.
+"""
+
+from powergrid.market.bids import MAX_CORNERS, MAX_GRID_POINTS, MAX_PRIORITY, Bid, Corner, Grid
+from powergrid.market.broker import BrokerConfig, BrokerMachine, BrokerStats
+from powergrid.market.clearing import (
+    FILL_ONE,
+    FLOORS_CUT,
+    ClearingResult,
+    Regime,
+    Totals,
+    aggregate,
+    aggregate_ladders,
+    allocate,
+    budget,
+    clear,
+    combine,
+    totals_from_message,
+    totals_to_message,
+)
+from powergrid.market.client import (
+    AllocationChanged,
+    BidChanged,
+    ClientConfig,
+    ClientMachine,
+    ClientStats,
+    PriceUpdated,
+)
+from powergrid.market.lead import (
+    MAX_CLEARING_ENTRIES,
+    LeadBrokerMachine,
+    LeadConfig,
+    LeadStats,
+    MarketCleared,
+    SupplyChanged,
+)
+
+__all__ = [
+    "FILL_ONE",
+    "FLOORS_CUT",
+    "MAX_CLEARING_ENTRIES",
+    "MAX_CORNERS",
+    "MAX_GRID_POINTS",
+    "MAX_PRIORITY",
+    "AllocationChanged",
+    "Bid",
+    "BidChanged",
+    "BrokerConfig",
+    "BrokerMachine",
+    "BrokerStats",
+    "ClearingResult",
+    "ClientConfig",
+    "ClientMachine",
+    "ClientStats",
+    "Corner",
+    "Grid",
+    "LeadBrokerMachine",
+    "LeadConfig",
+    "LeadStats",
+    "MarketCleared",
+    "PriceUpdated",
+    "Regime",
+    "SupplyChanged",
+    "Totals",
+    "aggregate",
+    "aggregate_ladders",
+    "allocate",
+    "budget",
+    "clear",
+    "combine",
+    "totals_from_message",
+    "totals_to_message",
+]

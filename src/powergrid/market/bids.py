@@ -1,0 +1,162 @@
+"""Bids, demand curves and the shared price grid (pure values, no state).
+
+A client's :class:`Bid` says, in whole watts, what its server needs: its floor
+``h`` (keep it alive), its required power ``r`` (run its work as promised), its
+maximum ``m`` (all it can use), its priority class (0..15, higher is more
+important) and a demand curve ``d(price)`` with ``h <= r <= d(p) <= m``, never
+rising with the price. The curve is a few corner points ``(price, watts)``
+joined by straight lines and flat beyond the first and last corner; with no
+corners it is the straight line from ``m`` at ``price_min`` to ``r`` at
+``price_max``.
+
+All machines share one :class:`Grid` of ``points`` prices from ``price_min``
+to ``price_max``. Clearing never looks at a curve between grid points: a bid
+enters the market as its *ladder*, the ``points + 2`` watts
+``(m, d(p_0), ..., d(p_{G-1}), r)``, each rounded down to a whole watt and
+never rising. Watts are integers so that allocations can be computed exactly
+(see :mod:`powergrid.market.clearing`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+
+import attrs
+
+from powergrid import wire
+from powergrid.errors import ConfigError
+
+__all__ = ["MAX_CORNERS", "MAX_GRID_POINTS", "MAX_PRIORITY", "Bid", "Corner", "Grid"]
+
+Corner = wire.Corner
+MAX_PRIORITY = wire.Bid.MAX_PRIORITY
+"""Priority classes are 0..MAX_PRIORITY (15)."""
+MAX_CORNERS = wire.Bid.MAX_CORNERS
+"""A curve has at most this many corners (8)."""
+
+_AGGREGATE_EMPTY = len(
+    wire.encode_body(
+        wire.Aggregate(cluster=1, epoch=0, seq=1, bids=0, points=0, classes=0, values=())
+    )
+)
+MAX_GRID_POINTS = (wire.MAX_PAYLOAD - _AGGREGATE_EMPTY) // 8 - 3 * (MAX_PRIORITY + 1)
+"""The most grid points an :class:`~powergrid.wire.Aggregate` with every class fits (121)."""
+
+
+@attrs.frozen(kw_only=True)
+class Grid:
+    """The price grid every machine of one market shares.
+
+    ``points`` prices, evenly spaced from ``price_min`` to ``price_max``
+    (finite, ``price_min < price_max``; 2 <= ``points`` <= :data:`MAX_GRID_POINTS`).
+    Raises :class:`ConfigError`.
+    """
+
+    price_min: float = 0.0
+    price_max: float = 1.0
+    points: int = 32
+    prices: tuple[float, ...] = attrs.field(init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        lo, hi = self.price_min, self.price_max
+        if not (-1e300 < lo < hi < 1e300):
+            raise ConfigError(f"grid prices need finite price_min < price_max, got {lo} and {hi}")
+        if not 2 <= self.points <= MAX_GRID_POINTS:
+            raise ConfigError(
+                f"grid points {self.points} outside 2..{MAX_GRID_POINTS} "
+                "(an Aggregate must fit one datagram)"
+            )
+        n = self.points - 1
+        prices = (*(lo + (hi - lo) * k / n for k in range(n)), hi)
+        object.__setattr__(self, "prices", prices)
+
+
+def _corners(cs: Iterable[tuple[float, int]]) -> tuple[Corner, ...]:
+    return tuple(Corner(float(p), w) for p, w in cs)
+
+
+@attrs.frozen(kw_only=True)
+class Bid:
+    """What one server asks of the market; watts are non-negative integers.
+
+    Raises :class:`ConfigError` (saying what to fix) unless
+    ``0 <= floor <= required <= maximum < 2**32``, ``0 <= priority <= 15`` and the
+    corners (at most 8, prices rising strictly, watts never rising, each within
+    ``required..maximum``) are valid.
+    """
+
+    floor: int
+    required: int
+    maximum: int
+    priority: int = 0
+    corners: tuple[Corner, ...] = attrs.field(default=(), converter=_corners)
+
+    def __attrs_post_init__(self) -> None:
+        for name in ("floor", "required", "maximum", "priority"):
+            if type(getattr(self, name)) is not int:
+                raise ConfigError(f"bid {name} must be an int, got {getattr(self, name)!r}")
+        for c in self.corners:
+            if type(c.watts) is not int:
+                raise ConfigError(f"curve watts must be ints, got {c.watts!r}")
+        bad = wire.Bid.check(self.floor, self.required, self.maximum, self.priority, self.corners)
+        if bad is not None:
+            raise ConfigError(f"invalid bid: {bad}")
+
+    def demand(self, price: float, grid: Grid) -> float:
+        """``d(price)`` in watts (not rounded): what this bid wants at ``price``."""
+        cs = self.corners
+        if not cs:
+            lo, hi = grid.price_min, grid.price_max
+            if price <= lo:
+                return float(self.maximum)
+            if price >= hi:
+                return float(self.required)
+            return self.maximum - (self.maximum - self.required) * (price - lo) / (hi - lo)
+        if price <= cs[0].price:
+            return float(cs[0].watts)
+        for (p0, w0), (p1, w1) in itertools.pairwise(cs):
+            if price <= p1:
+                # t is exactly 1 at p1, so segments meet exactly and d never rises
+                return w0 + (w1 - w0) * ((price - p0) / (p1 - p0))
+        return float(cs[-1].watts)
+
+    def level(self, j: int, grid: Grid) -> int:
+        """Rung ``j`` of the ladder: ``m`` for 0, ``floor(d(p_{j-1}))`` for 1..G, ``r`` for G+1."""
+        if j <= 0:
+            return self.maximum
+        g = grid.points
+        if j > g:
+            return self.required
+        if not self.corners:
+            # m - (m - r) * k / (G - 1) rounded down, exactly, in integers
+            k, n = j - 1, g - 1
+            return self.maximum - (-(-(self.maximum - self.required) * k // n))
+        w = int(self.demand(grid.prices[j - 1], grid))
+        return min(self.maximum, max(self.required, w))
+
+    def ladder(self, grid: Grid) -> tuple[int, ...]:
+        """``(m, floor(d(p_0)), ..., floor(d(p_{G-1})), r)``: never rising, within ``r..m``."""
+        return tuple(self.level(j, grid) for j in range(grid.points + 2))
+
+    def to_message(self, seq: int) -> wire.Bid:
+        """This bid as wire bid number ``seq``."""
+        return wire.Bid(
+            seq=seq,
+            floor=self.floor,
+            required=self.required,
+            maximum=self.maximum,
+            priority=self.priority,
+            corners=self.corners,
+        )
+
+    @classmethod
+    def from_message(cls, msg: wire.Bid) -> Bid:
+        """The bid a decoded (hence already checked) wire bid carries."""
+        return cls(
+            floor=msg.floor,
+            required=msg.required,
+            maximum=msg.maximum,
+            priority=msg.priority,
+            corners=msg.corners,
+        )

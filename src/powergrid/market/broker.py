@@ -1,0 +1,415 @@
+"""The market broker: collects its cluster's bids, reports them, passes prices on.
+
+Theory of operation
+-------------------
+**Guarantees.** While this node is its cluster's broker (``LeaderElected`` of
+the cluster names it), every ``round_interval`` seconds it sums the bids it
+holds into aggregate number ``seq`` (1, 2, ... per broker epoch) and sends it
+to the lead broker. For each :class:`~powergrid.wire.Clearing` of the current
+lead (epoch fencing: an older lead epoch is refused) that names this cluster's
+aggregate of this broker's epoch, it multicasts a :class:`~powergrid.wire.Price`
+to the cluster, stamped with its own cluster epoch and round number, carrying
+the lead's share factors unchanged. If no clearing comes for ``lead_timeout``
+seconds, it clears its own cluster each round within its last budget (the
+watts the lead gave the cluster last time), so the cluster never draws more
+than it was granted; with no budget yet it publishes nothing.
+
+**Assumptions.** The node passes it ``LeaderElected`` for the cluster and for
+the broker group, ``ViewChanged`` of the cluster, and the ``Bid`` and
+``Clearing`` messages it receives. A bid is accepted only from a member of the
+current view (in the incarnation the view names; before any view, from
+anyone) and is soft state: dropped ``bid_timeout`` seconds after it was last
+heard, or when its node leaves the view. Sending to itself (a broker that is
+also the lead) is the node's job.
+
+**Driving.** Inputs: ``LeaderElected``, ``ViewChanged``, ``Received`` and
+``DeadlineReached``. Outputs: ``Send(client, BidAck)``, ``Send(lead, Aggregate)``
+and ``Multicast(Price)``. A new broker starts empty and sends its first
+aggregate one round after its election, so one round of fresh bids (clients
+re-send theirs when they learn the new broker) rebuilds its state.
+
+**Timeouts.** ``round_interval`` (1 s), ``bid_timeout`` (6 s; make it exceed
+the clients' refresh interval, 2 s by default, at least twice), ``lead_timeout``
+(3 s, more than ``round_interval``).
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from powergrid import wire
+from powergrid.errors import ConfigError, UsageError
+from powergrid.events import (
+    DeadlineReached,
+    LeaderElected,
+    Multicast,
+    Received,
+    Send,
+    ViewChanged,
+)
+from powergrid.market.bids import Bid, Grid
+from powergrid.market.clearing import (
+    ClearingResult,
+    Regime,
+    Totals,
+    aggregate_ladders,
+    clear,
+    totals_to_message,
+)
+from powergrid.types import BROKER_GROUP, Epoch, GroupId, Incarnation, NodeId
+
+__all__ = ["BrokerConfig", "BrokerMachine", "BrokerStats"]
+
+
+@attrs.frozen(kw_only=True)
+class BrokerConfig:
+    """Broker timing (seconds), the price grid, the hysteresis band of local clearing.
+
+    Raises :class:`ConfigError` unless all times are > 0, ``bid_timeout`` and
+    ``lead_timeout`` exceed ``round_interval``, and ``0 <= band < 1``.
+    """
+
+    grid: Grid = attrs.field(factory=Grid)
+    round_interval: float = 1.0
+    bid_timeout: float = 6.0
+    lead_timeout: float = 3.0
+    band: float = 0.02
+
+    def __attrs_post_init__(self) -> None:
+        if not self.round_interval > 0:
+            raise ConfigError(f"round_interval must be > 0 s, got {self.round_interval}")
+        if not self.bid_timeout > self.round_interval:
+            raise ConfigError(
+                f"bid_timeout ({self.bid_timeout} s) must exceed round_interval "
+                f"({self.round_interval} s), or bids expire between rounds"
+            )
+        if not self.lead_timeout > self.round_interval:
+            raise ConfigError(
+                f"lead_timeout ({self.lead_timeout} s) must exceed round_interval "
+                f"({self.round_interval} s), or every round looks like a lost lead"
+            )
+        if not 0 <= self.band < 1:
+            raise ConfigError(f"band must be in [0, 1), got {self.band}")
+
+
+@attrs.define
+class BrokerStats:
+    """Counters; every dropped peer message is counted in exactly one ``dropped_*``."""
+
+    bids_accepted: int = 0
+    bids_refreshed: int = 0
+    bids_expired: int = 0
+    bids_left: int = 0
+    aggregates_sent: int = 0
+    prices_sent: int = 0
+    local_clearings: int = 0
+    rounds_without_budget: int = 0
+    clearings_without_us: int = 0
+    dropped_stale: int = 0
+    dropped_duplicate: int = 0
+    dropped_foreign: int = 0
+    dropped_invalid: int = 0
+    dropped_not_member: int = 0
+    dropped_unexpected: int = 0
+
+
+@attrs.define
+class _Held:
+    incarnation: Incarnation
+    seq: int
+    bid: Bid
+    ladder: tuple[int, ...]
+    first_aggregate: int
+    heard_at: float
+
+
+class BrokerMachine:
+    """The market broker of cluster ``cluster`` on node ``me`` (see the module docstring)."""
+
+    def __init__(self, me: NodeId, cluster: GroupId, config: BrokerConfig | None = None) -> None:
+        if cluster == BROKER_GROUP:
+            raise ConfigError("a broker serves a cluster (group 1 and up), not the broker group")
+        self._me = me
+        self._cluster = cluster
+        self._config = config if config is not None else BrokerConfig()
+        self.stats = BrokerStats()
+        self._active = False
+        self._epoch = Epoch(0)  # the highest cluster epoch seen; ours while active
+        self._members: dict[NodeId, Incarnation] | None = None
+        self._bids: dict[NodeId, _Held] = {}
+        self._agg_seq = 0
+        self._totals: Totals | None = None
+        self._lead = NodeId(0)
+        self._lead_epoch = Epoch(0)
+        self._lead_round = 0
+        self._lead_heard_at = 0.0
+        self._budget: int | None = None
+        self._round_at: float | None = None
+        self._price_round = 0
+        self._local_regime: Regime | None = None
+        self._local = False
+        self._dispatch: dict[type, Callable[[Any, float], list[object]]] = {
+            LeaderElected: self._on_leader_elected,
+            ViewChanged: self._on_view_changed,
+            Received: self._on_received,
+            DeadlineReached: self._on_deadline,
+        }
+
+    # ------------------------------------------------------------ read-only state
+
+    @property
+    def active(self) -> bool:
+        """Whether this node is its cluster's broker now."""
+        return self._active
+
+    @property
+    def epoch(self) -> Epoch:
+        """This broker's cluster epoch (the highest seen while inactive)."""
+        return self._epoch
+
+    @property
+    def lead(self) -> NodeId:
+        """The lead broker followed (0: none known)."""
+        return self._lead
+
+    @property
+    def budget(self) -> int | None:
+        """The watts the lead last gave this cluster (None: never)."""
+        return self._budget
+
+    @property
+    def bidders(self) -> tuple[NodeId, ...]:
+        """The nodes whose bids are held, sorted."""
+        return tuple(sorted(self._bids))
+
+    @property
+    def aggregate_seq(self) -> int:
+        """The number of the last aggregate made."""
+        return self._agg_seq
+
+    @property
+    def totals(self) -> Totals | None:
+        """The last aggregate made."""
+        return self._totals
+
+    @property
+    def clearing_locally(self) -> bool:
+        """Whether the last round found the lead lost and cleared the cluster alone."""
+        return self._active and self._local
+
+    # ------------------------------------------------------------------ driving
+
+    def handle(self, event: object, now: float) -> list[object]:
+        """Feed one event; returns the actions. Raises :class:`UsageError` for an unknown event."""
+        handler = self._dispatch.get(type(event))
+        if handler is None:
+            raise UsageError(f"BrokerMachine does not handle {type(event).__name__}")
+        return handler(event, now)
+
+    def next_deadline(self) -> float | None:
+        """The next round, while active."""
+        return self._round_at if self._active else None
+
+    # ---------------------------------------------------------------- handlers
+
+    def _on_leader_elected(self, ev: LeaderElected, now: float) -> list[object]:
+        if ev.group == BROKER_GROUP:
+            if ev.epoch < self._lead_epoch:
+                self.stats.dropped_stale += 1
+            elif ev.epoch > self._lead_epoch or ev.leader != self._lead:
+                self._follow_lead(ev.leader, ev.epoch)
+            return []
+        if ev.group != self._cluster:
+            return []
+        if ev.epoch < self._epoch:
+            self.stats.dropped_stale += 1
+            return []
+        if ev.leader == self._me:
+            if not self._active or ev.epoch > self._epoch:
+                self._activate(ev.epoch, now)
+        else:
+            self._epoch = ev.epoch
+            self._deactivate()
+        return []
+
+    def _on_view_changed(self, ev: ViewChanged, now: float) -> list[object]:
+        view = ev.view
+        if view.group != self._cluster:
+            return []
+        self._members = {m.node: m.incarnation for m in view.members}
+        for node in sorted(self._bids):
+            if self._members.get(node) != self._bids[node].incarnation:
+                del self._bids[node]
+                self.stats.bids_left += 1
+        return []
+
+    def _on_received(self, ev: Received, now: float) -> list[object]:
+        msg = ev.message
+        if type(msg) is wire.Bid:
+            return self._on_bid(ev, msg, now)
+        if type(msg) is wire.Clearing:
+            return self._on_clearing(ev.sender, msg, now)
+        self.stats.dropped_unexpected += 1
+        return []
+
+    def _on_bid(self, ev: Received, msg: wire.Bid, now: float) -> list[object]:
+        if not self._active:
+            self.stats.dropped_unexpected += 1
+            return []
+        node = ev.sender
+        if self._members is not None and self._members.get(node) != ev.incarnation:
+            self.stats.dropped_not_member += 1
+            return []
+        held = self._bids.get(node)
+        if held is not None and held.incarnation == ev.incarnation:
+            if msg.seq < held.seq:
+                self.stats.dropped_stale += 1
+                return []
+            if msg.seq == held.seq:
+                held.heard_at = now
+                self.stats.bids_refreshed += 1
+                return [self._ack(node, held)]
+        if msg.seq == 0 or msg.problem() is not None:
+            self.stats.dropped_invalid += 1
+            return []
+        try:
+            bid = Bid.from_message(msg)
+        except ConfigError:
+            self.stats.dropped_invalid += 1
+            return []
+        held = _Held(
+            incarnation=ev.incarnation,
+            seq=msg.seq,
+            bid=bid,
+            ladder=bid.ladder(self._config.grid),
+            first_aggregate=self._agg_seq + 1,
+            heard_at=now,
+        )
+        self._bids[node] = held
+        self.stats.bids_accepted += 1
+        return [self._ack(node, held)]
+
+    def _on_clearing(self, sender: NodeId, msg: wire.Clearing, now: float) -> list[object]:
+        if not self._active:
+            self.stats.dropped_unexpected += 1
+            return []
+        if msg.epoch < self._lead_epoch:
+            self.stats.dropped_stale += 1
+            return []
+        if msg.epoch > self._lead_epoch:
+            self._follow_lead(sender, Epoch(msg.epoch))
+        elif sender != self._lead:
+            self.stats.dropped_foreign += 1
+            return []
+        self._lead_heard_at = now
+        self._local = False
+        entries = msg.entries
+        mine: int = self._cluster
+        i = bisect.bisect_left(entries, mine, key=lambda e: e.cluster)
+        if i == len(entries) or entries[i].cluster != self._cluster:
+            self.stats.clearings_without_us += 1
+            return []
+        entry = entries[i]
+        if msg.round <= self._lead_round:
+            self.stats.dropped_duplicate += 1
+            return []
+        if entry.epoch != self._epoch or not 0 < entry.aggregate <= self._agg_seq:
+            self.stats.clearings_without_us += 1
+            return []
+        result = ClearingResult.checked(msg, self._config.grid)
+        if result is None:
+            self.stats.dropped_invalid += 1
+            return []
+        self._lead_round = msg.round
+        self._budget = entry.budget
+        self._local_regime = result.regime
+        return [self._price(result, entry.aggregate, local=False)]
+
+    def _on_deadline(self, ev: DeadlineReached, now: float) -> list[object]:
+        if not self._active or self._round_at is None or now < self._round_at:
+            return []
+        cfg = self._config
+        nxt = self._round_at + cfg.round_interval
+        self._round_at = nxt if nxt > now else now + cfg.round_interval
+        for node in sorted(self._bids):
+            if now - self._bids[node].heard_at >= cfg.bid_timeout:
+                del self._bids[node]
+                self.stats.bids_expired += 1
+        self._agg_seq += 1
+        totals = aggregate_ladders(
+            ((self._bids[n].bid, self._bids[n].ladder) for n in sorted(self._bids)), cfg.grid
+        )
+        self._totals = totals
+        actions: list[object] = []
+        if self._lead != 0:
+            msg = totals_to_message(
+                totals, cluster=self._cluster, epoch=self._epoch, seq=self._agg_seq
+            )
+            actions.append(Send(to=self._lead, message=msg))
+            self.stats.aggregates_sent += 1
+        self._local = now - self._lead_heard_at >= cfg.lead_timeout
+        if self._local:
+            if self._budget is None:
+                self.stats.rounds_without_budget += 1
+            else:
+                result = clear(
+                    totals, self._budget, cfg.grid, previous=self._local_regime, band=cfg.band
+                )
+                self._local_regime = result.regime
+                self.stats.local_clearings += 1
+                actions.append(self._price(result, self._agg_seq, local=True))
+        return actions
+
+    # ----------------------------------------------------------------- helpers
+
+    def _activate(self, epoch: Epoch, now: float) -> None:
+        self._active = True
+        self._epoch = epoch
+        self._bids.clear()
+        self._agg_seq = 0
+        self._totals = None
+        self._price_round = 0
+        self._lead_round = 0
+        self._lead_heard_at = now
+        self._budget = None
+        self._local_regime = None
+        self._local = False
+        self._round_at = now + self._config.round_interval
+
+    def _deactivate(self) -> None:
+        self._active = False
+        self._bids.clear()
+        self._totals = None
+        self._round_at = None
+
+    def _follow_lead(self, lead: NodeId, epoch: Epoch) -> None:
+        self._lead = lead
+        self._lead_epoch = epoch
+        self._lead_round = 0
+
+    def _ack(self, node: NodeId, held: _Held) -> Send:
+        return Send(
+            to=node,
+            message=wire.BidAck(epoch=self._epoch, seq=held.seq, aggregate=held.first_aggregate),
+        )
+
+    def _price(self, result: ClearingResult, aggregate: int, *, local: bool) -> Multicast:
+        self._price_round += 1
+        self.stats.prices_sent += 1
+        return Multicast(
+            message=wire.Price(
+                epoch=self._epoch,
+                round=self._price_round,
+                regime=int(result.regime),
+                flags=wire.Price.FLAG_LOCAL if local else 0,
+                price=result.price,
+                level=result.level,
+                fill=result.fill,
+                deficit=result.deficit,
+                aggregate=aggregate,
+            )
+        )

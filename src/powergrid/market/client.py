@@ -1,0 +1,361 @@
+"""The market client: one server's side of the power market.
+
+Theory of operation
+-------------------
+**Guarantees.** The client reports its latest :class:`~powergrid.market.bids.Bid`
+to its cluster's broker, and turns each fresh price into its allocation (watts,
+an int) with :func:`~powergrid.market.clearing.allocate`, applied to the bid the
+price actually cleared, so the cluster's allocations never exceed what the
+clearing paid for. It never applies a price of an epoch older than the cluster
+epoch it follows (fencing), nor the same round twice. It tells the app whether
+the price included its latest bid. Without fresh prices it keeps its last
+allocation for ``lease`` seconds, then falls back to ``min(allocation, r)`` and
+never raises it again until a fresh price arrives.
+
+**Assumptions.** The node passes it ``LeaderElected`` of its cluster (who the
+broker is, in which epoch) and the market messages it receives (:class:`~powergrid.wire.Price`
+multicast by the broker, :class:`~powergrid.wire.BidAck` unicast by it). Bids
+travel by reliable unicast (:class:`~powergrid.events.SendReliable`), so they
+arrive in order; a broker that a bid never reaches is replaced by the election.
+
+**Driving.** Inputs: :class:`BidChanged` (command), ``LeaderElected``,
+``Received`` and ``DeadlineReached``. Outputs: ``SendReliable(broker, Bid)``
+and the notifications :class:`PriceUpdated` (every applied price) and
+:class:`AllocationChanged` (whenever the allocation's value changes).
+
+Bid numbering: each new bid gets the next ``seq``; a refresh every
+``refresh_interval`` seconds repeats the current one (soft state at the
+broker). The broker's ``BidAck(seq, aggregate)`` says from which of its
+aggregates on the bid counts; a ``Price`` names the aggregate it cleared, so
+the bid the price applies to is the newest one acknowledged at or before it.
+If none was, the client was not counted: it takes its required ``r`` (its
+floor ``h`` during a shortage) until the next round includes it. A new broker
+(a higher epoch, learned from ``LeaderElected`` or from a ``Price``) gets the
+current bid at once.
+
+**Timeouts.** ``refresh_interval`` (default 2 s): resend the bid. ``lease``
+(default 5 s): hold the last allocation this long after the last applied price.
+The lease must outlast a few of the broker's rounds (1 s by default).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+import attrs
+
+from powergrid import wire
+from powergrid.errors import ConfigError, UsageError
+from powergrid.events import DeadlineReached, LeaderElected, Received, SendReliable
+from powergrid.market.bids import Bid, Grid
+from powergrid.market.clearing import ClearingResult, Regime, allocate
+from powergrid.types import Epoch, GroupId, NodeId
+
+__all__ = [
+    "AllocationChanged",
+    "BidChanged",
+    "ClientConfig",
+    "ClientMachine",
+    "ClientStats",
+    "PriceUpdated",
+]
+
+_KEEP_BIDS = 8
+"""Unacknowledged-or-uncleared bids remembered (older ones can no longer be priced)."""
+
+
+@attrs.frozen(kw_only=True)
+class BidChanged:
+    """Command: this server's bid is now ``bid`` (report it to the broker)."""
+
+    bid: Bid
+
+
+@attrs.frozen(kw_only=True)
+class PriceUpdated:
+    """Notification: a fresh price of ``group``'s broker was applied.
+
+    ``allocation`` (watts) is this server's power cap from now on;
+    ``includes_latest_bid`` says whether the clearing counted the current bid;
+    ``local`` says the broker cleared its cluster alone (lead broker lost).
+    """
+
+    group: GroupId
+    epoch: Epoch
+    round: int
+    price: float
+    regime: Regime
+    allocation: int
+    includes_latest_bid: bool
+    deficit: int = 0
+    local: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class AllocationChanged:
+    """Notification: this server's power cap is now ``allocation`` watts, because of ``cause``."""
+
+    group: GroupId
+    allocation: int
+    cause: Literal["price", "lease", "bid"]
+
+
+@attrs.frozen(kw_only=True)
+class ClientConfig:
+    """Client timing (seconds) and the market's price grid. Raises :class:`ConfigError`."""
+
+    grid: Grid = attrs.field(factory=Grid)
+    refresh_interval: float = 2.0
+    lease: float = 5.0
+
+    def __attrs_post_init__(self) -> None:
+        if not self.refresh_interval > 0:
+            raise ConfigError(f"refresh_interval must be > 0 s, got {self.refresh_interval}")
+        if not self.lease > 0:
+            raise ConfigError(f"lease must be > 0 s, got {self.lease}")
+
+
+@attrs.define
+class ClientStats:
+    """Counters; every dropped peer message is counted in exactly one ``dropped_*``."""
+
+    bids_sent: int = 0
+    prices_applied: int = 0
+    leases_expired: int = 0
+    dropped_stale: int = 0
+    dropped_duplicate: int = 0
+    dropped_foreign: int = 0
+    dropped_invalid: int = 0
+    dropped_no_bid: int = 0
+    dropped_unexpected: int = 0
+
+
+class ClientMachine:
+    """The market client of node ``me`` in cluster ``cluster`` (see the module docstring)."""
+
+    def __init__(self, me: NodeId, cluster: GroupId, config: ClientConfig | None = None) -> None:
+        self._me = me
+        self._cluster = cluster
+        self._config = config if config is not None else ClientConfig()
+        self.stats = ClientStats()
+        self._broker = NodeId(0)
+        self._epoch = Epoch(0)
+        self._seq = 0
+        self._bids: dict[int, Bid] = {}  # seq -> bid, for seqs that a price may still clear
+        self._acks: dict[int, int] = {}  # seq -> first aggregate of the current broker counting it
+        self._refresh_at: float | None = None
+        self._round = 0
+        self._allocation: int | None = None
+        self._lease_until: float | None = None
+        self._price: float | None = None
+        self._regime: Regime | None = None
+        self._includes_latest = False
+        self._dispatch: dict[type, Callable[[Any, float], list[object]]] = {
+            BidChanged: self._on_bid_changed,
+            Received: self._on_received,
+            LeaderElected: self._on_leader_elected,
+            DeadlineReached: self._on_deadline,
+        }
+
+    # ------------------------------------------------------------ read-only state
+
+    @property
+    def bid(self) -> Bid | None:
+        """The current bid, or None before the first :class:`BidChanged`."""
+        return self._bids.get(self._seq)
+
+    @property
+    def bid_seq(self) -> int:
+        """The current bid's number (0: none yet)."""
+        return self._seq
+
+    @property
+    def broker(self) -> NodeId:
+        """The broker followed (0: none known)."""
+        return self._broker
+
+    @property
+    def epoch(self) -> Epoch:
+        """The cluster epoch followed; prices of older epochs are refused."""
+        return self._epoch
+
+    @property
+    def allocation(self) -> int | None:
+        """This server's power cap in watts, or None before the first price."""
+        return self._allocation
+
+    @property
+    def price(self) -> float | None:
+        """The last applied price."""
+        return self._price
+
+    @property
+    def regime(self) -> Regime | None:
+        """The regime of the last applied price."""
+        return self._regime
+
+    @property
+    def includes_latest_bid(self) -> bool:
+        """Whether the last applied price counted the current bid."""
+        return self._includes_latest
+
+    @property
+    def lease_expired(self) -> bool:
+        """Whether the allocation has fallen back for want of fresh prices."""
+        return self._allocation is not None and self._lease_until is None
+
+    # ------------------------------------------------------------------ driving
+
+    def handle(self, event: object, now: float) -> list[object]:
+        """Feed one event; returns the actions. Raises :class:`UsageError` for an unknown event."""
+        handler = self._dispatch.get(type(event))
+        if handler is None:
+            raise UsageError(f"ClientMachine does not handle {type(event).__name__}")
+        return handler(event, now)
+
+    def next_deadline(self) -> float | None:
+        """The next refresh or lease expiry, whichever is first."""
+        times = [t for t in (self._refresh_at, self._lease_until) if t is not None]
+        return min(times) if times else None
+
+    # ---------------------------------------------------------------- handlers
+
+    def _on_bid_changed(self, ev: BidChanged, now: float) -> list[object]:
+        if not isinstance(ev.bid, Bid):
+            raise UsageError(f"BidChanged needs a market Bid, got {ev.bid!r}")
+        if self._seq and self._bids.get(self._seq) == ev.bid:
+            return []
+        self._seq += 1
+        self._bids[self._seq] = ev.bid
+        if len(self._bids) > _KEEP_BIDS:
+            del self._bids[min(self._bids)]
+        actions = self._send_bid(now)
+        if self.lease_expired and self._allocation is not None:
+            actions += self._set_allocation(min(self._allocation, ev.bid.required), "bid")
+        return actions
+
+    def _on_leader_elected(self, ev: LeaderElected, now: float) -> list[object]:
+        if ev.group != self._cluster:
+            return []
+        if ev.epoch < self._epoch:
+            self.stats.dropped_stale += 1
+            return []
+        if ev.epoch == self._epoch and ev.leader == self._broker:
+            return []
+        return self._follow(ev.leader, ev.epoch, now)
+
+    def _on_received(self, ev: Received, now: float) -> list[object]:
+        msg = ev.message
+        if type(msg) is wire.Price:
+            return self._on_price(ev.sender, msg, now)
+        if type(msg) is wire.BidAck:
+            return self._on_bid_ack(ev.sender, msg)
+        self.stats.dropped_unexpected += 1
+        return []
+
+    def _on_bid_ack(self, sender: NodeId, msg: wire.BidAck) -> list[object]:
+        if msg.epoch != self._epoch or msg.epoch == 0:
+            self.stats.dropped_stale += 1
+        elif sender != self._broker:
+            self.stats.dropped_foreign += 1
+        elif msg.seq not in self._bids:
+            self.stats.dropped_invalid += 1
+        elif msg.seq in self._acks:
+            self.stats.dropped_duplicate += 1
+        else:
+            self._acks[msg.seq] = msg.aggregate
+        return []
+
+    def _on_price(self, sender: NodeId, msg: wire.Price, now: float) -> list[object]:
+        actions: list[object] = []
+        if msg.epoch < self._epoch or msg.epoch == 0:
+            self.stats.dropped_stale += 1
+            return actions
+        if msg.epoch > self._epoch:
+            actions += self._follow(sender, Epoch(msg.epoch), now)
+        elif sender != self._broker:
+            self.stats.dropped_foreign += 1
+            return actions
+        if msg.round <= self._round:
+            self.stats.dropped_duplicate += 1
+            return actions
+        result = ClearingResult.checked(msg, self._config.grid)
+        if result is None:
+            self.stats.dropped_invalid += 1
+            return actions
+        bid = self.bid
+        if bid is None:
+            self._round = msg.round
+            self.stats.dropped_no_bid += 1
+            return actions
+        self._round = msg.round
+        counted = [seq for seq, agg in self._acks.items() if agg <= msg.aggregate]
+        if counted:
+            seq = max(counted)
+            allocation = allocate(self._bids[seq], result, self._config.grid)
+            self._includes_latest = seq == self._seq
+            for old in [s for s in self._bids if s < seq]:
+                del self._bids[old]
+                self._acks.pop(old, None)
+        else:
+            allocation = bid.floor if result.regime is Regime.SHORTAGE else bid.required
+            self._includes_latest = False
+        self.stats.prices_applied += 1
+        self._price = result.price
+        self._regime = result.regime
+        self._lease_until = now + self._config.lease
+        actions.append(
+            PriceUpdated(
+                group=self._cluster,
+                epoch=self._epoch,
+                round=msg.round,
+                price=result.price,
+                regime=result.regime,
+                allocation=allocation,
+                includes_latest_bid=self._includes_latest,
+                deficit=result.deficit,
+                local=bool(msg.flags & wire.Price.FLAG_LOCAL),
+            )
+        )
+        actions += self._set_allocation(allocation, "price")
+        return actions
+
+    def _on_deadline(self, ev: DeadlineReached, now: float) -> list[object]:
+        actions: list[object] = []
+        if self._refresh_at is not None and now >= self._refresh_at:
+            actions += self._send_bid(now)
+        if self._lease_until is not None and now >= self._lease_until:
+            self._lease_until = None
+            self.stats.leases_expired += 1
+            bid = self.bid
+            if self._allocation is not None and bid is not None:
+                actions += self._set_allocation(min(self._allocation, bid.required), "lease")
+        return actions
+
+    # ----------------------------------------------------------------- helpers
+
+    def _follow(self, broker: NodeId, epoch: Epoch, now: float) -> list[object]:
+        """Follow a new broker: forget the old one's acks and rounds, send it the bid."""
+        self._broker = broker
+        self._epoch = epoch
+        self._acks.clear()
+        self._round = 0
+        return self._send_bid(now)
+
+    def _send_bid(self, now: float) -> list[object]:
+        bid = self.bid
+        if bid is None or self._broker == 0:
+            self._refresh_at = None
+            return []
+        self._refresh_at = now + self._config.refresh_interval
+        self.stats.bids_sent += 1
+        return [SendReliable(to=self._broker, message=bid.to_message(self._seq))]
+
+    def _set_allocation(
+        self, allocation: int, cause: Literal["price", "lease", "bid"]
+    ) -> list[object]:
+        if allocation == self._allocation:
+            return []
+        self._allocation = allocation
+        return [AllocationChanged(group=self._cluster, allocation=allocation, cause=cause)]

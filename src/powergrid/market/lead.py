@@ -1,0 +1,326 @@
+"""The lead broker: clears the whole market once per round.
+
+Theory of operation
+-------------------
+**Guarantees.** While this node is the lead broker (``LeaderElected`` of the
+broker group names it), every ``round_interval`` seconds it sums the latest
+aggregate of every cluster heard from within ``aggregate_timeout``, clears them
+once against the usable supply ``S`` (:func:`~powergrid.market.clearing.clear`,
+with hysteresis from the previous round), and multicasts round ``round``'s
+:class:`~powergrid.wire.Clearing` to the broker group, stamped with its epoch
+(brokers refuse older epochs). The clearing names, for each cluster, the
+aggregate it cleared (cluster epoch and number) and the cluster's budget; the
+budgets and the clients' allocations sum to at most ``S``. When the clusters
+do not fit one datagram the round is split over several Clearings with the
+same round number.
+
+**Assumptions.** The node passes it ``LeaderElected`` of the broker group and
+the ``Aggregate`` messages it receives. Aggregates are kept (newest per
+cluster: a higher cluster epoch replaces a lower one, a lower one is refused)
+even while this node is not the lead, so a new lead can clear in its first
+round. A new :class:`SupplyChanged` takes effect in the next round.
+
+**Driving.** Inputs: :class:`SupplyChanged` (command), ``LeaderElected``,
+``Received`` and ``DeadlineReached``. Outputs: ``Multicast(Clearing)`` and the
+notification :class:`MarketCleared`. The first round comes one
+``round_interval`` after the election, so the brokers' aggregates can arrive.
+
+**Timeouts.** ``round_interval`` (1 s), ``aggregate_timeout`` (3 s, more than
+``round_interval``): a cluster silent that long is left out (its broker is
+gone; it re-clears alone within its last budget, if it is alive at all).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from powergrid import wire
+from powergrid.errors import ConfigError, UsageError
+from powergrid.events import DeadlineReached, LeaderElected, Multicast, Received
+from powergrid.market.bids import Grid
+from powergrid.market.clearing import (
+    ClearingResult,
+    Regime,
+    Totals,
+    budget,
+    clear,
+    combine,
+    totals_from_message,
+)
+from powergrid.types import BROKER_GROUP, Epoch, NodeId
+
+__all__ = [
+    "MAX_CLEARING_ENTRIES",
+    "LeadBrokerMachine",
+    "LeadConfig",
+    "LeadStats",
+    "MarketCleared",
+    "SupplyChanged",
+]
+
+_CLEARING_EMPTY = len(
+    wire.encode_body(
+        wire.Clearing(epoch=1, round=1, regime=0, price=0.0, level=0, fill=0, deficit=0, entries=())
+    )
+)
+MAX_CLEARING_ENTRIES = (wire.MAX_PAYLOAD - _CLEARING_EMPTY) // 24
+"""Clusters per Clearing datagram (55); more are split over several datagrams."""
+
+
+@attrs.frozen(kw_only=True)
+class SupplyChanged:
+    """Command: the usable supply is now ``watts`` (int >= 0), from the next round on."""
+
+    watts: int
+
+
+@attrs.frozen(kw_only=True)
+class MarketCleared:
+    """Notification: round ``round`` of ``epoch`` cleared ``bids`` bids of ``clusters`` clusters."""
+
+    epoch: Epoch
+    round: int
+    supply: int
+    regime: Regime
+    price: float
+    deficit: int
+    clusters: int
+    bids: int
+    allocated: int
+
+
+@attrs.frozen(kw_only=True)
+class LeadConfig:
+    """Lead broker timing (seconds), the price grid and the hysteresis ``band``.
+
+    Raises :class:`ConfigError` unless ``round_interval > 0``,
+    ``aggregate_timeout > round_interval`` and ``0 <= band < 1``.
+    """
+
+    grid: Grid = attrs.field(factory=Grid)
+    round_interval: float = 1.0
+    aggregate_timeout: float = 3.0
+    band: float = 0.02
+
+    def __attrs_post_init__(self) -> None:
+        if not self.round_interval > 0:
+            raise ConfigError(f"round_interval must be > 0 s, got {self.round_interval}")
+        if not self.aggregate_timeout > self.round_interval:
+            raise ConfigError(
+                f"aggregate_timeout ({self.aggregate_timeout} s) must exceed round_interval "
+                f"({self.round_interval} s), or live clusters drop out between rounds"
+            )
+        if not 0 <= self.band < 1:
+            raise ConfigError(f"band must be in [0, 1), got {self.band}")
+
+
+@attrs.define
+class LeadStats:
+    """Counters; every dropped peer message is counted in exactly one ``dropped_*``."""
+
+    rounds_cleared: int = 0
+    rounds_empty: int = 0
+    clearings_sent: int = 0
+    aggregates_accepted: int = 0
+    aggregates_expired: int = 0
+    dropped_stale: int = 0
+    dropped_duplicate: int = 0
+    dropped_invalid: int = 0
+    dropped_unexpected: int = 0
+
+
+@attrs.define
+class _Latest:
+    epoch: int
+    seq: int
+    totals: Totals
+    heard_at: float
+
+
+def _check_supply(watts: object) -> int:
+    if type(watts) is not int or watts < 0:
+        raise UsageError(f"supply must be a non-negative int of watts, got {watts!r}")
+    return watts
+
+
+class LeadBrokerMachine:
+    """The lead broker's market on node ``me``, with usable supply ``supply`` watts.
+
+    Raises :class:`UsageError` for a negative or non-int supply.
+    """
+
+    def __init__(self, me: NodeId, supply: int, config: LeadConfig | None = None) -> None:
+        self._me = me
+        self._supply = _check_supply(supply)
+        self._config = config if config is not None else LeadConfig()
+        self.stats = LeadStats()
+        self._active = False
+        self._epoch = Epoch(0)
+        self._round = 0
+        self._round_at: float | None = None
+        self._previous: Regime | None = None
+        self._result: ClearingResult | None = None
+        self._clusters: dict[int, _Latest] = {}
+        self._dispatch: dict[type, Callable[[Any, float], list[object]]] = {
+            SupplyChanged: self._on_supply_changed,
+            LeaderElected: self._on_leader_elected,
+            Received: self._on_received,
+            DeadlineReached: self._on_deadline,
+        }
+
+    # ------------------------------------------------------------ read-only state
+
+    @property
+    def active(self) -> bool:
+        """Whether this node is the lead broker now."""
+        return self._active
+
+    @property
+    def epoch(self) -> Epoch:
+        """The lead epoch (the highest seen while inactive)."""
+        return self._epoch
+
+    @property
+    def supply(self) -> int:
+        """The usable supply, watts."""
+        return self._supply
+
+    @property
+    def round(self) -> int:
+        """The last round cleared in this epoch (0: none)."""
+        return self._round
+
+    @property
+    def result(self) -> ClearingResult | None:
+        """The last round's result."""
+        return self._result
+
+    @property
+    def clusters(self) -> tuple[int, ...]:
+        """The clusters whose aggregates are held, sorted."""
+        return tuple(sorted(self._clusters))
+
+    # ------------------------------------------------------------------ driving
+
+    def handle(self, event: object, now: float) -> list[object]:
+        """Feed one event; returns the actions. Raises :class:`UsageError` for an unknown event."""
+        handler = self._dispatch.get(type(event))
+        if handler is None:
+            raise UsageError(f"LeadBrokerMachine does not handle {type(event).__name__}")
+        return handler(event, now)
+
+    def next_deadline(self) -> float | None:
+        """The next round, while active."""
+        return self._round_at if self._active else None
+
+    # ---------------------------------------------------------------- handlers
+
+    def _on_supply_changed(self, ev: SupplyChanged, now: float) -> list[object]:
+        self._supply = _check_supply(ev.watts)
+        return []
+
+    def _on_leader_elected(self, ev: LeaderElected, now: float) -> list[object]:
+        if ev.group != BROKER_GROUP:
+            return []
+        if ev.epoch < self._epoch:
+            self.stats.dropped_stale += 1
+            return []
+        if ev.leader == self._me:
+            if not self._active or ev.epoch > self._epoch:
+                self._active = True
+                self._epoch = ev.epoch
+                self._round = 0
+                self._previous = None
+                self._round_at = now + self._config.round_interval
+        else:
+            self._epoch = ev.epoch
+            self._active = False
+            self._round_at = None
+        return []
+
+    def _on_received(self, ev: Received, now: float) -> list[object]:
+        msg = ev.message
+        if type(msg) is not wire.Aggregate:
+            self.stats.dropped_unexpected += 1
+            return []
+        totals = totals_from_message(msg, self._config.grid)
+        if totals is None or msg.problem() is not None:
+            self.stats.dropped_invalid += 1
+            return []
+        held = self._clusters.get(msg.cluster)
+        if held is not None:
+            if msg.epoch < held.epoch or (msg.epoch == held.epoch and msg.seq < held.seq):
+                self.stats.dropped_stale += 1
+                return []
+            if msg.epoch == held.epoch and msg.seq == held.seq:
+                self.stats.dropped_duplicate += 1
+                return []
+        self._clusters[msg.cluster] = _Latest(
+            epoch=msg.epoch, seq=msg.seq, totals=totals, heard_at=now
+        )
+        self.stats.aggregates_accepted += 1
+        return []
+
+    def _on_deadline(self, ev: DeadlineReached, now: float) -> list[object]:
+        if not self._active or self._round_at is None or now < self._round_at:
+            return []
+        cfg = self._config
+        nxt = self._round_at + cfg.round_interval
+        self._round_at = nxt if nxt > now else now + cfg.round_interval
+        for cluster in sorted(self._clusters):
+            if now - self._clusters[cluster].heard_at >= cfg.aggregate_timeout:
+                del self._clusters[cluster]
+                self.stats.aggregates_expired += 1
+        if not self._clusters:
+            self.stats.rounds_empty += 1
+            return []
+        order = sorted(self._clusters)
+        totals = combine((self._clusters[c].totals for c in order), cfg.grid)
+        result = clear(totals, self._supply, cfg.grid, previous=self._previous, band=cfg.band)
+        self._previous = result.regime
+        self._result = result
+        self._round += 1
+        self.stats.rounds_cleared += 1
+        entries = []
+        allocated = 0
+        for c in order:
+            held = self._clusters[c]
+            share = budget(held.totals, result)
+            allocated += share
+            entries.append(
+                wire.ClearingEntry(cluster=c, epoch=held.epoch, aggregate=held.seq, budget=share)
+            )
+        actions: list[object] = []
+        for i in range(0, len(entries), MAX_CLEARING_ENTRIES):
+            actions.append(
+                Multicast(
+                    message=wire.Clearing(
+                        epoch=self._epoch,
+                        round=self._round,
+                        regime=int(result.regime),
+                        price=result.price,
+                        level=result.level,
+                        fill=result.fill,
+                        deficit=result.deficit,
+                        entries=tuple(entries[i : i + MAX_CLEARING_ENTRIES]),
+                    )
+                )
+            )
+            self.stats.clearings_sent += 1
+        actions.append(
+            MarketCleared(
+                epoch=self._epoch,
+                round=self._round,
+                supply=self._supply,
+                regime=result.regime,
+                price=result.price,
+                deficit=result.deficit,
+                clusters=len(order),
+                bids=totals.bids,
+                allocated=allocated,
+            )
+        )
+        return actions

@@ -1,0 +1,767 @@
+"""Tests of the market machines: client, broker, lead broker, and a small wired market."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from powergrid import wire
+from powergrid.errors import ConfigError, UsageError
+from powergrid.events import (
+    DeadlineReached,
+    LeaderElected,
+    Member,
+    Multicast,
+    Received,
+    Send,
+    SendReliable,
+    View,
+    ViewChanged,
+)
+from powergrid.market import (
+    FILL_ONE,
+    MAX_CLEARING_ENTRIES,
+    AllocationChanged,
+    Bid,
+    BidChanged,
+    BrokerConfig,
+    BrokerMachine,
+    ClearingResult,
+    ClientConfig,
+    ClientMachine,
+    Grid,
+    LeadBrokerMachine,
+    LeadConfig,
+    MarketCleared,
+    PriceUpdated,
+    Regime,
+    SupplyChanged,
+    aggregate,
+    allocate,
+    totals_to_message,
+)
+from powergrid.types import BROKER_GROUP, Epoch, GroupId, Incarnation, NodeId
+
+GRID = Grid(price_min=0.0, price_max=1.0, points=5)
+CL = GroupId(1)
+ME = NodeId(11)
+OTHER = NodeId(12)
+BROKER = NodeId(21)
+LEAD = NodeId(31)
+INC = Incarnation(1)
+BID = Bid(floor=50, required=100, maximum=200, priority=1)  # ladder 200 200 175 150 125 100 100
+BID2 = Bid(floor=20, required=80, maximum=150, corners=((0.2, 150), (0.6, 90)))
+DL = DeadlineReached()
+
+
+def price(**kw: Any) -> wire.Price:
+    fields: dict[str, Any] = {
+        "epoch": 1,
+        "round": 1,
+        "regime": int(Regime.NORMAL),
+        "flags": 0,
+        "price": 0.5,
+        "level": 3,
+        "fill": FILL_ONE // 2,
+        "deficit": 0,
+        "aggregate": 1,
+    }
+    fields.update(kw)
+    return wire.Price(**fields)
+
+
+def rx(sender: NodeId, msg: wire.Message, incarnation: int = 1) -> Received:
+    return Received(sender=sender, incarnation=Incarnation(incarnation), message=msg)
+
+
+# ================================================================== client
+
+
+def client_following(now: float = 0.0) -> ClientMachine:
+    c = ClientMachine(ME, CL, ClientConfig(grid=GRID))
+    c.handle(BidChanged(bid=BID), now)
+    c.handle(LeaderElected(group=CL, leader=BROKER, epoch=Epoch(1)), now)
+    return c
+
+
+def test_client_sends_bid_once_broker_is_known_and_refreshes() -> None:
+    """Client rule: the bid goes to the broker by reliable unicast, then every refresh_interval."""
+    c = ClientMachine(ME, CL, ClientConfig(grid=GRID))
+    assert c.handle(BidChanged(bid=BID), 0.0) == []
+    assert c.next_deadline() is None
+    sent = [SendReliable(to=BROKER, message=BID.to_message(1))]
+    assert c.handle(LeaderElected(group=CL, leader=BROKER, epoch=Epoch(1)), 0.5) == sent
+    assert c.next_deadline() == 2.5
+    assert c.handle(DL, 2.0) == []
+    assert c.handle(DL, 2.5) == sent
+    assert c.next_deadline() == 4.5
+
+
+def test_client_new_bid_gets_next_seq_and_same_bid_is_ignored() -> None:
+    """Client rule: a changed bid gets the next seq at once; an unchanged one sends nothing."""
+    c = client_following()
+    assert c.handle(BidChanged(bid=BID2), 1.0) == [
+        SendReliable(to=BROKER, message=BID2.to_message(2))
+    ]
+    assert c.handle(BidChanged(bid=BID2), 1.5) == []
+    assert (c.bid, c.bid_seq, c.next_deadline()) == (BID2, 2, 3.0)
+
+
+def test_client_ignores_leader_of_other_groups_and_stale_epochs() -> None:
+    """Client rule: only its cluster's LeaderElected counts; an older epoch is refused."""
+    c = client_following()
+    assert c.handle(LeaderElected(group=BROKER_GROUP, leader=LEAD, epoch=Epoch(5)), 1.0) == []
+    c.handle(LeaderElected(group=CL, leader=OTHER, epoch=Epoch(3)), 1.0)
+    assert c.handle(LeaderElected(group=CL, leader=BROKER, epoch=Epoch(2)), 1.0) == []
+    assert (c.broker, c.epoch, c.stats.dropped_stale) == (OTHER, 3, 1)
+
+
+def test_client_applies_price_to_acknowledged_bid() -> None:
+    """Client rule: a current price gives allocate(bid, result); includes_latest_bid is known."""
+    c = client_following()
+    assert c.handle(rx(BROKER, wire.BidAck(epoch=1, seq=1, aggregate=1)), 0.1) == []
+    # rung 3 = 150, rung 2 = 175, half fill: 162
+    assert c.handle(rx(BROKER, price()), 1.0) == [
+        PriceUpdated(
+            group=CL,
+            epoch=Epoch(1),
+            round=1,
+            price=0.5,
+            regime=Regime.NORMAL,
+            allocation=162,
+            includes_latest_bid=True,
+        ),
+        AllocationChanged(group=CL, allocation=162, cause="price"),
+    ]
+    assert (c.allocation, c.price, c.regime, c.includes_latest_bid) == (
+        162,
+        0.5,
+        Regime.NORMAL,
+        True,
+    )
+    assert c.next_deadline() == 2.0  # refresh before the lease (6.0)
+
+
+def test_client_price_with_same_allocation_notifies_price_only() -> None:
+    """Client rule: AllocationChanged only when the value changes."""
+    c = client_following()
+    c.handle(rx(BROKER, wire.BidAck(epoch=1, seq=1, aggregate=1)), 0.1)
+    c.handle(rx(BROKER, price()), 1.0)
+    out = c.handle(rx(BROKER, price(round=2, price=0.4)), 2.0)
+    assert [type(a) for a in out] == [PriceUpdated]
+
+
+def test_client_refuses_stale_epoch_price() -> None:
+    """Fencing rule: a price of an epoch older than the one followed is refused and counted."""
+    c = client_following()
+    c.handle(LeaderElected(group=CL, leader=OTHER, epoch=Epoch(2)), 0.5)
+    c.handle(rx(OTHER, wire.BidAck(epoch=2, seq=1, aggregate=1)), 0.6)
+    assert c.handle(rx(BROKER, price(epoch=1)), 1.0) == []
+    assert (c.allocation, c.stats.dropped_stale) == (None, 1)
+
+
+def test_client_refuses_duplicate_round_foreign_sender_and_nonsense() -> None:
+    """Client rule: the same round twice, a same-epoch stranger, absurd factors are dropped."""
+    c = client_following()
+    c.handle(rx(BROKER, wire.BidAck(epoch=1, seq=1, aggregate=1)), 0.1)
+    c.handle(rx(BROKER, price()), 1.0)
+    assert c.handle(rx(BROKER, price()), 1.1) == []
+    assert c.handle(rx(OTHER, price(round=2)), 1.2) == []
+    assert c.handle(rx(BROKER, price(round=3, level=7)), 1.3) == []  # G+1 = 6 is the last rung
+    assert c.handle(rx(BROKER, price(round=4, price=2.0)), 1.4) == []  # above price_max
+    assert c.handle(rx(BROKER, wire.BidAck(epoch=1, seq=9, aggregate=1)), 1.5) == []
+    unexpected = totals_to_message(aggregate([BID], GRID), cluster=1, epoch=1, seq=1)
+    assert c.handle(rx(BROKER, unexpected), 1.6) == []
+    s = c.stats
+    assert (s.dropped_duplicate, s.dropped_foreign, s.dropped_invalid, s.dropped_unexpected) == (
+        1,
+        1,
+        3,
+        1,
+    )
+    assert c.allocation == 162
+
+
+def test_client_not_yet_counted_takes_required_or_floor_in_shortage() -> None:
+    """Client rule: a price that counted none of its bids gives r (h in a shortage)."""
+    c = client_following()
+    out = c.handle(rx(BROKER, price()), 1.0)
+    assert out[0] == PriceUpdated(
+        group=CL,
+        epoch=Epoch(1),
+        round=1,
+        price=0.5,
+        regime=Regime.NORMAL,
+        allocation=100,
+        includes_latest_bid=False,
+    )
+    out = c.handle(rx(BROKER, price(round=2, regime=2, price=1.0, level=0, deficit=5)), 2.0)
+    assert out[-1] == AllocationChanged(group=CL, allocation=50, cause="price")
+
+
+def test_client_prices_the_bid_the_clearing_counted() -> None:
+    """Client rule: a price of an aggregate before the latest bid's ack applies the older bid."""
+    c = client_following()
+    c.handle(rx(BROKER, wire.BidAck(epoch=1, seq=1, aggregate=1)), 0.1)
+    c.handle(BidChanged(bid=BID2), 0.5)
+    c.handle(rx(BROKER, wire.BidAck(epoch=1, seq=2, aggregate=2)), 0.6)
+    out = c.handle(rx(BROKER, price(aggregate=1)), 1.0)
+    assert out[0].allocation == allocate(BID, price_result(), GRID) == 162  # type: ignore[attr-defined]
+    assert out[0].includes_latest_bid is False  # type: ignore[attr-defined]
+    out = c.handle(rx(BROKER, price(round=2, aggregate=2)), 2.0)
+    assert out[0].allocation == allocate(BID2, price_result(), GRID) == 123  # type: ignore[attr-defined]
+    assert c.includes_latest_bid
+
+
+def price_result() -> Any:
+    return ClearingResult.checked(price(), GRID)
+
+
+def test_client_price_of_newer_epoch_follows_its_sender_and_rebids() -> None:
+    """Client rule: a higher epoch's price makes its sender the broker; the bid goes to it."""
+    c = client_following()
+    out = c.handle(rx(OTHER, price(epoch=4)), 1.0)
+    assert out[0] == SendReliable(to=OTHER, message=BID.to_message(1))
+    assert isinstance(out[1], PriceUpdated) and out[1].allocation == 100
+    assert (c.broker, c.epoch) == (OTHER, 4)
+
+
+def test_client_lease_expiry_falls_back_to_required_and_never_rises() -> None:
+    """Lease rule: no price for `lease` s -> min(allocation, r); it never rises until a price."""
+    c = client_following()
+    c.handle(rx(BROKER, wire.BidAck(epoch=1, seq=1, aggregate=1)), 0.1)
+    c.handle(rx(BROKER, price()), 1.0)
+    assert c.handle(DL, 2.0) == [SendReliable(to=BROKER, message=BID.to_message(1))]
+    assert c.handle(DL, 4.0) == [SendReliable(to=BROKER, message=BID.to_message(1))]
+    assert c.next_deadline() == 6.0
+    assert c.handle(DL, 6.0) == [
+        SendReliable(to=BROKER, message=BID.to_message(1)),
+        AllocationChanged(group=CL, allocation=100, cause="lease"),
+    ]
+    assert c.lease_expired and c.stats.leases_expired == 1
+    big = Bid(floor=50, required=180, maximum=300)
+    out = c.handle(BidChanged(bid=big), 6.5)
+    assert out == [SendReliable(to=BROKER, message=big.to_message(2))]
+    assert c.allocation == 100
+    small = Bid(floor=10, required=70, maximum=300)
+    out = c.handle(BidChanged(bid=small), 7.0)
+    assert out[-1] == AllocationChanged(group=CL, allocation=70, cause="bid")
+
+
+def test_client_lease_in_shortage_keeps_lower_allocation() -> None:
+    """Lease rule: an allocation below r stays (fallback never increases it)."""
+    c = client_following()
+    c.handle(rx(BROKER, wire.BidAck(epoch=1, seq=1, aggregate=1)), 0.1)
+    c.handle(rx(BROKER, price(regime=2, price=1.0, level=1, fill=0, deficit=9)), 1.0)
+    assert c.allocation == 50
+    assert c.handle(DL, 6.0) == [SendReliable(to=BROKER, message=BID.to_message(1))]
+    assert c.allocation == 50 and c.lease_expired
+
+
+def test_client_usage_errors() -> None:
+    """Local misuse: unknown events and bad config raise at once."""
+    c = ClientMachine(ME, CL)
+    with pytest.raises(UsageError):
+        c.handle(SupplyChanged(watts=1), 0.0)
+    with pytest.raises(UsageError):
+        c.handle(BidChanged(bid="lots"), 0.0)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="lease"):
+        ClientConfig(lease=0)
+    with pytest.raises(ConfigError, match="refresh_interval"):
+        ClientConfig(refresh_interval=-1)
+
+
+# ================================================================== broker
+
+BCFG = BrokerConfig(grid=GRID)
+
+
+def view(*nodes: NodeId, incarnation: int = 1) -> ViewChanged:
+    members = tuple(Member(node=n, incarnation=Incarnation(incarnation)) for n in sorted(nodes))
+    return ViewChanged(
+        view=View(group=CL, view_id=1, leader=BROKER, epoch=Epoch(1), members=members)
+    )
+
+
+def active_broker(now: float = 0.0) -> BrokerMachine:
+    b = BrokerMachine(BROKER, CL, BCFG)
+    assert b.handle(LeaderElected(group=CL, leader=BROKER, epoch=Epoch(1)), now) == []
+    assert b.handle(LeaderElected(group=BROKER_GROUP, leader=LEAD, epoch=Epoch(7)), now) == []
+    return b
+
+
+def ack(seq: int, agg: int, to: NodeId = ME) -> Send:
+    return Send(to=to, message=wire.BidAck(epoch=1, seq=seq, aggregate=agg))
+
+
+def clearing(**kw: Any) -> wire.Clearing:
+    fields: dict[str, Any] = {
+        "epoch": 7,
+        "round": 1,
+        "regime": int(Regime.NORMAL),
+        "price": 0.5,
+        "level": 3,
+        "fill": FILL_ONE // 2,
+        "deficit": 0,
+        "entries": (wire.ClearingEntry(cluster=1, epoch=1, aggregate=1, budget=290),),
+    }
+    fields.update(kw)
+    return wire.Clearing(**fields)
+
+
+def test_broker_activates_on_election_and_waits_one_round() -> None:
+    """Broker rule: elected, it starts empty and makes its first aggregate one round later."""
+    b = BrokerMachine(BROKER, CL, BCFG)
+    assert b.next_deadline() is None
+    b.handle(LeaderElected(group=CL, leader=BROKER, epoch=Epoch(1)), 5.0)
+    assert (b.active, b.epoch, b.next_deadline()) == (True, 1, 6.0)
+
+
+def test_broker_acks_bids_and_refreshes() -> None:
+    """Broker rule: a bid is acked with the aggregate it enters; a repeat refreshes, older drops."""
+    b = active_broker()
+    assert b.handle(rx(ME, BID.to_message(1)), 0.1) == [ack(1, 1)]
+    assert b.handle(rx(ME, BID.to_message(1)), 0.2) == [ack(1, 1)]
+    assert b.handle(rx(ME, BID2.to_message(2)), 0.3) == [ack(2, 1)]
+    assert b.handle(rx(ME, BID.to_message(1)), 0.4) == []
+    s = b.stats
+    assert (s.bids_accepted, s.bids_refreshed, s.dropped_stale) == (2, 1, 1)
+
+
+def test_broker_round_sends_aggregate_to_lead() -> None:
+    """Broker rule: each round the held bids are summed and sent to the lead broker."""
+    b = active_broker()
+    b.handle(rx(ME, BID.to_message(1)), 0.1)
+    b.handle(rx(OTHER, BID2.to_message(1)), 0.1)
+    expected = totals_to_message(aggregate([BID, BID2], GRID), cluster=1, epoch=1, seq=1)
+    assert b.handle(DL, 0.5) == []
+    assert b.handle(DL, 1.0) == [Send(to=LEAD, message=expected)]
+    assert b.next_deadline() == 2.0
+    assert b.handle(rx(ME, BID.to_message(2)), 1.1) == [ack(2, 2)]
+
+
+def test_broker_multicasts_price_from_clearing() -> None:
+    """Broker rule: the lead's clearing becomes a Price with the cluster epoch and own round."""
+    b = active_broker()
+    b.handle(rx(ME, BID.to_message(1)), 0.1)
+    b.handle(DL, 1.0)
+    assert b.handle(rx(LEAD, clearing()), 1.1) == [Multicast(message=price())]
+    assert b.budget == 290
+    assert b.handle(rx(LEAD, clearing()), 1.2) == []  # same round
+    assert b.stats.dropped_duplicate == 1
+
+
+def test_broker_refuses_stale_lead_and_strangers() -> None:
+    """Fencing rule: a clearing of an older lead epoch, or a same-epoch stranger, is dropped."""
+    b = active_broker()
+    b.handle(DL, 1.0)
+    assert b.handle(rx(LEAD, clearing(epoch=6)), 1.1) == []
+    assert b.handle(rx(OTHER, clearing()), 1.1) == []
+    assert (b.stats.dropped_stale, b.stats.dropped_foreign) == (1, 1)
+
+
+def test_broker_ignores_clearing_of_another_broker_epoch_or_without_it() -> None:
+    """Broker rule: no price from an entry of another broker's epoch, or a clearing without us."""
+    b = active_broker()
+    b.handle(DL, 1.0)
+    other = wire.ClearingEntry(cluster=2, epoch=1, aggregate=1, budget=5)
+    assert b.handle(rx(LEAD, clearing(entries=(other,))), 1.1) == []
+    old = wire.ClearingEntry(cluster=1, epoch=0, aggregate=1, budget=5)
+    assert b.handle(rx(LEAD, clearing(round=2, entries=(old,))), 1.2) == []
+    assert b.stats.clearings_without_us == 2 and b.budget is None
+
+
+def test_broker_newer_lead_epoch_in_clearing_is_followed() -> None:
+    """Broker rule: a clearing of a higher lead epoch makes its sender the lead."""
+    b = active_broker()
+    b.handle(DL, 1.0)
+    assert b.handle(rx(OTHER, clearing(epoch=8)), 1.1) == [Multicast(message=price())]
+    assert b.lead == OTHER
+
+
+def test_broker_drops_bids_of_non_members_and_leavers() -> None:
+    """Broker rule: bids only from view members (right incarnation); leaving drops the bid."""
+    b = active_broker()
+    b.handle(view(ME, OTHER, BROKER), 0.0)
+    assert b.handle(rx(NodeId(99), BID.to_message(1)), 0.1) == []
+    assert b.handle(rx(ME, BID.to_message(1), incarnation=2), 0.1) == []
+    assert b.handle(rx(ME, BID.to_message(1)), 0.1) == [ack(1, 1)]
+    b.handle(rx(OTHER, BID.to_message(1)), 0.1)
+    assert b.bidders == (ME, OTHER)
+    b.handle(view(OTHER, BROKER), 0.2)
+    assert b.bidders == (OTHER,)
+    assert (b.stats.dropped_not_member, b.stats.bids_left) == (2, 1)
+
+
+def test_broker_new_incarnation_replaces_bid() -> None:
+    """Broker rule: a restarted client (new incarnation) starts again from seq 1."""
+    b = active_broker()
+    b.handle(rx(ME, BID.to_message(5)), 0.1)
+    assert b.handle(rx(ME, BID2.to_message(1), incarnation=2), 0.2) == [ack(1, 1)]
+
+
+def test_broker_expires_unrefreshed_bids() -> None:
+    """Soft-state rule: a bid not heard for bid_timeout is left out of the aggregate."""
+    b = active_broker()
+    b.handle(rx(ME, BID.to_message(1)), 0.1)
+    for t in (1.0, 2.0, 3.0, 4.0, 5.0, 6.0):
+        b.handle(DL, t)
+    assert b.bidders == (ME,)
+    out = b.handle(DL, 7.0)
+    assert b.bidders == () and b.stats.bids_expired == 1
+    assert out[0] == Send(
+        to=LEAD,
+        message=totals_to_message(aggregate([], GRID), cluster=1, epoch=1, seq=7),
+    )
+
+
+def test_broker_reclears_within_last_budget_when_lead_is_gone() -> None:
+    """Lead-loss rule: no clearing for lead_timeout -> clear the cluster alone within its budget."""
+    b = active_broker()
+    b.handle(rx(ME, BID.to_message(1)), 0.1)
+    b.handle(rx(OTHER, BID2.to_message(1)), 0.1)
+    b.handle(DL, 1.0)
+    b.handle(rx(LEAD, clearing()), 1.1)  # budget 290
+    assert len(b.handle(DL, 2.0)) == 1
+    assert len(b.handle(DL, 3.0)) == 1
+    assert not b.clearing_locally
+    out = b.handle(DL, 4.2)  # over 3 s after the last clearing
+    totals = aggregate([BID, BID2], GRID)
+    # rungs 350 350 317 255 215 190 180: 290 -> rung 3, fill 35/62
+    assert out == [
+        Send(to=LEAD, message=totals_to_message(totals, cluster=1, epoch=1, seq=4)),
+        Multicast(
+            message=price(
+                round=2,
+                flags=wire.Price.FLAG_LOCAL,
+                price=0.5 - (((35 << 32) // 62) / FILL_ONE) * 0.25,
+                fill=(35 << 32) // 62,
+                aggregate=4,
+            )
+        ),
+    ]
+    assert b.clearing_locally and b.stats.local_clearings == 1
+    b.handle(rx(LEAD, clearing(round=2, entries=(wire.ClearingEntry(1, 1, 4, 300),))), 4.2)
+    assert not b.clearing_locally
+
+
+def test_broker_without_budget_publishes_nothing_when_lead_is_gone() -> None:
+    """Lead-loss rule: a broker that never had a budget publishes no local price."""
+    b = active_broker()
+    b.handle(rx(ME, BID.to_message(1)), 0.1)
+    for t in (1.0, 2.0):
+        b.handle(DL, t)
+    assert [type(a) for a in b.handle(DL, 3.0)] == [Send]
+    assert b.stats.rounds_without_budget == 1
+
+
+def test_broker_steps_down_when_another_is_elected() -> None:
+    """Broker rule: another broker of the cluster elected -> inactive, state dropped."""
+    b = active_broker()
+    b.handle(rx(ME, BID.to_message(1)), 0.1)
+    b.handle(LeaderElected(group=CL, leader=OTHER, epoch=Epoch(2)), 0.5)
+    assert (b.active, b.bidders, b.next_deadline()) == (False, (), None)
+    assert b.handle(rx(ME, BID.to_message(1)), 0.6) == []
+    assert b.handle(LeaderElected(group=CL, leader=BROKER, epoch=Epoch(1)), 0.7) == []
+    assert b.stats.dropped_stale == 1 and not b.active
+
+
+def test_broker_drops_unexpected_messages() -> None:
+    """Peer input never raises: other messages are counted."""
+    b = active_broker()
+    assert b.handle(rx(ME, price()), 0.1) == []
+    bad = wire.Bid(seq=1, floor=9, required=1, maximum=2, priority=0, corners=())
+    assert b.handle(rx(ME, bad), 0.1) == []
+    assert (b.stats.dropped_unexpected, b.stats.dropped_invalid) == (1, 1)
+
+
+def test_broker_config_errors() -> None:
+    """Config rule: timeouts must exceed round_interval; band in [0, 1)."""
+    with pytest.raises(ConfigError, match="lead_timeout"):
+        BrokerConfig(lead_timeout=1.0)
+    with pytest.raises(ConfigError, match="bid_timeout"):
+        BrokerConfig(bid_timeout=0.5)
+    with pytest.raises(ConfigError, match="band"):
+        BrokerConfig(band=1.0)
+    with pytest.raises(ConfigError, match="broker group"):
+        BrokerMachine(BROKER, BROKER_GROUP)
+
+
+# ==================================================================== lead
+
+LCFG = LeadConfig(grid=GRID)
+
+
+def agg_msg(cluster: int, bids: list[Bid], seq: int = 1, epoch: int = 1) -> wire.Aggregate:
+    return totals_to_message(aggregate(bids, GRID), cluster=cluster, epoch=epoch, seq=seq)
+
+
+def active_lead(supply: int, now: float = 0.0) -> LeadBrokerMachine:
+    lead = LeadBrokerMachine(LEAD, supply, LCFG)
+    lead.handle(LeaderElected(group=BROKER_GROUP, leader=LEAD, epoch=Epoch(7)), now)
+    return lead
+
+
+def test_lead_clears_each_round_and_multicasts_budgets() -> None:
+    """Lead rule: once per round, clear all held aggregates; Clearing carries each budget."""
+    lead = active_lead(300)
+    assert lead.next_deadline() == 1.0
+    lead.handle(rx(BROKER, agg_msg(1, [BID])), 0.2)
+    lead.handle(rx(OTHER, agg_msg(2, [BID2], seq=4, epoch=3)), 0.3)
+    fill = (45 << 32) // 62
+    # cluster 1 rungs 200 200 175 150: 150 + 25*fill; cluster 2 rungs 150 150 142 105: 105 + 37*fill
+    assert lead.handle(DL, 1.0) == [
+        Multicast(
+            message=wire.Clearing(
+                epoch=7,
+                round=1,
+                regime=1,
+                price=0.5 - (fill / FILL_ONE) * 0.25,
+                level=3,
+                fill=fill,
+                deficit=0,
+                entries=(
+                    wire.ClearingEntry(cluster=1, epoch=1, aggregate=1, budget=168),
+                    wire.ClearingEntry(cluster=2, epoch=3, aggregate=4, budget=131),
+                ),
+            )
+        ),
+        MarketCleared(
+            epoch=Epoch(7),
+            round=1,
+            supply=300,
+            regime=Regime.NORMAL,
+            price=0.5 - (fill / FILL_ONE) * 0.25,
+            deficit=0,
+            clusters=2,
+            bids=2,
+            allocated=299,
+        ),
+    ]
+    assert lead.next_deadline() == 2.0 and lead.round == 1
+
+
+def test_lead_supply_change_applies_next_round() -> None:
+    """Lead rule: SupplyChanged takes effect in the next round; bad supply is a UsageError."""
+    lead = active_lead(1000)
+    lead.handle(rx(BROKER, agg_msg(1, [BID, BID2])), 0.2)
+    assert lead.handle(SupplyChanged(watts=150), 0.5) == []
+    out = lead.handle(DL, 1.0)
+    assert out[0].message.regime == Regime.SHORTAGE  # type: ignore[attr-defined]
+    assert out[0].message.deficit == 30  # type: ignore[attr-defined]
+    with pytest.raises(UsageError):
+        lead.handle(SupplyChanged(watts=-5), 1.0)
+    with pytest.raises(UsageError):
+        LeadBrokerMachine(LEAD, -1)
+
+
+def test_lead_refuses_stale_duplicate_and_foreign_grid_aggregates() -> None:
+    """Lead rule: per cluster the newest (epoch, seq) wins; older, repeated, other grid drop."""
+    lead = active_lead(1000)
+    lead.handle(rx(BROKER, agg_msg(1, [BID], seq=5, epoch=2)), 0.1)
+    assert lead.handle(rx(BROKER, agg_msg(1, [BID], seq=5, epoch=2)), 0.2) == []
+    assert lead.handle(rx(BROKER, agg_msg(1, [BID], seq=4, epoch=2)), 0.2) == []
+    assert lead.handle(rx(BROKER, agg_msg(1, [BID], seq=9, epoch=1)), 0.2) == []
+    other_grid = totals_to_message(aggregate([BID], Grid(points=3)), cluster=1, epoch=2, seq=6)
+    assert lead.handle(rx(BROKER, other_grid), 0.2) == []
+    assert lead.handle(rx(BROKER, agg_msg(1, [BID], seq=1, epoch=3)), 0.3) == []
+    s = lead.stats
+    assert (s.dropped_duplicate, s.dropped_stale, s.dropped_invalid) == (1, 2, 1)
+    assert s.aggregates_accepted == 2
+    out = lead.handle(DL, 1.0)
+    assert out[0].message.entries == (  # type: ignore[attr-defined]
+        wire.ClearingEntry(cluster=1, epoch=3, aggregate=1, budget=200),
+    )
+
+
+def test_lead_drops_silent_clusters_and_skips_empty_rounds() -> None:
+    """Lead rule: a cluster silent for aggregate_timeout is left out; no aggregates, no clearing."""
+    lead = active_lead(1000)
+    lead.handle(rx(BROKER, agg_msg(1, [BID])), 0.0)
+    assert len(lead.handle(DL, 1.0)) == 2
+    assert len(lead.handle(DL, 2.0)) == 2
+    assert lead.handle(DL, 3.0) == []
+    assert lead.clusters == () and lead.stats.rounds_empty == 1
+
+
+def test_lead_splits_many_clusters_over_several_clearings() -> None:
+    """Lead rule: a round with more clusters than fit one datagram is several Clearings."""
+    lead = active_lead(10**9)
+    n = MAX_CLEARING_ENTRIES + 3
+    for c in range(1, n + 1):
+        lead.handle(rx(BROKER, agg_msg(c, [BID])), 0.1)
+    out = lead.handle(DL, 1.0)
+    clearings = [a.message for a in out if isinstance(a, Multicast)]
+    assert [len(m.entries) for m in clearings] == [MAX_CLEARING_ENTRIES, 3]  # type: ignore[attr-defined]
+    assert {m.round for m in clearings} == {1}  # type: ignore[attr-defined]
+    for m in clearings:
+        assert len(wire.encode(0, LEAD, 1, m)) <= wire.MAX_DATAGRAM
+
+
+def test_lead_inactive_keeps_aggregates_but_does_not_clear() -> None:
+    """Lead rule: only the elected lead clears; another lead elected stops it."""
+    lead = LeadBrokerMachine(LEAD, 1000, LCFG)
+    lead.handle(rx(BROKER, agg_msg(1, [BID])), 0.1)
+    assert lead.next_deadline() is None and lead.handle(DL, 5.0) == []
+    lead.handle(LeaderElected(group=BROKER_GROUP, leader=LEAD, epoch=Epoch(2)), 0.5)
+    lead.handle(LeaderElected(group=BROKER_GROUP, leader=OTHER, epoch=Epoch(3)), 0.6)
+    assert (lead.active, lead.next_deadline()) == (False, None)
+    lead.handle(LeaderElected(group=BROKER_GROUP, leader=LEAD, epoch=Epoch(2)), 0.7)
+    assert lead.stats.dropped_stale == 1 and not lead.active
+
+
+def test_lead_config_errors() -> None:
+    """Config rule: aggregate_timeout must exceed round_interval."""
+    with pytest.raises(ConfigError, match="aggregate_timeout"):
+        LeadConfig(aggregate_timeout=1.0)
+    with pytest.raises(UsageError):
+        LeadBrokerMachine(LEAD, 5).handle(BidChanged(bid=BID), 0.0)
+
+
+# ========================================================== wired market
+
+
+class Market:
+    """1 lead + 2 brokers + clients; messages passed by hand, zero latency."""
+
+    def __init__(self, supply: int, bids: dict[NodeId, tuple[GroupId, Bid]]) -> None:
+        self.brokers = {GroupId(1): NodeId(101), GroupId(2): NodeId(102)}
+        self.lead = LeadBrokerMachine(NodeId(101), supply, LCFG)
+        self.broker_machines = {c: BrokerMachine(n, c, BCFG) for c, n in self.brokers.items()}
+        self.clients = {
+            n: ClientMachine(n, c, ClientConfig(grid=GRID)) for n, (c, _) in bids.items()
+        }
+        self.cluster_of = {n: c for n, (c, _) in bids.items()}
+        self.lead_alive = True
+        self.now = 0.0
+        self.notes: list[object] = []
+        for n, (_, bid) in sorted(bids.items()):
+            self.clients[n].handle(BidChanged(bid=bid), 0.0)
+        self.lead.handle(LeaderElected(group=BROKER_GROUP, leader=NodeId(101), epoch=Epoch(1)), 0)
+        for c, n in self.brokers.items():
+            ev = LeaderElected(group=c, leader=n, epoch=Epoch(1))
+            self.broker_machines[c].handle(ev, 0.0)
+            self.broker_machines[c].handle(
+                LeaderElected(group=BROKER_GROUP, leader=NodeId(101), epoch=Epoch(1)), 0.0
+            )
+            for node in sorted(self.clients):
+                if self.cluster_of[node] == c:
+                    self.route(node, self.clients[node].handle(ev, 0.0))
+
+    def machines(self) -> list[Any]:
+        ms: list[Any] = [self.lead] if self.lead_alive else []
+        return ms + list(self.broker_machines.values()) + list(self.clients.values())
+
+    def route(self, sender: NodeId, actions: list[object], cluster: GroupId | None = None) -> None:
+        for a in actions:
+            if isinstance(a, (Send, SendReliable)):
+                ev = rx(sender, a.message)
+                if a.to in self.clients and isinstance(a.message, wire.BidAck):
+                    self.route(a.to, self.clients[a.to].handle(ev, self.now))
+                elif isinstance(a.message, wire.Aggregate):
+                    if self.lead_alive:
+                        self.route(a.to, self.lead.handle(ev, self.now))
+                else:
+                    c = next(c for c, n in self.brokers.items() if n == a.to)
+                    self.route(a.to, self.broker_machines[c].handle(ev, self.now), c)
+            elif isinstance(a, Multicast):
+                ev = rx(sender, a.message)
+                if isinstance(a.message, wire.Clearing):
+                    for c, bm in sorted(self.broker_machines.items()):
+                        self.route(self.brokers[c], bm.handle(ev, self.now), c)
+                else:
+                    for n in sorted(self.clients):
+                        if self.cluster_of[n] == cluster:
+                            self.route(n, self.clients[n].handle(ev, self.now))
+            else:
+                self.notes.append(a)
+
+    def run_until(self, t: float) -> None:
+        while True:
+            due = [d for m in self.machines() if (d := m.next_deadline()) is not None]
+            nxt = min(due)
+            if nxt > t:
+                self.now = t
+                return
+            self.now = nxt
+            if self.lead_alive and self.lead.next_deadline() == nxt:
+                self.route(NodeId(101), self.lead.handle(DL, nxt))
+            for c, bm in sorted(self.broker_machines.items()):
+                if bm.next_deadline() == nxt:
+                    self.route(self.brokers[c], bm.handle(DL, nxt), c)
+            for n, cm in sorted(self.clients.items()):
+                if cm.next_deadline() == nxt:
+                    self.route(n, cm.handle(DL, nxt))
+
+    def allocations(self) -> dict[NodeId, int | None]:
+        return {n: c.allocation for n, c in sorted(self.clients.items())}
+
+
+WIRED_BIDS = {
+    NodeId(1): (GroupId(1), Bid(floor=50, required=100, maximum=200, priority=2)),
+    NodeId(2): (GroupId(1), Bid(floor=20, required=80, maximum=150, corners=((0.2, 150),))),
+    NodeId(3): (GroupId(2), Bid(floor=30, required=60, maximum=100, priority=1)),
+    NodeId(4): (GroupId(2), Bid(floor=40, required=90, maximum=120, priority=0)),
+}
+SUM_R = 330
+SUM_M = 570
+
+
+def test_wired_market_swings_from_surplus_to_shortage_and_back() -> None:
+    """Scenario: 1 lead, 2 brokers, 4 clients; supply surplus -> normal -> shortage -> surplus."""
+    m = Market(1000, WIRED_BIDS)
+    m.run_until(2.5)  # bids in, aggregates at 1.0 and 2.0, lead clears at 1.0 (empty) and 2.0
+    assert {c.regime for c in m.clients.values()} == {Regime.SURPLUS}
+    assert m.allocations() == {1: 200, 2: 150, 3: 100, 4: 120}
+    assert {c.price for c in m.clients.values()} == {0.0}
+    assert all(c.includes_latest_bid for c in m.clients.values())
+
+    m.route(NodeId(101), m.lead.handle(SupplyChanged(watts=450), m.now))
+    m.run_until(4.5)
+    alloc = m.allocations()
+    assert {c.regime for c in m.clients.values()} == {Regime.NORMAL}
+    assert sum(a for a in alloc.values() if a is not None) <= 450
+    for n, (_, bid) in WIRED_BIDS.items():
+        assert bid.required <= alloc[n] <= bid.maximum  # type: ignore[operator]
+    prices = {c.price for c in m.clients.values()}
+    assert len(prices) == 1 and 0.0 < prices.pop() < 1.0  # type: ignore[operator]
+
+    m.route(NodeId(101), m.lead.handle(SupplyChanged(watts=250), m.now))
+    m.run_until(6.5)
+    assert {c.regime for c in m.clients.values()} == {Regime.SHORTAGE}
+    assert {c.price for c in m.clients.values()} == {1.0}
+    # floors 140; class 2 (node 1) +50, class 1 (node 3) +30, class 0 shares the last 30 for 110
+    assert m.allocations() == {1: 100, 2: 20 + 60 * 30 // 110, 3: 60, 4: 40 + 50 * 30 // 110}
+    assert sum(m.allocations().values()) <= 250  # type: ignore[arg-type]
+    cleared = [n for n in m.notes if isinstance(n, MarketCleared)]
+    assert cleared[-1].deficit == SUM_R - 250
+
+    m.route(NodeId(101), m.lead.handle(SupplyChanged(watts=SUM_R + 2), m.now))
+    m.run_until(8.5)  # inside the hysteresis band: shortage holds, everyone gets r
+    assert {c.regime for c in m.clients.values()} == {Regime.SHORTAGE}
+    assert m.allocations() == {1: 100, 2: 80, 3: 60, 4: 90}
+
+    m.route(NodeId(101), m.lead.handle(SupplyChanged(watts=2 * SUM_M), m.now))
+    m.run_until(10.5)
+    assert {c.regime for c in m.clients.values()} == {Regime.SURPLUS}
+    assert m.allocations() == {1: 200, 2: 150, 3: 100, 4: 120}
+
+
+def test_wired_market_brokers_reclear_when_lead_dies() -> None:
+    """Scenario: the lead dies; each broker re-clears its cluster within its last budget."""
+    m = Market(450, WIRED_BIDS)
+    m.run_until(2.5)
+    budgets = {c: bm.budget for c, bm in m.broker_machines.items()}
+    assert sum(b for b in budgets.values() if b is not None) <= 450
+    m.lead_alive = False
+    m.run_until(9.5)
+    assert all(bm.clearing_locally for bm in m.broker_machines.values())
+    updates = [n for n in m.notes if isinstance(n, PriceUpdated) and n.local]
+    assert updates, "clients got locally cleared prices"
+    for c, b in budgets.items():
+        members = [n for n in m.clients if m.cluster_of[n] == c]
+        assert sum(m.clients[n].allocation or 0 for n in members) <= b  # type: ignore[operator]
+        for n in members:
+            assert m.clients[n].allocation >= WIRED_BIDS[n][1].required  # type: ignore[operator]
+    assert not any(c.lease_expired for c in m.clients.values())
