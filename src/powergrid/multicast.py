@@ -1,0 +1,1004 @@
+"""Reliable multicast: FIFO per origin, exactly once, with repair and a bounded resend buffer.
+
+Theory of operation
+-------------------
+One :class:`MulticastMachine` per group the node is in. Every member is an
+*origin* of its own stream: :class:`Publish` numbers the message (1, 2, ...
+per incarnation), delivers it to the local app at once (:class:`Deliver`)
+and multicasts a :class:`~powergrid.wire.Data`. Receivers keep, per origin,
+the incarnation, the highest sequence number *delivered* and the highest
+*seen*.
+
+*Receiving.* A message of a higher incarnation than known resets the
+origin's stream (the new life starts at 1); a lower one is stale (dropped,
+counted). In-order messages are delivered, then any held successors;
+duplicates are dropped and counted; messages ahead of a gap are held, at most
+``max_held`` per origin (beyond: dropped, counted in ``held_dropped``, still
+repaired later). An :class:`~powergrid.wire.Xmit` is handled like the Data
+it carries.
+
+*Repair (the resend requester).* A gap waits ``nak_delay`` (reordering
+tolerance), then the machine sends ``Nak(origin, incarnation, first, last)``
+to the origin for the first missing range, capped at ``max_nak_range``
+messages, and repeats at most once per ``nak_interval`` per origin while the
+gap persists. After ``nak_escalate_after`` tries without progress (or at
+once if the origin is not in the view) the Nak is multicast to the group with
+a ``helper``: only the origin and the helper answer a group Nak, so each
+missing message is resent at most twice per round. The helper rotates, one
+per group round, through the view's coordinator first, then the other
+members in id order (never the requester or the origin), so every holder is
+asked in turn. Any member answering a Nak unicasts one ``Xmit`` per message it
+holds in the (capped) range, at most ``max_xmit_per_interval`` per requester
+per ``nak_interval`` (beyond: counted in ``xmits_rate_limited``).
+
+*Stability.* Every member keeps every delivered message in its resend buffer
+until it is stable. Members unicast ``Status`` (their delivered vector) to
+the view's leader, the *coordinator*, every ``status_interval`` (with up to
+``status_jitter`` of it taken off at random) while they buffer messages or
+are behind, and are quiet otherwise. The coordinator computes, per origin,
+``stable`` = the minimum delivered over the members of its current view (a
+member that has not reported the origin's current incarnation holds it where
+it is: stable never goes down) and ``highest`` = the maximum seen, and
+multicasts ``Stable`` every ``stable_interval`` while anything is unstable,
+after any Status, and at once plus ``stable_repeats`` times after a view
+change.
+On Stable every member drops buffered messages up to ``stable`` and naks if
+it is behind ``highest`` (this is how a lost *last* message is found). Status
+and Stable are split into several datagrams when there are many origins.
+
+*Buffer cap.* If stability stalls, at most ``max_buffer`` messages are
+buffered in all: beyond, the oldest message of the origin with the most
+buffered messages is dropped (``buffer_overflow``). A member that still
+misses it cannot get it from this node. When the coordinator drops one, it
+also declares it stable, so members stuck behind it skip it (``skipped``)
+instead of asking forever; agreement is lost for those messages.
+
+*Joiners.* For an origin it has no state for, a machine starts after the
+``stable`` point of the first Stable that names the origin (naking up to
+``highest``), so it never asks for history everyone else has dropped. Data
+from such an origin that arrives before is held. Exceptions: seq 1 is always
+accepted directly (it starts the stream), and the coordinator, which receives
+no Stable, starts an unknown origin at the stable point it last declared for
+it (remembered when the origin's state was dropped), else at 0: only a
+coordinator declares stable points, so everything above is still buffered.
+(The one hole: a node that becomes coordinator in the very view it joins,
+having heard none of the Stables sent after that view change, may ask for
+history that is gone and stay behind for that origin.) Without a
+coordinator, Data at seq > 1 from an unknown origin is held until one
+appears.
+
+*Views.* :class:`~powergrid.events.ViewChanged` sets the members and the
+coordinator. State of an origin that is not in the view is kept for
+``flush_grace`` seconds, so survivors can still fetch its last messages from
+holders, then dropped (an origin that comes back in time keeps its state).
+
+Guarantees: within one life of each origin, each member delivers the
+origin's messages at most once and in order (FIFO per origin); while the
+origin, or a member that delivered a message, stays reachable in the view and
+nothing overflows, every member in the view delivers it; the resend buffer
+never exceeds ``max_buffer``; a quiet, stable group sends nothing and
+``next_deadline()`` is None. Not guaranteed: any order between different
+origins (no total or causal order), virtual synchrony (a view change does not
+flush, it only keeps departed origins' state for ``flush_grace``), delivery
+of messages evicted by the buffer cap, and history from before a member
+joined.
+
+Assumptions: datagrams may be lost, duplicated, reordered and delayed but
+not corrupted; the node never passes this machine its own datagrams;
+incarnations only grow; the view lists the coordinator among its members.
+
+Driving: ``handle(event, now)`` with :class:`Publish`,
+:class:`~powergrid.events.Received` (Data, Xmit, Nak, Status, Stable),
+:class:`~powergrid.events.ViewChanged` and
+:class:`~powergrid.events.DeadlineReached`; ``next_deadline()`` is the
+earliest of the Nak, Status, Stable and grace timers. Defaults (seconds):
+``nak_delay`` 0.01, ``nak_interval`` 0.05, ``status_interval`` 0.25,
+``stable_interval`` 0.25, ``flush_grace`` 2.0.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import struct
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+import attrs
+
+from powergrid.errors import ConfigError, PayloadTooLargeError, UsageError
+from powergrid.events import DeadlineReached, Multicast, Received, Send, View, ViewChanged
+from powergrid.types import Incarnation, NodeId
+from powergrid.wire import (
+    HEADER_SIZE,
+    MAX_DATAGRAM,
+    Data,
+    Nak,
+    Stable,
+    StableEntry,
+    Status,
+    StatusEntry,
+    Xmit,
+)
+
+__all__ = [
+    "MAX_MULTICAST_PAYLOAD",
+    "Deliver",
+    "MulticastConfig",
+    "MulticastMachine",
+    "MulticastStats",
+    "Publish",
+]
+
+MAX_MULTICAST_PAYLOAD: Final = MAX_DATAGRAM - HEADER_SIZE - struct.calcsize("!QIQB")
+"""The largest payload one :class:`Publish` can carry (bytes): what still fits
+when a holder resends it inside an :class:`~powergrid.wire.Xmit`."""
+
+_LIST_HEAD: Final = struct.calcsize("!IH")  # view_id, entry count
+STATUS_PER_DATAGRAM: Final = (MAX_DATAGRAM - HEADER_SIZE - _LIST_HEAD) // struct.calcsize("!QIQ")
+"""Entries in one Status datagram; more origins take more datagrams."""
+STABLE_PER_DATAGRAM: Final = (MAX_DATAGRAM - HEADER_SIZE - _LIST_HEAD) // struct.calcsize("!QIQQ")
+"""Entries in one Stable datagram; more origins take more datagrams."""
+
+_PENDING: Final = -1  # ``delivered`` of an origin whose start is not known yet
+_NO_REPORT: Final[dict[int, tuple[int, int]]] = {}
+_MAX_FLOORS: Final = 4096  # stable points of dropped origins remembered
+
+
+# ----------------------------------------------------------------- config
+
+
+@attrs.frozen(kw_only=True)
+class MulticastConfig:
+    """Settings of :class:`MulticastMachine`. Times in seconds, sizes in messages.
+
+    Raises :class:`~powergrid.errors.ConfigError` for a value out of range or
+    values that contradict each other.
+    """
+
+    nak_delay: float = 0.01
+    """How long a gap may last before the first Nak (reordering tolerance)."""
+    nak_interval: float = 0.05
+    """Least time between two Naks for one origin; also the window of the Xmit rate limit."""
+    nak_escalate_after: int = 2
+    """Unicast Naks to the origin without progress before Naks go to the group."""
+    max_nak_range: int = 64
+    """Most messages one Nak asks for, and most one Nak is answered with."""
+    max_xmit_per_interval: int = 256
+    """Most Xmits this node sends one requester per ``nak_interval``."""
+    max_held: int = 1024
+    """Most messages held ahead of a gap, per origin."""
+    max_buffer: int = 10_000
+    """Most delivered messages kept for resending, all origins together."""
+    status_interval: float = 0.25
+    """Between two Status reports to the coordinator, while any are needed."""
+    status_jitter: float = 0.1
+    """Up to this fraction of ``status_interval`` is taken off each period, at random."""
+    stable_interval: float = 0.25
+    """Between two Stable digests of the coordinator, while any are needed."""
+    stable_repeats: int = 3
+    """After a view change the coordinator sends a Stable at once and this many more."""
+    flush_grace: float = 2.0
+    """How long the state of an origin that left the view is kept."""
+
+    def __attrs_post_init__(self) -> None:
+        for name in (
+            "nak_delay",
+            "nak_interval",
+            "status_interval",
+            "status_jitter",
+            "stable_interval",
+            "flush_grace",
+        ):
+            value = getattr(self, name)
+            if not math.isfinite(value):
+                raise ConfigError(f"{name} is {value}; set it to a finite number")
+        if self.nak_delay < 0:
+            raise ConfigError(f"nak_delay is {self.nak_delay}; set it to 0 seconds or more")
+        for name in ("nak_interval", "status_interval", "stable_interval"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} is {getattr(self, name)}; set it above 0 seconds")
+        if self.nak_delay > self.nak_interval:
+            raise ConfigError(
+                f"nak_delay ({self.nak_delay}) is above nak_interval ({self.nak_interval}); "
+                "set nak_delay <= nak_interval (the first Nak must not wait longer than a repeat)"
+            )
+        if not 0 <= self.status_jitter < 1:
+            raise ConfigError(f"status_jitter is {self.status_jitter}; set it within 0..1 (not 1)")
+        if self.nak_escalate_after < 0:
+            raise ConfigError(
+                f"nak_escalate_after is {self.nak_escalate_after}; set it to 0 or more"
+            )
+        for name in ("max_nak_range", "max_held", "max_buffer"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} is {getattr(self, name)}; set it to 1 or more")
+        if self.max_xmit_per_interval < self.max_nak_range:
+            raise ConfigError(
+                f"max_xmit_per_interval ({self.max_xmit_per_interval}) is below max_nak_range "
+                f"({self.max_nak_range}); set it >= max_nak_range so one Nak can be answered"
+            )
+        if self.stable_repeats < 0:
+            raise ConfigError(f"stable_repeats is {self.stable_repeats}; set it to 0 or more")
+        least_grace = self.nak_delay + (self.nak_escalate_after + 1) * self.nak_interval
+        if self.flush_grace < least_grace:
+            raise ConfigError(
+                f"flush_grace ({self.flush_grace}) is below nak_delay + "
+                f"(nak_escalate_after + 1) * nak_interval ({least_grace:g}); raise it so "
+                "survivors can ask the group for a departed origin's last messages"
+            )
+
+
+# ------------------------------------------------------------ events, actions
+
+
+@attrs.frozen(kw_only=True)
+class Publish:
+    """Command: multicast ``payload`` (of ``kind``, 0..255) to the group, reliably, FIFO.
+
+    ``handle`` raises :class:`~powergrid.errors.PayloadTooLargeError` if the
+    payload exceeds :data:`MAX_MULTICAST_PAYLOAD` bytes and
+    :class:`~powergrid.errors.UsageError` for a ``kind`` outside 0..255 or a
+    payload that is not bytes.
+    """
+
+    kind: int
+    payload: bytes
+
+
+@attrs.frozen(kw_only=True)
+class Deliver:
+    """Hand the app message ``seq`` of ``origin`` (in ``incarnation``): ``kind`` and ``payload``."""
+
+    origin: NodeId
+    incarnation: Incarnation
+    seq: int
+    kind: int
+    payload: bytes
+
+
+@attrs.define(kw_only=True)
+class MulticastStats:
+    """Counters of one :class:`MulticastMachine` (mutable ints, only grow)."""
+
+    published: int = 0
+    delivered: int = 0
+    """Deliver actions, own messages included."""
+    duplicates: int = 0
+    """Data or Xmit already delivered or held."""
+    stale: int = 0
+    """Messages of an older incarnation, Stable of an older view, Status of a non-member."""
+    ignored: int = 0
+    """Messages not meant for this node's role (e.g. Status when not coordinator)."""
+    held_dropped: int = 0
+    """Messages ahead of a gap dropped because ``max_held`` was reached."""
+    skipped: int = 0
+    """Messages never delivered because Stable moved past them (see the buffer cap)."""
+    naks_sent: int = 0
+    """Naks sent, unicast and group."""
+    naks_group: int = 0
+    """Of those, multicast to the group."""
+    xmits_sent: int = 0
+    xmits_rate_limited: int = 0
+    """Xmits not sent because of ``max_xmit_per_interval``."""
+    status_sent: int = 0
+    """Status datagrams sent."""
+    stable_sent: int = 0
+    """Stable datagrams sent."""
+    buffer_overflow: int = 0
+    """Messages dropped from the resend buffer before they were stable."""
+    peak_buffer: int = 0
+    """The most messages the resend buffer ever held."""
+
+
+# ----------------------------------------------------------------- machine
+
+_Stored = Data | Xmit
+
+
+class _Origin:
+    """What one member knows of one origin's stream (in one incarnation)."""
+
+    __slots__ = (
+        "buf",
+        "buf_low",
+        "delivered",
+        "gone_at",
+        "group_round",
+        "held",
+        "highest",
+        "incarnation",
+        "last_nak",
+        "nak_due",
+        "stable",
+        "tries",
+    )
+
+    def __init__(self, incarnation: int, start: int) -> None:
+        self.incarnation = incarnation
+        self.delivered = start  # _PENDING until the start is known
+        self.highest = max(start, 0)
+        self.stable = max(start, 0)
+        self.held: dict[int, _Stored] = {}
+        self.buf: dict[int, _Stored] = {}  # delivered, not yet stable; seqs buf_low..delivered
+        self.buf_low = start + 1
+        self.nak_due: float | None = None
+        self.last_nak = -math.inf
+        self.tries = 0
+        self.group_round = 0
+        self.gone_at: float | None = None
+
+
+class MulticastMachine:
+    """Reliable multicast, FIFO per origin, for one group (see the module docstring).
+
+    ``rng`` jitters the Status period; nothing else is random.
+    """
+
+    def __init__(
+        self,
+        config: MulticastConfig,
+        *,
+        me: NodeId,
+        incarnation: Incarnation,
+        rng: random.Random,
+    ) -> None:
+        self._config = config
+        self._me = me
+        self._incarnation = incarnation
+        self._rng = rng
+        self._stats = MulticastStats()
+        own = _Origin(incarnation, 0)
+        self._origins: dict[int, _Origin] = {me: own}
+        self._own = own
+        self._buffer_size = 0
+        self._view: View | None = None
+        self._member_inc: dict[int, int] = {}  # member -> incarnation, of the current view
+        self._coordinator = 0
+        self._coordinating = False  # I am the coordinator
+        self._reporting = False  # someone else is the coordinator
+        self._gappy: dict[int, _Origin] = {}  # origins with a Nak timer
+        self._grace: dict[int, float] = {}  # origin -> when its state is dropped
+        self._status_due: float | None = None
+        self._stable_due: float | None = None
+        self._stable_left = 0  # Stable digests still owed after a view change
+        self._reports: dict[int, dict[int, tuple[int, int]]] = {}  # member -> origin -> (inc, d)
+        self._xmit_window: dict[int, list[float]] = {}  # requester -> [window start, count]
+        self._floors: dict[int, tuple[int, int]] = {}  # dropped origin -> (inc, stable)
+        self._dispatch: dict[type[Any], Callable[[Any, float], list[Any]]] = {
+            Received: self._on_received,
+            DeadlineReached: self._on_deadline,
+            Publish: self._on_publish,
+            ViewChanged: self._on_view_changed,
+        }
+        self._receive: dict[type[Any], Callable[[Received, Any, float], list[Any]]] = {
+            Data: self._on_data,
+            Xmit: self._on_xmit,
+            Nak: self._on_nak,
+            Status: self._on_status,
+            Stable: self._on_stable,
+        }
+
+    # ------------------------------------------------------------ public
+
+    @property
+    def stats(self) -> MulticastStats:
+        """Counters (see :class:`MulticastStats`)."""
+        return self._stats
+
+    @property
+    def me(self) -> NodeId:
+        """This node's id."""
+        return self._me
+
+    @property
+    def view(self) -> View | None:
+        """The last view installed, or None."""
+        return self._view
+
+    @property
+    def coordinator(self) -> NodeId:
+        """The view's leader, who computes stability; 0 if none."""
+        return NodeId(self._coordinator)
+
+    @property
+    def buffer_size(self) -> int:
+        """Messages in the resend buffer now (all origins)."""
+        return self._buffer_size
+
+    @property
+    def delivered(self) -> Mapping[NodeId, tuple[Incarnation, int]]:
+        """Per known origin (self included): its incarnation and the highest seq delivered.
+
+        Origins whose start is not known yet are left out. A new dict each call.
+        """
+        return {
+            NodeId(o): (Incarnation(st.incarnation), st.delivered)
+            for o, st in sorted(self._origins.items())
+            if st.delivered != _PENDING
+        }
+
+    def handle(self, event: object, now: float) -> list[Any]:
+        """Feed one event; returns the actions to take, in order.
+
+        Raises :class:`~powergrid.errors.UsageError` for an event of an
+        unknown type or a bad :class:`Publish`, and
+        :class:`~powergrid.errors.PayloadTooLargeError` for a Publish too large.
+        """
+        handler = self._dispatch.get(type(event))
+        if handler is None:
+            raise UsageError(f"MulticastMachine cannot handle {type(event).__name__}")
+        return handler(event, now)
+
+    def next_deadline(self) -> float | None:
+        """When the machine next needs :class:`DeadlineReached`; None while all is quiet."""
+        best = self._status_due
+        due = self._stable_due
+        if due is not None and (best is None or due < best):
+            best = due
+        for st in self._gappy.values():
+            due = st.nak_due
+            if due is not None and (best is None or due < best):
+                best = due
+        for due in self._grace.values():
+            if best is None or due < best:
+                best = due
+        return best
+
+    # ------------------------------------------------------------ commands
+
+    def _on_publish(self, cmd: Publish, now: float) -> list[Any]:
+        payload = cmd.payload
+        if not isinstance(payload, bytes):
+            raise UsageError(f"payload must be bytes, not {type(payload).__name__}")
+        if not 0 <= cmd.kind <= 255:
+            raise UsageError(f"kind {cmd.kind} is outside 0..255")
+        if len(payload) > MAX_MULTICAST_PAYLOAD:
+            raise PayloadTooLargeError(
+                f"payload is {len(payload)} bytes, over the {MAX_MULTICAST_PAYLOAD}-byte "
+                "limit of one multicast; split it"
+            )
+        own = self._own
+        seq = own.delivered + 1
+        msg = Data(seq=seq, kind=cmd.kind, payload=payload)
+        own.delivered = own.highest = seq
+        self._stats.published += 1
+        out: list[Any] = []
+        self._deliver(own, self._me, seq, msg, out)
+        out.append(Multicast(message=msg))
+        self._arm_reports(now)
+        return out
+
+    # ------------------------------------------------------------ receiving
+
+    def _on_received(self, ev: Received, now: float) -> list[Any]:
+        msg = ev.message
+        handler = self._receive.get(type(msg))
+        if handler is None:
+            self._stats.ignored += 1
+            return []
+        return handler(ev, msg, now)
+
+    def _on_data(self, ev: Received, msg: Data, now: float) -> list[Any]:
+        origin = ev.sender
+        st = self._origins.get(origin)
+        seq = msg.seq
+        # The hot path: the next message of a known origin, nothing held.
+        if (
+            st is not None
+            and seq == st.delivered + 1
+            and st.incarnation == ev.incarnation
+            and not st.held
+            and origin != self._me
+        ):
+            st.delivered = seq
+            if seq > st.highest:  # noqa: PLR1730 (faster than max() on the hot path)
+                st.highest = seq
+            st.buf[seq] = msg
+            size = self._buffer_size = self._buffer_size + 1
+            stats = self._stats
+            stats.delivered += 1
+            if size > stats.peak_buffer:
+                self._new_peak(size)
+            if self._status_due is None and self._reporting:
+                self._arm_status(now)
+            elif self._stable_due is None and self._coordinating:
+                self._stable_due = now + self._config.stable_interval
+            if st.nak_due is not None:
+                self._check_gap(origin, st, now)
+            return [
+                Deliver(
+                    origin=origin,
+                    incarnation=ev.incarnation,
+                    seq=seq,
+                    kind=msg.kind,
+                    payload=msg.payload,
+                )
+            ]
+        return self._accept(origin, ev.incarnation, seq, msg, now)
+
+    def _on_xmit(self, ev: Received, msg: Xmit, now: float) -> list[Any]:
+        return self._accept(msg.origin, msg.origin_incarnation, msg.seq, msg, now)
+
+    def _accept(self, origin: int, inc: int, seq: int, msg: _Stored, now: float) -> list[Any]:
+        """A Data or Xmit of ``origin``: deliver, hold, or drop it."""
+        stats = self._stats
+        if origin == self._me:
+            stats.ignored += 1
+            return []
+        st = self._origins.get(origin)
+        if st is None:
+            st = self._new_origin(origin, inc, self._unknown_start(origin, inc, seq), now)
+        elif inc != st.incarnation:
+            if inc < st.incarnation:
+                stats.stale += 1
+                return []
+            st = self._new_origin(origin, inc, 0, now)  # we knew its last life: starts at 1
+        st.highest = max(st.highest, seq)
+        out: list[Any] = []
+        if seq <= st.delivered or seq in st.held:
+            stats.duplicates += 1
+        elif seq == st.delivered + 1:
+            self._deliver(st, origin, seq, msg, out)
+            self._drain(st, origin, out)
+            st.tries = st.group_round = 0
+            self._arm_reports(now)
+        elif len(st.held) >= self._config.max_held:
+            stats.held_dropped += 1
+        else:
+            st.held[seq] = msg
+        self._check_gap(origin, st, now)
+        return out
+
+    def _unknown_start(self, origin: int, inc: int, seq: int) -> int:
+        """Where the stream of an origin we have no state for starts, on a message ``seq``."""
+        if seq == 1:
+            return 0
+        if self._coordinating:
+            return self._floor(origin, inc)
+        return _PENDING
+
+    def _dropped(self, origin: int, inc: int) -> bool:
+        """Whether this life of ``origin`` left the view and its state was dropped after grace."""
+        known = self._floors.get(origin)
+        return known is not None and known[0] >= inc and origin not in self._member_inc
+
+    def _floor(self, origin: int, inc: int) -> int:
+        """The coordinator's start for an unknown origin: the last stable point it knew, or 0."""
+        known = self._floors.get(origin)
+        return known[1] if known is not None and known[0] == inc else 0
+
+    def _new_origin(self, origin: int, inc: int, start: int, now: float) -> _Origin:
+        """Fresh state for ``origin`` in ``inc``, replacing any older life's."""
+        old = self._origins.get(origin)
+        if old is not None:
+            self._forget(origin, old)
+        st = self._origins[origin] = _Origin(inc, start)
+        if self._view is not None and origin not in self._member_inc:
+            st.gone_at = self._grace[origin] = now + self._config.flush_grace
+        return st
+
+    def _forget(self, origin: int, st: _Origin) -> None:
+        del self._origins[origin]
+        self._buffer_size -= len(st.buf)
+        self._gappy.pop(origin, None)
+        self._grace.pop(origin, None)
+        for report in self._reports.values():
+            report.pop(origin, None)
+
+    def _deliver(self, st: _Origin, origin: int, seq: int, msg: _Stored, out: list[Any]) -> None:
+        st.delivered = seq
+        st.buf[seq] = msg
+        size = self._buffer_size = self._buffer_size + 1
+        self._stats.delivered += 1
+        if size > self._stats.peak_buffer:
+            self._new_peak(size)
+        out.append(
+            Deliver(
+                origin=NodeId(origin),
+                incarnation=Incarnation(st.incarnation),
+                seq=seq,
+                kind=msg.kind,
+                payload=msg.payload,
+            )
+        )
+
+    def _drain(self, st: _Origin, origin: int, out: list[Any]) -> None:
+        """Deliver held messages that are now in order."""
+        held = st.held
+        while held:
+            nxt = held.pop(st.delivered + 1, None)
+            if nxt is None:
+                break
+            self._deliver(st, origin, st.delivered + 1, nxt, out)
+
+    def _new_peak(self, size: int) -> None:
+        """The buffer grew past its peak: enforce the cap, then record the new peak."""
+        if size > self._config.max_buffer:
+            self._overflow()
+            size = self._buffer_size
+        self._stats.peak_buffer = max(self._stats.peak_buffer, size)
+
+    def _overflow(self) -> None:
+        """Drop the oldest message of the origin with the most buffered, while over the cap."""
+        limit = self._config.max_buffer
+        while self._buffer_size > limit:
+            _, st = max(self._origins.items(), key=lambda item: (len(item[1].buf), -item[0]))
+            seq = st.buf_low
+            while seq not in st.buf:
+                seq += 1
+            del st.buf[seq]
+            st.buf_low = seq + 1
+            self._buffer_size -= 1
+            self._stats.buffer_overflow += 1
+            if self._coordinating and seq > st.stable:
+                st.stable = seq  # nobody can fetch it any more: let laggards skip it
+
+    def _trim(self, st: _Origin, stable: int) -> None:
+        """Drop buffered messages up to ``stable``."""
+        st.stable = max(st.stable, stable)
+        buf = st.buf
+        top = min(stable, st.delivered)
+        if top < st.buf_low:
+            return
+        if top - st.buf_low >= len(buf):
+            dropped = len(buf)
+            st.buf = {s: m for s, m in buf.items() if s > top}
+            dropped -= len(st.buf)
+        else:
+            dropped = 0
+            for seq in range(st.buf_low, top + 1):
+                if buf.pop(seq, None) is not None:
+                    dropped += 1
+        st.buf_low = top + 1
+        self._buffer_size -= dropped
+
+    # ------------------------------------------------------------ gaps, Naks
+
+    def _check_gap(self, origin: int, st: _Origin, now: float) -> None:
+        """Start or stop the origin's Nak timer to match whether it has a gap."""
+        if st.delivered != _PENDING and st.highest > st.delivered:
+            if st.nak_due is None:
+                cfg = self._config
+                st.nak_due = max(now + cfg.nak_delay, st.last_nak + cfg.nak_interval)
+                self._gappy[origin] = st
+                self._arm_reports(now)
+        elif st.nak_due is not None:
+            st.nak_due = None
+            st.tries = st.group_round = 0
+            del self._gappy[origin]
+
+    def _send_nak(self, origin: int, st: _Origin, now: float, out: list[Any]) -> None:
+        cfg = self._config
+        first = st.delivered + 1
+        last = min(st.held) - 1 if st.held else st.highest
+        last = min(last, first + cfg.max_nak_range - 1)
+        st.last_nak = now
+        st.nak_due = now + cfg.nak_interval
+        stats = self._stats
+        stats.naks_sent += 1
+        gone = self._view is not None and origin not in self._member_inc
+        if st.tries >= cfg.nak_escalate_after or gone:
+            helper = self._helper(origin, st.group_round)
+            st.group_round += 1
+            stats.naks_group += 1
+            nak = Nak(
+                origin=origin,
+                origin_incarnation=st.incarnation,
+                first=first,
+                last=last,
+                helper=helper,
+            )
+            out.append(Multicast(message=nak))
+        else:
+            nak = Nak(origin=origin, origin_incarnation=st.incarnation, first=first, last=last)
+            out.append(Send(to=NodeId(origin), message=nak))
+        st.tries += 1
+
+    def _helper(self, origin: int, round_: int) -> int:
+        """Who besides the origin answers group Nak round ``round_`` (the origin if nobody)."""
+        skip = (self._me, origin, self._coordinator)
+        candidates = [m for m in sorted(self._member_inc) if m not in skip]
+        if self._coordinator not in (0, self._me, origin):
+            candidates.insert(0, self._coordinator)
+        if not candidates:
+            return origin
+        return candidates[round_ % len(candidates)]
+
+    def _on_nak(self, ev: Received, msg: Nak, now: float) -> list[Any]:
+        me = self._me
+        requester = ev.sender
+        if requester == me or (msg.helper and me not in (msg.origin, msg.helper)):
+            self._stats.ignored += 1
+            return []
+        st = self._origins.get(msg.origin)
+        if st is None or st.incarnation != msg.origin_incarnation:
+            if st is not None and st.incarnation > msg.origin_incarnation:
+                self._stats.stale += 1
+            else:
+                self._stats.ignored += 1
+            return []
+        cfg = self._config
+        window = self._xmit_window.get(requester)
+        if window is None or now >= window[0] + cfg.nak_interval:
+            if window is None and len(self._xmit_window) > 4 * len(self._member_inc) + 16:
+                self._prune_windows(now)
+            window = self._xmit_window[requester] = [now, 0.0]
+        budget = cfg.max_xmit_per_interval - int(window[1])
+        first = max(msg.first, st.buf_low)
+        last = min(msg.last, msg.first + cfg.max_nak_range - 1, st.delivered)
+        out: list[Any] = []
+        to = NodeId(requester)
+        for seq in range(first, last + 1):
+            stored = st.buf.get(seq)
+            if stored is None:
+                continue
+            if budget <= 0:
+                self._stats.xmits_rate_limited += 1
+                continue
+            budget -= 1
+            if type(stored) is not Xmit:
+                stored = Xmit(
+                    origin=msg.origin,
+                    origin_incarnation=st.incarnation,
+                    seq=seq,
+                    kind=stored.kind,
+                    payload=stored.payload,
+                )
+            out.append(Send(to=to, message=stored))
+        window[1] = cfg.max_xmit_per_interval - budget
+        self._stats.xmits_sent += len(out)
+        return out
+
+    def _prune_windows(self, now: float) -> None:
+        span = self._config.nak_interval
+        for requester in sorted(self._xmit_window):
+            if now >= self._xmit_window[requester][0] + span:
+                del self._xmit_window[requester]
+
+    # ------------------------------------------------------------ stability
+
+    def _arm_reports(self, now: float) -> None:
+        """Start the Status timer (member) or the Stable timer (coordinator) if idle."""
+        if self._reporting:
+            if self._status_due is None:
+                self._arm_status(now)
+        elif self._coordinating and self._stable_due is None:
+            self._stable_due = now + self._config.stable_interval
+
+    def _arm_status(self, now: float) -> None:
+        cfg = self._config
+        jitter = cfg.status_jitter * self._rng.random() if cfg.status_jitter else 0.0
+        self._status_due = now + cfg.status_interval * (1.0 - jitter)
+
+    def _needs_status(self) -> bool:
+        return self._reporting and (self._buffer_size > 0 or bool(self._gappy))
+
+    def _status_messages(self) -> list[Any]:
+        entries = [
+            StatusEntry(o, st.incarnation, st.delivered)
+            for o, st in sorted(self._origins.items())
+            if st.delivered != _PENDING
+        ]
+        assert self._view is not None
+        view_id = self._view.view_id
+        to = NodeId(self._coordinator)
+        n = STATUS_PER_DATAGRAM
+        return [
+            Send(to=to, message=Status(view_id=view_id, entries=tuple(entries[i : i + n])))
+            for i in range(0, len(entries), n)
+        ]
+
+    def _on_status(self, ev: Received, msg: Status, now: float) -> list[Any]:
+        if not self._coordinating:
+            self._stats.ignored += 1
+            return []
+        member = ev.sender
+        if self._member_inc.get(member) != ev.incarnation or member == self._me:
+            self._stats.stale += 1
+            return []
+        report = self._reports.setdefault(member, {})
+        out: list[Any] = []
+        for origin, inc, delivered in msg.entries:
+            if origin == self._me:
+                if inc == self._incarnation:
+                    report[origin] = (inc, delivered)
+                continue
+            st = self._origins.get(origin)
+            if st is None:
+                if self._dropped(origin, inc):
+                    continue
+                st = self._new_origin(origin, inc, self._floor(origin, inc), now)
+            elif inc != st.incarnation:
+                if inc < st.incarnation:
+                    continue
+                st = self._new_origin(origin, inc, 0, now)
+            elif st.delivered == _PENDING:
+                self._start(origin, st, delivered, out)
+            prev = report.get(origin)
+            if prev is None or prev[0] != inc or delivered > prev[1]:
+                report[origin] = (inc, delivered)
+            st.highest = max(st.highest, delivered)
+            self._check_gap(origin, st, now)
+        if self._stable_due is None:
+            self._stable_due = now + self._config.stable_interval
+        return out
+
+    def _stable_messages(self) -> tuple[list[Any], bool]:
+        """The coordinator's digest (applied locally too), and whether anything is unstable."""
+        me = self._me
+        others = [m for m in sorted(self._member_inc) if m != me]
+        reports = self._reports
+        entries: list[StableEntry] = []
+        unstable = False
+        for origin, st in sorted(self._origins.items()):
+            if st.delivered == _PENDING:
+                continue
+            inc = st.incarnation
+            low = st.delivered
+            for m in others:
+                got = reports.get(m, _NO_REPORT).get(origin)
+                if got is None or got[0] != inc:
+                    low = st.stable
+                    break
+                low = min(low, got[1])
+            self._trim(st, max(low, st.stable))
+            entries.append(StableEntry(origin, inc, st.stable, st.highest))
+            if st.stable < st.highest:
+                unstable = True
+        assert self._view is not None
+        view_id = self._view.view_id
+        n = STABLE_PER_DATAGRAM
+        out: list[Any] = [
+            Multicast(message=Stable(view_id=view_id, entries=tuple(entries[i : i + n])))
+            for i in range(0, len(entries), n)
+        ]
+        return out, unstable
+
+    def _on_stable(self, ev: Received, msg: Stable, now: float) -> list[Any]:
+        view = self._view
+        if view is not None:
+            if msg.view_id < view.view_id:
+                self._stats.stale += 1
+                return []
+            if msg.view_id == view.view_id and (
+                ev.sender != view.leader or self._member_inc.get(ev.sender) != ev.incarnation
+            ):
+                self._stats.ignored += 1
+                return []
+        if self._coordinating:
+            self._stats.ignored += 1
+            return []
+        out: list[Any] = []
+        for origin, inc, stable, highest in msg.entries:
+            st = self._origins.get(origin)
+            if origin == self._me:
+                if st is not None and inc == st.incarnation:
+                    self._trim(st, min(stable, st.delivered))
+                continue
+            if st is None:
+                if self._dropped(origin, inc):
+                    continue
+                st = self._new_origin(origin, inc, stable, now)
+            elif inc != st.incarnation:
+                if inc < st.incarnation:
+                    continue
+                st = self._new_origin(origin, inc, stable, now)
+            elif st.delivered == _PENDING:
+                self._start(origin, st, stable, out)
+            elif stable > st.delivered:
+                self._skip_to(origin, st, stable, out)
+            self._trim(st, stable)
+            st.highest = max(st.highest, highest)
+            self._check_gap(origin, st, now)
+        if out:
+            self._arm_reports(now)
+        if not self._needs_status():
+            self._status_due = None
+        return out
+
+    def _start(self, origin: int, st: _Origin, start: int, out: list[Any]) -> None:
+        """A pending origin's stream starts after ``start``: drop older held, deliver the rest."""
+        st.delivered = start
+        st.buf_low = start + 1
+        st.stable = max(st.stable, start)
+        for seq in sorted(s for s in st.held if s <= start):
+            del st.held[seq]
+        self._drain(st, origin, out)
+
+    def _skip_to(self, origin: int, st: _Origin, stable: int, out: list[Any]) -> None:
+        """Stable moved past what we delivered: deliver what we hold up to it, skip the rest."""
+        for seq in sorted(s for s in st.held if s <= stable):
+            self._stats.skipped += seq - st.delivered - 1
+            self._deliver(st, origin, seq, st.held.pop(seq), out)
+        self._stats.skipped += stable - st.delivered
+        st.delivered = stable
+        self._drain(st, origin, out)
+        st.tries = st.group_round = 0
+
+    # ------------------------------------------------------------ views
+
+    def _on_view_changed(self, ev: ViewChanged, now: float) -> list[Any]:
+        view = ev.view
+        me = self._me
+        was_coordinating = self._coordinating
+        self._view = view
+        self._member_inc = {m.node: m.incarnation for m in view.members}
+        self._coordinator = view.leader
+        self._coordinating = view.leader == me
+        self._reporting = view.leader not in (0, me)
+        for requester in sorted(self._xmit_window):
+            if requester not in self._member_inc:
+                del self._xmit_window[requester]
+        for origin, st in sorted(self._origins.items()):
+            if origin == me:
+                continue
+            if origin in self._member_inc:
+                if st.gone_at is not None:
+                    st.gone_at = None
+                    del self._grace[origin]
+            elif st.gone_at is None:
+                st.gone_at = self._grace[origin] = now + self._config.flush_grace
+        out: list[Any] = []
+        if self._coordinating:
+            self._reports = {
+                m: r for m, r in self._reports.items() if self._member_inc.get(m) is not None
+            }
+            self._status_due = None
+            for origin, st in sorted(self._origins.items()):
+                if st.delivered == _PENDING:
+                    self._start(origin, st, self._floor(origin, st.incarnation), out)
+                    self._check_gap(origin, st, now)
+            self._stable_left = self._config.stable_repeats
+            stable, unstable = self._stable_messages()
+            out.extend(stable)
+            self._stats.stable_sent += len(stable)
+            self._stable_due = (
+                now + self._config.stable_interval if unstable or self._stable_left else None
+            )
+        else:
+            if was_coordinating:
+                self._reports = {}
+                self._stable_due = None
+                self._stable_left = 0
+            if self._needs_status():
+                if self._status_due is None:
+                    self._arm_status(now)
+            else:
+                self._status_due = None
+        return out
+
+    # ------------------------------------------------------------ timers
+
+    def _on_deadline(self, ev: DeadlineReached, now: float) -> list[Any]:
+        out: list[Any] = []
+        for origin in sorted(self._gappy):
+            st = self._gappy[origin]
+            if st.nak_due is not None and st.nak_due <= now:
+                self._send_nak(origin, st, now, out)
+        for origin in sorted(o for o, t in self._grace.items() if t <= now):
+            st = self._origins[origin]
+            self._forget(origin, st)
+            self._floors.pop(origin, None)
+            if len(self._floors) >= _MAX_FLOORS:
+                del self._floors[next(iter(self._floors))]
+            self._floors[origin] = (st.incarnation, st.stable)
+            if not self._needs_status():
+                self._status_due = None
+        if self._status_due is not None and self._status_due <= now:
+            if self._needs_status():
+                sent = self._status_messages()
+                self._stats.status_sent += len(sent)
+                out.extend(sent)
+                self._arm_status(now)
+            else:
+                self._status_due = None
+        if self._stable_due is not None and self._stable_due <= now:
+            sent, unstable = self._stable_messages()
+            self._stats.stable_sent += len(sent)
+            out.extend(sent)
+            if self._stable_left:
+                self._stable_left -= 1
+            self._stable_due = (
+                now + self._config.stable_interval if unstable or self._stable_left else None
+            )
+        return out
