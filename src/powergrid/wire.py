@@ -35,6 +35,7 @@ Type codes: 1-15 multicast and unicast, 16-31 membership, 32-47 election,
 
 from __future__ import annotations
 
+import operator
 import struct
 from collections.abc import Callable
 from typing import Any, ClassVar, NamedTuple
@@ -50,17 +51,43 @@ __all__ = [
     "MAGIC",
     "MAX_DATAGRAM",
     "MAX_PAYLOAD",
+    "MAX_VIEW_PARTS",
     "VERSION",
+    "VIEW_STATUS_CRASHED",
+    "VIEW_STATUS_LEFT",
+    "VIEW_STATUS_MEMBER",
+    "VIEW_STATUS_REPLACED",
+    "Aggregate",
+    "Answer",
+    "Bid",
+    "BidAck",
+    "Clearing",
+    "ClearingEntry",
+    "Coordinator",
+    "Corner",
     "Data",
+    "Election",
     "Envelope",
+    "Fenced",
+    "Heartbeat",
+    "HeartbeatAck",
+    "JoinRequest",
+    "LeaveNotice",
     "Message",
     "Nak",
+    "Price",
+    "Probe",
+    "ProbeAck",
     "Stable",
     "StableEntry",
     "Status",
     "StatusEntry",
     "UAck",
     "UData",
+    "ViewEntry",
+    "ViewPart",
+    "ViewRequest",
+    "Watts",
     "Xmit",
     "decode",
     "decode_body",
@@ -94,7 +121,10 @@ class Message:
 
 class _Layout(NamedTuple):
     cls: Callable[..., Message]
-    fixed: struct.Struct
+    name: str
+    fixed: struct.Struct  # the body's fixed part
+    full: struct.Struct  # header + fixed part, for one unpack on the hot path
+    fields: Callable[[Message], tuple[Any, ...]]  # all field values, in order
     tail: str | None  # None, "payload" or "entries"
     entry: struct.Struct | None
     entry_type: Callable[..., Any] | None
@@ -109,15 +139,24 @@ def _layout(
     entry: str | None = None,
     entry_type: Callable[..., Any] | None = None,
 ) -> Callable[[type[Any]], type[Any]]:
-    """Register a message class: its fixed ``struct`` format and optional tail."""
+    """Register a message class: its fixed ``struct`` format and optional tail.
+
+    The class's attrs fields map in order onto the fixed format's items, then
+    the tail (``payload: bytes`` or ``entries: tuple[entry_type, ...]``).
+    """
 
     def register(cls: type[Any]) -> type[Any]:
         code = cls.TYPE
         if code in _LAYOUTS or not 1 <= code <= 255:
             raise AssertionError(f"message type {code} reused or out of range")
+        names = [f.name for f in attrs.fields(cls)]
+        getter = operator.attrgetter(*names)
         _LAYOUTS[code] = _Layout(
             cls,
+            cls.__name__,
             struct.Struct("!" + fixed),
+            struct.Struct(_HEADER.format + fixed),
+            (lambda m: (getter(m),)) if len(names) == 1 else getter,
             tail,
             struct.Struct("!" + entry) if entry else None,
             entry_type,
@@ -167,20 +206,29 @@ class Xmit(Message):
         return _bad_node(self.origin, "origin")
 
 
-@_layout("QIQQ")
+@_layout("QIQQQ")
 @attrs.frozen
 class Nak(Message):
-    """Please resend ``origin``'s messages ``first..last`` (inclusive) to me."""
+    """Please resend ``origin``'s messages ``first..last`` (inclusive) to me.
+
+    ``helper`` 0: a unicast Nak, answered by whoever receives it. Otherwise a
+    group Nak, answered only by the origin and by the member ``helper``.
+    """
 
     TYPE: ClassVar[int] = 3
     origin: int
     origin_incarnation: int
     first: int
     last: int
+    helper: int = 0
 
     def problem(self) -> str | None:
         if not 0 < self.first <= self.last:
             return f"range {self.first}..{self.last} is empty or starts at 0"
+        if self.helper:
+            bad = _bad_node(self.helper, "helper")
+            if bad:
+                return bad
         return _bad_node(self.origin, "origin")
 
 
@@ -251,28 +299,448 @@ class UData(Message):
         return None
 
 
-@_layout("QI")
+@_layout("QII")
 @attrs.frozen
 class UAck(Message):
     """Cumulative ack: I have delivered everything up to ``seq`` from you.
 
     ``receiver_incarnation`` is the acker's own incarnation, echoed so the
-    sender notices a restarted receiver.
+    sender notices a restarted receiver. ``sender_incarnation`` is the life of
+    the data sender being acked, so a restarted sender ignores acks meant for
+    its old life (whose sequence numbers it reuses).
     """
 
     TYPE: ClassVar[int] = 7
     seq: int
     receiver_incarnation: int
+    sender_incarnation: int
 
 
 # --------------------------------------------------------------------------
 # Membership (powergrid.membership): type codes 16-31
 
+
+@_layout("IQ")
+@attrs.frozen
+class Heartbeat(Message):
+    """The leader of ``epoch`` is alive and its current view is ``view_id`` (multicast)."""
+
+    TYPE: ClassVar[int] = 16
+    epoch: int
+    view_id: int
+
+    def problem(self) -> str | None:
+        return "epoch 0" if self.epoch == 0 else None
+
+
+@_layout("IQ")
+@attrs.frozen
+class HeartbeatAck(Message):
+    """A member answers a heartbeat of ``epoch``; ``view_id`` is the member's own view (unicast)."""
+
+    TYPE: ClassVar[int] = 17
+    epoch: int
+    view_id: int
+
+    def problem(self) -> str | None:
+        return "epoch 0" if self.epoch == 0 else None
+
+
+@_layout("IIQIQ")
+@attrs.frozen
+class Probe(Message):
+    """Are you alive? Sent by ``requester`` (the leader) to ``target``, or to a helper
+    that relays it to ``target`` (indirect probe). ``nonce`` names the suspicion."""
+
+    TYPE: ClassVar[int] = 18
+    epoch: int
+    nonce: int
+    target: int
+    target_incarnation: int
+    requester: int
+
+    def problem(self) -> str | None:
+        if self.epoch == 0:
+            return "epoch 0"
+        return _bad_node(self.target, "target") or _bad_node(self.requester, "requester")
+
+
+@_layout("IIQIQ")
+@attrs.frozen
+class ProbeAck(Message):
+    """``target`` (in ``target_incarnation``) answers a :class:`Probe`; helpers relay it."""
+
+    TYPE: ClassVar[int] = 19
+    epoch: int
+    nonce: int
+    target: int
+    target_incarnation: int
+    requester: int
+
+    def problem(self) -> str | None:
+        if self.epoch == 0:
+            return "epoch 0"
+        return _bad_node(self.target, "target") or _bad_node(self.requester, "requester")
+
+
+@_layout("iB")
+@attrs.frozen
+class JoinRequest(Message):
+    """Admit me (the header's sender and incarnation) to the group (multicast or unicast)."""
+
+    TYPE: ClassVar[int] = 20
+    rank: int
+    broker_capable: int  # 0 or 1
+
+    def problem(self) -> str | None:
+        return None if self.broker_capable in (0, 1) else "broker_capable not 0 or 1"
+
+
+@_layout("I")
+@attrs.frozen
+class LeaveNotice(Message):
+    """I (the header's sender and incarnation) leave the group; I followed ``epoch`` (multicast)."""
+
+    TYPE: ClassVar[int] = 21
+    epoch: int
+
+
+@_layout("IQ")
+@attrs.frozen
+class ViewRequest(Message):
+    """Send me your current view; mine is ``view_id`` of ``epoch`` (unicast to the leader)."""
+
+    TYPE: ClassVar[int] = 22
+    epoch: int
+    view_id: int
+
+
+class ViewEntry(NamedTuple):
+    """One entry of a view: a member (``status`` 0) or a recent departure (1 crashed,
+    2 left, 3 replaced) of ``node`` in ``incarnation``; ``flags`` bit 0 is broker-capable."""
+
+    node: int
+    incarnation: int
+    rank: int
+    status: int
+    flags: int
+
+
+VIEW_STATUS_MEMBER = 0
+VIEW_STATUS_CRASHED = 1
+VIEW_STATUS_LEFT = 2
+VIEW_STATUS_REPLACED = 3
+MAX_VIEW_PARTS = 1024
+
+
+@_layout("IQHH", tail="entries", entry="QIiBB", entry_type=ViewEntry)
+@attrs.frozen
+class ViewPart(Message):
+    """Part ``part`` (0-based) of ``parts`` of view ``view_id`` of the leader of ``epoch``.
+
+    The entries of all parts, in part order, are sorted by (node, status).
+    """
+
+    TYPE: ClassVar[int] = 23
+    epoch: int
+    view_id: int
+    part: int
+    parts: int
+    entries: tuple[ViewEntry, ...]
+
+    def problem(self) -> str | None:
+        if self.epoch == 0 or self.view_id == 0:
+            return "epoch 0 or view_id 0"
+        if not 0 <= self.part < self.parts <= MAX_VIEW_PARTS:
+            return f"part {self.part} of {self.parts} (at most {MAX_VIEW_PARTS})"
+        last = (-1, -1)
+        for e in self.entries:
+            bad = _bad_node(e.node, "entry node")
+            if bad:
+                return bad
+            if e.status > VIEW_STATUS_REPLACED or e.flags > 1:
+                return f"entry status {e.status} or flags {e.flags} unknown"
+            key = (e.node, e.status)
+            if key <= last:
+                return "entries not sorted by (node, status) or repeated"
+            last = key
+        return None
+
+
 # --------------------------------------------------------------------------
 # Election (powergrid.election): type codes 32-47
 
+
+@_layout("Ii")
+@attrs.frozen
+class Election(Message):
+    """I (rank ``rank``) stand for leader: are you, a higher key, alive? (unicast).
+
+    ``epoch`` is the highest epoch the sender has seen.
+    """
+
+    TYPE: ClassVar[int] = 32
+    epoch: int
+    rank: int
+
+
+@_layout("Ii")
+@attrs.frozen
+class Answer(Message):
+    """I (rank ``rank``, a higher key) am alive and take over the election (unicast).
+
+    ``epoch`` is the highest epoch the sender has seen.
+    """
+
+    TYPE: ClassVar[int] = 33
+    epoch: int
+    rank: int
+
+
+@_layout("Ii")
+@attrs.frozen
+class Coordinator(Message):
+    """I (rank ``rank``) lead the group in ``epoch`` (multicast; unicast to one asker)."""
+
+    TYPE: ClassVar[int] = 34
+    epoch: int
+    rank: int
+
+    def problem(self) -> str | None:
+        return "epoch 0" if self.epoch == 0 else None
+
+
+@_layout("I")
+@attrs.frozen
+class Fenced(Message):
+    """Your Coordinator was refused: I have seen the newer ``epoch`` (unicast)."""
+
+    TYPE: ClassVar[int] = 35
+    epoch: int
+
+    def problem(self) -> str | None:
+        return "epoch 0" if self.epoch == 0 else None
+
+
 # --------------------------------------------------------------------------
 # Market (powergrid.market): type codes 48-63
+
+
+class Corner(NamedTuple):
+    """A corner of a demand curve: at ``price`` the bidder wants ``watts``."""
+
+    price: float
+    watts: int
+
+
+@_layout("QIIIB", tail="entries", entry="dI", entry_type=Corner)
+@attrs.frozen
+class Bid(Message):
+    """A client's bid ``seq`` (1, 2, ...; a refresh repeats it) to its broker (reliable unicast).
+
+    Watts: ``floor <= required <= maximum``; ``priority`` 0..15, higher is more
+    important; ``corners`` (at most 8, prices strictly rising, watts never rising,
+    each within ``required..maximum``) give the demand curve; none means the
+    default straight line from ``maximum`` at the grid's lowest price to
+    ``required`` at its highest.
+    """
+
+    TYPE: ClassVar[int] = 48
+    MAX_PRIORITY: ClassVar[int] = 15
+    MAX_CORNERS: ClassVar[int] = 8
+    MAX_WATTS: ClassVar[int] = 0xFFFFFFFF
+    seq: int
+    floor: int
+    required: int
+    maximum: int
+    priority: int
+    corners: tuple[Corner, ...]
+
+    def problem(self) -> str | None:
+        if self.seq == 0:
+            return "seq 0"
+        return Bid.check(self.floor, self.required, self.maximum, self.priority, self.corners)
+
+    @staticmethod
+    def check(
+        floor: int, required: int, maximum: int, priority: int, corners: tuple[Corner, ...]
+    ) -> str | None:
+        """What is wrong with these bid fields, or None (shared by decode and ``market.Bid``)."""
+        if not 0 <= floor <= required <= maximum <= Bid.MAX_WATTS:
+            return (
+                f"watts must satisfy 0 <= floor <= required <= maximum <= {Bid.MAX_WATTS}, "
+                f"got floor {floor}, required {required}, maximum {maximum}"
+            )
+        if not 0 <= priority <= Bid.MAX_PRIORITY:
+            return f"priority {priority} is outside 0..{Bid.MAX_PRIORITY}"
+        if len(corners) > Bid.MAX_CORNERS:
+            return f"{len(corners)} curve corners, at most {Bid.MAX_CORNERS} allowed"
+        last_price = 0.0
+        last_watts = maximum
+        for i, (price, watts) in enumerate(corners):
+            if not -_MARKET_FLOAT_MAX <= price <= _MARKET_FLOAT_MAX:  # also refuses NaN
+                return f"curve price {price} is not a finite number"
+            if i and price <= last_price:
+                return "curve corner prices must rise strictly"
+            if not required <= watts <= maximum:
+                return f"curve watts {watts} outside required..maximum ({required}..{maximum})"
+            if watts > last_watts:
+                return "curve watts must never rise with price"
+            last_price, last_watts = price, watts
+        return None
+
+
+@_layout("IQQ")
+@attrs.frozen
+class BidAck(Message):
+    """The broker of ``epoch`` holds your bid ``seq``; its aggregate ``aggregate`` on counts it."""
+
+    TYPE: ClassVar[int] = 49
+    epoch: int
+    seq: int
+    aggregate: int
+
+    def problem(self) -> str | None:
+        return "seq 0 or aggregate 0" if self.seq == 0 or self.aggregate == 0 else None
+
+
+class Watts(NamedTuple):
+    """One value of an :class:`Aggregate`."""
+
+    watts: int
+
+
+@_layout("IIQIHH", tail="entries", entry="Q", entry_type=Watts)
+@attrs.frozen
+class Aggregate(Message):
+    """Aggregate ``seq`` (1, 2, ...) of the broker of ``cluster`` in ``epoch``, to the lead.
+
+    ``values``: the cluster's summed demand at each of the ``points`` grid prices
+    (never rising), then ``(floor, required, maximum)`` sums for each priority
+    class whose bit is set in ``classes``, lowest class first. ``bids`` counts
+    the bids summed.
+    """
+
+    TYPE: ClassVar[int] = 50
+    cluster: int
+    epoch: int
+    seq: int
+    bids: int
+    points: int
+    classes: int
+    values: tuple[Watts, ...]
+
+    def problem(self) -> str | None:
+        if self.cluster == 0 or self.seq == 0:
+            return "cluster 0 or seq 0"
+        n = self.points
+        if n < 2 or len(self.values) != n + 3 * self.classes.bit_count():
+            return f"{len(self.values)} values for {n} points and classes {self.classes:#06x}"
+        demand = self.values[:n]
+        for i in range(1, n):
+            if demand[i].watts > demand[i - 1].watts:
+                return "demand rises with price"
+        total_r = total_m = 0
+        for i in range(n, len(self.values), 3):
+            h, r, m = self.values[i].watts, self.values[i + 1].watts, self.values[i + 2].watts
+            if not h <= r <= m:
+                return "class sums not floor <= required <= maximum"
+            total_r += r
+            total_m += m
+        if total_r > demand[-1].watts or demand[0].watts > total_m:
+            return "demand outside the sums of required and maximum"
+        return None
+
+
+class ClearingEntry(NamedTuple):
+    """The lead cleared aggregate ``aggregate`` of ``cluster``'s broker of ``epoch``.
+
+    ``budget`` is the cluster's share, in watts.
+    """
+
+    cluster: int
+    epoch: int
+    aggregate: int
+    budget: int
+
+
+@_layout("IQBdHQQ", tail="entries", entry="IIQQ", entry_type=ClearingEntry)
+@attrs.frozen
+class Clearing(Message):
+    """Round ``round`` cleared by the lead broker of ``epoch`` (multicast to the broker group).
+
+    ``regime`` 0 surplus, 1 normal, 2 shortage; ``level`` and ``fill`` (of
+    ``2**32``) are the share factors; ``deficit`` is ``sum required - supply``
+    in watts during a shortage. ``entries`` (sorted by cluster) name what was
+    cleared; a round with many clusters is sent as several Clearings.
+    """
+
+    TYPE: ClassVar[int] = 51
+    FILL_ONE: ClassVar[int] = 1 << 32
+    epoch: int
+    round: int
+    regime: int
+    price: float
+    level: int
+    fill: int
+    deficit: int
+    entries: tuple[ClearingEntry, ...]
+
+    def problem(self) -> str | None:
+        if self.epoch == 0 or self.round == 0:
+            return "epoch 0 or round 0"
+        last = 0
+        for e in self.entries:
+            if e.cluster <= last:
+                return "entries not sorted by cluster, repeated or cluster 0"
+            last = e.cluster
+        return Clearing.check_result(self.regime, self.price, self.fill)
+
+    @staticmethod
+    def check_result(regime: int, price: float, fill: int) -> str | None:
+        """What is wrong with these clearing fields, or None (shared with :class:`Price`)."""
+        if regime > 2:
+            return f"unknown regime {regime}"
+        if not -_MARKET_FLOAT_MAX <= price <= _MARKET_FLOAT_MAX:
+            return f"price {price} is not a finite number"
+        if fill > Clearing.FILL_ONE:
+            return f"fill {fill} above {Clearing.FILL_ONE}"
+        return None
+
+
+@_layout("IQBBdHQQQ")
+@attrs.frozen
+class Price(Message):
+    """The price of round ``round`` (1, 2, ... per broker) from the broker of cluster ``epoch``.
+
+    Multicast to the cluster. The clearing fields are those of :class:`Clearing`;
+    ``aggregate`` is the broker's aggregate that was cleared (a client's bid is
+    included if its :class:`BidAck` named that aggregate or an earlier one);
+    ``flags`` bit 0 says the broker re-cleared its cluster alone (lead lost).
+    """
+
+    TYPE: ClassVar[int] = 52
+    FLAG_LOCAL: ClassVar[int] = 1
+    epoch: int
+    round: int
+    regime: int
+    flags: int
+    price: float
+    level: int
+    fill: int
+    deficit: int
+    aggregate: int
+
+    def problem(self) -> str | None:
+        if self.epoch == 0 or self.round == 0 or self.aggregate == 0:
+            return "epoch 0, round 0 or aggregate 0"
+        if self.flags & ~Price.FLAG_LOCAL:
+            return f"unknown flags {self.flags:#04x}"
+        return Clearing.check_result(self.regime, self.price, self.fill)
+
+
+_MARKET_FLOAT_MAX = 1.7976931348623157e308
+
 
 # --------------------------------------------------------------------------
 # Helpers shared by problem() checks
@@ -300,8 +768,7 @@ def _bad_entries(entries: tuple[Any, ...]) -> str | None:
 # The codec
 
 
-@attrs.frozen
-class Envelope:
+class Envelope(NamedTuple):
     """A decoded datagram: who sent it, for which group, and the message."""
 
     group: GroupId
@@ -313,7 +780,7 @@ class Envelope:
 def encode_body(msg: Message) -> bytes:
     """The body of ``msg`` without a header (for nesting in a reliable channel)."""
     lay = _LAYOUTS[msg.TYPE]
-    values = attrs.astuple(msg, recurse=False)  # type: ignore[arg-type]
+    values = lay.fields(msg)
     try:
         if lay.tail is None:
             return lay.fixed.pack(*values)
@@ -349,48 +816,45 @@ def encode(group: int, sender: int, incarnation: int, msg: Message) -> bytes:
     return data
 
 
-def _decode_body(code: int, data: bytes | memoryview, offset: int) -> Message:
-    lay = _LAYOUTS.get(code)
-    if lay is None:
-        raise DecodeError(f"unknown message type {code}")
-    name = lay.cls.__name__
-    end = offset + lay.fixed.size
-    if len(data) < end:
-        raise DecodeError(
-            f"{name} truncated: {len(data) - offset} body bytes, need at least {lay.fixed.size}"
-        )
-    values = lay.fixed.unpack_from(data, offset)
-    msg: Message
+def _build(lay: _Layout, values: tuple[Any, ...], data: bytes, end: int) -> Message:
+    """The message from its fixed ``values`` and the tail at ``data[end:]``."""
     if lay.tail is None:
         if len(data) != end:
-            raise DecodeError(f"{name} has {len(data) - end} trailing bytes")
+            raise DecodeError(f"{lay.name} has {len(data) - end} trailing bytes")
         msg = lay.cls(*values)
     elif lay.tail == "payload":
-        msg = lay.cls(*values, bytes(data[end:]))
+        msg = lay.cls(*values, data[end:])
     else:
         assert lay.entry is not None and lay.entry_type is not None
         if len(data) < end + 2:
-            raise DecodeError(f"{name} truncated before its entry count")
+            raise DecodeError(f"{lay.name} truncated before its entry count")
         (count,) = _U16.unpack_from(data, end)
         start = end + 2
         size = lay.entry.size
         if len(data) - start != count * size:
             raise DecodeError(
-                f"{name} says {count} entries of {size} bytes but has "
+                f"{lay.name} says {count} entries of {size} bytes but has "
                 f"{len(data) - start} bytes for them"
             )
         make = lay.entry_type
-        entries = tuple(make(*e) for e in lay.entry.iter_unpack(data[start:]))
+        entries = tuple([make(*e) for e in lay.entry.iter_unpack(data[start:])])
         msg = lay.cls(*values, entries)
     bad = msg.problem()
     if bad is not None:
-        raise DecodeError(f"inconsistent {name}: {bad}")
+        raise DecodeError(f"inconsistent {lay.name}: {bad}")
     return msg
 
 
 def decode_body(kind: int, body: bytes) -> Message:
     """The inner message of a reliable channel. Raises only :class:`DecodeError`."""
-    return _decode_body(kind, body, 0)
+    lay = _LAYOUTS.get(kind)
+    if lay is None:
+        raise DecodeError(f"unknown message type {kind}")
+    if len(body) < lay.fixed.size:
+        raise DecodeError(
+            f"{lay.name} truncated: {len(body)} body bytes, need at least {lay.fixed.size}"
+        )
+    return _build(lay, lay.fixed.unpack_from(body), body, lay.fixed.size)
 
 
 def decode(data: bytes) -> Envelope:
@@ -400,18 +864,25 @@ def decode(data: bytes) -> Envelope:
         raise DecodeError(f"datagram truncated: {size} bytes, header needs {HEADER_SIZE}")
     if size > MAX_DATAGRAM:
         raise DecodeError(f"datagram oversized: {size} bytes, limit {MAX_DATAGRAM}")
-    magic, version, code, flags, group, sender, incarnation = _HEADER.unpack_from(data)
+    lay = _LAYOUTS.get(data[3])
+    if lay is None or size < lay.full.size:
+        magic, version, code, flags, group, sender, incarnation = _HEADER.unpack_from(data)
+    else:
+        values = lay.full.unpack_from(data)
+        magic, version, code, flags, group, sender, incarnation = values[:7]
     if magic != MAGIC:
         raise DecodeError(f"bad magic {magic!r}, expected {MAGIC!r}")
     if version != VERSION:
         raise DecodeError(f"unknown version {version}, this node speaks {VERSION}")
+    if lay is None:
+        raise DecodeError(f"unknown message type {code}")
     if flags:
         raise DecodeError(f"unknown flags {flags:#04x}")
     if not 0 < sender <= MAX_NODE_ID:
         raise DecodeError(f"sender {sender} is not a node id")
-    return Envelope(
-        GroupId(group),
-        NodeId(sender),
-        Incarnation(incarnation),
-        _decode_body(code, data, HEADER_SIZE),
-    )
+    if size < lay.full.size:
+        raise DecodeError(
+            f"{lay.name} truncated: {size - HEADER_SIZE} body bytes, need at least {lay.fixed.size}"
+        )
+    msg = _build(lay, values[7:], data, lay.full.size)
+    return Envelope(group, sender, incarnation, msg)

@@ -1,0 +1,576 @@
+"""Bully election with epochs and fencing: who leads a group.
+
+Theory of operation
+-------------------
+One :class:`ElectionMachine` per group a node is in; the same class elects the
+broker of a cluster and the lead broker of the broker group. Candidates are
+compared by :class:`~powergrid.types.ElectionKey`: operator ``rank`` first,
+then node id; the higher key wins. Only broker-capable nodes stand; the others
+follow announcements.
+
+*Guarantees.* Every leader has an *epoch* (1, 2, ...); a new leader takes the
+highest epoch it has seen plus one, so epochs only grow along any chain of
+messages. A node never accepts a leader of an older epoch than the one it
+follows (*fencing*): a node's :attr:`~ElectionMachine.epoch` never decreases
+within one life. Where the nodes that take part can reach each other within
+``answer_timeout``, at most one of them wins a given epoch. After the network
+has been whole and quiet for a bound (see ``docs/protocols/election.md``),
+every live node follows one leader, the highest broker-capable key alive, and
+elections stop.
+
+*Not guaranteed.* The bully election has no quorum: the two sides of a
+partition each elect a leader, and both may take the same epoch number; such
+twins resolve within about one ``announce_interval`` after the sides hear each
+other (the higher key bumps the epoch, see *Merging*). A node's announcement
+reaches others unreliably; the periodic re-announcement is the repair.
+
+*Assumptions.* Keys are unique (node ids are). Datagrams may be lost,
+duplicated, reordered or delayed, not corrupted. Membership (another machine)
+reports a missing leader with :class:`~powergrid.events.LeaderLost` (leader 0,
+epoch 0 at bootstrap: "there is no leader") and lists the members with
+:class:`~powergrid.events.ViewChanged`.
+
+*Rules* (the classic names are in the tests' docstrings):
+
+1. A broker-capable node told the leader is lost schedules an election: at
+   once if it is the highest candidate it knows; otherwise after
+   ``stagger`` seconds per known candidate above it (at most ``max_delay``),
+   plus up to ``jitter`` drawn from the ``rng``, so that normally only the
+   highest acts (one multicast). A node that has never followed a leader first listens for
+   ``announce_interval + answer_timeout``, so a live leader's periodic
+   announcement finds it before it stands.
+2. An election sends :class:`~powergrid.wire.Election` to every known
+   candidate with a higher key. If none answers within ``answer_timeout`` the
+   node wins: it multicasts :class:`~powergrid.wire.Coordinator` and reports
+   :class:`~powergrid.events.LeaderElected`. With no higher candidate it wins
+   at once.
+3. A node that gets an Election from a lower key sends
+   :class:`~powergrid.wire.Answer` and starts its own election at once (a
+   leader instead sends its Coordinator back, or, if the asker has seen a
+   newer epoch than its own, re-asserts with a new epoch).
+4. A node that got an Answer waits ``coordinator_timeout`` for a
+   Coordinator, else starts again.
+5. Bullying: a broker-capable node that hears a lower key claim leadership in
+   an epoch it would accept schedules an election (a leader starts one at
+   once and wins with a newer epoch).
+6. Fencing: a Coordinator is accepted if its ``(epoch, key)`` is above the
+   ``(epoch, key)`` followed (or, with the leader lost, if its epoch is not
+   older); otherwise it is refused and counted. A node without a live leader
+   that cannot stand answers a refused Coordinator with
+   :class:`~powergrid.wire.Fenced`, so the claimant re-asserts with a newer
+   epoch.
+7. The leader re-multicasts its Coordinator every ``announce_interval``.
+
+*Merging.* After a partition heals, a leader that hears a Coordinator with a
+higher key and a higher-or-equal epoch steps down and follows it; one with a
+higher key but an older epoch is refused (the higher node hears our
+announcement and re-asserts with a newer epoch). A leader that hears a lower
+key's claim of its own epoch or newer re-asserts with a new epoch; one of an
+older epoch is answered at once with our Coordinator.
+
+*Stable leader* (``stable_leader=True``): nobody bullies. A Coordinator wins
+over the one followed if its ``(epoch, key)`` is higher, so a restarted
+higher node follows the live leader instead of taking over, and after a heal
+the leader of the newest epoch stays. Elections still start on LeaderLost.
+
+*Driving.* ``handle(event, now)`` with :class:`~powergrid.events.Received`
+(Election, Answer, Coordinator, Fenced), :class:`~powergrid.events.DeadlineReached`,
+:class:`~powergrid.events.LeaderLost` and :class:`~powergrid.events.ViewChanged`;
+outputs are :class:`~powergrid.events.Send`, :class:`~powergrid.events.Multicast`,
+:class:`~powergrid.events.LeaderElected` and :class:`ElectionStarted`.
+``next_deadline()`` is the one pending timer: a scheduled election start
+(follower), the answer timeout (electing), the coordinator timeout (waiting)
+or the next announcement (leader). Timeouts (seconds, defaults):
+``answer_timeout`` 0.1, ``coordinator_timeout`` 0.5, ``announce_interval``
+1.0, ``stagger`` 0.1, ``max_delay`` 1.0, ``jitter`` 0.05.
+
+Candidates are the broker-capable members of the last view, plus every node
+heard sending an election message since. The leader reported lost is left
+out of them until it is heard again or a new leader is settled (by then
+membership has removed it from the view if it is really gone).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from typing import Any, Literal
+
+import attrs
+
+from powergrid.errors import ConfigError, UsageError
+from powergrid.events import (
+    DeadlineReached,
+    LeaderElected,
+    LeaderLost,
+    Multicast,
+    Received,
+    Send,
+    ViewChanged,
+)
+from powergrid.types import MAX_NODE_ID, ElectionKey, Epoch, GroupId, NodeId
+from powergrid.wire import Answer, Coordinator, Election, Fenced, Message
+
+__all__ = [
+    "MAX_EPOCH",
+    "ElectionConfig",
+    "ElectionMachine",
+    "ElectionStarted",
+    "ElectionState",
+    "ElectionStats",
+]
+
+MAX_EPOCH = 2**32 - 1
+"""Epochs are 32 bits on the wire; messages carrying this epoch are refused as invalid."""
+
+_MIN_RANK = -(2**31)
+_MAX_RANK = 2**31 - 1
+
+ElectionState = Literal["follower", "electing", "waiting", "leader"]
+"""``follower``: follows ``leader`` (0 if none), maybe with an election scheduled;
+``electing``: sent Elections, waits ``answer_timeout`` for an Answer;
+``waiting``: got an Answer, waits ``coordinator_timeout`` for a Coordinator;
+``leader``: leads ``epoch``."""
+
+
+# ----------------------------------------------------------------- config
+
+
+@attrs.frozen(kw_only=True)
+class ElectionConfig:
+    """Settings of :class:`ElectionMachine`. Times in seconds.
+
+    Raises :class:`~powergrid.errors.ConfigError` for a value out of range or
+    values that contradict each other.
+    """
+
+    answer_timeout: float = 0.1
+    """How long a candidate waits for an Answer from a higher key before it wins."""
+    coordinator_timeout: float = 0.5
+    """How long a candidate that got an Answer waits for a Coordinator before it starts again."""
+    announce_interval: float = 1.0
+    """The leader re-multicasts its Coordinator this often (the repair after loss or a heal)."""
+    stagger: float = 0.1
+    """Delay, per known candidate above this node, before it starts an election on LeaderLost."""
+    max_delay: float = 1.0
+    """Cap of the position delay (``stagger`` times the candidates above), before jitter."""
+    jitter: float = 0.05
+    """Up to this much extra random delay (from the rng) on a scheduled election start."""
+    stable_leader: bool = False
+    """If True, a returning higher node does not preempt a live leader (no bullying)."""
+
+    def __attrs_post_init__(self) -> None:
+        for name in (
+            "answer_timeout",
+            "coordinator_timeout",
+            "announce_interval",
+            "stagger",
+            "max_delay",
+        ):
+            value = getattr(self, name)
+            if not math.isfinite(value):
+                raise ConfigError(f"{name} is {value}; set it to a finite number of seconds")
+        if not math.isfinite(self.jitter) or self.jitter < 0:
+            raise ConfigError(f"jitter is {self.jitter}; set it to 0 or more seconds")
+        for name in ("answer_timeout", "announce_interval"):
+            value = getattr(self, name)
+            if value <= 0:
+                raise ConfigError(f"{name} is {value}; set it above 0 seconds")
+        if self.stagger < 0:
+            raise ConfigError(f"stagger is {self.stagger}; set it to 0 or more seconds")
+        if self.max_delay < 0:
+            raise ConfigError(f"max_delay is {self.max_delay}; set it to 0 or more seconds")
+        if self.coordinator_timeout <= self.answer_timeout:
+            raise ConfigError(
+                f"coordinator_timeout ({self.coordinator_timeout}) is not above "
+                f"answer_timeout ({self.answer_timeout}); set coordinator_timeout > "
+                "answer_timeout, since the node that answered needs answer_timeout "
+                "itself before it can announce"
+            )
+
+
+# ---------------------------------------------------------------- actions
+
+
+@attrs.frozen(kw_only=True)
+class ElectionStarted:
+    """This node started (or restarted) an election in ``group``; if it wins it leads ``epoch``."""
+
+    group: GroupId
+    epoch: Epoch
+
+
+# ------------------------------------------------------------------ stats
+
+
+@attrs.define
+class ElectionStats:
+    """Counters, all since the machine was made."""
+
+    elections_started: int = 0
+    """Elections started or restarted by this node (ElectionStarted emitted)."""
+    elections_won: int = 0
+    """Times this node became leader."""
+    messages_sent: int = 0
+    """Send and Multicast actions returned (a multicast counts once)."""
+    announcements: int = 0
+    """Periodic re-announcements (and immediate re-assertions) of a Coordinator."""
+    stale_epoch: int = 0
+    """Coordinators refused because their (epoch, key) is older than the one followed."""
+    stale_lost: int = 0
+    """LeaderLost about a leader or epoch this node no longer follows, ignored."""
+    bullied: int = 0
+    """Lower-key claims of leadership that made this node start or schedule an election."""
+    stepped_down: int = 0
+    """Times this node stopped leading because it heard a better Coordinator."""
+    fenced_sent: int = 0
+    """Fenced replies sent to the claimant of a refused Coordinator."""
+    invalid: int = 0
+    """Messages with an epoch of :data:`MAX_EPOCH` (cannot be exceeded), dropped."""
+    unexpected: int = 0
+    """Messages that do not fit the state or the sender (e.g. an Answer while not electing)."""
+    ignored_own: int = 0
+    """Our own multicasts echoed back, ignored."""
+    leader_restarted: int = 0
+    """Coordinators from a new incarnation of the leader followed: its old life was lost."""
+
+
+# ---------------------------------------------------------------- machine
+
+_Key = tuple[int, int]  # (rank, node): ElectionKey as a plain tuple on the hot path
+
+
+class ElectionMachine:
+    """The bully election of one group at one node (see the module doc).
+
+    Raises :class:`~powergrid.errors.ConfigError` for a node id, rank or group
+    out of range.
+    """
+
+    def __init__(
+        self,
+        config: ElectionConfig,
+        *,
+        me: NodeId,
+        rank: int,
+        broker_capable: bool,
+        group: GroupId,
+        rng: random.Random,
+    ) -> None:
+        if not 0 < me <= MAX_NODE_ID:
+            raise ConfigError(f"me is {me}; a node id is 1..2**48-1")
+        if not _MIN_RANK <= rank <= _MAX_RANK:
+            raise ConfigError(f"rank is {rank}; set it within -2**31..2**31-1 (32 bits)")
+        if not 0 <= group < 2**32:
+            raise ConfigError(f"group is {group}; set it within 0..2**32-1")
+        self._cfg = config
+        self._me = me
+        self._rank = rank
+        self._key: _Key = (rank, me)
+        self._capable = broker_capable
+        self._group = group
+        self._rng = rng
+        self._ranks: dict[int, int] = {}  # candidate node -> rank (never me)
+        self._lost = 0  # the leader reported lost, left out of candidates until heard again
+        self._state: ElectionState = "follower"
+        self._leader = 0
+        self._leader_rank = 0
+        self._leader_inc = 0  # the incarnation of the leader we follow
+        self._epoch = 0  # epoch of the leader followed (kept when it is lost)
+        self._max_epoch = 0  # highest epoch seen anywhere
+        self._deadline: float | None = None
+        self._stats = ElectionStats()
+        self._handlers: dict[type[Any], Callable[[Any, float], list[object]]] = {
+            Received: self._on_received,
+            DeadlineReached: self._on_deadline,
+            LeaderLost: self._on_leader_lost,
+            ViewChanged: self._on_view,
+        }
+        self._messages: dict[type[Message], Callable[[int, int, Any, float], list[object]]] = {
+            Election: self._on_election,
+            Answer: self._on_answer,
+            Coordinator: self._on_coordinator,
+            Fenced: self._on_fenced,
+        }
+
+    # ------------------------------------------------------------ surface
+
+    @property
+    def leader(self) -> NodeId:
+        """The leader this node follows or is (0: none known, or reported lost)."""
+        return NodeId(self._leader)
+
+    @property
+    def epoch(self) -> Epoch:
+        """The epoch of the leader followed or led (kept after it is lost); never decreases."""
+        return Epoch(self._epoch)
+
+    @property
+    def state(self) -> ElectionState:
+        """``"follower"``, ``"electing"``, ``"waiting"`` or ``"leader"``."""
+        return self._state
+
+    @property
+    def key(self) -> ElectionKey:
+        """This node's key: (rank, node id)."""
+        return ElectionKey(self._rank, self._me)
+
+    @property
+    def stats(self) -> ElectionStats:
+        """Counters (mutable, for monitoring)."""
+        return self._stats
+
+    def next_deadline(self) -> float | None:
+        """When this machine wants :class:`~powergrid.events.DeadlineReached`, or None."""
+        return self._deadline
+
+    def handle(self, event: object, now: float) -> list[object]:
+        """Process one event at time ``now`` (seconds); returns the actions.
+
+        Raises :class:`~powergrid.errors.UsageError` for an event this machine
+        does not take, or a LeaderLost/ViewChanged of another group. Peer
+        messages never raise.
+        """
+        handler = self._handlers.get(type(event))
+        if handler is None:
+            raise UsageError(f"ElectionMachine does not handle {type(event).__name__} events")
+        return handler(event, now)
+
+    # ------------------------------------------------------------ inputs
+
+    def _on_received(self, event: Received, now: float) -> list[object]:
+        if event.sender == self._me:
+            self._stats.ignored_own += 1
+            return []
+        handler = self._messages.get(type(event.message))
+        if handler is None:
+            self._stats.unexpected += 1
+            return []
+        return handler(event.sender, event.incarnation, event.message, now)
+
+    def _seen(self, epoch: int) -> bool:
+        """Note a peer's epoch; False (and counted) if it is out of range."""
+        if epoch >= MAX_EPOCH:
+            self._stats.invalid += 1
+            return False
+        self._max_epoch = max(self._max_epoch, epoch)
+        return True
+
+    def _on_deadline(self, event: DeadlineReached, now: float) -> list[object]:
+        if self._deadline is None or now < self._deadline:
+            return []  # woken early: harmless
+        state = self._state
+        if state == "leader":
+            self._deadline = now + self._cfg.announce_interval
+            return self._announce()
+        if state == "electing":
+            return self._win(now)
+        return self._start(now)  # a scheduled start (follower) or no Coordinator came (waiting)
+
+    def _on_leader_lost(self, event: LeaderLost, now: float) -> list[object]:
+        if event.group != self._group:
+            raise UsageError(f"LeaderLost of group {event.group} fed to group {self._group}")
+        lost, epoch = event.leader, event.epoch
+        if (
+            self._state == "leader"
+            or lost == self._me
+            or epoch < self._epoch
+            or (epoch == self._epoch and self._leader not in (0, lost))
+        ):
+            self._stats.stale_lost += 1
+            return []
+        if MAX_EPOCH > epoch > self._max_epoch:
+            self._max_epoch = epoch
+        return self._leader_gone(lost, now)
+
+    def _leader_gone(self, lost: int, now: float) -> list[object]:
+        """Rule 1: forget the leader; a candidate schedules an election."""
+        if lost:
+            self._lost = lost
+        self._leader = 0
+        if not self._capable or self._state != "follower":
+            return []  # a non-candidate waits for a Coordinator; an election is under way
+        return self._schedule(now, listen=self._epoch == 0)
+
+    def _on_view(self, event: ViewChanged, now: float) -> list[object]:
+        view = event.view
+        if view.group != self._group:
+            raise UsageError(f"view of group {view.group} fed to group {self._group}")
+        me = self._me
+        self._ranks = {m.node: m.rank for m in view.members if m.broker_capable and m.node != me}
+        if view.epoch > self._max_epoch and view.epoch < MAX_EPOCH:
+            self._max_epoch = view.epoch
+        return []
+
+    # ---------------------------------------------------------- messages
+
+    def _on_election(self, sender: int, inc: int, msg: Election, now: float) -> list[object]:
+        if not self._seen(msg.epoch):
+            return []
+        self._learn(sender, msg.rank)
+        if not self._capable or (msg.rank, sender) > self._key:
+            self._stats.unexpected += 1  # only lower keys ask, and only candidates
+            return []
+        state = self._state
+        self._stats.messages_sent += 1
+        if state == "leader" and msg.epoch <= self._epoch:
+            return [Send(to=NodeId(sender), message=Coordinator(self._epoch, self._rank))]
+        out: list[object] = [Send(to=NodeId(sender), message=Answer(self._max_epoch, self._rank))]
+        if state in ("follower", "leader"):  # a leader re-asserts above the asker's epoch
+            out.extend(self._start(now))
+        return out
+
+    def _on_answer(self, sender: int, inc: int, msg: Answer, now: float) -> list[object]:
+        if not self._seen(msg.epoch):
+            return []
+        self._learn(sender, msg.rank)
+        if (msg.rank, sender) < self._key:
+            self._stats.unexpected += 1
+            return []
+        if self._state == "electing":
+            self._state = "waiting"
+            self._deadline = now + self._cfg.coordinator_timeout
+        elif self._state != "waiting":  # in "waiting", more answers are normal
+            self._stats.unexpected += 1
+        return []
+
+    def _on_coordinator(self, sender: int, inc: int, msg: Coordinator, now: float) -> list[object]:
+        if not self._seen(msg.epoch):
+            return []
+        epoch, rank = msg.epoch, msg.rank
+        if sender != self._leader or inc == self._leader_inc or self._state == "leader":
+            return self._claim(sender, inc, epoch, rank, now)
+        if inc < self._leader_inc:
+            self._stats.stale_epoch += 1  # from an earlier life of our leader
+            return []
+        # Our leader restarted: the life we followed is gone. Judge the new life's claim
+        # as if we had no leader; if we cannot follow it, a candidate elects.
+        self._stats.leader_restarted += 1
+        self._leader = 0
+        out = self._claim(sender, inc, epoch, rank, now)
+        if self._leader == 0 and self._capable and self._state == "follower":
+            out.extend(self._schedule(now, listen=False))
+        return out
+
+    def _claim(self, sender: int, inc: int, epoch: int, rank: int, now: float) -> list[object]:
+        """Rules 5 and 6, merging and the stable option: what a Coordinator means to us."""
+        self._learn(sender, rank)
+        if sender == self._leader and epoch == self._epoch:
+            self._leader_rank = rank  # the leader we follow, alive: no election needed
+            if self._state != "follower":
+                self._state, self._deadline = "follower", None
+            return []
+        claim = (epoch, rank, sender)
+        if self._state == "leader":
+            mine = (self._epoch, *self._key)
+            if claim > mine and (self._cfg.stable_leader or (rank, sender) > self._key):
+                self._stats.stepped_down += 1
+                return self._follow(sender, inc, rank, epoch)
+            if epoch < self._epoch:
+                self._stats.stale_epoch += 1
+                return self._announce()  # re-assert at once; the claimant steps down
+            self._stats.bullied += 1
+            return self._start(now)  # a lower key in our epoch or newer: take a newer one
+        if self._leader == 0:
+            fresh = epoch >= self._epoch
+        else:
+            fresh = claim > (self._epoch, self._leader_rank, self._leader)
+        if not fresh:
+            self._stats.stale_epoch += 1
+            if self._leader == 0 and not self._capable:
+                self._stats.fenced_sent += 1
+                self._stats.messages_sent += 1
+                return [Send(to=NodeId(sender), message=Fenced(self._max_epoch))]
+            return []
+        if self._capable and not self._cfg.stable_leader and (rank, sender) < self._key:
+            self._stats.bullied += 1
+            return self._schedule(now, listen=False)
+        return self._follow(sender, inc, rank, epoch)
+
+    def _on_fenced(self, sender: int, inc: int, msg: Fenced, now: float) -> list[object]:
+        if not self._seen(msg.epoch):
+            return []
+        if self._state == "leader" and msg.epoch > self._epoch:
+            return self._start(now)  # our epoch is behind what the group has seen
+        self._stats.unexpected += 1
+        return []
+
+    # ------------------------------------------------------------ steps
+
+    def _schedule(self, now: float, *, listen: bool) -> list[object]:
+        """Rule 1: start an election now if we are the highest we know, else later."""
+        if self._state != "follower":
+            return []  # already electing or waiting
+        cfg = self._cfg
+        above = len(self._higher())
+        delay = cfg.announce_interval + cfg.answer_timeout if listen else 0.0
+        if above or listen:
+            delay += min(above * cfg.stagger, cfg.max_delay)
+            if cfg.jitter:
+                delay += self._rng.uniform(0.0, cfg.jitter)
+        if delay == 0.0:
+            return self._start(now)
+        at = now + delay
+        if self._deadline is None or at < self._deadline:
+            self._deadline = at
+        return []
+
+    def _start(self, now: float) -> list[object]:
+        """Rule 2: ask every higher candidate; win at once if there is none."""
+        self._stats.elections_started += 1
+        higher = self._higher()
+        out: list[object] = [
+            ElectionStarted(group=GroupId(self._group), epoch=Epoch(self._next_epoch()))
+        ]
+        if not higher:
+            out.extend(self._win(now))
+            return out
+        self._state = "electing"
+        self._deadline = now + self._cfg.answer_timeout
+        msg = Election(self._max_epoch, self._rank)
+        out.extend(Send(to=NodeId(node), message=msg) for node in higher)
+        self._stats.messages_sent += len(higher)
+        return out
+
+    def _higher(self) -> list[int]:
+        """The candidates with a higher key than ours, sorted, without the lost leader."""
+        key, lost = self._key, self._lost
+        return sorted(n for n, rank in self._ranks.items() if (rank, n) > key and n != lost)
+
+    def _learn(self, node: int, rank: int) -> None:
+        self._ranks[node] = rank
+        if node == self._lost:
+            self._lost = 0  # it speaks: it is alive after all
+
+    def _next_epoch(self) -> int:
+        return min(self._max_epoch + 1, MAX_EPOCH)
+
+    def _win(self, now: float) -> list[object]:
+        epoch = self._next_epoch()
+        self._max_epoch = self._epoch = epoch
+        self._leader, self._leader_rank = self._me, self._rank
+        self._state = "leader"
+        self._lost = 0
+        self._deadline = now + self._cfg.announce_interval
+        self._stats.elections_won += 1
+        self._stats.messages_sent += 1
+        return [
+            Multicast(message=Coordinator(epoch, self._rank)),
+            LeaderElected(group=GroupId(self._group), leader=NodeId(self._me), epoch=Epoch(epoch)),
+        ]
+
+    def _announce(self) -> list[object]:
+        self._stats.announcements += 1
+        self._stats.messages_sent += 1
+        return [Multicast(message=Coordinator(self._epoch, self._rank))]
+
+    def _follow(self, leader: int, inc: int, rank: int, epoch: int) -> list[object]:
+        self._leader_inc = inc
+        self._state = "follower"
+        self._deadline = None
+        self._lost = 0
+        self._leader, self._leader_rank, self._epoch = leader, rank, epoch
+        return [
+            LeaderElected(group=GroupId(self._group), leader=NodeId(leader), epoch=Epoch(epoch))
+        ]

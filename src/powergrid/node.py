@@ -1,0 +1,573 @@
+"""The node: every machine of one process, composed; bytes in, bytes out.
+
+Theory of operation
+-------------------
+A :class:`Node` is what a transport drives (an :class:`~powergrid.events.Endpoint`).
+For each group the process is in it keeps one *stack*: a reliable unicast
+machine, a reliable ordered multicast machine, a membership machine and an
+election machine, all parameterised by the group id. Every node is in its
+cluster's group; a node that its cluster elects as broker also joins the
+broker group (:data:`~powergrid.types.BROKER_GROUP`) with a second stack of
+the same classes, and leaves it when it stops being the broker.
+
+Inbound, a datagram is decoded once (a :class:`~powergrid.errors.DecodeError`
+is counted in ``stats.malformed`` and dropped), our own multicast loopback is
+dropped, and the message goes to the machine that owns its type code in the
+stack of its group (datagrams for groups we are not in are counted and
+dropped). Outbound, actions go through one work queue:
+
+* ``Send``/``Multicast`` become encoded datagrams (``Transmit``/``TransmitGroup``);
+* ``SendReliable``/``MulticastReliable`` are encoded as inner bodies and given
+  to the unicast or multicast machine; what those deliver with a protocol
+  ``kind`` is decoded and handed back to the stack's machines as ``Received``
+  from the original sender, and application bytes are passed to the app as
+  :class:`MessageDelivered` / :class:`UnicastDelivered`;
+* notifications are routed: ``ViewChanged`` to multicast and election (and
+  removed peers to unicast as ``PeerGone``), ``LeaderLost`` to election,
+  ``LeaderElected`` to membership and to the node's own role logic; every
+  notification is also returned to the app.
+
+The node keeps no timers of its own: ``next_deadline()`` is the earliest of
+its machines' deadlines, and ``handle_deadline(now)`` wakes those that are due.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from powergrid.election import ElectionConfig, ElectionMachine
+from powergrid.errors import ConfigError, DecodeError, UsageError
+from powergrid.events import (
+    DeadlineReached,
+    JoinGroup,
+    LeaderElected,
+    LeaderLost,
+    LeaveGroup,
+    Member,
+    Multicast,
+    MulticastReliable,
+    Output,
+    Received,
+    Send,
+    SendReliable,
+    Transmit,
+    TransmitGroup,
+    ViewChanged,
+)
+from powergrid.market import (
+    Bid,
+    BidChanged,
+    BrokerConfig,
+    BrokerMachine,
+    ClientConfig,
+    ClientMachine,
+    LeadBrokerMachine,
+    LeadConfig,
+    SupplyChanged,
+)
+from powergrid.membership import (
+    Join,
+    Leave,
+    MemberRemoved,
+    MembershipConfig,
+    MembershipMachine,
+)
+from powergrid.multicast import Deliver, MulticastConfig, MulticastMachine, Publish
+from powergrid.types import BROKER_GROUP, GroupId, Incarnation, NodeId, node_id
+from powergrid.unicast import DeliverUnicast, PeerGone, Submit, UnicastConfig, UnicastMachine
+from powergrid.wire import KIND_APP, Message, decode, decode_body, encode, encode_body
+
+__all__ = [
+    "MessageDelivered",
+    "Node",
+    "NodeConfig",
+    "NodeStats",
+    "UnicastDelivered",
+]
+
+
+@attrs.frozen(kw_only=True)
+class NodeConfig:
+    """Everything a node needs to know about itself; every machine's settings.
+
+    ``host``/``port`` are the node's unicast socket address, from which its id
+    is derived. ``cluster`` is its cluster's group id (1 or more; 0 is the
+    broker group). Raises :class:`ConfigError` for an invalid value.
+    """
+
+    host: str = "127.0.0.1"
+    port: int
+    cluster: int = 1
+    rank: int = 0
+    broker_capable: bool = False
+    unicast: UnicastConfig = attrs.Factory(UnicastConfig)
+    multicast: MulticastConfig = attrs.Factory(MulticastConfig)
+    membership: MembershipConfig = attrs.Factory(MembershipConfig)
+    election: ElectionConfig = attrs.Factory(ElectionConfig)
+    client: ClientConfig = attrs.Factory(ClientConfig)
+    broker: BrokerConfig = attrs.Factory(BrokerConfig)
+    lead: LeadConfig = attrs.Factory(LeadConfig)
+    supply: int = 0
+    """Usable supply in watts, used while this node is the lead broker."""
+    bid: Bid | None = None
+    """This server's first bid; None to bid later with :meth:`Node.set_bid`."""
+
+    def __attrs_post_init__(self) -> None:
+        if not (self.client.grid == self.broker.grid == self.lead.grid):
+            raise ConfigError(
+                "client, broker and lead configs must use the same price grid; "
+                "pass one Grid to all three"
+            )
+        node_id(self.host, self.port)  # raises ConfigError with the reason
+        if not 1 <= self.cluster < 2**32:
+            raise ConfigError(
+                f"cluster {self.cluster} is outside 1..2**32-1 (group 0 is the broker group)"
+            )
+        if not 0 <= self.rank < 2**16:
+            raise ConfigError(f"rank {self.rank} is outside 0..65535")
+
+    @property
+    def node_id(self) -> NodeId:
+        return node_id(self.host, self.port)
+
+
+@attrs.frozen(kw_only=True)
+class MessageDelivered:
+    """The app's multicast ``payload``, number ``seq`` from ``sender``, in ``group``."""
+
+    group: GroupId
+    sender: NodeId
+    seq: int
+    payload: bytes
+
+
+@attrs.frozen(kw_only=True)
+class UnicastDelivered:
+    """The app's reliable unicast ``payload`` from ``sender``, in ``group``."""
+
+    group: GroupId
+    sender: NodeId
+    payload: bytes
+
+
+@attrs.define(kw_only=True)
+class NodeStats:
+    """Counters of what the node itself dropped (machines count their own)."""
+
+    received: int = 0
+    malformed: int = 0
+    """Datagrams the codec refused."""
+    own: int = 0
+    """Our own multicasts looped back by the network."""
+    foreign_group: int = 0
+    """Datagrams for a group this node is not in."""
+    unroutable: int = 0
+    """Messages no machine of the stack takes (e.g. an inner message of the wrong kind)."""
+
+
+class _Stack:
+    """The machines of one group."""
+
+    __slots__ = ("election", "group", "machines", "membership", "multicast", "route", "unicast")
+
+    def __init__(self, node: Node, group: GroupId) -> None:
+        cfg = node.config
+        me = node.node_id
+        inc = node.incarnation
+        rng = node.rng
+        self.group = group
+        self.unicast = UnicastMachine(cfg.unicast, incarnation=inc, rng=rng)
+        self.multicast = MulticastMachine(cfg.multicast, me=me, incarnation=inc, rng=rng)
+        self.membership = MembershipMachine(
+            cfg.membership,
+            me=Member(node=me, incarnation=inc, rank=cfg.rank, broker_capable=cfg.broker_capable),
+            group=group,
+            rng=rng,
+        )
+        self.election = ElectionMachine(
+            cfg.election,
+            me=me,
+            rank=cfg.rank,
+            broker_capable=cfg.broker_capable,
+            group=group,
+            rng=rng,
+        )
+        self.machines: list[Any] = [self.unicast, self.multicast, self.membership, self.election]
+        # wire type codes: 1-5 multicast, 6-7 unicast, 16-31 membership, 32-47 election
+        self.route: dict[int, Any] = {1: self.membership, 2: self.election}
+
+    def machine_for(self, code: int) -> Any:
+        """The machine that takes messages of wire type ``code``, or None."""
+        if code < 16:
+            return self.unicast if code in (6, 7) else self.multicast
+        return self.route.get(code >> 4)
+
+
+_Handler = Callable[["_Stack", Any, float, "deque[Any]", list[Output]], None]
+
+
+class Node:
+    """All machines of one process (see the module docstring).
+
+    ``incarnation`` numbers this life of the process (a restart must use a
+    higher one); ``rng`` is the only source of randomness.
+    """
+
+    def __init__(self, config: NodeConfig, *, incarnation: int, rng: random.Random) -> None:
+        if not 0 <= incarnation < 2**32:
+            raise ConfigError(f"incarnation {incarnation} is outside 0..2**32-1")
+        self.config = config
+        self.rng = rng
+        self._id = config.node_id
+        self._incarnation = Incarnation(incarnation)
+        self._cluster = GroupId(config.cluster)
+        self._stacks: dict[int, _Stack] = {}
+        self._stats = NodeStats()
+        self._started = False
+        me = self._id
+        self._client = ClientMachine(me, self._cluster, config.client)
+        self._broker = BrokerMachine(me, self._cluster, config.broker)
+        self._lead = LeadBrokerMachine(me, config.supply, config.lead)
+        self._market: tuple[Any, ...] = (self._client, self._broker, self._lead)
+        # market type code -> (machine, the group its messages travel in)
+        self._market_route: dict[int, tuple[Any, int]] = {
+            48: (self._broker, self._cluster),  # Bid
+            49: (self._client, self._cluster),  # BidAck
+            50: (self._lead, BROKER_GROUP),  # Aggregate
+            51: (self._broker, BROKER_GROUP),  # Clearing
+            52: (self._client, self._cluster),  # Price
+        }
+        self._on_note: dict[type[Any], _Handler] = {
+            ViewChanged: self._on_view_changed,
+            LeaderLost: self._on_leader_lost,
+            LeaderElected: self._on_leader_elected,
+            MemberRemoved: self._on_member_removed,
+            Deliver: self._on_deliver,
+            DeliverUnicast: self._on_deliver_unicast,
+        }
+
+    # ------------------------------------------------------------ surface
+
+    @property
+    def node_id(self) -> NodeId:
+        return self._id
+
+    @property
+    def incarnation(self) -> Incarnation:
+        return self._incarnation
+
+    @property
+    def stats(self) -> NodeStats:
+        return self._stats
+
+    @property
+    def groups(self) -> tuple[GroupId, ...]:
+        """The groups this node is in, sorted."""
+        return tuple(GroupId(g) for g in sorted(self._stacks))
+
+    @property
+    def client(self) -> ClientMachine:
+        """This server's market client (read its properties; never drive it directly)."""
+        return self._client
+
+    @property
+    def broker(self) -> BrokerMachine:
+        return self._broker
+
+    @property
+    def lead(self) -> LeadBrokerMachine:
+        return self._lead
+
+    def stack(self, group: int) -> _Stack:
+        """The machines of ``group`` (read their properties; never drive them directly)."""
+        return self._stacks[group]
+
+    def start(self, now: float) -> list[Output]:
+        """Join the cluster group, and bid if the config has a bid.
+
+        Raises :class:`UsageError` if called twice.
+        """
+        if self._started:
+            raise UsageError("node already started")
+        self._started = True
+        out: list[Output] = []
+        self._join(self._cluster, now, out)
+        if self.config.bid is not None:
+            out.extend(self.set_bid(self.config.bid, now))
+        return out
+
+    def receive(self, data: bytes, now: float) -> list[Output]:
+        """One datagram from the network (unicast or multicast)."""
+        self._stats.received += 1
+        try:
+            env = decode(data)
+        except DecodeError:
+            self._stats.malformed += 1
+            return []
+        if env.sender == self._id:
+            self._stats.own += 1
+            return []
+        stack = self._stacks.get(env.group)
+        if stack is None:
+            self._stats.foreign_group += 1
+            return []
+        out: list[Output] = []
+        event = Received(sender=env.sender, incarnation=env.incarnation, message=env.message)
+        self._dispatch(stack, event, now, None, out)
+        return out
+
+    def handle_deadline(self, now: float) -> list[Output]:
+        """Wake every machine whose deadline has come."""
+        out: list[Output] = []
+        tick = DeadlineReached()
+        for group in sorted(self._stacks):
+            stack = self._stacks.get(group)
+            if stack is None:
+                continue
+            for machine in stack.machines:
+                due = machine.next_deadline()
+                if due is not None and due <= now:
+                    self._run(stack, machine.handle(tick, now), now, out)
+        for machine in self._market:
+            due = machine.next_deadline()
+            if due is not None and due <= now:
+                self._run_market(machine.handle(tick, now), now, out)
+        return out
+
+    def next_deadline(self) -> float | None:
+        best: float | None = None
+        for stack in self._stacks.values():
+            for machine in stack.machines:
+                due = machine.next_deadline()
+                if due is not None and (best is None or due < best):
+                    best = due
+        for machine in self._market:
+            due = machine.next_deadline()
+            if due is not None and (best is None or due < best):
+                best = due
+        return best
+
+    def multicast(self, payload: bytes, now: float, *, group: int | None = None) -> list[Output]:
+        """Multicast application bytes to ``group`` (default: the cluster), reliably, FIFO.
+
+        Raises :class:`UsageError` if the node is not in that group and
+        :class:`~powergrid.errors.PayloadTooLargeError` if the payload is too large.
+        """
+        stack = self._stack_or_raise(group)
+        out: list[Output] = []
+        actions = stack.multicast.handle(Publish(kind=KIND_APP, payload=payload), now)
+        self._run(stack, actions, now, out)
+        return out
+
+    def send(
+        self, to: int, payload: bytes, now: float, *, group: int | None = None
+    ) -> list[Output]:
+        """Send application bytes to node ``to`` reliably, in order."""
+        stack = self._stack_or_raise(group)
+        out: list[Output] = []
+        actions = stack.unicast.handle(Submit(to=NodeId(to), kind=KIND_APP, payload=payload), now)
+        self._run(stack, actions, now, out)
+        return out
+
+    def set_bid(self, bid: Bid, now: float) -> list[Output]:
+        """This server's new bid (watts); the client reports it to the broker."""
+        out: list[Output] = []
+        self._run_market(self._client.handle(BidChanged(bid=bid), now), now, out)
+        return out
+
+    def set_supply(self, watts: int, now: float) -> list[Output]:
+        """The usable supply (watts) this node clears against while it is the lead broker."""
+        out: list[Output] = []
+        self._run_market(self._lead.handle(SupplyChanged(watts=watts), now), now, out)
+        return out
+
+    def leave(self, now: float) -> list[Output]:
+        """Leave every group gracefully (a Leave to each leader), then unsubscribe."""
+        out: list[Output] = []
+        for group in sorted(self._stacks, reverse=True):
+            self._leave(self._stacks[group], now, out)
+        return out
+
+    # ------------------------------------------------------------ internals
+
+    def _stack_or_raise(self, group: int | None) -> _Stack:
+        g = self._cluster if group is None else group
+        stack = self._stacks.get(g)
+        if stack is None:
+            raise UsageError(f"node {self._id} is not in group {g}; it is in {self.groups}")
+        return stack
+
+    def _join(self, group: GroupId, now: float, out: list[Output]) -> None:
+        stack = _Stack(self, group)
+        self._stacks[group] = stack
+        out.append(JoinGroup(group=group))
+        self._run(stack, stack.membership.handle(Join(), now), now, out)
+
+    def _leave(self, stack: _Stack, now: float, out: list[Output]) -> None:
+        self._run(stack, stack.membership.handle(Leave(), now), now, out)
+        del self._stacks[stack.group]
+        out.append(LeaveGroup(group=stack.group))
+
+    def _dispatch(
+        self,
+        stack: _Stack,
+        event: Received,
+        now: float,
+        queue: deque[Any] | None,
+        out: list[Output],
+    ) -> None:
+        """Hand a received message to the machine that owns its type code.
+
+        Actions of the stack's machines go to ``queue`` (or are run at once if
+        there is none); the market's are run through :meth:`_run_market`.
+        """
+        code = event.message.TYPE
+        if code >= 48:
+            route = self._market_route.get(code)
+            if route is None:
+                self._stats.unroutable += 1
+                return
+            self._run_market(route[0].handle(event, now), now, out)
+            return
+        machine = stack.machine_for(code)
+        if machine is None:
+            self._stats.unroutable += 1
+            return
+        actions = machine.handle(event, now)
+        if queue is None:
+            self._run(stack, actions, now, out)
+        else:
+            queue.extend(actions)
+
+    def _run_market(self, actions: list[Any], now: float, out: list[Output]) -> None:
+        """Carry out market actions in the stack of the group their message travels in."""
+        for act in actions:
+            msg = getattr(act, "message", None)
+            if msg is None:  # a notification for the app
+                out.append(act)
+                continue
+            machine, group = self._market_route[msg.TYPE]
+            stack = self._stacks.get(group)
+            if stack is None:  # e.g. an Aggregate after we left the broker group
+                self._stats.unroutable += 1
+                continue
+            self._run(stack, [act], now, out)
+            if type(act) is Multicast:
+                # The group includes this node, whose other role consumes it:
+                # the lead broker's own broker takes the Clearing, the
+                # broker's own client the Price. The network does not loop
+                # our multicasts back, so the node does.
+                event = Received(sender=self._id, incarnation=self._incarnation, message=msg)
+                self._run_market(machine.handle(event, now), now, out)
+
+    def _run(self, stack: _Stack, actions: list[Any], now: float, out: list[Output]) -> None:
+        """Carry out ``actions`` and everything they lead to, in order."""
+        queue: deque[Any] = deque(actions)
+        group = stack.group
+        me = self._id
+        inc = self._incarnation
+        while queue:
+            act = queue.popleft()
+            kind = type(act)
+            if kind is Send or kind is SendReliable:
+                if act.to == me:  # to ourselves: no network, no channel
+                    event = Received(sender=me, incarnation=inc, message=act.message)
+                    self._dispatch(stack, event, now, queue, out)
+                elif kind is Send:
+                    out.append(Transmit(to=act.to, data=encode(group, me, inc, act.message)))
+                else:
+                    msg: Message = act.message
+                    submit = Submit(to=act.to, kind=msg.TYPE, payload=encode_body(msg))
+                    queue.extend(stack.unicast.handle(submit, now))
+            elif kind is Multicast:
+                out.append(TransmitGroup(group=group, data=encode(group, me, inc, act.message)))
+            elif kind is MulticastReliable:
+                msg = act.message
+                publish = Publish(kind=msg.TYPE, payload=encode_body(msg))
+                queue.extend(stack.multicast.handle(publish, now))
+            else:
+                handler = self._on_note.get(kind)
+                if handler is not None:
+                    handler(stack, act, now, queue, out)
+                    if kind is Deliver or kind is DeliverUnicast:
+                        continue
+                out.append(act)
+
+    def _inner(
+        self,
+        stack: _Stack,
+        sender: int,
+        incarnation: int,
+        kind: int,
+        payload: bytes,
+        now: float,
+        queue: deque[Any],
+        out: list[Output],
+    ) -> None:
+        """A protocol message that arrived through a reliable channel."""
+        try:
+            msg = decode_body(kind, payload)
+        except DecodeError:
+            self._stats.malformed += 1
+            return
+        if msg.TYPE < 16:  # the channels do not nest
+            self._stats.unroutable += 1
+            return
+        event = Received(sender=NodeId(sender), incarnation=Incarnation(incarnation), message=msg)
+        self._dispatch(stack, event, now, queue, out)
+
+    def _on_deliver(
+        self, stack: _Stack, act: Deliver, now: float, queue: deque[Any], out: list[Output]
+    ) -> None:
+        if act.kind == KIND_APP:
+            note = MessageDelivered(
+                group=stack.group, sender=act.origin, seq=act.seq, payload=act.payload
+            )
+            out.append(note)
+            return
+        self._inner(stack, act.origin, act.incarnation, act.kind, act.payload, now, queue, out)
+
+    def _on_deliver_unicast(
+        self, stack: _Stack, act: DeliverUnicast, now: float, queue: deque[Any], out: list[Output]
+    ) -> None:
+        if act.kind == KIND_APP:
+            out.append(UnicastDelivered(group=stack.group, sender=act.sender, payload=act.payload))
+            return
+        self._inner(stack, act.sender, act.incarnation, act.kind, act.payload, now, queue, out)
+
+    def _on_view_changed(
+        self, stack: _Stack, act: ViewChanged, now: float, queue: deque[Any], out: list[Output]
+    ) -> None:
+        queue.extend(stack.multicast.handle(act, now))
+        queue.extend(stack.election.handle(act, now))
+        if stack.group == self._cluster:
+            self._run_market(self._broker.handle(act, now), now, out)
+
+    def _on_member_removed(
+        self, stack: _Stack, act: MemberRemoved, now: float, queue: deque[Any], out: list[Output]
+    ) -> None:
+        queue.extend(stack.unicast.handle(PeerGone(peer=act.node), now))
+
+    def _on_leader_lost(
+        self, stack: _Stack, act: LeaderLost, now: float, queue: deque[Any], out: list[Output]
+    ) -> None:
+        queue.extend(stack.election.handle(act, now))
+
+    def _on_leader_elected(
+        self, stack: _Stack, act: LeaderElected, now: float, queue: deque[Any], out: list[Output]
+    ) -> None:
+        queue.extend(stack.membership.handle(act, now))
+        for machine in self._market:
+            self._run_market(machine.handle(act, now), now, out)
+        if stack.group != self._cluster:
+            return
+        in_brokers = BROKER_GROUP in self._stacks
+        if act.leader == self._id and not in_brokers:
+            self._join(BROKER_GROUP, now, out)
+        elif act.leader != self._id and in_brokers:
+            self._leave(self._stacks[BROKER_GROUP], now, out)

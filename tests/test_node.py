@@ -1,0 +1,192 @@
+"""The node: composition, routing, and whole data centres on the memory network."""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from typing import Any
+
+import pytest
+
+from powergrid.errors import ConfigError, UsageError
+from powergrid.events import JoinGroup, LeaderElected, Transmit, TransmitGroup
+from powergrid.market import Bid, ClientConfig, Grid, PriceUpdated
+from powergrid.node import MessageDelivered, Node, NodeConfig
+from powergrid.transports.memory import MemoryNetwork
+from powergrid.types import BROKER_GROUP, node_id
+from powergrid.wire import Data, encode
+
+
+def make_node(port: int, cluster: int = 1, **kw: Any) -> Node:
+    cfg = NodeConfig(port=port, cluster=cluster, **kw)
+    return Node(cfg, incarnation=1, rng=random.Random(port))
+
+
+class DataCentre:
+    """Clusters of nodes on one memory network, with everything they reported."""
+
+    def __init__(self, clusters: int, per_cluster: int, *, supply: int = 10_000, seed: int = 1):
+        self.notes: dict[int, list[tuple[float, Any]]] = defaultdict(list)
+        self.loss = 0.0
+        self._lossy = random.Random(seed)
+        self.net = MemoryNetwork(seed=seed, observer=self._observe, keep_log=False, drop=self._drop)
+        self.nodes: dict[int, Node] = {}
+        for c in range(clusters):
+            for i in range(per_cluster):
+                port = 9000 + 100 * c + i
+                node = make_node(
+                    port,
+                    cluster=c + 1,
+                    broker_capable=i < 3,
+                    supply=supply,
+                    bid=Bid(floor=50, required=100, maximum=200),
+                )
+                self.nodes[node.node_id] = node
+                self.net.add(node, at=0.0)
+
+    def _drop(self, src: int, dst: int, data: bytes) -> bool:
+        return self.loss > 0 and self._lossy.random() < self.loss
+
+    def _observe(self, time: float, node: int, output: object) -> None:
+        self.notes[node].append((time, output))
+
+    def leader(self, nid: int, group: int) -> int:
+        return int(self.nodes[nid].stack(group).membership.leader)
+
+    def live(self) -> list[Node]:
+        return [n for nid, n in sorted(self.nodes.items()) if self.net.endpoint(nid) is n]
+
+    def crash(self, nid: int) -> None:
+        self.net.remove(nid)
+
+    def last_price(self, nid: int) -> PriceUpdated | None:
+        prices = [o for _, o in self.notes[nid] if isinstance(o, PriceUpdated)]
+        return prices[-1] if prices else None
+
+
+def test_config_errors_say_what_to_fix() -> None:
+    with pytest.raises(ConfigError, match="not an IPv4 address"):
+        NodeConfig(host="example", port=1)
+    with pytest.raises(ConfigError, match=r"outside 1\.\.65535"):
+        NodeConfig(port=0)
+    with pytest.raises(ConfigError, match="group 0 is the broker group"):
+        NodeConfig(port=9000, cluster=0)
+    with pytest.raises(ConfigError, match="same price grid"):
+        NodeConfig(port=9000, client=ClientConfig(grid=Grid(points=8)))
+    with pytest.raises(ConfigError, match="incarnation"):
+        Node(NodeConfig(port=9000), incarnation=-1, rng=random.Random(0))
+
+
+def test_start_joins_the_cluster_group_once() -> None:
+    node = make_node(9000)
+    out = node.start(0.0)
+    assert out[0] == JoinGroup(group=1)
+    assert any(isinstance(o, TransmitGroup) and o.group == 1 for o in out)
+    assert node.groups == (1,)
+    with pytest.raises(UsageError, match="already started"):
+        node.start(0.0)
+
+
+def test_peer_garbage_and_own_loopback_are_counted_never_raised() -> None:
+    node = make_node(9000)
+    node.start(0.0)
+    assert node.receive(b"garbage", 0.1) == []
+    own = encode(1, node.node_id, 1, Data(seq=1, kind=0, payload=b"x"))
+    assert node.receive(own, 0.1) == []
+    other = node_id("127.0.0.1", 9001)
+    assert node.receive(encode(7, other, 1, Data(seq=1, kind=0, payload=b"x")), 0.1) == []
+    # an inner body that does not decode, inside a valid Data
+    assert node.receive(encode(1, other, 1, Data(seq=1, kind=51, payload=b"\x01")), 0.1) == []
+    stats = node.stats
+    assert (stats.malformed, stats.own, stats.foreign_group) == (2, 1, 1)
+
+
+def test_commands_on_a_group_the_node_is_not_in_raise() -> None:
+    node = make_node(9000)
+    node.start(0.0)
+    with pytest.raises(UsageError, match="not in group 5"):
+        node.multicast(b"x", 0.0, group=5)
+
+
+def test_a_data_centre_elects_brokers_and_a_lead_broker_and_prices_reach_everyone() -> None:
+    dc = DataCentre(clusters=3, per_cluster=4)
+    dc.net.run_until(12.0)
+    nodes = dc.live()
+    for node in nodes:
+        cluster = node.config.cluster
+        members = [n for n in nodes if n.config.cluster == cluster]
+        capable = [n for n in members if n.config.broker_capable]
+        # the highest broker-capable id of the cluster leads it, and every member agrees
+        assert dc.leader(node.node_id, cluster) == max(n.node_id for n in capable)
+        view = node.stack(cluster).membership.view
+        assert view is not None and view.nodes == tuple(sorted(n.node_id for n in members))
+    brokers = [n for n in nodes if BROKER_GROUP in n.groups]
+    assert len(brokers) == 3
+    lead = {dc.leader(b.node_id, BROKER_GROUP) for b in brokers}
+    assert lead == {max(b.node_id for b in brokers)}
+    for node in nodes:  # surplus: everyone gets its maximum
+        price = dc.last_price(node.node_id)
+        assert price is not None and price.allocation == 200
+
+
+def test_multicast_reaches_every_member_once_in_order_under_loss() -> None:
+    dc = DataCentre(clusters=1, per_cluster=5)
+    dc.net.run_until(4.0)
+    dc.loss = 0.2
+    sender = dc.live()[0]
+    for i in range(50):
+        dc.net.command(sender.node_id, lambda n, now, i=i: n.multicast(b"m%d" % i, now))
+        dc.net.run_until(dc.net.now + 0.01)
+    dc.loss = 0.0
+    dc.net.run_until(dc.net.now + 3.0)
+    expected = [b"m%d" % i for i in range(50)]
+    for node in dc.live():
+        got = [
+            o.payload
+            for _, o in dc.notes[node.node_id]
+            if isinstance(o, MessageDelivered) and o.sender == sender.node_id
+        ]
+        assert got == expected, node.node_id
+
+
+def test_crash_of_the_lead_broker_fails_over_at_both_levels() -> None:
+    dc = DataCentre(clusters=2, per_cluster=4)
+    dc.net.run_until(10.0)
+    a_broker = next(n for n in dc.live() if BROKER_GROUP in n.groups)
+    lead = dc.leader(a_broker.node_id, BROKER_GROUP)
+    cluster = dc.nodes[lead].config.cluster
+    crashed_at = dc.net.now
+    dc.crash(lead)
+    dc.net.run_until(crashed_at + 10.0)
+    survivors = [n for n in dc.live() if n.config.cluster == cluster]
+    new_broker = max(n.node_id for n in survivors if n.config.broker_capable)
+    for node in survivors:
+        assert dc.leader(node.node_id, cluster) == new_broker
+        assert lead not in node.stack(cluster).membership.view.nodes  # type: ignore[union-attr]
+    brokers = [n for n in dc.live() if BROKER_GROUP in n.groups]
+    assert len(brokers) == 2
+    new_lead = max(b.node_id for b in brokers)
+    assert {dc.leader(b.node_id, BROKER_GROUP) for b in brokers} == {new_lead}
+    # every surviving client applied a price of its cluster's new epoch after the crash
+    for node in survivors:
+        elected = [
+            o
+            for t, o in dc.notes[node.node_id]
+            if isinstance(o, LeaderElected) and o.group == cluster and t > crashed_at
+        ]
+        price = dc.last_price(node.node_id)
+        assert elected and price is not None
+        assert price.epoch == elected[-1].epoch
+
+
+def test_transmissions_name_only_members_and_the_group() -> None:
+    """Unicast datagrams go to node ids; multicasts to the node's groups."""
+    dc = DataCentre(clusters=1, per_cluster=3)
+    seen: list[object] = []
+    node = dc.live()[0]
+    seen.extend(node.handle_deadline(100.0))
+    for out in seen:
+        if isinstance(out, Transmit):
+            assert out.to in dc.nodes
+        if isinstance(out, TransmitGroup):
+            assert out.group in node.groups
