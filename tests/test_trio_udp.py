@@ -1,0 +1,568 @@
+"""Tests of powergrid.transports.trio_udp on real sockets, loopback only.
+
+Every socket is on 127.0.0.1, multicast goes out on interface 127.0.0.1 with
+TTL 0, and ports are picked by binding port 0 first. Waiting is polling the
+real clock with a hard ``trio.fail_after`` limit, never a fixed sleep that a
+result depends on.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import socket
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+
+import pytest
+import trio
+from toys import GROUP, Echo, Got, Member, Recorder, Ticker, datagram, value_of
+
+from powergrid.errors import ConfigError, DecodeError, UsageError
+from powergrid.events import (
+    JoinGroup,
+    LeaderElected,
+    Output,
+    Transmit,
+    TransmitGroup,
+    ViewChanged,
+)
+from powergrid.node import MessageDelivered, Node, NodeConfig
+from powergrid.transports.trio_udp import UdpConfig, UdpHandle, run_node
+from powergrid.types import GroupId, NodeId, node_id
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((HOST, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def new_id() -> NodeId:
+    return node_id(HOST, free_port())
+
+
+def udp_config(**kw: object) -> UdpConfig:
+    """Loopback settings with fresh group ports (group g -> port base + g % 2)."""
+    return UdpConfig(ttl=0, group_port_base=free_port(), group_ports=2, **kw)  # type: ignore[arg-type]
+
+
+async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    with trio.fail_after(timeout):
+        while not cond():
+            await trio.sleep(0.002)
+
+
+def run(main: Callable[[], Awaitable[None]]) -> None:
+    trio.run(main)
+
+
+@pytest.fixture
+def raw() -> Iterator[socket.socket]:
+    """A plain socket for sending hand-made datagrams to a node."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((HOST, 0))
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(HOST))
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 0)
+    yield s
+    s.close()
+
+
+class Tolerant(Recorder):
+    """A group member that counts datagrams it cannot decode instead of raising."""
+
+    def __init__(self, node: int) -> None:
+        super().__init__(node, on_start=[JoinGroup(group=GROUP)])
+        self.bad: list[bytes] = []
+
+    def receive(self, data: bytes, now: float) -> list[Output]:
+        try:
+            value_of(data)
+        except (DecodeError, AssertionError):
+            self.bad.append(data)
+            return []
+        return super().receive(data, now)
+
+
+class Settable(Recorder):
+    """A recorder whose deadline a command sets; records its wake-ups."""
+
+    def __init__(self, node: int) -> None:
+        super().__init__(node)
+        self.deadline: float | None = None
+        self.wakes: list[tuple[float, float]] = []
+
+    def set_deadline(self, at: float | None) -> list[Output]:
+        self.deadline = at
+        return []
+
+    def handle_deadline(self, now: float) -> list[Output]:
+        assert self.deadline is not None
+        self.wakes.append((self.deadline, now))
+        self.deadline = None
+        return []
+
+    def next_deadline(self) -> float | None:
+        return self.deadline
+
+
+# ------------------------------------------------------------------ config
+
+
+def test_config_defaults_and_address_scheme() -> None:
+    """Rule: group g maps to group_prefix + (g & 0xFFFF), port group_port_base + g % group_ports."""
+    cfg = UdpConfig()
+    assert (cfg.interface, cfg.ttl, cfg.loopback, cfg.recv_buffer) == (HOST, 1, True, 4 << 20)
+    assert (cfg.max_queue, cfg.event_queue, cfg.flush_timeout) == (1024, 4096, 1.0)
+    assert cfg.group_address(0) == ("239.255.0.0", 20000)
+    assert cfg.group_address(1) == ("239.255.0.1", 20001)
+    assert cfg.group_address(258) == ("239.255.1.2", 20258)
+    assert cfg.group_address(1258) == ("239.255.4.234", 20258)
+    assert cfg.group_address(0x10001) == ("239.255.0.1", 20000 + 0x10001 % 1000)
+    other = UdpConfig(group_prefix="239.1.0.0", group_port_base=5000, group_ports=10)
+    assert other.group_address(13) == ("239.1.0.13", 5003)
+    mapped = UdpConfig(group_map=lambda g: ("239.9.9.9", 7000 + g))
+    assert mapped.group_address(4) == ("239.9.9.9", 7004)
+    assert UdpConfig(ttl=0).ttl == 0
+
+
+@pytest.mark.parametrize(
+    ("kw", "words"),
+    [
+        ({"interface": "eth0"}, "interface"),
+        ({"ttl": -1}, "ttl"),
+        ({"ttl": 256}, "ttl"),
+        ({"recv_buffer": -1}, "recv_buffer"),
+        ({"max_queue": 0}, "max_queue"),
+        ({"event_queue": 0}, "event_queue"),
+        ({"flush_timeout": -0.5}, "flush_timeout"),
+        ({"flush_timeout": float("nan")}, "flush_timeout"),
+        ({"group_prefix": "10.0.0.0"}, "group_prefix"),
+        ({"group_prefix": "239.255.1.0"}, "group_prefix"),
+        ({"group_prefix": "nope"}, "group_prefix"),
+        ({"group_ports": 0}, "group_ports"),
+        ({"group_port_base": 0}, "group_port_base"),
+        ({"group_port_base": 65000}, "group_port_base"),
+    ],
+)
+def test_config_rejects(kw: dict[str, object], words: str) -> None:
+    """Rule: an invalid setting raises ConfigError naming the setting to fix."""
+    with pytest.raises(ConfigError, match=words):
+        UdpConfig(**kw)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------- datagrams
+
+
+def test_unicast_ping_pong_between_two_endpoints() -> None:
+    """Rule: a Transmit reaches node ``to``'s unicast socket; receive outputs are carried out."""
+    a_id, b_id = new_id(), new_id()
+    a = Echo(a_id, limit=6, on_start=[Transmit(to=b_id, data=datagram(a_id, 0))])
+    b = Echo(b_id, limit=6)
+    seen: list[object] = []
+
+    async def main() -> None:
+        udp = udp_config()
+        async with run_node(b, udp=udp) as hb, run_node(a, udp=udp) as ha:
+            with trio.fail_after(5):
+                async for ev in hb.events():
+                    seen.append(ev)
+                    if len(seen) == 4:
+                        break
+            assert ha.stats.sent == 4  # 0, 2, 4, 6
+            assert hb.stats.sent == 3  # 1, 3, 5
+            assert hb.stats.received == 4
+
+    run(main)
+    assert [v for _, _, v in b.received] == [0, 2, 4, 6]
+    assert [v for _, _, v in a.received] == [1, 3, 5]
+    assert {s for _, s, _ in b.received} == {a_id}
+    assert seen == [Got(sender=a_id, value=v) for v in (0, 2, 4, 6)]
+
+
+def test_multicast_reaches_the_other_members_not_the_sender() -> None:
+    """Rule: a TransmitGroup reaches every subscribed node but the sender (counted as own)."""
+    ids = [new_id() for _ in range(3)]
+    tickers = [Ticker(i, period=0.02, talk=True) for i in ids]
+
+    async def main() -> None:
+        udp = udp_config()
+        async with (
+            run_node(tickers[0], udp=udp) as h0,
+            run_node(tickers[1], udp=udp),
+            run_node(tickers[2], udp=udp),
+        ):
+            assert h0.groups == (GROUP,)
+            await until(lambda: all(len(t.received) >= 10 for t in tickers))
+            assert h0.stats.own >= 1
+
+    run(main)
+    for me, t in zip(ids, tickers, strict=True):
+        senders = sorted({s for _, s, _ in t.received})
+        assert senders == sorted(set(ids) - {me})
+        for s in senders:
+            values = [v for _, src, v in t.received if src == s]
+            assert values == list(range(values[0], values[0] + len(values)))
+
+
+def test_leave_group_stops_multicast_delivery(raw: socket.socket) -> None:
+    """Rule: after LeaveGroup the node's group socket is closed; later multicasts miss it."""
+    mid = new_id()
+    member = Member(mid, leave_after=2)
+    udp = udp_config()
+    group_addr = udp.group_address(GROUP)
+
+    async def main() -> None:
+        async with run_node(member, udp=udp) as h:
+            assert h.groups == (GROUP,)
+            for v in (1, 2):
+                raw.sendto(datagram(1, v), group_addr)
+            await until(lambda: len(member.received) == 2)
+            await until(lambda: h.groups == ())
+            raw.sendto(datagram(1, 3), group_addr)
+            raw.sendto(datagram(1, 4), node_addr(mid))  # unicast still works
+            await until(lambda: len(member.received) == 3)
+
+    run(main)
+    assert [v for _, _, v in member.received] == [1, 2, 4]
+
+
+def node_addr(nid: int) -> tuple[str, int]:
+    return HOST, nid & 0xFFFF
+
+
+# ------------------------------------------------------------------ time
+
+
+def test_deadline_loop_wakes_the_endpoint_on_time() -> None:
+    """Rule: handle_deadline runs at next_deadline(), never before, soon after."""
+    t = Ticker(new_id(), period=0.03)
+
+    async def main() -> None:
+        async with run_node(t, udp=udp_config()) as h:
+            await until(lambda: len(t.wakes) >= 10)
+            assert h.stats.wakeups == len(t.wakes)
+
+    run(main)
+    gaps = [b - a for a, b in zip(t.wakes, t.wakes[1:], strict=False)]
+    assert all(g >= 0.03 for g in gaps)  # the Ticker also asserts it is never woken early
+    assert sum(gaps) / len(gaps) < 0.03 + 0.01
+    assert max(gaps) < 0.03 + 0.1
+
+
+def test_a_command_rearms_the_timer() -> None:
+    """Rule: a deadline set by a command is honoured; None means never woken."""
+    ep = Settable(new_id())
+
+    async def main() -> None:
+        async with run_node(ep, udp=udp_config()) as h:
+            await trio.sleep(0.05)
+            assert ep.wakes == []
+            at = trio.current_time() + 0.05
+            await h.command(lambda e, now: e.set_deadline(at))
+            await until(lambda: len(ep.wakes) == 1)
+            due, woke = ep.wakes[0]
+            assert due == at
+            assert at <= woke < at + 0.05
+            # moving a deadline later: not woken at the old time
+            early = trio.current_time() + 0.02
+            await h.command(lambda e, now: e.set_deadline(early))
+            await h.command(lambda e, now: e.set_deadline(early + 0.1))
+            await trio.sleep(0.05)
+            assert len(ep.wakes) == 1
+            await until(lambda: len(ep.wakes) == 2)
+            assert ep.wakes[1][1] >= early + 0.1
+
+    run(main)
+
+
+# ------------------------------------------------------------- robustness
+
+
+def test_malformed_datagrams_do_not_kill_the_loop(raw: socket.socket) -> None:
+    """Rule: garbage, empty and oversized datagrams reach the endpoint; the loop keeps going."""
+    ep = Tolerant(new_id())
+    udp = udp_config()
+
+    async def main() -> None:
+        async with run_node(ep, udp=udp) as h:
+            for dest in (node_addr(ep.node_id), udp.group_address(GROUP)):
+                raw.sendto(b"", dest)
+                raw.sendto(b"\xff" * 30, dest)
+                raw.sendto(datagram(1, 5)[:10], dest)  # a truncated header
+                raw.sendto(b"x" * 5000, dest)
+            raw.sendto(datagram(1, 42), node_addr(ep.node_id))
+            await until(lambda: len(ep.received) == 1)
+            assert h.running
+
+    run(main)
+    assert len(ep.bad) == 8
+    assert sorted(len(b) for b in ep.bad) == [0, 0, 10, 10, 30, 30, 1401, 1401]
+    assert [v for _, _, v in ep.received] == [42]
+
+
+def test_node_counts_malformed_and_keeps_running(raw: socket.socket) -> None:
+    """Rule: a Node behind the transport counts malformed datagrams and stays up."""
+    port = free_port()
+
+    async def main() -> None:
+        async with run_node(NodeConfig(port=port), udp=udp_config(), incarnation=1) as h:
+            node = h.endpoint
+            assert isinstance(node, Node)
+            raw.sendto(b"garbage", (HOST, port))
+            raw.sendto(b"PG" + b"\x00" * 40, (HOST, port))
+            await until(lambda: node.stats.malformed == 2)
+            assert h.running
+            await h.multicast(b"still here")
+
+    run(main)
+
+
+def test_endpoint_exception_ends_run_node(raw: socket.socket) -> None:
+    """Rule: an exception raised by the endpoint is a bug: run_node ends with it, unwrapped."""
+
+    class Buggy(Recorder):
+        def receive(self, data: bytes, now: float) -> list[Output]:
+            raise RuntimeError("endpoint bug")
+
+    ep = Buggy(new_id())
+
+    async def main() -> None:
+        async with run_node(ep, udp=udp_config()):
+            raw.sendto(b"boom", node_addr(ep.node_id))
+            await trio.sleep_forever()
+
+    with pytest.raises(RuntimeError, match="endpoint bug"):
+        run(main)
+
+
+def test_busy_unicast_address_is_a_config_error() -> None:
+    """Rule: a node whose address is taken cannot start (ids are addresses, unique)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((HOST, 0))
+        port = s.getsockname()[1]
+
+        async def main() -> None:
+            async with run_node(Recorder(node_id(HOST, port)), udp=udp_config()):
+                pass
+
+        with pytest.raises(ConfigError, match=f"{HOST}:{port}"):
+            run(main)
+
+
+def test_receive_buffer_is_read_back() -> None:
+    """Rule: SO_RCVBUF is set to recv_buffer and the granted size is what the kernel reports."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+        expected = s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+
+    async def main() -> None:
+        async with run_node(Recorder(new_id()), udp=udp_config(recv_buffer=1 << 16)) as h:
+            assert h.stats.recv_buffer == expected
+
+    run(main)
+
+
+def test_short_receive_buffer_logs_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    """Rule: a warning is logged exactly when the kernel grants less than asked."""
+    asked = 1 << 30
+    granted: list[int] = []
+
+    async def main() -> None:
+        async with run_node(Recorder(new_id()), udp=udp_config(recv_buffer=asked)) as h:
+            granted.append(h.stats.recv_buffer)
+
+    with caplog.at_level(logging.WARNING, logger="powergrid.transports.trio_udp"):
+        run(main)
+    warned = [r for r in caplog.records if "receive buffer" in r.getMessage()]
+    assert granted[0] > 0
+    assert bool(warned) == (granted[0] < asked)
+
+
+class _Blockable:
+    """Wraps a socket; while ``blocked``, sendto says the kernel buffer is full."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.blocked = True
+
+    def sendto(self, data: bytes, addr: tuple[str, int]) -> int:
+        if self.blocked:
+            raise BlockingIOError
+        return self.sock.sendto(data, addr)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_send_backlog_is_bounded_and_flushed_in_order() -> None:
+    """Rule: while the kernel is full, datagrams wait (max_queue, then dropped), sent in order."""
+    a_id, b_id = new_id(), new_id()
+    b = Recorder(b_id)
+
+    async def main() -> None:
+        udp = udp_config(max_queue=3)
+        async with run_node(b, udp=udp), run_node(Recorder(a_id), udp=udp) as ha:
+            blockable = _Blockable(ha._usock)  # type: ignore[arg-type]
+            ha._usock = blockable  # type: ignore[assignment]
+            out = [Transmit(to=b_id, data=datagram(a_id, v)) for v in range(5)]
+            await ha.command(lambda ep, now: out)
+            assert (ha.stats.sent, ha.stats.queued, ha.stats.dropped_send_queue) == (0, 3, 2)
+            blockable.blocked = False
+            await until(lambda: len(b.received) == 3)
+            assert ha.stats.sent == 3
+
+    run(main)
+    assert [v for _, _, v in b.received] == [0, 1, 2]
+
+
+def test_event_queue_drops_oldest_when_the_app_does_not_read(raw: socket.socket) -> None:
+    """Rule: beyond event_queue notifications the oldest is dropped and counted."""
+    ep = Recorder(new_id())
+    seen: list[object] = []
+
+    async def main() -> None:
+        async with run_node(ep, udp=udp_config(event_queue=2)) as h:
+            for v in range(5):
+                raw.sendto(datagram(1, v), node_addr(ep.node_id))
+            await until(lambda: len(ep.received) == 5)
+            assert h.stats.dropped_events == 3
+        async for ev in h.events():  # the rest can be read after exit; then it ends
+            seen.append(ev)
+
+    run(main)
+    assert seen == [Got(sender=1, value=3), Got(sender=1, value=4)]
+
+
+# ---------------------------------------------------------------- shutdown
+
+
+class Leaver(Recorder):
+    """A recorder with a ``leave`` command that multicasts a goodbye (value 99)."""
+
+    def __init__(self, node: int) -> None:
+        super().__init__(node, on_start=[JoinGroup(group=GROUP)])
+        self.left = 0
+
+    def leave(self, now: float) -> list[Output]:
+        self.left += 1
+        return [TransmitGroup(group=GROUP, data=datagram(self.node_id, 99))]
+
+
+def test_clean_shutdown_leaves_flushes_and_closes_sockets() -> None:
+    """Rule: leaving run_node calls leave once, sends its goodbye, closes every socket."""
+    ep = Leaver(new_id())
+    listener = Tolerant(new_id())
+    udp = udp_config()
+    handles: list[UdpHandle] = []
+
+    async def main() -> None:
+        async with run_node(listener, udp=udp):
+            async with run_node(ep, udp=udp) as h:
+                handles.append(h)
+                assert h.running
+            assert not h.running
+            await until(lambda: len(listener.received) == 1)
+            with pytest.raises(UsageError, match="not running"):
+                await h.multicast(b"late")
+            assert [e async for e in h.events()] == []
+
+    run(main)
+    assert ep.left == 1
+    assert [v for _, _, v in listener.received] == [99]
+    h = handles[0]
+    assert h._usock is not None and h._usock.fileno() == -1
+    assert h.groups == ()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(node_addr(ep.node_id))  # the address is free again
+
+
+def test_explicit_leave_is_not_repeated_on_exit() -> None:
+    """Rule: after handle.leave(), shutdown does not leave a second time."""
+    ep = Leaver(new_id())
+
+    async def main() -> None:
+        async with run_node(ep, udp=udp_config()) as h:
+            await h.leave()
+            assert ep.left == 1
+
+    run(main)
+    assert ep.left == 1
+
+
+def test_import_powergrid_never_imports_trio() -> None:
+    """Rule: only powergrid.transports.trio_udp imports trio."""
+    code = (
+        "import sys, powergrid, powergrid.node, powergrid.transports.memory, "
+        "powergrid.transports.fuzz; assert 'trio' not in sys.modules, 'trio imported'; "
+        "import powergrid.transports.trio_udp; assert 'trio' in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ----------------------------------------------------------------- nodes
+
+
+def test_three_nodes_form_a_cluster_and_multicast_in_order() -> None:
+    """Rule: real Nodes over loopback elect the highest id, agree on a view of 3,
+    and deliver each sender's multicasts in order to every member."""
+    ports = sorted({free_port() for _ in range(3)})
+    assert len(ports) == 3
+    ids = [node_id(HOST, p) for p in ports]
+    udp = udp_config()
+    views: dict[int, list[ViewChanged]] = {i: [] for i in ids}
+    leaders: dict[int, list[LeaderElected]] = {i: [] for i in ids}
+    delivered: dict[int, list[MessageDelivered]] = {i: [] for i in ids}
+
+    async def watch(h: UdpHandle) -> None:
+        async for ev in h.events():
+            if isinstance(ev, ViewChanged) and ev.view.group == GROUP:
+                views[h.node_id].append(ev)
+            elif isinstance(ev, LeaderElected) and ev.group == GROUP:
+                leaders[h.node_id].append(ev)
+            elif isinstance(ev, MessageDelivered):
+                delivered[h.node_id].append(ev)
+
+    def formed() -> bool:
+        return all(
+            views[i] and len(views[i][-1].view.members) == 3 and views[i][-1].view.leader == ids[-1]
+            for i in ids
+        )
+
+    async def main() -> None:
+        async with (
+            run_node(
+                NodeConfig(port=ports[0], broker_capable=True), udp=udp, rng=random.Random(1)
+            ) as a,
+            run_node(
+                NodeConfig(port=ports[1], broker_capable=True), udp=udp, rng=random.Random(2)
+            ) as b,
+            run_node(
+                NodeConfig(port=ports[2], broker_capable=True), udp=udp, rng=random.Random(3)
+            ) as c,
+            trio.open_nursery() as nursery,
+        ):
+            for h in (a, b, c):
+                nursery.start_soon(watch, h)
+            await until(formed, timeout=10)
+            assert c.groups == (GroupId(0), GROUP)  # the broker joined the broker group
+            for k in range(5):
+                await a.multicast(b"a%d" % k)
+                await b.multicast(b"b%d" % k)
+            await until(lambda: all(len(delivered[i]) == 10 for i in ids), timeout=5)
+            nursery.cancel_scope.cancel()
+
+    run(main)
+    for i in ids:
+        assert leaders[i][-1].leader == ids[-1]
+        assert views[i][-1].view.nodes == tuple(ids)
+        for sender, tag in ((ids[0], b"a"), (ids[1], b"b")):
+            mine = [(d.seq, d.payload) for d in delivered[i] if d.sender == sender]
+            assert mine == [(k + 1, tag + b"%d" % k) for k in range(5)]
