@@ -802,11 +802,26 @@ def encode(group: int, sender: int, incarnation: int, msg: Message) -> bytes:
     Raises :class:`PayloadTooLargeError` if it would exceed :data:`MAX_DATAGRAM`
     and ``ValueError`` if a field is out of its range.
     """
-    try:
-        header = _HEADER.pack(MAGIC, VERSION, msg.TYPE, 0, group, sender, incarnation)
-    except struct.error as exc:
-        raise ValueError(f"header field out of range: {exc}") from exc
-    data = header + encode_body(msg)
+    lay = _LAYOUTS[msg.TYPE]
+    if lay.tail is None:  # the hot path: header and body in one pack
+        try:
+            data = lay.full.pack(
+                MAGIC, VERSION, msg.TYPE, 0, group, sender, incarnation, *lay.fields(msg)
+            )
+        except struct.error:
+            data = _encode_checked(group, sender, incarnation, msg)
+    elif lay.tail == "payload":
+        values = lay.fields(msg)
+        try:
+            head = lay.full.pack(
+                MAGIC, VERSION, msg.TYPE, 0, group, sender, incarnation, *values[:-1]
+            )
+        except struct.error:
+            data = _encode_checked(group, sender, incarnation, msg)
+        else:
+            data = head + values[-1]
+    else:
+        data = _encode_checked(group, sender, incarnation, msg)
     if len(data) > MAX_DATAGRAM:
         raise PayloadTooLargeError(
             f"{type(msg).__name__} datagram is {len(data)} bytes, over the "
@@ -814,6 +829,15 @@ def encode(group: int, sender: int, incarnation: int, msg: Message) -> bytes:
             f"{len(data) - MAX_DATAGRAM} bytes less)"
         )
     return data
+
+
+def _encode_checked(group: int, sender: int, incarnation: int, msg: Message) -> bytes:
+    """Header, then body, each packed on its own so a range error names its part."""
+    try:
+        header = _HEADER.pack(MAGIC, VERSION, msg.TYPE, 0, group, sender, incarnation)
+    except struct.error as exc:
+        raise ValueError(f"header field out of range: {exc}") from exc
+    return header + encode_body(msg)
 
 
 def _build(lay: _Layout, values: tuple[Any, ...], data: bytes, end: int) -> Message:
@@ -857,8 +881,38 @@ def decode_body(kind: int, body: bytes) -> Message:
     return _build(lay, lay.fixed.unpack_from(body), body, lay.fixed.size)
 
 
+_PREFIX = MAGIC + bytes([VERSION])
+_new_envelope = tuple.__new__
+
+
 def decode(data: bytes) -> Envelope:
     """Parse one datagram. Raises only :class:`DecodeError`, saying what was wrong."""
+    # The hot path: a well-formed header of a known type whose body is its
+    # fixed part alone or with a payload tail. Anything else takes the checked path
+    # below, which finds and names the fault.
+    size = len(data)
+    if HEADER_SIZE <= size <= MAX_DATAGRAM and data[4] == 0 and data[:3] == _PREFIX:
+        lay = _LAYOUTS.get(data[3])
+        if lay is not None and lay.tail != "entries":
+            full = lay.full
+            end = full.size
+            if size == end or (size > end and lay.tail is not None):
+                values = full.unpack_from(data)
+                sender = values[5]
+                if 0 < sender <= MAX_NODE_ID:
+                    if lay.tail is None:
+                        msg = lay.cls(*values[7:])
+                    else:
+                        msg = lay.cls(*values[7:], data[end:])
+                    bad = msg.problem()
+                    if bad is not None:
+                        raise DecodeError(f"inconsistent {lay.name}: {bad}")
+                    return _new_envelope(Envelope, (values[4], sender, values[6], msg))
+    return _decode_checked(data)
+
+
+def _decode_checked(data: bytes) -> Envelope:
+    """:func:`decode` with every check in turn."""
     size = len(data)
     if size < HEADER_SIZE:
         raise DecodeError(f"datagram truncated: {size} bytes, header needs {HEADER_SIZE}")

@@ -1,0 +1,117 @@
+"""Run every benchmark (each in a subprocess, with --json) and print one table.
+
+Each row: the figure, its value, its baseline where there is one (measured in
+the same run, or a published anchor), the ratio, and the target. ``--json``
+prints the same rows and every bench's full output as one JSON object;
+``--quick`` passes ``--quick`` on (tiny sizes).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from _common import Row, emit, parse_args
+
+HERE = Path(__file__).resolve().parent
+BENCHES = ("multicast_core", "membership", "election", "market")
+
+
+def run(name: str, quick: bool) -> dict[str, Any]:
+    """One bench's JSON output."""
+    cmd = [sys.executable, str(HERE / f"{name}.py"), "--json", *(["--quick"] if quick else [])]
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def rows(res: dict[str, dict[str, Any]]) -> list[Row]:
+    """The table: one row per figure."""
+    mc, mb, el, mk = (res[b] for b in BENCHES)
+    out: list[Row] = [
+        (
+            "multicast deliveries/CPU s (0% loss)",
+            mc["deliveries_per_cpu_s"],
+            mc["baseline_per_cpu_s"],
+            mc["ratio"],
+            "ratio >= 0.25",
+        ),
+        (
+            "multicast Xmit per lost copy (10% loss)",
+            mc["resent_per_lost_10pct"],
+            None,
+            None,
+            "<= 1.5",
+        ),
+        ("multicast peak resend buffer (msgs)", mc["peak_resend_buffer"], None, None, "<= 10,000"),
+        (
+            "membership detection median (s)",
+            mb["detect_median_s"],
+            5.5,
+            mb["detect_median_s"] / 5.5,
+            "< Akka 5.5 s",
+        ),
+        ("membership detection p99 (s)", mb["detect_p99_s"], None, None, ""),
+    ]
+    for loss, v in sorted(mb["wrongful_removals_per_node_hour"].items(), key=lambda kv: int(kv[0])):
+        out.append(
+            (
+                f"membership wrongful removals/node-h ({loss}% loss)",
+                v,
+                None,
+                None,
+                "0 at 0%" if loss == "0" else "",
+            )
+        )
+    for case in ("leader_crash", "worst_case"):
+        sizes = sorted(el[case], key=int)
+        big = sizes[-1]
+        out.append(
+            (
+                f"election {case} n={big}: messages",
+                el[case][big]["messages"],
+                None,
+                None,
+                "" if case == "worst_case" else "O(1)",
+            )
+        )
+        out.append((f"election {case} n={big}: seconds", el[case][big]["seconds"], None, None, ""))
+    for n, s in sorted(mk["clear_seconds"].items(), key=lambda kv: int(kv[0])):
+        out.append((f"market clear {n} bids (s)", s, None, None, ""))
+    out.append(
+        (
+            f"market messages/round ({mk['data_centre']})",
+            mk["messages_per_round"],
+            mk["estimate_n_plus_3b"],
+            mk["messages_per_round"] / mk["estimate_n_plus_3b"],
+            "~ N + 3B",
+        )
+    )
+    out.append(("market bid change -> price (s)", mk["bid_to_price_s"], None, None, ""))
+    return out
+
+
+def main() -> None:
+    args = parse_args(__doc__.splitlines()[0])
+    res = {name: run(name, args.quick) for name in BENCHES}
+    table = rows(res)
+    result = {
+        "rows": [
+            dict(zip(("figure", "value", "baseline", "ratio", "target"), r, strict=True))
+            for r in table
+        ],
+        "benches": res,
+    }
+    emit(
+        args,
+        result,
+        "powergrid benchmarks (baselines measured in the same run or published anchors)",
+        table,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""How `powergrid simulate` scales: wall time and peak memory by number of nodes.
+
+Each size runs in its own subprocess (``--worker``) so that its peak RSS is
+its own. The data centre is ``C`` clusters of 100 nodes (2 broker-capable),
+steady demand, a constant supply, default protocol timings, no failures,
+for ``--duration`` virtual seconds (60 by default).
+
+    python bench/scale.py --json                 # 1,000 .. 10,000 nodes
+    python bench/scale.py --sizes 1000 2500 --duration 20
+
+Output (``--json``): ``{"duration_s", "nodes_per_cluster", "wall_s": {n: s},
+"peak_rss_mb": {n: MB}, "delivered": {n: datagrams}, "growth_ratio",
+"targets": {...}}``; ``growth_ratio`` is wall time at the largest size over
+wall time at the smallest, divided by the size ratio / 10 (so linear growth
+from 1,000 to 10,000 nodes gives 10, and the target is at most 12).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+PER_CLUSTER = 100
+
+
+def worker(nodes: int, duration: float) -> dict[str, float]:
+    from powergrid.sim.runner import Simulation  # noqa: PLC0415
+    from powergrid.sim.scenario import parse_scenario  # noqa: PLC0415
+
+    scenario = parse_scenario(
+        {
+            "scenario": {
+                "name": f"scale-{nodes}",
+                "seed": 1,
+                "duration": duration,
+                "clusters": nodes // PER_CLUSTER,
+                "nodes": PER_CLUSTER,
+                "brokers": 2,
+                "sample_interval": 1.0,
+            }
+        }
+    )
+    started = time.perf_counter()
+    result = Simulation(scenario).run()
+    wall = time.perf_counter() - started
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {
+        "wall_s": round(wall, 3),
+        "peak_rss_mb": round(rss_kb / 1024, 1),
+        "delivered": sum(result.delivered_by_type.values()),
+        "violations": len(result.violations),
+        "rounds": len(result.rounds),
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[1000, 2500, 5000, 10000])
+    p.add_argument("--duration", type=float, default=60.0)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.duration)))
+        return 0
+    runs: dict[int, dict[str, float]] = {}
+    for n in args.sizes:
+        cmd = [sys.executable, __file__, "--worker", str(n), "--duration", str(args.duration)]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        runs[n] = json.loads(out)
+        if not args.json:
+            print(f"{n:>6} nodes: {runs[n]}", file=sys.stderr)
+    lo, hi = min(runs), max(runs)
+    growth = runs[hi]["wall_s"] / runs[lo]["wall_s"] / (hi / lo) * 10 if hi > lo else None
+    report = {
+        "duration_s": args.duration,
+        "nodes_per_cluster": PER_CLUSTER,
+        "wall_s": {str(n): r["wall_s"] for n, r in runs.items()},
+        "peak_rss_mb": {str(n): r["peak_rss_mb"] for n, r in runs.items()},
+        "delivered": {str(n): r["delivered"] for n, r in runs.items()},
+        "violations": {str(n): r["violations"] for n, r in runs.items()},
+        "growth_ratio": round(growth, 2) if growth is not None else None,
+        "targets": {"wall_s_at_10000": 60.0, "growth_ratio_max": 12.0},
+    }
+    print(json.dumps(report, indent=None if args.json else 2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""Smoke test of the benchmarks: each starts with --quick --json and prints its keys.
+
+Benchmarks are never timed tests: this only checks that they run and report.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+
+KEYS = {
+    "multicast_core": {
+        "deliveries_per_cpu_s",
+        "baseline_per_cpu_s",
+        "ratio",
+        "resent_per_lost_10pct",
+        "peak_resend_buffer",
+    },
+    "membership": {"detect_median_s", "detect_p99_s", "wrongful_removals_per_node_hour"},
+    "election": {"leader_crash", "worst_case"},
+    "market": {"clear_seconds", "messages_per_round"},
+}
+
+
+@functools.cache
+def _run(name: str) -> dict[str, object]:
+    done = subprocess.run(
+        [sys.executable, str(BENCH / f"{name}.py"), "--quick", "--json"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    result: dict[str, object] = json.loads(done.stdout)
+    return result
+
+
+@pytest.mark.parametrize("name", sorted(KEYS))
+def test_bench_prints_its_keys(name: str) -> None:
+    """Each bench, run with --quick --json, prints one JSON object with its keys."""
+    result = _run(name)
+    assert KEYS[name] <= result.keys()
+
+
+def test_membership_reports_loss_levels() -> None:
+    """Wrongful removals are keyed by loss percent as strings "0", "10", "30"."""
+    result = _run("membership")
+    wrongful = result["wrongful_removals_per_node_hour"]
+    assert isinstance(wrongful, dict)
+    assert set(wrongful) == {"0", "10", "30"}
+
+
+def test_election_reports_messages_and_seconds() -> None:
+    """Election results map group size (string) to messages and seconds."""
+    result = _run("election")
+    for case in ("leader_crash", "worst_case"):
+        table = result[case]
+        assert isinstance(table, dict) and table
+        for entry in table.values():
+            assert {"messages", "seconds"} <= entry.keys()
+
+
+def test_run_all_table() -> None:
+    """run_all --quick --json gathers every bench into one set of rows."""
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "run_all.py"), "--quick", "--json"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    result = json.loads(done.stdout)
+    assert set(result["benches"]) == set(KEYS)
+    assert all({"figure", "value", "target"} <= row.keys() for row in result["rows"])
