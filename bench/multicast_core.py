@@ -46,7 +46,7 @@ GROUP = GroupId(1)
 INC = Incarnation(1)
 PAYLOAD = bytes(range(64))
 TYPE_DATA, TYPE_XMIT = 1, 2
-LOSSY_RATE = 100.0
+LOSSY_RATE = 1000.0
 """Messages per virtual second in the 10% loss run: repair covers one gap per
 ``nak_interval`` per origin, so 10% loss of much more than 200/s outruns it
 (see docs/performance.md)."""

@@ -276,6 +276,22 @@ def test_nak_range_capped_at_max_nak_range() -> None:
     ]
 
 
+def test_every_missing_range_in_the_window_is_asked_for_at_once() -> None:
+    """Rule: one Nak round asks for every missing range within max_nak_range after the
+    delivered point, so repair keeps up with scattered loss (one range a round does not)."""
+    cfg = MulticastConfig(status_jitter=0.0, max_nak_range=10)
+    m = machine(cfg)
+    m.handle(data(1), 0.0)
+    for seq in (3, 6, 7, 20):
+        m.handle(data(seq), 0.0)
+    assert m.handle(TICK, cfg.nak_delay) == [
+        Send(to=A, message=Nak(origin=A, origin_incarnation=1, first=2, last=2)),
+        Send(to=A, message=Nak(origin=A, origin_incarnation=1, first=4, last=5)),
+        Send(to=A, message=Nak(origin=A, origin_incarnation=1, first=8, last=11)),
+    ]
+    assert m.stats.naks_sent == 3
+
+
 # ------------------------------------------------------------------ answering Naks
 
 

@@ -668,30 +668,44 @@ class MulticastMachine:
             del self._gappy[origin]
 
     def _send_nak(self, origin: int, st: _Origin, now: float, out: list[Any]) -> None:
+        """Ask for every missing range within ``max_nak_range`` after the delivered point."""
         cfg = self._config
+        held = st.held
         first = st.delivered + 1
-        last = min(st.held) - 1 if st.held else st.highest
-        last = min(last, first + cfg.max_nak_range - 1)
+        end = min(st.highest, st.delivered + cfg.max_nak_range)
+        ranges: list[tuple[int, int]] = []
+        seq = first
+        while seq <= end:
+            if seq in held:
+                seq += 1
+                continue
+            start = seq
+            while seq <= end and seq not in held:
+                seq += 1
+            ranges.append((start, seq - 1))
         st.last_nak = now
         st.nak_due = now + cfg.nak_interval
         stats = self._stats
-        stats.naks_sent += 1
         gone = self._view is not None and origin not in self._member_inc
         if st.tries >= cfg.nak_escalate_after or gone:
             helper = self._helper(origin, st.group_round)
             st.group_round += 1
-            stats.naks_group += 1
-            nak = Nak(
-                origin=origin,
-                origin_incarnation=st.incarnation,
-                first=first,
-                last=last,
-                helper=helper,
-            )
-            out.append(Multicast(message=nak))
+            for lo, hi in ranges:
+                stats.naks_sent += 1
+                stats.naks_group += 1
+                nak = Nak(
+                    origin=origin,
+                    origin_incarnation=st.incarnation,
+                    first=lo,
+                    last=hi,
+                    helper=helper,
+                )
+                out.append(Multicast(message=nak))
         else:
-            nak = Nak(origin=origin, origin_incarnation=st.incarnation, first=first, last=last)
-            out.append(Send(to=NodeId(origin), message=nak))
+            for lo, hi in ranges:
+                stats.naks_sent += 1
+                nak = Nak(origin=origin, origin_incarnation=st.incarnation, first=lo, last=hi)
+                out.append(Send(to=NodeId(origin), message=nak))
         st.tries += 1
 
     def _helper(self, origin: int, round_: int) -> int:
