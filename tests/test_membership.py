@@ -921,6 +921,7 @@ class Sim:
         self.alive.discard(node)
 
     def run(self, until: float) -> None:
+        spins = 0
         while True:
             times = [m.next_deadline() for i, m in self.machines.items() if i in self.alive]
             due = [t for t in times if t is not None]
@@ -932,6 +933,8 @@ class Sim:
             if t > until:
                 self.now = until
                 return
+            spins = spins + 1 if t <= self.now else 0
+            assert spins < 1000, f"a deadline does not advance at {self.now}"
             self.now = max(self.now, t)
             if self.election_due is not None and self.election_due <= self.now:
                 self.elect()
