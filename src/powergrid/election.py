@@ -15,8 +15,8 @@ follows (*fencing*): a node's :attr:`~ElectionMachine.epoch` never decreases
 within one life. Where the nodes that take part can reach each other within
 ``answer_timeout``, at most one of them wins a given epoch. After the network
 has been whole and quiet for a bound (see ``docs/protocols/election.md``),
-every live node follows one leader, the highest broker-capable key alive, and
-elections stop.
+every live node follows one leader, the highest broker-capable key alive
+(with ``stable_leader``, the leader of the newest epoch), and elections stop.
 
 *Not guaranteed.* The bully election has no quorum: the two sides of a
 partition each elect a leader, and both may take the same epoch number; such
@@ -36,9 +36,9 @@ epoch 0 at bootstrap: "there is no leader") and lists the members with
    once if it is the highest candidate it knows; otherwise after
    ``stagger`` seconds per known candidate above it (at most ``max_delay``),
    plus up to ``jitter`` drawn from the ``rng``, so that normally only the
-   highest acts (one multicast). A node that has never followed a leader first listens for
-   ``announce_interval + answer_timeout``, so a live leader's periodic
-   announcement finds it before it stands.
+   highest acts (one multicast). A node that has never followed a leader
+   first listens for ``announce_interval + answer_timeout``, so a live
+   leader's periodic announcement finds it before it stands.
 2. An election sends :class:`~powergrid.wire.Election` to every known
    candidate with a higher key. If none answers within ``answer_timeout`` the
    node wins: it multicasts :class:`~powergrid.wire.Coordinator` and reports
@@ -47,7 +47,9 @@ epoch 0 at bootstrap: "there is no leader") and lists the members with
 3. A node that gets an Election from a lower key sends
    :class:`~powergrid.wire.Answer` and starts its own election at once (a
    leader instead sends its Coordinator back, or, if the asker has seen a
-   newer epoch than its own, re-asserts with a new epoch).
+   newer epoch than its own, answers and re-asserts with a newer epoch). A
+   node electing while its leader is still set stops when that leader's
+   Coordinator of the same epoch arrives.
 4. A node that got an Answer waits ``coordinator_timeout`` for a
    Coordinator, else starts again.
 5. Bullying: a broker-capable node that hears a lower key claim leadership in
@@ -58,7 +60,9 @@ epoch 0 at bootstrap: "there is no leader") and lists the members with
    older); otherwise it is refused and counted. A node without a live leader
    that cannot stand answers a refused Coordinator with
    :class:`~powergrid.wire.Fenced`, so the claimant re-asserts with a newer
-   epoch.
+   epoch. A Coordinator from a new incarnation of the leader followed means
+   the life we followed is gone: its claim is judged as anyone's, and if it is
+   refused a candidate schedules an election.
 7. The leader re-multicasts its Coordinator every ``announce_interval``.
 
 *Merging.* After a partition heals, a leader that hears a Coordinator with a
