@@ -1,0 +1,396 @@
+"""``powergrid fuzz``: seeded fault-injection runs of a real data centre, held to the invariants.
+
+Theory of operation
+-------------------
+:func:`datacentre` returns a :data:`~powergrid.harness.Build`: from the run's
+``system`` random stream it draws a small data centre (1-3 clusters of 3-5
+real :class:`~powergrid.node.Node` s, at least one broker-capable node per
+cluster, ranks, bids, and a usable supply that gives a surplus, a normal
+market, a shortage or a deep shortage), and wraps each node in an
+:class:`App` that multicasts numbered payloads to its cluster every 0.1-0.4
+s (drawn per node) until ``publish_until`` and reports each one as a
+:class:`~powergrid.invariants.Published` notification. Restarted nodes come
+back through the same factory with the next incarnation and a fresh
+``random.Random`` derived from the run's seed, so a seed replays bit for bit.
+
+:func:`run_datacentre` runs one seed through :func:`powergrid.harness.run_seed`
+with :func:`powergrid.invariants.all_invariants`: a safety phase of
+``safety_s`` (5 s by default) under the seed's drawn faults, then a liveness
+phase of ``liveness_s`` (10 s): everything heals, and the run must converge
+(elections, views, multicast delivery, fresh prices) within that bound. The
+apps stop publishing halfway through the liveness phase so that the resend
+buffers must drain before the end.
+
+The command (:func:`add_arguments`, :func:`run`)::
+
+    powergrid fuzz --seeds N [--start S] [--nodes K] [--json]
+    powergrid fuzz --replay SEED [--nodes K]
+
+prints a progress bar on stderr and a summary (seeds, violations, faults by
+kind, datagrams delivered, virtual and wall time), or one JSON object with
+``--json``. The exit status is 1 if any invariant was broken, and the
+message names the seed and the command that replays it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from collections.abc import Callable
+from typing import IO, Any
+
+from powergrid.events import Output
+from powergrid.harness import RunResult, System, run_seed
+from powergrid.invariants import (
+    Bounds,
+    DataCentre,
+    NodeSpec,
+    Published,
+    all_invariants,
+    app_payload,
+)
+from powergrid.market import Bid
+from powergrid.node import Node, NodeConfig
+from powergrid.transports.fuzz import replay_command
+from powergrid.types import GroupId, Incarnation, NodeId, node_id
+
+__all__ = [
+    "DEFAULT_LIVENESS_S",
+    "DEFAULT_SAFETY_S",
+    "App",
+    "add_arguments",
+    "datacentre",
+    "invariants",
+    "run",
+    "run_datacentre",
+]
+
+DEFAULT_SAFETY_S = 5.0
+"""Seconds of virtual time under faults."""
+DEFAULT_LIVENESS_S = 10.0
+"""Seconds of virtual time after the heal within which the system must converge."""
+BASE_PORT = 9000
+
+
+class App:
+    """An :class:`~powergrid.events.Endpoint`: a node plus an app that multicasts to its cluster.
+
+    Every ``interval`` seconds (the first after a random fraction of it),
+    until ``until``, it multicasts the next :func:`~powergrid.invariants.app_payload`
+    and returns a :class:`Published` notification with the number the
+    multicast machine gave it.
+    """
+
+    def __init__(self, node: Node, *, interval: float, until: float, rng: random.Random) -> None:
+        self.node = node
+        self._interval = interval
+        self._until = until
+        self._rng = rng
+        self._next: float | None = None
+        self._n = 0
+        self._group = GroupId(node.config.cluster)
+
+    @property
+    def node_id(self) -> NodeId:
+        return self.node.node_id
+
+    def start(self, now: float) -> list[Output]:
+        out = self.node.start(now)
+        first = now + self._interval * self._rng.random()
+        self._next = first if first < self._until else None
+        return out
+
+    def receive(self, data: bytes, now: float) -> list[Output]:
+        return self.node.receive(data, now)
+
+    def handle_deadline(self, now: float) -> list[Output]:
+        node = self.node
+        due = node.next_deadline()
+        out = node.handle_deadline(now) if due is not None and due <= now else []
+        if self._next is not None and self._next <= now:
+            self._n += 1
+            payload = app_payload(node.node_id, node.incarnation, self._n)
+            me = node.node_id
+            seq = node.stack(self._group).multicast.delivered[me][1] + 1
+            out.append(  # before the multicast's own delivery, which it announces
+                Published(
+                    group=self._group,
+                    origin=me,
+                    incarnation=node.incarnation,
+                    seq=seq,
+                    payload=payload,
+                )
+            )
+            out.extend(node.multicast(payload, now))
+            nxt = now + self._interval
+            self._next = nxt if nxt < self._until else None
+        return out
+
+    def next_deadline(self) -> float | None:
+        due = self.node.next_deadline()
+        nxt = self._next
+        if nxt is not None and (due is None or nxt < due):
+            return nxt
+        return due
+
+
+def _sizes(rng: random.Random, nodes: int | None) -> list[int]:
+    """Cluster sizes: drawn (1-3 clusters of 3-5), or ``nodes`` split into clusters of <= 5."""
+    if nodes is None:
+        return [rng.choice((3, 3, 4, 4, 5)) for _ in range(rng.choice((1, 1, 2, 2, 3)))]
+    clusters = max(1, -(-nodes // 5))
+    base, extra = divmod(nodes, clusters)
+    return [base + (i < extra) for i in range(clusters)]
+
+
+def _supply(rng: random.Random, specs: list[NodeSpec]) -> int:
+    h = sum(s.bid.floor for s in specs)
+    r = sum(s.bid.required for s in specs)
+    m = sum(s.bid.maximum for s in specs)
+    x = rng.random()
+    if x < 0.4:
+        return m + rng.randint(0, m)  # surplus
+    if x < 0.75:
+        return rng.randint(r, m - 1) if m > r else r  # normal
+    if x < 0.95:
+        return rng.randint(h, r - 1) if r > h else h  # shortage
+    return rng.randint(0, max(h - 1, 0))  # even the floors are cut
+
+
+def datacentre(
+    *,
+    nodes: int | None = None,
+    safety_s: float = DEFAULT_SAFETY_S,
+    liveness_s: float = DEFAULT_LIVENESS_S,
+    node_class: Callable[..., Node] = Node,
+) -> Callable[[random.Random], System]:
+    """A build of a small data centre (see the module docstring).
+
+    ``nodes`` fixes the number of servers (else 3-15 are drawn);
+    ``node_class`` lets tests build deliberately broken nodes.
+    """
+
+    def build(rng: random.Random) -> System:
+        base = rng.getrandbits(32)
+        specs: list[NodeSpec] = []
+        configs: dict[int, NodeConfig] = {}
+        intervals: dict[int, float] = {}
+        for c, size in enumerate(_sizes(rng, nodes)):
+            capable = [i == 0 or rng.random() < 0.5 for i in range(size)]
+            rng.shuffle(capable)
+            for i in range(size):
+                port = BASE_PORT + 10 * c + i
+                floor = rng.randint(20, 60)
+                required = floor + rng.randint(0, 100)
+                bid = Bid(
+                    floor=floor,
+                    required=required,
+                    maximum=required + rng.randint(0, 200),
+                    priority=rng.choice((0, 0, 1, 2)),
+                )
+                rank = rng.choice((0, 0, 0, 1))
+                nid = node_id("127.0.0.1", port)
+                specs.append(
+                    NodeSpec(node=nid, cluster=c + 1, rank=rank, broker_capable=capable[i], bid=bid)
+                )
+                intervals[nid] = round(rng.uniform(0.1, 0.4), 3)
+                configs[nid] = NodeConfig(
+                    port=port,
+                    cluster=c + 1,
+                    rank=rank,
+                    broker_capable=capable[i],
+                    bid=bid,
+                )
+        supply = _supply(rng, specs)
+        publish_until = safety_s + liveness_s / 2
+        configs = {
+            n: NodeConfig(
+                port=cfg.port,
+                cluster=cfg.cluster,
+                rank=cfg.rank,
+                broker_capable=cfg.broker_capable,
+                bid=cfg.bid,
+                supply=supply,
+            )
+            for n, cfg in configs.items()
+        }
+        info = DataCentre(
+            nodes=tuple(specs),
+            supply=supply,
+            settle_at=safety_s,
+            publish_until=publish_until,
+            bounds=Bounds(),
+        )
+
+        def make(node: NodeId, incarnation: Incarnation) -> App:
+            r = random.Random(f"{base}/{node}/{incarnation}")
+            n = node_class(configs[node], incarnation=incarnation, rng=r)
+            return App(n, interval=intervals[node], until=publish_until, rng=r)
+
+        return System(nodes=tuple(s.node for s in specs), make=make, info=info)
+
+    return build
+
+
+def invariants(system: System) -> list[Any]:
+    """Every invariant of :mod:`powergrid.invariants`, fresh, for ``system``."""
+    assert isinstance(system.info, DataCentre)
+    return all_invariants(system.info)
+
+
+def run_datacentre(
+    seed: int,
+    *,
+    nodes: int | None = None,
+    safety_s: float = DEFAULT_SAFETY_S,
+    liveness_s: float = DEFAULT_LIVENESS_S,
+    keep_trace: bool = False,
+    trace_file: IO[str] | None = None,
+    node_class: Callable[..., Node] = Node,
+    **kwargs: Any,
+) -> RunResult:
+    """Run ``seed`` of the drawn data centre; extra keywords go to :func:`run_seed`."""
+    build = datacentre(nodes=nodes, safety_s=safety_s, liveness_s=liveness_s, node_class=node_class)
+    return run_seed(
+        seed,
+        build,
+        invariants,
+        safety_s=safety_s,
+        liveness_s=liveness_s,
+        keep_trace=keep_trace,
+        trace_file=trace_file,
+        **kwargs,
+    )
+
+
+# -------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``powergrid fuzz``."""
+    parser.add_argument("--seeds", type=int, default=100, help="how many seeds to run (100)")
+    parser.add_argument("--start", type=int, default=0, help="first seed (0)")
+    parser.add_argument(
+        "--nodes", type=int, default=None, help="servers per run (default: 3-15, drawn)"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--replay", type=int, default=None, metavar="SEED", help="re-run SEED, print its trace"
+    )
+    parser.add_argument("--safety", type=float, default=DEFAULT_SAFETY_S, help="seconds (5)")
+    parser.add_argument("--liveness", type=float, default=DEFAULT_LIVENESS_S, help="seconds (10)")
+
+
+def _replay(seed: int, nodes: int | None) -> str:
+    cmd = replay_command(seed)
+    return cmd if nodes is None else f"{cmd} --nodes {nodes}"
+
+
+def _bar(done: int, total: int, bad: int, started: float) -> str:
+    width = 30
+    filled = width * done // max(total, 1)
+    rate = done / max(time.perf_counter() - started, 1e-9)
+    return (
+        f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} seeds, "
+        f"{bad} failed, {rate:.1f} seeds/s"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``powergrid fuzz``; returns the exit status (1 if an invariant broke)."""
+    if args.seeds < 0 or (args.nodes is not None and args.nodes < 1):
+        print("powergrid fuzz: --seeds must be >= 0 and --nodes >= 1", file=sys.stderr)
+        return 2
+    common = {"nodes": args.nodes, "safety_s": args.safety, "liveness_s": args.liveness}
+    if args.replay is not None:
+        result = run_datacentre(args.replay, keep_trace=True, **common)
+        if args.json:
+            print(json.dumps(_result_json(result, args.nodes), sort_keys=True))
+        else:
+            for line in result.trace_lines or ():
+                print(line)
+            print(result.report())
+            print(f"trace sha256 {result.trace_hash}")
+        return 0 if result.ok else 1
+    started = time.perf_counter()
+    results: list[RunResult] = []
+    bad = 0
+    step = max(1, args.seeds // 200)
+    for i, seed in enumerate(range(args.start, args.start + args.seeds)):
+        result = run_datacentre(seed, **common)
+        results.append(result)
+        bad += not result.ok
+        if (i + 1) % step == 0 or i + 1 == args.seeds:
+            print(_bar(i + 1, args.seeds, bad, started), end="", file=sys.stderr, flush=True)
+    if args.seeds:
+        print(file=sys.stderr)
+    wall = time.perf_counter() - started
+    faults: dict[str, int] = {}
+    for r in results:
+        for kind, count in r.faults.items():
+            faults[kind] = faults.get(kind, 0) + count
+    violations: list[dict[str, Any]] = [
+        {
+            "seed": r.seed,
+            "invariant": v.invariant,
+            "time": v.time,
+            "detail": v.detail,
+            "replay": _replay(r.seed, args.nodes),
+        }
+        for r in results
+        for v in r.violations[:1]
+    ]
+    summary: dict[str, Any] = {
+        "seeds": len(results),
+        "start": args.start,
+        "violations": violations,
+        "faults": dict(sorted(faults.items())),
+        "messages": sum(r.messages for r in results),
+        "virtual_s": sum(r.virtual_time for r in results),
+        "wall_s": wall,
+        "seeds_per_s": len(results) / wall if wall > 0 else 0.0,
+    }
+    if args.json:
+        print(json.dumps(summary, sort_keys=True))
+    else:
+        print(
+            f"{len(results)} seeds ({args.start}..{args.start + len(results) - 1}), "
+            f"{len(violations)} with violations, {summary['seeds_per_s']:.1f} seeds/s"
+        )
+        print("faults: " + (", ".join(f"{k}={v}" for k, v in summary["faults"].items()) or "none"))
+        print(
+            f"messages delivered: {summary['messages']}, virtual time: "
+            f"{summary['virtual_s']:.1f} s, wall time: {wall:.2f} s"
+        )
+        for v in violations:
+            print(
+                f"FAIL seed {v['seed']}: {v['invariant']} at t={v['time']:.3f}: {v['detail']}\n"
+                f"  replay: {v['replay']}"
+            )
+    return 1 if violations else 0
+
+
+def _result_json(result: RunResult, nodes: int | None) -> dict[str, Any]:
+    return {
+        "seed": result.seed,
+        "ok": result.ok,
+        "violations": [
+            {
+                "seed": v.seed,
+                "invariant": v.invariant,
+                "time": v.time,
+                "detail": v.detail,
+                "replay": _replay(v.seed, nodes),
+            }
+            for v in result.violations
+        ],
+        "faults": result.faults,
+        "messages": result.messages,
+        "virtual_s": result.virtual_time,
+        "wall_s": result.wall_time,
+        "trace_sha256": result.trace_hash,
+        "options": str(result.options),
+    }

@@ -1,0 +1,876 @@
+"""The invariant library: what the fuzz runs hold the real protocols to.
+
+Theory of operation
+-------------------
+Each class here follows :class:`powergrid.harness.Invariant`: it watches the
+notifications of every node (``observe``, cheap, records), reports broken
+safety properties from ``check`` (after every processed event) and judges
+convergence in ``check_final`` (once, after the liveness phase). They are
+written against a data centre of real :class:`~powergrid.node.Node` s described
+by :class:`DataCentre` (the ``info`` of the harness's
+:class:`~powergrid.harness.System`); :func:`all_invariants` makes a fresh
+set for one run.
+
+What the invariants need from the system under test:
+
+* the network's :class:`~powergrid.transports.fuzz.NodeStarted` /
+  :class:`~powergrid.transports.fuzz.NodeCrashed` (which life of a node runs);
+* the node's notifications (``ViewChanged``, ``LeaderElected``,
+  ``MemberRemoved``, ``ElectionStarted``, ``MessageDelivered``,
+  ``PriceUpdated``);
+* :class:`Published`, returned by the application wrapper each time it
+  multicasts (``powergrid.fuzzing.App``): the multicast invariants can only
+  tell "delivered" from "delivered although never sent" if they see the
+  sends. Application payloads carry ``(origin, incarnation, n)``
+  (:func:`app_payload`) so a delivery names the life it came from;
+* for the final checks, the endpoints themselves: ``network.endpoint(n)``
+  is the app wrapper, whose ``node`` attribute is the :class:`Node`.
+
+*Sessions.* Several multicast properties only hold "while a member stays in
+the view". :class:`Sessions` tracks, per node life, when it was last admitted
+to its cluster's view (the first view it installs that lists it) and whether
+it was ever *excluded*: a view installed by a leader of the cluster that
+does not list that life while it ran and was in session. It is an invariant
+that never complains; the multicast invariants share one.
+
+Bounds are in :class:`Bounds` (seconds of virtual time) with the reasons for
+their defaults.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol
+
+import attrs
+
+from powergrid.election import ElectionStarted
+from powergrid.events import LeaderElected, ViewChanged
+from powergrid.market import Bid, Grid
+from powergrid.market.client import PriceUpdated
+from powergrid.membership import MemberRemoved
+from powergrid.node import MessageDelivered, Node
+from powergrid.transports.fuzz import FuzzNetwork, NodeCrashed, NodeStarted
+from powergrid.types import BROKER_GROUP, GroupId, Incarnation, NodeId, format_node
+
+__all__ = [
+    "AgreementValidity",
+    "BoundedBuffers",
+    "Bounds",
+    "DataCentre",
+    "DeliveryIntegrity",
+    "ElectionsConverge",
+    "FifoPerSender",
+    "LeaderPerEpoch",
+    "MembersRemoved",
+    "MembershipConverges",
+    "NodeSpec",
+    "PriceBounds",
+    "PricesFresh",
+    "Published",
+    "RequiredPowerMet",
+    "Sessions",
+    "StaleEpochRefused",
+    "SupplyRespected",
+    "ViewIdsGrow",
+    "all_invariants",
+    "app_payload",
+    "parse_payload",
+]
+
+
+# ------------------------------------------------------------- the system
+
+
+@attrs.frozen(kw_only=True)
+class NodeSpec:
+    """One server of the data centre under test."""
+
+    node: NodeId
+    cluster: int
+    rank: int = 0
+    broker_capable: bool = False
+    bid: Bid
+
+    @property
+    def key(self) -> tuple[int, int]:
+        """The election key ``(rank, node id)``."""
+        return (self.rank, self.node)
+
+
+@attrs.frozen(kw_only=True)
+class Bounds:
+    """Liveness bounds, in seconds of virtual time, measured back from the end of the run.
+
+    Defaults, for the node's default timeouts: an election settles within
+    about 2.5 s (listen 1.1 s, answer 0.1 s, stagger, announcement 1 s), a
+    crashed member is removed within about 1 s, the market needs a broker,
+    then a lead broker, then one 1 s round: prices flow about 5 s after a
+    cold start. ``quiet_s`` is how long before the end no election may
+    start; ``fresh_s`` how recent every client's last price must be;
+    ``removal_grace_s`` how long after the heal a removal decided during
+    the faults may still be carried out.
+    """
+
+    quiet_s: float = 3.0
+    fresh_s: float = 2.5
+    removal_grace_s: float = 1.5
+    max_buffer: int = 10_000
+    join_margin_s: float = 1.0
+    """A (re)admitted member syncs its streams with the first Stable digests after it
+    joins; the multicast properties count it as *in the view* only from this long after."""
+
+
+@attrs.frozen(kw_only=True)
+class DataCentre:
+    """What the invariants know of the system: its servers, supply, grid and timing."""
+
+    nodes: tuple[NodeSpec, ...]
+    supply: int
+    grid: Grid = attrs.Factory(Grid)
+    settle_at: float = 0.0
+    """When the liveness phase starts (the harness's ``safety_s``)."""
+    publish_until: float = 0.0
+    """The apps publish no multicasts from this time on."""
+    bounds: Bounds = attrs.Factory(Bounds)
+
+    @property
+    def clusters(self) -> tuple[int, ...]:
+        """The cluster group ids, sorted."""
+        return tuple(sorted({s.cluster for s in self.nodes}))
+
+    def spec(self, node: int) -> NodeSpec:
+        """The spec of ``node``. Raises KeyError if it is not in the system."""
+        return self._index[node]
+
+    def members(self, cluster: int) -> tuple[NodeSpec, ...]:
+        """The servers of ``cluster``, by id."""
+        return tuple(s for s in self.nodes if s.cluster == cluster)
+
+    @property
+    def _index(self) -> dict[int, NodeSpec]:
+        return {s.node: s for s in self.nodes}
+
+    @property
+    def required(self) -> int:
+        """Sum of the required power of every server (watts)."""
+        return sum(s.bid.required for s in self.nodes)
+
+
+# ------------------------------------------------------------ app records
+
+
+@attrs.frozen(kw_only=True)
+class Published:
+    """Notification of the app wrapper: ``origin`` multicast ``payload`` as ``seq`` in ``group``."""
+
+    group: GroupId
+    origin: NodeId
+    incarnation: Incarnation
+    seq: int
+    payload: bytes
+
+
+_PAYLOAD = struct.Struct("!QIQ")
+
+
+def app_payload(origin: int, incarnation: int, n: int) -> bytes:
+    """The payload of the ``n``-th app multicast of ``origin``'s ``incarnation``."""
+    return _PAYLOAD.pack(origin, incarnation, n)
+
+
+def parse_payload(payload: bytes) -> tuple[int, int, int] | None:
+    """``(origin, incarnation, n)`` of an app payload, or None if it is not one."""
+    if len(payload) != _PAYLOAD.size:
+        return None
+    origin, inc, n = _PAYLOAD.unpack(payload)
+    return int(origin), int(inc), int(n)
+
+
+def node_of(network: FuzzNetwork, node: int) -> Node | None:
+    """The live :class:`Node` at ``node`` (through the app wrapper), or None if it is down."""
+    ep = network.endpoint(node)
+    if ep is None:
+        return None
+    inner = getattr(ep, "node", ep)
+    return inner if isinstance(inner, Node) else None
+
+
+def _fmt(node: int) -> str:
+    return format_node(NodeId(node))
+
+
+# ------------------------------------------------------------ base classes
+
+
+class _Base:
+    """Dispatches observed notifications by type; reports accumulated problems."""
+
+    name = "invariant"
+
+    def __init__(self, info: DataCentre) -> None:
+        self.info = info
+        self.problems: list[str] = []
+        self.inc: dict[int, int] = {}
+        self.up: dict[int, bool] = {}
+        self._on: dict[type[Any], Callable[[float, int, Any], None]] = {}
+
+    def observe(self, time: float, node: NodeId, output: object) -> None:
+        kind = type(output)
+        if kind is NodeStarted:
+            assert isinstance(output, NodeStarted)
+            self.inc[node] = output.incarnation
+            self.up[node] = True
+        elif kind is NodeCrashed:
+            self.up[node] = False
+        handler = self._on.get(kind)
+        if handler is not None:
+            handler(time, node, output)
+
+    def check(self, network: FuzzNetwork) -> list[str]:
+        if self.problems:
+            out, self.problems = self.problems, []
+            return out
+        return []
+
+    def check_final(self, network: FuzzNetwork) -> list[str]:
+        return []
+
+    def alive(self) -> list[int]:
+        """The nodes up now, sorted."""
+        return sorted(n for n, u in self.up.items() if u)
+
+
+class _SessionsLike(Protocol):
+    def excluded(self, node: int, inc: int) -> bool: ...
+
+    def joined(self, node: int, inc: int) -> float | None: ...
+
+
+# ---------------------------------------------------------------- sessions
+
+
+class Sessions(_Base):
+    """Tracks each node life's session in its cluster view (never reports a problem)."""
+
+    name = "sessions"
+
+    def __init__(self, info: DataCentre) -> None:
+        super().__init__(info)
+        self._cluster: dict[int, int] = {s.node: s.cluster for s in info.nodes}
+        self._members = {c: [s.node for s in info.members(c)] for c in info.clusters}
+        self._joined: dict[tuple[int, int], float | None] = {}
+        self._excluded: dict[tuple[int, int], int] = {}
+        self._on = {ViewChanged: self._view, MemberRemoved: self._removed}
+
+    def joined(self, node: int, inc: int) -> float | None:
+        """When that life was last admitted to its cluster view (None: not in session)."""
+        return self._joined.get((node, inc))
+
+    def excluded(self, node: int, inc: int) -> bool:
+        """Whether that life was ever excluded from its cluster view while in session."""
+        return self._excluded.get((node, inc), 0) > 0
+
+    def _exclude(self, node: int, inc: int) -> None:
+        key = (node, inc)
+        if self._joined.get(key) is not None:
+            self._joined[key] = None
+            self._excluded[key] = self._excluded.get(key, 0) + 1
+
+    def _view(self, t: float, node: int, ev: ViewChanged) -> None:
+        view = ev.view
+        if view.group != self._cluster.get(node):
+            return
+        if view.leader == node:
+            for other in self._members[view.group]:
+                inc = self.inc.get(other)
+                if (
+                    inc is not None
+                    and self.up.get(other)
+                    and view.incarnation_of(NodeId(other)) != inc
+                ):
+                    self._exclude(other, inc)
+        inc = self.inc.get(node, 0)
+        if view.incarnation_of(NodeId(node)) == inc and self._joined.get((node, inc)) is None:
+            self._joined[(node, inc)] = t
+
+    def _removed(self, t: float, node: int, ev: MemberRemoved) -> None:
+        if ev.node == node and ev.group == self._cluster.get(node):
+            self._exclude(node, self.inc.get(node, 0))
+
+
+# --------------------------------------------------------------- multicast
+
+
+class _Deliveries(_Base):
+    """Publications and deliveries, shared by the multicast invariants."""
+
+    def __init__(self, info: DataCentre, sessions: _SessionsLike) -> None:
+        super().__init__(info)
+        self.sessions = sessions
+        self.published: dict[tuple[int, int, int], tuple[bytes, float]] = {}
+        self.on_delivered: Callable[[float, int, MessageDelivered], None] | None = None
+        self._on = {Published: self._published, MessageDelivered: self._delivered}
+
+    def _published(self, t: float, node: int, ev: Published) -> None:
+        self.published[(ev.origin, ev.incarnation, ev.seq)] = (ev.payload, t)
+
+    def _delivered(self, t: float, node: int, ev: MessageDelivered) -> None:
+        if ev.group == BROKER_GROUP:
+            return
+        self.delivered(t, node, ev)
+
+    def delivered(self, t: float, node: int, ev: MessageDelivered) -> None:
+        raise NotImplementedError
+
+
+class DeliveryIntegrity(_Deliveries):
+    """Integrity: each life of a node delivers ``(origin, incarnation, seq)`` at most once,
+    and only a message that was published with that number and payload."""
+
+    name = "multicast-integrity"
+
+    def __init__(self, info: DataCentre, sessions: _SessionsLike) -> None:
+        super().__init__(info, sessions)
+        self._seen: dict[tuple[int, int], set[tuple[int, int, int]]] = {}
+
+    def delivered(self, t: float, node: int, ev: MessageDelivered) -> None:
+        parsed = parse_payload(ev.payload)
+        if parsed is None or parsed[0] != ev.sender:
+            self.problems.append(
+                f"{_fmt(node)} delivered {ev.payload!r} as #{ev.seq} of {_fmt(ev.sender)}: "
+                "not an app payload of that origin"
+            )
+            return
+        key = (ev.sender, parsed[1], ev.seq)
+        sent = self.published.get(key)
+        if sent is None or sent[0] != ev.payload:
+            self.problems.append(
+                f"{_fmt(node)} delivered #{ev.seq} of {_fmt(ev.sender)} life {parsed[1]} "
+                "that was never published"
+            )
+        seen = self._seen.setdefault((node, self.inc.get(node, 0)), set())
+        if key in seen:
+            self.problems.append(
+                f"{_fmt(node)} delivered #{ev.seq} of {_fmt(ev.sender)} life {parsed[1]} twice"
+            )
+        seen.add(key)
+
+
+class FifoPerSender(_Deliveries):
+    """FIFO per sender: at each receiver, an origin life's numbers strictly increase, and by
+    exactly 1 while both the receiver and the origin stay in the view (both were admitted
+    before the previous delivery and not excluded since; otherwise the multicast may
+    legitimately skip what became stable without them)."""
+
+    name = "multicast-fifo"
+
+    def __init__(self, info: DataCentre, sessions: _SessionsLike) -> None:
+        super().__init__(info, sessions)
+        self._last: dict[tuple[int, int, int, int], tuple[int, float]] = {}
+
+    def delivered(self, t: float, node: int, ev: MessageDelivered) -> None:
+        parsed = parse_payload(ev.payload)
+        if parsed is None:
+            return
+        inc = self.inc.get(node, 0)
+        key = (node, inc, ev.sender, parsed[1])
+        prev = self._last.get(key)
+        if prev is None:
+            self._last[key] = (ev.seq, t)
+            return
+        last, since = prev
+        if ev.seq <= last:
+            self.problems.append(
+                f"{_fmt(node)} delivered #{ev.seq} of {_fmt(ev.sender)} after #{last}"
+            )
+            return
+        self._last[key] = (ev.seq, t)
+        if ev.seq == last + 1:
+            return
+        joined = self.sessions.joined(node, inc)
+        ojoined = self.sessions.joined(ev.sender, parsed[1])
+        edge = since - self.info.bounds.join_margin_s
+        if joined is not None and joined <= edge and ojoined is not None and ojoined <= edge:
+            self.problems.append(
+                f"{_fmt(node)} delivered #{ev.seq} of {_fmt(ev.sender)} right after #{last} "
+                f"(t={since:.3f}) though both stayed in the view"
+            )
+
+
+class AgreementValidity(_Deliveries):
+    """Agreement and validity, at the end of the run.
+
+    For each message published at ``t`` by an origin life in session since
+    ``t - join_margin_s`` (and not excluded until its end), consider the live
+    nodes of its cluster in session since ``t - join_margin_s``: if the
+    origin is still alive, every one of them delivered it (validity); if it
+    crashed, either all of them did or none (agreement).
+    """
+
+    name = "multicast-agreement"
+
+    def __init__(self, info: DataCentre, sessions: _SessionsLike) -> None:
+        super().__init__(info, sessions)
+        self._got: dict[tuple[int, int], set[tuple[int, int, int]]] = {}
+        self._cluster: dict[int, int] = {s.node: s.cluster for s in info.nodes}
+
+    def delivered(self, t: float, node: int, ev: MessageDelivered) -> None:
+        parsed = parse_payload(ev.payload)
+        if parsed is None:
+            return
+        got = self._got.setdefault((node, self.inc.get(node, 0)), set())
+        got.add((ev.sender, parsed[1], ev.seq))
+
+    def check_final(self, network: FuzzNetwork) -> list[str]:
+        out: list[str] = []
+        live = [(n, self.inc[n]) for n in self.alive()]
+        margin = self.info.bounds.join_margin_s
+        for (origin, oinc, seq), (_, t) in sorted(self.published.items()):
+            ojoined = self.sessions.joined(origin, oinc)
+            if ojoined is None or ojoined > t - margin:
+                continue
+            cluster = self._cluster[origin]
+            holders = [
+                (n, i)
+                for n, i in live
+                if n != origin
+                and self._cluster[n] == cluster
+                and (j := self.sessions.joined(n, i)) is not None
+                and j <= t - margin
+            ]
+            have = [(n, i) for n, i in holders if (origin, oinc, seq) in self._got.get((n, i), ())]
+            origin_alive = self.up.get(origin) and self.inc.get(origin) == oinc
+            if (origin_alive or have) and len(have) < len(holders):
+                missing = sorted(set(holders) - set(have))
+                what = "validity" if origin_alive else "agreement"
+                out.append(
+                    f"{what}: #{seq} of {_fmt(origin)} life {oinc} (published t={t:.3f}) "
+                    f"never delivered at {', '.join(_fmt(n) for n, _ in missing)}"
+                    + ("" if origin_alive else f" though {_fmt(have[0][0])} delivered it")
+                )
+                if len(out) >= 5:
+                    break
+        return out
+
+
+class BoundedBuffers(_Base):
+    """Every resend buffer stays within ``bounds.max_buffer`` messages throughout, and
+    every buffer is empty at the end (the apps stop publishing at ``publish_until``)."""
+
+    name = "multicast-buffer"
+
+    def __init__(self, info: DataCentre, *, every: int = 16) -> None:
+        super().__init__(info)
+        self._every = every
+        self._n = 0
+
+    def _sizes(self, network: FuzzNetwork) -> Iterable[tuple[int, int, int]]:
+        for n in network.nodes:
+            node = node_of(network, n)
+            if node is None:
+                continue
+            for g in node.groups:
+                yield n, g, node.stack(g).multicast.buffer_size
+
+    def check(self, network: FuzzNetwork) -> list[str]:
+        self._n += 1
+        if self._n % self._every:
+            return []
+        bound = self.info.bounds.max_buffer
+        return [
+            f"{_fmt(n)} buffers {size} messages in group {g}, over {bound}"
+            for n, g, size in self._sizes(network)
+            if size > bound
+        ]
+
+    def check_final(self, network: FuzzNetwork) -> list[str]:
+        return [
+            f"{_fmt(n)} still buffers {size} messages in group {g} at the end"
+            for n, g, size in self._sizes(network)
+            if size
+        ]
+
+
+# --------------------------------------------------------------- membership
+
+
+class ViewIdsGrow(_Base):
+    """View ids only grow at each node (per life and group membership)."""
+
+    name = "membership-view-ids"
+
+    def __init__(self, info: DataCentre) -> None:
+        super().__init__(info)
+        self._last: dict[tuple[int, int, int], int] = {}
+        self._on = {ViewChanged: self._view}
+        self._left: dict[tuple[int, int], int] = {}
+
+    def observe(self, time: float, node: NodeId, output: object) -> None:
+        if type(output).__name__ == "Left":
+            group = getattr(output, "group", None)
+            if group is not None:  # a later join of that group starts afresh
+                self._last.pop((node, self.inc.get(node, 0), group), None)
+        super().observe(time, node, output)
+
+    def _view(self, t: float, node: int, ev: ViewChanged) -> None:
+        key = (node, self.inc.get(node, 0), ev.view.group)
+        last = self._last.get(key)
+        if last is not None and ev.view.view_id <= last:
+            self.problems.append(
+                f"{_fmt(node)} installed view {ev.view.view_id} of group {ev.view.group} "
+                f"after view {last}"
+            )
+        self._last[key] = ev.view.view_id
+
+
+class MembersRemoved(_Base):
+    """No live node is removed by a leader after the heal (beyond ``removal_grace_s``)."""
+
+    name = "membership-no-false-removal"
+
+    def __init__(self, info: DataCentre) -> None:
+        super().__init__(info)
+        self._views: dict[tuple[int, int], Any] = {}
+        self._on = {ViewChanged: self._view}
+
+    def _view(self, t: float, node: int, ev: ViewChanged) -> None:
+        view = ev.view
+        key = (node, view.group)
+        before = self._views.get(key)
+        self._views[key] = view
+        if (
+            before is None
+            or view.leader != node
+            or t < self.info.settle_at + self.info.bounds.removal_grace_s
+        ):
+            return
+        for m in before.members:
+            if (
+                self.up.get(m.node)
+                and self.inc.get(m.node) == m.incarnation
+                and view.incarnation_of(m.node) is None
+            ):
+                self.problems.append(
+                    f"leader {_fmt(node)} removed live {_fmt(m.node)} from group {view.group} "
+                    f"(view {view.view_id}) after the heal"
+                )
+
+
+class MembershipConverges(_Base):
+    """At the end: every crashed life is gone from every view and the members of each group
+    agree on one view listing exactly the live members (current incarnations)."""
+
+    name = "membership-converges"
+
+    def check_final(self, network: FuzzNetwork) -> list[str]:
+        out: list[str] = []
+        info = self.info
+        brokers: list[int] = []
+        for cluster in info.clusters:
+            nodes = [s.node for s in info.members(cluster)]
+            out.extend(self._agree(network, cluster, nodes))
+        for n in network.nodes:
+            node = node_of(network, n)
+            if node is not None and BROKER_GROUP in node.groups:
+                brokers.append(n)
+        if brokers:
+            out.extend(self._agree(network, BROKER_GROUP, brokers))
+        return out
+
+    def _agree(self, network: FuzzNetwork, group: int, nodes: Sequence[int]) -> list[str]:
+        want = {(n, network.incarnation(n)) for n in nodes if node_of(network, n) is not None}
+        views: dict[int, Any] = {}
+        out: list[str] = []
+        for n in sorted(n for n, _ in want):
+            node = node_of(network, n)
+            assert node is not None
+            view = node.stack(group).membership.view if group in node.groups else None
+            if view is None:
+                out.append(f"{_fmt(n)} has no view of group {group} at the end")
+                continue
+            views[n] = view
+            have = {(m.node, m.incarnation) for m in view.members}
+            if have != want:
+                extra = sorted(have - want)
+                lacking = sorted(want - have)
+                out.append(
+                    f"{_fmt(n)}'s view {view.view_id} of group {group}: "
+                    f"extra {[(_fmt(a), b) for a, b in extra]}, "
+                    f"missing {[(_fmt(a), b) for a, b in lacking]}"
+                )
+        ids = {(v.view_id, v.leader) for v in views.values()}
+        if len(ids) > 1:
+            out.append(f"group {group} ends with different views (id, leader): {sorted(ids)}")
+        return out
+
+
+# ---------------------------------------------------------------- election
+
+
+class LeaderPerEpoch(_Base):
+    """At most one leader per (group, epoch): no two nodes each win the same epoch.
+
+    With ``strict=True`` (the property as stated) any twin win is a
+    violation. The election documents that twins can happen (the two sides
+    of a partition, or candidates that do not know of each other yet) and
+    that they resolve within about one ``announce_interval``; with
+    ``strict=False`` a twin is a violation only if both twins still lead
+    that epoch ``resolve_s`` seconds after the second win.
+    """
+
+    name = "election-one-leader-per-epoch"
+
+    def __init__(self, info: DataCentre, *, strict: bool = True, resolve_s: float = 2.5) -> None:
+        super().__init__(info)
+        self.strict = strict
+        self.resolve_s = resolve_s
+        self._winner: dict[tuple[int, int], tuple[int, float]] = {}
+        self._twins: list[tuple[float, int, int, int, int]] = []  # due, group, epoch, a, b
+        self._on = {LeaderElected: self._elected}
+        self.twins = 0
+
+    def _elected(self, t: float, node: int, ev: LeaderElected) -> None:
+        if ev.leader != node:
+            return
+        key = (ev.group, ev.epoch)
+        first = self._winner.get(key)
+        if first is None:
+            self._winner[key] = (node, t)
+            return
+        if first[0] == node:
+            return
+        self.twins += 1
+        if self.strict:
+            self.problems.append(
+                f"{_fmt(first[0])} (t={first[1]:.3f}) and {_fmt(node)} (t={t:.3f}) "
+                f"both won epoch {ev.epoch} of group {ev.group}"
+            )
+        else:
+            self._twins.append((t + self.resolve_s, ev.group, ev.epoch, first[0], node))
+
+    def check(self, network: FuzzNetwork) -> list[str]:
+        if self._twins and self._twins[0][0] <= network.now:
+            due = [x for x in self._twins if x[0] <= network.now]
+            self._twins = [x for x in self._twins if x[0] > network.now]
+            for _, group, epoch, a, b in due:
+                if all(self._leads(network, n, group, epoch) for n in (a, b)):
+                    self.problems.append(
+                        f"{_fmt(a)} and {_fmt(b)} both still lead epoch {epoch} of group "
+                        f"{group} {self.resolve_s} s after the second won it"
+                    )
+        return super().check(network)
+
+    @staticmethod
+    def _leads(network: FuzzNetwork, n: int, group: int, epoch: int) -> bool:
+        node = node_of(network, n)
+        if node is None or group not in node.groups:
+            return False
+        election = node.stack(group).election
+        return election.state == "leader" and election.epoch == epoch
+
+
+class ElectionsConverge(_Base):
+    """At the end: every live node of a cluster follows its highest (rank, id) broker-capable
+    node, every broker follows the highest broker as lead broker (so a lead exists whenever
+    a broker does), and no election started in the last ``bounds.quiet_s`` seconds."""
+
+    name = "election-converges"
+
+    def __init__(self, info: DataCentre) -> None:
+        super().__init__(info)
+        self._last_start: tuple[float, int, int] | None = None
+        self._on = {ElectionStarted: self._started}
+
+    def _started(self, t: float, node: int, ev: ElectionStarted) -> None:
+        self._last_start = (t, node, ev.group)
+
+    def check_final(self, network: FuzzNetwork) -> list[str]:
+        out: list[str] = []
+        info = self.info
+        leaders: list[tuple[tuple[int, int], int]] = []
+        for cluster in info.clusters:
+            specs = info.members(cluster)
+            capable = [s for s in specs if s.broker_capable]
+            want = max(capable, key=lambda s: s.key).node if capable else 0
+            if want:
+                leaders.append((info.spec(want).key, want))
+            for s in specs:
+                node = node_of(network, s.node)
+                if node is None:
+                    out.append(f"{_fmt(s.node)} is down at the end")
+                    continue
+                got = node.stack(cluster).election.leader
+                if got != want:
+                    out.append(
+                        f"{_fmt(s.node)} follows {_fmt(got)} in cluster {cluster}, not {_fmt(want)}"
+                    )
+        if leaders:
+            lead = max(leaders)[1]
+            for _, b in sorted(leaders):
+                node = node_of(network, b)
+                if node is None or BROKER_GROUP not in node.groups:
+                    out.append(f"broker {_fmt(b)} is not in the broker group at the end")
+                    continue
+                got = node.stack(BROKER_GROUP).election.leader
+                if got != lead:
+                    out.append(f"broker {_fmt(b)} follows lead {_fmt(got)}, not {_fmt(lead)}")
+        if self._last_start is not None:
+            t, starter, group = self._last_start
+            if t > network.now - info.bounds.quiet_s:
+                out.append(
+                    f"{_fmt(starter)} started an election in group {group} at t={t:.3f}, "
+                    f"within {info.bounds.quiet_s} s of the end"
+                )
+        return out
+
+
+# ------------------------------------------------------------------ market
+
+
+class _Prices(_Base):
+    def __init__(self, info: DataCentre) -> None:
+        super().__init__(info)
+        self._on = {PriceUpdated: self._price}
+
+    def _price(self, t: float, node: int, ev: PriceUpdated) -> None:
+        raise NotImplementedError
+
+
+class SupplyRespected(_Prices):
+    """The allocations applied from one price (cluster, epoch, round) never sum above the
+    supply, and at the end the live clients' allocations sum to at most the supply."""
+
+    name = "market-supply"
+
+    def __init__(self, info: DataCentre) -> None:
+        super().__init__(info)
+        self._rounds: dict[tuple[int, int, int], dict[int, int]] = {}
+        self._latest: dict[int, int] = {}
+
+    def _price(self, t: float, node: int, ev: PriceUpdated) -> None:
+        self._latest[node] = ev.allocation
+        per = self._rounds.setdefault((ev.group, ev.epoch, ev.round), {})
+        per[node] = ev.allocation
+        total = sum(per.values())
+        if total > self.info.supply:
+            self.problems.append(
+                f"round {ev.round} of cluster {ev.group} epoch {ev.epoch} allocates "
+                f"{total} W > supply {self.info.supply} W"
+            )
+
+    def check_final(self, network: FuzzNetwork) -> list[str]:
+        total = 0
+        for n in network.nodes:
+            node = node_of(network, n)
+            if node is not None:
+                total += node.client.allocation or 0
+        if total > self.info.supply:
+            return [f"live clients hold {total} W > supply {self.info.supply} W at the end"]
+        return []
+
+
+class RequiredPowerMet(_Prices):
+    """While the supply covers every server's required power, a price that counted a
+    client's latest bid (cleared by the lead, not locally) gives it at least ``r``."""
+
+    name = "market-required"
+
+    def _price(self, t: float, node: int, ev: PriceUpdated) -> None:
+        if ev.local or not ev.includes_latest_bid or self.info.supply < self.info.required:
+            return
+        r = self.info.spec(node).bid.required
+        if ev.allocation < r:
+            self.problems.append(
+                f"{_fmt(node)} got {ev.allocation} W < required {r} W at price {ev.price} "
+                f"(supply {self.info.supply} W >= sum r {self.info.required} W)"
+            )
+
+
+class PriceBounds(_Prices):
+    """Every applied price lies within the grid's ``[price_min, price_max]``."""
+
+    name = "market-price-bounds"
+
+    def _price(self, t: float, node: int, ev: PriceUpdated) -> None:
+        grid = self.info.grid
+        if not grid.price_min <= ev.price <= grid.price_max:
+            self.problems.append(
+                f"{_fmt(node)} applied price {ev.price} outside "
+                f"[{grid.price_min}, {grid.price_max}]"
+            )
+
+
+class StaleEpochRefused(_Prices):
+    """A client never applies a price of an older cluster epoch than one it applied before."""
+
+    name = "market-stale-epoch"
+
+    def __init__(self, info: DataCentre) -> None:
+        super().__init__(info)
+        self._epoch: dict[tuple[int, int], int] = {}
+
+    def _price(self, t: float, node: int, ev: PriceUpdated) -> None:
+        key = (node, self.inc.get(node, 0))
+        last = self._epoch.get(key, 0)
+        if ev.epoch < last:
+            self.problems.append(
+                f"{_fmt(node)} applied a price of epoch {ev.epoch} after one of epoch {last}"
+            )
+        else:
+            self._epoch[key] = ev.epoch
+
+
+class PricesFresh(_Prices):
+    """At the end every live client applied a lead-cleared price within ``bounds.fresh_s``."""
+
+    name = "market-prices-fresh"
+
+    def __init__(self, info: DataCentre) -> None:
+        super().__init__(info)
+        self._last: dict[tuple[int, int], tuple[float, bool]] = {}
+
+    def _price(self, t: float, node: int, ev: PriceUpdated) -> None:
+        self._last[(node, self.inc.get(node, 0))] = (t, ev.local)
+
+    def check_final(self, network: FuzzNetwork) -> list[str]:
+        out = []
+        limit = network.now - self.info.bounds.fresh_s
+        for n in sorted(network.nodes):
+            inc = network.incarnation(n)
+            last = self._last.get((n, inc or 0))
+            if last is None or last[0] < limit or last[1]:
+                when = "never" if last is None else f"last at t={last[0]:.3f}"
+                local = " (local)" if last is not None and last[1] else ""
+                out.append(f"{_fmt(n)} has no fresh price: {when}{local}")
+        return out
+
+
+# -------------------------------------------------------------------- sets
+
+
+def all_invariants(info: DataCentre, *, strict_epochs: bool = False) -> list[Any]:
+    """A fresh set of every invariant for one run over ``info``.
+
+    ``strict_epochs`` makes :class:`LeaderPerEpoch` flag twins even across a
+    partition (which the election does not promise to prevent).
+    """
+    sessions = Sessions(info)
+    return [
+        sessions,
+        DeliveryIntegrity(info, sessions),
+        FifoPerSender(info, sessions),
+        AgreementValidity(info, sessions),
+        BoundedBuffers(info),
+        ViewIdsGrow(info),
+        MembersRemoved(info),
+        MembershipConverges(info),
+        LeaderPerEpoch(info, strict=strict_epochs),
+        ElectionsConverge(info),
+        SupplyRespected(info),
+        RequiredPowerMet(info),
+        PriceBounds(info),
+        StaleEpochRefused(info),
+        PricesFresh(info),
+    ]

@@ -1,0 +1,274 @@
+"""Unit tests of powergrid.invariants: hand-fed notifications, exact problems reported."""
+
+from __future__ import annotations
+
+from powergrid.election import ElectionStarted
+from powergrid.events import LeaderElected, Member, View, ViewChanged
+from powergrid.invariants import (
+    AgreementValidity,
+    DataCentre,
+    DeliveryIntegrity,
+    ElectionsConverge,
+    FifoPerSender,
+    LeaderPerEpoch,
+    MembersRemoved,
+    NodeSpec,
+    PriceBounds,
+    Published,
+    RequiredPowerMet,
+    Sessions,
+    StaleEpochRefused,
+    SupplyRespected,
+    ViewIdsGrow,
+    app_payload,
+    parse_payload,
+)
+from powergrid.market import Bid, Regime
+from powergrid.market.client import PriceUpdated
+from powergrid.node import MessageDelivered
+from powergrid.transports.fuzz import FuzzNetwork, NodeCrashed, NodeStarted
+from powergrid.types import Epoch, GroupId, Incarnation, NodeId
+
+A, B, C = NodeId(1), NodeId(2), NodeId(3)
+G = GroupId(1)
+BID = Bid(floor=10, required=50, maximum=100)
+INFO = DataCentre(
+    nodes=tuple(NodeSpec(node=n, cluster=1, broker_capable=n != A, bid=BID) for n in (A, B, C)),
+    supply=200,
+    settle_at=5.0,
+)
+NET = FuzzNetwork(seed=0)
+
+
+def start(invs: list, *nodes: int) -> None:
+    for inv in invs:
+        for n in nodes:
+            inv.observe(0.0, NodeId(n), NodeStarted(node=NodeId(n), incarnation=Incarnation(1)))
+
+
+def view(view_id: int, leader: int, *members: int, inc: int = 1) -> ViewChanged:
+    ms = tuple(Member(node=NodeId(m), incarnation=Incarnation(inc)) for m in sorted(members))
+    return ViewChanged(
+        view=View(group=G, view_id=view_id, leader=NodeId(leader), epoch=Epoch(1), members=ms)
+    )
+
+
+def published(origin: int, seq: int, n: int | None = None) -> Published:
+    payload = app_payload(origin, 1, seq if n is None else n)
+    return Published(
+        group=G, origin=NodeId(origin), incarnation=Incarnation(1), seq=seq, payload=payload
+    )
+
+
+def delivered(origin: int, seq: int, n: int | None = None) -> MessageDelivered:
+    payload = app_payload(origin, 1, seq if n is None else n)
+    return MessageDelivered(group=G, sender=NodeId(origin), seq=seq, payload=payload)
+
+
+def everyone_joined(invs: list, t: float = 0.0) -> None:
+    for inv in invs:
+        for n in (A, B, C):
+            inv.observe(t, n, view(1, B, A, B, C))
+
+
+def test_payload_round_trip() -> None:
+    """App payloads name their origin, incarnation and number; others are refused."""
+    assert parse_payload(app_payload(7, 2, 9)) == (7, 2, 9)
+    assert parse_payload(b"short") is None
+
+
+def test_integrity_refuses_a_delivery_never_published() -> None:
+    """Integrity: only published messages are delivered."""
+    s = Sessions(INFO)
+    inv = DeliveryIntegrity(INFO, s)
+    start([s, inv], A, B, C)
+    inv.observe(1.0, A, published(A, 1))
+    inv.observe(1.0, B, delivered(A, 1))
+    assert inv.check(NET) == []
+    inv.observe(1.1, B, delivered(A, 2))
+    assert inv.check(NET) == ["0.0.0.0:2 delivered #2 of 0.0.0.0:1 life 1 that was never published"]
+
+
+def test_integrity_refuses_a_second_delivery() -> None:
+    """Integrity: at most once per (origin, incarnation, seq) per receiver life."""
+    s = Sessions(INFO)
+    inv = DeliveryIntegrity(INFO, s)
+    start([s, inv], A, B)
+    inv.observe(1.0, A, published(A, 1))
+    inv.observe(1.0, B, delivered(A, 1))
+    inv.observe(1.2, B, delivered(A, 1))
+    problems = inv.check(NET)
+    assert len(problems) == 1 and problems[0].endswith("life 1 twice")
+    # a new life of the receiver may deliver it again
+    inv.observe(2.0, B, NodeCrashed(node=B, incarnation=Incarnation(1)))
+    inv.observe(2.1, B, NodeStarted(node=B, incarnation=Incarnation(2)))
+    inv.observe(2.2, B, delivered(A, 1))
+    assert inv.check(NET) == []
+
+
+def test_fifo_gap_while_both_stay_in_the_view() -> None:
+    """FIFO: +1 steps while receiver and origin stay in the view; order always."""
+    s = Sessions(INFO)
+    inv = FifoPerSender(INFO, s)
+    start([s, inv], A, B, C)
+    everyone_joined([s, inv])
+    inv.observe(2.0, B, delivered(A, 1))
+    inv.observe(2.1, B, delivered(A, 3))
+    problems = inv.check(NET)
+    assert len(problems) == 1 and "right after #1" in problems[0]
+    inv.observe(2.2, B, delivered(A, 2))
+    problems = inv.check(NET)
+    assert len(problems) == 1 and "after #3" in problems[0]
+
+
+def test_fifo_gap_allowed_after_an_exclusion() -> None:
+    """FIFO: a receiver excluded from the view (and readmitted) may skip."""
+    s = Sessions(INFO)
+    inv = FifoPerSender(INFO, s)
+    start([s, inv], A, B, C)
+    everyone_joined([s, inv])
+    inv.observe(2.0, C, delivered(A, 1))
+    for x in (s, inv):
+        x.observe(2.5, B, view(2, B, A, B))  # the leader drops C
+        x.observe(3.0, B, view(3, B, A, B, C))
+        x.observe(3.0, C, view(3, B, A, B, C))
+    inv.observe(3.1, C, delivered(A, 5))
+    assert inv.check(NET) == []
+
+
+def test_validity_at_the_end() -> None:
+    """Validity: a live origin's message reaches every live member in session."""
+    s = Sessions(INFO)
+    inv = AgreementValidity(INFO, s)
+    start([s, inv], A, B, C)
+    everyone_joined([s, inv])
+    inv.observe(2.0, A, published(A, 1))
+    inv.observe(2.0, B, delivered(A, 1))
+    problems = inv.check_final(NET)
+    assert len(problems) == 1 and problems[0].startswith("validity: #1 of 0.0.0.0:1")
+    assert "0.0.0.0:3" in problems[0]
+    inv.observe(2.1, C, delivered(A, 1))
+    assert inv.check_final(NET) == []
+
+
+def test_agreement_for_a_crashed_origin() -> None:
+    """Agreement: for a crashed origin, all members in session deliver it or none."""
+    s = Sessions(INFO)
+    inv = AgreementValidity(INFO, s)
+    start([s, inv], A, B, C)
+    everyone_joined([s, inv])
+    inv.observe(2.0, A, published(A, 1))
+    inv.observe(2.1, A, NodeCrashed(node=A, incarnation=Incarnation(1)))
+    s.observe(2.1, A, NodeCrashed(node=A, incarnation=Incarnation(1)))
+    assert inv.check_final(NET) == []  # nobody got it: allowed
+    inv.observe(2.0, B, delivered(A, 1))
+    problems = inv.check_final(NET)
+    assert len(problems) == 1 and problems[0].startswith("agreement: #1")
+
+
+def test_view_ids_only_grow() -> None:
+    """Membership: view ids only grow at each node."""
+    inv = ViewIdsGrow(INFO)
+    start([inv], A)
+    inv.observe(1.0, A, view(2, B, A, B))
+    inv.observe(1.1, A, view(2, B, A, B))
+    assert inv.check(NET) == ["0.0.0.0:1 installed view 2 of group 1 after view 2"]
+
+
+def test_no_live_node_removed_after_the_heal() -> None:
+    """Membership: a leader removing a live member after settle + grace is a violation."""
+    inv = MembersRemoved(INFO)
+    start([inv], A, B, C)
+    inv.observe(6.0, B, view(5, B, A, B, C))
+    inv.observe(7.0, B, view(6, B, B, C))
+    problems = inv.check(NET)
+    assert len(problems) == 1 and "removed live 0.0.0.0:1" in problems[0]
+    inv.observe(7.0, C, view(6, B, B, C))
+    inv.observe(7.5, C, view(7, C, C))  # C leads alone and drops live B
+    assert inv.check(NET) == [
+        "leader 0.0.0.0:3 removed live 0.0.0.0:2 from group 1 (view 7) after the heal"
+    ]
+
+
+def test_two_winners_of_one_epoch() -> None:
+    """Election safety (strict): at most one leader per (group, epoch)."""
+    inv = LeaderPerEpoch(INFO, strict=True)
+    start([inv], B, C)
+    inv.observe(1.0, B, LeaderElected(group=G, leader=B, epoch=Epoch(1)))
+    inv.observe(1.0, C, LeaderElected(group=G, leader=B, epoch=Epoch(1)))  # a follower
+    assert inv.check(NET) == []
+    inv.observe(1.1, C, LeaderElected(group=G, leader=C, epoch=Epoch(1)))
+    assert inv.check(NET) == [
+        "0.0.0.0:2 (t=1.000) and 0.0.0.0:3 (t=1.100) both won epoch 1 of group 1"
+    ]
+    assert inv.twins == 1
+
+
+def test_tolerant_twins_must_resolve() -> None:
+    """Election safety (tolerant): twins are flagged only if both still lead later."""
+    inv = LeaderPerEpoch(INFO, strict=False, resolve_s=0.0)
+    start([inv], B, C)
+    inv.observe(0.0, B, LeaderElected(group=G, leader=B, epoch=Epoch(1)))
+    inv.observe(0.0, C, LeaderElected(group=G, leader=C, epoch=Epoch(1)))
+    assert inv.check(NET) == []  # neither runs in NET: both resolved
+    assert inv.twins == 1
+
+
+def test_elections_must_stop() -> None:
+    """Election liveness: no election starts in the last quiet_s seconds."""
+    inv = ElectionsConverge(INFO)
+    inv.observe(NET.now, C, ElectionStarted(group=G, epoch=Epoch(3)))
+    problems = inv.check_final(NET)
+    assert any("started an election" in p for p in problems)
+
+
+def price(
+    alloc: int,
+    *,
+    epoch: int = 1,
+    rnd: int = 1,
+    p: float = 0.5,
+    local: bool = False,
+    included: bool = True,
+) -> PriceUpdated:
+    return PriceUpdated(
+        group=G,
+        epoch=Epoch(epoch),
+        round=rnd,
+        price=p,
+        regime=Regime.NORMAL,
+        allocation=alloc,
+        includes_latest_bid=included,
+        local=local,
+    )
+
+
+def test_one_round_within_supply() -> None:
+    """Market: the allocations of one round never exceed the supply."""
+    inv = SupplyRespected(INFO)
+    inv.observe(1.0, A, price(100))
+    inv.observe(1.0, B, price(100))
+    assert inv.check(NET) == []
+    inv.observe(1.0, C, price(1))
+    assert inv.check(NET) == ["round 1 of cluster 1 epoch 1 allocates 201 W > supply 200 W"]
+
+
+def test_required_power_while_supply_allows() -> None:
+    """Market: S >= sum r and the bid counted: every client gets at least r."""
+    inv = RequiredPowerMet(INFO)
+    inv.observe(1.0, A, price(49, included=False))
+    inv.observe(1.0, A, price(49, local=True))
+    assert inv.check(NET) == []
+    inv.observe(1.0, A, price(49))
+    assert len(inv.check(NET)) == 1
+
+
+def test_price_bounds_and_stale_epochs() -> None:
+    """Market: prices within the grid; a client never goes back to an older epoch."""
+    bounds, stale = PriceBounds(INFO), StaleEpochRefused(INFO)
+    for inv in (bounds, stale):
+        start([inv], A)
+        inv.observe(1.0, A, price(60, epoch=2, p=1.5))
+        inv.observe(2.0, A, price(60, epoch=1))
+    assert bounds.check(NET) == ["0.0.0.0:1 applied price 1.5 outside [0.0, 1.0]"]
+    assert stale.check(NET) == ["0.0.0.0:1 applied a price of epoch 1 after one of epoch 2"]
