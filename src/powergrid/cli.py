@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("powergrid.simulate", "simulate the default data centre (what `make demo` runs)"),
     "simulate": ("powergrid.simulate", "simulate a data centre from options or a TOML scenario"),
     "fuzz": ("powergrid.fuzzing", "run seeded fault-injection runs and check the invariants"),
-    "node": ("powergrid.transports.trio_udp", "run one real node over UDP multicast"),
+    "node": ("powergrid.node_cli", "run one real node over UDP multicast"),
 }
 
 

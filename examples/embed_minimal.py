@@ -1,0 +1,51 @@
+"""Embed one powergrid node in a trio app: print its events, multicast, leave.
+
+Run: ``python examples/embed_minimal.py [port]`` (loopback only). Start it
+twice with different ports to see two nodes form a cluster and exchange a
+message; alone, the node elects itself broker and lead broker.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+
+import trio
+
+from powergrid.market import Bid
+from powergrid.node import NodeConfig
+from powergrid.node_cli import describe
+from powergrid.transports.trio_udp import UdpConfig, run_node
+
+
+async def main(port: int) -> None:
+    config = NodeConfig(
+        host="127.0.0.1",
+        port=port,
+        cluster=1,
+        broker_capable=True,
+        supply=1000,
+        bid=Bid(floor=50, required=100, maximum=300),
+    )
+    udp = UdpConfig(interface="127.0.0.1", ttl=0)  # never leaves this host
+    start = trio.current_time()
+    async with run_node(config, udp=udp, rng=random.Random(port)) as node:
+
+        async def show() -> None:
+            async for note in node.events():
+                desc = describe(note)  # None for notifications not worth a line
+                if desc is not None:
+                    print(f"{trio.current_time() - start:7.3f} {desc[0]:8} {desc[1]}", flush=True)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(show)
+            await trio.sleep(3)  # time to elect a broker
+            await node.multicast(f"hello from port {port}".encode())
+            await trio.sleep(4)  # the lead broker's first prices
+            nursery.cancel_scope.cancel()
+    # leaving the block left the groups gracefully and closed the sockets
+    print("left", flush=True)
+
+
+if __name__ == "__main__":
+    trio.run(main, int(sys.argv[1]) if len(sys.argv) > 1 else 47001)

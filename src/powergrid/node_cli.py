@@ -1,0 +1,314 @@
+"""``powergrid node``: run one real node over UDP multicast and report what it sees.
+
+The command builds a :class:`~powergrid.node.NodeConfig` and a
+:class:`~powergrid.transports.trio_udp.UdpConfig` from its options, runs the
+node with :func:`~powergrid.transports.trio_udp.run_node`, and prints one line
+per notification: a readable line, or with ``--json`` one JSON object per line
+(flushed at once). With ``--json`` it also reads commands from stdin, one JSON
+object per line (``multicast``, ``bid``, ``supply``, ``leave``); a bad line
+prints an ``error`` event and the node carries on. ``--duration``, a ``leave``
+command, SIGINT or SIGTERM end the run: the node leaves its groups gracefully,
+prints ``left`` and exits 0. Invalid options exit 2 with a message that says
+what to fix. See ``docs/cli.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import random
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import trio
+
+from powergrid.errors import ConfigError, PowergridError
+from powergrid.events import LeaderElected, ViewChanged
+from powergrid.market import Bid, PriceUpdated
+from powergrid.membership import MemberRemoved, MemberSuspected
+from powergrid.node import MessageDelivered, NodeConfig
+from powergrid.transports import trio_udp
+from powergrid.transports.trio_udp import UdpConfig, UdpHandle, default_incarnation
+from powergrid.types import format_node
+
+__all__ = ["add_arguments", "build_configs", "describe", "run"]
+
+Fields = dict[str, Any]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``powergrid node``."""
+    a = parser.add_argument
+    a("--host", default="127.0.0.1", help="IPv4 address of the node's socket (default 127.0.0.1)")
+    a("--port", type=int, required=True, help="UDP port of the node's socket; with --host its id")
+    a("--group", type=int, default=1, help="cluster id, 1 or more (default 1)")
+    a("--interface", default=None, help="IPv4 address multicast uses (default: --host)")
+    a("--ttl", type=int, default=1, help="multicast hops: 0 this host, 1 the LAN (default 1)")
+    a("--group-port-base", type=int, default=20000, help="UDP port of group 0 (default 20000)")
+    a("--broker-capable", action="store_true", help="the node may be elected broker")
+    a("--rank", type=int, default=0, help="election rank, 0..65535; higher wins (default 0)")
+    a("--supply", type=int, default=0, help="usable supply in watts while lead broker")
+    a("--floor", type=int, default=None, help="bid: watts the server must keep (default 0)")
+    a("--required", type=int, default=None, help="bid: watts to run as promised (default floor)")
+    a("--maximum", type=int, default=None, help="bid: watts it can use; giving it bids at start")
+    a("--priority", type=int, default=0, help="bid: priority class 0..15 (default 0)")
+    a("--duration", type=float, default=None, help="seconds to run, then leave and exit 0")
+    a("--seed", type=int, default=None, help="seed of the node's random jitter")
+    a("--json", action="store_true", help="JSON lines on stdout; JSON commands on stdin")
+
+
+def _bid(args: argparse.Namespace) -> Bid | None:
+    given = [args.floor, args.required, args.maximum]
+    if all(v is None for v in given):
+        return None
+    if args.maximum is None:
+        raise ConfigError("a bid needs --maximum (and optionally --floor, --required)")
+    floor = 0 if args.floor is None else args.floor
+    required = floor if args.required is None else args.required
+    return Bid(floor=floor, required=required, maximum=args.maximum, priority=args.priority)
+
+
+def build_configs(args: argparse.Namespace) -> tuple[NodeConfig, UdpConfig]:
+    """The node and socket settings from parsed options; raises :class:`ConfigError`."""
+    if args.duration is not None and not (args.duration > 0 and math.isfinite(args.duration)):
+        raise ConfigError(f"--duration {args.duration} must be a positive number of seconds")
+    if args.supply < 0:
+        raise ConfigError(f"--supply {args.supply} must be >= 0 watts")
+    node = NodeConfig(
+        host=args.host,
+        port=args.port,
+        cluster=args.group,
+        rank=args.rank,
+        broker_capable=args.broker_capable,
+        supply=args.supply,
+        bid=_bid(args),
+    )
+    udp = UdpConfig(
+        interface=args.host if args.interface is None else args.interface,
+        ttl=args.ttl,
+        group_port_base=args.group_port_base,
+    )
+    return node, udp
+
+
+# ------------------------------------------------------------------ events
+
+
+def _view(ev: ViewChanged) -> tuple[str, Fields]:
+    v = ev.view
+    return "view", {
+        "group": v.group,
+        "view_id": v.view_id,
+        "leader": format_node(v.leader),
+        "epoch": v.epoch,
+        "members": [format_node(m.node) for m in v.members],
+    }
+
+
+def _leader(ev: LeaderElected) -> tuple[str, Fields]:
+    return "leader", {"group": ev.group, "leader": format_node(ev.leader), "epoch": ev.epoch}
+
+
+def _price(ev: PriceUpdated) -> tuple[str, Fields]:
+    return "price", {
+        "group": ev.group,
+        "epoch": ev.epoch,
+        "round": ev.round,
+        "price": ev.price,
+        "regime": ev.regime.name.lower(),
+        "allocation": ev.allocation,
+        "deficit": ev.deficit,
+        "local": ev.local,
+    }
+
+
+def _deliver(ev: MessageDelivered) -> tuple[str, Fields]:
+    return "deliver", {
+        "group": ev.group,
+        "sender": format_node(ev.sender),
+        "seq": ev.seq,
+        "data": ev.payload.decode("utf-8", errors="replace"),
+    }
+
+
+def _suspect(ev: MemberSuspected) -> tuple[str, Fields]:
+    return "suspect", {"group": ev.group, "member": format_node(ev.node)}
+
+
+def _removed(ev: MemberRemoved) -> tuple[str, Fields]:
+    return "removed", {"group": ev.group, "member": format_node(ev.node), "reason": ev.reason}
+
+
+_DESCRIBE: dict[type[Any], Callable[[Any], tuple[str, Fields]]] = {
+    ViewChanged: _view,
+    LeaderElected: _leader,
+    PriceUpdated: _price,
+    MessageDelivered: _deliver,
+    MemberSuspected: _suspect,
+    MemberRemoved: _removed,
+}
+
+
+def describe(note: object) -> tuple[str, Fields] | None:
+    """``(event name, fields)`` of a node notification, or None for one not reported."""
+    fn = _DESCRIBE.get(type(note))
+    return None if fn is None else fn(note)
+
+
+class _Printer:
+    def __init__(self, node: str, as_json: bool, start: float) -> None:
+        self.node = node
+        self.as_json = as_json
+        self.start = start
+
+    def emit(self, event: str, fields: Fields) -> None:
+        t = round(trio.current_time() - self.start, 6)
+        if self.as_json:
+            line = json.dumps({"t": t, "node": self.node, "event": event, **fields})
+        else:
+            parts = " ".join(f"{k}={_plain(v)}" for k, v in fields.items())
+            line = f"{t:9.3f} {self.node} {event:<8} {parts}".rstrip()
+        try:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+        except BrokenPipeError:  # the reader went away; keep running quietly
+            pass
+
+
+def _plain(v: Any) -> str:
+    if isinstance(v, list):
+        return ",".join(str(x) for x in v)
+    if isinstance(v, str) and (" " in v or not v):
+        return json.dumps(v)
+    return str(v)
+
+
+# ---------------------------------------------------------------- commands
+
+
+def _int(obj: Fields, key: str, default: int | None = None) -> int:
+    v = obj.get(key, default)
+    if type(v) is not int:
+        raise ConfigError(f"{key!r} must be an integer number of watts, got {v!r}")
+    return v
+
+
+async def _command(handle: UdpHandle, obj: Any, stop: trio.CancelScope) -> None:
+    """Carry out one stdin command; raises PowergridError/ValueError for a bad one."""
+    if not isinstance(obj, dict):
+        raise ConfigError('a command is a JSON object like {"cmd": "leave"}')
+    cmd = obj.get("cmd")
+    if cmd == "multicast":
+        data = obj.get("data")
+        if not isinstance(data, str):
+            raise ConfigError('multicast needs "data": a string')
+        await handle.multicast(data.encode())
+    elif cmd == "bid":
+        floor = _int(obj, "floor", 0)
+        required = _int(obj, "required", floor)
+        bid = Bid(
+            floor=floor,
+            required=required,
+            maximum=_int(obj, "maximum"),
+            priority=_int(obj, "priority", 0),
+        )
+        await handle.command(lambda ep, now: ep.set_bid(bid, now))
+    elif cmd == "supply":
+        watts = _int(obj, "watts")
+        if watts < 0:
+            raise ConfigError(f"supply watts {watts} must be >= 0")
+        await handle.command(lambda ep, now: ep.set_supply(watts, now))
+    elif cmd == "leave":
+        stop.cancel()
+    else:
+        raise ConfigError(f"unknown cmd {cmd!r}: use one of multicast, bid, supply, leave")
+
+
+async def _read_commands(handle: UdpHandle, out: _Printer, stop: trio.CancelScope) -> None:
+    stream = trio.lowlevel.FdStream(os.dup(0))
+    buf = b""
+    async with stream:
+        while True:
+            chunk = await stream.receive_some(65536)
+            if not chunk:
+                return  # end of input: keep running
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            for raw in lines:
+                text = raw.decode("utf-8", errors="replace").strip()
+                if not text:
+                    continue
+                try:
+                    await _command(handle, json.loads(text), stop)
+                except (ValueError, PowergridError) as exc:
+                    out.emit("error", {"message": str(exc), "line": text[:200]})
+
+
+async def _watch(handle: UdpHandle, out: _Printer) -> None:
+    async for note in handle.events():
+        desc = describe(note)
+        if desc is not None:
+            out.emit(*desc)
+
+
+async def _signals(signals: AsyncIterator[int], stop: trio.CancelScope) -> None:
+    async for _ in signals:
+        stop.cancel()
+        return
+
+
+async def _main(args: argparse.Namespace, node: NodeConfig, udp: UdpConfig) -> None:
+    out = _Printer(format_node(node.node_id), args.json, trio.current_time())
+    incarnation = default_incarnation()
+    rng = random.Random(args.seed)
+    # the handlers are in place before "started" is printed
+    with (
+        trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals,
+        trio.CancelScope() as stop,
+    ):
+        if args.duration is not None:
+            stop.deadline = trio.current_time() + args.duration
+        async with trio_udp.run_node(node, udp=udp, incarnation=incarnation, rng=rng) as handle:
+            out.emit(
+                "started",
+                {
+                    "group": node.cluster,
+                    "incarnation": incarnation,
+                    "broker_capable": node.broker_capable,
+                    "rank": node.rank,
+                },
+            )
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_watch, handle, out)
+                nursery.start_soon(_signals, signals, stop)
+                if args.json:
+                    nursery.start_soon(_read_commands, handle, out, stop)
+    out.emit("left", {})
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the node until ``--duration``, a leave command, SIGINT or SIGTERM; the exit status."""
+    try:
+        node, udp = build_configs(args)
+    except ConfigError as exc:
+        print(f"powergrid node: {exc}", file=sys.stderr)
+        return 2
+    try:
+        blocking = os.get_blocking(0)
+    except OSError:  # no stdin
+        blocking = True
+    try:
+        trio.run(_main, args, node, udp)
+    except ConfigError as exc:  # e.g. the port is taken
+        print(f"powergrid node: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if args.json:
+            with contextlib.suppress(OSError):
+                os.set_blocking(0, blocking)  # FdStream made stdin non-blocking
+    return 0

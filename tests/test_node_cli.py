@@ -1,0 +1,385 @@
+"""Tests of ``powergrid node`` (powergrid.node_cli): options, event lines, and real
+processes on loopback.
+
+The multi-process tests start ``python -m powergrid node --json`` processes on
+127.0.0.1 with TTL 0, fresh ports (bound to port 0 first) and a fresh group
+port base, read their JSON lines with a hard time limit, and always kill every
+process in a ``finally``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from powergrid import cli
+from powergrid.events import LeaderElected, Member, View, ViewChanged
+from powergrid.market import PriceUpdated, Regime
+from powergrid.membership import MemberRemoved, MemberSuspected
+from powergrid.node import MessageDelivered, UnicastDelivered
+from powergrid.node_cli import build_configs, describe
+from powergrid.types import Epoch, GroupId, Incarnation, node_id
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((HOST, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+# ------------------------------------------------------------------ options
+
+
+def parse(*argv: str) -> Any:
+    return cli.build_parser("node").parse_args(["node", *argv])
+
+
+def test_options_build_the_node_and_socket_configs() -> None:
+    """Rule: each option lands in NodeConfig/UdpConfig; a bid is built from
+    --floor/--required/--maximum/--priority, required defaulting to floor."""
+    args = parse(
+        "--port", "9100", "--group", "3", "--broker-capable", "--rank", "7",
+        "--supply", "5000", "--floor", "10", "--maximum", "300", "--priority", "2",
+        "--ttl", "0", "--group-port-base", "30000", "--duration", "1.5",
+    )  # fmt: skip
+    node, udp = build_configs(args)
+    assert (node.host, node.port, node.cluster, node.rank) == (HOST, 9100, 3, 7)
+    assert node.broker_capable and node.supply == 5000
+    assert node.bid is not None
+    assert (node.bid.floor, node.bid.required, node.bid.maximum, node.bid.priority) == (
+        10,
+        10,
+        300,
+        2,
+    )
+    assert (udp.interface, udp.ttl, udp.group_port_base) == (HOST, 0, 30000)
+    assert args.duration == 1.5 and not args.json
+
+
+def test_defaults_have_no_bid_and_use_the_host_as_interface() -> None:
+    """Rule: without bid options the node does not bid; --interface defaults to --host."""
+    node, udp = build_configs(parse("--port", "9100", "--host", "127.0.0.2"))
+    assert node.bid is None and node.cluster == 1 and not node.broker_capable
+    assert udp.interface == "127.0.0.2" and udp.ttl == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["--port", "0"], "port 0"),
+        (["--port", "9100", "--host", "localhost"], "not an IPv4"),
+        (["--port", "9100", "--group", "0"], "cluster 0"),
+        (["--port", "9100", "--rank", "70000"], "rank 70000"),
+        (["--port", "9100", "--ttl", "300"], "ttl 300"),
+        (["--port", "9100", "--interface", "eth0"], "interface"),
+        (["--port", "9100", "--duration", "0"], "--duration"),
+        (["--port", "9100", "--supply", "-1"], "--supply"),
+        (["--port", "9100", "--required", "5"], "--maximum"),
+        (["--port", "9100", "--floor", "10", "--maximum", "5"], "invalid bid"),
+        (["--port", "9100", "--maximum", "5", "--priority", "16"], "invalid bid"),
+        (["--port", "9100", "--group-port-base", "65535"], "group ports"),
+    ],
+)
+def test_bad_options_exit_2_with_what_to_fix(
+    argv: list[str], words: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rule: an invalid value fails at once (exit 2) with a message naming it."""
+    assert cli.main(["node", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("powergrid node: ") and words in err
+
+
+@pytest.mark.parametrize("argv", [[], ["--port", "x"], ["--port", "9100", "--bogus"]])
+def test_unparsable_options_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """Rule: a missing --port, a non-number or an unknown option is an argparse error (exit 2)."""
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["node", *argv])
+    assert exc.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_busy_port_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """Rule: a port already taken is reported (exit 2), not a traceback."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((HOST, 0))
+        port = s.getsockname()[1]
+        assert cli.main(["node", "--port", str(port), "--duration", "1"]) == 2
+    assert "cannot open the unicast socket" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ event lines
+
+A = node_id(HOST, 9001)
+B = node_id(HOST, 9002)
+
+
+def test_describe_gives_each_event_its_fields() -> None:
+    """Rule: every reported notification maps to its event name and exact fields."""
+    view = View(
+        group=GroupId(1),
+        view_id=4,
+        leader=B,
+        epoch=Epoch(2),
+        members=(
+            Member(node=A, incarnation=Incarnation(1)),
+            Member(node=B, incarnation=Incarnation(1)),
+        ),
+    )
+    assert describe(ViewChanged(view=view)) == (
+        "view",
+        {
+            "group": 1,
+            "view_id": 4,
+            "leader": "127.0.0.1:9002",
+            "epoch": 2,
+            "members": ["127.0.0.1:9001", "127.0.0.1:9002"],
+        },
+    )
+    assert describe(LeaderElected(group=GroupId(0), leader=B, epoch=Epoch(3))) == (
+        "leader",
+        {"group": 0, "leader": "127.0.0.1:9002", "epoch": 3},
+    )
+    price = PriceUpdated(
+        group=GroupId(1),
+        epoch=Epoch(3),
+        round=5,
+        price=0.25,
+        regime=Regime.SHORTAGE,
+        allocation=120,
+        includes_latest_bid=True,
+        deficit=7,
+    )
+    assert describe(price) == (
+        "price",
+        {
+            "group": 1,
+            "epoch": 3,
+            "round": 5,
+            "price": 0.25,
+            "regime": "shortage",
+            "allocation": 120,
+            "deficit": 7,
+            "local": False,
+        },
+    )
+    got = MessageDelivered(group=GroupId(1), sender=A, seq=2, payload=b"hi \xff")
+    assert describe(got) == (
+        "deliver",
+        {"group": 1, "sender": "127.0.0.1:9001", "seq": 2, "data": "hi \ufffd"},
+    )
+    assert describe(MemberSuspected(group=GroupId(1), node=A)) == (
+        "suspect",
+        {"group": 1, "member": "127.0.0.1:9001"},
+    )
+    assert describe(MemberRemoved(group=GroupId(1), node=A, reason="crashed")) == (
+        "removed",
+        {"group": 1, "member": "127.0.0.1:9001", "reason": "crashed"},
+    )
+    assert describe(UnicastDelivered(group=GroupId(1), sender=A, payload=b"x")) is None
+
+
+# ------------------------------------------------------------------ processes
+
+
+class Procs:
+    """Node processes and the JSON lines each printed so far."""
+
+    def __init__(self) -> None:
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.lines: dict[str, list[dict[str, Any]]] = {}
+        self._buf: dict[str, bytes] = {}
+        self._sel = selectors.DefaultSelector()
+
+    def start(self, port: int, *opts: str) -> str:
+        name = f"{HOST}:{port}"
+        argv = [sys.executable, "-m", "powergrid", "node", "--json", "--port", str(port), *opts]
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert proc.stdout is not None
+        os.set_blocking(proc.stdout.fileno(), False)
+        self._sel.register(proc.stdout, selectors.EVENT_READ, name)
+        self.procs[name] = proc
+        self.lines[name] = []
+        self._buf[name] = b""
+        return name
+
+    def send(self, name: str, obj: object) -> None:
+        stdin = self.procs[name].stdin
+        assert stdin is not None
+        stdin.write(json.dumps(obj).encode() + b"\n")
+        stdin.flush()
+
+    def kill(self, name: str) -> None:
+        proc = self.procs[name]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert proc.stdout is not None
+        self._sel.unregister(proc.stdout)
+
+    def pump(self, timeout: float) -> None:
+        for key, _ in self._sel.select(timeout):
+            name = key.data
+            chunk = key.fileobj.read()  # type: ignore[union-attr]
+            if not chunk:
+                continue
+            *done, self._buf[name] = (self._buf[name] + chunk).split(b"\n")
+            self.lines[name].extend(json.loads(line) for line in done if line)
+
+    def until(self, cond: Callable[[], bool], timeout: float, what: str) -> None:
+        end = time.monotonic() + timeout
+        while not cond():
+            left = end - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"timed out waiting for {what}: {self.lines}")
+            self.pump(min(left, 0.1))
+
+    def events(self, name: str, event: str, **match: object) -> list[dict[str, Any]]:
+        return [
+            e
+            for e in self.lines[name]
+            if e["event"] == event and all(e.get(k) == v for k, v in match.items())
+        ]
+
+    def close(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            for f in (proc.stdin, proc.stdout):
+                if f is not None:
+                    f.close()
+        self._sel.close()
+
+
+@pytest.fixture
+def procs() -> Iterator[Procs]:
+    p = Procs()
+    try:
+        yield p
+    finally:
+        p.close()
+
+
+def last_leader(p: Procs, name: str, group: int) -> str | None:
+    got = p.events(name, "leader", group=group)
+    return got[-1]["leader"] if got else None
+
+
+def test_three_processes_elect_multicast_and_fail_over(procs: Procs) -> None:
+    """Rules: processes of one cluster agree on the highest broker-capable leader;
+    multicasts from stdin are delivered to every node in order; a bad command
+    prints an error and the node carries on; after the leader is killed the
+    highest survivor leads the cluster and the broker group, and every
+    survivor prints a price of the new epoch."""
+    base = free_port()
+    ports = [free_port() for _ in range(3)]
+    common = ["--group", "1", "--ttl", "0", "--group-port-base", str(base)]
+    a = procs.start(ports[0], *common, "--maximum", "300", "--required", "100", "--seed", "1")
+    b = procs.start(
+        ports[1], *common, "--broker-capable", "--rank", "1", "--supply", "500",
+        "--maximum", "300", "--seed", "2",
+    )  # fmt: skip
+    c = procs.start(
+        ports[2], *common, "--broker-capable", "--rank", "2", "--supply", "1000",
+        "--maximum", "300", "--seed", "3",
+    )  # fmt: skip
+    names = [a, b, c]
+    procs.until(
+        lambda: (
+            all(procs.events(n, "started") for n in names)
+            and all(last_leader(procs, n, 1) == c for n in names)
+        ),
+        15,
+        "the cluster to elect the rank-2 node",
+    )
+    procs.send(a, {"cmd": "nonsense"})
+    procs.send(a, "not an object")
+    procs.send(a, {"cmd": "multicast"})
+    for k in range(3):
+        procs.send(a, {"cmd": "multicast", "data": f"m{k} é"})
+    procs.until(
+        lambda: (
+            all(len(procs.events(n, "deliver")) >= 3 for n in (b, c))
+            and len(procs.events(a, "error")) == 3
+        ),
+        10,
+        "three deliveries",
+    )
+    for n in names:  # the sender delivers its own multicasts too
+        got = [(e["sender"], e["seq"], e["data"]) for e in procs.events(n, "deliver")]
+        assert got == [(a, k + 1, f"m{k} é") for k in range(3)]
+    assert [e["message"].split(":")[0] for e in procs.events(a, "error")] == [
+        "unknown cmd 'nonsense'",
+        'a command is a JSON object like {"cmd"',
+        'multicast needs "data"',
+    ]
+
+    # a price from the lead broker c reaches everyone before the failover
+    procs.until(lambda: all(procs.events(n, "price") for n in names), 15, "a first price")
+    procs.kill(c)
+    mark = {n: len(procs.lines[n]) for n in names}
+    survivors = [a, b]
+    procs.until(
+        lambda: (
+            all(last_leader(procs, n, 1) == b for n in survivors) and last_leader(procs, b, 0) == b
+        ),
+        15,
+        "b to lead the cluster and the broker group",
+    )
+    # a price carries the epoch of the cluster's broker (the cluster group's leader)
+    new_epoch = procs.events(b, "leader", group=1)[-1]["epoch"]
+    assert new_epoch > procs.events(c, "leader", group=1)[-1]["epoch"]
+
+    def new_prices(n: str) -> list[dict[str, Any]]:
+        return [
+            e
+            for e in procs.lines[n][mark[n] :]
+            if e["event"] == "price" and e["epoch"] == new_epoch and not e["local"]
+        ]
+
+    procs.until(lambda: all(new_prices(n) for n in survivors), 15, "prices of the new epoch")
+    for n in survivors:
+        price = new_prices(n)[-1]
+        assert price["regime"] in ("surplus", "normal", "shortage")
+        assert 0 <= price["allocation"] <= 300
+    assert any(e["member"] == c for n in survivors for e in procs.events(n, "removed", group=1))
+
+    procs.send(a, {"cmd": "leave"})
+    assert procs.procs[a].wait(timeout=5) == 0
+    procs.pump(0.5)
+    assert procs.lines[a][-1]["event"] == "left"
+
+
+def test_readable_lines_and_duration_exit_0() -> None:
+    """Rule: without --json each event is one readable line; --duration leaves and exits 0."""
+    argv = [sys.executable, "-m", "powergrid", "node", "--port", str(free_port()), "--ttl", "0"]
+    argv += ["--group-port-base", str(free_port()), "--duration", "0.5"]
+    done = subprocess.run(argv, capture_output=True, timeout=15, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].split()[2] == "started" and "group=1" in lines[0]
+    assert lines[-1].split()[2:] == ["left"]
+
+
+def test_sigterm_leaves_and_exits_0(procs: Procs) -> None:
+    """Rule: SIGTERM ends the run gracefully: a left line, exit status 0."""
+    name = procs.start(free_port(), "--ttl", "0", "--group-port-base", str(free_port()))
+    procs.until(lambda: bool(procs.events(name, "started")), 10, "the node to start")
+    started = procs.events(name, "started")[0]
+    assert started["group"] == 1 and started["broker_capable"] is False
+    procs.procs[name].send_signal(signal.SIGTERM)
+    assert procs.procs[name].wait(timeout=5) == 0
+    procs.pump(0.5)
+    assert procs.lines[name][-1]["event"] == "left"
