@@ -1,0 +1,1 @@
+"""The simulator behind ``powergrid simulate``: scenarios, the runner, reports and plots."""

@@ -1,0 +1,998 @@
+"""Run a :class:`~powergrid.sim.scenario.Scenario` on the fuzz network and record what happened.
+
+Theory of operation
+-------------------
+:class:`Simulation` builds one :class:`~powergrid.node.Node` per server on a
+:class:`~powergrid.transports.fuzz.FuzzNetwork` (the scenario's latency,
+jitter, loss and duplication are its link faults) and drives virtual time
+with its own agenda of timed jobs, run between ``network.run_until`` calls:
+
+* every ``supply.interval`` s the supply profile's value is given to every
+  live broker-capable node (``Node.set_supply``; only the lead broker's
+  counts) when it changed;
+* every ``demand.interval`` s each live server's bid is recomputed and given
+  to it (``Node.set_bid``) when it changed;
+* the failure schedule: crash the lead broker or a cluster's broker (whoever
+  leads *then*, as the nodes last announced), crash/restart/isolate one
+  server, partition a cluster, heal, join and leave waves, change the loss;
+* every ``sample_every`` s a :class:`Sample` of supply, demand, allocation,
+  price and leaders is taken and every invariant's ``check`` runs.
+
+Everything the nodes notify goes through one observer that records
+elections, membership changes and market rounds, and feeds the invariants
+(:class:`~powergrid.harness.Invariant`: ``observe``/``check``/``check_final``).
+:class:`MarketGuarantee` is always on; others are passed in (see
+:func:`default_invariants`). A run is a pure function of the scenario: the
+same scenario and seed give the same records and the same trace hash. Wall
+time is read only to report speed.
+"""
+
+from __future__ import annotations
+
+import heapq
+import importlib
+import random
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import attrs
+
+from powergrid import wire
+from powergrid.errors import DecodeError
+from powergrid.events import LeaderElected, LeaderLost, ViewChanged
+from powergrid.harness import Invariant, Violation
+from powergrid.market import Bid, MarketCleared, PriceUpdated, Regime
+from powergrid.market.client import AllocationChanged
+from powergrid.membership import MemberRemoved
+from powergrid.node import Node, NodeConfig
+from powergrid.sim.scenario import DemandModel, Failure, Scenario
+from powergrid.transports.fuzz import (
+    Delay,
+    FuzzNetwork,
+    LinkFaults,
+    NodeCrashed,
+    NodeStarted,
+    split_rng,
+)
+from powergrid.transports.memory import Trace
+from powergrid.types import BROKER_GROUP, Incarnation, NodeId, node_id
+
+__all__ = [
+    "MESSAGE_NAMES",
+    "Capture",
+    "Election",
+    "MarketGuarantee",
+    "MembershipChange",
+    "Round",
+    "Sample",
+    "SimResult",
+    "Simulation",
+    "default_invariants",
+    "server_id",
+    "server_name",
+    "settled_at",
+]
+
+MESSAGE_NAMES: dict[int, str] = {
+    cls.TYPE: name
+    for name in wire.__all__
+    if isinstance(cls := getattr(wire, name), type)
+    and issubclass(cls, wire.Message)
+    and cls is not wire.Message
+}
+"""Wire type code -> message class name."""
+
+_BASE_PORT = 7000
+
+
+def server_name(node: int) -> str:
+    """``"c4.1"`` for server 1 of cluster 4 (the short name plots use)."""
+    return f"c{(node >> 24) & 0xFFFF}.{(node & 0xFFFF) - _BASE_PORT}"
+
+
+def server_id(cluster: int, index: int) -> NodeId:
+    """The node id of server ``index`` of ``cluster``: ``10.<c_hi>.<c_lo>.1:<7000 + index>``.
+
+    Ids grow with the cluster and then the index, so with equal ranks the
+    last broker-capable server of a cluster wins its election, and the
+    broker of the last cluster becomes the lead broker.
+    """
+    return node_id(f"10.{(cluster >> 8) & 255}.{cluster & 255}.1", _BASE_PORT + index)
+
+
+# ---------------------------------------------------------------- records
+
+
+@attrs.frozen(kw_only=True)
+class Election:
+    """``leader`` was first reported leading ``group`` in ``epoch`` at ``t``.
+
+    ``leaderless_s``: how long the group had no leader before (since the
+    start, the crash of the previous leader, or the first LeaderLost about it).
+    """
+
+    t: float
+    group: int
+    epoch: int
+    leader: int
+    leaderless_s: float | None
+
+
+@attrs.frozen(kw_only=True)
+class MembershipChange:
+    """The leader of ``group`` installed view ``view_id`` of ``size`` members at ``t``."""
+
+    t: float
+    group: int
+    view_id: int
+    size: int
+    joined: int
+    removed: int
+
+
+@attrs.frozen(kw_only=True)
+class Round:
+    """One market round as the lead broker cleared it, with the true demand at that time."""
+
+    t: float
+    epoch: int
+    round: int
+    regime: str
+    price: float
+    supply: int
+    demand_required: int
+    demand_max: int
+    allocated: int
+    deficit: int
+    clusters: int
+    bids: int
+
+
+@attrs.frozen(kw_only=True)
+class Sample:
+    """The state at ``t``: supply, demand (sum of r and m over live servers), allocation
+    (sum of live servers' caps), last cleared price and regime, and leaders per group
+    (0 while the group is known to have lost its leader)."""
+
+    t: float
+    supply: int
+    demand_required: int
+    demand_max: int
+    allocation: int
+    price: float | None
+    regime: str | None
+    live: int
+    leaders: tuple[tuple[int, int], ...]
+
+
+@attrs.frozen(kw_only=True)
+class Capture:
+    """One datagram delivered while the failover capture window was open."""
+
+    t: float
+    src: int
+    dst: int
+    group: int
+    name: str
+
+
+@attrs.frozen(kw_only=True)
+class Marker:
+    """A scheduled event that happened: ``what`` to ``node`` (0: none) of ``group`` at ``t``."""
+
+    t: float
+    what: str
+    node: int = 0
+    group: int = -1
+    until: float | None = None
+
+
+@attrs.frozen(kw_only=True)
+class SimResult:
+    """Everything a run recorded; see :mod:`powergrid.sim.report` for the summary."""
+
+    scenario: Scenario
+    elections: tuple[Election, ...]
+    membership: tuple[MembershipChange, ...]
+    removals: dict[str, int]
+    rounds: tuple[Round, ...]
+    samples: tuple[Sample, ...]
+    markers: tuple[Marker, ...]
+    violations: tuple[Violation, ...]
+    guarantee_violations: int
+    prices_applied: int
+    stale_rounds: int
+    """MarketCleared from a node that no longer led the broker group (left out of ``rounds``)."""
+    overcommit_s: float
+    """Sampled seconds during which the caps in force summed to more than the supply."""
+    overcommit_max: int
+    """The largest excess (watts) of the caps in force over the supply at a sample."""
+    notifications: dict[str, int]
+    sent_by_type: dict[str, int]
+    delivered_by_type: dict[str, int]
+    dropped_by_type: dict[str, int]
+    retransmissions: dict[str, int]
+    faults: dict[str, int]
+    nodes: dict[str, int]
+    virtual_s: float
+    wall_s: float
+    events: int
+    trace_hash: str | None
+    capture: tuple[Capture, ...]
+    failover: tuple[float, int, int] | None
+    """(crash time, group, crashed node) of the failover the capture covers."""
+
+
+# -------------------------------------------------------------- invariants
+
+
+class MarketGuarantee:
+    """The market's promise, checked on every round and every applied price.
+
+    * ``allocated <= supply`` for every round the lead broker clears;
+    * a client whose price counted its current bid, in a round that was not a
+      shortage, gets at least its required power;
+    * every price lies on the grid's range.
+
+    Follows :class:`~powergrid.harness.Invariant`; ``bid_of(node)`` returns a
+    live node's current bid.
+    """
+
+    name = "market-guarantee"
+
+    def __init__(self, bid_of: Callable[[int], Bid | None], price_min: float, price_max: float):
+        self._bid_of = bid_of
+        self._lo = price_min
+        self._hi = price_max
+        self._problems: list[str] = []
+        self.count = 0
+
+    def observe(self, time: float, node: NodeId, output: object) -> None:
+        kind = type(output)
+        if kind is MarketCleared:
+            mc: MarketCleared = output  # type: ignore[assignment]
+            if mc.allocated > mc.supply:
+                self._fail(
+                    f"round {mc.round} (epoch {mc.epoch}) allocated {mc.allocated} W "
+                    f"of a supply of {mc.supply} W"
+                )
+        elif kind is PriceUpdated:
+            pu: PriceUpdated = output  # type: ignore[assignment]
+            if not self._lo <= pu.price <= self._hi:
+                self._fail(f"node {node} applied price {pu.price} outside the grid")
+            if pu.regime is Regime.SHORTAGE or not pu.includes_latest_bid:
+                return
+            bid = self._bid_of(node)
+            if bid is not None and pu.allocation < bid.required:
+                self._fail(
+                    f"node {node} got {pu.allocation} W < required {bid.required} W in "
+                    f"{pu.regime.name} round {pu.round} of cluster {pu.group} "
+                    f"(epoch {pu.epoch}{', local' if pu.local else ''})"
+                )
+
+    def _fail(self, text: str) -> None:
+        self.count += 1
+        if len(self._problems) < 100:
+            self._problems.append(text)
+
+    def check(self, network: FuzzNetwork) -> list[str]:
+        problems, self._problems = self._problems, []
+        return problems
+
+    def check_final(self, network: FuzzNetwork) -> list[str]:
+        return self.check(network)
+
+
+InvariantFactory = Callable[["Simulation"], Iterable[Invariant]]
+
+
+_SAFETY = (
+    "Sessions",
+    "DeliveryIntegrity",
+    "FifoPerSender",
+    "BoundedBuffers",
+    "ViewIdsGrow",
+    "LeaderPerEpoch",  # twins that resolve within its resolve_s are allowed (strict=False)
+    "PriceBounds",
+    "StaleEpochRefused",
+)
+"""Invariants of :mod:`powergrid.invariants` that hold at every moment of any scenario."""
+
+_FINAL = ("MembersRemoved", "MembershipConverges", "ElectionsConverge", "PricesFresh")
+"""Convergence invariants: checked only when the scenario ends with a quiet tail."""
+
+QUIET_TAIL_S = 10.0
+"""Seconds without failures (and no crashed node or partition left) a run must end
+with for the convergence invariants to be checked."""
+
+
+def settled_at(s: Scenario) -> float | None:
+    """When the last scheduled failure (with its restart or heal) is over, if the run
+    then has :data:`QUIET_TAIL_S` seconds left, no crashed node stays down, no
+    partition stays up, and there are no join or leave waves (the convergence
+    invariants assume a fixed set of servers); else None."""
+    last = 0.0
+    for f in s.failures:
+        if f.action in ("join", "leave"):
+            return None
+        if f.action in ("crash_lead", "crash_broker", "crash") and not f.restart_after:
+            return None
+        if f.action in ("partition", "isolate") and not f.heal_after:
+            return None
+        last = max(last, f.at + f.restart_after + f.heal_after)
+    return last if last <= s.duration - QUIET_TAIL_S else None
+
+
+def default_invariants(sim: Simulation) -> list[Invariant]:
+    """The checkers of :mod:`powergrid.invariants` that apply to a simulation.
+
+    The safety ones (:data:`_SAFETY`) always; the convergence ones
+    (:data:`_FINAL`) when the scenario :func:`settled_at` a time. The
+    library's market-supply and market-required checkers assume a constant
+    supply and fixed bids, so the simulation's own :class:`MarketGuarantee`
+    (always on) takes their place. Returns [] if the library is missing.
+    """
+    try:
+        mod: Any = importlib.import_module("powergrid.invariants")
+    except ImportError:
+        return []
+    s = sim.scenario
+    specs = tuple(
+        mod.NodeSpec(
+            node=n,
+            cluster=sim.placement(n)[0],
+            rank=s.rank_of(sim.placement(n)[1]),
+            broker_capable=sim.broker_capable(n),
+            bid=sim.initial_bid(n),
+        )
+        for n in sim.nodes
+    )
+    settle = settled_at(s)
+    info = mod.DataCentre(
+        nodes=specs, supply=s.supply_at(0.0), grid=sim.grid, settle_at=settle or 0.0
+    )
+    names = _SAFETY + (_FINAL if settle is not None else ())
+    out: list[Invariant] = []
+    sessions = None
+    for name in names:
+        cls = getattr(mod, name, None)
+        if cls is None:
+            continue
+        if name == "Sessions":
+            sessions = cls(info)
+            out.append(sessions)
+        elif name in ("DeliveryIntegrity", "FifoPerSender"):
+            if sessions is not None:
+                out.append(cls(info, sessions))
+        elif name == "LeaderPerEpoch":
+            out.append(cls(info, strict=False))
+        else:
+            out.append(cls(info))
+    return out
+
+
+def _bid_command(bid: Bid) -> Callable[[Any, float], list[object]]:
+    return lambda ep, now: ep.set_bid(bid, now)
+
+
+# -------------------------------------------------------------- the network
+
+
+class _Network(FuzzNetwork):
+    """The fuzz network, plus a capture of deliveries while a window is open."""
+
+    capture_until = -1.0
+    capture: list[Capture]
+    participants: frozenset[int] = frozenset()
+
+    def _deliver_now(self, node: int, slot: Any, data: bytes, src: int) -> None:
+        if (
+            self._now <= self.capture_until
+            and node in self.participants
+            and src in self.participants
+        ):
+            self.capture.append(_captured(self._now, src, node, data))
+        super()._deliver_now(node, slot, data, src)
+
+
+_QUIET = {"Heartbeat", "HeartbeatAck", "Status", "Stable", "UAck"}
+
+
+def _captured(t: float, src: int, dst: int, data: bytes) -> Capture:
+    try:
+        env = wire.decode(data)
+    except DecodeError:
+        return Capture(t=t, src=src, dst=dst, group=-1, name="(malformed)")
+    msg = env.message
+    name = type(msg).__name__
+    kind = getattr(msg, "kind", None)
+    if type(msg) in (wire.Data, wire.UData, wire.Xmit) and kind is not None:
+        inner = MESSAGE_NAMES.get(kind, "app") if kind else "app"
+        name = f"{name}({inner})"
+    return Capture(t=t, src=src, dst=dst, group=env.group, name=name)
+
+
+# ------------------------------------------------------------- simulation
+
+
+class Simulation:
+    """One run of ``scenario`` (see the module docstring).
+
+    :param trace: records every delivery, drop, notification, fault and
+        scenario job, and hashes them.
+    :param progress: called with ``(virtual now, duration)`` at every sample.
+    :param invariants: makes the extra invariants (default: :func:`default_invariants`).
+    :param check_each_event: run the invariants' ``check`` after every event
+        (slow at scale) instead of at every sample.
+    :param capture: record the deliveries around the first scheduled crash of
+        a leader, for a sequence diagram.
+    """
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        *,
+        trace: Trace | None = None,
+        progress: Callable[[float, float], object] | None = None,
+        invariants: InvariantFactory | None = default_invariants,
+        check_each_event: bool = False,
+        capture: bool = False,
+        replay: str = "",
+    ) -> None:
+        self.scenario = s = scenario
+        self.trace = trace
+        self._progress = progress
+        self._check_each_event = check_each_event
+        self._capture = capture
+        self._replay = replay or f"powergrid simulate --seed {s.seed}"
+        self._demand = DemandModel(s.demand, split_rng(s.seed, "demand"), s.duration)
+        self.supply = s.supply_at(0.0)
+        self._where: dict[int, tuple[int, int]] = {}
+        self._next_index = dict.fromkeys(range(1, s.clusters + 1), s.nodes)
+        for c in range(1, s.clusters + 1):
+            for i in range(s.nodes):
+                self._where[server_id(c, i)] = (c, i)
+        self._joiners: list[int] = []  # every server a join wave will start, in order
+        extra = dict(self._next_index)
+        for f in s.failures:
+            if f.action == "join":
+                for c in self._wave_clusters(f):
+                    node = server_id(c, extra[c])
+                    self._where[node] = (c, extra[c])
+                    self._joiners.append(node)
+                    extra[c] += 1
+        self.grid = NodeConfig(port=1).client.grid
+        self._bids: dict[int, Bid] = {}
+        self._live: set[int] = set()
+        self._alloc: dict[int, int] = {}
+        self._alloc_sum = 0
+        self._req_sum = 0
+        self._max_sum = 0
+        self._leaders: dict[int, tuple[int, int]] = {}  # group -> (epoch, leader)
+        self._leaderless: dict[int, float | None] = {}
+        self._elections: list[Election] = []
+        self._views: dict[int, tuple[int, frozenset[int]]] = {}
+        self._changes: list[MembershipChange] = []
+        self._removals: dict[str, int] = {}
+        self._rounds: list[Round] = []
+        self._samples: list[Sample] = []
+        self._markers: list[Marker] = []
+        self._notes: dict[str, int] = {}
+        self._prices = 0
+        self._stale_rounds = 0
+        self._over_s = 0.0
+        self._over_max = 0
+        self._price: float | None = None
+        self._regime: str | None = None
+        self._harvest: dict[str, int] = {"unicast": 0}
+        self._counts = {"started": 0, "crashed": 0, "restarted": 0, "joined": 0, "left": 0}
+        self._failover: tuple[float, int, int] | None = None
+        self._agenda: list[tuple[float, int, Callable[[float], None]]] = []
+        self._agenda_seq = 0
+        self._violations: list[Violation] = []
+        self.guarantee = MarketGuarantee(self._bid_of, self.grid.price_min, self.grid.price_max)
+        net = self.network = _Network(
+            seed=s.seed,
+            make=self._make,
+            link=LinkFaults(
+                loss=s.network.loss,
+                duplicate=s.network.duplicate,
+                delay=Delay(
+                    kind="uniform" if s.network.jitter else "constant",
+                    base=s.network.latency,
+                    spread=s.network.jitter,
+                ),
+            ),
+            observer=self._observe,
+            keep_log=False,
+            trace=trace,
+        )
+        net.capture = []
+        for n in sorted(self._where):
+            self.initial_bid(n)
+        self.invariants: list[Invariant] = [self.guarantee]
+        if invariants is not None:
+            self.invariants.extend(invariants(self))
+        self._on: dict[type, Callable[[float, int, Any], None]] = {
+            LeaderElected: self._on_elected,
+            LeaderLost: self._on_lost,
+            ViewChanged: self._on_view,
+            MemberRemoved: self._on_removed,
+            MarketCleared: self._on_cleared,
+            PriceUpdated: self._on_price,
+            AllocationChanged: self._on_allocation,
+            NodeStarted: self._on_started,
+            NodeCrashed: self._on_crashed,
+        }
+
+    # ------------------------------------------------------------ queries
+
+    @property
+    def nodes(self) -> tuple[NodeId, ...]:
+        """Every server of the scenario (initial ones and those join waves add), sorted."""
+        return tuple(NodeId(n) for n in sorted(self._where))
+
+    def initial_bid(self, node: int) -> Bid:
+        """The bid ``node`` starts with (it may change over the run)."""
+        bid = self._bids.get(node)
+        if bid is None:
+            bid = self._demand.bid(node, self._where[node][1], 0.0)
+            self._bids[node] = bid
+        return bid
+
+    @property
+    def live(self) -> tuple[NodeId, ...]:
+        """Servers running now, sorted."""
+        return tuple(NodeId(n) for n in sorted(self._live))
+
+    def placement(self, node: int) -> tuple[int, int]:
+        """``(cluster, index)`` of a server."""
+        return self._where[node]
+
+    def broker_capable(self, node: int) -> bool:
+        return self._where[node][1] < self.scenario.brokers
+
+    def leader(self, group: int) -> int:
+        """The leader of ``group`` as the nodes last announced it (highest epoch), or 0."""
+        held = self._leaders.get(group)
+        return held[1] if held is not None else 0
+
+    def _bid_of(self, node: int) -> Bid | None:
+        ep = self.network.endpoint(node)
+        return ep.client.bid if isinstance(ep, Node) else None
+
+    # ----------------------------------------------------------- building
+
+    def _make(self, node: NodeId, incarnation: Incarnation) -> Node:
+        s = self.scenario
+        cluster, index = self._where[node]
+        bid = self._bids.get(node)
+        if bid is None:
+            bid = self._demand.bid(node, index, self.network.now)
+        cfg = NodeConfig(
+            host=f"10.{(cluster >> 8) & 255}.{cluster & 255}.1",
+            port=_BASE_PORT + index,
+            cluster=cluster,
+            rank=s.rank_of(index),
+            broker_capable=index < s.brokers,
+            supply=self.supply,
+            bid=bid,
+        )
+        self._set_bid_record(node, bid)
+        return Node(
+            cfg, incarnation=incarnation, rng=random.Random(f"{s.seed}/{node}/{incarnation}")
+        )
+
+    def _set_bid_record(self, node: int, bid: Bid) -> None:
+        old = self._bids.get(node)
+        self._bids[node] = bid
+        if node in self._live:
+            if old is not None:
+                self._req_sum -= old.required
+                self._max_sum -= old.maximum
+            self._req_sum += bid.required
+            self._max_sum += bid.maximum
+
+    # ---------------------------------------------------------- observing
+
+    def _observe(self, t: float, node: NodeId, out: object) -> None:
+        name = type(out).__name__
+        self._notes[name] = self._notes.get(name, 0) + 1
+        handler = self._on.get(type(out))
+        if handler is not None:
+            handler(t, node, out)
+        for inv in self.invariants:
+            inv.observe(t, node, out)
+
+    def _on_started(self, t: float, node: int, out: NodeStarted) -> None:
+        self._live.add(node)
+        bid = self._bids.get(node)
+        if bid is not None:
+            self._req_sum += bid.required
+            self._max_sum += bid.maximum
+        self._counts["started"] += 1
+
+    def _drop_live(self, node: int) -> None:
+        if node not in self._live:
+            return
+        self._live.discard(node)
+        bid = self._bids.get(node)
+        if bid is not None:
+            self._req_sum -= bid.required
+            self._max_sum -= bid.maximum
+        self._alloc_sum -= self._alloc.pop(node, 0)
+
+    def _on_crashed(self, t: float, node: int, out: NodeCrashed) -> None:
+        self._drop_live(node)
+
+    def _on_elected(self, t: float, node: int, out: LeaderElected) -> None:
+        group, epoch = out.group, out.epoch
+        held = self._leaders.get(group)
+        if held is not None and epoch <= held[0]:
+            return
+        self._leaders[group] = (epoch, out.leader)
+        since = self._leaderless.pop(group, 0.0 if held is None else None)
+        gap = None if since is None else round(t - since, 6)
+        self._elections.append(
+            Election(t=t, group=group, epoch=epoch, leader=out.leader, leaderless_s=gap)
+        )
+
+    def _on_lost(self, t: float, node: int, out: LeaderLost) -> None:
+        # Only a real loss counts (the leader is down, or cut off from the
+        # reporter); a LeaderLost from a lossy link is followed by no election.
+        held = self._leaders.get(out.group)
+        if held is None or out.leader != held[1] or out.group in self._leaderless:
+            return
+        if held[1] not in self._live or not self.network.connected(node, held[1]):
+            self._leaderless[out.group] = t
+
+    def _on_view(self, t: float, node: int, out: ViewChanged) -> None:
+        view = out.view
+        if view.leader != node:
+            return
+        members = frozenset(view.nodes)
+        old = self._views.get(view.group)
+        if old is not None and view.view_id <= old[0]:
+            return
+        before = old[1] if old is not None else frozenset()
+        self._views[view.group] = (view.view_id, members)
+        self._changes.append(
+            MembershipChange(
+                t=t,
+                group=view.group,
+                view_id=view.view_id,
+                size=len(members),
+                joined=len(members - before),
+                removed=len(before - members),
+            )
+        )
+
+    def _on_removed(self, t: float, node: int, out: MemberRemoved) -> None:
+        if node == self.leader(out.group) and out.node != node:
+            self._removals[out.reason] = self._removals.get(out.reason, 0) + 1
+
+    def _on_cleared(self, t: float, node: int, out: MarketCleared) -> None:
+        held = self._leaders.get(BROKER_GROUP)
+        if held is None or held != (out.epoch, node):
+            # a node that no longer leads the broker group still clearing
+            self._stale_rounds += 1
+            return
+        self._price = out.price
+        self._regime = out.regime.name.lower()
+        self._rounds.append(
+            Round(
+                t=t,
+                epoch=out.epoch,
+                round=out.round,
+                regime=self._regime,
+                price=out.price,
+                supply=out.supply,
+                demand_required=self._req_sum,
+                demand_max=self._max_sum,
+                allocated=out.allocated,
+                deficit=out.deficit,
+                clusters=out.clusters,
+                bids=out.bids,
+            )
+        )
+
+    def _on_price(self, t: float, node: int, out: PriceUpdated) -> None:
+        self._prices += 1
+
+    def _on_allocation(self, t: float, node: int, out: AllocationChanged) -> None:
+        if node in self._live:
+            self._alloc_sum += out.allocation - self._alloc.get(node, 0)
+            self._alloc[node] = out.allocation
+
+    # ------------------------------------------------------------- agenda
+
+    def _at(self, t: float, job: Callable[[float], None]) -> None:
+        self._agenda_seq += 1
+        heapq.heappush(self._agenda, (t, self._agenda_seq, job))
+
+    def _note(self, what: str, **fields: Any) -> None:
+        if self.trace is not None:
+            self.trace.record(self.network.now, fields.pop("node", 0), "sim", what=what, **fields)
+
+    def _supply_job(self, t: float) -> None:
+        watts = self.scenario.supply_at(t)
+        if watts != self.supply:
+            self.supply = watts
+            self._note("supply", watts=watts)
+            for n in sorted(self._live):
+                if self.broker_capable(n):
+                    self.network.command(n, lambda ep, now: ep.set_supply(watts, now))
+        self._at(t + self.scenario.supply.interval, self._supply_job)
+
+    def _demand_job(self, t: float) -> None:
+        model = self._demand
+        for n in sorted(self._live):
+            bid = model.bid(n, self._where[n][1], t)
+            if bid != self._bids.get(n):
+                self._set_bid_record(n, bid)
+                self.network.command(n, _bid_command(bid))
+        self._at(t + self.scenario.demand.interval, self._demand_job)
+
+    def _sample_job(self, t: float) -> None:
+        self._sample(t)
+        self._check()
+        if self._progress is not None:
+            self._progress(t, self.scenario.duration)
+        nxt = t + self.scenario.sample_every
+        if nxt < self.scenario.duration:
+            self._at(nxt, self._sample_job)
+
+    def _sample(self, t: float) -> None:
+        if self._samples and self._samples[-1].allocation > self._samples[-1].supply:
+            self._over_s += t - self._samples[-1].t
+        self._over_max = max(self._over_max, self._alloc_sum - self.supply)
+        self._samples.append(
+            Sample(
+                t=round(t, 6),
+                supply=self.supply,
+                demand_required=self._req_sum,
+                demand_max=self._max_sum,
+                allocation=self._alloc_sum,
+                price=self._price,
+                regime=self._regime,
+                live=len(self._live),
+                leaders=tuple(
+                    (g, 0 if g in self._leaderless else v[1])
+                    for g, v in sorted(self._leaders.items())
+                ),
+            )
+        )
+
+    def _check(self) -> None:
+        net = self.network
+        for inv in self.invariants:
+            for p in inv.check(net):
+                self._violate(inv.name, p)
+
+    def _violate(self, name: str, detail: str) -> None:
+        s = self.scenario
+        self._violations.append(
+            Violation(
+                seed=s.seed,
+                invariant=name,
+                time=self.network.now,
+                detail=detail,
+                replay=self._replay,
+            )
+        )
+
+    # ----------------------------------------------------------- failures
+
+    def _cluster_nodes(self, cluster: int) -> list[int]:
+        return [n for n in sorted(self._where) if self._where[n][0] == cluster]
+
+    def _crash(self, node: int, restart_after: float, what: str, group: int) -> None:
+        net = self.network
+        ep = net.endpoint(node)
+        if not isinstance(ep, Node):
+            self._markers.append(Marker(t=net.now, what=f"{what} (nobody to crash)", group=group))
+            return
+        self._harvest_stats(ep)
+        self._note(what, node=node, group=group)
+        for g, (_, leader) in sorted(self._leaders.items()):
+            if leader == node:
+                self._leaderless.setdefault(g, net.now)
+        if self._capture and self._failover is None:
+            self._open_capture(node, group)
+        self._markers.append(Marker(t=net.now, what=what, node=node, group=group))
+        net.crash(node)
+        self._counts["crashed"] += 1
+        if restart_after > 0:
+            self._at(net.now + restart_after, lambda t: self._restart(node))
+
+    def _restart(self, node: int) -> None:
+        net = self.network
+        if net.restart(node):
+            self._counts["restarted"] += 1
+            self._note("restart", node=node)
+            group = self._where[node][0]
+            self._markers.append(Marker(t=net.now, what="restart", node=node, group=group))
+
+    def _open_capture(self, node: int, group: int) -> None:
+        net = self.network
+        self._failover = (net.now, group, node)
+        if group == BROKER_GROUP:
+            people: set[int] = set(net.subscribers(BROKER_GROUP))
+            cluster = self._where[node][0]
+        else:
+            people = set()
+            cluster = group
+        people.add(node)
+        people.update(n for n in self._cluster_nodes(cluster) if self.broker_capable(n))
+        net.participants = frozenset(sorted(people)[-12:] if len(people) > 12 else people)
+        if node not in net.participants:
+            net.participants = net.participants | {node}
+        net.capture_until = net.now + 8.0
+        net.capture.clear()
+        net.capture.append(Capture(t=net.now - 1e-9, src=node, dst=node, group=group, name="CRASH"))
+
+    def _failure_job(self, f: Failure) -> Callable[[float], None]:
+        return lambda t: self._apply(f)
+
+    def _apply(self, f: Failure) -> None:
+        net = self.network
+        now = net.now
+        act = f.action
+        if act == "crash_lead":
+            self._crash(self.leader(BROKER_GROUP), f.restart_after, "crash lead broker", 0)
+        elif act == "crash_broker":
+            self._crash(self.leader(f.cluster), f.restart_after, "crash broker", f.cluster)
+        elif act == "crash":
+            self._crash(server_id(f.cluster, f.node), f.restart_after, "crash", f.cluster)
+        elif act == "restart":
+            self._restart(server_id(f.cluster, f.node))
+        elif act in ("partition", "isolate"):
+            cut = (
+                self._cluster_nodes(f.cluster)
+                if act == "partition"
+                else [server_id(f.cluster, f.node)]
+            )
+            until = now + f.heal_after if f.heal_after > 0 else None
+            self._note(act, group=f.cluster)
+            net.split([cut])
+            self._markers.append(Marker(t=now, what=act, group=f.cluster, until=until))
+            if until is not None:
+                self._at(until, lambda t: self._heal())
+        elif act == "heal":
+            self._heal()
+        elif act == "join":
+            self._join_wave(f)
+        elif act == "leave":
+            self._leave_wave(f)
+        else:  # loss
+            self._note("loss", loss=f.loss)
+            net.set_loss(f.loss)
+            self._markers.append(Marker(t=now, what=f"loss {f.loss:g}"))
+
+    def _heal(self) -> None:
+        self._note("heal")
+        self.network.heal()
+        self._markers.append(Marker(t=self.network.now, what="heal"))
+
+    def _wave_clusters(self, f: Failure) -> list[int]:
+        s = self.scenario
+        if f.cluster:
+            return [f.cluster] * f.count
+        return [1 + k % s.clusters for k in range(f.count)]
+
+    def _join_wave(self, f: Failure) -> None:
+        net = self.network
+        for c in self._wave_clusters(f):
+            index = self._next_index[c]
+            self._next_index[c] = index + 1
+            node = server_id(c, index)
+            self._note("join", node=node, group=c)
+            net.spawn(node)
+            self._counts["joined"] += 1
+        self._markers.append(Marker(t=net.now, what=f"join x{f.count}", group=f.cluster))
+
+    def _leave_wave(self, f: Failure) -> None:
+        net = self.network
+        left = 0
+        for c in self._wave_clusters(f):
+            who = [
+                n for n in self._cluster_nodes(c) if n in self._live and not self.broker_capable(n)
+            ]
+            if not who:
+                continue
+            node = who[-1]
+            ep = net.endpoint(node)
+            if isinstance(ep, Node):
+                self._harvest_stats(ep)
+            self._note("leave", node=node, group=c)
+            net.command(node, lambda ep, now: ep.leave(now))
+            net.remove(node)
+            self._drop_live(node)
+            self._counts["left"] += 1
+            left += 1
+        self._markers.append(Marker(t=net.now, what=f"leave x{left}", group=f.cluster))
+
+    def _harvest_stats(self, ep: Node) -> None:
+        for g in ep.groups:
+            self._harvest["unicast"] += ep.stack(g).unicast.stats.retransmitted
+
+    # ---------------------------------------------------------------- run
+
+    def run(self) -> SimResult:
+        """Run the scenario to its end; returns the records. Endpoint exceptions propagate."""
+        s = self.scenario
+        net = self.network
+        started = time.perf_counter()
+        joiners = set(self._joiners)
+        for node in sorted(self._where):
+            if node not in joiners:
+                net.spawn(node)
+        self._at(s.supply.interval, self._supply_job)
+        if s.demand.profile != "steady":
+            self._at(s.demand.interval, self._demand_job)
+        for f in s.failures:
+            self._at(f.at, self._failure_job(f))
+        self._at(0.0, self._sample_job)
+        on_event = self._check if self._check_each_event else None
+        agenda = self._agenda
+        while agenda and agenda[0][0] <= s.duration:
+            t, _, job = heapq.heappop(agenda)
+            net.run_until(t, on_event=on_event)
+            job(t)
+        net.run_until(s.duration, on_event=on_event)
+        self._sample(s.duration)
+        self._check()
+        for inv in self.invariants:
+            for p in inv.check_final(net):
+                self._violate(inv.name, p)
+        if self._progress is not None:
+            self._progress(s.duration, s.duration)
+        wall = time.perf_counter() - started
+        for n in sorted(self._live):
+            ep = net.endpoint(n)
+            if isinstance(ep, Node):
+                self._harvest_stats(ep)
+        names = MESSAGE_NAMES
+        st = net.stats
+
+        def by_name(d: dict[int, int]) -> dict[str, int]:
+            return {names.get(k, str(k)): v for k, v in sorted(d.items())}
+
+        return SimResult(
+            scenario=s,
+            elections=tuple(self._elections),
+            membership=tuple(self._changes),
+            removals=dict(sorted(self._removals.items())),
+            rounds=tuple(self._rounds),
+            samples=tuple(self._samples),
+            markers=tuple(self._markers),
+            violations=tuple(self._violations),
+            guarantee_violations=self.guarantee.count,
+            prices_applied=self._prices,
+            stale_rounds=self._stale_rounds,
+            overcommit_s=round(self._over_s, 6),
+            overcommit_max=max(0, self._over_max),
+            notifications=dict(sorted(self._notes.items())),
+            sent_by_type=by_name(st.sent_by_type),
+            delivered_by_type=by_name(st.delivered_by_type),
+            dropped_by_type=by_name(st.dropped_by_type),
+            retransmissions={
+                "multicast_xmit": st.sent_by_type.get(wire.Xmit.TYPE, 0),
+                "multicast_nak": st.sent_by_type.get(wire.Nak.TYPE, 0),
+                "unicast": self._harvest["unicast"],
+            },
+            faults=dict(sorted(net.faults.items())),
+            nodes={**self._counts, "live_at_end": len(self._live)},
+            virtual_s=s.duration,
+            wall_s=wall,
+            events=st.calls,
+            trace_hash=self.trace.hexdigest if self.trace is not None else None,
+            capture=tuple(net.capture),
+            failover=self._failover,
+        )
+
+
+def quiet_message(name: str) -> bool:
+    """Whether a message kind is routine traffic a sequence diagram leaves out."""
+    return name in _QUIET
