@@ -17,7 +17,7 @@ from typing import Any
 from _common import Row, emit, parse_args
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ("multicast_core", "membership", "election", "market")
+BENCHES = ("multicast_core", "membership", "election", "market", "udp")
 
 
 def run(name: str, quick: bool) -> dict[str, Any]:
@@ -30,7 +30,7 @@ def run(name: str, quick: bool) -> dict[str, Any]:
 
 def rows(res: dict[str, dict[str, Any]]) -> list[Row]:
     """The table: one row per figure."""
-    mc, mb, el, mk = (res[b] for b in BENCHES)
+    mc, mb, el, mk, ud = (res[b] for b in BENCHES)
     out: list[Row] = [
         (
             "multicast deliveries/CPU s (0% loss)",
@@ -91,6 +91,28 @@ def rows(res: dict[str, dict[str, Any]]) -> list[Row]:
         )
     )
     out.append(("market bid change -> price (s)", mk["bid_to_price_s"], None, None, ""))
+    for r, key in ((1, "ratio_1_receiver"), (3, "ratio_3_receivers")):
+        out.append(
+            (
+                f"UDP multicast goodput msgs/s, {r} receiver(s)",
+                ud["goodput"][f"powergrid_{r}"]["msgs_per_s"],
+                ud["goodput"][f"raw_{r}"]["msgs_per_s"],
+                ud[key],
+                "ratio >= 0.6",
+            )
+        )
+    out.append(
+        (
+            "UDP multicast goodput msgs/s, 3 receivers, 5% loss",
+            ud["goodput"]["powergrid_3_loss5"]["msgs_per_s"],
+            ud["goodput"]["raw_3"]["msgs_per_s"],
+            ud["ratio_5pct_loss"],
+            "",
+        )
+    )
+    out.append(
+        ("UDP failover kill -9 -> new price, median (s)", ud["failover_median_s"], None, None, "")
+    )
     return out
 
 
