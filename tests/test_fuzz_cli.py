@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
+from powergrid import node
 from powergrid.cli import main
+from powergrid.multicast import Deliver, MulticastMachine
 
-# Seeds 4 and 0 of the 3-server data centre at the default phases: 4 passes, 0 breaks
-# an invariant (a known market bug, see the report).
 GOOD, BAD = 4, 0
+"""Seeds of the 3-server data centre: GOOD passes; BAD is broken by a planted bug."""
+
+
+class DeliverTwice(MulticastMachine):
+    """A planted bug: every delivery is reported twice."""
+
+    def handle(self, event: object, now: float) -> list[Any]:
+        out = super().handle(event, now)
+        return out + [a for a in out if type(a) is Deliver]
 
 
 def test_seeds_summary_and_progress(capsys: pytest.CaptureFixture[str]) -> None:
@@ -22,8 +32,11 @@ def test_seeds_summary_and_progress(capsys: pytest.CaptureFixture[str]) -> None:
     assert "[" in err and "1/1 seeds" in err
 
 
-def test_json_names_each_violation_with_its_replay(capsys: pytest.CaptureFixture[str]) -> None:
+def test_json_names_each_violation_with_its_replay(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """--json prints one object; a violation makes the exit status 1 and carries a replay."""
+    monkeypatch.setattr(node, "MulticastMachine", DeliverTwice)
     status = main(["fuzz", "--seeds", "2", "--start", str(BAD), "--nodes", "3", "--json"])
     doc = json.loads(capsys.readouterr().out)
     assert status == 1
@@ -32,7 +45,7 @@ def test_json_names_each_violation_with_its_replay(capsys: pytest.CaptureFixture
     v = doc["violations"][0]
     assert v["seed"] == BAD
     assert v["replay"] == f"powergrid fuzz --replay {BAD} --nodes 3"
-    assert v["invariant"]
+    assert v["invariant"] == "multicast-integrity"
 
 
 def test_replay_prints_the_trace(capsys: pytest.CaptureFixture[str]) -> None:

@@ -183,21 +183,34 @@ def test_client_refuses_duplicate_round_foreign_sender_and_nonsense() -> None:
     assert c.allocation == 162
 
 
-def test_client_not_yet_counted_takes_required_or_floor_in_shortage() -> None:
-    """Client rule: a price that counted none of its bids gives r (h in a shortage)."""
+def test_client_not_yet_counted_takes_nothing() -> None:
+    """Client rule (uncounted bid): a price that counted none of its bids budgeted nothing for
+    it, so it gives 0 W in every regime (not r or h, which would exceed the clearing's total);
+    the first price that counts the bid gives its share."""
     c = client_following()
-    out = c.handle(rx(BROKER, price()), 1.0)
-    assert out[0] == PriceUpdated(
-        group=CL,
-        epoch=Epoch(1),
-        round=1,
-        price=0.5,
-        regime=Regime.NORMAL,
-        allocation=100,
-        includes_latest_bid=False,
-    )
-    out = c.handle(rx(BROKER, price(round=2, regime=2, price=1.0, level=0, deficit=5)), 2.0)
-    assert out[-1] == AllocationChanged(group=CL, allocation=50, cause="price")
+    c.handle(rx(BROKER, wire.BidAck(epoch=1, seq=1, aggregate=2)), 0.1)  # counted from agg 2
+    out = c.handle(rx(BROKER, price()), 1.0)  # clears aggregate 1
+    assert out == [
+        PriceUpdated(
+            group=CL,
+            epoch=Epoch(1),
+            round=1,
+            price=0.5,
+            regime=Regime.NORMAL,
+            allocation=0,
+            includes_latest_bid=False,
+        ),
+        AllocationChanged(group=CL, allocation=0, cause="price"),
+    ]
+    shortage = price(round=2, regime=2, price=1.0, level=0, deficit=5)
+    out = c.handle(rx(BROKER, shortage), 2.0)
+    assert [type(a) for a in out] == [PriceUpdated]  # still 0 W: unchanged, no AllocationChanged
+    assert out[0].allocation == 0  # type: ignore[attr-defined]
+    surplus = price(round=3, regime=0, price=0.0, level=0)
+    assert c.handle(rx(BROKER, surplus), 3.0)[0].allocation == 0  # type: ignore[attr-defined]
+    out = c.handle(rx(BROKER, price(round=4, aggregate=2)), 4.0)
+    assert out[-1] == AllocationChanged(group=CL, allocation=162, cause="price")
+    assert c.includes_latest_bid
 
 
 def test_client_prices_the_bid_the_clearing_counted() -> None:
@@ -223,7 +236,7 @@ def test_client_price_of_newer_epoch_follows_its_sender_and_rebids() -> None:
     c = client_following()
     out = c.handle(rx(OTHER, price(epoch=4)), 1.0)
     assert out[0] == SendReliable(to=OTHER, message=BID.to_message(1))
-    assert isinstance(out[1], PriceUpdated) and out[1].allocation == 100
+    assert isinstance(out[1], PriceUpdated) and out[1].allocation == 0  # not counted by it
     assert (c.broker, c.epoch) == (OTHER, 4)
 
 

@@ -445,6 +445,39 @@ def test_status_and_stable_from_wrong_roles_or_views_dropped() -> None:
     assert coord.stats.stale == 1
     assert m.next_deadline() is None
 
+def test_origin_keeps_own_messages_despite_stable_of_a_view_it_is_not_in() -> None:
+    """Rule: only the coordinator of this node's own view can make it drop buffered
+    messages; with no view yet, an origin ignores another group's Stable (which says
+    nothing about what members of its future view hold) and can still resend them."""
+    m = machine()
+    m.handle(Publish(kind=0, payload=b"1"), 0.0)
+    m.handle(Publish(kind=0, payload=b"2"), 0.0)
+    foreign = recv(B, Stable(view_id=1, entries=(StableEntry(ME, 1, 2, 2),)))
+    assert m.handle(foreign, 0.1) == []
+    assert (m.buffer_size, m.stats.ignored) == (2, 1)
+    m.handle(view(A, ME), 0.2)
+    assert m.handle(recv(A, Nak(origin=ME, origin_incarnation=1, first=1, last=2)), 0.3) == [
+        Send(to=A, message=Xmit(origin=ME, origin_incarnation=1, seq=1, kind=0, payload=b"1")),
+        Send(to=A, message=Xmit(origin=ME, origin_incarnation=1, seq=2, kind=0, payload=b"2")),
+    ]
+
+
+def test_stable_of_a_newer_view_neither_skips_nor_drops() -> None:
+    """Rule: a Stable with a higher view id (a view this node is not in, or not yet) is
+    ignored: it does not make a member skip a gap or drop buffered messages."""
+    m = machine()
+    m.handle(view(A, B, ME), 0.0)
+    m.handle(data(1), 0.0)
+    m.handle(data(3), 0.0)  # 2 is missing, and A still holds it
+    newer = recv(D, Stable(view_id=2, entries=(StableEntry(A, 1, 3, 3),)))
+    assert m.handle(newer, 0.0) == []
+    assert m.delivered[A] == (I1, 1)
+    assert (m.buffer_size, m.stats.ignored, m.stats.skipped) == (1, 1, 0)
+    assert m.handle(TICK, CFG.nak_delay) == [
+        Send(to=A, message=Nak(origin=A, origin_incarnation=1, first=2, last=2))
+    ]
+
+
 
 def test_lost_last_message_found_through_stable() -> None:
     """Rule: Stable carries each origin's highest; a member behind it naks."""
@@ -576,6 +609,58 @@ def test_coordinator_starts_unknown_origin_at_zero() -> None:
     ]
 
 
+def test_coordinator_skips_history_nobody_can_resend_and_declares_it_stable() -> None:
+    """Rule: with every member's report in, the first message (counting down from the
+    highest delivered) that no member holds in its (low, delivered] is lost for good: the
+    coordinator skips to it, delivers what it holds above, and declares it stable."""
+    m = machine(me=A)
+    m.handle(view(A, B, D), 0.0)
+    m.handle(data(3, sender=B), 0.2)  # held: 1..2 were dropped as stable in another view
+    m.handle(recv(B, Status(view_id=1, entries=(StatusEntry(B, 1, 3, 2),))), 0.2)
+    m.handle(recv(D, Status(view_id=1, entries=(StatusEntry(B, 1, 3, 2),))), 0.2)
+    assert m.handle(TICK, CFG.stable_interval) == [
+        Send(to=B, message=Nak(origin=B, origin_incarnation=1, first=1, last=2)),
+        deliver(3, B),
+        Multicast(
+            message=Stable(view_id=1, entries=(StableEntry(A, 1, 0, 0), StableEntry(B, 1, 3, 3)))
+        ),
+    ]
+    assert m.stats.skipped == 2
+    assert m.next_deadline() == 2 * CFG.stable_interval  # the view change's repeats
+    # A gap someone still holds is fetched, never skipped.
+    m2 = machine(me=A)
+    m2.handle(view(A, B, D), 0.0)
+    m2.handle(data(3, sender=B), 0.2)
+    m2.handle(recv(B, Status(view_id=1, entries=(StatusEntry(B, 1, 3, 0),))), 0.2)
+    m2.handle(recv(D, Status(view_id=1, entries=(StatusEntry(B, 1, 3, 2),))), 0.2)
+    assert m2.handle(TICK, CFG.stable_interval) == [
+        Send(to=B, message=Nak(origin=B, origin_incarnation=1, first=1, last=2)),
+        Multicast(
+            message=Stable(view_id=1, entries=(StableEntry(A, 1, 0, 0), StableEntry(B, 1, 0, 3)))
+        ),
+    ]
+    assert m2.stats.skipped == 0
+
+
+def test_status_reports_what_the_member_can_no_longer_resend() -> None:
+    """Rule: each Status entry carries ``low``, the point up to which the member dropped the
+    origin's messages as stable; an entry with low above delivered is malformed."""
+    m = machine()
+    m.handle(view(A, B, ME), 0.0)
+    m.handle(data(1), 0.0)
+    m.handle(data(2), 0.0)
+    m.handle(stable((A, 1, 1, 2)), 0.1)
+    assert m.handle(TICK, CFG.status_interval) == [
+        Send(
+            to=A,
+            message=Status(view_id=1, entries=(StatusEntry(A, 1, 2, 1), StatusEntry(ME, 1, 0, 0))),
+        )
+    ]
+    assert (
+        Status(view_id=1, entries=(StatusEntry(A, 1, 2, 3),)).problem() == "low 3 above delivered 2"
+    )
+
+
 SLOW_STATUS = MulticastConfig(status_jitter=0.0, status_interval=10.0)
 """Status reports later than the grace period, so the grace deadline is the next one."""
 
@@ -607,6 +692,45 @@ def test_origin_back_within_grace_keeps_state() -> None:
     m.handle(view(A, B, ME, view_id=3), 2.0)
     assert m.handle(TICK, 1.0 + CFG.flush_grace) == []
     assert m.handle(data(2, sender=B), 3.5) == [deliver(2, B)]
+
+
+def test_dropped_life_resumes_after_what_was_delivered_at_the_coordinator() -> None:
+    """Rule: when a life whose state was dropped after flush_grace comes back, it resumes
+    after what this node delivered of it (nothing twice), and the coordinator keeps
+    declaring only the stable point it knew, not what it delivered."""
+    m = machine(SLOW_STATUS)
+    m.handle(view(A, B, ME), 0.0)
+    for seq in (1, 2, 3):
+        m.handle(data(seq, sender=B), 0.0)
+    m.handle(stable((B, 1, 1, 3)), 0.5)
+    m.handle(view(A, ME, view_id=2), 1.0)
+    m.handle(TICK, 1.0 + CFG.flush_grace)
+    assert B not in m.delivered
+    m.handle(view(ME, B, leader=ME, view_id=3), 4.0)  # now the coordinator; B is back
+    assert m.handle(data(4, sender=B), 4.0) == [deliver(4, B)]
+    assert m.handle(TICK, 4.0 + CFG.stable_interval) == [
+        Multicast(
+            message=Stable(view_id=3, entries=(StableEntry(B, 1, 1, 4), StableEntry(ME, 1, 0, 0)))
+        )
+    ]
+    assert m.stats.duplicates == 0
+
+
+def test_dropped_life_resumes_after_what_was_delivered_at_a_member() -> None:
+    """Rule: a member told by Stable to start a dropped life at its stable point resumes
+    after what it delivered instead, and naks only what it has not got."""
+    m = machine(SLOW_STATUS)
+    m.handle(view(A, B, ME), 0.0)
+    for seq in (1, 2, 3):
+        m.handle(data(seq, sender=B), 0.0)
+    m.handle(view(A, ME, view_id=2), 1.0)
+    m.handle(TICK, 1.0 + CFG.flush_grace)
+    m.handle(view(A, B, ME, view_id=3), 4.0)
+    assert m.handle(stable((B, 1, 1, 5), view_id=3), 4.0) == []
+    assert m.delivered[B] == (I1, 3)
+    assert m.handle(TICK, 4.0 + CFG.nak_delay) == [
+        Send(to=B, message=Nak(origin=B, origin_incarnation=1, first=4, last=5))
+    ]
 
 
 # ------------------------------------------------------------------ config

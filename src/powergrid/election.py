@@ -13,7 +13,9 @@ highest epoch it has seen plus one, so epochs only grow along any chain of
 messages. A node never accepts a leader of an older epoch than the one it
 follows (*fencing*): a node's :attr:`~ElectionMachine.epoch` never decreases
 within one life. Where the nodes that take part can reach each other within
-``answer_timeout``, at most one of them wins a given epoch. After the network
+``answer_timeout``, at most one of them wins a given epoch, whether or not
+they know of each other beforehand (the Election is multicast, and nobody
+wins without waiting ``answer_timeout`` for an objection). After the network
 has been whole and quiet for a bound (see ``docs/protocols/election.md``),
 every live node follows one leader, the highest broker-capable key alive
 (with ``stable_leader``, the leader of the newest epoch), and elections stop.
@@ -39,22 +41,33 @@ epoch 0 at bootstrap: "there is no leader") and lists the members with
    highest acts (one multicast). A node that has never followed a leader
    first listens for ``announce_interval + answer_timeout``, so a live
    leader's periodic announcement finds it before it stands.
-2. An election sends :class:`~powergrid.wire.Election` to every known
-   candidate with a higher key. If none answers within ``answer_timeout`` the
-   node wins: it multicasts :class:`~powergrid.wire.Coordinator` and reports
-   :class:`~powergrid.events.LeaderElected`. With no higher candidate it wins
-   at once.
-3. A node that gets an Election from a lower key sends
+2. An election multicasts :class:`~powergrid.wire.Election` to the group,
+   so that higher candidates this node does not know of yet (bootstrap, a
+   join not yet in the view) hear it too, and waits ``answer_timeout``. If no
+   higher key objects in that time (an Answer, or an Election of its own) the
+   node wins: it multicasts :class:`~powergrid.wire.Coordinator` with epoch
+   *highest seen + 1* and reports :class:`~powergrid.events.LeaderElected`.
+   Nobody wins at once, not even the highest candidate it knows: that is what
+   keeps two connected candidates that do not know each other from both
+   winning one epoch.
+3. A candidate that gets an Election from a lower key sends
    :class:`~powergrid.wire.Answer` and starts its own election at once (a
    leader instead sends its Coordinator back, or, if the asker has seen a
    newer epoch than its own, answers and re-asserts with a newer epoch). A
    node electing while its leader is still set stops when that leader's
    Coordinator of the same epoch arrives.
+   *Overheard* Elections (from a higher key, or at a node that cannot stand)
+   need no answer, but: a candidate that is electing or has an election
+   scheduled treats a higher key's Election like an Answer (rule 4); and an
+   Election that carries an older epoch than the one this node follows is
+   corrected, by the leader with its Coordinator, or, where no live leader is
+   followed, with :class:`~powergrid.wire.Fenced`, so the candidate wins above
+   every epoch already taken.
 4. A node that got an Answer waits ``coordinator_timeout`` for a
    Coordinator, else starts again.
 5. Bullying: a broker-capable node that hears a lower key claim leadership in
    an epoch it would accept schedules an election (a leader starts one at
-   once and wins with a newer epoch).
+   once, and so re-asserts with a newer epoch after ``answer_timeout``).
 6. Fencing: a Coordinator is accepted if its ``(epoch, key)`` is above the
    ``(epoch, key)`` followed (or, with the leader lost, if its epoch is not
    older); otherwise it is refused and counted. A node without a live leader
@@ -84,7 +97,9 @@ outputs are :class:`~powergrid.events.Send`, :class:`~powergrid.events.Multicast
 :class:`~powergrid.events.LeaderElected` and :class:`ElectionStarted`.
 ``next_deadline()`` is the one pending timer: a scheduled election start
 (follower), the answer timeout (electing), the coordinator timeout (waiting)
-or the next announcement (leader). Timeouts (seconds, defaults):
+or the next announcement (leader). Every election takes ``answer_timeout``
+from its start to the win, and costs one multicast Election plus the
+Coordinator. Timeouts (seconds, defaults):
 ``answer_timeout`` 0.1, ``coordinator_timeout`` 0.5, ``announce_interval``
 1.0, ``stagger`` 0.1, ``max_delay`` 1.0, ``jitter`` 0.05.
 
@@ -199,7 +214,8 @@ class ElectionConfig:
 
 @attrs.frozen(kw_only=True)
 class ElectionStarted:
-    """This node started (or restarted) an election in ``group``; if it wins it leads ``epoch``."""
+    """This node started (or restarted) an election in ``group``; if it won now it would lead
+    ``epoch`` (it takes a newer one if it hears of one before it wins)."""
 
     group: GroupId
     epoch: Epoch
@@ -238,6 +254,9 @@ class ElectionStats:
     """Our own multicasts echoed back, ignored."""
     leader_restarted: int = 0
     """Coordinators from a new incarnation of the leader followed: its old life was lost."""
+    overheard: int = 0
+    """Elections multicast by others that this node does not answer (a higher key's, or any
+    at a node that cannot stand)."""
 
 
 # ---------------------------------------------------------------- machine
@@ -413,16 +432,46 @@ class ElectionMachine:
         if not self._seen(msg.epoch):
             return []
         self._learn(sender, msg.rank)
-        if not self._capable or (msg.rank, sender) > self._key:
-            self._stats.unexpected += 1  # only lower keys ask, and only candidates
-            return []
+        lower = (msg.rank, sender) < self._key
         state = self._state
-        self._stats.messages_sent += 1
-        if state == "leader" and msg.epoch <= self._epoch:
+        if state == "leader":
+            return self._leader_asked(sender, msg.epoch, lower, now)
+        if lower and self._capable:  # rule 3: answer, and stand ourselves
+            self._stats.messages_sent += 1
+            out: list[object] = [
+                Send(to=NodeId(sender), message=Answer(self._max_epoch, self._rank))
+            ]
+            if state == "follower":
+                out.extend(self._start(now))
+            return out
+        self._stats.overheard += 1  # a higher key stands, or we cannot
+        out = []
+        if msg.epoch < self._epoch and self._leader == 0:
+            # Nobody live leads our epoch to correct the candidate: tell it we have
+            # seen a newer one, so it cannot win an epoch already taken.
+            self._stats.fenced_sent += 1
+            self._stats.messages_sent += 1
+            out.append(Send(to=NodeId(sender), message=Fenced(self._max_epoch)))
+        if (
+            not lower
+            and self._capable
+            and (state == "electing" or (state == "follower" and self._deadline is not None))
+        ):
+            self._state = "waiting"  # a higher key objects: as good as an Answer (rule 4)
+            self._deadline = now + self._cfg.coordinator_timeout
+        return out
+
+    def _leader_asked(self, sender: int, epoch: int, lower: bool, now: float) -> list[object]:
+        """Rule 3 at a leader: an Election from anyone in the group."""
+        if epoch < self._epoch or (lower and epoch == self._epoch):
+            self._stats.messages_sent += 1  # the asker learns who leads, and our epoch
             return [Send(to=NodeId(sender), message=Coordinator(self._epoch, self._rank))]
+        if not lower:
+            self._stats.overheard += 1  # a higher key stands above our epoch: it will win
+            return []
+        self._stats.messages_sent += 1  # the asker has seen a newer epoch: re-assert above it
         out: list[object] = [Send(to=NodeId(sender), message=Answer(self._max_epoch, self._rank))]
-        if state in ("follower", "leader"):  # a leader re-asserts above the asker's epoch
-            out.extend(self._start(now))
+        out.extend(self._start(now))
         return out
 
     def _on_answer(self, sender: int, inc: int, msg: Answer, now: float) -> list[object]:
@@ -497,7 +546,8 @@ class ElectionMachine:
             return []
         if self._state == "leader" and msg.epoch > self._epoch:
             return self._start(now)  # our epoch is behind what the group has seen
-        self._stats.unexpected += 1
+        if self._state != "electing":  # electing: noted, we will win above it
+            self._stats.unexpected += 1
         return []
 
     # ------------------------------------------------------------ steps
@@ -507,7 +557,7 @@ class ElectionMachine:
         if self._state != "follower":
             return []  # already electing or waiting
         cfg = self._cfg
-        above = len(self._higher())
+        above = self._above()
         delay = cfg.announce_interval + cfg.answer_timeout if listen else 0.0
         if above or listen:
             delay += min(above * cfg.stagger, cfg.max_delay)
@@ -521,26 +571,20 @@ class ElectionMachine:
         return []
 
     def _start(self, now: float) -> list[object]:
-        """Rule 2: ask every higher candidate; win at once if there is none."""
+        """Rule 2: ask the whole group, then wait ``answer_timeout`` for an objection."""
         self._stats.elections_started += 1
-        higher = self._higher()
-        out: list[object] = [
-            ElectionStarted(group=GroupId(self._group), epoch=Epoch(self._next_epoch()))
-        ]
-        if not higher:
-            out.extend(self._win(now))
-            return out
+        self._stats.messages_sent += 1
         self._state = "electing"
         self._deadline = now + self._cfg.answer_timeout
-        msg = Election(self._max_epoch, self._rank)
-        out.extend(Send(to=NodeId(node), message=msg) for node in higher)
-        self._stats.messages_sent += len(higher)
-        return out
+        return [
+            ElectionStarted(group=GroupId(self._group), epoch=Epoch(self._next_epoch())),
+            Multicast(message=Election(self._max_epoch, self._rank)),
+        ]
 
-    def _higher(self) -> list[int]:
-        """The candidates with a higher key than ours, sorted, without the lost leader."""
+    def _above(self) -> int:
+        """How many known candidates have a higher key than ours (the lost leader left out)."""
         key, lost = self._key, self._lost
-        return sorted(n for n, rank in self._ranks.items() if (rank, n) > key and n != lost)
+        return sum(1 for n, rank in self._ranks.items() if (rank, n) > key and n != lost)
 
     def _learn(self, node: int, rank: int) -> None:
         self._ranks[node] = rank

@@ -49,7 +49,7 @@ from powergrid.election import ElectionStarted
 from powergrid.events import LeaderElected, ViewChanged
 from powergrid.market import Bid, Grid
 from powergrid.market.client import PriceUpdated
-from powergrid.membership import MemberRemoved
+from powergrid.membership import Left, MemberRemoved
 from powergrid.node import MessageDelivered, Node
 from powergrid.transports.fuzz import FuzzNetwork, NodeCrashed, NodeStarted
 from powergrid.types import BROKER_GROUP, GroupId, Incarnation, NodeId, format_node
@@ -526,14 +526,32 @@ class ViewIdsGrow(_Base):
 
 
 class MembersRemoved(_Base):
-    """No live node is removed by a leader after the heal (beyond ``removal_grace_s``)."""
+    """No live node is removed by a leader after the heal (beyond ``removal_grace_s``).
+
+    Views are compared per life of the leader (a restarted process starts with
+    no memory, so its first view lists only whom it has heard of), and a life
+    that left the group itself (``Left``) may be removed.
+    """
 
     name = "membership-no-false-removal"
 
     def __init__(self, info: DataCentre) -> None:
         super().__init__(info)
         self._views: dict[tuple[int, int], Any] = {}
-        self._on = {ViewChanged: self._view}
+        self._left: set[tuple[int, int, int]] = set()  # (node, incarnation, group)
+        self._on = {
+            ViewChanged: self._view,
+            NodeStarted: self._life_changed,
+            NodeCrashed: self._life_changed,
+            Left: self._left_group,
+        }
+
+    def _life_changed(self, t: float, node: int, ev: object) -> None:
+        for key in [k for k in self._views if k[0] == node]:
+            del self._views[key]
+
+    def _left_group(self, t: float, node: int, ev: Left) -> None:
+        self._left.add((node, self.inc.get(node, 0), ev.group))
 
     def _view(self, t: float, node: int, ev: ViewChanged) -> None:
         view = ev.view
@@ -551,6 +569,7 @@ class MembersRemoved(_Base):
                 self.up.get(m.node)
                 and self.inc.get(m.node) == m.incarnation
                 and view.incarnation_of(m.node) is None
+                and (m.node, m.incarnation, view.group) not in self._left
             ):
                 self.problems.append(
                     f"leader {_fmt(node)} removed live {_fmt(m.node)} from group {view.group} "

@@ -34,16 +34,19 @@ needs ``k`` to grow with ``log n``, hence the logarithm. ``s`` scales
 
 *Member.* A member answers each heartbeat of the leader it follows with a
 unicast :class:`~powergrid.wire.HeartbeatAck` carrying its own view id, and
-asks for the view (at most once per ``heartbeat_interval``) when the
-heartbeat names a newer one. It installs a view only when the view id is
-higher than its own, so view ids only grow; a leader that learns of a higher
-view id than its own (from an ack or a view request) issues a new view above
-it. A member that hears nothing from its leader for ``leader_timeout * s(n)``
-emits ``LeaderLost`` once (again only after hearing the leader again or
-following a new one); a leader's LeaveNotice triggers it at once. A node
-that joined but has heard of no leader at all within ``join_timeout`` emits
-``LeaderLost(group, 0, 0)`` once so the election can bootstrap, and keeps
-retrying its join.
+asks for the view (at most once per ``heartbeat_interval``) when the heartbeat
+names a newer one. It installs a view only when the view id is higher than its
+own, so view ids only grow. It also asks when the heartbeat names its own view
+id but the heartbeat's sender (node and incarnation) did not issue its view (a
+twin leader of the same epoch, or a new life of its leader): that view id
+names two views. A leader that learns of a view id higher than its own (from
+an ack or a view request), or is asked for a view with its own id, issues a
+new view above it. A member that hears nothing from its leader for
+``leader_timeout * s(n)`` emits ``LeaderLost`` once (again only after hearing
+the leader again or following a new one); a leader's LeaveNotice triggers it
+at once. A node that joined but has heard of no leader at all within
+``join_timeout`` emits ``LeaderLost(group, 0, 0)`` once so the election can
+bootstrap, and keeps retrying its join.
 
 *Joining.* :class:`Join` sends a :class:`~powergrid.wire.JoinRequest`, by
 unicast to the leader when one is known, else by multicast, and again after
@@ -57,21 +60,33 @@ joins again.
 
 *Fencing.* A heartbeat or view of an epoch older than the one this node
 follows is refused (``stats.stale_epoch``); one of a newer epoch makes this
-node follow its sender (a leader hearing it steps down). Messages from an
+node follow its sender (a leader hearing it steps down); one of the followed
+epoch from another node is refused (``stats.conflicting_leader``), and from
+the followed leader in a higher incarnation is followed (it restarted and was
+elected again in that epoch, ``stats.leader_restarts``). Messages from an
 older incarnation of a node in the view are dropped
 (``stats.stale_incarnation``).
 
-*Leadership.* On ``LeaderElected(group, me, epoch)`` the node installs view
+*Leadership.* The election is the authority on who leads: a LeaderElected
+of a newer epoch, or of the followed epoch naming another leader (the
+election settled twin leaders of a partition, ``stats.twin_leaders_resolved``),
+is obeyed. On ``LeaderElected(group, me, epoch)`` the node installs view
 ``highest view id seen + 1`` of that epoch, led by itself, with the members of
-its last view minus the old leader, and starts heartbeating. On
-``LeaderElected(group, other, epoch)`` it follows ``other`` (and stops
+its last view, and starts heartbeating. A change of leader alone removes
+nobody: the old leader is dropped from that view only if it sent a
+LeaveNotice (``"left"``); if this node had reported it lost it stays in the
+view *suspected* at once (probed, removed ``removal_timeout * s(n)`` later
+unless it answers), else (a live leader bullied out) as an ordinary member.
+On ``LeaderElected(group, other, epoch)`` it follows ``other`` (and stops
 heartbeating if it led).
 
 Guarantees: view ids seen by one member only grow; a view lists its members
 sorted by node id, the leader included; every member of a view was admitted
 by that view's leader and in the incarnation listed. A crashed member is
 removed by the leader within ``(suspect_timeout + removal_timeout) * s(n) +
-heartbeat_interval`` of its last ack. Not guaranteed: that all members
+heartbeat_interval`` of its last ack; a crashed leader by its successor within
+``removal_timeout * s(n) + heartbeat_interval`` of the successor's election.
+Not guaranteed: that all members
 install every view (a member may skip views; it then learns removal reasons
 only for departures in the last ``departure_memory`` views, others are
 reported as ``"crashed"``), that a LeaveNotice arrives (a lost one is found by
@@ -354,7 +369,11 @@ class MembershipStats:
     stale_incarnation: int = 0
     """Messages from an older incarnation of a node than the one in the view."""
     conflicting_leader: int = 0
-    """Messages or LeaderElected naming another leader for the epoch already followed."""
+    """Heartbeats or views from another leader of the epoch already followed."""
+    twin_leaders_resolved: int = 0
+    """LeaderElected naming another leader of the epoch already followed (then followed)."""
+    leader_restarts: int = 0
+    """The followed leader came back in a higher incarnation in the same epoch (followed)."""
     dropped_not_leader: int = 0
     """Leader-bound messages (join, ack, view request) received while not leading."""
     dropped_not_member: int = 0
@@ -439,6 +458,7 @@ class MembershipMachine:
         self._active = False  # Join given and no Leave since
         self._in_view = False  # the last view of the followed leader lists this node
         self._view: View | None = None  # the last view installed that lists this node
+        self._view_from = (0, 0)  # the leader of _view and its incarnation
         self._members: dict[int, Member] = {}  # of _view, or the leader's working set
         self._others: tuple[int, ...] = ()  # member ids other than this node, sorted
         self._leader = 0
@@ -625,9 +645,11 @@ class MembershipMachine:
             self._stats.stale_epoch += 1
             return []
         if ev.epoch == self._epoch:
-            if ev.leader != self._leader:
-                self._stats.conflicting_leader += 1
-            return []
+            if ev.leader == self._leader:
+                return []
+            # Twin leaders of one epoch (two sides of a partition): the election settled
+            # on ``ev.leader`` and it is the authority on who leads, so follow it.
+            self._stats.twin_leaders_resolved += 1
         if not self._active:
             self._leader, self._epoch, self._leader_inc = ev.leader, ev.epoch, None
             return []
@@ -685,11 +707,9 @@ class MembershipMachine:
             if sus is None:
                 if now - last_ack[node] < self._suspect_after:
                     continue
-                self._nonce = (self._nonce + 1) & _MAX_U32
-                sus = self._suspects[node] = _Suspicion(now, self._nonce)
-                actions.append(MemberSuspected(group=self._group, node=NodeId(node)))
-                self._stats.suspected += 1
-            elif now - sus.since >= self._remove_after:
+                self._suspect(node, now, actions)
+                continue
+            if now - sus.since >= self._remove_after:
                 departures.append((node, members[node].incarnation, VIEW_STATUS_CRASHED))
                 continue
             self._send_probes(node, sus, actions)
@@ -706,6 +726,14 @@ class MembershipMachine:
         self._next_beat += interval
         if self._next_beat <= now:
             self._next_beat = now + interval
+
+    def _suspect(self, node: int, now: float, actions: list[Any]) -> None:
+        """Start suspecting ``node``: MemberSuspected, a new nonce, the first probes."""
+        self._nonce = (self._nonce + 1) & _MAX_U32
+        sus = self._suspects[node] = _Suspicion(now, self._nonce)
+        actions.append(MemberSuspected(group=self._group, node=NodeId(node)))
+        self._stats.suspected += 1
+        self._send_probes(node, sus, actions)
 
     def _send_probes(self, node: int, sus: _Suspicion, actions: list[Any]) -> None:
         target = self._members[node]
@@ -754,7 +782,7 @@ class MembershipMachine:
     # ------------------------------------------------------------ leadership
 
     def _become_leader(self, epoch: int, now: float, actions: list[Any]) -> None:
-        old = self._leader
+        old, lost = self._leader, self._lost_reported
         self._leading = True
         self._leader, self._epoch, self._leader_inc = self._node, epoch, self._me.incarnation
         self._lost_reported = False
@@ -766,14 +794,23 @@ class MembershipMachine:
         self._departures = {}
         members = dict(self._members)
         departures: list[tuple[int, int, int]] = []
+        suspect = 0
         if old and old != self._node and old in members:
-            status = VIEW_STATUS_LEFT if self._leader_left else VIEW_STATUS_CRASHED
-            departures.append((old, members.pop(old).incarnation, status))
+            # A change of leader alone removes nobody: the old leader stays unless it said
+            # it left. If it went silent (LeaderLost) it is suspected at once, and the
+            # suspect/probe/remove rules decide; if the election replaced a leader still
+            # heard (bullying, twins), it is an ordinary member.
+            if self._leader_left:
+                departures.append((old, members.pop(old).incarnation, VIEW_STATUS_LEFT))
+            elif lost:
+                suspect = old
         self._leader_left = False
         members[self._node] = self._me
         self._members = members
         self._last_ack = {n: now for n in members if n != self._node}
         self._new_view(departures, actions)
+        if suspect:
+            self._suspect(suspect, now, actions)
         actions.append(Multicast(message=Heartbeat(epoch=epoch, view_id=self._view_id())))
         self._stats.heartbeats_sent += 1
         self._next_beat = now + self._config.heartbeat_interval
@@ -842,6 +879,7 @@ class MembershipMachine:
     def _set_view(self, view: View) -> None:
         self._view = view
         self._members = {m.node: m for m in view.members}
+        self._view_from = (view.leader, self._members[view.leader].incarnation)
         self._others = tuple(n for n in view.nodes if n != self._node)
         n = len(view.members)
         cfg = self._config
@@ -883,8 +921,12 @@ class MembershipMachine:
             if self._leader_inc is None:
                 self._leader_inc = inc
             elif inc != self._leader_inc:
-                self._stats.stale_incarnation += 1
-                return False
+                if inc < self._leader_inc:
+                    self._stats.stale_incarnation += 1
+                    return False
+                # The leader restarted and was elected again in this epoch: follow its new life.
+                self._leader_inc = inc
+                self._stats.leader_restarts += 1
         else:
             self._follow(sender, epoch, inc, now)
         self._heard = now
@@ -908,7 +950,12 @@ class MembershipMachine:
             return actions
         view = self._view
         assert view is not None
-        if hb.view_id > view.view_id or (hb.view_id == view.view_id and hb.epoch != view.epoch):
+        if hb.view_id > view.view_id or (
+            hb.view_id == view.view_id
+            and (hb.epoch != view.epoch or self._view_from != (ev.sender, ev.incarnation))
+        ):
+            # A newer view, or one with our view's id that is not our view (another epoch,
+            # or another leader of this epoch: a twin, or a new life of our leader).
             self._request_view(ev.sender, now, actions)
         actions.append(
             Send(to=ev.sender, message=HeartbeatAck(epoch=hb.epoch, view_id=view.view_id))
@@ -969,9 +1016,9 @@ class MembershipMachine:
         if self._is_member(ev):
             self._alive(ev.sender, now)
         actions: list[Any] = []
-        current = self._view_id()
-        if req.view_id > current or (req.view_id == current and req.epoch != self._epoch):
-            # The member holds a view at least as new as ours: go above it.
+        if req.view_id >= self._view_id():
+            # The member holds a view at least as new as ours (a member only asks for
+            # a view with its own view's id if its view is not ours): go above it.
             self._highest = max(self._highest, req.view_id)
             self._new_view([], actions)
             return actions

@@ -32,7 +32,8 @@ holds in the (capped) range, at most ``max_xmit_per_interval`` per requester
 per ``nak_interval`` (beyond: counted in ``xmits_rate_limited``).
 
 *Stability.* Every member keeps every delivered message in its resend buffer
-until it is stable. Members unicast ``Status`` (their delivered vector) to
+until it is stable. Members unicast ``Status`` (per origin: what they
+delivered and ``low``, up to where they dropped it as stable) to
 the view's leader, the *coordinator*, every ``status_interval`` (with up to
 ``status_jitter`` of it taken off at random) while they buffer messages or
 are behind, and are quiet otherwise. The coordinator computes, per origin,
@@ -46,6 +47,16 @@ On Stable every member drops buffered messages up to ``stable`` and naks if
 it is behind ``highest`` (this is how a lost *last* message is found). Status
 and Stable are split into several datagrams when there are many origins.
 
+*Lost history.* Messages dropped as stable in a view that some of today's
+members were not in (a partition, a coordinator that restarted or changed)
+may be held by nobody now. Before each Stable, with every member's report of
+an origin in, the coordinator counts down from the highest delivered through
+the members' ``(low, delivered]`` spans (its own included); the first message
+nobody holds is lost for good, so it raises the origin's stable point to it,
+skipping there itself (``skipped``) and so making every member behind skip
+too, instead of asking forever. Within one view nobody drops what a member
+lacks, so this never skips a message someone can still resend.
+
 *Buffer cap.* If stability stalls, at most ``max_buffer`` messages are
 buffered in all: beyond, the oldest message of the origin with the most
 buffered messages is dropped (``buffer_overflow``). A member that still
@@ -58,19 +69,18 @@ instead of asking forever; agreement is lost for those messages.
 ``highest``), so it never asks for history everyone else has dropped. Data
 from such an origin that arrives before is held. Exceptions: seq 1 is always
 accepted directly (it starts the stream), and the coordinator, which receives
-no Stable, starts an unknown origin at the stable point it last declared for
-it (remembered when the origin's state was dropped), else at 0: only a
-coordinator declares stable points, so everything above is still buffered.
-(The one hole: a node that becomes coordinator in the very view it joins,
-having heard none of the Stables sent after that view change, may ask for
-history that is gone and stay behind for that origin.) Without a
-coordinator, Data at seq > 1 from an unknown origin is held until one
-appears.
+no Stable, starts an unknown origin at 0 and relies on *lost history* above
+to skip what nobody holds any more. Without a coordinator, Data at seq > 1
+from an unknown origin is held until one appears.
 
 *Views.* :class:`~powergrid.events.ViewChanged` sets the members and the
 coordinator. State of an origin that is not in the view is kept for
 ``flush_grace`` seconds, so survivors can still fetch its last messages from
 holders, then dropped (an origin that comes back in time keeps its state).
+What was delivered of a dropped life, and its stable point, are remembered
+(for the last 4096 origins): if that life comes back, its stream resumes after
+what was delivered (nothing twice) and the stable point declared stays the
+one known.
 
 Guarantees: within one life of each origin, each member delivers the
 origin's messages at most once and in order (FIFO per origin); while the
@@ -80,8 +90,10 @@ never exceeds ``max_buffer``; a quiet, stable group sends nothing and
 ``next_deadline()`` is None. Not guaranteed: any order between different
 origins (no total or causal order), virtual synchrony (a view change does not
 flush, it only keeps departed origins' state for ``flush_grace``), delivery
-of messages evicted by the buffer cap, and history from before a member
-joined.
+of messages evicted by the buffer cap or lost with the buffers of a
+partition (see *lost history*), history from before a member joined, and the
+last messages of a life whose origin restarts (its new incarnation replaces
+the old life's state at once, without ``flush_grace``).
 
 Assumptions: datagrams may be lost, duplicated, reordered and delayed but
 not corrupted; the node never passes this machine its own datagrams;
@@ -134,15 +146,15 @@ MAX_MULTICAST_PAYLOAD: Final = MAX_DATAGRAM - HEADER_SIZE - struct.calcsize("!QI
 """The largest payload one :class:`Publish` can carry (bytes): what still fits
 when a holder resends it inside an :class:`~powergrid.wire.Xmit`."""
 
-_LIST_HEAD: Final = struct.calcsize("!IH")  # view_id, entry count
-STATUS_PER_DATAGRAM: Final = (MAX_DATAGRAM - HEADER_SIZE - _LIST_HEAD) // struct.calcsize("!QIQ")
+_LIST_HEAD: Final = struct.calcsize("!QH")  # view_id, entry count
+STATUS_PER_DATAGRAM: Final = (MAX_DATAGRAM - HEADER_SIZE - _LIST_HEAD) // struct.calcsize("!QIQQ")
 """Entries in one Status datagram; more origins take more datagrams."""
 STABLE_PER_DATAGRAM: Final = (MAX_DATAGRAM - HEADER_SIZE - _LIST_HEAD) // struct.calcsize("!QIQQ")
 """Entries in one Stable datagram; more origins take more datagrams."""
 
 _PENDING: Final = -1  # ``delivered`` of an origin whose start is not known yet
-_NO_REPORT: Final[dict[int, tuple[int, int]]] = {}
-_MAX_FLOORS: Final = 4096  # stable points of dropped origins remembered
+_NO_REPORT: Final[dict[int, tuple[int, int, int]]] = {}
+_MAX_FLOORS: Final = 4096  # dropped origins whose delivered and stable points are remembered
 
 
 # ----------------------------------------------------------------- config
@@ -361,9 +373,11 @@ class MulticastMachine:
         self._status_due: float | None = None
         self._stable_due: float | None = None
         self._stable_left = 0  # Stable digests still owed after a view change
-        self._reports: dict[int, dict[int, tuple[int, int]]] = {}  # member -> origin -> (inc, d)
+        # member -> origin -> (inc, delivered, low): what it delivered, what it can no longer resend
+        self._reports: dict[int, dict[int, tuple[int, int, int]]] = {}
         self._xmit_window: dict[int, list[float]] = {}  # requester -> [window start, count]
-        self._floors: dict[int, tuple[int, int]] = {}  # dropped origin -> (inc, stable)
+        # dropped origin -> (inc, stable, delivered) when its state was dropped after grace
+        self._floors: dict[int, tuple[int, int, int]] = {}
         self._dispatch: dict[type[Any], Callable[[Any, float], list[Any]]] = {
             Received: self._on_received,
             DeadlineReached: self._on_deadline,
@@ -550,11 +564,12 @@ class MulticastMachine:
         return out
 
     def _unknown_start(self, origin: int, inc: int, seq: int) -> int:
-        """Where the stream of an origin we have no state for starts, on a message ``seq``."""
-        if seq == 1:
+        """Where the stream of an origin we have no state for starts, on a message ``seq``.
+
+        (:meth:`_new_origin` resumes a life whose state was dropped after what we delivered.)
+        """
+        if seq == 1 or self._coordinating:
             return 0
-        if self._coordinating:
-            return self._floor(origin, inc)
         return _PENDING
 
     def _dropped(self, origin: int, inc: int) -> bool:
@@ -562,17 +577,20 @@ class MulticastMachine:
         known = self._floors.get(origin)
         return known is not None and known[0] >= inc and origin not in self._member_inc
 
-    def _floor(self, origin: int, inc: int) -> int:
-        """The coordinator's start for an unknown origin: the last stable point it knew, or 0."""
-        known = self._floors.get(origin)
-        return known[1] if known is not None and known[0] == inc else 0
-
     def _new_origin(self, origin: int, inc: int, start: int, now: float) -> _Origin:
-        """Fresh state for ``origin`` in ``inc``, replacing any older life's."""
+        """Fresh state for ``origin`` in ``inc`` starting after ``start``, replacing any older
+        life's. A life whose state we dropped resumes after what we delivered of it (never
+        delivering anything twice) with the stable point we knew (never declaring more)."""
         old = self._origins.get(origin)
         if old is not None:
             self._forget(origin, old)
-        st = self._origins[origin] = _Origin(inc, start)
+        known = self._floors.pop(origin, None)
+        if known is not None and known[0] == inc and known[2] > start:
+            st = _Origin(inc, known[2])
+            st.stable = max(known[1], start, 0)
+        else:
+            st = _Origin(inc, start)
+        self._origins[origin] = st
         if self._view is not None and origin not in self._member_inc:
             st.gone_at = self._grace[origin] = now + self._config.flush_grace
         return st
@@ -789,7 +807,7 @@ class MulticastMachine:
 
     def _status_messages(self) -> list[Any]:
         entries = [
-            StatusEntry(o, st.incarnation, st.delivered)
+            StatusEntry(o, st.incarnation, st.delivered, min(st.buf_low - 1, st.delivered))
             for o, st in sorted(self._origins.items())
             if st.delivered != _PENDING
         ]
@@ -812,30 +830,76 @@ class MulticastMachine:
             return []
         report = self._reports.setdefault(member, {})
         out: list[Any] = []
-        for origin, inc, delivered in msg.entries:
+        for origin, inc, delivered, low in msg.entries:
+            low = min(low, delivered)
             if origin == self._me:
                 if inc == self._incarnation:
-                    report[origin] = (inc, delivered)
+                    self._report(report, origin, inc, min(delivered, self._own.delivered), low)
                 continue
             st = self._origins.get(origin)
             if st is None:
                 if self._dropped(origin, inc):
                     continue
-                st = self._new_origin(origin, inc, self._floor(origin, inc), now)
+                st = self._new_origin(origin, inc, 0, now)
             elif inc != st.incarnation:
                 if inc < st.incarnation:
                     continue
                 st = self._new_origin(origin, inc, 0, now)
             elif st.delivered == _PENDING:
                 self._start(origin, st, delivered, out)
-            prev = report.get(origin)
-            if prev is None or prev[0] != inc or delivered > prev[1]:
-                report[origin] = (inc, delivered)
+            self._report(report, origin, inc, delivered, low)
             st.highest = max(st.highest, delivered)
             self._check_gap(origin, st, now)
         if self._stable_due is None:
             self._stable_due = now + self._config.stable_interval
         return out
+
+    @staticmethod
+    def _report(
+        report: dict[int, tuple[int, int, int]], origin: int, inc: int, delivered: int, low: int
+    ) -> None:
+        """Record a member's point for ``origin`` (both only grow within a life: keep the max)."""
+        prev = report.get(origin)
+        if prev is None or prev[0] != inc:
+            report[origin] = (inc, delivered, low)
+        elif delivered > prev[1] or low > prev[2]:
+            report[origin] = (inc, max(delivered, prev[1]), max(low, prev[2]))
+
+    def _skip_lost(self, now: float, out: list[Any]) -> None:
+        """Raise each origin's stable point to where its history is lost for good.
+
+        With every member's report in, the messages anyone can still resend are
+        the union of the members' ``(low, delivered]`` (this node's included).
+        Counting down from the highest delivered, the first message nobody holds
+        is lost: messages dropped as stable in a view some of today's members were
+        not in (a partition, a restart). Members behind it can never get it, so it
+        is declared stable and they skip to it; the coordinator skips first.
+        """
+        me = self._me
+        others = [m for m in sorted(self._member_inc) if m != me]
+        reports = self._reports
+        for origin, st in sorted(self._origins.items()):
+            if origin == me or st.delivered == _PENDING:
+                continue
+            inc = st.incarnation
+            spans = [(min(st.buf_low - 1, st.delivered), st.delivered)]
+            for m in others:
+                got = reports.get(m, _NO_REPORT).get(origin)
+                if got is None or got[0] != inc:
+                    break
+                spans.append((got[2], got[1]))
+            else:
+                lost = max(d for _, d in spans)
+                while lost > 0:
+                    below = [low for low, d in spans if low < lost <= d]
+                    if not below:
+                        break
+                    lost = min(below)
+                if lost > st.stable:
+                    st.stable = lost
+                    if lost > st.delivered:
+                        self._skip_to(origin, st, lost, out)
+                        self._check_gap(origin, st, now)
 
     def _stable_messages(self) -> tuple[list[Any], bool]:
         """The coordinator's digest (applied locally too), and whether anything is unstable."""
@@ -870,16 +934,19 @@ class MulticastMachine:
 
     def _on_stable(self, ev: Received, msg: Stable, now: float) -> list[Any]:
         view = self._view
-        if view is not None:
-            if msg.view_id < view.view_id:
-                self._stats.stale += 1
-                return []
-            if msg.view_id == view.view_id and (
-                ev.sender != view.leader or self._member_inc.get(ev.sender) != ev.incarnation
-            ):
-                self._stats.ignored += 1
-                return []
-        if self._coordinating:
+        if view is not None and msg.view_id < view.view_id:
+            self._stats.stale += 1
+            return []
+        # Only the coordinator of this node's own view may make it drop or skip anything:
+        # a digest of a view it is not in (yet), or with no view, says what *other*
+        # members delivered, and trusting it dropped messages members of our view lack.
+        if (
+            view is None
+            or msg.view_id != view.view_id
+            or ev.sender != view.leader
+            or self._member_inc.get(ev.sender) != ev.incarnation
+            or self._coordinating
+        ):
             self._stats.ignored += 1
             return []
         out: list[Any] = []
@@ -960,7 +1027,7 @@ class MulticastMachine:
             self._status_due = None
             for origin, st in sorted(self._origins.items()):
                 if st.delivered == _PENDING:
-                    self._start(origin, st, self._floor(origin, st.incarnation), out)
+                    self._start(origin, st, 0, out)
                     self._check_gap(origin, st, now)
             self._stable_left = self._config.stable_repeats
             stable, unstable = self._stable_messages()
@@ -995,7 +1062,7 @@ class MulticastMachine:
             self._floors.pop(origin, None)
             if len(self._floors) >= _MAX_FLOORS:
                 del self._floors[next(iter(self._floors))]
-            self._floors[origin] = (st.incarnation, st.stable)
+            self._floors[origin] = (st.incarnation, st.stable, st.delivered)
             if not self._needs_status():
                 self._status_due = None
         if self._status_due is not None and self._status_due <= now:
@@ -1007,6 +1074,7 @@ class MulticastMachine:
             else:
                 self._status_due = None
         if self._stable_due is not None and self._stable_due <= now:
+            self._skip_lost(now, out)
             sent, unstable = self._stable_messages()
             self._stats.stable_sent += len(sent)
             out.extend(sent)

@@ -10,11 +10,14 @@ cluster's group; a node that its cluster elects as broker also joins the
 broker group (:data:`~powergrid.types.BROKER_GROUP`) with a second stack of
 the same classes, and leaves it when it stops being the broker.
 
-Inbound, a datagram is decoded once (a :class:`~powergrid.errors.DecodeError`
-is counted in ``stats.malformed`` and dropped), our own multicast loopback is
-dropped, and the message goes to the machine that owns its type code in the
-stack of its group (datagrams for groups we are not in are counted and
-dropped). Outbound, actions go through one work queue:
+Inbound, with a keyring (:mod:`powergrid.auth`), a datagram's tag is checked
+before anything reads it (``stats.unauthenticated``) and, right after
+decoding, its counter against the sender's replay window (``stats.replayed``);
+outbound, every datagram is signed after encoding. A datagram is decoded once
+(a :class:`~powergrid.errors.DecodeError` is counted in ``stats.malformed``
+and dropped), our own multicast loopback is dropped, and the message goes to
+the machine that owns its type code in the stack of its group (datagrams
+for groups we are not in are counted and dropped). Outbound, actions go through one work queue:
 
 * ``Send``/``Multicast`` become encoded datagrams (``Transmit``/``TransmitGroup``);
 * ``SendReliable``/``MulticastReliable`` are encoded as inner bodies and given
@@ -40,6 +43,7 @@ from typing import Any
 
 import attrs
 
+from powergrid.auth import Authenticator, Keyring
 from powergrid.election import ElectionConfig, ElectionMachine
 from powergrid.errors import ConfigError, DecodeError, UsageError
 from powergrid.events import (
@@ -116,6 +120,9 @@ class NodeConfig:
     """Usable supply in watts, used while this node is the lead broker."""
     bid: Bid | None = None
     """This server's first bid; None to bid later with :meth:`Node.set_bid`."""
+    keyring: Keyring | None = None
+    """Group keys: sign every datagram and refuse unsigned, forged and replayed
+    ones (see :mod:`powergrid.auth`). None: no authentication, flags 0."""
 
     def __attrs_post_init__(self) -> None:
         if not (self.client.grid == self.broker.grid == self.lead.grid):
@@ -168,6 +175,10 @@ class NodeStats:
     """Datagrams for a group this node is not in."""
     unroutable: int = 0
     """Messages no machine of the stack takes (e.g. an inner message of the wrong kind)."""
+    unauthenticated: int = 0
+    """With a keyring: datagrams without a valid tag of an accepted key (before decoding)."""
+    replayed: int = 0
+    """With a keyring: authentic datagrams refused by the replay window."""
 
 
 class _Stack:
@@ -229,6 +240,7 @@ class Node:
         self._stacks: dict[int, _Stack] = {}
         self._stats = NodeStats()
         self._started = False
+        self._auth = None if config.keyring is None else Authenticator(config.keyring)
         me = self._id
         self._client = ClientMachine(me, self._cluster, config.client)
         self._broker = BrokerMachine(me, self._cluster, config.broker)
@@ -304,6 +316,14 @@ class Node:
     def receive(self, data: bytes, now: float) -> list[Output]:
         """One datagram from the network (unicast or multicast)."""
         self._stats.received += 1
+        auth = self._auth
+        counter = 0
+        if auth is not None:  # nothing reads a datagram before its tag is checked
+            opened = auth.open(data)
+            if opened is None:
+                self._stats.unauthenticated += 1
+                return []
+            data, counter = opened
         try:
             env = decode(data)
         except DecodeError:
@@ -311,6 +331,9 @@ class Node:
             return []
         if env.sender == self._id:
             self._stats.own += 1
+            return []
+        if auth is not None and not auth.accept(env.sender, env.incarnation, counter):
+            self._stats.replayed += 1
             return []
         stack = self._stacks.get(env.group)
         if stack is None:
@@ -471,6 +494,7 @@ class Node:
         group = stack.group
         me = self._id
         inc = self._incarnation
+        seal = None if self._auth is None else self._auth.seal
         while queue:
             act = queue.popleft()
             kind = type(act)
@@ -479,13 +503,15 @@ class Node:
                     event = Received(sender=me, incarnation=inc, message=act.message)
                     self._dispatch(stack, event, now, queue, out)
                 elif kind is Send:
-                    out.append(Transmit(to=act.to, data=encode(group, me, inc, act.message)))
+                    data = encode(group, me, inc, act.message)
+                    out.append(Transmit(to=act.to, data=data if seal is None else seal(data)))
                 else:
                     msg: Message = act.message
                     submit = Submit(to=act.to, kind=msg.TYPE, payload=encode_body(msg))
                     queue.extend(stack.unicast.handle(submit, now))
             elif kind is Multicast:
-                out.append(TransmitGroup(group=group, data=encode(group, me, inc, act.message)))
+                data = encode(group, me, inc, act.message)
+                out.append(TransmitGroup(group=group, data=data if seal is None else seal(data)))
             elif kind is MulticastReliable:
                 msg = act.message
                 publish = Publish(kind=msg.TYPE, payload=encode_body(msg))

@@ -22,11 +22,12 @@ import os
 import random
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import trio
 
+from powergrid.auth import ENV_VAR, Keyring
 from powergrid.errors import ConfigError, PowergridError
 from powergrid.events import LeaderElected, ViewChanged
 from powergrid.market import Bid, PriceUpdated
@@ -60,6 +61,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--duration", type=float, default=None, help="seconds to run, then leave and exit 0")
     a("--seed", type=int, default=None, help="seed of the node's random jitter")
     a("--json", action="store_true", help="JSON lines on stdout; JSON commands on stdin")
+    a(
+        "--key-file",
+        default=None,
+        help=f"file of group keys: sign every datagram and refuse unsigned, forged and "
+        f"replayed ones (docs/security.md); or put the keys in ${ENV_VAR}. "
+        "Keys are never given on the command line",
+    )
+    a("--key", nargs="?", action=_NoKeyArgument, help=argparse.SUPPRESS)
+
+
+class _NoKeyArgument(argparse.Action):
+    """``--key``: refused without echoing it (argparse would take it for ``--key-file``)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kw: Any) -> None:
+        parser.error(f"keys are never given on the command line: use --key-file or ${ENV_VAR}")
 
 
 def _bid(args: argparse.Namespace) -> Bid | None:
@@ -73,8 +89,22 @@ def _bid(args: argparse.Namespace) -> Bid | None:
     return Bid(floor=floor, required=required, maximum=args.maximum, priority=args.priority)
 
 
-def build_configs(args: argparse.Namespace) -> tuple[NodeConfig, UdpConfig]:
-    """The node and socket settings from parsed options; raises :class:`ConfigError`."""
+def _keyring(args: argparse.Namespace, environ: Mapping[str, str]) -> Keyring | None:
+    if args.key_file is not None:
+        if ENV_VAR in environ:
+            raise ConfigError(f"give --key-file or ${ENV_VAR}, not both (unset one of them)")
+        return Keyring.from_file(args.key_file)
+    return Keyring.from_env(environ)
+
+
+def build_configs(
+    args: argparse.Namespace, *, environ: Mapping[str, str] | None = None
+) -> tuple[NodeConfig, UdpConfig]:
+    """The node and socket settings from parsed options; raises :class:`ConfigError`.
+
+    The keyring comes from ``--key-file`` or from ``$POWERGRID_KEYS`` in
+    ``environ`` (default: the process environment).
+    """
     if args.duration is not None and not (args.duration > 0 and math.isfinite(args.duration)):
         raise ConfigError(f"--duration {args.duration} must be a positive number of seconds")
     if args.supply < 0:
@@ -87,6 +117,7 @@ def build_configs(args: argparse.Namespace) -> tuple[NodeConfig, UdpConfig]:
         broker_capable=args.broker_capable,
         supply=args.supply,
         bid=_bid(args),
+        keyring=_keyring(args, os.environ if environ is None else environ),
     )
     udp = UdpConfig(
         interface=args.host if args.interface is None else args.interface,
@@ -281,6 +312,7 @@ async def _main(args: argparse.Namespace, node: NodeConfig, udp: UdpConfig) -> N
                     "incarnation": incarnation,
                     "broker_capable": node.broker_capable,
                     "rank": node.rank,
+                    "authenticated": node.keyring is not None,
                 },
             )
             async with trio.open_nursery() as nursery:

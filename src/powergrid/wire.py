@@ -17,7 +17,8 @@ type, so a new message is a class and a line, never new parsing code.
 
 Decoding is strict: a datagram that is truncated, longer than
 :data:`MAX_DATAGRAM`, of another magic or version, of an unknown type, with
-unknown flags, with trailing bytes, or whose fields contradict each other
+unknown flags (the authentication flag included: :mod:`powergrid.auth` verifies
+and strips it first), with trailing bytes, or whose fields contradict each other
 (checked by the message's ``problem()``) raises :class:`DecodeError` and
 nothing else, with a message that says what was wrong. Encoding checks the
 size: a datagram over :data:`MAX_DATAGRAM` raises
@@ -46,6 +47,8 @@ from powergrid.errors import DecodeError, PayloadTooLargeError
 from powergrid.types import MAX_NODE_ID, GroupId, Incarnation, NodeId
 
 __all__ = [
+    "AUTH_TRAILER_SIZE",
+    "FLAG_AUTH",
     "HEADER_SIZE",
     "KIND_APP",
     "MAGIC",
@@ -57,6 +60,7 @@ __all__ = [
     "VIEW_STATUS_LEFT",
     "VIEW_STATUS_MEMBER",
     "VIEW_STATUS_REPLACED",
+    "WIRE_LIMIT",
     "Aggregate",
     "Answer",
     "Bid",
@@ -97,8 +101,19 @@ __all__ = [
 
 MAGIC = b"PG"
 VERSION = 1
-MAX_DATAGRAM = 1400
-"""Bytes on the wire, header included: fits an Ethernet MTU with IP/UDP headers."""
+WIRE_LIMIT = 1400
+"""Bytes a datagram may have on the wire, authentication trailer included: fits
+an Ethernet MTU with IP/UDP headers. A transport must read datagrams this long."""
+AUTH_TRAILER_SIZE = 24
+"""Bytes :mod:`powergrid.auth` appends to a signed datagram: key id and counter
+(8), then the truncated HMAC-SHA256 tag (16)."""
+MAX_DATAGRAM = WIRE_LIMIT - AUTH_TRAILER_SIZE
+"""Bytes :func:`encode` makes at most, header included (1,376): the room for the
+authentication trailer is kept free, keyed or not, so that every machine's size
+limits hold either way and a signed datagram never exceeds :data:`WIRE_LIMIT`."""
+FLAG_AUTH = 0x01
+"""Header ``flags`` bit: an authentication trailer follows the body. Only
+:mod:`powergrid.auth` sets and strips it; :func:`decode` refuses it."""
 
 _HEADER = struct.Struct("!2sBBBIQI")
 HEADER_SIZE = _HEADER.size
@@ -233,23 +248,28 @@ class Nak(Message):
 
 
 class StatusEntry(NamedTuple):
-    """Of ``origin`` in ``incarnation``: I have delivered everything up to ``delivered``."""
+    """Of ``origin`` in ``incarnation``: I have delivered everything up to ``delivered``
+    and can no longer resend anything up to ``low`` (dropped as stable)."""
 
     origin: int
     incarnation: int
     delivered: int
+    low: int = 0
 
 
-@_layout("I", tail="entries", entry="QIQ", entry_type=StatusEntry)
+@_layout("Q", tail="entries", entry="QIQQ", entry_type=StatusEntry)
 @attrs.frozen
 class Status(Message):
-    """A member's delivered vector, unicast to the coordinator (unreliable, periodic)."""
+    """A member's delivered vector and resend-buffer floors, unicast to the coordinator."""
 
     TYPE: ClassVar[int] = 4
     view_id: int
     entries: tuple[StatusEntry, ...]
 
     def problem(self) -> str | None:
+        for e in self.entries:
+            if e.low > e.delivered:
+                return f"low {e.low} above delivered {e.delivered}"
         return _bad_entries(self.entries)
 
 
@@ -262,7 +282,7 @@ class StableEntry(NamedTuple):
     highest: int
 
 
-@_layout("I", tail="entries", entry="QIQQ", entry_type=StableEntry)
+@_layout("Q", tail="entries", entry="QIQQ", entry_type=StableEntry)
 @attrs.frozen
 class Stable(Message):
     """The coordinator's stability digest, multicast to the group (unreliable, periodic)."""
@@ -824,8 +844,9 @@ def encode(group: int, sender: int, incarnation: int, msg: Message) -> bytes:
         data = _encode_checked(group, sender, incarnation, msg)
     if len(data) > MAX_DATAGRAM:
         raise PayloadTooLargeError(
-            f"{type(msg).__name__} datagram is {len(data)} bytes, over the "
-            f"{MAX_DATAGRAM}-byte limit; send a smaller payload (at most "
+            f"{type(msg).__name__} datagram is {len(data)} bytes; with room for the "
+            f"{AUTH_TRAILER_SIZE}-byte authentication trailer that is over the "
+            f"{WIRE_LIMIT}-byte limit; send a smaller payload (at most "
             f"{len(data) - MAX_DATAGRAM} bytes less)"
         )
     return data
@@ -930,6 +951,11 @@ def _decode_checked(data: bytes) -> Envelope:
         raise DecodeError(f"unknown version {version}, this node speaks {VERSION}")
     if lay is None:
         raise DecodeError(f"unknown message type {code}")
+    if flags & FLAG_AUTH:
+        raise DecodeError(
+            "authenticated datagram (flags bit 0): verify and strip its trailer "
+            "with a powergrid.auth.Authenticator before decoding"
+        )
     if flags:
         raise DecodeError(f"unknown flags {flags:#04x}")
     if not 0 < sender <= MAX_NODE_ID:

@@ -28,8 +28,14 @@ Bid numbering: each new bid gets the next ``seq``; a refresh every
 broker). The broker's ``BidAck(seq, aggregate)`` says from which of its
 aggregates on the bid counts; a ``Price`` names the aggregate it cleared, so
 the bid the price applies to is the newest one acknowledged at or before it.
-If none was, the client was not counted: it takes its required ``r`` (its
-floor ``h`` during a shortage) until the next round includes it. A new broker
+If none was, the client was not counted, and the clearing budgeted nothing
+for it (the counted bids share all of ``S`` in a normal market or a
+shortage, and a surplus may have no watt to spare): it takes **0 W** from
+that price, whatever the regime, until a round counts it. This is what keeps
+the cluster's allocations within the clearing's total; the cost is a
+server without power for the round or two until its first bid is counted
+(a new server, or a bid that reached a new broker after its first
+aggregate). A new broker
 (a higher epoch, learned from ``LeaderElected`` or from a ``Price``) gets the
 current bid at once.
 
@@ -298,8 +304,8 @@ class ClientMachine:
             for old in [s for s in self._bids if s < seq]:
                 del self._bids[old]
                 self._acks.pop(old, None)
-        else:
-            allocation = bid.floor if result.regime is Regime.SHORTAGE else bid.required
+        else:  # not counted: the clearing budgeted nothing for us
+            allocation = 0
             self._includes_latest = False
         self.stats.prices_applied += 1
         self._price = result.price

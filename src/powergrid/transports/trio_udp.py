@@ -67,13 +67,13 @@ from powergrid.errors import ConfigError, UsageError
 from powergrid.events import Endpoint, JoinGroup, LeaveGroup, Transmit, TransmitGroup
 from powergrid.node import Node, NodeConfig
 from powergrid.types import NodeId, node_address
-from powergrid.wire import MAX_DATAGRAM
+from powergrid.wire import WIRE_LIMIT
 
 __all__ = ["UdpConfig", "UdpHandle", "UdpStats", "default_incarnation", "run_node"]
 
 log = logging.getLogger(__name__)
 
-_RECV_SIZE = MAX_DATAGRAM + 1  # one byte more, so the codec sees an oversized datagram
+_RECV_SIZE = WIRE_LIMIT + 1  # one byte more, so the codec sees an oversized datagram
 _BATCH = 64  # datagrams a reader handles before letting other tasks run
 
 Command = Callable[[Any, float], Iterable[object]]
