@@ -36,6 +36,7 @@ from powergrid.market import (
     MarketCleared,
     PriceUpdated,
     Regime,
+    SteppedDown,
     SupplyChanged,
     aggregate,
     allocate,
@@ -553,6 +554,16 @@ def test_lead_clears_each_round_and_multicasts_budgets() -> None:
         ),
     ]
     assert lead.next_deadline() == 2.0 and lead.round == 1
+
+
+def test_lead_that_stepped_down_stops_clearing() -> None:
+    """Lead rule: a node that left the broker group (SteppedDown) clears no more rounds,
+    until a LeaderElected of the broker group names it again."""
+    lead = active_lead(300)
+    lead.handle(rx(BROKER, agg_msg(1, [BID])), 0.2)
+    assert lead.handle(SteppedDown(), 0.5) == []
+    assert lead.next_deadline() is None
+    assert lead.handle(DL, 1.0) == []
 
 
 def test_lead_supply_change_applies_next_round() -> None:

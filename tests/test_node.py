@@ -190,3 +190,28 @@ def test_transmissions_name_only_members_and_the_group() -> None:
             assert out.to in dc.nodes
         if isinstance(out, TransmitGroup):
             assert out.group in node.groups
+
+
+def test_a_broker_that_loses_its_cluster_stops_clearing_as_lead() -> None:
+    """Node rule: leaving the broker group steps the lead broker down at once."""
+    notes: dict[int, list[tuple[float, object]]] = defaultdict(list)
+    net = MemoryNetwork(seed=3, observer=lambda t, n, o: notes[n].append((t, o)), keep_log=False)
+    low = make_node(
+        9000, broker_capable=True, supply=1000, bid=Bid(floor=0, required=10, maximum=20)
+    )
+    net.add(low, at=0.0)
+    net.run_until(6.0)
+    assert BROKER_GROUP in low.groups and low.lead.next_deadline() is not None
+    high = make_node(9001, broker_capable=True, supply=1000)
+    net.add(high, at=6.0)
+    net.run_until(12.0)
+    assert low.stack(1).membership.leader == high.node_id
+    assert BROKER_GROUP not in low.groups
+    assert low.lead.next_deadline() is None
+    left_at = max(
+        t
+        for t, o in notes[low.node_id]
+        if isinstance(o, LeaderElected) and o.leader == high.node_id
+    )
+    cleared = [t for t, o in notes[low.node_id] if type(o).__name__ == "MarketCleared"]
+    assert cleared and max(cleared) <= left_at

@@ -72,6 +72,7 @@ from powergrid.market import (
     ClientMachine,
     LeadBrokerMachine,
     LeadConfig,
+    SteppedDown,
     SupplyChanged,
 )
 from powergrid.membership import (
@@ -435,6 +436,8 @@ class Node:
         self._run(stack, stack.membership.handle(Leave(), now), now, out)
         del self._stacks[stack.group]
         out.append(LeaveGroup(group=stack.group))
+        if stack.group == BROKER_GROUP:  # no broker group, no lead broker
+            self._run_market(self._lead.handle(SteppedDown(), now), now, out)
 
     def _dispatch(
         self,

@@ -37,6 +37,7 @@ from powergrid.market.lead import (
     LeadConfig,
     LeadStats,
     MarketCleared,
+    SteppedDown,
     SupplyChanged,
 )
 
@@ -65,6 +66,7 @@ __all__ = [
     "MarketCleared",
     "PriceUpdated",
     "Regime",
+    "SteppedDown",
     "SupplyChanged",
     "Totals",
     "aggregate",

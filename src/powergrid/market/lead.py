@@ -58,6 +58,7 @@ __all__ = [
     "LeadConfig",
     "LeadStats",
     "MarketCleared",
+    "SteppedDown",
     "SupplyChanged",
 ]
 
@@ -75,6 +76,15 @@ class SupplyChanged:
     """Command: the usable supply is now ``watts`` (int >= 0), from the next round on."""
 
     watts: int
+
+
+@attrs.frozen(kw_only=True)
+class SteppedDown:
+    """This node left the broker group (it is no longer its cluster's broker): stop clearing.
+
+    Without it a lead that lost its cluster would keep clearing rounds that can
+    no longer reach anyone until it heard of the next lead broker.
+    """
 
 
 @attrs.frozen(kw_only=True)
@@ -166,6 +176,7 @@ class LeadBrokerMachine:
         self._clusters: dict[int, _Latest] = {}
         self._dispatch: dict[type, Callable[[Any, float], list[object]]] = {
             SupplyChanged: self._on_supply_changed,
+            SteppedDown: self._on_stepped_down,
             LeaderElected: self._on_leader_elected,
             Received: self._on_received,
             DeadlineReached: self._on_deadline,
@@ -239,6 +250,11 @@ class LeadBrokerMachine:
             self._epoch = ev.epoch
             self._active = False
             self._round_at = None
+        return []
+
+    def _on_stepped_down(self, ev: SteppedDown, now: float) -> list[object]:
+        self._active = False
+        self._round_at = None
         return []
 
     def _on_received(self, ev: Received, now: float) -> list[object]:
