@@ -215,3 +215,51 @@ def test_a_broker_that_loses_its_cluster_stops_clearing_as_lead() -> None:
     )
     cleared = [t for t, o in notes[low.node_id] if type(o).__name__ == "MarketCleared"]
     assert cleared and max(cleared) <= left_at
+
+
+def test_churn_members_that_stay_deliver_everything_once_in_order() -> None:
+    """Membership under churn: while servers join and leave every 0.3 s and two senders
+    multicast, the members that stay deliver every message of each sender exactly once,
+    in order, and end in one view with exactly the nodes up at the end."""
+    dc = DataCentre(clusters=1, per_cluster=4, seed=7)
+    dc.loss = 0.02
+    dc.net.run_until(4.0)
+    stayers = dc.live()
+    senders = stayers[:2]
+    churners: list[Node] = []
+    port = 9500
+    sent: dict[int, list[bytes]] = {s.node_id: [] for s in senders}
+    rng = random.Random(7)
+    t = 4.0
+    for step in range(40):
+        if churners and (len(churners) >= 4 or rng.random() < 0.4):
+            gone = churners.pop(rng.randrange(len(churners)))
+            dc.net.command(gone.node_id, lambda n, now: n.leave(now))
+            dc.net.run_until(t + 0.05)
+            dc.net.remove(gone.node_id)
+        else:
+            port += 1
+            joiner = make_node(port, cluster=1)
+            dc.nodes[joiner.node_id] = joiner
+            dc.net.add(joiner, at=dc.net.now)
+            churners.append(joiner)
+        for s in senders:
+            payload = b"%d-%d" % (s.node_id & 0xFFFF, step)
+            sent[s.node_id].append(payload)
+            dc.net.command(s.node_id, lambda n, now, p=payload: n.multicast(p, now))
+        t += 0.3
+        dc.net.run_until(t)
+    dc.loss = 0.0
+    dc.net.run_until(t + 5.0)
+    for node in stayers:
+        for s in senders:
+            got = [
+                o.payload
+                for _, o in dc.notes[node.node_id]
+                if isinstance(o, MessageDelivered) and o.sender == s.node_id
+            ]
+            assert got == sent[s.node_id], (node.node_id, s.node_id)
+    up = sorted(n.node_id for n in stayers + churners)
+    for node in stayers + churners:
+        view = node.stack(1).membership.view
+        assert view is not None and list(view.nodes) == up, node.node_id
