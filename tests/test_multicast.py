@@ -445,6 +445,7 @@ def test_status_and_stable_from_wrong_roles_or_views_dropped() -> None:
     assert coord.stats.stale == 1
     assert m.next_deadline() is None
 
+
 def test_origin_keeps_own_messages_despite_stable_of_a_view_it_is_not_in() -> None:
     """Rule: only the coordinator of this node's own view can make it drop buffered
     messages; with no view yet, an origin ignores another group's Stable (which says
@@ -476,7 +477,6 @@ def test_stable_of_a_newer_view_neither_skips_nor_drops() -> None:
     assert m.handle(TICK, CFG.nak_delay) == [
         Send(to=A, message=Nak(origin=A, origin_incarnation=1, first=2, last=2))
     ]
-
 
 
 def test_lost_last_message_found_through_stable() -> None:
@@ -640,6 +640,57 @@ def test_coordinator_skips_history_nobody_can_resend_and_declares_it_stable() ->
         ),
     ]
     assert m2.stats.skipped == 0
+
+
+def test_skip_over_lost_history_drops_what_is_held_below_the_lost_point() -> None:
+    """Rule: skipping to a stable point drops the messages held at or below it too
+    (counted in skipped): the stream jumps once, never delivering with gaps between."""
+    m = machine(me=A)
+    m.handle(view(A, B, D), 0.0)
+    m.handle(data(2, sender=B), 0.1)  # held: 1 and 3 are lost for good
+    m.handle(data(4, sender=B), 0.1)
+    m.handle(recv(B, Status(view_id=1, entries=(StatusEntry(B, 1, 5, 3),))), 0.2)
+    m.handle(recv(D, Status(view_id=1, entries=(StatusEntry(B, 1, 5, 3),))), 0.2)
+    assert m.handle(TICK, CFG.stable_interval) == [
+        Send(to=B, message=Nak(origin=B, origin_incarnation=1, first=1, last=1)),
+        Send(to=B, message=Nak(origin=B, origin_incarnation=1, first=3, last=3)),
+        Send(to=B, message=Nak(origin=B, origin_incarnation=1, first=5, last=5)),
+        deliver(4, B),
+        Multicast(
+            message=Stable(view_id=1, entries=(StableEntry(A, 1, 0, 0), StableEntry(B, 1, 4, 5)))
+        ),
+    ]
+    assert (m.stats.skipped, m.delivered[B]) == (3, (I1, 4))
+    lagging = machine()
+    lagging.handle(view(A, B, ME), 0.0)
+    lagging.handle(data(1), 0.0)
+    lagging.handle(data(3), 0.0)
+    lagging.handle(data(5), 0.0)
+    assert lagging.handle(stable((A, 1, 4, 5)), 0.0) == [deliver(5)]
+    assert lagging.stats.skipped == 3
+
+
+def test_lost_history_point_is_below_what_the_coordinator_holds() -> None:
+    """Rule: a message the coordinator holds ahead of its gap is not lost (it delivers and
+    then resends it), so the lost point counts down past it and is not declared stable."""
+    m = machine(me=A)
+    m.handle(view(A, B, D), 0.0)
+    m.handle(data(3, sender=B), 0.1)  # held; B holds 4..5, D delivered only up to 2
+    m.handle(recv(B, Status(view_id=1, entries=(StatusEntry(B, 1, 5, 3),))), 0.2)
+    m.handle(recv(D, Status(view_id=1, entries=(StatusEntry(B, 1, 2, 2),))), 0.2)
+    assert m.handle(TICK, CFG.stable_interval) == [
+        Send(to=B, message=Nak(origin=B, origin_incarnation=1, first=1, last=2)),
+        Send(to=B, message=Nak(origin=B, origin_incarnation=1, first=4, last=5)),
+        deliver(3, B),
+        Multicast(
+            message=Stable(view_id=1, entries=(StableEntry(A, 1, 0, 0), StableEntry(B, 1, 2, 5)))
+        ),
+    ]
+    assert m.stats.skipped == 2
+    nak = Nak(origin=B, origin_incarnation=1, first=3, last=3)
+    assert m.handle(recv(D, nak), 0.3) == [
+        Send(to=D, message=Xmit(origin=B, origin_incarnation=1, seq=3, kind=0, payload=b"3"))
+    ]
 
 
 def test_status_reports_what_the_member_can_no_longer_resend() -> None:

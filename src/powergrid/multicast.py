@@ -44,18 +44,25 @@ multicasts ``Stable`` every ``stable_interval`` while anything is unstable,
 after any Status, and at once plus ``stable_repeats`` times after a view
 change.
 On Stable every member drops buffered messages up to ``stable`` and naks if
-it is behind ``highest`` (this is how a lost *last* message is found). Status
+it is behind ``highest`` (this is how a lost *last* message is found). A
+Stable is only taken from the coordinator of the member's own view (same view
+id, the leader, its incarnation): one of another view, or any before the first
+view, says nothing about what this view's members hold, so it is ignored (an
+origin keeps its own messages until its own view finds them stable). Status
 and Stable are split into several datagrams when there are many origins.
 
 *Lost history.* Messages dropped as stable in a view that some of today's
 members were not in (a partition, a coordinator that restarted or changed)
 may be held by nobody now. Before each Stable, with every member's report of
 an origin in, the coordinator counts down from the highest delivered through
-the members' ``(low, delivered]`` spans (its own included); the first message
-nobody holds is lost for good, so it raises the origin's stable point to it,
-skipping there itself (``skipped``) and so making every member behind skip
-too, instead of asking forever. Within one view nobody drops what a member
-lacks, so this never skips a message someone can still resend.
+the members' ``(low, delivered]`` spans (its own included) and the messages it
+holds ahead of its own gap; the first message nobody holds is lost for good, so
+it raises the origin's stable point to it, skipping there itself (``skipped``)
+and so making every member behind skip too, instead of asking forever. Within
+one view nobody drops what a member lacks, so this never skips a message
+someone can still resend. A member that skips to a stable point also drops what
+it holds at or below it (``skipped``): the stream jumps once and goes on after
+the point, never delivering with gaps in between.
 
 *Buffer cap.* If stability stalls, at most ``max_buffer`` messages are
 buffered in all: beyond, the oldest message of the origin with the most
@@ -65,7 +72,7 @@ also declares it stable, so members stuck behind it skip it (``skipped``)
 instead of asking forever; agreement is lost for those messages.
 
 *Joiners.* For an origin it has no state for, a machine starts after the
-``stable`` point of the first Stable that names the origin (naking up to
+``stable`` point of the first Stable (of its own view) that names the origin (naking up to
 ``highest``), so it never asks for history everyone else has dropped. Data
 from such an origin that arrives before is held. Exceptions: seq 1 is always
 accepted directly (it starts the stream), and the coordinator, which receives
@@ -280,7 +287,8 @@ class MulticastStats:
     stale: int = 0
     """Messages of an older incarnation, Stable of an older view, Status of a non-member."""
     ignored: int = 0
-    """Messages not meant for this node's role (e.g. Status when not coordinator)."""
+    """Messages not meant for this node's role (e.g. Status when not coordinator), and
+    Stable digests of a view other than this node's own."""
     held_dropped: int = 0
     """Messages ahead of a gap dropped because ``max_held`` was reached."""
     skipped: int = 0
@@ -890,11 +898,15 @@ class MulticastMachine:
                 spans.append((got[2], got[1]))
             else:
                 lost = max(d for _, d in spans)
+                held = st.held
                 while lost > 0:
                     below = [low for low, d in spans if low < lost <= d]
-                    if not below:
+                    if below:
+                        lost = min(below)
+                    elif lost in held:  # this node can still deliver it, and then resend it
+                        lost -= 1
+                    else:
                         break
-                    lost = min(below)
                 if lost > st.stable:
                     st.stable = lost
                     if lost > st.delivered:
@@ -987,10 +999,14 @@ class MulticastMachine:
         self._drain(st, origin, out)
 
     def _skip_to(self, origin: int, st: _Origin, stable: int, out: list[Any]) -> None:
-        """Stable moved past what we delivered: deliver what we hold up to it, skip the rest."""
-        for seq in sorted(s for s in st.held if s <= stable):
-            self._stats.skipped += seq - st.delivered - 1
-            self._deliver(st, origin, seq, st.held.pop(seq), out)
+        """Stable moved past what we delivered: skip everything up to it, then go on from it.
+
+        Messages held up to ``stable`` are dropped (skipped) too: delivering them would
+        leave gaps between deliveries, so the stream jumps once, at the lost point.
+        """
+        held = st.held
+        for seq in [s for s in held if s <= stable]:
+            del held[seq]
         self._stats.skipped += stable - st.delivered
         st.delivered = stable
         self._drain(st, origin, out)
