@@ -35,8 +35,9 @@ per ``nak_interval`` (beyond: counted in ``xmits_rate_limited``).
 until it is stable. Members unicast ``Status`` (per origin: what they
 delivered and ``low``, up to where they dropped it as stable) to
 the view's leader, the *coordinator*, every ``status_interval`` (with up to
-``status_jitter`` of it taken off at random) while they buffer messages or
-are behind, and are quiet otherwise. The coordinator computes, per origin,
+``status_jitter`` of it taken off at random) while they buffer messages,
+are behind, or have delivered more of an origin than the coordinator last
+declared stable, and are quiet otherwise. The coordinator computes, per origin,
 ``stable`` = the minimum delivered over the members of its current view (a
 member that has not reported the origin's current incarnation holds it where
 it is: stable never goes down) and ``highest`` = the maximum seen, and
@@ -811,7 +812,14 @@ class MulticastMachine:
         self._status_due = now + cfg.status_interval * (1.0 - jitter)
 
     def _needs_status(self) -> bool:
-        return self._reporting and (self._buffer_size > 0 or bool(self._gappy))
+        """A member reports while it holds unstable messages, has gaps, or has delivered
+        more of some origin than the coordinator last declared stable (it may have
+        skipped there, so its buffer is empty, and the coordinator still needs to hear it)."""
+        if not self._reporting:
+            return False
+        if self._buffer_size > 0 or self._gappy:
+            return True
+        return any(st.delivered > st.stable for st in self._origins.values())
 
     def _status_messages(self) -> list[Any]:
         entries = [
@@ -983,9 +991,10 @@ class MulticastMachine:
             self._trim(st, stable)
             st.highest = max(st.highest, highest)
             self._check_gap(origin, st, now)
-        if out:
-            self._arm_reports(now)
-        if not self._needs_status():
+        if self._needs_status():  # e.g. the digest lags what we delivered: tell it
+            if self._status_due is None:
+                self._arm_status(now)
+        else:
             self._status_due = None
         return out
 
