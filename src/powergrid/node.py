@@ -17,7 +17,8 @@ outbound, every datagram is signed after encoding. A datagram is decoded once
 (a :class:`~powergrid.errors.DecodeError` is counted in ``stats.malformed``
 and dropped), our own multicast loopback is dropped, and the message goes to
 the machine that owns its type code in the stack of its group (datagrams
-for groups we are not in are counted and dropped). Outbound, actions go through one work queue:
+for groups we are not in are counted and dropped). Outbound, actions go
+through one work queue:
 
 * ``Send``/``Multicast`` become encoded datagrams (``Transmit``/``TransmitGroup``);
 * ``SendReliable``/``MulticastReliable`` are encoded as inner bodies and given
@@ -29,6 +30,16 @@ for groups we are not in are counted and dropped). Outbound, actions go through 
   removed peers to unicast as ``PeerGone``), ``LeaderLost`` to election,
   ``LeaderElected`` to membership and to the node's own role logic; every
   notification is also returned to the app.
+
+The market machines live once per node, not per group: the client (every
+server bids), the broker (active while this node leads its cluster) and the
+lead broker (active while it leads the broker group). Each market message
+type travels in one group (Bid, BidAck and Price in the cluster; Aggregate
+and Clearing in the broker group), so their actions are run in that group's
+stack; a market multicast is also handed to this node's own consuming role
+(the lead's own broker takes its Clearing, the broker's own client its
+Price), and sends to ourselves never touch the network. Leaving the broker
+group steps the lead broker down at once.
 
 The node keeps no timers of its own: ``next_deadline()`` is the earliest of
 its machines' deadlines, and ``handle_deadline(now)`` wakes those that are due.
