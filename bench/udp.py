@@ -36,15 +36,9 @@ script reading their stdout. Median over 10 runs (``--quick``: 1).
 
 from __future__ import annotations
 
-import json
-import os
 import random
-import selectors
-import signal
 import socket
 import statistics
-import subprocess
-import sys
 import time
 from typing import Any
 
@@ -52,6 +46,7 @@ import trio
 from _common import emit, parse_args
 
 from powergrid.node import MessageDelivered, Node, NodeConfig
+from powergrid.node_processes import NodeProcesses
 from powergrid.transports.trio_udp import UdpConfig, run_node
 
 HOST = "127.0.0.1"
@@ -251,110 +246,50 @@ async def raw_rate(receivers: int, n: int) -> dict[str, Any]:
 # ------------------------------------------------------------------ failover
 
 
-class Procs:
-    """Node processes; their JSON lines with the monotonic time each was read."""
-
-    def __init__(self) -> None:
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.lines: dict[str, list[tuple[float, dict[str, Any]]]] = {}
-        self._buf: dict[str, bytes] = {}
-        self._sel = selectors.DefaultSelector()
-
-    def start(self, port: int, *opts: str) -> str:
-        name = f"{HOST}:{port}"
-        argv = [sys.executable, "-m", "powergrid", "node", "--json", "--port", str(port), *opts]
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
-        assert proc.stdout is not None
-        os.set_blocking(proc.stdout.fileno(), False)
-        self._sel.register(proc.stdout, selectors.EVENT_READ, name)
-        self.procs[name] = proc
-        self.lines[name] = []
-        self._buf[name] = b""
-        return name
-
-    def pump(self, timeout: float) -> None:
-        for key, _ in self._sel.select(timeout):
-            now = time.monotonic()
-            name = key.data
-            chunk = key.fileobj.read()  # type: ignore[union-attr]
-            if not chunk:
-                continue
-            *done, self._buf[name] = (self._buf[name] + chunk).split(b"\n")
-            self.lines[name].extend((now, json.loads(line)) for line in done if line)
-
-    def until(self, cond: Any, timeout: float, what: str) -> None:
-        end = time.monotonic() + timeout
-        while not cond():
-            if time.monotonic() > end:
-                raise RuntimeError(f"timed out waiting for {what}")
-            self.pump(0.005)
-
-    def events(self, name: str, event: str, **match: object) -> list[tuple[float, dict[str, Any]]]:
-        return [
-            (t, e)
-            for t, e in self.lines[name]
-            if e["event"] == event and all(e.get(k) == v for k, v in match.items())
-        ]
-
-    def kill(self, name: str) -> None:
-        proc = self.procs[name]
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        assert proc.stdout is not None
-        self._sel.unregister(proc.stdout)
-
-    def close(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
-        self._sel.close()
+def start(p: NodeProcesses, port: int, *opts: str) -> str:
+    """Run ``powergrid node --json --port PORT *opts`` named ``"127.0.0.1:PORT"``."""
+    return p.start(f"{HOST}:{port}", "--port", str(port), *opts)
 
 
 def failover_once(seed: int) -> float:
     """Seconds from SIGKILL of the lead broker to a new-epoch price at every survivor."""
-    p = Procs()
-    try:
+    with NodeProcesses() as p:
         common = ["--ttl", "0", "--group-port-base", str(free_port())]
         bid = ["--maximum", "300", "--required", "100"]
-        top = p.start(
-            free_port(), *common, "--broker-capable", "--rank", "2", "--supply", "1000",
+        top = start(
+            p, free_port(), *common, "--broker-capable", "--rank", "2", "--supply", "1000",
             *bid, "--seed", str(seed),
         )  # fmt: skip
         rest = [
-            p.start(
-                free_port(), *common, "--broker-capable", "--rank", "1", "--supply", "1000",
+            start(
+                p, free_port(), *common, "--broker-capable", "--rank", "1", "--supply", "1000",
                 *bid, "--seed", str(seed + 1),
             ),
-            p.start(free_port(), *common, *bid, "--seed", str(seed + 2)),
-            p.start(free_port(), *common, *bid, "--seed", str(seed + 3)),
+            start(p, free_port(), *common, *bid, "--seed", str(seed + 2)),
+            start(p, free_port(), *common, *bid, "--seed", str(seed + 3)),
         ]  # fmt: skip
 
         def lead(n: str) -> str | None:
             got = p.events(n, "leader", group=1)
-            return got[-1][1]["leader"] if got else None
+            return got[-1]["leader"] if got else None
 
         p.until(
             lambda: all(lead(n) == top and p.events(n, "price") for n in [top, *rest]),
             30,
             "the cluster to form under the rank-2 node",
         )
-        old = p.events(top, "leader", group=1)[-1][1]["epoch"]
+        old = p.events(top, "leader", group=1)[-1]["epoch"]
         t0 = time.monotonic()
         p.kill(top)
 
         def first_new_price(n: str) -> float | None:
-            for t, e in p.events(n, "price"):
+            for t, e in p.timed_events(n, "price"):
                 if t >= t0 and e["epoch"] > old and not e["local"]:
                     return t
             return None
 
         p.until(lambda: all(first_new_price(n) is not None for n in rest), 30, "new prices")
         return max(first_new_price(n) or 0.0 for n in rest) - t0
-    finally:
-        p.close()
 
 
 # ------------------------------------------------------------------ main

@@ -12,14 +12,12 @@ also on error or Ctrl-C. It gives up after 40 seconds.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import selectors
-import signal
-import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
+
+from powergrid.node_processes import NodeProcesses
 
 CLUSTERS = (1, 2)
 PER_CLUSTER = 3
@@ -29,10 +27,10 @@ LIMIT = 40.0
 class DataCentre:
     def __init__(self, base: int) -> None:
         self.base = base
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.lines: dict[str, list[dict[str, Any]]] = {}
-        self.buf: dict[str, bytes] = {}
-        self.sel = selectors.DefaultSelector()
+        self.nodes = NodeProcesses(on_event=self.show)
+        self.procs = self.nodes.procs
+        self.lines = self.nodes.lines
+        self.shown: set[str] = set()  # the events printed as they are read
         self.t0 = time.monotonic()
 
     def start_all(self) -> None:
@@ -45,58 +43,31 @@ class DataCentre:
                 self.start(port, opts)
 
     def start(self, port: int, opts: list[str]) -> None:
-        argv = [sys.executable, "-m", "powergrid", "node", "--json", "--ttl", "0"]
-        argv += ["--port", str(port), "--group-port-base", str(self.base), *opts]
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        assert proc.stdout is not None
-        os.set_blocking(proc.stdout.fileno(), False)
-        name = f"127.0.0.1:{port}"
-        self.sel.register(proc.stdout, selectors.EVENT_READ, name)
-        self.procs[name], self.lines[name], self.buf[name] = proc, [], b""
+        self.nodes.start(
+            f"127.0.0.1:{port}", "--ttl", "0", "--port", str(port),
+            "--group-port-base", str(self.base), *opts,
+        )  # fmt: skip
 
-    def pump(self, timeout: float, show: set[str] = frozenset()) -> None:  # type: ignore[assignment]
-        for key, _ in self.sel.select(timeout):
-            name: str = key.data
-            chunk = key.fileobj.read()  # type: ignore[union-attr]
-            if not chunk:
-                self.sel.unregister(key.fileobj)
-                continue
-            *done, self.buf[name] = (self.buf[name] + chunk).split(b"\n")
-            for raw in done:
-                if raw:
-                    event = json.loads(raw)
-                    self.lines[name].append(event)
-                    if event["event"] in show:
-                        self.say(f"{name} {event['event']}: {_fields(event)}")
+    def show(self, name: str, event: dict[str, Any]) -> None:
+        if event["event"] in self.shown:
+            self.say(f"{name} {event['event']}: {_fields(event)}")
 
-    def wait(self, what: str, cond: Any, show: set[str] = frozenset()) -> Any:  # type: ignore[assignment]
+    def wait(self, what: str, cond: Callable[[], Any], show: set[str]) -> Any:
+        """Wait until ``cond()`` is true and return it, printing the ``show`` events meanwhile."""
         self.say(f"waiting for {what}")
-        while True:
-            got = cond()
-            if got:
-                return got
-            left = LIMIT - (time.monotonic() - self.t0)
-            if left <= 0:
-                raise TimeoutError(f"gave up waiting for {what}")
-            self.pump(min(left, 0.1), show)
+        self.shown = show
+        left = LIMIT - (time.monotonic() - self.t0)
+        try:
+            self.nodes.until(cond, left, what)
+        except TimeoutError:
+            raise TimeoutError(f"gave up waiting for {what}") from None
+        return cond()
 
     def say(self, text: str) -> None:
         print(f"[{time.monotonic() - self.t0:6.2f}s] {text}", flush=True)
 
     def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()  # graceful: the node leaves its groups
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            for f in (proc.stdin, proc.stdout):
-                if f is not None:
-                    f.close()
-        self.sel.close()
+        self.nodes.stop()  # graceful: SIGTERM, the nodes leave their groups
 
     # ------------------------------------------------------------ queries
 
@@ -140,8 +111,7 @@ def main() -> int:
             price = dc.of(n, "price")[-1]
             dc.say(f"  {n}: {_fields(price)}")
         mark = {n: len(dc.lines[n]) for n in dc.procs}
-        dc.procs[lead].send_signal(signal.SIGKILL)
-        dc.procs[lead].wait()
+        dc.nodes.kill(lead)
         dc.say(f"killed {lead} with SIGKILL")
         group = dc.of(lead, "started")[0]["group"]
 
@@ -154,6 +124,8 @@ def main() -> int:
             new = [dc.last(n, "leader", group) for n in mates]
             if not all(e and e["leader"] != lead for e in new):
                 return False
+            if not all(dc.of(n, "price", mark[n]) for n in dc.alive()):
+                return False  # every survivor printed a price since the kill (shown below)
             return all(
                 any(p["epoch"] == e["epoch"] for p in dc.of(n, "price", mark[n]))
                 for n, e in zip(mates, new, strict=True)

@@ -31,20 +31,17 @@ root, no ``ip`` command, namespaces/bridge/veth refused), so tests can skip.
 from __future__ import annotations
 
 import atexit
-import contextlib
-import json
 import os
 import re
-import selectors
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
 import attrs
+
+from powergrid.node_processes import NodeProcesses
 
 PID = os.getpid()
 PREFIX = f"pg-{PID}"
@@ -142,10 +139,9 @@ class Network:
             )
             for i in range(hosts)
         ]
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.lines: dict[str, list[dict[str, Any]]] = {}
-        self._buf: dict[str, bytes] = {}
-        self._sel = selectors.DefaultSelector()
+        self.nodes = NodeProcesses()
+        self.procs = self.nodes.procs
+        self.lines = self.nodes.lines
         self._made: list[str] = []
         self._closed = False
         atexit.register(self.close)
@@ -198,68 +194,30 @@ class Network:
 
     def start(self, host: Host, port: int, *opts: str) -> str:
         """Run ``powergrid node --json`` on ``host``; returns its id ``"addr:port"``."""
-        name = f"{host.address}:{port}"
-        argv = [
-            "ip", "netns", "exec", host.ns, sys.executable, "-m", "powergrid", "node",
-            "--json", "--host", host.address, "--interface", host.address,
-            "--port", str(port), *opts,
-        ]  # fmt: skip
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        assert proc.stdout is not None
-        os.set_blocking(proc.stdout.fileno(), False)
-        self._sel.register(proc.stdout, selectors.EVENT_READ, name)
-        self.procs[name] = proc
-        self.lines[name] = []
-        self._buf[name] = b""
-        return name
+        argv = self.nodes.node_command(
+            "--host", host.address, "--interface", host.address, "--port", str(port), *opts
+        )
+        return self.nodes.spawn(f"{host.address}:{port}", ["ip", "netns", "exec", host.ns, *argv])
 
     def send(self, name: str, obj: object) -> None:
         """Write one JSON command to the node's stdin."""
-        stdin = self.procs[name].stdin
-        assert stdin is not None
-        stdin.write(json.dumps(obj).encode() + b"\n")
-        stdin.flush()
+        self.nodes.send(name, obj)
 
     def kill(self, name: str) -> None:
         """SIGKILL the node (a crash) and stop reading it."""
-        proc = self.procs[name]
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        assert proc.stdout is not None
-        self._sel.unregister(proc.stdout)
+        self.nodes.kill(name)
 
     def pump(self, timeout: float) -> None:
         """Read whatever the nodes printed, waiting at most ``timeout`` seconds."""
-        for key, _ in self._sel.select(timeout):
-            name = key.data
-            chunk = key.fileobj.read()  # type: ignore[union-attr]
-            if not chunk:
-                continue
-            *done, self._buf[name] = (self._buf[name] + chunk).split(b"\n")
-            self.lines[name].extend(json.loads(line) for line in done if line)
+        self.nodes.pump(timeout)
 
     def until(self, cond: Callable[[], bool], timeout: float, what: str) -> float:
         """Pump until ``cond()``; the seconds it took. Fails after ``timeout`` seconds."""
-        start = time.monotonic()
-        end = start + timeout
-        while not cond():
-            left = end - time.monotonic()
-            if left <= 0:
-                tail = {
-                    n: [e for e in lines if e["event"] != "price"][-8:]
-                    for n, lines in self.lines.items()
-                }
-                raise AssertionError(f"timed out after {timeout} s waiting for {what}: {tail}")
-            self.pump(min(left, 0.05))
-        return time.monotonic() - start
+        return self.nodes.until(cond, timeout, what)
 
     def events(self, name: str, event: str, **match: object) -> list[dict[str, Any]]:
         """The node's lines of ``event`` whose fields equal ``match``."""
-        return [
-            e
-            for e in self.lines[name]
-            if e["event"] == event and all(e.get(k) == v for k, v in match.items())
-        ]
+        return self.nodes.events(name, event, **match)
 
     # ------------------------------------------------------------ cleanup
 
@@ -268,16 +226,7 @@ class Network:
         if self._closed:
             return
         self._closed = True
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.kill()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=5)
-            for f in (proc.stdin, proc.stdout):
-                if f is not None:
-                    with contextlib.suppress(OSError):
-                        f.close()
-        self._sel.close()
+        self.nodes.stop(grace=0)
         for ns in reversed(self._made):
             _ip("netns", "del", ns)
         self._made.clear()

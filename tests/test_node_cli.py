@@ -9,15 +9,11 @@ process in a ``finally``.
 
 from __future__ import annotations
 
-import json
-import os
-import selectors
 import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -28,6 +24,7 @@ from powergrid.market import PriceUpdated, Regime
 from powergrid.membership import MemberRemoved, MemberSuspected
 from powergrid.node import MessageDelivered, UnicastDelivered
 from powergrid.node_cli import build_configs, describe
+from powergrid.node_processes import NodeProcesses
 from powergrid.types import Epoch, GroupId, Incarnation, node_id
 
 HOST = "127.0.0.1"
@@ -194,90 +191,23 @@ def test_describe_gives_each_event_its_fields() -> None:
 # ------------------------------------------------------------------ processes
 
 
-class Procs:
-    """Node processes and the JSON lines each printed so far."""
-
-    def __init__(self) -> None:
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.lines: dict[str, list[dict[str, Any]]] = {}
-        self._buf: dict[str, bytes] = {}
-        self._sel = selectors.DefaultSelector()
-
-    def start(self, port: int, *opts: str) -> str:
-        name = f"{HOST}:{port}"
-        argv = [sys.executable, "-m", "powergrid", "node", "--json", "--port", str(port), *opts]
-        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        assert proc.stdout is not None
-        os.set_blocking(proc.stdout.fileno(), False)
-        self._sel.register(proc.stdout, selectors.EVENT_READ, name)
-        self.procs[name] = proc
-        self.lines[name] = []
-        self._buf[name] = b""
-        return name
-
-    def send(self, name: str, obj: object) -> None:
-        stdin = self.procs[name].stdin
-        assert stdin is not None
-        stdin.write(json.dumps(obj).encode() + b"\n")
-        stdin.flush()
-
-    def kill(self, name: str) -> None:
-        proc = self.procs[name]
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        assert proc.stdout is not None
-        self._sel.unregister(proc.stdout)
-
-    def pump(self, timeout: float) -> None:
-        for key, _ in self._sel.select(timeout):
-            name = key.data
-            chunk = key.fileobj.read()  # type: ignore[union-attr]
-            if not chunk:
-                continue
-            *done, self._buf[name] = (self._buf[name] + chunk).split(b"\n")
-            self.lines[name].extend(json.loads(line) for line in done if line)
-
-    def until(self, cond: Callable[[], bool], timeout: float, what: str) -> None:
-        end = time.monotonic() + timeout
-        while not cond():
-            left = end - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"timed out waiting for {what}: {self.lines}")
-            self.pump(min(left, 0.1))
-
-    def events(self, name: str, event: str, **match: object) -> list[dict[str, Any]]:
-        return [
-            e
-            for e in self.lines[name]
-            if e["event"] == event and all(e.get(k) == v for k, v in match.items())
-        ]
-
-    def close(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-            for f in (proc.stdin, proc.stdout):
-                if f is not None:
-                    f.close()
-        self._sel.close()
+def start(p: NodeProcesses, port: int, *opts: str) -> str:
+    """Run ``powergrid node --json --port PORT *opts`` named ``"127.0.0.1:PORT"``."""
+    return p.start(f"{HOST}:{port}", "--port", str(port), *opts)
 
 
 @pytest.fixture
-def procs() -> Iterator[Procs]:
-    p = Procs()
-    try:
+def procs() -> Iterator[NodeProcesses]:
+    with NodeProcesses() as p:
         yield p
-    finally:
-        p.close()
 
 
-def last_leader(p: Procs, name: str, group: int) -> str | None:
+def last_leader(p: NodeProcesses, name: str, group: int) -> str | None:
     got = p.events(name, "leader", group=group)
     return got[-1]["leader"] if got else None
 
 
-def test_three_processes_elect_multicast_and_fail_over(procs: Procs) -> None:
+def test_three_processes_elect_multicast_and_fail_over(procs: NodeProcesses) -> None:
     """Rules: processes of one cluster agree on the highest broker-capable leader;
     multicasts from stdin are delivered to every node in order; a bad command
     prints an error and the node carries on; after the leader is killed the
@@ -286,13 +216,13 @@ def test_three_processes_elect_multicast_and_fail_over(procs: Procs) -> None:
     base = free_port()
     ports = [free_port() for _ in range(3)]
     common = ["--group", "1", "--ttl", "0", "--group-port-base", str(base)]
-    a = procs.start(ports[0], *common, "--maximum", "300", "--required", "100", "--seed", "1")
-    b = procs.start(
-        ports[1], *common, "--broker-capable", "--rank", "1", "--supply", "500",
+    a = start(procs, ports[0], *common, "--maximum", "300", "--required", "100", "--seed", "1")
+    b = start(
+        procs, ports[1], *common, "--broker-capable", "--rank", "1", "--supply", "500",
         "--maximum", "300", "--seed", "2",
     )  # fmt: skip
-    c = procs.start(
-        ports[2], *common, "--broker-capable", "--rank", "2", "--supply", "1000",
+    c = start(
+        procs, ports[2], *common, "--broker-capable", "--rank", "2", "--supply", "1000",
         "--maximum", "300", "--seed", "3",
     )  # fmt: skip
     names = [a, b, c]
@@ -373,9 +303,9 @@ def test_readable_lines_and_duration_exit_0() -> None:
     assert lines[-1].split()[2:] == ["left"]
 
 
-def test_sigterm_leaves_and_exits_0(procs: Procs) -> None:
+def test_sigterm_leaves_and_exits_0(procs: NodeProcesses) -> None:
     """Rule: SIGTERM ends the run gracefully: a left line, exit status 0."""
-    name = procs.start(free_port(), "--ttl", "0", "--group-port-base", str(free_port()))
+    name = start(procs, free_port(), "--ttl", "0", "--group-port-base", str(free_port()))
     procs.until(lambda: bool(procs.events(name, "started")), 10, "the node to start")
     started = procs.events(name, "started")[0]
     assert started["group"] == 1 and started["broker_capable"] is False
