@@ -566,18 +566,179 @@ def test_lead_that_stepped_down_stops_clearing() -> None:
     assert lead.handle(DL, 1.0) == []
 
 
-def test_lead_supply_change_applies_next_round() -> None:
-    """Lead rule: SupplyChanged takes effect in the next round; bad supply is a UsageError."""
+def test_lead_supply_drop_clears_at_once() -> None:
+    """Lead rule: a SupplyChanged that lowers the supply clears a round at once, with the
+    aggregates held and the next round number; the periodic rounds keep their schedule."""
     lead = active_lead(1000)
     lead.handle(rx(BROKER, agg_msg(1, [BID, BID2])), 0.2)
-    assert lead.handle(SupplyChanged(watts=150), 0.5) == []
+    half = FILL_ONE // 2  # shortage 150 W: floors 70, class 1 r 100, class 0 gets 30 of 60
+    assert lead.handle(SupplyChanged(watts=150), 0.5) == [
+        Multicast(
+            message=wire.Clearing(
+                epoch=7,
+                round=1,
+                regime=int(Regime.SHORTAGE),
+                price=1.0,
+                level=0,
+                fill=half,
+                deficit=30,
+                entries=(wire.ClearingEntry(cluster=1, epoch=1, aggregate=1, budget=150),),
+            )
+        ),
+        MarketCleared(
+            epoch=Epoch(7),
+            round=1,
+            supply=150,
+            regime=Regime.SHORTAGE,
+            price=1.0,
+            deficit=30,
+            clusters=1,
+            bids=2,
+            allocated=150,
+        ),
+    ]
+    assert lead.round == 1 and lead.next_deadline() == 1.0
+    assert lead.stats.rounds_on_supply_drop == 1
     out = lead.handle(DL, 1.0)
-    assert out[0].message.regime == Regime.SHORTAGE  # type: ignore[attr-defined]
-    assert out[0].message.deficit == 30  # type: ignore[attr-defined]
+    assert out[0].message.round == 2  # type: ignore[attr-defined]
+
+
+def test_lead_supply_rise_waits_for_the_next_round() -> None:
+    """Lead rule: a SupplyChanged that raises the supply (or keeps it) takes effect in the
+    next round; bad supply is a UsageError."""
+    lead = active_lead(150)
+    lead.handle(rx(BROKER, agg_msg(1, [BID, BID2])), 0.2)
+    assert lead.handle(SupplyChanged(watts=1000), 0.5) == []
+    assert lead.handle(SupplyChanged(watts=1000), 0.6) == []
+    out = lead.handle(DL, 1.0)
+    assert out[0].message.regime == Regime.SURPLUS  # type: ignore[attr-defined]
+    assert out[1] == MarketCleared(
+        epoch=Epoch(7),
+        round=1,
+        supply=1000,
+        regime=Regime.SURPLUS,
+        price=0.0,
+        deficit=0,
+        clusters=1,
+        bids=2,
+        allocated=350,
+    )
     with pytest.raises(UsageError):
         lead.handle(SupplyChanged(watts=-5), 1.0)
     with pytest.raises(UsageError):
         LeadBrokerMachine(LEAD, -1)
+
+
+def test_lead_supply_drop_while_inactive_or_empty_clears_nothing() -> None:
+    """Lead rule: only the active lead with aggregates clears on a drop."""
+    idle = LeadBrokerMachine(LEAD, 1000, LCFG)
+    idle.handle(rx(BROKER, agg_msg(1, [BID])), 0.1)
+    assert idle.handle(SupplyChanged(watts=100), 0.5) == [] and idle.supply == 100
+    empty = active_lead(1000)
+    assert empty.handle(SupplyChanged(watts=100), 0.5) == [] and empty.round == 0
+
+
+def old_clearing(*budgets: tuple[int, int], epoch: int = 6, round: int = 9) -> wire.Clearing:
+    return wire.Clearing(
+        epoch=epoch,
+        round=round,
+        regime=int(Regime.NORMAL),
+        price=0.3,
+        level=3,
+        fill=0,
+        deficit=0,
+        entries=tuple(
+            wire.ClearingEntry(cluster=c, epoch=1, aggregate=1, budget=b) for c, b in budgets
+        ),
+    )
+
+
+def test_new_lead_reserves_budgets_of_clusters_not_heard_yet() -> None:
+    """Lead rule: the budgets an overheard Clearing gave clusters this lead holds no
+    aggregate of are held back (reserved) from the supply it clears."""
+    lead = LeadBrokerMachine(LEAD, 300, LCFG)
+    assert lead.handle(rx(OTHER, old_clearing((1, 168), (2, 131))), 0.0) == []
+    assert lead.stats.clearings_overheard == 1
+    lead.handle(LeaderElected(group=BROKER_GROUP, leader=LEAD, epoch=Epoch(7)), 0.1)
+    lead.handle(rx(BROKER, agg_msg(1, [BID])), 0.5)
+    out = lead.handle(DL, 1.1)
+    # cluster 1 alone against 300 - 131 = 169: rung 3 (150), fill 19/25 of the step to 175
+    fill = (19 << 32) // 25
+    assert out == [
+        Multicast(
+            message=wire.Clearing(
+                epoch=7,
+                round=1,
+                regime=int(Regime.NORMAL),
+                price=0.5 - (fill / FILL_ONE) * 0.25,
+                level=3,
+                fill=fill,
+                deficit=0,
+                entries=(wire.ClearingEntry(cluster=1, epoch=1, aggregate=1, budget=168),),
+            )
+        ),
+        MarketCleared(
+            epoch=Epoch(7),
+            round=1,
+            supply=300,
+            regime=Regime.NORMAL,
+            price=0.5 - (fill / FILL_ONE) * 0.25,
+            deficit=0,
+            clusters=1,
+            bids=1,
+            allocated=168,
+            reserved=131,
+        ),
+    ]
+    # cluster 2 reports: it is cleared with the rest, nothing is reserved
+    lead.handle(rx(OTHER, agg_msg(2, [BID2])), 1.5)
+    out = lead.handle(DL, 2.1)
+    assert out[-1].reserved == 0 and out[-1].clusters == 2  # type: ignore[attr-defined]
+    assert lead.stats.rounds_with_reserve == 1
+
+
+def test_lead_reserve_never_cuts_into_required_power() -> None:
+    """Lead rule: the reserve is at most the supply minus the held clusters' sum r."""
+    lead = LeadBrokerMachine(LEAD, 200, LCFG)
+    lead.handle(rx(OTHER, old_clearing((2, 180))), 0.0)
+    lead.handle(LeaderElected(group=BROKER_GROUP, leader=LEAD, epoch=Epoch(7)), 0.1)
+    lead.handle(rx(BROKER, agg_msg(1, [BID])), 0.5)
+    cleared = lead.handle(DL, 1.1)[-1]
+    assert isinstance(cleared, MarketCleared)
+    assert (cleared.reserved, cleared.allocated, cleared.regime) == (100, 100, Regime.NORMAL)
+
+
+def test_lead_reserves_a_silent_cluster_until_reserve_timeout() -> None:
+    """Lead rule: a cluster left out after aggregate_timeout keeps its last budget
+    reserved until reserve_timeout after that budget was given."""
+    lead = active_lead(1000)
+    lead.handle(rx(BROKER, agg_msg(1, [BID])), 0.0)
+    lead.handle(rx(OTHER, agg_msg(2, [BID2])), 0.0)
+    first = lead.handle(DL, 1.0)[-1]
+    assert isinstance(first, MarketCleared) and first.allocated == 350  # surplus: 200 + 150
+    reserved = []
+    for t in range(2, 13):
+        lead.handle(rx(BROKER, agg_msg(1, [BID], seq=t)), t - 0.5)
+        out = lead.handle(DL, float(t))
+        reserved.append(out[-1].reserved)  # type: ignore[attr-defined]
+    # cluster 2: budget 150 last given at 2.0, left out from 3.0, released at 12.0
+    assert reserved == [0, 150, 150, 150, 150, 150, 150, 150, 150, 150, 0]
+
+
+def test_lead_reserve_off_and_overheard_clearing_checks() -> None:
+    """Lead rule: reserve_timeout 0 turns the reserve off; an invalid overheard
+    Clearing, or its own, is dropped and counted."""
+    lead = LeadBrokerMachine(LEAD, 300, LeadConfig(grid=GRID, reserve_timeout=0.0))
+    lead.handle(rx(OTHER, old_clearing((2, 131))), 0.0)
+    lead.handle(LeaderElected(group=BROKER_GROUP, leader=LEAD, epoch=Epoch(7)), 0.1)
+    lead.handle(rx(BROKER, agg_msg(1, [BID])), 0.5)
+    assert lead.handle(DL, 1.1)[-1].reserved == 0  # type: ignore[attr-defined]
+    assert lead.handle(rx(LEAD, old_clearing((2, 131))), 1.2) == []
+    assert lead.handle(rx(OTHER, old_clearing((2, 131), round=0)), 1.3) == []
+    s = lead.stats
+    assert (s.clearings_overheard, s.dropped_unexpected, s.dropped_invalid) == (1, 1, 1)
+    with pytest.raises(ConfigError, match="reserve_timeout"):
+        LeadConfig(reserve_timeout=-1.0)
 
 
 def test_lead_refuses_stale_duplicate_and_foreign_grid_aggregates() -> None:

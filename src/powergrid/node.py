@@ -469,6 +469,8 @@ class Node:
             if route is None:
                 self._stats.unroutable += 1
                 return
+            if code == 51:  # the lead broker overhears other leads' budgets (its reserve)
+                self._run_market(self._lead.handle(event, now), now, out)
             self._run_market(route[0].handle(event, now), now, out)
             return
         machine = stack.machine_for(code)

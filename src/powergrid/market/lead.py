@@ -15,10 +15,31 @@ do not fit one datagram the round is split over several Clearings with the
 same round number.
 
 **Assumptions.** The node passes it ``LeaderElected`` of the broker group and
-the ``Aggregate`` messages it receives. Aggregates are kept (newest per
-cluster: a higher cluster epoch replaces a lower one, a lower one is refused)
-even while this node is not the lead, so a new lead can clear in its first
-round. A new :class:`SupplyChanged` takes effect in the next round.
+the ``Aggregate`` and ``Clearing`` messages it receives. Aggregates are kept
+(newest per cluster: a higher cluster epoch replaces a lower one, a lower one
+is refused) even while this node is not the lead, so a new lead can clear in
+its first round.
+
+**Supply drops.** A :class:`SupplyChanged` that lowers the supply clears a
+round at once (with the aggregates held, next round number), so the caps in
+force come down within one message delay, not one ``round_interval``; the
+periodic rounds keep their schedule. A rise waits for the next round: the
+caps in force are already within the higher supply, and a supply that moves
+every second (solar) would otherwise double the Clearing traffic.
+
+**Reserve for silent clusters.** Clients keep their caps for a lease after
+the last price and then fall back to at most their required power, and a
+broker cut off from the lead re-clears its cluster within its last budget: a
+cluster that has gone silent still draws up to the budget it was last given.
+So the lead remembers the last budget of every cluster, from its own rounds
+and from the ``Clearing`` messages of other leads it overhears in the broker
+group, and while a cluster it holds no aggregate of was budgeted within
+``reserve_timeout``, it clears the others against ``S`` minus that budget
+(``MarketCleared.reserved``). A new lead thus leaves room for the clusters it
+has not heard from yet, and a lead that loses a cluster does not hand its
+watts to the others at once. The reserve never cuts into the required power of
+the clusters it clears (``reserved <= S - sum r`` of those), so a supply that
+covers every server's ``r`` still gives each counted bid at least ``r``.
 
 **Driving.** Inputs: :class:`SupplyChanged` (command), ``LeaderElected``,
 ``Received`` and ``DeadlineReached``. Outputs: ``Multicast(Clearing)`` and the
@@ -28,6 +49,9 @@ notification :class:`MarketCleared`. The first round comes one
 **Timeouts.** ``round_interval`` (1 s), ``aggregate_timeout`` (3 s, more than
 ``round_interval``): a cluster silent that long is left out (its broker is
 gone; it re-clears alone within its last budget, if it is alive at all).
+``reserve_timeout`` (10 s, 0 turns the reserve off): a cluster last budgeted
+that long ago is taken for gone and its reserve released; if it is only cut
+off, its caps and the others' can then overlap.
 """
 
 from __future__ import annotations
@@ -73,7 +97,11 @@ MAX_CLEARING_ENTRIES = (wire.MAX_PAYLOAD - _CLEARING_EMPTY) // 24
 
 @attrs.frozen(kw_only=True)
 class SupplyChanged:
-    """Command: the usable supply is now ``watts`` (int >= 0), from the next round on."""
+    """Command: the usable supply is now ``watts`` (int >= 0).
+
+    A drop clears a round at once (while this node is the lead); a rise takes
+    effect from the next round on.
+    """
 
     watts: int
 
@@ -100,6 +128,8 @@ class MarketCleared:
     clusters: int
     bids: int
     allocated: int
+    reserved: int = 0
+    """Watts held back for clusters budgeted lately but not cleared in this round."""
 
 
 @attrs.frozen(kw_only=True)
@@ -107,12 +137,14 @@ class LeadConfig:
     """Lead broker timing (seconds), the price grid and the hysteresis ``band``.
 
     Raises :class:`ConfigError` unless ``round_interval > 0``,
-    ``aggregate_timeout > round_interval`` and ``0 <= band < 1``.
+    ``aggregate_timeout > round_interval``, ``reserve_timeout >= 0`` and
+    ``0 <= band < 1``.
     """
 
     grid: Grid = attrs.field(factory=Grid)
     round_interval: float = 1.0
     aggregate_timeout: float = 3.0
+    reserve_timeout: float = 10.0
     band: float = 0.02
 
     def __attrs_post_init__(self) -> None:
@@ -123,6 +155,8 @@ class LeadConfig:
                 f"aggregate_timeout ({self.aggregate_timeout} s) must exceed round_interval "
                 f"({self.round_interval} s), or live clusters drop out between rounds"
             )
+        if not self.reserve_timeout >= 0:
+            raise ConfigError(f"reserve_timeout must be >= 0 s, got {self.reserve_timeout}")
         if not 0 <= self.band < 1:
             raise ConfigError(f"band must be in [0, 1), got {self.band}")
 
@@ -133,6 +167,9 @@ class LeadStats:
 
     rounds_cleared: int = 0
     rounds_empty: int = 0
+    rounds_on_supply_drop: int = 0
+    rounds_with_reserve: int = 0
+    clearings_overheard: int = 0
     clearings_sent: int = 0
     aggregates_accepted: int = 0
     aggregates_expired: int = 0
@@ -148,6 +185,12 @@ class _Latest:
     seq: int
     totals: Totals
     heard_at: float
+
+
+@attrs.define
+class _Grant:
+    budget: int
+    at: float
 
 
 def _check_supply(watts: object) -> int:
@@ -174,6 +217,7 @@ class LeadBrokerMachine:
         self._previous: Regime | None = None
         self._result: ClearingResult | None = None
         self._clusters: dict[int, _Latest] = {}
+        self._granted: dict[int, _Grant] = {}  # cluster -> last budget given it, and when
         self._dispatch: dict[type, Callable[[Any, float], list[object]]] = {
             SupplyChanged: self._on_supply_changed,
             SteppedDown: self._on_stepped_down,
@@ -230,8 +274,13 @@ class LeadBrokerMachine:
     # ---------------------------------------------------------------- handlers
 
     def _on_supply_changed(self, ev: SupplyChanged, now: float) -> list[object]:
-        self._supply = _check_supply(ev.watts)
-        return []
+        watts = _check_supply(ev.watts)
+        dropped = watts < self._supply
+        self._supply = watts
+        if not dropped or not self._active or not self._clusters:
+            return []
+        self.stats.rounds_on_supply_drop += 1
+        return self._clear(now)
 
     def _on_leader_elected(self, ev: LeaderElected, now: float) -> list[object]:
         if ev.group != BROKER_GROUP:
@@ -259,6 +308,8 @@ class LeadBrokerMachine:
 
     def _on_received(self, ev: Received, now: float) -> list[object]:
         msg = ev.message
+        if type(msg) is wire.Clearing:
+            return self._on_clearing(ev.sender, msg, now)
         if type(msg) is not wire.Aggregate:
             self.stats.dropped_unexpected += 1
             return []
@@ -280,12 +331,42 @@ class LeadBrokerMachine:
         self.stats.aggregates_accepted += 1
         return []
 
+    def _on_clearing(self, sender: NodeId, msg: wire.Clearing, now: float) -> list[object]:
+        """Overheard: another lead's budgets, in force at its clusters (see the reserve)."""
+        if msg.problem() is not None:
+            self.stats.dropped_invalid += 1
+            return []
+        if sender == self._me:
+            self.stats.dropped_unexpected += 1
+            return []
+        self.stats.clearings_overheard += 1
+        for e in msg.entries:
+            self._granted[e.cluster] = _Grant(budget=e.budget, at=now)
+        return []
+
     def _on_deadline(self, ev: DeadlineReached, now: float) -> list[object]:
         if not self._active or self._round_at is None or now < self._round_at:
             return []
         cfg = self._config
         nxt = self._round_at + cfg.round_interval
         self._round_at = nxt if nxt > now else now + cfg.round_interval
+        return self._clear(now)
+
+    def _reserve(self, totals: Totals, now: float) -> int:
+        """Watts held back for clusters budgeted within reserve_timeout but not held now."""
+        timeout = self._config.reserve_timeout
+        reserve = 0
+        for cluster in sorted(self._granted):
+            grant = self._granted[cluster]
+            if now - grant.at >= timeout:
+                del self._granted[cluster]
+            elif cluster not in self._clusters:
+                reserve += grant.budget
+        return min(reserve, max(0, self._supply - totals.required))
+
+    def _clear(self, now: float) -> list[object]:
+        """Clear one round now with the aggregates held (expiring the silent ones)."""
+        cfg = self._config
         for cluster in sorted(self._clusters):
             if now - self._clusters[cluster].heard_at >= cfg.aggregate_timeout:
                 del self._clusters[cluster]
@@ -295,7 +376,12 @@ class LeadBrokerMachine:
             return []
         order = sorted(self._clusters)
         totals = combine((self._clusters[c].totals for c in order), cfg.grid)
-        result = clear(totals, self._supply, cfg.grid, previous=self._previous, band=cfg.band)
+        reserved = self._reserve(totals, now)
+        if reserved:
+            self.stats.rounds_with_reserve += 1
+        result = clear(
+            totals, self._supply - reserved, cfg.grid, previous=self._previous, band=cfg.band
+        )
         self._previous = result.regime
         self._result = result
         self._round += 1
@@ -306,6 +392,7 @@ class LeadBrokerMachine:
             held = self._clusters[c]
             share = budget(held.totals, result)
             allocated += share
+            self._granted[c] = _Grant(budget=share, at=now)
             entries.append(
                 wire.ClearingEntry(cluster=c, epoch=held.epoch, aggregate=held.seq, budget=share)
             )
@@ -337,6 +424,7 @@ class LeadBrokerMachine:
                 clusters=len(order),
                 bids=totals.bids,
                 allocated=allocated,
+                reserved=reserved,
             )
         )
         return actions
