@@ -41,7 +41,7 @@ _AGGREGATE_EMPTY = len(
     )
 )
 MAX_GRID_POINTS = (wire.MAX_PAYLOAD - _AGGREGATE_EMPTY) // 8 - 3 * (MAX_PRIORITY + 1)
-"""The most grid points an :class:`~powergrid.wire.Aggregate` with every class fits (121)."""
+"""The most grid points an :class:`~powergrid.wire.Aggregate` with every class fits (118)."""
 
 
 @attrs.frozen(kw_only=True)

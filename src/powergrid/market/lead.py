@@ -92,7 +92,7 @@ _CLEARING_EMPTY = len(
     )
 )
 MAX_CLEARING_ENTRIES = (wire.MAX_PAYLOAD - _CLEARING_EMPTY) // 24
-"""Clusters per Clearing datagram (55); more are split over several datagrams."""
+"""Clusters per Clearing datagram (54); more are split over several datagrams."""
 
 
 @attrs.frozen(kw_only=True)
