@@ -217,6 +217,25 @@ def test_a_broker_that_loses_its_cluster_stops_clearing_as_lead() -> None:
     assert cleared and max(cleared) <= left_at
 
 
+def test_a_supply_drop_reaches_every_cap_within_milliseconds() -> None:
+    """Node rule: set_supply lower at the lead clears at once, so the caps in force fit
+    the new supply after one message delay (lead -> broker -> client), not one round later;
+    the other brokers' lead machines overhear the Clearings (their reserve's source)."""
+    dc = DataCentre(clusters=2, per_cluster=4)
+    dc.net.run_until(10.0)
+    live = dc.live()
+    assert sum(n.client.allocation or 0 for n in live) == 8 * 200  # surplus: everyone gets m
+    a_broker = next(n for n in live if BROKER_GROUP in n.groups)
+    lead = dc.leader(a_broker.node_id, BROKER_GROUP)
+    dc.net.command(lead, lambda n, now: n.set_supply(1000, now))
+    dc.net.run_until(dc.net.now + 0.01)
+    caps = [n.client.allocation or 0 for n in live]
+    assert sum(caps) <= 1000 and min(caps) >= 100  # normal: within S, everyone at least r
+    brokers = [n for n in live if BROKER_GROUP in n.groups]
+    assert dc.nodes[lead].lead.stats.clearings_overheard == 0
+    assert all(b.lead.stats.clearings_overheard > 0 for b in brokers if b.node_id != lead)
+
+
 def test_churn_members_that_stay_deliver_everything_once_in_order() -> None:
     """Membership under churn: while servers join and leave every 0.3 s and two senders
     multicast, the members that stay deliver every message of each sender exactly once,

@@ -38,8 +38,10 @@ type travels in one group (Bid, BidAck and Price in the cluster; Aggregate
 and Clearing in the broker group), so their actions are run in that group's
 stack; a market multicast is also handed to this node's own consuming role
 (the lead's own broker takes its Clearing, the broker's own client its
-Price), and sends to ourselves never touch the network. Leaving the broker
-group steps the lead broker down at once.
+Price), and sends to ourselves never touch the network. A received Clearing
+goes to the broker and is also overheard by the lead broker (the budgets it
+reserves for clusters it has not heard from). Leaving the broker group steps
+the lead broker down at once.
 
 The node keeps no timers of its own: ``next_deadline()`` is the earliest of
 its machines' deadlines, and ``handle_deadline(now)`` wakes those that are due.
