@@ -1,4 +1,4 @@
-"""The lead broker: clears the whole market once per round.
+"""The lead broker: clears the whole market once per round, and at once when the supply drops.
 
 Theory of operation
 -------------------
@@ -41,10 +41,11 @@ watts to the others at once. The reserve never cuts into the required power of
 the clusters it clears (``reserved <= S - sum r`` of those), so a supply that
 covers every server's ``r`` still gives each counted bid at least ``r``.
 
-**Driving.** Inputs: :class:`SupplyChanged` (command), ``LeaderElected``,
-``Received`` and ``DeadlineReached``. Outputs: ``Multicast(Clearing)`` and the
-notification :class:`MarketCleared`. The first round comes one
-``round_interval`` after the election, so the brokers' aggregates can arrive.
+**Driving.** Inputs: :class:`SupplyChanged` and :class:`SteppedDown`
+(commands), ``LeaderElected``, ``Received`` and ``DeadlineReached``.
+Outputs: ``Multicast(Clearing)`` and the notification :class:`MarketCleared`.
+The first round comes one ``round_interval`` after the election, so the
+brokers' aggregates can arrive.
 
 **Timeouts.** ``round_interval`` (1 s), ``aggregate_timeout`` (3 s, more than
 ``round_interval``): a cluster silent that long is left out (its broker is
