@@ -25,7 +25,7 @@ round at once (with the aggregates held, next round number), so the caps in
 force come down within one message delay, not one ``round_interval``; the
 periodic rounds keep their schedule. A rise waits for the next round: the
 caps in force are already within the higher supply, and a supply that moves
-every second (solar) would otherwise double the Clearing traffic.
+every second (solar) would otherwise double the Clearing traffic while it rises.
 
 **Reserve for silent clusters.** Clients keep their caps for a lease after
 the last price and then fall back to at most their required power, and a
