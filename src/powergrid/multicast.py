@@ -139,6 +139,7 @@ from powergrid.wire import (
     Status,
     StatusEntry,
     Xmit,
+    record_builder,
 )
 
 __all__ = [
@@ -274,6 +275,13 @@ class Deliver:
     seq: int
     kind: int
     payload: bytes
+
+
+# Positional constructors for the hot paths (see wire.record_builder): the same
+# records as the keyword constructors, built in about half the time.
+_new_deliver: Final = record_builder(Deliver)
+_new_data: Final = record_builder(Data)
+_new_multicast: Final = record_builder(Multicast)
 
 
 @attrs.define(kw_only=True)
@@ -447,7 +455,12 @@ class MulticastMachine:
         unknown type or a bad :class:`Publish`, and
         :class:`~powergrid.errors.PayloadTooLargeError` for a Publish too large.
         """
-        handler = self._dispatch.get(type(event))
+        kind = type(event)
+        if kind is Received:  # the hot path: skip one dispatch step for Data
+            msg = event.message  # type: ignore[attr-defined]
+            if type(msg) is Data:
+                return self._on_data(event, msg, now)  # type: ignore[arg-type]
+        handler = self._dispatch.get(kind)
         if handler is None:
             raise UsageError(f"MulticastMachine cannot handle {type(event).__name__}")
         return handler(event, now)
@@ -482,13 +495,14 @@ class MulticastMachine:
             )
         own = self._own
         seq = own.delivered + 1
-        msg = Data(seq=seq, kind=cmd.kind, payload=payload)
+        msg = _new_data(seq, cmd.kind, payload)
         own.delivered = own.highest = seq
         self._stats.published += 1
         out: list[Any] = []
         self._deliver(own, self._me, seq, msg, out)
-        out.append(Multicast(message=msg))
-        self._arm_reports(now)
+        out.append(_new_multicast(msg))
+        if self._status_due is None or self._stable_due is None:
+            self._arm_reports(now)
         return out
 
     # ------------------------------------------------------------ receiving
@@ -528,15 +542,7 @@ class MulticastMachine:
                 self._stable_due = now + self._config.stable_interval
             if st.nak_due is not None:
                 self._check_gap(origin, st, now)
-            return [
-                Deliver(
-                    origin=origin,
-                    incarnation=ev.incarnation,
-                    seq=seq,
-                    kind=msg.kind,
-                    payload=msg.payload,
-                )
-            ]
+            return [_new_deliver(origin, ev.incarnation, seq, msg.kind, msg.payload)]
         return self._accept(origin, ev.incarnation, seq, msg, now)
 
     def _on_xmit(self, ev: Received, msg: Xmit, now: float) -> list[Any]:
@@ -619,15 +625,7 @@ class MulticastMachine:
         self._stats.delivered += 1
         if size > self._stats.peak_buffer:
             self._new_peak(size)
-        out.append(
-            Deliver(
-                origin=NodeId(origin),
-                incarnation=Incarnation(st.incarnation),
-                seq=seq,
-                kind=msg.kind,
-                payload=msg.payload,
-            )
-        )
+        out.append(_new_deliver(origin, st.incarnation, seq, msg.kind, msg.payload))
 
     def _drain(self, st: _Origin, origin: int, out: list[Any]) -> None:
         """Deliver held messages that are now in order."""

@@ -36,10 +36,12 @@ Type codes: 1-15 multicast and unicast, 16-31 membership, 32-47 election,
 
 from __future__ import annotations
 
+import inspect
 import operator
 import struct
+import types
 from collections.abc import Callable
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import attrs
 
@@ -97,6 +99,7 @@ __all__ = [
     "decode_body",
     "encode",
     "encode_body",
+    "record_builder",
 ]
 
 MAGIC = b"PG"
@@ -122,6 +125,43 @@ KIND_APP = 0
 
 _U16 = struct.Struct("!H")
 
+_T = TypeVar("_T")
+
+
+def record_builder(cls: type[_T]) -> Callable[..., _T]:
+    """A positional constructor for the frozen, slotted ``attrs`` class ``cls``.
+
+    ``build(*values)`` takes every field, in field order, and returns what
+    ``cls(**fields)`` returns, equal in every way, about twice as fast: it fills
+    the slots directly instead of going through the generated ``__init__`` (which
+    for a frozen class sets each field through ``object.__setattr__``). Hot paths
+    (the decoder, the multicast machine) use it; other code builds records with
+    keywords. Raises ``TypeError`` at once for a class it cannot build exactly:
+    not slotted, or with a validator, converter, ``on_setattr`` hook, hash cache or
+    ``__attrs_pre_init__``/``__attrs_post_init__`` that ``__init__`` would run.
+    """
+    names: list[str] = []
+    setters: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
+    for i, f in enumerate(attrs.fields(cls)):  # type: ignore[arg-type]
+        slot = inspect.getattr_static(cls, f.name, None)
+        if f.validator is not None or f.converter is not None or f.on_setattr is not None:
+            raise TypeError(f"{cls.__name__}.{f.name} has a validator, converter or hook")
+        if type(slot) is not types.MemberDescriptorType:
+            raise TypeError(f"{cls.__name__} is not a slotted attrs class")
+        names.append(f.name)
+        setters[f"_set{i}"] = slot.__set__
+    hooks = ("__attrs_pre_init__", "__attrs_post_init__", "_attrs_cached_hash")
+    if any(inspect.getattr_static(cls, h, None) is not None for h in hooks):
+        raise TypeError(f"{cls.__name__} has an init hook or a hash cache")
+    params = ", ".join(names)
+    lines = [f"def build({params}):", "    self = _new(_cls)"]
+    lines += [f"    _set{i}(self, {n})" for i, n in enumerate(names)]
+    lines.append("    return self")
+    exec("\n".join(lines), setters)  # the way attrs builds __init__ itself
+    build: Callable[..., _T] = setters["build"]
+    build.__qualname__ = build.__name__ = f"build_{cls.__name__}"
+    return build
+
 
 class Message:
     """Base of every message body. Subclasses are frozen attrs classes."""
@@ -136,6 +176,7 @@ class Message:
 
 class _Layout(NamedTuple):
     cls: Callable[..., Message]
+    build: Callable[..., Message]  # record_builder(cls): positional, every field
     name: str
     fixed: struct.Struct  # the body's fixed part
     full: struct.Struct  # header + fixed part, for one unpack on the hot path
@@ -168,6 +209,7 @@ def _layout(
         getter = operator.attrgetter(*names)
         _LAYOUTS[code] = _Layout(
             cls,
+            record_builder(cls),
             cls.__name__,
             struct.Struct("!" + fixed),
             struct.Struct(_HEADER.format + fixed),
@@ -866,9 +908,9 @@ def _build(lay: _Layout, values: tuple[Any, ...], data: bytes, end: int) -> Mess
     if lay.tail is None:
         if len(data) != end:
             raise DecodeError(f"{lay.name} has {len(data) - end} trailing bytes")
-        msg = lay.cls(*values)
+        msg = lay.build(*values)
     elif lay.tail == "payload":
-        msg = lay.cls(*values, data[end:])
+        msg = lay.build(*values, data[end:])
     else:
         assert lay.entry is not None and lay.entry_type is not None
         if len(data) < end + 2:
@@ -883,7 +925,7 @@ def _build(lay: _Layout, values: tuple[Any, ...], data: bytes, end: int) -> Mess
             )
         make = lay.entry_type
         entries = tuple([make(*e) for e in lay.entry.iter_unpack(data[start:])])
-        msg = lay.cls(*values, entries)
+        msg = lay.build(*values, entries)
     bad = msg.problem()
     if bad is not None:
         raise DecodeError(f"inconsistent {lay.name}: {bad}")
@@ -922,9 +964,9 @@ def decode(data: bytes) -> Envelope:
                 sender = values[5]
                 if 0 < sender <= MAX_NODE_ID:
                     if lay.tail is None:
-                        msg = lay.cls(*values[7:])
+                        msg = lay.build(*values[7:])
                     else:
-                        msg = lay.cls(*values[7:], data[end:])
+                        msg = lay.build(*values[7:], data[end:])
                     bad = msg.problem()
                     if bad is not None:
                         raise DecodeError(f"inconsistent {lay.name}: {bad}")
