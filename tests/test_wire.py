@@ -135,6 +135,34 @@ def test_mutated_datagrams_raise_only_decode_error(
     assert env.message.problem() is None
 
 
+def _outcome(data: bytes, fn: Any) -> object:
+    try:
+        return fn(data)
+    except DecodeError as exc:
+        return ("DecodeError", str(exc))
+
+
+@settings(max_examples=500, suppress_health_check=[HealthCheck.filter_too_much])
+@given(
+    any_message,
+    st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)), max_size=4),
+    st.integers(-8, 8),
+)
+def test_fast_path_agrees_with_the_checked_path(
+    msg: wire.Message, flips: list[tuple[int, int]], resize: int
+) -> None:
+    """decode's generated per-type fast path gives exactly what the checked path gives:
+    the same envelope, or DecodeError with the same message."""
+    data = bytearray(encode(1, NODE, 1, msg))
+    for pos, value in flips:
+        data[pos % len(data)] = value
+    if resize < 0:
+        del data[resize:]
+    else:
+        data.extend(b"\x00" * resize)
+    assert _outcome(bytes(data), decode) == _outcome(bytes(data), wire._decode_checked)
+
+
 def _datagram() -> bytes:
     return encode(7, NODE, 3, Data(seq=1, kind=0, payload=b"hello"))
 

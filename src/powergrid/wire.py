@@ -140,27 +140,40 @@ def record_builder(cls: type[_T]) -> Callable[..., _T]:
     not slotted, or with a validator, converter, ``on_setattr`` hook, hash cache or
     ``__attrs_pre_init__``/``__attrs_post_init__`` that ``__init__`` would run.
     """
+    names, namespace = _slot_setters(cls)
+    name = f"build_{cls.__name__}"
+    lines = [f"def {name}({', '.join(names)}):", "    self = _new(_cls)"]
+    lines += [f"    _set{i}(self, {n})" for i, n in enumerate(names)]
+    lines.append("    return self")
+    build: Callable[..., _T] = _compile(lines, namespace, name)
+    return build
+
+
+def _slot_setters(cls: type[Any]) -> tuple[list[str], dict[str, Any]]:
+    """``cls``'s field names, and a namespace with ``_new``, ``_cls`` and ``_set0``,
+    ``_set1``... (each field's slot setter) for generated code; see :func:`record_builder`."""
     names: list[str] = []
-    setters: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
-    for i, f in enumerate(attrs.fields(cls)):  # type: ignore[arg-type]
+    namespace: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
+    for i, f in enumerate(attrs.fields(cls)):
         slot = inspect.getattr_static(cls, f.name, None)
         if f.validator is not None or f.converter is not None or f.on_setattr is not None:
             raise TypeError(f"{cls.__name__}.{f.name} has a validator, converter or hook")
         if type(slot) is not types.MemberDescriptorType:
             raise TypeError(f"{cls.__name__} is not a slotted attrs class")
         names.append(f.name)
-        setters[f"_set{i}"] = slot.__set__
+        namespace[f"_set{i}"] = slot.__set__
     hooks = ("__attrs_pre_init__", "__attrs_post_init__", "_attrs_cached_hash")
     if any(inspect.getattr_static(cls, h, None) is not None for h in hooks):
         raise TypeError(f"{cls.__name__} has an init hook or a hash cache")
-    params = ", ".join(names)
-    lines = [f"def build({params}):", "    self = _new(_cls)"]
-    lines += [f"    _set{i}(self, {n})" for i, n in enumerate(names)]
-    lines.append("    return self")
-    exec("\n".join(lines), setters)  # the way attrs builds __init__ itself
-    build: Callable[..., _T] = setters["build"]
-    build.__qualname__ = build.__name__ = f"build_{cls.__name__}"
-    return build
+    return names, namespace
+
+
+def _compile(lines: list[str], namespace: dict[str, Any], name: str) -> Any:
+    """The function ``name`` defined by ``lines`` in ``namespace`` (as attrs builds
+    ``__init__``: generated once at import, plain Python afterwards)."""
+    exec(compile("\n".join(lines), f"<powergrid.wire {name}>", "exec"), namespace)
+    fn = namespace[name]
+    return fn
 
 
 class Message:
@@ -944,33 +957,70 @@ def decode_body(kind: int, body: bytes) -> Message:
     return _build(lay, lay.fixed.unpack_from(body), body, lay.fixed.size)
 
 
-_PREFIX = MAGIC + bytes([VERSION])
-_new_envelope = tuple.__new__
+def _fast_decoder(lay: _Layout) -> Callable[[bytes, int], Envelope | None]:
+    """The hot path of :func:`decode` for one type without entries, generated once.
+
+    ``fast(data, size)`` unpacks header and fixed part in one call (magic as a
+    u16, the type byte skipped: :func:`decode` chose this decoder by it), builds
+    the message straight into its slots and checks its ``problem()``. It
+    returns None for anything it does not accept as well-formed (size, magic,
+    version, flags, sender), and :func:`decode` then takes the checked path,
+    which names the fault; a ``problem()`` raises :class:`DecodeError` here,
+    with the checked path's message.
+    """
+    _, ns = _slot_setters(lay.cls)  # type: ignore[arg-type]
+    fixed = [f"f{i}" for i in range(len(lay.fixed.unpack(bytes(lay.fixed.size))))]
+    end = lay.full.size
+    ns.update(
+        _unpack=struct.Struct("!HBxBIQI" + lay.fixed.format[1:]).unpack_from,
+        _env=tuple.__new__,
+        _Envelope=Envelope,
+        _DecodeError=DecodeError,
+    )
+    name = f"decode_{lay.name}"
+    size_bad = f"size != {end}" if lay.tail is None else f"size < {end} or size > {MAX_DATAGRAM}"
+    values = [*fixed, f"data[{end}:]"] if lay.tail == "payload" else fixed
+    magic = int.from_bytes(MAGIC, "big")
+    header_ok = f"magic == {magic} and version == {VERSION} and not flags"
+    lines = [
+        f"def {name}(data, size):",
+        f"    if {size_bad}:",
+        "        return None",
+        f"    magic, version, flags, group, sender, incarnation, {', '.join(fixed)} = (",
+        "        _unpack(data))",
+        f"    if not ({header_ok} and 0 < sender <= {MAX_NODE_ID}):",
+        "        return None",
+        "    msg = _new(_cls)",
+        *(f"    _set{i}(msg, {v})" for i, v in enumerate(values)),
+    ]
+    if lay.cls.problem is not Message.problem:  # type: ignore[attr-defined]
+        lines += [
+            "    bad = msg.problem()",
+            "    if bad is not None:",
+            f"        raise _DecodeError('inconsistent {lay.name}: ' + bad)",
+        ]
+    lines.append("    return _env(_Envelope, (group, sender, incarnation, msg))")
+    fast: Callable[[bytes, int], Envelope | None] = _compile(lines, ns, name)
+    return fast
+
+
+_FAST: dict[int, Callable[[bytes, int], Envelope | None]] = {
+    code: _fast_decoder(lay) for code, lay in _LAYOUTS.items() if lay.tail != "entries"
+}
 
 
 def decode(data: bytes) -> Envelope:
     """Parse one datagram. Raises only :class:`DecodeError`, saying what was wrong."""
-    # The hot path: a well-formed header of a known type whose body is its
-    # fixed part alone or with a payload tail. Anything else takes the checked path
-    # below, which finds and names the fault.
+    # The hot path: a well-formed datagram of a known type whose body is its fixed
+    # part alone or with a payload tail (one generated decoder per type). Anything
+    # else takes the checked path below, which finds and names the fault.
     size = len(data)
-    if HEADER_SIZE <= size <= MAX_DATAGRAM and data[4] == 0 and data[:3] == _PREFIX:
-        lay = _LAYOUTS.get(data[3])
-        if lay is not None and lay.tail != "entries":
-            full = lay.full
-            end = full.size
-            if size == end or (size > end and lay.tail is not None):
-                values = full.unpack_from(data)
-                sender = values[5]
-                if 0 < sender <= MAX_NODE_ID:
-                    if lay.tail is None:
-                        msg = lay.build(*values[7:])
-                    else:
-                        msg = lay.build(*values[7:], data[end:])
-                    bad = msg.problem()
-                    if bad is not None:
-                        raise DecodeError(f"inconsistent {lay.name}: {bad}")
-                    return _new_envelope(Envelope, (values[4], sender, values[6], msg))
+    if size >= HEADER_SIZE:
+        fast = _FAST.get(data[3])
+        if fast is not None:
+            env = fast(data, size)
+            if env is not None:
+                return env
     return _decode_checked(data)
 
 
