@@ -877,26 +877,14 @@ def encode(group: int, sender: int, incarnation: int, msg: Message) -> bytes:
     Raises :class:`PayloadTooLargeError` if it would exceed :data:`MAX_DATAGRAM`
     and ``ValueError`` if a field is out of its range.
     """
-    lay = _LAYOUTS[msg.TYPE]
-    if lay.tail is None:  # the hot path: header and body in one pack
-        try:
-            data = lay.full.pack(
-                MAGIC, VERSION, msg.TYPE, 0, group, sender, incarnation, *lay.fields(msg)
-            )
-        except struct.error:
-            data = _encode_checked(group, sender, incarnation, msg)
-    elif lay.tail == "payload":
-        values = lay.fields(msg)
-        try:
-            head = lay.full.pack(
-                MAGIC, VERSION, msg.TYPE, 0, group, sender, incarnation, *values[:-1]
-            )
-        except struct.error:
-            data = _encode_checked(group, sender, incarnation, msg)
-        else:
-            data = head + values[-1]
-    else:
+    fast = _FAST_ENCODE.get(msg.TYPE)
+    if fast is None:
         data = _encode_checked(group, sender, incarnation, msg)
+    else:  # the hot path: header and fixed part in one pack (then the payload)
+        try:
+            data = fast(group, sender, incarnation, msg)
+        except struct.error:
+            data = _encode_checked(group, sender, incarnation, msg)  # names the bad field
     if len(data) > MAX_DATAGRAM:
         raise PayloadTooLargeError(
             f"{type(msg).__name__} datagram is {len(data)} bytes; with room for the "
@@ -905,6 +893,30 @@ def encode(group: int, sender: int, incarnation: int, msg: Message) -> bytes:
             f"{len(data) - MAX_DATAGRAM} bytes less)"
         )
     return data
+
+
+def _fast_encoder(code: int, lay: _Layout) -> Callable[[int, int, int, Message], bytes]:
+    """The hot path of :func:`encode` for one type without entries, generated once:
+    ``struct.pack`` of header and fixed part from the message's fields, then its
+    payload. Raises ``struct.error`` for a field out of range (then :func:`encode`
+    takes the checked path, which says which)."""
+    names, _ = _slot_setters(lay.cls)  # type: ignore[arg-type]
+    fixed = names[:-1] if lay.tail == "payload" else names
+    args = ", ".join(f"msg.{n}" for n in fixed)
+    body = f"_pack({MAGIC!r}, {VERSION}, {code}, 0, group, sender, incarnation, {args})"
+    if lay.tail == "payload":
+        body += f" + msg.{names[-1]}"
+    name = f"encode_{lay.name}"
+    lines = [f"def {name}(group, sender, incarnation, msg):", f"    return {body}"]
+    fast: Callable[[int, int, int, Message], bytes] = _compile(
+        lines, {"_pack": lay.full.pack}, name
+    )
+    return fast
+
+
+_FAST_ENCODE: dict[int, Callable[[int, int, int, Message], bytes]] = {
+    code: _fast_encoder(code, lay) for code, lay in _LAYOUTS.items() if lay.tail != "entries"
+}
 
 
 def _encode_checked(group: int, sender: int, incarnation: int, msg: Message) -> bytes:
