@@ -521,13 +521,14 @@ class MulticastMachine:
 
     def _on_data(self, ev: Received, msg: Data, now: float) -> list[Any]:
         origin = ev.sender
+        inc = ev.incarnation
         st = self._origins.get(origin)
         seq = msg.seq
         # The hot path: the next message of a known origin, nothing held.
         if (
             st is not None
             and seq == st.delivered + 1
-            and st.incarnation == ev.incarnation
+            and st.incarnation == inc
             and not st.held
             and origin != self._me
         ):
@@ -546,8 +547,8 @@ class MulticastMachine:
                 self._stable_due = now + self._config.stable_interval
             if st.nak_due is not None:
                 self._check_gap(origin, st, now)
-            return [_new_deliver(origin, ev.incarnation, seq, msg.kind, msg.payload)]
-        return self._accept(origin, ev.incarnation, seq, msg, now)
+            return [_new_deliver(origin, inc, seq, msg.kind, msg.payload)]
+        return self._accept(origin, inc, seq, msg, now)
 
     def _on_xmit(self, ev: Received, msg: Xmit, now: float) -> list[Any]:
         return self._accept(msg.origin, msg.origin_incarnation, msg.seq, msg, now)
