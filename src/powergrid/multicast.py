@@ -348,7 +348,8 @@ class _Origin:
         self.highest = max(start, 0)
         self.stable = max(start, 0)
         self.held: dict[int, _Stored] = {}
-        self.buf: dict[int, _Stored] = {}  # delivered, not yet stable; seqs buf_low..delivered
+        # delivered, not yet stable: seq -> (kind, payload), seqs buf_low..delivered
+        self.buf: dict[int, tuple[int, bytes]] = {}
         self.buf_low = start + 1
         self.nak_due: float | None = None
         self.last_nak = -math.inf
@@ -535,7 +536,7 @@ class MulticastMachine:
             st.delivered = seq
             if seq > st.highest:  # noqa: PLR1730 (faster than max() on the hot path)
                 st.highest = seq
-            st.buf[seq] = msg
+            st.buf[seq] = (msg.kind, msg.payload)
             size = self._buffer_size = self._buffer_size + 1
             stats = self._stats
             stats.delivered += 1
@@ -625,7 +626,7 @@ class MulticastMachine:
 
     def _deliver(self, st: _Origin, origin: int, seq: int, msg: _Stored, out: list[Any]) -> None:
         st.delivered = seq
-        st.buf[seq] = msg
+        st.buf[seq] = (msg.kind, msg.payload)
         size = self._buffer_size = self._buffer_size + 1
         self._stats.delivered += 1
         if size > self._stats.peak_buffer:
@@ -780,15 +781,15 @@ class MulticastMachine:
                 self._stats.xmits_rate_limited += 1
                 continue
             budget -= 1
-            if type(stored) is not Xmit:
-                stored = Xmit(
-                    origin=msg.origin,
-                    origin_incarnation=st.incarnation,
-                    seq=seq,
-                    kind=stored.kind,
-                    payload=stored.payload,
-                )
-            out.append(Send(to=to, message=stored))
+            kind, payload = stored
+            xmit = Xmit(
+                origin=msg.origin,
+                origin_incarnation=st.incarnation,
+                seq=seq,
+                kind=kind,
+                payload=payload,
+            )
+            out.append(Send(to=to, message=xmit))
         window[1] = cfg.max_xmit_per_interval - budget
         self._stats.xmits_sent += len(out)
         return out
