@@ -11,6 +11,7 @@ import re
 import struct
 from typing import Any
 
+import attrs
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
@@ -134,6 +135,34 @@ def test_mutated_datagrams_raise_only_decode_error(
     assert env.message.problem() is None
 
 
+def _outcome(data: bytes, fn: Any) -> object:
+    try:
+        return fn(data)
+    except DecodeError as exc:
+        return ("DecodeError", str(exc))
+
+
+@settings(max_examples=500, suppress_health_check=[HealthCheck.filter_too_much])
+@given(
+    any_message,
+    st.lists(st.tuples(st.integers(0, 200), st.integers(0, 255)), max_size=4),
+    st.integers(-8, 8),
+)
+def test_fast_path_agrees_with_the_checked_path(
+    msg: wire.Message, flips: list[tuple[int, int]], resize: int
+) -> None:
+    """decode's generated per-type fast path gives exactly what the checked path gives:
+    the same envelope, or DecodeError with the same message."""
+    data = bytearray(encode(1, NODE, 1, msg))
+    for pos, value in flips:
+        data[pos % len(data)] = value
+    if resize < 0:
+        del data[resize:]
+    else:
+        data.extend(b"\x00" * resize)
+    assert _outcome(bytes(data), decode) == _outcome(bytes(data), wire._decode_checked)
+
+
 def _datagram() -> bytes:
     return encode(7, NODE, 3, Data(seq=1, kind=0, payload=b"hello"))
 
@@ -201,3 +230,46 @@ def test_header_layout_is_as_documented() -> None:
     assert struct.unpack("!2sBBBIQI", data[:HEADER_SIZE]) == (b"PG", 1, 1, 0, 7, NODE, 3)
     assert data[HEADER_SIZE:] == struct.pack("!QB", 1, 0) + b"hello"
     assert len(data) == HEADER_SIZE + 9 + 5
+
+
+# -------------------------------------------------------------- record_builder
+
+
+@pytest.mark.parametrize("code", ALL_TYPES)
+def test_record_builder_matches_the_keyword_constructor(code: int) -> None:
+    lay = wire._LAYOUTS[code]
+    fields = attrs.fields(lay.cls)  # type: ignore[arg-type]
+    values = [(i + 1) if f.type != "bytes" else b"p" for i, f in enumerate(fields)]
+    built = lay.build(*values)
+    plain = lay.cls(**{f.name: v for f, v in zip(fields, values, strict=True)})
+    assert type(built) is type(plain)
+    assert built == plain and hash(built) == hash(plain) and repr(built) == repr(plain)
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        built.seq = 2  # type: ignore[attr-defined]
+    with pytest.raises(TypeError):
+        lay.build(*values[:-1])  # every field is required, positionally
+
+
+def test_record_builder_refuses_what_it_cannot_build_exactly() -> None:
+    @attrs.frozen
+    class Checked:
+        x: int = attrs.field(validator=attrs.validators.instance_of(int))
+
+    @attrs.frozen(cache_hash=True)
+    class Cached:
+        x: int
+
+    @attrs.frozen(slots=False)
+    class Dicty:
+        x: int
+
+    @attrs.frozen
+    class Hooked:
+        x: int
+
+        def __attrs_post_init__(self) -> None:
+            pass
+
+    for cls in (Checked, Cached, Dicty, Hooked):
+        with pytest.raises(TypeError):
+            wire.record_builder(cls)

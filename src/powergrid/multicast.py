@@ -139,6 +139,7 @@ from powergrid.wire import (
     Status,
     StatusEntry,
     Xmit,
+    record_builder,
 )
 
 __all__ = [
@@ -276,6 +277,13 @@ class Deliver:
     payload: bytes
 
 
+# Positional constructors for the hot paths (see wire.record_builder): the same
+# records as the keyword constructors, built in about half the time.
+_new_deliver: Final = record_builder(Deliver)
+_new_data: Final = record_builder(Data)
+_new_multicast: Final = record_builder(Multicast)
+
+
 @attrs.define(kw_only=True)
 class MulticastStats:
     """Counters of one :class:`MulticastMachine` (mutable ints, only grow)."""
@@ -340,7 +348,8 @@ class _Origin:
         self.highest = max(start, 0)
         self.stable = max(start, 0)
         self.held: dict[int, _Stored] = {}
-        self.buf: dict[int, _Stored] = {}  # delivered, not yet stable; seqs buf_low..delivered
+        # delivered, not yet stable: seq -> (kind, payload), seqs buf_low..delivered
+        self.buf: dict[int, tuple[int, bytes]] = {}
         self.buf_low = start + 1
         self.nak_due: float | None = None
         self.last_nak = -math.inf
@@ -447,17 +456,26 @@ class MulticastMachine:
         unknown type or a bad :class:`Publish`, and
         :class:`~powergrid.errors.PayloadTooLargeError` for a Publish too large.
         """
-        handler = self._dispatch.get(type(event))
+        kind = type(event)
+        if kind is Received:  # the hot path: skip one dispatch step for Data
+            msg = event.message  # type: ignore[attr-defined]
+            if type(msg) is Data:
+                return self._on_data(event, msg, now)  # type: ignore[arg-type]
+        handler = self._dispatch.get(kind)
         if handler is None:
             raise UsageError(f"MulticastMachine cannot handle {type(event).__name__}")
         return handler(event, now)
 
     def next_deadline(self) -> float | None:
         """When the machine next needs :class:`DeadlineReached`; None while all is quiet."""
+        # Called by the driver after every event: without gaps or departed origins
+        # (the steady state) it is the earlier of two fields, with no loops.
         best = self._status_due
         due = self._stable_due
         if due is not None and (best is None or due < best):
             best = due
+        if not self._gappy and not self._grace:
+            return best
         for st in self._gappy.values():
             due = st.nak_due
             if due is not None and (best is None or due < best):
@@ -482,13 +500,14 @@ class MulticastMachine:
             )
         own = self._own
         seq = own.delivered + 1
-        msg = Data(seq=seq, kind=cmd.kind, payload=payload)
+        msg = _new_data(seq, cmd.kind, payload)
         own.delivered = own.highest = seq
         self._stats.published += 1
         out: list[Any] = []
         self._deliver(own, self._me, seq, msg, out)
-        out.append(Multicast(message=msg))
-        self._arm_reports(now)
+        out.append(_new_multicast(msg))
+        if self._status_due is None or self._stable_due is None:
+            self._arm_reports(now)
         return out
 
     # ------------------------------------------------------------ receiving
@@ -503,20 +522,21 @@ class MulticastMachine:
 
     def _on_data(self, ev: Received, msg: Data, now: float) -> list[Any]:
         origin = ev.sender
+        inc = ev.incarnation
         st = self._origins.get(origin)
         seq = msg.seq
         # The hot path: the next message of a known origin, nothing held.
         if (
             st is not None
             and seq == st.delivered + 1
-            and st.incarnation == ev.incarnation
+            and st.incarnation == inc
             and not st.held
             and origin != self._me
         ):
             st.delivered = seq
             if seq > st.highest:  # noqa: PLR1730 (faster than max() on the hot path)
                 st.highest = seq
-            st.buf[seq] = msg
+            st.buf[seq] = (msg.kind, msg.payload)
             size = self._buffer_size = self._buffer_size + 1
             stats = self._stats
             stats.delivered += 1
@@ -528,16 +548,8 @@ class MulticastMachine:
                 self._stable_due = now + self._config.stable_interval
             if st.nak_due is not None:
                 self._check_gap(origin, st, now)
-            return [
-                Deliver(
-                    origin=origin,
-                    incarnation=ev.incarnation,
-                    seq=seq,
-                    kind=msg.kind,
-                    payload=msg.payload,
-                )
-            ]
-        return self._accept(origin, ev.incarnation, seq, msg, now)
+            return [_new_deliver(origin, inc, seq, msg.kind, msg.payload)]
+        return self._accept(origin, inc, seq, msg, now)
 
     def _on_xmit(self, ev: Received, msg: Xmit, now: float) -> list[Any]:
         return self._accept(msg.origin, msg.origin_incarnation, msg.seq, msg, now)
@@ -614,20 +626,12 @@ class MulticastMachine:
 
     def _deliver(self, st: _Origin, origin: int, seq: int, msg: _Stored, out: list[Any]) -> None:
         st.delivered = seq
-        st.buf[seq] = msg
+        st.buf[seq] = (msg.kind, msg.payload)
         size = self._buffer_size = self._buffer_size + 1
         self._stats.delivered += 1
         if size > self._stats.peak_buffer:
             self._new_peak(size)
-        out.append(
-            Deliver(
-                origin=NodeId(origin),
-                incarnation=Incarnation(st.incarnation),
-                seq=seq,
-                kind=msg.kind,
-                payload=msg.payload,
-            )
-        )
+        out.append(_new_deliver(origin, st.incarnation, seq, msg.kind, msg.payload))
 
     def _drain(self, st: _Origin, origin: int, out: list[Any]) -> None:
         """Deliver held messages that are now in order."""
@@ -777,15 +781,15 @@ class MulticastMachine:
                 self._stats.xmits_rate_limited += 1
                 continue
             budget -= 1
-            if type(stored) is not Xmit:
-                stored = Xmit(
-                    origin=msg.origin,
-                    origin_incarnation=st.incarnation,
-                    seq=seq,
-                    kind=stored.kind,
-                    payload=stored.payload,
-                )
-            out.append(Send(to=to, message=stored))
+            kind, payload = stored
+            xmit = Xmit(
+                origin=msg.origin,
+                origin_incarnation=st.incarnation,
+                seq=seq,
+                kind=kind,
+                payload=payload,
+            )
+            out.append(Send(to=to, message=xmit))
         window[1] = cfg.max_xmit_per_interval - budget
         self._stats.xmits_sent += len(out)
         return out

@@ -13,7 +13,12 @@ is one fixed-size ``struct`` part, then at most one variable tail: either an
 opaque ``payload`` (the rest of the datagram) or a counted list of fixed-size
 ``entries`` (a u16 count, then the entries). Each message class declares that
 layout once (:func:`_layout`), and one generic encoder and decoder serve every
-type, so a new message is a class and a line, never new parsing code.
+type, so a new message is a class and a line, never new parsing code. For the
+hot path, each type without entries also gets a small encoder and decoder
+generated from the same layout at import (one ``struct`` call, slots filled
+directly); whatever the generated decoder does not accept goes to the checked
+decoder, which finds and names the fault, and a test holds the two to the same
+results.
 
 Decoding is strict: a datagram that is truncated, longer than
 :data:`MAX_DATAGRAM`, of another magic or version, of an unknown type, with
@@ -24,8 +29,10 @@ nothing else, with a message that says what was wrong. Encoding checks the
 size: a datagram over :data:`MAX_DATAGRAM` raises
 :class:`PayloadTooLargeError` instead of being cut by the network.
 
-Messages are frozen ``attrs`` records, positional so that the decoder can build
-them fast; build them with keywords in your own code. Message *bodies* can be
+Messages are frozen ``attrs`` records with positional fields; build them with
+keywords in your own code. :func:`record_builder` makes a positional constructor
+for any frozen slotted ``attrs`` record that fills its slots directly (the same
+record in about half the time), for hot paths. Message *bodies* can be
 nested: reliable channels (:class:`Data`, :class:`UData`) carry an inner
 message as ``kind`` (its type code, or :data:`KIND_APP` for application bytes)
 plus its encoded body, see :func:`encode_body` and :func:`decode_body`.
@@ -36,10 +43,12 @@ Type codes: 1-15 multicast and unicast, 16-31 membership, 32-47 election,
 
 from __future__ import annotations
 
+import inspect
 import operator
 import struct
+import types
 from collections.abc import Callable
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import attrs
 
@@ -97,6 +106,7 @@ __all__ = [
     "decode_body",
     "encode",
     "encode_body",
+    "record_builder",
 ]
 
 MAGIC = b"PG"
@@ -122,6 +132,56 @@ KIND_APP = 0
 
 _U16 = struct.Struct("!H")
 
+_T = TypeVar("_T")
+
+
+def record_builder(cls: type[_T]) -> Callable[..., _T]:
+    """A positional constructor for the frozen, slotted ``attrs`` class ``cls``.
+
+    ``build(*values)`` takes every field, in field order, and returns what
+    ``cls(**fields)`` returns, equal in every way, about twice as fast: it fills
+    the slots directly instead of going through the generated ``__init__`` (which
+    for a frozen class sets each field through ``object.__setattr__``). Hot paths
+    (the decoder, the multicast machine) use it; other code builds records with
+    keywords. Raises ``TypeError`` at once for a class it cannot build exactly:
+    not slotted, or with a validator, converter, ``on_setattr`` hook, hash cache or
+    ``__attrs_pre_init__``/``__attrs_post_init__`` that ``__init__`` would run.
+    """
+    names, namespace = _slot_setters(cls)
+    name = f"build_{cls.__name__}"
+    lines = [f"def {name}({', '.join(names)}):", "    self = _new(_cls)"]
+    lines += [f"    _set{i}(self, {n})" for i, n in enumerate(names)]
+    lines.append("    return self")
+    build: Callable[..., _T] = _compile(lines, namespace, name)
+    return build
+
+
+def _slot_setters(cls: type[Any]) -> tuple[list[str], dict[str, Any]]:
+    """``cls``'s field names, and a namespace with ``_new``, ``_cls`` and ``_set0``,
+    ``_set1``... (each field's slot setter) for generated code; see :func:`record_builder`."""
+    names: list[str] = []
+    namespace: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
+    for i, f in enumerate(attrs.fields(cls)):
+        slot = inspect.getattr_static(cls, f.name, None)
+        if f.validator is not None or f.converter is not None or f.on_setattr is not None:
+            raise TypeError(f"{cls.__name__}.{f.name} has a validator, converter or hook")
+        if type(slot) is not types.MemberDescriptorType:
+            raise TypeError(f"{cls.__name__} is not a slotted attrs class")
+        names.append(f.name)
+        namespace[f"_set{i}"] = slot.__set__
+    hooks = ("__attrs_pre_init__", "__attrs_post_init__", "_attrs_cached_hash")
+    if any(inspect.getattr_static(cls, h, None) is not None for h in hooks):
+        raise TypeError(f"{cls.__name__} has an init hook or a hash cache")
+    return names, namespace
+
+
+def _compile(lines: list[str], namespace: dict[str, Any], name: str) -> Any:
+    """The function ``name`` defined by ``lines`` in ``namespace`` (as attrs builds
+    ``__init__``: generated once at import, plain Python afterwards)."""
+    exec(compile("\n".join(lines), f"<powergrid.wire {name}>", "exec"), namespace)
+    fn = namespace[name]
+    return fn
+
 
 class Message:
     """Base of every message body. Subclasses are frozen attrs classes."""
@@ -136,6 +196,7 @@ class Message:
 
 class _Layout(NamedTuple):
     cls: Callable[..., Message]
+    build: Callable[..., Message]  # record_builder(cls): positional, every field
     name: str
     fixed: struct.Struct  # the body's fixed part
     full: struct.Struct  # header + fixed part, for one unpack on the hot path
@@ -168,6 +229,7 @@ def _layout(
         getter = operator.attrgetter(*names)
         _LAYOUTS[code] = _Layout(
             cls,
+            record_builder(cls),
             cls.__name__,
             struct.Struct("!" + fixed),
             struct.Struct(_HEADER.format + fixed),
@@ -822,26 +884,14 @@ def encode(group: int, sender: int, incarnation: int, msg: Message) -> bytes:
     Raises :class:`PayloadTooLargeError` if it would exceed :data:`MAX_DATAGRAM`
     and ``ValueError`` if a field is out of its range.
     """
-    lay = _LAYOUTS[msg.TYPE]
-    if lay.tail is None:  # the hot path: header and body in one pack
-        try:
-            data = lay.full.pack(
-                MAGIC, VERSION, msg.TYPE, 0, group, sender, incarnation, *lay.fields(msg)
-            )
-        except struct.error:
-            data = _encode_checked(group, sender, incarnation, msg)
-    elif lay.tail == "payload":
-        values = lay.fields(msg)
-        try:
-            head = lay.full.pack(
-                MAGIC, VERSION, msg.TYPE, 0, group, sender, incarnation, *values[:-1]
-            )
-        except struct.error:
-            data = _encode_checked(group, sender, incarnation, msg)
-        else:
-            data = head + values[-1]
-    else:
+    fast = _FAST_ENCODE.get(msg.TYPE)
+    if fast is None:
         data = _encode_checked(group, sender, incarnation, msg)
+    else:  # the hot path: header and fixed part in one pack (then the payload)
+        try:
+            data = fast(group, sender, incarnation, msg)
+        except struct.error:
+            data = _encode_checked(group, sender, incarnation, msg)  # names the bad field
     if len(data) > MAX_DATAGRAM:
         raise PayloadTooLargeError(
             f"{type(msg).__name__} datagram is {len(data)} bytes; with room for the "
@@ -850,6 +900,30 @@ def encode(group: int, sender: int, incarnation: int, msg: Message) -> bytes:
             f"{len(data) - MAX_DATAGRAM} bytes less)"
         )
     return data
+
+
+def _fast_encoder(code: int, lay: _Layout) -> Callable[[int, int, int, Message], bytes]:
+    """The hot path of :func:`encode` for one type without entries, generated once:
+    ``struct.pack`` of header and fixed part from the message's fields, then its
+    payload. Raises ``struct.error`` for a field out of range (then :func:`encode`
+    takes the checked path, which says which)."""
+    names, _ = _slot_setters(lay.cls)  # type: ignore[arg-type]
+    fixed = names[:-1] if lay.tail == "payload" else names
+    args = ", ".join(f"msg.{n}" for n in fixed)
+    body = f"_pack({MAGIC!r}, {VERSION}, {code}, 0, group, sender, incarnation, {args})"
+    if lay.tail == "payload":
+        body += f" + msg.{names[-1]}"
+    name = f"encode_{lay.name}"
+    lines = [f"def {name}(group, sender, incarnation, msg):", f"    return {body}"]
+    fast: Callable[[int, int, int, Message], bytes] = _compile(
+        lines, {"_pack": lay.full.pack}, name
+    )
+    return fast
+
+
+_FAST_ENCODE: dict[int, Callable[[int, int, int, Message], bytes]] = {
+    code: _fast_encoder(code, lay) for code, lay in _LAYOUTS.items() if lay.tail != "entries"
+}
 
 
 def _encode_checked(group: int, sender: int, incarnation: int, msg: Message) -> bytes:
@@ -866,9 +940,9 @@ def _build(lay: _Layout, values: tuple[Any, ...], data: bytes, end: int) -> Mess
     if lay.tail is None:
         if len(data) != end:
             raise DecodeError(f"{lay.name} has {len(data) - end} trailing bytes")
-        msg = lay.cls(*values)
+        msg = lay.build(*values)
     elif lay.tail == "payload":
-        msg = lay.cls(*values, data[end:])
+        msg = lay.build(*values, data[end:])
     else:
         assert lay.entry is not None and lay.entry_type is not None
         if len(data) < end + 2:
@@ -883,7 +957,7 @@ def _build(lay: _Layout, values: tuple[Any, ...], data: bytes, end: int) -> Mess
             )
         make = lay.entry_type
         entries = tuple([make(*e) for e in lay.entry.iter_unpack(data[start:])])
-        msg = lay.cls(*values, entries)
+        msg = lay.build(*values, entries)
     bad = msg.problem()
     if bad is not None:
         raise DecodeError(f"inconsistent {lay.name}: {bad}")
@@ -902,33 +976,70 @@ def decode_body(kind: int, body: bytes) -> Message:
     return _build(lay, lay.fixed.unpack_from(body), body, lay.fixed.size)
 
 
-_PREFIX = MAGIC + bytes([VERSION])
-_new_envelope = tuple.__new__
+def _fast_decoder(lay: _Layout) -> Callable[[bytes, int], Envelope | None]:
+    """The hot path of :func:`decode` for one type without entries, generated once.
+
+    ``fast(data, size)`` unpacks header and fixed part in one call (magic as a
+    u16, the type byte skipped: :func:`decode` chose this decoder by it), builds
+    the message straight into its slots and checks its ``problem()``. It
+    returns None for anything it does not accept as well-formed (size, magic,
+    version, flags, sender), and :func:`decode` then takes the checked path,
+    which names the fault; a ``problem()`` raises :class:`DecodeError` here,
+    with the checked path's message.
+    """
+    _, ns = _slot_setters(lay.cls)  # type: ignore[arg-type]
+    fixed = [f"f{i}" for i in range(len(lay.fixed.unpack(bytes(lay.fixed.size))))]
+    end = lay.full.size
+    ns.update(
+        _unpack=struct.Struct("!HBxBIQI" + lay.fixed.format[1:]).unpack_from,
+        _env=tuple.__new__,
+        _Envelope=Envelope,
+        _DecodeError=DecodeError,
+    )
+    name = f"decode_{lay.name}"
+    size_bad = f"size != {end}" if lay.tail is None else f"size < {end} or size > {MAX_DATAGRAM}"
+    values = [*fixed, f"data[{end}:]"] if lay.tail == "payload" else fixed
+    magic = int.from_bytes(MAGIC, "big")
+    header_ok = f"magic == {magic} and version == {VERSION} and not flags"
+    lines = [
+        f"def {name}(data, size):",
+        f"    if {size_bad}:",
+        "        return None",
+        f"    magic, version, flags, group, sender, incarnation, {', '.join(fixed)} = (",
+        "        _unpack(data))",
+        f"    if not ({header_ok} and 0 < sender <= {MAX_NODE_ID}):",
+        "        return None",
+        "    msg = _new(_cls)",
+        *(f"    _set{i}(msg, {v})" for i, v in enumerate(values)),
+    ]
+    if lay.cls.problem is not Message.problem:  # type: ignore[attr-defined]
+        lines += [
+            "    bad = msg.problem()",
+            "    if bad is not None:",
+            f"        raise _DecodeError('inconsistent {lay.name}: ' + bad)",
+        ]
+    lines.append("    return _env(_Envelope, (group, sender, incarnation, msg))")
+    fast: Callable[[bytes, int], Envelope | None] = _compile(lines, ns, name)
+    return fast
+
+
+_FAST: dict[int, Callable[[bytes, int], Envelope | None]] = {
+    code: _fast_decoder(lay) for code, lay in _LAYOUTS.items() if lay.tail != "entries"
+}
 
 
 def decode(data: bytes) -> Envelope:
     """Parse one datagram. Raises only :class:`DecodeError`, saying what was wrong."""
-    # The hot path: a well-formed header of a known type whose body is its
-    # fixed part alone or with a payload tail. Anything else takes the checked path
-    # below, which finds and names the fault.
+    # The hot path: a well-formed datagram of a known type whose body is its fixed
+    # part alone or with a payload tail (one generated decoder per type). Anything
+    # else takes the checked path below, which finds and names the fault.
     size = len(data)
-    if HEADER_SIZE <= size <= MAX_DATAGRAM and data[4] == 0 and data[:3] == _PREFIX:
-        lay = _LAYOUTS.get(data[3])
-        if lay is not None and lay.tail != "entries":
-            full = lay.full
-            end = full.size
-            if size == end or (size > end and lay.tail is not None):
-                values = full.unpack_from(data)
-                sender = values[5]
-                if 0 < sender <= MAX_NODE_ID:
-                    if lay.tail is None:
-                        msg = lay.cls(*values[7:])
-                    else:
-                        msg = lay.cls(*values[7:], data[end:])
-                    bad = msg.problem()
-                    if bad is not None:
-                        raise DecodeError(f"inconsistent {lay.name}: {bad}")
-                    return _new_envelope(Envelope, (values[4], sender, values[6], msg))
+    if size >= HEADER_SIZE:
+        fast = _FAST.get(data[3])
+        if fast is not None:
+            env = fast(data, size)
+            if env is not None:
+                return env
     return _decode_checked(data)
 
 
