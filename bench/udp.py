@@ -36,10 +36,12 @@ script reading their stdout. Median over 10 runs (``--quick``: 1).
 
 from __future__ import annotations
 
+import functools
 import random
 import socket
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -88,8 +90,15 @@ class Lossy:
         return list(self.node.receive(data, now))
 
 
-async def powergrid_goodput(receivers: int, n: int, loss: float) -> dict[str, Any]:
-    """N multicasts from one sender to ``receivers`` nodes; goodput in messages/s."""
+async def powergrid_goodput(
+    receivers: int, n: int, loss: float, *, inline: bool = True
+) -> dict[str, Any]:
+    """N multicasts from one sender to ``receivers`` nodes; goodput in messages/s.
+
+    ``inline``: the receivers take their notifications with ``run_node``'s
+    ``on_event`` callback, in the reader task, as the raw receivers do; else
+    from ``events()`` in a task of their own.
+    """
     udp = UdpConfig(ttl=0, group_port_base=free_port())
     cfgs = [NodeConfig(port=free_port(), broker_capable=True, rank=1)]
     cfgs += [NodeConfig(port=free_port()) for _ in range(receivers)]
@@ -98,31 +107,41 @@ async def powergrid_goodput(receivers: int, n: int, loss: float) -> dict[str, An
     views = [0] * receivers
     progress = trio.Event()
     t_end = [0.0]
+
+    def take(i: int, note: object) -> None:
+        if isinstance(note, MessageDelivered):
+            if note.sender == sender_id:
+                got[i].append((note.seq, note.payload))
+                if len(got[i]) == n:
+                    t_end[0] = max(t_end[0], time.perf_counter())
+                progress.set()
+        elif type(note).__name__ == "ViewChanged":
+            view = note.view  # type: ignore[attr-defined]
+            if view.group == cfgs[0].cluster and view.leader == sender_id:
+                views[i] = len(view.members)
+            progress.set()
+
     async with trio.open_nursery() as nursery:
         handles = []
         for k, cfg in enumerate(cfgs):
             ep: Any = Node(cfg, incarnation=1, rng=random.Random(k))
             if k > 0 and loss > 0:
                 ep = Lossy(ep, loss, seed=100 + k)
-            handles.append(await nursery.start(_serve, ep, udp))
+            on_event = None
+            if k > 0 and inline:
+                on_event = functools.partial(take, k - 1)
+            elif k == 0:
+                on_event = _ignore  # the sender's own deliveries: nobody reads them
+            handles.append(await nursery.start(_serve, ep, udp, on_event))
         sender, rx = handles[0], handles[1:]
 
         async def watch(i: int) -> None:
-            nonlocal progress
             async for note in rx[i].events():
-                if isinstance(note, MessageDelivered) and note.sender == sender_id:
-                    got[i].append((note.seq, note.payload))
-                    if len(got[i]) == n:
-                        t_end[0] = max(t_end[0], time.perf_counter())
-                    progress.set()
-                elif type(note).__name__ == "ViewChanged":
-                    view = note.view  # type: ignore[attr-defined]
-                    if view.group == cfgs[0].cluster and view.leader == sender_id:
-                        views[i] = len(view.members)
-                    progress.set()
+                take(i, note)
 
-        for i in range(receivers):
-            nursery.start_soon(watch, i)
+        if not inline:
+            for i in range(receivers):
+                nursery.start_soon(watch, i)
         with trio.fail_after(30):
             while min(views) < receivers + 1:
                 progress = trio.Event()
@@ -147,8 +166,17 @@ async def powergrid_goodput(receivers: int, n: int, loss: float) -> dict[str, An
     return {"msgs_per_s": n / seconds, "seconds": seconds, "cpu_s": cpu, "dropped": dropped}
 
 
-async def _serve(ep: Any, udp: UdpConfig, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-    async with run_node(ep, udp=udp) as handle:
+def _ignore(note: object) -> None:
+    pass
+
+
+async def _serve(
+    ep: Any,
+    udp: UdpConfig,
+    on_event: Callable[[object], None] | None,
+    task_status: Any = trio.TASK_STATUS_IGNORED,
+) -> None:
+    async with run_node(ep, udp=udp, on_event=on_event) as handle:
         task_status.started(handle)
         await trio.sleep_forever()
 
