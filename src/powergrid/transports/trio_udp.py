@@ -18,13 +18,17 @@ the model). :func:`run_node` opens, in a trio nursery:
 
 Sockets are non-blocking stdlib sockets waited on with
 ``trio.lowlevel.wait_readable``/``wait_writable``, so handling an output
-never awaits: a reader hands each datagram to ``endpoint.receive(data, now)``
-and carries out the outputs at once; a datagram goes straight to the kernel,
-and only when the kernel's send buffer is full does it wait in a bounded
-backlog (``max_queue``; when that is full too the new datagram is dropped and
-counted, never blocking). After every call into the endpoint the single timer
-is re-armed at ``endpoint.next_deadline()``; when it fires,
-``handle_deadline(now)`` runs. ``now`` is ``trio.current_time()``.
+never awaits: a reader wakes, reads every datagram waiting (at most 64
+before it lets other tasks run), hands each to ``endpoint.receive(data,
+now)`` and carries out the outputs at once; a datagram goes straight to the
+kernel, and only when the kernel's send buffer is full does it wait in a
+bounded backlog (``max_queue``; when that is full too the new datagram is
+dropped and counted, never blocking). After each batch of datagrams, each
+command and each wake-up the single timer is re-armed at
+``endpoint.next_deadline()`` (trio's deadline is only touched when that
+changed); when it fires, ``handle_deadline(now)`` runs. ``now`` is
+``trio.current_time()``. Nothing awaits between a call into the endpoint and
+the re-arm, so no deadline is missed in between.
 
 Like the memory network with ``loopback=False``, a node does not receive its
 own multicasts: ``IP_MULTICAST_LOOP`` stays on (other processes on the host
@@ -33,7 +37,11 @@ address (``stats.own``).
 
 Outputs other than datagrams and subscriptions are notifications for the app:
 they go to a bounded queue read with :meth:`UdpHandle.events`; when it is
-full the oldest is dropped and counted (``stats.dropped_events``).
+full the oldest is dropped and counted (``stats.dropped_events``). An app
+that wants them without a task switch per notification passes ``on_event``
+to :func:`run_node`: it is called at once, in order, inside the transport's
+tasks, and nothing is queued (it must not block; what it raises ends
+:func:`run_node` like an endpoint bug, or reaches the caller of a command).
 
 Socket errors (a refused send, an unreachable network, an error on receive)
 are counted and logged, never raised. Malformed datagrams are the endpoint's
@@ -266,7 +274,10 @@ class UdpHandle:
         return self._running
 
     async def events(self) -> AsyncIterator[object]:
-        """The node's notifications in order; ends once the node has stopped and all are read."""
+        """The node's notifications in order; ends once the node has stopped and all are read.
+
+        Empty when :func:`run_node` was given ``on_event``.
+        """
         while True:
             while self._events:
                 yield self._events.popleft()
@@ -587,7 +598,10 @@ async def run_node(
     """Run ``node`` (an endpoint, or a :class:`NodeConfig` to build a :class:`Node` from) on UDP.
 
     ``incarnation`` defaults to :func:`default_incarnation` and ``rng`` to a
-    fresh ``random.Random()``; both are used only to build a Node. Raises
+    fresh ``random.Random()``; both are used only to build a Node.
+    ``on_event(notification)``, if given, takes every notification at once,
+    inside the transport's tasks, instead of the :meth:`UdpHandle.events`
+    queue (see the module docstring). Raises
     :class:`ConfigError` if the unicast socket cannot be opened. Yields a
     :class:`UdpHandle`; leaving the block leaves gracefully, flushes and
     closes every socket. An exception from the endpoint ends the block with it.
