@@ -6,45 +6,56 @@ each a :class:`~powergrid.node.Node` on :func:`~powergrid.transports.trio_udp.ru
 view of all R + 1 nodes, the sender multicasts N payloads of 100 bytes with
 ``node.multicast``, keeping at most ``WINDOW`` messages beyond what the
 slowest receiver has delivered (so it goes as fast as the receivers keep
-up). Goodput = N / seconds from the first send to the last delivery at the
-last receiver; every receiver's deliveries from the sender are checked to be
-exactly 1..N in order with the right payloads. With loss, each receiver's
+up). The receivers take their notifications with ``run_node(on_event=...)``
+in the reader task, as the raw receivers count theirs (a second run of each
+uses ``events()`` and a task per receiver instead). Goodput = N / seconds
+from the first send to the last delivery at the last receiver; every
+receiver's deliveries from the sender are checked to be exactly 1..N in
+order with the right payloads. With loss, each receiver's
 endpoint is wrapped and drops 5% of incoming datagrams (seeded) before
-``node.receive``; repair is the protocol's.
+``node.receive``; repair is the protocol's (its counters are reported, and
+the same run is repeated with ``nak_interval`` 0.01 s for comparison).
 
 **Raw baseline**, measured in the same run: the same socket setup without
 powergrid (one non-blocking sender socket bound to its own address with
 ``IP_MULTICAST_IF``/TTL 0/loop on, R group sockets bound to the group address
 with ``SO_REUSEADDR``/``SO_REUSEPORT``, ``IP_ADD_MEMBERSHIP``, 4 MiB
 ``SO_RCVBUF``, read with ``wait_readable`` and up to 64 ``recvfrom`` per
-wake-up, as the transport does) and the same window: the sender sends N
-datagrams of 100 bytes to the group; rate = datagrams received by the
-slowest receiver / seconds. Ratios are powergrid goodput / raw rate with the
-same R (the 5%-loss ratio is against the raw rate at 0% loss, 3 receivers).
-Everything shares one CPU in one process, the receivers included. The
-CPU ratios (``cpu_ratio_*``: raw CPU seconds / powergrid CPU seconds for the
-same N, ``time.process_time``) are also given, since wall-clock rates move
-with the load of the machine.
+wake-up, yielding only after a full batch, as the transport does) and the
+same window: the sender sends N datagrams of 100 bytes to the group; rate =
+datagrams received by the slowest receiver / seconds. Ratios are powergrid
+goodput / raw rate with the same R (the 5%-loss ratio is against the raw rate
+at 0% loss, 3 receivers). Everything shares one CPU in one process, the
+receivers included. The CPU ratios (``cpu_ratio_*``: raw CPU seconds /
+powergrid CPU seconds for the same N, ``time.process_time``) are also given,
+since wall-clock rates move with the load of the machine.
 
 **Failover.** Four ``python -m powergrid node --json`` processes on
 127.0.0.1 (two broker-capable, rank 2 with the supply and rank 1; all four
 bid). Once all follow the rank-2 node and have a price, it is killed with
 SIGKILL; the figure is the time until *every* survivor has printed a price of
 the new epoch from the lead broker (not a local re-clear), as seen by this
-script reading their stdout. Median over 10 runs (``--quick``: 1).
+script reading their stdout. Median over 10 runs (``--quick``: 1), with the
+median of each phase: every survivor follows the new cluster broker
+(detection + cluster election), the new broker leads the broker group (its
+join there + the lead-broker election), the price (the first clearing).
 """
 
 from __future__ import annotations
 
+import functools
+import math
 import random
 import socket
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 import trio
 from _common import emit, parse_args
 
+from powergrid.multicast import MulticastConfig
 from powergrid.node import MessageDelivered, Node, NodeConfig
 from powergrid.node_processes import NodeProcesses
 from powergrid.transports.trio_udp import UdpConfig, run_node
@@ -88,41 +99,65 @@ class Lossy:
         return list(self.node.receive(data, now))
 
 
-async def powergrid_goodput(receivers: int, n: int, loss: float) -> dict[str, Any]:
-    """N multicasts from one sender to ``receivers`` nodes; goodput in messages/s."""
+async def powergrid_goodput(
+    receivers: int,
+    n: int,
+    loss: float,
+    *,
+    inline: bool = True,
+    multicast: MulticastConfig | None = None,
+) -> dict[str, Any]:
+    """N multicasts from one sender to ``receivers`` nodes; goodput in messages/s.
+
+    ``inline``: the receivers take their notifications with ``run_node``'s
+    ``on_event`` callback, in the reader task, as the raw receivers do; else
+    from ``events()`` in a task of their own. ``multicast``: the multicast
+    settings of every node (default: the defaults).
+    """
     udp = UdpConfig(ttl=0, group_port_base=free_port())
-    cfgs = [NodeConfig(port=free_port(), broker_capable=True, rank=1)]
-    cfgs += [NodeConfig(port=free_port()) for _ in range(receivers)]
+    mc = multicast or MulticastConfig()
+    cfgs = [NodeConfig(port=free_port(), broker_capable=True, rank=1, multicast=mc)]
+    cfgs += [NodeConfig(port=free_port(), multicast=mc) for _ in range(receivers)]
     sender_id = cfgs[0].node_id
     got: list[list[tuple[int, bytes]]] = [[] for _ in range(receivers)]
     views = [0] * receivers
     progress = trio.Event()
     t_end = [0.0]
+
+    def take(i: int, note: object) -> None:
+        if isinstance(note, MessageDelivered):
+            if note.sender == sender_id:
+                got[i].append((note.seq, note.payload))
+                if len(got[i]) == n:
+                    t_end[0] = max(t_end[0], time.perf_counter())
+                progress.set()
+        elif type(note).__name__ == "ViewChanged":
+            view = note.view  # type: ignore[attr-defined]
+            if view.group == cfgs[0].cluster and view.leader == sender_id:
+                views[i] = len(view.members)
+            progress.set()
+
     async with trio.open_nursery() as nursery:
         handles = []
         for k, cfg in enumerate(cfgs):
             ep: Any = Node(cfg, incarnation=1, rng=random.Random(k))
             if k > 0 and loss > 0:
                 ep = Lossy(ep, loss, seed=100 + k)
-            handles.append(await nursery.start(_serve, ep, udp))
+            on_event = None
+            if k > 0 and inline:
+                on_event = functools.partial(take, k - 1)
+            elif k == 0:
+                on_event = _ignore  # the sender's own deliveries: nobody reads them
+            handles.append(await nursery.start(_serve, ep, udp, on_event))
         sender, rx = handles[0], handles[1:]
 
         async def watch(i: int) -> None:
-            nonlocal progress
             async for note in rx[i].events():
-                if isinstance(note, MessageDelivered) and note.sender == sender_id:
-                    got[i].append((note.seq, note.payload))
-                    if len(got[i]) == n:
-                        t_end[0] = max(t_end[0], time.perf_counter())
-                    progress.set()
-                elif type(note).__name__ == "ViewChanged":
-                    view = note.view  # type: ignore[attr-defined]
-                    if view.group == cfgs[0].cluster and view.leader == sender_id:
-                        views[i] = len(view.members)
-                    progress.set()
+                take(i, note)
 
-        for i in range(receivers):
-            nursery.start_soon(watch, i)
+        if not inline:
+            for i in range(receivers):
+                nursery.start_soon(watch, i)
         with trio.fail_after(30):
             while min(views) < receivers + 1:
                 progress = trio.Event()
@@ -143,12 +178,47 @@ async def powergrid_goodput(receivers: int, n: int, loss: float) -> dict[str, An
         for g in got:
             assert g == [(i + 1, payload(i)) for i in range(n)], "out of order or incomplete"
         dropped = sum(h.endpoint.dropped for h in rx) if loss > 0 else 0
+        repair = _repair_stats(sender, rx, cfgs[0].cluster)
         nursery.cancel_scope.cancel()
-    return {"msgs_per_s": n / seconds, "seconds": seconds, "cpu_s": cpu, "dropped": dropped}
+    return {
+        "msgs_per_s": n / seconds,
+        "seconds": seconds,
+        "cpu_s": cpu,
+        "dropped": dropped,
+        "repair": repair,
+    }
 
 
-async def _serve(ep: Any, udp: UdpConfig, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-    async with run_node(ep, udp=udp) as handle:
+def _repair_stats(sender: Any, rx: list[Any], group: int) -> dict[str, int]:
+    """The multicast machines' repair counters: receivers' Naks, the sender's Xmits."""
+
+    def stats(h: Any) -> Any:
+        ep = h.endpoint
+        return getattr(ep, "node", ep).stack(group).multicast.stats
+
+    out = {"naks_sent": 0, "naks_group": 0, "duplicates": 0, "status_sent": 0}
+    for h in rx:
+        st = stats(h)
+        for key in out:
+            out[key] += getattr(st, key)
+    sst = stats(sender)
+    out["xmits_sent"] = sst.xmits_sent
+    out["xmits_rate_limited"] = sst.xmits_rate_limited
+    out["stable_sent"] = sst.stable_sent
+    return out
+
+
+def _ignore(note: object) -> None:
+    pass
+
+
+async def _serve(
+    ep: Any,
+    udp: UdpConfig,
+    on_event: Callable[[object], None] | None,
+    task_status: Any = trio.TASK_STATUS_IGNORED,
+) -> None:
+    async with run_node(ep, udp=udp, on_event=on_event) as handle:
         task_status.started(handle)
         await trio.sleep_forever()
 
@@ -199,8 +269,11 @@ async def raw_rate(receivers: int, n: int) -> dict[str, Any]:
                 if data != payload(counts[i]):
                     in_order[i] = False
                 counts[i] += 1
+            else:  # a full batch: let the others run (as the transport's readers do)
+                progress.set()
+                await trio.lowlevel.checkpoint()
+                continue
             progress.set()
-            await trio.lowlevel.checkpoint()
 
     try:
         async with trio.open_nursery() as nursery:
@@ -251,8 +324,15 @@ def start(p: NodeProcesses, port: int, *opts: str) -> str:
     return p.start(f"{HOST}:{port}", "--port", str(port), *opts)
 
 
-def failover_once(seed: int) -> float:
-    """Seconds from SIGKILL of the lead broker to a new-epoch price at every survivor."""
+def failover_once(seed: int) -> dict[str, float]:
+    """Seconds from SIGKILL of the lead broker to a new-epoch price at every survivor.
+
+    Also the phases, each the time (after the kill) when the last survivor, or
+    the new broker, printed: ``cluster_leader`` (every survivor follows the
+    rank-1 node in the cluster: detection and cluster election),
+    ``broker_group_lead`` (the new broker leads the broker group: its join
+    there and the election of the lead broker) and ``price`` (= ``total``).
+    """
     with NodeProcesses() as p:
         common = ["--ttl", "0", "--group-port-base", str(free_port())]
         bid = ["--maximum", "300", "--required", "100"]
@@ -268,6 +348,7 @@ def failover_once(seed: int) -> float:
             start(p, free_port(), *common, *bid, "--seed", str(seed + 2)),
             start(p, free_port(), *common, *bid, "--seed", str(seed + 3)),
         ]  # fmt: skip
+        new = rest[0]
 
         def lead(n: str) -> str | None:
             got = p.events(n, "leader", group=1)
@@ -282,25 +363,37 @@ def failover_once(seed: int) -> float:
         t0 = time.monotonic()
         p.kill(top)
 
-        def first_new_price(n: str) -> float | None:
-            for t, e in p.timed_events(n, "price"):
-                if t >= t0 and e["epoch"] > old and not e["local"]:
-                    return t
+        def first(n: str, event: str, **match: object) -> float | None:
+            for t, e in p.timed_events(n, event, **match):
+                if t >= t0 and (event != "price" or (e["epoch"] > old and not e["local"])):
+                    return t - t0
             return None
 
-        p.until(lambda: all(first_new_price(n) is not None for n in rest), 30, "new prices")
-        return max(first_new_price(n) or 0.0 for n in rest) - t0
+        p.until(lambda: all(first(n, "price") is not None for n in rest), 30, "new prices")
+        total = max(first(n, "price") or 0.0 for n in rest)
+        return {
+            "cluster_leader": max(first(n, "leader", group=1, leader=new) or 0.0 for n in rest),
+            "broker_group_lead": first(new, "leader", group=0, leader=new) or math.nan,
+            "price": total,
+            "total": total,
+        }
 
 
 # ------------------------------------------------------------------ main
 
 
-async def goodput(n: int) -> dict[str, Any]:
+async def goodput(n: int, *, variants: bool) -> dict[str, Any]:
+    """The goodput runs; ``variants`` adds the events() runs and the nak_interval one."""
     out: dict[str, Any] = {}
     for r in (1, 3):
         out[f"raw_{r}"] = await raw_rate(r, n)
         out[f"powergrid_{r}"] = await powergrid_goodput(r, n, 0.0)
+        if variants:
+            out[f"powergrid_{r}_events"] = await powergrid_goodput(r, n, 0.0, inline=False)
     out["powergrid_3_loss5"] = await powergrid_goodput(3, n, 0.05)
+    if variants:  # the same loss with Naks allowed every 10 ms instead of 50 ms
+        fast = MulticastConfig(nak_interval=0.01)
+        out["powergrid_3_loss5_nak10ms"] = await powergrid_goodput(3, n, 0.05, multicast=fast)
     return out
 
 
@@ -308,16 +401,20 @@ def main() -> None:
     args = parse_args(__doc__.splitlines()[0])
     n = 2000 if args.quick else 20000
     runs = 1 if args.quick else 10
-    g = trio.run(goodput, n)
-    failovers = [failover_once(seed=7 * k + 1) for k in range(runs)]
-    r1 = g["powergrid_1"]["msgs_per_s"] / g["raw_1"]["msgs_per_s"]
-    r3 = g["powergrid_3"]["msgs_per_s"] / g["raw_3"]["msgs_per_s"]
-    r5 = g["powergrid_3_loss5"]["msgs_per_s"] / g["raw_3"]["msgs_per_s"]
+    g = trio.run(functools.partial(goodput, n, variants=not args.quick))
+    phases = [failover_once(seed=7 * k + 1) for k in range(runs)]
+    failovers = [ph["total"] for ph in phases]
+
+    def ratio(pg: str, raw: str) -> float:
+        return float(g[pg]["msgs_per_s"] / g[raw]["msgs_per_s"])
 
     def cpu_ratio(pg: str, raw: str) -> float:
         return float(g[raw]["cpu_s"] / g[pg]["cpu_s"])
 
-    result = {
+    r1 = ratio("powergrid_1", "raw_1")
+    r3 = ratio("powergrid_3", "raw_3")
+    r5 = ratio("powergrid_3_loss5", "raw_3")
+    result: dict[str, Any] = {
         "cpu_ratio_1_receiver": cpu_ratio("powergrid_1", "raw_1"),
         "cpu_ratio_3_receivers": cpu_ratio("powergrid_3", "raw_3"),
         "messages": n,
@@ -330,7 +427,35 @@ def main() -> None:
         "failover_s": failovers,
         "failover_median_s": statistics.median(failovers),
         "failover_runs": runs,
+        "failover_phases_median_s": {
+            key: statistics.median(ph[key] for ph in phases) for key in phases[0]
+        },
     }
+    notes: list[str] = []
+    loss_rows: list[Any] = []
+    if not args.quick:
+        result.update(
+            cpu_ratio_1_receiver_events=cpu_ratio("powergrid_1_events", "raw_1"),
+            cpu_ratio_3_receivers_events=cpu_ratio("powergrid_3_events", "raw_3"),
+            ratio_1_receiver_events=ratio("powergrid_1_events", "raw_1"),
+            ratio_3_receivers_events=ratio("powergrid_3_events", "raw_3"),
+            ratio_5pct_loss_nak10ms=ratio("powergrid_3_loss5_nak10ms", "raw_3"),
+        )
+        notes.append(
+            "with events() instead of on_event: ratios "
+            f"{result['ratio_1_receiver_events']:.3f} / {result['ratio_3_receivers_events']:.3f}"
+            f", CPU ratios {result['cpu_ratio_1_receiver_events']:.3f} / "
+            f"{result['cpu_ratio_3_receivers_events']:.3f}"
+        )
+        loss_rows.append(
+            (
+                "  the same with nak_interval 0.01 s (default 0.05)",
+                g["powergrid_3_loss5_nak10ms"]["msgs_per_s"],
+                g["raw_3"]["msgs_per_s"],
+                result["ratio_5pct_loss_nak10ms"],
+                "",
+            )
+        )
     rows = [
         (
             "UDP goodput msgs/s, 1 receiver",
@@ -353,6 +478,7 @@ def main() -> None:
             r5,
             "",
         ),
+        *loss_rows,
         (f"failover kill -9 -> new price, median of {runs} (s)", result["failover_median_s"],
          None, None, ""),
     ]  # fmt: skip
@@ -362,7 +488,11 @@ def main() -> None:
         "CPU ratio (raw CPU s / powergrid CPU s, same messages): "
         f"1 receiver {result['cpu_ratio_1_receiver']:.3f}, "
         f"3 receivers {result['cpu_ratio_3_receivers']:.3f}",
+        *notes,
+        f"repair with 5% loss: {g['powergrid_3_loss5']['repair']}",
         f"failover runs (s): {', '.join(f'{f:.2f}' for f in failovers)}",
+        "failover phases, median s after the kill: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in result["failover_phases_median_s"].items()),
         f"lost at the receivers with 5% loss: {g['powergrid_3_loss5']['dropped']} datagrams",
     ]
     emit(args, result, "UDP on loopback: reliable multicast vs raw, and failover", rows, notes)

@@ -412,6 +412,7 @@ def test_send_backlog_is_bounded_and_flushed_in_order() -> None:
         async with run_node(b, udp=udp), run_node(Recorder(a_id), udp=udp) as ha:
             blockable = _Blockable(ha._usock)  # type: ignore[arg-type]
             ha._usock = blockable  # type: ignore[assignment]
+            ha._sendto = blockable.sendto
             out = [Transmit(to=b_id, data=datagram(a_id, v)) for v in range(5)]
             await ha.command(lambda ep, now: out)
             assert (ha.stats.sent, ha.stats.queued, ha.stats.dropped_send_queue) == (0, 3, 2)
@@ -439,6 +440,73 @@ def test_event_queue_drops_oldest_when_the_app_does_not_read(raw: socket.socket)
 
     run(main)
     assert seen == [Got(sender=1, value=3), Got(sender=1, value=4)]
+
+
+class Counting(Recorder):
+    """A recorder that counts calls to ``next_deadline``."""
+
+    def __init__(self, node: int) -> None:
+        super().__init__(node)
+        self.asked = 0
+
+    def next_deadline(self) -> float | None:
+        self.asked += 1
+        return None
+
+
+def test_a_burst_is_read_in_one_batch_and_rearmed_once(raw: socket.socket) -> None:
+    """Rule: datagrams already waiting are read in one batch, with one re-arm after it."""
+    ep = Counting(new_id())
+
+    async def main() -> None:
+        async with run_node(ep, udp=udp_config()):
+            await trio.sleep(0.01)
+            before = ep.asked
+            for v in range(10):  # queued in the kernel before the reader runs again
+                raw.sendto(datagram(1, v), node_addr(ep.node_id))
+            await until(lambda: len(ep.received) == 10)
+            assert ep.asked - before <= 2  # one batch, maybe split by the kernel's timing
+
+    run(main)
+    assert [v for _, _, v in ep.received] == list(range(10))
+
+
+def test_on_event_takes_notifications_inline_in_order(raw: socket.socket) -> None:
+    """Rule: with on_event every notification goes to it at once, in order; none is queued."""
+    ep = Recorder(new_id())
+    seen: list[object] = []
+    queued: list[object] = []
+
+    async def main() -> None:
+        async with run_node(ep, udp=udp_config(event_queue=1), on_event=seen.append) as h:
+            for v in range(5):
+                raw.sendto(datagram(1, v), node_addr(ep.node_id))
+            await until(lambda: len(seen) == 5)
+            await h.command(lambda e, now: [Got(sender=0, value=99)])
+            assert seen[-1] == Got(sender=0, value=99)  # a command's, before it returns
+            assert h.stats.dropped_events == 0
+        async for ev in h.events():
+            queued.append(ev)
+
+    run(main)
+    assert seen == [Got(sender=1, value=v) for v in range(5)] + [Got(sender=0, value=99)]
+    assert queued == []
+
+
+def test_on_event_exception_ends_run_node(raw: socket.socket) -> None:
+    """Rule: on_event runs in the transport's tasks: what it raises ends run_node, unwrapped."""
+    ep = Recorder(new_id())
+
+    def fail(note: object) -> None:
+        raise RuntimeError("app bug")
+
+    async def main() -> None:
+        async with run_node(ep, udp=udp_config(), on_event=fail):
+            raw.sendto(datagram(1, 1), node_addr(ep.node_id))
+            await trio.sleep_forever()
+
+    with pytest.raises(RuntimeError, match="app bug"):
+        run(main)
 
 
 # ---------------------------------------------------------------- shutdown

@@ -18,13 +18,17 @@ the model). :func:`run_node` opens, in a trio nursery:
 
 Sockets are non-blocking stdlib sockets waited on with
 ``trio.lowlevel.wait_readable``/``wait_writable``, so handling an output
-never awaits: a reader hands each datagram to ``endpoint.receive(data, now)``
-and carries out the outputs at once; a datagram goes straight to the kernel,
-and only when the kernel's send buffer is full does it wait in a bounded
-backlog (``max_queue``; when that is full too the new datagram is dropped and
-counted, never blocking). After every call into the endpoint the single timer
-is re-armed at ``endpoint.next_deadline()``; when it fires,
-``handle_deadline(now)`` runs. ``now`` is ``trio.current_time()``.
+never awaits: a reader wakes, reads every datagram waiting (at most 64
+before it lets other tasks run), hands each to ``endpoint.receive(data,
+now)`` and carries out the outputs at once; a datagram goes straight to the
+kernel, and only when the kernel's send buffer is full does it wait in a
+bounded backlog (``max_queue``; when that is full too the new datagram is
+dropped and counted, never blocking). After each batch of datagrams, each
+command and each wake-up the single timer is re-armed at
+``endpoint.next_deadline()`` (trio's deadline is only touched when that
+changed); when it fires, ``handle_deadline(now)`` runs. ``now`` is
+``trio.current_time()``. Nothing awaits between a call into the endpoint and
+the re-arm, so no deadline is missed in between.
 
 Like the memory network with ``loopback=False``, a node does not receive its
 own multicasts: ``IP_MULTICAST_LOOP`` stays on (other processes on the host
@@ -33,7 +37,11 @@ address (``stats.own``).
 
 Outputs other than datagrams and subscriptions are notifications for the app:
 they go to a bounded queue read with :meth:`UdpHandle.events`; when it is
-full the oldest is dropped and counted (``stats.dropped_events``).
+full the oldest is dropped and counted (``stats.dropped_events``). An app
+that wants them without a task switch per notification passes ``on_event``
+to :func:`run_node`: it is called at once, in order, inside the transport's
+tasks, and nothing is queued (it must not block; what it raises ends
+:func:`run_node` like an endpoint bug, or reaches the caller of a command).
 
 Socket errors (a refused send, an unreachable network, an error on receive)
 are counted and logged, never raised. Malformed datagrams are the endpoint's
@@ -190,6 +198,10 @@ def default_incarnation() -> int:
     return (time.time_ns() // 1_000_000) % (1 << 32)
 
 
+def _not_open(data: bytes, addr: tuple[str, int]) -> int:
+    raise OSError("the unicast socket is not open")
+
+
 def _reuse(sock: socket.socket) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     if hasattr(socket, "SO_REUSEPORT"):
@@ -199,27 +211,35 @@ def _reuse(sock: socket.socket) -> None:
 class UdpHandle:
     """The app's handle on a running node (see :func:`run_node`). Use it from trio tasks."""
 
-    def __init__(self, endpoint: Endpoint, config: UdpConfig) -> None:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        config: UdpConfig,
+        on_event: Callable[[object], object] | None = None,
+    ) -> None:
         self._endpoint = endpoint
         self._config = config
+        self._on_event = on_event
         self._stats = UdpStats()
         self._own = node_address(endpoint.node_id)
         self._usock: socket.socket | None = None
+        self._sendto: Callable[[bytes, tuple[str, int]], int] = _not_open
         self._groups: dict[int, tuple[socket.socket, trio.CancelScope]] = {}
         self._nursery: trio.Nursery | None = None
         self._timer: trio.CancelScope | None = None
+        self._armed = math.inf  # the timer's deadline as last set
         self._backlog: deque[tuple[bytes, tuple[str, int]]] = deque()
         self._backlog_lot = trio.lowlevel.ParkingLot()
         self._drained_lot = trio.lowlevel.ParkingLot()
         self._events: deque[object] = deque()
         self._events_lot = trio.lowlevel.ParkingLot()
-        self._addresses: dict[int, tuple[str, int]] = {}
+        self._addresses: dict[int, tuple[str, int]] = {}  # node id -> its socket address
+        self._group_addresses: dict[int, tuple[str, int]] = {}  # group -> (ip, port)
         self._running = False
         self._closed = False
         self._left = False
         self._handlers: dict[type, Callable[[Any], None]] = {
             Transmit: self._on_transmit,
-            TransmitGroup: self._on_transmit_group,
             JoinGroup: self._on_join,
             LeaveGroup: self._on_leave,
         }
@@ -254,7 +274,10 @@ class UdpHandle:
         return self._running
 
     async def events(self) -> AsyncIterator[object]:
-        """The node's notifications in order; ends once the node has stopped and all are read."""
+        """The node's notifications in order; ends once the node has stopped and all are read.
+
+        Empty when :func:`run_node` was given ``on_event``.
+        """
         while True:
             while self._events:
                 yield self._events.popleft()
@@ -268,19 +291,30 @@ class UdpHandle:
         Errors raised by ``call`` (e.g. :class:`UsageError`) reach the caller;
         raises :class:`UsageError` if the node is not running.
         """
-        if not self._running:
-            raise UsageError("the node is not running (run_node has exited or not started)")
+        self._check_running()
         self._dispatch(call(self._endpoint, trio.current_time()))
         self._rearm()
         await trio.lowlevel.checkpoint()
 
     async def multicast(self, payload: bytes, *, group: int | None = None) -> None:
         """``node.multicast(payload, now, group=group)``: reliable ordered multicast."""
-        await self.command(lambda ep, now: ep.multicast(payload, now, group=group))
+        self._check_running()
+        endpoint: Any = self._endpoint
+        self._dispatch(endpoint.multicast(payload, trio.current_time(), group=group))
+        self._rearm()
+        await trio.lowlevel.checkpoint()
 
     async def send(self, to: int, payload: bytes, *, group: int | None = None) -> None:
         """``node.send(to, payload, now, group=group)``: reliable unicast."""
-        await self.command(lambda ep, now: ep.send(to, payload, now, group=group))
+        self._check_running()
+        endpoint: Any = self._endpoint
+        self._dispatch(endpoint.send(to, payload, trio.current_time(), group=group))
+        self._rearm()
+        await trio.lowlevel.checkpoint()
+
+    def _check_running(self) -> None:
+        if not self._running:
+            raise UsageError("the node is not running (run_node has exited or not started)")
 
     async def leave(self) -> None:
         """``node.leave(now)``: leave every group gracefully; the node keeps running."""
@@ -308,6 +342,7 @@ class UdpHandle:
                 "pick a free port on an address of this host"
             ) from exc
         self._usock = sock
+        self._sendto = sock.sendto
         if host != cfg.interface:
             log.warning(
                 "node address %s differs from the multicast interface %s: multicasts will "
@@ -350,8 +385,10 @@ class UdpHandle:
 
     async def _reader(self, sock: socket.socket, group: bool) -> None:
         endpoint = self._endpoint
+        dispatch = self._dispatch
         stats = self._stats
         own = self._own
+        recvfrom = sock.recvfrom
         while True:
             if sock.fileno() < 0:  # closed (LeaveGroup) before this task got to run
                 return
@@ -361,11 +398,12 @@ class UdpHandle:
                 return
             for _ in range(_BATCH):
                 try:
-                    data, source = sock.recvfrom(_RECV_SIZE)
+                    data, source = recvfrom(_RECV_SIZE)
                 except BlockingIOError:
                     break
                 except OSError as exc:
                     if sock.fileno() < 0:  # closed by a LeaveGroup we just carried out
+                        self._rearm()
                         return
                     stats.recv_errors += 1
                     log.debug("receive error: %s", exc)
@@ -374,17 +412,23 @@ class UdpHandle:
                     stats.own += 1
                     continue
                 stats.received += 1
-                self._dispatch(endpoint.receive(data, trio.current_time()))
-                self._rearm()
+                dispatch(endpoint.receive(data, trio.current_time()))
                 if sock.fileno() < 0:
+                    self._rearm()
                     return
-            await trio.lowlevel.checkpoint()
+            else:  # a full batch and maybe more waiting: let the other tasks run first
+                self._rearm()
+                await trio.lowlevel.checkpoint()
+                continue
+            # drained: re-arm once for the whole batch; wait_readable is the next yield
+            self._rearm()
 
     async def _run_timer(self) -> None:
         endpoint = self._endpoint
         while True:
             with trio.CancelScope() as scope:
                 self._timer = scope
+                self._armed = math.inf
                 self._rearm()
                 await trio.sleep_forever()
             self._timer = None
@@ -413,44 +457,60 @@ class UdpHandle:
     # ------------------------------------------------------------ outputs
 
     def _rearm(self) -> None:
-        if self._timer is not None:
+        timer = self._timer
+        if timer is not None:
             due = self._endpoint.next_deadline()
-            self._timer.deadline = math.inf if due is None else due
+            if due is None:
+                due = math.inf
+            if due != self._armed:  # moving a trio deadline costs more than comparing
+                self._armed = timer.deadline = due
 
     def _dispatch(self, outputs: Iterable[object]) -> None:
         handlers = self._handlers
         for out in outputs:
-            handler = handlers.get(type(out))
+            kind = type(out)
+            if kind is TransmitGroup:  # the hot path, inlined
+                group = out.group  # type: ignore[attr-defined]
+                addr = self._group_addresses.get(group)
+                if addr is None:
+                    addr = self._group_addresses[group] = self._config.group_address(group)
+                self._send(out.data, addr)  # type: ignore[attr-defined]
+                continue
+            handler = handlers.get(kind)
             if handler is not None:
                 handler(out)
             else:
                 self._notify(out)
 
     def _notify(self, out: object) -> None:
+        if self._on_event is not None:
+            self._on_event(out)
+            return
         events = self._events
         if len(events) >= self._config.event_queue:
             events.popleft()
             self._stats.dropped_events += 1
         events.append(out)
-        self._events_lot.unpark_all()
+        if self._events_lot:  # someone waits in events()
+            self._events_lot.unpark_all()
 
     def _send(self, data: bytes, addr: tuple[str, int]) -> None:
-        if self._backlog or not self._send_now(data, addr):
-            if len(self._backlog) >= self._config.max_queue:
-                self._stats.dropped_send_queue += 1
-                return
-            self._stats.queued += 1
-            self._backlog.append((data, addr))
-            self._backlog_lot.unpark_all()
+        if not self._backlog and self._send_now(data, addr):
+            return
+        if len(self._backlog) >= self._config.max_queue:
+            self._stats.dropped_send_queue += 1
+            return
+        self._stats.queued += 1
+        self._backlog.append((data, addr))
+        self._backlog_lot.unpark_all()
 
     def _send_now(self, data: bytes, addr: tuple[str, int]) -> bool:
-        """Hand one datagram to the kernel; False if its buffer is full (try later)."""
-        sock = self._usock
-        if sock is None or sock.fileno() < 0:
-            self._stats.send_errors += 1
-            return True
+        """Hand one datagram to the kernel; False if its buffer is full (try later).
+
+        A closed socket (shutdown) or a refused send counts as a send error.
+        """
         try:
-            sock.sendto(data, addr)
+            self._sendto(data, addr)
         except BlockingIOError:
             return False
         except OSError as exc:
@@ -471,9 +531,6 @@ class UdpHandle:
                 return
             self._addresses[out.to] = addr
         self._send(out.data, addr)
-
-    def _on_transmit_group(self, out: TransmitGroup) -> None:
-        self._send(out.data, self._config.group_address(out.group))
 
     def _on_join(self, out: JoinGroup) -> None:
         group = out.group
@@ -503,6 +560,7 @@ class UdpHandle:
             await self._reader(sock, True)
 
     def _on_leave(self, out: LeaveGroup) -> None:
+        self._group_addresses.pop(out.group, None)
         if out.group in self._groups:
             self._close_group(out.group)
 
@@ -535,11 +593,15 @@ async def run_node(
     udp: UdpConfig | None = None,
     incarnation: int | None = None,
     rng: random.Random | None = None,
+    on_event: Callable[[object], object] | None = None,
 ) -> AsyncIterator[UdpHandle]:
     """Run ``node`` (an endpoint, or a :class:`NodeConfig` to build a :class:`Node` from) on UDP.
 
     ``incarnation`` defaults to :func:`default_incarnation` and ``rng`` to a
-    fresh ``random.Random()``; both are used only to build a Node. Raises
+    fresh ``random.Random()``; both are used only to build a Node.
+    ``on_event(notification)``, if given, takes every notification at once,
+    inside the transport's tasks, instead of the :meth:`UdpHandle.events`
+    queue (see the module docstring). Raises
     :class:`ConfigError` if the unicast socket cannot be opened. Yields a
     :class:`UdpHandle`; leaving the block leaves gracefully, flushes and
     closes every socket. An exception from the endpoint ends the block with it.
@@ -549,7 +611,7 @@ async def run_node(
         endpoint: Endpoint = Node(node, incarnation=inc, rng=rng or random.Random())
     else:
         endpoint = node
-    handle = UdpHandle(endpoint, udp or UdpConfig())
+    handle = UdpHandle(endpoint, udp or UdpConfig(), on_event)
     handle._open()
     try:
         async with trio.open_nursery() as nursery:
