@@ -386,7 +386,11 @@ class _Network(FuzzNetwork):
     capture: list[Capture]
     participants: frozenset[int] = frozenset()
 
-    def _deliver_now(self, node: int, slot: Any, data: bytes, src: int) -> None:
+    def start_capture(self) -> None:
+        """Record deliveries among :attr:`participants` until :attr:`capture_until`."""
+        self._deliver_now = self._deliver_captured  # type: ignore[method-assign]
+
+    def _deliver_captured(self, node: int, slot: Any, data: bytes, src: int) -> None:
         if (
             self._now <= self.capture_until
             and node in self.participants
@@ -829,6 +833,7 @@ class Simulation:
         if node not in net.participants:
             net.participants = net.participants | {node}
         net.capture_until = net.now + 8.0
+        net.start_capture()
         net.capture.clear()
         net.capture.append(Capture(t=net.now - 1e-9, src=node, dst=node, group=group, name="CRASH"))
 
