@@ -528,8 +528,7 @@ class MemoryNetwork:
             slot.wake_token = -1
             return
         now = self._now
-        if deadline < now:
-            deadline = now
+        deadline = max(deadline, now)
         if slot.wake_token >= 0 and slot.wake_at <= deadline:
             return
         slot.wake_at = deadline
