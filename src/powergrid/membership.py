@@ -8,11 +8,12 @@ election machine says so with :class:`~powergrid.events.LeaderElected`, and
 this machine tells it when the leader seems gone with
 :class:`~powergrid.events.LeaderLost`.
 
-*Leader.* Every ``heartbeat_interval`` the leader multicasts a
-:class:`~powergrid.wire.Heartbeat` (its epoch and view id) and does its
-checks; all of the leader's timing runs on this one tick. A member whose last
+*Leader.* Every tick (``heartbeat_interval``, stretched in large groups, see
+*Scaling*) the leader multicasts a :class:`~powergrid.wire.Heartbeat` (its
+epoch and view id) and does its checks. A member whose last
 ack (or probe answer, or view request) is ``suspect_timeout * s(n)`` old at a
-tick is *suspected* (:class:`MemberSuspected`): from then on, at every tick,
+tick is *suspected* (:class:`MemberSuspected`): from then on, every
+``heartbeat_interval`` (at every tick while the tick is not stretched),
 the leader probes it directly and through ``indirect_probes`` other members
 chosen with the ``rng`` (SWIM-style :class:`~powergrid.wire.Probe`, relayed,
 answered with :class:`~powergrid.wire.ProbeAck`). Any answer clears the
@@ -26,7 +27,16 @@ Every change is a new view (view id + 1), multicast as one or more
 to a member that asks (:class:`~powergrid.wire.ViewRequest`) or that asks to
 join again while already in it.
 
-*Scaling.* ``s(n) = 1 + size_factor * log2(n)`` for a view of ``n`` members
+*Scaling.* Every member acks every heartbeat, so the leader takes ``n - 1``
+acks per tick; the tick is stretched to ``(n - 1) / max_ack_rate`` when that
+is longer than ``heartbeat_interval`` (400 acks/s by default: groups of up to
+41 are not stretched, 100 members tick every 0.25 s), which bounds both the
+leader's load and the group's traffic (two datagrams per member per tick).
+With a stretched tick the suspect timeout is at least ``SUSPECT_TICKS`` (2)
+ticks and the leader timeout at least ``LEADER_TICKS`` (4), so as many acks
+or heartbeats must be lost in a row as at the unstretched defaults; suspects
+are still probed every ``heartbeat_interval``.
+``s(n) = 1 + size_factor * log2(n)`` for a view of ``n`` members
 (``s(1) = 1``). The leader's chance that *some* member loses ``k`` acks in a
 row grows like ``n * p**k``; holding the group's false-suspicion rate fixed
 needs ``k`` to grow with ``log n``, hence the logarithm. ``s`` scales
@@ -48,13 +58,18 @@ at once. A node that joined but has heard of no leader at all within
 ``join_timeout`` emits ``LeaderLost(group, 0, 0)`` once so the election can
 bootstrap, and keeps retrying its join.
 
-*Joining.* :class:`Join` sends a :class:`~powergrid.wire.JoinRequest`, by
-unicast to the leader when one is known, else by multicast, and again after
-``join_retry``, doubling (``join_backoff``) up to ``join_retry_max``, each
-delay lengthened by up to ``join_jitter`` of itself at random, until a view
-that includes this node (in this incarnation) arrives. Learning of a new
-leader (LeaderElected, or its heartbeat) sends a request to it at once and
-starts the delay over from ``join_retry``. A member that receives
+*Joining.* :class:`Join` sends a :class:`~powergrid.wire.JoinRequest` by
+unicast to the leader when one is known, and again after ``join_retry``,
+doubling (``join_backoff``) up to ``join_retry_max``, each delay lengthened
+by up to ``join_jitter`` of itself at random, until a view that includes
+this node (in this incarnation) arrives. A node that knows no leader listens
+first: a live leader names itself in its next heartbeat, and the bootstrap
+(below) elects one otherwise; only after ``join_timeout + join_retry_max``
+does it multicast a request, then again every ``join_retry_max`` while it
+still knows none (a cold start of a 100-node cluster used to multicast about
+four rounds of requests to the whole cluster before anyone could admit
+them). Learning of a new leader (LeaderElected, or its heartbeat) sends a
+request to it at once and starts the delay over from ``join_retry``. A member that receives
 a view of its leader without itself reports ``MemberRemoved`` for itself and
 joins again.
 
@@ -83,9 +98,11 @@ heartbeating if it led).
 Guarantees: view ids seen by one member only grow; a view lists its members
 sorted by node id, the leader included; every member of a view was admitted
 by that view's leader and in the incarnation listed. A crashed member is
-removed by the leader within ``(suspect_timeout + removal_timeout) * s(n) +
-heartbeat_interval`` of its last ack; a crashed leader by its successor within
-``removal_timeout * s(n) + heartbeat_interval`` of the successor's election.
+removed by the leader within ``suspect + removal + tick`` of its last ack
+(the scaled timeouts and tick of *Scaling*; ``(suspect_timeout +
+removal_timeout) * s(n) + heartbeat_interval`` unstretched); a crashed leader
+by its successor within ``removal_timeout * s(n) + heartbeat_interval`` of
+the successor's election.
 Not guaranteed: that all members
 install every view (a member may skip views; it then learns removal reasons
 only for departures in the last ``departure_memory`` views, others are
@@ -100,12 +117,13 @@ the group's multicast.
 Driving: ``handle(event, now)`` with :class:`~powergrid.events.Received`,
 :class:`~powergrid.events.DeadlineReached`, :class:`Join`, :class:`Leave` or
 :class:`~powergrid.events.LeaderElected`; ``next_deadline()`` is the next
-heartbeat for a leader, and otherwise the earliest of the join retry, the
-bootstrap timeout and the leader timeout. Defaults (seconds):
+heartbeat (or probe round) for a leader, and otherwise the earliest of the
+join retry, the bootstrap timeout and the leader timeout. Defaults (seconds):
 ``heartbeat_interval`` 0.1, ``suspect_timeout`` 0.3, ``removal_timeout``
 0.3, ``leader_timeout`` 0.5, ``join_timeout`` 1.0, ``join_retry`` 0.2
 (backoff 2, max 2.0, jitter 0.2), ``indirect_probes`` 2, ``size_factor``
-0.1: a crashed member of a group of 8 is removed within about 0.9 s.
+0.1, ``max_ack_rate`` 400: a crashed member of a group of 8 is removed
+within about 0.9 s, of a group of 100 within about 1.3 s.
 """
 
 from __future__ import annotations

@@ -25,11 +25,21 @@ handles what they return:
 
 *Timers cost nothing while idle.* After every call into an endpoint the
 network reads its ``next_deadline()`` once and schedules a single wake-up for
-it. A wake-up carries a token (its heap sequence number); rescheduling just
-replaces the node's token, so superseded wake-ups are discarded when they
-surface (lazy invalidation) and no node is ever scanned or ticked. Running the
-clock forward jumps straight from event to event: a thousand idle nodes cost
-nothing per simulated second.
+it. A wake-up carries a token (its heap sequence number); rescheduling an
+earlier deadline just replaces the node's token, so superseded wake-ups are
+discarded when they surface (lazy invalidation) and no node is ever scanned
+or ticked. A deadline that moves *later* keeps the wake-up already
+scheduled: when it surfaces the network asks the node again and, if the
+deadline is still ahead, reschedules without calling it (so a member whose
+leader timeout moves with every heartbeat costs one heap entry per timeout,
+not one per heartbeat). An endpoint's ``handle_deadline`` is never called
+before its deadline. Running the clock forward jumps straight from event to
+event: a thousand idle nodes cost nothing per simulated second.
+
+*Group sends.* The copies of one group datagram that fall due at the same
+time share one heap entry and are delivered one after another in sorted id
+order; since nothing is scheduled between them, that is exactly the order
+separate entries would give (``step`` still processes one copy at a time).
 
 *What it assumes.* Endpoints are deterministic given their inputs (their
 randomness comes from a seeded ``random.Random``). Latency is fixed or a
@@ -83,7 +93,7 @@ _DELIVER = 0  # a=data, b=src, c=life of dst's address when sent
 _WAKE = 1  # a, b, c unused; valid iff seq is the node's current wake token
 _START = 2  # a=endpoint
 _STEP = 3  # a=an object the subclass applies (fault step)
-_DELIVER_MANY = 4  # a=data, b=src, c=[(dst, life of dst's address when sent), ...]
+_DELIVER_MANY = 4  # a=[(dst, data, src, life of dst's address when sent), ...]
 
 _TYPE_OFFSET = 3  # the message type code's offset in the datagram header
 
@@ -205,7 +215,10 @@ class MemoryNetwork:
         self._slots: dict[int, _Slot] = {}
         self._life: dict[int, int] = {}
         self._subscribers: dict[int, list[int]] = {}
-        self._batch: list[tuple[float, bytes, int, list[tuple[int, int]]]] | None = None
+        # The copies of the delivery entry pushed last, while it is the last entry pushed:
+        # the next copy due at the same time joins it (see _send_after).
+        self._run: list[tuple[int, bytes, int, int]] | None = None
+        self._run_key: tuple[float, int] = (-1.0, -1)  # its time and sequence number
         self._handlers: dict[type, Callable[[int, _Slot, Any], None]] = {
             Transmit: self._on_transmit,
             TransmitGroup: self._on_transmit_group,
@@ -337,10 +350,11 @@ class MemoryNetwork:
         while heap:
             entry = heapq.heappop(heap)
             if entry[2] == _DELIVER_MANY:
-                time, seq, _, _, data, src, copies = entry
+                time, seq, _, _, copies, _, _ = entry
+                self._run = None
                 if len(copies) > 1:  # the rest keeps its place: same time, same sequence
-                    heapq.heappush(heap, (time, seq, _DELIVER_MANY, 0, data, src, copies[1:]))
-                dst, life = copies[0]
+                    heapq.heappush(heap, (time, seq, _DELIVER_MANY, 0, copies[1:], 0, 0))
+                dst, data, src, life = copies[0]
                 self._deliver_copy(time, dst, data, src, life)
                 return True
             if self._process(entry):
@@ -452,6 +466,7 @@ class MemoryNetwork:
     def _deliver_copy(self, time: float, node: int, data: bytes, src: int, life: int) -> None:
         """One datagram copy reaches ``node`` (sent to the address's life ``life``)."""
         self._now = time
+        self._run = None
         slot = self._slots.get(node)
         if slot is None or life != self._life.get(node, 0):
             self._count_drop(node, data, src, "no-node")
@@ -462,17 +477,18 @@ class MemoryNetwork:
         self._deliver_now(node, slot, data, src)
 
     def _deliver_many(self, entry: tuple[Any, ...], on_event: Callable[[], object] | None) -> None:
-        """The copies of one datagram due at one time, in the order they were sent.
+        """Datagram copies due at one time, in the order they were sent.
 
         They were sent one after another with nothing scheduled in between, so
         delivering them in a row is exactly what separate heap entries would do.
         """
-        time, _, _, _, data, src, copies = entry
+        time, _, _, _, copies, _, _ = entry
         self._now = time
+        self._run = None
         slots = self._slots
         lives = self._life
         deliver = self._deliver_now
-        for dst, life in copies:  # _deliver_copy, inline
+        for dst, data, src, life in copies:  # _deliver_copy, inline
             slot = slots.get(dst)
             if slot is None or life != lives.get(dst, 0):
                 self._count_drop(dst, data, src, "no-node")
@@ -559,30 +575,13 @@ class MemoryNetwork:
         dsts = self._subscribers.get(out.group, ())
         if not self._loopback:
             dsts = [d for d in dsts if d != node]
-        self._batch = []
-        try:
-            self._route_group(node, dsts, out.data)
-        finally:
-            self._flush_batch()
+        self._route_group(node, dsts, out.data)
 
     def _route_group(self, src: int, dsts: Iterable[int], data: bytes) -> None:
         """Put one copy of ``data`` from ``src`` to each of ``dsts`` (in order) on the wire."""
         route = self._route
         for dst in dsts:
             route(src, dst, data)
-
-    def _flush_batch(self) -> None:
-        """Schedule the copies :meth:`_send_after` is still collecting; end the group send."""
-        batch, self._batch = self._batch, None
-        if batch:
-            self._push_run(*batch[0])
-
-    def _push_run(self, time: float, data: bytes, src: int, copies: list[tuple[int, int]]) -> None:
-        if len(copies) == 1:
-            dst, life = copies[0]
-            self._push(time, _DELIVER, dst, data, b=src, c=life)
-        else:
-            self._push(time, _DELIVER_MANY, 0, data, b=src, c=copies)
 
     def _on_join(self, node: int, slot: _Slot, out: JoinGroup) -> None:
         group = out.group
@@ -635,17 +634,13 @@ class MemoryNetwork:
         if not delay >= 0:
             raise ConfigError(f"latency from {src} to {dst} is {delay!r}; it must be >= 0")
         time = self._now + delay
-        life = self._life.get(dst, 0)
-        batch = self._batch
-        if batch is None:
-            self._push(time, _DELIVER, dst, data, b=src, c=life)
+        copy = (dst, data, src, self._life.get(dst, 0))
+        run = self._run
+        if run is not None and self._run_key == (time, self._seq):
+            # Nothing was scheduled since this entry and it is due at the same time:
+            # delivering the copy right after it is what a separate entry would do.
+            run.append(copy)
             return
-        # A group send: consecutive copies due at the same time share one heap entry.
-        if batch:
-            run = batch[0]
-            if run[0] == time and run[1] is data and run[2] == src:
-                run[3].append((dst, life))
-                return
-            self._push_run(*run)
-            batch.clear()
-        batch.append((time, data, src, [(dst, life)]))
+        run = [copy]
+        self._run = run
+        self._run_key = (time, self._push(time, _DELIVER_MANY, 0, run))
