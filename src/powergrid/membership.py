@@ -525,6 +525,7 @@ class MembershipMachine:
         self._leader_left = False  # the followed leader sent a LeaveNotice
         self._leader_timeout = config.leader_timeout
         self._request_after = -math.inf
+        self._ack_out: tuple[tuple[int, int, int], Send] | None = None  # the last ack sent
         self._join_due: float | None = None
         self._join_delay = config.join_retry
         self._bootstrap_due: float | None = None
@@ -1050,9 +1051,12 @@ class MembershipMachine:
             # A newer view, or one with our view's id that is not our view (another epoch,
             # or another leader of this epoch: a twin, or a new life of our leader).
             self._request_view(ev.sender, now, actions)
-        actions.append(
-            Send(to=ev.sender, message=HeartbeatAck(epoch=hb.epoch, view_id=view.view_id))
-        )
+        key = (ev.sender, hb.epoch, view.view_id)
+        ack = self._ack_out
+        if ack is None or ack[0] != key:  # else the same (immutable) action as last time
+            send = Send(to=ev.sender, message=HeartbeatAck(epoch=hb.epoch, view_id=view.view_id))
+            ack = self._ack_out = (key, send)
+        actions.append(ack[1])
         self._stats.acks_sent += 1
         return actions
 

@@ -278,6 +278,7 @@ class Node:
         # next_deadline(): the earliest deadline of every machine but the memberships,
         # recomputed only after a call that may have touched one of them.
         self._rest_due: float | None = None
+        self._last_out: tuple[Any, int, Output] = (None, -1, None)  # action, group, datagram
         self._rest_dirty = True
         self._rest_fns: list[Callable[[], float | None]] = []
         self._membership_fns: list[Callable[[], float | None]] = []
@@ -399,13 +400,19 @@ class Node:
         inc = self._incarnation
         seal = None if self._auth is None else self._auth.seal
         for act in actions:
+            last = self._last_out
+            if act is last[0] and group == last[1] and seal is None:
+                out.append(last[2])  # the same action as last time (a member's ack)
+                continue
             data = encode(group, me, inc, act.message)
             if seal is not None:
                 data = seal(data)
             if type(act) is Send:
-                out.append(Transmit(to=act.to, data=data))
+                tx: Output = Transmit(to=act.to, data=data)
             else:
-                out.append(TransmitGroup(group=group, data=data))
+                tx = TransmitGroup(group=group, data=data)
+            out.append(tx)
+            self._last_out = (act, group, tx)
         return True
 
     def handle_deadline(self, now: float) -> list[Output]:

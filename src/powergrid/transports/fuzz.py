@@ -547,6 +547,7 @@ class FuzzNetwork(MemoryNetwork):
         self._r_reorder = split_rng(seed, "reorder")
         self._r_delay = split_rng(seed, "delay")
         self._component: dict[int, int] = {}
+        self._plain_memo: tuple[LinkFaults | None, bool] = (None, False)  # link, _plain(link)
         self._oneway: set[tuple[int, int]] = set()
         self._down: set[int] = set()
         self._lives: dict[int, int] = {}
@@ -730,9 +731,12 @@ class FuzzNetwork(MemoryNetwork):
     def _route(self, src: int, dst: int, data: bytes) -> None:
         self._count_sent(data)
         link = self._link
-        if not (
+        memo = self._plain_memo
+        if memo[0] is not link:
+            memo = self._plain_memo = (link, self._plain(link))
+        if memo[1] and not (
             self._component or self._oneway or self._drop is not None or self._links
-        ) and self._plain(link):
+        ):
             self._send_after(link.delay.base, src, dst, data)  # no fault can apply, no draw
             return
         if src != dst and (

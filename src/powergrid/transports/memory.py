@@ -607,7 +607,7 @@ class MemoryNetwork:
     def _count_sent(self, data: bytes) -> None:
         stats = self.stats
         stats.sent += 1
-        code = _type_of(data)
+        code = data[_TYPE_OFFSET] if len(data) > _TYPE_OFFSET else -1
         by = stats.sent_by_type
         by[code] = by.get(code, 0) + 1
 
