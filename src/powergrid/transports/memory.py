@@ -522,12 +522,18 @@ class MemoryNetwork:
         if self.trace is not None:
             self.trace.record(self._now, node, "deliver", src=src, data=data.hex())
         stats.calls += 1
-        outs = slot.endpoint.receive(data, self._now)
+        endpoint = slot.endpoint
+        outs = endpoint.receive(data, self._now)
         if outs:
             self._emit(node, slot, outs)
             if self._slots.get(node) is not slot:
                 return
-        self._rearm(node, slot)
+        if slot.paused:
+            return
+        deadline = endpoint.next_deadline()
+        if deadline is not None and slot.wake_token >= 0 and deadline >= slot.wake_at:
+            return  # the common case: the wake-up already scheduled stands (see _rearm)
+        self._rearm_to(node, slot, deadline)
 
     def _rearm(self, node: int, slot: _Slot) -> None:
         """Schedule ``node``'s next wake-up at its ``next_deadline()``.
@@ -539,12 +545,13 @@ class MemoryNetwork:
         """
         if slot.paused:
             return
-        deadline = slot.endpoint.next_deadline()
+        self._rearm_to(node, slot, slot.endpoint.next_deadline())
+
+    def _rearm_to(self, node: int, slot: _Slot, deadline: float | None) -> None:
         if deadline is None:
             slot.wake_token = -1
             return
-        now = self._now
-        deadline = max(deadline, now)
+        deadline = max(deadline, self._now)
         if slot.wake_token >= 0 and slot.wake_at <= deadline:
             return
         slot.wake_at = deadline
