@@ -43,6 +43,16 @@ group steps the lead broker down at once.
 
 The node keeps no timers of its own: ``next_deadline()`` is the earliest of
 its machines' deadlines, and ``handle_deadline(now)`` wakes those that are due.
+
+Two shortcuts keep a large group cheap to simulate, with the same results. A
+multicast reaches every member as one ``bytes`` object, so the last datagram
+decoded (by any node) and its ``Received`` event are kept and reused when the
+same object comes again (identity, not equality; everything decoded is
+immutable). A membership message (most of a quiet group's traffic) can only
+touch its membership machine: when it yields nothing but datagrams to others,
+the deadlines of the other machines are known not to have changed, and
+``next_deadline()`` asks only the membership machines; any other input
+recomputes them all.
 """
 
 from __future__ import annotations
