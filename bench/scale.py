@@ -9,8 +9,10 @@ for ``--duration`` virtual seconds (60 by default).
     python bench/scale.py --sizes 1000 2500 --duration 20
 
 Output (``--json``): ``{"duration_s", "nodes_per_cluster", "wall_s": {n: s},
-"peak_rss_mb": {n: MB}, "delivered": {n: datagrams}, "growth_ratio",
-"targets": {...}}``; ``growth_ratio`` is wall time at the largest size over
+"cpu_s": {n: s}, "peak_rss_mb": {n: MB}, "delivered": {n: datagrams},
+"growth_ratio", "targets": {...}}``; ``cpu_s`` is the worker's CPU time for
+the run (the figure to read on a shared machine, where wall time includes
+waiting for a core); ``growth_ratio`` is wall time at the largest size over
 wall time at the smallest, divided by the size ratio / 10 (so linear growth
 from 1,000 to 10,000 nodes gives 10, and the target is at most 12).
 """
@@ -45,11 +47,14 @@ def worker(nodes: int, duration: float) -> dict[str, float]:
         }
     )
     started = time.perf_counter()
+    cpu0 = time.process_time()
     result = Simulation(scenario).run()
     wall = time.perf_counter() - started
+    cpu = time.process_time() - cpu0
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
         "wall_s": round(wall, 3),
+        "cpu_s": round(cpu, 3),
         "peak_rss_mb": round(rss_kb / 1024, 1),
         "delivered": sum(result.delivered_by_type.values()),
         "violations": len(result.violations),
@@ -80,6 +85,7 @@ def main() -> int:
         "duration_s": args.duration,
         "nodes_per_cluster": PER_CLUSTER,
         "wall_s": {str(n): r["wall_s"] for n, r in runs.items()},
+        "cpu_s": {str(n): r["cpu_s"] for n, r in runs.items()},
         "peak_rss_mb": {str(n): r["peak_rss_mb"] for n, r in runs.items()},
         "delivered": {str(n): r["delivered"] for n, r in runs.items()},
         "violations": {str(n): r["violations"] for n, r in runs.items()},

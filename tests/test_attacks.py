@@ -261,6 +261,9 @@ def test_a_restarted_senders_old_life_is_refused() -> None:
     dc.net.remove(victim.node_id)
     dc.net.add(dc._make(9001, incarnation=2), incarnation=2)
     dc.run(3.0)
+    # The client hears the new life (it joins by unicast to the leader, so make it multicast).
+    dc.net.command(victim.node_id, lambda ep, now: ep.multicast(b"new life", now))
+    dc.run(0.01)
     auth = dc.client._auth
     assert auth is not None
     refused = auth.stats.old_incarnation

@@ -337,7 +337,8 @@ def test_keyed_node_signs_every_datagram_it_sends() -> None:
 def test_unkeyed_node_sends_flags_zero_exactly_as_before() -> None:
     """Rule: without a keyring the wire format is unchanged: flags 0, no trailer."""
     node = _keyed_node(9000, ring=None)
-    out = node.start(0.0)
+    out = node.start(0.0)  # a joiner that knows no leader sends nothing yet
+    out += node.multicast(b"x", 0.0)
     sent = [o.data for o in out if isinstance(o, TransmitGroup)]
     assert sent and all(d[4] == 0 and decode(d) for d in sent)
 

@@ -138,20 +138,40 @@ def ack_all(m: MembershipMachine, nodes: Iterable[int], now: float, epoch: int =
 # ------------------------------------------------------------------ joining
 
 
-def test_join_multicasts_request_and_retries_with_backoff_and_cap() -> None:
-    """Join: multicast a request at once, again after join_retry, doubling up to the cap."""
+def test_join_listens_first_then_multicasts_every_cap_while_no_leader_is_known() -> None:
+    """Join: with no leader known, listen (a leader names itself in every heartbeat, the
+    bootstrap election names one) and multicast a request only after join_timeout +
+    join_retry_max, then again every join_retry_max."""
     m = machine(A)
     assert m.state == "idle" and m.next_deadline() is None
-    assert m.handle(Join(), 0.0) == [Multicast(message=JOIN)]
+    assert m.handle(Join(), 0.0) == []
     assert m.state == "joining"
+    assert m.next_deadline() == 2.0  # the bootstrap
+    assert m.handle(WAKE, 1.0) == []  # early wake-up is harmless
+    assert m.handle(WAKE, 2.0) == [LeaderLost(group=G, leader=NodeId(0), epoch=Epoch(0))]
+    assert m.next_deadline() == 3.0
+    assert m.handle(WAKE, 3.0) == [Multicast(message=JOIN)]
+    assert m.next_deadline() == 4.0
+    assert m.handle(WAKE, 4.0) == [Multicast(message=JOIN)]
+    assert m.stats.joins_sent == 2
+
+
+def test_join_to_a_known_leader_retries_with_backoff_and_cap() -> None:
+    """Join: a joiner that hears a leader's heartbeat asks it by unicast at once, then again
+    after join_retry, doubling up to the cap."""
+    m = machine(A)
+    assert m.handle(Join(), 0.0) == []
+    hb = Heartbeat(epoch=1, view_id=1)
+    assert m.handle(rcv(L, hb), 0.0) == [Send(to=L, message=JOIN)]
     assert m.next_deadline() == 0.25
-    assert m.handle(WAKE, 0.25) == [Multicast(message=JOIN)]
+    assert m.handle(WAKE, 0.25) == [Send(to=L, message=JOIN)]
     assert m.next_deadline() == 0.75
-    assert m.handle(WAKE, 0.5) == []  # early wake-up is harmless
-    assert m.handle(WAKE, 0.75) == [Multicast(message=JOIN)]
-    assert m.next_deadline() == 1.75
-    assert m.handle(WAKE, 1.75) == [Multicast(message=JOIN)]
-    assert m.next_deadline() == 2.0  # bootstrap comes before the next retry (2.75)
+    m.handle(rcv(L, hb), 0.5)  # no new view id: no view request
+    assert m.handle(WAKE, 0.75) == [Send(to=L, message=JOIN)]
+    assert m.next_deadline() == 1.5  # the leader timeout (heard at 0.5) before the retry (1.75)
+    m.handle(rcv(L, hb), 1.0)
+    assert m.handle(WAKE, 1.75) == [Send(to=L, message=JOIN)]
+    assert m.next_deadline() == 2.0  # heard at 1.0; the next retry is at 2.75 (the cap)
     assert m.stats.joins_sent == 4
 
 
@@ -159,29 +179,31 @@ def test_join_request_carries_rank_and_broker_flag() -> None:
     """Join: the request names the node's rank and whether it may become a broker."""
     me = Member(node=A, incarnation=Incarnation(3), rank=5, broker_capable=True)
     m = MembershipMachine(EXACT, me=me, group=G, rng=random.Random(0))
-    assert m.handle(Join(), 0.0) == [Multicast(message=JoinRequest(rank=5, broker_capable=1))]
+    m.handle(Join(), 0.0)
+    m.handle(WAKE, 2.0)
+    assert m.handle(WAKE, 3.0) == [Multicast(message=JoinRequest(rank=5, broker_capable=1))]
 
 
 def test_join_jitter_comes_from_the_rng() -> None:
     """Join: each retry delay is lengthened by up to join_jitter of itself, from the rng."""
     cfg = attrs.evolve(EXACT, join_jitter=0.5)
     m = machine(A, config=cfg, seed=4)
-    m.handle(Join(), 0.0)
-    r = random.Random(4).random()
-    assert m.next_deadline() == 0.25 * (1 + 0.5 * r)
+    m.handle(Join(), 0.0)  # listens: 3.0 * (1 + 0.5 * the first draw)
+    m.handle(rcv(L, Heartbeat(epoch=1, view_id=1)), 0.0)  # asks L, retries after join_retry
+    rng = random.Random(4)
+    rng.random()
+    assert m.next_deadline() == 0.25 * (1 + 0.5 * rng.random())
 
 
 def test_bootstrap_leader_lost_once_and_keeps_joining() -> None:
     """Bootstrap: no leader heard within join_timeout -> LeaderLost(group, 0, 0), once."""
     m = machine(A)
     m.handle(Join(), 0.0)
-    for t in (0.25, 0.75, 1.75):
-        m.handle(WAKE, t)
     assert m.handle(WAKE, 2.0) == [LeaderLost(group=G, leader=NodeId(0), epoch=Epoch(0))]
-    assert m.next_deadline() == 2.75
-    assert m.handle(WAKE, 2.75) == [Multicast(message=JOIN)]
-    assert m.next_deadline() == 3.75
-    assert m.handle(WAKE, 3.75) == [Multicast(message=JOIN)]
+    assert m.next_deadline() == 3.0
+    assert m.handle(WAKE, 3.0) == [Multicast(message=JOIN)]
+    assert m.next_deadline() == 4.0
+    assert m.handle(WAKE, 4.0) == [Multicast(message=JOIN)]
     assert m.stats.leader_lost_reported == 1
 
 
@@ -391,6 +413,68 @@ def test_silent_member_is_suspected_probed_then_removed() -> None:
     assert (m.stats.suspected, m.stats.removed, m.stats.probes_sent) == (1, 1, 6)
 
 
+def test_tick_stretches_with_group_size_to_bound_the_leaders_ack_rate() -> None:
+    """Scaling: the tick is heartbeat_interval until the acks of n - 1 members would exceed
+    max_ack_rate per second; then the suspect and leader timeouts are at least 2 and 4 ticks."""
+    cfg = DEFAULTS
+    assert cfg.tick(8) == 0.1 and cfg.tick(41) == 0.1
+    assert cfg.tick(100) == 99 / 400
+    s8, s100 = cfg.scale(8), cfg.scale(100)
+    assert cfg.timeouts(8) == (0.3 * s8, 0.3 * s8, 0.5 * s8)  # not stretched: as before
+    assert cfg.timeouts(100) == (0.3 * s100, 0.3 * s100, 4 * 99 / 400)
+    off = attrs.evolve(cfg, max_ack_rate=0.0)
+    assert off.tick(1000) == 0.1
+
+
+def test_stretched_tick_probes_suspects_every_heartbeat_interval() -> None:
+    """Scaling: with a stretched tick the leader still probes its suspects (and removes them)
+    every heartbeat_interval, between two heartbeats."""
+    cfg = attrs.evolve(EXACT, max_ack_rate=4.0)  # 4 members: tick 0.75; suspect after 1.5
+    m = machine(L, config=cfg)
+    m.handle(Join(), 0.0)
+    m.handle(LeaderElected(group=G, leader=L, epoch=Epoch(1)), 0.0)
+    for n in (A, B, C):
+        m.handle(rcv(n, JOIN), 0.125)
+    m.handle(WAKE, 0.25)  # admits A, B, C: view 2 of 4 members
+    assert m.next_deadline() == 1.0
+    assert m.handle(WAKE, 1.0) == [Multicast(message=Heartbeat(epoch=1, view_id=2))]
+    ack_all(m, (B, C), 1.125)
+    assert m.next_deadline() == 1.75
+    probe = Probe(epoch=1, nonce=1, target=A, target_incarnation=1, requester=L)
+    probes = [Send(to=n, message=probe) for n in (A, B, C)]
+    assert m.handle(WAKE, 1.75) == [
+        MemberSuspected(group=G, node=A),
+        *probes,
+        Multicast(message=Heartbeat(epoch=1, view_id=2)),
+    ]
+    assert m.next_deadline() == 2.0  # a probe round, before the next heartbeat at 2.5
+    assert m.handle(WAKE, 2.0) == probes
+    assert m.next_deadline() == 2.25
+    survivors = [mem(B), mem(C), mem(L)]
+    assert m.handle(WAKE, 2.25) == [
+        MemberRemoved(group=G, node=A, reason="crashed"),
+        ViewChanged(view=view(3, L, 1, *survivors)),
+        Multicast(message=part(1, 3, survivors, gone=[(A, 1, 1)])),
+    ]
+    assert m.next_deadline() == 2.5
+    ack_all(m, (B, C), 2.375)
+    assert m.handle(WAKE, 2.5) == [Multicast(message=Heartbeat(epoch=1, view_id=3))]
+    assert m.next_deadline() == 3.0  # 3 members: tick 0.5
+    assert (m.stats.suspected, m.stats.removed, m.stats.probes_sent) == (1, 1, 6)
+
+
+def test_member_leader_timeout_is_at_least_four_stretched_ticks() -> None:
+    """Scaling: a member of a view with a stretched tick reports its leader lost only after
+    LEADER_TICKS ticks of silence."""
+    cfg = attrs.evolve(EXACT, max_ack_rate=4.0)  # 4 members: tick 0.75, leader timeout 3.0
+    m = machine(A, config=cfg)
+    m.handle(Join(), 0.0)
+    members = [mem(n) for n in (A, B, C, L)]
+    m.handle(rcv(L, part(1, 2, members)), 0.25)
+    assert m.next_deadline() == 3.25
+    assert m.handle(WAKE, 3.25) == [LeaderLost(group=G, leader=L, epoch=Epoch(1))]
+
+
 def test_indirect_probe_helpers_are_sampled_with_the_rng() -> None:
     """Detection: with more candidates than indirect_probes, helpers come from the rng, sorted."""
     m = lead(A, B, C, D)
@@ -477,9 +561,11 @@ def test_leader_that_left_rejoins_by_multicast() -> None:
     """Leave: a leader that left and joins again does not ask itself; it multicasts."""
     m = lead(A)
     assert m.handle(Leave(), 0.3) == [Multicast(message=LeaveNotice(epoch=1)), Left(group=G)]
-    assert m.handle(Join(), 0.4) == [Multicast(message=JOIN)]
+    assert m.handle(Join(), 0.4) == []
     assert m.state == "joining" and m.leader == 0 and m.epoch == 1
-    assert m.next_deadline() == 0.65
+    assert m.next_deadline() == 2.4  # it listens: the bootstrap at 2.4, a multicast at 3.4
+    m.handle(WAKE, 2.4)
+    assert m.handle(WAKE, 3.4) == [Multicast(message=JOIN)]
 
 
 def test_member_reports_leader_lost_at_once_when_leader_leaves() -> None:
@@ -880,6 +966,7 @@ def test_leader_bound_messages_at_a_member_are_dropped() -> None:
         ({"removal_timeout": 0.05}, "removal_timeout .* below heartbeat_interval"),
         ({"leader_timeout": 0.1}, "leader_timeout .* must exceed heartbeat_interval"),
         ({"join_timeout": 0.4}, "join_timeout .* below leader_timeout"),
+        ({"max_ack_rate": -1.0}, "max_ack_rate is -1.0"),
         ({"join_retry": 0}, "join_retry is 0"),
         ({"join_backoff": 0.5}, "join_backoff"),
         ({"join_retry_max": 0.1}, "join_retry_max .* below join_retry"),

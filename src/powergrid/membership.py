@@ -8,11 +8,12 @@ election machine says so with :class:`~powergrid.events.LeaderElected`, and
 this machine tells it when the leader seems gone with
 :class:`~powergrid.events.LeaderLost`.
 
-*Leader.* Every ``heartbeat_interval`` the leader multicasts a
-:class:`~powergrid.wire.Heartbeat` (its epoch and view id) and does its
-checks; all of the leader's timing runs on this one tick. A member whose last
+*Leader.* Every tick (``heartbeat_interval``, stretched in large groups, see
+*Scaling*) the leader multicasts a :class:`~powergrid.wire.Heartbeat` (its
+epoch and view id) and does its checks. A member whose last
 ack (or probe answer, or view request) is ``suspect_timeout * s(n)`` old at a
-tick is *suspected* (:class:`MemberSuspected`): from then on, at every tick,
+tick is *suspected* (:class:`MemberSuspected`): from then on, every
+``heartbeat_interval`` (at every tick while the tick is not stretched),
 the leader probes it directly and through ``indirect_probes`` other members
 chosen with the ``rng`` (SWIM-style :class:`~powergrid.wire.Probe`, relayed,
 answered with :class:`~powergrid.wire.ProbeAck`). Any answer clears the
@@ -26,7 +27,16 @@ Every change is a new view (view id + 1), multicast as one or more
 to a member that asks (:class:`~powergrid.wire.ViewRequest`) or that asks to
 join again while already in it.
 
-*Scaling.* ``s(n) = 1 + size_factor * log2(n)`` for a view of ``n`` members
+*Scaling.* Every member acks every heartbeat, so the leader takes ``n - 1``
+acks per tick; the tick is stretched to ``(n - 1) / max_ack_rate`` when that
+is longer than ``heartbeat_interval`` (400 acks/s by default: groups of up to
+41 are not stretched, 100 members tick every 0.25 s), which bounds both the
+leader's load and the group's traffic (two datagrams per member per tick).
+With a stretched tick the suspect timeout is at least ``SUSPECT_TICKS`` (2)
+ticks and the leader timeout at least ``LEADER_TICKS`` (4), so as many acks
+or heartbeats must be lost in a row as at the unstretched defaults; suspects
+are still probed every ``heartbeat_interval``.
+``s(n) = 1 + size_factor * log2(n)`` for a view of ``n`` members
 (``s(1) = 1``). The leader's chance that *some* member loses ``k`` acks in a
 row grows like ``n * p**k``; holding the group's false-suspicion rate fixed
 needs ``k`` to grow with ``log n``, hence the logarithm. ``s`` scales
@@ -48,13 +58,18 @@ at once. A node that joined but has heard of no leader at all within
 ``join_timeout`` emits ``LeaderLost(group, 0, 0)`` once so the election can
 bootstrap, and keeps retrying its join.
 
-*Joining.* :class:`Join` sends a :class:`~powergrid.wire.JoinRequest`, by
-unicast to the leader when one is known, else by multicast, and again after
-``join_retry``, doubling (``join_backoff``) up to ``join_retry_max``, each
-delay lengthened by up to ``join_jitter`` of itself at random, until a view
-that includes this node (in this incarnation) arrives. Learning of a new
-leader (LeaderElected, or its heartbeat) sends a request to it at once and
-starts the delay over from ``join_retry``. A member that receives
+*Joining.* :class:`Join` sends a :class:`~powergrid.wire.JoinRequest` by
+unicast to the leader when one is known, and again after ``join_retry``,
+doubling (``join_backoff``) up to ``join_retry_max``, each delay lengthened
+by up to ``join_jitter`` of itself at random, until a view that includes
+this node (in this incarnation) arrives. A node that knows no leader listens
+first: a live leader names itself in its next heartbeat, and the bootstrap
+(below) elects one otherwise; only after ``join_timeout + join_retry_max``
+does it multicast a request, then again every ``join_retry_max`` while it
+still knows none (a cold start of a 100-node cluster used to multicast about
+four rounds of requests to the whole cluster before anyone could admit
+them). Learning of a new leader (LeaderElected, or its heartbeat) sends a
+request to it at once and starts the delay over from ``join_retry``. A member that receives
 a view of its leader without itself reports ``MemberRemoved`` for itself and
 joins again.
 
@@ -83,9 +98,11 @@ heartbeating if it led).
 Guarantees: view ids seen by one member only grow; a view lists its members
 sorted by node id, the leader included; every member of a view was admitted
 by that view's leader and in the incarnation listed. A crashed member is
-removed by the leader within ``(suspect_timeout + removal_timeout) * s(n) +
-heartbeat_interval`` of its last ack; a crashed leader by its successor within
-``removal_timeout * s(n) + heartbeat_interval`` of the successor's election.
+removed by the leader within ``suspect + removal + tick`` of its last ack
+(the scaled timeouts and tick of *Scaling*; ``(suspect_timeout +
+removal_timeout) * s(n) + heartbeat_interval`` unstretched); a crashed leader
+by its successor within ``removal_timeout * s(n) + heartbeat_interval`` of
+the successor's election.
 Not guaranteed: that all members
 install every view (a member may skip views; it then learns removal reasons
 only for departures in the last ``departure_memory`` views, others are
@@ -100,12 +117,13 @@ the group's multicast.
 Driving: ``handle(event, now)`` with :class:`~powergrid.events.Received`,
 :class:`~powergrid.events.DeadlineReached`, :class:`Join`, :class:`Leave` or
 :class:`~powergrid.events.LeaderElected`; ``next_deadline()`` is the next
-heartbeat for a leader, and otherwise the earliest of the join retry, the
-bootstrap timeout and the leader timeout. Defaults (seconds):
+heartbeat (or probe round) for a leader, and otherwise the earliest of the
+join retry, the bootstrap timeout and the leader timeout. Defaults (seconds):
 ``heartbeat_interval`` 0.1, ``suspect_timeout`` 0.3, ``removal_timeout``
 0.3, ``leader_timeout`` 0.5, ``join_timeout`` 1.0, ``join_retry`` 0.2
 (backoff 2, max 2.0, jitter 0.2), ``indirect_probes`` 2, ``size_factor``
-0.1: a crashed member of a group of 8 is removed within about 0.9 s.
+0.1, ``max_ack_rate`` 400: a crashed member of a group of 8 is removed
+within about 0.9 s, of a group of 100 within about 1.3 s.
 """
 
 from __future__ import annotations
@@ -177,6 +195,10 @@ VIEW_ENTRIES_PER_PART = (MAX_PAYLOAD - _EMPTY_PART) // _ENTRY_SIZE
 """View entries (members and recent departures) that fit in one ViewPart datagram."""
 
 _MAX_U32 = 2**32 - 1
+SUSPECT_TICKS = 2
+"""A member is suspected no sooner than this many (stretched) ticks after its last ack."""
+LEADER_TICKS = 4
+"""A member reports its leader lost no sooner than this many (stretched) ticks of silence."""
 _REASONS: dict[int, RemovalReason] = {
     VIEW_STATUS_CRASHED: "crashed",
     VIEW_STATUS_LEFT: "left",
@@ -218,6 +240,10 @@ class MembershipConfig:
     """Each join delay is lengthened by up to this fraction of itself, at random."""
     size_factor: float = 0.1
     """``scale(n) = 1 + size_factor * log2(n)``; 0 turns scaling off."""
+    max_ack_rate: float = 400.0
+    """HeartbeatAcks per second a leader's heartbeats may draw: the tick of a view of
+    ``n`` members is ``max(heartbeat_interval, (n - 1) / max_ack_rate)``; 0 turns the
+    stretching off."""
     departure_memory: int = 16
     """Views for which the leader keeps announcing a departure and its reason."""
 
@@ -233,6 +259,7 @@ class MembershipConfig:
             "join_retry_max",
             "join_jitter",
             "size_factor",
+            "max_ack_rate",
         )
         for name in floats:
             value = getattr(self, name)
@@ -277,6 +304,10 @@ class MembershipConfig:
             raise ConfigError(f"join_jitter is {self.join_jitter}; set it within 0..1")
         if self.size_factor < 0:
             raise ConfigError(f"size_factor is {self.size_factor}; set it to 0 or more")
+        if self.max_ack_rate < 0:
+            raise ConfigError(
+                f"max_ack_rate is {self.max_ack_rate}; set it to 0 (no limit) or more"
+            )
         if self.indirect_probes < 0:
             raise ConfigError(f"indirect_probes is {self.indirect_probes}; set it to 0 or more")
         if self.departure_memory < 1:
@@ -285,6 +316,30 @@ class MembershipConfig:
     def scale(self, n: int) -> float:
         """``1 + size_factor * log2(n)``, the factor of the scaled timeouts for ``n`` members."""
         return 1.0 + self.size_factor * math.log2(max(n, 1))
+
+    def tick(self, n: int) -> float:
+        """The leader's heartbeat period for ``n`` members (seconds): ``heartbeat_interval``,
+        stretched so that the acks it draws stay within ``max_ack_rate`` per second."""
+        rate = self.max_ack_rate
+        if not rate:
+            return self.heartbeat_interval
+        return max(self.heartbeat_interval, (n - 1) / rate)
+
+    def timeouts(self, n: int) -> tuple[float, float, float]:
+        """``(suspect, removal, leader)`` timeouts for ``n`` members (seconds).
+
+        Each is its config value times ``scale(n)``; with a stretched tick the
+        suspect timeout is at least :data:`SUSPECT_TICKS` ticks and the leader
+        timeout at least :data:`LEADER_TICKS` ticks, so that as many heartbeats
+        or acks must be lost in a row as with the unstretched defaults.
+        """
+        s = self.scale(n)
+        tick = self.tick(n)
+        return (
+            max(self.suspect_timeout * s, SUSPECT_TICKS * tick),
+            self.removal_timeout * s,
+            max(self.leader_timeout * s, LEADER_TICKS * tick),
+        )
 
 
 # ----------------------------------------------------------------- events
@@ -470,6 +525,7 @@ class MembershipMachine:
         self._leader_left = False  # the followed leader sent a LeaveNotice
         self._leader_timeout = config.leader_timeout
         self._request_after = -math.inf
+        self._ack_out: tuple[tuple[int, int, int], Send] | None = None  # the last ack sent
         self._join_due: float | None = None
         self._join_delay = config.join_retry
         self._bootstrap_due: float | None = None
@@ -478,6 +534,8 @@ class MembershipMachine:
         # What the leader keeps.
         self._leading = False
         self._next_beat = 0.0
+        self._next_probe = 0.0  # the next probe round while there are suspects
+        self._tick_s = config.heartbeat_interval  # config.tick(n) of the current view
         self._last_ack: dict[int, float] = {}
         self._suspects: dict[int, _Suspicion] = {}
         self._pending: dict[int, Member] = {}  # admissions waiting for the next tick
@@ -582,6 +640,8 @@ class MembershipMachine:
         if not self._active:
             return None
         if self._leading:
+            if self._suspects and self._next_probe < self._next_beat:
+                return self._next_probe
             return self._next_beat
         due = self._join_due
         if self._bootstrap_due is not None and (due is None or self._bootstrap_due < due):
@@ -605,7 +665,6 @@ class MembershipMachine:
         self._members = {}
         self._others = ()
         self._join_delay = self._config.join_retry
-        self._join_due = now + self._jittered(self._join_delay)
         if self._leader == self._node:
             self._leader = 0  # we led before leaving (or were elected while idle): no more
         if self._leader:
@@ -614,7 +673,16 @@ class MembershipMachine:
             self._bootstrap_due = None
         else:
             self._bootstrap_due = now + self._config.join_timeout
-        return [self._join_message()]
+        actions: list[Any] = []
+        if self._leader:
+            self._join_now(now, actions)
+        else:
+            # Listen first: a leader names itself in every heartbeat (the join then goes
+            # to it at once), the bootstrap election names one after join_timeout, and
+            # until a leader exists nobody could admit us anyway.
+            cfg = self._config
+            self._join_due = now + self._jittered(cfg.join_timeout + cfg.join_retry_max)
+        return actions
 
     def _leave(self, ev: Leave, now: float) -> list[Any]:
         if not self._active:
@@ -669,14 +737,14 @@ class MembershipMachine:
         if not self._active:
             return actions
         if self._leading:
-            if now >= self._next_beat:
-                self._tick(now, actions)
+            beat = now >= self._next_beat
+            if beat or (self._suspects and now >= self._next_probe):
+                self._tick(now, actions, beat)
             return actions
         if self._join_due is not None and now >= self._join_due:
-            actions.append(self._join_message())
             cfg = self._config
             self._join_delay = min(self._join_delay * cfg.join_backoff, cfg.join_retry_max)
-            self._join_due = now + self._jittered(self._join_delay)
+            self._join_now(now, actions)
         if self._bootstrap_due is not None and now >= self._bootstrap_due:
             self._bootstrap_due = None
             if not self._leader:
@@ -685,12 +753,16 @@ class MembershipMachine:
             self._report_lost(actions)
         return actions
 
-    def _tick(self, now: float, actions: list[Any]) -> None:
-        """The leader's heartbeat: admit, suspect, probe, remove, then multicast a heartbeat."""
+    def _tick(self, now: float, actions: list[Any], beat: bool = True) -> None:
+        """The leader's heartbeat: admit, suspect, probe, remove, then multicast a heartbeat.
+
+        Without ``beat`` (a probe round between two stretched ticks) only the
+        suspects are probed or removed.
+        """
         departures: list[tuple[int, int, int]] = []
         admitted = False
         members = self._members
-        for node, cand in sorted(self._pending.items()):
+        for node, cand in sorted(self._pending.items()) if beat else ():
             cur = members.get(node)
             if cur is not None:
                 if cur.incarnation >= cand.incarnation:
@@ -700,9 +772,11 @@ class MembershipMachine:
             members[node] = cand
             self._last_ack[node] = now
             admitted = True
-        self._pending.clear()
+        if beat:
+            self._pending.clear()
         last_ack = self._last_ack
-        for node in self._others:  # a member replaced just now has a fresh last_ack
+        # A member replaced just now has a fresh last_ack.
+        for node in self._others if beat else sorted(self._suspects):
             sus = self._suspects.get(node)
             if sus is None:
                 if now - last_ack[node] < self._suspect_after:
@@ -720,9 +794,20 @@ class MembershipMachine:
                 del last_ack[node]
         if departures or admitted:
             self._new_view(departures, actions)
+        if self._suspects:
+            # Suspects are probed every heartbeat_interval even while the tick is stretched.
+            interval = self._config.heartbeat_interval
+            if now >= self._next_probe:
+                self._next_probe += interval
+                if self._next_probe <= now:
+                    self._next_probe = now + interval
+            else:  # a beat probed them before their round was due
+                self._next_probe = now + interval
+        if not beat:
+            return
         actions.append(Multicast(message=Heartbeat(epoch=self._epoch, view_id=self._view_id())))
         self._stats.heartbeats_sent += 1
-        interval = self._config.heartbeat_interval
+        interval = self._tick_s
         self._next_beat += interval
         if self._next_beat <= now:
             self._next_beat = now + interval
@@ -730,6 +815,8 @@ class MembershipMachine:
     def _suspect(self, node: int, now: float, actions: list[Any]) -> None:
         """Start suspecting ``node``: MemberSuspected, a new nonce, the first probes."""
         self._nonce = (self._nonce + 1) & _MAX_U32
+        if not self._suspects:
+            self._next_probe = now + self._config.heartbeat_interval
         sus = self._suspects[node] = _Suspicion(now, self._nonce)
         actions.append(MemberSuspected(group=self._group, node=NodeId(node)))
         self._stats.suspected += 1
@@ -768,9 +855,18 @@ class MembershipMachine:
         return delay * (1.0 + jitter * self._rng.random()) if jitter else delay
 
     def _join_now(self, now: float, actions: list[Any]) -> None:
-        """Send a join request now and restart the retry timer at the current delay."""
-        actions.append(self._join_message())
-        self._join_due = now + self._jittered(self._join_delay)
+        """Send a join request now and restart the retry timer at the current delay.
+
+        A request multicast because no leader is known is repeated no sooner
+        than ``join_retry_max``: only a leader admits, and a leader that exists
+        names itself in its next heartbeat, which sends the request to it at once.
+        """
+        msg = self._join_message()
+        actions.append(msg)
+        delay = self._join_delay
+        if type(msg) is Multicast:
+            delay = max(delay, self._config.join_retry_max)
+        self._join_due = now + self._jittered(delay)
 
     def _join_message(self) -> Send | Multicast:
         self._stats.joins_sent += 1
@@ -813,7 +909,7 @@ class MembershipMachine:
             self._suspect(suspect, now, actions)
         actions.append(Multicast(message=Heartbeat(epoch=epoch, view_id=self._view_id())))
         self._stats.heartbeats_sent += 1
-        self._next_beat = now + self._config.heartbeat_interval
+        self._next_beat = now + self._tick_s
 
     def _step_down(self) -> None:
         self._leading = False
@@ -883,10 +979,8 @@ class MembershipMachine:
         self._others = tuple(n for n in view.nodes if n != self._node)
         n = len(view.members)
         cfg = self._config
-        s = cfg.scale(n)
-        self._suspect_after = cfg.suspect_timeout * s
-        self._remove_after = cfg.removal_timeout * s
-        self._leader_timeout = cfg.leader_timeout * s
+        self._tick_s = cfg.tick(n)
+        self._suspect_after, self._remove_after, self._leader_timeout = cfg.timeouts(n)
         self._stats.views_installed += 1
 
     # ------------------------------------------------------------ messages
@@ -957,9 +1051,12 @@ class MembershipMachine:
             # A newer view, or one with our view's id that is not our view (another epoch,
             # or another leader of this epoch: a twin, or a new life of our leader).
             self._request_view(ev.sender, now, actions)
-        actions.append(
-            Send(to=ev.sender, message=HeartbeatAck(epoch=hb.epoch, view_id=view.view_id))
-        )
+        key = (ev.sender, hb.epoch, view.view_id)
+        ack = self._ack_out
+        if ack is None or ack[0] != key:  # else the same (immutable) action as last time
+            send = Send(to=ev.sender, message=HeartbeatAck(epoch=hb.epoch, view_id=view.view_id))
+            ack = self._ack_out = (key, send)
+        actions.append(ack[1])
         self._stats.acks_sent += 1
         return actions
 

@@ -45,6 +45,16 @@ the lead broker down at once.
 
 The node keeps no timers of its own: ``next_deadline()`` is the earliest of
 its machines' deadlines, and ``handle_deadline(now)`` wakes those that are due.
+
+Two shortcuts keep a large group cheap to simulate, with the same results. A
+multicast reaches every member as one ``bytes`` object, so the last datagram
+decoded (by any node) and its ``Received`` event are kept and reused when the
+same object comes again (identity, not equality; everything decoded is
+immutable). A membership message (most of a quiet group's traffic) can only
+touch its membership machine: when it yields nothing but datagrams to others,
+the deadlines of the other machines are known not to have changed, and
+``next_deadline()`` asks only the membership machines; any other input
+recomputes them all.
 """
 
 from __future__ import annotations
@@ -235,6 +245,15 @@ class _Stack:
 
 _Handler = Callable[["_Stack", Any, float, "deque[Any]", list[Output]], None]
 
+_last_decoded: list[Any] = [None, None, None]
+"""The last datagram decoded by any node, its envelope and its Received event.
+
+A multicast reaches every member as the same ``bytes`` object, one delivery
+after another; the members after the first reuse its decoding (an identity
+check, never equality). Envelopes, messages and events are immutable, so
+sharing them is safe.
+"""
+
 
 class Node:
     """All machines of one process (see the module docstring).
@@ -268,6 +287,13 @@ class Node:
             51: (self._broker, BROKER_GROUP),  # Clearing
             52: (self._client, self._cluster),  # Price
         }
+        # next_deadline(): the earliest deadline of every machine but the memberships,
+        # recomputed only after a call that may have touched one of them.
+        self._rest_due: float | None = None
+        self._last_out: tuple[Any, int, Output] = (None, -1, None)  # action, group, datagram
+        self._rest_dirty = True
+        self._rest_fns: list[Callable[[], float | None]] = []
+        self._membership_fns: list[Callable[[], float | None]] = []
         self._on_note: dict[type[Any], _Handler] = {
             ViewChanged: self._on_view_changed,
             LeaderLost: self._on_leader_lost,
@@ -320,6 +346,7 @@ class Node:
         """
         if self._started:
             raise UsageError("node already started")
+        self._rest_dirty = True
         self._started = True
         out: list[Output] = []
         self._join(self._cluster, now, out)
@@ -338,11 +365,17 @@ class Node:
                 self._stats.unauthenticated += 1
                 return []
             data, counter = opened
-        try:
-            env = decode(data)
-        except DecodeError:
-            self._stats.malformed += 1
-            return []
+        cache = _last_decoded
+        if data is cache[0]:
+            env, event = cache[1], cache[2]
+        else:
+            try:
+                env = decode(data)
+            except DecodeError:
+                self._stats.malformed += 1
+                return []
+            event = Received(sender=env.sender, incarnation=env.incarnation, message=env.message)
+            cache[0], cache[1], cache[2] = data, env, event
         if env.sender == self._id:
             self._stats.own += 1
             return []
@@ -354,12 +387,49 @@ class Node:
             self._stats.foreign_group += 1
             return []
         out: list[Output] = []
-        event = Received(sender=env.sender, incarnation=env.incarnation, message=env.message)
-        self._dispatch(stack, event, now, None, out)
+        if env.message.TYPE >> 4 == 1:  # membership: the bulk of a quiet group's traffic
+            actions = stack.membership.handle(event, now)
+            if self._send_only(stack, actions, out):
+                return out  # only the membership machine was touched
+        else:
+            actions = None
+        self._rest_dirty = True
+        if actions is None:
+            self._dispatch(stack, event, now, None, out)
+        else:
+            self._run(stack, actions, now, out)
         return out
+
+    def _send_only(self, stack: _Stack, actions: list[Any], out: list[Output]) -> bool:
+        """Encode ``actions`` into ``out`` if they are all datagrams to others; else False
+        (and ``out`` untouched)."""
+        me = self._id
+        for act in actions:
+            kind = type(act)
+            if not (kind is Multicast or (kind is Send and act.to != me)):
+                return False
+        group = stack.group
+        inc = self._incarnation
+        seal = None if self._auth is None else self._auth.seal
+        for act in actions:
+            last = self._last_out
+            if act is last[0] and group == last[1] and seal is None:
+                out.append(last[2])  # the same action as last time (a member's ack)
+                continue
+            data = encode(group, me, inc, act.message)
+            if seal is not None:
+                data = seal(data)
+            if type(act) is Send:
+                tx: Output = Transmit(to=act.to, data=data)
+            else:
+                tx = TransmitGroup(group=group, data=data)
+            out.append(tx)
+            self._last_out = (act, group, tx)
+        return True
 
     def handle_deadline(self, now: float) -> list[Output]:
         """Wake every machine whose deadline has come."""
+        self._rest_dirty = True
         out: list[Output] = []
         tick = DeadlineReached()
         for group in sorted(self._stacks):
@@ -377,17 +447,31 @@ class Node:
         return out
 
     def next_deadline(self) -> float | None:
-        best: float | None = None
-        for stack in self._stacks.values():
-            for machine in stack.machines:
-                due = machine.next_deadline()
-                if due is not None and (best is None or due < best):
-                    best = due
-        for machine in self._market:
-            due = machine.next_deadline()
+        """The earliest deadline of all machines (seconds), or None."""
+        if self._rest_dirty:
+            rest: float | None = None
+            for fn in self._rest_fns:
+                due = fn()
+                if due is not None and (rest is None or due < rest):
+                    rest = due
+            self._rest_due = rest
+            self._rest_dirty = False
+        best = self._rest_due
+        for fn in self._membership_fns:
+            due = fn()
             if due is not None and (best is None or due < best):
                 best = due
         return best
+
+    def _machines_changed(self) -> None:
+        """Rebuild the deadline lists after a stack was added or removed."""
+        stacks = [self._stacks[g] for g in sorted(self._stacks)]
+        self._membership_fns = [st.membership.next_deadline for st in stacks]
+        self._rest_fns = [
+            m.next_deadline for st in stacks for m in st.machines if m is not st.membership
+        ]
+        self._rest_fns.extend(m.next_deadline for m in self._market)
+        self._rest_dirty = True
 
     def multicast(self, payload: bytes, now: float, *, group: int | None = None) -> list[Output]:
         """Multicast application bytes to ``group`` (default: the cluster), reliably, FIFO.
@@ -396,6 +480,7 @@ class Node:
         :class:`~powergrid.errors.PayloadTooLargeError` if the payload is too large.
         """
         stack = self._stack_or_raise(group)
+        self._rest_dirty = True
         out: list[Output] = []
         actions = stack.multicast.handle(Publish(kind=KIND_APP, payload=payload), now)
         self._run(stack, actions, now, out)
@@ -406,6 +491,7 @@ class Node:
     ) -> list[Output]:
         """Send application bytes to node ``to`` reliably, in order."""
         stack = self._stack_or_raise(group)
+        self._rest_dirty = True
         out: list[Output] = []
         actions = stack.unicast.handle(Submit(to=NodeId(to), kind=KIND_APP, payload=payload), now)
         self._run(stack, actions, now, out)
@@ -413,18 +499,21 @@ class Node:
 
     def set_bid(self, bid: Bid, now: float) -> list[Output]:
         """This server's new bid (watts); the client reports it to the broker."""
+        self._rest_dirty = True
         out: list[Output] = []
         self._run_market(self._client.handle(BidChanged(bid=bid), now), now, out)
         return out
 
     def set_supply(self, watts: int, now: float) -> list[Output]:
         """The usable supply (watts) this node clears against while it is the lead broker."""
+        self._rest_dirty = True
         out: list[Output] = []
         self._run_market(self._lead.handle(SupplyChanged(watts=watts), now), now, out)
         return out
 
     def leave(self, now: float) -> list[Output]:
         """Leave every group gracefully (a Leave to each leader), then unsubscribe."""
+        self._rest_dirty = True
         out: list[Output] = []
         for group in sorted(self._stacks, reverse=True):
             self._leave(self._stacks[group], now, out)
@@ -442,12 +531,14 @@ class Node:
     def _join(self, group: GroupId, now: float, out: list[Output]) -> None:
         stack = _Stack(self, group)
         self._stacks[group] = stack
+        self._machines_changed()
         out.append(JoinGroup(group=group))
         self._run(stack, stack.membership.handle(Join(), now), now, out)
 
     def _leave(self, stack: _Stack, now: float, out: list[Output]) -> None:
         self._run(stack, stack.membership.handle(Leave(), now), now, out)
         del self._stacks[stack.group]
+        self._machines_changed()
         out.append(LeaveGroup(group=stack.group))
         if stack.group == BROKER_GROUP:  # no broker group, no lead broker
             self._run_market(self._lead.handle(SteppedDown(), now), now, out)

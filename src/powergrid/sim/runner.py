@@ -42,6 +42,7 @@ from powergrid import wire
 from powergrid.errors import DecodeError
 from powergrid.events import LeaderElected, LeaderLost, ViewChanged
 from powergrid.harness import Invariant, Violation
+from powergrid.invariants import _Base as _BaseInvariant
 from powergrid.market import Bid, MarketCleared, PriceUpdated, Regime
 from powergrid.market.client import AllocationChanged
 from powergrid.membership import MemberRemoved
@@ -372,6 +373,20 @@ def default_invariants(sim: Simulation) -> list[Invariant]:
     return out
 
 
+def _watches(inv: Invariant, kind: type) -> bool:
+    """Whether ``inv`` may act on a notification of type ``kind``.
+
+    An invariant built on :mod:`powergrid.invariants`' base class that keeps
+    its ``observe`` acts only on the types it registered (and on node starts
+    and crashes); any other invariant sees everything.
+    """
+    observe = getattr(type(inv), "observe", None)
+    if observe is not _BaseInvariant.observe:
+        return True
+    table: dict[type, object] = getattr(inv, "_on", {})
+    return kind in table or kind is NodeStarted or kind is NodeCrashed
+
+
 def _bid_command(bid: Bid) -> Callable[[Any, float], list[object]]:
     return lambda ep, now: ep.set_bid(bid, now)
 
@@ -386,7 +401,11 @@ class _Network(FuzzNetwork):
     capture: list[Capture]
     participants: frozenset[int] = frozenset()
 
-    def _deliver_now(self, node: int, slot: Any, data: bytes, src: int) -> None:
+    def start_capture(self) -> None:
+        """Record deliveries among :attr:`participants` until :attr:`capture_until`."""
+        self._deliver_now = self._deliver_captured  # type: ignore[method-assign]
+
+    def _deliver_captured(self, node: int, slot: Any, data: bytes, src: int) -> None:
         if (
             self._now <= self.capture_until
             and node in self.participants
@@ -514,6 +533,7 @@ class Simulation:
         self.invariants: list[Invariant] = [self.guarantee]
         if invariants is not None:
             self.invariants.extend(invariants(self))
+        self._watchers: dict[type, list[Invariant]] = {}  # notification type -> invariants
         self._on: dict[type, Callable[[float, int, Any], None]] = {
             LeaderElected: self._on_elected,
             LeaderLost: self._on_lost,
@@ -599,10 +619,16 @@ class Simulation:
     def _observe(self, t: float, node: NodeId, out: object) -> None:
         name = type(out).__name__
         self._notes[name] = self._notes.get(name, 0) + 1
-        handler = self._on.get(type(out))
+        kind = type(out)
+        handler = self._on.get(kind)
         if handler is not None:
             handler(t, node, out)
-        for inv in self.invariants:
+        watchers = self._watchers.get(kind)
+        if watchers is None:
+            watchers = self._watchers[kind] = [
+                inv for inv in self.invariants if _watches(inv, kind)
+            ]
+        for inv in watchers:
             inv.observe(t, node, out)
 
     def _on_started(self, t: float, node: int, out: NodeStarted) -> None:
@@ -829,6 +855,7 @@ class Simulation:
         if node not in net.participants:
             net.participants = net.participants | {node}
         net.capture_until = net.now + 8.0
+        net.start_capture()
         net.capture.clear()
         net.capture.append(Capture(t=net.now - 1e-9, src=node, dst=node, group=group, name="CRASH"))
 

@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, ClassVar, Literal
 
 import attrs
@@ -547,6 +547,7 @@ class FuzzNetwork(MemoryNetwork):
         self._r_reorder = split_rng(seed, "reorder")
         self._r_delay = split_rng(seed, "delay")
         self._component: dict[int, int] = {}
+        self._plain_memo: tuple[LinkFaults | None, bool] = (None, False)  # link, _plain(link)
         self._oneway: set[tuple[int, int]] = set()
         self._down: set[int] = set()
         self._lives: dict[int, int] = {}
@@ -729,6 +730,15 @@ class FuzzNetwork(MemoryNetwork):
 
     def _route(self, src: int, dst: int, data: bytes) -> None:
         self._count_sent(data)
+        link = self._link
+        memo = self._plain_memo
+        if memo[0] is not link:
+            memo = self._plain_memo = (link, self._plain(link))
+        if memo[1] and not (
+            self._component or self._oneway or self._drop is not None or self._links
+        ):
+            self._send_after(link.delay.base, src, dst, data)  # no fault can apply, no draw
+            return
         if src != dst and (
             self._component.get(src, 0) != self._component.get(dst, 0) or (src, dst) in self._oneway
         ):
@@ -748,6 +758,30 @@ class FuzzNetwork(MemoryNetwork):
             self._count("duplicate")
             self._count_sent(data)
             self._send_after(self._delay(link), src, dst, data)
+
+    @staticmethod
+    def _plain(link: LinkFaults) -> bool:
+        """Whether ``link`` neither loses, duplicates nor reorders, with a fixed delay."""
+        delay = link.delay
+        return not (link.loss or link.duplicate or link.reorder) and (
+            delay.kind == "constant" or delay.spread == 0
+        )
+
+    def _route_group(self, src: int, dsts: Iterable[int], data: bytes) -> None:
+        link = self._link
+        if self._component or self._oneway or self._drop is not None or self._links:
+            super()._route_group(src, dsts, data)
+            return
+        if not self._plain(link):
+            super()._route_group(src, dsts, data)
+            return
+        # A fault-free link with a fixed delay: what _route does, without its draws.
+        send = self._send_after
+        count = self._count_sent
+        base = link.delay.base
+        for dst in dsts:
+            count(data)
+            send(base, src, dst, data)
 
     def _delay(self, link: LinkFaults) -> float:
         delay = link.delay.sample(self._r_delay)

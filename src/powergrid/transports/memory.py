@@ -25,11 +25,21 @@ handles what they return:
 
 *Timers cost nothing while idle.* After every call into an endpoint the
 network reads its ``next_deadline()`` once and schedules a single wake-up for
-it. A wake-up carries a token (its heap sequence number); rescheduling just
-replaces the node's token, so superseded wake-ups are discarded when they
-surface (lazy invalidation) and no node is ever scanned or ticked. Running the
-clock forward jumps straight from event to event: a thousand idle nodes cost
-nothing per simulated second.
+it. A wake-up carries a token (its heap sequence number); rescheduling an
+earlier deadline just replaces the node's token, so superseded wake-ups are
+discarded when they surface (lazy invalidation) and no node is ever scanned
+or ticked. A deadline that moves *later* keeps the wake-up already
+scheduled: when it surfaces the network asks the node again and, if the
+deadline is still ahead, reschedules without calling it (so a member whose
+leader timeout moves with every heartbeat costs one heap entry per timeout,
+not one per heartbeat). An endpoint's ``handle_deadline`` is never called
+before its deadline. Running the clock forward jumps straight from event to
+event: a thousand idle nodes cost nothing per simulated second.
+
+*Group sends.* The copies of one group datagram that fall due at the same
+time share one heap entry and are delivered one after another in sorted id
+order; since nothing is scheduled between them, that is exactly the order
+separate entries would give (``step`` still processes one copy at a time).
 
 *What it assumes.* Endpoints are deterministic given their inputs (their
 randomness comes from a seeded ``random.Random``). Latency is fixed or a
@@ -83,6 +93,7 @@ _DELIVER = 0  # a=data, b=src, c=life of dst's address when sent
 _WAKE = 1  # a, b, c unused; valid iff seq is the node's current wake token
 _START = 2  # a=endpoint
 _STEP = 3  # a=an object the subclass applies (fault step)
+_DELIVER_MANY = 4  # a=[(dst, data, src, life of dst's address when sent), ...]
 
 _TYPE_OFFSET = 3  # the message type code's offset in the datagram header
 
@@ -204,6 +215,10 @@ class MemoryNetwork:
         self._slots: dict[int, _Slot] = {}
         self._life: dict[int, int] = {}
         self._subscribers: dict[int, list[int]] = {}
+        # The copies of the delivery entry pushed last, while it is the last entry pushed:
+        # the next copy due at the same time joins it (see _send_after).
+        self._run: list[tuple[int, bytes, int, int]] | None = None
+        self._run_key: tuple[float, int] = (-1.0, -1)  # its time and sequence number
         self._handlers: dict[type, Callable[[int, _Slot, Any], None]] = {
             Transmit: self._on_transmit,
             TransmitGroup: self._on_transmit_group,
@@ -334,6 +349,14 @@ class MemoryNetwork:
         heap = self._heap
         while heap:
             entry = heapq.heappop(heap)
+            if entry[2] == _DELIVER_MANY:
+                time, seq, _, _, copies, _, _ = entry
+                self._run = None
+                if len(copies) > 1:  # the rest keeps its place: same time, same sequence
+                    heapq.heappush(heap, (time, seq, _DELIVER_MANY, 0, copies[1:], 0, 0))
+                dst, data, src, life = copies[0]
+                self._deliver_copy(time, dst, data, src, life)
+                return True
             if self._process(entry):
                 return True
         return False
@@ -350,7 +373,10 @@ class MemoryNetwork:
         pop = heapq.heappop
         process = self._process
         while heap and heap[0][0] <= t:
-            if process(pop(heap)) and on_event is not None:
+            entry = pop(heap)
+            if entry[2] == _DELIVER_MANY:
+                self._deliver_many(entry, on_event)
+            elif process(entry) and on_event is not None:
                 on_event()
         self._now = t
 
@@ -369,7 +395,11 @@ class MemoryNetwork:
                     return False
                 pop(heap)  # a superseded wake-up or cancelled start: nothing pending
                 continue
-            process(pop(heap))
+            entry = pop(heap)
+            if entry[2] == _DELIVER_MANY:
+                self._deliver_many(entry, None)
+            else:
+                process(entry)
         return True
 
     # -------------------------------------------------------------- internals
@@ -399,23 +429,23 @@ class MemoryNetwork:
         """Handle one heap entry; False if it was void (superseded wake-up, gone node)."""
         time, seq, kind, node, a, b, c = entry
         if kind == _DELIVER:
-            self._now = time
-            slot = self._slots.get(node)
-            if slot is None or c != self._life.get(node, 0):
-                self._count_drop(node, a, b, "no-node")
-                return True
-            if slot.paused:
-                slot.inbox.append((a, b))
-                return True
-            self._deliver_now(node, slot, a, b)
+            self._deliver_copy(time, node, a, b, c)
+            return True
+        if kind == _DELIVER_MANY:
+            self._deliver_many(entry, None)
             return True
         if kind == _WAKE:
             slot = self._slots.get(node)
             if slot is None or slot.wake_token != seq:
                 self.stats.stale_wakeups += 1
                 return False
-            self._now = time
             slot.wake_token = -1
+            due = slot.endpoint.next_deadline()
+            if due is None or due > time:  # the deadline moved later since (see _rearm)
+                self.stats.stale_wakeups += 1
+                self._rearm(node, slot)
+                return False
+            self._now = time
             self.stats.wakeups += 1
             self.stats.calls += 1
             outs = slot.endpoint.handle_deadline(time)
@@ -432,6 +462,42 @@ class MemoryNetwork:
         self._now = time
         self._apply_step(a)
         return True
+
+    def _deliver_copy(self, time: float, node: int, data: bytes, src: int, life: int) -> None:
+        """One datagram copy reaches ``node`` (sent to the address's life ``life``)."""
+        self._now = time
+        self._run = None
+        slot = self._slots.get(node)
+        if slot is None or life != self._life.get(node, 0):
+            self._count_drop(node, data, src, "no-node")
+            return
+        if slot.paused:
+            slot.inbox.append((data, src))
+            return
+        self._deliver_now(node, slot, data, src)
+
+    def _deliver_many(self, entry: tuple[Any, ...], on_event: Callable[[], object] | None) -> None:
+        """Datagram copies due at one time, in the order they were sent.
+
+        They were sent one after another with nothing scheduled in between, so
+        delivering them in a row is exactly what separate heap entries would do.
+        """
+        time, _, _, _, copies, _, _ = entry
+        self._now = time
+        self._run = None
+        slots = self._slots
+        lives = self._life
+        deliver = self._deliver_now
+        for dst, data, src, life in copies:  # _deliver_copy, inline
+            slot = slots.get(dst)
+            if slot is None or life != lives.get(dst, 0):
+                self._count_drop(dst, data, src, "no-node")
+            elif slot.paused:
+                slot.inbox.append((data, src))
+            else:
+                deliver(dst, slot, data, src)
+            if on_event is not None:
+                on_event()
 
     def _apply_step(self, step: Any) -> None:
         raise UsageError(f"this network does not apply steps like {step!r}")
@@ -450,26 +516,43 @@ class MemoryNetwork:
     def _deliver_now(self, node: int, slot: _Slot, data: bytes, src: int) -> None:
         stats = self.stats
         stats.delivered += 1
-        code = _type_of(data)
+        code = data[_TYPE_OFFSET] if len(data) > _TYPE_OFFSET else -1
         by = stats.delivered_by_type
         by[code] = by.get(code, 0) + 1
         if self.trace is not None:
             self.trace.record(self._now, node, "deliver", src=src, data=data.hex())
         stats.calls += 1
-        outs = slot.endpoint.receive(data, self._now)
-        self._emit(node, slot, outs)
-        if self._slots.get(node) is slot:
-            self._rearm(node, slot)
-
-    def _rearm(self, node: int, slot: _Slot) -> None:
+        endpoint = slot.endpoint
+        outs = endpoint.receive(data, self._now)
+        if outs:
+            self._emit(node, slot, outs)
+            if self._slots.get(node) is not slot:
+                return
         if slot.paused:
             return
-        deadline = slot.endpoint.next_deadline()
+        deadline = endpoint.next_deadline()
+        if deadline is not None and slot.wake_token >= 0 and deadline >= slot.wake_at:
+            return  # the common case: the wake-up already scheduled stands (see _rearm)
+        self._rearm_to(node, slot, deadline)
+
+    def _rearm(self, node: int, slot: _Slot) -> None:
+        """Schedule ``node``'s next wake-up at its ``next_deadline()``.
+
+        A deadline that moved *later* keeps the wake-up already scheduled: when
+        that one comes due the node is asked again and nothing is called before
+        its deadline (a member whose leader timeout moves with every heartbeat
+        costs one heap entry per timeout, not one per heartbeat).
+        """
+        if slot.paused:
+            return
+        self._rearm_to(node, slot, slot.endpoint.next_deadline())
+
+    def _rearm_to(self, node: int, slot: _Slot, deadline: float | None) -> None:
         if deadline is None:
             slot.wake_token = -1
             return
         deadline = max(deadline, self._now)
-        if slot.wake_token >= 0 and slot.wake_at == deadline:
+        if slot.wake_token >= 0 and slot.wake_at <= deadline:
             return
         slot.wake_at = deadline
         slot.wake_token = self._push(deadline, _WAKE, node)
@@ -496,11 +579,16 @@ class MemoryNetwork:
         self._route(node, out.to, out.data)
 
     def _on_transmit_group(self, node: int, slot: _Slot, out: TransmitGroup) -> None:
+        dsts = self._subscribers.get(out.group, ())
+        if not self._loopback:
+            dsts = [d for d in dsts if d != node]
+        self._route_group(node, dsts, out.data)
+
+    def _route_group(self, src: int, dsts: Iterable[int], data: bytes) -> None:
+        """Put one copy of ``data`` from ``src`` to each of ``dsts`` (in order) on the wire."""
         route = self._route
-        data = out.data
-        for dst in self._subscribers.get(out.group, ()):
-            if dst != node or self._loopback:
-                route(node, dst, data)
+        for dst in dsts:
+            route(src, dst, data)
 
     def _on_join(self, node: int, slot: _Slot, out: JoinGroup) -> None:
         group = out.group
@@ -526,7 +614,7 @@ class MemoryNetwork:
     def _count_sent(self, data: bytes) -> None:
         stats = self.stats
         stats.sent += 1
-        code = _type_of(data)
+        code = data[_TYPE_OFFSET] if len(data) > _TYPE_OFFSET else -1
         by = stats.sent_by_type
         by[code] = by.get(code, 0) + 1
 
@@ -552,4 +640,14 @@ class MemoryNetwork:
     def _send_after(self, delay: float, src: int, dst: int, data: bytes) -> None:
         if not delay >= 0:
             raise ConfigError(f"latency from {src} to {dst} is {delay!r}; it must be >= 0")
-        self._push(self._now + delay, _DELIVER, dst, data, b=src, c=self._life.get(dst, 0))
+        time = self._now + delay
+        copy = (dst, data, src, self._life.get(dst, 0))
+        run = self._run
+        if run is not None and self._run_key == (time, self._seq):
+            # Nothing was scheduled since this entry and it is due at the same time:
+            # delivering the copy right after it is what a separate entry would do.
+            run.append(copy)
+            return
+        run = [copy]
+        self._run = run
+        self._run_key = (time, self._push(time, _DELIVER_MANY, 0, run))
