@@ -17,7 +17,7 @@ from typing import Any
 from _common import Row, emit, parse_args
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ("multicast_core", "membership", "election", "market", "udp")
+BENCHES = ("multicast_core", "membership", "election", "market", "udp", "scale")
 
 
 def run(name: str, quick: bool) -> dict[str, Any]:
@@ -30,7 +30,7 @@ def run(name: str, quick: bool) -> dict[str, Any]:
 
 def rows(res: dict[str, dict[str, Any]]) -> list[Row]:
     """The table: one row per figure."""
-    mc, mb, el, mk, ud = (res[b] for b in BENCHES)
+    mc, mb, el, mk, ud, sc = (res[b] for b in BENCHES)
     out: list[Row] = [
         (
             "multicast deliveries/CPU s (0% loss)",
@@ -112,6 +112,26 @@ def rows(res: dict[str, dict[str, Any]]) -> list[Row]:
     )
     out.append(
         ("UDP failover kill -9 -> new price, median (s)", ud["failover_median_s"], None, None, "")
+    )
+    duration = sc["duration_s"]
+    sizes = sorted(sc["wall_s"], key=int)
+    for n in sizes:
+        target = "<= 60 s" if n == "10000" else ""
+        out.append(
+            (f"simulate {n} nodes x {duration:g} s: CPU s", sc["cpu_s"][n], None, None, target)
+        )
+        out.append(
+            (f"simulate {n} nodes x {duration:g} s: wall s", sc["wall_s"][n], None, None, "")
+        )
+        out.append((f"simulate {n} nodes: peak RSS (MB)", sc["peak_rss_mb"][n], None, None, ""))
+    out.append(
+        (
+            f"simulate growth {sizes[0]} -> {sizes[-1]} nodes (CPU, linear = 10)",
+            sc["cpu_growth_ratio"],
+            None,
+            None,
+            "<= 12",
+        )
     )
     return out
 
