@@ -31,7 +31,7 @@ from powergrid.events import (
     ViewChanged,
 )
 from powergrid.types import ElectionKey, Epoch, GroupId, Incarnation, NodeId
-from powergrid.wire import Answer, Coordinator, Election, Fenced, Nak, decode, encode
+from powergrid.wire import Answer, Coordinator, Election, Fenced, Heartbeat, Nak, decode, encode
 
 G = GroupId(3)
 EXACT = ElectionConfig(
@@ -583,6 +583,31 @@ def test_leader_refuses_higher_key_older_epoch() -> None:
     assert (m.state, m.stats.stale_epoch) == ("leader", 1)
 
 
+def test_leader_reannounces_on_rival_heartbeat() -> None:
+    """Rival leader (rule 7): a leader that hears another node's membership Heartbeat (a
+    twin of its epoch from the other side of a cut, or another epoch's leader) multicasts
+    its Coordinator at once, at most once per answer_timeout, so the twins merge by the
+    Coordinator rules as soon as a heartbeat crosses, not at the next periodic
+    announcement (seed 479: every periodic Coordinator fell into a flapping cut)."""
+    low, high = leader_at(4, 2, nodes=(1, 2, 3, 4)), leader_at(5, 2)  # twins of epoch 2
+    coord = Multicast(message=Coordinator(epoch=2, rank=0))
+    assert low.handle(rx(5, Heartbeat(epoch=2, view_id=3)), 0.25) == [coord]
+    assert low.handle(rx(5, Heartbeat(epoch=2, view_id=3)), 0.3) == []  # within answer_timeout
+    assert low.handle(rx(3, Heartbeat(epoch=7, view_id=1)), 0.375) == [coord]  # any epoch
+    assert (low.stats.rival_heartbeats, low.stats.announcements) == (3, 2)
+    assert (low.state, low.epoch, low.next_deadline()) == ("leader", 2, 1.0)  # period kept
+    assert high.handle(rx(4, Heartbeat(epoch=2, view_id=2)), 0.25) == [coord]
+    # Each side's re-announcement merges the twins by the existing rules (merge, bully 5):
+    assert low.handle(rx(5, Coordinator(epoch=2, rank=0)), 0.3125) == [elected(5, 2)]
+    assert high.handle(rx(4, Coordinator(epoch=2, rank=0)), 0.3125) == [
+        started(3),
+        elect_msg(2),
+    ]
+    # A node that does not lead (here the lower twin, now a follower) ignores heartbeats.
+    assert low.handle(rx(3, Heartbeat(epoch=2, view_id=9)), 1.0) == []
+    assert low.stats.rival_heartbeats == 3
+
+
 # ------------------------------------------------------ rule 6: fencing
 
 
@@ -706,7 +731,7 @@ def test_view_sets_candidates_and_messages_add_them() -> None:
     st.lists(
         st.tuples(
             st.integers(1, 6),
-            st.sampled_from(["election", "answer", "coord", "fenced", "lost", "wake"]),
+            st.sampled_from(["election", "answer", "coord", "fenced", "heartbeat", "lost", "wake"]),
             st.integers(0, 9),
             st.integers(-2, 2),
         ),
@@ -733,6 +758,8 @@ def test_any_peer_input_never_raises(
             msg = Answer(epoch=epoch, rank=rank)
         elif kind == "coord":
             msg = Coordinator(epoch=epoch + 1, rank=rank)
+        elif kind == "heartbeat":
+            msg = Heartbeat(epoch=epoch + 1, view_id=1)
         else:
             msg = Fenced(epoch=epoch + 1)
         if kind == "lost":

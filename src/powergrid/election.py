@@ -22,9 +22,10 @@ every live node follows one leader, the highest broker-capable key alive
 
 *Not guaranteed.* The bully election has no quorum: the two sides of a
 partition each elect a leader, and both may take the same epoch number; such
-twins resolve within about one ``announce_interval`` after the sides hear each
-other (the higher key bumps the epoch, see *Merging*). A node's announcement
-reaches others unreliably; the periodic re-announcement is the repair.
+twins resolve a round trip after a leader's heartbeat and the answering
+Coordinator first cross between the sides (rule 7; the lower key steps down
+or the higher bumps the epoch, see *Merging*). A node's announcement reaches
+others unreliably; the periodic re-announcement is the repair.
 
 *Assumptions.* Keys are unique (node ids are). Datagrams may be lost,
 duplicated, reordered or delayed, not corrupted. Membership (another machine)
@@ -76,9 +77,15 @@ epoch 0 at bootstrap: "there is no leader") and lists the members with
    epoch. A Coordinator from a new incarnation of the leader followed means
    the life we followed is gone: its claim is judged as anyone's, and if it is
    refused a candidate schedules an election.
-7. The leader re-multicasts its Coordinator every ``announce_interval``.
+7. The leader re-multicasts its Coordinator every ``announce_interval``, and
+   at once (at most once per ``answer_timeout``) when it hears a membership
+   :class:`~powergrid.wire.Heartbeat` from another node of its group: a rival
+   leader (a twin of its epoch from the other side of a cut) then merges by
+   the Coordinator rules within a round trip of the first heartbeat that
+   crosses, not only when a periodic Coordinator gets through.
 
-*Merging.* After a partition heals, a leader that hears a Coordinator with a
+*Merging.* After a partition heals, the leaders hear each other's heartbeats and
+re-announce (rule 7). A leader that hears a Coordinator with a
 higher key and a higher-or-equal epoch steps down and follows it; one with a
 higher key but an older epoch is refused (the higher node hears our
 announcement and re-asserts with a newer epoch). A leader that hears a lower
@@ -91,7 +98,8 @@ higher node follows the live leader instead of taking over, and after a heal
 the leader of the newest epoch stays. Elections still start on LeaderLost.
 
 *Driving.* ``handle(event, now)`` with :class:`~powergrid.events.Received`
-(Election, Answer, Coordinator, Fenced), :class:`~powergrid.events.DeadlineReached`,
+(Election, Answer, Coordinator, Fenced, and membership's Heartbeat),
+:class:`~powergrid.events.DeadlineReached`,
 :class:`~powergrid.events.LeaderLost` and :class:`~powergrid.events.ViewChanged`;
 outputs are :class:`~powergrid.events.Send`, :class:`~powergrid.events.Multicast`,
 :class:`~powergrid.events.LeaderElected` and :class:`ElectionStarted`.
@@ -129,7 +137,7 @@ from powergrid.events import (
     ViewChanged,
 )
 from powergrid.types import MAX_NODE_ID, ElectionKey, Epoch, GroupId, NodeId
-from powergrid.wire import Answer, Coordinator, Election, Fenced, Message
+from powergrid.wire import Answer, Coordinator, Election, Fenced, Heartbeat, Message
 
 __all__ = [
     "MAX_EPOCH",
@@ -257,6 +265,8 @@ class ElectionStats:
     overheard: int = 0
     """Elections multicast by others that this node does not answer (a higher key's, or any
     at a node that cannot stand)."""
+    rival_heartbeats: int = 0
+    """Membership heartbeats of another node heard while leading (a rival leader, rule 7)."""
 
 
 # ---------------------------------------------------------------- machine
@@ -303,6 +313,7 @@ class ElectionMachine:
         self._epoch = 0  # epoch of the leader followed (kept when it is lost)
         self._max_epoch = 0  # highest epoch seen anywhere
         self._deadline: float | None = None
+        self._rival_reply_after = -math.inf  # rule 7: re-announce to a rival at most this often
         self._stats = ElectionStats()
         self._handlers: dict[type[Any], Callable[[Any, float], list[object]]] = {
             Received: self._on_received,
@@ -315,6 +326,7 @@ class ElectionMachine:
             Answer: self._on_answer,
             Coordinator: self._on_coordinator,
             Fenced: self._on_fenced,
+            Heartbeat: self._on_heartbeat,
         }
 
     # ------------------------------------------------------------ surface
@@ -549,6 +561,24 @@ class ElectionMachine:
         if self._state != "electing":  # electing: noted, we will win above it
             self._stats.unexpected += 1
         return []
+
+    def _on_heartbeat(self, sender: int, inc: int, msg: Heartbeat, now: float) -> list[object]:
+        """Rule 7 (rival leader): another node heartbeats this group while we lead.
+
+        It believes it leads: a twin of our epoch elected on the other side of a cut, or
+        the leader of another epoch. Its heartbeats come every heartbeat interval, our
+        Coordinator only every ``announce_interval``, so a cut that flaps can keep the
+        Coordinators from ever crossing while many heartbeats do. Re-announce at once (at
+        most once per ``answer_timeout``): the rival then applies the Coordinator rules
+        (steps down, or re-asserts above our epoch), and so do its followers.
+        """
+        if self._state != "leader":
+            return []  # who a follower follows is fenced by membership and the Coordinators
+        self._stats.rival_heartbeats += 1
+        if now < self._rival_reply_after:
+            return []
+        self._rival_reply_after = now + self._cfg.answer_timeout
+        return self._announce()
 
     # ------------------------------------------------------------ steps
 

@@ -17,7 +17,9 @@ outbound, every datagram is signed after encoding. A datagram is decoded once
 (a :class:`~powergrid.errors.DecodeError` is counted in ``stats.malformed``
 and dropped), our own multicast loopback is dropped, and the message goes to
 the machine that owns its type code in the stack of its group (datagrams
-for groups we are not in are counted and dropped). Outbound, actions go
+for groups we are not in are counted and dropped); a membership
+``Heartbeat`` also goes to the election, which re-announces if it leads and
+hears a rival leader (election rule 7). Outbound, actions go
 through one work queue:
 
 * ``Send``/``Multicast`` become encoded datagrams (``Transmit``/``TransmitGroup``);
@@ -108,7 +110,15 @@ from powergrid.membership import (
 from powergrid.multicast import Deliver, MulticastConfig, MulticastMachine, Publish
 from powergrid.types import BROKER_GROUP, GroupId, Incarnation, NodeId, node_id
 from powergrid.unicast import DeliverUnicast, PeerGone, Submit, UnicastConfig, UnicastMachine
-from powergrid.wire import KIND_APP, Message, decode, decode_body, encode, encode_body
+from powergrid.wire import (
+    KIND_APP,
+    Heartbeat,
+    Message,
+    decode,
+    decode_body,
+    encode,
+    encode_body,
+)
 
 __all__ = [
     "MessageDelivered",
@@ -571,6 +581,10 @@ class Node:
             self._stats.unroutable += 1
             return
         actions = machine.handle(event, now)
+        if code == Heartbeat.TYPE:
+            # A heartbeat is membership's, but one from a rival leader is the election's
+            # business too: a leader that hears it re-announces (election rule 7).
+            actions = actions + stack.election.handle(event, now)
         if queue is None:
             self._run(stack, actions, now, out)
         else:
