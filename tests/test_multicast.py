@@ -411,6 +411,35 @@ def test_coordinator_stable_is_min_over_members_and_unreported_member_holds_it()
     assert m.next_deadline() is None  # all stable and the repeats are spent
 
 
+def test_report_of_a_restarted_member_is_dropped_with_its_old_life() -> None:
+    """Rule: the coordinator computes stable from the reports of the members of its current
+    view; a member that comes back as a new incarnation (a restart) has delivered nothing
+    its old life reported, so that report is dropped at the view change and the new life
+    holds stable where it is until it reports. (Kept, it made the coordinator declare
+    stable what the new life lacked, and skip nothing it had lost: seed 5666.)"""
+    m = machine(me=A)
+    m.handle(view(A, B, D), 0.0)
+    m.handle(Publish(kind=0, payload=b"a"), 0.0)
+    m.handle(Publish(kind=0, payload=b"b"), 0.0)
+    m.handle(recv(D, Status(view_id=1, entries=(StatusEntry(A, 1, 2),))), 0.1)
+    members = (Member(node=A, incarnation=I1), Member(node=B, incarnation=I1))
+    members += (Member(node=D, incarnation=I2),)
+    again = View(group=GroupId(1), view_id=2, leader=A, epoch=Epoch(1), members=members)
+    assert m.handle(ViewChanged(view=again), 0.2) == [
+        Multicast(message=Stable(view_id=2, entries=(StableEntry(A, 1, 0, 2),)))
+    ]
+    m.handle(recv(B, Status(view_id=2, entries=(StatusEntry(A, 1, 2),))), 0.3)
+    assert m.handle(TICK, 0.2 + CFG.stable_interval) == [
+        Multicast(message=Stable(view_id=2, entries=(StableEntry(A, 1, 0, 2),)))
+    ]
+    assert m.buffer_size == 2  # D's new life may still need both
+    m.handle(recv(D, Status(view_id=2, entries=(StatusEntry(A, 1, 2),)), inc=2), 0.5)
+    assert m.handle(TICK, 0.2 + 2 * CFG.stable_interval) == [
+        Multicast(message=Stable(view_id=2, entries=(StableEntry(A, 1, 2, 2),)))
+    ]
+    assert m.buffer_size == 0
+
+
 def test_coordinator_learns_highest_from_status_and_repeats_after_view_change() -> None:
     """Rule: after a view change the coordinator sends Stable at once and stable_repeats
     more; a Status showing a message it missed makes it nak."""

@@ -1027,6 +1027,7 @@ class MulticastMachine:
         view = ev.view
         me = self._me
         was_coordinating = self._coordinating
+        old_inc = self._member_inc
         self._view = view
         self._member_inc = {m.node: m.incarnation for m in view.members}
         self._coordinator = view.leader
@@ -1046,8 +1047,12 @@ class MulticastMachine:
                 st.gone_at = self._grace[origin] = now + self._config.flush_grace
         out: list[Any] = []
         if self._coordinating:
+            # A report speaks for the member life that sent it: a member that left, or
+            # came back as a new incarnation (a restart), has delivered nothing of it.
             self._reports = {
-                m: r for m, r in self._reports.items() if self._member_inc.get(m) is not None
+                m: r
+                for m, r in self._reports.items()
+                if m in self._member_inc and self._member_inc[m] == old_inc.get(m)
             }
             self._status_due = None
             for origin, st in sorted(self._origins.items()):
