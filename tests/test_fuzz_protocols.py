@@ -64,7 +64,9 @@ REGRESSIONS: dict[tuple[int | None, int], str] = {
     (3, 50416): "multicast-buffer",
     (None, 106): "multicast-agreement",
     (None, 348): "multicast-agreement",
+    (None, 733): "multicast-fifo",
     (None, 1248): "multicast-agreement",
+    (None, 1626): "multicast-fifo",
     (None, 5666): "multicast-agreement",
 }
 """Seeds outside SUITE that once failed (found by the 100,000-seed run), with what failed.
@@ -84,7 +86,11 @@ def test_regression_seeds(nodes: int | None, seed: int) -> None:
     (None, 106), (None, 348), (None, 1248): an origin restarted just after a message
     that one member had delivered and another had missed; the new incarnation replaced
     the old life's state at once everywhere, so nobody could resend it any more (now
-    the old life is retired for flush_grace and repaired from its holders)."""
+    the old life is retired for flush_grace and repaired from its holders).
+    (None, 733), (None, 1626): not a protocol bug but an invariant too strict: a joiner
+    fetched some of an origin's history and skipped a message the origin had dropped as
+    stable before the joiner was in the view; multicast-fifo now exempts skips of
+    messages published before both were in the view, as multicast-agreement does."""
     assert_ok(run(seed, nodes) if nodes is not None else run_datacentre(seed))
 
 
