@@ -166,19 +166,23 @@ def test_stale_incarnation_dropped() -> None:
 
 
 def test_higher_incarnation_resets_stream() -> None:
-    """Rule: a higher incarnation resets the origin: its new life starts at 1, old buffer gone."""
+    """Rule: a higher incarnation resets the origin: its new life starts at 1; the old
+    life's buffer is kept for flush_grace (see the retired-life tests), then dropped."""
     m = machine()
     m.handle(data(1), 0.0)
     m.handle(data(2), 0.0)
     assert m.buffer_size == 2
     assert m.handle(data(1, inc=2, payload=b"new"), 0.0) == [deliver(1, inc=2, payload=b"new")]
-    assert m.buffer_size == 1
+    assert m.buffer_size == 3
     assert m.delivered[A] == (I2, 1)
     # A restarted origin we knew, seen first at seq 3: it started at 1, so ask for 1..2.
     m.handle(data(3, inc=3), 0.0)
     assert m.handle(TICK, CFG.nak_delay) == [
         Send(to=A, message=Nak(origin=A, origin_incarnation=3, first=1, last=2))
     ]
+    assert m.buffer_size == 1  # life 2's one message; life 1 gave way to it
+    m.handle(TICK, CFG.flush_grace)
+    assert m.buffer_size == 0
 
 
 def test_xmit_handled_like_data() -> None:
@@ -353,11 +357,13 @@ def test_nak_answer_range_capped_and_rate_limited_per_requester() -> None:
 
 
 def test_nak_of_other_incarnation_not_answered() -> None:
-    """Rule: a Nak for an older life of the origin is stale; for an unknown one, ignored."""
+    """Rule: a Nak for an older life of the origin is stale (once its retired state is
+    dropped after flush_grace); for an unknown one, ignored."""
     m = holder(2)
     m.handle(data(1, inc=2), 0.0)
-    assert m.handle(recv(B, Nak(origin=A, origin_incarnation=1, first=1, last=1)), 0.0) == []
-    assert m.handle(recv(B, Nak(origin=A, origin_incarnation=3, first=1, last=1)), 0.0) == []
+    m.handle(TICK, CFG.flush_grace)
+    assert m.handle(recv(B, Nak(origin=A, origin_incarnation=1, first=1, last=1)), 2.0) == []
+    assert m.handle(recv(B, Nak(origin=A, origin_incarnation=3, first=1, last=1)), 2.0) == []
     assert (m.stats.stale, m.stats.ignored) == (1, 1)
 
 
@@ -409,6 +415,35 @@ def test_coordinator_stable_is_min_over_members_and_unreported_member_holds_it()
     ]
     assert m.buffer_size == 0
     assert m.next_deadline() is None  # all stable and the repeats are spent
+
+
+def test_report_of_a_restarted_member_is_dropped_with_its_old_life() -> None:
+    """Rule: the coordinator computes stable from the reports of the members of its current
+    view; a member that comes back as a new incarnation (a restart) has delivered nothing
+    its old life reported, so that report is dropped at the view change and the new life
+    holds stable where it is until it reports. (Kept, it made the coordinator declare
+    stable what the new life lacked, and skip nothing it had lost: seed 5666.)"""
+    m = machine(me=A)
+    m.handle(view(A, B, D), 0.0)
+    m.handle(Publish(kind=0, payload=b"a"), 0.0)
+    m.handle(Publish(kind=0, payload=b"b"), 0.0)
+    m.handle(recv(D, Status(view_id=1, entries=(StatusEntry(A, 1, 2),))), 0.1)
+    members = (Member(node=A, incarnation=I1), Member(node=B, incarnation=I1))
+    members += (Member(node=D, incarnation=I2),)
+    again = View(group=GroupId(1), view_id=2, leader=A, epoch=Epoch(1), members=members)
+    assert m.handle(ViewChanged(view=again), 0.2) == [
+        Multicast(message=Stable(view_id=2, entries=(StableEntry(A, 1, 0, 2),)))
+    ]
+    m.handle(recv(B, Status(view_id=2, entries=(StatusEntry(A, 1, 2),))), 0.3)
+    assert m.handle(TICK, 0.2 + CFG.stable_interval) == [
+        Multicast(message=Stable(view_id=2, entries=(StableEntry(A, 1, 0, 2),)))
+    ]
+    assert m.buffer_size == 2  # D's new life may still need both
+    m.handle(recv(D, Status(view_id=2, entries=(StatusEntry(A, 1, 2),)), inc=2), 0.5)
+    assert m.handle(TICK, 0.2 + 2 * CFG.stable_interval) == [
+        Multicast(message=Stable(view_id=2, entries=(StableEntry(A, 1, 2, 2),)))
+    ]
+    assert m.buffer_size == 0
 
 
 def test_coordinator_learns_highest_from_status_and_repeats_after_view_change() -> None:
@@ -714,6 +749,71 @@ def test_status_reports_what_the_member_can_no_longer_resend() -> None:
 
 SLOW_STATUS = MulticastConfig(status_jitter=0.0, status_interval=10.0)
 """Status reports later than the grace period, so the grace deadline is the next one."""
+
+
+def test_restarted_origins_old_life_is_repaired_from_holders_within_flush_grace() -> None:
+    """Rule (retired lives): a newer incarnation of an origin (a restart) starts a new
+    stream at once, but the old life is kept for flush_grace like a departed origin: a
+    Stable entry of the old life (sent apart, one origin per datagram) shows a laggard
+    how far it went, the laggard naks the group for it at once (the origin cannot
+    resend it), Xmits of it are delivered, and Status reports it. (Replaced at once,
+    the old life's last messages were lost to members that missed them although others
+    had delivered them: 36 multicast-agreement seeds, e.g. 1248.)"""
+    m = machine()
+    m.handle(view(A, B, ME, D), 0.0)
+    assert m.handle(data(1, sender=B), 0.0) == [deliver(1, B)]
+    assert m.handle(data(1, sender=B, inc=2, payload=b"new"), 0.1) == [
+        deliver(1, B, inc=2, payload=b"new")
+    ]
+    assert m.handle(stable((B, 2, 0, 1)), 0.2) == []
+    assert m.handle(stable((B, 1, 0, 3)), 0.2) == []  # life 1 went up to 3
+    assert m.next_deadline() == 0.2 + CFG.nak_delay
+    assert m.handle(TICK, 0.2 + CFG.nak_delay) == [
+        Multicast(message=Nak(origin=B, origin_incarnation=1, first=2, last=3, helper=A))
+    ]
+    old = Xmit(origin=B, origin_incarnation=1, seq=2, kind=0, payload=b"2")
+    assert m.handle(recv(D, old), 0.22) == [deliver(2, B)]
+    assert m.handle(TICK, CFG.status_interval) == [
+        Send(
+            to=A, message=Status(view_id=1, entries=(StatusEntry(B, 2, 1), StatusEntry(ME, 1, 0)))
+        ),
+        Send(to=A, message=Status(view_id=1, entries=(StatusEntry(B, 1, 2),))),
+    ]
+    assert m.buffer_size == 3  # life 1's 1..2 and life 2's 1
+    # A holder of the old life answers Naks for it until flush_grace has passed.
+    nak = Nak(origin=B, origin_incarnation=1, first=1, last=2)
+    assert m.handle(recv(D, nak), 0.3) == [
+        Send(to=D, message=Xmit(origin=B, origin_incarnation=1, seq=s, kind=0, payload=b"%d" % s))
+        for s in (1, 2)
+    ]
+    m.handle(TICK, 0.1 + CFG.flush_grace)
+    assert m.buffer_size == 1
+    assert m.handle(recv(D, nak), 2.2) == []
+    assert (
+        m.handle(recv(D, Xmit(origin=B, origin_incarnation=1, seq=3, kind=0, payload=b"3")), 2.2)
+        == []
+    )
+
+
+def test_coordinator_learns_a_retired_lifes_end_from_status_and_digests_it() -> None:
+    """Rule (retired lives): the coordinator raises a retired life's highest from the
+    members' Status entries of that life, naks for what it lacks, and multicasts the
+    life's (stable, highest) in a Stable datagram of its own until flush_grace ends."""
+    m = machine(me=A)
+    m.handle(view(A, B, D), 0.0)
+    m.handle(data(1, sender=B), 0.0)
+    m.handle(data(1, sender=B, inc=2, payload=b"new"), 0.1)
+    m.handle(recv(D, Status(view_id=1, entries=(StatusEntry(B, 1, 2),))), 0.15)
+    assert m.handle(TICK, 0.15 + CFG.nak_delay) == [
+        Multicast(message=Nak(origin=B, origin_incarnation=1, first=2, last=2, helper=D))
+    ]
+    assert m.handle(TICK, CFG.stable_interval) == [
+        Multicast(message=Nak(origin=B, origin_incarnation=1, first=2, last=2, helper=D)),
+        Multicast(
+            message=Stable(view_id=1, entries=(StableEntry(A, 1, 0, 0), StableEntry(B, 2, 0, 1)))
+        ),
+        Multicast(message=Stable(view_id=1, entries=(StableEntry(B, 1, 0, 2),))),
+    ]
 
 
 def test_departed_origin_kept_for_flush_grace_then_dropped() -> None:

@@ -362,7 +362,11 @@ class FifoPerSender(_Deliveries):
     """FIFO per sender: at each receiver, an origin life's numbers strictly increase, and by
     exactly 1 while both the receiver and the origin stay in the view (both were admitted
     before the previous delivery and not excluded since; otherwise the multicast may
-    legitimately skip what became stable without them)."""
+    legitimately skip what became stable without them), unless what was skipped was
+    published before both were in the view (``join_margin_s`` before the last skipped
+    message's publication, as :class:`AgreementValidity` counts it): that is history from
+    before the receiver joined, which the multicast does not promise (a joiner that starts
+    early may fetch part of it and skip what the group had already dropped as stable)."""
 
     name = "multicast-fifo"
 
@@ -391,8 +395,12 @@ class FifoPerSender(_Deliveries):
             return
         joined = self.sessions.joined(node, inc)
         ojoined = self.sessions.joined(ev.sender, parsed[1])
-        edge = since - self.info.bounds.join_margin_s
-        if joined is not None and joined <= edge and ojoined is not None and ojoined <= edge:
+        margin = self.info.bounds.join_margin_s
+        edge = since - margin
+        if joined is None or joined > edge or ojoined is None or ojoined > edge:
+            return
+        skipped = self.published.get((ev.sender, parsed[1], ev.seq - 1))
+        if skipped is None or max(joined, ojoined) <= skipped[1] - margin:
             self.problems.append(
                 f"{_fmt(node)} delivered #{ev.seq} of {_fmt(ev.sender)} right after #{last} "
                 f"(t={since:.3f}) though both stayed in the view"

@@ -90,6 +90,14 @@ What was delivered of a dropped life, and its stable point, are remembered
 what was delivered (nothing twice) and the stable point declared stays the
 one known.
 
+*Restarts.* A newer incarnation of an origin starts a new stream at once, and
+the old life is *retired*: kept for ``flush_grace`` (one per origin), its
+Xmits delivered, its gaps asked of the group at once, its buffer answering
+Naks, its point reported in Status and its ``(stable, highest)`` digested by
+the coordinator in Stable (in datagrams of their own: an origin appears once
+per datagram), so members that missed the old life's last messages fetch them
+from those that delivered them. Then it is dropped whole.
+
 Guarantees: within one life of each origin, each member delivers the
 origin's messages at most once and in order (FIFO per origin); while the
 origin, or a member that delivered a message, stays reachable in the view and
@@ -100,8 +108,8 @@ origins (no total or causal order), virtual synchrony (a view change does not
 flush, it only keeps departed origins' state for ``flush_grace``), delivery
 of messages evicted by the buffer cap or lost with the buffers of a
 partition (see *lost history*), history from before a member joined, and the
-last messages of a life whose origin restarts (its new incarnation replaces
-the old life's state at once, without ``flush_grace``).
+last messages of a life whose origin restarts that nobody else delivered, or
+that are not fetched within ``flush_grace`` of the restart.
 
 Assumptions: datagrams may be lost, duplicated, reordered and delayed but
 not corrupted; the node never passes this machine its own datagrams;
@@ -388,6 +396,9 @@ class MulticastMachine:
         self._reporting = False  # someone else is the coordinator
         self._gappy: dict[int, _Origin] = {}  # origins with a Nak timer
         self._grace: dict[int, float] = {}  # origin -> when its state is dropped
+        # origin -> its previous life, replaced by a newer incarnation (a restart): kept
+        # until its gone_at (flush_grace) so members can still fetch its last messages
+        self._retired: dict[int, _Origin] = {}
         self._status_due: float | None = None
         self._stable_due: float | None = None
         self._stable_left = 0  # Stable digests still owed after a view change
@@ -483,6 +494,10 @@ class MulticastMachine:
         for due in self._grace.values():
             if best is None or due < best:
                 best = due
+        for st in self._retired.values():
+            for due in (st.nak_due, st.gone_at):
+                if due is not None and (best is None or due < best):
+                    best = due
         return best
 
     # ------------------------------------------------------------ commands
@@ -565,6 +580,9 @@ class MulticastMachine:
             st = self._new_origin(origin, inc, self._unknown_start(origin, inc, seq), now)
         elif inc != st.incarnation:
             if inc < st.incarnation:
+                old = self._retired.get(origin)
+                if old is not None and old.incarnation == inc:
+                    return self._accept_retired(origin, old, seq, msg, now)
                 stats.stale += 1
                 return []
             st = self._new_origin(origin, inc, 0, now)  # we knew its last life: starts at 1
@@ -605,6 +623,8 @@ class MulticastMachine:
         old = self._origins.get(origin)
         if old is not None:
             self._forget(origin, old)
+            if old.incarnation < inc and old.delivered != _PENDING:
+                self._retire(origin, old, now)
         known = self._floors.pop(origin, None)
         if known is not None and known[0] == inc and known[2] > start:
             st = _Origin(inc, known[2])
@@ -623,6 +643,61 @@ class MulticastMachine:
         self._grace.pop(origin, None)
         for report in self._reports.values():
             report.pop(origin, None)
+
+    # ------------------------------------------------------------ retired lives
+
+    def _retire(self, origin: int, st: _Origin, now: float) -> None:
+        """A newer life of ``origin`` replaced ``st`` (a restart): keep the old life for
+        ``flush_grace``, like an origin that left the view, so that members can still
+        fetch its last messages from whoever delivered them (the origin cannot resend)."""
+        older = self._retired.pop(origin, None)
+        if older is not None:
+            self._buffer_size -= len(older.buf)
+        st.gone_at = now + self._config.flush_grace
+        st.nak_due = None
+        st.tries = st.group_round = 0
+        self._retired[origin] = st
+        self._buffer_size += len(st.buf)
+        self._check_retired_gap(st, now)
+
+    def _retired_life(self, origin: int, inc: int) -> _Origin | None:
+        old = self._retired.get(origin)
+        return old if old is not None and old.incarnation == inc else None
+
+    def _accept_retired(
+        self, origin: int, st: _Origin, seq: int, msg: _Stored, now: float
+    ) -> list[Any]:
+        """A Data or Xmit of a retired life: deliver, hold or drop it, like a live one's."""
+        st.highest = max(st.highest, seq)
+        out: list[Any] = []
+        if seq <= st.delivered or seq in st.held:
+            self._stats.duplicates += 1
+        elif seq == st.delivered + 1:
+            self._deliver(st, origin, seq, msg, out)
+            self._drain(st, origin, out)
+            st.tries = st.group_round = 0
+            self._arm_reports(now)
+        elif len(st.held) >= self._config.max_held:
+            self._stats.held_dropped += 1
+        else:
+            st.held[seq] = msg
+        self._check_retired_gap(st, now)
+        return out
+
+    def _check_retired_gap(self, st: _Origin, now: float) -> None:
+        """Start or stop a retired life's Nak timer to match whether it has a gap."""
+        if st.highest > st.delivered:
+            if st.nak_due is None:
+                cfg = self._config
+                st.nak_due = max(now + cfg.nak_delay, st.last_nak + cfg.nak_interval)
+                self._arm_reports(now)
+        else:
+            st.nak_due = None
+            st.tries = st.group_round = 0
+
+    def _drop_retired(self, origin: int) -> None:
+        st = self._retired.pop(origin)
+        self._buffer_size -= len(st.buf)
 
     def _deliver(self, st: _Origin, origin: int, seq: int, msg: _Stored, out: list[Any]) -> None:
         st.delivered = seq
@@ -653,7 +728,10 @@ class MulticastMachine:
         """Drop the oldest message of the origin with the most buffered, while over the cap."""
         limit = self._config.max_buffer
         while self._buffer_size > limit:
-            _, st = max(self._origins.items(), key=lambda item: (len(item[1].buf), -item[0]))
+            _, st = max(
+                [*self._origins.items(), *self._retired.items()],
+                key=lambda item: (len(item[1].buf), -item[0]),
+            )
             seq = st.buf_low
             while seq not in st.buf:
                 seq += 1
@@ -698,7 +776,9 @@ class MulticastMachine:
             st.tries = st.group_round = 0
             del self._gappy[origin]
 
-    def _send_nak(self, origin: int, st: _Origin, now: float, out: list[Any]) -> None:
+    def _send_nak(
+        self, origin: int, st: _Origin, now: float, out: list[Any], *, retired: bool = False
+    ) -> None:
         """Ask for every missing range within ``max_nak_range`` after the delivered point."""
         cfg = self._config
         held = st.held
@@ -717,7 +797,7 @@ class MulticastMachine:
         st.last_nak = now
         st.nak_due = now + cfg.nak_interval
         stats = self._stats
-        gone = self._view is not None and origin not in self._member_inc
+        gone = retired or (self._view is not None and origin not in self._member_inc)
         if st.tries >= cfg.nak_escalate_after or gone:
             helper = self._helper(origin, st.group_round)
             st.group_round += 1
@@ -756,6 +836,8 @@ class MulticastMachine:
             self._stats.ignored += 1
             return []
         st = self._origins.get(msg.origin)
+        if st is not None and st.incarnation > msg.origin_incarnation:
+            st = self._retired_life(msg.origin, msg.origin_incarnation) or st
         if st is None or st.incarnation != msg.origin_incarnation:
             if st is not None and st.incarnation > msg.origin_incarnation:
                 self._stats.stale += 1
@@ -823,6 +905,8 @@ class MulticastMachine:
             return False
         if self._buffer_size > 0 or self._gappy:
             return True
+        if any(st.nak_due is not None for st in self._retired.values()):
+            return True
         return any(st.delivered > st.stable for st in self._origins.values())
 
     def _status_messages(self) -> list[Any]:
@@ -835,10 +919,20 @@ class MulticastMachine:
         view_id = self._view.view_id
         to = NodeId(self._coordinator)
         n = STATUS_PER_DATAGRAM
-        return [
+        out: list[Any] = [
             Send(to=to, message=Status(view_id=view_id, entries=tuple(entries[i : i + n])))
             for i in range(0, len(entries), n)
         ]
+        if self._retired:  # an origin appears once per datagram: retired lives go apart
+            old = [
+                StatusEntry(o, st.incarnation, st.delivered, min(st.buf_low - 1, st.delivered))
+                for o, st in sorted(self._retired.items())
+            ]
+            out.extend(
+                Send(to=to, message=Status(view_id=view_id, entries=tuple(old[i : i + n])))
+                for i in range(0, len(old), n)
+            )
+        return out
 
     def _on_status(self, ev: Received, msg: Status, now: float) -> list[Any]:
         if not self._coordinating:
@@ -863,6 +957,10 @@ class MulticastMachine:
                 st = self._new_origin(origin, inc, 0, now)
             elif inc != st.incarnation:
                 if inc < st.incarnation:
+                    old = self._retired_life(origin, inc)
+                    if old is not None:  # the member delivered this much of the old life
+                        old.highest = max(old.highest, delivered)
+                        self._check_retired_gap(old, now)
                     continue
                 st = self._new_origin(origin, inc, 0, now)
             elif st.delivered == _PENDING:
@@ -954,6 +1052,16 @@ class MulticastMachine:
             Multicast(message=Stable(view_id=view_id, entries=tuple(entries[i : i + n])))
             for i in range(0, len(entries), n)
         ]
+        if self._retired:  # the highest of each retired life, so laggards fetch its end
+            old = [
+                StableEntry(o, st.incarnation, min(st.stable, st.highest), st.highest)
+                for o, st in sorted(self._retired.items())
+            ]
+            out.extend(
+                Multicast(message=Stable(view_id=view_id, entries=tuple(old[i : i + n])))
+                for i in range(0, len(old), n)
+            )
+            unstable = True  # repeated until the retired lives are dropped
         return out, unstable
 
     def _on_stable(self, ev: Received, msg: Stable, now: float) -> list[Any]:
@@ -986,6 +1094,12 @@ class MulticastMachine:
                 st = self._new_origin(origin, inc, stable, now)
             elif inc != st.incarnation:
                 if inc < st.incarnation:
+                    old = self._retired_life(origin, inc)
+                    if old is not None:
+                        if stable > old.delivered:
+                            self._skip_to(origin, old, stable, out)
+                        old.highest = max(old.highest, highest)
+                        self._check_retired_gap(old, now)
                     continue
                 st = self._new_origin(origin, inc, stable, now)
             elif st.delivered == _PENDING:
@@ -1031,6 +1145,7 @@ class MulticastMachine:
         view = ev.view
         me = self._me
         was_coordinating = self._coordinating
+        old_inc = self._member_inc
         self._view = view
         self._member_inc = {m.node: m.incarnation for m in view.members}
         self._coordinator = view.leader
@@ -1050,8 +1165,12 @@ class MulticastMachine:
                 st.gone_at = self._grace[origin] = now + self._config.flush_grace
         out: list[Any] = []
         if self._coordinating:
+            # A report speaks for the member life that sent it: a member that left, or
+            # came back as a new incarnation (a restart), has delivered nothing of it.
             self._reports = {
-                m: r for m, r in self._reports.items() if self._member_inc.get(m) is not None
+                m: r
+                for m, r in self._reports.items()
+                if m in self._member_inc and self._member_inc[m] == old_inc.get(m)
             }
             self._status_due = None
             for origin, st in sorted(self._origins.items()):
@@ -1085,6 +1204,14 @@ class MulticastMachine:
             st = self._gappy[origin]
             if st.nak_due is not None and st.nak_due <= now:
                 self._send_nak(origin, st, now, out)
+        for origin in sorted(self._retired):
+            st = self._retired[origin]
+            if st.gone_at is not None and st.gone_at <= now:
+                self._drop_retired(origin)
+                if not self._needs_status():
+                    self._status_due = None
+            elif st.nak_due is not None and st.nak_due <= now:
+                self._send_nak(origin, st, now, out, retired=True)
         for origin in sorted(o for o, t in self._grace.items() if t <= now):
             st = self._origins[origin]
             self._forget(origin, st)
