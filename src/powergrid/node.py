@@ -397,7 +397,10 @@ class Node:
             self._stats.foreign_group += 1
             return []
         out: list[Output] = []
-        if env.message.TYPE >> 4 == 1:  # membership: the bulk of a quiet group's traffic
+        code = env.message.TYPE
+        if code >> 4 == 1 and not (code == Heartbeat.TYPE and stack.election.state == "leader"):
+            # membership, the bulk of a quiet group's traffic (a heartbeat heard while we
+            # lead is the election's too, rule 7: it takes the full dispatch below)
             actions = stack.membership.handle(event, now)
             if self._send_only(stack, actions, out):
                 return out  # only the membership machine was touched
