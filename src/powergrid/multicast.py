@@ -479,13 +479,13 @@ class MulticastMachine:
 
     def next_deadline(self) -> float | None:
         """When the machine next needs :class:`DeadlineReached`; None while all is quiet."""
-        # Called by the driver after every event: without gaps or departed origins
-        # (the steady state) it is the earlier of two fields, with no loops.
+        # Called by the driver after every event: without gaps, departed origins or
+        # retired lives (the steady state) it is the earlier of two fields, with no loops.
         best = self._status_due
         due = self._stable_due
         if due is not None and (best is None or due < best):
             best = due
-        if not self._gappy and not self._grace:
+        if not self._gappy and not self._grace and not self._retired:
             return best
         for st in self._gappy.values():
             due = st.nak_due
