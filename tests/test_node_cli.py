@@ -241,7 +241,7 @@ def test_three_processes_elect_multicast_and_fail_over(procs: NodeProcesses) -> 
         procs.send(a, {"cmd": "multicast", "data": f"m{k} é"})
     procs.until(
         lambda: (
-            all(len(procs.events(n, "deliver")) >= 3 for n in (b, c))
+            all(len(procs.events(n, "deliver")) >= 3 for n in names)
             and len(procs.events(a, "error")) == 3
         ),
         10,
