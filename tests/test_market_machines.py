@@ -228,6 +228,50 @@ def test_client_prices_the_bid_the_clearing_counted() -> None:
     assert c.includes_latest_bid
 
 
+def test_client_stale_ack_counts_for_nothing_until_renewed() -> None:
+    """Client rule (acknowledgements go stale): a price counts the acknowledged bid only
+    while its latest BidAck is younger than ack_timeout; older, the broker may have expired
+    the bid (bid_timeout) before the priced aggregate, so the price gives 0 W. A renewed
+    ack (every refresh is acknowledged) counts again."""
+    c = client_following()
+    c.handle(rx(BROKER, wire.BidAck(epoch=1, seq=1, aggregate=1)), 0.1)
+    assert c.handle(rx(BROKER, price()), 5.0)[0].allocation == 162  # type: ignore[attr-defined]
+    out = c.handle(rx(BROKER, price(round=2)), 5.1)  # 5.0 s after the ack
+    assert out == [
+        PriceUpdated(
+            group=CL,
+            epoch=Epoch(1),
+            round=2,
+            price=0.5,
+            regime=Regime.NORMAL,
+            allocation=0,
+            includes_latest_bid=False,
+        ),
+        AllocationChanged(group=CL, allocation=0, cause="price"),
+    ]
+    assert c.stats.prices_with_stale_ack == 1
+    assert c.handle(rx(BROKER, wire.BidAck(epoch=1, seq=1, aggregate=1)), 5.2) == []
+    assert c.stats.acks_renewed == 1
+    out = c.handle(rx(BROKER, price(round=3)), 5.3)
+    assert out[-1] == AllocationChanged(group=CL, allocation=162, cause="price")
+    assert c.includes_latest_bid
+
+
+def test_client_ack_naming_a_later_aggregate_raises_the_first_counted() -> None:
+    """Client rule (acknowledgements go stale): a repeated BidAck of the same bid naming a
+    later aggregate (the broker dropped the bid and took it anew) moves its first counted
+    aggregate up; an older ack arriving late never moves it down."""
+    c = client_following()
+    c.handle(rx(BROKER, wire.BidAck(epoch=1, seq=1, aggregate=1)), 0.1)
+    c.handle(rx(BROKER, wire.BidAck(epoch=1, seq=1, aggregate=3)), 2.1)
+    assert c.handle(rx(BROKER, price(aggregate=2)), 2.5)[0].allocation == 0  # type: ignore[attr-defined]
+    c.handle(rx(BROKER, wire.BidAck(epoch=1, seq=1, aggregate=1)), 2.6)  # late, reordered
+    out = c.handle(rx(BROKER, price(round=2, aggregate=2)), 2.7)
+    assert out[0].allocation == 0  # type: ignore[attr-defined]
+    out = c.handle(rx(BROKER, price(round=3, aggregate=3)), 3.0)
+    assert out[-1] == AllocationChanged(group=CL, allocation=162, cause="price")
+
+
 def price_result() -> Any:
     return ClearingResult.checked(price(), GRID)
 
@@ -284,6 +328,8 @@ def test_client_usage_errors() -> None:
         ClientConfig(lease=0)
     with pytest.raises(ConfigError, match="refresh_interval"):
         ClientConfig(refresh_interval=-1)
+    with pytest.raises(ConfigError, match="ack_timeout"):
+        ClientConfig(ack_timeout=2.0)
 
 
 # ================================================================== broker
