@@ -73,6 +73,8 @@ def test_config_errors_say_what_to_fix() -> None:
         NodeConfig(port=9000, cluster=0)
     with pytest.raises(ConfigError, match="same price grid"):
         NodeConfig(port=9000, client=ClientConfig(grid=Grid(points=8)))
+    with pytest.raises(ConfigError, match="below the broker's bid_timeout"):
+        NodeConfig(port=9000, client=ClientConfig(ack_timeout=6.0))
     with pytest.raises(ConfigError, match="incarnation"):
         Node(NodeConfig(port=9000), incarnation=-1, rng=random.Random(0))
 

@@ -164,6 +164,11 @@ class NodeConfig:
                 "client, broker and lead configs must use the same price grid; "
                 "pass one Grid to all three"
             )
+        if not self.client.ack_timeout < self.broker.bid_timeout:
+            raise ConfigError(
+                f"client ack_timeout ({self.client.ack_timeout} s) must be below the broker's "
+                f"bid_timeout ({self.broker.bid_timeout} s), or a client counts on an expired bid"
+            )
         node_id(self.host, self.port)  # raises ConfigError with the reason
         if not 1 <= self.cluster < 2**32:
             raise ConfigError(

@@ -19,8 +19,20 @@ the broker group, ``ViewChanged`` of the cluster, and the ``Bid`` and
 ``Clearing`` messages it receives. A bid is accepted only from a member of the
 current view (in the incarnation the view names; before any view, from
 anyone) and is soft state: dropped ``bid_timeout`` seconds after it was last
-heard, or when its node leaves the view. Sending to itself (a broker that is
-also the lead) is the node's job.
+heard, or at once when the view names its node in a newer incarnation (the
+old life is dead). Sending to itself (a broker that is also the lead) is the
+node's job.
+
+**A bid counts until it expires.** A client that holds a ``BidAck`` takes its
+share of every price whose aggregate is at or after the acknowledged one; it
+cannot tell that the broker stopped counting it. So a bid is never dropped
+because its node left the view (a partition, a false suspicion: the node may
+be alive and still hear the cluster's prices, or hear them again after the
+heal, before its next refresh is re-acknowledged). It keeps being counted,
+and is refused refreshes while its node is out of the view, until it expires
+``bid_timeout`` after it was last heard; the client stops counting on an
+acknowledgement before that (``ClientConfig.ack_timeout``). The cost is that
+a crashed server's bid holds its share for up to ``bid_timeout``.
 
 **Driving.** Inputs: ``LeaderElected``, ``ViewChanged``, ``Received`` and
 ``DeadlineReached``. Outputs: ``Send(client, BidAck)``, ``Send(lead, Aggregate)``
@@ -242,7 +254,11 @@ class BrokerMachine:
             return []
         self._members = {m.node: m.incarnation for m in view.members}
         for node in sorted(self._bids):
-            if self._members.get(node) != self._bids[node].incarnation:
+            # Only a newer life in the view proves the bidder dead; a node out of
+            # the view may be alive and still count on its bid: it stays until it
+            # expires (see "A bid counts until it expires").
+            incarnation = self._members.get(node)
+            if incarnation is not None and incarnation != self._bids[node].incarnation:
                 del self._bids[node]
                 self.stats.bids_left += 1
         return []

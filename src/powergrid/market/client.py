@@ -39,9 +39,24 @@ aggregate). A new broker
 (a higher epoch, learned from ``LeaderElected`` or from a ``Price``) gets the
 current bid at once.
 
+**Acknowledgements go stale.** The broker drops a bid it has not heard for
+its ``bid_timeout`` (6 s), without telling the client (whose refreshes may be
+cut off while its prices still arrive). So an acknowledgement counts only
+while it is fresh: a price counts the bid acknowledged at or before its
+aggregate only if that bid's latest ``BidAck`` arrived less than
+``ack_timeout`` (5 s) ago; otherwise the bid may have expired before the
+aggregate was made, and the price gives 0 W like any uncounted bid. Every
+refresh is acknowledged again, which renews it; a repeated ``BidAck`` that
+names a later aggregate (the broker dropped the bid and took it anew) raises
+the bid's first counted aggregate. Safe as long as ``ack_timeout`` plus the
+time an ack takes to arrive stays below the broker's ``bid_timeout``.
+
 **Timeouts.** ``refresh_interval`` (default 2 s): resend the bid. ``lease``
 (default 5 s): hold the last allocation this long after the last applied price.
 The lease must outlast a few of the broker's rounds (1 s by default).
+``ack_timeout`` (default 5 s, more than ``refresh_interval``, less than the
+broker's ``bid_timeout`` by more than an ack's delay): how long a
+``BidAck`` proves the bid is counted.
 """
 
 from __future__ import annotations
@@ -114,12 +129,18 @@ class ClientConfig:
     grid: Grid = attrs.field(factory=Grid)
     refresh_interval: float = 2.0
     lease: float = 5.0
+    ack_timeout: float = 5.0
 
     def __attrs_post_init__(self) -> None:
         if not self.refresh_interval > 0:
             raise ConfigError(f"refresh_interval must be > 0 s, got {self.refresh_interval}")
         if not self.lease > 0:
             raise ConfigError(f"lease must be > 0 s, got {self.lease}")
+        if not self.ack_timeout > self.refresh_interval:
+            raise ConfigError(
+                f"ack_timeout ({self.ack_timeout} s) must exceed refresh_interval "
+                f"({self.refresh_interval} s), or acks go stale between refreshes"
+            )
 
 
 @attrs.define
@@ -128,6 +149,8 @@ class ClientStats:
 
     bids_sent: int = 0
     prices_applied: int = 0
+    acks_renewed: int = 0
+    prices_with_stale_ack: int = 0
     leases_expired: int = 0
     dropped_stale: int = 0
     dropped_duplicate: int = 0
@@ -150,6 +173,7 @@ class ClientMachine:
         self._seq = 0
         self._bids: dict[int, Bid] = {}  # seq -> bid, for seqs that a price may still clear
         self._acks: dict[int, int] = {}  # seq -> first aggregate of the current broker counting it
+        self._acked_at: dict[int, float] = {}  # seq -> when its latest BidAck arrived
         self._refresh_at: float | None = None
         self._round = 0
         self._allocation: int | None = None
@@ -235,7 +259,10 @@ class ClientMachine:
         self._seq += 1
         self._bids[self._seq] = ev.bid
         if len(self._bids) > _KEEP_BIDS:
-            del self._bids[min(self._bids)]
+            oldest = min(self._bids)
+            del self._bids[oldest]
+            self._acks.pop(oldest, None)
+            self._acked_at.pop(oldest, None)
         actions = self._send_bid(now)
         if self.lease_expired and self._allocation is not None:
             actions += self._set_allocation(min(self._allocation, ev.bid.required), "bid")
@@ -256,21 +283,24 @@ class ClientMachine:
         if type(msg) is wire.Price:
             return self._on_price(ev.sender, msg, now)
         if type(msg) is wire.BidAck:
-            return self._on_bid_ack(ev.sender, msg)
+            return self._on_bid_ack(ev.sender, msg, now)
         self.stats.dropped_unexpected += 1
         return []
 
-    def _on_bid_ack(self, sender: NodeId, msg: wire.BidAck) -> list[object]:
+    def _on_bid_ack(self, sender: NodeId, msg: wire.BidAck, now: float) -> list[object]:
         if msg.epoch != self._epoch or msg.epoch == 0:
             self.stats.dropped_stale += 1
         elif sender != self._broker:
             self.stats.dropped_foreign += 1
         elif msg.seq not in self._bids:
             self.stats.dropped_invalid += 1
-        elif msg.seq in self._acks:
-            self.stats.dropped_duplicate += 1
         else:
-            self._acks[msg.seq] = msg.aggregate
+            # Renewed by every ack; a later first aggregate means the broker
+            # dropped the bid and took it anew (see "Acknowledgements go stale").
+            if msg.seq in self._acks:
+                self.stats.acks_renewed += 1
+            self._acks[msg.seq] = max(self._acks.get(msg.seq, 0), msg.aggregate)
+            self._acked_at[msg.seq] = now
         return []
 
     def _on_price(self, sender: NodeId, msg: wire.Price, now: float) -> list[object]:
@@ -297,14 +327,18 @@ class ClientMachine:
             return actions
         self._round = msg.round
         counted = [seq for seq, agg in self._acks.items() if agg <= msg.aggregate]
-        if counted:
-            seq = max(counted)
+        seq = max(counted, default=0)
+        if seq and now - self._acked_at[seq] >= self._config.ack_timeout:
+            seq = 0  # the broker may have expired the bid before this aggregate
+            self.stats.prices_with_stale_ack += 1
+        if seq:
             allocation = allocate(self._bids[seq], result, self._config.grid)
             self._includes_latest = seq == self._seq
             for old in [s for s in self._bids if s < seq]:
                 del self._bids[old]
                 self._acks.pop(old, None)
-        else:  # not counted: the clearing budgeted nothing for us
+                self._acked_at.pop(old, None)
+        else:  # not counted, or not surely: the clearing budgeted nothing for us
             allocation = 0
             self._includes_latest = False
         self.stats.prices_applied += 1
@@ -346,6 +380,7 @@ class ClientMachine:
         self._broker = broker
         self._epoch = epoch
         self._acks.clear()
+        self._acked_at.clear()
         self._round = 0
         return self._send_bid(now)
 
