@@ -586,20 +586,25 @@ class MulticastMachine:
                 stats.stale += 1
                 return []
             st = self._new_origin(origin, inc, 0, now)  # we knew its last life: starts at 1
+        out = self._place(origin, st, seq, msg, now)
+        self._check_gap(origin, st, now)
+        return out
+
+    def _place(self, origin: int, st: _Origin, seq: int, msg: _Stored, now: float) -> list[Any]:
+        """Deliver (with what it unblocks), hold or drop message ``seq`` of a life ``st``."""
         st.highest = max(st.highest, seq)
         out: list[Any] = []
         if seq <= st.delivered or seq in st.held:
-            stats.duplicates += 1
+            self._stats.duplicates += 1
         elif seq == st.delivered + 1:
             self._deliver(st, origin, seq, msg, out)
             self._drain(st, origin, out)
             st.tries = st.group_round = 0
             self._arm_reports(now)
         elif len(st.held) >= self._config.max_held:
-            stats.held_dropped += 1
+            self._stats.held_dropped += 1
         else:
             st.held[seq] = msg
-        self._check_gap(origin, st, now)
         return out
 
     def _unknown_start(self, origin: int, inc: int, seq: int) -> int:
@@ -668,19 +673,7 @@ class MulticastMachine:
         self, origin: int, st: _Origin, seq: int, msg: _Stored, now: float
     ) -> list[Any]:
         """A Data or Xmit of a retired life: deliver, hold or drop it, like a live one's."""
-        st.highest = max(st.highest, seq)
-        out: list[Any] = []
-        if seq <= st.delivered or seq in st.held:
-            self._stats.duplicates += 1
-        elif seq == st.delivered + 1:
-            self._deliver(st, origin, seq, msg, out)
-            self._drain(st, origin, out)
-            st.tries = st.group_round = 0
-            self._arm_reports(now)
-        elif len(st.held) >= self._config.max_held:
-            self._stats.held_dropped += 1
-        else:
-            st.held[seq] = msg
+        out = self._place(origin, st, seq, msg, now)
         self._check_retired_gap(st, now)
         return out
 
