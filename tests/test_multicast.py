@@ -181,6 +181,53 @@ def test_higher_incarnation_resets_stream() -> None:
     ]
 
 
+def test_a_life_the_view_does_not_list_is_dropped_after_grace() -> None:
+    """Rule (unlisted life): the state of an origin's life that the view does not list (a
+    restart not admitted yet, or a forged incarnation) is kept for flush_grace, then
+    dropped, unless a view lists that life by then; the listed life is then taken again
+    (from the coordinator's Stable), so a forged incarnation cannot shut it out for good."""
+    m = machine()
+    m.handle(view(A, B, ME), 0.0)
+    m.handle(data(1), 0.0)
+    assert m.handle(data(1, inc=9, payload=b"forged"), 0.5) == [
+        deliver(1, inc=9, payload=b"forged")
+    ]
+    assert m.handle(data(2), 0.6) == []  # the listed life is stale meanwhile
+    m.handle(TICK, 0.5 + CFG.flush_grace - 0.01)
+    assert m.delivered[A] == (9, 1)
+    m.handle(TICK, 0.5 + CFG.flush_grace)
+    assert A not in m.delivered
+    assert m.handle(data(3), 2.6) == []  # held until the coordinator's Stable gives the start
+    assert m.handle(stable((A, 1, 2, 3)), 2.7) == [deliver(3)]
+    # A view that lists the new life ends its grace: nothing is dropped.
+    r = machine()
+    r.handle(view(A, B, ME), 0.0)
+    r.handle(data(1, inc=2), 0.5)
+    listed = tuple(Member(node=n, incarnation=I2 if n == A else I1) for n in (A, B, ME))
+    r.handle(
+        ViewChanged(
+            view=View(group=GroupId(1), view_id=2, leader=A, epoch=Epoch(1), members=listed)
+        ),
+        0.6,
+    )
+    r.handle(TICK, 2.6)
+    assert r.handle(data(2, inc=2), 3.0) == [deliver(2, inc=2)]
+
+
+def test_digests_never_start_a_life_the_view_does_not_list() -> None:
+    """Rule (unlisted life): a Stable (or Status) entry for an origin the view lists in
+    another life is ignored: digests cannot start or keep alive a forged incarnation."""
+    m = machine()
+    m.handle(view(A, B, ME), 0.0)
+    assert m.handle(stable((B, 7, 5, 9)), 0.1) == []
+    assert B not in m.delivered
+    coord = machine(me=A)
+    coord.handle(view(A, B, ME), 0.0)
+    entries = (StatusEntry(origin=ME, incarnation=7, delivered=4, low=0),)
+    coord.handle(recv(B, Status(view_id=1, entries=entries)), 0.1)
+    assert ME not in coord.delivered
+
+
 def test_xmit_handled_like_data() -> None:
     """Rule: an Xmit (from any holder) is handled like the Data it carries."""
     m = machine()

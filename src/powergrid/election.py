@@ -128,20 +128,24 @@ from powergrid.events import (
     Send,
     ViewChanged,
 )
-from powergrid.types import MAX_NODE_ID, ElectionKey, Epoch, GroupId, NodeId
+from powergrid.types import (
+    MAX_NODE_ID,
+    ElectionKey,
+    Epoch,
+    GroupId,
+    NodeId,
+    epoch_newer,
+    next_epoch,
+)
 from powergrid.wire import Answer, Coordinator, Election, Fenced, Message
 
 __all__ = [
-    "MAX_EPOCH",
     "ElectionConfig",
     "ElectionMachine",
     "ElectionStarted",
     "ElectionState",
     "ElectionStats",
 ]
-
-MAX_EPOCH = 2**32 - 1
-"""Epochs are 32 bits on the wire; messages carrying this epoch are refused as invalid."""
 
 _MIN_RANK = -(2**31)
 _MAX_RANK = 2**31 - 1
@@ -246,8 +250,12 @@ class ElectionStats:
     """Times this node stopped leading because it heard a better Coordinator."""
     fenced_sent: int = 0
     """Fenced replies sent to the claimant of a refused Coordinator."""
-    invalid: int = 0
-    """Messages with an epoch of :data:`MAX_EPOCH` (cannot be exceeded), dropped."""
+    foreign_epoch: int = 0
+    """Messages whose epoch is *foreign* to the highest seen (neither equal nor within
+    :data:`~powergrid.types.EPOCH_WINDOW` of it): handled, but not noted as seen."""
+    reasserted: int = 0
+    """LeaderLost, while leading, of another leader of our epoch or a newer one (membership
+    followed it): this node started an election to lead above that epoch."""
     unexpected: int = 0
     """Messages that do not fit the state or the sender (e.g. an Answer while not electing)."""
     ignored_own: int = 0
@@ -372,13 +380,23 @@ class ElectionMachine:
             return []
         return handler(event.sender, event.incarnation, event.message, now)
 
-    def _seen(self, epoch: int) -> bool:
-        """Note a peer's epoch; False (and counted) if it is out of range."""
-        if epoch >= MAX_EPOCH:
-            self._stats.invalid += 1
-            return False
-        self._max_epoch = max(self._max_epoch, epoch)
-        return True
+    def _seen(self, epoch: int) -> None:
+        """Note a peer's epoch as the highest seen if it is newer; count a foreign one.
+
+        An epoch more than ``EPOCH_WINDOW`` away from the highest seen is not noted:
+        one forged message cannot drag this node's epochs anywhere it likes.
+        """
+        top = self._max_epoch
+        if epoch_newer(epoch, top):
+            self._max_epoch = epoch
+        elif epoch != top and not epoch_newer(top, epoch):
+            self._stats.foreign_epoch += 1
+
+    def _adopt(self, epoch: int) -> None:
+        """``epoch`` is now known for sure (followed, or reported lost by membership): the
+        highest seen is at least it, even if it was foreign, so our next win is above it."""
+        if not epoch_newer(self._max_epoch, epoch):
+            self._max_epoch = epoch
 
     def _on_deadline(self, event: DeadlineReached, now: float) -> list[object]:
         if self._deadline is None or now < self._deadline:
@@ -395,16 +413,29 @@ class ElectionMachine:
         if event.group != self._group:
             raise UsageError(f"LeaderLost of group {event.group} fed to group {self._group}")
         lost, epoch = event.leader, event.epoch
+        if self._state == "leader":
+            if lost and lost != self._me and not epoch_newer(self._epoch, epoch):
+                # Membership followed another leader of our epoch or a newer (or foreign)
+                # one, which has gone silent: nobody heartbeats this group. Lead again,
+                # above that epoch (rule 8).
+                self._stats.reasserted += 1
+                self._adopt(epoch)
+                return self._start(now)
+            self._stats.stale_lost += 1
+            return []
         if (
-            self._state == "leader"
-            or lost == self._me
-            or epoch < self._epoch
+            lost == self._me
+            or epoch_newer(self._epoch, epoch)
             or (epoch == self._epoch and self._leader not in (0, lost))
         ):
             self._stats.stale_lost += 1
             return []
-        if MAX_EPOCH > epoch > self._max_epoch:
-            self._max_epoch = epoch
+        self._adopt(epoch)
+        if epoch:
+            # Membership followed a leader of ``epoch`` (perhaps newer than ours, heard
+            # only in its heartbeats): that is the epoch we followed, so no older one is
+            # followed now, or membership and election would follow different leaders.
+            self._epoch = epoch
         return self._leader_gone(lost, now)
 
     def _leader_gone(self, lost: int, now: float) -> list[object]:
@@ -422,15 +453,14 @@ class ElectionMachine:
             raise UsageError(f"view of group {view.group} fed to group {self._group}")
         me = self._me
         self._ranks = {m.node: m.rank for m in view.members if m.broker_capable and m.node != me}
-        if view.epoch > self._max_epoch and view.epoch < MAX_EPOCH:
+        if epoch_newer(view.epoch, self._max_epoch):
             self._max_epoch = view.epoch
         return []
 
     # ---------------------------------------------------------- messages
 
     def _on_election(self, sender: int, inc: int, msg: Election, now: float) -> list[object]:
-        if not self._seen(msg.epoch):
-            return []
+        self._seen(msg.epoch)
         self._learn(sender, msg.rank)
         lower = (msg.rank, sender) < self._key
         state = self._state
@@ -446,7 +476,7 @@ class ElectionMachine:
             return out
         self._stats.overheard += 1  # a higher key stands, or we cannot
         out = []
-        if msg.epoch < self._epoch and self._leader == 0:
+        if self._leader == 0 and epoch_newer(self._epoch, msg.epoch):
             # Nobody live leads our epoch to correct the candidate: tell it we have
             # seen a newer one, so it cannot win an epoch already taken.
             self._stats.fenced_sent += 1
@@ -463,8 +493,10 @@ class ElectionMachine:
 
     def _leader_asked(self, sender: int, epoch: int, lower: bool, now: float) -> list[object]:
         """Rule 3 at a leader: an Election from anyone in the group."""
-        if epoch < self._epoch or (lower and epoch == self._epoch):
-            self._stats.messages_sent += 1  # the asker learns who leads, and our epoch
+        if epoch_newer(self._epoch, epoch) or (lower and not epoch_newer(epoch, self._epoch)):
+            # An older epoch, or a lower key in ours or a foreign one: the asker learns
+            # who leads, and our epoch (a leaderless node follows a foreign epoch's leader).
+            self._stats.messages_sent += 1
             return [Send(to=NodeId(sender), message=Coordinator(self._epoch, self._rank))]
         if not lower:
             self._stats.overheard += 1  # a higher key stands above our epoch: it will win
@@ -475,8 +507,7 @@ class ElectionMachine:
         return out
 
     def _on_answer(self, sender: int, inc: int, msg: Answer, now: float) -> list[object]:
-        if not self._seen(msg.epoch):
-            return []
+        self._seen(msg.epoch)
         self._learn(sender, msg.rank)
         if (msg.rank, sender) < self._key:
             self._stats.unexpected += 1
@@ -489,8 +520,7 @@ class ElectionMachine:
         return []
 
     def _on_coordinator(self, sender: int, inc: int, msg: Coordinator, now: float) -> list[object]:
-        if not self._seen(msg.epoch):
-            return []
+        self._seen(msg.epoch)
         epoch, rank = msg.epoch, msg.rank
         if sender != self._leader or inc == self._leader_inc or self._state == "leader":
             return self._claim(sender, inc, epoch, rank, now)
@@ -514,21 +544,26 @@ class ElectionMachine:
             if self._state != "follower":
                 self._state, self._deadline = "follower", None
             return []
-        claim = (epoch, rank, sender)
+        newer = epoch_newer(epoch, self._epoch)
+        older = epoch_newer(self._epoch, epoch)
         if self._state == "leader":
-            mine = (self._epoch, *self._key)
-            if claim > mine and (self._cfg.stable_leader or (rank, sender) > self._key):
+            higher = (rank, sender) > self._key
+            if (newer and (self._cfg.stable_leader or higher)) or (higher and not older):
+                # A newer epoch, or a higher key in ours or a foreign one (foreign epochs
+                # do not order: the key decides, rule 6).
                 self._stats.stepped_down += 1
                 return self._follow(sender, inc, rank, epoch)
-            if epoch < self._epoch:
-                self._stats.stale_epoch += 1
+            if older or (not newer and epoch != self._epoch):
+                self._stats.stale_epoch += 1  # older, or foreign with a lower key
                 return self._announce()  # re-assert at once; the claimant steps down
             self._stats.bullied += 1
             return self._start(now)  # a lower key in our epoch or newer: take a newer one
         if self._leader == 0:
-            fresh = epoch >= self._epoch
+            fresh = not older  # foreign included: nothing better to go by
         else:
-            fresh = claim > (self._epoch, self._leader_rank, self._leader)
+            fresh = newer or (
+                epoch == self._epoch and (rank, sender) > (self._leader_rank, self._leader)
+            )
         if not fresh:
             self._stats.stale_epoch += 1
             if self._leader == 0 and not self._capable:
@@ -542,9 +577,8 @@ class ElectionMachine:
         return self._follow(sender, inc, rank, epoch)
 
     def _on_fenced(self, sender: int, inc: int, msg: Fenced, now: float) -> list[object]:
-        if not self._seen(msg.epoch):
-            return []
-        if self._state == "leader" and msg.epoch > self._epoch:
+        self._seen(msg.epoch)
+        if self._state == "leader" and epoch_newer(msg.epoch, self._epoch):
             return self._start(now)  # our epoch is behind what the group has seen
         if self._state != "electing":  # electing: noted, we will win above it
             self._stats.unexpected += 1
@@ -592,7 +626,7 @@ class ElectionMachine:
             self._lost = 0  # it speaks: it is alive after all
 
     def _next_epoch(self) -> int:
-        return min(self._max_epoch + 1, MAX_EPOCH)
+        return next_epoch(self._max_epoch)
 
     def _win(self, now: float) -> list[object]:
         epoch = self._next_epoch()
@@ -619,6 +653,7 @@ class ElectionMachine:
         self._deadline = None
         self._lost = 0
         self._leader, self._leader_rank, self._epoch = leader, rank, epoch
+        self._adopt(epoch)
         return [
             LeaderElected(group=GroupId(self._group), leader=NodeId(leader), epoch=Epoch(epoch))
         ]

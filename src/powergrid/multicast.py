@@ -581,6 +581,12 @@ class MulticastMachine:
             return 0
         return _PENDING
 
+    def _unlisted(self, origin: int, inc: int) -> bool:
+        """Whether the view lists ``origin`` in another life than ``inc``: a digest then
+        says nothing of the listed life, and must not start (or keep alive) another one."""
+        listed = self._member_inc.get(origin)
+        return listed is not None and listed != inc
+
     def _dropped(self, origin: int, inc: int) -> bool:
         """Whether this life of ``origin`` left the view and its state was dropped after grace."""
         known = self._floors.get(origin)
@@ -600,7 +606,10 @@ class MulticastMachine:
         else:
             st = _Origin(inc, start)
         self._origins[origin] = st
-        if self._view is not None and origin not in self._member_inc:
+        if self._view is not None and self._member_inc.get(origin) != inc:
+            # A life the view does not list (not admitted yet, or forged): kept for
+            # flush_grace unless a view lists it by then, so a forged incarnation cannot
+            # shut out the listed life for good.
             st.gone_at = self._grace[origin] = now + self._config.flush_grace
         return st
 
@@ -852,6 +861,8 @@ class MulticastMachine:
                 if inc == self._incarnation:
                     self._report(report, origin, inc, min(delivered, self._own.delivered), low)
                 continue
+            if self._unlisted(origin, inc):
+                continue
             st = self._origins.get(origin)
             if st is None:
                 if self._dropped(origin, inc):
@@ -976,6 +987,8 @@ class MulticastMachine:
                 if st is not None and inc == st.incarnation:
                     self._trim(st, min(stable, st.delivered))
                 continue
+            if self._unlisted(origin, inc):
+                continue
             if st is None:
                 if self._dropped(origin, inc):
                     continue
@@ -1038,7 +1051,7 @@ class MulticastMachine:
         for origin, st in sorted(self._origins.items()):
             if origin == me:
                 continue
-            if origin in self._member_inc:
+            if self._member_inc.get(origin) == st.incarnation:
                 if st.gone_at is not None:
                     st.gone_at = None
                     del self._grace[origin]

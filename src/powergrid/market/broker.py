@@ -60,7 +60,7 @@ from powergrid.market.clearing import (
     clear,
     totals_to_message,
 )
-from powergrid.types import BROKER_GROUP, Epoch, GroupId, Incarnation, NodeId
+from powergrid.types import BROKER_GROUP, Epoch, GroupId, Incarnation, NodeId, epoch_newer
 
 __all__ = ["BrokerConfig", "BrokerMachine", "BrokerStats"]
 
@@ -218,18 +218,18 @@ class BrokerMachine:
 
     def _on_leader_elected(self, ev: LeaderElected, now: float) -> list[object]:
         if ev.group == BROKER_GROUP:
-            if ev.epoch < self._lead_epoch:
+            if epoch_newer(self._lead_epoch, ev.epoch):
                 self.stats.dropped_stale += 1
-            elif ev.epoch > self._lead_epoch or ev.leader != self._lead:
+            elif ev.epoch != self._lead_epoch or ev.leader != self._lead:
                 self._follow_lead(ev.leader, ev.epoch)
             return []
         if ev.group != self._cluster:
             return []
-        if ev.epoch < self._epoch:
+        if epoch_newer(self._epoch, ev.epoch):  # older (a foreign epoch is the election's call)
             self.stats.dropped_stale += 1
             return []
         if ev.leader == self._me:
-            if not self._active or ev.epoch > self._epoch:
+            if not self._active or ev.epoch != self._epoch:
                 self._activate(ev.epoch, now)
         else:
             self._epoch = ev.epoch
@@ -297,10 +297,11 @@ class BrokerMachine:
         if not self._active:
             self.stats.dropped_unexpected += 1
             return []
-        if msg.epoch < self._lead_epoch:
+        newer = epoch_newer(msg.epoch, self._lead_epoch)
+        if msg.epoch != self._lead_epoch and not newer:  # older, or foreign
             self.stats.dropped_stale += 1
             return []
-        if msg.epoch > self._lead_epoch:
+        if newer:
             self._follow_lead(sender, Epoch(msg.epoch))
         elif sender != self._lead:
             self.stats.dropped_foreign += 1

@@ -56,7 +56,7 @@ from powergrid.errors import ConfigError, UsageError
 from powergrid.events import DeadlineReached, LeaderElected, Received, SendReliable
 from powergrid.market.bids import Bid, Grid
 from powergrid.market.clearing import ClearingResult, Regime, allocate
-from powergrid.types import Epoch, GroupId, NodeId
+from powergrid.types import Epoch, GroupId, NodeId, epoch_newer
 
 __all__ = [
     "AllocationChanged",
@@ -244,7 +244,7 @@ class ClientMachine:
     def _on_leader_elected(self, ev: LeaderElected, now: float) -> list[object]:
         if ev.group != self._cluster:
             return []
-        if ev.epoch < self._epoch:
+        if epoch_newer(self._epoch, ev.epoch):  # older (a foreign epoch is the election's call)
             self.stats.dropped_stale += 1
             return []
         if ev.epoch == self._epoch and ev.leader == self._broker:
@@ -275,10 +275,11 @@ class ClientMachine:
 
     def _on_price(self, sender: NodeId, msg: wire.Price, now: float) -> list[object]:
         actions: list[object] = []
-        if msg.epoch < self._epoch or msg.epoch == 0:
+        newer = epoch_newer(msg.epoch, self._epoch)
+        if msg.epoch == 0 or (msg.epoch != self._epoch and not newer):  # older, or foreign
             self.stats.dropped_stale += 1
             return actions
-        if msg.epoch > self._epoch:
+        if newer:
             actions += self._follow(sender, Epoch(msg.epoch), now)
         elif sender != self._broker:
             self.stats.dropped_foreign += 1
