@@ -29,7 +29,18 @@ from powergrid.events import (
     View,
     ViewChanged,
 )
-from powergrid.types import EPOCH_WINDOW, ElectionKey, Epoch, GroupId, Incarnation, NodeId
+from powergrid.types import (
+    EPOCH_WINDOW,
+    ElectionKey,
+    Epoch,
+    GroupId,
+    Incarnation,
+    NodeId,
+    epoch_newer,
+    next_epoch,
+    next_view_id,
+    view_newer,
+)
 from powergrid.wire import Answer, Coordinator, Election, Fenced, Nak, decode, encode
 
 G = GroupId(3)
@@ -711,6 +722,19 @@ def test_own_and_foreign_messages_dropped() -> None:
     assert m.handle(rx(4, Nak(origin=1, origin_incarnation=1, first=1, last=2)), 0.0) == []
     assert (m.stats.ignored_own, m.stats.unexpected) == (1, 1)
     assert (m.leader, m.epoch) == (0, 0)
+
+
+def test_epoch_arithmetic() -> None:
+    """Epoch arithmetic (RFC 1982 serial numbers, within a window): newer means 1 to
+    EPOCH_WINDOW steps after, modulo 2**32; 0 ("none") is older than any epoch; the epoch
+    after 2**32-1 is 1; two epochs further apart are foreign (neither is newer)."""
+    assert epoch_newer(5, 4) and not epoch_newer(4, 5) and not epoch_newer(4, 4)
+    assert epoch_newer(1, 2**32 - 1) and not epoch_newer(2**32 - 1, 1)
+    assert epoch_newer(2**31 + 9, 0) and not epoch_newer(0, 7)
+    assert epoch_newer(4 + EPOCH_WINDOW, 4) and not epoch_newer(5 + EPOCH_WINDOW, 4)
+    assert not epoch_newer(4, 5 + EPOCH_WINDOW)  # foreign both ways
+    assert (next_epoch(0), next_epoch(7), next_epoch(2**32 - 1)) == (1, 8, 1)
+    assert view_newer(1, 2**64 - 1) and next_view_id(2**64 - 1) == 1
 
 
 def test_epochs_wrap_past_the_top() -> None:

@@ -42,7 +42,7 @@ from powergrid.market import (
     allocate,
     totals_to_message,
 )
-from powergrid.types import BROKER_GROUP, Epoch, GroupId, Incarnation, NodeId
+from powergrid.types import BROKER_GROUP, EPOCH_WINDOW, Epoch, GroupId, Incarnation, NodeId
 
 GRID = Grid(price_min=0.0, price_max=1.0, points=5)
 CL = GroupId(1)
@@ -239,6 +239,25 @@ def test_client_price_of_newer_epoch_follows_its_sender_and_rebids() -> None:
     assert out[0] == SendReliable(to=OTHER, message=BID.to_message(1))
     assert isinstance(out[1], PriceUpdated) and out[1].allocation == 0  # not counted by it
     assert (c.broker, c.epoch) == (OTHER, 4)
+
+
+def test_client_epochs_wrap_and_foreign_prices_are_refused() -> None:
+    """Fencing rule (serial epochs): the market orders epochs as the election does. After
+    2**32-1 comes 1, which is newer; a price of an epoch more than EPOCH_WINDOW away from
+    the one followed (foreign) is refused like an older one, while LeaderElected of a
+    foreign epoch is followed (the election only goes there without a live leader)."""
+    top = 2**32 - 1
+    c = ClientMachine(ME, CL, ClientConfig(grid=GRID))
+    c.handle(BidChanged(bid=BID), 0.0)
+    c.handle(LeaderElected(group=CL, leader=BROKER, epoch=Epoch(top)), 0.5)
+    assert c.handle(LeaderElected(group=CL, leader=OTHER, epoch=Epoch(1)), 1.0) != []
+    assert (c.broker, c.epoch) == (OTHER, 1)
+    assert c.handle(rx(BROKER, price(epoch=top)), 1.1) == []
+    far = 1 + EPOCH_WINDOW + 1
+    assert c.handle(rx(BROKER, price(epoch=far)), 1.2) == []
+    assert (c.broker, c.epoch, c.stats.dropped_stale) == (OTHER, 1, 2)
+    c.handle(LeaderElected(group=CL, leader=BROKER, epoch=Epoch(far)), 1.3)
+    assert (c.broker, c.epoch) == (BROKER, far)
 
 
 def test_client_lease_expiry_falls_back_to_required_and_never_rises() -> None:

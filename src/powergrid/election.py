@@ -9,16 +9,18 @@ then node id; the higher key wins. Only broker-capable nodes stand; the others
 follow announcements.
 
 *Guarantees.* Every leader has an *epoch* (1, 2, ...); a new leader takes the
-highest epoch it has seen plus one, so epochs only grow along any chain of
-messages. A node never accepts a leader of an older epoch than the one it
-follows (*fencing*): a node's :attr:`~ElectionMachine.epoch` never decreases
-within one life. Where the nodes that take part can reach each other within
-``answer_timeout``, at most one of them wins a given epoch, whether or not
-they know of each other beforehand (the Election is multicast, and nobody
-wins without waiting ``answer_timeout`` for an objection). After the network
-has been whole and quiet for a bound (see ``docs/protocols/election.md``),
-every live node follows one leader, the highest broker-capable key alive
-(with ``stable_leader``, the leader of the newest epoch), and elections stop.
+highest epoch it has seen plus one, so epochs only grow (as serial numbers,
+see *Epoch arithmetic*) along any chain of messages. A node never accepts a
+leader of an older epoch than the one it follows (*fencing*): a node's
+:attr:`~ElectionMachine.epoch` never decreases within one life (it may jump to
+a foreign epoch while it has no live leader). Where the nodes that take part
+can reach each other within ``answer_timeout``, at most one of them wins a
+given epoch, whether or not they know of each other beforehand (the Election
+is multicast, and nobody wins without waiting ``answer_timeout`` for an
+objection). After the network has been whole and quiet for a bound (see
+``docs/protocols/election.md``), every live node follows one leader, the
+highest broker-capable key alive (with ``stable_leader``, the leader of the
+newest epoch), and elections stop.
 
 *Not guaranteed.* The bully election has no quorum: the two sides of a
 partition each elect a leader, and both may take the same epoch number; such
@@ -77,6 +79,20 @@ epoch 0 at bootstrap: "there is no leader") and lists the members with
    the life we followed is gone: its claim is judged as anyone's, and if it is
    refused a candidate schedules an election.
 7. The leader re-multicasts its Coordinator every ``announce_interval``.
+8. A leader told (LeaderLost) that another leader of its epoch or a newer
+   one is lost (its membership followed that leader's heartbeats, and now
+   nobody heartbeats) starts an election at once and wins above that epoch.
+   A follower told of a lost leader of a newer epoch takes that epoch as the
+   one it follows.
+
+*Epoch arithmetic.* Epochs are 32 bits and compare as serial numbers within
+a window (:func:`~powergrid.types.epoch_newer`): newer means 1 to
+``EPOCH_WINDOW`` steps after, modulo 2**32, so there is no top epoch (after
+2**32-1 comes 1). Epochs further apart are *foreign*: not noted as seen,
+refused by a node with a live leader, followed by one without (a restart, a
+lost leader), and between two leaders the key decides. In an honest group
+the window never comes into play; it keeps one forged epoch from dragging a
+node anywhere, and lets a node that adopted one come back.
 
 *Merging.* After a partition heals, a leader that hears a Coordinator with a
 higher key and a higher-or-equal epoch steps down and follows it; one with a

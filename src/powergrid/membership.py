@@ -58,8 +58,11 @@ starts the delay over from ``join_retry``. A member that receives
 a view of its leader without itself reports ``MemberRemoved`` for itself and
 joins again.
 
-*Fencing.* A heartbeat or view of an epoch older than the one this node
-follows is refused (``stats.stale_epoch``); one of a newer epoch makes this
+*Fencing.* Epochs and view ids compare as serial numbers within a window
+(:func:`~powergrid.types.epoch_newer`, :func:`~powergrid.types.view_newer`):
+they wrap, and values too far apart are *foreign*. A heartbeat or view of an
+epoch older than the one this node follows, or foreign to it, is refused
+(``stats.stale_epoch``); one of a newer epoch makes this
 node follow its sender (a leader hearing it steps down); one of the followed
 epoch from another node is refused (``stats.conflicting_leader``), and from
 the followed leader in a higher incarnation is followed (it restarted and was

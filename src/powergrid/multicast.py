@@ -11,7 +11,10 @@ the incarnation, the highest sequence number *delivered* and the highest
 
 *Receiving.* A message of a higher incarnation than known resets the
 origin's stream (the new life starts at 1); a lower one is stale (dropped,
-counted). In-order messages are delivered, then any held successors;
+counted). A life the view does not list (not admitted yet, or forged) is kept
+for ``flush_grace`` unless a view lists it by then, and digests never start a
+life other than the one the view lists, so a forged incarnation cannot shut out
+the real one for good. In-order messages are delivered, then any held successors;
 duplicates are dropped and counted; messages ahead of a gap are held, at most
 ``max_held`` per origin (beyond: dropped, counted in ``held_dropped``, still
 repaired later). An :class:`~powergrid.wire.Xmit` is handled like the Data
