@@ -110,6 +110,9 @@ class BrokerStats:
     rounds_without_budget: int = 0
     clearings_without_us: int = 0
     dropped_stale: int = 0
+    dropped_early: int = 0
+    """Clearings of a newer (or foreign) lead epoch than the election named: not passed
+    on, and the epoch is not followed (the lead's Coordinator is on its way)."""
     dropped_duplicate: int = 0
     dropped_foreign: int = 0
     dropped_invalid: int = 0
@@ -297,13 +300,15 @@ class BrokerMachine:
         if not self._active:
             self.stats.dropped_unexpected += 1
             return []
-        newer = epoch_newer(msg.epoch, self._lead_epoch)
-        if msg.epoch != self._lead_epoch and not newer:  # older, or foreign
-            self.stats.dropped_stale += 1
+        if msg.epoch != self._lead_epoch:
+            # The lead epoch is the election's (LeaderElected of the broker group): a
+            # clearing never moves it, so a forged one cannot fence out the real lead.
+            if epoch_newer(self._lead_epoch, msg.epoch):
+                self.stats.dropped_stale += 1
+            else:
+                self.stats.dropped_early += 1
             return []
-        if newer:
-            self._follow_lead(sender, Epoch(msg.epoch))
-        elif sender != self._lead:
+        if sender != self._lead:
             self.stats.dropped_foreign += 1
             return []
         self._lead_heard_at = now
@@ -386,6 +391,9 @@ class BrokerMachine:
         self._bids.clear()
         self._totals = None
         self._round_at = None
+        # No longer the broker, the node leaves the broker group: the lead epoch known
+        # came from that group's election, which is gone. Its next stack starts from 0.
+        self._lead, self._lead_epoch, self._lead_round = NodeId(0), Epoch(0), 0
 
     def _follow_lead(self, lead: NodeId, epoch: Epoch) -> None:
         self._lead = lead

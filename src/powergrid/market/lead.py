@@ -255,6 +255,9 @@ class LeadBrokerMachine:
     def _on_stepped_down(self, ev: SteppedDown, now: float) -> list[object]:
         self._active = False
         self._round_at = None
+        # The node left the broker group: the epoch known came from that group's election,
+        # which is gone; the next stack's election starts from 0 (it may win epoch 1 again).
+        self._epoch = Epoch(0)
         return []
 
     def _on_received(self, ev: Received, now: float) -> list[object]:
