@@ -655,8 +655,34 @@ def test_restarted_leader_is_a_new_life() -> None:
     assert m.handle(rx(5, Coordinator(epoch=1, rank=0), inc=2), 1.0) == [send(5, Fenced(epoch=3))]
     assert (m.leader, m.stats.leader_restarted) == (0, 1)
     assert m.handle(rx(5, Coordinator(epoch=4, rank=0), inc=2), 1.5) == [elected(5, 4)]
-    assert m.handle(rx(5, Coordinator(epoch=9, rank=0), inc=1), 1.5) == []  # the old life
+    assert m.handle(rx(5, Coordinator(epoch=3, rank=0), inc=1), 1.5) == []  # the old life
     assert (m.epoch, m.stats.stale_epoch) == (4, 2)
+
+
+def test_a_lower_life_claiming_a_newer_epoch_is_judged_on_its_merits() -> None:
+    """Restarts (forged incarnations): a Coordinator from a lower incarnation of the leader
+    followed is stale only for the followed epoch or an older one. A newer or foreign epoch
+    means the life recorded is not the one that leads now (without a key, a forged higher
+    incarnation): the claim is judged like a restart's, so the real leader is followed."""
+    m = follower_of(1, 5, 3, capable=False)
+    assert m.handle(rx(5, Coordinator(epoch=3, rank=0), inc=2**32 - 1), 1.0) == [elected(5, 3)]
+    assert m.handle(rx(5, Coordinator(epoch=3, rank=0)), 1.5) == []  # stale: inc 1 < 2**32-1
+    assert m.handle(rx(5, Coordinator(epoch=4, rank=0)), 2.0) == [elected(5, 4)]
+    far = 4 + EPOCH_WINDOW + 1
+    m.handle(rx(5, Coordinator(epoch=4, rank=0), inc=9), 2.5)  # a forged life, same epoch
+    assert m.handle(rx(5, Coordinator(epoch=far, rank=0)), 3.0) == [elected(5, far)]
+    assert m.stats.leader_restarted == 4
+
+
+def test_foreign_epoch_followed_while_electing() -> None:
+    """Epoch window: a node that is electing or waiting has no live leader, even if its
+    leader is still set (it was asked by a lower node): a Coordinator of a foreign epoch is
+    followed, as by a node whose leader was reported lost."""
+    far = 5 + EPOCH_WINDOW + 1
+    m = follower_of(4, 3, 5, config=STABLE)
+    assert m.handle(rx(1, Election(epoch=5, rank=0)), 1.0)[0] == send(1, Answer(epoch=5, rank=0))
+    assert (m.state, m.leader) == ("electing", 3)
+    assert m.handle(rx(5, Coordinator(epoch=far, rank=0)), 1.05) == [elected(5, far)]
 
 
 def test_restarted_leader_makes_candidate_elect() -> None:

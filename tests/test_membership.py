@@ -625,6 +625,25 @@ def test_view_id_far_off_is_foreign() -> None:
     assert a.handle(rcv(L, part(1, 2, [mem(A), mem(L)])), 0.7) == []  # older: refused
 
 
+def test_a_forged_life_of_the_leader_is_dropped_when_the_election_hears_it() -> None:
+    """Incarnations (forged lives): a forged view in the leader's name, listing it in a
+    higher life, makes its real heartbeats stale; once they are missed (LeaderLost), a
+    LeaderElected naming the same leader and epoch (the election heard it alive) drops the
+    recorded life, and the real heartbeats are followed again. The view's incarnation of
+    the followed leader never shuts them out: its lives are fenced by the leader rules."""
+    m = follower(A, B)  # L in incarnation 1, epoch 1
+    forged = [mem(A), mem(B), mem(L, inc=9)]
+    assert m.handle(rcv(L, part(1, 3, forged), inc=9), 0.5)[-1] == ViewChanged(
+        view=view(3, L, 1, *forged)
+    )
+    assert m.handle(rcv(L, Heartbeat(epoch=1, view_id=4)), 0.6) == []
+    assert m.handle(WAKE, 1.5) == [LeaderLost(group=G, leader=L, epoch=Epoch(1))]
+    assert m.handle(LeaderElected(group=G, leader=L, epoch=Epoch(1)), 1.6) == []
+    assert m.handle(rcv(L, Heartbeat(epoch=1, view_id=4)), 1.7)[-1] == Send(
+        to=L, message=HeartbeatAck(epoch=1, view_id=3)
+    )
+
+
 def test_second_leader_of_the_same_epoch_is_dropped() -> None:
     """Fencing: a heartbeat from another node claiming the followed epoch is dropped."""
     m = follower(A, B)

@@ -540,9 +540,12 @@ class ElectionMachine:
         epoch, rank = msg.epoch, msg.rank
         if sender != self._leader or inc == self._leader_inc or self._state == "leader":
             return self._claim(sender, inc, epoch, rank, now)
-        if inc < self._leader_inc:
+        if inc < self._leader_inc and (epoch == self._epoch or epoch_newer(self._epoch, epoch)):
             self._stats.stale_epoch += 1  # from an earlier life of our leader
             return []
+        # (An earlier life claiming a newer or foreign epoch than the one we follow: the
+        # life we recorded is not the one that leads now, perhaps a forged incarnation.
+        # Judged like a restart, on its merits.)
         # Our leader restarted: the life we followed is gone. Judge the new life's claim
         # as if we had no leader; if we cannot follow it, a candidate elects.
         self._stats.leader_restarted += 1
@@ -577,8 +580,11 @@ class ElectionMachine:
         if self._leader == 0:
             fresh = not older  # foreign included: nothing better to go by
         else:
-            fresh = newer or (
-                epoch == self._epoch and (rank, sender) > (self._leader_rank, self._leader)
+            fresh = (
+                newer
+                or (epoch == self._epoch and (rank, sender) > (self._leader_rank, self._leader))
+                # electing or waiting, the leader we had is not live: a foreign epoch too
+                or (not older and epoch != self._epoch and self._state != "follower")
             )
         if not fresh:
             self._stats.stale_epoch += 1

@@ -68,7 +68,9 @@ epoch from another node is refused (``stats.conflicting_leader``), and from
 the followed leader in a higher incarnation is followed (it restarted and was
 elected again in that epoch, ``stats.leader_restarts``). Messages from an
 older incarnation of a node in the view are dropped
-(``stats.stale_incarnation``).
+(``stats.stale_incarnation``), except the followed leader's (its lives are
+fenced as above; a LeaderElected naming the leader we reported lost, in the
+same epoch, drops the life we recorded, perhaps a forged one).
 
 *Leadership.* The election is the authority on who leads: a LeaderElected
 of a newer epoch, or of the followed epoch naming another leader (the
@@ -669,6 +671,10 @@ class MembershipMachine:
             return []
         if ev.epoch == self._epoch:
             if ev.leader == self._leader:
+                if self._lost_reported and not self._leading:
+                    # The election heard the leader we lost, alive: whatever life we had
+                    # recorded (perhaps a forged one) goes; its next heartbeat names it.
+                    self._leader_inc = None
                 return []
             # Twin leaders of one epoch (two sides of a partition): the election settled
             # on ``ev.leader`` and it is the authority on who leads, so follow it.
@@ -923,7 +929,9 @@ class MembershipMachine:
             self._stats.dropped_own += 1
             return []
         known = self._members.get(sender)
-        if known is not None and ev.incarnation < known.incarnation:
+        if known is not None and ev.incarnation < known.incarnation and sender != self._leader:
+            # (The followed leader's lives are fenced by _accept_leader: a view that lists
+            # it in a forged higher life must not shut out its real heartbeats and views.)
             self._stats.stale_incarnation += 1
             return []
         on = self._on_message.get(type(ev.message))
