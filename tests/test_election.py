@@ -677,12 +677,23 @@ def test_a_lower_life_claiming_a_newer_epoch_is_judged_on_its_merits() -> None:
 def test_foreign_epoch_followed_while_electing() -> None:
     """Epoch window: a node that is electing or waiting has no live leader, even if its
     leader is still set (it was asked by a lower node): a Coordinator of a foreign epoch is
-    followed, as by a node whose leader was reported lost."""
+    followed, as by a node whose leader was reported lost; and so is one from the leader
+    followed itself (same life), or from anyone once the leader followed has not announced
+    itself for two announce intervals (a forged leader in a real member's name never does)."""
     far = 5 + EPOCH_WINDOW + 1
     m = follower_of(4, 3, 5, config=STABLE)
     assert m.handle(rx(1, Election(epoch=5, rank=0)), 1.0)[0] == send(1, Answer(epoch=5, rank=0))
     assert (m.state, m.leader) == ("electing", 3)
     assert m.handle(rx(5, Coordinator(epoch=far, rank=0)), 1.05) == [elected(5, far)]
+    # The leader followed itself, in a foreign epoch (it moved on without us): followed.
+    f = follower_of(1, 5, 5)
+    assert f.handle(rx(5, Coordinator(epoch=far, rank=0)), 1.0) == [elected(5, far)]
+    # Or from anyone once the leader followed has not announced itself for 2 intervals.
+    g = follower_of(1, 4, 5)
+    assert g.handle(rx(5, Coordinator(epoch=far, rank=0)), 1.5) == []
+    assert g.handle(rx(4, Coordinator(epoch=5, rank=0)), 1.9) == []  # heard
+    assert g.handle(rx(5, Coordinator(epoch=far, rank=0)), 3.9) == []
+    assert g.handle(rx(5, Coordinator(epoch=far, rank=0)), 3.91) == [elected(5, far)]
 
 
 def test_restarted_leader_makes_candidate_elect() -> None:

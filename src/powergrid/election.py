@@ -324,6 +324,7 @@ class ElectionMachine:
         self._leader = 0
         self._leader_rank = 0
         self._leader_inc = 0  # the incarnation of the leader we follow
+        self._leader_heard = 0.0  # when the leader we follow last announced itself
         self._epoch = 0  # epoch of the leader followed (kept when it is lost)
         self._max_epoch = 0  # highest epoch seen anywhere
         self._deadline: float | None = None
@@ -559,6 +560,7 @@ class ElectionMachine:
         """Rules 5 and 6, merging and the stable option: what a Coordinator means to us."""
         self._learn(sender, rank)
         if sender == self._leader and epoch == self._epoch:
+            self._leader_heard = now
             self._leader_rank = rank  # the leader we follow, alive: no election needed
             if self._state != "follower":
                 self._state, self._deadline = "follower", None
@@ -571,7 +573,7 @@ class ElectionMachine:
                 # A newer epoch, or a higher key in ours or a foreign one (foreign epochs
                 # do not order: the key decides, rule 6).
                 self._stats.stepped_down += 1
-                return self._follow(sender, inc, rank, epoch)
+                return self._follow(sender, inc, rank, epoch, now)
             if older or (not newer and epoch != self._epoch):
                 self._stats.stale_epoch += 1  # older, or foreign with a lower key
                 return self._announce()  # re-assert at once; the claimant steps down
@@ -583,8 +585,19 @@ class ElectionMachine:
             fresh = (
                 newer
                 or (epoch == self._epoch and (rank, sender) > (self._leader_rank, self._leader))
-                # electing or waiting, the leader we had is not live: a foreign epoch too
-                or (not older and epoch != self._epoch and self._state != "follower")
+                # A foreign epoch: while electing or waiting (the leader we had is not
+                # live), from the leader we follow itself (it moved on without us), or
+                # once that leader has not announced itself for two announce intervals
+                # (a forged leader in a real member's name never does).
+                or (
+                    not older
+                    and epoch != self._epoch
+                    and (
+                        self._state != "follower"
+                        or (sender == self._leader and inc == self._leader_inc)
+                        or now - self._leader_heard > 2 * self._cfg.announce_interval
+                    )
+                )
             )
         if not fresh:
             self._stats.stale_epoch += 1
@@ -596,7 +609,7 @@ class ElectionMachine:
         if self._capable and not self._cfg.stable_leader and (rank, sender) < self._key:
             self._stats.bullied += 1
             return self._schedule(now, listen=False)
-        return self._follow(sender, inc, rank, epoch)
+        return self._follow(sender, inc, rank, epoch, now)
 
     def _on_fenced(self, sender: int, inc: int, msg: Fenced, now: float) -> list[object]:
         self._seen(msg.epoch)
@@ -669,7 +682,8 @@ class ElectionMachine:
         self._stats.messages_sent += 1
         return [Multicast(message=Coordinator(self._epoch, self._rank))]
 
-    def _follow(self, leader: int, inc: int, rank: int, epoch: int) -> list[object]:
+    def _follow(self, leader: int, inc: int, rank: int, epoch: int, now: float) -> list[object]:
+        self._leader_heard = now
         self._leader_inc = inc
         self._state = "follower"
         self._deadline = None
