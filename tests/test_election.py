@@ -13,7 +13,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from powergrid.election import (
-    MAX_EPOCH,
     ElectionConfig,
     ElectionMachine,
     ElectionStarted,
@@ -30,7 +29,18 @@ from powergrid.events import (
     View,
     ViewChanged,
 )
-from powergrid.types import ElectionKey, Epoch, GroupId, Incarnation, NodeId
+from powergrid.types import (
+    EPOCH_WINDOW,
+    ElectionKey,
+    Epoch,
+    GroupId,
+    Incarnation,
+    NodeId,
+    epoch_newer,
+    next_epoch,
+    next_view_id,
+    view_newer,
+)
 from powergrid.wire import Answer, Coordinator, Election, Fenced, Heartbeat, Nak, decode, encode
 
 G = GroupId(3)
@@ -276,8 +286,39 @@ def test_stale_leader_lost_ignored() -> None:
     assert m.handle(lost(2, 3), 1.0) == []
     assert (m.leader, m.next_deadline(), m.stats.stale_lost) == (5, None, 4)
     leader = leader_at(5, 4)
-    assert leader.handle(lost(4, 9), 1.0) == []
-    assert leader.state == "leader"
+    assert leader.handle(lost(4, 3), 1.0) == []
+    assert leader.handle(lost(5, 4), 1.0) == []
+    assert (leader.state, leader.stats.stale_lost) == ("leader", 2)
+
+
+def test_leader_told_a_newer_leader_is_lost_reasserts() -> None:
+    """Rule 8 (re-assert): a leader told that another leader of its epoch or a newer one is
+    lost (membership followed that leader's heartbeats, perhaps forged, and nobody heartbeats
+    for this group now) starts an election at once and wins above that epoch."""
+    m = leader_at(5, 4)
+    assert m.handle(lost(4, 9), 1.0) == [started(10), elect_msg(9)]
+    assert (m.state, m.stats.reasserted, m.stats.stale_lost) == ("electing", 1, 0)
+    assert m.handle(WAKE, 1.125) == [
+        Multicast(message=Coordinator(epoch=10, rank=0)),
+        elected(5, 10),
+    ]
+    same = leader_at(5, 4)
+    assert same.handle(lost(4, 4), 1.0) == [started(5), elect_msg(4)]
+
+
+def test_lost_newer_epoch_becomes_the_epoch_followed() -> None:
+    """Fencing (rule 1): a LeaderLost of a newer epoch than the one followed (membership
+    followed that leader's heartbeats) makes that epoch the one followed: an older leader's
+    Coordinator is then refused, as membership refuses it, and the next win is above it."""
+    m = follower_of(2, 5, 3, capable=False)
+    assert m.handle(lost(4, 7), 1.0) == []
+    assert (m.leader, m.epoch) == (0, 7)
+    assert m.handle(rx(5, Coordinator(epoch=3, rank=0)), 1.5) == [send(5, Fenced(epoch=7))]
+    assert m.handle(rx(5, Coordinator(epoch=8, rank=0)), 2.0) == [elected(5, 8)]
+    c = follower_of(2, 5, 3)
+    c.handle(lost(4, 7), 1.0)
+    c.handle(rx(5, Coordinator(epoch=3, rank=0)), 1.5)
+    assert (c.leader, c.stats.stale_epoch) == (0, 1)
 
 
 def test_non_capable_node_never_stands() -> None:
@@ -639,8 +680,45 @@ def test_restarted_leader_is_a_new_life() -> None:
     assert m.handle(rx(5, Coordinator(epoch=1, rank=0), inc=2), 1.0) == [send(5, Fenced(epoch=3))]
     assert (m.leader, m.stats.leader_restarted) == (0, 1)
     assert m.handle(rx(5, Coordinator(epoch=4, rank=0), inc=2), 1.5) == [elected(5, 4)]
-    assert m.handle(rx(5, Coordinator(epoch=9, rank=0), inc=1), 1.5) == []  # the old life
+    assert m.handle(rx(5, Coordinator(epoch=3, rank=0), inc=1), 1.5) == []  # the old life
     assert (m.epoch, m.stats.stale_epoch) == (4, 2)
+
+
+def test_a_lower_life_claiming_a_newer_epoch_is_judged_on_its_merits() -> None:
+    """Restarts (forged incarnations): a Coordinator from a lower incarnation of the leader
+    followed is stale only for the followed epoch or an older one. A newer or foreign epoch
+    means the life recorded is not the one that leads now (without a key, a forged higher
+    incarnation): the claim is judged like a restart's, so the real leader is followed."""
+    m = follower_of(1, 5, 3, capable=False)
+    assert m.handle(rx(5, Coordinator(epoch=3, rank=0), inc=2**32 - 1), 1.0) == [elected(5, 3)]
+    assert m.handle(rx(5, Coordinator(epoch=3, rank=0)), 1.5) == []  # stale: inc 1 < 2**32-1
+    assert m.handle(rx(5, Coordinator(epoch=4, rank=0)), 2.0) == [elected(5, 4)]
+    far = 4 + EPOCH_WINDOW + 1
+    m.handle(rx(5, Coordinator(epoch=4, rank=0), inc=9), 2.5)  # a forged life, same epoch
+    assert m.handle(rx(5, Coordinator(epoch=far, rank=0)), 3.0) == [elected(5, far)]
+    assert m.stats.leader_restarted == 4
+
+
+def test_foreign_epoch_followed_while_electing() -> None:
+    """Epoch window: a node that is electing or waiting has no live leader, even if its
+    leader is still set (it was asked by a lower node): a Coordinator of a foreign epoch is
+    followed, as by a node whose leader was reported lost; and so is one from the leader
+    followed itself (same life), or from anyone once the leader followed has not announced
+    itself for two announce intervals (a forged leader in a real member's name never does)."""
+    far = 5 + EPOCH_WINDOW + 1
+    m = follower_of(4, 3, 5, config=STABLE)
+    assert m.handle(rx(1, Election(epoch=5, rank=0)), 1.0)[0] == send(1, Answer(epoch=5, rank=0))
+    assert (m.state, m.leader) == ("electing", 3)
+    assert m.handle(rx(5, Coordinator(epoch=far, rank=0)), 1.05) == [elected(5, far)]
+    # The leader followed itself, in a foreign epoch (it moved on without us): followed.
+    f = follower_of(1, 5, 5)
+    assert f.handle(rx(5, Coordinator(epoch=far, rank=0)), 1.0) == [elected(5, far)]
+    # Or from anyone once the leader followed has not announced itself for 2 intervals.
+    g = follower_of(1, 4, 5)
+    assert g.handle(rx(5, Coordinator(epoch=far, rank=0)), 1.5) == []
+    assert g.handle(rx(4, Coordinator(epoch=5, rank=0)), 1.9) == []  # heard
+    assert g.handle(rx(5, Coordinator(epoch=far, rank=0)), 3.9) == []
+    assert g.handle(rx(5, Coordinator(epoch=far, rank=0)), 3.91) == [elected(5, far)]
 
 
 def test_restarted_leader_makes_candidate_elect() -> None:
@@ -699,14 +777,95 @@ def test_stable_newest_epoch_wins_merge() -> None:
 
 
 def test_own_and_foreign_messages_dropped() -> None:
-    """Peer input: our own echoed multicast, a non-election message and an epoch at the
-    32-bit limit are dropped and counted, never raised."""
+    """Peer input: our own echoed multicast and a non-election message are dropped and
+    counted, never raised."""
     m = machine(3)
     assert m.handle(rx(3, Coordinator(epoch=4, rank=0)), 0.0) == []
     assert m.handle(rx(4, Nak(origin=1, origin_incarnation=1, first=1, last=2)), 0.0) == []
-    assert m.handle(rx(4, Coordinator(epoch=MAX_EPOCH, rank=0)), 0.0) == []
-    assert (m.stats.ignored_own, m.stats.unexpected, m.stats.invalid) == (1, 1, 1)
+    assert (m.stats.ignored_own, m.stats.unexpected) == (1, 1)
     assert (m.leader, m.epoch) == (0, 0)
+
+
+def test_epoch_arithmetic() -> None:
+    """Epoch arithmetic (RFC 1982 serial numbers, within a window): newer means 1 to
+    EPOCH_WINDOW steps after, modulo 2**32; 0 ("none") is older than any epoch; the epoch
+    after 2**32-1 is 1; two epochs further apart are foreign (neither is newer)."""
+    assert epoch_newer(5, 4) and not epoch_newer(4, 5) and not epoch_newer(4, 4)
+    assert epoch_newer(1, 2**32 - 1) and not epoch_newer(2**32 - 1, 1)
+    assert epoch_newer(2**31 + 9, 0) and not epoch_newer(0, 7)
+    assert epoch_newer(4 + EPOCH_WINDOW, 4) and not epoch_newer(5 + EPOCH_WINDOW, 4)
+    assert not epoch_newer(4, 5 + EPOCH_WINDOW)  # foreign both ways
+    assert (next_epoch(0), next_epoch(7), next_epoch(2**32 - 1)) == (1, 8, 1)
+    assert view_newer(1, 2**64 - 1) and next_view_id(2**64 - 1) == 1
+
+
+def test_epochs_wrap_past_the_top() -> None:
+    """Epoch arithmetic: there is no top epoch. The epoch after 2**32-1 is 1, newer than it:
+    a follower of epoch 2**32-1 follows a leader of epoch 1, and a leader that re-asserts
+    from 2**32-1 wins epoch 1 (a forged epoch near 2**32 is no dead end)."""
+    top = 2**32 - 1
+    m = follower_of(1, 4, top)
+    assert m.handle(rx(5, Coordinator(epoch=1, rank=0)), 1.0) == [elected(5, 1)]
+    assert m.handle(rx(3, Coordinator(epoch=top, rank=0)), 1.0) == []  # older now
+    assert m.stats.stale_epoch == 1
+    leader = leader_at(5, top)
+    assert leader.handle(rx(3, Coordinator(epoch=top, rank=0)), 0.5) == [
+        started(1),
+        elect_msg(top),
+    ]
+    assert leader.handle(WAKE, 0.625) == [
+        Multicast(message=Coordinator(epoch=1, rank=0)),
+        elected(5, 1),
+    ]
+
+
+def test_foreign_epoch_refused_while_the_leader_lives() -> None:
+    """Epoch window: a Coordinator whose epoch is more than EPOCH_WINDOW away from the one
+    followed (foreign: neither newer nor older) is refused while the followed leader lives,
+    whatever its key, and is not noted as the highest epoch seen."""
+    far = 5 + EPOCH_WINDOW + 1
+    m = follower_of(1, 5, 5)
+    assert m.handle(rx(3, Coordinator(epoch=far, rank=0)), 1.0) == []
+    assert (m.leader, m.epoch, m.stats.stale_epoch, m.stats.foreign_epoch) == (5, 5, 1, 1)
+    assert m.handle(lost(5, 5), 2.0) == []
+    assert m.handle(WAKE, 2.375) == [started(6), elect_msg(5)]  # not far + 1
+
+
+def test_foreign_epoch_followed_without_a_live_leader() -> None:
+    """Epoch window: a node with no live leader follows a foreign epoch's leader (it has
+    nothing better to go by; a restarted node, with epoch 0, follows any epoch), and takes
+    that epoch as the highest seen, so its own next win is above it."""
+    far = 2**31 + 5
+    m = follower_of(1, 4, 5, capable=False)
+    m.handle(lost(4, 5), 1.0)
+    assert m.handle(rx(5, Coordinator(epoch=far, rank=0)), 1.5) == [elected(5, far)]
+    c = follower_of(1, 4, 5)
+    assert c.handle(lost(4, 5), 1.0) == []  # an election scheduled after its position delay
+    assert c.handle(rx(5, Coordinator(epoch=far, rank=0)), 1.1) == [elected(5, far)]
+    assert c.handle(lost(5, far), 3.0) == []
+    assert c.handle(WAKE, 3.375) == [started(far + 1), elect_msg(far)]
+    fresh = machine(1, capable=False)
+    assert fresh.handle(rx(5, Coordinator(epoch=far, rank=0)), 0.0) == [elected(5, far)]
+
+
+def test_leader_meets_a_foreign_epoch_by_key() -> None:
+    """Epoch window (merge): foreign epochs do not order, so the key decides. A leader steps
+    down for a higher key's claim of a foreign epoch, and re-announces against a lower key's
+    (which then steps down the same way); a lower key's Election of a foreign epoch gets the
+    leader's Coordinator."""
+    far = 4 + EPOCH_WINDOW + 1
+    m = leader_at(4, 4, nodes=(1, 2, 3, 4))
+    assert m.handle(rx(5, Coordinator(epoch=far, rank=0)), 0.5) == [elected(5, far)]
+    assert (m.state, m.stats.stepped_down) == ("follower", 1)
+    m = leader_at(5, 4)
+    assert m.handle(rx(3, Coordinator(epoch=far, rank=0)), 0.5) == [
+        Multicast(message=Coordinator(epoch=4, rank=0))
+    ]
+    assert (m.state, m.stats.stale_epoch) == ("leader", 1)
+    assert m.handle(rx(3, Election(epoch=far, rank=0)), 0.6) == [
+        send(3, Coordinator(epoch=4, rank=0))
+    ]
+    assert (m.state, m.epoch) == ("leader", 4)
 
 
 def test_view_sets_candidates_and_messages_add_them() -> None:

@@ -42,7 +42,7 @@ from powergrid.market import (
     allocate,
     totals_to_message,
 )
-from powergrid.types import BROKER_GROUP, Epoch, GroupId, Incarnation, NodeId
+from powergrid.types import BROKER_GROUP, EPOCH_WINDOW, Epoch, GroupId, Incarnation, NodeId
 
 GRID = Grid(price_min=0.0, price_max=1.0, points=5)
 CL = GroupId(1)
@@ -276,13 +276,38 @@ def price_result() -> Any:
     return ClearingResult.checked(price(), GRID)
 
 
-def test_client_price_of_newer_epoch_follows_its_sender_and_rebids() -> None:
-    """Client rule: a higher epoch's price makes its sender the broker; the bid goes to it."""
+def test_client_price_of_newer_epoch_is_early_and_never_moves_the_epoch() -> None:
+    """Fencing rule (the epoch is the election's): a price of a newer epoch than the one
+    LeaderElected named is not applied and does not change the broker or the epoch
+    (dropped_early), so a forged one cannot fence out the real broker; once LeaderElected
+    names that epoch, the new broker gets the bid and its prices are applied."""
     c = client_following()
-    out = c.handle(rx(OTHER, price(epoch=4)), 1.0)
-    assert out[0] == SendReliable(to=OTHER, message=BID.to_message(1))
-    assert isinstance(out[1], PriceUpdated) and out[1].allocation == 0  # not counted by it
-    assert (c.broker, c.epoch) == (OTHER, 4)
+    assert c.handle(rx(OTHER, price(epoch=4)), 1.0) == []
+    assert (c.broker, c.epoch, c.stats.dropped_early) == (BROKER, 1, 1)
+    assert c.handle(LeaderElected(group=CL, leader=OTHER, epoch=Epoch(4)), 1.1) == [
+        SendReliable(to=OTHER, message=BID.to_message(1))
+    ]
+    out = c.handle(rx(OTHER, price(epoch=4)), 1.2)
+    assert isinstance(out[0], PriceUpdated) and out[0].allocation == 0  # not counted by it
+
+
+def test_client_epochs_wrap_and_foreign_prices_are_refused() -> None:
+    """Fencing rule (serial epochs): the market orders epochs as the election does. After
+    2**32-1 comes 1, which is newer; a price of an epoch more than EPOCH_WINDOW away from
+    the one followed (foreign) is not applied, while LeaderElected of a foreign epoch is
+    followed (the election only goes there without a live leader)."""
+    top = 2**32 - 1
+    c = ClientMachine(ME, CL, ClientConfig(grid=GRID))
+    c.handle(BidChanged(bid=BID), 0.0)
+    c.handle(LeaderElected(group=CL, leader=BROKER, epoch=Epoch(top)), 0.5)
+    assert c.handle(LeaderElected(group=CL, leader=OTHER, epoch=Epoch(1)), 1.0) != []
+    assert (c.broker, c.epoch) == (OTHER, 1)
+    assert c.handle(rx(BROKER, price(epoch=top)), 1.1) == []
+    far = 1 + EPOCH_WINDOW + 1
+    assert c.handle(rx(BROKER, price(epoch=far)), 1.2) == []
+    assert (c.broker, c.epoch, c.stats.dropped_stale, c.stats.dropped_early) == (OTHER, 1, 1, 1)
+    c.handle(LeaderElected(group=CL, leader=BROKER, epoch=Epoch(far)), 1.3)
+    assert (c.broker, c.epoch) == (BROKER, far)
 
 
 def test_client_lease_expiry_falls_back_to_required_and_never_rises() -> None:
@@ -432,11 +457,16 @@ def test_broker_ignores_clearing_of_another_broker_epoch_or_without_it() -> None
     assert b.stats.clearings_without_us == 2 and b.budget is None
 
 
-def test_broker_newer_lead_epoch_in_clearing_is_followed() -> None:
-    """Broker rule: a clearing of a higher lead epoch makes its sender the lead."""
+def test_broker_newer_lead_epoch_in_clearing_is_early() -> None:
+    """Fencing rule (the lead epoch is the election's): a clearing of a newer lead epoch
+    than LeaderElected named is not passed on and does not change the lead (dropped_early);
+    once LeaderElected names it, its clearings are."""
     b = active_broker()
     b.handle(DL, 1.0)
-    assert b.handle(rx(OTHER, clearing(epoch=8)), 1.1) == [Multicast(message=price())]
+    assert b.handle(rx(OTHER, clearing(epoch=8)), 1.1) == []
+    assert (b.lead, b.stats.dropped_early) == (LEAD, 1)
+    b.handle(LeaderElected(group=BROKER_GROUP, leader=OTHER, epoch=Epoch(8)), 1.2)
+    assert b.handle(rx(OTHER, clearing(epoch=8)), 1.3) == [Multicast(message=price())]
     assert b.lead == OTHER
 
 
@@ -603,6 +633,22 @@ def active_lead(supply: int, now: float = 0.0) -> LeadBrokerMachine:
     lead = LeadBrokerMachine(LEAD, supply, LCFG)
     lead.handle(LeaderElected(group=BROKER_GROUP, leader=LEAD, epoch=Epoch(7)), now)
     return lead
+
+
+def test_leaving_the_broker_group_forgets_its_epochs() -> None:
+    """Broker and lead rule: the lead epoch known came from the broker group's election;
+    when the node leaves that group (no longer its cluster's broker: SteppedDown, broker
+    deactivated) it is forgotten, so the next broker-group stack, which starts from epoch 0
+    and may win epoch 1 again, is obeyed (it used to be refused for good)."""
+    lead = active_lead(1000)
+    lead.handle(SteppedDown(), 1.0)
+    lead.handle(LeaderElected(group=BROKER_GROUP, leader=LEAD, epoch=Epoch(1)), 2.0)
+    assert (lead.active, lead.epoch) == (True, 1)
+    b = active_broker()  # lead epoch 7
+    b.handle(LeaderElected(group=CL, leader=OTHER, epoch=Epoch(2)), 1.0)  # stops: leaves
+    b.handle(LeaderElected(group=CL, leader=BROKER, epoch=Epoch(3)), 2.0)  # broker again
+    b.handle(LeaderElected(group=BROKER_GROUP, leader=LEAD, epoch=Epoch(1)), 2.0)
+    assert (b.active, b.lead, b.stats.dropped_stale) == (True, LEAD, 0)
 
 
 def test_lead_clears_each_round_and_multicasts_budgets() -> None:

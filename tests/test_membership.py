@@ -34,7 +34,7 @@ from powergrid.membership import (
     MembershipMachine,
     MemberSuspected,
 )
-from powergrid.types import Epoch, GroupId, Incarnation, NodeId
+from powergrid.types import EPOCH_WINDOW, VIEW_WINDOW, Epoch, GroupId, Incarnation, NodeId
 from powergrid.wire import (
     MAX_DATAGRAM,
     Heartbeat,
@@ -648,6 +648,86 @@ def test_stale_epoch_is_refused() -> None:
     assert m.handle(LeaderElected(group=G, leader=B, epoch=Epoch(1)), 0.5) == []
     assert m.stats.stale_epoch == 3
     assert m.leader == L and m.epoch == 2 and m.view is not None and m.view.view_id == 2
+
+
+def test_foreign_epoch_heartbeat_is_refused_but_the_election_is_obeyed() -> None:
+    """Fencing (epoch window): a heartbeat or view of an epoch more than EPOCH_WINDOW away
+    from the one followed (foreign, neither newer nor older) is refused like an older one,
+    so one forged datagram cannot move membership; LeaderElected of a foreign epoch is
+    obeyed (the election is the authority, and it only goes there without a live leader)."""
+    far = 2 + EPOCH_WINDOW + 1
+    m = follower(A, B, epoch=2)
+    assert m.handle(rcv(B, Heartbeat(epoch=far, view_id=9)), 0.5) == []
+    assert m.handle(rcv(B, part(far, 9, [mem(A), mem(B)])), 0.5) == []
+    assert (m.stats.stale_epoch, m.leader, m.epoch) == (2, L, 2)
+    assert m.handle(LeaderElected(group=G, leader=B, epoch=Epoch(far)), 0.5) == []
+    assert (m.leader, m.epoch) == (B, far)
+
+
+def test_epochs_wrap_past_the_top() -> None:
+    """Fencing (serial epochs): epoch 1 is newer than 2**32-1, so a node that followed a
+    (forged) leader of epoch 2**32-1 follows the next leader, of epoch 1; 2**32-1 is then
+    older and refused."""
+    top = 2**32 - 1
+    m = follower(A, B, epoch=top)
+    m.handle(rcv(B, Heartbeat(epoch=1, view_id=2)), 0.5)
+    assert (m.leader, m.epoch) == (B, 1)
+    assert m.handle(rcv(L, Heartbeat(epoch=top, view_id=9)), 0.6) == []
+    assert m.handle(LeaderElected(group=G, leader=L, epoch=Epoch(top)), 0.6) == []
+    assert m.stats.stale_epoch == 2
+
+
+def test_view_ids_wrap_past_the_top() -> None:
+    """View ids (serial, 64 bits): the view after 2**64-1 is view 1, newer than it, so a
+    forged view id at the top never stops a leader from making views (it used to raise)."""
+    top = 2**64 - 1
+    m = follower(A, B, view_id=top)
+    assert m.handle(LeaderElected(group=G, leader=A, epoch=Epoch(2)), 0.5)[:2] == [
+        ViewChanged(view=view(1, A, 2, mem(A), mem(B), mem(L))),
+        Multicast(message=part(2, 1, [mem(A), mem(B), mem(L)])),
+    ]
+    b = follower(B, A, view_id=top)
+    acts = b.handle(rcv(A, part(2, 1, [mem(A), mem(B), mem(L)])), 0.6)
+    assert acts == [ViewChanged(view=view(1, A, 2, mem(A), mem(B), mem(L)))]
+
+
+def test_view_id_far_off_is_foreign() -> None:
+    """View ids (window): an ack naming a view id more than VIEW_WINDOW from the leader's
+    does not lift the leader (one forged ack cannot drag view ids anywhere), and a member
+    holding a view id that far from its leader's installs the leader's views (a forged view
+    cannot pin it): only a view id at most VIEW_WINDOW below its own is older."""
+    far = 3 + VIEW_WINDOW + 1
+    m = lead(A)
+    assert m.handle(rcv(A, HeartbeatAck(epoch=1, view_id=far)), 0.3) == []
+    assert m.view is not None and m.view.view_id == 2
+    a = follower(A, B, view_id=far)
+    assert a.handle(rcv(L, Heartbeat(epoch=1, view_id=3)), 0.5) == [
+        Send(to=L, message=ViewRequest(epoch=1, view_id=far)),
+        Send(to=L, message=HeartbeatAck(epoch=1, view_id=far)),
+    ]
+    assert a.handle(rcv(L, part(1, 3, [mem(A), mem(B), mem(L)])), 0.6) == [
+        ViewChanged(view=view(3, L, 1, mem(A), mem(B), mem(L)))
+    ]
+    assert a.handle(rcv(L, part(1, 2, [mem(A), mem(L)])), 0.7) == []  # older: refused
+
+
+def test_a_forged_life_of_the_leader_is_dropped_when_the_election_hears_it() -> None:
+    """Incarnations (forged lives): a forged view in the leader's name, listing it in a
+    higher life, makes its real heartbeats stale; once they are missed (LeaderLost), a
+    LeaderElected naming the same leader and epoch (the election heard it alive) drops the
+    recorded life, and the real heartbeats are followed again. The view's incarnation of
+    the followed leader never shuts them out: its lives are fenced by the leader rules."""
+    m = follower(A, B)  # L in incarnation 1, epoch 1
+    forged = [mem(A), mem(B), mem(L, inc=9)]
+    assert m.handle(rcv(L, part(1, 3, forged), inc=9), 0.5)[-1] == ViewChanged(
+        view=view(3, L, 1, *forged)
+    )
+    assert m.handle(rcv(L, Heartbeat(epoch=1, view_id=4)), 0.6) == []
+    assert m.handle(WAKE, 1.5) == [LeaderLost(group=G, leader=L, epoch=Epoch(1))]
+    assert m.handle(LeaderElected(group=G, leader=L, epoch=Epoch(1)), 1.6) == []
+    assert m.handle(rcv(L, Heartbeat(epoch=1, view_id=4)), 1.7)[-1] == Send(
+        to=L, message=HeartbeatAck(epoch=1, view_id=3)
+    )
 
 
 def test_second_leader_of_the_same_epoch_is_dropped() -> None:

@@ -185,6 +185,55 @@ def test_higher_incarnation_resets_stream() -> None:
     assert m.buffer_size == 0
 
 
+def test_a_life_the_view_does_not_list_is_dropped_after_grace() -> None:
+    """Rule (unlisted life): the state of an origin's life that the view does not list (a
+    restart not admitted yet, or a forged incarnation) is kept for flush_grace, then
+    dropped, unless a view lists that life by then; the listed life, retired meanwhile, is
+    then taken again (from the coordinator's Stable), so a forged incarnation cannot shut
+    it out for good."""
+    m = machine()
+    m.handle(view(A, B, ME), 0.0)
+    m.handle(data(1), 0.0)
+    assert m.handle(data(1, inc=9, payload=b"forged"), 0.5) == [
+        deliver(1, inc=9, payload=b"forged")
+    ]
+    # the listed life is retired meanwhile (rule "retired lives"): still delivered
+    assert m.handle(data(2), 0.6) == [deliver(2)]
+    m.handle(TICK, 0.5 + CFG.flush_grace - 0.01)
+    assert m.delivered[A] == (9, 1)
+    m.handle(TICK, 0.5 + CFG.flush_grace)
+    assert A not in m.delivered
+    assert m.handle(data(3), 2.6) == []  # held until the coordinator's Stable gives the start
+    assert m.handle(stable((A, 1, 2, 3)), 2.7) == [deliver(3)]
+    # A view that lists the new life ends its grace: nothing is dropped.
+    r = machine()
+    r.handle(view(A, B, ME), 0.0)
+    r.handle(data(1, inc=2), 0.5)
+    listed = tuple(Member(node=n, incarnation=I2 if n == A else I1) for n in (A, B, ME))
+    r.handle(
+        ViewChanged(
+            view=View(group=GroupId(1), view_id=2, leader=A, epoch=Epoch(1), members=listed)
+        ),
+        0.6,
+    )
+    r.handle(TICK, 2.6)
+    assert r.handle(data(2, inc=2), 3.0) == [deliver(2, inc=2)]
+
+
+def test_digests_never_start_a_life_the_view_does_not_list() -> None:
+    """Rule (unlisted life): a Stable (or Status) entry for an origin the view lists in
+    another life is ignored: digests cannot start or keep alive a forged incarnation."""
+    m = machine()
+    m.handle(view(A, B, ME), 0.0)
+    assert m.handle(stable((B, 7, 5, 9)), 0.1) == []
+    assert B not in m.delivered
+    coord = machine(me=A)
+    coord.handle(view(A, B, ME), 0.0)
+    entries = (StatusEntry(origin=ME, incarnation=7, delivered=4, low=0),)
+    coord.handle(recv(B, Status(view_id=1, entries=entries)), 0.1)
+    assert ME not in coord.delivered
+
+
 def test_xmit_handled_like_data() -> None:
     """Rule: an Xmit (from any holder) is handled like the Data it carries."""
     m = machine()
@@ -357,14 +406,15 @@ def test_nak_answer_range_capped_and_rate_limited_per_requester() -> None:
 
 
 def test_nak_of_other_incarnation_not_answered() -> None:
-    """Rule: a Nak for an older life of the origin is stale (once its retired state is
-    dropped after flush_grace); for an unknown one, ignored."""
+    """Rule: once flush_grace has passed, neither the retired life 1 nor life 2 (which the
+    view never listed) is known any more: a Nak for either life, or an unknown one, is
+    ignored and answered by nothing."""
     m = holder(2)
     m.handle(data(1, inc=2), 0.0)
     m.handle(TICK, CFG.flush_grace)
     assert m.handle(recv(B, Nak(origin=A, origin_incarnation=1, first=1, last=1)), 2.0) == []
     assert m.handle(recv(B, Nak(origin=A, origin_incarnation=3, first=1, last=1)), 2.0) == []
-    assert (m.stats.stale, m.stats.ignored) == (1, 1)
+    assert (m.stats.stale, m.stats.ignored) == (0, 2)
 
 
 # ------------------------------------------------------------------ stability
@@ -787,7 +837,7 @@ def test_restarted_origins_old_life_is_repaired_from_holders_within_flush_grace(
         for s in (1, 2)
     ]
     m.handle(TICK, 0.1 + CFG.flush_grace)
-    assert m.buffer_size == 1
+    assert m.buffer_size == 0  # life 1 retired, and life 2 never listed by a view (its grace)
     assert m.handle(recv(D, nak), 2.2) == []
     assert (
         m.handle(recv(D, Xmit(origin=B, origin_incarnation=1, seq=3, kind=0, payload=b"3")), 2.2)

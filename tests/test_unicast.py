@@ -336,6 +336,29 @@ def test_base_above_expected_skips_abandoned_messages() -> None:
     assert m.stats.delivered == 3
 
 
+def test_stream_refused_for_twice_the_give_up_time_starts_over() -> None:
+    """Receiver rule (stuck stream): if everything a peer sends is refused (stale,
+    duplicate, out of window), with gaps of at most 2 * rto_max, for twice the time an
+    honest sender retransmits before giving up (2 * 5.875 s here), the state is wrong (a
+    forged higher incarnation or base left it so): the receiver starts over from the
+    message at hand. A longer gap starts a new run, so an honest sender never trips it."""
+    m = machine()
+    assert m.handle(from_a(data(1, 1, b"forged"), inc=9), 0.0)[0] == deliver(b"forged", inc=9)
+    for t in (0.5, 2.0, 3.5, 5.0, 6.5, 8.0, 9.5, 11.0, 12.0):
+        assert m.handle(from_a(data(1, 1, b"x")), t) == []  # stale: an older life
+    assert m.handle(from_a(data(1, 1, b"x")), 12.25) == [deliver(b"x"), ack_to_a(1)]
+    assert (m.stats.stale, m.stats.restarted) == (9, 1)
+    # A forged base far ahead: the real messages are duplicates until the run is long enough.
+    m = machine()
+    m.handle(from_a(data(2**40, 2**40, b"forged")), 0.0)
+    assert m.handle(from_a(data(5, 5, b"r")), 0.5) == [ack_to_a(2**40)]
+    assert m.handle(from_a(data(5, 5, b"r")), 12.25) == [ack_to_a(2**40)]  # gap > 2 s: new run
+    for i in range(1, 8):  # the run from 12.25 goes on, every 1.5 s, to 22.75
+        assert m.handle(from_a(data(5, 5, b"r")), 12.25 + 1.5 * i) == [ack_to_a(2**40)]
+    assert m.handle(from_a(data(5, 5, b"r")), 24.0) == [deliver(b"r"), ack_to_a(5)]
+    assert m.stats.restarted == 1
+
+
 def test_restarted_sender_resets_and_old_life_is_stale() -> None:
     """Receiver: a higher sender incarnation starts afresh; its old life's leftovers vanish."""
     m = machine(inc=4)

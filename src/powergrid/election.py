@@ -9,16 +9,18 @@ then node id; the higher key wins. Only broker-capable nodes stand; the others
 follow announcements.
 
 *Guarantees.* Every leader has an *epoch* (1, 2, ...); a new leader takes the
-highest epoch it has seen plus one, so epochs only grow along any chain of
-messages. A node never accepts a leader of an older epoch than the one it
-follows (*fencing*): a node's :attr:`~ElectionMachine.epoch` never decreases
-within one life. Where the nodes that take part can reach each other within
-``answer_timeout``, at most one of them wins a given epoch, whether or not
-they know of each other beforehand (the Election is multicast, and nobody
-wins without waiting ``answer_timeout`` for an objection). After the network
-has been whole and quiet for a bound (see ``docs/protocols/election.md``),
-every live node follows one leader, the highest broker-capable key alive
-(with ``stable_leader``, the leader of the newest epoch), and elections stop.
+highest epoch it has seen plus one, so epochs only grow (as serial numbers,
+see *Epoch arithmetic*) along any chain of messages. A node never accepts a
+leader of an older epoch than the one it follows (*fencing*): a node's
+:attr:`~ElectionMachine.epoch` never decreases within one life (it may jump to
+a foreign epoch while it has no live leader). Where the nodes that take part
+can reach each other within ``answer_timeout``, at most one of them wins a
+given epoch, whether or not they know of each other beforehand (the Election
+is multicast, and nobody wins without waiting ``answer_timeout`` for an
+objection). After the network has been whole and quiet for a bound (see
+``docs/protocols/election.md``), every live node follows one leader, the
+highest broker-capable key alive (with ``stable_leader``, the leader of the
+newest epoch), and elections stop.
 
 *Not guaranteed.* The bully election has no quorum: the two sides of a
 partition each elect a leader, and both may take the same epoch number; such
@@ -83,6 +85,20 @@ epoch 0 at bootstrap: "there is no leader") and lists the members with
    leader (a twin of its epoch from the other side of a cut) then merges by
    the Coordinator rules within a round trip of the first heartbeat that
    crosses, not only when a periodic Coordinator gets through.
+8. A leader told (LeaderLost) that another leader of its epoch or a newer
+   one is lost (its membership followed that leader's heartbeats, and now
+   nobody heartbeats) starts an election at once and wins above that epoch.
+   A follower told of a lost leader of a newer epoch takes that epoch as the
+   one it follows.
+
+*Epoch arithmetic.* Epochs are 32 bits and compare as serial numbers within
+a window (:func:`~powergrid.types.epoch_newer`): newer means 1 to
+``EPOCH_WINDOW`` steps after, modulo 2**32, so there is no top epoch (after
+2**32-1 comes 1). Epochs further apart are *foreign*: not noted as seen,
+refused by a node with a live leader, followed by one without (a restart, a
+lost leader), and between two leaders the key decides. In an honest group
+the window never comes into play; it keeps one forged epoch from dragging a
+node anywhere, and lets a node that adopted one come back.
 
 *Merging.* After a partition heals, the leaders hear each other's heartbeats and
 re-announce (rule 7). A leader that hears a Coordinator with a
@@ -136,20 +152,24 @@ from powergrid.events import (
     Send,
     ViewChanged,
 )
-from powergrid.types import MAX_NODE_ID, ElectionKey, Epoch, GroupId, NodeId
+from powergrid.types import (
+    MAX_NODE_ID,
+    ElectionKey,
+    Epoch,
+    GroupId,
+    NodeId,
+    epoch_newer,
+    next_epoch,
+)
 from powergrid.wire import Answer, Coordinator, Election, Fenced, Heartbeat, Message
 
 __all__ = [
-    "MAX_EPOCH",
     "ElectionConfig",
     "ElectionMachine",
     "ElectionStarted",
     "ElectionState",
     "ElectionStats",
 ]
-
-MAX_EPOCH = 2**32 - 1
-"""Epochs are 32 bits on the wire; messages carrying this epoch are refused as invalid."""
 
 _MIN_RANK = -(2**31)
 _MAX_RANK = 2**31 - 1
@@ -254,8 +274,12 @@ class ElectionStats:
     """Times this node stopped leading because it heard a better Coordinator."""
     fenced_sent: int = 0
     """Fenced replies sent to the claimant of a refused Coordinator."""
-    invalid: int = 0
-    """Messages with an epoch of :data:`MAX_EPOCH` (cannot be exceeded), dropped."""
+    foreign_epoch: int = 0
+    """Messages whose epoch is *foreign* to the highest seen (neither equal nor within
+    :data:`~powergrid.types.EPOCH_WINDOW` of it): handled, but not noted as seen."""
+    reasserted: int = 0
+    """LeaderLost, while leading, of another leader of our epoch or a newer one (membership
+    followed it): this node started an election to lead above that epoch."""
     unexpected: int = 0
     """Messages that do not fit the state or the sender (e.g. an Answer while not electing)."""
     ignored_own: int = 0
@@ -310,6 +334,7 @@ class ElectionMachine:
         self._leader = 0
         self._leader_rank = 0
         self._leader_inc = 0  # the incarnation of the leader we follow
+        self._leader_heard = 0.0  # when the leader we follow last announced itself
         self._epoch = 0  # epoch of the leader followed (kept when it is lost)
         self._max_epoch = 0  # highest epoch seen anywhere
         self._deadline: float | None = None
@@ -384,13 +409,23 @@ class ElectionMachine:
             return []
         return handler(event.sender, event.incarnation, event.message, now)
 
-    def _seen(self, epoch: int) -> bool:
-        """Note a peer's epoch; False (and counted) if it is out of range."""
-        if epoch >= MAX_EPOCH:
-            self._stats.invalid += 1
-            return False
-        self._max_epoch = max(self._max_epoch, epoch)
-        return True
+    def _seen(self, epoch: int) -> None:
+        """Note a peer's epoch as the highest seen if it is newer; count a foreign one.
+
+        An epoch more than ``EPOCH_WINDOW`` away from the highest seen is not noted:
+        one forged message cannot drag this node's epochs anywhere it likes.
+        """
+        top = self._max_epoch
+        if epoch_newer(epoch, top):
+            self._max_epoch = epoch
+        elif epoch != top and not epoch_newer(top, epoch):
+            self._stats.foreign_epoch += 1
+
+    def _adopt(self, epoch: int) -> None:
+        """``epoch`` is now known for sure (followed, or reported lost by membership): the
+        highest seen is at least it, even if it was foreign, so our next win is above it."""
+        if not epoch_newer(self._max_epoch, epoch):
+            self._max_epoch = epoch
 
     def _on_deadline(self, event: DeadlineReached, now: float) -> list[object]:
         if self._deadline is None or now < self._deadline:
@@ -407,16 +442,29 @@ class ElectionMachine:
         if event.group != self._group:
             raise UsageError(f"LeaderLost of group {event.group} fed to group {self._group}")
         lost, epoch = event.leader, event.epoch
+        if self._state == "leader":
+            if lost and lost != self._me and not epoch_newer(self._epoch, epoch):
+                # Membership followed another leader of our epoch or a newer (or foreign)
+                # one, which has gone silent: nobody heartbeats this group. Lead again,
+                # above that epoch (rule 8).
+                self._stats.reasserted += 1
+                self._adopt(epoch)
+                return self._start(now)
+            self._stats.stale_lost += 1
+            return []
         if (
-            self._state == "leader"
-            or lost == self._me
-            or epoch < self._epoch
+            lost == self._me
+            or epoch_newer(self._epoch, epoch)
             or (epoch == self._epoch and self._leader not in (0, lost))
         ):
             self._stats.stale_lost += 1
             return []
-        if MAX_EPOCH > epoch > self._max_epoch:
-            self._max_epoch = epoch
+        self._adopt(epoch)
+        if epoch:
+            # Membership followed a leader of ``epoch`` (perhaps newer than ours, heard
+            # only in its heartbeats): that is the epoch we followed, so no older one is
+            # followed now, or membership and election would follow different leaders.
+            self._epoch = epoch
         return self._leader_gone(lost, now)
 
     def _leader_gone(self, lost: int, now: float) -> list[object]:
@@ -434,15 +482,14 @@ class ElectionMachine:
             raise UsageError(f"view of group {view.group} fed to group {self._group}")
         me = self._me
         self._ranks = {m.node: m.rank for m in view.members if m.broker_capable and m.node != me}
-        if view.epoch > self._max_epoch and view.epoch < MAX_EPOCH:
+        if epoch_newer(view.epoch, self._max_epoch):
             self._max_epoch = view.epoch
         return []
 
     # ---------------------------------------------------------- messages
 
     def _on_election(self, sender: int, inc: int, msg: Election, now: float) -> list[object]:
-        if not self._seen(msg.epoch):
-            return []
+        self._seen(msg.epoch)
         self._learn(sender, msg.rank)
         lower = (msg.rank, sender) < self._key
         state = self._state
@@ -458,7 +505,7 @@ class ElectionMachine:
             return out
         self._stats.overheard += 1  # a higher key stands, or we cannot
         out = []
-        if msg.epoch < self._epoch and self._leader == 0:
+        if self._leader == 0 and epoch_newer(self._epoch, msg.epoch):
             # Nobody live leads our epoch to correct the candidate: tell it we have
             # seen a newer one, so it cannot win an epoch already taken.
             self._stats.fenced_sent += 1
@@ -475,8 +522,10 @@ class ElectionMachine:
 
     def _leader_asked(self, sender: int, epoch: int, lower: bool, now: float) -> list[object]:
         """Rule 3 at a leader: an Election from anyone in the group."""
-        if epoch < self._epoch or (lower and epoch == self._epoch):
-            self._stats.messages_sent += 1  # the asker learns who leads, and our epoch
+        if epoch_newer(self._epoch, epoch) or (lower and not epoch_newer(epoch, self._epoch)):
+            # An older epoch, or a lower key in ours or a foreign one: the asker learns
+            # who leads, and our epoch (a leaderless node follows a foreign epoch's leader).
+            self._stats.messages_sent += 1
             return [Send(to=NodeId(sender), message=Coordinator(self._epoch, self._rank))]
         if not lower:
             self._stats.overheard += 1  # a higher key stands above our epoch: it will win
@@ -487,8 +536,7 @@ class ElectionMachine:
         return out
 
     def _on_answer(self, sender: int, inc: int, msg: Answer, now: float) -> list[object]:
-        if not self._seen(msg.epoch):
-            return []
+        self._seen(msg.epoch)
         self._learn(sender, msg.rank)
         if (msg.rank, sender) < self._key:
             self._stats.unexpected += 1
@@ -501,14 +549,16 @@ class ElectionMachine:
         return []
 
     def _on_coordinator(self, sender: int, inc: int, msg: Coordinator, now: float) -> list[object]:
-        if not self._seen(msg.epoch):
-            return []
+        self._seen(msg.epoch)
         epoch, rank = msg.epoch, msg.rank
         if sender != self._leader or inc == self._leader_inc or self._state == "leader":
             return self._claim(sender, inc, epoch, rank, now)
-        if inc < self._leader_inc:
+        if inc < self._leader_inc and (epoch == self._epoch or epoch_newer(self._epoch, epoch)):
             self._stats.stale_epoch += 1  # from an earlier life of our leader
             return []
+        # (An earlier life claiming a newer or foreign epoch than the one we follow: the
+        # life we recorded is not the one that leads now, perhaps a forged incarnation.
+        # Judged like a restart, on its merits.)
         # Our leader restarted: the life we followed is gone. Judge the new life's claim
         # as if we had no leader; if we cannot follow it, a candidate elects.
         self._stats.leader_restarted += 1
@@ -522,25 +572,45 @@ class ElectionMachine:
         """Rules 5 and 6, merging and the stable option: what a Coordinator means to us."""
         self._learn(sender, rank)
         if sender == self._leader and epoch == self._epoch:
+            self._leader_heard = now
             self._leader_rank = rank  # the leader we follow, alive: no election needed
             if self._state != "follower":
                 self._state, self._deadline = "follower", None
             return []
-        claim = (epoch, rank, sender)
+        newer = epoch_newer(epoch, self._epoch)
+        older = epoch_newer(self._epoch, epoch)
         if self._state == "leader":
-            mine = (self._epoch, *self._key)
-            if claim > mine and (self._cfg.stable_leader or (rank, sender) > self._key):
+            higher = (rank, sender) > self._key
+            if (newer and (self._cfg.stable_leader or higher)) or (higher and not older):
+                # A newer epoch, or a higher key in ours or a foreign one (foreign epochs
+                # do not order: the key decides, rule 6).
                 self._stats.stepped_down += 1
-                return self._follow(sender, inc, rank, epoch)
-            if epoch < self._epoch:
-                self._stats.stale_epoch += 1
+                return self._follow(sender, inc, rank, epoch, now)
+            if older or (not newer and epoch != self._epoch):
+                self._stats.stale_epoch += 1  # older, or foreign with a lower key
                 return self._announce()  # re-assert at once; the claimant steps down
             self._stats.bullied += 1
             return self._start(now)  # a lower key in our epoch or newer: take a newer one
         if self._leader == 0:
-            fresh = epoch >= self._epoch
+            fresh = not older  # foreign included: nothing better to go by
         else:
-            fresh = claim > (self._epoch, self._leader_rank, self._leader)
+            fresh = (
+                newer
+                or (epoch == self._epoch and (rank, sender) > (self._leader_rank, self._leader))
+                # A foreign epoch: while electing or waiting (the leader we had is not
+                # live), from the leader we follow itself (it moved on without us), or
+                # once that leader has not announced itself for two announce intervals
+                # (a forged leader in a real member's name never does).
+                or (
+                    not older
+                    and epoch != self._epoch
+                    and (
+                        self._state != "follower"
+                        or (sender == self._leader and inc == self._leader_inc)
+                        or now - self._leader_heard > 2 * self._cfg.announce_interval
+                    )
+                )
+            )
         if not fresh:
             self._stats.stale_epoch += 1
             if self._leader == 0 and not self._capable:
@@ -551,12 +621,11 @@ class ElectionMachine:
         if self._capable and not self._cfg.stable_leader and (rank, sender) < self._key:
             self._stats.bullied += 1
             return self._schedule(now, listen=False)
-        return self._follow(sender, inc, rank, epoch)
+        return self._follow(sender, inc, rank, epoch, now)
 
     def _on_fenced(self, sender: int, inc: int, msg: Fenced, now: float) -> list[object]:
-        if not self._seen(msg.epoch):
-            return []
-        if self._state == "leader" and msg.epoch > self._epoch:
+        self._seen(msg.epoch)
+        if self._state == "leader" and epoch_newer(msg.epoch, self._epoch):
             return self._start(now)  # our epoch is behind what the group has seen
         if self._state != "electing":  # electing: noted, we will win above it
             self._stats.unexpected += 1
@@ -622,7 +691,7 @@ class ElectionMachine:
             self._lost = 0  # it speaks: it is alive after all
 
     def _next_epoch(self) -> int:
-        return min(self._max_epoch + 1, MAX_EPOCH)
+        return next_epoch(self._max_epoch)
 
     def _win(self, now: float) -> list[object]:
         epoch = self._next_epoch()
@@ -643,12 +712,14 @@ class ElectionMachine:
         self._stats.messages_sent += 1
         return [Multicast(message=Coordinator(self._epoch, self._rank))]
 
-    def _follow(self, leader: int, inc: int, rank: int, epoch: int) -> list[object]:
+    def _follow(self, leader: int, inc: int, rank: int, epoch: int, now: float) -> list[object]:
+        self._leader_heard = now
         self._leader_inc = inc
         self._state = "follower"
         self._deadline = None
         self._lost = 0
         self._leader, self._leader_rank, self._epoch = leader, rank, epoch
+        self._adopt(epoch)
         return [
             LeaderElected(group=GroupId(self._group), leader=NodeId(leader), epoch=Epoch(epoch))
         ]

@@ -73,14 +73,19 @@ request to it at once and starts the delay over from ``join_retry``. A member th
 a view of its leader without itself reports ``MemberRemoved`` for itself and
 joins again.
 
-*Fencing.* A heartbeat or view of an epoch older than the one this node
-follows is refused (``stats.stale_epoch``); one of a newer epoch makes this
+*Fencing.* Epochs and view ids compare as serial numbers within a window
+(:func:`~powergrid.types.epoch_newer`, :func:`~powergrid.types.view_newer`):
+they wrap, and values too far apart are *foreign*. A heartbeat or view of an
+epoch older than the one this node follows, or foreign to it, is refused
+(``stats.stale_epoch``); one of a newer epoch makes this
 node follow its sender (a leader hearing it steps down); one of the followed
 epoch from another node is refused (``stats.conflicting_leader``), and from
 the followed leader in a higher incarnation is followed (it restarted and was
 elected again in that epoch, ``stats.leader_restarts``). Messages from an
 older incarnation of a node in the view are dropped
-(``stats.stale_incarnation``).
+(``stats.stale_incarnation``), except the followed leader's (its lives are
+fenced as above; a LeaderElected naming the leader we reported lost, in the
+same epoch, drops the life we recorded, perhaps a forged one).
 
 *Leadership.* The election is the authority on who leads: a LeaderElected
 of a newer epoch, or of the followed epoch naming another leader (the
@@ -147,7 +152,16 @@ from powergrid.events import (
     View,
     ViewChanged,
 )
-from powergrid.types import MAX_NODE_ID, Epoch, GroupId, Incarnation, NodeId
+from powergrid.types import (
+    MAX_NODE_ID,
+    Epoch,
+    GroupId,
+    Incarnation,
+    NodeId,
+    epoch_newer,
+    next_view_id,
+    view_newer,
+)
 from powergrid.wire import (
     MAX_PAYLOAD,
     VIEW_STATUS_CRASHED,
@@ -472,6 +486,17 @@ def view_parts(
     )
 
 
+def _newest(a: int, b: int) -> int:
+    """The newer of view ids ``a`` and ``b`` (``a`` if they are foreign to each other)."""
+    return b if view_newer(b, a) else a
+
+
+def _installable(vid: int, own: int) -> bool:
+    """May a view ``vid`` of the followed leader replace view ``own``? If it is newer, or
+    foreign (a forged view id far off must not pin a member for good)."""
+    return vid != own and not view_newer(own, vid)
+
+
 class _Suspicion:
     __slots__ = ("nonce", "since")
 
@@ -709,11 +734,15 @@ class MembershipMachine:
             )
         if not 0 < ev.epoch <= _MAX_U32 or not 0 < ev.leader <= MAX_NODE_ID:
             raise UsageError(f"LeaderElected needs epoch >= 1 and a node id, got {ev!r}")
-        if ev.epoch < self._epoch:
+        if epoch_newer(self._epoch, ev.epoch):  # a foreign epoch is the election's call
             self._stats.stale_epoch += 1
             return []
         if ev.epoch == self._epoch:
             if ev.leader == self._leader:
+                if self._lost_reported and not self._leading:
+                    # The election heard the leader we lost, alive: whatever life we had
+                    # recorded (perhaps a forged one) goes; its next heartbeat names it.
+                    self._leader_inc = None
                 return []
             # Twin leaders of one epoch (two sides of a partition): the election settled
             # on ``ev.leader`` and it is the authority on who leads, so follow it.
@@ -935,9 +964,9 @@ class MembershipMachine:
 
     def _new_view(self, departures: list[tuple[int, int, int]], actions: list[Any]) -> None:
         """Install and multicast the leader's next view, reporting ``departures``."""
-        view_id = max(self._highest, self._view_id()) + 1
+        view_id = next_view_id(_newest(self._highest, self._view_id()))
         self._highest = view_id
-        keep_after = view_id - self._config.departure_memory
+        memory = self._config.departure_memory
         recent = self._departures
         for node, inc, status in departures:
             recent[node] = (inc, status, view_id)
@@ -945,7 +974,7 @@ class MembershipMachine:
         for node in [
             n
             for n, (inc, _, vid) in recent.items()
-            if vid <= keep_after or (n in members and members[n].incarnation == inc)
+            if (view_id - vid) % 2**64 >= memory or (n in members and members[n].incarnation == inc)
         ]:
             del recent[node]
         view = View(
@@ -994,7 +1023,9 @@ class MembershipMachine:
             self._stats.dropped_own += 1
             return []
         known = self._members.get(sender)
-        if known is not None and ev.incarnation < known.incarnation:
+        if known is not None and ev.incarnation < known.incarnation and sender != self._leader:
+            # (The followed leader's lives are fenced by _accept_leader: a view that lists
+            # it in a forged higher life must not shut out its real heartbeats and views.)
             self._stats.stale_incarnation += 1
             return []
         on = self._on_message.get(type(ev.message))
@@ -1004,8 +1035,9 @@ class MembershipMachine:
         return on(ev, now)
 
     def _accept_leader(self, sender: int, inc: int, epoch: int, now: float) -> bool:
-        """Fencing for a leader's heartbeat or view: follow newer epochs, refuse older ones."""
-        if epoch < self._epoch:
+        """Fencing for a leader's heartbeat or view: follow newer epochs, refuse older (and
+        foreign) ones."""
+        if epoch != self._epoch and not epoch_newer(epoch, self._epoch):
             self._stats.stale_epoch += 1
             return False
         if epoch == self._epoch:
@@ -1034,17 +1066,17 @@ class MembershipMachine:
         followed, highest = self._leader, self._highest
         if not self._accept_leader(ev.sender, ev.incarnation, hb.epoch, now):
             return actions
-        self._highest = max(highest, hb.view_id)
+        self._highest = _newest(highest, hb.view_id)
         if not self._in_view:
             if self._leader != followed:
                 self._join_now(now, actions)  # a joiner found its leader: ask it directly
-            elif hb.view_id > highest:
+            elif view_newer(hb.view_id, highest):
                 # A view we never saw: perhaps the one admitting us, lost on the way.
                 self._request_view(ev.sender, now, actions)
             return actions
         view = self._view
         assert view is not None
-        if hb.view_id > view.view_id or (
+        if _installable(hb.view_id, view.view_id) or (
             hb.view_id == view.view_id
             and (hb.epoch != view.epoch or self._view_from != (ev.sender, ev.incarnation))
         ):
@@ -1099,10 +1131,10 @@ class MembershipMachine:
             self._alive(ev.sender, now)
         else:
             self._stats.dropped_not_member += 1
-        if ack.view_id > self._view_id():
+        if view_newer(ack.view_id, self._view_id()):
             # Even a node we do not list holds a newer view id: go above it, so that
             # it installs our view (and, if left out, joins again).
-            self._highest = max(self._highest, ack.view_id)
+            self._highest = _newest(self._highest, ack.view_id)
             self._new_view([], actions)
         return actions
 
@@ -1113,10 +1145,10 @@ class MembershipMachine:
         if self._is_member(ev):
             self._alive(ev.sender, now)
         actions: list[Any] = []
-        if req.view_id >= self._view_id():
+        if not _installable(self._view_id(), req.view_id):
             # The member holds a view at least as new as ours (a member only asks for
             # a view with its own view's id if its view is not ours): go above it.
-            self._highest = max(self._highest, req.view_id)
+            self._highest = _newest(self._highest, req.view_id)
             self._new_view([], actions)
             return actions
         self._stats.view_requests_answered += 1
@@ -1173,7 +1205,7 @@ class MembershipMachine:
 
     def _probe(self, ev: Received, now: float) -> list[Any]:
         p = cast(Probe, ev.message)
-        if p.epoch < self._epoch:
+        if epoch_newer(self._epoch, p.epoch):
             self._stats.stale_epoch += 1
             return []
         if p.target == self._node:
@@ -1238,8 +1270,8 @@ class MembershipMachine:
         actions: list[Any] = []
         if not self._accept_leader(ev.sender, ev.incarnation, vp.epoch, now):
             return actions
-        self._highest = max(self._highest, vp.view_id)
-        if vp.view_id <= self._view_id():
+        self._highest = _newest(self._highest, vp.view_id)
+        if not _installable(vp.view_id, self._view_id()):
             self._stats.dropped_old_view += 1
             return actions
         if vp.parts == 1:
@@ -1248,7 +1280,10 @@ class MembershipMachine:
         key = (ev.sender, vp.epoch, vp.view_id, vp.parts)
         if key != self._asm_key:
             asm = self._asm_key
-            if asm is not None and (vp.epoch, vp.view_id) < (asm[1], asm[2]):
+            if asm is not None and (
+                epoch_newer(asm[1], vp.epoch)
+                or (vp.epoch == asm[1] and view_newer(asm[2], vp.view_id))
+            ):
                 self._stats.dropped_old_view += 1
                 return actions
             self._asm_key = key

@@ -11,7 +11,10 @@ the incarnation, the highest sequence number *delivered* and the highest
 
 *Receiving.* A message of a higher incarnation than known resets the
 origin's stream (the new life starts at 1); a lower one is stale (dropped,
-counted). In-order messages are delivered, then any held successors;
+counted). A life the view does not list (not admitted yet, or forged) is kept
+for ``flush_grace`` unless a view lists it by then, and digests never start a
+life other than the one the view lists, so a forged incarnation cannot shut out
+the real one for good. In-order messages are delivered, then any held successors;
 duplicates are dropped and counted; messages ahead of a gap are held, at most
 ``max_held`` per origin (beyond: dropped, counted in ``held_dropped``, still
 repaired later). An :class:`~powergrid.wire.Xmit` is handled like the Data
@@ -616,6 +619,12 @@ class MulticastMachine:
             return 0
         return _PENDING
 
+    def _unlisted(self, origin: int, inc: int) -> bool:
+        """Whether the view lists ``origin`` in another life than ``inc``: a digest then
+        says nothing of the listed life, and must not start (or keep alive) another one."""
+        listed = self._member_inc.get(origin)
+        return listed is not None and listed != inc
+
     def _dropped(self, origin: int, inc: int) -> bool:
         """Whether this life of ``origin`` left the view and its state was dropped after grace."""
         known = self._floors.get(origin)
@@ -637,7 +646,10 @@ class MulticastMachine:
         else:
             st = _Origin(inc, start)
         self._origins[origin] = st
-        if self._view is not None and origin not in self._member_inc:
+        if self._view is not None and self._member_inc.get(origin) != inc:
+            # A life the view does not list (not admitted yet, or forged): kept for
+            # flush_grace unless a view lists it by then, so a forged incarnation cannot
+            # shut out the listed life for good.
             st.gone_at = self._grace[origin] = now + self._config.flush_grace
         return st
 
@@ -943,6 +955,8 @@ class MulticastMachine:
                 if inc == self._incarnation:
                     self._report(report, origin, inc, min(delivered, self._own.delivered), low)
                 continue
+            if self._unlisted(origin, inc) and self._retired_life(origin, inc) is None:
+                continue  # (a retired life is repaired for its flush_grace, never revived)
             st = self._origins.get(origin)
             if st is None:
                 if self._dropped(origin, inc):
@@ -1081,6 +1095,8 @@ class MulticastMachine:
                 if st is not None and inc == st.incarnation:
                     self._trim(st, min(stable, st.delivered))
                 continue
+            if self._unlisted(origin, inc) and self._retired_life(origin, inc) is None:
+                continue  # (a retired life is repaired for its flush_grace, never revived)
             if st is None:
                 if self._dropped(origin, inc):
                     continue
@@ -1150,7 +1166,7 @@ class MulticastMachine:
         for origin, st in sorted(self._origins.items()):
             if origin == me:
                 continue
-            if origin in self._member_inc:
+            if self._member_inc.get(origin) == st.incarnation:
                 if st.gone_at is not None:
                     st.gone_at = None
                     del self._grace[origin]

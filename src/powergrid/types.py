@@ -24,16 +24,22 @@ from powergrid.errors import ConfigError
 
 __all__ = [
     "BROKER_GROUP",
+    "EPOCH_WINDOW",
     "MAX_NODE_ID",
+    "VIEW_WINDOW",
     "ElectionKey",
     "Epoch",
     "GroupId",
     "Incarnation",
     "NodeId",
     "Seq",
+    "epoch_newer",
     "format_node",
+    "next_epoch",
+    "next_view_id",
     "node_address",
     "node_id",
+    "view_newer",
 ]
 
 NodeId = NewType("NodeId", int)
@@ -43,7 +49,8 @@ GroupId = NewType("GroupId", int)
 """32 bits. Group 0 is the broker group; clusters are 1 and up."""
 
 Epoch = NewType("Epoch", int)
-"""A leader's term, 32 bits; only grows. 0 means "no leader yet"."""
+"""A leader's term, 32 bits; only grows, in serial number arithmetic (:func:`epoch_newer`).
+0 means "no leader yet"."""
 
 Incarnation = NewType("Incarnation", int)
 """The life of a process at one address, 32 bits; a restart picks a higher one."""
@@ -53,6 +60,53 @@ Seq = NewType("Seq", int)
 
 MAX_NODE_ID = (1 << 48) - 1
 BROKER_GROUP = GroupId(0)
+
+EPOCH_WINDOW = 1 << 20
+"""How far ahead (or behind) of a known epoch another epoch still compares: see
+:func:`epoch_newer`. No honest group runs a million elections between two nodes' views."""
+VIEW_WINDOW = 1 << 32
+"""The same for view ids (64 bits): see :func:`view_newer`."""
+
+
+def _serial_newer(a: int, b: int, bits: int, window: int) -> bool:
+    # RFC 1982 serial number arithmetic, limited to a window: a is newer than b if it
+    # lies 1..window steps after b, counting modulo 2**bits. 0 means "none": anything
+    # else is newer than it, and it is newer than nothing.
+    if a == 0:
+        return False
+    if b == 0:
+        return True
+    return 0 < (a - b) % (1 << bits) <= window
+
+
+def epoch_newer(a: int, b: int) -> bool:
+    """Is epoch ``a`` newer than epoch ``b``?
+
+    Epochs are 32 bits and compare like serial numbers (RFC 1982), within a window:
+    ``a`` is newer if it lies 1 to :data:`EPOCH_WINDOW` steps after ``b`` modulo 2**32
+    (so 1 is newer than 2**32-1: there is no top value a forged epoch could stick
+    at). Any epoch is newer than 0 ("none"), which is newer than nothing. Two epochs
+    that are neither equal nor within the window of each other are *foreign*:
+    neither is newer, and the machines never order them (a node without a live
+    leader follows a foreign epoch's leader; one with a live leader refuses it).
+    """
+    return _serial_newer(a, b, 32, EPOCH_WINDOW)
+
+
+def next_epoch(e: int) -> int:
+    """The epoch after ``e``: ``e + 1``, wrapping from 2**32-1 to 1 (0 means "none")."""
+    return e % 0xFFFFFFFF + 1
+
+
+def view_newer(a: int, b: int) -> bool:
+    """Is view id ``a`` newer than ``b``? Like :func:`epoch_newer`, over 64 bits and
+    :data:`VIEW_WINDOW`."""
+    return _serial_newer(a, b, 64, VIEW_WINDOW)
+
+
+def next_view_id(v: int) -> int:
+    """The view id after ``v``: ``v + 1``, wrapping from 2**64-1 to 1."""
+    return v % 0xFFFFFFFFFFFFFFFF + 1
 
 
 def node_id(host: str, port: int) -> NodeId:

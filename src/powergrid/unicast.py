@@ -33,6 +33,13 @@ duplicates are dropped and counted. Every accepted
 :class:`~powergrid.wire.UData` is answered with a cumulative
 :class:`~powergrid.wire.UAck` of everything delivered so far.
 
+*Stuck streams.* If everything a peer sends is refused (stale, duplicate or
+out of window), with gaps of at most twice ``rto_max``, for twice the time an
+honest sender retransmits before it gives up, the receiver's state for that
+peer is wrong (without a key, a forged higher incarnation, ``base`` or
+``seq`` leaves it so), and it starts over from the message at hand
+(``stats.restarted``).
+
 *Restarts.* A :class:`~powergrid.wire.UAck` names the receiver's incarnation:
 a higher one than last seen means the receiver restarted and lost what it
 held, so the sender resends every in-flight message at once. It also names
@@ -154,6 +161,14 @@ class UnicastConfig:
                 "set receive_window >= window or in-flight messages will be dropped"
             )
 
+    def give_up_time(self) -> float:
+        """The longest (seconds) a sender retransmits without progress before it gives up."""
+        total, rto = 0.0, self.rto_initial
+        for _ in range(self.max_attempts):
+            total += rto
+            rto = min(rto * self.rto_backoff, self.rto_max)
+        return total * (1.0 + self.jitter)
+
 
 # ----------------------------------------------------------------- events
 
@@ -233,6 +248,9 @@ class UnicastStats:
     """Messages given up on (the sum of ``undelivered`` reported)."""
     invalid: int = 0
     """UAck for a sequence number never sent (hostile or confused peer)."""
+    restarted: int = 0
+    """Receiving streams started over because everything their peer sent was refused
+    for twice the sender's give-up time (state left by forged datagrams)."""
     unexpected: int = 0
     """Received messages that are neither UData nor UAck."""
 
@@ -259,12 +277,14 @@ class _Outgoing:
 class _Incoming:
     """What one peer sends us, in its life ``incarnation``."""
 
-    __slots__ = ("expected", "held", "incarnation")
+    __slots__ = ("expected", "held", "incarnation", "refused_last", "refused_since")
 
     def __init__(self, incarnation: int, expected: int) -> None:
         self.incarnation = incarnation
         self.expected = expected
         self.held: dict[int, tuple[int, bytes]] = {}
+        self.refused_since = -math.inf  # start of the current run of refusals, if any
+        self.refused_last = -math.inf
 
 
 # ---------------------------------------------------------------- machine
@@ -282,6 +302,8 @@ class UnicastMachine:
         self._incarnation = incarnation
         self._rng = rng
         self._stats = UnicastStats()
+        self._stuck_after = 2.0 * config.give_up_time()
+        self._stuck_gap = 2.0 * config.rto_max * (1.0 + config.jitter)
         self._out: dict[int, _Outgoing] = {}
         self._in: dict[int, _Incoming] = {}
         self._armed: dict[int, float] = {}  # peer -> retransmission time
@@ -488,6 +510,12 @@ class UnicastMachine:
         inc = self._in.get(peer)
         if inc is None or life > inc.incarnation:
             inc = self._in[peer] = _Incoming(life, msg.base)
+        elif self._refused(inc, life, msg) and self._stuck(inc, now):
+            # Everything this peer sent has been refused for longer than any honest sender
+            # retransmits: our state is wrong (a forged higher incarnation, base or seq), so
+            # start over with what it sends now.
+            stats.restarted += 1
+            inc = self._in[peer] = _Incoming(life, msg.base)
         elif life < inc.incarnation:
             stats.stale += 1
             return []
@@ -506,6 +534,7 @@ class UnicastMachine:
             stats.out_of_window += 1
         elif seq == inc.expected:
             inc.expected = seq + 1
+            inc.refused_since = inc.refused_last = -math.inf
             stats.delivered += 1
             actions.append(
                 DeliverUnicast(sender=peer, incarnation=life, kind=msg.kind, payload=msg.payload)
@@ -524,6 +553,22 @@ class UnicastMachine:
             )
         )
         return actions
+
+    def _refused(self, inc: _Incoming, life: int, msg: UData) -> bool:
+        """Would ``msg`` of ``life`` be refused (stale, duplicate, out of window)?"""
+        if life != inc.incarnation:
+            return life < inc.incarnation
+        expected = max(inc.expected, msg.base)
+        seq = msg.seq
+        return seq < expected or seq in inc.held or seq - expected >= self._config.receive_window
+
+    def _stuck(self, inc: _Incoming, now: float) -> bool:
+        """Note a refusal at ``now``; True once refusals have run, with gaps of at most twice
+        the longest retransmission timeout, for twice the sender's give-up time."""
+        if now - inc.refused_last > self._stuck_gap:  # the first refusal of a run
+            inc.refused_since = now
+        inc.refused_last = now
+        return now - inc.refused_since >= self._stuck_after
 
     def _drain(self, peer: NodeId, inc: _Incoming, actions: list[Any]) -> None:
         """Deliver the held run that starts at ``inc.expected``."""

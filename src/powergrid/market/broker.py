@@ -72,7 +72,7 @@ from powergrid.market.clearing import (
     clear,
     totals_to_message,
 )
-from powergrid.types import BROKER_GROUP, Epoch, GroupId, Incarnation, NodeId
+from powergrid.types import BROKER_GROUP, Epoch, GroupId, Incarnation, NodeId, epoch_newer
 
 __all__ = ["BrokerConfig", "BrokerMachine", "BrokerStats"]
 
@@ -122,6 +122,9 @@ class BrokerStats:
     rounds_without_budget: int = 0
     clearings_without_us: int = 0
     dropped_stale: int = 0
+    dropped_early: int = 0
+    """Clearings of a newer (or foreign) lead epoch than the election named: not passed
+    on, and the epoch is not followed (the lead's Coordinator is on its way)."""
     dropped_duplicate: int = 0
     dropped_foreign: int = 0
     dropped_invalid: int = 0
@@ -230,18 +233,18 @@ class BrokerMachine:
 
     def _on_leader_elected(self, ev: LeaderElected, now: float) -> list[object]:
         if ev.group == BROKER_GROUP:
-            if ev.epoch < self._lead_epoch:
+            if epoch_newer(self._lead_epoch, ev.epoch):
                 self.stats.dropped_stale += 1
-            elif ev.epoch > self._lead_epoch or ev.leader != self._lead:
+            elif ev.epoch != self._lead_epoch or ev.leader != self._lead:
                 self._follow_lead(ev.leader, ev.epoch)
             return []
         if ev.group != self._cluster:
             return []
-        if ev.epoch < self._epoch:
+        if epoch_newer(self._epoch, ev.epoch):  # older (a foreign epoch is the election's call)
             self.stats.dropped_stale += 1
             return []
         if ev.leader == self._me:
-            if not self._active or ev.epoch > self._epoch:
+            if not self._active or ev.epoch != self._epoch:
                 self._activate(ev.epoch, now)
         else:
             self._epoch = ev.epoch
@@ -313,12 +316,15 @@ class BrokerMachine:
         if not self._active:
             self.stats.dropped_unexpected += 1
             return []
-        if msg.epoch < self._lead_epoch:
-            self.stats.dropped_stale += 1
+        if msg.epoch != self._lead_epoch:
+            # The lead epoch is the election's (LeaderElected of the broker group): a
+            # clearing never moves it, so a forged one cannot fence out the real lead.
+            if epoch_newer(self._lead_epoch, msg.epoch):
+                self.stats.dropped_stale += 1
+            else:
+                self.stats.dropped_early += 1
             return []
-        if msg.epoch > self._lead_epoch:
-            self._follow_lead(sender, Epoch(msg.epoch))
-        elif sender != self._lead:
+        if sender != self._lead:
             self.stats.dropped_foreign += 1
             return []
         self._lead_heard_at = now
@@ -401,6 +407,9 @@ class BrokerMachine:
         self._bids.clear()
         self._totals = None
         self._round_at = None
+        # No longer the broker, the node leaves the broker group: the lead epoch known
+        # came from that group's election, which is gone. Its next stack starts from 0.
+        self._lead, self._lead_epoch, self._lead_round = NodeId(0), Epoch(0), 0
 
     def _follow_lead(self, lead: NodeId, epoch: Epoch) -> None:
         self._lead = lead

@@ -6,8 +6,10 @@ Theory of operation
 to its cluster's broker, and turns each fresh price into its allocation (watts,
 an int) with :func:`~powergrid.market.clearing.allocate`, applied to the bid the
 price actually cleared, so the cluster's allocations never exceed what the
-clearing paid for. It never applies a price of an epoch older than the cluster
-epoch it follows (fencing), nor the same round twice. It tells the app whether
+clearing paid for. It applies only prices of the cluster epoch it follows, the
+one the election named (fencing: an older one is stale; a newer one is early,
+and never moves the epoch, so a forged price cannot fence out the real
+broker), and never the same round twice. It tells the app whether
 the price included its latest bid. Without fresh prices it keeps its last
 allocation for ``lease`` seconds, then falls back to ``min(allocation, r)`` and
 never raises it again until a fresh price arrives.
@@ -36,8 +38,7 @@ the cluster's allocations within the clearing's total; the cost is a
 server without power for the round or two until its first bid is counted
 (a new server, or a bid that reached a new broker after its first
 aggregate). A new broker
-(a higher epoch, learned from ``LeaderElected`` or from a ``Price``) gets the
-current bid at once.
+(a newer epoch, learned from ``LeaderElected``) gets the current bid at once.
 
 **Acknowledgements go stale.** The broker drops a bid it has not heard for
 its ``bid_timeout`` (6 s), without telling the client (whose refreshes may be
@@ -71,7 +72,7 @@ from powergrid.errors import ConfigError, UsageError
 from powergrid.events import DeadlineReached, LeaderElected, Received, SendReliable
 from powergrid.market.bids import Bid, Grid
 from powergrid.market.clearing import ClearingResult, Regime, allocate
-from powergrid.types import Epoch, GroupId, NodeId
+from powergrid.types import Epoch, GroupId, NodeId, epoch_newer
 
 __all__ = [
     "AllocationChanged",
@@ -153,6 +154,9 @@ class ClientStats:
     prices_with_stale_ack: int = 0
     leases_expired: int = 0
     dropped_stale: int = 0
+    dropped_early: int = 0
+    """Prices of a newer (or foreign) epoch than the election named: not applied, and the
+    epoch is not followed (its broker's Coordinator is on its way; its next round counts)."""
     dropped_duplicate: int = 0
     dropped_foreign: int = 0
     dropped_invalid: int = 0
@@ -271,7 +275,7 @@ class ClientMachine:
     def _on_leader_elected(self, ev: LeaderElected, now: float) -> list[object]:
         if ev.group != self._cluster:
             return []
-        if ev.epoch < self._epoch:
+        if epoch_newer(self._epoch, ev.epoch):  # older (a foreign epoch is the election's call)
             self.stats.dropped_stale += 1
             return []
         if ev.epoch == self._epoch and ev.leader == self._broker:
@@ -305,12 +309,15 @@ class ClientMachine:
 
     def _on_price(self, sender: NodeId, msg: wire.Price, now: float) -> list[object]:
         actions: list[object] = []
-        if msg.epoch < self._epoch or msg.epoch == 0:
-            self.stats.dropped_stale += 1
+        if msg.epoch != self._epoch or msg.epoch == 0:
+            # The epoch is the election's (LeaderElected). A price never moves it: a forged
+            # price of a newer epoch would otherwise fence out the real broker for good.
+            if msg.epoch == 0 or epoch_newer(self._epoch, msg.epoch):
+                self.stats.dropped_stale += 1
+            else:
+                self.stats.dropped_early += 1
             return actions
-        if msg.epoch > self._epoch:
-            actions += self._follow(sender, Epoch(msg.epoch), now)
-        elif sender != self._broker:
+        if sender != self._broker:
             self.stats.dropped_foreign += 1
             return actions
         if msg.round <= self._round:

@@ -75,7 +75,7 @@ from powergrid.market.clearing import (
     combine,
     totals_from_message,
 )
-from powergrid.types import BROKER_GROUP, Epoch, NodeId
+from powergrid.types import BROKER_GROUP, Epoch, NodeId, epoch_newer
 
 __all__ = [
     "MAX_CLEARING_ENTRIES",
@@ -286,11 +286,11 @@ class LeadBrokerMachine:
     def _on_leader_elected(self, ev: LeaderElected, now: float) -> list[object]:
         if ev.group != BROKER_GROUP:
             return []
-        if ev.epoch < self._epoch:
+        if epoch_newer(self._epoch, ev.epoch):  # older (a foreign epoch is the election's call)
             self.stats.dropped_stale += 1
             return []
         if ev.leader == self._me:
-            if not self._active or ev.epoch > self._epoch:
+            if not self._active or ev.epoch != self._epoch:
                 self._active = True
                 self._epoch = ev.epoch
                 self._round = 0
@@ -305,6 +305,9 @@ class LeadBrokerMachine:
     def _on_stepped_down(self, ev: SteppedDown, now: float) -> list[object]:
         self._active = False
         self._round_at = None
+        # The node left the broker group: the epoch known came from that group's election,
+        # which is gone; the next stack's election starts from 0 (it may win epoch 1 again).
+        self._epoch = Epoch(0)
         return []
 
     def _on_received(self, ev: Received, now: float) -> list[object]:
@@ -320,7 +323,9 @@ class LeadBrokerMachine:
             return []
         held = self._clusters.get(msg.cluster)
         if held is not None:
-            if msg.epoch < held.epoch or (msg.epoch == held.epoch and msg.seq < held.seq):
+            if epoch_newer(held.epoch, msg.epoch) or (
+                msg.epoch == held.epoch and msg.seq < held.seq
+            ):
                 self.stats.dropped_stale += 1
                 return []
             if msg.epoch == held.epoch and msg.seq == held.seq:
