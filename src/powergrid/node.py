@@ -309,6 +309,8 @@ class Node:
         self._rest_dirty = True
         self._rest_fns: list[Callable[[], float | None]] = []
         self._membership_fns: list[Callable[[], float | None]] = []
+        # the only membership deadline when the node is in one group (most nodes)
+        self._membership_one: Callable[[], float | None] | None = None
         self._on_note: dict[type[Any], _Handler] = {
             ViewChanged: self._on_view_changed,
             LeaderLost: self._on_leader_lost,
@@ -475,6 +477,12 @@ class Node:
             self._rest_due = rest
             self._rest_dirty = False
         best = self._rest_due
+        one = self._membership_one
+        if one is not None:  # one group: no loop (called after every delivery)
+            due = one()
+            if due is not None and (best is None or due < best):
+                return due
+            return best
         for fn in self._membership_fns:
             due = fn()
             if due is not None and (best is None or due < best):
@@ -485,6 +493,8 @@ class Node:
         """Rebuild the deadline lists after a stack was added or removed."""
         stacks = [self._stacks[g] for g in sorted(self._stacks)]
         self._membership_fns = [st.membership.next_deadline for st in stacks]
+        fns = self._membership_fns
+        self._membership_one = fns[0] if len(fns) == 1 else None
         self._rest_fns = [
             m.next_deadline for st in stacks for m in st.machines if m is not st.membership
         ]
