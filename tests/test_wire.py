@@ -111,6 +111,18 @@ def test_arbitrary_bytes_raise_only_decode_error(data: bytes) -> None:
         decode(data)
 
 
+def _mutated(msg: wire.Message, flips: list[tuple[int, int]], resize: int) -> bytes:
+    """``msg`` encoded, with bytes set at ``flips`` and cut or extended by ``resize``."""
+    data = bytearray(encode(1, NODE, 1, msg))
+    for pos, value in flips:
+        data[pos % len(data)] = value
+    if resize < 0:
+        del data[resize:]
+    else:
+        data.extend(b"\x00" * resize)
+    return bytes(data)
+
+
 @settings(max_examples=500, suppress_health_check=[HealthCheck.filter_too_much])
 @given(
     any_message,
@@ -121,15 +133,9 @@ def test_mutated_datagrams_raise_only_decode_error(
     msg: wire.Message, flips: list[tuple[int, int]], resize: int
 ) -> None:
     """Valid datagrams with bytes changed, cut or extended decode or raise DecodeError."""
-    data = bytearray(encode(1, NODE, 1, msg))
-    for pos, value in flips:
-        data[pos % len(data)] = value
-    if resize < 0:
-        del data[resize:]
-    else:
-        data.extend(b"\x00" * resize)
+    data = _mutated(msg, flips, resize)
     try:
-        env = decode(bytes(data))
+        env = decode(data)
     except DecodeError:
         return
     assert env.message.problem() is None
@@ -153,14 +159,8 @@ def test_fast_path_agrees_with_the_checked_path(
 ) -> None:
     """decode's generated per-type fast path gives exactly what the checked path gives:
     the same envelope, or DecodeError with the same message."""
-    data = bytearray(encode(1, NODE, 1, msg))
-    for pos, value in flips:
-        data[pos % len(data)] = value
-    if resize < 0:
-        del data[resize:]
-    else:
-        data.extend(b"\x00" * resize)
-    assert _outcome(bytes(data), decode) == _outcome(bytes(data), wire._decode_checked)
+    data = _mutated(msg, flips, resize)
+    assert _outcome(data, decode) == _outcome(data, wire._decode_checked)
 
 
 def _datagram() -> bytes:
