@@ -184,18 +184,13 @@ def test_client_refuses_duplicate_round_foreign_sender_and_nonsense() -> None:
     assert c.allocation == 162
 
 
-def test_client_not_yet_counted_takes_nothing() -> None:
-    """Client rule (uncounted bid): a price that counted none of its bids budgeted nothing for
-    it, so it gives 0 W in every regime (not r or h, which would exceed the clearing's total);
-    the first price that counts the bid gives its share."""
-    c = client_following()
-    c.handle(rx(BROKER, wire.BidAck(epoch=1, seq=1, aggregate=2)), 0.1)  # counted from agg 2
-    out = c.handle(rx(BROKER, price()), 1.0)  # clears aggregate 1
-    assert out == [
+def priced_nothing(number: int) -> list[object]:
+    """A client's actions for a normal-regime price (0.5) that gives it 0 W."""
+    return [
         PriceUpdated(
             group=CL,
             epoch=Epoch(1),
-            round=1,
+            round=number,
             price=0.5,
             regime=Regime.NORMAL,
             allocation=0,
@@ -203,6 +198,16 @@ def test_client_not_yet_counted_takes_nothing() -> None:
         ),
         AllocationChanged(group=CL, allocation=0, cause="price"),
     ]
+
+
+def test_client_not_yet_counted_takes_nothing() -> None:
+    """Client rule (uncounted bid): a price that counted none of its bids budgeted nothing for
+    it, so it gives 0 W in every regime (not r or h, which would exceed the clearing's total);
+    the first price that counts the bid gives its share."""
+    c = client_following()
+    c.handle(rx(BROKER, wire.BidAck(epoch=1, seq=1, aggregate=2)), 0.1)  # counted from agg 2
+    out = c.handle(rx(BROKER, price()), 1.0)  # clears aggregate 1
+    assert out == priced_nothing(1)
     shortage = price(round=2, regime=2, price=1.0, level=0, deficit=5)
     out = c.handle(rx(BROKER, shortage), 2.0)
     assert [type(a) for a in out] == [PriceUpdated]  # still 0 W: unchanged, no AllocationChanged
@@ -237,18 +242,7 @@ def test_client_stale_ack_counts_for_nothing_until_renewed() -> None:
     c.handle(rx(BROKER, wire.BidAck(epoch=1, seq=1, aggregate=1)), 0.1)
     assert c.handle(rx(BROKER, price()), 5.0)[0].allocation == 162  # type: ignore[attr-defined]
     out = c.handle(rx(BROKER, price(round=2)), 5.1)  # 5.0 s after the ack
-    assert out == [
-        PriceUpdated(
-            group=CL,
-            epoch=Epoch(1),
-            round=2,
-            price=0.5,
-            regime=Regime.NORMAL,
-            allocation=0,
-            includes_latest_bid=False,
-        ),
-        AllocationChanged(group=CL, allocation=0, cause="price"),
-    ]
+    assert out == priced_nothing(2)
     assert c.stats.prices_with_stale_ack == 1
     assert c.handle(rx(BROKER, wire.BidAck(epoch=1, seq=1, aggregate=1)), 5.2) == []
     assert c.stats.acks_renewed == 1
