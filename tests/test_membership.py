@@ -257,6 +257,30 @@ def test_joiner_asks_for_a_view_it_never_saw() -> None:
     assert m.handle(rcv(L, Heartbeat(epoch=1, view_id=2)), 0.5) == []  # seen: no repeat
 
 
+def test_joiner_whose_last_view_id_blocks_its_leaders_view_asks_for_it() -> None:
+    """Join: a node left out of a view keeps its last view's id. A new leader (here a new
+    life of L, whose view ids start again at 1) admits it in a view whose id is not above
+    that one, so it may not install it (view ids only grow) and, sending no acks, never
+    told the leader why. Its leader's heartbeat naming such a view id makes it ask for the
+    view with its own view's id, which lifts the leader above it (fuzz seed 10018 and the
+    multicast-buffer seeds 3319, 5146, 8485, 9409, 11508: a node stuck joining for good)."""
+    m = follower(A, B)  # view 2 of epoch 1
+    m.handle(rcv(L, part(1, 3, [mem(B), mem(L)], gone=[(A, 1, 1)])), 0.5)
+    assert m.state == "joining"
+    members = [mem(A), mem(B), mem(L, 2)]
+    assert m.handle(rcv(L, part(2, 2, members), inc=2), 0.6) == []  # view 2 of epoch 2
+    assert m.stats.dropped_old_view == 1
+    assert m.handle(rcv(L, Heartbeat(epoch=2, view_id=2), inc=2), 0.65) == [
+        Send(to=L, message=ViewRequest(epoch=1, view_id=2))
+    ]
+    assert m.handle(rcv(L, Heartbeat(epoch=2, view_id=2), inc=2), 0.7) == []  # once per interval
+    assert m.handle(rcv(L, part(2, 3, members), inc=2), 0.8) == [
+        MemberRemoved(group=G, node=L, reason="crashed"),  # L's first life
+        ViewChanged(view=view(3, L, 2, *members)),
+    ]
+    assert m.state == "member"
+
+
 def test_duplicate_join_is_answered_with_the_view_by_unicast() -> None:
     """Join: a request from a member already in the view gets the view by unicast."""
     m = lead(A)

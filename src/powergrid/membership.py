@@ -49,9 +49,12 @@ names a newer one. It installs a view only when the view id is higher than its
 own, so view ids only grow. It also asks when the heartbeat names its own view
 id but the heartbeat's sender (node and incarnation) did not issue its view (a
 twin leader of the same epoch, or a new life of its leader): that view id
-names two views. A leader that learns of a view id higher than its own (from
-an ack or a view request), or is asked for a view with its own id, issues a
-new view above it. A member that hears nothing from its leader for
+names two views. A node not in its leader's view asks when the heartbeat
+names a view id it never saw, or one it could not install (not newer than its
+last view's id: a new leader, or new life of it, counts from 1 again). A leader
+that learns of a view id higher than its own (from an ack or a view request),
+or is asked for a view with its own id, issues a new view above it. A member
+that hears nothing from its leader for
 ``leader_timeout * s(n)`` emits ``LeaderLost`` once (again only after hearing
 the leader again or following a new one); a leader's LeaveNotice triggers it
 at once. A node that joined but has heard of no leader at all within
@@ -1070,8 +1073,11 @@ class MembershipMachine:
         if not self._in_view:
             if self._leader != followed:
                 self._join_now(now, actions)  # a joiner found its leader: ask it directly
-            elif view_newer(hb.view_id, highest):
-                # A view we never saw: perhaps the one admitting us, lost on the way.
+            elif view_newer(hb.view_id, highest) or not _installable(hb.view_id, self._view_id()):
+                # A view we never saw: perhaps the one admitting us, lost on the way. Or
+                # one we could not install: our last view (of an older leader, or life of
+                # it) has an id at least as high, so the leader must go above it; our
+                # request names that id, as an ack would if we were in its view.
                 self._request_view(ev.sender, now, actions)
             return actions
         view = self._view
