@@ -866,6 +866,41 @@ def test_coordinator_learns_a_retired_lifes_end_from_status_and_digests_it() -> 
     ]
 
 
+def test_restarted_coordinator_digests_its_own_past_life_from_status() -> None:
+    """Rule (retired lives): a coordinator that is itself a restarted origin has no state
+    of its past life, so the members' Status entries of that life are all it learns of
+    it: it keeps the life's highest (nothing held or delivered here, nothing declared
+    stable) for flush_grace from the first report and digests it like any retired life,
+    so members behind fetch the end from those that delivered it. (Before, it skipped
+    those entries, no Stable named the end of its past life, and a last message one
+    member had delivered never reached the others: multicast-agreement seed 7684.)"""
+    m = MulticastMachine(CFG, me=A, incarnation=I2, rng=random.Random(7))
+    members = (Member(node=A, incarnation=I2), *(Member(node=n, incarnation=I1) for n in (B, D)))
+    m.handle(
+        ViewChanged(
+            view=View(group=GroupId(1), view_id=1, leader=A, epoch=Epoch(1), members=members)
+        ),
+        0.0,
+    )
+    while (due := m.next_deadline()) is not None:  # the view change's digests
+        m.handle(TICK, due)
+    t = 1.0
+    assert m.handle(recv(D, Status(view_id=1, entries=(StatusEntry(A, 1, 26),))), t) == []
+    assert m.handle(recv(B, Status(view_id=1, entries=(StatusEntry(A, 1, 27),))), t) == []
+    assert m.handle(recv(D, Status(view_id=1, entries=(StatusEntry(A, 1, 25),))), t) == []
+    assert m.next_deadline() == t + CFG.stable_interval
+    mine = Multicast(message=Stable(view_id=1, entries=(StableEntry(A, 2, 0, 0),)))
+    past = Multicast(message=Stable(view_id=1, entries=(StableEntry(A, 1, 0, 27),)))
+    assert m.handle(TICK, t + CFG.stable_interval) == [mine, past]
+    assert m.buffer_size == 0
+    # Repeated until flush_grace from the first report, then dropped.
+    for k in range(2, 8):
+        assert m.handle(TICK, t + k * CFG.stable_interval) == [mine, past]
+    assert m.next_deadline() == t + CFG.flush_grace
+    assert m.handle(TICK, t + CFG.flush_grace) == [mine]
+    assert m.next_deadline() is None
+
+
 def test_departed_origin_kept_for_flush_grace_then_dropped() -> None:
     """Rule: an origin that leaves the view keeps its state for flush_grace (holders can
     still resend its messages), then its state is dropped and not recreated."""

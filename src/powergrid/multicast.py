@@ -99,7 +99,10 @@ Xmits delivered, its gaps asked of the group at once, its buffer answering
 Naks, its point reported in Status and its ``(stable, highest)`` digested by
 the coordinator in Stable (in datagrams of their own: an origin appears once
 per datagram), so members that missed the old life's last messages fetch them
-from those that delivered them. Then it is dropped whole.
+from those that delivered them. Then it is dropped whole. A coordinator that
+is itself the restarted origin learns of its past life only from Status: it
+keeps that life's highest reported (nothing held, nothing stable) as a retired
+life from the first such report, so the digest names it all the same.
 
 Guarantees: within one life of each origin, each member delivers the
 origin's messages at most once and in order (FIFO per origin); while the
@@ -677,6 +680,25 @@ class MulticastMachine:
         self._buffer_size += len(st.buf)
         self._check_retired_gap(st, now)
 
+    def _own_past_life(self, inc: int, delivered: int, now: float) -> None:
+        """A member reports it delivered up to ``delivered`` of an earlier life ``inc`` of
+        this node, the coordinator: keep that life as retired, for ``flush_grace`` from
+        the first report, so that its highest goes out in the Stable digest like any
+        retired life's and members behind fetch its end from those that delivered it.
+        Nothing of it is held or delivered here and nothing is declared stable (the
+        restart lost all that): only its highest grows, with the reports."""
+        me = self._me
+        old = self._retired.get(me)
+        if old is None or old.incarnation < inc:
+            if old is not None:
+                self._drop_retired(me)
+            old = self._retired[me] = _Origin(inc, 0)
+            old.gone_at = now + self._config.flush_grace
+        elif old.incarnation > inc:
+            return
+        if delivered > old.highest:
+            old.highest = old.delivered = delivered  # no gap: this node never asks for it
+
     def _retired_life(self, origin: int, inc: int) -> _Origin | None:
         old = self._retired.get(origin)
         return old if old is not None and old.incarnation == inc else None
@@ -954,6 +976,8 @@ class MulticastMachine:
             if origin == self._me:
                 if inc == self._incarnation:
                     self._report(report, origin, inc, min(delivered, self._own.delivered), low)
+                elif inc < self._incarnation:
+                    self._own_past_life(inc, delivered, now)
                 continue
             if self._unlisted(origin, inc) and self._retired_life(origin, inc) is None:
                 continue  # (a retired life is repaired for its flush_grace, never revived)
