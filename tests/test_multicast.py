@@ -901,6 +901,42 @@ def test_restarted_coordinator_digests_its_own_past_life_from_status() -> None:
     assert m.next_deadline() is None
 
 
+def test_coordinator_skips_lost_history_of_a_retired_life() -> None:
+    """Rule (lost history, retired lives): a coordinator that started an origin at 0 and
+    held its later messages, waiting for every member's report to skip what nobody holds
+    any more, keeps the members' reports when the origin restarts and the life retires;
+    with the reports of every member but the origin (its new life holds none of the old
+    one), it skips the retired life to its lost point and delivers what it held. (Before,
+    the retired life lost the reports and was never counted: the coordinator held the
+    old life's end to the last and never delivered what the others had: the old course
+    of multicast-agreement seed 11219.)"""
+    m = machine(me=A)
+    m.handle(view(A, B, D), 0.0)
+    while (due := m.next_deadline()) is not None:  # the view change's digests
+        m.handle(TICK, due)
+    assert m.handle(data(16, sender=B), 1.0) == []  # started at 0: held, 1..15 missing
+    # D delivered up to 17 and dropped up to 15 as stable (in a view A was not in).
+    assert m.handle(recv(D, Status(view_id=1, entries=(StatusEntry(B, 1, 17, 15),))), 1.0) == []
+    assert m.handle(data(1, sender=B, inc=2, payload=b"new"), 1.0) == [
+        deliver(1, B, inc=2, payload=b"new")
+    ]
+    ask = [
+        Multicast(message=Nak(origin=B, origin_incarnation=1, first=1, last=15, helper=D)),
+        Multicast(message=Nak(origin=B, origin_incarnation=1, first=17, last=17, helper=D)),
+    ]
+    while (due := m.next_deadline()) is not None and due < 1.0 + CFG.stable_interval:
+        assert m.handle(TICK, due) == ask
+    assert m.handle(TICK, 1.0 + CFG.stable_interval) == [
+        deliver(16, B),  # 1..15 are lost for good: skipped, and 16 delivered
+        Multicast(
+            message=Stable(view_id=1, entries=(StableEntry(A, 1, 0, 0), StableEntry(B, 2, 0, 1)))
+        ),
+        Multicast(message=Stable(view_id=1, entries=(StableEntry(B, 1, 15, 17),))),
+    ]
+    assert m.handle(TICK, m.next_deadline() or 0.0) == ask[1:]  # only 17 now, from D
+    assert m.stats.skipped == 15
+
+
 def test_departed_origin_kept_for_flush_grace_then_dropped() -> None:
     """Rule: an origin that leaves the view keeps its state for flush_grace (holders can
     still resend its messages), then its state is dropped and not recreated."""

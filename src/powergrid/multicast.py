@@ -64,9 +64,11 @@ holds ahead of its own gap; the first message nobody holds is lost for good, so
 it raises the origin's stable point to it, skipping there itself (``skipped``)
 and so making every member behind skip too, instead of asking forever. Within
 one view nobody drops what a member lacks, so this never skips a message
-someone can still resend. A member that skips to a stable point also drops what
-it holds at or below it (``skipped``): the stream jumps once and goes on after
-the point, never delivering with gaps in between.
+someone can still resend. Retired lives (see *Restarts*) are counted the same
+way, with the reports of every member but their origin. A member that skips to
+a stable point also drops what it holds at or below it (``skipped``): the
+stream jumps once and goes on after the point, never delivering with gaps in
+between.
 
 *Buffer cap.* If stability stalls, at most ``max_buffer`` messages are
 buffered in all: beyond, the oldest message of the origin with the most
@@ -410,6 +412,8 @@ class MulticastMachine:
         self._stable_left = 0  # Stable digests still owed after a view change
         # member -> origin -> (inc, delivered, low): what it delivered, what it can no longer resend
         self._reports: dict[int, dict[int, tuple[int, int, int]]] = {}
+        # the same, of retired lives (its origin -> the retired life's report)
+        self._retired_reports: dict[int, dict[int, tuple[int, int, int]]] = {}
         self._xmit_window: dict[int, list[float]] = {}  # requester -> [window start, count]
         # dropped origin -> (inc, stable, delivered) when its state was dropped after grace
         self._floors: dict[int, tuple[int, int, int]] = {}
@@ -639,9 +643,15 @@ class MulticastMachine:
         delivering anything twice) with the stable point we knew (never declaring more)."""
         old = self._origins.get(origin)
         if old is not None:
+            retire = old.incarnation < inc and old.delivered != _PENDING
+            kept = {  # the members' reports of the old life go with it
+                m: got
+                for m, r in self._reports.items()
+                if retire and (got := r.get(origin)) is not None and got[0] == old.incarnation
+            }
             self._forget(origin, old)
-            if old.incarnation < inc and old.delivered != _PENDING:
-                self._retire(origin, old, now)
+            if retire:
+                self._retire(origin, old, now, kept)
         known = self._floors.pop(origin, None)
         if known is not None and known[0] == inc and known[2] > start:
             st = _Origin(inc, known[2])
@@ -666,13 +676,17 @@ class MulticastMachine:
 
     # ------------------------------------------------------------ retired lives
 
-    def _retire(self, origin: int, st: _Origin, now: float) -> None:
+    def _retire(
+        self, origin: int, st: _Origin, now: float, reports: dict[int, tuple[int, int, int]]
+    ) -> None:
         """A newer life of ``origin`` replaced ``st`` (a restart): keep the old life for
         ``flush_grace``, like an origin that left the view, so that members can still
-        fetch its last messages from whoever delivered them (the origin cannot resend)."""
-        older = self._retired.pop(origin, None)
-        if older is not None:
-            self._buffer_size -= len(older.buf)
+        fetch its last messages from whoever delivered them (the origin cannot resend).
+        ``reports``: the members' reports of the old life (the coordinator's)."""
+        if origin in self._retired:
+            self._drop_retired(origin)
+        for m, got in reports.items():
+            self._retired_reports.setdefault(m, {})[origin] = got
         st.gone_at = now + self._config.flush_grace
         st.nak_due = None
         st.tries = st.group_round = 0
@@ -725,6 +739,8 @@ class MulticastMachine:
     def _drop_retired(self, origin: int) -> None:
         st = self._retired.pop(origin)
         self._buffer_size -= len(st.buf)
+        for report in self._retired_reports.values():
+            report.pop(origin, None)
 
     def _deliver(self, st: _Origin, origin: int, seq: int, msg: _Stored, out: list[Any]) -> None:
         st.delivered = seq
@@ -991,6 +1007,8 @@ class MulticastMachine:
                     old = self._retired_life(origin, inc)
                     if old is not None:  # the member delivered this much of the old life
                         old.highest = max(old.highest, delivered)
+                        retired = self._retired_reports.setdefault(member, {})
+                        self._report(retired, origin, inc, delivered, low)
                         self._check_retired_gap(old, now)
                     continue
                 st = self._new_origin(origin, inc, 0, now)
@@ -1023,36 +1041,59 @@ class MulticastMachine:
         is lost: messages dropped as stable in a view some of today's members were
         not in (a partition, a restart). Members behind it can never get it, so it
         is declared stable and they skip to it; the coordinator skips first.
+        Retired lives too: with the reports of every member but the origin (its new
+        life holds none of the old one), for the coordinator may have started the
+        old life at 0 and not yet skipped when the origin restarted.
         """
         me = self._me
         others = [m for m in sorted(self._member_inc) if m != me]
-        reports = self._reports
         for origin, st in sorted(self._origins.items()):
             if origin == me or st.delivered == _PENDING:
                 continue
-            inc = st.incarnation
-            spans = [(min(st.buf_low - 1, st.delivered), st.delivered)]
-            for m in others:
-                got = reports.get(m, _NO_REPORT).get(origin)
-                if got is None or got[0] != inc:
-                    break
-                spans.append((got[2], got[1]))
+            lost = self._lost_point(origin, st, others, self._reports)
+            if lost > st.stable:
+                st.stable = lost
+                if lost > st.delivered:
+                    self._skip_to(origin, st, lost, out)
+                    self._check_gap(origin, st, now)
+        for origin, st in sorted(self._retired.items()):
+            if origin == me:  # its own past life: nothing held here, nothing declared
+                continue
+            holders = [m for m in others if m != origin]
+            lost = self._lost_point(origin, st, holders, self._retired_reports)
+            if lost > st.stable:
+                st.stable = lost
+                if lost > st.delivered:
+                    self._skip_to(origin, st, lost, out)
+                    self._check_retired_gap(st, now)
+
+    def _lost_point(
+        self,
+        origin: int,
+        st: _Origin,
+        others: list[int],
+        reports: dict[int, dict[int, tuple[int, int, int]]],
+    ) -> int:
+        """The highest message of life ``st`` that nobody holds (``0``: none, or a member
+        of ``others`` has not reported this life yet)."""
+        inc = st.incarnation
+        spans = [(min(st.buf_low - 1, st.delivered), st.delivered)]
+        for m in others:
+            got = reports.get(m, _NO_REPORT).get(origin)
+            if got is None or got[0] != inc:
+                return 0
+            spans.append((got[2], got[1]))
+        lost = max(d for _, d in spans)
+        held = st.held
+        while lost > 0:
+            below = [low for low, d in spans if low < lost <= d]
+            if below:
+                lost = min(below)
+            elif lost in held:  # this node can still deliver it, and then resend it
+                lost -= 1
             else:
-                lost = max(d for _, d in spans)
-                held = st.held
-                while lost > 0:
-                    below = [low for low, d in spans if low < lost <= d]
-                    if below:
-                        lost = min(below)
-                    elif lost in held:  # this node can still deliver it, and then resend it
-                        lost -= 1
-                    else:
-                        break
-                if lost > st.stable:
-                    st.stable = lost
-                    if lost > st.delivered:
-                        self._skip_to(origin, st, lost, out)
-                        self._check_gap(origin, st, now)
+                break
+        return lost
 
     def _stable_messages(self) -> tuple[list[Any], bool]:
         """The coordinator's digest (applied locally too), and whether anything is unstable."""
@@ -1200,11 +1241,14 @@ class MulticastMachine:
         if self._coordinating:
             # A report speaks for the member life that sent it: a member that left, or
             # came back as a new incarnation (a restart), has delivered nothing of it.
-            self._reports = {
-                m: r
-                for m, r in self._reports.items()
-                if m in self._member_inc and self._member_inc[m] == old_inc.get(m)
-            }
+            self._reports, self._retired_reports = (
+                {
+                    m: r
+                    for m, r in reports.items()
+                    if m in self._member_inc and self._member_inc[m] == old_inc.get(m)
+                }
+                for reports in (self._reports, self._retired_reports)
+            )
             self._status_due = None
             for origin, st in sorted(self._origins.items()):
                 if st.delivered == _PENDING:
@@ -1220,6 +1264,7 @@ class MulticastMachine:
         else:
             if was_coordinating:
                 self._reports = {}
+                self._retired_reports = {}
                 self._stable_due = None
                 self._stable_left = 0
             if self._needs_status():
