@@ -15,6 +15,7 @@ import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 
+import attrs
 import pytest
 import trio
 from toys import GROUP, Echo, Got, Member, Recorder, Ticker, datagram, value_of
@@ -281,19 +282,35 @@ def test_bundling_off_sends_one_udp_datagram_each(raw: socket.socket) -> None:
     run(main)
 
 
+class Steps(trio.abc.Instrument):
+    """Counts the steps of one task: a new step begins each time it resumes after yielding."""
+
+    def __init__(self) -> None:
+        self.task = trio.lowlevel.current_task()
+        self.count = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task is self.task:
+            self.count += 1
+
+
 def test_commands_flush_full_bundles_and_yield(raw: socket.socket) -> None:
     """Rule: commands that do not yield queue datagrams until one more would not fit,
-    then send the full bundle; the rest leaves when the caller lets others run."""
+    then send the full bundle and yield; the rest leaves when the caller lets others run."""
     raw_id = node_id(*raw.getsockname())
     raw.setblocking(False)
 
     async def main() -> None:
         async with run_node(Recorder(new_id()), udp=udp_config()) as h:
             mine = [datagram(h.node_id, v) for v in range(70)]  # 38 bytes, 40 framed
+            steps = Steps()
+            trio.lowlevel.add_instrument(steps)
             for d in mine:
                 await h.command(lambda ep, now, d=d: [Transmit(to=raw_id, data=d)])
+            trio.lowlevel.remove_instrument(steps)
             # 3 + 34 * 40 = 1363 <= 1400 < 1403: two full bundles of 34 sent so far
             assert (h.stats.sent, h.stats.bundled) == (2, 68)
+            assert steps.count == 2  # yielded once per full bundle
             await until(lambda: h.stats.sent == 3)  # the flusher's, once this task waits
             assert h.stats.bundled == 70
             got: list[bytes] = []
@@ -302,6 +319,31 @@ def test_commands_flush_full_bundles_and_yield(raw: socket.socket) -> None:
                     await trio.lowlevel.wait_readable(raw)
                     got.append(raw.recv(2048))
             assert [split_bundle(g) for g in got] == [mine[:34], mine[34:68], mine[68:]]
+
+    run(main)
+
+
+def test_a_command_yields_unless_it_adds_to_an_open_bundle(raw: socket.socket) -> None:
+    """Rule: a command is a schedule point when it queues no datagram (and then sends what
+    waits) and always without bundling; one that adds to an open bundle does not yield."""
+    raw_id = node_id(*raw.getsockname())
+
+    async def main() -> None:
+        udp = udp_config()
+        async with (
+            run_node(Recorder(new_id()), udp=udp) as h,
+            run_node(Recorder(new_id()), udp=attrs.evolve(udp, bundle_size=0)) as off,
+        ):
+            one = [Transmit(to=raw_id, data=datagram(h.node_id, 1))]
+            steps = Steps()
+            trio.lowlevel.add_instrument(steps)
+            await h.command(lambda ep, now: one)
+            assert (steps.count, h.stats.sent) == (0, 0)
+            await h.command(lambda ep, now: [Got(sender=0, value=0)])
+            assert (steps.count, h.stats.sent) == (1, 1)
+            await off.command(lambda ep, now: one)
+            assert (steps.count, off.stats.sent) == (2, 1)
+            trio.lowlevel.remove_instrument(steps)
 
     run(main)
 

@@ -27,8 +27,8 @@ now)`` and carries out the outputs at once.
 next *flush*, which comes before the task that produced them lets other tasks
 run: at the end of a reader's batch, after a wake-up, at start and leave;
 after a command, at once if one more datagram like the last would not fit in a
-bundle (then the command yields), else by the flusher task when the commanding
-task next lets others run. So nothing waits for company (no timer, no
+bundle or if it queued none (then the command yields), else by the flusher task
+when the commanding task next lets others run. So nothing waits for company (no timer, no
 minimum): a datagram waits at most until the task that produced it lets other
 tasks run, and the datagrams produced meanwhile share UDP datagrams. At a
 flush the waiting datagrams are grouped by destination (in order within each)
@@ -441,12 +441,15 @@ class UdpHandle:
     def _commanded(self, outputs: Iterable[object]) -> bool:
         """Carry out a command's outputs; True if its caller should let other tasks run now.
 
-        A bundle's worth of datagrams waiting (or no bundling) is flushed now,
-        and the caller yields; else the flusher task sends what waits, and
-        re-arms the timer, when the caller's task next lets others run.
+        What waits is flushed now, and the caller yields, when the command
+        queued no datagram, or a bundle's worth waits (always without
+        bundling); else the flusher task sends it, and re-arms the timer, when
+        the caller's task next lets others run. So a task goes on without
+        yielding only while it adds to a bundle that is not full yet.
         """
+        before = len(self._pending)
         self._dispatch(outputs)
-        if self._pending_bytes + self._last_size > self._room:
+        if len(self._pending) == before or self._pending_bytes + self._last_size > self._room:
             self._flush()
             self._rearm()
             return True
