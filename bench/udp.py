@@ -1,34 +1,40 @@
 """Real UDP on loopback: reliable multicast goodput against raw multicast, and failover time.
 
 **Goodput.** One trio process runs one sender and R receivers (R = 1 and 3),
-each a :class:`~powergrid.node.Node` on :func:`~powergrid.transports.trio_udp.run_node`
-(127.0.0.1, TTL 0, distinct ports, one cluster). Once every receiver has a
-view of all R + 1 nodes, the sender multicasts N payloads of 100 bytes with
-``node.multicast``, keeping at most ``WINDOW`` messages beyond what the
-slowest receiver has delivered (so it goes as fast as the receivers keep
-up). The receivers take their notifications with ``run_node(on_event=...)``
-in the reader task, as the raw receivers count theirs (a second run of each
-uses ``events()`` and a task per receiver instead). Goodput = N / seconds
-from the first send to the last delivery at the last receiver; every
-receiver's deliveries from the sender are checked to be exactly 1..N in
-order with the right payloads. With loss, each receiver's
-endpoint is wrapped and drops 5% of incoming datagrams (seeded) before
-``node.receive``; repair is the protocol's (its counters are reported, and
-the same run is repeated with ``nak_interval`` 0.01 s for comparison).
+each a :class:`~powergrid.node.Node` on
+:func:`~powergrid.transports.trio_udp.run_node` (127.0.0.1, TTL 0, distinct
+ports, one cluster). Once every receiver has a view of all R + 1 nodes, the
+sender multicasts N payloads of 100 bytes with ``node.multicast``, keeping at
+most ``WINDOW`` messages beyond what the slowest receiver has delivered (so it
+goes as fast as the receivers keep up). The receivers take their notifications
+with ``run_node(on_event=...)`` in the reader task, as the raw receivers count
+theirs (a second run of each uses ``events()`` and a task per receiver
+instead). Goodput = N / seconds from the first send to the last delivery at
+the last receiver; every receiver's deliveries from the sender are checked to
+be exactly 1..N in order with the right payloads. The transport bundles what a
+task sends in one scheduling step (``UdpConfig.bundle_size``, on by default:
+the sender's multicasts leave about 10 to a UDP datagram, see
+docs/transports.md); each powergrid run is repeated with ``bundle_size=0``
+(one UDP datagram per message, as the raw sender sends) for the
+``*_unbundled`` figures. With loss, each receiver's endpoint is wrapped and
+drops 5% of incoming datagrams (seeded) before ``node.receive``; repair is the
+protocol's (its counters are reported, and the same run is repeated with
+``nak_interval`` 0.01 s for comparison).
 
 **Raw baseline**, measured in the same run: the same socket setup without
 powergrid (one non-blocking sender socket bound to its own address with
 ``IP_MULTICAST_IF``/TTL 0/loop on, R group sockets bound to the group address
 with ``SO_REUSEADDR``/``SO_REUSEPORT``, ``IP_ADD_MEMBERSHIP``, 4 MiB
-``SO_RCVBUF``, read with ``wait_readable`` and up to 64 ``recvfrom`` per
-wake-up, yielding only after a full batch, as the transport does) and the
-same window: the sender sends N datagrams of 100 bytes to the group; rate =
+``SO_RCVBUF``, read with ``wait_readable`` and up to 64 ``recvfrom`` per wake-
+up, yielding only after a full batch, as the transport does) and the same
+window: the sender sends N datagrams of 100 bytes to the group; rate =
 datagrams received by the slowest receiver / seconds. Ratios are powergrid
 goodput / raw rate with the same R (the 5%-loss ratio is against the raw rate
-at 0% loss, 3 receivers). Everything shares one CPU in one process, the
-receivers included. The CPU ratios (``cpu_ratio_*``: raw CPU seconds /
-powergrid CPU seconds for the same N, ``time.process_time``) are also given,
-since wall-clock rates move with the load of the machine.
+at 0% loss, 3 receivers). The raw baseline never bundles. Everything shares
+one CPU in one process, the receivers included. The CPU ratios
+(``cpu_ratio_*``: raw CPU seconds / powergrid CPU seconds for the same N,
+``time.process_time``) are also given, since wall-clock rates move with the
+load of the machine.
 
 **Failover.** Four ``python -m powergrid node --json`` processes on
 127.0.0.1 (two broker-capable, rank 2 with the supply and rank 1; all four
@@ -52,6 +58,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 import trio
 from _common import emit, parse_args
 
@@ -106,15 +113,19 @@ async def powergrid_goodput(
     *,
     inline: bool = True,
     multicast: MulticastConfig | None = None,
+    bundle_size: int | None = None,
 ) -> dict[str, Any]:
     """N multicasts from one sender to ``receivers`` nodes; goodput in messages/s.
 
     ``inline``: the receivers take their notifications with ``run_node``'s
     ``on_event`` callback, in the reader task, as the raw receivers do; else
     from ``events()`` in a task of their own. ``multicast``: the multicast
-    settings of every node (default: the defaults).
+    settings of every node (default: the defaults). ``bundle_size``: the
+    transport's (default: its default; 0: no bundling).
     """
     udp = UdpConfig(ttl=0, group_port_base=free_port())
+    if bundle_size is not None:
+        udp = attrs.evolve(udp, bundle_size=bundle_size)
     mc = multicast or MulticastConfig()
     cfgs = [NodeConfig(port=free_port(), broker_capable=True, rank=1, multicast=mc)]
     cfgs += [NodeConfig(port=free_port(), multicast=mc) for _ in range(receivers)]
@@ -179,6 +190,8 @@ async def powergrid_goodput(
             assert g == [(i + 1, payload(i)) for i in range(n)], "out of order or incomplete"
         dropped = sum(h.endpoint.dropped for h in rx) if loss > 0 else 0
         repair = _repair_stats(sender, rx, cfgs[0].cluster)
+        st = sender.stats
+        sent = {"udp_datagrams": st.sent, "bundles": st.bundles_sent, "bundled": st.bundled}
         nursery.cancel_scope.cancel()
     return {
         "msgs_per_s": n / seconds,
@@ -186,6 +199,7 @@ async def powergrid_goodput(
         "cpu_s": cpu,
         "dropped": dropped,
         "repair": repair,
+        "sender_udp": sent,
     }
 
 
@@ -388,9 +402,12 @@ async def goodput(n: int, *, variants: bool) -> dict[str, Any]:
     for r in (1, 3):
         out[f"raw_{r}"] = await raw_rate(r, n)
         out[f"powergrid_{r}"] = await powergrid_goodput(r, n, 0.0)
+        out[f"powergrid_{r}_unbundled"] = await powergrid_goodput(r, n, 0.0, bundle_size=0)
         if variants:
             out[f"powergrid_{r}_events"] = await powergrid_goodput(r, n, 0.0, inline=False)
     out["powergrid_3_loss5"] = await powergrid_goodput(3, n, 0.05)
+    if variants:
+        out["powergrid_3_loss5_unbundled"] = await powergrid_goodput(3, n, 0.05, bundle_size=0)
     if variants:  # the same loss with Naks allowed every 10 ms instead of 50 ms
         fast = MulticastConfig(nak_interval=0.01)
         out["powergrid_3_loss5_nak10ms"] = await powergrid_goodput(3, n, 0.05, multicast=fast)
@@ -414,9 +431,13 @@ def main() -> None:
     r1 = ratio("powergrid_1", "raw_1")
     r3 = ratio("powergrid_3", "raw_3")
     r5 = ratio("powergrid_3_loss5", "raw_3")
+    r1u = ratio("powergrid_1_unbundled", "raw_1")
+    r3u = ratio("powergrid_3_unbundled", "raw_3")
     result: dict[str, Any] = {
         "cpu_ratio_1_receiver": cpu_ratio("powergrid_1", "raw_1"),
         "cpu_ratio_3_receivers": cpu_ratio("powergrid_3", "raw_3"),
+        "cpu_ratio_1_receiver_unbundled": cpu_ratio("powergrid_1_unbundled", "raw_1"),
+        "cpu_ratio_3_receivers_unbundled": cpu_ratio("powergrid_3_unbundled", "raw_3"),
         "messages": n,
         "payload_bytes": PAYLOAD,
         "window": WINDOW,
@@ -424,6 +445,8 @@ def main() -> None:
         "ratio_1_receiver": r1,
         "ratio_3_receivers": r3,
         "ratio_5pct_loss": r5,
+        "ratio_1_receiver_unbundled": r1u,
+        "ratio_3_receivers_unbundled": r3u,
         "failover_s": failovers,
         "failover_median_s": statistics.median(failovers),
         "failover_runs": runs,
@@ -440,12 +463,22 @@ def main() -> None:
             ratio_1_receiver_events=ratio("powergrid_1_events", "raw_1"),
             ratio_3_receivers_events=ratio("powergrid_3_events", "raw_3"),
             ratio_5pct_loss_nak10ms=ratio("powergrid_3_loss5_nak10ms", "raw_3"),
+            ratio_5pct_loss_unbundled=ratio("powergrid_3_loss5_unbundled", "raw_3"),
         )
         notes.append(
             "with events() instead of on_event: ratios "
             f"{result['ratio_1_receiver_events']:.3f} / {result['ratio_3_receivers_events']:.3f}"
             f", CPU ratios {result['cpu_ratio_1_receiver_events']:.3f} / "
             f"{result['cpu_ratio_3_receivers_events']:.3f}"
+        )
+        loss_rows.append(
+            (
+                "  the same unbundled",
+                g["powergrid_3_loss5_unbundled"]["msgs_per_s"],
+                g["raw_3"]["msgs_per_s"],
+                result["ratio_5pct_loss_unbundled"],
+                "",
+            )
         )
         loss_rows.append(
             (
@@ -465,11 +498,25 @@ def main() -> None:
             "ratio >= 0.6",
         ),
         (
+            "  the same unbundled (bundle_size=0)",
+            g["powergrid_1_unbundled"]["msgs_per_s"],
+            g["raw_1"]["msgs_per_s"],
+            r1u,
+            "",
+        ),
+        (
             "UDP goodput msgs/s, 3 receivers",
             g["powergrid_3"]["msgs_per_s"],
             g["raw_3"]["msgs_per_s"],
             r3,
             "ratio >= 0.6",
+        ),
+        (
+            "  the same unbundled (bundle_size=0)",
+            g["powergrid_3_unbundled"]["msgs_per_s"],
+            g["raw_3"]["msgs_per_s"],
+            r3u,
+            "",
         ),
         (
             "UDP goodput msgs/s, 3 receivers, 5% loss",
@@ -487,7 +534,10 @@ def main() -> None:
         "same sockets and window, same run",
         "CPU ratio (raw CPU s / powergrid CPU s, same messages): "
         f"1 receiver {result['cpu_ratio_1_receiver']:.3f}, "
-        f"3 receivers {result['cpu_ratio_3_receivers']:.3f}",
+        f"3 receivers {result['cpu_ratio_3_receivers']:.3f}; unbundled "
+        f"{result['cpu_ratio_1_receiver_unbundled']:.3f} / "
+        f"{result['cpu_ratio_3_receivers_unbundled']:.3f}",
+        f"sender's UDP datagrams (bundled run, 1 receiver): {g['powergrid_1']['sender_udp']}",
         *notes,
         f"repair with 5% loss: {g['powergrid_3_loss5']['repair']}",
         f"failover runs (s): {', '.join(f'{f:.2f}' for f in failovers)}",

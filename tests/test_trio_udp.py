@@ -15,10 +15,12 @@ import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 
+import attrs
 import pytest
 import trio
 from toys import GROUP, Echo, Got, Member, Recorder, Ticker, datagram, value_of
 
+from powergrid.auth import Keyring
 from powergrid.errors import ConfigError, DecodeError, UsageError
 from powergrid.events import (
     JoinGroup,
@@ -29,8 +31,16 @@ from powergrid.events import (
     ViewChanged,
 )
 from powergrid.node import MessageDelivered, Node, NodeConfig
-from powergrid.transports.trio_udp import UdpConfig, UdpHandle, run_node
+from powergrid.transports.trio_udp import (
+    BUNDLE_MAGIC,
+    UdpConfig,
+    UdpHandle,
+    pack_bundles,
+    run_node,
+    split_bundle,
+)
 from powergrid.types import GroupId, NodeId, node_id
+from powergrid.wire import MAGIC, WIRE_LIMIT
 
 HOST = "127.0.0.1"
 
@@ -118,6 +128,7 @@ def test_config_defaults_and_address_scheme() -> None:
     cfg = UdpConfig()
     assert (cfg.interface, cfg.ttl, cfg.loopback, cfg.recv_buffer) == (HOST, 1, True, 4 << 20)
     assert (cfg.max_queue, cfg.event_queue, cfg.flush_timeout) == (1024, 4096, 1.0)
+    assert cfg.bundle_size == WIRE_LIMIT == 1400
     assert cfg.group_address(0) == ("239.255.0.0", 20000)
     assert cfg.group_address(1) == ("239.255.0.1", 20001)
     assert cfg.group_address(258) == ("239.255.1.2", 20258)
@@ -147,12 +158,216 @@ def test_config_defaults_and_address_scheme() -> None:
         ({"group_ports": 0}, "group_ports"),
         ({"group_port_base": 0}, "group_port_base"),
         ({"group_port_base": 65000}, "group_port_base"),
+        ({"bundle_size": -1}, "bundle_size"),
+        ({"bundle_size": 48}, "bundle_size"),
+        ({"bundle_size": 65508}, "bundle_size"),
     ],
 )
 def test_config_rejects(kw: dict[str, object], words: str) -> None:
     """Rule: an invalid setting raises ConfigError naming the setting to fix."""
     with pytest.raises(ConfigError, match=words):
         UdpConfig(**kw)  # type: ignore[arg-type]
+
+
+def test_config_bundle_size_bounds() -> None:
+    """Rule: bundle_size is 0 (off) or room for two minimal datagrams (49) up to 65,507."""
+    assert [UdpConfig(bundle_size=n).bundle_size for n in (0, 49, 65507)] == [0, 49, 65507]
+
+
+# ------------------------------------------------------------------ bundles
+
+
+def test_bundle_framing_is_magic_version_then_length_prefixed_datagrams() -> None:
+    """Rule: a bundle is b"PB", version 1, then each datagram as u16 length + bytes."""
+    assert BUNDLE_MAGIC == b"PB" != MAGIC  # never the start of a powergrid datagram
+    assert pack_bundles([b"abc", b"de"], 1400) == [b"PB\x01\x00\x03abc\x00\x02de"]
+    assert split_bundle(b"PB\x01\x00\x03abc\x00\x02de") == [b"abc", b"de"]
+
+
+def test_bundle_pack_split_round_trip() -> None:
+    """Rule: split(pack(datagrams)) gives the datagrams back, unchanged and in order."""
+    rng = random.Random(7)
+    for _ in range(200):
+        sizes = [rng.randint(1, 700) for _ in range(rng.randint(2, 30))]
+        datagrams = [bytes(rng.getrandbits(8) for _ in range(n)) for n in sizes]
+        wire = pack_bundles(datagrams, 1400)
+        back: list[bytes] = []
+        for w in wire:
+            if w[:2] == BUNDLE_MAGIC:
+                parts = split_bundle(w)
+                assert parts is not None and len(parts) >= 2
+                back.extend(parts)
+            else:
+                back.append(w)
+        assert back == datagrams
+
+
+def test_bundles_respect_the_limit_and_fill_greedily() -> None:
+    """Rule: each bundle is at most ``limit`` bytes; consecutive datagrams fill it in order."""
+    d = [bytes([i]) * 40 for i in range(10)]  # 42 bytes each framed; 3 + 3 * 42 = 129
+    wire = pack_bundles(d, 129)
+    assert [len(w) for w in wire] == [129, 129, 129, 40]  # the last one has no company
+    assert [split_bundle(w) for w in wire[:3]] == [d[0:3], d[3:6], d[6:9]]
+    assert wire[3] == d[9]
+    assert [len(w) for w in pack_bundles(d, 128)] == [87, 87, 87, 87, 87]  # 2 per bundle
+
+
+def test_a_lone_datagram_leaves_unbundled() -> None:
+    """Rule: a datagram with no company (alone, or too big to share) is sent as it is;
+    one that begins with the bundle magic is wrapped so it is never read as a bundle."""
+    small, big = b"PG" + b"s" * 30, b"PG" + b"b" * 1390
+    assert pack_bundles([small], 1400) == [small]
+    assert pack_bundles([small, big, small], 1400) == [small, big, small]
+    assert pack_bundles([b"PBx"], 1400) == [b"PB\x01\x00\x03PBx"]
+    assert split_bundle(pack_bundles([b"PBx"], 1400)[0]) == [b"PBx"]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"PB",  # no version
+        b"PB\x02\x00\x01a",  # another version
+        b"PB\x01",  # no datagram
+        b"PB\x01\x00\x00",  # a length of 0
+        b"PB\x01\x00\x05abc",  # a length past the end
+        b"PB\x01\x00\x01a\x00",  # a lone length byte at the end
+        b"PB\x01\x00\x01a\x05",
+        b"PG\x01\x00\x01a",  # not a bundle
+    ],
+)
+def test_split_refuses_malformed_bundles(data: bytes) -> None:
+    """Rule: a malformed bundle is refused whole (None), never partly read, never raising."""
+    assert split_bundle(data) is None
+
+
+def test_datagrams_of_one_step_share_a_bundle_per_destination(raw: socket.socket) -> None:
+    """Rule: the datagrams one command outputs leave bundled per destination, in order;
+    a lone one leaves unbundled; a bundle is split and handed over in order."""
+    b_id = new_id()
+    b = Recorder(b_id)
+    raw_addr = raw.getsockname()
+    raw_id = node_id(*raw_addr)
+
+    async def main() -> None:
+        udp = udp_config()
+        async with run_node(b, udp=udp) as hb, run_node(Recorder(new_id()), udp=udp) as ha:
+            mine = [datagram(ha.node_id, v) for v in range(6)]
+            out = [Transmit(to=b_id if v % 2 == 0 else raw_id, data=d) for v, d in enumerate(mine)]
+            await ha.command(lambda ep, now: out)
+            await until(lambda: len(b.received) == 3)
+            assert raw.recv(2048) == pack_bundles([mine[1], mine[3], mine[5]], 1400)[0]
+            assert (ha.stats.sent, ha.stats.bundles_sent, ha.stats.bundled) == (2, 2, 6)
+            assert (hb.stats.received, hb.stats.bundles_received) == (3, 1)
+            await ha.command(lambda ep, now: [Transmit(to=raw_id, data=mine[4])])
+            with trio.fail_after(5):  # the flusher sends it once this task waits
+                await trio.lowlevel.wait_readable(raw)
+            assert raw.recv(2048) == mine[4]  # alone: unbundled
+            assert (ha.stats.sent, ha.stats.bundles_sent) == (3, 2)
+
+    run(main)
+    assert [v for _, _, v in b.received] == [0, 2, 4]
+
+
+def test_bundling_off_sends_one_udp_datagram_each(raw: socket.socket) -> None:
+    """Rule: with bundle_size 0 every datagram leaves at once, on its own."""
+    raw_id = node_id(*raw.getsockname())
+
+    async def main() -> None:
+        async with run_node(Recorder(new_id()), udp=udp_config(bundle_size=0)) as h:
+            mine = [datagram(h.node_id, v) for v in range(3)]
+            await h.command(lambda ep, now: [Transmit(to=raw_id, data=d) for d in mine])
+            assert h.stats.sent == 3  # before the command returned
+            assert [raw.recv(2048) for _ in mine] == mine
+            assert h.stats.bundles_sent == 0
+
+    run(main)
+
+
+class Steps(trio.abc.Instrument):
+    """Counts the steps of one task: a new step begins each time it resumes after yielding."""
+
+    def __init__(self) -> None:
+        self.task = trio.lowlevel.current_task()
+        self.count = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task is self.task:
+            self.count += 1
+
+
+def test_commands_flush_full_bundles_and_yield(raw: socket.socket) -> None:
+    """Rule: commands that do not yield queue datagrams until one more would not fit,
+    then send the full bundle and yield; the rest leaves when the caller lets others run."""
+    raw_id = node_id(*raw.getsockname())
+    raw.setblocking(False)
+
+    async def main() -> None:
+        async with run_node(Recorder(new_id()), udp=udp_config()) as h:
+            mine = [datagram(h.node_id, v) for v in range(70)]  # 38 bytes, 40 framed
+            steps = Steps()
+            trio.lowlevel.add_instrument(steps)
+            for d in mine:
+                await h.command(lambda ep, now, d=d: [Transmit(to=raw_id, data=d)])
+            trio.lowlevel.remove_instrument(steps)
+            # 3 + 34 * 40 = 1363 <= 1400 < 1403: two full bundles of 34 sent so far
+            assert (h.stats.sent, h.stats.bundled) == (2, 68)
+            assert steps.count == 2  # yielded once per full bundle
+            await until(lambda: h.stats.sent == 3)  # the flusher's, once this task waits
+            assert h.stats.bundled == 70
+            got: list[bytes] = []
+            with trio.fail_after(5):
+                while len(got) < 3:
+                    await trio.lowlevel.wait_readable(raw)
+                    got.append(raw.recv(2048))
+            assert [split_bundle(g) for g in got] == [mine[:34], mine[34:68], mine[68:]]
+
+    run(main)
+
+
+def test_a_command_yields_unless_it_adds_to_an_open_bundle(raw: socket.socket) -> None:
+    """Rule: a command is a schedule point when it queues no datagram (and then sends what
+    waits) and always without bundling; one that adds to an open bundle does not yield."""
+    raw_id = node_id(*raw.getsockname())
+
+    async def main() -> None:
+        udp = udp_config()
+        async with (
+            run_node(Recorder(new_id()), udp=udp) as h,
+            run_node(Recorder(new_id()), udp=attrs.evolve(udp, bundle_size=0)) as off,
+        ):
+            one = [Transmit(to=raw_id, data=datagram(h.node_id, 1))]
+            steps = Steps()
+            trio.lowlevel.add_instrument(steps)
+            await h.command(lambda ep, now: one)
+            assert (steps.count, h.stats.sent) == (0, 0)
+            await h.command(lambda ep, now: [Got(sender=0, value=0)])
+            assert (steps.count, h.stats.sent) == (1, 1)
+            await off.command(lambda ep, now: one)
+            assert (steps.count, off.stats.sent) == (2, 1)
+            trio.lowlevel.remove_instrument(steps)
+
+    run(main)
+
+
+def test_malformed_bundles_are_dropped_and_counted(raw: socket.socket) -> None:
+    """Rule: a malformed bundle reaches nobody, is counted, and the loop keeps going."""
+    ep = Recorder(new_id(), on_start=[JoinGroup(group=GROUP)])
+    udp = udp_config()
+
+    async def main() -> None:
+        async with run_node(ep, udp=udp) as h:
+            for dest in (node_addr(ep.node_id), udp.group_address(GROUP)):
+                raw.sendto(b"PB", dest)
+                raw.sendto(b"PB\x01\x00\x40" + datagram(1, 7), dest)  # length past the end
+                raw.sendto(b"PB\x09" + pack_bundles([datagram(1, 8)] * 2, 1400)[0][3:], dest)
+            raw.sendto(
+                pack_bundles([datagram(1, 1), datagram(1, 2)], 1400)[0], node_addr(ep.node_id)
+            )
+            await until(lambda: len(ep.received) == 2 and h.stats.bad_bundles == 6)
+            assert (h.stats.bundles_received, h.stats.received) == (1, 2)
+
+    run(main)
+    assert [v for _, _, v in ep.received] == [1, 2]
 
 
 # ------------------------------------------------------------- datagrams
@@ -408,7 +623,7 @@ def test_send_backlog_is_bounded_and_flushed_in_order() -> None:
     b = Recorder(b_id)
 
     async def main() -> None:
-        udp = udp_config(max_queue=3)
+        udp = udp_config(max_queue=3, bundle_size=0)  # one UDP datagram per datagram
         async with run_node(b, udp=udp), run_node(Recorder(a_id), udp=udp) as ha:
             blockable = _Blockable(ha._usock)  # type: ignore[arg-type]
             ha._usock = blockable  # type: ignore[assignment]
@@ -634,3 +849,42 @@ def test_three_nodes_form_a_cluster_and_multicast_in_order() -> None:
         for sender, tag in ((ids[0], b"a"), (ids[1], b"b")):
             mine = [(d.seq, d.payload) for d in delivered[i] if d.sender == sender]
             assert mine == [(k + 1, tag + b"%d" % k) for k in range(5)]
+
+
+def test_keyed_nodes_stream_bundled_multicasts_in_order() -> None:
+    """Rule: with a keyring, bundled datagrams keep their own tags: a streaming sender's
+    multicasts leave in bundles and every one is accepted and delivered in order."""
+    ring = Keyring(primary=1, keys={1: bytes(range(32))})
+    ports = sorted({free_port() for _ in range(2)})
+    cfgs = [
+        NodeConfig(port=ports[1], broker_capable=True, keyring=ring),
+        NodeConfig(port=ports[0], keyring=ring),
+    ]
+    sender_id = cfgs[0].node_id
+    got: list[tuple[int, bytes]] = []
+    members = [0]
+
+    def take(note: object) -> None:
+        if isinstance(note, MessageDelivered) and note.sender == sender_id:
+            got.append((note.seq, note.payload))
+        elif isinstance(note, ViewChanged) and note.view.group == GROUP:
+            members[0] = len(note.view.members)
+
+    async def main() -> None:
+        udp = udp_config()
+        async with (
+            run_node(cfgs[0], udp=udp, rng=random.Random(1), on_event=lambda n: None) as tx,
+            run_node(cfgs[1], udp=udp, rng=random.Random(2), on_event=take) as rx,
+        ):
+            await until(lambda: members[0] == 2, timeout=10)
+            for k in range(100):
+                await tx.multicast(b"%03d" % k + b"." * 97)
+            await until(lambda: len(got) == 100)
+            assert tx.stats.bundles_sent >= 5  # 100 datagrams of 154 bytes: 8 to a bundle
+            node = rx.endpoint
+            assert isinstance(node, Node)
+            assert (node.stats.unauthenticated, node.stats.replayed) == (0, 0)
+            assert rx.stats.bad_bundles == 0
+
+    run(main)
+    assert got == [(k + 1, b"%03d" % k + b"." * 97) for k in range(100)]

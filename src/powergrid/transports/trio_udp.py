@@ -14,21 +14,40 @@ the model). :func:`run_node` opens, in a trio nursery:
   bound to the group's address from :meth:`UdpConfig.group_address` with
   ``SO_REUSEADDR``/``SO_REUSEPORT``, so several processes on one host share
   it. Group sockets only receive;
-* one reader task per socket, a timer task and a sender task.
+* one reader task per socket, a timer task, a flusher task and a sender task.
 
 Sockets are non-blocking stdlib sockets waited on with
 ``trio.lowlevel.wait_readable``/``wait_writable``, so handling an output
 never awaits: a reader wakes, reads every datagram waiting (at most 64
 before it lets other tasks run), hands each to ``endpoint.receive(data,
-now)`` and carries out the outputs at once; a datagram goes straight to the
-kernel, and only when the kernel's send buffer is full does it wait in a
-bounded backlog (``max_queue``; when that is full too the new datagram is
-dropped and counted, never blocking). After each batch of datagrams, each
-command and each wake-up the single timer is re-armed at
-``endpoint.next_deadline()`` (trio's deadline is only touched when that
-changed); when it fires, ``handle_deadline(now)`` runs. ``now`` is
-``trio.current_time()``. Nothing awaits between a call into the endpoint and
-the re-arm, so no deadline is missed in between.
+now)`` and carries out the outputs at once.
+
+**Bundling** (opportunistic, as JGroups' bundler and Aeron do; ``bundle_size``
+0 turns it off). The datagrams the endpoint outputs wait in a list until the
+next *flush*, which comes before the task that produced them lets other tasks
+run: at the end of a reader's batch, after a wake-up, at start and leave;
+after a command, at once if one more datagram like the last would not fit in a
+bundle or if it queued none (then the command yields), else by the flusher task
+when the commanding task next lets others run. So nothing waits for company (no timer, no
+minimum): a datagram waits at most until the task that produced it lets other
+tasks run, and the datagrams produced meanwhile share UDP datagrams. At a
+flush the waiting datagrams are grouped by destination (in order within each)
+and packed by :func:`pack_bundles` into bundles of at most ``bundle_size``
+bytes; a datagram with no company leaves as it is. A reader splits a bundle
+(:func:`split_bundle`) and hands each datagram to the endpoint in order; a
+malformed bundle is dropped whole and counted (``stats.bad_bundles``). Each
+datagram in a bundle is exactly what the endpoint produced, so its
+authentication tag still covers it; the framing itself is not signed (a
+tampered one can only cut datagrams that then fail their own checks).
+
+A UDP datagram goes straight to the kernel, and only when the kernel's send
+buffer is full does it wait in a bounded backlog (``max_queue``; when that is
+full too the new datagram is dropped and counted, never blocking). With each
+flush the single timer is re-armed at ``endpoint.next_deadline()`` (trio's
+deadline is only touched when that changed); when it fires,
+``handle_deadline(now)`` runs. ``now`` is ``trio.current_time()``. So
+nothing awaits between a call into the endpoint and the re-arm, and no
+deadline is missed in between.
 
 Like the memory network with ``loopback=False``, a node does not receive its
 own multicasts: ``IP_MULTICAST_LOOP`` stays on (other processes on the host
@@ -64,7 +83,7 @@ import socket
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -75,14 +94,30 @@ from powergrid.errors import ConfigError, UsageError
 from powergrid.events import Endpoint, JoinGroup, LeaveGroup, Transmit, TransmitGroup
 from powergrid.node import Node, NodeConfig
 from powergrid.types import NodeId, node_address
-from powergrid.wire import WIRE_LIMIT
+from powergrid.wire import HEADER_SIZE, MAGIC, WIRE_LIMIT
 
-__all__ = ["UdpConfig", "UdpHandle", "UdpStats", "default_incarnation", "run_node"]
+__all__ = [
+    "BUNDLE_MAGIC",
+    "UdpConfig",
+    "UdpHandle",
+    "UdpStats",
+    "default_incarnation",
+    "pack_bundles",
+    "run_node",
+    "split_bundle",
+]
 
 log = logging.getLogger(__name__)
 
-_RECV_SIZE = WIRE_LIMIT + 1  # one byte more, so the codec sees an oversized datagram
 _BATCH = 64  # datagrams a reader handles before letting other tasks run
+
+BUNDLE_MAGIC = b"PB"
+"""The first two bytes of a bundle; every powergrid datagram begins with ``PG``."""
+_BUNDLE_VERSION = 1
+_BUNDLE_HEAD = BUNDLE_MAGIC + bytes([_BUNDLE_VERSION])
+_BUNDLE_MIN = len(_BUNDLE_HEAD) + 2 * (2 + HEADER_SIZE)  # room for two minimal datagrams
+_UDP_MAX = 65507  # the largest UDP payload over IPv4
+assert BUNDLE_MAGIC != MAGIC
 
 Command = Callable[[Any, float], Iterable[object]]
 """``(endpoint, now) -> outputs``: a local command given to the endpoint."""
@@ -110,6 +145,11 @@ class UdpConfig:
       beyond it new datagrams are dropped and counted.
     * ``event_queue``: notifications waiting for the app; beyond it the oldest is dropped.
     * ``flush_timeout``: seconds shutdown waits for the send backlog to drain.
+    * ``bundle_size``: the most bytes of one bundle, framing included (see
+      :func:`pack_bundles`); 0 sends every datagram on its own. Receiving
+      bundles is always on: a node reads datagrams of up to
+      ``max(WIRE_LIMIT, bundle_size)`` bytes, so give every node of a cluster
+      the same setting (the default fits an Ethernet MTU).
     * ``group_prefix``, ``group_port_base``, ``group_ports``: the default address
       scheme, see :meth:`group_address`; ``group_map`` replaces it.
     """
@@ -121,6 +161,7 @@ class UdpConfig:
     max_queue: int = 1024
     event_queue: int = 4096
     flush_timeout: float = 1.0
+    bundle_size: int = WIRE_LIMIT
     group_prefix: str = "239.255.0.0"
     group_port_base: int = 20000
     group_ports: int = 1000
@@ -138,6 +179,11 @@ class UdpConfig:
             raise ConfigError(f"event_queue {self.event_queue} must be at least 1 notification")
         if not self.flush_timeout >= 0:
             raise ConfigError(f"flush_timeout {self.flush_timeout} must be >= 0 seconds")
+        if self.bundle_size and not _BUNDLE_MIN <= self.bundle_size <= _UDP_MAX:
+            raise ConfigError(
+                f"bundle_size {self.bundle_size} must be 0 (no bundling) or "
+                f"{_BUNDLE_MIN}..{_UDP_MAX} bytes"
+            )
         prefix = _ipv4(self.group_prefix, "group_prefix")
         if not prefix.is_multicast or int(prefix) & 0xFFFF:
             raise ConfigError(
@@ -171,9 +217,17 @@ class UdpStats:
     """Counters of one transport run."""
 
     sent: int = 0
-    """Datagrams handed to the kernel."""
+    """UDP datagrams handed to the kernel (a bundle is one)."""
     received: int = 0
-    """Datagrams handed to the endpoint."""
+    """Datagrams handed to the endpoint (each datagram of a bundle counts)."""
+    bundles_sent: int = 0
+    """Bundles made of the endpoint's datagrams (each is one datagram in ``sent``)."""
+    bundled: int = 0
+    """The endpoint's datagrams that left inside those bundles."""
+    bundles_received: int = 0
+    """Bundles received and split."""
+    bad_bundles: int = 0
+    """Malformed bundles received, dropped whole (see :func:`split_bundle`)."""
     own: int = 0
     """Our own multicasts looped back, dropped."""
     send_errors: int = 0
@@ -196,6 +250,61 @@ class UdpStats:
 def default_incarnation() -> int:
     """The start time in milliseconds, mod 2**32 (a restart picks a higher one)."""
     return (time.time_ns() // 1_000_000) % (1 << 32)
+
+
+def _pack(datagrams: Sequence[bytes]) -> bytes:
+    parts = [_BUNDLE_HEAD]
+    for data in datagrams:
+        parts.append(len(data).to_bytes(2, "big"))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def pack_bundles(datagrams: Sequence[bytes], limit: int) -> list[bytes]:
+    """The UDP datagrams that carry ``datagrams`` (for one destination), in order.
+
+    Consecutive datagrams are packed into bundles of at most ``limit`` bytes:
+    ``BUNDLE_MAGIC``, a version byte (1), then each datagram as a u16 length
+    (big-endian, at least 1) and its bytes, unchanged. A datagram that has no
+    company within the limit leaves as it is, unless it begins with
+    ``BUNDLE_MAGIC`` itself: then it is a bundle of one, so a receiver never
+    takes a lone datagram for a bundle.
+    """
+    out: list[bytes] = []
+    run: list[bytes] = []
+    size = len(_BUNDLE_HEAD)
+    for data in datagrams:
+        n = len(data) + 2
+        if run and size + n > limit:
+            out.append(_pack(run) if len(run) > 1 or run[0][:2] == BUNDLE_MAGIC else run[0])
+            run = []
+            size = len(_BUNDLE_HEAD)
+        run.append(data)
+        size += n
+    if run:
+        out.append(_pack(run) if len(run) > 1 or run[0][:2] == BUNDLE_MAGIC else run[0])
+    return out
+
+
+def split_bundle(data: bytes) -> list[bytes] | None:
+    """The datagrams of the bundle ``data``, in order; None if it is malformed.
+
+    Malformed: another magic or version, no datagram, a length of 0, or a
+    length running past the end. A malformed bundle is refused whole.
+    """
+    if data[:3] != _BUNDLE_HEAD:
+        return None
+    out: list[bytes] = []
+    pos = len(_BUNDLE_HEAD)
+    end = len(data)
+    while pos < end:
+        size = int.from_bytes(data[pos : pos + 2], "big")
+        pos += 2
+        if size == 0 or pos + size > end:  # also a lone length byte at the end (pos > end)
+            return None
+        out.append(data[pos : pos + size])
+        pos += size
+    return out or None
 
 
 def _not_open(data: bytes, addr: tuple[str, int]) -> int:
@@ -228,6 +337,16 @@ class UdpHandle:
         self._nursery: trio.Nursery | None = None
         self._timer: trio.CancelScope | None = None
         self._armed = math.inf  # the timer's deadline as last set
+        self._recv_size = max(WIRE_LIMIT, config.bundle_size) + 1  # +1: oversized is seen
+        # datagrams waiting for the next flush, and their bytes as bundled
+        self._pending: list[tuple[bytes, tuple[str, int]]] = []
+        self._pending_bytes = 0
+        self._last_size = 0  # of the last datagram queued, framing included
+        # a command flushes at once when one more such datagram would not fit
+        self._room = config.bundle_size - len(_BUNDLE_HEAD) if config.bundle_size else -1
+        self._out = self._queue if config.bundle_size else self._send_lone
+        self._flush_due = False  # the flusher task is woken (or will look before parking)
+        self._flush_lot = trio.lowlevel.ParkingLot()
         self._backlog: deque[tuple[bytes, tuple[str, int]]] = deque()
         self._backlog_lot = trio.lowlevel.ParkingLot()
         self._drained_lot = trio.lowlevel.ParkingLot()
@@ -292,29 +411,52 @@ class UdpHandle:
         raises :class:`UsageError` if the node is not running.
         """
         self._check_running()
-        self._dispatch(call(self._endpoint, trio.current_time()))
-        self._rearm()
-        await trio.lowlevel.checkpoint()
+        if self._commanded(call(self._endpoint, trio.current_time())):
+            await trio.lowlevel.checkpoint()
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()
 
     async def multicast(self, payload: bytes, *, group: int | None = None) -> None:
         """``node.multicast(payload, now, group=group)``: reliable ordered multicast."""
         self._check_running()
         endpoint: Any = self._endpoint
-        self._dispatch(endpoint.multicast(payload, trio.current_time(), group=group))
-        self._rearm()
-        await trio.lowlevel.checkpoint()
+        if self._commanded(endpoint.multicast(payload, trio.current_time(), group=group)):
+            await trio.lowlevel.checkpoint()
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()
 
     async def send(self, to: int, payload: bytes, *, group: int | None = None) -> None:
         """``node.send(to, payload, now, group=group)``: reliable unicast."""
         self._check_running()
         endpoint: Any = self._endpoint
-        self._dispatch(endpoint.send(to, payload, trio.current_time(), group=group))
-        self._rearm()
-        await trio.lowlevel.checkpoint()
+        if self._commanded(endpoint.send(to, payload, trio.current_time(), group=group)):
+            await trio.lowlevel.checkpoint()
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()
 
     def _check_running(self) -> None:
         if not self._running:
             raise UsageError("the node is not running (run_node has exited or not started)")
+
+    def _commanded(self, outputs: Iterable[object]) -> bool:
+        """Carry out a command's outputs; True if its caller should let other tasks run now.
+
+        What waits is flushed now, and the caller yields, when the command
+        queued no datagram, or a bundle's worth waits (always without
+        bundling); else the flusher task sends it, and re-arms the timer, when
+        the caller's task next lets others run. So a task goes on without
+        yielding only while it adds to a bundle that is not full yet.
+        """
+        before = len(self._pending)
+        self._dispatch(outputs)
+        if len(self._pending) == before or self._pending_bytes + self._last_size > self._room:
+            self._flush()
+            self._rearm()
+            return True
+        if not self._flush_due:
+            self._flush_due = True
+            self._flush_lot.unpark_all()
+        return False
 
     async def leave(self) -> None:
         """``node.leave(now)``: leave every group gracefully; the node keeps running."""
@@ -358,13 +500,16 @@ class UdpHandle:
         assert self._usock is not None
         nursery.start_soon(self._reader, self._usock, False)
         nursery.start_soon(self._sender)
+        nursery.start_soon(self._flusher)
         nursery.start_soon(self._run_timer)
         self._dispatch(self._endpoint.start(trio.current_time()))
+        self._flush()
 
     async def _shutdown(self, failed: bool) -> None:
         if self._running and not failed and not self._left and hasattr(self._endpoint, "leave"):
             self._left = True
             self._dispatch(self._endpoint.leave(trio.current_time()))
+        self._flush()
         self._running = False
         with trio.move_on_after(self._config.flush_timeout):
             while self._backlog:
@@ -384,11 +529,13 @@ class UdpHandle:
     # ------------------------------------------------------------ tasks
 
     async def _reader(self, sock: socket.socket, group: bool) -> None:
-        endpoint = self._endpoint
+        receive = self._endpoint.receive
         dispatch = self._dispatch
         stats = self._stats
         own = self._own
         recvfrom = sock.recvfrom
+        size = self._recv_size
+        clock = trio.current_time
         while True:
             if sock.fileno() < 0:  # closed (LeaveGroup) before this task got to run
                 return
@@ -398,12 +545,12 @@ class UdpHandle:
                 return
             for _ in range(_BATCH):
                 try:
-                    data, source = recvfrom(_RECV_SIZE)
+                    data, source = recvfrom(size)
                 except BlockingIOError:
                     break
                 except OSError as exc:
                     if sock.fileno() < 0:  # closed by a LeaveGroup we just carried out
-                        self._rearm()
+                        self._settle()
                         return
                     stats.recv_errors += 1
                     log.debug("receive error: %s", exc)
@@ -411,17 +558,28 @@ class UdpHandle:
                 if group and source == own:
                     stats.own += 1
                     continue
-                stats.received += 1
-                dispatch(endpoint.receive(data, trio.current_time()))
+                now = clock()
+                if data[:2] == BUNDLE_MAGIC:
+                    parts = split_bundle(data)
+                    if parts is None:
+                        stats.bad_bundles += 1
+                        continue
+                    stats.bundles_received += 1
+                    stats.received += len(parts)
+                    for part in parts:
+                        dispatch(receive(part, now))
+                else:
+                    stats.received += 1
+                    dispatch(receive(data, now))
                 if sock.fileno() < 0:
-                    self._rearm()
+                    self._settle()
                     return
             else:  # a full batch and maybe more waiting: let the other tasks run first
-                self._rearm()
+                self._settle()
                 await trio.lowlevel.checkpoint()
                 continue
-            # drained: re-arm once for the whole batch; wait_readable is the next yield
-            self._rearm()
+            # drained: flush and re-arm once for the whole batch; wait_readable is the next yield
+            self._settle()
 
     async def _run_timer(self) -> None:
         endpoint = self._endpoint
@@ -437,6 +595,16 @@ class UdpHandle:
             if due is not None and due <= now:
                 self._stats.wakeups += 1
                 self._dispatch(endpoint.handle_deadline(now))
+                self._flush()
+
+    async def _flusher(self) -> None:
+        """Send what commands left waiting, and re-arm, when their task lets others run."""
+        while True:
+            if not self._flush_due:
+                await self._flush_lot.park()
+            self._flush_due = False
+            self._flush()
+            self._rearm()
 
     async def _sender(self) -> None:
         backlog = self._backlog
@@ -456,6 +624,11 @@ class UdpHandle:
 
     # ------------------------------------------------------------ outputs
 
+    def _settle(self) -> None:
+        """Before a reader lets other tasks run: send what its batch produced, re-arm."""
+        self._flush()
+        self._rearm()
+
     def _rearm(self) -> None:
         timer = self._timer
         if timer is not None:
@@ -474,7 +647,7 @@ class UdpHandle:
                 addr = self._group_addresses.get(group)
                 if addr is None:
                     addr = self._group_addresses[group] = self._config.group_address(group)
-                self._send(out.data, addr)  # type: ignore[attr-defined]
+                self._out(out.data, addr)  # type: ignore[attr-defined]
                 continue
             handler = handlers.get(kind)
             if handler is not None:
@@ -494,7 +667,47 @@ class UdpHandle:
         if self._events_lot:  # someone waits in events()
             self._events_lot.unpark_all()
 
+    def _queue(self, data: bytes, addr: tuple[str, int]) -> None:
+        """Keep a datagram of the endpoint for the next :meth:`_flush` (bundling on)."""
+        self._pending.append((data, addr))
+        size = len(data) + 2
+        self._pending_bytes += size
+        self._last_size = size
+
+    def _send_lone(self, data: bytes, addr: tuple[str, int]) -> None:
+        """Send a datagram of the endpoint at once, unbundled (bundling off)."""
+        self._send(_pack((data,)) if data[:2] == BUNDLE_MAGIC else data, addr)
+
+    def _flush(self) -> None:
+        """Send the waiting datagrams, bundled per destination, in order per destination."""
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
+        self._pending_bytes = self._last_size = 0
+        if len(pending) == 1:
+            data, addr = pending[0]
+            self._send_lone(data, addr)
+            return
+        by_addr: dict[tuple[str, int], list[bytes]] = {}
+        for data, addr in pending:
+            datagrams = by_addr.get(addr)
+            if datagrams is None:
+                by_addr[addr] = [data]
+            else:
+                datagrams.append(data)
+        stats = self._stats
+        limit = self._config.bundle_size
+        for addr, datagrams in by_addr.items():
+            wire = pack_bundles(datagrams, limit)
+            bundles = sum(1 for w in wire if w[:2] == BUNDLE_MAGIC)
+            stats.bundles_sent += bundles
+            stats.bundled += len(datagrams) - len(wire) + bundles
+            for w in wire:
+                self._send(w, addr)
+
     def _send(self, data: bytes, addr: tuple[str, int]) -> None:
+        """Hand one UDP datagram to the kernel, or to the backlog while the kernel is full."""
         if not self._backlog and self._send_now(data, addr):
             return
         if len(self._backlog) >= self._config.max_queue:
@@ -530,7 +743,7 @@ class UdpHandle:
                 log.warning("dropped a datagram: %s", exc)
                 return
             self._addresses[out.to] = addr
-        self._send(out.data, addr)
+        self._out(out.data, addr)
 
     def _on_join(self, out: JoinGroup) -> None:
         group = out.group
