@@ -403,16 +403,11 @@ class _Network(FuzzNetwork):
 
     def start_capture(self) -> None:
         """Record deliveries among :attr:`participants` until :attr:`capture_until`."""
-        self._deliver_now = self._deliver_captured  # type: ignore[method-assign]
+        self._tap = self._captured
 
-    def _deliver_captured(self, node: int, slot: Any, data: bytes, src: int) -> None:
-        if (
-            self._now <= self.capture_until
-            and node in self.participants
-            and src in self.participants
-        ):
-            self.capture.append(_captured(self._now, src, node, data))
-        super()._deliver_now(node, slot, data, src)
+    def _captured(self, t: float, node: int, data: bytes, src: int) -> None:
+        if t <= self.capture_until and node in self.participants and src in self.participants:
+            self.capture.append(_captured(t, src, node, data))
 
 
 _QUIET = {"Heartbeat", "HeartbeatAck", "Status", "Stable", "UAck"}
