@@ -25,15 +25,24 @@ elections, membership changes and market rounds, and feeds the invariants
 :func:`default_invariants`). A run is a pure function of the scenario: the
 same scenario and seed give the same records and the same trace hash. Wall
 time is read only to report speed.
+
+The cyclic garbage collector is paused while :meth:`Simulation.run` runs
+(and switched back on after, if it was on). A run makes almost no cyclic
+garbage (reference counting frees what it drops: a 1,000-node minute leaves
+a few thousand objects to the collector), but its full passes walk every
+live object, and a large data centre holds millions of them: at 10,000
+nodes they took about a fifth of the CPU time.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import heapq
 import importlib
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import attrs
@@ -389,6 +398,18 @@ def _watches(inv: Invariant, kind: type) -> bool:
 
 def _bid_command(bid: Bid) -> Callable[[Any, float], list[object]]:
     return lambda ep, now: ep.set_bid(bid, now)
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector for the block (if it was on, it is on after)."""
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
 
 
 # -------------------------------------------------------------- the network
@@ -942,7 +963,14 @@ class Simulation:
     # ---------------------------------------------------------------- run
 
     def run(self) -> SimResult:
-        """Run the scenario to its end; returns the records. Endpoint exceptions propagate."""
+        """Run the scenario to its end; returns the records. Endpoint exceptions propagate.
+
+        The cyclic garbage collector is paused meanwhile (see the module docstring).
+        """
+        with _collector_paused():
+            return self._run()
+
+    def _run(self) -> SimResult:
         s = self.scenario
         net = self.network
         started = time.perf_counter()
