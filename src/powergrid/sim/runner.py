@@ -50,8 +50,7 @@ import attrs
 from powergrid import wire
 from powergrid.errors import DecodeError
 from powergrid.events import LeaderElected, LeaderLost, ViewChanged
-from powergrid.harness import Invariant, Violation
-from powergrid.invariants import _Base as _BaseInvariant
+from powergrid.harness import Invariant, Violation, watches
 from powergrid.market import Bid, MarketCleared, PriceUpdated, Regime
 from powergrid.market.client import AllocationChanged
 from powergrid.membership import MemberRemoved
@@ -382,20 +381,6 @@ def default_invariants(sim: Simulation) -> list[Invariant]:
     return out
 
 
-def _watches(inv: Invariant, kind: type) -> bool:
-    """Whether ``inv`` may act on a notification of type ``kind``.
-
-    An invariant built on :mod:`powergrid.invariants`' base class that keeps
-    its ``observe`` acts only on the types it registered (and on node starts
-    and crashes); any other invariant sees everything.
-    """
-    observe = getattr(type(inv), "observe", None)
-    if observe is not _BaseInvariant.observe:
-        return True
-    table: dict[type, object] = getattr(inv, "_on", {})
-    return kind in table or kind is NodeStarted or kind is NodeCrashed
-
-
 def _bid_command(bid: Bid) -> Callable[[Any, float], list[object]]:
     return lambda ep, now: ep.set_bid(bid, now)
 
@@ -641,9 +626,7 @@ class Simulation:
             handler(t, node, out)
         watchers = self._watchers.get(kind)
         if watchers is None:
-            watchers = self._watchers[kind] = [
-                inv for inv in self.invariants if _watches(inv, kind)
-            ]
+            watchers = self._watchers[kind] = [inv for inv in self.invariants if watches(inv, kind)]
         for inv in watchers:
             inv.observe(t, node, out)
 
