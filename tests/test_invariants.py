@@ -7,6 +7,7 @@ from powergrid.events import LeaderElected, Member, View, ViewChanged
 from powergrid.harness import watches
 from powergrid.invariants import (
     AgreementValidity,
+    BoundedBuffers,
     DataCentre,
     DeliveryIntegrity,
     ElectionsConverge,
@@ -314,3 +315,12 @@ def test_an_invariant_watches_the_types_it_acts_on() -> None:
         name = "plain"
 
     assert watches(Plain(), MessageDelivered)  # type: ignore[arg-type]
+
+
+def test_an_invariant_with_the_base_check_is_passive() -> None:
+    """Rule: an invariant whose check only reports what observing found says so (passive),
+    so the harness may skip it after an event without notifications; one that checks the
+    network itself (or counts its calls) is not."""
+    assert ViewIdsGrow(INFO).passive and MembersRemoved(INFO).passive
+    assert not LeaderPerEpoch(INFO).passive
+    assert not BoundedBuffers(INFO).passive

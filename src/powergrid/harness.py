@@ -131,7 +131,12 @@ class Invariant(Protocol):
         """
 
     def check(self, network: FuzzNetwork) -> list[str]:
-        """Safety: called after every processed event in both phases."""
+        """Safety: called after every processed event in both phases.
+
+        An invariant whose ``passive`` attribute is true says that its check only
+        reports problems its observe found: it is then called only after events
+        that brought some invariant a notification.
+        """
 
     def check_final(self, network: FuzzNetwork) -> list[str]:
         """Liveness: called once, after the liveness phase."""
@@ -260,8 +265,12 @@ def run_seed(
     trace = Trace(keep=keep_trace, file=trace_file)
     violations: list[Violation] = []
     watchers: dict[type, list[Invariant]] = {}  # notification type -> invariants
+    active = [inv for inv in checks if not getattr(inv, "passive", False)]
+    observed = True  # a notification was observed since the last check
 
     def observe(t: float, node: NodeId, output: object) -> None:
+        nonlocal observed
+        observed = True
         kind = type(output)
         those = watchers.get(kind)
         if those is None:
@@ -285,10 +294,12 @@ def run_seed(
         )
 
     def check() -> None:
-        for inv in checks:
+        nonlocal observed
+        for inv in checks if observed else active:
             problems = inv.check(net)
             if problems:
                 record(inv.name, problems)
+        observed = False
         if violations:
             raise _Stop
 

@@ -236,6 +236,12 @@ class _Base:
             return True
         return kind in self._on or kind is NodeStarted or kind is NodeCrashed
 
+    @property
+    def passive(self) -> bool:
+        """Whether :meth:`check` only reports the problems observing found (it is not
+        overridden): the harness then skips it after an event without notifications."""
+        return type(self).check is _Base.check
+
     def check(self, network: FuzzNetwork) -> list[str]:
         if self.problems:
             out, self.problems = self.problems, []
