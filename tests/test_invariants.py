@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from powergrid.election import ElectionStarted
 from powergrid.events import LeaderElected, Member, View, ViewChanged
+from powergrid.harness import watches
 from powergrid.invariants import (
     AgreementValidity,
+    BoundedBuffers,
     DataCentre,
     DeliveryIntegrity,
     ElectionsConverge,
@@ -296,3 +298,29 @@ def test_price_bounds_and_stale_epochs() -> None:
         inv.observe(2.0, A, price(60, epoch=1))
     assert bounds.check(NET) == ["0.0.0.0:1 applied price 1.5 outside [0.0, 1.0]"]
     assert stale.check(NET) == ["0.0.0.0:1 applied a price of epoch 1 after one of epoch 2"]
+
+
+def test_an_invariant_watches_the_types_it_acts_on() -> None:
+    """Rule: the harness passes an invariant only the notification types it watches: those
+    it registered, node starts and crashes; every type if it overrides observe; and every
+    type to an invariant without a watches method."""
+    elected = LeaderPerEpoch(INFO)
+    assert watches(elected, LeaderElected)
+    assert watches(elected, NodeStarted) and watches(elected, NodeCrashed)
+    assert not watches(elected, ViewChanged) and not watches(elected, MessageDelivered)
+    views = ViewIdsGrow(INFO)  # overrides observe (it looks for Left by name)
+    assert watches(views, MessageDelivered)
+
+    class Plain:
+        name = "plain"
+
+    assert watches(Plain(), MessageDelivered)  # type: ignore[arg-type]
+
+
+def test_an_invariant_with_the_base_check_is_passive() -> None:
+    """Rule: an invariant whose check only reports what observing found says so (passive),
+    so the harness may skip it after an event without notifications; one that checks the
+    network itself (or counts its calls) is not."""
+    assert ViewIdsGrow(INFO).passive and MembersRemoved(INFO).passive
+    assert not LeaderPerEpoch(INFO).passive
+    assert not BoundedBuffers(INFO).passive

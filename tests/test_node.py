@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from powergrid import node as node_mod
+from powergrid import wire
 from powergrid.errors import ConfigError, UsageError
 from powergrid.events import JoinGroup, LeaderElected, Transmit, TransmitGroup
 from powergrid.market import Bid, ClientConfig, Grid, PriceUpdated
@@ -102,6 +104,36 @@ def test_peer_garbage_and_own_loopback_are_counted_never_raised() -> None:
     assert node.receive(encode(1, other, 1, Data(seq=1, kind=51, payload=b"\x01")), 0.1) == []
     stats = node.stats
     assert (stats.malformed, stats.own, stats.foreign_group) == (2, 1, 1)
+
+
+def test_equal_datagrams_are_decoded_once_and_the_cache_is_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An equal datagram (another bytes object) reuses the first decoding, at any node;
+    the cache of decodings is cleared when it is full."""
+    decoded: list[bytes] = []
+
+    def counting_decode(data: bytes) -> Any:
+        decoded.append(data)
+        return wire.decode(data)
+
+    monkeypatch.setattr(node_mod, "decode", counting_decode)
+    monkeypatch.setattr(node_mod, "_decoded", {})
+    monkeypatch.setattr(node_mod, "_DECODED_MAX", 2)
+    a, b = make_node(9000), make_node(9001)
+    a.start(0.0)
+    b.start(0.0)
+    other = node_id("127.0.0.1", 9005)
+    first = encode(1, other, 1, Data(seq=1, kind=0, payload=b"x"))
+    again = bytes(bytearray(first))
+    assert again == first and again is not first
+    assert a.receive(first, 0.1) == b.receive(again, 0.1)
+    assert decoded == [first]
+    for seq in (2, 3):
+        a.receive(encode(1, other, 1, Data(seq=seq, kind=0, payload=b"x")), 0.2)
+    assert len(node_mod._decoded) == 1  # full at two: cleared before the third
+    a.receive(again, 0.3)
+    assert len(decoded) == 4
 
 
 def test_commands_on_a_group_the_node_is_not_in_raise() -> None:

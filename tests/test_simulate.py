@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import gc
 import hashlib
 import json
 import random
@@ -313,6 +314,21 @@ def test_determinism() -> None:
     assert a == b
     assert a[1] is not None
     assert c[1] != a[1]
+
+
+@pytest.mark.parametrize("was_on", [True, False])
+def test_collector_paused_during_the_run_and_restored(was_on: bool) -> None:
+    """The cyclic collector is off while the nodes run, and as it was after the run."""
+    raw = {**SMALL, "scenario": {**SMALL["scenario"], "duration": 1.0}, "failures": []}
+    seen: list[bool] = []
+    sim = Simulation(parse_scenario(raw), progress=lambda now, end: seen.append(gc.isenabled()))
+    (gc.enable if was_on else gc.disable)()
+    try:
+        sim.run()
+        assert gc.isenabled() is was_on
+    finally:
+        gc.enable()
+    assert seen and not any(seen)
 
 
 def test_join_leave_partition_and_loss() -> None:

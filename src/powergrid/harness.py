@@ -87,6 +87,7 @@ __all__ = [
     "run_seed",
     "run_seeds",
     "schedules",
+    "watches",
 ]
 
 
@@ -104,6 +105,12 @@ class Violation:
         return f"seed {self.seed}: {self.invariant} at t={self.time:.6f}: {self.detail}"
 
 
+def watches(inv: Invariant, kind: type) -> bool:
+    """Whether ``inv`` observes notifications of type ``kind`` (see :meth:`Invariant.observe`)."""
+    says = getattr(inv, "watches", None)
+    return says is None or bool(says(kind))
+
+
 class Invariant(Protocol):
     """A property the harness holds the system to. Build a fresh one per run.
 
@@ -117,10 +124,19 @@ class Invariant(Protocol):
         """A short name, e.g. ``"fifo-per-sender"``."""
 
     def observe(self, time: float, node: NodeId, output: object) -> None:
-        """See one notification of ``node`` (also the network's NodeStarted/NodeCrashed)."""
+        """See one notification of ``node`` (also the network's NodeStarted/NodeCrashed).
+
+        An invariant with a ``watches(kind) -> bool`` method sees only the types
+        it says it watches (asked once per type); one without sees everything.
+        """
 
     def check(self, network: FuzzNetwork) -> list[str]:
-        """Safety: called after every processed event in both phases."""
+        """Safety: called after every processed event in both phases.
+
+        An invariant whose ``passive`` attribute is true says that its check only
+        reports problems its observe found: it is then called only after events
+        that brought some invariant a notification.
+        """
 
     def check_final(self, network: FuzzNetwork) -> list[str]:
         """Liveness: called once, after the liveness phase."""
@@ -248,9 +264,18 @@ def run_seed(
     checks = list(invariants(system))
     trace = Trace(keep=keep_trace, file=trace_file)
     violations: list[Violation] = []
+    watchers: dict[type, list[Invariant]] = {}  # notification type -> invariants
+    active = [inv for inv in checks if not getattr(inv, "passive", False)]
+    observed = True  # a notification was observed since the last check
 
     def observe(t: float, node: NodeId, output: object) -> None:
-        for inv in checks:
+        nonlocal observed
+        observed = True
+        kind = type(output)
+        those = watchers.get(kind)
+        if those is None:
+            those = watchers[kind] = [inv for inv in checks if watches(inv, kind)]
+        for inv in those:
             inv.observe(t, node, output)
 
     net = FuzzNetwork(
@@ -269,10 +294,12 @@ def run_seed(
         )
 
     def check() -> None:
-        for inv in checks:
+        nonlocal observed
+        for inv in checks if observed else active:
             problems = inv.check(net)
             if problems:
                 record(inv.name, problems)
+        observed = False
         if violations:
             raise _Stop
 

@@ -228,6 +228,20 @@ class _Base:
         if handler is not None:
             handler(time, node, output)
 
+    def watches(self, kind: type) -> bool:
+        """Whether :meth:`observe` may act on a notification of type ``kind``: the types
+        registered in ``_on``, node starts and crashes; every type if a subclass
+        overrides ``observe``. The harness and the simulator pass only those."""
+        if type(self).observe is not _Base.observe:
+            return True
+        return kind in self._on or kind is NodeStarted or kind is NodeCrashed
+
+    @property
+    def passive(self) -> bool:
+        """Whether :meth:`check` only reports the problems observing found (it is not
+        overridden): the harness then skips it after an event without notifications."""
+        return type(self).check is _Base.check
+
     def check(self, network: FuzzNetwork) -> list[str]:
         if self.problems:
             out, self.problems = self.problems, []

@@ -48,11 +48,12 @@ the lead broker down at once.
 The node keeps no timers of its own: ``next_deadline()`` is the earliest of
 its machines' deadlines, and ``handle_deadline(now)`` wakes those that are due.
 
-Two shortcuts keep a large group cheap to simulate, with the same results. A
-multicast reaches every member as one ``bytes`` object, so the last datagram
-decoded (by any node) and its ``Received`` event are kept and reused when the
-same object comes again (identity, not equality; everything decoded is
-immutable). A membership message (most of a quiet group's traffic) can only
+Two shortcuts keep a large group cheap to simulate, with the same results.
+Datagrams decoded lately (by any node) are kept with their ``Received``
+event and reused when an equal datagram comes again (decoding depends on the
+bytes alone, and everything decoded is immutable): a multicast reaches every
+member as one ``bytes`` object, and a member acks every heartbeat with the
+same datagram while its view stays. A membership message (most of a quiet group's traffic) can only
 touch its membership machine: when it yields nothing but datagrams to others,
 the deadlines of the other machines are known not to have changed, and
 ``next_deadline()`` asks only the membership machines; any other input
@@ -112,6 +113,7 @@ from powergrid.types import BROKER_GROUP, GroupId, Incarnation, NodeId, node_id
 from powergrid.unicast import DeliverUnicast, PeerGone, Submit, UnicastConfig, UnicastMachine
 from powergrid.wire import (
     KIND_APP,
+    Envelope,
     Heartbeat,
     Message,
     decode,
@@ -260,14 +262,17 @@ class _Stack:
 
 _Handler = Callable[["_Stack", Any, float, "deque[Any]", list[Output]], None]
 
-_last_decoded: list[Any] = [None, None, None]
-"""The last datagram decoded by any node, its envelope and its Received event.
+_decoded: dict[bytes, tuple[Envelope, Received]] = {}
+"""Datagrams decoded lately (by any node), with their envelope and Received event.
 
-A multicast reaches every member as the same ``bytes`` object, one delivery
-after another; the members after the first reuse its decoding (an identity
-check, never equality). Envelopes, messages and events are immutable, so
-sharing them is safe.
+Decoding is a function of the bytes alone, and envelopes, messages and events
+are immutable, so equal datagrams can share one decoding: a multicast reaches
+every member of its group (as one ``bytes`` object), and a member's ack to
+each heartbeat is the same datagram until its view changes, so most of a
+quiet group's traffic is decoded once. Cleared when it holds
+:data:`_DECODED_MAX` datagrams.
 """
+_DECODED_MAX = 1 << 16
 
 
 class Node:
@@ -382,9 +387,9 @@ class Node:
                 self._stats.unauthenticated += 1
                 return []
             data, counter = opened
-        cache = _last_decoded
-        if data is cache[0]:
-            env, event = cache[1], cache[2]
+        known = _decoded.get(data)
+        if known is not None:
+            env, event = known
         else:
             try:
                 env = decode(data)
@@ -392,7 +397,9 @@ class Node:
                 self._stats.malformed += 1
                 return []
             event = Received(sender=env.sender, incarnation=env.incarnation, message=env.message)
-            cache[0], cache[1], cache[2] = data, env, event
+            if len(_decoded) >= _DECODED_MAX:
+                _decoded.clear()
+            _decoded[data] = (env, event)
         if env.sender == self._id:
             self._stats.own += 1
             return []

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterable
+from typing import Any
 
 import attrs
 
@@ -203,7 +204,22 @@ class ClearingResult:
 
     @classmethod
     def checked(cls, msg: wire.Clearing | wire.Price, grid: Grid) -> ClearingResult | None:
-        """The result a decoded Clearing or Price carries, or None if it is absurd on ``grid``."""
+        """The result a decoded Clearing or Price carries, or None if it is absurd on ``grid``.
+
+        A Price multicast reaches every client of a cluster as one decoded message
+        (see :mod:`powergrid.node`): the last message checked, and its answer, are
+        kept and reused for the same message object on the same grid (both immutable).
+        """
+        last = _last_checked
+        if msg is last[0] and grid is last[1]:
+            cached: ClearingResult | None = last[2]
+            return cached
+        result = cls._check(msg, grid)
+        last[0], last[1], last[2] = msg, grid, result
+        return result
+
+    @classmethod
+    def _check(cls, msg: wire.Clearing | wire.Price, grid: Grid) -> ClearingResult | None:
         regime, price, level, fill = msg.regime, msg.price, msg.level, msg.fill
         if regime > 2 or not 0 <= fill <= FILL_ONE:
             return None
@@ -215,6 +231,10 @@ class ClearingResult:
         if r is Regime.SHORTAGE and not 0 <= level <= FLOORS_CUT:
             return None
         return cls(regime=r, price=price, level=level, fill=fill, deficit=msg.deficit)
+
+
+_last_checked: list[Any] = [None, None, None]
+"""The last message :meth:`ClearingResult.checked`, its grid and the answer."""
 
 
 def clear(

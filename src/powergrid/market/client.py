@@ -250,8 +250,10 @@ class ClientMachine:
 
     def next_deadline(self) -> float | None:
         """The next refresh or lease expiry, whichever is first."""
-        times = [t for t in (self._refresh_at, self._lease_until) if t is not None]
-        return min(times) if times else None
+        refresh, lease = self._refresh_at, self._lease_until
+        if refresh is None or (lease is not None and lease < refresh):
+            return lease
+        return refresh
 
     # ---------------------------------------------------------------- handlers
 

@@ -25,15 +25,24 @@ elections, membership changes and market rounds, and feeds the invariants
 :func:`default_invariants`). A run is a pure function of the scenario: the
 same scenario and seed give the same records and the same trace hash. Wall
 time is read only to report speed.
+
+The cyclic garbage collector is paused while :meth:`Simulation.run` runs
+(and switched back on after, if it was on). A run makes almost no cyclic
+garbage (reference counting frees what it drops: a 1,000-node minute leaves
+a few thousand objects to the collector), but its full passes walk every
+live object, and a large data centre holds millions of them: at 10,000
+nodes they took about a fifth of the CPU time.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import heapq
 import importlib
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import attrs
@@ -41,8 +50,7 @@ import attrs
 from powergrid import wire
 from powergrid.errors import DecodeError
 from powergrid.events import LeaderElected, LeaderLost, ViewChanged
-from powergrid.harness import Invariant, Violation
-from powergrid.invariants import _Base as _BaseInvariant
+from powergrid.harness import Invariant, Violation, watches
 from powergrid.market import Bid, MarketCleared, PriceUpdated, Regime
 from powergrid.market.client import AllocationChanged
 from powergrid.membership import MemberRemoved
@@ -373,22 +381,20 @@ def default_invariants(sim: Simulation) -> list[Invariant]:
     return out
 
 
-def _watches(inv: Invariant, kind: type) -> bool:
-    """Whether ``inv`` may act on a notification of type ``kind``.
-
-    An invariant built on :mod:`powergrid.invariants`' base class that keeps
-    its ``observe`` acts only on the types it registered (and on node starts
-    and crashes); any other invariant sees everything.
-    """
-    observe = getattr(type(inv), "observe", None)
-    if observe is not _BaseInvariant.observe:
-        return True
-    table: dict[type, object] = getattr(inv, "_on", {})
-    return kind in table or kind is NodeStarted or kind is NodeCrashed
-
-
 def _bid_command(bid: Bid) -> Callable[[Any, float], list[object]]:
     return lambda ep, now: ep.set_bid(bid, now)
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector for the block (if it was on, it is on after)."""
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
 
 
 # -------------------------------------------------------------- the network
@@ -403,16 +409,11 @@ class _Network(FuzzNetwork):
 
     def start_capture(self) -> None:
         """Record deliveries among :attr:`participants` until :attr:`capture_until`."""
-        self._deliver_now = self._deliver_captured  # type: ignore[method-assign]
+        self._tap = self._captured
 
-    def _deliver_captured(self, node: int, slot: Any, data: bytes, src: int) -> None:
-        if (
-            self._now <= self.capture_until
-            and node in self.participants
-            and src in self.participants
-        ):
-            self.capture.append(_captured(self._now, src, node, data))
-        super()._deliver_now(node, slot, data, src)
+    def _captured(self, t: float, node: int, data: bytes, src: int) -> None:
+        if t <= self.capture_until and node in self.participants and src in self.participants:
+            self.capture.append(_captured(t, src, node, data))
 
 
 _QUIET = {"Heartbeat", "HeartbeatAck", "Status", "Stable", "UAck"}
@@ -625,9 +626,7 @@ class Simulation:
             handler(t, node, out)
         watchers = self._watchers.get(kind)
         if watchers is None:
-            watchers = self._watchers[kind] = [
-                inv for inv in self.invariants if _watches(inv, kind)
-            ]
+            watchers = self._watchers[kind] = [inv for inv in self.invariants if watches(inv, kind)]
         for inv in watchers:
             inv.observe(t, node, out)
 
@@ -947,7 +946,14 @@ class Simulation:
     # ---------------------------------------------------------------- run
 
     def run(self) -> SimResult:
-        """Run the scenario to its end; returns the records. Endpoint exceptions propagate."""
+        """Run the scenario to its end; returns the records. Endpoint exceptions propagate.
+
+        The cyclic garbage collector is paused meanwhile (see the module docstring).
+        """
+        with _collector_paused():
+            return self._run()
+
+    def _run(self) -> SimResult:
         s = self.scenario
         net = self.network
         started = time.perf_counter()

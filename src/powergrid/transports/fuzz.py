@@ -547,7 +547,6 @@ class FuzzNetwork(MemoryNetwork):
         self._r_reorder = split_rng(seed, "reorder")
         self._r_delay = split_rng(seed, "delay")
         self._component: dict[int, int] = {}
-        self._plain_memo: tuple[LinkFaults | None, bool] = (None, False)  # link, _plain(link)
         self._oneway: set[tuple[int, int]] = set()
         self._down: set[int] = set()
         self._lives: dict[int, int] = {}
@@ -564,6 +563,11 @@ class FuzzNetwork(MemoryNetwork):
             Heal: lambda s: self.heal(),
             SetLoss: lambda s: self.set_loss(s.loss),
         }
+        # The delay of every datagram while no fault can apply (no loss, duplication,
+        # reordering, partition, drop hook or link override, and a fixed delay): _route
+        # then draws nothing. None otherwise. Kept by _faults_changed.
+        self._fault_free: float | None = None
+        self._faults_changed()
 
     # ------------------------------------------------------------ properties
 
@@ -642,22 +646,26 @@ class FuzzNetwork(MemoryNetwork):
     def isolate(self, node: int) -> bool:
         """Cut ``node`` off from all others, both ways."""
         self._component[node] = max(self._component.values(), default=0) + 1
+        self._faults_changed()
         return self._count("isolate")
 
     def split(self, groups: Sequence[Sequence[int]]) -> bool:
         """Replace the partitions: each group talks only within itself; the rest form one group."""
         self._component = {n: i + 1 for i, g in enumerate(groups) for n in g}
+        self._faults_changed()
         return self._count("split")
 
     def one_way(self, senders: Sequence[int], receivers: Sequence[int]) -> bool:
         """Lose datagrams from each of ``senders`` to each of ``receivers`` (not the reverse)."""
         self._oneway.update((s, r) for s in senders for r in receivers if s != r)
+        self._faults_changed()
         return self._count("one_way")
 
     def heal(self) -> bool:
         """Remove every partition and one-way cut."""
         self._component.clear()
         self._oneway.clear()
+        self._faults_changed()
         return self._count("heal")
 
     # ------------------------------------------------------------------ links
@@ -665,6 +673,7 @@ class FuzzNetwork(MemoryNetwork):
     def set_loss(self, loss: float) -> bool:
         """Set the default link loss probability."""
         self._link = attrs.evolve(self._link, loss=loss)
+        self._faults_changed()
         return self._count("set_loss")
 
     def set_link(self, src: int, dst: int, link: LinkFaults | None) -> None:
@@ -673,6 +682,7 @@ class FuzzNetwork(MemoryNetwork):
             self._links.pop((src, dst), None)
         else:
             self._links[(src, dst)] = link
+        self._faults_changed()
 
     # --------------------------------------------------------------- schedule
 
@@ -711,6 +721,7 @@ class FuzzNetwork(MemoryNetwork):
             self.restart(node)
         self._link = attrs.evolve(self._link, loss=0.0)
         self._links = {k: attrs.evolve(v, loss=0.0) for k, v in self._links.items()}
+        self._faults_changed()
 
     # -------------------------------------------------------------- internals
 
@@ -728,16 +739,21 @@ class FuzzNetwork(MemoryNetwork):
         else:
             self.faults["cancelled"] = self.faults.get("cancelled", 0) + 1
 
+    def _faults_changed(self) -> None:
+        """Note whether a datagram can meet a fault now (``_fault_free``)."""
+        link = self._link
+        delay = link.delay
+        plain = not (link.loss or link.duplicate or link.reorder) and (
+            delay.kind == "constant" or delay.spread == 0
+        )
+        clear = not (self._component or self._oneway or self._drop is not None or self._links)
+        self._fault_free = delay.base if plain and clear else None
+
     def _route(self, src: int, dst: int, data: bytes) -> None:
         self._count_sent(data)
-        link = self._link
-        memo = self._plain_memo
-        if memo[0] is not link:
-            memo = self._plain_memo = (link, self._plain(link))
-        if memo[1] and not (
-            self._component or self._oneway or self._drop is not None or self._links
-        ):
-            self._send_after(link.delay.base, src, dst, data)  # no fault can apply, no draw
+        base = self._fault_free
+        if base is not None:
+            self._send_after(base, src, dst, data)  # no fault can apply, no draw
             return
         if src != dst and (
             self._component.get(src, 0) != self._component.get(dst, 0) or (src, dst) in self._oneway
@@ -759,26 +775,14 @@ class FuzzNetwork(MemoryNetwork):
             self._count_sent(data)
             self._send_after(self._delay(link), src, dst, data)
 
-    @staticmethod
-    def _plain(link: LinkFaults) -> bool:
-        """Whether ``link`` neither loses, duplicates nor reorders, with a fixed delay."""
-        delay = link.delay
-        return not (link.loss or link.duplicate or link.reorder) and (
-            delay.kind == "constant" or delay.spread == 0
-        )
-
     def _route_group(self, src: int, dsts: Iterable[int], data: bytes) -> None:
-        link = self._link
-        if self._component or self._oneway or self._drop is not None or self._links:
+        base = self._fault_free
+        if base is None:
             super()._route_group(src, dsts, data)
             return
-        if not self._plain(link):
-            super()._route_group(src, dsts, data)
-            return
-        # A fault-free link with a fixed delay: what _route does, without its draws.
+        # No fault can apply: what _route does, without its checks.
         send = self._send_after
         count = self._count_sent
-        base = link.delay.base
         for dst in dsts:
             count(data)
             send(base, src, dst, data)

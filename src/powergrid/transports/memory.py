@@ -66,6 +66,7 @@ import heapq
 import json
 import random
 from collections.abc import Callable, Iterable
+from json.encoder import encode_basestring_ascii as _json_str
 from typing import IO, Any
 
 import attrs
@@ -89,7 +90,6 @@ Observer = Callable[[float, NodeId, object], None]
 """Called with ``(time, node, output)`` for every notification a node returns."""
 
 # Heap entry kinds. An entry is (time, seq, kind, node, a, b, c).
-_DELIVER = 0  # a=data, b=src, c=life of dst's address when sent
 _WAKE = 1  # a, b, c unused; valid iff seq is the node's current wake token
 _START = 2  # a=endpoint
 _STEP = 3  # a=an object the subclass applies (fault step)
@@ -124,6 +124,33 @@ class NetworkStats:
     dropped_by_type: dict[int, int] = attrs.field(factory=dict)
 
 
+def _json_line(fields: dict[str, Any]) -> str:
+    """``json.dumps(fields, sort_keys=True, separators=(",", ":"))``, the same text, but
+    faster for the values a trace line holds (str, int, finite float); a line with
+    any other value is left to ``json.dumps``."""
+    parts = []
+    for key in sorted(fields):
+        value = fields[key]
+        kind = type(value)
+        if kind is str:
+            text = _json_str(value)
+        elif kind is int:
+            text = int.__repr__(value)
+        elif kind is float and -_INF < value < _INF:
+            text = float.__repr__(value)
+        else:
+            return json.dumps(fields, sort_keys=True, separators=(",", ":"))
+        prefix = _JSON_KEYS.get(key)
+        if prefix is None:
+            prefix = _JSON_KEYS[key] = _json_str(key) + ":"
+        parts.append(prefix + text)
+    return "{" + ",".join(parts) + "}"
+
+
+_JSON_KEYS: dict[str, str] = {}  # key -> its JSON text and the colon
+_INF = float("inf")
+
+
 class Trace:
     """A run's transcript as JSON lines, with a running SHA-256 of every line.
 
@@ -146,9 +173,20 @@ class Trace:
         fields["t"] = time
         fields["node"] = node
         fields["ev"] = event
-        line = json.dumps(fields, sort_keys=True, separators=(",", ":"))
-        self._hash.update(line.encode())
-        self._hash.update(b"\n")
+        self._add(_json_line(fields))
+
+    def deliver(self, time: float, node: int, src: int, data: bytes) -> None:
+        """``record(time, node, "deliver", src=src, data=data.hex())``, the same line,
+        built by hand (it is most of a trace)."""
+        if type(time) is float and -_INF < time < _INF and type(node) is type(src) is int:
+            self._add(
+                f'{{"data":"{data.hex()}","ev":"deliver","node":{node},"src":{src},"t":{time!r}}}'
+            )
+        else:
+            self.record(time, node, "deliver", src=src, data=data.hex())
+
+    def _add(self, line: str) -> None:
+        self._hash.update(f"{line}\n".encode())
         self.count += 1
         if self.lines is not None:
             self.lines.append(line)
@@ -165,6 +203,7 @@ class Trace:
 class _Slot:
     endpoint: Endpoint
     incarnation: int
+    life: int  # the life of its address (a datagram sent to another life is not for it)
     wake_token: int = -1
     wake_at: float = 0.0
     paused: bool = False
@@ -219,8 +258,9 @@ class MemoryNetwork:
         # the next copy due at the same time joins it (see _send_after).
         self._run: list[tuple[int, bytes, int, int]] | None = None
         self._run_key: tuple[float, int] = (-1.0, -1)  # its time and sequence number
-        self._handlers: dict[type, Callable[[int, _Slot, Any], None]] = {
-            Transmit: self._on_transmit,
+        # (time, dst, data, src) before each delivery, if set (the simulator's capture)
+        self._tap: Callable[[float, int, bytes, int], None] | None = None
+        self._handlers: dict[type, Callable[[int, _Slot, Any], None]] = {  # Transmit aside
             TransmitGroup: self._on_transmit_group,
             JoinGroup: self._on_join,
             LeaveGroup: self._on_leave,
@@ -318,10 +358,7 @@ class MemoryNetwork:
             return False
         slot.paused = False
         inbox, slot.inbox = slot.inbox, []
-        for data, src in inbox:
-            if self._slots.get(node) is not slot:
-                break
-            self._deliver_now(node, slot, data, src)
+        self._deliver(self._now, [(node, data, src, slot.life) for data, src in inbox], None)
         if self._slots.get(node) is slot:
             self._rearm(node, slot)
         return True
@@ -354,8 +391,7 @@ class MemoryNetwork:
                 self._run = None
                 if len(copies) > 1:  # the rest keeps its place: same time, same sequence
                     heapq.heappush(heap, (time, seq, _DELIVER_MANY, 0, copies[1:], 0, 0))
-                dst, data, src, life = copies[0]
-                self._deliver_copy(time, dst, data, src, life)
+                self._deliver(time, copies[:1], None)
                 return True
             if self._process(entry):
                 return True
@@ -375,7 +411,7 @@ class MemoryNetwork:
         while heap and heap[0][0] <= t:
             entry = pop(heap)
             if entry[2] == _DELIVER_MANY:
-                self._deliver_many(entry, on_event)
+                self._deliver(entry[0], entry[4], on_event)
             elif process(entry) and on_event is not None:
                 on_event()
         self._now = t
@@ -397,7 +433,7 @@ class MemoryNetwork:
                 continue
             entry = pop(heap)
             if entry[2] == _DELIVER_MANY:
-                self._deliver_many(entry, None)
+                self._deliver(entry[0], entry[4], None)
             else:
                 process(entry)
         return True
@@ -428,11 +464,8 @@ class MemoryNetwork:
     def _process(self, entry: tuple[Any, ...]) -> bool:
         """Handle one heap entry; False if it was void (superseded wake-up, gone node)."""
         time, seq, kind, node, a, b, c = entry
-        if kind == _DELIVER:
-            self._deliver_copy(time, node, a, b, c)
-            return True
         if kind == _DELIVER_MANY:
-            self._deliver_many(entry, None)
+            self._deliver(time, a, None)
             return True
         if kind == _WAKE:
             slot = self._slots.get(node)
@@ -463,39 +496,53 @@ class MemoryNetwork:
         self._apply_step(a)
         return True
 
-    def _deliver_copy(self, time: float, node: int, data: bytes, src: int, life: int) -> None:
-        """One datagram copy reaches ``node`` (sent to the address's life ``life``)."""
-        self._now = time
-        self._run = None
-        slot = self._slots.get(node)
-        if slot is None or life != self._life.get(node, 0):
-            self._count_drop(node, data, src, "no-node")
-            return
-        if slot.paused:
-            slot.inbox.append((data, src))
-            return
-        self._deliver_now(node, slot, data, src)
-
-    def _deliver_many(self, entry: tuple[Any, ...], on_event: Callable[[], object] | None) -> None:
-        """Datagram copies due at one time, in the order they were sent.
+    def _deliver(
+        self,
+        time: float,
+        copies: list[tuple[int, bytes, int, int]],
+        on_event: Callable[[], object] | None,
+    ) -> None:
+        """Datagram copies ``(dst, data, src, life of dst's address when sent)`` due at
+        ``time``, in the order they were sent; ``on_event`` after each.
 
         They were sent one after another with nothing scheduled in between, so
         delivering them in a row is exactly what separate heap entries would do.
+        A copy for a node gone (or for an earlier life of its address) is dropped,
+        one for a paused node queues in its inbox; the others are handed to their
+        endpoint, whose outputs are handled and whose wake-up is kept or rearmed.
         """
-        time, _, _, _, copies, _, _ = entry
         self._now = time
         self._run = None
         slots = self._slots
-        lives = self._life
-        deliver = self._deliver_now
-        for dst, data, src, life in copies:  # _deliver_copy, inline
+        stats = self.stats
+        by = stats.delivered_by_type
+        trace = self.trace
+        tap = self._tap
+        emit = self._emit
+        for dst, data, src, life in copies:
             slot = slots.get(dst)
-            if slot is None or life != lives.get(dst, 0):
+            if slot is None or slot.life != life:
                 self._count_drop(dst, data, src, "no-node")
             elif slot.paused:
                 slot.inbox.append((data, src))
             else:
-                deliver(dst, slot, data, src)
+                stats.delivered += 1
+                stats.calls += 1
+                code = data[_TYPE_OFFSET] if len(data) > _TYPE_OFFSET else -1
+                by[code] = by.get(code, 0) + 1
+                if trace is not None:
+                    trace.deliver(time, dst, src, data)
+                if tap is not None:
+                    tap(time, dst, data, src)
+                endpoint = slot.endpoint
+                outs = endpoint.receive(data, time)
+                if outs:
+                    emit(dst, slot, outs)
+                if (not outs or slots.get(dst) is slot) and not slot.paused:
+                    deadline = endpoint.next_deadline()
+                    if deadline is None or slot.wake_token < 0 or deadline < slot.wake_at:
+                        self._rearm_to(dst, slot, deadline)
+                    # else the common case: the wake-up already scheduled stands (see _rearm)
             if on_event is not None:
                 on_event()
 
@@ -503,7 +550,7 @@ class MemoryNetwork:
         raise UsageError(f"this network does not apply steps like {step!r}")
 
     def _start(self, node: int, endpoint: Endpoint, incarnation: int) -> None:
-        slot = _Slot(endpoint, incarnation)
+        slot = _Slot(endpoint, incarnation, self._life.get(node, 0))
         self._slots[node] = slot
         if self.trace is not None:
             self.trace.record(self._now, node, "start", inc=incarnation)
@@ -512,28 +559,6 @@ class MemoryNetwork:
         self._emit(node, slot, outs)
         if self._slots.get(node) is slot:
             self._rearm(node, slot)
-
-    def _deliver_now(self, node: int, slot: _Slot, data: bytes, src: int) -> None:
-        stats = self.stats
-        stats.delivered += 1
-        code = data[_TYPE_OFFSET] if len(data) > _TYPE_OFFSET else -1
-        by = stats.delivered_by_type
-        by[code] = by.get(code, 0) + 1
-        if self.trace is not None:
-            self.trace.record(self._now, node, "deliver", src=src, data=data.hex())
-        stats.calls += 1
-        endpoint = slot.endpoint
-        outs = endpoint.receive(data, self._now)
-        if outs:
-            self._emit(node, slot, outs)
-            if self._slots.get(node) is not slot:
-                return
-        if slot.paused:
-            return
-        deadline = endpoint.next_deadline()
-        if deadline is not None and slot.wake_token >= 0 and deadline >= slot.wake_at:
-            return  # the common case: the wake-up already scheduled stands (see _rearm)
-        self._rearm_to(node, slot, deadline)
 
     def _rearm(self, node: int, slot: _Slot) -> None:
         """Schedule ``node``'s next wake-up at its ``next_deadline()``.
@@ -559,7 +584,11 @@ class MemoryNetwork:
 
     def _emit(self, node: int, slot: _Slot, outputs: Iterable[object]) -> None:
         handlers = self._handlers
+        route = self._route
         for out in outputs:
+            if type(out) is Transmit:  # the commonest output, routed without a handler
+                route(node, out.to, out.data)
+                continue
             handler = handlers.get(type(out))
             if handler is not None:
                 handler(node, slot, out)
@@ -574,9 +603,6 @@ class MemoryNetwork:
             self.trace.record(self._now, node, "output", out=repr(out))
         if self._observer is not None:
             self._observer(self._now, NodeId(node), out)
-
-    def _on_transmit(self, node: int, slot: _Slot, out: Transmit) -> None:
-        self._route(node, out.to, out.data)
 
     def _on_transmit_group(self, node: int, slot: _Slot, out: TransmitGroup) -> None:
         dsts = self._subscribers.get(out.group, ())
