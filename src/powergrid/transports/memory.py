@@ -488,7 +488,7 @@ class MemoryNetwork:
             due = slot.endpoint.next_deadline()
             if due is None or due > time:  # the deadline moved later since (see _rearm)
                 self.stats.stale_wakeups += 1
-                self._rearm(node, slot)
+                self._rearm_to(node, slot, due)  # (a paused node's token is -1: not here)
                 return False
             self._now = time
             self.stats.wakeups += 1
