@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import random
@@ -384,6 +385,21 @@ def test_trace_deliver_is_the_recorded_line(t: float, node: int, src: int, data:
     slow.record(t, node, "deliver", src=src, data=data.hex())
     assert fast.lines == slow.lines
     assert fast.hexdigest == slow.hexdigest
+
+
+def test_trace_hash_is_the_sha256_of_every_line_at_any_point() -> None:
+    """Rule: hexdigest is the SHA-256 of the lines so far, each with its newline, whenever
+    it is read (lines are hashed in batches)."""
+    trace = Trace(keep=True)
+    for i in range(700):
+        trace.record(i * 0.5, i, "x", n=i)
+        if i in (0, 255, 256, 300):
+            assert trace.lines is not None
+            text = "".join(line + "\n" for line in trace.lines)
+            assert trace.hexdigest == hashlib.sha256(text.encode()).hexdigest()
+    assert trace.lines is not None and trace.count == 700
+    text = "".join(line + "\n" for line in trace.lines)
+    assert trace.hexdigest == hashlib.sha256(text.encode()).hexdigest()
 
 
 def test_command_emits_outputs_and_rearms() -> None:

@@ -526,15 +526,12 @@ class ViewIdsGrow(_Base):
     def __init__(self, info: DataCentre) -> None:
         super().__init__(info)
         self._last: dict[tuple[int, int, int], int] = {}
-        self._on = {ViewChanged: self._view}
+        self._on = {ViewChanged: self._view, Left: self._left_group}
         self._left: dict[tuple[int, int], int] = {}
 
-    def observe(self, time: float, node: NodeId, output: object) -> None:
-        if type(output).__name__ == "Left":
-            group = getattr(output, "group", None)
-            if group is not None:  # a later join of that group starts afresh
-                self._last.pop((node, self.inc.get(node, 0), group), None)
-        super().observe(time, node, output)
+    def _left_group(self, t: float, node: int, ev: Left) -> None:
+        # a later join of that group starts afresh
+        self._last.pop((node, self.inc.get(node, 0), ev.group), None)
 
     def _view(self, t: float, node: int, ev: ViewChanged) -> None:
         key = (node, self.inc.get(node, 0), ev.view.group)

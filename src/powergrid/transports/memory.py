@@ -160,10 +160,11 @@ class Trace:
     to ``file`` if given; the hash is always computed.
     """
 
-    __slots__ = ("_file", "_hash", "count", "lines")
+    __slots__ = ("_file", "_hash", "_unhashed", "count", "lines")
 
     def __init__(self, *, keep: bool = False, file: IO[str] | None = None) -> None:
         self._hash = hashlib.sha256()
+        self._unhashed: list[str] = []  # lines not yet fed to the hash (fed in batches)
         self._file = file
         self.lines: list[str] | None = [] if keep else None
         self.count = 0
@@ -186,16 +187,27 @@ class Trace:
             self.record(time, node, "deliver", src=src, data=data.hex())
 
     def _add(self, line: str) -> None:
-        self._hash.update(f"{line}\n".encode())
+        unhashed = self._unhashed
+        unhashed.append(line)
+        if len(unhashed) >= 256:
+            self._feed()
         self.count += 1
         if self.lines is not None:
             self.lines.append(line)
         if self._file is not None:
             self._file.write(line + "\n")
 
+    def _feed(self) -> None:
+        """Hash the lines not yet hashed: the same bytes as one line at a time."""
+        self._unhashed.append("")  # the newline after the last line
+        self._hash.update("\n".join(self._unhashed).encode())
+        self._unhashed = []
+
     @property
     def hexdigest(self) -> str:
         """SHA-256 of every line so far (each followed by a newline)."""
+        if self._unhashed:
+            self._feed()
         return self._hash.hexdigest()
 
 
@@ -476,7 +488,7 @@ class MemoryNetwork:
             due = slot.endpoint.next_deadline()
             if due is None or due > time:  # the deadline moved later since (see _rearm)
                 self.stats.stale_wakeups += 1
-                self._rearm(node, slot)
+                self._rearm_to(node, slot, due)  # (a paused node's token is -1: not here)
                 return False
             self._now = time
             self.stats.wakeups += 1
