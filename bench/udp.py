@@ -471,24 +471,17 @@ def main() -> None:
             f", CPU ratios {result['cpu_ratio_1_receiver_events']:.3f} / "
             f"{result['cpu_ratio_3_receivers_events']:.3f}"
         )
-        loss_rows.append(
-            (
-                "  the same unbundled",
-                g["powergrid_3_loss5_unbundled"]["msgs_per_s"],
-                g["raw_3"]["msgs_per_s"],
-                result["ratio_5pct_loss_unbundled"],
-                "",
-            )
-        )
-        loss_rows.append(
+        for label, case, key in (
+            ("  the same unbundled", "powergrid_3_loss5_unbundled", "ratio_5pct_loss_unbundled"),
             (
                 "  the same with nak_interval 0.01 s (default 0.05)",
-                g["powergrid_3_loss5_nak10ms"]["msgs_per_s"],
-                g["raw_3"]["msgs_per_s"],
-                result["ratio_5pct_loss_nak10ms"],
-                "",
+                "powergrid_3_loss5_nak10ms",
+                "ratio_5pct_loss_nak10ms",
+            ),
+        ):
+            loss_rows.append(
+                (label, g[case]["msgs_per_s"], g["raw_3"]["msgs_per_s"], result[key], "")
             )
-        )
     rows = [
         (
             "UDP goodput msgs/s, 1 receiver",
