@@ -901,6 +901,67 @@ def test_restarted_coordinator_digests_its_own_past_life_from_status() -> None:
     assert m.next_deadline() is None
 
 
+def test_coordinator_that_never_knew_a_past_life_digests_it_from_status() -> None:
+    """Rule (retired lives): a coordinator with no state of an origin's past life (it
+    joined, restarted or took over after that life ended; the view lists the origin's
+    later life) keeps the members' Status entries of that life as a retired life of its
+    own, for flush_grace from the first report: it holds, delivers and declares stable
+    nothing of it (its Data and Xmits are ignored), but its highest goes out in the
+    Stable digest, so a member that missed the life's last message fetches it from one
+    that delivered it. It is digest state only: dropped when the node stops
+    coordinating. A life above the listed one (forged) is still ignored. (Before, it
+    skipped those entries: a new coordinator, itself restarted and in the group only
+    after the origin's restart, never named the old life's last message, which one
+    member had lost and two had delivered: multicast-agreement seed 17141.)"""
+    m = MulticastMachine(CFG, me=A, incarnation=I2, rng=random.Random(7))
+    members = (
+        Member(node=A, incarnation=I2),
+        Member(node=B, incarnation=I2),
+        *(Member(node=n, incarnation=I1) for n in (D, E)),
+    )
+    m.handle(
+        ViewChanged(
+            view=View(group=GroupId(1), view_id=1, leader=A, epoch=Epoch(1), members=members)
+        ),
+        0.0,
+    )
+    assert m.handle(data(1, sender=B, inc=2, payload=b"new"), 0.0) == [
+        deliver(1, B, inc=2, payload=b"new")
+    ]
+    while (due := m.next_deadline()) is not None and due < 0.9:  # the view change's digests
+        m.handle(TICK, due)
+    t = 0.9
+    assert m.handle(recv(D, Status(view_id=1, entries=(StatusEntry(B, 1, 13, 13),))), t) == []
+    assert m.handle(recv(E, Status(view_id=1, entries=(StatusEntry(B, 1, 14, 13),))), t) == []
+    assert m.handle(recv(E, Status(view_id=1, entries=(StatusEntry(B, 3, 9, 0),))), t) == []
+    assert m.next_deadline() == 1.0  # life 2 of B is unstable: a digest every interval
+    live = Multicast(
+        message=Stable(view_id=1, entries=(StableEntry(A, 2, 0, 0), StableEntry(B, 2, 0, 1)))
+    )
+    past = Multicast(message=Stable(view_id=1, entries=(StableEntry(B, 1, 0, 14),)))
+    assert m.handle(TICK, 1.0) == [live, past]
+    assert m.handle(data(15, sender=B), 1.0) == []  # the old life: not taken here
+    assert m.stats.ignored == 1
+    assert m.buffer_size == 1  # life 2's message only
+    assert m.stats.skipped == 0
+    # A member behind it asks the group; the coordinator holds none of it.
+    nak = Nak(origin=B, origin_incarnation=1, first=14, last=14, helper=A)
+    assert m.handle(recv(D, nak), t + 0.3) == []
+    # Stepping down drops it: it is not reported to the next coordinator.
+    m.handle(
+        ViewChanged(
+            view=View(group=GroupId(1), view_id=2, leader=D, epoch=Epoch(2), members=members)
+        ),
+        t + 0.4,
+    )
+    assert m.handle(TICK, t + 0.4 + CFG.status_interval) == [
+        Send(
+            to=D,
+            message=Status(view_id=2, entries=(StatusEntry(A, 2, 0, 0), StatusEntry(B, 2, 1, 0))),
+        )
+    ]
+
+
 def test_coordinator_skips_lost_history_of_a_retired_life() -> None:
     """Rule (lost history, retired lives): a coordinator that started an origin at 0 and
     held its later messages, waiting for every member's report to skip what nobody holds

@@ -102,9 +102,11 @@ Naks, its point reported in Status and its ``(stable, highest)`` digested by
 the coordinator in Stable (in datagrams of their own: an origin appears once
 per datagram), so members that missed the old life's last messages fetch them
 from those that delivered them. Then it is dropped whole. A coordinator that
-is itself the restarted origin learns of its past life only from Status: it
-keeps that life's highest reported (nothing held, nothing stable) as a retired
-life from the first such report, so the digest names it all the same.
+has no state of the past life (it is the restarted origin itself, or it joined,
+restarted or took over after that life ended) learns of it only from Status: it
+keeps that life's highest reported (nothing held, delivered or stable) as a
+retired life from the first such report, so the digest names it all the same;
+such a *hearsay* life is dropped when the node stops coordinating.
 
 Guarantees: within one life of each origin, each member delivers the
 origin's messages at most once and in order (FIFO per origin); while the
@@ -407,6 +409,9 @@ class MulticastMachine:
         # origin -> its previous life, replaced by a newer incarnation (a restart): kept
         # until its gone_at (flush_grace) so members can still fetch its last messages
         self._retired: dict[int, _Origin] = {}
+        # origins whose retired life this coordinator knows only from members' Status (its
+        # own past life, or one it never had state of): nothing held, delivered or declared
+        self._hearsay: set[int] = set()
         self._status_due: float | None = None
         self._stable_due: float | None = None
         self._stable_left = 0  # Stable digests still owed after a view change
@@ -592,6 +597,9 @@ class MulticastMachine:
             if inc < st.incarnation:
                 old = self._retired.get(origin)
                 if old is not None and old.incarnation == inc:
+                    if origin in self._hearsay:  # a life it never had: digested, not taken
+                        stats.ignored += 1
+                        return []
                     return self._accept_retired(origin, old, seq, msg, now)
                 stats.stale += 1
                 return []
@@ -694,24 +702,43 @@ class MulticastMachine:
         self._buffer_size += len(st.buf)
         self._check_retired_gap(st, now)
 
-    def _own_past_life(self, inc: int, delivered: int, now: float) -> None:
-        """A member reports it delivered up to ``delivered`` of an earlier life ``inc`` of
-        this node, the coordinator: keep that life as retired, for ``flush_grace`` from
-        the first report, so that its highest goes out in the Stable digest like any
-        retired life's and members behind fetch its end from those that delivered it.
-        Nothing of it is held or delivered here and nothing is declared stable (the
-        restart lost all that): only its highest grows, with the reports."""
-        me = self._me
-        old = self._retired.get(me)
+    def _reported_past_life(self, origin: int, inc: int, delivered: int, now: float) -> None:
+        """A member reports it delivered up to ``delivered`` of a past life ``inc`` of
+        ``origin`` that this node, the coordinator, has no state of (its own past life, or
+        a life of another origin it never knew: it joined, restarted or took over after
+        that life ended): keep the life as retired, for ``flush_grace`` from the first
+        report, so that its highest goes out in the Stable digest like any retired life's
+        and members behind fetch its end from those that delivered it. Nothing of it is
+        held or delivered here and nothing is declared stable: only its highest grows,
+        with the reports (a *hearsay* life, dropped when this node stops coordinating)."""
+        old = self._retired.get(origin)
         if old is None or old.incarnation < inc:
             if old is not None:
-                self._drop_retired(me)
-            old = self._retired[me] = _Origin(inc, 0)
+                self._drop_retired(origin)
+            old = self._retired[origin] = _Origin(inc, 0)
             old.gone_at = now + self._config.flush_grace
+            self._hearsay.add(origin)
         elif old.incarnation > inc:
             return
         if delivered > old.highest:
             old.highest = old.delivered = delivered  # no gap: this node never asks for it
+
+    def _hearsay_of(self, origin: int, inc: int) -> bool:
+        """Whether a Status entry of life ``inc`` of ``origin`` (not this node) is of a past
+        life this coordinator has no state of: the view lists a later life of the origin,
+        this node knows no life of it or only a later one, and keeps no retired life of it
+        but one it heard of the same way."""
+        old = self._retired.get(origin)
+        if old is not None:
+            if origin not in self._hearsay:
+                return False  # a life it had state of: digested from that state
+            if old.incarnation >= inc:
+                return old.incarnation == inc
+        listed = self._member_inc.get(origin)
+        if listed is None or inc >= listed:
+            return False
+        st = self._origins.get(origin)
+        return st is None or st.incarnation > inc
 
     def _retired_life(self, origin: int, inc: int) -> _Origin | None:
         old = self._retired.get(origin)
@@ -738,6 +765,7 @@ class MulticastMachine:
 
     def _drop_retired(self, origin: int) -> None:
         st = self._retired.pop(origin)
+        self._hearsay.discard(origin)
         self._buffer_size -= len(st.buf)
         for report in self._retired_reports.values():
             report.pop(origin, None)
@@ -993,7 +1021,10 @@ class MulticastMachine:
                 if inc == self._incarnation:
                     self._report(report, origin, inc, min(delivered, self._own.delivered), low)
                 elif inc < self._incarnation:
-                    self._own_past_life(inc, delivered, now)
+                    self._reported_past_life(origin, inc, delivered, now)
+                continue
+            if self._hearsay_of(origin, inc):
+                self._reported_past_life(origin, inc, delivered, now)
                 continue
             if self._unlisted(origin, inc) and self._retired_life(origin, inc) is None:
                 continue  # (a retired life is repaired for its flush_grace, never revived)
@@ -1057,7 +1088,7 @@ class MulticastMachine:
                     self._skip_to(origin, st, lost, out)
                     self._check_gap(origin, st, now)
         for origin, st in sorted(self._retired.items()):
-            if origin == me:  # its own past life: nothing held here, nothing declared
+            if origin in self._hearsay:  # a life known from reports: nothing held here
                 continue
             holders = [m for m in others if m != origin]
             lost = self._lost_point(origin, st, holders, self._retired_reports)
@@ -1262,6 +1293,8 @@ class MulticastMachine:
                 now + self._config.stable_interval if unstable or self._stable_left else None
             )
         else:
+            for origin in sorted(self._hearsay):  # digest state only: not reported on
+                self._drop_retired(origin)
             if was_coordinating:
                 self._reports = {}
                 self._retired_reports = {}
