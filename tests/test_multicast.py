@@ -189,8 +189,8 @@ def test_a_life_the_view_does_not_list_is_dropped_after_grace() -> None:
     """Rule (unlisted life): the state of an origin's life that the view does not list (a
     restart not admitted yet, or a forged incarnation) is kept for flush_grace, then
     dropped, unless a view lists that life by then; the listed life, retired meanwhile, is
-    then taken again (from the coordinator's Stable), so a forged incarnation cannot shut
-    it out for good."""
+    then taken again (resuming after what was delivered of it, remembered when it was
+    dropped), so a forged incarnation cannot shut it out for good."""
     m = machine()
     m.handle(view(A, B, ME), 0.0)
     m.handle(data(1), 0.0)
@@ -203,8 +203,8 @@ def test_a_life_the_view_does_not_list_is_dropped_after_grace() -> None:
     assert m.delivered[A] == (9, 1)
     m.handle(TICK, 0.5 + CFG.flush_grace)
     assert A not in m.delivered
-    assert m.handle(data(3), 2.6) == []  # held until the coordinator's Stable gives the start
-    assert m.handle(stable((A, 1, 2, 3)), 2.7) == [deliver(3)]
+    assert m.handle(data(3), 2.6) == [deliver(3)]  # resumes after what was delivered
+    assert m.handle(stable((A, 1, 2, 3)), 2.7) == []
     # A view that lists the new life ends its grace: nothing is dropped.
     r = machine()
     r.handle(view(A, B, ME), 0.0)
@@ -839,10 +839,10 @@ def test_restarted_origins_old_life_is_repaired_from_holders_within_flush_grace(
     m.handle(TICK, 0.1 + CFG.flush_grace)
     assert m.buffer_size == 0  # life 1 retired, and life 2 never listed by a view (its grace)
     assert m.handle(recv(D, nak), 2.2) == []
-    assert (
-        m.handle(recv(D, Xmit(origin=B, origin_incarnation=1, seq=3, kind=0, payload=b"3")), 2.2)
-        == []
-    )
+    # Both dropped: the life the view lists is taken again, after what was delivered of it.
+    assert m.handle(
+        recv(D, Xmit(origin=B, origin_incarnation=1, seq=3, kind=0, payload=b"3")), 2.2
+    ) == [deliver(3, B)]
 
 
 def test_coordinator_learns_a_retired_lifes_end_from_status_and_digests_it() -> None:
@@ -1064,6 +1064,32 @@ def test_dropped_life_resumes_after_what_was_delivered_at_a_member() -> None:
     assert m.handle(TICK, 4.0 + CFG.nak_delay) == [
         Send(to=B, message=Nak(origin=B, origin_incarnation=1, first=4, last=5))
     ]
+
+
+def test_each_dropped_life_is_remembered_apart_from_the_others() -> None:
+    """Rule: what was delivered of a dropped life is remembered for each life apart (an
+    unlisted life dropped after grace, a retired one at its end): the listed life taken
+    again from a Stable resumes after what was delivered of it, and the later life, when
+    it comes back, after what was delivered of it (fuzz seed 64959: the origin restarted,
+    the view kept listing its old life, the new life's state was dropped after grace, a
+    Stable naming the old life started it again at its stable point and the new life's
+    memory went with it; the new life's next Data then started it at 1, and 1..8 were
+    delivered twice)."""
+    m = machine(SLOW_STATUS)
+    m.handle(view(A, B, ME, leader=B), 0.0)  # lists A's life 1 throughout
+    for seq in (1, 2, 3):
+        m.handle(data(seq), 0.0)
+    for seq in (1, 2):  # A restarted: life 2 is not listed, and life 1 is retired
+        assert m.handle(data(seq, inc=2), 0.5) == [deliver(seq, inc=2)]
+    m.handle(TICK, 0.5 + CFG.flush_grace)  # both dropped, both remembered
+    assert A not in m.delivered
+    digest = recv(B, Stable(view_id=1, entries=(StableEntry(A, 1, 1, 3),)))
+    assert m.handle(digest, 2.6) == []
+    assert m.delivered[A] == (I1, 3)  # life 1 taken again, after what was delivered of it
+    assert m.handle(TICK, 2.6 + CFG.nak_delay) == []  # nothing of it asked for again
+    assert m.handle(data(3, inc=2), 2.7) == [deliver(3, inc=2)]  # life 2 resumes after 2
+    assert m.handle(TICK, 2.7 + CFG.nak_delay) == []
+    assert m.stats.duplicates == 0
 
 
 # ------------------------------------------------------------------ config

@@ -90,10 +90,11 @@ from an unknown origin is held until one appears.
 coordinator. State of an origin that is not in the view is kept for
 ``flush_grace`` seconds, so survivors can still fetch its last messages from
 holders, then dropped (an origin that comes back in time keeps its state).
-What was delivered of a dropped life, and its stable point, are remembered
-(for the last 4096 origins): if that life comes back, its stream resumes after
-what was delivered (nothing twice) and the stable point declared stays the
-one known.
+What was delivered of a dropped life (after grace, or a retired life at its
+end), and its stable point, are remembered (for the last 4096 origins, their
+latest 4 lives, each life apart): if that life comes back, its stream resumes
+after what was delivered (nothing twice) and the stable point declared stays
+the one known, even if another life of the origin was taken meanwhile.
 
 *Restarts.* A newer incarnation of an origin starts a new stream at once, and
 the old life is *retired*: kept for ``flush_grace`` (one per origin), its
@@ -182,6 +183,7 @@ STABLE_PER_DATAGRAM: Final = (MAX_DATAGRAM - HEADER_SIZE - _LIST_HEAD) // struct
 _PENDING: Final = -1  # ``delivered`` of an origin whose start is not known yet
 _NO_REPORT: Final[dict[int, tuple[int, int, int]]] = {}
 _MAX_FLOORS: Final = 4096  # dropped origins whose delivered and stable points are remembered
+_FLOOR_LIVES: Final = 4  # lives remembered per dropped origin (the latest)
 
 
 # ----------------------------------------------------------------- config
@@ -420,8 +422,9 @@ class MulticastMachine:
         # the same, of retired lives (its origin -> the retired life's report)
         self._retired_reports: dict[int, dict[int, tuple[int, int, int]]] = {}
         self._xmit_window: dict[int, list[float]] = {}  # requester -> [window start, count]
-        # dropped origin -> (inc, stable, delivered) when its state was dropped after grace
-        self._floors: dict[int, tuple[int, int, int]] = {}
+        # dropped origin -> inc -> (stable, delivered) when that life's state was dropped
+        # (after grace, or a retired life at its end); each life's apart from the others'
+        self._floors: dict[int, dict[int, tuple[int, int]]] = {}
         self._dispatch: dict[type[Any], Callable[[Any, float], list[Any]]] = {
             Received: self._on_received,
             DeadlineReached: self._on_deadline,
@@ -642,8 +645,8 @@ class MulticastMachine:
 
     def _dropped(self, origin: int, inc: int) -> bool:
         """Whether this life of ``origin`` left the view and its state was dropped after grace."""
-        known = self._floors.get(origin)
-        return known is not None and known[0] >= inc and origin not in self._member_inc
+        lives = self._floors.get(origin)
+        return lives is not None and max(lives) >= inc and origin not in self._member_inc
 
     def _new_origin(self, origin: int, inc: int, start: int, now: float) -> _Origin:
         """Fresh state for ``origin`` in ``inc`` starting after ``start``, replacing any older
@@ -660,10 +663,13 @@ class MulticastMachine:
             self._forget(origin, old)
             if retire:
                 self._retire(origin, old, now, kept)
-        known = self._floors.pop(origin, None)
-        if known is not None and known[0] == inc and known[2] > start:
-            st = _Origin(inc, known[2])
-            st.stable = max(known[1], start, 0)
+        lives = self._floors.get(origin)
+        known = None if lives is None else lives.pop(inc, None)
+        if lives is not None and not lives:
+            del self._floors[origin]
+        if known is not None and known[1] > start:
+            st = _Origin(inc, known[1])
+            st.stable = max(known[0], start, 0)
         else:
             st = _Origin(inc, start)
         self._origins[origin] = st
@@ -673,6 +679,20 @@ class MulticastMachine:
             # shut out the listed life for good.
             st.gone_at = self._grace[origin] = now + self._config.flush_grace
         return st
+
+    def _remember(self, origin: int, st: _Origin) -> None:
+        """Keep what was delivered of a dropped life ``st`` of ``origin``, and its stable
+        point, apart from the other lives' (a later life's must survive an earlier one
+        started again, e.g. from a Stable while the view still lists the earlier one)."""
+        lives = self._floors.pop(origin, None)  # put back last: the most recent origin
+        if lives is None:
+            if len(self._floors) >= _MAX_FLOORS:
+                del self._floors[next(iter(self._floors))]
+            lives = {}
+        lives[st.incarnation] = (st.stable, st.delivered)
+        while len(lives) > _FLOOR_LIVES:
+            del lives[min(lives)]
+        self._floors[origin] = lives
 
     def _forget(self, origin: int, st: _Origin) -> None:
         del self._origins[origin]
@@ -1318,6 +1338,8 @@ class MulticastMachine:
         for origin in sorted(self._retired):
             st = self._retired[origin]
             if st.gone_at is not None and st.gone_at <= now:
+                if origin not in self._hearsay and st.delivered != _PENDING:
+                    self._remember(origin, st)
                 self._drop_retired(origin)
                 if not self._needs_status():
                     self._status_due = None
@@ -1326,10 +1348,7 @@ class MulticastMachine:
         for origin in sorted(o for o, t in self._grace.items() if t <= now):
             st = self._origins[origin]
             self._forget(origin, st)
-            self._floors.pop(origin, None)
-            if len(self._floors) >= _MAX_FLOORS:
-                del self._floors[next(iter(self._floors))]
-            self._floors[origin] = (st.incarnation, st.stable, st.delivered)
+            self._remember(origin, st)
             if not self._needs_status():
                 self._status_due = None
         if self._status_due is not None and self._status_due <= now:
