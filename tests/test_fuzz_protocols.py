@@ -87,6 +87,7 @@ REGRESSIONS: dict[tuple[int | None, int], str] = {
     (None, 7684): "multicast-agreement",
     (None, 11219): "multicast-agreement",
     (None, 17141): "multicast-agreement",
+    (None, 69352): "multicast-agreement",
 }
 """Seeds outside SUITE that once failed, with what failed. ``None``: the size is drawn
 and the phases are the 100,000-seed run's (``powergrid fuzz --replay SEED``)."""
@@ -130,7 +131,11 @@ def test_regression_seeds(nodes: int | None, seed: int) -> None:
     (None, 17141): an origin restarted just after a message one member had missed; the
     coordinator then changed to a restarted node that had never known the old life and
     skipped the members' Status entries of it, so no Stable named its last message (a
-    coordinator now digests a past life it never knew from those entries)."""
+    coordinator now digests a past life it never knew from those entries).
+    (None, 69352): not a protocol bug but an invariant too strict: the origin restarted
+    twice within flush_grace; a member keeps one retired life per origin, so the second
+    restart dropped the first life before a member that missed its last message fetched
+    it (the multicast does not promise it); multicast-agreement now exempts such a life."""
     assert_ok(run(seed, nodes) if nodes is not None else run_datacentre(seed))
 
 
