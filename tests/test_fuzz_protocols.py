@@ -88,6 +88,7 @@ REGRESSIONS: dict[tuple[int | None, int], str] = {
     (None, 11219): "multicast-agreement",
     (None, 17141): "multicast-agreement",
     (None, 64959): "multicast-integrity",
+    (None, 69352): "multicast-agreement",
 }
 """Seeds outside SUITE that once failed, with what failed. ``None``: the size is drawn
 and the phases are the 100,000-seed run's (``powergrid fuzz --replay SEED``)."""
@@ -137,7 +138,11 @@ def test_regression_seeds(nodes: int | None, seed: int) -> None:
     a Stable naming the old life started that again, which lost the memory of the new
     one: the new life's next Data started it at 1 and 1..8 were delivered twice (what
     was delivered of a dropped life is now remembered for each life apart, retired lives
-    included)."""
+    included).
+    (None, 69352): not a protocol bug but an invariant too strict: the origin restarted
+    twice within flush_grace; a member keeps one retired life per origin, so the second
+    restart dropped the first life before a member that missed its last message fetched
+    it (the multicast does not promise it); multicast-agreement now exempts such a life."""
     assert_ok(run(seed, nodes) if nodes is not None else run_datacentre(seed))
 
 

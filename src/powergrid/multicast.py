@@ -120,7 +120,8 @@ flush, it only keeps departed origins' state for ``flush_grace``), delivery
 of messages evicted by the buffer cap or lost with the buffers of a
 partition (see *lost history*), history from before a member joined, and the
 last messages of a life whose origin restarts that nobody else delivered, or
-that are not fetched within ``flush_grace`` of the restart.
+that are not fetched within ``flush_grace`` of the restart and before the origin
+restarts again (one retired life per origin).
 
 Assumptions: datagrams may be lost, duplicated, reordered and delayed but
 not corrupted; the node never passes this machine its own datagrams;
