@@ -265,6 +265,84 @@ def test_tolerant_twins_must_resolve() -> None:
     assert inv.twins == 1
 
 
+class Leading(LeaderPerEpoch):
+    """LeaderPerEpoch whose twins lead while listed in ``leading`` (no real nodes needed)."""
+
+    leading: frozenset[int] = frozenset((B, C))
+
+    def _leads(self, network: FuzzNetwork, n: int, group: int, epoch: int) -> bool:
+        return n in self.leading
+
+
+def test_tolerant_twins_apart_get_resolve_s_from_their_contact() -> None:
+    """Election safety (tolerant): twins that a cut keeps apart are not flagged while it
+    lasts (without a quorum the election cannot resolve them: rule 7 needs a heartbeat
+    to cross). Their resolve_s runs from the first moment they can reach each other both
+    ways for contact_s; a shorter contact does not count (seed 88858: healed for 52 ms,
+    no heartbeat crossed). Twins that both still lead resolve_s after the contact are
+    flagged."""
+    net = FuzzNetwork(seed=0)
+    inv = Leading(INFO, strict=False)  # resolve_s 2.5, contact_s 0.1
+    start([inv], A, B, C)
+    net.split([[B], [A, C]])
+    net.run_until(2.2)
+    inv.observe(2.2, C, LeaderElected(group=G, leader=C, epoch=Epoch(1)))
+    assert inv.check(net) == []
+    net.run_until(2.214)
+    inv.observe(2.214, B, LeaderElected(group=G, leader=B, epoch=Epoch(1)))
+    assert inv.check(net) == []
+    net.run_until(3.425)
+    net.heal()  # a contact of 52 ms: too short to count
+    assert inv.check(net) == []
+    net.run_until(3.477)
+    net.split([[C], [A, B]])
+    assert inv.check(net) == []
+    net.run_until(4.75)  # 2.5 s after the second win, still cut apart: not flagged
+    assert inv.check(net) == []
+    net.run_until(4.861)
+    net.heal()
+    assert inv.check(net) == []
+    net.run_until(4.961)  # in contact for contact_s: the clock runs from 4.861
+    assert inv.check(net) == []
+    net.run_until(7.36)
+    assert inv.check(net) == []
+    net.run_until(7.362)
+    assert inv.check(net) == [
+        "0.0.0.0:3 and 0.0.0.0:2 both still lead epoch 1 of group 1 2.5 s after they "
+        "could reach each other (t=4.861; the second won it at t=2.214)"
+    ]
+    assert inv.twins == 1
+
+
+def test_tolerant_twins_in_contact_get_resolve_s_from_the_second_win() -> None:
+    """Election safety (tolerant): twins that win while they can reach each other must
+    resolve within resolve_s of the second win; twins that resolved in time are not
+    flagged."""
+    net = FuzzNetwork(seed=0)
+    inv = Leading(INFO, strict=False)
+    start([inv], A, B, C)
+    inv.observe(0.0, C, LeaderElected(group=G, leader=C, epoch=Epoch(1)))
+    inv.observe(0.0, B, LeaderElected(group=G, leader=B, epoch=Epoch(1)))
+    assert inv.check(net) == []
+    net.run_until(2.4)
+    assert inv.check(net) == []
+    inv.observe(2.4, C, LeaderElected(group=G, leader=C, epoch=Epoch(2)))
+    inv.observe(2.4, B, LeaderElected(group=G, leader=B, epoch=Epoch(2)))
+    assert inv.check(net) == []
+    net.run_until(2.5)
+    assert inv.check(net) == [
+        "0.0.0.0:3 and 0.0.0.0:2 both still lead epoch 1 of group 1 2.5 s after they "
+        "could reach each other (t=0.000; the second won it at t=0.000)"
+    ]
+    inv.leading = frozenset((B,))  # C stepped down: epoch 2's twins resolved in time
+    net.run_until(4.9)  # epoch 2's are due now (won at 2.4, in contact): judged, dropped
+    assert inv.check(net) == []
+    inv.leading = frozenset((B, C))
+    net.run_until(9.0)
+    assert inv.check(net) == []
+    assert inv.twins == 2
+
+
 def test_elections_must_stop() -> None:
     """Election liveness: no election starts in the last quiet_s seconds."""
     inv = ElectionsConverge(INFO)

@@ -23,11 +23,13 @@ highest broker-capable key alive (with ``stable_leader``, the leader of the
 newest epoch), and elections stop.
 
 *Not guaranteed.* The bully election has no quorum: the two sides of a
-partition each elect a leader, and both may take the same epoch number; such
-twins resolve a round trip after a leader's heartbeat and the answering
+partition each elect a leader, and both may take the same epoch number. Such
+twins both lead for as long as the cut keeps them apart, however long that
+is; they resolve a round trip after a leader's heartbeat and the answering
 Coordinator first cross between the sides (rule 7; the lower key steps down
-or the higher bumps the epoch, see *Merging*). A node's announcement reaches
-others unreliably; the periodic re-announcement is the repair.
+or the higher bumps the epoch, see *Merging*), and not before. A node's
+announcement reaches others unreliably; the periodic re-announcement is the
+repair.
 
 *Assumptions.* Keys are unique (node ids are). Datagrams may be lost,
 duplicated, reordered or delayed, not corrupted. Membership (another machine)

@@ -677,19 +677,39 @@ class LeaderPerEpoch(_Base):
     With ``strict=True`` (the property as stated) any twin win is a
     violation. The election documents that twins can happen (the two sides
     of a partition, or candidates that do not know of each other yet) and
-    that they resolve within about one ``announce_interval``; with
-    ``strict=False`` a twin is a violation only if both twins still lead
-    that epoch ``resolve_s`` seconds after the second win.
+    that they resolve a round trip after a leader's heartbeat and the
+    answering Coordinator first cross between them (election rule 7), which
+    no protocol without a quorum can do while a cut keeps them apart. With
+    ``strict=False`` a twin is a violation only if both twins still lead that
+    epoch ``resolve_s`` seconds after they could first reach each other: the
+    clock starts at the first moment, not before the second win, from which
+    the network lets datagrams through both ways between the two for at
+    least ``contact_s`` without a break (one heartbeat interval, so that each
+    twin heartbeats while the way is open; a shorter contact may carry no
+    heartbeat, as the 52 ms one of seed 88858 did not). Twins that win while
+    connected get ``resolve_s`` from the second win, as before; twins cut
+    apart get it from the heal.
     """
 
     name = "election-one-leader-per-epoch"
 
-    def __init__(self, info: DataCentre, *, strict: bool = True, resolve_s: float = 2.5) -> None:
+    def __init__(
+        self,
+        info: DataCentre,
+        *,
+        strict: bool = True,
+        resolve_s: float = 2.5,
+        contact_s: float = 0.1,
+    ) -> None:
         super().__init__(info)
         self.strict = strict
         self.resolve_s = resolve_s
+        self.contact_s = contact_s
         self._winner: dict[tuple[int, int], tuple[int, float]] = {}
-        self._twins: list[tuple[float, int, int, int, int]] = []  # due, group, epoch, a, b
+        # Twins not yet in contact: [group, epoch, a, b, second win, contact since or None]
+        self._apart: list[list[Any]] = []
+        # Twins in contact, by due time: (due, group, epoch, a, b, contact since, second win)
+        self._twins: list[tuple[float, int, int, int, int, float, float]] = []
         self._on = {LeaderElected: self._elected}
         self.twins = 0
 
@@ -710,19 +730,42 @@ class LeaderPerEpoch(_Base):
                 f"both won epoch {ev.epoch} of group {ev.group}"
             )
         else:
-            self._twins.append((t + self.resolve_s, ev.group, ev.epoch, first[0], node))
+            self._apart.append([ev.group, ev.epoch, first[0], node, t, None])
 
     def check(self, network: FuzzNetwork) -> list[str]:
-        if self._twins and self._twins[0][0] <= network.now:
-            due = [x for x in self._twins if x[0] <= network.now]
-            self._twins = [x for x in self._twins if x[0] > network.now]
-            for _, group, epoch, a, b in due:
+        now = network.now
+        if self._apart:
+            self._contact(network, now)
+        if self._twins and self._twins[0][0] <= now:
+            due = [x for x in self._twins if x[0] <= now]
+            self._twins = [x for x in self._twins if x[0] > now]
+            for _, group, epoch, a, b, since, won in due:
                 if all(self._leads(network, n, group, epoch) for n in (a, b)):
                     self.problems.append(
                         f"{_fmt(a)} and {_fmt(b)} both still lead epoch {epoch} of group "
-                        f"{group} {self.resolve_s} s after the second won it"
+                        f"{group} {self.resolve_s} s after they could reach each other "
+                        f"(t={since:.3f}; the second won it at t={won:.3f})"
                     )
         return super().check(network)
+
+    def _contact(self, network: FuzzNetwork, now: float) -> None:
+        """Start the clock of twins that have been able to reach each other both ways
+        for ``contact_s`` (the network's partitions change only at events)."""
+        still = []
+        for twin in self._apart:
+            group, epoch, a, b, won, since = twin
+            if network.connected(a, b) and network.connected(b, a):
+                if since is None:
+                    since = twin[5] = now
+                if now - since >= self.contact_s:
+                    self._twins.append((since + self.resolve_s, group, epoch, a, b, since, won))
+                    continue
+            else:
+                twin[5] = None
+            still.append(twin)
+        if len(still) != len(self._apart):
+            self._twins.sort()
+        self._apart = still
 
     @staticmethod
     def _leads(network: FuzzNetwork, n: int, group: int, epoch: int) -> bool:

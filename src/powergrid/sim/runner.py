@@ -302,7 +302,7 @@ _SAFETY = (
     "FifoPerSender",
     "BoundedBuffers",
     "ViewIdsGrow",
-    "LeaderPerEpoch",  # twins that resolve within its resolve_s are allowed (strict=False)
+    "LeaderPerEpoch",  # twins resolving within resolve_s of their contact pass (strict=False)
     "PriceBounds",
     "StaleEpochRefused",
 )
