@@ -517,6 +517,48 @@ _Handler = Callable[[Any, float], list[Any]]
 class MembershipMachine:
     """Heartbeat membership of one group, as leader or member (see the module doc)."""
 
+    __slots__ = (
+        "_ack_out",
+        "_active",
+        "_asm_key",
+        "_asm_parts",
+        "_bootstrap_due",
+        "_config",
+        "_departures",
+        "_epoch",
+        "_group",
+        "_heard",
+        "_highest",
+        "_in_view",
+        "_join_delay",
+        "_join_due",
+        "_last_ack",
+        "_leader",
+        "_leader_inc",
+        "_leader_left",
+        "_leader_timeout",
+        "_leading",
+        "_lost_reported",
+        "_me",
+        "_members",
+        "_next_beat",
+        "_next_probe",
+        "_node",
+        "_nonce",
+        "_others",
+        "_parts",
+        "_pending",
+        "_remove_after",
+        "_request_after",
+        "_rng",
+        "_stats",
+        "_suspect_after",
+        "_suspects",
+        "_tick_s",
+        "_view",
+        "_view_from",
+    )
+
     def __init__(
         self,
         config: MembershipConfig,
@@ -572,23 +614,6 @@ class MembershipMachine:
         self._nonce = 0
         self._suspect_after = config.suspect_timeout
         self._remove_after = config.removal_timeout
-        self._on_event: dict[type[Any], _Handler] = {
-            Received: self._received,
-            DeadlineReached: self._deadline,
-            Join: self._join,
-            Leave: self._leave,
-            LeaderElected: self._leader_elected,
-        }
-        self._on_message: dict[type[Any], Callable[[Received, float], list[Any]]] = {
-            Heartbeat: self._heartbeat,
-            HeartbeatAck: self._heartbeat_ack,
-            Probe: self._probe,
-            ProbeAck: self._probe_ack,
-            JoinRequest: self._join_request,
-            LeaveNotice: self._leave_notice,
-            ViewRequest: self._view_request,
-            ViewPart: self._view_part,
-        }
 
     # ------------------------------------------------------------ surface
 
@@ -655,13 +680,13 @@ class MembershipMachine:
         :class:`Leave` and for a LeaderElected of another group or epoch 0.
         """
         try:
-            on = self._on_event[type(event)]
+            on = _ON_EVENT[type(event)]
         except KeyError:
             raise UsageError(
                 f"MembershipMachine does not handle {type(event).__name__}; pass Received, "
                 "DeadlineReached, Join, Leave or LeaderElected"
             ) from None
-        return on(event, now)
+        return on(self, event, now)
 
     def next_deadline(self) -> float | None:
         """The next heartbeat (leader), else the earliest join retry, bootstrap, leader timeout."""
@@ -1031,11 +1056,11 @@ class MembershipMachine:
             # it in a forged higher life must not shut out its real heartbeats and views.)
             self._stats.stale_incarnation += 1
             return []
-        on = self._on_message.get(type(ev.message))
+        on = _ON_MESSAGE.get(type(ev.message))
         if on is None:
             self._stats.unexpected += 1
             return []
-        return on(ev, now)
+        return on(self, ev, now)
 
     def _accept_leader(self, sender: int, inc: int, epoch: int, now: float) -> bool:
         """Fencing for a leader's heartbeat or view: follow newer epochs, refuse older (and
@@ -1379,3 +1404,24 @@ class MembershipMachine:
         self._join_due = None
         self._bootstrap_due = None
         self._join_delay = self._config.join_retry
+
+
+_ON_EVENT: dict[type[Any], Callable[[MembershipMachine, Any, float], list[Any]]] = {
+    Received: MembershipMachine._received,
+    DeadlineReached: MembershipMachine._deadline,
+    Join: MembershipMachine._join,
+    Leave: MembershipMachine._leave,
+    LeaderElected: MembershipMachine._leader_elected,
+}
+
+
+_ON_MESSAGE: dict[type[Any], Callable[[MembershipMachine, Received, float], list[Any]]] = {
+    Heartbeat: MembershipMachine._heartbeat,
+    HeartbeatAck: MembershipMachine._heartbeat_ack,
+    Probe: MembershipMachine._probe,
+    ProbeAck: MembershipMachine._probe_ack,
+    JoinRequest: MembershipMachine._join_request,
+    LeaveNotice: MembershipMachine._leave_notice,
+    ViewRequest: MembershipMachine._view_request,
+    ViewPart: MembershipMachine._view_part,
+}

@@ -260,8 +260,6 @@ class _Stack:
         return self.route.get(code >> 4)
 
 
-_Handler = Callable[["_Stack", Any, float, "deque[Any]", list[Output]], None]
-
 _decoded: dict[bytes, tuple[Envelope, Received]] = {}
 """Datagrams decoded lately (by any node), with their envelope and Received event.
 
@@ -282,6 +280,29 @@ class Node:
     ``incarnation`` numbers this life of the process (a restart must use a
     higher one); ``rng`` is the only source of randomness.
     """
+
+    __slots__ = (
+        "_auth",
+        "_broker",
+        "_client",
+        "_cluster",
+        "_id",
+        "_incarnation",
+        "_last_out",
+        "_lead",
+        "_market",
+        "_market_route",
+        "_membership_one",
+        "_memberships",
+        "_rest",
+        "_rest_dirty",
+        "_rest_due",
+        "_stacks",
+        "_started",
+        "_stats",
+        "config",
+        "rng",
+    )
 
     def __init__(self, config: NodeConfig, *, incarnation: int, rng: random.Random) -> None:
         if not 0 <= incarnation < 2**32:
@@ -313,18 +334,10 @@ class Node:
         self._rest_due: float | None = None
         self._last_out: tuple[Any, int, Output] = (None, -1, None)  # action, group, datagram
         self._rest_dirty = True
-        self._rest_fns: list[Callable[[], float | None]] = []
-        self._membership_fns: list[Callable[[], float | None]] = []
-        # the only membership deadline when the node is in one group (most nodes)
-        self._membership_one: Callable[[], float | None] | None = None
-        self._on_note: dict[type[Any], _Handler] = {
-            ViewChanged: self._on_view_changed,
-            LeaderLost: self._on_leader_lost,
-            LeaderElected: self._on_leader_elected,
-            MemberRemoved: self._on_member_removed,
-            Deliver: self._on_deliver,
-            DeliverUnicast: self._on_deliver_unicast,
-        }
+        self._rest: list[Any] = []  # every machine but the memberships
+        self._memberships: list[MembershipMachine] = []
+        # the only membership when the node is in one group (most nodes)
+        self._membership_one: MembershipMachine | None = None
 
     # ------------------------------------------------------------ surface
 
@@ -478,8 +491,8 @@ class Node:
         """The earliest deadline of all machines (seconds), or None."""
         if self._rest_dirty:
             rest: float | None = None
-            for fn in self._rest_fns:
-                due = fn()
+            for machine in self._rest:
+                due = machine.next_deadline()
                 if due is not None and (rest is None or due < rest):
                     rest = due
             self._rest_due = rest
@@ -487,12 +500,12 @@ class Node:
         best = self._rest_due
         one = self._membership_one
         if one is not None:  # one group: no loop (called after every delivery)
-            due = one()
+            due = one.next_deadline()
             if due is not None and (best is None or due < best):
                 return due
             return best
-        for fn in self._membership_fns:
-            due = fn()
+        for membership in self._memberships:
+            due = membership.next_deadline()
             if due is not None and (best is None or due < best):
                 best = due
         return best
@@ -500,13 +513,10 @@ class Node:
     def _machines_changed(self) -> None:
         """Rebuild the deadline lists after a stack was added or removed."""
         stacks = [self._stacks[g] for g in sorted(self._stacks)]
-        self._membership_fns = [st.membership.next_deadline for st in stacks]
-        fns = self._membership_fns
-        self._membership_one = fns[0] if len(fns) == 1 else None
-        self._rest_fns = [
-            m.next_deadline for st in stacks for m in st.machines if m is not st.membership
-        ]
-        self._rest_fns.extend(m.next_deadline for m in self._market)
+        self._memberships = [st.membership for st in stacks]
+        self._membership_one = stacks[0].membership if len(stacks) == 1 else None
+        self._rest = [m for st in stacks for m in st.machines if m is not st.membership]
+        self._rest.extend(self._market)
         self._rest_dirty = True
 
     def multicast(self, payload: bytes, now: float, *, group: int | None = None) -> list[Output]:
@@ -666,9 +676,9 @@ class Node:
                 publish = Publish(kind=msg.TYPE, payload=encode_body(msg))
                 queue.extend(stack.multicast.handle(publish, now))
             else:
-                handler = self._on_note.get(kind)
+                handler = _ON_NOTE.get(kind)
                 if handler is not None:
-                    handler(stack, act, now, queue, out)
+                    handler(self, stack, act, now, queue, out)
                     if kind is Deliver or kind is DeliverUnicast:
                         continue
                 out.append(act)
@@ -746,3 +756,13 @@ class Node:
             self._join(BROKER_GROUP, now, out)
         elif act.leader != self._id and in_brokers:
             self._leave(self._stacks[BROKER_GROUP], now, out)
+
+
+_ON_NOTE: dict[type[Any], Callable[[Node, _Stack, Any, float, deque[Any], list[Output]], None]] = {
+    ViewChanged: Node._on_view_changed,
+    LeaderLost: Node._on_leader_lost,
+    LeaderElected: Node._on_leader_elected,
+    MemberRemoved: Node._on_member_removed,
+    Deliver: Node._on_deliver,
+    DeliverUnicast: Node._on_deliver_unicast,
+}
