@@ -131,6 +131,19 @@ __all__ = [
 ]
 
 
+class _DEFAULTS:
+    """Every machine's default config: one object of each, shared by every NodeConfig that
+    names none (configs are immutable; a simulated data centre holds thousands of nodes)."""
+
+    unicast = UnicastConfig()
+    multicast = MulticastConfig()
+    membership = MembershipConfig()
+    election = ElectionConfig()
+    client = ClientConfig()
+    broker = BrokerConfig()
+    lead = LeadConfig()
+
+
 @attrs.frozen(kw_only=True)
 class NodeConfig:
     """Everything a node needs to know about itself; every machine's settings.
@@ -145,13 +158,13 @@ class NodeConfig:
     cluster: int = 1
     rank: int = 0
     broker_capable: bool = False
-    unicast: UnicastConfig = attrs.Factory(UnicastConfig)
-    multicast: MulticastConfig = attrs.Factory(MulticastConfig)
-    membership: MembershipConfig = attrs.Factory(MembershipConfig)
-    election: ElectionConfig = attrs.Factory(ElectionConfig)
-    client: ClientConfig = attrs.Factory(ClientConfig)
-    broker: BrokerConfig = attrs.Factory(BrokerConfig)
-    lead: LeadConfig = attrs.Factory(LeadConfig)
+    unicast: UnicastConfig = _DEFAULTS.unicast
+    multicast: MulticastConfig = _DEFAULTS.multicast
+    membership: MembershipConfig = _DEFAULTS.membership
+    election: ElectionConfig = _DEFAULTS.election
+    client: ClientConfig = _DEFAULTS.client
+    broker: BrokerConfig = _DEFAULTS.broker
+    lead: LeadConfig = _DEFAULTS.lead
     supply: int = 0
     """Usable supply in watts, used while this node is the lead broker."""
     bid: Bid | None = None

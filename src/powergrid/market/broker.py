@@ -63,7 +63,7 @@ from powergrid.events import (
     Send,
     ViewChanged,
 )
-from powergrid.market.bids import Bid, Grid
+from powergrid.market.bids import DEFAULT_GRID, Bid, Grid
 from powergrid.market.clearing import (
     ClearingResult,
     Regime,
@@ -85,7 +85,7 @@ class BrokerConfig:
     ``lead_timeout`` exceed ``round_interval``, and ``0 <= band < 1``.
     """
 
-    grid: Grid = attrs.field(factory=Grid)
+    grid: Grid = DEFAULT_GRID
     round_interval: float = 1.0
     bid_timeout: float = 6.0
     lead_timeout: float = 3.0

@@ -70,7 +70,7 @@ import attrs
 from powergrid import wire
 from powergrid.errors import ConfigError, UsageError
 from powergrid.events import DeadlineReached, LeaderElected, Received, SendReliable
-from powergrid.market.bids import Bid, Grid
+from powergrid.market.bids import DEFAULT_GRID, Bid, Grid
 from powergrid.market.clearing import ClearingResult, Regime, allocate
 from powergrid.types import Epoch, GroupId, NodeId, epoch_newer
 
@@ -127,7 +127,7 @@ class AllocationChanged:
 class ClientConfig:
     """Client timing (seconds) and the market's price grid. Raises :class:`ConfigError`."""
 
-    grid: Grid = attrs.field(factory=Grid)
+    grid: Grid = DEFAULT_GRID
     refresh_interval: float = 2.0
     lease: float = 5.0
     ack_timeout: float = 5.0

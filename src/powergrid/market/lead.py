@@ -65,7 +65,7 @@ import attrs
 from powergrid import wire
 from powergrid.errors import ConfigError, UsageError
 from powergrid.events import DeadlineReached, LeaderElected, Multicast, Received
-from powergrid.market.bids import Grid
+from powergrid.market.bids import DEFAULT_GRID, Grid
 from powergrid.market.clearing import (
     ClearingResult,
     Regime,
@@ -142,7 +142,7 @@ class LeadConfig:
     ``0 <= band < 1``.
     """
 
-    grid: Grid = attrs.field(factory=Grid)
+    grid: Grid = DEFAULT_GRID
     round_interval: float = 1.0
     aggregate_timeout: float = 3.0
     reserve_timeout: float = 10.0
