@@ -500,6 +500,54 @@ def _installable(vid: int, own: int) -> bool:
     return vid != own and not view_newer(own, vid)
 
 
+_Parsed = tuple[tuple[Member, ...], dict[int, tuple[int, int]]]
+_last_parsed: list[Any] = [(), None]
+"""The view parts :func:`_parse_view` read last (the entry tuples themselves) and its answer."""
+
+
+def _parse_view(parts: tuple[tuple[ViewEntry, ...], ...]) -> _Parsed | None:
+    """The members and the departures (node -> incarnation, status) a view's entries
+    list, or None if the entries are not sorted strictly by (node, status).
+
+    A view reaches every member of its group as the same decoded parts (see
+    :mod:`powergrid.node`), so the last answer is kept and given again for the
+    same entry tuples (immutable; the answer is never modified).
+    """
+    last = _last_parsed
+    seen = last[0]
+    if len(seen) == len(parts) and all(a is b for a, b in zip(seen, parts, strict=True)):
+        cached: _Parsed | None = last[1]
+        return cached
+    members: list[Member] = []
+    departed: dict[int, tuple[int, int]] = {}
+    result: _Parsed | None = (), departed
+    prev = (-1, -1)
+    for entries in parts:
+        for e in entries:
+            key = (e.node, e.status)
+            if key <= prev:
+                result = None
+                break
+            prev = key
+            if e.status == VIEW_STATUS_MEMBER:
+                members.append(
+                    Member(
+                        node=NodeId(e.node),
+                        incarnation=Incarnation(e.incarnation),
+                        rank=e.rank,
+                        broker_capable=bool(e.flags & 1),
+                    )
+                )
+            else:
+                departed[e.node] = (e.incarnation, e.status)
+        if result is None:
+            break
+    if result is not None:
+        result = tuple(members), departed
+    last[0], last[1] = parts, result
+    return result
+
+
 class _Suspicion:
     __slots__ = ("nonce", "since")
 
@@ -1306,7 +1354,7 @@ class MembershipMachine:
             self._stats.dropped_old_view += 1
             return actions
         if vp.parts == 1:
-            self._install(ev.sender, vp, vp.entries, now, actions)
+            self._install(ev.sender, vp, (vp.entries,), now, actions)
             return actions
         key = (ev.sender, vp.epoch, vp.view_id, vp.parts)
         if key != self._asm_key:
@@ -1322,42 +1370,26 @@ class MembershipMachine:
         self._asm_parts[vp.part] = vp.entries
         if len(self._asm_parts) == vp.parts:
             parts = self._asm_parts
-            entries = tuple(e for i in range(vp.parts) for e in parts[i])
             self._asm_key = None
             self._asm_parts = {}
-            self._install(ev.sender, vp, entries, now, actions)
+            self._install(ev.sender, vp, tuple(parts[i] for i in range(vp.parts)), now, actions)
         return actions
 
     def _install(
         self,
         sender: int,
         vp: ViewPart,
-        entries: tuple[ViewEntry, ...],
+        parts: tuple[tuple[ViewEntry, ...], ...],
         now: float,
         actions: list[Any],
     ) -> None:
-        """All ``entries`` of the followed leader's view ``vp`` are here: install it, or
-        join again if it leaves this node out."""
-        members: list[Member] = []
-        departed: dict[int, tuple[int, int]] = {}
-        last = (-1, -1)
-        for e in entries:
-            key = (e.node, e.status)
-            if key <= last:
-                self._stats.dropped_bad_view += 1
-                return
-            last = key
-            if e.status == VIEW_STATUS_MEMBER:
-                members.append(
-                    Member(
-                        node=NodeId(e.node),
-                        incarnation=Incarnation(e.incarnation),
-                        rank=e.rank,
-                        broker_capable=bool(e.flags & 1),
-                    )
-                )
-            else:
-                departed[e.node] = (e.incarnation, e.status)
+        """All entries of the followed leader's view ``vp`` are here (``parts``, in part
+        order): install it, or join again if it leaves this node out."""
+        parsed = _parse_view(parts)
+        if parsed is None:
+            self._stats.dropped_bad_view += 1
+            return
+        members, departed = parsed
         mine: Member | None = None
         leader_listed = False
         for m in members:
@@ -1387,7 +1419,7 @@ class MembershipMachine:
             view_id=vp.view_id,
             leader=NodeId(sender),
             epoch=Epoch(vp.epoch),
-            members=tuple(members),
+            members=members,
         )
         if self._view is not None:
             now_in = {(m.node, m.incarnation) for m in members}

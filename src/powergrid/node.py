@@ -286,6 +286,17 @@ quiet group's traffic is decoded once. Cleared when it holds
 """
 _DECODED_MAX = 1 << 14
 
+_MAX_TOUCHED = 16
+"""Machines a node notes as touched (see ``Node.next_deadline``) before it asks them all."""
+
+
+def _earliest(dues: list[float | None]) -> float | None:
+    best: float | None = None
+    for due in dues:
+        if due is not None and (best is None or due < best):
+            best = due
+    return best
+
 
 class Node:
     """All machines of one process (see the module docstring).
@@ -299,8 +310,10 @@ class Node:
         "_broker",
         "_client",
         "_cluster",
+        "_dues",
         "_id",
         "_incarnation",
+        "_index",
         "_last_out",
         "_lead",
         "_market",
@@ -313,6 +326,7 @@ class Node:
         "_stacks",
         "_started",
         "_stats",
+        "_touched",
         "config",
         "rng",
     )
@@ -342,12 +356,18 @@ class Node:
             51: (self._broker, BROKER_GROUP),  # Clearing
             52: (self._client, self._cluster),  # Price
         }
-        # next_deadline(): the earliest deadline of every machine but the memberships,
-        # recomputed only after a call that may have touched one of them.
+        # next_deadline(): the earliest deadline of every machine but the memberships
+        # (_rest_due), kept per machine (_dues, in the order of _rest, _index) and asked
+        # again only of the machines a call may have touched: after a received message
+        # that reached only the machine(s) it was dispatched to, those (_touched, at most
+        # _MAX_TOUCHED); after any other call (_rest_dirty), all of them.
         self._rest_due: float | None = None
         self._last_out: tuple[Any, int, Output] = (None, -1, None)  # action, group, datagram
         self._rest_dirty = True
         self._rest: list[Any] = []  # every machine but the memberships
+        self._dues: list[float | None] = []
+        self._index: dict[Any, int] = {}
+        self._touched: list[Any] = []
         self._memberships: list[MembershipMachine] = []
         # the only membership when the node is in one group (most nodes)
         self._membership_one: MembershipMachine | None = None
@@ -447,10 +467,13 @@ class Node:
                 return out  # only the membership machine was touched
         else:
             actions = None
-        self._rest_dirty = True
         if actions is None:
-            self._dispatch(stack, event, now, None, out)
+            self._dispatch(stack, event, now, None, out)  # notes the machines it reached
+            if len(self._touched) > _MAX_TOUCHED:  # a driver that seldom asks next_deadline
+                self._rest_dirty = True
+                self._touched.clear()
         else:
+            self._rest_dirty = True
             self._run(stack, actions, now, out)
         return out
 
@@ -503,13 +526,18 @@ class Node:
     def next_deadline(self) -> float | None:
         """The earliest deadline of all machines (seconds), or None."""
         if self._rest_dirty:
-            rest: float | None = None
-            for machine in self._rest:
-                due = machine.next_deadline()
-                if due is not None and (rest is None or due < rest):
-                    rest = due
-            self._rest_due = rest
+            self._dues = [machine.next_deadline() for machine in self._rest]
+            self._touched.clear()
+            self._rest_due = _earliest(self._dues)
             self._rest_dirty = False
+        elif self._touched:
+            dues, index = self._dues, self._index
+            for machine in self._touched:
+                i = index.get(machine)
+                if i is not None:  # (a membership's deadline is asked below, every time)
+                    dues[i] = machine.next_deadline()
+            self._touched.clear()
+            self._rest_due = _earliest(dues)
         best = self._rest_due
         one = self._membership_one
         if one is not None:  # one group: no loop (called after every delivery)
@@ -530,6 +558,7 @@ class Node:
         self._membership_one = stacks[0].membership if len(stacks) == 1 else None
         self._rest = [m for st in stacks for m in st.machines if m is not st.membership]
         self._rest.extend(self._market)
+        self._index = {m: i for i, m in enumerate(self._rest)}
         self._rest_dirty = True
 
     def multicast(self, payload: bytes, now: float, *, group: int | None = None) -> list[Output]:
@@ -616,23 +645,28 @@ class Node:
         there is none); the market's are run through :meth:`_run_market`.
         """
         code = event.message.TYPE
+        touched = self._touched
         if code >= 48:
             route = self._market_route.get(code)
             if route is None:
                 self._stats.unroutable += 1
                 return
             if code == 51:  # the lead broker overhears other leads' budgets (its reserve)
+                touched.append(self._lead)
                 self._run_market(self._lead.handle(event, now), now, out)
+            touched.append(route[0])
             self._run_market(route[0].handle(event, now), now, out)
             return
         machine = stack.machine_for(code)
         if machine is None:
             self._stats.unroutable += 1
             return
+        touched.append(machine)
         actions = machine.handle(event, now)
         if code == Heartbeat.TYPE:
             # A heartbeat is membership's, but one from a rival leader is the election's
             # business too: a leader that hears it re-announces (election rule 7).
+            touched.append(stack.election)
             actions = actions + stack.election.handle(event, now)
         if queue is None:
             self._run(stack, actions, now, out)
@@ -658,6 +692,7 @@ class Node:
                 # broker's own client the Price. The network does not loop
                 # our multicasts back, so the node does.
                 event = Received(sender=self._id, incarnation=self._incarnation, message=msg)
+                self._touched.append(machine)
                 self._run_market(machine.handle(event, now), now, out)
 
     def _run(self, stack: _Stack, actions: list[Any], now: float, out: list[Output]) -> None:
@@ -680,6 +715,7 @@ class Node:
                 else:
                     msg: Message = act.message
                     submit = Submit(to=act.to, kind=msg.TYPE, payload=encode_body(msg))
+                    self._touched.append(stack.unicast)
                     queue.extend(stack.unicast.handle(submit, now))
             elif kind is Multicast:
                 data = encode(group, me, inc, act.message)
@@ -687,10 +723,12 @@ class Node:
             elif kind is MulticastReliable:
                 msg = act.message
                 publish = Publish(kind=msg.TYPE, payload=encode_body(msg))
+                self._touched.append(stack.multicast)
                 queue.extend(stack.multicast.handle(publish, now))
             else:
                 handler = _ON_NOTE.get(kind)
                 if handler is not None:
+                    self._rest_dirty = True  # a handler may drive any machine
                     handler(self, stack, act, now, queue, out)
                     if kind is Deliver or kind is DeliverUnicast:
                         continue
