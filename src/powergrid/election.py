@@ -307,6 +307,28 @@ class ElectionMachine:
     out of range.
     """
 
+    __slots__ = (
+        "_capable",
+        "_cfg",
+        "_deadline",
+        "_epoch",
+        "_group",
+        "_key",
+        "_leader",
+        "_leader_heard",
+        "_leader_inc",
+        "_leader_rank",
+        "_lost",
+        "_max_epoch",
+        "_me",
+        "_rank",
+        "_ranks",
+        "_rival_reply_after",
+        "_rng",
+        "_state",
+        "_stats",
+    )
+
     def __init__(
         self,
         config: ElectionConfig,
@@ -342,19 +364,6 @@ class ElectionMachine:
         self._deadline: float | None = None
         self._rival_reply_after = -math.inf  # rule 7: re-announce to a rival at most this often
         self._stats = ElectionStats()
-        self._handlers: dict[type[Any], Callable[[Any, float], list[object]]] = {
-            Received: self._on_received,
-            DeadlineReached: self._on_deadline,
-            LeaderLost: self._on_leader_lost,
-            ViewChanged: self._on_view,
-        }
-        self._messages: dict[type[Message], Callable[[int, int, Any, float], list[object]]] = {
-            Election: self._on_election,
-            Answer: self._on_answer,
-            Coordinator: self._on_coordinator,
-            Fenced: self._on_fenced,
-            Heartbeat: self._on_heartbeat,
-        }
 
     # ------------------------------------------------------------ surface
 
@@ -394,10 +403,10 @@ class ElectionMachine:
         does not take, or a LeaderLost/ViewChanged of another group. Peer
         messages never raise.
         """
-        handler = self._handlers.get(type(event))
+        handler = _ON_EVENT.get(type(event))
         if handler is None:
             raise UsageError(f"ElectionMachine does not handle {type(event).__name__} events")
-        return handler(event, now)
+        return handler(self, event, now)
 
     # ------------------------------------------------------------ inputs
 
@@ -405,11 +414,11 @@ class ElectionMachine:
         if event.sender == self._me:
             self._stats.ignored_own += 1
             return []
-        handler = self._messages.get(type(event.message))
+        handler = _ON_MESSAGE.get(type(event.message))
         if handler is None:
             self._stats.unexpected += 1
             return []
-        return handler(event.sender, event.incarnation, event.message, now)
+        return handler(self, event.sender, event.incarnation, event.message, now)
 
     def _seen(self, epoch: int) -> None:
         """Note a peer's epoch as the highest seen if it is newer; count a foreign one.
@@ -725,3 +734,22 @@ class ElectionMachine:
         return [
             LeaderElected(group=GroupId(self._group), leader=NodeId(leader), epoch=Epoch(epoch))
         ]
+
+
+_ON_EVENT: dict[type[Any], Callable[[ElectionMachine, Any, float], list[object]]] = {
+    Received: ElectionMachine._on_received,
+    DeadlineReached: ElectionMachine._on_deadline,
+    LeaderLost: ElectionMachine._on_leader_lost,
+    ViewChanged: ElectionMachine._on_view,
+}
+
+
+_ON_MESSAGE: dict[
+    type[Message], Callable[[ElectionMachine, int, int, Any, float], list[object]]
+] = {
+    Election: ElectionMachine._on_election,
+    Answer: ElectionMachine._on_answer,
+    Coordinator: ElectionMachine._on_coordinator,
+    Fenced: ElectionMachine._on_fenced,
+    Heartbeat: ElectionMachine._on_heartbeat,
+}

@@ -500,6 +500,54 @@ def _installable(vid: int, own: int) -> bool:
     return vid != own and not view_newer(own, vid)
 
 
+_Parsed = tuple[tuple[Member, ...], dict[int, tuple[int, int]]]
+_last_parsed: list[Any] = [(), None]
+"""The view parts :func:`_parse_view` read last (the entry tuples themselves) and its answer."""
+
+
+def _parse_view(parts: tuple[tuple[ViewEntry, ...], ...]) -> _Parsed | None:
+    """The members and the departures (node -> incarnation, status) a view's entries
+    list, or None if the entries are not sorted strictly by (node, status).
+
+    A view reaches every member of its group as the same decoded parts (see
+    :mod:`powergrid.node`), so the last answer is kept and given again for the
+    same entry tuples (immutable; the answer is never modified).
+    """
+    last = _last_parsed
+    seen = last[0]
+    if len(seen) == len(parts) and all(a is b for a, b in zip(seen, parts, strict=True)):
+        cached: _Parsed | None = last[1]
+        return cached
+    members: list[Member] = []
+    departed: dict[int, tuple[int, int]] = {}
+    result: _Parsed | None = (), departed
+    prev = (-1, -1)
+    for entries in parts:
+        for e in entries:
+            key = (e.node, e.status)
+            if key <= prev:
+                result = None
+                break
+            prev = key
+            if e.status == VIEW_STATUS_MEMBER:
+                members.append(
+                    Member(
+                        node=NodeId(e.node),
+                        incarnation=Incarnation(e.incarnation),
+                        rank=e.rank,
+                        broker_capable=bool(e.flags & 1),
+                    )
+                )
+            else:
+                departed[e.node] = (e.incarnation, e.status)
+        if result is None:
+            break
+    if result is not None:
+        result = tuple(members), departed
+    last[0], last[1] = parts, result
+    return result
+
+
 class _Suspicion:
     __slots__ = ("nonce", "since")
 
@@ -516,6 +564,48 @@ _Handler = Callable[[Any, float], list[Any]]
 
 class MembershipMachine:
     """Heartbeat membership of one group, as leader or member (see the module doc)."""
+
+    __slots__ = (
+        "_ack_out",
+        "_active",
+        "_asm_key",
+        "_asm_parts",
+        "_bootstrap_due",
+        "_config",
+        "_departures",
+        "_epoch",
+        "_group",
+        "_heard",
+        "_highest",
+        "_in_view",
+        "_join_delay",
+        "_join_due",
+        "_last_ack",
+        "_leader",
+        "_leader_inc",
+        "_leader_left",
+        "_leader_timeout",
+        "_leading",
+        "_lost_reported",
+        "_me",
+        "_members",
+        "_next_beat",
+        "_next_probe",
+        "_node",
+        "_nonce",
+        "_others",
+        "_parts",
+        "_pending",
+        "_remove_after",
+        "_request_after",
+        "_rng",
+        "_stats",
+        "_suspect_after",
+        "_suspects",
+        "_tick_s",
+        "_view",
+        "_view_from",
+    )
 
     def __init__(
         self,
@@ -572,23 +662,6 @@ class MembershipMachine:
         self._nonce = 0
         self._suspect_after = config.suspect_timeout
         self._remove_after = config.removal_timeout
-        self._on_event: dict[type[Any], _Handler] = {
-            Received: self._received,
-            DeadlineReached: self._deadline,
-            Join: self._join,
-            Leave: self._leave,
-            LeaderElected: self._leader_elected,
-        }
-        self._on_message: dict[type[Any], Callable[[Received, float], list[Any]]] = {
-            Heartbeat: self._heartbeat,
-            HeartbeatAck: self._heartbeat_ack,
-            Probe: self._probe,
-            ProbeAck: self._probe_ack,
-            JoinRequest: self._join_request,
-            LeaveNotice: self._leave_notice,
-            ViewRequest: self._view_request,
-            ViewPart: self._view_part,
-        }
 
     # ------------------------------------------------------------ surface
 
@@ -655,13 +728,13 @@ class MembershipMachine:
         :class:`Leave` and for a LeaderElected of another group or epoch 0.
         """
         try:
-            on = self._on_event[type(event)]
+            on = _ON_EVENT[type(event)]
         except KeyError:
             raise UsageError(
                 f"MembershipMachine does not handle {type(event).__name__}; pass Received, "
                 "DeadlineReached, Join, Leave or LeaderElected"
             ) from None
-        return on(event, now)
+        return on(self, event, now)
 
     def next_deadline(self) -> float | None:
         """The next heartbeat (leader), else the earliest join retry, bootstrap, leader timeout."""
@@ -1031,11 +1104,11 @@ class MembershipMachine:
             # it in a forged higher life must not shut out its real heartbeats and views.)
             self._stats.stale_incarnation += 1
             return []
-        on = self._on_message.get(type(ev.message))
+        on = _ON_MESSAGE.get(type(ev.message))
         if on is None:
             self._stats.unexpected += 1
             return []
-        return on(ev, now)
+        return on(self, ev, now)
 
     def _accept_leader(self, sender: int, inc: int, epoch: int, now: float) -> bool:
         """Fencing for a leader's heartbeat or view: follow newer epochs, refuse older (and
@@ -1281,7 +1354,7 @@ class MembershipMachine:
             self._stats.dropped_old_view += 1
             return actions
         if vp.parts == 1:
-            self._install(ev.sender, vp, vp.entries, now, actions)
+            self._install(ev.sender, vp, (vp.entries,), now, actions)
             return actions
         key = (ev.sender, vp.epoch, vp.view_id, vp.parts)
         if key != self._asm_key:
@@ -1297,42 +1370,26 @@ class MembershipMachine:
         self._asm_parts[vp.part] = vp.entries
         if len(self._asm_parts) == vp.parts:
             parts = self._asm_parts
-            entries = tuple(e for i in range(vp.parts) for e in parts[i])
             self._asm_key = None
             self._asm_parts = {}
-            self._install(ev.sender, vp, entries, now, actions)
+            self._install(ev.sender, vp, tuple(parts[i] for i in range(vp.parts)), now, actions)
         return actions
 
     def _install(
         self,
         sender: int,
         vp: ViewPart,
-        entries: tuple[ViewEntry, ...],
+        parts: tuple[tuple[ViewEntry, ...], ...],
         now: float,
         actions: list[Any],
     ) -> None:
-        """All ``entries`` of the followed leader's view ``vp`` are here: install it, or
-        join again if it leaves this node out."""
-        members: list[Member] = []
-        departed: dict[int, tuple[int, int]] = {}
-        last = (-1, -1)
-        for e in entries:
-            key = (e.node, e.status)
-            if key <= last:
-                self._stats.dropped_bad_view += 1
-                return
-            last = key
-            if e.status == VIEW_STATUS_MEMBER:
-                members.append(
-                    Member(
-                        node=NodeId(e.node),
-                        incarnation=Incarnation(e.incarnation),
-                        rank=e.rank,
-                        broker_capable=bool(e.flags & 1),
-                    )
-                )
-            else:
-                departed[e.node] = (e.incarnation, e.status)
+        """All entries of the followed leader's view ``vp`` are here (``parts``, in part
+        order): install it, or join again if it leaves this node out."""
+        parsed = _parse_view(parts)
+        if parsed is None:
+            self._stats.dropped_bad_view += 1
+            return
+        members, departed = parsed
         mine: Member | None = None
         leader_listed = False
         for m in members:
@@ -1362,7 +1419,7 @@ class MembershipMachine:
             view_id=vp.view_id,
             leader=NodeId(sender),
             epoch=Epoch(vp.epoch),
-            members=tuple(members),
+            members=members,
         )
         if self._view is not None:
             now_in = {(m.node, m.incarnation) for m in members}
@@ -1379,3 +1436,24 @@ class MembershipMachine:
         self._join_due = None
         self._bootstrap_due = None
         self._join_delay = self._config.join_retry
+
+
+_ON_EVENT: dict[type[Any], Callable[[MembershipMachine, Any, float], list[Any]]] = {
+    Received: MembershipMachine._received,
+    DeadlineReached: MembershipMachine._deadline,
+    Join: MembershipMachine._join,
+    Leave: MembershipMachine._leave,
+    LeaderElected: MembershipMachine._leader_elected,
+}
+
+
+_ON_MESSAGE: dict[type[Any], Callable[[MembershipMachine, Received, float], list[Any]]] = {
+    Heartbeat: MembershipMachine._heartbeat,
+    HeartbeatAck: MembershipMachine._heartbeat_ack,
+    Probe: MembershipMachine._probe,
+    ProbeAck: MembershipMachine._probe_ack,
+    JoinRequest: MembershipMachine._join_request,
+    LeaveNotice: MembershipMachine._leave_notice,
+    ViewRequest: MembershipMachine._view_request,
+    ViewPart: MembershipMachine._view_part,
+}

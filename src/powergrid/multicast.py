@@ -385,6 +385,35 @@ class MulticastMachine:
     ``rng`` jitters the Status period; nothing else is random.
     """
 
+    __slots__ = (
+        "_buffer_size",
+        "_config",
+        "_coordinating",
+        "_coordinator",
+        "_dispatch",
+        "_floors",
+        "_gappy",
+        "_grace",
+        "_hearsay",
+        "_incarnation",
+        "_me",
+        "_member_inc",
+        "_origins",
+        "_own",
+        "_receive",
+        "_reporting",
+        "_reports",
+        "_retired",
+        "_retired_reports",
+        "_rng",
+        "_stable_due",
+        "_stable_left",
+        "_stats",
+        "_status_due",
+        "_view",
+        "_xmit_window",
+    )
+
     def __init__(
         self,
         config: MulticastConfig,

@@ -131,6 +131,19 @@ __all__ = [
 ]
 
 
+class _DEFAULTS:
+    """Every machine's default config: one object of each, shared by every NodeConfig that
+    names none (configs are immutable; a simulated data centre holds thousands of nodes)."""
+
+    unicast = UnicastConfig()
+    multicast = MulticastConfig()
+    membership = MembershipConfig()
+    election = ElectionConfig()
+    client = ClientConfig()
+    broker = BrokerConfig()
+    lead = LeadConfig()
+
+
 @attrs.frozen(kw_only=True)
 class NodeConfig:
     """Everything a node needs to know about itself; every machine's settings.
@@ -145,13 +158,13 @@ class NodeConfig:
     cluster: int = 1
     rank: int = 0
     broker_capable: bool = False
-    unicast: UnicastConfig = attrs.Factory(UnicastConfig)
-    multicast: MulticastConfig = attrs.Factory(MulticastConfig)
-    membership: MembershipConfig = attrs.Factory(MembershipConfig)
-    election: ElectionConfig = attrs.Factory(ElectionConfig)
-    client: ClientConfig = attrs.Factory(ClientConfig)
-    broker: BrokerConfig = attrs.Factory(BrokerConfig)
-    lead: LeadConfig = attrs.Factory(LeadConfig)
+    unicast: UnicastConfig = _DEFAULTS.unicast
+    multicast: MulticastConfig = _DEFAULTS.multicast
+    membership: MembershipConfig = _DEFAULTS.membership
+    election: ElectionConfig = _DEFAULTS.election
+    client: ClientConfig = _DEFAULTS.client
+    broker: BrokerConfig = _DEFAULTS.broker
+    lead: LeadConfig = _DEFAULTS.lead
     supply: int = 0
     """Usable supply in watts, used while this node is the lead broker."""
     bid: Bid | None = None
@@ -260,8 +273,6 @@ class _Stack:
         return self.route.get(code >> 4)
 
 
-_Handler = Callable[["_Stack", Any, float, "deque[Any]", list[Output]], None]
-
 _decoded: dict[bytes, tuple[Envelope, Received]] = {}
 """Datagrams decoded lately (by any node), with their envelope and Received event.
 
@@ -275,6 +286,17 @@ quiet group's traffic is decoded once. Cleared when it holds
 """
 _DECODED_MAX = 1 << 14
 
+_MAX_TOUCHED = 16
+"""Machines a node notes as touched (see ``Node.next_deadline``) before it asks them all."""
+
+
+def _earliest(dues: list[float | None]) -> float | None:
+    best: float | None = None
+    for due in dues:
+        if due is not None and (best is None or due < best):
+            best = due
+    return best
+
 
 class Node:
     """All machines of one process (see the module docstring).
@@ -282,6 +304,32 @@ class Node:
     ``incarnation`` numbers this life of the process (a restart must use a
     higher one); ``rng`` is the only source of randomness.
     """
+
+    __slots__ = (
+        "_auth",
+        "_broker",
+        "_client",
+        "_cluster",
+        "_dues",
+        "_id",
+        "_incarnation",
+        "_index",
+        "_last_out",
+        "_lead",
+        "_market",
+        "_market_route",
+        "_membership_one",
+        "_memberships",
+        "_rest",
+        "_rest_dirty",
+        "_rest_due",
+        "_stacks",
+        "_started",
+        "_stats",
+        "_touched",
+        "config",
+        "rng",
+    )
 
     def __init__(self, config: NodeConfig, *, incarnation: int, rng: random.Random) -> None:
         if not 0 <= incarnation < 2**32:
@@ -308,23 +356,21 @@ class Node:
             51: (self._broker, BROKER_GROUP),  # Clearing
             52: (self._client, self._cluster),  # Price
         }
-        # next_deadline(): the earliest deadline of every machine but the memberships,
-        # recomputed only after a call that may have touched one of them.
+        # next_deadline(): the earliest deadline of every machine but the memberships
+        # (_rest_due), kept per machine (_dues, in the order of _rest, _index) and asked
+        # again only of the machines a call may have touched: after a received message
+        # that reached only the machine(s) it was dispatched to, those (_touched, at most
+        # _MAX_TOUCHED); after any other call (_rest_dirty), all of them.
         self._rest_due: float | None = None
         self._last_out: tuple[Any, int, Output] = (None, -1, None)  # action, group, datagram
         self._rest_dirty = True
-        self._rest_fns: list[Callable[[], float | None]] = []
-        self._membership_fns: list[Callable[[], float | None]] = []
-        # the only membership deadline when the node is in one group (most nodes)
-        self._membership_one: Callable[[], float | None] | None = None
-        self._on_note: dict[type[Any], _Handler] = {
-            ViewChanged: self._on_view_changed,
-            LeaderLost: self._on_leader_lost,
-            LeaderElected: self._on_leader_elected,
-            MemberRemoved: self._on_member_removed,
-            Deliver: self._on_deliver,
-            DeliverUnicast: self._on_deliver_unicast,
-        }
+        self._rest: list[Any] = []  # every machine but the memberships
+        self._dues: list[float | None] = []
+        self._index: dict[Any, int] = {}
+        self._touched: list[Any] = []
+        self._memberships: list[MembershipMachine] = []
+        # the only membership when the node is in one group (most nodes)
+        self._membership_one: MembershipMachine | None = None
 
     # ------------------------------------------------------------ surface
 
@@ -421,10 +467,13 @@ class Node:
                 return out  # only the membership machine was touched
         else:
             actions = None
-        self._rest_dirty = True
         if actions is None:
-            self._dispatch(stack, event, now, None, out)
+            self._dispatch(stack, event, now, None, out)  # notes the machines it reached
+            if len(self._touched) > _MAX_TOUCHED:  # a driver that seldom asks next_deadline
+                self._rest_dirty = True
+                self._touched.clear()
         else:
+            self._rest_dirty = True
             self._run(stack, actions, now, out)
         return out
 
@@ -477,22 +526,27 @@ class Node:
     def next_deadline(self) -> float | None:
         """The earliest deadline of all machines (seconds), or None."""
         if self._rest_dirty:
-            rest: float | None = None
-            for fn in self._rest_fns:
-                due = fn()
-                if due is not None and (rest is None or due < rest):
-                    rest = due
-            self._rest_due = rest
+            self._dues = [machine.next_deadline() for machine in self._rest]
+            self._touched.clear()
+            self._rest_due = _earliest(self._dues)
             self._rest_dirty = False
+        elif self._touched:
+            dues, index = self._dues, self._index
+            for machine in self._touched:
+                i = index.get(machine)
+                if i is not None:  # (a membership's deadline is asked below, every time)
+                    dues[i] = machine.next_deadline()
+            self._touched.clear()
+            self._rest_due = _earliest(dues)
         best = self._rest_due
         one = self._membership_one
         if one is not None:  # one group: no loop (called after every delivery)
-            due = one()
+            due = one.next_deadline()
             if due is not None and (best is None or due < best):
                 return due
             return best
-        for fn in self._membership_fns:
-            due = fn()
+        for membership in self._memberships:
+            due = membership.next_deadline()
             if due is not None and (best is None or due < best):
                 best = due
         return best
@@ -500,13 +554,11 @@ class Node:
     def _machines_changed(self) -> None:
         """Rebuild the deadline lists after a stack was added or removed."""
         stacks = [self._stacks[g] for g in sorted(self._stacks)]
-        self._membership_fns = [st.membership.next_deadline for st in stacks]
-        fns = self._membership_fns
-        self._membership_one = fns[0] if len(fns) == 1 else None
-        self._rest_fns = [
-            m.next_deadline for st in stacks for m in st.machines if m is not st.membership
-        ]
-        self._rest_fns.extend(m.next_deadline for m in self._market)
+        self._memberships = [st.membership for st in stacks]
+        self._membership_one = stacks[0].membership if len(stacks) == 1 else None
+        self._rest = [m for st in stacks for m in st.machines if m is not st.membership]
+        self._rest.extend(self._market)
+        self._index = {m: i for i, m in enumerate(self._rest)}
         self._rest_dirty = True
 
     def multicast(self, payload: bytes, now: float, *, group: int | None = None) -> list[Output]:
@@ -593,23 +645,28 @@ class Node:
         there is none); the market's are run through :meth:`_run_market`.
         """
         code = event.message.TYPE
+        touched = self._touched
         if code >= 48:
             route = self._market_route.get(code)
             if route is None:
                 self._stats.unroutable += 1
                 return
             if code == 51:  # the lead broker overhears other leads' budgets (its reserve)
+                touched.append(self._lead)
                 self._run_market(self._lead.handle(event, now), now, out)
+            touched.append(route[0])
             self._run_market(route[0].handle(event, now), now, out)
             return
         machine = stack.machine_for(code)
         if machine is None:
             self._stats.unroutable += 1
             return
+        touched.append(machine)
         actions = machine.handle(event, now)
         if code == Heartbeat.TYPE:
             # A heartbeat is membership's, but one from a rival leader is the election's
             # business too: a leader that hears it re-announces (election rule 7).
+            touched.append(stack.election)
             actions = actions + stack.election.handle(event, now)
         if queue is None:
             self._run(stack, actions, now, out)
@@ -635,6 +692,7 @@ class Node:
                 # broker's own client the Price. The network does not loop
                 # our multicasts back, so the node does.
                 event = Received(sender=self._id, incarnation=self._incarnation, message=msg)
+                self._touched.append(machine)
                 self._run_market(machine.handle(event, now), now, out)
 
     def _run(self, stack: _Stack, actions: list[Any], now: float, out: list[Output]) -> None:
@@ -657,6 +715,7 @@ class Node:
                 else:
                     msg: Message = act.message
                     submit = Submit(to=act.to, kind=msg.TYPE, payload=encode_body(msg))
+                    self._touched.append(stack.unicast)
                     queue.extend(stack.unicast.handle(submit, now))
             elif kind is Multicast:
                 data = encode(group, me, inc, act.message)
@@ -664,11 +723,13 @@ class Node:
             elif kind is MulticastReliable:
                 msg = act.message
                 publish = Publish(kind=msg.TYPE, payload=encode_body(msg))
+                self._touched.append(stack.multicast)
                 queue.extend(stack.multicast.handle(publish, now))
             else:
-                handler = self._on_note.get(kind)
+                handler = _ON_NOTE.get(kind)
                 if handler is not None:
-                    handler(stack, act, now, queue, out)
+                    self._rest_dirty = True  # a handler may drive any machine
+                    handler(self, stack, act, now, queue, out)
                     if kind is Deliver or kind is DeliverUnicast:
                         continue
                 out.append(act)
@@ -746,3 +807,13 @@ class Node:
             self._join(BROKER_GROUP, now, out)
         elif act.leader != self._id and in_brokers:
             self._leave(self._stacks[BROKER_GROUP], now, out)
+
+
+_ON_NOTE: dict[type[Any], Callable[[Node, _Stack, Any, float, deque[Any], list[Output]], None]] = {
+    ViewChanged: Node._on_view_changed,
+    LeaderLost: Node._on_leader_lost,
+    LeaderElected: Node._on_leader_elected,
+    MemberRemoved: Node._on_member_removed,
+    Deliver: Node._on_deliver,
+    DeliverUnicast: Node._on_deliver_unicast,
+}

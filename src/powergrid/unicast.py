@@ -293,6 +293,18 @@ class _Incoming:
 class UnicastMachine:
     """Reliable, ordered unicast to and from every peer of one node (see the module doc)."""
 
+    __slots__ = (
+        "_armed",
+        "_config",
+        "_in",
+        "_incarnation",
+        "_out",
+        "_rng",
+        "_stats",
+        "_stuck_after",
+        "_stuck_gap",
+    )
+
     def __init__(
         self, config: UnicastConfig, *, incarnation: Incarnation, rng: random.Random
     ) -> None:
@@ -307,16 +319,6 @@ class UnicastMachine:
         self._out: dict[int, _Outgoing] = {}
         self._in: dict[int, _Incoming] = {}
         self._armed: dict[int, float] = {}  # peer -> retransmission time
-        self._on_event: dict[type[Any], Callable[[Any, float], list[Any]]] = {
-            Received: self._received,
-            DeadlineReached: self._deadline,
-            Submit: self._submit,
-            PeerGone: self._peer_gone,
-        }
-        self._on_message: dict[type[Any], Callable[[Received, float], list[Any]]] = {
-            UData: self._data,
-            UAck: self._ack,
-        }
 
     # ------------------------------------------------------------ surface
 
@@ -348,13 +350,13 @@ class UnicastMachine:
         does not take, and as documented on :class:`Submit`.
         """
         try:
-            on = self._on_event[type(event)]
+            on = _ON_EVENT[type(event)]
         except KeyError:
             raise UsageError(
                 f"UnicastMachine does not handle {type(event).__name__}; pass Received, "
                 "DeadlineReached, Submit or PeerGone"
             ) from None
-        return on(event, now)
+        return on(self, event, now)
 
     def next_deadline(self) -> float | None:
         """The earliest retransmission time, or None when nothing is in flight."""
@@ -497,11 +499,11 @@ class UnicastMachine:
     # ------------------------------------------------------------ receiver
 
     def _received(self, ev: Received, now: float) -> list[Any]:
-        on = self._on_message.get(type(ev.message))
+        on = _ON_MESSAGE.get(type(ev.message))
         if on is None:
             self._stats.unexpected += 1
             return []
-        return on(ev, now)
+        return on(self, ev, now)
 
     def _data(self, ev: Received, now: float) -> list[Any]:
         msg = cast(UData, ev.message)
@@ -583,3 +585,17 @@ class UnicastMachine:
             actions.append(
                 DeliverUnicast(sender=peer, incarnation=life, kind=item[0], payload=item[1])
             )
+
+
+_ON_EVENT: dict[type[Any], Callable[[UnicastMachine, Any, float], list[Any]]] = {
+    Received: UnicastMachine._received,
+    DeadlineReached: UnicastMachine._deadline,
+    Submit: UnicastMachine._submit,
+    PeerGone: UnicastMachine._peer_gone,
+}
+
+
+_ON_MESSAGE: dict[type[Any], Callable[[UnicastMachine, Received, float], list[Any]]] = {
+    UData: UnicastMachine._data,
+    UAck: UnicastMachine._ack,
+}

@@ -27,7 +27,15 @@ import attrs
 from powergrid import wire
 from powergrid.errors import ConfigError
 
-__all__ = ["MAX_CORNERS", "MAX_GRID_POINTS", "MAX_PRIORITY", "Bid", "Corner", "Grid"]
+__all__ = [
+    "DEFAULT_GRID",
+    "MAX_CORNERS",
+    "MAX_GRID_POINTS",
+    "MAX_PRIORITY",
+    "Bid",
+    "Corner",
+    "Grid",
+]
 
 Corner = wire.Corner
 MAX_PRIORITY = wire.Bid.MAX_PRIORITY
@@ -70,6 +78,10 @@ class Grid:
         n = self.points - 1
         prices = (*(lo + (hi - lo) * k / n for k in range(n)), hi)
         object.__setattr__(self, "prices", prices)
+
+
+DEFAULT_GRID = Grid()
+"""The grid of every config that names none: one object, shared (a Grid is immutable)."""
 
 
 def _corners(cs: Iterable[tuple[float, int]]) -> tuple[Corner, ...]:

@@ -63,7 +63,7 @@ from powergrid.events import (
     Send,
     ViewChanged,
 )
-from powergrid.market.bids import Bid, Grid
+from powergrid.market.bids import DEFAULT_GRID, Bid, Grid
 from powergrid.market.clearing import (
     ClearingResult,
     Regime,
@@ -85,7 +85,7 @@ class BrokerConfig:
     ``lead_timeout`` exceed ``round_interval``, and ``0 <= band < 1``.
     """
 
-    grid: Grid = attrs.field(factory=Grid)
+    grid: Grid = DEFAULT_GRID
     round_interval: float = 1.0
     bid_timeout: float = 6.0
     lead_timeout: float = 3.0
@@ -145,6 +145,28 @@ class _Held:
 class BrokerMachine:
     """The market broker of cluster ``cluster`` on node ``me`` (see the module docstring)."""
 
+    __slots__ = (
+        "_active",
+        "_agg_seq",
+        "_bids",
+        "_budget",
+        "_cluster",
+        "_config",
+        "_epoch",
+        "_lead",
+        "_lead_epoch",
+        "_lead_heard_at",
+        "_lead_round",
+        "_local",
+        "_local_regime",
+        "_me",
+        "_members",
+        "_price_round",
+        "_round_at",
+        "_totals",
+        "stats",
+    )
+
     def __init__(self, me: NodeId, cluster: GroupId, config: BrokerConfig | None = None) -> None:
         if cluster == BROKER_GROUP:
             raise ConfigError("a broker serves a cluster (group 1 and up), not the broker group")
@@ -167,12 +189,6 @@ class BrokerMachine:
         self._price_round = 0
         self._local_regime: Regime | None = None
         self._local = False
-        self._dispatch: dict[type, Callable[[Any, float], list[object]]] = {
-            LeaderElected: self._on_leader_elected,
-            ViewChanged: self._on_view_changed,
-            Received: self._on_received,
-            DeadlineReached: self._on_deadline,
-        }
 
     # ------------------------------------------------------------ read-only state
 
@@ -220,10 +236,10 @@ class BrokerMachine:
 
     def handle(self, event: object, now: float) -> list[object]:
         """Feed one event; returns the actions. Raises :class:`UsageError` for an unknown event."""
-        handler = self._dispatch.get(type(event))
+        handler = _ON_EVENT.get(type(event))
         if handler is None:
             raise UsageError(f"BrokerMachine does not handle {type(event).__name__}")
-        return handler(event, now)
+        return handler(self, event, now)
 
     def next_deadline(self) -> float | None:
         """The next round, while active."""
@@ -438,3 +454,11 @@ class BrokerMachine:
                 aggregate=aggregate,
             )
         )
+
+
+_ON_EVENT: dict[type, Callable[[BrokerMachine, Any, float], list[object]]] = {
+    LeaderElected: BrokerMachine._on_leader_elected,
+    ViewChanged: BrokerMachine._on_view_changed,
+    Received: BrokerMachine._on_received,
+    DeadlineReached: BrokerMachine._on_deadline,
+}

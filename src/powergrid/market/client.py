@@ -70,7 +70,7 @@ import attrs
 from powergrid import wire
 from powergrid.errors import ConfigError, UsageError
 from powergrid.events import DeadlineReached, LeaderElected, Received, SendReliable
-from powergrid.market.bids import Bid, Grid
+from powergrid.market.bids import DEFAULT_GRID, Bid, Grid
 from powergrid.market.clearing import ClearingResult, Regime, allocate
 from powergrid.types import Epoch, GroupId, NodeId, epoch_newer
 
@@ -127,7 +127,7 @@ class AllocationChanged:
 class ClientConfig:
     """Client timing (seconds) and the market's price grid. Raises :class:`ConfigError`."""
 
-    grid: Grid = attrs.field(factory=Grid)
+    grid: Grid = DEFAULT_GRID
     refresh_interval: float = 2.0
     lease: float = 5.0
     ack_timeout: float = 5.0
@@ -167,6 +167,26 @@ class ClientStats:
 class ClientMachine:
     """The market client of node ``me`` in cluster ``cluster`` (see the module docstring)."""
 
+    __slots__ = (
+        "_acked_at",
+        "_acks",
+        "_allocation",
+        "_bids",
+        "_broker",
+        "_cluster",
+        "_config",
+        "_epoch",
+        "_includes_latest",
+        "_lease_until",
+        "_me",
+        "_price",
+        "_refresh_at",
+        "_regime",
+        "_round",
+        "_seq",
+        "stats",
+    )
+
     def __init__(self, me: NodeId, cluster: GroupId, config: ClientConfig | None = None) -> None:
         self._me = me
         self._cluster = cluster
@@ -185,12 +205,6 @@ class ClientMachine:
         self._price: float | None = None
         self._regime: Regime | None = None
         self._includes_latest = False
-        self._dispatch: dict[type, Callable[[Any, float], list[object]]] = {
-            BidChanged: self._on_bid_changed,
-            Received: self._on_received,
-            LeaderElected: self._on_leader_elected,
-            DeadlineReached: self._on_deadline,
-        }
 
     # ------------------------------------------------------------ read-only state
 
@@ -243,10 +257,10 @@ class ClientMachine:
 
     def handle(self, event: object, now: float) -> list[object]:
         """Feed one event; returns the actions. Raises :class:`UsageError` for an unknown event."""
-        handler = self._dispatch.get(type(event))
+        handler = _ON_EVENT.get(type(event))
         if handler is None:
             raise UsageError(f"ClientMachine does not handle {type(event).__name__}")
-        return handler(event, now)
+        return handler(self, event, now)
 
     def next_deadline(self) -> float | None:
         """The next refresh or lease expiry, whichever is first."""
@@ -409,3 +423,11 @@ class ClientMachine:
             return []
         self._allocation = allocation
         return [AllocationChanged(group=self._cluster, allocation=allocation, cause=cause)]
+
+
+_ON_EVENT: dict[type, Callable[[ClientMachine, Any, float], list[object]]] = {
+    BidChanged: ClientMachine._on_bid_changed,
+    Received: ClientMachine._on_received,
+    LeaderElected: ClientMachine._on_leader_elected,
+    DeadlineReached: ClientMachine._on_deadline,
+}

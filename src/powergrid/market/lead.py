@@ -65,7 +65,7 @@ import attrs
 from powergrid import wire
 from powergrid.errors import ConfigError, UsageError
 from powergrid.events import DeadlineReached, LeaderElected, Multicast, Received
-from powergrid.market.bids import Grid
+from powergrid.market.bids import DEFAULT_GRID, Grid
 from powergrid.market.clearing import (
     ClearingResult,
     Regime,
@@ -142,7 +142,7 @@ class LeadConfig:
     ``0 <= band < 1``.
     """
 
-    grid: Grid = attrs.field(factory=Grid)
+    grid: Grid = DEFAULT_GRID
     round_interval: float = 1.0
     aggregate_timeout: float = 3.0
     reserve_timeout: float = 10.0
@@ -206,6 +206,21 @@ class LeadBrokerMachine:
     Raises :class:`UsageError` for a negative or non-int supply.
     """
 
+    __slots__ = (
+        "_active",
+        "_clusters",
+        "_config",
+        "_epoch",
+        "_granted",
+        "_me",
+        "_previous",
+        "_result",
+        "_round",
+        "_round_at",
+        "_supply",
+        "stats",
+    )
+
     def __init__(self, me: NodeId, supply: int, config: LeadConfig | None = None) -> None:
         self._me = me
         self._supply = _check_supply(supply)
@@ -219,13 +234,6 @@ class LeadBrokerMachine:
         self._result: ClearingResult | None = None
         self._clusters: dict[int, _Latest] = {}
         self._granted: dict[int, _Grant] = {}  # cluster -> last budget given it, and when
-        self._dispatch: dict[type, Callable[[Any, float], list[object]]] = {
-            SupplyChanged: self._on_supply_changed,
-            SteppedDown: self._on_stepped_down,
-            LeaderElected: self._on_leader_elected,
-            Received: self._on_received,
-            DeadlineReached: self._on_deadline,
-        }
 
     # ------------------------------------------------------------ read-only state
 
@@ -263,10 +271,10 @@ class LeadBrokerMachine:
 
     def handle(self, event: object, now: float) -> list[object]:
         """Feed one event; returns the actions. Raises :class:`UsageError` for an unknown event."""
-        handler = self._dispatch.get(type(event))
+        handler = _ON_EVENT.get(type(event))
         if handler is None:
             raise UsageError(f"LeadBrokerMachine does not handle {type(event).__name__}")
-        return handler(event, now)
+        return handler(self, event, now)
 
     def next_deadline(self) -> float | None:
         """The next round, while active."""
@@ -434,3 +442,12 @@ class LeadBrokerMachine:
             )
         )
         return actions
+
+
+_ON_EVENT: dict[type, Callable[[LeadBrokerMachine, Any, float], list[object]]] = {
+    SupplyChanged: LeadBrokerMachine._on_supply_changed,
+    SteppedDown: LeadBrokerMachine._on_stepped_down,
+    LeaderElected: LeadBrokerMachine._on_leader_elected,
+    Received: LeadBrokerMachine._on_received,
+    DeadlineReached: LeadBrokerMachine._on_deadline,
+}

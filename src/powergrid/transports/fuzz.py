@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Literal
 
 import attrs
@@ -775,17 +775,12 @@ class FuzzNetwork(MemoryNetwork):
             self._count_sent(data)
             self._send_after(self._delay(link), src, dst, data)
 
-    def _route_group(self, src: int, dsts: Iterable[int], data: bytes) -> None:
+    def _route_group(self, src: int, dsts: list[int], data: bytes) -> None:
         base = self._fault_free
         if base is None:
             super()._route_group(src, dsts, data)
-            return
-        # No fault can apply: what _route does, without its checks.
-        send = self._send_after
-        count = self._count_sent
-        for dst in dsts:
-            count(data)
-            send(base, src, dst, data)
+        else:  # no fault can apply: what _route does, without its checks
+            self._send_all_after(base, src, dsts, data)
 
     def _delay(self, link: LinkFaults) -> float:
         delay = link.delay.sample(self._r_delay)

@@ -617,12 +617,12 @@ class MemoryNetwork:
             self._observer(self._now, NodeId(node), out)
 
     def _on_transmit_group(self, node: int, slot: _Slot, out: TransmitGroup) -> None:
-        dsts = self._subscribers.get(out.group, ())
+        dsts = self._subscribers.get(out.group, [])
         if not self._loopback:
             dsts = [d for d in dsts if d != node]
         self._route_group(node, dsts, out.data)
 
-    def _route_group(self, src: int, dsts: Iterable[int], data: bytes) -> None:
+    def _route_group(self, src: int, dsts: list[int], data: bytes) -> None:
         """Put one copy of ``data`` from ``src`` to each of ``dsts`` (in order) on the wire."""
         route = self._route
         for dst in dsts:
@@ -674,6 +674,29 @@ class MemoryNetwork:
         latency = self._latency
         delay = latency(NodeId(src), NodeId(dst)) if callable(latency) else latency
         self._send_after(delay, src, dst, data)
+
+    def _send_all_after(self, delay: float, src: int, dsts: list[int], data: bytes) -> None:
+        """Count and send a copy of ``data`` to each of ``dsts`` after ``delay``: what
+        :meth:`_count_sent` and :meth:`_send_after` do for each in turn, in one go (the
+        copies are due at one time, so they join one run)."""
+        if not dsts:
+            return
+        if not delay >= 0:
+            raise ConfigError(f"latency from {src} to {dsts[0]} is {delay!r}; it must be >= 0")
+        stats = self.stats
+        stats.sent += len(dsts)
+        code = data[_TYPE_OFFSET] if len(data) > _TYPE_OFFSET else -1
+        by = stats.sent_by_type
+        by[code] = by.get(code, 0) + len(dsts)
+        time = self._now + delay
+        life = self._life
+        copies = [(dst, data, src, life.get(dst, 0)) for dst in dsts]
+        run = self._run
+        if run is not None and self._run_key == (time, self._seq):
+            run.extend(copies)
+            return
+        self._run = copies
+        self._run_key = (time, self._push(time, _DELIVER_MANY, 0, copies))
 
     def _send_after(self, delay: float, src: int, dst: int, data: bytes) -> None:
         if not delay >= 0:
