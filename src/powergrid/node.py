@@ -288,6 +288,8 @@ _DECODED_MAX = 1 << 14
 
 _MAX_TOUCHED = 16
 """Machines a node notes as touched (see ``Node.next_deadline``) before it asks them all."""
+_CLEAN, _TOUCHED, _ALL = 0, 1, 2
+"""``Node._rest_state``: no machine's deadline to ask again; the touched ones; all."""
 
 
 def _earliest(dues: list[float | None]) -> float | None:
@@ -311,6 +313,7 @@ class Node:
         "_client",
         "_cluster",
         "_dues",
+        "_home",
         "_id",
         "_incarnation",
         "_index",
@@ -321,8 +324,8 @@ class Node:
         "_membership_one",
         "_memberships",
         "_rest",
-        "_rest_dirty",
         "_rest_due",
+        "_rest_state",
         "_stacks",
         "_started",
         "_stats",
@@ -340,6 +343,7 @@ class Node:
         self._incarnation = Incarnation(incarnation)
         self._cluster = GroupId(config.cluster)
         self._stacks: dict[int, _Stack] = {}
+        self._home: _Stack | None = None  # the cluster's stack (most datagrams are for it)
         self._stats = NodeStats()
         self._started = False
         self._auth = None if config.keyring is None else Authenticator(config.keyring)
@@ -358,12 +362,12 @@ class Node:
         }
         # next_deadline(): the earliest deadline of every machine but the memberships
         # (_rest_due), kept per machine (_dues, in the order of _rest, _index) and asked
-        # again only of the machines a call may have touched: after a received message
-        # that reached only the machine(s) it was dispatched to, those (_touched, at most
-        # _MAX_TOUCHED); after any other call (_rest_dirty), all of them.
+        # again only of the machines a call may have touched (_rest_state): after a
+        # received message that reached only the machine(s) it was dispatched to, those
+        # (_touched, at most _MAX_TOUCHED); after any other call, all of them.
         self._rest_due: float | None = None
         self._last_out: tuple[Any, int, Output] = (None, -1, None)  # action, group, datagram
-        self._rest_dirty = True
+        self._rest_state = _ALL
         self._rest: list[Any] = []  # every machine but the memberships
         self._dues: list[float | None] = []
         self._index: dict[Any, int] = {}
@@ -415,7 +419,7 @@ class Node:
         """
         if self._started:
             raise UsageError("node already started")
-        self._rest_dirty = True
+        self._rest_state = _ALL
         self._started = True
         out: list[Output] = []
         self._join(self._cluster, now, out)
@@ -453,7 +457,8 @@ class Node:
         if auth is not None and not auth.accept(env.sender, env.incarnation, counter):
             self._stats.replayed += 1
             return []
-        stack = self._stacks.get(env.group)
+        group = env.group
+        stack = self._home if group == self._cluster else self._stacks.get(group)
         if stack is None:
             self._stats.foreign_group += 1
             return []
@@ -470,10 +475,12 @@ class Node:
         if actions is None:
             self._dispatch(stack, event, now, None, out)  # notes the machines it reached
             if len(self._touched) > _MAX_TOUCHED:  # a driver that seldom asks next_deadline
-                self._rest_dirty = True
+                self._rest_state = _ALL
                 self._touched.clear()
+            elif not self._rest_state:
+                self._rest_state = _TOUCHED
         else:
-            self._rest_dirty = True
+            self._rest_state = _ALL
             self._run(stack, actions, now, out)
         return out
 
@@ -506,7 +513,7 @@ class Node:
 
     def handle_deadline(self, now: float) -> list[Output]:
         """Wake every machine whose deadline has come."""
-        self._rest_dirty = True
+        self._rest_state = _ALL
         out: list[Output] = []
         tick = DeadlineReached()
         for group in sorted(self._stacks):
@@ -525,19 +532,19 @@ class Node:
 
     def next_deadline(self) -> float | None:
         """The earliest deadline of all machines (seconds), or None."""
-        if self._rest_dirty:
-            self._dues = [machine.next_deadline() for machine in self._rest]
+        state = self._rest_state
+        if state:
+            if state == _ALL:
+                self._dues = [machine.next_deadline() for machine in self._rest]
+            else:
+                dues, index = self._dues, self._index
+                for machine in self._touched:
+                    i = index.get(machine)
+                    if i is not None:  # (a membership's deadline is asked below, every time)
+                        dues[i] = machine.next_deadline()
             self._touched.clear()
             self._rest_due = _earliest(self._dues)
-            self._rest_dirty = False
-        elif self._touched:
-            dues, index = self._dues, self._index
-            for machine in self._touched:
-                i = index.get(machine)
-                if i is not None:  # (a membership's deadline is asked below, every time)
-                    dues[i] = machine.next_deadline()
-            self._touched.clear()
-            self._rest_due = _earliest(dues)
+            self._rest_state = _CLEAN
         best = self._rest_due
         one = self._membership_one
         if one is not None:  # one group: no loop (called after every delivery)
@@ -554,12 +561,13 @@ class Node:
     def _machines_changed(self) -> None:
         """Rebuild the deadline lists after a stack was added or removed."""
         stacks = [self._stacks[g] for g in sorted(self._stacks)]
+        self._home = self._stacks.get(self._cluster)
         self._memberships = [st.membership for st in stacks]
         self._membership_one = stacks[0].membership if len(stacks) == 1 else None
         self._rest = [m for st in stacks for m in st.machines if m is not st.membership]
         self._rest.extend(self._market)
         self._index = {m: i for i, m in enumerate(self._rest)}
-        self._rest_dirty = True
+        self._rest_state = _ALL
 
     def multicast(self, payload: bytes, now: float, *, group: int | None = None) -> list[Output]:
         """Multicast application bytes to ``group`` (default: the cluster), reliably, FIFO.
@@ -568,7 +576,7 @@ class Node:
         :class:`~powergrid.errors.PayloadTooLargeError` if the payload is too large.
         """
         stack = self._stack_or_raise(group)
-        self._rest_dirty = True
+        self._rest_state = _ALL
         out: list[Output] = []
         actions = stack.multicast.handle(Publish(kind=KIND_APP, payload=payload), now)
         self._run(stack, actions, now, out)
@@ -579,7 +587,7 @@ class Node:
     ) -> list[Output]:
         """Send application bytes to node ``to`` reliably, in order."""
         stack = self._stack_or_raise(group)
-        self._rest_dirty = True
+        self._rest_state = _ALL
         out: list[Output] = []
         actions = stack.unicast.handle(Submit(to=NodeId(to), kind=KIND_APP, payload=payload), now)
         self._run(stack, actions, now, out)
@@ -587,21 +595,21 @@ class Node:
 
     def set_bid(self, bid: Bid, now: float) -> list[Output]:
         """This server's new bid (watts); the client reports it to the broker."""
-        self._rest_dirty = True
+        self._rest_state = _ALL
         out: list[Output] = []
         self._run_market(self._client.handle(BidChanged(bid=bid), now), now, out)
         return out
 
     def set_supply(self, watts: int, now: float) -> list[Output]:
         """The usable supply (watts) this node clears against while it is the lead broker."""
-        self._rest_dirty = True
+        self._rest_state = _ALL
         out: list[Output] = []
         self._run_market(self._lead.handle(SupplyChanged(watts=watts), now), now, out)
         return out
 
     def leave(self, now: float) -> list[Output]:
         """Leave every group gracefully (a Leave to each leader), then unsubscribe."""
-        self._rest_dirty = True
+        self._rest_state = _ALL
         out: list[Output] = []
         for group in sorted(self._stacks, reverse=True):
             self._leave(self._stacks[group], now, out)
@@ -728,7 +736,7 @@ class Node:
             else:
                 handler = _ON_NOTE.get(kind)
                 if handler is not None:
-                    self._rest_dirty = True  # a handler may drive any machine
+                    self._rest_state = _ALL  # a handler may drive any machine
                     handler(self, stack, act, now, queue, out)
                     if kind is Deliver or kind is DeliverUnicast:
                         continue
