@@ -218,6 +218,7 @@ class _Slot:
     life: int  # the life of its address (a datagram sent to another life is not for it)
     wake_token: int = -1
     wake_at: float = 0.0
+    due: float | None = None  # next_deadline() as last read (it changes only in a call)
     paused: bool = False
     inbox: list[tuple[bytes, int]] = attrs.field(factory=list)
     groups: set[int] = attrs.field(factory=set)
@@ -485,7 +486,9 @@ class MemoryNetwork:
                 self.stats.stale_wakeups += 1
                 return False
             slot.wake_token = -1
-            due = slot.endpoint.next_deadline()
+            due = slot.due
+            if due is None or due <= time:  # else known to have moved later: no need to ask
+                due = slot.due = slot.endpoint.next_deadline()
             if due is None or due > time:  # the deadline moved later since (see _rearm)
                 self.stats.stale_wakeups += 1
                 self._rearm_to(node, slot, due)  # (a paused node's token is -1: not here)
@@ -551,7 +554,7 @@ class MemoryNetwork:
                 if outs:
                     emit(dst, slot, outs)
                 if (not outs or slots.get(dst) is slot) and not slot.paused:
-                    deadline = endpoint.next_deadline()
+                    deadline = slot.due = endpoint.next_deadline()
                     if deadline is None or slot.wake_token < 0 or deadline < slot.wake_at:
                         self._rearm_to(dst, slot, deadline)
                     # else the common case: the wake-up already scheduled stands (see _rearm)
@@ -582,7 +585,8 @@ class MemoryNetwork:
         """
         if slot.paused:
             return
-        self._rearm_to(node, slot, slot.endpoint.next_deadline())
+        slot.due = slot.endpoint.next_deadline()
+        self._rearm_to(node, slot, slot.due)
 
     def _rearm_to(self, node: int, slot: _Slot, deadline: float | None) -> None:
         if deadline is None:
