@@ -31,7 +31,7 @@ transport passes on untouched.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 import attrs
 
@@ -182,6 +182,28 @@ class View:
             if m.node == node:
                 return m.incarnation
         return None
+
+
+_maps_memo: list[Any] = [None, None]
+"""The members tuple :func:`member_maps` answered last, and its answer."""
+
+
+def member_maps(members: tuple[Member, ...]) -> tuple[dict[int, Member], dict[int, int]]:
+    """``members`` by node id, and their incarnations by node id: for reading only.
+
+    The answer for the last tuple is kept and given to every caller with the
+    same tuple: all members of a group install a view as one tuple of members
+    (see :mod:`powergrid.membership`), so in a simulated data centre the
+    machines of every node of a group share these two dicts. A caller that
+    needs to change one copies it.
+    """
+    last = _maps_memo
+    if members is last[0]:
+        maps: tuple[dict[int, Member], dict[int, int]] = last[1]
+        return maps
+    maps = {m.node: m for m in members}, {m.node: m.incarnation for m in members}
+    last[0], last[1] = members, maps
+    return maps
 
 
 # ------------------------------------------------------- node <-> transport

@@ -154,6 +154,7 @@ from powergrid.events import (
     Send,
     View,
     ViewChanged,
+    member_maps,
 )
 from powergrid.types import (
     MAX_NODE_ID,
@@ -1065,7 +1066,7 @@ class MembershipMachine:
                 MemberRemoved(group=self._group, node=NodeId(node), reason=_REASONS[status])
             )
             self._stats.removed += 1
-        self._set_view(view)
+        self._set_view(view, own=True)
         actions.append(ViewChanged(view=view))
         entries = [
             ViewEntry(m.node, m.incarnation, m.rank, VIEW_STATUS_MEMBER, int(m.broker_capable))
@@ -1077,9 +1078,14 @@ class MembershipMachine:
         actions.extend(Multicast(message=p) for p in self._parts)
         self._stats.view_parts_sent += len(self._parts)
 
-    def _set_view(self, view: View) -> None:
+    def _set_view(self, view: View, *, own: bool = False) -> None:
+        """Install ``view``. A leader (``own``) keeps a dict of the members it changes in
+        place; a member reads the one dict every member of the view shares."""
         self._view = view
-        self._members = {m.node: m for m in view.members}
+        if own:
+            self._members = {m.node: m for m in view.members}
+        else:
+            self._members = member_maps(view.members)[0]
         self._view_from = (view.leader, self._members[view.leader].incarnation)
         self._others = tuple(n for n in view.nodes if n != self._node)
         n = len(view.members)

@@ -147,7 +147,15 @@ from typing import Any, Final
 import attrs
 
 from powergrid.errors import ConfigError, PayloadTooLargeError, UsageError
-from powergrid.events import DeadlineReached, Multicast, Received, Send, View, ViewChanged
+from powergrid.events import (
+    DeadlineReached,
+    Multicast,
+    Received,
+    Send,
+    View,
+    ViewChanged,
+    member_maps,
+)
 from powergrid.types import Incarnation, NodeId
 from powergrid.wire import (
     HEADER_SIZE,
@@ -1302,7 +1310,7 @@ class MulticastMachine:
         was_coordinating = self._coordinating
         old_inc = self._member_inc
         self._view = view
-        self._member_inc = {m.node: m.incarnation for m in view.members}
+        self._member_inc = member_maps(view.members)[1]  # shared: read only
         self._coordinator = view.leader
         self._coordinating = view.leader == me
         self._reporting = view.leader not in (0, me)

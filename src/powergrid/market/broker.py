@@ -62,6 +62,7 @@ from powergrid.events import (
     Received,
     Send,
     ViewChanged,
+    member_maps,
 )
 from powergrid.market.bids import DEFAULT_GRID, Bid, Grid
 from powergrid.market.clearing import (
@@ -176,7 +177,7 @@ class BrokerMachine:
         self.stats = BrokerStats()
         self._active = False
         self._epoch = Epoch(0)  # the highest cluster epoch seen; ours while active
-        self._members: dict[NodeId, Incarnation] | None = None
+        self._members: dict[int, int] | None = None  # node -> incarnation, of the view
         self._bids: dict[NodeId, _Held] = {}
         self._agg_seq = 0
         self._totals: Totals | None = None
@@ -271,7 +272,7 @@ class BrokerMachine:
         view = ev.view
         if view.group != self._cluster:
             return []
-        self._members = {m.node: m.incarnation for m in view.members}
+        self._members = member_maps(view.members)[1]  # shared: read only
         for node in sorted(self._bids):
             # Only a newer life in the view proves the bidder dead; a node out of
             # the view may be alive and still count on its bid: it stays until it
