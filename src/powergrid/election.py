@@ -140,10 +140,11 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import attrs
 
+from powergrid._dispatch import dispatch_tables
 from powergrid.errors import ConfigError, UsageError
 from powergrid.events import (
     DeadlineReached,
@@ -163,7 +164,7 @@ from powergrid.types import (
     epoch_newer,
     next_epoch,
 )
-from powergrid.wire import Answer, Coordinator, Election, Fenced, Heartbeat, Message
+from powergrid.wire import Answer, Coordinator, Election, Fenced, Heartbeat
 
 __all__ = [
     "ElectionConfig",
@@ -329,6 +330,13 @@ class ElectionMachine:
         "_stats",
     )
 
+    _on_event: ClassVar[dict[type[Any], Callable[..., list[object]]]]
+    _on_message: ClassVar[dict[type[Any], Callable[..., list[object]]]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        dispatch_tables(cls, _on_event=_EVENTS, _on_message=_MESSAGES)
+
     def __init__(
         self,
         config: ElectionConfig,
@@ -403,7 +411,7 @@ class ElectionMachine:
         does not take, or a LeaderLost/ViewChanged of another group. Peer
         messages never raise.
         """
-        handler = _ON_EVENT.get(type(event))
+        handler = self._on_event.get(type(event))
         if handler is None:
             raise UsageError(f"ElectionMachine does not handle {type(event).__name__} events")
         return handler(self, event, now)
@@ -414,7 +422,7 @@ class ElectionMachine:
         if event.sender == self._me:
             self._stats.ignored_own += 1
             return []
-        handler = _ON_MESSAGE.get(type(event.message))
+        handler = self._on_message.get(type(event.message))
         if handler is None:
             self._stats.unexpected += 1
             return []
@@ -736,20 +744,20 @@ class ElectionMachine:
         ]
 
 
-_ON_EVENT: dict[type[Any], Callable[[ElectionMachine, Any, float], list[object]]] = {
-    Received: ElectionMachine._on_received,
-    DeadlineReached: ElectionMachine._on_deadline,
-    LeaderLost: ElectionMachine._on_leader_lost,
-    ViewChanged: ElectionMachine._on_view,
+_EVENTS: dict[type[Any], str] = {
+    Received: "_on_received",
+    DeadlineReached: "_on_deadline",
+    LeaderLost: "_on_leader_lost",
+    ViewChanged: "_on_view",
 }
 
 
-_ON_MESSAGE: dict[
-    type[Message], Callable[[ElectionMachine, int, int, Any, float], list[object]]
-] = {
-    Election: ElectionMachine._on_election,
-    Answer: ElectionMachine._on_answer,
-    Coordinator: ElectionMachine._on_coordinator,
-    Fenced: ElectionMachine._on_fenced,
-    Heartbeat: ElectionMachine._on_heartbeat,
+_MESSAGES: dict[type[Any], str] = {
+    Election: "_on_election",
+    Answer: "_on_answer",
+    Coordinator: "_on_coordinator",
+    Fenced: "_on_fenced",
+    Heartbeat: "_on_heartbeat",
 }
+
+dispatch_tables(ElectionMachine, _on_event=_EVENTS, _on_message=_MESSAGES)

@@ -139,10 +139,11 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable
-from typing import Any, Literal, cast
+from typing import Any, ClassVar, Literal, cast
 
 import attrs
 
+from powergrid._dispatch import dispatch_tables
 from powergrid.errors import ConfigError, UsageError
 from powergrid.events import (
     DeadlineReached,
@@ -608,6 +609,13 @@ class MembershipMachine:
         "_view_from",
     )
 
+    _on_event: ClassVar[dict[type[Any], Callable[..., list[Any]]]]
+    _on_message: ClassVar[dict[type[Any], Callable[..., list[Any]]]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        dispatch_tables(cls, _on_event=_EVENTS, _on_message=_MESSAGES)
+
     def __init__(
         self,
         config: MembershipConfig,
@@ -729,7 +737,7 @@ class MembershipMachine:
         :class:`Leave` and for a LeaderElected of another group or epoch 0.
         """
         try:
-            on = _ON_EVENT[type(event)]
+            on = self._on_event[type(event)]
         except KeyError:
             raise UsageError(
                 f"MembershipMachine does not handle {type(event).__name__}; pass Received, "
@@ -1110,7 +1118,7 @@ class MembershipMachine:
             # it in a forged higher life must not shut out its real heartbeats and views.)
             self._stats.stale_incarnation += 1
             return []
-        on = _ON_MESSAGE.get(type(ev.message))
+        on = self._on_message.get(type(ev.message))
         if on is None:
             self._stats.unexpected += 1
             return []
@@ -1444,22 +1452,24 @@ class MembershipMachine:
         self._join_delay = self._config.join_retry
 
 
-_ON_EVENT: dict[type[Any], Callable[[MembershipMachine, Any, float], list[Any]]] = {
-    Received: MembershipMachine._received,
-    DeadlineReached: MembershipMachine._deadline,
-    Join: MembershipMachine._join,
-    Leave: MembershipMachine._leave,
-    LeaderElected: MembershipMachine._leader_elected,
+_EVENTS: dict[type[Any], str] = {
+    Received: "_received",
+    DeadlineReached: "_deadline",
+    Join: "_join",
+    Leave: "_leave",
+    LeaderElected: "_leader_elected",
 }
 
 
-_ON_MESSAGE: dict[type[Any], Callable[[MembershipMachine, Received, float], list[Any]]] = {
-    Heartbeat: MembershipMachine._heartbeat,
-    HeartbeatAck: MembershipMachine._heartbeat_ack,
-    Probe: MembershipMachine._probe,
-    ProbeAck: MembershipMachine._probe_ack,
-    JoinRequest: MembershipMachine._join_request,
-    LeaveNotice: MembershipMachine._leave_notice,
-    ViewRequest: MembershipMachine._view_request,
-    ViewPart: MembershipMachine._view_part,
+_MESSAGES: dict[type[Any], str] = {
+    Heartbeat: "_heartbeat",
+    HeartbeatAck: "_heartbeat_ack",
+    Probe: "_probe",
+    ProbeAck: "_probe_ack",
+    JoinRequest: "_join_request",
+    LeaveNotice: "_leave_notice",
+    ViewRequest: "_view_request",
+    ViewPart: "_view_part",
 }
+
+dispatch_tables(MembershipMachine, _on_event=_EVENTS, _on_message=_MESSAGES)

@@ -142,10 +142,11 @@ import math
 import random
 import struct
 from collections.abc import Callable, Mapping
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import attrs
 
+from powergrid._dispatch import dispatch_tables
 from powergrid.errors import ConfigError, PayloadTooLargeError, UsageError
 from powergrid.events import (
     DeadlineReached,
@@ -398,7 +399,6 @@ class MulticastMachine:
         "_config",
         "_coordinating",
         "_coordinator",
-        "_dispatch",
         "_floors",
         "_gappy",
         "_grace",
@@ -408,7 +408,6 @@ class MulticastMachine:
         "_member_inc",
         "_origins",
         "_own",
-        "_receive",
         "_reporting",
         "_reports",
         "_retired",
@@ -421,6 +420,13 @@ class MulticastMachine:
         "_view",
         "_xmit_window",
     )
+
+    _on_event: ClassVar[dict[type[Any], Callable[..., list[Any]]]]
+    _on_message: ClassVar[dict[type[Any], Callable[..., list[Any]]]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        dispatch_tables(cls, _on_event=_EVENTS, _on_message=_MESSAGES)
 
     def __init__(
         self,
@@ -463,19 +469,6 @@ class MulticastMachine:
         # dropped origin -> inc -> (stable, delivered) when that life's state was dropped
         # (after grace, or a retired life at its end); each life's apart from the others'
         self._floors: dict[int, dict[int, tuple[int, int]]] = {}
-        self._dispatch: dict[type[Any], Callable[[Any, float], list[Any]]] = {
-            Received: self._on_received,
-            DeadlineReached: self._on_deadline,
-            Publish: self._on_publish,
-            ViewChanged: self._on_view_changed,
-        }
-        self._receive: dict[type[Any], Callable[[Received, Any, float], list[Any]]] = {
-            Data: self._on_data,
-            Xmit: self._on_xmit,
-            Nak: self._on_nak,
-            Status: self._on_status,
-            Stable: self._on_stable,
-        }
 
     # ------------------------------------------------------------ public
 
@@ -528,10 +521,10 @@ class MulticastMachine:
             msg = event.message  # type: ignore[attr-defined]
             if type(msg) is Data:
                 return self._on_data(event, msg, now)  # type: ignore[arg-type]
-        handler = self._dispatch.get(kind)
+        handler = self._on_event.get(kind)
         if handler is None:
             raise UsageError(f"MulticastMachine cannot handle {type(event).__name__}")
-        return handler(event, now)
+        return handler(self, event, now)
 
     def next_deadline(self) -> float | None:
         """When the machine next needs :class:`DeadlineReached`; None while all is quiet."""
@@ -585,11 +578,11 @@ class MulticastMachine:
 
     def _on_received(self, ev: Received, now: float) -> list[Any]:
         msg = ev.message
-        handler = self._receive.get(type(msg))
+        handler = self._on_message.get(type(msg))
         if handler is None:
             self._stats.ignored += 1
             return []
-        return handler(ev, msg, now)
+        return handler(self, ev, msg, now)
 
     def _on_data(self, ev: Received, msg: Data, now: float) -> list[Any]:
         origin = ev.sender
@@ -1408,3 +1401,22 @@ class MulticastMachine:
                 now + self._config.stable_interval if unstable or self._stable_left else None
             )
         return out
+
+
+_EVENTS: dict[type[Any], str] = {
+    Received: "_on_received",
+    DeadlineReached: "_on_deadline",
+    Publish: "_on_publish",
+    ViewChanged: "_on_view_changed",
+}
+
+
+_MESSAGES: dict[type[Any], str] = {
+    Data: "_on_data",
+    Xmit: "_on_xmit",
+    Nak: "_on_nak",
+    Status: "_on_status",
+    Stable: "_on_stable",
+}
+
+dispatch_tables(MulticastMachine, _on_event=_EVENTS, _on_message=_MESSAGES)

@@ -77,10 +77,11 @@ import math
 import random
 from collections import deque
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import attrs
 
+from powergrid._dispatch import dispatch_tables
 from powergrid.errors import ConfigError, PayloadTooLargeError, UsageError
 from powergrid.events import DeadlineReached, Received, Send
 from powergrid.types import MAX_NODE_ID, Incarnation, NodeId, format_node
@@ -305,6 +306,13 @@ class UnicastMachine:
         "_stuck_gap",
     )
 
+    _on_event: ClassVar[dict[type[Any], Callable[..., list[Any]]]]
+    _on_message: ClassVar[dict[type[Any], Callable[..., list[Any]]]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        dispatch_tables(cls, _on_event=_EVENTS, _on_message=_MESSAGES)
+
     def __init__(
         self, config: UnicastConfig, *, incarnation: Incarnation, rng: random.Random
     ) -> None:
@@ -350,7 +358,7 @@ class UnicastMachine:
         does not take, and as documented on :class:`Submit`.
         """
         try:
-            on = _ON_EVENT[type(event)]
+            on = self._on_event[type(event)]
         except KeyError:
             raise UsageError(
                 f"UnicastMachine does not handle {type(event).__name__}; pass Received, "
@@ -499,7 +507,7 @@ class UnicastMachine:
     # ------------------------------------------------------------ receiver
 
     def _received(self, ev: Received, now: float) -> list[Any]:
-        on = _ON_MESSAGE.get(type(ev.message))
+        on = self._on_message.get(type(ev.message))
         if on is None:
             self._stats.unexpected += 1
             return []
@@ -587,15 +595,17 @@ class UnicastMachine:
             )
 
 
-_ON_EVENT: dict[type[Any], Callable[[UnicastMachine, Any, float], list[Any]]] = {
-    Received: UnicastMachine._received,
-    DeadlineReached: UnicastMachine._deadline,
-    Submit: UnicastMachine._submit,
-    PeerGone: UnicastMachine._peer_gone,
+_EVENTS: dict[type[Any], str] = {
+    Received: "_received",
+    DeadlineReached: "_deadline",
+    Submit: "_submit",
+    PeerGone: "_peer_gone",
 }
 
 
-_ON_MESSAGE: dict[type[Any], Callable[[UnicastMachine, Received, float], list[Any]]] = {
-    UData: UnicastMachine._data,
-    UAck: UnicastMachine._ack,
+_MESSAGES: dict[type[Any], str] = {
+    UData: "_data",
+    UAck: "_ack",
 }
+
+dispatch_tables(UnicastMachine, _on_event=_EVENTS, _on_message=_MESSAGES)

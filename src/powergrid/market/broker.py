@@ -49,11 +49,12 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 
 from powergrid import wire
+from powergrid._dispatch import dispatch_tables
 from powergrid.errors import ConfigError, UsageError
 from powergrid.events import (
     DeadlineReached,
@@ -168,6 +169,12 @@ class BrokerMachine:
         "stats",
     )
 
+    _on_event: ClassVar[dict[type[Any], Callable[..., list[object]]]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        dispatch_tables(cls, _on_event=_EVENTS)
+
     def __init__(self, me: NodeId, cluster: GroupId, config: BrokerConfig | None = None) -> None:
         if cluster == BROKER_GROUP:
             raise ConfigError("a broker serves a cluster (group 1 and up), not the broker group")
@@ -237,7 +244,7 @@ class BrokerMachine:
 
     def handle(self, event: object, now: float) -> list[object]:
         """Feed one event; returns the actions. Raises :class:`UsageError` for an unknown event."""
-        handler = _ON_EVENT.get(type(event))
+        handler = self._on_event.get(type(event))
         if handler is None:
             raise UsageError(f"BrokerMachine does not handle {type(event).__name__}")
         return handler(self, event, now)
@@ -457,9 +464,11 @@ class BrokerMachine:
         )
 
 
-_ON_EVENT: dict[type, Callable[[BrokerMachine, Any, float], list[object]]] = {
-    LeaderElected: BrokerMachine._on_leader_elected,
-    ViewChanged: BrokerMachine._on_view_changed,
-    Received: BrokerMachine._on_received,
-    DeadlineReached: BrokerMachine._on_deadline,
+_EVENTS: dict[type[Any], str] = {
+    LeaderElected: "_on_leader_elected",
+    ViewChanged: "_on_view_changed",
+    Received: "_on_received",
+    DeadlineReached: "_on_deadline",
 }
+
+dispatch_tables(BrokerMachine, _on_event=_EVENTS)

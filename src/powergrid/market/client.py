@@ -63,11 +63,12 @@ broker's ``bid_timeout`` by more than an ack's delay): how long a
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import attrs
 
 from powergrid import wire
+from powergrid._dispatch import dispatch_tables
 from powergrid.errors import ConfigError, UsageError
 from powergrid.events import DeadlineReached, LeaderElected, Received, SendReliable
 from powergrid.market.bids import DEFAULT_GRID, Bid, Grid
@@ -187,6 +188,12 @@ class ClientMachine:
         "stats",
     )
 
+    _on_event: ClassVar[dict[type[Any], Callable[..., list[object]]]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        dispatch_tables(cls, _on_event=_EVENTS)
+
     def __init__(self, me: NodeId, cluster: GroupId, config: ClientConfig | None = None) -> None:
         self._me = me
         self._cluster = cluster
@@ -257,7 +264,7 @@ class ClientMachine:
 
     def handle(self, event: object, now: float) -> list[object]:
         """Feed one event; returns the actions. Raises :class:`UsageError` for an unknown event."""
-        handler = _ON_EVENT.get(type(event))
+        handler = self._on_event.get(type(event))
         if handler is None:
             raise UsageError(f"ClientMachine does not handle {type(event).__name__}")
         return handler(self, event, now)
@@ -425,9 +432,11 @@ class ClientMachine:
         return [AllocationChanged(group=self._cluster, allocation=allocation, cause=cause)]
 
 
-_ON_EVENT: dict[type, Callable[[ClientMachine, Any, float], list[object]]] = {
-    BidChanged: ClientMachine._on_bid_changed,
-    Received: ClientMachine._on_received,
-    LeaderElected: ClientMachine._on_leader_elected,
-    DeadlineReached: ClientMachine._on_deadline,
+_EVENTS: dict[type[Any], str] = {
+    BidChanged: "_on_bid_changed",
+    Received: "_on_received",
+    LeaderElected: "_on_leader_elected",
+    DeadlineReached: "_on_deadline",
 }
+
+dispatch_tables(ClientMachine, _on_event=_EVENTS)

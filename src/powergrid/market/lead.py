@@ -58,11 +58,12 @@ off, its caps and the others' can then overlap.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 
 from powergrid import wire
+from powergrid._dispatch import dispatch_tables
 from powergrid.errors import ConfigError, UsageError
 from powergrid.events import DeadlineReached, LeaderElected, Multicast, Received
 from powergrid.market.bids import DEFAULT_GRID, Grid
@@ -221,6 +222,12 @@ class LeadBrokerMachine:
         "stats",
     )
 
+    _on_event: ClassVar[dict[type[Any], Callable[..., list[object]]]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        dispatch_tables(cls, _on_event=_EVENTS)
+
     def __init__(self, me: NodeId, supply: int, config: LeadConfig | None = None) -> None:
         self._me = me
         self._supply = _check_supply(supply)
@@ -271,7 +278,7 @@ class LeadBrokerMachine:
 
     def handle(self, event: object, now: float) -> list[object]:
         """Feed one event; returns the actions. Raises :class:`UsageError` for an unknown event."""
-        handler = _ON_EVENT.get(type(event))
+        handler = self._on_event.get(type(event))
         if handler is None:
             raise UsageError(f"LeadBrokerMachine does not handle {type(event).__name__}")
         return handler(self, event, now)
@@ -444,10 +451,12 @@ class LeadBrokerMachine:
         return actions
 
 
-_ON_EVENT: dict[type, Callable[[LeadBrokerMachine, Any, float], list[object]]] = {
-    SupplyChanged: LeadBrokerMachine._on_supply_changed,
-    SteppedDown: LeadBrokerMachine._on_stepped_down,
-    LeaderElected: LeadBrokerMachine._on_leader_elected,
-    Received: LeadBrokerMachine._on_received,
-    DeadlineReached: LeadBrokerMachine._on_deadline,
+_EVENTS: dict[type[Any], str] = {
+    SupplyChanged: "_on_supply_changed",
+    SteppedDown: "_on_stepped_down",
+    LeaderElected: "_on_leader_elected",
+    Received: "_on_received",
+    DeadlineReached: "_on_deadline",
 }
+
+dispatch_tables(LeadBrokerMachine, _on_event=_EVENTS)

@@ -29,10 +29,12 @@ it. A wake-up carries a token (its heap sequence number); rescheduling an
 earlier deadline just replaces the node's token, so superseded wake-ups are
 discarded when they surface (lazy invalidation) and no node is ever scanned
 or ticked. A deadline that moves *later* keeps the wake-up already
-scheduled: when it surfaces the network asks the node again and, if the
-deadline is still ahead, reschedules without calling it (so a member whose
+scheduled. When it surfaces, the network reschedules it at the deadline it
+read last if that is still ahead, without asking the node (a node's deadline
+changes only in a call, and every call is followed by a read); otherwise it
+asks the node, and wakes it only if the deadline has come. So a member whose
 leader timeout moves with every heartbeat costs one heap entry per timeout,
-not one per heartbeat). An endpoint's ``handle_deadline`` is never called
+not one per heartbeat, and no call. An endpoint's ``handle_deadline`` is never called
 before its deadline. Running the clock forward jumps straight from event to
 event: a thousand idle nodes cost nothing per simulated second.
 
