@@ -136,6 +136,28 @@ def test_equal_datagrams_are_decoded_once_and_the_cache_is_bounded(
     assert len(decoded) == 4
 
 
+def test_a_reliable_unicast_datagram_is_not_kept_decoded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """UData is unlike any other datagram (sender, sequence, payload): it is decoded at each
+    arrival and never takes a place in the cache of decodings, which other datagrams do."""
+    decoded: list[bytes] = []
+
+    def counting_decode(data: bytes) -> Any:
+        decoded.append(data)
+        return wire.decode(data)
+
+    monkeypatch.setattr(node_mod, "decode", counting_decode)
+    monkeypatch.setattr(node_mod, "_decoded", {})
+    a = make_node(9000)
+    a.start(0.0)
+    other = node_id("127.0.0.1", 9005)
+    udata = encode(1, other, 1, wire.UData(seq=1, base=1, kind=0, payload=b"x"))
+    data = encode(1, other, 1, Data(seq=1, kind=0, payload=b"x"))
+    for datagram in (udata, udata, data, data):
+        a.receive(datagram, 0.1)
+    assert decoded == [udata, udata, data]
+    assert list(node_mod._decoded) == [data]
+
+
 def test_commands_on_a_group_the_node_is_not_in_raise() -> None:
     node = make_node(9000)
     node.start(0.0)

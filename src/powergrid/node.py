@@ -116,6 +116,7 @@ from powergrid.wire import (
     Envelope,
     Heartbeat,
     Message,
+    UData,
     decode,
     decode_body,
     encode,
@@ -280,7 +281,12 @@ Decoding is a function of the bytes alone, and envelopes, messages and events
 are immutable, so equal datagrams can share one decoding: a multicast reaches
 every member of its group (as one ``bytes`` object), and a member's ack to
 each heartbeat is the same datagram until its view changes, so most of a
-quiet group's traffic is decoded once. Cleared when it holds
+quiet group's traffic is decoded once. A reliable unicast's data
+(:class:`~powergrid.wire.UData`) is not kept: its sender, sequence number and
+payload make it unlike any other datagram but its own rare retransmission,
+and a large data centre's bids, kept, filled the cache every two seconds and
+flushed what repeats (10,000 nodes x 20 s: 120,499 decodings of members'
+acks instead of 10,000). Cleared when it holds
 :data:`_DECODED_MAX` datagrams, which bounds what a long-running real node keeps
 (at most 16,384 datagrams of <= 1,400 bytes and their decodings).
 """
@@ -448,9 +454,10 @@ class Node:
                 self._stats.malformed += 1
                 return []
             event = Received(sender=env.sender, incarnation=env.incarnation, message=env.message)
-            if len(_decoded) >= _DECODED_MAX:
-                _decoded.clear()
-            _decoded[data] = (env, event)
+            if type(env.message) is not UData:  # (see _decoded)
+                if len(_decoded) >= _DECODED_MAX:
+                    _decoded.clear()
+                _decoded[data] = (env, event)
         if env.sender == self._id:
             self._stats.own += 1
             return []
