@@ -11,12 +11,21 @@ for ``--duration`` virtual seconds (60 by default).
 
 Output (``--json``): ``{"duration_s", "nodes_per_cluster", "wall_s": {n: s},
 "cpu_s": {n: s}, "peak_rss_mb": {n: MB}, "delivered": {n: datagrams},
+"baseline_per_cpu_s": {n: events}, "cpu_in_baseline_mevents": {n: M},
 "growth_ratio", "targets": {...}}``; ``cpu_s`` is the worker's CPU time for
 the run (the figure to read on a shared machine, where wall time includes
 waiting for a core); ``growth_ratio`` is wall time at the largest size over
 wall time at the smallest, divided by the size ratio / 10 (so linear growth
 from 1,000 to 10,000 nodes gives 10, and the target is at most 12);
 ``cpu_growth_ratio`` is the same on CPU time.
+
+The baseline, measured by each worker just before its run: events per CPU
+second of the bare loop of ``_common.baseline_rate`` (build an event, call a
+machine that returns one action). ``cpu_in_baseline_mevents`` is the run's
+CPU time in millions of such events, a figure that does not move with the
+machine's speed of the moment (this 2-core machine's runs of one size have
+differed by 20% from one hour to the next); ``baseline_growth_ratio`` is the
+growth on it.
 """
 
 from __future__ import annotations
@@ -32,8 +41,12 @@ PER_CLUSTER = 100
 
 
 def worker(nodes: int, duration: float) -> dict[str, float]:
+    from _common import baseline_rate  # noqa: PLC0415
+
     from powergrid.sim.runner import Simulation  # noqa: PLC0415
     from powergrid.sim.scenario import parse_scenario  # noqa: PLC0415
+
+    base = baseline_rate(100_000)
 
     scenario = parse_scenario(
         {
@@ -59,6 +72,7 @@ def worker(nodes: int, duration: float) -> dict[str, float]:
         "cpu_s": round(cpu, 3),
         "peak_rss_mb": round(rss_kb / 1024, 1),
         "delivered": sum(result.delivered_by_type.values()),
+        "baseline_per_cpu_s": round(base),
         "violations": len(result.violations),
         "rounds": len(result.rounds),
     }
@@ -87,6 +101,8 @@ def main() -> int:
     lo, hi = min(runs), max(runs)
     growth = runs[hi]["wall_s"] / runs[lo]["wall_s"] / (hi / lo) * 10 if hi > lo else None
     cpu_growth = runs[hi]["cpu_s"] / runs[lo]["cpu_s"] / (hi / lo) * 10 if hi > lo else None
+    work = {n: r["cpu_s"] * r["baseline_per_cpu_s"] / 1e6 for n, r in runs.items()}
+    work_growth = work[hi] / work[lo] / (hi / lo) * 10 if hi > lo else None
     report = {
         "duration_s": args.duration,
         "nodes_per_cluster": PER_CLUSTER,
@@ -95,8 +111,11 @@ def main() -> int:
         "peak_rss_mb": {str(n): r["peak_rss_mb"] for n, r in runs.items()},
         "delivered": {str(n): r["delivered"] for n, r in runs.items()},
         "violations": {str(n): r["violations"] for n, r in runs.items()},
+        "baseline_per_cpu_s": {str(n): r["baseline_per_cpu_s"] for n, r in runs.items()},
+        "cpu_in_baseline_mevents": {str(n): round(w, 2) for n, w in work.items()},
         "growth_ratio": round(growth, 2) if growth is not None else None,
         "cpu_growth_ratio": round(cpu_growth, 2) if cpu_growth is not None else None,
+        "baseline_growth_ratio": round(work_growth, 2) if work_growth is not None else None,
         "targets": {"wall_s_at_10000": 60.0, "growth_ratio_max": 12.0},
     }
     print(json.dumps(report, indent=None if args.json else 2))

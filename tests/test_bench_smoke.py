@@ -27,7 +27,14 @@ KEYS = {
     "election": {"leader_crash", "worst_case"},
     "market": {"clear_seconds", "messages_per_round"},
     "udp": {"ratio_1_receiver", "ratio_3_receivers", "ratio_5pct_loss", "failover_median_s"},
-    "scale": {"wall_s", "cpu_s", "peak_rss_mb", "growth_ratio", "cpu_growth_ratio"},
+    "scale": {
+        "wall_s",
+        "cpu_s",
+        "peak_rss_mb",
+        "growth_ratio",
+        "cpu_growth_ratio",
+        "baseline_growth_ratio",
+    },
 }
 
 
