@@ -106,11 +106,8 @@ def test_peer_garbage_and_own_loopback_are_counted_never_raised() -> None:
     assert (stats.malformed, stats.own, stats.foreign_group) == (2, 1, 1)
 
 
-def test_equal_datagrams_are_decoded_once_and_the_cache_is_bounded(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """An equal datagram (another bytes object) reuses the first decoding, at any node;
-    the cache of decodings is cleared when it is full."""
+def count_decodings(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Start the node's cache of decodings empty; the list of datagrams decoded from now."""
     decoded: list[bytes] = []
 
     def counting_decode(data: bytes) -> Any:
@@ -119,6 +116,15 @@ def test_equal_datagrams_are_decoded_once_and_the_cache_is_bounded(
 
     monkeypatch.setattr(node_mod, "decode", counting_decode)
     monkeypatch.setattr(node_mod, "_decoded", {})
+    return decoded
+
+
+def test_equal_datagrams_are_decoded_once_and_the_cache_is_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An equal datagram (another bytes object) reuses the first decoding, at any node;
+    the cache of decodings is cleared when it is full."""
+    decoded = count_decodings(monkeypatch)
     monkeypatch.setattr(node_mod, "_DECODED_MAX", 2)
     a, b = make_node(9000), make_node(9001)
     a.start(0.0)
@@ -139,14 +145,7 @@ def test_equal_datagrams_are_decoded_once_and_the_cache_is_bounded(
 def test_a_reliable_unicast_datagram_is_not_kept_decoded(monkeypatch: pytest.MonkeyPatch) -> None:
     """UData is unlike any other datagram (sender, sequence, payload): it is decoded at each
     arrival and never takes a place in the cache of decodings, which other datagrams do."""
-    decoded: list[bytes] = []
-
-    def counting_decode(data: bytes) -> Any:
-        decoded.append(data)
-        return wire.decode(data)
-
-    monkeypatch.setattr(node_mod, "decode", counting_decode)
-    monkeypatch.setattr(node_mod, "_decoded", {})
+    decoded = count_decodings(monkeypatch)
     a = make_node(9000)
     a.start(0.0)
     other = node_id("127.0.0.1", 9005)

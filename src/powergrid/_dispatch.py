@@ -4,17 +4,29 @@ A machine's ``handle`` looks the handler up in a dict kept on its class and
 calls it with the machine. The dicts are the class's, not each instance's:
 in a simulated data centre thousands of machines share them (one object,
 warm in the cache, instead of a dict of bound methods per machine). They are
-built from handler *names* for the class and again for every subclass, so an
-override in a subclass is the handler its instances call.
+built from the handler *names* a class gives in ``_EVENTS`` and
+``_MESSAGES``, for the class and again for every subclass, so an override in
+a subclass is the handler its instances call.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 
-def dispatch_tables(cls: type, **tables: dict[type[Any], str]) -> None:
-    """Set on ``cls``, for each keyword, a dict from type to the function of that name as
-    ``cls`` resolves it. Call it after the class body, and from ``__init_subclass__``."""
-    for attr, names in tables.items():
-        setattr(cls, attr, {kind: getattr(cls, name) for kind, name in names.items()})
+class Dispatching:
+    """Base of the machines: builds ``_on_event`` and ``_on_message`` (type -> function)
+    from the names in ``_EVENTS`` and ``_MESSAGES`` when a class is defined."""
+
+    __slots__ = ()
+
+    _EVENTS: ClassVar[dict[type[Any], str]] = {}
+    _MESSAGES: ClassVar[dict[type[Any], str]] = {}
+    _on_event: ClassVar[dict[type[Any], Callable[..., list[Any]]]] = {}
+    _on_message: ClassVar[dict[type[Any], Callable[..., list[Any]]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._on_event = {kind: getattr(cls, name) for kind, name in cls._EVENTS.items()}
+        cls._on_message = {kind: getattr(cls, name) for kind, name in cls._MESSAGES.items()}

@@ -139,12 +139,11 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
-from typing import Any, ClassVar, Literal
+from typing import Literal
 
 import attrs
 
-from powergrid._dispatch import dispatch_tables
+from powergrid._dispatch import Dispatching
 from powergrid.errors import ConfigError, UsageError
 from powergrid.events import (
     DeadlineReached,
@@ -301,7 +300,7 @@ class ElectionStats:
 _Key = tuple[int, int]  # (rank, node): ElectionKey as a plain tuple on the hot path
 
 
-class ElectionMachine:
+class ElectionMachine(Dispatching):
     """The bully election of one group at one node (see the module doc).
 
     Raises :class:`~powergrid.errors.ConfigError` for a node id, rank or group
@@ -330,12 +329,20 @@ class ElectionMachine:
         "_stats",
     )
 
-    _on_event: ClassVar[dict[type[Any], Callable[..., list[object]]]]
-    _on_message: ClassVar[dict[type[Any], Callable[..., list[object]]]]
+    _EVENTS = {
+        Received: "_on_received",
+        DeadlineReached: "_on_deadline",
+        LeaderLost: "_on_leader_lost",
+        ViewChanged: "_on_view",
+    }
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        dispatch_tables(cls, _on_event=_EVENTS, _on_message=_MESSAGES)
+    _MESSAGES = {
+        Election: "_on_election",
+        Answer: "_on_answer",
+        Coordinator: "_on_coordinator",
+        Fenced: "_on_fenced",
+        Heartbeat: "_on_heartbeat",
+    }
 
     def __init__(
         self,
@@ -742,22 +749,3 @@ class ElectionMachine:
         return [
             LeaderElected(group=GroupId(self._group), leader=NodeId(leader), epoch=Epoch(epoch))
         ]
-
-
-_EVENTS: dict[type[Any], str] = {
-    Received: "_on_received",
-    DeadlineReached: "_on_deadline",
-    LeaderLost: "_on_leader_lost",
-    ViewChanged: "_on_view",
-}
-
-
-_MESSAGES: dict[type[Any], str] = {
-    Election: "_on_election",
-    Answer: "_on_answer",
-    Coordinator: "_on_coordinator",
-    Fenced: "_on_fenced",
-    Heartbeat: "_on_heartbeat",
-}
-
-dispatch_tables(ElectionMachine, _on_event=_EVENTS, _on_message=_MESSAGES)

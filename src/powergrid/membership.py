@@ -139,11 +139,11 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable
-from typing import Any, ClassVar, Literal, cast
+from typing import Any, Literal, cast
 
 import attrs
 
-from powergrid._dispatch import dispatch_tables
+from powergrid._dispatch import Dispatching
 from powergrid.errors import ConfigError, UsageError
 from powergrid.events import (
     DeadlineReached,
@@ -564,7 +564,7 @@ _Handler = Callable[[Any, float], list[Any]]
 # ---------------------------------------------------------------- machine
 
 
-class MembershipMachine:
+class MembershipMachine(Dispatching):
     """Heartbeat membership of one group, as leader or member (see the module doc)."""
 
     __slots__ = (
@@ -609,12 +609,24 @@ class MembershipMachine:
         "_view_from",
     )
 
-    _on_event: ClassVar[dict[type[Any], Callable[..., list[Any]]]]
-    _on_message: ClassVar[dict[type[Any], Callable[..., list[Any]]]]
+    _EVENTS = {
+        Received: "_received",
+        DeadlineReached: "_deadline",
+        Join: "_join",
+        Leave: "_leave",
+        LeaderElected: "_leader_elected",
+    }
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        dispatch_tables(cls, _on_event=_EVENTS, _on_message=_MESSAGES)
+    _MESSAGES = {
+        Heartbeat: "_heartbeat",
+        HeartbeatAck: "_heartbeat_ack",
+        Probe: "_probe",
+        ProbeAck: "_probe_ack",
+        JoinRequest: "_join_request",
+        LeaveNotice: "_leave_notice",
+        ViewRequest: "_view_request",
+        ViewPart: "_view_part",
+    }
 
     def __init__(
         self,
@@ -1450,26 +1462,3 @@ class MembershipMachine:
         self._join_due = None
         self._bootstrap_due = None
         self._join_delay = self._config.join_retry
-
-
-_EVENTS: dict[type[Any], str] = {
-    Received: "_received",
-    DeadlineReached: "_deadline",
-    Join: "_join",
-    Leave: "_leave",
-    LeaderElected: "_leader_elected",
-}
-
-
-_MESSAGES: dict[type[Any], str] = {
-    Heartbeat: "_heartbeat",
-    HeartbeatAck: "_heartbeat_ack",
-    Probe: "_probe",
-    ProbeAck: "_probe_ack",
-    JoinRequest: "_join_request",
-    LeaveNotice: "_leave_notice",
-    ViewRequest: "_view_request",
-    ViewPart: "_view_part",
-}
-
-dispatch_tables(MembershipMachine, _on_event=_EVENTS, _on_message=_MESSAGES)

@@ -141,12 +141,12 @@ from __future__ import annotations
 import math
 import random
 import struct
-from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, Final
+from collections.abc import Mapping
+from typing import Any, Final
 
 import attrs
 
-from powergrid._dispatch import dispatch_tables
+from powergrid._dispatch import Dispatching
 from powergrid.errors import ConfigError, PayloadTooLargeError, UsageError
 from powergrid.events import (
     DeadlineReached,
@@ -388,7 +388,7 @@ class _Origin:
         self.gone_at: float | None = None
 
 
-class MulticastMachine:
+class MulticastMachine(Dispatching):
     """Reliable multicast, FIFO per origin, for one group (see the module docstring).
 
     ``rng`` jitters the Status period; nothing else is random.
@@ -421,12 +421,20 @@ class MulticastMachine:
         "_xmit_window",
     )
 
-    _on_event: ClassVar[dict[type[Any], Callable[..., list[Any]]]]
-    _on_message: ClassVar[dict[type[Any], Callable[..., list[Any]]]]
+    _EVENTS = {
+        Received: "_on_received",
+        DeadlineReached: "_on_deadline",
+        Publish: "_on_publish",
+        ViewChanged: "_on_view_changed",
+    }
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        dispatch_tables(cls, _on_event=_EVENTS, _on_message=_MESSAGES)
+    _MESSAGES = {
+        Data: "_on_data",
+        Xmit: "_on_xmit",
+        Nak: "_on_nak",
+        Status: "_on_status",
+        Stable: "_on_stable",
+    }
 
     def __init__(
         self,
@@ -1401,22 +1409,3 @@ class MulticastMachine:
                 now + self._config.stable_interval if unstable or self._stable_left else None
             )
         return out
-
-
-_EVENTS: dict[type[Any], str] = {
-    Received: "_on_received",
-    DeadlineReached: "_on_deadline",
-    Publish: "_on_publish",
-    ViewChanged: "_on_view_changed",
-}
-
-
-_MESSAGES: dict[type[Any], str] = {
-    Data: "_on_data",
-    Xmit: "_on_xmit",
-    Nak: "_on_nak",
-    Status: "_on_status",
-    Stable: "_on_stable",
-}
-
-dispatch_tables(MulticastMachine, _on_event=_EVENTS, _on_message=_MESSAGES)

@@ -76,12 +76,11 @@ from __future__ import annotations
 import math
 import random
 from collections import deque
-from collections.abc import Callable
-from typing import Any, ClassVar, cast
+from typing import Any, cast
 
 import attrs
 
-from powergrid._dispatch import dispatch_tables
+from powergrid._dispatch import Dispatching
 from powergrid.errors import ConfigError, PayloadTooLargeError, UsageError
 from powergrid.events import DeadlineReached, Received, Send
 from powergrid.types import MAX_NODE_ID, Incarnation, NodeId, format_node
@@ -291,7 +290,7 @@ class _Incoming:
 # ---------------------------------------------------------------- machine
 
 
-class UnicastMachine:
+class UnicastMachine(Dispatching):
     """Reliable, ordered unicast to and from every peer of one node (see the module doc)."""
 
     __slots__ = (
@@ -306,12 +305,17 @@ class UnicastMachine:
         "_stuck_gap",
     )
 
-    _on_event: ClassVar[dict[type[Any], Callable[..., list[Any]]]]
-    _on_message: ClassVar[dict[type[Any], Callable[..., list[Any]]]]
+    _EVENTS = {
+        Received: "_received",
+        DeadlineReached: "_deadline",
+        Submit: "_submit",
+        PeerGone: "_peer_gone",
+    }
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        dispatch_tables(cls, _on_event=_EVENTS, _on_message=_MESSAGES)
+    _MESSAGES = {
+        UData: "_data",
+        UAck: "_ack",
+    }
 
     def __init__(
         self, config: UnicastConfig, *, incarnation: Incarnation, rng: random.Random
@@ -593,19 +597,3 @@ class UnicastMachine:
             actions.append(
                 DeliverUnicast(sender=peer, incarnation=life, kind=item[0], payload=item[1])
             )
-
-
-_EVENTS: dict[type[Any], str] = {
-    Received: "_received",
-    DeadlineReached: "_deadline",
-    Submit: "_submit",
-    PeerGone: "_peer_gone",
-}
-
-
-_MESSAGES: dict[type[Any], str] = {
-    UData: "_data",
-    UAck: "_ack",
-}
-
-dispatch_tables(UnicastMachine, _on_event=_EVENTS, _on_message=_MESSAGES)

@@ -48,13 +48,11 @@ the clients' refresh interval, 2 s by default, at least twice), ``lead_timeout``
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable
-from typing import Any, ClassVar
 
 import attrs
 
 from powergrid import wire
-from powergrid._dispatch import dispatch_tables
+from powergrid._dispatch import Dispatching
 from powergrid.errors import ConfigError, UsageError
 from powergrid.events import (
     DeadlineReached,
@@ -144,7 +142,7 @@ class _Held:
     heard_at: float
 
 
-class BrokerMachine:
+class BrokerMachine(Dispatching):
     """The market broker of cluster ``cluster`` on node ``me`` (see the module docstring)."""
 
     __slots__ = (
@@ -169,11 +167,12 @@ class BrokerMachine:
         "stats",
     )
 
-    _on_event: ClassVar[dict[type[Any], Callable[..., list[object]]]]
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        dispatch_tables(cls, _on_event=_EVENTS)
+    _EVENTS = {
+        LeaderElected: "_on_leader_elected",
+        ViewChanged: "_on_view_changed",
+        Received: "_on_received",
+        DeadlineReached: "_on_deadline",
+    }
 
     def __init__(self, me: NodeId, cluster: GroupId, config: BrokerConfig | None = None) -> None:
         if cluster == BROKER_GROUP:
@@ -462,13 +461,3 @@ class BrokerMachine:
                 aggregate=aggregate,
             )
         )
-
-
-_EVENTS: dict[type[Any], str] = {
-    LeaderElected: "_on_leader_elected",
-    ViewChanged: "_on_view_changed",
-    Received: "_on_received",
-    DeadlineReached: "_on_deadline",
-}
-
-dispatch_tables(BrokerMachine, _on_event=_EVENTS)

@@ -62,13 +62,12 @@ broker's ``bid_timeout`` by more than an ack's delay): how long a
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, ClassVar, Literal
+from typing import Literal
 
 import attrs
 
 from powergrid import wire
-from powergrid._dispatch import dispatch_tables
+from powergrid._dispatch import Dispatching
 from powergrid.errors import ConfigError, UsageError
 from powergrid.events import DeadlineReached, LeaderElected, Received, SendReliable
 from powergrid.market.bids import DEFAULT_GRID, Bid, Grid
@@ -165,7 +164,7 @@ class ClientStats:
     dropped_unexpected: int = 0
 
 
-class ClientMachine:
+class ClientMachine(Dispatching):
     """The market client of node ``me`` in cluster ``cluster`` (see the module docstring)."""
 
     __slots__ = (
@@ -188,11 +187,12 @@ class ClientMachine:
         "stats",
     )
 
-    _on_event: ClassVar[dict[type[Any], Callable[..., list[object]]]]
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        dispatch_tables(cls, _on_event=_EVENTS)
+    _EVENTS = {
+        BidChanged: "_on_bid_changed",
+        Received: "_on_received",
+        LeaderElected: "_on_leader_elected",
+        DeadlineReached: "_on_deadline",
+    }
 
     def __init__(self, me: NodeId, cluster: GroupId, config: ClientConfig | None = None) -> None:
         self._me = me
@@ -430,13 +430,3 @@ class ClientMachine:
             return []
         self._allocation = allocation
         return [AllocationChanged(group=self._cluster, allocation=allocation, cause=cause)]
-
-
-_EVENTS: dict[type[Any], str] = {
-    BidChanged: "_on_bid_changed",
-    Received: "_on_received",
-    LeaderElected: "_on_leader_elected",
-    DeadlineReached: "_on_deadline",
-}
-
-dispatch_tables(ClientMachine, _on_event=_EVENTS)

@@ -57,13 +57,10 @@ off, its caps and the others' can then overlap.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, ClassVar
-
 import attrs
 
 from powergrid import wire
-from powergrid._dispatch import dispatch_tables
+from powergrid._dispatch import Dispatching
 from powergrid.errors import ConfigError, UsageError
 from powergrid.events import DeadlineReached, LeaderElected, Multicast, Received
 from powergrid.market.bids import DEFAULT_GRID, Grid
@@ -201,7 +198,7 @@ def _check_supply(watts: object) -> int:
     return watts
 
 
-class LeadBrokerMachine:
+class LeadBrokerMachine(Dispatching):
     """The lead broker's market on node ``me``, with usable supply ``supply`` watts.
 
     Raises :class:`UsageError` for a negative or non-int supply.
@@ -222,11 +219,13 @@ class LeadBrokerMachine:
         "stats",
     )
 
-    _on_event: ClassVar[dict[type[Any], Callable[..., list[object]]]]
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        dispatch_tables(cls, _on_event=_EVENTS)
+    _EVENTS = {
+        SupplyChanged: "_on_supply_changed",
+        SteppedDown: "_on_stepped_down",
+        LeaderElected: "_on_leader_elected",
+        Received: "_on_received",
+        DeadlineReached: "_on_deadline",
+    }
 
     def __init__(self, me: NodeId, supply: int, config: LeadConfig | None = None) -> None:
         self._me = me
@@ -449,14 +448,3 @@ class LeadBrokerMachine:
             )
         )
         return actions
-
-
-_EVENTS: dict[type[Any], str] = {
-    SupplyChanged: "_on_supply_changed",
-    SteppedDown: "_on_stepped_down",
-    LeaderElected: "_on_leader_elected",
-    Received: "_on_received",
-    DeadlineReached: "_on_deadline",
-}
-
-dispatch_tables(LeadBrokerMachine, _on_event=_EVENTS)
