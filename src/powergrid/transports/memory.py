@@ -655,12 +655,12 @@ class MemoryNetwork:
             if not subs:
                 del self._subscribers[group]
 
-    def _count_sent(self, data: bytes) -> None:
+    def _count_sent(self, data: bytes, copies: int = 1) -> None:
         stats = self.stats
-        stats.sent += 1
+        stats.sent += copies
         code = data[_TYPE_OFFSET] if len(data) > _TYPE_OFFSET else -1
         by = stats.sent_by_type
-        by[code] = by.get(code, 0) + 1
+        by[code] = by.get(code, 0) + copies
 
     def _count_drop(self, dst: int, data: bytes, src: int, why: str) -> None:
         stats = self.stats
@@ -684,25 +684,15 @@ class MemoryNetwork:
     def _send_all_after(self, delay: float, src: int, dsts: list[int], data: bytes) -> None:
         """Count and send a copy of ``data`` to each of ``dsts`` after ``delay``: what
         :meth:`_count_sent` and :meth:`_send_after` do for each in turn, in one go (the
-        copies are due at one time, so they join one run)."""
+        copies are due at one time, so the first one's run takes the others)."""
         if not dsts:
             return
-        if not delay >= 0:
-            raise ConfigError(f"latency from {src} to {dsts[0]} is {delay!r}; it must be >= 0")
-        stats = self.stats
-        stats.sent += len(dsts)
-        code = data[_TYPE_OFFSET] if len(data) > _TYPE_OFFSET else -1
-        by = stats.sent_by_type
-        by[code] = by.get(code, 0) + len(dsts)
-        time = self._now + delay
-        life = self._life
-        copies = [(dst, data, src, life.get(dst, 0)) for dst in dsts]
+        self._count_sent(data, len(dsts))
+        self._send_after(delay, src, dsts[0], data)
         run = self._run
-        if run is not None and self._run_key == (time, self._seq):
-            run.extend(copies)
-            return
-        self._run = copies
-        self._run_key = (time, self._push(time, _DELIVER_MANY, 0, copies))
+        assert run is not None  # the first copy's run, and nothing scheduled since
+        life = self._life
+        run.extend((dst, data, src, life.get(dst, 0)) for dst in dsts[1:])
 
     def _send_after(self, delay: float, src: int, dst: int, data: bytes) -> None:
         if not delay >= 0:
