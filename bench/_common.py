@@ -22,7 +22,7 @@ from typing import Any
 import attrs
 
 from powergrid.events import Received
-from powergrid.multicast import Deliver
+from powergrid.protocols.multicast import Deliver
 from powergrid.types import Incarnation, NodeId
 from powergrid.wire import Data
 

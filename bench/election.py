@@ -1,6 +1,6 @@
 """Bully election: messages per election and time to a stable leader vs group size.
 
-Real :class:`~powergrid.election.ElectionMachine` instances (default config,
+Real :class:`~powergrid.protocols.election.ElectionMachine` instances (default config,
 every node broker-capable, rank 0) run on the memory network (1 ms latency)
 behind a thin endpoint adapter; membership is not run: the bench gives the
 machines the view and the :class:`~powergrid.events.LeaderLost` membership
@@ -24,7 +24,6 @@ from typing import Any
 
 from _common import emit, parse_args
 
-from powergrid.election import ElectionConfig, ElectionMachine
 from powergrid.events import (
     DeadlineReached,
     JoinGroup,
@@ -38,7 +37,8 @@ from powergrid.events import (
     View,
     ViewChanged,
 )
-from powergrid.transports.memory import MemoryNetwork
+from powergrid.protocols.election import ElectionConfig, ElectionMachine
+from powergrid.sim.memory import MemoryNetwork
 from powergrid.types import Epoch, GroupId, Incarnation, NodeId
 from powergrid.wire import decode, encode
 

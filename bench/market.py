@@ -25,9 +25,9 @@ from typing import Any
 from _common import emit, parse_args
 
 from powergrid.events import Transmit, TransmitGroup
-from powergrid.market import Bid, Grid, PriceUpdated, aggregate, allocate, clear
 from powergrid.node import Node, NodeConfig
-from powergrid.transports.memory import MemoryNetwork
+from powergrid.protocols.market import Bid, Grid, PriceUpdated, aggregate, allocate, clear
+from powergrid.sim.memory import MemoryNetwork
 from powergrid.wire import HEADER_SIZE
 
 STEADY_S = 8.0

@@ -20,9 +20,9 @@ from typing import Any
 from _common import emit, parse_args, percentile
 
 from powergrid.events import LeaderElected
-from powergrid.membership import MemberRemoved
 from powergrid.node import Node, NodeConfig
-from powergrid.transports.memory import MemoryNetwork
+from powergrid.protocols.membership import MemberRemoved
+from powergrid.sim.memory import MemoryNetwork
 
 ANCHORS = (
     "Akka cluster: ~5.5 s default detection; HashiCorp memberlist: suspicion ~4-6 s; "

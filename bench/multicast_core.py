@@ -1,6 +1,6 @@
 """Reliable multicast throughput: one sender, N receivers, codec included.
 
-Real :class:`~powergrid.multicast.MulticastMachine` instances with a static view
+Real :class:`~powergrid.protocols.multicast.MulticastMachine` instances with a static view
 (the sender is the view's leader, so it is the stability coordinator) run on the
 memory network behind a thin endpoint adapter (:class:`McastEndpoint`): the
 sender encodes each Data once, the network copies the bytes to every receiver,
@@ -38,8 +38,8 @@ from powergrid.events import (
     View,
     ViewChanged,
 )
-from powergrid.multicast import Deliver, MulticastConfig, MulticastMachine, Publish
-from powergrid.transports.memory import MemoryNetwork
+from powergrid.protocols.multicast import Deliver, MulticastConfig, MulticastMachine, Publish
+from powergrid.sim.memory import MemoryNetwork
 from powergrid.types import GroupId, Incarnation, NodeId
 from powergrid.wire import decode, encode, record_builder
 

@@ -62,9 +62,9 @@ import attrs
 import trio
 from _common import emit, parse_args
 
-from powergrid.multicast import MulticastConfig
+from powergrid.cli.processes import NodeProcesses
 from powergrid.node import MessageDelivered, Node, NodeConfig
-from powergrid.node_processes import NodeProcesses
+from powergrid.protocols.multicast import MulticastConfig
 from powergrid.transports.trio_udp import UdpConfig, run_node
 
 HOST = "127.0.0.1"

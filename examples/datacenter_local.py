@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from powergrid.node_processes import NodeProcesses
+from powergrid.cli.processes import NodeProcesses
 
 CLUSTERS = (1, 2)
 PER_CLUSTER = 3

@@ -12,9 +12,9 @@ import sys
 
 import trio
 
-from powergrid.market import Bid
+from powergrid.cli.node import describe
 from powergrid.node import NodeConfig
-from powergrid.node_cli import describe
+from powergrid.protocols.market import Bid
 from powergrid.transports.trio_udp import UdpConfig, run_node
 
 

@@ -41,7 +41,7 @@ from typing import Any
 
 import attrs
 
-from powergrid.node_processes import NodeProcesses
+from powergrid.cli.processes import NodeProcesses
 
 PID = os.getpid()
 PREFIX = f"pg-{PID}"

@@ -22,10 +22,10 @@ import trio
 
 from powergrid.auth import Authenticator, Keyring
 from powergrid.events import JoinGroup, LeaderElected, LeaderLost, Transmit, TransmitGroup
-from powergrid.market import Bid, PriceUpdated
-from powergrid.membership import MemberRemoved, MemberSuspected
 from powergrid.node import MessageDelivered, Node, NodeConfig
-from powergrid.transports.memory import MemoryNetwork
+from powergrid.protocols.market import Bid, PriceUpdated
+from powergrid.protocols.membership import MemberRemoved, MemberSuspected
+from powergrid.sim.memory import MemoryNetwork
 from powergrid.transports.trio_udp import UdpConfig, run_node
 from powergrid.types import NodeId, node_id
 from powergrid.wire import Coordinator, Heartbeat, Price, encode

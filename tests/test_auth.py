@@ -24,11 +24,11 @@ from powergrid.auth import (
     Keyring,
     _Mac,
 )
+from powergrid.cli.node import build_configs
 from powergrid.errors import ConfigError, DecodeError, PayloadTooLargeError, UsageError
 from powergrid.events import Transmit, TransmitGroup
 from powergrid.node import MessageDelivered, Node, NodeConfig
-from powergrid.node_cli import build_configs
-from powergrid.transports.memory import MemoryNetwork
+from powergrid.sim.memory import MemoryNetwork
 from powergrid.types import node_id
 from powergrid.wire import (
     AUTH_TRAILER_SIZE,

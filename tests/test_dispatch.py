@@ -6,13 +6,13 @@ from typing import Any
 
 import pytest
 
-from powergrid.election import ElectionMachine
-from powergrid.market.broker import BrokerMachine
-from powergrid.market.client import ClientMachine
-from powergrid.market.lead import LeadBrokerMachine
-from powergrid.membership import MembershipMachine
-from powergrid.multicast import MulticastMachine
-from powergrid.unicast import UnicastMachine
+from powergrid.protocols.election import ElectionMachine
+from powergrid.protocols.market.broker import BrokerMachine
+from powergrid.protocols.market.client import ClientMachine
+from powergrid.protocols.market.lead import LeadBrokerMachine
+from powergrid.protocols.membership import MembershipMachine
+from powergrid.protocols.multicast import MulticastMachine
+from powergrid.protocols.unicast import UnicastMachine
 
 MACHINES = [
     MembershipMachine,

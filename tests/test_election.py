@@ -1,4 +1,4 @@
-"""Bully election (powergrid.election): exact actions per rule, an in-test network of
+"""Bully election (powergrid.protocols.election): exact actions per rule, an in-test network of
 election machines with seeded failure scenarios, and a property over random schedules."""
 
 from __future__ import annotations
@@ -12,11 +12,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from powergrid.election import (
-    ElectionConfig,
-    ElectionMachine,
-    ElectionStarted,
-)
 from powergrid.errors import ConfigError, UsageError
 from powergrid.events import (
     DeadlineReached,
@@ -28,6 +23,11 @@ from powergrid.events import (
     Send,
     View,
     ViewChanged,
+)
+from powergrid.protocols.election import (
+    ElectionConfig,
+    ElectionMachine,
+    ElectionStarted,
 )
 from powergrid.types import (
     EPOCH_WINDOW,

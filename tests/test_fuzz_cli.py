@@ -9,7 +9,7 @@ import pytest
 
 from powergrid import node
 from powergrid.cli import main
-from powergrid.multicast import Deliver, MulticastMachine
+from powergrid.protocols.multicast import Deliver, MulticastMachine
 
 GOOD, BAD = 4, 0
 """Seeds of the 3-server data centre: GOOD passes; BAD is broken by a planted bug."""

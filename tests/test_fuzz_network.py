@@ -1,4 +1,4 @@
-"""Tests of powergrid.transports.fuzz (the fault model) and powergrid.harness (the runner).
+"""Tests of powergrid.sim.fuzz (the fault model) and powergrid.sim.harness (the runner).
 
 The harness tests use the toy MaxGossip protocol from toys.py, with two
 planted bugs the harness must catch: a node that sometimes forgets (safety)
@@ -26,17 +26,8 @@ from toys import (
 
 from powergrid.errors import ConfigError, UsageError
 from powergrid.events import JoinGroup, Output, Transmit
-from powergrid.harness import (
-    Build,
-    Invariant,
-    System,
-    fault_options,
-    run_seed,
-    run_seeds,
-    schedules,
-)
-from powergrid.transports import fuzz
-from powergrid.transports.fuzz import (
+from powergrid.sim import fuzz
+from powergrid.sim.fuzz import (
     Crash,
     Delay,
     FaultOptions,
@@ -54,6 +45,15 @@ from powergrid.transports.fuzz import (
     SetLoss,
     Split,
     split_rng,
+)
+from powergrid.sim.harness import (
+    Build,
+    Invariant,
+    System,
+    fault_options,
+    run_seed,
+    run_seeds,
+    schedules,
 )
 from powergrid.types import Incarnation, NodeId
 

@@ -19,11 +19,12 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from powergrid import multicast, node
-from powergrid.election import ElectionMachine
-from powergrid.fuzzing import datacentre, invariants, run_datacentre
-from powergrid.harness import RunResult, assert_ok, fault_options, run_seed, schedules
-from powergrid.multicast import Deliver, MulticastMachine
+from powergrid import node
+from powergrid.protocols import multicast
+from powergrid.protocols.election import ElectionMachine
+from powergrid.protocols.multicast import Deliver, MulticastMachine
+from powergrid.sim.fuzzing import datacentre, invariants, run_datacentre
+from powergrid.sim.harness import RunResult, assert_ok, fault_options, run_seed, schedules
 from powergrid.types import node_id
 
 SAFETY_S, LIVENESS_S = 3.0, 9.0

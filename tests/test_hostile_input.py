@@ -25,9 +25,9 @@ from hypothesis import strategies as st
 from powergrid.auth import Keyring
 from powergrid.errors import DecodeError
 from powergrid.events import Transmit, TransmitGroup
-from powergrid.market import Bid, PriceUpdated
 from powergrid.node import MessageDelivered, Node, NodeConfig
-from powergrid.transports.memory import MemoryNetwork
+from powergrid.protocols.market import Bid, PriceUpdated
+from powergrid.sim.memory import MemoryNetwork
 from powergrid.types import NodeId, node_id
 from powergrid.wire import WIRE_LIMIT, ViewEntry, ViewPart, decode, encode
 

@@ -1,11 +1,15 @@
-"""Unit tests of powergrid.invariants: hand-fed notifications, exact problems reported."""
+"""Unit tests of powergrid.sim.invariants: hand-fed notifications, exact problems reported."""
 
 from __future__ import annotations
 
-from powergrid.election import ElectionStarted
 from powergrid.events import LeaderElected, Member, View, ViewChanged
-from powergrid.harness import watches
-from powergrid.invariants import (
+from powergrid.node import MessageDelivered
+from powergrid.protocols.election import ElectionStarted
+from powergrid.protocols.market import Bid, Regime
+from powergrid.protocols.market.client import PriceUpdated
+from powergrid.sim.fuzz import FuzzNetwork, NodeCrashed, NodeStarted
+from powergrid.sim.harness import watches
+from powergrid.sim.invariants import (
     AgreementValidity,
     BoundedBuffers,
     DataCentre,
@@ -25,10 +29,6 @@ from powergrid.invariants import (
     app_payload,
     parse_payload,
 )
-from powergrid.market import Bid, Regime
-from powergrid.market.client import PriceUpdated
-from powergrid.node import MessageDelivered
-from powergrid.transports.fuzz import FuzzNetwork, NodeCrashed, NodeStarted
 from powergrid.types import Epoch, GroupId, Incarnation, NodeId
 
 A, B, C = NodeId(1), NodeId(2), NodeId(3)

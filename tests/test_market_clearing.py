@@ -1,4 +1,4 @@
-"""Tests of powergrid.market.bids and powergrid.market.clearing (pure functions)."""
+"""Tests of powergrid.protocols.market.bids and .clearing (pure functions)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from powergrid import wire
 from powergrid.errors import ConfigError, DecodeError, PayloadTooLargeError, UsageError
-from powergrid.market import (
+from powergrid.protocols.market import (
     FILL_ONE,
     FLOORS_CUT,
     MAX_GRID_POINTS,

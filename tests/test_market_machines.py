@@ -19,7 +19,7 @@ from powergrid.events import (
     View,
     ViewChanged,
 )
-from powergrid.market import (
+from powergrid.protocols.market import (
     FILL_ONE,
     MAX_CLEARING_ENTRIES,
     AllocationChanged,

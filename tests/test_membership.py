@@ -1,4 +1,5 @@
-"""Heartbeat membership (powergrid.membership): exact actions per rule, properties, simulation."""
+"""Heartbeat membership (powergrid.protocols.membership): exact actions per rule,
+properties, simulation."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from powergrid.events import (
     View,
     ViewChanged,
 )
-from powergrid.membership import (
+from powergrid.protocols.membership import (
     VIEW_ENTRIES_PER_PART,
     Join,
     Leave,

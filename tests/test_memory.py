@@ -1,4 +1,4 @@
-"""Tests of powergrid.transports.memory: delivery, groups, timers, cost of idleness, determinism."""
+"""Tests of powergrid.sim.memory: delivery, groups, timers, cost of idleness, determinism."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from toys import GROUP, Echo, Got, Member, Recorder, Ticker, datagram
 
 from powergrid.errors import ConfigError, UsageError
 from powergrid.events import JoinGroup, Transmit, TransmitGroup
-from powergrid.transports.memory import MemoryNetwork, Trace
+from powergrid.sim.memory import MemoryNetwork, Trace
 from powergrid.types import NodeId
 
 

@@ -1,4 +1,4 @@
-"""Tests of powergrid.multicast: exact actions per rule, then seeded simulations."""
+"""Tests of powergrid.protocols.multicast: exact actions per rule, then seeded simulations."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from powergrid.events import (
     View,
     ViewChanged,
 )
-from powergrid.multicast import (
+from powergrid.protocols.multicast import (
     MAX_MULTICAST_PAYLOAD,
     STABLE_PER_DATAGRAM,
     STATUS_PER_DATAGRAM,

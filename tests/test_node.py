@@ -12,9 +12,9 @@ from powergrid import node as node_mod
 from powergrid import wire
 from powergrid.errors import ConfigError, UsageError
 from powergrid.events import JoinGroup, LeaderElected, Transmit, TransmitGroup
-from powergrid.market import Bid, ClientConfig, Grid, PriceUpdated
 from powergrid.node import MessageDelivered, Node, NodeConfig
-from powergrid.transports.memory import MemoryNetwork
+from powergrid.protocols.market import Bid, ClientConfig, Grid, PriceUpdated
+from powergrid.sim.memory import MemoryNetwork
 from powergrid.types import BROKER_GROUP, node_id
 from powergrid.wire import Data, encode
 

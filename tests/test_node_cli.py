@@ -1,4 +1,4 @@
-"""Tests of ``powergrid node`` (powergrid.node_cli): options, event lines, and real
+"""Tests of ``powergrid node`` (powergrid.cli.node): options, event lines, and real
 processes on loopback.
 
 The multi-process tests start ``python -m powergrid node --json`` processes on
@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 
 from powergrid import cli
+from powergrid.cli.node import build_configs, describe
+from powergrid.cli.processes import NodeProcesses
 from powergrid.events import LeaderElected, Member, View, ViewChanged
-from powergrid.market import PriceUpdated, Regime
-from powergrid.membership import MemberRemoved, MemberSuspected
 from powergrid.node import MessageDelivered, UnicastDelivered
-from powergrid.node_cli import build_configs, describe
-from powergrid.node_processes import NodeProcesses
+from powergrid.protocols.market import PriceUpdated, Regime
+from powergrid.protocols.membership import MemberRemoved, MemberSuspected
 from powergrid.types import Epoch, GroupId, Incarnation, node_id
 
 HOST = "127.0.0.1"

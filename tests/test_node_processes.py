@@ -1,4 +1,4 @@
-"""Tests for powergrid.node_processes: a fake child (``python -c``) stands in for a node."""
+"""Tests for powergrid.cli.processes: a fake child (``python -c``) stands in for a node."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from powergrid.node_processes import NodeProcesses
+from powergrid.cli.processes import NodeProcesses
 
 # Prints a hello line with its argv, then answers each stdin line: "half" prints
 # a line and half a line, "rest" the other half and a line, "exit" ends it,

@@ -16,8 +16,9 @@ import pytest
 from powergrid.cli import main
 from powergrid.errors import ConfigError
 from powergrid.events import LeaderElected
-from powergrid.market import Bid, MarketCleared, PriceUpdated, Regime
+from powergrid.protocols.market import Bid, MarketCleared, PriceUpdated, Regime
 from powergrid.sim import runner as runner_mod
+from powergrid.sim.memory import Trace
 from powergrid.sim.plot import plot_available
 from powergrid.sim.report import format_summary, sequence_diagram, summary
 from powergrid.sim.runner import MarketGuarantee, Simulation, server_id, settled_at
@@ -30,7 +31,6 @@ from powergrid.sim.scenario import (
     parse_scenario,
     scenario_to_toml,
 )
-from powergrid.transports.memory import Trace
 from powergrid.types import BROKER_GROUP, Epoch, GroupId, NodeId
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "scenarios"
@@ -371,7 +371,7 @@ def test_violation_exits_1_with_seed_and_replay(
         def check_final(self, network: object) -> list[str]:
             return ["it broke"]
 
-    import powergrid.simulate as simulate_mod  # noqa: PLC0415
+    import powergrid.cli.simulate as simulate_mod  # noqa: PLC0415
 
     monkeypatch.setattr(
         simulate_mod,
@@ -509,7 +509,7 @@ def test_demo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_demo_matches_shipped_file() -> None:
     """examples/scenarios/demo.toml is the demo scenario."""
-    from powergrid.simulate import DEMO  # noqa: PLC0415
+    from powergrid.cli.simulate import DEMO  # noqa: PLC0415
 
     assert load_scenario(EXAMPLES / "demo.toml") == parse_scenario(DEMO)
 

@@ -783,8 +783,8 @@ def test_explicit_leave_is_not_repeated_on_exit() -> None:
 def test_import_powergrid_never_imports_trio() -> None:
     """Rule: only powergrid.transports.trio_udp imports trio."""
     code = (
-        "import sys, powergrid, powergrid.node, powergrid.transports.memory, "
-        "powergrid.transports.fuzz; assert 'trio' not in sys.modules, 'trio imported'; "
+        "import sys, powergrid, powergrid.node, powergrid.sim.memory, "
+        "powergrid.sim.fuzz; assert 'trio' not in sys.modules, 'trio imported'; "
         "import powergrid.transports.trio_udp; assert 'trio' in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

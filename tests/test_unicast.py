@@ -1,4 +1,5 @@
-"""Reliable unicast (powergrid.unicast): exact actions per rule, and a lossy-link property."""
+"""Reliable unicast (powergrid.protocols.unicast): exact actions per rule, and a lossy-link
+property."""
 
 from __future__ import annotations
 
@@ -12,8 +13,7 @@ from hypothesis import strategies as st
 
 from powergrid.errors import ConfigError, PayloadTooLargeError, UsageError
 from powergrid.events import DeadlineReached, Received, Send
-from powergrid.types import Incarnation, NodeId, node_id
-from powergrid.unicast import (
+from powergrid.protocols.unicast import (
     MAX_UNICAST_PAYLOAD,
     DeliverUnicast,
     PeerGone,
@@ -22,6 +22,7 @@ from powergrid.unicast import (
     UnicastConfig,
     UnicastMachine,
 )
+from powergrid.types import Incarnation, NodeId, node_id
 from powergrid.wire import MAX_DATAGRAM, Nak, UAck, UData, decode, encode
 
 A = node_id("10.0.0.1", 9000)

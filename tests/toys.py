@@ -13,7 +13,7 @@ import attrs
 
 from powergrid.errors import DecodeError
 from powergrid.events import JoinGroup, LeaveGroup, Output, Transmit, TransmitGroup
-from powergrid.transports.fuzz import FuzzNetwork, NodeCrashed, NodeStarted
+from powergrid.sim.fuzz import FuzzNetwork, NodeCrashed, NodeStarted
 from powergrid.types import GroupId, Incarnation, NodeId
 from powergrid.wire import KIND_APP, Data, decode, encode
 

@@ -1,7 +1,7 @@
 """Draw docs/img/market_clearing.png: the worked example's demand curves and clearing point.
 
 Run: ``.venv/bin/python docs/plots/market_clearing.py`` (needs the ``plot`` extra).
-Every number comes from ``powergrid.market``: the same grid, bids and clearing
+Every number comes from ``powergrid.protocols.market``: the same grid, bids and clearing
 as the worked example in docs/protocols/market.md.
 """
 
@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from powergrid.market import Bid, Grid, aggregate, allocate, clear
+from powergrid.protocols.market import Bid, Grid, aggregate, allocate, clear
 
 GRID = Grid(price_min=0.0, price_max=1.0, points=5)
 A = Bid(floor=50, required=100, maximum=200, priority=1)

@@ -1,10 +1,10 @@
 """powergrid: sans-IO group communication for a data-centre smart grid.
 
 Reliable ordered multicast, heartbeat membership, bully election and a power
-market, as pure state machines; transports (``powergrid.transports``) drive
-them over an in-memory network with virtual time, a fault-injecting fuzz
-network, or real UDP multicast with trio. ``import powergrid`` never imports
-trio.
+market, as pure state machines. The simulator (``powergrid.sim``) drives them
+over an in-memory network with virtual time or a fault-injecting fuzz network;
+transports (``powergrid.transports``) over real UDP multicast with trio.
+``import powergrid`` never imports trio.
 """
 
 from powergrid.errors import (

@@ -98,7 +98,7 @@ class Multicast:
 class SendReliable:
     """Send ``message`` to node ``to`` through the reliable unicast channel.
 
-    The node routes it through ``powergrid.unicast`` (as an inner message of
+    The node routes it through ``powergrid.protocols.unicast`` (as an inner message of
     :class:`~powergrid.wire.UData`); the receiving node decodes it and hands it
     to its machines as a :class:`Received` from the original sender.
     """
@@ -193,7 +193,7 @@ def member_maps(members: tuple[Member, ...]) -> tuple[dict[int, Member], dict[in
 
     The answer for the last tuple is kept and given to every caller with the
     same tuple: all members of a group install a view as one tuple of members
-    (see :mod:`powergrid.membership`), so in a simulated data centre the
+    (see :mod:`powergrid.protocols.membership`), so in a simulated data centre the
     machines of every node of a group share these two dicts. A caller that
     needs to change one copies it.
     """

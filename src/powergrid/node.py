@@ -70,7 +70,6 @@ from typing import Any
 import attrs
 
 from powergrid.auth import Authenticator, Keyring
-from powergrid.election import ElectionConfig, ElectionMachine
 from powergrid.errors import ConfigError, DecodeError, UsageError
 from powergrid.events import (
     DeadlineReached,
@@ -89,7 +88,8 @@ from powergrid.events import (
     TransmitGroup,
     ViewChanged,
 )
-from powergrid.market import (
+from powergrid.protocols.election import ElectionConfig, ElectionMachine
+from powergrid.protocols.market import (
     Bid,
     BidChanged,
     BrokerConfig,
@@ -101,16 +101,22 @@ from powergrid.market import (
     SteppedDown,
     SupplyChanged,
 )
-from powergrid.membership import (
+from powergrid.protocols.membership import (
     Join,
     Leave,
     MemberRemoved,
     MembershipConfig,
     MembershipMachine,
 )
-from powergrid.multicast import Deliver, MulticastConfig, MulticastMachine, Publish
+from powergrid.protocols.multicast import Deliver, MulticastConfig, MulticastMachine, Publish
+from powergrid.protocols.unicast import (
+    DeliverUnicast,
+    PeerGone,
+    Submit,
+    UnicastConfig,
+    UnicastMachine,
+)
 from powergrid.types import BROKER_GROUP, GroupId, Incarnation, NodeId, node_id
-from powergrid.unicast import DeliverUnicast, PeerGone, Submit, UnicastConfig, UnicastMachine
 from powergrid.wire import (
     KIND_APP,
     Envelope,

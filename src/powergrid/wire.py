@@ -248,7 +248,7 @@ MAX_PAYLOAD = MAX_DATAGRAM - HEADER_SIZE
 
 
 # --------------------------------------------------------------------------
-# Reliable ordered multicast (powergrid.multicast)
+# Reliable ordered multicast (powergrid.protocols.multicast)
 
 
 @_layout("QB", tail="payload")
@@ -361,7 +361,7 @@ class Stable(Message):
 
 
 # --------------------------------------------------------------------------
-# Reliable unicast (powergrid.unicast)
+# Reliable unicast (powergrid.protocols.unicast)
 
 
 @_layout("QQB", tail="payload")
@@ -399,7 +399,7 @@ class UAck(Message):
 
 
 # --------------------------------------------------------------------------
-# Membership (powergrid.membership): type codes 16-31
+# Membership (powergrid.protocols.membership): type codes 16-31
 
 
 @_layout("IQ")
@@ -550,7 +550,7 @@ class ViewPart(Message):
 
 
 # --------------------------------------------------------------------------
-# Election (powergrid.election): type codes 32-47
+# Election (powergrid.protocols.election): type codes 32-47
 
 
 @_layout("Ii")
@@ -605,7 +605,7 @@ class Fenced(Message):
 
 
 # --------------------------------------------------------------------------
-# Market (powergrid.market): type codes 48-63
+# Market (powergrid.protocols.market): type codes 48-63
 
 
 class Corner(NamedTuple):

@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 :class:`Simulation` builds one :class:`~powergrid.node.Node` per server on a
-:class:`~powergrid.transports.fuzz.FuzzNetwork` (the scenario's latency,
+:class:`~powergrid.sim.fuzz.FuzzNetwork` (the scenario's latency,
 jitter, loss and duplication are its link faults) and drives virtual time
 with its own agenda of timed jobs, run between ``network.run_until`` calls:
 
@@ -20,7 +20,7 @@ with its own agenda of timed jobs, run between ``network.run_until`` calls:
 
 Everything the nodes notify goes through one observer that records
 elections, membership changes and market rounds, and feeds the invariants
-(:class:`~powergrid.harness.Invariant`: ``observe``/``check``/``check_final``).
+(:class:`~powergrid.sim.harness.Invariant`: ``observe``/``check``/``check_final``).
 :class:`MarketGuarantee` is always on; others are passed in (see
 :func:`default_invariants`). A run is a pure function of the scenario: the
 same scenario and seed give the same records and the same trace hash. Wall
@@ -54,13 +54,11 @@ import attrs
 from powergrid import wire
 from powergrid.errors import DecodeError
 from powergrid.events import LeaderElected, LeaderLost, ViewChanged
-from powergrid.harness import Invariant, Violation, watches
-from powergrid.market import Bid, MarketCleared, PriceUpdated, Regime
-from powergrid.market.client import AllocationChanged
-from powergrid.membership import MemberRemoved
 from powergrid.node import Node, NodeConfig
-from powergrid.sim.scenario import DemandModel, Failure, Scenario
-from powergrid.transports.fuzz import (
+from powergrid.protocols.market import Bid, MarketCleared, PriceUpdated, Regime
+from powergrid.protocols.market.client import AllocationChanged
+from powergrid.protocols.membership import MemberRemoved
+from powergrid.sim.fuzz import (
     Delay,
     FuzzNetwork,
     LinkFaults,
@@ -68,7 +66,9 @@ from powergrid.transports.fuzz import (
     NodeStarted,
     split_rng,
 )
-from powergrid.transports.memory import Trace
+from powergrid.sim.harness import Invariant, Violation, watches
+from powergrid.sim.memory import Trace
+from powergrid.sim.scenario import DemandModel, Failure, Scenario
 from powergrid.types import BROKER_GROUP, Incarnation, NodeId, node_id
 
 __all__ = [
@@ -248,7 +248,7 @@ class MarketGuarantee:
       shortage, gets at least its required power;
     * every price lies on the grid's range.
 
-    Follows :class:`~powergrid.harness.Invariant`; ``bid_of(node)`` returns a
+    Follows :class:`~powergrid.sim.harness.Invariant`; ``bid_of(node)`` returns a
     live node's current bid.
     """
 
@@ -310,7 +310,7 @@ _SAFETY = (
     "PriceBounds",
     "StaleEpochRefused",
 )
-"""Invariants of :mod:`powergrid.invariants` that hold at every moment of any scenario."""
+"""Invariants of :mod:`powergrid.sim.invariants` that hold at every moment of any scenario."""
 
 _FINAL = ("MembersRemoved", "MembershipConverges", "ElectionsConverge", "PricesFresh")
 """Convergence invariants: checked only when the scenario ends with a quiet tail."""
@@ -338,7 +338,7 @@ def settled_at(s: Scenario) -> float | None:
 
 
 def default_invariants(sim: Simulation) -> list[Invariant]:
-    """The checkers of :mod:`powergrid.invariants` that apply to a simulation.
+    """The checkers of :mod:`powergrid.sim.invariants` that apply to a simulation.
 
     The safety ones (:data:`_SAFETY`) always; the convergence ones
     (:data:`_FINAL`) when the scenario :func:`settled_at` a time. The
@@ -347,7 +347,7 @@ def default_invariants(sim: Simulation) -> list[Invariant]:
     (always on) takes their place. Returns [] if the library is missing.
     """
     try:
-        mod: Any = importlib.import_module("powergrid.invariants")
+        mod: Any = importlib.import_module("powergrid.sim.invariants")
     except ImportError:
         return []
     s = sim.scenario

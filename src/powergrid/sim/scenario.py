@@ -24,7 +24,7 @@ from typing import Any
 import attrs
 
 from powergrid.errors import ConfigError
-from powergrid.market import Bid
+from powergrid.protocols.market import Bid
 
 __all__ = [
     "ACTIONS",

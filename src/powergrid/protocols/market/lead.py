@@ -5,7 +5,7 @@ Theory of operation
 **Guarantees.** While this node is the lead broker (``LeaderElected`` of the
 broker group names it), every ``round_interval`` seconds it sums the latest
 aggregate of every cluster heard from within ``aggregate_timeout``, clears them
-once against the usable supply ``S`` (:func:`~powergrid.market.clearing.clear`,
+once against the usable supply ``S`` (:func:`~powergrid.protocols.market.clearing.clear`,
 with hysteresis from the previous round), and multicasts round ``round``'s
 :class:`~powergrid.wire.Clearing` to the broker group, stamped with its epoch
 (brokers refuse older epochs). The clearing names, for each cluster, the
@@ -63,8 +63,8 @@ from powergrid import wire
 from powergrid._dispatch import Dispatching
 from powergrid.errors import ConfigError, UsageError
 from powergrid.events import DeadlineReached, LeaderElected, Multicast, Received
-from powergrid.market.bids import DEFAULT_GRID, Grid
-from powergrid.market.clearing import (
+from powergrid.protocols.market.bids import DEFAULT_GRID, Grid
+from powergrid.protocols.market.clearing import (
     ClearingResult,
     Regime,
     Totals,

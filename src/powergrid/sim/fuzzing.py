@@ -2,19 +2,19 @@
 
 Theory of operation
 -------------------
-:func:`datacentre` returns a :data:`~powergrid.harness.Build`: from the run's
+:func:`datacentre` returns a :data:`~powergrid.sim.harness.Build`: from the run's
 ``system`` random stream it draws a small data centre (1-3 clusters of 3-5
 real :class:`~powergrid.node.Node` s, at least one broker-capable node per
 cluster, ranks, bids, and a usable supply that gives a surplus, a normal
 market, a shortage or a deep shortage), and wraps each node in an
 :class:`App` that multicasts numbered payloads to its cluster every 0.1-0.4
 s (drawn per node) until ``publish_until`` and reports each one as a
-:class:`~powergrid.invariants.Published` notification. Restarted nodes come
+:class:`~powergrid.sim.invariants.Published` notification. Restarted nodes come
 back through the same factory with the next incarnation and a fresh
 ``random.Random`` derived from the run's seed, so a seed replays bit for bit.
 
-:func:`run_datacentre` runs one seed through :func:`powergrid.harness.run_seed`
-with :func:`powergrid.invariants.all_invariants`: a safety phase of
+:func:`run_datacentre` runs one seed through :func:`powergrid.sim.harness.run_seed`
+with :func:`powergrid.sim.invariants.all_invariants`: a safety phase of
 ``safety_s`` (5 s by default) under the seed's drawn faults, then a liveness
 phase of ``liveness_s`` (10 s): everything heals, and the run must converge
 (elections, views, multicast delivery, fresh prices) within that bound. The
@@ -43,8 +43,11 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from powergrid.events import Output
-from powergrid.harness import RunResult, System, run_seed
-from powergrid.invariants import (
+from powergrid.node import Node, NodeConfig
+from powergrid.protocols.market import Bid
+from powergrid.sim.fuzz import replay_command
+from powergrid.sim.harness import RunResult, System, run_seed
+from powergrid.sim.invariants import (
     Bounds,
     DataCentre,
     NodeSpec,
@@ -52,9 +55,6 @@ from powergrid.invariants import (
     all_invariants,
     app_payload,
 )
-from powergrid.market import Bid
-from powergrid.node import Node, NodeConfig
-from powergrid.transports.fuzz import replay_command
 from powergrid.types import GroupId, Incarnation, NodeId, node_id
 
 __all__ = [
@@ -79,7 +79,7 @@ class App:
     """An :class:`~powergrid.events.Endpoint`: a node plus an app that multicasts to its cluster.
 
     Every ``interval`` seconds (the first after a random fraction of it),
-    until ``until``, it multicasts the next :func:`~powergrid.invariants.app_payload`
+    until ``until``, it multicasts the next :func:`~powergrid.sim.invariants.app_payload`
     and returns a :class:`Published` notification with the number the
     multicast machine gave it.
     """
@@ -236,7 +236,7 @@ def datacentre(
 
 
 def invariants(system: System) -> list[Any]:
-    """Every invariant of :mod:`powergrid.invariants`, fresh, for ``system``."""
+    """Every invariant of :mod:`powergrid.sim.invariants`, fresh, for ``system``."""
     assert isinstance(system.info, DataCentre)
     return all_invariants(system.info)
 

@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-A bid enters the market as its *ladder* (see :mod:`powergrid.market.bids`):
+A bid enters the market as its *ladder* (see :mod:`powergrid.protocols.market.bids`):
 ``L_0 = m``, ``L_k = floor(d(p_{k-1}))`` for the ``G`` grid prices, ``L_{G+1} = r``,
 never rising. Summing ladders gives the :class:`Totals` ``A_0 = sum m >= A_1 >= ...
 >= A_{G+1} = sum r``, plus ``(sum h, sum r, sum m)`` per priority class. Brokers
@@ -47,7 +47,7 @@ import attrs
 
 from powergrid import wire
 from powergrid.errors import UsageError
-from powergrid.market.bids import MAX_PRIORITY, Bid, Grid
+from powergrid.protocols.market.bids import MAX_PRIORITY, Bid, Grid
 
 __all__ = [
     "FILL_ONE",

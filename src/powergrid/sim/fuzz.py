@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-:class:`FuzzNetwork` is a :class:`~powergrid.transports.memory.MemoryNetwork`
+:class:`FuzzNetwork` is a :class:`~powergrid.sim.memory.MemoryNetwork`
 whose links and processes misbehave. Everything it does is a function of its
 ``seed``: the same seed and the same endpoints replay the same run, bit for
 bit (compare :attr:`Trace.hexdigest`).
@@ -39,7 +39,7 @@ schedule built by Hypothesis may be nonsense and must still run.
 
 *Fault schedules are data.* :class:`FaultSchedule` is a tuple of timed steps.
 :meth:`FaultSchedule.draw` draws one from a seed and :class:`FaultOptions`;
-Hypothesis builds them too (``powergrid.harness.schedules``) so a failure
+Hypothesis builds them too (``powergrid.sim.harness.schedules``) so a failure
 shrinks to a minimal schedule. :meth:`FaultSchedule.to_python` prints it as
 code to paste into a test. :class:`FaultOptions` are the swarm-testing knobs:
 :meth:`FaultOptions.draw` turns a random subset of fault kinds on, at a
@@ -61,7 +61,7 @@ import attrs
 
 from powergrid.errors import ConfigError, UsageError
 from powergrid.events import Endpoint
-from powergrid.transports.memory import MemoryNetwork, Observer, Trace
+from powergrid.sim.memory import MemoryNetwork, Observer, Trace
 from powergrid.types import Incarnation, NodeId
 
 __all__ = [
@@ -471,7 +471,7 @@ class FaultSchedule:
     def to_python(self, indent: str = "") -> str:
         """The schedule as a Python expression to paste into a test.
 
-        It needs ``from powergrid.transports.fuzz import *`` (every step class
+        It needs ``from powergrid.sim.fuzz import *`` (every step class
         and :class:`FaultSchedule` are exported).
         """
         if not self.steps:

@@ -2,9 +2,9 @@
 
 Theory of operation
 -------------------
-**Guarantees.** The client reports its latest :class:`~powergrid.market.bids.Bid`
+**Guarantees.** The client reports its latest :class:`~powergrid.protocols.market.bids.Bid`
 to its cluster's broker, and turns each fresh price into its allocation (watts,
-an int) with :func:`~powergrid.market.clearing.allocate`, applied to the bid the
+an int) with :func:`~powergrid.protocols.market.clearing.allocate`, applied to the bid the
 price actually cleared, so the cluster's allocations never exceed what the
 clearing paid for. It applies only prices of the cluster epoch it follows, the
 one the election named (fencing: an older one is stale; a newer one is early,
@@ -70,8 +70,8 @@ from powergrid import wire
 from powergrid._dispatch import Dispatching
 from powergrid.errors import ConfigError, UsageError
 from powergrid.events import DeadlineReached, LeaderElected, Received, SendReliable
-from powergrid.market.bids import DEFAULT_GRID, Bid, Grid
-from powergrid.market.clearing import ClearingResult, Regime, allocate
+from powergrid.protocols.market.bids import DEFAULT_GRID, Bid, Grid
+from powergrid.protocols.market.clearing import ClearingResult, Regime, allocate
 from powergrid.types import Epoch, GroupId, NodeId, epoch_newer
 
 __all__ = [

@@ -16,10 +16,13 @@ __all__ = ["main"]
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("powergrid.simulate", "simulate the default data centre (what `make demo` runs)"),
-    "simulate": ("powergrid.simulate", "simulate a data centre from options or a TOML scenario"),
-    "fuzz": ("powergrid.fuzzing", "run seeded fault-injection runs and check the invariants"),
-    "node": ("powergrid.node_cli", "run one real node over UDP multicast"),
+    "demo": ("powergrid.cli.simulate", "simulate the default data centre (what `make demo` runs)"),
+    "simulate": (
+        "powergrid.cli.simulate",
+        "simulate a data centre from options or a TOML scenario",
+    ),
+    "fuzz": ("powergrid.sim.fuzzing", "run seeded fault-injection runs and check the invariants"),
+    "node": ("powergrid.cli.node", "run one real node over UDP multicast"),
 }
 
 

@@ -9,8 +9,8 @@ return (``observe``) and judges the whole network (``check``,
 ``check_final``). :func:`run_seed` runs one seed in two phases:
 
 1. **Safety** for ``safety_s`` virtual seconds: the faults of the run's
-   :class:`~powergrid.transports.fuzz.FaultOptions` (drawn from the seed
-   unless given) and :class:`~powergrid.transports.fuzz.FaultSchedule`
+   :class:`~powergrid.sim.fuzz.FaultOptions` (drawn from the seed
+   unless given) and :class:`~powergrid.sim.fuzz.FaultSchedule`
    (drawn unless given) are in force; every invariant's ``check`` runs after
    every processed event (delivery, timer, fault). The first problem stops
    the run.
@@ -47,7 +47,7 @@ from typing import IO, TYPE_CHECKING, Protocol
 import attrs
 
 from powergrid.errors import ConfigError
-from powergrid.transports.fuzz import (
+from powergrid.sim.fuzz import (
     Crash,
     Delay,
     FaultOptions,
@@ -67,7 +67,7 @@ from powergrid.transports.fuzz import (
     replay_command,
     split_rng,
 )
-from powergrid.transports.memory import Trace
+from powergrid.sim.memory import Trace
 from powergrid.types import NodeId
 
 if TYPE_CHECKING:
@@ -211,8 +211,8 @@ class RunResult:
         imports = ", ".join(sorted(names))
         schedule = self.schedule.to_python(indent="    ").lstrip()
         return (
-            f"from powergrid.harness import run_seed\n"
-            f"from powergrid.transports.fuzz import {imports}\n\n\n"
+            f"from powergrid.sim.harness import run_seed\n"
+            f"from powergrid.sim.fuzz import {imports}\n\n\n"
             f"def test_fuzz_seed_{self.seed}() -> None:\n"
             f"    options = {self.options!r}\n"
             f"    schedule = {schedule}\n"

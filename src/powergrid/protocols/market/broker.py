@@ -63,8 +63,8 @@ from powergrid.events import (
     ViewChanged,
     member_maps,
 )
-from powergrid.market.bids import DEFAULT_GRID, Bid, Grid
-from powergrid.market.clearing import (
+from powergrid.protocols.market.bids import DEFAULT_GRID, Bid, Grid
+from powergrid.protocols.market.clearing import (
     ClearingResult,
     Regime,
     Totals,

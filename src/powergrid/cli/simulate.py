@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from powergrid.errors import ConfigError, UsageError
+from powergrid.sim.memory import Trace
 from powergrid.sim.plot import INSTALL_HINT, PlotUnavailable, plot, plot_available
 from powergrid.sim.report import format_summary, sequence_diagram, summary
 from powergrid.sim.runner import Simulation
@@ -36,7 +37,6 @@ from powergrid.sim.scenario import (
     parse_scenario,
     scenario_to_toml,
 )
-from powergrid.transports.memory import Trace
 
 __all__ = [
     "DEMO",

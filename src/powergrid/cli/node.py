@@ -30,9 +30,9 @@ import trio
 from powergrid.auth import ENV_VAR, Keyring
 from powergrid.errors import ConfigError, PowergridError
 from powergrid.events import LeaderElected, ViewChanged
-from powergrid.market import Bid, PriceUpdated
-from powergrid.membership import MemberRemoved, MemberSuspected
 from powergrid.node import MessageDelivered, NodeConfig
+from powergrid.protocols.market import Bid, PriceUpdated
+from powergrid.protocols.membership import MemberRemoved, MemberSuspected
 from powergrid.transports import trio_udp
 from powergrid.transports.trio_udp import UdpConfig, UdpHandle, default_incarnation
 from powergrid.types import format_node

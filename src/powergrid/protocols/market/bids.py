@@ -14,7 +14,7 @@ to ``price_max``. Clearing never looks at a curve between grid points: a bid
 enters the market as its *ladder*, the ``points + 2`` watts
 ``(m, d(p_0), ..., d(p_{G-1}), r)``, each rounded down to a whole watt and
 never rising. Watts are integers so that allocations can be computed exactly
-(see :mod:`powergrid.market.clearing`).
+(see :mod:`powergrid.protocols.market.clearing`).
 """
 
 from __future__ import annotations

@@ -1,14 +1,21 @@
 """The power market: bids, one-pass clearing, and the client, broker and lead-broker machines.
 
-See ``docs/protocols/market.md``. :mod:`~powergrid.market.bids` holds the
-values (bids, the price grid), :mod:`~powergrid.market.clearing` the pure
-clearing functions, and one module per machine: :mod:`~powergrid.market.client`,
-:mod:`~powergrid.market.broker`, :mod:`~powergrid.market.lead`.
+See ``docs/protocols/market.md``. :mod:`~powergrid.protocols.market.bids` holds the
+values (bids, the price grid), :mod:`~powergrid.protocols.market.clearing` the pure
+clearing functions, and one module per machine: :mod:`~powergrid.protocols.market.client`,
+:mod:`~powergrid.protocols.market.broker`, :mod:`~powergrid.protocols.market.lead`.
 """
 
-from powergrid.market.bids import MAX_CORNERS, MAX_GRID_POINTS, MAX_PRIORITY, Bid, Corner, Grid
-from powergrid.market.broker import BrokerConfig, BrokerMachine, BrokerStats
-from powergrid.market.clearing import (
+from powergrid.protocols.market.bids import (
+    MAX_CORNERS,
+    MAX_GRID_POINTS,
+    MAX_PRIORITY,
+    Bid,
+    Corner,
+    Grid,
+)
+from powergrid.protocols.market.broker import BrokerConfig, BrokerMachine, BrokerStats
+from powergrid.protocols.market.clearing import (
     FILL_ONE,
     FLOORS_CUT,
     ClearingResult,
@@ -23,7 +30,7 @@ from powergrid.market.clearing import (
     totals_from_message,
     totals_to_message,
 )
-from powergrid.market.client import (
+from powergrid.protocols.market.client import (
     AllocationChanged,
     BidChanged,
     ClientConfig,
@@ -31,7 +38,7 @@ from powergrid.market.client import (
     ClientStats,
     PriceUpdated,
 )
-from powergrid.market.lead import (
+from powergrid.protocols.market.lead import (
     MAX_CLEARING_ENTRIES,
     LeadBrokerMachine,
     LeadConfig,

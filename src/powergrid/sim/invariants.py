@@ -2,24 +2,24 @@
 
 Theory of operation
 -------------------
-Each class here follows :class:`powergrid.harness.Invariant`: it watches the
+Each class here follows :class:`powergrid.sim.harness.Invariant`: it watches the
 notifications of every node (``observe``, cheap, records), reports broken
 safety properties from ``check`` (after every processed event) and judges
 convergence in ``check_final`` (once, after the liveness phase). They are
 written against a data centre of real :class:`~powergrid.node.Node` s described
 by :class:`DataCentre` (the ``info`` of the harness's
-:class:`~powergrid.harness.System`); :func:`all_invariants` makes a fresh
+:class:`~powergrid.sim.harness.System`); :func:`all_invariants` makes a fresh
 set for one run.
 
 What the invariants need from the system under test:
 
-* the network's :class:`~powergrid.transports.fuzz.NodeStarted` /
-  :class:`~powergrid.transports.fuzz.NodeCrashed` (which life of a node runs);
+* the network's :class:`~powergrid.sim.fuzz.NodeStarted` /
+  :class:`~powergrid.sim.fuzz.NodeCrashed` (which life of a node runs);
 * the node's notifications (``ViewChanged``, ``LeaderElected``,
   ``MemberRemoved``, ``ElectionStarted``, ``MessageDelivered``,
   ``PriceUpdated``);
 * :class:`Published`, returned by the application wrapper each time it
-  multicasts (``powergrid.fuzzing.App``): the multicast invariants can only
+  multicasts (``powergrid.sim.fuzzing.App``): the multicast invariants can only
   tell "delivered" from "delivered although never sent" if they see the
   sends. Application payloads carry ``(origin, incarnation, n)``
   (:func:`app_payload`) so a delivery names the life it came from;
@@ -45,13 +45,13 @@ from typing import Any, Protocol
 
 import attrs
 
-from powergrid.election import ElectionStarted
 from powergrid.events import LeaderElected, ViewChanged
-from powergrid.market import Bid, Grid
-from powergrid.market.client import PriceUpdated
-from powergrid.membership import Left, MemberRemoved
 from powergrid.node import MessageDelivered, Node
-from powergrid.transports.fuzz import FuzzNetwork, NodeCrashed, NodeStarted
+from powergrid.protocols.election import ElectionStarted
+from powergrid.protocols.market import Bid, Grid
+from powergrid.protocols.market.client import PriceUpdated
+from powergrid.protocols.membership import Left, MemberRemoved
+from powergrid.sim.fuzz import FuzzNetwork, NodeCrashed, NodeStarted
 from powergrid.types import BROKER_GROUP, GroupId, Incarnation, NodeId, format_node
 
 __all__ = [
