@@ -23,6 +23,8 @@ from powergrid.types import Epoch, NodeId, epoch_newer
 
 __all__ = ["Leadership", "Verdict"]
 
+_NONE = Epoch(0)  # "no epoch yet": older than every real epoch
+
 
 class Verdict(enum.Enum):
     """What an announcement ``(leader, epoch)`` is to the record that hears it."""
@@ -48,7 +50,7 @@ class Leadership:
 
     __slots__ = ("epoch", "leader")
 
-    def __init__(self, leader: NodeId | None = None, epoch: Epoch = Epoch(0)) -> None:
+    def __init__(self, leader: NodeId | None = None, epoch: Epoch = _NONE) -> None:
         self.leader = leader
         self.epoch = epoch
 
