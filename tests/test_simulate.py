@@ -534,3 +534,19 @@ def test_leader_elected_of_lower_epoch_is_not_an_election() -> None:
     assert [(e.t, e.epoch, e.leader, e.leaderless_s) for e in sim._elections] == [(1.0, 2, b, 1.0)]
     assert sim.leader(1) == b
     assert isinstance(Scenario(), Scenario)
+
+
+@pytest.mark.parametrize("name", ["out.txt", "plot"])
+def test_bad_plot_path_is_one_line_before_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    """Issue 19: a --plot name matplotlib cannot write (a .txt, a directory) exits 2
+    with one line on stderr, before the run (nothing on stdout, no file made)."""
+    (tmp_path / "plot").mkdir()
+    path = tmp_path / name
+    status, out, err = run_cli(
+        capsys, "simulate", "--nodes", "2", "--duration", "2", "--plot", str(path)
+    )
+    assert status == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith(f"powergrid simulate: --plot {path}: ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plot"]

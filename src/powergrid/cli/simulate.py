@@ -24,9 +24,10 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from powergrid.cli import progress_wanted
 from powergrid.errors import ConfigError, UsageError
 from powergrid.sim.memory import Trace
-from powergrid.sim.plot import INSTALL_HINT, PlotUnavailable, plot, plot_available
+from powergrid.sim.plot import INSTALL_HINT, PlotUnavailable, check_path, plot, plot_available
 from powergrid.sim.report import format_summary, sequence_diagram, summary
 from powergrid.sim.runner import Simulation
 from powergrid.sim.scenario import (
@@ -222,9 +223,7 @@ class _Progress:
 
 
 def _progress(mode: str) -> _Progress | None:
-    if mode == "on" or (mode == "auto" and sys.stderr.isatty()):
-        return _Progress(sys.stderr)
-    return None
+    return _Progress(sys.stderr) if progress_wanted(mode) else None
 
 
 def _replay(scenario: Scenario, out_dir: Path) -> str:
@@ -239,6 +238,10 @@ def _replay(scenario: Scenario, out_dir: Path) -> str:
 
 
 def _execute(scenario: Scenario, args: argparse.Namespace, out_dir: Path, demo: bool) -> int:
+    if args.plot:
+        check_path(args.plot)  # a bad name fails now, not after the run
+        if not demo and not plot_available():
+            raise PlotUnavailable(f"plots need matplotlib, which is not installed: {INSTALL_HINT}")
     trace_file = None
     trace = None
     try:
