@@ -651,3 +651,20 @@ def test_bad_plot_path_is_one_line_before_the_run(
     assert status == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith(f"powergrid simulate: --plot {path}: ")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plot"]
+
+
+def test_a_supply_of_zero_is_warned(capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 19: brokers with no supply hand every server allocation 0; the summary
+    warns before the run (text) and lists it under `warnings` (JSON)."""
+    small = ("--clusters", "2", "--nodes", "2", "--duration", "3")
+    status, out, _ = run_cli(capsys, "simulate", *small, "--supply", "0")
+    assert status == 0
+    head = " ".join(out.split("What happened:")[0].split())
+    assert "WARNING The supply is 0 W from 0 s: the broker-capable servers have no supply" in head
+    status, out, _ = run_cli(capsys, "simulate", *small, "--supply", "0", "--json")
+    assert json.loads(out)["warnings"] == [
+        "the supply is 0 W from 0 s: the broker-capable servers have no supply, so while it "
+        "lasts the lead broker gives every server allocation 0 (a shortage)"
+    ]
+    status, out, _ = run_cli(capsys, "simulate", *small, "--json")
+    assert json.loads(out)["warnings"] == []

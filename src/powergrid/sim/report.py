@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from powergrid.sim.runner import SimResult, quiet_message, server_name
-from powergrid.sim.story import format_header, format_items, story_items
+from powergrid.sim.story import format_header, format_items, story_items, warnings
 from powergrid.types import BROKER_GROUP, format_node
 
 __all__ = ["format_summary", "group_name", "sequence_diagram", "summary"]
@@ -47,6 +47,7 @@ def summary(r: SimResult) -> dict[str, Any]:
             "failures": len(s.failures),
         },
         "seed": s.seed,
+        "warnings": warnings(s),
         "violations": [
             {
                 "invariant": v.invariant,

@@ -26,7 +26,15 @@ from powergrid.sim.runner import Election, Round, SimResult, server_name
 from powergrid.sim.scenario import Failure, Scenario
 from powergrid.types import BROKER_GROUP
 
-__all__ = ["format_header", "format_items", "markdown", "scenario_items", "story_items", "title"]
+__all__ = [
+    "format_header",
+    "format_items",
+    "markdown",
+    "scenario_items",
+    "story_items",
+    "title",
+    "warnings",
+]
 
 Item = tuple[str, str]
 """``(label, text)``: a label (``"supply"``, ``"10.00 s"``) and a sentence or two."""
@@ -104,6 +112,24 @@ def _supply(s: Scenario) -> str:
     return ", ".join(steps)
 
 
+def warnings(s: Scenario) -> list[str]:
+    """What in the scenario will hurt, said before the run: today, a supply of 0 W (the
+    broker-capable servers have nothing to hand out: a lead broker then gives every
+    server allocation 0, a shortage)."""
+    sp = s.supply
+    if sp.profile == "constant":
+        zero = [0.0] if s.supply_at(0.0) == 0 else []
+    elif sp.profile in ("steps", "file"):
+        zero = [t for t, w in sp.steps if w == 0]
+    else:
+        zero = [0.0] if sp.base == 0 and sp.peak == 0 else []
+    return [
+        f"the supply is 0 W from {t:g} s: the broker-capable servers have no supply, so "
+        "while it lasts the lead broker gives every server allocation 0 (a shortage)"
+        for t in zero
+    ]
+
+
 def scenario_items(s: Scenario) -> list[Item]:
     """What the run is: servers, network, demand, supply, failures (from the scenario)."""
     d = s.demand
@@ -141,6 +167,7 @@ def scenario_items(s: Scenario) -> list[Item]:
         items += [("failures", "; ".join(_failure(f) for f in s.failures) + ".")]
     else:
         items += [("failures", "none scheduled.")]
+    items += [("WARNING", w[0].upper() + w[1:] + ".") for w in warnings(s)]
     return items
 
 
