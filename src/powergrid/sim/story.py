@@ -22,7 +22,7 @@ import re
 import textwrap
 from collections.abc import Sequence
 
-from powergrid.sim.runner import Election, Round, SimResult, server_name
+from powergrid.sim.runner import Election, Marker, Round, SimResult, server_name
 from powergrid.sim.scenario import Failure, Scenario
 from powergrid.types import BROKER_GROUP
 
@@ -171,6 +171,34 @@ def scenario_items(s: Scenario) -> list[Item]:
     return items
 
 
+def _marker(m: Marker) -> str:
+    """A scheduled event that happened, as a sentence without its final stop."""
+    who = server_name(m.node) if m.node else "nobody"
+    kind, _, rest = m.what.partition(" x")
+    if m.what == "crash lead broker":
+        return f"The lead broker {who} crashed"
+    if m.what == "crash broker":
+        return f"{who}, the {_role(m.group)}, crashed"
+    if m.what == "crash":
+        return f"Server {who} crashed"
+    if m.what == "restart":
+        return f"Server {who} restarted (a new life of the same id)"
+    if m.what in ("partition", "isolate"):
+        cut = f"cluster {m.group}" if m.what == "partition" else "a server"
+        until = f" until {_s(m.until)}" if m.until is not None else ""
+        return f"The network cut {cut} off{until}; each side may elect its own lead broker"
+    if m.what == "heal":
+        return "The network healed: every partition ended"
+    where = "every cluster" if m.group <= 0 else f"cluster {m.group}"
+    if kind == "join":
+        return f"{rest} new server(s) joined {where}"
+    if kind == "leave":
+        return f"{rest} server(s) of {where} left gracefully"
+    if m.what.startswith("loss "):
+        return f"Datagram loss became {_pct(float(m.what[5:]))}"
+    return m.what[0].upper() + m.what[1:]
+
+
 def _first_round_after(rounds: Sequence[Round], t: float, supply: int) -> Round | None:
     return next((rd for rd in rounds if rd.t >= t and rd.supply == supply), None)
 
@@ -234,20 +262,7 @@ def story_items(r: SimResult) -> list[Item]:
     # scheduled failures and the elections up to the next one
     for i, m in enumerate(markers):
         end = markers[i + 1].t if i + 1 < len(markers) else s.duration + 1
-        who = f" {server_name(m.node)}" if m.node else ""
-        if m.what == "crash lead broker":
-            what = f"The lead broker{who} crashed"
-        elif m.what == "crash broker":
-            what = f"The {_role(m.group)}{who} crashed"
-        elif m.what == "restart":
-            what = f"Server{who} restarted (a new life of the same id)"
-        elif m.what in ("partition", "isolate"):
-            cut = f"cluster {m.group}" if m.what == "partition" else "a server"
-            what = f"The network cut {cut} off" + (
-                f" until {_s(m.until)}" if m.until is not None else ""
-            )
-        else:
-            what = m.what[0].upper() + m.what[1:]
+        what = _marker(m)
         after = [e for e in elections if m.t <= e.t < end]
         clauses = _elections_text(after, previous)
         text = what + "." + (" Then " + _sentence(clauses) if clauses else "")
@@ -310,8 +325,9 @@ def _outcome(r: SimResult) -> str:
     if r.overcommit_s:
         parts.append(
             f"between rounds the caps the servers held added up to more than the supply for "
-            f"{r.overcommit_s:.2f} s (by at most {r.overcommit_max} W): a server whose price "
-            "datagram was lost keeps its previous cap until the next round"
+            f"{r.overcommit_s:.2f} s (by at most {r.overcommit_max} W): the caps come from "
+            "different rounds, and a server whose price datagram was lost, or that had not yet "
+            "heard the round after a supply step, keeps its previous cap until the next round"
         )
     if r.stale_rounds:
         parts.append(
