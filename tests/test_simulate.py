@@ -34,6 +34,7 @@ from powergrid.sim.scenario import (
     parse_scenario,
     scenario_to_toml,
 )
+from powergrid.sim.story import story_items
 from powergrid.types import BROKER_GROUP, Epoch, GroupId, NodeId
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "scenarios"
@@ -668,3 +669,19 @@ def test_a_supply_of_zero_is_warned(capsys: pytest.CaptureFixture[str]) -> None:
     ]
     status, out, _ = run_cli(capsys, "simulate", *small, "--json")
     assert json.loads(out)["warnings"] == []
+
+
+def test_the_story_words_every_scheduled_event() -> None:
+    """Issue 19: joins, leaves, crashes and loss changes read as sentences, not as the
+    runner's marker names (`join x6`, `loss 0.05`)."""
+    result = Simulation(load_scenario(EXAMPLES / "churn.toml")).run()
+    text = " ".join(text for _, text in story_items(result))
+    for part in (
+        "6 new server(s) joined every cluster.",
+        "4 server(s) of every cluster left gracefully.",
+        "Server c2.3 crashed.",
+        "Datagram loss became 5%.",
+        "The supply rose from 1200 W to 2200 W.",
+    ):
+        assert part in text, part
+    assert "Join x" not in text and "Loss 0" not in text
