@@ -1,18 +1,32 @@
 # Two commands on a fresh clone: `make demo` and `make test`.
+# `make demo` installs only what the demo needs (the package and the plot extra);
+# `make test` (and lint, typecheck, bench) install the test and dev extras as well.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEMO_STAMP := $(VENV)/.installed-demo
 
 .PHONY: demo test lint typecheck pytest bench clean
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
+	@echo "make: creating the virtual environment $(VENV) (python -m venv) ..."
 	$(PYTHON) -m venv $(VENV)
+
+# the demo: powergrid itself and matplotlib for the plot
+$(DEMO_STAMP): pyproject.toml | $(BIN)/python
+	@echo "make: installing what the demo needs into $(VENV): powergrid and its plot extra (matplotlib) ..."
+	$(BIN)/python -m pip install --quiet -e '.[plot]'
+	touch $(DEMO_STAMP)
+
+# everything else: pytest, hypothesis (test), ruff, mypy, import-linter (dev)
+$(STAMP): pyproject.toml | $(BIN)/python
+	@echo "make: installing the test and dev tools into $(VENV): powergrid with its test, dev and plot extras (pytest, hypothesis, ruff, mypy, import-linter, matplotlib) ..."
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test,dev,plot]'
-	touch $(STAMP)
+	touch $(STAMP) $(DEMO_STAMP)
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(BIN)/python -m powergrid demo
 
 lint: $(STAMP)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from powergrid import node
 from powergrid.cli import main
 from powergrid.protocols.multicast import Deliver, MulticastMachine
+from powergrid.sim.fuzzing import MAX_NODES
 
 GOOD, BAD = 4, 0
 """Seeds of the 3-server data centre: GOOD passes; BAD is broken by a planted bug."""
@@ -24,12 +26,61 @@ class DeliverTwice(MulticastMachine):
 
 
 def test_seeds_summary_and_progress(capsys: pytest.CaptureFixture[str]) -> None:
-    """A clean range exits 0 with a summary on stdout and a progress bar on stderr."""
-    assert main(["fuzz", "--seeds", "1", "--start", str(GOOD), "--nodes", "3"]) == 0
+    """A clean range exits 0 with a summary on stdout; --progress on draws the bar on stderr."""
+    args = ["fuzz", "--seeds", "1", "--start", str(GOOD), "--nodes", "3"]
+    assert main([*args, "--progress", "on"]) == 0
     out, err = capsys.readouterr()
     assert out.startswith(f"1 seeds ({GOOD}..{GOOD}), 0 with violations")
     assert "faults:" in out and "messages delivered:" in out and "wall time:" in out
     assert "[" in err and "1/1 seeds" in err
+
+
+def test_progress_only_on_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 19: stderr that is not a terminal (here a capture) gets no \\r frames."""
+    assert main(["fuzz", "--seeds", "2", "--start", str(GOOD), "--nodes", "3"]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("2 seeds")
+    assert err == ""
+
+
+def test_a_replay_carries_every_option_and_fails_again(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Issue 19: `fuzz --liveness 1` fails seed 0 (too short to converge); the replay it
+    prints names --liveness and --nodes, and running it fails the same way."""
+    args = ["fuzz", "--seeds", "1", "--nodes", "3", "--safety", "2", "--liveness", "1"]
+    assert main([*args, "--json"]) == 1
+    v = json.loads(capsys.readouterr().out)["violations"][0]
+    assert v["replay"] == "powergrid fuzz --replay 0 --nodes 3 --safety 2.0 --liveness 1.0"
+    assert main([*shlex.split(v["replay"])[1:], "--json"]) == 1
+    again = json.loads(capsys.readouterr().out)["violations"][0]
+    assert (again["invariant"], again["detail"]) == (v["invariant"], v["detail"])
+
+
+def test_the_printed_test_runs_as_it_is(capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 19: the pytest test a failing replay prints runs pasted into an empty
+    module (no NameError for build or invariants) and fails with the same violation."""
+    assert main(["fuzz", "--replay", "0", "--nodes", "3", "--liveness", "1"]) == 1
+    out = capsys.readouterr().out
+    first = out.index("from powergrid.sim.harness import run_seed")
+    code = out[first : out.index("trace sha256")]
+    invariant = out.split("FAIL seed 0: ", 1)[1].split(" at ", 1)[0]
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "test_pasted.py", "exec"), namespace)
+    with pytest.raises(AssertionError, match=invariant):
+        namespace["test_fuzz_seed_0"]()
+
+
+@pytest.mark.parametrize("nodes", ["0", "100000"])
+def test_bad_node_count_is_one_line_before_the_run(
+    capsys: pytest.CaptureFixture[str], nodes: str
+) -> None:
+    """Issue 19: --nodes outside 1..MAX_NODES exits 2 with one line naming the bound."""
+    assert main(["fuzz", "--seeds", "1000", "--nodes", nodes]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.count("\n") == 1
+    assert err.startswith(f"powergrid fuzz: --nodes {nodes}: give 1..{MAX_NODES} servers")
 
 
 def test_json_names_each_violation_with_its_replay(

@@ -9,19 +9,23 @@ process in a ``finally``.
 
 from __future__ import annotations
 
+import json
+import re
 import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from powergrid import cli
-from powergrid.cli.node import build_configs, describe
+from powergrid.cli.node import COMMANDS, EVENTS, build_configs, describe, joined, supply_warning
 from powergrid.cli.processes import NodeProcesses
-from powergrid.events import LeaderElected, Member, View, ViewChanged
+from powergrid.events import LeaderElected, LeaderLost, Member, View, ViewChanged
 from powergrid.node import MessageDelivered, UnicastDelivered
 from powergrid.protocols.market import PriceUpdated, Regime
 from powergrid.protocols.membership import MemberRemoved, MemberSuspected
@@ -143,6 +147,7 @@ def test_describe_gives_each_event_its_fields() -> None:
             "leader": "127.0.0.1:9002",
             "epoch": 2,
             "members": ["127.0.0.1:9001", "127.0.0.1:9002"],
+            "incarnations": [1, 1],
         },
     )
     assert describe(LeaderElected(group=GroupId(0), leader=B, epoch=Epoch(3))) == (
@@ -163,6 +168,7 @@ def test_describe_gives_each_event_its_fields() -> None:
         "price",
         {
             "group": 1,
+            "broker": None,
             "epoch": 3,
             "round": 5,
             "price": 0.25,
@@ -175,7 +181,17 @@ def test_describe_gives_each_event_its_fields() -> None:
     got = MessageDelivered(group=GroupId(1), sender=A, seq=2, payload=b"hi \xff")
     assert describe(got) == (
         "deliver",
-        {"group": 1, "sender": "127.0.0.1:9001", "seq": 2, "data": "hi \ufffd"},
+        {
+            "group": 1,
+            "sender": "127.0.0.1:9001",
+            "incarnation": None,
+            "seq": 2,
+            "data": "hi \ufffd",
+        },
+    )
+    assert describe(LeaderLost(group=GroupId(1), leader=B, epoch=Epoch(2))) == (
+        "leader_lost",
+        {"group": 1, "leader": "127.0.0.1:9002", "epoch": 2},
     )
     assert describe(MemberSuspected(group=GroupId(1), node=A)) == (
         "suspect",
@@ -308,7 +324,7 @@ def test_readable_lines_and_duration_exit_0() -> None:
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].split()[2] == "started" and "group=1" in lines[0]
-    assert lines[-1].split()[2:] == ["left"]
+    assert lines[-1].split()[2:] == ["left", "reason=duration"]
 
 
 def test_sigterm_leaves_and_exits_0(procs: NodeProcesses) -> None:
@@ -321,3 +337,152 @@ def test_sigterm_leaves_and_exits_0(procs: NodeProcesses) -> None:
     assert procs.procs[name].wait(timeout=5) == 0
     procs.pump(0.5)
     assert procs.lines[name][-1]["event"] == "left"
+    assert procs.lines[name][-1]["reason"] == "signal SIGTERM"
+
+
+def test_joined_lists_the_members_a_view_adds() -> None:
+    """Rule: `joined` names each (member, incarnation) the group's previous view did not
+    list, a restarted member included; nothing for this node's first view of a group."""
+
+    def view(view_id: int, *members: tuple[int, int]) -> View:
+        return View(
+            group=GroupId(1),
+            view_id=view_id,
+            leader=B,
+            epoch=Epoch(1),
+            members=tuple(Member(node=n, incarnation=Incarnation(i)) for n, i in members),
+        )
+
+    first = view(1, (B, 1))
+    assert joined(None, first) == []
+    second = view(2, (A, 5), (B, 1))
+    assert joined(first, second) == [{"group": 1, "member": "127.0.0.1:9001", "incarnation": 5}]
+    assert joined(second, view(3, (A, 6), (B, 1))) == [
+        {"group": 1, "member": "127.0.0.1:9001", "incarnation": 6}
+    ]
+    assert joined(second, view(3, (B, 1))) == []
+
+
+def test_supply_warning_only_for_a_broker_capable_node_without_supply() -> None:
+    """Issue 19: a broker-capable node with --supply 0 is warned; others are not."""
+    warn = supply_warning(build_configs(parse("--port", "9100", "--broker-capable"))[0])
+    assert warn is not None and "--supply 0" in warn and "allocation 0" in warn
+    assert supply_warning(build_configs(parse("--port", "9100"))[0]) is None
+    capable = parse("--port", "9100", "--broker-capable", "--supply", "900")
+    assert supply_warning(build_configs(capable)[0]) is None
+
+
+def test_a_broker_capable_node_without_supply_warns_at_start() -> None:
+    """Issue 19: `powergrid node --broker-capable` (supply 0 by default) prints a warning
+    line after `started` and on stderr."""
+    argv = [sys.executable, "-m", "powergrid", "node", "--port", str(free_port()), "--ttl", "0"]
+    argv += ["--group-port-base", str(free_port()), "--duration", "0.3", "--broker-capable"]
+    done = subprocess.run(argv, capture_output=True, timeout=15, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[1].split()[2] == "warning" and "no supply (--supply 0)" in lines[1]
+    assert done.stderr.startswith("powergrid node: warning: this node may be elected lead")
+
+
+def test_observability_of_real_processes(procs: NodeProcesses) -> None:
+    """Issue 19: every line has `mono` (the host's monotonic clock, comparable across
+    processes); a view lists incarnations; a member that joins later is announced by
+    `joined`; a delivery names the sender's incarnation and a price the cluster's
+    broker; `stats` answers a command (with its id) and comes periodically; commands'
+    ids come back on `ok`, `error` and `left`; a lost leader prints `leader_lost`."""
+    before = time.monotonic()
+    base = free_port()
+    ports = [free_port() for _ in range(3)]
+    common = ["--group", "1", "--ttl", "0", "--group-port-base", str(base)]
+    b = start(
+        procs, ports[1], *common, "--broker-capable", "--rank", "1", "--supply", "500",
+        "--maximum", "300", "--seed", "2",
+    )  # fmt: skip
+    c = start(
+        procs, ports[2], *common, "--broker-capable", "--rank", "2", "--supply", "1000",
+        "--maximum", "300", "--seed", "3",
+    )  # fmt: skip
+    procs.until(
+        lambda: all(last_leader(procs, n, 1) == c for n in (b, c)), 15, "c to lead the cluster"
+    )
+    a = start(
+        procs, ports[0], *common, "--maximum", "300", "--required", "100",
+        "--stats-interval", "0.5", "--seed", "1",
+    )  # fmt: skip
+    names = [a, b, c]
+    procs.until(lambda: bool(procs.events(a, "started")), 10, "a to start")
+    inc = {n: procs.events(n, "started")[0]["incarnation"] for n in names}
+    procs.until(lambda: all(procs.events(n, "joined", member=a) for n in (b, c)), 15, "a to join")
+    for n in (b, c):
+        assert procs.events(n, "joined", member=a)[0] == {
+            **procs.events(n, "joined", member=a)[0],
+            "group": 1,
+            "incarnation": inc[a],
+        }
+    procs.until(lambda: bool(procs.events(a, "price")), 15, "a price at a")
+    view = procs.events(a, "view", group=1)[-1]
+    assert dict(zip(view["members"], view["incarnations"], strict=True)) == inc
+    price = procs.events(a, "price")[-1]
+    assert price["broker"] == c and price["epoch"] >= 1 and price["round"] >= 1
+
+    procs.send(a, {"cmd": "multicast", "data": "hello", "id": 41})
+    procs.send(a, {"cmd": "stats", "id": "s1"})
+    procs.send(a, {"cmd": "bid", "maximum": -1, "id": [1, 2]})
+    procs.until(
+        lambda: bool(procs.events(b, "deliver") and procs.events(a, "error")), 10, "results"
+    )
+    assert procs.events(a, "ok") == [{**procs.events(a, "ok")[0], "cmd": "multicast", "id": 41}]
+    got = procs.events(b, "deliver")[0]
+    assert (got["sender"], got["incarnation"], got["data"]) == (a, inc[a], "hello")
+    answer = procs.events(a, "stats", id="s1")
+    assert len(answer) == 1
+    counters = answer[0]["node_stats"]
+    assert {"malformed", "unauthenticated", "replayed", "received"} <= set(counters)
+    assert counters["received"] > 0 and counters["malformed"] == 0
+    assert answer[0]["udp_stats"]["bad_bundles"] == 0 and answer[0]["udp_stats"]["received"] > 0
+    assert procs.events(a, "error")[0]["id"] == [1, 2]
+    procs.until(
+        lambda: len([e for e in procs.events(a, "stats") if "id" not in e]) >= 2,
+        5,
+        "two periodic stats lines",
+    )
+
+    procs.kill(c)
+    procs.until(
+        lambda: any(procs.events(n, "leader_lost", group=1, leader=c) for n in (a, b)),
+        15,
+        "the loss of c to be noticed",
+    )
+    procs.send(a, {"cmd": "leave", "id": "bye"})
+    assert procs.procs[a].wait(timeout=5) == 0
+    procs.pump(0.5)
+    assert procs.lines[a][-1] == {
+        **procs.lines[a][-1],
+        "event": "left",
+        "reason": "leave command",
+        "id": "bye",
+    }
+    after = time.monotonic()
+    for n in names:
+        for e in procs.lines[n]:
+            assert before <= e["mono"] <= after, e
+            assert e["event"] in EVENTS, e
+    # the processes' clocks agree: c's crash-free lines precede b's leader_lost of c
+    lost = [e["mono"] for n in (a, b) for e in procs.events(n, "leader_lost", leader=c)]
+    assert max(e["mono"] for e in procs.lines[c]) < min(lost)
+
+
+def test_docs_document_every_event_and_command_with_an_example() -> None:
+    """Issue 19: docs/cli.md has a section with an example line for every event the
+    node prints, and every command in its commands table."""
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "cli.md").read_text()
+    events = doc.split("## Events (stdout)", 1)[1].split("## Commands", 1)[0]
+    headings = re.findall(r"^\*\*`(\w+)`\*\* — ", events, flags=re.MULTILINE)
+    assert headings == list(EVENTS)
+    examples = [json.loads(x) for x in re.findall(r"```json\n(.*?)\n```", events, re.DOTALL)]
+    assert [e["event"] for e in examples] == list(EVENTS)
+    for e in examples:
+        assert {"t", "mono", "node", "event"} <= set(e)
+    commands = doc.split("## Commands", 1)[1].split("## Examples", 1)[0]
+    documented = re.findall(r'^\| `\{"cmd": "(\w+)"', commands, flags=re.MULTILINE)
+    assert documented == list(COMMANDS)

@@ -5,8 +5,11 @@ from __future__ import annotations
 import functools
 import gc
 import hashlib
+import importlib.util
 import json
 import random
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,7 @@ from powergrid.sim.scenario import (
     parse_scenario,
     scenario_to_toml,
 )
+from powergrid.sim.story import story_items
 from powergrid.types import BROKER_GROUP, Epoch, GroupId, NodeId
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "scenarios"
@@ -437,7 +441,7 @@ def test_cli_scenario_with_overrides_and_progress(
         capsys, "simulate", "--scenario", str(path), "--duration", "3", "--progress", "on"
     )
     assert status == 0
-    assert out.startswith("== mine: 3 clusters x 2 nodes, 3 s virtual, seed 1 ==")
+    assert out.startswith("== mine: 3 clusters x 2 servers, 3 s of virtual time, seed 1 ==")
     assert "100.0%" in err and err.endswith("\n")
 
 
@@ -498,13 +502,111 @@ def test_demo(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`powergrid demo` runs the default scenario cleanly and writes its outputs."""
     status, out, _ = run_cli(capsys, "demo", "--out", str(tmp_path))
     assert status == 0
-    assert out.startswith("== demo: 4 clusters x 5 nodes, 40 s virtual, seed 1 ==")
+    assert out.startswith("== demo: 4 clusters x 5 servers, 40 s of virtual time, seed 1 ==")
     assert "violations: none" in out and "shortage" in out
     assert (tmp_path / "demo-failover.md").exists()
     if plot_available():
         assert f"plot: {tmp_path / 'demo.png'}" in out
+        assert 'docs/simulator.md, "Reading the demo"' in out
     else:
         assert "pip install 'powergrid[plot]'" in out
+
+
+def test_demo_narrates_its_scenario_and_story(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 19: the demo says what the scenario is (loss, supply steps with times, the
+    crash and the restart) and what happened in plain words, without the jargon."""
+    status, out, _ = run_cli(capsys, "demo", "--out", str(tmp_path))
+    assert status == 0
+    head, story = out.split("What happened:", 1)
+    for part in (
+        "4 clusters of 5 servers",
+        "2% of datagrams are lost",
+        "3500 W from 0 s, 2600 W from 14 s, 1500 W from 20 s, 3000 W from 28 s",
+        "at 10 s the lead broker crashes; it restarts 12 s later, at 22 s",
+    ):
+        assert part in " ".join(head.split()), part
+    flat = " ".join(story.split())
+    assert "10.00 s The lead broker c4.1 crashed." in flat
+    assert "22.00 s Server c4.1 restarted" in flat
+    assert "20.00 s The supply dropped from 2600 W to 1500 W. That is below the" in flat
+    assert "Every invariant held." in flat
+    for jargon in ("sum r", "leaderless", "alloc "):
+        assert jargon not in out, jargon
+
+
+def test_the_story_is_read_from_the_scenario(capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 19: change the scenario and the description changes with it (nothing typed)."""
+    status, out, _ = run_cli(
+        capsys,
+        *("simulate", "--clusters", "2", "--nodes", "3", "--duration", "8", "--loss", "0.05"),
+        *("--supply", "700", "--crash-lead", "6", "--restart-after", "1.5"),
+    )
+    assert status == 0
+    flat = " ".join(out.split())
+    assert "2 clusters of 3 servers" in flat and "5% of datagrams are lost" in flat
+    assert "a constant 700 W" in flat
+    assert "at 6 s the lead broker crashes; it restarts 1.5 s later, at 7.5 s" in flat
+    assert "6.00 s The lead broker" in flat
+
+
+def test_the_scenario_is_printed_before_the_run(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Issue 19: `powergrid demo` says what it runs before running it (no silence)."""
+    from powergrid.cli import simulate as cli_simulate  # noqa: PLC0415
+
+    seen: list[str] = []
+    real = cli_simulate.Simulation.run
+
+    def run(self: Simulation) -> Any:
+        seen.append(capsys.readouterr().out)
+        return real(self)
+
+    monkeypatch.setattr(cli_simulate.Simulation, "run", run)
+    assert main(["demo", "--out", str(tmp_path)]) == 0
+    assert seen[0].startswith("== demo: ") and "What this run is:" in seen[0]
+    assert "What happened:" not in seen[0]
+
+
+def test_reading_the_demo_in_the_docs_matches_the_run() -> None:
+    """Issue 19: docs/simulator.md's run-written section is what the demo run says now
+    (regenerate it with `python docs/demo_section.py`)."""
+    path = Path(__file__).resolve().parent.parent / "docs" / "demo_section.py"
+    spec = importlib.util.spec_from_file_location("demo_section", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    expected = mod.section(mod.demo_run())
+    assert mod.current(mod.DOC.read_text()) == expected
+    assert "2600 W from 14 s" in expected and "The lead broker c4.1 crashed." in expected
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_make_demo_installs_only_what_the_demo_needs(tmp_path: Path) -> None:
+    """Issue 19: `make demo` on a fresh clone installs the package and the plot extra
+    (not pytest, hypothesis, ruff, mypy), and says so first; `make test` the rest."""
+    root = Path(__file__).resolve().parent.parent
+    venv = f"VENV={tmp_path / 'venv'}"
+
+    def plan(target: str) -> list[str]:
+        done = subprocess.run(
+            ["make", "--no-print-directory", "-n", "-C", str(root), target, venv],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return done.stdout.splitlines()
+
+    demo = plan("demo")
+    installs = [line for line in demo if "pip install" in line]
+    assert installs == [f"{tmp_path / 'venv'}/bin/python -m pip install --quiet -e '.[plot]'"]
+    first_install = demo.index(installs[0])
+    assert any(line.startswith("echo") and "installing" in line for line in demo[:first_install])
+    assert demo[-1].endswith("-m powergrid demo")
+    test = [line for line in plan("pytest") if "pip install" in line and "-e" in line]
+    assert test == [f"{tmp_path / 'venv'}/bin/python -m pip install --quiet -e '.[test,dev,plot]'"]
 
 
 def test_demo_matches_shipped_file() -> None:
@@ -534,3 +636,52 @@ def test_leader_elected_of_lower_epoch_is_not_an_election() -> None:
     assert [(e.t, e.epoch, e.leader, e.leaderless_s) for e in sim._elections] == [(1.0, 2, b, 1.0)]
     assert sim.leader(1) == b
     assert isinstance(Scenario(), Scenario)
+
+
+@pytest.mark.parametrize("name", ["out.txt", "plot"])
+def test_bad_plot_path_is_one_line_before_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str
+) -> None:
+    """Issue 19: a --plot name matplotlib cannot write (a .txt, a directory) exits 2
+    with one line on stderr, before the run (nothing on stdout, no file made)."""
+    (tmp_path / "plot").mkdir()
+    path = tmp_path / name
+    status, out, err = run_cli(
+        capsys, "simulate", "--nodes", "2", "--duration", "2", "--plot", str(path)
+    )
+    assert status == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith(f"powergrid simulate: --plot {path}: ")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plot"]
+
+
+def test_a_supply_of_zero_is_warned(capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 19: brokers with no supply hand every server allocation 0; the summary
+    warns before the run (text) and lists it under `warnings` (JSON)."""
+    small = ("--clusters", "2", "--nodes", "2", "--duration", "3")
+    status, out, _ = run_cli(capsys, "simulate", *small, "--supply", "0")
+    assert status == 0
+    head = " ".join(out.split("What happened:")[0].split())
+    assert "WARNING The supply is 0 W from 0 s: the broker-capable servers have no supply" in head
+    status, out, _ = run_cli(capsys, "simulate", *small, "--supply", "0", "--json")
+    assert json.loads(out)["warnings"] == [
+        "the supply is 0 W from 0 s: the broker-capable servers have no supply, so while it "
+        "lasts the lead broker gives every server allocation 0 (a shortage)"
+    ]
+    status, out, _ = run_cli(capsys, "simulate", *small, "--json")
+    assert json.loads(out)["warnings"] == []
+
+
+def test_the_story_words_every_scheduled_event() -> None:
+    """Issue 19: joins, leaves, crashes and loss changes read as sentences, not as the
+    runner's marker names (`join x6`, `loss 0.05`)."""
+    result = Simulation(load_scenario(EXAMPLES / "churn.toml")).run()
+    text = " ".join(text for _, text in story_items(result))
+    for part in (
+        "6 new server(s) joined every cluster.",
+        "4 server(s) of every cluster left gracefully.",
+        "Server c2.3 crashed.",
+        "Datagram loss became 5%.",
+        "The supply rose from 1200 W to 2200 W.",
+    ):
+        assert part in text, part
+    assert "Join x" not in text and "Loss 0" not in text

@@ -12,7 +12,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-__all__ = ["main"]
+__all__ = ["main", "progress_wanted"]
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -21,9 +21,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "powergrid.cli.simulate",
         "simulate a data centre from options or a TOML scenario",
     ),
-    "fuzz": ("powergrid.sim.fuzzing", "run seeded fault-injection runs and check the invariants"),
+    "fuzz": ("powergrid.cli.fuzz", "run seeded fault-injection runs and check the invariants"),
     "node": ("powergrid.cli.node", "run one real node over UDP multicast"),
 }
+
+
+def progress_wanted(mode: str) -> bool:
+    """Whether a ``--progress`` of ``mode`` (auto, on, off) draws a bar on stderr:
+    ``auto`` only when stderr is a terminal, so no ``\\r`` frames reach a file or a pipe."""
+    return mode == "on" or (mode == "auto" and sys.stderr.isatty())
 
 
 def build_parser(selected: str | None = None) -> argparse.ArgumentParser:

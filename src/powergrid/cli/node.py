@@ -4,12 +4,20 @@ The command builds a :class:`~powergrid.node.NodeConfig` and a
 :class:`~powergrid.transports.trio_udp.UdpConfig` from its options, runs the
 node with :func:`~powergrid.transports.trio_udp.run_node`, and prints one line
 per notification: a readable line, or with ``--json`` one JSON object per line
-(flushed at once). With ``--json`` it also reads commands from stdin, one JSON
-object per line (``multicast``, ``bid``, ``supply``, ``leave``); a bad line
-prints an ``error`` event and the node carries on. ``--duration``, a ``leave``
-command, SIGINT or SIGTERM end the run: the node leaves its groups gracefully,
-prints ``left`` and exits 0. Invalid options exit 2 with a message that says
-what to fix. See ``docs/cli.md``.
+(flushed at once), each with ``t`` (seconds since start) and ``mono`` (the
+host's monotonic clock, comparable across processes). Beside the node's
+notifications it prints what an operator needs to watch it: ``joined`` (a
+view lists a member the previous one did not), ``stats`` (the node's and the
+transport's counters, every ``--stats-interval`` s and on command) and a
+``warning`` when a broker-capable node has no supply. With ``--json`` it also
+reads commands from stdin, one JSON object per line (``multicast``, ``bid``,
+``supply``, ``stats``, ``leave``), each answered by ``ok``, ``stats`` or
+``left`` with the command's ``id``; a bad line prints an ``error`` event
+(with the id, if any) and the node carries on. ``--duration``, a ``leave``
+command, SIGINT or SIGTERM end the run: the node leaves its groups
+gracefully, prints ``left`` with the reason and exits 0. Invalid options exit
+2 with a message that says what to fix. Every event and command is in
+``docs/cli.md`` (:data:`EVENTS` lists the event names).
 """
 
 from __future__ import annotations
@@ -22,24 +30,56 @@ import os
 import random
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
+import attrs
 import trio
 
 from powergrid.auth import ENV_VAR, Keyring
 from powergrid.errors import ConfigError, PowergridError
-from powergrid.events import LeaderElected, ViewChanged
-from powergrid.node import MessageDelivered, NodeConfig
+from powergrid.events import LeaderElected, LeaderLost, View, ViewChanged
+from powergrid.node import MessageDelivered, Node, NodeConfig
 from powergrid.protocols.market import Bid, PriceUpdated
 from powergrid.protocols.membership import MemberRemoved, MemberSuspected
 from powergrid.transports import trio_udp
 from powergrid.transports.trio_udp import UdpConfig, UdpHandle, default_incarnation
 from powergrid.types import format_node
 
-__all__ = ["add_arguments", "build_configs", "describe", "run"]
+__all__ = [
+    "COMMANDS",
+    "EVENTS",
+    "add_arguments",
+    "build_configs",
+    "describe",
+    "joined",
+    "run",
+    "stats",
+    "supply_warning",
+]
 
 Fields = dict[str, Any]
+
+EVENTS = (
+    "started",
+    "warning",
+    "view",
+    "joined",
+    "leader",
+    "leader_lost",
+    "price",
+    "deliver",
+    "suspect",
+    "removed",
+    "stats",
+    "ok",
+    "error",
+    "left",
+)
+"""Every event name a line can have (each documented in docs/cli.md)."""
+COMMANDS = ("multicast", "bid", "supply", "stats", "leave")
+"""Every stdin command (each documented in docs/cli.md)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,6 +101,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--duration", type=float, default=None, help="seconds to run, then leave and exit 0")
     a("--seed", type=int, default=None, help="seed of the node's random jitter")
     a("--json", action="store_true", help="JSON lines on stdout; JSON commands on stdin")
+    a(
+        "--stats-interval",
+        type=float,
+        default=10.0,
+        help="seconds between stats events (default 10; 0: only on the stats command)",
+    )
     a(
         "--key-file",
         default=None,
@@ -109,6 +155,8 @@ def build_configs(
         raise ConfigError(f"--duration {args.duration} must be a positive number of seconds")
     if args.supply < 0:
         raise ConfigError(f"--supply {args.supply} must be >= 0 watts")
+    if not (args.stats_interval >= 0 and math.isfinite(args.stats_interval)):
+        raise ConfigError(f"--stats-interval {args.stats_interval} must be >= 0 seconds (0: off)")
     node = NodeConfig(
         host=args.host,
         port=args.port,
@@ -130,7 +178,24 @@ def build_configs(
 # ------------------------------------------------------------------ events
 
 
-def _view(ev: ViewChanged) -> tuple[str, Fields]:
+def supply_warning(config: NodeConfig) -> str | None:
+    """The warning a broker-capable node with no supply deserves, or None."""
+    if not config.broker_capable or config.supply > 0:
+        return None
+    return (
+        "this node may be elected lead broker but has no supply (--supply 0): while it "
+        "leads, every server of every cluster gets allocation 0 (a shortage); give "
+        "--supply WATTS, the usable supply of the data centre"
+    )
+
+
+def _view_of(node: Node | None, group: int) -> Any:
+    if node is None or group not in node.groups:
+        return None
+    return node.stack(group).membership.view
+
+
+def _view(ev: ViewChanged, node: Node | None) -> tuple[str, Fields]:
     v = ev.view
     return "view", {
         "group": v.group,
@@ -138,16 +203,23 @@ def _view(ev: ViewChanged) -> tuple[str, Fields]:
         "leader": format_node(v.leader),
         "epoch": v.epoch,
         "members": [format_node(m.node) for m in v.members],
+        "incarnations": [m.incarnation for m in v.members],
     }
 
 
-def _leader(ev: LeaderElected) -> tuple[str, Fields]:
+def _leader(ev: LeaderElected, node: Node | None) -> tuple[str, Fields]:
     return "leader", {"group": ev.group, "leader": format_node(ev.leader), "epoch": ev.epoch}
 
 
-def _price(ev: PriceUpdated) -> tuple[str, Fields]:
+def _leader_lost(ev: LeaderLost, node: Node | None) -> tuple[str, Fields]:
+    return "leader_lost", {"group": ev.group, "leader": format_node(ev.leader), "epoch": ev.epoch}
+
+
+def _price(ev: PriceUpdated, node: Node | None) -> tuple[str, Fields]:
+    view = _view_of(node, ev.group)
     return "price", {
         "group": ev.group,
+        "broker": None if view is None else format_node(view.leader),
         "epoch": ev.epoch,
         "round": ev.round,
         "price": ev.price,
@@ -158,26 +230,32 @@ def _price(ev: PriceUpdated) -> tuple[str, Fields]:
     }
 
 
-def _deliver(ev: MessageDelivered) -> tuple[str, Fields]:
+def _deliver(ev: MessageDelivered, node: Node | None) -> tuple[str, Fields]:
+    view = _view_of(node, ev.group)
+    incarnation = None
+    if view is not None:
+        incarnation = next((m.incarnation for m in view.members if m.node == ev.sender), None)
     return "deliver", {
         "group": ev.group,
         "sender": format_node(ev.sender),
+        "incarnation": incarnation,
         "seq": ev.seq,
         "data": ev.payload.decode("utf-8", errors="replace"),
     }
 
 
-def _suspect(ev: MemberSuspected) -> tuple[str, Fields]:
+def _suspect(ev: MemberSuspected, node: Node | None) -> tuple[str, Fields]:
     return "suspect", {"group": ev.group, "member": format_node(ev.node)}
 
 
-def _removed(ev: MemberRemoved) -> tuple[str, Fields]:
+def _removed(ev: MemberRemoved, node: Node | None) -> tuple[str, Fields]:
     return "removed", {"group": ev.group, "member": format_node(ev.node), "reason": ev.reason}
 
 
-_DESCRIBE: dict[type[Any], Callable[[Any], tuple[str, Fields]]] = {
+_DESCRIBE: dict[type[Any], Callable[[Any, Node | None], tuple[str, Fields]]] = {
     ViewChanged: _view,
     LeaderElected: _leader,
+    LeaderLost: _leader_lost,
     PriceUpdated: _price,
     MessageDelivered: _deliver,
     MemberSuspected: _suspect,
@@ -185,10 +263,41 @@ _DESCRIBE: dict[type[Any], Callable[[Any], tuple[str, Fields]]] = {
 }
 
 
-def describe(note: object) -> tuple[str, Fields] | None:
-    """``(event name, fields)`` of a node notification, or None for one not reported."""
+def describe(note: object, node: Node | None = None) -> tuple[str, Fields] | None:
+    """``(event name, fields)`` of a node notification, or None for one not reported.
+
+    ``node`` (the running node) supplies what the notification does not carry:
+    a price's cluster broker and a delivery's sender incarnation, both as this
+    node's current view of the group shows them (None without a node or a view).
+    """
     fn = _DESCRIBE.get(type(note))
-    return None if fn is None else fn(note)
+    return None if fn is None else fn(note, node)
+
+
+def joined(previous: View | None, view: View) -> list[Fields]:
+    """The ``joined`` events of ``view`` after ``previous`` (the same group's last view):
+    each member whose (id, incarnation) the previous view did not list. None for the
+    first view this node installs (its ``view`` line lists the members)."""
+    if previous is None:
+        return []
+    before = {(m.node, m.incarnation) for m in previous.members}
+    return [
+        {"group": view.group, "member": format_node(m.node), "incarnation": m.incarnation}
+        for m in view.members
+        if (m.node, m.incarnation) not in before
+    ]
+
+
+def stats(handle: UdpHandle) -> Fields:
+    """The ``stats`` event's fields: the node's :class:`~powergrid.node.NodeStats` and the
+    transport's :class:`~powergrid.transports.trio_udp.UdpStats`, as of now."""
+    node = handle.endpoint
+    node_stats = attrs.asdict(node.stats) if isinstance(node, Node) else {}
+    return {
+        "groups": list(handle.groups),
+        "node_stats": node_stats,
+        "udp_stats": attrs.asdict(handle.stats),
+    }
 
 
 class _Printer:
@@ -199,8 +308,9 @@ class _Printer:
 
     def emit(self, event: str, fields: Fields) -> None:
         t = round(trio.current_time() - self.start, 6)
+        mono = round(time.monotonic(), 6)
         if self.as_json:
-            line = json.dumps({"t": t, "node": self.node, "event": event, **fields})
+            line = json.dumps({"t": t, "mono": mono, "node": self.node, "event": event, **fields})
         else:
             parts = " ".join(f"{k}={_plain(v)}" for k, v in fields.items())
             line = f"{t:9.3f} {self.node} {event:<8} {parts}".rstrip()
@@ -214,6 +324,10 @@ class _Printer:
 def _plain(v: Any) -> str:
     if isinstance(v, list):
         return ",".join(str(x) for x in v)
+    if isinstance(v, dict):
+        return ",".join(f"{k}:{x}" for k, x in v.items())
+    if v is None:
+        return "-"
     if isinstance(v, str) and (" " in v or not v):
         return json.dumps(v)
     return str(v)
@@ -229,11 +343,31 @@ def _int(obj: Fields, key: str, default: int | None = None) -> int:
     return v
 
 
-async def _command(handle: UdpHandle, obj: Any, stop: trio.CancelScope) -> None:
-    """Carry out one stdin command; raises PowergridError/ValueError for a bad one."""
+class _Ending:
+    """How the run ends: the ``left`` event's reason, and the id of a ``leave`` command."""
+
+    def __init__(self, stop: trio.CancelScope) -> None:
+        self.stop = stop
+        self.reason = "duration"
+        self.id: Any = None
+
+    def end(self, reason: str, cmd_id: Any = None) -> None:
+        if not self.stop.cancel_called:
+            self.reason = reason
+            self.id = cmd_id
+        self.stop.cancel()
+
+
+_COMMAND_NAMES = ", ".join(COMMANDS)
+
+
+async def _command(handle: UdpHandle, obj: Any, out: _Printer, ending: _Ending) -> None:
+    """Carry out one stdin command and print its result (``ok``, ``stats``; ``leave``
+    ends the run); raises PowergridError/ValueError for a bad one."""
     if not isinstance(obj, dict):
         raise ConfigError('a command is a JSON object like {"cmd": "leave"}')
     cmd = obj.get("cmd")
+    ident: Fields = {"id": obj["id"]} if "id" in obj else {}
     if cmd == "multicast":
         data = obj.get("data")
         if not isinstance(data, str):
@@ -254,13 +388,23 @@ async def _command(handle: UdpHandle, obj: Any, stop: trio.CancelScope) -> None:
         if watts < 0:
             raise ConfigError(f"supply watts {watts} must be >= 0")
         await handle.command(lambda ep, now: ep.set_supply(watts, now))
+        node = handle.endpoint
+        if isinstance(node, Node):
+            warning = supply_warning(attrs.evolve(node.config, supply=watts))
+            if warning is not None:
+                out.emit("warning", {"message": warning, **ident})
+    elif cmd == "stats":
+        out.emit("stats", {**stats(handle), **ident})
+        return
     elif cmd == "leave":
-        stop.cancel()
+        ending.end("leave command", obj.get("id"))
+        return
     else:
-        raise ConfigError(f"unknown cmd {cmd!r}: use one of multicast, bid, supply, leave")
+        raise ConfigError(f"unknown cmd {cmd!r}: use one of {_COMMAND_NAMES}")
+    out.emit("ok", {"cmd": cmd, **ident})
 
 
-async def _read_commands(handle: UdpHandle, out: _Printer, stop: trio.CancelScope) -> None:
+async def _read_commands(handle: UdpHandle, out: _Printer, ending: _Ending) -> None:
     stream = trio.lowlevel.FdStream(os.dup(0))
     buf = b""
     async with stream:
@@ -274,22 +418,41 @@ async def _read_commands(handle: UdpHandle, out: _Printer, stop: trio.CancelScop
                 text = raw.decode("utf-8", errors="replace").strip()
                 if not text:
                     continue
+                obj: Any = None
                 try:
-                    await _command(handle, json.loads(text), stop)
+                    obj = json.loads(text)
+                    await _command(handle, obj, out, ending)
                 except (ValueError, PowergridError) as exc:
-                    out.emit("error", {"message": str(exc), "line": text[:200]})
+                    fields: Fields = {"message": str(exc), "line": text[:200]}
+                    if isinstance(obj, dict) and "id" in obj:
+                        fields["id"] = obj["id"]
+                    out.emit("error", fields)
 
 
 async def _watch(handle: UdpHandle, out: _Printer) -> None:
+    node = handle.endpoint if isinstance(handle.endpoint, Node) else None
+    views: dict[int, View] = {}  # the last view printed, per group
     async for note in handle.events():
-        desc = describe(note)
-        if desc is not None:
-            out.emit(*desc)
+        desc = describe(note, node)
+        if desc is None:
+            continue
+        out.emit(*desc)
+        if isinstance(note, ViewChanged):
+            view = note.view
+            for fields in joined(views.get(view.group), view):
+                out.emit("joined", fields)
+            views[view.group] = view
 
 
-async def _signals(signals: AsyncIterator[int], stop: trio.CancelScope) -> None:
-    async for _ in signals:
-        stop.cancel()
+async def _periodic_stats(handle: UdpHandle, out: _Printer, every: float) -> None:
+    while True:
+        await trio.sleep(every)
+        out.emit("stats", stats(handle))
+
+
+async def _signals(signals: AsyncIterator[int], ending: _Ending) -> None:
+    async for signum in signals:
+        ending.end(f"signal {signal.Signals(signum).name}")
         return
 
 
@@ -302,6 +465,7 @@ async def _main(args: argparse.Namespace, node: NodeConfig, udp: UdpConfig) -> N
         trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals,
         trio.CancelScope() as stop,
     ):
+        ending = _Ending(stop)
         if args.duration is not None:
             stop.deadline = trio.current_time() + args.duration
         async with trio_udp.run_node(node, udp=udp, incarnation=incarnation, rng=rng) as handle:
@@ -312,15 +476,25 @@ async def _main(args: argparse.Namespace, node: NodeConfig, udp: UdpConfig) -> N
                     "incarnation": incarnation,
                     "broker_capable": node.broker_capable,
                     "rank": node.rank,
+                    "supply": node.supply,
                     "authenticated": node.keyring is not None,
                 },
             )
+            warning = supply_warning(node)
+            if warning is not None:
+                out.emit("warning", {"message": warning})
+                print(f"powergrid node: warning: {warning}", file=sys.stderr, flush=True)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_watch, handle, out)
-                nursery.start_soon(_signals, signals, stop)
+                nursery.start_soon(_signals, signals, ending)
+                if args.stats_interval > 0:
+                    nursery.start_soon(_periodic_stats, handle, out, args.stats_interval)
                 if args.json:
-                    nursery.start_soon(_read_commands, handle, out, stop)
-    out.emit("left", {})
+                    nursery.start_soon(_read_commands, handle, out, ending)
+    left: Fields = {"reason": ending.reason}
+    if ending.id is not None:
+        left["id"] = ending.id
+    out.emit("left", left)
 
 
 def run(args: argparse.Namespace) -> int:

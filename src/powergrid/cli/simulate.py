@@ -20,13 +20,15 @@ import copy
 import json
 import shlex
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import IO, Any
 
+from powergrid.cli import progress_wanted
 from powergrid.errors import ConfigError, UsageError
 from powergrid.sim.memory import Trace
-from powergrid.sim.plot import INSTALL_HINT, PlotUnavailable, plot, plot_available
+from powergrid.sim.plot import INSTALL_HINT, PlotUnavailable, check_path, plot, plot_available
 from powergrid.sim.report import format_summary, sequence_diagram, summary
 from powergrid.sim.runner import Simulation
 from powergrid.sim.scenario import (
@@ -37,6 +39,7 @@ from powergrid.sim.scenario import (
     parse_scenario,
     scenario_to_toml,
 )
+from powergrid.sim.story import format_header
 
 __all__ = [
     "DEMO",
@@ -222,9 +225,7 @@ class _Progress:
 
 
 def _progress(mode: str) -> _Progress | None:
-    if mode == "on" or (mode == "auto" and sys.stderr.isatty()):
-        return _Progress(sys.stderr)
-    return None
+    return _Progress(sys.stderr) if progress_wanted(mode) else None
 
 
 def _replay(scenario: Scenario, out_dir: Path) -> str:
@@ -238,7 +239,23 @@ def _replay(scenario: Scenario, out_dir: Path) -> str:
     return f"powergrid simulate --scenario {shlex.quote(str(path))}"
 
 
+PLOT_GUIDE = (
+    "top: power (black the supply, blue what the servers require and could use, orange the "
+    "caps they hold, red dots each round's total); middle: price and regime; bottom: who led "
+    "each group, crashes (x) and restarts (^). How to read it: docs/simulator.md, "
+    '"Reading the demo".'
+)
+"""What the plot note after a text summary says about the picture."""
+
+
 def _execute(scenario: Scenario, args: argparse.Namespace, out_dir: Path, demo: bool) -> int:
+    if args.plot:
+        check_path(args.plot)  # a bad name fails now, not after the run
+        if not demo and not plot_available():
+            raise PlotUnavailable(f"plots need matplotlib, which is not installed: {INSTALL_HINT}")
+    if not args.json:  # say what is being run before running it
+        print(format_header(scenario), flush=True)
+        print(flush=True)
     trace_file = None
     trace = None
     try:
@@ -272,7 +289,8 @@ def _execute(scenario: Scenario, args: argparse.Namespace, out_dir: Path, demo: 
         notes.append(f"sequence diagram: {args.sequence}")
     if args.plot:
         try:
-            notes.append(f"plot: {plot(result, args.plot)}")
+            guide = textwrap.wrap(PLOT_GUIDE, width=98, initial_indent="  ", subsequent_indent="  ")
+            notes.append("\n".join([f"plot: {plot(result, args.plot)}", *guide]))
         except PlotUnavailable as exc:
             if not demo:
                 print(f"powergrid simulate: {exc}", file=sys.stderr)
@@ -283,7 +301,7 @@ def _execute(scenario: Scenario, args: argparse.Namespace, out_dir: Path, demo: 
         for note in notes:
             print(note, file=sys.stderr)
     else:
-        print(format_summary(result))
+        print(format_summary(result, header=False))
         if notes:
             print()
             print("\n".join(notes))

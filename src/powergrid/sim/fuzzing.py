@@ -21,31 +21,23 @@ phase of ``liveness_s`` (10 s): everything heals, and the run must converge
 apps stop publishing halfway through the liveness phase so that the resend
 buffers must drain before the end.
 
-The command (:func:`add_arguments`, :func:`run`)::
-
-    powergrid fuzz --seeds N [--start S] [--nodes K] [--json]
-    powergrid fuzz --replay SEED [--nodes K]
-
-prints a progress bar on stderr and a summary (seeds, violations, faults by
-kind, datagrams delivered, virtual and wall time), or one JSON object with
-``--json``. The exit status is 1 if any invariant was broken, and the
-message names the seed and the command that replays it.
+Every run carries the shell command that replays it (:func:`replay_command`,
+with every option the build took) and the Python source that rebuilds it
+(:func:`recipe`), so the test :meth:`~powergrid.sim.harness.RunResult.snippet`
+prints runs as it is. The command line is :mod:`powergrid.cli.fuzz`.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import random
-import sys
-import time
 from collections.abc import Callable
 from typing import IO, Any
 
+from powergrid.errors import ConfigError
 from powergrid.events import Output
 from powergrid.node import Node, NodeConfig
 from powergrid.protocols.market import Bid
-from powergrid.sim.fuzz import replay_command
+from powergrid.sim import fuzz
 from powergrid.sim.harness import RunResult, System, run_seed
 from powergrid.sim.invariants import (
     Bounds,
@@ -60,11 +52,13 @@ from powergrid.types import GroupId, Incarnation, NodeId, node_id
 __all__ = [
     "DEFAULT_LIVENESS_S",
     "DEFAULT_SAFETY_S",
+    "MAX_NODES",
     "App",
-    "add_arguments",
+    "check_options",
     "datacentre",
     "invariants",
-    "run",
+    "recipe",
+    "replay_command",
     "run_datacentre",
 ]
 
@@ -73,6 +67,10 @@ DEFAULT_SAFETY_S = 5.0
 DEFAULT_LIVENESS_S = 10.0
 """Seconds of virtual time after the heal within which the system must converge."""
 BASE_PORT = 9000
+_CLUSTER_SIZE = 5
+MAX_NODES = _CLUSTER_SIZE * ((65535 - (_CLUSTER_SIZE - 1) - BASE_PORT) // 10 + 1)
+"""The most servers a run can have: server ``i`` of cluster ``c`` (from 0) listens on
+port ``BASE_PORT + 10 c + i``, and clusters hold at most five servers."""
 
 
 class App:
@@ -141,7 +139,7 @@ def _sizes(rng: random.Random, nodes: int | None) -> list[int]:
     """Cluster sizes: drawn (1-3 clusters of 3-5), or ``nodes`` split into clusters of <= 5."""
     if nodes is None:
         return [rng.choice((3, 3, 4, 4, 5)) for _ in range(rng.choice((1, 1, 2, 2, 3)))]
-    clusters = max(1, -(-nodes // 5))
+    clusters = max(1, -(-nodes // _CLUSTER_SIZE))
     base, extra = divmod(nodes, clusters)
     return [base + (i < extra) for i in range(clusters)]
 
@@ -160,6 +158,50 @@ def _supply(rng: random.Random, specs: list[NodeSpec]) -> int:
     return rng.randint(0, max(h - 1, 0))  # even the floors are cut
 
 
+def check_options(nodes: int | None, safety_s: float, liveness_s: float) -> None:
+    """Raise :class:`ConfigError` unless ``nodes`` (None: drawn) is 1..:data:`MAX_NODES`
+    and both phase lengths are finite seconds >= 0."""
+    if nodes is not None and not 1 <= nodes <= MAX_NODES:
+        raise ConfigError(
+            f"--nodes {nodes}: give 1..{MAX_NODES} servers (each needs a port from {BASE_PORT})"
+        )
+    for name, value in (("--safety", safety_s), ("--liveness", liveness_s)):
+        if not 0 <= value < float("inf"):
+            raise ConfigError(f"{name} {value}: give a number of seconds >= 0")
+
+
+def replay_command(
+    seed: int,
+    *,
+    nodes: int | None = None,
+    safety_s: float = DEFAULT_SAFETY_S,
+    liveness_s: float = DEFAULT_LIVENESS_S,
+) -> str:
+    """The ``powergrid fuzz`` command that replays ``seed`` with these options
+    (an option at its default is left out)."""
+    cmd = fuzz.replay_command(seed)
+    if nodes is not None:
+        cmd += f" --nodes {nodes}"
+    if safety_s != DEFAULT_SAFETY_S:
+        cmd += f" --safety {safety_s!r}"
+    if liveness_s != DEFAULT_LIVENESS_S:
+        cmd += f" --liveness {liveness_s!r}"
+    return cmd
+
+
+def recipe(
+    *,
+    nodes: int | None = None,
+    safety_s: float = DEFAULT_SAFETY_S,
+    liveness_s: float = DEFAULT_LIVENESS_S,
+) -> str:
+    """Python source that defines ``build`` and ``invariants`` as :func:`run_datacentre` does."""
+    return (
+        "from powergrid.sim.fuzzing import datacentre, invariants\n\n"
+        f"build = datacentre(nodes={nodes!r}, safety_s={safety_s!r}, liveness_s={liveness_s!r})\n"
+    )
+
+
 def datacentre(
     *,
     nodes: int | None = None,
@@ -170,8 +212,10 @@ def datacentre(
     """A build of a small data centre (see the module docstring).
 
     ``nodes`` fixes the number of servers (else 3-15 are drawn);
-    ``node_class`` lets tests build deliberately broken nodes.
+    ``node_class`` lets tests build deliberately broken nodes. Raises
+    :class:`ConfigError` for options :func:`check_options` refuses.
     """
+    check_options(nodes, safety_s, liveness_s)
 
     def build(rng: random.Random) -> System:
         base = rng.getrandbits(32)
@@ -252,7 +296,12 @@ def run_datacentre(
     node_class: Callable[..., Node] = Node,
     **kwargs: Any,
 ) -> RunResult:
-    """Run ``seed`` of the drawn data centre; extra keywords go to :func:`run_seed`."""
+    """Run ``seed`` of the drawn data centre; extra keywords go to :func:`run_seed`.
+
+    The result's violations name the full replay command and its snippet runs
+    as it is (for ``node_class`` :class:`~powergrid.node.Node`). Raises
+    :class:`ConfigError` for options :func:`check_options` refuses.
+    """
     build = datacentre(nodes=nodes, safety_s=safety_s, liveness_s=liveness_s, node_class=node_class)
     return run_seed(
         seed,
@@ -262,135 +311,7 @@ def run_datacentre(
         liveness_s=liveness_s,
         keep_trace=keep_trace,
         trace_file=trace_file,
+        replay=replay_command(seed, nodes=nodes, safety_s=safety_s, liveness_s=liveness_s),
+        recipe=recipe(nodes=nodes, safety_s=safety_s, liveness_s=liveness_s),
         **kwargs,
     )
-
-
-# -------------------------------------------------------------------- CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``powergrid fuzz``."""
-    parser.add_argument("--seeds", type=int, default=100, help="how many seeds to run (100)")
-    parser.add_argument("--start", type=int, default=0, help="first seed (0)")
-    parser.add_argument(
-        "--nodes", type=int, default=None, help="servers per run (default: 3-15, drawn)"
-    )
-    parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument(
-        "--replay", type=int, default=None, metavar="SEED", help="re-run SEED, print its trace"
-    )
-    parser.add_argument("--safety", type=float, default=DEFAULT_SAFETY_S, help="seconds (5)")
-    parser.add_argument("--liveness", type=float, default=DEFAULT_LIVENESS_S, help="seconds (10)")
-
-
-def _replay(seed: int, nodes: int | None) -> str:
-    cmd = replay_command(seed)
-    return cmd if nodes is None else f"{cmd} --nodes {nodes}"
-
-
-def _bar(done: int, total: int, bad: int, started: float) -> str:
-    width = 30
-    filled = width * done // max(total, 1)
-    rate = done / max(time.perf_counter() - started, 1e-9)
-    return (
-        f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} seeds, "
-        f"{bad} failed, {rate:.1f} seeds/s"
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    """Run ``powergrid fuzz``; returns the exit status (1 if an invariant broke)."""
-    if args.seeds < 0 or (args.nodes is not None and args.nodes < 1):
-        print("powergrid fuzz: --seeds must be >= 0 and --nodes >= 1", file=sys.stderr)
-        return 2
-    common = {"nodes": args.nodes, "safety_s": args.safety, "liveness_s": args.liveness}
-    if args.replay is not None:
-        result = run_datacentre(args.replay, keep_trace=True, **common)
-        if args.json:
-            print(json.dumps(_result_json(result, args.nodes), sort_keys=True))
-        else:
-            for line in result.trace_lines or ():
-                print(line)
-            print(result.report())
-            print(f"trace sha256 {result.trace_hash}")
-        return 0 if result.ok else 1
-    started = time.perf_counter()
-    results: list[RunResult] = []
-    bad = 0
-    step = max(1, args.seeds // 200)
-    for i, seed in enumerate(range(args.start, args.start + args.seeds)):
-        result = run_datacentre(seed, **common)
-        results.append(result)
-        bad += not result.ok
-        if (i + 1) % step == 0 or i + 1 == args.seeds:
-            print(_bar(i + 1, args.seeds, bad, started), end="", file=sys.stderr, flush=True)
-    if args.seeds:
-        print(file=sys.stderr)
-    wall = time.perf_counter() - started
-    faults: dict[str, int] = {}
-    for r in results:
-        for kind, count in r.faults.items():
-            faults[kind] = faults.get(kind, 0) + count
-    violations: list[dict[str, Any]] = [
-        {
-            "seed": r.seed,
-            "invariant": v.invariant,
-            "time": v.time,
-            "detail": v.detail,
-            "replay": _replay(r.seed, args.nodes),
-        }
-        for r in results
-        for v in r.violations[:1]
-    ]
-    summary: dict[str, Any] = {
-        "seeds": len(results),
-        "start": args.start,
-        "violations": violations,
-        "faults": dict(sorted(faults.items())),
-        "messages": sum(r.messages for r in results),
-        "virtual_s": sum(r.virtual_time for r in results),
-        "wall_s": wall,
-        "seeds_per_s": len(results) / wall if wall > 0 else 0.0,
-    }
-    if args.json:
-        print(json.dumps(summary, sort_keys=True))
-    else:
-        print(
-            f"{len(results)} seeds ({args.start}..{args.start + len(results) - 1}), "
-            f"{len(violations)} with violations, {summary['seeds_per_s']:.1f} seeds/s"
-        )
-        print("faults: " + (", ".join(f"{k}={v}" for k, v in summary["faults"].items()) or "none"))
-        print(
-            f"messages delivered: {summary['messages']}, virtual time: "
-            f"{summary['virtual_s']:.1f} s, wall time: {wall:.2f} s"
-        )
-        for v in violations:
-            print(
-                f"FAIL seed {v['seed']}: {v['invariant']} at t={v['time']:.3f}: {v['detail']}\n"
-                f"  replay: {v['replay']}"
-            )
-    return 1 if violations else 0
-
-
-def _result_json(result: RunResult, nodes: int | None) -> dict[str, Any]:
-    return {
-        "seed": result.seed,
-        "ok": result.ok,
-        "violations": [
-            {
-                "seed": v.seed,
-                "invariant": v.invariant,
-                "time": v.time,
-                "detail": v.detail,
-                "replay": _replay(v.seed, nodes),
-            }
-            for v in result.violations
-        ],
-        "faults": result.faults,
-        "messages": result.messages,
-        "virtual_s": result.virtual_time,
-        "wall_s": result.wall_time,
-        "trace_sha256": result.trace_hash,
-        "options": str(result.options),
-    }

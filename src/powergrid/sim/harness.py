@@ -180,6 +180,10 @@ class RunResult:
     trace_hash: str
     violations: tuple[Violation, ...]
     trace_lines: tuple[str, ...] | None = None
+    recipe: str = ""
+    """Python source that defines the names :meth:`snippet` calls the build and the
+    invariants by (``build``, ``invariants``), with its imports; empty: the
+    reader defines them."""
 
     @property
     def ok(self) -> bool:
@@ -205,14 +209,21 @@ class RunResult:
         return "\n".join(lines)
 
     def snippet(self, *, build: str = "build", invariants: str = "invariants") -> str:
-        """A pasteable regression test replaying this run's options and schedule."""
+        """A pasteable regression test replaying this run's options and schedule.
+
+        With a :attr:`recipe` (``powergrid fuzz`` runs have one) the text is a
+        whole test module that runs as it is; without one, ``build`` and
+        ``invariants`` name what the reader must define.
+        """
         names = {"FaultOptions", "FaultSchedule", "LinkFaults", "Delay"}
         names.update(type(s).__name__ for s in self.schedule.steps)
         imports = ", ".join(sorted(names))
         schedule = self.schedule.to_python(indent="    ").lstrip()
+        recipe = f"{self.recipe.rstrip()}\n" if self.recipe else ""
         return (
             f"from powergrid.sim.harness import run_seed\n"
-            f"from powergrid.sim.fuzz import {imports}\n\n\n"
+            f"from powergrid.sim.fuzz import {imports}\n"
+            f"{recipe}\n\n"
             f"def test_fuzz_seed_{self.seed}() -> None:\n"
             f"    options = {self.options!r}\n"
             f"    schedule = {schedule}\n"
@@ -244,11 +255,16 @@ def run_seed(
     schedule: FaultSchedule | None = None,
     keep_trace: bool = False,
     trace_file: IO[str] | None = None,
+    replay: str | None = None,
+    recipe: str = "",
 ) -> RunResult:
     """Run ``seed`` through the safety and liveness phases (see the module docstring).
 
     ``invariants(system)`` is called once to make this run's fresh invariants.
     ``options`` and ``schedule`` default to the ones drawn from ``seed``.
+    ``replay`` is the shell command a violation of a drawn run names (default
+    ``powergrid fuzz --replay SEED``: give the full command when the build
+    took options); ``recipe`` goes to :attr:`RunResult.recipe`.
     Raises :class:`ConfigError` for a negative phase length.
     """
     if not (safety_s >= 0 and liveness_s >= 0):
@@ -260,7 +276,10 @@ def run_seed(
     system = build(split_rng(seed, "system"))
     if schedule is None:
         schedule = FaultSchedule.draw(options, system.nodes, safety_s, seed=seed)
-    replay = replay_command(seed) if drawn else "the options and schedule of RunResult.snippet()"
+    if not drawn:
+        replay = "the options and schedule of RunResult.snippet()"
+    elif replay is None:
+        replay = replay_command(seed)
     checks = list(invariants(system))
     trace = Trace(keep=keep_trace, file=trace_file)
     violations: list[Violation] = []
@@ -333,6 +352,7 @@ def run_seed(
         trace_hash=trace.hexdigest,
         violations=tuple(violations),
         trace_lines=tuple(trace.lines) if trace.lines is not None else None,
+        recipe=recipe,
     )
 
 

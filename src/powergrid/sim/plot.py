@@ -7,6 +7,7 @@ matplotlib is an optional extra (``pip install 'powergrid[plot]'``);
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,12 @@ from powergrid.errors import UsageError
 from powergrid.sim.report import group_name
 from powergrid.sim.runner import SimResult, server_name
 
-__all__ = ["INSTALL_HINT", "PlotUnavailable", "plot", "plot_available"]
+__all__ = ["FORMATS", "INSTALL_HINT", "PlotUnavailable", "check_path", "plot", "plot_available"]
 
 INSTALL_HINT = "pip install 'powergrid[plot]'  (or: pip install matplotlib)"
+
+FORMATS = ("png", "pdf", "svg", "svgz", "jpg", "jpeg", "eps", "ps", "tif", "tiff", "webp")
+"""File name suffixes :func:`plot` writes (matplotlib's Agg formats)."""
 
 _REGIME_COLOUR = {"surplus": "#d8f0d8", "normal": "#f4f4f4", "shortage": "#f7d0d0"}
 _MAX_GROUPS = 9
@@ -33,6 +37,30 @@ def plot_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def check_path(path: str | Path) -> Path:
+    """``path`` if :func:`plot` can write it: a suffix of :data:`FORMATS` and a directory
+    that exists (or can be made) and is writable. Call it before a run, not after.
+
+    Raises :class:`~powergrid.errors.UsageError` with a one-line reason.
+    """
+    p = Path(path)
+    suffix = p.suffix.lower().lstrip(".")
+    if suffix not in FORMATS:
+        raise UsageError(
+            f"--plot {path}: the file name must end in .png "
+            f"(or {', '.join('.' + f for f in FORMATS[1:])})"
+        )
+    if p.is_dir():
+        raise UsageError(f"--plot {path}: is a directory; give a file name such as {p / 'run.png'}")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--plot {path}: cannot make {p.parent}: {exc.strerror}") from None
+    if not os.access(p.parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise UsageError(f"--plot {path}: not writable")
+    return p
 
 
 def _pyplot() -> Any:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from powergrid.sim.runner import SimResult, quiet_message
+from powergrid.sim.runner import SimResult, quiet_message, server_name
+from powergrid.sim.story import format_header, format_items, story_items, warnings
 from powergrid.types import BROKER_GROUP, format_node
 
 __all__ = ["format_summary", "group_name", "sequence_diagram", "summary"]
@@ -46,6 +47,7 @@ def summary(r: SimResult) -> dict[str, Any]:
             "failures": len(s.failures),
         },
         "seed": s.seed,
+        "warnings": warnings(s),
         "violations": [
             {
                 "invariant": v.invariant,
@@ -143,7 +145,9 @@ def _table(rows: list[list[str]], indent: str = "  ") -> list[str]:
 
 
 def _regime_changes(r: SimResult, limit: int) -> list[list[str]]:
-    rows = [["t", "epoch", "round", "regime", "price", "supply", "sum r", "alloc", "deficit"]]
+    rows = [
+        ["t", "epoch", "round", "regime", "price", "supply", "required", "handed out", "deficit"]
+    ]
     last = None
     shown = 0
     for rd in r.rounds:
@@ -170,20 +174,21 @@ def _regime_changes(r: SimResult, limit: int) -> list[list[str]]:
     return rows
 
 
-def format_summary(r: SimResult) -> str:
-    """The summary a person reads at the end of a run."""
-    s = r.scenario
+def format_summary(r: SimResult, *, header: bool = True) -> str:
+    """The summary a person reads at the end of a run: the header (unless ``header`` is
+    false: it was printed before the run), the story in plain words, then the tables."""
     data = summary(r)
-    lines = [
-        f"== {s.name}: {s.clusters} clusters x {s.nodes} nodes, {s.duration:g} s virtual, "
-        f"seed {s.seed} ==",
-        "",
-        f"elections ({len(r.elections)}):",
+    lines = [format_header(r.scenario), ""] if header else []
+    lines += ["What happened:", *format_items(story_items(r)), ""]
+    lines += [
+        f"elections ({len(r.elections)}; 'without leader': how long the group had none "
+        "before, '-' when a live leader was replaced):",
     ]
-    rows = [["t", "group", "epoch", "leader", "leaderless"]]
+    rows = [["t", "group", "epoch", "leader", "without leader"]]
     for e in r.elections[:20]:
         gap = "-" if e.leaderless_s is None else f"{e.leaderless_s:.3f}s"
-        rows.append([f"{e.t:.3f}", group_name(e.group), str(e.epoch), format_node(e.leader), gap])
+        leader = f"{server_name(e.leader)} {format_node(e.leader)}"
+        rows.append([f"{e.t:.3f}", group_name(e.group), str(e.epoch), leader, gap])
     lines += _table(rows)
     if len(r.elections) > 20:
         lines.append(f"  ... {len(r.elections) - 20} more (see --json)")

@@ -1,0 +1,172 @@
+"""``powergrid fuzz``: seeded fault-injection runs of a small data centre, from the shell.
+
+::
+
+    powergrid fuzz --seeds N [--start S] [--nodes K] [--safety S] [--liveness S] [--json]
+    powergrid fuzz --replay SEED [--nodes K] [--safety S] [--liveness S] [--json]
+
+Runs :func:`powergrid.sim.fuzzing.run_datacentre` on each seed and prints a
+summary (seeds, violations, faults by kind, datagrams delivered, virtual and
+wall time), or one JSON object with ``--json``. A progress bar goes to
+stderr only when stderr is a terminal (``--progress on`` forces it). Every
+violation names the command that replays it with every option it ran with;
+``--replay`` prints that run's trace, its report and, when it failed, a
+pytest test that reproduces it and runs as it is.
+
+Exit status: 0 if every invariant held, 1 if one broke, 2 for bad options
+(checked before anything runs, one line on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+from powergrid.cli import progress_wanted
+from powergrid.errors import ConfigError
+from powergrid.sim.fuzzing import (
+    DEFAULT_LIVENESS_S,
+    DEFAULT_SAFETY_S,
+    check_options,
+    run_datacentre,
+)
+from powergrid.sim.harness import RunResult
+
+__all__ = ["add_arguments", "run"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``powergrid fuzz``."""
+    parser.add_argument("--seeds", type=int, default=100, help="how many seeds to run (100)")
+    parser.add_argument("--start", type=int, default=0, help="first seed (0)")
+    parser.add_argument(
+        "--nodes", type=int, default=None, help="servers per run (default: 3-15, drawn)"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument(
+        "--replay", type=int, default=None, metavar="SEED", help="re-run SEED, print its trace"
+    )
+    parser.add_argument(
+        "--safety", type=float, default=DEFAULT_SAFETY_S, help="seconds under faults (5)"
+    )
+    parser.add_argument(
+        "--liveness", type=float, default=DEFAULT_LIVENESS_S, help="seconds to converge (10)"
+    )
+    parser.add_argument(
+        "--progress",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="progress bar on stderr (auto: only on a terminal)",
+    )
+
+
+def _bar(done: int, total: int, bad: int, started: float) -> str:
+    width = 30
+    filled = width * done // max(total, 1)
+    rate = done / max(time.perf_counter() - started, 1e-9)
+    return (
+        f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} seeds, "
+        f"{bad} failed, {rate:.1f} seeds/s"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``powergrid fuzz``; returns the exit status (1 if an invariant broke)."""
+    try:
+        if args.seeds < 0:
+            raise ConfigError(f"--seeds {args.seeds}: give 0 or more")
+        check_options(args.nodes, args.safety, args.liveness)
+    except ConfigError as exc:
+        print(f"powergrid fuzz: {exc}", file=sys.stderr)
+        return 2
+    common: dict[str, Any] = {
+        "nodes": args.nodes,
+        "safety_s": args.safety,
+        "liveness_s": args.liveness,
+    }
+    if args.replay is not None:
+        result = run_datacentre(args.replay, keep_trace=True, **common)
+        if args.json:
+            print(json.dumps(_result_json(result), sort_keys=True))
+        else:
+            for line in result.trace_lines or ():
+                print(line)
+            print(result.report())
+            print(f"trace sha256 {result.trace_hash}")
+        return 0 if result.ok else 1
+    show = progress_wanted(args.progress)
+    started = time.perf_counter()
+    results: list[RunResult] = []
+    bad = 0
+    step = max(1, args.seeds // 200)
+    for i, seed in enumerate(range(args.start, args.start + args.seeds)):
+        result = run_datacentre(seed, **common)
+        results.append(result)
+        bad += not result.ok
+        if show and ((i + 1) % step == 0 or i + 1 == args.seeds):
+            print(_bar(i + 1, args.seeds, bad, started), end="", file=sys.stderr, flush=True)
+    if show and args.seeds:
+        print(file=sys.stderr)
+    wall = time.perf_counter() - started
+    faults: dict[str, int] = {}
+    for r in results:
+        for kind, count in r.faults.items():
+            faults[kind] = faults.get(kind, 0) + count
+    violations: list[dict[str, Any]] = [
+        _violation_json(r.violations[0]) for r in results if r.violations
+    ]
+    summary: dict[str, Any] = {
+        "seeds": len(results),
+        "start": args.start,
+        "violations": violations,
+        "faults": dict(sorted(faults.items())),
+        "messages": sum(r.messages for r in results),
+        "virtual_s": sum(r.virtual_time for r in results),
+        "wall_s": wall,
+        "seeds_per_s": len(results) / wall if wall > 0 else 0.0,
+    }
+    if args.json:
+        print(json.dumps(summary, sort_keys=True))
+    else:
+        print(
+            f"{len(results)} seeds ({args.start}..{args.start + len(results) - 1}), "
+            f"{len(violations)} with violations, {summary['seeds_per_s']:.1f} seeds/s"
+        )
+        print("faults: " + (", ".join(f"{k}={v}" for k, v in summary["faults"].items()) or "none"))
+        print(
+            f"messages delivered: {summary['messages']}, virtual time: "
+            f"{summary['virtual_s']:.1f} s, wall time: {wall:.2f} s"
+        )
+        for v in violations:
+            print(
+                f"FAIL seed {v['seed']}: {v['invariant']} at t={v['time']:.3f}: {v['detail']}\n"
+                f"  replay: {v['replay']}"
+            )
+    return 1 if violations else 0
+
+
+def _violation_json(v: Any) -> dict[str, Any]:
+    return {
+        "seed": v.seed,
+        "invariant": v.invariant,
+        "time": v.time,
+        "detail": v.detail,
+        "replay": v.replay,
+    }
+
+
+def _result_json(result: RunResult) -> dict[str, Any]:
+    return {
+        "seed": result.seed,
+        "ok": result.ok,
+        "violations": [_violation_json(v) for v in result.violations],
+        "faults": result.faults,
+        "messages": result.messages,
+        "virtual_s": result.virtual_time,
+        "wall_s": result.wall_time,
+        "trace_sha256": result.trace_hash,
+        "options": str(result.options),
+    }
