@@ -199,17 +199,17 @@ class FakeNet:
     observe: Observer | None = None
     route: Route | None = None
     """The route hook (None: :meth:`default_route`); replace it to drop, delay or copy."""
-    delivered: list[Delivery] = attrs.Factory(list)
-    notices: list[Notice] = attrs.Factory(list)
-    sent: int = 0
+    delivered: list[Delivery] = attrs.field(init=False, factory=list)
+    notices: list[Notice] = attrs.field(init=False, factory=list)
+    sent: int = attrs.field(init=False, default=0)
     """Copies routed onto the wire (after duplication and loss)."""
-    _slots: dict[Address, _Slot] = attrs.Factory(dict)
-    _order: list[Address] = attrs.Factory(list)
-    _queue: list[tuple[float, int, Packet | None, Callable[[], object] | None]] = attrs.Factory(
-        list
+    _slots: dict[Address, _Slot] = attrs.field(init=False, factory=dict)
+    _order: list[Address] = attrs.field(init=False, factory=list)
+    _queue: list[tuple[float, int, Packet | None, Callable[[], object] | None]] = attrs.field(
+        init=False, factory=list
     )
-    _seq: int = 0
-    _side: dict[NodeId, int] = attrs.Factory(dict)
+    _seq: int = attrs.field(init=False, default=0)
+    _side: dict[NodeId, int] = attrs.field(init=False, factory=dict)
 
     # ------------------------------------------------------------- machines
     def add(
