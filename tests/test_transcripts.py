@@ -96,3 +96,21 @@ def test_story_partition_cuts_and_heal_joins() -> None:
     story.execute("heal")
     story.execute("run 2")
     assert story.execute("status 3") == ["3: delivered 1:1 2:0 3:0 buffer=0"]
+
+
+def test_story_deliver_restart_and_network() -> None:
+    """deliver runs only until nothing is in flight; restart is a new life; network sets
+    the link (here: a fixed 5 ms)."""
+    story = Story()
+    story.execute("add-nodes multicast 1 2")
+    story.execute("view 1 2 leader=1 epoch=1")
+    story.execute("network latency=0.005")
+    story.execute("publish 1 x")
+    assert story.execute("deliver") == [
+        "0.005 2: Deliver(origin=1, incarnation=1, seq=1, kind=0, payload=b'x')"
+    ]
+    assert story.net.now == 0.005 and story.execute("deliver") == ["ok"]
+    story.execute("crash 2")
+    assert story.execute("status 2") == ["2: down"]
+    assert story.execute("restart 2") == ["2: incarnation 2"]
+    assert story.net.up(2) and story.net.incarnation(2) == 2

@@ -313,7 +313,8 @@ class Story:
     cmd_tick = cmd_run
 
     def cmd_deliver(self, pos: list[str], kw: dict[str, str]) -> None:
-        self.net.run(self.net.now + 60.0, stop=lambda: not self.net.pending())
+        if self.net.pending():
+            self.net.run(self.net.now + 60.0, stop=lambda: not self.net.pending())
 
     def cmd_crash(self, pos: list[str], kw: dict[str, str]) -> None:
         for i in _ids(pos):
