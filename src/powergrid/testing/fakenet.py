@@ -236,8 +236,9 @@ class FakeNet:
         return addr
 
     def remove(self, where: AddressLike) -> None:
-        """Take a machine off the network: no longer addressed; its packets in flight
-        are dropped when they arrive."""
+        """Take a machine off the network: no longer addressed, and packets in flight to
+        it are dropped; its own still arrive unless ``crash_drops_in_flight``.
+        Raises UsageError for an unknown address."""
         del self._slots[self._known(where)]
         self._order = sorted(self._slots)
 
