@@ -591,7 +591,7 @@ def test_short_receive_buffer_logs_a_warning(caplog: pytest.LogCaptureFixture) -
         async with run_node(Recorder(new_id()), udp=udp_config(recv_buffer=asked)) as h:
             granted.append(h.stats.recv_buffer)
 
-    with caplog.at_level(logging.WARNING, logger="powergrid.transports.trio_udp"):
+    with caplog.at_level(logging.WARNING, logger="powergrid.transports"):
         run(main)
     warned = [r for r in caplog.records if "receive buffer" in r.getMessage()]
     assert granted[0] > 0
