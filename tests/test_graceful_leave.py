@@ -9,6 +9,7 @@ node whose block raises is recorded as ``crashed``. Real processes
 
 from __future__ import annotations
 
+import asyncio
 import random
 import signal
 import socket
@@ -20,6 +21,7 @@ from powergrid.cli.processes import NodeProcesses
 from powergrid.node import NodeConfig
 from powergrid.protocols.membership import MemberRemoved
 from powergrid.transports._core import MemberJoined, MemberLeft
+from powergrid.transports.asyncio_udp import run_node as run_node_asyncio
 from powergrid.transports.trio_udp import UdpConfig, run_node
 from powergrid.types import node_id
 
@@ -128,3 +130,59 @@ def test_cli_node_stopped_on_purpose_leaves(how: str) -> None:
         assert procs.procs[b].wait(timeout=5) == 0
         procs.pump(0.2)
         assert procs.lines[b][-1]["event"] == "left"
+
+
+# ------------------------------------------------------------------ asyncio
+
+
+async def _asyncio_peer_sees_removal(how: str) -> str:
+    """:func:`_peer_sees_removal` on the asyncio transport (``asyncio.timeout`` from outside)."""
+    udp = UdpConfig(ttl=0, group_port_base=free_port(), group_ports=2)
+    a_port, b_port = free_port(), free_port()
+    b_id = node_id(HOST, b_port)
+    removed: list[MemberRemoved] = []
+    left: list[MemberLeft] = []
+    joined = asyncio.Event()
+    gone = asyncio.Event()
+    a_cfg = NodeConfig(port=a_port, broker_capable=True, rank=1)
+    async with run_node_asyncio(a_cfg, udp=udp, rng=random.Random(1)) as a:
+
+        async def watch() -> None:
+            async for ev in a.events():
+                if isinstance(ev, MemberJoined) and ev.node == b_id:
+                    joined.set()
+                elif isinstance(ev, MemberRemoved) and ev.node == b_id:
+                    removed.append(ev)
+                elif isinstance(ev, MemberLeft) and ev.node == b_id:
+                    left.append(ev)
+                    gone.set()
+                    return
+
+        async with asyncio.timeout(10), asyncio.TaskGroup() as tasks:
+            tasks.create_task(watch())
+            timed_out = False
+            try:
+                async with asyncio.timeout(None) as outer:
+                    async with run_node_asyncio(NodeConfig(port=b_port), udp=udp) as b:
+                        await joined.wait()
+                        assert b.running
+                        if how == "raise":
+                            raise _Boom
+                        outer.reschedule(asyncio.get_running_loop().time() + 0.05)
+                        await asyncio.Event().wait()
+            except _Boom:
+                pass
+            except TimeoutError:
+                timed_out = True
+            assert timed_out == (how == "cancel")
+            await gone.wait()
+    assert len(removed) == 1 and len(left) == 1
+    assert left[0].reason == removed[0].reason
+    return str(removed[0].reason)
+
+
+@pytest.mark.parametrize(("how", "reason"), [("cancel", "left"), ("raise", "crashed")])
+def test_asyncio_cancelled_from_outside_leaves_an_exception_crashes(how: str, reason: str) -> None:
+    """Rule: on asyncio too, a block cancelled from outside (``asyncio.timeout``) leaves
+    gracefully (peer: ``left``) and a block that raises does not (peer: ``crashed``)."""
+    assert asyncio.run(_asyncio_peer_sees_removal(how)) == reason
