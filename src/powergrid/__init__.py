@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from powergrid.auth import Keyring
 from powergrid.errors import (
     ConfigError,
     DecodeError,
@@ -31,7 +32,13 @@ from powergrid.node import MessageDelivered, NodeConfig, NodeStats, UnicastDeliv
 from powergrid.protocols.market import AllocationChanged, Bid, PriceUpdated, Regime
 from powergrid.protocols.market.lead import MarketCleared
 from powergrid.protocols.membership import MemberRemoved, MemberSuspected
-from powergrid.transports._core import MemberJoined, MemberLeft, UdpConfig, UdpStats
+from powergrid.transports._core import (
+    MemberJoined,
+    MemberLeft,
+    UdpConfig,
+    UdpStats,
+    format_event,
+)
 from powergrid.types import (
     BROKER_GROUP,
     ElectionKey,
@@ -87,6 +94,7 @@ __all__ = [
     "Epoch",
     "GroupId",
     "Incarnation",
+    "Keyring",
     "LeaderElected",
     "LeaderLost",
     "LocalError",
@@ -114,6 +122,7 @@ __all__ = [
     "View",
     "ViewChanged",
     "__version__",
+    "format_event",
     "format_node",
     "node_address",
     "node_id",

@@ -48,6 +48,7 @@ datagrams are flushed, and the transport then drains the backlog for at most
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 import logging
 import math
@@ -82,6 +83,7 @@ __all__ = [
     "UdpConfig",
     "UdpStats",
     "default_incarnation",
+    "format_event",
     "open_group_socket",
     "open_unicast_socket",
     "pack_bundles",
@@ -264,6 +266,41 @@ class MemberLeft:
 
     def __str__(self) -> str:
         return f"left group {self.group}: {format_node(self.node)} ({self.reason})"
+
+
+_NODE_FIELDS = frozenset({"node", "sender", "leader", "to"})
+
+
+def _shown(name: str, value: object) -> str:
+    if name in _NODE_FIELDS and type(value) is int:
+        return format_node(value)
+    if isinstance(value, enum.Enum):
+        return value.name.lower()
+    if attrs.has(type(value)):
+        return format_event(value)
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_shown(name, v) for v in value) + "]"
+    if isinstance(value, bytes) and len(value) > 40:
+        return repr(value[:40]) + f"...({len(value)} bytes)"
+    return str(value) if isinstance(value, int | float | str) else repr(value)
+
+
+def format_event(event: object) -> str:
+    """One line a person reads, for any notification: node ids as ``127.0.0.1:47001``.
+
+    ``MessageDelivered(group=1, sender=127.0.0.1:47001, seq=3, payload=b'hi')``;
+    a view lists its members by address. Objects that are not attrs classes
+    are shown with ``repr``. Never raises for an attrs event.
+    """
+    cls = type(event)
+    if not attrs.has(cls):
+        return repr(event)
+    if cls.__name__ == "Member":
+        return f"{format_node(event.node)}/{event.incarnation}"  # type: ignore[attr-defined]
+    fields = ", ".join(
+        f"{f.name}={_shown(f.name, getattr(event, f.name))}" for f in attrs.fields(cls)
+    )
+    return f"{cls.__name__}({fields})"
 
 
 def default_incarnation() -> int:
