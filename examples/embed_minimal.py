@@ -1,6 +1,7 @@
 """Embed one powergrid node in a trio app: print its events, multicast, leave.
 
-Run: ``python examples/embed_minimal.py [port]`` (loopback only). Start it
+Run: ``python examples/embed_minimal.py [port] [key_file]`` (loopback only; with a
+key file, every datagram is signed, see docs/security.md). Start it
 twice with different ports to see two nodes form a cluster and exchange a
 message; alone, the node elects itself broker and lead broker.
 """
@@ -12,11 +13,12 @@ import sys
 
 import trio
 
-from powergrid import Bid, NodeConfig, UdpConfig, format_event, run_node
+from powergrid import Bid, Keyring, NodeConfig, UdpConfig, format_event, run_node
 
 
-async def main(port: int) -> None:
+async def main(port: int, key_file: str | None) -> None:
     config = NodeConfig(
+        keyring=Keyring.from_file(key_file) if key_file else None,
         host="127.0.0.1",
         port=port,
         cluster=1,
@@ -44,4 +46,5 @@ async def main(port: int) -> None:
 
 
 if __name__ == "__main__":
-    trio.run(main, int(sys.argv[1]) if len(sys.argv) > 1 else 47001)
+    port = int(sys.argv[1]) if len(sys.argv) > 1 else 47001
+    trio.run(main, port, sys.argv[2] if len(sys.argv) > 2 else None)
