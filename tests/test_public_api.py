@@ -93,3 +93,41 @@ def test_set_supply_and_set_bid_reach_the_market(loop: str) -> None:
     lp.run(main)
     # supply 0 would be a shortage (allocation 0); 500 W for a bid of 200..800 W is not
     assert prices[0].regime == pg.Regime.NORMAL and 200 < prices[0].allocation <= 500
+
+
+@pytest.mark.parametrize("loop", ["trio", "asyncio"])
+def test_two_readers_of_events_share_one_queue(loop: str) -> None:
+    """Rule (docs/api.md): two tasks reading ``events()`` share one queue: every
+    notification goes to exactly one of them, in order within each."""
+    from toys import Got, Recorder, datagram  # noqa: PLC0415
+
+    lp = LOOPS[loop]
+    ep = Recorder(node_id(HOST, free_port()))
+    got: dict[str, list[int]] = {"a": [], "b": []}
+    n = 40
+
+    async def main() -> None:
+        async with lp.run_node(ep, udp=pg.UdpConfig(ttl=0, group_port_base=free_port())) as h:
+
+            async def read(name: str) -> None:
+                async for ev in h.events():
+                    assert isinstance(ev, Got)
+                    got[name].append(ev.value)
+                    await lp.sleep(0)  # let the other reader take the next one
+
+            async with lp.tasks() as tasks:
+                tasks.start_soon(read, "a")
+                tasks.start_soon(read, "b")
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
+                    for v in range(n):
+                        raw.sendto(datagram(1, v), pg.node_address(ep.node_id))
+                        await lp.sleep(0.001)
+                with lp.fail_after(5):
+                    while len(got["a"]) + len(got["b"]) < n:
+                        await lp.sleep(0.005)
+                tasks.cancel()
+
+    lp.run(main)
+    assert sorted(got["a"] + got["b"]) == list(range(n))  # each to one reader, none twice
+    assert got["a"] and got["b"]  # both took some
+    assert got["a"] == sorted(got["a"]) and got["b"] == sorted(got["b"])

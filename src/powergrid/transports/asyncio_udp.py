@@ -65,7 +65,7 @@ class AsyncioUdpHandle(Driver):
         self._timer: asyncio.TimerHandle | None = None
         self._writing = False
         self._drained: asyncio.Future[None] | None = None
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiters: list[asyncio.Future[None]] = []
         self._host: asyncio.Task[object] | None = None
         self._error: BaseException | None = None
 
@@ -101,16 +101,20 @@ class AsyncioUdpHandle(Driver):
         self._loop.remove_reader(sock)
 
     def _wake_events(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if self._waiters:  # every reader waiting in events(), as trio's ParkingLot does
+            for waiter in self._waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+            self._waiters.clear()
 
     async def _wait_events(self) -> None:
-        self._waiter = self._loop.create_future()
+        waiter = self._loop.create_future()
+        self._waiters.append(waiter)
         try:
-            await self._waiter
+            await waiter
         finally:
-            self._waiter = None
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
 
     async def _after_command(self, yield_now: bool) -> None:
         if yield_now:
