@@ -131,3 +131,26 @@ def test_two_readers_of_events_share_one_queue(loop: str) -> None:
     assert sorted(got["a"] + got["b"]) == list(range(n))  # each to one reader, none twice
     assert got["a"] and got["b"]  # both took some
     assert got["a"] == sorted(got["a"]) and got["b"] == sorted(got["b"])
+
+
+def test_each_run_node_says_which_loop_it_needs() -> None:
+    """Rule (issue 18): ``run_node`` under asyncio, or ``run_node_asyncio`` under trio,
+    raises UsageError naming the other, not an AttributeError from inside trio."""
+    import asyncio  # noqa: PLC0415
+
+    import trio  # noqa: PLC0415
+
+    cfg = pg.NodeConfig(port=free_port())
+
+    async def trio_under_asyncio() -> None:
+        async with pg.run_node(cfg):
+            pass  # pragma: no cover
+
+    async def asyncio_under_trio() -> None:
+        async with pg.run_node_asyncio(cfg):
+            pass  # pragma: no cover
+
+    with pytest.raises(pg.UsageError, match=r"under asyncio use powergrid\.run_node_asyncio"):
+        asyncio.run(trio_under_asyncio())
+    with pytest.raises(pg.UsageError, match=r"under trio use powergrid\.run_node"):
+        trio.run(asyncio_under_trio)

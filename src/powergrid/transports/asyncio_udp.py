@@ -39,6 +39,7 @@ import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 
+from powergrid.errors import UsageError
 from powergrid.events import Endpoint
 from powergrid.node import Node, NodeConfig
 from powergrid.transports._core import Driver, UdpConfig, default_incarnation, log
@@ -194,12 +195,20 @@ async def run_node(
     The same contract as :func:`powergrid.transports.trio_udp.run_node`:
     ``incarnation`` defaults to :func:`default_incarnation`, ``rng`` to a fresh
     ``random.Random()``; ``on_event`` replaces the :meth:`events` queue.
-    Raises :class:`ConfigError` if the unicast socket cannot be opened. Yields
+    Raises :class:`ConfigError` if the unicast socket cannot be opened and
+    :class:`UsageError` outside asyncio (e.g. under trio: use ``run_node``). Yields
     an :class:`AsyncioUdpHandle`; leaving the block (also by cancellation from
     outside) leaves gracefully, flushes and closes every socket; an exception
     from the block or the endpoint skips the leave, and an exception from the
     endpoint ends the block with it.
     """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        raise UsageError(
+            "powergrid.run_node_asyncio runs under asyncio (asyncio.run); "
+            "under trio use powergrid.run_node"
+        ) from None
     if isinstance(node, NodeConfig):
         inc = default_incarnation() if incarnation is None else incarnation
         endpoint: Endpoint = Node(node, incarnation=inc, rng=rng or random.Random())

@@ -37,6 +37,7 @@ from typing import Any
 
 import trio
 
+from powergrid.errors import UsageError
 from powergrid.events import Endpoint
 from powergrid.node import Node, NodeConfig
 from powergrid.transports._core import (
@@ -218,12 +219,20 @@ async def run_node(
     ``on_event(notification)``, if given, takes every notification at once,
     inside the transport's tasks, instead of the :meth:`UdpHandle.events`
     queue (see docs/transports.md). Raises :class:`ConfigError` if the
-    unicast socket cannot be opened. Yields a :class:`UdpHandle`; leaving the
+    unicast socket cannot be opened, :class:`UsageError` outside trio (e.g. under
+    asyncio: use ``run_node_asyncio``). Yields a :class:`UdpHandle`; leaving the
     block (also by cancellation from outside) leaves gracefully, flushes and
     closes every socket; an exception from the block or the endpoint skips
     the leave (peers see a crash). An exception from the endpoint ends the
     block with it.
     """
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        raise UsageError(
+            "powergrid.run_node runs under trio (trio.run); "
+            "under asyncio use powergrid.run_node_asyncio"
+        ) from None
     if isinstance(node, NodeConfig):
         inc = default_incarnation() if incarnation is None else incarnation
         endpoint: Endpoint = Node(node, incarnation=inc, rng=rng or random.Random())
