@@ -2,10 +2,9 @@
 
 ``LOOPS["trio"]`` and ``LOOPS["asyncio"]`` each give ``run(main)``,
 ``run_node`` (that loop's transport), ``sleep``, ``sleep_forever``, ``now``,
-a synchronous ``fail_after(seconds)`` (raises ``TimeoutError`` on trio as
-``trio.TooSlowError``, a subclass... on asyncio as ``TimeoutError``) and
-``tasks()``, an async context manager with ``start_soon(fn, *args)`` and
-``cancel()``.
+a synchronous ``fail_after(seconds)`` (``trio.TooSlowError`` on trio,
+``TimeoutError`` on asyncio) and ``tasks()``, an async context manager with
+``start_soon(fn, *args)`` and ``cancel()``.
 """
 
 from __future__ import annotations
