@@ -50,7 +50,7 @@ from powergrid.protocols.multicast._life import (
     next_phase,
 )
 from powergrid.types import NodeId
-from powergrid.wire import Nak
+from powergrid.wire import Nak, Stable
 
 if TYPE_CHECKING:
     from powergrid.protocols.multicast._coordinator import StabilityCoordinator
@@ -332,6 +332,45 @@ class Lives:
         st.delivered = stable
         self.drain(st, out)
         st.tries = st.group_round = 0
+
+    def take_digest(self, msg: Stable, now: float) -> list[Any]:
+        """Apply a Stable of the own view's coordinator (rule 14 checked by the caller):
+        trim to ``stable`` and nak up to ``highest`` (rule 13), start a joiner's streams
+        (rule 18), skip lost stretches (rule 17), learn how far retired lives went (rule 23).
+        Returns the deliveries it causes."""
+        out: list[Any] = []
+        trim = self._buffer.trim
+        origins = self.current
+        for origin, inc, stable, highest in msg.entries:
+            st = origins.get(origin)
+            if origin == self._me:
+                if st is not None and inc == st.incarnation:
+                    trim(st, min(stable, st.delivered))  # rule 13
+                continue
+            if self.unlisted(origin, inc) and self.retired_life(origin, inc) is None:
+                continue  # (rule 2; a retired life is repaired for its flush_grace, never revived)
+            if st is None:
+                if self.dropped(origin, inc):
+                    continue
+                st = self.begin(origin, inc, stable, now)  # a joiner starts here (rule 18)
+            elif inc != st.incarnation:
+                if inc < st.incarnation:
+                    old = self.retired_life(origin, inc)
+                    if old is not None:  # rule 23: learn how far the retired life went
+                        if stable > old.delivered:
+                            self.skip_to(old, stable, out)
+                        old.highest = max(old.highest, highest)
+                        self.check_gap(old, now)
+                    continue
+                st = self.begin(origin, inc, stable, now)
+            elif st.delivered == PENDING:
+                self.start(st, stable, out)  # rule 18
+            elif stable > st.delivered:
+                self.skip_to(st, stable, out)  # rule 17
+            trim(st, stable)  # rule 13
+            st.highest = max(st.highest, highest)
+            self.check_gap(st, now)  # behind highest: nak (rule 13)
+        return out
 
     # ------------------------------------------------------------ the resend requester
 

@@ -336,38 +336,7 @@ class MulticastMachine(Dispatching):
         ):
             self._stats.ignored += 1
             return []
-        trim = self._buffer.trim
-        origins = self._origins
-        out: list[Any] = []
-        for origin, inc, stable, highest in msg.entries:
-            st = origins.get(origin)
-            if origin == self._me:
-                if st is not None and inc == st.incarnation:
-                    trim(st, min(stable, st.delivered))  # rule 13
-                continue
-            if lives.unlisted(origin, inc) and lives.retired_life(origin, inc) is None:
-                continue  # (rule 2; a retired life is repaired for its flush_grace, never revived)
-            if st is None:
-                if lives.dropped(origin, inc):
-                    continue
-                st = lives.begin(origin, inc, stable, now)  # a joiner starts here (rule 18)
-            elif inc != st.incarnation:
-                if inc < st.incarnation:
-                    old = lives.retired_life(origin, inc)
-                    if old is not None:  # rule 23: learn how far the retired life went
-                        if stable > old.delivered:
-                            lives.skip_to(old, stable, out)
-                        old.highest = max(old.highest, highest)
-                        lives.check_gap(old, now)
-                    continue
-                st = lives.begin(origin, inc, stable, now)
-            elif st.delivered == PENDING:
-                lives.start(st, stable, out)  # rule 18
-            elif stable > st.delivered:
-                lives.skip_to(st, stable, out)  # rule 17
-            trim(st, stable)  # rule 13
-            st.highest = max(st.highest, highest)
-            lives.check_gap(st, now)  # behind highest: nak (rule 13)
+        out = lives.take_digest(msg, now)
         if self._needs_status():  # e.g. the digest lags what we delivered: tell it
             if self._status_due is None:
                 self._arm_status(now)
