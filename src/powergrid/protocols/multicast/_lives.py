@@ -16,10 +16,11 @@ truth; the dicts here are indexes kept in step with it):
 
 On a life it keeps the stream: place a Data or Xmit (deliver in order and drain
 what it unblocks, hold ahead of a gap, drop duplicates: rules 3, 4), start a
-pending stream (rule 18), skip to a stable point (rule 17); and the resend
-requester: a Nak timer per life with a gap, unicast Naks to the origin, then group
-Naks with a rotating helper (rules 5-7). Its deadline is the earliest Nak, grace
-and retired-life timer (:meth:`Lives.deadline`).
+pending stream (rule 18), skip to a stable point (rule 17), apply a Stable digest
+of the own view's coordinator (rule 13). And it is the resend requester: a Nak
+timer per life with a gap, unicast Naks to the origin, then group Naks with a
+rotating helper (rules 5-7). Its deadline is the earliest Nak, grace and
+retired-life timer (:meth:`Lives.deadline`).
 
 Assumes the machine tells it the view (``members``, ``leader``, ``has_view``) and
 whether a coordinator part exists (``coordinator``, whose reports go with the
