@@ -289,6 +289,17 @@ class Leader(_Role):
 
     # ------------------------------------------------------------ messages
 
+    def heartbeat(self, ev: Received, now: float) -> list[Any]:
+        # Rule M1: another node's heartbeat is refused (an older or foreign epoch, or a
+        # rival of this one), or it is of a newer epoch: this node steps down, and the
+        # member it became takes the heartbeat. (Its fencing passes again without effect:
+        # the sender, its epoch and life are the ones just followed.)
+        m = self._m
+        hb = cast(Heartbeat, ev.message)
+        if not m._accept_leader(ev.sender, ev.incarnation, hb.epoch, hb.view_id, now):
+            return []
+        return m._role.heartbeat(ev, now)
+
     def is_member(self, ev: Received) -> bool:
         """Is the sender a member of the view, in the incarnation listed?"""
         mm = self._m._members.get(ev.sender)

@@ -180,8 +180,14 @@ from powergrid.protocols.membership.messages import (
 )
 from powergrid.protocols.membership.roles import TRANSITIONS, Idle, Joining, _Role
 from powergrid.protocols.membership.roles import Member as MemberRole
-from powergrid.protocols.membership.view import REASONS, installable, newest, parse_view
-from powergrid.types import MAX_NODE_ID, Epoch, GroupId, NodeId, epoch_newer, view_newer
+from powergrid.protocols.membership.view import (
+    REASONS,
+    ViewAssembly,
+    installable,
+    newest,
+    parse_view,
+)
+from powergrid.types import MAX_NODE_ID, Epoch, GroupId, NodeId, epoch_newer
 from powergrid.wire import LeaveNotice, ViewEntry, ViewPart, ViewRequest
 
 __all__ = ["MembershipMachine"]
@@ -193,8 +199,7 @@ class MembershipMachine(Dispatching):
     """Heartbeat membership of one group, as leader or member (see the module doc)."""
 
     __slots__ = (
-        "_asm_key",
-        "_asm_parts",
+        "_assembly",
         "_config",
         "_group",
         "_heard",
@@ -281,8 +286,7 @@ class MembershipMachine(Dispatching):
         self._request_after = -math.inf
         # The view being assembled from its parts: parts may arrive across a change of
         # role (a joiner's view completes as a member's); Leave drops it.
-        self._asm_key: tuple[int, int, int, int] | None = None  # sender, epoch, view id, parts
-        self._asm_parts: dict[int, tuple[ViewEntry, ...]] = {}
+        self._assembly = ViewAssembly()
         # The probe nonce counter, across this node's terms as leader: a node may lead one
         # epoch twice (twins settled one way, then back), and a late ProbeAck of the first
         # term must not clear a suspicion of the second (rule L3).
@@ -406,8 +410,7 @@ class MembershipMachine(Dispatching):
         self._view = None
         self._members = {}
         self._others = ()
-        self._asm_key = None
-        self._asm_parts = {}
+        self._assembly = ViewAssembly()
         actions.append(Left(group=self._group))
         return actions
 
@@ -594,23 +597,11 @@ class MembershipMachine(Dispatching):
         if vp.parts == 1:
             self._install(ev.sender, vp, (vp.entries,), now, actions)
             return actions
-        key = (ev.sender, vp.epoch, vp.view_id, vp.parts)
-        if key != self._asm_key:
-            asm = self._asm_key
-            if asm is not None and (
-                epoch_newer(asm[1], vp.epoch)
-                or (vp.epoch == asm[1] and view_newer(asm[2], vp.view_id))
-            ):
-                self._stats.dropped_old_view += 1
-                return actions
-            self._asm_key = key
-            self._asm_parts = {}
-        self._asm_parts[vp.part] = vp.entries
-        if len(self._asm_parts) == vp.parts:
-            parts = self._asm_parts
-            self._asm_key = None
-            self._asm_parts = {}
-            self._install(ev.sender, vp, tuple(parts[i] for i in range(vp.parts)), now, actions)
+        parts = self._assembly.add(ev.sender, vp)
+        if parts == ():  # of an older view than the one being assembled
+            self._stats.dropped_old_view += 1
+        elif parts is not None:
+            self._install(ev.sender, vp, parts, now, actions)
         return actions
 
     def _install(

@@ -122,12 +122,6 @@ class _Role(Dispatching):
     def leader_changed(self) -> None:
         """The machine follows a new leader (or a new epoch of one), not this node."""
 
-    def heard(
-        self, ev: Received, hb: Heartbeat, followed: int | None, highest: int, now: float
-    ) -> list[Any]:
-        """A heartbeat of the followed leader passed the fencing (rule M1)."""
-        raise AssertionError(f"{type(self).__name__} cannot hold an accepted heartbeat")
-
     def left_out(
         self, departed: dict[int, tuple[int, int]], now: float, actions: list[Any]
     ) -> None:
@@ -160,14 +154,8 @@ class _Role(Dispatching):
         return []
 
     def heartbeat(self, ev: Received, now: float) -> list[Any]:
-        """Rule M1 (fencing), then what the role after it does with the heartbeat."""
-        m = self._m
-        hb = cast(Heartbeat, ev.message)
-        followed, highest = m._lead.leader, m._highest
-        if not m._accept_leader(ev.sender, ev.incarnation, hb.epoch, hb.view_id, now):
-            return []
-        # The role now: this one, or the member a leader became by stepping down.
-        return m._role.heard(ev, hb, followed, highest, now)
+        """A leader's heartbeat: each role fences it (rule M1) and then acts on it."""
+        raise NotImplementedError
 
     def view_part(self, ev: Received, now: float) -> list[Any]:
         """Rules M1, M4, M5: the machine fences, assembles and installs views."""
@@ -355,11 +343,13 @@ class Joining(_Following):
                 m._report_lost(actions)
         return actions
 
-    def heard(
-        self, ev: Received, hb: Heartbeat, followed: int | None, highest: int, now: float
-    ) -> list[Any]:
+    def heartbeat(self, ev: Received, now: float) -> list[Any]:
         m = self._m
+        hb = cast(Heartbeat, ev.message)
+        followed, highest = m._lead.leader, m._highest
         actions: list[Any] = []
+        if not m._accept_leader(ev.sender, ev.incarnation, hb.epoch, hb.view_id, now):
+            return actions  # rule M1
         if m._lead.leader != followed:
             self.join_now(now, actions)  # rule M7: a joiner found its leader: ask it directly
         elif view_newer(hb.view_id, highest) or not installable(hb.view_id, m._view_id()):
@@ -386,11 +376,12 @@ class Member(_Following):
         super().__init__(machine)
         self.ack_out: tuple[tuple[int, int, int], Send] | None = None
 
-    def heard(
-        self, ev: Received, hb: Heartbeat, followed: int | None, highest: int, now: float
-    ) -> list[Any]:
+    def heartbeat(self, ev: Received, now: float) -> list[Any]:
         m = self._m
+        hb = cast(Heartbeat, ev.message)
         actions: list[Any] = []
+        if not m._accept_leader(ev.sender, ev.incarnation, hb.epoch, hb.view_id, now):
+            return actions  # rule M1
         view = m._view
         assert view is not None
         if installable(hb.view_id, view.view_id) or (

@@ -8,8 +8,9 @@ entries of all parts back into members and departures, or refuses entries
 that are not strictly sorted. View ids compare as serial numbers
 (:func:`~powergrid.types.view_newer`): :func:`newest` and :func:`installable`
 are the two comparisons the machine makes (docs/protocols/membership.md,
-*View ids*, rule V1). Pure functions; the one module-level state is
-:func:`parse_view`'s cache of its last answer.
+*View ids*, rule V1), and a :class:`ViewAssembly` collects the parts of the
+newest view heard of (rule M4). Pure functions otherwise; the one
+module-level state is :func:`parse_view`'s cache of its last answer.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 from powergrid.events import Member
 from powergrid.protocols.membership.messages import RemovalReason
-from powergrid.types import Incarnation, NodeId, view_newer
+from powergrid.types import Incarnation, NodeId, epoch_newer, view_newer
 from powergrid.wire import (
     MAX_PAYLOAD,
     VIEW_STATUS_CRASHED,
@@ -33,6 +34,7 @@ from powergrid.wire import (
 __all__ = [
     "REASONS",
     "VIEW_ENTRIES_PER_PART",
+    "ViewAssembly",
     "installable",
     "newest",
     "parse_view",
@@ -133,3 +135,44 @@ def parse_view(parts: tuple[tuple[ViewEntry, ...], ...]) -> _Parsed | None:
         result = tuple(members), departed
     last[0], last[1] = parts, result
     return result
+
+
+_Parts = tuple[tuple[ViewEntry, ...], ...]
+
+
+class ViewAssembly:
+    """The parts of one multi-part view being collected (rule M4).
+
+    Parts of a newer view (or of another sender, or another part count)
+    abandon an unfinished older one; parts of an older view than the one
+    being collected are refused; duplicates are harmless.
+    """
+
+    __slots__ = ("key", "parts")
+
+    def __init__(self) -> None:
+        self.key: tuple[int, int, int, int] | None = None  # sender, epoch, view id, parts
+        self.parts: dict[int, tuple[ViewEntry, ...]] = {}
+
+    def add(self, sender: int, vp: ViewPart) -> _Parts | None:
+        """Collect ``vp`` from ``sender``. Returns the entries of every part, in part
+        order, when the view is complete (and starts over); ``()`` if ``vp`` is of an
+        older view than the one being collected (refused); None while parts are missing.
+        """
+        key = (sender, vp.epoch, vp.view_id, vp.parts)
+        if key != self.key:
+            asm = self.key
+            if asm is not None and (
+                epoch_newer(asm[1], vp.epoch)
+                or (vp.epoch == asm[1] and view_newer(asm[2], vp.view_id))
+            ):
+                return ()
+            self.key = key
+            self.parts = {}
+        self.parts[vp.part] = vp.entries
+        if len(self.parts) < vp.parts:
+            return None
+        parts = self.parts
+        self.key = None
+        self.parts = {}
+        return tuple(parts[i] for i in range(vp.parts))
