@@ -30,10 +30,11 @@ machine, each field with the reason it must. The machine may move only along
     leader -> member           a newer leader followed; keeps its view (rules M1, E3)
     any but idle -> idle       Leave()                                 (rule M10)
 
-Handlers the roles share sit on :class:`_Role` (the heartbeat and view
-fencing, the probe answer) and on :class:`_Following` (joining and member:
-relaying probes, a leader's LeaveNotice); a role overrides only what it does
-differently. Rule numbers are those of docs/protocols/membership.md.
+Handlers the roles share sit on :class:`_Role` (the probe answer, the
+view fencing, which the machine does, and a non-leader's drops) and on
+:class:`_Following` (joining and member: relaying probes, a leader's
+LeaveNotice); each role fences a heartbeat itself (rule M1) and overrides
+only what it does differently. Rule numbers are those of docs/protocols/membership.md.
 """
 
 from __future__ import annotations
