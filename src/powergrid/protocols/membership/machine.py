@@ -284,8 +284,9 @@ class MembershipMachine(Dispatching):
         # At most one ViewRequest per heartbeat_interval, whether joining or member
         # (rules M3, M5): a joiner that installs a view does not ask again at once.
         self._request_after = -math.inf
-        # The view being assembled from its parts: parts may arrive across a change of
-        # role (a joiner's view completes as a member's); Leave drops it.
+        # The view being assembled from its parts: parts collected in one role still count
+        # in the next (a member left out of one view goes on collecting the next one while
+        # joining); only Leave drops them.
         self._assembly = ViewAssembly()
         # The probe nonce counter, across this node's terms as leader: a node may lead one
         # epoch twice (twins settled one way, then back), and a late ProbeAck of the first
