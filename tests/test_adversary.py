@@ -14,14 +14,16 @@ replay one seed; a failure prints it).
 from __future__ import annotations
 
 import math
+import random
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from powergrid import wire
 from powergrid.events import LeaderElected, Received
+from powergrid.node import Node, NodeConfig
 from powergrid.protocols.market import Bid, BrokerConfig, BrokerMachine, Grid
-from powergrid.types import BROKER_GROUP, Epoch, GroupId, Incarnation, NodeId
+from powergrid.types import BROKER_GROUP, Epoch, GroupId, Incarnation, NodeId, node_id
 
 # ------------------------------------------------------ finding: a bid's corners
 
@@ -69,3 +71,29 @@ def test_demand_is_finite_and_within_r_m_for_any_finite_corners_and_price(
     assert math.isfinite(d) and 100 <= d <= 200
     for j in range(WIDE.points + 2):
         assert 100 <= bid.level(j, WIDE) <= 200
+
+
+# ------------------------------------------ finding: forged brokers fill a queue
+
+
+def test_forged_coordinators_with_rising_epochs_never_make_receive_raise() -> None:
+    """Rule: 2,000 forged Coordinators from a made-up higher id, each in a newer epoch, make
+    the client follow a "new broker" each time; its bids to that broker never overflow the
+    unicast queue (a newer bid replaces the queued ones) and receive never raises. It used
+    to raise UsageError at the 1,057th (window 32 + queue 1,024)."""
+    node = Node(
+        NodeConfig(port=9000, bid=Bid(floor=50, required=100, maximum=200)),
+        incarnation=1,
+        rng=random.Random(1),
+    )
+    node.start(0.0)
+    node.handle_deadline(3.0)
+    phantom = node_id("127.0.0.9", 9999)
+    now = 3.0
+    for epoch in range(2, 2002):
+        now += 0.001
+        node.receive(wire.encode(1, phantom, 1, wire.Coordinator(epoch=epoch, rank=0)), now)
+    assert node.client.broker == phantom
+    unicast = node.stack(1).unicast
+    assert unicast.backlog[phantom] <= unicast.config.window + 1
+    assert unicast.stats.superseded > 1000
