@@ -78,9 +78,12 @@ epoch 0 at bootstrap: "there is no leader") and lists the members with
    older); otherwise it is refused and counted. A node without a live leader
    that cannot stand answers a refused Coordinator with
    :class:`~powergrid.wire.Fenced`, so the claimant re-asserts with a newer
-   epoch. A Coordinator from a new incarnation of the leader followed means
-   the life we followed is gone: its claim is judged as anyone's, and if it is
-   refused a candidate schedules an election.
+   epoch; one that can stand does so only to a higher key claiming an older
+   epoch than the one it followed, with that epoch (the highest it has seen may
+   be forged and foreign to the leader, which would ignore it). A Coordinator
+   from a new incarnation of the leader followed means the life we followed
+   is gone: its claim is judged as anyone's, and if it is refused a candidate
+   schedules an election.
 7. The leader re-multicasts its Coordinator every ``announce_interval``, and
    at once (at most once per ``answer_timeout``) when it hears a membership
    :class:`~powergrid.wire.Heartbeat` from another node of its group: a rival
@@ -643,6 +646,14 @@ class ElectionMachine(Dispatching):
                 self._stats.fenced_sent += 1
                 self._stats.messages_sent += 1
                 return [Send(to=NodeId(sender), message=Fenced(self._max_epoch))]
+            if self._leader == 0 and (rank, sender) > self._key and older:
+                # A higher key leads an epoch older than ours, and we cannot follow it: tell
+                # it the epoch it must beat. Ours, not the highest seen: that one may be
+                # forged, foreign to the leader, which would ignore it, and our Elections
+                # (carrying it) too, for good (adversary seed 202).
+                self._stats.fenced_sent += 1
+                self._stats.messages_sent += 1
+                return [Send(to=NodeId(sender), message=Fenced(self._epoch))]
             return []
         if self._capable and not self._cfg.stable_leader and (rank, sender) < self._key:
             self._stats.bullied += 1
