@@ -350,6 +350,7 @@ class UnicastMachine(Dispatching):
         "_stats",
         "_stuck_after",
         "_stuck_gap",
+        "_waiting",
     )
 
     _EVENTS = {
@@ -379,6 +380,7 @@ class UnicastMachine(Dispatching):
         self._in: dict[int, _Incoming] = {}
         self._armed: dict[int, float] = {}  # peer -> retransmission time
         self._held = 0  # messages held ahead of gaps, over all incoming records
+        self._waiting: set[int] = set()  # peers whose queue is not empty
 
     # ------------------------------------------------------------ surface
 
@@ -458,16 +460,20 @@ class UnicastMachine(Dispatching):
                 "or raise max_queue"
             )
         out.queue.append((kind, payload))
+        self._waiting.add(to)
         return actions
 
     def _supersede(self, kind: int) -> None:
         """Drop every queued message of ``kind``, to any peer (a newer one replaces them)."""
-        for out in self._out.values():
+        for peer in sorted(self._waiting):
+            out = self._out[peer]
             queue = out.queue
-            if queue and any(k == kind for k, _ in queue):
+            if any(k == kind for k, _ in queue):
                 kept = [item for item in queue if item[0] != kind]
                 self._stats.superseded += len(queue) - len(kept)
                 out.queue = deque(kept)
+                if not kept:
+                    self._waiting.discard(peer)
 
     def _evict_out(self, actions: list[Any]) -> None:
         """Make room for one more outgoing record: give up on the least recently progressing."""
@@ -540,6 +546,8 @@ class UnicastMachine(Dispatching):
         while out.queue and len(out.inflight) < window:
             kind, payload = out.queue.popleft()
             actions.append(self._send_new(peer, out, kind, payload))
+            if not out.queue:
+                self._waiting.discard(peer)
         if out.inflight:
             self._arm(peer, out, now, self._config.rto_initial)
         else:
@@ -566,6 +574,7 @@ class UnicastMachine(Dispatching):
         out.acked = out.next_seq - 1  # abandoned; the next message's base skips them
         out.inflight.clear()
         out.queue.clear()
+        self._waiting.discard(peer)
         self._disarm(peer, out)
         if not undelivered:
             return []

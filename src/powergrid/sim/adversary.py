@@ -57,7 +57,7 @@ from powergrid import wire
 from powergrid.errors import PayloadTooLargeError
 from powergrid.events import Transmit, TransmitGroup
 from powergrid.node import Node, NodeConfig
-from powergrid.protocols.market import Bid
+from powergrid.protocols.market import Bid, BrokerConfig, ClientConfig, Grid, LeadConfig
 from powergrid.sim.memory import MemoryNetwork
 from powergrid.types import MAX_NODE_ID, GroupId, NodeId, node_id
 
@@ -481,6 +481,7 @@ def run_campaign(
     rate: float = 20_000.0,
     burst: int = 200,
     recover_within: float = 15.0,
+    grid: Grid | None = None,
     check: Callable[[Campaign], None] | None = None,
 ) -> Campaign:
     """``messages`` hostile datagrams at ``rate`` per virtual second against ``size`` nodes.
@@ -489,12 +490,21 @@ def run_campaign(
     network for 5 s; the adversary learns from their traffic and sends bursts
     of ``burst`` datagrams, each to one member or to a group. After every
     burst ``check`` (if given) is called with the campaign so far (``peak``
-    updated). Then the adversary stops and the group is watched every 0.25 s
+    updated). ``grid``: the market's price grid (default: the default grid; a
+    wide one lets hostile bids' corner prices overflow naive arithmetic). Then
+    the adversary stops and the group is watched every 0.25 s
     for up to ``recover_within`` seconds until :func:`recovered`.
 
     An exception out of a node propagates (the caller reports the seed).
     """
     report = Campaign(seed=seed)
+    market: dict[str, Any] = {}
+    if grid is not None:
+        market = {
+            "client": ClientConfig(grid=grid),
+            "broker": BrokerConfig(grid=grid),
+            "lead": LeadConfig(grid=grid),
+        }
     nodes = [
         Node(
             NodeConfig(
@@ -502,6 +512,7 @@ def run_campaign(
                 broker_capable=True,
                 supply=1000,
                 bid=Bid(floor=50, required=100, maximum=400),
+                **market,
             ),
             incarnation=1,
             rng=random.Random(seed * 1000 + i),
