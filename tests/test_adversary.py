@@ -24,8 +24,9 @@ from hypothesis import strategies as st
 
 from powergrid import wire
 from powergrid.errors import DecodeError
-from powergrid.events import LeaderElected, Received
+from powergrid.events import DeadlineReached, LeaderElected, Member, Received
 from powergrid.node import Node, NodeConfig
+from powergrid.protocols import membership
 from powergrid.protocols.market import Bid, BrokerConfig, BrokerMachine, Grid
 from powergrid.sim.adversary import Adversary, Campaign, run_campaign
 from powergrid.types import BROKER_GROUP, Epoch, GroupId, Incarnation, NodeId, node_id
@@ -173,3 +174,33 @@ def test_the_adversary_builds_every_wire_type_mostly_well_formed() -> None:
     assert again.datagrams(500) == Adversary(
         7, members=[node_id("127.0.0.1", 9000 + i) for i in range(4)]
     ).datagrams(500)
+
+
+# ------------------------------------------- finding: forged joins grow a view
+
+
+def test_forged_joins_from_made_up_ids_never_grow_a_view_past_what_it_can_carry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Rule: a leader admits no join beyond MAX_VIEW_MEMBERS (what one view's ViewParts can
+    carry, 75,776; 40 here), counting the rest in dropped_full; a member already in the
+    view is still answered. Forged JoinRequests from made-up ids used to grow the view
+    without bound (80,001 members made 1,082 parts, past the 1,024 members can decode)."""
+    monkeypatch.setattr(membership, "MAX_VIEW_MEMBERS", 40)
+    me = NodeId(9)
+    m = membership.MembershipMachine(
+        membership.MembershipConfig(),
+        me=Member(node=me, incarnation=Incarnation(1)),
+        group=GroupId(1),
+        rng=random.Random(0),
+    )
+    m.handle(membership.Join(), 0.0)
+    m.handle(LeaderElected(group=GroupId(1), leader=me, epoch=Epoch(1)), 0.0)
+    join = wire.JoinRequest(rank=0, broker_capable=0)
+    for i in range(100):
+        m.handle(Received(sender=NodeId(1000 + i), incarnation=Incarnation(1), message=join), 0.01)
+    m.handle(DeadlineReached(), 0.2)
+    assert m.view is not None and len(m.view.members) == 40
+    assert m.stats.dropped_full == 61
+    again = m.handle(Received(sender=NodeId(1000), incarnation=Incarnation(1), message=join), 0.3)
+    assert again and m.stats.duplicate_joins == 1

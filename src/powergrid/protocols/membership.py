@@ -169,6 +169,7 @@ from powergrid.types import (
 )
 from powergrid.wire import (
     MAX_PAYLOAD,
+    MAX_VIEW_PARTS,
     VIEW_STATUS_CRASHED,
     VIEW_STATUS_LEFT,
     VIEW_STATUS_MEMBER,
@@ -186,6 +187,7 @@ from powergrid.wire import (
 )
 
 __all__ = [
+    "MAX_VIEW_MEMBERS",
     "VIEW_ENTRIES_PER_PART",
     "Join",
     "Leave",
@@ -211,6 +213,10 @@ _ENTRY_SIZE = (
     - _EMPTY_PART
 )
 VIEW_ENTRIES_PER_PART = (MAX_PAYLOAD - _EMPTY_PART) // _ENTRY_SIZE
+MAX_VIEW_MEMBERS = VIEW_ENTRIES_PER_PART * MAX_VIEW_PARTS
+"""The most members one view can carry (75,776): a leader admits no join beyond it (forged
+JoinRequests from made-up ids, without a key, used to grow a view without bound, past what
+its ViewParts can carry, so members refused them)."""
 """View entries (members and recent departures) that fit in one ViewPart datagram."""
 
 _MAX_U32 = 2**32 - 1
@@ -466,6 +472,8 @@ class MembershipStats:
     """ProbeAcks that match no current suspicion."""
     duplicate_joins: int = 0
     """Join requests from a node already in the view (answered with the view)."""
+    dropped_full: int = 0
+    """Join requests from new nodes refused because the view holds MAX_VIEW_MEMBERS."""
     unexpected: int = 0
     """Received messages that are not membership messages."""
 
@@ -1274,6 +1282,10 @@ class MembershipMachine(Dispatching):
             self._stats.view_parts_sent += len(self._parts)
             return [Send(to=sender, message=p) for p in self._parts]
         waiting = self._pending.get(sender)
+        if cur is None and waiting is None:
+            if len(self._members) + len(self._pending) >= MAX_VIEW_MEMBERS:
+                self._stats.dropped_full += 1  # a flood of made-up ids: what a view can carry
+                return []
         if waiting is None or waiting.incarnation < inc:
             self._pending[sender] = Member(
                 node=sender,
