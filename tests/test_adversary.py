@@ -26,7 +26,7 @@ from powergrid import wire
 from powergrid.errors import DecodeError
 from powergrid.events import DeadlineReached, LeaderElected, Member, Received
 from powergrid.node import Node, NodeConfig
-from powergrid.protocols import membership
+from powergrid.protocols import election, membership
 from powergrid.protocols.market import Bid, BrokerConfig, BrokerMachine, Grid
 from powergrid.sim.adversary import Adversary, Campaign, run_campaign
 from powergrid.types import BROKER_GROUP, Epoch, GroupId, Incarnation, NodeId, node_id
@@ -204,3 +204,36 @@ def test_forged_joins_from_made_up_ids_never_grow_a_view_past_what_it_can_carry(
     assert m.stats.dropped_full == 61
     again = m.handle(Received(sender=NodeId(1000), incarnation=Incarnation(1), message=join), 0.3)
     assert again and m.stats.duplicate_joins == 1
+
+
+# ------------------------------------- finding: forged candidates fill the election
+
+
+def test_election_messages_from_made_up_ids_never_grow_the_candidates_past_a_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Rule: an election machine knows at most MAX_CANDIDATES candidates (65,536; 10 here);
+    Elections from further made-up ids are still handled (answered) but their ranks are not
+    noted (candidates_full). They used to add one candidate each, without bound, until the
+    next view."""
+    monkeypatch.setattr(election, "MAX_CANDIDATES", 10)
+    me = NodeId(5_000)
+    m = election.ElectionMachine(
+        election.ElectionConfig(),
+        me=me,
+        rank=0,
+        broker_capable=True,
+        group=GroupId(1),
+        rng=random.Random(0),
+    )
+    for i in range(100):
+        out = m.handle(
+            Received(
+                sender=NodeId(1 + i),
+                incarnation=Incarnation(1),
+                message=wire.Election(epoch=1, rank=0),
+            ),
+            0.01 * i,
+        )
+        assert any(getattr(a, "message", None) == wire.Answer(epoch=1, rank=0) for a in out)
+    assert len(m._ranks) == 10 and m.stats.candidates_full == 90

@@ -169,6 +169,7 @@ from powergrid.types import (
 from powergrid.wire import Answer, Coordinator, Election, Fenced, Heartbeat
 
 __all__ = [
+    "MAX_CANDIDATES",
     "ElectionConfig",
     "ElectionMachine",
     "ElectionStarted",
@@ -178,6 +179,11 @@ __all__ = [
 
 _MIN_RANK = -(2**31)
 _MAX_RANK = 2**31 - 1
+
+MAX_CANDIDATES = 65_536
+"""Candidates a machine knows at most (the view's, then those heard since): without a key,
+election messages from made-up ids used to add one each, without bound, until the next view.
+Beyond, a new id's rank is not noted (its message is still handled)."""
 
 ElectionState = Literal["follower", "electing", "waiting", "leader"]
 """``follower``: follows ``leader`` (0 if none), maybe with an election scheduled;
@@ -296,6 +302,8 @@ class ElectionStats:
     at a node that cannot stand)."""
     rival_heartbeats: int = 0
     """Membership heartbeats of another node heard while leading (a rival leader, rule 7)."""
+    candidates_full: int = 0
+    """Election messages from new ids whose rank was not noted: MAX_CANDIDATES known."""
 
 
 # ---------------------------------------------------------------- machine
@@ -723,7 +731,11 @@ class ElectionMachine(Dispatching):
         return sum(1 for n, rank in self._ranks.items() if (rank, n) > key and n != lost)
 
     def _learn(self, node: int, rank: int) -> None:
-        self._ranks[node] = rank
+        ranks = self._ranks
+        if node in ranks or len(ranks) < MAX_CANDIDATES:
+            ranks[node] = rank
+        else:  # a flood of made-up ids: the view's candidates and the first heard only
+            self._stats.candidates_full += 1
         if node == self._lost:
             self._lost = 0  # it speaks: it is alive after all
 

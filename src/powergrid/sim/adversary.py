@@ -150,7 +150,9 @@ class Adversary:
 
     ``members``: the real node ids (impersonated); ``groups``: group ids to
     address (the cluster and the broker group); ``phantoms``: how many
-    made-up ids to use (half above every member). Pure: all randomness comes
+    made-up ids to use (half above every member); ``fresh``: the chance that a
+    node id is a new random one instead (a flood of distinct ids, which fills
+    whatever a machine keeps per peer). Pure: all randomness comes
     from ``seed``.
     """
 
@@ -161,6 +163,7 @@ class Adversary:
         members: Sequence[int],
         groups: Sequence[int] = (1, 0),
         phantoms: int = 6,
+        fresh: float = 0.0,
     ) -> None:
         self.rng = random.Random(seed)
         self.members = sorted(members)
@@ -170,6 +173,7 @@ class Adversary:
             {top + 1 + i * 7919 for i in range(phantoms - phantoms // 2)}
             | {min(self.members) - 1 - i for i in range(phantoms // 2)}
         )
+        self.fresh = fresh
         self._learned: dict[str, deque[int]] = {}
         self._shapes = wire.shapes()
         self._fields = {
@@ -343,6 +347,8 @@ class Adversary:
 
     def _node(self) -> int:
         rng = self.rng
+        if self.fresh and rng.random() < self.fresh:
+            return rng.randrange(1, MAX_NODE_ID)
         r = rng.random()
         if r < 0.45:
             return rng.choice(self.members)
@@ -482,6 +488,7 @@ def run_campaign(
     burst: int = 200,
     recover_within: float = 15.0,
     grid: Grid | None = None,
+    fresh: float = 0.0,
     check: Callable[[Campaign], None] | None = None,
 ) -> Campaign:
     """``messages`` hostile datagrams at ``rate`` per virtual second against ``size`` nodes.
@@ -492,7 +499,7 @@ def run_campaign(
     burst ``check`` (if given) is called with the campaign so far (``peak``
     updated). ``grid``: the market's price grid (default: the default grid; a
     wide one lets hostile bids' corner prices overflow naive arithmetic). Then
-    the adversary stops and the group is watched every 0.25 s
+    ``fresh``: see :class:`Adversary`. Then the adversary stops and the group is watched every 0.25 s
     for up to ``recover_within`` seconds until :func:`recovered`.
 
     An exception out of a node propagates (the caller reports the seed).
@@ -520,7 +527,7 @@ def run_campaign(
         for i in range(size)
     ]
     attacker = _Attacker(node_id("127.0.0.1", 9999))
-    adversary = Adversary(seed, members=[n.node_id for n in nodes])
+    adversary = Adversary(seed, members=[n.node_id for n in nodes], fresh=fresh)
     learn = [0]
 
     def tap(src: int, dst: int, data: bytes) -> bool:
