@@ -27,7 +27,16 @@ from powergrid.errors import DecodeError
 from powergrid.events import DeadlineReached, LeaderElected, Member, Received
 from powergrid.node import Node, NodeConfig
 from powergrid.protocols import election, membership
-from powergrid.protocols.market import Bid, BrokerConfig, BrokerMachine, Grid
+from powergrid.protocols.market import (
+    Bid,
+    BrokerConfig,
+    BrokerMachine,
+    Grid,
+    LeadBrokerMachine,
+    LeadConfig,
+)
+from powergrid.protocols.market.bids import DEFAULT_GRID
+from powergrid.protocols.market.clearing import DEFICIT_MAX
 from powergrid.sim.adversary import Adversary, Campaign, run_campaign
 from powergrid.types import BROKER_GROUP, Epoch, GroupId, Incarnation, NodeId, node_id
 
@@ -247,3 +256,49 @@ def test_election_messages_from_made_up_ids_never_grow_the_candidates_past_a_bou
         )
         assert any(getattr(a, "message", None) == wire.Answer(epoch=1, rank=0) for a in out)
     assert len(m._ranks) == 10 and m.stats.candidates_full == 90
+
+
+# ----------------------------------- finding: forged aggregates overflow a Clearing
+
+
+def _huge_aggregate(cluster: int, maximum: int) -> wire.Aggregate:
+    n = DEFAULT_GRID.points
+    values = (*(wire.Watts(maximum) for _ in range(n)), *map(wire.Watts, (0, maximum, maximum)))
+    return wire.Aggregate(
+        cluster=cluster, epoch=1, seq=1, bids=1, points=n, classes=1, values=values
+    )
+
+
+def test_forged_aggregates_summing_past_64_bits_never_make_the_lead_raise() -> None:
+    """Rule: aggregates of several clusters, each valid with sums near 2**64 watts, are
+    cleared into a Clearing that encodes (the deficit saturates at DEFICIT_MAX); encoding it
+    used to raise ValueError (deficit past 64 bits) out of the lead broker's round. An
+    aggregate whose class maxima alone sum past 64 bits is refused by the decoder."""
+    me = node_id("127.0.0.1", 9000)
+    lead = LeadBrokerMachine(me, 1000, LeadConfig())
+    lead.handle(LeaderElected(group=BROKER_GROUP, leader=me, epoch=Epoch(1)), 0.0)
+    for c in (1, 2, 3):
+        env = wire.decode(
+            wire.encode(0, node_id(f"127.0.0.{c + 1}", 9000), 1, _huge_aggregate(c, 2**64 - 1))
+        )
+        lead.handle(
+            Received(sender=env.sender, incarnation=env.incarnation, message=env.message), 0.1 * c
+        )
+    sent = []
+    t = 0.5
+    while not sent and t < 5.0:
+        t += 0.1
+        due = lead.next_deadline()
+        if due is not None and due <= t:
+            sent = [a.message for a in lead.handle(DeadlineReached(), t) if hasattr(a, "message")]
+    assert sent and all(isinstance(m, wire.Clearing) for m in sent)
+    for m in sent:
+        wire.encode(0, me, 1, m)  # raises if a field overflows
+    assert sent[0].deficit == DEFICIT_MAX
+    n = DEFAULT_GRID.points
+    over = wire.Aggregate(  # valid but for the class maxima: 2**63 + 2**63 watts
+        cluster=4, epoch=1, seq=1, bids=2, points=n, classes=3,
+        values=tuple(map(wire.Watts, (*[2**64 - 1] * n, 0, 1, 2**63, 0, 1, 2**63))),
+    )  # fmt: skip
+    with pytest.raises(DecodeError):
+        wire.decode(wire.encode(0, me, 1, over))

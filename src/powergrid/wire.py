@@ -763,6 +763,8 @@ class Aggregate(Message):
             total_m += m
         if total_r > demand[-1].watts or demand[0].watts > total_m:
             return "demand outside the sums of required and maximum"
+        if total_m > _U64_MAX:  # a budget (up to the sum of maxima) must fit a Clearing
+            return "class sums of maximum overflow 64 bits"
         return None
 
 
@@ -854,6 +856,7 @@ class Price(Message):
 
 
 _MARKET_FLOAT_MAX = 1.7976931348623157e308
+_U64_MAX = 2**64 - 1
 
 
 # --------------------------------------------------------------------------
