@@ -58,6 +58,7 @@ from powergrid.errors import PayloadTooLargeError
 from powergrid.events import Transmit, TransmitGroup
 from powergrid.node import Node, NodeConfig
 from powergrid.protocols.market import Bid, BrokerConfig, ClientConfig, Grid, LeadConfig
+from powergrid.protocols.market.bids import DEFAULT_GRID
 from powergrid.sim.memory import MemoryNetwork
 from powergrid.types import MAX_NODE_ID, GroupId, NodeId, node_id
 
@@ -307,7 +308,28 @@ class Adversary:
             values[5] = tuple(wire.Corner(c.price, min(hi, max(lo, c.watts))) for c in values[5])
             if any(a.watts < b.watts for a, b in zip(values[5], values[5][1:], strict=False)):
                 values[5] = ()
+        if shape.cls is wire.Aggregate and self.rng.random() < 0.8:
+            values[3:7] = self._aggregate_tail()
         return shape.cls(*values)
+
+    def _aggregate_tail(self) -> list[Any]:
+        """``bids, points, classes, values`` of an Aggregate that passes its checks (on the
+        default grid), its watts anywhere up to 64 bits: sums that overflow what they feed."""
+        rng = self.rng
+        points = DEFAULT_GRID.points
+        classes = rng.sample(range(16), rng.choice((1, 1, 2, 3)))
+        top = rng.choice((1000, 10**9, 2**32, 2**63, 2**64 - 1, 2**64 - 1)) // len(classes)
+        triples = []
+        for _ in classes:
+            h, r, m = sorted(rng.randrange(0, top + 1) for _ in range(3))
+            triples.append((h, r, m))
+        low = sum(t[1] for t in triples)
+        high = sum(t[2] for t in triples)
+        demand = sorted((rng.randint(low, high) for _ in range(points)), reverse=True)
+        flat = [w for t in triples for w in t]
+        mask = sum(1 << k for k in classes)
+        bids = self._int("bids", "I")
+        return [bids, points, mask, tuple(map(wire.Watts, [*demand, *flat]))]
 
     def _payload(self, names: list[str], values: list[Any], depth: int) -> bytes:
         rng = self.rng
@@ -498,9 +520,9 @@ def run_campaign(
     of ``burst`` datagrams, each to one member or to a group. After every
     burst ``check`` (if given) is called with the campaign so far (``peak``
     updated). ``grid``: the market's price grid (default: the default grid; a
-    wide one lets hostile bids' corner prices overflow naive arithmetic). Then
-    ``fresh``: see :class:`Adversary`. Then the adversary stops and the group is watched every 0.25 s
-    for up to ``recover_within`` seconds until :func:`recovered`.
+    wide one lets hostile bids' corner prices overflow naive arithmetic).
+    ``fresh``: see :class:`Adversary`. Then the adversary stops and the group
+    is watched every 0.25 s for up to ``recover_within`` seconds until :func:`recovered`.
 
     An exception out of a node propagates (the caller reports the seed).
     """
