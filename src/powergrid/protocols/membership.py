@@ -213,11 +213,12 @@ _ENTRY_SIZE = (
     - _EMPTY_PART
 )
 VIEW_ENTRIES_PER_PART = (MAX_PAYLOAD - _EMPTY_PART) // _ENTRY_SIZE
-MAX_VIEW_MEMBERS = VIEW_ENTRIES_PER_PART * MAX_VIEW_PARTS
-"""The most members one view can carry (75,776): a leader admits no join beyond it (forged
-JoinRequests from made-up ids, without a key, used to grow a view without bound, past what
-its ViewParts can carry, so members refused them)."""
 """View entries (members and recent departures) that fit in one ViewPart datagram."""
+MAX_VIEW_MEMBERS = VIEW_ENTRIES_PER_PART * MAX_VIEW_PARTS
+"""The most entries one view can carry (75,776): a leader admits no new node while its
+members, joiners and remembered departures reach it (forged JoinRequests from made-up ids,
+without a key, used to grow a view without bound, past what its ViewParts can carry, so
+members refused them)."""
 
 _MAX_U32 = 2**32 - 1
 SUSPECT_TICKS = 2
@@ -473,7 +474,7 @@ class MembershipStats:
     duplicate_joins: int = 0
     """Join requests from a node already in the view (answered with the view)."""
     dropped_full: int = 0
-    """Join requests from new nodes refused because the view holds MAX_VIEW_MEMBERS."""
+    """Join requests from new nodes refused because the view's entries reach MAX_VIEW_MEMBERS."""
     unexpected: int = 0
     """Received messages that are not membership messages."""
 
@@ -1283,7 +1284,8 @@ class MembershipMachine(Dispatching):
             return [Send(to=sender, message=p) for p in self._parts]
         waiting = self._pending.get(sender)
         if cur is None and waiting is None:
-            if len(self._members) + len(self._pending) >= MAX_VIEW_MEMBERS:
+            entries = len(self._members) + len(self._pending) + len(self._departures)
+            if entries >= MAX_VIEW_MEMBERS:
                 self._stats.dropped_full += 1  # a flood of made-up ids: what a view can carry
                 return []
         if waiting is None or waiting.incarnation < inc:
