@@ -24,7 +24,9 @@ through one work queue:
 
 * ``Send``/``Multicast`` become encoded datagrams (``Transmit``/``TransmitGroup``);
 * ``SendReliable``/``MulticastReliable`` are encoded as inner bodies and given
-  to the unicast or multicast machine; what those deliver with a protocol
+  to the unicast or multicast machine (a reliable unicast one as a superseding
+  ``Submit``: a newer bid replaces those still queued, and a full queue drops
+  instead of raising); what those deliver with a protocol
   ``kind`` is decoded and handed back to the stack's machines as ``Received``
   from the original sender, and application bytes are passed to the app as
   :class:`MessageDelivered` / :class:`UnicastDelivered`;
@@ -735,7 +737,11 @@ class Node:
                     out.append(Transmit(to=act.to, data=data if seal is None else seal(data)))
                 else:
                     msg: Message = act.message
-                    submit = Submit(to=act.to, kind=msg.TYPE, payload=encode_body(msg))
+                    # A protocol message sent reliably is state (a bid): a newer one makes
+                    # those still queued worthless, and a full queue never raises from here.
+                    submit = Submit(
+                        to=act.to, kind=msg.TYPE, payload=encode_body(msg), supersedes=True
+                    )
                     self._touched.append(stack.unicast)
                     queue.extend(stack.unicast.handle(submit, now))
             elif kind is Multicast:
