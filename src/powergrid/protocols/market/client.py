@@ -70,9 +70,10 @@ from powergrid import wire
 from powergrid._dispatch import Dispatching
 from powergrid.errors import ConfigError, UsageError
 from powergrid.events import DeadlineReached, LeaderElected, Received, SendReliable
+from powergrid.protocols.leadership import Leadership, Verdict
 from powergrid.protocols.market.bids import DEFAULT_GRID, Bid, Grid
 from powergrid.protocols.market.clearing import ClearingResult, Regime, allocate
-from powergrid.types import Epoch, GroupId, NodeId, epoch_newer
+from powergrid.types import Epoch, GroupId, NodeId
 
 __all__ = [
     "AllocationChanged",
@@ -172,11 +173,10 @@ class ClientMachine(Dispatching):
         "_acks",
         "_allocation",
         "_bids",
-        "_broker",
         "_cluster",
         "_config",
-        "_epoch",
         "_includes_latest",
+        "_leadership",
         "_lease_until",
         "_me",
         "_price",
@@ -199,8 +199,7 @@ class ClientMachine(Dispatching):
         self._cluster = cluster
         self._config = config if config is not None else ClientConfig()
         self.stats = ClientStats()
-        self._broker = NodeId(0)
-        self._epoch = Epoch(0)
+        self._leadership = Leadership()  # the broker (cluster leader) followed, and its epoch
         self._seq = 0
         self._bids: dict[int, Bid] = {}  # seq -> bid, for seqs that a price may still clear
         self._acks: dict[int, int] = {}  # seq -> first aggregate of the current broker counting it
@@ -228,12 +227,12 @@ class ClientMachine(Dispatching):
     @property
     def broker(self) -> NodeId:
         """The broker followed (0: none known)."""
-        return self._broker
+        return self._leadership.leader or NodeId(0)
 
     @property
     def epoch(self) -> Epoch:
         """The cluster epoch followed; prices of older epochs are refused."""
-        return self._epoch
+        return self._leadership.epoch
 
     @property
     def allocation(self) -> int | None:
@@ -298,12 +297,13 @@ class ClientMachine(Dispatching):
     def _on_leader_elected(self, ev: LeaderElected, now: float) -> list[object]:
         if ev.group != self._cluster:
             return []
-        if epoch_newer(self._epoch, ev.epoch):  # older (a foreign epoch is the election's call)
+        verdict = self._leadership.obey(ev.leader, ev.epoch)
+        if verdict is Verdict.STALE:
             self.stats.dropped_stale += 1
             return []
-        if ev.epoch == self._epoch and ev.leader == self._broker:
+        if verdict is Verdict.SAME:
             return []
-        return self._follow(ev.leader, ev.epoch, now)
+        return self._follow(now)
 
     def _on_received(self, ev: Received, now: float) -> list[object]:
         msg = ev.message
@@ -315,9 +315,9 @@ class ClientMachine(Dispatching):
         return []
 
     def _on_bid_ack(self, sender: NodeId, msg: wire.BidAck, now: float) -> list[object]:
-        if msg.epoch != self._epoch or msg.epoch == 0:
+        if msg.epoch != self._leadership.epoch or msg.epoch == 0:
             self.stats.dropped_stale += 1
-        elif sender != self._broker:
+        elif sender != self._leadership.leader:
             self.stats.dropped_foreign += 1
         elif msg.seq not in self._bids:
             self.stats.dropped_invalid += 1
@@ -332,15 +332,16 @@ class ClientMachine(Dispatching):
 
     def _on_price(self, sender: NodeId, msg: wire.Price, now: float) -> list[object]:
         actions: list[object] = []
-        if msg.epoch != self._epoch or msg.epoch == 0:
+        leadership = self._leadership
+        if msg.epoch != leadership.epoch or msg.epoch == 0:
             # The epoch is the election's (LeaderElected). A price never moves it: a forged
             # price of a newer epoch would otherwise fence out the real broker for good.
-            if msg.epoch == 0 or epoch_newer(self._epoch, msg.epoch):
+            if msg.epoch == 0 or leadership.stale(msg.epoch):
                 self.stats.dropped_stale += 1
             else:
                 self.stats.dropped_early += 1
             return actions
-        if sender != self._broker:
+        if sender != leadership.leader:
             self.stats.dropped_foreign += 1
             return actions
         if msg.round <= self._round:
@@ -378,7 +379,7 @@ class ClientMachine(Dispatching):
         actions.append(
             PriceUpdated(
                 group=self._cluster,
-                epoch=self._epoch,
+                epoch=self._leadership.epoch,
                 round=msg.round,
                 price=result.price,
                 regime=result.regime,
@@ -405,10 +406,8 @@ class ClientMachine(Dispatching):
 
     # ----------------------------------------------------------------- helpers
 
-    def _follow(self, broker: NodeId, epoch: Epoch, now: float) -> list[object]:
-        """Follow a new broker: forget the old one's acks and rounds, send it the bid."""
-        self._broker = broker
-        self._epoch = epoch
+    def _follow(self, now: float) -> list[object]:
+        """A new broker is followed: forget the old one's acks and rounds, send it the bid."""
         self._acks.clear()
         self._acked_at.clear()
         self._round = 0
@@ -416,12 +415,13 @@ class ClientMachine(Dispatching):
 
     def _send_bid(self, now: float) -> list[object]:
         bid = self.bid
-        if bid is None or self._broker == 0:
+        broker = self._leadership.leader
+        if bid is None or not broker:
             self._refresh_at = None
             return []
         self._refresh_at = now + self._config.refresh_interval
         self.stats.bids_sent += 1
-        return [SendReliable(to=self._broker, message=bid.to_message(self._seq))]
+        return [SendReliable(to=broker, message=bid.to_message(self._seq))]
 
     def _set_allocation(
         self, allocation: int, cause: Literal["price", "lease", "bid"]
