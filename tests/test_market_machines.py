@@ -132,6 +132,7 @@ def test_client_applies_price_to_acknowledged_bid() -> None:
             regime=Regime.NORMAL,
             allocation=162,
             includes_latest_bid=True,
+            counted=True,
         ),
         AllocationChanged(group=CL, allocation=162, cause="price"),
     ]

@@ -39,7 +39,7 @@ import json
 import random
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import IO, Any
 
 from powergrid.events import Output
@@ -64,6 +64,7 @@ __all__ = [
     "add_arguments",
     "datacentre",
     "invariants",
+    "power_totals",
     "run",
     "run_datacentre",
 ]
@@ -344,6 +345,7 @@ def run(args: argparse.Namespace) -> int:
         for v in r.violations[:1]
     ]
     summary: dict[str, Any] = {
+        "power": power_totals(r.power for r in results),
         "seeds": len(results),
         "start": args.start,
         "violations": violations,
@@ -365,12 +367,50 @@ def run(args: argparse.Namespace) -> int:
             f"messages delivered: {summary['messages']}, virtual time: "
             f"{summary['virtual_s']:.1f} s, wall time: {wall:.2f} s"
         )
+        print("power: " + ", ".join(f"{k} {v}" for k, v in summary["power"].items()))
         for v in violations:
             print(
                 f"FAIL seed {v['seed']}: {v['invariant']} at t={v['time']:.3f}: {v['detail']}\n"
                 f"  replay: {v['replay']}"
             )
     return 1 if violations else 0
+
+
+def power_totals(figures: Iterable[dict[str, Any] | None]) -> dict[str, Any]:
+    """Totals over runs of the power figures (:mod:`powergrid.sim.power`): watt-seconds and
+    server-seconds summed (strict and per exemption), the worst admission latency and
+    price gap, and how many runs had a strict violation of each kind."""
+    out: dict[str, Any] = {
+        "overload_watt_seconds": 0.0,
+        "strict_overload_watt_seconds": 0.0,
+        "starved_server_seconds": 0.0,
+        "strict_starved_server_seconds": 0.0,
+        "admission_latency_max_s": 0.0,
+        "longest_without_price_s": 0.0,
+        "exempt": {},
+    }
+    for f in figures:
+        if f is None:
+            continue
+        for key in (
+            "overload_watt_seconds",
+            "strict_overload_watt_seconds",
+            "starved_server_seconds",
+            "strict_starved_server_seconds",
+        ):
+            out[key] = round(out[key] + f[key], 3)
+        worst = f["admission_latency_s"]["max"]
+        if worst is not None:
+            out["admission_latency_max_s"] = max(out["admission_latency_max_s"], worst)
+        out["longest_without_price_s"] = max(
+            out["longest_without_price_s"], f["longest_without_price_s"]
+        )
+        for name, fig in f["exempt"].items():
+            into = out["exempt"].setdefault(name, {})
+            for k, v in fig.items():
+                into[k] = round(into.get(k, 0.0) + v, 3)
+    out["exempt"] = dict(sorted(out["exempt"].items()))
+    return out
 
 
 def _result_json(result: RunResult, nodes: int | None) -> dict[str, Any]:
@@ -393,4 +433,5 @@ def _result_json(result: RunResult, nodes: int | None) -> dict[str, Any]:
         "wall_s": result.wall_time,
         "trace_sha256": result.trace_hash,
         "options": str(result.options),
+        "power": result.power,
     }

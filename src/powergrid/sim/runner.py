@@ -56,7 +56,6 @@ from powergrid.errors import DecodeError
 from powergrid.events import LeaderElected, LeaderLost, ViewChanged
 from powergrid.node import Node, NodeConfig
 from powergrid.protocols.market import Bid, MarketCleared, PriceUpdated, Regime
-from powergrid.protocols.market.client import AllocationChanged
 from powergrid.protocols.membership import MemberRemoved
 from powergrid.sim.fuzz import (
     Delay,
@@ -68,6 +67,7 @@ from powergrid.sim.fuzz import (
 )
 from powergrid.sim.harness import Invariant, Violation, watches
 from powergrid.sim.memory import Trace
+from powergrid.sim.power import PowerBounds, PowerFigures, PowerGuarantee
 from powergrid.sim.scenario import DemandModel, Failure, Scenario
 from powergrid.types import BROKER_GROUP, Incarnation, NodeId, node_id
 
@@ -165,8 +165,9 @@ class Round:
 @attrs.frozen(kw_only=True)
 class Sample:
     """The state at ``t``: supply, demand (sum of r and m over live servers), allocation
-    (sum of live servers' caps), last cleared price and regime, and leaders per group
-    (0 while the group is known to have lost its leader)."""
+    (sum of the caps in force, crashed servers' on their lease included), last cleared
+    price and regime, and leaders per group (0 while the group is known to have lost
+    its leader)."""
 
     t: float
     supply: int
@@ -217,10 +218,9 @@ class SimResult:
     prices_applied: int
     stale_rounds: int
     """MarketCleared from a node that no longer led the broker group (left out of ``rounds``)."""
-    overcommit_s: float
-    """Sampled seconds during which the caps in force summed to more than the supply."""
-    overcommit_max: int
-    """The largest excess (watts) of the caps in force over the supply at a sample."""
+    power: PowerFigures
+    """The guarantee in time (:mod:`powergrid.sim.power`); ``guarantee_violations`` counts
+    its violating intervals."""
     notifications: dict[str, int]
     sent_by_type: dict[str, int]
     delivered_by_type: dict[str, int]
@@ -491,8 +491,6 @@ class Simulation:
         self.grid = NodeConfig(port=1).client.grid
         self._bids: dict[int, Bid] = {}
         self._live: set[int] = set()
-        self._alloc: dict[int, int] = {}
-        self._alloc_sum = 0
         self._req_sum = 0
         self._max_sum = 0
         self._leaders: dict[int, tuple[int, int]] = {}  # group -> (epoch, leader)
@@ -507,8 +505,6 @@ class Simulation:
         self._notes: dict[str, int] = {}
         self._prices = 0
         self._stale_rounds = 0
-        self._over_s = 0.0
-        self._over_max = 0
         self._price: float | None = None
         self._regime: str | None = None
         self._harvest: dict[str, int] = {"unicast": 0}
@@ -537,7 +533,13 @@ class Simulation:
         net.capture = []
         for n in sorted(self._where):
             self.initial_bid(n)
-        self.invariants: list[Invariant] = [self.guarantee]
+        self.power = PowerGuarantee(
+            self.supply,
+            self._bids.__getitem__,
+            bounds=PowerBounds(reaction_s=0.05 if s.network.loss <= 0.02 else 5.0),
+            network=net,
+        )
+        self.invariants: list[Invariant] = [self.guarantee, self.power]
         if invariants is not None:
             self.invariants.extend(invariants(self))
         self._watchers: dict[type, list[Invariant]] = {}  # notification type -> invariants
@@ -548,7 +550,6 @@ class Simulation:
             MemberRemoved: self._on_removed,
             MarketCleared: self._on_cleared,
             PriceUpdated: self._on_price,
-            AllocationChanged: self._on_allocation,
             NodeStarted: self._on_started,
             NodeCrashed: self._on_crashed,
         }
@@ -615,6 +616,7 @@ class Simulation:
         old = self._bids.get(node)
         self._bids[node] = bid
         if node in self._live:
+            self.power.ledger.bid(self.network.now, node, bid)
             if old is not None:
                 self._req_sum -= old.required
                 self._max_sum -= old.maximum
@@ -652,7 +654,6 @@ class Simulation:
         if bid is not None:
             self._req_sum -= bid.required
             self._max_sum -= bid.maximum
-        self._alloc_sum -= self._alloc.pop(node, 0)
 
     def _on_crashed(self, t: float, node: int, out: NodeCrashed) -> None:
         self._drop_live(node)
@@ -731,11 +732,6 @@ class Simulation:
     def _on_price(self, t: float, node: int, out: PriceUpdated) -> None:
         self._prices += 1
 
-    def _on_allocation(self, t: float, node: int, out: AllocationChanged) -> None:
-        if node in self._live:
-            self._alloc_sum += out.allocation - self._alloc.get(node, 0)
-            self._alloc[node] = out.allocation
-
     # ------------------------------------------------------------- agenda
 
     def _at(self, t: float, job: Callable[[float], None]) -> None:
@@ -750,6 +746,7 @@ class Simulation:
         watts = self.scenario.supply_at(t)
         if watts != self.supply:
             self.supply = watts
+            self.power.ledger.supply(t, watts)
             self._note("supply", watts=watts)
             for n in sorted(self._live):
                 if self.broker_capable(n):
@@ -775,16 +772,14 @@ class Simulation:
             self._at(nxt, self._sample_job)
 
     def _sample(self, t: float) -> None:
-        if self._samples and self._samples[-1].allocation > self._samples[-1].supply:
-            self._over_s += t - self._samples[-1].t
-        self._over_max = max(self._over_max, self._alloc_sum - self.supply)
+        self.power.ledger.advance(t)
         self._samples.append(
             Sample(
                 t=round(t, 6),
                 supply=self.supply,
                 demand_required=self._req_sum,
                 demand_max=self._max_sum,
-                allocation=self._alloc_sum,
+                allocation=self.power.ledger.cap_sum,
                 price=self._price,
                 regime=self._regime,
                 live=len(self._live),
@@ -940,6 +935,7 @@ class Simulation:
             self._note("leave", node=node, group=c)
             net.command(node, lambda ep, now: ep.leave(now))
             net.remove(node)
+            self.power.ledger.left(net.now, node)
             self._drop_live(node)
             self._counts["left"] += 1
             left += 1
@@ -982,6 +978,7 @@ class Simulation:
         net.run_until(s.duration, on_event=on_event)
         self._sample(s.duration)
         self._check()
+        power = self.power.figures(s.duration)
         for inv in self.invariants:
             for p in inv.check_final(net):
                 self._violate(inv.name, p)
@@ -1007,11 +1004,10 @@ class Simulation:
             samples=tuple(self._samples),
             markers=tuple(self._markers),
             violations=tuple(self._violations),
-            guarantee_violations=self.guarantee.count,
+            guarantee_violations=power.violations,
             prices_applied=self._prices,
             stale_rounds=self._stale_rounds,
-            overcommit_s=round(self._over_s, 6),
-            overcommit_max=max(0, self._over_max),
+            power=power,
             notifications=dict(sorted(self._notes.items())),
             sent_by_type=by_name(st.sent_by_type),
             delivered_by_type=by_name(st.delivered_by_type),

@@ -100,7 +100,9 @@ class PriceUpdated:
 
     ``allocation`` (watts) is this server's power cap from now on;
     ``includes_latest_bid`` says whether the clearing counted the current bid;
-    ``local`` says the broker cleared its cluster alone (lead broker lost).
+    ``local`` says the broker cleared its cluster alone (lead broker lost);
+    ``counted`` says the clearing counted some bid of this server (its latest
+    or an earlier one): False means it got 0 W for want of a counted bid.
     """
 
     group: GroupId
@@ -112,6 +114,7 @@ class PriceUpdated:
     includes_latest_bid: bool
     deficit: int = 0
     local: bool = False
+    counted: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -386,6 +389,7 @@ class ClientMachine(Dispatching):
                 includes_latest_bid=self._includes_latest,
                 deficit=result.deficit,
                 local=bool(msg.flags & wire.Price.FLAG_LOCAL),
+                counted=bool(seq),
             )
         )
         actions += self._set_allocation(allocation, "price")
