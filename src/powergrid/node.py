@@ -819,7 +819,9 @@ class Node:
         self, stack: _Stack, act: LeaderElected, now: float, queue: deque[Any], out: list[Output]
     ) -> None:
         queue.extend(stack.membership.handle(act, now))
-        for machine in self._market:
+        # The client last: a node that becomes broker must activate its broker before
+        # its own client re-sends its bid to it, or the bid is dropped (issue 16).
+        for machine in (self._broker, self._lead, self._client):
             self._run_market(machine.handle(act, now), now, out)
         if stack.group != self._cluster:
             return
