@@ -54,7 +54,9 @@ An overload beyond the reaction bound is classed, in this order:
 ``lead-change`` (one lease after a new lead epoch), ``supply-drop`` (``round_s``
 after a drop), ``raise-before-cut`` (``skew_s`` after any cap rose: the clusters
 apply one clearing at different instants), ``missed-price`` (a live client holds
-the cap of an older price than its cluster's newest: its price was lost).
+the cap of an older price than its cluster's newest: its price was lost),
+``lease-held`` (a client keeps a previous broker's cap on its lease while the
+new broker has not counted its bid, and the new broker grants those watts).
 The time windows are split exactly at their ends (the ledger sets a timer
 there). Anything else is **strict**: the invariant :class:`PowerGuarantee`
 fails on it. Every class is reported, so each exemption is measured.
@@ -92,6 +94,7 @@ _OVERLOAD_EXCUSES = (
     "supply-drop",
     "raise-before-cut",
     "missed-price",
+    "lease-held",
 )
 _STARVED_EXCUSES = ("stale-aggregates", "departed-bids")
 _WINDOWS = ("partition", "lead-change", "supply-drop", "raise-before-cut", *_STARVED_EXCUSES)
@@ -325,11 +328,17 @@ class PowerLedger:
                 self._over_by[why] += excess * (dt - inside)
                 strict_over = why == STRICT
         if counts is not None and starved:
-            if start < self._windows["stale-aggregates"]:
+            windows = self._windows
+            zero = (
+                counts[STRICT] > 0
+                and start < max(windows["stale-aggregates"], windows["departed-bids"])
+                and self._strict_at_zero()
+            )
+            if start < self._windows["stale-aggregates"] and not zero:
                 self._starved["stale-aggregates"] += starved * dt
                 counts = None
             else:
-                if counts[STRICT] and start < self._windows["departed-bids"]:
+                if counts[STRICT] and start < self._windows["departed-bids"] and not zero:
                     counts = dict(counts)
                     counts["departed-bids"] = counts.pop(STRICT)
                     counts[STRICT] = 0
@@ -355,6 +364,14 @@ class PowerLedger:
         self._strict_on = strict
         self._t = t
 
+    def _strict_at_zero(self) -> bool:
+        """Whether an admitted, counted server owed power has a cap of 0: no stale aggregate
+        or departed bid explains that (a clearing serves floors first). O(n), only while
+        a window of those two exemptions is open and a server is starved."""
+        return any(
+            srv.owed and srv.cls == STRICT and srv.cap == 0 for srv in self._servers.values()
+        )
+
     def _overload_excuse(self, start: float) -> str:
         """The named exemption an overload from ``start`` falls under, or :data:`STRICT`."""
         if self._partitioned is not None and self._partitioned():
@@ -367,10 +384,12 @@ class PowerLedger:
             if start < windows[name]:
                 return name
         newest = self._newest  # O(n), but only for an overload nothing else excuses
+        held = False
         for srv in self._servers.values():
             if srv.live and srv.price_key < newest.get(srv.group, srv.price_key):
                 return "missed-price"
-        return STRICT
+            held = held or (srv.live and not srv.counted and srv.cap > 0)
+        return "lease-held" if held else STRICT
 
     def _window(self, name: str, end: float) -> None:
         """Extend the exemption window ``name`` to ``end``; a tick splits the integration there."""
