@@ -541,6 +541,8 @@ def test_leader_elected_of_lower_epoch_is_not_an_election() -> None:
     sim._observe(1.0, a, LeaderElected(group=GroupId(1), leader=b, epoch=Epoch(2)))
     sim._observe(1.1, b, LeaderElected(group=GroupId(1), leader=b, epoch=Epoch(2)))
     sim._observe(1.2, b, LeaderElected(group=GroupId(1), leader=a, epoch=Epoch(1)))
-    assert [(e.t, e.epoch, e.leader, e.leaderless_s) for e in sim._elections] == [(1.0, 2, b, 1.0)]
+    assert [(e.t, e.epoch, e.leader, e.leaderless_s) for e in sim.records.elections] == [
+        (1.0, 2, b, 1.0)
+    ]
     assert sim.leader(1) == b
     assert isinstance(Scenario(), Scenario)
