@@ -1,11 +1,20 @@
-"""The power guarantee measured instant by instant (powergrid.sim.power)."""
+"""The power guarantee measured instant by instant (powergrid.sim.power), and its canaries:
+deliberately broken market machines the new accounting must catch (docs/testing.md)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
+from powergrid import node as node_mod
+from powergrid.events import LeaderElected
 from powergrid.protocols.market import Bid
+from powergrid.protocols.market.broker import BrokerMachine
+from powergrid.protocols.market.client import ClientMachine
 from powergrid.sim.power import PowerBounds, PowerLedger
+from powergrid.sim.runner import Simulation
+from powergrid.sim.scenario import parse_scenario
 
 BID = Bid(floor=20, required=50, maximum=100)
 
@@ -116,3 +125,72 @@ def test_a_rise_of_r_is_owed_after_the_bound() -> None:
     f = ledger.figures(4.0)  # not met: starved from 2.0 (the bound, then on) as slow-raise
     assert f.exempt["slow-raise"]["starved_server_seconds"] == pytest.approx(2.0)
     assert f.starved_server_s == pytest.approx(2.0)
+
+
+# ---------------------------------------------------------------- canaries
+
+
+CANARY: dict[str, Any] = {
+    "scenario": {"name": "canary", "seed": 3, "duration": 16.0, "clusters": 2, "nodes": 3},
+    "network": {"loss": 0.0},
+    "supply": {"profile": "steps", "steps": [[0.0, 1000], [9.0, 700]]},
+    "demand": {"profile": "steady", "required": 100},
+}
+
+
+class CapDroppingClient(ClientMachine):
+    """Canary: drops its cap to 0 when its broker changes (a crash), instead of keeping it."""
+
+    def _on_leader_elected(self, ev: LeaderElected, now: float) -> list[object]:
+        was = self.broker
+        out = super()._on_leader_elected(ev, now)
+        if was and self.broker != was and self.allocation:
+            out += self._set_allocation(0, "lease")
+        return out
+
+
+class CutDelayingBroker(BrokerMachine):
+    """Canary: publishes a price that raises the caps at once but holds back every price
+    that cuts them (a higher price than the last one it published)."""
+
+    published: float | None = None
+
+    def _on_clearing(self, sender: Any, msg: Any, now: float) -> list[object]:
+        out = []
+        for act in super()._on_clearing(sender, msg, now):
+            price = getattr(getattr(act, "message", None), "price", None)
+            if price is not None and self.published is not None and price > self.published:
+                continue  # a cut: held back
+            if price is not None:
+                self.published = price
+            out.append(act)
+        return out
+
+
+def canary_run(**failures: Any) -> Any:
+    doc = dict(CANARY, failures=[failures] if failures else [])
+    return Simulation(parse_scenario(doc)).run()
+
+
+def test_the_canary_scenario_holds_the_guarantee_with_the_real_machines() -> None:
+    r = canary_run(at=8.0, action="crash_broker", cluster=1)
+    assert r.violations == ()
+    assert r.power.strict_overload_ws == 0 and r.power.strict_starved_server_s == 0
+
+
+def test_canary_client_dropping_its_cap_at_a_broker_crash_is_caught(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(node_mod, "ClientMachine", CapDroppingClient)
+    r = canary_run(at=8.0, action="crash_broker", cluster=1)
+    assert r.power.strict_starved_server_s > 0
+    assert any(v.invariant == "power-guarantee" and "below" in v.detail for v in r.violations)
+
+
+def test_canary_broker_applying_raises_before_cuts_is_caught(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(node_mod, "BrokerMachine", CutDelayingBroker)
+    r = canary_run()
+    assert r.power.strict_overload_ws > 0
+    assert any(v.invariant == "power-guarantee" and "> supply" in v.detail for v in r.violations)
