@@ -127,6 +127,20 @@ def test_a_rise_of_r_is_owed_after_the_bound() -> None:
     assert f.starved_server_s == pytest.approx(2.0)
 
 
+def test_the_regime_follows_the_current_bids_not_the_lagging_owed_values() -> None:
+    """Rule: what a server is owed (r or h) depends on whether S covers the sum of the
+    current r; a rise still within its bound lags only that server's own owed r. (A
+    shortage cleared for a rise must not count as starving the others.)"""
+    ledger = PowerLedger(110)
+    admitted(ledger, 0.0, 1, 55)
+    admitted(ledger, 0.0, 2, 55)
+    ledger.bid(1.0, 2, Bid(floor=20, required=70, maximum=100))  # sum r 120 > S 110
+    ledger.cap(1.2, 1, 45)  # the shortage clearing: 45 + 65 <= 110, floors met
+    ledger.cap(1.2, 2, 65)
+    f = ledger.figures(3.0)
+    assert f.starved_server_s == 0 and f.intervals == ()
+
+
 # ---------------------------------------------------------------- canaries
 
 

@@ -21,9 +21,10 @@ every change costs O(1) (amortised O(log n) for its own timers):
   apart (``overload_in_bound_ws``); overload beyond it is a violation.
 * **owed**: an *admitted* server (a price counted its bid in this life) is owed
   its required power r while S >= the sum of r over the owed servers, else its
-  floor h while S >= the sum of h, else nothing. A server not admitted within
-  ``admission_s`` of its start is owed from then on, and the ``admission_s`` it
-  waited count as starved at once ("starved from the moment it was owed").
+  floor h while S >= the sum of h, else nothing (sums of their current bids). A
+  server not admitted within ``admission_s`` of its start is owed from then on,
+  and the ``admission_s`` it waited count as starved at once ("starved from the
+  moment it was owed").
   A rise of r gets the same grace: the old r stays owed for ``admission_s``.
 * **starved server-seconds**: the integral of the number of owed servers whose
   cap is below what they are owed. It is kept as two running counts (below r,
@@ -43,6 +44,8 @@ A starved server is classed by why:
 * ``uncounted``: it was admitted, but its latest price did not count its bid
   (a new broker's first rounds after a failover);
 * ``slow-raise``: its bid rose and the rise was not met within ``admission_s``;
+* ``older-bid``: its latest price counted an older bid of it than the current
+  one (``includes_latest_bid`` false), so it got the older bid's share;
 * ``stale-aggregates``: within ``regime_s`` of what servers are owed rising, or
   of any owed r falling (the lead clears on aggregates up to two rounds old);
 * ``departed-bids``: within ``bid_timeout_s`` of a crash or leave (the broker
@@ -86,7 +89,7 @@ __all__ = [
 ]
 
 STRICT = "strict"
-_CLASSES = (STRICT, "unadmitted", "uncounted", "slow-raise")
+_CLASSES = (STRICT, "unadmitted", "uncounted", "slow-raise", "older-bid")
 _OVERLOAD_EXCUSES = (
     "partition",
     "crashed-lease",
@@ -98,7 +101,14 @@ _OVERLOAD_EXCUSES = (
 )
 _STARVED_EXCUSES = ("stale-aggregates", "departed-bids")
 _WINDOWS = ("partition", "lead-change", "supply-drop", "raise-before-cut", *_STARVED_EXCUSES)
-EXEMPTIONS = ("unadmitted", "uncounted", "slow-raise", *_STARVED_EXCUSES, *_OVERLOAD_EXCUSES)
+EXEMPTIONS = (
+    "unadmitted",
+    "uncounted",
+    "slow-raise",
+    "older-bid",
+    *_STARVED_EXCUSES,
+    *_OVERLOAD_EXCUSES,
+)
 """The named exemptions of the strict check (see the module docstring)."""
 
 
@@ -188,6 +198,7 @@ class _Server:
     life: int = 0
     inherited: bool = False  # the cap is the previous life's, on its lease
     slow: bool = False  # a rise of its bid was not met within the bound (until it is)
+    older: bool = False  # its latest price counted an older bid than its current one
     group: int = 0  # the cluster of its last price
     price_key: tuple[int, int] = (0, 0)  # (epoch, round) of its last price
     lease_end: float = 0.0
@@ -223,6 +234,8 @@ class PowerLedger:
         self.cap_sum = 0
         self._owed_r = 0
         self._owed_h = 0
+        self._sum_r = 0  # sum of the current r (and h) of the owed servers: the regime
+        self._sum_h = 0
         self._below_r = dict.fromkeys(_CLASSES, 0)
         self._below_h = dict.fromkeys(_CLASSES, 0)
         self._reaction_until = -1.0
@@ -251,9 +264,9 @@ class PowerLedger:
     def _starving(self) -> tuple[dict[str, int] | None, int]:
         """The below-counts that apply now, and the total starved count."""
         s = self.supply_w
-        if s >= self._owed_r:
+        if s >= self._sum_r:
             counts = self._below_r
-        elif s >= self._owed_h:
+        elif s >= self._sum_h:
             counts = self._below_h
         else:
             return None, 0
@@ -264,6 +277,8 @@ class PowerLedger:
         if srv.owed:
             self._owed_r -= srv.owed_r
             self._owed_h -= srv.owed_h
+            self._sum_r -= srv.required
+            self._sum_h -= srv.floor
             if srv.cap < srv.owed_r:
                 self._below_r[srv.cls] -= 1
             if srv.cap < srv.owed_h:
@@ -279,10 +294,14 @@ class PowerLedger:
                 if not srv.counted
                 else "slow-raise"
                 if srv.slow
+                else "older-bid"
+                if srv.older
                 else STRICT
             )
             self._owed_r += srv.owed_r
             self._owed_h += srv.owed_h
+            self._sum_r += srv.required
+            self._sum_h += srv.floor
             if srv.cap < srv.owed_r:
                 self._below_r[srv.cls] += 1
             if srv.cap < srv.owed_h:
@@ -358,7 +377,7 @@ class PowerLedger:
                 f"caps in force {self.cap_sum} W > supply {self.supply_w} W"
                 if strict_over
                 else f"{strict_starved} admitted server(s) below what they are owed "
-                f"(supply {self.supply_w} W, owed sum r {self._owed_r} W)"
+                f"(supply {self.supply_w} W, their sum r {self._sum_r} W)"
             )
             self.strict_events.append(f"from t={start:.3f}: {what}")
         self._strict_on = strict
@@ -532,10 +551,16 @@ class PowerLedger:
         self._integrate(t)
 
     def priced(
-        self, t: float, node: int, counted: bool, key: tuple[int, int, int] = (0, 0, 0)
+        self,
+        t: float,
+        node: int,
+        counted: bool,
+        key: tuple[int, int, int] = (0, 0, 0),
+        *,
+        latest: bool = True,
     ) -> None:
         """``node`` applied a valid price; ``counted``: the price counted its bid;
-        ``key``: the price's (cluster, epoch, round)."""
+        ``key``: the price's (cluster, epoch, round); ``latest``: it counted the current bid."""
         self.advance(t)
         srv = self._servers.get(node)
         if srv is None or not srv.live:
@@ -559,6 +584,7 @@ class PowerLedger:
             self._latency.append(t - srv.started)
             srv.owed = True
         srv.counted = counted
+        srv.older = counted and not latest
         self._in(srv)
         self._integrate(t)
 
@@ -648,7 +674,13 @@ class PowerLedger:
             exempt={
                 **{
                     c: {"starved_server_seconds": round(starved[c], 3)}
-                    for c in ("unadmitted", "uncounted", "slow-raise", *_STARVED_EXCUSES)
+                    for c in (
+                        "unadmitted",
+                        "uncounted",
+                        "slow-raise",
+                        "older-bid",
+                        *_STARVED_EXCUSES,
+                    )
                 },
                 **{
                     c: {"overload_watt_seconds": round(self._over_by[c], 3)}
@@ -699,7 +731,13 @@ class PowerGuarantee:
             ledger.cap(time, node, output.allocation)  # type: ignore[attr-defined]
         elif kind is PriceUpdated:
             pu: PriceUpdated = output  # type: ignore[assignment]
-            ledger.priced(time, node, pu.counted, (pu.group, pu.epoch, pu.round))
+            ledger.priced(
+                time,
+                node,
+                pu.counted,
+                (pu.group, pu.epoch, pu.round),
+                latest=pu.includes_latest_bid,
+            )
         elif kind is NodeStarted:
             ledger.started(time, node, self._bid_of(node))
         elif kind is NodeCrashed:
