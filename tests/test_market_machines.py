@@ -1093,7 +1093,7 @@ def test_client_keeps_its_cap_across_a_failover_until_its_lease_ends() -> None:
     c.handle(LeaderElected(group=CL, leader=OTHER, epoch=Epoch(2)), 2.0)
     out = c.handle(rx(OTHER, price(epoch=2)), 3.0)  # the new broker has not counted us
     assert [type(a) for a in out] == [PriceUpdated]  # the cap stays: no AllocationChanged
-    assert out[0].allocation == 162 and not out[0].counted  # type: ignore[attr-defined]
+    assert out[0].allocation == 0 and out[0].carried  # type: ignore[attr-defined]
     assert c.allocation == 162 and c.stats.prices_carried == 1
     assert c.next_deadline() == 4.0  # the refresh; the lease still ends at 6.0
     c.handle(DL, 4.0)

@@ -42,7 +42,8 @@ aggregate). A new broker
 
 **A cap outlives its broker.** After a failover (a new broker followed while
 the lease of the last applied price runs), a price of the new broker that does
-not count the bid yet keeps the cap in force instead of giving 0 W, until the
+not count the bid yet allocates it nothing (``PriceUpdated.allocation`` 0,
+``carried``) but keeps the cap in force instead of dropping it to 0 W, until the
 lease of the last price that did runs out (uncounted prices do not renew it);
 expiry then gives ``min(cap, r)`` as usual and never raises. The new broker
 does not budget those watts yet (issue 16: grantors that wait out leases are
@@ -111,7 +112,10 @@ class PriceUpdated:
     ``includes_latest_bid`` says whether the clearing counted the current bid;
     ``local`` says the broker cleared its cluster alone (lead broker lost);
     ``counted`` says the clearing counted some bid of this server (its latest
-    or an earlier one): False means it got 0 W for want of a counted bid.
+    or an earlier one): False means it got 0 W for want of a counted bid;
+    ``carried``: the price allocated nothing (not counted) but the server keeps
+    the cap of a previous broker's counted price in force, on its lease (see
+    "A cap outlives its broker"), so its cap stays above ``allocation``.
     """
 
     group: GroupId
@@ -124,6 +128,7 @@ class PriceUpdated:
     deficit: int = 0
     local: bool = False
     counted: bool = False
+    carried: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -388,9 +393,8 @@ class ClientMachine(Dispatching):
         else:  # not counted, or not surely: the clearing budgeted nothing for us
             allocation = 0
             self._includes_latest = False
-        carried = not seq and self._carry and self._allocation is not None
+        carried = not seq and self._carry and bool(self._allocation)
         if carried:  # a new broker has not counted us yet: keep the old cap on its lease
-            allocation = self._allocation  # type: ignore[assignment]
             self.stats.prices_carried += 1
         else:
             self._carry = False
@@ -410,9 +414,11 @@ class ClientMachine(Dispatching):
                 deficit=result.deficit,
                 local=bool(msg.flags & wire.Price.FLAG_LOCAL),
                 counted=bool(seq),
+                carried=carried,
             )
         )
-        actions += self._set_allocation(allocation, "price")
+        if not carried:
+            actions += self._set_allocation(allocation, "price")
         return actions
 
     def _on_deadline(self, ev: DeadlineReached, now: float) -> list[object]:
