@@ -864,7 +864,9 @@ NOTES: dict[type[Any], Note] = {
     ViewChanged: Note((MULTICAST, ELECTION, BROKER)),  # (a broker ignores other groups')
     MemberRemoved: Note((UNICAST,), as_event=_peer_gone),
     LeaderLost: Note((ELECTION,)),
-    LeaderElected: Note((MEMBERSHIP, CLIENT, BROKER, LEAD), then=Node._follow_cluster_leader),
+    # The client last: a node that becomes broker activates its broker before its own
+    # client re-sends its bid to it, or the bid is dropped (issue 16).
+    LeaderElected: Note((MEMBERSHIP, BROKER, LEAD, CLIENT), then=Node._follow_cluster_leader),
     Deliver: Note(then=Node._on_deliver, to_app=False),
     DeliverUnicast: Note(then=Node._on_deliver_unicast, to_app=False),
 }

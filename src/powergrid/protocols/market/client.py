@@ -40,6 +40,16 @@ server without power for the round or two until its first bid is counted
 aggregate). A new broker
 (a newer epoch, learned from ``LeaderElected``) gets the current bid at once.
 
+**A cap outlives its broker.** After a failover (a new broker followed while
+the lease of the last applied price runs), a price of the new broker that does
+not count the bid yet allocates it nothing (``PriceUpdated.allocation`` 0,
+``carried``) but keeps the cap in force instead of dropping it to 0 W, until the
+lease of the last price that did runs out (uncounted prices do not renew it);
+expiry then gives ``min(cap, r)`` as usual and never raises. The new broker
+does not budget those watts yet (issue 16: grantors that wait out leases are
+still to come), so the carried cap may overlap the new clearing for the round
+or two until the bid is counted; the simulator measures that overlap.
+
 **Acknowledgements go stale.** The broker drops a bid it has not heard for
 its ``bid_timeout`` (6 s), without telling the client (whose refreshes may be
 cut off while its prices still arrive). So an acknowledgement counts only
@@ -101,7 +111,12 @@ class PriceUpdated:
 
     ``allocation`` (watts) is this server's power cap from now on;
     ``includes_latest_bid`` says whether the clearing counted the current bid;
-    ``local`` says the broker cleared its cluster alone (lead broker lost).
+    ``local`` says the broker cleared its cluster alone (lead broker lost);
+    ``counted`` says the clearing counted some bid of this server (its latest
+    or an earlier one): False means it got 0 W for want of a counted bid;
+    ``carried``: the price allocated nothing (not counted) but the server keeps
+    the cap of a previous broker's counted price in force, on its lease (see
+    "A cap outlives its broker"), so its cap stays above ``allocation``.
     """
 
     group: GroupId
@@ -113,6 +128,8 @@ class PriceUpdated:
     includes_latest_bid: bool
     deficit: int = 0
     local: bool = False
+    counted: bool = False
+    carried: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -151,6 +168,9 @@ class ClientStats:
 
     bids_sent: int = 0
     prices_applied: int = 0
+    prices_carried: int = 0
+    """Prices of a new broker that did not count the bid yet, while the cap of the previous
+    broker's counted price stayed in force on its lease."""
     acks_renewed: int = 0
     prices_with_stale_ack: int = 0
     leases_expired: int = 0
@@ -173,6 +193,7 @@ class ClientMachine(Dispatching):
         "_acks",
         "_allocation",
         "_bids",
+        "_carry",
         "_cluster",
         "_config",
         "_includes_latest",
@@ -211,6 +232,7 @@ class ClientMachine(Dispatching):
         self._price: float | None = None
         self._regime: Regime | None = None
         self._includes_latest = False
+        self._carry = False  # the cap of a previous broker's counted price, on its lease
 
     # ------------------------------------------------------------ read-only state
 
@@ -372,10 +394,15 @@ class ClientMachine(Dispatching):
         else:  # not counted, or not surely: the clearing budgeted nothing for us
             allocation = 0
             self._includes_latest = False
+        carried = not seq and self._carry and bool(self._allocation)
+        if carried:  # a new broker has not counted us yet: keep the old cap on its lease
+            self.stats.prices_carried += 1
+        else:
+            self._carry = False
+            self._lease_until = now + self._config.lease
         self.stats.prices_applied += 1
         self._price = result.price
         self._regime = result.regime
-        self._lease_until = now + self._config.lease
         actions.append(
             PriceUpdated(
                 group=self._cluster,
@@ -387,9 +414,12 @@ class ClientMachine(Dispatching):
                 includes_latest_bid=self._includes_latest,
                 deficit=result.deficit,
                 local=bool(msg.flags & wire.Price.FLAG_LOCAL),
+                counted=bool(seq),
+                carried=carried,
             )
         )
-        actions += self._set_allocation(allocation, "price")
+        if not carried:
+            actions += self._set_allocation(allocation, "price")
         return actions
 
     def _on_deadline(self, ev: DeadlineReached, now: float) -> list[object]:
@@ -398,6 +428,7 @@ class ClientMachine(Dispatching):
             actions += self._send_bid(now)
         if self._lease_until is not None and now >= self._lease_until:
             self._lease_until = None
+            self._carry = False
             self.stats.leases_expired += 1
             bid = self.bid
             if self._allocation is not None and bid is not None:
@@ -408,6 +439,7 @@ class ClientMachine(Dispatching):
 
     def _follow(self, now: float) -> list[object]:
         """A new broker is followed: forget the old one's acks and rounds, send it the bid."""
+        self._carry = self._lease_until is not None  # a cap in force on its lease
         self._acks.clear()
         self._acked_at.clear()
         self._round = 0
