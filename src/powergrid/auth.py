@@ -36,6 +36,12 @@ with the sender and incarnation the decoder read from the verified header. It
 keeps no time and has no timeouts. Refusals are counted in
 :class:`AuthStats`; nothing a peer sends raises.
 
+**Realm.** The node's realm name (:mod:`powergrid.types`) is bound into
+every tag: each key signs and checks with ``HMAC-SHA256(secret, "powergrid
+realm key\0" + realm)``, not with the secret itself, so a datagram of another
+realm fails its tag even where two realms share a key (and the header's 32-bit
+realm tag, which the node checks first, collides).
+
 **Keys.** :class:`Keyring`: a *primary* key that signs, and every key
 accepted (by id), so keys rotate without a stop: add the new key everywhere,
 then make it primary everywhere, then drop the old one. A keyring comes from
@@ -64,6 +70,7 @@ from pathlib import Path
 import attrs
 
 from powergrid.errors import ConfigError, UsageError
+from powergrid.types import DEFAULT_REALM, realm_tag
 from powergrid.wire import AUTH_TRAILER_SIZE, FLAG_AUTH, HEADER_SIZE, WIRE_LIMIT
 
 __all__ = [
@@ -76,6 +83,7 @@ __all__ = [
     "AuthStats",
     "Authenticator",
     "Keyring",
+    "realm_key",
 ]
 
 ENV_VAR = "POWERGRID_KEYS"
@@ -267,6 +275,12 @@ class AuthStats:
     """Refused: a new sender while :data:`MAX_SENDERS` windows are kept."""
 
 
+def realm_key(secret: bytes, realm: str) -> bytes:
+    """The key that signs for ``realm`` with ``secret``:
+    ``HMAC-SHA256(secret, b"powergrid realm key\0" + realm)`` (32 bytes)."""
+    return hmac.digest(secret, b"powergrid realm key\0" + realm.encode("ascii"), "sha256")
+
+
 class _Mac:
     """HMAC-SHA256 (RFC 2104) of one key, its padded key hashes computed once.
 
@@ -295,7 +309,9 @@ class _Mac:
 class Authenticator:
     """Signs outgoing datagrams and checks incoming ones for one node (see the module doc).
 
-    ``keyring`` gives the keys; ``max_senders`` bounds the replay windows kept.
+    ``keyring`` gives the keys; ``realm`` (the node's realm name) is bound into
+    every tag (see the module doc); ``max_senders`` bounds the replay windows kept.
+    Raises :class:`ConfigError` for an invalid realm or ``max_senders``.
     """
 
     __slots__ = (
@@ -308,10 +324,13 @@ class Authenticator:
         "stats",
     )
 
-    def __init__(self, keyring: Keyring, *, max_senders: int = MAX_SENDERS) -> None:
+    def __init__(
+        self, keyring: Keyring, *, realm: str = DEFAULT_REALM, max_senders: int = MAX_SENDERS
+    ) -> None:
         if max_senders < 1:
             raise ConfigError(f"max_senders {max_senders} must be at least 1")
-        self._keys = {kid: _Mac(secret) for kid, secret in keyring.keys}
+        realm_tag(realm)  # raises ConfigError for an invalid name
+        self._keys = {kid: _Mac(realm_key(secret, realm)) for kid, secret in keyring.keys}
         self._primary = self._keys[keyring.primary]
         self._stamp_base = keyring.primary << 48
         self._counter = 0

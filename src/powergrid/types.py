@@ -11,11 +11,18 @@ An *incarnation* numbers the lives of one address: a process that restarts on
 the same address comes back with a higher incarnation and is never mistaken for
 its old self. A transport picks it (the memory network counts restarts; the UDP
 transport uses the start time in milliseconds, mod 2**32).
+
+A *realm* names a deployment (a data centre): every datagram carries the
+32-bit :func:`realm_tag` of its sender's realm, and a node drops datagrams of
+any other realm, so two deployments on the same addresses and ports never
+merge. A cluster (:data:`GroupId`) is a group within one realm.
 """
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import re
 from typing import NewType
 
 import attrs
@@ -24,6 +31,7 @@ from powergrid.errors import ConfigError
 
 __all__ = [
     "BROKER_GROUP",
+    "DEFAULT_REALM",
     "EPOCH_WINDOW",
     "MAX_NODE_ID",
     "VIEW_WINDOW",
@@ -39,6 +47,8 @@ __all__ = [
     "next_view_id",
     "node_address",
     "node_id",
+    "realm_problem",
+    "realm_tag",
     "view_newer",
 ]
 
@@ -60,6 +70,36 @@ Seq = NewType("Seq", int)
 
 MAX_NODE_ID = (1 << 48) - 1
 BROKER_GROUP = GroupId(0)
+
+DEFAULT_REALM = "default"
+"""The realm of a node that names none. Name yours: two deployments that both
+keep the default (and share no key) are one realm to each other."""
+_REALM_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def realm_problem(name: object) -> str | None:
+    """What is wrong with ``name`` as a realm name, or None: a realm is 1 to 64
+    ASCII letters, digits, ``.``, ``-`` or ``_``, starting with a letter or digit."""
+    if not isinstance(name, str) or _REALM_RE.fullmatch(name) is None:
+        return (
+            f"realm {name!r} must be 1 to 64 ASCII letters, digits, '.', '-' or '_', "
+            "starting with a letter or digit (e.g. 'dc-east')"
+        )
+    return None
+
+
+def realm_tag(name: str) -> int:
+    """The 32-bit tag of realm ``name`` that every datagram carries: the first four
+    bytes of SHA-256 of ``b"powergrid realm\0" + name``, big-endian. Two names share
+    a tag with probability 2**-32; with keys, the whole name is also bound into
+    every datagram's tag (:mod:`powergrid.auth`). Raises :class:`ConfigError` for
+    an invalid name (:func:`realm_problem`)."""
+    bad = realm_problem(name)
+    if bad is not None:
+        raise ConfigError(bad)
+    digest = hashlib.sha256(b"powergrid realm\0" + name.encode("ascii")).digest()
+    return int.from_bytes(digest[:4], "big")
+
 
 EPOCH_WINDOW = 1 << 20
 """How far ahead (or behind) of a known epoch another epoch still compares: see

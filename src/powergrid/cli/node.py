@@ -9,7 +9,9 @@ host's monotonic clock, comparable across processes). Beside the node's
 notifications it prints what an operator needs to watch it: ``joined`` (a
 view lists a member the previous one did not), ``stats`` (the node's and the
 transport's counters, every ``--stats-interval`` s and on command) and a
-``warning`` when a broker-capable node has no supply. With ``--json`` it also
+``warning`` when a broker-capable node has no supply, and (at most once per
+:data:`FOREIGN_WARNING_EVERY` s) when datagrams of another realm or wire
+version arrive. With ``--json`` it also
 reads commands from stdin, one JSON object per line (``multicast``, ``bid``,
 ``supply``, ``stats``, ``leave``), each answered by ``ok``, ``stats`` or
 ``left`` with the command's ``id``; a bad line prints an ``error`` event
@@ -45,11 +47,13 @@ from powergrid.protocols.market import Bid, PriceUpdated
 from powergrid.protocols.membership import MemberRemoved, MemberSuspected
 from powergrid.transports import trio_udp
 from powergrid.transports.trio_udp import UdpConfig, UdpHandle, default_incarnation
-from powergrid.types import format_node
+from powergrid.types import DEFAULT_REALM, format_node
 
 __all__ = [
     "COMMANDS",
     "EVENTS",
+    "FOREIGN_WARNING_EVERY",
+    "ForeignWarner",
     "add_arguments",
     "build_configs",
     "describe",
@@ -87,7 +91,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a = parser.add_argument
     a("--host", default="127.0.0.1", help="IPv4 address of the node's socket (default 127.0.0.1)")
     a("--port", type=int, required=True, help="UDP port of the node's socket; with --host its id")
-    a("--group", type=int, default=1, help="cluster id, 1 or more (default 1)")
+    a(
+        "--realm",
+        default=DEFAULT_REALM,
+        help="name of the deployment (data centre); datagrams of other realms are dropped "
+        f"(default {DEFAULT_REALM!r}: name yours)",
+    )
+    a("--group", type=int, default=1, help="cluster id within the realm, 1 or more (default 1)")
     a("--interface", default=None, help="IPv4 address multicast uses (default: --host)")
     a("--ttl", type=int, default=1, help="multicast hops: 0 this host, 1 the LAN (default 1)")
     a("--group-port-base", type=int, default=20000, help="UDP port of group 0 (default 20000)")
@@ -160,6 +170,7 @@ def build_configs(
     node = NodeConfig(
         host=args.host,
         port=args.port,
+        realm=args.realm,
         cluster=args.group,
         rank=args.rank,
         broker_capable=args.broker_capable,
@@ -187,6 +198,51 @@ def supply_warning(config: NodeConfig) -> str | None:
         "leads, every server of every cluster gets allocation 0 (a shortage); give "
         "--supply WATTS, the usable supply of the data centre"
     )
+
+
+FOREIGN_WARNING_EVERY = 30.0
+"""Seconds between two warnings about datagrams of another realm or version."""
+
+
+class ForeignWarner:
+    """Warns of datagrams of another realm or wire version, at most once per ``every`` s.
+
+    :meth:`check` takes the node's counters and the time (s, any monotonic clock) and
+    returns the warning's fields when new such datagrams arrived since the last
+    warning and ``every`` s have passed since it (the first at once), else None.
+    """
+
+    def __init__(self, realm: str, every: float = FOREIGN_WARNING_EVERY) -> None:
+        self.realm = realm
+        self.every = every
+        self._warned: tuple[int, int] = (0, 0)  # counters at the last warning
+        self._at: float | None = None
+
+    def check(self, foreign_realm: int, wrong_version: int, now: float) -> Fields | None:
+        realm_new = foreign_realm - self._warned[0]
+        version_new = wrong_version - self._warned[1]
+        if realm_new <= 0 and version_new <= 0:
+            return None
+        if self._at is not None and now - self._at < self.every:
+            return None
+        self._warned = (foreign_realm, wrong_version)
+        self._at = now
+        what = []
+        if realm_new > 0:
+            what.append(
+                f"{realm_new} datagrams of another realm (not {self.realm!r}): another "
+                "deployment shares these addresses or ports, or a node has the wrong --realm"
+            )
+        if version_new > 0:
+            what.append(
+                f"{version_new} datagrams of another wire version: a node runs another "
+                "powergrid release; upgrade it"
+            )
+        return {
+            "message": "dropped " + "; and ".join(what),
+            "foreign_realm": foreign_realm,
+            "wrong_version": wrong_version,
+        }
 
 
 def _view_of(node: Node | None, group: int) -> Any:
@@ -450,6 +506,20 @@ async def _periodic_stats(handle: UdpHandle, out: _Printer, every: float) -> Non
         out.emit("stats", stats(handle))
 
 
+async def _watch_foreign(handle: UdpHandle, out: _Printer, realm: str) -> None:
+    node = handle.endpoint
+    if not isinstance(node, Node):
+        return
+    warner = ForeignWarner(realm)
+    while True:
+        await trio.sleep(1.0)
+        fields = warner.check(
+            node.stats.foreign_realm, node.stats.wrong_version, trio.current_time()
+        )
+        if fields is not None:
+            out.emit("warning", fields)
+
+
 async def _signals(signals: AsyncIterator[int], ending: _Ending) -> None:
     async for signum in signals:
         ending.end(f"signal {signal.Signals(signum).name}")
@@ -472,6 +542,7 @@ async def _main(args: argparse.Namespace, node: NodeConfig, udp: UdpConfig) -> N
             out.emit(
                 "started",
                 {
+                    "realm": node.realm,
                     "group": node.cluster,
                     "incarnation": incarnation,
                     "broker_capable": node.broker_capable,
@@ -487,6 +558,7 @@ async def _main(args: argparse.Namespace, node: NodeConfig, udp: UdpConfig) -> N
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_watch, handle, out)
                 nursery.start_soon(_signals, signals, ending)
+                nursery.start_soon(_watch_foreign, handle, out, node.realm)
                 if args.stats_interval > 0:
                     nursery.start_soon(_periodic_stats, handle, out, args.stats_interval)
                 if args.json:

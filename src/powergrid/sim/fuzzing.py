@@ -219,6 +219,7 @@ def datacentre(
 
     def build(rng: random.Random) -> System:
         base = rng.getrandbits(32)
+        realm = f"fuzz-{base:08x}"  # each seed's data centre is a realm of its own
         specs: list[NodeSpec] = []
         configs: dict[int, NodeConfig] = {}
         intervals: dict[int, float] = {}
@@ -243,6 +244,7 @@ def datacentre(
                 intervals[nid] = round(rng.uniform(0.1, 0.4), 3)
                 configs[nid] = NodeConfig(
                     port=port,
+                    realm=realm,
                     cluster=c + 1,
                     rank=rank,
                     broker_capable=capable[i],
@@ -253,6 +255,7 @@ def datacentre(
         configs = {
             n: NodeConfig(
                 port=cfg.port,
+                realm=cfg.realm,
                 cluster=cfg.cluster,
                 rank=cfg.rank,
                 broker_capable=cfg.broker_capable,
