@@ -2,26 +2,42 @@
 
 Run: ``python examples/embed_minimal.py [port]`` (loopback only). Start it
 twice with different ports to see two nodes form a cluster and exchange a
-message; alone, the node elects itself broker and lead broker.
+message; alone, the node elects itself broker and lead broker. The node is
+keyed: the first run makes the realm's key file with ``powergrid keygen`` in
+the temp directory, and every run signs and checks with it.
 """
 
 from __future__ import annotations
 
 import random
+import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import trio
 
+from powergrid.auth import Keyring
 from powergrid.cli.node import describe
 from powergrid.node import NodeConfig
 from powergrid.protocols.market import Bid
 from powergrid.transports.trio_udp import UdpConfig, run_node
 
 
+def key_file() -> Path:
+    """The example realm's key file, made once by ``powergrid keygen`` (mode 0600)."""
+    path = Path(tempfile.gettempdir()) / "powergrid-example.keys"
+    if not path.exists():
+        subprocess.run([sys.executable, "-m", "powergrid", "keygen", str(path)], check=True)
+    return path
+
+
 async def main(port: int) -> None:
     config = NodeConfig(
         host="127.0.0.1",
         port=port,
+        realm="example",
+        keyring=Keyring.from_file(key_file()),
         cluster=1,
         broker_capable=True,
         supply=1000,

@@ -427,7 +427,7 @@ def test_cli_key_file_or_environment_never_a_key_argument(
     assert node.keyring == RING
     node, _ = build_configs(_cli_args(), environ={"POWERGRID_KEYS": f"1 hex:{K1.hex()}"})
     assert node.keyring == RING
-    node, _ = build_configs(_cli_args(), environ={})
+    node, _ = build_configs(_cli_args("--insecure"), environ={})
     assert node.keyring is None
     with pytest.raises(ConfigError, match="not both"):
         build_configs(_cli_args("--key-file", str(path)), environ={"POWERGRID_KEYS": "x"})

@@ -186,7 +186,7 @@ def test_two_realms_on_the_same_host_and_group_ports_never_merge(procs: NodeProc
     ports, over real loopback sockets, each elect their own leader and list only their
     own members, and each node warns that it heard datagrams of another realm."""
     base = free_port()
-    common = ["--group", "1", "--ttl", "0", "--group-port-base", str(base)]
+    common = ["--group", "1", "--ttl", "0", "--group-port-base", str(base), "--insecure"]
     names: dict[str, list[str]] = {"dc-east": [], "dc-west": []}
     for realm, ranks in (("dc-east", (1, 2)), ("dc-west", (3, 4))):
         for rank in ranks:

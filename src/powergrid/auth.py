@@ -63,6 +63,7 @@ import binascii
 import hashlib
 import hmac
 import os
+import secrets
 import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -83,7 +84,9 @@ __all__ = [
     "AuthStats",
     "Authenticator",
     "Keyring",
+    "new_key_text",
     "realm_key",
+    "write_key_file",
 ]
 
 ENV_VAR = "POWERGRID_KEYS"
@@ -239,6 +242,52 @@ class Keyring:
         if text is None:
             return None
         return cls.parse(text, source=f"${ENV_VAR}")
+
+
+def new_key_text(key_id: int = 1, *, secret: bytes | None = None) -> str:
+    """The text of a key file holding one new random 32-byte key, ``key_id``, primary.
+
+    ``secret`` (tests only) fixes the key instead of drawing it from
+    :func:`secrets.token_bytes`. Raises :class:`ConfigError` for a bad id or secret.
+    """
+    key = secrets.token_bytes(32) if secret is None else secret
+    Keyring(primary=key_id, keys={key_id: key})  # validates the id and the key
+    return (
+        "# powergrid key file (docs/security.md), made by `powergrid keygen`.\n"
+        "# Give every node of the data centre a copy, and keep it chmod 600.\n"
+        f"{key_id} hex:{key.hex()} primary\n"
+    )
+
+
+def write_key_file(path: str | os.PathLike[str], *, key_id: int = 1, force: bool = False) -> None:
+    """Write a new key file (:func:`new_key_text`) at ``path``, readable by its owner only.
+
+    The file is created with mode 0600 (never wider, whatever the umask). An existing
+    file is refused unless ``force``; then it is replaced whole (written beside it,
+    then renamed). Raises :class:`ConfigError` saying what to fix.
+    """
+    p = Path(path)
+    text = new_key_text(key_id).encode("ascii")
+    target = p.with_name(f".{p.name}.{secrets.token_hex(4)}.tmp") if force else p
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise ConfigError(
+            f"key file {p} exists; give --force to replace it (nodes using the old key "
+            "then refuse this one: see key rotation in docs/security.md)"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot create key file {p}: {exc.strerror or exc}") from exc
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o600)
+            f.write(text)
+        if force:
+            os.replace(target, p)
+    except OSError as exc:
+        if force:
+            target.unlink(missing_ok=True)
+        raise ConfigError(f"cannot write key file {p}: {exc.strerror or exc}") from exc
 
 
 def _secret(spec: str, where: str) -> bytes:

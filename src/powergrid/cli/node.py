@@ -53,6 +53,7 @@ __all__ = [
     "COMMANDS",
     "EVENTS",
     "FOREIGN_WARNING_EVERY",
+    "NO_KEY",
     "ForeignWarner",
     "add_arguments",
     "build_configs",
@@ -124,6 +125,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"replayed ones (docs/security.md); or put the keys in ${ENV_VAR}. "
         "Keys are never given on the command line",
     )
+    a(
+        "--insecure",
+        action="store_true",
+        help="run without keys: unsigned datagrams, which anyone who reaches the ports can "
+        "forge (without a key, --key-file or $POWERGRID_KEYS, the node refuses to start)",
+    )
     a("--key", nargs="?", action=_NoKeyArgument, help=argparse.SUPPRESS)
 
 
@@ -145,12 +152,28 @@ def _bid(args: argparse.Namespace) -> Bid | None:
     return Bid(floor=floor, required=required, maximum=args.maximum, priority=args.priority)
 
 
+NO_KEY = (
+    f"no key: give --key-file PATH (make one with `powergrid keygen PATH`) or ${ENV_VAR}, "
+    "or --insecure to run without authentication"
+)
+"""The one-line error of a node started with neither a key nor ``--insecure``."""
+
+
 def _keyring(args: argparse.Namespace, environ: Mapping[str, str]) -> Keyring | None:
+    """The keyring of ``--key-file`` or ``$POWERGRID_KEYS``; None only with ``--insecure``
+    (secure by default). Raises :class:`ConfigError`."""
     if args.key_file is not None:
         if ENV_VAR in environ:
             raise ConfigError(f"give --key-file or ${ENV_VAR}, not both (unset one of them)")
-        return Keyring.from_file(args.key_file)
-    return Keyring.from_env(environ)
+        ring: Keyring | None = Keyring.from_file(args.key_file)
+    else:
+        ring = Keyring.from_env(environ)
+    if ring is None and not args.insecure:
+        raise ConfigError(NO_KEY)
+    if ring is not None and args.insecure:
+        source = "--key-file" if args.key_file is not None else f"${ENV_VAR}"
+        raise ConfigError(f"give --insecure or a key ({source}), not both")
+    return ring
 
 
 def build_configs(
@@ -159,7 +182,8 @@ def build_configs(
     """The node and socket settings from parsed options; raises :class:`ConfigError`.
 
     The keyring comes from ``--key-file`` or from ``$POWERGRID_KEYS`` in
-    ``environ`` (default: the process environment).
+    ``environ`` (default: the process environment); without either, only
+    ``--insecure`` lets the node run (unkeyed), else :data:`NO_KEY` is raised.
     """
     if args.duration is not None and not (args.duration > 0 and math.isfinite(args.duration)):
         raise ConfigError(f"--duration {args.duration} must be a positive number of seconds")
@@ -551,6 +575,13 @@ async def _main(args: argparse.Namespace, node: NodeConfig, udp: UdpConfig) -> N
                     "authenticated": node.keyring is not None,
                 },
             )
+            if node.keyring is None:
+                print(
+                    "powergrid node: warning: --insecure: datagrams are not authenticated; "
+                    "anyone who reaches these ports can join, lead and set prices",
+                    file=sys.stderr,
+                    flush=True,
+                )
             warning = supply_warning(node)
             if warning is not None:
                 out.emit("warning", {"message": warning})
