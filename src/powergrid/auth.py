@@ -15,7 +15,10 @@ all its groups and destinations), and the receiver keeps, per sender, a
 sliding window of the last :data:`REPLAY_WINDOW` counters (like IPsec and
 DTLS): a counter seen before, or older than the window, is refused. A higher
 incarnation (in the signed header, so not forgeable) starts a fresh window; a
-lower one is refused.
+lower one is refused. Incarnations compare as serial numbers
+(:func:`~powergrid.types.incarnation_newer`), so a new life after the wrap of
+the 32-bit incarnation (..., 2**32-1, then 0, 1, ...) replaces the old window
+instead of being refused as older for good.
 
 **Not guaranteed.** Secrecy (nothing is encrypted: the threat is forgery, and
 the traffic is power figures and membership, not secrets), and anything about
@@ -71,7 +74,7 @@ from pathlib import Path
 import attrs
 
 from powergrid.errors import ConfigError, UsageError
-from powergrid.types import DEFAULT_REALM, realm_tag
+from powergrid.types import DEFAULT_REALM, incarnation_newer, realm_tag
 from powergrid.wire import AUTH_TRAILER_SIZE, FLAG_AUTH, HEADER_SIZE, WIRE_LIMIT
 
 __all__ = [
@@ -452,7 +455,7 @@ class Authenticator:
             self._windows[sender] = [incarnation, counter, 1]
             return True
         if incarnation != win[0]:
-            if incarnation < win[0]:
+            if not incarnation_newer(incarnation, win[0]):  # serial: survives the wrap
                 self.stats.old_incarnation += 1
                 return False
             win[0] = incarnation

@@ -9,8 +9,10 @@ as the tie-breaker after the operator-set rank (see :class:`ElectionKey`).
 
 An *incarnation* numbers the lives of one address: a process that restarts on
 the same address comes back with a higher incarnation and is never mistaken for
-its old self. A transport picks it (the memory network counts restarts; the UDP
-transport uses the start time in milliseconds, mod 2**32).
+its old self; lives compare as serial numbers (:func:`incarnation_newer`), so the
+wrap after 2**32-1 is a step forward. A transport picks it (the memory network
+counts restarts; the UDP transports use the start time in tenths of a second, mod
+2**32: :func:`incarnation_at`).
 
 A *realm* names a deployment (a data centre): every datagram carries the
 32-bit :func:`realm_tag` of its sender's realm, and a node drops datagrams of
@@ -43,6 +45,8 @@ __all__ = [
     "Seq",
     "epoch_newer",
     "format_node",
+    "incarnation_at",
+    "incarnation_newer",
     "next_epoch",
     "next_view_id",
     "node_address",
@@ -63,7 +67,8 @@ Epoch = NewType("Epoch", int)
 0 means "no leader yet"."""
 
 Incarnation = NewType("Incarnation", int)
-"""The life of a process at one address, 32 bits; a restart picks a higher one."""
+"""The life of a process at one address, 32 bits; a restart picks a newer one, in serial
+number arithmetic (:func:`incarnation_newer`): after 2**32-1 comes 0."""
 
 Seq = NewType("Seq", int)
 """A sender's sequence number, 64 bits; the first message is 1."""
@@ -131,6 +136,36 @@ def epoch_newer(a: int, b: int) -> bool:
     leader follows a foreign epoch's leader; one with a live leader refuses it).
     """
     return _serial_newer(a, b, 32, EPOCH_WINDOW)
+
+
+INCARNATION_HALF = 1 << 31
+"""Incarnations compare within half their space (RFC 1982): see :func:`incarnation_newer`."""
+
+
+def incarnation_newer(a: int, b: int) -> bool:
+    """Is incarnation ``a`` a newer life than ``b``?
+
+    Incarnations are 32-bit serial numbers (RFC 1982): ``a`` is newer if it lies 1 to
+    2**31-1 steps after ``b`` modulo 2**32, so a life after 2**32-1 may be 0, 1, ...
+    and is still newer, and no value is a top that the next life cannot pass. Every
+    value, 0 included, is a life (unlike epochs, there is no "none"). Two lives exactly
+    2**31 apart are unordered: neither is newer. The UDP transports' default
+    incarnation counts tenths of a second, so a restart is newer than any life that
+    began less than 2**31 tenths (6.8 years) before it.
+    """
+    return 0 < (a - b) % (1 << 32) < INCARNATION_HALF
+
+
+def incarnation_at(time_ns: int, previous: int | None = None) -> int:
+    """The incarnation of a life that starts at wall-clock ``time_ns`` (ns since the Unix
+    epoch): tenths of a second, mod 2**32 (it wraps every 13.6 years, harmlessly:
+    :func:`incarnation_newer`). If that is not newer than ``previous`` (a life of the same
+    process that started within the same tenth, or a clock set back), the life after
+    ``previous`` instead."""
+    inc = (time_ns // 100_000_000) % (1 << 32)
+    if previous is not None and not incarnation_newer(inc, previous):
+        inc = (previous + 1) % (1 << 32)
+    return inc
 
 
 def next_epoch(e: int) -> int:

@@ -111,6 +111,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--priority", type=int, default=0, help="bid: priority class 0..15 (default 0)")
     a("--duration", type=float, default=None, help="seconds to run, then leave and exit 0")
     a("--seed", type=int, default=None, help="seed of the node's random jitter")
+    a(
+        "--incarnation",
+        type=int,
+        default=None,
+        help="this life's incarnation, 0..2**32-1, newer than the last in serial-number "
+        "order (after 4294967295 comes 0); default: start time in tenths of a second",
+    )
     a("--json", action="store_true", help="JSON lines on stdout; JSON commands on stdin")
     a(
         "--stats-interval",
@@ -189,6 +196,8 @@ def build_configs(
         raise ConfigError(f"--duration {args.duration} must be a positive number of seconds")
     if args.supply < 0:
         raise ConfigError(f"--supply {args.supply} must be >= 0 watts")
+    if args.incarnation is not None and not 0 <= args.incarnation < 2**32:
+        raise ConfigError(f"--incarnation {args.incarnation} is outside 0..2**32-1")
     if not (args.stats_interval >= 0 and math.isfinite(args.stats_interval)):
         raise ConfigError(f"--stats-interval {args.stats_interval} must be >= 0 seconds (0: off)")
     node = NodeConfig(
@@ -552,7 +561,7 @@ async def _signals(signals: AsyncIterator[int], ending: _Ending) -> None:
 
 async def _main(args: argparse.Namespace, node: NodeConfig, udp: UdpConfig) -> None:
     out = _Printer(format_node(node.node_id), args.json, trio.current_time())
-    incarnation = default_incarnation()
+    incarnation = default_incarnation() if args.incarnation is None else args.incarnation
     rng = random.Random(args.seed)
     # the handlers are in place before "started" is printed
     with (

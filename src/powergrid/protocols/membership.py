@@ -164,6 +164,7 @@ from powergrid.types import (
     Incarnation,
     NodeId,
     epoch_newer,
+    incarnation_newer,
     next_view_id,
     view_newer,
 )
@@ -891,7 +892,7 @@ class MembershipMachine(Dispatching):
         for node, cand in sorted(self._pending.items()) if beat else ():
             cur = members.get(node)
             if cur is not None:
-                if cur.incarnation >= cand.incarnation:
+                if not incarnation_newer(cand.incarnation, cur.incarnation):
                     continue
                 departures.append((node, cur.incarnation, VIEW_STATUS_REPLACED))
                 self._suspects.pop(node, None)
@@ -1125,7 +1126,11 @@ class MembershipMachine(Dispatching):
             self._stats.dropped_own += 1
             return []
         known = self._members.get(sender)
-        if known is not None and ev.incarnation < known.incarnation and sender != self._leader:
+        if (
+            known is not None
+            and incarnation_newer(known.incarnation, ev.incarnation)
+            and sender != self._leader
+        ):
             # (The followed leader's lives are fenced by _accept_leader: a view that lists
             # it in a forged higher life must not shut out its real heartbeats and views.)
             self._stats.stale_incarnation += 1
@@ -1149,7 +1154,7 @@ class MembershipMachine(Dispatching):
             if self._leader_inc is None:
                 self._leader_inc = inc
             elif inc != self._leader_inc:
-                if inc < self._leader_inc:
+                if incarnation_newer(self._leader_inc, inc):
                     self._stats.stale_incarnation += 1
                     return False
                 # The leader restarted and was elected again in this epoch: follow its new life.
@@ -1274,7 +1279,7 @@ class MembershipMachine(Dispatching):
             self._stats.view_parts_sent += len(self._parts)
             return [Send(to=sender, message=p) for p in self._parts]
         waiting = self._pending.get(sender)
-        if waiting is None or waiting.incarnation < inc:
+        if waiting is None or incarnation_newer(inc, waiting.incarnation):
             self._pending[sender] = Member(
                 node=sender,
                 incarnation=inc,

@@ -157,7 +157,7 @@ from powergrid.events import (
     ViewChanged,
     member_maps,
 )
-from powergrid.types import Incarnation, NodeId
+from powergrid.types import Incarnation, NodeId, incarnation_newer
 from powergrid.wire import (
     HEADER_SIZE,
     MAX_DATAGRAM,
@@ -636,7 +636,7 @@ class MulticastMachine(Dispatching):
         if st is None:
             st = self._new_origin(origin, inc, self._unknown_start(origin, inc, seq), now)
         elif inc != st.incarnation:
-            if inc < st.incarnation:
+            if incarnation_newer(st.incarnation, inc):
                 old = self._retired.get(origin)
                 if old is not None and old.incarnation == inc:
                     if origin in self._hearsay:  # a life it never had: digested, not taken
@@ -685,7 +685,11 @@ class MulticastMachine(Dispatching):
     def _dropped(self, origin: int, inc: int) -> bool:
         """Whether this life of ``origin`` left the view and its state was dropped after grace."""
         lives = self._floors.get(origin)
-        return lives is not None and max(lives) >= inc and origin not in self._member_inc
+        return (
+            lives is not None
+            and any(not incarnation_newer(inc, life) for life in lives)
+            and origin not in self._member_inc
+        )
 
     def _new_origin(self, origin: int, inc: int, start: int, now: float) -> _Origin:
         """Fresh state for ``origin`` in ``inc`` starting after ``start``, replacing any older
@@ -693,7 +697,7 @@ class MulticastMachine(Dispatching):
         delivering anything twice) with the stable point we knew (never declaring more)."""
         old = self._origins.get(origin)
         if old is not None:
-            retire = old.incarnation < inc and old.delivered != _PENDING
+            retire = incarnation_newer(inc, old.incarnation) and old.delivered != _PENDING
             kept = {  # the members' reports of the old life go with it
                 m: got
                 for m, r in self._reports.items()
@@ -771,13 +775,13 @@ class MulticastMachine(Dispatching):
         held or delivered here and nothing is declared stable: only its highest grows,
         with the reports (a *hearsay* life, dropped when this node stops coordinating)."""
         old = self._retired.get(origin)
-        if old is None or old.incarnation < inc:
+        if old is None or incarnation_newer(inc, old.incarnation):
             if old is not None:
                 self._drop_retired(origin)
             old = self._retired[origin] = _Origin(inc, 0)
             old.gone_at = now + self._config.flush_grace
             self._hearsay.add(origin)
-        elif old.incarnation > inc:
+        elif incarnation_newer(old.incarnation, inc):
             return
         if delivered > old.highest:
             old.highest = old.delivered = delivered  # no gap: this node never asks for it
@@ -791,13 +795,13 @@ class MulticastMachine(Dispatching):
         if old is not None:
             if origin not in self._hearsay:
                 return False  # a life it had state of: digested from that state
-            if old.incarnation >= inc:
+            if not incarnation_newer(inc, old.incarnation):
                 return old.incarnation == inc
         listed = self._member_inc.get(origin)
-        if listed is None or inc >= listed:
+        if listed is None or not incarnation_newer(listed, inc):
             return False
         st = self._origins.get(origin)
-        return st is None or st.incarnation > inc
+        return st is None or incarnation_newer(st.incarnation, inc)
 
     def _retired_life(self, origin: int, inc: int) -> _Origin | None:
         old = self._retired.get(origin)
@@ -966,10 +970,10 @@ class MulticastMachine(Dispatching):
             self._stats.ignored += 1
             return []
         st = self._origins.get(msg.origin)
-        if st is not None and st.incarnation > msg.origin_incarnation:
+        if st is not None and incarnation_newer(st.incarnation, msg.origin_incarnation):
             st = self._retired_life(msg.origin, msg.origin_incarnation) or st
         if st is None or st.incarnation != msg.origin_incarnation:
-            if st is not None and st.incarnation > msg.origin_incarnation:
+            if st is not None and incarnation_newer(st.incarnation, msg.origin_incarnation):
                 self._stats.stale += 1
             else:
                 self._stats.ignored += 1
@@ -1079,7 +1083,7 @@ class MulticastMachine(Dispatching):
             if origin == self._me:
                 if inc == self._incarnation:
                     self._report(report, origin, inc, min(delivered, self._own.delivered), low)
-                elif inc < self._incarnation:
+                elif incarnation_newer(self._incarnation, inc):
                     self._reported_past_life(origin, inc, delivered, now)
                 continue
             if self._hearsay_of(origin, inc):
@@ -1093,7 +1097,7 @@ class MulticastMachine(Dispatching):
                     continue
                 st = self._new_origin(origin, inc, 0, now)
             elif inc != st.incarnation:
-                if inc < st.incarnation:
+                if incarnation_newer(st.incarnation, inc):
                     old = self._retired_life(origin, inc)
                     if old is not None:  # the member delivered this much of the old life
                         old.highest = max(old.highest, delivered)
@@ -1257,7 +1261,7 @@ class MulticastMachine(Dispatching):
                     continue
                 st = self._new_origin(origin, inc, stable, now)
             elif inc != st.incarnation:
-                if inc < st.incarnation:
+                if incarnation_newer(st.incarnation, inc):
                     old = self._retired_life(origin, inc)
                     if old is not None:
                         if stable > old.delivered:
