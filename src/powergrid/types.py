@@ -8,7 +8,7 @@ the type checker. Ordering ids orders addresses, which the bully election uses
 as the tie-breaker after the operator-set rank (see :class:`ElectionKey`).
 
 An *incarnation* numbers the lives of one address: a process that restarts on
-the same address comes back with a higher incarnation and is never mistaken for
+the same address comes back with a newer incarnation and is never mistaken for
 its old self; lives compare as serial numbers (:func:`incarnation_newer`), so the
 wrap after 2**32-1 is a step forward. A transport picks it (the memory network
 counts restarts; the UDP transports use the start time in tenths of a second, mod
