@@ -95,7 +95,8 @@ class McastEndpoint:
         return out
 
     def receive(self, data: bytes, now: float) -> list[object]:
-        _, sender, incarnation, message = decode(data)
+        env = decode(data)
+        sender, incarnation, message = env.sender, env.incarnation, env.message
         actions = self._handle(_received(sender, incarnation, message), now)
         if len(actions) == 1 and type(actions[0]) is Deliver:  # the common case: one delivery
             self.delivered += 1  # (a machine never hands back its own messages it receives)

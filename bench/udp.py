@@ -479,7 +479,7 @@ async def goodput_asyncio(n: int) -> dict[str, Any]:
 
 def start(p: NodeProcesses, port: int, *opts: str) -> str:
     """Run ``powergrid node --json --port PORT *opts`` named ``"127.0.0.1:PORT"``."""
-    return p.start(f"{HOST}:{port}", "--port", str(port), *opts)
+    return p.start(f"{HOST}:{port}", "--insecure", "--port", str(port), *opts)
 
 
 def failover_once(seed: int) -> dict[str, float]:

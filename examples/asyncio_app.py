@@ -1,7 +1,7 @@
 """An asyncio app: join cluster 1 on loopback, greet each member that joins, print what others say.
 
 Run: python examples/asyncio_app.py PORT GROUP_PORT_BASE SECONDS KEY_FILE
-(beside examples/trio_app.py; the key file as docs/security.md says).
+(beside examples/trio_app.py; the key file made by `powergrid keygen PATH`, see docs/security.md).
 """
 
 import asyncio

@@ -6,13 +6,17 @@ ports from 46000 up, or ``--base PORT``). The script reads their JSON lines,
 waits until a lead broker (the leader of broker group 0) is elected and
 prices flow, kills the lead broker with SIGKILL, prints the failover (the new
 leader lines) and the prices of the new epoch, then stops every process,
-also on error or Ctrl-C. It gives up after 40 seconds.
+also on error or Ctrl-C. It gives up after 40 seconds. The data centre is
+realm ``example-dc``, keyed: the script makes its key file with
+``powergrid keygen`` in a temporary directory, removed at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -25,8 +29,9 @@ LIMIT = 40.0
 
 
 class DataCentre:
-    def __init__(self, base: int) -> None:
+    def __init__(self, base: int, key_file: str) -> None:
         self.base = base
+        self.key_file = key_file
         self.nodes = NodeProcesses(on_event=self.show)
         self.procs = self.nodes.procs
         self.lines = self.nodes.lines
@@ -45,7 +50,8 @@ class DataCentre:
     def start(self, port: int, opts: list[str]) -> None:
         self.nodes.start(
             f"127.0.0.1:{port}", "--ttl", "0", "--port", str(port),
-            "--group-port-base", str(self.base), *opts,
+            "--group-port-base", str(self.base), "--realm", "example-dc",
+            "--key-file", self.key_file, *opts,
         )  # fmt: skip
 
     def show(self, name: str, event: dict[str, Any]) -> None:
@@ -101,7 +107,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", type=int, default=46000, help="first port (default 46000)")
     base = parser.parse_args().base
-    dc = DataCentre(base)
+    with tempfile.TemporaryDirectory() as tmp:
+        key_file = f"{tmp}/example-dc.keys"
+        subprocess.run([sys.executable, "-m", "powergrid", "keygen", key_file], check=True)
+        return run(DataCentre(base, key_file))
+
+
+def run(dc: DataCentre) -> int:
+    """Start the data centre, kill its lead broker, show the failover; the exit status."""
     try:
         dc.start_all()
         dc.say(f"started {len(dc.procs)} nodes in clusters {CLUSTERS}")

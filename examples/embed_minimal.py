@@ -1,24 +1,38 @@
 """Embed one powergrid node in a trio app: print its events, multicast, leave.
 
-Run: ``python examples/embed_minimal.py [port] [key_file]`` (loopback only; with a
-key file, every datagram is signed, see docs/security.md). Start it
-twice with different ports to see two nodes form a cluster and exchange a
-message; alone, the node elects itself broker and lead broker.
+Run: ``python examples/embed_minimal.py [port] [key_file]`` (loopback only).
+Every datagram is signed (docs/security.md): without ``key_file`` the first
+run makes the example realm's key file with ``powergrid keygen`` in the temp
+directory, and every run uses it. Start it twice with different ports to see
+two nodes form a cluster and exchange a message; alone, the node elects
+itself broker and lead broker.
 """
 
 from __future__ import annotations
 
 import random
+import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import trio
 
 from powergrid import Bid, Keyring, NodeConfig, UdpConfig, format_event, run_node
 
 
-async def main(port: int, key_file: str | None) -> None:
+def example_key_file() -> str:
+    """The example realm's key file, made once by ``powergrid keygen`` (mode 0600)."""
+    path = Path(tempfile.gettempdir()) / "powergrid-example.keys"
+    if not path.exists():
+        subprocess.run([sys.executable, "-m", "powergrid", "keygen", str(path)], check=True)
+    return str(path)
+
+
+async def main(port: int, key_file: str) -> None:
     config = NodeConfig(
-        keyring=Keyring.from_file(key_file) if key_file else None,
+        keyring=Keyring.from_file(key_file),
+        realm="example",
         host="127.0.0.1",
         port=port,
         cluster=1,
@@ -47,4 +61,4 @@ async def main(port: int, key_file: str | None) -> None:
 
 if __name__ == "__main__":
     port = int(sys.argv[1]) if len(sys.argv) > 1 else 47001
-    trio.run(main, port, sys.argv[2] if len(sys.argv) > 2 else None)
+    trio.run(main, port, sys.argv[2] if len(sys.argv) > 2 else example_key_file())

@@ -195,7 +195,14 @@ class Network:
     def start(self, host: Host, port: int, *opts: str) -> str:
         """Run ``powergrid node --json`` on ``host``; returns its id ``"addr:port"``."""
         argv = self.nodes.node_command(
-            "--host", host.address, "--interface", host.address, "--port", str(port), *opts
+            "--host",
+            host.address,
+            "--interface",
+            host.address,
+            "--port",
+            str(port),
+            "--insecure",
+            *opts,
         )
         return self.nodes.spawn(f"{host.address}:{port}", ["ip", "netns", "exec", host.ns, *argv])
 

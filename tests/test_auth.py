@@ -23,6 +23,7 @@ from powergrid.auth import (
     AuthStats,
     Keyring,
     _Mac,
+    realm_key,
 )
 from powergrid.cli.node import build_configs
 from powergrid.errors import ConfigError, DecodeError, PayloadTooLargeError, UsageError
@@ -32,6 +33,7 @@ from powergrid.sim.memory import MemoryNetwork
 from powergrid.types import node_id
 from powergrid.wire import (
     AUTH_TRAILER_SIZE,
+    DEFAULT_REALM_TAG,
     FLAG_AUTH,
     HEADER_SIZE,
     MAX_DATAGRAM,
@@ -150,7 +152,10 @@ def test_trailer_layout_is_flag_key_id_counter_and_truncated_hmac() -> None:
     assert signed[:4] == HB[:4] and signed[5 : len(HB)] == HB[5:]
     stamp = signed[len(HB) : len(HB) + 8]
     assert stamp == struct.pack("!HHI", 1, 0, 1)  # key id 1, counter 1 (u48)
-    assert signed[-16:] == hmac.digest(K1, signed[:-16], "sha256")[:16]
+    # the key that signs is the secret bound to the realm (here the default one)
+    key = hmac.digest(K1, b"powergrid realm key\0default", "sha256")
+    assert realm_key(K1, "default") == key
+    assert signed[-16:] == hmac.digest(key, signed[:-16], "sha256")[:16]
     assert auth.seal(HB)[len(HB) : len(HB) + 8] == struct.pack("!HHI", 1, 0, 2)
     assert auth.counter == 2 and auth.stats.sealed == 2
 
@@ -363,7 +368,8 @@ def test_keyed_node_counts_unsigned_forged_and_replayed_and_never_raises() -> No
     assert (s.unauthenticated, s.replayed, s.malformed) == (3, 1, 0)
     assert s.received == before + 1
     # authentic but undecodable: counted malformed, after the tag
-    assert node.receive(peer.seal(b"PG\x01\xee" + bytes(17)), 0.3) == []
+    unknown_type = b"PG\x02\xee" + bytes(HEADER_SIZE - 8) + DEFAULT_REALM_TAG.to_bytes(4, "big")
+    assert node.receive(peer.seal(unknown_type), 0.3) == []
     assert node.stats.malformed == 1
 
 
@@ -421,7 +427,7 @@ def test_cli_key_file_or_environment_never_a_key_argument(
     assert node.keyring == RING
     node, _ = build_configs(_cli_args(), environ={"POWERGRID_KEYS": f"1 hex:{K1.hex()}"})
     assert node.keyring == RING
-    node, _ = build_configs(_cli_args(), environ={})
+    node, _ = build_configs(_cli_args("--insecure"), environ={})
     assert node.keyring is None
     with pytest.raises(ConfigError, match="not both"):
         build_configs(_cli_args("--key-file", str(path)), environ={"POWERGRID_KEYS": "x"})

@@ -691,8 +691,8 @@ def test_a_lower_life_claiming_a_newer_epoch_is_judged_on_its_merits() -> None:
     means the life recorded is not the one that leads now (without a key, a forged higher
     incarnation): the claim is judged like a restart's, so the real leader is followed."""
     m = follower_of(1, 5, 3, capable=False)
-    assert m.handle(rx(5, Coordinator(epoch=3, rank=0), inc=2**32 - 1), 1.0) == [elected(5, 3)]
-    assert m.handle(rx(5, Coordinator(epoch=3, rank=0)), 1.5) == []  # stale: inc 1 < 2**32-1
+    assert m.handle(rx(5, Coordinator(epoch=3, rank=0), inc=2**31 - 1), 1.0) == [elected(5, 3)]
+    assert m.handle(rx(5, Coordinator(epoch=3, rank=0)), 1.5) == []  # stale: 1 is older
     assert m.handle(rx(5, Coordinator(epoch=4, rank=0)), 2.0) == [elected(5, 4)]
     far = 4 + EPOCH_WINDOW + 1
     m.handle(rx(5, Coordinator(epoch=4, rank=0), inc=9), 2.5)  # a forged life, same epoch

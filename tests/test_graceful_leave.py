@@ -108,7 +108,7 @@ def test_cli_node_stopped_on_purpose_leaves(how: str) -> None:
     """Rule (issue 19): a ``powergrid node`` stopped by SIGINT, SIGTERM, a leave command
     or ``--duration`` leaves gracefully: its peer prints ``removed`` with reason ``left``,
     and the node exits 0 with a ``left`` line."""
-    common = ["--ttl", "0", "--group-port-base", str(free_port())]
+    common = ["--ttl", "0", "--group-port-base", str(free_port()), "--insecure"]
     a_port, b_port = free_port(), free_port()
     a, b = f"{HOST}:{a_port}", f"{HOST}:{b_port}"
     with NodeProcesses() as procs:

@@ -229,7 +229,7 @@ def _decode_loop(count: int, seed: int) -> tuple[int, int]:
             continue
         ok += 1
         # canonical: what decodes re-encodes to the same bytes
-        assert encode(env.group, env.sender, env.incarnation, env.message) == data
+        assert encode(env.group, env.sender, env.incarnation, env.message, env.realm) == data
     return ok, bad
 
 

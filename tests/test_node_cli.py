@@ -45,7 +45,7 @@ def free_port() -> int:
 
 
 def parse(*argv: str) -> Any:
-    return cli.build_parser("node").parse_args(["node", *argv])
+    return cli.build_parser("node").parse_args(["node", "--insecure", *argv])
 
 
 def test_options_build_the_node_and_socket_configs() -> None:
@@ -98,7 +98,7 @@ def test_bad_options_exit_2_with_what_to_fix(
     argv: list[str], words: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Rule: an invalid value fails at once (exit 2) with a message naming it."""
-    assert cli.main(["node", *argv]) == 2
+    assert cli.main(["node", "--insecure", *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("powergrid node: ") and words in err
 
@@ -117,7 +117,7 @@ def test_busy_port_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind((HOST, 0))
         port = s.getsockname()[1]
-        assert cli.main(["node", "--port", str(port), "--duration", "1"]) == 2
+        assert cli.main(["node", "--insecure", "--port", str(port), "--duration", "1"]) == 2
     assert "cannot open the unicast socket" in capsys.readouterr().err
 
 
@@ -209,7 +209,7 @@ def test_describe_gives_each_event_its_fields() -> None:
 
 def start(p: NodeProcesses, port: int, *opts: str) -> str:
     """Run ``powergrid node --json --port PORT *opts`` named ``"127.0.0.1:PORT"``."""
-    return p.start(f"{HOST}:{port}", "--port", str(port), *opts)
+    return p.start(f"{HOST}:{port}", "--insecure", "--port", str(port), *opts)
 
 
 @pytest.fixture
@@ -318,7 +318,8 @@ def test_three_processes_elect_multicast_and_fail_over(procs: NodeProcesses) -> 
 
 def test_readable_lines_and_duration_exit_0() -> None:
     """Rule: without --json each event is one readable line; --duration leaves and exits 0."""
-    argv = [sys.executable, "-m", "powergrid", "node", "--port", str(free_port()), "--ttl", "0"]
+    argv = [sys.executable, "-m", "powergrid", "node", "--insecure", "--port", str(free_port())]
+    argv += ["--ttl", "0"]
     argv += ["--group-port-base", str(free_port()), "--duration", "0.5"]
     done = subprocess.run(argv, capture_output=True, timeout=15, text=True, check=False)
     assert done.returncode == 0, done.stderr
@@ -375,13 +376,16 @@ def test_supply_warning_only_for_a_broker_capable_node_without_supply() -> None:
 def test_a_broker_capable_node_without_supply_warns_at_start() -> None:
     """Issue 19: `powergrid node --broker-capable` (supply 0 by default) prints a warning
     line after `started` and on stderr."""
-    argv = [sys.executable, "-m", "powergrid", "node", "--port", str(free_port()), "--ttl", "0"]
+    argv = [sys.executable, "-m", "powergrid", "node", "--insecure", "--port", str(free_port())]
+    argv += ["--ttl", "0"]
     argv += ["--group-port-base", str(free_port()), "--duration", "0.3", "--broker-capable"]
     done = subprocess.run(argv, capture_output=True, timeout=15, text=True, check=False)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[1].split()[2] == "warning" and "no supply (--supply 0)" in lines[1]
-    assert done.stderr.startswith("powergrid node: warning: this node may be elected lead")
+    assert "powergrid node: warning: this node may be elected lead" in done.stderr
+    # and --insecure says on stderr what it gives up
+    assert "warning: --insecure: datagrams are not authenticated" in done.stderr
 
 
 def test_observability_of_real_processes(procs: NodeProcesses) -> None:

@@ -199,8 +199,11 @@ def test_config_rejects(kw: dict[str, object], words: str) -> None:
 
 
 def test_config_bundle_size_bounds() -> None:
-    """Rule: bundle_size is 0 (off) or room for two minimal datagrams (49) up to 65,507."""
-    assert [UdpConfig(bundle_size=n).bundle_size for n in (0, 49, 65507)] == [0, 49, 65507]
+    """Rule: bundle_size is 0 (off) or room for two minimal datagrams (57: 3 + 2 x (2 + the
+    25-byte header)) up to 65,507."""
+    assert [UdpConfig(bundle_size=n).bundle_size for n in (0, 57, 65507)] == [0, 57, 65507]
+    with pytest.raises(ConfigError, match=r"57\.\.65507"):
+        UdpConfig(bundle_size=56)
 
 
 # ------------------------------------------------------------------ bundles
@@ -332,14 +335,14 @@ def test_commands_flush_full_bundles_and_yield(raw: socket.socket) -> None:
 
     async def main() -> None:
         async with run_node(Recorder(new_id()), udp=udp_config()) as h:
-            mine = [datagram(h.node_id, v) for v in range(70)]  # 38 bytes, 40 framed
+            mine = [datagram(h.node_id, v) for v in range(70)]  # 42 bytes, 44 framed
             steps = Steps()
             trio.lowlevel.add_instrument(steps)
             for d in mine:
                 await h.command(lambda ep, now, d=d: [Transmit(to=raw_id, data=d)])
             trio.lowlevel.remove_instrument(steps)
-            # 3 + 34 * 40 = 1363 <= 1400 < 1403: two full bundles of 34 sent so far
-            assert (h.stats.sent, h.stats.bundled) == (2, 68)
+            # 3 + 31 * 44 = 1367 <= 1400 < 1411: two full bundles of 31 sent so far
+            assert (h.stats.sent, h.stats.bundled) == (2, 62)
             assert steps.count == 2  # yielded once per full bundle
             await until(lambda: h.stats.sent == 3)  # the flusher's, once this task waits
             assert h.stats.bundled == 70
@@ -348,7 +351,7 @@ def test_commands_flush_full_bundles_and_yield(raw: socket.socket) -> None:
                 while len(got) < 3:
                     await trio.lowlevel.wait_readable(raw)
                     got.append(raw.recv(2048))
-            assert [split_bundle(g) for g in got] == [mine[:34], mine[34:68], mine[68:]]
+            assert [split_bundle(g) for g in got] == [mine[:31], mine[31:62], mine[62:]]
 
     run(main)
 
@@ -558,8 +561,8 @@ def test_node_counts_malformed_and_keeps_running(raw: socket.socket, loop: Any) 
             node = h.endpoint
             assert isinstance(node, Node)
             raw.sendto(b"garbage", (HOST, port))
-            raw.sendto(b"PG" + b"\x00" * 40, (HOST, port))
-            await until(lambda: node.stats.malformed == 2)
+            raw.sendto(b"PG" + b"\x00" * 40, (HOST, port))  # wire version 0
+            await until(lambda: node.stats.malformed == 1 and node.stats.wrong_version == 1)
             assert h.running
             await h.multicast(b"still here")
 

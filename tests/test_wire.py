@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from powergrid import wire
 from powergrid.errors import DecodeError, PayloadTooLargeError
 from powergrid.wire import (
+    DEFAULT_REALM_TAG,
     HEADER_SIZE,
     MAX_DATAGRAM,
     Data,
@@ -224,10 +225,11 @@ def test_out_of_range_fields_fail_at_encode() -> None:
 
 
 def test_header_layout_is_as_documented() -> None:
-    """docs/wire.md: magic, version, type, flags, group, sender, incarnation; 21 bytes."""
+    """docs/wire.md: magic, version 2, type, flags, group, sender, incarnation, realm; 25 bytes."""
     data = _datagram()
-    assert HEADER_SIZE == 21
-    assert struct.unpack("!2sBBBIQI", data[:HEADER_SIZE]) == (b"PG", 1, 1, 0, 7, NODE, 3)
+    assert HEADER_SIZE == 25
+    header = (b"PG", 2, 1, 0, 7, NODE, 3, DEFAULT_REALM_TAG)
+    assert struct.unpack("!2sBBBIQII", data[:HEADER_SIZE]) == header
     assert data[HEADER_SIZE:] == struct.pack("!QB", 1, 0) + b"hello"
     assert len(data) == HEADER_SIZE + 9 + 5
 

@@ -87,6 +87,43 @@ def test_wire_doc_tables_match_the_codec() -> None:
     assert _render(text) == text, "docs/wire.md is stale: run python tests/test_wire_doc.py"
 
 
+HEADER_FIELDS = ("magic", "version", "type", "flags", "group", "sender", "incarnation", "realm")
+
+
+def _header_rows(text: str) -> list[tuple[int, str, str, str]]:
+    section = text.split("## Header", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 4 and cells[0].isdigit():
+            rows.append((int(cells[0]), cells[1], cells[2], cells[3]))
+    return rows
+
+
+def test_wire_doc_header_matches_the_codec() -> None:
+    """Rule: docs/wire.md's header table lists the codec's header fields, in order, at
+    their offsets, with their types; it names the version, and the size is stated."""
+    text = DOC.read_text()
+    fmt = wire._HEADER.format
+    expected: list[tuple[int, str, str]] = []
+    offset = 0
+    for name, (count, code) in zip(
+        HEADER_FIELDS, re.findall(r"(\d*)([a-zA-Z?])", fmt.lstrip("!")), strict=True
+    ):
+        if code == "s":
+            expected.append((offset, name, f"{count} bytes"))
+            offset += int(count)
+        else:
+            expected.append((offset, name, _NAMES[code]))
+            offset += _SIZES[code]
+    rows = _header_rows(text)
+    assert [r[:3] for r in rows] == expected
+    assert offset == wire.HEADER_SIZE and rows[-1][0] == wire.REALM_OFFSET
+    assert rows[1][3].startswith(f"{wire.VERSION};")
+    assert f"a fixed {wire.HEADER_SIZE}-byte header" in text
+    assert "reserved `flags` bits 1-7" in text and wire.RESERVED_FLAGS == 0xFE
+
+
 if __name__ == "__main__":
     DOC.write_text(_render(DOC.read_text()))
     sys.exit(0)

@@ -15,7 +15,10 @@ all its groups and destinations), and the receiver keeps, per sender, a
 sliding window of the last :data:`REPLAY_WINDOW` counters (like IPsec and
 DTLS): a counter seen before, or older than the window, is refused. A higher
 incarnation (in the signed header, so not forgeable) starts a fresh window; a
-lower one is refused.
+lower one is refused. Incarnations compare as serial numbers
+(:func:`~powergrid.types.incarnation_newer`), so a new life after the wrap of
+the 32-bit incarnation (..., 2**32-1, then 0, 1, ...) replaces the old window
+instead of being refused as older for good.
 
 **Not guaranteed.** Secrecy (nothing is encrypted: the threat is forgery, and
 the traffic is power figures and membership, not secrets), and anything about
@@ -35,6 +38,12 @@ on every datagram after encoding it, and on receipt :meth:`Authenticator.open`
 with the sender and incarnation the decoder read from the verified header. It
 keeps no time and has no timeouts. Refusals are counted in
 :class:`AuthStats`; nothing a peer sends raises.
+
+**Realm.** The node's realm name (:mod:`powergrid.types`) is bound into
+every tag: each key signs and checks with ``HMAC-SHA256(secret, "powergrid
+realm key\0" + realm)``, not with the secret itself, so a datagram of another
+realm fails its tag even where two realms share a key (and the header's 32-bit
+realm tag, which the node checks first, collides).
 
 **Keys.** :class:`Keyring`: a *primary* key that signs, and every key
 accepted (by id), so keys rotate without a stop: add the new key everywhere,
@@ -57,6 +66,7 @@ import binascii
 import hashlib
 import hmac
 import os
+import secrets
 import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -64,6 +74,7 @@ from pathlib import Path
 import attrs
 
 from powergrid.errors import ConfigError, UsageError
+from powergrid.types import DEFAULT_REALM, incarnation_newer, realm_tag
 from powergrid.wire import AUTH_TRAILER_SIZE, FLAG_AUTH, HEADER_SIZE, WIRE_LIMIT
 
 __all__ = [
@@ -76,6 +87,9 @@ __all__ = [
     "AuthStats",
     "Authenticator",
     "Keyring",
+    "new_key_text",
+    "realm_key",
+    "write_key_file",
 ]
 
 ENV_VAR = "POWERGRID_KEYS"
@@ -233,6 +247,52 @@ class Keyring:
         return cls.parse(text, source=f"${ENV_VAR}")
 
 
+def new_key_text(key_id: int = 1, *, secret: bytes | None = None) -> str:
+    """The text of a key file holding one new random 32-byte key, ``key_id``, primary.
+
+    ``secret`` (tests only) fixes the key instead of drawing it from
+    :func:`secrets.token_bytes`. Raises :class:`ConfigError` for a bad id or secret.
+    """
+    key = secrets.token_bytes(32) if secret is None else secret
+    Keyring(primary=key_id, keys={key_id: key})  # validates the id and the key
+    return (
+        "# powergrid key file (docs/security.md), made by `powergrid keygen`.\n"
+        "# Give every node of the data centre a copy, and keep it chmod 600.\n"
+        f"{key_id} hex:{key.hex()} primary\n"
+    )
+
+
+def write_key_file(path: str | os.PathLike[str], *, key_id: int = 1, force: bool = False) -> None:
+    """Write a new key file (:func:`new_key_text`) at ``path``, readable by its owner only.
+
+    The file is created with mode 0600 (never wider, whatever the umask). An existing
+    file is refused unless ``force``; then it is replaced whole (written beside it,
+    then renamed). Raises :class:`ConfigError` saying what to fix.
+    """
+    p = Path(path)
+    text = new_key_text(key_id).encode("ascii")
+    target = p.with_name(f".{p.name}.{secrets.token_hex(4)}.tmp") if force else p
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise ConfigError(
+            f"key file {p} exists; give --force to replace it (nodes using the old key "
+            "then refuse this one: see key rotation in docs/security.md)"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot create key file {p}: {exc.strerror or exc}") from exc
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o600)
+            f.write(text)
+        if force:
+            os.replace(target, p)
+    except OSError as exc:
+        if force:
+            target.unlink(missing_ok=True)
+        raise ConfigError(f"cannot write key file {p}: {exc.strerror or exc}") from exc
+
+
 def _secret(spec: str, where: str) -> bytes:
     kind, sep, body = spec.partition(":")
     try:
@@ -267,6 +327,12 @@ class AuthStats:
     """Refused: a new sender while :data:`MAX_SENDERS` windows are kept."""
 
 
+def realm_key(secret: bytes, realm: str) -> bytes:
+    """The key that signs for ``realm`` with ``secret``:
+    ``HMAC-SHA256(secret, b"powergrid realm key\0" + realm)`` (32 bytes)."""
+    return hmac.digest(secret, b"powergrid realm key\0" + realm.encode("ascii"), "sha256")
+
+
 class _Mac:
     """HMAC-SHA256 (RFC 2104) of one key, its padded key hashes computed once.
 
@@ -295,7 +361,9 @@ class _Mac:
 class Authenticator:
     """Signs outgoing datagrams and checks incoming ones for one node (see the module doc).
 
-    ``keyring`` gives the keys; ``max_senders`` bounds the replay windows kept.
+    ``keyring`` gives the keys; ``realm`` (the node's realm name) is bound into
+    every tag (see the module doc); ``max_senders`` bounds the replay windows kept.
+    Raises :class:`ConfigError` for an invalid realm or ``max_senders``.
     """
 
     __slots__ = (
@@ -308,10 +376,13 @@ class Authenticator:
         "stats",
     )
 
-    def __init__(self, keyring: Keyring, *, max_senders: int = MAX_SENDERS) -> None:
+    def __init__(
+        self, keyring: Keyring, *, realm: str = DEFAULT_REALM, max_senders: int = MAX_SENDERS
+    ) -> None:
         if max_senders < 1:
             raise ConfigError(f"max_senders {max_senders} must be at least 1")
-        self._keys = {kid: _Mac(secret) for kid, secret in keyring.keys}
+        realm_tag(realm)  # raises ConfigError for an invalid name
+        self._keys = {kid: _Mac(realm_key(secret, realm)) for kid, secret in keyring.keys}
         self._primary = self._keys[keyring.primary]
         self._stamp_base = keyring.primary << 48
         self._counter = 0
@@ -384,7 +455,7 @@ class Authenticator:
             self._windows[sender] = [incarnation, counter, 1]
             return True
         if incarnation != win[0]:
-            if incarnation < win[0]:
+            if not incarnation_newer(incarnation, win[0]):  # serial: survives the wrap
                 self.stats.old_incarnation += 1
                 return False
             win[0] = incarnation

@@ -10,7 +10,12 @@ cluster's group; a node that its cluster elects as broker also joins the
 broker group (:data:`~powergrid.types.BROKER_GROUP`) with a second stack of
 the same classes, and leaves it when it stops being the broker.
 
-Inbound, with a keyring (:mod:`powergrid.auth`), a datagram's tag is checked
+Inbound, first of all, a datagram's wire version and realm tag (header bytes
+read in place) must be ours: another version is dropped and counted in
+``stats.wrong_version``, another realm in ``stats.foreign_realm`` (two
+deployments on the same addresses never merge; keyed or not). Then, with a
+keyring (:mod:`powergrid.auth`, which also binds the realm into every tag),
+a datagram's tag is checked
 before anything reads it (``stats.unauthenticated``) and, right after
 decoding, its counter against the sender's replay window (``stats.replayed``);
 outbound, every datagram is signed after encoding. A datagram is decoded once
@@ -132,9 +137,22 @@ from powergrid.protocols.unicast import (
     UnicastConfig,
     UnicastMachine,
 )
-from powergrid.types import BROKER_GROUP, GroupId, Incarnation, NodeId, node_id
+from powergrid.types import (
+    BROKER_GROUP,
+    DEFAULT_REALM,
+    GroupId,
+    Incarnation,
+    NodeId,
+    node_id,
+    realm_problem,
+    realm_tag,
+)
 from powergrid.wire import (
+    HEADER_SIZE,
     KIND_APP,
+    MAGIC,
+    REALM_OFFSET,
+    VERSION,
     Envelope,
     Message,
     UData,
@@ -171,12 +189,16 @@ class NodeConfig:
     """Everything a node needs to know about itself; every machine's settings.
 
     ``host``/``port`` are the node's unicast socket address, from which its id
-    is derived. ``cluster`` is its cluster's group id (1 or more; 0 is the
-    broker group). Raises :class:`ConfigError` for an invalid value.
+    is derived. ``realm`` names the deployment (the data centre; see
+    :func:`~powergrid.types.realm_problem` for what a name may be): the node
+    drops every datagram of another realm. ``cluster`` is its cluster's group
+    id within the realm (1 or more; 0 is the broker group). Raises
+    :class:`ConfigError` for an invalid value, naming the field.
     """
 
     host: str = "127.0.0.1"
     port: int
+    realm: str = DEFAULT_REALM
     cluster: int = 1
     rank: int = 0
     broker_capable: bool = False
@@ -207,6 +229,9 @@ class NodeConfig:
                 f"bid_timeout ({self.broker.bid_timeout} s), or a client counts on an expired bid"
             )
         node_id(self.host, self.port)  # raises ConfigError with the reason
+        bad = realm_problem(self.realm)
+        if bad is not None:
+            raise ConfigError(f"NodeConfig.{bad}")
         if not 1 <= self.cluster < 2**32:
             raise ConfigError(
                 f"cluster {self.cluster} is outside 1..2**32-1 (group 0 is the broker group)"
@@ -255,6 +280,11 @@ class NodeStats:
     """With a keyring: datagrams without a valid tag of an accepted key (before decoding)."""
     replayed: int = 0
     """With a keyring: authentic datagrams refused by the replay window."""
+    foreign_realm: int = 0
+    """Datagrams of another realm (another deployment on the same addresses, or a
+    misconfigured node), dropped before anything else reads them, keyed or not."""
+    wrong_version: int = 0
+    """Datagrams of another wire version (e.g. a node not upgraded), dropped."""
 
 
 # ------------------------------------------------------------------ wiring
@@ -382,6 +412,7 @@ acks instead of 10,000). Cleared when it holds
 (at most 16,384 datagrams of <= 1,400 bytes and their decodings).
 """
 _DECODED_MAX = 1 << 14
+_MAGIC_VERSION = MAGIC + bytes((VERSION,))
 
 
 def _earliest(dues: list[float | None]) -> float | None:
@@ -414,6 +445,8 @@ class Node:
         "_market",
         "_membership_one",
         "_memberships",
+        "_realm",
+        "_realm_bytes",
         "_rest_due",
         "_stacks",
         "_started",
@@ -435,7 +468,11 @@ class Node:
         self._home: _Stack | None = None  # the cluster's stack (most datagrams are for it)
         self._stats = NodeStats()
         self._started = False
-        self._auth = None if config.keyring is None else Authenticator(config.keyring)
+        self._realm = realm_tag(config.realm)
+        self._realm_bytes = self._realm.to_bytes(4, "big")
+        self._auth = (
+            None if config.keyring is None else Authenticator(config.keyring, realm=config.realm)
+        )
         me = self._id
         self._client = ClientMachine(me, self._cluster, config.client)
         self._lead = LeadBrokerMachine(me, config.supply, config.lead)
@@ -505,8 +542,13 @@ class Node:
         return out
 
     def receive(self, data: bytes, now: float) -> list[Output]:
-        """One datagram from the network (unicast or multicast)."""
+        """One datagram from the network (unicast or multicast). Never raises for
+        anything a peer sends: what it cannot take is dropped and counted in :attr:`stats`."""
         self._stats.received += 1
+        if (
+            data[REALM_OFFSET:HEADER_SIZE] != self._realm_bytes or data[:3] != _MAGIC_VERSION
+        ) and self._foreign(data):
+            return []
         auth = self._auth
         counter = 0
         if auth is not None:  # nothing reads a datagram before its tag is checked
@@ -546,6 +588,21 @@ class Node:
             self._run(stack, actions, now, out)
         return out
 
+    def _foreign(self, data: bytes) -> bool:
+        """Whether ``data`` (not of our realm and version, by its header bytes) is a
+        powergrid datagram of another version or realm: then it is counted here and
+        dropped. Anything else (too short, another magic) is left to the checks that
+        follow, which count it as malformed or unauthenticated."""
+        if len(data) < 3 or data[:2] != MAGIC:
+            return False
+        if data[2] != VERSION:
+            self._stats.wrong_version += 1
+            return True
+        if len(data) < HEADER_SIZE:
+            return False
+        self._stats.foreign_realm += 1
+        return True
+
     def _send_only(self, stack: _Stack, actions: list[Any], out: list[Output]) -> bool:
         """Encode ``actions`` into ``out`` if they are all datagrams to others; else False
         (and ``out`` untouched)."""
@@ -556,13 +613,14 @@ class Node:
                 return False
         group = stack.group
         inc = self._incarnation
+        realm = self._realm
         seal = None if self._auth is None else self._auth.seal
         for act in actions:
             last = self._last_out
             if act is last[0] and group == last[1] and seal is None:
                 out.append(last[2])  # the same action as last time (a member's ack)
                 continue
-            data = encode(group, me, inc, act.message)
+            data = encode(group, me, inc, act.message, realm)
             if seal is not None:
                 data = seal(data)
             if type(act) is Send:
@@ -750,6 +808,7 @@ class Node:
         group = stack.group
         me = self._id
         inc = self._incarnation
+        realm = self._realm
         seal = None if self._auth is None else self._auth.seal
         while queue:
             act = queue.popleft()
@@ -759,7 +818,7 @@ class Node:
                     event = Received(sender=me, incarnation=inc, message=act.message)
                     queue.extend(self._take(stack, event, now, out))
                 elif kind is Send:
-                    data = encode(group, me, inc, act.message)
+                    data = encode(group, me, inc, act.message, realm)
                     out.append(Transmit(to=act.to, data=data if seal is None else seal(data)))
                 else:
                     msg: Message = act.message
@@ -770,7 +829,7 @@ class Node:
                     )
                     queue.extend(self._call(stack.unicast, submit, now))
             elif kind is Multicast:
-                data = encode(group, me, inc, act.message)
+                data = encode(group, me, inc, act.message, realm)
                 out.append(TransmitGroup(group=group, data=data if seal is None else seal(data)))
             elif kind is MulticastReliable:
                 msg = act.message

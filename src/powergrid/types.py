@@ -8,14 +8,23 @@ the type checker. Ordering ids orders addresses, which the bully election uses
 as the tie-breaker after the operator-set rank (see :class:`ElectionKey`).
 
 An *incarnation* numbers the lives of one address: a process that restarts on
-the same address comes back with a higher incarnation and is never mistaken for
-its old self. A transport picks it (the memory network counts restarts; the UDP
-transport uses the start time in milliseconds, mod 2**32).
+the same address comes back with a newer incarnation and is never mistaken for
+its old self; lives compare as serial numbers (:func:`incarnation_newer`), so the
+wrap after 2**32-1 is a step forward. A transport picks it (the memory network
+counts restarts; the UDP transports use the start time in tenths of a second, mod
+2**32: :func:`incarnation_at`).
+
+A *realm* names a deployment (a data centre): every datagram carries the
+32-bit :func:`realm_tag` of its sender's realm, and a node drops datagrams of
+any other realm, so two deployments on the same addresses and ports never
+merge. A cluster (:data:`GroupId`) is a group within one realm.
 """
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
+import re
 from typing import NewType
 
 import attrs
@@ -24,6 +33,7 @@ from powergrid.errors import ConfigError
 
 __all__ = [
     "BROKER_GROUP",
+    "DEFAULT_REALM",
     "EPOCH_WINDOW",
     "MAX_NODE_ID",
     "VIEW_WINDOW",
@@ -35,10 +45,14 @@ __all__ = [
     "Seq",
     "epoch_newer",
     "format_node",
+    "incarnation_at",
+    "incarnation_newer",
     "next_epoch",
     "next_view_id",
     "node_address",
     "node_id",
+    "realm_problem",
+    "realm_tag",
     "view_newer",
 ]
 
@@ -53,13 +67,44 @@ Epoch = NewType("Epoch", int)
 0 means "no leader yet"."""
 
 Incarnation = NewType("Incarnation", int)
-"""The life of a process at one address, 32 bits; a restart picks a higher one."""
+"""The life of a process at one address, 32 bits; a restart picks a newer one, in serial
+number arithmetic (:func:`incarnation_newer`): after 2**32-1 comes 0."""
 
 Seq = NewType("Seq", int)
 """A sender's sequence number, 64 bits; the first message is 1."""
 
 MAX_NODE_ID = (1 << 48) - 1
 BROKER_GROUP = GroupId(0)
+
+DEFAULT_REALM = "default"
+"""The realm of a node that names none. Name yours: two deployments that both
+keep the default (and share no key) are one realm to each other."""
+_REALM_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def realm_problem(name: object) -> str | None:
+    """What is wrong with ``name`` as a realm name, or None: a realm is 1 to 64
+    ASCII letters, digits, ``.``, ``-`` or ``_``, starting with a letter or digit."""
+    if not isinstance(name, str) or _REALM_RE.fullmatch(name) is None:
+        return (
+            f"realm {name!r} must be 1 to 64 ASCII letters, digits, '.', '-' or '_', "
+            "starting with a letter or digit (e.g. 'dc-east')"
+        )
+    return None
+
+
+def realm_tag(name: str) -> int:
+    """The 32-bit tag of realm ``name`` that every datagram carries: the first four
+    bytes of SHA-256 of ``b"powergrid realm\0" + name``, big-endian. Two names share
+    a tag with probability 2**-32; with keys, the whole name is also bound into
+    every datagram's tag (:mod:`powergrid.auth`). Raises :class:`ConfigError` for
+    an invalid name (:func:`realm_problem`)."""
+    bad = realm_problem(name)
+    if bad is not None:
+        raise ConfigError(bad)
+    digest = hashlib.sha256(b"powergrid realm\0" + name.encode("ascii")).digest()
+    return int.from_bytes(digest[:4], "big")
+
 
 EPOCH_WINDOW = 1 << 20
 """How far ahead (or behind) of a known epoch another epoch still compares: see
@@ -91,6 +136,36 @@ def epoch_newer(a: int, b: int) -> bool:
     leader follows a foreign epoch's leader; one with a live leader refuses it).
     """
     return _serial_newer(a, b, 32, EPOCH_WINDOW)
+
+
+INCARNATION_HALF = 1 << 31
+"""Incarnations compare within half their space (RFC 1982): see :func:`incarnation_newer`."""
+
+
+def incarnation_newer(a: int, b: int) -> bool:
+    """Is incarnation ``a`` a newer life than ``b``?
+
+    Incarnations are 32-bit serial numbers (RFC 1982): ``a`` is newer if it lies 1 to
+    2**31-1 steps after ``b`` modulo 2**32, so a life after 2**32-1 may be 0, 1, ...
+    and is still newer, and no value is a top that the next life cannot pass. Every
+    value, 0 included, is a life (unlike epochs, there is no "none"). Two lives exactly
+    2**31 apart are unordered: neither is newer. The UDP transports' default
+    incarnation counts tenths of a second, so a restart is newer than any life that
+    began less than 2**31 tenths (6.8 years) before it.
+    """
+    return 0 < (a - b) % (1 << 32) < INCARNATION_HALF
+
+
+def incarnation_at(time_ns: int, previous: int | None = None) -> int:
+    """The incarnation of a life that starts at wall-clock ``time_ns`` (ns since the Unix
+    epoch): tenths of a second, mod 2**32 (it wraps every 13.6 years, harmlessly:
+    :func:`incarnation_newer`). If that is not newer than ``previous`` (a life of the same
+    process that started within the same tenth, or a clock set back), the life after
+    ``previous`` instead."""
+    inc = (time_ns // 100_000_000) % (1 << 32)
+    if previous is not None and not incarnation_newer(inc, previous):
+        inc = (previous + 1) % (1 << 32)
+    return inc
 
 
 def next_epoch(e: int) -> int:

@@ -2,13 +2,19 @@
 
 Theory of operation
 -------------------
-Every datagram is a fixed 21-byte header followed by one message body::
+Every datagram is a fixed 25-byte header followed by one message body::
 
-    magic "PG" | version u8 | type u8 | flags u8 | group u32 | sender u48 in u64 | incarnation u32
+    magic "PG" | version u8 (2) | type u8 | flags u8 | group u32 | sender u48 in u64
+    | incarnation u32 | realm u32
 
 All integers are big-endian (``struct`` with ``!``). The header says who sent
 the datagram (``sender`` is the node id derived from its unicast address, its
-``incarnation`` the life of that process) and which group it concerns. A body
+``incarnation`` the life of that process), which group it concerns and, in
+``realm``, the :func:`~powergrid.types.realm_tag` of the deployment it belongs
+to (the node drops datagrams of other realms before anything else reads them;
+the codec only carries the field). Flags bit 0 is authentication; bits 1-7 are
+reserved for what this wire version will carry next (fragmentation, longer
+node ids) and refused until then. A body
 is one fixed-size ``struct`` part, then at most one variable tail: either an
 opaque ``payload`` (the rest of the datagram) or a counted list of fixed-size
 ``entries`` (a u16 count, then the entries). Each message class declares that
@@ -53,10 +59,18 @@ from typing import Any, ClassVar, NamedTuple, TypeVar, cast
 import attrs
 
 from powergrid.errors import DecodeError, PayloadTooLargeError
-from powergrid.types import MAX_NODE_ID, GroupId, Incarnation, NodeId
+from powergrid.types import (
+    DEFAULT_REALM,
+    MAX_NODE_ID,
+    GroupId,
+    Incarnation,
+    NodeId,
+    realm_tag,
+)
 
 __all__ = [
     "AUTH_TRAILER_SIZE",
+    "DEFAULT_REALM_TAG",
     "FLAG_AUTH",
     "HEADER_SIZE",
     "KIND_APP",
@@ -64,6 +78,8 @@ __all__ = [
     "MAX_DATAGRAM",
     "MAX_PAYLOAD",
     "MAX_VIEW_PARTS",
+    "REALM_OFFSET",
+    "RESERVED_FLAGS",
     "VERSION",
     "VIEW_STATUS_CRASHED",
     "VIEW_STATUS_LEFT",
@@ -109,10 +125,14 @@ __all__ = [
     "encode_body",
     "record_builder",
     "shapes",
+    "version_problem",
 ]
 
 MAGIC = b"PG"
-VERSION = 1
+VERSION = 2
+"""The wire version. 1 had no realm (a 21-byte header); 2 added it. A datagram of
+any other version is refused (:class:`DecodeError`; the node counts it in
+``NodeStats.wrong_version``)."""
 WIRE_LIMIT = 1400
 """Bytes a datagram may have on the wire, authentication trailer included: fits
 an Ethernet MTU with IP/UDP headers. A transport must read datagrams this long."""
@@ -126,9 +146,16 @@ limits hold either way and a signed datagram never exceeds :data:`WIRE_LIMIT`.""
 FLAG_AUTH = 0x01
 """Header ``flags`` bit: an authentication trailer follows the body. Only
 :mod:`powergrid.auth` sets and strips it; :func:`decode` refuses it."""
+RESERVED_FLAGS = 0xFE
+"""Header ``flags`` bits 1-7, reserved for later additions to this wire version
+(a fragment header, longer node ids): refused by :func:`decode` until defined, so
+a node that does not know them drops such a datagram instead of misreading it."""
 
-_HEADER = struct.Struct("!2sBBBIQI")
+_HEADER = struct.Struct("!2sBBBIQII")
 HEADER_SIZE = _HEADER.size
+REALM_OFFSET = HEADER_SIZE - 4
+"""Where the header's realm tag (u32) starts: bytes ``[REALM_OFFSET:HEADER_SIZE]``."""
+DEFAULT_REALM_TAG = realm_tag(DEFAULT_REALM)
 KIND_APP = 0
 """``kind`` of an inner body that is application bytes, not a protocol message."""
 
@@ -886,12 +913,14 @@ def _bad_entries(entries: tuple[Any, ...]) -> str | None:
 
 
 class Envelope(NamedTuple):
-    """A decoded datagram: who sent it, for which group, and the message."""
+    """A decoded datagram: who sent it, for which group, the message, and the
+    sender's realm tag (:func:`~powergrid.types.realm_tag`)."""
 
     group: GroupId
     sender: NodeId
     incarnation: Incarnation
     message: Message
+    realm: int
 
 
 def encode_body(msg: Message) -> bytes:
@@ -913,20 +942,23 @@ def encode_body(msg: Message) -> bytes:
         raise ValueError(f"cannot encode {msg!r}: {exc}") from exc
 
 
-def encode(group: int, sender: int, incarnation: int, msg: Message) -> bytes:
-    """One datagram: header and body.
+def encode(
+    group: int, sender: int, incarnation: int, msg: Message, realm: int = DEFAULT_REALM_TAG
+) -> bytes:
+    """One datagram: header and body; ``realm`` is the sender's realm tag
+    (:func:`~powergrid.types.realm_tag`; default: that of the default realm).
 
     Raises :class:`PayloadTooLargeError` if it would exceed :data:`MAX_DATAGRAM`
     and ``ValueError`` if a field is out of its range.
     """
     fast = _FAST_ENCODE.get(msg.TYPE)
     if fast is None:
-        data = _encode_checked(group, sender, incarnation, msg)
+        data = _encode_checked(group, sender, incarnation, msg, realm)
     else:  # the hot path: header and fixed part in one pack (then the payload)
         try:
-            data = fast(group, sender, incarnation, msg)
+            data = fast(group, sender, incarnation, msg, realm)
         except struct.error:
-            data = _encode_checked(group, sender, incarnation, msg)  # names the bad field
+            data = _encode_checked(group, sender, incarnation, msg, realm)  # names the bad field
     if len(data) > MAX_DATAGRAM:
         raise PayloadTooLargeError(
             f"{type(msg).__name__} datagram is {len(data)} bytes; with room for the "
@@ -937,7 +969,7 @@ def encode(group: int, sender: int, incarnation: int, msg: Message) -> bytes:
     return data
 
 
-def _fast_encoder(code: int, lay: _Layout) -> Callable[[int, int, int, Message], bytes]:
+def _fast_encoder(code: int, lay: _Layout) -> Callable[[int, int, int, Message, int], bytes]:
     """The hot path of :func:`encode` for one type without entries, generated once:
     ``struct.pack`` of header and fixed part from the message's fields, then its
     payload. Raises ``struct.error`` for a field out of range (then :func:`encode`
@@ -945,26 +977,26 @@ def _fast_encoder(code: int, lay: _Layout) -> Callable[[int, int, int, Message],
     names, _ = _slot_setters(lay.cls)  # type: ignore[arg-type]
     fixed = names[:-1] if lay.tail == "payload" else names
     args = ", ".join(f"msg.{n}" for n in fixed)
-    body = f"_pack({MAGIC!r}, {VERSION}, {code}, 0, group, sender, incarnation, {args})"
+    body = f"_pack({MAGIC!r}, {VERSION}, {code}, 0, group, sender, incarnation, realm, {args})"
     if lay.tail == "payload":
         body += f" + msg.{names[-1]}"
     name = f"encode_{lay.name}"
-    lines = [f"def {name}(group, sender, incarnation, msg):", f"    return {body}"]
-    fast: Callable[[int, int, int, Message], bytes] = _compile(
+    lines = [f"def {name}(group, sender, incarnation, msg, realm):", f"    return {body}"]
+    fast: Callable[[int, int, int, Message, int], bytes] = _compile(
         lines, {"_pack": lay.full.pack}, name
     )
     return fast
 
 
-_FAST_ENCODE: dict[int, Callable[[int, int, int, Message], bytes]] = {
+_FAST_ENCODE: dict[int, Callable[[int, int, int, Message, int], bytes]] = {
     code: _fast_encoder(code, lay) for code, lay in _LAYOUTS.items() if lay.tail != "entries"
 }
 
 
-def _encode_checked(group: int, sender: int, incarnation: int, msg: Message) -> bytes:
+def _encode_checked(group: int, sender: int, incarnation: int, msg: Message, realm: int) -> bytes:
     """Header, then body, each packed on its own so a range error names its part."""
     try:
-        header = _HEADER.pack(MAGIC, VERSION, msg.TYPE, 0, group, sender, incarnation)
+        header = _HEADER.pack(MAGIC, VERSION, msg.TYPE, 0, group, sender, incarnation, realm)
     except struct.error as exc:
         raise ValueError(f"header field out of range: {exc}") from exc
     return header + encode_body(msg)
@@ -1026,7 +1058,7 @@ def _fast_decoder(lay: _Layout) -> Callable[[bytes, int], Envelope | None]:
     fixed = [f"f{i}" for i in range(len(lay.fixed.unpack(bytes(lay.fixed.size))))]
     end = lay.full.size
     ns.update(
-        _unpack=struct.Struct("!HBxBIQI" + lay.fixed.format[1:]).unpack_from,
+        _unpack=struct.Struct("!HBxBIQII" + lay.fixed.format[1:]).unpack_from,
         _env=tuple.__new__,
         _Envelope=Envelope,
         _DecodeError=DecodeError,
@@ -1040,7 +1072,7 @@ def _fast_decoder(lay: _Layout) -> Callable[[bytes, int], Envelope | None]:
         f"def {name}(data, size):",
         f"    if {size_bad}:",
         "        return None",
-        f"    magic, version, flags, group, sender, incarnation, {', '.join(fixed)} = (",
+        f"    magic, version, flags, group, sender, incarnation, realm, {', '.join(fixed)} = (",
         "        _unpack(data))",
         f"    if not ({header_ok} and 0 < sender <= {MAX_NODE_ID}):",
         "        return None",
@@ -1053,7 +1085,7 @@ def _fast_decoder(lay: _Layout) -> Callable[[bytes, int], Envelope | None]:
             "    if bad is not None:",
             f"        raise _DecodeError('inconsistent {lay.name}: ' + bad)",
         ]
-    lines.append("    return _env(_Envelope, (group, sender, incarnation, msg))")
+    lines.append("    return _env(_Envelope, (group, sender, incarnation, msg, realm))")
     fast: Callable[[bytes, int], Envelope | None] = _compile(lines, ns, name)
     return fast
 
@@ -1087,14 +1119,14 @@ def _decode_checked(data: bytes) -> Envelope:
         raise DecodeError(f"datagram oversized: {size} bytes, limit {MAX_DATAGRAM}")
     lay = _LAYOUTS.get(data[3])
     if lay is None or size < lay.full.size:
-        magic, version, code, flags, group, sender, incarnation = _HEADER.unpack_from(data)
+        magic, version, code, flags, group, sender, incarnation, realm = _HEADER.unpack_from(data)
     else:
         values = lay.full.unpack_from(data)
-        magic, version, code, flags, group, sender, incarnation = values[:7]
+        magic, version, code, flags, group, sender, incarnation, realm = values[:8]
     if magic != MAGIC:
         raise DecodeError(f"bad magic {magic!r}, expected {MAGIC!r}")
     if version != VERSION:
-        raise DecodeError(f"unknown version {version}, this node speaks {VERSION}")
+        raise DecodeError(version_problem(version))
     if lay is None:
         raise DecodeError(f"unknown message type {code}")
     if flags & FLAG_AUTH:
@@ -1103,12 +1135,25 @@ def _decode_checked(data: bytes) -> Envelope:
             "with a powergrid.auth.Authenticator before decoding"
         )
     if flags:
-        raise DecodeError(f"unknown flags {flags:#04x}")
+        raise DecodeError(f"unknown flags {flags:#04x}: bits 1-7 are reserved in version {VERSION}")
     if not 0 < sender <= MAX_NODE_ID:
         raise DecodeError(f"sender {sender} is not a node id")
     if size < lay.full.size:
         raise DecodeError(
             f"{lay.name} truncated: {size - HEADER_SIZE} body bytes, need at least {lay.fixed.size}"
         )
-    msg = _build(lay, values[7:], data, lay.full.size)
-    return Envelope(group, sender, incarnation, msg)
+    msg = _build(lay, values[8:], data, lay.full.size)
+    return Envelope(group, sender, incarnation, msg, realm)
+
+
+def version_problem(version: int) -> str:
+    """Why a datagram of wire ``version`` (not :data:`VERSION`) is refused, in words."""
+    if version < VERSION:
+        return (
+            f"unknown version {version}: an older powergrid (before realms); this node "
+            f"speaks wire version {VERSION}: upgrade every node of the deployment"
+        )
+    return (
+        f"unknown version {version}: newer than this node's wire version {VERSION}: "
+        "upgrade this node"
+    )

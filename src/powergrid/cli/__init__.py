@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "fuzz": ("powergrid.cli.fuzz", "run seeded fault-injection runs and check the invariants"),
     "node": ("powergrid.cli.node", "run one real node over UDP multicast"),
+    "keygen": ("powergrid.cli.keygen", "write a new key file for a data centre (mode 0600)"),
 }
 
 

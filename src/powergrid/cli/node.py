@@ -9,7 +9,9 @@ host's monotonic clock, comparable across processes). Beside the node's
 notifications it prints what an operator needs to watch it: ``joined`` (a
 view lists a member the previous one did not), ``stats`` (the node's and the
 transport's counters, every ``--stats-interval`` s and on command) and a
-``warning`` when a broker-capable node has no supply. With ``--json`` it also
+``warning`` when a broker-capable node has no supply, and (at most once per
+:data:`FOREIGN_WARNING_EVERY` s) when datagrams of another realm or wire
+version arrive. With ``--json`` it also
 reads commands from stdin, one JSON object per line (``multicast``, ``bid``,
 ``supply``, ``stats``, ``leave``), each answered by ``ok``, ``stats`` or
 ``left`` with the command's ``id``; a bad line prints an ``error`` event
@@ -45,11 +47,14 @@ from powergrid.protocols.market import Bid, PriceUpdated
 from powergrid.protocols.membership import MemberRemoved, MemberSuspected
 from powergrid.transports import trio_udp
 from powergrid.transports.trio_udp import UdpConfig, UdpHandle, default_incarnation
-from powergrid.types import format_node
+from powergrid.types import DEFAULT_REALM, format_node
 
 __all__ = [
     "COMMANDS",
     "EVENTS",
+    "FOREIGN_WARNING_EVERY",
+    "NO_KEY",
+    "ForeignWarner",
     "add_arguments",
     "build_configs",
     "describe",
@@ -87,7 +92,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a = parser.add_argument
     a("--host", default="127.0.0.1", help="IPv4 address of the node's socket (default 127.0.0.1)")
     a("--port", type=int, required=True, help="UDP port of the node's socket; with --host its id")
-    a("--group", type=int, default=1, help="cluster id, 1 or more (default 1)")
+    a(
+        "--realm",
+        default=DEFAULT_REALM,
+        help="name of the deployment (data centre); datagrams of other realms are dropped "
+        f"(default {DEFAULT_REALM!r}: name yours)",
+    )
+    a("--group", type=int, default=1, help="cluster id within the realm, 1 or more (default 1)")
     a("--interface", default=None, help="IPv4 address multicast uses (default: --host)")
     a("--ttl", type=int, default=1, help="multicast hops: 0 this host, 1 the LAN (default 1)")
     a("--group-port-base", type=int, default=20000, help="UDP port of group 0 (default 20000)")
@@ -100,6 +111,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--priority", type=int, default=0, help="bid: priority class 0..15 (default 0)")
     a("--duration", type=float, default=None, help="seconds to run, then leave and exit 0")
     a("--seed", type=int, default=None, help="seed of the node's random jitter")
+    a(
+        "--incarnation",
+        type=int,
+        default=None,
+        help="this life's incarnation, 0..2**32-1, newer than the last in serial-number "
+        "order (after 4294967295 comes 0); default: start time in tenths of a second",
+    )
     a("--json", action="store_true", help="JSON lines on stdout; JSON commands on stdin")
     a(
         "--stats-interval",
@@ -113,6 +131,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"file of group keys: sign every datagram and refuse unsigned, forged and "
         f"replayed ones (docs/security.md); or put the keys in ${ENV_VAR}. "
         "Keys are never given on the command line",
+    )
+    a(
+        "--insecure",
+        action="store_true",
+        help="run without keys: unsigned datagrams, which anyone who reaches the ports can "
+        "forge (without a key, --key-file or $POWERGRID_KEYS, the node refuses to start)",
     )
     a("--key", nargs="?", action=_NoKeyArgument, help=argparse.SUPPRESS)
 
@@ -135,12 +159,28 @@ def _bid(args: argparse.Namespace) -> Bid | None:
     return Bid(floor=floor, required=required, maximum=args.maximum, priority=args.priority)
 
 
+NO_KEY = (
+    f"no key: give --key-file PATH (make one with `powergrid keygen PATH`) or ${ENV_VAR}, "
+    "or --insecure to run without authentication"
+)
+"""The one-line error of a node started with neither a key nor ``--insecure``."""
+
+
 def _keyring(args: argparse.Namespace, environ: Mapping[str, str]) -> Keyring | None:
+    """The keyring of ``--key-file`` or ``$POWERGRID_KEYS``; None only with ``--insecure``
+    (secure by default). Raises :class:`ConfigError`."""
     if args.key_file is not None:
         if ENV_VAR in environ:
             raise ConfigError(f"give --key-file or ${ENV_VAR}, not both (unset one of them)")
-        return Keyring.from_file(args.key_file)
-    return Keyring.from_env(environ)
+        ring: Keyring | None = Keyring.from_file(args.key_file)
+    else:
+        ring = Keyring.from_env(environ)
+    if ring is None and not args.insecure:
+        raise ConfigError(NO_KEY)
+    if ring is not None and args.insecure:
+        source = "--key-file" if args.key_file is not None else f"${ENV_VAR}"
+        raise ConfigError(f"give --insecure or a key ({source}), not both")
+    return ring
 
 
 def build_configs(
@@ -149,17 +189,21 @@ def build_configs(
     """The node and socket settings from parsed options; raises :class:`ConfigError`.
 
     The keyring comes from ``--key-file`` or from ``$POWERGRID_KEYS`` in
-    ``environ`` (default: the process environment).
+    ``environ`` (default: the process environment); without either, only
+    ``--insecure`` lets the node run (unkeyed), else :data:`NO_KEY` is raised.
     """
     if args.duration is not None and not (args.duration > 0 and math.isfinite(args.duration)):
         raise ConfigError(f"--duration {args.duration} must be a positive number of seconds")
     if args.supply < 0:
         raise ConfigError(f"--supply {args.supply} must be >= 0 watts")
+    if args.incarnation is not None and not 0 <= args.incarnation < 2**32:
+        raise ConfigError(f"--incarnation {args.incarnation} is outside 0..2**32-1")
     if not (args.stats_interval >= 0 and math.isfinite(args.stats_interval)):
         raise ConfigError(f"--stats-interval {args.stats_interval} must be >= 0 seconds (0: off)")
     node = NodeConfig(
         host=args.host,
         port=args.port,
+        realm=args.realm,
         cluster=args.group,
         rank=args.rank,
         broker_capable=args.broker_capable,
@@ -187,6 +231,51 @@ def supply_warning(config: NodeConfig) -> str | None:
         "leads, every server of every cluster gets allocation 0 (a shortage); give "
         "--supply WATTS, the usable supply of the data centre"
     )
+
+
+FOREIGN_WARNING_EVERY = 30.0
+"""Seconds between two warnings about datagrams of another realm or version."""
+
+
+class ForeignWarner:
+    """Warns of datagrams of another realm or wire version, at most once per ``every`` s.
+
+    :meth:`check` takes the node's counters and the time (s, any monotonic clock) and
+    returns the warning's fields when new such datagrams arrived since the last
+    warning and ``every`` s have passed since it (the first at once), else None.
+    """
+
+    def __init__(self, realm: str, every: float = FOREIGN_WARNING_EVERY) -> None:
+        self.realm = realm
+        self.every = every
+        self._warned: tuple[int, int] = (0, 0)  # counters at the last warning
+        self._at: float | None = None
+
+    def check(self, foreign_realm: int, wrong_version: int, now: float) -> Fields | None:
+        realm_new = foreign_realm - self._warned[0]
+        version_new = wrong_version - self._warned[1]
+        if realm_new <= 0 and version_new <= 0:
+            return None
+        if self._at is not None and now - self._at < self.every:
+            return None
+        self._warned = (foreign_realm, wrong_version)
+        self._at = now
+        what = []
+        if realm_new > 0:
+            what.append(
+                f"{realm_new} datagrams of another realm (not {self.realm!r}): another "
+                "deployment shares these addresses or ports, or a node has the wrong --realm"
+            )
+        if version_new > 0:
+            what.append(
+                f"{version_new} datagrams of another wire version: a node runs another "
+                "powergrid release; upgrade it"
+            )
+        return {
+            "message": "dropped " + "; and ".join(what),
+            "foreign_realm": foreign_realm,
+            "wrong_version": wrong_version,
+        }
 
 
 def _view_of(node: Node | None, group: int) -> Any:
@@ -450,6 +539,20 @@ async def _periodic_stats(handle: UdpHandle, out: _Printer, every: float) -> Non
         out.emit("stats", stats(handle))
 
 
+async def _watch_foreign(handle: UdpHandle, out: _Printer, realm: str) -> None:
+    node = handle.endpoint
+    if not isinstance(node, Node):
+        return
+    warner = ForeignWarner(realm)
+    while True:
+        await trio.sleep(1.0)
+        fields = warner.check(
+            node.stats.foreign_realm, node.stats.wrong_version, trio.current_time()
+        )
+        if fields is not None:
+            out.emit("warning", fields)
+
+
 async def _signals(signals: AsyncIterator[int], ending: _Ending) -> None:
     async for signum in signals:
         ending.end(f"signal {signal.Signals(signum).name}")
@@ -458,7 +561,7 @@ async def _signals(signals: AsyncIterator[int], ending: _Ending) -> None:
 
 async def _main(args: argparse.Namespace, node: NodeConfig, udp: UdpConfig) -> None:
     out = _Printer(format_node(node.node_id), args.json, trio.current_time())
-    incarnation = default_incarnation()
+    incarnation = default_incarnation() if args.incarnation is None else args.incarnation
     rng = random.Random(args.seed)
     # the handlers are in place before "started" is printed
     with (
@@ -472,6 +575,7 @@ async def _main(args: argparse.Namespace, node: NodeConfig, udp: UdpConfig) -> N
             out.emit(
                 "started",
                 {
+                    "realm": node.realm,
                     "group": node.cluster,
                     "incarnation": incarnation,
                     "broker_capable": node.broker_capable,
@@ -480,6 +584,13 @@ async def _main(args: argparse.Namespace, node: NodeConfig, udp: UdpConfig) -> N
                     "authenticated": node.keyring is not None,
                 },
             )
+            if node.keyring is None:
+                print(
+                    "powergrid node: warning: --insecure: datagrams are not authenticated; "
+                    "anyone who reaches these ports can join, lead and set prices",
+                    file=sys.stderr,
+                    flush=True,
+                )
             warning = supply_warning(node)
             if warning is not None:
                 out.emit("warning", {"message": warning})
@@ -487,6 +598,7 @@ async def _main(args: argparse.Namespace, node: NodeConfig, udp: UdpConfig) -> N
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_watch, handle, out)
                 nursery.start_soon(_signals, signals, ending)
+                nursery.start_soon(_watch_foreign, handle, out, node.realm)
                 if args.stats_interval > 0:
                     nursery.start_soon(_periodic_stats, handle, out, args.stats_interval)
                 if args.json:

@@ -164,6 +164,7 @@ from powergrid.types import (
     GroupId,
     NodeId,
     epoch_newer,
+    incarnation_newer,
     next_epoch,
 )
 from powergrid.wire import Answer, Coordinator, Election, Fenced, Heartbeat
@@ -590,7 +591,8 @@ class ElectionMachine(Dispatching):
         epoch, rank = msg.epoch, msg.rank
         if sender != self._leader or inc == self._leader_inc or self._state == "leader":
             return self._claim(sender, inc, epoch, rank, now)
-        if inc < self._leader_inc and (epoch == self._epoch or epoch_newer(self._epoch, epoch)):
+        older = incarnation_newer(self._leader_inc, inc)
+        if older and (epoch == self._epoch or epoch_newer(self._epoch, epoch)):
             self._stats.stale_epoch += 1  # from an earlier life of our leader
             return []
         # (An earlier life claiming a newer or foreign epoch than the one we follow: the

@@ -105,7 +105,7 @@ import attrs
 from powergrid._dispatch import Dispatching
 from powergrid.errors import ConfigError, PayloadTooLargeError, UsageError
 from powergrid.events import DeadlineReached, Received, Send
-from powergrid.types import MAX_NODE_ID, Incarnation, NodeId, format_node
+from powergrid.types import MAX_NODE_ID, Incarnation, NodeId, format_node, incarnation_newer
 from powergrid.wire import HEADER_SIZE, MAX_DATAGRAM, UAck, UData, encode_body
 
 __all__ = [
@@ -521,13 +521,15 @@ class UnicastMachine(Dispatching):
         if out is None or msg.sender_incarnation != self._incarnation:
             stats.stale += 1  # we never sent to it, or it acks an earlier life of ours
             return []
-        if out.receiver is not None and msg.receiver_incarnation < out.receiver:
+        if out.receiver is not None and incarnation_newer(out.receiver, msg.receiver_incarnation):
             stats.stale += 1  # from an earlier life of the receiver
             return []
         if msg.seq >= out.next_seq:
             stats.invalid += 1
             return []
-        restarted = out.receiver is not None and msg.receiver_incarnation > out.receiver
+        restarted = out.receiver is not None and incarnation_newer(
+            msg.receiver_incarnation, out.receiver
+        )
         out.receiver = msg.receiver_incarnation
         progress = msg.seq > out.acked
         if not progress and not restarted:
@@ -605,7 +607,7 @@ class UnicastMachine(Dispatching):
         peer, life = ev.sender, ev.incarnation
         stats = self._stats
         inc = self._in.get(peer)
-        if inc is None or life > inc.incarnation:
+        if inc is None or incarnation_newer(life, inc.incarnation):
             inc = self._new_incoming(peer, life, msg.base)
         elif self._refused(inc, life, msg) and self._stuck(inc, now):
             # Everything this peer sent has been refused for longer than any honest sender
@@ -613,7 +615,7 @@ class UnicastMachine(Dispatching):
             # start over with what it sends now.
             stats.restarted += 1
             inc = self._new_incoming(peer, life, msg.base)
-        elif life < inc.incarnation:
+        elif incarnation_newer(inc.incarnation, life):
             stats.stale += 1
             return []
         actions: list[Any] = []
@@ -671,7 +673,7 @@ class UnicastMachine(Dispatching):
     def _refused(self, inc: _Incoming, life: int, msg: UData) -> bool:
         """Would ``msg`` of ``life`` be refused (stale, duplicate, out of window)?"""
         if life != inc.incarnation:
-            return life < inc.incarnation
+            return incarnation_newer(inc.incarnation, life)
         expected = max(inc.expected, msg.base)
         seq = msg.seq
         return seq < expected or seq in inc.held or seq - expected >= self._config.receive_window

@@ -220,6 +220,7 @@ def datacentre(
 
     def build(rng: random.Random) -> System:
         base = rng.getrandbits(32)
+        realm = f"fuzz-{base:08x}"  # each seed's data centre is a realm of its own
         specs: list[NodeSpec] = []
         configs: dict[int, NodeConfig] = {}
         intervals: dict[int, float] = {}
@@ -244,6 +245,7 @@ def datacentre(
                 intervals[nid] = round(rng.uniform(0.1, 0.4), 3)
                 configs[nid] = NodeConfig(
                     port=port,
+                    realm=realm,
                     cluster=c + 1,
                     rank=rank,
                     broker_capable=capable[i],
@@ -254,6 +256,7 @@ def datacentre(
         configs = {
             n: NodeConfig(
                 port=cfg.port,
+                realm=cfg.realm,
                 cluster=cfg.cluster,
                 rank=cfg.rank,
                 broker_capable=cfg.broker_capable,

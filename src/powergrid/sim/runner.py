@@ -101,6 +101,8 @@ MESSAGE_NAMES: dict[int, str] = {
 """Wire type code -> message class name."""
 
 _BASE_PORT = 7000
+SIM_REALM = "sim"
+"""The realm of every simulated node (one data centre per simulation)."""
 
 
 def server_name(node: int) -> str:
@@ -697,6 +699,7 @@ class Simulation:
         if bid is None:
             bid = self._demand.bid(node, index, self.network.now)
         cfg = NodeConfig(
+            realm=SIM_REALM,
             host=f"10.{(cluster >> 8) & 255}.{cluster & 255}.1",
             port=_BASE_PORT + index,
             cluster=cluster,

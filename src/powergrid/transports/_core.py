@@ -71,7 +71,14 @@ from powergrid.events import (
     ViewChanged,
 )
 from powergrid.protocols.membership import MemberRemoved
-from powergrid.types import GroupId, Incarnation, NodeId, format_node, node_address
+from powergrid.types import (
+    GroupId,
+    Incarnation,
+    NodeId,
+    format_node,
+    incarnation_at,
+    node_address,
+)
 from powergrid.wire import HEADER_SIZE, MAGIC, WIRE_LIMIT
 
 __all__ = [
@@ -303,9 +310,17 @@ def format_event(event: object) -> str:
     return f"{cls.__name__}({fields})"
 
 
+_picked: list[int] = []  # the last incarnation default_incarnation picked, if any
+
+
 def default_incarnation() -> int:
-    """The start time in milliseconds, mod 2**32 (a restart picks a higher one)."""
-    return (time.time_ns() // 1_000_000) % (1 << 32)
+    """This life's incarnation: the start time in tenths of a second, mod 2**32, and newer
+    (:func:`~powergrid.types.incarnation_newer`) than any this process picked before
+    (:func:`~powergrid.types.incarnation_at`). Pass one explicitly if the clock may be
+    set back by more than the downtime of a restart."""
+    inc = incarnation_at(time.time_ns(), _picked[-1] if _picked else None)
+    _picked[:] = [inc]
+    return inc
 
 
 def _pack(datagrams: Sequence[bytes]) -> bytes:

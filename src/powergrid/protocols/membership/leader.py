@@ -35,7 +35,7 @@ from powergrid.protocols.membership.view import (
     newest,
     view_parts,
 )
-from powergrid.types import Epoch, NodeId, next_view_id, view_newer
+from powergrid.types import Epoch, NodeId, incarnation_newer, next_view_id, view_newer
 from powergrid.wire import (
     VIEW_STATUS_CRASHED,
     VIEW_STATUS_LEFT,
@@ -173,7 +173,7 @@ class Leader(_Role):
             # Rule L5: admit the queued joins; a higher incarnation replaces a member.
             cur = members.get(node)
             if cur is not None:
-                if cur.incarnation >= cand.incarnation:
+                if not incarnation_newer(cand.incarnation, cur.incarnation):
                     continue
                 departures.append((node, cur.incarnation, VIEW_STATUS_REPLACED))
                 suspects.pop(node, None)
@@ -370,7 +370,7 @@ class Leader(_Role):
             if entries >= MAX_VIEW_MEMBERS:
                 m._stats.dropped_full += 1  # a flood of made-up ids: what a view can carry
                 return []
-        if waiting is None or waiting.incarnation < inc:
+        if waiting is None or incarnation_newer(inc, waiting.incarnation):
             self.pending[sender] = Member(
                 node=sender,
                 incarnation=inc,

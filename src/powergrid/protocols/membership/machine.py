@@ -187,7 +187,7 @@ from powergrid.protocols.membership.view import (
     newest,
     parse_view,
 )
-from powergrid.types import MAX_NODE_ID, Epoch, GroupId, NodeId, epoch_newer
+from powergrid.types import MAX_NODE_ID, Epoch, GroupId, NodeId, epoch_newer, incarnation_newer
 from powergrid.wire import LeaveNotice, ViewEntry, ViewPart, ViewRequest
 
 __all__ = ["MembershipMachine"]
@@ -533,7 +533,11 @@ class MembershipMachine(Dispatching):
             self._stats.dropped_own += 1
             return []
         known = self._members.get(sender)
-        if known is not None and ev.incarnation < known.incarnation and sender != self._lead.leader:
+        if (
+            known is not None
+            and incarnation_newer(known.incarnation, ev.incarnation)
+            and sender != self._lead.leader
+        ):
             # Rule I1. (The followed leader's lives are fenced by _accept_leader: a view that
             # lists it in a forged higher life must not shut out its real heartbeats and
             # views.)
@@ -563,7 +567,7 @@ class MembershipMachine(Dispatching):
             if self._leader_inc is None:
                 self._leader_inc = inc
             elif inc != self._leader_inc:
-                if inc < self._leader_inc:
+                if incarnation_newer(self._leader_inc, inc):
                     self._stats.stale_incarnation += 1
                     return False
                 # The leader restarted and was elected again in this epoch: follow its new life.

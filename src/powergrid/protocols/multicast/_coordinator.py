@@ -37,6 +37,7 @@ from powergrid.protocols.multicast._config import (
 )
 from powergrid.protocols.multicast._life import OriginLife, Phase
 from powergrid.protocols.multicast._lives import Lives
+from powergrid.types import incarnation_newer
 from powergrid.wire import Stable, StableEntry, Status
 
 _Reports = dict[int, dict[int, tuple[int, int, int]]]
@@ -131,7 +132,7 @@ class StabilityCoordinator:
             if origin == me:
                 if inc == own.incarnation:
                     self._report(report, origin, inc, min(delivered, own.delivered), low)
-                elif inc < own.incarnation:
+                elif incarnation_newer(own.incarnation, inc):
                     self._hearsay(origin, inc, delivered, now)
                 continue
             if self._hearsay_of(origin, inc):
@@ -145,7 +146,7 @@ class StabilityCoordinator:
                     continue
                 st = lives.begin(origin, inc, 0, now)
             elif inc != st.incarnation:
-                if inc < st.incarnation:
+                if incarnation_newer(st.incarnation, inc):
                     old = lives.retired_life(origin, inc)
                     if old is not None:  # the member delivered this much of the old life
                         old.highest = max(old.highest, delivered)
@@ -172,9 +173,9 @@ class StabilityCoordinator:
         from those that delivered it. Only its highest grows, with the reports (rule 24)."""
         lives = self._lives
         old = lives.retired.get(origin)
-        if old is None or old.incarnation < inc:
+        if old is None or incarnation_newer(inc, old.incarnation):
             old = lives.hear(origin, inc, now)
-        elif old.incarnation > inc:
+        elif incarnation_newer(old.incarnation, inc):
             return
         if delivered > old.highest:
             old.highest = old.delivered = delivered  # no gap: this node never asks for it
@@ -189,13 +190,13 @@ class StabilityCoordinator:
         if old is not None:
             if old.phase is not Phase.HEARSAY:
                 return False  # a life it had state of: digested from that state
-            if old.incarnation >= inc:
+            if not incarnation_newer(inc, old.incarnation):
                 return old.incarnation == inc
         listed = lives.members.get(origin)
-        if listed is None or inc >= listed:
+        if listed is None or not incarnation_newer(listed, inc):
             return False
         st = lives.current.get(origin)
-        return st is None or st.incarnation > inc
+        return st is None or incarnation_newer(st.incarnation, inc)
 
     # ------------------------------------------------------------ the view's coordinator
 

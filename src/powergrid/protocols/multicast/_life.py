@@ -45,6 +45,7 @@ from collections.abc import Mapping
 from typing import Final
 
 from powergrid.protocols.multicast._config import Stored
+from powergrid.types import incarnation_newer
 
 
 class Phase(enum.Enum):
@@ -217,4 +218,4 @@ class Tombstones:
     def covers(self, origin: int, incarnation: int) -> bool:
         """Whether a life of ``origin`` at or after ``incarnation`` was dropped."""
         lives = self._lives.get(origin)
-        return lives is not None and max(lives) >= incarnation
+        return lives is not None and any(not incarnation_newer(incarnation, life) for life in lives)

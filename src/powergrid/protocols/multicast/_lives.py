@@ -50,7 +50,7 @@ from powergrid.protocols.multicast._life import (
     Trigger,
     next_phase,
 )
-from powergrid.types import NodeId
+from powergrid.types import NodeId, incarnation_newer
 from powergrid.wire import Nak, Stable
 
 if TYPE_CHECKING:
@@ -115,7 +115,7 @@ class Lives:
         """
         old = self.current.get(origin)
         if old is not None:
-            if old.incarnation < inc and old.delivered != PENDING:
+            if incarnation_newer(inc, old.incarnation) and old.delivered != PENDING:
                 self._retire(old, now)
             else:
                 self._leave_current(old, Trigger.ABANDONED)
@@ -355,7 +355,7 @@ class Lives:
                     continue
                 st = self.begin(origin, inc, stable, now)  # a joiner starts here (rule 18)
             elif inc != st.incarnation:
-                if inc < st.incarnation:
+                if incarnation_newer(st.incarnation, inc):
                     old = self.retired_life(origin, inc)
                     if old is not None:  # rule 23: learn how far the retired life went
                         if stable > old.delivered:

@@ -50,7 +50,7 @@ from powergrid.protocols.multicast._config import (
 from powergrid.protocols.multicast._coordinator import StabilityCoordinator
 from powergrid.protocols.multicast._life import OriginLife, Phase
 from powergrid.protocols.multicast._lives import Lives
-from powergrid.types import Incarnation, NodeId
+from powergrid.types import Incarnation, NodeId, incarnation_newer
 from powergrid.wire import Data, Nak, Stable, Status, StatusEntry, Xmit
 
 
@@ -273,7 +273,7 @@ class MulticastMachine(Dispatching):
         if st is None:
             st = lives.begin(origin, inc, lives.unknown_start(seq), now)
         elif inc != st.incarnation:
-            if inc < st.incarnation:
+            if incarnation_newer(st.incarnation, inc):
                 old = lives.retired_life(origin, inc)
                 if old is not None:
                     if old.phase is Phase.HEARSAY:  # a life it never had: digested, not taken
@@ -297,10 +297,10 @@ class MulticastMachine(Dispatching):
             return []
         lives = self._lives
         st = self._origins.get(msg.origin)
-        if st is not None and st.incarnation > msg.origin_incarnation:
+        if st is not None and incarnation_newer(st.incarnation, msg.origin_incarnation):
             st = lives.retired_life(msg.origin, msg.origin_incarnation) or st
         if st is None or st.incarnation != msg.origin_incarnation:
-            if st is not None and st.incarnation > msg.origin_incarnation:
+            if st is not None and incarnation_newer(st.incarnation, msg.origin_incarnation):
                 self._stats.stale += 1
             else:
                 self._stats.ignored += 1
