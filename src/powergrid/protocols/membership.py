@@ -10,7 +10,15 @@ this machine tells it when the leader seems gone with
 
 *Leader.* Every tick (``heartbeat_interval``, stretched in large groups, see
 *Scaling*) the leader multicasts a :class:`~powergrid.wire.Heartbeat` (its
-epoch and view id) and does its checks. A member whose last
+epoch and view id) and does its checks. A leader alone in its view (the
+broker group of a one-cluster data centre, a cluster of one) heartbeats
+when it takes office and then only every ``lone_heartbeat_interval`` (its
+tick, and so the admission of joins, keeps its period): no member listens,
+and the heartbeat serves only nodes that follow it without being in its view
+(after a partition, or a bullied twin), whom it tells to ask for the view and
+join; a joiner also finds it by the election's periodic Coordinator. (The
+broker of a one-cluster data centre used to send as many heartbeats into the
+empty broker group as into its cluster.) A member whose last
 ack (or probe answer, or view request) is ``suspect_timeout * s(n)`` old at a
 tick is *suspected* (:class:`MemberSuspected`): from then on, every
 ``heartbeat_interval`` (at every tick while the tick is not stretched),
@@ -130,8 +138,8 @@ join retry, the bootstrap timeout and the leader timeout. Defaults (seconds):
 ``heartbeat_interval`` 0.1, ``suspect_timeout`` 0.3, ``removal_timeout``
 0.3, ``leader_timeout`` 0.5, ``join_timeout`` 1.0, ``join_retry`` 0.2
 (backoff 2, max 2.0, jitter 0.2), ``indirect_probes`` 2, ``size_factor``
-0.1, ``max_ack_rate`` 400: a crashed member of a group of 8 is removed
-within about 0.9 s, of a group of 100 within about 1.3 s.
+0.1, ``max_ack_rate`` 400, ``lone_heartbeat_interval`` 1.0: a crashed member
+of a group of 8 is removed within about 0.9 s, of a group of 100 within about 1.3 s.
 """
 
 from __future__ import annotations
@@ -265,6 +273,10 @@ class MembershipConfig:
     stretching off."""
     departure_memory: int = 16
     """Views for which the leader keeps announcing a departure and its reason."""
+    lone_heartbeat_interval: float = 1.0
+    """A leader alone in its view heartbeats this often instead of every tick: no member
+    acks it; it only tells nodes that follow the leader without being in its view (after a
+    partition) to ask for the view. Not scaled, not stretched."""
 
     def __attrs_post_init__(self) -> None:
         floats = (
@@ -279,6 +291,7 @@ class MembershipConfig:
             "join_jitter",
             "size_factor",
             "max_ack_rate",
+            "lone_heartbeat_interval",
         )
         for name in floats:
             value = getattr(self, name)
@@ -326,6 +339,12 @@ class MembershipConfig:
         if self.max_ack_rate < 0:
             raise ConfigError(
                 f"max_ack_rate is {self.max_ack_rate}; set it to 0 (no limit) or more"
+            )
+        if self.lone_heartbeat_interval < hb:
+            raise ConfigError(
+                f"lone_heartbeat_interval ({self.lone_heartbeat_interval}) is below "
+                f"heartbeat_interval ({hb}); set it >= {hb} (a lone leader beats no more "
+                "often than one with members)"
             )
         if self.indirect_probes < 0:
             raise ConfigError(f"indirect_probes is {self.indirect_probes}; set it to 0 or more")
@@ -588,6 +607,7 @@ class MembershipMachine(Dispatching):
         "_leader_left",
         "_leader_timeout",
         "_leading",
+        "_lone_beat",
         "_lost_reported",
         "_me",
         "_members",
@@ -673,6 +693,7 @@ class MembershipMachine(Dispatching):
         # What the leader keeps.
         self._leading = False
         self._next_beat = 0.0
+        self._lone_beat = 0.0  # alone in the view, the next heartbeat is not before this
         self._next_probe = 0.0  # the next probe round while there are suspects
         self._tick_s = config.heartbeat_interval  # config.tick(n) of the current view
         self._last_ack: dict[int, float] = {}
@@ -880,7 +901,8 @@ class MembershipMachine(Dispatching):
         return actions
 
     def _tick(self, now: float, actions: list[Any], beat: bool = True) -> None:
-        """The leader's heartbeat: admit, suspect, probe, remove, then multicast a heartbeat.
+        """The leader's heartbeat: admit, suspect, probe, remove, then multicast a heartbeat
+        (alone in its view, only every ``lone_heartbeat_interval``; see *Leader*).
 
         Without ``beat`` (a probe round between two stretched ticks) only the
         suspects are probed or removed.
@@ -931,8 +953,11 @@ class MembershipMachine(Dispatching):
                 self._next_probe = now + interval
         if not beat:
             return
-        actions.append(Multicast(message=Heartbeat(epoch=self._epoch, view_id=self._view_id())))
-        self._stats.heartbeats_sent += 1
+        if self._others or now >= self._lone_beat:
+            # Alone in its view, the leader beats only every lone_heartbeat_interval.
+            actions.append(Multicast(message=Heartbeat(epoch=self._epoch, view_id=self._view_id())))
+            self._stats.heartbeats_sent += 1
+            self._lone_beat = now + self._config.lone_heartbeat_interval
         interval = self._tick_s
         self._next_beat += interval
         if self._next_beat <= now:
@@ -1035,6 +1060,7 @@ class MembershipMachine(Dispatching):
             self._suspect(suspect, now, actions)
         actions.append(Multicast(message=Heartbeat(epoch=epoch, view_id=self._view_id())))
         self._stats.heartbeats_sent += 1
+        self._lone_beat = now + self._config.lone_heartbeat_interval
         self._next_beat = now + self._tick_s
 
     def _step_down(self) -> None:
