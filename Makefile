@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.installed-demo
 
-.PHONY: demo test lint typecheck pytest bench clean
+.PHONY: demo test lint typecheck pytest bench clean docs
 
 $(BIN)/python:
 	@echo "make: creating the virtual environment $(VENV) (python -m venv) ..."
@@ -41,6 +41,17 @@ pytest: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 test: lint typecheck pytest
+
+# The API reference from the docstrings (docs/reference); any warning fails the build.
+DOCS_STAMP := $(VENV)/.docs-installed
+
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	$(BIN)/sphinx-build -W --keep-going -q -b html docs/reference build/docs
+	@echo "API reference: build/docs/index.html"
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py $(if $(JSON),--json,)

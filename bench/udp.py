@@ -49,6 +49,8 @@ join there + the lead-broker election), the price (the first clearing).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import math
 import random
@@ -65,6 +67,7 @@ from _common import emit, free_port, parse_args
 from powergrid.cli.processes import NodeProcesses
 from powergrid.node import MessageDelivered, Node, NodeConfig
 from powergrid.protocols.multicast import MulticastConfig
+from powergrid.transports.asyncio_udp import run_node as run_node_asyncio
 from powergrid.transports.trio_udp import UdpConfig, run_node
 
 HOST = "127.0.0.1"
@@ -323,6 +326,147 @@ async def raw_rate(receivers: int, n: int) -> dict[str, Any]:
     }
 
 
+# ------------------------------------------------------------------ asyncio
+
+
+async def asyncio_goodput(receivers: int, n: int) -> dict[str, Any]:
+    """:func:`powergrid_goodput` (no loss, inline notifications) on the asyncio transport."""
+    udp = UdpConfig(ttl=0, group_port_base=free_port())
+    cfgs = [NodeConfig(port=free_port(), broker_capable=True, rank=1)]
+    cfgs += [NodeConfig(port=free_port()) for _ in range(receivers)]
+    sender_id = cfgs[0].node_id
+    got: list[list[tuple[int, bytes]]] = [[] for _ in range(receivers)]
+    views = [0] * receivers
+    progress = asyncio.Event()
+    t_end = [0.0]
+
+    def take(i: int, note: object) -> None:
+        if isinstance(note, MessageDelivered):
+            if note.sender == sender_id:
+                got[i].append((note.seq, note.payload))
+                if len(got[i]) == n:
+                    t_end[0] = max(t_end[0], time.perf_counter())
+                progress.set()
+        elif type(note).__name__ == "ViewChanged":
+            view = note.view  # type: ignore[attr-defined]
+            if view.group == cfgs[0].cluster and view.leader == sender_id:
+                views[i] = len(view.members)
+            progress.set()
+
+    async with contextlib.AsyncExitStack() as stack:
+        handles = []
+        for k, cfg in enumerate(cfgs):
+            ep = Node(cfg, incarnation=1, rng=random.Random(k))
+            on_event = functools.partial(take, k - 1) if k > 0 else _ignore
+            handles.append(
+                await stack.enter_async_context(run_node_asyncio(ep, udp=udp, on_event=on_event))
+            )
+        sender = handles[0]
+        async with asyncio.timeout(30):
+            while min(views) < receivers + 1:
+                progress.clear()
+                await progress.wait()
+        t0 = time.perf_counter()
+        c0 = time.process_time()
+        async with asyncio.timeout(120):
+            for i in range(n):
+                while i - min(len(g) for g in got) >= WINDOW:
+                    progress.clear()
+                    await progress.wait()
+                await sender.multicast(payload(i))
+            while min(len(g) for g in got) < n:
+                progress.clear()
+                await progress.wait()
+        seconds = t_end[0] - t0
+        cpu = time.process_time() - c0
+        for g in got:
+            assert g == [(i + 1, payload(i)) for i in range(n)], "out of order or incomplete"
+        st = sender.stats
+        sent = {"udp_datagrams": st.sent, "bundles": st.bundles_sent, "bundled": st.bundled}
+        repair = _repair_stats(sender, handles[1:], cfgs[0].cluster)
+    return {
+        "msgs_per_s": n / seconds,
+        "seconds": seconds,
+        "cpu_s": cpu,
+        "sender_udp": sent,
+        "repair": repair,
+    }
+
+
+async def raw_rate_asyncio(receivers: int, n: int) -> dict[str, Any]:
+    """:func:`raw_rate` on asyncio: ``add_reader`` callbacks reading up to 64 datagrams,
+    the sender ``sendto`` + ``asyncio.sleep(0)`` per datagram, the same window."""
+    loop = asyncio.get_running_loop()
+    tx, rxs, group = _raw_sockets(receivers)
+    counts = [0] * receivers
+    in_order = [True] * receivers
+    progress = asyncio.Event()
+
+    def read(i: int) -> None:
+        sock = rxs[i]
+        for _ in range(BATCH):
+            try:
+                data, _src = sock.recvfrom(2048)
+            except BlockingIOError:
+                break
+            if data != payload(counts[i]):
+                in_order[i] = False
+            counts[i] += 1
+        progress.set()
+
+    async def wait_progress() -> bool:
+        progress.clear()
+        try:
+            async with asyncio.timeout(0.5):  # a lost datagram must not stall
+                await progress.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    for i in range(receivers):
+        loop.add_reader(rxs[i], read, i)
+    try:
+        t0 = time.perf_counter()
+        c0 = time.process_time()
+        stalled = False
+        for i in range(n):
+            while i - min(counts) >= WINDOW and not stalled:
+                stalled = not await wait_progress()
+            if stalled:
+                break
+            while True:
+                try:
+                    tx.sendto(payload(i), group)
+                    break
+                except BlockingIOError:
+                    await asyncio.sleep(0.0001)
+            await asyncio.sleep(0)
+        while min(counts) < n and not stalled:
+            stalled = not await wait_progress()
+        seconds = time.perf_counter() - t0
+        cpu = time.process_time() - c0
+    finally:
+        for s in rxs:
+            loop.remove_reader(s)
+        for s in [tx, *rxs]:
+            s.close()
+    return {
+        "msgs_per_s": min(counts) / seconds,
+        "cpu_s": cpu,
+        "received": min(counts),
+        "in_order": all(in_order),
+    }
+
+
+async def goodput_asyncio(n: int) -> dict[str, Any]:
+    """The lossless bundled goodput runs on asyncio, each against raw asyncio UDP."""
+    out: dict[str, Any] = {}
+    for r in (1, 3):
+        out[f"raw_{r}_asyncio"] = await raw_rate_asyncio(r, n)
+        out[f"powergrid_{r}_asyncio"] = await asyncio_goodput(r, n)
+    return out
+
+
 # ------------------------------------------------------------------ failover
 
 
@@ -412,6 +556,7 @@ def main() -> None:
     n = 2000 if args.quick else 20000
     runs = 1 if args.quick else 10
     g = trio.run(functools.partial(goodput, n, variants=not args.quick))
+    g.update(asyncio.run(goodput_asyncio(n)))
     phases = [failover_once(seed=7 * k + 1) for k in range(runs)]
     failovers = [ph["total"] for ph in phases]
 
@@ -440,6 +585,10 @@ def main() -> None:
         "ratio_5pct_loss": r5,
         "ratio_1_receiver_unbundled": r1u,
         "ratio_3_receivers_unbundled": r3u,
+        "ratio_1_receiver_asyncio": ratio("powergrid_1_asyncio", "raw_1_asyncio"),
+        "ratio_3_receivers_asyncio": ratio("powergrid_3_asyncio", "raw_3_asyncio"),
+        "cpu_ratio_1_receiver_asyncio": cpu_ratio("powergrid_1_asyncio", "raw_1_asyncio"),
+        "cpu_ratio_3_receivers_asyncio": cpu_ratio("powergrid_3_asyncio", "raw_3_asyncio"),
         "failover_s": failovers,
         "failover_median_s": statistics.median(failovers),
         "failover_runs": runs,
@@ -512,12 +661,29 @@ def main() -> None:
             "",
         ),
         *loss_rows,
+        (
+            "asyncio: UDP goodput msgs/s, 1 receiver",
+            g["powergrid_1_asyncio"]["msgs_per_s"],
+            g["raw_1_asyncio"]["msgs_per_s"],
+            result["ratio_1_receiver_asyncio"],
+            "ratio >= 0.6",
+        ),
+        (
+            "asyncio: UDP goodput msgs/s, 3 receivers",
+            g["powergrid_3_asyncio"]["msgs_per_s"],
+            g["raw_3_asyncio"]["msgs_per_s"],
+            result["ratio_3_receivers_asyncio"],
+            "",
+        ),
         (f"failover kill -9 -> new price, median of {runs} (s)", result["failover_median_s"],
          None, None, ""),
     ]  # fmt: skip
     notes = [
         f"{n} messages of {PAYLOAD} bytes, window {WINDOW}; baseline: raw trio UDP multicast, "
-        "same sockets and window, same run",
+        "same sockets and window, same run (asyncio rows: raw asyncio UDP, same run)",
+        "asyncio CPU ratio: "
+        f"1 receiver {result['cpu_ratio_1_receiver_asyncio']:.3f}, "
+        f"3 receivers {result['cpu_ratio_3_receivers_asyncio']:.3f}",
         "CPU ratio (raw CPU s / powergrid CPU s, same messages): "
         f"1 receiver {result['cpu_ratio_1_receiver']:.3f}, "
         f"3 receivers {result['cpu_ratio_3_receivers']:.3f}; unbundled "

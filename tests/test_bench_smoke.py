@@ -26,7 +26,13 @@ KEYS = {
     "membership": {"detect_median_s", "detect_p99_s", "wrongful_removals_per_node_hour"},
     "election": {"leader_crash", "worst_case"},
     "market": {"clear_seconds", "messages_per_round"},
-    "udp": {"ratio_1_receiver", "ratio_3_receivers", "ratio_5pct_loss", "failover_median_s"},
+    "udp": {
+        "ratio_1_receiver",
+        "ratio_3_receivers",
+        "ratio_5pct_loss",
+        "failover_median_s",
+        "ratio_1_receiver_asyncio",
+    },
     "realnet": {
         "startup_s",
         "first_price_s",

@@ -3,9 +3,9 @@ election machines with seeded failure scenarios, and a property over random sche
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import random
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -29,6 +29,7 @@ from powergrid.protocols.election import (
     ElectionMachine,
     ElectionStarted,
 )
+from powergrid.testing import Address, Conditions, FakeNet
 from powergrid.types import (
     EPOCH_WINDOW,
     ElectionKey,
@@ -947,6 +948,8 @@ def test_any_peer_input_never_raises(
 
 
 class Net:
+    """Election machines on a FakeNet; the test plays membership's leader detector."""
+
     def __init__(
         self,
         n: int,
@@ -969,23 +972,26 @@ class Net:
         self.ids = list(range(1, n + 1))
         self.ranks = ranks or {}
         self.capable = set(self.ids) if capable is None else capable
-        self.latency = latency
         self.loss = loss
-        self.detect = detect
         self.detect_at = {i: (detect or 0.0) + self.rng.uniform(0, skew) for i in self.ids}
         self.tick = tick
         self.views = views  # False: nodes boot without a view and know no candidates
-        self.now = 0.0
-        self.heap: list[tuple[float, int, int, int, Any]] = []
-        self.counter = itertools.count()
+        # Timers go before arrivals at one instant; a crashed life's datagrams in flight
+        # are lost with it.
+        self.net = FakeNet(
+            rng=self.rng,
+            conditions=Conditions(latency=latency, loss=loss),
+            timers_first=True,
+            crash_drops_in_flight=True,
+            record=False,
+            observe=self.observe,
+        )
         self.machines: dict[int, ElectionMachine] = {}
         self.life = dict.fromkeys(self.ids, 0)
         self.alive: set[int] = set()
-        self.side = dict.fromkeys(self.ids, 0)
         self.changed = 0.0  # time of the last partition or heal
         self.partitioned = False  # ever
         self.messages = 0  # Send + Multicast actions
-        self.datagrams = 0  # copies put on the wire
         self.wins: list[tuple[float, int, int]] = []
         self.won: dict[int, tuple[int, int]] = {}  # epoch -> (node, life) of its first winner
         self.missing: dict[int, tuple[tuple[int, int], float, bool]] = {}
@@ -997,12 +1003,18 @@ class Net:
             + 2 * latency[1]
             + tick
         )
+        for i in self.ids:  # all on the wire first: an early multicast reaches every node
+            self.net.add(i, self.new_life(i), incarnation=self.life[i])
         for i in self.ids:
             self.boot(i, boot_lost)
         if detect is not None:
-            self.push(tick, 0, 0, "tick")
+            self.net.call_at(tick, self.detector)
 
     # --------------------------------------------------------- plumbing
+    @property
+    def now(self) -> float:
+        return self.net.now
+
     def key(self, i: int) -> tuple[int, int]:
         return (self.ranks.get(i, 0), i)
 
@@ -1023,13 +1035,10 @@ class Net:
             ),
         )
 
-    def push(self, at: float, dst: int, src: int, item: Any) -> None:
-        heapq.heappush(self.heap, (at, next(self.counter), dst, src, item))
-
     def connected(self, a: int, b: int) -> bool:
-        return self.side[a] == self.side[b]
+        return self.net.connected(a, b)
 
-    def boot(self, i: int, boot_lost: bool = True) -> None:
+    def new_life(self, i: int) -> ElectionMachine:
         self.life[i] += 1
         self.machines[i] = ElectionMachine(
             self.cfg,
@@ -1039,6 +1048,9 @@ class Net:
             group=G,
             rng=random.Random(self.seed * 7919 + i * 131 + self.life[i]),
         )
+        return self.machines[i]
+
+    def boot(self, i: int, boot_lost: bool = True) -> None:
         self.alive.add(i)
         self.last_epoch[i] = 0
         self.missing.pop(i, None)
@@ -1048,19 +1060,16 @@ class Net:
             self.feed(i, LeaderLost(group=G, leader=NodeId(0), epoch=Epoch(0)))
 
     def feed(self, i: int, event: object) -> None:
-        actions = self.machines[i].handle(event, self.now)
+        self.net.feed(i, event)
+
+    def observe(self, addr: Address, event: object, actions: Sequence[object]) -> None:
+        i = addr.node
         m = self.machines[i]
         assert m.epoch >= self.last_epoch[i], f"node {i} epoch went back"
         self.last_epoch[i] = m.epoch
         for a in actions:
-            if isinstance(a, Send):
+            if isinstance(a, (Send, Multicast)):
                 self.messages += 1
-                self.transmit(i, a.to, a.message)
-            elif isinstance(a, Multicast):
-                self.messages += 1
-                for j in self.ids:
-                    if j != i:
-                        self.transmit(i, j, a.message)
             elif isinstance(a, LeaderElected):
                 assert a.group == G
                 if a.leader == i:
@@ -1069,30 +1078,23 @@ class Net:
             else:
                 assert isinstance(a, ElectionStarted), a
 
-    def transmit(self, src: int, dst: int, msg: Any) -> None:
-        self.datagrams += 1
-        if self.loss and self.rng.random() < self.loss:
-            return
-        item = Received(sender=NodeId(src), incarnation=Incarnation(self.life[src]), message=msg)
-        self.push(self.now + self.rng.uniform(*self.latency), dst, src, item)
-
     # ------------------------------------------------------------ faults
     def crash(self, i: int) -> None:
         self.alive.discard(i)
+        self.net.crash(i)
 
     def restart(self, i: int) -> None:
         assert i not in self.alive
+        self.net.restart(i, self.new_life(i))
         self.boot(i)
 
     def partition(self, *sides: set[int]) -> None:
-        for n, side in enumerate(sides):
-            for i in side:
-                self.side[i] = n
+        self.net.partition(*sides)
         self.changed = self.now
         self.partitioned = True
 
     def heal(self) -> None:
-        self.side = dict.fromkeys(self.ids, 0)
+        self.net.heal()
         self.changed = self.now
 
     # ------------------------------------------------------------ running
@@ -1101,7 +1103,18 @@ class Net:
         m = self.machines[i]
         self.feed(i, LeaderLost(group=G, leader=m.leader, epoch=m.epoch))
 
+    def lose_leader_at(self, when: float, i: int) -> None:
+        """At ``when``, membership at node i reports its leader missing if it is dead."""
+
+        def report() -> None:
+            ldr = self.machines[i].leader
+            if i in self.alive and ldr and ldr not in self.alive:
+                self.lose_leader(i)
+
+        self.net.call_at(when, report)
+
     def detector(self) -> None:
+        """Every ``tick``: membership's view of each node's leader (heard or missing)."""
         for i in sorted(self.alive):
             m = self.machines[i]
             ldr = m.leader
@@ -1121,47 +1134,16 @@ class Net:
             if self.now - since[1] >= self.detect_at[i] and not since[2]:
                 self.missing[i] = (since[0], since[1], True)
                 self.feed(i, LeaderLost(group=G, leader=NodeId(ldr), epoch=m.epoch))
+        self.net.call_at(self.now + self.tick, self.detector)
 
     def run(self, until: float, until_agreed: bool = False) -> None:
-        while True:
-            due = min(
-                (d for i in self.alive if (d := self.machines[i].next_deadline()) is not None),
-                default=None,
-            )
-            t_msg = self.heap[0][0] if self.heap else None
-            if due is not None and (t_msg is None or due <= t_msg):
-                if due > until:
-                    break
-                self.now = max(self.now, due)
-                for i in sorted(self.alive):
-                    d = self.machines[i].next_deadline()
-                    if d is not None and d <= self.now:
-                        self.feed(i, DeadlineReached())
-            elif t_msg is not None:
-                if t_msg > until:
-                    break
-                at, _, dst, src, item = heapq.heappop(self.heap)
-                self.now = max(self.now, at)
-                if item == "tick":
-                    self.detector()
-                    self.push(self.now + self.tick, 0, 0, "tick")
-                elif item == "lost":  # a scripted membership report
-                    ldr = self.machines[dst].leader
-                    if dst in self.alive and ldr and ldr not in self.alive:
-                        self.lose_leader(dst)
-                elif (
-                    dst in self.alive
-                    and src in self.alive
-                    and self.connected(src, dst)
-                    and item.incarnation == self.life[src]  # a crashed life sends no more
-                ):
-                    self.feed(dst, item)
-            else:
-                break
+        """Run to ``until`` (or until agreed), checking the invariants after every step."""
+
+        def stop() -> bool:
             self.check()
-            if until_agreed and self.agreed():
-                return
-        self.now = max(self.now, until)
+            return until_agreed and self.agreed()
+
+        self.net.run(max(until, self.now), stop=stop)
 
     # --------------------------------------------------------- invariants
     def leaders(self) -> list[tuple[int, int]]:
@@ -1389,7 +1371,7 @@ def measure(n: int, case: str) -> tuple[int, float]:
             net.lose_leader(i)
     elif case == "skewed":  # each notices at a random time within SKEW seconds
         for i in range(1, n):
-            net.push(t0 + net.rng.uniform(0.0, SKEW), i, 0, "lost")
+            net.lose_leader_at(t0 + net.rng.uniform(0.0, SKEW), i)
     else:  # "worst": only the lowest node notices (the textbook case)
         net.lose_leader(1)
     net.run(t0 + 5.0, until_agreed=True)

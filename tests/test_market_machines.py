@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
@@ -42,6 +43,7 @@ from powergrid.protocols.market import (
     allocate,
     totals_to_message,
 )
+from powergrid.testing import Address, Conditions, FakeNet
 from powergrid.types import BROKER_GROUP, EPOCH_WINDOW, Epoch, GroupId, Incarnation, NodeId
 
 GRID = Grid(price_min=0.0, price_max=1.0, points=5)
@@ -936,7 +938,10 @@ def test_lead_config_errors() -> None:
 
 
 class Market:
-    """1 lead + 2 brokers + clients; messages passed by hand, zero latency."""
+    """1 lead + 2 brokers + clients on a FakeNet with zero latency; the lead and the broker
+    of cluster 1 share node 101 (the lead takes the Aggregates sent there)."""
+
+    lead_at = Address(NodeId(101), "lead")
 
     def __init__(self, supply: int, bids: dict[NodeId, tuple[GroupId, Bid]]) -> None:
         self.brokers = {GroupId(1): NodeId(101), GroupId(2): NodeId(102)}
@@ -946,66 +951,52 @@ class Market:
             n: ClientMachine(n, c, ClientConfig(grid=GRID)) for n, (c, _) in bids.items()
         }
         self.cluster_of = {n: c for n, (c, _) in bids.items()}
-        self.lead_alive = True
-        self.now = 0.0
-        self.notes: list[object] = []
+        self.net = FakeNet(rng=random.Random(0), conditions=Conditions(latency=(0.0, 0.0)))
+        aggregate = wire.Aggregate
+        self.net.add(
+            self.lead_at,
+            self.lead,
+            accepts=lambda m: isinstance(m, aggregate),
+            hears=(),
+            multicasts_to=BROKER_GROUP,
+        )
+        for c, n in self.brokers.items():
+            self.net.add(
+                Address(n, "broker"),
+                self.broker_machines[c],
+                accepts=lambda m: not isinstance(m, aggregate),
+                hears=(BROKER_GROUP,),
+                multicasts_to=c,
+            )
+        for n, c in self.cluster_of.items():
+            self.net.add(n, self.clients[n], hears=(c,), multicasts_to=c)
         for n, (_, bid) in sorted(bids.items()):
-            self.clients[n].handle(BidChanged(bid=bid), 0.0)
-        self.lead.handle(LeaderElected(group=BROKER_GROUP, leader=NodeId(101), epoch=Epoch(1)), 0)
+            self.net.feed(n, BidChanged(bid=bid))
+        self.net.feed(
+            self.lead_at,
+            LeaderElected(group=BROKER_GROUP, leader=NodeId(101), epoch=Epoch(1)),
+        )
         for c, n in self.brokers.items():
             ev = LeaderElected(group=c, leader=n, epoch=Epoch(1))
-            self.broker_machines[c].handle(ev, 0.0)
-            self.broker_machines[c].handle(
-                LeaderElected(group=BROKER_GROUP, leader=NodeId(101), epoch=Epoch(1)), 0.0
+            self.net.feed(Address(n, "broker"), ev)
+            self.net.feed(
+                Address(n, "broker"),
+                LeaderElected(group=BROKER_GROUP, leader=NodeId(101), epoch=Epoch(1)),
             )
             for node in sorted(self.clients):
                 if self.cluster_of[node] == c:
-                    self.route(node, self.clients[node].handle(ev, 0.0))
+                    self.net.feed(node, ev)
 
-    def machines(self) -> list[Any]:
-        ms: list[Any] = [self.lead] if self.lead_alive else []
-        return ms + list(self.broker_machines.values()) + list(self.clients.values())
+    @property
+    def now(self) -> float:
+        return self.net.now
 
-    def route(self, sender: NodeId, actions: list[object], cluster: GroupId | None = None) -> None:
-        for a in actions:
-            if isinstance(a, (Send, SendReliable)):
-                ev = rx(sender, a.message)
-                if a.to in self.clients and isinstance(a.message, wire.BidAck):
-                    self.route(a.to, self.clients[a.to].handle(ev, self.now))
-                elif isinstance(a.message, wire.Aggregate):
-                    if self.lead_alive:
-                        self.route(a.to, self.lead.handle(ev, self.now))
-                else:
-                    c = next(c for c, n in self.brokers.items() if n == a.to)
-                    self.route(a.to, self.broker_machines[c].handle(ev, self.now), c)
-            elif isinstance(a, Multicast):
-                ev = rx(sender, a.message)
-                if isinstance(a.message, wire.Clearing):
-                    for c, bm in sorted(self.broker_machines.items()):
-                        self.route(self.brokers[c], bm.handle(ev, self.now), c)
-                else:
-                    for n in sorted(self.clients):
-                        if self.cluster_of[n] == cluster:
-                            self.route(n, self.clients[n].handle(ev, self.now))
-            else:
-                self.notes.append(a)
+    @property
+    def notes(self) -> list[object]:
+        return [n.action for n in self.net.notices]
 
     def run_until(self, t: float) -> None:
-        while True:
-            due = [d for m in self.machines() if (d := m.next_deadline()) is not None]
-            nxt = min(due)
-            if nxt > t:
-                self.now = t
-                return
-            self.now = nxt
-            if self.lead_alive and self.lead.next_deadline() == nxt:
-                self.route(NodeId(101), self.lead.handle(DL, nxt))
-            for c, bm in sorted(self.broker_machines.items()):
-                if bm.next_deadline() == nxt:
-                    self.route(self.brokers[c], bm.handle(DL, nxt), c)
-            for n, cm in sorted(self.clients.items()):
-                if cm.next_deadline() == nxt:
-                    self.route(n, cm.handle(DL, nxt))
+        self.net.run(t)
 
     def allocations(self) -> dict[NodeId, int | None]:
         return {n: c.allocation for n, c in sorted(self.clients.items())}
@@ -1030,7 +1021,7 @@ def test_wired_market_swings_from_surplus_to_shortage_and_back() -> None:
     assert {c.price for c in m.clients.values()} == {0.0}
     assert all(c.includes_latest_bid for c in m.clients.values())
 
-    m.route(NodeId(101), m.lead.handle(SupplyChanged(watts=450), m.now))
+    m.net.feed(m.lead_at, SupplyChanged(watts=450))
     m.run_until(4.5)
     alloc = m.allocations()
     assert {c.regime for c in m.clients.values()} == {Regime.NORMAL}
@@ -1040,7 +1031,7 @@ def test_wired_market_swings_from_surplus_to_shortage_and_back() -> None:
     prices = {c.price for c in m.clients.values()}
     assert len(prices) == 1 and 0.0 < prices.pop() < 1.0  # type: ignore[operator]
 
-    m.route(NodeId(101), m.lead.handle(SupplyChanged(watts=250), m.now))
+    m.net.feed(m.lead_at, SupplyChanged(watts=250))
     m.run_until(6.5)
     assert {c.regime for c in m.clients.values()} == {Regime.SHORTAGE}
     assert {c.price for c in m.clients.values()} == {1.0}
@@ -1050,12 +1041,12 @@ def test_wired_market_swings_from_surplus_to_shortage_and_back() -> None:
     cleared = [n for n in m.notes if isinstance(n, MarketCleared)]
     assert cleared[-1].deficit == SUM_R - 250
 
-    m.route(NodeId(101), m.lead.handle(SupplyChanged(watts=SUM_R + 2), m.now))
+    m.net.feed(m.lead_at, SupplyChanged(watts=SUM_R + 2))
     m.run_until(8.5)  # inside the hysteresis band: shortage holds, everyone gets r
     assert {c.regime for c in m.clients.values()} == {Regime.SHORTAGE}
     assert m.allocations() == {1: 100, 2: 80, 3: 60, 4: 90}
 
-    m.route(NodeId(101), m.lead.handle(SupplyChanged(watts=2 * SUM_M), m.now))
+    m.net.feed(m.lead_at, SupplyChanged(watts=2 * SUM_M))
     m.run_until(10.5)
     assert {c.regime for c in m.clients.values()} == {Regime.SURPLUS}
     assert m.allocations() == {1: 200, 2: 150, 3: 100, 4: 120}
@@ -1067,7 +1058,7 @@ def test_wired_market_brokers_reclear_when_lead_dies() -> None:
     m.run_until(2.5)
     budgets = {c: bm.budget for c, bm in m.broker_machines.items()}
     assert sum(b for b in budgets.values() if b is not None) <= 450
-    m.lead_alive = False
+    m.net.crash(m.lead_at)
     m.run_until(9.5)
     assert all(bm.clearing_locally for bm in m.broker_machines.values())
     updates = [n for n in m.notes if isinstance(n, PriceUpdated) and n.local]

@@ -3,9 +3,8 @@ properties, simulation."""
 
 from __future__ import annotations
 
-import heapq
 import random
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import attrs
@@ -35,6 +34,7 @@ from powergrid.protocols.membership import (
     MembershipMachine,
     MemberSuspected,
 )
+from powergrid.testing import Address, Conditions, FakeNet
 from powergrid.types import EPOCH_WINDOW, VIEW_WINDOW, Epoch, GroupId, Incarnation, NodeId
 from powergrid.wire import (
     MAX_DATAGRAM,
@@ -1204,19 +1204,16 @@ def test_peer_input_never_raises_and_view_ids_only_grow(
 
 @attrs.define
 class Sim:
-    """5-10 machines over an in-test lossy network; the test plays the election."""
+    """5-10 machines on a lossy FakeNet; the test plays the election."""
 
     n: int
     loss: float
     seed: int
     config: MembershipConfig = DEFAULTS
-    latency: float = 0.0005
-    now: float = 0.0
-    rng: random.Random = attrs.field(init=False)
+    latency: float = 0.0005  # to 2 * latency, uniform
+    net: FakeNet = attrs.field(init=False)
     machines: dict[int, MembershipMachine] = attrs.field(init=False)
     alive: set[int] = attrs.field(init=False)
-    queue: list[tuple[float, int, int, Received]] = attrs.Factory(list)
-    seq: int = 0
     epoch: int = 0
     elected: int = 0
     election_due: float | None = None
@@ -1224,7 +1221,13 @@ class Sim:
     view_ids: dict[int, list[int]] = attrs.Factory(dict)
 
     def __attrs_post_init__(self) -> None:
-        self.rng = random.Random(self.seed)
+        self.net = FakeNet(
+            rng=random.Random(self.seed),
+            conditions=Conditions(latency=(self.latency, 2 * self.latency), loss=self.loss),
+            record=False,
+            max_spins=1000,
+            observe=self.observe,
+        )
         self.machines = {
             i: MembershipMachine(
                 self.config,
@@ -1234,31 +1237,24 @@ class Sim:
             )
             for i in range(1, self.n + 1)
         }
+        for i, m in self.machines.items():
+            self.net.add(i, m)
         self.alive = set(self.machines)
         self.view_ids = {i: [] for i in self.machines}
         for i in sorted(self.machines):
             self.feed(i, Join())
 
+    @property
+    def now(self) -> float:
+        return self.net.now
+
     def feed(self, node: int, event: Any) -> None:
-        self.route(node, self.machines[node].handle(event, self.now))
+        self.net.feed(node, event)
 
-    def push(self, to: int, src: int, msg: Any) -> None:
-        if self.rng.random() < self.loss:
-            return
-        self.seq += 1
-        delay = self.latency * (1 + self.rng.random())
-        ev = Received(sender=NodeId(src), incarnation=Incarnation(1), message=msg)
-        heapq.heappush(self.queue, (self.now + delay, self.seq, to, ev))
-
-    def route(self, src: int, actions: list[Any]) -> None:
+    def observe(self, addr: Address, event: object, actions: Sequence[object]) -> None:
+        src = addr.node
         for act in actions:
-            if isinstance(act, Send):
-                self.push(act.to, src, act.message)
-            elif isinstance(act, Multicast):
-                for to in sorted(self.machines):
-                    if to != src:
-                        self.push(to, src, act.message)
-            elif isinstance(act, ViewChanged):
+            if isinstance(act, ViewChanged):
                 self.view_ids[src].append(act.view.view_id)
             elif isinstance(act, MemberRemoved):
                 self.removals.append((self.now, src, act.node, act.reason))
@@ -1268,6 +1264,7 @@ class Sim:
                 and self.election_due is None
             ):
                 self.election_due = self.now + 0.05
+                self.net.call_at(self.election_due, self.elect)
 
     def elect(self) -> None:
         self.election_due = None
@@ -1280,33 +1277,10 @@ class Sim:
 
     def crash(self, node: int) -> None:
         self.alive.discard(node)
+        self.net.crash(node)
 
     def run(self, until: float) -> None:
-        spins = 0
-        while True:
-            times = [m.next_deadline() for i, m in self.machines.items() if i in self.alive]
-            due = [t for t in times if t is not None]
-            if self.queue:
-                due.append(self.queue[0][0])
-            if self.election_due is not None:
-                due.append(self.election_due)
-            t = min(due, default=until)
-            if t > until:
-                self.now = until
-                return
-            spins = spins + 1 if t <= self.now else 0
-            assert spins < 1000, f"a deadline does not advance at {self.now}"
-            self.now = max(self.now, t)
-            if self.election_due is not None and self.election_due <= self.now:
-                self.elect()
-            while self.queue and self.queue[0][0] <= self.now:
-                _, _, to, ev = heapq.heappop(self.queue)
-                if to in self.alive:
-                    self.feed(to, ev)
-            for i in sorted(self.alive):
-                d = self.machines[i].next_deadline()
-                if d is not None and d <= self.now:
-                    self.feed(i, DeadlineReached())
+        self.net.run(until)
 
     def settled(self) -> bool:
         """Every live node is in one view of the elected leader listing exactly the live nodes."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import heapq
 import random
 from typing import Any
 
@@ -29,6 +28,7 @@ from powergrid.protocols.multicast import (
     MulticastMachine,
     Publish,
 )
+from powergrid.testing import Conditions, FakeNet
 from powergrid.types import Epoch, GroupId, Incarnation, NodeId
 from powergrid.wire import (
     MAX_DATAGRAM,
@@ -1223,40 +1223,24 @@ def simulate(
     publishers: int,
     crash: bool,
 ) -> None:
-    """Run n machines over a lossy, duplicating, reordering link, through the codec,
+    """Run n machines over a lossy, duplicating, reordering FakeNet, through the codec,
     until quiet; then check the multicast invariants."""
     rnd = random.Random(seed)
     ids = [NodeId(1000 + i) for i in range(n)]
     cfg = MulticastConfig()
+    net = FakeNet(
+        rng=rnd,
+        conditions=Conditions(latency=(0.0005, 0.01), loss=loss, duplicate=dup),
+        codec=True,  # every message fits a datagram
+    )
     ms = {
         i: MulticastMachine(cfg, me=i, incarnation=I1, rng=random.Random(seed * 31 + i))
         for i in ids
     }
-    delivered: dict[NodeId, list[tuple[int, int, bytes]]] = {i: [] for i in ids}
-    heap: list[tuple[float, int, NodeId, bytes]] = []
-    counter = 0
+    for i in ids:
+        net.add(i, ms[i])
 
-    def post(now: float, to: NodeId, datagram: bytes) -> None:
-        nonlocal counter
-        for _ in range(2 if rnd.random() < dup else 1):
-            if rnd.random() >= loss:
-                counter += 1
-                heapq.heappush(heap, (now + rnd.uniform(0.0005, 0.01), counter, to, datagram))
-
-    def run(src: NodeId, actions: list[Any], now: float) -> None:
-        for a in actions:
-            if isinstance(a, Deliver):
-                delivered[src].append((a.origin, a.seq, a.payload))
-            elif isinstance(a, Multicast):
-                datagram = encode(1, src, 1, a.message)
-                for to in ids:
-                    if to != src:
-                        post(now, to, datagram)
-            else:
-                assert isinstance(a, Send)
-                post(now, a.to, encode(1, src, 1, a.message))
-
-    def install(members: list[NodeId], view_id: int, now: float) -> None:
+    def install(members: list[NodeId], view_id: int) -> None:
         v = View(
             group=GroupId(1),
             view_id=view_id,
@@ -1265,48 +1249,39 @@ def simulate(
             members=tuple(Member(node=i, incarnation=I1) for i in members),
         )
         for i in members:
-            run(i, ms[i].handle(ViewChanged(view=v), now), now)
+            net.feed(i, ViewChanged(view=v))
 
-    install(ids, 1, 0.0)
+    install(ids, 1)
     plan = sorted(
         (rnd.uniform(0.0, 1.0), p) for p in ids[:publishers] for _ in range(per_publisher)
     )
     sent = dict.fromkeys(ids, 0)
     victim = ids[rnd.randrange(n)] if crash else None
     crash_at = rnd.uniform(0.1, 1.0)
-    now = 0.0
-    while True:
-        due = [t for t in (m.next_deadline() for m in ms.values()) if t is not None]
-        times = due + [heap[0][0] for _ in heap[:1]] + [plan[0][0] for _ in plan[:1]]
-        if victim is not None:
-            times.append(crash_at)
-        if not times:
-            break
-        now = max(now, min(times))
-        assert now < 120, "the group never went quiet"
-        if victim is not None and now >= crash_at:
-            del ms[victim]
-            ids.remove(victim)
-            plan = [(t, p) for t, p in plan if p != victim]
-            install(ids, 2, now)
-            crash_at, dead, victim = now, victim, None
-        elif plan and plan[0][0] <= now:
-            _, p = plan.pop(0)
+
+    def publish(p: NodeId) -> None:
+        if p in ms:  # a crashed publisher publishes no more
             sent[p] += 1
-            run(p, ms[p].handle(Publish(kind=1, payload=b"%d.%d" % (p, sent[p])), now), now)
-        elif heap and heap[0][0] <= now:
-            _, _, to, datagram = heapq.heappop(heap)
-            if to in ms:
-                env = decode(datagram)
-                event = Received(
-                    sender=env.sender, incarnation=env.incarnation, message=env.message
-                )
-                run(to, ms[to].handle(event, now), now)
-        else:
-            for i in sorted(ms):
-                t = ms[i].next_deadline()
-                if t is not None and t <= now:
-                    run(i, ms[i].handle(DeadlineReached(), now), now)
+            net.feed(p, Publish(kind=1, payload=b"%d.%d" % (p, sent[p])))
+
+    def crash_victim(victim: NodeId) -> None:
+        del ms[victim]
+        ids.remove(victim)
+        net.remove(victim)
+        install(ids, 2)
+
+    for t, p in plan:
+        net.call_at(t, lambda p=p: publish(p))  # type: ignore[misc]
+    if victim is not None:
+        net.call_at(crash_at, lambda: crash_victim(victim))
+        dead = victim
+    assert net.run_until_quiet(120.0), "the group never went quiet"
+    assert all(isinstance(n.action, Deliver) for n in net.notices)
+    delivered: dict[NodeId, list[tuple[int, int, bytes]]] = {i: [] for i in ids}
+    for note in net.notices:
+        if note.address.node in delivered:
+            d = note.action
+            delivered[note.address.node].append((d.origin, d.seq, d.payload))
     for i in ids:
         got: dict[int, list[int]] = {}
         for origin, seq, payload in delivered[i]:

@@ -1,8 +1,11 @@
-"""Tests of powergrid.transports.trio_udp on real sockets, loopback only.
+"""Tests of the UDP transports (trio_udp, asyncio_udp) on real sockets, loopback only.
+
+Every test that runs a node runs on both event loops (the ``loop`` fixture,
+see ``tests/loops.py``), except those that watch trio's scheduling itself.
 
 Every socket is on 127.0.0.1, multicast goes out on interface 127.0.0.1 with
 TTL 0, and ports are picked by binding port 0 first. Waiting is polling the
-real clock with a hard ``trio.fail_after`` limit, never a fixed sleep that a
+real clock with a hard ``fail_after`` limit, never a fixed sleep that a
 result depends on.
 """
 
@@ -14,10 +17,12 @@ import socket
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import attrs
 import pytest
 import trio
+from loops import LOOPS
 from toys import GROUP, Echo, Got, Member, Recorder, Ticker, datagram, value_of
 
 from powergrid.auth import Keyring
@@ -36,7 +41,6 @@ from powergrid.transports.trio_udp import (
     UdpConfig,
     UdpHandle,
     pack_bundles,
-    run_node,
     split_bundle,
 )
 from powergrid.types import GroupId, NodeId, node_id
@@ -61,14 +65,39 @@ def udp_config(**kw: object) -> UdpConfig:
     return UdpConfig(ttl=0, group_port_base=free_port(), group_ports=2, **kw)  # type: ignore[arg-type]
 
 
+class _Current:
+    """The event loop of the test running (set by the ``loop`` fixture); trio otherwise."""
+
+    loop: Any = LOOPS["trio"]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.loop, name)
+
+
+L = _Current()
+
+
+@pytest.fixture(params=["trio", "asyncio"])
+def loop(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """Run the test on trio, then on asyncio."""
+    L.loop = LOOPS[request.param]
+    yield L.loop
+    L.loop = LOOPS["trio"]
+
+
+def run_node(*args: Any, **kw: Any) -> Any:
+    """The running loop's transport's ``run_node``."""
+    return L.run_node(*args, **kw)
+
+
 async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    with trio.fail_after(timeout):
+    with L.fail_after(timeout):
         while not cond():
-            await trio.sleep(0.002)
+            await L.sleep(0.002)
 
 
 def run(main: Callable[[], Awaitable[None]]) -> None:
-    trio.run(main)
+    L.run(main)
 
 
 @pytest.fixture
@@ -349,7 +378,7 @@ def test_a_command_yields_unless_it_adds_to_an_open_bundle(raw: socket.socket) -
     run(main)
 
 
-def test_malformed_bundles_are_dropped_and_counted(raw: socket.socket) -> None:
+def test_malformed_bundles_are_dropped_and_counted(raw: socket.socket, loop: Any) -> None:
     """Rule: a malformed bundle reaches nobody, is counted, and the loop keeps going."""
     ep = Recorder(new_id(), on_start=[JoinGroup(group=GROUP)])
     udp = udp_config()
@@ -373,7 +402,7 @@ def test_malformed_bundles_are_dropped_and_counted(raw: socket.socket) -> None:
 # ------------------------------------------------------------- datagrams
 
 
-def test_unicast_ping_pong_between_two_endpoints() -> None:
+def test_unicast_ping_pong_between_two_endpoints(loop: Any) -> None:
     """Rule: a Transmit reaches node ``to``'s unicast socket; receive outputs are carried out."""
     a_id, b_id = new_id(), new_id()
     a = Echo(a_id, limit=6, on_start=[Transmit(to=b_id, data=datagram(a_id, 0))])
@@ -383,7 +412,7 @@ def test_unicast_ping_pong_between_two_endpoints() -> None:
     async def main() -> None:
         udp = udp_config()
         async with run_node(b, udp=udp) as hb, run_node(a, udp=udp) as ha:
-            with trio.fail_after(5):
+            with L.fail_after(5):
                 async for ev in hb.events():
                     seen.append(ev)
                     if len(seen) == 4:
@@ -399,7 +428,7 @@ def test_unicast_ping_pong_between_two_endpoints() -> None:
     assert seen == [Got(sender=a_id, value=v) for v in (0, 2, 4, 6)]
 
 
-def test_multicast_reaches_the_other_members_not_the_sender() -> None:
+def test_multicast_reaches_the_other_members_not_the_sender(loop: Any) -> None:
     """Rule: a TransmitGroup reaches every subscribed node but the sender (counted as own)."""
     ids = [new_id() for _ in range(3)]
     tickers = [Ticker(i, period=0.02, talk=True) for i in ids]
@@ -424,7 +453,7 @@ def test_multicast_reaches_the_other_members_not_the_sender() -> None:
             assert values == list(range(values[0], values[0] + len(values)))
 
 
-def test_leave_group_stops_multicast_delivery(raw: socket.socket) -> None:
+def test_leave_group_stops_multicast_delivery(raw: socket.socket, loop: Any) -> None:
     """Rule: after LeaveGroup the node's group socket is closed; later multicasts miss it."""
     mid = new_id()
     member = Member(mid, leave_after=2)
@@ -453,7 +482,7 @@ def node_addr(nid: int) -> tuple[str, int]:
 # ------------------------------------------------------------------ time
 
 
-def test_deadline_loop_wakes_the_endpoint_on_time() -> None:
+def test_deadline_loop_wakes_the_endpoint_on_time(loop: Any) -> None:
     """Rule: handle_deadline runs at next_deadline(), never before, soon after."""
     t = Ticker(new_id(), period=0.03)
 
@@ -469,25 +498,25 @@ def test_deadline_loop_wakes_the_endpoint_on_time() -> None:
     assert max(gaps) < 0.03 + 0.1
 
 
-def test_a_command_rearms_the_timer() -> None:
+def test_a_command_rearms_the_timer(loop: Any) -> None:
     """Rule: a deadline set by a command is honoured; None means never woken."""
     ep = Settable(new_id())
 
     async def main() -> None:
         async with run_node(ep, udp=udp_config()) as h:
-            await trio.sleep(0.05)
+            await L.sleep(0.05)
             assert ep.wakes == []
-            at = trio.current_time() + 0.05
+            at = L.now() + 0.05
             await h.command(lambda e, now: e.set_deadline(at))
             await until(lambda: len(ep.wakes) == 1)
             due, woke = ep.wakes[0]
             assert due == at
             assert at <= woke < at + 0.05
             # moving a deadline later: not woken at the old time
-            early = trio.current_time() + 0.02
+            early = L.now() + 0.02
             await h.command(lambda e, now: e.set_deadline(early))
             await h.command(lambda e, now: e.set_deadline(early + 0.1))
-            await trio.sleep(0.05)
+            await L.sleep(0.05)
             assert len(ep.wakes) == 1
             await until(lambda: len(ep.wakes) == 2)
             assert ep.wakes[1][1] >= early + 0.1
@@ -498,7 +527,7 @@ def test_a_command_rearms_the_timer() -> None:
 # ------------------------------------------------------------- robustness
 
 
-def test_malformed_datagrams_do_not_kill_the_loop(raw: socket.socket) -> None:
+def test_malformed_datagrams_do_not_kill_the_loop(raw: socket.socket, loop: Any) -> None:
     """Rule: garbage, empty and oversized datagrams reach the endpoint; the loop keeps going."""
     ep = Tolerant(new_id())
     udp = udp_config()
@@ -520,7 +549,7 @@ def test_malformed_datagrams_do_not_kill_the_loop(raw: socket.socket) -> None:
     assert [v for _, _, v in ep.received] == [42]
 
 
-def test_node_counts_malformed_and_keeps_running(raw: socket.socket) -> None:
+def test_node_counts_malformed_and_keeps_running(raw: socket.socket, loop: Any) -> None:
     """Rule: a Node behind the transport counts malformed datagrams and stays up."""
     port = free_port()
 
@@ -537,7 +566,7 @@ def test_node_counts_malformed_and_keeps_running(raw: socket.socket) -> None:
     run(main)
 
 
-def test_endpoint_exception_ends_run_node(raw: socket.socket) -> None:
+def test_endpoint_exception_ends_run_node(raw: socket.socket, loop: Any) -> None:
     """Rule: an exception raised by the endpoint is a bug: run_node ends with it, unwrapped."""
 
     class Buggy(Recorder):
@@ -549,13 +578,13 @@ def test_endpoint_exception_ends_run_node(raw: socket.socket) -> None:
     async def main() -> None:
         async with run_node(ep, udp=udp_config()):
             raw.sendto(b"boom", node_addr(ep.node_id))
-            await trio.sleep_forever()
+            await L.sleep_forever()
 
     with pytest.raises(RuntimeError, match="endpoint bug"):
         run(main)
 
 
-def test_busy_unicast_address_is_a_config_error() -> None:
+def test_busy_unicast_address_is_a_config_error(loop: Any) -> None:
     """Rule: a node whose address is taken cannot start (ids are addresses, unique)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind((HOST, 0))
@@ -569,7 +598,7 @@ def test_busy_unicast_address_is_a_config_error() -> None:
             run(main)
 
 
-def test_receive_buffer_is_read_back() -> None:
+def test_receive_buffer_is_read_back(loop: Any) -> None:
     """Rule: SO_RCVBUF is set to recv_buffer and the granted size is what the kernel reports."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
@@ -582,7 +611,7 @@ def test_receive_buffer_is_read_back() -> None:
     run(main)
 
 
-def test_short_receive_buffer_logs_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+def test_short_receive_buffer_logs_a_warning(caplog: pytest.LogCaptureFixture, loop: Any) -> None:
     """Rule: a warning is logged exactly when the kernel grants less than asked."""
     asked = 1 << 30
     granted: list[int] = []
@@ -591,7 +620,7 @@ def test_short_receive_buffer_logs_a_warning(caplog: pytest.LogCaptureFixture) -
         async with run_node(Recorder(new_id()), udp=udp_config(recv_buffer=asked)) as h:
             granted.append(h.stats.recv_buffer)
 
-    with caplog.at_level(logging.WARNING, logger="powergrid.transports.trio_udp"):
+    with caplog.at_level(logging.WARNING, logger="powergrid.transports"):
         run(main)
     warned = [r for r in caplog.records if "receive buffer" in r.getMessage()]
     assert granted[0] > 0
@@ -617,7 +646,7 @@ class _Blockable:
         self.sock.close()
 
 
-def test_send_backlog_is_bounded_and_flushed_in_order() -> None:
+def test_send_backlog_is_bounded_and_flushed_in_order(loop: Any) -> None:
     """Rule: while the kernel is full, datagrams wait (max_queue, then dropped), sent in order."""
     a_id, b_id = new_id(), new_id()
     b = Recorder(b_id)
@@ -639,7 +668,7 @@ def test_send_backlog_is_bounded_and_flushed_in_order() -> None:
     assert [v for _, _, v in b.received] == [0, 1, 2]
 
 
-def test_event_queue_drops_oldest_when_the_app_does_not_read(raw: socket.socket) -> None:
+def test_event_queue_drops_oldest_when_the_app_does_not_read(raw: socket.socket, loop: Any) -> None:
     """Rule: beyond event_queue notifications the oldest is dropped and counted."""
     ep = Recorder(new_id())
     seen: list[object] = []
@@ -669,13 +698,13 @@ class Counting(Recorder):
         return None
 
 
-def test_a_burst_is_read_in_one_batch_and_rearmed_once(raw: socket.socket) -> None:
+def test_a_burst_is_read_in_one_batch_and_rearmed_once(raw: socket.socket, loop: Any) -> None:
     """Rule: datagrams already waiting are read in one batch, with one re-arm after it."""
     ep = Counting(new_id())
 
     async def main() -> None:
         async with run_node(ep, udp=udp_config()):
-            await trio.sleep(0.01)
+            await L.sleep(0.01)
             before = ep.asked
             for v in range(10):  # queued in the kernel before the reader runs again
                 raw.sendto(datagram(1, v), node_addr(ep.node_id))
@@ -686,7 +715,7 @@ def test_a_burst_is_read_in_one_batch_and_rearmed_once(raw: socket.socket) -> No
     assert [v for _, _, v in ep.received] == list(range(10))
 
 
-def test_on_event_takes_notifications_inline_in_order(raw: socket.socket) -> None:
+def test_on_event_takes_notifications_inline_in_order(raw: socket.socket, loop: Any) -> None:
     """Rule: with on_event every notification goes to it at once, in order; none is queued."""
     ep = Recorder(new_id())
     seen: list[object] = []
@@ -708,7 +737,7 @@ def test_on_event_takes_notifications_inline_in_order(raw: socket.socket) -> Non
     assert queued == []
 
 
-def test_on_event_exception_ends_run_node(raw: socket.socket) -> None:
+def test_on_event_exception_ends_run_node(raw: socket.socket, loop: Any) -> None:
     """Rule: on_event runs in the transport's tasks: what it raises ends run_node, unwrapped."""
     ep = Recorder(new_id())
 
@@ -718,7 +747,7 @@ def test_on_event_exception_ends_run_node(raw: socket.socket) -> None:
     async def main() -> None:
         async with run_node(ep, udp=udp_config(), on_event=fail):
             raw.sendto(datagram(1, 1), node_addr(ep.node_id))
-            await trio.sleep_forever()
+            await L.sleep_forever()
 
     with pytest.raises(RuntimeError, match="app bug"):
         run(main)
@@ -739,7 +768,7 @@ class Leaver(Recorder):
         return [TransmitGroup(group=GROUP, data=datagram(self.node_id, 99))]
 
 
-def test_clean_shutdown_leaves_flushes_and_closes_sockets() -> None:
+def test_clean_shutdown_leaves_flushes_and_closes_sockets(loop: Any) -> None:
     """Rule: leaving run_node calls leave once, sends its goodbye, closes every socket."""
     ep = Leaver(new_id())
     listener = Tolerant(new_id())
@@ -767,7 +796,7 @@ def test_clean_shutdown_leaves_flushes_and_closes_sockets() -> None:
         s.bind(node_addr(ep.node_id))  # the address is free again
 
 
-def test_explicit_leave_is_not_repeated_on_exit() -> None:
+def test_explicit_leave_is_not_repeated_on_exit(loop: Any) -> None:
     """Rule: after handle.leave(), shutdown does not leave a second time."""
     ep = Leaver(new_id())
 
@@ -780,12 +809,19 @@ def test_explicit_leave_is_not_repeated_on_exit() -> None:
     assert ep.left == 1
 
 
-def test_import_powergrid_never_imports_trio() -> None:
-    """Rule: only powergrid.transports.trio_udp imports trio."""
+def test_import_powergrid_never_imports_an_event_loop() -> None:
+    """Rule: ``import powergrid`` (and the sans-IO modules, and naming ``run_node``) imports
+    neither trio nor asyncio; each transport imports its own loop when used."""
     code = (
-        "import sys, powergrid, powergrid.node, powergrid.sim.memory, "
-        "powergrid.sim.fuzz; assert 'trio' not in sys.modules, 'trio imported'; "
-        "import powergrid.transports.trio_udp; assert 'trio' in sys.modules"
+        "import sys, powergrid, powergrid.node, powergrid.sim.memory, powergrid.sim.fuzz\n"
+        "from powergrid import NodeConfig, UdpConfig\n"
+        "assert 'trio' not in sys.modules and 'asyncio' not in sys.modules, 'loop imported'\n"
+        "import powergrid.transports._core\n"
+        "assert 'trio' not in sys.modules and 'asyncio' not in sys.modules, 'core imports a loop'\n"
+        "from powergrid import run_node\n"
+        "assert 'trio' in sys.modules and 'asyncio' not in sys.modules\n"
+        "from powergrid import run_node_asyncio\n"
+        "assert 'asyncio' in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -793,7 +829,7 @@ def test_import_powergrid_never_imports_trio() -> None:
 # ----------------------------------------------------------------- nodes
 
 
-def test_three_nodes_form_a_cluster_and_multicast_in_order() -> None:
+def test_three_nodes_form_a_cluster_and_multicast_in_order(loop: Any) -> None:
     """Rule: real Nodes over loopback elect the highest id, agree on a view of 3,
     and deliver each sender's multicasts in order to every member."""
     ports = sorted({free_port() for _ in range(3)})
@@ -830,7 +866,7 @@ def test_three_nodes_form_a_cluster_and_multicast_in_order() -> None:
             run_node(
                 NodeConfig(port=ports[2], broker_capable=True), udp=udp, rng=random.Random(3)
             ) as c,
-            trio.open_nursery() as nursery,
+            L.tasks() as nursery,
         ):
             for h in (a, b, c):
                 nursery.start_soon(watch, h)
@@ -840,7 +876,7 @@ def test_three_nodes_form_a_cluster_and_multicast_in_order() -> None:
                 await a.multicast(b"a%d" % k)
                 await b.multicast(b"b%d" % k)
             await until(lambda: all(len(delivered[i]) == 10 for i in ids), timeout=5)
-            nursery.cancel_scope.cancel()
+            nursery.cancel()
 
     run(main)
     for i in ids:
@@ -851,7 +887,7 @@ def test_three_nodes_form_a_cluster_and_multicast_in_order() -> None:
             assert mine == [(k + 1, tag + b"%d" % k) for k in range(5)]
 
 
-def test_keyed_nodes_stream_bundled_multicasts_in_order() -> None:
+def test_keyed_nodes_stream_bundled_multicasts_in_order(loop: Any) -> None:
     """Rule: with a keyring, bundled datagrams keep their own tags: a streaming sender's
     multicasts leave in bundles and every one is accepted and delivered in order."""
     ring = Keyring(primary=1, keys={1: bytes(range(32))})

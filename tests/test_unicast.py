@@ -3,7 +3,6 @@ property."""
 
 from __future__ import annotations
 
-import heapq
 import random
 from typing import Any
 
@@ -22,8 +21,9 @@ from powergrid.protocols.unicast import (
     UnicastConfig,
     UnicastMachine,
 )
+from powergrid.testing import Conditions, FakeNet
 from powergrid.types import Incarnation, NodeId, node_id
-from powergrid.wire import MAX_DATAGRAM, Nak, UAck, UData, decode, encode
+from powergrid.wire import MAX_DATAGRAM, Nak, UAck, UData, encode
 
 A = node_id("10.0.0.1", 9000)
 B = node_id("10.0.0.2", 9000)
@@ -421,69 +421,44 @@ def test_incarnation_out_of_range() -> None:
 
 
 class Link:
-    """Two machines joined by a seeded link that loses, duplicates, delays and reorders.
+    """Two machines on a FakeNet that loses, duplicates, delays and reorders.
 
     Datagrams go through the real codec. Faults stop at ``heal_at`` (then every
     datagram arrives after 1 ms); the run ends when nothing is in flight.
     """
 
     def __init__(self, seed: int, loss: float, dup: float, heal_at: float, cfg: UnicastConfig):
-        self.rng = random.Random(seed)
-        self.loss, self.dup, self.heal_at = loss, dup, heal_at
         self.nodes = {
             A: UnicastMachine(cfg, incarnation=Incarnation(1), rng=random.Random(seed + 1)),
             B: UnicastMachine(cfg, incarnation=Incarnation(2), rng=random.Random(seed + 2)),
         }
-        self.heap: list[tuple[float, int, NodeId, Any]] = []
-        self.count = 0
-        self.delivered: dict[NodeId, list[DeliverUnicast]] = {A: [], B: []}
-        self.unreachable: list[PeerUnreachable] = []
+        self.net = FakeNet(
+            rng=random.Random(seed),
+            conditions=Conditions(latency=(0.0005, 0.05), loss=loss, duplicate=dup),
+            codec=True,
+        )
+        for me, m in self.nodes.items():
+            self.net.add(me, m, incarnation=m.incarnation)
+        self.net.call_at(heal_at, self.heal)
 
-    def push(self, when: float, at: NodeId, item: Any) -> None:
-        self.count += 1
-        heapq.heappush(self.heap, (when, self.count, at, item))
+    def heal(self) -> None:
+        self.net.conditions = Conditions(latency=(0.001, 0.001))
 
-    def outputs(self, me: NodeId, actions: list[Any], now: float) -> None:
-        for act in actions:
-            if isinstance(act, Send):
-                raw = encode(0, me, self.nodes[me].incarnation, act.message)
-                faulty = now < self.heal_at
-                if faulty and self.rng.random() < self.loss:
-                    continue
-                copies = 2 if faulty and self.rng.random() < self.dup else 1
-                for _ in range(copies):
-                    delay = self.rng.uniform(0.0005, 0.05) if faulty else 0.001
-                    self.push(now + delay, act.to, raw)
-            elif isinstance(act, DeliverUnicast):
-                self.delivered[me].append(act)
-            else:
-                assert isinstance(act, PeerUnreachable)
-                self.unreachable.append(act)
+    def push(self, when: float, at: NodeId, item: Submit) -> None:
+        self.net.call_at(when, lambda: self.net.feed(at, item))
+
+    @property
+    def delivered(self) -> dict[NodeId, list[DeliverUnicast]]:
+        return {n: self.net.notices_of(DeliverUnicast, n) for n in (A, B)}
+
+    @property
+    def unreachable(self) -> list[PeerUnreachable]:
+        return self.net.notices_of(PeerUnreachable)
 
     def run(self) -> None:
-        for _ in range(200_000):
-            deadlines = [
-                (t, n)
-                for n, m in sorted(self.nodes.items())
-                if (t := m.next_deadline()) is not None
-            ]
-            first_deadline = min(deadlines) if deadlines else None
-            if self.heap and (first_deadline is None or self.heap[0][0] <= first_deadline[0]):
-                now, _, at, item = heapq.heappop(self.heap)
-                if isinstance(item, Submit):
-                    self.outputs(at, self.nodes[at].handle(item, now), now)
-                else:
-                    env = decode(item)
-                    ev = Received(
-                        sender=env.sender, incarnation=env.incarnation, message=env.message
-                    )
-                    self.outputs(at, self.nodes[at].handle(ev, now), now)
-            elif first_deadline is not None:
-                now, at = first_deadline
-                self.outputs(at, self.nodes[at].handle(WAKE, now), now)
-            else:
-                return
-        raise AssertionError("the link did not go quiet")
+        assert self.net.run_until_quiet(600.0), "the link did not go quiet"
+        kinds = {type(n.action) for n in self.net.notices}
+        assert kinds <= {DeliverUnicast, PeerUnreachable}, kinds
 
 
 @settings(max_examples=100, deadline=None)

@@ -1,0 +1,937 @@
+"""The I/O-free half of a UDP transport: everything but the event loop.
+
+Theory of operation
+-------------------
+A transport drives one endpoint (:class:`~powergrid.events.Endpoint`) with
+sockets and a clock. Everything it decides is here, in :class:`Driver`, which
+imports neither trio nor asyncio; a transport subclasses it and supplies only
+how to wait (a socket readable or writable, a deadline, a parked reader of
+events) and what time it is. :mod:`.trio_udp` and :mod:`.asyncio_udp` are
+such subclasses.
+
+The loop every transport runs is: *sleep until the next deadline or a
+datagram, then feed the node*:
+
+* a socket is readable: :meth:`Driver._read_batch` reads at most ``_BATCH``
+  datagrams, drops our own looped-back multicasts (``stats.own``), splits
+  bundles (:func:`split_bundle`; a malformed one is dropped whole and
+  counted), hands each datagram to ``endpoint.receive(data, now)``, carries
+  out the outputs (:meth:`Driver._dispatch`) and, at the end of the batch,
+  flushes and re-arms the timer (:meth:`Driver._settle`);
+* the timer fires: :meth:`Driver._on_deadline` calls
+  ``endpoint.handle_deadline(now)`` if it is due, and flushes;
+* the app gives a command: :meth:`Driver._commanded` carries out its outputs
+  and says whether the caller should yield now (see *Bundling* in
+  docs/transports.md); if not, the transport runs :meth:`Driver._flush_soon`
+  the next time the caller lets other tasks run.
+
+Outputs: ``Transmit``/``TransmitGroup`` become UDP datagrams to the node's
+address (:func:`~powergrid.types.node_address`) or the group's
+(:meth:`UdpConfig.group_address`), queued for the next flush and packed per
+destination by :func:`pack_bundles`; ``JoinGroup``/``LeaveGroup`` open and
+close a group socket (:func:`open_group_socket`), whose reader the transport
+starts and stops; everything else is a notification for the app: handed to
+``on_event`` at once, or kept in a bounded queue read by :meth:`Driver.events`
+(the oldest dropped when full). From ``ViewChanged`` the driver also derives
+:class:`MemberJoined` and :class:`MemberLeft` for each member that came or
+went, just after it.
+
+A UDP datagram goes straight to the kernel; when its buffer is full the
+datagram waits in a bounded backlog (``max_queue``, the newest dropped beyond
+it) that the transport drains when the socket is writable.
+
+Shutdown (:meth:`Driver._begin_shutdown`): the node leaves gracefully unless
+it failed (an endpoint bug, or an exception that ended the app's block), its
+datagrams are flushed, and the transport then drains the backlog for at most
+``flush_timeout`` seconds and closes every socket (:meth:`Driver._close`).
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import logging
+import math
+import socket
+import sys
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from typing import Any, Literal
+
+import attrs
+
+from powergrid.errors import ConfigError, UsageError
+from powergrid.events import (
+    Endpoint,
+    JoinGroup,
+    LeaveGroup,
+    Transmit,
+    TransmitGroup,
+    ViewChanged,
+)
+from powergrid.protocols.membership import MemberRemoved
+from powergrid.types import GroupId, Incarnation, NodeId, format_node, node_address
+from powergrid.wire import HEADER_SIZE, MAGIC, WIRE_LIMIT
+
+__all__ = [
+    "BUNDLE_MAGIC",
+    "Command",
+    "Driver",
+    "MemberJoined",
+    "MemberLeft",
+    "UdpConfig",
+    "UdpStats",
+    "default_incarnation",
+    "format_event",
+    "open_group_socket",
+    "open_unicast_socket",
+    "pack_bundles",
+    "split_bundle",
+]
+
+log = logging.getLogger("powergrid.transports")
+
+_BATCH = 64  # datagrams a reader handles before letting other tasks run
+
+BUNDLE_MAGIC = b"PB"
+"""The first two bytes of a bundle; every powergrid datagram begins with ``PG``."""
+_BUNDLE_VERSION = 1
+_BUNDLE_HEAD = BUNDLE_MAGIC + bytes([_BUNDLE_VERSION])
+_BUNDLE_MIN = len(_BUNDLE_HEAD) + 2 * (2 + HEADER_SIZE)  # room for two minimal datagrams
+_UDP_MAX = 65507  # the largest UDP payload over IPv4
+assert BUNDLE_MAGIC != MAGIC
+
+Command = Callable[[Any, float], Iterable[object]]
+"""``(endpoint, now) -> outputs``: a local command given to the endpoint."""
+
+Address = tuple[str, int]
+
+
+def _ipv4(value: str, what: str) -> ipaddress.IPv4Address:
+    try:
+        return ipaddress.IPv4Address(value)
+    except ValueError as exc:
+        raise ConfigError(f"{what} {value!r} is not an IPv4 address") from exc
+
+
+@attrs.frozen(kw_only=True)
+class UdpConfig:
+    """Socket settings of the UDP transports. Raises :class:`ConfigError` when invalid.
+
+    * ``interface``: the local IPv4 address multicast leaves from
+      (``IP_MULTICAST_IF``) and joins on (``IP_ADD_MEMBERSHIP``).
+    * ``ttl``: multicast hops, 0..255; 0 keeps it on this host, 1 on the LAN.
+    * ``loopback``: ``IP_MULTICAST_LOOP``; keep it on when several nodes share a host.
+    * ``recv_buffer``: bytes asked for with ``SO_RCVBUF`` on every socket (0: the
+      OS default); the granted size is read back and a warning is logged when
+      it is less.
+    * ``max_queue``: datagrams waiting for room in the kernel's send buffer;
+      beyond it new datagrams are dropped and counted.
+    * ``event_queue``: notifications waiting for the app; beyond it the oldest is dropped.
+    * ``flush_timeout``: seconds shutdown waits for the send backlog to drain.
+    * ``bundle_size``: the most bytes of one bundle, framing included (see
+      :func:`pack_bundles`); 0 sends every datagram on its own. Receiving
+      bundles is always on: a node reads datagrams of up to
+      ``max(WIRE_LIMIT, bundle_size)`` bytes, so give every node of a cluster
+      the same setting (the default fits an Ethernet MTU).
+    * ``group_prefix``, ``group_port_base``, ``group_ports``: the default address
+      scheme, see :meth:`group_address`; ``group_map`` replaces it.
+    """
+
+    interface: str = "127.0.0.1"
+    ttl: int = 1
+    loopback: bool = True
+    recv_buffer: int = 4 << 20
+    max_queue: int = 1024
+    event_queue: int = 4096
+    flush_timeout: float = 1.0
+    bundle_size: int = WIRE_LIMIT
+    group_prefix: str = "239.255.0.0"
+    group_port_base: int = 20000
+    group_ports: int = 1000
+    group_map: Callable[[int], tuple[str, int]] | None = None
+
+    def __attrs_post_init__(self) -> None:
+        _ipv4(self.interface, "interface")
+        if not 0 <= self.ttl <= 255:
+            raise ConfigError(f"ttl {self.ttl} is outside 0..255 (0: this host, 1: the LAN)")
+        if self.recv_buffer < 0:
+            raise ConfigError(f"recv_buffer {self.recv_buffer} must be >= 0 bytes (0: OS default)")
+        if self.max_queue < 1:
+            raise ConfigError(f"max_queue {self.max_queue} must be at least 1 datagram")
+        if self.event_queue < 1:
+            raise ConfigError(f"event_queue {self.event_queue} must be at least 1 notification")
+        if not self.flush_timeout >= 0:
+            raise ConfigError(f"flush_timeout {self.flush_timeout} must be >= 0 seconds")
+        if self.bundle_size and not _BUNDLE_MIN <= self.bundle_size <= _UDP_MAX:
+            raise ConfigError(
+                f"bundle_size {self.bundle_size} must be 0 (no bundling) or "
+                f"{_BUNDLE_MIN}..{_UDP_MAX} bytes"
+            )
+        prefix = _ipv4(self.group_prefix, "group_prefix")
+        if not prefix.is_multicast or int(prefix) & 0xFFFF:
+            raise ConfigError(
+                f"group_prefix {self.group_prefix} must be a multicast /16 ending in .0.0, "
+                "e.g. 239.255.0.0"
+            )
+        if self.group_ports < 1:
+            raise ConfigError(f"group_ports {self.group_ports} must be at least 1")
+        if not 1 <= self.group_port_base <= 0x10000 - self.group_ports:
+            raise ConfigError(
+                f"group ports {self.group_port_base}..{self.group_port_base + self.group_ports - 1}"
+                " must lie within 1..65535: lower group_port_base or group_ports"
+            )
+
+    def group_address(self, group: int) -> tuple[str, int]:
+        """The multicast ``(ip, port)`` of ``group``.
+
+        By default the ip is ``group_prefix`` plus the group's low 16 bits
+        (group 0 -> 239.255.0.0, group 258 -> 239.255.1.2) and the port is
+        ``group_port_base + group % group_ports``. ``group_map`` overrides both.
+        """
+        if self.group_map is not None:
+            return self.group_map(group)
+        prefix = int(ipaddress.IPv4Address(self.group_prefix))
+        ip = str(ipaddress.IPv4Address(prefix | (group & 0xFFFF)))
+        return ip, self.group_port_base + group % self.group_ports
+
+
+@attrs.define(kw_only=True)
+class UdpStats:
+    """Counters of one transport run."""
+
+    sent: int = 0
+    """UDP datagrams handed to the kernel (a bundle is one)."""
+    received: int = 0
+    """Datagrams handed to the endpoint (each datagram of a bundle counts)."""
+    bundles_sent: int = 0
+    """Bundles made of the endpoint's datagrams (each is one datagram in ``sent``)."""
+    bundled: int = 0
+    """The endpoint's datagrams that left inside those bundles."""
+    bundles_received: int = 0
+    """Bundles received and split."""
+    bad_bundles: int = 0
+    """Malformed bundles received, dropped whole (see :func:`split_bundle`)."""
+    own: int = 0
+    """Our own multicasts looped back, dropped."""
+    send_errors: int = 0
+    """Sends the kernel refused (unreachable network, firewall, bad destination)."""
+    recv_errors: int = 0
+    """Errors reading a socket (e.g. an ICMP error reported on some systems)."""
+    queued: int = 0
+    """Datagrams that had to wait for room in the kernel's send buffer."""
+    dropped_send_queue: int = 0
+    """Datagrams dropped because the send backlog was full."""
+    dropped_events: int = 0
+    """Notifications dropped (oldest first) because the app did not read them."""
+    wakeups: int = 0
+    """Calls to ``handle_deadline``."""
+    recv_buffer: int = 0
+    """``SO_RCVBUF`` the kernel granted the unicast socket (Linux reports twice the
+    usable size)."""
+
+
+@attrs.frozen(kw_only=True)
+class MemberJoined:
+    """Notification: ``node`` (life ``incarnation``) is in ``group``'s view from now on.
+
+    Derived by the transport from each :class:`~powergrid.events.ViewChanged`
+    (it follows that event); this node itself is never reported. Prints the
+    node as ``host:port``.
+    """
+
+    group: GroupId
+    node: NodeId
+    incarnation: Incarnation
+
+    def __str__(self) -> str:
+        return f"joined group {self.group}: {format_node(self.node)} (life {self.incarnation})"
+
+
+@attrs.frozen(kw_only=True)
+class MemberLeft:
+    """Notification: ``node`` is no longer in ``group``'s view.
+
+    ``reason`` is ``"left"`` (a graceful leave), ``"crashed"`` (removed after
+    silence), ``"replaced"`` (a newer life of the same address) or
+    ``"unknown"`` (the view moved on without saying why, e.g. a partition
+    merged). Derived from :class:`~powergrid.events.ViewChanged` and the
+    membership's ``MemberRemoved`` before it; this node itself is never reported.
+    """
+
+    group: GroupId
+    node: NodeId
+    reason: Literal["left", "crashed", "replaced", "unknown"]
+
+    def __str__(self) -> str:
+        return f"left group {self.group}: {format_node(self.node)} ({self.reason})"
+
+
+_NODE_FIELDS = frozenset({"node", "sender", "leader", "to"})
+
+
+def _shown(name: str, value: object) -> str:
+    if name in _NODE_FIELDS and type(value) is int:
+        return format_node(value)
+    if isinstance(value, enum.Enum):
+        return value.name.lower()
+    if attrs.has(type(value)):
+        return format_event(value)
+    if isinstance(value, tuple):
+        return "[" + ", ".join(_shown(name, v) for v in value) + "]"
+    if isinstance(value, bytes) and len(value) > 40:
+        return repr(value[:40]) + f"...({len(value)} bytes)"
+    return str(value) if isinstance(value, int | float | str) else repr(value)
+
+
+def format_event(event: object) -> str:
+    """One line a person reads, for any notification: node ids as ``127.0.0.1:47001``.
+
+    ``MessageDelivered(group=1, sender=127.0.0.1:47001, seq=3, payload=b'hi')``;
+    a view lists its members by address. Objects that are not attrs classes
+    are shown with ``repr``. Never raises for an attrs event.
+    """
+    cls = type(event)
+    if not attrs.has(cls):
+        return repr(event)
+    if cls.__name__ == "Member":
+        return f"{format_node(event.node)}/{event.incarnation}"  # type: ignore[attr-defined]
+    fields = ", ".join(
+        f"{f.name}={_shown(f.name, getattr(event, f.name))}" for f in attrs.fields(cls)
+    )
+    return f"{cls.__name__}({fields})"
+
+
+def default_incarnation() -> int:
+    """The start time in milliseconds, mod 2**32 (a restart picks a higher one)."""
+    return (time.time_ns() // 1_000_000) % (1 << 32)
+
+
+def _pack(datagrams: Sequence[bytes]) -> bytes:
+    parts = [_BUNDLE_HEAD]
+    for data in datagrams:
+        parts.append(len(data).to_bytes(2, "big"))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def pack_bundles(datagrams: Sequence[bytes], limit: int) -> list[bytes]:
+    """The UDP datagrams that carry ``datagrams`` (for one destination), in order.
+
+    Consecutive datagrams are packed into bundles of at most ``limit`` bytes:
+    ``BUNDLE_MAGIC``, a version byte (1), then each datagram as a u16 length
+    (big-endian, at least 1) and its bytes, unchanged. A datagram that has no
+    company within the limit leaves as it is, unless it begins with
+    ``BUNDLE_MAGIC`` itself: then it is a bundle of one, so a receiver never
+    takes a lone datagram for a bundle.
+    """
+    out: list[bytes] = []
+    run: list[bytes] = []
+    size = len(_BUNDLE_HEAD)
+    for data in datagrams:
+        n = len(data) + 2
+        if run and size + n > limit:
+            out.append(_pack(run) if len(run) > 1 or run[0][:2] == BUNDLE_MAGIC else run[0])
+            run = []
+            size = len(_BUNDLE_HEAD)
+        run.append(data)
+        size += n
+    if run:
+        out.append(_pack(run) if len(run) > 1 or run[0][:2] == BUNDLE_MAGIC else run[0])
+    return out
+
+
+def split_bundle(data: bytes) -> list[bytes] | None:
+    """The datagrams of the bundle ``data``, in order; None if it is malformed.
+
+    Malformed: another magic or version, no datagram, a length of 0, or a
+    length running past the end. A malformed bundle is refused whole.
+    """
+    if data[:3] != _BUNDLE_HEAD:
+        return None
+    out: list[bytes] = []
+    pos = len(_BUNDLE_HEAD)
+    end = len(data)
+    while pos < end:
+        size = int.from_bytes(data[pos : pos + 2], "big")
+        pos += 2
+        if size == 0 or pos + size > end:  # also a lone length byte at the end (pos > end)
+            return None
+        out.append(data[pos : pos + size])
+        pos += size
+    return out or None
+
+
+def _set_recv_buffer(sock: socket.socket, want: int, what: str) -> int:
+    if want:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, want)
+    granted: int = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    if granted < want:
+        log.warning(
+            "%s: asked for a %d-byte receive buffer, the kernel granted %d; raise "
+            "net.core.rmem_max (Linux) or lower UdpConfig.recv_buffer",
+            what,
+            want,
+            granted,
+        )
+    return granted
+
+
+def open_unicast_socket(cfg: UdpConfig, host: str, port: int) -> tuple[socket.socket, int]:
+    """A non-blocking UDP socket bound to ``host:port`` with the multicast send options.
+
+    Returns the socket and the ``SO_RCVBUF`` granted (bytes). Raises
+    :class:`ConfigError` if it cannot be bound (address in use, not an
+    address of this host).
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        granted = _set_recv_buffer(sock, cfg.recv_buffer, f"{host}:{port}")
+        iface = socket.inet_aton(cfg.interface)
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, iface)
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, cfg.ttl)
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, int(cfg.loopback))
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            f"cannot open the unicast socket {host}:{port}: {exc}; "
+            "pick a free port on an address of this host"
+        ) from exc
+    if host != cfg.interface:
+        log.warning(
+            "node address %s differs from the multicast interface %s: multicasts will "
+            "carry source %s; set UdpConfig.interface to the node's host",
+            host,
+            cfg.interface,
+            host,
+        )
+    return sock, granted
+
+
+def open_group_socket(cfg: UdpConfig, group: int) -> socket.socket:
+    """A non-blocking UDP socket receiving ``group``'s multicasts (shared with other processes).
+
+    Raises ``OSError`` if it cannot be bound or joined.
+    """
+    ip, port = cfg.group_address(group)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if hasattr(socket, "SO_REUSEPORT"):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        _set_recv_buffer(sock, cfg.recv_buffer, f"group {group} ({ip}:{port})")
+        # Linux and BSD filter by destination when bound to the group; Windows cannot.
+        sock.bind(("" if sys.platform == "win32" else ip, port))
+        mreq = socket.inet_aton(ip) + socket.inet_aton(cfg.interface)
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _not_open(data: bytes, addr: Address) -> int:
+    raise OSError("the unicast socket is not open")
+
+
+class Driver:
+    """The app's handle on a running node, and the loop-independent half of its transport.
+
+    A transport subclass supplies the hooks at the end of this class (how to
+    wait, start and stop readers, what time it is). Commands and
+    :meth:`events` are used from tasks of that transport's event loop.
+    """
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        config: UdpConfig,
+        on_event: Callable[[object], object] | None = None,
+    ) -> None:
+        self._endpoint = endpoint
+        self._config = config
+        self._on_event = on_event
+        self._stats = UdpStats()
+        self._own = node_address(endpoint.node_id)
+        self._usock: socket.socket | None = None
+        self._sendto: Callable[[bytes, Address], int] = _not_open
+        self._groups: dict[int, socket.socket] = {}
+        self._armed = math.inf  # the timer's deadline as last set
+        self._recv_size = max(WIRE_LIMIT, config.bundle_size) + 1  # +1: oversized is seen
+        # datagrams waiting for the next flush, and their bytes as bundled
+        self._pending: list[tuple[bytes, Address]] = []
+        self._pending_bytes = 0
+        self._last_size = 0  # of the last datagram queued, framing included
+        # a command flushes at once when one more such datagram would not fit
+        self._room = config.bundle_size - len(_BUNDLE_HEAD) if config.bundle_size else -1
+        self._out = self._queue if config.bundle_size else self._send_lone
+        self._flush_due = False  # a flush is requested for when the commanding task yields
+        self._backlog: deque[tuple[bytes, Address]] = deque()
+        self._events: deque[object] = deque()
+        self._addresses: dict[int, Address] = {}  # node id -> its socket address
+        self._group_addresses: dict[int, Address] = {}  # group -> (ip, port)
+        self._views: dict[int, dict[NodeId, Incarnation]] = {}  # group -> last view's members
+        self._removed: dict[tuple[int, int], str] = {}  # (group, node) -> reason, until a view
+        self._running = False
+        self._closed = False
+        self._left = False
+        self._failed = False  # a transport task raised: no graceful leave
+        self._handlers: dict[type, Callable[[Any], None]] = {
+            Transmit: self._on_transmit,
+            JoinGroup: self._on_join,
+            LeaveGroup: self._on_leave,
+            ViewChanged: self._on_view,
+            MemberRemoved: self._on_removed,
+        }
+
+    # ------------------------------------------------------------ surface
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """The endpoint being driven (read its properties; command it via :meth:`command`)."""
+        return self._endpoint
+
+    @property
+    def node_id(self) -> NodeId:
+        """This node's id (its unicast address; :func:`~powergrid.types.format_node` prints it)."""
+        return self._endpoint.node_id
+
+    @property
+    def address(self) -> str:
+        """This node's id as a person reads it: ``"127.0.0.1:47001"``."""
+        return format_node(self._endpoint.node_id)
+
+    @property
+    def config(self) -> UdpConfig:
+        """The socket settings this node runs with."""
+        return self._config
+
+    @property
+    def stats(self) -> UdpStats:
+        """The transport's counters (live; the node's own are ``endpoint.stats``)."""
+        return self._stats
+
+    @property
+    def groups(self) -> tuple[int, ...]:
+        """The groups whose multicast address this node is subscribed to, sorted."""
+        return tuple(sorted(self._groups))
+
+    @property
+    def running(self) -> bool:
+        """True from start until shutdown begins."""
+        return self._running
+
+    async def events(self) -> AsyncIterator[object]:
+        """The node's notifications in order; ends once the node has stopped and all are read.
+
+        There is one queue: with two readers each notification goes to one of
+        them (whichever takes it first), never to both; fan out in the app if
+        two tasks need every event. Empty when ``run_node`` was given ``on_event``.
+        """
+        while True:
+            while self._events:
+                yield self._events.popleft()
+            if self._closed:
+                return
+            await self._wait_events()
+
+    async def command(self, call: Command) -> None:
+        """Give the endpoint a local command now: ``call(endpoint, now)`` returns its outputs.
+
+        Errors raised by ``call`` (e.g. :class:`UsageError`) reach the caller;
+        raises :class:`UsageError` if the node is not running.
+        """
+        self._check_running()
+        await self._after_command(self._commanded(call(self._endpoint, self._now())))
+
+    async def multicast(self, payload: bytes, *, group: int | None = None) -> None:
+        """``node.multicast(payload, now, group=group)``: reliable, ordered per sender.
+
+        ``group`` defaults to the node's cluster. Raises
+        :class:`~powergrid.errors.PayloadTooLargeError` beyond the payload limit and
+        :class:`UsageError` if the node is not running or not in ``group``.
+        """
+        self._check_running()
+        endpoint: Any = self._endpoint
+        await self._after_command(
+            self._commanded(endpoint.multicast(payload, self._now(), group=group))
+        )
+
+    async def send(self, to: int, payload: bytes, *, group: int | None = None) -> None:
+        """``node.send(to, payload, now, group=group)``: reliable unicast to node ``to``.
+
+        Raises what :meth:`multicast` raises.
+        """
+        self._check_running()
+        endpoint: Any = self._endpoint
+        await self._after_command(
+            self._commanded(endpoint.send(to, payload, self._now(), group=group))
+        )
+
+    async def set_bid(self, bid: Any) -> None:
+        """This server's bid (a :class:`~powergrid.Bid`, watts and price) is ``bid`` from now on.
+
+        Raises :class:`UsageError` if the node is not running.
+        """
+        await self.command(lambda ep, now: ep.set_bid(bid, now))
+
+    async def set_supply(self, watts: int) -> None:
+        """The supply (watts) this node clears with when it is the lead broker.
+
+        Raises :class:`UsageError` if the node is not running, and what the node
+        raises for a negative supply.
+        """
+        await self.command(lambda ep, now: ep.set_supply(watts, now))
+
+    async def leave(self) -> None:
+        """``node.leave(now)``: leave every group gracefully; the transport keeps running.
+
+        Raises :class:`UsageError` if the node is not running or has left already.
+        """
+        await self.command(lambda ep, now: ep.leave(now))
+        self._left = True
+
+    def __repr__(self) -> str:
+        state = "running" if self._running else "stopped"
+        return f"<{type(self).__name__} {self.address} {state}>"
+
+    # ------------------------------------------------------------ feeding the node
+
+    def _check_running(self) -> None:
+        if not self._running:
+            raise UsageError("the node is not running (run_node has exited or not started)")
+
+    def _commanded(self, outputs: Iterable[object]) -> bool:
+        """Carry out a command's outputs; True if its caller should let other tasks run now.
+
+        What waits is flushed now, and the caller yields, when the command
+        queued no datagram, or a bundle's worth waits (always without
+        bundling); else the transport calls :meth:`_flush_soon` when the
+        caller's task next lets others run. So a task goes on without
+        yielding only while it adds to a bundle that is not full yet.
+        """
+        before = len(self._pending)
+        self._dispatch(outputs)
+        if len(self._pending) == before or self._pending_bytes + self._last_size > self._room:
+            self._settle()
+            return True
+        if not self._flush_due:
+            self._flush_due = True
+            self._request_flush()
+        return False
+
+    def _flush_soon(self) -> None:
+        """The flush a command asked for (:meth:`_request_flush`), now that its task yielded."""
+        self._flush_due = False
+        self._settle()
+
+    def _read_batch(self, sock: socket.socket, group: bool) -> Literal[0, 1, 2]:
+        """Read and feed what ``sock`` holds: 0 drained, 1 more may wait (yield first), 2 closed.
+
+        Reads at most ``_BATCH`` datagrams; at the end flushes and re-arms once.
+        """
+        receive = self._endpoint.receive
+        dispatch = self._dispatch
+        stats = self._stats
+        own = self._own
+        recvfrom = sock.recvfrom
+        size = self._recv_size
+        now = self._now()
+        for _ in range(_BATCH):
+            try:
+                data, source = recvfrom(size)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if sock.fileno() < 0:  # closed by a LeaveGroup we just carried out
+                    self._settle()
+                    return 2
+                stats.recv_errors += 1
+                log.debug("receive error: %s", exc)
+                break
+            if group and source == own:
+                stats.own += 1
+                continue
+            if data[:2] == BUNDLE_MAGIC:
+                parts = split_bundle(data)
+                if parts is None:
+                    stats.bad_bundles += 1
+                    continue
+                stats.bundles_received += 1
+                stats.received += len(parts)
+                for part in parts:
+                    dispatch(receive(part, now))
+            else:
+                stats.received += 1
+                dispatch(receive(data, now))
+            if sock.fileno() < 0:
+                self._settle()
+                return 2
+        else:  # a full batch and maybe more waiting: let the other tasks run first
+            self._settle()
+            return 1
+        self._settle()
+        return 0
+
+    def _on_deadline(self) -> None:
+        """The timer fired: wake the endpoint if its deadline is due, and flush."""
+        now = self._now()
+        due = self._endpoint.next_deadline()
+        if due is not None and due <= now:
+            self._stats.wakeups += 1
+            self._dispatch(self._endpoint.handle_deadline(now))
+            self._flush()
+
+    def _start(self) -> None:
+        """Start the endpoint (after :meth:`_open`, once the transport's unicast reader runs)."""
+        self._running = True
+        self._dispatch(self._endpoint.start(self._now()))
+        self._settle()
+
+    def _begin_shutdown(self, failed: bool) -> None:
+        """Leave gracefully unless ``failed`` (or a task failed), flush, stop taking commands."""
+        failed = failed or self._failed
+        if self._running and not failed and not self._left and hasattr(self._endpoint, "leave"):
+            self._left = True
+            self._dispatch(self._endpoint.leave(self._now()))
+        self._flush()
+        self._running = False
+
+    def _open(self) -> None:
+        host, port = self._own
+        sock, self._stats.recv_buffer = open_unicast_socket(self._config, host, port)
+        self._usock = sock
+        self._sendto = sock.sendto
+
+    def _close(self) -> None:
+        self._running = False
+        self._closed = True
+        for group in sorted(self._groups):
+            self._close_group(group)
+        if self._usock is not None:
+            self._stop_writer(self._usock)
+            self._usock.close()
+        self._wake_events()
+
+    # ------------------------------------------------------------ outputs
+
+    def _settle(self) -> None:
+        """Before a task lets other tasks run: send what it produced, re-arm the timer."""
+        self._flush()
+        due = self._endpoint.next_deadline()
+        if due is None:
+            due = math.inf
+        if due != self._armed:  # moving a loop's timer costs more than comparing
+            self._armed = due
+            self._arm(due)
+
+    def _dispatch(self, outputs: Iterable[object]) -> None:
+        handlers = self._handlers
+        for out in outputs:
+            kind = type(out)
+            if kind is TransmitGroup:  # the hot path, inlined
+                group = out.group  # type: ignore[attr-defined]
+                addr = self._group_addresses.get(group)
+                if addr is None:
+                    addr = self._group_addresses[group] = self._config.group_address(group)
+                self._out(out.data, addr)  # type: ignore[attr-defined]
+                continue
+            handler = handlers.get(kind)
+            if handler is not None:
+                handler(out)
+            else:
+                self._notify(out)
+
+    def _notify(self, out: object) -> None:
+        if self._on_event is not None:
+            self._on_event(out)
+            return
+        events = self._events
+        if len(events) >= self._config.event_queue:
+            events.popleft()
+            self._stats.dropped_events += 1
+        events.append(out)
+        self._wake_events()
+
+    def _queue(self, data: bytes, addr: Address) -> None:
+        """Keep a datagram of the endpoint for the next :meth:`_flush` (bundling on)."""
+        self._pending.append((data, addr))
+        size = len(data) + 2
+        self._pending_bytes += size
+        self._last_size = size
+
+    def _send_lone(self, data: bytes, addr: Address) -> None:
+        """Send a datagram of the endpoint at once, unbundled (bundling off)."""
+        self._send(_pack((data,)) if data[:2] == BUNDLE_MAGIC else data, addr)
+
+    def _flush(self) -> None:
+        """Send the waiting datagrams, bundled per destination, in order per destination."""
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
+        self._pending_bytes = self._last_size = 0
+        if len(pending) == 1:
+            data, addr = pending[0]
+            self._send_lone(data, addr)
+            return
+        by_addr: dict[Address, list[bytes]] = {}
+        for data, addr in pending:
+            datagrams = by_addr.get(addr)
+            if datagrams is None:
+                by_addr[addr] = [data]
+            else:
+                datagrams.append(data)
+        stats = self._stats
+        limit = self._config.bundle_size
+        for addr, datagrams in by_addr.items():
+            wire = pack_bundles(datagrams, limit)
+            bundles = sum(1 for w in wire if w[:2] == BUNDLE_MAGIC)
+            stats.bundles_sent += bundles
+            stats.bundled += len(datagrams) - len(wire) + bundles
+            for w in wire:
+                self._send(w, addr)
+
+    def _send(self, data: bytes, addr: Address) -> None:
+        """Hand one UDP datagram to the kernel, or to the backlog while the kernel is full."""
+        if not self._backlog and self._send_now(data, addr):
+            return
+        if len(self._backlog) >= self._config.max_queue:
+            self._stats.dropped_send_queue += 1
+            return
+        self._stats.queued += 1
+        self._backlog.append((data, addr))
+        if self._usock is not None:
+            self._start_writer(self._usock)
+
+    def _send_now(self, data: bytes, addr: Address) -> bool:
+        """Hand one datagram to the kernel; False if its buffer is full (try later).
+
+        A closed socket (shutdown) or a refused send counts as a send error.
+        """
+        try:
+            self._sendto(data, addr)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            self._stats.send_errors += 1
+            log.warning("send to %s:%d failed: %s", addr[0], addr[1], exc)
+        else:
+            self._stats.sent += 1
+        return True
+
+    def _drain(self) -> bool:
+        """Send the backlog while the kernel takes it; True when it is empty."""
+        backlog = self._backlog
+        while backlog:
+            data, addr = backlog[0]
+            if not self._send_now(data, addr):
+                return False
+            backlog.popleft()
+        return True
+
+    def _on_transmit(self, out: Transmit) -> None:
+        addr = self._addresses.get(out.to)
+        if addr is None:
+            try:
+                addr = node_address(out.to)
+            except ConfigError as exc:
+                self._stats.send_errors += 1
+                log.warning("dropped a datagram: %s", exc)
+                return
+            self._addresses[out.to] = addr
+        self._out(out.data, addr)
+
+    def _on_join(self, out: JoinGroup) -> None:
+        group = out.group
+        if group in self._groups or not self._running or self._closed:
+            return
+        try:
+            sock = open_group_socket(self._config, group)
+        except OSError as exc:
+            ip, port = self._config.group_address(group)
+            self._stats.recv_errors += 1
+            log.error("cannot join group %d at %s:%d: %s", group, ip, port, exc)
+            return
+        self._groups[group] = sock
+        self._start_group_reader(group, sock)
+
+    def _on_leave(self, out: LeaveGroup) -> None:
+        self._group_addresses.pop(out.group, None)
+        if out.group in self._groups:
+            self._close_group(out.group)
+        self._views.pop(out.group, None)
+
+    def _close_group(self, group: int) -> None:
+        sock = self._groups.pop(group)
+        self._stop_group_reader(group, sock)
+        sock.close()
+
+    def _on_removed(self, out: MemberRemoved) -> None:
+        self._removed[(out.group, out.node)] = out.reason
+        self._notify(out)
+
+    def _on_view(self, out: ViewChanged) -> None:
+        """Pass the view on, then one MemberJoined / MemberLeft per member that came or went."""
+        self._notify(out)
+        view = out.view
+        me = self._endpoint.node_id
+        new = {m.node: m.incarnation for m in view.members}
+        old = self._views.get(view.group, {})
+        self._views[view.group] = new
+        for node in sorted(new):
+            if node != me and old.get(node) != new[node]:
+                if node in old:  # a new life of a member we knew: the old one went
+                    self._notify(MemberLeft(group=view.group, node=node, reason="replaced"))
+                self._notify(MemberJoined(group=view.group, node=node, incarnation=new[node]))
+        for node in sorted(old):
+            if node != me and node not in new:
+                reason: Any = self._removed.get((view.group, node), "unknown")
+                self._notify(MemberLeft(group=view.group, node=node, reason=reason))
+        for key in [k for k in self._removed if k[0] == view.group]:
+            del self._removed[key]
+
+    # ------------------------------------------------------------ the event loop's part
+
+    def _now(self) -> float:
+        """The loop's monotonic clock, seconds."""
+        raise NotImplementedError
+
+    def _arm(self, deadline: float) -> None:
+        """Make the timer call :meth:`_on_deadline` at ``deadline`` (inf: never)."""
+        raise NotImplementedError
+
+    def _request_flush(self) -> None:
+        """Call :meth:`_flush_soon` when the current task next lets other tasks run."""
+        raise NotImplementedError
+
+    def _start_writer(self, sock: socket.socket) -> None:
+        """Call :meth:`_drain` whenever ``sock`` is writable, until the backlog is empty."""
+        raise NotImplementedError
+
+    def _stop_writer(self, sock: socket.socket) -> None:
+        """Stop what :meth:`_start_writer` started (no-op if nothing runs)."""
+
+    def _start_group_reader(self, group: int, sock: socket.socket) -> None:
+        """Call :meth:`_read_batch` (``group=True``) whenever ``sock`` is readable."""
+        raise NotImplementedError
+
+    def _stop_group_reader(self, group: int, sock: socket.socket) -> None:
+        """Stop the reader of ``sock`` before it is closed."""
+        raise NotImplementedError
+
+    def _wake_events(self) -> None:
+        """Wake a task waiting in :meth:`_wait_events`, if any."""
+        raise NotImplementedError
+
+    async def _wait_events(self) -> None:
+        """Wait until :meth:`_wake_events` is called."""
+        raise NotImplementedError
+
+    async def _after_command(self, yield_now: bool) -> None:
+        """Let other tasks run if ``yield_now``, else only check for cancellation."""
+        raise NotImplementedError
