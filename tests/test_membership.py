@@ -1,5 +1,9 @@
 """Heartbeat membership (powergrid.protocols.membership): exact actions per rule,
-properties, simulation."""
+properties, simulation.
+
+Each rule test's docstring names the rules it checks by their numbers in
+docs/protocols/membership.md (L leader, M member, E leadership, V view ids, I
+incarnations), as the code's comments do at each rule's implementation."""
 
 from __future__ import annotations
 
@@ -140,9 +144,9 @@ def ack_all(m: MembershipMachine, nodes: Iterable[int], now: float, epoch: int =
 
 
 def test_join_listens_first_then_multicasts_every_cap_while_no_leader_is_known() -> None:
-    """Join: with no leader known, listen (a leader names itself in every heartbeat, the
-    bootstrap election names one) and multicast a request only after join_timeout +
-    join_retry_max, then again every join_retry_max."""
+    """Join (rule M7): with no leader known, listen (a leader names itself in every heartbeat, the
+    bootstrap election names one) and multicast a request only after join_timeout + join_retry_max,
+    then again every join_retry_max."""
     m = machine(A)
     assert m.state == "idle" and m.next_deadline() is None
     assert m.handle(Join(), 0.0) == []
@@ -158,8 +162,8 @@ def test_join_listens_first_then_multicasts_every_cap_while_no_leader_is_known()
 
 
 def test_join_to_a_known_leader_retries_with_backoff_and_cap() -> None:
-    """Join: a joiner that hears a leader's heartbeat asks it by unicast at once, then again
-    after join_retry, doubling up to the cap."""
+    """Join (rule M7): a joiner that hears a leader's heartbeat asks it by unicast at once, then
+    again after join_retry, doubling up to the cap."""
     m = machine(A)
     assert m.handle(Join(), 0.0) == []
     hb = Heartbeat(epoch=1, view_id=1)
@@ -177,7 +181,7 @@ def test_join_to_a_known_leader_retries_with_backoff_and_cap() -> None:
 
 
 def test_join_request_carries_rank_and_broker_flag() -> None:
-    """Join: the request names the node's rank and whether it may become a broker."""
+    """Join (rule M7): the request names the node's rank and whether it may become a broker."""
     me = Member(node=A, incarnation=Incarnation(3), rank=5, broker_capable=True)
     m = MembershipMachine(EXACT, me=me, group=G, rng=random.Random(0))
     m.handle(Join(), 0.0)
@@ -186,7 +190,8 @@ def test_join_request_carries_rank_and_broker_flag() -> None:
 
 
 def test_join_jitter_comes_from_the_rng() -> None:
-    """Join: each retry delay is lengthened by up to join_jitter of itself, from the rng."""
+    """Join (rule M7): each retry delay is lengthened by up to join_jitter of itself, from the
+    rng."""
     cfg = attrs.evolve(EXACT, join_jitter=0.5)
     m = machine(A, config=cfg, seed=4)
     m.handle(Join(), 0.0)  # listens: 3.0 * (1 + 0.5 * the first draw)
@@ -197,7 +202,7 @@ def test_join_jitter_comes_from_the_rng() -> None:
 
 
 def test_bootstrap_leader_lost_once_and_keeps_joining() -> None:
-    """Bootstrap: no leader heard within join_timeout -> LeaderLost(group, 0, 0), once."""
+    """Bootstrap (rule M8): no leader heard within join_timeout -> LeaderLost(group, 0, 0), once."""
     m = machine(A)
     m.handle(Join(), 0.0)
     assert m.handle(WAKE, 2.0) == [LeaderLost(group=G, leader=NodeId(0), epoch=Epoch(0))]
@@ -209,7 +214,8 @@ def test_bootstrap_leader_lost_once_and_keeps_joining() -> None:
 
 
 def test_leader_admits_joins_at_next_heartbeat_in_one_view() -> None:
-    """Join: the leader admits every request heard since its last tick in one new view."""
+    """Join (rules L1, L5): the leader admits every request heard since its last tick in one new
+    view."""
     m = machine(L)
     m.handle(Join(), 0.0)
     m.handle(LeaderElected(group=G, leader=L, epoch=Epoch(1)), 0.0)
@@ -226,7 +232,7 @@ def test_leader_admits_joins_at_next_heartbeat_in_one_view() -> None:
 
 
 def test_joiner_installs_view_that_lists_it() -> None:
-    """Join: a view of the leader that lists this node ends joining; retries stop."""
+    """Join (rule M4): a view of the leader that lists this node ends joining; retries stop."""
     m = machine(A)
     m.handle(Join(), 0.0)
     members = [mem(A), mem(L)]
@@ -238,7 +244,7 @@ def test_joiner_installs_view_that_lists_it() -> None:
 
 
 def test_joiner_hearing_a_leader_asks_it_directly() -> None:
-    """Join: a joiner that hears a leader's heartbeat sends its request to that leader."""
+    """Join (rule M7): a joiner that hears a leader's heartbeat sends its request to that leader."""
     m = machine(A)
     m.handle(Join(), 0.0)
     assert m.handle(rcv(L, Heartbeat(epoch=1, view_id=1)), 0.125) == [Send(to=L, message=JOIN)]
@@ -247,7 +253,7 @@ def test_joiner_hearing_a_leader_asks_it_directly() -> None:
 
 
 def test_joiner_asks_for_a_view_it_never_saw() -> None:
-    """Join: a joiner hearing its leader name a view id it never saw asks for that view
+    """Join (rule M5): a joiner hearing its leader name a view id it never saw asks for that view
     (it may be the view admitting it, lost on the way)."""
     m = machine(A)
     m.handle(Join(), 0.0)
@@ -259,12 +265,12 @@ def test_joiner_asks_for_a_view_it_never_saw() -> None:
 
 
 def test_joiner_whose_last_view_id_blocks_its_leaders_view_asks_for_it() -> None:
-    """Join: a node left out of a view keeps its last view's id. A new leader (here a new
-    life of L, whose view ids start again at 1) admits it in a view whose id is not above
-    that one, so it may not install it (view ids only grow) and, sending no acks, never
-    told the leader why. Its leader's heartbeat naming such a view id makes it ask for the
-    view with its own view's id, which lifts the leader above it (fuzz seed 10018 and the
-    multicast-buffer seeds 3319, 5146, 8485, 9409, 11508: a node stuck joining for good)."""
+    """Join (rules M5, L8): a node left out of a view keeps its last view's id. A new leader (here a
+    new life of L, whose view ids start again at 1) admits it in a view whose id is not above that
+    one, so it may not install it (view ids only grow) and, sending no acks, never told the leader
+    why. Its leader's heartbeat naming such a view id makes it ask for the view with its own view's
+    id, which lifts the leader above it (fuzz seed 10018 and the multicast-buffer seeds 3319, 5146,
+    8485, 9409, 11508: a node stuck joining for good)."""
     m = follower(A, B)  # view 2 of epoch 1
     m.handle(rcv(L, part(1, 3, [mem(B), mem(L)], gone=[(A, 1, 1)])), 0.5)
     assert m.state == "joining"
@@ -283,14 +289,14 @@ def test_joiner_whose_last_view_id_blocks_its_leaders_view_asks_for_it() -> None
 
 
 def test_duplicate_join_is_answered_with_the_view_by_unicast() -> None:
-    """Join: a request from a member already in the view gets the view by unicast."""
+    """Join (rule L5): a request from a member already in the view gets the view by unicast."""
     m = lead(A)
     assert m.handle(rcv(A, JOIN), 0.3) == [Send(to=A, message=part(1, 2, [mem(A), mem(L)]))]
     assert m.stats.duplicate_joins == 1
 
 
 def test_join_twice_or_leave_while_idle_is_usage_error() -> None:
-    """Commands: Join while joined and Leave while idle raise UsageError at once."""
+    """Commands (rules M7, M10): Join while joined and Leave while idle raise UsageError at once."""
     m = machine(A)
     with pytest.raises(UsageError, match="Join before leaving"):
         m.handle(Leave(), 0.0)
@@ -303,7 +309,7 @@ def test_join_twice_or_leave_while_idle_is_usage_error() -> None:
 
 
 def test_leader_heartbeat_cadence_and_exact_deadlines() -> None:
-    """Leader: a heartbeat every heartbeat_interval; early wake-ups do nothing; late ones
+    """Leader (rule L1): a heartbeat every heartbeat_interval; early wake-ups do nothing; late ones
     catch up."""
     m = lead(A)  # view 2 at the 0.25 tick
     hb = Multicast(message=Heartbeat(epoch=1, view_id=2))
@@ -353,7 +359,7 @@ def test_lone_heartbeat_interval_below_the_tick_is_refused() -> None:
 
 
 def test_member_acks_heartbeat_of_its_leader() -> None:
-    """Member: every heartbeat of the followed leader is answered with a unicast ack."""
+    """Member (rule M2): every heartbeat of the followed leader is answered with a unicast ack."""
     m = follower(A)
     assert m.handle(rcv(L, Heartbeat(epoch=1, view_id=2)), 0.5) == [
         Send(to=L, message=HeartbeatAck(epoch=1, view_id=2))
@@ -363,7 +369,8 @@ def test_member_acks_heartbeat_of_its_leader() -> None:
 
 
 def test_member_requests_newer_view_at_most_once_per_interval() -> None:
-    """View request: a heartbeat naming a newer view makes the member ask the leader for it."""
+    """View request (rule M3): a heartbeat naming a newer view makes the member ask the leader for
+    it."""
     m = follower(A)
     hb = rcv(L, Heartbeat(epoch=1, view_id=3))
     ack = Send(to=L, message=HeartbeatAck(epoch=1, view_id=2))
@@ -374,7 +381,7 @@ def test_member_requests_newer_view_at_most_once_per_interval() -> None:
 
 
 def test_leader_answers_view_request_by_unicast() -> None:
-    """View request: the leader sends its current view to the asking member by unicast."""
+    """View request (rule L8): the leader sends its current view to the asking member by unicast."""
     m = lead(A, B)
     assert m.handle(rcv(A, ViewRequest(epoch=1, view_id=1)), 0.3) == [
         Send(to=A, message=part(1, 2, [mem(A), mem(B), mem(L)]))
@@ -383,7 +390,8 @@ def test_leader_answers_view_request_by_unicast() -> None:
 
 
 def test_ack_with_higher_view_id_lifts_the_leader_above_it() -> None:
-    """View ids only grow: an ack naming a view id above the leader's makes a new view above it."""
+    """View ids only grow (rules L8, V1): an ack naming a view id above the leader's makes a new
+    view above it."""
     m = lead(A)
     assert m.handle(rcv(A, HeartbeatAck(epoch=1, view_id=7)), 0.3) == [
         ViewChanged(view=view(8, L, 1, mem(A), mem(L))),
@@ -392,8 +400,8 @@ def test_ack_with_higher_view_id_lifts_the_leader_above_it() -> None:
 
 
 def test_view_request_with_the_leaders_own_view_id_lifts_the_leader() -> None:
-    """View ids only grow: a member asks for a view with its own view's id only when its view
-    is not this leader's (a twin leader's of this epoch): the leader goes above it."""
+    """View ids only grow (rule L8): a member asks for a view with its own view's id only when its
+    view is not this leader's (a twin leader's of this epoch): the leader goes above it."""
     m = lead(A)  # view 2 of epoch 1
     assert m.handle(rcv(A, ViewRequest(epoch=1, view_id=2)), 0.3) == [
         ViewChanged(view=view(3, L, 1, mem(A), mem(L))),
@@ -405,7 +413,7 @@ def test_view_request_with_the_leaders_own_view_id_lifts_the_leader() -> None:
 
 
 def test_member_asks_for_a_view_with_its_id_from_another_leader() -> None:
-    """Ask: a heartbeat naming the member's own view id and epoch, from a node (or an
+    """Ask (rule M3): a heartbeat naming the member's own view id and epoch, from a node (or an
     incarnation) that did not issue the member's view, means two views share that id: ask."""
     m = follower(A, B)  # view 2 of L (incarnation 1), epoch 1
     assert m.handle(rcv(L, Heartbeat(epoch=1, view_id=2), inc=2), 0.5) == [
@@ -424,7 +432,8 @@ def test_member_asks_for_a_view_with_its_id_from_another_leader() -> None:
 
 
 def test_member_refuses_views_not_newer_than_its_own() -> None:
-    """View ids only grow: a member drops a view whose id is not above the installed one."""
+    """View ids only grow (rules M4, V1): a member drops a view whose id is not above the installed
+    one."""
     m = follower(A, view_id=5)
     assert m.handle(rcv(L, part(1, 5, [mem(A), mem(L)])), 0.3) == []
     assert m.handle(rcv(L, part(1, 4, [mem(A), mem(L), mem(B)])), 0.3) == []
@@ -436,8 +445,9 @@ def test_member_refuses_views_not_newer_than_its_own() -> None:
 
 
 def test_silent_member_is_suspected_probed_then_removed() -> None:
-    """Detection: no ack for suspect_timeout -> MemberSuspected and probes (direct and via
-    k members) every tick; still silent removal_timeout later -> removed as crashed."""
+    """Detection (rules L2, L3, L4): no ack for suspect_timeout -> MemberSuspected and probes
+    (direct and via k members) every tick; still silent removal_timeout later -> removed as crashed.
+    """
     m = lead(A, B, C)
     probe = Probe(epoch=1, nonce=1, target=A, target_incarnation=1, requester=L)
     ack_all(m, (B, C), 0.375)
@@ -471,8 +481,9 @@ def test_silent_member_is_suspected_probed_then_removed() -> None:
 
 
 def test_tick_stretches_with_group_size_to_bound_the_leaders_ack_rate() -> None:
-    """Scaling: the tick is heartbeat_interval until the acks of n - 1 members would exceed
-    max_ack_rate per second; then the suspect and leader timeouts are at least 2 and 4 ticks."""
+    """Scaling (rule L1): the tick is heartbeat_interval until the acks of n - 1 members would
+    exceed max_ack_rate per second; then the suspect and leader timeouts are at least 2 and 4 ticks.
+    """
     cfg = DEFAULTS
     assert cfg.tick(8) == 0.1 and cfg.tick(41) == 0.1
     assert cfg.tick(100) == 99 / 400
@@ -484,8 +495,8 @@ def test_tick_stretches_with_group_size_to_bound_the_leaders_ack_rate() -> None:
 
 
 def test_stretched_tick_probes_suspects_every_heartbeat_interval() -> None:
-    """Scaling: with a stretched tick the leader still probes its suspects (and removes them)
-    every heartbeat_interval, between two heartbeats."""
+    """Scaling (rules L3, L4): with a stretched tick the leader still probes its suspects (and
+    removes them) every heartbeat_interval, between two heartbeats."""
     cfg = attrs.evolve(EXACT, max_ack_rate=4.0)  # 4 members: tick 0.75; suspect after 1.5
     m = machine(L, config=cfg)
     m.handle(Join(), 0.0)
@@ -521,8 +532,8 @@ def test_stretched_tick_probes_suspects_every_heartbeat_interval() -> None:
 
 
 def test_member_leader_timeout_is_at_least_four_stretched_ticks() -> None:
-    """Scaling: a member of a view with a stretched tick reports its leader lost only after
-    LEADER_TICKS ticks of silence."""
+    """Scaling (rule M6): a member of a view with a stretched tick reports its leader lost only
+    after LEADER_TICKS ticks of silence."""
     cfg = attrs.evolve(EXACT, max_ack_rate=4.0)  # 4 members: tick 0.75, leader timeout 3.0
     m = machine(A, config=cfg)
     m.handle(Join(), 0.0)
@@ -533,7 +544,8 @@ def test_member_leader_timeout_is_at_least_four_stretched_ticks() -> None:
 
 
 def test_indirect_probe_helpers_are_sampled_with_the_rng() -> None:
-    """Detection: with more candidates than indirect_probes, helpers come from the rng, sorted."""
+    """Detection (rule L3): with more candidates than indirect_probes, helpers come from the rng,
+    sorted."""
     m = lead(A, B, C, D)
     ack_all(m, (B, C, D), 0.375)
     m.handle(WAKE, 0.5)
@@ -545,7 +557,7 @@ def test_indirect_probe_helpers_are_sampled_with_the_rng() -> None:
 
 
 def test_ack_clears_suspicion() -> None:
-    """Detection: an ack from a suspect clears the suspicion; probing stops."""
+    """Detection (rule L3): an ack from a suspect clears the suspicion; probing stops."""
     m = lead(A, B, C)
     for t in (0.375, 0.625):
         ack_all(m, (B, C), t)
@@ -558,7 +570,8 @@ def test_ack_clears_suspicion() -> None:
 
 
 def test_relayed_probe_ack_clears_suspicion_only_with_its_nonce() -> None:
-    """Detection: a ProbeAck relayed by a helper clears the suspicion whose nonce it names."""
+    """Detection (rule L3): a ProbeAck relayed by a helper clears the suspicion whose nonce it
+    names."""
     m = lead(A, B, C)
     for t in (0.375, 0.625):
         ack_all(m, (B, C), t)
@@ -573,7 +586,8 @@ def test_relayed_probe_ack_clears_suspicion_only_with_its_nonce() -> None:
 
 
 def test_member_answers_probe_and_relays_indirect_probes() -> None:
-    """Probes: the target answers whoever asked; a helper relays the probe and the answer."""
+    """Probes (rule M9): the target answers whoever asked; a helper relays the probe and the
+    answer."""
     probe = Probe(epoch=1, nonce=5, target=A, target_incarnation=1, requester=L)
     answer = ProbeAck(epoch=1, nonce=5, target=A, target_incarnation=1, requester=L)
     a = follower(A, B)
@@ -595,7 +609,7 @@ def test_member_answers_probe_and_relays_indirect_probes() -> None:
 
 
 def test_leave_notice_removes_member_at_once() -> None:
-    """Leave: the leader removes a member that sends LeaveNotice at once, reason left."""
+    """Leave (rule L6): the leader removes a member that sends LeaveNotice at once, reason left."""
     m = lead(A, B)
     rest = [mem(B), mem(L)]
     assert m.handle(rcv(A, LeaveNotice(epoch=1)), 0.3) == [
@@ -606,7 +620,8 @@ def test_leave_notice_removes_member_at_once() -> None:
 
 
 def test_leave_command_multicasts_notice_and_goes_idle() -> None:
-    """Leave: the node multicasts a LeaveNotice, reports Left, and ignores the group after."""
+    """Leave (rule M10): the node multicasts a LeaveNotice, reports Left, and ignores the group
+    after."""
     m = follower(A)
     assert m.handle(Leave(), 0.5) == [Multicast(message=LeaveNotice(epoch=1)), Left(group=G)]
     assert m.state == "idle" and m.view is None and m.next_deadline() is None
@@ -615,7 +630,8 @@ def test_leave_command_multicasts_notice_and_goes_idle() -> None:
 
 
 def test_leader_that_left_rejoins_by_multicast() -> None:
-    """Leave: a leader that left and joins again does not ask itself; it multicasts."""
+    """Leave (rules M10, M7): a leader that left and joins again does not ask itself; it
+    multicasts."""
     m = lead(A)
     assert m.handle(Leave(), 0.3) == [Multicast(message=LeaveNotice(epoch=1)), Left(group=G)]
     assert m.handle(Join(), 0.4) == []
@@ -626,7 +642,7 @@ def test_leader_that_left_rejoins_by_multicast() -> None:
 
 
 def test_member_reports_leader_lost_at_once_when_leader_leaves() -> None:
-    """Leave: a member whose leader sends LeaveNotice reports LeaderLost at once, once."""
+    """Leave (rule M6): a member whose leader sends LeaveNotice reports LeaderLost at once, once."""
     m = follower(A)
     lost = [LeaderLost(group=G, leader=L, epoch=Epoch(1))]
     assert m.handle(rcv(L, LeaveNotice(epoch=1)), 0.5) == lost
@@ -635,7 +651,7 @@ def test_member_reports_leader_lost_at_once_when_leader_leaves() -> None:
 
 
 def test_member_reports_removals_with_their_reasons() -> None:
-    """Views: members report every node a new view drops, with the leader's stated reason
+    """Views (rule M4): members report every node a new view drops, with the leader's stated reason
     (a departure not announced is reported as crashed)."""
     m = follower(A, B, C, D)
     rest = [mem(A), mem(D, 2), mem(L)]
@@ -649,7 +665,8 @@ def test_member_reports_removals_with_their_reasons() -> None:
 
 
 def test_member_left_out_of_a_view_reports_itself_and_joins_again() -> None:
-    """Views: a member missing from its leader's view reports its own removal and rejoins."""
+    """Views (rule M5): a member missing from its leader's view reports its own removal and
+    rejoins."""
     m = follower(A, B)
     assert m.handle(rcv(L, part(1, 3, [mem(B), mem(L)], gone=[(A, 1, 1)])), 0.5) == [
         MemberRemoved(group=G, node=A, reason="crashed"),
@@ -664,7 +681,7 @@ def test_member_left_out_of_a_view_reports_itself_and_joins_again() -> None:
 
 
 def test_old_incarnation_is_dropped() -> None:
-    """Incarnations: messages from an older life of a member are dropped and counted."""
+    """Incarnations (rule I1): messages from an older life of a member are dropped and counted."""
     m = lead(A)
     m.handle(rcv(A, JoinRequest(rank=0, broker_capable=0), inc=2), 0.3)
     m.handle(WAKE, 0.5)
@@ -674,7 +691,8 @@ def test_old_incarnation_is_dropped() -> None:
 
 
 def test_higher_incarnation_replaces_the_member() -> None:
-    """Incarnations: a join from a higher incarnation replaces the member (reason replaced)."""
+    """Incarnations (rule L5): a join from a higher incarnation replaces the member (reason
+    replaced)."""
     m = lead(A, B)
     assert m.handle(rcv(A, JOIN, inc=2), 0.3) == []
     ack_all(m, (A, B), 0.4)
@@ -688,7 +706,7 @@ def test_higher_incarnation_replaces_the_member() -> None:
 
 
 def test_own_messages_are_dropped() -> None:
-    """Peers: messages bearing this node's own id (loopback, older life) are dropped."""
+    """Peers (rule I1): messages bearing this node's own id (loopback, older life) are dropped."""
     m = lead(A)
     assert m.handle(rcv(L, Heartbeat(epoch=1, view_id=2)), 0.3) == []
     assert m.stats.dropped_own == 1
@@ -698,7 +716,8 @@ def test_own_messages_are_dropped() -> None:
 
 
 def test_stale_epoch_is_refused() -> None:
-    """Fencing: heartbeats, views and LeaderElected of an older epoch are refused and counted."""
+    """Fencing (rules M1, E4): heartbeats, views and LeaderElected of an older epoch are refused and
+    counted."""
     m = follower(A, B, epoch=2)
     assert m.handle(rcv(B, Heartbeat(epoch=1, view_id=9)), 0.5) == []
     assert m.handle(rcv(B, part(1, 9, [mem(A), mem(B)])), 0.5) == []
@@ -708,10 +727,10 @@ def test_stale_epoch_is_refused() -> None:
 
 
 def test_foreign_epoch_heartbeat_is_refused_but_the_election_is_obeyed() -> None:
-    """Fencing (epoch window): a heartbeat or view of an epoch more than EPOCH_WINDOW away
-    from the one followed (foreign, neither newer nor older) is refused like an older one,
-    so one forged datagram cannot move membership; LeaderElected of a foreign epoch is
-    obeyed (the election is the authority, and it only goes there without a live leader)."""
+    """Fencing (epoch window; rules M1, E4): a heartbeat or view of an epoch more than EPOCH_WINDOW
+    away from the one followed (foreign, neither newer nor older) is refused like an older one, so
+    one forged datagram cannot move membership; LeaderElected of a foreign epoch is obeyed (the
+    election is the authority, and it only goes there without a live leader)."""
     far = 2 + EPOCH_WINDOW + 1
     m = follower(A, B, epoch=2)
     assert m.handle(rcv(B, Heartbeat(epoch=far, view_id=9)), 0.5) == []
@@ -722,9 +741,9 @@ def test_foreign_epoch_heartbeat_is_refused_but_the_election_is_obeyed() -> None
 
 
 def test_epochs_wrap_past_the_top() -> None:
-    """Fencing (serial epochs): epoch 1 is newer than 2**32-1, so a node that followed a
-    (forged) leader of epoch 2**32-1 follows the next leader, of epoch 1; 2**32-1 is then
-    older and refused."""
+    """Fencing (serial epochs; rule M1): epoch 1 is newer than 2**32-1, so a node that followed a
+    (forged) leader of epoch 2**32-1 follows the next leader, of epoch 1; 2**32-1 is then older and
+    refused."""
     top = 2**32 - 1
     m = follower(A, B, epoch=top)
     m.handle(rcv(B, Heartbeat(epoch=1, view_id=2)), 0.5)
@@ -735,7 +754,7 @@ def test_epochs_wrap_past_the_top() -> None:
 
 
 def test_view_ids_wrap_past_the_top() -> None:
-    """View ids (serial, 64 bits): the view after 2**64-1 is view 1, newer than it, so a
+    """View ids (serial, 64 bits; rule V1): the view after 2**64-1 is view 1, newer than it, so a
     forged view id at the top never stops a leader from making views (it used to raise)."""
     top = 2**64 - 1
     m = follower(A, B, view_id=top)
@@ -749,10 +768,10 @@ def test_view_ids_wrap_past_the_top() -> None:
 
 
 def test_view_id_far_off_is_foreign() -> None:
-    """View ids (window): an ack naming a view id more than VIEW_WINDOW from the leader's
-    does not lift the leader (one forged ack cannot drag view ids anywhere), and a member
-    holding a view id that far from its leader's installs the leader's views (a forged view
-    cannot pin it): only a view id at most VIEW_WINDOW below its own is older."""
+    """View ids (window; rule V1): an ack naming a view id more than VIEW_WINDOW from the leader's
+    does not lift the leader (one forged ack cannot drag view ids anywhere), and a member holding a
+    view id that far from its leader's installs the leader's views (a forged view cannot pin it):
+    only a view id at most VIEW_WINDOW below its own is older."""
     far = 3 + VIEW_WINDOW + 1
     m = lead(A)
     assert m.handle(rcv(A, HeartbeatAck(epoch=1, view_id=far)), 0.3) == []
@@ -769,11 +788,11 @@ def test_view_id_far_off_is_foreign() -> None:
 
 
 def test_a_forged_life_of_the_leader_is_dropped_when_the_election_hears_it() -> None:
-    """Incarnations (forged lives): a forged view in the leader's name, listing it in a
-    higher life, makes its real heartbeats stale; once they are missed (LeaderLost), a
-    LeaderElected naming the same leader and epoch (the election heard it alive) drops the
-    recorded life, and the real heartbeats are followed again. The view's incarnation of
-    the followed leader never shuts them out: its lives are fenced by the leader rules."""
+    """Incarnations (forged lives; rule I1): a forged view in the leader's name, listing it in a
+    higher life, makes its real heartbeats stale; once they are missed (LeaderLost), a LeaderElected
+    naming the same leader and epoch (the election heard it alive) drops the recorded life, and the
+    real heartbeats are followed again. The view's incarnation of the followed leader never shuts
+    them out: its lives are fenced by the leader rules."""
     m = follower(A, B)  # L in incarnation 1, epoch 1
     forged = [mem(A), mem(B), mem(L, inc=9)]
     assert m.handle(rcv(L, part(1, 3, forged), inc=9), 0.5)[-1] == ViewChanged(
@@ -788,16 +807,16 @@ def test_a_forged_life_of_the_leader_is_dropped_when_the_election_hears_it() -> 
 
 
 def test_second_leader_of_the_same_epoch_is_dropped() -> None:
-    """Fencing: a heartbeat from another node claiming the followed epoch is dropped."""
+    """Fencing (rule M1): a heartbeat from another node claiming the followed epoch is dropped."""
     m = follower(A, B)
     assert m.handle(rcv(B, Heartbeat(epoch=1, view_id=5)), 0.5) == []
     assert m.stats.conflicting_leader == 1
 
 
 def test_leader_elected_naming_a_twin_of_the_same_epoch_is_followed() -> None:
-    """Leadership (twins): LeaderElected naming another leader of the epoch this node leads
-    (the election settled a twin of a partition on the other one) makes it step down and
-    follow that leader; its heartbeats are then acked (the other ones were refused before)."""
+    """Leadership (twins; rule E3): LeaderElected naming another leader of the epoch this node leads
+    (the election settled a twin of a partition on the other one) makes it step down and follow that
+    leader; its heartbeats are then acked (the other ones were refused before)."""
     m = lead(A)  # L leads epoch 1, view 2
     assert m.handle(rcv(B, Heartbeat(epoch=1, view_id=2)), 0.3) == []
     assert m.stats.conflicting_leader == 1
@@ -817,7 +836,7 @@ def test_leader_elected_naming_a_twin_of_the_same_epoch_is_followed() -> None:
 
 
 def test_leader_elected_twin_makes_a_member_lead_the_epoch() -> None:
-    """Leadership (twins): LeaderElected naming this node for the epoch it follows under
+    """Leadership (twins; rule E1): LeaderElected naming this node for the epoch it follows under
     another leader makes it lead that epoch, above every view id it has seen."""
     m = follower(A, B)
     assert m.handle(LeaderElected(group=G, leader=A, epoch=Epoch(1)), 0.5) == [
@@ -829,9 +848,9 @@ def test_leader_elected_twin_makes_a_member_lead_the_epoch() -> None:
 
 
 def test_restarted_leader_of_the_same_epoch_is_followed() -> None:
-    """Incarnations: a heartbeat of the followed epoch from a higher incarnation of the followed
-    leader (it restarted and the election accepted it again in that epoch) is accepted and its
-    new life followed; the older life's late messages are then stale."""
+    """Incarnations (rule M1): a heartbeat of the followed epoch from a higher incarnation of the
+    followed leader (it restarted and the election accepted it again in that epoch) is accepted and
+    its new life followed; the older life's late messages are then stale."""
     m = follower(A, B)
     assert m.handle(rcv(L, Heartbeat(epoch=1, view_id=1), inc=2), 0.5) == [
         Send(to=L, message=HeartbeatAck(epoch=1, view_id=2))
@@ -847,7 +866,8 @@ def test_restarted_leader_of_the_same_epoch_is_followed() -> None:
 
 
 def test_leader_lost_reported_once_and_rearmed_by_hearing_the_leader() -> None:
-    """Leader loss: leader_timeout without the leader -> LeaderLost once, not every tick."""
+    """Leader loss (rule M6): leader_timeout without the leader -> LeaderLost once, not every
+    tick."""
     m = follower(A)
     assert m.next_deadline() == 1.25
     assert m.handle(WAKE, 1.25) == [LeaderLost(group=G, leader=L, epoch=Epoch(1))]
@@ -860,7 +880,7 @@ def test_leader_lost_reported_once_and_rearmed_by_hearing_the_leader() -> None:
 
 
 def test_leader_timeout_scales_with_group_size() -> None:
-    """Scaling: leader_timeout * (1 + size_factor * log2(n)) for a view of n members."""
+    """Scaling (rule M6): leader_timeout * (1 + size_factor * log2(n)) for a view of n members."""
     cfg = attrs.evolve(EXACT, size_factor=0.5)
     m = machine(A, config=cfg)
     m.handle(Join(), 0.0)
@@ -871,8 +891,9 @@ def test_leader_timeout_scales_with_group_size() -> None:
 
 
 def test_becoming_leader_keeps_a_live_old_leader_as_a_member() -> None:
-    """Leadership: LeaderElected(me) -> view id highest seen + 1, heartbeats; a change of leader
-    alone removes nobody: an old leader still heard (bullied out) stays an ordinary member."""
+    """Leadership (rules E1, E2): LeaderElected(me) -> view id highest seen + 1, heartbeats; a
+    change of leader alone removes nobody: an old leader still heard (bullied out) stays an ordinary
+    member."""
     m = follower(B, A, C)
     m.handle(rcv(L, Heartbeat(epoch=1, view_id=5)), 0.5)  # B has seen view id 5
     everyone = [mem(A), mem(B), mem(C), mem(L)]
@@ -889,7 +910,7 @@ def test_becoming_leader_keeps_a_live_old_leader_as_a_member() -> None:
 
 
 def test_becoming_leader_suspects_a_lost_old_leader_then_removes_it() -> None:
-    """Leadership: an old leader reported lost stays in the first view but is suspected at
+    """Leadership (rule E2): an old leader reported lost stays in the first view but is suspected at
     once (probed directly and through helpers) and removed removal_timeout later if silent."""
     m = follower(B, A, C)
     assert m.handle(WAKE, 1.25) == [LeaderLost(group=G, leader=L, epoch=Epoch(1))]
@@ -923,7 +944,7 @@ def test_becoming_leader_suspects_a_lost_old_leader_then_removes_it() -> None:
 
 
 def test_becoming_leader_keeps_a_lost_old_leader_that_answers() -> None:
-    """Leadership: a suspected old leader that answers a probe (it was only cut off) is
+    """Leadership (rule E2): a suspected old leader that answers a probe (it was only cut off) is
     cleared and stays a member: no false removal after a heal."""
     m = follower(B, A)
     m.handle(WAKE, 1.25)  # LeaderLost
@@ -937,7 +958,7 @@ def test_becoming_leader_keeps_a_lost_old_leader_that_answers() -> None:
 
 
 def test_becoming_leader_after_the_leader_left_says_left() -> None:
-    """Leadership: an old leader that sent LeaveNotice is removed with reason left."""
+    """Leadership (rule E2): an old leader that sent LeaveNotice is removed with reason left."""
     m = follower(B, A)
     m.handle(rcv(L, LeaveNotice(epoch=1)), 0.5)
     acts = m.handle(LeaderElected(group=G, leader=B, epoch=Epoch(2)), 0.6)
@@ -945,7 +966,7 @@ def test_becoming_leader_after_the_leader_left_says_left() -> None:
 
 
 def test_bootstrap_leader_with_no_view_leads_alone() -> None:
-    """Leadership: a joiner elected with no view at all leads a view of itself."""
+    """Leadership (rule E1): a joiner elected with no view at all leads a view of itself."""
     m = machine(A)
     m.handle(Join(), 0.0)
     assert m.handle(LeaderElected(group=G, leader=A, epoch=Epoch(1)), 2.0) == [
@@ -957,7 +978,8 @@ def test_bootstrap_leader_with_no_view_leads_alone() -> None:
 
 
 def test_leader_elected_other_makes_a_joiner_ask_it() -> None:
-    """Leadership: on LeaderElected(other), a node not in a view sends its join to other."""
+    """Leadership (rules E3, M7): on LeaderElected(other), a node not in a view sends its join to
+    other."""
     m = machine(A)
     m.handle(Join(), 0.0)
     assert m.handle(LeaderElected(group=G, leader=L, epoch=Epoch(1)), 0.125) == [
@@ -968,7 +990,8 @@ def test_leader_elected_other_makes_a_joiner_ask_it() -> None:
 
 
 def test_leader_steps_down_on_a_newer_leader() -> None:
-    """Leadership: a leader hearing a heartbeat of a newer epoch stops heartbeating and follows."""
+    """Leadership (rule M1): a leader hearing a heartbeat of a newer epoch stops heartbeating and
+    follows."""
     m = lead(A)
     assert m.handle(rcv(A, Heartbeat(epoch=2, view_id=2)), 0.3) == [
         Send(to=A, message=ViewRequest(epoch=1, view_id=2)),
@@ -981,7 +1004,8 @@ def test_leader_steps_down_on_a_newer_leader() -> None:
 
 
 def test_leader_elected_stops_a_leader() -> None:
-    """Leadership: LeaderElected(other) with a newer epoch ends this node's heartbeating."""
+    """Leadership (rule E3): LeaderElected(other) with a newer epoch ends this node's
+    heartbeating."""
     m = lead(A)
     assert m.handle(LeaderElected(group=G, leader=A, epoch=Epoch(2)), 0.3) == []
     assert m.state == "member" and m.next_deadline() == 1.3
@@ -989,7 +1013,8 @@ def test_leader_elected_stops_a_leader() -> None:
 
 
 def test_leader_with_lower_view_id_is_lifted_by_member_view_request() -> None:
-    """View ids only grow: a new leader whose view id equals a member's (other epoch) goes above."""
+    """View ids only grow (rule L8): a new leader whose view id equals a member's (other epoch) goes
+    above."""
     m = lead(A)  # view 2 of epoch 1
     acts = m.handle(rcv(A, ViewRequest(epoch=3, view_id=2)), 0.3)
     assert acts == [
@@ -1002,7 +1027,8 @@ def test_leader_with_lower_view_id_is_lifted_by_member_view_request() -> None:
 
 
 def test_view_of_300_members_is_split_and_reassembled() -> None:
-    """Views: a view larger than a datagram goes in parts; members install it when all arrived."""
+    """Views (rule M4): a view larger than a datagram goes in parts; members install it when all
+    arrived."""
     m = machine(L)
     m.handle(Join(), 0.0)
     m.handle(LeaderElected(group=G, leader=L, epoch=Epoch(1)), 0.0)
@@ -1033,7 +1059,7 @@ def test_view_of_300_members_is_split_and_reassembled() -> None:
 
 
 def test_one_more_entry_than_fits_would_not_fit() -> None:
-    """Views: VIEW_ENTRIES_PER_PART is the most entries one datagram holds."""
+    """Views (rule L7): VIEW_ENTRIES_PER_PART is the most entries one datagram holds."""
     entries = tuple(ViewEntry(n, 1, 0, 0, 0) for n in range(1, VIEW_ENTRIES_PER_PART + 2))
     fits = ViewPart(epoch=1, view_id=1, part=0, parts=1, entries=entries[:-1])
     assert len(encode(G, L, 1, fits)) <= MAX_DATAGRAM
@@ -1042,7 +1068,8 @@ def test_one_more_entry_than_fits_would_not_fit() -> None:
 
 
 def test_newer_partial_view_replaces_older_assembly() -> None:
-    """Views: parts of a newer view abandon an unfinished older one; older parts are dropped."""
+    """Views (rule M4): parts of a newer view abandon an unfinished older one; older parts are
+    dropped."""
     m = follower(A)
     mk = [mem(A), mem(L)]
 
@@ -1059,7 +1086,7 @@ def test_newer_partial_view_replaces_older_assembly() -> None:
 
 
 def test_view_not_listing_its_leader_is_dropped() -> None:
-    """Views: a view that does not list the leader that sent it is dropped and counted."""
+    """Views (rule M4): a view that does not list the leader that sent it is dropped and counted."""
     m = follower(A)
     assert m.handle(rcv(L, part(1, 3, [mem(A)])), 0.3) == []
     assert m.stats.dropped_bad_view == 1
@@ -1087,7 +1114,8 @@ def test_other_messages_are_dropped_and_counted() -> None:
 
 
 def test_leader_bound_messages_at_a_member_are_dropped() -> None:
-    """Peers: joins, acks and view requests sent to a non-leader are dropped and counted."""
+    """Peers (rule L9): joins, acks and view requests sent to a non-leader are dropped and
+    counted."""
     m = follower(A, B)
     for msg in (JOIN, HeartbeatAck(epoch=1, view_id=2), ViewRequest(epoch=1, view_id=1)):
         assert m.handle(rcv(B, msg), 0.3) == []

@@ -28,6 +28,15 @@ from powergrid.protocols.multicast import (
     MulticastMachine,
     Publish,
 )
+from powergrid.protocols.multicast._life import (
+    CURRENT,
+    PAST,
+    TRANSITIONS,
+    IllegalTransitionError,
+    Phase,
+    Trigger,
+    next_phase,
+)
 from powergrid.testing import Conditions, FakeNet
 from powergrid.types import Epoch, GroupId, Incarnation, NodeId
 from powergrid.wire import (
@@ -91,7 +100,8 @@ TICK = DeadlineReached()
 
 
 def test_publish_delivers_to_self_and_multicasts_numbered_data() -> None:
-    """Rule: Publish delivers to self at once and multicasts Data seq 1, 2, ..."""
+    """Interface (Publish; rule 10 keeps it for resends): Publish delivers to self at once
+    and multicasts Data seq 1, 2, ..."""
     m = machine()
     assert m.handle(Publish(kind=3, payload=b"hi"), 0.0) == [
         Deliver(origin=ME, incarnation=I1, seq=1, kind=3, payload=b"hi"),
@@ -105,7 +115,7 @@ def test_publish_delivers_to_self_and_multicasts_numbered_data() -> None:
 
 
 def test_publish_rejects_misuse() -> None:
-    """Rule: a payload too large for an Xmit, or a bad kind, raises at Publish."""
+    """Interface (errors): a payload too large for an Xmit, or a bad kind, raises at Publish."""
     m = machine()
     with pytest.raises(PayloadTooLargeError):
         m.handle(Publish(kind=0, payload=b"x" * (MAX_MULTICAST_PAYLOAD + 1)), 0.0)
@@ -125,7 +135,7 @@ def test_publish_rejects_misuse() -> None:
 
 
 def test_in_order_delivered_and_duplicate_dropped() -> None:
-    """Rule: FIFO exactly once: in-order Data is delivered, a duplicate dropped and counted."""
+    """Rule 3: FIFO exactly once: in-order Data is delivered, a duplicate dropped and counted."""
     m = machine()
     assert m.handle(data(1), 0.0) == [deliver(1)]
     assert m.handle(data(2), 0.0) == [deliver(2)]
@@ -136,7 +146,7 @@ def test_in_order_delivered_and_duplicate_dropped() -> None:
 
 
 def test_out_of_order_held_then_delivered_in_order() -> None:
-    """Rule: a message ahead of a gap is held, then delivered after the gap fills."""
+    """Rule 3: a message ahead of a gap is held, then delivered after the gap fills."""
     m = machine()
     m.handle(data(1), 0.0)
     assert m.handle(data(4), 0.0) == []
@@ -148,7 +158,7 @@ def test_out_of_order_held_then_delivered_in_order() -> None:
 
 
 def test_held_beyond_max_held_dropped_and_counted() -> None:
-    """Rule: at most max_held messages are held per origin; beyond, dropped and counted."""
+    """Rule 3: at most max_held messages are held per origin; beyond, dropped and counted."""
     m = machine(MulticastConfig(status_jitter=0.0, max_held=2))
     m.handle(data(1), 0.0)
     for seq in (3, 4, 5):
@@ -158,7 +168,7 @@ def test_held_beyond_max_held_dropped_and_counted() -> None:
 
 
 def test_stale_incarnation_dropped() -> None:
-    """Rule: Data of a lower incarnation than known is stale: dropped and counted."""
+    """Rule 1: Data of a lower incarnation than known is stale: dropped and counted."""
     m = machine()
     m.handle(data(1, inc=2), 0.0)
     assert m.handle(data(2, inc=1), 0.0) == []
@@ -166,7 +176,7 @@ def test_stale_incarnation_dropped() -> None:
 
 
 def test_higher_incarnation_resets_stream() -> None:
-    """Rule: a higher incarnation resets the origin: its new life starts at 1; the old
+    """Rules 1 and 23: a higher incarnation resets the origin: its new life starts at 1; the old
     life's buffer is kept for flush_grace (see the retired-life tests), then dropped."""
     m = machine()
     m.handle(data(1), 0.0)
@@ -186,7 +196,7 @@ def test_higher_incarnation_resets_stream() -> None:
 
 
 def test_a_life_the_view_does_not_list_is_dropped_after_grace() -> None:
-    """Rule (unlisted life): the state of an origin's life that the view does not list (a
+    """Rule 2 (unlisted life): the state of an origin's life that the view does not list (a
     restart not admitted yet, or a forged incarnation) is kept for flush_grace, then
     dropped, unless a view lists that life by then; the listed life, retired meanwhile, is
     then taken again (resuming after what was delivered of it, remembered when it was
@@ -221,7 +231,7 @@ def test_a_life_the_view_does_not_list_is_dropped_after_grace() -> None:
 
 
 def test_digests_never_start_a_life_the_view_does_not_list() -> None:
-    """Rule (unlisted life): a Stable (or Status) entry for an origin the view lists in
+    """Rule 2 (unlisted life): a Stable (or Status) entry for an origin the view lists in
     another life is ignored: digests cannot start or keep alive a forged incarnation."""
     m = machine()
     m.handle(view(A, B, ME), 0.0)
@@ -235,7 +245,7 @@ def test_digests_never_start_a_life_the_view_does_not_list() -> None:
 
 
 def test_xmit_handled_like_data() -> None:
-    """Rule: an Xmit (from any holder) is handled like the Data it carries."""
+    """Rule 4: an Xmit (from any holder) is handled like the Data it carries."""
     m = machine()
     xmit = Xmit(origin=A, origin_incarnation=1, seq=1, kind=0, payload=b"1")
     assert m.handle(recv(B, xmit), 0.0) == [deliver(1)]
@@ -244,7 +254,8 @@ def test_xmit_handled_like_data() -> None:
 
 
 def test_own_messages_echoed_back_are_ignored() -> None:
-    """Rule: Data claiming to be ours (the node filters them) is dropped, never delivered."""
+    """Interface (own datagrams): Data claiming to be ours (the node filters them) is
+    dropped, never delivered."""
     m = machine()
     m.handle(Publish(kind=0, payload=b"a"), 0.0)
     assert m.handle(data(2, sender=ME), 0.0) == []
@@ -264,7 +275,7 @@ def gap_machine(cfg: MulticastConfig = CFG) -> MulticastMachine:
 
 
 def test_gap_naks_origin_after_exactly_nak_delay() -> None:
-    """Rule: a gap waits nak_delay, then a Nak for the missing range goes to the origin."""
+    """Rule 5: a gap waits nak_delay, then a Nak for the missing range goes to the origin."""
     m = gap_machine()
     assert m.next_deadline() == CFG.nak_delay
     assert m.handle(TICK, CFG.nak_delay - 0.001) == []
@@ -276,7 +287,7 @@ def test_gap_naks_origin_after_exactly_nak_delay() -> None:
 
 
 def test_nak_repeats_rate_limited_then_escalates_to_group_with_rotating_helper() -> None:
-    """Rule: Naks repeat once per nak_interval; after nak_escalate_after tries they are
+    """Rules 5 and 6: Naks repeat once per nak_interval; after nak_escalate_after tries they are
     multicast with a helper: the coordinator first, then the other members by id."""
     m = gap_machine()
     t = CFG.nak_delay
@@ -299,7 +310,7 @@ def test_nak_repeats_rate_limited_then_escalates_to_group_with_rotating_helper()
 
 
 def test_group_nak_helper_is_the_coordinator_first() -> None:
-    """Rule: the first group round asks the view's coordinator (when not the origin)."""
+    """Rule 6: the first group round asks the view's coordinator (when not the origin)."""
     m = machine(MulticastConfig(status_jitter=0.0, nak_escalate_after=0))
     m.handle(view(A, B, ME, D, leader=D), 0.0)
     m.handle(data(2, sender=B), 0.0)  # unknown origin, seq 2: held until a Stable
@@ -310,7 +321,7 @@ def test_group_nak_helper_is_the_coordinator_first() -> None:
 
 
 def test_origin_not_in_view_naked_through_group_at_once() -> None:
-    """Rule: if the origin left the view, its gaps are asked of the group at once."""
+    """Rule 6: if the origin left the view, its gaps are asked of the group at once."""
     m = gap_machine()
     m.handle(view(B, ME, D, leader=B, view_id=2), 0.0)
     assert m.handle(TICK, CFG.nak_delay) == [
@@ -319,7 +330,7 @@ def test_origin_not_in_view_naked_through_group_at_once() -> None:
 
 
 def test_nak_range_capped_at_max_nak_range() -> None:
-    """Rule: one Nak asks for at most max_nak_range messages, from the first missing one."""
+    """Rule 5: one Nak asks for at most max_nak_range messages, from the first missing one."""
     cfg = MulticastConfig(status_jitter=0.0, max_nak_range=10)
     m = machine(cfg)
     m.handle(data(1), 0.0)
@@ -330,7 +341,7 @@ def test_nak_range_capped_at_max_nak_range() -> None:
 
 
 def test_every_missing_range_in_the_window_is_asked_for_at_once() -> None:
-    """Rule: one Nak round asks for every missing range within max_nak_range after the
+    """Rule 5: one Nak round asks for every missing range within max_nak_range after the
     delivered point, so repair keeps up with scattered loss (one range a round does not)."""
     cfg = MulticastConfig(status_jitter=0.0, max_nak_range=10)
     m = machine(cfg)
@@ -362,7 +373,7 @@ def xmit(seq: int, origin: NodeId = A) -> Xmit:
 
 
 def test_holder_answers_unicast_nak_with_xmits() -> None:
-    """Rule: any holder answers a unicast Nak with one Xmit per message it holds."""
+    """Rules 8 and 9: any holder answers a unicast Nak with one Xmit per message it holds."""
     m = holder(3)
     nak = Nak(origin=A, origin_incarnation=1, first=2, last=9)
     assert m.handle(recv(B, nak), 0.0) == [Send(to=B, message=xmit(2)), Send(to=B, message=xmit(3))]
@@ -370,7 +381,7 @@ def test_holder_answers_unicast_nak_with_xmits() -> None:
 
 
 def test_origin_answers_nak_for_its_own_messages() -> None:
-    """Rule: the origin resends its own messages as Xmits."""
+    """Rule 8: the origin resends its own messages as Xmits."""
     m = machine()
     m.handle(Publish(kind=1, payload=b"p"), 0.0)
     nak = Nak(origin=ME, origin_incarnation=1, first=1, last=1)
@@ -380,7 +391,7 @@ def test_origin_answers_nak_for_its_own_messages() -> None:
 
 
 def test_group_nak_answered_only_by_origin_and_helper() -> None:
-    """Rule: a group Nak is answered by its helper (and the origin), nobody else."""
+    """Rule 8: a group Nak is answered by its helper (and the origin), nobody else."""
     m = holder(2)
     to_d = Nak(origin=A, origin_incarnation=1, first=1, last=1, helper=D)
     to_me = Nak(origin=A, origin_incarnation=1, first=1, last=1, helper=ME)
@@ -390,7 +401,7 @@ def test_group_nak_answered_only_by_origin_and_helper() -> None:
 
 
 def test_nak_answer_range_capped_and_rate_limited_per_requester() -> None:
-    """Rule: a request storm is capped: max_nak_range per Nak and
+    """Rule 9: a request storm is capped: max_nak_range per Nak and
     max_xmit_per_interval per requester per nak_interval; the rest is counted."""
     cfg = MulticastConfig(status_jitter=0.0, max_nak_range=4, max_xmit_per_interval=6)
     m = holder(20, cfg)
@@ -406,7 +417,7 @@ def test_nak_answer_range_capped_and_rate_limited_per_requester() -> None:
 
 
 def test_nak_of_other_incarnation_not_answered() -> None:
-    """Rule: once flush_grace has passed, neither the retired life 1 nor life 2 (which the
+    """Rules 9 and 23: once flush_grace has passed, neither the retired life 1 nor life 2 (which the
     view never listed) is known any more: a Nak for either life, or an unknown one, is
     ignored and answered by nothing."""
     m = holder(2)
@@ -421,7 +432,7 @@ def test_nak_of_other_incarnation_not_answered() -> None:
 
 
 def test_member_reports_status_while_it_buffers_and_goes_quiet_when_stable() -> None:
-    """Rule: a member unicasts Status to the coordinator every status_interval while it
+    """Rule 11: a member unicasts Status to the coordinator every status_interval while it
     holds unstable messages; Stable drops them; then the member is quiet."""
     m = machine()
     assert m.handle(view(A, B, ME), 0.0) == []
@@ -442,7 +453,7 @@ def test_member_reports_status_while_it_buffers_and_goes_quiet_when_stable() -> 
 
 
 def test_coordinator_stable_is_min_over_members_and_unreported_member_holds_it() -> None:
-    """Rule: stable = min delivered over the view's members (the coordinator's own
+    """Rule 12: stable = min delivered over the view's members (the coordinator's own
     included); a member that has not reported keeps it where it is; highest = max seen."""
     m = machine(me=A)
     out = m.handle(view(A, B, D), 0.0)  # coordinator: one Stable at once
@@ -468,7 +479,7 @@ def test_coordinator_stable_is_min_over_members_and_unreported_member_holds_it()
 
 
 def test_report_of_a_restarted_member_is_dropped_with_its_old_life() -> None:
-    """Rule: the coordinator computes stable from the reports of the members of its current
+    """Rule 12: the coordinator computes stable from the reports of the members of its current
     view; a member that comes back as a new incarnation (a restart) has delivered nothing
     its old life reported, so that report is dropped at the view change and the new life
     holds stable where it is until it reports. (Kept, it made the coordinator declare
@@ -497,7 +508,7 @@ def test_report_of_a_restarted_member_is_dropped_with_its_old_life() -> None:
 
 
 def test_coordinator_learns_highest_from_status_and_repeats_after_view_change() -> None:
-    """Rule: after a view change the coordinator sends Stable at once and stable_repeats
+    """Rule 12: after a view change the coordinator sends Stable at once and stable_repeats
     more; a Status showing a message it missed makes it nak."""
     cfg = MulticastConfig(status_jitter=0.0, stable_repeats=1)
     m = machine(cfg, me=A)
@@ -516,7 +527,7 @@ def test_coordinator_learns_highest_from_status_and_repeats_after_view_change() 
 
 
 def test_status_and_stable_from_wrong_roles_or_views_dropped() -> None:
-    """Rule: Status to a non-coordinator, Status from a non-member, Stable of an older
+    """Rule 14: Status to a non-coordinator, Status from a non-member, Stable of an older
     view or from a non-coordinator are dropped and counted."""
     m = machine()
     m.handle(view(A, B, ME, view_id=5), 0.0)
@@ -532,7 +543,7 @@ def test_status_and_stable_from_wrong_roles_or_views_dropped() -> None:
 
 
 def test_origin_keeps_own_messages_despite_stable_of_a_view_it_is_not_in() -> None:
-    """Rule: only the coordinator of this node's own view can make it drop buffered
+    """Rule 14: only the coordinator of this node's own view can make it drop buffered
     messages; with no view yet, an origin ignores another group's Stable (which says
     nothing about what members of its future view hold) and can still resend them."""
     m = machine()
@@ -549,7 +560,7 @@ def test_origin_keeps_own_messages_despite_stable_of_a_view_it_is_not_in() -> No
 
 
 def test_stable_of_a_newer_view_neither_skips_nor_drops() -> None:
-    """Rule: a Stable with a higher view id (a view this node is not in, or not yet) is
+    """Rule 14: a Stable with a higher view id (a view this node is not in, or not yet) is
     ignored: it does not make a member skip a gap or drop buffered messages."""
     m = machine()
     m.handle(view(A, B, ME), 0.0)
@@ -565,7 +576,7 @@ def test_stable_of_a_newer_view_neither_skips_nor_drops() -> None:
 
 
 def test_lost_last_message_found_through_stable() -> None:
-    """Rule: Stable carries each origin's highest; a member behind it naks."""
+    """Rule 13: Stable carries each origin's highest; a member behind it naks."""
     m = machine()
     m.handle(view(A, B, ME), 0.0)
     m.handle(data(1), 1.0)
@@ -577,7 +588,7 @@ def test_lost_last_message_found_through_stable() -> None:
 
 
 def test_buffer_cap_drops_oldest_and_counts() -> None:
-    """Rule: the resend buffer never exceeds max_buffer: the oldest message of the
+    """Rule 15: the resend buffer never exceeds max_buffer: the oldest message of the
     largest stream is dropped and counted (and then cannot be resent)."""
     cfg = MulticastConfig(status_jitter=0.0, max_buffer=3)
     m = machine(cfg)
@@ -591,7 +602,7 @@ def test_buffer_cap_drops_oldest_and_counts() -> None:
 
 
 def test_coordinator_overflow_declares_evicted_stable_so_laggards_skip() -> None:
-    """Rule: when the coordinator's buffer overflows, the evicted message becomes stable,
+    """Rules 15 and 17: when the coordinator's buffer overflows, the evicted message becomes stable,
     and a member behind it skips it (counted) instead of asking forever."""
     cfg = MulticastConfig(status_jitter=0.0, max_buffer=2)
     coord = machine(cfg, me=A)
@@ -613,7 +624,7 @@ def test_coordinator_overflow_declares_evicted_stable_so_laggards_skip() -> None
 
 
 def test_many_origins_split_over_several_datagrams() -> None:
-    """Rule: Status and Stable entries that do not fit one datagram are split."""
+    """Rules 11 and 12: Status and Stable entries that do not fit one datagram are split."""
     origins = [NodeId(100 + i) for i in range(STATUS_PER_DATAGRAM + 5)]
     coord = machine(me=A)
     out = coord.handle(view(A, *origins), 0.0)
@@ -642,7 +653,7 @@ def test_many_origins_split_over_several_datagrams() -> None:
 
 
 def test_joiner_holds_data_until_stable_gives_the_start() -> None:
-    """Rule: for an unknown origin, Data at seq > 1 is held until the first Stable, which
+    """Rule 18: for an unknown origin, Data at seq > 1 is held until the first Stable, which
     sets the start (after stable) and how far to nak (highest); no older history."""
     m = machine()
     m.handle(view(A, B, ME), 0.0)
@@ -660,7 +671,7 @@ def test_joiner_holds_data_until_stable_gives_the_start() -> None:
 
 
 def test_joiner_drops_held_data_below_the_start() -> None:
-    """Rule: held messages at or below the learned start are history: dropped."""
+    """Rule 18: held messages at or below the learned start are history: dropped."""
     m = machine()
     m.handle(view(A, ME), 0.0)
     m.handle(data(4), 0.0)
@@ -669,7 +680,7 @@ def test_joiner_drops_held_data_below_the_start() -> None:
 
 
 def test_seq_one_accepted_directly_without_view() -> None:
-    """Rule: with no view or coordinator, Data at seq 1 starts the stream at once;
+    """Rules 19 and 20: with no view or coordinator, Data at seq 1 starts the stream at once;
     later seqs of unknown origins wait for a coordinator."""
     m = machine()
     assert m.handle(data(1), 0.0) == [deliver(1)]
@@ -685,7 +696,7 @@ def test_seq_one_accepted_directly_without_view() -> None:
 
 
 def test_coordinator_starts_unknown_origin_at_zero() -> None:
-    """Rule: the coordinator, which gets no Stable, fetches an unknown origin from 1."""
+    """Rule 21: the coordinator, which gets no Stable, fetches an unknown origin from 1."""
     m = machine(me=A)
     m.handle(view(A, B), 0.0)
     m.handle(data(2, sender=B), 0.0)
@@ -695,7 +706,7 @@ def test_coordinator_starts_unknown_origin_at_zero() -> None:
 
 
 def test_coordinator_skips_history_nobody_can_resend_and_declares_it_stable() -> None:
-    """Rule: with every member's report in, the first message (counting down from the
+    """Rule 16: with every member's report in, the first message (counting down from the
     highest delivered) that no member holds in its (low, delivered] is lost for good: the
     coordinator skips to it, delivers what it holds above, and declares it stable."""
     m = machine(me=A)
@@ -728,7 +739,7 @@ def test_coordinator_skips_history_nobody_can_resend_and_declares_it_stable() ->
 
 
 def test_skip_over_lost_history_drops_what_is_held_below_the_lost_point() -> None:
-    """Rule: skipping to a stable point drops the messages held at or below it too
+    """Rule 17: skipping to a stable point drops the messages held at or below it too
     (counted in skipped): the stream jumps once, never delivering with gaps between."""
     m = machine(me=A)
     m.handle(view(A, B, D), 0.0)
@@ -756,7 +767,7 @@ def test_skip_over_lost_history_drops_what_is_held_below_the_lost_point() -> Non
 
 
 def test_lost_history_point_is_below_what_the_coordinator_holds() -> None:
-    """Rule: a message the coordinator holds ahead of its gap is not lost (it delivers and
+    """Rule 16: a message the coordinator holds ahead of its gap is not lost (it delivers and
     then resends it), so the lost point counts down past it and is not declared stable."""
     m = machine(me=A)
     m.handle(view(A, B, D), 0.0)
@@ -779,7 +790,7 @@ def test_lost_history_point_is_below_what_the_coordinator_holds() -> None:
 
 
 def test_status_reports_what_the_member_can_no_longer_resend() -> None:
-    """Rule: each Status entry carries ``low``, the point up to which the member dropped the
+    """Rule 11: each Status entry carries ``low``, the point up to which the member dropped the
     origin's messages as stable; an entry with low above delivered is malformed."""
     m = machine()
     m.handle(view(A, B, ME), 0.0)
@@ -802,7 +813,7 @@ SLOW_STATUS = MulticastConfig(status_jitter=0.0, status_interval=10.0)
 
 
 def test_restarted_origins_old_life_is_repaired_from_holders_within_flush_grace() -> None:
-    """Rule (retired lives): a newer incarnation of an origin (a restart) starts a new
+    """Rule 23 (retired lives): a newer incarnation of an origin (a restart) starts a new
     stream at once, but the old life is kept for flush_grace like a departed origin: a
     Stable entry of the old life (sent apart, one origin per datagram) shows a laggard
     how far it went, the laggard naks the group for it at once (the origin cannot
@@ -846,7 +857,7 @@ def test_restarted_origins_old_life_is_repaired_from_holders_within_flush_grace(
 
 
 def test_coordinator_learns_a_retired_lifes_end_from_status_and_digests_it() -> None:
-    """Rule (retired lives): the coordinator raises a retired life's highest from the
+    """Rule 23 (retired lives): the coordinator raises a retired life's highest from the
     members' Status entries of that life, naks for what it lacks, and multicasts the
     life's (stable, highest) in a Stable datagram of its own until flush_grace ends."""
     m = machine(me=A)
@@ -867,7 +878,7 @@ def test_coordinator_learns_a_retired_lifes_end_from_status_and_digests_it() -> 
 
 
 def test_restarted_coordinator_digests_its_own_past_life_from_status() -> None:
-    """Rule (retired lives): a coordinator that is itself a restarted origin has no state
+    """Rule 24 (hearsay lives): a coordinator that is itself a restarted origin has no state
     of its past life, so the members' Status entries of that life are all it learns of
     it: it keeps the life's highest (nothing held or delivered here, nothing declared
     stable) for flush_grace from the first report and digests it like any retired life,
@@ -902,7 +913,7 @@ def test_restarted_coordinator_digests_its_own_past_life_from_status() -> None:
 
 
 def test_coordinator_that_never_knew_a_past_life_digests_it_from_status() -> None:
-    """Rule (retired lives): a coordinator with no state of an origin's past life (it
+    """Rule 24 (hearsay lives): a coordinator with no state of an origin's past life (it
     joined, restarted or took over after that life ended; the view lists the origin's
     later life) keeps the members' Status entries of that life as a retired life of its
     own, for flush_grace from the first report: it holds, delivers and declares stable
@@ -963,7 +974,7 @@ def test_coordinator_that_never_knew_a_past_life_digests_it_from_status() -> Non
 
 
 def test_coordinator_skips_lost_history_of_a_retired_life() -> None:
-    """Rule (lost history, retired lives): a coordinator that started an origin at 0 and
+    """Rules 16 and 23 (lost history, retired lives): a coordinator that started an origin at 0 and
     held its later messages, waiting for every member's report to skip what nobody holds
     any more, keeps the members' reports when the origin restarts and the life retires;
     with the reports of every member but the origin (its new life holds none of the old
@@ -999,7 +1010,7 @@ def test_coordinator_skips_lost_history_of_a_retired_life() -> None:
 
 
 def test_departed_origin_kept_for_flush_grace_then_dropped() -> None:
-    """Rule: an origin that leaves the view keeps its state for flush_grace (holders can
+    """Rule 22: an origin that leaves the view keeps its state for flush_grace (holders can
     still resend its messages), then its state is dropped and not recreated."""
     m = machine(SLOW_STATUS)
     m.handle(view(A, B, ME), 0.0)
@@ -1017,7 +1028,7 @@ def test_departed_origin_kept_for_flush_grace_then_dropped() -> None:
 
 
 def test_origin_back_within_grace_keeps_state() -> None:
-    """Rule: an origin that comes back into the view before flush_grace keeps its stream."""
+    """Rule 22: an origin that comes back into the view before flush_grace keeps its stream."""
     m = machine(SLOW_STATUS)
     m.handle(view(A, B, ME), 0.0)
     m.handle(data(1, sender=B), 0.0)
@@ -1028,7 +1039,7 @@ def test_origin_back_within_grace_keeps_state() -> None:
 
 
 def test_dropped_life_resumes_after_what_was_delivered_at_the_coordinator() -> None:
-    """Rule: when a life whose state was dropped after flush_grace comes back, it resumes
+    """Rule 22: when a life whose state was dropped after flush_grace comes back, it resumes
     after what this node delivered of it (nothing twice), and the coordinator keeps
     declaring only the stable point it knew, not what it delivered."""
     m = machine(SLOW_STATUS)
@@ -1050,7 +1061,7 @@ def test_dropped_life_resumes_after_what_was_delivered_at_the_coordinator() -> N
 
 
 def test_dropped_life_resumes_after_what_was_delivered_at_a_member() -> None:
-    """Rule: a member told by Stable to start a dropped life at its stable point resumes
+    """Rule 22: a member told by Stable to start a dropped life at its stable point resumes
     after what it delivered instead, and naks only what it has not got."""
     m = machine(SLOW_STATUS)
     m.handle(view(A, B, ME), 0.0)
@@ -1067,7 +1078,7 @@ def test_dropped_life_resumes_after_what_was_delivered_at_a_member() -> None:
 
 
 def test_each_dropped_life_is_remembered_apart_from_the_others() -> None:
-    """Rule: what was delivered of a dropped life is remembered for each life apart (an
+    """Rule 22: what was delivered of a dropped life is remembered for each life apart (an
     unlisted life dropped after grace, a retired one at its end): the listed life taken
     again from a Stable resumes after what was delivered of it, and the later life, when
     it comes back, after what was delivered of it (fuzz seed 64959: the origin restarted,
@@ -1092,6 +1103,170 @@ def test_each_dropped_life_is_remembered_apart_from_the_others() -> None:
     assert m.stats.duplicates == 0
 
 
+# ------------------------------------------------------------------ parts: lives and their phases
+
+
+def _phases(m: MulticastMachine) -> dict[tuple[int, int], str]:
+    """(origin, incarnation) -> phase of every life the machine keeps state of."""
+    lives = m._lives
+    return {
+        (life.origin, life.incarnation): life.phase.value
+        for life in [*lives.current.values(), *lives.retired.values()]
+    }
+
+
+def _assert_indexes_follow_phases(m: MulticastMachine) -> None:
+    """The registry's dicts are indexes of the phases, nothing more."""
+    lives = m._lives
+    assert all(life.phase in CURRENT for life in lives.current.values())
+    assert all(life.phase in PAST for life in lives.retired.values())
+    assert all(o == life.origin for o, life in [*lives.current.items(), *lives.retired.items()])
+    assert lives.departing == {
+        o: life for o, life in lives.current.items() if life.phase is Phase.DEPARTING
+    }
+    assert all(life.gone_at is not None for life in lives.departing.values())
+    assert lives.gappy == {o: life for o, life in lives.current.items() if life.nak_due is not None}
+    assert all(life.gone_at is not None for life in lives.retired.values())
+    assert (m._coord is not None) == (m.view is not None and m.view.leader == m.me)
+    assert lives.coordinator is m._coord
+    buffered = sum(len(life.buf) for life in [*lives.current.values(), *lives.retired.values()])
+    assert m.buffer_size == buffered
+
+
+def test_phase_changes_only_by_the_table() -> None:
+    """Parts: every phase change is an entry of the table; any other raises an internal
+    error (a bug in the package, never peer input), and every phase is reachable."""
+    for phase in Phase:
+        for trigger in Trigger:
+            if (phase, trigger) in TRANSITIONS:
+                assert next_phase(phase, trigger) is TRANSITIONS[phase, trigger]
+            else:
+                with pytest.raises(IllegalTransitionError, match=phase.value):
+                    next_phase(phase, trigger)
+    reached = {Phase.ABSENT} | set(TRANSITIONS.values())
+    assert reached == set(Phase)
+    assert next_phase(Phase.LIVE, Trigger.REPLACED) is Phase.RETIRED
+    with pytest.raises(IllegalTransitionError):
+        next_phase(Phase.RETIRED, Trigger.LISTED)  # a past life is never revived
+
+
+def test_a_life_goes_live_departing_live_retired_dropped() -> None:
+    """Rules 1, 22, 23: an origin's life is LIVE while listed, DEPARTING while the view
+    leaves it out (and LIVE again when listed within flush_grace), RETIRED when a newer
+    incarnation starts, and DROPPED after flush_grace: only its points are remembered."""
+    m = machine(SLOW_STATUS)
+    m.handle(view(A, B, ME), 0.0)
+    m.handle(data(1, sender=B), 0.0)
+    assert _phases(m)[B, 1] == "live"
+    m.handle(view(A, ME, view_id=2), 0.5)
+    assert _phases(m)[B, 1] == "departing"
+    m.handle(view(A, B, ME, view_id=3), 1.0)
+    assert _phases(m)[B, 1] == "live"
+    m.handle(data(1, sender=B, inc=2), 1.0)
+    assert (_phases(m)[B, 1], _phases(m)[B, 2]) == ("retired", "departing")  # 2 not listed
+    _assert_indexes_follow_phases(m)
+    m.handle(TICK, 1.0 + CFG.flush_grace)
+    assert (B, 1) not in _phases(m)
+    assert (B, 2) not in _phases(m)
+    assert m._lives.tombstones.covers(B, 2)
+    assert m.buffer_size == 0
+    _assert_indexes_follow_phases(m)
+
+
+def test_coordinator_part_exists_only_while_coordinating() -> None:
+    """Rules 12, 24: the stability coordinator is built when this node becomes the view's
+    leader and dropped when it stops, so what it was told (reports, hearsay lives) does
+    not outlive its term: back as coordinator, an old report no longer counts."""
+    m = machine()
+    assert m._coord is None
+    m.handle(view(B, ME, leader=ME), 0.0)
+    first = m._coord
+    assert first is not None
+    m.handle(data(1, sender=B), 0.0)
+    m.handle(recv(B, Status(view_id=1, entries=(StatusEntry(B, 1, 1, 0),))), 0.1)
+    assert first.reports == {B: {B: (1, 1, 0)}}
+    m.handle(view(B, ME, leader=B, view_id=2), 0.2)
+    assert m._coord is None
+    m.handle(view(B, ME, leader=ME, view_id=3), 0.3)
+    assert m._coord is not None
+    assert m._coord is not first
+    assert m._coord.reports == {}
+    _assert_indexes_follow_phases(m)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_indexes_follow_phases_under_random_input(seed: int) -> None:
+    """Parts: under random peer input (Data and Xmit of several lives, Naks, Status,
+    Stable, views that come and go, ticks), the registry's dicts stay exactly the
+    indexes of the lives' phases, and the coordinator part exists exactly while
+    this node leads its view."""
+    rnd = random.Random(seed)
+    m = machine(MulticastConfig(status_jitter=0.0, max_buffer=20, max_held=4), me=ME)
+    now = 0.0
+    view_id = 0
+    for _ in range(400):
+        now += rnd.choice((0.0, 0.01, 0.05, 0.3, 1.0))
+        sender = rnd.choice((A, B, D))
+        inc = rnd.choice((1, 1, 2, 3))
+        roll = rnd.random()
+        if roll < 0.45:
+            event: object = data(rnd.randint(1, 12), sender=sender, inc=inc)
+        elif roll < 0.55:
+            event = recv(
+                B,
+                Xmit(
+                    origin=sender,
+                    origin_incarnation=inc,
+                    seq=rnd.randint(1, 12),
+                    kind=0,
+                    payload=b"x",
+                ),
+            )
+        elif roll < 0.6:
+            event = recv(
+                sender,
+                Nak(
+                    origin=rnd.choice((ME, A)),
+                    origin_incarnation=1,
+                    first=1,
+                    last=rnd.randint(1, 9),
+                ),
+            )
+        elif roll < 0.68:
+            entries = tuple(
+                StatusEntry(o, rnd.choice((1, 2)), rnd.randint(0, 9), 0) for o in (A, B, ME)
+            )
+            event = recv(sender, Status(view_id=view_id, entries=entries))
+        elif roll < 0.76:
+            entries2 = tuple(
+                StableEntry(o, rnd.choice((1, 2)), rnd.randint(0, 6), rnd.randint(6, 12))
+                for o in (A, B, D)
+            )
+            event = recv(A, Stable(view_id=view_id, entries=entries2))
+        elif roll < 0.84:
+            view_id += 1
+            nodes = {ME} | {n for n in (A, B, D) if rnd.random() < 0.6}
+            members = tuple(
+                Member(node=n, incarnation=Incarnation(rnd.choice((1, 1, 2))))
+                for n in sorted(nodes)
+            )
+            event = ViewChanged(
+                view=View(
+                    group=GroupId(1),
+                    view_id=view_id,
+                    leader=rnd.choice(sorted(nodes)),
+                    epoch=Epoch(1),
+                    members=members,
+                )
+            )
+        elif roll < 0.9:
+            event = Publish(kind=0, payload=b"p")
+        else:
+            event = TICK
+        m.handle(event, now)
+        _assert_indexes_follow_phases(m)
+
+
 # ------------------------------------------------------------------ config
 
 
@@ -1114,13 +1289,13 @@ def test_each_dropped_life_is_remembered_apart_from_the_others() -> None:
     ],
 )
 def test_config_validation_says_what_to_fix(kwargs: dict[str, Any], says: str) -> None:
-    """Rule: a bad config value, or a bad relation between values, raises ConfigError."""
+    """Config: a bad config value, or a bad relation between values, raises ConfigError."""
     with pytest.raises(ConfigError, match=says):
         MulticastConfig(**kwargs)
 
 
 def test_status_jitter_shortens_the_period_within_bounds() -> None:
-    """Rule: each Status period is status_interval minus up to status_jitter of it."""
+    """Rule 11: each Status period is status_interval minus up to status_jitter of it."""
     cfg = MulticastConfig(status_jitter=0.5)
     m = MulticastMachine(cfg, me=ME, incarnation=I1, rng=random.Random(3))
     m.handle(view(A, ME), 0.0)

@@ -1,0 +1,173 @@
+"""Membership settings: the timeouts, and how they scale with the group's size.
+
+Theory of operation. :class:`MembershipConfig` is a frozen record checked once
+on construction (:class:`~powergrid.errors.ConfigError` says what to fix).
+Every timeout a machine uses for a view of ``n`` members comes from
+:meth:`MembershipConfig.tick` and :meth:`MembershipConfig.timeouts`, computed
+once per installed view: ``scale(n) = 1 + size_factor * log2(n)`` stretches
+the detection timeouts logarithmically (holding the group's false-suspicion
+rate fixed as ``n`` grows), and ``tick(n)`` stretches the leader's heartbeat
+so that the acks it draws stay within ``max_ack_rate`` per second, with
+:data:`SUSPECT_TICKS` and :data:`LEADER_TICKS` keeping as many losses in a row
+needed as at the unstretched defaults (docs/protocols/membership.md,
+*Scaling with group size*).
+"""
+
+from __future__ import annotations
+
+import math
+
+import attrs
+
+from powergrid.errors import ConfigError
+
+__all__ = ["LEADER_TICKS", "SUSPECT_TICKS", "MembershipConfig"]
+
+SUSPECT_TICKS = 2
+"""A member is suspected no sooner than this many (stretched) ticks after its last ack."""
+LEADER_TICKS = 4
+"""A member reports its leader lost no sooner than this many (stretched) ticks of silence."""
+
+
+@attrs.frozen(kw_only=True)
+class MembershipConfig:
+    """Settings of :class:`MembershipMachine`. Times in seconds.
+
+    Timeouts marked *scaled* are multiplied by ``scale(n)`` for a view of
+    ``n`` members. Raises :class:`~powergrid.errors.ConfigError` for a value
+    out of range or values that contradict each other.
+    """
+
+    heartbeat_interval: float = 0.1
+    """The leader multicasts a heartbeat, and checks its members, this often."""
+    suspect_timeout: float = 0.3
+    """*Scaled.* A member silent this long is suspected and probed."""
+    removal_timeout: float = 0.3
+    """*Scaled.* A member still suspected this long after its suspicion began is removed."""
+    indirect_probes: int = 2
+    """Other members asked, at every tick, to probe a suspect on the leader's behalf."""
+    leader_timeout: float = 0.5
+    """*Scaled.* A member that hears nothing from its leader this long reports LeaderLost."""
+    join_timeout: float = 1.0
+    """A joining node that hears of no leader at all this long reports LeaderLost(0, 0)."""
+    join_retry: float = 0.2
+    """First delay before a join request is repeated."""
+    join_backoff: float = 2.0
+    """Factor applied to the join delay after each retry."""
+    join_retry_max: float = 2.0
+    """Cap of the join delay."""
+    join_jitter: float = 0.2
+    """Each join delay is lengthened by up to this fraction of itself, at random."""
+    size_factor: float = 0.1
+    """``scale(n) = 1 + size_factor * log2(n)``; 0 turns scaling off."""
+    max_ack_rate: float = 400.0
+    """HeartbeatAcks per second a leader's heartbeats may draw: the tick of a view of
+    ``n`` members is ``max(heartbeat_interval, (n - 1) / max_ack_rate)``; 0 turns the
+    stretching off."""
+    departure_memory: int = 16
+    """Views for which the leader keeps announcing a departure and its reason."""
+    lone_heartbeat_interval: float = 1.0
+    """A leader alone in its view heartbeats this often instead of every tick: no member
+    acks it; it only tells nodes that follow the leader without being in its view (after a
+    partition) to ask for the view. Not scaled, not stretched."""
+
+    def __attrs_post_init__(self) -> None:
+        floats = (
+            "heartbeat_interval",
+            "suspect_timeout",
+            "removal_timeout",
+            "leader_timeout",
+            "join_timeout",
+            "join_retry",
+            "join_backoff",
+            "join_retry_max",
+            "join_jitter",
+            "size_factor",
+            "max_ack_rate",
+            "lone_heartbeat_interval",
+        )
+        for name in floats:
+            value = getattr(self, name)
+            if not math.isfinite(value):
+                raise ConfigError(f"{name} is {value}; set it to a finite number")
+        hb = self.heartbeat_interval
+        if hb <= 0:
+            raise ConfigError(f"heartbeat_interval is {hb}; set it above 0 seconds")
+        if self.suspect_timeout <= hb:
+            raise ConfigError(
+                f"suspect_timeout ({self.suspect_timeout}) must exceed heartbeat_interval "
+                f"({hb}), or members are suspected between two heartbeats; "
+                "set it to 2-3 heartbeat intervals or more"
+            )
+        if self.removal_timeout < hb:
+            raise ConfigError(
+                f"removal_timeout ({self.removal_timeout}) is below heartbeat_interval "
+                f"({hb}): a suspect would be removed before one probe; set it >= {hb}"
+            )
+        if self.leader_timeout <= hb:
+            raise ConfigError(
+                f"leader_timeout ({self.leader_timeout}) must exceed heartbeat_interval "
+                f"({hb}), or the leader is lost between two heartbeats; "
+                "set it to 3 heartbeat intervals or more"
+            )
+        if self.join_timeout < self.leader_timeout:
+            raise ConfigError(
+                f"join_timeout ({self.join_timeout}) is below leader_timeout "
+                f"({self.leader_timeout}): a joiner would start an election before a member "
+                "would; set join_timeout >= leader_timeout"
+            )
+        if self.join_retry <= 0:
+            raise ConfigError(f"join_retry is {self.join_retry}; set it above 0 seconds")
+        if self.join_backoff < 1:
+            raise ConfigError(f"join_backoff is {self.join_backoff}; set it to 1 or more")
+        if self.join_retry_max < self.join_retry:
+            raise ConfigError(
+                f"join_retry_max ({self.join_retry_max}) is below join_retry "
+                f"({self.join_retry}); set join_retry_max >= join_retry"
+            )
+        if not 0 <= self.join_jitter <= 1:
+            raise ConfigError(f"join_jitter is {self.join_jitter}; set it within 0..1")
+        if self.size_factor < 0:
+            raise ConfigError(f"size_factor is {self.size_factor}; set it to 0 or more")
+        if self.max_ack_rate < 0:
+            raise ConfigError(
+                f"max_ack_rate is {self.max_ack_rate}; set it to 0 (no limit) or more"
+            )
+        if self.lone_heartbeat_interval < hb:
+            raise ConfigError(
+                f"lone_heartbeat_interval ({self.lone_heartbeat_interval}) is below "
+                f"heartbeat_interval ({hb}); set it >= {hb} (a lone leader beats no more "
+                "often than one with members)"
+            )
+        if self.indirect_probes < 0:
+            raise ConfigError(f"indirect_probes is {self.indirect_probes}; set it to 0 or more")
+        if self.departure_memory < 1:
+            raise ConfigError(f"departure_memory is {self.departure_memory}; set it to 1 or more")
+
+    def scale(self, n: int) -> float:
+        """``1 + size_factor * log2(n)``, the factor of the scaled timeouts for ``n`` members."""
+        return 1.0 + self.size_factor * math.log2(max(n, 1))
+
+    def tick(self, n: int) -> float:
+        """The leader's heartbeat period for ``n`` members (seconds): ``heartbeat_interval``,
+        stretched so that the acks it draws stay within ``max_ack_rate`` per second."""
+        rate = self.max_ack_rate
+        if not rate:
+            return self.heartbeat_interval
+        return max(self.heartbeat_interval, (n - 1) / rate)
+
+    def timeouts(self, n: int) -> tuple[float, float, float]:
+        """``(suspect, removal, leader)`` timeouts for ``n`` members (seconds).
+
+        Each is its config value times ``scale(n)``; with a stretched tick the
+        suspect timeout is at least :data:`SUSPECT_TICKS` ticks and the leader
+        timeout at least :data:`LEADER_TICKS` ticks, so that as many heartbeats
+        or acks must be lost in a row as with the unstretched defaults.
+        """
+        s = self.scale(n)
+        tick = self.tick(n)
+        return (
+            max(self.suspect_timeout * s, SUSPECT_TICKS * tick),
+            self.removal_timeout * s,
+            max(self.leader_timeout * s, LEADER_TICKS * tick),
+        )

@@ -1,0 +1,150 @@
+"""The resend buffer: its size, its cap, trimming stable messages, and answering Naks.
+
+Theory of operation
+-------------------
+Every life keeps the messages it delivered and that are not stable yet in its own
+``buf`` (seq -> (kind, payload), seqs ``buf_low..delivered``, rule 10). This part
+counts them over all lives (``size``) and enforces ``max_buffer`` (rule 15): beyond
+it, the oldest message of the life with the most buffered is dropped
+(``buffer_overflow``), and the coordinator also declares it stable so members stuck
+behind it skip it. It trims a life up to its stable point (rule 13), and answers a
+Nak from the buffer with one Xmit per message it holds in the (capped) range, at
+most ``max_xmit_per_interval`` per requester per ``nak_interval`` window (rules 8, 9;
+beyond: ``xmits_rate_limited``).
+
+Guarantees: ``size`` is the number of messages buffered in every LIVE, DEPARTING and
+RETIRED life (the registry calls :meth:`ResendBuffer.release` when a life's state
+goes) and never exceeds ``max_buffer`` after a delivery. Holds no timer: its part
+of ``next_deadline()`` is always None. Driven by the machine (Naks, views) and the
+registry of lives (deliveries, dropped lives).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from powergrid.events import Send
+from powergrid.protocols.multicast._config import MulticastConfig, MulticastStats
+from powergrid.protocols.multicast._life import OriginLife
+from powergrid.types import NodeId
+from powergrid.wire import Nak, Xmit
+
+
+class ResendBuffer:
+    """The resend buffer of one machine over all its lives (see the module docstring)."""
+
+    __slots__ = ("_config", "_current", "_retired", "_stats", "_windows", "size")
+
+    def __init__(
+        self,
+        config: MulticastConfig,
+        stats: MulticastStats,
+        current: dict[int, OriginLife],
+        retired: dict[int, OriginLife],
+    ) -> None:
+        self._config = config
+        self._stats = stats
+        self._current = current  # the registry's dicts (read only here)
+        self._retired = retired
+        self.size = 0
+        """Messages buffered now, all lives together."""
+        self._windows: dict[int, list[float]] = {}  # requester -> [window start, count]
+
+    def new_peak(self, size: int, coordinating: bool) -> None:
+        """The buffer grew past its peak: enforce the cap (rule 15), then record the peak."""
+        if size > self._config.max_buffer:
+            self._overflow(coordinating)
+            size = self.size
+        self._stats.peak_buffer = max(self._stats.peak_buffer, size)
+
+    def _overflow(self, coordinating: bool) -> None:
+        """Drop the oldest message of the life with the most buffered, while over the cap."""
+        limit = self._config.max_buffer
+        while self.size > limit:
+            _, st = max(
+                [*self._current.items(), *self._retired.items()],
+                key=lambda item: (len(item[1].buf), -item[0]),
+            )
+            seq = st.buf_low
+            while seq not in st.buf:
+                seq += 1
+            del st.buf[seq]
+            st.buf_low = seq + 1
+            self.size -= 1
+            self._stats.buffer_overflow += 1
+            if coordinating and seq > st.stable:
+                st.stable = seq  # nobody can fetch it any more: let laggards skip it
+
+    def release(self, st: OriginLife) -> None:
+        """``st``'s state is dropped: its buffered messages no longer count."""
+        self.size -= len(st.buf)
+
+    def trim(self, st: OriginLife, stable: int) -> None:
+        """Raise ``st``'s stable point to ``stable`` and drop buffered messages up to it."""
+        st.stable = max(st.stable, stable)
+        buf = st.buf
+        top = min(stable, st.delivered)
+        if top < st.buf_low:
+            return
+        if top - st.buf_low >= len(buf):
+            dropped = len(buf)
+            st.buf = {s: m for s, m in buf.items() if s > top}
+            dropped -= len(st.buf)
+        else:
+            dropped = 0
+            for seq in range(st.buf_low, top + 1):
+                if buf.pop(seq, None) is not None:
+                    dropped += 1
+        st.buf_low = top + 1
+        self.size -= dropped
+
+    # ------------------------------------------------------------ answering Naks
+
+    def answer(
+        self, requester: int, msg: Nak, st: OriginLife, now: float, members: int
+    ) -> list[Any]:
+        """Xmits of ``st`` answering ``msg`` from ``requester`` (rule 9), rate limited per
+        requester per ``nak_interval`` (``now`` in seconds; ``members``: the view's size)."""
+        cfg = self._config
+        window = self._windows.get(requester)
+        if window is None or now >= window[0] + cfg.nak_interval:
+            if window is None and len(self._windows) > 4 * members + 16:
+                self._prune(now)
+            window = self._windows[requester] = [now, 0.0]
+        budget = cfg.max_xmit_per_interval - int(window[1])
+        first = max(msg.first, st.buf_low)
+        last = min(msg.last, msg.first + cfg.max_nak_range - 1, st.delivered)
+        out: list[Any] = []
+        to = NodeId(requester)
+        for seq in range(first, last + 1):
+            stored = st.buf.get(seq)
+            if stored is None:
+                continue
+            if budget <= 0:
+                self._stats.xmits_rate_limited += 1
+                continue
+            budget -= 1
+            kind, payload = stored
+            xmit = Xmit(
+                origin=msg.origin,
+                origin_incarnation=st.incarnation,
+                seq=seq,
+                kind=kind,
+                payload=payload,
+            )
+            out.append(Send(to=to, message=xmit))
+        window[1] = cfg.max_xmit_per_interval - budget
+        self._stats.xmits_sent += len(out)
+        return out
+
+    def _prune(self, now: float) -> None:
+        span = self._config.nak_interval
+        for requester in sorted(self._windows):
+            if now >= self._windows[requester][0] + span:
+                del self._windows[requester]
+
+    def keep_requesters(self, members: dict[int, int]) -> None:
+        """A view is installed: forget the rate windows of requesters it does not list."""
+        for requester in sorted(self._windows):
+            if requester not in members:
+                del self._windows[requester]

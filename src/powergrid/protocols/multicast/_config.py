@@ -1,0 +1,194 @@
+"""Multicast's public records: its config, its command and action, its counters, its sizes.
+
+Theory of operation
+-------------------
+Plain values shared by every part of the package (see the package docstring for
+the protocol): :class:`MulticastConfig` validates its own relations when built
+(:class:`~powergrid.errors.ConfigError` names the field), :class:`Publish` and
+:class:`Deliver` are frozen records, :class:`MulticastStats` holds counters that
+only grow. Nothing here keeps state between calls or reads a clock.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from typing import Final
+
+import attrs
+
+from powergrid.errors import ConfigError
+from powergrid.events import Multicast
+from powergrid.types import Incarnation, NodeId
+from powergrid.wire import HEADER_SIZE, MAX_DATAGRAM, Data, Xmit, record_builder
+
+MAX_MULTICAST_PAYLOAD: Final = MAX_DATAGRAM - HEADER_SIZE - struct.calcsize("!QIQB")
+"""The largest payload one :class:`Publish` can carry (bytes): what still fits
+when a holder resends it inside an :class:`~powergrid.wire.Xmit`."""
+
+_LIST_HEAD: Final = struct.calcsize("!QH")  # view_id, entry count
+STATUS_PER_DATAGRAM: Final = (MAX_DATAGRAM - HEADER_SIZE - _LIST_HEAD) // struct.calcsize("!QIQQ")
+"""Entries in one Status datagram; more origins take more datagrams."""
+STABLE_PER_DATAGRAM: Final = (MAX_DATAGRAM - HEADER_SIZE - _LIST_HEAD) // struct.calcsize("!QIQQ")
+"""Entries in one Stable datagram; more origins take more datagrams."""
+
+PENDING: Final = -1
+"""``delivered`` of a life whose stream start is not known yet (a joiner's, rule 18)."""
+NO_REPORT: Final[dict[int, tuple[int, int, int]]] = {}
+"""An empty report (shared, read only)."""
+
+Stored = Data | Xmit
+"""A message of an origin's stream as it arrived (held ahead of a gap)."""
+
+
+# ----------------------------------------------------------------- config
+
+
+@attrs.frozen(kw_only=True)
+class MulticastConfig:
+    """Settings of :class:`MulticastMachine`. Times in seconds, sizes in messages.
+
+    Raises :class:`~powergrid.errors.ConfigError` for a value out of range or
+    values that contradict each other.
+    """
+
+    nak_delay: float = 0.01
+    """How long a gap may last before the first Nak (reordering tolerance)."""
+    nak_interval: float = 0.05
+    """Least time between two Naks for one origin; also the window of the Xmit rate limit."""
+    nak_escalate_after: int = 2
+    """Unicast Naks to the origin without progress before Naks go to the group."""
+    max_nak_range: int = 64
+    """Most messages one Nak asks for, and most one Nak is answered with."""
+    max_xmit_per_interval: int = 256
+    """Most Xmits this node sends one requester per ``nak_interval``."""
+    max_held: int = 1024
+    """Most messages held ahead of a gap, per origin."""
+    max_buffer: int = 10_000
+    """Most delivered messages kept for resending, all origins together."""
+    status_interval: float = 0.25
+    """Between two Status reports to the coordinator, while any are needed."""
+    status_jitter: float = 0.1
+    """Up to this fraction of ``status_interval`` is taken off each period, at random."""
+    stable_interval: float = 0.25
+    """Between two Stable digests of the coordinator, while any are needed."""
+    stable_repeats: int = 3
+    """After a view change the coordinator sends a Stable at once and this many more."""
+    flush_grace: float = 2.0
+    """How long the state of an origin that left the view is kept."""
+
+    def __attrs_post_init__(self) -> None:
+        for name in (
+            "nak_delay",
+            "nak_interval",
+            "status_interval",
+            "status_jitter",
+            "stable_interval",
+            "flush_grace",
+        ):
+            value = getattr(self, name)
+            if not math.isfinite(value):
+                raise ConfigError(f"{name} is {value}; set it to a finite number")
+        if self.nak_delay < 0:
+            raise ConfigError(f"nak_delay is {self.nak_delay}; set it to 0 seconds or more")
+        for name in ("nak_interval", "status_interval", "stable_interval"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} is {getattr(self, name)}; set it above 0 seconds")
+        if self.nak_delay > self.nak_interval:
+            raise ConfigError(
+                f"nak_delay ({self.nak_delay}) is above nak_interval ({self.nak_interval}); "
+                "set nak_delay <= nak_interval (the first Nak must not wait longer than a repeat)"
+            )
+        if not 0 <= self.status_jitter < 1:
+            raise ConfigError(f"status_jitter is {self.status_jitter}; set it within 0..1 (not 1)")
+        if self.nak_escalate_after < 0:
+            raise ConfigError(
+                f"nak_escalate_after is {self.nak_escalate_after}; set it to 0 or more"
+            )
+        for name in ("max_nak_range", "max_held", "max_buffer"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} is {getattr(self, name)}; set it to 1 or more")
+        if self.max_xmit_per_interval < self.max_nak_range:
+            raise ConfigError(
+                f"max_xmit_per_interval ({self.max_xmit_per_interval}) is below max_nak_range "
+                f"({self.max_nak_range}); set it >= max_nak_range so one Nak can be answered"
+            )
+        if self.stable_repeats < 0:
+            raise ConfigError(f"stable_repeats is {self.stable_repeats}; set it to 0 or more")
+        least_grace = self.nak_delay + (self.nak_escalate_after + 1) * self.nak_interval
+        if self.flush_grace < least_grace:
+            raise ConfigError(
+                f"flush_grace ({self.flush_grace}) is below nak_delay + "
+                f"(nak_escalate_after + 1) * nak_interval ({least_grace:g}); raise it so "
+                "survivors can ask the group for a departed origin's last messages"
+            )
+
+
+# ------------------------------------------------------------ events, actions
+
+
+@attrs.frozen(kw_only=True)
+class Publish:
+    """Command: multicast ``payload`` (of ``kind``, 0..255) to the group, reliably, FIFO.
+
+    ``handle`` raises :class:`~powergrid.errors.PayloadTooLargeError` if the
+    payload exceeds :data:`MAX_MULTICAST_PAYLOAD` bytes and
+    :class:`~powergrid.errors.UsageError` for a ``kind`` outside 0..255 or a
+    payload that is not bytes.
+    """
+
+    kind: int
+    payload: bytes
+
+
+@attrs.frozen(kw_only=True)
+class Deliver:
+    """Hand the app message ``seq`` of ``origin`` (in ``incarnation``): ``kind`` and ``payload``."""
+
+    origin: NodeId
+    incarnation: Incarnation
+    seq: int
+    kind: int
+    payload: bytes
+
+
+# Positional constructors for the hot paths (see wire.record_builder): the same
+# records as the keyword constructors, built in about half the time.
+new_deliver: Final = record_builder(Deliver)
+new_data: Final = record_builder(Data)
+new_multicast: Final = record_builder(Multicast)
+
+
+@attrs.define(kw_only=True)
+class MulticastStats:
+    """Counters of one :class:`MulticastMachine` (mutable ints, only grow)."""
+
+    published: int = 0
+    delivered: int = 0
+    """Deliver actions, own messages included."""
+    duplicates: int = 0
+    """Data or Xmit already delivered or held."""
+    stale: int = 0
+    """Messages of an older incarnation, Stable of an older view, Status of a non-member."""
+    ignored: int = 0
+    """Messages not meant for this node's role (e.g. Status when not coordinator), and
+    Stable digests of a view other than this node's own."""
+    held_dropped: int = 0
+    """Messages ahead of a gap dropped because ``max_held`` was reached."""
+    skipped: int = 0
+    """Messages never delivered because Stable moved past them (see the buffer cap)."""
+    naks_sent: int = 0
+    """Naks sent, unicast and group."""
+    naks_group: int = 0
+    """Of those, multicast to the group."""
+    xmits_sent: int = 0
+    xmits_rate_limited: int = 0
+    """Xmits not sent because of ``max_xmit_per_interval``."""
+    status_sent: int = 0
+    """Status datagrams sent."""
+    stable_sent: int = 0
+    """Stable datagrams sent."""
+    buffer_overflow: int = 0
+    """Messages dropped from the resend buffer before they were stable."""
+    peak_buffer: int = 0
+    """The most messages the resend buffer ever held."""

@@ -1,0 +1,315 @@
+"""The stability coordinator: the members' reports, the Stable digest, lost history, hearsay.
+
+Theory of operation
+-------------------
+A :class:`StabilityCoordinator` exists only while this node is its view's leader:
+the machine builds one when a view makes it coordinator and drops it when a view
+makes someone else coordinator, so its state (the members' reports, the Stable
+timer and the digests still owed after a view change) resets by construction.
+
+It keeps each member's last :class:`~powergrid.wire.Status` report per origin,
+``(incarnation, delivered, low)`` (rule 11), for current lives and, apart, for
+retired ones; a report speaks for the member life that sent it, so a view change
+keeps only the reports of members listed with the same incarnation (rule 12). From
+them it computes per life ``stable`` = the minimum delivered over the view's members
+and ``highest`` = the most seen, trims its own buffer to it and digests both in
+:class:`~powergrid.wire.Stable` datagrams, retired lives in datagrams of their own
+(rules 12, 23). Before each digest it skips history nobody holds any more (rule 16).
+A member's report of a past life it has no state of makes a HEARSAY life (rule 24).
+
+Guarantees: ``stable`` of a life never goes down; within one view it never passes
+what a member of the view lacks. Assumes the view lists this node and that the
+machine routes Status here only while it coordinates. Its deadline is
+``stable_due`` (None while nothing is unstable and no digest is owed).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from powergrid.events import Multicast
+from powergrid.protocols.multicast._buffer import ResendBuffer
+from powergrid.protocols.multicast._config import (
+    NO_REPORT,
+    PENDING,
+    STABLE_PER_DATAGRAM,
+    MulticastConfig,
+)
+from powergrid.protocols.multicast._life import OriginLife, Phase
+from powergrid.protocols.multicast._lives import Lives
+from powergrid.wire import Stable, StableEntry, Status
+
+_Reports = dict[int, dict[int, tuple[int, int, int]]]
+"""member -> origin -> (incarnation, delivered, low)."""
+
+
+class StabilityCoordinator:
+    """The coordinator's part of one machine, alive while this node coordinates."""
+
+    __slots__ = (
+        "_buffer",
+        "_config",
+        "_lives",
+        "_me",
+        "_own",
+        "reports",
+        "retired_reports",
+        "stable_due",
+        "stable_left",
+    )
+
+    def __init__(
+        self,
+        config: MulticastConfig,
+        me: int,
+        own: OriginLife,
+        lives: Lives,
+        buffer: ResendBuffer,
+    ) -> None:
+        self._config = config
+        self._me = me
+        self._own = own
+        self._lives = lives
+        self._buffer = buffer
+        self.reports: _Reports = {}  # of current lives
+        self.retired_reports: _Reports = {}  # of retired lives (their origin -> the report)
+        self.stable_due: float | None = None
+        """When the next Stable digest goes out (seconds), None while none is needed."""
+        self.stable_left = 0
+        """Stable digests still owed after a view change (rule 12)."""
+
+    # ------------------------------------------------------------ reports follow lives
+
+    def keep_reports(self, members: dict[int, int], old_members: dict[int, int]) -> None:
+        """A view is installed: keep the reports of member lives it lists again (rule 12)."""
+        self.reports, self.retired_reports = (
+            {m: r for m, r in reports.items() if m in members and members[m] == old_members.get(m)}
+            for reports in (self.reports, self.retired_reports)
+        )
+
+    def forget(self, origin: int) -> None:
+        """``origin``'s current life is gone: so are the reports of it."""
+        for report in self.reports.values():
+            report.pop(origin, None)
+
+    def retire(self, origin: int, inc: int) -> None:
+        """``origin``'s life ``inc`` was retired: its reports become retired reports."""
+        retired = self.retired_reports
+        for m, report in self.reports.items():
+            got = report.pop(origin, None)
+            if got is not None and got[0] == inc:
+                retired.setdefault(m, {})[origin] = got
+
+    def forget_retired(self, origin: int) -> None:
+        """``origin``'s past life is gone: so are the reports of it."""
+        for report in self.retired_reports.values():
+            report.pop(origin, None)
+
+    @staticmethod
+    def _report(
+        report: dict[int, tuple[int, int, int]], origin: int, inc: int, delivered: int, low: int
+    ) -> None:
+        """Record a member's point for ``origin`` (both only grow within a life: keep the max)."""
+        prev = report.get(origin)
+        if prev is None or prev[0] != inc:
+            report[origin] = (inc, delivered, low)
+        elif delivered > prev[1] or low > prev[2]:
+            report[origin] = (inc, max(delivered, prev[1]), max(low, prev[2]))
+
+    # ------------------------------------------------------------ Status in
+
+    def on_status(self, member: int, msg: Status, now: float) -> list[Any]:
+        """A Status of ``member`` (a member of the view, not this node): record its points,
+        learn of lives and gaps from them, and answer with a Stable soon (rules 11, 12)."""
+        lives = self._lives
+        me = self._me
+        own = self._own
+        report = self.reports.setdefault(member, {})
+        out: list[Any] = []
+        for origin, inc, delivered, low in msg.entries:
+            low = min(low, delivered)
+            if origin == me:
+                if inc == own.incarnation:
+                    self._report(report, origin, inc, min(delivered, own.delivered), low)
+                elif inc < own.incarnation:
+                    self._hearsay(origin, inc, delivered, now)
+                continue
+            if self._hearsay_of(origin, inc):
+                self._hearsay(origin, inc, delivered, now)
+                continue
+            if lives.unlisted(origin, inc) and lives.retired_life(origin, inc) is None:
+                continue  # (rule 2; a retired life is repaired for its flush_grace, never revived)
+            st = lives.current.get(origin)
+            if st is None:
+                if lives.dropped(origin, inc):
+                    continue
+                st = lives.begin(origin, inc, 0, now)
+            elif inc != st.incarnation:
+                if inc < st.incarnation:
+                    old = lives.retired_life(origin, inc)
+                    if old is not None:  # the member delivered this much of the old life
+                        old.highest = max(old.highest, delivered)
+                        retired = self.retired_reports.setdefault(member, {})
+                        self._report(retired, origin, inc, delivered, low)
+                        lives.check_gap(old, now)
+                    continue
+                st = lives.begin(origin, inc, 0, now)
+            elif st.delivered == PENDING:
+                lives.start(st, delivered, out)
+            self._report(report, origin, inc, delivered, low)
+            st.highest = max(st.highest, delivered)
+            lives.check_gap(st, now)
+        if self.stable_due is None:
+            self.stable_due = now + self._config.stable_interval
+        return out
+
+    def _hearsay(self, origin: int, inc: int, delivered: int, now: float) -> None:
+        """A member reports it delivered up to ``delivered`` of a past life ``inc`` of
+        ``origin`` that this node has no state of (its own past life, or a life of another
+        origin it never knew: it joined, restarted or took over after that life ended):
+        keep it as a HEARSAY life, for ``flush_grace`` from the first report, so its highest
+        goes out in the digest like any retired life's and members behind fetch its end
+        from those that delivered it. Only its highest grows, with the reports (rule 24)."""
+        lives = self._lives
+        old = lives.retired.get(origin)
+        if old is None or old.incarnation < inc:
+            old = lives.hear(origin, inc, now)
+        elif old.incarnation > inc:
+            return
+        if delivered > old.highest:
+            old.highest = old.delivered = delivered  # no gap: this node never asks for it
+
+    def _hearsay_of(self, origin: int, inc: int) -> bool:
+        """Whether a Status entry of life ``inc`` of ``origin`` (not this node) is of a past
+        life this coordinator has no state of: the view lists a later life of the origin,
+        this node knows no life of it or only a later one, and keeps no retired life of it
+        but one it heard of the same way (rule 24)."""
+        lives = self._lives
+        old = lives.retired.get(origin)
+        if old is not None:
+            if old.phase is not Phase.HEARSAY:
+                return False  # a life it had state of: digested from that state
+            if old.incarnation >= inc:
+                return old.incarnation == inc
+        listed = lives.members.get(origin)
+        if listed is None or inc >= listed:
+            return False
+        st = lives.current.get(origin)
+        return st is None or st.incarnation > inc
+
+    # ------------------------------------------------------------ the view's coordinator
+
+    def start_pending(self, now: float, out: list[Any]) -> None:
+        """Lives whose start is unknown start at 0 here: the coordinator gets no Stable
+        (rule 21); what nobody holds any more is skipped as lost history (rule 16)."""
+        lives = self._lives
+        for _, st in sorted(lives.current.items()):
+            if st.delivered == PENDING:
+                lives.start(st, 0, out)
+                lives.check_gap(st, now)
+
+    # ------------------------------------------------------------ lost history
+
+    def skip_lost(self, now: float, out: list[Any]) -> None:
+        """Raise each life's stable point to where its history is lost for good (rule 16).
+
+        With every member's report in, the messages anyone can still resend are the
+        union of the members' ``(low, delivered]`` (this node's included). Counting down
+        from the highest delivered, the first message nobody holds is lost: messages
+        dropped as stable in a view some of today's members were not in (a partition, a
+        restart). Members behind it can never get it, so it is declared stable and they
+        skip to it; the coordinator skips first. Retired lives too: with the reports of
+        every member but the origin (its new life holds none of the old one), for the
+        coordinator may have started the old life at 0 and not yet skipped when the
+        origin restarted.
+        """
+        lives = self._lives
+        me = self._me
+        others = [m for m in sorted(lives.members) if m != me]
+        for origin, st in sorted(lives.current.items()):
+            if origin == me or st.delivered == PENDING:
+                continue
+            lost = self._lost_point(st, others, self.reports)
+            if lost > st.stable:
+                st.stable = lost
+                if lost > st.delivered:
+                    lives.skip_to(st, lost, out)
+                    lives.check_gap(st, now)
+        for origin, st in sorted(lives.retired.items()):
+            if st.phase is Phase.HEARSAY:  # a life known from reports: nothing held here
+                continue
+            holders = [m for m in others if m != origin]
+            lost = self._lost_point(st, holders, self.retired_reports)
+            if lost > st.stable:
+                st.stable = lost
+                if lost > st.delivered:
+                    lives.skip_to(st, lost, out)
+                    lives.check_gap(st, now)
+
+    @staticmethod
+    def _lost_point(st: OriginLife, others: list[int], reports: _Reports) -> int:
+        """The highest message of life ``st`` that nobody holds (``0``: none, or a member
+        of ``others`` has not reported this life yet)."""
+        origin = st.origin
+        inc = st.incarnation
+        spans = [(min(st.buf_low - 1, st.delivered), st.delivered)]
+        for m in others:
+            got = reports.get(m, NO_REPORT).get(origin)
+            if got is None or got[0] != inc:
+                return 0
+            spans.append((got[2], got[1]))
+        lost = max(d for _, d in spans)
+        held = st.held
+        while lost > 0:
+            below = [low for low, d in spans if low < lost <= d]
+            if below:
+                lost = min(below)
+            elif lost in held:  # this node can still deliver it, and then resend it
+                lost -= 1
+            else:
+                break
+        return lost
+
+    # ------------------------------------------------------------ Stable out
+
+    def digest(self, view_id: int) -> tuple[list[Any], bool]:
+        """The Stable datagrams of view ``view_id`` (applied to this node's buffer too),
+        and whether anything is unstable (rules 12, 23)."""
+        lives = self._lives
+        me = self._me
+        others = [m for m in sorted(lives.members) if m != me]
+        reports = self.reports
+        trim = self._buffer.trim
+        entries: list[StableEntry] = []
+        unstable = False
+        for origin, st in sorted(lives.current.items()):
+            if st.delivered == PENDING:
+                continue
+            inc = st.incarnation
+            low = st.delivered
+            for m in others:
+                got = reports.get(m, NO_REPORT).get(origin)
+                if got is None or got[0] != inc:
+                    low = st.stable
+                    break
+                low = min(low, got[1])
+            trim(st, max(low, st.stable))
+            entries.append(StableEntry(origin, inc, st.stable, st.highest))
+            if st.stable < st.highest:
+                unstable = True
+        n = STABLE_PER_DATAGRAM
+        out: list[Any] = [
+            Multicast(message=Stable(view_id=view_id, entries=tuple(entries[i : i + n])))
+            for i in range(0, len(entries), n)
+        ]
+        if lives.retired:  # the highest of each retired life, so laggards fetch its end
+            old = [
+                StableEntry(o, st.incarnation, min(st.stable, st.highest), st.highest)
+                for o, st in sorted(lives.retired.items())
+            ]
+            out.extend(
+                Multicast(message=Stable(view_id=view_id, entries=tuple(old[i : i + n])))
+                for i in range(0, len(old), n)
+            )
+            unstable = True  # repeated until the retired lives are dropped
+        return out, unstable

@@ -1,0 +1,447 @@
+"""The registry of origin lives: their phase changes, their streams, and their repair.
+
+Theory of operation
+-------------------
+:class:`Lives` holds every life this member knows, indexed by phase, and is the
+only code that changes a phase (each change goes through
+:func:`~._life.next_phase`, so the table in ``_life.py`` is the single source of
+truth; the dicts here are indexes kept in step with it):
+
+* ``current``: origin -> its LIVE or DEPARTING life (its own life included);
+* ``departing``: the DEPARTING ones (their ``gone_at`` is a grace timer);
+* ``retired``: origin -> its one RETIRED or HEARSAY life;
+* ``gappy``: the current lives with a Nak timer (an index for the deadline, not a
+  phase: a gap is orthogonal to the phase);
+* ``tombstones``: what DROPPED lives left.
+
+On a life it keeps the stream: place a Data or Xmit (deliver in order and drain
+what it unblocks, hold ahead of a gap, drop duplicates: rules 3, 4), start a
+pending stream (rule 18), skip to a stable point (rule 17), apply a Stable digest
+of the own view's coordinator (rule 13). And it is the resend requester: a Nak
+timer per life with a gap, unicast Naks to the origin, then group Naks with a
+rotating helper (rules 5-7). Its deadline is the earliest Nak, grace and
+retired-life timer (:meth:`Lives.deadline`).
+
+Assumes the machine tells it the view (``members``, ``leader``, ``has_view``) and
+whether a coordinator part exists (``coordinator``, whose reports go with the
+lives they speak of). Every call takes ``now`` in seconds; nothing here reads a
+clock or draws a random number.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from powergrid.events import Multicast, Send
+from powergrid.protocols.multicast._buffer import ResendBuffer
+from powergrid.protocols.multicast._config import (
+    PENDING,
+    MulticastConfig,
+    MulticastStats,
+    Stored,
+    new_deliver,
+)
+from powergrid.protocols.multicast._life import (
+    CURRENT,
+    OriginLife,
+    Phase,
+    Tombstones,
+    Trigger,
+    next_phase,
+)
+from powergrid.types import NodeId
+from powergrid.wire import Nak, Stable
+
+if TYPE_CHECKING:
+    from powergrid.protocols.multicast._coordinator import StabilityCoordinator
+
+
+class Lives:
+    """Every origin life one machine knows, by phase (see the module docstring)."""
+
+    __slots__ = (
+        "_arm",
+        "_buffer",
+        "_config",
+        "_me",
+        "_stats",
+        "coordinator",
+        "current",
+        "departing",
+        "gappy",
+        "has_view",
+        "leader",
+        "members",
+        "retired",
+        "tombstones",
+    )
+
+    def __init__(
+        self,
+        config: MulticastConfig,
+        stats: MulticastStats,
+        me: int,
+        buffer: ResendBuffer,
+        current: dict[int, OriginLife],
+        retired: dict[int, OriginLife],
+        arm: Callable[[float], None],
+    ) -> None:
+        self._config = config
+        self._stats = stats
+        self._me = me
+        self._buffer = buffer
+        self._arm = arm  # starts the Status or Stable timer if idle (the machine's)
+        self.current = current
+        self.retired = retired
+        self.departing: dict[int, OriginLife] = {}
+        self.gappy: dict[int, OriginLife] = {}
+        self.tombstones = Tombstones()
+        self.members: dict[int, int] = {}  # member -> incarnation, of the current view
+        self.leader = 0  # the view's leader (the stability coordinator), 0 if none
+        self.has_view = False
+        self.coordinator: StabilityCoordinator | None = None  # while this node coordinates
+
+    # ------------------------------------------------------------ phase changes
+
+    def begin(self, origin: int, inc: int, start: int, now: float) -> OriginLife:
+        """A new current life of ``origin`` in ``inc``, its stream after ``start``.
+
+        The life it replaces is RETIRED, or ABANDONED if its start was unknown (rule
+        1). A DROPPED life that comes back resumes after what was delivered of it
+        (never delivering anything twice) with the stable point known (rule 22). A
+        life the view does not list starts DEPARTING, so a forged incarnation cannot
+        shut out the listed life for good (rule 2).
+        """
+        old = self.current.get(origin)
+        if old is not None:
+            if old.incarnation < inc and old.delivered != PENDING:
+                self._retire(old, now)
+            else:
+                self._leave_current(old, Trigger.ABANDONED)
+        known = self.tombstones.revive(origin, inc)
+        if known is not None and known[1] > start:
+            st = OriginLife(origin, inc, known[1], Phase.DROPPED)
+            st.stable = max(known[0], start, 0)
+        else:
+            st = OriginLife(origin, inc, start, Phase.ABSENT if known is None else Phase.DROPPED)
+        self.current[origin] = st
+        if self.has_view and self.members.get(origin) != inc:
+            st.phase = next_phase(st.phase, Trigger.UNLISTED)
+            st.gone_at = now + self._config.flush_grace
+            self.departing[origin] = st
+        else:
+            st.phase = next_phase(st.phase, Trigger.LISTED)
+        return st
+
+    def depart(self, st: OriginLife, now: float) -> None:
+        """A view no longer lists ``st``: keep it for ``flush_grace`` (rule 22)."""
+        st.phase = next_phase(st.phase, Trigger.UNLISTED)
+        st.gone_at = now + self._config.flush_grace
+        self.departing[st.origin] = st
+
+    def relist(self, st: OriginLife) -> None:
+        """A view lists ``st`` again within its grace: it keeps its stream (rule 22)."""
+        st.phase = next_phase(st.phase, Trigger.LISTED)
+        st.gone_at = None
+        del self.departing[st.origin]
+
+    def _leave_current(self, st: OriginLife, trigger: Trigger) -> None:
+        """``st`` stops being its origin's current life (dropped or abandoned)."""
+        origin = st.origin
+        st.phase = next_phase(st.phase, trigger)
+        del self.current[origin]
+        self._buffer.release(st)
+        self.gappy.pop(origin, None)
+        self.departing.pop(origin, None)
+        if self.coordinator is not None:
+            self.coordinator.forget(origin)
+
+    def _retire(self, st: OriginLife, now: float) -> None:
+        """A newer life replaced ``st`` (a restart): keep it as the origin's retired life for
+        ``flush_grace``, so members can still fetch its last messages from whoever
+        delivered them (rule 23). The coordinator's reports of it go with it."""
+        origin = st.origin
+        st.phase = next_phase(st.phase, Trigger.REPLACED)
+        del self.current[origin]
+        self.gappy.pop(origin, None)
+        self.departing.pop(origin, None)
+        prev = self.retired.get(origin)
+        if prev is not None:
+            self.drop_past(prev, Trigger.SUPERSEDED)
+        if self.coordinator is not None:
+            self.coordinator.retire(origin, st.incarnation)
+        st.gone_at = now + self._config.flush_grace
+        st.nak_due = None
+        st.tries = st.group_round = 0
+        self.retired[origin] = st  # its buffer stays counted
+        self.check_gap(st, now)
+
+    def hear(self, origin: int, inc: int, now: float) -> OriginLife:
+        """A HEARSAY life ``inc`` of ``origin``, in its retired slot for ``flush_grace``
+        (rule 24): nothing of it is held, delivered or declared stable here."""
+        prev = self.retired.get(origin)
+        if prev is not None:
+            self.drop_past(prev, Trigger.SUPERSEDED)
+        st = self.retired[origin] = OriginLife(origin, inc, 0, Phase.ABSENT)
+        st.phase = next_phase(st.phase, Trigger.HEARD)
+        st.gone_at = now + self._config.flush_grace
+        return st
+
+    def drop_past(self, st: OriginLife, trigger: Trigger) -> None:
+        """``st`` leaves its origin's retired slot (SUPERSEDED, GRACE_OVER or DEPOSED);
+        a RETIRED life whose grace is over is remembered (rule 22)."""
+        origin = st.origin
+        st.phase = next_phase(st.phase, trigger)
+        if st.phase is Phase.DROPPED:
+            self.tombstones.remember(st)
+        del self.retired[origin]
+        self._buffer.release(st)
+        if self.coordinator is not None:
+            self.coordinator.forget_retired(origin)
+
+    def drop_hearsay(self) -> None:
+        """This node stops coordinating: its HEARSAY lives were digest state only (rule 24)."""
+        for origin in sorted(self.retired):
+            st = self.retired[origin]
+            if st.phase is Phase.HEARSAY:
+                self.drop_past(st, Trigger.DEPOSED)
+
+    def expire(self, now: float, out: list[Any]) -> bool:
+        """Run the Nak and grace timers due at ``now``; whether any life was dropped."""
+        dropped = False
+        gappy = self.gappy
+        for origin in sorted(gappy):
+            st = gappy[origin]
+            if st.nak_due is not None and st.nak_due <= now:
+                self.send_nak(st, now, out)
+        retired = self.retired
+        for origin in sorted(retired):
+            st = retired[origin]
+            if st.gone_at is not None and st.gone_at <= now:
+                self.drop_past(st, Trigger.GRACE_OVER)
+                dropped = True
+            elif st.nak_due is not None and st.nak_due <= now:
+                self.send_nak(st, now, out)
+        departing = self.departing
+        for origin in sorted(o for o, st in departing.items() if st.gone_at <= now):  # type: ignore[operator]
+            st = departing[origin]
+            self._leave_current(st, Trigger.GRACE_OVER)
+            self.tombstones.remember(st)
+            dropped = True
+        return dropped
+
+    def deadline(self, best: float | None) -> float | None:
+        """The earlier of ``best`` and every Nak, grace and retired-life timer."""
+        for st in self.gappy.values():
+            due = st.nak_due
+            if due is not None and (best is None or due < best):
+                best = due
+        for st in self.departing.values():
+            due = st.gone_at
+            if due is not None and (best is None or due < best):
+                best = due
+        for st in self.retired.values():
+            for due in (st.nak_due, st.gone_at):
+                if due is not None and (best is None or due < best):
+                    best = due
+        return best
+
+    # ------------------------------------------------------------ questions
+
+    def unknown_start(self, seq: int) -> int:
+        """Where the stream of an origin we have no state for starts, on a message ``seq``
+        (rules 18-21; :meth:`begin` resumes a dropped life after what we delivered)."""
+        if seq == 1 or self.coordinator is not None:
+            return 0
+        return PENDING
+
+    def unlisted(self, origin: int, inc: int) -> bool:
+        """Whether the view lists ``origin`` in another life than ``inc``: a digest then
+        says nothing of the listed life, and must not start (or keep alive) another one
+        (rule 2)."""
+        listed = self.members.get(origin)
+        return listed is not None and listed != inc
+
+    def dropped(self, origin: int, inc: int) -> bool:
+        """Whether this life of ``origin`` left the view and its state was dropped after grace."""
+        return self.tombstones.covers(origin, inc) and origin not in self.members
+
+    def retired_life(self, origin: int, inc: int) -> OriginLife | None:
+        """``origin``'s past life (RETIRED or HEARSAY) if it is life ``inc``."""
+        old = self.retired.get(origin)
+        return old if old is not None and old.incarnation == inc else None
+
+    # ------------------------------------------------------------ streams
+
+    def place(self, st: OriginLife, seq: int, msg: Stored, now: float) -> list[Any]:
+        """Deliver (with what it unblocks), hold or drop message ``seq`` of ``st`` (rule 3)."""
+        st.highest = max(st.highest, seq)
+        out: list[Any] = []
+        if seq <= st.delivered or seq in st.held:
+            self._stats.duplicates += 1
+        elif seq == st.delivered + 1:
+            self.deliver(st, seq, msg, out)
+            self.drain(st, out)
+            st.tries = st.group_round = 0  # progress (rule 7)
+            self._arm(now)
+        elif len(st.held) >= self._config.max_held:
+            self._stats.held_dropped += 1
+        else:
+            st.held[seq] = msg
+        return out
+
+    def deliver(self, st: OriginLife, seq: int, msg: Stored, out: list[Any]) -> None:
+        """Deliver ``seq`` of ``st`` and keep it in the resend buffer (rule 10)."""
+        st.delivered = seq
+        st.buf[seq] = (msg.kind, msg.payload)
+        buffer = self._buffer
+        size = buffer.size = buffer.size + 1
+        self._stats.delivered += 1
+        if size > self._stats.peak_buffer:
+            buffer.new_peak(size, self.coordinator is not None)
+        out.append(new_deliver(st.origin, st.incarnation, seq, msg.kind, msg.payload))
+
+    def drain(self, st: OriginLife, out: list[Any]) -> None:
+        """Deliver held messages that are now in order (rule 3)."""
+        held = st.held
+        while held:
+            nxt = held.pop(st.delivered + 1, None)
+            if nxt is None:
+                break
+            self.deliver(st, st.delivered + 1, nxt, out)
+
+    def start(self, st: OriginLife, start: int, out: list[Any]) -> None:
+        """A pending stream starts after ``start``: drop older held, deliver the rest (rule 18)."""
+        st.delivered = start
+        st.buf_low = start + 1
+        st.stable = max(st.stable, start)
+        for seq in sorted(s for s in st.held if s <= start):
+            del st.held[seq]
+        self.drain(st, out)
+
+    def skip_to(self, st: OriginLife, stable: int, out: list[Any]) -> None:
+        """Stable moved past what we delivered: skip everything up to it, then go on from it.
+
+        Messages held up to ``stable`` are dropped (skipped) too: delivering them would
+        leave gaps between deliveries, so the stream jumps once, at the lost point (rule 17).
+        """
+        held = st.held
+        for seq in [s for s in held if s <= stable]:
+            del held[seq]
+        self._stats.skipped += stable - st.delivered
+        st.delivered = stable
+        self.drain(st, out)
+        st.tries = st.group_round = 0
+
+    def take_digest(self, msg: Stable, now: float) -> list[Any]:
+        """Apply a Stable of the own view's coordinator (rule 14 checked by the caller):
+        trim to ``stable`` and nak up to ``highest`` (rule 13), start a joiner's streams
+        (rule 18), skip lost stretches (rule 17), learn how far retired lives went (rule 23).
+        Returns the deliveries it causes."""
+        out: list[Any] = []
+        trim = self._buffer.trim
+        origins = self.current
+        for origin, inc, stable, highest in msg.entries:
+            st = origins.get(origin)
+            if origin == self._me:
+                if st is not None and inc == st.incarnation:
+                    trim(st, min(stable, st.delivered))  # rule 13
+                continue
+            if self.unlisted(origin, inc) and self.retired_life(origin, inc) is None:
+                continue  # (rule 2; a retired life is repaired for its flush_grace, never revived)
+            if st is None:
+                if self.dropped(origin, inc):
+                    continue
+                st = self.begin(origin, inc, stable, now)  # a joiner starts here (rule 18)
+            elif inc != st.incarnation:
+                if inc < st.incarnation:
+                    old = self.retired_life(origin, inc)
+                    if old is not None:  # rule 23: learn how far the retired life went
+                        if stable > old.delivered:
+                            self.skip_to(old, stable, out)
+                        old.highest = max(old.highest, highest)
+                        self.check_gap(old, now)
+                    continue
+                st = self.begin(origin, inc, stable, now)
+            elif st.delivered == PENDING:
+                self.start(st, stable, out)  # rule 18
+            elif stable > st.delivered:
+                self.skip_to(st, stable, out)  # rule 17
+            trim(st, stable)  # rule 13
+            st.highest = max(st.highest, highest)
+            self.check_gap(st, now)  # behind highest: nak (rule 13)
+        return out
+
+    # ------------------------------------------------------------ the resend requester
+
+    def check_gap(self, st: OriginLife, now: float) -> None:
+        """Start or stop ``st``'s Nak timer to match whether it has a gap (rule 5)."""
+        if st.delivered != PENDING and st.highest > st.delivered:
+            if st.nak_due is None:
+                cfg = self._config
+                st.nak_due = max(now + cfg.nak_delay, st.last_nak + cfg.nak_interval)
+                if st.phase in CURRENT:
+                    self.gappy[st.origin] = st
+                self._arm(now)
+        elif st.nak_due is not None:
+            st.nak_due = None
+            st.tries = st.group_round = 0
+            if st.phase in CURRENT:
+                del self.gappy[st.origin]
+
+    def send_nak(self, st: OriginLife, now: float, out: list[Any]) -> None:
+        """Ask for every missing range within ``max_nak_range`` after the delivered point:
+        of the origin (rule 5), or of the group with a helper after ``nak_escalate_after``
+        tries, at once for an origin not in the view or a past life (rule 6)."""
+        cfg = self._config
+        held = st.held
+        origin = st.origin
+        first = st.delivered + 1
+        end = min(st.highest, st.delivered + cfg.max_nak_range)
+        ranges: list[tuple[int, int]] = []
+        seq = first
+        while seq <= end:
+            if seq in held:
+                seq += 1
+                continue
+            start = seq
+            while seq <= end and seq not in held:
+                seq += 1
+            ranges.append((start, seq - 1))
+        st.last_nak = now
+        st.nak_due = now + cfg.nak_interval
+        stats = self._stats
+        gone = st.phase not in CURRENT or (self.has_view and origin not in self.members)
+        if st.tries >= cfg.nak_escalate_after or gone:
+            helper = self._helper(origin, st.group_round)
+            st.group_round += 1
+            for lo, hi in ranges:
+                stats.naks_sent += 1
+                stats.naks_group += 1
+                nak = Nak(
+                    origin=origin,
+                    origin_incarnation=st.incarnation,
+                    first=lo,
+                    last=hi,
+                    helper=helper,
+                )
+                out.append(Multicast(message=nak))
+        else:
+            for lo, hi in ranges:
+                stats.naks_sent += 1
+                nak = Nak(origin=origin, origin_incarnation=st.incarnation, first=lo, last=hi)
+                out.append(Send(to=NodeId(origin), message=nak))
+        st.tries += 1
+
+    def _helper(self, origin: int, round_: int) -> int:
+        """Who besides the origin answers group Nak round ``round_`` (the origin if nobody):
+        the coordinator first, then the other members in id order (rule 6)."""
+        leader = self.leader
+        skip = (self._me, origin, leader)
+        candidates = [m for m in sorted(self.members) if m not in skip]
+        if leader not in (0, self._me, origin):
+            candidates.insert(0, leader)
+        if not candidates:
+            return origin
+        return candidates[round_ % len(candidates)]
