@@ -724,9 +724,10 @@ def test_foreign_epoch_followed_while_electing() -> None:
 
 def test_restarted_leader_makes_candidate_elect() -> None:
     """Restarts: a candidate whose leader came back in a new life with an older epoch
-    schedules an election (the restarted node is a higher candidate: one stagger)."""
+    schedules an election (the restarted node is a higher candidate: one stagger), and
+    tells it the epoch to beat (Fenced: a higher key's claim of an older epoch)."""
     m = follower_of(4, 5, 3)
-    assert m.handle(rx(5, Coordinator(epoch=1, rank=0), inc=2), 1.0) == []
+    assert m.handle(rx(5, Coordinator(epoch=1, rank=0), inc=2), 1.0) == [send(5, Fenced(epoch=3))]
     assert (m.leader, m.state, m.next_deadline()) == (0, "follower", 1.125)
     assert m.handle(WAKE, 1.125) == [started(4), elect_msg(3)]
 
@@ -1473,3 +1474,22 @@ def test_random_faults_one_leader_per_epoch_and_convergence(plan: dict[str, Any]
     starts, leaders = net.starts(), net.leaders()
     net.run(net.now + 10.0)
     assert net.agreed() and net.starts() == starts and net.leaders() == leaders
+
+
+def test_a_leaderless_candidate_fences_a_higher_leader_of_an_older_epoch_with_its_own() -> None:
+    """Fencing (found by the adversary, seed 202): a capable node without a live leader
+    refuses a higher key's Coordinator of an epoch older than the one it followed and answers
+    Fenced(that epoch), not the highest seen (which may be forged, foreign to the leader, so
+    ignored), and the leader re-asserts above it. It used to answer nothing and elect for
+    good, each Election (carrying the foreign epoch) answered by the same old Coordinator."""
+    far = 10 + EPOCH_WINDOW - 1
+    m = follower_of(2, 3, 10)
+    m.handle(rx(5, Answer(epoch=far, rank=0)), 0.5)  # a forged epoch seen: within our window
+    m.handle(lost(3, 10), 1.0)
+    assert m.handle(rx(5, Coordinator(epoch=8, rank=0)), 1.1) == [send(5, Fenced(epoch=10))]
+    leader = leader_at(5, 8)
+    assert leader.handle(rx(2, Election(epoch=far, rank=0)), 1.2) == [
+        send(2, Coordinator(epoch=8, rank=0))  # foreign: the leader cannot go by it
+    ]
+    out = leader.handle(rx(2, Fenced(epoch=10)), 1.2)
+    assert started(11) in out

@@ -30,3 +30,23 @@ def test_epochs_compare_as_serial_numbers_across_the_wrap() -> None:
     rec = Leadership(A, Epoch(2**32 - 1))
     assert rec.judge(B, Epoch(1)) is Verdict.NEWER  # 1 follows 2**32 - 1
     assert rec.judge(B, Epoch(2**32 - 2)) is Verdict.STALE
+
+
+def test_obey_follows_all_but_a_stale_announcement() -> None:
+    rec = Leadership(A, Epoch(5))
+    assert rec.obey(B, Epoch(4)) is Verdict.STALE
+    assert (rec.leader, rec.epoch) == (A, 5)
+    assert rec.obey(A, Epoch(5)) is Verdict.SAME
+    assert (rec.leader, rec.epoch) == (A, 5)
+    assert rec.obey(B, Epoch(5)) is Verdict.TWIN
+    assert (rec.leader, rec.epoch) == (B, 5)
+    assert rec.obey(A, Epoch(7)) is Verdict.NEWER
+    assert (rec.leader, rec.epoch) == (A, 7)
+
+
+def test_forget_starts_over_from_epoch_zero() -> None:
+    rec = Leadership(A, Epoch(9))
+    rec.forget()
+    assert (rec.leader, rec.epoch) == (None, 0)
+    assert rec.obey(B, Epoch(1)) is Verdict.NEWER
+    assert (rec.leader, rec.epoch) == (B, 1)

@@ -134,6 +134,7 @@ def test_client_applies_price_to_acknowledged_bid() -> None:
             regime=Regime.NORMAL,
             allocation=162,
             includes_latest_bid=True,
+            counted=True,
         ),
         AllocationChanged(group=CL, allocation=162, cause="price"),
     ]
@@ -1069,3 +1070,25 @@ def test_wired_market_brokers_reclear_when_lead_dies() -> None:
         for n in members:
             assert m.clients[n].allocation >= WIRED_BIDS[n][1].required  # type: ignore[operator]
     assert not any(c.lease_expired for c in m.clients.values())
+
+
+def test_client_keeps_its_cap_across_a_failover_until_its_lease_ends() -> None:
+    """Issue 16 (caps are leases): a new broker's price that has not counted the bid yet
+    keeps the previous broker's cap in force (not 0 W) until the lease of the last counted
+    price ends; uncounted prices do not renew it, and expiry gives min(cap, r), never more."""
+    c = client_following()
+    c.handle(rx(BROKER, wire.BidAck(epoch=1, seq=1, aggregate=1)), 0.1)
+    assert c.handle(rx(BROKER, price()), 1.0)[-1] == AllocationChanged(
+        group=CL, allocation=162, cause="price"
+    )
+    c.handle(LeaderElected(group=CL, leader=OTHER, epoch=Epoch(2)), 2.0)
+    out = c.handle(rx(OTHER, price(epoch=2)), 3.0)  # the new broker has not counted us
+    assert [type(a) for a in out] == [PriceUpdated]  # the cap stays: no AllocationChanged
+    assert out[0].allocation == 0 and out[0].carried  # type: ignore[attr-defined]
+    assert c.allocation == 162 and c.stats.prices_carried == 1
+    assert c.next_deadline() == 4.0  # the refresh; the lease still ends at 6.0
+    c.handle(DL, 4.0)
+    out = c.handle(DL, 6.0)
+    assert AllocationChanged(group=CL, allocation=100, cause="lease") in out
+    out = c.handle(rx(OTHER, price(epoch=2, round=2)), 6.5)  # lease over: no carry
+    assert out[-1] == AllocationChanged(group=CL, allocation=0, cause="price")

@@ -338,3 +338,22 @@ def test_churn_members_that_stay_deliver_everything_once_in_order() -> None:
     for node in stayers + churners:
         view = node.stack(1).membership.view
         assert view is not None and list(view.nodes) == up, node.node_id
+
+
+def test_a_new_broker_counts_its_own_bid_in_its_first_round() -> None:
+    """Issue 16: a node that becomes broker activates its broker before its own client
+    re-sends its bid, so its own server is counted (not 0 W) in the new broker's first
+    price, at the start and after a failover."""
+    dc = DataCentre(clusters=1, per_cluster=3)
+    dc.net.run_until(8.0)
+    broker = dc.leader(dc.live()[0].node_id, 1)
+    dc.crash(broker)
+    dc.net.run_until(16.0)
+    for node in dc.live():
+        prices = [o for _, o in dc.notes[node.node_id] if isinstance(o, PriceUpdated)]
+        firsts = [p for i, p in enumerate(prices) if i == 0 or p.epoch != prices[i - 1].epoch]
+        assert len(firsts) == 2, node.node_id
+        for first in firsts:
+            assert first.counted and first.allocation == 200, (node.node_id, first)
+        # its own bid reached an active broker: nothing was dropped as unexpected
+        assert node.broker.stats.dropped_unexpected == 0, node.node_id

@@ -252,7 +252,13 @@ def test_records_of_a_small_run() -> None:
     assert {rd.supply for rd in r.rounds} == {900, 450}
     assert r.samples[0].t == 0.0 and r.samples[-1].t == 9.0
     assert r.nodes["started"] == 6 and r.nodes["crashed"] == 1 and r.nodes["live_at_end"] == 5
-    assert r.membership and r.violations == () and r.guarantee_violations == 0
+    assert r.membership and r.violations == ()
+    # The guarantee in time: every server starts unadmitted (0 W until the first price,
+    # ~5.4 s), an exemption the strict check names and measures; nothing strict.
+    p = r.power
+    assert r.guarantee_violations == len(p.intervals) >= 1 and p.intervals[0][0] == 0.0
+    assert p.strict_overload_ws == 0 and p.strict_starved_server_s == 0
+    assert p.exempt["unadmitted"]["starved_server_seconds"] > 0
     assert r.sent_by_type["Heartbeat"] > 0 and r.faults["crash"] == 1
 
 
@@ -261,7 +267,9 @@ def test_summary_json_keys() -> None:
     data = summary(small_run())
     for key in ("violations", "guarantee_violations", "elections", "rounds", "messages"):
         assert key in data
-    assert data["violations"] == [] and data["guarantee_violations"] == 0
+    assert data["violations"] == []
+    assert data["guarantee_violations"] == len(data["power"]["violating_intervals"])
+    assert data["power"]["admission_latency_s"].keys() == {"median", "p99", "max"}
     assert data["rounds"][0].keys() >= {"regime", "price", "supply", "demand_required", "deficit"}
     assert data["elections"][0].keys() == {"t", "group", "epoch", "leader", "leaderless_s"}
     assert data["messages"]["total_sent"] == sum(data["messages"]["sent"].values())
@@ -423,7 +431,9 @@ def test_cli_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert status == 0 and err == ""
     data = json.loads(out)
     assert data["scenario"]["nodes"] == 6 and data["scenario"]["loss"] == 0.01
-    assert data["violations"] == [] and data["guarantee_violations"] == 0
+    assert data["violations"] == []
+    assert data["power"]["strict_starved_server_seconds"] == 0
+    assert data["power"]["strict_overload_watt_seconds"] == 0
     assert {e["group"] for e in data["elections"]} == {0, 1, 2}
     assert data["rounds"] and all(r["supply"] == 500 for r in data["rounds"])
     assert {r["demand_required"] for r in data["rounds"] if r["t"] < 7} == {300}
@@ -633,7 +643,9 @@ def test_leader_elected_of_lower_epoch_is_not_an_election() -> None:
     sim._observe(1.0, a, LeaderElected(group=GroupId(1), leader=b, epoch=Epoch(2)))
     sim._observe(1.1, b, LeaderElected(group=GroupId(1), leader=b, epoch=Epoch(2)))
     sim._observe(1.2, b, LeaderElected(group=GroupId(1), leader=a, epoch=Epoch(1)))
-    assert [(e.t, e.epoch, e.leader, e.leaderless_s) for e in sim._elections] == [(1.0, 2, b, 1.0)]
+    assert [(e.t, e.epoch, e.leader, e.leaderless_s) for e in sim.records.elections] == [
+        (1.0, 2, b, 1.0)
+    ]
     assert sim.leader(1) == b
     assert isinstance(Scenario(), Scenario)
 

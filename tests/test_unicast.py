@@ -228,6 +228,71 @@ def test_queue_full_raises_usage_error_naming_the_peer() -> None:
     assert m.backlog == {B: 3}
 
 
+def test_superseding_submit_drops_queued_messages_of_its_kind_to_any_peer() -> None:
+    """Hostile peers: a superseding Submit first drops every queued (unsent) message of its
+    kind, to any peer (a newer bid makes them worthless); other kinds and in-flight stay."""
+    m = machine(UnicastConfig(window=1, max_queue=4))
+    for to, kind, p in ((B, 48, b"b1"), (B, 48, b"b2"), (B, 0, b"app"), (A, 48, b"a1")):
+        m.handle(submit(p, to=to, kind=kind), 0.0)
+    m.handle(submit(b"a2", to=A, kind=48), 0.0)
+    assert m.backlog == {A: 2, B: 3}
+    m.handle(Submit(to=B, kind=48, payload=b"b3", supersedes=True), 0.0)
+    assert m.stats.superseded == 2  # b2 to B and a2 to A; b1 and a1 are in flight
+    assert m.backlog == {A: 1, B: 3}  # B: b1 in flight, app and b3 queued
+    m.handle(from_b(ack(1)), 0.1)
+    assert m.handle(from_b(ack(2)), 0.2) == [Send(to=B, message=data(3, 3, b"b3", kind=48))]
+
+
+def test_superseding_submit_to_a_full_queue_is_dropped_and_counted() -> None:
+    """Hostile peers: a superseding Submit that finds the queue full of other kinds is
+    dropped and counted (stats.overflowed); it never raises."""
+    m = machine(UnicastConfig(window=1, max_queue=2))
+    for p in (b"a", b"b", b"c"):
+        m.handle(submit(p), 0.0)
+    assert m.handle(Submit(to=B, kind=48, payload=b"bid", supersedes=True), 0.0) == []
+    assert (m.stats.overflowed, m.backlog) == (1, {B: 3})
+
+
+def test_at_most_max_peers_outgoing_records_the_least_recently_progressing_evicted() -> None:
+    """Hostile peers: a Submit to a new peer beyond max_peers evicts the record of the
+    least recently progressing peer (given up on: PeerUnreachable), not one that acked."""
+    m = machine(UnicastConfig(max_peers=2, jitter=0.0))
+    c = node_id("10.0.0.3", 9000)
+    m.handle(submit(b"to b"), 0.0)
+    m.handle(submit(b"to a", to=A), 0.0)
+    m.handle(from_b(ack(1)), 0.1)  # B progresses: A is now the least recent
+    assert m.handle(submit(b"to c", to=c), 0.2) == [
+        PeerUnreachable(peer=A, undelivered=1),
+        Send(to=c, message=data(1, 1, b"to c")),
+    ]
+    assert m.stats.evicted == 1 and m.backlog == {c: 1}
+
+
+def test_at_most_max_peers_incoming_records_and_max_held_messages() -> None:
+    """Hostile peers: forged senders beyond max_peers evict the least recently progressing
+    incoming record (with what it held); messages held ahead of gaps over all peers are at
+    most max_held (beyond: dropped, counted in held_full, to be retransmitted)."""
+    m = machine(UnicastConfig(max_peers=2, max_held=3))
+    m.handle(from_a(data(1, 1, b"x")), 0.0)  # A delivered: most recent
+    for i in range(2, 12):
+        forged = Received(
+            sender=node_id(f"10.9.0.{i}", 9000),
+            incarnation=Incarnation(1),
+            message=data(5, 1, b"ahead"),
+        )
+        m.handle(forged, 0.0)
+    assert m.stats.evicted == 9 and m.stats.held_full == 0  # each forged one held 1, evicted
+    m.handle(from_a(data(3, 2, b"3")), 0.1)
+    m.handle(from_a(data(4, 2, b"4")), 0.1)
+    m.handle(from_a(data(5, 2, b"5")), 0.1)  # 1 forged + 2 of A held: full
+    assert m.stats.held_full == 1
+    assert m.handle(from_a(data(2, 2, b"2")), 0.2)[:3] == [
+        deliver(b"2"),
+        deliver(b"3"),
+        deliver(b"4"),
+    ]
+
+
 def test_payload_limit() -> None:
     """Sender: the largest payload fills one datagram exactly; one byte more raises at Submit."""
     m = machine()

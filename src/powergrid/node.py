@@ -15,49 +15,64 @@ before anything reads it (``stats.unauthenticated``) and, right after
 decoding, its counter against the sender's replay window (``stats.replayed``);
 outbound, every datagram is signed after encoding. A datagram is decoded once
 (a :class:`~powergrid.errors.DecodeError` is counted in ``stats.malformed``
-and dropped), our own multicast loopback is dropped, and the message goes to
-the machine that owns its type code in the stack of its group (datagrams
-for groups we are not in are counted and dropped); a membership
-``Heartbeat`` also goes to the election, which re-announces if it leads and
-hears a rival leader (election rule 7). Outbound, actions go
-through one work queue:
+and dropped), our own multicast loopback is dropped, and datagrams for groups
+we are not in are counted and dropped.
+
+**Wiring is data.** Two tables say who takes what; the code that follows them
+knows no message or notification by name:
+
+* :data:`ROUTES`: wire message type -> :class:`Route`, its owner machine and
+  the machines that overhear it (a membership ``Heartbeat`` is overheard by
+  the election while it leads: election rule 7; a ``Clearing`` by the lead
+  broker, for its reserve). A market route also names the group its messages
+  travel in (Bid, BidAck and Price in the cluster; Aggregate and Clearing in
+  the broker group), whose stack carries the market's actions out.
+* :data:`NOTES`: notification type -> :class:`Note`, the machines that consume
+  it (``ViewChanged``: multicast, election, broker; ``MemberRemoved``: unicast,
+  as ``PeerGone``; ``LeaderLost``: election; ``LeaderElected``: membership and
+  the three market machines), the node's own part (``LeaderElected`` of the
+  cluster: join or leave the broker group; ``Deliver``/``DeliverUnicast``:
+  unwrap), and whether the app gets it too (every notification but those two).
+
+A machine is named by its role (:data:`UNICAST` ... :data:`LEAD`), an index
+into :attr:`_Stack.machines`: a group's own four machines, then the market's
+three (the client: every server bids; the broker: active while this node
+leads its cluster; the lead broker: active while it leads the broker group),
+which live once per node. Actions go through one work queue per stack:
 
 * ``Send``/``Multicast`` become encoded datagrams (``Transmit``/``TransmitGroup``);
 * ``SendReliable``/``MulticastReliable`` are encoded as inner bodies and given
-  to the unicast or multicast machine; what those deliver with a protocol
-  ``kind`` is decoded and handed back to the stack's machines as ``Received``
-  from the original sender, and application bytes are passed to the app as
-  :class:`MessageDelivered` / :class:`UnicastDelivered`;
-* notifications are routed: ``ViewChanged`` to multicast and election (and
-  removed peers to unicast as ``PeerGone``), ``LeaderLost`` to election,
-  ``LeaderElected`` to membership and to the node's own role logic; every
-  notification is also returned to the app.
-
-The market machines live once per node, not per group: the client (every
-server bids), the broker (active while this node leads its cluster) and the
-lead broker (active while it leads the broker group). Each market message
-type travels in one group (Bid, BidAck and Price in the cluster; Aggregate
-and Clearing in the broker group), so their actions are run in that group's
-stack; a market multicast is also handed to this node's own consuming role
-(the lead's own broker takes its Clearing, the broker's own client its
-Price), and sends to ourselves never touch the network. A received Clearing
-goes to the broker and is also overheard by the lead broker (the budgets it
-reserves for clusters it has not heard from). Leaving the broker group steps
-the lead broker down at once.
+  to the unicast or multicast machine (a reliable unicast one as a superseding
+  ``Submit``: a newer bid replaces those still queued, and a full queue drops
+  instead of raising); what those deliver with a protocol
+  ``kind`` is decoded and routed by :data:`ROUTES` as ``Received`` from the
+  original sender (a channel's own messages never nest), and application bytes
+  are passed to the app as :class:`MessageDelivered` / :class:`UnicastDelivered`;
+* notifications are handled as :data:`NOTES` says; a stack machine's actions
+  join the queue, a market machine's are carried out at once in the stack of
+  the group their message travels in. A market multicast is also handed to
+  this node's own machine that owns its type (the lead's own broker takes its
+  Clearing, the broker's own client its Price), and sends to ourselves never
+  touch the network. Leaving the broker group steps the lead broker down.
 
 The node keeps no timers of its own: ``next_deadline()`` is the earliest of
 its machines' deadlines, and ``handle_deadline(now)`` wakes those that are due.
+Every call of a machine goes through one place, :meth:`Node._call`, which notes
+the machine; ``next_deadline()`` asks again only the machines noted since it
+last ran (their deadlines are kept per machine) and the membership machines
+(touched by nearly every datagram, asked every time). No other code has to
+remember that a deadline may have moved.
 
 Two shortcuts keep a large group cheap to simulate, with the same results.
 Datagrams decoded lately (by any node) are kept with their ``Received``
 event and reused when an equal datagram comes again (decoding depends on the
 bytes alone, and everything decoded is immutable): a multicast reaches every
 member as one ``bytes`` object, and a member acks every heartbeat with the
-same datagram while its view stays. A membership message (most of a quiet group's traffic) can only
-touch its membership machine: when it yields nothing but datagrams to others,
-the deadlines of the other machines are known not to have changed, and
-``next_deadline()`` asks only the membership machines; any other input
-recomputes them all.
+same datagram while its view stays. When what a received message yields is
+nothing but datagrams to others (most of a quiet group's traffic: a
+membership machine acking a heartbeat), they are encoded at once, without the
+work queue, and the very action object encoded last (a member's kept ack)
+reuses its datagram.
 """
 
 from __future__ import annotations
@@ -65,10 +80,11 @@ from __future__ import annotations
 import random
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 
+from powergrid import wire
 from powergrid.auth import Authenticator, Keyring
 from powergrid.errors import ConfigError, DecodeError, UsageError
 from powergrid.events import (
@@ -120,7 +136,6 @@ from powergrid.types import BROKER_GROUP, GroupId, Incarnation, NodeId, node_id
 from powergrid.wire import (
     KIND_APP,
     Envelope,
-    Heartbeat,
     Message,
     UData,
     decode,
@@ -242,12 +257,21 @@ class NodeStats:
     """With a keyring: authentic datagrams refused by the replay window."""
 
 
+# ------------------------------------------------------------------ wiring
+
+UNICAST, MULTICAST, MEMBERSHIP, ELECTION, CLIENT, BROKER, LEAD = range(7)
+"""Roles, the indices of :attr:`_Stack.machines`: a group's own four machines, then the
+market's three (one per node, shared by every stack)."""
+_OWN = CLIENT
+"""The roles below this are a stack's own machines; their actions run in that stack."""
+
+
 class _Stack:
-    """The machines of one group."""
+    """The machines of one group, and the node's market machines, by role."""
 
-    __slots__ = ("election", "group", "machines", "membership", "multicast", "route", "unicast")
+    __slots__ = ("election", "group", "machines", "membership", "multicast", "own", "unicast")
 
-    def __init__(self, node: Node, group: GroupId) -> None:
+    def __init__(self, node: Node, group: GroupId, market: tuple[Any, ...]) -> None:
         cfg = node.config
         me = node.node_id
         inc = node.incarnation
@@ -269,16 +293,77 @@ class _Stack:
             group=group,
             rng=rng,
         )
-        self.machines: list[Any] = [self.unicast, self.multicast, self.membership, self.election]
-        # wire type codes: 1-5 multicast, 6-7 unicast, 16-31 membership, 32-47 election
-        self.route: dict[int, Any] = {1: self.membership, 2: self.election}
+        self.own: tuple[Any, ...] = (self.unicast, self.multicast, self.membership, self.election)
+        self.machines: tuple[Any, ...] = self.own + market  # indexed by role
 
-    def machine_for(self, code: int) -> Any:
-        """The machine that takes messages of wire type ``code``, or None."""
-        if code < 16:
-            return self.unicast if code in (6, 7) else self.multicast
-        return self.route.get(code >> 4)
 
+def _leads(stack: _Stack) -> bool:
+    return stack.election.state == "leader"
+
+
+@attrs.frozen
+class Route:
+    """Who takes a received message of one type: its ``owner``, then each of its
+    ``overhearers`` (only while ``overhear_if(stack)`` holds, if given).
+
+    ``travels`` is None for a group's own messages, which stay in the stack they
+    arrived in; for a market message it is the group the message travels in
+    (``"cluster"`` or ``"brokers"``), whose stack carries the market's actions out.
+    """
+
+    owner: int
+    overhearers: tuple[int, ...] = ()
+    overhear_if: Callable[[_Stack], bool] | None = None
+    travels: Literal["cluster", "brokers"] | None = None
+
+
+ROUTES: dict[type[Message], Route] = {
+    **{t: Route(MULTICAST) for t in (wire.Data, wire.Xmit, wire.Nak, wire.Status, wire.Stable)},
+    **{t: Route(UNICAST) for t in (wire.UData, wire.UAck)},
+    # A heartbeat is membership's; one heard while this node leads is also the
+    # election's business: the leader re-announces to a rival (election rule 7). An
+    # election that does not lead ignores heartbeats, so it is not asked.
+    wire.Heartbeat: Route(MEMBERSHIP, overhearers=(ELECTION,), overhear_if=_leads),
+    **{
+        t: Route(MEMBERSHIP)
+        for t in (
+            wire.HeartbeatAck,
+            wire.Probe,
+            wire.ProbeAck,
+            wire.JoinRequest,
+            wire.LeaveNotice,
+            wire.ViewRequest,
+            wire.ViewPart,
+        )
+    },
+    **{t: Route(ELECTION) for t in (wire.Election, wire.Answer, wire.Coordinator, wire.Fenced)},
+    wire.Bid: Route(BROKER, travels="cluster"),
+    wire.BidAck: Route(CLIENT, travels="cluster"),
+    wire.Price: Route(CLIENT, travels="cluster"),
+    wire.Aggregate: Route(LEAD, travels="brokers"),
+    # The lead broker overhears other leads' budgets (its reserve for clusters it has
+    # not heard from); it never answers them.
+    wire.Clearing: Route(BROKER, overhearers=(LEAD,), travels="brokers"),
+}
+"""Wire message type -> the machines that take it. A type not here is unroutable."""
+
+_CHANNELS = (UNICAST, MULTICAST)
+"""The reliable channels' roles: their own messages never travel inside a channel."""
+
+
+@attrs.frozen
+class Note:
+    """What the node does with a notification a machine emits: hand it (or ``as_event``
+    of it) to each of ``consumers`` in order, then run the node's own part ``then``;
+    and pass the notification on to the app if ``to_app``."""
+
+    consumers: tuple[int, ...] = ()
+    as_event: Callable[[Any], Any] | None = None
+    then: Callable[..., None] | None = None
+    to_app: bool = True
+
+
+# ------------------------------------------------------------------ decoding cache
 
 _decoded: dict[bytes, tuple[Envelope, Received]] = {}
 """Datagrams decoded lately (by any node), with their envelope and Received event.
@@ -297,11 +382,6 @@ acks instead of 10,000). Cleared when it holds
 (at most 16,384 datagrams of <= 1,400 bytes and their decodings).
 """
 _DECODED_MAX = 1 << 14
-
-_MAX_TOUCHED = 16
-"""Machines a node notes as touched (see ``Node.next_deadline``) before it asks them all."""
-_CLEAN, _TOUCHED, _ALL = 0, 1, 2
-"""``Node._rest_state``: no machine's deadline to ask again; the touched ones; all."""
 
 
 def _earliest(dues: list[float | None]) -> float | None:
@@ -332,12 +412,9 @@ class Node:
         "_last_out",
         "_lead",
         "_market",
-        "_market_route",
         "_membership_one",
         "_memberships",
-        "_rest",
         "_rest_due",
-        "_rest_state",
         "_stacks",
         "_started",
         "_stats",
@@ -361,29 +438,18 @@ class Node:
         self._auth = None if config.keyring is None else Authenticator(config.keyring)
         me = self._id
         self._client = ClientMachine(me, self._cluster, config.client)
-        self._broker = BrokerMachine(me, self._cluster, config.broker)
         self._lead = LeadBrokerMachine(me, config.supply, config.lead)
-        self._market: tuple[Any, ...] = (self._client, self._broker, self._lead)
-        # market type code -> (machine, the group its messages travel in)
-        self._market_route: dict[int, tuple[Any, int]] = {
-            48: (self._broker, self._cluster),  # Bid
-            49: (self._client, self._cluster),  # BidAck
-            50: (self._lead, BROKER_GROUP),  # Aggregate
-            51: (self._broker, BROKER_GROUP),  # Clearing
-            52: (self._client, self._cluster),  # Price
-        }
-        # next_deadline(): the earliest deadline of every machine but the memberships
-        # (_rest_due), kept per machine (_dues, in the order of _rest, _index) and asked
-        # again only of the machines a call may have touched (_rest_state): after a
-        # received message that reached only the machine(s) it was dispatched to, those
-        # (_touched, at most _MAX_TOUCHED); after any other call, all of them.
-        self._rest_due: float | None = None
+        self._broker = BrokerMachine(me, self._cluster, config.broker)
+        self._market: tuple[Any, ...] = (self._client, self._broker, self._lead)  # role - CLIENT
         self._last_out: tuple[Any, int, Output] = (None, -1, None)  # action, group, datagram
-        self._rest_state = _ALL
-        self._rest: list[Any] = []  # every machine but the memberships
-        self._dues: list[float | None] = []
+        # next_deadline(): every machine is called through _call, which notes it in
+        # _touched; the earliest deadline of all machines but the memberships (_rest_due)
+        # is kept per machine (_dues, by _index) and asked again only of the noted ones.
+        # The memberships (touched by nearly every datagram) are asked every time.
+        self._touched: set[Any] = set()
         self._index: dict[Any, int] = {}
-        self._touched: list[Any] = []
+        self._dues: list[float | None] = []
+        self._rest_due: float | None = None
         self._memberships: list[MembershipMachine] = []
         # the only membership when the node is in one group (most nodes)
         self._membership_one: MembershipMachine | None = None
@@ -431,7 +497,6 @@ class Node:
         """
         if self._started:
             raise UsageError("node already started")
-        self._rest_state = _ALL
         self._started = True
         out: list[Output] = []
         self._join(self._cluster, now, out)
@@ -476,24 +541,8 @@ class Node:
             self._stats.foreign_group += 1
             return []
         out: list[Output] = []
-        code = env.message.TYPE
-        if code >> 4 == 1 and not (code == Heartbeat.TYPE and stack.election.state == "leader"):
-            # membership, the bulk of a quiet group's traffic (a heartbeat heard while we
-            # lead is the election's too, rule 7: it takes the full dispatch below)
-            actions = stack.membership.handle(event, now)
-            if self._send_only(stack, actions, out):
-                return out  # only the membership machine was touched
-        else:
-            actions = None
-        if actions is None:
-            self._dispatch(stack, event, now, None, out)  # notes the machines it reached
-            if len(self._touched) > _MAX_TOUCHED:  # a driver that seldom asks next_deadline
-                self._rest_state = _ALL
-                self._touched.clear()
-            elif not self._rest_state:
-                self._rest_state = _TOUCHED
-        else:
-            self._rest_state = _ALL
+        actions = self._take(stack, event, now, out)
+        if not self._send_only(stack, actions, out):  # (most of a quiet group's traffic is)
             self._run(stack, actions, now, out)
         return out
 
@@ -526,38 +575,33 @@ class Node:
 
     def handle_deadline(self, now: float) -> list[Output]:
         """Wake every machine whose deadline has come."""
-        self._rest_state = _ALL
         out: list[Output] = []
         tick = DeadlineReached()
         for group in sorted(self._stacks):
             stack = self._stacks.get(group)
             if stack is None:
                 continue
-            for machine in stack.machines:
+            for machine in stack.own:
                 due = machine.next_deadline()
                 if due is not None and due <= now:
-                    self._run(stack, machine.handle(tick, now), now, out)
+                    self._run(stack, self._call(machine, tick, now), now, out)
         for machine in self._market:
             due = machine.next_deadline()
             if due is not None and due <= now:
-                self._run_market(machine.handle(tick, now), now, out)
+                self._run_market(self._call(machine, tick, now), now, out)
         return out
 
     def next_deadline(self) -> float | None:
         """The earliest deadline of all machines (seconds), or None."""
-        state = self._rest_state
-        if state:
-            if state == _ALL:
-                self._dues = [machine.next_deadline() for machine in self._rest]
-            else:
-                dues, index = self._dues, self._index
-                for machine in self._touched:
-                    i = index.get(machine)
-                    if i is not None:  # (a membership's deadline is asked below, every time)
-                        dues[i] = machine.next_deadline()
-            self._touched.clear()
-            self._rest_due = _earliest(self._dues)
-            self._rest_state = _CLEAN
+        touched = self._touched
+        if touched:
+            dues, index = self._dues, self._index
+            for machine in touched:
+                i = index.get(machine)
+                if i is not None:  # (None: of a stack that is gone)
+                    dues[i] = machine.next_deadline()
+            touched.clear()
+            self._rest_due = _earliest(dues)
         best = self._rest_due
         one = self._membership_one
         if one is not None:  # one group: no loop (called after every delivery)
@@ -571,17 +615,6 @@ class Node:
                 best = due
         return best
 
-    def _machines_changed(self) -> None:
-        """Rebuild the deadline lists after a stack was added or removed."""
-        stacks = [self._stacks[g] for g in sorted(self._stacks)]
-        self._home = self._stacks.get(self._cluster)
-        self._memberships = [st.membership for st in stacks]
-        self._membership_one = stacks[0].membership if len(stacks) == 1 else None
-        self._rest = [m for st in stacks for m in st.machines if m is not st.membership]
-        self._rest.extend(self._market)
-        self._index = {m: i for i, m in enumerate(self._rest)}
-        self._rest_state = _ALL
-
     def multicast(self, payload: bytes, now: float, *, group: int | None = None) -> list[Output]:
         """Multicast application bytes to ``group`` (default: the cluster), reliably, FIFO.
 
@@ -589,10 +622,9 @@ class Node:
         :class:`~powergrid.errors.PayloadTooLargeError` if the payload is too large.
         """
         stack = self._stack_or_raise(group)
-        self._rest_state = _ALL
         out: list[Output] = []
-        actions = stack.multicast.handle(Publish(kind=KIND_APP, payload=payload), now)
-        self._run(stack, actions, now, out)
+        publish = Publish(kind=KIND_APP, payload=payload)
+        self._run(stack, self._call(stack.multicast, publish, now), now, out)
         return out
 
     def send(
@@ -600,35 +632,51 @@ class Node:
     ) -> list[Output]:
         """Send application bytes to node ``to`` reliably, in order."""
         stack = self._stack_or_raise(group)
-        self._rest_state = _ALL
         out: list[Output] = []
-        actions = stack.unicast.handle(Submit(to=NodeId(to), kind=KIND_APP, payload=payload), now)
-        self._run(stack, actions, now, out)
+        submit = Submit(to=NodeId(to), kind=KIND_APP, payload=payload)
+        self._run(stack, self._call(stack.unicast, submit, now), now, out)
         return out
 
     def set_bid(self, bid: Bid, now: float) -> list[Output]:
         """This server's new bid (watts); the client reports it to the broker."""
-        self._rest_state = _ALL
         out: list[Output] = []
-        self._run_market(self._client.handle(BidChanged(bid=bid), now), now, out)
+        self._run_market(self._call(self._client, BidChanged(bid=bid), now), now, out)
         return out
 
     def set_supply(self, watts: int, now: float) -> list[Output]:
         """The usable supply (watts) this node clears against while it is the lead broker."""
-        self._rest_state = _ALL
         out: list[Output] = []
-        self._run_market(self._lead.handle(SupplyChanged(watts=watts), now), now, out)
+        self._run_market(self._call(self._lead, SupplyChanged(watts=watts), now), now, out)
         return out
 
     def leave(self, now: float) -> list[Output]:
         """Leave every group gracefully (a Leave to each leader), then unsubscribe."""
-        self._rest_state = _ALL
         out: list[Output] = []
         for group in sorted(self._stacks, reverse=True):
             self._leave(self._stacks[group], now, out)
         return out
 
     # ------------------------------------------------------------ internals
+
+    def _call(self, machine: Any, event: object, now: float) -> list[Any]:
+        """Every machine call goes through here: the machine is noted, and
+        :meth:`next_deadline` asks it for its deadline again (nothing else can move it).
+        A membership machine is asked every time anyway: it is not noted."""
+        if type(machine) is not MembershipMachine:
+            self._touched.add(machine)
+        return machine.handle(event, now)  # type: ignore[no-any-return]
+
+    def _machines_changed(self) -> None:
+        """Rebuild the deadline records after a stack was added or removed."""
+        stacks = [self._stacks[g] for g in sorted(self._stacks)]
+        self._home = self._stacks.get(self._cluster)
+        self._memberships = [st.membership for st in stacks]
+        self._membership_one = stacks[0].membership if len(stacks) == 1 else None
+        rest = [m for st in stacks for m in st.own if m is not st.membership]
+        rest.extend(self._market)
+        self._index = {m: i for i, m in enumerate(rest)}
+        self._dues = [m.next_deadline() for m in rest]
+        self._rest_due = _earliest(self._dues)
 
     def _stack_or_raise(self, group: int | None) -> _Stack:
         g = self._cluster if group is None else group
@@ -638,61 +686,41 @@ class Node:
         return stack
 
     def _join(self, group: GroupId, now: float, out: list[Output]) -> None:
-        stack = _Stack(self, group)
+        stack = _Stack(self, group, self._market)
         self._stacks[group] = stack
         self._machines_changed()
         out.append(JoinGroup(group=group))
-        self._run(stack, stack.membership.handle(Join(), now), now, out)
+        self._run(stack, self._call(stack.membership, Join(), now), now, out)
 
     def _leave(self, stack: _Stack, now: float, out: list[Output]) -> None:
-        self._run(stack, stack.membership.handle(Leave(), now), now, out)
+        self._run(stack, self._call(stack.membership, Leave(), now), now, out)
         del self._stacks[stack.group]
         self._machines_changed()
         out.append(LeaveGroup(group=stack.group))
         if stack.group == BROKER_GROUP:  # no broker group, no lead broker
-            self._run_market(self._lead.handle(SteppedDown(), now), now, out)
+            self._run_market(self._call(self._lead, SteppedDown(), now), now, out)
 
-    def _dispatch(
-        self,
-        stack: _Stack,
-        event: Received,
-        now: float,
-        queue: deque[Any] | None,
-        out: list[Output],
-    ) -> None:
-        """Hand a received message to the machine that owns its type code.
+    def _take(self, stack: _Stack, event: Received, now: float, out: list[Output]) -> list[Any]:
+        """Hand a received message to the machines :data:`ROUTES` names for its type.
 
-        Actions of the stack's machines go to ``queue`` (or are run at once if
-        there is none); the market's are run through :meth:`_run_market`.
+        Returns the actions of the stack's own machines, to be carried out in
+        ``stack``; the market's are carried out at once (:meth:`_run_market`).
         """
-        code = event.message.TYPE
-        touched = self._touched
-        if code >= 48:
-            route = self._market_route.get(code)
-            if route is None:
-                self._stats.unroutable += 1
-                return
-            if code == 51:  # the lead broker overhears other leads' budgets (its reserve)
-                touched.append(self._lead)
-                self._run_market(self._lead.handle(event, now), now, out)
-            touched.append(route[0])
-            self._run_market(route[0].handle(event, now), now, out)
-            return
-        machine = stack.machine_for(code)
-        if machine is None:
+        route = ROUTES.get(type(event.message))
+        if route is None:
             self._stats.unroutable += 1
-            return
-        touched.append(machine)
-        actions = machine.handle(event, now)
-        if code == Heartbeat.TYPE:
-            # A heartbeat is membership's, but one from a rival leader is the election's
-            # business too: a leader that hears it re-announces (election rule 7).
-            touched.append(stack.election)
-            actions = actions + stack.election.handle(event, now)
-        if queue is None:
-            self._run(stack, actions, now, out)
-        else:
-            queue.extend(actions)
+            return []
+        machines = stack.machines
+        if route.travels is not None:
+            self._run_market(self._call(machines[route.owner], event, now), now, out)
+            for role in route.overhearers:
+                self._run_market(self._call(machines[role], event, now), now, out)
+            return []
+        actions = self._call(machines[route.owner], event, now)
+        if route.overhearers and (route.overhear_if is None or route.overhear_if(stack)):
+            for role in route.overhearers:
+                actions = actions + self._call(machines[role], event, now)
+        return actions
 
     def _run_market(self, actions: list[Any], now: float, out: list[Output]) -> None:
         """Carry out market actions in the stack of the group their message travels in."""
@@ -701,20 +729,20 @@ class Node:
             if msg is None:  # a notification for the app
                 out.append(act)
                 continue
-            machine, group = self._market_route[msg.TYPE]
-            stack = self._stacks.get(group)
+            route = ROUTES[type(msg)]
+            stack = self._stacks.get(self._cluster if route.travels == "cluster" else BROKER_GROUP)
             if stack is None:  # e.g. an Aggregate after we left the broker group
                 self._stats.unroutable += 1
                 continue
             self._run(stack, [act], now, out)
             if type(act) is Multicast:
-                # The group includes this node, whose other role consumes it:
-                # the lead broker's own broker takes the Clearing, the
-                # broker's own client the Price. The network does not loop
-                # our multicasts back, so the node does.
+                # The group includes this node, whose other role owns the message: the
+                # lead broker's own broker takes the Clearing, the broker's own client
+                # the Price. The network does not loop our multicasts back, so the node
+                # does (to the owner alone: a lead does not overhear its own Clearing).
                 event = Received(sender=self._id, incarnation=self._incarnation, message=msg)
-                self._touched.append(machine)
-                self._run_market(machine.handle(event, now), now, out)
+                owner = self._market[route.owner - CLIENT]
+                self._run_market(self._call(owner, event, now), now, out)
 
     def _run(self, stack: _Stack, actions: list[Any], now: float, out: list[Output]) -> None:
         """Carry out ``actions`` and everything they lead to, in order."""
@@ -729,31 +757,48 @@ class Node:
             if kind is Send or kind is SendReliable:
                 if act.to == me:  # to ourselves: no network, no channel
                     event = Received(sender=me, incarnation=inc, message=act.message)
-                    self._dispatch(stack, event, now, queue, out)
+                    queue.extend(self._take(stack, event, now, out))
                 elif kind is Send:
                     data = encode(group, me, inc, act.message)
                     out.append(Transmit(to=act.to, data=data if seal is None else seal(data)))
                 else:
                     msg: Message = act.message
-                    submit = Submit(to=act.to, kind=msg.TYPE, payload=encode_body(msg))
-                    self._touched.append(stack.unicast)
-                    queue.extend(stack.unicast.handle(submit, now))
+                    # A protocol message sent reliably is state (a bid): a newer one makes
+                    # those still queued worthless, and a full queue never raises from here.
+                    submit = Submit(
+                        to=act.to, kind=msg.TYPE, payload=encode_body(msg), supersedes=True
+                    )
+                    queue.extend(self._call(stack.unicast, submit, now))
             elif kind is Multicast:
                 data = encode(group, me, inc, act.message)
                 out.append(TransmitGroup(group=group, data=data if seal is None else seal(data)))
             elif kind is MulticastReliable:
                 msg = act.message
                 publish = Publish(kind=msg.TYPE, payload=encode_body(msg))
-                self._touched.append(stack.multicast)
-                queue.extend(stack.multicast.handle(publish, now))
+                queue.extend(self._call(stack.multicast, publish, now))
             else:
-                handler = _ON_NOTE.get(kind)
-                if handler is not None:
-                    self._rest_state = _ALL  # a handler may drive any machine
-                    handler(self, stack, act, now, queue, out)
-                    if kind is Deliver or kind is DeliverUnicast:
+                note = NOTES.get(kind)
+                if note is not None:
+                    self._notify(note, stack, act, now, queue, out)
+                    if not note.to_app:
                         continue
                 out.append(act)
+
+    def _notify(
+        self, note: Note, stack: _Stack, act: Any, now: float, queue: deque[Any], out: list[Output]
+    ) -> None:
+        """Hand a notification to its consumers (:data:`NOTES`): a stack machine's
+        actions join ``queue``, a market machine's are carried out at once."""
+        event = act if note.as_event is None else note.as_event(act)
+        machines = stack.machines
+        for role in note.consumers:
+            actions = self._call(machines[role], event, now)
+            if role < _OWN:
+                queue.extend(actions)
+            else:
+                self._run_market(actions, now, out)
+        if note.then is not None:
+            note.then(self, stack, act, now, queue, out)
 
     def _inner(
         self,
@@ -772,11 +817,12 @@ class Node:
         except DecodeError:
             self._stats.malformed += 1
             return
-        if msg.TYPE < 16:  # the channels do not nest
+        route = ROUTES.get(type(msg))
+        if route is None or route.owner in _CHANNELS:  # the channels do not nest
             self._stats.unroutable += 1
             return
         event = Received(sender=NodeId(sender), incarnation=Incarnation(incarnation), message=msg)
-        self._dispatch(stack, event, now, queue, out)
+        queue.extend(self._take(stack, event, now, out))
 
     def _on_deliver(
         self, stack: _Stack, act: Deliver, now: float, queue: deque[Any], out: list[Output]
@@ -797,30 +843,10 @@ class Node:
             return
         self._inner(stack, act.sender, act.incarnation, act.kind, act.payload, now, queue, out)
 
-    def _on_view_changed(
-        self, stack: _Stack, act: ViewChanged, now: float, queue: deque[Any], out: list[Output]
-    ) -> None:
-        queue.extend(stack.multicast.handle(act, now))
-        queue.extend(stack.election.handle(act, now))
-        if stack.group == self._cluster:
-            self._run_market(self._broker.handle(act, now), now, out)
-
-    def _on_member_removed(
-        self, stack: _Stack, act: MemberRemoved, now: float, queue: deque[Any], out: list[Output]
-    ) -> None:
-        queue.extend(stack.unicast.handle(PeerGone(peer=act.node), now))
-
-    def _on_leader_lost(
-        self, stack: _Stack, act: LeaderLost, now: float, queue: deque[Any], out: list[Output]
-    ) -> None:
-        queue.extend(stack.election.handle(act, now))
-
-    def _on_leader_elected(
+    def _follow_cluster_leader(
         self, stack: _Stack, act: LeaderElected, now: float, queue: deque[Any], out: list[Output]
     ) -> None:
-        queue.extend(stack.membership.handle(act, now))
-        for machine in self._market:
-            self._run_market(machine.handle(act, now), now, out)
+        """The node's own role: in the broker group exactly while it leads its cluster."""
         if stack.group != self._cluster:
             return
         in_brokers = BROKER_GROUP in self._stacks
@@ -830,11 +856,18 @@ class Node:
             self._leave(self._stacks[BROKER_GROUP], now, out)
 
 
-_ON_NOTE: dict[type[Any], Callable[[Node, _Stack, Any, float, deque[Any], list[Output]], None]] = {
-    ViewChanged: Node._on_view_changed,
-    LeaderLost: Node._on_leader_lost,
-    LeaderElected: Node._on_leader_elected,
-    MemberRemoved: Node._on_member_removed,
-    Deliver: Node._on_deliver,
-    DeliverUnicast: Node._on_deliver_unicast,
+def _peer_gone(note: MemberRemoved) -> PeerGone:
+    return PeerGone(peer=note.node)
+
+
+NOTES: dict[type[Any], Note] = {
+    ViewChanged: Note((MULTICAST, ELECTION, BROKER)),  # (a broker ignores other groups')
+    MemberRemoved: Note((UNICAST,), as_event=_peer_gone),
+    LeaderLost: Note((ELECTION,)),
+    # The client last: a node that becomes broker activates its broker before its own
+    # client re-sends its bid to it, or the bid is dropped (issue 16).
+    LeaderElected: Note((MEMBERSHIP, BROKER, LEAD, CLIENT), then=Node._follow_cluster_leader),
+    Deliver: Note(then=Node._on_deliver, to_app=False),
+    DeliverUnicast: Note(then=Node._on_deliver_unicast, to_app=False),
 }
+"""Notification type -> what the node does with it. A type not here goes to the app only."""

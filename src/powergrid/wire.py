@@ -48,7 +48,7 @@ import operator
 import struct
 import types
 from collections.abc import Callable
-from typing import Any, ClassVar, NamedTuple, TypeVar
+from typing import Any, ClassVar, NamedTuple, TypeVar, cast
 
 import attrs
 
@@ -91,6 +91,7 @@ __all__ = [
     "Price",
     "Probe",
     "ProbeAck",
+    "Shape",
     "Stable",
     "StableEntry",
     "Status",
@@ -107,6 +108,7 @@ __all__ = [
     "encode",
     "encode_body",
     "record_builder",
+    "shapes",
 ]
 
 MAGIC = b"PG"
@@ -245,6 +247,36 @@ def _layout(
 
 MAX_PAYLOAD = MAX_DATAGRAM - HEADER_SIZE
 """Room for a body after the header."""
+
+
+class Shape(NamedTuple):
+    """How message type ``cls`` is laid out, for tools that build every type (fuzzers).
+
+    ``fixed``: the ``struct`` format of the fixed part, one character per field
+    in the order of the class's fields (no byte-order prefix); ``tail``: None,
+    ``"payload"`` (bytes) or ``"entries"`` (a u16 count, then ``entry`` records
+    of ``entry_type``).
+    """
+
+    cls: type[Message]
+    fixed: str
+    tail: str | None
+    entry: str | None
+    entry_type: type[Any] | None
+
+
+def shapes() -> dict[int, Shape]:
+    """Every message type's :class:`Shape`, by wire type code (sorted)."""
+    return {
+        code: Shape(
+            cast(type[Message], lay.cls),
+            lay.fixed.format.lstrip("!"),
+            lay.tail,
+            None if lay.entry is None else lay.entry.format.lstrip("!"),
+            cast(type[Any] | None, lay.entry_type),
+        )
+        for code, lay in sorted(_LAYOUTS.items())
+    }
 
 
 # --------------------------------------------------------------------------
@@ -731,6 +763,8 @@ class Aggregate(Message):
             total_m += m
         if total_r > demand[-1].watts or demand[0].watts > total_m:
             return "demand outside the sums of required and maximum"
+        if total_m > _U64_MAX:  # a budget (up to the sum of maxima) must fit a Clearing
+            return "class sums of maximum overflow 64 bits"
         return None
 
 
@@ -822,6 +856,7 @@ class Price(Message):
 
 
 _MARKET_FLOAT_MAX = 1.7976931348623157e308
+_U64_MAX = 2**64 - 1
 
 
 # --------------------------------------------------------------------------

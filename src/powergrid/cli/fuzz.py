@@ -31,6 +31,7 @@ from powergrid.sim.fuzzing import (
     DEFAULT_LIVENESS_S,
     DEFAULT_SAFETY_S,
     check_options,
+    power_totals,
     run_datacentre,
 )
 from powergrid.sim.harness import RunResult
@@ -119,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
         _violation_json(r.violations[0]) for r in results if r.violations
     ]
     summary: dict[str, Any] = {
+        "power": power_totals(r.power for r in results),
         "seeds": len(results),
         "start": args.start,
         "violations": violations,
@@ -140,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
             f"messages delivered: {summary['messages']}, virtual time: "
             f"{summary['virtual_s']:.1f} s, wall time: {wall:.2f} s"
         )
+        print("power: " + ", ".join(f"{k} {v}" for k, v in summary["power"].items()))
         for v in violations:
             print(
                 f"FAIL seed {v['seed']}: {v['invariant']} at t={v['time']:.3f}: {v['detail']}\n"
@@ -168,5 +171,6 @@ def _result_json(result: RunResult) -> dict[str, Any]:
         "virtual_s": result.virtual_time,
         "wall_s": result.wall_time,
         "trace_sha256": result.trace_hash,
+        "power": result.power,
         "options": str(result.options),
     }

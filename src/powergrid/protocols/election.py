@@ -78,9 +78,12 @@ epoch 0 at bootstrap: "there is no leader") and lists the members with
    older); otherwise it is refused and counted. A node without a live leader
    that cannot stand answers a refused Coordinator with
    :class:`~powergrid.wire.Fenced`, so the claimant re-asserts with a newer
-   epoch. A Coordinator from a new incarnation of the leader followed means
-   the life we followed is gone: its claim is judged as anyone's, and if it is
-   refused a candidate schedules an election.
+   epoch; one that can stand does so only to a higher key claiming an older
+   epoch than the one it followed, with that epoch (the highest it has seen may
+   be forged and foreign to the leader, which would ignore it). A Coordinator
+   from a new incarnation of the leader followed means the life we followed
+   is gone: its claim is judged as anyone's, and if it is refused a candidate
+   schedules an election.
 7. The leader re-multicasts its Coordinator every ``announce_interval``, and
    at once (at most once per ``answer_timeout``) when it hears a membership
    :class:`~powergrid.wire.Heartbeat` from another node of its group: a rival
@@ -166,6 +169,7 @@ from powergrid.types import (
 from powergrid.wire import Answer, Coordinator, Election, Fenced, Heartbeat
 
 __all__ = [
+    "MAX_CANDIDATES",
     "ElectionConfig",
     "ElectionMachine",
     "ElectionStarted",
@@ -175,6 +179,11 @@ __all__ = [
 
 _MIN_RANK = -(2**31)
 _MAX_RANK = 2**31 - 1
+
+MAX_CANDIDATES = 65_536
+"""Candidates a machine knows at most (the view's, then those heard since): without a key,
+election messages from made-up ids used to add one each, without bound, until the next view.
+Beyond, a new id's rank is not noted (its message is still handled)."""
 
 ElectionState = Literal["follower", "electing", "waiting", "leader"]
 """``follower``: follows ``leader`` (0 if none), maybe with an election scheduled;
@@ -293,6 +302,8 @@ class ElectionStats:
     at a node that cannot stand)."""
     rival_heartbeats: int = 0
     """Membership heartbeats of another node heard while leading (a rival leader, rule 7)."""
+    candidates_full: int = 0
+    """Election messages from new ids whose rank was not noted: MAX_CANDIDATES known."""
 
 
 # ---------------------------------------------------------------- machine
@@ -643,6 +654,14 @@ class ElectionMachine(Dispatching):
                 self._stats.fenced_sent += 1
                 self._stats.messages_sent += 1
                 return [Send(to=NodeId(sender), message=Fenced(self._max_epoch))]
+            if self._leader == 0 and (rank, sender) > self._key and older:
+                # A higher key leads an epoch older than ours, and we cannot follow it: tell
+                # it the epoch it must beat. Ours, not the highest seen: that one may be
+                # forged, foreign to the leader, which would ignore it, and our Elections
+                # (carrying it) too, for good (adversary seed 202).
+                self._stats.fenced_sent += 1
+                self._stats.messages_sent += 1
+                return [Send(to=NodeId(sender), message=Fenced(self._epoch))]
             return []
         if self._capable and not self._cfg.stable_leader and (rank, sender) < self._key:
             self._stats.bullied += 1
@@ -712,7 +731,11 @@ class ElectionMachine(Dispatching):
         return sum(1 for n, rank in self._ranks.items() if (rank, n) > key and n != lost)
 
     def _learn(self, node: int, rank: int) -> None:
-        self._ranks[node] = rank
+        ranks = self._ranks
+        if node in ranks or len(ranks) < MAX_CANDIDATES:
+            ranks[node] = rank
+        else:  # a flood of made-up ids: the view's candidates and the first heard only
+            self._stats.candidates_full += 1
         if node == self._lost:
             self._lost = 0  # it speaks: it is alive after all
 

@@ -12,7 +12,9 @@ a partition: the election settled it), is to be followed.
 
 A :class:`Leadership` is a small mutable record that a machine owns; it never
 decides what the machine does about a verdict (activate, deactivate, re-send
-a bid), only what the verdict is. It reads no clock and keeps no history.
+a bid), only what the verdict is. "Obey an announcement unless it is stale"
+is :meth:`Leadership.obey`: judge, and follow whatever is not stale. It reads
+no clock and keeps no history.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from powergrid.types import Epoch, NodeId, epoch_newer
 
 __all__ = ["Leadership", "Verdict"]
 
-_NONE = Epoch(0)  # "no epoch yet": older than every real epoch
+_EPOCH_0 = Epoch(0)  # older than every real epoch: nothing is stale against it
 
 
 class Verdict(enum.Enum):
@@ -50,7 +52,7 @@ class Leadership:
 
     __slots__ = ("epoch", "leader")
 
-    def __init__(self, leader: NodeId | None = None, epoch: Epoch = _NONE) -> None:
+    def __init__(self, leader: NodeId | None = None, epoch: Epoch = _EPOCH_0) -> None:
         self.leader = leader
         self.epoch = epoch
 
@@ -73,3 +75,18 @@ class Leadership:
         """Follow ``leader`` at ``epoch`` from now on."""
         self.leader = leader
         self.epoch = epoch
+
+    def obey(self, leader: NodeId, epoch: Epoch) -> Verdict:
+        """Judge an announcement of ``leader`` at ``epoch`` and follow it unless it is
+        stale; returns the verdict, judged against the record as it was."""
+        verdict = self.judge(leader, epoch)
+        if verdict is not Verdict.STALE:
+            self.leader = leader
+            self.epoch = epoch
+        return verdict
+
+    def forget(self) -> None:
+        """Follow nobody, at epoch 0 (the group's election is gone; a new one may
+        start again from epoch 1)."""
+        self.leader = None
+        self.epoch = _EPOCH_0

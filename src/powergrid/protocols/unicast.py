@@ -9,7 +9,8 @@ Each direction of each pair of nodes is an independent channel.
 per-peer sequence numbers 1, 2, ... when first sent; at most
 ``config.window`` are in flight (sent, not yet acked), the rest wait in a
 queue of at most ``config.max_queue`` (:class:`~powergrid.errors.UsageError`
-beyond). Every :class:`~powergrid.wire.UData` carries ``base``, the oldest
+beyond, for the caller to slow down; see *Hostile peers* for the messages a
+peer's traffic makes). Every :class:`~powergrid.wire.UData` carries ``base``, the oldest
 unacked sequence number at the moment it is (re)sent. Each peer has one
 retransmission timer: it is armed when the first message goes in flight and
 re-armed, at the initial RTO, whenever an ack makes progress. When it
@@ -39,6 +40,27 @@ honest sender retransmits before it gives up, the receiver's state for that
 peer is wrong (without a key, a forged higher incarnation, ``base`` or
 ``seq`` leaves it so), and it starts over from the message at hand
 (``stats.restarted``).
+
+*Hostile peers.* Whatever a peer sends, the machine never raises and its
+memory stays bounded; what does not fit is dropped and counted:
+
+* A :class:`Submit` with ``supersedes`` (the node's protocol messages, i.e.
+  bids, which a peer's forged Coordinators can make a client send to a "new
+  broker" over and over) first drops every message of its kind still queued
+  (not yet sent), to any peer (``stats.superseded``): a newer bid makes them
+  worthless. If the queue is still full, the new message is dropped
+  (``stats.overflowed``) instead of raising.
+* At most ``config.max_peers`` peers are kept on each side (what we send to,
+  what we receive from); a forged sender id or a forged broker makes a new
+  one. Beyond that the least recently progressing peer's record is evicted
+  (``stats.evicted``): an outgoing one is given up on (PeerUnreachable), an
+  incoming one forgets what it held. A real peer evicted by a flood starts
+  again like a peer never heard of (an outgoing stream from seq 1, which its
+  receiver may refuse until the stuck-stream rule restarts it).
+* At most ``config.max_held`` messages are held ahead of gaps over all
+  peers together (each peer also at most ``receive_window`` ahead); beyond,
+  an out-of-order message is dropped (``stats.held_full``), to be
+  retransmitted.
 
 *Restarts.* A :class:`~powergrid.wire.UAck` names the receiver's incarnation:
 a higher one than last seen means the receiver restarted and lost what it
@@ -132,6 +154,11 @@ class UnicastConfig:
     """Transmissions without progress before the sender gives up on the peer."""
     receive_window: int = 256
     """How far ahead of the next expected message a receiver holds messages."""
+    max_peers: int = 65536
+    """Peers kept on each side (sending to, receiving from); beyond, the least recently
+    progressing one is evicted (``stats.evicted``)."""
+    max_held: int = 16384
+    """Messages held ahead of gaps over all peers together; beyond, dropped (``held_full``)."""
 
     def __attrs_post_init__(self) -> None:
         if self.window < 1:
@@ -153,6 +180,10 @@ class UnicastConfig:
             raise ConfigError(f"rto_backoff is {self.rto_backoff}; set it to 1 or more")
         if not 0 <= self.jitter <= 1:
             raise ConfigError(f"jitter is {self.jitter}; set it within 0..1")
+        if self.max_peers < 1:
+            raise ConfigError(f"max_peers is {self.max_peers}; set it to 1 or more")
+        if self.max_held < 0:
+            raise ConfigError(f"max_held is {self.max_held}; set it to 0 or more")
         if self.max_attempts < 1:
             raise ConfigError(f"max_attempts is {self.max_attempts}; set it to 1 or more")
         if self.receive_window < self.window:
@@ -180,12 +211,19 @@ class Submit:
     ``handle`` raises :class:`~powergrid.errors.PayloadTooLargeError` if the
     payload exceeds :data:`MAX_UNICAST_PAYLOAD`, and
     :class:`~powergrid.errors.UsageError` for a bad ``to`` or ``kind`` or when
-    the peer's queue is full.
+    the peer's queue is full and ``supersedes`` is False.
+
+    ``supersedes``: this message makes every queued (not yet sent) message of
+    the same ``kind``, to any peer, worthless: they are dropped first
+    (``stats.superseded``), and if the queue is still full this one is dropped
+    (``stats.overflowed``) rather than raising. For state that a newer message
+    replaces (a bid), sent in response to what peers send.
     """
 
     to: NodeId
     kind: int
     payload: bytes
+    supersedes: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -253,6 +291,14 @@ class UnicastStats:
     for twice the sender's give-up time (state left by forged datagrams)."""
     unexpected: int = 0
     """Received messages that are neither UData nor UAck."""
+    superseded: int = 0
+    """Queued messages dropped because a newer Submit of their kind supersedes them."""
+    overflowed: int = 0
+    """Superseding Submits dropped because the peer's queue was full of other messages."""
+    evicted: int = 0
+    """Peer records evicted because ``max_peers`` were kept (outgoing and incoming)."""
+    held_full: int = 0
+    """Out-of-order UData dropped because ``max_held`` messages were held already."""
 
 
 # ------------------------------------------------------------ peer state
@@ -296,6 +342,7 @@ class UnicastMachine(Dispatching):
     __slots__ = (
         "_armed",
         "_config",
+        "_held",
         "_in",
         "_incarnation",
         "_out",
@@ -303,6 +350,7 @@ class UnicastMachine(Dispatching):
         "_stats",
         "_stuck_after",
         "_stuck_gap",
+        "_waiting",
     )
 
     _EVENTS = {
@@ -331,6 +379,8 @@ class UnicastMachine(Dispatching):
         self._out: dict[int, _Outgoing] = {}
         self._in: dict[int, _Incoming] = {}
         self._armed: dict[int, float] = {}  # peer -> retransmission time
+        self._held = 0  # messages held ahead of gaps, over all incoming records
+        self._waiting: set[int] = set()  # peers whose queue is not empty
 
     # ------------------------------------------------------------ surface
 
@@ -387,21 +437,49 @@ class UnicastMachine(Dispatching):
                 f"Submit payload is {len(payload)} bytes; a reliable unicast carries at most "
                 f"{MAX_UNICAST_PAYLOAD}, so split it"
             )
+        actions: list[Any] = []
         out = self._out.get(to)
         if out is None:
+            if len(self._out) >= self._config.max_peers:
+                self._evict_out(actions)
             out = self._out[to] = _Outgoing(self._config.rto_initial)
+        if ev.supersedes:
+            self._supersede(kind)
         if len(out.inflight) < self._config.window:
             if not out.inflight:
                 self._arm(to, out, now, self._config.rto_initial)
-            return [self._send_new(to, out, kind, payload)]
+            actions.append(self._send_new(to, out, kind, payload))
+            return actions
         if len(out.queue) >= self._config.max_queue:
+            if ev.supersedes:
+                self._stats.overflowed += 1
+                return actions
             raise UsageError(
                 f"unicast queue to {format_node(to)} is full ({self._config.max_queue} "
                 "messages wait beyond the window); wait for PeerUnreachable or for acks, "
                 "or raise max_queue"
             )
         out.queue.append((kind, payload))
-        return []
+        self._waiting.add(to)
+        return actions
+
+    def _supersede(self, kind: int) -> None:
+        """Drop every queued message of ``kind``, to any peer (a newer one replaces them)."""
+        for peer in sorted(self._waiting):
+            out = self._out[peer]
+            queue = out.queue
+            if any(k == kind for k, _ in queue):
+                kept = [item for item in queue if item[0] != kind]
+                self._stats.superseded += len(queue) - len(kept)
+                out.queue = deque(kept)
+                if not kept:
+                    self._waiting.discard(peer)
+
+    def _evict_out(self, actions: list[Any]) -> None:
+        """Make room for one more outgoing record: give up on the least recently progressing."""
+        peer = next(iter(self._out))
+        actions.extend(self._give_up(peer, self._out.pop(peer)))
+        self._stats.evicted += 1
 
     def _send_new(self, to: int, out: _Outgoing, kind: int, payload: bytes) -> Send:
         seq = out.next_seq
@@ -461,12 +539,15 @@ class UnicastMachine(Dispatching):
             for _ in range(msg.seq - out.acked):
                 out.inflight.popleft()
             out.acked = msg.seq
+            self._out[peer] = self._out.pop(peer)  # most recently progressing: evicted last
         if restarted:
             self._resend_all(peer, out, actions)
         window = self._config.window
         while out.queue and len(out.inflight) < window:
             kind, payload = out.queue.popleft()
             actions.append(self._send_new(peer, out, kind, payload))
+            if not out.queue:
+                self._waiting.discard(peer)
         if out.inflight:
             self._arm(peer, out, now, self._config.rto_initial)
         else:
@@ -493,6 +574,7 @@ class UnicastMachine(Dispatching):
         out.acked = out.next_seq - 1  # abandoned; the next message's base skips them
         out.inflight.clear()
         out.queue.clear()
+        self._waiting.discard(peer)
         self._disarm(peer, out)
         if not undelivered:
             return []
@@ -504,6 +586,7 @@ class UnicastMachine(Dispatching):
         peer = ev.peer
         inc = self._in.get(peer)
         if inc is not None:
+            self._held -= len(inc.held)
             inc.held.clear()
         out = self._out.get(peer)
         return self._give_up(peer, out) if out is not None else []
@@ -523,13 +606,13 @@ class UnicastMachine(Dispatching):
         stats = self._stats
         inc = self._in.get(peer)
         if inc is None or life > inc.incarnation:
-            inc = self._in[peer] = _Incoming(life, msg.base)
+            inc = self._new_incoming(peer, life, msg.base)
         elif self._refused(inc, life, msg) and self._stuck(inc, now):
             # Everything this peer sent has been refused for longer than any honest sender
             # retransmits: our state is wrong (a forged higher incarnation, base or seq), so
             # start over with what it sends now.
             stats.restarted += 1
-            inc = self._in[peer] = _Incoming(life, msg.base)
+            inc = self._new_incoming(peer, life, msg.base)
         elif life < inc.incarnation:
             stats.stale += 1
             return []
@@ -539,6 +622,7 @@ class UnicastMachine(Dispatching):
             # The sender gave up on everything below base: forget it, skip ahead.
             for seq in [s for s in held if s < msg.base]:
                 del held[seq]
+                self._held -= 1
             inc.expected = msg.base
             self._drain(peer, inc, actions)
         seq = msg.seq
@@ -549,13 +633,17 @@ class UnicastMachine(Dispatching):
         elif seq == inc.expected:
             inc.expected = seq + 1
             inc.refused_since = inc.refused_last = -math.inf
+            self._in[peer] = self._in.pop(peer)  # most recently progressing: evicted last
             stats.delivered += 1
             actions.append(
                 DeliverUnicast(sender=peer, incarnation=life, kind=msg.kind, payload=msg.payload)
             )
             self._drain(peer, inc, actions)
+        elif self._held >= self._config.max_held:
+            stats.held_full += 1
         else:
             held[seq] = (msg.kind, msg.payload)
+            self._held += 1
         actions.append(
             Send(
                 to=peer,
@@ -567,6 +655,18 @@ class UnicastMachine(Dispatching):
             )
         )
         return actions
+
+    def _new_incoming(self, peer: int, life: int, expected: int) -> _Incoming:
+        """A fresh record of what ``peer`` sends in ``life`` (replacing any), within max_peers."""
+        old = self._in.pop(peer, None)
+        if old is not None:
+            self._held -= len(old.held)
+        elif len(self._in) >= self._config.max_peers:
+            evicted = self._in.pop(next(iter(self._in)))
+            self._held -= len(evicted.held)
+            self._stats.evicted += 1
+        inc = self._in[peer] = _Incoming(life, expected)
+        return inc
 
     def _refused(self, inc: _Incoming, life: int, msg: UData) -> bool:
         """Would ``msg`` of ``life`` be refused (stale, duplicate, out of window)?"""
@@ -592,6 +692,7 @@ class UnicastMachine(Dispatching):
             item = held.pop(inc.expected, None)
             if item is None:
                 return
+            self._held -= 1
             inc.expected += 1
             self._stats.delivered += 1
             actions.append(

@@ -30,7 +30,7 @@ prints runs as it is. The command line is :mod:`powergrid.cli.fuzz`.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import IO, Any
 
 from powergrid.errors import ConfigError
@@ -57,6 +57,7 @@ __all__ = [
     "check_options",
     "datacentre",
     "invariants",
+    "power_totals",
     "recipe",
     "replay_command",
     "run_datacentre",
@@ -315,3 +316,40 @@ def run_datacentre(
         recipe=recipe(nodes=nodes, safety_s=safety_s, liveness_s=liveness_s),
         **kwargs,
     )
+
+
+def power_totals(figures: Iterable[dict[str, Any] | None]) -> dict[str, Any]:
+    """Totals over runs of the power figures (:mod:`powergrid.sim.power`): watt-seconds and
+    server-seconds summed (strict and per exemption), the worst admission latency and
+    price gap, and how many runs had a strict violation of each kind."""
+    out: dict[str, Any] = {
+        "overload_watt_seconds": 0.0,
+        "strict_overload_watt_seconds": 0.0,
+        "starved_server_seconds": 0.0,
+        "strict_starved_server_seconds": 0.0,
+        "admission_latency_max_s": 0.0,
+        "longest_without_price_s": 0.0,
+        "exempt": {},
+    }
+    for f in figures:
+        if f is None:
+            continue
+        for key in (
+            "overload_watt_seconds",
+            "strict_overload_watt_seconds",
+            "starved_server_seconds",
+            "strict_starved_server_seconds",
+        ):
+            out[key] = round(out[key] + f[key], 3)
+        worst = f["admission_latency_s"]["max"]
+        if worst is not None:
+            out["admission_latency_max_s"] = max(out["admission_latency_max_s"], worst)
+        out["longest_without_price_s"] = max(
+            out["longest_without_price_s"], f["longest_without_price_s"]
+        )
+        for name, fig in f["exempt"].items():
+            into = out["exempt"].setdefault(name, {})
+            for k, v in fig.items():
+                into[k] = round(into.get(k, 0.0) + v, 3)
+    out["exempt"] = dict(sorted(out["exempt"].items()))
+    return out

@@ -42,7 +42,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import IO, TYPE_CHECKING, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 import attrs
 
@@ -184,6 +184,9 @@ class RunResult:
     """Python source that defines the names :meth:`snippet` calls the build and the
     invariants by (``build``, ``invariants``), with its imports; empty: the
     reader defines them."""
+    power: dict[str, Any] | None = None
+    """The power guarantee's figures (:meth:`powergrid.sim.power.PowerFigures.as_json`),
+    if an invariant measured them."""
 
     @property
     def ok(self) -> bool:
@@ -337,8 +340,12 @@ def run_seed(
         pass
     except Exception as exc:  # an endpoint raised: that is the bug to report
         record("raised", [f"{type(exc).__name__}: {exc}"])
+    power = next(
+        (inv.figures(net.now).as_json() for inv in checks if hasattr(inv, "figures")), None
+    )
     return RunResult(
         seed=seed,
+        power=power,
         options=options,
         schedule=schedule,
         drawn=drawn,

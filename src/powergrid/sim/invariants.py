@@ -52,6 +52,7 @@ from powergrid.protocols.market import Bid, Grid
 from powergrid.protocols.market.client import PriceUpdated
 from powergrid.protocols.membership import Left, MemberRemoved
 from powergrid.sim.fuzz import FuzzNetwork, NodeCrashed, NodeStarted
+from powergrid.sim.power import PowerGuarantee
 from powergrid.types import BROKER_GROUP, GroupId, Incarnation, NodeId, format_node
 
 __all__ = [
@@ -978,4 +979,5 @@ def all_invariants(info: DataCentre, *, strict_epochs: bool = False) -> list[Any
         PriceBounds(info),
         StaleEpochRefused(info),
         PricesFresh(info),
+        PowerGuarantee(info.supply, lambda n: info.spec(n).bid),
     ]

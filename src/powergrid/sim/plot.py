@@ -112,7 +112,7 @@ def plot(r: SimResult, path: str | Path) -> Path:
         ts,
         [x.allocation / 1000 for x in samples],
         color="tab:orange",
-        label="sum of allocations",
+        label="sum of caps in force",
         **kw,
     )
     if r.rounds:
@@ -124,6 +124,9 @@ def plot(r: SimResult, path: str | Path) -> Path:
             ms=4,
             label="cleared per round",
         )
+    for a, b in r.power.intervals:  # the guarantee's violating intervals, as the summary counts
+        for ax in (ax1, ax2, ax3):
+            ax.axvspan(a, max(b, a + s.duration / 2000), color="red", alpha=0.25, lw=0)
     ax1.set_ylabel("kW")
     ax1.set_ylim(bottom=0)
     ax1.legend(loc="upper right", fontsize=8, ncol=3)
@@ -180,7 +183,10 @@ def plot(r: SimResult, path: str | Path) -> Path:
             )
     ax3.set_yticks(list(row.values()), [group_name(g) for g in row])
     ax3.set_ylim(-1, len(row))
-    ax3.set_xlabel("virtual time (s)   x crash   ^ restart   yellow: partition")
+    ax3.set_xlabel(
+        "virtual time (s)   x crash   ^ restart   yellow: partition   "
+        f"red: guarantee violated ({r.guarantee_violations} intervals)"
+    )
     ax3.set_title("leader per group (label: cC.I = server I of cluster C)", fontsize=9)
     ax3.set_xlim(0, s.duration)
     if len(groups) > len(shown):

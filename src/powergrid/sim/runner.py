@@ -20,8 +20,12 @@ with its own agenda of timed jobs, run between ``network.run_until`` calls:
 
 Everything the nodes notify goes through one observer that records
 elections, membership changes and market rounds, and feeds the invariants
-(:class:`~powergrid.sim.harness.Invariant`: ``observe``/``check``/``check_final``).
-:class:`MarketGuarantee` is always on; others are passed in (see
+(:class:`~powergrid.sim.harness.Invariant`: ``observe``/``check``/``check_final``);
+:class:`_Records` keeps what the summary reports of them.
+:class:`MarketGuarantee` (per round) and the power guarantee in time
+(:class:`~powergrid.sim.power.PowerGuarantee`, which also gives the figures
+of ``SimResult.power`` and ``guarantee_violations``) are always on; others
+are passed in (see
 :func:`default_invariants`). A run is a pure function of the scenario: the
 same scenario and seed give the same records and the same trace hash. Wall
 time is read only to report speed.
@@ -56,7 +60,6 @@ from powergrid.errors import DecodeError
 from powergrid.events import LeaderElected, LeaderLost, ViewChanged
 from powergrid.node import Node, NodeConfig
 from powergrid.protocols.market import Bid, MarketCleared, PriceUpdated, Regime
-from powergrid.protocols.market.client import AllocationChanged
 from powergrid.protocols.membership import MemberRemoved
 from powergrid.sim.fuzz import (
     Delay,
@@ -68,6 +71,7 @@ from powergrid.sim.fuzz import (
 )
 from powergrid.sim.harness import Invariant, Violation, watches
 from powergrid.sim.memory import Trace
+from powergrid.sim.power import PowerBounds, PowerFigures, PowerGuarantee
 from powergrid.sim.scenario import DemandModel, Failure, Scenario
 from powergrid.types import BROKER_GROUP, Incarnation, NodeId, node_id
 
@@ -165,8 +169,9 @@ class Round:
 @attrs.frozen(kw_only=True)
 class Sample:
     """The state at ``t``: supply, demand (sum of r and m over live servers), allocation
-    (sum of live servers' caps), last cleared price and regime, and leaders per group
-    (0 while the group is known to have lost its leader)."""
+    (sum of the caps in force, crashed servers' on their lease included), last cleared
+    price and regime, and leaders per group (0 while the group is known to have lost
+    its leader)."""
 
     t: float
     supply: int
@@ -217,10 +222,9 @@ class SimResult:
     prices_applied: int
     stale_rounds: int
     """MarketCleared from a node that no longer led the broker group (left out of ``rounds``)."""
-    overcommit_s: float
-    """Sampled seconds during which the caps in force summed to more than the supply."""
-    overcommit_max: int
-    """The largest excess (watts) of the caps in force over the supply at a sample."""
+    power: PowerFigures
+    """The guarantee in time (:mod:`powergrid.sim.power`); ``guarantee_violations`` counts
+    its violating intervals."""
     notifications: dict[str, int]
     sent_by_type: dict[str, int]
     delivered_by_type: dict[str, int]
@@ -413,9 +417,16 @@ class _Network(FuzzNetwork):
     capture: list[Capture]
     participants: frozenset[int] = frozenset()
 
-    def start_capture(self) -> None:
-        """Record deliveries among :attr:`participants` until :attr:`capture_until`."""
+    def start_capture(self, node: int, group: int, people: set[int]) -> None:
+        """Record deliveries for 8 s from the crash of ``node`` (a leader of ``group``) among
+        ``node`` and at most 12 of ``people`` (the highest ids)."""
+        self.participants = frozenset(sorted(people | {node})[-12:]) | {node}
+        self.capture_until = self.now + 8.0
         self._tap = self._captured
+        self.capture.clear()
+        self.capture.append(
+            Capture(t=self.now - 1e-9, src=node, dst=node, group=group, name="CRASH")
+        )
 
     def _captured(self, t: float, node: int, data: bytes, src: int) -> None:
         if t <= self.capture_until and node in self.participants and src in self.participants:
@@ -440,6 +451,104 @@ def _captured(t: float, src: int, dst: int, data: bytes) -> Capture:
 
 
 # ------------------------------------------------------------- simulation
+
+
+class _Records:
+    """What a :class:`Simulation` records from the nodes' notifications: elections (and how
+    long each group went without a leader), views, removals, market rounds and prices."""
+
+    def __init__(self, sim: Simulation) -> None:
+        self._sim = sim
+        self.leaders: dict[int, tuple[int, int]] = {}  # group -> (epoch, leader)
+        self.leaderless: dict[int, float | None] = {}
+        self.elections: list[Election] = []
+        self.views: dict[int, tuple[int, frozenset[int]]] = {}
+        self.changes: list[MembershipChange] = []
+        self.removals: dict[str, int] = {}
+        self.rounds: list[Round] = []
+        self.prices = 0
+        self.stale_rounds = 0
+        self.price: float | None = None
+        self.regime: str | None = None
+
+    def leader(self, group: int) -> int:
+        """The leader of ``group`` as the nodes last announced it (highest epoch), or 0."""
+        held = self.leaders.get(group)
+        return held[1] if held is not None else 0
+
+    def on_elected(self, t: float, node: int, out: LeaderElected) -> None:
+        group, epoch = out.group, out.epoch
+        held = self.leaders.get(group)
+        if held is not None and epoch <= held[0]:
+            return
+        self.leaders[group] = (epoch, out.leader)
+        since = self.leaderless.pop(group, 0.0 if held is None else None)
+        gap = None if since is None else round(t - since, 6)
+        self.elections.append(
+            Election(t=t, group=group, epoch=epoch, leader=out.leader, leaderless_s=gap)
+        )
+
+    def on_lost(self, t: float, node: int, out: LeaderLost) -> None:
+        # Only a real loss counts (the leader is down, or cut off from the
+        # reporter); a LeaderLost from a lossy link is followed by no election.
+        held = self.leaders.get(out.group)
+        if held is None or out.leader != held[1] or out.group in self.leaderless:
+            return
+        if held[1] not in self._sim._live or not self._sim.network.connected(node, held[1]):
+            self.leaderless[out.group] = t
+
+    def on_view(self, t: float, node: int, out: ViewChanged) -> None:
+        view = out.view
+        if view.leader != node:
+            return
+        members = frozenset(view.nodes)
+        old = self.views.get(view.group)
+        if old is not None and view.view_id <= old[0]:
+            return
+        before = old[1] if old is not None else frozenset()
+        self.views[view.group] = (view.view_id, members)
+        self.changes.append(
+            MembershipChange(
+                t=t,
+                group=view.group,
+                view_id=view.view_id,
+                size=len(members),
+                joined=len(members - before),
+                removed=len(before - members),
+            )
+        )
+
+    def on_removed(self, t: float, node: int, out: MemberRemoved) -> None:
+        if node == self.leader(out.group) and out.node != node:
+            self.removals[out.reason] = self.removals.get(out.reason, 0) + 1
+
+    def on_cleared(self, t: float, node: int, out: MarketCleared) -> None:
+        held = self.leaders.get(BROKER_GROUP)
+        if held is None or held != (out.epoch, node):
+            # a node that no longer leads the broker group still clearing
+            self.stale_rounds += 1
+            return
+        self.price = out.price
+        self.regime = out.regime.name.lower()
+        self.rounds.append(
+            Round(
+                t=t,
+                epoch=out.epoch,
+                round=out.round,
+                regime=self.regime,
+                price=out.price,
+                supply=out.supply,
+                demand_required=self._sim._req_sum,
+                demand_max=self._sim._max_sum,
+                allocated=out.allocated,
+                deficit=out.deficit,
+                clusters=out.clusters,
+                bids=out.bids,
+            )
+        )
+
+    def on_price(self, t: float, node: int, out: PriceUpdated) -> None:
+        self.prices += 1
 
 
 class Simulation:
@@ -491,26 +600,12 @@ class Simulation:
         self.grid = NodeConfig(port=1).client.grid
         self._bids: dict[int, Bid] = {}
         self._live: set[int] = set()
-        self._alloc: dict[int, int] = {}
-        self._alloc_sum = 0
         self._req_sum = 0
         self._max_sum = 0
-        self._leaders: dict[int, tuple[int, int]] = {}  # group -> (epoch, leader)
-        self._leaderless: dict[int, float | None] = {}
-        self._elections: list[Election] = []
-        self._views: dict[int, tuple[int, frozenset[int]]] = {}
-        self._changes: list[MembershipChange] = []
-        self._removals: dict[str, int] = {}
-        self._rounds: list[Round] = []
+        self.records = rec = _Records(self)
         self._samples: list[Sample] = []
         self._markers: list[Marker] = []
         self._notes: dict[str, int] = {}
-        self._prices = 0
-        self._stale_rounds = 0
-        self._over_s = 0.0
-        self._over_max = 0
-        self._price: float | None = None
-        self._regime: str | None = None
         self._harvest: dict[str, int] = {"unicast": 0}
         self._counts = {"started": 0, "crashed": 0, "restarted": 0, "joined": 0, "left": 0}
         self._failover: tuple[float, int, int] | None = None
@@ -537,18 +632,23 @@ class Simulation:
         net.capture = []
         for n in sorted(self._where):
             self.initial_bid(n)
-        self.invariants: list[Invariant] = [self.guarantee]
+        self.power = PowerGuarantee(
+            self.supply,
+            self._bids.__getitem__,
+            bounds=PowerBounds(reaction_s=0.05 if s.network.loss <= 0.02 else 5.0),
+            network=net,
+        )
+        self.invariants: list[Invariant] = [self.guarantee, self.power]
         if invariants is not None:
             self.invariants.extend(invariants(self))
         self._watchers: dict[type, list[Invariant]] = {}  # notification type -> invariants
         self._on: dict[type, Callable[[float, int, Any], None]] = {
-            LeaderElected: self._on_elected,
-            LeaderLost: self._on_lost,
-            ViewChanged: self._on_view,
-            MemberRemoved: self._on_removed,
-            MarketCleared: self._on_cleared,
-            PriceUpdated: self._on_price,
-            AllocationChanged: self._on_allocation,
+            LeaderElected: rec.on_elected,
+            LeaderLost: rec.on_lost,
+            ViewChanged: rec.on_view,
+            MemberRemoved: rec.on_removed,
+            MarketCleared: rec.on_cleared,
+            PriceUpdated: rec.on_price,
             NodeStarted: self._on_started,
             NodeCrashed: self._on_crashed,
         }
@@ -582,8 +682,7 @@ class Simulation:
 
     def leader(self, group: int) -> int:
         """The leader of ``group`` as the nodes last announced it (highest epoch), or 0."""
-        held = self._leaders.get(group)
-        return held[1] if held is not None else 0
+        return self.records.leader(group)
 
     def _bid_of(self, node: int) -> Bid | None:
         ep = self.network.endpoint(node)
@@ -615,6 +714,7 @@ class Simulation:
         old = self._bids.get(node)
         self._bids[node] = bid
         if node in self._live:
+            self.power.ledger.bid(self.network.now, node, bid)
             if old is not None:
                 self._req_sum -= old.required
                 self._max_sum -= old.maximum
@@ -652,89 +752,9 @@ class Simulation:
         if bid is not None:
             self._req_sum -= bid.required
             self._max_sum -= bid.maximum
-        self._alloc_sum -= self._alloc.pop(node, 0)
 
     def _on_crashed(self, t: float, node: int, out: NodeCrashed) -> None:
         self._drop_live(node)
-
-    def _on_elected(self, t: float, node: int, out: LeaderElected) -> None:
-        group, epoch = out.group, out.epoch
-        held = self._leaders.get(group)
-        if held is not None and epoch <= held[0]:
-            return
-        self._leaders[group] = (epoch, out.leader)
-        since = self._leaderless.pop(group, 0.0 if held is None else None)
-        gap = None if since is None else round(t - since, 6)
-        self._elections.append(
-            Election(t=t, group=group, epoch=epoch, leader=out.leader, leaderless_s=gap)
-        )
-
-    def _on_lost(self, t: float, node: int, out: LeaderLost) -> None:
-        # Only a real loss counts (the leader is down, or cut off from the
-        # reporter); a LeaderLost from a lossy link is followed by no election.
-        held = self._leaders.get(out.group)
-        if held is None or out.leader != held[1] or out.group in self._leaderless:
-            return
-        if held[1] not in self._live or not self.network.connected(node, held[1]):
-            self._leaderless[out.group] = t
-
-    def _on_view(self, t: float, node: int, out: ViewChanged) -> None:
-        view = out.view
-        if view.leader != node:
-            return
-        members = frozenset(view.nodes)
-        old = self._views.get(view.group)
-        if old is not None and view.view_id <= old[0]:
-            return
-        before = old[1] if old is not None else frozenset()
-        self._views[view.group] = (view.view_id, members)
-        self._changes.append(
-            MembershipChange(
-                t=t,
-                group=view.group,
-                view_id=view.view_id,
-                size=len(members),
-                joined=len(members - before),
-                removed=len(before - members),
-            )
-        )
-
-    def _on_removed(self, t: float, node: int, out: MemberRemoved) -> None:
-        if node == self.leader(out.group) and out.node != node:
-            self._removals[out.reason] = self._removals.get(out.reason, 0) + 1
-
-    def _on_cleared(self, t: float, node: int, out: MarketCleared) -> None:
-        held = self._leaders.get(BROKER_GROUP)
-        if held is None or held != (out.epoch, node):
-            # a node that no longer leads the broker group still clearing
-            self._stale_rounds += 1
-            return
-        self._price = out.price
-        self._regime = out.regime.name.lower()
-        self._rounds.append(
-            Round(
-                t=t,
-                epoch=out.epoch,
-                round=out.round,
-                regime=self._regime,
-                price=out.price,
-                supply=out.supply,
-                demand_required=self._req_sum,
-                demand_max=self._max_sum,
-                allocated=out.allocated,
-                deficit=out.deficit,
-                clusters=out.clusters,
-                bids=out.bids,
-            )
-        )
-
-    def _on_price(self, t: float, node: int, out: PriceUpdated) -> None:
-        self._prices += 1
-
-    def _on_allocation(self, t: float, node: int, out: AllocationChanged) -> None:
-        if node in self._live:
-            self._alloc_sum += out.allocation - self._alloc.get(node, 0)
-            self._alloc[node] = out.allocation
 
     # ------------------------------------------------------------- agenda
 
@@ -750,6 +770,7 @@ class Simulation:
         watts = self.scenario.supply_at(t)
         if watts != self.supply:
             self.supply = watts
+            self.power.ledger.supply(t, watts)
             self._note("supply", watts=watts)
             for n in sorted(self._live):
                 if self.broker_capable(n):
@@ -775,22 +796,20 @@ class Simulation:
             self._at(nxt, self._sample_job)
 
     def _sample(self, t: float) -> None:
-        if self._samples and self._samples[-1].allocation > self._samples[-1].supply:
-            self._over_s += t - self._samples[-1].t
-        self._over_max = max(self._over_max, self._alloc_sum - self.supply)
+        self.power.ledger.advance(t)
+        rec = self.records
         self._samples.append(
             Sample(
                 t=round(t, 6),
                 supply=self.supply,
                 demand_required=self._req_sum,
                 demand_max=self._max_sum,
-                allocation=self._alloc_sum,
-                price=self._price,
-                regime=self._regime,
+                allocation=self.power.ledger.cap_sum,
+                price=rec.price,
+                regime=rec.regime,
                 live=len(self._live),
                 leaders=tuple(
-                    (g, 0 if g in self._leaderless else v[1])
-                    for g, v in sorted(self._leaders.items())
+                    (g, 0 if g in rec.leaderless else v[1]) for g, v in sorted(rec.leaders.items())
                 ),
             )
         )
@@ -826,9 +845,10 @@ class Simulation:
             return
         self._harvest_stats(ep)
         self._note(what, node=node, group=group)
-        for g, (_, leader) in sorted(self._leaders.items()):
+        rec = self.records
+        for g, (_, leader) in sorted(rec.leaders.items()):
             if leader == node:
-                self._leaderless.setdefault(g, net.now)
+                rec.leaderless.setdefault(g, net.now)
         if self._capture and self._failover is None:
             self._open_capture(node, group)
         self._markers.append(Marker(t=net.now, what=what, node=node, group=group))
@@ -854,15 +874,8 @@ class Simulation:
         else:
             people = set()
             cluster = group
-        people.add(node)
         people.update(n for n in self._cluster_nodes(cluster) if self.broker_capable(n))
-        net.participants = frozenset(sorted(people)[-12:] if len(people) > 12 else people)
-        if node not in net.participants:
-            net.participants = net.participants | {node}
-        net.capture_until = net.now + 8.0
-        net.start_capture()
-        net.capture.clear()
-        net.capture.append(Capture(t=net.now - 1e-9, src=node, dst=node, group=group, name="CRASH"))
+        net.start_capture(node, group, people)
 
     def _failure_job(self, f: Failure) -> Callable[[float], None]:
         return lambda t: self._apply(f)
@@ -940,6 +953,7 @@ class Simulation:
             self._note("leave", node=node, group=c)
             net.command(node, lambda ep, now: ep.leave(now))
             net.remove(node)
+            self.power.ledger.left(net.now, node)
             self._drop_live(node)
             self._counts["left"] += 1
             left += 1
@@ -982,6 +996,7 @@ class Simulation:
         net.run_until(s.duration, on_event=on_event)
         self._sample(s.duration)
         self._check()
+        power = self.power.figures(s.duration)
         for inv in self.invariants:
             for p in inv.check_final(net):
                 self._violate(inv.name, p)
@@ -998,20 +1013,20 @@ class Simulation:
         def by_name(d: dict[int, int]) -> dict[str, int]:
             return {names.get(k, str(k)): v for k, v in sorted(d.items())}
 
+        rec = self.records
         return SimResult(
             scenario=s,
-            elections=tuple(self._elections),
-            membership=tuple(self._changes),
-            removals=dict(sorted(self._removals.items())),
-            rounds=tuple(self._rounds),
+            elections=tuple(rec.elections),
+            membership=tuple(rec.changes),
+            removals=dict(sorted(rec.removals.items())),
+            rounds=tuple(rec.rounds),
             samples=tuple(self._samples),
             markers=tuple(self._markers),
             violations=tuple(self._violations),
-            guarantee_violations=self.guarantee.count,
-            prices_applied=self._prices,
-            stale_rounds=self._stale_rounds,
-            overcommit_s=round(self._over_s, 6),
-            overcommit_max=max(0, self._over_max),
+            guarantee_violations=power.violations,
+            prices_applied=rec.prices,
+            stale_rounds=rec.stale_rounds,
+            power=power,
             notifications=dict(sorted(self._notes.items())),
             sent_by_type=by_name(st.sent_by_type),
             delivered_by_type=by_name(st.delivered_by_type),

@@ -315,19 +315,27 @@ def _outcome(r: SimResult) -> str:
         by_regime[rd.regime] = by_regime.get(rd.regime, 0) + 1
     kinds = ", ".join(f"{v} {k}" for k, v in sorted(by_regime.items()))
     parts = [f"{len(r.rounds)} market rounds" + (f" ({kinds})" if kinds else "")]
+    p = r.power
+    overload = p.overload_ws + p.overload_in_bound_ws
     if r.guarantee_violations:
-        parts.append(f"{r.guarantee_violations} broke the market's guarantee (see below)")
-    elif r.rounds:
         parts.append(
-            "none handed out more than the supply, and while the supply sufficed every "
-            "server got what it required"
+            f"the power promise did not hold at every instant: {r.guarantee_violations} "
+            "interval(s), red on the plot, explained by the guarantee lines below"
         )
-    if r.overcommit_s:
+    elif r.rounds and not overload and not p.starved_server_s:
         parts.append(
-            f"between rounds the caps the servers held added up to more than the supply for "
-            f"{r.overcommit_s:.2f} s (by at most {r.overcommit_max} W): the caps come from "
-            "different rounds, and a server whose price datagram was lost, or that had not yet "
-            "heard the round after a supply step, keeps its previous cap until the next round"
+            "at every instant the caps the servers held stayed within the supply, and every "
+            "server had at least what it was owed"
+        )
+    if overload:
+        parts.append(
+            f"the caps the servers held added up to more than the supply for "
+            f"{overload:.1f} watt-seconds in all (by at most {p.max_excess_w} W)"
+        )
+    if p.starved_server_s:
+        parts.append(
+            f"servers held less than they were owed for {p.starved_server_s:.1f} "
+            "server-seconds in all"
         )
     if r.stale_rounds:
         parts.append(

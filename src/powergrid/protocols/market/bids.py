@@ -20,6 +20,7 @@ never rising. Watts are integers so that allocations can be computed exactly
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Iterable
 
 import attrs
@@ -116,7 +117,11 @@ class Bid:
             raise ConfigError(f"invalid bid: {bad}")
 
     def demand(self, price: float, grid: Grid) -> float:
-        """``d(price)`` in watts (not rounded): what this bid wants at ``price``."""
+        """``d(price)`` in watts (not rounded): what this bid wants at ``price``.
+
+        Finite and within ``required..maximum`` for every finite ``price`` and any valid
+        corners, however far apart (no intermediate value overflows).
+        """
         cs = self.corners
         if not cs:
             lo, hi = grid.price_min, grid.price_max
@@ -129,8 +134,16 @@ class Bid:
             return float(cs[0].watts)
         for (p0, w0), (p1, w1) in itertools.pairwise(cs):
             if price <= p1:
-                # t is exactly 1 at p1, so segments meet exactly and d never rises
-                return w0 + (w1 - w0) * ((price - p0) / (p1 - p0))
+                # Here p0 < price <= p1, so 0 <= t <= 1, and t is exactly 1 at p1: segments
+                # meet exactly and d never rises. Corners are any finite floats (a peer's
+                # bid): when p1 - p0 overflows, halve everything first (exact at that size)
+                # so that no difference is infinite and t is never inf / inf = NaN.
+                span = p1 - p0
+                if span == math.inf:
+                    t = (price * 0.5 - p0 * 0.5) / (p1 * 0.5 - p0 * 0.5)
+                else:
+                    t = (price - p0) / span
+                return w0 + (w1 - w0) * t
         return float(cs[-1].watts)
 
     def level(self, j: int, grid: Grid) -> int:

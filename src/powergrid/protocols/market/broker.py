@@ -63,6 +63,7 @@ from powergrid.events import (
     ViewChanged,
     member_maps,
 )
+from powergrid.protocols.leadership import Leadership, Verdict
 from powergrid.protocols.market.bids import DEFAULT_GRID, Bid, Grid
 from powergrid.protocols.market.clearing import (
     ClearingResult,
@@ -72,7 +73,7 @@ from powergrid.protocols.market.clearing import (
     clear,
     totals_to_message,
 )
-from powergrid.types import BROKER_GROUP, Epoch, GroupId, Incarnation, NodeId, epoch_newer
+from powergrid.types import BROKER_GROUP, Epoch, GroupId, Incarnation, NodeId
 
 __all__ = ["BrokerConfig", "BrokerMachine", "BrokerStats"]
 
@@ -149,14 +150,13 @@ class BrokerMachine(Dispatching):
         "_active",
         "_agg_seq",
         "_bids",
+        "_brokers",
         "_budget",
         "_cluster",
         "_config",
-        "_epoch",
-        "_lead",
-        "_lead_epoch",
         "_lead_heard_at",
         "_lead_round",
+        "_leadership",
         "_local",
         "_local_regime",
         "_me",
@@ -182,13 +182,13 @@ class BrokerMachine(Dispatching):
         self._config = config if config is not None else BrokerConfig()
         self.stats = BrokerStats()
         self._active = False
-        self._epoch = Epoch(0)  # the highest cluster epoch seen; ours while active
+        # the cluster's leader and epoch (the highest seen; ours while active)
+        self._leadership = Leadership()
         self._members: dict[int, int] | None = None  # node -> incarnation, of the view
         self._bids: dict[NodeId, _Held] = {}
         self._agg_seq = 0
         self._totals: Totals | None = None
-        self._lead = NodeId(0)
-        self._lead_epoch = Epoch(0)
+        self._brokers = Leadership()  # the broker group's: the lead broker and its epoch
         self._lead_round = 0
         self._lead_heard_at = 0.0
         self._budget: int | None = None
@@ -207,12 +207,12 @@ class BrokerMachine(Dispatching):
     @property
     def epoch(self) -> Epoch:
         """This broker's cluster epoch (the highest seen while inactive)."""
-        return self._epoch
+        return self._leadership.epoch
 
     @property
     def lead(self) -> NodeId:
         """The lead broker followed (0: none known)."""
-        return self._lead
+        return self._brokers.leader or NodeId(0)
 
     @property
     def budget(self) -> int | None:
@@ -256,21 +256,22 @@ class BrokerMachine(Dispatching):
 
     def _on_leader_elected(self, ev: LeaderElected, now: float) -> list[object]:
         if ev.group == BROKER_GROUP:
-            if epoch_newer(self._lead_epoch, ev.epoch):
+            verdict = self._brokers.obey(ev.leader, ev.epoch)
+            if verdict is Verdict.STALE:
                 self.stats.dropped_stale += 1
-            elif ev.epoch != self._lead_epoch or ev.leader != self._lead:
-                self._follow_lead(ev.leader, ev.epoch)
+            elif verdict.follow:
+                self._lead_round = 0  # a new lead (or epoch) numbers its rounds anew
             return []
         if ev.group != self._cluster:
             return []
-        if epoch_newer(self._epoch, ev.epoch):  # older (a foreign epoch is the election's call)
+        verdict = self._leadership.obey(ev.leader, ev.epoch)
+        if verdict is Verdict.STALE:
             self.stats.dropped_stale += 1
             return []
         if ev.leader == self._me:
-            if not self._active or ev.epoch != self._epoch:
-                self._activate(ev.epoch, now)
+            if not self._active or verdict is Verdict.NEWER:
+                self._activate(now)
         else:
-            self._epoch = ev.epoch
             self._deactivate()
         return []
 
@@ -339,15 +340,16 @@ class BrokerMachine(Dispatching):
         if not self._active:
             self.stats.dropped_unexpected += 1
             return []
-        if msg.epoch != self._lead_epoch:
+        brokers = self._brokers
+        if msg.epoch != brokers.epoch:
             # The lead epoch is the election's (LeaderElected of the broker group): a
             # clearing never moves it, so a forged one cannot fence out the real lead.
-            if epoch_newer(self._lead_epoch, msg.epoch):
+            if brokers.stale(msg.epoch):
                 self.stats.dropped_stale += 1
             else:
                 self.stats.dropped_early += 1
             return []
-        if sender != self._lead:
+        if sender != brokers.leader:
             self.stats.dropped_foreign += 1
             return []
         self._lead_heard_at = now
@@ -362,7 +364,7 @@ class BrokerMachine(Dispatching):
         if msg.round <= self._lead_round:
             self.stats.dropped_duplicate += 1
             return []
-        if entry.epoch != self._epoch or not 0 < entry.aggregate <= self._agg_seq:
+        if entry.epoch != self._leadership.epoch or not 0 < entry.aggregate <= self._agg_seq:
             self.stats.clearings_without_us += 1
             return []
         result = ClearingResult.checked(msg, self._config.grid)
@@ -390,11 +392,12 @@ class BrokerMachine(Dispatching):
         )
         self._totals = totals
         actions: list[object] = []
-        if self._lead != 0:
+        lead = self._brokers.leader
+        if lead:
             msg = totals_to_message(
-                totals, cluster=self._cluster, epoch=self._epoch, seq=self._agg_seq
+                totals, cluster=self._cluster, epoch=self._leadership.epoch, seq=self._agg_seq
             )
-            actions.append(Send(to=self._lead, message=msg))
+            actions.append(Send(to=lead, message=msg))
             self.stats.aggregates_sent += 1
         self._local = now - self._lead_heard_at >= cfg.lead_timeout
         if self._local:
@@ -411,9 +414,8 @@ class BrokerMachine(Dispatching):
 
     # ----------------------------------------------------------------- helpers
 
-    def _activate(self, epoch: Epoch, now: float) -> None:
+    def _activate(self, now: float) -> None:
         self._active = True
-        self._epoch = epoch
         self._bids.clear()
         self._agg_seq = 0
         self._totals = None
@@ -432,17 +434,15 @@ class BrokerMachine(Dispatching):
         self._round_at = None
         # No longer the broker, the node leaves the broker group: the lead epoch known
         # came from that group's election, which is gone. Its next stack starts from 0.
-        self._lead, self._lead_epoch, self._lead_round = NodeId(0), Epoch(0), 0
-
-    def _follow_lead(self, lead: NodeId, epoch: Epoch) -> None:
-        self._lead = lead
-        self._lead_epoch = epoch
+        self._brokers.forget()
         self._lead_round = 0
 
     def _ack(self, node: NodeId, held: _Held) -> Send:
         return Send(
             to=node,
-            message=wire.BidAck(epoch=self._epoch, seq=held.seq, aggregate=held.first_aggregate),
+            message=wire.BidAck(
+                epoch=self._leadership.epoch, seq=held.seq, aggregate=held.first_aggregate
+            ),
         )
 
     def _price(self, result: ClearingResult, aggregate: int, *, local: bool) -> Multicast:
@@ -450,7 +450,7 @@ class BrokerMachine(Dispatching):
         self.stats.prices_sent += 1
         return Multicast(
             message=wire.Price(
-                epoch=self._epoch,
+                epoch=self._leadership.epoch,
                 round=self._price_round,
                 regime=int(result.regime),
                 flags=wire.Price.FLAG_LOCAL if local else 0,

@@ -16,7 +16,8 @@ sum their clusters, the lead broker sums the brokers (:func:`combine`), and
   interpolated between the grid prices of rungs ``j`` and ``j-1`` (``price_min``
   on rung 1, ``price_max`` on rung G+1). Every bid gets at least ``r``; the
   total is ``S`` less the rounding (under one watt per bid).
-* **shortage** (``S < sum r``): price ``price_max``, ``deficit = sum r - S``. If
+* **shortage** (``S < sum r``): price ``price_max``, ``deficit = sum r - S``
+  (saturating at :data:`DEFICIT_MAX`). If
   ``S >= sum h``: floors first, then whole classes from the highest priority
   down get ``r``; the class ``level`` that cannot be fully served gets
   ``h + floor((r - h) * fill / 2**32)`` with its pro-rata ``fill``; lower classes
@@ -281,8 +282,14 @@ def clear(
     return ClearingResult(regime=Regime.NORMAL, price=price, level=j, fill=fill)
 
 
+DEFICIT_MAX = 2**64 - 1
+"""A deficit saturates here (watts; what a Clearing or Price carries): without a key,
+forged aggregates of several clusters, each valid, summed past it and made the lead broker's
+Clearing raise ValueError when encoded."""
+
+
 def _shortage(totals: Totals, s: int, grid: Grid) -> ClearingResult:
-    deficit = totals.required - s
+    deficit = min(totals.required - s, DEFICIT_MAX)
     floors = totals.floor
     if s < floors:
         fill = (s << 32) // floors

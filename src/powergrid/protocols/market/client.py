@@ -40,6 +40,16 @@ server without power for the round or two until its first bid is counted
 aggregate). A new broker
 (a newer epoch, learned from ``LeaderElected``) gets the current bid at once.
 
+**A cap outlives its broker.** After a failover (a new broker followed while
+the lease of the last applied price runs), a price of the new broker that does
+not count the bid yet allocates it nothing (``PriceUpdated.allocation`` 0,
+``carried``) but keeps the cap in force instead of dropping it to 0 W, until the
+lease of the last price that did runs out (uncounted prices do not renew it);
+expiry then gives ``min(cap, r)`` as usual and never raises. The new broker
+does not budget those watts yet (issue 16: grantors that wait out leases are
+still to come), so the carried cap may overlap the new clearing for the round
+or two until the bid is counted; the simulator measures that overlap.
+
 **Acknowledgements go stale.** The broker drops a bid it has not heard for
 its ``bid_timeout`` (6 s), without telling the client (whose refreshes may be
 cut off while its prices still arrive). So an acknowledgement counts only
@@ -70,9 +80,10 @@ from powergrid import wire
 from powergrid._dispatch import Dispatching
 from powergrid.errors import ConfigError, UsageError
 from powergrid.events import DeadlineReached, LeaderElected, Received, SendReliable
+from powergrid.protocols.leadership import Leadership, Verdict
 from powergrid.protocols.market.bids import DEFAULT_GRID, Bid, Grid
 from powergrid.protocols.market.clearing import ClearingResult, Regime, allocate
-from powergrid.types import Epoch, GroupId, NodeId, epoch_newer
+from powergrid.types import Epoch, GroupId, NodeId
 
 __all__ = [
     "AllocationChanged",
@@ -100,7 +111,12 @@ class PriceUpdated:
 
     ``allocation`` (watts) is this server's power cap from now on;
     ``includes_latest_bid`` says whether the clearing counted the current bid;
-    ``local`` says the broker cleared its cluster alone (lead broker lost).
+    ``local`` says the broker cleared its cluster alone (lead broker lost);
+    ``counted`` says the clearing counted some bid of this server (its latest
+    or an earlier one): False means it got 0 W for want of a counted bid;
+    ``carried``: the price allocated nothing (not counted) but the server keeps
+    the cap of a previous broker's counted price in force, on its lease (see
+    "A cap outlives its broker"), so its cap stays above ``allocation``.
     """
 
     group: GroupId
@@ -112,6 +128,8 @@ class PriceUpdated:
     includes_latest_bid: bool
     deficit: int = 0
     local: bool = False
+    counted: bool = False
+    carried: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -150,6 +168,9 @@ class ClientStats:
 
     bids_sent: int = 0
     prices_applied: int = 0
+    prices_carried: int = 0
+    """Prices of a new broker that did not count the bid yet, while the cap of the previous
+    broker's counted price stayed in force on its lease."""
     acks_renewed: int = 0
     prices_with_stale_ack: int = 0
     leases_expired: int = 0
@@ -172,11 +193,11 @@ class ClientMachine(Dispatching):
         "_acks",
         "_allocation",
         "_bids",
-        "_broker",
+        "_carry",
         "_cluster",
         "_config",
-        "_epoch",
         "_includes_latest",
+        "_leadership",
         "_lease_until",
         "_me",
         "_price",
@@ -199,8 +220,7 @@ class ClientMachine(Dispatching):
         self._cluster = cluster
         self._config = config if config is not None else ClientConfig()
         self.stats = ClientStats()
-        self._broker = NodeId(0)
-        self._epoch = Epoch(0)
+        self._leadership = Leadership()  # the broker (cluster leader) followed, and its epoch
         self._seq = 0
         self._bids: dict[int, Bid] = {}  # seq -> bid, for seqs that a price may still clear
         self._acks: dict[int, int] = {}  # seq -> first aggregate of the current broker counting it
@@ -212,6 +232,7 @@ class ClientMachine(Dispatching):
         self._price: float | None = None
         self._regime: Regime | None = None
         self._includes_latest = False
+        self._carry = False  # the cap of a previous broker's counted price, on its lease
 
     # ------------------------------------------------------------ read-only state
 
@@ -228,12 +249,12 @@ class ClientMachine(Dispatching):
     @property
     def broker(self) -> NodeId:
         """The broker followed (0: none known)."""
-        return self._broker
+        return self._leadership.leader or NodeId(0)
 
     @property
     def epoch(self) -> Epoch:
         """The cluster epoch followed; prices of older epochs are refused."""
-        return self._epoch
+        return self._leadership.epoch
 
     @property
     def allocation(self) -> int | None:
@@ -298,12 +319,13 @@ class ClientMachine(Dispatching):
     def _on_leader_elected(self, ev: LeaderElected, now: float) -> list[object]:
         if ev.group != self._cluster:
             return []
-        if epoch_newer(self._epoch, ev.epoch):  # older (a foreign epoch is the election's call)
+        verdict = self._leadership.obey(ev.leader, ev.epoch)
+        if verdict is Verdict.STALE:
             self.stats.dropped_stale += 1
             return []
-        if ev.epoch == self._epoch and ev.leader == self._broker:
+        if verdict is Verdict.SAME:
             return []
-        return self._follow(ev.leader, ev.epoch, now)
+        return self._follow(now)
 
     def _on_received(self, ev: Received, now: float) -> list[object]:
         msg = ev.message
@@ -315,9 +337,9 @@ class ClientMachine(Dispatching):
         return []
 
     def _on_bid_ack(self, sender: NodeId, msg: wire.BidAck, now: float) -> list[object]:
-        if msg.epoch != self._epoch or msg.epoch == 0:
+        if msg.epoch != self._leadership.epoch or msg.epoch == 0:
             self.stats.dropped_stale += 1
-        elif sender != self._broker:
+        elif sender != self._leadership.leader:
             self.stats.dropped_foreign += 1
         elif msg.seq not in self._bids:
             self.stats.dropped_invalid += 1
@@ -332,15 +354,16 @@ class ClientMachine(Dispatching):
 
     def _on_price(self, sender: NodeId, msg: wire.Price, now: float) -> list[object]:
         actions: list[object] = []
-        if msg.epoch != self._epoch or msg.epoch == 0:
+        leadership = self._leadership
+        if msg.epoch != leadership.epoch or msg.epoch == 0:
             # The epoch is the election's (LeaderElected). A price never moves it: a forged
             # price of a newer epoch would otherwise fence out the real broker for good.
-            if msg.epoch == 0 or epoch_newer(self._epoch, msg.epoch):
+            if msg.epoch == 0 or leadership.stale(msg.epoch):
                 self.stats.dropped_stale += 1
             else:
                 self.stats.dropped_early += 1
             return actions
-        if sender != self._broker:
+        if sender != leadership.leader:
             self.stats.dropped_foreign += 1
             return actions
         if msg.round <= self._round:
@@ -371,14 +394,19 @@ class ClientMachine(Dispatching):
         else:  # not counted, or not surely: the clearing budgeted nothing for us
             allocation = 0
             self._includes_latest = False
+        carried = not seq and self._carry and bool(self._allocation)
+        if carried:  # a new broker has not counted us yet: keep the old cap on its lease
+            self.stats.prices_carried += 1
+        else:
+            self._carry = False
+            self._lease_until = now + self._config.lease
         self.stats.prices_applied += 1
         self._price = result.price
         self._regime = result.regime
-        self._lease_until = now + self._config.lease
         actions.append(
             PriceUpdated(
                 group=self._cluster,
-                epoch=self._epoch,
+                epoch=self._leadership.epoch,
                 round=msg.round,
                 price=result.price,
                 regime=result.regime,
@@ -386,9 +414,12 @@ class ClientMachine(Dispatching):
                 includes_latest_bid=self._includes_latest,
                 deficit=result.deficit,
                 local=bool(msg.flags & wire.Price.FLAG_LOCAL),
+                counted=bool(seq),
+                carried=carried,
             )
         )
-        actions += self._set_allocation(allocation, "price")
+        if not carried:
+            actions += self._set_allocation(allocation, "price")
         return actions
 
     def _on_deadline(self, ev: DeadlineReached, now: float) -> list[object]:
@@ -397,6 +428,7 @@ class ClientMachine(Dispatching):
             actions += self._send_bid(now)
         if self._lease_until is not None and now >= self._lease_until:
             self._lease_until = None
+            self._carry = False
             self.stats.leases_expired += 1
             bid = self.bid
             if self._allocation is not None and bid is not None:
@@ -405,10 +437,9 @@ class ClientMachine(Dispatching):
 
     # ----------------------------------------------------------------- helpers
 
-    def _follow(self, broker: NodeId, epoch: Epoch, now: float) -> list[object]:
-        """Follow a new broker: forget the old one's acks and rounds, send it the bid."""
-        self._broker = broker
-        self._epoch = epoch
+    def _follow(self, now: float) -> list[object]:
+        """A new broker is followed: forget the old one's acks and rounds, send it the bid."""
+        self._carry = self._lease_until is not None  # a cap in force on its lease
         self._acks.clear()
         self._acked_at.clear()
         self._round = 0
@@ -416,12 +447,13 @@ class ClientMachine(Dispatching):
 
     def _send_bid(self, now: float) -> list[object]:
         bid = self.bid
-        if bid is None or self._broker == 0:
+        broker = self._leadership.leader
+        if bid is None or not broker:
             self._refresh_at = None
             return []
         self._refresh_at = now + self._config.refresh_interval
         self.stats.bids_sent += 1
-        return [SendReliable(to=self._broker, message=bid.to_message(self._seq))]
+        return [SendReliable(to=broker, message=bid.to_message(self._seq))]
 
     def _set_allocation(
         self, allocation: int, cause: Literal["price", "lease", "bid"]

@@ -63,6 +63,7 @@ from powergrid import wire
 from powergrid._dispatch import Dispatching
 from powergrid.errors import ConfigError, UsageError
 from powergrid.events import DeadlineReached, LeaderElected, Multicast, Received
+from powergrid.protocols.leadership import Leadership, Verdict
 from powergrid.protocols.market.bids import DEFAULT_GRID, Grid
 from powergrid.protocols.market.clearing import (
     ClearingResult,
@@ -208,8 +209,8 @@ class LeadBrokerMachine(Dispatching):
         "_active",
         "_clusters",
         "_config",
-        "_epoch",
         "_granted",
+        "_leadership",
         "_me",
         "_previous",
         "_result",
@@ -233,7 +234,7 @@ class LeadBrokerMachine(Dispatching):
         self._config = config if config is not None else LeadConfig()
         self.stats = LeadStats()
         self._active = False
-        self._epoch = Epoch(0)
+        self._leadership = Leadership()  # the broker group's leader and epoch
         self._round = 0
         self._round_at: float | None = None
         self._previous: Regime | None = None
@@ -251,7 +252,7 @@ class LeadBrokerMachine(Dispatching):
     @property
     def epoch(self) -> Epoch:
         """The lead epoch (the highest seen while inactive)."""
-        return self._epoch
+        return self._leadership.epoch
 
     @property
     def supply(self) -> int:
@@ -300,18 +301,17 @@ class LeadBrokerMachine(Dispatching):
     def _on_leader_elected(self, ev: LeaderElected, now: float) -> list[object]:
         if ev.group != BROKER_GROUP:
             return []
-        if epoch_newer(self._epoch, ev.epoch):  # older (a foreign epoch is the election's call)
+        verdict = self._leadership.obey(ev.leader, ev.epoch)
+        if verdict is Verdict.STALE:
             self.stats.dropped_stale += 1
             return []
         if ev.leader == self._me:
-            if not self._active or ev.epoch != self._epoch:
+            if not self._active or verdict is Verdict.NEWER:
                 self._active = True
-                self._epoch = ev.epoch
                 self._round = 0
                 self._previous = None
                 self._round_at = now + self._config.round_interval
         else:
-            self._epoch = ev.epoch
             self._active = False
             self._round_at = None
         return []
@@ -321,7 +321,7 @@ class LeadBrokerMachine(Dispatching):
         self._round_at = None
         # The node left the broker group: the epoch known came from that group's election,
         # which is gone; the next stack's election starts from 0 (it may win epoch 1 again).
-        self._epoch = Epoch(0)
+        self._leadership.forget()
         return []
 
     def _on_received(self, ev: Received, now: float) -> list[object]:
@@ -421,7 +421,7 @@ class LeadBrokerMachine(Dispatching):
             actions.append(
                 Multicast(
                     message=wire.Clearing(
-                        epoch=self._epoch,
+                        epoch=self._leadership.epoch,
                         round=self._round,
                         regime=int(result.regime),
                         price=result.price,
@@ -435,7 +435,7 @@ class LeadBrokerMachine(Dispatching):
             self.stats.clearings_sent += 1
         actions.append(
             MarketCleared(
-                epoch=self._epoch,
+                epoch=self._leadership.epoch,
                 round=self._round,
                 supply=self._supply,
                 regime=result.regime,

@@ -28,10 +28,15 @@ from powergrid.protocols.membership.messages import (
     MemberSuspected,
     RemovalReason,
 )
-from powergrid.protocols.membership.view import VIEW_ENTRIES_PER_PART, view_parts
+from powergrid.protocols.membership.view import (
+    MAX_VIEW_MEMBERS,
+    VIEW_ENTRIES_PER_PART,
+    view_parts,
+)
 
 __all__ = [
     "LEADER_TICKS",
+    "MAX_VIEW_MEMBERS",
     "SUSPECT_TICKS",
     "VIEW_ENTRIES_PER_PART",
     "Join",

@@ -31,7 +31,13 @@ from powergrid.events import Member, Multicast, Send, View, ViewChanged
 from powergrid.protocols.membership.messages import MemberRemoved, MemberSuspected
 from powergrid.protocols.membership.roles import Member as MemberRole
 from powergrid.protocols.membership.roles import Phase, _Role
-from powergrid.protocols.membership.view import REASONS, installable, newest, view_parts
+from powergrid.protocols.membership.view import (
+    MAX_VIEW_MEMBERS,
+    REASONS,
+    installable,
+    newest,
+    view_parts,
+)
 from powergrid.types import Epoch, NodeId, next_view_id, view_newer
 from powergrid.wire import (
     VIEW_STATUS_CRASHED,
@@ -370,6 +376,11 @@ class Leader(_Role):
             m._stats.view_parts_sent += len(self.parts)
             return [Send(to=sender, message=p) for p in self.parts]
         waiting = self.pending.get(sender)
+        if cur is None and waiting is None:
+            entries = len(m._members) + len(self.pending) + len(self.departures)
+            if entries >= MAX_VIEW_MEMBERS:
+                m._stats.dropped_full += 1  # a flood of made-up ids: what a view can carry
+                return []
         if waiting is None or waiting.incarnation < inc:
             self.pending[sender] = Member(
                 node=sender,

@@ -134,5 +134,7 @@ class MembershipStats:
     """ProbeAcks that match no current suspicion."""
     duplicate_joins: int = 0
     """Join requests from a node already in the view (answered with the view)."""
+    dropped_full: int = 0
+    """Join requests from new nodes refused because the view's entries reach MAX_VIEW_MEMBERS."""
     unexpected: int = 0
     """Received messages that are not membership messages."""

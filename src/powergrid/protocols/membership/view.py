@@ -22,6 +22,7 @@ from powergrid.protocols.membership.messages import RemovalReason
 from powergrid.types import Incarnation, NodeId, epoch_newer, view_newer
 from powergrid.wire import (
     MAX_PAYLOAD,
+    MAX_VIEW_PARTS,
     VIEW_STATUS_CRASHED,
     VIEW_STATUS_LEFT,
     VIEW_STATUS_MEMBER,
@@ -32,6 +33,7 @@ from powergrid.wire import (
 )
 
 __all__ = [
+    "MAX_VIEW_MEMBERS",
     "REASONS",
     "VIEW_ENTRIES_PER_PART",
     "ViewAssembly",
@@ -52,6 +54,11 @@ _ENTRY_SIZE = (
 )
 VIEW_ENTRIES_PER_PART = (MAX_PAYLOAD - _EMPTY_PART) // _ENTRY_SIZE
 """View entries (members and recent departures) that fit in one ViewPart datagram."""
+MAX_VIEW_MEMBERS = VIEW_ENTRIES_PER_PART * MAX_VIEW_PARTS
+"""The most entries one view can carry (75,776): a leader admits no new node while its
+members, joiners and remembered departures reach it (forged JoinRequests from made-up ids,
+without a key, used to grow a view without bound, past what its ViewParts can carry, so
+members refused them)."""
 
 REASONS: dict[int, RemovalReason] = {
     VIEW_STATUS_CRASHED: "crashed",

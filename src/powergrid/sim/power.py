@@ -1,0 +1,782 @@
+"""Power safety in time: caps in force, the supply and what each server is owed, instant by instant.
+
+Theory of operation
+-------------------
+A clearing being right is not enough; what counts is the **cap in force** of
+every powered server at every instant of virtual time (``docs/protocols/market.md``,
+"The guarantee in time"). :class:`PowerLedger` keeps that state and integrates
+it exactly between changes (caps, lives, bids, supply), with running sums, so
+every change costs O(1) (amortised O(log n) for its own timers):
+
+* **cap in force** of a server: the allocation its client applies now
+  (``AllocationChanged``; 0 before its first one). A crashed server keeps
+  drawing its last cap until its lease ends (``lease_s`` after the last price
+  it applied: the grantor's clock; the simulator has no drift), and leaves the
+  sum only then. A restart inherits the old life's lease: the old cap stays in
+  force until the new life applies a cap of its own or the lease ends. A server
+  that leaves gracefully stops drawing at once. (A paused server is not
+  seen by the ledger: its cap simply stays in force until its client acts.)
+* **supply** S(t), given by :meth:`PowerLedger.supply`. A drop opens the
+  **reaction bound**: overload within ``reaction_s`` of the drop is reported
+  apart (``overload_in_bound_ws``); overload beyond it is a violation.
+* **owed**: an *admitted* server (a price counted its bid in this life) is owed
+  its required power r while S >= the sum of r over the owed servers, else its
+  floor h while S >= the sum of h, else nothing (sums of their current bids). A
+  server not admitted within ``admission_s`` of its start is owed from then on,
+  and the ``admission_s`` it waited count as starved at once ("starved from the
+  moment it was owed").
+  A rise of r gets the same grace: the old r stays owed for ``admission_s``.
+* **starved server-seconds**: the integral of the number of owed servers whose
+  cap is below what they are owed. It is kept as two running counts (below r,
+  below h) per exemption class, so the regime flips at no cost.
+
+Every violating stretch (overload beyond the bound, or any starved server) is
+recorded as an interval; :meth:`PowerLedger.figures` merges them, and their
+number is the simulator's ``guarantee_violations``. The plot draws the same
+intervals in red.
+
+**Exemptions** (named here, in ``docs/protocols/market.md`` and measured in
+:class:`PowerFigures`): the protocol does not hold the guarantee in every case yet.
+A starved server is classed by why:
+
+* ``unadmitted``: no price of this life counted its bid yet (today a server
+  gets 0 W until its bid is counted: the first seconds of a run, a join);
+* ``uncounted``: it was admitted, but its latest price did not count its bid
+  (a new broker's first rounds after a failover);
+* ``slow-raise``: its bid rose and the rise was not met within ``admission_s``;
+* ``older-bid``: its latest price counted an older bid of it than the current
+  one (``includes_latest_bid`` false), so it got the older bid's share;
+* ``stale-aggregates``: within ``regime_s`` of what servers are owed rising, or
+  of any owed r falling (the lead clears on aggregates up to two rounds old);
+* ``departed-bids``: within ``bid_timeout_s`` of a crash or leave (the broker
+  still counts the departed bid).
+
+An overload beyond the reaction bound is classed, in this order:
+``partition`` (while the network is split, and one lease after), ``crashed-lease``
+(a crashed server still draws its cap on its lease while the lead re-grants it),
+``lead-change`` (one lease after a new lead epoch), ``supply-drop`` (``round_s``
+after a drop), ``raise-before-cut`` (``skew_s`` after any cap rose: the clusters
+apply one clearing at different instants), ``missed-price`` (a live client holds
+the cap of an older price than its cluster's newest: its price was lost),
+``lease-held`` (a client keeps a previous broker's cap on its lease while the
+new broker has not counted its bid, and the new broker grants those watts).
+The time windows are split exactly at their ends (the ledger sets a timer
+there). Anything else is **strict**: the invariant :class:`PowerGuarantee`
+fails on it. Every class is reported, so each exemption is measured.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from powergrid.events import LeaderElected
+from powergrid.protocols.market import Bid
+from powergrid.protocols.market.client import AllocationChanged, PriceUpdated
+from powergrid.sim.fuzz import FuzzNetwork, NodeCrashed, NodeStarted
+from powergrid.types import BROKER_GROUP, NodeId
+
+__all__ = [
+    "EXEMPTIONS",
+    "PowerBounds",
+    "PowerFigures",
+    "PowerGuarantee",
+    "PowerLedger",
+    "describe",
+]
+
+STRICT = "strict"
+_CLASSES = (STRICT, "unadmitted", "uncounted", "slow-raise", "older-bid")
+_OVERLOAD_EXCUSES = (
+    "partition",
+    "crashed-lease",
+    "lead-change",
+    "supply-drop",
+    "raise-before-cut",
+    "missed-price",
+    "lease-held",
+)
+_STARVED_EXCUSES = ("stale-aggregates", "departed-bids")
+_WINDOWS = ("partition", "lead-change", "supply-drop", "raise-before-cut", *_STARVED_EXCUSES)
+EXEMPTIONS = (
+    "unadmitted",
+    "uncounted",
+    "slow-raise",
+    "older-bid",
+    *_STARVED_EXCUSES,
+    *_OVERLOAD_EXCUSES,
+)
+"""The named exemptions of the strict check (see the module docstring)."""
+
+
+@attrs.frozen(kw_only=True)
+class PowerBounds:
+    """The fixed figures (seconds) of ``FIGURES.md``.
+
+    ``admission_s``: admission and raise latency bound; ``reaction_s``: how long
+    overload may last after an announced supply drop; ``lease_s``: how long a
+    crashed server keeps drawing its cap after its last price.
+    """
+
+    admission_s: float = 1.0
+    reaction_s: float = 0.05
+    lease_s: float = 5.0
+    round_s: float = 2.0
+    """Exemption ``supply-drop``: overload this long after a drop (two of today's rounds)."""
+    skew_s: float = 1.5
+    """Exemption ``raise-before-cut``: overload this soon after any cap was raised (a
+    round, 1 s, plus the resend of a lost price: make-before-break is not built yet)."""
+    regime_s: float = 3.0
+    """Exemption ``stale-aggregates``: starvation this soon after the owed level rose
+    (the supply rose, or demand fell, past sum r or sum h) or any owed r fell: the
+    lead clears on aggregates up to two rounds old."""
+    bid_timeout_s: float = 7.0
+    """Exemption ``departed-bids``: starvation this long after a crash or leave (the
+    broker's bid timeout, 6 s, plus a round: the lead still counts the departed bid)."""
+
+
+@attrs.frozen(kw_only=True)
+class PowerFigures:
+    """What a run measured (watts, seconds); see the module docstring."""
+
+    overload_ws: float
+    """Watt-seconds of caps in force above the supply beyond the reaction bound."""
+    overload_in_bound_ws: float
+    """Watt-seconds above the supply within the reaction bound after a drop."""
+    max_excess_w: int
+    starved_server_s: float
+    admission_latency_s: dict[str, float | None]
+    """``{"median", "p99", "max"}`` over the admitted lives (None: none admitted)."""
+    unadmitted: int
+    """Lives that ended (or the run ended) before any price counted their bid."""
+    longest_without_price_s: float
+    exempt: dict[str, dict[str, float]]
+    """Per exemption: ``starved_server_s`` or ``overload_ws`` it accounts for."""
+    strict_overload_ws: float
+    strict_starved_server_s: float
+    intervals: tuple[tuple[float, float], ...]
+    """Merged violating intervals (overload beyond the bound or a starved server)."""
+
+    @property
+    def violations(self) -> int:
+        """How many violating intervals there were (the simulator's ``guarantee_violations``)."""
+        return len(self.intervals)
+
+    def as_json(self) -> dict[str, Any]:
+        """The figures as a JSON object (``intervals`` as ``[start, end]`` pairs)."""
+        return {
+            "overload_watt_seconds": round(self.overload_ws, 3),
+            "overload_in_bound_watt_seconds": round(self.overload_in_bound_ws, 3),
+            "max_excess_w": self.max_excess_w,
+            "starved_server_seconds": round(self.starved_server_s, 3),
+            "admission_latency_s": self.admission_latency_s,
+            "unadmitted": self.unadmitted,
+            "longest_without_price_s": round(self.longest_without_price_s, 3),
+            "exempt": self.exempt,
+            "strict_overload_watt_seconds": round(self.strict_overload_ws, 3),
+            "strict_starved_server_seconds": round(self.strict_starved_server_s, 3),
+            "violating_intervals": [[round(a, 6), round(b, 6)] for a, b in self.intervals],
+        }
+
+
+@attrs.define
+class _Server:
+    cap: int = 0
+    floor: int = 0
+    required: int = 0  # the bid's r
+    owed_r: int = 0  # r as owed (a rise waits for the bound)
+    owed_h: int = 0  # h as owed (likewise)
+    live: bool = True
+    owed: bool = False  # counts in the owed sums (admitted, or past the admission bound)
+    admitted: bool = False
+    counted: bool = False  # the latest price counted its bid
+    started: float = 0.0
+    last_price: float | None = None
+    life: int = 0
+    inherited: bool = False  # the cap is the previous life's, on its lease
+    slow: bool = False  # a rise of its bid was not met within the bound (until it is)
+    older: bool = False  # its latest price counted an older bid than its current one
+    group: int = 0  # the cluster of its last price
+    price_key: tuple[int, int] = (0, 0)  # (epoch, round) of its last price
+    lease_end: float = 0.0
+    cls: str = STRICT  # the exemption class it was counted under in the below-counts
+
+
+def _quantile(xs: list[float], q: float) -> float | None:
+    if not xs:
+        return None
+    ys = sorted(xs)
+    return round(ys[min(len(ys) - 1, int(q * len(ys)))], 6)
+
+
+class PowerLedger:
+    """The caps in force of a data centre over time (see the module docstring).
+
+    Every input takes the virtual time ``t`` (never decreasing). ``partitioned``
+    (called at each integration step) tells whether the network is split now.
+    """
+
+    def __init__(
+        self,
+        supply: int,
+        *,
+        bounds: PowerBounds | None = None,
+        partitioned: Callable[[], bool] | None = None,
+    ) -> None:
+        self.bounds = bounds if bounds is not None else PowerBounds()
+        self._partitioned = partitioned
+        self.supply_w = supply
+        self._t = 0.0
+        self._servers: dict[int, _Server] = {}
+        self.cap_sum = 0
+        self._owed_r = 0
+        self._owed_h = 0
+        self._sum_r = 0  # sum of the current r (and h) of the owed servers: the regime
+        self._sum_h = 0
+        self._below_r = dict.fromkeys(_CLASSES, 0)
+        self._below_h = dict.fromkeys(_CLASSES, 0)
+        self._reaction_until = -1.0
+        self._timers: list[tuple[float, int, str, int, int, str]] = []
+        self._seq = 0
+        self._over_in = 0.0
+        self._over_by = dict.fromkeys((STRICT, *_OVERLOAD_EXCUSES), 0.0)
+        self._held = 0  # crashed lives (and inherited caps) still drawing on a lease
+        self._windows = dict.fromkeys(_WINDOWS, -1e9)  # exemption -> when its window ends
+        self._ticking: set[str] = set()
+        self._newest: dict[int, tuple[int, int]] = {}  # cluster -> newest (epoch, round) applied
+        self._level = 2  # what servers are owed: 2 r, 1 h, 0 nothing
+        self._max_excess = 0
+        self._starved = dict.fromkeys((*_CLASSES, *_STARVED_EXCUSES), 0.0)
+        self._latency: list[float] = []
+        self._unadmitted = 0
+        self._no_price = 0.0
+        self._intervals: list[tuple[float, float]] = []
+        self._open: float | None = None  # start of the open violating interval
+        self.strict_events: list[str] = []
+        """Descriptions of strict violations as they begin (the invariant drains it)."""
+        self._strict_on = False
+
+    # ------------------------------------------------------------- state
+
+    def _starving(self) -> tuple[dict[str, int] | None, int]:
+        """The below-counts that apply now, and the total starved count."""
+        s = self.supply_w
+        if s >= self._sum_r:
+            counts = self._below_r
+        elif s >= self._sum_h:
+            counts = self._below_h
+        else:
+            return None, 0
+        return counts, sum(counts.values())
+
+    def _out(self, srv: _Server) -> None:
+        """Take ``srv`` out of the owed sums and below-counts."""
+        if srv.owed:
+            self._owed_r -= srv.owed_r
+            self._owed_h -= srv.owed_h
+            self._sum_r -= srv.required
+            self._sum_h -= srv.floor
+            if srv.cap < srv.owed_r:
+                self._below_r[srv.cls] -= 1
+            if srv.cap < srv.owed_h:
+                self._below_h[srv.cls] -= 1
+
+    def _in(self, srv: _Server) -> None:
+        """Put ``srv`` (back) into the owed sums and below-counts, classed as it is now."""
+        if srv.owed:
+            srv.cls = (
+                "unadmitted"
+                if not srv.admitted
+                else "uncounted"
+                if not srv.counted
+                else "slow-raise"
+                if srv.slow
+                else "older-bid"
+                if srv.older
+                else STRICT
+            )
+            self._owed_r += srv.owed_r
+            self._owed_h += srv.owed_h
+            self._sum_r += srv.required
+            self._sum_h += srv.floor
+            if srv.cap < srv.owed_r:
+                self._below_r[srv.cls] += 1
+            if srv.cap < srv.owed_h:
+                self._below_h[srv.cls] += 1
+
+    def _timer(self, at: float, kind: str, node: int, life: int, name: str = "") -> None:
+        self._seq += 1
+        heapq.heappush(self._timers, (at, self._seq, kind, node, life, name))
+
+    # ----------------------------------------------------------- integrate
+
+    def advance(self, t: float) -> None:
+        """Integrate up to ``t``, firing the ledger's own timers on the way."""
+        timers = self._timers
+        while timers and timers[0][0] <= t:
+            at, _, kind, node, life, name = heapq.heappop(timers)
+            self._integrate(at)
+            self._fire(at, kind, node, life, name)
+        self._integrate(t)
+
+    def _integrate(self, t: float) -> None:
+        """Account for the state that held over ``[last time, t)`` (a zero-length one counts
+        for nothing: a price and the cap it sets arrive at one instant)."""
+        dt = t - self._t
+        if dt <= 0:
+            return
+        start = self._t
+        excess = self.cap_sum - self.supply_w
+        counts, starved = self._starving()
+        level = 0 if counts is None else 2 if counts is self._below_r else 1
+        if level > self._level:
+            self._window("stale-aggregates", start + self.bounds.regime_s)
+        self._level = level
+        over_from = None
+        strict_over = False
+        if excess > 0:
+            self._max_excess = max(self._max_excess, excess)
+            inside = min(dt, max(0.0, self._reaction_until - start))
+            self._over_in += excess * inside
+            if dt > inside:
+                over_from = start + inside
+                why = self._overload_excuse(start)
+                self._over_by[why] += excess * (dt - inside)
+                strict_over = why == STRICT
+        if counts is not None and starved:
+            windows = self._windows
+            zero = (
+                counts[STRICT] > 0
+                and start < max(windows["stale-aggregates"], windows["departed-bids"])
+                and self._strict_at_zero()
+            )
+            if start < self._windows["stale-aggregates"] and not zero:
+                self._starved["stale-aggregates"] += starved * dt
+                counts = None
+            else:
+                if counts[STRICT] and start < self._windows["departed-bids"] and not zero:
+                    counts = dict(counts)
+                    counts["departed-bids"] = counts.pop(STRICT)
+                    counts[STRICT] = 0
+                for c, k in counts.items():
+                    self._starved[c] += k * dt
+        bad_from = start if starved else over_from
+        if bad_from is not None:
+            if self._open is None:
+                self._open = bad_from
+        elif self._open is not None:
+            self._intervals.append((self._open, start))
+            self._open = None
+        strict_starved = counts[STRICT] if counts is not None else 0
+        strict = strict_over or strict_starved > 0
+        if strict and not self._strict_on:
+            what = (
+                f"caps in force {self.cap_sum} W > supply {self.supply_w} W"
+                if strict_over
+                else f"{strict_starved} admitted server(s) below what they are owed "
+                f"(supply {self.supply_w} W, their sum r {self._sum_r} W)"
+            )
+            self.strict_events.append(f"from t={start:.3f}: {what}")
+        self._strict_on = strict
+        self._t = t
+
+    def _strict_at_zero(self) -> bool:
+        """Whether an admitted, counted server owed power has a cap of 0: no stale aggregate
+        or departed bid explains that (a clearing serves floors first). O(n), only while
+        a window of those two exemptions is open and a server is starved."""
+        return any(
+            srv.owed and srv.cls == STRICT and srv.cap == 0 for srv in self._servers.values()
+        )
+
+    def _overload_excuse(self, start: float) -> str:
+        """The named exemption an overload from ``start`` falls under, or :data:`STRICT`."""
+        if self._partitioned is not None and self._partitioned():
+            self._window("partition", self._t + self.bounds.lease_s)
+            return "partition"
+        if self._held:
+            return "crashed-lease"
+        windows = self._windows
+        for name in ("partition", "lead-change", "supply-drop", "raise-before-cut"):
+            if start < windows[name]:
+                return name
+        newest = self._newest  # O(n), but only for an overload nothing else excuses
+        held = False
+        for srv in self._servers.values():
+            if srv.live and srv.price_key < newest.get(srv.group, srv.price_key):
+                return "missed-price"
+            held = held or (srv.live and not srv.counted and srv.cap > 0)
+        return "lease-held" if held else STRICT
+
+    def _window(self, name: str, end: float) -> None:
+        """Extend the exemption window ``name`` to ``end``; a tick splits the integration there."""
+        if end > self._windows[name]:
+            self._windows[name] = end
+            if name not in self._ticking:
+                self._ticking.add(name)
+                self._timer(end, "tick", 0, 0, name)
+
+    def _fire(self, t: float, kind: str, node: int, life: int, name: str) -> None:
+        if kind == "tick":  # an exemption window ends (or was extended meanwhile)
+            end = self._windows[name]
+            if end > t:
+                self._timer(end, "tick", 0, 0, name)
+            else:
+                self._ticking.discard(name)
+            return
+        srv = self._servers.get(node)
+        if srv is None or srv.life != life:
+            return
+        if kind == "lease":  # a crashed life's (or an inherited) cap leaves the sum
+            if srv.live and not srv.inherited:
+                return
+            self._held -= 1
+            self._out(srv)
+            self.cap_sum -= srv.cap
+            srv.cap = 0
+            srv.inherited = False
+            self._in(srv)
+            if not srv.live:
+                del self._servers[node]
+        elif kind == "admit" and srv.live and not srv.owed:
+            srv.owed = True  # owed from now on; the bound it waited counts as starved
+            self._in(srv)
+            counts, _ = self._starving()
+            if counts is not None and srv.cap < (
+                srv.owed_r if counts is self._below_r else srv.owed_h
+            ):
+                self._starved[srv.cls] += self.bounds.admission_s
+                self._late(srv.started, t)
+        elif kind == "raise" and srv.live and (srv.owed_r, srv.owed_h) != (srv.required, srv.floor):
+            self._out(srv)
+            srv.owed_r, srv.owed_h = srv.required, srv.floor
+            srv.slow = srv.cap < srv.owed_r
+            self._in(srv)
+            counts, _ = self._starving()
+            if counts is not None and srv.cap < (
+                srv.owed_r if counts is self._below_r else srv.owed_h
+            ):
+                self._starved[srv.cls] += self.bounds.admission_s
+                self._late(t - self.bounds.admission_s, t)
+
+    def _late(self, since: float, t: float) -> None:
+        """A retroactive violating stretch from ``since`` to ``t``."""
+        self._intervals.append((since, t))
+
+    # -------------------------------------------------------------- inputs
+
+    def supply(self, t: float, watts: int) -> None:
+        """The supply is ``watts`` from ``t`` on; a drop opens the reaction bound."""
+        self.advance(t)
+        if watts < self.supply_w:
+            self._reaction_until = t + self.bounds.reaction_s
+            self._window("supply-drop", t + self.bounds.round_s)
+        self.supply_w = watts
+        self._integrate(t)
+
+    def lead_changed(self, t: float) -> None:
+        """The broker group has a lead of a newer epoch from ``t`` on."""
+        self.advance(t)
+        self._window("lead-change", t + self.bounds.lease_s)
+
+    def started(self, t: float, node: int, bid: Bid) -> None:
+        """A life of ``node`` starts (first start, join or restart) with ``bid``."""
+        self.advance(t)
+        old = self._servers.get(node)
+        srv = _Server(
+            floor=bid.floor,
+            required=bid.required,
+            owed_r=bid.required,
+            owed_h=bid.floor,
+            started=t,
+        )
+        if old is not None:
+            if old.live:  # a start without a crash: end the old life first
+                self.crashed(t, node)
+                old = self._servers.get(node)
+            if old is not None:  # the old cap, still on its lease, is inherited
+                srv.cap, srv.inherited, srv.life = old.cap, True, old.life + 1
+                srv.last_price = old.last_price
+                self._timer(old.lease_end, "lease", node, srv.life)
+        self._servers[node] = srv
+        self._timer(t + self.bounds.admission_s, "admit", node, srv.life)
+        self._integrate(t)
+
+    def bid(self, t: float, node: int, bid: Bid) -> None:
+        """``node``'s bid is now ``bid`` (a rise of r is owed after the bound)."""
+        self.advance(t)
+        srv = self._servers.get(node)
+        if srv is None or not srv.live:
+            return
+        self._out(srv)
+        rises = (bid.required > srv.owed_r and srv.cap < bid.required) or (
+            bid.floor > srv.owed_h and srv.cap < bid.floor
+        )
+        if rises:
+            self._timer(t + self.bounds.admission_s, "raise", node, srv.life)
+        if bid.required < srv.owed_r and srv.owed:
+            # the lead still counts the higher r for a round or two
+            self._window("stale-aggregates", t + self.bounds.regime_s)
+        if not rises or bid.required <= srv.owed_r:
+            srv.owed_r = bid.required
+        if not rises or bid.floor <= srv.owed_h:
+            srv.owed_h = bid.floor
+        srv.required, srv.floor = bid.required, bid.floor
+        self._in(srv)
+        self._integrate(t)
+
+    def cap(self, t: float, node: int, watts: int) -> None:
+        """``node`` applies the cap ``watts`` from ``t`` on."""
+        self.advance(t)
+        srv = self._servers.get(node)
+        if srv is None or not srv.live:
+            return
+        self._out(srv)
+        if watts > srv.cap:
+            self._window("raise-before-cut", t + self.bounds.skew_s)
+        self.cap_sum += watts - srv.cap
+        srv.cap = watts
+        if srv.inherited:
+            srv.inherited = False
+            self._held -= 1
+        if srv.owed_r < srv.required <= watts:
+            srv.owed_r = srv.required  # the rise is met within its bound
+        if srv.owed_h < srv.floor <= watts:
+            srv.owed_h = srv.floor
+        if srv.slow and watts >= srv.owed_r:
+            srv.slow = False
+        self._in(srv)
+        self._integrate(t)
+
+    def priced(
+        self,
+        t: float,
+        node: int,
+        counted: bool,
+        key: tuple[int, int, int] = (0, 0, 0),
+        *,
+        latest: bool = True,
+    ) -> None:
+        """``node`` applied a valid price; ``counted``: the price counted its bid;
+        ``key``: the price's (cluster, epoch, round); ``latest``: it counted the current bid."""
+        self.advance(t)
+        srv = self._servers.get(node)
+        if srv is None or not srv.live:
+            return
+        srv.group, srv.price_key = key[0], key[1:]
+        if srv.price_key > self._newest.get(srv.group, (0, 0)):
+            self._newest[srv.group] = srv.price_key
+        self._no_price = max(
+            self._no_price,
+            t
+            - (
+                srv.last_price
+                if srv.last_price is not None and srv.last_price >= srv.started
+                else srv.started
+            ),
+        )
+        srv.last_price = t
+        self._out(srv)
+        if counted and not srv.admitted:
+            srv.admitted = True
+            self._latency.append(t - srv.started)
+            srv.owed = True
+        srv.counted = counted
+        srv.older = counted and not latest
+        self._in(srv)
+        self._integrate(t)
+
+    def crashed(self, t: float, node: int) -> None:
+        """``node``'s life ended without notice: its cap stays in force until its lease ends."""
+        self.advance(t)
+        srv = self._servers.get(node)
+        if srv is None or not srv.live:
+            return
+        self._end(t, srv)
+        srv.live = False
+        if srv.last_price is not None and srv.last_price + self.bounds.lease_s > t and srv.cap:
+            srv.lease_end = srv.last_price + self.bounds.lease_s
+            self._held += 1
+            self._timer(srv.lease_end, "lease", node, srv.life)
+        else:
+            self.cap_sum -= srv.cap
+            del self._servers[node]
+        self._integrate(t)
+
+    def left(self, t: float, node: int) -> None:
+        """``node`` left and powered off: it stops drawing at once."""
+        self.advance(t)
+        srv = self._servers.pop(node, None)
+        if srv is not None:
+            if srv.live:
+                self._end(t, srv)
+            if not srv.live or srv.inherited:
+                self._held -= 1
+            self.cap_sum -= srv.cap
+        self._integrate(t)
+
+    def _end(self, t: float, srv: _Server) -> None:
+        self._window("departed-bids", t + self.bounds.bid_timeout_s)
+        self._out(srv)
+        srv.owed = False
+        if not srv.admitted:
+            self._unadmitted += 1
+        since = (
+            srv.last_price
+            if srv.last_price is not None and srv.last_price >= srv.started
+            else srv.started
+        )
+        self._no_price = max(self._no_price, t - since)
+
+    # -------------------------------------------------------------- output
+
+    @property
+    def starved_now(self) -> int:
+        """How many owed servers are below what they are owed at the last integrated time."""
+        return self._starving()[1]
+
+    def figures(self, t: float) -> PowerFigures:
+        """The figures up to ``t`` (integrates up to it; live lives count as ending there)."""
+        self.advance(t)
+        open_ = [(self._open, t)] if self._open is not None and t > self._open else []
+        merged: list[tuple[float, float]] = []
+        for a, b in sorted(self._intervals + open_):
+            if merged and a <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+            elif b > a:
+                merged.append((a, b))
+        no_price = self._no_price
+        unadmitted = self._unadmitted
+        for srv in self._servers.values():
+            if srv.live:
+                last = (
+                    srv.last_price
+                    if srv.last_price is not None and srv.last_price >= srv.started
+                    else srv.started
+                )
+                no_price = max(no_price, t - last)
+                unadmitted += not srv.admitted
+        starved = self._starved
+        return PowerFigures(
+            overload_ws=sum(self._over_by.values()),
+            overload_in_bound_ws=self._over_in,
+            max_excess_w=max(0, self._max_excess),
+            starved_server_s=sum(starved.values()),
+            admission_latency_s={
+                "median": _quantile(self._latency, 0.5),
+                "p99": _quantile(self._latency, 0.99),
+                "max": round(max(self._latency), 6) if self._latency else None,
+            },
+            unadmitted=unadmitted,
+            longest_without_price_s=no_price,
+            exempt={
+                **{
+                    c: {"starved_server_seconds": round(starved[c], 3)}
+                    for c in (
+                        "unadmitted",
+                        "uncounted",
+                        "slow-raise",
+                        "older-bid",
+                        *_STARVED_EXCUSES,
+                    )
+                },
+                **{
+                    c: {"overload_watt_seconds": round(self._over_by[c], 3)}
+                    for c in _OVERLOAD_EXCUSES
+                },
+            },
+            strict_overload_ws=self._over_by[STRICT],
+            strict_starved_server_s=starved[STRICT],
+            intervals=tuple(merged),
+        )
+
+
+class PowerGuarantee:
+    """The power guarantee in time as an invariant (the fuzz harness and the simulator).
+
+    Feeds a :class:`PowerLedger` from the notifications (``NodeStarted``,
+    ``NodeCrashed``, ``AllocationChanged``, ``PriceUpdated``) and fails on
+    every **strict** violation as it begins (named exemptions are measured in
+    :meth:`figures`, not failed). ``bid_of(node)`` gives a starting life's bid.
+    """
+
+    name = "power-guarantee"
+
+    def __init__(
+        self,
+        supply: int,
+        bid_of: Callable[[int], Bid],
+        *,
+        bounds: PowerBounds | None = None,
+        network: FuzzNetwork | None = None,
+    ) -> None:
+        self._bid_of = bid_of
+        self._network = network
+        self.ledger = PowerLedger(supply, bounds=bounds, partitioned=self._split)
+        self._lead_epoch = 0
+
+    def _split(self) -> bool:
+        return self._network is not None and self._network.partitioned
+
+    def watches(self, kind: type) -> bool:
+        """The notification types :meth:`observe` acts on."""
+        return kind in (NodeStarted, NodeCrashed, AllocationChanged, PriceUpdated, LeaderElected)
+
+    def observe(self, time: float, node: NodeId, output: object) -> None:
+        ledger = self.ledger
+        kind = type(output)
+        if kind is AllocationChanged:
+            ledger.cap(time, node, output.allocation)  # type: ignore[attr-defined]
+        elif kind is PriceUpdated:
+            pu: PriceUpdated = output  # type: ignore[assignment]
+            ledger.priced(
+                time,
+                node,
+                pu.counted,
+                (pu.group, pu.epoch, pu.round),
+                latest=pu.includes_latest_bid,
+            )
+        elif kind is NodeStarted:
+            ledger.started(time, node, self._bid_of(node))
+        elif kind is NodeCrashed:
+            ledger.crashed(time, node)
+        elif kind is LeaderElected:
+            self._elected(time, output)  # type: ignore[arg-type]
+
+    def _elected(self, time: float, out: LeaderElected) -> None:
+        if out.group == BROKER_GROUP and out.epoch > self._lead_epoch:
+            self._lead_epoch = out.epoch
+            self.ledger.lead_changed(time)
+
+    def check(self, network: FuzzNetwork) -> list[str]:
+        """Strict violations that began since the last check (advances to ``network.now``)."""
+        if self._network is None:
+            self._network = network
+        self.ledger.advance(network.now)
+        events = self.ledger.strict_events
+        if not events:
+            return []
+        self.ledger.strict_events = []
+        return events
+
+    def check_final(self, network: FuzzNetwork) -> list[str]:
+        return self.check(network)
+
+    def figures(self, t: float) -> PowerFigures:
+        """The ledger's figures up to ``t``."""
+        return self.ledger.figures(t)
+
+
+def describe(figures: PowerFigures) -> str:
+    """One line of the figures for a summary."""
+    lat = figures.admission_latency_s
+    med = "-" if lat["median"] is None else f"{lat['median']:.2f}"
+    worst = "-" if lat["max"] is None else f"{lat['max']:.2f}"
+    return (
+        f"overload {figures.overload_ws:.1f} W*s beyond the reaction bound "
+        f"({figures.overload_in_bound_ws:.1f} within; max excess {figures.max_excess_w} W), "
+        f"starved {figures.starved_server_s:.2f} server-s, admission median {med} s "
+        f"max {worst} s, longest without a price {figures.longest_without_price_s:.2f} s"
+    )

@@ -1,0 +1,210 @@
+"""The power guarantee measured instant by instant (powergrid.sim.power), and its canaries:
+deliberately broken market machines the new accounting must catch (docs/testing.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from powergrid import node as node_mod
+from powergrid.events import LeaderElected
+from powergrid.protocols.market import Bid
+from powergrid.protocols.market.broker import BrokerMachine
+from powergrid.protocols.market.client import ClientMachine
+from powergrid.sim.power import PowerBounds, PowerLedger
+from powergrid.sim.runner import Simulation
+from powergrid.sim.scenario import parse_scenario
+
+BID = Bid(floor=20, required=50, maximum=100)
+
+
+def admitted(ledger: PowerLedger, t: float, node: int, cap: int) -> None:
+    """``node`` starts at ``t`` and at once applies a counted price giving ``cap``."""
+    ledger.started(t, node, BID)
+    ledger.priced(t, node, counted=True)
+    ledger.cap(t, node, cap)
+
+
+def test_overload_is_integrated_exactly_and_split_at_the_exemption_window() -> None:
+    """Rule: caps in force above the supply count as watt-seconds from the instant they are;
+    the first skew_s (1.5 s) after a raise is the named exemption raise-before-cut, the
+    rest is strict."""
+    ledger = PowerLedger(110)
+    admitted(ledger, 0.0, 1, 55)
+    admitted(ledger, 0.0, 2, 55)
+    ledger.cap(1.0, 2, 75)  # 20 W too much from t=1 ...
+    ledger.cap(3.0, 2, 55)  # ... to t=3
+    f = ledger.figures(5.0)
+    assert f.overload_ws == pytest.approx(40.0) and f.max_excess_w == 20
+    assert f.intervals == ((1.0, 3.0),) and f.violations == 1
+    assert f.exempt["raise-before-cut"]["overload_watt_seconds"] == pytest.approx(30.0)
+    assert f.strict_overload_ws == pytest.approx(10.0)
+    assert ledger.strict_events == ["from t=2.500: caps in force 130 W > supply 110 W"]
+
+
+def test_overload_long_after_any_raise_is_strict() -> None:
+    ledger = PowerLedger(100)
+    admitted(ledger, 0.0, 1, 60)
+    admitted(ledger, 0.0, 2, 60)
+    f = ledger.figures(4.0)
+    assert f.strict_overload_ws == pytest.approx(20 * 2.5)  # from 1.5 s after the raise at 0
+    assert ledger.strict_events == ["from t=1.500: caps in force 120 W > supply 100 W"]
+
+
+def test_reaction_bound_after_a_supply_drop() -> None:
+    """Rule: overload within reaction_s of an announced drop is reported apart."""
+    ledger = PowerLedger(200, bounds=PowerBounds(reaction_s=0.05, round_s=0.0, skew_s=0.0))
+    admitted(ledger, 0.0, 1, 120)
+    ledger.supply(1.0, 100)
+    ledger.cap(1.2, 1, 100)
+    f = ledger.figures(2.0)
+    assert f.overload_in_bound_ws == pytest.approx(20 * 0.05)
+    assert f.overload_ws == pytest.approx(20 * 0.15) == f.strict_overload_ws
+    ((start, end),) = f.intervals
+    assert start == pytest.approx(1.05) and end == 1.2
+
+
+def test_a_crashed_server_draws_its_cap_until_its_lease_ends() -> None:
+    """Rule (FIGURES): a crashed server keeps its last cap until lease_s after its last price."""
+    ledger = PowerLedger(1000, bounds=PowerBounds(lease_s=5.0))
+    admitted(ledger, 0.0, 1, 80)
+    ledger.crashed(2.0, 1)
+    ledger.advance(4.9)
+    assert ledger.cap_sum == 80
+    ledger.advance(5.0)
+    assert ledger.cap_sum == 0
+
+
+def test_a_restart_inherits_the_lease_until_it_applies_its_own_cap() -> None:
+    ledger = PowerLedger(1000, bounds=PowerBounds(lease_s=5.0))
+    admitted(ledger, 0.0, 1, 80)
+    ledger.crashed(1.0, 1)
+    ledger.started(2.0, 1, BID)
+    assert ledger.cap_sum == 80
+    ledger.cap(3.0, 1, 30)
+    assert ledger.cap_sum == 30
+    ledger.advance(6.0)  # the old lease's end no longer touches the new life's cap
+    assert ledger.cap_sum == 30
+
+
+def test_an_admitted_server_below_r_is_starved_while_the_supply_covers_r() -> None:
+    ledger = PowerLedger(1000)
+    admitted(ledger, 0.0, 1, 50)
+    admitted(ledger, 0.0, 2, 50)
+    ledger.cap(1.0, 2, 40)
+    ledger.supply(3.0, 95)  # below sum r (100), above sum h (40): owed h, 40 >= 20
+    f = ledger.figures(4.0)
+    assert f.starved_server_s == pytest.approx(2.0) == f.strict_starved_server_s
+    assert f.intervals == ((1.0, 3.0),)
+
+
+def test_unadmitted_beyond_the_bound_is_starved_from_its_start() -> None:
+    """Rule (FIGURES): a server not admitted within admission_s is starved from its start."""
+    ledger = PowerLedger(1000)
+    ledger.started(0.0, 1, BID)
+    ledger.priced(2.5, 1, counted=True)
+    ledger.cap(2.5, 1, 50)
+    ledger.started(3.0, 2, BID)
+    ledger.priced(3.5, 2, counted=True)  # within the bound: not starved
+    ledger.cap(3.5, 2, 50)
+    f = ledger.figures(5.0)
+    assert f.exempt["unadmitted"]["starved_server_seconds"] == pytest.approx(2.5)
+    assert f.strict_starved_server_s == 0
+    assert f.admission_latency_s == {"median": 2.5, "p99": 2.5, "max": 2.5}
+    assert f.intervals == ((0.0, 2.5),)
+    assert f.longest_without_price_s == pytest.approx(2.5)
+
+
+def test_a_rise_of_r_is_owed_after_the_bound() -> None:
+    ledger = PowerLedger(1000)
+    admitted(ledger, 0.0, 1, 50)
+    ledger.bid(1.0, 1, Bid(floor=20, required=70, maximum=100))
+    ledger.cap(1.5, 1, 70)  # met within the bound
+    ledger.bid(2.0, 1, Bid(floor=20, required=90, maximum=100))
+    f = ledger.figures(4.0)  # not met: starved from 2.0 (the bound, then on) as slow-raise
+    assert f.exempt["slow-raise"]["starved_server_seconds"] == pytest.approx(2.0)
+    assert f.starved_server_s == pytest.approx(2.0)
+
+
+def test_the_regime_follows_the_current_bids_not_the_lagging_owed_values() -> None:
+    """Rule: what a server is owed (r or h) depends on whether S covers the sum of the
+    current r; a rise still within its bound lags only that server's own owed r. (A
+    shortage cleared for a rise must not count as starving the others.)"""
+    ledger = PowerLedger(110)
+    admitted(ledger, 0.0, 1, 55)
+    admitted(ledger, 0.0, 2, 55)
+    ledger.bid(1.0, 2, Bid(floor=20, required=70, maximum=100))  # sum r 120 > S 110
+    ledger.cap(1.2, 1, 45)  # the shortage clearing: 45 + 65 <= 110, floors met
+    ledger.cap(1.2, 2, 65)
+    f = ledger.figures(3.0)
+    assert f.starved_server_s == 0 and f.intervals == ()
+
+
+# ---------------------------------------------------------------- canaries
+
+
+CANARY: dict[str, Any] = {
+    "scenario": {"name": "canary", "seed": 3, "duration": 16.0, "clusters": 2, "nodes": 3},
+    "network": {"loss": 0.0},
+    "supply": {"profile": "steps", "steps": [[0.0, 1000], [9.0, 700]]},
+    "demand": {"profile": "steady", "required": 100},
+}
+
+
+class CapDroppingClient(ClientMachine):
+    """Canary: drops its cap to 0 when its broker changes (a crash), instead of keeping it."""
+
+    def _on_leader_elected(self, ev: LeaderElected, now: float) -> list[object]:
+        was = self.broker
+        out = super()._on_leader_elected(ev, now)
+        if was and self.broker != was and self.allocation:
+            out += self._set_allocation(0, "lease")
+        return out
+
+
+class CutDelayingBroker(BrokerMachine):
+    """Canary: publishes a price that raises the caps at once but holds back every price
+    that cuts them (a higher price than the last one it published)."""
+
+    published: float | None = None
+
+    def _on_clearing(self, sender: Any, msg: Any, now: float) -> list[object]:
+        out = []
+        for act in super()._on_clearing(sender, msg, now):
+            price = getattr(getattr(act, "message", None), "price", None)
+            if price is not None and self.published is not None and price > self.published:
+                continue  # a cut: held back
+            if price is not None:
+                self.published = price
+            out.append(act)
+        return out
+
+
+def canary_run(**failures: Any) -> Any:
+    doc = dict(CANARY, failures=[failures] if failures else [])
+    return Simulation(parse_scenario(doc)).run()
+
+
+def test_the_canary_scenario_holds_the_guarantee_with_the_real_machines() -> None:
+    r = canary_run(at=8.0, action="crash_broker", cluster=1)
+    assert r.violations == ()
+    assert r.power.strict_overload_ws == 0 and r.power.strict_starved_server_s == 0
+
+
+def test_canary_client_dropping_its_cap_at_a_broker_crash_is_caught(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(node_mod, "ClientMachine", CapDroppingClient)
+    r = canary_run(at=8.0, action="crash_broker", cluster=1)
+    assert r.power.strict_starved_server_s > 0
+    assert any(v.invariant == "power-guarantee" and "below" in v.detail for v in r.violations)
+
+
+def test_canary_broker_applying_raises_before_cuts_is_caught(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(node_mod, "BrokerMachine", CutDelayingBroker)
+    r = canary_run()
+    assert r.power.strict_overload_ws > 0
+    assert any(v.invariant == "power-guarantee" and "> supply" in v.detail for v in r.violations)
