@@ -14,6 +14,7 @@ import argparse
 import gc
 import json
 import math
+import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -99,6 +100,14 @@ def baseline_rate(n: int) -> float:
             handle(Received(sender=sender, incarnation=inc, message=msg), 0.0)
 
     return best_rate(loop, n)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A UDP port the kernel reports free on ``host`` now (another process may take it later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 def fmt(value: Any) -> str:

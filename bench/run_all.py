@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from _common import Row, emit, parse_args
+from realnet import rows as realnet_rows
 
 HERE = Path(__file__).resolve().parent
-BENCHES = ("multicast_core", "membership", "election", "market", "udp", "scale")
+BENCHES = ("multicast_core", "membership", "election", "market", "udp", "realnet", "scale")
 
 
 def run(name: str, quick: bool) -> dict[str, Any]:
@@ -30,7 +31,7 @@ def run(name: str, quick: bool) -> dict[str, Any]:
 
 def rows(res: dict[str, dict[str, Any]]) -> list[Row]:
     """The table: one row per figure."""
-    mc, mb, el, mk, ud, sc = (res[b] for b in BENCHES)
+    mc, mb, el, mk, ud, rn, sc = (res[b] for b in BENCHES)
     out: list[Row] = [
         (
             "multicast deliveries/CPU s (0% loss)",
@@ -113,6 +114,7 @@ def rows(res: dict[str, dict[str, Any]]) -> list[Row]:
     out.append(
         ("UDP failover kill -9 -> new price, median (s)", ud["failover_median_s"], None, None, "")
     )
+    out.extend(realnet_rows(rn))
     duration = sc["duration_s"]
     sizes = sorted(sc["wall_s"], key=int)
     for n in sizes:

@@ -62,7 +62,7 @@ from typing import Any
 
 import attrs
 import trio
-from _common import emit, parse_args
+from _common import emit, free_port, parse_args
 
 from powergrid.cli.processes import NodeProcesses
 from powergrid.node import MessageDelivered, Node, NodeConfig
@@ -74,13 +74,6 @@ HOST = "127.0.0.1"
 PAYLOAD = 100
 WINDOW = 256
 BATCH = 64
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((HOST, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def payload(i: int) -> bytes:

@@ -33,6 +33,14 @@ KEYS = {
         "failover_median_s",
         "ratio_1_receiver_asyncio",
     },
+    "realnet": {
+        "startup_s",
+        "first_price_s",
+        "quiet_datagrams_per_node_s",
+        "detect_s",
+        "leader_failover_s",
+        "failover_s",
+    },
     "scale": {
         "wall_s",
         "cpu_s",
@@ -82,6 +90,18 @@ def test_election_reports_messages_and_seconds() -> None:
             assert {"messages", "seconds"} <= entry.keys()
 
 
+def test_realnet_measures_every_figure_of_one_run() -> None:
+    """realnet --quick: one run of 3 processes that did not time out, each figure a
+    positive {median, max} with median <= max, and datagrams were counted."""
+    result = _run("realnet")
+    assert result["failed_runs"] == 0 and result["runs"] == 1
+    for key in KEYS["realnet"]:
+        fig = result[key]
+        assert isinstance(fig, dict)
+        assert 0 < fig["median"] <= fig["max"], key
+    assert result["failover_s"] == result["leader_failover_s"]
+
+
 def test_run_all_table() -> None:
     """run_all --quick --json gathers every bench into one set of rows."""
     done = subprocess.run(
@@ -89,7 +109,7 @@ def test_run_all_table() -> None:
         check=True,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=240,
     )
     result = json.loads(done.stdout)
     assert set(result["benches"]) == set(KEYS)

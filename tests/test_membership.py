@@ -311,19 +311,51 @@ def test_join_twice_or_leave_while_idle_is_usage_error() -> None:
 def test_leader_heartbeat_cadence_and_exact_deadlines() -> None:
     """Leader (rule L1): a heartbeat every heartbeat_interval; early wake-ups do nothing; late ones
     catch up."""
-    m = machine(L)
-    m.handle(Join(), 0.0)
-    m.handle(LeaderElected(group=G, leader=L, epoch=Epoch(1)), 0.0)
-    hb = Multicast(message=Heartbeat(epoch=1, view_id=1))
-    assert m.next_deadline() == 0.25
-    assert m.handle(WAKE, 0.25) == [hb]
+    m = lead(A)  # view 2 at the 0.25 tick
+    hb = Multicast(message=Heartbeat(epoch=1, view_id=2))
     assert m.next_deadline() == 0.5
-    assert m.handle(WAKE, 0.375) == []
+    ack_all(m, [A], 0.375)
     assert m.handle(WAKE, 0.5) == [hb]
     assert m.next_deadline() == 0.75
-    assert m.handle(WAKE, 1.375) == [hb]  # woken late: one heartbeat, then on from now
-    assert m.next_deadline() == 1.625
+    assert m.handle(WAKE, 0.625) == []
+    ack_all(m, [A], 0.75)
+    assert m.handle(WAKE, 0.75) == [hb]
+    assert m.next_deadline() == 1.0
+    ack_all(m, [A], 1.0)
+    assert m.handle(WAKE, 1.3125) == [hb]  # woken late: one heartbeat, then on from now
+    assert m.next_deadline() == 1.5625
+    assert m.stats.heartbeats_sent == 5  # taking office, 0.25, 0.5, 0.75, 1.3125
+
+
+def test_a_leader_alone_in_its_view_beats_only_every_lone_heartbeat_interval() -> None:
+    """Leader alone: a heartbeat when it takes office, then one per lone_heartbeat_interval
+    (1 s) while nobody else is in its view; its tick keeps admitting joins at its period,
+    and with a member admitted it beats every tick again."""
+    m = machine(L)
+    m.handle(Join(), 0.0)
+    took = m.handle(LeaderElected(group=G, leader=L, epoch=Epoch(1)), 0.0)
+    assert took[-1] == Multicast(message=Heartbeat(epoch=1, view_id=1))
+    assert m.next_deadline() == 0.25
+    for t in (0.25, 0.5, 0.75):
+        assert m.handle(WAKE, t) == []
+    assert m.handle(WAKE, 1.0) == [Multicast(message=Heartbeat(epoch=1, view_id=1))]
+    assert m.handle(WAKE, 1.25) == []
+    assert m.next_deadline() == 1.5
+    assert m.handle(rcv(A, JOIN), 1.375) == []
+    assert m.handle(WAKE, 1.5) == [
+        ViewChanged(view=view(2, L, 1, mem(A), mem(L))),
+        Multicast(message=part(1, 2, [mem(A), mem(L)])),
+        Multicast(message=Heartbeat(epoch=1, view_id=2)),
+    ]
+    ack_all(m, [A], 1.625)
+    assert m.handle(WAKE, 1.75) == [Multicast(message=Heartbeat(epoch=1, view_id=2))]
     assert m.stats.heartbeats_sent == 4
+
+
+def test_lone_heartbeat_interval_below_the_tick_is_refused() -> None:
+    """Config: a lone leader may not beat more often than heartbeat_interval."""
+    with pytest.raises(ConfigError, match="lone_heartbeat_interval"):
+        MembershipConfig(heartbeat_interval=0.2, lone_heartbeat_interval=0.1)
 
 
 def test_member_acks_heartbeat_of_its_leader() -> None:

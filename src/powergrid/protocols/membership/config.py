@@ -66,6 +66,10 @@ class MembershipConfig:
     stretching off."""
     departure_memory: int = 16
     """Views for which the leader keeps announcing a departure and its reason."""
+    lone_heartbeat_interval: float = 1.0
+    """A leader alone in its view heartbeats this often instead of every tick: no member
+    acks it; it only tells nodes that follow the leader without being in its view (after a
+    partition) to ask for the view. Not scaled, not stretched."""
 
     def __attrs_post_init__(self) -> None:
         floats = (
@@ -80,6 +84,7 @@ class MembershipConfig:
             "join_jitter",
             "size_factor",
             "max_ack_rate",
+            "lone_heartbeat_interval",
         )
         for name in floats:
             value = getattr(self, name)
@@ -127,6 +132,12 @@ class MembershipConfig:
         if self.max_ack_rate < 0:
             raise ConfigError(
                 f"max_ack_rate is {self.max_ack_rate}; set it to 0 (no limit) or more"
+            )
+        if self.lone_heartbeat_interval < hb:
+            raise ConfigError(
+                f"lone_heartbeat_interval ({self.lone_heartbeat_interval}) is below "
+                f"heartbeat_interval ({hb}); set it >= {hb} (a lone leader beats no more "
+                "often than one with members)"
             )
         if self.indirect_probes < 0:
             raise ConfigError(f"indirect_probes is {self.indirect_probes}; set it to 0 or more")

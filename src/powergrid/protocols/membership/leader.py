@@ -5,12 +5,15 @@ build a :class:`Leader` (etcd raft's ``becomeLeader``) and :meth:`Leader.start`
 its term: a first view with the members of the last one (a change of leader
 alone removes nobody, rule E2), a heartbeat, and the tick timer. Every
 ``tick(n)`` the leader admits the pending joins, checks each member (suspect,
-probe, remove) and multicasts a heartbeat (rule L1); suspects are also
+probe, remove) and multicasts a heartbeat (rule L1; a leader alone in its
+view only every ``lone_heartbeat_interval``: nobody acks it, and it serves
+only nodes that follow this leader without being in its view, after a
+partition, telling them to ask for the view); suspects are also
 probed every ``heartbeat_interval`` between stretched ticks (rule L3). Acks,
 probe answers, view requests and duplicate joins are signs of life.
 
-Everything that belongs to one term lives in this object: the next beat and
-probe round, each member's last sign of life, the suspicions, the joins
+Everything that belongs to one term lives in this object: the next beat,
+lone beat and probe round, each member's last sign of life, the suspicions, the joins
 waiting for the next tick, the recent departures and the current view's
 parts. Stepping down (following another leader) or leaving drops the object,
 so none of it leaks into what the node does next, and a new term starts from
@@ -71,7 +74,8 @@ class _Suspicion:
 class Leader(_Role):
     """This node leads the group for one term (see the module doc).
 
-    ``next_beat`` is the next tick, ``next_probe`` the next probe round while
+    ``next_beat`` is the next tick, ``lone_beat`` the earliest heartbeat while
+    alone in the view, ``next_probe`` the next probe round while
     there are suspects; ``last_ack`` holds each other member's last sign of
     life (seconds), ``suspects`` the suspicions by node, ``pending`` the joins
     admitted at the next tick, ``departures`` the recent departures listed in
@@ -82,6 +86,7 @@ class Leader(_Role):
     __slots__ = (
         "departures",
         "last_ack",
+        "lone_beat",
         "next_beat",
         "next_probe",
         "parts",
@@ -101,6 +106,7 @@ class Leader(_Role):
     def __init__(self, machine: MembershipMachine) -> None:
         super().__init__(machine)
         self.next_beat = 0.0
+        self.lone_beat = 0.0
         self.next_probe = 0.0
         self.last_ack: dict[int, float] = {}
         self.suspects: dict[int, _Suspicion] = {}
@@ -135,6 +141,7 @@ class Leader(_Role):
             self.suspect(suspect, now, actions)
         actions.append(Multicast(message=Heartbeat(epoch=m._lead.epoch, view_id=m._view_id())))
         m._stats.heartbeats_sent += 1
+        self.lone_beat = now + m._config.lone_heartbeat_interval
         self.next_beat = now + m._tick_s
 
     def leader_changed(self) -> None:
@@ -158,7 +165,8 @@ class Leader(_Role):
         return actions
 
     def tick(self, now: float, actions: list[Any], beat: bool = True) -> None:
-        """Rule L1: admit, suspect, probe, remove, then multicast a heartbeat.
+        """Rule L1: admit, suspect, probe, remove, then multicast a heartbeat (alone in the
+        view, only every ``lone_heartbeat_interval``).
 
         Without ``beat`` (a probe round between two stretched ticks, rule L3)
         only the suspects are probed or removed.
@@ -213,8 +221,11 @@ class Leader(_Role):
                 self.next_probe = now + interval
         if not beat:
             return
-        actions.append(Multicast(message=Heartbeat(epoch=m._lead.epoch, view_id=m._view_id())))
-        m._stats.heartbeats_sent += 1
+        if m._others or now >= self.lone_beat:
+            # Alone in its view, the leader beats only every lone_heartbeat_interval.
+            actions.append(Multicast(message=Heartbeat(epoch=m._lead.epoch, view_id=m._view_id())))
+            m._stats.heartbeats_sent += 1
+            self.lone_beat = now + m._config.lone_heartbeat_interval
         interval = m._tick_s
         self.next_beat += interval
         if self.next_beat <= now:

@@ -10,7 +10,15 @@ this machine tells it when the leader seems gone with
 
 *Leader.* Every tick (``heartbeat_interval``, stretched in large groups, see
 *Scaling*) the leader multicasts a :class:`~powergrid.wire.Heartbeat` (its
-epoch and view id) and does its checks. A member whose last
+epoch and view id) and does its checks. A leader alone in its view (the
+broker group of a one-cluster data centre, a cluster of one) heartbeats
+when it takes office and then only every ``lone_heartbeat_interval`` (its
+tick, and so the admission of joins, keeps its period): no member listens,
+and the heartbeat serves only nodes that follow it without being in its view
+(after a partition, or a bullied twin), whom it tells to ask for the view and
+join; a joiner also finds it by the election's periodic Coordinator. (The
+broker of a one-cluster data centre used to send as many heartbeats into the
+empty broker group as into its cluster.) A member whose last
 ack (or probe answer, or view request) is ``suspect_timeout * s(n)`` old at a
 tick is *suspected* (:class:`MemberSuspected`): from then on, every
 ``heartbeat_interval`` (at every tick while the tick is not stretched),
@@ -130,8 +138,8 @@ join retry, the bootstrap timeout and the leader timeout. Defaults (seconds):
 ``heartbeat_interval`` 0.1, ``suspect_timeout`` 0.3, ``removal_timeout``
 0.3, ``leader_timeout`` 0.5, ``join_timeout`` 1.0, ``join_retry`` 0.2
 (backoff 2, max 2.0, jitter 0.2), ``indirect_probes`` 2, ``size_factor``
-0.1, ``max_ack_rate`` 400: a crashed member of a group of 8 is removed
-within about 0.9 s, of a group of 100 within about 1.3 s.
+0.1, ``max_ack_rate`` 400, ``lone_heartbeat_interval`` 1.0: a crashed member
+of a group of 8 is removed within about 0.9 s, of a group of 100 within about 1.3 s.
 
 *Roles.* The machine is a router: it keeps what outlives a role (who leads,
 the last view, the leader-lost timer, the view assembly) and hands every
