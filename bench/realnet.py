@@ -4,12 +4,14 @@ Each run starts N ``python -m powergrid node --json`` processes (8 by default;
 127.0.0.1, TTL 0, distinct ports, one cluster, a fresh ``--group-port-base``
 per run). Three are broker-capable (ranks 3, 2, 1, each with the supply
 ``SUPPLY_PER_NODE * N`` watts; with N < 4 one fewer than N), the rest are
-plain servers; every node bids ``--maximum 300 --required 100`` at start and
-keeps that bid (a steady market). ``--stats-interval 0``: counters are printed
-only when asked. Every time is read from the ``mono`` field the nodes print
-(the host's monotonic clock, the same in every process) or, for a kill, from
-``time.monotonic()`` just before the SIGKILL, so neither the reading delay
-of this script nor the 1-2 s that Python and trio take to import count.
+plain servers; all are keyed with one key file made by ``powergrid keygen``
+(every datagram signed and checked, as a deployment runs); every node bids
+``--maximum 300 --required 100`` at start and keeps that bid (a steady
+market). ``--stats-interval 0``: counters are printed only when asked. Every
+time is read from the ``mono`` field the nodes print (the host's monotonic
+clock, the same in every process) or, for a kill, from ``time.monotonic()``
+just before the SIGKILL, so neither the reading delay of this script nor the
+1-2 s that Python and trio take to import count.
 
 Per run, in this order:
 
@@ -55,7 +57,9 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -123,8 +127,12 @@ def _stats(p: NodeProcesses, names: list[str], ident: str) -> dict[str, dict[str
 def one_run(nodes: int, quiet_s: float, seed: int) -> dict[str, float]:
     """One run's figures (see the module docstring); raises RunFailed."""
     brokers = min(3, nodes - 1)
-    with NodeProcesses() as p:
+    with tempfile.TemporaryDirectory() as tmp, NodeProcesses() as p:
+        # Keyed, as a deployment runs (nodes refuse to start unkeyed without --insecure).
+        keys = os.path.join(tmp, "keys")
+        subprocess.run([sys.executable, "-m", "powergrid", "keygen", keys], check=True)
         common = ["--ttl", "0", "--group-port-base", str(free_port()), "--group", str(GROUP)]
+        common += ["--key-file", keys]
         common += ["--stats-interval", "0", *BID]
         names: list[str] = []
         plain: list[str] = []
