@@ -1505,3 +1505,22 @@ def test_simulation_seeded(seed: int) -> None:
     simulate(
         seed, 3 + seed % 4, loss=0.3, dup=0.05, per_publisher=20, publishers=3, crash=seed % 2 == 1
     )
+
+
+def test_lost_history_walk_takes_the_origin_as_holding_everything_above_its_low() -> None:
+    """Rule 16: a live origin in the view drops its own messages only as stable, so it holds
+    every message of its life above its reported ``low``, however stale the ``delivered``
+    of its last report. (Trusting that, the walk declared B's #5 lost, which nobody else
+    reported holding, while B, live and in the view, still buffered it: D had dropped B's
+    stream in an older view and resumed it higher; fuzz seed 1005943.)"""
+    m = machine(me=A)
+    m.handle(view(A, B, D, E), 0.0)
+    m.handle(recv(B, Status(view_id=1, entries=(StatusEntry(B, 1, 3, 0),))), 0.1)  # stale
+    m.handle(recv(D, Status(view_id=1, entries=(StatusEntry(B, 1, 6, 5),))), 0.1)  # resumed
+    m.handle(recv(E, Status(view_id=1, entries=(StatusEntry(B, 1, 4, 0),))), 0.1)
+    out = m.handle(TICK, CFG.stable_interval)
+    digests = [a.message for a in out if isinstance(a, Multicast)]
+    (entry,) = [e for d in digests for e in d.entries if e.origin == B]
+    assert entry == StableEntry(B, 1, 0, 6)  # nothing of B is lost: B holds 1..6
+    assert m.stats.skipped == 0
+    assert m.delivered[B] == (I1, 0)

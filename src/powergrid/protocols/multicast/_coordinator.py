@@ -249,15 +249,23 @@ class StabilityCoordinator:
     @staticmethod
     def _lost_point(st: OriginLife, others: list[int], reports: _Reports) -> int:
         """The highest message of life ``st`` that nobody holds (``0``: none, or a member
-        of ``others`` has not reported this life yet)."""
+        of ``others`` has not reported this life yet).
+
+        The origin, when it is among ``others`` (a member of the view in this life),
+        holds every message of its life above its reported ``low``, up to ``highest``:
+        it drops its own messages only as stable, so its span is ``(low, highest]``
+        however old its report's ``delivered`` is (rule 16; trusting that stale
+        ``delivered`` declared a message the origin still buffered lost: fuzz seed
+        1005943)."""
         origin = st.origin
         inc = st.incarnation
+        top = st.highest
         spans = [(min(st.buf_low - 1, st.delivered), st.delivered)]
         for m in others:
             got = reports.get(m, NO_REPORT).get(origin)
             if got is None or got[0] != inc:
                 return 0
-            spans.append((got[2], got[1]))
+            spans.append((got[2], max(top, got[1]) if m == origin else got[1]))
         lost = max(d for _, d in spans)
         held = st.held
         while lost > 0:
