@@ -69,6 +69,7 @@ class Lives:
         "coordinator",
         "current",
         "departing",
+        "digest_lags",
         "gappy",
         "has_view",
         "leader",
@@ -101,6 +102,9 @@ class Lives:
         self.leader = 0  # the view's leader (the stability coordinator), 0 if none
         self.has_view = False
         self.coordinator: StabilityCoordinator | None = None  # while this node coordinates
+        self.digest_lags = False
+        """The own coordinator's last Stable declared less of some current life than this
+        member delivered: it has not heard (rule 11)."""
 
     # ------------------------------------------------------------ phase changes
 
@@ -342,11 +346,13 @@ class Lives:
         out: list[Any] = []
         trim = self._buffer.trim
         origins = self.current
+        lags = False
         for origin, inc, stable, highest in msg.entries:
             st = origins.get(origin)
             if origin == self._me:
                 if st is not None and inc == st.incarnation:
                     trim(st, min(stable, st.delivered))  # rule 13
+                    lags = lags or stable < st.delivered
                 continue
             if self.unlisted(origin, inc) and self.retired_life(origin, inc) is None:
                 continue  # (rule 2; a retired life is repaired for its flush_grace, never revived)
@@ -371,6 +377,8 @@ class Lives:
             trim(st, stable)  # rule 13
             st.highest = max(st.highest, highest)
             self.check_gap(st, now)  # behind highest: nak (rule 13)
+            lags = lags or stable < st.delivered
+        self.digest_lags = lags
         return out
 
     # ------------------------------------------------------------ the resend requester
