@@ -1576,3 +1576,22 @@ def test_member_reports_while_the_digest_declares_less_than_it_delivered() -> No
             message=Status(view_id=2, entries=(StatusEntry(A, 1, 1, 1), StatusEntry(ME, 1, 0))),
         )
     ]
+
+
+def test_corrupted_stable_cannot_move_the_point_beyond_what_the_origin_sent() -> None:
+    """Rule 25: a Stable naming a point beyond what the origin was seen to send (a Data or
+    Xmit received) moves this member's delivered point only up to there, counted in
+    ``implausible``. (A bit-flipped Stable raised the point members skip to to 65,536
+    while the sender was at seq 6: every later message of it was dropped as a duplicate,
+    a sender wedged for good.)"""
+    m = machine()
+    m.handle(view(A, B, ME), 0.0)
+    for seq in range(1, 5):
+        m.handle(data(seq), 0.0)
+    m.handle(data(6), 0.0)  # held: 5 is missing
+    assert m.handle(stable((A, 1, 65_536, 65_536)), 0.1) == []
+    assert m.stats.skipped == 2  # 5 and 6 (held: rule 17), as told; nothing beyond 6
+    assert m.stats.implausible == 1
+    assert m.delivered[A] == (I1, 6)
+    assert m.handle(data(7), 0.2) == [deliver(7)]
+    assert m.stats.duplicates == 0

@@ -269,7 +269,9 @@ class StabilityCoordinator:
                 self._vouch(st, lost)
                 st.stable = max(st.stable, lost)
                 if lost > st.delivered:
-                    lives.skip_to(st, lost, out)
+                    got = self.reports.get(st.origin, NO_REPORT).get(st.origin)
+                    claim = got[1] if got is not None and got[0] == st.incarnation else 0
+                    lives.skip_to(st, lives.plausible(st, lost, claim), out)  # rule 25
                     lives.check_gap(st, now)
         for origin, st in sorted(lives.retired.items()):
             if st.phase is Phase.HEARSAY:  # a life known from reports: nothing held here
