@@ -255,6 +255,9 @@ class NodeStats:
     """With a keyring: datagrams without a valid tag of an accepted key (before decoding)."""
     replayed: int = 0
     """With a keyring: authentic datagrams refused by the replay window."""
+    spoofed: int = 0
+    """Datagrams whose claimed sender id is not the address they came from (see
+    :meth:`Node.receive`'s ``source``)."""
 
 
 # ------------------------------------------------------------------ wiring
@@ -504,8 +507,13 @@ class Node:
             out.extend(self.set_bid(self.config.bid, now))
         return out
 
-    def receive(self, data: bytes, now: float) -> list[Output]:
-        """One datagram from the network (unicast or multicast)."""
+    def receive(self, data: bytes, now: float, source: int = 0) -> list[Output]:
+        """One datagram from the network (unicast or multicast).
+
+        ``source``: the node id of the address it came from (0: not known, not
+        checked; the UDP transports pass it): a datagram that claims another
+        sender is dropped and counted in ``spoofed``, so nothing answers a forged id.
+        """
         self._stats.received += 1
         auth = self._auth
         counter = 0
@@ -529,6 +537,9 @@ class Node:
                 if len(_decoded) >= _DECODED_MAX:
                     _decoded.clear()
                 _decoded[data] = (env, event)
+        if source and env.sender != source:
+            self._stats.spoofed += 1
+            return []
         if env.sender == self._id:
             self._stats.own += 1
             return []
