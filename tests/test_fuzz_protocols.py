@@ -93,6 +93,8 @@ REGRESSIONS: dict[tuple[int | None, int], str] = {
     (None, 64959): "multicast-integrity",
     (None, 69352): "multicast-agreement",
     (None, 88858): "election-one-leader-per-epoch",
+    (None, 1004785): "multicast-agreement",
+    (None, 1005943): "multicast-fifo",
 }
 """Seeds outside SUITE that once failed, with what failed. ``None``: the size is drawn
 and the phases are the 100,000-seed run's (``powergrid fuzz --replay SEED``)."""
@@ -152,7 +154,17 @@ def test_regression_seeds(nodes: int | None, seed: int) -> None:
     4.861 but for 52 ms in which no heartbeat crossed, so rule 7 could not act, while the
     invariant counted its 2.5 s from the second win; they now run from the start of the
     first contact both ways of at least 0.1 s (after the heal rule 7 merged them at once:
-    9002 led epoch 2 at 5.020)."""
+    9002 led epoch 2 at 5.020).
+    (None, 1005943): the coordinator's lost-history walk (multicast rule 16) trusted the
+    origin's stale report: a member had dropped the origin's stream in an older view and
+    resumed it higher, so a message nobody else reported holding was declared lost while
+    the origin, live and in the view, still buffered it (the origin now counts as holding
+    everything above its low).
+    (None, 1004785): a node left out of its leader's view coordinated a view of itself,
+    where the stable point is just what it delivered, then led a four-member view whose
+    first Stable carried that point; a member skipped two messages the live origin still
+    held (multicast rule 12: a coordinator now declares only stable points found from the
+    reports of its view's members, or as lost history)."""
     assert_ok(run(seed, nodes) if nodes is not None else run_datacentre(seed))
 
 

@@ -1040,8 +1040,9 @@ def test_origin_back_within_grace_keeps_state() -> None:
 
 def test_dropped_life_resumes_after_what_was_delivered_at_the_coordinator() -> None:
     """Rule 22: when a life whose state was dropped after flush_grace comes back, it resumes
-    after what this node delivered of it (nothing twice), and the coordinator keeps
-    declaring only the stable point it knew, not what it delivered."""
+    after what this node delivered of it (nothing twice), and the coordinator declares
+    neither what it delivered nor the stable point it knew from another coordinator's
+    view: nothing, until the members of its own view report (rule 12)."""
     m = machine(SLOW_STATUS)
     m.handle(view(A, B, ME), 0.0)
     for seq in (1, 2, 3):
@@ -1054,7 +1055,7 @@ def test_dropped_life_resumes_after_what_was_delivered_at_the_coordinator() -> N
     assert m.handle(data(4, sender=B), 4.0) == [deliver(4, B)]
     assert m.handle(TICK, 4.0 + CFG.stable_interval) == [
         Multicast(
-            message=Stable(view_id=3, entries=(StableEntry(B, 1, 1, 4), StableEntry(ME, 1, 0, 0)))
+            message=Stable(view_id=3, entries=(StableEntry(B, 1, 0, 4), StableEntry(ME, 1, 0, 0)))
         )
     ]
     assert m.stats.duplicates == 0
@@ -1505,3 +1506,92 @@ def test_simulation_seeded(seed: int) -> None:
     simulate(
         seed, 3 + seed % 4, loss=0.3, dup=0.05, per_publisher=20, publishers=3, crash=seed % 2 == 1
     )
+
+
+def test_lost_history_walk_takes_the_origin_as_holding_everything_above_its_low() -> None:
+    """Rule 16: a live origin in the view drops its own messages only as stable, so it holds
+    every message of its life above its reported ``low``, however stale the ``delivered``
+    of its last report. (Trusting that, the walk declared B's #5 lost, which nobody else
+    reported holding, while B, live and in the view, still buffered it: D had dropped B's
+    stream in an older view and resumed it higher; fuzz seed 1005943.)"""
+    m = machine(me=A)
+    m.handle(view(A, B, D, E), 0.0)
+    m.handle(recv(B, Status(view_id=1, entries=(StatusEntry(B, 1, 3, 0),))), 0.1)  # stale
+    m.handle(recv(D, Status(view_id=1, entries=(StatusEntry(B, 1, 6, 5),))), 0.1)  # resumed
+    m.handle(recv(E, Status(view_id=1, entries=(StatusEntry(B, 1, 4, 0),))), 0.1)
+    out = m.handle(TICK, CFG.stable_interval)
+    digests = [a.message for a in out if isinstance(a, Multicast)]
+    (entry,) = [e for d in digests for e in d.entries if e.origin == B]
+    assert entry == StableEntry(B, 1, 0, 6)  # nothing of B is lost: B holds 1..6
+    assert m.stats.skipped == 0
+    assert m.delivered[B] == (I1, 0)
+
+
+def test_coordinator_declares_no_stable_point_from_a_view_without_todays_members() -> None:
+    """Rule 12: the stable point a coordinator declares must come from the reports of its
+    view's members (or lost history, rule 16); one found in a view without some of today's
+    members is void. (A node left out of its leader's view coordinated a view of itself,
+    where stable is just what it delivered, then led a larger view whose first Stable
+    carried that point: a member skipped messages the live origin still held; fuzz seed
+    1004785.)"""
+    m = machine(me=A)
+    m.handle(view(A, leader=A), 0.0)
+    for seq in (1, 2, 3):
+        m.handle(data(seq, sender=B), 0.1)
+    alone = m.handle(TICK, CFG.stable_interval)
+    assert [e for a in alone for e in a.message.entries if e.origin == B] == [
+        StableEntry(B, 1, 3, 3)  # in a view of one, everything it delivered is stable
+    ]
+    out = m.handle(view(A, B, D, leader=A, view_id=2), 0.5)
+    assert [e for a in out for e in a.message.entries if e.origin == B] == [
+        StableEntry(B, 1, 0, 3)  # D may lack 2..3, which B still holds
+    ]
+    m.handle(recv(B, Status(view_id=2, entries=(StatusEntry(B, 1, 3, 0),))), 0.6)
+    m.handle(recv(D, Status(view_id=2, entries=(StatusEntry(B, 1, 1, 0),))), 0.6)
+    out = m.handle(TICK, 0.5 + CFG.stable_interval)
+    assert [e for a in out for e in a.message.entries if e.origin == B] == [
+        StableEntry(B, 1, 1, 3)  # the minimum the members of view 2 delivered
+    ]
+    assert m.stats.skipped == 0
+
+
+def test_member_reports_while_the_digest_declares_less_than_it_delivered() -> None:
+    """Rule 11: a member whose coordinator's last Stable declared less of an origin than it
+    delivered reports, although its buffer is empty (a new coordinator declares nothing
+    until every member has reported: rule 12)."""
+    m = machine()
+    m.handle(view(A, B, ME), 0.0)
+    m.handle(data(1), 0.0)
+    m.handle(stable((A, 1, 1, 1)), 0.1)
+    assert m.buffer_size == 0
+    assert m.next_deadline() is None  # quiet: all it delivered is stable
+    m.handle(view(A, B, ME, leader=B, view_id=2), 1.0)
+    fresh = recv(B, Stable(view_id=2, entries=(StableEntry(A, 1, 0, 1),)))
+    assert m.handle(fresh, 1.0) == []
+    due = m.next_deadline()
+    assert due is not None
+    assert m.handle(TICK, due) == [
+        Send(
+            to=B,
+            message=Status(view_id=2, entries=(StatusEntry(A, 1, 1, 1), StatusEntry(ME, 1, 0))),
+        )
+    ]
+
+
+def test_corrupted_stable_cannot_move_the_point_beyond_what_the_origin_sent() -> None:
+    """Rule 25: a Stable naming a point beyond what the origin was seen to send (a Data or
+    Xmit received) moves this member's delivered point only up to there, counted in
+    ``implausible``. (A bit-flipped Stable raised the point members skip to to 65,536
+    while the sender was at seq 6: every later message of it was dropped as a duplicate,
+    a sender wedged for good.)"""
+    m = machine()
+    m.handle(view(A, B, ME), 0.0)
+    for seq in range(1, 5):
+        m.handle(data(seq), 0.0)
+    m.handle(data(6), 0.0)  # held: 5 is missing
+    assert m.handle(stable((A, 1, 65_536, 65_536)), 0.1) == []
+    assert m.stats.skipped == 2  # 5 and 6 (held: rule 17), as told; nothing beyond 6
+    assert m.stats.implausible == 1
+    assert m.delivered[A] == (I1, 6)
+    assert m.handle(data(7), 0.2) == [deliver(7)]
+    assert m.stats.duplicates == 0

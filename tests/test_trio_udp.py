@@ -11,6 +11,7 @@ result depends on.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import socket
@@ -927,3 +928,62 @@ def test_keyed_nodes_stream_bundled_multicasts_in_order(loop: Any) -> None:
 
     run(main)
     assert got == [(k + 1, b"%03d" % k + b"." * 97) for k in range(100)]
+
+
+# ------------------------------------------------------------------ source addresses
+
+
+def test_a_datagram_claiming_another_address_is_dropped_and_counted(
+    raw: socket.socket, loop: Any
+) -> None:
+    """Rule (check_source): a datagram whose claimed sender id is not the address it came
+    from is dropped by the node and counted in ``spoofed``; one that claims its own
+    address is taken. (Before, an unkeyed node answered whatever id a datagram claimed.)"""
+    port = free_port()
+    me = node_id(HOST, raw.getsockname()[1])
+    forged = node_id("10.9.8.7", 4321)
+
+    async def main() -> None:
+        async with run_node(NodeConfig(port=port), udp=udp_config(), incarnation=1) as h:
+            node = h.endpoint
+            assert isinstance(node, Node)
+            raw.sendto(datagram(forged, 1), (HOST, port))
+            await until(lambda: node.stats.spoofed == 1)
+            raw.sendto(datagram(me, 2), (HOST, port))
+            await until(lambda: node.stats.received == 2)
+            await L.sleep(0.05)
+            assert node.stats.spoofed == 1
+
+    run(main)
+
+
+def test_unicast_goes_only_to_addresses_heard_from(raw: socket.socket, loop: Any) -> None:
+    """Rule (check_source): a node sends unicast only to an address a datagram came from;
+    before that it drops it (``UdpStats.unheard``). With check_source off it sends."""
+    port = free_port()
+    raw.setblocking(False)
+    peer = node_id(HOST, raw.getsockname()[1])
+
+    def got() -> int:
+        n = 0
+        with contextlib.suppress(BlockingIOError):
+            while raw.recv(4096):
+                n += 1
+        return n
+
+    async def main(check: bool) -> None:
+        udp = udp_config(check_source=check)
+        async with run_node(NodeConfig(port=port), udp=udp, incarnation=1) as h:
+            await h.send(peer, b"first")
+            if check:
+                await until(lambda: h.stats.unheard >= 1)
+                await L.sleep(0.05)
+                assert got() == 0
+                raw.sendto(datagram(peer, 1), (HOST, port))  # now heard from
+                await until(lambda: h.endpoint.stats.received >= 1)
+                await h.send(peer, b"second")
+            await L.sleep(0.1)
+            assert got() >= 1
+
+    run(lambda: main(True))
+    run(lambda: main(False))

@@ -285,6 +285,9 @@ class NodeStats:
     misconfigured node), dropped before anything else reads them, keyed or not."""
     wrong_version: int = 0
     """Datagrams of another wire version (e.g. a node not upgraded), dropped."""
+    spoofed: int = 0
+    """Datagrams whose claimed sender id is not the address they came from (see
+    :meth:`Node.receive`'s ``source``)."""
 
 
 # ------------------------------------------------------------------ wiring
@@ -541,9 +544,13 @@ class Node:
             out.extend(self.set_bid(self.config.bid, now))
         return out
 
-    def receive(self, data: bytes, now: float) -> list[Output]:
-        """One datagram from the network (unicast or multicast). Never raises for
-        anything a peer sends: what it cannot take is dropped and counted in :attr:`stats`."""
+    def receive(self, data: bytes, now: float, source: int = 0) -> list[Output]:
+        """One datagram from the network (unicast or multicast).
+
+        ``source``: the node id of the address it came from (0: not known, not
+        checked; the UDP transports pass it): a datagram that claims another
+        sender is dropped and counted in ``spoofed``, so nothing answers a forged id.
+        """
         self._stats.received += 1
         if (
             data[REALM_OFFSET:HEADER_SIZE] != self._realm_bytes or data[:3] != _MAGIC_VERSION
@@ -571,6 +578,9 @@ class Node:
                 if len(_decoded) >= _DECODED_MAX:
                     _decoded.clear()
                 _decoded[data] = (env, event)
+        if source and env.sender != source:
+            self._stats.spoofed += 1
+            return []
         if env.sender == self._id:
             self._stats.own += 1
             return []

@@ -46,6 +46,7 @@ machines hold, two levels deep) for the fuzzer's bounded-memory check.
 
 from __future__ import annotations
 
+import math
 import random
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -457,8 +458,11 @@ class Campaign:
     """Of those the nodes' codecs refused (fields that fail their type's checks)."""
     peak: dict[str, int] = attrs.Factory(dict)
     """The largest footprint seen, per machine class, over all nodes (items)."""
-    recovered_after: float | None = None
+    views_after: float | None = None
     """Seconds of quiet until one leader and full views everywhere; None: not within bound."""
+    recovered_after: float | None = None
+    """Seconds of quiet until, besides, a multicast of every member reached every other
+    member (:func:`delivering`); None: not within bound."""
 
 
 class _Attacker:
@@ -501,6 +505,24 @@ def recovered(nodes: Sequence[Node]) -> bool:
     return True
 
 
+def delivering(nodes: Sequence[Node], targets: dict[int, int]) -> bool:
+    """Whether every node delivered, of every other node's cluster multicasts, at least
+    ``targets[origin]`` (its seq when it last published a probe) and no more than the
+    origin itself has sent (a point beyond it is a wedged sender: its real messages would
+    be dropped as duplicates), in the origin's incarnation."""
+    own: dict[int, Any] = {n.node_id: n.stack(n.config.cluster).multicast for n in nodes}
+    for node in nodes:
+        got = own[node.node_id].delivered
+        for origin, target in targets.items():
+            if origin == node.node_id:
+                continue
+            mine = own[origin].delivered[NodeId(origin)]
+            point = got.get(NodeId(origin))
+            if point is None or point[0] != mine[0] or not target <= point[1] <= mine[1]:
+                return False
+    return True
+
+
 def run_campaign(
     seed: int,
     messages: int,
@@ -522,7 +544,9 @@ def run_campaign(
     updated). ``grid``: the market's price grid (default: the default grid; a
     wide one lets hostile bids' corner prices overflow naive arithmetic).
     ``fresh``: see :class:`Adversary`. Then the adversary stops and the group
-    is watched every 0.25 s for up to ``recover_within`` seconds until :func:`recovered`.
+    is watched every 0.25 s for up to ``recover_within`` seconds until :func:`recovered`
+    (``views_after``) and then until a probe multicast by every node (again each second
+    until then) is delivered by every other node (:func:`delivering`: ``recovered_after``).
 
     An exception out of a node propagates (the caller reports the seed).
     """
@@ -594,9 +618,21 @@ def run_campaign(
     net.remove(attacker.node_id)
     report.malformed = sum(n.stats.malformed for n in nodes)
     quiet = net.now
+    targets: dict[int, int] = {}
+    probed = -math.inf
     while net.now - quiet < recover_within:
         net.run_until(net.now + 0.25)
-        if recovered(nodes):
+        if report.views_after is None:
+            if not recovered(nodes):
+                continue
+            report.views_after = net.now - quiet
+        if targets and delivering(nodes, targets):
             report.recovered_after = net.now - quiet
             break
+        if net.now - probed >= 1.0:  # every node multicasts a probe (again if not through)
+            probed = net.now
+            for node in nodes:
+                net.command(node.node_id, lambda ep, now: ep.multicast(b"probe", now))
+                mine = node.stack(node.config.cluster).multicast.delivered
+                targets[node.node_id] = mine[node.node_id][1]
     return report

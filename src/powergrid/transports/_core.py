@@ -49,6 +49,7 @@ datagrams are flushed, and the transport then drains the backlog for at most
 from __future__ import annotations
 
 import enum
+import inspect
 import ipaddress
 import logging
 import math
@@ -78,6 +79,7 @@ from powergrid.types import (
     format_node,
     incarnation_at,
     node_address,
+    node_id,
 )
 from powergrid.wire import HEADER_SIZE, MAGIC, WIRE_LIMIT
 
@@ -105,6 +107,8 @@ BUNDLE_MAGIC = b"PB"
 """The first two bytes of a bundle; every powergrid datagram begins with ``PG``."""
 _BUNDLE_VERSION = 1
 _BUNDLE_HEAD = BUNDLE_MAGIC + bytes([_BUNDLE_VERSION])
+_MAX_HEARD = 65_536
+"""Source addresses remembered for ``UdpConfig.check_source`` (the first heard goes first)."""
 _BUNDLE_MIN = len(_BUNDLE_HEAD) + 2 * (2 + HEADER_SIZE)  # room for two minimal datagrams
 _UDP_MAX = 65507  # the largest UDP payload over IPv4
 assert BUNDLE_MAGIC != MAGIC
@@ -144,6 +148,11 @@ class UdpConfig:
       the same setting (the default fits an Ethernet MTU).
     * ``group_prefix``, ``group_port_base``, ``group_ports``: the default address
       scheme, see :meth:`group_address`; ``group_map`` replaces it.
+    * ``check_source``: a datagram whose claimed sender id is not the address it came
+      from is dropped (the node counts it in ``NodeStats.spoofed``), and unicast goes
+      only to addresses a datagram came from (else dropped, ``UdpStats.unheard``), so
+      a forged id cannot point replies anywhere. Turn it off only where a node's id is
+      not the address its datagrams come from (NAT or port mapping between nodes).
     """
 
     interface: str = "127.0.0.1"
@@ -158,6 +167,7 @@ class UdpConfig:
     group_port_base: int = 20000
     group_ports: int = 1000
     group_map: Callable[[int], tuple[str, int]] | None = None
+    check_source: bool = True
 
     def __attrs_post_init__(self) -> None:
         _ipv4(self.interface, "interface")
@@ -237,6 +247,9 @@ class UdpStats:
     recv_buffer: int = 0
     """``SO_RCVBUF`` the kernel granted the unicast socket (Linux reports twice the
     usable size)."""
+    unheard: int = 0
+    """Unicast datagrams not sent: no datagram ever came from that address
+    (``UdpConfig.check_source``)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -488,6 +501,11 @@ class Driver:
         self._backlog: deque[tuple[bytes, Address]] = deque()
         self._events: deque[object] = deque()
         self._addresses: dict[int, Address] = {}  # node id -> its socket address
+        # check_source: source address -> its node id, for the addresses heard from
+        self._heard: dict[Address, int] = {}
+        self._check = (
+            config.check_source and "source" in inspect.signature(endpoint.receive).parameters
+        )
         self._group_addresses: dict[int, Address] = {}  # group -> (ip, port)
         self._views: dict[int, dict[NodeId, Incarnation]] = {}  # group -> last view's members
         self._removed: dict[tuple[int, int], str] = {}  # (group, node) -> reason, until a view
@@ -649,7 +667,9 @@ class Driver:
 
         Reads at most ``_BATCH`` datagrams; at the end flushes and re-arms once.
         """
-        receive = self._endpoint.receive
+        receive: Callable[..., list[Any]] = self._endpoint.receive
+        check = self._check
+        heard = self._heard
         dispatch = self._dispatch
         stats = self._stats
         own = self._own
@@ -671,6 +691,11 @@ class Driver:
             if group and source == own:
                 stats.own += 1
                 continue
+            sid = 0
+            if check:  # the id of the address it came from (UdpConfig.check_source)
+                sid = heard.get(source, 0)
+                if not sid:
+                    sid = self._hear(source)
             if data[:2] == BUNDLE_MAGIC:
                 parts = split_bundle(data)
                 if parts is None:
@@ -679,10 +704,10 @@ class Driver:
                 stats.bundles_received += 1
                 stats.received += len(parts)
                 for part in parts:
-                    dispatch(receive(part, now))
+                    dispatch(receive(part, now, sid) if sid else receive(part, now))
             else:
                 stats.received += 1
-                dispatch(receive(data, now))
+                dispatch(receive(data, now, sid) if sid else receive(data, now))
             if sock.fileno() < 0:
                 self._settle()
                 return 2
@@ -849,6 +874,18 @@ class Driver:
             backlog.popleft()
         return True
 
+    def _hear(self, source: Address) -> int:
+        """Remember that a datagram came from ``source``; its node id (0: not a node's)."""
+        heard = self._heard
+        try:
+            sid = node_id(source[0], source[1])
+        except ConfigError:
+            return 0
+        if len(heard) >= _MAX_HEARD:
+            del heard[next(iter(heard))]  # the address heard from first
+        heard[source] = sid
+        return sid
+
     def _on_transmit(self, out: Transmit) -> None:
         addr = self._addresses.get(out.to)
         if addr is None:
@@ -859,6 +896,9 @@ class Driver:
                 log.warning("dropped a datagram: %s", exc)
                 return
             self._addresses[out.to] = addr
+        if self._check and addr not in self._heard:
+            self._stats.unheard += 1  # never heard from: maybe a forged id (check_source)
+            return
         self._out(out.data, addr)
 
     def _on_join(self, out: JoinGroup) -> None:

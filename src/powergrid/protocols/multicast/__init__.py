@@ -44,6 +44,9 @@ declared stable, and are quiet otherwise. The coordinator computes, per origin,
 ``stable`` = the minimum delivered over the members of its current view (a
 member that has not reported the origin's current incarnation holds it where
 it is: stable never goes down) and ``highest`` = the maximum seen, and
+declares only stable points it found from its view's members (a new
+coordinator, or a view admitting a member life, declares 0 until all have
+reported: a point from a view without some of today's members is void), and
 multicasts ``Stable`` every ``stable_interval`` while anything is unstable,
 after any Status, and at once plus ``stable_repeats`` times after a view
 change.
@@ -59,8 +62,10 @@ and Stable are split into several datagrams when there are many origins.
 members were not in (a partition, a coordinator that restarted or changed)
 may be held by nobody now. Before each Stable, with every member's report of
 an origin in, the coordinator counts down from the highest delivered through
-the members' ``(low, delivered]`` spans (its own included) and the messages it
-holds ahead of its own gap; the first message nobody holds is lost for good, so
+the members' ``(low, delivered]`` spans (its own included; the origin's, if it
+is a member, reaches ``highest``: it drops its own messages only as stable) and
+the messages it holds ahead of its own gap; the first message nobody holds is
+lost for good, so
 it raises the origin's stable point to it, skipping there itself (``skipped``)
 and so making every member behind skip too, instead of asking forever. Within
 one view nobody drops what a member lacks, so this never skips a message
@@ -68,7 +73,9 @@ someone can still resend. Retired lives (see *Restarts*) are counted the same
 way, with the reports of every member but their origin. A member that skips to
 a stable point also drops what it holds at or below it (``skipped``): the
 stream jumps once and goes on after the point, never delivering with gaps in
-between.
+between. No Stable moves a member's point beyond the highest seq of the origin
+it received (or, at the coordinator, the origin reported): a forged or
+corrupted digest cannot wedge a sender (``implausible``).
 
 *Buffer cap.* If stability stalls, at most ``max_buffer`` messages are
 buffered in all: beyond, the oldest message of the origin with the most

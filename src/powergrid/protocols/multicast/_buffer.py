@@ -33,7 +33,7 @@ from powergrid.wire import Nak, Xmit
 class ResendBuffer:
     """The resend buffer of one machine over all its lives (see the module docstring)."""
 
-    __slots__ = ("_config", "_current", "_retired", "_stats", "_windows", "size")
+    __slots__ = ("_config", "_current", "_retired", "_stats", "_windows", "evicted", "size")
 
     def __init__(
         self,
@@ -49,6 +49,9 @@ class ResendBuffer:
         self.size = 0
         """Messages buffered now, all lives together."""
         self._windows: dict[int, list[float]] = {}  # requester -> [window start, count]
+        self.evicted: dict[int, tuple[int, int]] = {}
+        """origin -> (incarnation, seq): the coordinator's latest eviction of the origin's
+        current life, for its digest to declare stable (rule 15; it empties this)."""
 
     def new_peak(self, size: int, coordinating: bool) -> None:
         """The buffer grew past its peak: enforce the cap (rule 15), then record the peak."""
@@ -74,6 +77,8 @@ class ResendBuffer:
             self._stats.buffer_overflow += 1
             if coordinating and seq > st.stable:
                 st.stable = seq  # nobody can fetch it any more: let laggards skip it
+                if self._current.get(st.origin) is st:
+                    self.evicted[st.origin] = (st.incarnation, seq)
 
     def release(self, st: OriginLife) -> None:
         """``st``'s state is dropped: its buffered messages no longer count."""

@@ -177,6 +177,9 @@ class MulticastStats:
     """Messages ahead of a gap dropped because ``max_held`` was reached."""
     skipped: int = 0
     """Messages never delivered because Stable moved past them (see the buffer cap)."""
+    implausible: int = 0
+    """Stable points beyond what the origin was seen to send, applied only up to there
+    (rule 25: a forged or corrupted digest cannot wedge a sender)."""
     naks_sent: int = 0
     """Naks sent, unicast and group."""
     naks_group: int = 0

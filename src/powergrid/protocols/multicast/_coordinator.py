@@ -17,8 +17,15 @@ and ``highest`` = the most seen, trims its own buffer to it and digests both in
 (rules 12, 23). Before each digest it skips history nobody holds any more (rule 16).
 A member's report of a past life it has no state of makes a HEARSAY life (rule 24).
 
-Guarantees: ``stable`` of a life never goes down; within one view it never passes
-what a member of the view lacks. Assumes the view lists this node and that the
+It declares only the stable points it found itself (``vouched``) from the reports of
+its view's members, as lost history or by its own buffer cap: one carried from a
+view without some of today's members (another coordinator's Stable, or this node's
+own view of fewer members) is void, so a new coordinator, and a view that admits a
+member life, declare ``0`` for a life until every member has reported it (rule 12).
+
+Guarantees: the declared ``stable`` of a life never goes down while this node
+coordinates views of the same member lives; it never passes what a member of the
+view lacks, unless nobody holds it (rules 15, 16). Assumes the view lists this node and that the
 machine routes Status here only while it coordinates. Its deadline is
 ``stable_due`` (None while nothing is unstable and no digest is owed).
 """
@@ -57,6 +64,7 @@ class StabilityCoordinator:
         "retired_reports",
         "stable_due",
         "stable_left",
+        "vouched",
     )
 
     def __init__(
@@ -72,26 +80,50 @@ class StabilityCoordinator:
         self._own = own
         self._lives = lives
         self._buffer = buffer
+        buffer.evicted.clear()  # a past coordinatorship's: its digests declared them
         self.reports: _Reports = {}  # of current lives
         self.retired_reports: _Reports = {}  # of retired lives (their origin -> the report)
         self.stable_due: float | None = None
         """When the next Stable digest goes out (seconds), None while none is needed."""
         self.stable_left = 0
         """Stable digests still owed after a view change (rule 12)."""
+        self.vouched: dict[int, tuple[int, int]] = {}
+        """origin -> (incarnation, stable): the stable point this coordinator has found for
+        the origin's current life from the reports of its view's members, or as lost
+        history, since it last admitted a member life (rule 12). Only this is declared."""
 
     # ------------------------------------------------------------ reports follow lives
 
     def keep_reports(self, members: dict[int, int], old_members: dict[int, int]) -> None:
-        """A view is installed: keep the reports of member lives it lists again (rule 12)."""
+        """A view is installed: keep the reports of member lives it lists again; a view
+        that admits a member life the last one did not list voids the stable points
+        found so far, which spoke only for the old members (rule 12)."""
         self.reports, self.retired_reports = (
             {m: r for m, r in reports.items() if m in members and members[m] == old_members.get(m)}
             for reports in (self.reports, self.retired_reports)
         )
+        if any(old_members.get(m) != inc for m, inc in members.items()):
+            self.vouched = {}
+
+    def declared(self, st: OriginLife) -> int:
+        """The stable point this coordinator declares for current life ``st`` (rule 12):
+        what it found in views of today's members, ``0`` before it found any. Never the
+        life's own ``stable``, which may come from a view without some of today's
+        members (a Stable of another coordinator, or this node's own view of one
+        member): declared, it made members skip what a live origin of the view still
+        held (fuzz seed 1004785)."""
+        got = self.vouched.get(st.origin)
+        return got[1] if got is not None and got[0] == st.incarnation else 0
+
+    def _vouch(self, st: OriginLife, stable: int) -> None:
+        if stable > self.declared(st):
+            self.vouched[st.origin] = (st.incarnation, stable)
 
     def forget(self, origin: int) -> None:
         """``origin``'s current life is gone: so are the reports of it."""
         for report in self.reports.values():
             report.pop(origin, None)
+        self.vouched.pop(origin, None)
 
     def retire(self, origin: int, inc: int) -> None:
         """``origin``'s life ``inc`` was retired: its reports become retired reports."""
@@ -100,6 +132,7 @@ class StabilityCoordinator:
             got = report.pop(origin, None)
             if got is not None and got[0] == inc:
                 retired.setdefault(m, {})[origin] = got
+        self.vouched.pop(origin, None)
 
     def forget_retired(self, origin: int) -> None:
         """``origin``'s past life is gone: so are the reports of it."""
@@ -227,14 +260,19 @@ class StabilityCoordinator:
         lives = self._lives
         me = self._me
         others = [m for m in sorted(lives.members) if m != me]
-        for origin, st in sorted(lives.current.items()):
-            if origin == me or st.delivered == PENDING:
+        for _, st in sorted(lives.current.items()):
+            if st.delivered == PENDING:
                 continue
+            # Its own stream too: this node may have dropped its own messages as stable
+            # in a view without some of today's members, where they are lost now.
             lost = self._lost_point(st, others, self.reports)
-            if lost > st.stable:
-                st.stable = lost
+            if lost > self.declared(st):
+                self._vouch(st, lost)
+                st.stable = max(st.stable, lost)
                 if lost > st.delivered:
-                    lives.skip_to(st, lost, out)
+                    got = self.reports.get(st.origin, NO_REPORT).get(st.origin)
+                    claim = got[1] if got is not None and got[0] == st.incarnation else 0
+                    lives.skip_to(st, lives.plausible(st, lost, claim), out)  # rule 25
                     lives.check_gap(st, now)
         for origin, st in sorted(lives.retired.items()):
             if st.phase is Phase.HEARSAY:  # a life known from reports: nothing held here
@@ -250,15 +288,23 @@ class StabilityCoordinator:
     @staticmethod
     def _lost_point(st: OriginLife, others: list[int], reports: _Reports) -> int:
         """The highest message of life ``st`` that nobody holds (``0``: none, or a member
-        of ``others`` has not reported this life yet)."""
+        of ``others`` has not reported this life yet).
+
+        The origin, when it is among ``others`` (a member of the view in this life),
+        holds every message of its life above its reported ``low``, up to ``highest``:
+        it drops its own messages only as stable, so its span is ``(low, highest]``
+        however old its report's ``delivered`` is (rule 16; trusting that stale
+        ``delivered`` declared a message the origin still buffered lost: fuzz seed
+        1005943)."""
         origin = st.origin
         inc = st.incarnation
+        top = st.highest
         spans = [(min(st.buf_low - 1, st.delivered), st.delivered)]
         for m in others:
             got = reports.get(m, NO_REPORT).get(origin)
             if got is None or got[0] != inc:
                 return 0
-            spans.append((got[2], got[1]))
+            spans.append((got[2], max(top, got[1]) if m == origin else got[1]))
         lost = max(d for _, d in spans)
         held = st.held
         while lost > 0:
@@ -280,7 +326,15 @@ class StabilityCoordinator:
         me = self._me
         others = [m for m in sorted(lives.members) if m != me]
         reports = self.reports
-        trim = self._buffer.trim
+        buffer = self._buffer
+        trim = buffer.trim
+        evicted = buffer.evicted
+        if evicted:  # what this node can no longer resend may be declared (rule 15)
+            for origin, (inc, seq) in sorted(evicted.items()):
+                st = lives.current.get(origin)
+                if st is not None and st.incarnation == inc:
+                    self._vouch(st, seq)
+            evicted.clear()
         entries: list[StableEntry] = []
         unstable = False
         for origin, st in sorted(lives.current.items()):
@@ -294,9 +348,12 @@ class StabilityCoordinator:
                     low = st.stable
                     break
                 low = min(low, got[1])
+            else:
+                self._vouch(st, low)
             trim(st, max(low, st.stable))
-            entries.append(StableEntry(origin, inc, st.stable, st.highest))
-            if st.stable < st.highest:
+            stable = self.declared(st)
+            entries.append(StableEntry(origin, inc, stable, st.highest))
+            if stable < st.highest:
                 unstable = True
         n = STABLE_PER_DATAGRAM
         out: list[Any] = [

@@ -149,6 +149,7 @@ class OriginLife:
         "nak_due",
         "origin",
         "phase",
+        "seen",
         "stable",
         "tries",
     )
@@ -160,6 +161,7 @@ class OriginLife:
         self.delivered = start  # PENDING until the start is known
         self.highest = max(start, 0)
         self.stable = max(start, 0)
+        self.seen = max(start, 0)  # the highest seq of a Data or Xmit of this life received
         self.held: dict[int, Stored] = {}
         # delivered, not yet stable: seq -> (kind, payload), seqs buf_low..delivered
         self.buf: dict[int, tuple[int, bytes]] = {}

@@ -69,6 +69,7 @@ class Lives:
         "coordinator",
         "current",
         "departing",
+        "digest_lags",
         "gappy",
         "has_view",
         "leader",
@@ -101,6 +102,9 @@ class Lives:
         self.leader = 0  # the view's leader (the stability coordinator), 0 if none
         self.has_view = False
         self.coordinator: StabilityCoordinator | None = None  # while this node coordinates
+        self.digest_lags = False
+        """The own coordinator's last Stable declared less of some current life than this
+        member delivered: it has not heard (rule 11)."""
 
     # ------------------------------------------------------------ phase changes
 
@@ -277,6 +281,7 @@ class Lives:
     def place(self, st: OriginLife, seq: int, msg: Stored, now: float) -> list[Any]:
         """Deliver (with what it unblocks), hold or drop message ``seq`` of ``st`` (rule 3)."""
         st.highest = max(st.highest, seq)
+        st.seen = max(st.seen, seq)  # (the in-order fast path leaves it: delivered covers it)
         out: list[Any] = []
         if seq <= st.delivered or seq in st.held:
             self._stats.duplicates += 1
@@ -334,6 +339,18 @@ class Lives:
         self.drain(st, out)
         st.tries = st.group_round = 0
 
+    def plausible(self, st: OriginLife, point: int, claim: int = 0) -> int:
+        """``point`` (a stable point a digest names for ``st``), but no further than the
+        origin was seen to send (a Data or Xmit received), delivered, or ``claim`` (what
+        the origin itself reported delivering, at the coordinator): a forged or corrupted
+        digest cannot move this member's point beyond what the origin has sent, after
+        which its real messages would be dropped as duplicates (rule 25)."""
+        cap = max(st.seen, st.delivered, claim)
+        if point > cap:
+            self._stats.implausible += 1
+            return cap
+        return point
+
     def take_digest(self, msg: Stable, now: float) -> list[Any]:
         """Apply a Stable of the own view's coordinator (rule 14 checked by the caller):
         trim to ``stable`` and nak up to ``highest`` (rule 13), start a joiner's streams
@@ -342,11 +359,13 @@ class Lives:
         out: list[Any] = []
         trim = self._buffer.trim
         origins = self.current
+        lags = False
         for origin, inc, stable, highest in msg.entries:
             st = origins.get(origin)
             if origin == self._me:
                 if st is not None and inc == st.incarnation:
                     trim(st, min(stable, st.delivered))  # rule 13
+                    lags = lags or stable < st.delivered
                 continue
             if self.unlisted(origin, inc) and self.retired_life(origin, inc) is None:
                 continue  # (rule 2; a retired life is repaired for its flush_grace, never revived)
@@ -359,18 +378,24 @@ class Lives:
                     old = self.retired_life(origin, inc)
                     if old is not None:  # rule 23: learn how far the retired life went
                         if stable > old.delivered:
-                            self.skip_to(old, stable, out)
+                            self.skip_to(old, self.plausible(old, stable), out)  # rule 25
                         old.highest = max(old.highest, highest)
                         self.check_gap(old, now)
                     continue
                 st = self.begin(origin, inc, stable, now)
             elif st.delivered == PENDING:
+                if st.seen:  # held messages show how far the origin went (rule 25)
+                    stable = self.plausible(st, stable)
                 self.start(st, stable, out)  # rule 18
-            elif stable > st.delivered:
-                self.skip_to(st, stable, out)  # rule 17
+            else:
+                stable = self.plausible(st, stable)  # rule 25
+                if stable > st.delivered:
+                    self.skip_to(st, stable, out)  # rule 17
             trim(st, stable)  # rule 13
             st.highest = max(st.highest, highest)
             self.check_gap(st, now)  # behind highest: nak (rule 13)
+            lags = lags or stable < st.delivered
+        self.digest_lags = lags
         return out
 
     # ------------------------------------------------------------ the resend requester

@@ -361,6 +361,7 @@ class MulticastMachine(Dispatching):
         members = lives.members = member_maps(view.members)[1]  # shared: read only
         lives.leader = view.leader
         lives.has_view = True
+        lives.digest_lags = False  # the last Stable was of another view
         coordinating = view.leader == me
         self._reporting = view.leader not in (0, me)
         self._buffer.keep_requesters(members)
@@ -451,7 +452,7 @@ class MulticastMachine(Dispatching):
         it: rule 11)."""
         if not self._reporting:
             return False
-        if self._buffer.size > 0 or self._gappy:
+        if self._buffer.size > 0 or self._gappy or self._lives.digest_lags:
             return True
         if any(st.nak_due is not None for st in self._retired.values()):
             return True
