@@ -114,3 +114,34 @@ def test_run_all_table() -> None:
     result = json.loads(done.stdout)
     assert set(result["benches"]) == set(KEYS)
     assert all({"figure", "value", "target"} <= row.keys() for row in result["rows"])
+
+
+def test_fingerprint_is_stable_and_compare_finds_a_changed_trace(tmp_path: Path) -> None:
+    """bench/fingerprint.py: the same code gives the same fingerprint, and --compare exits 1
+    and names the seed when one trace hash differs (the proof a refactor relies on)."""
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    for out in (a, b):
+        cmd = [sys.executable, str(BENCH / "fingerprint.py"), "--start", "5", "--seeds", "3"]
+        subprocess.run([*cmd, "--procs", "1", "--out", str(out)], check=True, timeout=300)
+    same = subprocess.run(
+        [sys.executable, str(BENCH / "fingerprint.py"), "--compare", str(a), str(b)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert same.returncode == 0, same.stdout
+    assert "trace hashes differing: 0" in same.stdout
+    changed = json.loads(b.read_text())
+    assert set(changed["fuzz"]) == {"5", "6", "7"}
+    changed["fuzz"]["6"]["trace"] = "0" * 64
+    b.write_text(json.dumps(changed))
+    diff = subprocess.run(
+        [sys.executable, str(BENCH / "fingerprint.py"), "--compare", str(a), str(b)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert diff.returncode == 1
+    assert "trace hashes differing: 1" in diff.stdout and "seeds: 6" in diff.stdout
