@@ -80,17 +80,23 @@ def test_defaults_have_no_bid_and_use_the_host_as_interface() -> None:
 @pytest.mark.parametrize(
     ("argv", "words"),
     [
-        (["--port", "0"], "port 0"),
-        (["--port", "9100", "--host", "localhost"], "not an IPv4"),
-        (["--port", "9100", "--group", "0"], "cluster 0"),
-        (["--port", "9100", "--rank", "70000"], "rank 70000"),
-        (["--port", "9100", "--ttl", "300"], "ttl 300"),
+        (["--port", "0"], "NodeConfig.port: must be a whole number in 1..65535, got 0"),
+        (["--port", "9100", "--host", "localhost"], "NodeConfig.host: must be an IPv4 address"),
+        (["--port", "9100", "--group", "0"], "NodeConfig.cluster: must be a whole number in 1.."),
+        (
+            ["--port", "9100", "--rank", "70000"],
+            "NodeConfig.rank: must be a whole number in 0..65535, got 70000",
+        ),
+        (["--port", "9100", "--ttl", "300"], "UdpConfig.ttl: must be a whole number in 0..255"),
         (["--port", "9100", "--interface", "eth0"], "interface"),
         (["--port", "9100", "--duration", "0"], "--duration"),
         (["--port", "9100", "--supply", "-1"], "--supply"),
         (["--port", "9100", "--required", "5"], "--maximum"),
-        (["--port", "9100", "--floor", "10", "--maximum", "5"], "invalid bid"),
-        (["--port", "9100", "--maximum", "5", "--priority", "16"], "invalid bid"),
+        (["--port", "9100", "--floor", "10", "--maximum", "5"], "Bid: watts must satisfy"),
+        (
+            ["--port", "9100", "--maximum", "5", "--priority", "16"],
+            "Bid.priority: must be a whole number in 0..15, got 16",
+        ),
         (["--port", "9100", "--group-port-base", "65535"], "group ports"),
     ],
 )

@@ -85,6 +85,7 @@ from typing import Any, Literal
 import attrs
 
 from powergrid import wire
+from powergrid._checks import config_error, flag, instance, optional, whole
 from powergrid.auth import Authenticator, Keyring
 from powergrid.errors import ConfigError, DecodeError, UsageError
 from powergrid.events import (
@@ -170,49 +171,64 @@ class _DEFAULTS:
 class NodeConfig:
     """Everything a node needs to know about itself; every machine's settings.
 
-    ``host``/``port`` are the node's unicast socket address, from which its id
-    is derived. ``cluster`` is its cluster's group id (1 or more; 0 is the
-    broker group). Raises :class:`ConfigError` for an invalid value.
+    ``host``/``port`` are the node's unicast socket address (an IPv4 dotted
+    quad, a port in 1..65535), from which its id is derived. ``cluster`` is
+    its cluster's group id (1..2**32-1; 0 is the broker group); ``rank``
+    (0..65535) orders the election among ``broker_capable`` nodes.
+
+    Every field is checked when the config is built: a wrong type, a value
+    out of range, or fields that contradict each other raise
+    :class:`ConfigError` naming the field, e.g.
+    ``NodeConfig.supply: must be a whole number of watts >= 0, got -100``.
     """
 
-    host: str = "127.0.0.1"
-    port: int
-    cluster: int = 1
-    rank: int = 0
-    broker_capable: bool = False
-    unicast: UnicastConfig = _DEFAULTS.unicast
-    multicast: MulticastConfig = _DEFAULTS.multicast
-    membership: MembershipConfig = _DEFAULTS.membership
-    election: ElectionConfig = _DEFAULTS.election
-    client: ClientConfig = _DEFAULTS.client
-    broker: BrokerConfig = _DEFAULTS.broker
-    lead: LeadConfig = _DEFAULTS.lead
-    supply: int = 0
+    host: str = attrs.field(default="127.0.0.1", validator=instance(str, "an IPv4 address string"))
+    port: int = attrs.field(validator=whole(1, 0xFFFF))
+    cluster: int = attrs.field(
+        default=1, validator=whole(1, 2**32 - 1, why="group 0 is the broker group")
+    )
+    rank: int = attrs.field(default=0, validator=whole(0, 0xFFFF))
+    broker_capable: bool = attrs.field(default=False, validator=flag)
+    unicast: UnicastConfig = attrs.field(
+        default=_DEFAULTS.unicast, validator=instance(UnicastConfig)
+    )
+    multicast: MulticastConfig = attrs.field(
+        default=_DEFAULTS.multicast, validator=instance(MulticastConfig)
+    )
+    membership: MembershipConfig = attrs.field(
+        default=_DEFAULTS.membership, validator=instance(MembershipConfig)
+    )
+    election: ElectionConfig = attrs.field(
+        default=_DEFAULTS.election, validator=instance(ElectionConfig)
+    )
+    client: ClientConfig = attrs.field(default=_DEFAULTS.client, validator=instance(ClientConfig))
+    broker: BrokerConfig = attrs.field(default=_DEFAULTS.broker, validator=instance(BrokerConfig))
+    lead: LeadConfig = attrs.field(default=_DEFAULTS.lead, validator=instance(LeadConfig))
+    supply: int = attrs.field(default=0, validator=whole(0, unit="watts"))
     """Usable supply in watts, used while this node is the lead broker."""
-    bid: Bid | None = None
+    bid: Bid | None = attrs.field(default=None, validator=optional(Bid))
     """This server's first bid; None to bid later with :meth:`Node.set_bid`."""
-    keyring: Keyring | None = None
+    keyring: Keyring | None = attrs.field(default=None, validator=optional(Keyring))
     """Group keys: sign every datagram and refuse unsigned, forged and replayed
     ones (see :mod:`powergrid.auth`). None: no authentication, flags 0."""
 
     def __attrs_post_init__(self) -> None:
+        try:
+            node_id(self.host, self.port)
+        except ConfigError:  # (the port is checked already)
+            problem = "must be an IPv4 address such as 127.0.0.1"
+            raise config_error(self, "host", problem, self.host) from None
         if not (self.client.grid == self.broker.grid == self.lead.grid):
             raise ConfigError(
-                "client, broker and lead configs must use the same price grid; "
-                "pass one Grid to all three"
+                "NodeConfig.client.grid, .broker.grid and .lead.grid: must be the "
+                "same price grid; pass one Grid to all three"
             )
         if not self.client.ack_timeout < self.broker.bid_timeout:
             raise ConfigError(
-                f"client ack_timeout ({self.client.ack_timeout} s) must be below the broker's "
-                f"bid_timeout ({self.broker.bid_timeout} s), or a client counts on an expired bid"
+                f"NodeConfig.client.ack_timeout: must be below broker.bid_timeout "
+                f"({self.broker.bid_timeout} s), or a client counts on an expired bid, "
+                f"got {self.client.ack_timeout}"
             )
-        node_id(self.host, self.port)  # raises ConfigError with the reason
-        if not 1 <= self.cluster < 2**32:
-            raise ConfigError(
-                f"cluster {self.cluster} is outside 1..2**32-1 (group 0 is the broker group)"
-            )
-        if not 0 <= self.rank < 2**16:
-            raise ConfigError(f"rank {self.rank} is outside 0..65535")
 
     @property
     def node_id(self) -> NodeId:

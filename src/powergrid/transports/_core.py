@@ -61,6 +61,7 @@ from typing import Any, Literal
 
 import attrs
 
+from powergrid._checks import flag, instance, integer, number, optional_callable, whole
 from powergrid.errors import ConfigError, UsageError
 from powergrid.events import (
     Endpoint,
@@ -139,47 +140,40 @@ class UdpConfig:
       scheme, see :meth:`group_address`; ``group_map`` replaces it.
     """
 
-    interface: str = "127.0.0.1"
-    ttl: int = 1
-    loopback: bool = True
-    recv_buffer: int = 4 << 20
-    max_queue: int = 1024
-    event_queue: int = 4096
-    flush_timeout: float = 1.0
-    bundle_size: int = WIRE_LIMIT
-    group_prefix: str = "239.255.0.0"
-    group_port_base: int = 20000
-    group_ports: int = 1000
-    group_map: Callable[[int], tuple[str, int]] | None = None
+    interface: str = attrs.field(default="127.0.0.1", validator=instance(str, "an IPv4 address"))
+    ttl: int = attrs.field(default=1, validator=whole(0, 255, why="0: this host, 1: the LAN"))
+    loopback: bool = attrs.field(default=True, validator=flag)
+    recv_buffer: int = attrs.field(default=4 << 20, validator=whole(0, unit="bytes"))
+    max_queue: int = attrs.field(default=1024, validator=whole(1, unit="datagrams"))
+    event_queue: int = attrs.field(default=4096, validator=whole(1, unit="notifications"))
+    flush_timeout: float = attrs.field(default=1.0, validator=number(0))
+    bundle_size: int = attrs.field(default=WIRE_LIMIT, validator=integer)
+    group_prefix: str = attrs.field(
+        default="239.255.0.0", validator=instance(str, "an IPv4 multicast address")
+    )
+    group_port_base: int = attrs.field(default=20000, validator=integer)
+    group_ports: int = attrs.field(default=1000, validator=whole(1))
+    group_map: Callable[[int], tuple[str, int]] | None = attrs.field(
+        default=None, validator=optional_callable
+    )
 
     def __attrs_post_init__(self) -> None:
-        _ipv4(self.interface, "interface")
-        if not 0 <= self.ttl <= 255:
-            raise ConfigError(f"ttl {self.ttl} is outside 0..255 (0: this host, 1: the LAN)")
-        if self.recv_buffer < 0:
-            raise ConfigError(f"recv_buffer {self.recv_buffer} must be >= 0 bytes (0: OS default)")
-        if self.max_queue < 1:
-            raise ConfigError(f"max_queue {self.max_queue} must be at least 1 datagram")
-        if self.event_queue < 1:
-            raise ConfigError(f"event_queue {self.event_queue} must be at least 1 notification")
-        if not self.flush_timeout >= 0:
-            raise ConfigError(f"flush_timeout {self.flush_timeout} must be >= 0 seconds")
+        _ipv4(self.interface, "UdpConfig.interface:")
         if self.bundle_size and not _BUNDLE_MIN <= self.bundle_size <= _UDP_MAX:
             raise ConfigError(
-                f"bundle_size {self.bundle_size} must be 0 (no bundling) or "
-                f"{_BUNDLE_MIN}..{_UDP_MAX} bytes"
+                f"UdpConfig.bundle_size: {self.bundle_size} must be 0 (no bundling) "
+                f"or {_BUNDLE_MIN}..{_UDP_MAX} bytes"
             )
-        prefix = _ipv4(self.group_prefix, "group_prefix")
+        prefix = _ipv4(self.group_prefix, "UdpConfig.group_prefix:")
         if not prefix.is_multicast or int(prefix) & 0xFFFF:
             raise ConfigError(
-                f"group_prefix {self.group_prefix} must be a multicast /16 ending in .0.0, "
-                "e.g. 239.255.0.0"
+                f"UdpConfig.group_prefix: {self.group_prefix} must be a multicast /16 "
+                "ending in .0.0, e.g. 239.255.0.0"
             )
-        if self.group_ports < 1:
-            raise ConfigError(f"group_ports {self.group_ports} must be at least 1")
         if not 1 <= self.group_port_base <= 0x10000 - self.group_ports:
             raise ConfigError(
-                f"group ports {self.group_port_base}..{self.group_port_base + self.group_ports - 1}"
+                f"UdpConfig.group_port_base: group ports {self.group_port_base}.."
+                f"{self.group_port_base + self.group_ports - 1}"
                 " must lie within 1..65535: lower group_port_base or group_ports"
             )
 
