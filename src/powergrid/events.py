@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 import attrs
 
-from powergrid.types import Epoch, GroupId, Incarnation, NodeId
+from powergrid.types import Epoch, GroupId, Incarnation, NodeId, node_field
 from powergrid.wire import Message
 
 __all__ = [
@@ -131,7 +131,7 @@ class LeaderLost:
     """Membership stopped hearing ``leader`` of ``group`` (epoch ``epoch``); input to election."""
 
     group: GroupId
-    leader: NodeId
+    leader: NodeId = node_field()
     epoch: Epoch
 
 
@@ -140,7 +140,7 @@ class LeaderElected:
     """Election settled: ``leader`` leads ``group`` in ``epoch``; input to membership and market."""
 
     group: GroupId
-    leader: NodeId
+    leader: NodeId = node_field()
     epoch: Epoch
 
 
@@ -151,7 +151,7 @@ class LeaderElected:
 class Member:
     """One member of a view: who, which life, and what it may become."""
 
-    node: NodeId
+    node: NodeId = node_field()
     incarnation: Incarnation
     rank: int = 0
     broker_capable: bool = False
@@ -167,7 +167,7 @@ class View:
 
     group: GroupId
     view_id: int
-    leader: NodeId
+    leader: NodeId = node_field()
     epoch: Epoch
     members: tuple[Member, ...]
 

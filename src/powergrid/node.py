@@ -133,7 +133,7 @@ from powergrid.protocols.unicast import (
     UnicastConfig,
     UnicastMachine,
 )
-from powergrid.types import BROKER_GROUP, GroupId, Incarnation, NodeId, node_id
+from powergrid.types import BROKER_GROUP, GroupId, Incarnation, NodeId, node_field, node_id
 from powergrid.wire import (
     KIND_APP,
     Envelope,
@@ -240,7 +240,7 @@ class MessageDelivered:
     """The app's multicast ``payload``, number ``seq`` from ``sender``, in ``group``."""
 
     group: GroupId
-    sender: NodeId
+    sender: NodeId = node_field()
     seq: int
     payload: bytes
 
@@ -250,7 +250,7 @@ class UnicastDelivered:
     """The app's reliable unicast ``payload`` from ``sender``, in ``group``."""
 
     group: GroupId
-    sender: NodeId
+    sender: NodeId = node_field()
     payload: bytes
 
 

@@ -72,7 +72,7 @@ from powergrid.events import (
     ViewChanged,
 )
 from powergrid.protocols.membership import MemberRemoved
-from powergrid.types import GroupId, Incarnation, NodeId, format_node, node_address
+from powergrid.types import GroupId, Incarnation, NodeId, format_node, node_address, node_field
 from powergrid.wire import HEADER_SIZE, MAGIC, WIRE_LIMIT
 
 __all__ = [
@@ -236,7 +236,7 @@ class MemberJoined:
     """
 
     group: GroupId
-    node: NodeId
+    node: NodeId = node_field()
     incarnation: Incarnation
 
     def __str__(self) -> str:
@@ -255,7 +255,7 @@ class MemberLeft:
     """
 
     group: GroupId
-    node: NodeId
+    node: NodeId = node_field()
     reason: Literal["left", "crashed", "replaced", "unknown"]
 
     def __str__(self) -> str:
