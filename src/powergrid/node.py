@@ -32,7 +32,9 @@ knows no message or notification by name:
   as ``PeerGone``; ``LeaderLost``: election; ``LeaderElected``: membership and
   the three market machines), the node's own part (``LeaderElected`` of the
   cluster: join or leave the broker group; ``Deliver``/``DeliverUnicast``:
-  unwrap), and whether the app gets it too (every notification but those two).
+  unwrap; ``ViewChanged``: pass it on, then a ``MemberJoined`` / ``MemberLeft``
+  for each other member that came or went, with the reason ``MemberRemoved``
+  gave), and whether the app gets it as it is (all but those three).
 
 A machine is named by its role (:data:`UNICAST` ... :data:`LEAD`), an index
 into :attr:`_Stack.machines`: a group's own four machines, then the market's
@@ -95,6 +97,8 @@ from powergrid.events import (
     LeaderLost,
     LeaveGroup,
     Member,
+    MemberJoined,
+    MemberLeft,
     Multicast,
     MulticastReliable,
     Output,
@@ -285,7 +289,17 @@ _OWN = CLIENT
 class _Stack:
     """The machines of one group, and the node's market machines, by role."""
 
-    __slots__ = ("election", "group", "machines", "membership", "multicast", "own", "unicast")
+    __slots__ = (
+        "election",
+        "group",
+        "machines",
+        "members",
+        "membership",
+        "multicast",
+        "own",
+        "removed",
+        "unicast",
+    )
 
     def __init__(self, node: Node, group: GroupId, market: tuple[Any, ...]) -> None:
         cfg = node.config
@@ -310,6 +324,8 @@ class _Stack:
             rng=rng,
         )
         self.own: tuple[Any, ...] = (self.unicast, self.multicast, self.membership, self.election)
+        self.members: tuple[Member, ...] = ()  # the last view's, for MemberJoined / MemberLeft
+        self.removed: dict[int, Any] = {}  # node -> MemberRemoved reason, until the next view
         self.machines: tuple[Any, ...] = self.own + market  # indexed by role
 
 
@@ -859,6 +875,32 @@ class Node:
             return
         self._inner(stack, act.sender, act.incarnation, act.kind, act.payload, now, queue, out)
 
+    def _on_view(
+        self, stack: _Stack, act: ViewChanged, now: float, queue: deque[Any], out: list[Output]
+    ) -> None:
+        """Pass the view on, then a :class:`MemberJoined` / :class:`MemberLeft` for each
+        other member that came or went since the group's previous view."""
+        out.append(act)
+        members = act.view.members
+        came, gone = _view_changes(stack.group, stack.members, members)
+        stack.members = members
+        me = self._id
+        for event in came:
+            if event.node != me:
+                out.append(event)
+        removed = stack.removed
+        for node in gone:
+            if node != me:
+                reason = removed.get(node, "unknown")
+                out.append(MemberLeft(group=stack.group, node=node, reason=reason))
+        removed.clear()
+
+    def _on_removed(
+        self, stack: _Stack, act: MemberRemoved, now: float, queue: deque[Any], out: list[Output]
+    ) -> None:
+        """Keep why ``act.node`` went, for the :class:`MemberLeft` after the next view."""
+        stack.removed[act.node] = act.reason
+
     def _follow_cluster_leader(
         self, stack: _Stack, act: LeaderElected, now: float, queue: deque[Any], out: list[Output]
     ) -> None:
@@ -872,13 +914,53 @@ class Node:
             self._leave(self._stacks[BROKER_GROUP], now, out)
 
 
+_changes_memo: dict[tuple[int, int, int], tuple[Any, Any, Any]] = {}
+"""(group, id(old), id(new)) -> (old, new, changes): what :func:`_view_changes` answered.
+
+Every member of a group installs a view as one tuple (see
+:mod:`powergrid.protocols.membership`), so in a simulated data centre all nodes
+of a group share the work and the event objects (they are immutable). Cleared
+at :data:`_CHANGES_MAX` entries."""
+_CHANGES_MAX = 256
+
+
+def _view_changes(
+    group: GroupId, old: tuple[Member, ...], new: tuple[Member, ...]
+) -> tuple[tuple[MemberJoined | MemberLeft, ...], tuple[NodeId, ...]]:
+    """What changed in ``group`` from the members ``old`` to ``new``: the events for
+    members that came, in node id order (a ``MemberLeft`` ``"replaced"`` before the
+    ``MemberJoined`` of a member's newer life), and the ids of those that went, in
+    order. The caller leaves itself out."""
+    key = (group, id(old), id(new))
+    kept = _changes_memo.get(key)
+    if kept is not None and kept[0] is old and kept[1] is new:
+        return kept[2]  # type: ignore[no-any-return]
+    was = {m.node: m.incarnation for m in old}
+    now = {m.node: m.incarnation for m in new}
+    came: list[MemberJoined | MemberLeft] = []
+    for node in sorted(now):
+        inc = now[node]
+        before = was.get(node)
+        if before != inc:
+            if before is not None:  # a new life of a member we knew: the old one went
+                came.append(MemberLeft(group=group, node=node, reason="replaced"))
+            came.append(MemberJoined(group=group, node=node, incarnation=inc))
+    gone = tuple(node for node in sorted(was) if node not in now)
+    changes = (tuple(came), gone)
+    if len(_changes_memo) >= _CHANGES_MAX:
+        _changes_memo.clear()
+    _changes_memo[key] = (old, new, changes)
+    return changes
+
+
 def _peer_gone(note: MemberRemoved) -> PeerGone:
     return PeerGone(peer=note.node)
 
 
 NOTES: dict[type[Any], Note] = {
-    ViewChanged: Note((MULTICAST, ELECTION, BROKER)),  # (a broker ignores other groups')
-    MemberRemoved: Note((UNICAST,), as_event=_peer_gone),
+    # (a broker ignores other groups'); then the app gets the view and who came or went
+    ViewChanged: Note((MULTICAST, ELECTION, BROKER), then=Node._on_view, to_app=False),
+    MemberRemoved: Note((UNICAST,), as_event=_peer_gone, then=Node._on_removed),
     LeaderLost: Note((ELECTION,)),
     # The client last: a node that becomes broker activates its broker before its own
     # client re-sends its bid to it, or the bid is dropped (issue 16).

@@ -32,9 +32,9 @@ destination by :func:`pack_bundles`; ``JoinGroup``/``LeaveGroup`` open and
 close a group socket (:func:`open_group_socket`), whose reader the transport
 starts and stops; everything else is a notification for the app: handed to
 ``on_event`` at once, or kept in a bounded queue read by :meth:`Driver.events`
-(the oldest dropped when full). From ``ViewChanged`` the driver also derives
-:class:`MemberJoined` and :class:`MemberLeft` for each member that came or
-went, just after it.
+(the oldest dropped when full). :class:`MemberJoined` and :class:`MemberLeft`
+come from the node itself (after each ``ViewChanged``), like every other
+notification.
 
 A UDP datagram goes straight to the kernel; when its buffer is full the
 datagram waits in a bounded backlog (``max_queue``, the newest dropped beyond
@@ -67,12 +67,12 @@ from powergrid.events import (
     Endpoint,
     JoinGroup,
     LeaveGroup,
+    MemberJoined,
+    MemberLeft,
     Transmit,
     TransmitGroup,
-    ViewChanged,
 )
-from powergrid.protocols.membership import MemberRemoved
-from powergrid.types import GroupId, Incarnation, NodeId, format_node, node_address, node_field
+from powergrid.types import NodeId, format_node, node_address
 from powergrid.wire import HEADER_SIZE, MAGIC, WIRE_LIMIT
 
 __all__ = [
@@ -224,42 +224,6 @@ class UdpStats:
     recv_buffer: int = 0
     """``SO_RCVBUF`` the kernel granted the unicast socket (Linux reports twice the
     usable size)."""
-
-
-@attrs.frozen(kw_only=True)
-class MemberJoined:
-    """Notification: ``node`` (life ``incarnation``) is in ``group``'s view from now on.
-
-    Derived by the transport from each :class:`~powergrid.events.ViewChanged`
-    (it follows that event); this node itself is never reported. Prints the
-    node as ``host:port``.
-    """
-
-    group: GroupId
-    node: NodeId = node_field()
-    incarnation: Incarnation
-
-    def __str__(self) -> str:
-        return f"joined group {self.group}: {format_node(self.node)} (life {self.incarnation})"
-
-
-@attrs.frozen(kw_only=True)
-class MemberLeft:
-    """Notification: ``node`` is no longer in ``group``'s view.
-
-    ``reason`` is ``"left"`` (a graceful leave), ``"crashed"`` (removed after
-    silence), ``"replaced"`` (a newer life of the same address) or
-    ``"unknown"`` (the view moved on without saying why, e.g. a partition
-    merged). Derived from :class:`~powergrid.events.ViewChanged` and the
-    membership's ``MemberRemoved`` before it; this node itself is never reported.
-    """
-
-    group: GroupId
-    node: NodeId = node_field()
-    reason: Literal["left", "crashed", "replaced", "unknown"]
-
-    def __str__(self) -> str:
-        return f"left group {self.group}: {format_node(self.node)} ({self.reason})"
 
 
 _NODE_FIELDS = frozenset({"node", "sender", "leader", "to"})
@@ -468,8 +432,6 @@ class Driver:
         self._events: deque[object] = deque()
         self._addresses: dict[int, Address] = {}  # node id -> its socket address
         self._group_addresses: dict[int, Address] = {}  # group -> (ip, port)
-        self._views: dict[int, dict[NodeId, Incarnation]] = {}  # group -> last view's members
-        self._removed: dict[tuple[int, int], str] = {}  # (group, node) -> reason, until a view
         self._running = False
         self._closed = False
         self._left = False
@@ -478,8 +440,6 @@ class Driver:
             Transmit: self._on_transmit,
             JoinGroup: self._on_join,
             LeaveGroup: self._on_leave,
-            ViewChanged: self._on_view,
-            MemberRemoved: self._on_removed,
         }
 
     # ------------------------------------------------------------ surface
@@ -858,36 +818,11 @@ class Driver:
         self._group_addresses.pop(out.group, None)
         if out.group in self._groups:
             self._close_group(out.group)
-        self._views.pop(out.group, None)
 
     def _close_group(self, group: int) -> None:
         sock = self._groups.pop(group)
         self._stop_group_reader(group, sock)
         sock.close()
-
-    def _on_removed(self, out: MemberRemoved) -> None:
-        self._removed[(out.group, out.node)] = out.reason
-        self._notify(out)
-
-    def _on_view(self, out: ViewChanged) -> None:
-        """Pass the view on, then one MemberJoined / MemberLeft per member that came or went."""
-        self._notify(out)
-        view = out.view
-        me = self._endpoint.node_id
-        new = {m.node: m.incarnation for m in view.members}
-        old = self._views.get(view.group, {})
-        self._views[view.group] = new
-        for node in sorted(new):
-            if node != me and old.get(node) != new[node]:
-                if node in old:  # a new life of a member we knew: the old one went
-                    self._notify(MemberLeft(group=view.group, node=node, reason="replaced"))
-                self._notify(MemberJoined(group=view.group, node=node, incarnation=new[node]))
-        for node in sorted(old):
-            if node != me and node not in new:
-                reason: Any = self._removed.get((view.group, node), "unknown")
-                self._notify(MemberLeft(group=view.group, node=node, reason=reason))
-        for key in [k for k in self._removed if k[0] == view.group]:
-            del self._removed[key]
 
     # ------------------------------------------------------------ the event loop's part
 
