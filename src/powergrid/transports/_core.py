@@ -509,7 +509,8 @@ class Driver:
         :class:`~powergrid.errors.PayloadTooLargeError` beyond the payload limit and
         :class:`UsageError` if the node is not running or not in ``group``.
         """
-        self._check_running()
+        if not self._running:
+            self._check_running()  # raises
         endpoint: Any = self._endpoint
         await self._after_command(
             self._commanded(endpoint.multicast(payload, self._now(), group=group))
