@@ -99,15 +99,18 @@ def test_grid_config_errors(kwargs: dict[str, float], words: str) -> None:
     [
         ({"floor": 10, "required": 5, "maximum": 20}, "floor <= required"),
         ({"floor": 0, "required": 30, "maximum": 20}, "floor <= required"),
-        ({"floor": -1, "required": 5, "maximum": 20}, "0 <= floor"),
+        ({"floor": -1, "required": 5, "maximum": 20}, r"Bid\.floor: .*>= 0, got -1"),
         ({"floor": 0, "required": 5, "maximum": 2**32}, "maximum <= 4294967295"),
-        ({"floor": 0, "required": 5, "maximum": 20, "priority": 16}, "priority 16"),
+        ({"floor": 0, "required": 5, "maximum": 20, "priority": 16}, r"Bid\.priority: .*got 16"),
         ({"floor": 0, "required": 5, "maximum": 20, "corners": ((0.1, 4),)}, "outside required"),
         ({"floor": 0, "required": 5, "maximum": 20, "corners": ((0.1, 6), (0.2, 7))}, "rise"),
         ({"floor": 0, "required": 5, "maximum": 20, "corners": ((0.2, 6), (0.1, 5))}, "strictly"),
         ({"floor": 0, "required": 5, "maximum": 20, "corners": ((float("inf"), 6),)}, "finite"),
         ({"floor": 0, "required": 5, "maximum": 20, "corners": [(i, 5) for i in range(9)]}, "8"),
-        ({"floor": 0.5, "required": 5, "maximum": 20}, "must be an int"),
+        (
+            {"floor": 0.5, "required": 5, "maximum": 20},
+            r"Bid\.floor: must be a whole number of watts",
+        ),
     ],
 )
 def test_invalid_bid_raises_config_error(kwargs: dict[str, object], words: str) -> None:

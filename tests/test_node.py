@@ -67,15 +67,17 @@ class DataCentre:
 
 
 def test_config_errors_say_what_to_fix() -> None:
-    with pytest.raises(ConfigError, match="not an IPv4 address"):
+    with pytest.raises(ConfigError, match=r"NodeConfig\.host: must be an IPv4 address"):
         NodeConfig(host="example", port=1)
-    with pytest.raises(ConfigError, match=r"outside 1\.\.65535"):
+    with pytest.raises(ConfigError, match=r"NodeConfig\.port: .* in 1\.\.65535, got 0"):
         NodeConfig(port=0)
     with pytest.raises(ConfigError, match="group 0 is the broker group"):
         NodeConfig(port=9000, cluster=0)
     with pytest.raises(ConfigError, match="same price grid"):
         NodeConfig(port=9000, client=ClientConfig(grid=Grid(points=8)))
-    with pytest.raises(ConfigError, match="below the broker's bid_timeout"):
+    with pytest.raises(
+        ConfigError, match=r"client\.ack_timeout: must be below broker\.bid_timeout"
+    ):
         NodeConfig(port=9000, client=ClientConfig(ack_timeout=6.0))
     with pytest.raises(ConfigError, match="incarnation"):
         Node(NodeConfig(port=9000), incarnation=-1, rng=random.Random(0))

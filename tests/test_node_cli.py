@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 
 from powergrid import cli
-from powergrid.cli.node import COMMANDS, EVENTS, build_configs, describe, joined, supply_warning
+from powergrid.cli.node import COMMANDS, EVENTS, Joins, build_configs, describe, supply_warning
 from powergrid.cli.processes import NodeProcesses
-from powergrid.events import LeaderElected, LeaderLost, Member, View, ViewChanged
+from powergrid.events import LeaderElected, LeaderLost, Member, MemberJoined, View, ViewChanged
 from powergrid.node import MessageDelivered, UnicastDelivered
 from powergrid.protocols.market import PriceUpdated, Regime
 from powergrid.protocols.membership import MemberRemoved, MemberSuspected
@@ -80,17 +80,23 @@ def test_defaults_have_no_bid_and_use_the_host_as_interface() -> None:
 @pytest.mark.parametrize(
     ("argv", "words"),
     [
-        (["--port", "0"], "port 0"),
-        (["--port", "9100", "--host", "localhost"], "not an IPv4"),
-        (["--port", "9100", "--group", "0"], "cluster 0"),
-        (["--port", "9100", "--rank", "70000"], "rank 70000"),
-        (["--port", "9100", "--ttl", "300"], "ttl 300"),
+        (["--port", "0"], "NodeConfig.port: must be a whole number in 1..65535, got 0"),
+        (["--port", "9100", "--host", "localhost"], "NodeConfig.host: must be an IPv4 address"),
+        (["--port", "9100", "--group", "0"], "NodeConfig.cluster: must be a whole number in 1.."),
+        (
+            ["--port", "9100", "--rank", "70000"],
+            "NodeConfig.rank: must be a whole number in 0..65535, got 70000",
+        ),
+        (["--port", "9100", "--ttl", "300"], "UdpConfig.ttl: must be a whole number in 0..255"),
         (["--port", "9100", "--interface", "eth0"], "interface"),
         (["--port", "9100", "--duration", "0"], "--duration"),
         (["--port", "9100", "--supply", "-1"], "--supply"),
         (["--port", "9100", "--required", "5"], "--maximum"),
-        (["--port", "9100", "--floor", "10", "--maximum", "5"], "invalid bid"),
-        (["--port", "9100", "--maximum", "5", "--priority", "16"], "invalid bid"),
+        (["--port", "9100", "--floor", "10", "--maximum", "5"], "Bid: watts must satisfy"),
+        (
+            ["--port", "9100", "--maximum", "5", "--priority", "16"],
+            "Bid.priority: must be a whole number in 0..15, got 16",
+        ),
         (["--port", "9100", "--group-port-base", "65535"], "group ports"),
     ],
 )
@@ -341,27 +347,33 @@ def test_sigterm_leaves_and_exits_0(procs: NodeProcesses) -> None:
     assert procs.lines[name][-1]["reason"] == "signal SIGTERM"
 
 
-def test_joined_lists_the_members_a_view_adds() -> None:
-    """Rule: `joined` names each (member, incarnation) the group's previous view did not
-    list, a restarted member included; nothing for this node's first view of a group."""
+def test_joined_prints_the_nodes_member_joined_but_for_its_first_view() -> None:
+    """Rule: `joined` is each MemberJoined of the node (a new member or a new life),
+    except those right after this node's first view of a group (its view line lists them)."""
 
-    def view(view_id: int, *members: tuple[int, int]) -> View:
-        return View(
-            group=GroupId(1),
-            view_id=view_id,
-            leader=B,
-            epoch=Epoch(1),
-            members=tuple(Member(node=n, incarnation=Incarnation(i)) for n, i in members),
+    def view(view_id: int, group: int = 1) -> ViewChanged:
+        members = (Member(node=B, incarnation=Incarnation(1)),)
+        return ViewChanged(
+            view=View(
+                group=GroupId(group), view_id=view_id, leader=B, epoch=Epoch(1), members=members
+            )
         )
 
-    first = view(1, (B, 1))
-    assert joined(None, first) == []
-    second = view(2, (A, 5), (B, 1))
-    assert joined(first, second) == [{"group": 1, "member": "127.0.0.1:9001", "incarnation": 5}]
-    assert joined(second, view(3, (A, 6), (B, 1))) == [
-        {"group": 1, "member": "127.0.0.1:9001", "incarnation": 6}
+    def came(node: int, inc: int, group: int = 1) -> MemberJoined:
+        return MemberJoined(group=GroupId(group), node=node, incarnation=Incarnation(inc))
+
+    joins = Joins()
+    notes = [
+        view(1), came(B, 1),  # the first view of group 1: its members are not printed
+        view(2), came(A, 5),
+        view(1, group=0), came(B, 1, group=0),  # the first view of group 0
+        view(3), came(A, 6),  # a restarted member (a new life)
+    ]  # fmt: skip
+    printed = [fields for note in notes if (fields := joins.joined(note)) is not None]
+    assert printed == [
+        {"group": 1, "member": "127.0.0.1:9001", "incarnation": 5},
+        {"group": 1, "member": "127.0.0.1:9001", "incarnation": 6},
     ]
-    assert joined(second, view(3, (B, 1))) == []
 
 
 def test_supply_warning_only_for_a_broker_capable_node_without_supply() -> None:

@@ -27,18 +27,20 @@ from powergrid.errors import (
     RemoteError,
     UsageError,
 )
-from powergrid.events import LeaderElected, LeaderLost, Member, View, ViewChanged
+from powergrid.events import (
+    LeaderElected,
+    LeaderLost,
+    Member,
+    MemberJoined,
+    MemberLeft,
+    View,
+    ViewChanged,
+)
 from powergrid.node import MessageDelivered, NodeConfig, NodeStats, UnicastDelivered
 from powergrid.protocols.market import AllocationChanged, Bid, PriceUpdated, Regime
 from powergrid.protocols.market.lead import MarketCleared
 from powergrid.protocols.membership import MemberRemoved, MemberSuspected
-from powergrid.transports._core import (
-    MemberJoined,
-    MemberLeft,
-    UdpConfig,
-    UdpStats,
-    format_event,
-)
+from powergrid.transports._core import UdpConfig, UdpStats, format_event
 from powergrid.types import (
     BROKER_GROUP,
     ElectionKey,

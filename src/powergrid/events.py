@@ -31,11 +31,11 @@ transport passes on untouched.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import attrs
 
-from powergrid.types import Epoch, GroupId, Incarnation, NodeId
+from powergrid.types import Epoch, GroupId, Incarnation, NodeId, format_node, node_field
 from powergrid.wire import Message
 
 __all__ = [
@@ -46,6 +46,8 @@ __all__ = [
     "LeaderLost",
     "LeaveGroup",
     "Member",
+    "MemberJoined",
+    "MemberLeft",
     "Multicast",
     "MulticastReliable",
     "Output",
@@ -127,11 +129,49 @@ class ViewChanged:
 
 
 @attrs.frozen(kw_only=True)
+class MemberJoined:
+    """Notification: ``node`` (life ``incarnation``) is in ``group``'s view from now on.
+
+    Emitted by the node right after each :class:`ViewChanged`, for every member
+    it lists that the group's previous view did not (all other members, for
+    the first view this node installs), in node id order; this node itself is
+    never reported. ``str`` reads ``joined group 1: 127.0.0.1:47001 (life 9)``.
+    """
+
+    group: GroupId
+    node: NodeId = node_field()
+    incarnation: Incarnation
+
+    def __str__(self) -> str:
+        return f"joined group {self.group}: {format_node(self.node)} (life {self.incarnation})"
+
+
+@attrs.frozen(kw_only=True)
+class MemberLeft:
+    """Notification: ``node`` is no longer in ``group``'s view.
+
+    ``reason`` is ``"left"`` (a graceful leave), ``"crashed"`` (removed after
+    silence), ``"replaced"`` (a newer life of the same address) or
+    ``"unknown"`` (the view moved on without saying why, e.g. a partition
+    merged), from the membership's ``MemberRemoved`` before the view. Emitted
+    by the node right after the :class:`ViewChanged` (after the view's
+    :class:`MemberJoined`), in node id order; this node itself is never reported.
+    """
+
+    group: GroupId
+    node: NodeId = node_field()
+    reason: Literal["left", "crashed", "replaced", "unknown"]
+
+    def __str__(self) -> str:
+        return f"left group {self.group}: {format_node(self.node)} ({self.reason})"
+
+
+@attrs.frozen(kw_only=True)
 class LeaderLost:
     """Membership stopped hearing ``leader`` of ``group`` (epoch ``epoch``); input to election."""
 
     group: GroupId
-    leader: NodeId
+    leader: NodeId = node_field()
     epoch: Epoch
 
 
@@ -140,7 +180,7 @@ class LeaderElected:
     """Election settled: ``leader`` leads ``group`` in ``epoch``; input to membership and market."""
 
     group: GroupId
-    leader: NodeId
+    leader: NodeId = node_field()
     epoch: Epoch
 
 
@@ -151,7 +191,7 @@ class LeaderElected:
 class Member:
     """One member of a view: who, which life, and what it may become."""
 
-    node: NodeId
+    node: NodeId = node_field()
     incarnation: Incarnation
     rank: int = 0
     broker_capable: bool = False
@@ -167,7 +207,7 @@ class View:
 
     group: GroupId
     view_id: int
-    leader: NodeId
+    leader: NodeId = node_field()
     epoch: Epoch
     members: tuple[Member, ...]
 

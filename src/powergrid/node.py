@@ -37,7 +37,9 @@ knows no message or notification by name:
   as ``PeerGone``; ``LeaderLost``: election; ``LeaderElected``: membership and
   the three market machines), the node's own part (``LeaderElected`` of the
   cluster: join or leave the broker group; ``Deliver``/``DeliverUnicast``:
-  unwrap), and whether the app gets it too (every notification but those two).
+  unwrap; ``ViewChanged``: pass it on, then a ``MemberJoined`` / ``MemberLeft``
+  for each other member that came or went, with the reason ``MemberRemoved``
+  gave), and whether the app gets it as it is (all but those three).
 
 A machine is named by its role (:data:`UNICAST` ... :data:`LEAD`), an index
 into :attr:`_Stack.machines`: a group's own four machines, then the market's
@@ -83,13 +85,13 @@ reuses its datagram.
 from __future__ import annotations
 
 import random
-from collections import deque
 from collections.abc import Callable
 from typing import Any, Literal
 
 import attrs
 
 from powergrid import wire
+from powergrid._checks import config_error, flag, instance, optional, whole
 from powergrid.auth import Authenticator, Keyring
 from powergrid.errors import ConfigError, DecodeError, UsageError
 from powergrid.events import (
@@ -99,6 +101,8 @@ from powergrid.events import (
     LeaderLost,
     LeaveGroup,
     Member,
+    MemberJoined,
+    MemberLeft,
     Multicast,
     MulticastReliable,
     Output,
@@ -143,6 +147,7 @@ from powergrid.types import (
     GroupId,
     Incarnation,
     NodeId,
+    node_field,
     node_id,
     realm_problem,
     realm_tag,
@@ -160,6 +165,7 @@ from powergrid.wire import (
     decode_body,
     encode,
     encode_body,
+    record_builder,
 )
 
 __all__ = [
@@ -188,56 +194,71 @@ class _DEFAULTS:
 class NodeConfig:
     """Everything a node needs to know about itself; every machine's settings.
 
-    ``host``/``port`` are the node's unicast socket address, from which its id
-    is derived. ``realm`` names the deployment (the data centre; see
-    :func:`~powergrid.types.realm_problem` for what a name may be): the node
-    drops every datagram of another realm. ``cluster`` is its cluster's group
-    id within the realm (1 or more; 0 is the broker group). Raises
-    :class:`ConfigError` for an invalid value, naming the field.
+    ``host``/``port`` are the node's unicast socket address (an IPv4 dotted
+    quad, a port in 1..65535), from which its id is derived. ``realm`` names
+    the deployment (the data centre; see :func:`~powergrid.types.realm_problem`
+    for what a name may be): the node drops every datagram of another realm.
+    ``cluster`` is its cluster's group id within the realm (1..2**32-1; 0 is
+    the broker group); ``rank``
+    (0..65535) orders the election among ``broker_capable`` nodes.
+
+    Every field is checked when the config is built: a wrong type, a value
+    out of range, or fields that contradict each other raise
+    :class:`ConfigError` naming the field, e.g.
+    ``NodeConfig.supply: must be a whole number of watts >= 0, got -100``.
     """
 
-    host: str = "127.0.0.1"
-    port: int
-    realm: str = DEFAULT_REALM
-    cluster: int = 1
-    rank: int = 0
-    broker_capable: bool = False
-    unicast: UnicastConfig = _DEFAULTS.unicast
-    multicast: MulticastConfig = _DEFAULTS.multicast
-    membership: MembershipConfig = _DEFAULTS.membership
-    election: ElectionConfig = _DEFAULTS.election
-    client: ClientConfig = _DEFAULTS.client
-    broker: BrokerConfig = _DEFAULTS.broker
-    lead: LeadConfig = _DEFAULTS.lead
-    supply: int = 0
+    host: str = attrs.field(default="127.0.0.1", validator=instance(str, "an IPv4 address string"))
+    port: int = attrs.field(validator=whole(1, 0xFFFF))
+    realm: str = attrs.field(default=DEFAULT_REALM, validator=instance(str, "a realm name"))
+    cluster: int = attrs.field(
+        default=1, validator=whole(1, 2**32 - 1, why="group 0 is the broker group")
+    )
+    rank: int = attrs.field(default=0, validator=whole(0, 0xFFFF))
+    broker_capable: bool = attrs.field(default=False, validator=flag)
+    unicast: UnicastConfig = attrs.field(
+        default=_DEFAULTS.unicast, validator=instance(UnicastConfig)
+    )
+    multicast: MulticastConfig = attrs.field(
+        default=_DEFAULTS.multicast, validator=instance(MulticastConfig)
+    )
+    membership: MembershipConfig = attrs.field(
+        default=_DEFAULTS.membership, validator=instance(MembershipConfig)
+    )
+    election: ElectionConfig = attrs.field(
+        default=_DEFAULTS.election, validator=instance(ElectionConfig)
+    )
+    client: ClientConfig = attrs.field(default=_DEFAULTS.client, validator=instance(ClientConfig))
+    broker: BrokerConfig = attrs.field(default=_DEFAULTS.broker, validator=instance(BrokerConfig))
+    lead: LeadConfig = attrs.field(default=_DEFAULTS.lead, validator=instance(LeadConfig))
+    supply: int = attrs.field(default=0, validator=whole(0, unit="watts"))
     """Usable supply in watts, used while this node is the lead broker."""
-    bid: Bid | None = None
+    bid: Bid | None = attrs.field(default=None, validator=optional(Bid))
     """This server's first bid; None to bid later with :meth:`Node.set_bid`."""
-    keyring: Keyring | None = None
+    keyring: Keyring | None = attrs.field(default=None, validator=optional(Keyring))
     """Group keys: sign every datagram and refuse unsigned, forged and replayed
     ones (see :mod:`powergrid.auth`). None: no authentication, flags 0."""
 
     def __attrs_post_init__(self) -> None:
+        try:
+            node_id(self.host, self.port)
+        except ConfigError:  # (the port is checked already)
+            problem = "must be an IPv4 address such as 127.0.0.1"
+            raise config_error(self, "host", problem, self.host) from None
         if not (self.client.grid == self.broker.grid == self.lead.grid):
             raise ConfigError(
-                "client, broker and lead configs must use the same price grid; "
-                "pass one Grid to all three"
+                "NodeConfig.client.grid, .broker.grid and .lead.grid: must be the "
+                "same price grid; pass one Grid to all three"
             )
         if not self.client.ack_timeout < self.broker.bid_timeout:
             raise ConfigError(
-                f"client ack_timeout ({self.client.ack_timeout} s) must be below the broker's "
-                f"bid_timeout ({self.broker.bid_timeout} s), or a client counts on an expired bid"
+                f"NodeConfig.client.ack_timeout: must be below broker.bid_timeout "
+                f"({self.broker.bid_timeout} s), or a client counts on an expired bid, "
+                f"got {self.client.ack_timeout}"
             )
-        node_id(self.host, self.port)  # raises ConfigError with the reason
         bad = realm_problem(self.realm)
         if bad is not None:
             raise ConfigError(f"NodeConfig.{bad}")
-        if not 1 <= self.cluster < 2**32:
-            raise ConfigError(
-                f"cluster {self.cluster} is outside 1..2**32-1 (group 0 is the broker group)"
-            )
-        if not 0 <= self.rank < 2**16:
-            raise ConfigError(f"rank {self.rank} is outside 0..65535")
 
     @property
     def node_id(self) -> NodeId:
@@ -249,7 +270,7 @@ class MessageDelivered:
     """The app's multicast ``payload``, number ``seq`` from ``sender``, in ``group``."""
 
     group: GroupId
-    sender: NodeId
+    sender: NodeId = node_field()
     seq: int
     payload: bytes
 
@@ -259,7 +280,7 @@ class UnicastDelivered:
     """The app's reliable unicast ``payload`` from ``sender``, in ``group``."""
 
     group: GroupId
-    sender: NodeId
+    sender: NodeId = node_field()
     payload: bytes
 
 
@@ -302,7 +323,17 @@ _OWN = CLIENT
 class _Stack:
     """The machines of one group, and the node's market machines, by role."""
 
-    __slots__ = ("election", "group", "machines", "membership", "multicast", "own", "unicast")
+    __slots__ = (
+        "election",
+        "group",
+        "machines",
+        "members",
+        "membership",
+        "multicast",
+        "own",
+        "removed",
+        "unicast",
+    )
 
     def __init__(self, node: Node, group: GroupId, market: tuple[Any, ...]) -> None:
         cfg = node.config
@@ -327,6 +358,8 @@ class _Stack:
             rng=rng,
         )
         self.own: tuple[Any, ...] = (self.unicast, self.multicast, self.membership, self.election)
+        self.members: tuple[Member, ...] = ()  # the last view's, for MemberJoined / MemberLeft
+        self.removed: dict[int, Any] = {}  # node -> MemberRemoved reason, until the next view
         self.machines: tuple[Any, ...] = self.own + market  # indexed by role
 
 
@@ -395,6 +428,16 @@ class Note:
     then: Callable[..., None] | None = None
     to_app: bool = True
 
+
+# ------------------------------------------------------------------ hot records
+
+# Positional constructors of the records built for every message (record_builder: the
+# same objects as ``cls(**fields)``, about twice as fast); field order as declared.
+_new_received = record_builder(Received)  # sender, incarnation, message
+_new_transmit = record_builder(Transmit)  # to, data
+_new_transmit_group = record_builder(TransmitGroup)  # group, data
+_new_publish = record_builder(Publish)  # kind, payload
+_new_delivered = record_builder(MessageDelivered)  # group, sender, seq, payload
 
 # ------------------------------------------------------------------ decoding cache
 
@@ -573,7 +616,7 @@ class Node:
             except DecodeError:
                 self._stats.malformed += 1
                 return []
-            event = Received(sender=env.sender, incarnation=env.incarnation, message=env.message)
+            event = _new_received(env.sender, env.incarnation, env.message)
             if type(env.message) is not UData:  # (see _decoded)
                 if len(_decoded) >= _DECODED_MAX:
                     _decoded.clear()
@@ -634,9 +677,9 @@ class Node:
             if seal is not None:
                 data = seal(data)
             if type(act) is Send:
-                tx: Output = Transmit(to=act.to, data=data)
+                tx: Output = _new_transmit(act.to, data)
             else:
-                tx = TransmitGroup(group=group, data=data)
+                tx = _new_transmit_group(group, data)
             out.append(tx)
             self._last_out = (act, group, tx)
         return True
@@ -689,9 +732,11 @@ class Node:
         Raises :class:`UsageError` if the node is not in that group and
         :class:`~powergrid.errors.PayloadTooLargeError` if the payload is too large.
         """
-        stack = self._stack_or_raise(group)
+        stack = self._home if group is None else None  # (the cluster's, the common case)
+        if stack is None:
+            stack = self._stack_or_raise(group)
         out: list[Output] = []
-        publish = Publish(kind=KIND_APP, payload=payload)
+        publish = _new_publish(KIND_APP, payload)
         self._run(stack, self._call(stack.multicast, publish, now), now, out)
         return out
 
@@ -813,15 +858,19 @@ class Node:
                 self._run_market(self._call(owner, event, now), now, out)
 
     def _run(self, stack: _Stack, actions: list[Any], now: float, out: list[Output]) -> None:
-        """Carry out ``actions`` and everything they lead to, in order."""
-        queue: deque[Any] = deque(actions)
+        """Carry out ``actions`` and everything they lead to, in order.
+
+        ``queue`` is a list read front to back while what the actions lead to is
+        appended at its end (a list iterator sees items appended during the loop),
+        which is a FIFO queue without a deque's cost per call.
+        """
+        queue: list[Any] = list(actions)
         group = stack.group
         me = self._id
         inc = self._incarnation
         realm = self._realm
         seal = None if self._auth is None else self._auth.seal
-        while queue:
-            act = queue.popleft()
+        for act in queue:
             kind = type(act)
             if kind is Send or kind is SendReliable:
                 if act.to == me:  # to ourselves: no network, no channel
@@ -829,7 +878,7 @@ class Node:
                     queue.extend(self._take(stack, event, now, out))
                 elif kind is Send:
                     data = encode(group, me, inc, act.message, realm)
-                    out.append(Transmit(to=act.to, data=data if seal is None else seal(data)))
+                    out.append(_new_transmit(act.to, data if seal is None else seal(data)))
                 else:
                     msg: Message = act.message
                     # A protocol message sent reliably is state (a bid): a newer one makes
@@ -840,7 +889,7 @@ class Node:
                     queue.extend(self._call(stack.unicast, submit, now))
             elif kind is Multicast:
                 data = encode(group, me, inc, act.message, realm)
-                out.append(TransmitGroup(group=group, data=data if seal is None else seal(data)))
+                out.append(_new_transmit_group(group, data if seal is None else seal(data)))
             elif kind is MulticastReliable:
                 msg = act.message
                 publish = Publish(kind=msg.TYPE, payload=encode_body(msg))
@@ -848,13 +897,16 @@ class Node:
             else:
                 note = NOTES.get(kind)
                 if note is not None:
-                    self._notify(note, stack, act, now, queue, out)
+                    if note.consumers:
+                        self._notify(note, stack, act, now, queue, out)
+                    elif note.then is not None:  # (no consumers: its own part alone)
+                        note.then(self, stack, act, now, queue, out)
                     if not note.to_app:
                         continue
                 out.append(act)
 
     def _notify(
-        self, note: Note, stack: _Stack, act: Any, now: float, queue: deque[Any], out: list[Output]
+        self, note: Note, stack: _Stack, act: Any, now: float, queue: list[Any], out: list[Output]
     ) -> None:
         """Hand a notification to its consumers (:data:`NOTES`): a stack machine's
         actions join ``queue``, a market machine's are carried out at once."""
@@ -877,7 +929,7 @@ class Node:
         kind: int,
         payload: bytes,
         now: float,
-        queue: deque[Any],
+        queue: list[Any],
         out: list[Output],
     ) -> None:
         """A protocol message that arrived through a reliable channel."""
@@ -894,26 +946,49 @@ class Node:
         queue.extend(self._take(stack, event, now, out))
 
     def _on_deliver(
-        self, stack: _Stack, act: Deliver, now: float, queue: deque[Any], out: list[Output]
+        self, stack: _Stack, act: Deliver, now: float, queue: list[Any], out: list[Output]
     ) -> None:
         if act.kind == KIND_APP:
-            note = MessageDelivered(
-                group=stack.group, sender=act.origin, seq=act.seq, payload=act.payload
-            )
-            out.append(note)
+            out.append(_new_delivered(stack.group, act.origin, act.seq, act.payload))
             return
         self._inner(stack, act.origin, act.incarnation, act.kind, act.payload, now, queue, out)
 
     def _on_deliver_unicast(
-        self, stack: _Stack, act: DeliverUnicast, now: float, queue: deque[Any], out: list[Output]
+        self, stack: _Stack, act: DeliverUnicast, now: float, queue: list[Any], out: list[Output]
     ) -> None:
         if act.kind == KIND_APP:
             out.append(UnicastDelivered(group=stack.group, sender=act.sender, payload=act.payload))
             return
         self._inner(stack, act.sender, act.incarnation, act.kind, act.payload, now, queue, out)
 
+    def _on_view(
+        self, stack: _Stack, act: ViewChanged, now: float, queue: list[Any], out: list[Output]
+    ) -> None:
+        """Pass the view on, then a :class:`MemberJoined` / :class:`MemberLeft` for each
+        other member that came or went since the group's previous view."""
+        out.append(act)
+        members = act.view.members
+        came, gone = _view_changes(stack.group, stack.members, members)
+        stack.members = members
+        me = self._id
+        for event in came:
+            if event.node != me:
+                out.append(event)
+        removed = stack.removed
+        for node in gone:
+            if node != me:
+                reason = removed.get(node, "unknown")
+                out.append(MemberLeft(group=stack.group, node=node, reason=reason))
+        removed.clear()
+
+    def _on_removed(
+        self, stack: _Stack, act: MemberRemoved, now: float, queue: list[Any], out: list[Output]
+    ) -> None:
+        """Keep why ``act.node`` went, for the :class:`MemberLeft` after the next view."""
+        stack.removed[act.node] = act.reason
+
     def _follow_cluster_leader(
-        self, stack: _Stack, act: LeaderElected, now: float, queue: deque[Any], out: list[Output]
+        self, stack: _Stack, act: LeaderElected, now: float, queue: list[Any], out: list[Output]
     ) -> None:
         """The node's own role: in the broker group exactly while it leads its cluster."""
         if stack.group != self._cluster:
@@ -925,13 +1000,53 @@ class Node:
             self._leave(self._stacks[BROKER_GROUP], now, out)
 
 
+_changes_memo: dict[tuple[int, int, int], tuple[Any, Any, Any]] = {}
+"""(group, id(old), id(new)) -> (old, new, changes): what :func:`_view_changes` answered.
+
+Every member of a group installs a view as one tuple (see
+:mod:`powergrid.protocols.membership`), so in a simulated data centre all nodes
+of a group share the work and the event objects (they are immutable). Cleared
+at :data:`_CHANGES_MAX` entries."""
+_CHANGES_MAX = 256
+
+
+def _view_changes(
+    group: GroupId, old: tuple[Member, ...], new: tuple[Member, ...]
+) -> tuple[tuple[MemberJoined | MemberLeft, ...], tuple[NodeId, ...]]:
+    """What changed in ``group`` from the members ``old`` to ``new``: the events for
+    members that came, in node id order (a ``MemberLeft`` ``"replaced"`` before the
+    ``MemberJoined`` of a member's newer life), and the ids of those that went, in
+    order. The caller leaves itself out."""
+    key = (group, id(old), id(new))
+    kept = _changes_memo.get(key)
+    if kept is not None and kept[0] is old and kept[1] is new:
+        return kept[2]  # type: ignore[no-any-return]
+    was = {m.node: m.incarnation for m in old}
+    now = {m.node: m.incarnation for m in new}
+    came: list[MemberJoined | MemberLeft] = []
+    for node in sorted(now):
+        inc = now[node]
+        before = was.get(node)
+        if before != inc:
+            if before is not None:  # a new life of a member we knew: the old one went
+                came.append(MemberLeft(group=group, node=node, reason="replaced"))
+            came.append(MemberJoined(group=group, node=node, incarnation=inc))
+    gone = tuple(node for node in sorted(was) if node not in now)
+    changes = (tuple(came), gone)
+    if len(_changes_memo) >= _CHANGES_MAX:
+        _changes_memo.clear()
+    _changes_memo[key] = (old, new, changes)
+    return changes
+
+
 def _peer_gone(note: MemberRemoved) -> PeerGone:
     return PeerGone(peer=note.node)
 
 
 NOTES: dict[type[Any], Note] = {
-    ViewChanged: Note((MULTICAST, ELECTION, BROKER)),  # (a broker ignores other groups')
-    MemberRemoved: Note((UNICAST,), as_event=_peer_gone),
+    # (a broker ignores other groups'); then the app gets the view and who came or went
+    ViewChanged: Note((MULTICAST, ELECTION, BROKER), then=Node._on_view, to_app=False),
+    MemberRemoved: Note((UNICAST,), as_event=_peer_gone, then=Node._on_removed),
     LeaderLost: Note((ELECTION,)),
     # The client last: a node that becomes broker activates its broker before its own
     # client re-sends its bid to it, or the bid is dropped (issue 16).

@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
-from typing import NewType
+from typing import Any, NewType
 
 import attrs
 
@@ -50,7 +50,9 @@ __all__ = [
     "next_epoch",
     "next_view_id",
     "node_address",
+    "node_field",
     "node_id",
+    "node_repr",
     "realm_problem",
     "realm_tag",
     "view_newer",
@@ -211,6 +213,26 @@ def format_node(nid: int) -> str:
         return "-"
     host, port = node_address(nid)
     return f"{host}:{port}"
+
+
+def node_repr(nid: object) -> str:
+    """How a node id shows in a notification's ``repr``: ``127.0.0.1:47001`` (``-`` for 0).
+
+    Never raises: a value that is not a node id shows as its ``repr``.
+    """
+    if type(nid) is int and 0 <= nid <= MAX_NODE_ID:
+        return format_node(nid)
+    return repr(nid)
+
+
+def node_field() -> Any:
+    """An attrs field holding a node id that ``repr`` shows as ``host:port``
+    (:func:`node_repr`). Costs nothing but in ``repr``: the value stays an ``int``.
+
+    The simulator's trace writes notifications with the plain attrs repr (ids as
+    ints, see :func:`powergrid.sim.memory.trace_repr`), so traces do not depend on it.
+    """
+    return attrs.field(repr=node_repr)
 
 
 @attrs.frozen(order=True)

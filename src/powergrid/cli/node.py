@@ -6,12 +6,12 @@ node with :func:`~powergrid.transports.trio_udp.run_node`, and prints one line
 per notification: a readable line, or with ``--json`` one JSON object per line
 (flushed at once), each with ``t`` (seconds since start) and ``mono`` (the
 host's monotonic clock, comparable across processes). Beside the node's
-notifications it prints what an operator needs to watch it: ``joined`` (a
-view lists a member the previous one did not), ``stats`` (the node's and the
-transport's counters, every ``--stats-interval`` s and on command) and a
-``warning`` when a broker-capable node has no supply, and (at most once per
-:data:`FOREIGN_WARNING_EVERY` s) when datagrams of another realm or wire
-version arrive. With ``--json`` it also
+notifications it prints what an operator needs to watch it: ``joined`` (the
+node's ``MemberJoined``, but for the members of its first view of a group),
+``stats`` (the node's and the transport's counters, every ``--stats-interval``
+s and on command) and a ``warning`` when a broker-capable node has no
+supply, and (at most once per :data:`FOREIGN_WARNING_EVERY` s) when datagrams
+of another realm or wire version arrive. With ``--json`` it also
 reads commands from stdin, one JSON object per line (``multicast``, ``bid``,
 ``supply``, ``stats``, ``leave``), each answered by ``ok``, ``stats`` or
 ``left`` with the command's ``id``; a bad line prints an ``error`` event
@@ -41,7 +41,7 @@ import trio
 
 from powergrid.auth import ENV_VAR, Keyring
 from powergrid.errors import ConfigError, PowergridError
-from powergrid.events import LeaderElected, LeaderLost, View, ViewChanged
+from powergrid.events import LeaderElected, LeaderLost, MemberJoined, ViewChanged
 from powergrid.node import MessageDelivered, Node, NodeConfig
 from powergrid.protocols.market import Bid, PriceUpdated
 from powergrid.protocols.membership import MemberRemoved, MemberSuspected
@@ -55,10 +55,10 @@ __all__ = [
     "FOREIGN_WARNING_EVERY",
     "NO_KEY",
     "ForeignWarner",
+    "Joins",
     "add_arguments",
     "build_configs",
     "describe",
-    "joined",
     "run",
     "stats",
     "supply_warning",
@@ -363,18 +363,31 @@ def describe(note: object, node: Node | None = None) -> tuple[str, Fields] | Non
     return None if fn is None else fn(note, node)
 
 
-def joined(previous: View | None, view: View) -> list[Fields]:
-    """The ``joined`` events of ``view`` after ``previous`` (the same group's last view):
-    each member whose (id, incarnation) the previous view did not list. None for the
-    first view this node installs (its ``view`` line lists the members)."""
-    if previous is None:
-        return []
-    before = {(m.node, m.incarnation) for m in previous.members}
-    return [
-        {"group": view.group, "member": format_node(m.node), "incarnation": m.incarnation}
-        for m in view.members
-        if (m.node, m.incarnation) not in before
-    ]
+class Joins:
+    """Which of the node's :class:`~powergrid.events.MemberJoined` the command prints as
+    ``joined``: all but those that follow this node's first view of a group (its
+    ``view`` line lists those members). Feed it every notification, in order."""
+
+    def __init__(self) -> None:
+        self._seen: set[int] = set()  # groups this node has had a view of
+        self._first: set[int] = set()  # groups whose latest view is this node's first
+
+    def joined(self, note: object) -> Fields | None:
+        """The ``joined`` event's fields for ``note``, or None to print nothing more."""
+        if isinstance(note, ViewChanged):
+            group = note.view.group
+            if group in self._seen:
+                self._first.discard(group)
+            else:
+                self._seen.add(group)
+                self._first.add(group)
+        elif isinstance(note, MemberJoined) and note.group not in self._first:
+            return {
+                "group": note.group,
+                "member": format_node(note.node),
+                "incarnation": note.incarnation,
+            }
+        return None
 
 
 def stats(handle: UdpHandle) -> Fields:
@@ -520,17 +533,14 @@ async def _read_commands(handle: UdpHandle, out: _Printer, ending: _Ending) -> N
 
 async def _watch(handle: UdpHandle, out: _Printer) -> None:
     node = handle.endpoint if isinstance(handle.endpoint, Node) else None
-    views: dict[int, View] = {}  # the last view printed, per group
+    joins = Joins()
     async for note in handle.events():
         desc = describe(note, node)
-        if desc is None:
-            continue
-        out.emit(*desc)
-        if isinstance(note, ViewChanged):
-            view = note.view
-            for fields in joined(views.get(view.group), view):
-                out.emit("joined", fields)
-            views[view.group] = view
+        if desc is not None:
+            out.emit(*desc)
+        fields = joins.joined(note)
+        if fields is not None:
+            out.emit("joined", fields)
 
 
 async def _periodic_stats(handle: UdpHandle, out: _Printer, every: float) -> None:

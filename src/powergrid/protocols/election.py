@@ -146,6 +146,7 @@ from typing import Literal
 
 import attrs
 
+from powergrid._checks import flag, real
 from powergrid._dispatch import Dispatching
 from powergrid.errors import ConfigError, UsageError
 from powergrid.events import (
@@ -204,19 +205,19 @@ class ElectionConfig:
     values that contradict each other.
     """
 
-    answer_timeout: float = 0.1
+    answer_timeout: float = attrs.field(default=0.1, validator=real)
     """How long a candidate waits for an Answer from a higher key before it wins."""
-    coordinator_timeout: float = 0.5
+    coordinator_timeout: float = attrs.field(default=0.5, validator=real)
     """How long a candidate that got an Answer waits for a Coordinator before it starts again."""
-    announce_interval: float = 1.0
+    announce_interval: float = attrs.field(default=1.0, validator=real)
     """The leader re-multicasts its Coordinator this often (the repair after loss or a heal)."""
-    stagger: float = 0.1
+    stagger: float = attrs.field(default=0.1, validator=real)
     """Delay, per known candidate above this node, before it starts an election on LeaderLost."""
-    max_delay: float = 1.0
+    max_delay: float = attrs.field(default=1.0, validator=real)
     """Cap of the position delay (``stagger`` times the candidates above), before jitter."""
-    jitter: float = 0.05
+    jitter: float = attrs.field(default=0.05, validator=real)
     """Up to this much extra random delay (from the rng) on a scheduled election start."""
-    stable_leader: bool = False
+    stable_leader: bool = attrs.field(default=False, validator=flag)
     """If True, a returning higher node does not preempt a live leader (no bullying)."""
 
     def __attrs_post_init__(self) -> None:

@@ -102,6 +102,7 @@ from typing import Any, cast
 
 import attrs
 
+from powergrid._checks import integer, real
 from powergrid._dispatch import Dispatching
 from powergrid.errors import ConfigError, PayloadTooLargeError, UsageError
 from powergrid.events import DeadlineReached, Received, Send
@@ -138,26 +139,26 @@ class UnicastConfig:
     values that contradict each other.
     """
 
-    window: int = 32
+    window: int = attrs.field(default=32, validator=integer)
     """Messages in flight per peer (sent, not yet acked)."""
-    max_queue: int = 1024
+    max_queue: int = attrs.field(default=1024, validator=integer)
     """Messages waiting per peer beyond the window; a Submit beyond it raises UsageError."""
-    rto_initial: float = 0.1
+    rto_initial: float = attrs.field(default=0.1, validator=real)
     """First retransmission timeout, and the timeout after every ack that makes progress."""
-    rto_backoff: float = 2.0
+    rto_backoff: float = attrs.field(default=2.0, validator=real)
     """Factor applied to the timeout after each retransmission."""
-    rto_max: float = 1.0
+    rto_max: float = attrs.field(default=1.0, validator=real)
     """Cap of the timeout."""
-    jitter: float = 0.1
+    jitter: float = attrs.field(default=0.1, validator=real)
     """Each timeout is lengthened by up to this fraction of itself, at random."""
-    max_attempts: int = 8
+    max_attempts: int = attrs.field(default=8, validator=integer)
     """Transmissions without progress before the sender gives up on the peer."""
-    receive_window: int = 256
+    receive_window: int = attrs.field(default=256, validator=integer)
     """How far ahead of the next expected message a receiver holds messages."""
-    max_peers: int = 65536
+    max_peers: int = attrs.field(default=65536, validator=integer)
     """Peers kept on each side (sending to, receiving from); beyond, the least recently
     progressing one is evicted (``stats.evicted``)."""
-    max_held: int = 16384
+    max_held: int = attrs.field(default=16384, validator=integer)
     """Messages held ahead of gaps over all peers together; beyond, dropped (``held_full``)."""
 
     def __attrs_post_init__(self) -> None:

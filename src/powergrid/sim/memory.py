@@ -153,6 +153,46 @@ _JSON_KEYS: dict[str, str] = {}  # key -> its JSON text and the colon
 _INF = float("inf")
 
 
+_RAW_FIELDS: dict[type, tuple[str, ...] | None] = {}
+"""Per class: the fields attrs' generated ``repr`` shows, or None to use ``repr`` itself."""
+
+
+def _raw_fields(cls: type) -> tuple[str, ...] | None:
+    fields: tuple[str, ...] | None = None
+    if attrs.has(cls) and cls.__repr__.__code__.co_filename.startswith("<attrs generated"):
+        fields = tuple(a.name for a in attrs.fields(cls) if a.repr is not False)
+    _RAW_FIELDS[cls] = fields
+    return fields
+
+
+def trace_repr(value: object) -> str:
+    """``repr(value)`` as attrs' default ``repr`` would give it: node ids as ints.
+
+    The trace (and so its hash) is kept independent of how notifications show
+    node ids to people (:func:`powergrid.types.node_repr`): an attrs class with a
+    generated ``repr`` is written ``Class(field=...)`` with every shown field's
+    value written by this function, as are the items of tuples, lists and dicts;
+    anything else is ``repr(value)``.
+    """
+    cls = type(value)
+    if cls is tuple:
+        items = [trace_repr(v) for v in value]  # type: ignore[attr-defined]
+        return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
+    if cls is list:
+        return "[" + ", ".join(trace_repr(v) for v in value) + "]"  # type: ignore[attr-defined]
+    if cls is dict:
+        return (
+            "{"
+            + ", ".join(f"{trace_repr(k)}: {trace_repr(v)}" for k, v in value.items())  # type: ignore[attr-defined]
+            + "}"
+        )
+    fields = _RAW_FIELDS[cls] if cls in _RAW_FIELDS else _raw_fields(cls)
+    if fields is None:
+        return repr(value)
+    name = cls.__qualname__.rsplit(">.", 1)[-1]
+    return f"{name}(" + ", ".join(f"{f}={trace_repr(getattr(value, f))}" for f in fields) + ")"
+
+
 class Trace:
     """A run's transcript as JSON lines, with a running SHA-256 of every line.
 
@@ -618,7 +658,7 @@ class MemoryNetwork:
         if self.log is not None:
             self.log.append((self._now, NodeId(node), out))
         if self.trace is not None:
-            self.trace.record(self._now, node, "output", out=repr(out))
+            self.trace.record(self._now, node, "output", out=trace_repr(out))
         if self._observer is not None:
             self._observer(self._now, NodeId(node), out)
 

@@ -5,8 +5,8 @@ Theory of operation
 An app talks to its node through a handle (``multicast``, ``send``,
 ``set_bid``, ``set_supply``, ``leave``, ``events()``). :class:`SimDatacenter`
 gives the app the same handle (:class:`SimHandle`, the transports' own
-:class:`~powergrid.transports._core.Driver` with its notifications,
-``MemberJoined``/``MemberLeft`` and event queue) but drives the nodes over a
+:class:`~powergrid.transports._core.Driver` with its notifications and
+event queue; the node gives ``MemberJoined``/``MemberLeft``) but drives the nodes over a
 :class:`~powergrid.sim.fuzz.FuzzNetwork` instead of sockets: seeded loss,
 crashes and restarts, in virtual time.
 

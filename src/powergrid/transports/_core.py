@@ -32,9 +32,9 @@ destination by :func:`pack_bundles`; ``JoinGroup``/``LeaveGroup`` open and
 close a group socket (:func:`open_group_socket`), whose reader the transport
 starts and stops; everything else is a notification for the app: handed to
 ``on_event`` at once, or kept in a bounded queue read by :meth:`Driver.events`
-(the oldest dropped when full). From ``ViewChanged`` the driver also derives
-:class:`MemberJoined` and :class:`MemberLeft` for each member that came or
-went, just after it.
+(the oldest dropped when full). :class:`MemberJoined` and :class:`MemberLeft`
+come from the node itself (after each ``ViewChanged``), like every other
+notification.
 
 A UDP datagram goes straight to the kernel; when its buffer is full the
 datagram waits in a bounded backlog (``max_queue``, the newest dropped beyond
@@ -62,19 +62,18 @@ from typing import Any, Literal
 
 import attrs
 
+from powergrid._checks import flag, instance, integer, number, optional_callable, whole
 from powergrid.errors import ConfigError, UsageError
 from powergrid.events import (
     Endpoint,
     JoinGroup,
     LeaveGroup,
+    MemberJoined,
+    MemberLeft,
     Transmit,
     TransmitGroup,
-    ViewChanged,
 )
-from powergrid.protocols.membership import MemberRemoved
 from powergrid.types import (
-    GroupId,
-    Incarnation,
     NodeId,
     format_node,
     incarnation_at,
@@ -155,48 +154,41 @@ class UdpConfig:
       not the address its datagrams come from (NAT or port mapping between nodes).
     """
 
-    interface: str = "127.0.0.1"
-    ttl: int = 1
-    loopback: bool = True
-    recv_buffer: int = 4 << 20
-    max_queue: int = 1024
-    event_queue: int = 4096
-    flush_timeout: float = 1.0
-    bundle_size: int = WIRE_LIMIT
-    group_prefix: str = "239.255.0.0"
-    group_port_base: int = 20000
-    group_ports: int = 1000
-    group_map: Callable[[int], tuple[str, int]] | None = None
-    check_source: bool = True
+    interface: str = attrs.field(default="127.0.0.1", validator=instance(str, "an IPv4 address"))
+    ttl: int = attrs.field(default=1, validator=whole(0, 255, why="0: this host, 1: the LAN"))
+    loopback: bool = attrs.field(default=True, validator=flag)
+    recv_buffer: int = attrs.field(default=4 << 20, validator=whole(0, unit="bytes"))
+    max_queue: int = attrs.field(default=1024, validator=whole(1, unit="datagrams"))
+    event_queue: int = attrs.field(default=4096, validator=whole(1, unit="notifications"))
+    flush_timeout: float = attrs.field(default=1.0, validator=number(0))
+    bundle_size: int = attrs.field(default=WIRE_LIMIT, validator=integer)
+    group_prefix: str = attrs.field(
+        default="239.255.0.0", validator=instance(str, "an IPv4 multicast address")
+    )
+    group_port_base: int = attrs.field(default=20000, validator=integer)
+    group_ports: int = attrs.field(default=1000, validator=whole(1))
+    group_map: Callable[[int], tuple[str, int]] | None = attrs.field(
+        default=None, validator=optional_callable
+    )
+    check_source: bool = attrs.field(default=True, validator=flag)
 
     def __attrs_post_init__(self) -> None:
-        _ipv4(self.interface, "interface")
-        if not 0 <= self.ttl <= 255:
-            raise ConfigError(f"ttl {self.ttl} is outside 0..255 (0: this host, 1: the LAN)")
-        if self.recv_buffer < 0:
-            raise ConfigError(f"recv_buffer {self.recv_buffer} must be >= 0 bytes (0: OS default)")
-        if self.max_queue < 1:
-            raise ConfigError(f"max_queue {self.max_queue} must be at least 1 datagram")
-        if self.event_queue < 1:
-            raise ConfigError(f"event_queue {self.event_queue} must be at least 1 notification")
-        if not self.flush_timeout >= 0:
-            raise ConfigError(f"flush_timeout {self.flush_timeout} must be >= 0 seconds")
+        _ipv4(self.interface, "UdpConfig.interface:")
         if self.bundle_size and not _BUNDLE_MIN <= self.bundle_size <= _UDP_MAX:
             raise ConfigError(
-                f"bundle_size {self.bundle_size} must be 0 (no bundling) or "
-                f"{_BUNDLE_MIN}..{_UDP_MAX} bytes"
+                f"UdpConfig.bundle_size: {self.bundle_size} must be 0 (no bundling) "
+                f"or {_BUNDLE_MIN}..{_UDP_MAX} bytes"
             )
-        prefix = _ipv4(self.group_prefix, "group_prefix")
+        prefix = _ipv4(self.group_prefix, "UdpConfig.group_prefix:")
         if not prefix.is_multicast or int(prefix) & 0xFFFF:
             raise ConfigError(
-                f"group_prefix {self.group_prefix} must be a multicast /16 ending in .0.0, "
-                "e.g. 239.255.0.0"
+                f"UdpConfig.group_prefix: {self.group_prefix} must be a multicast /16 "
+                "ending in .0.0, e.g. 239.255.0.0"
             )
-        if self.group_ports < 1:
-            raise ConfigError(f"group_ports {self.group_ports} must be at least 1")
         if not 1 <= self.group_port_base <= 0x10000 - self.group_ports:
             raise ConfigError(
-                f"group ports {self.group_port_base}..{self.group_port_base + self.group_ports - 1}"
+                f"UdpConfig.group_port_base: group ports {self.group_port_base}.."
+                f"{self.group_port_base + self.group_ports - 1}"
                 " must lie within 1..65535: lower group_port_base or group_ports"
             )
 
@@ -250,42 +242,6 @@ class UdpStats:
     unheard: int = 0
     """Unicast datagrams not sent: no datagram ever came from that address
     (``UdpConfig.check_source``)."""
-
-
-@attrs.frozen(kw_only=True)
-class MemberJoined:
-    """Notification: ``node`` (life ``incarnation``) is in ``group``'s view from now on.
-
-    Derived by the transport from each :class:`~powergrid.events.ViewChanged`
-    (it follows that event); this node itself is never reported. Prints the
-    node as ``host:port``.
-    """
-
-    group: GroupId
-    node: NodeId
-    incarnation: Incarnation
-
-    def __str__(self) -> str:
-        return f"joined group {self.group}: {format_node(self.node)} (life {self.incarnation})"
-
-
-@attrs.frozen(kw_only=True)
-class MemberLeft:
-    """Notification: ``node`` is no longer in ``group``'s view.
-
-    ``reason`` is ``"left"`` (a graceful leave), ``"crashed"`` (removed after
-    silence), ``"replaced"`` (a newer life of the same address) or
-    ``"unknown"`` (the view moved on without saying why, e.g. a partition
-    merged). Derived from :class:`~powergrid.events.ViewChanged` and the
-    membership's ``MemberRemoved`` before it; this node itself is never reported.
-    """
-
-    group: GroupId
-    node: NodeId
-    reason: Literal["left", "crashed", "replaced", "unknown"]
-
-    def __str__(self) -> str:
-        return f"left group {self.group}: {format_node(self.node)} ({self.reason})"
 
 
 _NODE_FIELDS = frozenset({"node", "sender", "leader", "to"})
@@ -507,8 +463,6 @@ class Driver:
             config.check_source and "source" in inspect.signature(endpoint.receive).parameters
         )
         self._group_addresses: dict[int, Address] = {}  # group -> (ip, port)
-        self._views: dict[int, dict[NodeId, Incarnation]] = {}  # group -> last view's members
-        self._removed: dict[tuple[int, int], str] = {}  # (group, node) -> reason, until a view
         self._running = False
         self._closed = False
         self._left = False
@@ -517,8 +471,6 @@ class Driver:
             Transmit: self._on_transmit,
             JoinGroup: self._on_join,
             LeaveGroup: self._on_leave,
-            ViewChanged: self._on_view,
-            MemberRemoved: self._on_removed,
         }
 
     # ------------------------------------------------------------ surface
@@ -588,7 +540,8 @@ class Driver:
         :class:`~powergrid.errors.PayloadTooLargeError` beyond the payload limit and
         :class:`UsageError` if the node is not running or not in ``group``.
         """
-        self._check_running()
+        if not self._running:
+            self._check_running()  # raises
         endpoint: Any = self._endpoint
         await self._after_command(
             self._commanded(endpoint.multicast(payload, self._now(), group=group))
@@ -919,36 +872,11 @@ class Driver:
         self._group_addresses.pop(out.group, None)
         if out.group in self._groups:
             self._close_group(out.group)
-        self._views.pop(out.group, None)
 
     def _close_group(self, group: int) -> None:
         sock = self._groups.pop(group)
         self._stop_group_reader(group, sock)
         sock.close()
-
-    def _on_removed(self, out: MemberRemoved) -> None:
-        self._removed[(out.group, out.node)] = out.reason
-        self._notify(out)
-
-    def _on_view(self, out: ViewChanged) -> None:
-        """Pass the view on, then one MemberJoined / MemberLeft per member that came or went."""
-        self._notify(out)
-        view = out.view
-        me = self._endpoint.node_id
-        new = {m.node: m.incarnation for m in view.members}
-        old = self._views.get(view.group, {})
-        self._views[view.group] = new
-        for node in sorted(new):
-            if node != me and old.get(node) != new[node]:
-                if node in old:  # a new life of a member we knew: the old one went
-                    self._notify(MemberLeft(group=view.group, node=node, reason="replaced"))
-                self._notify(MemberJoined(group=view.group, node=node, incarnation=new[node]))
-        for node in sorted(old):
-            if node != me and node not in new:
-                reason: Any = self._removed.get((view.group, node), "unknown")
-                self._notify(MemberLeft(group=view.group, node=node, reason=reason))
-        for key in [k for k in self._removed if k[0] == view.group]:
-            del self._removed[key]
 
     # ------------------------------------------------------------ the event loop's part
 

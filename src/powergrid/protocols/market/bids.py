@@ -26,6 +26,7 @@ from collections.abc import Iterable
 import attrs
 
 from powergrid import wire
+from powergrid._checks import whole
 from powergrid.errors import ConfigError
 
 __all__ = [
@@ -99,22 +100,19 @@ class Bid:
     ``required..maximum``) are valid.
     """
 
-    floor: int
-    required: int
-    maximum: int
-    priority: int = 0
+    floor: int = attrs.field(validator=whole(0, unit="watts"))
+    required: int = attrs.field(validator=whole(0, unit="watts"))
+    maximum: int = attrs.field(validator=whole(0, unit="watts"))
+    priority: int = attrs.field(default=0, validator=whole(0, 15))
     corners: tuple[Corner, ...] = attrs.field(default=(), converter=_corners)
 
     def __attrs_post_init__(self) -> None:
-        for name in ("floor", "required", "maximum", "priority"):
-            if type(getattr(self, name)) is not int:
-                raise ConfigError(f"bid {name} must be an int, got {getattr(self, name)!r}")
         for c in self.corners:
             if type(c.watts) is not int:
-                raise ConfigError(f"curve watts must be ints, got {c.watts!r}")
+                raise ConfigError(f"Bid.corners: curve watts must be ints, got {c.watts!r}")
         bad = wire.Bid.check(self.floor, self.required, self.maximum, self.priority, self.corners)
         if bad is not None:
-            raise ConfigError(f"invalid bid: {bad}")
+            raise ConfigError(f"Bid: {bad}")
 
     def demand(self, price: float, grid: Grid) -> float:
         """``d(price)`` in watts (not rounded): what this bid wants at ``price``.

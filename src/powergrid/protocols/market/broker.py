@@ -52,6 +52,7 @@ import bisect
 import attrs
 
 from powergrid import wire
+from powergrid._checks import instance, real
 from powergrid._dispatch import Dispatching
 from powergrid.errors import ConfigError, UsageError
 from powergrid.events import (
@@ -86,11 +87,11 @@ class BrokerConfig:
     ``lead_timeout`` exceed ``round_interval``, and ``0 <= band < 1``.
     """
 
-    grid: Grid = DEFAULT_GRID
-    round_interval: float = 1.0
-    bid_timeout: float = 6.0
-    lead_timeout: float = 3.0
-    band: float = 0.02
+    grid: Grid = attrs.field(default=DEFAULT_GRID, validator=instance(Grid))
+    round_interval: float = attrs.field(default=1.0, validator=real)
+    bid_timeout: float = attrs.field(default=6.0, validator=real)
+    lead_timeout: float = attrs.field(default=3.0, validator=real)
+    band: float = attrs.field(default=0.02, validator=real)
 
     def __attrs_post_init__(self) -> None:
         if not self.round_interval > 0:

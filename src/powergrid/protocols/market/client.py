@@ -77,6 +77,7 @@ from typing import Literal
 import attrs
 
 from powergrid import wire
+from powergrid._checks import instance, real
 from powergrid._dispatch import Dispatching
 from powergrid.errors import ConfigError, UsageError
 from powergrid.events import DeadlineReached, LeaderElected, Received, SendReliable
@@ -145,10 +146,10 @@ class AllocationChanged:
 class ClientConfig:
     """Client timing (seconds) and the market's price grid. Raises :class:`ConfigError`."""
 
-    grid: Grid = DEFAULT_GRID
-    refresh_interval: float = 2.0
-    lease: float = 5.0
-    ack_timeout: float = 5.0
+    grid: Grid = attrs.field(default=DEFAULT_GRID, validator=instance(Grid))
+    refresh_interval: float = attrs.field(default=2.0, validator=real)
+    lease: float = attrs.field(default=5.0, validator=real)
+    ack_timeout: float = attrs.field(default=5.0, validator=real)
 
     def __attrs_post_init__(self) -> None:
         if not self.refresh_interval > 0:

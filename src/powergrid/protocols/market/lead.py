@@ -60,6 +60,7 @@ from __future__ import annotations
 import attrs
 
 from powergrid import wire
+from powergrid._checks import instance, real
 from powergrid._dispatch import Dispatching
 from powergrid.errors import ConfigError, UsageError
 from powergrid.events import DeadlineReached, LeaderElected, Multicast, Received
@@ -141,11 +142,11 @@ class LeadConfig:
     ``0 <= band < 1``.
     """
 
-    grid: Grid = DEFAULT_GRID
-    round_interval: float = 1.0
-    aggregate_timeout: float = 3.0
-    reserve_timeout: float = 10.0
-    band: float = 0.02
+    grid: Grid = attrs.field(default=DEFAULT_GRID, validator=instance(Grid))
+    round_interval: float = attrs.field(default=1.0, validator=real)
+    aggregate_timeout: float = attrs.field(default=3.0, validator=real)
+    reserve_timeout: float = attrs.field(default=10.0, validator=real)
+    band: float = attrs.field(default=0.02, validator=real)
 
     def __attrs_post_init__(self) -> None:
         if not self.round_interval > 0:

@@ -19,6 +19,7 @@ import math
 
 import attrs
 
+from powergrid._checks import integer, real
 from powergrid.errors import ConfigError
 
 __all__ = ["LEADER_TICKS", "SUSPECT_TICKS", "MembershipConfig"]
@@ -38,33 +39,33 @@ class MembershipConfig:
     out of range or values that contradict each other.
     """
 
-    heartbeat_interval: float = 0.1
+    heartbeat_interval: float = attrs.field(default=0.1, validator=real)
     """The leader multicasts a heartbeat, and checks its members, this often."""
-    suspect_timeout: float = 0.3
+    suspect_timeout: float = attrs.field(default=0.3, validator=real)
     """*Scaled.* A member silent this long is suspected and probed."""
-    removal_timeout: float = 0.3
+    removal_timeout: float = attrs.field(default=0.3, validator=real)
     """*Scaled.* A member still suspected this long after its suspicion began is removed."""
-    indirect_probes: int = 2
+    indirect_probes: int = attrs.field(default=2, validator=integer)
     """Other members asked, at every tick, to probe a suspect on the leader's behalf."""
-    leader_timeout: float = 0.5
+    leader_timeout: float = attrs.field(default=0.5, validator=real)
     """*Scaled.* A member that hears nothing from its leader this long reports LeaderLost."""
-    join_timeout: float = 1.0
+    join_timeout: float = attrs.field(default=1.0, validator=real)
     """A joining node that hears of no leader at all this long reports LeaderLost(0, 0)."""
-    join_retry: float = 0.2
+    join_retry: float = attrs.field(default=0.2, validator=real)
     """First delay before a join request is repeated."""
-    join_backoff: float = 2.0
+    join_backoff: float = attrs.field(default=2.0, validator=real)
     """Factor applied to the join delay after each retry."""
-    join_retry_max: float = 2.0
+    join_retry_max: float = attrs.field(default=2.0, validator=real)
     """Cap of the join delay."""
-    join_jitter: float = 0.2
+    join_jitter: float = attrs.field(default=0.2, validator=real)
     """Each join delay is lengthened by up to this fraction of itself, at random."""
-    size_factor: float = 0.1
+    size_factor: float = attrs.field(default=0.1, validator=real)
     """``scale(n) = 1 + size_factor * log2(n)``; 0 turns scaling off."""
-    max_ack_rate: float = 400.0
+    max_ack_rate: float = attrs.field(default=400.0, validator=real)
     """HeartbeatAcks per second a leader's heartbeats may draw: the tick of a view of
     ``n`` members is ``max(heartbeat_interval, (n - 1) / max_ack_rate)``; 0 turns the
     stretching off."""
-    departure_memory: int = 16
+    departure_memory: int = attrs.field(default=16, validator=integer)
     """Views for which the leader keeps announcing a departure and its reason."""
     lone_heartbeat_interval: float = 1.0
     """A leader alone in its view heartbeats this often instead of every tick: no member

@@ -15,7 +15,7 @@ from typing import Literal
 
 import attrs
 
-from powergrid.types import GroupId, NodeId
+from powergrid.types import GroupId, NodeId, node_field
 
 __all__ = [
     "Join",
@@ -57,7 +57,7 @@ class MemberSuspected:
     """The leader stopped hearing ``node`` and is probing it (emitted by the leader only)."""
 
     group: GroupId
-    node: NodeId
+    node: NodeId = node_field()
 
 
 @attrs.frozen(kw_only=True)
@@ -66,7 +66,7 @@ class MemberRemoved:
     ``"replaced"`` by a newer incarnation. ``node`` may be this node itself (it was removed)."""
 
     group: GroupId
-    node: NodeId
+    node: NodeId = node_field()
     reason: RemovalReason
 
 

@@ -17,6 +17,7 @@ from typing import Final
 
 import attrs
 
+from powergrid._checks import integer, real
 from powergrid.errors import ConfigError
 from powergrid.events import Multicast
 from powergrid.types import Incarnation, NodeId
@@ -52,29 +53,29 @@ class MulticastConfig:
     values that contradict each other.
     """
 
-    nak_delay: float = 0.01
+    nak_delay: float = attrs.field(default=0.01, validator=real)
     """How long a gap may last before the first Nak (reordering tolerance)."""
-    nak_interval: float = 0.05
+    nak_interval: float = attrs.field(default=0.05, validator=real)
     """Least time between two Naks for one origin; also the window of the Xmit rate limit."""
-    nak_escalate_after: int = 2
+    nak_escalate_after: int = attrs.field(default=2, validator=integer)
     """Unicast Naks to the origin without progress before Naks go to the group."""
-    max_nak_range: int = 64
+    max_nak_range: int = attrs.field(default=64, validator=integer)
     """Most messages one Nak asks for, and most one Nak is answered with."""
-    max_xmit_per_interval: int = 256
+    max_xmit_per_interval: int = attrs.field(default=256, validator=integer)
     """Most Xmits this node sends one requester per ``nak_interval``."""
-    max_held: int = 1024
+    max_held: int = attrs.field(default=1024, validator=integer)
     """Most messages held ahead of a gap, per origin."""
-    max_buffer: int = 10_000
+    max_buffer: int = attrs.field(default=10_000, validator=integer)
     """Most delivered messages kept for resending, all origins together."""
-    status_interval: float = 0.25
+    status_interval: float = attrs.field(default=0.25, validator=real)
     """Between two Status reports to the coordinator, while any are needed."""
-    status_jitter: float = 0.1
+    status_jitter: float = attrs.field(default=0.1, validator=real)
     """Up to this fraction of ``status_interval`` is taken off each period, at random."""
-    stable_interval: float = 0.25
+    stable_interval: float = attrs.field(default=0.25, validator=real)
     """Between two Stable digests of the coordinator, while any are needed."""
-    stable_repeats: int = 3
+    stable_repeats: int = attrs.field(default=3, validator=integer)
     """After a view change the coordinator sends a Stable at once and this many more."""
-    flush_grace: float = 2.0
+    flush_grace: float = attrs.field(default=2.0, validator=real)
     """How long the state of an origin that left the view is kept."""
 
     def __attrs_post_init__(self) -> None:
