@@ -469,6 +469,82 @@ def _earliest(dues: list[float | None]) -> float | None:
     return best
 
 
+class _Gate:
+    """What a datagram must pass before any machine sees it, in this order: the
+    wire version and realm (header bytes; another realm's or version's datagram is
+    counted and dropped, keyed or not), the authentication tag, decoding (through
+    the shared cache of decodings), the claimed sender against the source address,
+    our own looped-back multicasts, and the replay window. Each refusal is counted
+    in the node's :class:`NodeStats`; :meth:`admit` never raises for peer input.
+    """
+
+    __slots__ = ("_auth", "_id", "_realm_bytes", "_stats")
+
+    def __init__(
+        self, me: NodeId, realm: int, auth: Authenticator | None, stats: NodeStats
+    ) -> None:
+        self._id = me
+        self._realm_bytes = realm.to_bytes(4, "big")
+        self._auth = auth
+        self._stats = stats
+
+    def admit(self, data: bytes, source: int) -> tuple[int, Received] | None:
+        """``(group, Received)`` for a datagram that passes, else None (counted)."""
+        stats = self._stats
+        stats.received += 1
+        if (
+            data[REALM_OFFSET:HEADER_SIZE] != self._realm_bytes or data[:3] != _MAGIC_VERSION
+        ) and self._foreign(data):
+            return None
+        auth = self._auth
+        counter = 0
+        if auth is not None:  # nothing reads a datagram before its tag is checked
+            opened = auth.open(data)
+            if opened is None:
+                stats.unauthenticated += 1
+                return None
+            data, counter = opened
+        known = _decoded.get(data)
+        if known is not None:
+            env, event = known
+        else:
+            try:
+                env = decode(data)
+            except DecodeError:
+                stats.malformed += 1
+                return None
+            event = _new_received(env.sender, env.incarnation, env.message)
+            if type(env.message) is not UData:  # (see _decoded)
+                if len(_decoded) >= _DECODED_MAX:
+                    _decoded.clear()
+                _decoded[data] = (env, event)
+        if source and env.sender != source:
+            stats.spoofed += 1
+            return None
+        if env.sender == self._id:
+            stats.own += 1
+            return None
+        if auth is not None and not auth.accept(env.sender, env.incarnation, counter):
+            stats.replayed += 1
+            return None
+        return env.group, event
+
+    def _foreign(self, data: bytes) -> bool:
+        """Whether ``data`` (not of our realm and version, by its header bytes) is a
+        powergrid datagram of another version or realm: then it is counted here and
+        dropped. Anything else (too short, another magic) is left to the checks that
+        follow, which count it as malformed or unauthenticated."""
+        if len(data) < 3 or data[:2] != MAGIC:
+            return False
+        if data[2] != VERSION:
+            self._stats.wrong_version += 1
+            return True
+        if len(data) < HEADER_SIZE:
+            return False
+        self._stats.foreign_realm += 1
+        return True
+
+
 class Node:
     """All machines of one process (see the module docstring).
 
@@ -482,6 +558,7 @@ class Node:
         "_client",
         "_cluster",
         "_dues",
+        "_gate",
         "_home",
         "_id",
         "_incarnation",
@@ -492,7 +569,6 @@ class Node:
         "_membership_one",
         "_memberships",
         "_realm",
-        "_realm_bytes",
         "_rest_due",
         "_stacks",
         "_started",
@@ -515,10 +591,10 @@ class Node:
         self._stats = NodeStats()
         self._started = False
         self._realm = realm_tag(config.realm)
-        self._realm_bytes = self._realm.to_bytes(4, "big")
         self._auth = (
             None if config.keyring is None else Authenticator(config.keyring, realm=config.realm)
         )
+        self._gate = _Gate(self._id, self._realm, self._auth, self._stats)
         me = self._id
         self._client = ClientMachine(me, self._cluster, config.client)
         self._lead = LeadBrokerMachine(me, config.supply, config.lead)
@@ -594,43 +670,10 @@ class Node:
         checked; the UDP transports pass it): a datagram that claims another
         sender is dropped and counted in ``spoofed``, so nothing answers a forged id.
         """
-        self._stats.received += 1
-        if (
-            data[REALM_OFFSET:HEADER_SIZE] != self._realm_bytes or data[:3] != _MAGIC_VERSION
-        ) and self._foreign(data):
+        admitted = self._gate.admit(data, source)
+        if admitted is None:
             return []
-        auth = self._auth
-        counter = 0
-        if auth is not None:  # nothing reads a datagram before its tag is checked
-            opened = auth.open(data)
-            if opened is None:
-                self._stats.unauthenticated += 1
-                return []
-            data, counter = opened
-        known = _decoded.get(data)
-        if known is not None:
-            env, event = known
-        else:
-            try:
-                env = decode(data)
-            except DecodeError:
-                self._stats.malformed += 1
-                return []
-            event = _new_received(env.sender, env.incarnation, env.message)
-            if type(env.message) is not UData:  # (see _decoded)
-                if len(_decoded) >= _DECODED_MAX:
-                    _decoded.clear()
-                _decoded[data] = (env, event)
-        if source and env.sender != source:
-            self._stats.spoofed += 1
-            return []
-        if env.sender == self._id:
-            self._stats.own += 1
-            return []
-        if auth is not None and not auth.accept(env.sender, env.incarnation, counter):
-            self._stats.replayed += 1
-            return []
-        group = env.group
+        group, event = admitted
         stack = self._home if group == self._cluster else self._stacks.get(group)
         if stack is None:
             self._stats.foreign_group += 1
@@ -640,21 +683,6 @@ class Node:
         if not self._send_only(stack, actions, out):  # (most of a quiet group's traffic is)
             self._run(stack, actions, now, out)
         return out
-
-    def _foreign(self, data: bytes) -> bool:
-        """Whether ``data`` (not of our realm and version, by its header bytes) is a
-        powergrid datagram of another version or realm: then it is counted here and
-        dropped. Anything else (too short, another magic) is left to the checks that
-        follow, which count it as malformed or unauthenticated."""
-        if len(data) < 3 or data[:2] != MAGIC:
-            return False
-        if data[2] != VERSION:
-            self._stats.wrong_version += 1
-            return True
-        if len(data) < HEADER_SIZE:
-            return False
-        self._stats.foreign_realm += 1
-        return True
 
     def _send_only(self, stack: _Stack, actions: list[Any], out: list[Output]) -> bool:
         """Encode ``actions`` into ``out`` if they are all datagrams to others; else False
