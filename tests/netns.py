@@ -182,6 +182,23 @@ class Network:
             _must("-n", h.ns, "link", "set", "eth0", "up")
             _must("-n", h.ns, "route", "add", "224.0.0.0/4", "dev", "eth0")
 
+    def multicast_off(self) -> None:
+        """Clear the MULTICAST flag on every host's ``eth0`` and every bridge port, and drop the
+        hosts' multicast routes: a network that carries no IP multicast (like most clouds)."""
+        for h in self.hosts:
+            _must("-n", h.ns, "link", "set", "dev", "eth0", "multicast", "off")
+            _must("-n", h.ns, "route", "del", "224.0.0.0/4", "dev", "eth0")
+            _must("-n", self.bridge_ns, "link", "set", "dev", h.bridge_port, "multicast", "off")
+        _must("-n", self.bridge_ns, "link", "set", "dev", "br0", "multicast", "off")
+
+    def multicast_flags(self) -> list[bool]:
+        """Whether each host's ``eth0`` has the MULTICAST flag."""
+        flags = []
+        for h in self.hosts:
+            done = _ip("-n", h.ns, "-o", "link", "show", "dev", "eth0")
+            flags.append("MULTICAST" in done.stdout.split(">")[0])
+        return flags
+
     def cut(self, host: Host) -> None:
         """Take the host's bridge port down: it hears nobody and nobody hears it."""
         _must("-n", self.bridge_ns, "link", "set", host.bridge_port, "down")
