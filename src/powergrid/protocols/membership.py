@@ -59,7 +59,11 @@ that hears nothing from its leader for
 the leader again or following a new one); a leader's LeaveNotice triggers it
 at once. A node that joined but has heard of no leader at all within
 ``join_timeout`` emits ``LeaderLost(group, 0, 0)`` once so the election can
-bootstrap, and keeps retrying its join.
+bootstrap, and keeps retrying its join. A member that reported ``LeaderLost``
+and still hears no leader multicasts a join request every ``join_retry_max``
+until it hears one: without IP multicast (unicast fan-out, see
+:mod:`powergrid.fanout`) a new leader sends only to seeds and its own view's
+members, so a member it does not list would otherwise wait forever.
 
 *Joining.* :class:`Join` sends a :class:`~powergrid.wire.JoinRequest` by
 unicast to the leader when one is known, and again after ``join_retry``,
@@ -868,15 +872,23 @@ class MembershipMachine(Dispatching):
                 self._tick(now, actions, beat)
             return actions
         if self._join_due is not None and now >= self._join_due:
-            cfg = self._config
-            self._join_delay = min(self._join_delay * cfg.join_backoff, cfg.join_retry_max)
-            self._join_now(now, actions)
+            if self._in_view and not self._lost_reported:
+                self._join_due = None  # a lost leader's member hears a leader again
+            else:
+                cfg = self._config
+                self._join_delay = min(self._join_delay * cfg.join_backoff, cfg.join_retry_max)
+                self._join_now(now, actions)
         if self._bootstrap_due is not None and now >= self._bootstrap_due:
             self._bootstrap_due = None
             if not self._leader:
                 self._report_lost(actions)
         if self._leader and not self._lost_reported and now >= self._heard + self._leader_timeout:
             self._report_lost(actions)
+            if self._join_due is None:
+                # Ask to join (multicast, while no leader is heard) every join_retry_max:
+                # a leader whose view lacks this member may never send to it where group
+                # datagrams go only to seeds and view members (unicast fan-out).
+                self._join_due = now + self._jittered(self._config.join_retry_max)
         return actions
 
     def _tick(self, now: float, actions: list[Any], beat: bool = True) -> None:
