@@ -1,4 +1,5 @@
-"""Nodes on separate (namespaced) hosts: election, multicast, failover on a cut link, merge.
+"""Nodes on separate (namespaced) hosts: election, multicast, failover on a cut link, merge;
+and the same cluster with multicast off on every link, in unicast fan-out mode (``--seeds``).
 
 Four hosts on one bridge (see ``tests/netns.py``), one ``powergrid node --json``
 process each, every one in cluster 1 with a bid; hosts 0 and 1 are
