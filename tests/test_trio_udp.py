@@ -852,7 +852,7 @@ def test_three_nodes_form_a_cluster_and_multicast_in_order(loop: Any) -> None:
 
     def formed() -> bool:
         return all(
-            views[i] and len(views[i][-1].view.members) == 3 and views[i][-1].view.leader == ids[1]
+            views[i] and len(views[i][-1].view.members) == 3 and views[i][-1].view.leader == ids[-1]
             for i in ids
         )
 
