@@ -110,6 +110,7 @@ async def powergrid_goodput(
     inline: bool = True,
     multicast: MulticastConfig | None = None,
     bundle_size: int | None = None,
+    fanout: bool = False,
 ) -> dict[str, Any]:
     """N multicasts from one sender to ``receivers`` nodes; goodput in messages/s.
 
@@ -117,7 +118,10 @@ async def powergrid_goodput(
     ``on_event`` callback, in the reader task, as the raw receivers do; else
     from ``events()`` in a task of their own. ``multicast``: the multicast
     settings of every node (default: the defaults). ``bundle_size``: the
-    transport's (default: its default; 0: no bundling).
+    transport's (default: its default; 0: no bundling). ``fanout``: no IP
+    multicast; every node lists every node as a seed (``UdpConfig.fanout_seeds``,
+    the static membership of Corosync udpu), so a group send is one unicast per
+    other node.
     """
     udp = UdpConfig(ttl=0, group_port_base=free_port())
     if bundle_size is not None:
@@ -125,6 +129,8 @@ async def powergrid_goodput(
     mc = multicast or MulticastConfig()
     cfgs = [NodeConfig(port=free_port(), broker_capable=True, rank=1, multicast=mc)]
     cfgs += [NodeConfig(port=free_port(), multicast=mc) for _ in range(receivers)]
+    if fanout:
+        udp = attrs.evolve(udp, fanout_seeds=[f"{c.host}:{c.port}" for c in cfgs])
     sender_id = cfgs[0].node_id
     got: list[list[tuple[int, bytes]]] = [[] for _ in range(receivers)]
     views = [0] * receivers
@@ -171,6 +177,7 @@ async def powergrid_goodput(
                 await progress.wait()
         t0 = time.perf_counter()
         c0 = time.process_time()
+        sent0 = handles[0].stats.sent
         with trio.fail_after(120):
             for i in range(n):
                 while i - min(len(g) for g in got) >= WINDOW:
@@ -187,7 +194,12 @@ async def powergrid_goodput(
         dropped = sum(h.endpoint.dropped for h in rx) if loss > 0 else 0
         repair = _repair_stats(sender, rx, cfgs[0].cluster)
         st = sender.stats
-        sent = {"udp_datagrams": st.sent, "bundles": st.bundles_sent, "bundled": st.bundled}
+        sent = {
+            "udp_datagrams": st.sent,
+            "udp_datagrams_stream": st.sent - sent0,
+            "bundles": st.bundles_sent,
+            "bundled": st.bundled,
+        }
         nursery.cancel_scope.cancel()
     return {
         "msgs_per_s": n / seconds,

@@ -182,6 +182,23 @@ class Network:
             _must("-n", h.ns, "link", "set", "eth0", "up")
             _must("-n", h.ns, "route", "add", "224.0.0.0/4", "dev", "eth0")
 
+    def multicast_off(self) -> None:
+        """Clear the MULTICAST flag on every host's ``eth0`` and every bridge port, and drop the
+        hosts' multicast routes: a network that carries no IP multicast (like most clouds)."""
+        for h in self.hosts:
+            _must("-n", h.ns, "link", "set", "dev", "eth0", "multicast", "off")
+            _must("-n", h.ns, "route", "del", "224.0.0.0/4", "dev", "eth0")
+            _must("-n", self.bridge_ns, "link", "set", "dev", h.bridge_port, "multicast", "off")
+        _must("-n", self.bridge_ns, "link", "set", "dev", "br0", "multicast", "off")
+
+    def multicast_flags(self) -> list[bool]:
+        """Whether each host's ``eth0`` has the MULTICAST flag."""
+        flags = []
+        for h in self.hosts:
+            done = _ip("-n", h.ns, "-o", "link", "show", "dev", "eth0")
+            flags.append("MULTICAST" in done.stdout.split(">")[0])
+        return flags
+
     def cut(self, host: Host) -> None:
         """Take the host's bridge port down: it hears nobody and nobody hears it."""
         _must("-n", self.bridge_ns, "link", "set", host.bridge_port, "down")
@@ -193,7 +210,9 @@ class Network:
     # ------------------------------------------------------------ processes
 
     def start(self, host: Host, port: int, *opts: str) -> str:
-        """Run ``powergrid node --json`` on ``host``; returns its id ``"addr:port"``."""
+        """Run ``powergrid node --json`` on ``host``; returns its id ``"addr:port"``. The node
+        runs ``--insecure`` unless ``opts`` give a ``--key-file``."""
+        keyed = "--key-file" in opts
         argv = self.nodes.node_command(
             "--host",
             host.address,
@@ -201,7 +220,7 @@ class Network:
             host.address,
             "--port",
             str(port),
-            "--insecure",
+            *(() if keyed else ("--insecure",)),
             *opts,
         )
         return self.nodes.spawn(f"{host.address}:{port}", ["ip", "netns", "exec", host.ns, *argv])

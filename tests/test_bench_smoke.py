@@ -72,6 +72,16 @@ def test_bench_prints_its_keys(name: str) -> None:
     assert KEYS[name] <= result.keys()
 
 
+def test_fanout_bench_reports_both_modes() -> None:
+    """bench/fanout.py (not in run_all): datagrams per send and goodput per group size and
+    mode; with fan-out the sender sends more datagrams per group send than with multicast."""
+    result = _run("fanout")
+    per = result["datagrams_per_send"]
+    assert isinstance(per, dict) and set(per) == {"multicast", "fanout"}
+    assert set(per["fanout"]) == {"2", "3"} and per["fanout"]["3"] > per["multicast"]["3"]
+    assert {"msgs_per_s", "ratio"} <= result.keys()
+
+
 def test_membership_reports_loss_levels() -> None:
     """Wrongful removals are keyed by loss percent as strings "0", "10", "30"."""
     result = _run("membership")

@@ -11,7 +11,7 @@ import pytest
 from powergrid import node
 from powergrid.cli import main
 from powergrid.protocols.multicast import Deliver, MulticastMachine
-from powergrid.sim.fuzzing import MAX_NODES
+from powergrid.sim.fuzzing import MAX_NODES, replay_command, run_datacentre
 
 GOOD, BAD = 4, 0
 """Seeds of the 3-server data centre: GOOD passes; BAD is broken by a planted bug."""
@@ -119,3 +119,19 @@ def test_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
     """A negative seed count is refused with exit status 2."""
     assert main(["fuzz", "--seeds", "-1"]) == 2
     assert "--seeds" in capsys.readouterr().err
+
+
+def test_fanout_runs_the_data_centre_without_multicast(capsys: pytest.CaptureFixture[str]) -> None:
+    """Rule: --fanout runs the same seed with group sends fanned out as unicasts (so its
+    trace differs from IP multicast's), the invariants hold, and a replay and the printed
+    recipe carry the option."""
+    for extra in ([], ["--fanout"]):
+        args = ["fuzz", "--seeds", "1", "--start", str(GOOD), "--nodes", "3", "--json"]
+        assert main([*args, *extra]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["violations"] == [] and out["messages"] > 0
+    result = run_datacentre(GOOD, nodes=3, fanout=True)
+    plain = run_datacentre(GOOD, nodes=3)
+    assert result.ok and "fanout=True" in result.recipe and "fanout" not in plain.recipe
+    assert replay_command(GOOD, fanout=True).endswith(" --fanout")
+    assert result.trace_hash != plain.trace_hash

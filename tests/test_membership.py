@@ -867,14 +867,19 @@ def test_restarted_leader_of_the_same_epoch_is_followed() -> None:
 
 def test_leader_lost_reported_once_and_rearmed_by_hearing_the_leader() -> None:
     """Leader loss (rule M6): leader_timeout without the leader -> LeaderLost once, not every
-    tick."""
+    tick; then (rule M11), while no leader is heard, a join request multicast every
+    join_retry_max (without IP multicast a new leader that does not list this member would
+    never reach it); hearing the leader again drops that timer."""
+    r = EXACT.join_retry_max  # 1.0, no jitter
     m = follower(A)
     assert m.next_deadline() == 1.25
     assert m.handle(WAKE, 1.25) == [LeaderLost(group=G, leader=L, epoch=Epoch(1))]
-    assert m.next_deadline() is None
-    assert m.handle(WAKE, 3.0) == []
+    assert m.next_deadline() == 1.25 + r
+    assert m.handle(WAKE, 1.25 + r) == [Multicast(message=JOIN)]
+    assert m.next_deadline() == 1.25 + 2 * r
     m.handle(rcv(L, Heartbeat(epoch=1, view_id=2)), 3.0)
-    assert m.next_deadline() == 4.0
+    assert m.next_deadline() == 4.0  # the join timer is gone with the loss
+    assert m.handle(WAKE, 3.25) == []  # nothing sent where it would have been due
     assert m.handle(WAKE, 4.0) == [LeaderLost(group=G, leader=L, epoch=Epoch(1))]
     assert m.stats.leader_lost_reported == 2
 

@@ -14,9 +14,10 @@ from hypothesis import strategies as st
 from toys import GROUP, Echo, Got, Member, Recorder, Ticker, datagram
 
 from powergrid.errors import ConfigError, UsageError
-from powergrid.events import JoinGroup, Transmit, TransmitGroup
+from powergrid.events import JoinGroup, LeaveGroup, Transmit, TransmitGroup, View, ViewChanged
+from powergrid.events import Member as Member_
 from powergrid.sim.memory import MemoryNetwork, Trace
-from powergrid.types import NodeId
+from powergrid.types import Epoch, GroupId, Incarnation, NodeId
 
 
 def send(src: int, dst: int, value: int) -> Transmit:
@@ -425,3 +426,38 @@ def test_command_emits_outputs_and_rearms() -> None:
         net.command(2, lambda ep, now: [])
     with pytest.raises(UsageError, match="not on the network"):
         net.command(9, lambda ep, now: [])
+
+
+def test_fan_out_mode_sends_group_datagrams_to_seeds_and_the_senders_view_only() -> None:
+    """Rule: with fanout_seeds a group datagram goes to the seeds and the members of the
+    sender's last view of the group (its ViewChanged refreshes that), in id order, never to
+    the sender, and not to a subscriber that is neither; LeaveGroup falls back to seeds."""
+    view = View(
+        group=GroupId(GROUP),
+        view_id=1,
+        leader=NodeId(5),
+        epoch=Epoch(1),
+        members=tuple(Member_(node=NodeId(n), incarnation=Incarnation(1)) for n in (4, 5)),
+    )
+    net = MemoryNetwork(fanout_seeds=(NodeId(3), NodeId(4)))
+    lurker, seed, peer = Member(2), Recorder(3), Recorder(5)
+    for n in (lurker, seed, peer):
+        net.add(n)
+    net.add(
+        Recorder(
+            4,
+            on_start=[
+                JoinGroup(group=GROUP),
+                TransmitGroup(group=GROUP, data=datagram(4, 1)),
+                ViewChanged(view=view),
+                TransmitGroup(group=GROUP, data=datagram(4, 2)),
+                LeaveGroup(group=GROUP),
+                TransmitGroup(group=GROUP, data=datagram(4, 3)),
+            ],
+        )
+    )
+    net.run_until_quiet(1)
+    assert [v for _, _, v in seed.received] == [1, 2, 3]
+    assert [v for _, _, v in peer.received] == [2]
+    assert lurker.received == []
+    assert net.stats.sent == 4

@@ -1,4 +1,5 @@
-"""Nodes on separate (namespaced) hosts: election, multicast, failover on a cut link, merge.
+"""Nodes on separate (namespaced) hosts: election, multicast, failover on a cut link, merge;
+and the same cluster with multicast off on every link, in unicast fan-out mode (``--seeds``).
 
 Four hosts on one bridge (see ``tests/netns.py``), one ``powergrid node --json``
 process each, every one in cluster 1 with a bid; hosts 0 and 1 are
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -148,3 +150,44 @@ def test_elect_multicast_fail_over_on_a_cut_and_merge_on_heal(net: Network) -> N
     assert after == settled, {n: net.lines[n][-6:] for n in names}
     for n in names:
         assert net.procs[n].poll() is None, f"{n} exited"
+
+
+def test_fan_out_without_multicast_on_the_links(tmp_path: Path) -> None:
+    """Rules, on hosts whose links carry no multicast (the MULTICAST flag off on every eth0
+    and bridge port, no multicast route): nodes started with ``--seeds`` (the two
+    broker-capable hosts) and a key (1) elect host 0 and form one view of all four, the two
+    plain servers learning each other from it, and (2) a multicast from host 2 reaches
+    every host once and in order."""
+    key = tmp_path / "keys"
+    key.write_text("1 hex:" + "5a" * 32 + "\n")
+    key.chmod(0o600)
+    with Network(4) as net:
+        net.multicast_off()
+        assert net.multicast_flags() == [False] * 4
+        h0, h1, h2, h3 = net.hosts
+        seeds = f"{h0.address}:{PORT},{h1.address}:{PORT}"
+        common = ["--seeds", seeds, "--key-file", str(key), "--maximum", "300"]
+        a = net.start(h0, PORT, "--broker-capable", "--rank", "2", "--supply", "1000", *common)
+        b = net.start(h1, PORT, "--broker-capable", "--rank", "1", "--supply", "1000", *common)
+        c = net.start(h2, PORT, *common)
+        d = net.start(h3, PORT, *common)
+        names = [a, b, c, d]
+        net.until(
+            lambda: all(leader(net, n, CLUSTER) == a for n in names), 15, "all to follow host 0"
+        )
+        net.until(
+            lambda: all(
+                (v := net.events(n, "view", group=CLUSTER)) and len(v[-1]["members"]) == 4
+                for n in names
+            ),
+            10,
+            "a view of all four hosts",
+        )
+        for k in range(5):
+            net.send(c, {"cmd": "multicast", "data": f"m{k}"})
+        net.until(lambda: all(len(net.events(n, "deliver")) >= 5 for n in names), 10, "deliveries")
+        net.pump(0.3)  # a duplicate would show up here
+        for n in names:
+            got = [(e["sender"], e["seq"], e["data"]) for e in net.events(n, "deliver")]
+            assert got == [(c, k + 1, f"m{k}") for k in range(5)], n
+        assert net.multicast_flags() == [False] * 4

@@ -25,6 +25,7 @@ import pytest
 from powergrid import cli
 from powergrid.cli.node import COMMANDS, EVENTS, Joins, build_configs, describe, supply_warning
 from powergrid.cli.processes import NodeProcesses
+from powergrid.errors import ConfigError
 from powergrid.events import LeaderElected, LeaderLost, Member, MemberJoined, View, ViewChanged
 from powergrid.node import MessageDelivered, UnicastDelivered
 from powergrid.protocols.market import PriceUpdated, Regime
@@ -75,6 +76,16 @@ def test_defaults_have_no_bid_and_use_the_host_as_interface() -> None:
     node, udp = build_configs(parse("--port", "9100", "--host", "127.0.0.2"))
     assert node.bid is None and node.cluster == 1 and not node.broker_capable
     assert udp.interface == "127.0.0.2" and udp.ttl == 1
+
+
+def test_seeds_turn_on_unicast_fan_out() -> None:
+    """Rule: --seeds host:port,... becomes UdpConfig.fanout_seeds (spaces and empty entries
+    dropped); without it the node uses IP multicast; a bad entry is an error naming --seeds."""
+    _, udp = build_configs(parse("--port", "9100", "--seeds", "10.0.0.1:9001, 10.0.0.2:9001,"))
+    assert udp.fanout and udp.fanout_seeds == ("10.0.0.1:9001", "10.0.0.2:9001")
+    assert not build_configs(parse("--port", "9100"))[1].fanout
+    with pytest.raises(ConfigError, match=r"--seeds: '10.0.0.1' is not host:port"):
+        build_configs(parse("--port", "9100", "--seeds", "10.0.0.1"))
 
 
 @pytest.mark.parametrize(

@@ -37,6 +37,7 @@ from powergrid.events import (
     ViewChanged,
 )
 from powergrid.node import MessageDelivered, Node, NodeConfig
+from powergrid.transports._core import open_group_socket
 from powergrid.transports.trio_udp import (
     BUNDLE_MAGIC,
     UdpConfig,
@@ -44,7 +45,7 @@ from powergrid.transports.trio_udp import (
     pack_bundles,
     split_bundle,
 )
-from powergrid.types import GroupId, NodeId, node_id
+from powergrid.types import GroupId, NodeId, format_node, node_id
 from powergrid.wire import MAGIC, WIRE_LIMIT
 
 HOST = "127.0.0.1"
@@ -987,3 +988,103 @@ def test_unicast_goes_only_to_addresses_heard_from(raw: socket.socket, loop: Any
 
     run(lambda: main(True))
     run(lambda: main(False))
+
+
+def test_unicast_goes_to_configured_seeds_before_they_are_heard_from(
+    raw: socket.socket, loop: Any
+) -> None:
+    """Rule (check_source with fan-out): a configured seed is an allowed destination before
+    anything came from it (a fan-out node's first join or election message goes to a seed
+    it never heard); another address never heard from still is not."""
+    port = free_port()
+    raw.setblocking(False)
+    seed = node_id(HOST, raw.getsockname()[1])
+    stranger = node_id(HOST, free_port())
+
+    def got() -> int:
+        n = 0
+        with contextlib.suppress(BlockingIOError):
+            while raw.recv(4096):
+                n += 1
+        return n
+
+    async def main() -> None:
+        udp = udp_config(fanout_seeds=[format_node(seed)])
+        async with run_node(NodeConfig(port=port), udp=udp, incarnation=1) as h:
+            await h.send(stranger, b"nobody")
+            await until(lambda: h.stats.unheard >= 1)
+            unheard = h.stats.unheard
+            await h.send(seed, b"to the seed")
+            await until(lambda: got() >= 1)
+            assert h.stats.unheard == unheard
+
+    run(main)
+
+
+def test_fan_out_cluster_without_multicast_elects_forms_a_view_and_delivers(loop: Any) -> None:
+    """Rule: with ``fanout_seeds`` (keyed; the two broker-capable nodes are the seeds, the two
+    servers learn the rest from views) the nodes open no group socket and send no IP
+    multicast (a listener on the group addresses hears nothing), yet they elect the
+    highest-ranked broker, all install one view of four, every node's fan-out set is the
+    three others, and each sender's multicasts reach every member in order."""
+    ring = Keyring(primary=1, keys={1: bytes(range(32))})
+    ports = sorted({free_port() for _ in range(4)})
+    assert len(ports) == 4
+    ids = [node_id(HOST, p) for p in ports]
+    udp = udp_config(fanout_seeds=[f"{HOST}:{p}" for p in ports[:2]])
+    listeners = [open_group_socket(udp, g) for g in (0, 1)]
+    views: dict[int, list[ViewChanged]] = {i: [] for i in ids}
+    delivered: dict[int, list[MessageDelivered]] = {i: [] for i in ids}
+
+    def take(me: int) -> Callable[[object], None]:
+        def note(ev: object) -> None:
+            if isinstance(ev, ViewChanged) and ev.view.group == GROUP:
+                views[me].append(ev)
+            elif isinstance(ev, MessageDelivered):
+                delivered[me].append(ev)
+
+        return note
+
+    def formed() -> bool:
+        return all(
+            views[i]
+            and views[i][-1].view.nodes == tuple(ids)
+            and views[i][-1].view.leader == ids[1]
+            for i in ids
+        )
+
+    async def main() -> None:
+        cfgs = [
+            NodeConfig(port=p, broker_capable=k < 2, rank=k + 1 if k < 2 else 0, keyring=ring)
+            for k, p in enumerate(ports)
+        ]
+        async with (
+            run_node(cfgs[0], udp=udp, rng=random.Random(1), on_event=take(ids[0])) as a,
+            run_node(cfgs[1], udp=udp, rng=random.Random(2), on_event=take(ids[1])) as b,
+            run_node(cfgs[2], udp=udp, rng=random.Random(3), on_event=take(ids[2])) as c,
+            run_node(cfgs[3], udp=udp, rng=random.Random(4), on_event=take(ids[3])) as d,
+        ):
+            handles = (a, b, c, d)
+            await until(formed, timeout=15)
+            for h in handles:
+                brokers = (GroupId(0), GROUP) if h is b else (GROUP,)  # the cluster broker
+                assert h.groups == brokers and h._groups == {}  # no group socket
+                others = tuple(format_node(i) for i in ids if i != h.node_id)
+                assert h.fanout_targets(GROUP) == others
+            for k in range(5):
+                await a.multicast(b"a%d" % k)
+                await d.multicast(b"d%d" % k)
+            await until(lambda: all(len(delivered[i]) >= 10 for i in ids), timeout=5)
+
+    try:
+        run(main)
+        for s in listeners:
+            with pytest.raises(BlockingIOError):
+                s.recvfrom(2048)
+    finally:
+        for s in listeners:
+            s.close()
+    for i in ids:
+        for sender, tag in ((ids[0], b"a"), (ids[3], b"d")):
+            mine = [(e.seq, e.payload) for e in delivered[i] if e.sender == sender]
+            assert mine == [(k + 1, tag + b"%d" % k) for k in range(5)]

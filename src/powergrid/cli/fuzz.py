@@ -48,6 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
+        "--fanout",
+        action="store_true",
+        help="no IP multicast: group sends fan out as unicasts to seeds and view members",
+    )
+    parser.add_argument(
         "--replay", type=int, default=None, metavar="SEED", help="re-run SEED, print its trace"
     )
     parser.add_argument(
@@ -87,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
         "nodes": args.nodes,
         "safety_s": args.safety,
         "liveness_s": args.liveness,
+        "fanout": args.fanout,
     }
     if args.replay is not None:
         result = run_datacentre(args.replay, keep_trace=True, **common)

@@ -42,6 +42,7 @@ import trio
 from powergrid.auth import ENV_VAR, Keyring
 from powergrid.errors import ConfigError, PowergridError
 from powergrid.events import LeaderElected, LeaderLost, MemberJoined, ViewChanged
+from powergrid.fanout import parse_seeds
 from powergrid.node import MessageDelivered, Node, NodeConfig
 from powergrid.protocols.market import Bid, PriceUpdated
 from powergrid.protocols.membership import MemberRemoved, MemberSuspected
@@ -102,6 +103,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--interface", default=None, help="IPv4 address multicast uses (default: --host)")
     a("--ttl", type=int, default=1, help="multicast hops: 0 this host, 1 the LAN (default 1)")
     a("--group-port-base", type=int, default=20000, help="UDP port of group 0 (default 20000)")
+    a(
+        "--seeds",
+        default=None,
+        help="host:port,...: no IP multicast; send group datagrams by unicast to these "
+        "seeds and the members of each group's view (learned only with a key)",
+    )
     a("--broker-capable", action="store_true", help="the node may be elected broker")
     a("--rank", type=int, default=0, help="election rank, 0..65535; higher wins (default 0)")
     a("--supply", type=int, default=0, help="usable supply in watts while lead broker")
@@ -215,8 +222,18 @@ def build_configs(
         interface=args.host if args.interface is None else args.interface,
         ttl=args.ttl,
         group_port_base=args.group_port_base,
+        fanout_seeds=_seeds(args.seeds),
     )
     return node, udp
+
+
+def _seeds(text: str | None) -> tuple[str, ...] | None:
+    """``--seeds host:port,...`` as a list (None: IP multicast); raises ConfigError naming it."""
+    if text is None:
+        return None
+    seeds = tuple(s.strip() for s in text.split(",") if s.strip())
+    parse_seeds(seeds, "--seeds")
+    return seeds
 
 
 # ------------------------------------------------------------------ events

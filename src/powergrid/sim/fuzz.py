@@ -515,7 +515,8 @@ class FuzzNetwork(MemoryNetwork):
     :param seed: the run's seed; every random stream is split from it.
     :param make: the endpoint factory used by :meth:`spawn` and restarts.
     :param link: the default link behaviour (the latency comes from its delay).
-    :param observer, loopback, keep_log, trace, drop: as for :class:`MemoryNetwork`.
+    :param observer, loopback, keep_log, trace, drop, fanout_seeds: as for
+        :class:`MemoryNetwork`.
     """
 
     def __init__(
@@ -529,8 +530,10 @@ class FuzzNetwork(MemoryNetwork):
         keep_log: bool = True,
         trace: Trace | None = None,
         drop: Callable[[NodeId, NodeId, bytes], bool] | None = None,
+        fanout_seeds: tuple[NodeId, ...] | None = None,
     ) -> None:
         super().__init__(
+            fanout_seeds=fanout_seeds,
             rng=split_rng(seed, "network"),
             observer=observer,
             loopback=loopback,

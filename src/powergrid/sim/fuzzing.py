@@ -177,6 +177,7 @@ def replay_command(
     nodes: int | None = None,
     safety_s: float = DEFAULT_SAFETY_S,
     liveness_s: float = DEFAULT_LIVENESS_S,
+    fanout: bool = False,
 ) -> str:
     """The ``powergrid fuzz`` command that replays ``seed`` with these options
     (an option at its default is left out)."""
@@ -187,6 +188,8 @@ def replay_command(
         cmd += f" --safety {safety_s!r}"
     if liveness_s != DEFAULT_LIVENESS_S:
         cmd += f" --liveness {liveness_s!r}"
+    if fanout:
+        cmd += " --fanout"
     return cmd
 
 
@@ -195,11 +198,14 @@ def recipe(
     nodes: int | None = None,
     safety_s: float = DEFAULT_SAFETY_S,
     liveness_s: float = DEFAULT_LIVENESS_S,
+    fanout: bool = False,
 ) -> str:
     """Python source that defines ``build`` and ``invariants`` as :func:`run_datacentre` does."""
     return (
         "from powergrid.sim.fuzzing import datacentre, invariants\n\n"
-        f"build = datacentre(nodes={nodes!r}, safety_s={safety_s!r}, liveness_s={liveness_s!r})\n"
+        f"build = datacentre(nodes={nodes!r}, safety_s={safety_s!r}, liveness_s={liveness_s!r}"
+        + (", fanout=True" if fanout else "")
+        + ")\n"
     )
 
 
@@ -209,10 +215,14 @@ def datacentre(
     safety_s: float = DEFAULT_SAFETY_S,
     liveness_s: float = DEFAULT_LIVENESS_S,
     node_class: Callable[..., Node] = Node,
+    fanout: bool = False,
 ) -> Callable[[random.Random], System]:
     """A build of a small data centre (see the module docstring).
 
-    ``nodes`` fixes the number of servers (else 3-15 are drawn);
+    ``nodes`` fixes the number of servers (else 3-15 are drawn); ``fanout``
+    runs it without IP multicast: group datagrams are fanned out as unicasts
+    to seeds (every broker-capable node, i.e. every node that can lead) and
+    the members of each sender's last view of the group;
     ``node_class`` lets tests build deliberately broken nodes. Raises
     :class:`ConfigError` for options :func:`check_options` refuses.
     """
@@ -278,7 +288,8 @@ def datacentre(
             n = node_class(configs[node], incarnation=incarnation, rng=r)
             return App(n, interval=intervals[node], until=publish_until, rng=r)
 
-        return System(nodes=tuple(s.node for s in specs), make=make, info=info)
+        seeds = tuple(s.node for s in specs if s.broker_capable) if fanout else None
+        return System(nodes=tuple(s.node for s in specs), make=make, info=info, fanout_seeds=seeds)
 
     return build
 
@@ -298,6 +309,7 @@ def run_datacentre(
     keep_trace: bool = False,
     trace_file: IO[str] | None = None,
     node_class: Callable[..., Node] = Node,
+    fanout: bool = False,
     **kwargs: Any,
 ) -> RunResult:
     """Run ``seed`` of the drawn data centre; extra keywords go to :func:`run_seed`.
@@ -306,7 +318,19 @@ def run_datacentre(
     as it is (for ``node_class`` :class:`~powergrid.node.Node`). Raises
     :class:`ConfigError` for options :func:`check_options` refuses.
     """
-    build = datacentre(nodes=nodes, safety_s=safety_s, liveness_s=liveness_s, node_class=node_class)
+    build = datacentre(
+        nodes=nodes,
+        safety_s=safety_s,
+        liveness_s=liveness_s,
+        node_class=node_class,
+        fanout=fanout,
+    )
+    opts: dict[str, Any] = {
+        "nodes": nodes,
+        "safety_s": safety_s,
+        "liveness_s": liveness_s,
+        "fanout": fanout,
+    }
     return run_seed(
         seed,
         build,
@@ -315,8 +339,8 @@ def run_datacentre(
         liveness_s=liveness_s,
         keep_trace=keep_trace,
         trace_file=trace_file,
-        replay=replay_command(seed, nodes=nodes, safety_s=safety_s, liveness_s=liveness_s),
-        recipe=recipe(nodes=nodes, safety_s=safety_s, liveness_s=liveness_s),
+        replay=replay_command(seed, **opts),
+        recipe=recipe(**opts),
         **kwargs,
     )
 

@@ -153,6 +153,9 @@ class System:
     nodes: tuple[NodeId, ...]
     make: Make
     info: object = None
+    fanout_seeds: tuple[NodeId, ...] | None = None
+    """None: group sends reach the subscribers (IP multicast); else the run's network is in
+    unicast fan-out mode with these seeds (see :class:`~powergrid.sim.memory.MemoryNetwork`)."""
 
 
 Build = Callable[[random.Random], System]
@@ -307,6 +310,7 @@ def run_seed(
         observer=observe,
         keep_log=False,
         trace=trace,
+        fanout_seeds=system.fanout_seeds,
     )
 
     def record(name: str, problems: list[str]) -> None:

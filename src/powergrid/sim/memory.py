@@ -17,6 +17,10 @@ handles what they return:
   latency;
 * :class:`~powergrid.events.TransmitGroup` -- one copy to every node subscribed
   to the group, in sorted id order, not to the sender unless ``loopback``;
+  with ``fanout_seeds`` (a network without IP multicast) one copy to each node
+  of the sender's fan-out set instead (:class:`~powergrid.fanout.FanOut`:
+  seeds and the members of the group's last view the sender installed,
+  refreshed on each of its ``ViewChanged``), as the UDP transports do;
 * :class:`~powergrid.events.JoinGroup` / :class:`~powergrid.events.LeaveGroup`
   -- the node's subscriptions;
 * anything else is a notification for the application: it goes to the
@@ -74,7 +78,15 @@ from typing import IO, Any
 import attrs
 
 from powergrid.errors import ConfigError, UsageError
-from powergrid.events import Endpoint, JoinGroup, LeaveGroup, Transmit, TransmitGroup
+from powergrid.events import (
+    Endpoint,
+    JoinGroup,
+    LeaveGroup,
+    Transmit,
+    TransmitGroup,
+    ViewChanged,
+)
+from powergrid.fanout import FanOut
 from powergrid.types import NodeId
 
 __all__ = [
@@ -264,6 +276,7 @@ class _Slot:
     paused: bool = False
     inbox: list[tuple[bytes, int]] = attrs.field(factory=list)
     groups: set[int] = attrs.field(factory=set)
+    fanout: FanOut | None = None  # fan-out mode: where its group datagrams go
 
 
 class MemoryNetwork:
@@ -277,6 +290,11 @@ class MemoryNetwork:
     :param loopback: deliver a node's group datagrams to itself too.
     :param keep_log: keep notifications in :attr:`log`.
     :param trace: a :class:`Trace` to record deliveries, drops and notifications in.
+    :param fanout_seeds: None: group datagrams reach the group's subscribers (IP
+        multicast). Node ids: unicast fan-out mode, each node sending a group
+        datagram to these seeds and the members of its last view of the group.
+        Views teach (``learn=True``) as they do for keyed nodes: the simulated
+        wire forges nothing.
     """
 
     def __init__(
@@ -290,6 +308,7 @@ class MemoryNetwork:
         loopback: bool = False,
         keep_log: bool = True,
         trace: Trace | None = None,
+        fanout_seeds: tuple[NodeId, ...] | None = None,
     ) -> None:
         if seed is not None and rng is not None:
             raise ConfigError("give MemoryNetwork a seed or an rng, not both")
@@ -300,6 +319,7 @@ class MemoryNetwork:
         self._drop = drop
         self._observer = observer
         self._loopback = loopback
+        self._fanout_seeds = fanout_seeds
         self.trace = trace
         self.log: list[tuple[float, NodeId, object]] | None = [] if keep_log else None
         self.stats = NetworkStats()
@@ -320,6 +340,8 @@ class MemoryNetwork:
             JoinGroup: self._on_join,
             LeaveGroup: self._on_leave,
         }
+        if fanout_seeds is not None:
+            self._handlers[ViewChanged] = self._on_view
 
     # ------------------------------------------------------------ properties
 
@@ -608,6 +630,8 @@ class MemoryNetwork:
 
     def _start(self, node: int, endpoint: Endpoint, incarnation: int) -> None:
         slot = _Slot(endpoint, incarnation, self._life.get(node, 0))
+        if self._fanout_seeds is not None:
+            slot.fanout = FanOut(NodeId(node), self._fanout_seeds, learn=True)
         self._slots[node] = slot
         if self.trace is not None:
             self.trace.record(self._now, node, "start", inc=incarnation)
@@ -663,6 +687,9 @@ class MemoryNetwork:
             self._observer(self._now, NodeId(node), out)
 
     def _on_transmit_group(self, node: int, slot: _Slot, out: TransmitGroup) -> None:
+        if slot.fanout is not None:
+            self._route_group(node, list(slot.fanout.targets(out.group)), out.data)
+            return
         dsts = self._subscribers.get(out.group, [])
         if not self._loopback:
             dsts = [d for d in dsts if d != node]
@@ -683,7 +710,14 @@ class MemoryNetwork:
         subs.append(node)
         subs.sort()
 
+    def _on_view(self, node: int, slot: _Slot, out: ViewChanged) -> None:
+        if slot.fanout is not None:
+            slot.fanout.install(out.view)
+        self._notify(node, out)
+
     def _on_leave(self, node: int, slot: _Slot, out: LeaveGroup) -> None:
+        if slot.fanout is not None:
+            slot.fanout.forget(out.group)
         if out.group in slot.groups:
             slot.groups.discard(out.group)
             self._unsubscribe(node, out.group)

@@ -27,7 +27,9 @@ datagram, then feed the node*:
 
 Outputs: ``Transmit``/``TransmitGroup`` become UDP datagrams to the node's
 address (:func:`~powergrid.types.node_address`) or the group's
-(:meth:`UdpConfig.group_address`), queued for the next flush and packed per
+(:meth:`UdpConfig.group_address`; in unicast fan-out mode, one to each
+address of the group's fan-out set, decided by :class:`~powergrid.fanout.FanOut`
+and refreshed on every ``ViewChanged``), queued for the next flush and packed per
 destination by :func:`pack_bundles`; ``JoinGroup``/``LeaveGroup`` open and
 close a group socket (:func:`open_group_socket`), whose reader the transport
 starts and stops; everything else is a notification for the app: handed to
@@ -72,7 +74,9 @@ from powergrid.events import (
     MemberLeft,
     Transmit,
     TransmitGroup,
+    ViewChanged,
 )
+from powergrid.fanout import FanOut, parse_seeds
 from powergrid.types import (
     NodeId,
     format_node,
@@ -125,6 +129,16 @@ def _ipv4(value: str, what: str) -> ipaddress.IPv4Address:
         raise ConfigError(f"{what} {value!r} is not an IPv4 address") from exc
 
 
+def _seed_list(value: Iterable[str] | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        raise ConfigError(
+            f"fanout_seeds must be a list of host:port strings, not the string {value!r}"
+        )
+    return tuple(value)
+
+
 @attrs.frozen(kw_only=True)
 class UdpConfig:
     """Socket settings of the UDP transports. Raises :class:`ConfigError` when invalid.
@@ -149,9 +163,17 @@ class UdpConfig:
       scheme, see :meth:`group_address`; ``group_map`` replaces it.
     * ``check_source``: a datagram whose claimed sender id is not the address it came
       from is dropped (the node counts it in ``NodeStats.spoofed``), and unicast goes
-      only to addresses a datagram came from (else dropped, ``UdpStats.unheard``), so
-      a forged id cannot point replies anywhere. Turn it off only where a node's id is
+      only to addresses a datagram came from or to the configured ``fanout_seeds``
+      (else dropped, ``UdpStats.unheard``), so a forged id cannot point replies
+      anywhere; a fan-out group send goes to seeds and members of an authenticated
+      view, never to a claimed sender. Turn it off only where a node's id is
       not the address its datagrams come from (NAT or port mapping between nodes).
+    * ``fanout_seeds``: None (the default) sends group datagrams by IP
+      multicast. A list of ``"host:port"`` seed addresses (even an empty one)
+      turns on **unicast fan-out**: no group socket is opened and no IP
+      multicast is sent; a group datagram goes by unicast to each seed and each
+      member of the group's last authenticated view, this node excepted (see
+      :mod:`powergrid.fanout`). Without a keyring on the node, seeds only.
     """
 
     interface: str = attrs.field(default="127.0.0.1", validator=instance(str, "an IPv4 address"))
@@ -171,9 +193,12 @@ class UdpConfig:
         default=None, validator=optional_callable
     )
     check_source: bool = attrs.field(default=True, validator=flag)
+    fanout_seeds: tuple[str, ...] | None = attrs.field(default=None, converter=_seed_list)
 
     def __attrs_post_init__(self) -> None:
         _ipv4(self.interface, "UdpConfig.interface:")
+        if self.fanout_seeds is not None:
+            parse_seeds(self.fanout_seeds, "UdpConfig.fanout_seeds")
         if self.bundle_size and not _BUNDLE_MIN <= self.bundle_size <= _UDP_MAX:
             raise ConfigError(
                 f"UdpConfig.bundle_size: {self.bundle_size} must be 0 (no bundling) "
@@ -191,6 +216,15 @@ class UdpConfig:
                 f"{self.group_port_base + self.group_ports - 1}"
                 " must lie within 1..65535: lower group_port_base or group_ports"
             )
+
+    @property
+    def fanout(self) -> bool:
+        """True in unicast fan-out mode (``fanout_seeds`` is set), False for IP multicast."""
+        return self.fanout_seeds is not None
+
+    def seed_ids(self) -> tuple[NodeId, ...]:
+        """The node ids of ``fanout_seeds``, sorted and distinct (empty without fan-out)."""
+        return parse_seeds(self.fanout_seeds or (), "fanout_seeds")
 
     def group_address(self, group: int) -> tuple[str, int]:
         """The multicast ``(ip, port)`` of ``group``.
@@ -384,7 +418,7 @@ def open_unicast_socket(cfg: UdpConfig, host: str, port: int) -> tuple[socket.so
             f"cannot open the unicast socket {host}:{port}: {exc}; "
             "pick a free port on an address of this host"
         ) from exc
-    if host != cfg.interface:
+    if host != cfg.interface and not cfg.fanout:
         log.warning(
             "node address %s differs from the multicast interface %s: multicasts will "
             "carry source %s; set UdpConfig.interface to the node's host",
@@ -462,7 +496,23 @@ class Driver:
         self._check = (
             config.check_source and "source" in inspect.signature(endpoint.receive).parameters
         )
-        self._group_addresses: dict[int, Address] = {}  # group -> (ip, port)
+        # group -> where its datagrams go: (ip, port) of the group, or the fan-out set's
+        self._group_targets: dict[int, tuple[Address, ...]] = {}
+        self._fanout: FanOut | None = None
+        self._joined: set[int] = set()  # groups joined in fan-out mode (no sockets)
+        if config.fanout:
+            keyed = getattr(getattr(endpoint, "config", None), "keyring", None) is not None
+            self._fanout = FanOut(endpoint.node_id, config.seed_ids(), learn=keyed)
+            if not keyed:
+                log.warning(
+                    "unicast fan-out without a keyring: views are not authenticated, so "
+                    "group datagrams go to the %d configured seeds only",
+                    len(self._fanout.seeds),
+                )
+        # check_source: the configured seeds may be sent to before they are heard from (a
+        # fan-out node's first join request or election message goes to a seed it never
+        # heard); they are the operator's, not a datagram's claim
+        self._seed_addresses = frozenset(node_address(n) for n in config.seed_ids())
         self._running = False
         self._closed = False
         self._left = False
@@ -471,6 +521,7 @@ class Driver:
             Transmit: self._on_transmit,
             JoinGroup: self._on_join,
             LeaveGroup: self._on_leave,
+            ViewChanged: self._on_view,
         }
 
     # ------------------------------------------------------------ surface
@@ -502,8 +553,16 @@ class Driver:
 
     @property
     def groups(self) -> tuple[int, ...]:
-        """The groups whose multicast address this node is subscribed to, sorted."""
-        return tuple(sorted(self._groups))
+        """The groups this node has joined, sorted: subscribed to their multicast
+        address, or (fan-out) fanning their datagrams out."""
+        return tuple(sorted(self._joined if self._fanout is not None else self._groups))
+
+    def fanout_targets(self, group: int) -> tuple[str, ...]:
+        """Fan-out mode: where a datagram to ``group`` goes now, as ``host:port``, sorted
+        by node id; empty with IP multicast."""
+        if self._fanout is None:
+            return ()
+        return tuple(format_node(n) for n in self._fanout.targets(group))
 
     @property
     def running(self) -> bool:
@@ -728,16 +787,26 @@ class Driver:
             kind = type(out)
             if kind is TransmitGroup:  # the hot path, inlined
                 group = out.group  # type: ignore[attr-defined]
-                addr = self._group_addresses.get(group)
-                if addr is None:
-                    addr = self._group_addresses[group] = self._config.group_address(group)
-                self._out(out.data, addr)  # type: ignore[attr-defined]
+                addrs = self._group_targets.get(group)
+                if addrs is None:
+                    addrs = self._targets_of(group)
+                for addr in addrs:
+                    self._out(out.data, addr)  # type: ignore[attr-defined]
                 continue
             handler = handlers.get(kind)
             if handler is not None:
                 handler(out)
             else:
                 self._notify(out)
+
+    def _targets_of(self, group: int) -> tuple[Address, ...]:
+        """Where ``group``'s datagrams go (cached until its view or membership changes)."""
+        if self._fanout is None:
+            addrs: tuple[Address, ...] = (self._config.group_address(group),)
+        else:
+            addrs = tuple(node_address(n) for n in self._fanout.targets(group))
+        self._group_targets[group] = addrs
+        return addrs
 
     def _notify(self, out: object) -> None:
         if self._on_event is not None:
@@ -849,7 +918,7 @@ class Driver:
                 log.warning("dropped a datagram: %s", exc)
                 return
             self._addresses[out.to] = addr
-        if self._check and addr not in self._heard:
+        if self._check and addr not in self._heard and addr not in self._seed_addresses:
             self._stats.unheard += 1  # never heard from: maybe a forged id (check_source)
             return
         self._out(out.data, addr)
@@ -857,6 +926,9 @@ class Driver:
     def _on_join(self, out: JoinGroup) -> None:
         group = out.group
         if group in self._groups or not self._running or self._closed:
+            return
+        if self._fanout is not None:  # datagrams of the group arrive on the unicast socket
+            self._joined.add(group)
             return
         try:
             sock = open_group_socket(self._config, group)
@@ -869,7 +941,10 @@ class Driver:
         self._start_group_reader(group, sock)
 
     def _on_leave(self, out: LeaveGroup) -> None:
-        self._group_addresses.pop(out.group, None)
+        self._group_targets.pop(out.group, None)
+        self._joined.discard(out.group)
+        if self._fanout is not None:
+            self._fanout.forget(out.group)
         if out.group in self._groups:
             self._close_group(out.group)
 
@@ -877,6 +952,12 @@ class Driver:
         sock = self._groups.pop(group)
         self._stop_group_reader(group, sock)
         sock.close()
+
+    def _on_view(self, out: ViewChanged) -> None:
+        """The fan-out set follows the view before the app sees it; then pass it on."""
+        if self._fanout is not None and self._fanout.install(out.view):
+            self._group_targets.pop(out.view.group, None)
+        self._notify(out)
 
     # ------------------------------------------------------------ the event loop's part
 

@@ -13,7 +13,7 @@ joining, fencing, leadership). The package is split by what changes together:
   leader), each an object with its own handlers and deadline;
 - :mod:`.machine`: the router that keeps what outlives a role.
 
-Rule numbers in the code (L1-L9, M1-M10, E1-E4, V1, I1) are those of
+Rule numbers in the code (L1-L9, M1-M11, E1-E4, V1, I1) are those of
 docs/protocols/membership.md.
 """
 

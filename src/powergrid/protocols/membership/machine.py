@@ -149,9 +149,14 @@ message and deadline to the object of its current role, an :class:`Idle`,
 functions. Leaving a role drops its object and its state with it; the
 transitions allowed are :data:`~.roles.TRANSITIONS`. ``next_deadline()`` is
 the earliest of the role's own deadline and the machine's one timer, the
-leader-lost timer of a follower (rule M6). The staleness of a LeaderElected
+leader-lost timer of a follower (rule M6). A member that reported its
+leader lost multicasts a join request every ``join_retry_max`` until it
+hears a leader (rule M11, the member role's timer): without IP multicast
+(unicast fan-out, :mod:`powergrid.fanout`) a new leader sends only to seeds
+and its own view's members, so a member it does not list would otherwise
+wait forever. The staleness of a LeaderElected
 is the shared :class:`~powergrid.protocols.leadership.Leadership` record's
-rule. Rule numbers in comments (L1-L9 leader, M1-M10 member, E1-E4
+rule. Rule numbers in comments (L1-L9 leader, M1-M11 member, E1-E4
 leadership, V1 view ids, I1 incarnations) are those of
 docs/protocols/membership.md.
 """
@@ -196,7 +201,7 @@ from powergrid.protocols.membership.view import (
     parse_view,
 )
 from powergrid.types import MAX_NODE_ID, Epoch, GroupId, NodeId, epoch_newer, incarnation_newer
-from powergrid.wire import LeaveNotice, ViewEntry, ViewPart, ViewRequest
+from powergrid.wire import JoinRequest, LeaveNotice, ViewEntry, ViewPart, ViewRequest
 
 __all__ = ["MembershipMachine"]
 
@@ -491,17 +496,26 @@ class MembershipMachine(Dispatching):
             and not self._lost_reported
             and now >= self._heard + self._leader_timeout
         ):
-            self._report_lost(actions)  # rule M6
+            self._report_lost(now, actions, timed_out=True)  # rule M6
         return actions
 
-    def _report_lost(self, actions: list[Any]) -> None:
-        """Rules M6, M8: LeaderLost for the followed leader (0, 0 if none), once."""
+    def _report_lost(self, now: float, actions: list[Any], *, timed_out: bool = False) -> None:
+        """Rules M6, M8: LeaderLost for the followed leader (0, 0 if none), once; the role
+        hears of it (a member whose leader ``timed_out`` starts asking to join, rule M11)."""
         self._lost_reported = True
         self._stats.leader_lost_reported += 1
         lead = self._lead
         actions.append(
             LeaderLost(group=self._group, leader=NodeId(lead.leader or 0), epoch=lead.epoch)
         )
+        self._role.leader_lost(now, timed_out)
+
+    def _join_request(self) -> JoinRequest:
+        """This node's JoinRequest (its rank and broker capability), counted as sent (rules
+        M7, M11)."""
+        self._stats.joins_sent += 1
+        me = self._me
+        return JoinRequest(rank=me.rank, broker_capable=int(me.broker_capable))
 
     def _jittered(self, delay: float) -> float:
         """``delay`` lengthened by up to ``join_jitter`` of itself, from the rng (rule M7)."""

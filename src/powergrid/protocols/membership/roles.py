@@ -8,7 +8,9 @@ raft's ``becomeFollower``/``becomeLeader`` swap the step and tick functions:
 - :class:`Joining`: ``Join()`` given, not (or no longer) listed by its
   leader's view; owns the join retry and the bootstrap timers (rules M7, M8).
 - :class:`Member`: listed by the last view of the leader it follows; acks
-  heartbeats (rule M2) and asks for views it lacks (rule M3).
+  heartbeats (rule M2) and asks for views it lacks (rule M3); once its leader
+  is reported lost, multicasts a join request every ``join_retry_max`` until
+  it hears a leader (rule M11).
 - :class:`~.leader.Leader`: ticks, admits, suspects, probes and removes
   (rules L1-L9), from ``LeaderElected`` naming this node until it follows
   another leader or leaves.
@@ -122,6 +124,10 @@ class _Role(Dispatching):
 
     def leader_changed(self) -> None:
         """The machine follows a new leader (or a new epoch of one), not this node."""
+
+    def leader_lost(self, now: float, timed_out: bool) -> None:
+        """The machine reported its leader lost at ``now`` (seconds; rules M6, M8), by
+        timeout or not (a LeaveNotice, the bootstrap): only a member acts on it (rule M11)."""
 
     def left_out(
         self, departed: dict[int, tuple[int, int]], now: float, actions: list[Any]
@@ -257,7 +263,7 @@ class _Following(_Role):
             and cast(LeaveNotice, ev.message).epoch == m._lead.epoch
         ):
             m._leader_left = True
-            m._report_lost(actions)
+            m._report_lost(now, actions)
         return actions
 
 
@@ -307,9 +313,7 @@ class Joining(_Following):
         names itself in its next heartbeat, which sends the request to it at once.
         """
         m = self._m
-        m._stats.joins_sent += 1
-        me = m._me
-        req = JoinRequest(rank=me.rank, broker_capable=int(me.broker_capable))
+        req = m._join_request()
         delay = self.join_delay
         if m._lead.leader and not m._lost_reported:
             actions.append(Send(to=NodeId(m._lead.leader), message=req))
@@ -341,7 +345,7 @@ class Joining(_Following):
         if boot is not None and now >= boot:  # rule M8: no leader heard of at all
             self.bootstrap_due = None
             if not m._lead.leader:
-                m._report_lost(actions)
+                m._report_lost(now, actions)
         return actions
 
     def heartbeat(self, ev: Received, now: float) -> list[Any]:
@@ -367,15 +371,42 @@ class Member(_Following):
 
     ``ack_out`` keeps the last ack sent with what it answered (leader, epoch,
     view id): the same immutable action is sent again while they stay.
+    ``lost_join_due`` is when a member whose leader was reported lost next
+    multicasts a join request (rule M11); it counts only while the machine's
+    ``_lost_reported`` holds, which hearing a leader clears (rule M1), so the
+    timer needs no clearing of its own; every report sets it anew (None when
+    the leader sent a LeaveNotice).
     """
 
-    __slots__ = ("ack_out",)
+    __slots__ = ("ack_out", "lost_join_due")
 
     PHASE = Phase.MEMBER
 
     def __init__(self, machine: MembershipMachine) -> None:
         super().__init__(machine)
         self.ack_out: tuple[tuple[int, int, int], Send] | None = None
+        self.lost_join_due: float | None = None
+
+    def leader_lost(self, now: float, timed_out: bool) -> None:
+        # Rule M11: a leader that timed out: ask to join (multicast) join_retry_max from
+        # now, jittered. Without IP multicast a new leader whose view lacks this member may
+        # never send to it (group datagrams go only to seeds and view members, unicast
+        # fan-out). A leader that said it leaves: no timer (an earlier one is dropped).
+        m = self._m
+        self.lost_join_due = now + m._jittered(m._config.join_retry_max) if timed_out else None
+
+    def next_deadline(self) -> float | None:
+        return self.lost_join_due if self._m._lost_reported else None
+
+    def on_deadline(self, now: float) -> list[Any]:
+        m = self._m
+        due = self.lost_join_due
+        if due is None or not m._lost_reported or now < due:
+            return []
+        # Rule M11: still no leader heard: multicast a join request, again join_retry_max on.
+        req = m._join_request()
+        self.lost_join_due = now + m._jittered(m._config.join_retry_max)
+        return [Multicast(message=req)]
 
     def heartbeat(self, ev: Received, now: float) -> list[Any]:
         m = self._m
