@@ -74,6 +74,7 @@ from powergrid.events import (
     MemberLeft,
     Transmit,
     TransmitGroup,
+    View,
     ViewChanged,
 )
 from powergrid.fanout import FanOut, parse_seeds
@@ -456,6 +457,92 @@ def _not_open(data: bytes, addr: Address) -> int:
     raise OSError("the unicast socket is not open")
 
 
+class Destinations:
+    """Where a node's datagrams may go, and whom it has heard from: the one place
+    of the network rule (FIGURES.md) that a node sends only to its groups'
+    addresses (IP multicast) or, in fan-out mode, to the configured seeds and the
+    members of its authenticated views, and unicast only to addresses it has heard
+    from or been configured with (``check``: :attr:`UdpConfig.check_source`).
+    Refusals are counted in the transport's :class:`UdpStats`.
+
+    ``heard`` (source address -> node id, at most ``_MAX_HEARD``, oldest first
+    forgotten) and ``groups`` (group -> its destination addresses, cached until
+    the group's view or membership changes) are read by the driver's hot paths.
+    """
+
+    __slots__ = ("_addresses", "_config", "_seeds", "_stats", "check", "fanout", "groups", "heard")
+
+    def __init__(
+        self, config: UdpConfig, me: NodeId, stats: UdpStats, *, check: bool, keyed: bool
+    ) -> None:
+        self._config = config
+        self._stats = stats
+        self.check = check
+        self.heard: dict[Address, int] = {}
+        self.groups: dict[int, tuple[Address, ...]] = {}
+        self._addresses: dict[int, Address] = {}  # node id -> its socket address
+        # the configured seeds may be sent to before they are heard from (a fan-out
+        # node's first join request goes to a seed it never heard): the operator's word
+        self._seeds = frozenset(node_address(n) for n in config.seed_ids())
+        self.fanout: FanOut | None = None
+        if config.fanout:
+            self.fanout = FanOut(me, config.seed_ids(), learn=keyed)
+            if not keyed:
+                log.warning(
+                    "unicast fan-out without a keyring: views are not authenticated, so "
+                    "group datagrams go to the %d configured seeds only",
+                    len(self.fanout.seeds),
+                )
+
+    def hear(self, source: Address) -> int:
+        """Remember that a datagram came from ``source``; its node id (0: not a node's)."""
+        heard = self.heard
+        try:
+            sid = node_id(source[0], source[1])
+        except ConfigError:
+            return 0
+        if len(heard) >= _MAX_HEARD:
+            del heard[next(iter(heard))]  # the address heard from first
+        heard[source] = sid
+        return sid
+
+    def unicast(self, to: NodeId) -> Address | None:
+        """The address of node ``to``, or None (counted) if it may not be sent to."""
+        addr = self._addresses.get(to)
+        if addr is None:
+            try:
+                addr = node_address(to)
+            except ConfigError as exc:
+                self._stats.send_errors += 1
+                log.warning("dropped a datagram: %s", exc)
+                return None
+            self._addresses[to] = addr
+        if self.check and addr not in self.heard and addr not in self._seeds:
+            self._stats.unheard += 1  # never heard from: maybe a forged id (check_source)
+            return None
+        return addr
+
+    def group(self, group: int) -> tuple[Address, ...]:
+        """Where ``group``'s datagrams go (cached in :attr:`groups`)."""
+        if self.fanout is None:
+            addrs: tuple[Address, ...] = (self._config.group_address(group),)
+        else:
+            addrs = tuple(node_address(n) for n in self.fanout.targets(group))
+        self.groups[group] = addrs
+        return addrs
+
+    def follow(self, view: View) -> None:
+        """A view was installed: in fan-out mode its members become the group's targets."""
+        if self.fanout is not None and self.fanout.install(view):
+            self.groups.pop(view.group, None)
+
+    def forget(self, group: int) -> None:
+        """The node left ``group``: back to the seeds (fan-out) and no cached targets."""
+        self.groups.pop(group, None)
+        if self.fanout is not None:
+            self.fanout.forget(group)
+
+
 class Driver:
     """The app's handle on a running node, and the loop-independent half of its transport.
 
@@ -490,29 +577,11 @@ class Driver:
         self._flush_due = False  # a flush is requested for when the commanding task yields
         self._backlog: deque[tuple[bytes, Address]] = deque()
         self._events: deque[object] = deque()
-        self._addresses: dict[int, Address] = {}  # node id -> its socket address
-        # check_source: source address -> its node id, for the addresses heard from
-        self._heard: dict[Address, int] = {}
-        self._check = (
-            config.check_source and "source" in inspect.signature(endpoint.receive).parameters
-        )
-        # group -> where its datagrams go: (ip, port) of the group, or the fan-out set's
-        self._group_targets: dict[int, tuple[Address, ...]] = {}
-        self._fanout: FanOut | None = None
+        check = config.check_source and "source" in inspect.signature(endpoint.receive).parameters
+        keyed = getattr(getattr(endpoint, "config", None), "keyring", None) is not None
+        self._to = Destinations(config, endpoint.node_id, self._stats, check=check, keyed=keyed)
+        self._fanout = self._to.fanout
         self._joined: set[int] = set()  # groups joined in fan-out mode (no sockets)
-        if config.fanout:
-            keyed = getattr(getattr(endpoint, "config", None), "keyring", None) is not None
-            self._fanout = FanOut(endpoint.node_id, config.seed_ids(), learn=keyed)
-            if not keyed:
-                log.warning(
-                    "unicast fan-out without a keyring: views are not authenticated, so "
-                    "group datagrams go to the %d configured seeds only",
-                    len(self._fanout.seeds),
-                )
-        # check_source: the configured seeds may be sent to before they are heard from (a
-        # fan-out node's first join request or election message goes to a seed it never
-        # heard); they are the operator's, not a datagram's claim
-        self._seed_addresses = frozenset(node_address(n) for n in config.seed_ids())
         self._running = False
         self._closed = False
         self._left = False
@@ -680,8 +749,8 @@ class Driver:
         Reads at most ``_BATCH`` datagrams; at the end flushes and re-arms once.
         """
         receive: Callable[..., list[Any]] = self._endpoint.receive
-        check = self._check
-        heard = self._heard
+        check = self._to.check
+        heard = self._to.heard
         dispatch = self._dispatch
         stats = self._stats
         own = self._own
@@ -707,7 +776,7 @@ class Driver:
             if check:  # the id of the address it came from (UdpConfig.check_source)
                 sid = heard.get(source, 0)
                 if not sid:
-                    sid = self._hear(source)
+                    sid = self._to.hear(source)
             if data[:2] == BUNDLE_MAGIC:
                 parts = split_bundle(data)
                 if parts is None:
@@ -783,13 +852,14 @@ class Driver:
 
     def _dispatch(self, outputs: Iterable[object]) -> None:
         handlers = self._handlers
+        targets = self._to.groups
         for out in outputs:
             kind = type(out)
             if kind is TransmitGroup:  # the hot path, inlined
                 group = out.group  # type: ignore[attr-defined]
-                addrs = self._group_targets.get(group)
+                addrs = targets.get(group)
                 if addrs is None:
-                    addrs = self._targets_of(group)
+                    addrs = self._to.group(group)
                 for addr in addrs:
                     self._out(out.data, addr)  # type: ignore[attr-defined]
                 continue
@@ -798,15 +868,6 @@ class Driver:
                 handler(out)
             else:
                 self._notify(out)
-
-    def _targets_of(self, group: int) -> tuple[Address, ...]:
-        """Where ``group``'s datagrams go (cached until its view or membership changes)."""
-        if self._fanout is None:
-            addrs: tuple[Address, ...] = (self._config.group_address(group),)
-        else:
-            addrs = tuple(node_address(n) for n in self._fanout.targets(group))
-        self._group_targets[group] = addrs
-        return addrs
 
     def _notify(self, out: object) -> None:
         if self._on_event is not None:
@@ -896,32 +957,10 @@ class Driver:
             backlog.popleft()
         return True
 
-    def _hear(self, source: Address) -> int:
-        """Remember that a datagram came from ``source``; its node id (0: not a node's)."""
-        heard = self._heard
-        try:
-            sid = node_id(source[0], source[1])
-        except ConfigError:
-            return 0
-        if len(heard) >= _MAX_HEARD:
-            del heard[next(iter(heard))]  # the address heard from first
-        heard[source] = sid
-        return sid
-
     def _on_transmit(self, out: Transmit) -> None:
-        addr = self._addresses.get(out.to)
-        if addr is None:
-            try:
-                addr = node_address(out.to)
-            except ConfigError as exc:
-                self._stats.send_errors += 1
-                log.warning("dropped a datagram: %s", exc)
-                return
-            self._addresses[out.to] = addr
-        if self._check and addr not in self._heard and addr not in self._seed_addresses:
-            self._stats.unheard += 1  # never heard from: maybe a forged id (check_source)
-            return
-        self._out(out.data, addr)
+        addr = self._to.unicast(out.to)
+        if addr is not None:
+            self._out(out.data, addr)
 
     def _on_join(self, out: JoinGroup) -> None:
         group = out.group
@@ -941,10 +980,8 @@ class Driver:
         self._start_group_reader(group, sock)
 
     def _on_leave(self, out: LeaveGroup) -> None:
-        self._group_targets.pop(out.group, None)
+        self._to.forget(out.group)
         self._joined.discard(out.group)
-        if self._fanout is not None:
-            self._fanout.forget(out.group)
         if out.group in self._groups:
             self._close_group(out.group)
 
@@ -955,8 +992,7 @@ class Driver:
 
     def _on_view(self, out: ViewChanged) -> None:
         """The fan-out set follows the view before the app sees it; then pass it on."""
-        if self._fanout is not None and self._fanout.install(out.view):
-            self._group_targets.pop(out.view.group, None)
+        self._to.follow(out.view)
         self._notify(out)
 
     # ------------------------------------------------------------ the event loop's part
