@@ -279,6 +279,45 @@ class _Slot:
     fanout: FanOut | None = None  # fan-out mode: where its group datagrams go
 
 
+class _Groups:
+    """Who receives a node's group datagrams: the group's subscribers, in sorted id
+    order and not the sender unless ``loopback`` (IP multicast); or, for a node in
+    fan-out mode, its fan-out set (the seeds and the members of its last view of
+    the group, :class:`~powergrid.fanout.FanOut`)."""
+
+    __slots__ = ("loopback", "subscribers")
+
+    def __init__(self, loopback: bool) -> None:
+        self.loopback = loopback
+        self.subscribers: dict[int, list[int]] = {}  # group -> subscribed nodes, sorted
+
+    def join(self, node: int, slot: _Slot, group: int) -> None:
+        if group in slot.groups:
+            return
+        slot.groups.add(group)
+        subs = self.subscribers.setdefault(group, [])
+        subs.append(node)
+        subs.sort()
+
+    def leave(self, node: int, slot: _Slot, group: int) -> None:
+        if slot.fanout is not None:
+            slot.fanout.forget(group)
+        if group not in slot.groups:
+            return
+        slot.groups.discard(group)
+        subs = self.subscribers.get(group)
+        if subs is not None:
+            subs.remove(node)
+            if not subs:
+                del self.subscribers[group]
+
+    def receivers(self, node: int, slot: _Slot, group: int) -> list[int]:
+        if slot.fanout is not None:
+            return list(slot.fanout.targets(group))
+        dsts = self.subscribers.get(group, [])
+        return dsts if self.loopback else [d for d in dsts if d != node]
+
+
 class MemoryNetwork:
     """Delivers datagrams between endpoints in virtual time (see the module docstring).
 
@@ -318,7 +357,6 @@ class MemoryNetwork:
         self._latency = latency
         self._drop = drop
         self._observer = observer
-        self._loopback = loopback
         self._fanout_seeds = fanout_seeds
         self.trace = trace
         self.log: list[tuple[float, NodeId, object]] | None = [] if keep_log else None
@@ -328,7 +366,7 @@ class MemoryNetwork:
         self._heap: list[tuple[Any, ...]] = []
         self._slots: dict[int, _Slot] = {}
         self._life: dict[int, int] = {}
-        self._subscribers: dict[int, list[int]] = {}
+        self._groups = _Groups(loopback)
         # The copies of the delivery entry pushed last, while it is the last entry pushed:
         # the next copy due at the same time joins it (see _send_after).
         self._run: list[tuple[int, bytes, int, int]] | None = None
@@ -377,7 +415,7 @@ class MemoryNetwork:
 
     def subscribers(self, group: int) -> tuple[NodeId, ...]:
         """The nodes subscribed to ``group``, sorted."""
-        return tuple(NodeId(n) for n in self._subscribers.get(group, ()))
+        return tuple(NodeId(n) for n in self._groups.subscribers.get(group, ()))
 
     def next_time(self) -> float | None:
         """When the next heap entry is due (it may be a superseded wake-up), or None."""
@@ -410,7 +448,7 @@ class MemoryNetwork:
         if slot is None:
             return None
         for group in sorted(slot.groups):
-            self._unsubscribe(node, group)
+            self._groups.leave(node, slot, group)
         self.stats.dropped += len(slot.inbox)
         if self.trace is not None:
             self.trace.record(self._now, node, "remove", inc=slot.incarnation)
@@ -687,13 +725,7 @@ class MemoryNetwork:
             self._observer(self._now, NodeId(node), out)
 
     def _on_transmit_group(self, node: int, slot: _Slot, out: TransmitGroup) -> None:
-        if slot.fanout is not None:
-            self._route_group(node, list(slot.fanout.targets(out.group)), out.data)
-            return
-        dsts = self._subscribers.get(out.group, [])
-        if not self._loopback:
-            dsts = [d for d in dsts if d != node]
-        self._route_group(node, dsts, out.data)
+        self._route_group(node, self._groups.receivers(node, slot, out.group), out.data)
 
     def _route_group(self, src: int, dsts: list[int], data: bytes) -> None:
         """Put one copy of ``data`` from ``src`` to each of ``dsts`` (in order) on the wire."""
@@ -702,13 +734,7 @@ class MemoryNetwork:
             route(src, dst, data)
 
     def _on_join(self, node: int, slot: _Slot, out: JoinGroup) -> None:
-        group = out.group
-        if group in slot.groups:
-            return
-        slot.groups.add(group)
-        subs = self._subscribers.setdefault(group, [])
-        subs.append(node)
-        subs.sort()
+        self._groups.join(node, slot, out.group)
 
     def _on_view(self, node: int, slot: _Slot, out: ViewChanged) -> None:
         if slot.fanout is not None:
@@ -716,18 +742,7 @@ class MemoryNetwork:
         self._notify(node, out)
 
     def _on_leave(self, node: int, slot: _Slot, out: LeaveGroup) -> None:
-        if slot.fanout is not None:
-            slot.fanout.forget(out.group)
-        if out.group in slot.groups:
-            slot.groups.discard(out.group)
-            self._unsubscribe(node, out.group)
-
-    def _unsubscribe(self, node: int, group: int) -> None:
-        subs = self._subscribers.get(group)
-        if subs is not None:
-            subs.remove(node)
-            if not subs:
-                del self._subscribers[group]
+        self._groups.leave(node, slot, out.group)
 
     def _count_sent(self, data: bytes, copies: int = 1) -> None:
         stats = self.stats
