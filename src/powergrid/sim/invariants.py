@@ -893,10 +893,17 @@ class RequiredPowerMet(_Prices):
         super().__init__(info)
         self._on[MarketCleared] = self._cleared
         self._withheld: tuple[float, int] = (-1e9, 0)
+        self._found: tuple[float, list[str]] = (-1e9, [])  # problems found at one instant
 
     def _cleared(self, t: float, node: int, ev: MarketCleared) -> None:
         if ev.held or ev.join_reserve:
             self._withheld = (t, ev.held + ev.join_reserve)
+            # The lead's own cluster applies the round's price before the node emits
+            # MarketCleared (one step, same instant): judge those prices by this round.
+            at, found = self._found
+            if at == t and found:
+                self.problems = [p for p in self.problems if p not in found]
+                self._found = (t, [])
 
     def _price(self, t: float, node: int, ev: PriceUpdated) -> None:
         at, watts = self._withheld
@@ -905,10 +912,14 @@ class RequiredPowerMet(_Prices):
             return
         r = self.info.spec(node).bid.required
         if ev.allocation < r:
-            self.problems.append(
+            problem = (
                 f"{_fmt(node)} got {ev.allocation} W < required {r} W at price {ev.price} "
                 f"(supply {self.info.supply} W >= sum r {self.info.required} W)"
             )
+            self.problems.append(problem)
+            if self._found[0] != t:
+                self._found = (t, [])
+            self._found[1].append(problem)
 
 
 class PriceBounds(_Prices):
