@@ -1285,3 +1285,19 @@ def test_client_takes_the_lesser_share_while_a_newer_bid_is_unacknowledged() -> 
     assert d.handle(rx(BROKER, price(aggregate=1)), 1.0)[-1] == AllocationChanged(
         group=CL, allocation=162, cause="price"
     )
+
+
+def test_lead_hold_never_cuts_into_required_power() -> None:
+    """Lead rule: the lease hold is at most the supply minus the cleared clusters' sum r
+    (held whole, it starved live servers in the fuzz while the supply covered them)."""
+    lead = active_lead(500)
+    lead.handle(rx(BROKER, agg_msg(1, [BID])), 0.5)
+    lead.handle(rx(OTHER, agg_msg(2, [BID2, BID2, BID2])), 0.5)
+    lead.handle(DL, 1.0)  # a normal market: cluster 2 gets most of 500 - 200
+    lead.handle(rx(BROKER, agg_msg(1, [BID, BID, BID], seq=2)), 1.5)  # two servers join
+    lead.handle(rx(OTHER, agg_msg(2, [BID2], seq=2, epoch=2)), 1.5)  # two servers gone
+    out = lead.handle(DL, 2.0)[-1]
+    assert isinstance(out, MarketCleared)
+    # 230 W to hold (the two gone servers' old share), but only 500 - 380 above sum r
+    assert out.held == 500 - (3 * BID.required + BID2.required) == 120
+    assert out.regime is Regime.NORMAL and out.allocated <= 500 - 120
