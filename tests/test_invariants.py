@@ -5,7 +5,7 @@ from __future__ import annotations
 from powergrid.events import LeaderElected, Member, View, ViewChanged
 from powergrid.node import MessageDelivered
 from powergrid.protocols.election import ElectionStarted
-from powergrid.protocols.market import Bid, Regime
+from powergrid.protocols.market import Bid, MarketCleared, Regime
 from powergrid.protocols.market.client import PriceUpdated
 from powergrid.sim.fuzz import FuzzNetwork, NodeCrashed, NodeStarted
 from powergrid.sim.harness import watches
@@ -389,6 +389,29 @@ def test_required_power_while_supply_allows() -> None:
     inv.observe(1.0, A, price(49, local=True))
     assert inv.check(NET) == []
     inv.observe(1.0, A, price(49))
+    assert len(inv.check(NET)) == 1
+
+
+def test_required_power_counts_the_supply_the_lead_may_grant() -> None:
+    """Market: the supply that counts is less what a lead round within 2 s held back for
+    budgets still on their leases (MarketCleared.held) and for the join reserve."""
+    inv = RequiredPowerMet(INFO)  # supply 200, sum r 150
+    held = MarketCleared(
+        epoch=Epoch(1),
+        round=1,
+        supply=200,
+        regime=Regime.SHORTAGE,
+        price=1.0,
+        deficit=10,
+        clusters=1,
+        bids=3,
+        allocated=140,
+        held=60,
+    )
+    inv.observe(1.0, B, held)
+    inv.observe(1.1, A, price(45))  # 200 - 60 < 150: a shortage the lead had to clear
+    assert inv.check(NET) == []
+    inv.observe(3.2, A, price(45, rnd=2))  # the hold is 2.2 s old: r is owed again
     assert len(inv.check(NET)) == 1
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import attrs
 import pytest
 
 from powergrid import wire
@@ -356,7 +357,7 @@ def test_client_usage_errors() -> None:
 
 # ================================================================== broker
 
-BCFG = BrokerConfig(grid=GRID)
+BCFG = BrokerConfig(grid=GRID, gather=1.0)  # first round a full round after election
 
 
 def view(*nodes: NodeId, incarnation: int = 1) -> ViewChanged:
@@ -392,12 +393,13 @@ def clearing(**kw: Any) -> wire.Clearing:
     return wire.Clearing(**fields)
 
 
-def test_broker_activates_on_election_and_waits_one_round() -> None:
-    """Broker rule: elected, it starts empty and makes its first aggregate one round later."""
-    b = BrokerMachine(BROKER, CL, BCFG)
+def test_broker_activates_on_election_and_waits_only_gather() -> None:
+    """Broker rule: elected, it starts empty and makes its first aggregate ``gather``
+    (0.1 s) later, not a full round (issue 16: the first allocations come sooner)."""
+    b = BrokerMachine(BROKER, CL, BrokerConfig(grid=GRID))
     assert b.next_deadline() is None
     b.handle(LeaderElected(group=CL, leader=BROKER, epoch=Epoch(1)), 5.0)
-    assert (b.active, b.epoch, b.next_deadline()) == (True, 1, 6.0)
+    assert (b.active, b.epoch, b.next_deadline()) == (True, 1, 5.1)
 
 
 def test_broker_acks_bids_and_refreshes() -> None:
@@ -619,7 +621,7 @@ def test_broker_config_errors() -> None:
 
 # ==================================================================== lead
 
-LCFG = LeadConfig(grid=GRID)
+LCFG = LeadConfig(grid=GRID, gather=1.0)  # (the gather rule has its own tests)
 
 
 def agg_msg(cluster: int, bids: list[Bid], seq: int = 1, epoch: int = 1) -> wire.Aggregate:
@@ -805,7 +807,11 @@ def test_new_lead_reserves_budgets_of_clusters_not_heard_yet() -> None:
                 level=3,
                 fill=fill,
                 deficit=0,
-                entries=(wire.ClearingEntry(cluster=1, epoch=1, aggregate=1, budget=168),),
+                entries=(
+                    wire.ClearingEntry(cluster=1, epoch=1, aggregate=1, budget=168),
+                    # cluster 2's budget, passed on (aggregate 0: no broker takes it)
+                    wire.ClearingEntry(cluster=2, epoch=1, aggregate=0, budget=131),
+                ),
             )
         ),
         MarketCleared(
@@ -1092,3 +1098,206 @@ def test_client_keeps_its_cap_across_a_failover_until_its_lease_ends() -> None:
     assert AllocationChanged(group=CL, allocation=100, cause="lease") in out
     out = c.handle(rx(OTHER, price(epoch=2, round=2)), 6.5)  # lease over: no carry
     assert out[-1] == AllocationChanged(group=CL, allocation=0, cause="price")
+
+
+# ============================================ issue 16: power safety in time
+
+
+def test_client_with_floor_reserve_draws_its_floor_until_counted() -> None:
+    """Client rule (floors from the join reserve): from its first bid on, a client that no
+    price counts draws its floor h (not 0 W); the first counted price gives its share."""
+    c = ClientMachine(ME, CL, ClientConfig(grid=GRID, floor_reserve=True))
+    assert c.handle(BidChanged(bid=BID), 0.0) == [
+        AllocationChanged(group=CL, allocation=50, cause="reserve")
+    ]
+    c.handle(LeaderElected(group=CL, leader=BROKER, epoch=Epoch(1)), 0.0)
+    c.handle(rx(BROKER, wire.BidAck(epoch=1, seq=1, aggregate=2)), 0.1)
+    out = c.handle(rx(BROKER, price()), 1.0)  # aggregate 1: not counted
+    assert [type(a) for a in out] == [PriceUpdated] and out[0].allocation == 50  # type: ignore[attr-defined]
+    out = c.handle(rx(BROKER, price(round=2, aggregate=2)), 2.0)
+    assert out[-1] == AllocationChanged(group=CL, allocation=162, cause="price")
+    # without the reserve (the default) an uncounted client gets 0 W
+    d = client_following()
+    assert d.allocation is None
+
+
+def test_client_republished_price_counts_no_bid() -> None:
+    """Client rule: a price flagged FLAG_REPUBLISHED (a new broker's first) counts no bid,
+    even one acknowledged for its aggregate: a held cap stays carried, on its old lease."""
+    c = client_following()
+    c.handle(rx(BROKER, wire.BidAck(epoch=1, seq=1, aggregate=1)), 0.1)
+    c.handle(rx(BROKER, price()), 1.0)
+    c.handle(LeaderElected(group=CL, leader=OTHER, epoch=Epoch(2)), 2.0)
+    c.handle(rx(OTHER, wire.BidAck(epoch=2, seq=1, aggregate=1)), 2.01)
+    again = price(epoch=2, flags=wire.Price.FLAG_REPUBLISHED)
+    out = c.handle(rx(OTHER, again), 2.02)
+    assert [type(a) for a in out] == [PriceUpdated]
+    assert out[0].carried and not out[0].counted  # type: ignore[attr-defined]
+    assert c.allocation == 162 and c.next_deadline() == 4.0  # refresh 4.0; lease still 6.0
+    assert AllocationChanged(group=CL, allocation=100, cause="lease") in c.handle(DL, 6.0)
+
+
+def test_wire_price_flags() -> None:
+    """Wire: FLAG_REPUBLISHED is a known Price flag; other bits are refused."""
+    assert price(flags=wire.Price.FLAG_REPUBLISHED | wire.Price.FLAG_LOCAL).problem() is None
+    assert price(flags=4).problem() == "unknown flags 0x04"
+
+
+def test_broker_republishes_the_last_price_heard_when_elected() -> None:
+    """Broker rule (failover continuity): a broker-capable node overhears its cluster's
+    prices; elected broker, it republishes the last one at once under its own epoch,
+    flagged FLAG_REPUBLISHED; an old one (republish_within) or a stranger's is not."""
+    b = BrokerMachine(OTHER, CL, BrokerConfig(grid=GRID))
+    b.handle(LeaderElected(group=CL, leader=BROKER, epoch=Epoch(1)), 0.0)
+    assert b.handle(rx(ME, price(round=3)), 1.0) == []  # not the broker's: ignored
+    assert b.handle(rx(BROKER, price(round=4, regime=2, level=0, deficit=5)), 2.0) == []
+    assert b.stats.prices_overheard == 1
+    out = b.handle(LeaderElected(group=CL, leader=OTHER, epoch=Epoch(2)), 3.0)
+    assert out == [
+        Multicast(
+            message=price(
+                epoch=2,
+                round=1,
+                regime=2,
+                level=0,
+                deficit=5,
+                flags=wire.Price.FLAG_REPUBLISHED,
+            )
+        )
+    ]
+    assert b.stats.prices_republished == 1
+    # its own next price is round 2
+    late = BrokerMachine(OTHER, CL, BrokerConfig(grid=GRID))
+    late.handle(LeaderElected(group=CL, leader=BROKER, epoch=Epoch(1)), 0.0)
+    late.handle(rx(BROKER, price()), 1.0)
+    assert late.handle(LeaderElected(group=CL, leader=OTHER, epoch=Epoch(2)), 6.0) == []
+
+
+def test_broker_sends_an_aggregate_to_a_new_lead_at_once() -> None:
+    """Broker rule: learning of a new lead epoch, an active broker sends it an aggregate at
+    once (the lead's first round, gather after its election, has it)."""
+    b = active_broker()
+    b.handle(rx(ME, BID.to_message(1)), 0.1)
+    b.handle(DL, 1.0)  # aggregate 1
+    out = b.handle(LeaderElected(group=BROKER_GROUP, leader=OTHER, epoch=Epoch(8)), 1.5)
+    expected = totals_to_message(aggregate([BID], GRID), cluster=1, epoch=1, seq=2)
+    assert out == [Send(to=OTHER, message=expected)]
+
+
+def test_lead_first_round_comes_gather_after_the_election() -> None:
+    """Lead rule: the first round of an epoch comes gather (0.1 s) after the election."""
+    lead = LeadBrokerMachine(LEAD, 300, LeadConfig(grid=GRID))
+    lead.handle(LeaderElected(group=BROKER_GROUP, leader=LEAD, epoch=Epoch(1)), 4.0)
+    assert lead.next_deadline() == pytest.approx(4.1)
+    with pytest.raises(ConfigError, match="gather"):
+        LeadConfig(gather=2.0)
+
+
+def test_lead_holds_a_budget_of_an_older_cluster_epoch_until_its_lease_ends() -> None:
+    """Lead rule (grantors wait out leases): when a cluster's aggregates come from a newer
+    cluster epoch (its broker changed, here crashed with its own server), the budget given
+    under the older one is kept out of the supply until lease + lease_margin after it was
+    given, less the old share of the servers counted again (a watt each for rounding)."""
+    lead = active_lead(600)
+    lead.handle(rx(BROKER, agg_msg(1, [BID])), 0.5)
+    lead.handle(rx(OTHER, agg_msg(2, [BID2, BID2])), 0.5)
+    first = lead.handle(DL, 1.0)[-1]
+    assert isinstance(first, MarketCleared) and first.allocated == 500  # surplus
+    held = []
+    for t in range(2, 8):
+        lead.handle(rx(BROKER, agg_msg(1, [BID], seq=t)), t - 0.5)
+        lead.handle(rx(OTHER, agg_msg(2, [BID2], seq=t, epoch=2)), t - 0.5)  # one server gone
+        out = lead.handle(DL, float(t))[-1]
+        assert isinstance(out, MarketCleared)
+        held.append((out.held, out.allocated))
+    # 300 - (150 - 1): the crashed server's 150 W (and a watt); the hold ends at 1.0 + 5.5
+    assert held == [(151, 350)] * 5 + [(0, 350)]
+    assert lead.stats.rounds_with_hold == 5
+    # without the hold the first round after the change could have granted 600 - 350 more
+    tight = active_lead(400)
+    tight.handle(rx(BROKER, agg_msg(1, [BID])), 0.5)
+    tight.handle(rx(OTHER, agg_msg(2, [BID2, BID2])), 0.5)
+    tight.handle(DL, 1.0)  # normal: 400 W over both
+    tight.handle(rx(BROKER, agg_msg(1, [BID], seq=2)), 1.5)
+    tight.handle(rx(OTHER, agg_msg(2, [BID2], seq=2, epoch=2)), 1.5)
+    out = tight.handle(DL, 2.0)[-1]
+    assert isinstance(out, MarketCleared) and out.held > 0
+    assert out.held + out.allocated <= 400
+
+
+def test_lead_passes_budgets_on_and_a_later_lead_holds_them() -> None:
+    """Lead rule (budgets are passed on): a lead names the budget of a cluster it reserves
+    for (aggregate 0); a lead that overhears it holds it when the cluster comes back under
+    a newer epoch, dated from when it first learnt it (a re-announcement does not renew)."""
+    lead = LeadBrokerMachine(LEAD, 400, LCFG)
+    passed = old_clearing((2, 150))
+    passed = wire.Clearing(
+        **{
+            **attrs.asdict(passed, recurse=False),
+            "entries": (wire.ClearingEntry(cluster=2, epoch=1, aggregate=0, budget=150),),
+        }
+    )
+    lead.handle(rx(OTHER, passed), 1.0)
+    lead.handle(rx(OTHER, passed), 3.0)  # re-announced: still dated 1.0
+    lead.handle(LeaderElected(group=BROKER_GROUP, leader=LEAD, epoch=Epoch(7)), 3.0)
+    lead.handle(rx(BROKER, agg_msg(2, [BID2], epoch=2)), 3.5)
+    out = lead.handle(DL, 4.0)[-1]
+    assert isinstance(out, MarketCleared) and out.held == 150
+    lead.handle(rx(BROKER, agg_msg(2, [BID2], seq=2, epoch=2)), 6.4)
+    out = lead.handle(DL, 6.5)[-1]  # 1.0 + 5.5: over
+    assert isinstance(out, MarketCleared) and out.held == 0
+
+
+def test_lead_join_reserve_holds_back_the_floors_not_counted() -> None:
+    """Lead rule (join reserve): of provisioned servers, the floors of those the held
+    aggregates do not count (floor_provision each) are never handed out."""
+    cfg = LeadConfig(grid=GRID, gather=1.0, provisioned=3, floor_provision=60)
+    lead = LeadBrokerMachine(LEAD, 400, cfg)
+    lead.handle(LeaderElected(group=BROKER_GROUP, leader=LEAD, epoch=Epoch(7)), 0.0)
+    lead.handle(rx(BROKER, agg_msg(1, [BID])), 0.5)
+    out = lead.handle(DL, 1.0)[-1]
+    assert isinstance(out, MarketCleared)
+    assert (out.join_reserve, out.allocated) == (120, 200)  # 400 - 2 * 60 >= 200: surplus
+    lead.handle(rx(OTHER, agg_msg(2, [BID2, BID2])), 1.5)
+    out = lead.handle(DL, 2.0)[-1]
+    assert isinstance(out, MarketCleared) and out.join_reserve == 0
+    with pytest.raises(ConfigError, match="provisioned"):
+        LeadConfig(provisioned=-1)
+
+
+def test_client_takes_the_lesser_share_while_a_newer_bid_is_unacknowledged() -> None:
+    """Client rule (unacknowledged bids): the broker may already count a newer bid whose
+    ack is lost or on its way, so a price gives the lesser of the two shares; a lowered
+    bid is never paid at its old, higher share (issue 16: 80 W*s of churn.toml's overload)."""
+    c = client_following()
+    c.handle(rx(BROKER, wire.BidAck(epoch=1, seq=1, aggregate=1)), 0.1)
+    low = Bid(floor=10, required=20, maximum=30)
+    c.handle(BidChanged(bid=low), 0.5)  # seq 2: its ack is lost
+    out = c.handle(rx(BROKER, price(aggregate=1)), 1.0)
+    assert out[-1] == AllocationChanged(
+        group=CL, allocation=allocate(low, price_result(), GRID), cause="price"
+    )
+    assert allocate(low, price_result(), GRID) < allocate(BID, price_result(), GRID) == 162
+    # a raise still waits for its ack: the counted, lower bid's share
+    d = client_following()
+    d.handle(rx(BROKER, wire.BidAck(epoch=1, seq=1, aggregate=1)), 0.1)
+    d.handle(BidChanged(bid=Bid(floor=50, required=150, maximum=300)), 0.5)
+    assert d.handle(rx(BROKER, price(aggregate=1)), 1.0)[-1] == AllocationChanged(
+        group=CL, allocation=162, cause="price"
+    )
+
+
+def test_lead_hold_never_cuts_into_required_power() -> None:
+    """Lead rule: the lease hold is at most the supply minus the cleared clusters' sum r
+    (held whole, it starved live servers in the fuzz while the supply covered them)."""
+    lead = active_lead(500)
+    lead.handle(rx(BROKER, agg_msg(1, [BID])), 0.5)
+    lead.handle(rx(OTHER, agg_msg(2, [BID2, BID2, BID2])), 0.5)
+    lead.handle(DL, 1.0)  # a normal market: cluster 2 gets most of 500 - 200
+    lead.handle(rx(BROKER, agg_msg(1, [BID, BID, BID], seq=2)), 1.5)  # two servers join
+    lead.handle(rx(OTHER, agg_msg(2, [BID2], seq=2, epoch=2)), 1.5)  # two servers gone
+    out = lead.handle(DL, 2.0)[-1]
+    assert isinstance(out, MarketCleared)
+    # 230 W to hold (the two gone servers' old share), but only 500 - 380 above sum r
+    assert out.held == 500 - (3 * BID.required + BID2.required) == 120
+    assert out.regime is Regime.NORMAL and out.allocated <= 500 - 120

@@ -1595,3 +1595,33 @@ def test_corrupted_stable_cannot_move_the_point_beyond_what_the_origin_sent() ->
     assert m.delivered[A] == (I1, 6)
     assert m.handle(data(7), 0.2) == [deliver(7)]
     assert m.stats.duplicates == 0
+
+
+def test_origin_overtaken_by_forged_messages_sends_past_them() -> None:
+    """Rule 26: a Stable of the own view's coordinator whose ``highest`` for this node's own
+    life is beyond what it sent (members delivered a forged Data of it, unkeyed) moves its
+    send point there, so its next message is new to them, not dropped as a duplicate; a
+    ``highest`` more than ``max_nak_range`` ahead (a forged digest) is ignored. (After the
+    hostile-input flood, a forged Data at seq 2 of a member was delivered by all the others,
+    its real seq 2 dropped by each as a duplicate.) Only once every member has what it did
+    send (``stable`` = its point): it holds none of the skipped seqs, so a member missing
+    them is told they are lost (rule 16)."""
+    m = machine()
+    m.handle(view(A, B, ME), 0.0)
+    m.handle(Publish(kind=0, payload=b"1"), 0.0)
+    far = 1 + CFG.max_nak_range + 1
+    assert m.handle(stable((ME, 1, 0, 2)), 0.1) == []  # a member still lacks our seq 1
+    assert (m.stats.overtaken, m.delivered[ME], m.buffer_size) == (0, (I1, 1), 1)
+    assert m.handle(stable((ME, 1, 1, far)), 0.1) == []
+    assert (m.stats.overtaken, m.delivered[ME]) == (0, (I1, 1))
+    assert m.handle(stable((ME, 1, 1, 2)), 0.2) == []  # they delivered a seq 2 we never sent
+    assert (m.stats.overtaken, m.delivered[ME]) == (1, (I1, 2))
+    due = m.next_deadline()
+    assert due is not None
+    sent = [o.message for o in m.handle(TICK, due) if isinstance(o, Send)]
+    assert [e for s in sent for e in s.entries if e[0] == ME] == [StatusEntry(ME, 1, 2, 2)]
+    assert m.handle(Publish(kind=0, payload=b"3"), due)[1] == Multicast(
+        message=Data(seq=3, kind=0, payload=b"3")
+    )
+    assert m.handle(stable((ME, 1, 3, 3)), due + 0.1) == []  # caught up: nothing moves
+    assert (m.stats.overtaken, m.delivered[ME]) == (1, (I1, 3))

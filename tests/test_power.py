@@ -76,6 +76,21 @@ def test_a_crashed_server_draws_its_cap_until_its_lease_ends() -> None:
     assert ledger.cap_sum == 0
 
 
+def test_overload_while_a_crashed_server_holds_its_lease_is_strict() -> None:
+    """Rule (issue 16, grantors wait out leases): re-granting a crashed server's watts
+    while its lease runs is no longer exempt (the exemption crashed-lease is gone): the
+    lead holds the old budget until the lease ends."""
+    ledger = PowerLedger(100, bounds=PowerBounds(lease_s=5.0, skew_s=0.0))
+    admitted(ledger, 0.0, 1, 50)
+    admitted(ledger, 0.0, 2, 50)
+    ledger.crashed(1.0, 1)
+    ledger.cap(2.0, 2, 100)  # its watts re-granted at once: 50 W too much until 5.0
+    f = ledger.figures(6.0)
+    assert f.strict_overload_ws == pytest.approx(150.0)
+    assert "crashed-lease" not in f.exempt
+    assert ledger.strict_events == ["from t=2.000: caps in force 150 W > supply 100 W"]
+
+
 def test_a_restart_inherits_the_lease_until_it_applies_its_own_cap() -> None:
     ledger = PowerLedger(1000, bounds=PowerBounds(lease_s=5.0))
     admitted(ledger, 0.0, 1, 80)

@@ -405,7 +405,9 @@ ROUTES: dict[type[Message], Route] = {
     **{t: Route(ELECTION) for t in (wire.Election, wire.Answer, wire.Coordinator, wire.Fenced)},
     wire.Bid: Route(BROKER, travels="cluster"),
     wire.BidAck: Route(CLIENT, travels="cluster"),
-    wire.Price: Route(CLIENT, travels="cluster"),
+    # A broker-capable node's broker overhears its cluster's prices: as a new broker it
+    # republishes the last one at once (broker "Failover continuity").
+    wire.Price: Route(CLIENT, overhearers=(BROKER,), travels="cluster"),
     wire.Aggregate: Route(LEAD, travels="brokers"),
     # The lead broker overhears other leads' budgets (its reserve for clusters it has
     # not heard from); it never answers them.

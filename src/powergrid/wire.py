@@ -859,11 +859,14 @@ class Price(Message):
     Multicast to the cluster. The clearing fields are those of :class:`Clearing`;
     ``aggregate`` is the broker's aggregate that was cleared (a client's bid is
     included if its :class:`BidAck` named that aggregate or an earlier one);
-    ``flags`` bit 0 says the broker re-cleared its cluster alone (lead lost).
+    ``flags`` bit 0 says the broker re-cleared its cluster alone (lead lost); bit 1
+    (``FLAG_REPUBLISHED``) that a new broker republished the last price it heard
+    under its own epoch: it counts no bid (``aggregate`` is 1, nominal).
     """
 
     TYPE: ClassVar[int] = 52
     FLAG_LOCAL: ClassVar[int] = 1
+    FLAG_REPUBLISHED: ClassVar[int] = 2
     epoch: int
     round: int
     regime: int
@@ -877,7 +880,7 @@ class Price(Message):
     def problem(self) -> str | None:
         if self.epoch == 0 or self.round == 0 or self.aggregate == 0:
             return "epoch 0, round 0 or aggregate 0"
-        if self.flags & ~Price.FLAG_LOCAL:
+        if self.flags & ~(Price.FLAG_LOCAL | Price.FLAG_REPUBLISHED):
             return f"unknown flags {self.flags:#04x}"
         return Clearing.check_result(self.regime, self.price, self.fill)
 

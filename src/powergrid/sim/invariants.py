@@ -48,7 +48,7 @@ import attrs
 from powergrid.events import LeaderElected, ViewChanged
 from powergrid.node import MessageDelivered, Node
 from powergrid.protocols.election import ElectionStarted
-from powergrid.protocols.market import Bid, Grid
+from powergrid.protocols.market import Bid, Grid, MarketCleared
 from powergrid.protocols.market.client import PriceUpdated
 from powergrid.protocols.membership import Left, MemberRemoved
 from powergrid.sim.fuzz import FuzzNetwork, NodeCrashed, NodeStarted
@@ -879,19 +879,47 @@ class SupplyRespected(_Prices):
 
 class RequiredPowerMet(_Prices):
     """While the supply covers every server's required power, a price that counted a
-    client's latest bid (cleared by the lead, not locally) gives it at least ``r``."""
+    client's latest bid (cleared by the lead, not locally) gives it at least ``r``.
+
+    The supply that counts is what the lead may grant: less the watts a lead round
+    within the last ``_WITHHELD_S`` held back for budgets still in force on their
+    leases and for the join reserve (``MarketCleared.held`` and ``join_reserve``;
+    the power guarantee, instant by instant, checks what those cost the servers)."""
 
     name = "market-required"
+    _WITHHELD_S = 2.0  # a price follows its lead round within a round or two
+
+    def __init__(self, info: DataCentre) -> None:
+        super().__init__(info)
+        self._on[MarketCleared] = self._cleared
+        self._withheld: tuple[float, int] = (-1e9, 0)
+        self._found: tuple[float, list[str]] = (-1e9, [])  # problems found at one instant
+
+    def _cleared(self, t: float, node: int, ev: MarketCleared) -> None:
+        if ev.held or ev.join_reserve:
+            self._withheld = (t, ev.held + ev.join_reserve)
+            # The lead's own cluster applies the round's price before the node emits
+            # MarketCleared (one step, same instant): judge those prices by this round.
+            at, found = self._found
+            if at == t and found:
+                self.problems = [p for p in self.problems if p not in found]
+                self._found = (t, [])
 
     def _price(self, t: float, node: int, ev: PriceUpdated) -> None:
-        if ev.local or not ev.includes_latest_bid or self.info.supply < self.info.required:
+        at, watts = self._withheld
+        supply = self.info.supply - (watts if t - at < self._WITHHELD_S else 0)
+        if ev.local or not ev.includes_latest_bid or supply < self.info.required:
             return
         r = self.info.spec(node).bid.required
         if ev.allocation < r:
-            self.problems.append(
+            problem = (
                 f"{_fmt(node)} got {ev.allocation} W < required {r} W at price {ev.price} "
                 f"(supply {self.info.supply} W >= sum r {self.info.required} W)"
             )
+            self.problems.append(problem)
+            if self._found[0] != t:
+                self._found = (t, [])
+            self._found[1].append(problem)
 
 
 class PriceBounds(_Prices):

@@ -52,9 +52,8 @@ A starved server is classed by why:
   still counts the departed bid).
 
 An overload beyond the reaction bound is classed, in this order:
-``partition`` (while the network is split, and one lease after), ``crashed-lease``
-(a crashed server still draws its cap on its lease while the lead re-grants it),
-``lead-change`` (one lease after a new lead epoch), ``supply-drop`` (``round_s``
+``partition`` (while the network is split, and one lease after),
+``lead-change (one lease after a new lead epoch), ``supply-drop`` (``round_s``
 after a drop), ``raise-before-cut`` (``skew_s`` after any cap rose: the clusters
 apply one clearing at different instants), ``missed-price`` (a live client holds
 the cap of an older price than its cluster's newest: its price was lost),
@@ -92,7 +91,6 @@ STRICT = "strict"
 _CLASSES = (STRICT, "unadmitted", "uncounted", "slow-raise", "older-bid")
 _OVERLOAD_EXCUSES = (
     "partition",
-    "crashed-lease",
     "lead-change",
     "supply-drop",
     "raise-before-cut",
@@ -243,7 +241,6 @@ class PowerLedger:
         self._seq = 0
         self._over_in = 0.0
         self._over_by = dict.fromkeys((STRICT, *_OVERLOAD_EXCUSES), 0.0)
-        self._held = 0  # crashed lives (and inherited caps) still drawing on a lease
         self._windows = dict.fromkeys(_WINDOWS, -1e9)  # exemption -> when its window ends
         self._ticking: set[str] = set()
         self._newest: dict[int, tuple[int, int]] = {}  # cluster -> newest (epoch, round) applied
@@ -396,8 +393,6 @@ class PowerLedger:
         if self._partitioned is not None and self._partitioned():
             self._window("partition", self._t + self.bounds.lease_s)
             return "partition"
-        if self._held:
-            return "crashed-lease"
         windows = self._windows
         for name in ("partition", "lead-change", "supply-drop", "raise-before-cut"):
             if start < windows[name]:
@@ -432,7 +427,6 @@ class PowerLedger:
         if kind == "lease":  # a crashed life's (or an inherited) cap leaves the sum
             if srv.live and not srv.inherited:
                 return
-            self._held -= 1
             self._out(srv)
             self.cap_sum -= srv.cap
             srv.cap = 0
@@ -538,9 +532,7 @@ class PowerLedger:
             self._window("raise-before-cut", t + self.bounds.skew_s)
         self.cap_sum += watts - srv.cap
         srv.cap = watts
-        if srv.inherited:
-            srv.inherited = False
-            self._held -= 1
+        srv.inherited = False
         if srv.owed_r < srv.required <= watts:
             srv.owed_r = srv.required  # the rise is met within its bound
         if srv.owed_h < srv.floor <= watts:
@@ -598,7 +590,6 @@ class PowerLedger:
         srv.live = False
         if srv.last_price is not None and srv.last_price + self.bounds.lease_s > t and srv.cap:
             srv.lease_end = srv.last_price + self.bounds.lease_s
-            self._held += 1
             self._timer(srv.lease_end, "lease", node, srv.life)
         else:
             self.cap_sum -= srv.cap
@@ -612,8 +603,6 @@ class PowerLedger:
         if srv is not None:
             if srv.live:
                 self._end(t, srv)
-            if not srv.live or srv.inherited:
-                self._held -= 1
             self.cap_sum -= srv.cap
         self._integrate(t)
 

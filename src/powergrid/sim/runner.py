@@ -59,7 +59,14 @@ from powergrid import wire
 from powergrid.errors import DecodeError
 from powergrid.events import LeaderElected, LeaderLost, ViewChanged
 from powergrid.node import Node, NodeConfig
-from powergrid.protocols.market import Bid, MarketCleared, PriceUpdated, Regime
+from powergrid.protocols.market import (
+    Bid,
+    ClientConfig,
+    LeadConfig,
+    MarketCleared,
+    PriceUpdated,
+    Regime,
+)
 from powergrid.protocols.membership import MemberRemoved
 from powergrid.sim.fuzz import (
     Delay,
@@ -600,6 +607,12 @@ class Simulation:
                     self._joiners.append(node)
                     extra[c] += 1
         self.grid = NodeConfig(port=1).client.grid
+        # Floors from the join reserve: every server that may be powered has its floor
+        # provisioned (an upper bound over the run) and draws it from the moment it joins.
+        self._client_cfg = ClientConfig(floor_reserve=True)
+        self._lead_cfg = LeadConfig(
+            provisioned=len(self._where), floor_provision=self._demand.floor_bound()
+        )
         self._bids: dict[int, Bid] = {}
         self._live: set[int] = set()
         self._req_sum = 0
@@ -707,6 +720,8 @@ class Simulation:
             broker_capable=index < s.brokers,
             supply=self.supply,
             bid=bid,
+            client=self._client_cfg,
+            lead=self._lead_cfg,
         )
         self._set_bid_record(node, bid)
         return Node(

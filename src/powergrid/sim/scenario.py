@@ -224,6 +224,14 @@ class DemandModel:
         self.duration = duration
         self._state: dict[int, list[float]] = {}
 
+    def floor_bound(self) -> int:
+        """An upper bound (watts) on any server's floor at any time, whatever the profile:
+        what the data centre provisions per server for its join reserve."""
+        spec = self.spec
+        q = spec.quantum
+        req = spec.required * (1 + spec.spread) * (1 + spec.amplitude) + q
+        return math.ceil(max(q, req * max(spec.floor_ratio, 0.125) + q))
+
     def _init(self, key: int, t: float) -> list[float]:
         spec, rng = self.spec, self.rng
         # [base factor, phase, walk value, batch flag, batch running, batch next switch]

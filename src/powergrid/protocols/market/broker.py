@@ -37,8 +37,21 @@ a crashed server's bid holds its share for up to ``bid_timeout``.
 **Driving.** Inputs: ``LeaderElected``, ``ViewChanged``, ``Received`` and
 ``DeadlineReached``. Outputs: ``Send(client, BidAck)``, ``Send(lead, Aggregate)``
 and ``Multicast(Price)``. A new broker starts empty and sends its first
-aggregate one round after its election, so one round of fresh bids (clients
-re-send theirs when they learn the new broker) rebuilds its state.
+aggregate ``gather`` (0.1 s) after its election, not a full round: clients
+re-send their bids when they learn the new broker, and a message delay or two
+rebuilds its state (a bid that comes later is counted the next round). When it
+learns of a new lead (or lead epoch) it sends it an aggregate at once, so the
+new lead's first round, ``gather`` after its election, has every cluster's.
+
+**Failover continuity.** A broker-capable node's broker overhears its
+cluster's ``Price`` while another node is the broker. When it becomes the
+broker itself it republishes the last price it heard (within
+``republish_within`` of hearing it) at once under its own epoch, as round 1,
+flagged ``FLAG_REPUBLISHED``: a price of the new epoch reaches every client a
+message delay after the election, not a round later. It counts no bid, so it
+changes no cap: a client that
+held a counted cap keeps it on its lease (``carried``), and the republished
+price never renews a lease (the lead's hold of the old budget ends with it).
 
 **Timeouts.** ``round_interval`` (1 s), ``bid_timeout`` (6 s; make it exceed
 the clients' refresh interval, 2 s by default, at least twice), ``lead_timeout``
@@ -92,6 +105,10 @@ class BrokerConfig:
     bid_timeout: float = attrs.field(default=6.0, validator=real)
     lead_timeout: float = attrs.field(default=3.0, validator=real)
     band: float = attrs.field(default=0.02, validator=real)
+    gather: float = attrs.field(default=0.1, validator=real)
+    """The first aggregate, this long after the election (s; at most ``round_interval``)."""
+    republish_within: float = attrs.field(default=5.0, validator=real)
+    """A heard price this recent is republished at once by a new broker (s; 0: never)."""
 
     def __attrs_post_init__(self) -> None:
         if not self.round_interval > 0:
@@ -108,6 +125,12 @@ class BrokerConfig:
             )
         if not 0 <= self.band < 1:
             raise ConfigError(f"band must be in [0, 1), got {self.band}")
+        if not 0 < self.gather <= self.round_interval:
+            raise ConfigError(
+                f"gather must be in (0, round_interval={self.round_interval}] s, got {self.gather}"
+            )
+        if not self.republish_within >= 0:
+            raise ConfigError(f"republish_within must be >= 0 s, got {self.republish_within}")
 
 
 @attrs.define
@@ -120,6 +143,8 @@ class BrokerStats:
     bids_left: int = 0
     aggregates_sent: int = 0
     prices_sent: int = 0
+    prices_overheard: int = 0
+    prices_republished: int = 0
     local_clearings: int = 0
     rounds_without_budget: int = 0
     clearings_without_us: int = 0
@@ -155,6 +180,7 @@ class BrokerMachine(Dispatching):
         "_budget",
         "_cluster",
         "_config",
+        "_heard",
         "_lead_heard_at",
         "_lead_round",
         "_leadership",
@@ -197,6 +223,7 @@ class BrokerMachine(Dispatching):
         self._price_round = 0
         self._local_regime: Regime | None = None
         self._local = False
+        self._heard: tuple[wire.Price, float] | None = None  # last Price of our cluster, when
 
     # ------------------------------------------------------------ read-only state
 
@@ -262,6 +289,8 @@ class BrokerMachine(Dispatching):
                 self.stats.dropped_stale += 1
             elif verdict.follow:
                 self._lead_round = 0  # a new lead (or epoch) numbers its rounds anew
+                if self._active and self._totals is not None:
+                    return self._aggregate(now)  # its first round has ours
             return []
         if ev.group != self._cluster:
             return []
@@ -272,6 +301,7 @@ class BrokerMachine(Dispatching):
         if ev.leader == self._me:
             if not self._active or verdict is Verdict.NEWER:
                 self._activate(now)
+                return self._republish(now)
         else:
             self._deactivate()
         return []
@@ -297,7 +327,19 @@ class BrokerMachine(Dispatching):
             return self._on_bid(ev, msg, now)
         if type(msg) is wire.Clearing:
             return self._on_clearing(ev.sender, msg, now)
+        if type(msg) is wire.Price:
+            return self._on_price(ev.sender, msg, now)
         self.stats.dropped_unexpected += 1
+        return []
+
+    def _on_price(self, sender: NodeId, msg: wire.Price, now: float) -> list[object]:
+        """Overheard: our cluster's broker's price, kept to republish (Failover continuity)."""
+        leadership = self._leadership
+        if self._active or sender != leadership.leader or msg.epoch != leadership.epoch:
+            self.stats.dropped_unexpected += 1
+            return []
+        self._heard = (msg, now)
+        self.stats.prices_overheard += 1
         return []
 
     def _on_bid(self, ev: Received, msg: wire.Bid, now: float) -> list[object]:
@@ -387,19 +429,9 @@ class BrokerMachine(Dispatching):
             if now - self._bids[node].heard_at >= cfg.bid_timeout:
                 del self._bids[node]
                 self.stats.bids_expired += 1
-        self._agg_seq += 1
-        totals = aggregate_ladders(
-            ((self._bids[n].bid, self._bids[n].ladder) for n in sorted(self._bids)), cfg.grid
-        )
-        self._totals = totals
-        actions: list[object] = []
-        lead = self._brokers.leader
-        if lead:
-            msg = totals_to_message(
-                totals, cluster=self._cluster, epoch=self._leadership.epoch, seq=self._agg_seq
-            )
-            actions.append(Send(to=lead, message=msg))
-            self.stats.aggregates_sent += 1
+        actions = self._aggregate(now)
+        totals = self._totals
+        assert totals is not None
         self._local = now - self._lead_heard_at >= cfg.lead_timeout
         if self._local:
             if self._budget is None:
@@ -415,6 +447,48 @@ class BrokerMachine(Dispatching):
 
     # ----------------------------------------------------------------- helpers
 
+    def _aggregate(self, now: float) -> list[object]:
+        """Sum the bids held into the next aggregate; send it to the lead, if one is known."""
+        self._agg_seq += 1
+        grid = self._config.grid
+        totals = aggregate_ladders(
+            ((self._bids[n].bid, self._bids[n].ladder) for n in sorted(self._bids)), grid
+        )
+        self._totals = totals
+        lead = self._brokers.leader
+        if not lead:
+            return []
+        msg = totals_to_message(
+            totals, cluster=self._cluster, epoch=self._leadership.epoch, seq=self._agg_seq
+        )
+        self.stats.aggregates_sent += 1
+        return [Send(to=lead, message=msg)]
+
+    def _republish(self, now: float) -> list[object]:
+        """A new broker's first price: the last one heard, under our epoch (counting no bid)."""
+        heard, self._heard = self._heard, None
+        if heard is None or now - heard[1] >= self._config.republish_within:
+            return []
+        msg, _ = heard
+        self._price_round += 1
+        self.stats.prices_sent += 1
+        self.stats.prices_republished += 1
+        return [
+            Multicast(
+                message=wire.Price(
+                    epoch=self._leadership.epoch,
+                    round=self._price_round,
+                    regime=msg.regime,
+                    flags=msg.flags | wire.Price.FLAG_REPUBLISHED,
+                    price=msg.price,
+                    level=msg.level,
+                    fill=msg.fill,
+                    deficit=msg.deficit,
+                    aggregate=1,
+                )
+            )
+        ]
+
     def _activate(self, now: float) -> None:
         self._active = True
         self._bids.clear()
@@ -426,7 +500,7 @@ class BrokerMachine(Dispatching):
         self._budget = None
         self._local_regime = None
         self._local = False
-        self._round_at = now + self._config.round_interval
+        self._round_at = now + self._config.gather
 
     def _deactivate(self) -> None:
         self._active = False

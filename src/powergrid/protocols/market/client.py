@@ -40,6 +40,24 @@ server without power for the round or two until its first bid is counted
 aggregate). A new broker
 (a newer epoch, learned from ``LeaderElected``) gets the current bid at once.
 
+**Floors from the join reserve** (``floor_reserve``, off by default). With it,
+a server that no price counts (it just joined, the first seconds of a run, a
+new broker that has not counted it yet) draws its floor ``h`` instead of 0 W:
+from its first bid on, and from every price that does not count it. Those
+floors are provisioned within the firm supply: the lead never hands out the
+floors of the servers its aggregates do not count (``LeadConfig.provisioned``
+and ``floor_provision``), so the market trades only
+above them. Turn it on only with a lead whose ``join_reserve`` covers every
+such floor. A republished price (``FLAG_REPUBLISHED``: a new broker's first,
+see the broker's "Failover continuity") counts no bid.
+
+**Unacknowledged bids.** A newer bid whose ``BidAck`` has not arrived (in
+flight, or lost: acks are plain datagrams, renewed at the next refresh) may
+already be the one the broker counted in the price's aggregate, in place of
+the acknowledged one. So a price gives the lesser of the shares of the
+acknowledged bid and of every newer unacknowledged one: a lowered bid is
+never paid at its old, higher share (a raise waits for its ack, as before).
+
 **A cap outlives its broker.** After a failover (a new broker followed while
 the lease of the last applied price runs), a price of the new broker that does
 not count the bid yet allocates it nothing (``PriceUpdated.allocation`` 0,
@@ -77,7 +95,7 @@ from typing import Literal
 import attrs
 
 from powergrid import wire
-from powergrid._checks import instance, real
+from powergrid._checks import flag, instance, real
 from powergrid._dispatch import Dispatching
 from powergrid.errors import ConfigError, UsageError
 from powergrid.events import DeadlineReached, LeaderElected, Received, SendReliable
@@ -139,7 +157,7 @@ class AllocationChanged:
 
     group: GroupId
     allocation: int
-    cause: Literal["price", "lease", "bid"]
+    cause: Literal["price", "lease", "bid", "reserve"]
 
 
 @attrs.frozen(kw_only=True)
@@ -150,6 +168,8 @@ class ClientConfig:
     refresh_interval: float = attrs.field(default=2.0, validator=real)
     lease: float = attrs.field(default=5.0, validator=real)
     ack_timeout: float = attrs.field(default=5.0, validator=real)
+    floor_reserve: bool = attrs.field(default=False, validator=flag)
+    """Draw the floor while no price counts the bid (see "Floors from the join reserve")."""
 
     def __attrs_post_init__(self) -> None:
         if not self.refresh_interval > 0:
@@ -197,6 +217,7 @@ class ClientMachine(Dispatching):
         "_carry",
         "_cluster",
         "_config",
+        "_counted",
         "_includes_latest",
         "_leadership",
         "_lease_until",
@@ -234,6 +255,7 @@ class ClientMachine(Dispatching):
         self._regime: Regime | None = None
         self._includes_latest = False
         self._carry = False  # the cap of a previous broker's counted price, on its lease
+        self._counted = False  # the last applied price counted a bid of ours
 
     # ------------------------------------------------------------ read-only state
 
@@ -313,7 +335,10 @@ class ClientMachine(Dispatching):
             self._acks.pop(oldest, None)
             self._acked_at.pop(oldest, None)
         actions = self._send_bid(now)
-        if self.lease_expired and self._allocation is not None:
+        if self._config.floor_reserve and not self._counted and not self._carry:
+            # drawing from the join reserve: its floor, whatever it is now
+            actions += self._set_allocation(ev.bid.floor, "reserve")
+        elif self.lease_expired and self._allocation is not None:
             actions += self._set_allocation(min(self._allocation, ev.bid.required), "bid")
         return actions
 
@@ -382,20 +407,27 @@ class ClientMachine(Dispatching):
         self._round = msg.round
         counted = [seq for seq, agg in self._acks.items() if agg <= msg.aggregate]
         seq = max(counted, default=0)
+        if msg.flags & wire.Price.FLAG_REPUBLISHED:
+            seq = 0  # a new broker's republished price: it counts no bid
         if seq and now - self._acked_at[seq] >= self._config.ack_timeout:
             seq = 0  # the broker may have expired the bid before this aggregate
             self.stats.prices_with_stale_ack += 1
         if seq:
             allocation = allocate(self._bids[seq], result, self._config.grid)
+            # A newer bid not acknowledged yet may be the one the broker counted (its ack
+            # is on its way, or lost): take the lesser share (see "Unacknowledged bids").
+            for newer in sorted(s for s in self._bids if s > seq and s not in self._acks):
+                allocation = min(allocation, allocate(self._bids[newer], result, self._config.grid))
             self._includes_latest = seq == self._seq
             for old in [s for s in self._bids if s < seq]:
                 del self._bids[old]
                 self._acks.pop(old, None)
                 self._acked_at.pop(old, None)
         else:  # not counted, or not surely: the clearing budgeted nothing for us
-            allocation = 0
+            allocation = bid.floor if self._config.floor_reserve else 0  # the join reserve's
             self._includes_latest = False
-        carried = not seq and self._carry and bool(self._allocation)
+        self._counted = bool(seq)
+        carried = not seq and self._carry and (self._allocation or 0) > allocation
         if carried:  # a new broker has not counted us yet: keep the old cap on its lease
             self.stats.prices_carried += 1
         else:
@@ -457,7 +489,7 @@ class ClientMachine(Dispatching):
         return [SendReliable(to=broker, message=bid.to_message(self._seq))]
 
     def _set_allocation(
-        self, allocation: int, cause: Literal["price", "lease", "bid"]
+        self, allocation: int, cause: Literal["price", "lease", "bid", "reserve"]
     ) -> list[object]:
         if allocation == self._allocation:
             return []

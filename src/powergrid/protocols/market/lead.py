@@ -41,11 +41,50 @@ watts to the others at once. The reserve never cuts into the required power of
 the clusters it clears (``reserved <= S - sum r`` of those), so a supply that
 covers every server's ``r`` still gives each counted bid at least ``r``.
 
+**Grantors wait out leases.** A budget given to a cluster stays in force at
+its clients for their lease after the price that carried it, whatever the
+lead does next: a client that has not been counted by a new broker keeps its
+cap on that lease, and a server that crashed keeps drawing its cap until its
+lease ends. So when a cluster's aggregates start to come from a newer cluster
+epoch (its broker changed: the old one may have crashed with its own server's
+bid, which nobody counts any more), the budget last given under the older
+epoch, by this lead or by another one overheard, is **held**: it is kept out
+of the supply cleared until ``lease * (1 + drift) + lease_margin`` after it
+was given (``MarketCleared.held``). It is credited with the share of it the
+servers the new epoch counts again held (the old clearing applied to their
+bids, less a watt each for rounding; nothing if that clearing is not known, as
+for a budget passed on), so it is mostly what a crashed server or a client not
+counted yet still draws. Like the reserve, it never cuts into the required
+power of the servers cleared (at most ``S - join reserve - sum r``): the hold
+is conservative (a budget passed on is held whole), and holding it whole made
+the fuzz find live servers below ``r`` while the supply covered them (seeds
+7700000, 7700016 with ``--safety 15``). The overlap that cap leaves is
+measured: the simulator's strict check has no exemption for a crashed
+server's lease any more.
+
+**Budgets are passed on.** A round's Clearing also names, with aggregate 0, the
+last budget of every cluster it reserves for (silent, or not heard yet): no
+broker takes such an entry as a clearing, but a lead that overhears it learns
+the budget (keeping its own, older date of it if it knew it already), so a
+lead that takes over from a lead that took over still holds what the first
+granted (the lead-broker election may change the lead twice in a failover).
+
+**Join reserve.** ``provisioned`` servers (0: none) may be powered, each with a
+floor of at most ``floor_provision`` watts, provisioned within the firm supply;
+one that no price counts draws that floor (a client with
+``ClientConfig.floor_reserve``: from the moment it joins). The lead never hands
+out the floors of the servers the aggregates it holds do not count: it clears
+``S - max(0, provisioned - bids counted) * floor_provision``
+(``MarketCleared.join_reserve``), so a joining server's floor is always covered
+and the market trades above the floors; once every server is counted nothing
+is held back.
+
 **Driving.** Inputs: :class:`SupplyChanged` and :class:`SteppedDown`
 (commands), ``LeaderElected``, ``Received`` and ``DeadlineReached``.
 Outputs: ``Multicast(Clearing)`` and the notification :class:`MarketCleared`.
-The first round comes one ``round_interval`` after the election, so the
-brokers' aggregates can arrive.
+The first round comes ``gather`` (0.1 s) after the election, long enough for
+the brokers' aggregates (each broker sends one at once when it learns of a new
+lead), not a full ``round_interval``.
 
 **Timeouts.** ``round_interval`` (1 s), ``aggregate_timeout`` (3 s, more than
 ``round_interval``): a cluster silent that long is left out (its broker is
@@ -60,7 +99,7 @@ from __future__ import annotations
 import attrs
 
 from powergrid import wire
-from powergrid._checks import instance, real
+from powergrid._checks import instance, real, whole
 from powergrid._dispatch import Dispatching
 from powergrid.errors import ConfigError, UsageError
 from powergrid.events import DeadlineReached, LeaderElected, Multicast, Received
@@ -131,6 +170,10 @@ class MarketCleared:
     allocated: int
     reserved: int = 0
     """Watts held back for clusters budgeted lately but not cleared in this round."""
+    held: int = 0
+    """Watts of budgets given under an older cluster epoch, held until their lease ends."""
+    join_reserve: int = 0
+    """Watts of the join reserve not handed out (floors not counted in this round)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -138,8 +181,9 @@ class LeadConfig:
     """Lead broker timing (seconds), the price grid and the hysteresis ``band``.
 
     Raises :class:`ConfigError` unless ``round_interval > 0``,
-    ``aggregate_timeout > round_interval``, ``reserve_timeout >= 0`` and
-    ``0 <= band < 1``.
+    ``aggregate_timeout > round_interval``, ``reserve_timeout >= 0``,
+    ``0 <= band < 1``, ``0 < gather <= round_interval``, ``lease > 0``,
+    ``lease_margin >= 0``, ``drift >= 0``, ints ``provisioned >= 0`` and ``floor_provision >= 0``.
     """
 
     grid: Grid = attrs.field(default=DEFAULT_GRID, validator=instance(Grid))
@@ -147,6 +191,18 @@ class LeadConfig:
     aggregate_timeout: float = attrs.field(default=3.0, validator=real)
     reserve_timeout: float = attrs.field(default=10.0, validator=real)
     band: float = attrs.field(default=0.02, validator=real)
+    gather: float = attrs.field(default=0.1, validator=real)
+    """The first round of an epoch, this long after the election (s)."""
+    lease: float = attrs.field(default=5.0, validator=real)
+    """The clients' lease (``ClientConfig.lease``, s): how long a budget stays in force."""
+    lease_margin: float = attrs.field(default=0.5, validator=real)
+    """Epsilon added to a lease before its watts are reused (message delay, s)."""
+    drift: float = attrs.field(default=0.0, validator=real)
+    """rho: the clock drift assumed between a holder and the lead (0.01 = 1 %)."""
+    provisioned: int = attrs.field(default=0, validator=whole(0))
+    """Servers that may be powered (see "Join reserve")."""
+    floor_provision: int = attrs.field(default=0, validator=whole(0))
+    """Watts provisioned for each one's floor: at least any server's floor."""
 
     def __attrs_post_init__(self) -> None:
         if not self.round_interval > 0:
@@ -160,6 +216,24 @@ class LeadConfig:
             raise ConfigError(f"reserve_timeout must be >= 0 s, got {self.reserve_timeout}")
         if not 0 <= self.band < 1:
             raise ConfigError(f"band must be in [0, 1), got {self.band}")
+        if not 0 < self.gather <= self.round_interval:
+            raise ConfigError(
+                f"gather must be in (0, round_interval={self.round_interval}] s, got {self.gather}"
+            )
+        if not (self.lease > 0 and self.lease_margin >= 0 and self.drift >= 0):
+            raise ConfigError(
+                f"lease ({self.lease} s) must be > 0, lease_margin ({self.lease_margin} s) "
+                f"and drift ({self.drift}) >= 0"
+            )
+        for name in ("provisioned", "floor_provision"):
+            value = getattr(self, name)
+            if type(value) is not int or value < 0:
+                raise ConfigError(f"{name} must be an int >= 0, got {value!r}")
+
+    @property
+    def hold(self) -> float:
+        """How long after it was given a budget's watts stay in force (s)."""
+        return self.lease * (1 + self.drift) + self.lease_margin
 
 
 @attrs.define
@@ -170,6 +244,7 @@ class LeadStats:
     rounds_empty: int = 0
     rounds_on_supply_drop: int = 0
     rounds_with_reserve: int = 0
+    rounds_with_hold: int = 0
     clearings_overheard: int = 0
     clearings_sent: int = 0
     aggregates_accepted: int = 0
@@ -192,6 +267,8 @@ class _Latest:
 class _Grant:
     budget: int
     at: float
+    epoch: int = 0  # the cluster epoch of the aggregate it cleared
+    result: ClearingResult | None = None  # the clearing that gave it (None: not known)
 
 
 def _check_supply(watts: object) -> int:
@@ -211,6 +288,7 @@ class LeadBrokerMachine(Dispatching):
         "_clusters",
         "_config",
         "_granted",
+        "_held",
         "_leadership",
         "_me",
         "_previous",
@@ -242,6 +320,7 @@ class LeadBrokerMachine(Dispatching):
         self._result: ClearingResult | None = None
         self._clusters: dict[int, _Latest] = {}
         self._granted: dict[int, _Grant] = {}  # cluster -> last budget given it, and when
+        self._held: dict[int, list[_Grant]] = {}  # cluster -> budgets of older epochs in force
 
     # ------------------------------------------------------------ read-only state
 
@@ -311,7 +390,7 @@ class LeadBrokerMachine(Dispatching):
                 self._active = True
                 self._round = 0
                 self._previous = None
-                self._round_at = now + self._config.round_interval
+                self._round_at = now + self._config.gather
         else:
             self._active = False
             self._round_at = None
@@ -362,8 +441,46 @@ class LeadBrokerMachine(Dispatching):
             return []
         self.stats.clearings_overheard += 1
         for e in msg.entries:
-            self._granted[e.cluster] = _Grant(budget=e.budget, at=now)
+            old = self._granted.get(e.cluster)
+            if e.aggregate == 0 and old is not None and old.epoch == e.epoch:
+                continue  # a budget we know of, passed on: it was given no later than ours
+            result = None if e.aggregate == 0 else ClearingResult.checked(msg, self._config.grid)
+            self._grant(e.cluster, _Grant(budget=e.budget, at=now, epoch=e.epoch, result=result))
         return []
+
+    def _grant(self, cluster: int, grant: _Grant) -> None:
+        """Record ``grant``; the one it replaces is held if it was of an older cluster epoch."""
+        old = self._granted.get(cluster)
+        if old is not None and old.epoch != grant.epoch:
+            if epoch_newer(old.epoch, grant.epoch):
+                return  # an older broker's budget (a stale lead's): the newer one stands
+            if old.budget:
+                self._held.setdefault(cluster, []).append(old)
+        self._granted[cluster] = grant
+
+    def _holding(self, now: float) -> int:
+        """Watts of older-epoch budgets whose lease still runs (expired ones are forgotten),
+        less what the servers counted again under the new epoch drew of them at least."""
+        hold = self._config.hold
+        total = 0
+        for cluster in sorted(self._held):
+            live = [g for g in self._held[cluster] if now - g.at < hold]
+            if not live:
+                del self._held[cluster]
+                continue
+            self._held[cluster] = live
+            # The servers the new broker counts again held their share of the old
+            # budget (the old clearing applied to their bids, less a watt each for
+            # rounding), and draw the new one instead once priced anew: credit that.
+            latest = self._clusters.get(cluster)
+            credit = 0
+            if latest is not None and all(g.result is not None for g in live):
+                t = latest.totals
+                credit = max(
+                    0, min(budget(t, g.result) for g in live if g.result is not None) - t.bids
+                )
+            total += max(0, sum(g.budget for g in live) - credit)
+        return total
 
     def _on_deadline(self, ev: DeadlineReached, now: float) -> list[object]:
         if not self._active or self._round_at is None or now < self._round_at:
@@ -373,8 +490,9 @@ class LeadBrokerMachine(Dispatching):
         self._round_at = nxt if nxt > now else now + cfg.round_interval
         return self._clear(now)
 
-    def _reserve(self, totals: Totals, now: float) -> int:
-        """Watts held back for clusters budgeted within reserve_timeout but not held now."""
+    def _reserve(self, totals: Totals, now: float, usable: int) -> int:
+        """Watts held back for clusters budgeted within reserve_timeout but not held now
+        (at most ``usable`` minus the held clusters' sum r)."""
         timeout = self._config.reserve_timeout
         reserve = 0
         for cluster in sorted(self._granted):
@@ -383,7 +501,7 @@ class LeadBrokerMachine(Dispatching):
                 del self._granted[cluster]
             elif cluster not in self._clusters:
                 reserve += grant.budget
-        return min(reserve, max(0, self._supply - totals.required))
+        return min(reserve, max(0, usable - totals.required))
 
     def _clear(self, now: float) -> list[object]:
         """Clear one round now with the aggregates held (expiring the silent ones)."""
@@ -397,26 +515,45 @@ class LeadBrokerMachine(Dispatching):
             return []
         order = sorted(self._clusters)
         totals = combine((self._clusters[c].totals for c in order), cfg.grid)
-        reserved = self._reserve(totals, now)
+        # Record this round's epochs first, so a broker change is held in this round.
+        for c in order:
+            held_c = self._clusters[c]
+            self._grant(c, _Grant(budget=0, at=now, epoch=held_c.epoch))
+        joining = max(0, cfg.provisioned - totals.bids) * cfg.floor_provision
+        holding = min(self._holding(now), max(0, self._supply - joining - totals.required))
+        usable = max(0, self._supply - holding - joining)
+        reserved = self._reserve(totals, now, usable)
         if reserved:
             self.stats.rounds_with_reserve += 1
+        if holding:
+            self.stats.rounds_with_hold += 1
         result = clear(
-            totals, self._supply - reserved, cfg.grid, previous=self._previous, band=cfg.band
+            totals, max(0, usable - reserved), cfg.grid, previous=self._previous, band=cfg.band
         )
         self._previous = result.regime
         self._result = result
         self._round += 1
         self.stats.rounds_cleared += 1
-        entries = []
+        entries = [  # budgets still in force at clusters we do not clear: passed on
+            wire.ClearingEntry(cluster=c, epoch=g.epoch, aggregate=0, budget=g.budget)
+            for c, g in sorted(self._granted.items())
+            if c not in self._clusters and g.budget
+        ]
         allocated = 0
         for c in order:
             held = self._clusters[c]
             share = budget(held.totals, result)
             allocated += share
-            self._granted[c] = _Grant(budget=share, at=now)
+            self._granted[c] = _Grant(
+                budget=share,
+                at=now,
+                epoch=held.epoch,
+                result=result,
+            )
             entries.append(
                 wire.ClearingEntry(cluster=c, epoch=held.epoch, aggregate=held.seq, budget=share)
             )
+        entries.sort(key=lambda e: e.cluster)
         actions: list[object] = []
         for i in range(0, len(entries), MAX_CLEARING_ENTRIES):
             actions.append(
@@ -446,6 +583,8 @@ class LeadBrokerMachine(Dispatching):
                 bids=totals.bids,
                 allocated=allocated,
                 reserved=reserved,
+                held=holding,
+                join_reserve=joining,
             )
         )
         return actions

@@ -75,7 +75,11 @@ a stable point also drops what it holds at or below it (``skipped``): the
 stream jumps once and goes on after the point, never delivering with gaps in
 between. No Stable moves a member's point beyond the highest seq of the origin
 it received (or, at the coordinator, the origin reported): a forged or
-corrupted digest cannot wedge a sender (``implausible``).
+corrupted digest cannot wedge a sender (``implausible``). The other way
+round: a Stable whose ``highest`` for this node's own life is beyond what it
+sent (members delivered a forged Data of it, unkeyed) moves its send point
+there, up to ``max_nak_range`` ahead, so its next message is not dropped as a
+duplicate (``overtaken``, rule 26).
 
 *Buffer cap.* If stability stalls, at most ``max_buffer`` messages are
 buffered in all: beyond, the oldest message of the origin with the most

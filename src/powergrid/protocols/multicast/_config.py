@@ -181,6 +181,9 @@ class MulticastStats:
     implausible: int = 0
     """Stable points beyond what the origin was seen to send, applied only up to there
     (rule 25: a forged or corrupted digest cannot wedge a sender)."""
+    overtaken: int = 0
+    """Stable digests showing members delivered messages of this node's own life that it
+    never sent (forged, unkeyed): its send point moved past them (rule 26)."""
     naks_sent: int = 0
     """Naks sent, unicast and group."""
     naks_group: int = 0

@@ -354,7 +354,8 @@ class Lives:
     def take_digest(self, msg: Stable, now: float) -> list[Any]:
         """Apply a Stable of the own view's coordinator (rule 14 checked by the caller):
         trim to ``stable`` and nak up to ``highest`` (rule 13), start a joiner's streams
-        (rule 18), skip lost stretches (rule 17), learn how far retired lives went (rule 23).
+        (rule 18), skip lost stretches (rule 17), learn how far retired lives went (rule 23),
+        send past forged messages of our own life the members delivered (rule 26).
         Returns the deliveries it causes."""
         out: list[Any] = []
         trim = self._buffer.trim
@@ -365,6 +366,16 @@ class Lives:
             if origin == self._me:
                 if st is not None and inc == st.incarnation:
                     trim(st, min(stable, st.delivered))  # rule 13
+                    if (
+                        stable == st.delivered
+                        and 0 < highest - stable <= self._config.max_nak_range
+                    ):
+                        # rule 26: members delivered seqs of our life we never sent (forged):
+                        # send past them; we hold none of them (low = highest), so members
+                        # still missing them are told they are lost (rule 16)
+                        self._stats.overtaken += 1
+                        st.delivered = st.highest = highest
+                        st.buf_low = highest + 1
                     lags = lags or stable < st.delivered
                 continue
             if self.unlisted(origin, inc) and self.retired_life(origin, inc) is None:
