@@ -102,6 +102,33 @@ class Lossy:
         return list(self.node.receive(data, now))
 
 
+class _Tally:
+    """What the receivers of one goodput run delivered from the sender, in order, and
+    when the last of them had all ``n`` (shared by the trio and asyncio runs).
+    ``progress`` is the loop's event, set on every delivery or view change; a run
+    waits on it (trio: a new event each time; asyncio: cleared)."""
+
+    def __init__(self, receivers: int, n: int, sender: int, cluster: int, progress: Any):
+        self.got: list[list[tuple[int, bytes]]] = [[] for _ in range(receivers)]
+        self.views = [0] * receivers
+        self.n, self.sender, self.cluster = n, sender, cluster
+        self.progress = progress
+        self.t_end = 0.0
+
+    def take(self, i: int, note: object) -> None:
+        if isinstance(note, MessageDelivered):
+            if note.sender == self.sender:
+                self.got[i].append((note.seq, note.payload))
+                if len(self.got[i]) == self.n:
+                    self.t_end = max(self.t_end, time.perf_counter())
+                self.progress.set()
+        elif type(note).__name__ == "ViewChanged":
+            view = note.view  # type: ignore[attr-defined]
+            if view.group == self.cluster and view.leader == self.sender:
+                self.views[i] = len(view.members)
+            self.progress.set()
+
+
 async def powergrid_goodput(
     receivers: int,
     n: int,
@@ -131,24 +158,8 @@ async def powergrid_goodput(
     cfgs += [NodeConfig(port=free_port(), multicast=mc) for _ in range(receivers)]
     if fanout:
         udp = attrs.evolve(udp, fanout_seeds=[f"{c.host}:{c.port}" for c in cfgs])
-    sender_id = cfgs[0].node_id
-    got: list[list[tuple[int, bytes]]] = [[] for _ in range(receivers)]
-    views = [0] * receivers
-    progress = trio.Event()
-    t_end = [0.0]
-
-    def take(i: int, note: object) -> None:
-        if isinstance(note, MessageDelivered):
-            if note.sender == sender_id:
-                got[i].append((note.seq, note.payload))
-                if len(got[i]) == n:
-                    t_end[0] = max(t_end[0], time.perf_counter())
-                progress.set()
-        elif type(note).__name__ == "ViewChanged":
-            view = note.view  # type: ignore[attr-defined]
-            if view.group == cfgs[0].cluster and view.leader == sender_id:
-                views[i] = len(view.members)
-            progress.set()
+    tally = _Tally(receivers, n, cfgs[0].node_id, cfgs[0].cluster, trio.Event())
+    got, views, take = tally.got, tally.views, tally.take
 
     async with trio.open_nursery() as nursery:
         handles = []
@@ -173,21 +184,21 @@ async def powergrid_goodput(
                 nursery.start_soon(watch, i)
         with trio.fail_after(30):
             while min(views) < receivers + 1:
-                progress = trio.Event()
-                await progress.wait()
+                tally.progress = trio.Event()
+                await tally.progress.wait()
         t0 = time.perf_counter()
         c0 = time.process_time()
         sent0 = handles[0].stats.sent
         with trio.fail_after(120):
             for i in range(n):
                 while i - min(len(g) for g in got) >= WINDOW:
-                    progress = trio.Event()
-                    await progress.wait()
+                    tally.progress = trio.Event()
+                    await tally.progress.wait()
                 await sender.multicast(payload(i))
             while min(len(g) for g in got) < n:
-                progress = trio.Event()
-                await progress.wait()
-        seconds = t_end[0] - t0
+                tally.progress = trio.Event()
+                await tally.progress.wait()
+        seconds = tally.t_end - t0
         cpu = time.process_time() - c0
         for g in got:
             assert g == [(i + 1, payload(i)) for i in range(n)], "out of order or incomplete"
@@ -346,24 +357,8 @@ async def asyncio_goodput(receivers: int, n: int) -> dict[str, Any]:
     udp = UdpConfig(ttl=0, group_port_base=free_port())
     cfgs = [NodeConfig(port=free_port(), broker_capable=True, rank=1)]
     cfgs += [NodeConfig(port=free_port()) for _ in range(receivers)]
-    sender_id = cfgs[0].node_id
-    got: list[list[tuple[int, bytes]]] = [[] for _ in range(receivers)]
-    views = [0] * receivers
-    progress = asyncio.Event()
-    t_end = [0.0]
-
-    def take(i: int, note: object) -> None:
-        if isinstance(note, MessageDelivered):
-            if note.sender == sender_id:
-                got[i].append((note.seq, note.payload))
-                if len(got[i]) == n:
-                    t_end[0] = max(t_end[0], time.perf_counter())
-                progress.set()
-        elif type(note).__name__ == "ViewChanged":
-            view = note.view  # type: ignore[attr-defined]
-            if view.group == cfgs[0].cluster and view.leader == sender_id:
-                views[i] = len(view.members)
-            progress.set()
+    tally = _Tally(receivers, n, cfgs[0].node_id, cfgs[0].cluster, asyncio.Event())
+    got, views, take = tally.got, tally.views, tally.take
 
     async with contextlib.AsyncExitStack() as stack:
         handles = []
@@ -376,20 +371,20 @@ async def asyncio_goodput(receivers: int, n: int) -> dict[str, Any]:
         sender = handles[0]
         async with asyncio.timeout(30):
             while min(views) < receivers + 1:
-                progress.clear()
-                await progress.wait()
+                tally.progress.clear()
+                await tally.progress.wait()
         t0 = time.perf_counter()
         c0 = time.process_time()
         async with asyncio.timeout(120):
             for i in range(n):
                 while i - min(len(g) for g in got) >= WINDOW:
-                    progress.clear()
-                    await progress.wait()
+                    tally.progress.clear()
+                    await tally.progress.wait()
                 await sender.multicast(payload(i))
             while min(len(g) for g in got) < n:
-                progress.clear()
-                await progress.wait()
-        seconds = t_end[0] - t0
+                tally.progress.clear()
+                await tally.progress.wait()
+        seconds = tally.t_end - t0
         cpu = time.process_time() - c0
         for g in got:
             assert g == [(i + 1, payload(i)) for i in range(n)], "out of order or incomplete"
