@@ -72,23 +72,9 @@ def test_elect_multicast_fail_over_on_a_cut_and_merge_on_heal(net: Network) -> N
         15,
         "every host to follow host 0",
     )
-    net.until(
-        lambda: all(
-            (v := net.events(n, "view", group=CLUSTER)) and len(v[-1]["members"]) == 4
-            for n in names
-        ),
-        10,
-        "a view of all four hosts",
-    )
-
-    # (2) multicast from host 2, delivered on every host (the sender included) in order
-    for k in range(5):
-        net.send(c, {"cmd": "multicast", "data": f"m{k}"})
-    net.until(lambda: all(len(net.events(n, "deliver")) >= 5 for n in names), 10, "deliveries")
-    net.pump(0.3)  # a duplicate would show up here
-    for n in names:
-        got = [(e["sender"], e["seq"], e["data"]) for e in net.events(n, "deliver")]
-        assert got == [(c, k + 1, f"m{k}") for k in range(5)], n
+    # (2) one view of all four; multicast from host 2, delivered on every host (the
+    # sender included) in order
+    _one_view_and_ordered_deliveries(net, names, c)
     net.until(lambda: all(net.events(n, "price") for n in names), 10, "a first price")
     old_epoch = net.events(a, "leader", group=CLUSTER)[-1]["epoch"]
 
@@ -175,19 +161,25 @@ def test_fan_out_without_multicast_on_the_links(tmp_path: Path) -> None:
         net.until(
             lambda: all(leader(net, n, CLUSTER) == a for n in names), 15, "all to follow host 0"
         )
-        net.until(
-            lambda: all(
-                (v := net.events(n, "view", group=CLUSTER)) and len(v[-1]["members"]) == 4
-                for n in names
-            ),
-            10,
-            "a view of all four hosts",
-        )
-        for k in range(5):
-            net.send(c, {"cmd": "multicast", "data": f"m{k}"})
-        net.until(lambda: all(len(net.events(n, "deliver")) >= 5 for n in names), 10, "deliveries")
-        net.pump(0.3)  # a duplicate would show up here
-        for n in names:
-            got = [(e["sender"], e["seq"], e["data"]) for e in net.events(n, "deliver")]
-            assert got == [(c, k + 1, f"m{k}") for k in range(5)], n
+        _one_view_and_ordered_deliveries(net, names, c)
         assert net.multicast_flags() == [False] * 4
+
+
+def _one_view_and_ordered_deliveries(net: Network, names: list[str], sender: str) -> None:
+    """Every host installs a view of all four; five multicasts from ``sender`` are
+    delivered on every host (the sender included) once each and in order."""
+    net.until(
+        lambda: all(
+            (v := net.events(n, "view", group=CLUSTER)) and len(v[-1]["members"]) == 4
+            for n in names
+        ),
+        10,
+        "a view of all four hosts",
+    )
+    for k in range(5):
+        net.send(sender, {"cmd": "multicast", "data": f"m{k}"})
+    net.until(lambda: all(len(net.events(n, "deliver")) >= 5 for n in names), 10, "deliveries")
+    net.pump(0.3)  # a duplicate would show up here
+    for n in names:
+        got = [(e["sender"], e["seq"], e["data"]) for e in net.events(n, "deliver")]
+        assert got == [(sender, k + 1, f"m{k}") for k in range(5)], n
