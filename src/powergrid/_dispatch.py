@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+from powergrid.errors import UsageError
+
 
 class Dispatching:
     """Base of the machines: builds ``_on_event`` and ``_on_message`` (type -> function)
@@ -30,3 +32,15 @@ class Dispatching:
         super().__init_subclass__(**kwargs)
         cls._on_event = {kind: getattr(cls, name) for kind, name in cls._EVENTS.items()}
         cls._on_message = {kind: getattr(cls, name) for kind, name in cls._MESSAGES.items()}
+
+    def handle(self, event: object, now: float) -> list[Any]:
+        """Feed one event; returns the actions (``now``: seconds on the caller's clock).
+
+        Raises :class:`~powergrid.errors.UsageError` for an event type the machine
+        does not take (local misuse; peers reach a machine only through ``Received``).
+        A machine whose ``handle`` does more defines its own.
+        """
+        handler = self._on_event.get(type(event))
+        if handler is None:
+            raise UsageError(f"{type(self).__name__} does not handle {type(event).__name__}")
+        return handler(self, event, now)

@@ -67,7 +67,7 @@ import attrs
 from powergrid import wire
 from powergrid._checks import instance, real
 from powergrid._dispatch import Dispatching
-from powergrid.errors import ConfigError, UsageError
+from powergrid.errors import ConfigError
 from powergrid.events import (
     DeadlineReached,
     LeaderElected,
@@ -268,13 +268,6 @@ class BrokerMachine(Dispatching):
         return self._active and self._local
 
     # ------------------------------------------------------------------ driving
-
-    def handle(self, event: object, now: float) -> list[object]:
-        """Feed one event; returns the actions. Raises :class:`UsageError` for an unknown event."""
-        handler = self._on_event.get(type(event))
-        if handler is None:
-            raise UsageError(f"BrokerMachine does not handle {type(event).__name__}")
-        return handler(self, event, now)
 
     def next_deadline(self) -> float | None:
         """The next round, while active."""

@@ -306,13 +306,6 @@ class ClientMachine(Dispatching):
 
     # ------------------------------------------------------------------ driving
 
-    def handle(self, event: object, now: float) -> list[object]:
-        """Feed one event; returns the actions. Raises :class:`UsageError` for an unknown event."""
-        handler = self._on_event.get(type(event))
-        if handler is None:
-            raise UsageError(f"ClientMachine does not handle {type(event).__name__}")
-        return handler(self, event, now)
-
     def next_deadline(self) -> float | None:
         """The next refresh or lease expiry, whichever is first."""
         refresh, lease = self._refresh_at, self._lease_until

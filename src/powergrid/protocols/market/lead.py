@@ -356,13 +356,6 @@ class LeadBrokerMachine(Dispatching):
 
     # ------------------------------------------------------------------ driving
 
-    def handle(self, event: object, now: float) -> list[object]:
-        """Feed one event; returns the actions. Raises :class:`UsageError` for an unknown event."""
-        handler = self._on_event.get(type(event))
-        if handler is None:
-            raise UsageError(f"LeadBrokerMachine does not handle {type(event).__name__}")
-        return handler(self, event, now)
-
     def next_deadline(self) -> float | None:
         """The next round, while active."""
         return self._round_at if self._active else None
