@@ -12,9 +12,10 @@ with its own agenda of timed jobs, run between ``network.run_until`` calls:
   counts) when it changed;
 * every ``demand.interval`` s each live server's bid is recomputed and given
   to it (``Node.set_bid``) when it changed;
-* the failure schedule: crash the lead broker or a cluster's broker (whoever
-  leads *then*, as the nodes last announced), crash/restart/isolate one
-  server, partition a cluster, heal, join and leave waves, change the loss;
+* the failure schedule (:class:`~powergrid.sim.failures.FailureSchedule`):
+  crash the lead broker or a cluster's broker (whoever leads *then*, as the
+  nodes last announced), crash/restart/isolate one server, partition a
+  cluster, heal, join and leave waves, change the loss;
 * every ``sample_every`` s a :class:`Sample` of supply, demand, allocation,
   price and leaders is taken and every invariant's ``check`` runs.
 
@@ -68,6 +69,13 @@ from powergrid.protocols.market import (
     Regime,
 )
 from powergrid.protocols.membership import MemberRemoved
+from powergrid.sim.failures import (
+    FailureSchedule,
+    Marker,
+    server_address,
+    server_id,
+    server_name,
+)
 from powergrid.sim.fuzz import (
     Delay,
     FuzzNetwork,
@@ -79,8 +87,8 @@ from powergrid.sim.fuzz import (
 from powergrid.sim.harness import Invariant, Violation, watches
 from powergrid.sim.memory import Trace
 from powergrid.sim.power import PowerBounds, PowerFigures, PowerGuarantee
-from powergrid.sim.scenario import DemandModel, Failure, Scenario
-from powergrid.types import BROKER_GROUP, Incarnation, NodeId, node_id
+from powergrid.sim.scenario import DemandModel, Scenario
+from powergrid.types import BROKER_GROUP, Incarnation, NodeId
 
 __all__ = [
     "MESSAGE_NAMES",
@@ -107,24 +115,8 @@ MESSAGE_NAMES: dict[int, str] = {
 }
 """Wire type code -> message class name."""
 
-_BASE_PORT = 7000
 SIM_REALM = "sim"
 """The realm of every simulated node (one data centre per simulation)."""
-
-
-def server_name(node: int) -> str:
-    """``"c4.1"`` for server 1 of cluster 4 (the short name plots use)."""
-    return f"c{(node >> 24) & 0xFFFF}.{(node & 0xFFFF) - _BASE_PORT}"
-
-
-def server_id(cluster: int, index: int) -> NodeId:
-    """The node id of server ``index`` of ``cluster``: ``10.<c_hi>.<c_lo>.1:<7000 + index>``.
-
-    Ids grow with the cluster and then the index, so with equal ranks the
-    last broker-capable server of a cluster wins its election, and the
-    broker of the last cluster becomes the lead broker.
-    """
-    return node_id(f"10.{(cluster >> 8) & 255}.{cluster & 255}.1", _BASE_PORT + index)
 
 
 # ---------------------------------------------------------------- records
@@ -202,17 +194,6 @@ class Capture:
     dst: int
     group: int
     name: str
-
-
-@attrs.frozen(kw_only=True)
-class Marker:
-    """A scheduled event that happened: ``what`` to ``node`` (0: none) of ``group`` at ``t``."""
-
-    t: float
-    what: str
-    node: int = 0
-    group: int = -1
-    until: float | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -593,19 +574,10 @@ class Simulation:
         self._demand = DemandModel(s.demand, split_rng(s.seed, "demand"), s.duration)
         self.supply = s.supply_at(0.0)
         self._where: dict[int, tuple[int, int]] = {}
-        self._next_index = dict.fromkeys(range(1, s.clusters + 1), s.nodes)
         for c in range(1, s.clusters + 1):
             for i in range(s.nodes):
                 self._where[server_id(c, i)] = (c, i)
-        self._joiners: list[int] = []  # every server a join wave will start, in order
-        extra = dict(self._next_index)
-        for f in s.failures:
-            if f.action == "join":
-                for c in self._wave_clusters(f):
-                    node = server_id(c, extra[c])
-                    self._where[node] = (c, extra[c])
-                    self._joiners.append(node)
-                    extra[c] += 1
+        self.failures = FailureSchedule(self, self._where)
         self.grid = NodeConfig(port=1).client.grid
         # Floors from the join reserve: every server that may be powered has its floor
         # provisioned (an upper bound over the run) and draws it from the moment it joins.
@@ -619,11 +591,9 @@ class Simulation:
         self._max_sum = 0
         self.records = rec = _Records(self)
         self._samples: list[Sample] = []
-        self._markers: list[Marker] = []
         self._notes: dict[str, int] = {}
         self._harvest: dict[str, int] = {"unicast": 0}
-        self._counts = {"started": 0, "crashed": 0, "restarted": 0, "joined": 0, "left": 0}
-        self._failover: tuple[float, int, int] | None = None
+        self._started = 0
         self._agenda: list[tuple[float, int, Callable[[float], None]]] = []
         self._agenda_seq = 0
         self._violations: list[Violation] = []
@@ -708,13 +678,14 @@ class Simulation:
     def _make(self, node: NodeId, incarnation: Incarnation) -> Node:
         s = self.scenario
         cluster, index = self._where[node]
+        host, port = server_address(cluster, index)
         bid = self._bids.get(node)
         if bid is None:
             bid = self._demand.bid(node, index, self.network.now)
         cfg = NodeConfig(
             realm=SIM_REALM,
-            host=f"10.{(cluster >> 8) & 255}.{cluster & 255}.1",
-            port=_BASE_PORT + index,
+            host=host,
+            port=port,
             cluster=cluster,
             rank=s.rank_of(index),
             broker_capable=index < s.brokers,
@@ -760,7 +731,7 @@ class Simulation:
         if bid is not None:
             self._req_sum += bid.required
             self._max_sum += bid.maximum
-        self._counts["started"] += 1
+        self._started += 1
 
     def _drop_live(self, node: int) -> None:
         if node not in self._live:
@@ -850,133 +821,6 @@ class Simulation:
             )
         )
 
-    # ----------------------------------------------------------- failures
-
-    def _cluster_nodes(self, cluster: int) -> list[int]:
-        return [n for n in sorted(self._where) if self._where[n][0] == cluster]
-
-    def _crash(self, node: int, restart_after: float, what: str, group: int) -> None:
-        net = self.network
-        ep = net.endpoint(node)
-        if not isinstance(ep, Node):
-            self._markers.append(Marker(t=net.now, what=f"{what} (nobody to crash)", group=group))
-            return
-        self._harvest_stats(ep)
-        self._note(what, node=node, group=group)
-        rec = self.records
-        for g, (_, leader) in sorted(rec.leaders.items()):
-            if leader == node:
-                rec.leaderless.setdefault(g, net.now)
-        if self._capture and self._failover is None:
-            self._open_capture(node, group)
-        self._markers.append(Marker(t=net.now, what=what, node=node, group=group))
-        net.crash(node)
-        self._counts["crashed"] += 1
-        if restart_after > 0:
-            self._at(net.now + restart_after, lambda t: self._restart(node))
-
-    def _restart(self, node: int) -> None:
-        net = self.network
-        if net.restart(node):
-            self._counts["restarted"] += 1
-            self._note("restart", node=node)
-            group = self._where[node][0]
-            self._markers.append(Marker(t=net.now, what="restart", node=node, group=group))
-
-    def _open_capture(self, node: int, group: int) -> None:
-        net = self.network
-        self._failover = (net.now, group, node)
-        if group == BROKER_GROUP:
-            people: set[int] = set(net.subscribers(BROKER_GROUP))
-            cluster = self._where[node][0]
-        else:
-            people = set()
-            cluster = group
-        people.update(n for n in self._cluster_nodes(cluster) if self.broker_capable(n))
-        net.start_capture(node, group, people)
-
-    def _failure_job(self, f: Failure) -> Callable[[float], None]:
-        return lambda t: self._apply(f)
-
-    def _apply(self, f: Failure) -> None:
-        net = self.network
-        now = net.now
-        act = f.action
-        if act == "crash_lead":
-            self._crash(self.leader(BROKER_GROUP), f.restart_after, "crash lead broker", 0)
-        elif act == "crash_broker":
-            self._crash(self.leader(f.cluster), f.restart_after, "crash broker", f.cluster)
-        elif act == "crash":
-            self._crash(server_id(f.cluster, f.node), f.restart_after, "crash", f.cluster)
-        elif act == "restart":
-            self._restart(server_id(f.cluster, f.node))
-        elif act in ("partition", "isolate"):
-            cut = (
-                self._cluster_nodes(f.cluster)
-                if act == "partition"
-                else [server_id(f.cluster, f.node)]
-            )
-            until = now + f.heal_after if f.heal_after > 0 else None
-            self._note(act, group=f.cluster)
-            net.split([cut])
-            self._markers.append(Marker(t=now, what=act, group=f.cluster, until=until))
-            if until is not None:
-                self._at(until, lambda t: self._heal())
-        elif act == "heal":
-            self._heal()
-        elif act == "join":
-            self._join_wave(f)
-        elif act == "leave":
-            self._leave_wave(f)
-        else:  # loss
-            self._note("loss", loss=f.loss)
-            net.set_loss(f.loss)
-            self._markers.append(Marker(t=now, what=f"loss {f.loss:g}"))
-
-    def _heal(self) -> None:
-        self._note("heal")
-        self.network.heal()
-        self._markers.append(Marker(t=self.network.now, what="heal"))
-
-    def _wave_clusters(self, f: Failure) -> list[int]:
-        s = self.scenario
-        if f.cluster:
-            return [f.cluster] * f.count
-        return [1 + k % s.clusters for k in range(f.count)]
-
-    def _join_wave(self, f: Failure) -> None:
-        net = self.network
-        for c in self._wave_clusters(f):
-            index = self._next_index[c]
-            self._next_index[c] = index + 1
-            node = server_id(c, index)
-            self._note("join", node=node, group=c)
-            net.spawn(node)
-            self._counts["joined"] += 1
-        self._markers.append(Marker(t=net.now, what=f"join x{f.count}", group=f.cluster))
-
-    def _leave_wave(self, f: Failure) -> None:
-        net = self.network
-        left = 0
-        for c in self._wave_clusters(f):
-            who = [
-                n for n in self._cluster_nodes(c) if n in self._live and not self.broker_capable(n)
-            ]
-            if not who:
-                continue
-            node = who[-1]
-            ep = net.endpoint(node)
-            if isinstance(ep, Node):
-                self._harvest_stats(ep)
-            self._note("leave", node=node, group=c)
-            net.command(node, lambda ep, now: ep.leave(now))
-            net.remove(node)
-            self.power.ledger.left(net.now, node)
-            self._drop_live(node)
-            self._counts["left"] += 1
-            left += 1
-        self._markers.append(Marker(t=net.now, what=f"leave x{left}", group=f.cluster))
-
     def _harvest_stats(self, ep: Node) -> None:
         for g in ep.groups:
             self._harvest["unicast"] += ep.stack(g).unicast.stats.retransmitted
@@ -995,15 +839,14 @@ class Simulation:
         s = self.scenario
         net = self.network
         started = time.perf_counter()
-        joiners = set(self._joiners)
+        joiners = set(self.failures.joiners)
         for node in sorted(self._where):
             if node not in joiners:
                 net.spawn(node)
         self._at(s.supply.interval, self._supply_job)
         if s.demand.profile != "steady":
             self._at(s.demand.interval, self._demand_job)
-        for f in s.failures:
-            self._at(f.at, self._failure_job(f))
+        self.failures.schedule()
         self._at(0.0, self._sample_job)
         on_event = self._check if self._check_each_event else None
         agenda = self._agenda
@@ -1039,7 +882,7 @@ class Simulation:
             removals=dict(sorted(rec.removals.items())),
             rounds=tuple(rec.rounds),
             samples=tuple(self._samples),
-            markers=tuple(self._markers),
+            markers=tuple(self.failures.markers),
             violations=tuple(self._violations),
             guarantee_violations=power.violations,
             prices_applied=rec.prices,
@@ -1055,13 +898,17 @@ class Simulation:
                 "unicast": self._harvest["unicast"],
             },
             faults=dict(sorted(net.faults.items())),
-            nodes={**self._counts, "live_at_end": len(self._live)},
+            nodes={
+                "started": self._started,
+                **self.failures.counts,
+                "live_at_end": len(self._live),
+            },
             virtual_s=s.duration,
             wall_s=wall,
             events=st.calls,
             trace_hash=self.trace.hexdigest if self.trace is not None else None,
             capture=tuple(net.capture),
-            failover=self._failover,
+            failover=self.failures.failover,
         )
 
 

@@ -22,7 +22,8 @@ import re
 import textwrap
 from collections.abc import Sequence
 
-from powergrid.sim.runner import Election, Marker, Round, SimResult, server_name
+from powergrid.sim.failures import Marker, server_name
+from powergrid.sim.runner import Election, Round, SimResult
 from powergrid.sim.scenario import Failure, Scenario
 from powergrid.types import BROKER_GROUP
 
