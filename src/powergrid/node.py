@@ -495,8 +495,9 @@ class _Gate:
         stats = self._stats
         stats.received += 1
         if (
-            data[REALM_OFFSET:HEADER_SIZE] != self._realm_bytes or data[:3] != _MAGIC_VERSION
-        ) and self._foreign(data):
+            not data.startswith(self._realm_bytes, REALM_OFFSET)
+            or not data.startswith(_MAGIC_VERSION)
+        ) and self._foreign(data):  # (startswith: no slice is made)
             return None
         auth = self._auth
         counter = 0
