@@ -245,13 +245,18 @@ def _ignore(note: object) -> None:
     pass
 
 
+def _unkeyed(ep: Any) -> bool:
+    """True for a node without a keyring: the bench runs it with ``insecure=True``."""
+    return getattr(getattr(ep, "config", None), "keyring", None) is None
+
+
 async def _serve(
     ep: Any,
     udp: UdpConfig,
     on_event: Callable[[object], None] | None,
     task_status: Any = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    async with run_node(ep, udp=udp, on_event=on_event) as handle:
+    async with run_node(ep, udp=udp, on_event=on_event, insecure=_unkeyed(ep)) as handle:
         task_status.started(handle)
         await trio.sleep_forever()
 
@@ -366,7 +371,9 @@ async def asyncio_goodput(receivers: int, n: int) -> dict[str, Any]:
             ep = Node(cfg, incarnation=1, rng=random.Random(k))
             on_event = functools.partial(take, k - 1) if k > 0 else _ignore
             handles.append(
-                await stack.enter_async_context(run_node_asyncio(ep, udp=udp, on_event=on_event))
+                await stack.enter_async_context(
+                    run_node_asyncio(ep, udp=udp, on_event=on_event, insecure=_unkeyed(ep))
+                )
             )
         sender = handles[0]
         async with asyncio.timeout(30):

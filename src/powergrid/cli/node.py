@@ -598,7 +598,9 @@ async def _main(args: argparse.Namespace, node: NodeConfig, udp: UdpConfig) -> N
         ending = _Ending(stop)
         if args.duration is not None:
             stop.deadline = trio.current_time() + args.duration
-        async with trio_udp.run_node(node, udp=udp, incarnation=incarnation, rng=rng) as handle:
+        async with trio_udp.run_node(
+            node, udp=udp, incarnation=incarnation, rng=rng, insecure=node.keyring is None
+        ) as handle:
             out.emit(
                 "started",
                 {

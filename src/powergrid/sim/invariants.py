@@ -713,6 +713,10 @@ class LeaderPerEpoch(_Base):
         self._twins: list[tuple[float, int, int, int, int, float, float]] = []
         self._on = {LeaderElected: self._elected}
         self.twins = 0
+        self.slowest_s = 0.0
+        """The longest any twins in contact took to resolve (seconds from their contact,
+        or from the second win, to the first check at which one no longer led); what
+        ``resolve_s`` is measured against."""
 
     def _elected(self, t: float, node: int, ev: LeaderElected) -> None:
         if ev.leader != node:
@@ -737,6 +741,11 @@ class LeaderPerEpoch(_Base):
         now = network.now
         if self._apart:
             self._contact(network, now)
+        for _, group, epoch, a, b, since, _won in self._twins:
+            if now - since > self.slowest_s and all(
+                self._leads(network, n, group, epoch) for n in (a, b)
+            ):
+                self.slowest_s = now - since
         if self._twins and self._twins[0][0] <= now:
             due = [x for x in self._twins if x[0] <= now]
             self._twins = [x for x in self._twins if x[0] > now]
