@@ -530,7 +530,10 @@ class Authenticator:
         header = bytearray(datagram[:HEADER_SIZE])
         header[4] |= _SECRET_FLAGS
         stamp = (self._stamp_base | counter).to_bytes(_STAMP_SIZE, "big")
-        cipher = self._aead[self._stamp_base >> 48].key(bytes(header[_ID_AT:_ID_END]))
+        aead = self._aead[self._stamp_base >> 48]
+        life = bytes(header[_ID_AT:_ID_END])
+        cipher = aead.key(life)
+        aead.keep(life, cipher)  # our own life: derived once
         nonce = _NONCE_PAD + stamp[2:]
         sealed: bytes = cipher.encrypt(nonce, datagram[HEADER_SIZE:], self._ad + header + stamp)
         self.stats.sealed += 1
