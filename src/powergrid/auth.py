@@ -20,8 +20,10 @@ lower one is refused. Incarnations compare as serial numbers
 the 32-bit incarnation (..., 2**32-1, then 0, 1, ...) replaces the old window
 instead of being refused as older for good.
 
-**Not guaranteed.** Secrecy (nothing is encrypted: the threat is forgery, and
-the traffic is power figures and membership, not secrets), and anything about
+**Not guaranteed.** Secrecy, unless ``encrypt=True`` (then the body is
+AES-256-GCM under a key per sender life derived with HKDF, the counter as
+nonce, the realm, header and stamp as associated data: see :class:`_Aead`;
+headers stay readable either way), and anything about
 what a holder of a key sends: a keyed member is trusted as a member. Delivery
 of datagrams delayed by more than the window (reordered past
 :data:`REPLAY_WINDOW` later datagrams of the same sender) is refused, like
