@@ -173,3 +173,16 @@ def test_bad_campaign_options_exit_2(capsys: pytest.CaptureFixture[str]) -> None
     pytest.importorskip("distributed")
     assert main(["fuzz", "--seeds", "1", "--dask", "local:x"]) == 2
     assert "--dask local:x: give local or local:N" in capsys.readouterr().err
+
+
+def test_chunks_cover_every_seed_once_in_order() -> None:
+    """Issue 21: a campaign's chunks are consecutive ranges that cover its seeds exactly
+    once, nearly equal, never more chunks than seeds."""
+    from powergrid.cli.campaign import chunks  # noqa: PLC0415
+
+    for seeds, parts in ((range(10, 1_000_010), 4000), (range(5, 8), 16), (range(7, 20), 4)):
+        got = chunks(seeds, parts)
+        assert [s for part in got for s in part] == list(seeds)
+        assert len(got) == min(parts, len(seeds))
+        assert max(map(len, got)) - min(map(len, got)) <= 1
+    assert chunks(range(0), 4) == []

@@ -33,8 +33,11 @@ Outcome = dict[str, Any]
 violation as JSON, or None)."""
 
 CHUNKS_PER_WORKER = 8
-"""Chunks a campaign cuts per worker: enough to balance seeds of unequal cost, few
-enough that each chunk's round trip (pickling, scheduling) is small next to its runs."""
+"""Chunks a campaign cuts per worker at least: enough to balance seeds of unequal cost,
+few enough that each chunk's round trip (pickling, scheduling) is small next to its runs."""
+MAX_CHUNK = 250
+"""Seeds in one chunk at most (about 2 minutes of one core at the default sizes), so
+that a long campaign reports progress and spreads over every worker."""
 
 
 def violation_json(v: Any) -> dict[str, Any]:
@@ -148,11 +151,12 @@ def run_campaign(
     """
     if workers < 1:
         raise ConfigError(f"--workers {workers}: give 1 or more processes")
+    least = -(-len(seeds) // MAX_CHUNK)
     if dask is not None:
-        parts = chunks(seeds, CHUNKS_PER_WORKER * max(workers, 16))
+        parts = chunks(seeds, max(CHUNKS_PER_WORKER * max(workers, 16), least))
         source = _dask(parts, common, dask)
     elif workers > 1:
-        parts = chunks(seeds, CHUNKS_PER_WORKER * workers)
+        parts = chunks(seeds, max(CHUNKS_PER_WORKER * workers, least))
         source = _processes(parts, common, workers)
     else:
         parts = chunks(seeds, max(1, len(seeds) // 4))  # progress every few seeds
