@@ -36,6 +36,14 @@ one CPU in one process, the receivers included. The CPU ratios
 ``time.process_time``) are also given, since wall-clock rates move with the
 load of the machine.
 
+**Keys.** The 3-receiver run is repeated with a keyring on every node
+(``powergrid_3_signed``: HMAC-SHA256 trailer) and with ``encrypt=True``
+(``powergrid_3_encrypted``: AES-256-GCM, the ``crypto`` extra);
+``ratio_signed_vs_unkeyed``, ``ratio_encrypted_vs_unkeyed`` and
+``ratio_encrypted_vs_signed`` are their goodputs over the unkeyed run's, and
+the ``cpu_ratio_*_vs_unkeyed`` the unkeyed CPU seconds over theirs, all in the
+same run.
+
 **Failover.** Four ``python -m powergrid node --json`` processes on
 127.0.0.1 (two broker-capable, rank 2 with the supply and rank 1; all four
 bid). Once all follow the rank-2 node and have a price, it is killed with
@@ -64,6 +72,7 @@ import attrs
 import trio
 from _common import emit, free_port, parse_args
 
+from powergrid.auth import Keyring
 from powergrid.cli.processes import NodeProcesses
 from powergrid.node import MessageDelivered, Node, NodeConfig
 from powergrid.protocols.multicast import MulticastConfig
@@ -138,8 +147,12 @@ async def powergrid_goodput(
     multicast: MulticastConfig | None = None,
     bundle_size: int | None = None,
     fanout: bool = False,
+    seal: str = "none",
 ) -> dict[str, Any]:
     """N multicasts from one sender to ``receivers`` nodes; goodput in messages/s.
+
+    ``seal``: ``"none"`` (unkeyed), ``"signed"`` (a keyring: HMAC-SHA256 on every
+    datagram) or ``"encrypted"`` (a keyring with ``encrypt=True``: AES-256-GCM).
 
     ``inline``: the receivers take their notifications with ``run_node``'s
     ``on_event`` callback, in the reader task, as the raw receivers do; else
@@ -156,6 +169,9 @@ async def powergrid_goodput(
     mc = multicast or MulticastConfig()
     cfgs = [NodeConfig(port=free_port(), broker_capable=True, rank=1, multicast=mc)]
     cfgs += [NodeConfig(port=free_port(), multicast=mc) for _ in range(receivers)]
+    if seal != "none":
+        keyed = {"keyring": BENCH_RING, "encrypt": seal == "encrypted"}
+        cfgs = [attrs.evolve(c, **keyed) for c in cfgs]
     if fanout:
         udp = attrs.evolve(udp, fanout_seeds=[f"{c.host}:{c.port}" for c in cfgs])
     tally = _Tally(receivers, n, cfgs[0].node_id, cfgs[0].cluster, trio.Event())
@@ -241,8 +257,17 @@ def _repair_stats(sender: Any, rx: list[Any], group: int) -> dict[str, int]:
     return out
 
 
+BENCH_RING = Keyring(primary=1, keys={1: bytes(range(32))})
+"""The key of the signed and encrypted goodput runs (loopback only)."""
+
+
 def _ignore(note: object) -> None:
     pass
+
+
+def _unkeyed(ep: Any) -> bool:
+    """True for a node without a keyring: the bench runs it with ``insecure=True``."""
+    return getattr(getattr(ep, "config", None), "keyring", None) is None
 
 
 async def _serve(
@@ -251,7 +276,7 @@ async def _serve(
     on_event: Callable[[object], None] | None,
     task_status: Any = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    async with run_node(ep, udp=udp, on_event=on_event) as handle:
+    async with run_node(ep, udp=udp, on_event=on_event, insecure=_unkeyed(ep)) as handle:
         task_status.started(handle)
         await trio.sleep_forever()
 
@@ -366,7 +391,9 @@ async def asyncio_goodput(receivers: int, n: int) -> dict[str, Any]:
             ep = Node(cfg, incarnation=1, rng=random.Random(k))
             on_event = functools.partial(take, k - 1) if k > 0 else _ignore
             handles.append(
-                await stack.enter_async_context(run_node_asyncio(ep, udp=udp, on_event=on_event))
+                await stack.enter_async_context(
+                    run_node_asyncio(ep, udp=udp, on_event=on_event, insecure=_unkeyed(ep))
+                )
             )
         sender = handles[0]
         async with asyncio.timeout(30):
@@ -550,6 +577,9 @@ async def goodput(n: int, *, variants: bool) -> dict[str, Any]:
         if variants:
             out[f"powergrid_{r}_events"] = await powergrid_goodput(r, n, 0.0, inline=False)
     out["powergrid_3_loss5"] = await powergrid_goodput(3, n, 0.05)
+    # the cost of keys: the same 3-receiver run signed (HMAC) and encrypted (AES-GCM)
+    out["powergrid_3_signed"] = await powergrid_goodput(3, n, 0.0, seal="signed")
+    out["powergrid_3_encrypted"] = await powergrid_goodput(3, n, 0.0, seal="encrypted")
     if variants:
         out["powergrid_3_loss5_unbundled"] = await powergrid_goodput(3, n, 0.05, bundle_size=0)
     if variants:  # the same loss with Naks allowed every 10 ms instead of 50 ms
@@ -596,6 +626,11 @@ def main() -> None:
         "ratio_3_receivers_asyncio": ratio("powergrid_3_asyncio", "raw_3_asyncio"),
         "cpu_ratio_1_receiver_asyncio": cpu_ratio("powergrid_1_asyncio", "raw_1_asyncio"),
         "cpu_ratio_3_receivers_asyncio": cpu_ratio("powergrid_3_asyncio", "raw_3_asyncio"),
+        "ratio_signed_vs_unkeyed": ratio("powergrid_3_signed", "powergrid_3"),
+        "ratio_encrypted_vs_unkeyed": ratio("powergrid_3_encrypted", "powergrid_3"),
+        "ratio_encrypted_vs_signed": ratio("powergrid_3_encrypted", "powergrid_3_signed"),
+        "cpu_ratio_signed_vs_unkeyed": cpu_ratio("powergrid_3_signed", "powergrid_3"),
+        "cpu_ratio_encrypted_vs_unkeyed": cpu_ratio("powergrid_3_encrypted", "powergrid_3"),
         "failover_s": failovers,
         "failover_median_s": statistics.median(failovers),
         "failover_runs": runs,
@@ -669,6 +704,20 @@ def main() -> None:
         ),
         *loss_rows,
         (
+            "3 receivers signed (HMAC) vs unkeyed, msgs/s",
+            g["powergrid_3_signed"]["msgs_per_s"],
+            g["powergrid_3"]["msgs_per_s"],
+            result["ratio_signed_vs_unkeyed"],
+            "",
+        ),
+        (
+            "3 receivers encrypted (AES-GCM) vs unkeyed, msgs/s",
+            g["powergrid_3_encrypted"]["msgs_per_s"],
+            g["powergrid_3"]["msgs_per_s"],
+            result["ratio_encrypted_vs_unkeyed"],
+            "",
+        ),
+        (
             "asyncio: UDP goodput msgs/s, 1 receiver",
             g["powergrid_1_asyncio"]["msgs_per_s"],
             g["raw_1_asyncio"]["msgs_per_s"],
@@ -697,6 +746,9 @@ def main() -> None:
         f"{result['cpu_ratio_1_receiver_unbundled']:.3f} / "
         f"{result['cpu_ratio_3_receivers_unbundled']:.3f}",
         f"sender's UDP datagrams (bundled run, 1 receiver): {g['powergrid_1']['sender_udp']}",
+        "keys, CPU ratio (unkeyed CPU s / keyed CPU s, same messages): signed "
+        f"{result['cpu_ratio_signed_vs_unkeyed']:.3f}, encrypted "
+        f"{result['cpu_ratio_encrypted_vs_unkeyed']:.3f}",
         *notes,
         f"repair with 5% loss: {g['powergrid_3_loss5']['repair']}",
         f"failover runs (s): {', '.join(f'{f:.2f}' for f in failovers)}",

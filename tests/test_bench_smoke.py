@@ -32,6 +32,8 @@ KEYS = {
         "ratio_5pct_loss",
         "failover_median_s",
         "ratio_1_receiver_asyncio",
+        "ratio_encrypted_vs_unkeyed",
+        "ratio_signed_vs_unkeyed",
     },
     "realnet": {
         "startup_s",

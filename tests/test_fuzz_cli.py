@@ -135,3 +135,54 @@ def test_fanout_runs_the_data_centre_without_multicast(capsys: pytest.CaptureFix
     assert result.ok and "fanout=True" in result.recipe and "fanout" not in plain.recipe
     assert replay_command(GOOD, fanout=True).endswith(" --fanout")
     assert result.trace_hash != plain.trace_hash
+
+
+def _campaign(capsys: pytest.CaptureFixture[str], *extra: str) -> dict[str, Any]:
+    """The --json summary of seeds 0-5 of the 3-server data centre (with ``extra``
+    options), without its wall time and rate."""
+    args = ["fuzz", "--seeds", "6", "--nodes", "3", "--safety", "2", "--liveness", "1"]
+    main([*args, "--json", *extra])
+    summary: dict[str, Any] = json.loads(capsys.readouterr().out)
+    assert summary.pop("wall_s") > 0 and summary.pop("seeds_per_s") > 0
+    return summary
+
+
+def test_workers_merge_into_the_serial_summary(capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 21: `--workers 2` runs the seeds in two processes and merges them into the
+    summary a serial run gives, figure for figure (violations in seed order included:
+    --liveness 1 makes some of these seeds fail, so the merge of failures is checked)."""
+    serial = _campaign(capsys)
+    assert serial["seeds"] == 6 and serial["violations"], "want some failures to merge"
+    assert _campaign(capsys, "--workers", "2") == serial
+
+
+def test_a_local_dask_cluster_merges_into_the_serial_summary(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Issue 21: `--dask local:1` runs the same campaign on a Dask cluster (one worker
+    process on this machine) and gives the serial summary."""
+    pytest.importorskip("distributed")
+    serial = _campaign(capsys)
+    assert _campaign(capsys, "--dask", "local:1") == serial
+
+
+def test_bad_campaign_options_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 21: --workers 0 and a malformed --dask are refused with one line, exit 2."""
+    assert main(["fuzz", "--seeds", "1", "--workers", "0"]) == 2
+    assert "--workers 0: give 1 or more" in capsys.readouterr().err
+    pytest.importorskip("distributed")
+    assert main(["fuzz", "--seeds", "1", "--dask", "local:x"]) == 2
+    assert "--dask local:x: give local or local:N" in capsys.readouterr().err
+
+
+def test_chunks_cover_every_seed_once_in_order() -> None:
+    """Issue 21: a campaign's chunks are consecutive ranges that cover its seeds exactly
+    once, nearly equal, never more chunks than seeds."""
+    from powergrid.cli.campaign import chunks  # noqa: PLC0415
+
+    for seeds, parts in ((range(10, 1_000_010), 4000), (range(5, 8), 16), (range(7, 20), 4)):
+        got = chunks(seeds, parts)
+        assert [s for part in got for s in part] == list(seeds)
+        assert len(got) == min(parts, len(seeds))
+        assert max(map(len, got)) - min(map(len, got)) <= 1
+    assert chunks(range(0), 4) == []

@@ -54,7 +54,10 @@ async def _peer_sees_removal(how: str) -> str:
     removed: list[MemberRemoved] = []
     left: list[MemberLeft] = []
     async with run_node(
-        NodeConfig(port=a_port, broker_capable=True, rank=1), udp=udp, rng=random.Random(1)
+        NodeConfig(port=a_port, broker_capable=True, rank=1),
+        udp=udp,
+        rng=random.Random(1),
+        insecure=True,
     ) as a:
         joined = trio.Event()
 
@@ -73,7 +76,7 @@ async def _peer_sees_removal(how: str) -> str:
                 nursery.start_soon(watch)
                 with trio.move_on_after(60) as outer:
                     try:
-                        async with run_node(NodeConfig(port=b_port), udp=udp) as b:
+                        async with run_node(NodeConfig(port=b_port), udp=udp, insecure=True) as b:
                             await joined.wait()
                             assert b.running
                             if how == "raise":
@@ -145,7 +148,7 @@ async def _asyncio_peer_sees_removal(how: str) -> str:
     joined = asyncio.Event()
     gone = asyncio.Event()
     a_cfg = NodeConfig(port=a_port, broker_capable=True, rank=1)
-    async with run_node_asyncio(a_cfg, udp=udp, rng=random.Random(1)) as a:
+    async with run_node_asyncio(a_cfg, udp=udp, rng=random.Random(1), insecure=True) as a:
 
         async def watch() -> None:
             async for ev in a.events():
@@ -163,7 +166,9 @@ async def _asyncio_peer_sees_removal(how: str) -> str:
             timed_out = False
             try:
                 async with asyncio.timeout(None) as outer:
-                    async with run_node_asyncio(NodeConfig(port=b_port), udp=udp) as b:
+                    async with run_node_asyncio(
+                        NodeConfig(port=b_port), udp=udp, insecure=True
+                    ) as b:
                         await joined.wait()
                         assert b.running
                         if how == "raise":

@@ -79,7 +79,7 @@ def test_set_supply_and_set_bid_reach_the_market(loop: str) -> None:
     cfg = pg.NodeConfig(port=free_port(), broker_capable=True, supply=0)
 
     async def main() -> None:
-        async with lp.run_node(cfg, udp=udp, rng=random.Random(1)) as node:
+        async with lp.run_node(cfg, udp=udp, rng=random.Random(1), insecure=True) as node:
             assert repr(node) == f"<{type(node).__name__} {HOST}:{cfg.port} running>"
             await node.set_supply(500)
             await node.set_bid(pg.Bid(floor=100, required=200, maximum=800))
@@ -107,7 +107,8 @@ def test_two_readers_of_events_share_one_queue(loop: str) -> None:
     n = 40
 
     async def main() -> None:
-        async with lp.run_node(ep, udp=pg.UdpConfig(ttl=0, group_port_base=free_port())) as h:
+        udp = pg.UdpConfig(ttl=0, group_port_base=free_port())
+        async with lp.run_node(ep, udp=udp, insecure=True) as h:
 
             async def read(name: str) -> None:
                 async for ev in h.events():
@@ -143,14 +144,45 @@ def test_each_run_node_says_which_loop_it_needs() -> None:
     cfg = pg.NodeConfig(port=free_port())
 
     async def trio_under_asyncio() -> None:
-        async with pg.run_node(cfg):
+        async with pg.run_node(cfg, insecure=True):
             pass  # pragma: no cover
 
     async def asyncio_under_trio() -> None:
-        async with pg.run_node_asyncio(cfg):
+        async with pg.run_node_asyncio(cfg, insecure=True):
             pass  # pragma: no cover
 
     with pytest.raises(pg.UsageError, match=r"under asyncio use powergrid\.run_node_asyncio"):
         asyncio.run(trio_under_asyncio())
     with pytest.raises(pg.UsageError, match=r"under trio use powergrid\.run_node"):
         trio.run(asyncio_under_trio)
+
+
+@pytest.mark.parametrize("loop", ["trio", "asyncio"])
+def test_run_node_refuses_to_run_unkeyed_unless_insecure_is_asked_for(loop: str) -> None:
+    """Rule (issue 21, secure by default): ``run_node`` / ``run_node_asyncio`` refuse a
+    node without a keyring unless ``insecure=True`` is passed, with a ConfigError naming
+    both ways out, before any socket is opened; a keyed node runs, and a keyring with
+    ``insecure=True`` is refused as contradictory. (On main an unkeyed node ran.)"""
+    lp = LOOPS[loop]
+    udp = pg.UdpConfig(ttl=0, group_port_base=free_port(), group_ports=2)
+    port = free_port()
+    ring = pg.Keyring(primary=1, keys={1: bytes(range(32))})
+    ran: list[bool] = []
+
+    async def start(cfg: pg.NodeConfig, **kw: Any) -> None:
+        async with lp.run_node(cfg, udp=udp, rng=random.Random(1), **kw) as node:
+            ran.append(node.running)
+
+    def run(cfg: pg.NodeConfig, **kw: Any) -> None:
+        lp.run(lambda: start(cfg, **kw))
+
+    with pytest.raises(pg.ConfigError, match=r"no key: pass NodeConfig\(keyring=.*insecure=True"):
+        run(pg.NodeConfig(port=port))
+    with pytest.raises(pg.ConfigError, match="insecure=True or a keyring, not both"):
+        run(pg.NodeConfig(port=port, keyring=ring), insecure=True)
+    assert ran == []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind((HOST, port))  # the refusals opened no socket on the node's port
+    run(pg.NodeConfig(port=port, keyring=ring))
+    run(pg.NodeConfig(port=port), insecure=True)
+    assert ran == [True, True]

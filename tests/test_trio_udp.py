@@ -87,9 +87,10 @@ def loop(request: pytest.FixtureRequest) -> Iterator[Any]:
     L.loop = LOOPS["trio"]
 
 
-def run_node(*args: Any, **kw: Any) -> Any:
-    """The running loop's transport's ``run_node``."""
-    return L.run_node(*args, **kw)
+def run_node(*args: Any, insecure: bool = True, **kw: Any) -> Any:
+    """The running loop's transport's ``run_node``; unkeyed (``insecure=True``) unless a
+    test with a keyring passes ``insecure=False``: these tests are about the transport."""
+    return L.run_node(*args, insecure=insecure, **kw)
 
 
 async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -914,8 +915,10 @@ def test_keyed_nodes_stream_bundled_multicasts_in_order(loop: Any) -> None:
     async def main() -> None:
         udp = udp_config()
         async with (
-            run_node(cfgs[0], udp=udp, rng=random.Random(1), on_event=lambda n: None) as tx,
-            run_node(cfgs[1], udp=udp, rng=random.Random(2), on_event=take) as rx,
+            run_node(
+                cfgs[0], udp=udp, rng=random.Random(1), on_event=lambda n: None, insecure=False
+            ) as tx,
+            run_node(cfgs[1], udp=udp, rng=random.Random(2), on_event=take, insecure=False) as rx,
         ):
             await until(lambda: members[0] == 2, timeout=10)
             for k in range(100):
@@ -1059,10 +1062,18 @@ def test_fan_out_cluster_without_multicast_elects_forms_a_view_and_delivers(loop
             for k, p in enumerate(ports)
         ]
         async with (
-            run_node(cfgs[0], udp=udp, rng=random.Random(1), on_event=take(ids[0])) as a,
-            run_node(cfgs[1], udp=udp, rng=random.Random(2), on_event=take(ids[1])) as b,
-            run_node(cfgs[2], udp=udp, rng=random.Random(3), on_event=take(ids[2])) as c,
-            run_node(cfgs[3], udp=udp, rng=random.Random(4), on_event=take(ids[3])) as d,
+            run_node(
+                cfgs[0], udp=udp, rng=random.Random(1), on_event=take(ids[0]), insecure=False
+            ) as a,
+            run_node(
+                cfgs[1], udp=udp, rng=random.Random(2), on_event=take(ids[1]), insecure=False
+            ) as b,
+            run_node(
+                cfgs[2], udp=udp, rng=random.Random(3), on_event=take(ids[2]), insecure=False
+            ) as c,
+            run_node(
+                cfgs[3], udp=udp, rng=random.Random(4), on_event=take(ids[3]), insecure=False
+            ) as d,
         ):
             handles = (a, b, c, d)
             await until(formed, timeout=15)

@@ -121,7 +121,8 @@ def test_wire_doc_header_matches_the_codec() -> None:
     assert offset == wire.HEADER_SIZE and rows[-1][0] == wire.REALM_OFFSET
     assert rows[1][3].startswith(f"{wire.VERSION};")
     assert f"a fixed {wire.HEADER_SIZE}-byte header" in text
-    assert "reserved `flags` bits 1-7" in text and wire.RESERVED_FLAGS == 0xFE
+    assert "reserved `flags` bits 2-7" in text and wire.RESERVED_FLAGS == 0xFE
+    assert "bit 1 (`FLAG_SECRET`)" in text and wire.FLAG_SECRET == 0x02
 
 
 if __name__ == "__main__":

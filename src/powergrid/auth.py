@@ -20,8 +20,10 @@ lower one is refused. Incarnations compare as serial numbers
 the 32-bit incarnation (..., 2**32-1, then 0, 1, ...) replaces the old window
 instead of being refused as older for good.
 
-**Not guaranteed.** Secrecy (nothing is encrypted: the threat is forgery, and
-the traffic is power figures and membership, not secrets), and anything about
+**Not guaranteed.** Secrecy, unless ``encrypt=True`` (then the body is
+AES-256-GCM under a key per sender life derived with HKDF, the counter as
+nonce, the realm, header and stamp as associated data: see :class:`_Aead`;
+headers stay readable either way), and anything about
 what a holder of a key sends: a keyed member is trusted as a member. Delivery
 of datagrams delayed by more than the window (reordered past
 :data:`REPLAY_WINDOW` later datagrams of the same sender) is refused, like
@@ -70,12 +72,13 @@ import secrets
 import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import attrs
 
 from powergrid.errors import ConfigError, UsageError
 from powergrid.types import DEFAULT_REALM, incarnation_newer, realm_tag
-from powergrid.wire import AUTH_TRAILER_SIZE, FLAG_AUTH, HEADER_SIZE, WIRE_LIMIT
+from powergrid.wire import AUTH_TRAILER_SIZE, FLAG_AUTH, FLAG_SECRET, HEADER_SIZE, WIRE_LIMIT
 
 __all__ = [
     "ENV_VAR",
@@ -111,6 +114,10 @@ _SIGNED_MIN = HEADER_SIZE + AUTH_TRAILER_SIZE
 _WINDOW_MASK = (1 << REPLAY_WINDOW) - 1
 _CLEARED = tuple(bytes((flags & ~FLAG_AUTH,)) for flags in range(256))
 """The flags byte with the auth bit cleared (other bits kept: the decoder refuses them)."""
+_SECRET_FLAGS = FLAG_AUTH | FLAG_SECRET
+_ID_AT = 9  # header bytes [9:21]: the sender id (u64) and incarnation (u32)
+_ID_END = 21
+_NONCE_PAD = bytes(6)
 assert _STAMP_SIZE == 8
 
 
@@ -325,6 +332,8 @@ class AuthStats:
     """Refused: an incarnation older than the sender's latest seen."""
     senders_full: int = 0
     """Refused: a new sender while :data:`MAX_SENDERS` windows are kept."""
+    plaintext: int = 0
+    """Refused by a node that encrypts: a datagram signed but not encrypted."""
 
 
 def realm_key(secret: bytes, realm: str) -> bytes:
@@ -358,15 +367,70 @@ class _Mac:
         return outer.digest()[:TAG_SIZE]
 
 
+class _Aead:
+    """AES-256-GCM of one key id: a key per (sender, incarnation), derived with HKDF.
+
+    ``secret`` is the realm-bound key (:func:`realm_key`). The key of a sender's life
+    is ``HKDF-SHA256(secret, salt=None, info="powergrid aes-gcm\\0" + sender u64 +
+    incarnation u32, 32 bytes)``, and its nonce is the datagram's counter (6 zero
+    bytes, then the u48 counter). A nonce is never used twice under one key: the
+    counter rises by one per datagram sealed in a life and :meth:`Authenticator.seal`
+    stops at :data:`MAX_COUNTER`; a life is one (sender, incarnation), and a restart
+    must take a newer incarnation (the node requires it). Keys of peers are derived
+    on first use and kept (at most ``limit``) once a datagram under them verified.
+    Needs the ``cryptography`` package (the ``crypto`` extra).
+    """
+
+    __slots__ = ("_aesgcm", "_hash", "_hkdf", "_invalid", "_keys", "_limit", "_secret")
+
+    def __init__(self, secret: bytes, limit: int) -> None:
+        from cryptography.exceptions import InvalidTag  # noqa: PLC0415
+        from cryptography.hazmat.primitives import hashes  # noqa: PLC0415
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: PLC0415
+        from cryptography.hazmat.primitives.kdf.hkdf import HKDF  # noqa: PLC0415
+
+        self._secret = secret
+        self._aesgcm = AESGCM
+        self._hkdf = HKDF
+        self._hash = hashes.SHA256
+        self._invalid = InvalidTag
+        self._keys: dict[bytes, Any] = {}
+        self._limit = limit
+
+    def key(self, life: bytes) -> Any:
+        """The cipher of ``life`` (header bytes: sender u64 + incarnation u32)."""
+        cipher = self._keys.get(life)
+        if cipher is None:
+            hkdf = self._hkdf(
+                algorithm=self._hash(), length=32, salt=None, info=b"powergrid aes-gcm\0" + life
+            )
+            cipher = self._aesgcm(hkdf.derive(self._secret))
+        return cipher
+
+    def keep(self, life: bytes, cipher: Any) -> None:
+        """Keep the cipher of a life whose datagram verified (bounded: the oldest goes)."""
+        keys = self._keys
+        if life not in keys:
+            if len(keys) >= self._limit:
+                del keys[next(iter(keys))]
+            keys[life] = cipher
+
+
 class Authenticator:
     """Signs outgoing datagrams and checks incoming ones for one node (see the module doc).
 
     ``keyring`` gives the keys; ``realm`` (the node's realm name) is bound into
     every tag (see the module doc); ``max_senders`` bounds the replay windows kept.
-    Raises :class:`ConfigError` for an invalid realm or ``max_senders``.
+    ``encrypt`` seals with AES-256-GCM instead of HMAC (see *Encryption* in
+    docs/security.md): the body is encrypted, the header, key id and counter
+    authenticated in the clear, and only encrypted datagrams are accepted.
+    Raises :class:`ConfigError` for an invalid realm or ``max_senders``, or for
+    ``encrypt`` without the ``cryptography`` package.
     """
 
     __slots__ = (
+        "_ad",
+        "_aead",
         "_counter",
         "_keys",
         "_max_senders",
@@ -377,13 +441,30 @@ class Authenticator:
     )
 
     def __init__(
-        self, keyring: Keyring, *, realm: str = DEFAULT_REALM, max_senders: int = MAX_SENDERS
+        self,
+        keyring: Keyring,
+        *,
+        realm: str = DEFAULT_REALM,
+        max_senders: int = MAX_SENDERS,
+        encrypt: bool = False,
     ) -> None:
         if max_senders < 1:
             raise ConfigError(f"max_senders {max_senders} must be at least 1")
         realm_tag(realm)  # raises ConfigError for an invalid name
         self._keys = {kid: _Mac(realm_key(secret, realm)) for kid, secret in keyring.keys}
         self._primary = self._keys[keyring.primary]
+        self._aead: dict[int, _Aead] | None = None
+        self._ad = b"powergrid realm\0" + realm.encode("ascii") + b"\0"
+        if encrypt:
+            try:
+                self._aead = {
+                    kid: _Aead(realm_key(secret, realm), max_senders)
+                    for kid, secret in keyring.keys
+                }
+            except ImportError:
+                raise ConfigError(
+                    "encrypt=True needs the cryptography package: pip install 'powergrid[crypto]'"
+                ) from None
         self._stamp_base = keyring.primary << 48
         self._counter = 0
         self._max_senders = max_senders
@@ -411,6 +492,8 @@ class Authenticator:
         if counter > MAX_COUNTER:
             raise UsageError("authentication counter exhausted: restart with a higher incarnation")
         self._counter = counter
+        if self._aead is not None:
+            return self._encrypt(datagram, counter)
         signed = bytearray(datagram)
         signed[4] |= FLAG_AUTH
         signed += (self._stamp_base | counter).to_bytes(_STAMP_SIZE, "big")
@@ -428,6 +511,8 @@ class Authenticator:
         if size < _SIGNED_MIN or size > WIRE_LIMIT or not datagram[4] & FLAG_AUTH:
             self.stats.unsigned += 1
             return None
+        if self._aead is not None:
+            return self._decrypt(datagram)
         end = size - TAG_SIZE
         body_end = end - _STAMP_SIZE
         stamp = int.from_bytes(datagram[body_end:end], "big")
@@ -440,6 +525,50 @@ class Authenticator:
             return None
         inner = datagram[:4] + _CLEARED[datagram[4]] + datagram[5:body_end]
         return inner, stamp & MAX_COUNTER
+
+    def _encrypt(self, datagram: bytes, counter: int) -> bytes:
+        """Seal with AES-GCM: header (flags AUTH|SECRET) | ciphertext | stamp | tag."""
+        assert self._aead is not None
+        header = bytearray(datagram[:HEADER_SIZE])
+        header[4] |= _SECRET_FLAGS
+        stamp = (self._stamp_base | counter).to_bytes(_STAMP_SIZE, "big")
+        aead = self._aead[self._stamp_base >> 48]
+        life = bytes(header[_ID_AT:_ID_END])
+        cipher = aead.key(life)
+        aead.keep(life, cipher)  # our own life: derived once
+        nonce = _NONCE_PAD + stamp[2:]
+        sealed: bytes = cipher.encrypt(nonce, datagram[HEADER_SIZE:], self._ad + header + stamp)
+        self.stats.sealed += 1
+        return bytes(header) + sealed[:-TAG_SIZE] + stamp + sealed[-TAG_SIZE:]
+
+    def _decrypt(self, datagram: bytes) -> tuple[bytes, int] | None:
+        """Open an AES-GCM datagram (see :meth:`_encrypt`), or None (counted)."""
+        assert self._aead is not None
+        if datagram[4] & _SECRET_FLAGS != _SECRET_FLAGS:
+            self.stats.plaintext += 1
+            return None
+        end = len(datagram) - TAG_SIZE
+        body_end = end - _STAMP_SIZE
+        stamp = datagram[body_end:end]
+        aead = self._aead.get(int.from_bytes(stamp[:2], "big"))
+        if aead is None:
+            self.stats.unknown_key += 1
+            return None
+        life = datagram[_ID_AT:_ID_END]
+        cipher = aead.key(life)
+        header = datagram[:HEADER_SIZE]
+        try:
+            body = cipher.decrypt(
+                _NONCE_PAD + stamp[2:],
+                datagram[HEADER_SIZE:body_end] + datagram[end:],
+                self._ad + header + stamp,
+            )
+        except aead._invalid:
+            self.stats.bad_tag += 1
+            return None
+        aead.keep(life, cipher)
+        flags = bytes((datagram[4] & ~_SECRET_FLAGS,))
+        return header[:4] + flags + header[5:] + body, int.from_bytes(stamp[2:], "big")
 
     def accept(self, sender: int, incarnation: int, counter: int) -> bool:
         """Whether ``counter`` of ``sender`` in ``incarnation`` is fresh; records it if so.

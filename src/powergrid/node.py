@@ -238,6 +238,10 @@ class NodeConfig:
     keyring: Keyring | None = attrs.field(default=None, validator=optional(Keyring))
     """Group keys: sign every datagram and refuse unsigned, forged and replayed
     ones (see :mod:`powergrid.auth`). None: no authentication, flags 0."""
+    encrypt: bool = attrs.field(default=False, validator=flag)
+    """With a keyring: seal every datagram with AES-256-GCM (body encrypted, header
+    authenticated; the ``crypto`` extra, docs/security.md *Encryption*) instead of
+    HMAC, and accept only encrypted ones; every node of a realm must agree."""
 
     def __attrs_post_init__(self) -> None:
         try:
@@ -259,6 +263,8 @@ class NodeConfig:
         bad = realm_problem(self.realm)
         if bad is not None:
             raise ConfigError(f"NodeConfig.{bad}")
+        if self.encrypt and self.keyring is None:
+            raise ConfigError("NodeConfig.encrypt: needs a keyring (the key it derives from)")
 
     @property
     def node_id(self) -> NodeId:
@@ -595,7 +601,9 @@ class Node:
         self._started = False
         self._realm = realm_tag(config.realm)
         self._auth = (
-            None if config.keyring is None else Authenticator(config.keyring, realm=config.realm)
+            None
+            if config.keyring is None
+            else Authenticator(config.keyring, realm=config.realm, encrypt=config.encrypt)
         )
         self._gate = _Gate(self._id, self._realm, self._auth, self._stats)
         me = self._id

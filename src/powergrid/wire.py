@@ -72,6 +72,7 @@ __all__ = [
     "AUTH_TRAILER_SIZE",
     "DEFAULT_REALM_TAG",
     "FLAG_AUTH",
+    "FLAG_SECRET",
     "HEADER_SIZE",
     "KIND_APP",
     "MAGIC",
@@ -146,10 +147,15 @@ limits hold either way and a signed datagram never exceeds :data:`WIRE_LIMIT`.""
 FLAG_AUTH = 0x01
 """Header ``flags`` bit: an authentication trailer follows the body. Only
 :mod:`powergrid.auth` sets and strips it; :func:`decode` refuses it."""
+FLAG_SECRET = 0x02
+"""Header ``flags`` bit 1, set with :data:`FLAG_AUTH`: the body is encrypted with
+AES-256-GCM and the trailer's tag is the GCM tag (``NodeConfig.encrypt``, see
+docs/wire.md). Only :mod:`powergrid.auth` sets and strips it; :func:`decode` refuses it."""
 RESERVED_FLAGS = 0xFE
-"""Header ``flags`` bits 1-7, reserved for later additions to this wire version
-(a fragment header, longer node ids): refused by :func:`decode` until defined, so
-a node that does not know them drops such a datagram instead of misreading it."""
+"""Header ``flags`` bits 1-7, refused by :func:`decode`: bit 1 is :data:`FLAG_SECRET`
+(stripped by :mod:`powergrid.auth` before decoding); bits 2-7 are reserved for later
+additions to this wire version (a fragment header, longer node ids), so a node that
+does not know them drops such a datagram instead of misreading it."""
 
 _HEADER = struct.Struct("!2sBBBIQII")
 HEADER_SIZE = _HEADER.size

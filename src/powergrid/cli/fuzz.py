@@ -3,6 +3,7 @@
 ::
 
     powergrid fuzz --seeds N [--start S] [--nodes K] [--safety S] [--liveness S] [--json]
+                   [--workers N | --dask ADDRESS]
     powergrid fuzz --replay SEED [--nodes K] [--safety S] [--liveness S] [--json]
 
 Runs :func:`powergrid.sim.fuzzing.run_datacentre` on each seed and prints a
@@ -10,8 +11,11 @@ summary (seeds, violations, faults by kind, datagrams delivered, virtual and
 wall time), or one JSON object with ``--json``. A progress bar goes to
 stderr only when stderr is a terminal (``--progress on`` forces it). Every
 violation names the command that replays it with every option it ran with;
-``--replay`` prints that run's trace, its report and, when it failed, a
-pytest test that reproduces it and runs as it is.
+``--workers N`` runs the seeds in N processes and ``--dask ADDRESS`` on a
+Dask cluster (:mod:`powergrid.cli.campaign`); either way the summary is the
+serial run's, wall time and rate aside. ``--replay`` prints that run's trace,
+its report and, when it failed, a pytest test that reproduces it and runs as
+it is.
 
 Exit status: 0 if every invariant held, 1 if one broke, 2 for bad options
 (checked before anything runs, one line on stderr).
@@ -26,12 +30,12 @@ import time
 from typing import Any
 
 from powergrid.cli import progress_wanted
+from powergrid.cli.campaign import run_campaign, summarize, violation_json
 from powergrid.errors import ConfigError
 from powergrid.sim.fuzzing import (
     DEFAULT_LIVENESS_S,
     DEFAULT_SAFETY_S,
     check_options,
-    power_totals,
     run_datacentre,
 )
 from powergrid.sim.harness import RunResult
@@ -60,6 +64,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--liveness", type=float, default=DEFAULT_LIVENESS_S, help="seconds to converge (10)"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run seeds in N processes (1); the summary is the same as a serial run's",
+    )
+    parser.add_argument(
+        "--dask",
+        default=None,
+        metavar="ADDRESS",
+        help="run seeds on a Dask cluster: a scheduler address, or local[:N] "
+        "(needs the cluster extra)",
     )
     parser.add_argument(
         "--progress",
@@ -106,41 +124,29 @@ def run(args: argparse.Namespace) -> int:
         return 0 if result.ok else 1
     show = progress_wanted(args.progress)
     started = time.perf_counter()
-    results: list[RunResult] = []
-    bad = 0
-    step = max(1, args.seeds // 200)
-    for i, seed in enumerate(range(args.start, args.start + args.seeds)):
-        result = run_datacentre(seed, **common)
-        results.append(result)
-        bad += not result.ok
-        if show and ((i + 1) % step == 0 or i + 1 == args.seeds):
-            print(_bar(i + 1, args.seeds, bad, started), end="", file=sys.stderr, flush=True)
+
+    def progress(done: int, bad: int) -> None:
+        if show:
+            print(_bar(done, args.seeds, bad, started), end="", file=sys.stderr, flush=True)
+
+    seeds = range(args.start, args.start + args.seeds)
+    try:
+        outcomes = run_campaign(
+            seeds, common, workers=args.workers, dask=args.dask, progress=progress
+        )
+    except ConfigError as exc:
+        print(f"powergrid fuzz: {exc}", file=sys.stderr)
+        return 2
     if show and args.seeds:
         print(file=sys.stderr)
     wall = time.perf_counter() - started
-    faults: dict[str, int] = {}
-    for r in results:
-        for kind, count in r.faults.items():
-            faults[kind] = faults.get(kind, 0) + count
-    violations: list[dict[str, Any]] = [
-        _violation_json(r.violations[0]) for r in results if r.violations
-    ]
-    summary: dict[str, Any] = {
-        "power": power_totals(r.power for r in results),
-        "seeds": len(results),
-        "start": args.start,
-        "violations": violations,
-        "faults": dict(sorted(faults.items())),
-        "messages": sum(r.messages for r in results),
-        "virtual_s": sum(r.virtual_time for r in results),
-        "wall_s": wall,
-        "seeds_per_s": len(results) / wall if wall > 0 else 0.0,
-    }
+    summary = summarize(outcomes, args.start, wall)
+    violations: list[dict[str, Any]] = summary["violations"]
     if args.json:
         print(json.dumps(summary, sort_keys=True))
     else:
         print(
-            f"{len(results)} seeds ({args.start}..{args.start + len(results) - 1}), "
+            f"{len(outcomes)} seeds ({args.start}..{args.start + len(outcomes) - 1}), "
             f"{len(violations)} with violations, {summary['seeds_per_s']:.1f} seeds/s"
         )
         print("faults: " + (", ".join(f"{k}={v}" for k, v in summary["faults"].items()) or "none"))
@@ -157,21 +163,11 @@ def run(args: argparse.Namespace) -> int:
     return 1 if violations else 0
 
 
-def _violation_json(v: Any) -> dict[str, Any]:
-    return {
-        "seed": v.seed,
-        "invariant": v.invariant,
-        "time": v.time,
-        "detail": v.detail,
-        "replay": v.replay,
-    }
-
-
 def _result_json(result: RunResult) -> dict[str, Any]:
     return {
         "seed": result.seed,
         "ok": result.ok,
-        "violations": [_violation_json(v) for v in result.violations],
+        "violations": [violation_json(v) for v in result.violations],
         "faults": result.faults,
         "messages": result.messages,
         "virtual_s": result.virtual_time,

@@ -145,6 +145,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="run without keys: unsigned datagrams, which anyone who reaches the ports can "
         "forge (without a key, --key-file or $POWERGRID_KEYS, the node refuses to start)",
     )
+    a(
+        "--encrypt",
+        action="store_true",
+        help="with a key: encrypt every datagram's body (AES-256-GCM, the crypto extra); "
+        "every node of the realm must give it",
+    )
     a("--key", nargs="?", action=_NoKeyArgument, help=argparse.SUPPRESS)
 
 
@@ -217,6 +223,7 @@ def build_configs(
         supply=args.supply,
         bid=_bid(args),
         keyring=_keyring(args, os.environ if environ is None else environ),
+        encrypt=args.encrypt,
     )
     udp = UdpConfig(
         interface=args.host if args.interface is None else args.interface,
@@ -598,7 +605,9 @@ async def _main(args: argparse.Namespace, node: NodeConfig, udp: UdpConfig) -> N
         ending = _Ending(stop)
         if args.duration is not None:
             stop.deadline = trio.current_time() + args.duration
-        async with trio_udp.run_node(node, udp=udp, incarnation=incarnation, rng=rng) as handle:
+        async with trio_udp.run_node(
+            node, udp=udp, incarnation=incarnation, rng=rng, insecure=node.keyring is None
+        ) as handle:
             out.emit(
                 "started",
                 {

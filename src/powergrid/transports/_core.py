@@ -543,6 +543,27 @@ class Destinations:
             self.fanout.forget(group)
 
 
+def require_key(endpoint: Endpoint, insecure: bool, who: str) -> None:
+    """Refuse to run an unkeyed endpoint unless ``insecure`` says so (secure by default).
+
+    ``who`` names the caller (``"run_node"``, ``"run_node_asyncio"``) in the error.
+    An endpoint is keyed when its ``config.keyring`` is set (a :class:`Node` built
+    with ``NodeConfig(keyring=...)``). Raises :class:`ConfigError` naming what to
+    pass when an unkeyed endpoint runs without ``insecure=True``, and when a keyed
+    one is given ``insecure=True`` as well (one or the other, as ``powergrid node``
+    refuses ``--insecure`` with a key).
+    """
+    keyed = getattr(getattr(endpoint, "config", None), "keyring", None) is not None
+    if not keyed and not insecure:
+        raise ConfigError(
+            f"{who}: no key: pass NodeConfig(keyring=Keyring.from_file(path)) (make a key "
+            "file with `powergrid keygen PATH`; docs/security.md), or insecure=True to run "
+            "without authentication"
+        )
+    if keyed and insecure:
+        raise ConfigError(f"{who}: give insecure=True or a keyring, not both")
+
+
 class Driver:
     """The app's handle on a running node, and the loop-independent half of its transport.
 

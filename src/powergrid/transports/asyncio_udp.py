@@ -42,7 +42,7 @@ from contextlib import asynccontextmanager, suppress
 from powergrid.errors import UsageError
 from powergrid.events import Endpoint
 from powergrid.node import Node, NodeConfig
-from powergrid.transports._core import Driver, UdpConfig, default_incarnation, log
+from powergrid.transports._core import Driver, UdpConfig, default_incarnation, log, require_key
 
 __all__ = ["AsyncioUdpHandle", "run_node"]
 
@@ -188,14 +188,17 @@ async def run_node(
     incarnation: int | None = None,
     rng: random.Random | None = None,
     on_event: Callable[[object], object] | None = None,
+    insecure: bool = False,
 ) -> AsyncIterator[AsyncioUdpHandle]:
     """Run ``node`` (an endpoint, or a :class:`NodeConfig` to build a :class:`Node` from)
     on UDP with the running asyncio loop.
 
     The same contract as :func:`powergrid.transports.trio_udp.run_node`:
     ``incarnation`` defaults to :func:`default_incarnation`, ``rng`` to a fresh
-    ``random.Random()``; ``on_event`` replaces the :meth:`events` queue.
-    Raises :class:`ConfigError` if the unicast socket cannot be opened and
+    ``random.Random()``; ``on_event`` replaces the :meth:`events` queue; an
+    unkeyed endpoint runs only with ``insecure=True``.
+    Raises :class:`ConfigError` without a key and without ``insecure=True`` (or
+    with both), if the unicast socket cannot be opened, and
     :class:`UsageError` outside asyncio (e.g. under trio: use ``run_node``). Yields
     an :class:`AsyncioUdpHandle`; leaving the block (also by cancellation from
     outside) leaves gracefully, flushes and closes every socket; an exception
@@ -214,6 +217,7 @@ async def run_node(
         endpoint: Endpoint = Node(node, incarnation=inc, rng=rng or random.Random())
     else:
         endpoint = node
+    require_key(endpoint, insecure, "powergrid.run_node_asyncio")
     handle = AsyncioUdpHandle(endpoint, udp or UdpConfig(), on_event)
     handle._open()
     failed = True

@@ -48,6 +48,7 @@ from powergrid.transports._core import (
     default_incarnation,
     log,
     pack_bundles,
+    require_key,
     split_bundle,
 )
 
@@ -211,6 +212,7 @@ async def run_node(
     incarnation: int | None = None,
     rng: random.Random | None = None,
     on_event: Callable[[object], object] | None = None,
+    insecure: bool = False,
 ) -> AsyncIterator[UdpHandle]:
     """Run ``node`` (an endpoint, or a :class:`NodeConfig` to build a :class:`Node` from) on UDP.
 
@@ -218,7 +220,10 @@ async def run_node(
     fresh ``random.Random()``; both are used only to build a Node.
     ``on_event(notification)``, if given, takes every notification at once,
     inside the transport's tasks, instead of the :meth:`UdpHandle.events`
-    queue (see docs/transports.md). Raises :class:`ConfigError` if the
+    queue (see docs/transports.md). **Secure by default**: an endpoint without a
+    keyring (``NodeConfig.keyring``) runs only with ``insecure=True``. Raises
+    :class:`ConfigError` without a key and without ``insecure=True`` (the error
+    names what to pass), with both, or if the
     unicast socket cannot be opened, :class:`UsageError` outside trio (e.g. under
     asyncio: use ``run_node_asyncio``). Yields a :class:`UdpHandle`; leaving the
     block (also by cancellation from outside) leaves gracefully, flushes and
@@ -238,6 +243,7 @@ async def run_node(
         endpoint: Endpoint = Node(node, incarnation=inc, rng=rng or random.Random())
     else:
         endpoint = node
+    require_key(endpoint, insecure, "powergrid.run_node")
     handle = UdpHandle(endpoint, udp or UdpConfig(), on_event)
     handle._open()
     try:
