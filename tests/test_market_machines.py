@@ -14,6 +14,7 @@ from powergrid.events import (
     DeadlineReached,
     LeaderElected,
     Member,
+    MemberLeft,
     Multicast,
     Received,
     Send,
@@ -525,6 +526,30 @@ def test_broker_drops_the_bid_of_a_dead_life_at_once() -> None:
     assert b.bidders == (OTHER,) and b.stats.bids_left == 1
 
 
+def test_broker_drops_the_bid_of_a_graceful_leaver_at_once() -> None:
+    """Broker rule (a graceful leave): a node that left gracefully powered off, so its bid
+    goes at once (churn scenario: four leavers' bids kept the market in a shortage for
+    6 s, their shares wasted, the live servers below r); a node only cut off from the
+    view, or still in it, keeps its bid until it expires."""
+    b = active_broker()
+    b.handle(view(ME, OTHER, BROKER), 0.0)
+    b.handle(rx(ME, BID.to_message(1)), 0.1)
+    b.handle(rx(OTHER, BID2.to_message(1)), 0.1)
+    b.handle(MemberLeft(group=CL, node=ME, reason="left"), 0.2)  # still in the view: kept
+    b.handle(MemberLeft(group=GroupId(2), node=OTHER, reason="left"), 0.2)  # another group
+    assert b.bidders == (ME, OTHER)
+    b.handle(view(BROKER), 0.3)
+    b.handle(MemberLeft(group=CL, node=OTHER, reason="crashed"), 0.3)  # may be alive: kept
+    b.handle(MemberLeft(group=CL, node=ME, reason="left"), 0.3)
+    assert b.bidders == (OTHER,) and b.stats.bids_departed == 1
+    assert b.handle(DL, 1.0) == [
+        Send(
+            to=LEAD,
+            message=totals_to_message(aggregate([BID2], GRID), cluster=1, epoch=1, seq=1),
+        )
+    ]
+
+
 def test_broker_new_incarnation_replaces_bid() -> None:
     """Broker rule: a restarted client (new incarnation) starts again from seq 1."""
     b = active_broker()
@@ -738,8 +763,9 @@ def test_lead_supply_drop_clears_at_once() -> None:
 
 def test_lead_supply_rise_waits_for_the_next_round() -> None:
     """Lead rule: a SupplyChanged that raises the supply (or keeps it) takes effect in the
-    next round; bad supply is a UsageError."""
-    lead = active_lead(150)
+    next round, unless it newly covers the sum of r or of h held; bad supply is a
+    UsageError."""
+    lead = active_lead(200)  # sum r 180, sum h 70: already covered
     lead.handle(rx(BROKER, agg_msg(1, [BID, BID2])), 0.2)
     assert lead.handle(SupplyChanged(watts=1000), 0.5) == []
     assert lead.handle(SupplyChanged(watts=1000), 0.6) == []
@@ -760,6 +786,23 @@ def test_lead_supply_rise_waits_for_the_next_round() -> None:
         lead.handle(SupplyChanged(watts=-5), 1.0)
     with pytest.raises(UsageError):
         LeadBrokerMachine(LEAD, -1)
+
+
+def test_lead_supply_rise_that_covers_sum_r_or_h_clears_at_once() -> None:
+    """Lead rule: a rise that newly covers the sum of r (or of h) of the aggregates held
+    clears at once: from that instant every server is owed its r (or h) (the demo's rise
+    out of its shortage at 28 s left every server below r for a round)."""
+    lead = active_lead(150)  # shortage: sum r 180
+    lead.handle(rx(BROKER, agg_msg(1, [BID, BID2])), 0.2)
+    assert lead.handle(SupplyChanged(watts=170), 0.3) == []  # still below sum r
+    out = lead.handle(SupplyChanged(watts=185), 0.5)
+    assert isinstance(out[-1], MarketCleared) and out[-1].allocated >= 180
+    assert (lead.round, lead.stats.rounds_on_supply_rise, lead.next_deadline()) == (1, 1, 1.0)
+    floors = active_lead(50)  # floors cut: sum h 70
+    floors.handle(rx(BROKER, agg_msg(1, [BID, BID2])), 0.2)
+    out = floors.handle(SupplyChanged(watts=100), 0.5)
+    assert isinstance(out[-1], MarketCleared) and 70 <= out[-1].allocated <= 100
+    assert floors.handle(SupplyChanged(watts=120), 0.6) == []  # sum h covered already
 
 
 def test_lead_supply_drop_while_inactive_or_empty_clears_nothing() -> None:
@@ -1263,6 +1306,32 @@ def test_lead_join_reserve_holds_back_the_floors_not_counted() -> None:
     assert isinstance(out, MarketCleared) and out.join_reserve == 0
     with pytest.raises(ConfigError, match="provisioned"):
         LeadConfig(provisioned=-1)
+
+
+def test_lead_join_reserve_yields_to_the_required_power_of_counted_servers() -> None:
+    """Lead rule (join reserve): kept whole while the counted servers' r fits beside it;
+    when it does not but the supply covers their r, only what is left above it is kept
+    (churn scenario: 4 departed servers' floors, 320 W, put the live ones below r for
+    2 s); in a shortage (S < sum r) it ranks with the floors: whole while they fit."""
+    cfg = LeadConfig(grid=GRID, gather=1.0, provisioned=4, floor_provision=40)
+
+    def cleared(supply: int) -> MarketCleared:
+        lead = LeadBrokerMachine(LEAD, supply, cfg)
+        lead.handle(LeaderElected(group=BROKER_GROUP, leader=LEAD, epoch=Epoch(7)), 0.0)
+        lead.handle(rx(BROKER, agg_msg(1, [BID, BID2])), 0.5)  # r 180, h 70; 2 not counted
+        out = lead.handle(DL, 1.0)[-1]
+        assert isinstance(out, MarketCleared)
+        return out
+
+    out = cleared(300)  # 300 - 80 >= 180: whole
+    assert out.join_reserve == 80 and 180 <= out.allocated <= 220
+    out = cleared(220)  # 220 - 80 < 180 <= 220: the 40 W above sum r
+    assert (out.join_reserve, out.regime, out.allocated) == (40, Regime.NORMAL, 180)
+    out = cleared(160)  # shortage: whole, the counted floors (70) fit beside it
+    assert (out.join_reserve, out.regime) == (80, Regime.SHORTAGE)
+    assert 70 <= out.allocated <= 80
+    out = cleared(100)  # shortage: the counted floors come first
+    assert (out.join_reserve, out.allocated) == (30, 70)
 
 
 def test_client_takes_the_lesser_share_while_a_newer_bid_is_unacknowledged() -> None:

@@ -32,9 +32,11 @@ heal, before its next refresh is re-acknowledged). It keeps being counted,
 and is refused refreshes while its node is out of the view, until it expires
 ``bid_timeout`` after it was last heard; the client stops counting on an
 acknowledgement before that (``ClientConfig.ack_timeout``). The cost is that
-a crashed server's bid holds its share for up to ``bid_timeout``.
+a crashed server's bid holds its share for up to ``bid_timeout``. A node that
+left **gracefully** (``MemberLeft`` with reason ``"left"``, after the view
+without it) has powered off and never takes a share again: its bid goes at once.
 
-**Driving.** Inputs: ``LeaderElected``, ``ViewChanged``, ``Received`` and
+**Driving.** Inputs: ``LeaderElected``, ``ViewChanged``, ``MemberLeft``, ``Received`` and
 ``DeadlineReached``. Outputs: ``Send(client, BidAck)``, ``Send(lead, Aggregate)``
 and ``Multicast(Price)``. A new broker starts empty and sends its first
 aggregate ``gather`` (0.1 s) after its election, not a full round: clients
@@ -71,6 +73,7 @@ from powergrid.errors import ConfigError
 from powergrid.events import (
     DeadlineReached,
     LeaderElected,
+    MemberLeft,
     Multicast,
     Received,
     Send,
@@ -141,6 +144,8 @@ class BrokerStats:
     bids_refreshed: int = 0
     bids_expired: int = 0
     bids_left: int = 0
+    bids_departed: int = 0
+    """Bids dropped at once because their node left gracefully (it powered off)."""
     aggregates_sent: int = 0
     prices_sent: int = 0
     prices_overheard: int = 0
@@ -197,6 +202,7 @@ class BrokerMachine(Dispatching):
     _EVENTS = {
         LeaderElected: "_on_leader_elected",
         ViewChanged: "_on_view_changed",
+        MemberLeft: "_on_member_left",
         Received: "_on_received",
         DeadlineReached: "_on_deadline",
     }
@@ -312,6 +318,21 @@ class BrokerMachine(Dispatching):
             if incarnation is not None and incarnation != self._bids[node].incarnation:
                 del self._bids[node]
                 self.stats.bids_left += 1
+        return []
+
+    def _on_member_left(self, ev: MemberLeft, now: float) -> list[object]:
+        # A graceful leave: the node powered off, so it draws nothing and will never
+        # take a share of a price again (a new life bids anew): its bid goes at once
+        # instead of holding its share until it expires (see "A bid counts until it
+        # expires", which is about nodes that may still be alive).
+        if (
+            ev.group == self._cluster
+            and ev.reason == "left"
+            and ev.node in self._bids
+            and (self._members is None or ev.node not in self._members)
+        ):
+            del self._bids[ev.node]
+            self.stats.bids_departed += 1
         return []
 
     def _on_received(self, ev: Received, now: float) -> list[object]:

@@ -23,9 +23,12 @@ its first round.
 **Supply drops.** A :class:`SupplyChanged` that lowers the supply clears a
 round at once (with the aggregates held, next round number), so the caps in
 force come down within one message delay, not one ``round_interval``; the
-periodic rounds keep their schedule. A rise waits for the next round: the
+periodic rounds keep their schedule. A rise waits for the next round (the
 caps in force are already within the higher supply, and a supply that moves
-every second (solar) would otherwise double the Clearing traffic while it rises.
+every second, solar, would otherwise double the Clearing traffic while it
+rises), unless it newly covers the sum of ``r`` (or of ``h``) of the aggregates
+held: from that instant the servers are owed their ``r`` (or ``h``), so it
+clears at once (``rounds_on_supply_rise``).
 
 **Reserve for silent clusters.** Clients keep their caps for a lease after
 the last price and then fall back to at most their required power, and a
@@ -77,7 +80,10 @@ out the floors of the servers the aggregates it holds do not count: it clears
 ``S - max(0, provisioned - bids counted) * floor_provision``
 (``MarketCleared.join_reserve``), so a joining server's floor is always covered
 and the market trades above the floors; once every server is counted nothing
-is held back.
+is held back. It yields to the servers that run: where keeping it whole would
+put counted servers below their ``r`` while the supply covers that ``r``, only
+what is left above their ``sum r`` is kept; in a shortage it ranks with the
+floors (kept whole while the counted floors fit beside it).
 
 **Driving.** Inputs: :class:`SupplyChanged` and :class:`SteppedDown`
 (commands), ``LeaderElected``, ``Received`` and ``DeadlineReached``.
@@ -140,7 +146,8 @@ class SupplyChanged:
     """Command: the usable supply is now ``watts`` (int >= 0).
 
     A drop clears a round at once (while this node is the lead); a rise takes
-    effect from the next round on.
+    effect from the next round on, or at once if it newly covers the sum of r
+    (or of h) of the aggregates held.
     """
 
     watts: int
@@ -243,6 +250,8 @@ class LeadStats:
     rounds_cleared: int = 0
     rounds_empty: int = 0
     rounds_on_supply_drop: int = 0
+    rounds_on_supply_rise: int = 0
+    """Rounds cleared at once because a rise newly covered the sum of r (or of h)."""
     rounds_with_reserve: int = 0
     rounds_with_hold: int = 0
     clearings_overheard: int = 0
@@ -364,12 +373,20 @@ class LeadBrokerMachine(Dispatching):
 
     def _on_supply_changed(self, ev: SupplyChanged, now: float) -> list[object]:
         watts = _check_supply(ev.watts)
-        dropped = watts < self._supply
-        self._supply = watts
-        if not dropped or not self._active or not self._clusters:
+        old, self._supply = self._supply, watts
+        if not self._active or not self._clusters or watts == old:
             return []
-        self.stats.rounds_on_supply_drop += 1
-        return self._clear(now)
+        if watts < old:
+            self.stats.rounds_on_supply_drop += 1
+            return self._clear(now)
+        # A rise clears at once only when it newly covers the sum of r (or of h) of
+        # the aggregates held: the servers are owed more from that instant on.
+        cfg = self._config
+        totals = combine((self._clusters[c].totals for c in sorted(self._clusters)), cfg.grid)
+        if any(old < need <= watts for need in (totals.required, totals.floor)):
+            self.stats.rounds_on_supply_rise += 1
+            return self._clear(now)
+        return []
 
     def _on_leader_elected(self, ev: LeaderElected, now: float) -> list[object]:
         if ev.group != BROKER_GROUP:
@@ -496,6 +513,19 @@ class LeadBrokerMachine(Dispatching):
                 reserve += grant.budget
         return min(reserve, max(0, usable - totals.required))
 
+    def _join_reserve(self, totals: Totals) -> int:
+        """Watts kept for the floors of the servers the aggregates do not count (see
+        "Join reserve"): whole, unless that would put counted servers below their ``r``
+        while the supply covers their ``r``; then only what is left above it. (In a
+        shortage the counted servers are owed their floors only, so it is kept whole
+        while their floors fit.)"""
+        cfg = self._config
+        want = max(0, cfg.provisioned - totals.bids) * cfg.floor_provision
+        supply = self._supply
+        if supply - want >= totals.required or supply < totals.required:
+            return min(want, max(0, supply - totals.floor))
+        return supply - totals.required
+
     def _clear(self, now: float) -> list[object]:
         """Clear one round now with the aggregates held (expiring the silent ones)."""
         cfg = self._config
@@ -512,7 +542,7 @@ class LeadBrokerMachine(Dispatching):
         for c in order:
             held_c = self._clusters[c]
             self._grant(c, _Grant(budget=0, at=now, epoch=held_c.epoch))
-        joining = max(0, cfg.provisioned - totals.bids) * cfg.floor_provision
+        joining = self._join_reserve(totals)
         holding = min(self._holding(now), max(0, self._supply - joining - totals.required))
         usable = max(0, self._supply - holding - joining)
         reserved = self._reserve(totals, now, usable)
