@@ -358,7 +358,8 @@ def test_client_usage_errors() -> None:
 
 # ================================================================== broker
 
-BCFG = BrokerConfig(grid=GRID, gather=1.0)  # first round a full round after election
+# first round a full round after election; no repeats (the repeat rule has its own tests)
+BCFG = BrokerConfig(grid=GRID, gather=1.0, repeat_after=0.0)
 
 
 def view(*nodes: NodeId, incarnation: int = 1) -> ViewChanged:
@@ -646,7 +647,7 @@ def test_broker_config_errors() -> None:
 
 # ==================================================================== lead
 
-LCFG = LeadConfig(grid=GRID, gather=1.0)  # (the gather rule has its own tests)
+LCFG = LeadConfig(grid=GRID, gather=1.0, repeat_after=0.0)  # (gather, repeats: own tests)
 
 
 def agg_msg(cluster: int, bids: list[Bid], seq: int = 1, epoch: int = 1) -> wire.Aggregate:
@@ -1370,3 +1371,38 @@ def test_lead_hold_never_cuts_into_required_power() -> None:
     # 230 W to hold (the two gone servers' old share), but only 500 - 380 above sum r
     assert out.held == 500 - (3 * BID.required + BID2.required) == 120
     assert out.regime is Regime.NORMAL and out.allocated <= 500 - 120
+
+
+def test_broker_and_lead_send_each_rounds_multicasts_twice() -> None:
+    """Broker and lead rule (repeats): each Price and each round's Clearings are multicast
+    once more ``repeat_after`` later, so a lost one costs that, not a round (the partition
+    scenario: a lost Clearing left a cluster on its old budget for a round while the others
+    rose, 41 W over the supply for 1 s); a receiver that has the round drops the copy."""
+    b = BrokerMachine(BROKER, CL, BrokerConfig(grid=GRID, gather=1.0, repeat_after=0.01))
+    b.handle(LeaderElected(group=CL, leader=BROKER, epoch=Epoch(1)), 0.0)
+    b.handle(LeaderElected(group=BROKER_GROUP, leader=LEAD, epoch=Epoch(7)), 0.0)
+    b.handle(rx(ME, BID.to_message(1)), 0.1)
+    b.handle(DL, 1.0)
+    sent = b.handle(rx(LEAD, clearing()), 1.1)
+    assert b.next_deadline() == pytest.approx(1.11)
+    assert b.handle(DL, 1.105) == []
+    assert b.handle(DL, 1.11) == sent and b.next_deadline() == 2.0
+    assert b.handle(DL, 1.2) == []  # once only
+    c = client_following()
+    c.handle(BidChanged(bid=BID), 0.0)
+    c.handle(rx(BROKER, wire.BidAck(epoch=1, seq=1, aggregate=1)), 0.5)
+    price_msg = sent[0].message  # type: ignore[attr-defined]
+    assert c.handle(rx(BROKER, price_msg), 1.1)
+    assert c.handle(rx(BROKER, price_msg), 1.11) == [] and c.stats.dropped_duplicate == 1
+    lead = LeadBrokerMachine(LEAD, 1000, LeadConfig(grid=GRID, gather=1.0, repeat_after=0.02))
+    lead.handle(LeaderElected(group=BROKER_GROUP, leader=LEAD, epoch=Epoch(7)), 0.0)
+    lead.handle(rx(BROKER, agg_msg(1, [BID])), 0.5)
+    first = [a for a in lead.handle(DL, 1.0) if isinstance(a, Multicast)]
+    assert first and lead.next_deadline() == pytest.approx(1.02)
+    assert lead.handle(DL, 1.02) == first and lead.next_deadline() == 2.0
+    lead.handle(SteppedDown(), 2.0)
+    assert lead.next_deadline() is None
+    with pytest.raises(ConfigError, match="repeat_after"):
+        BrokerConfig(repeat_after=1.0)
+    with pytest.raises(ConfigError, match="repeat_after"):
+        LeadConfig(repeat_after=-0.1)

@@ -90,6 +90,7 @@ from powergrid.protocols.market.clearing import (
     clear,
     totals_to_message,
 )
+from powergrid.protocols.market.repeat import Repeater, earliest
 from powergrid.types import BROKER_GROUP, Epoch, GroupId, Incarnation, NodeId
 
 __all__ = ["BrokerConfig", "BrokerMachine", "BrokerStats"]
@@ -112,6 +113,8 @@ class BrokerConfig:
     """The first aggregate, this long after the election (s; at most ``round_interval``)."""
     republish_within: float = attrs.field(default=5.0, validator=real)
     """A heard price this recent is republished at once by a new broker (s; 0: never)."""
+    repeat_after: float = attrs.field(default=0.01, validator=real)
+    """Each price is multicast once more this much later (s; 0: never; see ``repeat``)."""
 
     def __attrs_post_init__(self) -> None:
         if not self.round_interval > 0:
@@ -131,6 +134,11 @@ class BrokerConfig:
         if not 0 < self.gather <= self.round_interval:
             raise ConfigError(
                 f"gather must be in (0, round_interval={self.round_interval}] s, got {self.gather}"
+            )
+        if not 0 <= self.repeat_after < self.round_interval:
+            raise ConfigError(
+                f"repeat_after must be in [0, round_interval={self.round_interval}) s, "
+                f"got {self.repeat_after}"
             )
         if not self.republish_within >= 0:
             raise ConfigError(f"republish_within must be >= 0 s, got {self.republish_within}")
@@ -194,6 +202,7 @@ class BrokerMachine(Dispatching):
         "_me",
         "_members",
         "_price_round",
+        "_repeat",
         "_round_at",
         "_totals",
         "stats",
@@ -226,6 +235,7 @@ class BrokerMachine(Dispatching):
         self._lead_heard_at = 0.0
         self._budget: int | None = None
         self._round_at: float | None = None
+        self._repeat = Repeater(self._config.repeat_after)  # each price, sent twice
         self._price_round = 0
         self._local_regime: Regime | None = None
         self._local = False
@@ -276,8 +286,8 @@ class BrokerMachine(Dispatching):
     # ------------------------------------------------------------------ driving
 
     def next_deadline(self) -> float | None:
-        """The next round, while active."""
-        return self._round_at if self._active else None
+        """The next round or price repeat, while active."""
+        return earliest(self._round_at, self._repeat.at) if self._active else None
 
     # ---------------------------------------------------------------- handlers
 
@@ -300,7 +310,9 @@ class BrokerMachine(Dispatching):
         if ev.leader == self._me:
             if not self._active or verdict is Verdict.NEWER:
                 self._activate(now)
-                return self._republish(now)
+                out = self._republish(now)
+                self._repeat.arm(out, now)
+                return out
         else:
             self._deactivate()
         return []
@@ -431,12 +443,22 @@ class BrokerMachine(Dispatching):
         self._lead_round = msg.round
         self._budget = entry.budget
         self._local_regime = result.regime
-        return [self._price(result, entry.aggregate, local=False)]
+        out: list[object] = [self._price(result, entry.aggregate, local=False)]
+        self._repeat.arm(out, now)
+        return out
 
     def _on_deadline(self, ev: DeadlineReached, now: float) -> list[object]:
-        if not self._active or self._round_at is None or now < self._round_at:
+        if not self._active:
             return []
+        repeat = self._repeat.due(now)
+        if self._round_at is None or now < self._round_at:
+            return repeat
+        return repeat + self._round(now)
+
+    def _round(self, now: float) -> list[object]:
+        """One broker round: expire bids, aggregate, and re-clear alone if the lead is lost."""
         cfg = self._config
+        assert self._round_at is not None
         nxt = self._round_at + cfg.round_interval
         self._round_at = nxt if nxt > now else now + cfg.round_interval
         for node in sorted(self._bids):
@@ -457,6 +479,7 @@ class BrokerMachine(Dispatching):
                 self._local_regime = result.regime
                 self.stats.local_clearings += 1
                 actions.append(self._price(result, self._agg_seq, local=True))
+                self._repeat.arm(actions, now)
         return actions
 
     # ----------------------------------------------------------------- helpers
@@ -521,6 +544,7 @@ class BrokerMachine(Dispatching):
         self._bids.clear()
         self._totals = None
         self._round_at = None
+        self._repeat.cancel()
         # No longer the broker, the node leaves the broker group: the lead epoch known
         # came from that group's election, which is gone. Its next stack starts from 0.
         self._brokers.forget()

@@ -120,6 +120,7 @@ from powergrid.protocols.market.clearing import (
     combine,
     totals_from_message,
 )
+from powergrid.protocols.market.repeat import Repeater, earliest
 from powergrid.types import BROKER_GROUP, Epoch, NodeId, epoch_newer
 
 __all__ = [
@@ -205,6 +206,8 @@ class LeadConfig:
     lease_margin: float = attrs.field(default=0.5, validator=real)
     """Epsilon added to a lease before its watts are reused (message delay, s)."""
     drift: float = attrs.field(default=0.0, validator=real)
+    repeat_after: float = attrs.field(default=0.01, validator=real)
+    """Each round's Clearings are multicast once more this much later (s; 0: never)."""
     """rho: the clock drift assumed between a holder and the lead (0.01 = 1 %)."""
     provisioned: int = attrs.field(default=0, validator=whole(0))
     """Servers that may be powered (see "Join reserve")."""
@@ -231,6 +234,11 @@ class LeadConfig:
             raise ConfigError(
                 f"lease ({self.lease} s) must be > 0, lease_margin ({self.lease_margin} s) "
                 f"and drift ({self.drift}) >= 0"
+            )
+        if not 0 <= self.repeat_after < self.round_interval:
+            raise ConfigError(
+                f"repeat_after must be in [0, round_interval={self.round_interval}) s, "
+                f"got {self.repeat_after}"
             )
         for name in ("provisioned", "floor_provision"):
             value = getattr(self, name)
@@ -301,6 +309,7 @@ class LeadBrokerMachine(Dispatching):
         "_leadership",
         "_me",
         "_previous",
+        "_repeat",
         "_result",
         "_round",
         "_round_at",
@@ -330,6 +339,7 @@ class LeadBrokerMachine(Dispatching):
         self._clusters: dict[int, _Latest] = {}
         self._granted: dict[int, _Grant] = {}  # cluster -> last budget given it, and when
         self._held: dict[int, list[_Grant]] = {}  # cluster -> budgets of older epochs in force
+        self._repeat = Repeater(self._config.repeat_after)  # each round's Clearings, twice
 
     # ------------------------------------------------------------ read-only state
 
@@ -366,8 +376,8 @@ class LeadBrokerMachine(Dispatching):
     # ------------------------------------------------------------------ driving
 
     def next_deadline(self) -> float | None:
-        """The next round, while active."""
-        return self._round_at if self._active else None
+        """The next round or Clearing repeat, while active."""
+        return earliest(self._round_at, self._repeat.at) if self._active else None
 
     # ---------------------------------------------------------------- handlers
 
@@ -401,14 +411,17 @@ class LeadBrokerMachine(Dispatching):
                 self._round = 0
                 self._previous = None
                 self._round_at = now + self._config.gather
+                self._repeat.cancel()  # an older epoch's Clearings
         else:
             self._active = False
             self._round_at = None
+            self._repeat.cancel()
         return []
 
     def _on_stepped_down(self, ev: SteppedDown, now: float) -> list[object]:
         self._active = False
         self._round_at = None
+        self._repeat.cancel()
         # The node left the broker group: the epoch known came from that group's election,
         # which is gone; the next stack's election starts from 0 (it may win epoch 1 again).
         self._leadership.forget()
@@ -493,12 +506,15 @@ class LeadBrokerMachine(Dispatching):
         return total
 
     def _on_deadline(self, ev: DeadlineReached, now: float) -> list[object]:
-        if not self._active or self._round_at is None or now < self._round_at:
+        if not self._active:
             return []
+        repeat = self._repeat.due(now)
+        if self._round_at is None or now < self._round_at:
+            return repeat
         cfg = self._config
         nxt = self._round_at + cfg.round_interval
         self._round_at = nxt if nxt > now else now + cfg.round_interval
-        return self._clear(now)
+        return repeat + self._clear(now)
 
     def _reserve(self, totals: Totals, now: float, usable: int) -> int:
         """Watts held back for clusters budgeted within reserve_timeout but not held now
@@ -610,4 +626,5 @@ class LeadBrokerMachine(Dispatching):
                 join_reserve=joining,
             )
         )
+        self._repeat.arm(actions, now)
         return actions
