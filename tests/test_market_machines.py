@@ -84,7 +84,7 @@ def rx(sender: NodeId, msg: wire.Message, incarnation: int = 1) -> Received:
 
 
 def client_following(now: float = 0.0) -> ClientMachine:
-    c = ClientMachine(ME, CL, ClientConfig(grid=GRID))
+    c = ClientMachine(ME, CL, ClientConfig(grid=GRID, raise_after=0.0))
     c.handle(BidChanged(bid=BID), now)
     c.handle(LeaderElected(group=CL, leader=BROKER, epoch=Epoch(1)), now)
     return c
@@ -92,7 +92,7 @@ def client_following(now: float = 0.0) -> ClientMachine:
 
 def test_client_sends_bid_once_broker_is_known_and_refreshes() -> None:
     """Client rule: the bid goes to the broker by reliable unicast, then every refresh_interval."""
-    c = ClientMachine(ME, CL, ClientConfig(grid=GRID))
+    c = ClientMachine(ME, CL, ClientConfig(grid=GRID, raise_after=0.0))
     assert c.handle(BidChanged(bid=BID), 0.0) == []
     assert c.next_deadline() is None
     sent = [SendReliable(to=BROKER, message=BID.to_message(1))]
@@ -147,6 +147,35 @@ def test_client_applies_price_to_acknowledged_bid() -> None:
         True,
     )
     assert c.next_deadline() == 2.0  # refresh before the lease (6.0)
+
+
+def test_client_applies_a_cut_at_once_and_a_raise_raise_after_later() -> None:
+    """Client rule (make-before-break): a price that lowers the cap applies at once; one
+    that raises it applies ``raise_after`` (20 ms) later, with its PriceUpdated, when the
+    cuts of the same clearing at the other clients have landed (every scenario's last
+    overload: raises landing 1-7 ms before the cuts that pay for them); a newer price
+    replaces a raise not applied yet."""
+    c = ClientMachine(ME, CL, ClientConfig(grid=GRID, raise_after=0.02))
+    c.handle(BidChanged(bid=BID), 0.0)
+    c.handle(LeaderElected(group=CL, leader=BROKER, epoch=Epoch(1)), 0.0)
+    c.handle(rx(BROKER, wire.BidAck(epoch=1, seq=1, aggregate=1)), 0.1)
+
+    def market(out: list[object]) -> list[object]:
+        return [a for a in out if not isinstance(a, SendReliable)]
+
+    assert c.handle(rx(BROKER, price()), 1.0) == [] and c.allocation is None
+    assert c.next_deadline() == pytest.approx(1.02)
+    out = market(c.handle(DL, 1.02))
+    assert [type(a) for a in out] == [PriceUpdated, AllocationChanged]
+    assert c.allocation == 162
+    cut = market(c.handle(rx(BROKER, price(round=2, level=4, fill=0)), 2.0))
+    assert [type(a) for a in cut] == [PriceUpdated, AllocationChanged] and c.allocation == 125
+    assert market(c.handle(rx(BROKER, price(round=3, level=2)), 3.0)) == []  # 187: waits
+    again = market(c.handle(rx(BROKER, price(round=4, level=4, fill=0)), 3.01))
+    assert [type(a) for a in again] == [PriceUpdated] and c.allocation == 125
+    assert market(c.handle(DL, 3.02)) == [] and c.allocation == 125  # the raise is gone
+    with pytest.raises(ConfigError, match="raise_after"):
+        ClientConfig(raise_after=5.0)
 
 
 def test_client_price_with_same_allocation_notifies_price_only() -> None:
@@ -296,7 +325,7 @@ def test_client_epochs_wrap_and_foreign_prices_are_refused() -> None:
     the one followed (foreign) is not applied, while LeaderElected of a foreign epoch is
     followed (the election only goes there without a live leader)."""
     top = 2**32 - 1
-    c = ClientMachine(ME, CL, ClientConfig(grid=GRID))
+    c = ClientMachine(ME, CL, ClientConfig(grid=GRID, raise_after=0.0))
     c.handle(BidChanged(bid=BID), 0.0)
     c.handle(LeaderElected(group=CL, leader=BROKER, epoch=Epoch(top)), 0.5)
     assert c.handle(LeaderElected(group=CL, leader=OTHER, epoch=Epoch(1)), 1.0) != []
@@ -999,7 +1028,8 @@ class Market:
         self.lead = LeadBrokerMachine(NodeId(101), supply, LCFG)
         self.broker_machines = {c: BrokerMachine(n, c, BCFG) for c, n in self.brokers.items()}
         self.clients = {
-            n: ClientMachine(n, c, ClientConfig(grid=GRID)) for n, (c, _) in bids.items()
+            n: ClientMachine(n, c, ClientConfig(grid=GRID, raise_after=0.0))
+            for n, (c, _) in bids.items()
         }
         self.cluster_of = {n: c for n, (c, _) in bids.items()}
         self.net = FakeNet(rng=random.Random(0), conditions=Conditions(latency=(0.0, 0.0)))
@@ -1150,7 +1180,7 @@ def test_client_keeps_its_cap_across_a_failover_until_its_lease_ends() -> None:
 def test_client_with_floor_reserve_draws_its_floor_until_counted() -> None:
     """Client rule (floors from the join reserve): from its first bid on, a client that no
     price counts draws its floor h (not 0 W); the first counted price gives its share."""
-    c = ClientMachine(ME, CL, ClientConfig(grid=GRID, floor_reserve=True))
+    c = ClientMachine(ME, CL, ClientConfig(grid=GRID, floor_reserve=True, raise_after=0.0))
     assert c.handle(BidChanged(bid=BID), 0.0) == [
         AllocationChanged(group=CL, allocation=50, cause="reserve")
     ]

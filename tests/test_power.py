@@ -185,9 +185,9 @@ class CutDelayingBroker(BrokerMachine):
 
     published: float | None = None
 
-    def _on_clearing(self, sender: Any, msg: Any, now: float) -> list[object]:
+    def _held_back(self, actions: list[object]) -> list[object]:
         out = []
-        for act in super()._on_clearing(sender, msg, now):
+        for act in actions:
             price = getattr(getattr(act, "message", None), "price", None)
             if price is not None and self.published is not None and price > self.published:
                 continue  # a cut: held back
@@ -195,6 +195,12 @@ class CutDelayingBroker(BrokerMachine):
                 self.published = price
             out.append(act)
         return out
+
+    def _on_clearing(self, sender: Any, msg: Any, now: float) -> list[object]:
+        return self._held_back(super()._on_clearing(sender, msg, now))
+
+    def _on_deadline(self, ev: Any, now: float) -> list[object]:
+        return self._held_back(super()._on_deadline(ev, now))  # its repeats too
 
 
 def canary_run(**failures: Any) -> Any:
