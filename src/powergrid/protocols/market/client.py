@@ -58,6 +58,15 @@ the acknowledged one. So a price gives the lesser of the shares of the
 acknowledged bid and of every newer unacknowledged one: a lowered bid is
 never paid at its old, higher share (a raise waits for its ack, as before).
 
+**Make-before-break, by the latency bound** (``raise_after``, 20 ms). A price
+that lowers the allocation applies at once; one that raises it applies (and
+its :class:`PriceUpdated` is emitted) ``raise_after`` later, unless a newer
+price replaces it first. The cuts of the same clearing reach the other
+clients within two message delays (and a repeat, see
+:mod:`~powergrid.protocols.market.repeat`), so the raise they pay for lands
+after them. Release is by time, not by a confirmed cut: a client that never
+applies its cut (crashed, cut off) is not covered.
+
 **A cap outlives its broker.** After a failover (a new broker followed while
 the lease of the last applied price runs), a price of the new broker that does
 not count the bid yet allocates it nothing (``PriceUpdated.allocation`` 0,
