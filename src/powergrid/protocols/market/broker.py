@@ -23,6 +23,11 @@ heard, or at once when the view names its node in a newer incarnation (the
 old life is dead). Sending to itself (a broker that is also the lead) is the
 node's job.
 
+**Joins.** A joining node learns its broker (``LeaderElected``) before the
+view naming it reaches the broker; its bid then waits (newest per node, at
+most 64 nodes, for ``bid_timeout``) for the view that names it in that
+incarnation, which takes and acknowledges it, instead of for its next refresh.
+
 **A bid counts until it expires.** A client that holds a ``BidAck`` takes its
 share of every price whose aggregate is at or after the acknowledged one; it
 cannot tell that the broker stopped counting it. So a bid is never dropped
@@ -95,6 +100,9 @@ from powergrid.types import BROKER_GROUP, Epoch, GroupId, Incarnation, NodeId
 
 __all__ = ["BrokerConfig", "BrokerMachine", "BrokerStats"]
 
+_MAX_WAITING = 64
+"""Bids of nodes not in the view yet kept for the view that may name them (one each)."""
+
 
 @attrs.frozen(kw_only=True)
 class BrokerConfig:
@@ -153,6 +161,8 @@ class BrokerStats:
     bids_expired: int = 0
     bids_left: int = 0
     bids_departed: int = 0
+    bids_waited: int = 0
+    """Bids of a joining node that came before the view naming it, taken when it did."""
     """Bids dropped at once because their node left gracefully (it powered off)."""
     aggregates_sent: int = 0
     prices_sent: int = 0
@@ -205,6 +215,7 @@ class BrokerMachine(Dispatching):
         "_repeat",
         "_round_at",
         "_totals",
+        "_waiting",
         "stats",
     )
 
@@ -228,6 +239,8 @@ class BrokerMachine(Dispatching):
         self._leadership = Leadership()
         self._members: dict[int, int] | None = None  # node -> incarnation, of the view
         self._bids: dict[NodeId, _Held] = {}
+        # bids of nodes not in the view yet (a join: the bid outruns the view), newest each
+        self._waiting: dict[NodeId, tuple[Received, wire.Bid, float]] = {}
         self._agg_seq = 0
         self._totals: Totals | None = None
         self._brokers = Leadership()  # the broker group's: the lead broker and its epoch
@@ -330,7 +343,16 @@ class BrokerMachine(Dispatching):
             if incarnation is not None and incarnation != self._bids[node].incarnation:
                 del self._bids[node]
                 self.stats.bids_left += 1
-        return []
+        out: list[object] = []
+        for node in sorted(self._waiting):  # joiners whose bid came before this view
+            rx, bid, heard = self._waiting[node]
+            if now - heard >= self._config.bid_timeout:
+                del self._waiting[node]
+            elif self._members.get(node) == rx.incarnation:
+                del self._waiting[node]
+                self.stats.bids_waited += 1
+                out += self._on_bid(rx, bid, heard)
+        return out
 
     def _on_member_left(self, ev: MemberLeft, now: float) -> list[object]:
         # A graceful leave: the node powered off, so it draws nothing and will never
@@ -374,6 +396,10 @@ class BrokerMachine(Dispatching):
             return []
         node = ev.sender
         if self._members is not None and self._members.get(node) != ev.incarnation:
+            # A joining node learns its broker before the view that names it reaches the
+            # broker: its bid waits for that view (bounded) instead of its next refresh.
+            if node in self._waiting or len(self._waiting) < _MAX_WAITING:
+                self._waiting[node] = (ev, msg, now)
             self.stats.dropped_not_member += 1
             return []
         held = self._bids.get(node)
@@ -529,6 +555,7 @@ class BrokerMachine(Dispatching):
     def _activate(self, now: float) -> None:
         self._active = True
         self._bids.clear()
+        self._waiting.clear()
         self._agg_seq = 0
         self._totals = None
         self._price_round = 0
@@ -542,6 +569,7 @@ class BrokerMachine(Dispatching):
     def _deactivate(self) -> None:
         self._active = False
         self._bids.clear()
+        self._waiting.clear()
         self._totals = None
         self._round_at = None
         self._repeat.cancel()
