@@ -25,7 +25,13 @@ KEYS = {
     },
     "membership": {"detect_median_s", "detect_p99_s", "wrongful_removals_per_node_hour"},
     "election": {"leader_crash", "worst_case"},
-    "market": {"clear_seconds", "messages_per_round"},
+    "market": {
+        "clear_seconds",
+        "messages_per_round",
+        "admission_latency_s",
+        "overload_watt_seconds",
+        "starved_server_seconds",
+    },
     "udp": {
         "ratio_1_receiver",
         "ratio_3_receivers",
@@ -157,3 +163,14 @@ def test_fingerprint_is_stable_and_compare_finds_a_changed_trace(tmp_path: Path)
     )
     assert diff.returncode == 1
     assert "trace hashes differing: 1" in diff.stdout and "seeds: 6" in diff.stdout
+
+
+def test_market_reports_admission_latency_and_power_figures() -> None:
+    """bench/market.py: admission latency of the joined servers as {"median", "p99", "max"}
+    (FIGURES.md), and the power figures of the run with a supply drop and a broker crash."""
+    result = _run("market")
+    lat = result["admission_latency_s"]
+    assert set(lat) == {"median", "p99", "max"}
+    assert 0 < lat["median"] <= lat["p99"] <= lat["max"] < 5
+    assert result["joins_admitted"] == result["joins"] > 0
+    assert result["overload_watt_seconds"] >= 0 and result["starved_server_seconds"] >= 0

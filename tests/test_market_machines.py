@@ -14,6 +14,7 @@ from powergrid.events import (
     DeadlineReached,
     LeaderElected,
     Member,
+    MemberLeft,
     Multicast,
     Received,
     Send,
@@ -83,7 +84,7 @@ def rx(sender: NodeId, msg: wire.Message, incarnation: int = 1) -> Received:
 
 
 def client_following(now: float = 0.0) -> ClientMachine:
-    c = ClientMachine(ME, CL, ClientConfig(grid=GRID))
+    c = ClientMachine(ME, CL, ClientConfig(grid=GRID, raise_after=0.0))
     c.handle(BidChanged(bid=BID), now)
     c.handle(LeaderElected(group=CL, leader=BROKER, epoch=Epoch(1)), now)
     return c
@@ -91,7 +92,7 @@ def client_following(now: float = 0.0) -> ClientMachine:
 
 def test_client_sends_bid_once_broker_is_known_and_refreshes() -> None:
     """Client rule: the bid goes to the broker by reliable unicast, then every refresh_interval."""
-    c = ClientMachine(ME, CL, ClientConfig(grid=GRID))
+    c = ClientMachine(ME, CL, ClientConfig(grid=GRID, raise_after=0.0))
     assert c.handle(BidChanged(bid=BID), 0.0) == []
     assert c.next_deadline() is None
     sent = [SendReliable(to=BROKER, message=BID.to_message(1))]
@@ -146,6 +147,35 @@ def test_client_applies_price_to_acknowledged_bid() -> None:
         True,
     )
     assert c.next_deadline() == 2.0  # refresh before the lease (6.0)
+
+
+def test_client_applies_a_cut_at_once_and_a_raise_raise_after_later() -> None:
+    """Client rule (make-before-break): a price that lowers the cap applies at once; one
+    that raises it applies ``raise_after`` (20 ms) later, with its PriceUpdated, when the
+    cuts of the same clearing at the other clients have landed (every scenario's last
+    overload: raises landing 1-7 ms before the cuts that pay for them); a newer price
+    replaces a raise not applied yet."""
+    c = ClientMachine(ME, CL, ClientConfig(grid=GRID, raise_after=0.02))
+    c.handle(BidChanged(bid=BID), 0.0)
+    c.handle(LeaderElected(group=CL, leader=BROKER, epoch=Epoch(1)), 0.0)
+    c.handle(rx(BROKER, wire.BidAck(epoch=1, seq=1, aggregate=1)), 0.1)
+
+    def market(out: list[object]) -> list[object]:
+        return [a for a in out if not isinstance(a, SendReliable)]
+
+    assert c.handle(rx(BROKER, price()), 1.0) == [] and c.allocation is None
+    assert c.next_deadline() == pytest.approx(1.02)
+    out = market(c.handle(DL, 1.02))
+    assert [type(a) for a in out] == [PriceUpdated, AllocationChanged]
+    assert c.allocation == 162
+    cut = market(c.handle(rx(BROKER, price(round=2, level=4, fill=0)), 2.0))
+    assert [type(a) for a in cut] == [PriceUpdated, AllocationChanged] and c.allocation == 125
+    assert market(c.handle(rx(BROKER, price(round=3, level=2)), 3.0)) == []  # 187: waits
+    again = market(c.handle(rx(BROKER, price(round=4, level=4, fill=0)), 3.01))
+    assert [type(a) for a in again] == [PriceUpdated] and c.allocation == 125
+    assert market(c.handle(DL, 3.02)) == [] and c.allocation == 125  # the raise is gone
+    with pytest.raises(ConfigError, match="raise_after"):
+        ClientConfig(raise_after=5.0)
 
 
 def test_client_price_with_same_allocation_notifies_price_only() -> None:
@@ -295,7 +325,7 @@ def test_client_epochs_wrap_and_foreign_prices_are_refused() -> None:
     the one followed (foreign) is not applied, while LeaderElected of a foreign epoch is
     followed (the election only goes there without a live leader)."""
     top = 2**32 - 1
-    c = ClientMachine(ME, CL, ClientConfig(grid=GRID))
+    c = ClientMachine(ME, CL, ClientConfig(grid=GRID, raise_after=0.0))
     c.handle(BidChanged(bid=BID), 0.0)
     c.handle(LeaderElected(group=CL, leader=BROKER, epoch=Epoch(top)), 0.5)
     assert c.handle(LeaderElected(group=CL, leader=OTHER, epoch=Epoch(1)), 1.0) != []
@@ -357,7 +387,8 @@ def test_client_usage_errors() -> None:
 
 # ================================================================== broker
 
-BCFG = BrokerConfig(grid=GRID, gather=1.0)  # first round a full round after election
+# first round a full round after election; no repeats (the repeat rule has its own tests)
+BCFG = BrokerConfig(grid=GRID, gather=1.0, repeat_after=0.0)
 
 
 def view(*nodes: NodeId, incarnation: int = 1) -> ViewChanged:
@@ -525,6 +556,49 @@ def test_broker_drops_the_bid_of_a_dead_life_at_once() -> None:
     assert b.bidders == (OTHER,) and b.stats.bids_left == 1
 
 
+def test_broker_drops_the_bid_of_a_graceful_leaver_at_once() -> None:
+    """Broker rule (a graceful leave): a node that left gracefully powered off, so its bid
+    goes at once (churn scenario: four leavers' bids kept the market in a shortage for
+    6 s, their shares wasted, the live servers below r); a node only cut off from the
+    view, or still in it, keeps its bid until it expires."""
+    b = active_broker()
+    b.handle(view(ME, OTHER, BROKER), 0.0)
+    b.handle(rx(ME, BID.to_message(1)), 0.1)
+    b.handle(rx(OTHER, BID2.to_message(1)), 0.1)
+    b.handle(MemberLeft(group=CL, node=ME, reason="left"), 0.2)  # still in the view: kept
+    b.handle(MemberLeft(group=GroupId(2), node=OTHER, reason="left"), 0.2)  # another group
+    assert b.bidders == (ME, OTHER)
+    b.handle(view(BROKER), 0.3)
+    b.handle(MemberLeft(group=CL, node=OTHER, reason="crashed"), 0.3)  # may be alive: kept
+    b.handle(MemberLeft(group=CL, node=ME, reason="left"), 0.3)
+    assert b.bidders == (OTHER,) and b.stats.bids_departed == 1
+    assert b.handle(DL, 1.0) == [
+        Send(
+            to=LEAD,
+            message=totals_to_message(aggregate([BID2], GRID), cluster=1, epoch=1, seq=1),
+        )
+    ]
+
+
+def test_broker_takes_a_joiners_bid_when_the_view_names_it() -> None:
+    """Broker rule (joins): a joining node learns its broker before the view naming it
+    reaches the broker; its bid waits for that view (and is acked then) instead of for its
+    next refresh (10 x 100 data centre: joins admitted 2.5 s after start, not ~1 s); a
+    view naming another life, or none within bid_timeout, never takes it."""
+    b = active_broker()
+    b.handle(view(OTHER, BROKER), 0.0)
+    assert b.handle(rx(ME, BID.to_message(1)), 0.1) == []  # not in the view yet
+    assert b.handle(rx(NodeId(13), BID2.to_message(1), incarnation=2), 0.1) == []
+    assert b.bidders == () and b.stats.dropped_not_member == 2
+    assert b.handle(view(ME, OTHER, BROKER), 0.2) == [ack(1, 1)]  # taken, acked
+    assert b.bidders == (ME,) and b.stats.bids_waited == 1
+    assert b.handle(view(ME, NodeId(13), OTHER, BROKER), 0.3) == []  # 13 in life 1, not 2
+    assert b.bidders == (ME,)
+    b.handle(rx(NodeId(14), BID2.to_message(1)), 0.4)
+    assert b.handle(view(ME, NodeId(14), OTHER, BROKER), 6.5) == []  # waited too long
+    assert b.bidders == (ME,)
+
+
 def test_broker_new_incarnation_replaces_bid() -> None:
     """Broker rule: a restarted client (new incarnation) starts again from seq 1."""
     b = active_broker()
@@ -621,7 +695,7 @@ def test_broker_config_errors() -> None:
 
 # ==================================================================== lead
 
-LCFG = LeadConfig(grid=GRID, gather=1.0)  # (the gather rule has its own tests)
+LCFG = LeadConfig(grid=GRID, gather=1.0, repeat_after=0.0)  # (gather, repeats: own tests)
 
 
 def agg_msg(cluster: int, bids: list[Bid], seq: int = 1, epoch: int = 1) -> wire.Aggregate:
@@ -738,8 +812,9 @@ def test_lead_supply_drop_clears_at_once() -> None:
 
 def test_lead_supply_rise_waits_for_the_next_round() -> None:
     """Lead rule: a SupplyChanged that raises the supply (or keeps it) takes effect in the
-    next round; bad supply is a UsageError."""
-    lead = active_lead(150)
+    next round, unless it newly covers the sum of r or of h held; bad supply is a
+    UsageError."""
+    lead = active_lead(200)  # sum r 180, sum h 70: already covered
     lead.handle(rx(BROKER, agg_msg(1, [BID, BID2])), 0.2)
     assert lead.handle(SupplyChanged(watts=1000), 0.5) == []
     assert lead.handle(SupplyChanged(watts=1000), 0.6) == []
@@ -760,6 +835,23 @@ def test_lead_supply_rise_waits_for_the_next_round() -> None:
         lead.handle(SupplyChanged(watts=-5), 1.0)
     with pytest.raises(UsageError):
         LeadBrokerMachine(LEAD, -1)
+
+
+def test_lead_supply_rise_that_covers_sum_r_or_h_clears_at_once() -> None:
+    """Lead rule: a rise that newly covers the sum of r (or of h) of the aggregates held
+    clears at once: from that instant every server is owed its r (or h) (the demo's rise
+    out of its shortage at 28 s left every server below r for a round)."""
+    lead = active_lead(150)  # shortage: sum r 180
+    lead.handle(rx(BROKER, agg_msg(1, [BID, BID2])), 0.2)
+    assert lead.handle(SupplyChanged(watts=170), 0.3) == []  # still below sum r
+    out = lead.handle(SupplyChanged(watts=185), 0.5)
+    assert isinstance(out[-1], MarketCleared) and out[-1].allocated >= 180
+    assert (lead.round, lead.stats.rounds_on_supply_rise, lead.next_deadline()) == (1, 1, 1.0)
+    floors = active_lead(50)  # floors cut: sum h 70
+    floors.handle(rx(BROKER, agg_msg(1, [BID, BID2])), 0.2)
+    out = floors.handle(SupplyChanged(watts=100), 0.5)
+    assert isinstance(out[-1], MarketCleared) and 70 <= out[-1].allocated <= 100
+    assert floors.handle(SupplyChanged(watts=120), 0.6) == []  # sum h covered already
 
 
 def test_lead_supply_drop_while_inactive_or_empty_clears_nothing() -> None:
@@ -955,7 +1047,8 @@ class Market:
         self.lead = LeadBrokerMachine(NodeId(101), supply, LCFG)
         self.broker_machines = {c: BrokerMachine(n, c, BCFG) for c, n in self.brokers.items()}
         self.clients = {
-            n: ClientMachine(n, c, ClientConfig(grid=GRID)) for n, (c, _) in bids.items()
+            n: ClientMachine(n, c, ClientConfig(grid=GRID, raise_after=0.0))
+            for n, (c, _) in bids.items()
         }
         self.cluster_of = {n: c for n, (c, _) in bids.items()}
         self.net = FakeNet(rng=random.Random(0), conditions=Conditions(latency=(0.0, 0.0)))
@@ -1106,7 +1199,7 @@ def test_client_keeps_its_cap_across_a_failover_until_its_lease_ends() -> None:
 def test_client_with_floor_reserve_draws_its_floor_until_counted() -> None:
     """Client rule (floors from the join reserve): from its first bid on, a client that no
     price counts draws its floor h (not 0 W); the first counted price gives its share."""
-    c = ClientMachine(ME, CL, ClientConfig(grid=GRID, floor_reserve=True))
+    c = ClientMachine(ME, CL, ClientConfig(grid=GRID, floor_reserve=True, raise_after=0.0))
     assert c.handle(BidChanged(bid=BID), 0.0) == [
         AllocationChanged(group=CL, allocation=50, cause="reserve")
     ]
@@ -1265,6 +1358,32 @@ def test_lead_join_reserve_holds_back_the_floors_not_counted() -> None:
         LeadConfig(provisioned=-1)
 
 
+def test_lead_join_reserve_yields_to_the_required_power_of_counted_servers() -> None:
+    """Lead rule (join reserve): kept whole while the counted servers' r fits beside it;
+    when it does not but the supply covers their r, only what is left above it is kept
+    (churn scenario: 4 departed servers' floors, 320 W, put the live ones below r for
+    2 s); in a shortage (S < sum r) it ranks with the floors: whole while they fit."""
+    cfg = LeadConfig(grid=GRID, gather=1.0, provisioned=4, floor_provision=40)
+
+    def cleared(supply: int) -> MarketCleared:
+        lead = LeadBrokerMachine(LEAD, supply, cfg)
+        lead.handle(LeaderElected(group=BROKER_GROUP, leader=LEAD, epoch=Epoch(7)), 0.0)
+        lead.handle(rx(BROKER, agg_msg(1, [BID, BID2])), 0.5)  # r 180, h 70; 2 not counted
+        out = lead.handle(DL, 1.0)[-1]
+        assert isinstance(out, MarketCleared)
+        return out
+
+    out = cleared(300)  # 300 - 80 >= 180: whole
+    assert out.join_reserve == 80 and 180 <= out.allocated <= 220
+    out = cleared(220)  # 220 - 80 < 180 <= 220: the 40 W above sum r
+    assert (out.join_reserve, out.regime, out.allocated) == (40, Regime.NORMAL, 180)
+    out = cleared(160)  # shortage: whole, the counted floors (70) fit beside it
+    assert (out.join_reserve, out.regime) == (80, Regime.SHORTAGE)
+    assert 70 <= out.allocated <= 80
+    out = cleared(100)  # shortage: the counted floors come first
+    assert (out.join_reserve, out.allocated) == (30, 70)
+
+
 def test_client_takes_the_lesser_share_while_a_newer_bid_is_unacknowledged() -> None:
     """Client rule (unacknowledged bids): the broker may already count a newer bid whose
     ack is lost or on its way, so a price gives the lesser of the two shares; a lowered
@@ -1301,3 +1420,38 @@ def test_lead_hold_never_cuts_into_required_power() -> None:
     # 230 W to hold (the two gone servers' old share), but only 500 - 380 above sum r
     assert out.held == 500 - (3 * BID.required + BID2.required) == 120
     assert out.regime is Regime.NORMAL and out.allocated <= 500 - 120
+
+
+def test_broker_and_lead_send_each_rounds_multicasts_twice() -> None:
+    """Broker and lead rule (repeats): each Price and each round's Clearings are multicast
+    once more ``repeat_after`` later, so a lost one costs that, not a round (the partition
+    scenario: a lost Clearing left a cluster on its old budget for a round while the others
+    rose, 41 W over the supply for 1 s); a receiver that has the round drops the copy."""
+    b = BrokerMachine(BROKER, CL, BrokerConfig(grid=GRID, gather=1.0, repeat_after=0.01))
+    b.handle(LeaderElected(group=CL, leader=BROKER, epoch=Epoch(1)), 0.0)
+    b.handle(LeaderElected(group=BROKER_GROUP, leader=LEAD, epoch=Epoch(7)), 0.0)
+    b.handle(rx(ME, BID.to_message(1)), 0.1)
+    b.handle(DL, 1.0)
+    sent = b.handle(rx(LEAD, clearing()), 1.1)
+    assert b.next_deadline() == pytest.approx(1.11)
+    assert b.handle(DL, 1.105) == []
+    assert b.handle(DL, 1.11) == sent and b.next_deadline() == 2.0
+    assert b.handle(DL, 1.2) == []  # once only
+    c = client_following()
+    c.handle(BidChanged(bid=BID), 0.0)
+    c.handle(rx(BROKER, wire.BidAck(epoch=1, seq=1, aggregate=1)), 0.5)
+    price_msg = sent[0].message  # type: ignore[attr-defined]
+    assert c.handle(rx(BROKER, price_msg), 1.1)
+    assert c.handle(rx(BROKER, price_msg), 1.11) == [] and c.stats.dropped_duplicate == 1
+    lead = LeadBrokerMachine(LEAD, 1000, LeadConfig(grid=GRID, gather=1.0, repeat_after=0.02))
+    lead.handle(LeaderElected(group=BROKER_GROUP, leader=LEAD, epoch=Epoch(7)), 0.0)
+    lead.handle(rx(BROKER, agg_msg(1, [BID])), 0.5)
+    first = [a for a in lead.handle(DL, 1.0) if isinstance(a, Multicast)]
+    assert first and lead.next_deadline() == pytest.approx(1.02)
+    assert lead.handle(DL, 1.02) == first and lead.next_deadline() == 2.0
+    lead.handle(SteppedDown(), 2.0)
+    assert lead.next_deadline() is None
+    with pytest.raises(ConfigError, match="repeat_after"):
+        BrokerConfig(repeat_after=1.0)
+    with pytest.raises(ConfigError, match="repeat_after"):
+        LeadConfig(repeat_after=-0.1)

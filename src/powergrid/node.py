@@ -39,7 +39,8 @@ knows no message or notification by name:
   cluster: join or leave the broker group; ``Deliver``/``DeliverUnicast``:
   unwrap; ``ViewChanged``: pass it on, then a ``MemberJoined`` / ``MemberLeft``
   for each other member that came or went, with the reason ``MemberRemoved``
-  gave), and whether the app gets it as it is (all but those three).
+  gave, and a graceful leaver's ``MemberLeft`` to the broker too: its bid goes),
+  and whether the app gets it as it is (all but those three).
 
 A machine is named by its role (:data:`UNICAST` ... :data:`LEAD`), an index
 into :attr:`_Stack.machines`: a group's own four machines, then the market's
@@ -1014,10 +1015,13 @@ class Node:
             if event.node != me:
                 out.append(event)
         removed = stack.removed
+        broker = stack.machines[BROKER]
         for node in gone:
             if node != me:
-                reason = removed.get(node, "unknown")
-                out.append(MemberLeft(group=stack.group, node=node, reason=reason))
+                left = MemberLeft(group=stack.group, node=node, reason=removed.get(node, "unknown"))
+                out.append(left)
+                if left.reason == "left":  # powered off: its broker stops counting its bid
+                    self._run_market(self._call(broker, left, now), now, out)
         removed.clear()
 
     def _on_removed(

@@ -126,7 +126,8 @@ class PowerBounds:
     """Exemption ``supply-drop``: overload this long after a drop (two of today's rounds)."""
     skew_s: float = 1.5
     """Exemption ``raise-before-cut``: overload this soon after any cap was raised (a
-    round, 1 s, plus the resend of a lost price: make-before-break is not built yet)."""
+    round, 1 s, plus the resend of a lost price: make-before-break is by time only, a
+    client's raise 20 ms after its price, not by confirmed cuts)."""
     regime_s: float = 3.0
     """Exemption ``stale-aggregates``: starvation this soon after the owed level rose
     (the supply rose, or demand fell, past sum r or sum h) or any owed r fell: the

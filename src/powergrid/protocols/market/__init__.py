@@ -3,7 +3,9 @@
 See ``docs/protocols/market.md``. :mod:`~powergrid.protocols.market.bids` holds the
 values (bids, the price grid), :mod:`~powergrid.protocols.market.clearing` the pure
 clearing functions, and one module per machine: :mod:`~powergrid.protocols.market.client`,
-:mod:`~powergrid.protocols.market.broker`, :mod:`~powergrid.protocols.market.lead`.
+:mod:`~powergrid.protocols.market.broker`, :mod:`~powergrid.protocols.market.lead`
+(the broker and the lead send each round's multicasts twice:
+:mod:`~powergrid.protocols.market.repeat`).
 """
 
 from powergrid.protocols.market.bids import (

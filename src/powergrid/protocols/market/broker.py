@@ -23,6 +23,11 @@ heard, or at once when the view names its node in a newer incarnation (the
 old life is dead). Sending to itself (a broker that is also the lead) is the
 node's job.
 
+**Joins.** A joining node learns its broker (``LeaderElected``) before the
+view naming it reaches the broker; its bid then waits (newest per node, at
+most 64 nodes, for ``bid_timeout``) for the view that names it in that
+incarnation, which takes and acknowledges it, instead of for its next refresh.
+
 **A bid counts until it expires.** A client that holds a ``BidAck`` takes its
 share of every price whose aggregate is at or after the acknowledged one; it
 cannot tell that the broker stopped counting it. So a bid is never dropped
@@ -32,9 +37,11 @@ heal, before its next refresh is re-acknowledged). It keeps being counted,
 and is refused refreshes while its node is out of the view, until it expires
 ``bid_timeout`` after it was last heard; the client stops counting on an
 acknowledgement before that (``ClientConfig.ack_timeout``). The cost is that
-a crashed server's bid holds its share for up to ``bid_timeout``.
+a crashed server's bid holds its share for up to ``bid_timeout``. A node that
+left **gracefully** (``MemberLeft`` with reason ``"left"``, after the view
+without it) has powered off and never takes a share again: its bid goes at once.
 
-**Driving.** Inputs: ``LeaderElected``, ``ViewChanged``, ``Received`` and
+**Driving.** Inputs: ``LeaderElected``, ``ViewChanged``, ``MemberLeft``, ``Received`` and
 ``DeadlineReached``. Outputs: ``Send(client, BidAck)``, ``Send(lead, Aggregate)``
 and ``Multicast(Price)``. A new broker starts empty and sends its first
 aggregate ``gather`` (0.1 s) after its election, not a full round: clients
@@ -71,6 +78,7 @@ from powergrid.errors import ConfigError
 from powergrid.events import (
     DeadlineReached,
     LeaderElected,
+    MemberLeft,
     Multicast,
     Received,
     Send,
@@ -87,9 +95,13 @@ from powergrid.protocols.market.clearing import (
     clear,
     totals_to_message,
 )
+from powergrid.protocols.market.repeat import Repeater, earliest
 from powergrid.types import BROKER_GROUP, Epoch, GroupId, Incarnation, NodeId
 
 __all__ = ["BrokerConfig", "BrokerMachine", "BrokerStats"]
+
+_MAX_WAITING = 64
+"""Bids of nodes not in the view yet kept for the view that may name them (one each)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -109,6 +121,8 @@ class BrokerConfig:
     """The first aggregate, this long after the election (s; at most ``round_interval``)."""
     republish_within: float = attrs.field(default=5.0, validator=real)
     """A heard price this recent is republished at once by a new broker (s; 0: never)."""
+    repeat_after: float = attrs.field(default=0.01, validator=real)
+    """Each price is multicast once more this much later (s; 0: never; see ``repeat``)."""
 
     def __attrs_post_init__(self) -> None:
         if not self.round_interval > 0:
@@ -129,6 +143,11 @@ class BrokerConfig:
             raise ConfigError(
                 f"gather must be in (0, round_interval={self.round_interval}] s, got {self.gather}"
             )
+        if not 0 <= self.repeat_after < self.round_interval:
+            raise ConfigError(
+                f"repeat_after must be in [0, round_interval={self.round_interval}) s, "
+                f"got {self.repeat_after}"
+            )
         if not self.republish_within >= 0:
             raise ConfigError(f"republish_within must be >= 0 s, got {self.republish_within}")
 
@@ -141,6 +160,10 @@ class BrokerStats:
     bids_refreshed: int = 0
     bids_expired: int = 0
     bids_left: int = 0
+    bids_departed: int = 0
+    bids_waited: int = 0
+    """Bids of a joining node that came before the view naming it, taken when it did."""
+    """Bids dropped at once because their node left gracefully (it powered off)."""
     aggregates_sent: int = 0
     prices_sent: int = 0
     prices_overheard: int = 0
@@ -189,14 +212,17 @@ class BrokerMachine(Dispatching):
         "_me",
         "_members",
         "_price_round",
+        "_repeat",
         "_round_at",
         "_totals",
+        "_waiting",
         "stats",
     )
 
     _EVENTS = {
         LeaderElected: "_on_leader_elected",
         ViewChanged: "_on_view_changed",
+        MemberLeft: "_on_member_left",
         Received: "_on_received",
         DeadlineReached: "_on_deadline",
     }
@@ -213,6 +239,8 @@ class BrokerMachine(Dispatching):
         self._leadership = Leadership()
         self._members: dict[int, int] | None = None  # node -> incarnation, of the view
         self._bids: dict[NodeId, _Held] = {}
+        # bids of nodes not in the view yet (a join: the bid outruns the view), newest each
+        self._waiting: dict[NodeId, tuple[Received, wire.Bid, float]] = {}
         self._agg_seq = 0
         self._totals: Totals | None = None
         self._brokers = Leadership()  # the broker group's: the lead broker and its epoch
@@ -220,6 +248,7 @@ class BrokerMachine(Dispatching):
         self._lead_heard_at = 0.0
         self._budget: int | None = None
         self._round_at: float | None = None
+        self._repeat = Repeater(self._config.repeat_after)  # each price, sent twice
         self._price_round = 0
         self._local_regime: Regime | None = None
         self._local = False
@@ -270,8 +299,8 @@ class BrokerMachine(Dispatching):
     # ------------------------------------------------------------------ driving
 
     def next_deadline(self) -> float | None:
-        """The next round, while active."""
-        return self._round_at if self._active else None
+        """The next round or price repeat, while active."""
+        return earliest(self._round_at, self._repeat.at) if self._active else None
 
     # ---------------------------------------------------------------- handlers
 
@@ -294,7 +323,9 @@ class BrokerMachine(Dispatching):
         if ev.leader == self._me:
             if not self._active or verdict is Verdict.NEWER:
                 self._activate(now)
-                return self._republish(now)
+                out = self._republish(now)
+                self._repeat.arm(out, now)
+                return out
         else:
             self._deactivate()
         return []
@@ -312,6 +343,30 @@ class BrokerMachine(Dispatching):
             if incarnation is not None and incarnation != self._bids[node].incarnation:
                 del self._bids[node]
                 self.stats.bids_left += 1
+        out: list[object] = []
+        for node in sorted(self._waiting):  # joiners whose bid came before this view
+            rx, bid, heard = self._waiting[node]
+            if now - heard >= self._config.bid_timeout:
+                del self._waiting[node]
+            elif self._members.get(node) == rx.incarnation:
+                del self._waiting[node]
+                self.stats.bids_waited += 1
+                out += self._on_bid(rx, bid, heard)
+        return out
+
+    def _on_member_left(self, ev: MemberLeft, now: float) -> list[object]:
+        # A graceful leave: the node powered off, so it draws nothing and will never
+        # take a share of a price again (a new life bids anew): its bid goes at once
+        # instead of holding its share until it expires (see "A bid counts until it
+        # expires", which is about nodes that may still be alive).
+        if (
+            ev.group == self._cluster
+            and ev.reason == "left"
+            and ev.node in self._bids
+            and (self._members is None or ev.node not in self._members)
+        ):
+            del self._bids[ev.node]
+            self.stats.bids_departed += 1
         return []
 
     def _on_received(self, ev: Received, now: float) -> list[object]:
@@ -341,6 +396,10 @@ class BrokerMachine(Dispatching):
             return []
         node = ev.sender
         if self._members is not None and self._members.get(node) != ev.incarnation:
+            # A joining node learns its broker before the view that names it reaches the
+            # broker: its bid waits for that view (bounded) instead of its next refresh.
+            if node in self._waiting or len(self._waiting) < _MAX_WAITING:
+                self._waiting[node] = (ev, msg, now)
             self.stats.dropped_not_member += 1
             return []
         held = self._bids.get(node)
@@ -410,12 +469,22 @@ class BrokerMachine(Dispatching):
         self._lead_round = msg.round
         self._budget = entry.budget
         self._local_regime = result.regime
-        return [self._price(result, entry.aggregate, local=False)]
+        out: list[object] = [self._price(result, entry.aggregate, local=False)]
+        self._repeat.arm(out, now)
+        return out
 
     def _on_deadline(self, ev: DeadlineReached, now: float) -> list[object]:
-        if not self._active or self._round_at is None or now < self._round_at:
+        if not self._active:
             return []
+        repeat = self._repeat.due(now)
+        if self._round_at is None or now < self._round_at:
+            return repeat
+        return repeat + self._round(now)
+
+    def _round(self, now: float) -> list[object]:
+        """One broker round: expire bids, aggregate, and re-clear alone if the lead is lost."""
         cfg = self._config
+        assert self._round_at is not None
         nxt = self._round_at + cfg.round_interval
         self._round_at = nxt if nxt > now else now + cfg.round_interval
         for node in sorted(self._bids):
@@ -436,6 +505,7 @@ class BrokerMachine(Dispatching):
                 self._local_regime = result.regime
                 self.stats.local_clearings += 1
                 actions.append(self._price(result, self._agg_seq, local=True))
+                self._repeat.arm(actions, now)
         return actions
 
     # ----------------------------------------------------------------- helpers
@@ -485,6 +555,7 @@ class BrokerMachine(Dispatching):
     def _activate(self, now: float) -> None:
         self._active = True
         self._bids.clear()
+        self._waiting.clear()
         self._agg_seq = 0
         self._totals = None
         self._price_round = 0
@@ -498,8 +569,10 @@ class BrokerMachine(Dispatching):
     def _deactivate(self) -> None:
         self._active = False
         self._bids.clear()
+        self._waiting.clear()
         self._totals = None
         self._round_at = None
+        self._repeat.cancel()
         # No longer the broker, the node leaves the broker group: the lead epoch known
         # came from that group's election, which is gone. Its next stack starts from 0.
         self._brokers.forget()

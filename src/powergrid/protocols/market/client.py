@@ -58,6 +58,15 @@ the acknowledged one. So a price gives the lesser of the shares of the
 acknowledged bid and of every newer unacknowledged one: a lowered bid is
 never paid at its old, higher share (a raise waits for its ack, as before).
 
+**Make-before-break, by the latency bound** (``raise_after``, 20 ms). A price
+that lowers the allocation applies at once; one that raises it applies (and
+its :class:`PriceUpdated` is emitted) ``raise_after`` later, unless a newer
+price replaces it first. The cuts of the same clearing reach the other
+clients within two message delays (and a repeat, see
+:mod:`~powergrid.protocols.market.repeat`), so the raise they pay for lands
+after them. Release is by time, not by a confirmed cut: a client that never
+applies its cut (crashed, cut off) is not covered.
+
 **A cap outlives its broker.** After a failover (a new broker followed while
 the lease of the last applied price runs), a price of the new broker that does
 not count the bid yet allocates it nothing (``PriceUpdated.allocation`` 0,
@@ -170,12 +179,17 @@ class ClientConfig:
     ack_timeout: float = attrs.field(default=5.0, validator=real)
     floor_reserve: bool = attrs.field(default=False, validator=flag)
     """Draw the floor while no price counts the bid (see "Floors from the join reserve")."""
+    raise_after: float = attrs.field(default=0.02, validator=real)
+    """A price that raises the cap is applied this much later (s; 0: at once; see
+    "Make-before-break")."""
 
     def __attrs_post_init__(self) -> None:
         if not self.refresh_interval > 0:
             raise ConfigError(f"refresh_interval must be > 0 s, got {self.refresh_interval}")
         if not self.lease > 0:
             raise ConfigError(f"lease must be > 0 s, got {self.lease}")
+        if not 0 <= self.raise_after < self.lease:
+            raise ConfigError(f"raise_after must be in [0, lease) s, got {self.raise_after}")
         if not self.ack_timeout > self.refresh_interval:
             raise ConfigError(
                 f"ack_timeout ({self.ack_timeout} s) must exceed refresh_interval "
@@ -225,6 +239,7 @@ class ClientMachine(Dispatching):
         "_price",
         "_refresh_at",
         "_regime",
+        "_release",
         "_round",
         "_seq",
         "stats",
@@ -256,6 +271,7 @@ class ClientMachine(Dispatching):
         self._includes_latest = False
         self._carry = False  # the cap of a previous broker's counted price, on its lease
         self._counted = False  # the last applied price counted a bid of ours
+        self._release: tuple[float, PriceUpdated] | None = None  # a raise, and when it applies
 
     # ------------------------------------------------------------ read-only state
 
@@ -307,11 +323,10 @@ class ClientMachine(Dispatching):
     # ------------------------------------------------------------------ driving
 
     def next_deadline(self) -> float | None:
-        """The next refresh or lease expiry, whichever is first."""
-        refresh, lease = self._refresh_at, self._lease_until
-        if refresh is None or (lease is not None and lease < refresh):
-            return lease
-        return refresh
+        """The next refresh, lease expiry or raise to apply, whichever is first."""
+        times = [self._refresh_at, self._lease_until, self._release and self._release[0]]
+        known = [t for t in times if t is not None]
+        return min(known) if known else None
 
     # ---------------------------------------------------------------- handlers
 
@@ -429,27 +444,38 @@ class ClientMachine(Dispatching):
         self.stats.prices_applied += 1
         self._price = result.price
         self._regime = result.regime
-        actions.append(
-            PriceUpdated(
-                group=self._cluster,
-                epoch=self._leadership.epoch,
-                round=msg.round,
-                price=result.price,
-                regime=result.regime,
-                allocation=allocation,
-                includes_latest_bid=self._includes_latest,
-                deficit=result.deficit,
-                local=bool(msg.flags & wire.Price.FLAG_LOCAL),
-                counted=bool(seq),
-                carried=carried,
-            )
+        update = PriceUpdated(
+            group=self._cluster,
+            epoch=self._leadership.epoch,
+            round=msg.round,
+            price=result.price,
+            regime=result.regime,
+            allocation=allocation,
+            includes_latest_bid=self._includes_latest,
+            deficit=result.deficit,
+            local=bool(msg.flags & wire.Price.FLAG_LOCAL),
+            counted=bool(seq),
+            carried=carried,
         )
+        self._release = None  # a newer price replaces a raise not applied yet
+        after = self._config.raise_after
+        if not carried and after > 0 and allocation > (self._allocation or 0):
+            # Make-before-break: the cuts this raise is paid by land within the latency
+            # bound (and a repeat); the raise (and its PriceUpdated) waits that long.
+            self._release = (now + after, update)
+            return actions
+        actions.append(update)
         if not carried:
             actions += self._set_allocation(allocation, "price")
         return actions
 
     def _on_deadline(self, ev: DeadlineReached, now: float) -> list[object]:
         actions: list[object] = []
+        if self._release is not None and now >= self._release[0]:
+            update = self._release[1]
+            self._release = None
+            actions.append(update)
+            actions += self._set_allocation(update.allocation, "price")
         if self._refresh_at is not None and now >= self._refresh_at:
             actions += self._send_bid(now)
         if self._lease_until is not None and now >= self._lease_until:
@@ -466,6 +492,7 @@ class ClientMachine(Dispatching):
     def _follow(self, now: float) -> list[object]:
         """A new broker is followed: forget the old one's acks and rounds, send it the bid."""
         self._carry = self._lease_until is not None  # a cap in force on its lease
+        self._release = None  # the old broker's raise: its round is forgotten
         self._acks.clear()
         self._acked_at.clear()
         self._round = 0

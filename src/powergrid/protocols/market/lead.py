@@ -23,9 +23,12 @@ its first round.
 **Supply drops.** A :class:`SupplyChanged` that lowers the supply clears a
 round at once (with the aggregates held, next round number), so the caps in
 force come down within one message delay, not one ``round_interval``; the
-periodic rounds keep their schedule. A rise waits for the next round: the
+periodic rounds keep their schedule. A rise waits for the next round (the
 caps in force are already within the higher supply, and a supply that moves
-every second (solar) would otherwise double the Clearing traffic while it rises.
+every second, solar, would otherwise double the Clearing traffic while it
+rises), unless it newly covers the sum of ``r`` (or of ``h``) of the aggregates
+held: from that instant the servers are owed their ``r`` (or ``h``), so it
+clears at once (``rounds_on_supply_rise``).
 
 **Reserve for silent clusters.** Clients keep their caps for a lease after
 the last price and then fall back to at most their required power, and a
@@ -77,7 +80,10 @@ out the floors of the servers the aggregates it holds do not count: it clears
 ``S - max(0, provisioned - bids counted) * floor_provision``
 (``MarketCleared.join_reserve``), so a joining server's floor is always covered
 and the market trades above the floors; once every server is counted nothing
-is held back.
+is held back. It yields to the servers that run: where keeping it whole would
+put counted servers below their ``r`` while the supply covers that ``r``, only
+what is left above their ``sum r`` is kept; in a shortage it ranks with the
+floors (kept whole while the counted floors fit beside it).
 
 **Driving.** Inputs: :class:`SupplyChanged` and :class:`SteppedDown`
 (commands), ``LeaderElected``, ``Received`` and ``DeadlineReached``.
@@ -114,6 +120,7 @@ from powergrid.protocols.market.clearing import (
     combine,
     totals_from_message,
 )
+from powergrid.protocols.market.repeat import Repeater, earliest
 from powergrid.types import BROKER_GROUP, Epoch, NodeId, epoch_newer
 
 __all__ = [
@@ -140,7 +147,8 @@ class SupplyChanged:
     """Command: the usable supply is now ``watts`` (int >= 0).
 
     A drop clears a round at once (while this node is the lead); a rise takes
-    effect from the next round on.
+    effect from the next round on, or at once if it newly covers the sum of r
+    (or of h) of the aggregates held.
     """
 
     watts: int
@@ -198,6 +206,8 @@ class LeadConfig:
     lease_margin: float = attrs.field(default=0.5, validator=real)
     """Epsilon added to a lease before its watts are reused (message delay, s)."""
     drift: float = attrs.field(default=0.0, validator=real)
+    repeat_after: float = attrs.field(default=0.01, validator=real)
+    """Each round's Clearings are multicast once more this much later (s; 0: never)."""
     """rho: the clock drift assumed between a holder and the lead (0.01 = 1 %)."""
     provisioned: int = attrs.field(default=0, validator=whole(0))
     """Servers that may be powered (see "Join reserve")."""
@@ -225,6 +235,11 @@ class LeadConfig:
                 f"lease ({self.lease} s) must be > 0, lease_margin ({self.lease_margin} s) "
                 f"and drift ({self.drift}) >= 0"
             )
+        if not 0 <= self.repeat_after < self.round_interval:
+            raise ConfigError(
+                f"repeat_after must be in [0, round_interval={self.round_interval}) s, "
+                f"got {self.repeat_after}"
+            )
         for name in ("provisioned", "floor_provision"):
             value = getattr(self, name)
             if type(value) is not int or value < 0:
@@ -243,6 +258,8 @@ class LeadStats:
     rounds_cleared: int = 0
     rounds_empty: int = 0
     rounds_on_supply_drop: int = 0
+    rounds_on_supply_rise: int = 0
+    """Rounds cleared at once because a rise newly covered the sum of r (or of h)."""
     rounds_with_reserve: int = 0
     rounds_with_hold: int = 0
     clearings_overheard: int = 0
@@ -292,6 +309,7 @@ class LeadBrokerMachine(Dispatching):
         "_leadership",
         "_me",
         "_previous",
+        "_repeat",
         "_result",
         "_round",
         "_round_at",
@@ -321,6 +339,7 @@ class LeadBrokerMachine(Dispatching):
         self._clusters: dict[int, _Latest] = {}
         self._granted: dict[int, _Grant] = {}  # cluster -> last budget given it, and when
         self._held: dict[int, list[_Grant]] = {}  # cluster -> budgets of older epochs in force
+        self._repeat = Repeater(self._config.repeat_after)  # each round's Clearings, twice
 
     # ------------------------------------------------------------ read-only state
 
@@ -357,19 +376,27 @@ class LeadBrokerMachine(Dispatching):
     # ------------------------------------------------------------------ driving
 
     def next_deadline(self) -> float | None:
-        """The next round, while active."""
-        return self._round_at if self._active else None
+        """The next round or Clearing repeat, while active."""
+        return earliest(self._round_at, self._repeat.at) if self._active else None
 
     # ---------------------------------------------------------------- handlers
 
     def _on_supply_changed(self, ev: SupplyChanged, now: float) -> list[object]:
         watts = _check_supply(ev.watts)
-        dropped = watts < self._supply
-        self._supply = watts
-        if not dropped or not self._active or not self._clusters:
+        old, self._supply = self._supply, watts
+        if not self._active or not self._clusters or watts == old:
             return []
-        self.stats.rounds_on_supply_drop += 1
-        return self._clear(now)
+        if watts < old:
+            self.stats.rounds_on_supply_drop += 1
+            return self._clear(now)
+        # A rise clears at once only when it newly covers the sum of r (or of h) of
+        # the aggregates held: the servers are owed more from that instant on.
+        cfg = self._config
+        totals = combine((self._clusters[c].totals for c in sorted(self._clusters)), cfg.grid)
+        if any(old < need <= watts for need in (totals.required, totals.floor)):
+            self.stats.rounds_on_supply_rise += 1
+            return self._clear(now)
+        return []
 
     def _on_leader_elected(self, ev: LeaderElected, now: float) -> list[object]:
         if ev.group != BROKER_GROUP:
@@ -384,14 +411,17 @@ class LeadBrokerMachine(Dispatching):
                 self._round = 0
                 self._previous = None
                 self._round_at = now + self._config.gather
+                self._repeat.cancel()  # an older epoch's Clearings
         else:
             self._active = False
             self._round_at = None
+            self._repeat.cancel()
         return []
 
     def _on_stepped_down(self, ev: SteppedDown, now: float) -> list[object]:
         self._active = False
         self._round_at = None
+        self._repeat.cancel()
         # The node left the broker group: the epoch known came from that group's election,
         # which is gone; the next stack's election starts from 0 (it may win epoch 1 again).
         self._leadership.forget()
@@ -476,12 +506,15 @@ class LeadBrokerMachine(Dispatching):
         return total
 
     def _on_deadline(self, ev: DeadlineReached, now: float) -> list[object]:
-        if not self._active or self._round_at is None or now < self._round_at:
+        if not self._active:
             return []
+        repeat = self._repeat.due(now)
+        if self._round_at is None or now < self._round_at:
+            return repeat
         cfg = self._config
         nxt = self._round_at + cfg.round_interval
         self._round_at = nxt if nxt > now else now + cfg.round_interval
-        return self._clear(now)
+        return repeat + self._clear(now)
 
     def _reserve(self, totals: Totals, now: float, usable: int) -> int:
         """Watts held back for clusters budgeted within reserve_timeout but not held now
@@ -495,6 +528,19 @@ class LeadBrokerMachine(Dispatching):
             elif cluster not in self._clusters:
                 reserve += grant.budget
         return min(reserve, max(0, usable - totals.required))
+
+    def _join_reserve(self, totals: Totals) -> int:
+        """Watts kept for the floors of the servers the aggregates do not count (see
+        "Join reserve"): whole, unless that would put counted servers below their ``r``
+        while the supply covers their ``r``; then only what is left above it. (In a
+        shortage the counted servers are owed their floors only, so it is kept whole
+        while their floors fit.)"""
+        cfg = self._config
+        want = max(0, cfg.provisioned - totals.bids) * cfg.floor_provision
+        supply = self._supply
+        if supply - want >= totals.required or supply < totals.required:
+            return min(want, max(0, supply - totals.floor))
+        return supply - totals.required
 
     def _clear(self, now: float) -> list[object]:
         """Clear one round now with the aggregates held (expiring the silent ones)."""
@@ -512,7 +558,7 @@ class LeadBrokerMachine(Dispatching):
         for c in order:
             held_c = self._clusters[c]
             self._grant(c, _Grant(budget=0, at=now, epoch=held_c.epoch))
-        joining = max(0, cfg.provisioned - totals.bids) * cfg.floor_provision
+        joining = self._join_reserve(totals)
         holding = min(self._holding(now), max(0, self._supply - joining - totals.required))
         usable = max(0, self._supply - holding - joining)
         reserved = self._reserve(totals, now, usable)
@@ -580,4 +626,5 @@ class LeadBrokerMachine(Dispatching):
                 join_reserve=joining,
             )
         )
+        self._repeat.arm(actions, now)
         return actions

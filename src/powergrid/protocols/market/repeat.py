@@ -1,0 +1,67 @@
+"""Sending a round's multicasts twice: a lost Price or Clearing no longer costs a round.
+
+Theory of operation
+-------------------
+Prices (broker → cluster) and Clearings (lead → broker group) travel as plain
+datagrams, once per round. One that is lost leaves its receiver on the
+previous round's cap or budget for a whole ``round_interval``; if its share
+fell meanwhile while others' rose, the caps in force exceed the supply by the
+difference for that round (the `partition` scenario's 48 W·s, a lost
+Clearing at one broker). So the sender sends each round's multicasts once
+more ``after`` seconds later (:class:`Repeater`): receivers already drop a
+round they applied (clients and brokers compare round numbers), so a repeat
+changes nothing where the first copy arrived, and where it was lost the
+receiver is late by ``after`` instead of a round. At a loss rate ``p`` per
+receiver, a round is missed with probability ``p**2`` instead of ``p``
+(independent losses; a partition drops both, and is covered by leases).
+This is a mitigation of loss, not make-before-break: a cut is still not
+confirmed before the raise that it pays for is released.
+
+A newer round replaces a pending repeat (the older one is stale anyway).
+Pure: the owning machine asks :meth:`Repeater.due` from its deadline handler
+and folds :attr:`Repeater.at` into its ``next_deadline``.
+"""
+
+from __future__ import annotations
+
+from powergrid.events import Multicast
+
+__all__ = ["Repeater", "earliest"]
+
+
+class Repeater:
+    """The multicasts of the last round, to send once more ``after`` seconds later
+    (``after`` 0: never). Raises nothing; the owner validates ``after``."""
+
+    __slots__ = ("_after", "_sends", "at")
+
+    def __init__(self, after: float) -> None:
+        self._after = after
+        self._sends: list[Multicast] = []
+        self.at: float | None = None
+        """When the pending repeat is due (None: nothing pending)."""
+
+    def arm(self, actions: list[object], now: float) -> None:
+        """Remember the ``Multicast`` actions among ``actions`` (a round's) for a repeat."""
+        sends = [a for a in actions if type(a) is Multicast]
+        if sends and self._after > 0:
+            self._sends = sends
+            self.at = now + self._after
+
+    def cancel(self) -> None:
+        """Forget the pending repeat (the sender stopped: stepped down, lost its role)."""
+        self._sends = []
+        self.at = None
+
+    def due(self, now: float) -> list[object]:
+        """The repeat, if it is due at ``now`` (then it is forgotten); else nothing."""
+        if self.at is None or now < self.at:
+            return []
+        sends, self._sends, self.at = self._sends, [], None
+        return list(sends)
+
+
+def earliest(*times: float | None) -> float | None:
+    """The earliest of ``times`` that is not None (None if all are)."""
+    known = [t for t in times if t is not None]
+    return min(known) if known else None
