@@ -172,7 +172,7 @@ class _Joins(Simulation):
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
-        self.joiners = set(self._joiners)
+        self.joiners = set(self.failures.joiners)
         self.started: dict[int, float] = {}
         self.admitted: dict[int, float] = {}
 
