@@ -328,6 +328,8 @@ def _price(ev: PriceUpdated, node: Node | None) -> tuple[str, Fields]:
         "broker": None if view is None else format_node(view.leader),
         "epoch": ev.epoch,
         "round": ev.round,
+        "lead_epoch": ev.lead_epoch,
+        "lead_round": ev.lead_round,
         "price": ev.price,
         "regime": ev.regime.name.lower(),
         "allocation": ev.allocation,

@@ -214,7 +214,8 @@ class UdpConfig:
         if not 1 <= self.group_port_base <= 0x10000 - self.group_ports:
             raise ConfigError(
                 f"UdpConfig.group_port_base: group ports {self.group_port_base}.."
-                f"{self.group_port_base + self.group_ports - 1}"
+                f"{self.group_port_base + self.group_ports - 1} (group_port_base "
+                f"{self.group_port_base}, group_ports {self.group_ports})"
                 " must lie within 1..65535: lower group_port_base or group_ports"
             )
 
