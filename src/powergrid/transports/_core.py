@@ -60,7 +60,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
@@ -86,6 +86,9 @@ from powergrid.types import (
     node_id,
 )
 from powergrid.wire import HEADER_SIZE, MAGIC, WIRE_LIMIT
+
+if TYPE_CHECKING:
+    from powergrid.transports.metrics import MetricsServer
 
 __all__ = [
     "BUNDLE_MAGIC",
@@ -620,6 +623,28 @@ class Driver:
     def stats(self) -> UdpStats:
         """The transport's counters (live; the node's own are ``endpoint.stats``)."""
         return self._stats
+
+    def counters(self) -> dict[str, dict[str, int]]:
+        """A copy of the node's and the transport's counters as of now:
+        ``{"node_stats": {...}, "udp_stats": {...}}``, each field by name (see
+        :class:`~powergrid.node.NodeStats` and :class:`UdpStats`; ``node_stats`` is empty
+        for an endpoint that is not a :class:`~powergrid.node.Node`). The CLI's ``stats``
+        event and the Prometheus exporter (:meth:`serve_metrics`) show these."""
+        node_stats: Any = getattr(self._endpoint, "stats", None)
+        return {
+            "node_stats": attrs.asdict(node_stats) if attrs.has(type(node_stats)) else {},
+            "udp_stats": attrs.asdict(self._stats),
+        }
+
+    def serve_metrics(self, port: int, host: str = "127.0.0.1") -> MetricsServer:
+        """Serve :meth:`counters` to Prometheus at ``http://host:port/metrics`` (a thread)
+        until the returned :class:`~powergrid.transports.metrics.MetricsServer` is
+        closed; metric names in docs/cli.md. Needs the ``prometheus`` extra
+        (``prometheus_client``): raises :class:`~powergrid.errors.LocalError` without it,
+        :class:`~powergrid.errors.ConfigError` for a port that cannot be bound."""
+        from powergrid.transports.metrics import serve_metrics  # noqa: PLC0415
+
+        return serve_metrics(self, port, host)
 
     @property
     def groups(self) -> tuple[int, ...]:
