@@ -697,9 +697,9 @@ class Driver:
         if not self._running:
             self._check_running()  # raises
         endpoint: Any = self._endpoint
-        await self._after_command(
-            self._commanded(endpoint.multicast(payload, self._now(), group=group))
-        )
+        yield_now = self._commanded(endpoint.multicast(payload, self._now(), group=group))
+        if yield_now or self._checks_every_command:  # (a stream's hot path skips the await)
+            await self._after_command(yield_now)
 
     async def send(self, to: int, payload: bytes, *, group: int | None = None) -> None:
         """``node.send(to, payload, now, group=group)``: reliable unicast to node ``to``.
@@ -1057,6 +1057,10 @@ class Driver:
     async def _wait_events(self) -> None:
         """Wait until :meth:`_wake_events` is called."""
         raise NotImplementedError
+
+    _checks_every_command = True
+    """Whether :meth:`_after_command` has work even when not yielding (trio's
+    cancellation check); if not, :meth:`multicast` skips awaiting it then."""
 
     async def _after_command(self, yield_now: bool) -> None:
         """Let other tasks run if ``yield_now``, else only check for cancellation."""
