@@ -21,7 +21,7 @@ $(DEMO_STAMP): pyproject.toml | $(BIN)/python
 
 # everything else: pytest, hypothesis (test), ruff, mypy, import-linter (dev)
 $(STAMP): pyproject.toml | $(BIN)/python
-	@echo "make: installing the test and dev tools into $(VENV): powergrid with its test, dev and plot extras (pytest, hypothesis, ruff, mypy, import-linter, matplotlib) ..."
+	@echo "make: installing the test and dev tools into $(VENV): powergrid with its test, dev and plot extras (pytest, hypothesis, prometheus_client, ruff, mypy, import-linter, matplotlib) ..."
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test,dev,plot]'
 	touch $(STAMP) $(DEMO_STAMP)

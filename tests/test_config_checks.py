@@ -3,6 +3,7 @@ that contradict each other raise ConfigError naming the class and the field."""
 
 from __future__ import annotations
 
+import attrs
 import pytest
 
 import powergrid as pg
@@ -119,3 +120,57 @@ def test_other_configs_name_the_field(make: object, message: str) -> None:
     with pytest.raises(pg.ConfigError) as info:
         make()  # type: ignore[operator]
     assert message in str(info.value)
+
+
+_PROTOCOL_CONFIGS = (
+    UnicastConfig,
+    MulticastConfig,
+    MembershipConfig,
+    ElectionConfig,
+    ClientConfig,
+    BrokerConfig,
+    LeadConfig,
+    Grid,
+    pg.UdpConfig,
+)
+_BAD = (-1, 0, -0.5, float("nan"), float("inf"), 10**30)
+
+
+def _numeric_fields(cls: type) -> list[str]:
+    return [
+        f.name
+        for f in attrs.fields(cls)  # type: ignore[arg-type]
+        if f.init and type(f.default) in (int, float)
+    ]
+
+
+@pytest.mark.parametrize("cls", _PROTOCOL_CONFIGS, ids=lambda c: c.__name__)
+def test_range_errors_name_the_class_and_the_field(cls: type) -> None:
+    """Rule: every range check of every config class (a field's own range, or a
+    relation to another field) says ``Class.field`` of the field given, and the value:
+    ``MembershipConfig.heartbeat_interval is -1; set it above 0 seconds``. Each numeric
+    field refuses at least one of -1, 0, -0.5, nan, inf and 10**30."""
+    fields = _numeric_fields(cls)
+    assert fields, cls
+    for name in fields:
+        refused = 0
+        for bad in _BAD:
+            try:
+                cls(**{name: bad})
+            except pg.ConfigError as exc:
+                refused += 1
+                text = str(exc)
+                assert text.startswith(f"{cls.__name__}."), (name, bad, text)
+                assert name in text, (name, bad, text)
+                assert repr(bad) in text or str(bad) in text, (name, bad, text)
+        assert refused, f"{cls.__name__}.{name} took every one of {_BAD}"
+
+
+def test_the_issue_example_reads_as_promised() -> None:
+    with pytest.raises(pg.ConfigError) as info:
+        MembershipConfig(heartbeat_interval=-1)
+    assert str(info.value).startswith("MembershipConfig.heartbeat_interval")
+    assert "-1" in str(info.value)
+    with pytest.raises(pg.ConfigError) as info:
+        LeadConfig(drift=-0.5)
+    assert str(info.value) == "LeadConfig.drift must be >= 0, got -0.5"

@@ -82,9 +82,10 @@ def test_grid_prices_are_even_and_end_exactly() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "words"),
     [
-        ({"price_min": 1.0, "price_max": 1.0}, "price_min < price_max"),
-        ({"price_max": float("nan")}, "price_min < price_max"),
-        ({"points": 1}, "grid points 1"),
+        ({"price_min": 1.0, "price_max": 1.0}, r"Grid\.price_max must be a finite number above"),
+        ({"price_max": float("nan")}, r"Grid\.price_max must be a finite number above"),
+        ({"price_min": float("-inf")}, r"Grid\.price_min must be a finite number, got -inf"),
+        ({"points": 1}, r"Grid\.points: must be a whole number in 2\.\."),
         ({"points": MAX_GRID_POINTS + 1}, "datagram"),
     ],
 )

@@ -71,6 +71,8 @@ def price(**kw: Any) -> wire.Price:
         "fill": FILL_ONE // 2,
         "deficit": 0,
         "aggregate": 1,
+        "lead_epoch": 7,
+        "lead_round": 1,
     }
     fields.update(kw)
     return wire.Price(**fields)
@@ -123,11 +125,12 @@ def test_client_ignores_leader_of_other_groups_and_stale_epochs() -> None:
 
 
 def test_client_applies_price_to_acknowledged_bid() -> None:
-    """Client rule: a current price gives allocate(bid, result); includes_latest_bid is known."""
+    """Client rule: a current price gives allocate(bid, result); includes_latest_bid is known;
+    the notification names the lead's clearing the price carries (issue 19)."""
     c = client_following()
     assert c.handle(rx(BROKER, wire.BidAck(epoch=1, seq=1, aggregate=1)), 0.1) == []
     # rung 3 = 150, rung 2 = 175, half fill: 162
-    assert c.handle(rx(BROKER, price()), 1.0) == [
+    assert c.handle(rx(BROKER, price(lead_epoch=4, lead_round=11)), 1.0) == [
         PriceUpdated(
             group=CL,
             epoch=Epoch(1),
@@ -137,6 +140,8 @@ def test_client_applies_price_to_acknowledged_bid() -> None:
             allocation=162,
             includes_latest_bid=True,
             counted=True,
+            lead_epoch=Epoch(4),
+            lead_round=11,
         ),
         AllocationChanged(group=CL, allocation=162, cause="price"),
     ]
@@ -229,6 +234,8 @@ def priced_nothing(number: int) -> list[object]:
             regime=Regime.NORMAL,
             allocation=0,
             includes_latest_bid=False,
+            lead_epoch=Epoch(7),
+            lead_round=1,
         ),
         AllocationChanged(group=CL, allocation=0, cause="price"),
     ]
@@ -457,13 +464,15 @@ def test_broker_round_sends_aggregate_to_lead() -> None:
 
 
 def test_broker_multicasts_price_from_clearing() -> None:
-    """Broker rule: the lead's clearing becomes a Price with the cluster epoch and own round."""
+    """Broker rule: the lead's clearing becomes a Price with the cluster epoch and own round,
+    naming the lead's (epoch, round) of that clearing (issue 19)."""
     b = active_broker()
     b.handle(rx(ME, BID.to_message(1)), 0.1)
     b.handle(DL, 1.0)
-    assert b.handle(rx(LEAD, clearing()), 1.1) == [Multicast(message=price())]
+    out = b.handle(rx(LEAD, clearing(round=5)), 1.1)
+    assert out == [Multicast(message=price(lead_epoch=7, lead_round=5))]
     assert b.budget == 290
-    assert b.handle(rx(LEAD, clearing()), 1.2) == []  # same round
+    assert b.handle(rx(LEAD, clearing(round=5)), 1.2) == []  # same round
     assert b.stats.dropped_duplicate == 1
 
 
@@ -496,7 +505,7 @@ def test_broker_newer_lead_epoch_in_clearing_is_early() -> None:
     assert b.handle(rx(OTHER, clearing(epoch=8)), 1.1) == []
     assert (b.lead, b.stats.dropped_early) == (LEAD, 1)
     b.handle(LeaderElected(group=BROKER_GROUP, leader=OTHER, epoch=Epoch(8)), 1.2)
-    assert b.handle(rx(OTHER, clearing(epoch=8)), 1.3) == [Multicast(message=price())]
+    assert b.handle(rx(OTHER, clearing(epoch=8)), 1.3) == [Multicast(message=price(lead_epoch=8))]
     assert b.lead == OTHER
 
 
@@ -643,6 +652,8 @@ def test_broker_reclears_within_last_budget_when_lead_is_gone() -> None:
                 price=0.5 - (((35 << 32) // 62) / FILL_ONE) * 0.25,
                 fill=(35 << 32) // 62,
                 aggregate=4,
+                lead_epoch=7,  # the clearing whose budget it spends
+                lead_round=1,
             )
         ),
     ]
@@ -1243,7 +1254,8 @@ def test_broker_republishes_the_last_price_heard_when_elected() -> None:
     b = BrokerMachine(OTHER, CL, BrokerConfig(grid=GRID))
     b.handle(LeaderElected(group=CL, leader=BROKER, epoch=Epoch(1)), 0.0)
     assert b.handle(rx(ME, price(round=3)), 1.0) == []  # not the broker's: ignored
-    assert b.handle(rx(BROKER, price(round=4, regime=2, level=0, deficit=5)), 2.0) == []
+    heard = price(round=4, regime=2, level=0, deficit=5, lead_epoch=3, lead_round=9)
+    assert b.handle(rx(BROKER, heard), 2.0) == []
     assert b.stats.prices_overheard == 1
     out = b.handle(LeaderElected(group=CL, leader=OTHER, epoch=Epoch(2)), 3.0)
     assert out == [
@@ -1255,6 +1267,8 @@ def test_broker_republishes_the_last_price_heard_when_elected() -> None:
                 level=0,
                 deficit=5,
                 flags=wire.Price.FLAG_REPUBLISHED,
+                lead_epoch=3,  # the heard price's lead clearing
+                lead_round=9,
             )
         )
     ]

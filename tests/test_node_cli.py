@@ -180,6 +180,8 @@ def test_describe_gives_each_event_its_fields() -> None:
         allocation=120,
         includes_latest_bid=True,
         deficit=7,
+        lead_epoch=Epoch(2),
+        lead_round=41,
     )
     assert describe(price) == (
         "price",
@@ -188,6 +190,8 @@ def test_describe_gives_each_event_its_fields() -> None:
             "broker": None,
             "epoch": 3,
             "round": 5,
+            "lead_epoch": 2,
+            "lead_round": 41,
             "price": 0.25,
             "regime": "shortage",
             "allocation": 120,

@@ -9,8 +9,10 @@ app wrote it rather than later when a node starts.
 ``bool`` is an ``int`` in Python; these checks refuse it where a number is
 meant (``supply=True`` is a mistake, not 1 W), and refuse ``float`` where a
 whole number is meant (``supply=1.5``), and a string anywhere a number is meant.
-Relations between fields (``ack_timeout < bid_timeout``) are checked by each
-config's ``__attrs_post_init__``, after its fields, with :func:`config_error`.
+Relations between fields (``ack_timeout < bid_timeout``) and ranges that the field
+validators leave open are checked by each config's ``__attrs_post_init__``, after its
+fields, with :func:`config_error` or :func:`config_problem`; every message starts
+with ``Class.field``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from powergrid.errors import ConfigError
 
 __all__ = [
     "config_error",
+    "config_problem",
     "flag",
     "instance",
     "integer",
@@ -39,6 +42,13 @@ Validator = Callable[[Any, Any, Any], None]
 def config_error(instance: object, field: str, problem: str, value: object) -> ConfigError:
     """``ConfigError("Class.field: problem, got value")``, to raise."""
     return ConfigError(f"{type(instance).__name__}.{field}: {problem}, got {value!r}")
+
+
+def config_problem(instance: object, message: str) -> ConfigError:
+    """``ConfigError("Class.message")``, to raise: ``message`` starts with the field's
+    name (``heartbeat_interval is -1; set it above 0 seconds``), so the error names
+    the config class and the field, as a check between fields must too."""
+    return ConfigError(f"{type(instance).__name__}.{message}")
 
 
 def _units(unit: str) -> str:

@@ -857,7 +857,7 @@ class Clearing(Message):
         return None
 
 
-@_layout("IQBBdHQQQ")
+@_layout("IQBBdHQQQIQ")
 @attrs.frozen
 class Price(Message):
     """The price of round ``round`` (1, 2, ... per broker) from the broker of cluster ``epoch``.
@@ -868,6 +868,9 @@ class Price(Message):
     ``flags`` bit 0 says the broker re-cleared its cluster alone (lead lost); bit 1
     (``FLAG_REPUBLISHED``) that a new broker republished the last price it heard
     under its own epoch: it counts no bid (``aggregate`` is 1, nominal).
+    ``lead_epoch`` and ``lead_round`` name the lead broker's :class:`Clearing` the
+    price comes from: the one cleared, or for a local clearing the one whose budget
+    it spends, or for a republished price the one the heard price named.
     """
 
     TYPE: ClassVar[int] = 52
@@ -882,10 +885,14 @@ class Price(Message):
     fill: int
     deficit: int
     aggregate: int
+    lead_epoch: int
+    lead_round: int
 
     def problem(self) -> str | None:
         if self.epoch == 0 or self.round == 0 or self.aggregate == 0:
             return "epoch 0, round 0 or aggregate 0"
+        if self.lead_epoch == 0 or self.lead_round == 0:
+            return "lead_epoch 0 or lead_round 0"
         if self.flags & ~(Price.FLAG_LOCAL | Price.FLAG_REPUBLISHED):
             return f"unknown flags {self.flags:#04x}"
         return Clearing.check_result(self.regime, self.price, self.fill)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import math
 import os
@@ -69,6 +70,7 @@ Fields = dict[str, Any]
 
 EVENTS = (
     "started",
+    "metrics",
     "warning",
     "view",
     "joined",
@@ -131,6 +133,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=10.0,
         help="seconds between stats events (default 10; 0: only on the stats command)",
+    )
+    a(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve the stats counters to Prometheus on this TCP port (/metrics; "
+        "needs the prometheus extra; metric names in docs/cli.md)",
+    )
+    a(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address the metrics server binds (default 127.0.0.1: loopback only)",
     )
     a(
         "--key-file",
@@ -213,6 +227,13 @@ def build_configs(
         raise ConfigError(f"--incarnation {args.incarnation} is outside 0..2**32-1")
     if not (args.stats_interval >= 0 and math.isfinite(args.stats_interval)):
         raise ConfigError(f"--stats-interval {args.stats_interval} must be >= 0 seconds (0: off)")
+    if args.metrics_port is not None:
+        if not 0 <= args.metrics_port <= 65535:
+            raise ConfigError(f"--metrics-port {args.metrics_port} is outside 0..65535")
+        if importlib.util.find_spec("prometheus_client") is None:
+            raise ConfigError(
+                "--metrics-port needs prometheus_client: pip install 'powergrid[prometheus]'"
+            )
     node = NodeConfig(
         host=args.host,
         port=args.port,
@@ -335,6 +356,8 @@ def _price(ev: PriceUpdated, node: Node | None) -> tuple[str, Fields]:
         "broker": None if view is None else format_node(view.leader),
         "epoch": ev.epoch,
         "round": ev.round,
+        "lead_epoch": ev.lead_epoch,
+        "lead_round": ev.lead_round,
         "price": ev.price,
         "regime": ev.regime.name.lower(),
         "allocation": ev.allocation,
@@ -417,13 +440,7 @@ class Joins:
 def stats(handle: UdpHandle) -> Fields:
     """The ``stats`` event's fields: the node's :class:`~powergrid.node.NodeStats` and the
     transport's :class:`~powergrid.transports.trio_udp.UdpStats`, as of now."""
-    node = handle.endpoint
-    node_stats = attrs.asdict(node.stats) if isinstance(node, Node) else {}
-    return {
-        "groups": list(handle.groups),
-        "node_stats": node_stats,
-        "udp_stats": attrs.asdict(handle.stats),
-    }
+    return {"groups": list(handle.groups), **handle.counters()}
 
 
 class _Printer:
@@ -601,6 +618,7 @@ async def _main(args: argparse.Namespace, node: NodeConfig, udp: UdpConfig) -> N
     with (
         trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals,
         trio.CancelScope() as stop,
+        contextlib.ExitStack() as stack,
     ):
         ending = _Ending(stop)
         if args.duration is not None:
@@ -627,6 +645,10 @@ async def _main(args: argparse.Namespace, node: NodeConfig, udp: UdpConfig) -> N
                     file=sys.stderr,
                     flush=True,
                 )
+            if args.metrics_port is not None:
+                metrics = handle.serve_metrics(args.metrics_port, args.metrics_host)
+                stack.callback(metrics.close)
+                out.emit("metrics", {"url": f"http://{metrics.host}:{metrics.port}/metrics"})
             warning = supply_warning(node)
             if warning is not None:
                 out.emit("warning", {"message": warning})

@@ -146,7 +146,7 @@ from typing import Literal
 
 import attrs
 
-from powergrid._checks import flag, real
+from powergrid._checks import config_problem, flag, real
 from powergrid._dispatch import Dispatching
 from powergrid.errors import ConfigError, UsageError
 from powergrid.events import (
@@ -230,23 +230,28 @@ class ElectionConfig:
         ):
             value = getattr(self, name)
             if not math.isfinite(value):
-                raise ConfigError(f"{name} is {value}; set it to a finite number of seconds")
+                raise config_problem(
+                    self, f"{name} is {value}; set it to a finite number of seconds"
+                )
         if not math.isfinite(self.jitter) or self.jitter < 0:
-            raise ConfigError(f"jitter is {self.jitter}; set it to 0 or more seconds")
+            raise config_problem(self, f"jitter is {self.jitter}; set it to 0 or more seconds")
         for name in ("answer_timeout", "announce_interval"):
             value = getattr(self, name)
             if value <= 0:
-                raise ConfigError(f"{name} is {value}; set it above 0 seconds")
+                raise config_problem(self, f"{name} is {value}; set it above 0 seconds")
         if self.stagger < 0:
-            raise ConfigError(f"stagger is {self.stagger}; set it to 0 or more seconds")
+            raise config_problem(self, f"stagger is {self.stagger}; set it to 0 or more seconds")
         if self.max_delay < 0:
-            raise ConfigError(f"max_delay is {self.max_delay}; set it to 0 or more seconds")
+            raise config_problem(
+                self, f"max_delay is {self.max_delay}; set it to 0 or more seconds"
+            )
         if self.coordinator_timeout <= self.answer_timeout:
-            raise ConfigError(
+            raise config_problem(
+                self,
                 f"coordinator_timeout ({self.coordinator_timeout}) is not above "
                 f"answer_timeout ({self.answer_timeout}); set coordinator_timeout > "
                 "answer_timeout, since the node that answered needs answer_timeout "
-                "itself before it can announce"
+                "itself before it can announce",
             )
 
 

@@ -102,7 +102,7 @@ from typing import Any, cast
 
 import attrs
 
-from powergrid._checks import integer, real
+from powergrid._checks import config_problem, integer, real
 from powergrid._dispatch import Dispatching
 from powergrid.errors import ConfigError, PayloadTooLargeError, UsageError
 from powergrid.events import DeadlineReached, Received, Send
@@ -163,34 +163,36 @@ class UnicastConfig:
 
     def __attrs_post_init__(self) -> None:
         if self.window < 1:
-            raise ConfigError(f"window is {self.window}; set it to 1 or more")
+            raise config_problem(self, f"window is {self.window}; set it to 1 or more")
         if self.max_queue < 0:
-            raise ConfigError(f"max_queue is {self.max_queue}; set it to 0 or more")
+            raise config_problem(self, f"max_queue is {self.max_queue}; set it to 0 or more")
         for name in ("rto_initial", "rto_backoff", "rto_max", "jitter"):
             value = getattr(self, name)
             if not math.isfinite(value):
-                raise ConfigError(f"{name} is {value}; set it to a finite number")
+                raise config_problem(self, f"{name} is {value}; set it to a finite number")
         if self.rto_initial <= 0:
-            raise ConfigError(f"rto_initial is {self.rto_initial}; set it above 0 seconds")
+            raise config_problem(self, f"rto_initial is {self.rto_initial}; set it above 0 seconds")
         if self.rto_max < self.rto_initial:
-            raise ConfigError(
+            raise config_problem(
+                self,
                 f"rto_max ({self.rto_max}) is below rto_initial ({self.rto_initial}); "
-                "set rto_max >= rto_initial"
+                "set rto_max >= rto_initial",
             )
         if self.rto_backoff < 1:
-            raise ConfigError(f"rto_backoff is {self.rto_backoff}; set it to 1 or more")
+            raise config_problem(self, f"rto_backoff is {self.rto_backoff}; set it to 1 or more")
         if not 0 <= self.jitter <= 1:
-            raise ConfigError(f"jitter is {self.jitter}; set it within 0..1")
+            raise config_problem(self, f"jitter is {self.jitter}; set it within 0..1")
         if self.max_peers < 1:
-            raise ConfigError(f"max_peers is {self.max_peers}; set it to 1 or more")
+            raise config_problem(self, f"max_peers is {self.max_peers}; set it to 1 or more")
         if self.max_held < 0:
-            raise ConfigError(f"max_held is {self.max_held}; set it to 0 or more")
+            raise config_problem(self, f"max_held is {self.max_held}; set it to 0 or more")
         if self.max_attempts < 1:
-            raise ConfigError(f"max_attempts is {self.max_attempts}; set it to 1 or more")
+            raise config_problem(self, f"max_attempts is {self.max_attempts}; set it to 1 or more")
         if self.receive_window < self.window:
-            raise ConfigError(
+            raise config_problem(
+                self,
                 f"receive_window ({self.receive_window}) is below window ({self.window}); "
-                "set receive_window >= window or in-flight messages will be dropped"
+                "set receive_window >= window or in-flight messages will be dropped",
             )
 
     def give_up_time(self) -> float:

@@ -60,7 +60,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 
@@ -86,6 +86,9 @@ from powergrid.types import (
     node_id,
 )
 from powergrid.wire import HEADER_SIZE, MAGIC, WIRE_LIMIT
+
+if TYPE_CHECKING:
+    from powergrid.transports.metrics import MetricsServer
 
 __all__ = [
     "BUNDLE_MAGIC",
@@ -214,7 +217,8 @@ class UdpConfig:
         if not 1 <= self.group_port_base <= 0x10000 - self.group_ports:
             raise ConfigError(
                 f"UdpConfig.group_port_base: group ports {self.group_port_base}.."
-                f"{self.group_port_base + self.group_ports - 1}"
+                f"{self.group_port_base + self.group_ports - 1} (group_port_base "
+                f"{self.group_port_base}, group_ports {self.group_ports})"
                 " must lie within 1..65535: lower group_port_base or group_ports"
             )
 
@@ -641,6 +645,28 @@ class Driver:
         """The transport's counters (live; the node's own are ``endpoint.stats``)."""
         return self._stats
 
+    def counters(self) -> dict[str, dict[str, int]]:
+        """A copy of the node's and the transport's counters as of now:
+        ``{"node_stats": {...}, "udp_stats": {...}}``, each field by name (see
+        :class:`~powergrid.node.NodeStats` and :class:`UdpStats`; ``node_stats`` is empty
+        for an endpoint that is not a :class:`~powergrid.node.Node`). The CLI's ``stats``
+        event and the Prometheus exporter (:meth:`serve_metrics`) show these."""
+        node_stats: Any = getattr(self._endpoint, "stats", None)
+        return {
+            "node_stats": attrs.asdict(node_stats) if attrs.has(type(node_stats)) else {},
+            "udp_stats": attrs.asdict(self._stats),
+        }
+
+    def serve_metrics(self, port: int, host: str = "127.0.0.1") -> MetricsServer:
+        """Serve :meth:`counters` to Prometheus at ``http://host:port/metrics`` (a thread)
+        until the returned :class:`~powergrid.transports.metrics.MetricsServer` is
+        closed; metric names in docs/cli.md. Needs the ``prometheus`` extra
+        (``prometheus_client``): raises :class:`~powergrid.errors.LocalError` without it,
+        :class:`~powergrid.errors.ConfigError` for a port that cannot be bound."""
+        from powergrid.transports.metrics import serve_metrics  # noqa: PLC0415
+
+        return serve_metrics(self, port, host)
+
     @property
     def groups(self) -> tuple[int, ...]:
         """The groups this node has joined, sorted: subscribed to their multicast
@@ -692,9 +718,9 @@ class Driver:
         if not self._running:
             self._check_running()  # raises
         endpoint: Any = self._endpoint
-        await self._after_command(
-            self._commanded(endpoint.multicast(payload, self._now(), group=group))
-        )
+        yield_now = self._commanded(endpoint.multicast(payload, self._now(), group=group))
+        if yield_now or self._checks_every_command:  # (a stream's hot path skips the await)
+            await self._after_command(yield_now)
 
     async def send(self, to: int, payload: bytes, *, group: int | None = None) -> None:
         """``node.send(to, payload, now, group=group)``: reliable unicast to node ``to``.
@@ -1052,6 +1078,10 @@ class Driver:
     async def _wait_events(self) -> None:
         """Wait until :meth:`_wake_events` is called."""
         raise NotImplementedError
+
+    _checks_every_command = True
+    """Whether :meth:`_after_command` has work even when not yielding (trio's
+    cancellation check); if not, :meth:`multicast` skips awaiting it then."""
 
     async def _after_command(self, yield_now: bool) -> None:
         """Let other tasks run if ``yield_now``, else only check for cancellation."""

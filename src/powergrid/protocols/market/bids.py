@@ -26,7 +26,7 @@ from collections.abc import Iterable
 import attrs
 
 from powergrid import wire
-from powergrid._checks import whole
+from powergrid._checks import config_problem, real, whole
 from powergrid.errors import ConfigError
 
 __all__ = [
@@ -63,19 +63,20 @@ class Grid:
     Raises :class:`ConfigError`.
     """
 
-    price_min: float = 0.0
-    price_max: float = 1.0
-    points: int = 32
+    price_min: float = attrs.field(default=0.0, validator=real)
+    price_max: float = attrs.field(default=1.0, validator=real)
+    points: int = attrs.field(
+        default=32, validator=whole(2, MAX_GRID_POINTS, why="an Aggregate must fit one datagram")
+    )
     prices: tuple[float, ...] = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         lo, hi = self.price_min, self.price_max
-        if not (-1e300 < lo < hi < 1e300):
-            raise ConfigError(f"grid prices need finite price_min < price_max, got {lo} and {hi}")
-        if not 2 <= self.points <= MAX_GRID_POINTS:
-            raise ConfigError(
-                f"grid points {self.points} outside 2..{MAX_GRID_POINTS} "
-                "(an Aggregate must fit one datagram)"
+        if not -1e300 < lo < 1e300:
+            raise config_problem(self, f"price_min must be a finite number, got {lo}")
+        if not lo < hi < 1e300:
+            raise config_problem(
+                self, f"price_max must be a finite number above price_min ({lo}), got {hi}"
             )
         n = self.points - 1
         prices = (*(lo + (hi - lo) * k / n for k in range(n)), hi)

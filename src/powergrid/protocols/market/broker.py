@@ -8,11 +8,13 @@ holds into aggregate number ``seq`` (1, 2, ... per broker epoch) and sends it
 to the lead broker. For each :class:`~powergrid.wire.Clearing` of the current
 lead (epoch fencing: an older lead epoch is refused) that names this cluster's
 aggregate of this broker's epoch, it multicasts a :class:`~powergrid.wire.Price`
-to the cluster, stamped with its own cluster epoch and round number, carrying
-the lead's share factors unchanged. If no clearing comes for ``lead_timeout``
+to the cluster, stamped with its own cluster epoch and round number and with
+the lead's (epoch, round) of that clearing, carrying the lead's share factors
+unchanged. If no clearing comes for ``lead_timeout``
 seconds, it clears its own cluster each round within its last budget (the
 watts the lead gave the cluster last time), so the cluster never draws more
-than it was granted; with no budget yet it publishes nothing.
+than it was granted (its price names the lead's clearing that granted that
+budget); with no budget yet it publishes nothing.
 
 **Assumptions.** The node passes it ``LeaderElected`` for the cluster and for
 the broker group, ``ViewChanged`` of the cluster, and the ``Bid`` and
@@ -72,7 +74,7 @@ import bisect
 import attrs
 
 from powergrid import wire
-from powergrid._checks import instance, real
+from powergrid._checks import config_problem, instance, real
 from powergrid._dispatch import Dispatching
 from powergrid.errors import ConfigError
 from powergrid.events import (
@@ -126,30 +128,36 @@ class BrokerConfig:
 
     def __attrs_post_init__(self) -> None:
         if not self.round_interval > 0:
-            raise ConfigError(f"round_interval must be > 0 s, got {self.round_interval}")
+            raise config_problem(self, f"round_interval must be > 0 s, got {self.round_interval}")
         if not self.bid_timeout > self.round_interval:
-            raise ConfigError(
+            raise config_problem(
+                self,
                 f"bid_timeout ({self.bid_timeout} s) must exceed round_interval "
-                f"({self.round_interval} s), or bids expire between rounds"
+                f"({self.round_interval} s), or bids expire between rounds",
             )
         if not self.lead_timeout > self.round_interval:
-            raise ConfigError(
+            raise config_problem(
+                self,
                 f"lead_timeout ({self.lead_timeout} s) must exceed round_interval "
-                f"({self.round_interval} s), or every round looks like a lost lead"
+                f"({self.round_interval} s), or every round looks like a lost lead",
             )
         if not 0 <= self.band < 1:
-            raise ConfigError(f"band must be in [0, 1), got {self.band}")
+            raise config_problem(self, f"band must be in [0, 1), got {self.band}")
         if not 0 < self.gather <= self.round_interval:
-            raise ConfigError(
-                f"gather must be in (0, round_interval={self.round_interval}] s, got {self.gather}"
+            raise config_problem(
+                self,
+                f"gather must be in (0, round_interval={self.round_interval}] s, got {self.gather}",
             )
         if not 0 <= self.repeat_after < self.round_interval:
-            raise ConfigError(
+            raise config_problem(
+                self,
                 f"repeat_after must be in [0, round_interval={self.round_interval}) s, "
-                f"got {self.repeat_after}"
+                f"got {self.repeat_after}",
             )
         if not self.republish_within >= 0:
-            raise ConfigError(f"republish_within must be >= 0 s, got {self.republish_within}")
+            raise config_problem(
+                self, f"republish_within must be >= 0 s, got {self.republish_within}"
+            )
 
 
 @attrs.define
@@ -201,6 +209,7 @@ class BrokerMachine(Dispatching):
         "_bids",
         "_brokers",
         "_budget",
+        "_budget_from",
         "_cluster",
         "_config",
         "_heard",
@@ -247,6 +256,7 @@ class BrokerMachine(Dispatching):
         self._lead_round = 0
         self._lead_heard_at = 0.0
         self._budget: int | None = None
+        self._budget_from = (0, 0)  # the lead's (epoch, round) that granted _budget
         self._round_at: float | None = None
         self._repeat = Repeater(self._config.repeat_after)  # each price, sent twice
         self._price_round = 0
@@ -468,6 +478,7 @@ class BrokerMachine(Dispatching):
             return []
         self._lead_round = msg.round
         self._budget = entry.budget
+        self._budget_from = (msg.epoch, msg.round)
         self._local_regime = result.regime
         out: list[object] = [self._price(result, entry.aggregate, local=False)]
         self._repeat.arm(out, now)
@@ -548,6 +559,8 @@ class BrokerMachine(Dispatching):
                     fill=msg.fill,
                     deficit=msg.deficit,
                     aggregate=1,
+                    lead_epoch=msg.lead_epoch,
+                    lead_round=msg.lead_round,
                 )
             )
         ]
@@ -562,6 +575,7 @@ class BrokerMachine(Dispatching):
         self._lead_round = 0
         self._lead_heard_at = now
         self._budget = None
+        self._budget_from = (0, 0)
         self._local_regime = None
         self._local = False
         self._round_at = now + self._config.gather
@@ -600,5 +614,7 @@ class BrokerMachine(Dispatching):
                 fill=result.fill,
                 deficit=result.deficit,
                 aggregate=aggregate,
+                lead_epoch=self._budget_from[0],
+                lead_round=self._budget_from[1],
             )
         )

@@ -104,9 +104,9 @@ from typing import Literal
 import attrs
 
 from powergrid import wire
-from powergrid._checks import flag, instance, real
+from powergrid._checks import config_problem, flag, instance, real
 from powergrid._dispatch import Dispatching
-from powergrid.errors import ConfigError, UsageError
+from powergrid.errors import UsageError
 from powergrid.events import DeadlineReached, LeaderElected, Received, SendReliable
 from powergrid.protocols.leadership import Leadership, Verdict
 from powergrid.protocols.market.bids import DEFAULT_GRID, Bid, Grid
@@ -145,6 +145,10 @@ class PriceUpdated:
     ``carried``: the price allocated nothing (not counted) but the server keeps
     the cap of a previous broker's counted price in force, on its lease (see
     "A cap outlives its broker"), so its cap stays above ``allocation``.
+    ``epoch`` and ``round`` are the cluster broker's (``round`` restarts at 1 with a
+    new broker); ``lead_epoch`` and ``lead_round`` name the lead broker's clearing
+    the price comes from (:class:`~powergrid.wire.Price`; 0 only where a test builds
+    the notification by hand).
     """
 
     group: GroupId
@@ -158,6 +162,8 @@ class PriceUpdated:
     local: bool = False
     counted: bool = False
     carried: bool = False
+    lead_epoch: Epoch = attrs.field(default=Epoch(0))
+    lead_round: int = 0
 
 
 @attrs.frozen(kw_only=True)
@@ -185,15 +191,20 @@ class ClientConfig:
 
     def __attrs_post_init__(self) -> None:
         if not self.refresh_interval > 0:
-            raise ConfigError(f"refresh_interval must be > 0 s, got {self.refresh_interval}")
+            raise config_problem(
+                self, f"refresh_interval must be > 0 s, got {self.refresh_interval}"
+            )
         if not self.lease > 0:
-            raise ConfigError(f"lease must be > 0 s, got {self.lease}")
+            raise config_problem(self, f"lease must be > 0 s, got {self.lease}")
         if not 0 <= self.raise_after < self.lease:
-            raise ConfigError(f"raise_after must be in [0, lease) s, got {self.raise_after}")
+            raise config_problem(
+                self, f"raise_after must be in [0, lease) s, got {self.raise_after}"
+            )
         if not self.ack_timeout > self.refresh_interval:
-            raise ConfigError(
+            raise config_problem(
+                self,
                 f"ack_timeout ({self.ack_timeout} s) must exceed refresh_interval "
-                f"({self.refresh_interval} s), or acks go stale between refreshes"
+                f"({self.refresh_interval} s), or acks go stale between refreshes",
             )
 
 
@@ -456,6 +467,8 @@ class ClientMachine(Dispatching):
             local=bool(msg.flags & wire.Price.FLAG_LOCAL),
             counted=bool(seq),
             carried=carried,
+            lead_epoch=Epoch(msg.lead_epoch),
+            lead_round=msg.lead_round,
         )
         self._release = None  # a newer price replaces a raise not applied yet
         after = self._config.raise_after

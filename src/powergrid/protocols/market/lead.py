@@ -105,9 +105,9 @@ from __future__ import annotations
 import attrs
 
 from powergrid import wire
-from powergrid._checks import instance, real, whole
+from powergrid._checks import config_problem, instance, real, whole
 from powergrid._dispatch import Dispatching
-from powergrid.errors import ConfigError, UsageError
+from powergrid.errors import UsageError
 from powergrid.events import DeadlineReached, LeaderElected, Multicast, Received
 from powergrid.protocols.leadership import Leadership, Verdict
 from powergrid.protocols.market.bids import DEFAULT_GRID, Grid
@@ -216,34 +216,40 @@ class LeadConfig:
 
     def __attrs_post_init__(self) -> None:
         if not self.round_interval > 0:
-            raise ConfigError(f"round_interval must be > 0 s, got {self.round_interval}")
+            raise config_problem(self, f"round_interval must be > 0 s, got {self.round_interval}")
         if not self.aggregate_timeout > self.round_interval:
-            raise ConfigError(
+            raise config_problem(
+                self,
                 f"aggregate_timeout ({self.aggregate_timeout} s) must exceed round_interval "
-                f"({self.round_interval} s), or live clusters drop out between rounds"
+                f"({self.round_interval} s), or live clusters drop out between rounds",
             )
         if not self.reserve_timeout >= 0:
-            raise ConfigError(f"reserve_timeout must be >= 0 s, got {self.reserve_timeout}")
-        if not 0 <= self.band < 1:
-            raise ConfigError(f"band must be in [0, 1), got {self.band}")
-        if not 0 < self.gather <= self.round_interval:
-            raise ConfigError(
-                f"gather must be in (0, round_interval={self.round_interval}] s, got {self.gather}"
+            raise config_problem(
+                self, f"reserve_timeout must be >= 0 s, got {self.reserve_timeout}"
             )
-        if not (self.lease > 0 and self.lease_margin >= 0 and self.drift >= 0):
-            raise ConfigError(
-                f"lease ({self.lease} s) must be > 0, lease_margin ({self.lease_margin} s) "
-                f"and drift ({self.drift}) >= 0"
+        if not 0 <= self.band < 1:
+            raise config_problem(self, f"band must be in [0, 1), got {self.band}")
+        if not 0 < self.gather <= self.round_interval:
+            raise config_problem(
+                self,
+                f"gather must be in (0, round_interval={self.round_interval}] s, got {self.gather}",
             )
         if not 0 <= self.repeat_after < self.round_interval:
-            raise ConfigError(
+            raise config_problem(
+                self,
                 f"repeat_after must be in [0, round_interval={self.round_interval}) s, "
-                f"got {self.repeat_after}"
+                f"got {self.repeat_after}",
             )
+        if not self.lease > 0:
+            raise config_problem(self, f"lease must be > 0 s, got {self.lease}")
+        for name in ("lease_margin", "drift"):
+            value = getattr(self, name)
+            if not value >= 0:
+                raise config_problem(self, f"{name} must be >= 0, got {value}")
         for name in ("provisioned", "floor_provision"):
             value = getattr(self, name)
             if type(value) is not int or value < 0:
-                raise ConfigError(f"{name} must be an int >= 0, got {value!r}")
+                raise config_problem(self, f"{name} must be an int >= 0, got {value!r}")
 
     @property
     def hold(self) -> float:

@@ -19,8 +19,7 @@ import math
 
 import attrs
 
-from powergrid._checks import integer, real
-from powergrid.errors import ConfigError
+from powergrid._checks import config_problem, integer, real
 
 __all__ = ["LEADER_TICKS", "SUSPECT_TICKS", "MembershipConfig"]
 
@@ -90,60 +89,70 @@ class MembershipConfig:
         for name in floats:
             value = getattr(self, name)
             if not math.isfinite(value):
-                raise ConfigError(f"{name} is {value}; set it to a finite number")
+                raise config_problem(self, f"{name} is {value}; set it to a finite number")
         hb = self.heartbeat_interval
         if hb <= 0:
-            raise ConfigError(f"heartbeat_interval is {hb}; set it above 0 seconds")
+            raise config_problem(self, f"heartbeat_interval is {hb}; set it above 0 seconds")
         if self.suspect_timeout <= hb:
-            raise ConfigError(
+            raise config_problem(
+                self,
                 f"suspect_timeout ({self.suspect_timeout}) must exceed heartbeat_interval "
                 f"({hb}), or members are suspected between two heartbeats; "
-                "set it to 2-3 heartbeat intervals or more"
+                "set it to 2-3 heartbeat intervals or more",
             )
         if self.removal_timeout < hb:
-            raise ConfigError(
+            raise config_problem(
+                self,
                 f"removal_timeout ({self.removal_timeout}) is below heartbeat_interval "
-                f"({hb}): a suspect would be removed before one probe; set it >= {hb}"
+                f"({hb}): a suspect would be removed before one probe; set it >= {hb}",
             )
         if self.leader_timeout <= hb:
-            raise ConfigError(
+            raise config_problem(
+                self,
                 f"leader_timeout ({self.leader_timeout}) must exceed heartbeat_interval "
                 f"({hb}), or the leader is lost between two heartbeats; "
-                "set it to 3 heartbeat intervals or more"
+                "set it to 3 heartbeat intervals or more",
             )
         if self.join_timeout < self.leader_timeout:
-            raise ConfigError(
+            raise config_problem(
+                self,
                 f"join_timeout ({self.join_timeout}) is below leader_timeout "
                 f"({self.leader_timeout}): a joiner would start an election before a member "
-                "would; set join_timeout >= leader_timeout"
+                "would; set join_timeout >= leader_timeout",
             )
         if self.join_retry <= 0:
-            raise ConfigError(f"join_retry is {self.join_retry}; set it above 0 seconds")
+            raise config_problem(self, f"join_retry is {self.join_retry}; set it above 0 seconds")
         if self.join_backoff < 1:
-            raise ConfigError(f"join_backoff is {self.join_backoff}; set it to 1 or more")
+            raise config_problem(self, f"join_backoff is {self.join_backoff}; set it to 1 or more")
         if self.join_retry_max < self.join_retry:
-            raise ConfigError(
+            raise config_problem(
+                self,
                 f"join_retry_max ({self.join_retry_max}) is below join_retry "
-                f"({self.join_retry}); set join_retry_max >= join_retry"
+                f"({self.join_retry}); set join_retry_max >= join_retry",
             )
         if not 0 <= self.join_jitter <= 1:
-            raise ConfigError(f"join_jitter is {self.join_jitter}; set it within 0..1")
+            raise config_problem(self, f"join_jitter is {self.join_jitter}; set it within 0..1")
         if self.size_factor < 0:
-            raise ConfigError(f"size_factor is {self.size_factor}; set it to 0 or more")
+            raise config_problem(self, f"size_factor is {self.size_factor}; set it to 0 or more")
         if self.max_ack_rate < 0:
-            raise ConfigError(
-                f"max_ack_rate is {self.max_ack_rate}; set it to 0 (no limit) or more"
+            raise config_problem(
+                self, f"max_ack_rate is {self.max_ack_rate}; set it to 0 (no limit) or more"
             )
         if self.lone_heartbeat_interval < hb:
-            raise ConfigError(
+            raise config_problem(
+                self,
                 f"lone_heartbeat_interval ({self.lone_heartbeat_interval}) is below "
                 f"heartbeat_interval ({hb}); set it >= {hb} (a lone leader beats no more "
-                "often than one with members)"
+                "often than one with members)",
             )
         if self.indirect_probes < 0:
-            raise ConfigError(f"indirect_probes is {self.indirect_probes}; set it to 0 or more")
+            raise config_problem(
+                self, f"indirect_probes is {self.indirect_probes}; set it to 0 or more"
+            )
         if self.departure_memory < 1:
-            raise ConfigError(f"departure_memory is {self.departure_memory}; set it to 1 or more")
+            raise config_problem(
+                self, f"departure_memory is {self.departure_memory}; set it to 1 or more"
+            )
 
     def scale(self, n: int) -> float:
         """``1 + size_factor * log2(n)``, the factor of the scaled timeouts for ``n`` members."""

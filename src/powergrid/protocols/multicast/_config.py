@@ -17,8 +17,7 @@ from typing import Final
 
 import attrs
 
-from powergrid._checks import integer, real
-from powergrid.errors import ConfigError
+from powergrid._checks import config_problem, integer, real
 from powergrid.events import Multicast
 from powergrid.types import Incarnation, NodeId
 from powergrid.wire import HEADER_SIZE, MAX_DATAGRAM, Data, Xmit, record_builder
@@ -89,39 +88,51 @@ class MulticastConfig:
         ):
             value = getattr(self, name)
             if not math.isfinite(value):
-                raise ConfigError(f"{name} is {value}; set it to a finite number")
+                raise config_problem(self, f"{name} is {value}; set it to a finite number")
         if self.nak_delay < 0:
-            raise ConfigError(f"nak_delay is {self.nak_delay}; set it to 0 seconds or more")
+            raise config_problem(
+                self, f"nak_delay is {self.nak_delay}; set it to 0 seconds or more"
+            )
         for name in ("nak_interval", "status_interval", "stable_interval"):
             if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} is {getattr(self, name)}; set it above 0 seconds")
+                raise config_problem(
+                    self, f"{name} is {getattr(self, name)}; set it above 0 seconds"
+                )
         if self.nak_delay > self.nak_interval:
-            raise ConfigError(
+            raise config_problem(
+                self,
                 f"nak_delay ({self.nak_delay}) is above nak_interval ({self.nak_interval}); "
-                "set nak_delay <= nak_interval (the first Nak must not wait longer than a repeat)"
+                "set nak_delay <= nak_interval (the first Nak must not wait longer than a repeat)",
             )
         if not 0 <= self.status_jitter < 1:
-            raise ConfigError(f"status_jitter is {self.status_jitter}; set it within 0..1 (not 1)")
+            raise config_problem(
+                self, f"status_jitter is {self.status_jitter}; set it within 0..1 (not 1)"
+            )
         if self.nak_escalate_after < 0:
-            raise ConfigError(
-                f"nak_escalate_after is {self.nak_escalate_after}; set it to 0 or more"
+            raise config_problem(
+                self, f"nak_escalate_after is {self.nak_escalate_after}; set it to 0 or more"
             )
         for name in ("max_nak_range", "max_held", "max_buffer"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{name} is {getattr(self, name)}; set it to 1 or more")
+                raise config_problem(self, f"{name} is {getattr(self, name)}; set it to 1 or more")
         if self.max_xmit_per_interval < self.max_nak_range:
-            raise ConfigError(
+            raise config_problem(
+                self,
                 f"max_xmit_per_interval ({self.max_xmit_per_interval}) is below max_nak_range "
-                f"({self.max_nak_range}); set it >= max_nak_range so one Nak can be answered"
+                f"({self.max_nak_range}); set it >= max_nak_range so one Nak can be answered",
             )
         if self.stable_repeats < 0:
-            raise ConfigError(f"stable_repeats is {self.stable_repeats}; set it to 0 or more")
+            raise config_problem(
+                self, f"stable_repeats is {self.stable_repeats}; set it to 0 or more"
+            )
         least_grace = self.nak_delay + (self.nak_escalate_after + 1) * self.nak_interval
         if self.flush_grace < least_grace:
-            raise ConfigError(
-                f"flush_grace ({self.flush_grace}) is below nak_delay + "
-                f"(nak_escalate_after + 1) * nak_interval ({least_grace:g}); raise it so "
-                "survivors can ask the group for a departed origin's last messages"
+            raise config_problem(
+                self,
+                f"flush_grace ({self.flush_grace}) is below nak_delay ({self.nak_delay}) + "
+                f"(nak_escalate_after ({self.nak_escalate_after}) + 1) * nak_interval "
+                f"({self.nak_interval}) = {least_grace:g}; raise it so "
+                "survivors can ask the group for a departed origin's last messages",
             )
 
 
