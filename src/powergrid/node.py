@@ -85,7 +85,7 @@ reuses its datagram.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import attrs
@@ -134,6 +134,7 @@ from powergrid.protocols.membership import (
     MembershipMachine,
 )
 from powergrid.protocols.multicast import Deliver, MulticastConfig, MulticastMachine, Publish
+from powergrid.protocols.order import OrderConfig, OrderedPublish, TotalOrderMachine
 from powergrid.protocols.unicast import (
     DeliverUnicast,
     PeerGone,
@@ -155,6 +156,8 @@ from powergrid.types import (
 from powergrid.wire import (
     HEADER_SIZE,
     KIND_APP,
+    KIND_ORDER_CLOCK,
+    KIND_ORDERED,
     MAGIC,
     REALM_OFFSET,
     VERSION,
@@ -188,6 +191,15 @@ class _DEFAULTS:
     client = ClientConfig()
     broker = BrokerConfig()
     lead = LeadConfig()
+    order = OrderConfig()
+
+
+def _group_set(value: Iterable[int]) -> frozenset[int]:
+    """``NodeConfig.total_order`` as a frozenset; its members are checked after."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        problem = "must be a set of group ids (the cluster's, 0 for the broker group)"
+        raise ConfigError(f"NodeConfig.total_order: {problem}, got {value!r}")
+    return frozenset(value)
 
 
 @attrs.frozen(kw_only=True)
@@ -238,6 +250,15 @@ class NodeConfig:
     keyring: Keyring | None = attrs.field(default=None, validator=optional(Keyring))
     """Group keys: sign every datagram and refuse unsigned, forged and replayed
     ones (see :mod:`powergrid.auth`). None: no authentication, flags 0."""
+    total_order: frozenset[int] = attrs.field(default=frozenset(), converter=_group_set)
+    """The groups whose app multicasts are delivered in **total order** (any two
+    members that deliver two messages deliver them in the same order; see
+    :mod:`powergrid.protocols.order`): group ids, the cluster's (``cluster``) and/or
+    the broker group's (0). Empty (the default): FIFO per sender only. Every member
+    of a group must agree: a node without the option drops the ordered messages
+    (counted in ``stats.unroutable``)."""
+    order: OrderConfig = attrs.field(default=_DEFAULTS.order, validator=instance(OrderConfig))
+    """Settings of total order, for the groups in ``total_order``."""
 
     def __attrs_post_init__(self) -> None:
         try:
@@ -259,6 +280,10 @@ class NodeConfig:
         bad = realm_problem(self.realm)
         if bad is not None:
             raise ConfigError(f"NodeConfig.{bad}")
+        for group in sorted(self.total_order, key=repr):
+            if type(group) is not int or not 0 <= group < 2**32:
+                problem = "must hold group ids (ints 0..2**32-1: the cluster, 0 for brokers)"
+                raise config_error(self, "total_order", problem, group)
 
     @property
     def node_id(self) -> NodeId:
@@ -330,6 +355,7 @@ class _Stack:
         "members",
         "membership",
         "multicast",
+        "order",
         "own",
         "removed",
         "unicast",
@@ -357,10 +383,18 @@ class _Stack:
             group=group,
             rng=rng,
         )
-        self.own: tuple[Any, ...] = (self.unicast, self.multicast, self.membership, self.election)
+        group_own = (self.unicast, self.multicast, self.membership, self.election)
         self.members: tuple[Member, ...] = ()  # the last view's, for MemberJoined / MemberLeft
         self.removed: dict[int, Any] = {}  # node -> MemberRemoved reason, until the next view
-        self.machines: tuple[Any, ...] = self.own + market  # indexed by role
+        self.machines: tuple[Any, ...] = group_own + market  # indexed by role
+        # Total order, if the group has it: a layer over the multicast, outside the roles
+        # (the node hands it the app's multicasts, the ordered deliveries and the views).
+        self.order = (
+            TotalOrderMachine(cfg.order, me=me, incarnation=inc)
+            if group in cfg.total_order
+            else None
+        )
+        self.own: tuple[Any, ...] = group_own if self.order is None else (*group_own, self.order)
 
 
 def _leads(stack: _Stack) -> bool:
@@ -757,15 +791,22 @@ class Node:
         return best
 
     def multicast(self, payload: bytes, now: float, *, group: int | None = None) -> list[Output]:
-        """Multicast application bytes to ``group`` (default: the cluster), reliably, FIFO.
+        """Multicast application bytes to ``group`` (default: the cluster), reliably, FIFO;
+        in total order if the group is in ``config.total_order``.
 
         Raises :class:`UsageError` if the node is not in that group and
-        :class:`~powergrid.errors.PayloadTooLargeError` if the payload is too large.
+        :class:`~powergrid.errors.PayloadTooLargeError` if the payload is too large
+        (above :data:`~powergrid.protocols.multicast.MAX_MULTICAST_PAYLOAD` bytes, or
+        :data:`~powergrid.protocols.order.MAX_ORDERED_PAYLOAD` in an ordered group).
         """
         stack = self._home if group is None else None  # (the cluster's, the common case)
         if stack is None:
             stack = self._stack_or_raise(group)
         out: list[Output] = []
+        order = stack.order
+        if order is not None:  # a totally ordered group: the order layer numbers it
+            self._run(stack, self._call(order, OrderedPublish(payload=payload), now), now, out)
+            return out
         publish = _new_publish(KIND_APP, payload)
         self._run(stack, self._call(stack.multicast, publish, now), now, out)
         return out
@@ -978,10 +1019,24 @@ class Node:
     def _on_deliver(
         self, stack: _Stack, act: Deliver, now: float, queue: list[Any], out: list[Output]
     ) -> None:
-        if act.kind == KIND_APP:
+        kind = act.kind
+        if kind == KIND_APP:
             out.append(_new_delivered(stack.group, act.origin, act.seq, act.payload))
             return
+        if kind in (KIND_ORDERED, KIND_ORDER_CLOCK):
+            order = stack.order
+            if order is None:  # a peer orders a group this node does not
+                self._stats.unroutable += 1
+            else:
+                queue.extend(self._call(order, act, now))
+            return
         self._inner(stack, act.origin, act.incarnation, act.kind, act.payload, now, queue, out)
+
+    def _on_publish(
+        self, stack: _Stack, act: Publish, now: float, queue: list[Any], out: list[Output]
+    ) -> None:
+        """The order layer's message for the group: the multicast carries it."""
+        queue.extend(self._call(stack.multicast, act, now))
 
     def _on_deliver_unicast(
         self, stack: _Stack, act: DeliverUnicast, now: float, queue: list[Any], out: list[Output]
@@ -997,6 +1052,8 @@ class Node:
         """Pass the view on, then a :class:`MemberJoined` / :class:`MemberLeft` for each
         other member that came or went since the group's previous view."""
         out.append(act)
+        if stack.order is not None:  # the order layer waits on the view's members
+            queue.extend(self._call(stack.order, act, now))
         members = act.view.members
         came, gone = _view_changes(stack.group, stack.members, members)
         stack.members = members
@@ -1082,6 +1139,8 @@ NOTES: dict[type[Any], Note] = {
     # client re-sends its bid to it, or the bid is dropped (issue 16).
     LeaderElected: Note((MEMBERSHIP, BROKER, LEAD, CLIENT), then=Node._follow_cluster_leader),
     Deliver: Note(then=Node._on_deliver, to_app=False),
+    # the order layer's messages (totally ordered groups), for the multicast to carry
+    Publish: Note(then=Node._on_publish, to_app=False),
     DeliverUnicast: Note(then=Node._on_deliver_unicast, to_app=False),
 }
 """Notification type -> what the node does with it. A type not here goes to the app only."""
