@@ -33,7 +33,7 @@ from powergrid.sim.invariants import (
     app_payload,
 )
 from powergrid.sim.memory import MemoryNetwork
-from powergrid.types import GroupId, Incarnation, NodeId
+from powergrid.types import Epoch, GroupId, Incarnation, NodeId
 from powergrid.wire import KIND_APP, KIND_ORDER_CLOCK, KIND_ORDERED
 
 A, B, C = NodeId(1), NodeId(2), NodeId(3)
@@ -45,7 +45,9 @@ def view(view_id: int, *nodes: NodeId, inc: int = 1) -> ViewChanged:
         Member(node=n, incarnation=Incarnation(inc), rank=0, broker_capable=True) for n in nodes
     )
     return ViewChanged(
-        view=View(group=GroupId(1), view_id=view_id, leader=max(nodes), epoch=1, members=members)
+        view=View(
+            group=GroupId(1), view_id=view_id, leader=max(nodes), epoch=Epoch(1), members=members
+        )
     )
 
 

@@ -62,6 +62,15 @@ which live once per node. Actions go through one work queue per stack:
   Clearing, the broker's own client its Price), and sends to ourselves never
   touch the network. Leaving the broker group steps the lead broker down.
 
+**Total order** is an option per group (``NodeConfig.total_order``): such a stack
+also has a :class:`~powergrid.protocols.order.TotalOrderMachine` (``stack.order``,
+outside the roles, last in ``stack.own``), a layer over the multicast machine. The
+app's multicasts go to it (``OrderedPublish``); the multicast ``Publish`` commands it
+returns go to the multicast machine (:data:`NOTES`); the multicast's deliveries of the
+ordered kinds go back to it, and the app gets what it delivers in order; it sees each
+view after the multicast does. A group without the option has no such machine and
+runs exactly as before.
+
 The node keeps no timers of its own: ``next_deadline()`` is the earliest of
 its machines' deadlines, and ``handle_deadline(now)`` wakes those that are due.
 Every call of a machine goes through one place, :meth:`Node._call`, which notes

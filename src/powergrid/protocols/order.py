@@ -91,6 +91,7 @@ from powergrid._dispatch import Dispatching
 from powergrid.errors import ConfigError, PayloadTooLargeError, UsageError
 from powergrid.events import DeadlineReached, View, ViewChanged, member_maps
 from powergrid.protocols.multicast import MAX_MULTICAST_PAYLOAD, Deliver, Publish
+from powergrid.protocols.multicast._config import new_deliver
 from powergrid.types import Incarnation, NodeId
 from powergrid.wire import KIND_APP, KIND_ORDER_CLOCK, KIND_ORDERED
 
@@ -360,15 +361,7 @@ class TotalOrderMachine(Dispatching):
                 continue
             self._last = key
             stats.delivered += 1
-            out.append(
-                Deliver(
-                    origin=NodeId(origin),
-                    incarnation=Incarnation(inc),
-                    seq=n,
-                    kind=KIND_APP,
-                    payload=payload,
-                )
-            )
+            out.append(new_deliver(origin, inc, n, KIND_APP, payload))
 
     # ------------------------------------------------------------ views, timers
 
