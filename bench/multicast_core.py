@@ -210,7 +210,7 @@ def run_network(
     drop = (lambda src, dst, data: rng.random() < loss) if loss else None
     net = MemoryNetwork(seed=seed, latency=0.0005, drop=drop, keep_log=False)
     eps = [endpoint(n, view, random.Random(seed * 1000 + i)) for i, n in enumerate(view.nodes)]
-    for ep in eps:
+    for ep in eps[::-1]:  # the receivers first: all listen before the sender's first datagram
         net.add(ep)
     batch = 10
     gc.collect()  # the previous run's garbage is not this run's cost
