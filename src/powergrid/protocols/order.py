@@ -107,6 +107,8 @@ _CLOCK = struct.Struct("!QQ")  # ts, view id of the sender's view
 _APP = struct.Struct("!QQQ")  # ts, view id, n
 MAX_ORDERED_PAYLOAD: Final = MAX_MULTICAST_PAYLOAD - _APP.size
 """The largest payload one :class:`OrderedPublish` can carry (bytes)."""
+MAX_TS: Final = (1 << 64) - 1
+"""The largest timestamp a header can carry."""
 MAX_JUMP: Final = 1 << 40
 """A timestamp further than this above the receiver's clock is implausible (a forged or
 corrupted header): dropped and counted, so it cannot push the clocks to their end."""
@@ -177,6 +179,7 @@ class TotalOrderMachine(Dispatching):
         "_clock",
         "_clock_due",
         "_config",
+        "_floor",
         "_heard",
         "_held",
         "_hold_until",
@@ -213,6 +216,7 @@ class TotalOrderMachine(Dispatching):
         # (ts, origin, incarnation, n, payload), smallest key first
         self._pending: list[tuple[int, int, int, int, bytes]] = []
         self._passed: dict[tuple[int, int], int] = {}  # (origin, incarnation) -> ts received
+        self._floor: int | None = None  # _least_passed(), kept; None: to compute again
         self._heard: dict[tuple[int, int], int] = {}  # (origin, incarnation) -> view id stamped
         self._members: dict[int, int] = {}  # node -> incarnation, the view's
         self._view: View | None = None
@@ -316,8 +320,12 @@ class TotalOrderMachine(Dispatching):
                 return []
             self._clock = max(self._clock, ts)
             life = (origin, inc)
-            if ts > self._passed.get(life, -1):
+            before = self._passed.get(life, -1)
+            if ts > before:
                 self._passed[life] = ts
+                floor = self._floor
+                if floor is not None and before <= floor:  # it may have held the floor
+                    self._floor = None
             if view_id > self._heard.get(life, -1):
                 self._heard[life] = view_id
         out: list[Any] = []
@@ -343,17 +351,13 @@ class TotalOrderMachine(Dispatching):
         pending = self._pending
         if not pending or self._view is None:  # no view: nobody known to wait for
             return
-        me = self._me
-        passed = self._passed
-        floor: int | None = None
-        for node, inc in self._members.items():
-            if node == me:
-                continue
-            ts = passed.get((node, inc), -1)
-            if floor is None or ts < floor:
-                floor = ts
+        floor = self._floor
+        if floor is None:
+            floor = self._floor = self._least_passed()
+        if pending[0][0] > floor:
+            return
         stats = self._stats
-        while pending and (floor is None or pending[0][0] <= floor):
+        while pending and pending[0][0] <= floor:
             ts, origin, inc, n, payload = heapq.heappop(pending)
             key = (ts, origin, inc, n)
             if key <= self._last:  # (defensive: pushed keys are above it)
@@ -362,6 +366,19 @@ class TotalOrderMachine(Dispatching):
             self._last = key
             stats.delivered += 1
             out.append(new_deliver(origin, inc, n, KIND_APP, payload))
+
+    def _least_passed(self) -> int:
+        """The least timestamp every other listed life passed (rule O2; -1: one passed
+        nothing; no other member: no limit). Kept in ``_floor`` until a life that may
+        hold it passes further or the view changes."""
+        me = self._me
+        passed = self._passed
+        floor = MAX_TS
+        for node, inc in self._members.items():
+            if node != me:
+                ts = passed.get((node, inc), -1)
+                floor = min(floor, ts)
+        return floor
 
     # ------------------------------------------------------------ views, timers
 
@@ -373,6 +390,7 @@ class TotalOrderMachine(Dispatching):
         self._members = members
         lives = set(members.items())
         self._passed = {k: v for k, v in self._passed.items() if k in lives}
+        self._floor = None
         self._heard = {k: v for k, v in self._heard.items() if k in lives}
         out: list[Any] = []
         admitted = any(old.get(node) != inc for node, inc in members.items())
