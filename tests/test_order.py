@@ -38,7 +38,7 @@ from powergrid.types import Epoch, GroupId, Incarnation, NodeId
 from powergrid.wire import KIND_APP, KIND_ORDER_CLOCK, KIND_ORDERED
 
 A, B, C = NodeId(1), NodeId(2), NodeId(3)
-CFG = OrderConfig(clock_delay=0.125, sync_wait=0.5)
+CFG = OrderConfig(clock_delay=0.125, sync_wait=0.5, depart_wait=0.25)
 
 
 def view(view_id: int, *nodes: NodeId, inc: int = 1) -> ViewChanged:
@@ -177,10 +177,24 @@ def test_rule_o4_a_member_admitted_later_makes_everyone_exchange_clocks_again() 
 def test_rule_o5_a_message_below_the_last_delivered_key_is_never_delivered() -> None:
     m = synced(A, B)
     m.handle(view(2, A, B, C), 0.0)  # (clocks of C not needed to deliver)
-    m.handle(view(3, A, B), 0.0)  # C removed
-    assert delivered(m.handle(app(B, 9, 1, b"b"), 0.0)) == [(B, 1, b"b")]
-    assert delivered(m.handle(app(C, 5, 1, b"c"), 0.0)) == []  # below (9, B): late
+    m.handle(view(3, A, B), 0.0)  # C removed: still waited for until 0.25 (rule O2)
+    assert delivered(m.handle(app(B, 9, 1, b"b"), 0.0)) == []
+    assert [k for k, _ in sent(m.handle(DeadlineReached(), 0.125))] == [KIND_ORDER_CLOCK]
+    assert m.next_deadline() == 0.25
+    assert delivered(m.handle(DeadlineReached(), 0.25)) == [(B, 1, b"b")]
+    assert delivered(m.handle(app(C, 5, 1, b"c"), 0.5)) == []  # below (9, B): late
     assert m.stats.late == 1
+
+
+def test_rule_o2_a_life_that_left_is_waited_for_its_last_messages() -> None:
+    m = synced(A, B, C)
+    m.handle(view(2, A, B), 1.0)  # C left (crashed): its last message is still on its way
+    assert delivered(m.handle(app(B, 9, 1, b"b"), 1.0)) == []
+    out = m.handle(app(C, 5, 1, b"c"), 1.125)  # repaired from a member that had it
+    assert delivered(out) == [(C, 1, b"c")]  # in its place; (9, B) waits for C to pass 9
+    assert delivered(m.handle(DeadlineReached(), 1.25)) == [(B, 1, b"b")]
+    assert delivered(m.handle(app(C, 6, 2, b"c2"), 1.0)) == []  # (too late: below 9)
+    assert m.next_deadline() is None
 
 
 def test_rule_o6_pending_is_bounded_by_dropping_the_highest_key() -> None:

@@ -28,7 +28,9 @@ increasing keys, and a message sent after receiving m has a key above m's.
 *passed* it: this node has received (in FIFO order) a message of that life with a
 timestamp ``>= ts``. FIFO order means nothing of that life with a smaller key can
 still come, so within a view nothing is late. This node's own later messages are
-above anything it received (rule O1), so it never waits for itself.
+above anything it received (rule O1), so it never waits for itself. A life that
+leaves the view is still waited for ``depart_wait`` (its last messages may still
+come through the multicast's repair from members that have them), then no more.
 
 *Rule O3 (clock messages).* A member that receives an app message with a timestamp
 at or above the last it sent owes the group a sign that it passed it: unless it
@@ -127,11 +129,15 @@ class OrderConfig:
     sync_wait: float = attrs.field(default=2.0, validator=real)
     """How long a new member life holds its first publications at most while it waits
     for the other members' clocks (rule O4)."""
+    depart_wait: float = attrs.field(default=2.0, validator=real)
+    """How long a member life that left the view is still waited for (rule O2): its last
+    messages may still come through the multicast's repair (within its ``flush_grace``,
+    2 s by default), and delivering past them would make them late here."""
     max_pending: int = attrs.field(default=10_000, validator=integer)
     """Most messages waiting for their turn (rule O6)."""
 
     def __attrs_post_init__(self) -> None:
-        for name in ("clock_delay", "sync_wait"):
+        for name in ("clock_delay", "sync_wait", "depart_wait"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ConfigError(f"OrderConfig.{name}: must be finite seconds >= 0, got {value}")
@@ -179,6 +185,7 @@ class TotalOrderMachine(Dispatching):
         "_clock",
         "_clock_due",
         "_config",
+        "_departing",
         "_floor",
         "_heard",
         "_held",
@@ -224,6 +231,8 @@ class TotalOrderMachine(Dispatching):
         self._synced = False  # rule O4
         self._held: list[tuple[int, bytes]] = []  # (n, payload) held until synced
         self._hold_until: float | None = None
+        # lives that left the view -> until when they are still waited for (rule O2)
+        self._departing: dict[tuple[int, int], float] = {}
         self._clock_due: float | None = None
 
     # ------------------------------------------------------------ public
@@ -258,7 +267,11 @@ class TotalOrderMachine(Dispatching):
         due = self._clock_due
         hold = self._hold_until
         if hold is not None and (due is None or hold < due):
-            return hold
+            due = hold
+        if self._departing:
+            until = min(self._departing.values())
+            if due is None or until < due:
+                due = until
         return due
 
     # ------------------------------------------------------------ commands
@@ -378,6 +391,8 @@ class TotalOrderMachine(Dispatching):
             if node != me:
                 ts = passed.get((node, inc), -1)
                 floor = min(floor, ts)
+        for life in self._departing:
+            floor = min(floor, passed.get(life, -1))
         return floor
 
     # ------------------------------------------------------------ views, timers
@@ -389,7 +404,16 @@ class TotalOrderMachine(Dispatching):
         self._view = view
         self._members = members
         lives = set(members.items())
-        self._passed = {k: v for k, v in self._passed.items() if k in lives}
+        # Rule O2: a life that left is still waited for ``depart_wait``: the multicast
+        # may still bring its last messages from the members that have them.
+        departing = self._departing
+        for node, inc in sorted(old.items()):
+            if node != self._me and members.get(node) != inc and (node, inc) not in departing:
+                departing[(node, inc)] = now + self._config.depart_wait
+        for life in lives & departing.keys():
+            del departing[life]
+        kept = lives | departing.keys()
+        self._passed = {k: v for k, v in self._passed.items() if k in kept}
         self._floor = None
         self._heard = {k: v for k, v in self._heard.items() if k in lives}
         out: list[Any] = []
@@ -429,6 +453,14 @@ class TotalOrderMachine(Dispatching):
 
     def _on_deadline(self, ev: DeadlineReached, now: float) -> list[Any]:
         out: list[Any] = []
+        departing = self._departing
+        gone = [life for life, until in sorted(departing.items()) if until <= now]
+        if gone:  # rule O2: waited long enough for those lives' last messages
+            for life in gone:
+                del departing[life]
+                self._passed.pop(life, None)
+            self._floor = None
+            self._deliver_ready(out)
         if self._hold_until is not None and self._hold_until <= now:
             out.extend(self._release())  # rule O4: waited long enough
         if self._clock_due is not None and self._clock_due <= now:
