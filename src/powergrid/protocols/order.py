@@ -40,22 +40,30 @@ meanwhile. Clock messages never call for clock messages, so a quiet group sends
 nothing, and a group where one member talks costs ``n - 1`` clock messages per
 ``clock_delay`` while it talks.
 
-*Rule O4 (joining).* A new member life's clock starts at 0: what it sent at once
-would be below what the others delivered before their views listed it, and would
-be late everywhere. So a life holds its publications until every other member of
-its view has sent it a message stamped with a view id at least that of the first
-view that listed it (each member sends a clock message when its view admits a member
-life it did not list before), or until ``sync_wait`` after the first held one.
-The message's number ``n`` (per life, 1, 2, ...) is given when the app publishes,
-so the app's numbering does not depend on the wait.
+*Rule O4 (exchanging clocks at admission).* A new member life's clock starts at 0,
+and a side of a healed partition may have delivered far beyond the other side's
+clocks: what they sent at once would be below what the others delivered and late
+there. So when a view admits a member life this node did not list (or first lists
+this node), it multicasts a clock message stamped with the view id and holds its
+publications until every other member of the view has sent it a message stamped
+with that view id or later, or for at most ``sync_wait``. Nothing is published
+before the first view that lists this node. The message's number ``n`` (per life,
+1, 2, ...) is given when the app publishes, so the app's numbering does not depend
+on the wait.
+
+*Rule O5 (late).* A message whose key is not above the last key delivered is
+dropped (``late``). Within a view this does not happen (O2, O4); it happens to a
+message of a life that was not in this node's view when it delivered the later key
+(a partition, a removal, a restart not yet listed), and only that member misses it.
+
+*Rule O6 (bounds).* At most ``max_pending`` messages wait (beyond, the highest key
+is dropped, ``overflow``: a drop never breaks the order); a timestamp more than
+:data:`MAX_JUMP` above the clock is dropped (``implausible``).
 
 *What it costs, what it gives up.* Latency: a message waits for the slowest
 member's next message or clock message (at least ``clock_delay`` when the others
-are silent); a crashed member blocks delivery until the view removes it. A member
-delivers a message whose key is below one it already delivered never: this
-happens only for a message of a life that was not in its view when it delivered the
-later key (a partition, a removal, a restart not yet listed), and only that member
-misses it. Agreement (every member delivers the message) is therefore promised only
+are silent); a crashed member blocks delivery until the view removes it and
+``depart_wait`` more. Agreement (every member delivers the message) is therefore promised only
 between members that keep each other in their views; the order promise has no
 condition. Compared with a sequencer (JGroups SEQUENCER, the leader numbering every
 message): no extra hop and no single sender of all order, and nothing to hand over
@@ -64,8 +72,7 @@ messages gives two orders that a heal cannot reconcile without a primary-partiti
 rule, where here both sides deliver subsequences of one order.
 
 Only app messages are ordered; the node's protocol messages (market prices) keep
-their FIFO channel. Pending messages are bounded by ``max_pending`` (beyond, the
-highest key is dropped, counted in ``overflow``: a drop never breaks the order).
+their FIFO channel.
 
 Driving: ``handle(event, now)`` with :class:`OrderedPublish` (the app's command),
 the multicast's :class:`~powergrid.protocols.multicast.Deliver` of kind
@@ -74,7 +81,8 @@ the multicast's :class:`~powergrid.protocols.multicast.Deliver` of kind
 actions: multicast :class:`~powergrid.protocols.multicast.Publish` commands for the
 FIFO layer and :class:`~powergrid.protocols.multicast.Deliver` of kind
 :data:`~powergrid.wire.KIND_APP` (``seq`` is ``n``) for the app. ``next_deadline()``
-is the clock message's or the join wait's time, None when there is neither.
+is the earliest of the clock message's time, the end of the hold (O4) and the end of
+the wait for departed lives (O2); None when there is none.
 Pure: no clock, no randomness. Rule numbers (O1-O6) are those of
 ``docs/protocols/multicast.md``.
 """
