@@ -14,6 +14,14 @@ of a bare loop that builds one frozen attrs event and returns one action
 every datagram, Xmit datagrams per lost Data/Xmit copy and the peak resend
 buffer. A second ratio, ``core_ratio``, leaves the memory network out (bytes
 handed straight from the sender to the receivers) to show the network's share.
+
+Total order (``total_order_ratio``): the same clean run with a
+:class:`~powergrid.protocols.order.TotalOrderMachine` on top of every multicast
+machine (:class:`OrderedEndpoint`), its app deliveries per CPU second over the FIFO
+run's, measured interleaved (FIFO, ordered, FIFO, ordered, ...; the best of each),
+with the clock messages it costs per app message (``total_order_clocks_per_message``)
+and, with every member sending at once, the ratio again
+(``total_order_ratio_all_send``).
 """
 
 from __future__ import annotations
@@ -39,9 +47,10 @@ from powergrid.events import (
     ViewChanged,
 )
 from powergrid.protocols.multicast import Deliver, MulticastConfig, MulticastMachine, Publish
+from powergrid.protocols.order import OrderConfig, OrderedPublish, TotalOrderMachine
 from powergrid.sim.memory import MemoryNetwork
 from powergrid.types import GroupId, Incarnation, NodeId
-from powergrid.wire import decode, encode, record_builder
+from powergrid.wire import KIND_APP, decode, encode, record_builder
 
 GROUP = GroupId(1)
 INC = Incarnation(1)
@@ -110,6 +119,73 @@ class McastEndpoint:
         return self._out(self._handle(_publish(0, PAYLOAD), now))
 
 
+class OrderedEndpoint(McastEndpoint):
+    """:class:`McastEndpoint` with total order on top: the app publishes to the order
+    machine, whose Publish commands go to the multicast machine, whose deliveries go
+    back to the order machine; only the order machine's app deliveries count."""
+
+    def __init__(self, node: NodeId, view: View, rng: random.Random) -> None:
+        super().__init__(node, view, rng)
+        self.order = TotalOrderMachine(OrderConfig(), me=node, incarnation=INC)
+        mcast, order = self.machine, self.order
+
+        def deadline() -> float | None:
+            a, b = mcast.next_deadline(), order.next_deadline()
+            return a if b is None or (a is not None and a < b) else b
+
+        self.next_deadline = deadline
+
+    def _out(self, actions: list[Any]) -> list[object]:
+        me = self.node_id
+        out: list[object] = []
+        queue = list(actions)
+        for act in queue:  # (a list iterator sees what is appended meanwhile)
+            kind = type(act)
+            if kind is Deliver:
+                if act.kind == KIND_APP:
+                    if act.origin != me:
+                        self.delivered += 1
+                else:
+                    queue.extend(self.order.handle(act, self._now))
+            elif kind is Publish:
+                queue.extend(self.machine.handle(act, self._now))
+            elif kind is Multicast:
+                out.append(_transmit_group(GROUP, encode(GROUP, me, INC, act.message)))
+            elif kind is Send:
+                out.append(_transmit(act.to, encode(GROUP, me, INC, act.message)))
+        return out
+
+    _now = 0.0
+
+    def start(self, now: float) -> list[object]:
+        self._now = now
+        out: list[object] = [JoinGroup(group=GROUP)]
+        event = ViewChanged(view=self._view)
+        out += self._out(self.machine.handle(event, now) + self.order.handle(event, now))
+        return out
+
+    def receive(self, data: bytes, now: float) -> list[object]:
+        self._now = now
+        env = decode(data)
+        return self._out(self._handle(_received(env.sender, env.incarnation, env.message), now))
+
+    def handle_deadline(self, now: float) -> list[object]:
+        self._now = now
+        tick = DeadlineReached()
+        actions: list[Any] = []
+        due = self.machine.next_deadline()
+        if due is not None and due <= now:
+            actions += self.machine.handle(tick, now)
+        due = self.order.next_deadline()
+        if due is not None and due <= now:
+            actions += self.order.handle(tick, now)
+        return self._out(actions)
+
+    def publish(self, now: float) -> list[object]:
+        self._now = now
+        return self._out(self.order.handle(OrderedPublish(payload=PAYLOAD), now))
+
+
 def _view(receivers: int) -> View:
     nodes = [NodeId(0x7F000001 << 16 | (9000 + i)) for i in range(receivers + 1)]
     members = tuple(Member(node=n, incarnation=INC) for n in nodes)
@@ -117,18 +193,25 @@ def _view(receivers: int) -> View:
 
 
 def run_network(
-    messages: int, receivers: int, loss: float, *, rate: float = 10_000.0, seed: int = 1
+    messages: int,
+    receivers: int,
+    loss: float,
+    *,
+    rate: float = 10_000.0,
+    seed: int = 1,
+    endpoint: type[McastEndpoint] = McastEndpoint,
+    senders: int = 1,
 ) -> dict[str, Any]:
-    """Publish ``messages`` at ``rate`` per virtual second (in batches of 10) and run
-    until every receiver has them all (or 120 virtual seconds more have passed)."""
+    """Publish ``messages`` at ``rate`` per virtual second (in batches of 10, each of the
+    first ``senders`` members its share) and run until every member has every other's
+    (or 120 virtual seconds more have passed)."""
     view = _view(receivers)
     rng = random.Random(seed)
     drop = (lambda src, dst, data: rng.random() < loss) if loss else None
     net = MemoryNetwork(seed=seed, latency=0.0005, drop=drop, keep_log=False)
-    eps = [McastEndpoint(n, view, random.Random(seed * 1000 + i)) for i, n in enumerate(view.nodes)]
-    for ep in eps:
+    eps = [endpoint(n, view, random.Random(seed * 1000 + i)) for i, n in enumerate(view.nodes)]
+    for ep in eps[::-1]:  # the receivers first: all listen before the sender's first datagram
         net.add(ep)
-    sender = eps[0]
     batch = 10
     gc.collect()  # the previous run's garbage is not this run's cost
     t0 = time.process_time()
@@ -136,6 +219,7 @@ def run_network(
     sent = 0
     while sent < messages:
         k = min(batch, messages - sent)
+        sender = eps[(sent // batch) % senders]
         net.command(
             sender.node_id, lambda ep, now, k=k: [o for _ in range(k) for o in ep.publish(now)]
         )
@@ -144,10 +228,10 @@ def run_network(
         net.run_until(t)
     target = messages * receivers
     limit = t + 120.0
-    while sum(ep.delivered for ep in eps[1:]) < target and net.now < limit:
+    while sum(ep.delivered for ep in eps) < target and net.now < limit:
         net.run_until(net.now + 0.05)
     cpu = time.process_time() - t0
-    delivered = sum(ep.delivered for ep in eps[1:])
+    delivered = sum(ep.delivered for ep in eps)
     st = net.stats
     lost = st.dropped_by_type.get(TYPE_DATA, 0) + st.dropped_by_type.get(TYPE_XMIT, 0)
     xmits = st.sent_by_type.get(TYPE_XMIT, 0)
@@ -163,6 +247,7 @@ def run_network(
         "resent_per_lost": xmits / lost if lost else 0.0,
         "peak_resend_buffer": max(ep.machine.stats.peak_buffer for ep in eps),
         "datagrams": st.sent,
+        "clocks": sum(ep.order.stats.clocks_sent for ep in eps if isinstance(ep, OrderedEndpoint)),
     }
 
 
@@ -211,6 +296,24 @@ def main() -> None:
     )
     lossy = run_network(300 if args.quick else 5_000, receivers, 0.10, rate=LOSSY_RATE)
     core = max(run_core(messages, receivers) for _ in range(1 if args.quick else 3))
+    fifo_runs: list[float] = []
+    ordered_runs: list[dict[str, Any]] = []
+    fifo_all: list[float] = []
+    ordered_all: list[float] = []
+    for _ in range(1 if args.quick else 3):  # interleaved: FIFO, ordered, FIFO, ordered ...
+        fifo_runs.append(run_network(messages, receivers, 0.0)["deliveries_per_cpu_s"])
+        ordered_runs.append(run_network(messages, receivers, 0.0, endpoint=OrderedEndpoint))
+        fifo_all.append(
+            run_network(messages, receivers, 0.0, senders=receivers + 1)["deliveries_per_cpu_s"]
+        )
+        ordered_all.append(
+            run_network(messages, receivers, 0.0, senders=receivers + 1, endpoint=OrderedEndpoint)[
+                "deliveries_per_cpu_s"
+            ]
+        )
+    ordered = max(ordered_runs, key=lambda r: r["deliveries_per_cpu_s"])
+    to_ratio = ordered["deliveries_per_cpu_s"] / max(fifo_runs)
+    to_ratio_all = max(ordered_all) / max(fifo_all)
     result = {
         "receivers": receivers,
         "messages": messages,
@@ -231,6 +334,12 @@ def main() -> None:
         "peak_resend_buffer_0pct": clean["peak_resend_buffer"],
         "peak_resend_buffer_10pct": lossy["peak_resend_buffer"],
         "adapter": "thin endpoint adapter over MulticastMachine (no Node)",
+        "total_order_deliveries_per_cpu_s": ordered["deliveries_per_cpu_s"],
+        "total_order_fifo_deliveries_per_cpu_s": max(fifo_runs),
+        "total_order_ratio": to_ratio,
+        "total_order_complete": ordered["complete"],
+        "total_order_clocks_per_message": ordered["clocks"] / messages,
+        "total_order_ratio_all_send": to_ratio_all,
     }
     rows = [
         (
@@ -249,6 +358,14 @@ def main() -> None:
             "",
         ),
         ("Xmit / lost copy, 10% loss", lossy["resent_per_lost"], None, None, "<= 1.5"),
+        (
+            "total order / FIFO deliveries",
+            ordered["deliveries_per_cpu_s"],
+            max(fifo_runs),
+            to_ratio,
+            "",
+        ),
+        ("  same, all 5 members send", max(ordered_all), max(fifo_all), to_ratio_all, ""),
         ("peak resend buffer (msgs)", result["peak_resend_buffer"], None, None, "<= 10,000"),
     ]
     emit(

@@ -40,6 +40,7 @@ from powergrid.node import MessageDelivered, NodeConfig, NodeStats, UnicastDeliv
 from powergrid.protocols.market import AllocationChanged, Bid, PriceUpdated, Regime
 from powergrid.protocols.market.lead import MarketCleared
 from powergrid.protocols.membership import MemberRemoved, MemberSuspected
+from powergrid.protocols.order import OrderConfig
 from powergrid.transports._core import UdpConfig, UdpStats, format_event
 from powergrid.types import (
     BROKER_GROUP,
@@ -110,6 +111,7 @@ __all__ = [
     "NodeConfig",
     "NodeId",
     "NodeStats",
+    "OrderConfig",
     "PayloadTooLargeError",
     "PowergridError",
     "PriceUpdated",

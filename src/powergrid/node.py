@@ -63,6 +63,15 @@ which live once per node. Actions go through one work queue per stack:
   Clearing, the broker's own client its Price), and sends to ourselves never
   touch the network. Leaving the broker group steps the lead broker down.
 
+**Total order** is an option per group (``NodeConfig.total_order``): such a stack
+also has a :class:`~powergrid.protocols.order.TotalOrderMachine` (``stack.order``,
+outside the roles, last in ``stack.own``), a layer over the multicast machine. The
+app's multicasts go to it (``OrderedPublish``); the multicast ``Publish`` commands it
+returns go to the multicast machine (:data:`NOTES`); the multicast's deliveries of the
+ordered kinds go back to it, and the app gets what it delivers in order; it sees each
+view after the multicast does. A group without the option has no such machine and
+runs exactly as before.
+
 The node keeps no timers of its own: ``next_deadline()`` is the earliest of
 its machines' deadlines, and ``handle_deadline(now)`` wakes those that are due.
 Every call of a machine goes through one place, :meth:`Node._call`, which notes
@@ -86,7 +95,7 @@ reuses its datagram.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import attrs
@@ -135,6 +144,7 @@ from powergrid.protocols.membership import (
     MembershipMachine,
 )
 from powergrid.protocols.multicast import Deliver, MulticastConfig, MulticastMachine, Publish
+from powergrid.protocols.order import OrderConfig, OrderedPublish, TotalOrderMachine
 from powergrid.protocols.unicast import (
     DeliverUnicast,
     PeerGone,
@@ -156,6 +166,8 @@ from powergrid.types import (
 from powergrid.wire import (
     HEADER_SIZE,
     KIND_APP,
+    KIND_ORDER_CLOCK,
+    KIND_ORDERED,
     MAGIC,
     REALM_OFFSET,
     VERSION,
@@ -190,6 +202,15 @@ class _DEFAULTS:
     client = ClientConfig()
     broker = BrokerConfig()
     lead = LeadConfig()
+    order = OrderConfig()
+
+
+def _group_set(value: Iterable[int]) -> frozenset[int]:
+    """``NodeConfig.total_order`` as a frozenset; its members are checked after."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        problem = "must be a set of group ids (the cluster's, 0 for the broker group)"
+        raise ConfigError(f"NodeConfig.total_order: {problem}, got {value!r}")
+    return frozenset(value)
 
 
 @attrs.frozen(kw_only=True)
@@ -244,6 +265,15 @@ class NodeConfig:
     """With a keyring: seal every datagram with AES-256-GCM (body encrypted, header
     authenticated; the ``crypto`` extra, docs/security.md *Encryption*) instead of
     HMAC, and accept only encrypted ones; every node of a realm must agree."""
+    total_order: frozenset[int] = attrs.field(default=frozenset(), converter=_group_set)
+    """The groups whose app multicasts are delivered in **total order** (any two
+    members that deliver two messages deliver them in the same order; see
+    :mod:`powergrid.protocols.order`): group ids, the cluster's (``cluster``) and/or
+    the broker group's (0). Empty (the default): FIFO per sender only. Every member
+    of a group must agree: a node without the option drops the ordered messages
+    (counted in ``stats.unroutable``)."""
+    order: OrderConfig = attrs.field(default=_DEFAULTS.order, validator=instance(OrderConfig))
+    """Settings of total order, for the groups in ``total_order``."""
 
     def __attrs_post_init__(self) -> None:
         try:
@@ -267,6 +297,10 @@ class NodeConfig:
             raise ConfigError(f"NodeConfig.{bad}")
         if self.encrypt and self.keyring is None:
             raise ConfigError("NodeConfig.encrypt: needs a keyring (the key it derives from)")
+        for group in sorted(self.total_order, key=repr):
+            if type(group) is not int or not 0 <= group < 2**32:
+                problem = "must hold group ids (ints 0..2**32-1: the cluster, 0 for brokers)"
+                raise config_error(self, "total_order", problem, group)
 
     @property
     def node_id(self) -> NodeId:
@@ -338,6 +372,7 @@ class _Stack:
         "members",
         "membership",
         "multicast",
+        "order",
         "own",
         "removed",
         "unicast",
@@ -365,10 +400,18 @@ class _Stack:
             group=group,
             rng=rng,
         )
-        self.own: tuple[Any, ...] = (self.unicast, self.multicast, self.membership, self.election)
+        group_own = (self.unicast, self.multicast, self.membership, self.election)
         self.members: tuple[Member, ...] = ()  # the last view's, for MemberJoined / MemberLeft
         self.removed: dict[int, Any] = {}  # node -> MemberRemoved reason, until the next view
-        self.machines: tuple[Any, ...] = self.own + market  # indexed by role
+        self.machines: tuple[Any, ...] = group_own + market  # indexed by role
+        # Total order, if the group has it: a layer over the multicast, outside the roles
+        # (the node hands it the app's multicasts, the ordered deliveries and the views).
+        self.order = (
+            TotalOrderMachine(cfg.order, me=me, incarnation=inc)
+            if group in cfg.total_order
+            else None
+        )
+        self.own: tuple[Any, ...] = group_own if self.order is None else (*group_own, self.order)
 
 
 def _leads(stack: _Stack) -> bool:
@@ -492,17 +535,27 @@ class _Gate:
     the shared cache of decodings), the claimed sender against the source address,
     our own looped-back multicasts, and the replay window. Each refusal is counted
     in the node's :class:`NodeStats`; :meth:`admit` never raises for peer input.
+    The way out, for the common case of actions that are all datagrams to others,
+    is here too (:meth:`send_only`): this node's header and seal are in one place.
     """
 
-    __slots__ = ("_auth", "_id", "_realm_bytes", "_stats")
+    __slots__ = ("_auth", "_id", "_inc", "_last_out", "_realm", "_realm_bytes", "_stats")
 
     def __init__(
-        self, me: NodeId, realm: int, auth: Authenticator | None, stats: NodeStats
+        self,
+        me: NodeId,
+        incarnation: Incarnation,
+        realm: int,
+        auth: Authenticator | None,
+        stats: NodeStats,
     ) -> None:
         self._id = me
+        self._inc = incarnation
+        self._realm = realm
         self._realm_bytes = realm.to_bytes(4, "big")
         self._auth = auth
         self._stats = stats
+        self._last_out: tuple[Any, int, Output] = (None, -1, None)  # action, group, datagram
 
     def admit(self, data: bytes, source: int) -> tuple[int, Received] | None:
         """``(group, Received)`` for a datagram that passes, else None (counted)."""
@@ -546,6 +599,35 @@ class _Gate:
             return None
         return env.group, event
 
+    def send_only(self, group: int, actions: list[Any], out: list[Output]) -> bool:
+        """Encode ``actions`` of ``group`` into ``out`` if they are all datagrams to
+        others; else False (and ``out`` untouched). The way out of most of a quiet
+        group's traffic (a member's heartbeat ack), so the last datagram is kept for
+        the same action again."""
+        me = self._id
+        for act in actions:
+            kind = type(act)
+            if not (kind is Multicast or (kind is Send and act.to != me)):
+                return False
+        inc = self._inc
+        realm = self._realm
+        seal = None if self._auth is None else self._auth.seal
+        for act in actions:
+            last = self._last_out
+            if act is last[0] and group == last[1] and seal is None:
+                out.append(last[2])  # the same action as last time (a member's ack)
+                continue
+            data = encode(group, me, inc, act.message, realm)
+            if seal is not None:
+                data = seal(data)
+            if type(act) is Send:
+                tx: Output = _new_transmit(act.to, data)
+            else:
+                tx = _new_transmit_group(group, data)
+            out.append(tx)
+            self._last_out = (act, group, tx)
+        return True
+
     def _foreign(self, data: bytes) -> bool:
         """Whether ``data`` (not of our realm and version, by its header bytes) is a
         powergrid datagram of another version or realm: then it is counted here and
@@ -580,7 +662,6 @@ class Node:
         "_id",
         "_incarnation",
         "_index",
-        "_last_out",
         "_lead",
         "_market",
         "_membership_one",
@@ -613,13 +694,12 @@ class Node:
             if config.keyring is None
             else Authenticator(config.keyring, realm=config.realm, encrypt=config.encrypt)
         )
-        self._gate = _Gate(self._id, self._realm, self._auth, self._stats)
+        self._gate = _Gate(self._id, self._incarnation, self._realm, self._auth, self._stats)
         me = self._id
         self._client = ClientMachine(me, self._cluster, config.client)
         self._lead = LeadBrokerMachine(me, config.supply, config.lead)
         self._broker = BrokerMachine(me, self._cluster, config.broker)
         self._market: tuple[Any, ...] = (self._client, self._broker, self._lead)  # role - CLIENT
-        self._last_out: tuple[Any, int, Output] = (None, -1, None)  # action, group, datagram
         # next_deadline(): every machine is called through _call, which notes it in
         # _touched; the earliest deadline of all machines but the memberships (_rest_due)
         # is kept per machine (_dues, by _index) and asked again only of the noted ones.
@@ -711,38 +791,10 @@ class Node:
         out: list[Output] = []
         if actions is None:
             actions = self._take(stack, event, now, out)
-            if self._send_only(stack, actions, out):  # (most of a quiet group's traffic is)
+            if self._gate.send_only(stack.group, actions, out):  # (most of a quiet group's is)
                 return out
         self._run(stack, actions, now, out)
         return out
-
-    def _send_only(self, stack: _Stack, actions: list[Any], out: list[Output]) -> bool:
-        """Encode ``actions`` into ``out`` if they are all datagrams to others; else False
-        (and ``out`` untouched)."""
-        me = self._id
-        for act in actions:
-            kind = type(act)
-            if not (kind is Multicast or (kind is Send and act.to != me)):
-                return False
-        group = stack.group
-        inc = self._incarnation
-        realm = self._realm
-        seal = None if self._auth is None else self._auth.seal
-        for act in actions:
-            last = self._last_out
-            if act is last[0] and group == last[1] and seal is None:
-                out.append(last[2])  # the same action as last time (a member's ack)
-                continue
-            data = encode(group, me, inc, act.message, realm)
-            if seal is not None:
-                data = seal(data)
-            if type(act) is Send:
-                tx: Output = _new_transmit(act.to, data)
-            else:
-                tx = _new_transmit_group(group, data)
-            out.append(tx)
-            self._last_out = (act, group, tx)
-        return True
 
     def handle_deadline(self, now: float) -> list[Output]:
         """Wake every machine whose deadline has come."""
@@ -787,15 +839,22 @@ class Node:
         return best
 
     def multicast(self, payload: bytes, now: float, *, group: int | None = None) -> list[Output]:
-        """Multicast application bytes to ``group`` (default: the cluster), reliably, FIFO.
+        """Multicast application bytes to ``group`` (default: the cluster), reliably, FIFO;
+        in total order if the group is in ``config.total_order``.
 
         Raises :class:`UsageError` if the node is not in that group and
-        :class:`~powergrid.errors.PayloadTooLargeError` if the payload is too large.
+        :class:`~powergrid.errors.PayloadTooLargeError` if the payload is too large
+        (above :data:`~powergrid.protocols.multicast.MAX_MULTICAST_PAYLOAD` bytes, or
+        :data:`~powergrid.protocols.order.MAX_ORDERED_PAYLOAD` in an ordered group).
         """
         stack = self._home if group is None else None  # (the cluster's, the common case)
         if stack is None:
             stack = self._stack_or_raise(group)
         out: list[Output] = []
+        order = stack.order
+        if order is not None:  # a totally ordered group: the order layer numbers it
+            self._run(stack, self._call(order, OrderedPublish(payload=payload), now), now, out)
+            return out
         publish = _new_publish(KIND_APP, payload)
         self._run(stack, self._call(stack.multicast, publish, now), now, out)
         return out
@@ -1008,10 +1067,24 @@ class Node:
     def _on_deliver(
         self, stack: _Stack, act: Deliver, now: float, queue: list[Any], out: list[Output]
     ) -> None:
-        if act.kind == KIND_APP:
+        kind = act.kind
+        if kind == KIND_APP:
             out.append(_app_delivery(stack, act))
             return
+        if kind in (KIND_ORDERED, KIND_ORDER_CLOCK):
+            order = stack.order
+            if order is None:  # a peer orders a group this node does not
+                self._stats.unroutable += 1
+            else:
+                queue.extend(self._call(order, act, now))
+            return
         self._inner(stack, act.origin, act.incarnation, act.kind, act.payload, now, queue, out)
+
+    def _on_publish(
+        self, stack: _Stack, act: Publish, now: float, queue: list[Any], out: list[Output]
+    ) -> None:
+        """The order layer's message for the group: the multicast carries it."""
+        queue.extend(self._call(stack.multicast, act, now))
 
     def _on_deliver_unicast(
         self, stack: _Stack, act: DeliverUnicast, now: float, queue: list[Any], out: list[Output]
@@ -1027,6 +1100,8 @@ class Node:
         """Pass the view on, then a :class:`MemberJoined` / :class:`MemberLeft` for each
         other member that came or went since the group's previous view."""
         out.append(act)
+        if stack.order is not None:  # the order layer waits on the view's members
+            queue.extend(self._call(stack.order, act, now))
         members = act.view.members
         came, gone = _view_changes(stack.group, stack.members, members)
         stack.members = members
@@ -1115,6 +1190,8 @@ NOTES: dict[type[Any], Note] = {
     # client re-sends its bid to it, or the bid is dropped (issue 16).
     LeaderElected: Note((MEMBERSHIP, BROKER, LEAD, CLIENT), then=Node._follow_cluster_leader),
     Deliver: Note(then=Node._on_deliver, to_app=False),
+    # the order layer's messages (totally ordered groups), for the multicast to carry
+    Publish: Note(then=Node._on_publish, to_app=False),
     DeliverUnicast: Note(then=Node._on_deliver_unicast, to_app=False),
 }
 """Notification type -> what the node does with it. A type not here goes to the app only."""

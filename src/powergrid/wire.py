@@ -75,6 +75,8 @@ __all__ = [
     "FLAG_SECRET",
     "HEADER_SIZE",
     "KIND_APP",
+    "KIND_ORDERED",
+    "KIND_ORDER_CLOCK",
     "MAGIC",
     "MAX_DATAGRAM",
     "MAX_PAYLOAD",
@@ -164,6 +166,13 @@ REALM_OFFSET = HEADER_SIZE - 4
 DEFAULT_REALM_TAG = realm_tag(DEFAULT_REALM)
 KIND_APP = 0
 """``kind`` of an inner body that is application bytes, not a protocol message."""
+KIND_ORDERED = 250
+"""``kind`` of a multicast body that is an app message of a totally ordered group: a
+header (timestamp, view id, number: three u64) and the app's bytes
+(:mod:`powergrid.protocols.order`)."""
+KIND_ORDER_CLOCK = 251
+"""``kind`` of a multicast body that is a clock message of a totally ordered group:
+timestamp and view id (two u64), never delivered to the app."""
 
 _U16 = struct.Struct("!H")
 

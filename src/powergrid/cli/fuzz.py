@@ -57,6 +57,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="no IP multicast: group sends fan out as unicasts to seeds and view members",
     )
     parser.add_argument(
+        "--total-order",
+        action="store_true",
+        help="deliver the app multicasts of every cluster in total order, and check that "
+        "any two members deliver any two messages in the same order",
+    )
+    parser.add_argument(
         "--replay", type=int, default=None, metavar="SEED", help="re-run SEED, print its trace"
     )
     parser.add_argument(
@@ -111,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
         "safety_s": args.safety,
         "liveness_s": args.liveness,
         "fanout": args.fanout,
+        "total_order": args.total_order,
     }
     if args.replay is not None:
         result = run_datacentre(args.replay, keep_trace=True, **common)

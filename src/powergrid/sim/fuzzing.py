@@ -113,7 +113,11 @@ class App:
             self._n += 1
             payload = app_payload(node.node_id, node.incarnation, self._n)
             me = node.node_id
-            seq = node.stack(self._group).multicast.delivered[me][1] + 1
+            stack = node.stack(self._group)
+            if stack.order is not None:  # total order numbers the app's messages itself
+                seq = stack.order.next_number
+            else:
+                seq = stack.multicast.delivered[me][1] + 1
             out.append(  # before the multicast's own delivery, which it announces
                 Published(
                     group=self._group,
@@ -178,6 +182,7 @@ def replay_command(
     safety_s: float = DEFAULT_SAFETY_S,
     liveness_s: float = DEFAULT_LIVENESS_S,
     fanout: bool = False,
+    total_order: bool = False,
 ) -> str:
     """The ``powergrid fuzz`` command that replays ``seed`` with these options
     (an option at its default is left out)."""
@@ -190,6 +195,8 @@ def replay_command(
         cmd += f" --liveness {liveness_s!r}"
     if fanout:
         cmd += " --fanout"
+    if total_order:
+        cmd += " --total-order"
     return cmd
 
 
@@ -199,12 +206,14 @@ def recipe(
     safety_s: float = DEFAULT_SAFETY_S,
     liveness_s: float = DEFAULT_LIVENESS_S,
     fanout: bool = False,
+    total_order: bool = False,
 ) -> str:
     """Python source that defines ``build`` and ``invariants`` as :func:`run_datacentre` does."""
     return (
         "from powergrid.sim.fuzzing import datacentre, invariants\n\n"
         f"build = datacentre(nodes={nodes!r}, safety_s={safety_s!r}, liveness_s={liveness_s!r}"
         + (", fanout=True" if fanout else "")
+        + (", total_order=True" if total_order else "")
         + ")\n"
     )
 
@@ -216,13 +225,16 @@ def datacentre(
     liveness_s: float = DEFAULT_LIVENESS_S,
     node_class: Callable[..., Node] = Node,
     fanout: bool = False,
+    total_order: bool = False,
 ) -> Callable[[random.Random], System]:
     """A build of a small data centre (see the module docstring).
 
     ``nodes`` fixes the number of servers (else 3-15 are drawn); ``fanout``
     runs it without IP multicast: group datagrams are fanned out as unicasts
     to seeds (every broker-capable node, i.e. every node that can lead) and
-    the members of each sender's last view of the group;
+    the members of each sender's last view of the group; ``total_order`` delivers
+    the app multicasts of every cluster in total order (``NodeConfig.total_order``) and
+    adds the :class:`~powergrid.sim.invariants.TotalOrderAgreement` invariant;
     ``node_class`` lets tests build deliberately broken nodes. Raises
     :class:`ConfigError` for options :func:`check_options` refuses.
     """
@@ -272,6 +284,7 @@ def datacentre(
                 broker_capable=cfg.broker_capable,
                 bid=cfg.bid,
                 supply=supply,
+                total_order=frozenset((cfg.cluster,)) if total_order else frozenset(),
             )
             for n, cfg in configs.items()
         }
@@ -281,6 +294,7 @@ def datacentre(
             settle_at=safety_s,
             publish_until=publish_until,
             bounds=Bounds(),
+            total_order=total_order,
         )
 
         def make(node: NodeId, incarnation: Incarnation) -> App:
@@ -310,6 +324,7 @@ def run_datacentre(
     trace_file: IO[str] | None = None,
     node_class: Callable[..., Node] = Node,
     fanout: bool = False,
+    total_order: bool = False,
     **kwargs: Any,
 ) -> RunResult:
     """Run ``seed`` of the drawn data centre; extra keywords go to :func:`run_seed`.
@@ -324,12 +339,14 @@ def run_datacentre(
         liveness_s=liveness_s,
         node_class=node_class,
         fanout=fanout,
+        total_order=total_order,
     )
     opts: dict[str, Any] = {
         "nodes": nodes,
         "safety_s": safety_s,
         "liveness_s": liveness_s,
         "fanout": fanout,
+        "total_order": total_order,
     }
     return run_seed(
         seed,

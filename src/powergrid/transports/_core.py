@@ -709,7 +709,10 @@ class Driver:
         await self._after_command(self._commanded(call(self._endpoint, self._now())))
 
     async def multicast(self, payload: bytes, *, group: int | None = None) -> None:
-        """``node.multicast(payload, now, group=group)``: reliable, ordered per sender.
+        """``node.multicast(payload, now, group=group)``: reliable, ordered per sender;
+        in total order if the group is in the node's ``NodeConfig.total_order`` (every
+        member that delivers two messages delivers them in the same order, the sender's
+        own delivery included; see :mod:`powergrid.protocols.order`).
 
         ``group`` defaults to the node's cluster. Raises
         :class:`~powergrid.errors.PayloadTooLargeError` beyond the payload limit and

@@ -68,7 +68,10 @@ class UdpHandle(Driver):
     """The app's handle on a node run by :func:`run_node`. Use it from trio tasks.
 
     Commands (``multicast``, ``send``, ``set_bid``, ``set_supply``, ``leave``,
-    ``command``) and ``events()`` are described on :class:`Driver`.
+    ``command``) and ``events()`` are described on :class:`Driver`. A group in the
+    config's ``NodeConfig.total_order`` gets its ``multicast`` payloads delivered in
+    total order at every member (:mod:`powergrid.protocols.order`); the option is the
+    config's, the handle's calls are the same.
     """
 
     def __init__(

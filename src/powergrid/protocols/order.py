@@ -1,0 +1,476 @@
+"""Total order for one group: a deterministic merge of the FIFO streams by Lamport time.
+
+Theory of operation
+-------------------
+One :class:`TotalOrderMachine` per group whose app multicasts are totally ordered
+(an option per group: ``NodeConfig.total_order``). It sits on top of the reliable
+FIFO multicast (:mod:`powergrid.protocols.multicast`), which it never changes: it
+hands the multicast machine ``Publish`` commands of two channel kinds and takes
+back the multicast's ``Deliver`` of those kinds, in FIFO order per origin.
+
+*The promise (order agreement).* Any two members that deliver messages m1 and m2
+deliver them in the same order, whatever happens to views, leaders, partitions and
+restarts. It holds **by construction**: every message carries a Lamport timestamp
+``ts`` fixed by its origin when it is sent, so its *key*
+``(ts, origin, incarnation, n)`` is a function of the message alone and the same at
+every member; each member delivers in strictly increasing key order, and drops
+(``late``, counted) a message whose key is not above the last one it delivered.
+Every member's delivery sequence is then a subsequence of one global order, so no
+two members can deliver a pair in opposite orders. No agreement protocol is needed
+for safety: not across a leader change, not across a partition.
+
+*Rule O1 (clocks).* A node's clock only grows: it rises to every ``ts`` it receives,
+and each message it sends takes ``clock + 1``. So an origin's messages have strictly
+increasing keys, and a message sent after receiving m has a key above m's.
+
+*Rule O2 (waiting: agreement and liveness).* A pending message with timestamp
+``ts`` is delivered once every *other* member life the current view lists has
+*passed* it: this node has received (in FIFO order) a message of that life with a
+timestamp ``>= ts``. FIFO order means nothing of that life with a smaller key can
+still come, so within a view nothing is late. This node's own later messages are
+above anything it received (rule O1), so it never waits for itself. A life that
+leaves the view is still waited for ``depart_wait`` (its last messages may still
+come through the multicast's repair from members that have them), then no more.
+
+*Rule O3 (clock messages).* A member that receives an app message with a timestamp
+at or above the last it sent owes the group a sign that it passed it: unless it
+sends an app message first, it multicasts a *clock* message (timestamp only, never
+delivered to the app) ``clock_delay`` later, one for every app message that arrived
+meanwhile. Clock messages never call for clock messages, so a quiet group sends
+nothing, and a group where one member talks costs ``n - 1`` clock messages per
+``clock_delay`` while it talks.
+
+*Rule O4 (exchanging clocks at admission).* A new member life's clock starts at 0,
+and a side of a healed partition may have delivered far beyond the other side's
+clocks: what they sent at once would be below what the others delivered and late
+there. So when a view admits a member life this node did not list (or first lists
+this node), it multicasts a clock message stamped with the view id and holds its
+publications until every other member of the view has sent it a message stamped
+with that view id or later, or for at most ``sync_wait``. Nothing is published
+before the first view that lists this node. The message's number ``n`` (per life,
+1, 2, ...) is given when the app publishes, so the app's numbering does not depend
+on the wait.
+
+*Rule O5 (late).* A message whose key is not above the last key delivered is
+dropped (``late``). Within a view this does not happen (O2, O4); it happens to a
+message of a life that was not in this node's view when it delivered the later key
+(a partition, a removal, a restart not yet listed), and only that member misses it.
+
+*Rule O6 (bounds).* At most ``max_pending`` messages wait (beyond, the highest key
+is dropped, ``overflow``: a drop never breaks the order); a timestamp more than
+:data:`MAX_JUMP` above the clock is dropped (``implausible``).
+
+*What it costs, what it gives up.* Latency: a message waits for the slowest
+member's next message or clock message (at least ``clock_delay`` when the others
+are silent); a crashed member blocks delivery until the view removes it and
+``depart_wait`` more. Agreement (every member delivers the message) is therefore promised only
+between members that keep each other in their views; the order promise has no
+condition. Compared with a sequencer (JGroups SEQUENCER, the leader numbering every
+message): no extra hop and no single sender of all order, and nothing to hand over
+when the leader changes; a sequencer whose two sides of a partition both number
+messages gives two orders that a heal cannot reconcile without a primary-partition
+rule, where here both sides deliver subsequences of one order.
+
+Only app messages are ordered; the node's protocol messages (market prices) keep
+their FIFO channel.
+
+Driving: ``handle(event, now)`` with :class:`OrderedPublish` (the app's command),
+the multicast's :class:`~powergrid.protocols.multicast.Deliver` of kind
+:data:`~powergrid.wire.KIND_ORDERED` or :data:`~powergrid.wire.KIND_ORDER_CLOCK`,
+:class:`~powergrid.events.ViewChanged` and :class:`~powergrid.events.DeadlineReached`;
+actions: multicast :class:`~powergrid.protocols.multicast.Publish` commands for the
+FIFO layer and :class:`~powergrid.protocols.multicast.Deliver` of kind
+:data:`~powergrid.wire.KIND_APP` (``seq`` is ``n``) for the app. ``next_deadline()``
+is the earliest of the clock message's time, the end of the hold (O4) and the end of
+the wait for departed lives (O2); None when there is none.
+Pure: no clock, no randomness. Rule numbers (O1-O6) are those of
+``docs/protocols/multicast.md``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import struct
+from typing import Any, Final
+
+import attrs
+
+from powergrid._checks import integer, real
+from powergrid._dispatch import Dispatching
+from powergrid.errors import ConfigError, PayloadTooLargeError, UsageError
+from powergrid.events import DeadlineReached, View, ViewChanged, member_maps
+from powergrid.protocols.multicast import MAX_MULTICAST_PAYLOAD, Deliver, Publish
+from powergrid.protocols.multicast._config import new_deliver
+from powergrid.types import Incarnation, NodeId
+from powergrid.wire import KIND_APP, KIND_ORDER_CLOCK, KIND_ORDERED
+
+__all__ = [
+    "MAX_ORDERED_PAYLOAD",
+    "OrderConfig",
+    "OrderStats",
+    "OrderedPublish",
+    "TotalOrderMachine",
+]
+
+_CLOCK = struct.Struct("!QQ")  # ts, view id of the sender's view
+_APP = struct.Struct("!QQQ")  # ts, view id, n
+MAX_ORDERED_PAYLOAD: Final = MAX_MULTICAST_PAYLOAD - _APP.size
+"""The largest payload one :class:`OrderedPublish` can carry (bytes)."""
+MAX_TS: Final = (1 << 64) - 1
+"""The largest timestamp a header can carry."""
+MAX_JUMP: Final = 1 << 40
+"""A timestamp further than this above the receiver's clock is implausible (a forged or
+corrupted header): dropped and counted, so it cannot push the clocks to their end."""
+
+
+@attrs.frozen(kw_only=True)
+class OrderConfig:
+    """Settings of :class:`TotalOrderMachine`. Times in seconds, sizes in messages.
+
+    Raises :class:`~powergrid.errors.ConfigError` for a value out of range.
+    """
+
+    clock_delay: float = attrs.field(default=0.01, validator=real)
+    """How long after an app message others wait on a silent member sends its clock
+    message (rule O3); the clock messages of all app messages within it are one."""
+    sync_wait: float = attrs.field(default=2.0, validator=real)
+    """How long a new member life holds its first publications at most while it waits
+    for the other members' clocks (rule O4)."""
+    depart_wait: float = attrs.field(default=2.0, validator=real)
+    """How long a member life that left the view is still waited for (rule O2): its last
+    messages may still come through the multicast's repair (within its ``flush_grace``,
+    2 s by default), and delivering past them would make them late here."""
+    max_pending: int = attrs.field(default=10_000, validator=integer)
+    """Most messages waiting for their turn (rule O6)."""
+
+    def __attrs_post_init__(self) -> None:
+        for name in ("clock_delay", "sync_wait", "depart_wait"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ConfigError(f"OrderConfig.{name}: must be finite seconds >= 0, got {value}")
+        if self.max_pending < 1:
+            raise ConfigError(f"OrderConfig.max_pending: must be 1 or more, got {self.max_pending}")
+
+
+@attrs.frozen(kw_only=True)
+class OrderedPublish:
+    """Command: multicast ``payload`` to the group, delivered in total order.
+
+    ``handle`` raises :class:`~powergrid.errors.PayloadTooLargeError` above
+    :data:`MAX_ORDERED_PAYLOAD` bytes and :class:`~powergrid.errors.UsageError` for a
+    payload that is not bytes.
+    """
+
+    payload: bytes
+
+
+@attrs.define(kw_only=True)
+class OrderStats:
+    """Counters of one :class:`TotalOrderMachine` (only grow)."""
+
+    published: int = 0
+    delivered: int = 0
+    """App messages delivered in order, own included."""
+    clocks_sent: int = 0
+    """Clock messages sent (rule O3, and on admitting a member: rule O4)."""
+    late: int = 0
+    """Messages whose key was not above the last delivered one: never delivered (rule O5)."""
+    malformed: int = 0
+    """Ordered payloads too short to hold their header."""
+    implausible: int = 0
+    """Timestamps more than :data:`MAX_JUMP` above the clock (rule O1)."""
+    overflow: int = 0
+    """Pending messages dropped above ``max_pending`` (rule O6)."""
+    held: int = 0
+    """Publications a new life held while it waited for the others' clocks (rule O4)."""
+
+
+class TotalOrderMachine(Dispatching):
+    """Total order over the FIFO multicast of one group (see the module docstring)."""
+
+    __slots__ = (
+        "_clock",
+        "_clock_due",
+        "_config",
+        "_departing",
+        "_floor",
+        "_heard",
+        "_held",
+        "_hold_until",
+        "_inc",
+        "_last",
+        "_me",
+        "_members",
+        "_n",
+        "_passed",
+        "_pending",
+        "_sent",
+        "_stats",
+        "_sync_view",
+        "_synced",
+        "_view",
+    )
+
+    _EVENTS = {
+        OrderedPublish: "_on_publish",
+        Deliver: "_on_deliver",
+        ViewChanged: "_on_view",
+        DeadlineReached: "_on_deadline",
+    }
+
+    def __init__(self, config: OrderConfig, *, me: NodeId, incarnation: Incarnation) -> None:
+        self._config = config
+        self._me = me
+        self._inc = incarnation
+        self._stats = OrderStats()
+        self._clock = 0  # rule O1
+        self._sent = 0  # the timestamp of the last message this node sent
+        self._n = 0  # app messages numbered so far (this life)
+        self._last: tuple[int, int, int, int] = (0, 0, 0, 0)  # the last key delivered
+        # (ts, origin, incarnation, n, payload), smallest key first
+        self._pending: list[tuple[int, int, int, int, bytes]] = []
+        self._passed: dict[tuple[int, int], int] = {}  # (origin, incarnation) -> ts received
+        self._floor: int | None = None  # _least_passed(), kept; None: to compute again
+        self._heard: dict[tuple[int, int], int] = {}  # (origin, incarnation) -> view id stamped
+        self._members: dict[int, int] = {}  # node -> incarnation, the view's
+        self._view: View | None = None
+        self._sync_view: int | None = None  # the view whose clocks it waits for (rule O4)
+        self._synced = False  # rule O4
+        self._held: list[tuple[int, bytes]] = []  # (n, payload) held until synced
+        self._hold_until: float | None = None
+        # lives that left the view -> until when they are still waited for (rule O2)
+        self._departing: dict[tuple[int, int], float] = {}
+        self._clock_due: float | None = None
+
+    # ------------------------------------------------------------ public
+
+    @property
+    def stats(self) -> OrderStats:
+        """Counters (see :class:`OrderStats`)."""
+        return self._stats
+
+    @property
+    def clock(self) -> int:
+        """The Lamport clock (rule O1)."""
+        return self._clock
+
+    @property
+    def next_number(self) -> int:
+        """The ``n`` (the delivered ``seq``) the next :class:`OrderedPublish` gets."""
+        return self._n + 1
+
+    @property
+    def pending(self) -> int:
+        """Messages received and waiting for their turn."""
+        return len(self._pending)
+
+    @property
+    def last_key(self) -> tuple[int, int, int, int]:
+        """``(ts, origin, incarnation, n)`` of the last message delivered (zeros: none)."""
+        return self._last
+
+    def next_deadline(self) -> float | None:
+        """When the machine next needs :class:`DeadlineReached` (seconds), or None."""
+        due = self._clock_due
+        hold = self._hold_until
+        if hold is not None and (due is None or hold < due):
+            due = hold
+        if self._departing:
+            until = min(self._departing.values())
+            if due is None or until < due:
+                due = until
+        return due
+
+    # ------------------------------------------------------------ commands
+
+    def _on_publish(self, cmd: OrderedPublish, now: float) -> list[Any]:
+        payload = cmd.payload
+        if not isinstance(payload, bytes):
+            raise UsageError(f"payload must be bytes, not {type(payload).__name__}")
+        if len(payload) > MAX_ORDERED_PAYLOAD:
+            raise PayloadTooLargeError(
+                f"payload is {len(payload)} bytes, over the {MAX_ORDERED_PAYLOAD}-byte "
+                "limit of one totally ordered multicast; split it"
+            )
+        self._n += 1
+        self._stats.published += 1
+        if not self._synced:  # rule O4
+            self._held.append((self._n, payload))
+            self._stats.held += 1
+            return []
+        return self._send_app(self._n, payload)
+
+    def _send_app(self, n: int, payload: bytes) -> list[Any]:
+        ts = self._tick()
+        view_id = 0 if self._view is None else self._view.view_id
+        self._clock_due = None  # an app message passes what a clock message would (rule O3)
+        return [Publish(kind=KIND_ORDERED, payload=_APP.pack(ts, view_id, n) + payload)]
+
+    def _send_clock(self) -> list[Any]:
+        ts = self._tick()
+        view_id = 0 if self._view is None else self._view.view_id
+        self._clock_due = None
+        self._stats.clocks_sent += 1
+        return [Publish(kind=KIND_ORDER_CLOCK, payload=_CLOCK.pack(ts, view_id))]
+
+    def _tick(self) -> int:
+        self._clock = self._sent = self._clock + 1  # rule O1
+        return self._clock
+
+    # ------------------------------------------------------------ receiving
+
+    def _on_deliver(self, ev: Deliver, now: float) -> list[Any]:
+        """An ordered message, delivered by the FIFO layer (own ones included)."""
+        kind = ev.kind
+        body = ev.payload
+        if kind == KIND_ORDERED and len(body) >= _APP.size:
+            ts, view_id, n = _APP.unpack_from(body)
+        elif kind == KIND_ORDER_CLOCK and len(body) == _CLOCK.size:
+            ts, view_id = _CLOCK.unpack(body)
+            n = -1
+        else:
+            self._stats.malformed += 1
+            return []
+        origin = ev.origin
+        inc = ev.incarnation
+        own = origin == self._me and inc == self._inc
+        if not own:
+            if ts > self._clock + MAX_JUMP or ts == 0:
+                self._stats.implausible += 1
+                return []
+            self._clock = max(self._clock, ts)
+            life = (origin, inc)
+            before = self._passed.get(life, -1)
+            if ts > before:
+                self._passed[life] = ts
+                floor = self._floor
+                if floor is not None and before <= floor:  # it may have held the floor
+                    self._floor = None
+            if view_id > self._heard.get(life, -1):
+                self._heard[life] = view_id
+        out: list[Any] = []
+        if n >= 0:
+            key = (ts, origin, inc, n)
+            if key <= self._last:  # rule O5: it would break the order
+                self._stats.late += 1
+            else:
+                heapq.heappush(self._pending, (ts, origin, inc, n, body[_APP.size :]))
+                if len(self._pending) > self._config.max_pending:  # rule O6
+                    self._pending.remove(max(self._pending))
+                    heapq.heapify(self._pending)
+                    self._stats.overflow += 1
+                if not own and ts >= self._sent and self._clock_due is None:  # rule O3
+                    self._clock_due = now + self._config.clock_delay
+        if not own and not self._synced:
+            out.extend(self._try_sync())
+        self._deliver_ready(out)
+        return out
+
+    def _deliver_ready(self, out: list[Any]) -> None:
+        """Rule O2: deliver, smallest key first, what every other listed life passed."""
+        pending = self._pending
+        if not pending or self._view is None:  # no view: nobody known to wait for
+            return
+        floor = self._floor
+        if floor is None:
+            floor = self._floor = self._least_passed()
+        if pending[0][0] > floor:
+            return
+        stats = self._stats
+        while pending and pending[0][0] <= floor:
+            ts, origin, inc, n, payload = heapq.heappop(pending)
+            key = (ts, origin, inc, n)
+            if key <= self._last:  # (defensive: pushed keys are above it)
+                stats.late += 1
+                continue
+            self._last = key
+            stats.delivered += 1
+            out.append(new_deliver(origin, inc, n, KIND_APP, payload))
+
+    def _least_passed(self) -> int:
+        """The least timestamp every other listed life passed (rule O2; -1: one passed
+        nothing; no other member: no limit). Kept in ``_floor`` until a life that may
+        hold it passes further or the view changes."""
+        me = self._me
+        passed = self._passed
+        floor = MAX_TS
+        for node, inc in self._members.items():
+            if node != me:
+                ts = passed.get((node, inc), -1)
+                floor = min(floor, ts)
+        for life in self._departing:
+            floor = min(floor, passed.get(life, -1))
+        return floor
+
+    # ------------------------------------------------------------ views, timers
+
+    def _on_view(self, ev: ViewChanged, now: float) -> list[Any]:
+        view = ev.view
+        old = self._members
+        members = member_maps(view.members)[1]
+        self._view = view
+        self._members = members
+        lives = set(members.items())
+        # Rule O2: a life that left is still waited for ``depart_wait``: the multicast
+        # may still bring its last messages from the members that have them.
+        departing = self._departing
+        for node, inc in sorted(old.items()):
+            if node != self._me and members.get(node) != inc and (node, inc) not in departing:
+                departing[(node, inc)] = now + self._config.depart_wait
+        for life in lives & departing.keys():
+            del departing[life]
+        kept = lives | departing.keys()
+        self._passed = {k: v for k, v in self._passed.items() if k in kept}
+        self._floor = None
+        self._heard = {k: v for k, v in self._heard.items() if k in lives}
+        out: list[Any] = []
+        admitted = any(old.get(node) != inc for node, inc in members.items())
+        if admitted and members.get(self._me) == self._inc:
+            # Rule O4: a member life this node did not list (or this node itself, newly
+            # listed): exchange clocks before sending anything more, both ways.
+            self._sync_view = view.view_id
+            self._synced = False
+            self._hold_until = now + self._config.sync_wait
+            out.extend(self._send_clock())
+        if not self._synced:
+            out.extend(self._try_sync())
+        self._deliver_ready(out)
+        return out
+
+    def _try_sync(self) -> list[Any]:
+        """Rule O4: release the held publications once every other member's clock came."""
+        joined = self._sync_view
+        if joined is None:
+            return []
+        heard = self._heard
+        me = self._me
+        for node, inc in self._members.items():
+            if node != me and heard.get((node, inc), -1) < joined:
+                return []
+        return self._release()
+
+    def _release(self) -> list[Any]:
+        self._synced = True
+        self._hold_until = None
+        held, self._held = self._held, []
+        out: list[Any] = []
+        for n, payload in held:
+            out.extend(self._send_app(n, payload))
+        return out
+
+    def _on_deadline(self, ev: DeadlineReached, now: float) -> list[Any]:
+        out: list[Any] = []
+        departing = self._departing
+        gone = [life for life, until in sorted(departing.items()) if until <= now]
+        if gone:  # rule O2: waited long enough for those lives' last messages
+            for life in gone:
+                del departing[life]
+                self._passed.pop(life, None)
+            self._floor = None
+            self._deliver_ready(out)
+        if self._hold_until is not None and self._hold_until <= now:
+            out.extend(self._release())  # rule O4: waited long enough
+        if self._clock_due is not None and self._clock_due <= now:
+            out.extend(self._send_clock())
+        return out
