@@ -114,6 +114,14 @@ from powergrid.events import (
     ViewChanged,
 )
 from powergrid.protocols.election import ElectionConfig, ElectionMachine
+from powergrid.protocols.fragments import (
+    KIND_FRAGMENT,
+    FragmentArrived,
+    FragmentConfig,
+    FragmentMachine,
+    Piece,
+    Split,
+)
 from powergrid.protocols.market import (
     Bid,
     BidChanged,
@@ -133,8 +141,15 @@ from powergrid.protocols.membership import (
     MembershipConfig,
     MembershipMachine,
 )
-from powergrid.protocols.multicast import Deliver, MulticastConfig, MulticastMachine, Publish
+from powergrid.protocols.multicast import (
+    MAX_MULTICAST_PAYLOAD,
+    Deliver,
+    MulticastConfig,
+    MulticastMachine,
+    Publish,
+)
 from powergrid.protocols.unicast import (
+    MAX_UNICAST_PAYLOAD,
     DeliverUnicast,
     PeerGone,
     Submit,
@@ -183,6 +198,7 @@ class _DEFAULTS:
 
     unicast = UnicastConfig()
     multicast = MulticastConfig()
+    fragments = FragmentConfig()
     membership = MembershipConfig()
     election = ElectionConfig()
     client = ClientConfig()
@@ -222,6 +238,11 @@ class NodeConfig:
     multicast: MulticastConfig = attrs.field(
         default=_DEFAULTS.multicast, validator=instance(MulticastConfig)
     )
+    fragments: FragmentConfig = attrs.field(
+        default=_DEFAULTS.fragments, validator=instance(FragmentConfig)
+    )
+    """Large messages: the largest app payload, reassembly memory (see
+    :mod:`powergrid.protocols.fragments`)."""
     membership: MembershipConfig = attrs.field(
         default=_DEFAULTS.membership, validator=instance(MembershipConfig)
     )
@@ -313,8 +334,8 @@ class NodeStats:
 
 # ------------------------------------------------------------------ wiring
 
-UNICAST, MULTICAST, MEMBERSHIP, ELECTION, CLIENT, BROKER, LEAD = range(7)
-"""Roles, the indices of :attr:`_Stack.machines`: a group's own four machines, then the
+UNICAST, MULTICAST, MEMBERSHIP, ELECTION, FRAGMENTS, CLIENT, BROKER, LEAD = range(8)
+"""Roles, the indices of :attr:`_Stack.machines`: a group's own five machines, then the
 market's three (one per node, shared by every stack)."""
 _OWN = CLIENT
 """The roles below this are a stack's own machines; their actions run in that stack."""
@@ -325,6 +346,7 @@ class _Stack:
 
     __slots__ = (
         "election",
+        "fragments",
         "group",
         "machines",
         "members",
@@ -357,7 +379,14 @@ class _Stack:
             group=group,
             rng=rng,
         )
-        self.own: tuple[Any, ...] = (self.unicast, self.multicast, self.membership, self.election)
+        self.fragments = FragmentMachine(cfg.fragments)
+        self.own: tuple[Any, ...] = (
+            self.unicast,
+            self.multicast,
+            self.membership,
+            self.election,
+            self.fragments,
+        )
         self.members: tuple[Member, ...] = ()  # the last view's, for MemberJoined / MemberLeft
         self.removed: dict[int, Any] = {}  # node -> MemberRemoved reason, until the next view
         self.machines: tuple[Any, ...] = self.own + market  # indexed by role
@@ -440,6 +469,8 @@ _new_transmit = record_builder(Transmit)  # to, data
 _new_transmit_group = record_builder(TransmitGroup)  # group, data
 _new_publish = record_builder(Publish)  # kind, payload
 _new_delivered = record_builder(MessageDelivered)  # group, sender, seq, payload
+_new_piece = record_builder(Piece)  # kind, payload
+_new_arrived = record_builder(FragmentArrived)  # channel, origin, incarnation, seq, payload
 
 # ------------------------------------------------------------------ decoding cache
 
@@ -759,25 +790,36 @@ class Node:
     def multicast(self, payload: bytes, now: float, *, group: int | None = None) -> list[Output]:
         """Multicast application bytes to ``group`` (default: the cluster), reliably, FIFO.
 
-        Raises :class:`UsageError` if the node is not in that group and
-        :class:`~powergrid.errors.PayloadTooLargeError` if the payload is too large.
+        A payload over ``MAX_MULTICAST_PAYLOAD`` bytes goes as fragments, one multicast
+        each, and is delivered whole (:mod:`powergrid.protocols.fragments`). Raises
+        :class:`UsageError` if the node is not in that group and
+        :class:`~powergrid.errors.PayloadTooLargeError` over ``config.fragments.max_message``.
         """
         stack = self._home if group is None else None  # (the cluster's, the common case)
         if stack is None:
             stack = self._stack_or_raise(group)
         out: list[Output] = []
-        publish = _new_publish(KIND_APP, payload)
-        self._run(stack, self._call(stack.multicast, publish, now), now, out)
+        pieces: list[Any] = [_new_piece(KIND_APP, payload)]
+        if type(payload) is bytes and len(payload) > MAX_MULTICAST_PAYLOAD:
+            pieces = self._call(stack.fragments, Split(payload=payload), now)
+        for piece in pieces:
+            publish = _new_publish(piece.kind, piece.payload)
+            self._run(stack, self._call(stack.multicast, publish, now), now, out)
         return out
 
     def send(
         self, to: int, payload: bytes, now: float, *, group: int | None = None
     ) -> list[Output]:
-        """Send application bytes to node ``to`` reliably, in order."""
+        """Send application bytes to node ``to`` reliably, in order; a large payload as
+        fragments, like :meth:`multicast`. Raises as :class:`Submit` and :class:`Split` do."""
         stack = self._stack_or_raise(group)
         out: list[Output] = []
-        submit = Submit(to=NodeId(to), kind=KIND_APP, payload=payload)
-        self._run(stack, self._call(stack.unicast, submit, now), now, out)
+        pieces: list[Any] = [_new_piece(KIND_APP, payload)]
+        if type(payload) is bytes and len(payload) > MAX_UNICAST_PAYLOAD:
+            pieces = self._call(stack.fragments, Split(payload=payload), now)
+        for piece in pieces:
+            submit = Submit(to=NodeId(to), kind=piece.kind, payload=piece.payload)
+            self._run(stack, self._call(stack.unicast, submit, now), now, out)
         return out
 
     def set_bid(self, bid: Bid, now: float) -> list[Output]:
@@ -975,22 +1017,6 @@ class Node:
         event = Received(sender=NodeId(sender), incarnation=Incarnation(incarnation), message=msg)
         queue.extend(self._take(stack, event, now, out))
 
-    def _on_deliver(
-        self, stack: _Stack, act: Deliver, now: float, queue: list[Any], out: list[Output]
-    ) -> None:
-        if act.kind == KIND_APP:
-            out.append(_new_delivered(stack.group, act.origin, act.seq, act.payload))
-            return
-        self._inner(stack, act.origin, act.incarnation, act.kind, act.payload, now, queue, out)
-
-    def _on_deliver_unicast(
-        self, stack: _Stack, act: DeliverUnicast, now: float, queue: list[Any], out: list[Output]
-    ) -> None:
-        if act.kind == KIND_APP:
-            out.append(UnicastDelivered(group=stack.group, sender=act.sender, payload=act.payload))
-            return
-        self._inner(stack, act.sender, act.incarnation, act.kind, act.payload, now, queue, out)
-
     def _on_view(
         self, stack: _Stack, act: ViewChanged, now: float, queue: list[Any], out: list[Output]
     ) -> None:
@@ -1073,15 +1099,44 @@ def _peer_gone(note: MemberRemoved) -> PeerGone:
     return PeerGone(peer=note.node)
 
 
+def _on_deliver(
+    node: Node, stack: _Stack, act: Deliver, now: float, queue: list[Any], out: list[Output]
+) -> None:
+    """A multicast delivery: app bytes to the app (a large message once its fragments
+    are whole), a protocol message to its machines."""
+    if act.kind == KIND_APP:
+        out.append(_new_delivered(stack.group, act.origin, act.seq, act.payload))
+    elif act.kind == KIND_FRAGMENT:
+        arrived = _new_arrived("multicast", act.origin, act.incarnation, act.seq, act.payload)
+        for done in node._call(stack.fragments, arrived, now):
+            out.append(_new_delivered(stack.group, done.origin, done.seq, done.payload))
+    else:
+        node._inner(stack, act.origin, act.incarnation, act.kind, act.payload, now, queue, out)
+
+
+def _on_deliver_unicast(
+    node: Node, stack: _Stack, act: DeliverUnicast, now: float, queue: list[Any], out: list[Output]
+) -> None:
+    """A reliable unicast delivery, as :func:`_on_deliver`."""
+    if act.kind == KIND_APP:
+        out.append(UnicastDelivered(group=stack.group, sender=act.sender, payload=act.payload))
+    elif act.kind == KIND_FRAGMENT:
+        arrived = _new_arrived("unicast", act.sender, act.incarnation, 0, act.payload)
+        for done in node._call(stack.fragments, arrived, now):
+            out.append(UnicastDelivered(group=stack.group, sender=act.sender, payload=done.payload))
+    else:
+        node._inner(stack, act.sender, act.incarnation, act.kind, act.payload, now, queue, out)
+
+
 NOTES: dict[type[Any], Note] = {
     # (a broker ignores other groups'); then the app gets the view and who came or went
-    ViewChanged: Note((MULTICAST, ELECTION, BROKER), then=Node._on_view, to_app=False),
+    ViewChanged: Note((MULTICAST, ELECTION, FRAGMENTS, BROKER), then=Node._on_view, to_app=False),
     MemberRemoved: Note((UNICAST,), as_event=_peer_gone, then=Node._on_removed),
     LeaderLost: Note((ELECTION,)),
     # The client last: a node that becomes broker activates its broker before its own
     # client re-sends its bid to it, or the bid is dropped (issue 16).
     LeaderElected: Note((MEMBERSHIP, BROKER, LEAD, CLIENT), then=Node._follow_cluster_leader),
-    Deliver: Note(then=Node._on_deliver, to_app=False),
-    DeliverUnicast: Note(then=Node._on_deliver_unicast, to_app=False),
+    Deliver: Note(then=_on_deliver, to_app=False),
+    DeliverUnicast: Note(then=_on_deliver_unicast, to_app=False),
 }
 """Notification type -> what the node does with it. A type not here goes to the app only."""
