@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from powergrid import node as node_mod
 from powergrid.errors import ConfigError, DecodeError, PayloadTooLargeError, UsageError
 from powergrid.events import DeadlineReached, Member, View, ViewChanged
 from powergrid.node import MessageDelivered, Node, NodeConfig, UnicastDelivered
@@ -24,6 +25,8 @@ from powergrid.protocols.fragments import (
     fragment_count,
 )
 from powergrid.protocols.multicast import MAX_MULTICAST_PAYLOAD
+from powergrid.sim.fuzzing import replay_command, run_datacentre
+from powergrid.sim.invariants import app_payload, parse_payload
 from powergrid.sim.memory import MemoryNetwork
 from powergrid.types import Epoch, GroupId, Incarnation, NodeId, node_id
 from powergrid.wire import Fragment, decode_body, encode, encode_body
@@ -304,3 +307,61 @@ def test_a_bare_fragment_datagram_is_unroutable() -> None:
     data = encode(1, A, 1, Fragment(1, 10, 0, b"0123456789"))
     assert node.receive(data, 1.0) == []
     assert node.stats.unroutable == 1
+
+
+# ------------------------------------------------------------------ fuzzing with large messages
+
+
+def test_app_payloads_of_any_size_parse_and_a_changed_byte_does_not() -> None:
+    for size in (0, 20, 21, 1400, 70_001):
+        p = app_payload(A, 3, 9, size)
+        assert len(p) == max(size, 20) and parse_payload(p) == (A, 3, 9)
+    changed = bytearray(app_payload(A, 3, 9, 5000))
+    changed[4000] ^= 1
+    assert parse_payload(bytes(changed)) is None
+
+
+class Counted(FragmentMachine):
+    done: list[int] = []
+
+    def _done(self, ev: FragmentArrived, seq: int, payload: bytes) -> Reassembled:
+        Counted.done.append(len(payload))
+        return super()._done(ev, seq, payload)
+
+
+class LastByteLost(FragmentMachine):
+    """Canary: a reassembled message loses its last byte."""
+
+    def _done(self, ev: FragmentArrived, seq: int, payload: bytes) -> Reassembled:
+        return super()._done(ev, seq, payload[:-1])
+
+
+class NumberedByLast(FragmentMachine):
+    """Canary: a message is numbered by its last fragment instead of its first."""
+
+    def _done(self, ev: FragmentArrived, seq: int, payload: bytes) -> Reassembled:
+        return super()._done(ev, ev.seq, payload)
+
+
+@pytest.mark.parametrize("seed", [13_400_000, 13_400_001])
+def test_large_message_fuzz_runs_hold_every_invariant(
+    seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    Counted.done = []
+    monkeypatch.setattr(node_mod, "FragmentMachine", Counted)
+    r = run_datacentre(seed, large=True)
+    assert r.ok, r.report()
+    assert len(Counted.done) > 50 and max(Counted.done) > MAX_MULTICAST_PAYLOAD
+    assert "--large" in replay_command(seed, large=True)
+
+
+@pytest.mark.parametrize(
+    ("mutant", "caught_by"),
+    [(LastByteLost, "multicast-integrity"), (NumberedByLast, "multicast-integrity")],
+)
+def test_broken_reassembly_is_caught(
+    mutant: type[FragmentMachine], caught_by: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(node_mod, "FragmentMachine", mutant)
+    r = run_datacentre(13_400_000, large=True)
+    assert caught_by in {v.invariant for v in r.violations}

@@ -53,6 +53,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="no IP multicast: group sends fan out as unicasts to seeds and view members",
     )
     parser.add_argument(
+        "--large",
+        action="store_true",
+        help="about half the app multicasts are large messages (fragments; up to 1 MiB)",
+    )
+    parser.add_argument(
         "--replay", type=int, default=None, metavar="SEED", help="re-run SEED, print its trace"
     )
     parser.add_argument(
@@ -93,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         "safety_s": args.safety,
         "liveness_s": args.liveness,
         "fanout": args.fanout,
+        "large": args.large,
     }
     if args.replay is not None:
         result = run_datacentre(args.replay, keep_trace=True, **common)
