@@ -70,6 +70,7 @@ def view(*nodes: int) -> ViewChanged:
 
 
 def test_split_then_reassemble_gives_the_payload_back_numbered_by_its_first_fragment() -> None:
+    """F1, F2."""
     payload = big(1 << 20)  # the default limit, exactly
     sender, receiver = FragmentMachine(), FragmentMachine()
     pieces = sender.handle(Split(payload=payload), 0.0)
@@ -121,6 +122,7 @@ def test_config_is_checked() -> None:
 
 
 def test_the_codec_refuses_bytes_past_the_total_and_empty_fragments() -> None:
+    """F3: malformed."""
     with pytest.raises(DecodeError, match="run past the total"):
         decode_body(KIND_FRAGMENT, frag(1, 100, 90, bytes(20)))
     with pytest.raises(DecodeError, match="no bytes"):
@@ -132,6 +134,7 @@ def test_the_codec_refuses_bytes_past_the_total_and_empty_fragments() -> None:
 
 
 def test_an_absurd_total_is_dropped_and_allocates_nothing() -> None:
+    """F3: too_large."""
     m = FragmentMachine(FragmentConfig(max_message=10_000))
     assert arrive(m, frag(1, 2**32 - 1, 0, bytes(1000))) == []
     assert arrive(m, frag(1, 10_001, 0, bytes(1000))) == []
@@ -139,6 +142,7 @@ def test_an_absurd_total_is_dropped_and_allocates_nothing() -> None:
 
 
 def test_an_overlap_and_a_gap_are_misplaced_and_drop_the_partial() -> None:
+    """F3: misplaced, stray."""
     m = FragmentMachine()
     assert arrive(m, frag(1, 3000, 0, bytes(1000))) == []
     assert arrive(m, frag(1, 3000, 500, bytes(1000))) == []  # overlaps 500..1000
@@ -152,6 +156,7 @@ def test_an_overlap_and_a_gap_are_misplaced_and_drop_the_partial() -> None:
 
 
 def test_a_lie_about_the_total_drops_the_partial() -> None:
+    """F3: total_changed."""
     m = FragmentMachine()
     arrive(m, frag(1, 3000, 0, bytes(1000)))
     assert arrive(m, frag(1, 2000, 1000, bytes(1000))) == []  # would "complete" at 2000
@@ -180,6 +185,7 @@ def test_a_new_first_fragment_ends_an_interrupted_partial() -> None:
 
 
 def test_each_life_keeps_its_own_partial_and_a_third_life_drops_the_oldest() -> None:
+    """F4: lives."""
     m = FragmentMachine()
     arrive(m, frag(1, 3000, 0, bytes(1000)), inc=1)
     arrive(m, frag(1, 3000, 0, bytes(1000)), inc=2)
@@ -192,6 +198,7 @@ def test_each_life_keeps_its_own_partial_and_a_third_life_drops_the_oldest() -> 
 
 
 def test_all_partials_stay_within_max_reassembly_by_evicting_the_largest() -> None:
+    """F4: max_reassembly."""
     m = FragmentMachine(FragmentConfig(max_message=4000, max_reassembly=5000))
     origins = [node_id("127.0.0.1", 9100 + i) for i in range(4)]
     for o in origins:
@@ -208,6 +215,7 @@ def test_all_partials_stay_within_max_reassembly_by_evicting_the_largest() -> No
 
 
 def test_partials_of_an_origin_that_left_go_after_the_grace_unless_it_returns() -> None:
+    """F5."""
     m = FragmentMachine(FragmentConfig(departed_grace=2.0))
     m.handle(view(A, B), 0.0)
     assert m.next_deadline() is None  # nothing held: never woken

@@ -52,6 +52,9 @@ the view (:class:`~powergrid.events.ViewChanged`) are kept ``departed_grace``
 seconds, in which the channel may still bring their last fragments, then
 dropped (``departed``); an origin that comes back in time keeps them.
 
+Rules F1-F5 (cited below and in ``tests/test_fragments.py``) are those of
+``docs/protocols/multicast.md``, *Large messages*.
+
 Driving: ``handle(event, now)`` with :class:`Split`, :class:`FragmentArrived`,
 :class:`~powergrid.events.ViewChanged` and
 :class:`~powergrid.events.DeadlineReached`; ``next_deadline()`` is the
@@ -266,7 +269,7 @@ class FragmentMachine(Dispatching):
 
     # ------------------------------------------------------------ sending
 
-    def _split(self, ev: Split, now: float) -> list[Piece]:
+    def _split(self, ev: Split, now: float) -> list[Piece]:  # F1
         payload = ev.payload
         if not isinstance(payload, bytes):
             raise UsageError(f"a payload must be bytes, got {type(payload).__name__}")
@@ -292,7 +295,7 @@ class FragmentMachine(Dispatching):
 
     # ------------------------------------------------------------ receiving
 
-    def _arrived(self, ev: FragmentArrived, now: float) -> list[Reassembled]:
+    def _arrived(self, ev: FragmentArrived, now: float) -> list[Reassembled]:  # F2, F3
         stats = self._stats
         try:
             frag = decode_body(KIND_FRAGMENT, ev.payload)
@@ -341,7 +344,7 @@ class FragmentMachine(Dispatching):
         lives = sorted(
             (p.born, k) for k, p in self._partials.items() if k[0] == key[0] and k[1] == key[1]
         )
-        if len(lives) >= 2:  # a third life of one origin: the oldest-started goes
+        if len(lives) >= 2:  # F4: a third life of one origin: the oldest-started goes
             self._drop(lives[0][1], "incomplete")
         if not self._room(len(frag.payload), None):
             return []
@@ -363,7 +366,7 @@ class FragmentMachine(Dispatching):
             payload=payload,
         )
 
-    def _room(self, size: int, keep: _Key | None) -> bool:
+    def _room(self, size: int, keep: _Key | None) -> bool:  # F4
         """Make room for ``size`` more bytes by evicting the largest partials; False
         (the fragment is dropped) if partial ``keep`` itself had to go."""
         limit = self._config.max_reassembly
@@ -389,7 +392,7 @@ class FragmentMachine(Dispatching):
 
     # ------------------------------------------------------------ views and time
 
-    def _view(self, ev: ViewChanged, now: float) -> list[Any]:
+    def _view(self, ev: ViewChanged, now: float) -> list[Any]:  # F5
         members = frozenset(int(m.node) for m in ev.view.members)
         self._members = members
         if not self._partials:
