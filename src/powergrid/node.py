@@ -211,7 +211,8 @@ class NodeConfig:
     """Everything a node needs to know about itself; every machine's settings.
 
     ``host``/``port`` are the node's unicast socket address (an IPv4 dotted
-    quad, a port in 1..65535), from which its id is derived. ``realm`` names
+    quad or an IPv6 address, a port in 1..65535), from which its id is derived
+    (:func:`~powergrid.types.node_id`). ``realm`` names
     the deployment (the data centre; see :func:`~powergrid.types.realm_problem`
     for what a name may be): the node drops every datagram of another realm.
     ``cluster`` is its cluster's group id within the realm (1..2**32-1; 0 is
@@ -224,7 +225,7 @@ class NodeConfig:
     ``NodeConfig.supply: must be a whole number of watts >= 0, got -100``.
     """
 
-    host: str = attrs.field(default="127.0.0.1", validator=instance(str, "an IPv4 address string"))
+    host: str = attrs.field(default="127.0.0.1", validator=instance(str, "an IP address string"))
     port: int = attrs.field(validator=whole(1, 0xFFFF))
     realm: str = attrs.field(default=DEFAULT_REALM, validator=instance(str, "a realm name"))
     cluster: int = attrs.field(
@@ -264,7 +265,7 @@ class NodeConfig:
         try:
             node_id(self.host, self.port)
         except ConfigError:  # (the port is checked already)
-            problem = "must be an IPv4 address such as 127.0.0.1"
+            problem = "must be an IPv4 or IPv6 address such as 127.0.0.1 or ::1"
             raise config_error(self, "host", problem, self.host) from None
         if not (self.client.grid == self.broker.grid == self.lead.grid):
             raise ConfigError(
