@@ -25,7 +25,8 @@ from powergrid.protocols.unicast import UnicastConfig
         ({"host": 127}, "NodeConfig.host: must be an IP address string, got 127"),
         (
             {"host": "localhost"},
-            "NodeConfig.host: must be an IPv4 or IPv6 address such as 127.0.0.1 or ::1, got 'localhost'",
+            "NodeConfig.host: must be an IPv4 or IPv6 address such as 127.0.0.1 or ::1, "
+            "got 'localhost'",
         ),
         (
             {"cluster": 0},
