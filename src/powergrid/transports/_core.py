@@ -526,6 +526,7 @@ class Destinations:
     __slots__ = (
         "_addresses",
         "_config",
+        "_ipv6",
         "_prefix",
         "_seeds",
         "_stats",
@@ -545,6 +546,7 @@ class Destinations:
         self.groups: dict[int, tuple[Address, ...]] = {}
         self._addresses: dict[int, Address] = {}  # node id -> its socket address
         self._prefix = config.ipv6_prefix  # the /96 of IPv6 node addresses
+        self._ipv6 = bool(me & IPV6_NODE)  # our groups are IPv6 groups
         # the configured seeds may be sent to before they are heard from (a fan-out
         # node's first join request goes to a seed it never heard): the operator's word
         self._seeds = frozenset(node_address(n, self._prefix) for n in config.seed_ids())
@@ -592,7 +594,7 @@ class Destinations:
     def group(self, group: int) -> tuple[Address, ...]:
         """Where ``group``'s datagrams go (cached in :attr:`groups`)."""
         if self.fanout is None:
-            addrs: tuple[Address, ...] = (self._config.group_address(group),)
+            addrs: tuple[Address, ...] = (self._config.group_address(group, self._ipv6),)
         else:
             addrs = tuple(node_address(n, self._prefix) for n in self.fanout.targets(group))
         self.groups[group] = addrs
