@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 Every datagram is a fixed 25-byte header followed by one message body::
 
-    magic "PG" | version u8 (2) | type u8 | flags u8 | group u32 | sender u48 in u64
+    magic "PG" | version u8 (2) | type u8 | flags u8 | group u32 | sender u64 (a node id: 49 bits)
     | incarnation u32 | realm u32
 
 All integers are big-endian (``struct`` with ``!``). The header says who sent
