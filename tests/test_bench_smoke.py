@@ -32,6 +32,7 @@ KEYS = {
         "ratio_5pct_loss",
         "failover_median_s",
         "ratio_1_receiver_asyncio",
+        "ratio_1mib_goodput",
     },
     "realnet": {
         "startup_s",
