@@ -16,6 +16,7 @@ from powergrid.node import MessageDelivered, Node, NodeConfig, UnicastDelivered
 from powergrid.protocols.fragments import (
     FRAGMENT_DATA,
     KIND_FRAGMENT,
+    PARTIAL_COST,
     FragmentArrived,
     FragmentConfig,
     FragmentMachine,
@@ -111,7 +112,7 @@ def test_split_refuses_too_large_and_non_bytes() -> None:
 
 def test_config_is_checked() -> None:
     with pytest.raises(ConfigError, match=r"FragmentConfig.max_reassembly: must be at least"):
-        FragmentConfig(max_message=2000, max_reassembly=1000)
+        FragmentConfig(max_message=2000, max_reassembly=2000)
     with pytest.raises(ConfigError, match=r"FragmentConfig.max_message"):
         FragmentConfig(max_message=0)
     with pytest.raises(ConfigError, match=r"FragmentConfig.departed_grace"):
@@ -199,19 +200,31 @@ def test_each_life_keeps_its_own_partial_and_a_third_life_drops_the_oldest() -> 
 
 def test_all_partials_stay_within_max_reassembly_by_evicting_the_largest() -> None:
     """F4: max_reassembly."""
-    m = FragmentMachine(FragmentConfig(max_message=4000, max_reassembly=5000))
+    m = FragmentMachine(FragmentConfig(max_message=4000, max_reassembly=6100))
     origins = [node_id("127.0.0.1", 9100 + i) for i in range(4)]
     for o in origins:
         arrive(m, frag(1, 4000, 0, bytes(1000)), origin=o)
+    assert m.held == 4 * (1000 + PARTIAL_COST)
     arrive(m, frag(1, 4000, 1000, bytes(1000)), origin=origins[0])
-    assert m.held == 5000
+    assert m.held == 6024
     arrive(m, frag(1, 4000, 1000, bytes(1000)), origin=origins[1])  # evicts origins[0]'s
-    assert m.held == 4000 and m.stats.evicted == 1  # its 2,000 bytes went, 1,000 came
+    assert m.held == 6024 - 2256 + 1000 and m.stats.evicted == 1
     assert [p[1] for p in m.partials] == origins[1:]
     for _ in range(10):  # whatever arrives, the bound holds
         for o in origins:
             arrive(m, frag(2, 4000, 0, bytes(1300)), origin=o)
-            assert m.held <= 5000
+            assert m.held <= 6100
+
+
+def test_a_flood_of_tiny_partials_is_bounded_in_number() -> None:
+    """F4: each partial is charged PARTIAL_COST, so one-byte first fragments from ever new
+    origins cannot pile up without bound."""
+    m = FragmentMachine(FragmentConfig(max_message=1000, max_reassembly=1000 + 100 * PARTIAL_COST))
+    for i in range(1000):
+        arrive(m, frag(1, 10, 0, b"x"), origin=node_id("10.0.0.1", 1 + i))
+    most = (1000 + 100 * PARTIAL_COST) // (1 + PARTIAL_COST)  # 103
+    assert len(m.partials) == most and m.stats.evicted == 1000 - most
+    assert m.held == most * (1 + PARTIAL_COST)
 
 
 def test_partials_of_an_origin_that_left_go_after_the_grace_unless_it_returns() -> None:
@@ -227,14 +240,14 @@ def test_partials_of_an_origin_that_left_go_after_the_grace_unless_it_returns() 
     arrive(m, frag(2, 3000, 0, bytes(1000)), origin=B, now=2.5)  # not in the view
     assert m.next_deadline() == 4.5
     m.handle(DeadlineReached(), 4.4)
-    assert m.held == 1000
+    assert m.held == 1000 + PARTIAL_COST
     m.handle(DeadlineReached(), 4.5)
     assert (m.held, m.stats.departed, m.next_deadline()) == (0, 1, None)
     arrive(m, frag(3, 3000, 0, bytes(1000)), origin=A, now=5.0)
     m.handle(view(B), 5.0)
     m.handle(view(A, B), 6.0)  # came back in time: kept
     m.handle(DeadlineReached(), 10.0)
-    assert m.held == 1000 and m.next_deadline() is None
+    assert m.held == 1000 + PARTIAL_COST and m.next_deadline() is None
 
 
 # ------------------------------------------------------------------ through nodes

@@ -47,7 +47,9 @@ at most two lives per origin and channel (the multicast still delivers a
 restarted origin's retired life beside its new one; a third life's first
 fragment drops the oldest-started partial, ``incomplete``). All partials
 together hold at most ``max_reassembly`` bytes: a fragment that would pass it
-first evicts the largest partials (``evicted``). Partials of origins that leave
+first evicts the largest partials (``evicted``); each partial is charged
+:data:`PARTIAL_COST` bytes beyond its data, which bounds their number too. A
+partial is one growing buffer, never a list of pieces. Partials of origins that leave
 the view (:class:`~powergrid.events.ViewChanged`) are kept ``departed_grace``
 seconds, in which the channel may still bring their last fragments, then
 dropped (``departed``); an origin that comes back in time keeps them.
@@ -81,6 +83,7 @@ from powergrid.wire import MAX_FRAGMENTED, Fragment, decode_body, encode_body
 __all__ = [
     "FRAGMENT_DATA",
     "KIND_FRAGMENT",
+    "PARTIAL_COST",
     "FragmentArrived",
     "FragmentConfig",
     "FragmentMachine",
@@ -100,6 +103,12 @@ after the fragment's 12-byte head)."""
 Channel = Literal["multicast", "unicast"]
 
 
+PARTIAL_COST: Final = 256
+"""Bytes a partial is charged for its bookkeeping, beyond its data, against
+``max_reassembly``: so a flood of tiny partials is bounded in number too (at most
+65,536 with the default 16 MiB)."""
+
+
 def fragment_count(size: int) -> int:
     """How many channel messages (sequence numbers) an app payload of ``size`` bytes
     takes: 1 if it fits one datagram of the multicast, else its fragments."""
@@ -113,7 +122,7 @@ class FragmentConfig:
     """Settings of :class:`FragmentMachine`; sizes in bytes, times in seconds.
 
     Raises :class:`~powergrid.errors.ConfigError` naming the field for a value
-    out of range, or ``max_reassembly`` below ``max_message``.
+    out of range, or ``max_reassembly`` below ``max_message`` + :data:`PARTIAL_COST`.
     """
 
     max_message: int = attrs.field(default=1 << 20, validator=whole(1, MAX_FRAGMENTED))
@@ -124,8 +133,8 @@ class FragmentConfig:
     """How long the partials of an origin that left the view are kept."""
 
     def __attrs_post_init__(self) -> None:
-        if self.max_reassembly < self.max_message:
-            problem = f"must be at least max_message ({self.max_message})"
+        if self.max_reassembly < self.max_message + PARTIAL_COST:
+            problem = f"must be at least max_message + {PARTIAL_COST} ({self.max_message})"
             raise config_error(self, "max_reassembly", problem, self.max_reassembly)
 
 
@@ -202,17 +211,21 @@ _Key = tuple[str, int, int]  # channel, origin, incarnation
 
 
 class _Partial:
-    """The bytes of one message so far."""
+    """The bytes of one message so far (one buffer, however small the fragments)."""
 
-    __slots__ = ("born", "chunks", "have", "message", "seq", "total")
+    __slots__ = ("born", "data", "message", "seq", "total")
 
     def __init__(self, frag: Fragment, seq: int, born: int) -> None:
         self.message = frag.message
         self.total = frag.total
         self.seq = seq
         self.born = born  # start order, to drop the oldest of an origin's lives
-        self.chunks = [frag.payload]
-        self.have = len(frag.payload)
+        self.data = bytearray(frag.payload)
+
+    @property
+    def have(self) -> int:
+        """Bytes so far."""
+        return len(self.data)
 
 
 class FragmentMachine(Dispatching):
@@ -256,7 +269,8 @@ class FragmentMachine(Dispatching):
 
     @property
     def held(self) -> int:
-        """Bytes held in partial messages now."""
+        """Bytes charged for partial messages now: their data, plus :data:`PARTIAL_COST`
+        each."""
         return self._held
 
     @property
@@ -332,13 +346,12 @@ class FragmentMachine(Dispatching):
         size = len(frag.payload)
         if not self._room(size, key):
             return []
-        part.chunks.append(frag.payload)
-        part.have += size
+        part.data += frag.payload
         self._held += size
         if part.have < part.total:
             return []
         self._drop(key, None)
-        return [self._done(ev, part.seq, b"".join(part.chunks))]
+        return [self._done(ev, part.seq, bytes(part.data))]
 
     def _start(self, key: _Key, ev: FragmentArrived, frag: Fragment, now: float) -> list[Any]:
         lives = sorted(
@@ -346,11 +359,12 @@ class FragmentMachine(Dispatching):
         )
         if len(lives) >= 2:  # F4: a third life of one origin: the oldest-started goes
             self._drop(lives[0][1], "incomplete")
-        if not self._room(len(frag.payload), None):
+        cost = len(frag.payload) + PARTIAL_COST
+        if not self._room(cost, None):
             return []
         self._born += 1
         self._partials[key] = _Partial(frag, ev.seq, self._born)
-        self._held += len(frag.payload)
+        self._held += cost
         members = self._members
         if members is not None and key[1] not in members:
             self._departed.setdefault(key[1], now + self._config.departed_grace)
@@ -379,7 +393,7 @@ class FragmentMachine(Dispatching):
 
     def _drop(self, key: _Key, why: str | None) -> None:
         part = self._partials.pop(key)
-        self._held -= part.have
+        self._held -= part.have + PARTIAL_COST
         if why == "incomplete":
             self._stats.incomplete += 1
         elif why == "evicted":
