@@ -83,6 +83,7 @@ from _common import emit, free_port, parse_args
 from powergrid.auth import Keyring
 from powergrid.cli.processes import NodeProcesses
 from powergrid.node import MessageDelivered, Node, NodeConfig
+from powergrid.protocols.fragments import FRAGMENT_DATA, fragment_count
 from powergrid.protocols.multicast import MulticastConfig
 from powergrid.transports.asyncio_udp import run_node as run_node_asyncio
 from powergrid.transports.trio_udp import UdpConfig, run_node
@@ -95,8 +96,24 @@ ASYNCIO_PAIRS = 7
 """Interleaved raw/powergrid pairs of each asyncio goodput figure (its median)."""
 
 
-def payload(i: int) -> bytes:
-    return f"{i:010d}".encode().ljust(PAYLOAD, b".")
+LARGE = 1 << 20
+"""Bytes of each message of the large-message run (the default ``max_message``)."""
+LARGE_WINDOW = 2
+"""Large messages in flight beyond what the slowest receiver delivered (about 1,600
+fragments, a 2 MiB window)."""
+
+
+def payload(i: int, size: int = PAYLOAD) -> bytes:
+    return f"{i:010d}".encode().ljust(size, b".")
+
+
+def check_delivered(got: list[list[tuple[int, bytes]]], n: int, size: int = PAYLOAD) -> None:
+    """Every receiver delivered exactly messages 0..n-1 of ``size`` bytes, in order, each
+    numbered by its first seq (a large message takes :func:`fragment_count` seqs)."""
+    span = fragment_count(size)
+    expected = [(i * span + 1, payload(i, size)) for i in range(n)]
+    for g in got:
+        assert g == expected, "out of order or incomplete"
 
 
 # ------------------------------------------------------------------ powergrid
@@ -160,8 +177,11 @@ async def powergrid_goodput(
     bundle_size: int | None = None,
     fanout: bool = False,
     seal: str = "none",
+    size: int = PAYLOAD,
+    window: int = WINDOW,
 ) -> dict[str, Any]:
-    """N multicasts from one sender to ``receivers`` nodes; goodput in messages/s.
+    """N multicasts of ``size`` bytes from one sender to ``receivers`` nodes, at most
+    ``window`` beyond the slowest receiver; goodput in messages/s and bytes/s.
 
     ``seal``: ``"none"`` (unkeyed), ``"signed"`` (a keyring: HMAC-SHA256 on every
     datagram) or ``"encrypted"`` (a keyring with ``encrypt=True``: AES-256-GCM).
@@ -219,17 +239,16 @@ async def powergrid_goodput(
         sent0 = handles[0].stats.sent
         with trio.fail_after(120):
             for i in range(n):
-                while i - min(counts) >= WINDOW:
+                while i - min(counts) >= window:
                     tally.progress = trio.Event()
                     await tally.progress.wait()
-                await sender.multicast(payload(i))
+                await sender.multicast(payload(i, size))
             while min(counts) < n:
                 tally.progress = trio.Event()
                 await tally.progress.wait()
         seconds = tally.t_end - t0
         cpu = time.process_time() - c0
-        for g in got:
-            assert g == [(i + 1, payload(i)) for i in range(n)], "out of order or incomplete"
+        check_delivered(got, n, size)
         dropped = sum(h.endpoint.dropped for h in rx) if loss > 0 else 0
         repair = _repair_stats(sender, rx, cfgs[0].cluster)
         st = sender.stats
@@ -242,6 +261,7 @@ async def powergrid_goodput(
         nursery.cancel_scope.cancel()
     return {
         "msgs_per_s": n / seconds,
+        "bytes_per_s": n * size / seconds,
         "seconds": seconds,
         "cpu_s": cpu,
         "dropped": dropped,
@@ -319,8 +339,9 @@ def _raw_sockets(receivers: int) -> tuple[socket.socket, list[socket.socket], tu
     return tx, rxs, group
 
 
-async def raw_rate(receivers: int, n: int) -> dict[str, Any]:
-    """N raw datagrams to the group, windowed like the powergrid run; datagrams/s."""
+async def raw_rate(receivers: int, n: int, size: int = PAYLOAD) -> dict[str, Any]:
+    """N raw datagrams of ``size`` bytes to the group, windowed like the powergrid run;
+    datagrams/s and bytes/s."""
     tx, rxs, group = _raw_sockets(receivers)
     counts = [0] * receivers
     in_order = [True] * receivers
@@ -336,7 +357,7 @@ async def raw_rate(receivers: int, n: int) -> dict[str, Any]:
                     data, _src = sock.recvfrom(2048)
                 except BlockingIOError:
                     break
-                if data != payload(counts[i]):
+                if data != payload(counts[i], size):
                     in_order[i] = False
                 counts[i] += 1
             else:  # a full batch: let the others run (as the transport's readers do)
@@ -361,7 +382,7 @@ async def raw_rate(receivers: int, n: int) -> dict[str, Any]:
                             break
                     while True:
                         try:
-                            tx.sendto(payload(i), group)
+                            tx.sendto(payload(i, size), group)
                             break
                         except BlockingIOError:
                             await trio.lowlevel.wait_writable(tx)
@@ -380,6 +401,7 @@ async def raw_rate(receivers: int, n: int) -> dict[str, Any]:
             s.close()
     return {
         "msgs_per_s": min(counts) / seconds,
+        "bytes_per_s": min(counts) * size / seconds,
         "cpu_s": cpu,
         "received": min(counts),
         "in_order": all(in_order),
@@ -425,8 +447,7 @@ async def asyncio_goodput(receivers: int, n: int) -> dict[str, Any]:
                 await tally.progress.wait()
         seconds = tally.t_end - t0
         cpu = time.process_time() - c0
-        for g in got:
-            assert g == [(i + 1, payload(i)) for i in range(n)], "out of order or incomplete"
+        check_delivered(got, n)
         st = sender.stats
         sent = {"udp_datagrams": st.sent, "bundles": st.bundles_sent, "bundled": st.bundled}
         repair = _repair_stats(sender, handles[1:], cfgs[0].cluster)
@@ -624,12 +645,26 @@ async def goodput(n: int, *, variants: bool) -> dict[str, Any]:
     # the cost of keys: the same 3-receiver run signed (HMAC) and encrypted (AES-GCM)
     out["powergrid_3_signed"] = await powergrid_goodput(3, n, 0.0, seal="signed")
     out["powergrid_3_encrypted"] = await powergrid_goodput(3, n, 0.0, seal="encrypted")
+    out.update(await goodput_large(n))
     if variants:
         out["powergrid_3_loss5_unbundled"] = await powergrid_goodput(3, n, 0.05, bundle_size=0)
     if variants:  # the same loss with Naks allowed every 10 ms instead of 50 ms
         fast = MulticastConfig(nak_interval=0.01)
         out["powergrid_3_loss5_nak10ms"] = await powergrid_goodput(3, n, 0.05, multicast=fast)
     return out
+
+
+async def goodput_large(n: int) -> dict[str, Any]:
+    """1 MiB messages (as fragments) to 3 receivers, against raw UDP datagrams of the
+    fragments' size carrying the same bytes, in the same run; bytes/s."""
+    messages = max(2, n // 2500)  # 8 MiB per receiver (quick: 2)
+    datagrams = messages * fragment_count(LARGE)
+    return {
+        "raw_3_large": await raw_rate(3, datagrams, FRAGMENT_DATA),
+        "powergrid_3_1mib": await powergrid_goodput(
+            3, messages, 0.0, size=LARGE, window=LARGE_WINDOW
+        ),
+    }
 
 
 def main() -> None:
@@ -664,6 +699,10 @@ def main() -> None:
         "ratio_1_receiver": r1,
         "ratio_3_receivers": r3,
         "ratio_5pct_loss": r5,
+        "ratio_1mib_goodput": float(
+            g["powergrid_3_1mib"]["bytes_per_s"] / g["raw_3_large"]["bytes_per_s"]
+        ),
+        "goodput_1mib_bytes_per_s": g["powergrid_3_1mib"]["bytes_per_s"],
         "ratio_1_receiver_unbundled": r1u,
         "ratio_3_receivers_unbundled": r3u,
         "ratio_1_receiver_asyncio": _pair_median(g, 1, "ratio"),
@@ -763,6 +802,13 @@ def main() -> None:
             "",
         ),
         (
+            "UDP goodput MB/s, 1 MiB messages, 3 receivers",
+            g["powergrid_3_1mib"]["bytes_per_s"] / 1e6,
+            g["raw_3_large"]["bytes_per_s"] / 1e6,
+            result["ratio_1mib_goodput"],
+            "",
+        ),
+        (
             "asyncio: UDP goodput msgs/s, 1 receiver",
             g["powergrid_1_asyncio"]["msgs_per_s"],
             g["raw_1_asyncio"]["msgs_per_s"],
@@ -799,6 +845,9 @@ def main() -> None:
         f"{result['cpu_ratio_encrypted_vs_unkeyed']:.3f}",
         *notes,
         f"repair with 5% loss: {g['powergrid_3_loss5']['repair']}",
+        f"1 MiB messages: {g['powergrid_3_1mib']['msgs_per_s']:.2f}/s, window "
+        f"{LARGE_WINDOW}; baseline raw datagrams of {FRAGMENT_DATA} bytes (a fragment's "
+        f"data), window {WINDOW}; repair {g['powergrid_3_1mib']['repair']}",
         f"failover runs (s): {', '.join(f'{f:.2f}' for f in failovers)}",
         "failover phases, median s after the kill: "
         + ", ".join(f"{k} {v:.2f}" for k, v in result["failover_phases_median_s"].items()),

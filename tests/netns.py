@@ -8,7 +8,9 @@ nothing of the host's own interfaces:
 * one **host namespace** ``pg-<pid>-h<i>`` per host, with loopback up and an
   interface ``eth0`` (a veth) whose peer ``h<i>`` is a port of the bridge;
 * addresses ``10.77.<pid % 200>.<i + 1>/24`` on the ``eth0``s (they exist only
-  inside these namespaces) and a multicast route ``224.0.0.0/4 dev eth0``.
+  inside these namespaces) and a multicast route ``224.0.0.0/4 dev eth0``; with
+  ``ipv6=True`` also ``fd00:77:<pid % 200>::<i + 1>/64`` (no duplicate address
+  detection, so they are usable at once), for nodes started with ``ipv6=True``.
 
 Every link is created directly inside its namespace (``ip link add ... netns``),
 so the root namespace is never changed. Nodes run as
@@ -42,6 +44,7 @@ from typing import Any
 import attrs
 
 from powergrid.cli.processes import NodeProcesses
+from powergrid.types import format_node, node_id
 
 PID = os.getpid()
 PREFIX = f"pg-{PID}"
@@ -119,6 +122,7 @@ class Host:
     ns: str
     address: str
     bridge_port: str
+    address6: str = ""
 
 
 class Network:
@@ -128,14 +132,18 @@ class Network:
     (everything made so far is removed first).
     """
 
-    def __init__(self, hosts: int) -> None:
+    def __init__(self, hosts: int, *, ipv6: bool = False) -> None:
         if not 1 <= hosts <= 250:
             raise ValueError(f"hosts {hosts} must be 1..250")
         self.subnet = f"10.77.{PID % 200}"
         self.bridge_ns = f"{PREFIX}-br"
         self.hosts = [
             Host(
-                index=i, ns=f"{PREFIX}-h{i}", address=f"{self.subnet}.{i + 1}", bridge_port=f"h{i}"
+                index=i,
+                ns=f"{PREFIX}-h{i}",
+                address=f"{self.subnet}.{i + 1}",
+                bridge_port=f"h{i}",
+                address6=f"fd00:77:{PID % 200}::{i + 1:x}" if ipv6 else "",
             )
             for i in range(hosts)
         ]
@@ -179,6 +187,8 @@ class Network:
             _must("-n", br, "link", "set", h.bridge_port, "master", "br0")
             _must("-n", br, "link", "set", h.bridge_port, "up")
             _must("-n", h.ns, "addr", "add", f"{h.address}/24", "dev", "eth0")
+            if h.address6:
+                _must("-n", h.ns, "addr", "add", f"{h.address6}/64", "dev", "eth0", "nodad")
             _must("-n", h.ns, "link", "set", "eth0", "up")
             _must("-n", h.ns, "route", "add", "224.0.0.0/4", "dev", "eth0")
 
@@ -209,21 +219,25 @@ class Network:
 
     # ------------------------------------------------------------ processes
 
-    def start(self, host: Host, port: int, *opts: str) -> str:
-        """Run ``powergrid node --json`` on ``host``; returns its id ``"addr:port"``. The node
-        runs ``--insecure`` unless ``opts`` give a ``--key-file``."""
+    def start(self, host: Host, port: int, *opts: str, ipv6: bool = False) -> str:
+        """Run ``powergrid node --json`` on ``host``; returns its id as the node prints it
+        (``"addr:port"``; with ``ipv6``, on the host's IPv6 address, multicast on
+        ``eth0``: ``"[::1]:9001"``, the id's low 32 bits). The node runs ``--insecure``
+        unless ``opts`` give a ``--key-file``."""
         keyed = "--key-file" in opts
+        address = host.address6 if ipv6 else host.address
         argv = self.nodes.node_command(
             "--host",
-            host.address,
+            address,
             "--interface",
-            host.address,
+            "eth0" if ipv6 else address,
             "--port",
             str(port),
             *(() if keyed else ("--insecure",)),
             *opts,
         )
-        return self.nodes.spawn(f"{host.address}:{port}", ["ip", "netns", "exec", host.ns, *argv])
+        name = format_node(node_id(address, port))
+        return self.nodes.spawn(name, ["ip", "netns", "exec", host.ns, *argv])
 
     def send(self, name: str, obj: object) -> None:
         """Write one JSON command to the node's stdin."""

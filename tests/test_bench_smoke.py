@@ -40,6 +40,7 @@ KEYS = {
         "ratio_1_receiver_asyncio",
         "ratio_encrypted_vs_unkeyed",
         "ratio_signed_vs_unkeyed",
+        "ratio_1mib_goodput",
     },
     "realnet": {
         "startup_s",

@@ -23,10 +23,11 @@ from powergrid.protocols.unicast import UnicastConfig
         ({"supply": True}, "NodeConfig.supply: must be a whole number of watts >= 0, got True"),
         ({"port": "47001"}, "NodeConfig.port: must be a whole number in 1..65535, got '47001'"),
         ({"port": 70000}, "NodeConfig.port: must be a whole number in 1..65535, got 70000"),
-        ({"host": 127}, "NodeConfig.host: must be an IPv4 address string, got 127"),
+        ({"host": 127}, "NodeConfig.host: must be an IP address string, got 127"),
         (
             {"host": "localhost"},
-            "NodeConfig.host: must be an IPv4 address such as 127.0.0.1, got 'localhost'",
+            "NodeConfig.host: must be an IPv4 or IPv6 address such as 127.0.0.1 or ::1, "
+            "got 'localhost'",
         ),
         (
             {"cluster": 0},

@@ -176,7 +176,7 @@ def test_config_errors(kwargs: dict[str, float], words: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("me", "rank", "group"), [(0, 0, 1), (2**48, 0, 1), (1, 2**31, 1), (1, 0, 2**32)]
+    ("me", "rank", "group"), [(0, 0, 1), (2**49, 0, 1), (1, 2**31, 1), (1, 0, 2**32)]
 )
 def test_constructor_errors(me: int, rank: int, group: int) -> None:
     """Config: node id, rank and group out of their wire ranges raise ConfigError."""

@@ -74,13 +74,14 @@ def test_without_learning_views_add_nobody() -> None:
 
 
 def test_seed_parsing_names_the_setting() -> None:
-    """Rule: seeds are host:port (IPv4); errors name the setting and the bad entry."""
+    """Rule: seeds are host:port (IPv4, or IPv6 in brackets); errors name the setting and
+    the bad entry."""
     assert parse_seed(" 127.0.0.1:9001 ") == A
     assert parse_seeds(["127.0.0.1:9002", "127.0.0.1:9001", "127.0.0.1:9002"]) == (A, B)
     for bad, words in [
         ("127.0.0.1", "not host:port"),
         ("127.0.0.1:", "not host:port"),
-        ("host:9001", "not an IPv4 address"),
+        ("host:9001", "not an IPv4 or IPv6 address"),
         ("127.0.0.1:70000", "outside 1..65535"),
     ]:
         with pytest.raises(ConfigError, match=f"fanout_seeds: '{bad}'.*{words}"):

@@ -167,6 +167,20 @@ def test_held_beyond_max_held_dropped_and_counted() -> None:
     assert m.handle(data(2), 0.0) == [deliver(2), deliver(3), deliver(4)]
 
 
+def test_a_full_hold_keeps_the_messages_nearest_the_gap() -> None:
+    """Rule 3: when max_held is reached, the held message farthest ahead makes room for a
+    nearer one (repair answers arrive in any order), and is repaired later."""
+    m = machine(MulticastConfig(status_jitter=0.0, max_held=2))
+    m.handle(data(1), 0.0)
+    for seq in (9, 8):  # the newest stream messages fill the hold
+        assert m.handle(data(seq), 0.0) == []
+    assert m.handle(data(3), 0.0) == []  # nearer: 9 goes
+    assert m.handle(data(4), 0.0) == []  # nearer: 8 goes
+    assert m.handle(data(7), 0.0) == []  # the farthest: itself dropped
+    assert m.stats.held_dropped == 3
+    assert m.handle(data(2), 0.0) == [deliver(2), deliver(3), deliver(4)]
+
+
 def test_stale_incarnation_dropped() -> None:
     """Rule 1: Data of a lower incarnation than known is stale: dropped and counted."""
     m = machine()

@@ -165,6 +165,29 @@ def test_fan_out_without_multicast_on_the_links(tmp_path: Path) -> None:
         assert net.multicast_flags() == [False] * 4
 
 
+def test_ipv6_multicast_group_on_the_veth_links() -> None:
+    """IPv6: four hosts on their IPv6 addresses (fd00:77:N::1..4), the cluster an IPv6
+    multicast group (ff15::1 on eth0, hop limit 1): they elect host 0, form one view of
+    all four, and a multicast from host 2 reaches every host once and in order."""
+    with Network(4, ipv6=True) as net:
+        h0, h1, h2, h3 = net.hosts
+        common = ["--maximum", "300"]
+        a = net.start(
+            h0, PORT, "--broker-capable", "--rank", "2", "--supply", "1000", *common, ipv6=True
+        )
+        b = net.start(
+            h1, PORT, "--broker-capable", "--rank", "1", "--supply", "1000", *common, ipv6=True
+        )
+        c = net.start(h2, PORT, *common, ipv6=True)
+        d = net.start(h3, PORT, *common, ipv6=True)
+        names = [a, b, c, d]
+        assert a == f"[::1]:{PORT}"
+        net.until(
+            lambda: all(leader(net, n, CLUSTER) == a for n in names), 15, "all to follow host 0"
+        )
+        _one_view_and_ordered_deliveries(net, names, c)
+
+
 def _one_view_and_ordered_deliveries(net: Network, names: list[str], sender: str) -> None:
     """Every host installs a view of all four; five multicasts from ``sender`` are
     delivered on every host (the sender included) once each and in order."""

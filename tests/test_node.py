@@ -67,7 +67,7 @@ class DataCentre:
 
 
 def test_config_errors_say_what_to_fix() -> None:
-    with pytest.raises(ConfigError, match=r"NodeConfig\.host: must be an IPv4 address"):
+    with pytest.raises(ConfigError, match=r"NodeConfig\.host: must be an IPv4 or IPv6 address"):
         NodeConfig(host="example", port=1)
     with pytest.raises(ConfigError, match=r"NodeConfig\.port: .* in 1\.\.65535, got 0"):
         NodeConfig(port=0)

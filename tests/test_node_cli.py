@@ -92,7 +92,7 @@ def test_seeds_turn_on_unicast_fan_out() -> None:
     ("argv", "words"),
     [
         (["--port", "0"], "NodeConfig.port: must be a whole number in 1..65535, got 0"),
-        (["--port", "9100", "--host", "localhost"], "NodeConfig.host: must be an IPv4 address"),
+        (["--port", "9100", "--host", "localhost"], "NodeConfig.host: must be an IPv4 or IPv6"),
         (["--port", "9100", "--group", "0"], "NodeConfig.cluster: must be a whole number in 1.."),
         (
             ["--port", "9100", "--rank", "70000"],

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+import powergrid.node as node_module
 from powergrid import node as node_mod
 from powergrid.cli import main
 from powergrid.errors import ConfigError, PayloadTooLargeError, UsageError
@@ -289,7 +290,7 @@ def test_a_node_without_the_option_drops_ordered_messages_counted() -> None:
     n.start(0.0)
     stack = n.stack(1)
     queue: list[Any] = []
-    n._on_deliver(stack, app(B, 3, 1, b"x"), 0.0, queue, [])
+    node_module._on_deliver(n, stack, app(B, 3, 1, b"x"), 0.0, queue, [])
     assert (queue, n.stats.unroutable) == ([], 1)
 
 

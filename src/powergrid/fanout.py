@@ -50,13 +50,20 @@ __all__ = ["FanOut", "parse_seed", "parse_seeds"]
 
 
 def parse_seed(text: str, what: str = "fanout_seeds") -> NodeId:
-    """The node id of a seed written ``host:port`` (IPv4 dotted quad, port 1..65535).
+    """The node id of a seed written ``host:port`` (an IPv4 dotted quad, or an IPv6
+    address in brackets, ``[fd00::5]:9001``; port 1..65535).
 
     Raises :class:`ConfigError` naming ``what`` (the setting) when it is not that.
     """
     host, sep, port = text.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:  # an IPv6 address without brackets: its port cannot be told apart
+        host = ""
     if not sep or not host or not port.isdigit():
-        raise ConfigError(f"{what}: {text!r} is not host:port, e.g. 10.0.0.5:9001")
+        raise ConfigError(
+            f"{what}: {text!r} is not host:port, e.g. 10.0.0.5:9001 or [fd00::5]:9001"
+        )
     try:
         return node_id(host, int(port))
     except ConfigError as exc:

@@ -124,6 +124,14 @@ from powergrid.events import (
     ViewChanged,
 )
 from powergrid.protocols.election import ElectionConfig, ElectionMachine
+from powergrid.protocols.fragments import (
+    KIND_FRAGMENT,
+    FragmentArrived,
+    FragmentConfig,
+    FragmentMachine,
+    Piece,
+    Split,
+)
 from powergrid.protocols.market import (
     Bid,
     BidChanged,
@@ -143,9 +151,16 @@ from powergrid.protocols.membership import (
     MembershipConfig,
     MembershipMachine,
 )
-from powergrid.protocols.multicast import Deliver, MulticastConfig, MulticastMachine, Publish
+from powergrid.protocols.multicast import (
+    MAX_MULTICAST_PAYLOAD,
+    Deliver,
+    MulticastConfig,
+    MulticastMachine,
+    Publish,
+)
 from powergrid.protocols.order import OrderConfig, OrderedPublish, TotalOrderMachine
 from powergrid.protocols.unicast import (
+    MAX_UNICAST_PAYLOAD,
     DeliverUnicast,
     PeerGone,
     Submit,
@@ -197,6 +212,7 @@ class _DEFAULTS:
 
     unicast = UnicastConfig()
     multicast = MulticastConfig()
+    fragments = FragmentConfig()
     membership = MembershipConfig()
     election = ElectionConfig()
     client = ClientConfig()
@@ -218,7 +234,8 @@ class NodeConfig:
     """Everything a node needs to know about itself; every machine's settings.
 
     ``host``/``port`` are the node's unicast socket address (an IPv4 dotted
-    quad, a port in 1..65535), from which its id is derived. ``realm`` names
+    quad or an IPv6 address, a port in 1..65535), from which its id is derived
+    (:func:`~powergrid.types.node_id`). ``realm`` names
     the deployment (the data centre; see :func:`~powergrid.types.realm_problem`
     for what a name may be): the node drops every datagram of another realm.
     ``cluster`` is its cluster's group id within the realm (1..2**32-1; 0 is
@@ -231,7 +248,7 @@ class NodeConfig:
     ``NodeConfig.supply: must be a whole number of watts >= 0, got -100``.
     """
 
-    host: str = attrs.field(default="127.0.0.1", validator=instance(str, "an IPv4 address string"))
+    host: str = attrs.field(default="127.0.0.1", validator=instance(str, "an IP address string"))
     port: int = attrs.field(validator=whole(1, 0xFFFF))
     realm: str = attrs.field(default=DEFAULT_REALM, validator=instance(str, "a realm name"))
     cluster: int = attrs.field(
@@ -245,6 +262,11 @@ class NodeConfig:
     multicast: MulticastConfig = attrs.field(
         default=_DEFAULTS.multicast, validator=instance(MulticastConfig)
     )
+    fragments: FragmentConfig = attrs.field(
+        default=_DEFAULTS.fragments, validator=instance(FragmentConfig)
+    )
+    """Large messages: the largest app payload, reassembly memory (see
+    :mod:`powergrid.protocols.fragments`)."""
     membership: MembershipConfig = attrs.field(
         default=_DEFAULTS.membership, validator=instance(MembershipConfig)
     )
@@ -279,7 +301,7 @@ class NodeConfig:
         try:
             node_id(self.host, self.port)
         except ConfigError:  # (the port is checked already)
-            problem = "must be an IPv4 address such as 127.0.0.1"
+            problem = "must be an IPv4 or IPv6 address such as 127.0.0.1 or ::1"
             raise config_error(self, "host", problem, self.host) from None
         if not (self.client.grid == self.broker.grid == self.lead.grid):
             raise ConfigError(
@@ -355,8 +377,8 @@ class NodeStats:
 
 # ------------------------------------------------------------------ wiring
 
-UNICAST, MULTICAST, MEMBERSHIP, ELECTION, CLIENT, BROKER, LEAD = range(7)
-"""Roles, the indices of :attr:`_Stack.machines`: a group's own four machines, then the
+UNICAST, MULTICAST, MEMBERSHIP, ELECTION, FRAGMENTS, CLIENT, BROKER, LEAD = range(8)
+"""Roles, the indices of :attr:`_Stack.machines`: a group's own five machines, then the
 market's three (one per node, shared by every stack)."""
 _OWN = CLIENT
 """The roles below this are a stack's own machines; their actions run in that stack."""
@@ -367,6 +389,7 @@ class _Stack:
 
     __slots__ = (
         "election",
+        "fragments",
         "group",
         "machines",
         "members",
@@ -400,7 +423,8 @@ class _Stack:
             group=group,
             rng=rng,
         )
-        group_own = (self.unicast, self.multicast, self.membership, self.election)
+        self.fragments = FragmentMachine(cfg.fragments)
+        group_own = (self.unicast, self.multicast, self.membership, self.election, self.fragments)
         self.members: tuple[Member, ...] = ()  # the last view's, for MemberJoined / MemberLeft
         self.removed: dict[int, Any] = {}  # node -> MemberRemoved reason, until the next view
         self.machines: tuple[Any, ...] = group_own + market  # indexed by role
@@ -491,6 +515,8 @@ _new_transmit = record_builder(Transmit)  # to, data
 _new_transmit_group = record_builder(TransmitGroup)  # group, data
 _new_publish = record_builder(Publish)  # kind, payload
 _new_delivered = record_builder(MessageDelivered)  # group, sender, seq, payload
+_new_piece = record_builder(Piece)  # kind, payload
+_new_arrived = record_builder(FragmentArrived)  # channel, origin, incarnation, seq, payload
 
 
 def _app_delivery(stack: _Stack, act: Deliver) -> MessageDelivered:
@@ -842,10 +868,12 @@ class Node:
         """Multicast application bytes to ``group`` (default: the cluster), reliably, FIFO;
         in total order if the group is in ``config.total_order``.
 
-        Raises :class:`UsageError` if the node is not in that group and
-        :class:`~powergrid.errors.PayloadTooLargeError` if the payload is too large
-        (above :data:`~powergrid.protocols.multicast.MAX_MULTICAST_PAYLOAD` bytes, or
-        :data:`~powergrid.protocols.order.MAX_ORDERED_PAYLOAD` in an ordered group).
+        A payload over ``MAX_MULTICAST_PAYLOAD`` bytes goes as fragments, one multicast
+        each, and is delivered whole (:mod:`powergrid.protocols.fragments`); in a totally
+        ordered group a message is one datagram (no fragments). Raises
+        :class:`UsageError` if the node is not in that group and
+        :class:`~powergrid.errors.PayloadTooLargeError` over ``config.fragments.max_message``
+        (:data:`~powergrid.protocols.order.MAX_ORDERED_PAYLOAD` in an ordered group).
         """
         stack = self._home if group is None else None  # (the cluster's, the common case)
         if stack is None:
@@ -855,18 +883,27 @@ class Node:
         if order is not None:  # a totally ordered group: the order layer numbers it
             self._run(stack, self._call(order, OrderedPublish(payload=payload), now), now, out)
             return out
-        publish = _new_publish(KIND_APP, payload)
-        self._run(stack, self._call(stack.multicast, publish, now), now, out)
+        pieces: list[Any] = [_new_piece(KIND_APP, payload)]
+        if type(payload) is bytes and len(payload) > MAX_MULTICAST_PAYLOAD:
+            pieces = self._call(stack.fragments, Split(payload=payload), now)
+        for piece in pieces:
+            publish = _new_publish(piece.kind, piece.payload)
+            self._run(stack, self._call(stack.multicast, publish, now), now, out)
         return out
 
     def send(
         self, to: int, payload: bytes, now: float, *, group: int | None = None
     ) -> list[Output]:
-        """Send application bytes to node ``to`` reliably, in order."""
+        """Send application bytes to node ``to`` reliably, in order; a large payload as
+        fragments, like :meth:`multicast`. Raises as :class:`Submit` and :class:`Split` do."""
         stack = self._stack_or_raise(group)
         out: list[Output] = []
-        submit = Submit(to=NodeId(to), kind=KIND_APP, payload=payload)
-        self._run(stack, self._call(stack.unicast, submit, now), now, out)
+        pieces: list[Any] = [_new_piece(KIND_APP, payload)]
+        if type(payload) is bytes and len(payload) > MAX_UNICAST_PAYLOAD:
+            pieces = self._call(stack.fragments, Split(payload=payload), now)
+        for piece in pieces:
+            submit = Submit(to=NodeId(to), kind=piece.kind, payload=piece.payload)
+            self._run(stack, self._call(stack.unicast, submit, now), now, out)
         return out
 
     def set_bid(self, bid: Bid, now: float) -> list[Output]:
@@ -1064,36 +1101,6 @@ class Node:
         event = Received(sender=NodeId(sender), incarnation=Incarnation(incarnation), message=msg)
         queue.extend(self._take(stack, event, now, out))
 
-    def _on_deliver(
-        self, stack: _Stack, act: Deliver, now: float, queue: list[Any], out: list[Output]
-    ) -> None:
-        kind = act.kind
-        if kind == KIND_APP:
-            out.append(_app_delivery(stack, act))
-            return
-        if kind in (KIND_ORDERED, KIND_ORDER_CLOCK):
-            order = stack.order
-            if order is None:  # a peer orders a group this node does not
-                self._stats.unroutable += 1
-            else:
-                queue.extend(self._call(order, act, now))
-            return
-        self._inner(stack, act.origin, act.incarnation, act.kind, act.payload, now, queue, out)
-
-    def _on_publish(
-        self, stack: _Stack, act: Publish, now: float, queue: list[Any], out: list[Output]
-    ) -> None:
-        """The order layer's message for the group: the multicast carries it."""
-        queue.extend(self._call(stack.multicast, act, now))
-
-    def _on_deliver_unicast(
-        self, stack: _Stack, act: DeliverUnicast, now: float, queue: list[Any], out: list[Output]
-    ) -> None:
-        if act.kind == KIND_APP:
-            out.append(UnicastDelivered(group=stack.group, sender=act.sender, payload=act.payload))
-            return
-        self._inner(stack, act.sender, act.incarnation, act.kind, act.payload, now, queue, out)
-
     def _on_view(
         self, stack: _Stack, act: ViewChanged, now: float, queue: list[Any], out: list[Output]
     ) -> None:
@@ -1181,23 +1188,66 @@ def _peer_gone(note: MemberRemoved) -> PeerGone:
     return PeerGone(peer=note.node)
 
 
+def _on_deliver(
+    node: Node, stack: _Stack, act: Deliver, now: float, queue: list[Any], out: list[Output]
+) -> None:
+    """A multicast delivery: app bytes to the app (a large message once its fragments
+    are whole), a protocol message to its machines."""
+    kind = act.kind
+    if kind == KIND_APP:
+        out.append(_app_delivery(stack, act))
+    elif kind == KIND_FRAGMENT:
+        arrived = _new_arrived("multicast", act.origin, act.incarnation, act.seq, act.payload)
+        for done in node._call(stack.fragments, arrived, now):
+            out.append(_new_delivered(stack.group, done.origin, done.seq, done.payload))
+    elif kind in (KIND_ORDERED, KIND_ORDER_CLOCK):
+        order = stack.order
+        if order is None:  # a peer orders a group this node does not
+            node._stats.unroutable += 1
+        else:
+            queue.extend(node._call(order, act, now))
+    else:
+        node._inner(stack, act.origin, act.incarnation, act.kind, act.payload, now, queue, out)
+
+
+def _on_publish(
+    node: Node, stack: _Stack, act: Publish, now: float, queue: list[Any], out: list[Output]
+) -> None:
+    """The order layer's message for the group: the multicast carries it."""
+    queue.extend(node._call(stack.multicast, act, now))
+
+
+def _on_deliver_unicast(
+    node: Node, stack: _Stack, act: DeliverUnicast, now: float, queue: list[Any], out: list[Output]
+) -> None:
+    """A reliable unicast delivery, as :func:`_on_deliver`."""
+    if act.kind == KIND_APP:
+        out.append(UnicastDelivered(group=stack.group, sender=act.sender, payload=act.payload))
+    elif act.kind == KIND_FRAGMENT:
+        arrived = _new_arrived("unicast", act.sender, act.incarnation, 0, act.payload)
+        for done in node._call(stack.fragments, arrived, now):
+            out.append(UnicastDelivered(group=stack.group, sender=act.sender, payload=done.payload))
+    else:
+        node._inner(stack, act.sender, act.incarnation, act.kind, act.payload, now, queue, out)
+
+
 NOTES: dict[type[Any], Note] = {
     # (a broker ignores other groups'); then the app gets the view and who came or went
-    ViewChanged: Note((MULTICAST, ELECTION, BROKER), then=Node._on_view, to_app=False),
+    ViewChanged: Note((MULTICAST, ELECTION, FRAGMENTS, BROKER), then=Node._on_view, to_app=False),
     MemberRemoved: Note((UNICAST,), as_event=_peer_gone, then=Node._on_removed),
     LeaderLost: Note((ELECTION,)),
     # The client last: a node that becomes broker activates its broker before its own
     # client re-sends its bid to it, or the bid is dropped (issue 16).
     LeaderElected: Note((MEMBERSHIP, BROKER, LEAD, CLIENT), then=Node._follow_cluster_leader),
-    Deliver: Note(then=Node._on_deliver, to_app=False),
+    Deliver: Note(then=_on_deliver, to_app=False),
     # the order layer's messages (totally ordered groups), for the multicast to carry
-    Publish: Note(then=Node._on_publish, to_app=False),
-    DeliverUnicast: Note(then=Node._on_deliver_unicast, to_app=False),
+    Publish: Note(then=_on_publish, to_app=False),
+    DeliverUnicast: Note(then=_on_deliver_unicast, to_app=False),
 }
 """Notification type -> what the node does with it. A type not here goes to the app only."""
 
 _DATA_TO_MULTICAST_ALONE = ROUTES[Data] == Route(MULTICAST) and NOTES[Deliver] == Note(
-    then=Node._on_deliver, to_app=False
+    then=_on_deliver, to_app=False
 )
 """Whether :meth:`Node.receive`'s hot path for Data holds: Data goes to the multicast
-machine alone, and a Deliver to :meth:`Node._on_deliver` alone (else the general path)."""
+machine alone, and a Deliver to :func:`_on_deliver` alone (else the general path)."""

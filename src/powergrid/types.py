@@ -1,8 +1,12 @@
 """Core value types: node ids, groups, epochs, incarnations, sequence numbers.
 
 A :data:`NodeId` is derived from the node's unicast socket address, so two live
-processes can never share one: it is the IPv4 address in the high 32 bits and
-the UDP port in the low 16 bits of a 48-bit integer. Ids are plain ``int`` at
+processes can never share one: for IPv4 it is the address in the high 32 bits and
+the UDP port in the low 16 bits of a 48-bit integer; for IPv6 it is bit 48
+(:data:`IPV6_NODE`), the low 32 bits of the address, then the port (49 bits). The
+top 96 bits of an IPv6 node's address are not in its id: the IPv6 nodes of one
+deployment share them (a /96 prefix, ``UdpConfig.ipv6_prefix``, default ``::``
+for ``::1``), and :func:`node_address` takes them back from the caller. Ids are plain ``int`` at
 run time (they are hashed and compared on every datagram) and ``NewType`` for
 the type checker. Ordering ids orders addresses, which the bully election uses
 as the tie-breaker after the operator-set rank (see :class:`ElectionKey`).
@@ -35,6 +39,7 @@ __all__ = [
     "BROKER_GROUP",
     "DEFAULT_REALM",
     "EPOCH_WINDOW",
+    "IPV6_NODE",
     "MAX_NODE_ID",
     "VIEW_WINDOW",
     "ElectionKey",
@@ -47,6 +52,7 @@ __all__ = [
     "format_node",
     "incarnation_at",
     "incarnation_newer",
+    "ipv6_prefix_problem",
     "next_epoch",
     "next_view_id",
     "node_address",
@@ -59,7 +65,8 @@ __all__ = [
 ]
 
 NodeId = NewType("NodeId", int)
-"""48 bits: IPv4 address << 16 | UDP port. 0 means "no node"."""
+"""IPv4 address << 16 | UDP port (48 bits), or :data:`IPV6_NODE` | the low 32 bits of
+an IPv6 address << 16 | port (49 bits). 0 means "no node"."""
 
 GroupId = NewType("GroupId", int)
 """32 bits. Group 0 is the broker group; clusters are 1 and up."""
@@ -75,7 +82,10 @@ number arithmetic (:func:`incarnation_newer`): after 2**32-1 comes 0."""
 Seq = NewType("Seq", int)
 """A sender's sequence number, 64 bits; the first message is 1."""
 
-MAX_NODE_ID = (1 << 48) - 1
+IPV6_NODE = 1 << 48
+"""The bit that marks an IPv6 node's id (no IPv4 id has it)."""
+MAX_NODE_ID = (1 << 49) - 1
+"""The largest node id (an IPv6 one); an IPv4 id is below 2**48."""
 BROKER_GROUP = GroupId(0)
 
 DEFAULT_REALM = "default"
@@ -187,31 +197,60 @@ def next_view_id(v: int) -> int:
 
 
 def node_id(host: str, port: int) -> NodeId:
-    """The id of the node whose unicast socket is ``host:port`` (IPv4 dotted quad).
+    """The id of the node whose unicast socket is ``host:port`` (an IPv4 dotted quad, or
+    an IPv6 address: only its low 32 bits go into the id, see the module docstring).
 
-    Raises :class:`ConfigError` for a host that is not IPv4 or a port outside 1..65535.
+    Raises :class:`ConfigError` for a host that is neither or a port outside 1..65535.
     """
     try:
-        addr = ipaddress.IPv4Address(host)
+        if not isinstance(host, str):
+            raise ValueError(host)
+        addr = ipaddress.ip_address(host)
     except ValueError as exc:
-        raise ConfigError(f"node address {host!r} is not an IPv4 address") from exc
+        raise ConfigError(f"node address {host!r} is not an IPv4 or IPv6 address") from exc
     if not 1 <= port <= 0xFFFF:
         raise ConfigError(f"node port {port} is outside 1..65535")
-    return NodeId((int(addr) << 16) | port)
+    if addr.version == 4:
+        return NodeId((int(addr) << 16) | port)
+    return NodeId(IPV6_NODE | ((int(addr) & 0xFFFFFFFF) << 16) | port)
 
 
-def node_address(nid: int) -> tuple[str, int]:
-    """The ``(host, port)`` a node id was derived from."""
+def ipv6_prefix_problem(prefix: object) -> str | None:
+    """What is wrong with ``prefix`` as the /96 of a deployment's IPv6 nodes, or None:
+    an IPv6 address whose low 32 bits are 0 (``::``, ``fd00:77::``)."""
+    try:
+        addr = ipaddress.IPv6Address(prefix)
+    except ValueError:
+        return f"{prefix!r} is not an IPv6 address"
+    if int(addr) & 0xFFFFFFFF:
+        return f"{prefix} has low 32 bits; give the /96 alone, e.g. {addr.exploded[:29]}::"
+    return None
+
+
+def node_address(nid: int, ipv6_prefix: str = "::") -> tuple[str, int]:
+    """The ``(host, port)`` a node id was derived from; an IPv6 id's host is
+    ``ipv6_prefix`` (a /96, :func:`ipv6_prefix_problem`) plus the id's 32 bits.
+
+    Raises :class:`ConfigError` for a value that is not a node id.
+    """
     if not 0 < nid <= MAX_NODE_ID:
-        raise ConfigError(f"{nid} is not a node id (1..2**48-1)")
+        raise ConfigError(f"{nid} is not a node id (1..2**49-1)")
+    if nid & IPV6_NODE:
+        low = (nid >> 16) & 0xFFFFFFFF
+        return str(
+            ipaddress.IPv6Address(int(ipaddress.IPv6Address(ipv6_prefix)) | low)
+        ), nid & 0xFFFF
     return str(ipaddress.IPv4Address(nid >> 16)), nid & 0xFFFF
 
 
 def format_node(nid: int) -> str:
-    """``"127.0.0.1:9000"`` for a node id, ``"-"`` for 0."""
+    """``"127.0.0.1:9000"`` for a node id, ``"[::1]:9000"`` for an IPv6 one (its /96
+    prefix shown as ``::``: the id does not hold it), ``"-"`` for 0."""
     if nid == 0:
         return "-"
     host, port = node_address(nid)
+    if nid & IPV6_NODE:
+        return f"[{host}]:{port}"
     return f"{host}:{port}"
 
 

@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 Every datagram is a fixed 25-byte header followed by one message body::
 
-    magic "PG" | version u8 (2) | type u8 | flags u8 | group u32 | sender u48 in u64
+    magic "PG" | version u8 (2) | type u8 | flags u8 | group u32 | sender u64 (a node id: 49 bits)
     | incarnation u32 | realm u32
 
 All integers are big-endian (``struct`` with ``!``). The header says who sent
@@ -43,7 +43,8 @@ nested: reliable channels (:class:`Data`, :class:`UData`) carry an inner
 message as ``kind`` (its type code, or :data:`KIND_APP` for application bytes)
 plus its encoded body, see :func:`encode_body` and :func:`decode_body`.
 
-Type codes: 1-15 multicast and unicast, 16-31 membership, 32-47 election,
+Type codes: 1-15 multicast, unicast and fragments (8, nested only), 16-31
+membership, 32-47 election,
 48-63 market. ``docs/wire.md`` has a table per type.
 """
 
@@ -79,6 +80,7 @@ __all__ = [
     "KIND_ORDER_CLOCK",
     "MAGIC",
     "MAX_DATAGRAM",
+    "MAX_FRAGMENTED",
     "MAX_PAYLOAD",
     "MAX_VIEW_PARTS",
     "REALM_OFFSET",
@@ -101,6 +103,7 @@ __all__ = [
     "Election",
     "Envelope",
     "Fenced",
+    "Fragment",
     "Heartbeat",
     "HeartbeatAck",
     "JoinRequest",
@@ -470,6 +473,42 @@ class UAck(Message):
     seq: int
     receiver_incarnation: int
     sender_incarnation: int
+
+
+# --------------------------------------------------------------------------
+# Fragmentation (powergrid.protocols.fragments): travels only inside a reliable channel
+
+MAX_FRAGMENTED = (1 << 32) - 1
+"""The largest ``total`` a :class:`Fragment` can name (u32); a node's own limit
+(``FragmentConfig.max_message``, default 1 MiB) is far below it."""
+
+
+@_layout("III", tail="payload")
+@attrs.frozen
+class Fragment(Message):
+    """Bytes ``offset..offset+len(payload)`` of the sender's large message ``message``
+    (``total`` bytes); nested in a reliable channel, never sent bare.
+
+    The sender numbers its large messages 1, 2, ... per life; each message's
+    fragments follow each other in one reliable, FIFO stream."""
+
+    TYPE: ClassVar[int] = 8
+    message: int
+    total: int
+    offset: int
+    payload: bytes
+
+    def problem(self) -> str | None:
+        if self.message == 0:
+            return "message 0"
+        if not self.payload:
+            return "no bytes"
+        if self.offset + len(self.payload) > self.total:
+            return (
+                f"bytes {self.offset}..{self.offset + len(self.payload)} run past "
+                f"the total {self.total}"
+            )
+        return None
 
 
 # --------------------------------------------------------------------------

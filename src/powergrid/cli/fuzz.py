@@ -63,6 +63,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "any two members deliver any two messages in the same order",
     )
     parser.add_argument(
+        "--large",
+        action="store_true",
+        help="about half the app multicasts are large messages (fragments; up to 1 MiB)",
+    )
+    parser.add_argument(
         "--replay", type=int, default=None, metavar="SEED", help="re-run SEED, print its trace"
     )
     parser.add_argument(
@@ -118,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
         "liveness_s": args.liveness,
         "fanout": args.fanout,
         "total_order": args.total_order,
+        "large": args.large,
     }
     if args.replay is not None:
         result = run_datacentre(args.replay, keep_trace=True, **common)

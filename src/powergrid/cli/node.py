@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
+import ipaddress
 import json
 import math
 import os
@@ -93,7 +94,12 @@ COMMANDS = ("multicast", "bid", "supply", "stats", "leave")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``powergrid node``."""
     a = parser.add_argument
-    a("--host", default="127.0.0.1", help="IPv4 address of the node's socket (default 127.0.0.1)")
+    a(
+        "--host",
+        default="127.0.0.1",
+        help="IPv4 or IPv6 address of the node's socket (default 127.0.0.1); the IPv6 "
+        "nodes of a deployment share the address's top 96 bits",
+    )
     a("--port", type=int, required=True, help="UDP port of the node's socket; with --host its id")
     a(
         "--realm",
@@ -102,7 +108,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"(default {DEFAULT_REALM!r}: name yours)",
     )
     a("--group", type=int, default=1, help="cluster id within the realm, 1 or more (default 1)")
-    a("--interface", default=None, help="IPv4 address multicast uses (default: --host)")
+    a(
+        "--interface",
+        default=None,
+        help="IPv4 address multicast uses (default: --host); with an IPv6 --host, the "
+        "interface name (e.g. eth0; default: the kernel's choice)",
+    )
     a("--ttl", type=int, default=1, help="multicast hops: 0 this host, 1 the LAN (default 1)")
     a("--group-port-base", type=int, default=20000, help="UDP port of group 0 (default 20000)")
     a(
@@ -246,13 +257,21 @@ def build_configs(
         keyring=_keyring(args, os.environ if environ is None else environ),
         encrypt=args.encrypt,
     )
+    ipv6 = ":" in args.host
     udp = UdpConfig(
-        interface=args.host if args.interface is None else args.interface,
+        interface="127.0.0.1" if ipv6 else args.interface or args.host,
+        ipv6_interface=args.interface or "" if ipv6 else "",
+        ipv6_prefix=_prefix96(args.host) if ipv6 else "::",
         ttl=args.ttl,
         group_port_base=args.group_port_base,
         fanout_seeds=_seeds(args.seeds),
     )
     return node, udp
+
+
+def _prefix96(host: str) -> str:
+    """The /96 of IPv6 address ``host`` (its top 96 bits), ``UdpConfig.ipv6_prefix``."""
+    return str(ipaddress.IPv6Address(int(ipaddress.IPv6Address(host)) & ~0xFFFFFFFF))
 
 
 def _seeds(text: str | None) -> tuple[str, ...] | None:

@@ -183,7 +183,8 @@ class Adversary:
             for code, shape in self._shapes.items()
         }
         self._codes = list(self._shapes)
-        self._inner = [c for c in self._codes if c >= 16]  # what travels in a channel
+        # what travels in a channel: protocol messages, and fragments of large messages
+        self._inner = [c for c in self._codes if c >= 16 or c == wire.Fragment.TYPE]
         self.run_chance = 0.004
         """Chance per message of starting a run (see the module doc)."""
         self._run: tuple[wire.Message, int, int, int, int] | None = None
@@ -334,6 +335,14 @@ class Adversary:
 
     def _payload(self, names: list[str], values: list[Any], depth: int) -> bytes:
         rng = self.rng
+        if "kind" not in names:  # a Fragment: bytes of a large message, mostly consistent
+            data = rng.randbytes(rng.choice((1, 8, rng.randrange(1, 200))))
+            if rng.random() < 0.8:
+                at = names.index("offset")
+                values[at] %= 1 << 20
+                values[names.index("total")] = values[at] + len(data) + rng.choice((0, 0, 9, 5000))
+                values[names.index("message")] = values[names.index("message")] or 1
+            return data
         kind_at = names.index("kind")
         if depth == 0 and rng.random() < 0.7:
             inner = self.message(self._inner, depth + 1)

@@ -37,6 +37,7 @@ from powergrid.errors import ConfigError
 from powergrid.events import Output
 from powergrid.node import Node, NodeConfig
 from powergrid.protocols.market import Bid
+from powergrid.protocols.multicast import MAX_MULTICAST_PAYLOAD
 from powergrid.sim import fuzz
 from powergrid.sim.harness import RunResult, System, run_seed
 from powergrid.sim.invariants import (
@@ -68,6 +69,8 @@ DEFAULT_SAFETY_S = 5.0
 DEFAULT_LIVENESS_S = 10.0
 """Seconds of virtual time after the heal within which the system must converge."""
 BASE_PORT = 9000
+LARGE_MAX = 32 << 10
+"""With ``large``, most large payloads are at most this many bytes (see :meth:`App._size`)."""
 _CLUSTER_SIZE = 5
 MAX_NODES = _CLUSTER_SIZE * ((65535 - (_CLUSTER_SIZE - 1) - BASE_PORT) // 10 + 1)
 """The most servers a run can have: server ``i`` of cluster ``c`` (from 0) listens on
@@ -83,8 +86,17 @@ class App:
     multicast machine gave it.
     """
 
-    def __init__(self, node: Node, *, interval: float, until: float, rng: random.Random) -> None:
+    def __init__(
+        self,
+        node: Node,
+        *,
+        interval: float,
+        until: float,
+        rng: random.Random,
+        large: bool = False,
+    ) -> None:
         self.node = node
+        self._large = large
         self._interval = interval
         self._until = until
         self._rng = rng
@@ -111,7 +123,7 @@ class App:
         out = node.handle_deadline(now) if due is not None and due <= now else []
         if self._next is not None and self._next <= now:
             self._n += 1
-            payload = app_payload(node.node_id, node.incarnation, self._n)
+            payload = app_payload(node.node_id, node.incarnation, self._n, self._size())
             me = node.node_id
             stack = node.stack(self._group)
             if stack.order is not None:  # total order numbers the app's messages itself
@@ -131,6 +143,18 @@ class App:
             nxt = now + self._interval
             self._next = nxt if nxt < self._until else None
         return out
+
+    def _size(self) -> int:
+        """Bytes of the next payload: 20 (the numbers alone), or with ``large`` drawn:
+        small half the time, else past one datagram up to 32 KiB, and one in 50 up
+        to 1 MiB (the default ``FragmentConfig.max_message``)."""
+        if not self._large:
+            return 0
+        x = self._rng.random()
+        if x < 0.5:
+            return 0
+        top = LARGE_MAX if x < 0.98 else self.node.config.fragments.max_message
+        return self._rng.randint(MAX_MULTICAST_PAYLOAD + 1, top)
 
     def next_deadline(self) -> float | None:
         due = self.node.next_deadline()
@@ -183,6 +207,7 @@ def replay_command(
     liveness_s: float = DEFAULT_LIVENESS_S,
     fanout: bool = False,
     total_order: bool = False,
+    large: bool = False,
 ) -> str:
     """The ``powergrid fuzz`` command that replays ``seed`` with these options
     (an option at its default is left out)."""
@@ -197,6 +222,8 @@ def replay_command(
         cmd += " --fanout"
     if total_order:
         cmd += " --total-order"
+    if large:
+        cmd += " --large"
     return cmd
 
 
@@ -207,6 +234,7 @@ def recipe(
     liveness_s: float = DEFAULT_LIVENESS_S,
     fanout: bool = False,
     total_order: bool = False,
+    large: bool = False,
 ) -> str:
     """Python source that defines ``build`` and ``invariants`` as :func:`run_datacentre` does."""
     return (
@@ -214,6 +242,7 @@ def recipe(
         f"build = datacentre(nodes={nodes!r}, safety_s={safety_s!r}, liveness_s={liveness_s!r}"
         + (", fanout=True" if fanout else "")
         + (", total_order=True" if total_order else "")
+        + (", large=True" if large else "")
         + ")\n"
     )
 
@@ -226,6 +255,7 @@ def datacentre(
     node_class: Callable[..., Node] = Node,
     fanout: bool = False,
     total_order: bool = False,
+    large: bool = False,
 ) -> Callable[[random.Random], System]:
     """A build of a small data centre (see the module docstring).
 
@@ -235,6 +265,8 @@ def datacentre(
     the members of each sender's last view of the group; ``total_order`` delivers
     the app multicasts of every cluster in total order (``NodeConfig.total_order``) and
     adds the :class:`~powergrid.sim.invariants.TotalOrderAgreement` invariant;
+    ``large`` makes about
+    half the apps' multicasts large messages, sent as fragments (:meth:`App._size`);
     ``node_class`` lets tests build deliberately broken nodes. Raises
     :class:`ConfigError` for options :func:`check_options` refuses.
     """
@@ -300,7 +332,7 @@ def datacentre(
         def make(node: NodeId, incarnation: Incarnation) -> App:
             r = random.Random(f"{base}/{node}/{incarnation}")
             n = node_class(configs[node], incarnation=incarnation, rng=r)
-            return App(n, interval=intervals[node], until=publish_until, rng=r)
+            return App(n, interval=intervals[node], until=publish_until, rng=r, large=large)
 
         seeds = tuple(s.node for s in specs if s.broker_capable) if fanout else None
         return System(nodes=tuple(s.node for s in specs), make=make, info=info, fanout_seeds=seeds)
@@ -325,6 +357,7 @@ def run_datacentre(
     node_class: Callable[..., Node] = Node,
     fanout: bool = False,
     total_order: bool = False,
+    large: bool = False,
     **kwargs: Any,
 ) -> RunResult:
     """Run ``seed`` of the drawn data centre; extra keywords go to :func:`run_seed`.
@@ -340,6 +373,7 @@ def run_datacentre(
         node_class=node_class,
         fanout=fanout,
         total_order=total_order,
+        large=large,
     )
     opts: dict[str, Any] = {
         "nodes": nodes,
@@ -347,6 +381,7 @@ def run_datacentre(
         "liveness_s": liveness_s,
         "fanout": fanout,
         "total_order": total_order,
+        "large": large,
     }
     return run_seed(
         seed,

@@ -48,6 +48,7 @@ import attrs
 from powergrid.events import LeaderElected, ViewChanged
 from powergrid.node import MessageDelivered, Node
 from powergrid.protocols.election import ElectionStarted
+from powergrid.protocols.fragments import fragment_count
 from powergrid.protocols.market import Bid, Grid, MarketCleared
 from powergrid.protocols.market.client import PriceUpdated
 from powergrid.protocols.membership import Left, MemberRemoved
@@ -184,16 +185,26 @@ class Published:
 _PAYLOAD = struct.Struct("!QIQ")
 
 
-def app_payload(origin: int, incarnation: int, n: int) -> bytes:
-    """The payload of the ``n``-th app multicast of ``origin``'s ``incarnation``."""
-    return _PAYLOAD.pack(origin, incarnation, n)
+def app_payload(origin: int, incarnation: int, n: int, size: int = _PAYLOAD.size) -> bytes:
+    """The payload of the ``n``-th app multicast of ``origin``'s ``incarnation``:
+    ``(origin, incarnation, n)``, then (if ``size`` is larger, for runs with large
+    messages) those 20 bytes repeated up to ``size`` bytes in all."""
+    head = _PAYLOAD.pack(origin, incarnation, n)
+    if size <= len(head):
+        return head
+    return (head * -(-size // len(head)))[:size]
 
 
 def parse_payload(payload: bytes) -> tuple[int, int, int] | None:
-    """``(origin, incarnation, n)`` of an app payload, or None if it is not one."""
-    if len(payload) != _PAYLOAD.size:
+    """``(origin, incarnation, n)`` of an app payload (of any size :func:`app_payload`
+    makes, every byte checked), or None if it is not one."""
+    size = _PAYLOAD.size
+    if len(payload) < size:
         return None
-    origin, inc, n = _PAYLOAD.unpack(payload)
+    head = payload[:size]
+    if len(payload) > size and payload != (head * -(-len(payload) // size))[: len(payload)]:
+        return None
+    origin, inc, n = _PAYLOAD.unpack(head)
     return int(origin), int(inc), int(n)
 
 
@@ -333,11 +344,20 @@ class _Deliveries(_Base):
         super().__init__(info)
         self.sessions = sessions
         self.published: dict[tuple[int, int, int], tuple[bytes, float]] = {}
+        # (origin, incarnation, seq) -> the seq of that life's publication before it (a
+        # large message takes several seqs: seq - 1 only while every message is small)
+        self.before: dict[tuple[int, int, int], int] = {}
+        self._latest: dict[tuple[int, int], int] = {}
         self.on_delivered: Callable[[float, int, MessageDelivered], None] | None = None
         self._on = {Published: self._published, MessageDelivered: self._delivered}
 
     def _published(self, t: float, node: int, ev: Published) -> None:
         self.published[(ev.origin, ev.incarnation, ev.seq)] = (ev.payload, t)
+        life = (ev.origin, ev.incarnation)
+        latest = self._latest.get(life)
+        if latest is not None:
+            self.before[(ev.origin, ev.incarnation, ev.seq)] = latest
+        self._latest[life] = ev.seq
 
     def _delivered(self, t: float, node: int, ev: MessageDelivered) -> None:
         if ev.group == BROKER_GROUP:
@@ -383,8 +403,10 @@ class DeliveryIntegrity(_Deliveries):
 
 class FifoPerSender(_Deliveries):
     """FIFO per sender: at each receiver, an origin life's numbers strictly increase, and by
-    exactly 1 while both the receiver and the origin stay in the view (both were admitted
-    before the previous delivery and not excluded since; otherwise the multicast may
+    exactly the numbers the previous message took (1, or a large message's fragments:
+    :func:`~powergrid.protocols.fragments.fragment_count`) while both the receiver and
+    the origin stay in the view (both were admitted before the previous delivery and not
+    excluded since; otherwise the multicast may
     legitimately skip what became stable without them), unless what was skipped was
     published before both were in the view (``join_margin_s`` before the last skipped
     message's publication, as :class:`AgreementValidity` counts it): that is history from
@@ -395,7 +417,7 @@ class FifoPerSender(_Deliveries):
 
     def __init__(self, info: DataCentre, sessions: _SessionsLike) -> None:
         super().__init__(info, sessions)
-        self._last: dict[tuple[int, int, int, int], tuple[int, float]] = {}
+        self._last: dict[tuple[int, int, int, int], tuple[int, float, int]] = {}
 
     def delivered(self, t: float, node: int, ev: MessageDelivered) -> None:
         parsed = parse_payload(ev.payload)
@@ -404,17 +426,18 @@ class FifoPerSender(_Deliveries):
         inc = self.inc.get(node, 0)
         key = (node, inc, ev.sender, parsed[1])
         prev = self._last.get(key)
+        span = fragment_count(len(ev.payload))  # the seqs this message took (1 if small)
         if prev is None:
-            self._last[key] = (ev.seq, t)
+            self._last[key] = (ev.seq, t, span)
             return
-        last, since = prev
+        last, since, last_span = prev
         if ev.seq <= last:
             self.problems.append(
                 f"{_fmt(node)} delivered #{ev.seq} of {_fmt(ev.sender)} after #{last}"
             )
             return
-        self._last[key] = (ev.seq, t)
-        if ev.seq == last + 1:
+        self._last[key] = (ev.seq, t, span)
+        if ev.seq == last + last_span:
             return
         joined = self.sessions.joined(node, inc)
         ojoined = self.sessions.joined(ev.sender, parsed[1])
@@ -422,7 +445,8 @@ class FifoPerSender(_Deliveries):
         edge = since - margin
         if joined is None or joined > edge or ojoined is None or ojoined > edge:
             return
-        skipped = self.published.get((ev.sender, parsed[1], ev.seq - 1))
+        life = (ev.sender, parsed[1])
+        skipped = self.published.get((*life, self.before.get((*life, ev.seq), ev.seq - 1)))
         if skipped is None or max(joined, ojoined) <= skipped[1] - margin:
             self.problems.append(
                 f"{_fmt(node)} delivered #{ev.seq} of {_fmt(ev.sender)} right after #{last} "

@@ -56,6 +56,7 @@ import ipaddress
 import logging
 import math
 import socket
+import struct
 import sys
 import time
 from collections import deque
@@ -79,9 +80,11 @@ from powergrid.events import (
 )
 from powergrid.fanout import FanOut, parse_seeds
 from powergrid.types import (
+    IPV6_NODE,
     NodeId,
     format_node,
     incarnation_at,
+    ipv6_prefix_problem,
     node_address,
     node_id,
 )
@@ -172,6 +175,14 @@ class UdpConfig:
       anywhere; a fan-out group send goes to seeds and members of an authenticated
       view, never to a claimed sender. Turn it off only where a node's id is
       not the address its datagrams come from (NAT or port mapping between nodes).
+    * ``ipv6_prefix``: the /96 the deployment's IPv6 node addresses share (an IPv6
+      node id holds only the low 32 bits, :mod:`powergrid.types`); default ``::``,
+      right for ``::1``. A datagram from an IPv6 address outside it is no node's
+      (what it claims is ``spoofed``).
+    * ``ipv6_interface``: the interface name IPv6 multicast leaves from and joins on
+      (``IPV6_MULTICAST_IF``, ``IPV6_JOIN_GROUP``); ``""``: the kernel's choice.
+    * ``ipv6_group_prefix``: IPv6 groups are this prefix plus the group id (32 bits):
+      default ``ff15::`` (site-local), group 258 -> ``ff15::102``; ``ttl`` is the hop limit.
     * ``fanout_seeds``: None (the default) sends group datagrams by IP
       multicast. A list of ``"host:port"`` seed addresses (even an empty one)
       turns on **unicast fan-out**: no group socket is opened and no IP
@@ -197,6 +208,11 @@ class UdpConfig:
         default=None, validator=optional_callable
     )
     check_source: bool = attrs.field(default=True, validator=flag)
+    ipv6_prefix: str = attrs.field(default="::", validator=instance(str, "an IPv6 /96"))
+    ipv6_interface: str = attrs.field(default="", validator=instance(str, "an interface name"))
+    ipv6_group_prefix: str = attrs.field(
+        default="ff15::", validator=instance(str, "an IPv6 multicast prefix")
+    )
     fanout_seeds: tuple[str, ...] | None = attrs.field(default=None, converter=_seed_list)
 
     def __attrs_post_init__(self) -> None:
@@ -213,6 +229,15 @@ class UdpConfig:
             raise ConfigError(
                 f"UdpConfig.group_prefix: {self.group_prefix} must be a multicast /16 "
                 "ending in .0.0, e.g. 239.255.0.0"
+            )
+        bad = ipv6_prefix_problem(self.ipv6_prefix)
+        if bad is not None:
+            raise ConfigError(f"UdpConfig.ipv6_prefix: {bad}")
+        bad = ipv6_prefix_problem(self.ipv6_group_prefix)
+        if bad is not None or not ipaddress.IPv6Address(self.ipv6_group_prefix).is_multicast:
+            raise ConfigError(
+                f"UdpConfig.ipv6_group_prefix: {self.ipv6_group_prefix} must be an IPv6 "
+                "multicast address with 32 low bits free, e.g. ff15::"
             )
         if not 1 <= self.group_port_base <= 0x10000 - self.group_ports:
             raise ConfigError(
@@ -231,18 +256,33 @@ class UdpConfig:
         """The node ids of ``fanout_seeds``, sorted and distinct (empty without fan-out)."""
         return parse_seeds(self.fanout_seeds or (), "fanout_seeds")
 
-    def group_address(self, group: int) -> tuple[str, int]:
-        """The multicast ``(ip, port)`` of ``group``.
+    def group_address(self, group: int, ipv6: bool = False) -> tuple[str, int]:
+        """The multicast ``(ip, port)`` of ``group`` (for IPv6 nodes if ``ipv6``).
 
         By default the ip is ``group_prefix`` plus the group's low 16 bits
-        (group 0 -> 239.255.0.0, group 258 -> 239.255.1.2) and the port is
+        (group 0 -> 239.255.0.0, group 258 -> 239.255.1.2), for IPv6
+        ``ipv6_group_prefix`` plus the group id (ff15::102), and the port is
         ``group_port_base + group % group_ports``. ``group_map`` overrides both.
         """
         if self.group_map is not None:
             return self.group_map(group)
+        port = self.group_port_base + group % self.group_ports
+        if ipv6:
+            return str(ipaddress.IPv6Address(self.ipv6_group_prefix) + group), port
         prefix = int(ipaddress.IPv4Address(self.group_prefix))
-        ip = str(ipaddress.IPv4Address(prefix | (group & 0xFFFF)))
-        return ip, self.group_port_base + group % self.group_ports
+        return str(ipaddress.IPv4Address(prefix | (group & 0xFFFF))), port
+
+    def ipv6_ifindex(self) -> int:
+        """The index of ``ipv6_interface`` (0: the kernel's choice). Raises
+        :class:`ConfigError` if this host has no such interface."""
+        if not self.ipv6_interface:
+            return 0
+        try:
+            return socket.if_nametoindex(self.ipv6_interface)
+        except OSError as exc:
+            raise ConfigError(
+                f"UdpConfig.ipv6_interface: this host has no interface {self.ipv6_interface!r}"
+            ) from exc
 
 
 @attrs.define(kw_only=True)
@@ -408,22 +448,30 @@ def open_unicast_socket(cfg: UdpConfig, host: str, port: int) -> tuple[socket.so
     :class:`ConfigError` if it cannot be bound (address in use, not an
     address of this host).
     """
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    ipv6 = ":" in host
+    sock = socket.socket(socket.AF_INET6 if ipv6 else socket.AF_INET, socket.SOCK_DGRAM)
     try:
         sock.setblocking(False)
         granted = _set_recv_buffer(sock, cfg.recv_buffer, f"{host}:{port}")
-        iface = socket.inet_aton(cfg.interface)
-        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, iface)
-        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, cfg.ttl)
-        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, int(cfg.loopback))
+        if ipv6:
+            v6 = socket.IPPROTO_IPV6
+            sock.setsockopt(v6, socket.IPV6_V6ONLY, 1)
+            sock.setsockopt(v6, socket.IPV6_MULTICAST_IF, cfg.ipv6_ifindex())
+            sock.setsockopt(v6, socket.IPV6_MULTICAST_HOPS, cfg.ttl)
+            sock.setsockopt(v6, socket.IPV6_MULTICAST_LOOP, int(cfg.loopback))
+        else:
+            iface = socket.inet_aton(cfg.interface)
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, iface)
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, cfg.ttl)
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, int(cfg.loopback))
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
         raise ConfigError(
-            f"cannot open the unicast socket {host}:{port}: {exc}; "
-            "pick a free port on an address of this host"
+            f"cannot open the unicast socket {host}:{port}: {exc}; pick a free port on an "
+            "address of this host (IPv6: UdpConfig.ipv6_prefix and the host's low 32 bits)"
         ) from exc
-    if host != cfg.interface and not cfg.fanout:
+    if host != cfg.interface and not cfg.fanout and not ipv6:
         log.warning(
             "node address %s differs from the multicast interface %s: multicasts will "
             "carry source %s; set UdpConfig.interface to the node's host",
@@ -434,13 +482,14 @@ def open_unicast_socket(cfg: UdpConfig, host: str, port: int) -> tuple[socket.so
     return sock, granted
 
 
-def open_group_socket(cfg: UdpConfig, group: int) -> socket.socket:
-    """A non-blocking UDP socket receiving ``group``'s multicasts (shared with other processes).
+def open_group_socket(cfg: UdpConfig, group: int, ipv6: bool = False) -> socket.socket:
+    """A non-blocking UDP socket receiving ``group``'s multicasts (shared with other
+    processes), on IPv6 if ``ipv6``.
 
     Raises ``OSError`` if it cannot be bound or joined.
     """
-    ip, port = cfg.group_address(group)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    ip, port = cfg.group_address(group, ipv6)
+    sock = socket.socket(socket.AF_INET6 if ipv6 else socket.AF_INET, socket.SOCK_DGRAM)
     try:
         sock.setblocking(False)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -449,8 +498,12 @@ def open_group_socket(cfg: UdpConfig, group: int) -> socket.socket:
         _set_recv_buffer(sock, cfg.recv_buffer, f"group {group} ({ip}:{port})")
         # Linux and BSD filter by destination when bound to the group; Windows cannot.
         sock.bind(("" if sys.platform == "win32" else ip, port))
-        mreq = socket.inet_aton(ip) + socket.inet_aton(cfg.interface)
-        sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
+        if ipv6:
+            mreq = socket.inet_pton(socket.AF_INET6, ip) + struct.pack("@I", cfg.ipv6_ifindex())
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, mreq)
+        else:
+            mreq = socket.inet_aton(ip) + socket.inet_aton(cfg.interface)
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreq)
     except OSError:
         sock.close()
         raise
@@ -474,7 +527,18 @@ class Destinations:
     the group's view or membership changes) are read by the driver's hot paths.
     """
 
-    __slots__ = ("_addresses", "_config", "_seeds", "_stats", "check", "fanout", "groups", "heard")
+    __slots__ = (
+        "_addresses",
+        "_config",
+        "_ipv6",
+        "_prefix",
+        "_seeds",
+        "_stats",
+        "check",
+        "fanout",
+        "groups",
+        "heard",
+    )
 
     def __init__(
         self, config: UdpConfig, me: NodeId, stats: UdpStats, *, check: bool, keyed: bool
@@ -485,9 +549,11 @@ class Destinations:
         self.heard: dict[Address, int] = {}
         self.groups: dict[int, tuple[Address, ...]] = {}
         self._addresses: dict[int, Address] = {}  # node id -> its socket address
+        self._prefix = config.ipv6_prefix  # the /96 of IPv6 node addresses
+        self._ipv6 = bool(me & IPV6_NODE)  # our groups are IPv6 groups
         # the configured seeds may be sent to before they are heard from (a fan-out
         # node's first join request goes to a seed it never heard): the operator's word
-        self._seeds = frozenset(node_address(n) for n in config.seed_ids())
+        self._seeds = frozenset(node_address(n, self._prefix) for n in config.seed_ids())
         self.fanout: FanOut | None = None
         if config.fanout:
             self.fanout = FanOut(me, config.seed_ids(), learn=keyed)
@@ -499,12 +565,15 @@ class Destinations:
                 )
 
     def hear(self, source: Address) -> int:
-        """Remember that a datagram came from ``source``; its node id (0: not a node's)."""
+        """Remember that a datagram came from ``source``; its node id (0: not a node's;
+        -1: an IPv6 address outside ``ipv6_prefix``, whose every claim is refused)."""
         heard = self.heard
         try:
-            sid = node_id(source[0], source[1])
+            sid: int = node_id(source[0], source[1])
         except ConfigError:
             return 0
+        if sid & IPV6_NODE and node_address(sid, self._prefix) != source:
+            sid = -1
         if len(heard) >= _MAX_HEARD:
             del heard[next(iter(heard))]  # the address heard from first
         heard[source] = sid
@@ -515,7 +584,7 @@ class Destinations:
         addr = self._addresses.get(to)
         if addr is None:
             try:
-                addr = node_address(to)
+                addr = node_address(to, self._prefix)
             except ConfigError as exc:
                 self._stats.send_errors += 1
                 log.warning("dropped a datagram: %s", exc)
@@ -529,9 +598,9 @@ class Destinations:
     def group(self, group: int) -> tuple[Address, ...]:
         """Where ``group``'s datagrams go (cached in :attr:`groups`)."""
         if self.fanout is None:
-            addrs: tuple[Address, ...] = (self._config.group_address(group),)
+            addrs: tuple[Address, ...] = (self._config.group_address(group, self._ipv6),)
         else:
-            addrs = tuple(node_address(n) for n in self.fanout.targets(group))
+            addrs = tuple(node_address(n, self._prefix) for n in self.fanout.targets(group))
         self.groups[group] = addrs
         return addrs
 
@@ -586,7 +655,8 @@ class Driver:
         self._config = config
         self._on_event = on_event
         self._stats = UdpStats()
-        self._own = node_address(endpoint.node_id)
+        self._own = node_address(endpoint.node_id, config.ipv6_prefix)
+        self._ipv6 = bool(endpoint.node_id & IPV6_NODE)  # sockets and groups of IPv6
         self._usock: socket.socket | None = None
         self._sendto: Callable[[bytes, Address], int] = _not_open
         self._groups: dict[int, socket.socket] = {}
@@ -804,6 +874,7 @@ class Driver:
         dispatch = self._dispatch
         stats = self._stats
         own = self._own
+        ipv6 = self._ipv6
         recvfrom = sock.recvfrom
         size = self._recv_size
         now = self._now()
@@ -819,6 +890,8 @@ class Driver:
                 stats.recv_errors += 1
                 log.debug("receive error: %s", exc)
                 break
+            if ipv6:
+                source = source[:2]  # (host, port, flowinfo, scope id)
             if group and source == own:
                 stats.own += 1
                 continue
@@ -1020,9 +1093,9 @@ class Driver:
             self._joined.add(group)
             return
         try:
-            sock = open_group_socket(self._config, group)
-        except OSError as exc:
-            ip, port = self._config.group_address(group)
+            sock = open_group_socket(self._config, group, self._ipv6)
+        except (OSError, ConfigError) as exc:
+            ip, port = self._config.group_address(group, self._ipv6)
             self._stats.recv_errors += 1
             log.error("cannot join group %d at %s:%d: %s", group, ip, port, exc)
             return

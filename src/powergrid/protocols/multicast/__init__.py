@@ -16,8 +16,8 @@ for ``flush_grace`` unless a view lists it by then, and digests never start a
 life other than the one the view lists, so a forged incarnation cannot shut out
 the real one for good. In-order messages are delivered, then any held successors;
 duplicates are dropped and counted; messages ahead of a gap are held, at most
-``max_held`` per origin (beyond: dropped, counted in ``held_dropped``, still
-repaired later). An :class:`~powergrid.wire.Xmit` is handled like the Data
+``max_held`` per origin (beyond: the one farthest ahead is dropped, counted in
+``held_dropped``, and repaired later). An :class:`~powergrid.wire.Xmit` is handled like the Data
 it carries.
 
 *Repair (the resend requester).* A gap waits ``nak_delay`` (reordering

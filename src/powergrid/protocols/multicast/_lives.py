@@ -291,7 +291,13 @@ class Lives:
             st.tries = st.group_round = 0  # progress (rule 7)
             self._arm(now)
         elif len(st.held) >= self._config.max_held:
+            # Full: keep the messages nearest the gap, which repair fills next; the
+            # farthest one goes (this one, if it is the farthest), repaired later.
             self._stats.held_dropped += 1
+            far = max(st.held)
+            if seq < far:
+                del st.held[far]
+                st.held[seq] = msg
         else:
             st.held[seq] = msg
         return out
