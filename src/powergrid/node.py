@@ -759,6 +759,10 @@ class Node:
     def multicast(self, payload: bytes, now: float, *, group: int | None = None) -> list[Output]:
         """Multicast application bytes to ``group`` (default: the cluster), reliably, FIFO.
 
+        Under flow control, a full send window returns
+        :class:`~powergrid.protocols.multicast.WindowFull` and sends nothing (see
+        :meth:`multicast_room`).
+
         Raises :class:`UsageError` if the node is not in that group and
         :class:`~powergrid.errors.PayloadTooLargeError` if the payload is too large.
         """
@@ -766,9 +770,20 @@ class Node:
         if stack is None:
             stack = self._stack_or_raise(group)
         out: list[Output] = []
-        publish = _new_publish(KIND_APP, payload)
+        publish = _new_publish(KIND_APP, payload, True)
         self._run(stack, self._call(stack.multicast, publish, now), now, out)
         return out
+
+    def multicast_room(self, *, group: int | None = None) -> int | None:
+        """How many more app multicasts ``group``'s send window takes now (multicast rule
+        27); None without flow control (``MulticastConfig.send_window`` 0). A multicast
+        beyond it returns :class:`~powergrid.protocols.multicast.WindowFull` and sends
+        nothing; :class:`~powergrid.protocols.multicast.WindowOpen` follows when stability
+        makes room. Raises :class:`UsageError` if the node is not in that group."""
+        stack = self._home if group is None else None
+        if stack is None:
+            stack = self._stack_or_raise(group)
+        return stack.multicast.window_room
 
     def send(
         self, to: int, payload: bytes, now: float, *, group: int | None = None
@@ -922,7 +937,7 @@ class Node:
                 out.append(_new_transmit_group(group, data if seal is None else seal(data)))
             elif kind is MulticastReliable:
                 msg = act.message
-                publish = Publish(kind=msg.TYPE, payload=encode_body(msg))
+                publish = Publish(kind=msg.TYPE, payload=encode_body(msg), flow=False)
                 queue.extend(self._call(stack.multicast, publish, now))
             else:
                 note = NOTES.get(kind)

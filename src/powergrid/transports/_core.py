@@ -78,6 +78,7 @@ from powergrid.events import (
     ViewChanged,
 )
 from powergrid.fanout import FanOut, parse_seeds
+from powergrid.protocols.multicast import WindowOpen
 from powergrid.types import (
     NodeId,
     format_node,
@@ -591,6 +592,7 @@ class Driver:
             JoinGroup: self._on_join,
             LeaveGroup: self._on_leave,
             ViewChanged: self._on_view,
+            WindowOpen: self._on_window_open,
         }
 
     # ------------------------------------------------------------ surface
@@ -664,13 +666,15 @@ class Driver:
     async def multicast(self, payload: bytes, *, group: int | None = None) -> None:
         """``node.multicast(payload, now, group=group)``: reliable, ordered per sender.
 
-        ``group`` defaults to the node's cluster. Raises
+        ``group`` defaults to the node's cluster. Under flow control it first waits
+        while the group's send window is full (multicast rule 27). Raises
         :class:`~powergrid.errors.PayloadTooLargeError` beyond the payload limit and
         :class:`UsageError` if the node is not running or not in ``group``.
         """
         if not self._running:
             self._check_running()  # raises
         endpoint: Any = self._endpoint
+        await _room(self, endpoint, group)
         await self._after_command(
             self._commanded(endpoint.multicast(payload, self._now(), group=group))
         )
@@ -990,6 +994,10 @@ class Driver:
         self._stop_group_reader(group, sock)
         sock.close()
 
+    def _on_window_open(self, out: WindowOpen) -> None:
+        self._wake_events()  # a multicast waiting for room tries again (rule 27)
+        self._notify(out)
+
     def _on_view(self, out: ViewChanged) -> None:
         """The fan-out set follows the view before the app sees it; then pass it on."""
         self._to.follow(out.view)
@@ -1035,3 +1043,12 @@ class Driver:
     async def _after_command(self, yield_now: bool) -> None:
         """Let other tasks run if ``yield_now``, else only check for cancellation."""
         raise NotImplementedError
+
+
+async def _room(driver: Driver, endpoint: Any, group: int | None) -> None:
+    """Wait while ``group``'s send window is full (multicast rule 27: flow control);
+    raises :class:`UsageError` if the node stops meanwhile."""
+    room = getattr(endpoint, "multicast_room", None)
+    while room is not None and room(group=group) == 0:
+        await driver._wait_events()  # woken by WindowOpen (and by any event)
+        driver._check_running()

@@ -21,10 +21,13 @@ repaired later). An :class:`~powergrid.wire.Xmit` is handled like the Data
 it carries.
 
 *Repair (the resend requester).* A gap waits ``nak_delay`` (reordering
-tolerance), then the machine sends ``Nak(origin, incarnation, first, last)``
-to the origin for the first missing range, capped at ``max_nak_range``
-messages, and repeats at most once per ``nak_interval`` per origin while the
-gap persists. After ``nak_escalate_after`` tries without progress (or at
+tolerance, 0 by default), then the machine sends ``Nak(origin, incarnation,
+first, last)`` to the origin for every missing range within ``max_nak_range``
+messages of the delivered point. A fresh gap (a seq no Nak asked for yet) is
+asked ``nak_delay`` after it appears; only re-asks of ranges still missing are
+paced, at most one round per origin per re-ask interval: four smoothed repair
+round trips, within ``nak_interval / 10 .. nak_interval``.
+After ``nak_escalate_after`` tries without progress (or at
 once if the origin is not in the view) the Nak is multicast to the group with
 a ``helper``: only the origin and the helper answer a group Nak, so each
 missing message is resent at most twice per round. The helper rotates, one
@@ -143,7 +146,7 @@ Driving: ``handle(event, now)`` with :class:`Publish`,
 :class:`~powergrid.events.ViewChanged` and
 :class:`~powergrid.events.DeadlineReached`; ``next_deadline()`` is the
 earliest of the Nak, Status, Stable and grace timers. Defaults (seconds):
-``nak_delay`` 0.01, ``nak_interval`` 0.05, ``status_interval`` 0.25,
+``nak_delay`` 0, ``nak_interval`` 0.05, ``status_interval`` 0.25,
 ``stable_interval`` 0.25, ``flush_grace`` 2.0.
 
 Parts
@@ -173,6 +176,8 @@ from powergrid.protocols.multicast._config import (
     MulticastConfig,
     MulticastStats,
     Publish,
+    WindowFull,
+    WindowOpen,
 )
 from powergrid.protocols.multicast._machine import MulticastMachine
 
@@ -185,4 +190,6 @@ __all__ = [
     "MulticastMachine",
     "MulticastStats",
     "Publish",
+    "WindowFull",
+    "WindowOpen",
 ]

@@ -7,7 +7,9 @@ Every life keeps the messages it delivered and that are not stable yet in its ow
 counts them over all lives (``size``) and enforces ``max_buffer`` (rule 15): beyond
 it, the oldest message of the life with the most buffered is dropped
 (``buffer_overflow``), and the coordinator also declares it stable so members stuck
-behind it skip it. It trims a life up to its stable point (rule 13), and answers a
+behind it skip it. Under flow control (``send_window``, rule 27) the node's own
+messages are never dropped (its window bounds them) and nothing dropped is declared
+stable: a member that lacks another origin's message fetches it from that origin. It trims a life up to its stable point (rule 13), and answers a
 Nak from the buffer with one Xmit per message it holds in the (capped) range, at
 most ``max_xmit_per_interval`` per requester per ``nak_interval`` window (rules 8, 9;
 beyond: ``xmits_rate_limited``).
@@ -33,7 +35,16 @@ from powergrid.wire import Nak, Xmit
 class ResendBuffer:
     """The resend buffer of one machine over all its lives (see the module docstring)."""
 
-    __slots__ = ("_config", "_current", "_retired", "_stats", "_windows", "evicted", "size")
+    __slots__ = (
+        "_config",
+        "_current",
+        "_keep",
+        "_retired",
+        "_stats",
+        "_windows",
+        "evicted",
+        "size",
+    )
 
     def __init__(
         self,
@@ -41,8 +52,11 @@ class ResendBuffer:
         stats: MulticastStats,
         current: dict[int, OriginLife],
         retired: dict[int, OriginLife],
+        me: int,
     ) -> None:
         self._config = config
+        # under flow control (rule 27) the cap never evicts this node's own messages
+        self._keep = me if config.send_window else None
         self._stats = stats
         self._current = current  # the registry's dicts (read only here)
         self._retired = retired
@@ -63,11 +77,16 @@ class ResendBuffer:
     def _overflow(self, coordinating: bool) -> None:
         """Drop the oldest message of the life with the most buffered, while over the cap."""
         limit = self._config.max_buffer
+        keep = self._current.get(self._keep) if self._keep is not None else None
         while self.size > limit:
-            _, st = max(
-                [*self._current.items(), *self._retired.items()],
-                key=lambda item: (len(item[1].buf), -item[0]),
-            )
+            lives = [
+                item
+                for item in (*self._current.items(), *self._retired.items())
+                if item[1] is not keep and item[1].buf
+            ]
+            if not lives:  # only its own window's messages: they stay (rule 27)
+                break
+            _, st = max(lives, key=lambda item: (len(item[1].buf), -item[0]))
             seq = st.buf_low
             while seq not in st.buf:
                 seq += 1
@@ -75,7 +94,7 @@ class ResendBuffer:
             st.buf_low = seq + 1
             self.size -= 1
             self._stats.buffer_overflow += 1
-            if coordinating and seq > st.stable:
+            if coordinating and self._keep is None and seq > st.stable:
                 st.stable = seq  # nobody can fetch it any more: let laggards skip it
                 if self._current.get(st.origin) is st:
                     self.evicted[st.origin] = (st.incarnation, seq)
