@@ -9,14 +9,17 @@ it, the oldest message of the life with the most buffered is dropped
 (``buffer_overflow``), and the coordinator also declares it stable so members stuck
 behind it skip it. Under flow control (``send_window``, rule 27) the node's own
 messages are never dropped (its window bounds them) and nothing dropped is declared
-stable: a member that lacks another origin's message fetches it from that origin. It trims a life up to its stable point (rule 13), and answers a
+stable: a member that lacks another origin's message fetches it from that origin.
+It trims a life up to its stable point (rule 13), and answers a
 Nak from the buffer with one Xmit per message it holds in the (capped) range, at
 most ``max_xmit_per_interval`` per requester per ``nak_interval`` window (rules 8, 9;
 beyond: ``xmits_rate_limited``).
 
 Guarantees: ``size`` is the number of messages buffered in every LIVE, DEPARTING and
 RETIRED life (the registry calls :meth:`ResendBuffer.release` when a life's state
-goes) and never exceeds ``max_buffer`` after a delivery. Holds no timer: its part
+goes) and never exceeds ``max_buffer`` after a delivery (under flow control: unless
+the node's own unstable messages alone do, which only its protocol messages, never
+refused by the window, can make happen). Holds no timer: its part
 of ``next_deadline()`` is always None. Driven by the machine (Naks, views) and the
 registry of lives (deliveries, dropped lives).
 """
