@@ -22,6 +22,17 @@ drops 5% (and, in a second run, 1%) of incoming datagrams (seeded) before
 protocol's (its counters are reported, and the same run is repeated with
 ``nak_interval`` 0.01 s for comparison).
 
+**Flow control** (multicast rule 27): the same setup with 3 receivers, one of
+which processes at most a tenth of the 3-receiver lossless goodput in datagrams
+per second (they wait in a queue of 2,000, a socket buffer, and are dropped
+beyond it); no app-level window, the sender just
+``await``s ``multicast`` (which waits while the send window, 256, is full);
+``max_buffer`` 1,000; N/4 messages (at least 500). Reported: goodput against
+the slow receiver's rate (``flow_slow_ratio``, target 0.8), messages some
+receiver never delivered (``flow_slow_lost``, target 0), views without all
+four nodes (``flow_slow_removals``, target 0); and the same run without flow
+control (``noflow_slow_lost``).
+
 **Raw baseline**, measured in the same run: the same socket setup without
 powergrid (one non-blocking sender socket bound to its own address with
 ``IP_MULTICAST_IF``/TTL 0/loop on, R group sockets bound to the group address
@@ -59,6 +70,7 @@ import random
 import socket
 import statistics
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -222,6 +234,115 @@ async def powergrid_goodput(
         "repair": repair,
         "sender_udp": sent,
     }
+
+
+class Slow:
+    """A Node that processes at most ``rate`` datagrams per second: what arrives waits in
+    a queue of ``capacity`` datagrams (a socket buffer; beyond, a datagram is dropped)
+    and :meth:`serve` hands it to ``node.receive`` at that rate."""
+
+    def __init__(self, node: Node, rate: float, capacity: int = 2000) -> None:
+        self.node = node
+        self.rate = rate
+        self.capacity = capacity
+        self.queue: deque[bytes] = deque()
+        self.dropped = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.node, name)
+
+    def receive(self, data: bytes, now: float) -> list[object]:
+        if len(self.queue) >= self.capacity:
+            self.dropped += 1
+        else:
+            self.queue.append(data)
+        return []
+
+    async def serve(self, handle: Any, tick: float = 0.005) -> None:
+        """Every ``tick`` seconds, pass ``rate * tick`` queued datagrams to the node."""
+        credit = 0.0
+        node = self.node
+        while True:
+            await trio.sleep(tick)
+            credit = min(credit + self.rate * tick, self.rate * tick + 1)
+            while credit >= 1 and self.queue:
+                credit -= 1
+                data = self.queue.popleft()
+                await handle.command(lambda _ep, now, d=data: node.receive(d, now))
+
+
+async def slow_member_goodput(n: int, rate: float, window: int) -> dict[str, Any]:
+    """N multicasts from one sender to 3 receivers, one of them :class:`Slow` at ``rate``
+    datagrams/s, with no app-level window: the sender's ``await multicast`` alone paces
+    it. ``window``: ``MulticastConfig.send_window`` (0: no flow control), with
+    ``max_buffer`` 1,000 either way. Goodput = N / seconds from the first send to the
+    last delivery at the last receiver (or to the give-up time, 3 N / rate + 5 s);
+    ``lost``: messages some receiver never delivered; ``removals``: views of fewer than
+    all 4 nodes a receiver installed after the start."""
+    receivers = 3
+    udp = UdpConfig(ttl=0, group_port_base=free_port())
+    mc = MulticastConfig(send_window=window, max_buffer=1000)
+    cfgs = [NodeConfig(port=free_port(), broker_capable=True, rank=1, multicast=mc)]
+    cfgs += [NodeConfig(port=free_port(), multicast=mc) for _ in range(receivers)]
+    tally = _Tally(receivers, n, cfgs[0].node_id, cfgs[0].cluster, trio.Event())
+    got = tally.got
+    shrunk = [0]
+    started = [False]
+
+    def take(i: int, note: object) -> None:
+        tally.take(i, note)
+        if started[0] and type(note).__name__ == "ViewChanged":
+            view = note.view  # type: ignore[attr-defined]
+            if view.group == tally.cluster and len(view.members) < receivers + 1:
+                shrunk[0] += 1
+
+    async with trio.open_nursery() as nursery:
+        handles = []
+        for k, cfg in enumerate(cfgs):
+            ep: Any = Node(cfg, incarnation=1, rng=random.Random(k))
+            if k == 1:
+                ep = Slow(ep, rate)
+            on_event = functools.partial(take, k - 1) if k > 0 else _ignore
+            handles.append(await nursery.start(_serve, ep, udp, on_event))
+            if isinstance(ep, Slow):
+                nursery.start_soon(ep.serve, handles[-1])
+        sender = handles[0]
+        with trio.fail_after(30):
+            while min(tally.views) < receivers + 1:
+                tally.progress = trio.Event()
+                await tally.progress.wait()
+        started[0] = True
+        t0 = time.perf_counter()
+        give_up = 3 * n / rate + 5
+        with trio.move_on_after(give_up):
+            for i in range(n):
+                await sender.multicast(payload(i))
+            while min(len(g) for g in got) < n:
+                tally.progress = trio.Event()
+                await tally.progress.wait()
+        done = min(len(g) for g in got) == n
+        seconds = (tally.t_end if done else time.perf_counter()) - t0
+        for g in got:  # whatever was delivered: once, in order, the right payloads
+            seqs = [q for q, _ in g]
+            assert seqs == sorted(set(seqs)), "out of order or twice"
+            assert all(p == payload(q - 1) for q, p in g), "wrong payload"
+        stats = sender.endpoint.stack(cfgs[0].cluster).multicast.stats
+        out = {
+            "msgs_per_s": n / seconds,
+            "seconds": seconds,
+            "slow_rate": rate,
+            "ratio_to_slow_rate": n / seconds / rate,
+            "lost": sum(n - len(g) for g in got),
+            "skipped": sum(
+                h.endpoint.stack(cfgs[0].cluster).multicast.stats.skipped for h in handles[1:]
+            ),
+            "removals": shrunk[0],
+            "window_full": stats.window_full,
+            "buffer_overflow": stats.buffer_overflow,
+            "slow_dropped": handles[1].endpoint.dropped,
+        }
+        nursery.cancel_scope.cancel()
+    return out
 
 
 def _repair_stats(sender: Any, rx: list[Any], group: int) -> dict[str, int]:
@@ -555,6 +676,11 @@ async def goodput(n: int, *, variants: bool) -> dict[str, Any]:
     out["powergrid_3_loss1"] = await powergrid_goodput(3, n, 0.01)
     if variants:
         out["powergrid_3_loss5_unbundled"] = await powergrid_goodput(3, n, 0.05, bundle_size=0)
+    # Flow control: one receiver takes a tenth of what the others did without loss.
+    slow = out["powergrid_3"]["msgs_per_s"] / 10
+    m = max(n // 4, 500)
+    out["flow_slow"] = await slow_member_goodput(m, slow, window=256)
+    out["noflow_slow"] = await slow_member_goodput(m, slow, window=0)
     if variants:  # the same loss with Naks allowed every 10 ms instead of 50 ms
         fast = MulticastConfig(nak_interval=0.01)
         out["powergrid_3_loss5_nak10ms"] = await powergrid_goodput(3, n, 0.05, multicast=fast)
@@ -594,6 +720,10 @@ def main() -> None:
         "ratio_1_receiver": r1,
         "ratio_3_receivers": r3,
         "ratio_5pct_loss": r5,
+        "flow_slow_ratio": g["flow_slow"]["ratio_to_slow_rate"],
+        "flow_slow_lost": g["flow_slow"]["lost"],
+        "flow_slow_removals": g["flow_slow"]["removals"],
+        "noflow_slow_lost": g["noflow_slow"]["lost"],
         "loss_1pct_ratio": r1l,
         "ratio_1_receiver_unbundled": r1u,
         "ratio_3_receivers_unbundled": r3u,
@@ -681,6 +811,20 @@ def main() -> None:
         ),
         *loss_rows,
         (
+            "flow control: goodput, 1 of 3 receivers at 1/10 speed",
+            g["flow_slow"]["msgs_per_s"],
+            g["flow_slow"]["slow_rate"],
+            g["flow_slow"]["ratio_to_slow_rate"],
+            "ratio >= 0.8, 0 lost",
+        ),
+        (
+            "  the same without flow control (send_window 0)",
+            g["noflow_slow"]["msgs_per_s"],
+            g["noflow_slow"]["slow_rate"],
+            g["noflow_slow"]["ratio_to_slow_rate"],
+            "",
+        ),
+        (
             "asyncio: UDP goodput msgs/s, 1 receiver",
             g["powergrid_1_asyncio"]["msgs_per_s"],
             g["raw_1_asyncio"]["msgs_per_s"],
@@ -712,6 +856,9 @@ def main() -> None:
         *notes,
         f"repair with 5% loss: {g['powergrid_3_loss5']['repair']}",
         f"repair with 1% loss: {g['powergrid_3_loss1']['repair']}",
+        "flow control (send_window 256, max_buffer 1000; ratio: against the slow receiver's "
+        f"rate): {g['flow_slow']}",
+        f"without flow control: {g['noflow_slow']}",
         f"failover runs (s): {', '.join(f'{f:.2f}' for f in failovers)}",
         "failover phases, median s after the kill: "
         + ", ".join(f"{k} {v:.2f}" for k, v in result["failover_phases_median_s"].items()),

@@ -37,6 +37,7 @@ from powergrid.errors import ConfigError
 from powergrid.events import Output
 from powergrid.node import Node, NodeConfig
 from powergrid.protocols.market import Bid
+from powergrid.protocols.multicast import MulticastConfig
 from powergrid.sim import fuzz
 from powergrid.sim.harness import RunResult, System, run_seed
 from powergrid.sim.invariants import (
@@ -74,17 +75,35 @@ MAX_NODES = _CLUSTER_SIZE * ((65535 - (_CLUSTER_SIZE - 1) - BASE_PORT) // 10 + 1
 port ``BASE_PORT + 10 c + i``, and clusters hold at most five servers."""
 
 
+FLOW_WINDOW = 4
+"""The send window (messages) of the nodes of a flow-controlled cluster (rule 27)."""
+FLOW_BUFFER = 12
+"""Their resend buffer: smaller than the bursts of a cluster's apps need without a window."""
+FLOW_BURST = 3
+"""Messages their apps try to multicast at each tick (as many as the window takes)."""
+
+
 class App:
     """An :class:`~powergrid.events.Endpoint`: a node plus an app that multicasts to its cluster.
 
     Every ``interval`` seconds (the first after a random fraction of it),
     until ``until``, it multicasts the next :func:`~powergrid.sim.invariants.app_payload`
+    (up to ``burst`` of them, as many as the send window takes under flow control)
     and returns a :class:`Published` notification with the number the
-    multicast machine gave it.
+    multicast machine gave each.
     """
 
-    def __init__(self, node: Node, *, interval: float, until: float, rng: random.Random) -> None:
+    def __init__(
+        self,
+        node: Node,
+        *,
+        interval: float,
+        until: float,
+        rng: random.Random,
+        burst: int = 1,
+    ) -> None:
         self.node = node
+        self._burst = burst
         self._interval = interval
         self._until = until
         self._rng = rng
@@ -110,23 +129,30 @@ class App:
         due = node.next_deadline()
         out = node.handle_deadline(now) if due is not None and due <= now else []
         if self._next is not None and self._next <= now:
-            self._n += 1
-            payload = app_payload(node.node_id, node.incarnation, self._n)
-            me = node.node_id
-            seq = node.stack(self._group).multicast.delivered[me][1] + 1
-            out.append(  # before the multicast's own delivery, which it announces
-                Published(
-                    group=self._group,
-                    origin=me,
-                    incarnation=node.incarnation,
-                    seq=seq,
-                    payload=payload,
-                )
-            )
-            out.extend(node.multicast(payload, now))
+            for _ in range(self._burst):
+                if node.multicast_room() == 0:  # the window is full: try at the next tick
+                    break
+                self._publish(now, out)
             nxt = now + self._interval
             self._next = nxt if nxt < self._until else None
         return out
+
+    def _publish(self, now: float, out: list[Output]) -> None:
+        node = self.node
+        self._n += 1
+        payload = app_payload(node.node_id, node.incarnation, self._n)
+        me = node.node_id
+        seq = node.stack(self._group).multicast.delivered[me][1] + 1
+        out.append(  # before the multicast's own delivery, which it announces
+            Published(
+                group=self._group,
+                origin=me,
+                incarnation=node.incarnation,
+                seq=seq,
+                payload=payload,
+            )
+        )
+        out.extend(node.multicast(payload, now))
 
     def next_deadline(self) -> float | None:
         due = self.node.next_deadline()
@@ -263,6 +289,11 @@ def datacentre(
                 )
         supply = _supply(rng, specs)
         publish_until = safety_s + liveness_s / 2
+        # Flow control (multicast rule 27) in about half the clusters, drawn from a stream
+        # of its own so the other draws, and the clusters without it, stay as they were.
+        flow_rng = random.Random(f"{base}/flow")
+        flow = frozenset(c for c in sorted({s.cluster for s in specs}) if flow_rng.random() < 0.5)
+        windowed = MulticastConfig(send_window=FLOW_WINDOW, max_buffer=FLOW_BUFFER)
         configs = {
             n: NodeConfig(
                 port=cfg.port,
@@ -272,6 +303,7 @@ def datacentre(
                 broker_capable=cfg.broker_capable,
                 bid=cfg.bid,
                 supply=supply,
+                multicast=windowed if cfg.cluster in flow else cfg.multicast,
             )
             for n, cfg in configs.items()
         }
@@ -281,12 +313,14 @@ def datacentre(
             settle_at=safety_s,
             publish_until=publish_until,
             bounds=Bounds(),
+            flow_clusters=flow,
         )
 
         def make(node: NodeId, incarnation: Incarnation) -> App:
             r = random.Random(f"{base}/{node}/{incarnation}")
             n = node_class(configs[node], incarnation=incarnation, rng=r)
-            return App(n, interval=intervals[node], until=publish_until, rng=r)
+            burst = FLOW_BURST if configs[node].cluster in flow else 1
+            return App(n, interval=intervals[node], until=publish_until, rng=r, burst=burst)
 
         seeds = tuple(s.node for s in specs if s.broker_capable) if fanout else None
         return System(nodes=tuple(s.node for s in specs), make=make, info=info, fanout_seeds=seeds)

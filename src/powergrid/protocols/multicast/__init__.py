@@ -91,6 +91,16 @@ misses it cannot get it from this node. When the coordinator drops one, it
 also declares it stable, so members stuck behind it skip it (``skipped``)
 instead of asking forever; agreement is lost for those messages.
 
+*Flow control (rule 27).* With ``send_window`` W > 0, at most W of this node's
+own messages are unstable (published, not yet declared stable by its view's
+coordinator): a flow-controlled :class:`Publish` beyond returns
+:class:`WindowFull` and sends nothing; :class:`WindowOpen` follows once a Stable
+makes room. Credits follow stability (the minimum delivered over the members), so
+a slow member slows the sender; a member that delivered half a window of an
+origin beyond its last report reports at once, and the coordinator answers a
+Status within ``stable_interval / 8``. The buffer cap never evicts the own
+window's messages, nor declares what it evicts stable.
+
 *Joiners.* For an origin it has no state for, a machine starts after the
 ``stable`` point of the first Stable (of its own view) that names the origin (naking up to
 ``highest``), so it never asks for history everyone else has dropped. Data
@@ -126,12 +136,13 @@ such a *hearsay* life is dropped when the node stops coordinating.
 Guarantees: within one life of each origin, each member delivers the
 origin's messages at most once and in order (FIFO per origin); while the
 origin, or a member that delivered a message, stays reachable in the view and
-nothing overflows, every member in the view delivers it; the resend buffer
+nothing overflows (under flow control nothing a live member lacks is evicted),
+every member in the view delivers it; the resend buffer
 never exceeds ``max_buffer``; a quiet, stable group sends nothing and
 ``next_deadline()`` is None. Not guaranteed: any order between different
 origins (no total or causal order), virtual synchrony (a view change does not
 flush, it only keeps departed origins' state for ``flush_grace``), delivery
-of messages evicted by the buffer cap or lost with the buffers of a
+of messages evicted by the buffer cap (without flow control) or lost with the buffers of a
 partition (see *lost history*), history from before a member joined, and the
 last messages of a life whose origin restarts that nobody else delivered, or
 that are not fetched within ``flush_grace`` of the restart and before the origin
