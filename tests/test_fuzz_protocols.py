@@ -330,7 +330,7 @@ def test_canary_without_flow_control_loses_messages_the_flow_invariant_names(
     lacks, and it skips a live origin's messages. FIFO per sender sees the skip first;
     without it in the set, the flow invariant names the loss at the end."""
     monkeypatch.setattr(node, "MulticastMachine", NoWindow)
-    build = datacentre(nodes=5, safety_s=SAFETY_S, liveness_s=LIVENESS_S)
+    build = datacentre(nodes=5, safety_s=SAFETY_S, liveness_s=LIVENESS_S, flow=True)
 
     def without_fifo(system: Any) -> list[Any]:
         return [i for i in invariants(system) if i.name != "multicast-fifo"]

@@ -53,6 +53,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="no IP multicast: group sends fan out as unicasts to seeds and view members",
     )
     parser.add_argument(
+        "--flow",
+        action="store_true",
+        help="multicast flow control in every cluster (send window 4, 12-message buffers, "
+        "bursting apps)",
+    )
+    parser.add_argument(
         "--replay", type=int, default=None, metavar="SEED", help="re-run SEED, print its trace"
     )
     parser.add_argument(
@@ -93,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         "safety_s": args.safety,
         "liveness_s": args.liveness,
         "fanout": args.fanout,
+        "flow": args.flow,
     }
     if args.replay is not None:
         result = run_datacentre(args.replay, keep_trace=True, **common)

@@ -204,6 +204,7 @@ def replay_command(
     safety_s: float = DEFAULT_SAFETY_S,
     liveness_s: float = DEFAULT_LIVENESS_S,
     fanout: bool = False,
+    flow: bool = False,
 ) -> str:
     """The ``powergrid fuzz`` command that replays ``seed`` with these options
     (an option at its default is left out)."""
@@ -216,6 +217,8 @@ def replay_command(
         cmd += f" --liveness {liveness_s!r}"
     if fanout:
         cmd += " --fanout"
+    if flow:
+        cmd += " --flow"
     return cmd
 
 
@@ -225,12 +228,14 @@ def recipe(
     safety_s: float = DEFAULT_SAFETY_S,
     liveness_s: float = DEFAULT_LIVENESS_S,
     fanout: bool = False,
+    flow: bool = False,
 ) -> str:
     """Python source that defines ``build`` and ``invariants`` as :func:`run_datacentre` does."""
     return (
         "from powergrid.sim.fuzzing import datacentre, invariants\n\n"
         f"build = datacentre(nodes={nodes!r}, safety_s={safety_s!r}, liveness_s={liveness_s!r}"
         + (", fanout=True" if fanout else "")
+        + (", flow=True" if flow else "")
         + ")\n"
     )
 
@@ -242,13 +247,16 @@ def datacentre(
     liveness_s: float = DEFAULT_LIVENESS_S,
     node_class: Callable[..., Node] = Node,
     fanout: bool = False,
+    flow: bool = False,
 ) -> Callable[[random.Random], System]:
     """A build of a small data centre (see the module docstring).
 
     ``nodes`` fixes the number of servers (else 3-15 are drawn); ``fanout``
     runs it without IP multicast: group datagrams are fanned out as unicasts
     to seeds (every broker-capable node, i.e. every node that can lead) and
-    the members of each sender's last view of the group;
+    the members of each sender's last view of the group; ``flow`` runs every
+    cluster with multicast flow control (rule 27: ``FLOW_WINDOW``, ``FLOW_BUFFER``,
+    apps that try ``FLOW_BURST`` messages a tick);
     ``node_class`` lets tests build deliberately broken nodes. Raises
     :class:`ConfigError` for options :func:`check_options` refuses.
     """
@@ -289,10 +297,7 @@ def datacentre(
                 )
         supply = _supply(rng, specs)
         publish_until = safety_s + liveness_s / 2
-        # Flow control (multicast rule 27) in about half the clusters, drawn from a stream
-        # of its own so the other draws, and the clusters without it, stay as they were.
-        flow_rng = random.Random(f"{base}/flow")
-        flow = frozenset(c for c in sorted({s.cluster for s in specs}) if flow_rng.random() < 0.5)
+        flowing = frozenset(s.cluster for s in specs) if flow else frozenset()
         windowed = MulticastConfig(send_window=FLOW_WINDOW, max_buffer=FLOW_BUFFER)
         configs = {
             n: NodeConfig(
@@ -303,7 +308,7 @@ def datacentre(
                 broker_capable=cfg.broker_capable,
                 bid=cfg.bid,
                 supply=supply,
-                multicast=windowed if cfg.cluster in flow else cfg.multicast,
+                multicast=windowed if cfg.cluster in flowing else cfg.multicast,
             )
             for n, cfg in configs.items()
         }
@@ -313,13 +318,13 @@ def datacentre(
             settle_at=safety_s,
             publish_until=publish_until,
             bounds=Bounds(),
-            flow_clusters=flow,
+            flow_clusters=flowing,
         )
 
         def make(node: NodeId, incarnation: Incarnation) -> App:
             r = random.Random(f"{base}/{node}/{incarnation}")
             n = node_class(configs[node], incarnation=incarnation, rng=r)
-            burst = FLOW_BURST if configs[node].cluster in flow else 1
+            burst = FLOW_BURST if configs[node].cluster in flowing else 1
             return App(n, interval=intervals[node], until=publish_until, rng=r, burst=burst)
 
         seeds = tuple(s.node for s in specs if s.broker_capable) if fanout else None
@@ -344,6 +349,7 @@ def run_datacentre(
     trace_file: IO[str] | None = None,
     node_class: Callable[..., Node] = Node,
     fanout: bool = False,
+    flow: bool = False,
     **kwargs: Any,
 ) -> RunResult:
     """Run ``seed`` of the drawn data centre; extra keywords go to :func:`run_seed`.
@@ -358,12 +364,14 @@ def run_datacentre(
         liveness_s=liveness_s,
         node_class=node_class,
         fanout=fanout,
+        flow=flow,
     )
     opts: dict[str, Any] = {
         "nodes": nodes,
         "safety_s": safety_s,
         "liveness_s": liveness_s,
         "fanout": fanout,
+        "flow": flow,
     }
     return run_seed(
         seed,
