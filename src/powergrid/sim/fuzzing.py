@@ -37,7 +37,7 @@ from powergrid.errors import ConfigError
 from powergrid.events import Output
 from powergrid.node import Node, NodeConfig
 from powergrid.protocols.market import Bid
-from powergrid.protocols.multicast import MulticastConfig
+from powergrid.protocols.multicast import MulticastConfig, WindowFull
 from powergrid.sim import fuzz
 from powergrid.sim.harness import RunResult, System, run_seed
 from powergrid.sim.invariants import (
@@ -130,19 +130,22 @@ class App:
         out = node.handle_deadline(now) if due is not None and due <= now else []
         if self._next is not None and self._next <= now:
             for _ in range(self._burst):
-                if node.multicast_room() == 0:  # the window is full: try at the next tick
+                if not self._publish(now, out):  # the window is full: try at the next tick
                     break
-                self._publish(now, out)
             nxt = now + self._interval
             self._next = nxt if nxt < self._until else None
         return out
 
-    def _publish(self, now: float, out: list[Output]) -> None:
+    def _publish(self, now: float, out: list[Output]) -> bool:
+        """Multicast the next payload; False if flow control refused it (nothing sent)."""
         node = self.node
-        self._n += 1
-        payload = app_payload(node.node_id, node.incarnation, self._n)
+        payload = app_payload(node.node_id, node.incarnation, self._n + 1)
         me = node.node_id
         seq = node.stack(self._group).multicast.delivered[me][1] + 1
+        sent = node.multicast(payload, now)
+        if any(isinstance(o, WindowFull) for o in sent):
+            return False
+        self._n += 1
         out.append(  # before the multicast's own delivery, which it announces
             Published(
                 group=self._group,
@@ -152,7 +155,8 @@ class App:
                 payload=payload,
             )
         )
-        out.extend(node.multicast(payload, now))
+        out.extend(sent)
+        return True
 
     def next_deadline(self) -> float | None:
         due = self.node.next_deadline()
