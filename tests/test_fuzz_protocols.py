@@ -282,12 +282,12 @@ class StableTooHigh(MulticastMachine):
 
 class NoWindow(MulticastMachine):
     """Canary: flow control is ignored (rule 27): a full window takes every Publish, and the
-    buffer cap evicts the own messages and declares what it evicted stable."""
+    buffer cap evicts and declares what it evicted stable."""
 
     def __init__(self, config: Any, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
         self._window = 0
-        self._buffer._keep = None
+        self._buffer._flow = False
 
 
 def first_caught(nodes: int, limit: int = 1000) -> Iterator[tuple[int, RunResult]]:

@@ -98,8 +98,8 @@ coordinator): a flow-controlled :class:`Publish` beyond returns
 makes room. Credits follow stability (the minimum delivered over the members), so
 a slow member slows the sender; a member that delivered half a window of an
 origin beyond its last report reports at once, and the coordinator answers a
-Status within ``stable_interval / 8``. The buffer cap never evicts the own
-window's messages, nor declares what it evicts stable.
+Status within ``stable_interval / 8``. The buffer cap evicts nothing under flow
+control (the windows bound the buffer).
 
 *Joiners.* For an origin it has no state for, a machine starts after the
 ``stable`` point of the first Stable (of its own view) that names the origin (naking up to

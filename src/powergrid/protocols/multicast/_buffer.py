@@ -7,9 +7,9 @@ Every life keeps the messages it delivered and that are not stable yet in its ow
 counts them over all lives (``size``) and enforces ``max_buffer`` (rule 15): beyond
 it, the oldest message of the life with the most buffered is dropped
 (``buffer_overflow``), and the coordinator also declares it stable so members stuck
-behind it skip it. Under flow control (``send_window``, rule 27) the node's own
-messages are never dropped (its window bounds them) and nothing dropped is declared
-stable: a member that lacks another origin's message fetches it from that origin.
+behind it skip it. Under flow control (``send_window``, rule 27) the cap drops
+nothing: every origin's window bounds what is unstable, and a member keeps every
+message it delivered until it is stable, so none that a live member lacks is lost.
 It trims a life up to its stable point (rule 13), and answers a
 Nak from the buffer with one Xmit per message it holds in the (capped) range, at
 most ``max_xmit_per_interval`` per requester per ``nak_interval`` window (rules 8, 9;
@@ -17,9 +17,9 @@ beyond: ``xmits_rate_limited``).
 
 Guarantees: ``size`` is the number of messages buffered in every LIVE, DEPARTING and
 RETIRED life (the registry calls :meth:`ResendBuffer.release` when a life's state
-goes) and never exceeds ``max_buffer`` after a delivery (under flow control: unless
-the node's own unstable messages alone do, which only its protocol messages, never
-refused by the window, can make happen). Holds no timer: its part
+goes) and, without flow control, never exceeds ``max_buffer`` after a delivery (under
+flow control: at most ``send_window`` per origin, plus protocol messages and what a
+missed Stable leaves until the next). Holds no timer: its part
 of ``next_deadline()`` is always None. Driven by the machine (Naks, views) and the
 registry of lives (deliveries, dropped lives).
 """
@@ -41,7 +41,7 @@ class ResendBuffer:
     __slots__ = (
         "_config",
         "_current",
-        "_keep",
+        "_flow",
         "_retired",
         "_stats",
         "_windows",
@@ -55,11 +55,10 @@ class ResendBuffer:
         stats: MulticastStats,
         current: dict[int, OriginLife],
         retired: dict[int, OriginLife],
-        me: int,
     ) -> None:
         self._config = config
-        # under flow control (rule 27) the cap never evicts this node's own messages
-        self._keep = me if config.send_window else None
+        # under flow control (rule 27) the cap evicts nothing: the windows bound the buffer
+        self._flow = bool(config.send_window)
         self._stats = stats
         self._current = current  # the registry's dicts (read only here)
         self._retired = retired
@@ -71,8 +70,9 @@ class ResendBuffer:
         current life, for its digest to declare stable (rule 15; it empties this)."""
 
     def new_peak(self, size: int, coordinating: bool) -> None:
-        """The buffer grew past its peak: enforce the cap (rule 15), then record the peak."""
-        if size > self._config.max_buffer:
+        """The buffer grew past its peak: enforce the cap (rule 15; not under flow control,
+        rule 27), then record the peak."""
+        if size > self._config.max_buffer and not self._flow:
             self._overflow(coordinating)
             size = self.size
         self._stats.peak_buffer = max(self._stats.peak_buffer, size)
@@ -80,16 +80,11 @@ class ResendBuffer:
     def _overflow(self, coordinating: bool) -> None:
         """Drop the oldest message of the life with the most buffered, while over the cap."""
         limit = self._config.max_buffer
-        keep = self._current.get(self._keep) if self._keep is not None else None
         while self.size > limit:
-            lives = [
-                item
-                for item in (*self._current.items(), *self._retired.items())
-                if item[1] is not keep and item[1].buf
-            ]
-            if not lives:  # only its own window's messages: they stay (rule 27)
-                break
-            _, st = max(lives, key=lambda item: (len(item[1].buf), -item[0]))
+            _, st = max(
+                [*self._current.items(), *self._retired.items()],
+                key=lambda item: (len(item[1].buf), -item[0]),
+            )
             seq = st.buf_low
             while seq not in st.buf:
                 seq += 1
@@ -97,7 +92,7 @@ class ResendBuffer:
             st.buf_low = seq + 1
             self.size -= 1
             self._stats.buffer_overflow += 1
-            if coordinating and self._keep is None and seq > st.stable:
+            if coordinating and seq > st.stable:
                 st.stable = seq  # nobody can fetch it any more: let laggards skip it
                 if self._current.get(st.origin) is st:
                     self.evicted[st.origin] = (st.incarnation, seq)

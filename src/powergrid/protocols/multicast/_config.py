@@ -67,7 +67,8 @@ class MulticastConfig:
     max_held: int = attrs.field(default=1024, validator=integer)
     """Most messages held ahead of a gap, per origin."""
     max_buffer: int = attrs.field(default=10_000, validator=integer)
-    """Most delivered messages kept for resending, all origins together."""
+    """Most delivered messages kept for resending, all origins together (without flow
+    control; under it the send windows bound the buffer and nothing is evicted)."""
     status_interval: float = attrs.field(default=0.25, validator=real)
     """Between two Status reports to the coordinator, while any are needed."""
     status_jitter: float = attrs.field(default=0.1, validator=real)
@@ -119,11 +120,9 @@ class MulticastConfig:
                 f"max_xmit_per_interval ({self.max_xmit_per_interval}) is below max_nak_range "
                 f"({self.max_nak_range}); set it >= max_nak_range so one Nak can be answered"
             )
-        if not 0 <= self.send_window <= self.max_buffer:
+        if self.send_window < 0:
             raise ConfigError(
-                f"send_window is {self.send_window}; set it within 0..max_buffer "
-                f"({self.max_buffer}): 0 turns flow control off, and the node's own unstable "
-                "messages must fit in its resend buffer"
+                f"send_window is {self.send_window}; set it to 0 (no flow control) or more"
             )
         if self.stable_repeats < 0:
             raise ConfigError(f"stable_repeats is {self.stable_repeats}; set it to 0 or more")

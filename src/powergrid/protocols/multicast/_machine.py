@@ -111,7 +111,7 @@ class MulticastMachine(Dispatching):
         self._stats = stats = MulticastStats()
         origins: dict[int, OriginLife] = {}
         retired: dict[int, OriginLife] = {}
-        self._buffer = buffer = ResendBuffer(config, stats, origins, retired, me)
+        self._buffer = buffer = ResendBuffer(config, stats, origins, retired)
         self._lives = lives = Lives(config, stats, me, buffer, origins, retired, self._arm_reports)
         # The registry's indexes, read here on the hot paths (the same dicts, never replaced).
         self._origins = origins
