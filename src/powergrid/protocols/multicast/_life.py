@@ -140,6 +140,7 @@ class OriginLife:
         "asked_at",
         "buf",
         "buf_low",
+        "claimed",
         "delivered",
         "gone_at",
         "group_round",
@@ -177,6 +178,7 @@ class OriginLife:
         self.scan = max(start, 0)
         self.tries = 0
         self.group_round = 0
+        self.claimed = 0  # a stable point a Stable named beyond what was seen (rule 25)
         self.reported = 0  # delivered, as the last Status this node sent told (rule 27)
         self.gone_at: float | None = None  # end of flush_grace (DEPARTING, RETIRED, HEARSAY)
 

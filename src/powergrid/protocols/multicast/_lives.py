@@ -408,7 +408,9 @@ class Lives:
                     stable = self.plausible(st, stable)
                 self.start(st, stable, out)  # rule 18
             else:
-                stable = self.plausible(st, stable)  # rule 25
+                told, stable = stable, self.plausible(st, stable)  # rule 25
+                if told > stable:
+                    st.claimed = max(st.claimed, told)  # asked beyond, to make it plausible
                 if stable > st.delivered:
                     self.skip_to(st, stable, out)  # rule 17
             trim(st, stable)  # rule 13
@@ -480,6 +482,12 @@ class Lives:
             while seq <= end and seq not in held:
                 seq += 1
             ranges.append((start, seq - 1))
+        claimed = st.claimed
+        if reask and end < claimed < st.highest:
+            # rule 25: a stable point beyond what was seen of the origin is skipped to only
+            # once a message past it is seen; ask for those too (the history below may be
+            # held by nobody, and under flow control the origin sends nothing new)
+            ranges.append((claimed + 1, min(st.highest, claimed + cfg.max_nak_range)))
         st.scan = max(st.scan, end)
         if reask:
             st.last_nak = now
