@@ -192,3 +192,13 @@ def test_a_member_behind_lost_history_asks_past_the_named_point() -> None:
     m.handle(stable((B, 1, 5, 8)), 0.2)
     assert m.delivered[B] == (I1, 6)
     assert m.stats.skipped == 4
+
+
+def test_reading_a_full_window_asks_for_window_open() -> None:
+    """Rule 27: a driver that reads window_room 0 and waits (instead of publishing and
+    being refused) is told WindowOpen all the same when stability makes room."""
+    m = machine(cfg(send_window=1))
+    m.handle(view(A, B, C), 0.0)
+    publish(m, b"1")
+    assert m.window_room == 0
+    assert WindowOpen(room=1) in m.handle(stable((C, 1, 1, 1)), 0.1)

@@ -156,11 +156,15 @@ class MulticastMachine(Dispatching):
     @property
     def window_room(self) -> int | None:
         """How many flow-controlled Publishes the send window takes now (rule 27); None
-        without flow control (``send_window`` 0)."""
+        without flow control (``send_window`` 0). Reading 0 asks for a WindowOpen when
+        room appears, as a refused Publish does (a driver waits on it)."""
         if not self._window:
             return None
         own = self._own
-        return max(0, self._window - (own.delivered - own.stable))
+        room = max(0, self._window - (own.delivered - own.stable))
+        if not room:
+            self._blocked = True
+        return room
 
     @property
     def delivered(self) -> Mapping[NodeId, tuple[Incarnation, int]]:
