@@ -438,7 +438,7 @@ class Note:
 _new_received = record_builder(Received)  # sender, incarnation, message
 _new_transmit = record_builder(Transmit)  # to, data
 _new_transmit_group = record_builder(TransmitGroup)  # group, data
-_new_publish = record_builder(Publish)  # kind, payload
+_new_publish = record_builder(Publish)  # kind, payload, flow
 _new_delivered = record_builder(MessageDelivered)  # group, sender, seq, payload
 
 # ------------------------------------------------------------------ decoding cache
