@@ -116,7 +116,7 @@ class McastEndpoint:
         return self._out(self._handle(DeadlineReached(), now))
 
     def publish(self, now: float) -> list[object]:
-        return self._out(self._handle(_publish(0, PAYLOAD), now))
+        return self._out(self._handle(_publish(0, PAYLOAD, True), now))
 
 
 class OrderedEndpoint(McastEndpoint):

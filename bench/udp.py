@@ -17,9 +17,21 @@ the sender's multicasts leave about 10 to a UDP datagram, see
 docs/transports.md); each powergrid run is repeated with ``bundle_size=0``
 (one UDP datagram per message, as the raw sender sends) for the
 ``*_unbundled`` figures. With loss, each receiver's endpoint is wrapped and
-drops 5% of incoming datagrams (seeded) before ``node.receive``; repair is the
+drops 5% (and, in a second run, 1%) of incoming datagrams (seeded) before
+``node.receive``; repair is the
 protocol's (its counters are reported, and the same run is repeated with
 ``nak_interval`` 0.01 s for comparison).
+
+**Flow control** (multicast rule 27): the same setup with 3 receivers, one of
+which processes at most a tenth of the 3-receiver lossless goodput in datagrams
+per second (they wait in a queue of 2,000, a socket buffer, and are dropped
+beyond it); no app-level window, the sender just
+``await``s ``multicast`` (which waits while the send window, 256, is full);
+``max_buffer`` 1,000; N/4 messages (at least 500). Reported: goodput against
+the slow receiver's rate (``flow_slow_ratio``, target 0.8), messages some
+receiver never delivered (``flow_slow_lost``, target 0), views without all
+four nodes (``flow_slow_removals``, target 0); and the same run without flow
+control (``noflow_slow_lost``).
 
 **Raw baseline**, measured in the same run: the same socket setup without
 powergrid (one non-blocking sender socket bound to its own address with
@@ -29,9 +41,10 @@ with ``SO_REUSEADDR``/``SO_REUSEPORT``, ``IP_ADD_MEMBERSHIP``, 4 MiB
 up, yielding only after a full batch, as the transport does) and the same
 window: the sender sends N datagrams of 100 bytes to the group; rate =
 datagrams received by the slowest receiver / seconds. Ratios are powergrid
-goodput / raw rate with the same R (the 5%-loss ratio is against the raw rate
-at 0% loss, 3 receivers). The raw baseline never bundles. Everything shares
-one CPU in one process, the receivers included. The CPU ratios
+goodput / raw rate with the same R (the 5%- and 1%-loss ratios, ``ratio_5pct_loss``
+and ``loss_1pct_ratio``, are against the raw rate at 0% loss, 3 receivers).
+The raw baseline never bundles. Everything shares one CPU in one process, the
+receivers included. The CPU ratios
 (``cpu_ratio_*``: raw CPU seconds / powergrid CPU seconds for the same N,
 ``time.process_time``) are also given, since wall-clock rates move with the
 load of the machine.
@@ -73,6 +86,7 @@ import random
 import socket
 import statistics
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -268,6 +282,115 @@ async def powergrid_goodput(
         "repair": repair,
         "sender_udp": sent,
     }
+
+
+class Slow:
+    """A Node that processes at most ``rate`` datagrams per second: what arrives waits in
+    a queue of ``capacity`` datagrams (a socket buffer; beyond, a datagram is dropped)
+    and :meth:`serve` hands it to ``node.receive`` at that rate."""
+
+    def __init__(self, node: Node, rate: float, capacity: int = 2000) -> None:
+        self.node = node
+        self.rate = rate
+        self.capacity = capacity
+        self.queue: deque[bytes] = deque()
+        self.dropped = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.node, name)
+
+    def receive(self, data: bytes, now: float) -> list[object]:
+        if len(self.queue) >= self.capacity:
+            self.dropped += 1
+        else:
+            self.queue.append(data)
+        return []
+
+    async def serve(self, handle: Any, tick: float = 0.005) -> None:
+        """Every ``tick`` seconds, pass ``rate * tick`` queued datagrams to the node."""
+        credit = 0.0
+        node = self.node
+        while True:
+            await trio.sleep(tick)
+            credit = min(credit + self.rate * tick, self.rate * tick + 1)
+            while credit >= 1 and self.queue:
+                credit -= 1
+                data = self.queue.popleft()
+                await handle.command(lambda _ep, now, d=data: node.receive(d, now))
+
+
+async def slow_member_goodput(n: int, rate: float, window: int) -> dict[str, Any]:
+    """N multicasts from one sender to 3 receivers, one of them :class:`Slow` at ``rate``
+    datagrams/s, with no app-level window: the sender's ``await multicast`` alone paces
+    it. ``window``: ``MulticastConfig.send_window`` (0: no flow control), with
+    ``max_buffer`` 1,000 either way. Goodput = N / seconds from the first send to the
+    last delivery at the last receiver (or to the give-up time, 3 N / rate + 5 s);
+    ``lost``: messages some receiver never delivered; ``removals``: views of fewer than
+    all 4 nodes a receiver installed after the start."""
+    receivers = 3
+    udp = UdpConfig(ttl=0, group_port_base=free_port())
+    mc = MulticastConfig(send_window=window, max_buffer=1000)
+    cfgs = [NodeConfig(port=free_port(), broker_capable=True, rank=1, multicast=mc)]
+    cfgs += [NodeConfig(port=free_port(), multicast=mc) for _ in range(receivers)]
+    tally = _Tally(receivers, n, cfgs[0].node_id, cfgs[0].cluster, trio.Event())
+    got = tally.got
+    shrunk = [0]
+    started = [False]
+
+    def take(i: int, note: object) -> None:
+        tally.take(i, note)
+        if started[0] and type(note).__name__ == "ViewChanged":
+            view = note.view  # type: ignore[attr-defined]
+            if view.group == tally.cluster and len(view.members) < receivers + 1:
+                shrunk[0] += 1
+
+    async with trio.open_nursery() as nursery:
+        handles = []
+        for k, cfg in enumerate(cfgs):
+            ep: Any = Node(cfg, incarnation=1, rng=random.Random(k))
+            if k == 1:
+                ep = Slow(ep, rate)
+            on_event = functools.partial(take, k - 1) if k > 0 else _ignore
+            handles.append(await nursery.start(_serve, ep, udp, on_event))
+            if isinstance(ep, Slow):
+                nursery.start_soon(ep.serve, handles[-1])
+        sender = handles[0]
+        with trio.fail_after(30):
+            while min(tally.views) < receivers + 1:
+                tally.progress = trio.Event()
+                await tally.progress.wait()
+        started[0] = True
+        t0 = time.perf_counter()
+        give_up = 3 * n / rate + 5
+        with trio.move_on_after(give_up):
+            for i in range(n):
+                await sender.multicast(payload(i))
+            while min(len(g) for g in got) < n:
+                tally.progress = trio.Event()
+                await tally.progress.wait()
+        done = min(len(g) for g in got) == n
+        seconds = (tally.t_end if done else time.perf_counter()) - t0
+        for g in got:  # whatever was delivered: once, in order, the right payloads
+            seqs = [q for q, _ in g]
+            assert seqs == sorted(set(seqs)), "out of order or twice"
+            assert all(p == payload(q - 1) for q, p in g), "wrong payload"
+        stats = sender.endpoint.stack(cfgs[0].cluster).multicast.stats
+        out = {
+            "msgs_per_s": n / seconds,
+            "seconds": seconds,
+            "slow_rate": rate,
+            "ratio_to_slow_rate": n / seconds / rate,
+            "lost": sum(n - len(g) for g in got),
+            "skipped": sum(
+                h.endpoint.stack(cfgs[0].cluster).multicast.stats.skipped for h in handles[1:]
+            ),
+            "removals": shrunk[0],
+            "window_full": stats.window_full,
+            "buffer_overflow": stats.buffer_overflow,
+            "slow_dropped": handles[1].endpoint.dropped,
+        }
+        nursery.cancel_scope.cancel()
+    return out
 
 
 def _repair_stats(sender: Any, rx: list[Any], group: int) -> dict[str, int]:
@@ -646,8 +769,14 @@ async def goodput(n: int, *, variants: bool) -> dict[str, Any]:
     out["powergrid_3_signed"] = await powergrid_goodput(3, n, 0.0, seal="signed")
     out["powergrid_3_encrypted"] = await powergrid_goodput(3, n, 0.0, seal="encrypted")
     out.update(await goodput_large(n))
+    out["powergrid_3_loss1"] = await powergrid_goodput(3, n, 0.01)
     if variants:
         out["powergrid_3_loss5_unbundled"] = await powergrid_goodput(3, n, 0.05, bundle_size=0)
+    # Flow control: one receiver takes a tenth of what the others did without loss.
+    slow = out["powergrid_3"]["msgs_per_s"] / 10
+    m = max(n // 4, 500)
+    out["flow_slow"] = await slow_member_goodput(m, slow, window=256)
+    out["noflow_slow"] = await slow_member_goodput(m, slow, window=0)
     if variants:  # the same loss with Naks allowed every 10 ms instead of 50 ms
         fast = MulticastConfig(nak_interval=0.01)
         out["powergrid_3_loss5_nak10ms"] = await powergrid_goodput(3, n, 0.05, multicast=fast)
@@ -685,6 +814,7 @@ def main() -> None:
     r1 = ratio("powergrid_1", "raw_1")
     r3 = ratio("powergrid_3", "raw_3")
     r5 = ratio("powergrid_3_loss5", "raw_3")
+    r1l = ratio("powergrid_3_loss1", "raw_3")
     r1u = ratio("powergrid_1_unbundled", "raw_1")
     r3u = ratio("powergrid_3_unbundled", "raw_3")
     result: dict[str, Any] = {
@@ -703,6 +833,11 @@ def main() -> None:
             g["powergrid_3_1mib"]["bytes_per_s"] / g["raw_3_large"]["bytes_per_s"]
         ),
         "goodput_1mib_bytes_per_s": g["powergrid_3_1mib"]["bytes_per_s"],
+        "flow_slow_ratio": g["flow_slow"]["ratio_to_slow_rate"],
+        "flow_slow_lost": g["flow_slow"]["lost"],
+        "flow_slow_removals": g["flow_slow"]["removals"],
+        "noflow_slow_lost": g["noflow_slow"]["lost"],
+        "loss_1pct_ratio": r1l,
         "ratio_1_receiver_unbundled": r1u,
         "ratio_3_receivers_unbundled": r3u,
         "ratio_1_receiver_asyncio": _pair_median(g, 1, "ratio"),
@@ -784,7 +919,14 @@ def main() -> None:
             g["powergrid_3_loss5"]["msgs_per_s"],
             g["raw_3"]["msgs_per_s"],
             r5,
-            "",
+            "ratio >= 0.5",
+        ),
+        (
+            "UDP goodput msgs/s, 3 receivers, 1% loss",
+            g["powergrid_3_loss1"]["msgs_per_s"],
+            g["raw_3"]["msgs_per_s"],
+            r1l,
+            "ratio >= 0.7",
         ),
         *loss_rows,
         (
@@ -806,6 +948,20 @@ def main() -> None:
             g["powergrid_3_1mib"]["bytes_per_s"] / 1e6,
             g["raw_3_large"]["bytes_per_s"] / 1e6,
             result["ratio_1mib_goodput"],
+            "",
+        ),
+        (
+            "flow control: goodput, 1 of 3 receivers at 1/10 speed",
+            g["flow_slow"]["msgs_per_s"],
+            g["flow_slow"]["slow_rate"],
+            g["flow_slow"]["ratio_to_slow_rate"],
+            "ratio >= 0.8, 0 lost",
+        ),
+        (
+            "  the same without flow control (send_window 0)",
+            g["noflow_slow"]["msgs_per_s"],
+            g["noflow_slow"]["slow_rate"],
+            g["noflow_slow"]["ratio_to_slow_rate"],
             "",
         ),
         (
@@ -848,6 +1004,10 @@ def main() -> None:
         f"1 MiB messages: {g['powergrid_3_1mib']['msgs_per_s']:.2f}/s, window "
         f"{LARGE_WINDOW}; baseline raw datagrams of {FRAGMENT_DATA} bytes (a fragment's "
         f"data), window {WINDOW}; repair {g['powergrid_3_1mib']['repair']}",
+        f"repair with 1% loss: {g['powergrid_3_loss1']['repair']}",
+        "flow control (send_window 256, max_buffer 1000; ratio: against the slow receiver's "
+        f"rate): {g['flow_slow']}",
+        f"without flow control: {g['noflow_slow']}",
         f"failover runs (s): {', '.join(f'{f:.2f}' for f in failovers)}",
         "failover phases, median s after the kill: "
         + ", ".join(f"{k} {v:.2f}" for k, v in result["failover_phases_median_s"].items()),

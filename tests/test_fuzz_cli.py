@@ -186,3 +186,16 @@ def test_chunks_cover_every_seed_once_in_order() -> None:
         assert len(got) == min(parts, len(seeds))
         assert max(map(len, got)) - min(map(len, got)) <= 1
     assert chunks(range(0), 4) == []
+
+
+def test_flow_runs_every_cluster_with_a_send_window(capsys: pytest.CaptureFixture[str]) -> None:
+    """Rule: --flow runs the same seed with multicast flow control in every cluster (the
+    apps burst, as far as the window takes), the invariants hold, and a replay and the
+    printed recipe carry the option."""
+    assert main(["fuzz", "--seeds", "1", "--start", str(GOOD), "--nodes", "3", "--flow"]) == 0
+    assert "0 with violations" in capsys.readouterr().out
+    result = run_datacentre(GOOD, nodes=3, flow=True)
+    plain = run_datacentre(GOOD, nodes=3)
+    assert result.ok and "flow=True" in result.recipe and "flow" not in plain.recipe
+    assert replay_command(GOOD, flow=True).endswith(" --flow")
+    assert result.trace_hash != plain.trace_hash

@@ -370,6 +370,53 @@ def test_every_missing_range_in_the_window_is_asked_for_at_once() -> None:
     assert m.stats.naks_sent == 3
 
 
+def test_a_fresh_gap_is_asked_at_once_while_re_asks_wait() -> None:
+    """Rule 5: a gap no Nak has asked for yet is asked nak_delay after it appears, even
+    within nak_interval of the last Nak; only the ranges already asked wait for the re-ask,
+    and a fresh-only Nak is not a try."""
+    cfg = MulticastConfig(status_jitter=0.0, nak_delay=0.002)
+    m = machine(cfg)
+    m.handle(view(A, B, ME, D), 0.0)
+    m.handle(data(1), 0.0)
+    m.handle(data(3), 0.0)
+    gap2 = Send(to=A, message=Nak(origin=A, origin_incarnation=1, first=2, last=2))
+    assert m.handle(TICK, 0.002) == [gap2]
+    m.handle(data(5), 0.010)  # a new gap at 4, 8 ms after the first Nak
+    assert m.next_deadline() == pytest.approx(0.012)
+    assert m.handle(TICK, 0.012) == [
+        Send(to=A, message=Nak(origin=A, origin_incarnation=1, first=4, last=4))
+    ]
+    m.handle(data(6), 0.013)  # in order behind the gap: nothing fresh, no early Nak
+    assert m.next_deadline() == pytest.approx(0.002 + cfg.nak_interval)
+    assert m.handle(TICK, 0.002 + cfg.nak_interval) == [
+        gap2,
+        Send(to=A, message=Nak(origin=A, origin_incarnation=1, first=4, last=4)),
+    ]
+    assert m.stats.naks_sent == 4
+
+
+def test_re_asks_follow_the_measured_repair_round_trip() -> None:
+    """Rule 5: re-asks wait four smoothed repair round trips (a Nak to the delivery it
+    brought), no less than nak_interval / 10 and no more than nak_interval."""
+    m = gap_machine()
+    assert m.handle(TICK, 0.0) == [
+        Send(to=A, message=Nak(origin=A, origin_incarnation=1, first=2, last=2))
+    ]
+    m.handle(recv(A, xmit(2)), 0.004)  # a 4 ms round trip
+    m.handle(data(5), 0.010)  # a fresh gap at 4: asked at once
+    assert m.handle(TICK, 0.010) == [
+        Send(to=A, message=Nak(origin=A, origin_incarnation=1, first=4, last=4))
+    ]
+    # the next re-ask: four round trips after the last one (at 0), not nak_interval
+    assert m.next_deadline() == pytest.approx(4 * 0.004)
+    m2 = gap_machine()
+    m2.handle(TICK, 0.0)
+    m2.handle(recv(A, xmit(2)), 0.0001)  # a 0.1 ms round trip: floored
+    m2.handle(data(5), 0.010)
+    m2.handle(TICK, 0.010)  # a re-ask (0.005 after the last): the next one waits the floor
+    assert m2.next_deadline() == pytest.approx(0.010 + CFG.nak_interval / 10)
+
+
 # ------------------------------------------------------------------ answering Naks
 
 
@@ -849,6 +896,8 @@ def test_restarted_origins_old_life_is_repaired_from_holders_within_flush_grace(
     old = Xmit(origin=B, origin_incarnation=1, seq=2, kind=0, payload=b"2")
     assert m.handle(recv(D, old), 0.22) == [deliver(2, B)]
     assert m.handle(TICK, CFG.status_interval) == [
+        # 3 is still missing: re-asked nak_interval after the first ask (rule 5)
+        Multicast(message=Nak(origin=B, origin_incarnation=1, first=3, last=3, helper=A)),
         Send(
             to=A, message=Status(view_id=1, entries=(StatusEntry(B, 2, 1), StatusEntry(ME, 1, 0)))
         ),

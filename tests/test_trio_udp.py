@@ -37,6 +37,7 @@ from powergrid.events import (
     ViewChanged,
 )
 from powergrid.node import MessageDelivered, Node, NodeConfig
+from powergrid.protocols.multicast import WindowFull, WindowOpen
 from powergrid.transports._core import open_group_socket
 from powergrid.transports.trio_udp import (
     BUNDLE_MAGIC,
@@ -1099,3 +1100,60 @@ def test_fan_out_cluster_without_multicast_elects_forms_a_view_and_delivers(loop
         for sender, tag in ((ids[0], b"a"), (ids[3], b"d")):
             mine = [(e.seq, e.payload) for e in delivered[i] if e.sender == sender]
             assert mine == [(k + 1, tag + b"%d" % k) for k in range(5)]
+
+
+# ------------------------------------------------------------------ flow control
+
+
+class Windowed(Recorder):
+    """An endpoint with a send window (multicast rule 27): ``room`` multicasts fit, then
+    ``WindowFull``; the ``open`` command makes room and says ``WindowOpen``."""
+
+    def __init__(self, node: int, room: int) -> None:
+        super().__init__(node)
+        self.room = room
+        self.sent: list[tuple[float, bytes]] = []
+
+    def multicast_room(self, *, group: int | None = None) -> int | None:
+        return self.room
+
+    def multicast(self, payload: bytes, now: float, *, group: int | None = None) -> list[Output]:
+        if self.room == 0:
+            return [WindowFull(in_flight=1, window=1)]
+        self.room -= 1
+        self.sent.append((now, payload))
+        return []
+
+    def open(self, now: float) -> list[Output]:
+        self.room = 1
+        return [WindowOpen(room=1)]
+
+
+def test_await_multicast_waits_for_room_in_the_send_window(loop: Any) -> None:
+    """Multicast rule 27: ``await multicast`` waits while the window is full and goes on
+    when WindowOpen comes; nothing is refused on the way (no WindowFull reaches the app)."""
+    ep = Windowed(new_id(), room=1)
+    seen: list[object] = []
+
+    async def main() -> None:
+        async with run_node(ep, udp=udp_config(), on_event=seen.append) as h:
+            await h.multicast(b"1")
+            done: list[float] = []
+
+            async def second() -> None:
+                await h.multicast(b"2")
+                done.append(L.now())
+
+            async with L.tasks() as tasks:
+                tasks.start_soon(second)
+                await L.sleep(0.05)
+                assert done == [] and [p for _, p in ep.sent] == [b"1"]  # it waits
+                opened = L.now()
+                await h.command(lambda e, now: e.open(now))
+                await until(lambda: bool(done))
+                assert done[0] >= opened
+
+    run(main)
+    assert [p for _, p in ep.sent] == [b"1", b"2"]
+    assert WindowOpen(room=1) in seen
+    assert not any(isinstance(e, WindowFull) for e in seen)

@@ -157,6 +157,7 @@ from powergrid.protocols.multicast import (
     MulticastConfig,
     MulticastMachine,
     Publish,
+    WindowFull,
 )
 from powergrid.protocols.order import OrderConfig, OrderedPublish, TotalOrderMachine
 from powergrid.protocols.unicast import (
@@ -515,7 +516,7 @@ class Note:
 _new_received = record_builder(Received)  # sender, incarnation, message
 _new_transmit = record_builder(Transmit)  # to, data
 _new_transmit_group = record_builder(TransmitGroup)  # group, data
-_new_publish = record_builder(Publish)  # kind, payload
+_new_publish = record_builder(Publish)  # kind, payload, flow
 _new_delivered = record_builder(MessageDelivered)  # group, sender, seq, payload
 _new_piece = record_builder(Piece)  # kind, payload
 _new_arrived = record_builder(FragmentArrived)  # channel, origin, incarnation, seq, payload
@@ -876,6 +877,12 @@ class Node:
         :class:`UsageError` if the node is not in that group and
         :class:`~powergrid.errors.PayloadTooLargeError` over ``config.fragments.max_message``
         (:data:`~powergrid.protocols.order.MAX_ORDERED_PAYLOAD` in an ordered group).
+        Under flow control (``MulticastConfig.send_window``), a full send window returns
+        :class:`~powergrid.protocols.multicast.WindowFull` and sends nothing (see
+        :meth:`multicast_room`); a large message takes the window's room by its first
+        fragment, and its other fragments follow it (they count in the window, never
+        refused), so it is sent whole or not at all. In a totally ordered group the
+        window counts the order layer's messages but does not refuse them.
         """
         stack = self._home if group is None else None  # (the cluster's, the common case)
         if stack is None:
@@ -888,10 +895,26 @@ class Node:
         pieces: list[Any] = [_new_piece(KIND_APP, payload)]
         if type(payload) is bytes and len(payload) > MAX_MULTICAST_PAYLOAD:
             pieces = self._call(stack.fragments, Split(payload=payload), now)
+        first = True
         for piece in pieces:
-            publish = _new_publish(piece.kind, piece.payload)
-            self._run(stack, self._call(stack.multicast, publish, now), now, out)
+            publish = _new_publish(piece.kind, piece.payload, first)
+            actions = self._call(stack.multicast, publish, now)
+            self._run(stack, actions, now, out)
+            if first and actions and type(actions[0]) is WindowFull:
+                break  # refused by the send window: nothing of it was sent
+            first = False
         return out
+
+    def multicast_room(self, *, group: int | None = None) -> int | None:
+        """How many more app multicasts ``group``'s send window takes now (multicast rule
+        27); None without flow control (``MulticastConfig.send_window`` 0). A multicast
+        beyond it returns :class:`~powergrid.protocols.multicast.WindowFull` and sends
+        nothing; :class:`~powergrid.protocols.multicast.WindowOpen` follows when stability
+        makes room. Raises :class:`UsageError` if the node is not in that group."""
+        stack = self._home if group is None else None
+        if stack is None:
+            stack = self._stack_or_raise(group)
+        return stack.multicast.window_room
 
     def send(
         self, to: int, payload: bytes, now: float, *, group: int | None = None
@@ -1050,7 +1073,7 @@ class Node:
                 out.append(_new_transmit_group(group, data if seal is None else seal(data)))
             elif kind is MulticastReliable:
                 msg = act.message
-                publish = Publish(kind=msg.TYPE, payload=encode_body(msg))
+                publish = Publish(kind=msg.TYPE, payload=encode_body(msg), flow=False)
                 queue.extend(self._call(stack.multicast, publish, now))
             else:
                 note = NOTES.get(kind)
@@ -1215,8 +1238,9 @@ def _on_deliver(
 def _on_publish(
     node: Node, stack: _Stack, act: Publish, now: float, queue: list[Any], out: list[Output]
 ) -> None:
-    """The order layer's message for the group: the multicast carries it."""
-    queue.extend(node._call(stack.multicast, act, now))
+    """The order layer's message for the group: the multicast carries it (counted in a
+    send window, never refused by it: the order layer has numbered it already)."""
+    queue.extend(node._call(stack.multicast, _new_publish(act.kind, act.payload, False), now))
 
 
 def _on_deliver_unicast(

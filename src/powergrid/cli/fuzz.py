@@ -68,6 +68,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="about half the app multicasts are large messages (fragments; up to 1 MiB)",
     )
     parser.add_argument(
+        "--flow",
+        action="store_true",
+        help="multicast flow control in every cluster (send window 4, 12-message buffers, "
+        "bursting apps)",
+    )
+    parser.add_argument(
         "--replay", type=int, default=None, metavar="SEED", help="re-run SEED, print its trace"
     )
     parser.add_argument(
@@ -124,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
         "fanout": args.fanout,
         "total_order": args.total_order,
         "large": args.large,
+        "flow": args.flow,
     }
     if args.replay is not None:
         result = run_datacentre(args.replay, keep_trace=True, **common)

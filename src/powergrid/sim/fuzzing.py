@@ -37,7 +37,7 @@ from powergrid.errors import ConfigError
 from powergrid.events import Output
 from powergrid.node import Node, NodeConfig
 from powergrid.protocols.market import Bid
-from powergrid.protocols.multicast import MAX_MULTICAST_PAYLOAD
+from powergrid.protocols.multicast import MAX_MULTICAST_PAYLOAD, MulticastConfig, WindowFull
 from powergrid.sim import fuzz
 from powergrid.sim.harness import RunResult, System, run_seed
 from powergrid.sim.invariants import (
@@ -77,13 +77,22 @@ MAX_NODES = _CLUSTER_SIZE * ((65535 - (_CLUSTER_SIZE - 1) - BASE_PORT) // 10 + 1
 port ``BASE_PORT + 10 c + i``, and clusters hold at most five servers."""
 
 
+FLOW_WINDOW = 4
+"""The send window (messages) of the nodes of a flow-controlled cluster (rule 27)."""
+FLOW_BUFFER = 12
+"""Their resend buffer: smaller than the bursts of a cluster's apps need without a window."""
+FLOW_BURST = 3
+"""Messages their apps try to multicast at each tick (as many as the window takes)."""
+
+
 class App:
     """An :class:`~powergrid.events.Endpoint`: a node plus an app that multicasts to its cluster.
 
     Every ``interval`` seconds (the first after a random fraction of it),
     until ``until``, it multicasts the next :func:`~powergrid.sim.invariants.app_payload`
+    (up to ``burst`` of them, as many as the send window takes under flow control)
     and returns a :class:`Published` notification with the number the
-    multicast machine gave it.
+    multicast machine gave each.
     """
 
     def __init__(
@@ -94,9 +103,11 @@ class App:
         until: float,
         rng: random.Random,
         large: bool = False,
+        burst: int = 1,
     ) -> None:
         self.node = node
         self._large = large
+        self._burst = burst
         self._interval = interval
         self._until = until
         self._rng = rng
@@ -122,24 +133,9 @@ class App:
         due = node.next_deadline()
         out = node.handle_deadline(now) if due is not None and due <= now else []
         if self._next is not None and self._next <= now:
-            self._n += 1
-            payload = app_payload(node.node_id, node.incarnation, self._n, self._size())
-            me = node.node_id
-            stack = node.stack(self._group)
-            if stack.order is not None:  # total order numbers the app's messages itself
-                seq = stack.order.next_number
-            else:
-                seq = stack.multicast.delivered[me][1] + 1
-            out.append(  # before the multicast's own delivery, which it announces
-                Published(
-                    group=self._group,
-                    origin=me,
-                    incarnation=node.incarnation,
-                    seq=seq,
-                    payload=payload,
-                )
-            )
-            out.extend(node.multicast(payload, now))
+            for _ in range(self._burst):
+                if not self._publish(now, out):  # the window is full: try at the next tick
+                    break
             nxt = now + self._interval
             self._next = nxt if nxt < self._until else None
         return out
@@ -155,6 +151,32 @@ class App:
             return 0
         top = LARGE_MAX if x < 0.98 else self.node.config.fragments.max_message
         return self._rng.randint(MAX_MULTICAST_PAYLOAD + 1, top)
+
+    def _publish(self, now: float, out: list[Output]) -> bool:
+        """Multicast the next payload; False if flow control refused it (nothing sent)."""
+        node = self.node
+        payload = app_payload(node.node_id, node.incarnation, self._n + 1, self._size())
+        me = node.node_id
+        stack = node.stack(self._group)
+        if stack.order is not None:  # total order numbers the app's messages itself
+            seq = stack.order.next_number
+        else:
+            seq = stack.multicast.delivered[me][1] + 1
+        sent = node.multicast(payload, now)
+        if any(isinstance(o, WindowFull) for o in sent):
+            return False
+        self._n += 1
+        out.append(  # before the multicast's own delivery, which it announces
+            Published(
+                group=self._group,
+                origin=me,
+                incarnation=node.incarnation,
+                seq=seq,
+                payload=payload,
+            )
+        )
+        out.extend(sent)
+        return True
 
     def next_deadline(self) -> float | None:
         due = self.node.next_deadline()
@@ -208,6 +230,7 @@ def replay_command(
     fanout: bool = False,
     total_order: bool = False,
     large: bool = False,
+    flow: bool = False,
 ) -> str:
     """The ``powergrid fuzz`` command that replays ``seed`` with these options
     (an option at its default is left out)."""
@@ -224,6 +247,8 @@ def replay_command(
         cmd += " --total-order"
     if large:
         cmd += " --large"
+    if flow:
+        cmd += " --flow"
     return cmd
 
 
@@ -235,6 +260,7 @@ def recipe(
     fanout: bool = False,
     total_order: bool = False,
     large: bool = False,
+    flow: bool = False,
 ) -> str:
     """Python source that defines ``build`` and ``invariants`` as :func:`run_datacentre` does."""
     return (
@@ -243,6 +269,7 @@ def recipe(
         + (", fanout=True" if fanout else "")
         + (", total_order=True" if total_order else "")
         + (", large=True" if large else "")
+        + (", flow=True" if flow else "")
         + ")\n"
     )
 
@@ -256,6 +283,7 @@ def datacentre(
     fanout: bool = False,
     total_order: bool = False,
     large: bool = False,
+    flow: bool = False,
 ) -> Callable[[random.Random], System]:
     """A build of a small data centre (see the module docstring).
 
@@ -267,6 +295,9 @@ def datacentre(
     adds the :class:`~powergrid.sim.invariants.TotalOrderAgreement` invariant;
     ``large`` makes about
     half the apps' multicasts large messages, sent as fragments (:meth:`App._size`);
+    the members of each sender's last view of the group; ``flow`` runs every
+    cluster with multicast flow control (rule 27: ``FLOW_WINDOW``, ``FLOW_BUFFER``,
+    apps that try ``FLOW_BURST`` messages a tick);
     ``node_class`` lets tests build deliberately broken nodes. Raises
     :class:`ConfigError` for options :func:`check_options` refuses.
     """
@@ -307,6 +338,8 @@ def datacentre(
                 )
         supply = _supply(rng, specs)
         publish_until = safety_s + liveness_s / 2
+        flowing = frozenset(s.cluster for s in specs) if flow else frozenset()
+        windowed = MulticastConfig(send_window=FLOW_WINDOW, max_buffer=FLOW_BUFFER)
         configs = {
             n: NodeConfig(
                 port=cfg.port,
@@ -317,6 +350,7 @@ def datacentre(
                 bid=cfg.bid,
                 supply=supply,
                 total_order=frozenset((cfg.cluster,)) if total_order else frozenset(),
+                multicast=windowed if cfg.cluster in flowing else cfg.multicast,
             )
             for n, cfg in configs.items()
         }
@@ -327,12 +361,18 @@ def datacentre(
             publish_until=publish_until,
             bounds=Bounds(),
             total_order=total_order,
+            flow_clusters=flowing,
         )
 
         def make(node: NodeId, incarnation: Incarnation) -> App:
             r = random.Random(f"{base}/{node}/{incarnation}")
             n = node_class(configs[node], incarnation=incarnation, rng=r)
-            return App(n, interval=intervals[node], until=publish_until, rng=r, large=large)
+            burst = FLOW_BURST if configs[node].cluster in flowing else 1
+            return App(
+                n, interval=intervals[node], until=publish_until, rng=r, large=large, burst=burst
+            )
+            burst = FLOW_BURST if configs[node].cluster in flowing else 1
+            return App(n, interval=intervals[node], until=publish_until, rng=r, burst=burst)
 
         seeds = tuple(s.node for s in specs if s.broker_capable) if fanout else None
         return System(nodes=tuple(s.node for s in specs), make=make, info=info, fanout_seeds=seeds)
@@ -358,6 +398,7 @@ def run_datacentre(
     fanout: bool = False,
     total_order: bool = False,
     large: bool = False,
+    flow: bool = False,
     **kwargs: Any,
 ) -> RunResult:
     """Run ``seed`` of the drawn data centre; extra keywords go to :func:`run_seed`.
@@ -374,6 +415,7 @@ def run_datacentre(
         fanout=fanout,
         total_order=total_order,
         large=large,
+        flow=flow,
     )
     opts: dict[str, Any] = {
         "nodes": nodes,
@@ -382,6 +424,7 @@ def run_datacentre(
         "fanout": fanout,
         "total_order": total_order,
         "large": large,
+        "flow": flow,
     }
     return run_seed(
         seed,

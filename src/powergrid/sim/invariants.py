@@ -65,6 +65,7 @@ __all__ = [
     "DeliveryIntegrity",
     "ElectionsConverge",
     "FifoPerSender",
+    "FlowNoLoss",
     "LeaderPerEpoch",
     "MembersRemoved",
     "MembershipConverges",
@@ -144,6 +145,8 @@ class DataCentre:
     total_order: bool = False
     """The clusters deliver app multicasts in total order: :class:`TotalOrderAgreement`
     is checked."""
+    flow_clusters: frozenset[int] = frozenset()
+    """Clusters whose nodes run multicast flow control (a send window, rule 27)."""
 
     @property
     def clusters(self) -> tuple[int, ...]:
@@ -497,6 +500,12 @@ class AgreementValidity(_Deliveries):
         got = self._got.setdefault((node, self.inc.get(node, 0)), set())
         got.add((ev.sender, parsed[1], ev.seq))
 
+    _what = "validity"
+
+    def _judged(self, cluster: int, origin_alive: bool) -> bool:
+        """Whether messages of an origin of ``cluster`` (alive at the end or not) are judged."""
+        return True
+
     def check_final(self, network: FuzzNetwork) -> list[str]:
         out: list[str] = []
         live = [(n, self.inc[n]) for n in self.alive()]
@@ -506,6 +515,9 @@ class AgreementValidity(_Deliveries):
             if ojoined is None or ojoined > t - margin:
                 continue
             cluster = self._cluster[origin]
+            origin_alive = self.up.get(origin) and self.inc.get(origin) == oinc
+            if not self._judged(cluster, bool(origin_alive)):
+                continue
             holders = [
                 (n, i)
                 for n, i in live
@@ -515,12 +527,11 @@ class AgreementValidity(_Deliveries):
                 and j <= t - margin
             ]
             have = [(n, i) for n, i in holders if (origin, oinc, seq) in self._got.get((n, i), ())]
-            origin_alive = self.up.get(origin) and self.inc.get(origin) == oinc
             if not origin_alive and self._replaced_early(origin, oinc):
                 continue
             if (origin_alive or have) and len(have) < len(holders):
                 missing = sorted(set(holders) - set(have))
-                what = "validity" if origin_alive else "agreement"
+                what = self._what if origin_alive else "agreement"
                 out.append(
                     f"{what}: #{seq} of {_fmt(origin)} life {oinc} (published t={t:.3f}) "
                     f"never delivered at {', '.join(_fmt(n) for n, _ in missing)}"
@@ -584,6 +595,23 @@ class TotalOrderAgreement(_Deliveries):
 
 def _msg(msg: tuple[int, int, int]) -> str:
     return f"#{msg[2]} of {_fmt(msg[0])} life {msg[1]}"
+
+
+class FlowNoLoss(AgreementValidity):
+    """No loss under flow control (multicast rule 27), at the end of the run.
+
+    In the clusters that run a send window (``info.flow_clusters``, with a resend buffer
+    too small to hold the apps' bursts without it), every message published by an
+    origin life still alive at the end was delivered by every live member of its cluster
+    in session since ``join_margin_s`` before it was published: the window slows the
+    sender instead of letting the buffer cap drop what a member has not delivered.
+    """
+
+    name = "multicast-flow"
+    _what = "lost under flow control"
+
+    def _judged(self, cluster: int, origin_alive: bool) -> bool:
+        return origin_alive and cluster in self.info.flow_clusters
 
 
 class BoundedBuffers(_Base):
@@ -1101,6 +1129,7 @@ def all_invariants(info: DataCentre, *, strict_epochs: bool = False) -> list[Any
         DeliveryIntegrity(info, sessions),
         FifoPerSender(info, sessions),
         AgreementValidity(info, sessions),
+        FlowNoLoss(info, sessions),
         BoundedBuffers(info),
         ViewIdsGrow(info),
         MembersRemoved(info),

@@ -79,6 +79,7 @@ from powergrid.events import (
     ViewChanged,
 )
 from powergrid.fanout import FanOut, parse_seeds
+from powergrid.protocols.multicast import WindowOpen
 from powergrid.types import (
     IPV6_NODE,
     NodeId,
@@ -686,6 +687,7 @@ class Driver:
             JoinGroup: self._on_join,
             LeaveGroup: self._on_leave,
             ViewChanged: self._on_view,
+            WindowOpen: self._on_window_open,
         }
 
     # ------------------------------------------------------------ surface
@@ -784,13 +786,17 @@ class Driver:
         member that delivers two messages delivers them in the same order, the sender's
         own delivery included; see :mod:`powergrid.protocols.order`).
 
-        ``group`` defaults to the node's cluster. Raises
+        ``group`` defaults to the node's cluster. Under flow control it first waits
+        while the group's send window is full (multicast rule 27). Raises
         :class:`~powergrid.errors.PayloadTooLargeError` beyond the payload limit and
         :class:`UsageError` if the node is not running or not in ``group``.
         """
         if not self._running:
             self._check_running()  # raises
         endpoint: Any = self._endpoint
+        room = getattr(endpoint, "multicast_room", None)
+        if room is not None and room(group=group) == 0:  # flow control: a full window
+            await _room(self, endpoint, group)
         yield_now = self._commanded(endpoint.multicast(payload, self._now(), group=group))
         if yield_now or self._checks_every_command:  # (a stream's hot path skips the await)
             await self._after_command(yield_now)
@@ -1113,6 +1119,10 @@ class Driver:
         self._stop_group_reader(group, sock)
         sock.close()
 
+    def _on_window_open(self, out: WindowOpen) -> None:
+        self._wake_events()  # a multicast waiting for room tries again (rule 27)
+        self._notify(out)
+
     def _on_view(self, out: ViewChanged) -> None:
         """The fan-out set follows the view before the app sees it; then pass it on."""
         self._to.follow(out.view)
@@ -1162,3 +1172,12 @@ class Driver:
     async def _after_command(self, yield_now: bool) -> None:
         """Let other tasks run if ``yield_now``, else only check for cancellation."""
         raise NotImplementedError
+
+
+async def _room(driver: Driver, endpoint: Any, group: int | None) -> None:
+    """Wait while ``group``'s send window is full (multicast rule 27: flow control);
+    raises :class:`UsageError` if the node stops meanwhile."""
+    room = getattr(endpoint, "multicast_room", None)
+    while room is not None and room(group=group) == 0:
+        await driver._wait_events()  # woken by WindowOpen (and by any event)
+        driver._check_running()

@@ -21,10 +21,13 @@ duplicates are dropped and counted; messages ahead of a gap are held, at most
 it carries.
 
 *Repair (the resend requester).* A gap waits ``nak_delay`` (reordering
-tolerance), then the machine sends ``Nak(origin, incarnation, first, last)``
-to the origin for the first missing range, capped at ``max_nak_range``
-messages, and repeats at most once per ``nak_interval`` per origin while the
-gap persists. After ``nak_escalate_after`` tries without progress (or at
+tolerance, 0 by default), then the machine sends ``Nak(origin, incarnation,
+first, last)`` to the origin for every missing range within ``max_nak_range``
+messages of the delivered point. A fresh gap (a seq no Nak asked for yet) is
+asked ``nak_delay`` after it appears; only re-asks of ranges still missing are
+paced, at most one round per origin per re-ask interval: four smoothed repair
+round trips, within ``nak_interval / 10 .. nak_interval``.
+After ``nak_escalate_after`` tries without progress (or at
 once if the origin is not in the view) the Nak is multicast to the group with
 a ``helper``: only the origin and the helper answer a group Nak, so each
 missing message is resent at most twice per round. The helper rotates, one
@@ -88,6 +91,16 @@ misses it cannot get it from this node. When the coordinator drops one, it
 also declares it stable, so members stuck behind it skip it (``skipped``)
 instead of asking forever; agreement is lost for those messages.
 
+*Flow control (rule 27).* With ``send_window`` W > 0, at most W of this node's
+own messages are unstable (published, not yet declared stable by its view's
+coordinator): a flow-controlled :class:`Publish` beyond returns
+:class:`WindowFull` and sends nothing; :class:`WindowOpen` follows once a Stable
+makes room. Credits follow stability (the minimum delivered over the members), so
+a slow member slows the sender; a member that delivered half a window of an
+origin beyond its last report reports at once, and the coordinator answers a
+Status within ``stable_interval / 8``. The buffer cap evicts nothing under flow
+control (the windows bound the buffer).
+
 *Joiners.* For an origin it has no state for, a machine starts after the
 ``stable`` point of the first Stable (of its own view) that names the origin (naking up to
 ``highest``), so it never asks for history everyone else has dropped. Data
@@ -123,12 +136,13 @@ such a *hearsay* life is dropped when the node stops coordinating.
 Guarantees: within one life of each origin, each member delivers the
 origin's messages at most once and in order (FIFO per origin); while the
 origin, or a member that delivered a message, stays reachable in the view and
-nothing overflows, every member in the view delivers it; the resend buffer
+nothing overflows (under flow control nothing a live member lacks is evicted),
+every member in the view delivers it; the resend buffer
 never exceeds ``max_buffer``; a quiet, stable group sends nothing and
 ``next_deadline()`` is None. Not guaranteed: any order between different
 origins (no total or causal order), virtual synchrony (a view change does not
 flush, it only keeps departed origins' state for ``flush_grace``), delivery
-of messages evicted by the buffer cap or lost with the buffers of a
+of messages evicted by the buffer cap (without flow control) or lost with the buffers of a
 partition (see *lost history*), history from before a member joined, and the
 last messages of a life whose origin restarts that nobody else delivered, or
 that are not fetched within ``flush_grace`` of the restart and before the origin
@@ -143,7 +157,7 @@ Driving: ``handle(event, now)`` with :class:`Publish`,
 :class:`~powergrid.events.ViewChanged` and
 :class:`~powergrid.events.DeadlineReached`; ``next_deadline()`` is the
 earliest of the Nak, Status, Stable and grace timers. Defaults (seconds):
-``nak_delay`` 0.01, ``nak_interval`` 0.05, ``status_interval`` 0.25,
+``nak_delay`` 0, ``nak_interval`` 0.05, ``status_interval`` 0.25,
 ``stable_interval`` 0.25, ``flush_grace`` 2.0.
 
 Parts
@@ -173,6 +187,8 @@ from powergrid.protocols.multicast._config import (
     MulticastConfig,
     MulticastStats,
     Publish,
+    WindowFull,
+    WindowOpen,
 )
 from powergrid.protocols.multicast._machine import MulticastMachine
 
@@ -185,4 +201,6 @@ __all__ = [
     "MulticastMachine",
     "MulticastStats",
     "Publish",
+    "WindowFull",
+    "WindowOpen",
 ]

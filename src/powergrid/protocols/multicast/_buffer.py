@@ -7,14 +7,19 @@ Every life keeps the messages it delivered and that are not stable yet in its ow
 counts them over all lives (``size``) and enforces ``max_buffer`` (rule 15): beyond
 it, the oldest message of the life with the most buffered is dropped
 (``buffer_overflow``), and the coordinator also declares it stable so members stuck
-behind it skip it. It trims a life up to its stable point (rule 13), and answers a
+behind it skip it. Under flow control (``send_window``, rule 27) the cap drops
+nothing: every origin's window bounds what is unstable, and a member keeps every
+message it delivered until it is stable, so none that a live member lacks is lost.
+It trims a life up to its stable point (rule 13), and answers a
 Nak from the buffer with one Xmit per message it holds in the (capped) range, at
 most ``max_xmit_per_interval`` per requester per ``nak_interval`` window (rules 8, 9;
 beyond: ``xmits_rate_limited``).
 
 Guarantees: ``size`` is the number of messages buffered in every LIVE, DEPARTING and
 RETIRED life (the registry calls :meth:`ResendBuffer.release` when a life's state
-goes) and never exceeds ``max_buffer`` after a delivery. Holds no timer: its part
+goes) and, without flow control, never exceeds ``max_buffer`` after a delivery (under
+flow control: at most ``send_window`` per origin, plus protocol messages and what a
+missed Stable leaves until the next). Holds no timer: its part
 of ``next_deadline()`` is always None. Driven by the machine (Naks, views) and the
 registry of lives (deliveries, dropped lives).
 """
@@ -33,7 +38,16 @@ from powergrid.wire import Nak, Xmit
 class ResendBuffer:
     """The resend buffer of one machine over all its lives (see the module docstring)."""
 
-    __slots__ = ("_config", "_current", "_retired", "_stats", "_windows", "evicted", "size")
+    __slots__ = (
+        "_config",
+        "_current",
+        "_flow",
+        "_retired",
+        "_stats",
+        "_windows",
+        "evicted",
+        "size",
+    )
 
     def __init__(
         self,
@@ -43,6 +57,8 @@ class ResendBuffer:
         retired: dict[int, OriginLife],
     ) -> None:
         self._config = config
+        # under flow control (rule 27) the cap evicts nothing: the windows bound the buffer
+        self._flow = bool(config.send_window)
         self._stats = stats
         self._current = current  # the registry's dicts (read only here)
         self._retired = retired
@@ -54,8 +70,9 @@ class ResendBuffer:
         current life, for its digest to declare stable (rule 15; it empties this)."""
 
     def new_peak(self, size: int, coordinating: bool) -> None:
-        """The buffer grew past its peak: enforce the cap (rule 15), then record the peak."""
-        if size > self._config.max_buffer:
+        """The buffer grew past its peak: enforce the cap (rule 15; not under flow control,
+        rule 27), then record the peak."""
+        if size > self._config.max_buffer and not self._flow:
             self._overflow(coordinating)
             size = self.size
         self._stats.peak_buffer = max(self._stats.peak_buffer, size)

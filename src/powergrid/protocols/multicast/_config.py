@@ -52,10 +52,11 @@ class MulticastConfig:
     values that contradict each other.
     """
 
-    nak_delay: float = attrs.field(default=0.01, validator=real)
-    """How long a gap may last before the first Nak (reordering tolerance)."""
+    nak_delay: float = attrs.field(default=0.0, validator=real)
+    """How long a fresh gap may last before it is asked (reordering tolerance; 0: at once)."""
     nak_interval: float = attrs.field(default=0.05, validator=real)
-    """Least time between two Naks for one origin; also the window of the Xmit rate limit."""
+    """Most time between two re-asks of one origin's gap (the re-ask interval is four
+    measured repair round trips, at least a tenth of this); also the Xmit rate window."""
     nak_escalate_after: int = attrs.field(default=2, validator=integer)
     """Unicast Naks to the origin without progress before Naks go to the group."""
     max_nak_range: int = attrs.field(default=64, validator=integer)
@@ -65,7 +66,8 @@ class MulticastConfig:
     max_held: int = attrs.field(default=1024, validator=integer)
     """Most messages held ahead of a gap, per origin."""
     max_buffer: int = attrs.field(default=10_000, validator=integer)
-    """Most delivered messages kept for resending, all origins together."""
+    """Most delivered messages kept for resending, all origins together (without flow
+    control; under it the send windows bound the buffer and nothing is evicted)."""
     status_interval: float = attrs.field(default=0.25, validator=real)
     """Between two Status reports to the coordinator, while any are needed."""
     status_jitter: float = attrs.field(default=0.1, validator=real)
@@ -76,6 +78,10 @@ class MulticastConfig:
     """After a view change the coordinator sends a Stable at once and this many more."""
     flush_grace: float = attrs.field(default=2.0, validator=real)
     """How long the state of an origin that left the view is kept."""
+    send_window: int = attrs.field(default=0, validator=integer)
+    """Flow control (rule 27): the most of this node's own messages unstable at once
+    (published, not yet declared stable by its view's coordinator); a flow-controlled
+    :class:`Publish` beyond it is refused with :class:`WindowFull`. 0: no window."""
 
     def __attrs_post_init__(self) -> None:
         for name in (
@@ -121,6 +127,10 @@ class MulticastConfig:
                 f"max_xmit_per_interval ({self.max_xmit_per_interval}) is below max_nak_range "
                 f"({self.max_nak_range}); set it >= max_nak_range so one Nak can be answered",
             )
+        if self.send_window < 0:
+            raise config_problem(
+                self, f"send_window is {self.send_window}; set it to 0 (no flow control) or more"
+            )
         if self.stable_repeats < 0:
             raise config_problem(
                 self, f"stable_repeats is {self.stable_repeats}; set it to 0 or more"
@@ -151,6 +161,26 @@ class Publish:
 
     kind: int
     payload: bytes
+    flow: bool = True
+    """Whether the send window applies (rule 27). The node's own protocol messages (the
+    market's) pass ``False``: they are never refused, and count in the window."""
+
+
+@attrs.frozen(kw_only=True)
+class WindowFull:
+    """Result of a flow-controlled :class:`Publish` refused by the send window (rule 27):
+    ``in_flight`` of this node's messages are unstable, ``window`` is ``send_window``.
+    Nothing was sent and no seq was used; publish again after :class:`WindowOpen`."""
+
+    in_flight: int
+    window: int
+
+
+@attrs.frozen(kw_only=True)
+class WindowOpen:
+    """After a :class:`WindowFull`: stability freed ``room`` places in the send window."""
+
+    room: int
 
 
 @attrs.frozen(kw_only=True)
@@ -210,3 +240,5 @@ class MulticastStats:
     """Messages dropped from the resend buffer before they were stable."""
     peak_buffer: int = 0
     """The most messages the resend buffer ever held."""
+    window_full: int = 0
+    """Flow-controlled Publishes refused because the send window was full (rule 27)."""

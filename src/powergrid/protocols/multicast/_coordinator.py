@@ -193,8 +193,11 @@ class StabilityCoordinator:
             self._report(report, origin, inc, delivered, low)
             st.highest = max(st.highest, delivered)
             lives.check_gap(st, now)
-        if self.stable_due is None:
-            self.stable_due = now + self._config.stable_interval
+        cfg = self._config
+        # under flow control the digest is the origins' credit: sent sooner (rule 27)
+        due = now + (cfg.stable_interval / 8 if cfg.send_window else cfg.stable_interval)
+        if self.stable_due is None or due < self.stable_due:
+            self.stable_due = due
         return out
 
     def _hearsay(self, origin: int, inc: int, delivered: int, now: float) -> None:

@@ -137,8 +137,10 @@ class OriginLife:
     """What this member knows of one life (incarnation) of one origin's stream."""
 
     __slots__ = (
+        "asked_at",
         "buf",
         "buf_low",
+        "claimed",
         "delivered",
         "gone_at",
         "group_round",
@@ -149,6 +151,8 @@ class OriginLife:
         "nak_due",
         "origin",
         "phase",
+        "reported",
+        "scan",
         "seen",
         "stable",
         "tries",
@@ -167,9 +171,15 @@ class OriginLife:
         self.buf: dict[int, tuple[int, bytes]] = {}
         self.buf_low = start + 1
         self.nak_due: float | None = None  # the Nak timer (rules 5, 6), set while a gap lasts
-        self.last_nak = -math.inf
+        self.asked_at: float | None = None  # the last Nak, until a delivery answers it
+        self.last_nak = -math.inf  # when every missing range was last asked (a re-ask)
+        # every seq up to here is delivered, held or asked in a Nak: a missing seq above
+        # it is a *fresh* gap, asked at once, not at the next re-ask (rule 5)
+        self.scan = max(start, 0)
         self.tries = 0
         self.group_round = 0
+        self.claimed = 0  # a stable point a Stable named beyond what was seen (rule 25)
+        self.reported = 0  # delivered, as the last Status this node sent told (rule 27)
         self.gone_at: float | None = None  # end of flush_grace (DEPARTING, RETIRED, HEARSAY)
 
 

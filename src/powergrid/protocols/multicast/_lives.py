@@ -75,6 +75,7 @@ class Lives:
         "leader",
         "members",
         "retired",
+        "rtt",
         "tombstones",
     )
 
@@ -102,6 +103,9 @@ class Lives:
         self.leader = 0  # the view's leader (the stability coordinator), 0 if none
         self.has_view = False
         self.coordinator: StabilityCoordinator | None = None  # while this node coordinates
+        self.rtt: float | None = None
+        """The smoothed repair round trip (seconds, a Nak to the delivery it brings), or None
+        before the first; re-asks wait :meth:`reask_interval`."""
         self.digest_lags = False
         """The own coordinator's last Stable declared less of some current life than this
         member delivered: it has not heard (rule 11)."""
@@ -286,6 +290,11 @@ class Lives:
         if seq <= st.delivered or seq in st.held:
             self._stats.duplicates += 1
         elif seq == st.delivered + 1:
+            asked = st.asked_at
+            if asked is not None:  # a repair round trip (or a late Data: a shorter one)
+                st.asked_at = None
+                rtt = self.rtt
+                self.rtt = now - asked if rtt is None else rtt + (now - asked - rtt) / 8
             self.deliver(st, seq, msg, out)
             self.drain(st, out)
             st.tries = st.group_round = 0  # progress (rule 7)
@@ -405,7 +414,9 @@ class Lives:
                     stable = self.plausible(st, stable)
                 self.start(st, stable, out)  # rule 18
             else:
-                stable = self.plausible(st, stable)  # rule 25
+                told, stable = stable, self.plausible(st, stable)  # rule 25
+                if told > stable:
+                    st.claimed = max(st.claimed, told)  # asked beyond, to make it plausible
                 if stable > st.delivered:
                     self.skip_to(st, stable, out)  # rule 17
             trim(st, stable)  # rule 13
@@ -418,29 +429,55 @@ class Lives:
     # ------------------------------------------------------------ the resend requester
 
     def check_gap(self, st: OriginLife, now: float) -> None:
-        """Start or stop ``st``'s Nak timer to match whether it has a gap (rule 5)."""
+        """Start, advance or stop ``st``'s Nak timer to match its gap (rule 5): a fresh gap
+        (a missing seq never asked) is asked ``nak_delay`` from now, a known one is asked
+        again ``nak_interval`` after the last re-ask."""
         if st.delivered != PENDING and st.highest > st.delivered:
-            if st.nak_due is None:
-                cfg = self._config
-                st.nak_due = max(now + cfg.nak_delay, st.last_nak + cfg.nak_interval)
-                if st.phase in CURRENT:
-                    self.gappy[st.origin] = st
-                self._arm(now)
+            cfg = self._config
+            due = st.nak_due
+            if self._fresh(st):
+                fresh_due = now + cfg.nak_delay
+                if due is None or fresh_due < due:
+                    due = fresh_due
+            elif due is None:
+                due = max(now + cfg.nak_delay, st.last_nak + self.reask_interval())
+            if due is not st.nak_due:
+                if st.nak_due is None:
+                    if st.phase in CURRENT:
+                        self.gappy[st.origin] = st
+                    self._arm(now)
+                st.nak_due = due
         elif st.nak_due is not None:
             st.nak_due = None
             st.tries = st.group_round = 0
             if st.phase in CURRENT:
                 del self.gappy[st.origin]
 
+    def _fresh(self, st: OriginLife) -> bool:
+        """Whether ``st`` misses a seq within ``max_nak_range`` of its delivered point that
+        no Nak has asked for yet; moves ``st.scan`` over what is held on the way
+        (amortised O(1) per message)."""
+        end = min(st.highest, st.delivered + self._config.max_nak_range)
+        seq = max(st.scan, st.delivered) + 1
+        held = st.held
+        while seq <= end and seq in held:
+            seq += 1
+        st.scan = seq - 1
+        return seq <= end
+
     def send_nak(self, st: OriginLife, now: float, out: list[Any]) -> None:
-        """Ask for every missing range within ``max_nak_range`` after the delivered point:
-        of the origin (rule 5), or of the group with a helper after ``nak_escalate_after``
-        tries, at once for an origin not in the view or a past life (rule 6)."""
+        """Ask for missing ranges within ``max_nak_range`` after the delivered point: every
+        one once ``nak_interval`` has passed since the last re-ask (a try, rule 5), else
+        only the fresh ones, never asked before (no try); of the origin, or of the group
+        with a helper after ``nak_escalate_after`` tries, at once for an origin not in the
+        view or a past life (rule 6)."""
         cfg = self._config
         held = st.held
         origin = st.origin
-        first = st.delivered + 1
         end = min(st.highest, st.delivered + cfg.max_nak_range)
+        wait = self.reask_interval()
+        reask = now >= st.last_nak + wait
+        first = st.delivered + 1 if reask else max(st.scan, st.delivered) + 1
         ranges: list[tuple[int, int]] = []
         seq = first
         while seq <= end:
@@ -451,13 +488,24 @@ class Lives:
             while seq <= end and seq not in held:
                 seq += 1
             ranges.append((start, seq - 1))
-        st.last_nak = now
-        st.nak_due = now + cfg.nak_interval
+        claimed = st.claimed
+        if reask and end < claimed < st.highest:
+            # rule 25: a stable point beyond what was seen of the origin is skipped to only
+            # once a message past it is seen; ask for those too (the history below may be
+            # held by nobody, and under flow control the origin sends nothing new)
+            ranges.append((claimed + 1, min(st.highest, claimed + cfg.max_nak_range)))
+        st.scan = max(st.scan, end)
+        if reask:
+            st.last_nak = now
+        st.nak_due = st.last_nak + wait
+        if ranges:
+            st.asked_at = now
         stats = self._stats
         gone = st.phase not in CURRENT or (self.has_view and origin not in self.members)
         if st.tries >= cfg.nak_escalate_after or gone:
             helper = self._helper(origin, st.group_round)
-            st.group_round += 1
+            if reask:
+                st.group_round += 1
             for lo, hi in ranges:
                 stats.naks_sent += 1
                 stats.naks_group += 1
@@ -474,7 +522,18 @@ class Lives:
                 stats.naks_sent += 1
                 nak = Nak(origin=origin, origin_incarnation=st.incarnation, first=lo, last=hi)
                 out.append(Send(to=NodeId(origin), message=nak))
-        st.tries += 1
+        if reask:
+            st.tries += 1
+
+    def reask_interval(self) -> float:
+        """Seconds between two re-asks of an origin's gap (rule 5): four smoothed repair
+        round trips, within ``nak_interval / 10 .. nak_interval`` (``nak_interval``
+        before any round trip was measured)."""
+        cfg = self._config
+        rtt = self.rtt
+        if rtt is None:
+            return cfg.nak_interval
+        return min(cfg.nak_interval, max(4 * rtt, cfg.nak_interval / 10))
 
     def _helper(self, origin: int, round_: int) -> int:
         """Who besides the origin answers group Nak round ``round_`` (the origin if nobody):

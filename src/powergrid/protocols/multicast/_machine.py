@@ -43,6 +43,8 @@ from powergrid.protocols.multicast._config import (
     MulticastStats,
     Publish,
     Stored,
+    WindowFull,
+    WindowOpen,
     new_data,
     new_deliver,
     new_multicast,
@@ -61,6 +63,7 @@ class MulticastMachine(Dispatching):
     """
 
     __slots__ = (
+        "_blocked",
         "_buffer",
         "_config",
         "_coord",
@@ -76,6 +79,7 @@ class MulticastMachine(Dispatching):
         "_stats",
         "_status_due",
         "_view",
+        "_window",
     )
 
     _EVENTS = {
@@ -119,6 +123,8 @@ class MulticastMachine(Dispatching):
         self._reporting = False  # someone else is the coordinator: send it Status
         self._coord: StabilityCoordinator | None = None  # while this node coordinates
         self._status_due: float | None = None
+        self._window = config.send_window  # rule 27 (0: off)
+        self._blocked = False  # a WindowFull was returned and no WindowOpen since
 
     # ------------------------------------------------------------ public
 
@@ -146,6 +152,19 @@ class MulticastMachine(Dispatching):
     def buffer_size(self) -> int:
         """Messages in the resend buffer now (all origins)."""
         return self._buffer.size
+
+    @property
+    def window_room(self) -> int | None:
+        """How many flow-controlled Publishes the send window takes now (rule 27); None
+        without flow control (``send_window`` 0). Reading 0 asks for a WindowOpen when
+        room appears, as a refused Publish does (a driver waits on it)."""
+        if not self._window:
+            return None
+        own = self._own
+        room = max(0, self._window - (own.delivered - own.stable))
+        if not room:
+            self._blocked = True
+        return room
 
     @property
     def delivered(self) -> Mapping[NodeId, tuple[Incarnation, int]]:
@@ -205,6 +224,11 @@ class MulticastMachine(Dispatching):
                 "limit of one multicast; split it"
             )
         own = self._own
+        window = self._window
+        if window and cmd.flow and own.delivered - own.stable >= window:  # rule 27
+            self._stats.window_full += 1
+            self._blocked = True
+            return [WindowFull(in_flight=own.delivered - own.stable, window=window)]
         seq = own.delivered + 1
         msg = new_data(seq, cmd.kind, payload)
         own.delivered = own.highest = seq
@@ -250,6 +274,8 @@ class MulticastMachine(Dispatching):
                 buffer.new_peak(size, self._coord is not None)
             if self._status_due is None and self._reporting:
                 self._arm_status(now)
+            elif self._window and self._reporting:
+                self._credit_due(st, now)
             else:
                 coord = self._coord
                 if coord is not None and coord.stable_due is None:
@@ -287,6 +313,8 @@ class MulticastMachine(Dispatching):
                 st = lives.begin(origin, inc, 0, now)  # we knew its last life: starts at 1
         out = lives.place(st, seq, msg, now)
         lives.check_gap(st, now)
+        if self._window and self._reporting and self._status_due is not None:
+            self._credit_due(st, now)
         return out
 
     def _on_nak(self, ev: Received, msg: Nak, now: float) -> list[Any]:
@@ -342,6 +370,8 @@ class MulticastMachine(Dispatching):
                 self._arm_status(now)
         else:
             self._status_due = None
+        if self._blocked:
+            self._open_window(out)
         return out
 
     def _stable_messages(self) -> tuple[list[Any], bool]:
@@ -390,6 +420,8 @@ class MulticastMachine(Dispatching):
             coord.stable_due = (
                 now + self._config.stable_interval if unstable or coord.stable_left else None
             )
+            if self._blocked:
+                self._open_window(out)
         else:
             lives.drop_hearsay()  # rule 24: digest state only
             if coord is not None:  # stops coordinating: the part and its state go
@@ -426,7 +458,27 @@ class MulticastMachine(Dispatching):
             coord.stable_due = (
                 now + self._config.stable_interval if unstable or coord.stable_left else None
             )
+        if self._blocked:
+            self._open_window(out)
         return out
+
+    # ------------------------------------------------------------ flow control (rule 27)
+
+    def _open_window(self, out: list[Any]) -> None:
+        """After a WindowFull: say WindowOpen once stability has made room."""
+        room = self.window_room
+        if room:
+            self._blocked = False
+            out.append(WindowOpen(room=room))
+
+    def _credit_due(self, st: OriginLife, now: float) -> None:
+        """A member that delivered half a send window of ``st`` beyond what its last Status
+        told and the last Stable declared reports now, not at its Status timer, so a
+        flow-controlled origin gets its credit within a round trip (rule 27)."""
+        if st.delivered - max(st.stable, st.reported) >= (self._window + 1) // 2:
+            due = self._status_due
+            if due is None or due > now:
+                self._status_due = now
 
     # ------------------------------------------------------------ the member's reports
 
@@ -466,6 +518,8 @@ class MulticastMachine(Dispatching):
             for o, st in sorted(self._origins.items())
             if st.delivered != PENDING
         ]
+        for st in self._origins.values():
+            st.reported = st.delivered  # (rule 27: what credit this Status carries)
         assert self._view is not None
         view_id = self._view.view_id
         to = NodeId(self._lives.leader)
