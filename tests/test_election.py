@@ -42,17 +42,7 @@ from powergrid.types import (
     next_view_id,
     view_newer,
 )
-from powergrid.wire import (
-    Answer,
-    Coordinator,
-    Election,
-    Fenced,
-    Heartbeat,
-    JoinRequest,
-    Nak,
-    decode,
-    encode,
-)
+from powergrid.wire import Answer, Coordinator, Election, Fenced, Heartbeat, Nak, decode, encode
 
 G = GroupId(3)
 EXACT = ElectionConfig(
@@ -658,25 +648,6 @@ def test_leader_reannounces_on_rival_heartbeat() -> None:
     # A node that does not lead (here the lower twin, now a follower) ignores heartbeats.
     assert low.handle(rx(3, Heartbeat(epoch=2, view_id=9)), 1.0) == []
     assert low.stats.rival_heartbeats == 3
-
-
-def test_leader_reannounces_to_a_joiner() -> None:
-    """Answer a joiner (rule 9): a leader that hears a membership JoinRequest (a joiner asks
-    at once, before it knows who leads) multicasts its Coordinator at once, at most once per
-    answer_timeout, sharing that limit with the rival-heartbeat reply (rule 7); a node that
-    does not lead ignores join requests."""
-    m = leader_at(5, 2)
-    coord = Multicast(message=Coordinator(epoch=2, rank=0))
-    join = JoinRequest(rank=0, broker_capable=0)
-    assert m.handle(rx(3, join), 0.25) == [coord]
-    assert m.handle(rx(4, join), 0.3) == []  # within answer_timeout of the last one
-    assert m.handle(rx(3, Heartbeat(epoch=2, view_id=3)), 0.35) == []  # the limit is shared
-    assert m.handle(rx(4, join), 0.375) == [coord]
-    assert (m.stats.joiners_heard, m.stats.announcements) == (3, 2)
-    assert (m.state, m.epoch, m.next_deadline()) == ("leader", 2, 1.0)  # period kept
-    f = follower_of(1, 5, 2)
-    assert f.handle(rx(3, join), 0.25) == []
-    assert f.stats.joiners_heard == 0
 
 
 # ------------------------------------------------------ rule 6: fencing

@@ -105,32 +105,6 @@ def test_client_sends_bid_once_broker_is_known_and_refreshes() -> None:
     assert c.next_deadline() == 4.5
 
 
-def test_client_resends_an_unacked_bid_when_its_brokers_view_lists_it() -> None:
-    """Client rule: a broker counts only its view's members, so a bid that reached it before
-    it admitted the client (a cold start: the Coordinator and the join cross) is dropped; the
-    client sends it again when a view of its cluster led by its broker lists it and the bid
-    is still unacknowledged, not a whole refresh_interval later. Once acknowledged, or for a
-    view of another group or leader, or one that does not list it, nothing is sent."""
-    c = client_following(0.5)
-    bid = [SendReliable(to=BROKER, message=BID.to_message(1))]
-
-    def vc(group: int, leader: NodeId, *nodes: NodeId) -> ViewChanged:
-        members = tuple(sorted(Member(node=n, incarnation=Incarnation(1)) for n in nodes))
-        return ViewChanged(
-            view=View(
-                group=GroupId(group), view_id=2, leader=leader, epoch=Epoch(1), members=members
-            )
-        )
-
-    assert c.handle(vc(CL, BROKER, BROKER), 0.55) == []  # does not list us
-    assert c.handle(vc(CL + 1, BROKER, BROKER, ME), 0.55) == []  # another group
-    assert c.handle(vc(CL, OTHER, OTHER, ME), 0.55) == []  # another leader
-    assert c.handle(vc(CL, BROKER, BROKER, ME), 0.6) == bid
-    assert c.stats.bids_resent_on_admission == 1 and c.next_deadline() == 2.6
-    c.handle(rx(BROKER, wire.BidAck(epoch=1, seq=1, aggregate=2)), 0.61)
-    assert c.handle(vc(CL, BROKER, BROKER, ME, OTHER), 0.7) == []  # acknowledged
-
-
 def test_client_new_bid_gets_next_seq_and_same_bid_is_ignored() -> None:
     """Client rule: a changed bid gets the next seq at once; an unchanged one sends nothing."""
     c = client_following()

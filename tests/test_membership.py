@@ -143,32 +143,29 @@ def ack_all(m: MembershipMachine, nodes: Iterable[int], now: float, epoch: int =
 # ------------------------------------------------------------------ joining
 
 
-def test_join_asks_at_once_then_multicasts_every_cap_while_no_leader_is_known() -> None:
-    """Join (rule M7): with no leader known, ask the group at once (a live leader admits at its
-    next tick, its election re-announces), then again every join_retry_max; the bootstrap (rule
-    M8) comes join_timeout after Join()."""
+def test_join_listens_first_then_multicasts_every_cap_while_no_leader_is_known() -> None:
+    """Join (rule M7): with no leader known, listen (a leader names itself in every heartbeat, the
+    bootstrap election names one) and multicast a request only after join_timeout + join_retry_max,
+    then again every join_retry_max."""
     m = machine(A)
     assert m.state == "idle" and m.next_deadline() is None
-    assert m.handle(Join(), 0.0) == [Multicast(message=JOIN)]
+    assert m.handle(Join(), 0.0) == []
     assert m.state == "joining"
-    assert m.next_deadline() == 1.0  # the multicast's retry, join_retry_max on
-    assert m.handle(WAKE, 0.5) == []  # early wake-up is harmless
-    assert m.handle(WAKE, 1.0) == [Multicast(message=JOIN)]
-    assert m.next_deadline() == 2.0  # the bootstrap and the next retry
-    assert m.handle(WAKE, 2.0) == [
-        Multicast(message=JOIN),
-        LeaderLost(group=G, leader=NodeId(0), epoch=Epoch(0)),
-    ]
+    assert m.next_deadline() == 2.0  # the bootstrap
+    assert m.handle(WAKE, 1.0) == []  # early wake-up is harmless
+    assert m.handle(WAKE, 2.0) == [LeaderLost(group=G, leader=NodeId(0), epoch=Epoch(0))]
     assert m.next_deadline() == 3.0
     assert m.handle(WAKE, 3.0) == [Multicast(message=JOIN)]
-    assert m.stats.joins_sent == 4
+    assert m.next_deadline() == 4.0
+    assert m.handle(WAKE, 4.0) == [Multicast(message=JOIN)]
+    assert m.stats.joins_sent == 2
 
 
 def test_join_to_a_known_leader_retries_with_backoff_and_cap() -> None:
     """Join (rule M7): a joiner that hears a leader's heartbeat asks it by unicast at once, then
     again after join_retry, doubling up to the cap."""
     m = machine(A)
-    assert m.handle(Join(), 0.0) == [Multicast(message=JOIN)]
+    assert m.handle(Join(), 0.0) == []
     hb = Heartbeat(epoch=1, view_id=1)
     assert m.handle(rcv(L, hb), 0.0) == [Send(to=L, message=JOIN)]
     assert m.next_deadline() == 0.25
@@ -180,29 +177,16 @@ def test_join_to_a_known_leader_retries_with_backoff_and_cap() -> None:
     m.handle(rcv(L, hb), 1.0)
     assert m.handle(WAKE, 1.75) == [Send(to=L, message=JOIN)]
     assert m.next_deadline() == 2.0  # heard at 1.0; the next retry is at 2.75 (the cap)
-    assert m.stats.joins_sent == 5
-
-
-def test_joiner_that_followed_its_leader_by_a_view_asks_at_the_heartbeat() -> None:
-    """Join (rule M7): a joiner whose new leader's first view (of the leader alone) arrives
-    before its heartbeat follows the leader silently; the heartbeat then finds the leader
-    already followed, and the joiner still asks it at once, because it has not asked it yet
-    (it used to wait for its retry, 2 s with the defaults)."""
-    m = machine(A)
-    assert m.handle(Join(), 0.0) == [Multicast(message=JOIN)]
-    assert m.handle(rcv(L, part(1, 1, [mem(L)])), 0.5) == []  # follows L, not listed yet
-    assert m.leader == L and m.state == "joining"
-    hb = Heartbeat(epoch=1, view_id=1)
-    assert m.handle(rcv(L, hb), 0.5) == [Send(to=L, message=JOIN)]
-    assert m.handle(rcv(L, hb), 0.625) == []  # asked already: the retry timer repeats it
-    assert m.next_deadline() == 0.75
+    assert m.stats.joins_sent == 4
 
 
 def test_join_request_carries_rank_and_broker_flag() -> None:
     """Join (rule M7): the request names the node's rank and whether it may become a broker."""
     me = Member(node=A, incarnation=Incarnation(3), rank=5, broker_capable=True)
     m = MembershipMachine(EXACT, me=me, group=G, rng=random.Random(0))
-    assert m.handle(Join(), 0.0) == [Multicast(message=JoinRequest(rank=5, broker_capable=1))]
+    m.handle(Join(), 0.0)
+    m.handle(WAKE, 2.0)
+    assert m.handle(WAKE, 3.0) == [Multicast(message=JoinRequest(rank=5, broker_capable=1))]
 
 
 def test_join_jitter_comes_from_the_rng() -> None:
@@ -210,7 +194,7 @@ def test_join_jitter_comes_from_the_rng() -> None:
     rng."""
     cfg = attrs.evolve(EXACT, join_jitter=0.5)
     m = machine(A, config=cfg, seed=4)
-    m.handle(Join(), 0.0)  # asks at once, again after 1.0 * (1 + 0.5 * the first draw)
+    m.handle(Join(), 0.0)  # listens: 3.0 * (1 + 0.5 * the first draw)
     m.handle(rcv(L, Heartbeat(epoch=1, view_id=1)), 0.0)  # asks L, retries after join_retry
     rng = random.Random(4)
     rng.random()
@@ -219,14 +203,13 @@ def test_join_jitter_comes_from_the_rng() -> None:
 
 def test_bootstrap_leader_lost_once_and_keeps_joining() -> None:
     """Bootstrap (rule M8): no leader heard within join_timeout -> LeaderLost(group, 0, 0), once."""
-    m = machine(A, config=attrs.evolve(EXACT, join_timeout=1.5))
+    m = machine(A)
     m.handle(Join(), 0.0)
-    assert m.handle(WAKE, 1.0) == [Multicast(message=JOIN)]
-    assert m.handle(WAKE, 1.5) == [LeaderLost(group=G, leader=NodeId(0), epoch=Epoch(0))]
-    assert m.next_deadline() == 2.0
-    assert m.handle(WAKE, 2.0) == [Multicast(message=JOIN)]
+    assert m.handle(WAKE, 2.0) == [LeaderLost(group=G, leader=NodeId(0), epoch=Epoch(0))]
     assert m.next_deadline() == 3.0
     assert m.handle(WAKE, 3.0) == [Multicast(message=JOIN)]
+    assert m.next_deadline() == 4.0
+    assert m.handle(WAKE, 4.0) == [Multicast(message=JOIN)]
     assert m.stats.leader_lost_reported == 1
 
 
@@ -372,7 +355,7 @@ def test_a_leader_alone_in_its_view_beats_only_every_lone_heartbeat_interval() -
 def test_lone_heartbeat_interval_below_the_tick_is_refused() -> None:
     """Config: a lone leader may not beat more often than heartbeat_interval."""
     with pytest.raises(ConfigError, match="lone_heartbeat_interval"):
-        MembershipConfig(heartbeat_interval=0.2, join_timeout=0.5, lone_heartbeat_interval=0.1)
+        MembershipConfig(heartbeat_interval=0.2, lone_heartbeat_interval=0.1)
 
 
 def test_member_acks_heartbeat_of_its_leader() -> None:
@@ -651,10 +634,11 @@ def test_leader_that_left_rejoins_by_multicast() -> None:
     multicasts."""
     m = lead(A)
     assert m.handle(Leave(), 0.3) == [Multicast(message=LeaveNotice(epoch=1)), Left(group=G)]
-    assert m.handle(Join(), 0.4) == [Multicast(message=JOIN)]  # asks the group at once
+    assert m.handle(Join(), 0.4) == []
     assert m.state == "joining" and m.leader == 0 and m.epoch == 1
-    assert m.next_deadline() == 1.4  # the next multicast, before the bootstrap at 2.4
-    assert m.handle(WAKE, 1.4) == [Multicast(message=JOIN)]
+    assert m.next_deadline() == 2.4  # it listens: the bootstrap at 2.4, a multicast at 3.4
+    m.handle(WAKE, 2.4)
+    assert m.handle(WAKE, 3.4) == [Multicast(message=JOIN)]
 
 
 def test_member_reports_leader_lost_at_once_when_leader_leaves() -> None:

@@ -466,15 +466,13 @@ ROUTES: dict[type[Message], Route] = {
     # election's business: the leader re-announces to a rival (election rule 7). An
     # election that does not lead ignores heartbeats, so it is not asked.
     wire.Heartbeat: Route(MEMBERSHIP, overhearers=(ELECTION,), overhear_if=_leads),
-    # A join request likewise: a leader re-announces at once, so the joiner (which asks
-    # before it knows who leads) learns the leader in a round trip (election rule 9).
-    wire.JoinRequest: Route(MEMBERSHIP, overhearers=(ELECTION,), overhear_if=_leads),
     **{
         t: Route(MEMBERSHIP)
         for t in (
             wire.HeartbeatAck,
             wire.Probe,
             wire.ProbeAck,
+            wire.JoinRequest,
             wire.LeaveNotice,
             wire.ViewRequest,
             wire.ViewPart,
@@ -1259,11 +1257,7 @@ def _on_deliver_unicast(
 
 NOTES: dict[type[Any], Note] = {
     # (a broker ignores other groups'); then the app gets the view and who came or went
-    # The client after the broker: a server admitted to its broker's view sends its
-    # unacknowledged bid again, and a node's own broker must hold the view first.
-    ViewChanged: Note(
-        (MULTICAST, ELECTION, FRAGMENTS, BROKER, CLIENT), then=Node._on_view, to_app=False
-    ),
+    ViewChanged: Note((MULTICAST, ELECTION, FRAGMENTS, BROKER), then=Node._on_view, to_app=False),
     MemberRemoved: Note((UNICAST,), as_event=_peer_gone, then=Node._on_removed),
     LeaderLost: Note((ELECTION,)),
     # The client last: a node that becomes broker activates its broker before its own

@@ -95,10 +95,6 @@ epoch 0 at bootstrap: "there is no leader") and lists the members with
    nobody heartbeats) starts an election at once and wins above that epoch.
    A follower told of a lost leader of a newer epoch takes that epoch as the
    one it follows.
-9. A leader that hears a membership :class:`~powergrid.wire.JoinRequest`
-   re-announces at once (at most once per ``answer_timeout``, shared with
-   rule 7), so a joiner, which asks as soon as it joins (membership rule
-   M7), learns the leader within a round trip, not an ``announce_interval``.
 
 *Epoch arithmetic.* Epochs are 32 bits and compare as serial numbers within
 a window (:func:`~powergrid.types.epoch_newer`): newer means 1 to
@@ -123,7 +119,7 @@ higher node follows the live leader instead of taking over, and after a heal
 the leader of the newest epoch stays. Elections still start on LeaderLost.
 
 *Driving.* ``handle(event, now)`` with :class:`~powergrid.events.Received`
-(Election, Answer, Coordinator, Fenced, and membership's Heartbeat and JoinRequest),
+(Election, Answer, Coordinator, Fenced, and membership's Heartbeat),
 :class:`~powergrid.events.DeadlineReached`,
 :class:`~powergrid.events.LeaderLost` and :class:`~powergrid.events.ViewChanged`;
 outputs are :class:`~powergrid.events.Send`, :class:`~powergrid.events.Multicast`,
@@ -172,7 +168,7 @@ from powergrid.types import (
     incarnation_newer,
     next_epoch,
 )
-from powergrid.wire import Answer, Coordinator, Election, Fenced, Heartbeat, JoinRequest
+from powergrid.wire import Answer, Coordinator, Election, Fenced, Heartbeat
 
 __all__ = [
     "MAX_CANDIDATES",
@@ -313,8 +309,6 @@ class ElectionStats:
     at a node that cannot stand)."""
     rival_heartbeats: int = 0
     """Membership heartbeats of another node heard while leading (a rival leader, rule 7)."""
-    joiners_heard: int = 0
-    """Membership join requests heard while leading (a joiner asking, rule 9)."""
     candidates_full: int = 0
     """Election messages from new ids whose rank was not noted: MAX_CANDIDATES known."""
 
@@ -366,7 +360,6 @@ class ElectionMachine(Dispatching):
         Coordinator: "_on_coordinator",
         Fenced: "_on_fenced",
         Heartbeat: "_on_heartbeat",
-        JoinRequest: "_on_join_request",
     }
 
     def __init__(
@@ -704,24 +697,6 @@ class ElectionMachine(Dispatching):
         if self._state != "leader":
             return []  # who a follower follows is fenced by membership and the Coordinators
         self._stats.rival_heartbeats += 1
-        return self._announce_now(now)
-
-    def _on_join_request(self, sender: int, inc: int, msg: JoinRequest, now: float) -> list[object]:
-        """Rule 9 (a joiner asks): a node asks this group's leader to admit it.
-
-        A joiner asks at once, before it knows who leads (membership rule M7), and
-        starts an election only if nobody answers within ``join_timeout``; its
-        election learns the leader from a Coordinator, so re-announce at once (at
-        most once per ``answer_timeout``, shared with rule 7) instead of leaving it
-        to wait up to ``announce_interval`` for the periodic one.
-        """
-        if self._state != "leader":
-            return []
-        self._stats.joiners_heard += 1
-        return self._announce_now(now)
-
-    def _announce_now(self, now: float) -> list[object]:
-        """Rules 7 and 9: re-announce now, unless we did so less than ``answer_timeout`` ago."""
         if now < self._rival_reply_after:
             return []
         self._rival_reply_after = now + self._cfg.answer_timeout

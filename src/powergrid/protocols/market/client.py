@@ -21,7 +21,7 @@ travel by reliable unicast (:class:`~powergrid.events.SendReliable`), so they
 arrive in order; a broker that a bid never reaches is replaced by the election.
 
 **Driving.** Inputs: :class:`BidChanged` (command), ``LeaderElected``,
-``ViewChanged``, ``Received`` and ``DeadlineReached``. Outputs: ``SendReliable(broker, Bid)``
+``Received`` and ``DeadlineReached``. Outputs: ``SendReliable(broker, Bid)``
 and the notifications :class:`PriceUpdated` (every applied price) and
 :class:`AllocationChanged` (whenever the allocation's value changes).
 
@@ -38,12 +38,7 @@ the cluster's allocations within the clearing's total; the cost is a
 server without power for the round or two until its first bid is counted
 (a new server, or a bid that reached a new broker after its first
 aggregate). A new broker
-(a newer epoch, learned from ``LeaderElected``) gets the current bid at once,
-and again when a view of the cluster led by that broker first lists this
-node (``ViewChanged``) while the bid is still unacknowledged: a broker counts
-only its view's members, and a server that learns its broker before the
-broker admits it (a cold start: the election's announcement and the join
-cross) would otherwise wait a whole ``refresh_interval`` to be counted.
+(a newer epoch, learned from ``LeaderElected``) gets the current bid at once.
 
 **Floors from the join reserve** (``floor_reserve``, off by default). With it,
 a server that no price counts (it just joined, the first seconds of a run, a
@@ -112,7 +107,7 @@ from powergrid import wire
 from powergrid._checks import config_problem, flag, instance, real
 from powergrid._dispatch import Dispatching
 from powergrid.errors import UsageError
-from powergrid.events import DeadlineReached, LeaderElected, Received, SendReliable, ViewChanged
+from powergrid.events import DeadlineReached, LeaderElected, Received, SendReliable
 from powergrid.protocols.leadership import Leadership, Verdict
 from powergrid.protocols.market.bids import DEFAULT_GRID, Bid, Grid
 from powergrid.protocols.market.clearing import ClearingResult, Regime, allocate
@@ -218,9 +213,6 @@ class ClientStats:
     """Counters; every dropped peer message is counted in exactly one ``dropped_*``."""
 
     bids_sent: int = 0
-    bids_resent_on_admission: int = 0
-    """Unacknowledged bids sent again because a view of the broker listed this node (the
-    broker may have dropped the first as a non-member's)."""
     prices_applied: int = 0
     prices_carried: int = 0
     """Prices of a new broker that did not count the bid yet, while the cap of the previous
@@ -268,7 +260,6 @@ class ClientMachine(Dispatching):
         BidChanged: "_on_bid_changed",
         Received: "_on_received",
         LeaderElected: "_on_leader_elected",
-        ViewChanged: "_on_view_changed",
         DeadlineReached: "_on_deadline",
     }
 
@@ -380,21 +371,6 @@ class ClientMachine(Dispatching):
         if verdict is Verdict.SAME:
             return []
         return self._follow(now)
-
-    def _on_view_changed(self, ev: ViewChanged, now: float) -> list[object]:
-        """A view of our cluster led by our broker lists us: an unacknowledged bid may have
-        reached the broker before it admitted us (dropped, not a member): send it again."""
-        view = ev.view
-        if (
-            view.group != self._cluster
-            or view.leader != self._leadership.leader
-            or self._seq in self._acks
-            or self.bid is None
-            or not any(m.node == self._me for m in view.members)
-        ):
-            return []
-        self.stats.bids_resent_on_admission += 1
-        return self._send_bid(now)
 
     def _on_received(self, ev: Received, now: float) -> list[object]:
         msg = ev.message

@@ -73,16 +73,13 @@ bootstrap, and keeps retrying its join.
 unicast to the leader when one is known, and again after ``join_retry``,
 doubling (``join_backoff``) up to ``join_retry_max``, each delay lengthened
 by up to ``join_jitter`` of itself at random, until a view that includes
-this node (in this incarnation) arrives. A node that knows no leader asks
-the group at once (one multicast request): a live leader admits it at its
-next tick, and that leader's election re-announces at once (election rule
-9), so the joiner learns who leads within a round trip instead of waiting
-for the next heartbeat (a lone leader beats only every
-``lone_heartbeat_interval``); the bootstrap (below) elects one otherwise. It
-multicasts again every ``join_retry_max`` while it still knows none (one
-request per node in a cold start, not the four rounds a 100-node cluster
-used to send before anyone could admit them). Learning of a new leader
-(LeaderElected, or its heartbeat, or its view a moment before) sends a
+this node (in this incarnation) arrives. A node that knows no leader listens
+first: a live leader names itself in its next heartbeat, and the bootstrap
+(below) elects one otherwise; only after ``join_timeout + join_retry_max``
+does it multicast a request, then again every ``join_retry_max`` while it
+still knows none (a cold start of a 100-node cluster used to multicast about
+four rounds of requests to the whole cluster before anyone could admit
+them). Learning of a new leader (LeaderElected, or its heartbeat) sends a
 request to it at once and starts the delay over from ``join_retry``. A member that receives
 a view of its leader without itself reports ``MemberRemoved`` for itself and
 joins again.

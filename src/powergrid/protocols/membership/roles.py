@@ -277,7 +277,7 @@ class Joining(_Following):
     0)``. All three end with the role: installing a view, leading or leaving.
     """
 
-    __slots__ = ("asked", "bootstrap_due", "join_delay", "join_due")
+    __slots__ = ("bootstrap_due", "join_delay", "join_due")
 
     PHASE = Phase.JOINING
 
@@ -286,25 +286,23 @@ class Joining(_Following):
         self.join_delay = machine._config.join_retry
         self.join_due = 0.0
         self.bootstrap_due: float | None = None
-        self.asked = 0  # the leader last asked by unicast (0: none yet)
 
     def start(self, now: float) -> list[Any]:
-        """``Join()``: ask now, the known leader or (multicast) the group (rule M7); with no
-        leader known, arm the bootstrap (rule M8)."""
+        """``Join()``: ask a known leader now, or listen first (rule M7) and arm the
+        bootstrap (rule M8)."""
         m = self._m
         cfg = m._config
         actions: list[Any] = []
         if m._lead.leader:
             m._heard = now
             m._lost_reported = False
+            self.join_now(now, actions)
         else:
-            # Ask at once (multicast): a live leader admits us at its next tick and its
-            # election re-announces at once (election rule 9), instead of leaving us to
-            # wait for its next heartbeat (up to lone_heartbeat_interval while it is
-            # alone); if nobody answers within join_timeout the bootstrap election
-            # names one (rule M8).
             self.bootstrap_due = now + cfg.join_timeout
-        self.join_now(now, actions)
+            # Listen first: a leader names itself in every heartbeat (the join then goes
+            # to it at once), the bootstrap election names one after join_timeout, and
+            # until a leader exists nobody could admit us anyway.
+            self.join_due = now + m._jittered(cfg.join_timeout + cfg.join_retry_max)
         return actions
 
     def join_now(self, now: float, actions: list[Any]) -> None:
@@ -318,7 +316,6 @@ class Joining(_Following):
         req = m._join_request()
         delay = self.join_delay
         if m._lead.leader and not m._lost_reported:
-            self.asked = m._lead.leader
             actions.append(Send(to=NodeId(m._lead.leader), message=req))
         else:
             actions.append(Multicast(message=req))
@@ -358,10 +355,8 @@ class Joining(_Following):
         actions: list[Any] = []
         if not m._accept_leader(ev.sender, ev.incarnation, hb.epoch, hb.view_id, now):
             return actions  # rule M1
-        if m._lead.leader != followed or self.asked != followed:
-            # Rule M7: a joiner found its leader (by this heartbeat, or by its view a moment
-            # before, which follows it silently): ask it directly.
-            self.join_now(now, actions)
+        if m._lead.leader != followed:
+            self.join_now(now, actions)  # rule M7: a joiner found its leader: ask it directly
         elif view_newer(hb.view_id, highest) or not installable(hb.view_id, m._view_id()):
             # Rule M5: a view we never saw: perhaps the one admitting us, lost on the way.
             # Or one we could not install: our last view (of an older leader, or life of
