@@ -663,7 +663,7 @@ def test_send_backlog_is_bounded_and_flushed_in_order(loop: Any) -> None:
         async with run_node(b, udp=udp), run_node(Recorder(a_id), udp=udp) as ha:
             blockable = _Blockable(ha._usock)  # type: ignore[arg-type]
             ha._usock = blockable  # type: ignore[assignment]
-            ha._sendto = blockable.sendto
+            ha._box.sendto = blockable.sendto
             out = [Transmit(to=b_id, data=datagram(a_id, v)) for v in range(5)]
             await ha.command(lambda ep, now: out)
             assert (ha.stats.sent, ha.stats.queued, ha.stats.dropped_send_queue) == (0, 3, 2)

@@ -638,6 +638,120 @@ def require_key(endpoint: Endpoint, insecure: bool, who: str) -> None:
         raise ConfigError(f"{who}: give insecure=True or a keyring, not both")
 
 
+class Outbox:
+    """The way out of a :class:`Driver`: datagrams waiting for the next flush, bundled
+    per destination when they go (``UdpConfig.bundle_size``; 0: each alone), and the
+    backlog of datagrams the kernel did not take yet (bounded by ``max_queue``; beyond,
+    dropped and counted). ``sendto`` is the unicast socket's once it is open;
+    ``wake_writer`` is called when the backlog gains datagrams, so the loop drains it
+    (:meth:`drain`) when the socket is writable."""
+
+    __slots__ = (
+        "_config",
+        "_last_size",
+        "_pending_bytes",
+        "_room",
+        "_stats",
+        "_wake_writer",
+        "backlog",
+        "pending",
+        "sendto",
+    )
+
+    def __init__(self, config: UdpConfig, stats: UdpStats, wake_writer: Callable[[], None]) -> None:
+        self._config = config
+        self._stats = stats
+        self._wake_writer = wake_writer
+        self.sendto: Callable[[bytes, Address], int] = _not_open
+        # datagrams waiting for the next flush, and their bytes as bundled
+        self.pending: list[tuple[bytes, Address]] = []
+        self._pending_bytes = 0
+        self._last_size = 0  # of the last datagram queued, framing included
+        # a command flushes at once when one more such datagram would not fit
+        self._room = config.bundle_size - len(_BUNDLE_HEAD) if config.bundle_size else -1
+        self.backlog: deque[tuple[bytes, Address]] = deque()
+
+    def full(self) -> bool:
+        """Whether one more datagram like the last one queued would not fit a bundle."""
+        return self._pending_bytes + self._last_size > self._room
+
+    def queue(self, data: bytes, addr: Address) -> None:
+        """Keep a datagram of the endpoint for the next :meth:`flush` (bundling on)."""
+        self.pending.append((data, addr))
+        size = len(data) + 2
+        self._pending_bytes += size
+        self._last_size = size
+
+    def send_lone(self, data: bytes, addr: Address) -> None:
+        """Send a datagram of the endpoint at once, unbundled (bundling off)."""
+        self.send(_pack((data,)) if data[:2] == BUNDLE_MAGIC else data, addr)
+
+    def flush(self) -> None:
+        """Send the waiting datagrams, bundled per destination, in order per destination."""
+        pending = self.pending
+        if not pending:
+            return
+        self.pending = []
+        self._pending_bytes = self._last_size = 0
+        if len(pending) == 1:
+            data, addr = pending[0]
+            self.send_lone(data, addr)
+            return
+        by_addr: dict[Address, list[bytes]] = {}
+        for data, addr in pending:
+            datagrams = by_addr.get(addr)
+            if datagrams is None:
+                by_addr[addr] = [data]
+            else:
+                datagrams.append(data)
+        stats = self._stats
+        limit = self._config.bundle_size
+        for addr, datagrams in by_addr.items():
+            wire = pack_bundles(datagrams, limit)
+            bundles = sum(1 for w in wire if w[:2] == BUNDLE_MAGIC)
+            stats.bundles_sent += bundles
+            stats.bundled += len(datagrams) - len(wire) + bundles
+            for w in wire:
+                self.send(w, addr)
+
+    def send(self, data: bytes, addr: Address) -> None:
+        """Hand one UDP datagram to the kernel, or to the backlog while the kernel is full."""
+        if not self.backlog and self._send_now(data, addr):
+            return
+        if len(self.backlog) >= self._config.max_queue:
+            self._stats.dropped_send_queue += 1
+            return
+        self._stats.queued += 1
+        self.backlog.append((data, addr))
+        self._wake_writer()
+
+    def _send_now(self, data: bytes, addr: Address) -> bool:
+        """Hand one datagram to the kernel; False if its buffer is full (try later).
+
+        A closed socket (shutdown) or a refused send counts as a send error.
+        """
+        try:
+            self.sendto(data, addr)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            self._stats.send_errors += 1
+            log.warning("send to %s:%d failed: %s", addr[0], addr[1], exc)
+        else:
+            self._stats.sent += 1
+        return True
+
+    def drain(self) -> bool:
+        """Send the backlog while the kernel takes it; True when it is empty."""
+        backlog = self.backlog
+        while backlog:
+            data, addr = backlog[0]
+            if not self._send_now(data, addr):
+                return False
+            backlog.popleft()
+        return True
+
+
 class Driver:
     """The app's handle on a running node, and the loop-independent half of its transport.
 
@@ -659,19 +773,13 @@ class Driver:
         self._own = node_address(endpoint.node_id, config.ipv6_prefix)
         self._ipv6 = bool(endpoint.node_id & IPV6_NODE)  # sockets and groups of IPv6
         self._usock: socket.socket | None = None
-        self._sendto: Callable[[bytes, Address], int] = _not_open
         self._groups: dict[int, socket.socket] = {}
         self._armed = math.inf  # the timer's deadline as last set
         self._recv_size = max(WIRE_LIMIT, config.bundle_size) + 1  # +1: oversized is seen
-        # datagrams waiting for the next flush, and their bytes as bundled
-        self._pending: list[tuple[bytes, Address]] = []
-        self._pending_bytes = 0
-        self._last_size = 0  # of the last datagram queued, framing included
-        # a command flushes at once when one more such datagram would not fit
-        self._room = config.bundle_size - len(_BUNDLE_HEAD) if config.bundle_size else -1
-        self._out = self._queue if config.bundle_size else self._send_lone
+        self._box = box = Outbox(config, self._stats, self._wake_writer)
+        self._out = box.queue if config.bundle_size else box.send_lone
+        self._backlog = box.backlog
         self._flush_due = False  # a flush is requested for when the commanding task yields
-        self._backlog: deque[tuple[bytes, Address]] = deque()
         self._events: deque[object] = deque()
         check = config.check_source and "source" in inspect.signature(endpoint.receive).parameters
         keyed = getattr(getattr(endpoint, "config", None), "keyring", None) is not None
@@ -854,9 +962,10 @@ class Driver:
         caller's task next lets others run. So a task goes on without
         yielding only while it adds to a bundle that is not full yet.
         """
-        before = len(self._pending)
+        box = self._box
+        before = len(box.pending)
         self._dispatch(outputs)
-        if len(self._pending) == before or self._pending_bytes + self._last_size > self._room:
+        if len(box.pending) == before or box.full():
             self._settle()
             return True
         if not self._flush_due:
@@ -955,7 +1064,12 @@ class Driver:
         host, port = self._own
         sock, self._stats.recv_buffer = open_unicast_socket(self._config, host, port)
         self._usock = sock
-        self._sendto = sock.sendto
+        self._box.sendto = sock.sendto
+
+    def _wake_writer(self) -> None:
+        """The backlog has datagrams: have the loop drain it when the socket is writable."""
+        if self._usock is not None:
+            self._start_writer(self._usock)
 
     def _close(self) -> None:
         self._running = False
@@ -1009,82 +1123,13 @@ class Driver:
         events.append(out)
         self._wake_events()
 
-    def _queue(self, data: bytes, addr: Address) -> None:
-        """Keep a datagram of the endpoint for the next :meth:`_flush` (bundling on)."""
-        self._pending.append((data, addr))
-        size = len(data) + 2
-        self._pending_bytes += size
-        self._last_size = size
-
-    def _send_lone(self, data: bytes, addr: Address) -> None:
-        """Send a datagram of the endpoint at once, unbundled (bundling off)."""
-        self._send(_pack((data,)) if data[:2] == BUNDLE_MAGIC else data, addr)
-
     def _flush(self) -> None:
-        """Send the waiting datagrams, bundled per destination, in order per destination."""
-        pending = self._pending
-        if not pending:
-            return
-        self._pending = []
-        self._pending_bytes = self._last_size = 0
-        if len(pending) == 1:
-            data, addr = pending[0]
-            self._send_lone(data, addr)
-            return
-        by_addr: dict[Address, list[bytes]] = {}
-        for data, addr in pending:
-            datagrams = by_addr.get(addr)
-            if datagrams is None:
-                by_addr[addr] = [data]
-            else:
-                datagrams.append(data)
-        stats = self._stats
-        limit = self._config.bundle_size
-        for addr, datagrams in by_addr.items():
-            wire = pack_bundles(datagrams, limit)
-            bundles = sum(1 for w in wire if w[:2] == BUNDLE_MAGIC)
-            stats.bundles_sent += bundles
-            stats.bundled += len(datagrams) - len(wire) + bundles
-            for w in wire:
-                self._send(w, addr)
-
-    def _send(self, data: bytes, addr: Address) -> None:
-        """Hand one UDP datagram to the kernel, or to the backlog while the kernel is full."""
-        if not self._backlog and self._send_now(data, addr):
-            return
-        if len(self._backlog) >= self._config.max_queue:
-            self._stats.dropped_send_queue += 1
-            return
-        self._stats.queued += 1
-        self._backlog.append((data, addr))
-        if self._usock is not None:
-            self._start_writer(self._usock)
-
-    def _send_now(self, data: bytes, addr: Address) -> bool:
-        """Hand one datagram to the kernel; False if its buffer is full (try later).
-
-        A closed socket (shutdown) or a refused send counts as a send error.
-        """
-        try:
-            self._sendto(data, addr)
-        except BlockingIOError:
-            return False
-        except OSError as exc:
-            self._stats.send_errors += 1
-            log.warning("send to %s:%d failed: %s", addr[0], addr[1], exc)
-        else:
-            self._stats.sent += 1
-        return True
+        """Send the waiting datagrams (:meth:`Outbox.flush`)."""
+        self._box.flush()
 
     def _drain(self) -> bool:
         """Send the backlog while the kernel takes it; True when it is empty."""
-        backlog = self._backlog
-        while backlog:
-            data, addr = backlog[0]
-            if not self._send_now(data, addr):
-                return False
-            backlog.popleft()
-        return True
+        return self._box.drain()
 
     def _on_transmit(self, out: Transmit) -> None:
         addr = self._to.unicast(out.to)
