@@ -103,8 +103,10 @@ def baseline_rate(n: int) -> float:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A UDP port the kernel reports free on ``host`` now (another process may take it later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    """A UDP port the kernel reports free on ``host`` (IPv4 or IPv6) now (another
+    process may take it later)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
         s.bind((host, 0))
         port: int = s.getsockname()[1]
         return port

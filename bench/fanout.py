@@ -20,6 +20,9 @@ Keys, per group size ``g`` (sender included) and mode ``m`` in
 * ``msgs_per_s[m][g]``: goodput with the default bundling, messages delivered
   complete and in order per second (the slowest receiver).
 * ``ratio[g]``: fan-out goodput / multicast goodput, same run.
+* ``ratio_ipv6[g]``: fan-out goodput on IPv6 loopback (``::1``; loopback carries
+  no IPv6 multicast, so fan-out is the IPv6 mode here) / fan-out goodput on
+  127.0.0.1, same run (mode ``fanout_ipv6`` in the keys above).
 """
 
 from __future__ import annotations
@@ -37,16 +40,18 @@ REPEATS = 3
 
 
 async def measure(n: int, repeats: int, sizes: tuple[int, ...]) -> dict[str, Any]:
-    per_send: dict[str, dict[int, list[float]]] = {"multicast": {}, "fanout": {}}
-    rate: dict[str, dict[int, list[float]]] = {"multicast": {}, "fanout": {}}
+    modes = ("multicast", "fanout", "fanout_ipv6")
+    per_send: dict[str, dict[int, list[float]]] = {m: {} for m in modes}
+    rate: dict[str, dict[int, list[float]]] = {m: {} for m in modes}
     for g in sizes:
         for _ in range(repeats):
-            for mode in ("multicast", "fanout"):  # interleaved: A, B, A, B ...
-                fan = mode == "fanout"
-                raw = await powergrid_goodput(g - 1, n, 0.0, bundle_size=0, fanout=fan)
+            for mode in modes:  # interleaved: A, B, C, A, B, C ...
+                fan = mode != "multicast"
+                host = "::1" if mode == "fanout_ipv6" else "127.0.0.1"
+                raw = await powergrid_goodput(g - 1, n, 0.0, bundle_size=0, fanout=fan, host=host)
                 per = raw["sender_udp"]["udp_datagrams_stream"] / n
                 per_send[mode].setdefault(g, []).append(per)
-                got = await powergrid_goodput(g - 1, n, 0.0, fanout=fan)
+                got = await powergrid_goodput(g - 1, n, 0.0, fanout=fan, host=host)
                 rate[mode].setdefault(g, []).append(got["msgs_per_s"])
     med = {
         "datagrams_per_send": {
@@ -57,6 +62,9 @@ async def measure(n: int, repeats: int, sizes: tuple[int, ...]) -> dict[str, Any
     }
     med["ratio"] = {
         g: med["msgs_per_s"]["fanout"][g] / med["msgs_per_s"]["multicast"][g] for g in sizes
+    }
+    med["ratio_ipv6"] = {
+        g: med["msgs_per_s"]["fanout_ipv6"][g] / med["msgs_per_s"]["fanout"][g] for g in sizes
     }
     med["messages"] = n
     med["repeats"] = repeats
@@ -86,6 +94,15 @@ def main() -> None:
                 round(result["msgs_per_s"]["fanout"][g]),
                 round(result["msgs_per_s"]["multicast"][g]),
                 round(result["ratio"][g], 2),
+                "",
+            )
+        )
+        rows.append(
+            (
+                f"group of {g}: fan-out goodput msgs/s (IPv6 ::1 vs IPv4 127.0.0.1)",
+                round(result["msgs_per_s"]["fanout_ipv6"][g]),
+                round(result["msgs_per_s"]["fanout"][g]),
+                round(result["ratio_ipv6"][g], 2),
                 "",
             )
         )

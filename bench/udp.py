@@ -193,6 +193,7 @@ async def powergrid_goodput(
     seal: str = "none",
     size: int = PAYLOAD,
     window: int = WINDOW,
+    host: str = "127.0.0.1",
 ) -> dict[str, Any]:
     """N multicasts of ``size`` bytes from one sender to ``receivers`` nodes, at most
     ``window`` beyond the slowest receiver; goodput in messages/s and bytes/s.
@@ -207,19 +208,21 @@ async def powergrid_goodput(
     transport's (default: its default; 0: no bundling). ``fanout``: no IP
     multicast; every node lists every node as a seed (``UdpConfig.fanout_seeds``,
     the static membership of Corosync udpu), so a group send is one unicast per
-    other node.
+    other node. ``host``: the nodes' address (``"::1"``: IPv6 loopback, with
+    ``fanout``, since loopback carries no IPv6 multicast).
     """
     udp = UdpConfig(ttl=0, group_port_base=free_port())
     if bundle_size is not None:
         udp = attrs.evolve(udp, bundle_size=bundle_size)
     mc = multicast or MulticastConfig()
-    cfgs = [NodeConfig(port=free_port(), broker_capable=True, rank=1, multicast=mc)]
-    cfgs += [NodeConfig(port=free_port(), multicast=mc) for _ in range(receivers)]
+    cfgs = [NodeConfig(host=host, port=free_port(host), broker_capable=True, rank=1, multicast=mc)]
+    cfgs += [NodeConfig(host=host, port=free_port(host), multicast=mc) for _ in range(receivers)]
     if seal != "none":
         keyed = {"keyring": BENCH_RING, "encrypt": seal == "encrypted"}
         cfgs = [attrs.evolve(c, **keyed) for c in cfgs]
     if fanout:
-        udp = attrs.evolve(udp, fanout_seeds=[f"{c.host}:{c.port}" for c in cfgs])
+        seeds = [f"[{c.host}]:{c.port}" if ":" in c.host else f"{c.host}:{c.port}" for c in cfgs]
+        udp = attrs.evolve(udp, fanout_seeds=seeds)
     tally = _Tally(receivers, n, cfgs[0].node_id, cfgs[0].cluster, trio.Event())
     got, counts, views, take = tally.got, tally.counts, tally.views, tally.take
 

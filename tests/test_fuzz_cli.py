@@ -199,3 +199,13 @@ def test_flow_runs_every_cluster_with_a_send_window(capsys: pytest.CaptureFixtur
     assert result.ok and "flow=True" in result.recipe and "flow" not in plain.recipe
     assert replay_command(GOOD, flow=True).endswith(" --flow")
     assert result.trace_hash != plain.trace_hash
+
+
+def test_large_messages_in_a_totally_ordered_group_are_refused_in_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A totally ordered group sends each message as one datagram (no fragments), so
+    --large with --total-order is refused before the run, exit 2, saying which to drop."""
+    assert main(["fuzz", "--seeds", "1", "--total-order", "--large"]) == 2
+    err = capsys.readouterr().err
+    assert "--large with --total-order" in err and err.count("\n") == 1

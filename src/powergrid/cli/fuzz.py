@@ -119,7 +119,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.seeds < 0:
             raise ConfigError(f"--seeds {args.seeds}: give 0 or more")
-        check_options(args.nodes, args.safety, args.liveness)
+        check_options(
+            args.nodes, args.safety, args.liveness, total_order=args.total_order, large=args.large
+        )
     except ConfigError as exc:
         print(f"powergrid fuzz: {exc}", file=sys.stderr)
         return 2
