@@ -354,7 +354,7 @@ class NoRivalReannouncement(ElectionMachine):
         return []
 
 
-@pytest.mark.parametrize("seed", [1143, 3333])
+@pytest.mark.parametrize("seed", [1226, 3333])
 def test_canary_twins_without_rule_7_are_caught(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Without rule 7, twin seeds whose twins could reach each other while each periodic
     Coordinator between them fell into the flapping cut still fail

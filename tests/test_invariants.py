@@ -315,6 +315,43 @@ def test_tolerant_twins_apart_get_resolve_s_from_their_contact() -> None:
     assert inv.twins == 1
 
 
+def test_tolerant_twins_cut_apart_again_get_resolve_s_of_contact_in_all() -> None:
+    """Election safety (tolerant): a cut that separates twins again stops their clock,
+    and the next contact starts it where it stopped: they are flagged only once they
+    could reach each other for resolve_s in all (seed 15,100,651 at 20 servers: in
+    contact 0.5 s, apart, in contact again: flagged 1.5 s after the first contact
+    although the way had been open for 0.53 s)."""
+    net = FuzzNetwork(seed=0)
+    inv = Leading(INFO, strict=False)  # resolve_s 1.5, contact_s 0.1
+    start([inv], A, B, C)
+    net.split([[B], [A, C]])
+    inv.observe(0.0, C, LeaderElected(group=G, leader=C, epoch=Epoch(1)))
+    inv.observe(0.0, B, LeaderElected(group=G, leader=B, epoch=Epoch(1)))
+    assert inv.check(net) == []
+    net.run_until(1.0)
+    net.heal()
+    assert inv.check(net) == []
+    net.run_until(1.1)  # in contact for contact_s: the clock runs from 1.0
+    assert inv.check(net) == []
+    net.run_until(1.5)
+    net.split([[B], [A, C]])  # 0.5 s of contact, then apart: the clock stops
+    assert inv.check(net) == []
+    net.run_until(3.0)  # 2.0 s after the first contact, 0.5 s of it in contact
+    assert inv.check(net) == []
+    net.heal()
+    assert inv.check(net) == []
+    net.run_until(3.1)
+    assert inv.check(net) == []
+    net.run_until(3.999)  # 0.5 + 0.999 s of contact
+    assert inv.check(net) == []
+    net.run_until(4.0)  # 1.5 s of contact in all
+    assert inv.check(net) == [
+        "0.0.0.0:3 and 0.0.0.0:2 both still lead epoch 1 of group 1 1.5 s after they "
+        "could reach each other (t=3.000, after 0.500 s of contact before; the second "
+        "won it at t=0.000)"
+    ]
+
+
 def test_tolerant_twins_in_contact_get_resolve_s_from_the_second_win() -> None:
     """Election safety (tolerant): twins that win while they can reach each other must
     resolve within resolve_s of the second win; twins that resolved in time are not
