@@ -537,8 +537,8 @@ class _Gate:
                 return None
             data, counter = opened
         # (byte 3 is the message type: see wire.decode; a shorter datagram fails decoding)
-        data_type = len(data) > 3 and data[3] == _DATA_CODE
-        cache = _recent_data if data_type else _decoded
+        is_data = len(data) > 3 and data[3] == _DATA_CODE
+        cache = _recent_data if is_data else _decoded
         known = cache.get(data)
         if known is not None:
             env, event = known
@@ -550,7 +550,7 @@ class _Gate:
                 return None
             event = _new_received(env.sender, env.incarnation, env.message)
             if type(env.message) is not UData:  # (see _decoded)
-                if len(cache) >= (_RECENT_DATA_MAX if data_type else _DECODED_MAX):
+                if len(cache) >= (_RECENT_DATA_MAX if is_data else _DECODED_MAX):
                     cache.clear()
                 cache[data] = (env, event)
         if source and env.sender != source:
@@ -718,11 +718,8 @@ class Node:
         if type(event.message) is Data and _DATA_TO_MULTICAST_ALONE:
             # The hot path of a stream: an application multicast delivered in order,
             # the one action of the only machine ROUTES names for Data. The same as
-            # _take, then _run of a lone Deliver (_on_deliver), without their loops
-            # (and _call inlined: the multicast machine is noted for next_deadline).
-            machine = stack.multicast
-            self._touched.add(machine)
-            actions = machine.handle(event, now)
+            # _take, then _run of a lone Deliver (_on_deliver), without their loops.
+            actions = self._call(stack.multicast, event, now)
             if len(actions) == 1:
                 act = actions[0]
                 if type(act) is Deliver and act.kind == KIND_APP:
