@@ -118,6 +118,7 @@ def count_decodings(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
 
     monkeypatch.setattr(node_mod, "decode", counting_decode)
     monkeypatch.setattr(node_mod, "_decoded", {})
+    monkeypatch.setattr(node_mod, "_recent_data", {})
     return decoded
 
 
@@ -127,7 +128,7 @@ def test_equal_datagrams_are_decoded_once_and_the_cache_is_bounded(
     """An equal datagram (another bytes object) reuses the first decoding, at any node;
     the cache of decodings is cleared when it is full."""
     decoded = count_decodings(monkeypatch)
-    monkeypatch.setattr(node_mod, "_DECODED_MAX", 2)
+    monkeypatch.setattr(node_mod, "_RECENT_DATA_MAX", 2)  # (Data's own cache)
     a, b = make_node(9000), make_node(9001)
     a.start(0.0)
     b.start(0.0)
@@ -139,9 +140,33 @@ def test_equal_datagrams_are_decoded_once_and_the_cache_is_bounded(
     assert decoded == [first]
     for seq in (2, 3):
         a.receive(encode(1, other, 1, Data(seq=seq, kind=0, payload=b"x")), 0.2)
-    assert len(node_mod._decoded) == 1  # full at two: cleared before the third
+    assert len(node_mod._recent_data) == 1  # full at two: cleared before the third
     a.receive(again, 0.3)
     assert len(decoded) == 4
+
+
+def test_data_is_kept_decoded_apart_and_briefly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Data has a small cache of its own: a stream of multicasts clears it, not the
+    other datagrams' decodings (here a heartbeat), which are kept until their cache
+    is full; an equal heartbeat is then not decoded again."""
+    decoded = count_decodings(monkeypatch)
+    monkeypatch.setattr(node_mod, "_DECODED_MAX", 3)
+    a = make_node(9000)
+    a.start(0.0)
+    other = node_id("127.0.0.1", 9005)
+    beat = encode(1, other, 1, wire.Heartbeat(epoch=1, view_id=1))
+    a.receive(beat, 0.1)
+    stream = [encode(1, other, 1, Data(seq=s, kind=0, payload=b"x")) for s in range(1, 100)]
+    for seq, datagram in enumerate(stream, 1):
+        a.receive(datagram, 0.1 + seq * 1e-3)
+    assert list(node_mod._decoded) == [beat]
+    assert 0 < len(node_mod._recent_data) <= node_mod._RECENT_DATA_MAX < len(stream)
+    assert stream[-1] in node_mod._recent_data and stream[0] not in node_mod._recent_data
+    a.receive(bytes(bytearray(beat)), 0.3)
+    assert len(decoded) == 1 + len(stream)  # the heartbeat once, each Data once
+    for n in range(3):  # other datagrams fill their own cache, which is cleared when full
+        a.receive(encode(1, other, 1, wire.Heartbeat(epoch=2 + n, view_id=1)), 0.4)
+    assert len(node_mod._decoded) == 1
 
 
 def test_a_reliable_unicast_datagram_is_not_kept_decoded(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -156,7 +181,7 @@ def test_a_reliable_unicast_datagram_is_not_kept_decoded(monkeypatch: pytest.Mon
     for datagram in (udata, udata, data, data):
         a.receive(datagram, 0.1)
     assert decoded == [udata, udata, data]
-    assert list(node_mod._decoded) == [data]
+    assert list(node_mod._decoded) == [] and list(node_mod._recent_data) == [data]
 
 
 def test_commands_on_a_group_the_node_is_not_in_raise() -> None:

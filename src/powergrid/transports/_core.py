@@ -418,7 +418,7 @@ def split_bundle(data: bytes) -> list[bytes] | None:
     pos = len(_BUNDLE_HEAD)
     end = len(data)
     while pos < end:
-        size = int.from_bytes(data[pos : pos + 2], "big")
+        size = data[pos] << 8 | data[pos + 1] if pos + 1 < end else 0  # u16, big-endian
         pos += 2
         if size == 0 or pos + size > end:  # also a lone length byte at the end (pos > end)
             return None
@@ -1096,6 +1096,7 @@ class Driver:
     def _dispatch(self, outputs: Iterable[object]) -> None:
         handlers = self._handlers
         targets = self._to.groups
+        on_event = self._on_event
         for out in outputs:
             kind = type(out)
             if kind is TransmitGroup:  # the hot path, inlined
@@ -1109,6 +1110,8 @@ class Driver:
             handler = handlers.get(kind)
             if handler is not None:
                 handler(out)
+            elif on_event is not None:  # (_notify's first case, inlined: a delivery each)
+                on_event(out)
             else:
                 self._notify(out)
 
