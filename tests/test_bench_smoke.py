@@ -88,12 +88,14 @@ def test_bench_prints_its_keys(name: str) -> None:
 
 def test_fanout_bench_reports_both_modes() -> None:
     """bench/fanout.py (not in run_all): datagrams per send and goodput per group size and
-    mode; with fan-out the sender sends more datagrams per group send than with multicast."""
+    mode; with fan-out the sender sends more datagrams per group send than with multicast,
+    and as many on IPv6 loopback as on IPv4 (the same protocol, ratio_ipv6 the goodputs')."""
     result = _run("fanout")
     per = result["datagrams_per_send"]
-    assert isinstance(per, dict) and set(per) == {"multicast", "fanout"}
+    assert isinstance(per, dict) and set(per) == {"multicast", "fanout", "fanout_ipv6"}
     assert set(per["fanout"]) == {"2", "3"} and per["fanout"]["3"] > per["multicast"]["3"]
-    assert {"msgs_per_s", "ratio"} <= result.keys()
+    assert per["fanout_ipv6"]["3"] > per["multicast"]["3"]
+    assert {"msgs_per_s", "ratio", "ratio_ipv6"} <= result.keys()
 
 
 def test_membership_reports_loss_levels() -> None:

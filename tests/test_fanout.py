@@ -137,6 +137,7 @@ class StubDriver(Driver):
         self.wire = wire
         wire.inbox[self._own] = deque()
         self.sock = FakeSocket(wire.inbox[self._own])
+        self._box.sendto = self._put  # the transport's way out goes onto the wire
 
     def _seen(self, out: object) -> None:
         if isinstance(out, ViewChanged):
@@ -153,10 +154,9 @@ class StubDriver(Driver):
     def _request_flush(self) -> None:
         self._flush_soon()
 
-    def _send_now(self, data: bytes, addr: Address) -> bool:
+    def _put(self, data: bytes, addr: Address) -> int:
         self.wire.put(self._own, data, addr)
-        self._stats.sent += 1
-        return True
+        return len(data)
 
     def _start_writer(self, sock: Any) -> None:
         raise AssertionError("the wire never fills")
