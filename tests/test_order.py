@@ -326,13 +326,13 @@ class ArrivalOrder(TotalOrderMachine):
     def _deliver_ready(self, out: list[Any]) -> None:
         pending = self._pending
         while pending:
-            _ts, origin, inc, n, payload = pending.pop()
+            _ts, origin, inc, n, kind, payload = pending.pop()
             out.append(
                 Deliver(
                     origin=NodeId(origin),
                     incarnation=Incarnation(inc),
                     seq=n,
-                    kind=KIND_APP,
+                    kind=kind,
                     payload=payload,
                 )
             )

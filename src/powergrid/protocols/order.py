@@ -74,13 +74,28 @@ rule, where here both sides deliver subsequences of one order.
 Only app messages are ordered; the node's protocol messages (market prices) keep
 their FIFO channel.
 
+*Large messages.* An app payload over :data:`MAX_ORDERED_PAYLOAD` bytes is cut by
+the fragment layer (:mod:`powergrid.protocols.fragments`) into pieces of
+:data:`ORDERED_FRAGMENT_DATA` bytes, and each piece is one ordered message of its
+own (``OrderedPublish(kind=<fragment kind>)``, outer kind
+:data:`~powergrid.wire.KIND_ORDERED_FRAGMENT`): it takes its own number ``n`` and
+key, waits and is delivered like any other, with its inner kind, and the fragment
+layer reassembles the message from the deliveries. An origin's fragments are
+delivered in the origin's order (keys grow per origin, rule O1), so the whole message
+takes the place of its first fragment in the one global order and every member that
+delivers two messages, large or small, delivers them in the same order. A fragment
+dropped as late (O5) or over ``max_pending`` (O6) costs that member the whole
+message (the fragment layer drops the rest); nothing wrong is ever assembled.
+
 Driving: ``handle(event, now)`` with :class:`OrderedPublish` (the app's command),
 the multicast's :class:`~powergrid.protocols.multicast.Deliver` of kind
-:data:`~powergrid.wire.KIND_ORDERED` or :data:`~powergrid.wire.KIND_ORDER_CLOCK`,
+:data:`~powergrid.wire.KIND_ORDERED`, :data:`~powergrid.wire.KIND_ORDERED_FRAGMENT`
+or :data:`~powergrid.wire.KIND_ORDER_CLOCK`,
 :class:`~powergrid.events.ViewChanged` and :class:`~powergrid.events.DeadlineReached`;
 actions: multicast :class:`~powergrid.protocols.multicast.Publish` commands for the
 FIFO layer and :class:`~powergrid.protocols.multicast.Deliver` of kind
-:data:`~powergrid.wire.KIND_APP` (``seq`` is ``n``) for the app. ``next_deadline()``
+:data:`~powergrid.wire.KIND_APP` or of the fragment kind (``seq`` is ``n``) for the
+app or the fragment layer. ``next_deadline()``
 is the earliest of the clock message's time, the end of the hold (O4) and the end of
 the wait for departed lives (O2); None when there is none.
 Pure: no clock, no randomness. Rule numbers (O1-O6) are those of
@@ -103,10 +118,17 @@ from powergrid.events import DeadlineReached, View, ViewChanged, member_maps
 from powergrid.protocols.multicast import MAX_MULTICAST_PAYLOAD, Deliver, Publish
 from powergrid.protocols.multicast._config import new_deliver
 from powergrid.types import Incarnation, NodeId
-from powergrid.wire import KIND_APP, KIND_ORDER_CLOCK, KIND_ORDERED
+from powergrid.wire import (
+    KIND_APP,
+    KIND_ORDER_CLOCK,
+    KIND_ORDERED,
+    KIND_ORDERED_FRAGMENT,
+    Fragment,
+)
 
 __all__ = [
     "MAX_ORDERED_PAYLOAD",
+    "ORDERED_FRAGMENT_DATA",
     "OrderConfig",
     "OrderStats",
     "OrderedPublish",
@@ -117,6 +139,12 @@ _CLOCK = struct.Struct("!QQ")  # ts, view id of the sender's view
 _APP = struct.Struct("!QQQ")  # ts, view id, n
 MAX_ORDERED_PAYLOAD: Final = MAX_MULTICAST_PAYLOAD - _APP.size
 """The largest payload one :class:`OrderedPublish` can carry (bytes)."""
+ORDERED_FRAGMENT_DATA: Final = MAX_ORDERED_PAYLOAD - struct.calcsize("!III")
+"""Bytes of a large app message carried by one ordered fragment: what fits one ordered
+message after the fragment's 12-byte head (``Split(..., data=ORDERED_FRAGMENT_DATA)``)."""
+_KINDS: Final = {KIND_APP: KIND_ORDERED, Fragment.TYPE: KIND_ORDERED_FRAGMENT}
+"""Inner kind of an ordered message -> its outer (multicast) kind."""
+_INNER: Final = {outer: inner for inner, outer in _KINDS.items()}
 MAX_TS: Final = (1 << 64) - 1
 """The largest timestamp a header can carry."""
 MAX_JUMP: Final = 1 << 40
@@ -157,12 +185,16 @@ class OrderConfig:
 class OrderedPublish:
     """Command: multicast ``payload`` to the group, delivered in total order.
 
-    ``handle`` raises :class:`~powergrid.errors.PayloadTooLargeError` above
+    ``kind`` is :data:`~powergrid.wire.KIND_APP` (app bytes) or the fragment kind
+    (``payload`` is one fragment body of a large message, cut by the fragment layer with
+    :data:`ORDERED_FRAGMENT_DATA`); it is delivered with the same kind. ``handle``
+    raises :class:`~powergrid.errors.PayloadTooLargeError` above
     :data:`MAX_ORDERED_PAYLOAD` bytes and :class:`~powergrid.errors.UsageError` for a
-    payload that is not bytes.
+    payload that is not bytes or another kind.
     """
 
     payload: bytes
+    kind: int = KIND_APP
 
 
 @attrs.define(kw_only=True)
@@ -228,8 +260,8 @@ class TotalOrderMachine(Dispatching):
         self._sent = 0  # the timestamp of the last message this node sent
         self._n = 0  # app messages numbered so far (this life)
         self._last: tuple[int, int, int, int] = (0, 0, 0, 0)  # the last key delivered
-        # (ts, origin, incarnation, n, payload), smallest key first
-        self._pending: list[tuple[int, int, int, int, bytes]] = []
+        # (ts, origin, incarnation, n, inner kind, payload), smallest key first
+        self._pending: list[tuple[int, int, int, int, int, bytes]] = []
         self._passed: dict[tuple[int, int], int] = {}  # (origin, incarnation) -> ts received
         self._floor: int | None = None  # _least_passed(), kept; None: to compute again
         self._heard: dict[tuple[int, int], int] = {}  # (origin, incarnation) -> view id stamped
@@ -237,7 +269,7 @@ class TotalOrderMachine(Dispatching):
         self._view: View | None = None
         self._sync_view: int | None = None  # the view whose clocks it waits for (rule O4)
         self._synced = False  # rule O4
-        self._held: list[tuple[int, bytes]] = []  # (n, payload) held until synced
+        self._held: list[tuple[int, int, bytes]] = []  # (n, kind, payload) held until synced
         self._hold_until: float | None = None
         # lives that left the view -> until when they are still waited for (rule O2)
         self._departing: dict[tuple[int, int], float] = {}
@@ -288,6 +320,9 @@ class TotalOrderMachine(Dispatching):
         payload = cmd.payload
         if not isinstance(payload, bytes):
             raise UsageError(f"payload must be bytes, not {type(payload).__name__}")
+        kind = cmd.kind
+        if kind not in _KINDS:
+            raise UsageError(f"OrderedPublish.kind must be one of {sorted(_KINDS)}, got {kind!r}")
         if len(payload) > MAX_ORDERED_PAYLOAD:
             raise PayloadTooLargeError(
                 f"payload is {len(payload)} bytes, over the {MAX_ORDERED_PAYLOAD}-byte "
@@ -296,16 +331,16 @@ class TotalOrderMachine(Dispatching):
         self._n += 1
         self._stats.published += 1
         if not self._synced:  # rule O4
-            self._held.append((self._n, payload))
+            self._held.append((self._n, kind, payload))
             self._stats.held += 1
             return []
-        return self._send_app(self._n, payload)
+        return self._send_app(self._n, kind, payload)
 
-    def _send_app(self, n: int, payload: bytes) -> list[Any]:
+    def _send_app(self, n: int, kind: int, payload: bytes) -> list[Any]:
         ts = self._tick()
         view_id = 0 if self._view is None else self._view.view_id
         self._clock_due = None  # an app message passes what a clock message would (rule O3)
-        return [Publish(kind=KIND_ORDERED, payload=_APP.pack(ts, view_id, n) + payload)]
+        return [Publish(kind=_KINDS[kind], payload=_APP.pack(ts, view_id, n) + payload)]
 
     def _send_clock(self) -> list[Any]:
         ts = self._tick()
@@ -324,7 +359,8 @@ class TotalOrderMachine(Dispatching):
         """An ordered message, delivered by the FIFO layer (own ones included)."""
         kind = ev.kind
         body = ev.payload
-        if kind == KIND_ORDERED and len(body) >= _APP.size:
+        inner = _INNER.get(kind, -1)  # the kind it is delivered with (-1: not an ordered one)
+        if inner >= 0 and len(body) >= _APP.size:
             ts, view_id, n = _APP.unpack_from(body)
         elif kind == KIND_ORDER_CLOCK and len(body) == _CLOCK.size:
             ts, view_id = _CLOCK.unpack(body)
@@ -355,7 +391,7 @@ class TotalOrderMachine(Dispatching):
             if key <= self._last:  # rule O5: it would break the order
                 self._stats.late += 1
             else:
-                heapq.heappush(self._pending, (ts, origin, inc, n, body[_APP.size :]))
+                heapq.heappush(self._pending, (ts, origin, inc, n, inner, body[_APP.size :]))
                 if len(self._pending) > self._config.max_pending:  # rule O6
                     self._pending.remove(max(self._pending))
                     heapq.heapify(self._pending)
@@ -379,14 +415,14 @@ class TotalOrderMachine(Dispatching):
             return
         stats = self._stats
         while pending and pending[0][0] <= floor:
-            ts, origin, inc, n, payload = heapq.heappop(pending)
+            ts, origin, inc, n, inner, payload = heapq.heappop(pending)
             key = (ts, origin, inc, n)
             if key <= self._last:  # (defensive: pushed keys are above it)
                 stats.late += 1
                 continue
             self._last = key
             stats.delivered += 1
-            out.append(new_deliver(origin, inc, n, KIND_APP, payload))
+            out.append(new_deliver(origin, inc, n, inner, payload))
 
     def _least_passed(self) -> int:
         """The least timestamp every other listed life passed (rule O2; -1: one passed
@@ -455,8 +491,8 @@ class TotalOrderMachine(Dispatching):
         self._hold_until = None
         held, self._held = self._held, []
         out: list[Any] = []
-        for n, payload in held:
-            out.extend(self._send_app(n, payload))
+        for n, kind, payload in held:
+            out.extend(self._send_app(n, kind, payload))
         return out
 
     def _on_deadline(self, ev: DeadlineReached, now: float) -> list[Any]:
