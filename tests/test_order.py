@@ -491,6 +491,9 @@ def test_a_node_without_the_option_drops_ordered_messages_counted() -> None:
     queue: list[Any] = []
     node_module._on_deliver(n, stack, app(B, 3, 1, b"x"), 0.0, queue, [])
     assert (queue, n.stats.unroutable) == ([], 1)
+    out: list[Any] = []
+    node_module._on_deliver(n, stack, ofrag(B, 4, 2, pieces(bytes(2000))[0]), 0.0, queue, out)
+    assert (queue, out, n.stats.unroutable) == ([], [], 2)  # kind 252 too
 
 
 # ------------------------------------------------------------------ the invariant

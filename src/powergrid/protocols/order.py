@@ -81,9 +81,10 @@ own (``OrderedPublish(kind=<fragment kind>)``, outer kind
 :data:`~powergrid.wire.KIND_ORDERED_FRAGMENT`): it takes its own number ``n`` and
 key, waits and is delivered like any other, with its inner kind, and the fragment
 layer reassembles the message from the deliveries. An origin's fragments are
-delivered in the origin's order (keys grow per origin, rule O1), so the whole message
-takes the place of its first fragment in the one global order and every member that
-delivers two messages, large or small, delivers them in the same order. A fragment
+delivered in the origin's order (keys grow per origin, rule O1) and no other message
+of the origin comes between them, so the whole message is delivered (numbered by its
+first fragment) where its last fragment falls in the one global order, and every
+member that delivers two messages, large or small, delivers them in the same order. A fragment
 dropped as late (O5) or over ``max_pending`` (O6) costs that member the whole
 message (the fragment layer drops the rest); nothing wrong is ever assembled.
 
