@@ -181,6 +181,29 @@ def test_rule_o4_the_hold_ends_after_sync_wait() -> None:
     assert sent(out) == [(KIND_ORDERED, (2, 1, 1))]
 
 
+def test_rule_o4_the_hold_lasts_while_an_awaited_member_still_sends_within_sync_max() -> None:
+    """A member whose clock is awaited but whose stream is still draining a backlog
+    stamped in an older view (e.g. a large message's fragments, repaired slowly) keeps
+    the hold open sync_wait past its last message, at most sync_max from the start;
+    a message of a member already heard, or of one not in the view, does not."""
+    cfg = OrderConfig(clock_delay=0.125, sync_wait=0.5, sync_max=1.25, depart_wait=0.25)
+    m = TotalOrderMachine(cfg, me=A, incarnation=Incarnation(1))
+    m.handle(view(2, A, B, C), 0.0)
+    assert m.handle(OrderedPublish(payload=b"x"), 0.0) == []
+    assert m.next_deadline() == 0.5
+    m.handle(clock(C, 3, view_id=2), 0.25)  # C heard: no extension for C
+    assert m.next_deadline() == 0.5
+    m.handle(clock(C, 4, view_id=2), 0.375)
+    assert m.next_deadline() == 0.5
+    m.handle(clock(B, 5, view_id=1), 0.375)  # B's backlog: wait on
+    assert m.next_deadline() == 0.875
+    m.handle(clock(B, 6, view_id=1), 1.0)
+    assert m.next_deadline() == 1.25  # capped at sync_max
+    assert m.handle(DeadlineReached(), 1.125) == []
+    out = m.handle(DeadlineReached(), 1.25)
+    assert [k for k, _ in sent(out)] == [KIND_ORDERED]
+
+
 def test_rule_o4_a_member_admitted_later_makes_everyone_exchange_clocks_again() -> None:
     m = synced(A, B)
     out = m.handle(view(2, A, B, C), 1.0)
@@ -240,7 +263,12 @@ def test_local_misuse_raises() -> None:
         m.handle(OrderedPublish(payload="text"), 0.0)  # type: ignore[arg-type]
     with pytest.raises(UsageError):
         m.handle(object(), 0.0)
-    for bad in ({"clock_delay": -1}, {"sync_wait": float("nan")}, {"max_pending": 0}):
+    for bad in (
+        {"clock_delay": -1},
+        {"sync_wait": float("nan")},
+        {"sync_max": -1.0},
+        {"max_pending": 0},
+    ):
         with pytest.raises(ConfigError):
             OrderConfig(**bad)
     for groups in ("1", [2**32], [-1], 5):

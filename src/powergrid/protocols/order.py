@@ -46,7 +46,9 @@ clocks: what they sent at once would be below what the others delivered and late
 there. So when a view admits a member life this node did not list (or first lists
 this node), it multicasts a clock message stamped with the view id and holds its
 publications until every other member of the view has sent it a message stamped
-with that view id or later, or for at most ``sync_wait``. Nothing is published
+with that view id or later, or until it heard nothing for ``sync_wait`` from a member
+it waits for (whose stream may still drain a backlog stamped in an older view, e.g. a
+large message's fragments fetched by repair), and at most ``sync_max``. Nothing is published
 before the first view that lists this node. The message's number ``n`` (per life,
 1, 2, ...) is given when the app publishes, so the app's numbering does not depend
 on the wait.
@@ -164,8 +166,12 @@ class OrderConfig:
     """How long after an app message others wait on a silent member sends its clock
     message (rule O3); the clock messages of all app messages within it are one."""
     sync_wait: float = attrs.field(default=2.0, validator=real)
-    """How long a new member life holds its first publications at most while it waits
-    for the other members' clocks (rule O4)."""
+    """How long a member holds its publications at an admission while it hears nothing
+    from a member whose clock it waits for (rule O4)."""
+    sync_max: float = attrs.field(default=20.0, validator=real)
+    """The longest such a hold lasts while the members it waits for still send (their
+    streams may hold a long backlog, e.g. a large message's fragments, before the
+    clock it waits for; rule O4)."""
     depart_wait: float = attrs.field(default=2.0, validator=real)
     """How long a member life that left the view is still waited for (rule O2): its last
     messages may still come through the multicast's repair (within its ``flush_grace``,
@@ -174,7 +180,7 @@ class OrderConfig:
     """Most messages waiting for their turn (rule O6)."""
 
     def __attrs_post_init__(self) -> None:
-        for name in ("clock_delay", "sync_wait", "depart_wait"):
+        for name in ("clock_delay", "sync_wait", "sync_max", "depart_wait"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ConfigError(f"OrderConfig.{name}: must be finite seconds >= 0, got {value}")
@@ -240,6 +246,7 @@ class TotalOrderMachine(Dispatching):
         "_pending",
         "_sent",
         "_stats",
+        "_sync_started",
         "_sync_view",
         "_synced",
         "_view",
@@ -272,6 +279,7 @@ class TotalOrderMachine(Dispatching):
         self._synced = False  # rule O4
         self._held: list[tuple[int, int, bytes]] = []  # (n, kind, payload) held until synced
         self._hold_until: float | None = None
+        self._sync_started: float | None = None  # when the current hold began (rule O4)
         # lives that left the view -> until when they are still waited for (rule O2)
         self._departing: dict[tuple[int, int], float] = {}
         self._clock_due: float | None = None
@@ -401,6 +409,8 @@ class TotalOrderMachine(Dispatching):
                     self._clock_due = now + self._config.clock_delay
         if not own and not self._synced:
             out.extend(self._try_sync())
+            if not self._synced:
+                self._extend_hold((origin, inc), now)
         self._deliver_ready(out)
         return out
 
@@ -469,6 +479,7 @@ class TotalOrderMachine(Dispatching):
             self._sync_view = view.view_id
             self._synced = False
             self._hold_until = now + self._config.sync_wait
+            self._sync_started = now
             out.extend(self._send_clock())
         if not self._synced:
             out.extend(self._try_sync())
@@ -486,6 +497,18 @@ class TotalOrderMachine(Dispatching):
             if node != me and heard.get((node, inc), -1) < joined:
                 return []
         return self._release()
+
+    def _extend_hold(self, life: tuple[int, int], now: float) -> None:
+        """Rule O4: a member life whose clock this node still waits for sent something
+        (its stream may carry a long backlog, e.g. a large message's fragments, before
+        that clock): wait ``sync_wait`` from now, within ``sync_max`` of the hold's start."""
+        hold, started, joined = self._hold_until, self._sync_started, self._sync_view
+        if hold is None or started is None or joined is None:
+            return
+        if self._members.get(life[0]) != life[1] or self._heard.get(life, -1) >= joined:
+            return
+        cap = started + self._config.sync_max
+        self._hold_until = min(max(hold, now + self._config.sync_wait), cap)
 
     def _release(self) -> list[Any]:
         self._synced = True
