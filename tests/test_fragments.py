@@ -101,6 +101,27 @@ def test_messages_are_numbered_per_machine_and_each_completes_once_in_order() ->
     assert got == payloads
 
 
+def test_split_cuts_to_a_given_piece_size_and_any_piece_size_reassembles() -> None:
+    """F1 with ``data``: pieces of at most ``data`` bytes (room for a carrier's header,
+    as the total order's), counted by fragment_count; F2 takes any piece size."""
+    payload = big(10_000, 4)
+    for data in (1, 700, FRAGMENT_DATA - 24):
+        sender, receiver = FragmentMachine(), FragmentMachine()
+        pieces = sender.handle(Split(payload=payload, data=data), 0.0)
+        assert len(pieces) == fragment_count(len(payload), fits=0, data=data)
+        assert len(pieces) == -(-len(payload) // data)
+        assert all(len(p.payload) <= data + 12 for p in pieces)
+        out = [r for i, p in enumerate(pieces) for r in arrive(receiver, p.payload, seq=i + 1)]
+        assert [(r.seq, r.payload) for r in out] == [(1, payload)]
+    assert fragment_count(1306, fits=1306, data=1294) == 1
+    assert fragment_count(1307, fits=1306, data=1294) == 2
+    m = FragmentMachine()
+    for bad in (0, FRAGMENT_DATA + 1, 1.5):
+        with pytest.raises(UsageError, match=r"Split\.data"):
+            m.handle(Split(payload=payload, data=bad), 0.0)  # type: ignore[arg-type]
+    assert m.stats.split == 0
+
+
 def test_split_refuses_too_large_and_non_bytes() -> None:
     m = FragmentMachine(FragmentConfig(max_message=5000))
     with pytest.raises(PayloadTooLargeError, match=r"5001 bytes, over FragmentConfig.max_message"):

@@ -19,10 +19,18 @@ from powergrid.errors import ConfigError, PayloadTooLargeError, UsageError
 from powergrid.events import DeadlineReached, Member, View, ViewChanged
 from powergrid.node import MessageDelivered, Node, NodeConfig
 from powergrid.protocols import order
-from powergrid.protocols.multicast import Deliver, Publish
+from powergrid.protocols.fragments import (
+    KIND_FRAGMENT,
+    FragmentArrived,
+    FragmentMachine,
+    Reassembled,
+    Split,
+)
+from powergrid.protocols.multicast import MAX_MULTICAST_PAYLOAD, Deliver, Publish
 from powergrid.protocols.multicast._config import new_deliver
 from powergrid.protocols.order import (
     MAX_ORDERED_PAYLOAD,
+    ORDERED_FRAGMENT_DATA,
     OrderConfig,
     OrderedPublish,
     TotalOrderMachine,
@@ -36,7 +44,14 @@ from powergrid.sim.invariants import (
 )
 from powergrid.sim.memory import MemoryNetwork
 from powergrid.types import Epoch, GroupId, Incarnation, NodeId
-from powergrid.wire import KIND_APP, KIND_ORDER_CLOCK, KIND_ORDERED
+from powergrid.wire import (
+    KIND_APP,
+    KIND_ORDER_CLOCK,
+    KIND_ORDERED,
+    KIND_ORDERED_FRAGMENT,
+    Fragment,
+    decode_body,
+)
 
 A, B, C = NodeId(1), NodeId(2), NodeId(3)
 CFG = OrderConfig(clock_delay=0.125, sync_wait=0.5, depart_wait=0.25)
@@ -166,6 +181,29 @@ def test_rule_o4_the_hold_ends_after_sync_wait() -> None:
     assert sent(out) == [(KIND_ORDERED, (2, 1, 1))]
 
 
+def test_rule_o4_the_hold_lasts_while_an_awaited_member_still_sends_within_sync_max() -> None:
+    """A member whose clock is awaited but whose stream is still draining a backlog
+    stamped in an older view (e.g. a large message's fragments, repaired slowly) keeps
+    the hold open sync_wait past its last message, at most sync_max from the start;
+    a message of a member already heard, or of one not in the view, does not."""
+    cfg = OrderConfig(clock_delay=0.125, sync_wait=0.5, sync_max=1.25, depart_wait=0.25)
+    m = TotalOrderMachine(cfg, me=A, incarnation=Incarnation(1))
+    m.handle(view(2, A, B, C), 0.0)
+    assert m.handle(OrderedPublish(payload=b"x"), 0.0) == []
+    assert m.next_deadline() == 0.5
+    m.handle(clock(C, 3, view_id=2), 0.25)  # C heard: no extension for C
+    assert m.next_deadline() == 0.5
+    m.handle(clock(C, 4, view_id=2), 0.375)
+    assert m.next_deadline() == 0.5
+    m.handle(clock(B, 5, view_id=1), 0.375)  # B's backlog: wait on
+    assert m.next_deadline() == 0.875
+    m.handle(clock(B, 6, view_id=1), 1.0)
+    assert m.next_deadline() == 1.25  # capped at sync_max
+    assert m.handle(DeadlineReached(), 1.125) == []
+    out = m.handle(DeadlineReached(), 1.25)
+    assert [k for k, _ in sent(out)] == [KIND_ORDERED]
+
+
 def test_rule_o4_a_member_admitted_later_makes_everyone_exchange_clocks_again() -> None:
     m = synced(A, B)
     out = m.handle(view(2, A, B, C), 1.0)
@@ -225,12 +263,143 @@ def test_local_misuse_raises() -> None:
         m.handle(OrderedPublish(payload="text"), 0.0)  # type: ignore[arg-type]
     with pytest.raises(UsageError):
         m.handle(object(), 0.0)
-    for bad in ({"clock_delay": -1}, {"sync_wait": float("nan")}, {"max_pending": 0}):
+    for bad in (
+        {"clock_delay": -1},
+        {"sync_wait": float("nan")},
+        {"sync_max": -1.0},
+        {"max_pending": 0},
+    ):
         with pytest.raises(ConfigError):
             OrderConfig(**bad)
     for groups in ("1", [2**32], [-1], 5):
         with pytest.raises(ConfigError, match="total_order"):
             NodeConfig(port=9000, total_order=groups)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ large messages
+
+
+def pieces(payload: bytes) -> list[bytes]:
+    """The fragment bodies of ``payload``, cut to fit an ordered message."""
+    out = FragmentMachine().handle(Split(payload=payload, data=ORDERED_FRAGMENT_DATA), 0.0)
+    return [p.payload for p in out]
+
+
+def ofrag(origin: NodeId, ts: int, n: int, body: bytes) -> Deliver:
+    payload = struct.pack("!QQQ", ts, 1, n) + body
+    return Deliver(
+        origin=origin,
+        incarnation=Incarnation(1),
+        seq=n,
+        kind=KIND_ORDERED_FRAGMENT,
+        payload=payload,
+    )
+
+
+def test_a_large_ordered_publish_is_k_ordered_fragment_publishes() -> None:
+    """Each fragment is an ordered message of its own: its own n and timestamp, outer
+    kind 252, the order header (24 bytes) and the fragment body within one multicast."""
+    payload = bytes(range(256)) * 20  # 5,120 bytes
+    bodies = pieces(payload)
+    assert len(bodies) == -(-len(payload) // ORDERED_FRAGMENT_DATA) == 4
+    m = synced(A, B)
+    out: list[Any] = []
+    for body in bodies:
+        out += m.handle(OrderedPublish(payload=body, kind=KIND_FRAGMENT), 0.0)
+    assert [type(a) for a in out] == [Publish] * 4
+    assert all(a.kind == KIND_ORDERED_FRAGMENT for a in out)
+    heads = [struct.unpack("!QQQ", a.payload[:24]) for a in out]
+    assert heads == [(2, 1, 1), (3, 1, 2), (4, 1, 3), (5, 1, 4)]  # ts, view, n
+    assert [a.payload[24:] for a in out] == bodies
+    assert max(len(a.payload) for a in out) <= MAX_MULTICAST_PAYLOAD
+    assert len(out[0].payload) == MAX_MULTICAST_PAYLOAD  # a full piece fills the datagram
+    assert m.next_number == 5 and m.stats.published == 4
+    with pytest.raises(UsageError, match="kind"):
+        m.handle(OrderedPublish(payload=b"x", kind=7), 0.0)
+
+
+def test_rule_o4_held_fragments_keep_their_kind() -> None:
+    m = TotalOrderMachine(CFG, me=A, incarnation=Incarnation(1))
+    m.handle(view(1, A, B), 0.0)
+    assert m.handle(OrderedPublish(payload=b"f", kind=KIND_FRAGMENT), 0.0) == []
+    assert m.handle(OrderedPublish(payload=b"a"), 0.0) == []
+    out = m.handle(clock(B, 1), 0.0)  # B's clock came: released in order
+    assert [(a.kind, a.payload[16:24], a.payload[24:]) for a in out] == [
+        (KIND_ORDERED_FRAGMENT, struct.pack("!Q", 1), b"f"),
+        (KIND_ORDERED, struct.pack("!Q", 2), b"a"),
+    ]
+
+
+def ordered_app_sequence(
+    me: NodeId, arrivals: list[Deliver], others: tuple[NodeId, ...]
+) -> list[tuple[int, int, bytes]]:
+    """What ``me``'s app gets from ``arrivals`` through its order layer and fragment
+    machine, as the node wires them: (origin, seq, payload)."""
+    m = synced(me, *others)
+    frags = FragmentMachine()
+    app_seq: list[tuple[int, int, bytes]] = []
+    flush = [clock(o, 100) for o in others]
+    for ev in [*arrivals, *flush]:
+        for act in m.handle(ev, 0.0):
+            if type(act) is not Deliver:
+                continue
+            if act.kind == KIND_APP:
+                app_seq.append((act.origin, act.seq, act.payload))
+            else:
+                assert act.kind == KIND_FRAGMENT
+                arrived = FragmentArrived(
+                    channel="multicast",
+                    origin=act.origin,
+                    incarnation=act.incarnation,
+                    seq=act.seq,
+                    payload=act.payload,
+                )
+                for done in frags.handle(arrived, 0.0):
+                    assert isinstance(done, Reassembled)
+                    app_seq.append((done.origin, done.seq, done.payload))
+    assert frags.partials == ()
+    return app_seq
+
+
+def test_large_and_small_messages_of_two_senders_deliver_in_one_order_everywhere() -> None:
+    """B sends L1 (3 fragments) then b1; C sends c1, L2 (2 fragments), c2; the keys
+    interleave. Each member, whatever the interleaving of the two FIFO streams, gets
+    each message once, whole, numbered by its first fragment, in one order: a large
+    message takes the place of its last fragment."""
+    large1 = bytes(range(251)) * 11  # 2,761 bytes: 3 pieces
+    large2 = bytes(range(7, 240)) * 6  # 1,398 bytes: 2 pieces
+    l1, l2 = pieces(large1), pieces(large2)
+    assert (len(l1), len(l2)) == (3, 2)
+    from_b = [ofrag(B, 3, 1, l1[0]), ofrag(B, 4, 2, l1[1]), ofrag(B, 7, 3, l1[2])]
+    from_b.append(app(B, 8, 4, b"b1"))
+    from_c = [app(C, 2, 1, b"c1"), ofrag(C, 5, 2, l2[0]), ofrag(C, 6, 3, l2[1])]
+    from_c.append(app(C, 9, 4, b"c2"))
+    want = [(C, 1, b"c1"), (C, 2, large2), (B, 1, large1), (B, 4, b"b1"), (C, 4, b"c2")]
+    rng = random.Random(20)
+    members = (A, B, C)
+    for me in members:
+        others = tuple(x for x in members if x != me)
+        for _ in range(5):  # interleavings that keep each origin's FIFO order
+            streams = [list(from_b), list(from_c)]
+            arrivals = []
+            while any(streams):
+                stream = rng.choice([st for st in streams if st])
+                arrivals.append(stream.pop(0))
+            assert ordered_app_sequence(me, arrivals, others) == want
+
+
+def test_a_late_fragment_costs_that_member_the_whole_message_only() -> None:
+    """Rule O5 with fragments: B is not in A's view (a partition), so A delivers C's
+    (10, C) without waiting for B; B's first fragment (ts 3) then comes late and is
+    dropped, the fragment machine drops the rest of that message (never a wrong one),
+    and B's next message is delivered."""
+    big_one = bytes(range(200)) * 10  # 2,000 bytes: 2 pieces
+    f1, f2 = pieces(big_one)
+    arrivals = [app(C, 10, 1, b"c1"), ofrag(B, 3, 1, f1), ofrag(B, 13, 2, f2)]
+    arrivals.append(app(B, 14, 3, b"b3"))
+    got = ordered_app_sequence(A, arrivals, (C,))
+    assert got == [(C, 1, b"c1"), (B, 3, b"b3")]
+    assert decode_body(KIND_FRAGMENT, f2) == Fragment(1, 2000, ORDERED_FRAGMENT_DATA, f2[12:])
 
 
 # ------------------------------------------------------------------ nodes
@@ -278,6 +447,64 @@ def test_nodes_deliver_everything_in_one_order_under_loss() -> None:
     assert all(seq == first for seq in got.values())
 
 
+def test_large_and_small_ordered_messages_of_two_senders_one_order_under_loss() -> None:
+    """3 nodes, 10% loss: two senders multicast large (fragmented) and small messages at
+    once; every member delivers all of them, whole, once, in the same order, each
+    numbered by its first fragment (a large one takes a number per fragment)."""
+    got: dict[int, list[tuple[int, int, bytes]]] = defaultdict(list)
+
+    def observe(time: float, node: int, out: object) -> None:
+        if isinstance(out, MessageDelivered):
+            got[node].append((out.sender, out.seq, out.payload))
+
+    lossy = random.Random(13_800_007)
+    loss = [0.0]
+    net = MemoryNetwork(
+        seed=13_800_007,
+        observer=observe,
+        keep_log=False,
+        drop=lambda s, d, b: lossy.random() < loss[0],
+    )
+    nodes = []
+    for i in range(3):
+        cfg = NodeConfig(port=9000 + i, broker_capable=True, total_order={1})
+        nodes.append(Node(cfg, incarnation=1, rng=random.Random(i)))
+        net.add(nodes[-1], at=0.0)
+    net.run_until(4.0)
+    loss[0] = 0.1
+    sizes = [40_000, 20, 3_000, MAX_ORDERED_PAYLOAD + 1, 20, 100_000, 1_400, 20]
+    sent: dict[int, list[bytes]] = defaultdict(list)
+    for k, size in enumerate(sizes):
+        for sender in nodes[:2]:
+            payload = (bytes([sender.node_id % 251, k]) * size)[:size]
+            sent[sender.node_id].append(payload)
+
+            def send(nd: Node, now: float, p: bytes = payload) -> list[Any]:
+                return nd.multicast(p, now)
+
+            net.command(sender.node_id, send)
+        net.run_until(net.now + 0.004)
+    net.run_until(net.now + 5.0)
+    loss[0] = 0.0
+    net.run_until(net.now + 5.0)
+    first = got[nodes[0].node_id]
+    assert len(first) == 2 * len(sizes)
+    assert all(got[n.node_id] == first for n in nodes)
+    for sender in nodes[:2]:
+        mine = [(seq, p) for origin, seq, p in first if origin == sender.node_id]
+        assert [p for _, p in mine] == sent[sender.node_id]
+        spans = [
+            1 if len(p) <= MAX_ORDERED_PAYLOAD else -(-len(p) // ORDERED_FRAGMENT_DATA)
+            for p in sent[sender.node_id]
+        ]
+        assert [seq for seq, _ in mine] == [1 + sum(spans[:i]) for i in range(len(spans))]
+    senders = [origin for origin, _, _ in first]
+    assert senders != sorted(senders)  # the two senders' messages interleave
+    for n in nodes:
+        assert n.stack(1).fragments.stats.reassembled == 10  # 5 large from each sender
+        assert n.stack(1).fragments.held == 0
+
+
 def test_without_the_option_the_same_run_is_fifo_only() -> None:
     got = run_cluster(False)
     orders = {tuple(seq) for seq in got.values()}
@@ -292,6 +519,9 @@ def test_a_node_without_the_option_drops_ordered_messages_counted() -> None:
     queue: list[Any] = []
     node_module._on_deliver(n, stack, app(B, 3, 1, b"x"), 0.0, queue, [])
     assert (queue, n.stats.unroutable) == ([], 1)
+    out: list[Any] = []
+    node_module._on_deliver(n, stack, ofrag(B, 4, 2, pieces(bytes(2000))[0]), 0.0, queue, out)
+    assert (queue, out, n.stats.unroutable) == ([], [], 2)  # kind 252 too
 
 
 # ------------------------------------------------------------------ the invariant
@@ -326,13 +556,13 @@ class ArrivalOrder(TotalOrderMachine):
     def _deliver_ready(self, out: list[Any]) -> None:
         pending = self._pending
         while pending:
-            _ts, origin, inc, n, payload = pending.pop()
+            _ts, origin, inc, n, kind, payload = pending.pop()
             out.append(
                 Deliver(
                     origin=NodeId(origin),
                     incarnation=Incarnation(inc),
                     seq=n,
-                    kind=KIND_APP,
+                    kind=kind,
                     payload=payload,
                 )
             )

@@ -68,7 +68,9 @@ also has a :class:`~powergrid.protocols.order.TotalOrderMachine` (``stack.order`
 outside the roles, last in ``stack.own``), a layer over the multicast machine. The
 app's multicasts go to it (``OrderedPublish``); the multicast ``Publish`` commands it
 returns go to the multicast machine (:data:`NOTES`); the multicast's deliveries of the
-ordered kinds go back to it, and the app gets what it delivers in order; it sees each
+ordered kinds go back to it, and the app gets what it delivers in order (a large
+message's fragments are ordered messages each, cut with the order header's room and
+reassembled by the fragment machine as the order layer delivers them); it sees each
 view after the multicast does. A group without the option has no such machine and
 runs exactly as before.
 
@@ -159,7 +161,13 @@ from powergrid.protocols.multicast import (
     Publish,
     WindowFull,
 )
-from powergrid.protocols.order import OrderConfig, OrderedPublish, TotalOrderMachine
+from powergrid.protocols.order import (
+    MAX_ORDERED_PAYLOAD,
+    ORDERED_FRAGMENT_DATA,
+    OrderConfig,
+    OrderedPublish,
+    TotalOrderMachine,
+)
 from powergrid.protocols.unicast import (
     MAX_UNICAST_PAYLOAD,
     DeliverUnicast,
@@ -184,6 +192,7 @@ from powergrid.wire import (
     KIND_APP,
     KIND_ORDER_CLOCK,
     KIND_ORDERED,
+    KIND_ORDERED_FRAGMENT,
     MAGIC,
     REALM_OFFSET,
     VERSION,
@@ -889,10 +898,11 @@ class Node:
 
         A payload over ``MAX_MULTICAST_PAYLOAD`` bytes goes as fragments, one multicast
         each, and is delivered whole (:mod:`powergrid.protocols.fragments`); in a totally
-        ordered group a message is one datagram (no fragments). Raises
+        ordered group one over :data:`~powergrid.protocols.order.MAX_ORDERED_PAYLOAD`
+        goes as fragments that are ordered messages each (numbers ``n`` one after the
+        other; delivered whole, numbered by the first). Raises
         :class:`UsageError` if the node is not in that group and
-        :class:`~powergrid.errors.PayloadTooLargeError` over ``config.fragments.max_message``
-        (:data:`~powergrid.protocols.order.MAX_ORDERED_PAYLOAD` in an ordered group).
+        :class:`~powergrid.errors.PayloadTooLargeError` over ``config.fragments.max_message``.
         Under flow control (``MulticastConfig.send_window``), a full send window returns
         :class:`~powergrid.protocols.multicast.WindowFull` and sends nothing (see
         :meth:`multicast_room`); a large message takes the window's room by its first
@@ -906,7 +916,13 @@ class Node:
         out: list[Output] = []
         order = stack.order
         if order is not None:  # a totally ordered group: the order layer numbers it
-            self._run(stack, self._call(order, OrderedPublish(payload=payload), now), now, out)
+            if type(payload) is bytes and len(payload) > MAX_ORDERED_PAYLOAD:
+                split = Split(payload=payload, data=ORDERED_FRAGMENT_DATA)
+                for piece in self._call(stack.fragments, split, now):
+                    cmd = OrderedPublish(payload=piece.payload, kind=piece.kind)
+                    self._run(stack, self._call(order, cmd, now), now, out)
+            else:
+                self._run(stack, self._call(order, OrderedPublish(payload=payload), now), now, out)
             return out
         pieces: list[Any] = [_new_piece(KIND_APP, payload)]
         if type(payload) is bytes and len(payload) > MAX_MULTICAST_PAYLOAD:
@@ -1232,8 +1248,10 @@ def _peer_gone(note: MemberRemoved) -> PeerGone:
 def _on_deliver(
     node: Node, stack: _Stack, act: Deliver, now: float, queue: list[Any], out: list[Output]
 ) -> None:
-    """A multicast delivery: app bytes to the app (a large message once its fragments
-    are whole), a protocol message to its machines."""
+    """A multicast delivery (of the multicast machine, or of the order layer in a totally
+    ordered group): app bytes to the app (a large message once its fragments are whole;
+    an ordered fragment comes here once the order layer delivers it), an ordered message
+    to the order layer, a protocol message to its machines."""
     kind = act.kind
     if kind == KIND_APP:
         out.append(_app_delivery(stack, act))
@@ -1241,7 +1259,7 @@ def _on_deliver(
         arrived = _new_arrived("multicast", act.origin, act.incarnation, act.seq, act.payload)
         for done in node._call(stack.fragments, arrived, now):
             out.append(_new_delivered(stack.group, done.origin, done.seq, done.payload))
-    elif kind in (KIND_ORDERED, KIND_ORDER_CLOCK):
+    elif kind in (KIND_ORDERED, KIND_ORDERED_FRAGMENT, KIND_ORDER_CLOCK):
         order = stack.order
         if order is None:  # a peer orders a group this node does not
             node._stats.unroutable += 1

@@ -77,6 +77,7 @@ __all__ = [
     "HEADER_SIZE",
     "KIND_APP",
     "KIND_ORDERED",
+    "KIND_ORDERED_FRAGMENT",
     "KIND_ORDER_CLOCK",
     "MAGIC",
     "MAX_DATAGRAM",
@@ -176,6 +177,11 @@ header (timestamp, view id, number: three u64) and the app's bytes
 KIND_ORDER_CLOCK = 251
 """``kind`` of a multicast body that is a clock message of a totally ordered group:
 timestamp and view id (two u64), never delivered to the app."""
+KIND_ORDERED_FRAGMENT = 252
+"""``kind`` of a multicast body that is one fragment of a large app message of a totally
+ordered group: the same header as :data:`KIND_ORDERED`, then a
+:class:`Fragment` body; the order layer delivers it in its turn and the fragment layer
+reassembles the message. A node without it counts it malformed."""
 
 _U16 = struct.Struct("!H")
 

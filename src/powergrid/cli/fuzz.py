@@ -119,9 +119,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.seeds < 0:
             raise ConfigError(f"--seeds {args.seeds}: give 0 or more")
-        check_options(
-            args.nodes, args.safety, args.liveness, total_order=args.total_order, large=args.large
-        )
+        check_options(args.nodes, args.safety, args.liveness)
     except ConfigError as exc:
         print(f"powergrid fuzz: {exc}", file=sys.stderr)
         return 2

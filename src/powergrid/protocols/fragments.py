@@ -9,7 +9,8 @@ channels deliver with the fragment kind.
 
 *Sending.* :class:`Split` cuts a payload of up to ``max_message`` bytes
 (default 1 MiB) into :class:`Piece` actions of at most :data:`FRAGMENT_DATA`
-bytes each, every one the body of a :class:`~powergrid.wire.Fragment`
+bytes each (or fewer, ``Split.data``: a totally ordered group's fragments leave room
+for the order layer's header), every one the body of a :class:`~powergrid.wire.Fragment`
 (``message``, ``total``, ``offset``, bytes), which the node publishes (or
 submits, for unicast) one after the other, with the fragment type code as
 the channel's ``kind``. Messages are numbered 1, 2, ... per machine (so per
@@ -27,7 +28,12 @@ When the bytes reach ``total`` the message is complete: :class:`Reassembled`
 gives it to the app, numbered with the channel sequence number of its first
 fragment (the number the sender's publication got). Order and exactly-once
 follow from the channel's: a message completes only when each of its bytes
-arrived once, in order, after every earlier message of its origin.
+arrived once, in order, after every earlier message of its origin. In a totally
+ordered group the fragments come from the order layer (:mod:`powergrid.protocols.order`)
+instead, one ordered message each, ``seq`` its number ``n``: it too gives an origin's
+messages in the origin's order, each at most once, so the same holds; where it drops
+one as late (its rule O5) the rest of that message is dropped here (``misplaced`` or
+``stray``) and the message is not delivered at that member.
 
 *Hostile or broken streams* (forged datagrams of an unkeyed group; a stream
 that skipped lost history, see the multicast's *lost history*) never raise and
@@ -109,12 +115,15 @@ PARTIAL_COST: Final = 256
 65,536 with the default 16 MiB)."""
 
 
-def fragment_count(size: int) -> int:
+def fragment_count(
+    size: int, *, fits: int = MAX_MULTICAST_PAYLOAD, data: int = FRAGMENT_DATA
+) -> int:
     """How many channel messages (sequence numbers) an app payload of ``size`` bytes
-    takes: 1 if it fits one datagram of the multicast, else its fragments."""
-    if size <= MAX_MULTICAST_PAYLOAD:
+    takes: 1 if it fits one message of the channel (``fits`` bytes; default one datagram
+    of the multicast), else its fragments of ``data`` bytes each (:class:`Split`'s)."""
+    if size <= fits:
         return 1
-    return -(-size // FRAGMENT_DATA)
+    return -(-size // data)
 
 
 @attrs.frozen(kw_only=True)
@@ -140,11 +149,15 @@ class FragmentConfig:
 
 @attrs.frozen(kw_only=True)
 class Split:
-    """Command: cut ``payload`` into fragments (raises
+    """Command: cut ``payload`` into fragments of at most ``data`` bytes each (default
+    :data:`FRAGMENT_DATA`; a smaller size leaves room for a header of the layer that
+    carries them, e.g. the total order's). Raises
     :class:`~powergrid.errors.PayloadTooLargeError` over ``max_message`` bytes and
-    :class:`~powergrid.errors.UsageError` if it is not bytes)."""
+    :class:`~powergrid.errors.UsageError` if it is not bytes or ``data`` is not
+    1..:data:`FRAGMENT_DATA`."""
 
     payload: bytes
+    data: int = FRAGMENT_DATA
 
 
 @attrs.frozen(kw_only=True)
@@ -293,9 +306,11 @@ class FragmentMachine(Dispatching):
                 f"payload is {total} bytes, over FragmentConfig.max_message "
                 f"({self._config.max_message}); raise it or send less"
             )
+        step = ev.data
+        if type(step) is not int or not 1 <= step <= FRAGMENT_DATA:
+            raise UsageError(f"Split.data must be 1..{FRAGMENT_DATA} bytes, got {step!r}")
         message = self._next
         self._next = message % MAX_FRAGMENTED + 1
-        step = FRAGMENT_DATA
         pieces = [
             Piece(
                 kind=KIND_FRAGMENT,

@@ -46,7 +46,9 @@ clocks: what they sent at once would be below what the others delivered and late
 there. So when a view admits a member life this node did not list (or first lists
 this node), it multicasts a clock message stamped with the view id and holds its
 publications until every other member of the view has sent it a message stamped
-with that view id or later, or for at most ``sync_wait``. Nothing is published
+with that view id or later, or until it heard nothing for ``sync_wait`` from a member
+it waits for (whose stream may still drain a backlog stamped in an older view, e.g. a
+large message's fragments fetched by repair), and at most ``sync_max``. Nothing is published
 before the first view that lists this node. The message's number ``n`` (per life,
 1, 2, ...) is given when the app publishes, so the app's numbering does not depend
 on the wait.
@@ -74,13 +76,29 @@ rule, where here both sides deliver subsequences of one order.
 Only app messages are ordered; the node's protocol messages (market prices) keep
 their FIFO channel.
 
+*Large messages.* An app payload over :data:`MAX_ORDERED_PAYLOAD` bytes is cut by
+the fragment layer (:mod:`powergrid.protocols.fragments`) into pieces of
+:data:`ORDERED_FRAGMENT_DATA` bytes, and each piece is one ordered message of its
+own (``OrderedPublish(kind=<fragment kind>)``, outer kind
+:data:`~powergrid.wire.KIND_ORDERED_FRAGMENT`): it takes its own number ``n`` and
+key, waits and is delivered like any other, with its inner kind, and the fragment
+layer reassembles the message from the deliveries. An origin's fragments are
+delivered in the origin's order (keys grow per origin, rule O1) and no other message
+of the origin comes between them, so the whole message is delivered (numbered by its
+first fragment) where its last fragment falls in the one global order, and every
+member that delivers two messages, large or small, delivers them in the same order. A fragment
+dropped as late (O5) or over ``max_pending`` (O6) costs that member the whole
+message (the fragment layer drops the rest); nothing wrong is ever assembled.
+
 Driving: ``handle(event, now)`` with :class:`OrderedPublish` (the app's command),
 the multicast's :class:`~powergrid.protocols.multicast.Deliver` of kind
-:data:`~powergrid.wire.KIND_ORDERED` or :data:`~powergrid.wire.KIND_ORDER_CLOCK`,
+:data:`~powergrid.wire.KIND_ORDERED`, :data:`~powergrid.wire.KIND_ORDERED_FRAGMENT`
+or :data:`~powergrid.wire.KIND_ORDER_CLOCK`,
 :class:`~powergrid.events.ViewChanged` and :class:`~powergrid.events.DeadlineReached`;
 actions: multicast :class:`~powergrid.protocols.multicast.Publish` commands for the
 FIFO layer and :class:`~powergrid.protocols.multicast.Deliver` of kind
-:data:`~powergrid.wire.KIND_APP` (``seq`` is ``n``) for the app. ``next_deadline()``
+:data:`~powergrid.wire.KIND_APP` or of the fragment kind (``seq`` is ``n``) for the
+app or the fragment layer. ``next_deadline()``
 is the earliest of the clock message's time, the end of the hold (O4) and the end of
 the wait for departed lives (O2); None when there is none.
 Pure: no clock, no randomness. Rule numbers (O1-O6) are those of
@@ -103,10 +121,17 @@ from powergrid.events import DeadlineReached, View, ViewChanged, member_maps
 from powergrid.protocols.multicast import MAX_MULTICAST_PAYLOAD, Deliver, Publish
 from powergrid.protocols.multicast._config import new_deliver
 from powergrid.types import Incarnation, NodeId
-from powergrid.wire import KIND_APP, KIND_ORDER_CLOCK, KIND_ORDERED
+from powergrid.wire import (
+    KIND_APP,
+    KIND_ORDER_CLOCK,
+    KIND_ORDERED,
+    KIND_ORDERED_FRAGMENT,
+    Fragment,
+)
 
 __all__ = [
     "MAX_ORDERED_PAYLOAD",
+    "ORDERED_FRAGMENT_DATA",
     "OrderConfig",
     "OrderStats",
     "OrderedPublish",
@@ -117,6 +142,12 @@ _CLOCK = struct.Struct("!QQ")  # ts, view id of the sender's view
 _APP = struct.Struct("!QQQ")  # ts, view id, n
 MAX_ORDERED_PAYLOAD: Final = MAX_MULTICAST_PAYLOAD - _APP.size
 """The largest payload one :class:`OrderedPublish` can carry (bytes)."""
+ORDERED_FRAGMENT_DATA: Final = MAX_ORDERED_PAYLOAD - struct.calcsize("!III")
+"""Bytes of a large app message carried by one ordered fragment: what fits one ordered
+message after the fragment's 12-byte head (``Split(..., data=ORDERED_FRAGMENT_DATA)``)."""
+_KINDS: Final = {KIND_APP: KIND_ORDERED, Fragment.TYPE: KIND_ORDERED_FRAGMENT}
+"""Inner kind of an ordered message -> its outer (multicast) kind."""
+_INNER: Final = {outer: inner for inner, outer in _KINDS.items()}
 MAX_TS: Final = (1 << 64) - 1
 """The largest timestamp a header can carry."""
 MAX_JUMP: Final = 1 << 40
@@ -135,8 +166,12 @@ class OrderConfig:
     """How long after an app message others wait on a silent member sends its clock
     message (rule O3); the clock messages of all app messages within it are one."""
     sync_wait: float = attrs.field(default=2.0, validator=real)
-    """How long a new member life holds its first publications at most while it waits
-    for the other members' clocks (rule O4)."""
+    """How long a member holds its publications at an admission while it hears nothing
+    from a member whose clock it waits for (rule O4)."""
+    sync_max: float = attrs.field(default=20.0, validator=real)
+    """The longest such a hold lasts while the members it waits for still send (their
+    streams may hold a long backlog, e.g. a large message's fragments, before the
+    clock it waits for; rule O4)."""
     depart_wait: float = attrs.field(default=2.0, validator=real)
     """How long a member life that left the view is still waited for (rule O2): its last
     messages may still come through the multicast's repair (within its ``flush_grace``,
@@ -145,7 +180,7 @@ class OrderConfig:
     """Most messages waiting for their turn (rule O6)."""
 
     def __attrs_post_init__(self) -> None:
-        for name in ("clock_delay", "sync_wait", "depart_wait"):
+        for name in ("clock_delay", "sync_wait", "sync_max", "depart_wait"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
                 raise ConfigError(f"OrderConfig.{name}: must be finite seconds >= 0, got {value}")
@@ -157,12 +192,16 @@ class OrderConfig:
 class OrderedPublish:
     """Command: multicast ``payload`` to the group, delivered in total order.
 
-    ``handle`` raises :class:`~powergrid.errors.PayloadTooLargeError` above
+    ``kind`` is :data:`~powergrid.wire.KIND_APP` (app bytes) or the fragment kind
+    (``payload`` is one fragment body of a large message, cut by the fragment layer with
+    :data:`ORDERED_FRAGMENT_DATA`); it is delivered with the same kind. ``handle``
+    raises :class:`~powergrid.errors.PayloadTooLargeError` above
     :data:`MAX_ORDERED_PAYLOAD` bytes and :class:`~powergrid.errors.UsageError` for a
-    payload that is not bytes.
+    payload that is not bytes or another kind.
     """
 
     payload: bytes
+    kind: int = KIND_APP
 
 
 @attrs.define(kw_only=True)
@@ -207,6 +246,7 @@ class TotalOrderMachine(Dispatching):
         "_pending",
         "_sent",
         "_stats",
+        "_sync_started",
         "_sync_view",
         "_synced",
         "_view",
@@ -228,8 +268,8 @@ class TotalOrderMachine(Dispatching):
         self._sent = 0  # the timestamp of the last message this node sent
         self._n = 0  # app messages numbered so far (this life)
         self._last: tuple[int, int, int, int] = (0, 0, 0, 0)  # the last key delivered
-        # (ts, origin, incarnation, n, payload), smallest key first
-        self._pending: list[tuple[int, int, int, int, bytes]] = []
+        # (ts, origin, incarnation, n, inner kind, payload), smallest key first
+        self._pending: list[tuple[int, int, int, int, int, bytes]] = []
         self._passed: dict[tuple[int, int], int] = {}  # (origin, incarnation) -> ts received
         self._floor: int | None = None  # _least_passed(), kept; None: to compute again
         self._heard: dict[tuple[int, int], int] = {}  # (origin, incarnation) -> view id stamped
@@ -237,8 +277,9 @@ class TotalOrderMachine(Dispatching):
         self._view: View | None = None
         self._sync_view: int | None = None  # the view whose clocks it waits for (rule O4)
         self._synced = False  # rule O4
-        self._held: list[tuple[int, bytes]] = []  # (n, payload) held until synced
+        self._held: list[tuple[int, int, bytes]] = []  # (n, kind, payload) held until synced
         self._hold_until: float | None = None
+        self._sync_started: float | None = None  # when the current hold began (rule O4)
         # lives that left the view -> until when they are still waited for (rule O2)
         self._departing: dict[tuple[int, int], float] = {}
         self._clock_due: float | None = None
@@ -288,6 +329,9 @@ class TotalOrderMachine(Dispatching):
         payload = cmd.payload
         if not isinstance(payload, bytes):
             raise UsageError(f"payload must be bytes, not {type(payload).__name__}")
+        kind = cmd.kind
+        if kind not in _KINDS:
+            raise UsageError(f"OrderedPublish.kind must be one of {sorted(_KINDS)}, got {kind!r}")
         if len(payload) > MAX_ORDERED_PAYLOAD:
             raise PayloadTooLargeError(
                 f"payload is {len(payload)} bytes, over the {MAX_ORDERED_PAYLOAD}-byte "
@@ -296,16 +340,16 @@ class TotalOrderMachine(Dispatching):
         self._n += 1
         self._stats.published += 1
         if not self._synced:  # rule O4
-            self._held.append((self._n, payload))
+            self._held.append((self._n, kind, payload))
             self._stats.held += 1
             return []
-        return self._send_app(self._n, payload)
+        return self._send_app(self._n, kind, payload)
 
-    def _send_app(self, n: int, payload: bytes) -> list[Any]:
+    def _send_app(self, n: int, kind: int, payload: bytes) -> list[Any]:
         ts = self._tick()
         view_id = 0 if self._view is None else self._view.view_id
         self._clock_due = None  # an app message passes what a clock message would (rule O3)
-        return [Publish(kind=KIND_ORDERED, payload=_APP.pack(ts, view_id, n) + payload)]
+        return [Publish(kind=_KINDS[kind], payload=_APP.pack(ts, view_id, n) + payload)]
 
     def _send_clock(self) -> list[Any]:
         ts = self._tick()
@@ -324,7 +368,8 @@ class TotalOrderMachine(Dispatching):
         """An ordered message, delivered by the FIFO layer (own ones included)."""
         kind = ev.kind
         body = ev.payload
-        if kind == KIND_ORDERED and len(body) >= _APP.size:
+        inner = _INNER.get(kind, -1)  # the kind it is delivered with (-1: not an ordered one)
+        if inner >= 0 and len(body) >= _APP.size:
             ts, view_id, n = _APP.unpack_from(body)
         elif kind == KIND_ORDER_CLOCK and len(body) == _CLOCK.size:
             ts, view_id = _CLOCK.unpack(body)
@@ -355,7 +400,7 @@ class TotalOrderMachine(Dispatching):
             if key <= self._last:  # rule O5: it would break the order
                 self._stats.late += 1
             else:
-                heapq.heappush(self._pending, (ts, origin, inc, n, body[_APP.size :]))
+                heapq.heappush(self._pending, (ts, origin, inc, n, inner, body[_APP.size :]))
                 if len(self._pending) > self._config.max_pending:  # rule O6
                     self._pending.remove(max(self._pending))
                     heapq.heapify(self._pending)
@@ -364,6 +409,8 @@ class TotalOrderMachine(Dispatching):
                     self._clock_due = now + self._config.clock_delay
         if not own and not self._synced:
             out.extend(self._try_sync())
+            if not self._synced:
+                self._extend_hold((origin, inc), now)
         self._deliver_ready(out)
         return out
 
@@ -379,14 +426,14 @@ class TotalOrderMachine(Dispatching):
             return
         stats = self._stats
         while pending and pending[0][0] <= floor:
-            ts, origin, inc, n, payload = heapq.heappop(pending)
+            ts, origin, inc, n, inner, payload = heapq.heappop(pending)
             key = (ts, origin, inc, n)
             if key <= self._last:  # (defensive: pushed keys are above it)
                 stats.late += 1
                 continue
             self._last = key
             stats.delivered += 1
-            out.append(new_deliver(origin, inc, n, KIND_APP, payload))
+            out.append(new_deliver(origin, inc, n, inner, payload))
 
     def _least_passed(self) -> int:
         """The least timestamp every other listed life passed (rule O2; -1: one passed
@@ -432,6 +479,7 @@ class TotalOrderMachine(Dispatching):
             self._sync_view = view.view_id
             self._synced = False
             self._hold_until = now + self._config.sync_wait
+            self._sync_started = now
             out.extend(self._send_clock())
         if not self._synced:
             out.extend(self._try_sync())
@@ -450,13 +498,25 @@ class TotalOrderMachine(Dispatching):
                 return []
         return self._release()
 
+    def _extend_hold(self, life: tuple[int, int], now: float) -> None:
+        """Rule O4: a member life whose clock this node still waits for sent something
+        (its stream may carry a long backlog, e.g. a large message's fragments, before
+        that clock): wait ``sync_wait`` from now, within ``sync_max`` of the hold's start."""
+        hold, started, joined = self._hold_until, self._sync_started, self._sync_view
+        if hold is None or started is None or joined is None:
+            return
+        if self._members.get(life[0]) != life[1] or self._heard.get(life, -1) >= joined:
+            return
+        cap = started + self._config.sync_max
+        self._hold_until = min(max(hold, now + self._config.sync_wait), cap)
+
     def _release(self) -> list[Any]:
         self._synced = True
         self._hold_until = None
         held, self._held = self._held, []
         out: list[Any] = []
-        for n, payload in held:
-            out.extend(self._send_app(n, payload))
+        for n, kind, payload in held:
+            out.extend(self._send_app(n, kind, payload))
         return out
 
     def _on_deadline(self, ev: DeadlineReached, now: float) -> list[Any]:

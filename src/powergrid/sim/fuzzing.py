@@ -158,7 +158,8 @@ class App:
         payload = app_payload(node.node_id, node.incarnation, self._n + 1, self._size())
         me = node.node_id
         stack = node.stack(self._group)
-        if stack.order is not None:  # total order numbers the app's messages itself
+        if stack.order is not None:  # total order numbers the app's messages itself (a
+            # large one takes a number per fragment; it is delivered with its first's)
             seq = stack.order.next_number
         else:
             seq = stack.multicast.delivered[me][1] + 1
@@ -209,22 +210,9 @@ def _supply(rng: random.Random, specs: list[NodeSpec]) -> int:
     return rng.randint(0, max(h - 1, 0))  # even the floors are cut
 
 
-def check_options(
-    nodes: int | None,
-    safety_s: float,
-    liveness_s: float,
-    *,
-    total_order: bool = False,
-    large: bool = False,
-) -> None:
-    """Raise :class:`ConfigError` unless ``nodes`` (None: drawn) is 1..:data:`MAX_NODES`,
-    both phase lengths are finite seconds >= 0, and ``large`` is not asked with
-    ``total_order`` (a totally ordered group sends each message as one datagram)."""
-    if total_order and large:
-        raise ConfigError(
-            "--large with --total-order: a totally ordered group does not fragment "
-            "(each message is one datagram, docs/protocols/multicast.md); give one of them"
-        )
+def check_options(nodes: int | None, safety_s: float, liveness_s: float) -> None:
+    """Raise :class:`ConfigError` unless ``nodes`` (None: drawn) is 1..:data:`MAX_NODES`
+    and both phase lengths are finite seconds >= 0."""
     if nodes is not None and not 1 <= nodes <= MAX_NODES:
         raise ConfigError(
             f"--nodes {nodes}: give 1..{MAX_NODES} servers (each needs a port from {BASE_PORT})"
@@ -314,7 +302,7 @@ def datacentre(
     ``node_class`` lets tests build deliberately broken nodes. Raises
     :class:`ConfigError` for options :func:`check_options` refuses.
     """
-    check_options(nodes, safety_s, liveness_s, total_order=total_order, large=large)
+    check_options(nodes, safety_s, liveness_s)
 
     def build(rng: random.Random) -> System:
         base = rng.getrandbits(32)

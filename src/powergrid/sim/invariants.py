@@ -52,6 +52,7 @@ from powergrid.protocols.fragments import fragment_count
 from powergrid.protocols.market import Bid, Grid, MarketCleared
 from powergrid.protocols.market.client import PriceUpdated
 from powergrid.protocols.membership import Left, MemberRemoved
+from powergrid.protocols.order import MAX_ORDERED_PAYLOAD, ORDERED_FRAGMENT_DATA
 from powergrid.sim.fuzz import FuzzNetwork, NodeCrashed, NodeStarted
 from powergrid.sim.power import PowerGuarantee
 from powergrid.types import BROKER_GROUP, GroupId, Incarnation, NodeId, format_node
@@ -404,10 +405,16 @@ class DeliveryIntegrity(_Deliveries):
         seen.add(key)
 
 
+def _ordered_span(size: int) -> int:
+    """The numbers ``n`` an app payload of ``size`` bytes takes in a totally ordered group."""
+    return fragment_count(size, fits=MAX_ORDERED_PAYLOAD, data=ORDERED_FRAGMENT_DATA)
+
+
 class FifoPerSender(_Deliveries):
     """FIFO per sender: at each receiver, an origin life's numbers strictly increase, and by
     exactly the numbers the previous message took (1, or a large message's fragments:
-    :func:`~powergrid.protocols.fragments.fragment_count`) while both the receiver and
+    :func:`~powergrid.protocols.fragments.fragment_count`, cut smaller in totally ordered
+    clusters) while both the receiver and
     the origin stay in the view (both were admitted before the previous delivery and not
     excluded since; otherwise the multicast may
     legitimately skip what became stable without them), unless what was skipped was
@@ -421,6 +428,9 @@ class FifoPerSender(_Deliveries):
     def __init__(self, info: DataCentre, sessions: _SessionsLike) -> None:
         super().__init__(info, sessions)
         self._last: dict[tuple[int, int, int, int], tuple[int, float, int]] = {}
+        # the numbers a message of a given size takes: its fragments, cut to fit an
+        # ordered message's header in totally ordered clusters
+        self._span = _ordered_span if info.total_order else fragment_count
 
     def delivered(self, t: float, node: int, ev: MessageDelivered) -> None:
         parsed = parse_payload(ev.payload)
@@ -429,7 +439,7 @@ class FifoPerSender(_Deliveries):
         inc = self.inc.get(node, 0)
         key = (node, inc, ev.sender, parsed[1])
         prev = self._last.get(key)
-        span = fragment_count(len(ev.payload))  # the seqs this message took (1 if small)
+        span = self._span(len(ev.payload))  # the seqs this message took (1 if small)
         if prev is None:
             self._last[key] = (ev.seq, t, span)
             return
