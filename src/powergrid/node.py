@@ -127,6 +127,7 @@ from powergrid.events import (
 )
 from powergrid.protocols.election import ElectionConfig, ElectionMachine
 from powergrid.protocols.fragments import (
+    FRAGMENT_DATA,
     KIND_FRAGMENT,
     FragmentArrived,
     FragmentConfig,
@@ -534,6 +535,15 @@ def _app_delivery(stack: _Stack, act: Deliver) -> MessageDelivered:
     return _new_delivered(stack.group, act.origin, act.seq, act.payload)
 
 
+_FRAGMENTING = {
+    False: (MAX_MULTICAST_PAYLOAD, FRAGMENT_DATA),
+    True: (MAX_ORDERED_PAYLOAD, ORDERED_FRAGMENT_DATA),
+}
+"""Whether the group is totally ordered -> (the largest payload sent whole, the bytes
+of a large message per fragment): an ordered group's pieces leave room for the order
+layer's header."""
+
+
 # ------------------------------------------------------------------ decoding cache
 
 _decoded: dict[bytes, tuple[Envelope, Received]] = {}
@@ -907,30 +917,25 @@ class Node:
         :class:`~powergrid.protocols.multicast.WindowFull` and sends nothing (see
         :meth:`multicast_room`); a large message takes the window's room by its first
         fragment, and its other fragments follow it (they count in the window, never
-        refused), so it is sent whole or not at all. In a totally ordered group the
-        window counts the order layer's messages but does not refuse them.
+        refused): sent whole or not at all. (An ordered group's are never refused.)
         """
         stack = self._home if group is None else None  # (the cluster's, the common case)
         if stack is None:
             stack = self._stack_or_raise(group)
         out: list[Output] = []
-        order = stack.order
-        if order is not None:  # a totally ordered group: the order layer numbers it
-            if type(payload) is bytes and len(payload) > MAX_ORDERED_PAYLOAD:
-                split = Split(payload=payload, data=ORDERED_FRAGMENT_DATA)
-                for piece in self._call(stack.fragments, split, now):
-                    cmd = OrderedPublish(payload=piece.payload, kind=piece.kind)
-                    self._run(stack, self._call(order, cmd, now), now, out)
-            else:
-                self._run(stack, self._call(order, OrderedPublish(payload=payload), now), now, out)
-            return out
+        order = stack.order  # a totally ordered group: the order layer numbers each piece
+        limit, data = _FRAGMENTING[order is not None]
         pieces: list[Any] = [_new_piece(KIND_APP, payload)]
-        if type(payload) is bytes and len(payload) > MAX_MULTICAST_PAYLOAD:
-            pieces = self._call(stack.fragments, Split(payload=payload), now)
+        if type(payload) is bytes and len(payload) > limit:
+            pieces = self._call(stack.fragments, Split(payload=payload, data=data), now)
         first = True
         for piece in pieces:
-            publish = _new_publish(piece.kind, piece.payload, first)
-            actions = self._call(stack.multicast, publish, now)
+            if order is not None:
+                cmd: Any = OrderedPublish(payload=piece.payload, kind=piece.kind)
+                actions = self._call(order, cmd, now)
+            else:
+                cmd = _new_publish(piece.kind, piece.payload, first)
+                actions = self._call(stack.multicast, cmd, now)
             self._run(stack, actions, now, out)
             if first and actions and type(actions[0]) is WindowFull:
                 break  # refused by the send window: nothing of it was sent
