@@ -97,7 +97,7 @@ from powergrid.protocols.market.clearing import (
     clear,
     totals_to_message,
 )
-from powergrid.protocols.market.repeat import Repeater, earliest
+from powergrid.protocols.market.repeat import Repeater, check_round_settings, earliest
 from powergrid.types import BROKER_GROUP, Epoch, GroupId, Incarnation, NodeId
 
 __all__ = ["BrokerConfig", "BrokerMachine", "BrokerStats"]
@@ -141,19 +141,7 @@ class BrokerConfig:
                 f"lead_timeout ({self.lead_timeout} s) must exceed round_interval "
                 f"({self.round_interval} s), or every round looks like a lost lead",
             )
-        if not 0 <= self.band < 1:
-            raise config_problem(self, f"band must be in [0, 1), got {self.band}")
-        if not 0 < self.gather <= self.round_interval:
-            raise config_problem(
-                self,
-                f"gather must be in (0, round_interval={self.round_interval}] s, got {self.gather}",
-            )
-        if not 0 <= self.repeat_after < self.round_interval:
-            raise config_problem(
-                self,
-                f"repeat_after must be in [0, round_interval={self.round_interval}) s, "
-                f"got {self.repeat_after}",
-            )
+        check_round_settings(self)
         if not self.republish_within >= 0:
             raise config_problem(
                 self, f"republish_within must be >= 0 s, got {self.republish_within}"

@@ -120,7 +120,7 @@ from powergrid.protocols.market.clearing import (
     combine,
     totals_from_message,
 )
-from powergrid.protocols.market.repeat import Repeater, earliest
+from powergrid.protocols.market.repeat import Repeater, check_round_settings, earliest
 from powergrid.types import BROKER_GROUP, Epoch, NodeId, epoch_newer
 
 __all__ = [
@@ -227,19 +227,7 @@ class LeadConfig:
             raise config_problem(
                 self, f"reserve_timeout must be >= 0 s, got {self.reserve_timeout}"
             )
-        if not 0 <= self.band < 1:
-            raise config_problem(self, f"band must be in [0, 1), got {self.band}")
-        if not 0 < self.gather <= self.round_interval:
-            raise config_problem(
-                self,
-                f"gather must be in (0, round_interval={self.round_interval}] s, got {self.gather}",
-            )
-        if not 0 <= self.repeat_after < self.round_interval:
-            raise config_problem(
-                self,
-                f"repeat_after must be in [0, round_interval={self.round_interval}) s, "
-                f"got {self.repeat_after}",
-            )
+        check_round_settings(self)
         if not self.lease > 0:
             raise config_problem(self, f"lease must be > 0 s, got {self.lease}")
         for name in ("lease_margin", "drift"):

@@ -24,9 +24,31 @@ and folds :attr:`Repeater.at` into its ``next_deadline``.
 
 from __future__ import annotations
 
+from typing import Any
+
+from powergrid._checks import config_problem
 from powergrid.events import Multicast
 
-__all__ = ["Repeater", "earliest"]
+__all__ = ["Repeater", "check_round_settings", "earliest"]
+
+
+def check_round_settings(cfg: Any) -> None:
+    """The round settings a broker's and the lead's configs share: ``band`` in [0, 1),
+    ``gather`` in (0, ``round_interval``], ``repeat_after`` in [0, ``round_interval``)
+    (0: no repeats). Raises :class:`~powergrid.errors.ConfigError` naming
+    ``Class.field``."""
+    if not 0 <= cfg.band < 1:
+        raise config_problem(cfg, f"band must be in [0, 1), got {cfg.band}")
+    if not 0 < cfg.gather <= cfg.round_interval:
+        raise config_problem(
+            cfg, f"gather must be in (0, round_interval={cfg.round_interval}] s, got {cfg.gather}"
+        )
+    if not 0 <= cfg.repeat_after < cfg.round_interval:
+        raise config_problem(
+            cfg,
+            f"repeat_after must be in [0, round_interval={cfg.round_interval}) s, "
+            f"got {cfg.repeat_after}",
+        )
 
 
 class Repeater:
