@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import socket
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from toys import free_port
 
 from powergrid import cli
 from powergrid.auth import Keyring, new_key_text
@@ -95,19 +94,6 @@ def test_node_needs_a_key_unless_insecure(
     done = subprocess.run(argv, capture_output=True, text=True, timeout=30, env=env, check=False)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr == f"powergrid node: {NO_KEY}\n"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@pytest.fixture
-def procs() -> Iterator[NodeProcesses]:
-    with NodeProcesses() as p:
-        yield p
 
 
 def test_nodes_keyed_by_a_keygen_file_form_a_group_an_insecure_one_stays_out(

@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -231,12 +230,6 @@ def test_describe_gives_each_event_its_fields() -> None:
 def start(p: NodeProcesses, port: int, *opts: str) -> str:
     """Run ``powergrid node --json --port PORT *opts`` named ``"127.0.0.1:PORT"``."""
     return p.start(f"{HOST}:{port}", "--insecure", "--port", str(port), *opts)
-
-
-@pytest.fixture
-def procs() -> Iterator[NodeProcesses]:
-    with NodeProcesses() as p:
-        yield p
 
 
 def last_leader(p: NodeProcesses, name: str, group: int) -> str | None:

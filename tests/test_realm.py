@@ -8,11 +8,10 @@ host and group ports that never merge (``docs/wire.md``, ``docs/security.md``).
 from __future__ import annotations
 
 import random
-import socket
 import struct
-from collections.abc import Iterator
 
 import pytest
+from toys import free_port
 
 from powergrid.auth import Authenticator, Keyring
 from powergrid.cli.node import ForeignWarner
@@ -166,19 +165,6 @@ def test_the_warner_warns_at_once_then_at_most_once_per_interval() -> None:
 
 
 # ------------------------------------------------------------------ real processes
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@pytest.fixture
-def procs() -> Iterator[NodeProcesses]:
-    with NodeProcesses() as p:
-        yield p
 
 
 def test_two_realms_on_the_same_host_and_group_ports_never_merge(procs: NodeProcesses) -> None:

@@ -8,6 +8,7 @@ are deterministic given their inputs and the ``random.Random`` they are handed.
 from __future__ import annotations
 
 import random
+import socket
 
 import attrs
 
@@ -284,3 +285,11 @@ class Converged:
             elif ep.learned != best:
                 problems.append(f"node {node} knows {ep.learned}, the maximum is {best}")
         return problems
+
+
+def free_port() -> int:
+    """A UDP port on 127.0.0.1 the kernel reports free now (for real-process tests)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
