@@ -904,7 +904,7 @@ class Driver:
         endpoint: Any = self._endpoint
         room = getattr(endpoint, "multicast_room", None)
         if room is not None and room(group=group) == 0:  # flow control: a full window
-            await _room(self, endpoint, group)
+            await _room(self, room, group)
         yield_now = self._commanded(endpoint.multicast(payload, self._now(), group=group))
         if yield_now or self._checks_every_command:  # (a stream's hot path skips the await)
             await self._after_command(yield_now)
@@ -1222,10 +1222,10 @@ class Driver:
         raise NotImplementedError
 
 
-async def _room(driver: Driver, endpoint: Any, group: int | None) -> None:
-    """Wait while ``group``'s send window is full (multicast rule 27: flow control);
-    raises :class:`UsageError` if the node stops meanwhile."""
-    room = getattr(endpoint, "multicast_room", None)
-    while room is not None and room(group=group) == 0:
+async def _room(driver: Driver, room: Callable[..., int | None], group: int | None) -> None:
+    """Wait while ``group``'s send window is full (``room`` is the endpoint's
+    ``multicast_room``; multicast rule 27: flow control); raises :class:`UsageError`
+    if the node stops meanwhile."""
+    while room(group=group) == 0:
         await driver._wait_events()  # woken by WindowOpen (and by any event)
         driver._check_running()
