@@ -1688,3 +1688,32 @@ def test_origin_overtaken_by_forged_messages_sends_past_them() -> None:
     )
     assert m.handle(stable((ME, 1, 3, 3)), due + 0.1) == []  # caught up: nothing moves
     assert (m.stats.overtaken, m.delivered[ME]) == (1, (I1, 3))
+
+
+def test_origin_holds_its_messages_while_it_keeps_an_origin_its_view_does_not_list() -> None:
+    """Rule 28 (the origin's hold): while this node keeps a DEPARTING life (here B, which
+    sends although this node's view of itself alone does not list it), it keeps its own
+    messages even once stable, so B, back in a view with it, can still fetch them; the
+    hold ends ``flush_grace`` after the last such life is listed again or dropped. (Before,
+    a node alone in its view found everything it published stable at once and dropped
+    it; merged with members that had missed some, its live stream's messages were lost
+    history and the members skipped them: fuzz seed 15113405.)"""
+    m = machine(me=A)
+    m.handle(view(A, leader=A), 0.0)
+    m.handle(data(1, sender=B), 0.1)  # B is not in this view: its life is DEPARTING
+    for _ in range(3):
+        m.handle(Publish(kind=0, payload=b"x"), 0.2)
+    digest = StableEntry(A, 1, 3, 3), StableEntry(B, 1, 1, 1)  # a view of one: all stable
+    assert m.handle(TICK, CFG.stable_interval) == [
+        Multicast(message=Stable(view_id=1, entries=digest))
+    ]
+    assert m.buffer_size == 3  # yet its own 1..3 are kept
+    m.handle(view(A, B, leader=A, view_id=2), 1.0)  # B is listed again: the hold closes
+    nak = Nak(origin=A, origin_incarnation=1, first=1, last=3)
+    assert m.handle(recv(B, nak), 1.1) == [
+        Send(to=B, message=Xmit(origin=A, origin_incarnation=1, seq=s, kind=0, payload=b"x"))
+        for s in (1, 2, 3)
+    ]
+    assert m.stats.skipped == 0
+    m.handle(TICK, 1.0 + CFG.flush_grace)  # the hold ends: what is stable goes
+    assert m.buffer_size == 0

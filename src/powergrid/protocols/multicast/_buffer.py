@@ -10,7 +10,10 @@ it, the oldest message of the life with the most buffered is dropped
 behind it skip it. Under flow control (``send_window``, rule 27) the cap drops
 nothing: every origin's window bounds what is unstable, and a member keeps every
 message it delivered until it is stable, so none that a live member lacks is lost.
-It trims a life up to its stable point (rule 13), and answers a
+It trims a life up to its stable point (rule 13), except that while the machine keeps
+a DEPARTING life (an origin its view does not list), and for ``flush_grace`` after, it
+keeps this node's own messages even once stable (the origin's hold, rule 28: at most
+``max_buffer`` of them), and answers a
 Nak from the buffer with one Xmit per message it holds in the (capped) range, at
 most ``max_xmit_per_interval`` per requester per ``nak_interval`` window (rules 8, 9;
 beyond: ``xmits_rate_limited``).
@@ -19,9 +22,10 @@ Guarantees: ``size`` is the number of messages buffered in every LIVE, DEPARTING
 RETIRED life (the registry calls :meth:`ResendBuffer.release` when a life's state
 goes) and, without flow control, never exceeds ``max_buffer`` after a delivery (under
 flow control: at most ``send_window`` per origin, plus protocol messages and what a
-missed Stable leaves until the next). Holds no timer: its part
-of ``next_deadline()`` is always None. Driven by the machine (Naks, views) and the
-registry of lives (deliveries, dropped lives).
+missed Stable leaves until the next), plus at most ``max_buffer`` of its own messages
+during a hold. Its one timer is the end of the hold, ``hold_until`` (the machine
+reads it). Driven by the machine (Naks, views, the hold) and the registry of lives
+(deliveries, dropped lives).
 """
 
 from __future__ import annotations
@@ -42,10 +46,13 @@ class ResendBuffer:
         "_config",
         "_current",
         "_flow",
+        "_held",
+        "_hold_floor",
         "_retired",
         "_stats",
         "_windows",
         "evicted",
+        "hold_until",
         "size",
     )
 
@@ -68,6 +75,10 @@ class ResendBuffer:
         self.evicted: dict[int, tuple[int, int]] = {}
         """origin -> (incarnation, seq): the coordinator's latest eviction of the origin's
         current life, for its digest to declare stable (rule 15; it empties this)."""
+        self._held: OriginLife | None = None  # this node's own life, during a hold (rule 28)
+        self._hold_floor = 0  # the hold keeps its messages above this seq
+        self.hold_until: float | None = None
+        """When the origin's hold ends (seconds); None: no hold, or one with no end yet."""
 
     def new_peak(self, size: int, coordinating: bool) -> None:
         """The buffer grew past its peak: enforce the cap (rule 15; not under flow control,
@@ -101,11 +112,41 @@ class ResendBuffer:
         """``st``'s state is dropped: its buffered messages no longer count."""
         self.size -= len(st.buf)
 
+    def sync_hold(self, own: OriginLife, departing: bool, now: float) -> None:
+        """Rule 28, the origin's hold: while the machine keeps a DEPARTING life
+        (``departing``: an origin its view does not list, which left or never was in this
+        view), and for ``flush_grace`` after the last, keep ``own`` (this node's own life)
+        buffered even once stable, from what it holds when the hold begins. That origin
+        may come back into a view with this node missing some of them, and a view without
+        it (this node alone, at worst) finds them stable at once: dropped, they would be
+        lost history although their origin is live and in the view again (fuzz seed
+        15113405). A hold that holds nothing ends at once. ``now`` in seconds."""
+        if departing:
+            if self._held is not own:
+                self._held = own
+                self._hold_floor = own.buf_low - 1
+            self.hold_until = None
+        elif self._held is not None:
+            if self.hold_until is None and own.buf:
+                self.hold_until = now + self._config.flush_grace
+            elif self.hold_until is None or self.hold_until <= now:
+                self.end_hold()
+
+    def end_hold(self) -> None:
+        """The hold ends: drop what is stable of the own life."""
+        own = self._held
+        self._held = self.hold_until = None
+        if own is not None:
+            self.trim(own, own.stable)
+
     def trim(self, st: OriginLife, stable: int) -> None:
-        """Raise ``st``'s stable point to ``stable`` and drop buffered messages up to it."""
+        """Raise ``st``'s stable point to ``stable`` and drop buffered messages up to it (but
+        none of this node's own above the hold's floor during a hold, rule 28)."""
         st.stable = max(st.stable, stable)
         buf = st.buf
         top = min(stable, st.delivered)
+        if st is self._held:  # at most max_buffer held
+            top = min(top, max(self._hold_floor, st.delivered - self._config.max_buffer))
         if top < st.buf_low:
             return
         if top - st.buf_low >= len(buf):

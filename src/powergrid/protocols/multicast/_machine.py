@@ -206,6 +206,9 @@ class MulticastMachine(Dispatching):
             due = coord.stable_due
             if due is not None and (best is None or due < best):
                 best = due
+        hold = self._buffer.hold_until  # rule 28
+        if hold is not None and (best is None or hold < best):
+            best = hold
         if not self._gappy and not self._departing and not self._retired:
             return best
         return self._lives.deadline(best)
@@ -313,6 +316,7 @@ class MulticastMachine(Dispatching):
                 st = lives.begin(origin, inc, 0, now)  # we knew its last life: starts at 1
         out = lives.place(st, seq, msg, now)
         lives.check_gap(st, now)
+        self._buffer.sync_hold(self._own, bool(self._departing), now)  # rule 28
         if self._window and self._reporting and self._status_due is not None:
             self._credit_due(st, now)
         return out
@@ -344,7 +348,9 @@ class MulticastMachine(Dispatching):
         if self._lives.members.get(member) != ev.incarnation or member == self._me:
             self._stats.stale += 1
             return []
-        return coord.on_status(member, msg, now)
+        out = coord.on_status(member, msg, now)
+        self._buffer.sync_hold(self._own, bool(self._departing), now)  # rule 28
+        return out
 
     def _on_stable(self, ev: Received, msg: Stable, now: float) -> list[Any]:
         view = self._view
@@ -431,6 +437,7 @@ class MulticastMachine(Dispatching):
                     self._arm_status(now)
             else:
                 self._status_due = None
+        self._buffer.sync_hold(self._own, bool(self._departing), now)  # rule 28
         return out
 
     # ------------------------------------------------------------ timers
@@ -439,6 +446,7 @@ class MulticastMachine(Dispatching):
         out: list[Any] = []
         if self._lives.expire(now, out) and not self._needs_status():
             self._status_due = None
+        self._buffer.sync_hold(self._own, bool(self._departing), now)  # rule 28
         if self._status_due is not None and self._status_due <= now:
             if self._needs_status():
                 sent = self._status_messages()
