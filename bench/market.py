@@ -9,8 +9,9 @@ are straight-line curves (no corners) with seeded random watts and classes.
 (1 ms latency), clusters of clients, each cluster electing a broker and the
 brokers a lead. In the steady state (after 8 virtual seconds) the market's
 datagrams per round (``round_interval`` 1 s) are counted where they are sent
-(a multicast counts once) by kind: bids and their acks (reliable unicast
-UData/UAck), BidAck, Aggregate, Clearing, Price. The design estimates about
+(a multicast counts once) by kind: bids (plain datagrams, resent until
+acknowledged), BidAck, Aggregate, Clearing, Price (and UAck, had bids a reliable
+unicast's acks). The design estimates about
 N + 3B per round (N clients, B brokers). Then one client changes its bid;
 the figure is the virtual time until it applies a price that includes it.
 

@@ -18,7 +18,6 @@ from powergrid.events import (
     Multicast,
     Received,
     Send,
-    SendReliable,
     View,
     ViewChanged,
 )
@@ -93,25 +92,58 @@ def client_following(now: float = 0.0) -> ClientMachine:
 
 
 def test_client_sends_bid_once_broker_is_known_and_refreshes() -> None:
-    """Client rule: the bid goes to the broker by reliable unicast, then every refresh_interval."""
+    """Client rule: the bid goes to the broker as a plain datagram, then every
+    refresh_interval; its BidAck is its one acknowledgement."""
     c = ClientMachine(ME, CL, ClientConfig(grid=GRID, raise_after=0.0))
     assert c.handle(BidChanged(bid=BID), 0.0) == []
     assert c.next_deadline() is None
-    sent = [SendReliable(to=BROKER, message=BID.to_message(1))]
+    sent = [Send(to=BROKER, message=BID.to_message(1))]
     assert c.handle(LeaderElected(group=CL, leader=BROKER, epoch=Epoch(1)), 0.5) == sent
+    assert c.handle(rx(BROKER, wire.BidAck(epoch=1, seq=1, aggregate=1)), 0.51) == []
     assert c.next_deadline() == 2.5
     assert c.handle(DL, 2.0) == []
     assert c.handle(DL, 2.5) == sent
+    assert c.handle(rx(BROKER, wire.BidAck(epoch=1, seq=1, aggregate=1)), 2.51) == []
     assert c.next_deadline() == 4.5
+    assert (c.stats.bids_sent, c.stats.bids_resent) == (2, 0)
+
+
+def test_client_resends_an_unacknowledged_bid_backing_off_until_its_ack() -> None:
+    """Client rule: a bid with no BidAck ``bid_retry`` after it was sent goes again, the
+    wait doubling up to refresh_interval; the ack of the current bid stops it, an ack of
+    an older one does not. (Bids were sent by reliable unicast and acknowledged twice,
+    UAck and BidAck: issue "Real-network speed", one acknowledgement per bid.)"""
+    c = ClientMachine(ME, CL, ClientConfig(grid=GRID, raise_after=0.0, bid_retry=0.1))
+    c.handle(BidChanged(bid=BID), 0.0)
+    sent = [Send(to=BROKER, message=BID.to_message(1))]
+    assert c.handle(LeaderElected(group=CL, leader=BROKER, epoch=Epoch(1)), 1.0) == sent
+    assert c.next_deadline() == pytest.approx(1.1)
+    assert c.handle(DL, 1.1) == sent  # no ack: again after 0.1 s
+    assert c.next_deadline() == pytest.approx(1.3)  # then after 0.2 s
+    assert c.handle(DL, 1.3) == sent
+    assert c.next_deadline() == pytest.approx(1.7)
+    c.handle(BidChanged(bid=BID2), 1.4)  # a newer bid replaces it: its own retries
+    assert c.next_deadline() == pytest.approx(1.5)
+    c.handle(rx(BROKER, wire.BidAck(epoch=1, seq=1, aggregate=1)), 1.45)  # the old one's
+    assert c.handle(DL, 1.5) == [Send(to=BROKER, message=BID2.to_message(2))]
+    c.handle(rx(BROKER, wire.BidAck(epoch=1, seq=2, aggregate=1)), 1.55)
+    assert c.next_deadline() == pytest.approx(3.5)  # acked: only the refresh (from 1.5)
+    assert (c.stats.bids_sent, c.stats.bids_resent) == (5, 3)
+
+
+def test_client_bid_retry_must_fit_the_refresh() -> None:
+    """Config: bid_retry in (0, refresh_interval], or a clear error."""
+    for bad in (0.0, -1.0, 2.5):
+        with pytest.raises(ConfigError, match="bid_retry"):
+            ClientConfig(bid_retry=bad)
 
 
 def test_client_new_bid_gets_next_seq_and_same_bid_is_ignored() -> None:
     """Client rule: a changed bid gets the next seq at once; an unchanged one sends nothing."""
     c = client_following()
-    assert c.handle(BidChanged(bid=BID2), 1.0) == [
-        SendReliable(to=BROKER, message=BID2.to_message(2))
-    ]
+    assert c.handle(BidChanged(bid=BID2), 1.0) == [Send(to=BROKER, message=BID2.to_message(2))]
     assert c.handle(BidChanged(bid=BID2), 1.5) == []
+    c.handle(rx(BROKER, wire.BidAck(epoch=1, seq=2, aggregate=1)), 1.6)
     assert (c.bid, c.bid_seq, c.next_deadline()) == (BID2, 2, 3.0)
 
 
@@ -166,7 +198,7 @@ def test_client_applies_a_cut_at_once_and_a_raise_raise_after_later() -> None:
     c.handle(rx(BROKER, wire.BidAck(epoch=1, seq=1, aggregate=1)), 0.1)
 
     def market(out: list[object]) -> list[object]:
-        return [a for a in out if not isinstance(a, SendReliable)]
+        return [a for a in out if not isinstance(a, Send)]
 
     assert c.handle(rx(BROKER, price()), 1.0) == [] and c.allocation is None
     assert c.next_deadline() == pytest.approx(1.02)
@@ -320,7 +352,7 @@ def test_client_price_of_newer_epoch_is_early_and_never_moves_the_epoch() -> Non
     assert c.handle(rx(OTHER, price(epoch=4)), 1.0) == []
     assert (c.broker, c.epoch, c.stats.dropped_early) == (BROKER, 1, 1)
     assert c.handle(LeaderElected(group=CL, leader=OTHER, epoch=Epoch(4)), 1.1) == [
-        SendReliable(to=OTHER, message=BID.to_message(1))
+        Send(to=OTHER, message=BID.to_message(1))
     ]
     out = c.handle(rx(OTHER, price(epoch=4)), 1.2)
     assert isinstance(out[0], PriceUpdated) and out[0].allocation == 0  # not counted by it
@@ -350,17 +382,19 @@ def test_client_lease_expiry_falls_back_to_required_and_never_rises() -> None:
     c = client_following()
     c.handle(rx(BROKER, wire.BidAck(epoch=1, seq=1, aggregate=1)), 0.1)
     c.handle(rx(BROKER, price()), 1.0)
-    assert c.handle(DL, 2.0) == [SendReliable(to=BROKER, message=BID.to_message(1))]
-    assert c.handle(DL, 4.0) == [SendReliable(to=BROKER, message=BID.to_message(1))]
+    assert c.handle(DL, 2.0) == [Send(to=BROKER, message=BID.to_message(1))]
+    c.handle(rx(BROKER, wire.BidAck(epoch=1, seq=1, aggregate=1)), 2.01)
+    assert c.handle(DL, 4.0) == [Send(to=BROKER, message=BID.to_message(1))]
+    c.handle(rx(BROKER, wire.BidAck(epoch=1, seq=1, aggregate=1)), 4.01)
     assert c.next_deadline() == 6.0
     assert c.handle(DL, 6.0) == [
-        SendReliable(to=BROKER, message=BID.to_message(1)),
+        Send(to=BROKER, message=BID.to_message(1)),
         AllocationChanged(group=CL, allocation=100, cause="lease"),
     ]
     assert c.lease_expired and c.stats.leases_expired == 1
     big = Bid(floor=50, required=180, maximum=300)
     out = c.handle(BidChanged(bid=big), 6.5)
-    assert out == [SendReliable(to=BROKER, message=big.to_message(2))]
+    assert out == [Send(to=BROKER, message=big.to_message(2))]
     assert c.allocation == 100
     small = Bid(floor=10, required=70, maximum=300)
     out = c.handle(BidChanged(bid=small), 7.0)
@@ -373,7 +407,7 @@ def test_client_lease_in_shortage_keeps_lower_allocation() -> None:
     c.handle(rx(BROKER, wire.BidAck(epoch=1, seq=1, aggregate=1)), 0.1)
     c.handle(rx(BROKER, price(regime=2, price=1.0, level=1, fill=0, deficit=9)), 1.0)
     assert c.allocation == 50
-    assert c.handle(DL, 6.0) == [SendReliable(to=BROKER, message=BID.to_message(1))]
+    assert c.handle(DL, 6.0) == [Send(to=BROKER, message=BID.to_message(1))]
     assert c.allocation == 50 and c.lease_expired
 
 
@@ -1192,6 +1226,7 @@ def test_client_keeps_its_cap_across_a_failover_until_its_lease_ends() -> None:
         group=CL, allocation=162, cause="price"
     )
     c.handle(LeaderElected(group=CL, leader=OTHER, epoch=Epoch(2)), 2.0)
+    c.handle(rx(OTHER, wire.BidAck(epoch=2, seq=1, aggregate=5)), 2.01)  # counted from 5 on
     out = c.handle(rx(OTHER, price(epoch=2)), 3.0)  # the new broker has not counted us
     assert [type(a) for a in out] == [PriceUpdated]  # the cap stays: no AllocationChanged
     assert out[0].allocation == 0 and out[0].carried  # type: ignore[attr-defined]

@@ -51,8 +51,9 @@ which live once per node. Actions go through one work queue per stack:
 * ``Send``/``Multicast`` become encoded datagrams (``Transmit``/``TransmitGroup``);
 * ``SendReliable``/``MulticastReliable`` are encoded as inner bodies and given
   to the unicast or multicast machine (a reliable unicast one as a superseding
-  ``Submit``: a newer bid replaces those still queued, and a full queue drops
-  instead of raising); what those deliver with a protocol
+  ``Submit``: a newer message replaces those still queued, and a full queue
+  drops instead of raising; no machine sends one today: bids go as plain
+  ``Send``, acknowledged by the broker's ``BidAck``); what those deliver with a protocol
   ``kind`` is decoded and routed by :data:`ROUTES` as ``Received`` from the
   original sender (a channel's own messages never nest), and application bytes
   are passed to the app as :class:`MessageDelivered` / :class:`UnicastDelivered`;
