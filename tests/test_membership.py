@@ -7,6 +7,7 @@ incarnations), as the code's comments do at each rule's implementation."""
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -558,6 +559,79 @@ def test_leader_checks_acks_ack_wait_after_a_heartbeat() -> None:
         Send(to=B, message=probe),
     ]
     assert m.next_deadline() == 1.6875  # the next probe round
+
+
+DENSE = attrs.evolve(SPARSE, dense_acks_for=1.0)
+"""SPARSE, dense for 1 s after a sign of loss."""
+
+
+def test_member_acks_every_heartbeat_for_a_while_after_one_was_missed() -> None:
+    """Ack (rule M2, dense after loss): a heartbeat of the same leader more than 2.5 ticks
+    after the last (two were lost; one late beat does not count) makes the member ack
+    every heartbeat for dense_acks_for; then it acks sparsely again."""
+    m = machine(A, config=DENSE)
+    m.handle(Join(), 0.0)
+    m.handle(rcv(L, part(1, 2, [mem(A), mem(L)])), 0.25)
+    ack = Send(to=L, message=HeartbeatAck(epoch=1, view_id=2))
+    hb = Heartbeat(epoch=1, view_id=2)
+    assert m.handle(rcv(L, hb), 0.501) == [ack]
+    assert m.handle(rcv(L, hb), 0.751) == []
+    assert m.handle(rcv(L, hb), 1.101) == []  # one beat 0.1 s late: still sparse
+    # the heartbeats of 1.25 and 1.5 are lost: 1.75 is 0.65 s (2.6 ticks) after the last
+    got = [m.handle(rcv(L, hb), 0.25 * i + 0.001) for i in range(7, 15)]
+    #        1.75   2.0    2.25   2.5  | 2.75 3.0 (dense until 2.751) 3.25   3.5
+    assert got == [[ack], [ack], [ack], [ack], [], [], [], [ack]]
+
+
+def test_member_acks_every_heartbeat_for_a_while_after_a_probe_of_itself() -> None:
+    """Ack (rule M2, dense after loss): a probe of this node (the leader suspected it: an
+    ack was lost) makes it ack every heartbeat for dense_acks_for."""
+    m = machine(A, config=DENSE)
+    m.handle(Join(), 0.0)
+    m.handle(rcv(L, part(1, 2, [mem(A), mem(L)])), 0.25)
+    ack = Send(to=L, message=HeartbeatAck(epoch=1, view_id=2))
+    hb = Heartbeat(epoch=1, view_id=2)
+    assert m.handle(rcv(L, hb), 0.501) == [ack]
+    probe = Probe(epoch=1, nonce=7, target=A, target_incarnation=1, requester=L)
+    assert m.handle(rcv(L, probe), 0.6) == [
+        Send(to=L, message=ProbeAck(epoch=1, nonce=7, target=A, target_incarnation=1, requester=L))
+    ]
+    got = [m.handle(rcv(L, hb), 0.25 * i + 0.001) for i in range(3, 9)]
+    assert got == [[ack], [ack], [ack], [ack], [], []]  # dense until 1.6
+
+
+def test_leader_heartbeats_every_half_tick_for_a_while_after_a_suspicion() -> None:
+    """Tick (rule L1, dense after loss): once it suspected a member (a lost ack), the leader
+    heartbeats every half tick for dense_acks_for, then at the tick again."""
+    m = machine(L, config=DENSE)
+    m.handle(Join(), 0.0)
+    m.handle(LeaderElected(group=G, leader=L, epoch=Epoch(1)), 0.0)
+    for n in (A, B):
+        m.handle(rcv(n, JOIN), 0.125)
+    m.handle(WAKE, 0.25)  # admits A and B
+    beats = []
+    suspected = []
+    t = 0.25
+    while t < 4.0:
+        t = m.next_deadline() or 0.0
+        acks = (A, B) if t < 1.3 or t > 2.6 else (B,)  # A's acks go missing for 1.3 s
+        out = m.handle(WAKE, t)
+        if any(isinstance(a, Multicast) and isinstance(a.message, Heartbeat) for a in out):
+            beats.append(t)
+            ack_all(m, acks, t + 0.01)
+        if any(isinstance(a, MemberSuspected) for a in out):
+            suspected.append(t)
+            ack_all(m, (A,), t + 0.02)  # A answers its probe: the suspicion clears
+            m.handle(
+                rcv(A, ProbeAck(epoch=1, nonce=1, target=A, target_incarnation=1, requester=L)),
+                t + 0.02,
+            )
+    gaps = sorted({round(b - a, 4) for a, b in itertools.pairwise(beats)})
+    assert gaps == [0.125, 0.25]
+    dense = [b for a, b in itertools.pairwise(beats) if round(b - a, 4) == 0.125]
+    (sus,) = suspected
+    # the beat already due, then every half tick until dense_acks_for after the suspicion
+    assert sus < dense[0] <= sus + 0.25 + 0.125 and dense[-1] <= sus + 1.0 + 0.125
 
 
 def test_stretched_tick_probes_suspects_every_heartbeat_interval() -> None:
@@ -1446,12 +1520,13 @@ def test_sim_crashed_leader_is_replaced_and_removed(loss: float) -> None:
     old = sim.elected
     took = crash_to_removal(sim, old)
     cfg = sim.config
-    # LeaderLost within leader_timeout * s(n) of the last heartbeat, the test's election
-    # 50 ms later, the new leader suspects the old one at once and removes it after
-    # removal_timeout * s(n) (on its tick grid), then the view reaches every member (at 10%
-    # loss possibly re-fetched).
-    detect = cfg.leader_timeout * cfg.scale(6) + 0.05
-    remove = cfg.removal_timeout * cfg.scale(6) + cfg.heartbeat_interval
+    # LeaderLost within the leader timeout of the last heartbeat (leader_timeout * s(n), at
+    # least LEADER_TICKS ticks), the test's election 50 ms later, the new leader suspects
+    # the old one at once and removes it after removal_timeout * s(n) (on its tick grid),
+    # then the view reaches every member (at 10% loss possibly re-fetched).
+    _, removal, leader = cfg.timeouts(6)
+    detect = leader + 0.05
+    remove = removal + cfg.tick(6)
     assert took <= detect + remove + {0.0: 0.01, 0.1: 0.3}[loss]
     sim.run(sim.now + 2.0)
     assert sim.elected != old and sim.settled()

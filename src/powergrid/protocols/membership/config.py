@@ -45,6 +45,11 @@ class MembershipConfig:
     heartbeat (``round(ack_interval / tick(n))``, at least 1); 0 or anything up to
     ``heartbeat_interval``: every heartbeat. Sparse acks keep the traffic down while the
     leader's frequent heartbeats keep a lost leader quick to detect."""
+    dense_acks_for: float = attrs.field(default=10.0, validator=real)
+    """With sparse acks, a member acks every heartbeat for this long after a sign of loss:
+    two heartbeats of its leader missed (more than 2.5 ticks since the last), or a probe
+    of it (the leader suspected it). A quiet, lossless group acks sparsely; a lossy one
+    acks every beat, so one lost ack does not make the leader suspect a live member."""
     ack_wait: float = attrs.field(default=0.05, validator=real)
     """With sparse acks, the leader checks its members this long after each heartbeat
     (the acks it drew are in by then) as well as at the heartbeat: a member whose ack is
@@ -88,6 +93,7 @@ class MembershipConfig:
             "heartbeat_interval",
             "ack_interval",
             "ack_wait",
+            "dense_acks_for",
             "probe_interval",
             "suspect_timeout",
             "removal_timeout",
@@ -154,17 +160,23 @@ class MembershipConfig:
                 self, f"max_ack_rate is {self.max_ack_rate}; set it to 0 (no limit) or more"
             )
         if not 0 < self.probe_interval <= hb:
-            raise ConfigError(
+            raise config_problem(
+                self,
                 f"probe_interval ({self.probe_interval}) must be within (0, heartbeat_interval "
-                f"= {hb}]: suspects are probed at least once a tick"
+                f"= {hb}]: suspects are probed at least once a tick",
             )
         if self.ack_interval < 0:
-            raise ConfigError(f"ack_interval is {self.ack_interval}; set it to 0 or more")
+            raise config_problem(self, f"ack_interval is {self.ack_interval}; set it to 0 or more")
+        if self.dense_acks_for < 0:
+            raise config_problem(
+                self, f"dense_acks_for is {self.dense_acks_for}; set it to 0 (never) or more"
+            )
         if not 0 <= self.ack_wait < hb / 2:
-            raise ConfigError(
+            raise config_problem(
+                self,
                 f"ack_wait ({self.ack_wait}) must be within [0, heartbeat_interval / 2 = "
                 f"{hb / 2}): the check after a heartbeat must come before the next one, and "
-                "a member's ack due at a heartbeat is judged against that half-tick"
+                "a member's ack due at a heartbeat is judged against that half-tick",
             )
         if self.lone_heartbeat_interval < hb:
             raise config_problem(

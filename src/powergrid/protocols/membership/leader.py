@@ -87,6 +87,7 @@ class Leader(_Role):
     """
 
     __slots__ = (
+        "dense_until",
         "departures",
         "last_ack",
         "lone_beat",
@@ -110,6 +111,7 @@ class Leader(_Role):
     def __init__(self, machine: MembershipMachine) -> None:
         super().__init__(machine)
         self.next_beat = 0.0
+        self.dense_until = -math.inf  # beats go at half the tick until then (rule L1)
         self.next_check = math.inf
         self.lone_beat = 0.0
         self.next_probe = 0.0
@@ -141,6 +143,11 @@ class Leader(_Role):
         members[m._node] = m._me
         m._members = members
         self.last_ack = {n: now for n in members if n != m._node}
+        if old in self.last_ack and not suspect and m._ack_gap:
+            # With sparse acks a member acks a new leader's first heartbeat at once (rule
+            # M2): the old leader, silent to others though not to this node, owes that ack
+            # within two ticks, not within an ack period.
+            self.last_ack[old] = now - m._suspect_after + 2 * m._tick_s
         self.new_view(departures, actions)
         if suspect:
             self.suspect(suspect, now, actions)
@@ -249,7 +256,7 @@ class Leader(_Role):
             actions.append(Multicast(message=Heartbeat(epoch=m._lead.epoch, view_id=m._view_id())))
             m._stats.heartbeats_sent += 1
             self.lone_beat = now + m._config.lone_heartbeat_interval
-        interval = m._tick_s
+        interval = m._tick_s if now >= self.dense_until else m._tick_s / 2
         self.next_beat += interval
         if self.next_beat <= now:
             self.next_beat = now + interval
@@ -260,6 +267,8 @@ class Leader(_Role):
         """Rule L2: start suspecting ``node``: MemberSuspected, a new nonce, the first probes."""
         m = self._m
         m._nonce = (m._nonce + 1) & _MAX_U32
+        if m._ack_gap:  # sparse acks: a sign of loss; beat at half the tick for a while
+            self.dense_until = now + m._config.dense_acks_for
         if not self.suspects:
             self.next_probe = now + m._config.probe_interval
         sus = self.suspects[node] = _Suspicion(now, m._nonce)
