@@ -1472,15 +1472,19 @@ def test_lead_hold_never_cuts_into_required_power() -> None:
 
 
 def test_broker_and_lead_send_each_rounds_multicasts_twice() -> None:
-    """Broker and lead rule (repeats): each Price and each round's Clearings are multicast
-    once more ``repeat_after`` later, so a lost one costs that, not a round (the partition
+    """Broker and lead rule (repeats): each Price, each Aggregate and each round's Clearings
+    are sent once more ``repeat_after`` later, so a lost one costs that, not a round (the partition
     scenario: a lost Clearing left a cluster on its old budget for a round while the others
     rose, 41 W over the supply for 1 s); a receiver that has the round drops the copy."""
     b = BrokerMachine(BROKER, CL, BrokerConfig(grid=GRID, gather=1.0, repeat_after=0.01))
     b.handle(LeaderElected(group=CL, leader=BROKER, epoch=Epoch(1)), 0.0)
     b.handle(LeaderElected(group=BROKER_GROUP, leader=LEAD, epoch=Epoch(7)), 0.0)
     b.handle(rx(ME, BID.to_message(1)), 0.1)
-    b.handle(DL, 1.0)
+    agg = b.handle(DL, 1.0)
+    assert [type(a.message) for a in agg] == [wire.Aggregate]  # type: ignore[attr-defined]
+    assert b.next_deadline() == pytest.approx(1.01)
+    assert b.handle(DL, 1.01) == agg  # the aggregate too, once more (a lost first one
+    # left its cluster out of a new lead's first round: the demo's start)
     sent = b.handle(rx(LEAD, clearing()), 1.1)
     assert b.next_deadline() == pytest.approx(1.11)
     assert b.handle(DL, 1.105) == []

@@ -124,7 +124,7 @@ class BrokerConfig:
     republish_within: float = attrs.field(default=5.0, validator=real)
     """A heard price this recent is republished at once by a new broker (s; 0: never)."""
     repeat_after: float = attrs.field(default=0.01, validator=real)
-    """Each price is multicast once more this much later (s; 0: never; see ``repeat``)."""
+    """Each price and aggregate is sent once more this much later (s; 0: never; see ``repeat``)."""
 
     def __attrs_post_init__(self) -> None:
         if not self.round_interval > 0:
@@ -193,6 +193,7 @@ class BrokerMachine(Dispatching):
 
     __slots__ = (
         "_active",
+        "_agg_repeat",
         "_agg_seq",
         "_bids",
         "_brokers",
@@ -247,6 +248,7 @@ class BrokerMachine(Dispatching):
         self._budget_from = (0, 0)  # the lead's (epoch, round) that granted _budget
         self._round_at: float | None = None
         self._repeat = Repeater(self._config.repeat_after)  # each price, sent twice
+        self._agg_repeat = Repeater(self._config.repeat_after)  # each aggregate, likewise
         self._price_round = 0
         self._local_regime: Regime | None = None
         self._local = False
@@ -298,7 +300,9 @@ class BrokerMachine(Dispatching):
 
     def next_deadline(self) -> float | None:
         """The next round or price repeat, while active."""
-        return earliest(self._round_at, self._repeat.at) if self._active else None
+        if not self._active:
+            return None
+        return earliest(self._round_at, self._repeat.at, self._agg_repeat.at)
 
     # ---------------------------------------------------------------- handlers
 
@@ -475,7 +479,7 @@ class BrokerMachine(Dispatching):
     def _on_deadline(self, ev: DeadlineReached, now: float) -> list[object]:
         if not self._active:
             return []
-        repeat = self._repeat.due(now)
+        repeat = self._repeat.due(now) + self._agg_repeat.due(now)
         if self._round_at is None or now < self._round_at:
             return repeat
         return repeat + self._round(now)
@@ -524,7 +528,9 @@ class BrokerMachine(Dispatching):
             totals, cluster=self._cluster, epoch=self._leadership.epoch, seq=self._agg_seq
         )
         self.stats.aggregates_sent += 1
-        return [Send(to=lead, message=msg)]
+        out: list[object] = [Send(to=lead, message=msg)]
+        self._agg_repeat.arm(out, now, Send)
+        return out
 
     def _republish(self, now: float) -> list[object]:
         """A new broker's first price: the last one heard, under our epoch (counting no bid)."""
@@ -575,6 +581,7 @@ class BrokerMachine(Dispatching):
         self._totals = None
         self._round_at = None
         self._repeat.cancel()
+        self._agg_repeat.cancel()
         # No longer the broker, the node leaves the broker group: the lead epoch known
         # came from that group's election, which is gone. Its next stack starts from 0.
         self._brokers.forget()
