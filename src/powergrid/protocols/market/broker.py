@@ -161,6 +161,9 @@ class BrokerStats:
     """Bids of a joining node that came before the view naming it, taken when it did."""
     """Bids dropped at once because their node left gracefully (it powered off)."""
     aggregates_sent: int = 0
+    aggregates_early: int = 0
+    """Aggregates sent at a view that admitted joiners whose bids waited for it, besides
+    the round's (also in ``aggregates_sent`` when a lead is known)."""
     prices_sent: int = 0
     prices_overheard: int = 0
     prices_republished: int = 0
@@ -346,6 +349,7 @@ class BrokerMachine(Dispatching):
                 del self._bids[node]
                 self.stats.bids_left += 1
         out: list[object] = []
+        accepted = self.stats.bids_accepted
         for node in sorted(self._waiting):  # joiners whose bid came before this view
             rx, bid, heard = self._waiting[node]
             if now - heard >= self._config.bid_timeout:
@@ -354,6 +358,11 @@ class BrokerMachine(Dispatching):
                 del self._waiting[node]
                 self.stats.bids_waited += 1
                 out += self._on_bid(rx, bid, heard)
+        if self.stats.bids_accepted > accepted and self._totals is not None:
+            # Joiners counted now go to the lead at once, not at this broker's next round:
+            # the lead's next clearing counts them (admission within a round of the view).
+            self.stats.aggregates_early += 1
+            out += self._aggregate(now)
         return out
 
     def _on_member_left(self, ev: MemberLeft, now: float) -> list[object]:
