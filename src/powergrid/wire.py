@@ -737,7 +737,8 @@ class Corner(NamedTuple):
 @_layout("QIIIB", tail="entries", entry="dI", entry_type=Corner)
 @attrs.frozen
 class Bid(Message):
-    """A client's bid ``seq`` (1, 2, ...; a refresh repeats it) to its broker (reliable unicast).
+    """A client's bid ``seq`` (1, 2, ...; a refresh repeats it) to its broker, a plain datagram sent
+    again until the broker's ``BidAck`` of that ``seq`` arrives.
 
     Watts: ``floor <= required <= maximum``; ``priority`` 0..15, higher is more
     important; ``corners`` (at most 8, prices strictly rising, watts never rising,
