@@ -7,6 +7,7 @@ incarnations), as the code's comments do at each rule's implementation."""
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -71,7 +72,9 @@ EXACT = MembershipConfig(
     join_jitter=0.0,
     size_factor=0.0,
     indirect_probes=2,
-)  # binary-exact times, no scaling, no jitter
+    ack_interval=0.0,
+    probe_interval=0.25,
+)  # binary-exact times, no scaling, no jitter; every heartbeat acked, probes at the ticks
 WAKE = DeadlineReached()
 DEFAULTS = MembershipConfig()
 JOIN = JoinRequest(rank=0, broker_capable=0)
@@ -484,7 +487,7 @@ def test_tick_stretches_with_group_size_to_bound_the_leaders_ack_rate() -> None:
     """Scaling (rule L1): the tick is heartbeat_interval until the acks of n - 1 members would
     exceed max_ack_rate per second; then the suspect and leader timeouts are at least 2 and 4 ticks.
     """
-    cfg = DEFAULTS
+    cfg = attrs.evolve(DEFAULTS, heartbeat_interval=0.1, ack_interval=0.0, ack_wait=0.0)
     assert cfg.tick(8) == 0.1 and cfg.tick(41) == 0.1
     assert cfg.tick(100) == 99 / 400
     s8, s100 = cfg.scale(8), cfg.scale(100)
@@ -492,6 +495,143 @@ def test_tick_stretches_with_group_size_to_bound_the_leaders_ack_rate() -> None:
     assert cfg.timeouts(100) == (0.3 * s100, 0.3 * s100, 4 * 99 / 400)
     off = attrs.evolve(cfg, max_ack_rate=0.0)
     assert off.tick(1000) == 0.1
+
+
+def test_sparse_acks_set_the_suspect_timeout_to_the_ack_period() -> None:
+    """Scaling (rules L1, L2, M2): with the defaults (a 0.2 s tick, ack_interval 0.8 s) a member
+    acks every 4th heartbeat, so a member is suspected once one ack is due and missing: the
+    suspect timeout is the ack period, 4 ticks (more than suspect_timeout * scale(8)); the
+    stretched tick of 100 members (0.2475 s) takes every 3rd."""
+    cfg = DEFAULTS
+    assert cfg.tick(8) == 0.2 and cfg.tick(81) == 0.2 and cfg.tick(100) == 99 / 400
+    assert cfg.ack_every(8) == 4 and cfg.ack_every(100) == 3 and cfg.ack_every(1) == 4
+    s8 = cfg.scale(8)
+    assert cfg.timeouts(8) == (4 * 0.2, 0.3 * s8, 4 * 0.2)
+    assert cfg.timeouts(100)[0] == 3 * (99 / 400)
+    assert attrs.evolve(cfg, ack_interval=0.0).ack_every(8) == 1
+
+
+SPARSE = attrs.evolve(EXACT, ack_interval=1.0, ack_wait=0.0625, probe_interval=0.125)
+"""EXACT with sparse acks: every 4th heartbeat (of 0.25 s) is acked; checks 0.0625 s after."""
+
+
+def test_member_acks_every_ack_every_th_heartbeat() -> None:
+    """Ack (rule M2, sparse): a member acks the first heartbeat of a leader, epoch and view at
+    once, then only once its last ack is ack_every - 1/2 ticks old: every 4th heartbeat."""
+    m = machine(A, config=SPARSE)
+    m.handle(Join(), 0.0)
+    m.handle(rcv(L, part(1, 2, [mem(A), mem(L)])), 0.25)
+    ack = Send(to=L, message=HeartbeatAck(epoch=1, view_id=2))
+    hb = Heartbeat(epoch=1, view_id=2)
+    got = [m.handle(rcv(L, hb), 0.25 * i + 0.001) for i in range(2, 11)]
+    assert got == [[ack], [], [], [], [ack], [], [], [], [ack]]
+    assert m.stats.acks_sent == 3
+    # A new view is acked at once (its id is what the leader reads, rule L8).
+    m.handle(rcv(L, part(1, 3, [mem(A), mem(L)])), 2.8)
+    assert m.handle(rcv(L, Heartbeat(epoch=1, view_id=3)), 3.001) == [
+        Send(to=L, message=HeartbeatAck(epoch=1, view_id=3))
+    ]
+
+
+def test_leader_checks_acks_ack_wait_after_a_heartbeat() -> None:
+    """Suspect (rule L2, sparse acks): ack_wait after each heartbeat the leader suspects every
+    member whose ack was due at it (its last sign of life is an ack period old) and has not
+    come, at once rather than a tick later; the probes then go every probe_interval."""
+    m = machine(L, config=SPARSE)
+    m.handle(Join(), 0.0)
+    m.handle(LeaderElected(group=G, leader=L, epoch=Epoch(1)), 0.0)
+    for n in (A, B):
+        m.handle(rcv(n, JOIN), 0.125)
+    m.handle(WAKE, 0.25)  # admits A and B: last signs of life at 0.25
+    assert m.next_deadline() == 0.3125
+    assert m.handle(WAKE, 0.3125) == []
+    ack_all(m, (A, B), 0.51)
+    for t in (0.75, 1.0, 1.25):
+        assert m.handle(WAKE, t) == [Multicast(message=Heartbeat(epoch=1, view_id=2))]
+        assert m.handle(WAKE, t + 0.0625) == []  # A's and B's acks of 0.5 are recent
+    assert m.handle(WAKE, 1.5) == [Multicast(message=Heartbeat(epoch=1, view_id=2))]
+    ack_all(m, (B,), 1.51)  # B's ack of the heartbeat of 1.5 comes; A's does not
+    probe = Probe(epoch=1, nonce=1, target=A, target_incarnation=1, requester=L)
+    assert m.next_deadline() == 1.5625
+    assert m.handle(WAKE, 1.5625) == [
+        MemberSuspected(group=G, node=A),
+        Send(to=A, message=probe),
+        Send(to=B, message=probe),
+    ]
+    assert m.next_deadline() == 1.6875  # the next probe round
+
+
+DENSE = attrs.evolve(SPARSE, dense_acks_for=1.0)
+"""SPARSE, dense for 1 s after a sign of loss."""
+
+
+def test_member_acks_every_heartbeat_for_a_while_after_one_was_missed() -> None:
+    """Ack (rule M2, dense after loss): a heartbeat of the same leader more than 2.5 ticks
+    after the last (two were lost; one late beat does not count) makes the member ack
+    every heartbeat for dense_acks_for; then it acks sparsely again."""
+    m = machine(A, config=DENSE)
+    m.handle(Join(), 0.0)
+    m.handle(rcv(L, part(1, 2, [mem(A), mem(L)])), 0.25)
+    ack = Send(to=L, message=HeartbeatAck(epoch=1, view_id=2))
+    hb = Heartbeat(epoch=1, view_id=2)
+    assert m.handle(rcv(L, hb), 0.501) == [ack]
+    assert m.handle(rcv(L, hb), 0.751) == []
+    assert m.handle(rcv(L, hb), 1.101) == []  # one beat 0.1 s late: still sparse
+    # the heartbeats of 1.25 and 1.5 are lost: 1.75 is 0.65 s (2.6 ticks) after the last
+    got = [m.handle(rcv(L, hb), 0.25 * i + 0.001) for i in range(7, 15)]
+    #        1.75   2.0    2.25   2.5  | 2.75 3.0 (dense until 2.751) 3.25   3.5
+    assert got == [[ack], [ack], [ack], [ack], [], [], [], [ack]]
+
+
+def test_member_acks_every_heartbeat_for_a_while_after_a_probe_of_itself() -> None:
+    """Ack (rule M2, dense after loss): a probe of this node (the leader suspected it: an
+    ack was lost) makes it ack every heartbeat for dense_acks_for."""
+    m = machine(A, config=DENSE)
+    m.handle(Join(), 0.0)
+    m.handle(rcv(L, part(1, 2, [mem(A), mem(L)])), 0.25)
+    ack = Send(to=L, message=HeartbeatAck(epoch=1, view_id=2))
+    hb = Heartbeat(epoch=1, view_id=2)
+    assert m.handle(rcv(L, hb), 0.501) == [ack]
+    probe = Probe(epoch=1, nonce=7, target=A, target_incarnation=1, requester=L)
+    assert m.handle(rcv(L, probe), 0.6) == [
+        Send(to=L, message=ProbeAck(epoch=1, nonce=7, target=A, target_incarnation=1, requester=L))
+    ]
+    got = [m.handle(rcv(L, hb), 0.25 * i + 0.001) for i in range(3, 9)]
+    assert got == [[ack], [ack], [ack], [ack], [], []]  # dense until 1.6
+
+
+def test_leader_heartbeats_every_half_tick_for_a_while_after_a_suspicion() -> None:
+    """Tick (rule L1, dense after loss): once it suspected a member (a lost ack), the leader
+    heartbeats every half tick for dense_acks_for, then at the tick again."""
+    m = machine(L, config=DENSE)
+    m.handle(Join(), 0.0)
+    m.handle(LeaderElected(group=G, leader=L, epoch=Epoch(1)), 0.0)
+    for n in (A, B):
+        m.handle(rcv(n, JOIN), 0.125)
+    m.handle(WAKE, 0.25)  # admits A and B
+    beats = []
+    suspected = []
+    t = 0.25
+    while t < 4.0:
+        t = m.next_deadline() or 0.0
+        acks = (A, B) if t < 1.3 or t > 2.6 else (B,)  # A's acks go missing for 1.3 s
+        out = m.handle(WAKE, t)
+        if any(isinstance(a, Multicast) and isinstance(a.message, Heartbeat) for a in out):
+            beats.append(t)
+            ack_all(m, acks, t + 0.01)
+        if any(isinstance(a, MemberSuspected) for a in out):
+            suspected.append(t)
+            ack_all(m, (A,), t + 0.02)  # A answers its probe: the suspicion clears
+            m.handle(
+                rcv(A, ProbeAck(epoch=1, nonce=1, target=A, target_incarnation=1, requester=L)),
+                t + 0.02,
+            )
+    gaps = sorted({round(b - a, 4) for a, b in itertools.pairwise(beats)})
+    assert gaps == [0.125, 0.25]
+    dense = [b for a, b in itertools.pairwise(beats) if round(b - a, 4) == 0.125]
+    (sus,) = suspected
+    # the beat already due, then every half tick until dense_acks_for after the suspicion
+    assert sus < dense[0] <= sus + 0.25 + 0.125 and dense[-1] <= sus + 1.0 + 0.125
 
 
 def test_stretched_tick_probes_suspects_every_heartbeat_interval() -> None:
@@ -1358,11 +1498,16 @@ def test_sim_crashed_member_is_removed_by_every_live_member_within_the_bound(
     plus a margin for views lost on the way; view ids only grow at every node."""
     sim = start(8, loss, seed)
     cfg = sim.config
-    bound = (cfg.suspect_timeout + cfg.removal_timeout) * cfg.scale(8) + cfg.heartbeat_interval
+    suspect, removal, _ = cfg.timeouts(8)
+    tick = cfg.tick(8)
+    # Suspected at the first check (a tick, or ack_wait after one) past the suspect
+    # timeout; removed at the first probe round past the removal timeout.
+    bound = suspect + removal + tick + cfg.probe_interval
     victim = sorted(sim.alive - {sim.elected})[seed % 7]
     took = crash_to_removal(sim, victim)
-    # Margin: delivery at 0% loss; at 10-30% the removing view may be lost and re-fetched.
-    assert took <= bound + {0.0: 0.01, 0.1: 0.3, 0.3: 1.0}[loss]
+    # Margin: delivery at 0% loss; at 10-30% the removing view may be lost and re-fetched
+    # (asked for when a heartbeat names it: a few ticks).
+    assert took <= bound + {0.0: 0.01, 0.1: 3 * tick, 0.3: 10 * tick}[loss]
     for ids in sim.view_ids.values():
         assert ids == sorted(set(ids))
 
@@ -1375,12 +1520,13 @@ def test_sim_crashed_leader_is_replaced_and_removed(loss: float) -> None:
     old = sim.elected
     took = crash_to_removal(sim, old)
     cfg = sim.config
-    # LeaderLost within leader_timeout * s(n) of the last heartbeat, the test's election
-    # 50 ms later, the new leader suspects the old one at once and removes it after
-    # removal_timeout * s(n) (on its tick grid), then the view reaches every member (at 10%
-    # loss possibly re-fetched).
-    detect = cfg.leader_timeout * cfg.scale(6) + 0.05
-    remove = cfg.removal_timeout * cfg.scale(6) + cfg.heartbeat_interval
+    # LeaderLost within the leader timeout of the last heartbeat (leader_timeout * s(n), at
+    # least LEADER_TICKS ticks), the test's election 50 ms later, the new leader suspects
+    # the old one at once and removes it after removal_timeout * s(n) (on its tick grid),
+    # then the view reaches every member (at 10% loss possibly re-fetched).
+    _, removal, leader = cfg.timeouts(6)
+    detect = leader + 0.05
+    remove = removal + cfg.tick(6)
     assert took <= detect + remove + {0.0: 0.01, 0.1: 0.3}[loss]
     sim.run(sim.now + 2.0)
     assert sim.elected != old and sim.settled()

@@ -124,7 +124,7 @@ class BrokerConfig:
     republish_within: float = attrs.field(default=5.0, validator=real)
     """A heard price this recent is republished at once by a new broker (s; 0: never)."""
     repeat_after: float = attrs.field(default=0.01, validator=real)
-    """Each price is multicast once more this much later (s; 0: never; see ``repeat``)."""
+    """Each price and aggregate is sent once more this much later (s; 0: never; see ``repeat``)."""
 
     def __attrs_post_init__(self) -> None:
         if not self.round_interval > 0:
@@ -161,6 +161,9 @@ class BrokerStats:
     """Bids of a joining node that came before the view naming it, taken when it did."""
     """Bids dropped at once because their node left gracefully (it powered off)."""
     aggregates_sent: int = 0
+    aggregates_early: int = 0
+    """Aggregates sent at a view that admitted joiners whose bids waited for it, besides
+    the round's (also in ``aggregates_sent`` when a lead is known)."""
     prices_sent: int = 0
     prices_overheard: int = 0
     prices_republished: int = 0
@@ -193,6 +196,7 @@ class BrokerMachine(Dispatching):
 
     __slots__ = (
         "_active",
+        "_agg_repeat",
         "_agg_seq",
         "_bids",
         "_brokers",
@@ -247,6 +251,7 @@ class BrokerMachine(Dispatching):
         self._budget_from = (0, 0)  # the lead's (epoch, round) that granted _budget
         self._round_at: float | None = None
         self._repeat = Repeater(self._config.repeat_after)  # each price, sent twice
+        self._agg_repeat = Repeater(self._config.repeat_after)  # each aggregate, likewise
         self._price_round = 0
         self._local_regime: Regime | None = None
         self._local = False
@@ -298,7 +303,9 @@ class BrokerMachine(Dispatching):
 
     def next_deadline(self) -> float | None:
         """The next round or price repeat, while active."""
-        return earliest(self._round_at, self._repeat.at) if self._active else None
+        if not self._active:
+            return None
+        return earliest(self._round_at, self._repeat.at, self._agg_repeat.at)
 
     # ---------------------------------------------------------------- handlers
 
@@ -342,6 +349,7 @@ class BrokerMachine(Dispatching):
                 del self._bids[node]
                 self.stats.bids_left += 1
         out: list[object] = []
+        accepted = self.stats.bids_accepted
         for node in sorted(self._waiting):  # joiners whose bid came before this view
             rx, bid, heard = self._waiting[node]
             if now - heard >= self._config.bid_timeout:
@@ -350,6 +358,11 @@ class BrokerMachine(Dispatching):
                 del self._waiting[node]
                 self.stats.bids_waited += 1
                 out += self._on_bid(rx, bid, heard)
+        if self.stats.bids_accepted > accepted and self._totals is not None:
+            # Joiners counted now go to the lead at once, not at this broker's next round:
+            # the lead's next clearing counts them (admission within a round of the view).
+            self.stats.aggregates_early += 1
+            out += self._aggregate(now)
         return out
 
     def _on_member_left(self, ev: MemberLeft, now: float) -> list[object]:
@@ -475,7 +488,7 @@ class BrokerMachine(Dispatching):
     def _on_deadline(self, ev: DeadlineReached, now: float) -> list[object]:
         if not self._active:
             return []
-        repeat = self._repeat.due(now)
+        repeat = self._repeat.due(now) + self._agg_repeat.due(now)
         if self._round_at is None or now < self._round_at:
             return repeat
         return repeat + self._round(now)
@@ -524,7 +537,9 @@ class BrokerMachine(Dispatching):
             totals, cluster=self._cluster, epoch=self._leadership.epoch, seq=self._agg_seq
         )
         self.stats.aggregates_sent += 1
-        return [Send(to=lead, message=msg)]
+        out: list[object] = [Send(to=lead, message=msg)]
+        self._agg_repeat.arm(out, now, Send)
+        return out
 
     def _republish(self, now: float) -> list[object]:
         """A new broker's first price: the last one heard, under our epoch (counting no bid)."""
@@ -575,6 +590,7 @@ class BrokerMachine(Dispatching):
         self._totals = None
         self._round_at = None
         self._repeat.cancel()
+        self._agg_repeat.cancel()
         # No longer the broker, the node leaves the broker group: the lead epoch known
         # came from that group's election, which is gone. Its next stack starts from 0.
         self._brokers.forget()

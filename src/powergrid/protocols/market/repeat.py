@@ -1,13 +1,15 @@
-"""Sending a round's multicasts twice: a lost Price or Clearing no longer costs a round.
+"""Sending a round's messages twice: a lost Price, Clearing or Aggregate no longer costs a round.
 
 Theory of operation
 -------------------
-Prices (broker → cluster) and Clearings (lead → broker group) travel as plain
-datagrams, once per round. One that is lost leaves its receiver on the
+Prices (broker → cluster), Clearings (lead → broker group) and Aggregates (broker →
+lead) travel as plain datagrams, once per round. One that is lost leaves its receiver on the
 previous round's cap or budget for a whole ``round_interval``; if its share
 fell meanwhile while others' rose, the caps in force exceed the supply by the
 difference for that round (the `partition` scenario's 48 W·s, a lost
-Clearing at one broker). So the sender sends each round's multicasts once
+Clearing at one broker); a lost first Aggregate to a new lead leaves its cluster
+out of the lead's first round, its servers unadmitted a round longer (the demo's
+and `solar`'s starts, 5 and 8 servers for 1 s). So the sender sends each round's multicasts once
 more ``after`` seconds later (:class:`Repeater`): receivers already drop a
 round they applied (clients and brokers compare round numbers), so a repeat
 changes nothing where the first copy arrived, and where it was lost the
@@ -59,13 +61,14 @@ class Repeater:
 
     def __init__(self, after: float) -> None:
         self._after = after
-        self._sends: list[Multicast] = []
+        self._sends: list[object] = []
         self.at: float | None = None
         """When the pending repeat is due (None: nothing pending)."""
 
-    def arm(self, actions: list[object], now: float) -> None:
-        """Remember the ``Multicast`` actions among ``actions`` (a round's) for a repeat."""
-        sends = [a for a in actions if type(a) is Multicast]
+    def arm(self, actions: list[object], now: float, kind: type = Multicast) -> None:
+        """Remember the actions of type ``kind`` among ``actions`` (a round's) for a
+        repeat (``Multicast`` by default; the broker's aggregate is a ``Send``)."""
+        sends = [a for a in actions if type(a) is kind]
         if sends and self._after > 0:
             self._sends = sends
             self.at = now + self._after

@@ -38,8 +38,25 @@ class MembershipConfig:
     out of range or values that contradict each other.
     """
 
-    heartbeat_interval: float = attrs.field(default=0.1, validator=real)
+    heartbeat_interval: float = attrs.field(default=0.2, validator=real)
     """The leader multicasts a heartbeat, and checks its members, this often."""
+    ack_interval: float = attrs.field(default=0.8, validator=real)
+    """A member acks about this often, not every heartbeat: every ``ack_every(n)``-th
+    heartbeat (``round(ack_interval / tick(n))``, at least 1); 0 or anything up to
+    ``heartbeat_interval``: every heartbeat. Sparse acks keep the traffic down while the
+    leader's frequent heartbeats keep a lost leader quick to detect."""
+    dense_acks_for: float = attrs.field(default=10.0, validator=real)
+    """With sparse acks, a member acks every heartbeat for this long after a sign of loss:
+    two heartbeats of its leader missed (more than 2.5 ticks since the last), or a probe
+    of it (the leader suspected it). A quiet, lossless group acks sparsely; a lossy one
+    acks every beat, so one lost ack does not make the leader suspect a live member."""
+    ack_wait: float = attrs.field(default=0.05, validator=real)
+    """With sparse acks, the leader checks its members this long after each heartbeat
+    (the acks it drew are in by then) as well as at the heartbeat: a member whose ack is
+    due and missing is suspected at once, not a tick later. 0: at the heartbeat only."""
+    probe_interval: float = attrs.field(default=0.1, validator=real)
+    """Suspects are probed (directly and through helpers) this often, from their
+    suspicion until they answer or are removed; at most ``heartbeat_interval``."""
     suspect_timeout: float = attrs.field(default=0.3, validator=real)
     """*Scaled.* A member silent this long is suspected and probed."""
     removal_timeout: float = attrs.field(default=0.3, validator=real)
@@ -74,6 +91,10 @@ class MembershipConfig:
     def __attrs_post_init__(self) -> None:
         floats = (
             "heartbeat_interval",
+            "ack_interval",
+            "ack_wait",
+            "dense_acks_for",
+            "probe_interval",
             "suspect_timeout",
             "removal_timeout",
             "leader_timeout",
@@ -138,6 +159,25 @@ class MembershipConfig:
             raise config_problem(
                 self, f"max_ack_rate is {self.max_ack_rate}; set it to 0 (no limit) or more"
             )
+        if not 0 < self.probe_interval <= hb:
+            raise config_problem(
+                self,
+                f"probe_interval ({self.probe_interval}) must be within (0, heartbeat_interval "
+                f"= {hb}]: suspects are probed at least once a tick",
+            )
+        if self.ack_interval < 0:
+            raise config_problem(self, f"ack_interval is {self.ack_interval}; set it to 0 or more")
+        if self.dense_acks_for < 0:
+            raise config_problem(
+                self, f"dense_acks_for is {self.dense_acks_for}; set it to 0 (never) or more"
+            )
+        if not 0 <= self.ack_wait < hb / 2:
+            raise config_problem(
+                self,
+                f"ack_wait ({self.ack_wait}) must be within [0, heartbeat_interval / 2 = "
+                f"{hb / 2}): the check after a heartbeat must come before the next one, and "
+                "a member's ack due at a heartbeat is judged against that half-tick",
+            )
         if self.lone_heartbeat_interval < hb:
             raise config_problem(
                 self,
@@ -166,18 +206,24 @@ class MembershipConfig:
             return self.heartbeat_interval
         return max(self.heartbeat_interval, (n - 1) / rate)
 
+    def ack_every(self, n: int) -> int:
+        """How many heartbeats a member of a view of ``n`` lets pass per ack (at least 1)."""
+        return max(1, round(self.ack_interval / self.tick(n)))
+
     def timeouts(self, n: int) -> tuple[float, float, float]:
         """``(suspect, removal, leader)`` timeouts for ``n`` members (seconds).
 
         Each is its config value times ``scale(n)``; with a stretched tick the
         suspect timeout is at least :data:`SUSPECT_TICKS` ticks and the leader
         timeout at least :data:`LEADER_TICKS` ticks, so that as many heartbeats
-        or acks must be lost in a row as with the unstretched defaults.
+        or acks must be lost in a row as with the unstretched defaults. With
+        sparse acks (``ack_every(n) > 1``) the suspect timeout is at least the
+        ack period, ``ack_every(n)`` ticks: one ack due and missing.
         """
         s = self.scale(n)
         tick = self.tick(n)
         return (
-            max(self.suspect_timeout * s, SUSPECT_TICKS * tick),
+            max(self.suspect_timeout * s, SUSPECT_TICKS * tick, self.ack_every(n) * tick),
             self.removal_timeout * s,
             max(self.leader_timeout * s, LEADER_TICKS * tick),
         )

@@ -9,11 +9,13 @@ probe, remove) and multicasts a heartbeat (rule L1; a leader alone in its
 view only every ``lone_heartbeat_interval``: nobody acks it, and it serves
 only nodes that follow this leader without being in its view, after a
 partition, telling them to ask for the view); suspects are also
-probed every ``heartbeat_interval`` between stretched ticks (rule L3). Acks,
+probed every ``probe_interval`` from their suspicion, in probe rounds between
+ticks (rule L3); with sparse acks the members are also checked ``ack_wait``
+after each heartbeat (rule L2: an ack due at it and missing). Acks,
 probe answers, view requests and duplicate joins are signs of life.
 
 Everything that belongs to one term lives in this object: the next beat,
-lone beat and probe round, each member's last sign of life, the suspicions, the joins
+lone beat, check and probe round, each member's last sign of life, the suspicions, the joins
 waiting for the next tick, the recent departures and the current view's
 parts. Stepping down (following another leader) or leaving drops the object,
 so none of it leaks into what the node does next, and a new term starts from
@@ -25,6 +27,7 @@ the highest view id seen, and the probe nonce counter (see
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any, cast
 
 from powergrid.events import Member, Multicast, Send, View, ViewChanged
@@ -84,10 +87,12 @@ class Leader(_Role):
     """
 
     __slots__ = (
+        "dense_until",
         "departures",
         "last_ack",
         "lone_beat",
         "next_beat",
+        "next_check",
         "next_probe",
         "parts",
         "pending",
@@ -106,6 +111,8 @@ class Leader(_Role):
     def __init__(self, machine: MembershipMachine) -> None:
         super().__init__(machine)
         self.next_beat = 0.0
+        self.dense_until = -math.inf  # beats go at half the tick until then (rule L1)
+        self.next_check = math.inf
         self.lone_beat = 0.0
         self.next_probe = 0.0
         self.last_ack: dict[int, float] = {}
@@ -136,6 +143,11 @@ class Leader(_Role):
         members[m._node] = m._me
         m._members = members
         self.last_ack = {n: now for n in members if n != m._node}
+        if old in self.last_ack and not suspect and m._ack_gap:
+            # With sparse acks a member acks a new leader's first heartbeat at once (rule
+            # M2): the old leader, silent to others though not to this node, owes that ack
+            # within two ticks, not within an ack period.
+            self.last_ack[old] = now - m._suspect_after + 2 * m._tick_s
         self.new_view(departures, actions)
         if suspect:
             self.suspect(suspect, now, actions)
@@ -143,6 +155,7 @@ class Leader(_Role):
         m._stats.heartbeats_sent += 1
         self.lone_beat = now + m._config.lone_heartbeat_interval
         self.next_beat = now + m._tick_s
+        self.next_check = now + m._ack_check if m._ack_check else math.inf
 
     def leader_changed(self) -> None:
         # Rules M1, E3: step down. This term's state goes with this object; the node keeps
@@ -153,16 +166,32 @@ class Leader(_Role):
     # -------------------------------------------------------------- timers
 
     def next_deadline(self) -> float | None:
-        if self.suspects and self.next_probe < self.next_beat:
-            return self.next_probe
-        return self.next_beat
+        due = self.next_beat
+        if self.suspects and self.next_probe < due:
+            due = self.next_probe
+        return self.next_check if self.next_check < due else due
 
     def on_deadline(self, now: float) -> list[Any]:
         actions: list[Any] = []
+        if now >= self.next_check:
+            self.next_check = math.inf
+            self.check(now, actions)
         beat = now >= self.next_beat
         if beat or (self.suspects and now >= self.next_probe):
             self.tick(now, actions, beat)
         return actions
+
+    def check(self, now: float, actions: list[Any]) -> None:
+        """Rule L2 with sparse acks: ``ack_wait`` after a heartbeat, suspect every member
+        whose ack was due at it and has not come (probes and removal stay with the ticks
+        and probe rounds)."""
+        m = self._m
+        last_ack = self.last_ack
+        suspects = self.suspects
+        after = m._suspect_after
+        for node in m._others:
+            if node not in suspects and now - last_ack[node] >= after:
+                self.suspect(node, now, actions)
 
     def tick(self, now: float, actions: list[Any], beat: bool = True) -> None:
         """Rule L1: admit, suspect, probe, remove, then multicast a heartbeat (alone in the
@@ -190,7 +219,10 @@ class Leader(_Role):
             admitted = True
         if beat:
             self.pending.clear()
-        # A member replaced just now has a fresh last_ack.
+        # A member replaced just now has a fresh last_ack. Suspects are probed in their
+        # probe rounds (every probe_interval from the first suspicion), which a beat joins
+        # only when one is due.
+        probing = not beat or now >= self.next_probe
         for node in m._others if beat else sorted(suspects):
             sus = suspects.get(node)
             if sus is None:
@@ -201,7 +233,8 @@ class Leader(_Role):
             if now - sus.since >= m._remove_after:  # rule L4
                 departures.append((node, members[node].incarnation, VIEW_STATUS_CRASHED))
                 continue
-            self.send_probes(node, sus, actions)  # rule L3
+            if probing:
+                self.send_probes(node, sus, actions)  # rule L3
         for node, _, status in departures:
             if status == VIEW_STATUS_CRASHED:
                 del members[node]
@@ -209,15 +242,12 @@ class Leader(_Role):
                 del last_ack[node]
         if departures or admitted:
             self.new_view(departures, actions)
-        if suspects:
-            # Rule L3: suspects are probed every heartbeat_interval even while the tick is
-            # stretched.
-            interval = m._config.heartbeat_interval
-            if now >= self.next_probe:
-                self.next_probe += interval
-                if self.next_probe <= now:
-                    self.next_probe = now + interval
-            else:  # a beat probed them before their round was due
+        if suspects and probing and now >= self.next_probe:
+            # Rule L3: suspects are probed every probe_interval, whatever the tick (a first
+            # suspicion in this call set its round already).
+            interval = m._config.probe_interval
+            self.next_probe += interval
+            if self.next_probe <= now:
                 self.next_probe = now + interval
         if not beat:
             return
@@ -226,17 +256,21 @@ class Leader(_Role):
             actions.append(Multicast(message=Heartbeat(epoch=m._lead.epoch, view_id=m._view_id())))
             m._stats.heartbeats_sent += 1
             self.lone_beat = now + m._config.lone_heartbeat_interval
-        interval = m._tick_s
+        interval = m._tick_s if now >= self.dense_until else m._tick_s / 2
         self.next_beat += interval
         if self.next_beat <= now:
             self.next_beat = now + interval
+        if m._ack_check and m._others:
+            self.next_check = now + m._ack_check
 
     def suspect(self, node: int, now: float, actions: list[Any]) -> None:
         """Rule L2: start suspecting ``node``: MemberSuspected, a new nonce, the first probes."""
         m = self._m
         m._nonce = (m._nonce + 1) & _MAX_U32
+        if m._ack_gap:  # sparse acks: a sign of loss; beat at half the tick for a while
+            self.dense_until = now + m._config.dense_acks_for
         if not self.suspects:
-            self.next_probe = now + m._config.heartbeat_interval
+            self.next_probe = now + m._config.probe_interval
         sus = self.suspects[node] = _Suspicion(now, m._nonce)
         actions.append(MemberSuspected(group=m._group, node=NodeId(node)))
         m._stats.suspected += 1

@@ -18,11 +18,14 @@ and the heartbeat serves only nodes that follow it without being in its view
 (after a partition, or a bullied twin), whom it tells to ask for the view and
 join; a joiner also finds it by the election's periodic Coordinator. (The
 broker of a one-cluster data centre used to send as many heartbeats into the
-empty broker group as into its cluster.) A member whose last
-ack (or probe answer, or view request) is ``suspect_timeout * s(n)`` old at a
-tick is *suspected* (:class:`MemberSuspected`): from then on, every
-``heartbeat_interval`` (at every tick while the tick is not stretched),
-the leader probes it directly and through ``indirect_probes`` other members
+empty broker group as into its cluster.) Members ack only every
+``ack_every(n)``-th heartbeat (``ack_interval`` / tick, 4 with the defaults:
+the traffic of a quiet group is mostly acks). A member whose last ack (or
+probe answer, or view request) is as old as the suspect timeout
+(``suspect_timeout * s(n)``, at least one ack period) at a tick, or at the
+check ``ack_wait`` after one (when the acks a heartbeat drew are in), is
+*suspected* (:class:`MemberSuspected`): from then on, every
+``probe_interval``, the leader probes it directly and through ``indirect_probes`` other members
 chosen with the ``rng`` (SWIM-style :class:`~powergrid.wire.Probe`, relayed,
 answered with :class:`~powergrid.wire.ProbeAck`). Any answer clears the
 suspicion (``stats.false_suspicions_cleared``). A member still suspected
@@ -35,15 +38,15 @@ Every change is a new view (view id + 1), multicast as one or more
 to a member that asks (:class:`~powergrid.wire.ViewRequest`) or that asks to
 join again while already in it.
 
-*Scaling.* Every member acks every heartbeat, so the leader takes ``n - 1``
-acks per tick; the tick is stretched to ``(n - 1) / max_ack_rate`` when that
+*Scaling.* Every member acks (every ``ack_every``-th) heartbeat, so the leader
+takes ``n - 1`` acks per acked tick; the tick is stretched to ``(n - 1) / max_ack_rate`` when that
 is longer than ``heartbeat_interval`` (400 acks/s by default: groups of up to
-41 are not stretched, 100 members tick every 0.25 s), which bounds both the
-leader's load and the group's traffic (two datagrams per member per tick).
+81 are not stretched, 100 members tick every 0.25 s), which bounds both the
+leader's load and the group's traffic.
 With a stretched tick the suspect timeout is at least ``SUSPECT_TICKS`` (2)
 ticks and the leader timeout at least ``LEADER_TICKS`` (4), so as many acks
 or heartbeats must be lost in a row as at the unstretched defaults; suspects
-are still probed every ``heartbeat_interval``.
+are still probed every ``probe_interval``.
 ``s(n) = 1 + size_factor * log2(n)`` for a view of ``n`` members
 (``s(1) = 1``). The leader's chance that *some* member loses ``k`` acks in a
 row grows like ``n * p**k``; holding the group's false-suspicion rate fixed
@@ -115,10 +118,9 @@ Guarantees: view ids seen by one member only grow; a view lists its members
 sorted by node id, the leader included; every member of a view was admitted
 by that view's leader and in the incarnation listed. A crashed member is
 removed by the leader within ``suspect + removal + tick`` of its last ack
-(the scaled timeouts and tick of *Scaling*; ``(suspect_timeout +
-removal_timeout) * s(n) + heartbeat_interval`` unstretched); a crashed leader
-by its successor within ``removal_timeout * s(n) + heartbeat_interval`` of
-the successor's election.
+(the timeouts and tick of *Scaling*: 1.25 s for 8 members with the
+defaults); a crashed leader by its successor within ``removal_timeout * s(n)
++ probe_interval`` of the successor's election.
 Not guaranteed: that all members
 install every view (a member may skip views; it then learns removal reasons
 only for departures in the last ``departure_memory`` views, others are
@@ -135,11 +137,13 @@ Driving: ``handle(event, now)`` with :class:`~powergrid.events.Received`,
 :class:`~powergrid.events.LeaderElected`; ``next_deadline()`` is the next
 heartbeat (or probe round) for a leader, and otherwise the earliest of the
 join retry, the bootstrap timeout and the leader timeout. Defaults (seconds):
-``heartbeat_interval`` 0.1, ``suspect_timeout`` 0.3, ``removal_timeout``
+``heartbeat_interval`` 0.2, ``ack_interval`` 0.8, ``ack_wait`` 0.05,
+``probe_interval`` 0.1, ``suspect_timeout`` 0.3, ``removal_timeout``
 0.3, ``leader_timeout`` 0.5, ``join_timeout`` 1.0, ``join_retry`` 0.2
 (backoff 2, max 2.0, jitter 0.2), ``indirect_probes`` 2, ``size_factor``
 0.1, ``max_ack_rate`` 400, ``lone_heartbeat_interval`` 1.0: a crashed member
-of a group of 8 is removed within about 0.9 s, of a group of 100 within about 1.3 s.
+of a group of 8 is removed about 0.85 s after the crash on the median
+(within 1.25 s of its last ack).
 
 *Roles.* The machine is a router: it keeps what outlives a role (who leads,
 the last view, the leader-lost timer, the view assembly) and hands every
@@ -212,6 +216,8 @@ class MembershipMachine(Dispatching):
     """Heartbeat membership of one group, as leader or member (see the module doc)."""
 
     __slots__ = (
+        "_ack_check",
+        "_ack_gap",
         "_assembly",
         "_config",
         "_group",
@@ -294,6 +300,11 @@ class MembershipMachine(Dispatching):
         self._suspect_after = config.suspect_timeout
         self._remove_after = config.removal_timeout
         self._leader_timeout = config.leader_timeout
+        # Sparse acks (config.ack_every > 1): a member acks a heartbeat only if its last
+        # ack went out at least _ack_gap ago (rule M2); a leader also checks its members
+        # _ack_check after each heartbeat (rule L2). 0: every heartbeat, at the tick.
+        self._ack_gap = 0.0
+        self._ack_check = 0.0
         # At most one ViewRequest per heartbeat_interval, whether joining or member
         # (rules M3, M5): a joiner that installs a view does not ask again at once.
         self._request_after = -math.inf
@@ -539,8 +550,13 @@ class MembershipMachine(Dispatching):
         self._others = tuple(n for n in view.nodes if n != self._node)
         n = len(view.members)
         cfg = self._config
-        self._tick_s = cfg.tick(n)
+        self._tick_s = tick = cfg.tick(n)
         self._suspect_after, self._remove_after, self._leader_timeout = cfg.timeouts(n)
+        every = cfg.ack_every(n)
+        # Half a tick of slack: the member's clock reads its last ack a little before or
+        # after the leader's reads its arrival, never half a tick apart.
+        self._ack_gap = (every - 0.5) * tick if every > 1 else 0.0
+        self._ack_check = cfg.ack_wait if every > 1 else 0.0
         self._stats.views_installed += 1
 
     # ------------------------------------------------------------ messages

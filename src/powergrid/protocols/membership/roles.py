@@ -42,6 +42,7 @@ only what it does differently. Rule numbers are those of docs/protocols/membersh
 from __future__ import annotations
 
 import enum
+import math
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from powergrid._dispatch import Dispatching
@@ -378,14 +379,22 @@ class Member(_Following):
     the leader sent a LeaveNotice).
     """
 
-    __slots__ = ("ack_out", "lost_join_due")
+    __slots__ = ("ack_out", "acked_at", "beat_at", "dense_until", "lost_join_due")
 
     PHASE = Phase.MEMBER
 
     def __init__(self, machine: MembershipMachine) -> None:
         super().__init__(machine)
         self.ack_out: tuple[tuple[int, int, int], Send] | None = None
+        self.acked_at = -math.inf  # when the last ack went out
+        self.beat_at = -math.inf  # when the last heartbeat of the followed leader came
+        self.dense_until = -math.inf  # acks go with every heartbeat until then (rule M2)
         self.lost_join_due: float | None = None
+
+    def probed_by(self, sender: int, epoch: int, now: float) -> None:
+        # Rule M2: the leader suspects this node (an ack of it was lost): ack densely.
+        super().probed_by(sender, epoch, now)
+        self.dense_until = now + self._m._config.dense_acks_for
 
     def leader_lost(self, now: float, timed_out: bool) -> None:
         # Rule M11: a leader that timed out: ask to join (multicast) join_retry_max from
@@ -423,9 +432,24 @@ class Member(_Following):
             # Rule M3: a newer view, or one with our view's id that is not our view (another
             # epoch, or another leader of this epoch: a twin, or a new life of our leader).
             m._request_view(ev.sender, now, actions)
-        # Rule M2: ack with our own view id.
+        # Rule M2: ack with our own view id; with sparse acks, only once the last ack
+        # (to any leader, in any view) is _ack_gap old: every ack_every-th heartbeat;
+        # but every heartbeat for dense_acks_for after a sign of loss (a heartbeat
+        # missed: more than 2.5 ticks since the last, two beats lost, not one beat
+        # late; or a probe of this node).
         key = (ev.sender, hb.epoch, view.view_id)
         ack = self.ack_out
+        if ack is not None and ack[0][:2] == key[:2] and now - self.beat_at > 2.5 * m._tick_s:
+            self.dense_until = now + m._config.dense_acks_for  # (the same leader's beat)
+        self.beat_at = now
+        if (
+            ack is not None
+            and ack[0] == key
+            and now - self.acked_at < m._ack_gap
+            and now >= self.dense_until
+        ):
+            return actions
+        self.acked_at = now
         if ack is None or ack[0] != key:  # else the same (immutable) action as last time
             send = Send(to=ev.sender, message=HeartbeatAck(epoch=hb.epoch, view_id=view.view_id))
             ack = self.ack_out = (key, send)
