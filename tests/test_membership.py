@@ -333,8 +333,8 @@ def test_leader_heartbeat_cadence_and_exact_deadlines() -> None:
 def test_a_leader_alone_in_its_view_beats_only_every_lone_heartbeat_interval() -> None:
     """Leader alone: a heartbeat when it takes office, then one per lone_heartbeat_interval
     (1 s) while nobody else is in its view; its tick keeps admitting joins at its period,
-    and with a member admitted it beats every tick again."""
-    m = machine(L)
+    and with a member admitted it beats every tick again. (Past lone_fast_for, here 0.)"""
+    m = machine(L, config=attrs.evolve(EXACT, lone_fast_for=0.0))
     m.handle(Join(), 0.0)
     took = m.handle(LeaderElected(group=G, leader=L, epoch=Epoch(1)), 0.0)
     assert took[-1] == Multicast(message=Heartbeat(epoch=1, view_id=1))
@@ -353,6 +353,22 @@ def test_a_leader_alone_in_its_view_beats_only_every_lone_heartbeat_interval() -
     ack_all(m, [A], 1.625)
     assert m.handle(WAKE, 1.75) == [Multicast(message=Heartbeat(epoch=1, view_id=2))]
     assert m.stats.heartbeats_sent == 4
+
+
+def test_a_lone_leader_beats_every_tick_for_lone_fast_for_after_taking_office() -> None:
+    """Leader alone (election rule 7's twin bound): for lone_fast_for after it takes office
+    a leader alone in its view still beats every tick, so a twin of its epoch across a
+    bootstrap cut hears it within a tick of their contact; then once a lone interval.
+    (Two lone twins beating once a second kept leading epoch 1 through 1.5 s of contact
+    when every beat fell into their flapping cut: fuzz seed 16305292.)"""
+    m = machine(L, config=attrs.evolve(EXACT, lone_fast_for=0.6))
+    m.handle(Join(), 0.0)
+    took = m.handle(LeaderElected(group=G, leader=L, epoch=Epoch(1)), 0.0)
+    beat = Multicast(message=Heartbeat(epoch=1, view_id=1))
+    assert took[-1] == beat
+    got = [m.handle(WAKE, 0.25 * i) for i in range(1, 9)]
+    #        0.25    0.5   | 0.75 1.0 1.25 | 1.5 (a lone interval after 0.5) 1.75 2.0
+    assert got == [[beat], [beat], [], [], [], [beat], [], []]
 
 
 def test_lone_heartbeat_interval_below_the_tick_is_refused() -> None:

@@ -83,6 +83,10 @@ class MembershipConfig:
     stretching off."""
     departure_memory: int = attrs.field(default=16, validator=integer)
     """Views for which the leader keeps announcing a departure and its reason."""
+    lone_fast_for: float = 3.0
+    """A leader alone in its view still heartbeats every tick for this long after it took
+    office (then every ``lone_heartbeat_interval``), so a twin of its epoch hears it
+    within a tick of their contact (election rule 7)."""
     lone_heartbeat_interval: float = 1.0
     """A leader alone in its view heartbeats this often instead of every tick: no member
     acks it; it only tells nodes that follow the leader without being in its view (after a
@@ -94,6 +98,7 @@ class MembershipConfig:
             "ack_interval",
             "ack_wait",
             "dense_acks_for",
+            "lone_fast_for",
             "probe_interval",
             "suspect_timeout",
             "removal_timeout",
@@ -167,6 +172,10 @@ class MembershipConfig:
             )
         if self.ack_interval < 0:
             raise config_problem(self, f"ack_interval is {self.ack_interval}; set it to 0 or more")
+        if self.lone_fast_for < 0:
+            raise config_problem(
+                self, f"lone_fast_for is {self.lone_fast_for}; set it to 0 (never) or more"
+            )
         if self.dense_acks_for < 0:
             raise config_problem(
                 self, f"dense_acks_for is {self.dense_acks_for}; set it to 0 (never) or more"

@@ -89,6 +89,7 @@ class Leader(_Role):
     __slots__ = (
         "dense_until",
         "departures",
+        "fast_until",
         "last_ack",
         "lone_beat",
         "next_beat",
@@ -112,6 +113,7 @@ class Leader(_Role):
         super().__init__(machine)
         self.next_beat = 0.0
         self.dense_until = -math.inf  # beats go at half the tick until then (rule L1)
+        self.fast_until = -math.inf  # alone in its view, it still beats every tick until then
         self.next_check = math.inf
         self.lone_beat = 0.0
         self.next_probe = 0.0
@@ -154,6 +156,7 @@ class Leader(_Role):
         actions.append(Multicast(message=Heartbeat(epoch=m._lead.epoch, view_id=m._view_id())))
         m._stats.heartbeats_sent += 1
         self.lone_beat = now + m._config.lone_heartbeat_interval
+        self.fast_until = now + m._config.lone_fast_for
         self.next_beat = now + m._tick_s
         self.next_check = now + m._ack_check if m._ack_check else math.inf
 
@@ -251,8 +254,12 @@ class Leader(_Role):
                 self.next_probe = now + interval
         if not beat:
             return
-        if m._others or now >= self.lone_beat:
-            # Alone in its view, the leader beats only every lone_heartbeat_interval.
+        if m._others or now >= self.lone_beat or now < self.fast_until:
+            # Alone in its view, the leader beats only every lone_heartbeat_interval, but
+            # every tick for lone_fast_for after taking office: a twin of its epoch on
+            # the other side of a bootstrap cut hears it within a tick of their contact
+            # (election rule 7; fuzz seed 16305292: two lone twins beat once a second, and
+            # every beat fell into the flapping cut between them for 1.5 s of contact).
             actions.append(Multicast(message=Heartbeat(epoch=m._lead.epoch, view_id=m._view_id())))
             m._stats.heartbeats_sent += 1
             self.lone_beat = now + m._config.lone_heartbeat_interval
