@@ -581,16 +581,22 @@ DENSE = attrs.evolve(SPARSE, dense_acks_for=1.0)
 """SPARSE, dense for 1 s after a sign of loss."""
 
 
-def test_member_acks_every_heartbeat_for_a_while_after_one_was_missed() -> None:
-    """Ack (rule M2, dense after loss): a heartbeat of the same leader more than 2.5 ticks
-    after the last (two were lost; one late beat does not count) makes the member ack
-    every heartbeat for dense_acks_for; then it acks sparsely again."""
+def dense_member() -> tuple[MembershipMachine, Send, Heartbeat]:
+    """Member A of L's view 2 under DENSE, its first ack sent at 0.501; its ack, the beat."""
     m = machine(A, config=DENSE)
     m.handle(Join(), 0.0)
     m.handle(rcv(L, part(1, 2, [mem(A), mem(L)])), 0.25)
     ack = Send(to=L, message=HeartbeatAck(epoch=1, view_id=2))
     hb = Heartbeat(epoch=1, view_id=2)
     assert m.handle(rcv(L, hb), 0.501) == [ack]
+    return m, ack, hb
+
+
+def test_member_acks_every_heartbeat_for_a_while_after_one_was_missed() -> None:
+    """Ack (rule M2, dense after loss): a heartbeat of the same leader more than 2.5 ticks
+    after the last (two were lost; one late beat does not count) makes the member ack
+    every heartbeat for dense_acks_for; then it acks sparsely again."""
+    m, ack, hb = dense_member()
     assert m.handle(rcv(L, hb), 0.751) == []
     assert m.handle(rcv(L, hb), 1.101) == []  # one beat 0.1 s late: still sparse
     # the heartbeats of 1.25 and 1.5 are lost: 1.75 is 0.65 s (2.6 ticks) after the last
@@ -602,12 +608,7 @@ def test_member_acks_every_heartbeat_for_a_while_after_one_was_missed() -> None:
 def test_member_acks_every_heartbeat_for_a_while_after_a_probe_of_itself() -> None:
     """Ack (rule M2, dense after loss): a probe of this node (the leader suspected it: an
     ack was lost) makes it ack every heartbeat for dense_acks_for."""
-    m = machine(A, config=DENSE)
-    m.handle(Join(), 0.0)
-    m.handle(rcv(L, part(1, 2, [mem(A), mem(L)])), 0.25)
-    ack = Send(to=L, message=HeartbeatAck(epoch=1, view_id=2))
-    hb = Heartbeat(epoch=1, view_id=2)
-    assert m.handle(rcv(L, hb), 0.501) == [ack]
+    m, ack, hb = dense_member()
     probe = Probe(epoch=1, nonce=7, target=A, target_incarnation=1, requester=L)
     assert m.handle(rcv(L, probe), 0.6) == [
         Send(to=L, message=ProbeAck(epoch=1, nonce=7, target=A, target_incarnation=1, requester=L))

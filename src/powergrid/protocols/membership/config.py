@@ -172,14 +172,11 @@ class MembershipConfig:
             )
         if self.ack_interval < 0:
             raise config_problem(self, f"ack_interval is {self.ack_interval}; set it to 0 or more")
-        if self.lone_fast_for < 0:
-            raise config_problem(
-                self, f"lone_fast_for is {self.lone_fast_for}; set it to 0 (never) or more"
-            )
-        if self.dense_acks_for < 0:
-            raise config_problem(
-                self, f"dense_acks_for is {self.dense_acks_for}; set it to 0 (never) or more"
-            )
+        for name in ("dense_acks_for", "lone_fast_for"):  # 0: never
+            if getattr(self, name) < 0:
+                raise config_problem(
+                    self, f"{name} is {getattr(self, name)}; set it to 0 (never) or more"
+                )
         if not 0 <= self.ack_wait < hb / 2:
             raise config_problem(
                 self,
