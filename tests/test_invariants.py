@@ -421,6 +421,28 @@ def test_one_round_within_supply() -> None:
     assert inv.check(NET) == ["round 1 of cluster 1 epoch 1 allocates 201 W > supply 200 W"]
 
 
+def test_a_restarted_server_holds_no_cap_of_its_old_life() -> None:
+    """Market: a server that restarts leaves the rounds it applied in its old life (its
+    new life holds none of those caps), while a crash alone keeps its allocation counted
+    (the cap stays in force on its lease). Seed 17,702,340: every server of a cluster
+    restarted and the new broker's epoch 1, round 1 shared the old one's key."""
+    inv = SupplyRespected(INFO)  # supply 200
+    inv.observe(0.0, A, NodeStarted(node=A, incarnation=Incarnation(1)))
+    inv.observe(1.0, A, price(100))
+    inv.observe(2.0, A, NodeCrashed(node=A, incarnation=Incarnation(1)))
+    inv.observe(3.0, B, price(101))
+    assert inv.check(NET) == ["round 1 of cluster 1 epoch 1 allocates 201 W > supply 200 W"]
+    inv = SupplyRespected(INFO)
+    inv.observe(1.0, A, price(100))
+    inv.observe(2.0, A, NodeCrashed(node=A, incarnation=Incarnation(1)))
+    inv.observe(2.5, A, NodeStarted(node=A, incarnation=Incarnation(2)))
+    inv.observe(3.0, B, price(101))
+    inv.observe(3.0, C, price(99))
+    assert inv.check(NET) == []
+    inv.observe(3.0, A, price(1))
+    assert inv.check(NET) == ["round 1 of cluster 1 epoch 1 allocates 201 W > supply 200 W"]
+
+
 def test_required_power_while_supply_allows() -> None:
     """Market: S >= sum r and the bid counted: every client gets at least r."""
     inv = RequiredPowerMet(INFO)

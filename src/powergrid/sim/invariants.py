@@ -1012,19 +1012,31 @@ class _Prices(_Base):
 
 class SupplyRespected(_Prices):
     """The allocations applied from one price (cluster, epoch, round) never sum above the
-    supply, and at the end the live clients' allocations sum to at most the supply."""
+    supply, and at the end the live clients' allocations sum to at most the supply.
+
+    A server's allocation counts under its key until the server restarts: a new life
+    holds no cap of the old one. (A cluster whose servers all restart counts its
+    epochs from 1 again, so one key can name prices of two broker lives; seed
+    17,702,340.) A crash alone keeps the allocation counted: a crashed server's cap
+    stays in force on its lease."""
 
     name = "market-supply"
 
     def __init__(self, info: DataCentre) -> None:
         super().__init__(info)
+        self._on[NodeStarted] = self._started
         self._rounds: dict[tuple[int, int, int], dict[int, int]] = {}
-        self._latest: dict[int, int] = {}
+        self._keys: dict[int, set[tuple[int, int, int]]] = {}  # node -> keys it applied
+
+    def _started(self, t: float, node: int, ev: NodeStarted) -> None:
+        for key in self._keys.pop(node, ()):
+            del self._rounds[key][node]
 
     def _price(self, t: float, node: int, ev: PriceUpdated) -> None:
-        self._latest[node] = ev.allocation
-        per = self._rounds.setdefault((ev.group, ev.epoch, ev.round), {})
+        key = (ev.group, ev.epoch, ev.round)
+        per = self._rounds.setdefault(key, {})
         per[node] = ev.allocation
+        self._keys.setdefault(node, set()).add(key)
         total = sum(per.values())
         if total > self.info.supply:
             self.problems.append(
