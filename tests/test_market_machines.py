@@ -1527,3 +1527,94 @@ def test_broker_and_lead_send_each_rounds_multicasts_twice() -> None:
         BrokerConfig(repeat_after=1.0)
     with pytest.raises(ConfigError, match="repeat_after"):
         LeadConfig(repeat_after=-0.1)
+
+
+def test_broker_forwards_the_last_lead_round_to_a_new_lead() -> None:
+    """Broker rule (budgets in force): an active broker keeps the datagrams of the followed
+    lead's last round (every cluster's budget, whether or not they name this cluster) and
+    sends them to a new lead with its aggregate: a lead that never heard that round (a
+    restarted node's, just in the broker group) learns the budgets in force at clusters
+    it has not heard from yet (demo seeds 4 and 12: 279 and 430 W·s over the supply)."""
+    b = active_broker()  # lead LEAD, epoch 7
+    b.handle(rx(ME, BID.to_message(1)), 0.1)
+    b.handle(DL, 1.0)  # aggregate 1
+    other = wire.ClearingEntry(cluster=60, epoch=3, aggregate=5, budget=400)
+    part1 = clearing(round=4)
+    part2 = clearing(round=4, entries=(other,))
+    b.handle(rx(LEAD, clearing(round=3)), 1.1)
+    b.handle(rx(LEAD, part1), 1.2)
+    b.handle(rx(LEAD, part2), 1.2)  # the round's second datagram (without us)
+    b.handle(rx(LEAD, part2), 1.21)  # its repeat: kept once
+    b.handle(rx(NodeId(99), clearing(round=5)), 1.3)  # a stranger's: not kept
+    out = b.handle(LeaderElected(group=BROKER_GROUP, leader=OTHER, epoch=Epoch(8)), 1.5)
+    expected = totals_to_message(aggregate([BID], GRID), cluster=1, epoch=1, seq=2)
+    assert out == [
+        Send(to=OTHER, message=part1),
+        Send(to=OTHER, message=part2),
+        Send(to=OTHER, message=expected),
+    ]
+    assert b.stats.clearings_forwarded == 2
+    # a new lead that is this node (it heard the round itself) gets nothing forwarded
+    me = active_broker()
+    me.handle(rx(LEAD, clearing(round=4)), 1.2)
+    assert me.handle(LeaderElected(group=BROKER_GROUP, leader=BROKER, epoch=Epoch(8)), 1.5) == []
+    # a broker that stepped down forgets what it kept
+    b.handle(LeaderElected(group=CL, leader=OTHER, epoch=Epoch(2)), 2.0)
+    b.handle(LeaderElected(group=CL, leader=BROKER, epoch=Epoch(3)), 2.5)
+    assert b.handle(LeaderElected(group=BROKER_GROUP, leader=LEAD, epoch=Epoch(9)), 3.0) == []
+
+
+def test_lead_learns_forwarded_budgets_but_keeps_its_own_newer_grant() -> None:
+    """Lead rule: a Clearing forwarded by a broker is learnt like an overheard one (the
+    budgets of clusters not heard from are reserved), but an older lead's budget never
+    replaces one this lead gave the same broker epoch since (a late forward)."""
+    lead = active_lead(300)  # epoch 7
+    lead.handle(rx(BROKER, old_clearing((1, 100), (2, 60))), 0.05)  # forwarded (epoch 6)
+    lead.handle(rx(BROKER, agg_msg(1, [BID])), 0.5)
+    lead.handle(rx(OTHER, agg_msg(2, [BID2])), 0.5)
+    first = lead.handle(DL, 1.0)
+    budgets = {e.cluster: e.budget for e in first[0].message.entries}  # type: ignore[attr-defined]
+    lead.handle(rx(NodeId(99), old_clearing((1, 100), (2, 60))), 1.1)  # a late forward
+    lead.handle(rx(BROKER, agg_msg(1, [BID], seq=2)), 3.5)  # cluster 2 falls silent
+    out = lead.handle(DL, 4.0)[-1]  # (its aggregate of 0.5 is left out)
+    assert isinstance(out, MarketCleared)
+    assert out.reserved == budgets[2] == 131  # its own grant of round 1, not epoch 6's 60
+    # out of the broker group its epochs are forgotten: a later lead's epoch 1 is learnt
+    lead.handle(SteppedDown(), 4.5)
+    lead.handle(rx(OTHER, old_clearing((2, 60), epoch=1, round=1)), 4.6)
+    lead.handle(LeaderElected(group=BROKER_GROUP, leader=LEAD, epoch=Epoch(2)), 4.7)
+    lead.handle(rx(BROKER, agg_msg(1, [BID], seq=3)), 4.8)
+    out = lead.handle(DL, 5.7)[-1]
+    assert isinstance(out, MarketCleared) and out.reserved == 60
+
+
+def test_lead_reserve_in_a_shortage_keeps_the_floors_only() -> None:
+    """Lead rule: a silent cluster's budget from a shortage clearing is at most its servers'
+    sum r, so holding it back while the held clusters fall below their sum r means the
+    whole data centre is short: the reserve then yields only to their floors (sum h), not
+    to their r (the demo with bid_retry 0.2 s: 19.3 W·s over the supply)."""
+    short = wire.Clearing(
+        epoch=6,
+        round=9,
+        regime=int(Regime.SHORTAGE),
+        price=1.0,
+        level=1,
+        fill=0,
+        deficit=50,
+        entries=(wire.ClearingEntry(cluster=2, epoch=1, aggregate=1, budget=90),),
+    )
+    lead = LeadBrokerMachine(LEAD, 150, LCFG)
+    lead.handle(rx(OTHER, short), 0.0)
+    lead.handle(LeaderElected(group=BROKER_GROUP, leader=LEAD, epoch=Epoch(7)), 0.1)
+    lead.handle(rx(BROKER, agg_msg(1, [BID])), 0.5)  # h 50, r 100
+    cleared = lead.handle(DL, 1.1)[-1]
+    assert isinstance(cleared, MarketCleared)
+    # 60 W left: the floor 50 and 9 of the 10 W above it (shares round down)
+    assert (cleared.reserved, cleared.allocated, cleared.regime) == (90, 59, Regime.SHORTAGE)
+    # the same budget from a normal clearing may hold more than r: it yields to r
+    normal = LeadBrokerMachine(LEAD, 150, LCFG)
+    normal.handle(rx(OTHER, old_clearing((2, 90))), 0.0)
+    normal.handle(LeaderElected(group=BROKER_GROUP, leader=LEAD, epoch=Epoch(7)), 0.1)
+    normal.handle(rx(BROKER, agg_msg(1, [BID])), 0.5)
+    cleared = normal.handle(DL, 1.1)[-1]
+    assert isinstance(cleared, MarketCleared) and (cleared.reserved, cleared.allocated) == (50, 100)

@@ -876,7 +876,8 @@ class Clearing(Message):
     ``regime`` 0 surplus, 1 normal, 2 shortage; ``level`` and ``fill`` (of
     ``2**32``) are the share factors; ``deficit`` is ``sum required - supply``
     in watts during a shortage. ``entries`` (sorted by cluster) name what was
-    cleared; a round with many clusters is sent as several Clearings.
+    cleared; a round with many clusters is sent as several Clearings. A broker
+    forwards the last round it heard to a new lead broker, unicast, unchanged.
     """
 
     TYPE: ClassVar[int] = 51

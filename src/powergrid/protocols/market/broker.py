@@ -44,13 +44,20 @@ left **gracefully** (``MemberLeft`` with reason ``"left"``, after the view
 without it) has powered off and never takes a share again: its bid goes at once.
 
 **Driving.** Inputs: ``LeaderElected``, ``ViewChanged``, ``MemberLeft``, ``Received`` and
-``DeadlineReached``. Outputs: ``Send(client, BidAck)``, ``Send(lead, Aggregate)``
-and ``Multicast(Price)``. A new broker starts empty and sends its first
-aggregate ``gather`` (0.1 s) after its election, not a full round: clients
+``DeadlineReached``. Outputs: ``Send(client, BidAck)``, ``Send(lead, Aggregate)``,
+``Send(lead, Clearing)`` (forwarded to a new lead) and ``Multicast(Price)``. A new
+broker starts empty and sends its first aggregate ``gather`` (0.1 s) after its
+election, not a full round: clients
 re-send their bids when they learn the new broker, and a message delay or two
 rebuilds its state (a bid that comes later is counted the next round). When it
 learns of a new lead (or lead epoch) it sends it an aggregate at once, so the
 new lead's first round, ``gather`` after its election, has every cluster's.
+
+**Budgets in force.** It keeps the datagrams of the followed lead's last round
+(every cluster's budget) and sends them to a new lead (another node) when it
+learns of it, with its aggregate: a lead that never heard that round (a
+restarted node, elected as it joins the broker group) learns the budgets in
+force at the clusters it has not heard from yet and reserves them.
 
 **Failover continuity.** A broker-capable node's broker overhears its
 cluster's ``Price`` while another node is the broker. When it becomes the
@@ -104,6 +111,9 @@ __all__ = ["BrokerConfig", "BrokerMachine", "BrokerStats"]
 
 _MAX_WAITING = 64
 """Bids of nodes not in the view yet kept for the view that may name them (one each)."""
+
+_MAX_KEPT = 64
+"""Datagrams of the last lead round kept to pass on to a new lead (54 clusters each)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -167,6 +177,8 @@ class BrokerStats:
     prices_sent: int = 0
     prices_overheard: int = 0
     prices_republished: int = 0
+    clearings_forwarded: int = 0
+    """Datagrams of the last lead round sent to a new lead (see "Budgets in force")."""
     local_clearings: int = 0
     rounds_without_budget: int = 0
     clearings_without_us: int = 0
@@ -205,6 +217,7 @@ class BrokerMachine(Dispatching):
         "_cluster",
         "_config",
         "_heard",
+        "_kept",
         "_lead_heard_at",
         "_lead_round",
         "_leadership",
@@ -256,6 +269,7 @@ class BrokerMachine(Dispatching):
         self._local_regime: Regime | None = None
         self._local = False
         self._heard: tuple[wire.Price, float] | None = None  # last Price of our cluster, when
+        self._kept: list[wire.Clearing] = []  # the last lead round's datagrams, for a new lead
 
     # ------------------------------------------------------------ read-only state
 
@@ -316,8 +330,11 @@ class BrokerMachine(Dispatching):
                 self.stats.dropped_stale += 1
             elif verdict.follow:
                 self._lead_round = 0  # a new lead (or epoch) numbers its rounds anew
-                if self._active and self._totals is not None:
-                    return self._aggregate(now)  # its first round has ours
+                if self._active:
+                    out = self._forward()
+                    if self._totals is not None:
+                        out += self._aggregate(now)  # its first round has ours
+                    return out
             return []
         if ev.group != self._cluster:
             return []
@@ -458,6 +475,7 @@ class BrokerMachine(Dispatching):
         if sender != brokers.leader:
             self.stats.dropped_foreign += 1
             return []
+        self._keep(msg)
         self._lead_heard_at = now
         self._local = False
         entries = msg.entries
@@ -541,6 +559,27 @@ class BrokerMachine(Dispatching):
         self._agg_repeat.arm(out, now, Send)
         return out
 
+    def _keep(self, msg: wire.Clearing) -> None:
+        """Keep the datagrams of the followed lead's last round (``msg`` is of its epoch)."""
+        kept = self._kept
+        if kept and kept[0].epoch == msg.epoch and kept[0].round > msg.round:
+            return  # an older round's (a late repeat)
+        if not kept or kept[0].epoch != msg.epoch or kept[0].round != msg.round:
+            self._kept = [msg]
+        elif msg not in kept and len(kept) < _MAX_KEPT:
+            kept.append(msg)
+
+    def _forward(self) -> list[object]:
+        """A new lead was elected: send it the last round of the lead before (budgets in
+        force that the new lead may not have heard; see "Budgets in force")."""
+        lead = self._brokers.leader
+        if not lead or lead == self._me or not self._kept:
+            return []
+        if self._kept[0].epoch == self._brokers.epoch:
+            return []  # the new lead's own round
+        self.stats.clearings_forwarded += len(self._kept)
+        return [Send(to=lead, message=msg) for msg in self._kept]
+
     def _republish(self, now: float) -> list[object]:
         """A new broker's first price: the last one heard, under our epoch (counting no bid)."""
         heard, self._heard = self._heard, None
@@ -585,6 +624,7 @@ class BrokerMachine(Dispatching):
 
     def _deactivate(self) -> None:
         self._active = False
+        self._kept = []
         self._bids.clear()
         self._waiting.clear()
         self._totals = None

@@ -42,7 +42,13 @@ group, and while a cluster it holds no aggregate of was budgeted within
 has not heard from yet, and a lead that loses a cluster does not hand its
 watts to the others at once. The reserve never cuts into the required power of
 the clusters it clears (``reserved <= S - sum r`` of those), so a supply that
-covers every server's ``r`` still gives each counted bid at least ``r``.
+covers every server's ``r`` still gives each counted bid at least ``r``; but
+when every budget reserved came from a shortage clearing (each at most its
+servers' ``sum r``), cutting below the held clusters' ``sum r`` means the whole
+data centre is short, and the reserve yields only to their floors
+(``reserved <= S - sum h``). The brokers forward the last round they heard to a
+new lead (see the broker), which learns it like an overheard Clearing; a budget
+this lead gave a broker epoch is never replaced by an older lead's.
 
 **Grantors wait out leases.** A budget given to a cluster stays in force at
 its clients for their lease after the price that carried it, whatever the
@@ -280,6 +286,7 @@ class _Grant:
     at: float
     epoch: int = 0  # the cluster epoch of the aggregate it cleared
     result: ClearingResult | None = None  # the clearing that gave it (None: not known)
+    lead: int = 0  # our lead epoch when we gave it (0: another lead's, learnt)
 
 
 def _check_supply(watts: object) -> int:
@@ -419,6 +426,8 @@ class LeadBrokerMachine(Dispatching):
         # The node left the broker group: the epoch known came from that group's election,
         # which is gone; the next stack's election starts from 0 (it may win epoch 1 again).
         self._leadership.forget()
+        for grant in self._granted.values():
+            grant.lead = 0  # so no budget of a later lead (epochs anew) is taken for older
         return []
 
     def _on_received(self, ev: Received, now: float) -> list[object]:
@@ -461,6 +470,8 @@ class LeadBrokerMachine(Dispatching):
             old = self._granted.get(e.cluster)
             if e.aggregate == 0 and old is not None and old.epoch == e.epoch:
                 continue  # a budget we know of, passed on: it was given no later than ours
+            if old is not None and old.epoch == e.epoch and epoch_newer(old.lead, msg.epoch):
+                continue  # an older lead's budget (forwarded late): ours replaced it
             result = None if e.aggregate == 0 else ClearingResult.checked(msg, self._config.grid)
             self._grant(e.cluster, _Grant(budget=e.budget, at=now, epoch=e.epoch, result=result))
         return []
@@ -511,17 +522,23 @@ class LeadBrokerMachine(Dispatching):
         return repeat + self._clear(now)
 
     def _reserve(self, totals: Totals, now: float, usable: int) -> int:
-        """Watts held back for clusters budgeted within reserve_timeout but not held now
-        (at most ``usable`` minus the held clusters' sum r)."""
+        """Watts held back for clusters budgeted within reserve_timeout but not held now:
+        at most ``usable`` minus the held clusters' sum r, or minus their sum h when
+        every such budget came from a shortage clearing (see "Reserve for silent
+        clusters")."""
         timeout = self._config.reserve_timeout
         reserve = 0
+        short = True  # every silent budget is at most its servers' sum r
         for cluster in sorted(self._granted):
             grant = self._granted[cluster]
             if now - grant.at >= timeout:
                 del self._granted[cluster]
             elif cluster not in self._clusters:
                 reserve += grant.budget
-        return min(reserve, max(0, usable - totals.required))
+                result = grant.result
+                short = short and result is not None and result.regime is Regime.SHORTAGE
+        line = totals.floor if short else totals.required
+        return min(reserve, max(0, usable - line))
 
     def _join_reserve(self, totals: Totals) -> int:
         """Watts kept for the floors of the servers the aggregates do not count (see
@@ -551,7 +568,7 @@ class LeadBrokerMachine(Dispatching):
         # Record this round's epochs first, so a broker change is held in this round.
         for c in order:
             held_c = self._clusters[c]
-            self._grant(c, _Grant(budget=0, at=now, epoch=held_c.epoch))
+            self._grant(c, _Grant(budget=0, at=now, epoch=held_c.epoch, lead=self.epoch))
         joining = self._join_reserve(totals)
         holding = min(self._holding(now), max(0, self._supply - joining - totals.required))
         usable = max(0, self._supply - holding - joining)
@@ -578,10 +595,7 @@ class LeadBrokerMachine(Dispatching):
             share = budget(held.totals, result)
             allocated += share
             self._granted[c] = _Grant(
-                budget=share,
-                at=now,
-                epoch=held.epoch,
-                result=result,
+                budget=share, at=now, epoch=held.epoch, result=result, lead=self.epoch
             )
             entries.append(
                 wire.ClearingEntry(cluster=c, epoch=held.epoch, aggregate=held.seq, budget=share)
