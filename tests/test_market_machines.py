@@ -1593,15 +1593,8 @@ def test_lead_reserve_in_a_shortage_keeps_the_floors_only() -> None:
     sum r, so holding it back while the held clusters fall below their sum r means the
     whole data centre is short: the reserve then yields only to their floors (sum h), not
     to their r (the demo with bid_retry 0.2 s: 19.3 W·s over the supply)."""
-    short = wire.Clearing(
-        epoch=6,
-        round=9,
-        regime=int(Regime.SHORTAGE),
-        price=1.0,
-        level=1,
-        fill=0,
-        deficit=50,
-        entries=(wire.ClearingEntry(cluster=2, epoch=1, aggregate=1, budget=90),),
+    short = attrs.evolve(
+        old_clearing((2, 90)), regime=int(Regime.SHORTAGE), price=1.0, level=1, deficit=50
     )
     lead = LeadBrokerMachine(LEAD, 150, LCFG)
     lead.handle(rx(OTHER, short), 0.0)
