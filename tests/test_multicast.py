@@ -1717,3 +1717,31 @@ def test_origin_holds_its_messages_while_it_keeps_an_origin_its_view_does_not_li
     assert m.stats.skipped == 0
     m.handle(TICK, 1.0 + CFG.flush_grace)  # the hold ends: what is stable goes
     assert m.buffer_size == 0
+
+
+def test_a_view_that_admits_a_member_restarts_the_grace_of_retired_lives() -> None:
+    """Rule 29: a retired life is kept flush_grace from the last view that admitted a
+    member, not only from the restart: a member that comes back may hold the old life's
+    last messages (fuzz seed 18,209,308: the two members that held #13 of a crashed
+    origin rejoined 1.76 s after its restart; one survivor fetched it just in time, the
+    other dropped the retired life 0.24 s after their return and never delivered it)."""
+    m = machine(SLOW_STATUS)
+    m.handle(view(A, B, ME), 0.0)
+    m.handle(data(1, sender=B), 0.0)
+    m.handle(view(A, B, ME, view_id=2), 0.5)  # nobody new: no change
+    m.handle(data(1, sender=B, inc=2), 1.0)  # B restarted: life 1 retired until 3.0
+    assert _phases(m)[B, 1] == "retired"
+    m.handle(view(A, B, ME, view_id=3), 2.0)  # nobody new: still until 3.0
+    m.handle(TICK, 1.0 + CFG.flush_grace)
+    assert (B, 1) not in _phases(m)
+    m = machine(SLOW_STATUS)
+    m.handle(view(A, B, ME), 0.0)
+    m.handle(data(1, sender=B), 0.0)
+    m.handle(view(A, ME, view_id=2), 0.5)
+    m.handle(data(1, sender=B, inc=2), 1.0)  # life 1 retired until 3.0
+    m.handle(view(A, B, D, ME, view_id=3), 2.0)  # D (and B) admitted: until 2.0 + grace
+    m.handle(TICK, 1.0 + CFG.flush_grace)
+    assert _phases(m)[B, 1] == "retired"
+    m.handle(TICK, 2.0 + CFG.flush_grace)
+    assert (B, 1) not in _phases(m)
+    _assert_indexes_follow_phases(m)

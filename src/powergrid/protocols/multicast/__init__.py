@@ -127,7 +127,9 @@ after what was delivered (nothing twice) and the stable point declared stays
 the one known, even if another life of the origin was taken meanwhile.
 
 *Restarts.* A newer incarnation of an origin starts a new stream at once, and
-the old life is *retired*: kept for ``flush_grace`` (one per origin), its
+the old life is *retired*: kept for ``flush_grace`` (one per origin; from the
+restart, or from the last view that admitted a member, who may hold its last
+messages: rule 29), its
 Xmits delivered, its gaps asked of the group at once, its buffer answering
 Naks, its point reported in Status and its ``(stable, highest)`` digested by
 the coordinator in Stable (in datagrams of their own: an origin appears once

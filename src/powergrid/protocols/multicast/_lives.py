@@ -196,6 +196,16 @@ class Lives:
         st.gone_at = now + self._config.flush_grace
         return st
 
+    def regrace(self, now: float) -> None:
+        """A view admitted a member (rule 29): every retired slot is kept ``flush_grace``
+        from now at least, so a member that comes back holding a retired life's last
+        messages can still hand them to the members that missed them."""
+        until = now + self._config.flush_grace
+        for origin in sorted(self.retired):
+            st = self.retired[origin]
+            if st.gone_at is not None and st.gone_at < until:
+                st.gone_at = until
+
     def drop_past(self, st: OriginLife, trigger: Trigger) -> None:
         """``st`` leaves its origin's retired slot (SUPERSEDED, GRACE_OVER or DEPOSED);
         a RETIRED life whose grace is over is remembered (rule 22)."""

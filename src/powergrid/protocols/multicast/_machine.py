@@ -409,6 +409,8 @@ class MulticastMachine(Dispatching):
                     lives.relist(st)
             elif st.phase is Phase.LIVE:
                 lives.depart(st, now)
+        if any(m not in old_members for m in members if m != me):
+            lives.regrace(now)  # rule 29: a member that comes back may hold a retired life's
         out: list[Any] = []
         coord = self._coord
         if coordinating:
