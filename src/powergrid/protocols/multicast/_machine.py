@@ -410,7 +410,7 @@ class MulticastMachine(Dispatching):
             elif st.phase is Phase.LIVE:
                 lives.depart(st, now)
         if any(m not in old_members for m in members if m != me):
-            lives.regrace(now)  # rule 29: a member that comes back may hold a retired life's
+            lives.regrace(now)  # rule 29: one who comes back may hold a retired life's end
         out: list[Any] = []
         coord = self._coord
         if coordinating:
