@@ -1745,3 +1745,24 @@ def test_a_view_that_admits_a_member_restarts_the_grace_of_retired_lives() -> No
     m.handle(TICK, 2.0 + CFG.flush_grace)
     assert (B, 1) not in _phases(m)
     _assert_indexes_follow_phases(m)
+
+
+def test_a_retired_lifes_messages_go_to_it_after_its_successor_was_dropped() -> None:
+    """Rules 23, 29: a message (or digest) of a retired life's incarnation belongs to that
+    retired life even when the origin has no current life any more (its newer life left
+    the view and was dropped while rule 29 kept the retired one): it is never taken as a
+    new life of that incarnation, which would deliver its messages again (fresh seed
+    19,201,411: #1 of a restarted origin's first life delivered twice)."""
+    m = machine(SLOW_STATUS)
+    m.handle(view(A, B, ME), 0.0)
+    assert deliver(1, origin=B) in m.handle(data(1, sender=B), 0.0)
+    m.handle(data(1, sender=B, inc=2), 0.1)  # B restarted: life 1 retired
+    m.handle(view(A, ME, view_id=2), 0.2)  # life 2 departs
+    m.handle(view(A, D, ME, view_id=3), 2.0)  # D admitted: the retired life is kept
+    m.handle(TICK, 0.2 + CFG.flush_grace)  # life 2 dropped
+    assert (B, 2) not in _phases(m) and _phases(m)[B, 1] == "retired"
+    out = m.handle(data(1, sender=B), 2.3)
+    assert not any(isinstance(a, Deliver) for a in out)  # delivered already
+    assert deliver(2, origin=B) in m.handle(data(2, sender=B), 2.3)
+    assert _phases(m)[B, 1] == "retired"
+    _assert_indexes_follow_phases(m)

@@ -174,18 +174,19 @@ class StabilityCoordinator:
             if lives.unlisted(origin, inc) and lives.retired_life(origin, inc) is None:
                 continue  # (rule 2; a retired life is repaired for its flush_grace, never revived)
             st = lives.current.get(origin)
+            old = lives.retired_life(origin, inc) if st is None or inc != st.incarnation else None
+            if old is not None:  # the member delivered this much of the old life
+                old.highest = max(old.highest, delivered)
+                retired = self.retired_reports.setdefault(member, {})
+                self._report(retired, origin, inc, delivered, low)
+                lives.check_gap(old, now)
+                continue
             if st is None:
                 if lives.dropped(origin, inc):
                     continue
                 st = lives.begin(origin, inc, 0, now)
             elif inc != st.incarnation:
                 if incarnation_newer(st.incarnation, inc):
-                    old = lives.retired_life(origin, inc)
-                    if old is not None:  # the member delivered this much of the old life
-                        old.highest = max(old.highest, delivered)
-                        retired = self.retired_reports.setdefault(member, {})
-                        self._report(retired, origin, inc, delivered, low)
-                        lives.check_gap(old, now)
                     continue
                 st = lives.begin(origin, inc, 0, now)
             elif st.delivered == PENDING:

@@ -405,18 +405,19 @@ class Lives:
                 continue
             if self.unlisted(origin, inc) and self.retired_life(origin, inc) is None:
                 continue  # (rule 2; a retired life is repaired for its flush_grace, never revived)
+            old = self.retired_life(origin, inc) if st is None or inc != st.incarnation else None
+            if old is not None:  # rule 23: learn how far the retired life went
+                if stable > old.delivered:
+                    self.skip_to(old, self.plausible(old, stable), out)  # rule 25
+                old.highest = max(old.highest, highest)
+                self.check_gap(old, now)
+                continue
             if st is None:
                 if self.dropped(origin, inc):
                     continue
                 st = self.begin(origin, inc, stable, now)  # a joiner starts here (rule 18)
             elif inc != st.incarnation:
                 if incarnation_newer(st.incarnation, inc):
-                    old = self.retired_life(origin, inc)
-                    if old is not None:  # rule 23: learn how far the retired life went
-                        if stable > old.delivered:
-                            self.skip_to(old, self.plausible(old, stable), out)  # rule 25
-                        old.highest = max(old.highest, highest)
-                        self.check_gap(old, now)
                     continue
                 st = self.begin(origin, inc, stable, now)
             elif st.delivered == PENDING:

@@ -299,21 +299,19 @@ class MulticastMachine(Dispatching):
             return []
         lives = self._lives
         st = self._origins.get(origin)
-        if st is None:
+        old = lives.retired_life(origin, inc) if st is None or inc != st.incarnation else None
+        if old is not None:  # also once its successor was dropped: never a new life of it
+            if old.phase is Phase.HEARSAY:  # a life it never had: digested, not taken
+                stats.ignored += 1
+                return []
+            st = old  # a retired life's messages are taken like a live one's (rule 23)
+        elif st is None:
             st = lives.begin(origin, inc, lives.unknown_start(seq), now)
         elif inc != st.incarnation:
             if incarnation_newer(st.incarnation, inc):
-                old = lives.retired_life(origin, inc)
-                if old is not None:
-                    if old.phase is Phase.HEARSAY:  # a life it never had: digested, not taken
-                        stats.ignored += 1
-                        return []
-                    st = old  # a retired life's messages are taken like a live one's (rule 23)
-                else:
-                    stats.stale += 1  # rule 1
-                    return []
-            else:
-                st = lives.begin(origin, inc, 0, now)  # we knew its last life: starts at 1
+                stats.stale += 1  # rule 1
+                return []
+            st = lives.begin(origin, inc, 0, now)  # we knew its last life: starts at 1
         out = lives.place(st, seq, msg, now)
         lives.check_gap(st, now)
         self._buffer.sync_hold(self._own, bool(self._departing), now)  # rule 28
