@@ -807,6 +807,22 @@ def test_member_reports_leader_lost_at_once_when_leader_leaves() -> None:
     assert m.handle(WAKE, 2.0) == []
 
 
+def test_a_stale_coordinator_of_a_leader_that_left_is_reported_lost_again() -> None:
+    """Leave (rule M6): the election may take a Coordinator of the leader's term that was
+    sent before its LeaveNotice and arrives after it (reordered); it names the leader and
+    epoch already lost, and the member reports it lost again at once, so the election
+    goes on instead of following a leader that never heartbeats again (fresh seed
+    19,503,297: a broker followed a departed lead for 3.7 s, until a new lead removed it
+    as crashed). A lost leader that did not leave and is heard alive is not reported."""
+    m = follower(A)
+    lost = [LeaderLost(group=G, leader=L, epoch=Epoch(1))]
+    assert m.handle(rcv(L, LeaveNotice(epoch=1)), 0.5) == lost
+    assert m.handle(LeaderElected(group=G, leader=L, epoch=Epoch(1)), 0.6) == lost
+    timed_out = follower(A)
+    assert timed_out.handle(WAKE, 5.0) == lost  # silent, not left
+    assert timed_out.handle(LeaderElected(group=G, leader=L, epoch=Epoch(1)), 5.1) == []
+
+
 def test_member_reports_removals_with_their_reasons() -> None:
     """Views (rule M4): members report every node a new view drops, with the leader's stated reason
     (a departure not announced is reported as crashed)."""

@@ -68,7 +68,8 @@ or is asked for a view with its own id, issues a new view above it. A member
 that hears nothing from its leader for
 ``leader_timeout * s(n)`` emits ``LeaderLost`` once (again only after hearing
 the leader again or following a new one); a leader's LeaveNotice triggers it
-at once. A node that joined but has heard of no leader at all within
+at once, and again if the election then names that leader and epoch (a stale
+Coordinator of its term). A node that joined but has heard of no leader at all within
 ``join_timeout`` emits ``LeaderLost(group, 0, 0)`` once so the election can
 bootstrap, and keeps retrying its join.
 
@@ -453,6 +454,14 @@ class MembershipMachine(Dispatching):
             return []
         if verdict is Verdict.SAME:  # rule E4 (no-op), and rule I1:
             if self._lost_reported and type(self._role) is not Leader:
+                if self._leader_left:
+                    # Rule M6: that leader left (its LeaveNotice); a Coordinator of its term
+                    # that reached the election after the notice is stale. Report it lost
+                    # again, or nothing would: the election would follow a leader that
+                    # never heartbeats again (fresh seed 19,503,297).
+                    again: list[Any] = []
+                    self._report_lost(now, again)
+                    return again
                 # The election heard the leader we lost, alive: whatever life we had
                 # recorded (perhaps a forged one) goes; its next heartbeat names it.
                 self._leader_inc = None
