@@ -44,6 +44,7 @@ from powergrid.protocols.market import (
     allocate,
     totals_to_message,
 )
+from powergrid.protocols.market.clearing import budget
 from powergrid.testing import Address, Conditions, FakeNet
 from powergrid.types import BROKER_GROUP, EPOCH_WINDOW, Epoch, GroupId, Incarnation, NodeId
 
@@ -465,6 +466,17 @@ def clearing(**kw: Any) -> wire.Clearing:
     return wire.Clearing(**fields)
 
 
+def cleared(b: BrokerMachine, **kw: Any) -> wire.Clearing:
+    """``clearing(**kw)`` whose entry for cluster 1 gives what ``b``'s last aggregate gets
+    (a broker takes only an entry whose budget is its own aggregate's)."""
+    msg = clearing(**kw)
+    result = ClearingResult.checked(msg, GRID)
+    assert result is not None and b.totals is not None
+    share = budget(b.totals, result)
+    entries = tuple(e._replace(budget=share) if e.cluster == 1 else e for e in msg.entries)
+    return attrs.evolve(msg, entries=entries)
+
+
 def test_broker_activates_on_election_and_waits_only_gather() -> None:
     """Broker rule: elected, it starts empty and makes its first aggregate ``gather``
     (0.1 s) later, not a full round (issue 16: the first allocations come sooner)."""
@@ -503,10 +515,10 @@ def test_broker_multicasts_price_from_clearing() -> None:
     b = active_broker()
     b.handle(rx(ME, BID.to_message(1)), 0.1)
     b.handle(DL, 1.0)
-    out = b.handle(rx(LEAD, clearing(round=5)), 1.1)
+    out = b.handle(rx(LEAD, cleared(b, round=5)), 1.1)
     assert out == [Multicast(message=price(lead_epoch=7, lead_round=5))]
-    assert b.budget == 290
-    assert b.handle(rx(LEAD, clearing(round=5)), 1.2) == []  # same round
+    assert b.budget == 162  # BID's rungs 150 and 175 at level 3, half filled
+    assert b.handle(rx(LEAD, cleared(b, round=5)), 1.2) == []  # same round
     assert b.stats.dropped_duplicate == 1
 
 
@@ -539,7 +551,7 @@ def test_broker_newer_lead_epoch_in_clearing_is_early() -> None:
     assert b.handle(rx(OTHER, clearing(epoch=8)), 1.1) == []
     assert (b.lead, b.stats.dropped_early) == (LEAD, 1)
     b.handle(LeaderElected(group=BROKER_GROUP, leader=OTHER, epoch=Epoch(8)), 1.2)
-    assert b.handle(rx(OTHER, clearing(epoch=8)), 1.3) == [Multicast(message=price(lead_epoch=8))]
+    assert b.handle(rx(OTHER, cleared(b, epoch=8)), 1.3) == [Multicast(message=price(lead_epoch=8))]
     assert b.lead == OTHER
 
 
@@ -689,7 +701,8 @@ def test_broker_reclears_within_last_budget_when_lead_is_gone() -> None:
     b.handle(rx(ME, BID.to_message(1)), 0.1)
     b.handle(rx(OTHER, BID2.to_message(1)), 0.1)
     b.handle(DL, 1.0)
-    b.handle(rx(LEAD, clearing()), 1.1)  # budget 290
+    b.handle(rx(LEAD, cleared(b, fill=-(-(35 << 32) // 62))), 1.1)
+    assert b.budget == 290
     assert len(b.handle(DL, 2.0)) == 1
     assert len(b.handle(DL, 3.0)) == 1
     assert not b.clearing_locally
@@ -1504,7 +1517,7 @@ def test_broker_and_lead_send_each_rounds_multicasts_twice() -> None:
     assert b.next_deadline() == pytest.approx(1.01)
     assert b.handle(DL, 1.01) == agg  # the aggregate too, once more (a lost first one
     # left its cluster out of a new lead's first round: the demo's start)
-    sent = b.handle(rx(LEAD, clearing()), 1.1)
+    sent = b.handle(rx(LEAD, cleared(b)), 1.1)
     assert b.next_deadline() == pytest.approx(1.11)
     assert b.handle(DL, 1.105) == []
     assert b.handle(DL, 1.11) == sent and b.next_deadline() == 2.0
@@ -1611,3 +1624,24 @@ def test_lead_reserve_in_a_shortage_keeps_the_floors_only() -> None:
     normal.handle(rx(BROKER, agg_msg(1, [BID])), 0.5)
     cleared = normal.handle(DL, 1.1)[-1]
     assert isinstance(cleared, MarketCleared) and (cleared.reserved, cleared.allocated) == (50, 100)
+
+
+def test_broker_takes_only_an_entry_whose_budget_is_its_own_aggregates() -> None:
+    """Broker rule: a clearing entry names the cluster, the broker epoch and the aggregate
+    number, which a twin broker of the same epoch (the other side of a cut) shares; the
+    broker takes the entry only if its budget is what its own aggregate of that number
+    gets from the clearing, else the price would share out a budget made for other bids
+    (fresh seed 19,802,049: the lead cleared one twin's aggregate of one bid, 130 W, and
+    the other twin's price gave its two servers 304 W in all)."""
+    b = active_broker()
+    b.handle(rx(ME, BID.to_message(1)), 0.1)
+    b.handle(DL, 1.0)  # aggregate 1: BID
+    twin = aggregate([BID2, BID2], GRID)  # the twin's aggregate 1
+    msg = clearing(round=5)
+    result = ClearingResult.checked(msg, GRID)
+    assert result is not None
+    theirs = wire.ClearingEntry(cluster=1, epoch=1, aggregate=1, budget=budget(twin, result))
+    assert b.handle(rx(LEAD, attrs.evolve(msg, entries=(theirs,))), 1.1) == []
+    assert (b.stats.clearings_not_ours, b.budget) == (1, None)
+    assert b.handle(rx(LEAD, cleared(b, round=6)), 1.2) != []  # its own: taken
+    assert b.budget == 162

@@ -7,7 +7,9 @@ the cluster names it), every ``round_interval`` seconds it sums the bids it
 holds into aggregate number ``seq`` (1, 2, ... per broker epoch) and sends it
 to the lead broker. For each :class:`~powergrid.wire.Clearing` of the current
 lead (epoch fencing: an older lead epoch is refused) that names this cluster's
-aggregate of this broker's epoch, it multicasts a :class:`~powergrid.wire.Price`
+aggregate of this broker's epoch (and gives that aggregate the budget the
+entry names: a twin broker of the same epoch numbers its aggregates alike),
+it multicasts a :class:`~powergrid.wire.Price`
 to the cluster, stamped with its own cluster epoch and round number and with
 the lead's (epoch, round) of that clearing, carrying the lead's share factors
 unchanged. If no clearing comes for ``lead_timeout``
@@ -101,6 +103,7 @@ from powergrid.protocols.market.clearing import (
     Regime,
     Totals,
     aggregate_ladders,
+    budget,
     clear,
     totals_to_message,
 )
@@ -182,6 +185,9 @@ class BrokerStats:
     local_clearings: int = 0
     rounds_without_budget: int = 0
     clearings_without_us: int = 0
+    clearings_not_ours: int = 0
+    """Entries naming our cluster, epoch and an aggregate number whose budget is not what
+    our aggregate of that number gets: a twin broker's of the same epoch (refused)."""
     dropped_stale: int = 0
     dropped_early: int = 0
     """Clearings of a newer (or foreign) lead epoch than the election named: not passed
@@ -225,6 +231,7 @@ class BrokerMachine(Dispatching):
         "_local_regime",
         "_me",
         "_members",
+        "_previous",
         "_price_round",
         "_repeat",
         "_round_at",
@@ -257,6 +264,7 @@ class BrokerMachine(Dispatching):
         self._waiting: dict[NodeId, tuple[Received, wire.Bid, float]] = {}
         self._agg_seq = 0
         self._totals: Totals | None = None
+        self._previous: Totals | None = None  # the aggregate before the last (number - 1)
         self._brokers = Leadership()  # the broker group's: the lead broker and its epoch
         self._lead_round = 0
         self._lead_heard_at = 0.0
@@ -495,6 +503,14 @@ class BrokerMachine(Dispatching):
         if result is None:
             self.stats.dropped_invalid += 1
             return []
+        back = self._agg_seq - entry.aggregate
+        ours = self._totals if back == 0 else self._previous if back == 1 else None
+        if ours is None or budget(ours, result) != entry.budget:
+            # A twin broker of our epoch (two sides of a cut) numbers its aggregates
+            # like us; the lead cleared its aggregate, not ours, and its price would give
+            # our bids a share nobody budgeted (fresh seed 19,802,049: 304 W of 130 W).
+            self.stats.clearings_not_ours += 1
+            return []
         self._lead_round = msg.round
         self._budget = entry.budget
         self._budget_from = (msg.epoch, msg.round)
@@ -547,7 +563,7 @@ class BrokerMachine(Dispatching):
         totals = aggregate_ladders(
             ((self._bids[n].bid, self._bids[n].ladder) for n in sorted(self._bids)), grid
         )
-        self._totals = totals
+        self._previous, self._totals = self._totals, totals
         lead = self._brokers.leader
         if not lead:
             return []
@@ -612,7 +628,7 @@ class BrokerMachine(Dispatching):
         self._bids.clear()
         self._waiting.clear()
         self._agg_seq = 0
-        self._totals = None
+        self._totals = self._previous = None
         self._price_round = 0
         self._lead_round = 0
         self._lead_heard_at = now
@@ -627,7 +643,7 @@ class BrokerMachine(Dispatching):
         self._kept = []
         self._bids.clear()
         self._waiting.clear()
-        self._totals = None
+        self._totals = self._previous = None
         self._round_at = None
         self._repeat.cancel()
         self._agg_repeat.cancel()
