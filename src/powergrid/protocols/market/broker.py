@@ -49,11 +49,11 @@ without it) has powered off and never takes a share again: its bid goes at once.
 ``DeadlineReached``. Outputs: ``Send(client, BidAck)``, ``Send(lead, Aggregate)``,
 ``Send(lead, Clearing)`` (forwarded to a new lead) and ``Multicast(Price)``. A new
 broker starts empty and sends its first aggregate ``gather`` (0.1 s) after its
-election, not a full round: clients
-re-send their bids when they learn the new broker, and a message delay or two
-rebuilds its state (a bid that comes later is counted the next round). When it
-learns of a new lead (or lead epoch) it sends it an aggregate at once, so the
-new lead's first round, ``gather`` after its election, has every cluster's.
+election, not a full round: clients re-send their bids when they learn the new
+broker, and a message delay or two rebuilds its state (a bid that comes later is
+counted the next round). When it learns of a new lead (or lead epoch) it sends it
+an aggregate at once, so the new lead's first round, ``gather`` after its
+election, has every cluster's.
 
 **Budgets in force.** It keeps the datagrams of the followed lead's last round
 (every cluster's budget) and sends them to a new lead (another node) when it

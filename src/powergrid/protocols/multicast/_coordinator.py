@@ -174,7 +174,7 @@ class StabilityCoordinator:
             if lives.unlisted(origin, inc) and lives.retired_life(origin, inc) is None:
                 continue  # (rule 2; a retired life is repaired for its flush_grace, never revived)
             st = lives.current.get(origin)
-            old = lives.retired_life(origin, inc) if st is None or inc != st.incarnation else None
+            old = lives.past_life(origin, inc, st)
             if old is not None:  # the member delivered this much of the old life
                 old.highest = max(old.highest, delivered)
                 retired = self.retired_reports.setdefault(member, {})

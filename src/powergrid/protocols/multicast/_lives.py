@@ -285,6 +285,15 @@ class Lives:
         """Whether this life of ``origin`` left the view and its state was dropped after grace."""
         return self.tombstones.covers(origin, inc) and origin not in self.members
 
+    def past_life(self, origin: int, inc: int, current: OriginLife | None) -> OriginLife | None:
+        """The retired (or hearsay) life a message or digest entry of ``origin``'s life
+        ``inc`` belongs to, ``current`` being the origin's current life: none if it is of
+        the current life, and the retired one also when there is no current life (a
+        retired life can outlive its successor, rule 29)."""
+        if current is not None and inc == current.incarnation:
+            return None
+        return self.retired_life(origin, inc)
+
     def retired_life(self, origin: int, inc: int) -> OriginLife | None:
         """``origin``'s past life (RETIRED or HEARSAY) if it is life ``inc``."""
         old = self.retired.get(origin)
@@ -405,7 +414,7 @@ class Lives:
                 continue
             if self.unlisted(origin, inc) and self.retired_life(origin, inc) is None:
                 continue  # (rule 2; a retired life is repaired for its flush_grace, never revived)
-            old = self.retired_life(origin, inc) if st is None or inc != st.incarnation else None
+            old = self.past_life(origin, inc, st)
             if old is not None:  # rule 23: learn how far the retired life went
                 if stable > old.delivered:
                     self.skip_to(old, self.plausible(old, stable), out)  # rule 25

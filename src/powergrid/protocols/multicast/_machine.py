@@ -299,7 +299,7 @@ class MulticastMachine(Dispatching):
             return []
         lives = self._lives
         st = self._origins.get(origin)
-        old = lives.retired_life(origin, inc) if st is None or inc != st.incarnation else None
+        old = lives.past_life(origin, inc, st)
         if old is not None:  # also once its successor was dropped: never a new life of it
             if old.phase is Phase.HEARSAY:  # a life it never had: digested, not taken
                 stats.ignored += 1
