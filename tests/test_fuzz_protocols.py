@@ -101,6 +101,8 @@ REGRESSIONS: dict[tuple[int | None, int], str] = {
     (None, 19201411): "multicast-integrity",  # a retired life outlived its successor
     (None, 19503297): "membership-no-false-removal",  # followed a lead that had left
     (None, 19802049): "market-supply",  # a twin broker of one epoch took the other's entry
+    (None, 835882423): "market-supply",  # twin leads of one epoch on two sides of a cut
+    (None, 19806353): "market-supply",  # an isolated lead cleared the supply for itself
 }
 """Seeds outside SUITE that once failed, with what failed. ``None``: the size is drawn
 and the phases are the 100,000-seed run's (``powergrid fuzz --replay SEED``)."""
@@ -180,6 +182,7 @@ def test_regression_seeds(nodes: int | None, seed: int) -> None:
 
 SIZED_REGRESSIONS: dict[tuple[int, int], str] = {
     (20, 15113405): "multicast-agreement",
+    (20, 19100986): "market-supply",  # twin leads of one epoch on two sides of a cut
 }
 """(size, seed) -> what failed, at the CLI's phases (``powergrid fuzz --replay SEED --nodes
 N``): seeds of fresh campaigns at a fixed size that once failed."""

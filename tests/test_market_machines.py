@@ -1426,13 +1426,13 @@ def test_lead_join_reserve_holds_back_the_floors_not_counted() -> None:
     """Lead rule (join reserve): of provisioned servers, the floors of those the held
     aggregates do not count (floor_provision each) are never handed out."""
     cfg = LeadConfig(grid=GRID, gather=1.0, provisioned=3, floor_provision=60)
-    lead = LeadBrokerMachine(LEAD, 400, cfg)
+    lead = LeadBrokerMachine(LEAD, 500, cfg)
     lead.handle(LeaderElected(group=BROKER_GROUP, leader=LEAD, epoch=Epoch(7)), 0.0)
-    lead.handle(rx(BROKER, agg_msg(1, [BID])), 0.5)
+    lead.handle(rx(BROKER, agg_msg(1, [BID, BID2])), 0.5)
     out = lead.handle(DL, 1.0)[-1]
     assert isinstance(out, MarketCleared)
-    assert (out.join_reserve, out.allocated) == (120, 200)  # 400 - 2 * 60 >= 200: surplus
-    lead.handle(rx(OTHER, agg_msg(2, [BID2, BID2])), 1.5)
+    assert (out.join_reserve, out.allocated) == (60, 350)  # 500 - 60 >= 350: surplus
+    lead.handle(rx(OTHER, agg_msg(2, [BID2])), 1.5)
     out = lead.handle(DL, 2.0)[-1]
     assert isinstance(out, MarketCleared) and out.join_reserve == 0
     with pytest.raises(ConfigError, match="provisioned"):
@@ -1444,25 +1444,54 @@ def test_lead_join_reserve_yields_to_the_required_power_of_counted_servers() -> 
     when it does not but the supply covers their r, only what is left above it is kept
     (churn scenario: 4 departed servers' floors, 320 W, put the live ones below r for
     2 s); in a shortage (S < sum r) it ranks with the floors: whole while they fit."""
-    cfg = LeadConfig(grid=GRID, gather=1.0, provisioned=4, floor_provision=40)
+    cfg = LeadConfig(grid=GRID, gather=1.0, provisioned=3, floor_provision=40)
 
     def cleared(supply: int) -> MarketCleared:
         lead = LeadBrokerMachine(LEAD, supply, cfg)
         lead.handle(LeaderElected(group=BROKER_GROUP, leader=LEAD, epoch=Epoch(7)), 0.0)
-        lead.handle(rx(BROKER, agg_msg(1, [BID, BID2])), 0.5)  # r 180, h 70; 2 not counted
+        lead.handle(rx(BROKER, agg_msg(1, [BID, BID2])), 0.5)  # r 180, h 70; 1 not counted
         out = lead.handle(DL, 1.0)[-1]
         assert isinstance(out, MarketCleared)
         return out
 
-    out = cleared(300)  # 300 - 80 >= 180: whole
-    assert out.join_reserve == 80 and 180 <= out.allocated <= 220
-    out = cleared(220)  # 220 - 80 < 180 <= 220: the 40 W above sum r
-    assert (out.join_reserve, out.regime, out.allocated) == (40, Regime.NORMAL, 180)
+    out = cleared(300)  # 300 - 40 >= 180: whole
+    assert out.join_reserve == 40 and 180 <= out.allocated <= 260
+    out = cleared(200)  # 200 - 40 < 180 <= 200: the 20 W above sum r
+    assert (out.join_reserve, out.regime, out.allocated) == (20, Regime.NORMAL, 180)
     out = cleared(160)  # shortage: whole, the counted floors (70) fit beside it
-    assert (out.join_reserve, out.regime) == (80, Regime.SHORTAGE)
-    assert 70 <= out.allocated <= 80
+    assert (out.join_reserve, out.regime) == (40, Regime.SHORTAGE)
+    assert 70 <= out.allocated <= 120
     out = cleared(100)  # shortage: the counted floors come first
     assert (out.join_reserve, out.allocated) == (30, 70)
+
+
+def test_lead_counting_at_most_half_the_servers_grants_nothing() -> None:
+    """Lead rule (islanding): a round whose aggregates count at most half the
+    provisioned servers is not cleared (a twin lead may run the majority on the other
+    side of a cut, keeping only our floors for us) and is tried again ``gather``
+    later; once a majority is counted it clears, keeping the floors of the rest.
+    Fresh seeds 19,806,353, 835,882,423 and 19,100,986: twin leads of one epoch each
+    cleared the whole supply for their side."""
+    cfg = LeadConfig(grid=GRID, gather=0.1, provisioned=3, floor_provision=50)
+    lead = LeadBrokerMachine(LEAD, 1000, cfg)
+    lead.handle(LeaderElected(group=BROKER_GROUP, leader=LEAD, epoch=Epoch(1)), 0.0)
+    lead.handle(rx(BROKER, agg_msg(1, [BID])), 0.05)
+    assert lead.handle(DL, 0.1) == []  # one of three
+    assert (lead.stats.rounds_islanded, lead.round, lead.next_deadline()) == (1, 0, 0.2)
+    lead.handle(rx(OTHER, agg_msg(2, [BID2])), 0.15)
+    out = lead.handle(DL, 0.2)
+    assert [type(a) for a in out] == [Multicast, MarketCleared]
+    cleared = out[-1]
+    assert isinstance(cleared, MarketCleared)
+    assert (cleared.round, cleared.bids, cleared.join_reserve) == (1, 2, 50)
+    assert cleared.allocated == BID.maximum + BID2.maximum
+    assert lead.next_deadline() == pytest.approx(0.21)  # the round's repeat
+    assert [type(a) for a in lead.handle(DL, 0.22)] == [Multicast]
+    assert lead.next_deadline() == 1.2  # then a round_interval on
+    unprovisioned = LeadBrokerMachine(LEAD, 1000, LeadConfig(grid=GRID, gather=0.1))
+    unprovisioned.handle(LeaderElected(group=BROKER_GROUP, leader=LEAD, epoch=Epoch(1)), 0.0)
+    unprovisioned.handle(rx(BROKER, agg_msg(1, [BID])), 0.05)
+    assert isinstance(unprovisioned.handle(DL, 0.1)[-1], MarketCleared)  # 0: no rule
 
 
 def test_client_takes_the_lesser_share_while_a_newer_bid_is_unacknowledged() -> None:

@@ -6,7 +6,9 @@ Theory of operation
 ``system`` random stream it draws a small data centre (1-3 clusters of 3-5
 real :class:`~powergrid.node.Node` s, at least one broker-capable node per
 cluster, ranks, bids, and a usable supply that gives a surplus, a normal
-market, a shortage or a deep shortage), and wraps each node in an
+market, a shortage or a deep shortage; every server is provisioned at the lead,
+``LeadConfig.provisioned`` and ``floor_provision``, so the join reserve and the
+islanding rule are on), and wraps each node in an
 :class:`App` that multicasts numbered payloads to its cluster every 0.1-0.4
 s (drawn per node) until ``publish_until`` and reports each one as a
 :class:`~powergrid.sim.invariants.Published` notification. Restarted nodes come
@@ -36,7 +38,7 @@ from typing import IO, Any
 from powergrid.errors import ConfigError
 from powergrid.events import Output
 from powergrid.node import Node, NodeConfig
-from powergrid.protocols.market import Bid
+from powergrid.protocols.market import Bid, LeadConfig
 from powergrid.protocols.multicast import MAX_MULTICAST_PAYLOAD, MulticastConfig, WindowFull
 from powergrid.sim import fuzz
 from powergrid.sim.harness import RunResult, System, run_seed
@@ -338,6 +340,9 @@ def datacentre(
                     bid=bid,
                 )
         supply = _supply(rng, specs)
+        # Every server may be powered, each with its floor provisioned: the lead's join
+        # reserve, and no clearing while it counts at most half of them (islanding).
+        lead = LeadConfig(provisioned=len(specs), floor_provision=max(s.bid.floor for s in specs))
         publish_until = safety_s + liveness_s / 2
         flowing = frozenset(s.cluster for s in specs) if flow else frozenset()
         windowed = MulticastConfig(send_window=FLOW_WINDOW, max_buffer=FLOW_BUFFER)
@@ -352,6 +357,7 @@ def datacentre(
                 supply=supply,
                 total_order=frozenset((cfg.cluster,)) if total_order else frozenset(),
                 multicast=windowed if cfg.cluster in flowing else cfg.multicast,
+                lead=lead,
             )
             for n, cfg in configs.items()
         }
@@ -372,8 +378,6 @@ def datacentre(
             return App(
                 n, interval=intervals[node], until=publish_until, rng=r, large=large, burst=burst
             )
-            burst = FLOW_BURST if configs[node].cluster in flowing else 1
-            return App(n, interval=intervals[node], until=publish_until, rng=r, burst=burst)
 
         seeds = tuple(s.node for s in specs if s.broker_capable) if fanout else None
         return System(nodes=tuple(s.node for s in specs), make=make, info=info, fanout_seeds=seeds)

@@ -91,6 +91,23 @@ put counted servers below their ``r`` while the supply covers that ``r``, only
 what is left above their ``sum r`` is kept; in a shortage it ranks with the
 floors (kept whole while the counted floors fit beside it).
 
+**Islanding.** A lead cannot tell a crashed server from one cut off with a twin
+lead of its own (bully elections on both sides of a partition each elect one,
+often in the same epoch). So, with ``provisioned`` set, a round whose aggregates
+count at most half the provisioned servers is **not cleared** (``rounds_islanded``):
+a lead on the other side of the cut may count the majority, and it keeps only the
+floors of the servers it does not count (the join reserve) for them. The lead tries
+again ``gather`` later, so a lead that has heard only the first aggregates of a new
+epoch clears as soon as a majority is in. At most one side of a cut counts a
+majority of distinct servers; that side keeps the other's floors; the other side
+grants nothing new, and its servers keep the caps in force on their leases. Not
+covered: a bid counted on both sides (a broker still counts a bid for
+``bid_timeout`` after its server was cut away), so two sides can each count a
+majority for a few seconds after a cut; a supply that does not cover the counted
+servers' ``r`` (or, in a shortage, their floors) beside the join reserve, which then
+gives way; and a cut that outlasts a lease: a client then falls to ``min(cap, r)``,
+more than the floor the majority keeps for it.
+
 **Driving.** Inputs: :class:`SupplyChanged` and :class:`SteppedDown`
 (commands), ``LeaderElected``, ``Received`` and ``DeadlineReached``.
 Outputs: ``Multicast(Clearing)`` and the notification :class:`MarketCleared`.
@@ -216,7 +233,7 @@ class LeadConfig:
     """Each round's Clearings are multicast once more this much later (s; 0: never)."""
     """rho: the clock drift assumed between a holder and the lead (0.01 = 1 %)."""
     provisioned: int = attrs.field(default=0, validator=whole(0))
-    """Servers that may be powered (see "Join reserve")."""
+    """Servers that may be powered (see "Join reserve" and "Islanding"; 0: unknown)."""
     floor_provision: int = attrs.field(default=0, validator=whole(0))
     """Watts provisioned for each one's floor: at least any server's floor."""
 
@@ -260,6 +277,8 @@ class LeadStats:
     rounds_on_supply_drop: int = 0
     rounds_on_supply_rise: int = 0
     """Rounds cleared at once because a rise newly covered the sum of r (or of h)."""
+    rounds_islanded: int = 0
+    """Rounds not cleared: the aggregates held count at most half the provisioned servers."""
     rounds_with_reserve: int = 0
     rounds_with_hold: int = 0
     clearings_overheard: int = 0
@@ -565,6 +584,14 @@ class LeadBrokerMachine(Dispatching):
             return []
         order = sorted(self._clusters)
         totals = combine((self._clusters[c].totals for c in order), cfg.grid)
+        if 2 * totals.bids <= cfg.provisioned:
+            # Islanded: a majority of the servers may run under a twin lead on the other
+            # side of a cut, which keeps only our servers' floors for them (its join
+            # reserve). Grant nothing; try again soon (see "Islanding").
+            self.stats.rounds_islanded += 1
+            if self._round_at is not None:
+                self._round_at = min(self._round_at, now + cfg.gather)
+            return []
         # Record this round's epochs first, so a broker change is held in this round.
         for c in order:
             held_c = self._clusters[c]
