@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -138,9 +139,10 @@ def rows(res: dict[str, dict[str, Any]]) -> list[Row]:
     return out
 
 
-def main() -> None:
+def main(run_bench: Callable[[str, bool], dict[str, Any]] = run) -> None:
+    """Run every bench with ``run_bench(name, quick)`` and print the table (or JSON)."""
     args = parse_args(__doc__.splitlines()[0])
-    res = {name: run(name, args.quick) for name in BENCHES}
+    res = {name: run_bench(name, args.quick) for name in BENCHES}
     table = rows(res)
     result = {
         "rows": [
