@@ -522,6 +522,63 @@ def test_broker_multicasts_price_from_clearing() -> None:
     assert b.stats.dropped_duplicate == 1
 
 
+def test_broker_reprices_a_raise_at_once() -> None:
+    """Broker rule (raises at once): a counted client's new bid whose r exceeds its cap
+    under the last price is gathered ``raise_gather`` (20 ms), then the next aggregate
+    goes to the lead at once and, while the budget covers the cluster's new sum r, a
+    local price within the budget counts it (issue 16: raise latency rested on the
+    rounds' phase, up to two rounds); beyond the budget only the aggregate goes (the
+    lead clears it). At most three a round; a lead clearing of an aggregate before them
+    is still taken."""
+    b = active_broker()
+    b.handle(rx(ME, BID.to_message(1)), 0.1)
+    b.handle(rx(OTHER, BID2.to_message(1)), 0.1)
+    b.handle(DL, 1.0)
+    first = cleared(b, round=5)
+    assert [type(a) for a in b.handle(rx(LEAD, first), 1.1)] == [Multicast]
+    budget_w = b.budget
+    assert budget_w is not None
+    result = ClearingResult.checked(first, GRID)
+    assert result is not None
+    cap = allocate(BID, result, GRID)
+    up = Bid(floor=50, required=cap + 5, maximum=200, priority=1)
+    assert up.required + BID2.required <= budget_w
+    assert b.handle(rx(ME, up.to_message(2)), 1.2) == [ack(2, 2)]
+    assert b.next_deadline() == pytest.approx(1.22)
+    out = b.handle(DL, 1.22)
+    sent = totals_to_message(aggregate([up, BID2], GRID), cluster=1, epoch=1, seq=2)
+    assert out[0] == Send(to=LEAD, message=sent)
+    assert len(out) == 2 and isinstance(out[1], Multicast)
+    local = out[1].message
+    assert isinstance(local, wire.Price)
+    assert (local.flags, local.aggregate, local.lead_epoch, local.lead_round) == (1, 2, 7, 5)
+    repriced = ClearingResult(
+        regime=Regime(local.regime),
+        price=local.price,
+        level=local.level,
+        fill=local.fill,
+        deficit=local.deficit,
+    )
+    assert allocate(up, repriced, GRID) >= up.required
+    assert allocate(up, repriced, GRID) + allocate(BID2, repriced, GRID) <= budget_w
+    big = Bid(floor=20, required=budget_w, maximum=budget_w + 10)
+    assert b.handle(rx(OTHER, big.to_message(2)), 1.3) == [ack(2, 3, to=OTHER)]
+    out = b.handle(DL, 1.32)  # beyond the budget: the aggregate only
+    assert [type(a) for a in out] == [Send] and b.aggregate_seq == 3
+    assert b.stats.raises_repriced == 2
+    b.handle(rx(ME, Bid(floor=50, required=199, maximum=200).to_message(3)), 1.4)
+    b.handle(DL, 1.42)
+    assert b.stats.raises_repriced == 3
+    b.handle(rx(ME, Bid(floor=50, required=200, maximum=200).to_message(4)), 1.5)
+    assert b.next_deadline() == 2.0  # a fourth waits for the round
+    older = attrs.evolve(
+        first,
+        round=6,
+        entries=(first.entries[0]._replace(aggregate=1),),
+    )
+    assert [type(a) for a in b.handle(rx(LEAD, older), 1.6)] == [Multicast]  # 3 back
+
+
 def test_broker_refuses_stale_lead_and_strangers() -> None:
     """Fencing rule: a clearing of an older lead epoch, or a same-epoch stranger, is dropped."""
     b = active_broker()
@@ -838,6 +895,33 @@ def test_lead_clears_each_round_and_multicasts_budgets() -> None:
         ),
     ]
     assert lead.next_deadline() == 2.0 and lead.round == 1
+
+
+def test_lead_clears_at_once_when_a_clusters_sum_r_rises_above_its_budget() -> None:
+    """Lead rule (raises): an aggregate whose sum r exceeds the budget its cluster was
+    given, while the supply covers every r, clears at once, or half a round after the
+    last clearing if that is sooner than the next round (the broker sends it at once on
+    a raise; issue 16's raise latency). Not when the budget covers it, nor below the
+    floors."""
+    lead = active_lead(1000)
+    lead.handle(rx(BROKER, agg_msg(1, [BID])), 0.5)
+    first = lead.handle(DL, 1.0)[-1]
+    assert isinstance(first, MarketCleared) and first.allocated == 200  # a surplus: m
+    up = Bid(floor=50, required=250, maximum=300, priority=1)
+    assert lead.handle(rx(BROKER, agg_msg(1, [up], seq=2)), 1.2) == []
+    assert (lead.next_deadline(), lead.stats.rounds_on_raise) == (1.5, 1)  # half a round
+    second = lead.handle(DL, 1.5)[-1]
+    assert isinstance(second, MarketCleared) and (second.round, second.allocated) == (2, 300)
+    more = Bid(floor=50, required=350, maximum=400, priority=1)
+    out = lead.handle(rx(BROKER, agg_msg(1, [more], seq=3)), 2.1)
+    assert [type(a) for a in out] == [Multicast, MarketCleared] and lead.round == 3
+    assert lead.stats.rounds_on_raise == 2 and lead.next_deadline() == 2.5
+    assert lead.handle(rx(BROKER, agg_msg(1, [BID], seq=4)), 2.2) == []  # covered
+    short = active_lead(40)  # below the floors: nobody is owed anything
+    short.handle(rx(BROKER, agg_msg(1, [BID])), 0.5)
+    short.handle(DL, 1.0)
+    assert short.handle(rx(BROKER, agg_msg(1, [up], seq=2)), 1.6) == []
+    assert short.stats.rounds_on_raise == 0
 
 
 def test_lead_that_stepped_down_stops_clearing() -> None:

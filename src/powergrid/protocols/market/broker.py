@@ -55,6 +55,14 @@ counted the next round). When it learns of a new lead (or lead epoch) it sends i
 an aggregate at once, so the new lead's first round, ``gather`` after its
 election, has every cluster's.
 
+**Raises at once.** A counted client's new bid whose ``r`` exceeds its cap
+under the last price is gathered ``raise_gather`` with the others of that
+instant, then the next aggregate goes to the lead at once, and while the
+budget covers the cluster's new ``sum r`` the broker prices it itself within
+the budget (a local price: nobody falls below ``r``); beyond the budget the
+lead clears it (it clears at once for a raise). At most ``_MAX_REPRICES`` a
+round, so a clearing names one of the last ``_KEEP_AGGREGATES`` aggregates.
+
 **Budgets in force.** It keeps the datagrams of the followed lead's last round
 (every cluster's budget) and sends them to a new lead (another node) when it
 learns of it, with its aggregate: a lead that never heard that round (a
@@ -103,6 +111,7 @@ from powergrid.protocols.market.clearing import (
     Regime,
     Totals,
     aggregate_ladders,
+    allocate,
     budget,
     clear,
     totals_to_message,
@@ -114,6 +123,12 @@ __all__ = ["BrokerConfig", "BrokerMachine", "BrokerStats"]
 
 _MAX_WAITING = 64
 """Bids of nodes not in the view yet kept for the view that may name them (one each)."""
+
+_MAX_REPRICES = 3
+"""Raises repriced at most this often a round (each sends an aggregate besides the round's)."""
+
+_KEEP_AGGREGATES = _MAX_REPRICES + 2
+"""Aggregates whose totals are kept to check a clearing against (the latest included)."""
 
 _MAX_KEPT = 64
 """Datagrams of the last lead round kept to pass on to a new lead (54 clusters each)."""
@@ -138,6 +153,8 @@ class BrokerConfig:
     """A heard price this recent is republished at once by a new broker (s; 0: never)."""
     repeat_after: float = attrs.field(default=0.01, validator=real)
     """Each price and aggregate is sent once more this much later (s; 0: never; see ``repeat``)."""
+    raise_gather: float = attrs.field(default=0.02, validator=real)
+    """A raise is repriced this long after it arrives, with the others of that instant (s)."""
 
     def __attrs_post_init__(self) -> None:
         if not self.round_interval > 0:
@@ -158,6 +175,10 @@ class BrokerConfig:
         if not self.republish_within >= 0:
             raise config_problem(
                 self, f"republish_within must be >= 0 s, got {self.republish_within}"
+            )
+        if not 0 < self.raise_gather < self.round_interval:
+            raise config_problem(
+                self, f"raise_gather must be in (0, round_interval) s, got {self.raise_gather}"
             )
 
 
@@ -183,6 +204,9 @@ class BrokerStats:
     clearings_forwarded: int = 0
     """Datagrams of the last lead round sent to a new lead (see "Budgets in force")."""
     local_clearings: int = 0
+    raises_repriced: int = 0
+    """Raises of a counted client's ``r`` above its cap sent to the lead at once, with a
+    price of our own within our budget when it covers the cluster's new ``sum r``."""
     rounds_without_budget: int = 0
     clearings_without_us: int = 0
     clearings_not_ours: int = 0
@@ -231,9 +255,12 @@ class BrokerMachine(Dispatching):
         "_local_regime",
         "_me",
         "_members",
-        "_previous",
         "_price_round",
+        "_raised",
+        "_recent",
         "_repeat",
+        "_reprice_at",
+        "_result",
         "_round_at",
         "_totals",
         "_waiting",
@@ -264,7 +291,9 @@ class BrokerMachine(Dispatching):
         self._waiting: dict[NodeId, tuple[Received, wire.Bid, float]] = {}
         self._agg_seq = 0
         self._totals: Totals | None = None
-        self._previous: Totals | None = None  # the aggregate before the last (number - 1)
+        # the aggregates before the last, newest first (numbers - 1, - 2, ...; a raise sends
+        # one besides the round's, so a clearing may name one of those)
+        self._recent: list[Totals] = []
         self._brokers = Leadership()  # the broker group's: the lead broker and its epoch
         self._lead_round = 0
         self._lead_heard_at = 0.0
@@ -276,6 +305,9 @@ class BrokerMachine(Dispatching):
         self._price_round = 0
         self._local_regime: Regime | None = None
         self._local = False
+        self._result: ClearingResult | None = None  # the last clearing priced
+        self._raised = 0  # raises repriced this round (at most _MAX_REPRICES)
+        self._reprice_at: float | None = None  # when the raises gathered are repriced
         self._heard: tuple[wire.Price, float] | None = None  # last Price of our cluster, when
         self._kept: list[wire.Clearing] = []  # the last lead round's datagrams, for a new lead
 
@@ -327,7 +359,7 @@ class BrokerMachine(Dispatching):
         """The next round or price repeat, while active."""
         if not self._active:
             return None
-        return earliest(self._round_at, self._repeat.at, self._agg_repeat.at)
+        return earliest(self._round_at, self._repeat.at, self._agg_repeat.at, self._reprice_at)
 
     # ---------------------------------------------------------------- handlers
 
@@ -455,6 +487,7 @@ class BrokerMachine(Dispatching):
         except ConfigError:
             self.stats.dropped_invalid += 1
             return []
+        old = held if held is not None and held.incarnation == ev.incarnation else None
         held = _Held(
             incarnation=ev.incarnation,
             seq=msg.seq,
@@ -465,7 +498,10 @@ class BrokerMachine(Dispatching):
         )
         self._bids[node] = held
         self.stats.bids_accepted += 1
-        return [self._ack(node, held)]
+        out: list[object] = [self._ack(node, held)]
+        if old is not None and self._reprice_at is None and self._raise_due(old.bid, bid):
+            self._reprice_at = now + self._config.raise_gather
+        return out
 
     def _on_clearing(self, sender: NodeId, msg: wire.Clearing, now: float) -> list[object]:
         if not self._active:
@@ -504,7 +540,13 @@ class BrokerMachine(Dispatching):
             self.stats.dropped_invalid += 1
             return []
         back = self._agg_seq - entry.aggregate
-        ours = self._totals if back == 0 else self._previous if back == 1 else None
+        ours = (
+            self._totals
+            if back == 0
+            else self._recent[back - 1]
+            if back <= len(self._recent)
+            else None
+        )
         if ours is None or budget(ours, result) != entry.budget:
             # A twin broker of our epoch (two sides of a cut) numbers its aggregates
             # like us; the lead cleared its aggregate, not ours, and its price would give
@@ -523,9 +565,11 @@ class BrokerMachine(Dispatching):
         if not self._active:
             return []
         repeat = self._repeat.due(now) + self._agg_repeat.due(now)
-        if self._round_at is None or now < self._round_at:
-            return repeat
-        return repeat + self._round(now)
+        if self._round_at is not None and now >= self._round_at:
+            return repeat + self._round(now)
+        if self._reprice_at is not None and now >= self._reprice_at:
+            return repeat + self._reprice(now)
+        return repeat
 
     def _round(self, now: float) -> list[object]:
         """One broker round: expire bids, aggregate, and re-clear alone if the lead is lost."""
@@ -533,6 +577,8 @@ class BrokerMachine(Dispatching):
         assert self._round_at is not None
         nxt = self._round_at + cfg.round_interval
         self._round_at = nxt if nxt > now else now + cfg.round_interval
+        self._raised = 0
+        self._reprice_at = None  # this round's aggregate carries the raises gathered
         for node in sorted(self._bids):
             if now - self._bids[node].heard_at >= cfg.bid_timeout:
                 del self._bids[node]
@@ -556,6 +602,35 @@ class BrokerMachine(Dispatching):
 
     # ----------------------------------------------------------------- helpers
 
+    def _raise_due(self, old: Bid, new: Bid) -> bool:
+        """Whether a counted client's new bid asks more than its cap under our last price
+        (see "Raises at once"): at most once a round, while a lead is known."""
+        return (
+            self._raised < _MAX_REPRICES
+            and self._result is not None
+            and self._budget is not None
+            and bool(self._brokers.leader)
+            and new.required > allocate(old, self._result, self._config.grid)
+        )
+
+    def _reprice(self, now: float) -> list[object]:
+        """A raise: the next aggregate goes to the lead now, and when our budget covers the
+        cluster's new ``sum r`` we price it ourselves within the budget at once."""
+        self._raised += 1
+        self._reprice_at = None
+        self.stats.raises_repriced += 1
+        actions = self._aggregate(now)
+        totals, budget_w = self._totals, self._budget
+        assert totals is not None and budget_w is not None
+        if totals.required > budget_w:
+            return actions  # cutting others below their r: the lead clears it instead
+        cfg = self._config
+        result = clear(totals, budget_w, cfg.grid, previous=self._local_regime, band=cfg.band)
+        self._local_regime = result.regime
+        actions.append(self._price(result, self._agg_seq, local=True))
+        self._repeat.arm(actions, now)
+        return actions
+
     def _aggregate(self, now: float) -> list[object]:
         """Sum the bids held into the next aggregate; send it to the lead, if one is known."""
         self._agg_seq += 1
@@ -563,7 +638,9 @@ class BrokerMachine(Dispatching):
         totals = aggregate_ladders(
             ((self._bids[n].bid, self._bids[n].ladder) for n in sorted(self._bids)), grid
         )
-        self._previous, self._totals = self._totals, totals
+        if self._totals is not None:
+            self._recent = [self._totals, *self._recent[: _KEEP_AGGREGATES - 2]]
+        self._totals = totals
         lead = self._brokers.leader
         if not lead:
             return []
@@ -628,7 +705,8 @@ class BrokerMachine(Dispatching):
         self._bids.clear()
         self._waiting.clear()
         self._agg_seq = 0
-        self._totals = self._previous = None
+        self._totals = None
+        self._recent = []
         self._price_round = 0
         self._lead_round = 0
         self._lead_heard_at = now
@@ -636,6 +714,9 @@ class BrokerMachine(Dispatching):
         self._budget_from = (0, 0)
         self._local_regime = None
         self._local = False
+        self._result = None
+        self._raised = 0
+        self._reprice_at = None
         self._round_at = now + self._config.gather
 
     def _deactivate(self) -> None:
@@ -643,8 +724,10 @@ class BrokerMachine(Dispatching):
         self._kept = []
         self._bids.clear()
         self._waiting.clear()
-        self._totals = self._previous = None
+        self._totals = None
+        self._recent = []
         self._round_at = None
+        self._reprice_at = None
         self._repeat.cancel()
         self._agg_repeat.cancel()
         # No longer the broker, the node leaves the broker group: the lead epoch known
@@ -661,6 +744,7 @@ class BrokerMachine(Dispatching):
         )
 
     def _price(self, result: ClearingResult, aggregate: int, *, local: bool) -> Multicast:
+        self._result = result
         self._price_round += 1
         self.stats.prices_sent += 1
         return Multicast(

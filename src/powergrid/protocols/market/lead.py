@@ -30,6 +30,13 @@ rises), unless it newly covers the sum of ``r`` (or of ``h``) of the aggregates
 held: from that instant the servers are owed their ``r`` (or ``h``), so it
 clears at once (``rounds_on_supply_rise``).
 
+**Raises.** An aggregate whose ``sum r`` exceeds the budget its cluster was
+last given, while its servers are owed more than that budget (their ``sum r``
+while the supply covers every ``r``, else their ``sum h`` while it covers
+every ``h``), clears at once, or half a round after the last clearing if that
+comes before the next round (``rounds_on_raise``): the brokers send a raise
+at once, so a rise is priced within half a round, not after two.
+
 **Reserve for silent clusters.** Clients keep their caps for a lease after
 the last price and then fall back to at most their required power, and a
 broker cut off from the lead re-clears its cluster within its last budget: a
@@ -277,6 +284,8 @@ class LeadStats:
     rounds_on_supply_drop: int = 0
     rounds_on_supply_rise: int = 0
     """Rounds cleared at once because a rise newly covered the sum of r (or of h)."""
+    rounds_on_raise: int = 0
+    """Rounds brought forward because a cluster's ``sum r`` rose above its budget."""
     rounds_islanded: int = 0
     """Rounds not cleared: the aggregates held count at most half the provisioned servers."""
     rounds_with_reserve: int = 0
@@ -322,6 +331,7 @@ class LeadBrokerMachine(Dispatching):
 
     __slots__ = (
         "_active",
+        "_cleared_at",
         "_clusters",
         "_config",
         "_granted",
@@ -354,6 +364,7 @@ class LeadBrokerMachine(Dispatching):
         self._leadership = Leadership()  # the broker group's leader and epoch
         self._round = 0
         self._round_at: float | None = None
+        self._cleared_at = float("-inf")  # when the last round was cleared
         self._previous: Regime | None = None
         self._result: ClearingResult | None = None
         self._clusters: dict[int, _Latest] = {}
@@ -474,7 +485,41 @@ class LeadBrokerMachine(Dispatching):
             epoch=msg.epoch, seq=msg.seq, totals=totals, heard_at=now
         )
         self.stats.aggregates_accepted += 1
+        grant = self._granted.get(msg.cluster)
+        if (
+            self._active
+            and self._round_at is not None
+            and grant is not None
+            and grant.epoch == msg.epoch
+            and grant.budget < totals.required
+        ):
+            return self._raise(grant.budget, totals, now)
         return []
+
+    def _raise(self, given: int, cluster: Totals, now: float) -> list[object]:
+        """A cluster's ``sum r`` rose above the budget ``given`` it: if its servers are owed
+        more than that (their ``sum r`` while the supply covers every ``r``, else their
+        ``sum h`` while it covers every ``h``), clear now, or half a round after the last
+        clearing (see "Raises")."""
+        cfg = self._config
+        assert self._round_at is not None
+        totals = combine((self._clusters[c].totals for c in sorted(self._clusters)), cfg.grid)
+        if self._supply >= totals.required:
+            owed = cluster.required
+        elif self._supply >= totals.floor:
+            owed = cluster.floor
+        else:
+            return []  # below the floors: nobody is owed anything
+        if given >= owed:
+            return []
+        at = max(now, self._cleared_at + cfg.round_interval / 2)
+        if at >= self._round_at:
+            return []
+        self.stats.rounds_on_raise += 1
+        if at > now:
+            self._round_at = at
+            return []
+        return self._clear(now)
 
     def _on_clearing(self, sender: NodeId, msg: wire.Clearing, now: float) -> list[object]:
         """Overheard: another lead's budgets, in force at its clusters (see the reserve)."""
@@ -609,6 +654,7 @@ class LeadBrokerMachine(Dispatching):
         )
         self._previous = result.regime
         self._result = result
+        self._cleared_at = now
         self._round += 1
         self.stats.rounds_cleared += 1
         entries = [  # budgets still in force at clusters we do not clear: passed on
