@@ -187,6 +187,28 @@ def test_client_applies_price_to_acknowledged_bid() -> None:
     assert c.next_deadline() == 2.0  # refresh before the lease (6.0)
 
 
+def test_client_follows_a_restarted_broker_of_the_same_epoch_anew() -> None:
+    """Client rule (broker lives): a price or ack of the broker followed, in its epoch,
+    from a newer incarnation means it restarted and won the same epoch again, numbering
+    its rounds from 1: the client follows it anew (its rounds and acks forgotten, its
+    bid sent again) instead of refusing its rounds as old until they pass the dead life's
+    (fresh seed 21,410,217 with --safety 15: two servers went without a price for the
+    last 10.7 s of the run). A late datagram of the older life is dropped."""
+    c = client_following()
+    c.handle(rx(BROKER, wire.BidAck(epoch=1, seq=1, aggregate=1)), 0.1)
+    c.handle(rx(BROKER, price(round=9)), 1.0)
+    assert c.allocation == 162
+    out = c.handle(rx(BROKER, price(round=1), incarnation=2), 5.0)
+    assert out[0] == Send(to=BROKER, message=BID.to_message(1))
+    assert [type(a) for a in out[1:]] == [PriceUpdated]  # not counted: the cap stays
+    assert (c.stats.broker_restarts, c.allocation) == (1, 162)
+    c.handle(rx(BROKER, wire.BidAck(epoch=1, seq=1, aggregate=2), incarnation=2), 5.1)
+    assert c.handle(rx(BROKER, price(round=10)), 5.2) == []  # the dead life's, late
+    assert c.stats.dropped_stale == 1
+    out = c.handle(rx(BROKER, price(round=2, aggregate=2), incarnation=2), 6.0)
+    assert [type(a) for a in out] == [PriceUpdated] and c.includes_latest_bid
+
+
 def test_client_applies_a_cut_at_once_and_a_raise_raise_after_later() -> None:
     """Client rule (make-before-break): a price that lowers the cap applies at once; one
     that raises it applies ``raise_after`` (20 ms) later, with its PriceUpdated, when the

@@ -84,6 +84,14 @@ does not budget those watts yet (issue 16: grantors that wait out leases are
 still to come), so the carried cap may overlap the new clearing for the round
 or two until the bid is counted; the simulator measures that overlap.
 
+**Broker lives.** A broker that restarts and wins its cluster's epoch again
+(a restarted node leads a cluster of itself first, and nobody remembers a
+higher epoch) numbers its rounds and aggregates from 1. The election reports
+the same (leader, epoch), so a price or ack of the followed broker in its
+epoch from a newer incarnation than the one heard so far makes the client
+follow it anew (rounds and acks forgotten, the bid sent again:
+``broker_restarts``); one from an older incarnation is dropped as stale.
+
 **Acknowledgements go stale.** The broker drops a bid it has not heard for
 its ``bid_timeout`` (6 s), without telling the client (whose refreshes may be
 cut off while its prices still arrive). So an acknowledgement counts only
@@ -120,7 +128,7 @@ from powergrid.events import DeadlineReached, LeaderElected, Received, Send
 from powergrid.protocols.leadership import Leadership, Verdict
 from powergrid.protocols.market.bids import DEFAULT_GRID, Bid, Grid
 from powergrid.protocols.market.clearing import ClearingResult, Regime, allocate
-from powergrid.types import Epoch, GroupId, NodeId
+from powergrid.types import Epoch, GroupId, NodeId, incarnation_newer
 
 __all__ = [
     "AllocationChanged",
@@ -238,6 +246,9 @@ class ClientStats:
     """Prices of a new broker that did not count the bid yet, while the cap of the previous
     broker's counted price stayed in force on its lease."""
     acks_renewed: int = 0
+    broker_restarts: int = 0
+    """Prices or acks of the broker followed from a newer life (it restarted and won the
+    same epoch again): followed anew, its rounds and acks counted from scratch."""
     prices_with_stale_ack: int = 0
     leases_expired: int = 0
     dropped_stale: int = 0
@@ -259,6 +270,7 @@ class ClientMachine(Dispatching):
         "_acks",
         "_allocation",
         "_bids",
+        "_broker_life",
         "_carry",
         "_cluster",
         "_config",
@@ -297,6 +309,7 @@ class ClientMachine(Dispatching):
         self._refresh_at: float | None = None
         self._retry: tuple[float, float] | None = None  # an unacked bid: (when again, wait)
         self._round = 0
+        self._broker_life = 0  # the followed broker's incarnation (0: not heard from yet)
         self._allocation: int | None = None
         self._lease_until: float | None = None
         self._price: float | None = None
@@ -397,16 +410,38 @@ class ClientMachine(Dispatching):
             return []
         if verdict is Verdict.SAME:
             return []
+        self._broker_life = 0  # learnt from its first price or ack
         return self._follow(now)
 
     def _on_received(self, ev: Received, now: float) -> list[object]:
         msg = ev.message
         if type(msg) is wire.Price:
-            return self._on_price(ev.sender, msg, now)
+            out = self._restarted(ev, msg.epoch, now)
+            return [] if out is None else out + self._on_price(ev.sender, msg, now)
         if type(msg) is wire.BidAck:
-            return self._on_bid_ack(ev.sender, msg, now)
+            out = self._restarted(ev, msg.epoch, now)
+            return [] if out is None else out + self._on_bid_ack(ev.sender, msg, now)
         self.stats.dropped_unexpected += 1
         return []
+
+    def _restarted(self, ev: Received, epoch: int, now: float) -> list[object] | None:
+        """A message of the broker followed, in its epoch, from a newer life than the one
+        heard so far: it restarted and won the same epoch again (a cluster of itself
+        first), and numbers its rounds and aggregates from 1: follow it anew. None for
+        an older life's late datagram (its rounds may be above the new life's)."""
+        if ev.sender != self._leadership.leader or epoch != self._leadership.epoch:
+            return []
+        life = self._broker_life
+        if life == ev.incarnation:
+            return []
+        if life and not incarnation_newer(ev.incarnation, life):
+            self.stats.dropped_stale += 1
+            return None
+        self._broker_life = ev.incarnation
+        if not life:
+            return []  # the first we hear of this broker
+        self.stats.broker_restarts += 1
+        return self._follow(now)
 
     def _on_bid_ack(self, sender: NodeId, msg: wire.BidAck, now: float) -> list[object]:
         if msg.epoch != self._leadership.epoch or msg.epoch == 0:
@@ -535,7 +570,8 @@ class ClientMachine(Dispatching):
     # ----------------------------------------------------------------- helpers
 
     def _follow(self, now: float) -> list[object]:
-        """A new broker is followed: forget the old one's acks and rounds, send it the bid."""
+        """A new broker (or broker life) is followed: forget the old one's acks and rounds,
+        send it the bid."""
         self._carry = self._lease_until is not None  # a cap in force on its lease
         self._release = None  # the old broker's raise: its round is forgotten
         self._acks.clear()
