@@ -188,6 +188,22 @@ SIZED_REGRESSIONS: dict[tuple[int, int], str] = {
 N``): seeds of fresh campaigns at a fixed size that once failed."""
 
 
+LEASE_REGRESSIONS: dict[int, str] = {
+    21410217: "market-prices-fresh",  # a restarted broker won its epoch again
+}
+"""Seeds that failed with the lease-length safety phase (``powergrid fuzz --replay SEED
+--safety 15``), with what failed."""
+
+
+@pytest.mark.parametrize("seed", sorted(LEASE_REGRESSIONS))
+def test_lease_phase_regression_seeds(seed: int) -> None:
+    """Seeds of ``--safety 15`` campaigns that failed before a fix stay fixed. 21,410,217:
+    a broker restarted and won its cluster's epoch 1 again, numbering its prices from
+    round 1; its clients, which had applied round 12 of the dead life, refused them for
+    the last 10.7 s of the run (client rule *broker lives*)."""
+    assert_ok(run_datacentre(seed, safety_s=15.0))
+
+
 @pytest.mark.parametrize(("nodes", "seed"), sorted(SIZED_REGRESSIONS))
 def test_sized_regression_seeds(nodes: int, seed: int) -> None:
     """Fixed-size campaign seeds that failed before a fix stay fixed. (20, 15113405): a
