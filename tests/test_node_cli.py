@@ -68,6 +68,11 @@ def test_options_build_the_node_and_socket_configs() -> None:
     )
     assert (udp.interface, udp.ttl, udp.group_port_base) == (HOST, 0, 30000)
     assert args.duration == 1.5 and not args.json
+    assert (node.lead.provisioned, node.lead.floor_provision) == (0, 0)  # off by default
+    node, _ = build_configs(
+        parse("--port", "9100", "--provisioned", "8", "--floor-provision", "40")
+    )
+    assert (node.lead.provisioned, node.lead.floor_provision) == (8, 40)
 
 
 def test_defaults_have_no_bid_and_use_the_host_as_interface() -> None:
@@ -101,6 +106,12 @@ def test_seeds_turn_on_unicast_fan_out() -> None:
         (["--port", "9100", "--interface", "eth0"], "interface"),
         (["--port", "9100", "--duration", "0"], "--duration"),
         (["--port", "9100", "--supply", "-1"], "--supply"),
+        (["--port", "9100", "--provisioned", "-2"], "--provisioned"),
+        (["--port", "9100", "--floor-provision", "50"], "--floor-provision needs --provisioned"),
+        (
+            ["--port", "9100", "--provisioned", "8", "--floor", "60", "--maximum", "90"],
+            "--floor-provision 0 must be at least this server's --floor 60",
+        ),
         (["--port", "9100", "--required", "5"], "--maximum"),
         (["--port", "9100", "--floor", "10", "--maximum", "5"], "Bid: watts must satisfy"),
         (

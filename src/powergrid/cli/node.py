@@ -46,7 +46,7 @@ from powergrid.errors import ConfigError, PowergridError
 from powergrid.events import LeaderElected, LeaderLost, MemberJoined, ViewChanged
 from powergrid.fanout import parse_seeds
 from powergrid.node import MessageDelivered, Node, NodeConfig
-from powergrid.protocols.market import Bid, PriceUpdated
+from powergrid.protocols.market import Bid, LeadConfig, PriceUpdated
 from powergrid.protocols.membership import MemberRemoved, MemberSuspected
 from powergrid.transports import trio_udp
 from powergrid.transports.trio_udp import UdpConfig, UdpHandle, default_incarnation
@@ -125,6 +125,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--broker-capable", action="store_true", help="the node may be elected broker")
     a("--rank", type=int, default=0, help="election rank, 0..65535; higher wins (default 0)")
     a("--supply", type=int, default=0, help="usable supply in watts while lead broker")
+    a(
+        "--provisioned",
+        type=int,
+        default=0,
+        help="servers of the data centre that may be powered; while lead broker, keep "
+        "a floor for each one not counted and clear only counting more than half (0: off)",
+    )
+    a(
+        "--floor-provision",
+        type=int,
+        default=0,
+        help="watts kept for each uncounted server's floor (at least any --floor; "
+        "with --provisioned)",
+    )
     a("--floor", type=int, default=None, help="bid: watts the server must keep (default 0)")
     a("--required", type=int, default=None, help="bid: watts to run as promised (default floor)")
     a("--maximum", type=int, default=None, help="bid: watts it can use; giving it bids at start")
@@ -234,6 +248,13 @@ def build_configs(
         raise ConfigError(f"--duration {args.duration} must be a positive number of seconds")
     if args.supply < 0:
         raise ConfigError(f"--supply {args.supply} must be >= 0 watts")
+    if args.provisioned < 0 or args.floor_provision < 0:
+        raise ConfigError(
+            f"--provisioned {args.provisioned} and --floor-provision {args.floor_provision} "
+            "must be >= 0"
+        )
+    if args.floor_provision and not args.provisioned:
+        raise ConfigError("--floor-provision needs --provisioned (how many servers may be powered)")
     if args.incarnation is not None and not 0 <= args.incarnation < 2**32:
         raise ConfigError(f"--incarnation {args.incarnation} is outside 0..2**32-1")
     if not (args.stats_interval >= 0 and math.isfinite(args.stats_interval)):
@@ -253,10 +274,16 @@ def build_configs(
         rank=args.rank,
         broker_capable=args.broker_capable,
         supply=args.supply,
+        lead=LeadConfig(provisioned=args.provisioned, floor_provision=args.floor_provision),
         bid=_bid(args),
         keyring=_keyring(args, os.environ if environ is None else environ),
         encrypt=args.encrypt,
     )
+    if node.bid is not None and args.provisioned and node.bid.floor > args.floor_provision:
+        raise ConfigError(
+            f"--floor-provision {args.floor_provision} must be at least this server's "
+            f"--floor {node.bid.floor}: each server's floor is kept within it"
+        )
     ipv6 = ":" in args.host
     udp = UdpConfig(
         interface="127.0.0.1" if ipv6 else args.interface or args.host,

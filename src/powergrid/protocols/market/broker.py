@@ -604,7 +604,7 @@ class BrokerMachine(Dispatching):
 
     def _raise_due(self, old: Bid, new: Bid) -> bool:
         """Whether a counted client's new bid asks more than its cap under our last price
-        (see "Raises at once"): at most once a round, while a lead is known."""
+        (see "Raises at once"): at most ``_MAX_REPRICES`` a round, while a lead is known."""
         return (
             self._raised < _MAX_REPRICES
             and self._result is not None
