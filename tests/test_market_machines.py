@@ -550,8 +550,8 @@ def test_broker_reprices_a_raise_at_once() -> None:
     goes to the lead at once and, while the budget covers the cluster's new sum r, a
     local price within the budget counts it (issue 16: raise latency rested on the
     rounds' phase, up to two rounds); beyond the budget only the aggregate goes (the
-    lead clears it). At most three a round; a lead clearing of an aggregate before them
-    is still taken."""
+    lead clears it). At most three a round; a lead clearing of one of the last three
+    aggregates is still taken, an older one is not."""
     b = active_broker()
     b.handle(rx(ME, BID.to_message(1)), 0.1)
     b.handle(rx(OTHER, BID2.to_message(1)), 0.1)
@@ -593,12 +593,17 @@ def test_broker_reprices_a_raise_at_once() -> None:
     assert b.stats.raises_repriced == 3
     b.handle(rx(ME, Bid(floor=50, required=200, maximum=200).to_message(4)), 1.5)
     assert b.next_deadline() == 2.0  # a fourth waits for the round
+    too_old = attrs.evolve(first, round=6, entries=(first.entries[0]._replace(aggregate=1),))
+    assert b.handle(rx(LEAD, too_old), 1.6) == [] and b.stats.clearings_not_ours == 1
+    result_2 = ClearingResult.checked(first, GRID)
+    assert result_2 is not None
+    sums_2 = aggregate([up, BID2], GRID)
     older = attrs.evolve(
         first,
-        round=6,
-        entries=(first.entries[0]._replace(aggregate=1),),
+        round=7,
+        entries=(first.entries[0]._replace(aggregate=2, budget=budget(sums_2, result_2)),),
     )
-    assert [type(a) for a in b.handle(rx(LEAD, older), 1.6)] == [Multicast]  # 3 back
+    assert [type(a) for a in b.handle(rx(LEAD, older), 1.7)] == [Multicast]  # 2 back
 
 
 def test_broker_refuses_stale_lead_and_strangers() -> None:

@@ -61,7 +61,7 @@ instant, then the next aggregate goes to the lead at once, and while the
 budget covers the cluster's new ``sum r`` the broker prices it itself within
 the budget (a local price: nobody falls below ``r``); beyond the budget the
 lead clears it (it clears at once for a raise). At most ``_MAX_REPRICES`` a
-round, so a clearing names one of the last ``_KEEP_AGGREGATES`` aggregates.
+round; a clearing must name one of the last ``_KEEP_AGGREGATES`` aggregates.
 
 **Budgets in force.** It keeps the datagrams of the followed lead's last round
 (every cluster's budget) and sends them to a new lead (another node) when it
@@ -127,8 +127,10 @@ _MAX_WAITING = 64
 _MAX_REPRICES = 3
 """Raises repriced at most this often a round (each sends an aggregate besides the round's)."""
 
-_KEEP_AGGREGATES = _MAX_REPRICES + 2
-"""Aggregates whose totals are kept to check a clearing against (the latest included)."""
+_KEEP_AGGREGATES = 3
+"""Aggregates whose totals are kept to check a clearing against (the latest included): a
+raise's aggregate goes 20 ms after the raise, so at most one or two can pass the lead's
+clearing of an earlier one on the way."""
 
 _MAX_KEPT = 64
 """Datagrams of the last lead round kept to pass on to a new lead (54 clusters each)."""
