@@ -541,14 +541,9 @@ class BrokerMachine(Dispatching):
         if result is None:
             self.stats.dropped_invalid += 1
             return []
-        back = self._agg_seq - entry.aggregate
-        ours = (
-            self._totals
-            if back == 0
-            else self._recent[back - 1]
-            if back <= len(self._recent)
-            else None
-        )
+        kept = (self._totals, *self._recent)  # numbers _agg_seq, _agg_seq - 1, ...
+        back = self._agg_seq - entry.aggregate  # >= 0, checked above
+        ours = kept[back] if back < len(kept) else None
         if ours is None or budget(ours, result) != entry.budget:
             # A twin broker of our epoch (two sides of a cut) numbers its aggregates
             # like us; the lead cleared its aggregate, not ours, and its price would give
@@ -586,20 +581,13 @@ class BrokerMachine(Dispatching):
                 del self._bids[node]
                 self.stats.bids_expired += 1
         actions = self._aggregate(now)
-        totals = self._totals
-        assert totals is not None
         self._local = now - self._lead_heard_at >= cfg.lead_timeout
         if self._local:
             if self._budget is None:
                 self.stats.rounds_without_budget += 1
             else:
-                result = clear(
-                    totals, self._budget, cfg.grid, previous=self._local_regime, band=cfg.band
-                )
-                self._local_regime = result.regime
                 self.stats.local_clearings += 1
-                actions.append(self._price(result, self._agg_seq, local=True))
-                self._repeat.arm(actions, now)
+                self._clear_locally(actions, now)
         return actions
 
     # ----------------------------------------------------------------- helpers
@@ -622,16 +610,22 @@ class BrokerMachine(Dispatching):
         self._reprice_at = None
         self.stats.raises_repriced += 1
         actions = self._aggregate(now)
-        totals, budget_w = self._totals, self._budget
-        assert totals is not None and budget_w is not None
-        if totals.required > budget_w:
-            return actions  # cutting others below their r: the lead clears it instead
+        assert self._totals is not None and self._budget is not None
+        if self._totals.required <= self._budget:  # else the lead clears it: nobody below r
+            self._clear_locally(actions, now)
+        return actions
+
+    def _clear_locally(self, actions: list[object], now: float) -> None:
+        """Clear our last aggregate within our budget and add its local price to ``actions``
+        (their repeat armed): the lead lost, or a raise our budget covers."""
         cfg = self._config
-        result = clear(totals, budget_w, cfg.grid, previous=self._local_regime, band=cfg.band)
+        assert self._totals is not None and self._budget is not None
+        result = clear(
+            self._totals, self._budget, cfg.grid, previous=self._local_regime, band=cfg.band
+        )
         self._local_regime = result.regime
         actions.append(self._price(result, self._agg_seq, local=True))
         self._repeat.arm(actions, now)
-        return actions
 
     def _aggregate(self, now: float) -> list[object]:
         """Sum the bids held into the next aggregate; send it to the lead, if one is known."""
