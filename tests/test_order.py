@@ -34,6 +34,7 @@ from powergrid.protocols.order import (
     OrderConfig,
     OrderedPublish,
     TotalOrderMachine,
+    view_stamp,
 )
 from powergrid.sim.fuzzing import replay_command, run_datacentre
 from powergrid.sim.invariants import (
@@ -57,26 +58,40 @@ A, B, C = NodeId(1), NodeId(2), NodeId(3)
 CFG = OrderConfig(clock_delay=0.125, sync_wait=0.5, depart_wait=0.25)
 
 
-def view(view_id: int, *nodes: NodeId, inc: int = 1) -> ViewChanged:
+_STAMP: dict[int, int] = {}
+"""view id -> the stamp of the last view :func:`view` made with it (rule O4)."""
+_VIEW_ID: dict[int, int] = {}
+"""view stamp -> view id, to read the stamps of sent messages as view ids."""
+
+
+def view(
+    view_id: int, *nodes: NodeId, inc: int = 1, leader: NodeId | None = None, epoch: int = 1
+) -> ViewChanged:
     members = tuple(
         Member(node=n, incarnation=Incarnation(inc), rank=0, broker_capable=True) for n in nodes
     )
-    return ViewChanged(
-        view=View(
-            group=GroupId(1), view_id=view_id, leader=max(nodes), epoch=Epoch(1), members=members
-        )
+    v = View(
+        group=GroupId(1),
+        view_id=view_id,
+        leader=min(nodes) if leader is None else leader,
+        epoch=Epoch(epoch),
+        members=members,
     )
+    stamp = view_stamp(v)
+    _STAMP[view_id] = stamp
+    _VIEW_ID[stamp] = view_id
+    return ViewChanged(view=v)
 
 
 def app(origin: NodeId, ts: int, n: int, payload: bytes, *, view_id: int = 1) -> Deliver:
-    body = struct.pack("!QQQ", ts, view_id, n) + payload
+    body = struct.pack("!QQQ", ts, _STAMP.get(view_id, 0), n) + payload
     return Deliver(
         origin=origin, incarnation=Incarnation(1), seq=n, kind=KIND_ORDERED, payload=body
     )
 
 
 def clock(origin: NodeId, ts: int, *, view_id: int = 1) -> Deliver:
-    body = struct.pack("!QQ", ts, view_id)
+    body = struct.pack("!QQ", ts, _STAMP.get(view_id, 0))
     return Deliver(
         origin=origin, incarnation=Incarnation(1), seq=0, kind=KIND_ORDER_CLOCK, payload=body
     )
@@ -96,11 +111,14 @@ def delivered(actions: list[Any]) -> list[tuple[int, int, bytes]]:
 
 
 def sent(actions: list[Any]) -> list[tuple[int, tuple[int, ...]]]:
+    """(kind, (ts, view id, n) or (ts, view id)) of each message sent; the view id is
+    read from the stamp (rule O4) of the view :func:`view` made last with it."""
     out = []
     for a in actions:
         if type(a) is Publish:
-            size = 24 if a.kind == KIND_ORDERED else 16
-            out.append((a.kind, struct.unpack("!QQQ" if size == 24 else "!QQ", a.payload[:size])))
+            size = 16 if a.kind == KIND_ORDER_CLOCK else 24
+            head = struct.unpack("!QQQ" if size == 24 else "!QQ", a.payload[:size])
+            out.append((a.kind, (head[0], _VIEW_ID.get(head[1], -1), *head[2:])))
     return out
 
 
@@ -213,6 +231,47 @@ def test_rule_o4_a_member_admitted_later_makes_everyone_exchange_clocks_again() 
     assert [k for k, _ in sent(m.handle(clock(C, 9, view_id=2), 1.0))] == [KIND_ORDERED]
 
 
+def test_rule_o4_a_twin_leaders_view_numbered_alike_is_not_this_nodes_view() -> None:
+    """Fuzz seed 22,110,028: of twin leaders of a flapping split, B's side numbered its
+    view 5 like A's own view 5 but left A out (and delivered without waiting for A). A
+    message of B stamped with B's view 5 must not end A's hold; one stamped with A's
+    view 5 (B installed it: it lists A) does."""
+    view(5, B, C, leader=B, epoch=3)  # B's side, without A
+    twin = clock(B, 80, view_id=5)  # (clock() stamps with the view made last)
+    m = TotalOrderMachine(CFG, me=A, incarnation=Incarnation(1))
+    m.handle(view(5, A, B, C, leader=A, epoch=2), 0.0)  # A's, numbered alike
+    assert m.handle(OrderedPublish(payload=b"x"), 0.0) == []
+    assert m.handle(twin, 0.0) == []
+    assert m.handle(clock(C, 81, view_id=5), 0.0) == []  # C heard, B still awaited
+    out = m.handle(clock(B, 82, view_id=5), 0.0)
+    assert sent(out) == [(KIND_ORDERED, (83, 5, 1))]
+
+
+@pytest.mark.parametrize(
+    ("view_id", "leader", "epoch", "exchange"),
+    [
+        (2, A, 1, False),  # the next view of the same leader and epoch
+        (3, A, 1, True),  # a view skipped: it may have left this node out and back in
+        (2, A, 2, True),  # a new epoch
+        (2, B, 1, True),  # another leader
+    ],
+)
+def test_rule_o4_a_view_not_next_in_its_leaders_numbering_exchanges_clocks(
+    view_id: int, leader: NodeId, epoch: int, exchange: bool
+) -> None:
+    """Fuzz seed 22,110,028: A's views listed B throughout while B's side (another
+    leader) left A out and delivered without it; A's next view, of a new leader or epoch
+    with the same members, admits A at B, so A holds until B's clock of that view came."""
+    m = synced(A, B)
+    out = m.handle(view(view_id, A, B, leader=leader, epoch=epoch), 1.0)
+    assert [k for k, _ in sent(out)] == ([KIND_ORDER_CLOCK] if exchange else [])
+    out = m.handle(OrderedPublish(payload=b"x"), 1.0)
+    assert [k for k, _ in sent(out)] == ([] if exchange else [KIND_ORDERED])
+    if exchange:
+        out = m.handle(clock(B, 40, view_id=view_id), 1.0)
+        assert sent(out) == [(KIND_ORDERED, (41, view_id, 1))]
+
+
 def test_rule_o5_a_message_below_the_last_delivered_key_is_never_delivered() -> None:
     m = synced(A, B)
     m.handle(view(2, A, B, C), 0.0)  # (clocks of C not needed to deliver)
@@ -308,8 +367,7 @@ def test_a_large_ordered_publish_is_k_ordered_fragment_publishes() -> None:
         out += m.handle(OrderedPublish(payload=body, kind=KIND_FRAGMENT), 0.0)
     assert [type(a) for a in out] == [Publish] * 4
     assert all(a.kind == KIND_ORDERED_FRAGMENT for a in out)
-    heads = [struct.unpack("!QQQ", a.payload[:24]) for a in out]
-    assert heads == [(2, 1, 1), (3, 1, 2), (4, 1, 3), (5, 1, 4)]  # ts, view, n
+    assert [head for _, head in sent(out)] == [(2, 1, 1), (3, 1, 2), (4, 1, 3), (5, 1, 4)]
     assert [a.payload[24:] for a in out] == bodies
     assert max(len(a.payload) for a in out) <= MAX_MULTICAST_PAYLOAD
     assert len(out[0].payload) == MAX_MULTICAST_PAYLOAD  # a full piece fills the datagram

@@ -43,15 +43,24 @@ nothing, and a group where one member talks costs ``n - 1`` clock messages per
 *Rule O4 (exchanging clocks at admission).* A new member life's clock starts at 0,
 and a side of a healed partition may have delivered far beyond the other side's
 clocks: what they sent at once would be below what the others delivered and late
-there. So when a view admits a member life this node did not list (or first lists
-this node), it multicasts a clock message stamped with the view id and holds its
-publications until every other member of the view has sent it a message stamped
-with that view id or later, or until it heard nothing for ``sync_wait`` from a member
-it waits for (whose stream may still drain a backlog stamped in an older view, e.g. a
-large message's fragments fetched by repair), and at most ``sync_max``. Nothing is published
-before the first view that lists this node. The message's number ``n`` (per life,
-1, 2, ...) is given when the app publishes, so the app's numbering does not depend
-on the wait.
+there. So when a view may admit this node anywhere, it multicasts a clock message
+stamped with the view and holds its publications until every other member of the
+view has sent it a message stamped with a view that lists this node, installed here
+since the hold began; or until it heard nothing for ``sync_wait`` from a member it
+waits for (whose stream may still drain a backlog stamped in an older view, e.g. a
+large message's fragments fetched by repair), and at most ``sync_max``. A member
+whose message is stamped with such a view waits for this node (rule O2) since it
+installed it, and everything it delivered before is below that message's timestamp,
+so below this node's clock once it arrives. A view *may admit this node somewhere*
+when it admits a member life this node did not list, first lists this node, or does
+not follow this node's last view in its leader's numbering (another leader or epoch,
+or a view id not one above the last): of twin leaders of a flapping split, the other
+side's may have left this node out and back in while this node's own views listed
+everyone. The stamp is a 64-bit digest of the whole view (group, id, leader, epoch,
+member lives), so twin leaders' views numbered alike are told apart. Nothing is
+published before the first view that lists this node. The message's number ``n``
+(per life, 1, 2, ...) is given when the app publishes, so the app's numbering does
+not depend on the wait.
 
 *Rule O5 (late).* A message whose key is not above the last key delivered is
 dropped (``late``). Within a view this does not happen (O2, O4); it happens to a
@@ -107,6 +116,7 @@ Pure: no clock, no randomness. Rule numbers (O1-O6) are those of
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import math
 import struct
@@ -136,10 +146,11 @@ __all__ = [
     "OrderStats",
     "OrderedPublish",
     "TotalOrderMachine",
+    "view_stamp",
 ]
 
-_CLOCK = struct.Struct("!QQ")  # ts, view id of the sender's view
-_APP = struct.Struct("!QQQ")  # ts, view id, n
+_CLOCK = struct.Struct("!QQ")  # ts, stamp of the sender's view (view_stamp)
+_APP = struct.Struct("!QQQ")  # ts, view stamp, n
 MAX_ORDERED_PAYLOAD: Final = MAX_MULTICAST_PAYLOAD - _APP.size
 """The largest payload one :class:`OrderedPublish` can carry (bytes)."""
 ORDERED_FRAGMENT_DATA: Final = MAX_ORDERED_PAYLOAD - struct.calcsize("!III")
@@ -153,6 +164,20 @@ MAX_TS: Final = (1 << 64) - 1
 MAX_JUMP: Final = 1 << 40
 """A timestamp further than this above the receiver's clock is implausible (a forged or
 corrupted header): dropped and counted, so it cannot push the clocks to their end."""
+_VIEW_HEAD = struct.Struct("!IQQQI")  # group, view id, leader, epoch, members
+_LIFE = struct.Struct("!QQ")  # node, incarnation
+
+
+def view_stamp(view: View) -> int:
+    """The 64-bit digest of ``view`` its members stamp their ordered messages with
+    (rule O4): views of twin leaders numbered alike have different stamps."""
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(
+        _VIEW_HEAD.pack(view.group, view.view_id, view.leader, view.epoch, len(view.members))
+    )
+    for m in view.members:
+        digest.update(_LIFE.pack(m.node, m.incarnation))
+    return int.from_bytes(digest.digest(), "big")
 
 
 @attrs.frozen(kw_only=True)
@@ -245,9 +270,10 @@ class TotalOrderMachine(Dispatching):
         "_passed",
         "_pending",
         "_sent",
+        "_stamp",
         "_stats",
+        "_sync_stamps",
         "_sync_started",
-        "_sync_view",
         "_synced",
         "_view",
     )
@@ -272,10 +298,14 @@ class TotalOrderMachine(Dispatching):
         self._pending: list[tuple[int, int, int, int, int, bytes]] = []
         self._passed: dict[tuple[int, int], int] = {}  # (origin, incarnation) -> ts received
         self._floor: int | None = None  # _least_passed(), kept; None: to compute again
-        self._heard: dict[tuple[int, int], int] = {}  # (origin, incarnation) -> view id stamped
+        # (origin, incarnation) -> the view stamp of its latest message (rule O4)
+        self._heard: dict[tuple[int, int], int] = {}
         self._members: dict[int, int] = {}  # node -> incarnation, the view's
         self._view: View | None = None
-        self._sync_view: int | None = None  # the view whose clocks it waits for (rule O4)
+        self._stamp = 0  # view_stamp(self._view); 0: no view
+        # stamps of the views installed since the hold began: a member's message stamped
+        # with one of them ends the wait for that member (rule O4); None: no hold yet
+        self._sync_stamps: set[int] | None = None
         self._synced = False  # rule O4
         self._held: list[tuple[int, int, bytes]] = []  # (n, kind, payload) held until synced
         self._hold_until: float | None = None
@@ -347,16 +377,14 @@ class TotalOrderMachine(Dispatching):
 
     def _send_app(self, n: int, kind: int, payload: bytes) -> list[Any]:
         ts = self._tick()
-        view_id = 0 if self._view is None else self._view.view_id
         self._clock_due = None  # an app message passes what a clock message would (rule O3)
-        return [Publish(kind=_KINDS[kind], payload=_APP.pack(ts, view_id, n) + payload)]
+        return [Publish(kind=_KINDS[kind], payload=_APP.pack(ts, self._stamp, n) + payload)]
 
     def _send_clock(self) -> list[Any]:
         ts = self._tick()
-        view_id = 0 if self._view is None else self._view.view_id
         self._clock_due = None
         self._stats.clocks_sent += 1
-        return [Publish(kind=KIND_ORDER_CLOCK, payload=_CLOCK.pack(ts, view_id))]
+        return [Publish(kind=KIND_ORDER_CLOCK, payload=_CLOCK.pack(ts, self._stamp))]
 
     def _tick(self) -> int:
         self._clock = self._sent = self._clock + 1  # rule O1
@@ -370,9 +398,9 @@ class TotalOrderMachine(Dispatching):
         body = ev.payload
         inner = _INNER.get(kind, -1)  # the kind it is delivered with (-1: not an ordered one)
         if inner >= 0 and len(body) >= _APP.size:
-            ts, view_id, n = _APP.unpack_from(body)
+            ts, stamp, n = _APP.unpack_from(body)
         elif kind == KIND_ORDER_CLOCK and len(body) == _CLOCK.size:
-            ts, view_id = _CLOCK.unpack(body)
+            ts, stamp = _CLOCK.unpack(body)
             n = -1
         else:
             self._stats.malformed += 1
@@ -392,8 +420,7 @@ class TotalOrderMachine(Dispatching):
                 floor = self._floor
                 if floor is not None and before <= floor:  # it may have held the floor
                     self._floor = None
-            if view_id > self._heard.get(life, -1):
-                self._heard[life] = view_id
+            self._heard[life] = stamp  # FIFO: the view it was in when it sent this
         out: list[Any] = []
         if n >= 0:
             key = (ts, origin, inc, n)
@@ -455,8 +482,10 @@ class TotalOrderMachine(Dispatching):
     def _on_view(self, ev: ViewChanged, now: float) -> list[Any]:
         view = ev.view
         old = self._members
+        last = self._view
         members = member_maps(view.members)[1]
         self._view = view
+        self._stamp = stamp = view_stamp(view)
         self._members = members
         lives = set(members.items())
         # Rule O2: a life that left is still waited for ``depart_wait``: the multicast
@@ -472,15 +501,15 @@ class TotalOrderMachine(Dispatching):
         self._floor = None
         self._heard = {k: v for k, v in self._heard.items() if k in lives}
         out: list[Any] = []
-        admitted = any(old.get(node) != inc for node, inc in members.items())
-        if admitted and members.get(self._me) == self._inc:
-            # Rule O4: a member life this node did not list (or this node itself, newly
-            # listed): exchange clocks before sending anything more, both ways.
-            self._sync_view = view.view_id
+        if members.get(self._me) == self._inc and _may_admit(last, old, view, members):
+            # Rule O4: exchange clocks before sending anything more, both ways.
+            self._sync_stamps = {stamp}
             self._synced = False
             self._hold_until = now + self._config.sync_wait
             self._sync_started = now
             out.extend(self._send_clock())
+        elif not self._synced and self._sync_stamps is not None:
+            self._sync_stamps.add(stamp)
         if not self._synced:
             out.extend(self._try_sync())
         self._deliver_ready(out)
@@ -488,13 +517,13 @@ class TotalOrderMachine(Dispatching):
 
     def _try_sync(self) -> list[Any]:
         """Rule O4: release the held publications once every other member's clock came."""
-        joined = self._sync_view
-        if joined is None:
+        stamps = self._sync_stamps
+        if stamps is None:
             return []
         heard = self._heard
         me = self._me
         for node, inc in self._members.items():
-            if node != me and heard.get((node, inc), -1) < joined:
+            if node != me and heard.get((node, inc)) not in stamps:
                 return []
         return self._release()
 
@@ -502,10 +531,10 @@ class TotalOrderMachine(Dispatching):
         """Rule O4: a member life whose clock this node still waits for sent something
         (its stream may carry a long backlog, e.g. a large message's fragments, before
         that clock): wait ``sync_wait`` from now, within ``sync_max`` of the hold's start."""
-        hold, started, joined = self._hold_until, self._sync_started, self._sync_view
-        if hold is None or started is None or joined is None:
+        hold, started, stamps = self._hold_until, self._sync_started, self._sync_stamps
+        if hold is None or started is None or stamps is None:
             return
-        if self._members.get(life[0]) != life[1] or self._heard.get(life, -1) >= joined:
+        if self._members.get(life[0]) != life[1] or self._heard.get(life) in stamps:
             return
         cap = started + self._config.sync_max
         self._hold_until = min(max(hold, now + self._config.sync_wait), cap)
@@ -534,3 +563,18 @@ class TotalOrderMachine(Dispatching):
         if self._clock_due is not None and self._clock_due <= now:
             out.extend(self._send_clock())
         return out
+
+
+def _may_admit(last: View | None, old: dict[int, int], view: View, members: dict[int, int]) -> bool:
+    """Whether ``view`` may admit this node at some member (rule O4): it lists a life
+    the last view did not, or does not follow the last view in its leader's numbering
+    (another leader, leader life or epoch, or a view id not one above)."""
+    if last is None or any(old.get(node) != inc for node, inc in members.items()):
+        return True
+    leader = view.leader
+    return (
+        leader != last.leader
+        or view.epoch != last.epoch
+        or members.get(leader) != old.get(leader)
+        or view.view_id != last.view_id + 1
+    )
