@@ -191,35 +191,48 @@ def test_rule_o4_a_new_life_holds_its_publications_until_it_heard_every_clock() 
     assert m.stats.held == 1
 
 
-def test_rule_o4_the_hold_ends_after_sync_wait() -> None:
-    m = TotalOrderMachine(CFG, me=A, incarnation=Incarnation(1))
-    m.handle(view(1, A, B), 0.0)
-    assert m.handle(OrderedPublish(payload=b"x"), 0.25) == []
-    out = m.handle(DeadlineReached(), 0.5)
-    assert sent(out) == [(KIND_ORDERED, (2, 1, 1))]
-
-
-def test_rule_o4_the_hold_lasts_while_an_awaited_member_still_sends_within_sync_max() -> None:
-    """A member whose clock is awaited but whose stream is still draining a backlog
-    stamped in an older view (e.g. a large message's fragments, repaired slowly) keeps
-    the hold open sync_wait past its last message, at most sync_max from the start;
-    a message of a member already heard, or of one not in the view, does not."""
+def test_rule_o4_a_holding_member_sends_its_clock_again_every_sync_wait_until_sync_max() -> None:
+    """Fuzz seeds 22,402,054 and 22,401,751: a member that released its hold after
+    ``sync_wait`` without the others' clocks stamped its messages below what they had
+    delivered, late at all of them. It now sends its clock message again every
+    ``sync_wait`` (a member that joined its stream after the first never got it) and
+    releases without the clocks only after ``sync_max``, the last resort."""
     cfg = OrderConfig(clock_delay=0.125, sync_wait=0.5, sync_max=1.25, depart_wait=0.25)
     m = TotalOrderMachine(cfg, me=A, incarnation=Incarnation(1))
     m.handle(view(2, A, B, C), 0.0)
     assert m.handle(OrderedPublish(payload=b"x"), 0.0) == []
     assert m.next_deadline() == 0.5
-    m.handle(clock(C, 3, view_id=2), 0.25)  # C heard: no extension for C
-    assert m.next_deadline() == 0.5
-    m.handle(clock(C, 4, view_id=2), 0.375)
-    assert m.next_deadline() == 0.5
-    m.handle(clock(B, 5, view_id=1), 0.375)  # B's backlog: wait on
-    assert m.next_deadline() == 0.875
-    m.handle(clock(B, 6, view_id=1), 1.0)
+    m.handle(clock(C, 3, view_id=2), 0.25)  # C heard; B not
+    assert sent(m.handle(DeadlineReached(), 0.5)) == [(KIND_ORDER_CLOCK, (4, 2))]
+    assert m.next_deadline() == 1.0
+    m.handle(clock(B, 5, view_id=1), 0.75)  # B's backlog of an older view: not its clock
+    assert sent(m.handle(DeadlineReached(), 1.0)) == [(KIND_ORDER_CLOCK, (6, 2))]
     assert m.next_deadline() == 1.25  # capped at sync_max
-    assert m.handle(DeadlineReached(), 1.125) == []
     out = m.handle(DeadlineReached(), 1.25)
-    assert [k for k, _ in sent(out)] == [KIND_ORDERED]
+    assert sent(out) == [(KIND_ORDERED, (7, 2, 1))]
+    assert m.next_deadline() is None
+
+
+def test_rule_o4_a_member_answers_a_clock_of_its_view_it_has_sent_nothing_in() -> None:
+    """A member to which a view admits nobody (the next view of its leader) holds
+    nothing and sends no clock of its own; it answers a clock message stamped with its
+    view once, so the holding member's wait ends."""
+    m = synced(A, B)
+    m.handle(view(2, A, B, C), 1.0)  # C admitted: A exchanges clocks
+    m.handle(clock(B, 3, view_id=2), 1.0)
+    m.handle(clock(C, 4, view_id=2), 1.0)
+    out = m.handle(view(3, A, B, C), 1.5)  # the next view of A: nothing to exchange
+    assert sent(out) == []
+    assert sent(m.handle(clock(C, 9, view_id=3), 1.5)) == [(KIND_ORDER_CLOCK, (10, 3))]
+    assert sent(m.handle(clock(B, 11, view_id=3), 1.5)) == []  # answered once a view
+
+
+def test_rule_o4_a_member_answers_on_installing_the_view_a_clock_came_stamped_with() -> None:
+    m = synced(A, B)
+    view(2, A, B)  # (made before A installs it: B's clock is stamped with it)
+    assert sent(m.handle(clock(B, 5, view_id=2), 1.0)) == []  # not A's view yet
+    out = m.handle(view(2, A, B), 1.25)
+    assert sent(out) == [(KIND_ORDER_CLOCK, (6, 2))]
 
 
 def test_rule_o4_a_member_admitted_later_makes_everyone_exchange_clocks_again() -> None:

@@ -29,8 +29,9 @@ __all__ = ["Outcome", "chunks", "run_campaign", "run_chunk", "summarize"]
 
 Outcome = dict[str, Any]
 """One seed's result as a campaign keeps it: ``seed``, ``faults`` (kind -> count),
-``messages``, ``virtual_s``, ``power`` (figures or None) and ``violation`` (the first
-violation as JSON, or None)."""
+``messages``, ``virtual_s``, ``power`` (figures or None), ``exempted`` (cases an
+invariant did not judge, by exemption name) and ``violation`` (the first violation as
+JSON, or None)."""
 
 CHUNKS_PER_WORKER = 8
 """Chunks a campaign cuts per worker at least: enough to balance seeds of unequal cost,
@@ -66,6 +67,7 @@ def run_chunk(seeds: Sequence[int], common: dict[str, Any]) -> list[Outcome]:
                 "messages": r.messages,
                 "virtual_s": r.virtual_time,
                 "power": r.power,
+                "exempted": dict(r.exempted),
                 "violation": violation_json(r.violations[0]) if r.violations else None,
             }
         )
@@ -177,11 +179,15 @@ def summarize(outcomes: Sequence[Outcome], start: int, wall: float) -> dict[str,
     kind, messages delivered, virtual seconds and power totals, with the wall time
     (seconds) and rate. ``outcomes`` must be sorted by seed (:func:`run_campaign`)."""
     faults: dict[str, int] = {}
+    exempted: dict[str, int] = {}
     for o in outcomes:
         for kind, count in o["faults"].items():
             faults[kind] = faults.get(kind, 0) + count
+        for name, count in o.get("exempted", {}).items():
+            exempted[name] = exempted.get(name, 0) + count
     return {
         "power": power_totals(o["power"] for o in outcomes),
+        "exempted": dict(sorted(exempted.items())),
         "seeds": len(outcomes),
         "start": start,
         "violations": [o["violation"] for o in outcomes if o["violation"] is not None],

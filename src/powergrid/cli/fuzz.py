@@ -175,6 +175,8 @@ def run(args: argparse.Namespace) -> int:
             f"{summary['virtual_s']:.1f} s, wall time: {wall:.2f} s"
         )
         print("power: " + ", ".join(f"{k} {v}" for k, v in summary["power"].items()))
+        if summary["exempted"]:
+            print("exempted: " + ", ".join(f"{k}={v}" for k, v in summary["exempted"].items()))
         for v in violations:
             print(
                 f"FAIL seed {v['seed']}: {v['invariant']} at t={v['time']:.3f}: {v['detail']}\n"
@@ -194,5 +196,6 @@ def _result_json(result: RunResult) -> dict[str, Any]:
         "wall_s": result.wall_time,
         "trace_sha256": result.trace_hash,
         "power": result.power,
+        "exempted": result.exempted,
         "options": str(result.options),
     }

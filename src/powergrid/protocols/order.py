@@ -46,21 +46,26 @@ clocks: what they sent at once would be below what the others delivered and late
 there. So when a view may admit this node anywhere, it multicasts a clock message
 stamped with the view and holds its publications until every other member of the
 view has sent it a message stamped with a view that lists this node, installed here
-since the hold began; or until it heard nothing for ``sync_wait`` from a member it
-waits for (whose stream may still drain a backlog stamped in an older view, e.g. a
-large message's fragments fetched by repair), and at most ``sync_max``. A member
-whose message is stamped with such a view waits for this node (rule O2) since it
-installed it, and everything it delivered before is below that message's timestamp,
-so below this node's clock once it arrives. A view *may admit this node somewhere*
-when it admits a member life this node did not list, first lists this node, or does
-not follow this node's last view in its leader's numbering (another leader or epoch,
-or a view id not one above the last): of twin leaders of a flapping split, the other
-side's may have left this node out and back in while this node's own views listed
-everyone. The stamp is a 64-bit digest of the whole view (group, id, leader, epoch,
-member lives), so twin leaders' views numbered alike are told apart. Nothing is
-published before the first view that lists this node. The message's number ``n``
-(per life, 1, 2, ...) is given when the app publishes, so the app's numbering does
-not depend on the wait.
+since the hold began. A member whose message is stamped with such a view waits for
+this node (rule O2) since it installed it, and everything it delivered before is
+below that message's timestamp, so below this node's clock once it arrives. A view
+*may admit this node somewhere* when it admits a member life this node did not list,
+first lists this node, or does not follow this node's last view in its leader's
+numbering (another leader, leader life or epoch, or a view id not one above the
+last): of twin leaders of a flapping split, the other side's may have left this node
+out and back in while this node's own views listed everyone. The stamp is a 64-bit
+digest of the whole view (group, id, leader, epoch, member lives), so twin leaders'
+views numbered alike are told apart. A member that has sent nothing stamped with its
+current view answers a clock message stamped with it at once with one of its own (so
+a member to which the view admits nobody still ends the others' holds), and does so on
+installing a view some member's latest message was stamped with; a holding member
+sends its clock message again every ``sync_wait`` (a member that joined the origin's
+stream after it may never get the first). The hold ends only so, or after ``sync_max``
+(the last resort: a member listed but unheard that long): never on a guess, since a
+message sent before the others' clocks came may be late at every one of them.
+Nothing is published before the first view that lists this node. The message's
+number ``n`` (per life, 1, 2, ...) is given when the app publishes, so the app's
+numbering does not depend on the wait.
 
 *Rule O5 (late).* A message whose key is not above the last key delivered is
 dropped (``late``). Within a view this does not happen (O2, O4); it happens to a
@@ -191,12 +196,11 @@ class OrderConfig:
     """How long after an app message others wait on a silent member sends its clock
     message (rule O3); the clock messages of all app messages within it are one."""
     sync_wait: float = attrs.field(default=2.0, validator=real)
-    """How long a member holds its publications at an admission while it hears nothing
-    from a member whose clock it waits for (rule O4)."""
+    """How often a member that holds its publications at an admission sends its clock
+    message again while some member's clock has not come (rule O4)."""
     sync_max: float = attrs.field(default=20.0, validator=real)
-    """The longest such a hold lasts while the members it waits for still send (their
-    streams may hold a long backlog, e.g. a large message's fragments, before the
-    clock it waits for; rule O4)."""
+    """The longest a hold lasts (rule O4): a member listed but not heard from that long
+    (a cut the membership does not see) no longer holds the others' publications."""
     depart_wait: float = attrs.field(default=2.0, validator=real)
     """How long a member life that left the view is still waited for (rule O2): its last
     messages may still come through the multicast's repair (within its ``flush_grace``,
@@ -270,6 +274,7 @@ class TotalOrderMachine(Dispatching):
         "_passed",
         "_pending",
         "_sent",
+        "_sent_stamp",
         "_stamp",
         "_stats",
         "_sync_stamps",
@@ -308,8 +313,9 @@ class TotalOrderMachine(Dispatching):
         self._sync_stamps: set[int] | None = None
         self._synced = False  # rule O4
         self._held: list[tuple[int, int, bytes]] = []  # (n, kind, payload) held until synced
-        self._hold_until: float | None = None
+        self._hold_until: float | None = None  # the hold's next clock message (rule O4)
         self._sync_started: float | None = None  # when the current hold began (rule O4)
+        self._sent_stamp = 0  # the view stamp of the last message this node sent
         # lives that left the view -> until when they are still waited for (rule O2)
         self._departing: dict[tuple[int, int], float] = {}
         self._clock_due: float | None = None
@@ -378,12 +384,14 @@ class TotalOrderMachine(Dispatching):
     def _send_app(self, n: int, kind: int, payload: bytes) -> list[Any]:
         ts = self._tick()
         self._clock_due = None  # an app message passes what a clock message would (rule O3)
+        self._sent_stamp = self._stamp
         return [Publish(kind=_KINDS[kind], payload=_APP.pack(ts, self._stamp, n) + payload)]
 
     def _send_clock(self) -> list[Any]:
         ts = self._tick()
         self._clock_due = None
         self._stats.clocks_sent += 1
+        self._sent_stamp = self._stamp
         return [Publish(kind=KIND_ORDER_CLOCK, payload=_CLOCK.pack(ts, self._stamp))]
 
     def _tick(self) -> int:
@@ -434,10 +442,11 @@ class TotalOrderMachine(Dispatching):
                     self._stats.overflow += 1
                 if not own and ts >= self._sent and self._clock_due is None:  # rule O3
                     self._clock_due = now + self._config.clock_delay
-        if not own and not self._synced:
-            out.extend(self._try_sync())
+        if not own:
+            if n < 0 and stamp == self._stamp != self._sent_stamp:
+                out.extend(self._send_clock())  # rule O4: answer a clock of this view
             if not self._synced:
-                self._extend_hold((origin, inc), now)
+                out.extend(self._try_sync())
         self._deliver_ready(out)
         return out
 
@@ -501,15 +510,21 @@ class TotalOrderMachine(Dispatching):
         self._floor = None
         self._heard = {k: v for k, v in self._heard.items() if k in lives}
         out: list[Any] = []
-        if members.get(self._me) == self._inc and _may_admit(last, old, view, members):
+        listed = members.get(self._me) == self._inc
+        if listed and _may_admit(last, old, view, members):
             # Rule O4: exchange clocks before sending anything more, both ways.
+            cfg = self._config
             self._sync_stamps = {stamp}
             self._synced = False
-            self._hold_until = now + self._config.sync_wait
+            self._hold_until = now + min(cfg.sync_wait, cfg.sync_max)
             self._sync_started = now
             out.extend(self._send_clock())
-        elif not self._synced and self._sync_stamps is not None:
-            self._sync_stamps.add(stamp)
+        else:
+            if not self._synced and self._sync_stamps is not None:
+                self._sync_stamps.add(stamp)
+            heard = self._heard
+            if listed and any(heard.get(life) == stamp for life in lives):
+                out.extend(self._send_clock())  # rule O4: answer a clock of this view
         if not self._synced:
             out.extend(self._try_sync())
         self._deliver_ready(out)
@@ -526,18 +541,6 @@ class TotalOrderMachine(Dispatching):
             if node != me and heard.get((node, inc)) not in stamps:
                 return []
         return self._release()
-
-    def _extend_hold(self, life: tuple[int, int], now: float) -> None:
-        """Rule O4: a member life whose clock this node still waits for sent something
-        (its stream may carry a long backlog, e.g. a large message's fragments, before
-        that clock): wait ``sync_wait`` from now, within ``sync_max`` of the hold's start."""
-        hold, started, stamps = self._hold_until, self._sync_started, self._sync_stamps
-        if hold is None or started is None or stamps is None:
-            return
-        if self._members.get(life[0]) != life[1] or self._heard.get(life) in stamps:
-            return
-        cap = started + self._config.sync_max
-        self._hold_until = min(max(hold, now + self._config.sync_wait), cap)
 
     def _release(self) -> list[Any]:
         self._synced = True
@@ -558,8 +561,14 @@ class TotalOrderMachine(Dispatching):
                 self._passed.pop(life, None)
             self._floor = None
             self._deliver_ready(out)
-        if self._hold_until is not None and self._hold_until <= now:
-            out.extend(self._release())  # rule O4: waited long enough
+        hold, started = self._hold_until, self._sync_started
+        if hold is not None and hold <= now and started is not None:
+            cfg = self._config
+            if now >= started + cfg.sync_max:
+                out.extend(self._release())  # rule O4: the last resort
+            else:  # rule O4: some member's clock has not come: send ours again
+                out.extend(self._send_clock())
+                self._hold_until = min(now + cfg.sync_wait, started + cfg.sync_max)
         if self._clock_due is not None and self._clock_due <= now:
             out.extend(self._send_clock())
         return out

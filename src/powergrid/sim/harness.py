@@ -190,6 +190,9 @@ class RunResult:
     power: dict[str, Any] | None = None
     """The power guarantee's figures (:meth:`powergrid.sim.power.PowerFigures.as_json`),
     if an invariant measured them."""
+    exempted: dict[str, int] = attrs.field(factory=dict)
+    """Cases an invariant did not judge, by exemption name: how many (an invariant's
+    ``exempted`` dict; e.g. ``total-order-disjoint-views``)."""
 
     @property
     def ok(self) -> bool:
@@ -347,9 +350,14 @@ def run_seed(
     power = next(
         (inv.figures(net.now).as_json() for inv in checks if hasattr(inv, "figures")), None
     )
+    exempted: dict[str, int] = {}
+    for inv in checks:
+        for name, count in sorted(getattr(inv, "exempted", {}).items()):
+            exempted[name] = exempted.get(name, 0) + count
     return RunResult(
         seed=seed,
         power=power,
+        exempted=exempted,
         options=options,
         schedule=schedule,
         drawn=drawn,
