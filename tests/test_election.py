@@ -260,14 +260,13 @@ def test_delay_jitter_comes_from_rng() -> None:
     assert m.next_deadline() == 10.0 + 2 * 0.125 + random.Random(42).uniform(0.0, 0.05)
 
 
-def test_bootstrap_listens_before_standing() -> None:
-    """Bully rule 1 (bootstrap): on LeaderLost(0, 0) a node that never followed a leader
-    listens for announce_interval + answer_timeout first, so a live leader finds it."""
+def test_bootstrap_report_stands_at_once_and_an_unknown_lost_leader_is_listened_for() -> None:
+    """Bully rule 1 (bootstrap): membership's LeaderLost(0, 0) comes after it listened
+    ``join_timeout`` and heard no leader at all: the node stands at once (after its
+    position delay and jitter; 0 here), not after listening again."""
     m = machine(5)
-    assert m.handle(lost(0, 0), 0.0) == []
-    assert m.next_deadline() == 1.125
-    assert m.handle(WAKE, 1.125) == [started(1), elect_msg(0)]
-    assert m.handle(WAKE, 1.25) == [Multicast(message=Coordinator(epoch=1, rank=0)), elected(5, 1)]
+    assert m.handle(lost(0, 0), 0.0) == [started(1), elect_msg(0)]
+    assert m.handle(WAKE, 0.125) == [Multicast(message=Coordinator(epoch=1, rank=0)), elected(5, 1)]
 
 
 def test_bootstrap_interrupted_by_live_leader() -> None:
@@ -367,10 +366,9 @@ def test_epoch_is_highest_seen_plus_one() -> None:
 def test_rank_comes_before_node_id() -> None:
     """Keys: operator rank first, then node id: node 1 with rank 1 outranks node 5."""
     m = machine(1, rank=1)
-    assert m.handle(lost(0, 0), 0.0) == []
-    assert m.handle(WAKE, 1.125) == [started(1), elect_msg(0, rank=1)]
-    assert m.handle(rx(5, Election(epoch=0, rank=0)), 1.2) == [send(5, Answer(epoch=0, rank=1))]
-    assert m.handle(WAKE, 1.25) == [Multicast(message=Coordinator(epoch=1, rank=1)), elected(1, 1)]
+    assert m.handle(lost(0, 0), 1.0) == [started(1), elect_msg(0, rank=1)]
+    assert m.handle(rx(5, Election(epoch=0, rank=0)), 1.05) == [send(5, Answer(epoch=0, rank=1))]
+    assert m.handle(WAKE, 1.125) == [Multicast(message=Coordinator(epoch=1, rank=1)), elected(1, 1)]
     low = machine(5)
     assert low.handle(rx(1, Coordinator(epoch=1, rank=1)), 0.0) == [elected(1, 1)]
 
@@ -509,8 +507,7 @@ def test_stale_election_is_corrected_with_fenced() -> None:
     assert (m.stats.fenced_sent, m.stats.overheard) == (1, 2)
     assert follower_of(2, 5, 3, capable=False).handle(rx(4, Election(epoch=1, rank=0)), 1.5) == []
     cand = machine(4, nodes=())  # restarted: it remembers no epoch
-    assert cand.handle(lost(0, 0), 0.0) == []
-    assert cand.handle(WAKE, 1.125) == [started(1), elect_msg(0)]
+    assert cand.handle(lost(0, 0), 1.125) == [started(1), elect_msg(0)]
     assert cand.handle(rx(1, Fenced(epoch=3)), 1.13) == []
     assert cand.handle(WAKE, 1.25) == [
         Multicast(message=Coordinator(epoch=4, rank=0)),
@@ -875,7 +872,7 @@ def test_view_sets_candidates_and_messages_add_them() -> None:
     m = machine(2, nodes=(1, 2, 3))
     m.handle(ViewChanged(view=view(1, 2, 3, 4, capable={1, 2, 4})), 0.0)  # 3 is not capable
     m.handle(lost(0, 0), 0.0)
-    assert m.next_deadline() == 1.125 + 0.125  # listen, then one stagger: node 4 above
+    assert m.next_deadline() == 0.125  # one stagger: node 4 above
     assert m.handle(rx(7, Answer(epoch=0, rank=0)), 0.0) == []  # unexpected; 7 is learned
     m.handle(rx(8, Election(epoch=0, rank=0)), 0.0)  # overheard; 8 is learned
     assert (m.state, m.stats.unexpected) == ("waiting", 1)
@@ -884,7 +881,7 @@ def test_view_sets_candidates_and_messages_add_them() -> None:
     m.handle(rx(7, Answer(epoch=0, rank=0)), 0.0)
     m.handle(rx(8, Election(epoch=0, rank=0)), 0.0)
     m.handle(lost(0, 0), 0.0)
-    assert m.next_deadline() == 1.125 + 3 * 0.125  # nodes 4, 7 and 8 above
+    assert m.next_deadline() == 3 * 0.125  # nodes 4, 7 and 8 above
 
 
 @settings(max_examples=150, deadline=None)
@@ -1084,10 +1081,10 @@ class Net:
         self.alive.discard(i)
         self.net.crash(i)
 
-    def restart(self, i: int) -> None:
+    def restart(self, i: int, boot_lost: bool = True) -> None:
         assert i not in self.alive
         self.net.restart(i, self.new_life(i))
-        self.boot(i)
+        self.boot(i, boot_lost)
 
     def partition(self, *sides: set[int]) -> None:
         self.net.partition(*sides)
@@ -1218,8 +1215,8 @@ def test_bootstrap_elects_highest_once() -> None:
     net.run(5.0)
     assert net.agreed() and net.expected() == 6
     assert net.wins == [(net.wins[0][0], 6, 1)]
-    assert net.messages == 2 + 3  # Election, the win, then re-announcements at 1 s intervals
-    assert 1.2 <= net.wins[0][0] <= 1.3
+    assert net.messages == 2 + 4  # Election, the win, then re-announcements at 1 s intervals
+    assert 0.1 <= net.wins[0][0] <= 0.2  # answer_timeout after the bootstrap report
 
 
 def test_bootstrap_without_views_one_winner() -> None:
@@ -1342,7 +1339,7 @@ def test_scenario_stable_leader_keeps_lower_leader() -> None:
     net.run(net.now + 2.0)
     t0 = net.now
     starts = net.starts()
-    net.restart(5)
+    net.restart(5, boot_lost=False)  # its membership heard the live leader's heartbeats
     net.run(t0 + 10.0)
     assert net.leaders() == [(2, 4)]
     assert all(net.machines[i].leader == 4 and net.machines[i].epoch == 2 for i in net.alive)

@@ -255,6 +255,19 @@ def test_joiner_hearing_a_leader_asks_it_directly() -> None:
     assert m.handle(WAKE, 0.375) == [Send(to=L, message=JOIN)]  # retries go to the leader
 
 
+def test_joiner_finding_its_leader_by_a_view_that_leaves_it_out_asks_it_directly() -> None:
+    """Join (rule M7): a joiner that learns of its leader from a complete view that does
+    not list it (the view came before any heartbeat) asks that leader at once, not at its
+    listening retry (join_timeout + join_retry_max: 2.5 s in the demo before, where 4 of
+    its 20 servers were admitted 2 s after the others); once asked, another such view
+    asks no more often than the retry."""
+    m = machine(A)
+    m.handle(Join(), 0.0)
+    assert m.handle(rcv(L, part(1, 1, [mem(L)])), 0.125) == [Send(to=L, message=JOIN)]
+    assert m.handle(rcv(L, part(1, 2, [mem(B), mem(L)])), 0.25) == []
+    assert m.state == "joining" and m.leader == L
+
+
 def test_joiner_asks_for_a_view_it_never_saw() -> None:
     """Join (rule M5): a joiner hearing its leader name a view id it never saw asks for that view
     (it may be the view admitting it, lost on the way)."""

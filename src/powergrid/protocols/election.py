@@ -43,9 +43,14 @@ epoch 0 at bootstrap: "there is no leader") and lists the members with
    once if it is the highest candidate it knows; otherwise after
    ``stagger`` seconds per known candidate above it (at most ``max_delay``),
    plus up to ``jitter`` drawn from the ``rng``, so that normally only the
-   highest acts (one multicast). A node that has never followed a leader
-   first listens for ``announce_interval + answer_timeout``, so a live
-   leader's periodic announcement finds it before it stands.
+   highest acts (one multicast). Membership's bootstrap report
+   (``LeaderLost(0, 0)``: it listened ``join_timeout``, at least its
+   ``leader_timeout``, and heard no leader at all) starts it so too, with the
+   jitter even for the highest (nobody knows anyone yet); a live leader it
+   missed (a lone one heartbeats once a second) answers the Election with its
+   Coordinator (rule 3). A node that has never followed a leader and is told
+   of another loss first listens for ``announce_interval + answer_timeout``,
+   so a live leader's periodic announcement finds it before it stands.
 2. An election multicasts :class:`~powergrid.wire.Election` to the group,
    so that higher candidates this node does not know of yet (bootstrap, a
    join not yet in the view) hear it too, and waits ``answer_timeout``. If no
@@ -518,7 +523,10 @@ class ElectionMachine(Dispatching):
         self._leader = 0
         if not self._capable or self._state != "follower":
             return []  # a non-candidate waits for a Coordinator; an election is under way
-        return self._schedule(now, listen=self._epoch == 0)
+        # A node that never followed a leader listens first (rule 1), unless this is
+        # membership's bootstrap report (no leader at all: it listened ``join_timeout``).
+        bootstrap = lost == 0 and self._epoch == 0
+        return self._schedule(now, listen=self._epoch == 0 and not bootstrap, spread=bootstrap)
 
     def _on_view(self, event: ViewChanged, now: float) -> list[object]:
         view = event.view
@@ -704,14 +712,15 @@ class ElectionMachine(Dispatching):
 
     # ------------------------------------------------------------ steps
 
-    def _schedule(self, now: float, *, listen: bool) -> list[object]:
-        """Rule 1: start an election now if we are the highest we know, else later."""
+    def _schedule(self, now: float, *, listen: bool, spread: bool = False) -> list[object]:
+        """Rule 1: start an election now if we are the highest we know, else later
+        (``spread``: with jitter even so, as at a bootstrap where nobody knows anyone)."""
         if self._state != "follower":
             return []  # already electing or waiting
         cfg = self._cfg
         above = self._above()
         delay = cfg.announce_interval + cfg.answer_timeout if listen else 0.0
-        if above or listen:
+        if above or listen or spread:
             delay += min(above * cfg.stagger, cfg.max_delay)
             if cfg.jitter:
                 delay += self._rng.uniform(0.0, cfg.jitter)

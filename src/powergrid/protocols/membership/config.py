@@ -65,7 +65,7 @@ class MembershipConfig:
     """Other members asked, at every tick, to probe a suspect on the leader's behalf."""
     leader_timeout: float = attrs.field(default=0.5, validator=real)
     """*Scaled.* A member that hears nothing from its leader this long reports LeaderLost."""
-    join_timeout: float = attrs.field(default=1.0, validator=real)
+    join_timeout: float = attrs.field(default=0.5, validator=real)
     """A joining node that hears of no leader at all this long reports LeaderLost(0, 0)."""
     join_retry: float = attrs.field(default=0.2, validator=real)
     """First delay before a join request is repeated."""

@@ -323,6 +323,16 @@ class Joining(_Following):
             delay = max(delay, m._config.join_retry_max)
         self.join_due = now + m._jittered(delay)
 
+    def left_out(
+        self, departed: dict[int, tuple[int, int]], now: float, actions: list[Any]
+    ) -> None:
+        # Rule M7: a complete view of the leader it follows leaves this joiner out. A
+        # joiner that found its leader by that view (before any heartbeat) would wait out
+        # its listening delay (join_timeout + join_retry_max): ask the leader now.
+        m = self._m
+        if m._lead.leader and not m._lost_reported and self.join_due > now + self.join_delay:
+            self.join_now(now, actions)
+
     def leader_changed(self) -> None:
         # Rules M7, M8: a leader is known now (no bootstrap); retry joining it briskly.
         self.bootstrap_due = None
