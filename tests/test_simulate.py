@@ -253,8 +253,9 @@ def test_records_of_a_small_run() -> None:
     assert r.samples[0].t == 0.0 and r.samples[-1].t == 9.0
     assert r.nodes["started"] == 6 and r.nodes["crashed"] == 1 and r.nodes["live_at_end"] == 5
     assert r.membership and r.violations == ()
-    # The guarantee in time: every server starts unadmitted (0 W until the first price,
-    # ~5.4 s), an exemption the strict check names and measures; nothing strict.
+    # The guarantee in time: every server starts unadmitted (its reserved floor until
+    # the first price, ~1.3 s), an exemption the strict check names and measures;
+    # nothing strict.
     p = r.power
     assert r.guarantee_violations == len(p.intervals) >= 1 and p.intervals[0][0] == 0.0
     assert p.strict_overload_ws == 0 and p.strict_starved_server_s == 0
