@@ -188,6 +188,24 @@ def all_pairs(ids: Iterable[int]) -> set[tuple[int, int]]:
     return {(a, b) for a in xs for b in xs if a != b}
 
 
+def test_a_link_that_loses_everything_is_not_connected() -> None:
+    """connected() (what the twin-leader check's clock runs on): a loss of 1, by default
+    or on one directed link, passes nothing, so it is a cut too (a Hypothesis schedule
+    of SetLoss(at=0, loss=1) had twins of one epoch flagged for not resolving while no
+    datagram could pass); any loss below 1 still connects."""
+    net = FuzzNetwork(seed=1)
+    for n in (1, 2):
+        net.add(Recorder(n))
+    net.set_loss(1.0)
+    assert not net.connected(1, 2) and not net.connected(2, 1) and net.connected(1, 1)
+    assert ping_all(net, (1, 2)) == set()
+    net.set_loss(0.99)
+    assert net.connected(1, 2)
+    net.set_loss(0.0)
+    net.set_link(1, 2, LinkFaults(loss=1.0))
+    assert not net.connected(1, 2) and net.connected(2, 1)
+
+
 def test_isolate_split_one_way_and_heal() -> None:
     """Rule: isolate cuts a node both ways; split confines talk to groups; one-way
     cuts one direction; heal restores every pair; connected() agrees."""

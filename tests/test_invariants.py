@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import attrs
+
 from powergrid.events import LeaderElected, Member, View, ViewChanged
 from powergrid.node import MessageDelivered
 from powergrid.protocols.election import ElectionStarted
@@ -191,6 +193,35 @@ def test_agreement_for_a_crashed_origin() -> None:
     inv.observe(2.0, B, delivered(A, 1))
     problems = inv.check_final(NET)
     assert len(problems) == 1 and problems[0].startswith("agreement: #1")
+
+
+def test_validity_with_total_order_judges_the_members_the_origins_view_listed() -> None:
+    """With total order, a member the origin's view did not list when the message was
+    published is not judged, and is counted (``total-order-disjoint-views``): A, still
+    in a view without C, publishes #1, which C (in a view with A) may have had to drop as
+    late (fuzz seed 22,401,424: two members alone in views of their own). #2, published
+    once A's view lists C, is judged: C missing it is a violation. Without total order
+    both are judged."""
+    ordered = attrs.evolve(INFO, total_order=True)
+    for info, problems in ((ordered, 1), (INFO, 2)):
+        s = Sessions(info)
+        inv = AgreementValidity(info, s)
+        start([s, inv], A, B, C)
+        for x in (s, inv):
+            for n in (A, B):
+                x.observe(0.0, n, view(1, B, A, B))
+            for n in (B, C):
+                x.observe(0.5, n, view(2, B, A, B, C))  # A lags: still in view 1
+        inv.observe(2.5, A, published(A, 1))
+        for x in (s, inv):
+            x.observe(3.0, A, view(2, B, A, B, C))
+        inv.observe(4.5, A, published(A, 2))
+        for seq in (1, 2):
+            inv.observe(4.6, B, delivered(A, seq))
+        found = inv.check_final(NET)
+        assert len(found) == problems, found
+        assert found[-1].startswith("validity: #2 of 0.0.0.0:1") and "0.0.0.0:3" in found[-1]
+        assert inv.exempted == ({"total-order-disjoint-views": 1} if problems == 1 else {})
 
 
 def test_agreement_not_checked_for_a_life_whose_next_life_was_replaced_early() -> None:

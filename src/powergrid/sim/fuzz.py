@@ -590,11 +590,14 @@ class FuzzNetwork(MemoryNetwork):
         return bool(self._component) or bool(self._oneway)
 
     def connected(self, src: int, dst: int) -> bool:
-        """Whether a datagram from ``src`` to ``dst`` would pass the partitions now."""
+        """Whether a datagram from ``src`` to ``dst`` could pass now: the partitions let it,
+        and its link does not lose everything (a loss of 1 is a cut too)."""
         if src == dst:
             return True
         comp = self._component
-        return comp.get(src, 0) == comp.get(dst, 0) and (src, dst) not in self._oneway
+        if comp.get(src, 0) != comp.get(dst, 0) or (src, dst) in self._oneway:
+            return False
+        return self._links.get((src, dst), self._link).loss < 1.0
 
     # ---------------------------------------------------------- process faults
 

@@ -330,7 +330,8 @@ class Joining(_Following):
         # joiner that found its leader by that view (before any heartbeat) would wait out
         # its listening delay (join_timeout + join_retry_max): ask the leader now.
         m = self._m
-        if m._lead.leader and not m._lost_reported and self.join_due > now + self.join_delay:
+        soonest = now + self.join_delay * (1.0 + m._config.join_jitter)  # a retry's latest
+        if m._lead.leader and not m._lost_reported and self.join_due > soonest:
             self.join_now(now, actions)
 
     def leader_changed(self) -> None:
