@@ -192,6 +192,7 @@ def test_describe_gives_each_event_its_fields() -> None:
         deficit=7,
         lead_epoch=Epoch(2),
         lead_round=41,
+        counted=True,
     )
     assert describe(price) == (
         "price",
@@ -207,6 +208,8 @@ def test_describe_gives_each_event_its_fields() -> None:
             "allocation": 120,
             "deficit": 7,
             "local": False,
+            "counted": True,
+            "carried": False,
         },
     )
     got = MessageDelivered(group=GroupId(1), sender=A, seq=2, payload=b"hi \xff")

@@ -409,6 +409,8 @@ def _price(ev: PriceUpdated, node: Node | None) -> tuple[str, Fields]:
         "allocation": ev.allocation,
         "deficit": ev.deficit,
         "local": ev.local,
+        "counted": ev.counted,
+        "carried": ev.carried,
     }
 
 
