@@ -224,6 +224,30 @@ def test_validity_with_total_order_judges_the_members_the_origins_view_listed() 
         assert inv.exempted == ({"total-order-disjoint-views": 1} if problems == 1 else {})
 
 
+def test_a_member_whose_view_never_listed_the_origin_is_not_judged() -> None:
+    """Agreement: C, cut off from its leader, never installs a view that lists A's life
+    (seed 24,000,741), so A's messages are not judged at C (counted as
+    ``never-in-view``); B, which listed A, still is. Once C installs a view with A, it
+    is judged again."""
+    s = Sessions(INFO)
+    inv = AgreementValidity(INFO, s)
+    start([s, inv], A, B, C)
+    for x in (s, inv):
+        for n in (B, C):
+            x.observe(0.0, n, view(1, B, B, C))
+        for n in (A, B):
+            x.observe(0.1, n, view(2, B, A, B, C))  # C misses it (cut off)
+    inv.observe(2.0, A, published(A, 1))
+    assert inv.check_final(NET) == [
+        "validity: #1 of 0.0.0.0:1 life 1 (published t=2.000) never delivered at 0.0.0.0:2"
+    ]
+    assert inv.exempted == {"never-in-view": 1}
+    inv.observe(2.1, B, delivered(A, 1))
+    assert inv.check_final(NET) == []
+    inv.observe(3.0, C, view(2, B, A, B, C))
+    assert inv.check_final(NET)[0].endswith("never delivered at 0.0.0.0:3")
+
+
 def test_agreement_not_checked_for_a_life_whose_next_life_was_replaced_early() -> None:
     """Agreement: a member keeps one retired life per origin, so an origin that restarts
     twice within flush_grace of the first restart takes its first life's retired state
@@ -472,6 +496,27 @@ def test_a_restarted_server_holds_no_cap_of_its_old_life() -> None:
     assert inv.check(NET) == []
     inv.observe(3.0, A, price(1))
     assert inv.check(NET) == ["round 1 of cluster 1 epoch 1 allocates 201 W > supply 200 W"]
+
+
+def test_a_client_following_a_restarted_broker_holds_no_cap_of_the_old_brokers_rounds() -> None:
+    """Market: a client that applies a round not above one it applied in the same cluster
+    epoch follows a new broker life (numbering from 1 again): its caps of the older
+    life's rounds are replaced. Seed 24,006,660: C's cap of the old broker's round 2
+    was counted with the new broker's round 2 (180 W > 152 W) though C had applied the
+    new broker's round 1 since. Without that round 1, C still holds the old cap."""
+    inv = SupplyRespected(INFO)  # supply 200
+    inv.observe(1.0, C, price(100, rnd=2))  # the old broker's round 2
+    inv.observe(5.0, C, price(50, rnd=1))  # the restarted broker's round 1
+    inv.observe(6.0, A, price(60, rnd=2))
+    inv.observe(6.0, B, price(60, rnd=2))
+    assert inv.check(NET) == []
+    inv.observe(6.0, C, price(81, rnd=2))
+    assert inv.check(NET) == ["round 2 of cluster 1 epoch 1 allocates 201 W > supply 200 W"]
+    inv = SupplyRespected(INFO)
+    inv.observe(1.0, C, price(100, rnd=2))
+    inv.observe(6.0, A, price(60, rnd=2))
+    inv.observe(6.0, B, price(60, rnd=2))
+    assert inv.check(NET) == ["round 2 of cluster 1 epoch 1 allocates 220 W > supply 200 W"]
 
 
 def test_required_power_while_supply_allows() -> None:

@@ -489,6 +489,12 @@ class AgreementValidity(_Deliveries):
     message; once merged, whichever of the two the one order puts first, the member
     that delivered the other first cannot deliver it (fuzz seed 22,401,424: 9002 and
     9003, each alone, delivered their own timestamps 20 and 14).
+
+    A member whose view never listed the origin's life is not judged either (counted as
+    ``never-in-view``): agreement and validity are promised between members that keep
+    each other in their views, and it never had that life in one (fuzz seed 24,000,741:
+    cut off from its leader, 9001 missed the view that admitted 9004 and the one after,
+    and 9004 crashed before 9001 installed a view with it; 9000 delivered its #21).
     """
 
     name = "multicast-agreement"
@@ -500,12 +506,13 @@ class AgreementValidity(_Deliveries):
         self._starts: dict[int, dict[int, float]] = {}
         self._on[NodeStarted] = self._started
         self.exempted: dict[str, int] = {}
-        # total order: each node's cluster view members, and for each message the
+        # each node's cluster view members, and with total order, for each message the
         # members its origin's view listed when it was published
         self._listed: dict[int, frozenset[int]] = {}
         self._listed_at: dict[tuple[int, int, int], frozenset[int]] = {}
+        self._ever: set[tuple[int, int, int]] = set()  # (node, origin, life) it listed
+        self._on[ViewChanged] = self._view
         if info.total_order:
-            self._on[ViewChanged] = self._view
             self._on[Published] = self._published_listed
 
     def _started(self, t: float, node: int, ev: NodeStarted) -> None:
@@ -515,6 +522,7 @@ class AgreementValidity(_Deliveries):
     def _view(self, t: float, node: int, ev: ViewChanged) -> None:
         if ev.view.group == self._cluster.get(node):
             self._listed[node] = frozenset(ev.view.nodes)
+            self._ever.update((node, m.node, m.incarnation) for m in ev.view.members)
 
     def _published_listed(self, t: float, node: int, ev: Published) -> None:
         self._published(t, node, ev)
@@ -565,16 +573,17 @@ class AgreementValidity(_Deliveries):
             have = [(n, i) for n, i in holders if (origin, oinc, seq) in self._got.get((n, i), ())]
             if not origin_alive and self._replaced_early(origin, oinc):
                 continue
+            ever = self._ever
             listed = self._listed_at.get((origin, oinc, seq))
-            if listed is not None:  # total order: judge the members the origin listed
-                kept = [h for h in holders if h[0] in listed]
+            in_view = [h for h in holders if (h[0], origin, oinc) in ever]
+            listing = [h for h in in_view if listed is None or h[0] in listed]
+            for key, kept in (("never-in-view", in_view), ("total-order-disjoint-views", listing)):
                 if (origin_alive or have) and len(have) < len(holders):
                     gone = len(set(holders) - set(have) - set(kept))
                     if gone:
-                        key = "total-order-disjoint-views"
                         self.exempted[key] = self.exempted.get(key, 0) + gone
                 holders = kept
-                have = [h for h in have if h[0] in listed]
+                have = [h for h in have if h in kept]
             if (origin_alive or have) and len(have) < len(holders):
                 missing = sorted(set(holders) - set(have))
                 what = self._what if origin_alive else "agreement"
@@ -1053,8 +1062,13 @@ class SupplyRespected(_Prices):
     A server's allocation counts under its key until the server restarts: a new life
     holds no cap of the old one. (A cluster whose servers all restart counts its
     epochs from 1 again, so one key can name prices of two broker lives; seed
-    17,702,340.) A crash alone keeps the allocation counted: a crashed server's cap
-    stays in force on its lease."""
+    17,702,340.) Nor once the server applies a round not above one it applied in the
+    same cluster epoch: that is a new broker life's price (a restarted broker that won
+    the epoch again numbers its rounds from 1), which replaces its caps of the older
+    life's rounds (seed 24,006,660: a client's cap of the old broker's round 2 was
+    counted with the new broker's round 2, 180 W > 152 W, though it had applied the new
+    broker's round 1 since). A crash alone keeps the allocation counted: a crashed
+    server's cap stays in force on its lease."""
 
     name = "market-supply"
 
@@ -1070,9 +1084,17 @@ class SupplyRespected(_Prices):
 
     def _price(self, t: float, node: int, ev: PriceUpdated) -> None:
         key = (ev.group, ev.epoch, ev.round)
+        keys = self._keys.setdefault(node, set())
+        # A round not above one this client applied in the same cluster epoch is a new
+        # broker life's (it numbers its rounds from 1: a broker restarted and won the
+        # epoch again; the client follows it anew, client rule *broker lives*): this
+        # client's caps from the older life's rounds are replaced, not held any more.
+        for old in [k for k in keys if k[:2] == key[:2] and k[2] >= ev.round and k != key]:
+            del self._rounds[old][node]
+            keys.discard(old)
         per = self._rounds.setdefault(key, {})
         per[node] = ev.allocation
-        self._keys.setdefault(node, set()).add(key)
+        keys.add(key)
         total = sum(per.values())
         if total > self.info.supply:
             self.problems.append(
