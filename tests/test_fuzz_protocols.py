@@ -105,6 +105,7 @@ REGRESSIONS: dict[tuple[int | None, int], str] = {
     (None, 19806353): "market-supply",  # an isolated lead cleared the supply for itself
     (None, 24000741): "multicast-agreement",  # judged at a member never in a view with it
     (None, 24006660): "market-supply",  # an old broker life's cap counted with the new's
+    (None, 24012298): "market-supply",  # the same
 }
 """Seeds outside SUITE that once failed, with what failed. ``None``: the size is drawn
 and the phases are the 100,000-seed run's (``powergrid fuzz --replay SEED``)."""

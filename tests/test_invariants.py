@@ -70,6 +70,14 @@ def delivered(origin: int, seq: int, n: int | None = None) -> MessageDelivered:
     return MessageDelivered(group=G, sender=NodeId(origin), seq=seq, payload=payload)
 
 
+def agreement(info: DataCentre = INFO) -> tuple[Sessions, AgreementValidity]:
+    """Sessions and the agreement invariant of ``info``, with A, B and C started."""
+    s = Sessions(info)
+    inv = AgreementValidity(info, s)
+    start([s, inv], A, B, C)
+    return s, inv
+
+
 def everyone_joined(invs: list, t: float = 0.0) -> None:
     for inv in invs:
         for n in (A, B, C):
@@ -167,9 +175,7 @@ def test_fifo_gap_allowed_over_history_from_before_the_receiver_joined() -> None
 
 def test_validity_at_the_end() -> None:
     """Validity: a live origin's message reaches every live member in session."""
-    s = Sessions(INFO)
-    inv = AgreementValidity(INFO, s)
-    start([s, inv], A, B, C)
+    s, inv = agreement()
     everyone_joined([s, inv])
     inv.observe(2.0, A, published(A, 1))
     inv.observe(2.0, B, delivered(A, 1))
@@ -182,9 +188,7 @@ def test_validity_at_the_end() -> None:
 
 def test_agreement_for_a_crashed_origin() -> None:
     """Agreement: for a crashed origin, all members in session deliver it or none."""
-    s = Sessions(INFO)
-    inv = AgreementValidity(INFO, s)
-    start([s, inv], A, B, C)
+    s, inv = agreement()
     everyone_joined([s, inv])
     inv.observe(2.0, A, published(A, 1))
     inv.observe(2.1, A, NodeCrashed(node=A, incarnation=Incarnation(1)))
@@ -204,9 +208,7 @@ def test_validity_with_total_order_judges_the_members_the_origins_view_listed() 
     both are judged."""
     ordered = attrs.evolve(INFO, total_order=True)
     for info, problems in ((ordered, 1), (INFO, 2)):
-        s = Sessions(info)
-        inv = AgreementValidity(info, s)
-        start([s, inv], A, B, C)
+        s, inv = agreement(info)
         for x in (s, inv):
             for n in (A, B):
                 x.observe(0.0, n, view(1, B, A, B))
@@ -229,9 +231,7 @@ def test_a_member_whose_view_never_listed_the_origin_is_not_judged() -> None:
     (seed 24,000,741), so A's messages are not judged at C (counted as
     ``never-in-view``); B, which listed A, still is. Once C installs a view with A, it
     is judged again."""
-    s = Sessions(INFO)
-    inv = AgreementValidity(INFO, s)
-    start([s, inv], A, B, C)
+    s, inv = agreement()
     for x in (s, inv):
         for n in (B, C):
             x.observe(0.0, n, view(1, B, B, C))
@@ -254,9 +254,7 @@ def test_agreement_not_checked_for_a_life_whose_next_life_was_replaced_early() -
     with it; that life's messages are then not checked (seed 69352). Restarting once, or
     the second time after flush_grace, still is."""
     for second_restart, problems in ((None, 1), (3.0, 0), (2.5 + 2.0, 1)):
-        s = Sessions(INFO)
-        inv = AgreementValidity(INFO, s)
-        start([s, inv], A, B, C)
+        s, inv = agreement()
         everyone_joined([s, inv])
         inv.observe(2.0, A, published(A, 1))
         inv.observe(2.0, B, delivered(A, 1))  # C missed it

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -179,12 +180,11 @@ def summarize(outcomes: Sequence[Outcome], start: int, wall: float) -> dict[str,
     kind, messages delivered, virtual seconds and power totals, with the wall time
     (seconds) and rate. ``outcomes`` must be sorted by seed (:func:`run_campaign`)."""
     faults: dict[str, int] = {}
-    exempted: dict[str, int] = {}
+    exempted: Counter[str] = Counter()
     for o in outcomes:
         for kind, count in o["faults"].items():
             faults[kind] = faults.get(kind, 0) + count
-        for name, count in o.get("exempted", {}).items():
-            exempted[name] = exempted.get(name, 0) + count
+        exempted.update(o.get("exempted", {}))
     return {
         "power": power_totals(o["power"] for o in outcomes),
         "exempted": dict(sorted(exempted.items())),

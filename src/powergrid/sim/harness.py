@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
@@ -350,14 +351,13 @@ def run_seed(
     power = next(
         (inv.figures(net.now).as_json() for inv in checks if hasattr(inv, "figures")), None
     )
-    exempted: dict[str, int] = {}
+    exempted: Counter[str] = Counter()
     for inv in checks:
-        for name, count in sorted(getattr(inv, "exempted", {}).items()):
-            exempted[name] = exempted.get(name, 0) + count
+        exempted.update(getattr(inv, "exempted", {}))
     return RunResult(
         seed=seed,
         power=power,
-        exempted=exempted,
+        exempted=dict(sorted(exempted.items())),
         options=options,
         schedule=schedule,
         drawn=drawn,

@@ -521,8 +521,9 @@ class AgreementValidity(_Deliveries):
 
     def _view(self, t: float, node: int, ev: ViewChanged) -> None:
         if ev.view.group == self._cluster.get(node):
-            self._listed[node] = frozenset(ev.view.nodes)
             self._ever.update((node, m.node, m.incarnation) for m in ev.view.members)
+            if self.info.total_order:
+                self._listed[node] = frozenset(ev.view.nodes)
 
     def _published_listed(self, t: float, node: int, ev: Published) -> None:
         self._published(t, node, ev)
