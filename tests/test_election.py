@@ -269,6 +269,68 @@ def test_bootstrap_report_stands_at_once_and_an_unknown_lost_leader_is_listened_
     assert m.handle(WAKE, 0.125) == [Multicast(message=Coordinator(epoch=1, rank=0)), elected(5, 1)]
 
 
+def test_saw_epoch_makes_the_broker_groups_first_win_above_its_clients_last_lead() -> None:
+    """Bully rule 1 (a new broker joins the broker group without listening): seeded with the
+    lead epoch of its client's last price, its election wins above that epoch, so it cannot
+    win the epoch of a lead that is gone while the others still follow it."""
+    m = machine(5)
+    m.saw_epoch(7)
+    assert m.handle(lost(0, 0), 0.0) == [started(8), elect_msg(7)]
+    assert m.handle(WAKE, 0.125) == [Multicast(message=Coordinator(epoch=8, rank=0)), elected(5, 8)]
+    m.saw_epoch(0)  # nothing seen: no change
+    with pytest.raises(UsageError):
+        m.saw_epoch(2**32)
+
+
+def _led_view(leader: int, epoch: int, *nodes: int) -> View:
+    return View(
+        group=G,
+        view_id=2,
+        leader=NodeId(leader),
+        epoch=Epoch(epoch),
+        members=tuple(
+            Member(node=NodeId(n), incarnation=Incarnation(2 if n == leader else 1), rank=0)
+            for n in sorted(nodes)
+        ),
+    )
+
+
+def test_rule_9_a_node_that_follows_nobody_takes_the_leader_of_its_view() -> None:
+    """Rule 9: a node that missed the Coordinator follows the leader of the view membership
+    installed (its incarnation and rank from the view), as if the Coordinator had come; the
+    Coordinator, when it comes, changes nothing."""
+    m = machine(1, capable=False)
+    assert m.handle(ViewChanged(view=_led_view(5, 3, 1, 2, 5)), 0.25) == [elected(5, 3)]
+    assert (m.leader, m.epoch, m.stats.leader_from_view) == (5, 3, 1)
+    assert m.handle(rx(5, Coordinator(epoch=3, rank=0), inc=2), 0.5) == []
+    assert m.handle(ViewChanged(view=_led_view(5, 3, 1, 5)), 0.75) == []  # follows: nothing new
+    assert m.stats.leader_from_view == 1
+    waiting = machine(3, (1, 2, 3))  # got an Answer (from 5), missed the Coordinator
+    waiting.handle(lost(0, 0), 0.0)
+    waiting.handle(rx(5, Answer(epoch=0, rank=0)), 0.0625)
+    assert waiting.state == "waiting"
+    assert waiting.handle(ViewChanged(view=_led_view(5, 1, 3, 5)), 0.25) == [elected(5, 1)]
+    assert (waiting.state, waiting.next_deadline()) == ("follower", None)
+
+
+def test_rule_9_leaves_alone_a_follower_a_candidate_and_an_older_epoch() -> None:
+    """Rule 9 only for a node that follows nobody and is not electing, and not for a view of
+    an older epoch than its own."""
+    following = follower_of(1, 4, 2, capable=False)
+    assert following.handle(ViewChanged(view=_led_view(5, 3, 1, 5)), 0.25) == []
+    assert following.leader == 4
+    electing = machine(5)
+    electing.handle(lost(0, 0), 0.0)
+    assert electing.handle(ViewChanged(view=_led_view(4, 3, 4, 5)), 0.0625) == []
+    assert electing.state == "electing"
+    lost_leader = follower_of(1, 4, 6, capable=False)
+    lost_leader.handle(lost(4, 6), 1.0)
+    assert lost_leader.leader == 0
+    assert lost_leader.handle(ViewChanged(view=_led_view(5, 3, 1, 5)), 1.25) == []
+    assert (lost_leader.leader, lost_leader.stats.leader_from_view) == (0, 0)
+    assert lost_leader.handle(ViewChanged(view=_led_view(5, 6, 1, 5)), 1.5) == [elected(5, 6)]
+
+
 def test_bootstrap_interrupted_by_live_leader() -> None:
     """Bully rule 1 (bootstrap): a leader heard while listening is followed; no election."""
     m = machine(3)

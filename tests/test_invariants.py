@@ -517,6 +517,36 @@ def test_a_client_following_a_restarted_broker_holds_no_cap_of_the_old_brokers_r
     assert inv.check(NET) == ["round 2 of cluster 1 epoch 1 allocates 220 W > supply 200 W"]
 
 
+def test_market_supply_tells_broker_lives_apart() -> None:
+    """Market: a broker restarted while C was cut off wins its old epoch again and numbers
+    its rounds from 1; C, not following the new life yet, holds the old life's round 1,
+    which is not the new life's round 1 (fuzz seed 4 at 3 servers); likewise twin brokers
+    of one epoch (seed 514). Clients that follow the same broker are summed as before."""
+    inv = SupplyRespected(INFO)  # supply 200
+    for n in (A, B, C):
+        inv.observe(0.0, n, NodeStarted(node=n, incarnation=Incarnation(1)))
+        inv.observe(0.5, n, LeaderElected(group=G, leader=A, epoch=Epoch(1)))
+    inv.observe(1.0, C, price(64))
+    inv.observe(2.0, A, NodeStarted(node=A, incarnation=Incarnation(2)))
+    for n in (A, B):
+        inv.observe(3.0, n, LeaderElected(group=G, leader=A, epoch=Epoch(1)))
+    inv.observe(3.5, A, price(100))
+    inv.observe(3.5, B, price(99))
+    assert inv.check(NET) == []
+    inv.observe(4.0, C, LeaderElected(group=G, leader=A, epoch=Epoch(1)))
+    inv.observe(4.5, C, price(2))
+    assert inv.check(NET) == ["round 1 of cluster 1 epoch 1 allocates 201 W > supply 200 W"]
+    twins = SupplyRespected(INFO)  # B and A each won epoch 1 on a side of a cut (seed 514)
+    for n in (A, B, C):
+        twins.observe(0.0, n, NodeStarted(node=n, incarnation=Incarnation(1)))
+    twins.observe(0.5, C, LeaderElected(group=G, leader=B, epoch=Epoch(1)))
+    twins.observe(1.0, C, price(120))
+    for n in (A, B):
+        twins.observe(2.0, n, LeaderElected(group=G, leader=A, epoch=Epoch(1)))
+        twins.observe(2.5, n, price(60))
+    assert twins.check(NET) == []
+
+
 def test_required_power_while_supply_allows() -> None:
     """Market: S >= sum r and the bid counted: every client gets at least r."""
     inv = RequiredPowerMet(INFO)

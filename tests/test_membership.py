@@ -74,7 +74,9 @@ EXACT = MembershipConfig(
     indirect_probes=2,
     ack_interval=0.0,
     probe_interval=0.25,
-)  # binary-exact times, no scaling, no jitter; every heartbeat acked, probes at the ticks
+    admit_wait=0.25,
+)  # binary-exact times, no scaling, no jitter; every heartbeat acked, probes at the ticks,
+# joins admitted at the ticks
 WAKE = DeadlineReached()
 DEFAULTS = MembershipConfig()
 JOIN = JoinRequest(rank=0, broker_capable=0)
@@ -232,6 +234,39 @@ def test_leader_admits_joins_at_next_heartbeat_in_one_view() -> None:
         Multicast(message=Heartbeat(epoch=1, view_id=2)),
     ]
     assert m.view == v2
+
+
+def test_leader_admits_joins_admit_wait_after_the_first_before_its_tick() -> None:
+    """Join (rule L5): the joins queued within admit_wait of the first are admitted then, in
+    one view, without waiting for the tick; the tick that follows only beats."""
+    m = machine(L, config=attrs.evolve(EXACT, admit_wait=0.0625))
+    m.handle(Join(), 0.0)
+    m.handle(LeaderElected(group=G, leader=L, epoch=Epoch(1)), 0.0)
+    assert m.handle(rcv(B, JOIN), 0.125) == []
+    assert m.next_deadline() == 0.1875
+    assert m.handle(rcv(A, JOIN), 0.15625) == []
+    assert m.next_deadline() == 0.1875  # the first join set the admission
+    v2 = view(2, L, 1, mem(A), mem(B), mem(L))
+    assert m.handle(WAKE, 0.1875) == [
+        ViewChanged(view=v2),
+        Multicast(message=part(1, 2, [mem(A), mem(B), mem(L)])),
+    ]
+    assert m.next_deadline() == 0.25
+    assert m.handle(WAKE, 0.25) == [Multicast(message=Heartbeat(epoch=1, view_id=2))]
+    assert m.handle(rcv(C, JOIN), 0.3125) == []
+    assert m.next_deadline() == 0.375
+
+
+def test_join_without_listening_reports_the_bootstrap_at_once() -> None:
+    """Bootstrap (rule M8): Join(listen=False) reports LeaderLost(group, 0, 0) at once (the
+    broker group's join: election rule 1), then keeps joining as after a bootstrap."""
+    m = machine(A)
+    assert m.handle(Join(listen=False), 0.0) == [
+        LeaderLost(group=G, leader=NodeId(0), epoch=Epoch(0))
+    ]
+    assert m.next_deadline() == 3.0
+    assert m.handle(WAKE, 3.0) == [Multicast(message=JOIN)]
+    assert m.stats.leader_lost_reported == 1
 
 
 def test_joiner_installs_view_that_lists_it() -> None:

@@ -253,13 +253,16 @@ def test_records_of_a_small_run() -> None:
     assert r.samples[0].t == 0.0 and r.samples[-1].t == 9.0
     assert r.nodes["started"] == 6 and r.nodes["crashed"] == 1 and r.nodes["live_at_end"] == 5
     assert r.membership and r.violations == ()
-    # The guarantee in time: every server starts unadmitted (its reserved floor until
-    # the first price, ~1.3 s), an exemption the strict check names and measures;
-    # nothing strict.
+    # The guarantee in time: every server is admitted within the bound (its first price at
+    # ~0.83 s; it draws its reserved floor until then), so none is starved unadmitted;
+    # what the run does not hold is named and measured (the lead's crash, a rise at the
+    # end); nothing strict.
     p = r.power
-    assert r.guarantee_violations == len(p.intervals) >= 1 and p.intervals[0][0] == 0.0
+    assert r.guarantee_violations == len(p.intervals) >= 1
+    assert p.admission_latency_s["max"] is not None and p.admission_latency_s["max"] < 1.0
     assert p.strict_overload_ws == 0 and p.strict_starved_server_s == 0
-    assert p.exempt["unadmitted"]["starved_server_seconds"] > 0
+    assert p.exempt["unadmitted"]["starved_server_seconds"] == 0
+    assert p.exempt["lead-change"]["overload_watt_seconds"] > 0
     assert r.sent_by_type["Heartbeat"] > 0 and r.faults["crash"] == 1
 
 

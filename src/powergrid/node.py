@@ -8,7 +8,9 @@ machine, a reliable ordered multicast machine, a membership machine and an
 election machine, all parameterised by the group id. Every node is in its
 cluster's group; a node that its cluster elects as broker also joins the
 broker group (:data:`~powergrid.types.BROKER_GROUP`) with a second stack of
-the same classes, and leaves it when it stops being the broker.
+the same classes (without listening for a lead first, its election seeded with
+the lead epoch of its client's last price: election rule 1), and leaves it when
+it stops being the broker.
 
 Inbound, first of all, a datagram's wire version and realm tag (header bytes
 read in place) must be ours: another version is dropped and counted in
@@ -145,6 +147,7 @@ from powergrid.protocols.market import (
     ClientMachine,
     LeadBrokerMachine,
     LeadConfig,
+    PriceUpdated,
     SteppedDown,
     SupplyChanged,
 )
@@ -728,6 +731,7 @@ class Node:
         "_incarnation",
         "_index",
         "_lead",
+        "_lead_epoch_seen",
         "_market",
         "_membership_one",
         "_memberships",
@@ -763,6 +767,7 @@ class Node:
         me = self._id
         self._client = ClientMachine(me, self._cluster, config.client)
         self._lead = LeadBrokerMachine(me, config.supply, config.lead)
+        self._lead_epoch_seen = 0  # the lead epoch of the last price the client applied
         self._broker = BrokerMachine(me, self._cluster, config.broker)
         self._market: tuple[Any, ...] = (self._client, self._broker, self._lead)  # role - CLIENT
         # next_deadline(): every machine is called through _call, which notes it in
@@ -1017,12 +1022,15 @@ class Node:
             raise UsageError(f"node {self._id} is not in group {g}; it is in {self.groups}")
         return stack
 
-    def _join(self, group: GroupId, now: float, out: list[Output]) -> None:
+    def _join(
+        self, group: GroupId, now: float, out: list[Output], *, listen: bool = True, seen: int = 0
+    ) -> None:
         stack = _Stack(self, group, self._market)
         self._stacks[group] = stack
         self._machines_changed()
         out.append(JoinGroup(group=group))
-        self._run(stack, self._call(stack.membership, Join(), now), now, out)
+        stack.election.saw_epoch(seen)
+        self._run(stack, self._call(stack.membership, Join(listen=listen), now), now, out)
 
     def _leave(self, stack: _Stack, now: float, out: list[Output]) -> None:
         self._run(stack, self._call(stack.membership, Leave(), now), now, out)
@@ -1059,6 +1067,8 @@ class Node:
         for act in actions:
             msg = getattr(act, "message", None)
             if msg is None:  # a notification for the app
+                if type(act) is PriceUpdated and act.lead_epoch:
+                    self._lead_epoch_seen = int(act.lead_epoch)
                 out.append(act)
                 continue
             route = ROUTES[type(msg)]
@@ -1203,7 +1213,17 @@ class Node:
             return
         in_brokers = BROKER_GROUP in self._stacks
         if act.leader == self._id and not in_brokers:
-            self._join(BROKER_GROUP, now, out)
+            # A new broker joins the broker group without listening for a lead first (at
+            # a cold start there is none yet; after the crash of the lead broker's node,
+            # none any more; a live lead answers its Election), above the lead epoch of
+            # its client's last price (so it cannot win the epoch of a lead that is gone
+            # while the others still follow it). It listens if it won a later cluster
+            # epoch than the first and never applied a price: a restarted node that took
+            # over a running cluster knows no lead epoch to win above (without listening,
+            # the demo's restarted c4.1 won the broker group in too old an epoch, and the
+            # lead changed three times instead of once).
+            seen = self._lead_epoch_seen
+            self._join(BROKER_GROUP, now, out, listen=not seen and act.epoch != 1, seen=seen)
         elif act.leader != self._id and in_brokers:
             self._leave(self._stacks[BROKER_GROUP], now, out)
 

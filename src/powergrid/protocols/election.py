@@ -48,7 +48,10 @@ epoch 0 at bootstrap: "there is no leader") and lists the members with
    ``leader_timeout``, and heard no leader at all) starts it so too, with the
    jitter even for the highest (nobody knows anyone yet); a live leader it
    missed (a lone one heartbeats once a second) answers the Election with its
-   Coordinator (rule 3). A node that has never followed a leader and is told
+   Coordinator (rule 3). A new broker reports it at once on joining the broker
+   group (the node's ``Join(listen=False)``), its election seeded
+   (:meth:`ElectionMachine.saw_epoch`) with the lead epoch its client last
+   applied. A node that has never followed a leader and is told
    of another loss first listens for ``announce_interval + answer_timeout``,
    so a live leader's periodic announcement finds it before it stands.
 2. An election multicasts :class:`~powergrid.wire.Election` to the group,
@@ -100,6 +103,14 @@ epoch 0 at bootstrap: "there is no leader") and lists the members with
    nobody heartbeats) starts an election at once and wins above that epoch.
    A follower told of a lost leader of a newer epoch takes that epoch as the
    one it follows.
+
+9. A node that follows nobody and is not electing (a follower, or waiting for
+   the Coordinator after an Answer) takes the leader of a view
+   membership installs (:class:`~powergrid.events.ViewChanged` names its leader
+   and epoch and lists the leader with its incarnation and rank: that leader's
+   own view) as if its Coordinator had come, unless the epoch is older than its
+   own: a lost copy of the Coordinator does not leave a member of the view
+   without a leader until the next announcement.
 
 *Epoch arithmetic.* Epochs are 32 bits and compare as serial numbers within
 a window (:func:`~powergrid.types.epoch_newer`): newer means 1 to
@@ -314,6 +325,9 @@ class ElectionStats:
     at a node that cannot stand)."""
     rival_heartbeats: int = 0
     """Membership heartbeats of another node heard while leading (a rival leader, rule 7)."""
+    leader_from_view: int = 0
+    """Leaders taken from an installed view by a node that followed nobody or waited for a
+    Coordinator (rule 9): the Coordinator's copy was missed."""
     candidates_full: int = 0
     """Election messages from new ids whose rank was not noted: MAX_CANDIDATES known."""
 
@@ -458,6 +472,17 @@ class ElectionMachine(Dispatching):
             return []
         return handler(self, event.sender, event.incarnation, event.message, now)
 
+    def saw_epoch(self, epoch: int) -> None:
+        """Note ``epoch`` of this group, learnt outside it, as seen (rule 2: a win takes the
+        highest seen + 1). A node that becomes its cluster's broker tells its new broker-
+        group machine the lead epoch of the last price its client applied: were that lead
+        gone, a win in that epoch would be a twin of it (its followers, not yet aware it
+        is gone, would neither correct nor fence the Election)."""
+        if not 0 <= epoch < 2**32:
+            raise UsageError(f"epoch is {epoch}; an epoch is 0..2**32-1")
+        if epoch:
+            self._adopt(epoch)
+
     def _seen(self, epoch: int) -> None:
         """Note a peer's epoch as the highest seen if it is newer; count a foreign one.
 
@@ -536,6 +561,17 @@ class ElectionMachine(Dispatching):
         self._ranks = {m.node: m.rank for m in view.members if m.broker_capable and m.node != me}
         if epoch_newer(view.epoch, self._max_epoch):
             self._max_epoch = view.epoch
+        lead = view.leader
+        if self._leader or lead == me or self._state not in ("follower", "waiting"):
+            return []
+        # Rule 9: a node that follows nobody (or waits for a Coordinator after an Answer)
+        # takes the leader of the view membership installed (its leader's own view: as
+        # good as its Coordinator, whose copy this node missed), judged by the Coordinator
+        # rules; not an older epoch than ours.
+        for m in view.members:
+            if m.node == lead and not epoch_newer(self._epoch, view.epoch):
+                self._stats.leader_from_view += 1
+                return self._claim(lead, m.incarnation, view.epoch, m.rank, now)
         return []
 
     # ---------------------------------------------------------- messages

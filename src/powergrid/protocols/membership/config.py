@@ -65,6 +65,10 @@ class MembershipConfig:
     """Other members asked, at every tick, to probe a suspect on the leader's behalf."""
     leader_timeout: float = attrs.field(default=0.5, validator=real)
     """*Scaled.* A member that hears nothing from its leader this long reports LeaderLost."""
+    admit_wait: float = attrs.field(default=0.02, validator=real)
+    """The leader admits the joins queued this long after the first of them (one view for
+    the joins that come together), or at its tick if that comes first; at most
+    ``heartbeat_interval``."""
     join_timeout: float = attrs.field(default=0.5, validator=real)
     """A joining node that hears of no leader at all this long reports LeaderLost(0, 0)."""
     join_retry: float = attrs.field(default=0.2, validator=real)
@@ -103,6 +107,7 @@ class MembershipConfig:
             "suspect_timeout",
             "removal_timeout",
             "leader_timeout",
+            "admit_wait",
             "join_timeout",
             "join_retry",
             "join_backoff",
@@ -138,6 +143,11 @@ class MembershipConfig:
                 f"leader_timeout ({self.leader_timeout}) must exceed heartbeat_interval "
                 f"({hb}), or the leader is lost between two heartbeats; "
                 "set it to 3 heartbeat intervals or more",
+            )
+        if not 0 <= self.admit_wait <= hb:
+            raise config_problem(
+                self,
+                f"admit_wait is {self.admit_wait}; set it within 0..heartbeat_interval ({hb})",
             )
         if self.join_timeout < self.leader_timeout:
             raise config_problem(

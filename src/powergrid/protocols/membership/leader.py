@@ -4,7 +4,8 @@ Theory of operation. ``LeaderElected`` naming this node makes the machine
 build a :class:`Leader` (etcd raft's ``becomeLeader``) and :meth:`Leader.start`
 its term: a first view with the members of the last one (a change of leader
 alone removes nobody, rule E2), a heartbeat, and the tick timer. Every
-``tick(n)`` the leader admits the pending joins, checks each member (suspect,
+``tick(n)`` the leader admits the pending joins (and ``admit_wait`` after the
+first of them, if that comes sooner: rule L5), checks each member (suspect,
 probe, remove) and multicasts a heartbeat (rule L1; a leader alone in its
 view only every ``lone_heartbeat_interval``: nobody acks it, and it serves
 only nodes that follow this leader without being in its view, after a
@@ -81,9 +82,9 @@ class Leader(_Role):
     alone in the view, ``next_probe`` the next probe round while
     there are suspects; ``last_ack`` holds each other member's last sign of
     life (seconds), ``suspects`` the suspicions by node, ``pending`` the joins
-    admitted at the next tick, ``departures`` the recent departures listed in
-    views (node -> incarnation, status, view id) and ``parts`` the current
-    view as sent.
+    admitted at ``next_admit`` (or the next tick, if sooner), ``departures`` the
+    recent departures listed in views (node -> incarnation, status, view id) and
+    ``parts`` the current view as sent.
     """
 
     __slots__ = (
@@ -92,6 +93,7 @@ class Leader(_Role):
         "fast_until",
         "last_ack",
         "lone_beat",
+        "next_admit",
         "next_beat",
         "next_check",
         "next_probe",
@@ -115,6 +117,7 @@ class Leader(_Role):
         self.dense_until = -math.inf  # beats go at half the tick until then (rule L1)
         self.fast_until = -math.inf  # alone in its view, it still beats every tick until then
         self.next_check = math.inf
+        self.next_admit = math.inf  # the queued joins' admission (rule L5)
         self.lone_beat = 0.0
         self.next_probe = 0.0
         self.last_ack: dict[int, float] = {}
@@ -169,7 +172,7 @@ class Leader(_Role):
     # -------------------------------------------------------------- timers
 
     def next_deadline(self) -> float | None:
-        due = self.next_beat
+        due = self.next_beat if self.next_beat < self.next_admit else self.next_admit
         if self.suspects and self.next_probe < due:
             due = self.next_probe
         return self.next_check if self.next_check < due else due
@@ -182,7 +185,30 @@ class Leader(_Role):
         beat = now >= self.next_beat
         if beat or (self.suspects and now >= self.next_probe):
             self.tick(now, actions, beat)
+        if now >= self.next_admit:  # rule L5: the joins queued admit_wait ago, before the tick
+            departures: list[tuple[int, int, int]] = []
+            if self.admit(now, departures):
+                self.new_view(departures, actions)
         return actions
+
+    def admit(self, now: float, departures: list[tuple[int, int, int]]) -> bool:
+        """Rule L5: admit the queued joins (a higher incarnation replaces a member, noted in
+        ``departures``); whether anyone was admitted."""
+        members = self._m._members
+        admitted = False
+        for node, cand in sorted(self.pending.items()):
+            cur = members.get(node)
+            if cur is not None:
+                if not incarnation_newer(cand.incarnation, cur.incarnation):
+                    continue
+                departures.append((node, cur.incarnation, VIEW_STATUS_REPLACED))
+                self.suspects.pop(node, None)
+            members[node] = cand
+            self.last_ack[node] = now
+            admitted = True
+        self.pending.clear()
+        self.next_admit = math.inf
+        return admitted
 
     def check(self, now: float, actions: list[Any]) -> None:
         """Rule L2 with sparse acks: ``ack_wait`` after a heartbeat, suspect every member
@@ -205,23 +231,10 @@ class Leader(_Role):
         """
         m = self._m
         departures: list[tuple[int, int, int]] = []
-        admitted = False
+        admitted = beat and self.admit(now, departures)  # rule L5
         members = m._members
         suspects = self.suspects
         last_ack = self.last_ack
-        for node, cand in sorted(self.pending.items()) if beat else ():
-            # Rule L5: admit the queued joins; a higher incarnation replaces a member.
-            cur = members.get(node)
-            if cur is not None:
-                if not incarnation_newer(cand.incarnation, cur.incarnation):
-                    continue
-                departures.append((node, cur.incarnation, VIEW_STATUS_REPLACED))
-                suspects.pop(node, None)
-            members[node] = cand
-            last_ack[node] = now
-            admitted = True
-        if beat:
-            self.pending.clear()
         # A member replaced just now has a fresh last_ack. Suspects are probed in their
         # probe rounds (every probe_interval from the first suspicion), which a beat joins
         # only when one is due.
@@ -406,7 +419,8 @@ class Leader(_Role):
         return actions
 
     def join_request(self, ev: Received, now: float) -> list[Any]:
-        # Rule L5: queue a join for the next tick; a member's duplicate gets the view.
+        # Rule L5: queue a join for admit_wait (or the next tick); a member's duplicate gets
+        # the view.
         m = self._m
         req = cast(JoinRequest, ev.message)
         sender, inc = ev.sender, ev.incarnation
@@ -429,6 +443,8 @@ class Leader(_Role):
                 rank=req.rank,
                 broker_capable=bool(req.broker_capable),
             )
+            if self.next_admit == math.inf:
+                self.next_admit = now + m._config.admit_wait
         return []
 
     def leave_notice(self, ev: Received, now: float) -> list[Any]:

@@ -425,7 +425,7 @@ class MembershipMachine(Dispatching):
             lead.follow(NodeId(0), lead.epoch)
         joining = Joining(self)
         self._become(joining)
-        return joining.start(now)
+        return joining.start(now, listen=ev.listen)
 
     def _leave(self, ev: Leave, now: float) -> list[Any]:
         # Rule M10: one LeaveNotice, Left, and idle (a leader's term, a joiner's timers end).

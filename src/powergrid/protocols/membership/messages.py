@@ -36,9 +36,17 @@ RemovalReason = Literal["crashed", "left", "replaced"]
 class Join:
     """Command: become a member of the group (retried until admitted).
 
+    ``listen``: a joiner that knows no leader listens ``join_timeout`` for one before
+    it reports ``LeaderLost(0, 0)`` (rule M8). False: it reports at once, so its
+    election stands now; a live leader answers the Election with its Coordinator (for
+    a group that often has no leader when joined: the broker group, joined by a newly
+    elected broker at a cold start or after the crash of the lead broker's node).
+
     ``handle`` raises :class:`~powergrid.errors.UsageError` if the node has
     already joined (or is joining) and has not left since.
     """
+
+    listen: bool = True
 
 
 @attrs.frozen(kw_only=True)

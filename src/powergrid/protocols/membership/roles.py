@@ -288,9 +288,9 @@ class Joining(_Following):
         self.join_due = 0.0
         self.bootstrap_due: float | None = None
 
-    def start(self, now: float) -> list[Any]:
+    def start(self, now: float, *, listen: bool = True) -> list[Any]:
         """``Join()``: ask a known leader now, or listen first (rule M7) and arm the
-        bootstrap (rule M8)."""
+        bootstrap (rule M8), at once if not ``listen``."""
         m = self._m
         cfg = m._config
         actions: list[Any] = []
@@ -304,6 +304,9 @@ class Joining(_Following):
             # to it at once), the bootstrap election names one after join_timeout, and
             # until a leader exists nobody could admit us anyway.
             self.join_due = now + m._jittered(cfg.join_timeout + cfg.join_retry_max)
+            if not listen:  # rule M8 without the wait: the election stands now
+                self.bootstrap_due = None
+                m._report_lost(now, actions)
         return actions
 
     def join_now(self, now: float, actions: list[Any]) -> None:
