@@ -153,6 +153,28 @@ def test_a_joining_servers_bid_counts_in_the_regime_before_it_is_admitted() -> N
     assert ledger.figures(3.0).strict_starved_server_s == pytest.approx(1.0)
 
 
+def test_a_rise_of_the_owed_level_is_owed_after_the_bound() -> None:
+    """Rule (owed): when the supply comes to cover every r (or bids fall, or servers leave),
+    the servers are owed r after the raise bound (1 s), like a rise of their own r: raised
+    within it, not starved (the wait is measured); not raised by its end, starved from the
+    rise (stale-aggregates, a violating interval)."""
+    for raised_at, starved, grace, intervals in (
+        (1.5, 0.0, 1.0, ()),
+        (2.5, 3.0, 0.0, ((1.0, 2.5),)),
+    ):
+        ledger = PowerLedger(90)
+        admitted(ledger, 0.0, 1, 45)  # a shortage: 45 each, floors (20) met
+        admitted(ledger, 0.0, 2, 45)
+        ledger.supply(1.0, 120)  # covers both r (50) from here
+        ledger.cap(raised_at, 1, 50)
+        ledger.cap(raised_at, 2, 50)
+        f = ledger.figures(4.0)
+        assert f.starved_server_s == pytest.approx(starved)
+        assert f.exempt["stale-aggregates"]["starved_server_seconds"] == pytest.approx(starved)
+        assert f.regime_grace_server_s == pytest.approx(grace)
+        assert f.intervals == intervals and f.strict_starved_server_s == 0
+
+
 def test_a_rise_of_r_is_owed_after_the_bound() -> None:
     ledger = PowerLedger(1000)
     admitted(ledger, 0.0, 1, 50)

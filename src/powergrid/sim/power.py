@@ -36,7 +36,12 @@ every change costs O(1) (amortised O(log n) for its own timers):
   server not admitted within ``admission_s`` of its start is owed from then on,
   and the ``admission_s`` it waited count as starved at once ("starved from the
   moment it was owed").
-  A rise of r gets the same grace: the old r stays owed for ``admission_s``.
+  A rise of r gets the same grace: the old r stays owed for ``admission_s``. So
+  does a rise of the owed level (the regime: from h to r, or from nothing to h, when
+  the supply rises, bids fall or servers leave): the servers are owed the new level
+  once the bound has passed; if any is still below it then, the bound counts as
+  starved (``stale-aggregates``) from the rise. Met within the bound, it is not
+  starvation, and how long servers waited is measured (``regime_grace_server_s``).
 * **starved server-seconds**: the integral of the number of owed servers whose
   cap is below what they are owed. It is kept as two running counts (below r,
   below h) per exemption class, so the regime flips at no cost.
@@ -57,7 +62,8 @@ A starved server is classed by why:
 * ``slow-raise``: its bid rose and the rise was not met within ``admission_s``;
 * ``older-bid``: its latest price counted an older bid of it than the current
   one (``includes_latest_bid`` false), so it got the older bid's share;
-* ``stale-aggregates``: within ``regime_s`` of what servers are owed rising, or
+* ``stale-aggregates``: a rise of what servers are owed not met within the raise
+  bound (counted from the rise), within ``regime_s`` of it, or
   of any owed r falling (the lead clears on aggregates up to two rounds old);
 * ``departed-bids``: within ``bid_timeout_s`` of a crash or leave (the broker
   still counts the departed bid).
@@ -109,7 +115,14 @@ _OVERLOAD_EXCUSES = (
     "lease-held",
 )
 _STARVED_EXCUSES = ("stale-aggregates", "departed-bids")
-_WINDOWS = ("partition", "lead-change", "supply-drop", "raise-before-cut", *_STARVED_EXCUSES)
+_WINDOWS = (
+    "partition",
+    "lead-change",
+    "supply-drop",
+    "raise-before-cut",
+    "regime-grace",
+    *_STARVED_EXCUSES,
+)
 EXEMPTIONS = (
     "unadmitted",
     "uncounted",
@@ -167,6 +180,9 @@ class PowerFigures:
     """Per exemption: ``starved_server_s`` or ``overload_ws`` it accounts for."""
     strict_overload_ws: float
     strict_starved_server_s: float
+    regime_grace_server_s: float
+    """Server-seconds below a newly risen owed level (the regime rose: the supply rose,
+    bids fell, servers left) within the raise bound, met within it (not starvation)."""
     joining_regime_server_s: float
     """Server-seconds an owed server was below r while S covered the owed servers' sum r
     but not the joining servers' besides (not starvation: see "owed"; measured because
@@ -193,6 +209,7 @@ class PowerFigures:
             "strict_overload_watt_seconds": round(self.strict_overload_ws, 3),
             "strict_starved_server_seconds": round(self.strict_starved_server_s, 3),
             "joining_regime_server_seconds": round(self.joining_regime_server_s, 3),
+            "regime_grace_server_seconds": round(self.regime_grace_server_s, 3),
             "violating_intervals": [[round(a, 6), round(b, 6)] for a, b in self.intervals],
         }
 
@@ -269,6 +286,9 @@ class PowerLedger:
         self._join_r = 0  # sum of r (and h) of the live servers not owed yet: the regime
         self._join_h = 0
         self._joining_regime = 0.0  # starved server-s had the regime left those out
+        self._grace = 0.0  # below the new level within the bound of a regime rise, met
+        self._grace_pending = 0.0  # ... in the grace still open
+        self._grace_from: float | None = None
         self._no_price = 0.0
         self._intervals: list[tuple[float, float]] = []
         self._open: float | None = None  # start of the open violating interval
@@ -362,6 +382,7 @@ class PowerLedger:
         level = 0 if counts is None else 2 if counts is self._below_r else 1
         if level > self._level:
             self._window("stale-aggregates", start + self.bounds.regime_s)
+            self._window("regime-grace", start + self.bounds.admission_s)
         self._level = level
         over_from = None
         strict_over = False
@@ -381,7 +402,12 @@ class PowerLedger:
                 and start < max(windows["stale-aggregates"], windows["departed-bids"])
                 and self._strict_at_zero()
             )
-            if start < self._windows["stale-aggregates"] and not zero:
+            if start < windows["regime-grace"] and not zero:
+                self._grace_pending += starved * dt  # owed the new level after the bound
+                if self._grace_from is None:
+                    self._grace_from = start
+                counts, starved = None, 0
+            elif start < windows["stale-aggregates"] and not zero:
                 self._starved["stale-aggregates"] += starved * dt
                 counts = None
             else:
@@ -452,6 +478,8 @@ class PowerLedger:
                 self._timer(end, "tick", 0, 0, name)
             else:
                 self._ticking.discard(name)
+                if name == "regime-grace":
+                    self._grace_ends(t)
             return
         srv = self._servers.get(node)
         if srv is None or srv.life != life:
@@ -487,6 +515,19 @@ class PowerLedger:
             ):
                 self._starved[srv.cls] += self.bounds.admission_s
                 self._late(t - self.bounds.admission_s, t)
+
+    def _grace_ends(self, t: float) -> None:
+        """The bound of a regime rise has passed: a server still below the new level makes
+        the wait starvation from the rise (``stale-aggregates``); else it was met in time."""
+        pending, since = self._grace_pending, self._grace_from
+        self._grace_pending, self._grace_from = 0.0, None
+        if since is None:
+            return
+        if self._starving()[1]:
+            self._starved["stale-aggregates"] += pending
+            self._late(since, t)
+        else:
+            self._grace += pending
 
     def _late(self, since: float, t: float) -> None:
         """A retroactive violating stretch from ``since`` to ``t``."""
@@ -713,6 +754,7 @@ class PowerLedger:
             strict_overload_ws=self._over_by[STRICT],
             strict_starved_server_s=starved[STRICT],
             joining_regime_server_s=self._joining_regime,
+            regime_grace_server_s=self._grace + self._grace_pending,  # (a bound still open)
             intervals=tuple(merged),
         )
 

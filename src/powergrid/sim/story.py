@@ -323,15 +323,21 @@ def _outcome(r: SimResult) -> str:
             f"the power promise did not hold at every instant: {r.guarantee_violations} "
             "interval(s), red on the plot, explained by the guarantee lines below"
         )
-    elif r.rounds and not overload and not p.starved_server_s:
+    elif r.rounds and not p.overload_ws and not p.starved_server_s:
         parts.append(
-            "at every instant the caps the servers held stayed within the supply, and every "
-            "server had at least what it was owed"
+            "the power promise held at every instant: every server had at least what it "
+            "was owed, and the caps stayed within the supply"
+            + (" but for the reaction bound after a drop" if overload else "")
         )
     if overload:
+        within = (
+            f", {p.overload_in_bound_ws:.1f} of them within the reaction bound after a supply drop"
+            if p.overload_in_bound_ws
+            else ""
+        )
         parts.append(
             f"the caps the servers held added up to more than the supply for "
-            f"{overload:.1f} watt-seconds in all (by at most {p.max_excess_w} W)"
+            f"{overload:.1f} watt-seconds in all (by at most {p.max_excess_w} W){within}"
         )
     if p.starved_server_s:
         parts.append(
