@@ -517,6 +517,31 @@ def test_a_client_following_a_restarted_broker_holds_no_cap_of_the_old_brokers_r
     assert inv.check(NET) == ["round 2 of cluster 1 epoch 1 allocates 220 W > supply 200 W"]
 
 
+def test_supply_steps_give_the_supply_in_force_and_its_range() -> None:
+    """With supply steps the invariants judge against the supply in force: a round against
+    the most within a lease back (a round cleared before a drop), the lead's floor for r
+    against the least within 2 s (a price cleared before a rise)."""
+    info = attrs.evolve(INFO, supply_steps=((2.0, 150), (4.0, 260)))  # supply 200 at first
+    assert [info.supply_at(t) for t in (0.0, 1.99, 2.0, 3.0, 4.0, 9.0)] == [
+        200,
+        200,
+        150,
+        150,
+        260,
+        260,
+    ]
+    assert info.supply_range(1.0, 3.0) == (150, 200)
+    assert info.supply_range(2.5, 3.5) == (150, 150)
+    assert info.supply_range(0.0, 9.0) == (150, 260)
+    inv = SupplyRespected(info)
+    inv.observe(1.0, A, price(100))
+    inv.observe(2.5, B, price(99))  # 199 W: within the 200 W of 1.0 s, before the drop
+    assert inv.check(NET) == []
+    inv.observe(7.5, C, price(100, rnd=2))
+    inv.observe(7.5, A, price(161, rnd=2))  # 261 W > the 260 W in force since 4.0 s
+    assert inv.check(NET) == ["round 2 of cluster 1 epoch 1 allocates 261 W > supply 260 W"]
+
+
 def test_market_supply_tells_broker_lives_apart() -> None:
     """Market: a broker restarted while C was cut off wins its old epoch again and numbers
     its rounds from 1; C, not following the new life yet, holds the old life's round 1,

@@ -285,15 +285,15 @@ def test_canary_broker_applying_raises_before_cuts_is_caught(
 def test_fuzz_catches_the_power_canaries(
     role: str, mutant: type, words: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``powergrid fuzz`` (the drawn data centres, their crashes, partitions, loss) catches
-    each canary by the strict power guarantee within the first 60 seeds (today: seeds 2
-    and 10). The seeds moved when the first price moved from ~4.5 s to ~1.3 s (then
-    from 100: 109 and 114) and to ~0.84 s: the broker canary needs a cut the fuzz rarely
-    makes (its supply is constant; a cut comes from a join or a crash), and of seeds
-    0-1,499 only 10 and 1,045 catch it now; the client canary, 50 of seeds 0-199."""
+    """``powergrid fuzz --supply-steps`` (the drawn data centres, their crashes, partitions,
+    loss and supply changes) catches each canary by the strict power guarantee within the
+    first 60 seeds (today: seeds 19 and 24; of seeds 0-59, 5 catch the broker canary; of
+    0-29, 5 the client canary). Without supply steps the broker canary needs a cut that
+    only a join or a crash makes: since the first price moved to ~0.84 s, only seeds 10
+    and 1,045 of 0-1,499 caught it (the seeds were 109 and 114 at ~1.3 s)."""
     monkeypatch.setattr(node_mod, role, mutant)
     for seed in range(0, 60):
-        r = run_datacentre(seed)
+        r = run_datacentre(seed, supply_steps=True)
         if any(v.invariant == "power-guarantee" and words in v.detail for v in r.violations):
             return
     pytest.fail(f"{mutant.__name__} was not caught by the fuzz within 60 seeds")

@@ -74,6 +74,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "bursting apps)",
     )
     parser.add_argument(
+        "--supply-steps",
+        action="store_true",
+        help="change the supply 1-3 times within the safety phase (drops, rises, shortages)",
+    )
+    parser.add_argument(
         "--replay", type=int, default=None, metavar="SEED", help="re-run SEED, print its trace"
     )
     parser.add_argument(
@@ -131,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
         "total_order": args.total_order,
         "large": args.large,
         "flow": args.flow,
+        "supply_steps": args.supply_steps,
     }
     if args.replay is not None:
         result = run_datacentre(args.replay, keep_trace=True, **common)

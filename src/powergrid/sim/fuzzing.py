@@ -6,7 +6,8 @@ Theory of operation
 ``system`` random stream it draws a small data centre (1-3 clusters of 3-5
 real :class:`~powergrid.node.Node` s, at least one broker-capable node per
 cluster, ranks, bids, and a usable supply that gives a surplus, a normal
-market, a shortage or a deep shortage; every server is provisioned at the lead,
+market, a shortage or a deep shortage, and with ``supply_steps`` one to three changes
+of it in the safety phase; every server is provisioned at the lead,
 ``LeadConfig.provisioned`` and ``floor_provision``, so the join reserve and the
 islanding rule are on), and wraps each node in an
 :class:`App` that multicasts numbered payloads to its cluster every 0.1-0.4
@@ -94,7 +95,8 @@ class App:
     until ``until``, it multicasts the next :func:`~powergrid.sim.invariants.app_payload`
     (up to ``burst`` of them, as many as the send window takes under flow control)
     and returns a :class:`Published` notification with the number the
-    multicast machine gave each.
+    multicast machine gave each. ``supply_steps`` (``(t, watts)``, sorted) are given to
+    the node at ``t`` (``Node.set_supply``; at its start, those already past).
     """
 
     def __init__(
@@ -106,8 +108,10 @@ class App:
         rng: random.Random,
         large: bool = False,
         burst: int = 1,
+        supply_steps: tuple[tuple[float, int], ...] = (),
     ) -> None:
         self.node = node
+        self._steps = list(reversed(supply_steps))  # (t, watts) still to come, the next last
         self._large = large
         self._burst = burst
         self._interval = interval
@@ -123,6 +127,7 @@ class App:
 
     def start(self, now: float) -> list[Output]:
         out = self.node.start(now)
+        self._supply(now, out)  # a restarted node learns the supply in force
         first = now + self._interval * self._rng.random()
         self._next = first if first < self._until else None
         return out
@@ -134,6 +139,8 @@ class App:
         node = self.node
         due = node.next_deadline()
         out = node.handle_deadline(now) if due is not None and due <= now else []
+        if self._steps and self._steps[-1][0] <= now:
+            self._supply(now, out)
         if self._next is not None and self._next <= now:
             for _ in range(self._burst):
                 if not self._publish(now, out):  # the window is full: try at the next tick
@@ -181,9 +188,19 @@ class App:
         out.extend(sent)
         return True
 
+    def _supply(self, now: float, out: list[Output]) -> None:
+        """Tell the node the supply steps due by ``now`` (the last one is in force)."""
+        watts = None
+        while self._steps and self._steps[-1][0] <= now:
+            watts = self._steps.pop()[1]
+        if watts is not None:
+            out.extend(self.node.set_supply(watts, now))
+
     def next_deadline(self) -> float | None:
         due = self.node.next_deadline()
         nxt = self._next
+        if self._steps and (nxt is None or self._steps[-1][0] < nxt):
+            nxt = self._steps[-1][0]
         if nxt is not None and (due is None or nxt < due):
             return nxt
         return due
@@ -212,6 +229,18 @@ def _supply(rng: random.Random, specs: list[NodeSpec]) -> int:
     return rng.randint(0, max(h - 1, 0))  # even the floors are cut
 
 
+def _supply_steps(
+    rng: random.Random, specs: list[NodeSpec], safety_s: float
+) -> tuple[tuple[float, int], ...]:
+    """One to three supply changes at drawn instants of the safety phase (from 0.5 s), each
+    to a supply drawn like the first (:func:`_supply`): surplus, normal, shortage or below
+    the floors, so they drop, rise and cross the regimes."""
+    if safety_s <= 0.5:
+        return ()
+    times = sorted(round(rng.uniform(0.5, safety_s), 3) for _ in range(rng.randint(1, 3)))
+    return tuple((t, _supply(rng, specs)) for t in times)
+
+
 def check_options(nodes: int | None, safety_s: float, liveness_s: float) -> None:
     """Raise :class:`ConfigError` unless ``nodes`` (None: drawn) is 1..:data:`MAX_NODES`
     and both phase lengths are finite seconds >= 0."""
@@ -234,6 +263,7 @@ def replay_command(
     total_order: bool = False,
     large: bool = False,
     flow: bool = False,
+    supply_steps: bool = False,
 ) -> str:
     """The ``powergrid fuzz`` command that replays ``seed`` with these options
     (an option at its default is left out)."""
@@ -252,6 +282,8 @@ def replay_command(
         cmd += " --large"
     if flow:
         cmd += " --flow"
+    if supply_steps:
+        cmd += " --supply-steps"
     return cmd
 
 
@@ -264,6 +296,7 @@ def recipe(
     total_order: bool = False,
     large: bool = False,
     flow: bool = False,
+    supply_steps: bool = False,
 ) -> str:
     """Python source that defines ``build`` and ``invariants`` as :func:`run_datacentre` does."""
     return (
@@ -273,6 +306,7 @@ def recipe(
         + (", total_order=True" if total_order else "")
         + (", large=True" if large else "")
         + (", flow=True" if flow else "")
+        + (", supply_steps=True" if supply_steps else "")
         + ")\n"
     )
 
@@ -287,6 +321,7 @@ def datacentre(
     total_order: bool = False,
     large: bool = False,
     flow: bool = False,
+    supply_steps: bool = False,
 ) -> Callable[[random.Random], System]:
     """A build of a small data centre (see the module docstring).
 
@@ -300,7 +335,10 @@ def datacentre(
     half the apps' multicasts large messages, sent as fragments (:meth:`App._size`);
     the members of each sender's last view of the group; ``flow`` runs every
     cluster with multicast flow control (rule 27: ``FLOW_WINDOW``, ``FLOW_BUFFER``,
-    apps that try ``FLOW_BURST`` messages a tick);
+    apps that try ``FLOW_BURST`` messages a tick); ``supply_steps`` changes the supply
+    one to three times within the safety phase (:func:`_supply_steps`: each step a
+    supply of any of the four kinds, so drops, rises and regime changes; the apps tell
+    their nodes, the invariants judge against the supply in force);
     ``node_class`` lets tests build deliberately broken nodes. Raises
     :class:`ConfigError` for options :func:`check_options` refuses.
     """
@@ -340,6 +378,9 @@ def datacentre(
                     bid=bid,
                 )
         supply = _supply(rng, specs)
+        steps = (
+            _supply_steps(random.Random(f"{base}/supply"), specs, safety_s) if supply_steps else ()
+        )
         # Every server may be powered, each with its floor provisioned: the lead's join
         # reserve, and no clearing while it counts at most half of them (islanding).
         lead = LeadConfig(provisioned=len(specs), floor_provision=max(s.bid.floor for s in specs))
@@ -369,6 +410,7 @@ def datacentre(
             bounds=Bounds(),
             total_order=total_order,
             flow_clusters=flowing,
+            supply_steps=steps,
         )
 
         def make(node: NodeId, incarnation: Incarnation) -> App:
@@ -376,7 +418,13 @@ def datacentre(
             n = node_class(configs[node], incarnation=incarnation, rng=r)
             burst = FLOW_BURST if configs[node].cluster in flowing else 1
             return App(
-                n, interval=intervals[node], until=publish_until, rng=r, large=large, burst=burst
+                n,
+                interval=intervals[node],
+                until=publish_until,
+                rng=r,
+                large=large,
+                burst=burst,
+                supply_steps=steps,
             )
 
         seeds = tuple(s.node for s in specs if s.broker_capable) if fanout else None
@@ -404,6 +452,7 @@ def run_datacentre(
     total_order: bool = False,
     large: bool = False,
     flow: bool = False,
+    supply_steps: bool = False,
     **kwargs: Any,
 ) -> RunResult:
     """Run ``seed`` of the drawn data centre; extra keywords go to :func:`run_seed`.
@@ -421,6 +470,7 @@ def run_datacentre(
         total_order=total_order,
         large=large,
         flow=flow,
+        supply_steps=supply_steps,
     )
     opts: dict[str, Any] = {
         "nodes": nodes,
@@ -430,6 +480,7 @@ def run_datacentre(
         "total_order": total_order,
         "large": large,
         "flow": flow,
+        "supply_steps": supply_steps,
     }
     return run_seed(
         seed,

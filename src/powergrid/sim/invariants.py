@@ -148,6 +148,23 @@ class DataCentre:
     is checked."""
     flow_clusters: frozenset[int] = frozenset()
     """Clusters whose nodes run multicast flow control (a send window, rule 27)."""
+    supply_steps: tuple[tuple[float, int], ...] = ()
+    """``(t, watts)``, sorted: the supply is ``watts`` from ``t`` on (``supply`` before the
+    first); the apps tell their nodes at ``t`` (``Node.set_supply``)."""
+
+    def supply_at(self, t: float) -> int:
+        """The supply in force at ``t``."""
+        watts = self.supply
+        for at, w in self.supply_steps:
+            if at > t:
+                break
+            watts = w
+        return watts
+
+    def supply_range(self, t0: float, t1: float) -> tuple[int, int]:
+        """The least and the most supply in force at any instant of ``[t0, t1]``."""
+        values = [self.supply_at(t0)] + [w for at, w in self.supply_steps if t0 < at <= t1]
+        return min(values), max(values)
 
     @property
     def clusters(self) -> tuple[int, ...]:
@@ -1080,6 +1097,10 @@ class SupplyRespected(_Prices):
     the power guarantee's to measure (``partition``, ``lease-held``)."""
 
     name = "market-supply"
+    _CLEARED_WITHIN_S = 5.0
+    """With supply steps, a round is judged against the most supply in force this long
+    back (a lease: a round cleared before a drop may still be applied within it; what
+    its caps cost in time is the power guarantee's, with its reaction bound)."""
 
     def __init__(self, info: DataCentre) -> None:
         super().__init__(info)
@@ -1112,10 +1133,11 @@ class SupplyRespected(_Prices):
         per[node] = ev.allocation
         keys.add(key)
         total = sum(per.values())
-        if total > self.info.supply:
+        supply = self.info.supply_range(t - self._CLEARED_WITHIN_S, t)[1]
+        if total > supply:
             self.problems.append(
                 f"round {ev.round} of cluster {ev.group} epoch {ev.epoch} allocates "
-                f"{total} W > supply {self.info.supply} W"
+                f"{total} W > supply {supply} W"
             )
 
     def check_final(self, network: FuzzNetwork) -> list[str]:
@@ -1124,8 +1146,9 @@ class SupplyRespected(_Prices):
             node = node_of(network, n)
             if node is not None:
                 total += node.client.allocation or 0
-        if total > self.info.supply:
-            return [f"live clients hold {total} W > supply {self.info.supply} W at the end"]
+        supply = self.info.supply_at(network.now)
+        if total > supply:
+            return [f"live clients hold {total} W > supply {supply} W at the end"]
         return []
 
 
@@ -1159,14 +1182,15 @@ class RequiredPowerMet(_Prices):
 
     def _price(self, t: float, node: int, ev: PriceUpdated) -> None:
         at, watts = self._withheld
-        supply = self.info.supply - (watts if t - at < self._WITHHELD_S else 0)
+        least = self.info.supply_range(t - self._WITHHELD_S, t)[0]  # cleared within it
+        supply = least - (watts if t - at < self._WITHHELD_S else 0)
         if ev.local or not ev.includes_latest_bid or supply < self.info.required:
             return
         r = self.info.spec(node).bid.required
         if ev.allocation < r:
             problem = (
                 f"{_fmt(node)} got {ev.allocation} W < required {r} W at price {ev.price} "
-                f"(supply {self.info.supply} W >= sum r {self.info.required} W)"
+                f"(supply {least} W >= sum r {self.info.required} W)"
             )
             self.problems.append(problem)
             if self._found[0] != t:
@@ -1260,6 +1284,6 @@ def all_invariants(info: DataCentre, *, strict_epochs: bool = False) -> list[Any
         PriceBounds(info),
         StaleEpochRefused(info),
         PricesFresh(info),
-        PowerGuarantee(info.supply, lambda n: info.spec(n).bid),
+        PowerGuarantee(info.supply, lambda n: info.spec(n).bid, steps=info.supply_steps),
         *([TotalOrderAgreement(info, sessions)] if info.total_order else []),
     ]

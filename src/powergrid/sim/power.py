@@ -765,7 +765,8 @@ class PowerGuarantee:
     Feeds a :class:`PowerLedger` from the notifications (``NodeStarted``,
     ``NodeCrashed``, ``AllocationChanged``, ``PriceUpdated``) and fails on
     every **strict** violation as it begins (named exemptions are measured in
-    :meth:`figures`, not failed). ``bid_of(node)`` gives a starting life's bid.
+    :meth:`figures`, not failed). ``bid_of(node)`` gives a starting life's bid; ``steps``
+    (``(t, watts)``, sorted) the supply's changes after the first ``supply``.
     """
 
     name = "power-guarantee"
@@ -777,11 +778,20 @@ class PowerGuarantee:
         *,
         bounds: PowerBounds | None = None,
         network: FuzzNetwork | None = None,
+        steps: tuple[tuple[float, int], ...] = (),
     ) -> None:
         self._bid_of = bid_of
         self._network = network
         self.ledger = PowerLedger(supply, bounds=bounds, partitioned=self._split)
         self._lead_epoch = 0
+        self._steps = list(reversed(steps))  # (t, watts) still to come, the next last
+
+    def _supply_until(self, t: float) -> None:
+        """Give the ledger the supply steps up to ``t`` (before anything later)."""
+        steps = self._steps
+        while steps and steps[-1][0] <= t:
+            at, watts = steps.pop()
+            self.ledger.supply(at, watts)
 
     def _split(self) -> bool:
         return self._network is not None and self._network.partitioned
@@ -791,6 +801,8 @@ class PowerGuarantee:
         return kind in (NodeStarted, NodeCrashed, AllocationChanged, PriceUpdated, LeaderElected)
 
     def observe(self, time: float, node: NodeId, output: object) -> None:
+        if self._steps:
+            self._supply_until(time)
         ledger = self.ledger
         kind = type(output)
         if kind is AllocationChanged:
@@ -820,6 +832,8 @@ class PowerGuarantee:
         """Strict violations that began since the last check (advances to ``network.now``)."""
         if self._network is None:
             self._network = network
+        if self._steps:
+            self._supply_until(network.now)
         self.ledger.advance(network.now)
         events = self.ledger.strict_events
         if not events:
