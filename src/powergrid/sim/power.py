@@ -41,7 +41,9 @@ every change costs O(1) (amortised O(log n) for its own timers):
   the supply rises, bids fall or servers leave): the servers are owed the new level
   once the bound has passed; if any is still below it then, the bound counts as
   starved (``stale-aggregates``) from the rise. Met within the bound, it is not
-  starvation, and how long servers waited is measured (``regime_grace_server_s``).
+  starvation, and how long servers waited is measured (``regime_grace_server_s``). A
+  server at 0 W at the rise (shed below the floors) gets the bound too; past it, a
+  cap of 0 is strict as below.
 * **starved server-seconds**: the integral of the number of owed servers whose
   cap is below what they are owed. It is kept as two running counts (below r,
   below h) per exemption class, so the regime flips at no cost.
@@ -402,7 +404,7 @@ class PowerLedger:
                 and start < max(windows["stale-aggregates"], windows["departed-bids"])
                 and self._strict_at_zero()
             )
-            if start < windows["regime-grace"] and not zero:
+            if start < windows["regime-grace"]:  # a cap of 0 included: shed before the rise
                 self._grace_pending += starved * dt  # owed the new level after the bound
                 if self._grace_from is None:
                     self._grace_from = start
