@@ -738,6 +738,20 @@ def test_broker_takes_a_joiners_bid_when_the_view_names_it() -> None:
     assert b.bidders == (ME,)
 
 
+def test_broker_keeps_a_whole_clusters_bids_waiting_for_the_first_view() -> None:
+    """Broker rule (joins): at a cold start every server of a 100-server cluster bids before
+    the first view names it; all the bids wait and the view takes them all (64 did, and
+    the other 35 waited for a retry and the lead's next round)."""
+    b = active_broker()
+    b.handle(view(BROKER), 0.0)
+    clients = [NodeId(100 + i) for i in range(99)]
+    for c in clients:
+        assert b.handle(rx(c, BID.to_message(1)), 0.1) == []
+    out = b.handle(view(BROKER, *clients), 0.2)
+    assert len([a for a in out if isinstance(a, Send) and type(a.message) is wire.BidAck]) == 99
+    assert b.bidders == tuple(sorted(clients)) and b.stats.bids_waited == 99
+
+
 def test_broker_sends_the_lead_an_aggregate_at_once_when_a_view_admits_waiting_bids() -> None:
     """Broker rule (joins): when a view admits joiners whose bids waited for it, the broker
     sends the lead a new aggregate that counts them at once, not at its next round, so the
