@@ -51,6 +51,7 @@ from powergrid.sim.invariants import (
     all_invariants,
     app_payload,
 )
+from powergrid.sim.power import SupplySteps
 from powergrid.types import GroupId, Incarnation, NodeId, node_id
 
 __all__ = [
@@ -111,7 +112,7 @@ class App:
         supply_steps: tuple[tuple[float, int], ...] = (),
     ) -> None:
         self.node = node
-        self._steps = list(reversed(supply_steps))  # (t, watts) still to come, the next last
+        self._steps = SupplySteps(supply_steps)
         self._large = large
         self._burst = burst
         self._interval = interval
@@ -139,7 +140,8 @@ class App:
         node = self.node
         due = node.next_deadline()
         out = node.handle_deadline(now) if due is not None and due <= now else []
-        if self._steps and self._steps[-1][0] <= now:
+        at = self._steps.next_at
+        if at is not None and at <= now:
             self._supply(now, out)
         if self._next is not None and self._next <= now:
             for _ in range(self._burst):
@@ -190,17 +192,16 @@ class App:
 
     def _supply(self, now: float, out: list[Output]) -> None:
         """Tell the node the supply steps due by ``now`` (the last one is in force)."""
-        watts = None
-        while self._steps and self._steps[-1][0] <= now:
-            watts = self._steps.pop()[1]
-        if watts is not None:
-            out.extend(self.node.set_supply(watts, now))
+        due = self._steps.due(now)
+        if due:
+            out.extend(self.node.set_supply(due[-1][1], now))
 
     def next_deadline(self) -> float | None:
         due = self.node.next_deadline()
         nxt = self._next
-        if self._steps and (nxt is None or self._steps[-1][0] < nxt):
-            nxt = self._steps[-1][0]
+        at = self._steps.next_at
+        if at is not None and (nxt is None or at < nxt):
+            nxt = at
         if nxt is not None and (due is None or nxt < due):
             return nxt
         return due

@@ -163,6 +163,8 @@ class DataCentre:
 
     def supply_range(self, t0: float, t1: float) -> tuple[int, int]:
         """The least and the most supply in force at any instant of ``[t0, t1]``."""
+        if not self.supply_steps:  # (every price of a run without steps asks)
+            return self.supply, self.supply
         values = [self.supply_at(t0)] + [w for at, w in self.supply_steps if t0 < at <= t1]
         return min(values), max(values)
 

@@ -103,6 +103,7 @@ __all__ = [
     "PowerFigures",
     "PowerGuarantee",
     "PowerLedger",
+    "SupplySteps",
     "describe",
 ]
 
@@ -397,23 +398,24 @@ class PowerLedger:
                 why = self._overload_excuse(start)
                 self._over_by[why] += excess * (dt - inside)
                 strict_over = why == STRICT
+        windows = self._windows
+        if counts is not None and starved and start < windows["regime-grace"]:
+            # owed the new level after the bound, a cap of 0 included (shed before the rise)
+            self._grace_pending += starved * dt
+            if self._grace_from is None:
+                self._grace_from = start
+            counts, starved = None, 0
         if counts is not None and starved:
-            windows = self._windows
             zero = (
                 counts[STRICT] > 0
                 and start < max(windows["stale-aggregates"], windows["departed-bids"])
                 and self._strict_at_zero()
             )
-            if start < windows["regime-grace"]:  # a cap of 0 included: shed before the rise
-                self._grace_pending += starved * dt  # owed the new level after the bound
-                if self._grace_from is None:
-                    self._grace_from = start
-                counts, starved = None, 0
-            elif start < windows["stale-aggregates"] and not zero:
+            if start < windows["stale-aggregates"] and not zero:
                 self._starved["stale-aggregates"] += starved * dt
                 counts = None
             else:
-                if counts[STRICT] and start < self._windows["departed-bids"] and not zero:
+                if counts[STRICT] and start < windows["departed-bids"] and not zero:
                     counts = dict(counts)
                     counts["departed-bids"] = counts.pop(STRICT)
                     counts[STRICT] = 0
@@ -761,6 +763,33 @@ class PowerLedger:
         )
 
 
+class SupplySteps:
+    """Supply steps ``(t, watts)`` (sorted by ``t``) still to come; true while any is.
+    The fuzz apps give their nodes the steps due (``Node.set_supply``), and
+    :class:`PowerGuarantee` its ledger, each from one of these."""
+
+    __slots__ = ("_pending",)
+
+    def __init__(self, steps: tuple[tuple[float, int], ...]) -> None:
+        self._pending = list(reversed(steps))  # the next last
+
+    def __bool__(self) -> bool:
+        return bool(self._pending)
+
+    @property
+    def next_at(self) -> float | None:
+        """When the next step is due (None: no more)."""
+        return self._pending[-1][0] if self._pending else None
+
+    def due(self, t: float) -> list[tuple[float, int]]:
+        """Take the steps due at or before ``t``, in order."""
+        pending = self._pending
+        out = []
+        while pending and pending[-1][0] <= t:
+            out.append(pending.pop())
+        return out
+
+
 class PowerGuarantee:
     """The power guarantee in time as an invariant (the fuzz harness and the simulator).
 
@@ -786,13 +815,11 @@ class PowerGuarantee:
         self._network = network
         self.ledger = PowerLedger(supply, bounds=bounds, partitioned=self._split)
         self._lead_epoch = 0
-        self._steps = list(reversed(steps))  # (t, watts) still to come, the next last
+        self._steps = SupplySteps(steps)
 
     def _supply_until(self, t: float) -> None:
         """Give the ledger the supply steps up to ``t`` (before anything later)."""
-        steps = self._steps
-        while steps and steps[-1][0] <= t:
-            at, watts = steps.pop()
+        for at, watts in self._steps.due(t):
             self.ledger.supply(at, watts)
 
     def _split(self) -> bool:
