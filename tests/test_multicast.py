@@ -1719,6 +1719,33 @@ def test_origin_holds_its_messages_while_it_keeps_an_origin_its_view_does_not_li
     assert m.buffer_size == 0
 
 
+def test_coordinator_starts_the_hold_before_the_first_digest_of_a_view_without_a_member() -> None:
+    """Rule 28 at a view change: the coordinator's hold begins before the view's first
+    Stable, which it applies to its own stream at once. Here B, cut off, missed A's 1..2;
+    the view without B finds them stable (C has them), yet A keeps them and answers B's
+    Nak once B is back. (Before, the hold began after that digest had dropped them, above
+    them: fuzz seed 26,202,255 at 20 servers with --supply-steps, where the coordinator
+    9013 dropped its #4 in the view without 9011 and 9011, back 0.3 s later, never got
+    it, nor #5-#9 behind it.)"""
+    m = machine(me=A)
+    m.handle(view(A, B, ME, leader=A), 0.0)
+    m.handle(data(1, sender=B), 0.05)  # A keeps a life of B
+    for _ in range(2):
+        m.handle(Publish(kind=0, payload=b"x"), 0.1)
+    assert m.handle(recv(ME, Status(view_id=1, entries=(StatusEntry(A, 1, 2, 0),))), 0.2) == []
+    digest = StableEntry(A, 1, 2, 2), StableEntry(B, 1, 0, 1)  # A's 1..2 stable without B
+    assert m.handle(view(A, ME, leader=A, view_id=2), 0.5) == [
+        Multicast(message=Stable(view_id=2, entries=digest))
+    ]
+    assert m.buffer_size == 3  # B's 1, and A's own 1..2 held
+    m.handle(view(A, B, ME, leader=A, view_id=3), 1.0)  # B is back
+    nak = Nak(origin=A, origin_incarnation=1, first=1, last=2)
+    assert m.handle(recv(B, nak), 1.1) == [
+        Send(to=B, message=Xmit(origin=A, origin_incarnation=1, seq=s, kind=0, payload=b"x"))
+        for s in (1, 2)
+    ]
+
+
 def test_a_view_that_admits_a_member_restarts_the_grace_of_retired_lives() -> None:
     """Rule 29: a retired life is kept flush_grace from the last view that admitted a
     member, not only from the restart: a member that comes back may hold the old life's

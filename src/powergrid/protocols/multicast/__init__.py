@@ -85,7 +85,8 @@ there, up to ``max_nak_range`` ahead, so its next message is not dropped as a
 duplicate (``overtaken``, rule 26).
 
 *The origin's hold (rule 28).* While the machine keeps a DEPARTING life (an
-origin its view does not list) and for ``flush_grace`` after the last, it keeps its
+origin its view does not list; from the view change itself, before that view's
+first digest) and for ``flush_grace`` after the last, it keeps its
 own messages buffered even once stable (at most ``max_buffer``): a view without
 some of the nodes that receive its stream (itself alone, at worst) finds them stable
 at once, and those nodes, back in a view with it, could otherwise only skip them.
