@@ -106,6 +106,7 @@ REGRESSIONS: dict[tuple[int | None, int], str] = {
     (None, 24000741): "multicast-agreement",  # judged at a member never in a view with it
     (None, 24006660): "market-supply",  # an old broker life's cap counted with the new's
     (None, 24012298): "market-supply",  # the same
+    (None, 30000253): "multicast-agreement",  # the origin's hold began after its own digest
 }
 """Seeds outside SUITE that once failed, with what failed. ``None``: the size is drawn
 and the phases are the 100,000-seed run's (``powergrid fuzz --replay SEED``)."""
@@ -205,6 +206,25 @@ def test_lease_phase_regression_seeds(seed: int) -> None:
     round 1; its clients, which had applied round 12 of the dead life, refused them for
     the last 10.7 s of the run (client rule *broker lives*)."""
     assert_ok(run_datacentre(seed, safety_s=15.0))
+
+
+STEPS_REGRESSIONS: dict[tuple[int | None, float, int], str] = {
+    (None, 15.0, 26300012): "power-guarantee",  # a crashed server's cap, then a supply drop
+    (None, 15.0, 26300049): "power-guarantee",  # the same
+    (20, 5.0, 26202255): "multicast-agreement",  # the origin's hold began after its digest
+}
+"""(size or None, safety phase, seed) -> what failed with supply steps (``powergrid fuzz
+--replay SEED --supply-steps`` with ``--nodes`` and ``--safety`` as keyed)."""
+
+
+@pytest.mark.parametrize(("nodes", "safety", "seed"), sorted(STEPS_REGRESSIONS, key=str))
+def test_supply_steps_regression_seeds(nodes: int | None, safety: float, seed: int) -> None:
+    """Supply-steps campaign seeds that failed before a fix stay fixed. 26,300,012: a
+    server crashed holding a surplus cap, the supply fell, and the lead, counting its bid
+    at the new price, gave the others the watts it still drew (broker, *caps held for
+    departed members*). 26,202,255: an origin dropped its own message as stable in a view
+    without a cut-off member before its hold for that member began (multicast rule 28)."""
+    assert_ok(run_datacentre(seed, nodes=nodes, safety_s=safety, supply_steps=True))
 
 
 TOTAL_ORDER_REGRESSIONS: dict[int, str] = {

@@ -29,6 +29,7 @@ from powergrid.protocols.market import (
     BidChanged,
     BrokerConfig,
     BrokerMachine,
+    CapHeld,
     ClearingResult,
     ClientConfig,
     ClientMachine,
@@ -41,6 +42,7 @@ from powergrid.protocols.market import (
     SteppedDown,
     SupplyChanged,
     aggregate,
+    aggregate_ladders,
     allocate,
     totals_to_message,
 )
@@ -717,6 +719,88 @@ def test_broker_drops_the_bid_of_a_graceful_leaver_at_once() -> None:
             message=totals_to_message(aggregate([BID2], GRID), cluster=1, epoch=1, seq=1),
         )
     ]
+
+
+def _priced_twice(b: BrokerMachine) -> None:
+    """ME and OTHER bid; round 5 (level 3) gives ME 162 W at 1.1 s, round 6 (level 5, a
+    higher price) 112 W at 2.1 s."""
+    b.handle(view(ME, OTHER, BROKER), 0.0)
+    b.handle(rx(ME, BID.to_message(1)), 0.1)
+    b.handle(rx(OTHER, BID2.to_message(1)), 0.1)
+    b.handle(DL, 1.0)
+    b.handle(rx(LEAD, cleared(b, round=5)), 1.1)
+    b.handle(DL, 2.0)
+    b.handle(rx(LEAD, cleared(b, round=6, level=5)), 2.1)
+
+
+HELD = Bid(floor=162, required=162, maximum=200, priority=1)
+"""BID with ME's held cap, 162 W, as its floor, r and every rung below it."""
+
+
+def held_aggregate(seq: int) -> Send:
+    ladder = tuple(max(w, 162) for w in BID.ladder(GRID))
+    totals = aggregate_ladders([(HELD, ladder), (BID2, BID2.ladder(GRID))], GRID)
+    return Send(to=LEAD, message=totals_to_message(totals, cluster=1, epoch=1, seq=seq))
+
+
+def test_broker_holds_the_cap_a_crashed_member_may_still_draw() -> None:
+    """Broker rule (caps held for departed members): a member removed as crashed may still
+    draw the most a price of the last ``hold_for`` (5.5 s) gave it (it applied round 5's
+    162 W and died before round 6's 112 W, or did not): from its departure until
+    ``hold_for`` after the last price, the aggregates count it as demanding at least that
+    at every price, the first at once (``raise_gather`` later), and ``CapHeld`` says so
+    (fuzz seed 26,300,012 with supply steps: the lead counted a crashed server's bid at the
+    price after a supply drop and gave the others the watts it still drew, 78 W over). Back
+    in the view in the same life, it hears our prices again: the hold ends, and the next
+    aggregate goes at once."""
+    b = active_broker()
+    _priced_twice(b)
+    assert allocate(BID, ClearingResult.checked(cleared(b, round=5), GRID), GRID) == 162  # type: ignore[arg-type]
+    assert b.handle(view(OTHER, BROKER), 2.5) == []
+    assert b.handle(MemberLeft(group=CL, node=ME, reason="crashed"), 2.5) == [
+        CapHeld(group=CL, node=ME, watts=162, until=7.6)
+    ]
+    assert b.stats.caps_held == 1
+    assert b.next_deadline() == 2.52
+    assert b.handle(DL, 2.52) == [held_aggregate(3)]  # beyond the budget: the lead clears
+    assert b.handle(DL, 3.0) == [held_aggregate(4)]
+    assert b.handle(view(ME, OTHER, BROKER), 3.5) == [
+        CapHeld(group=CL, node=ME, watts=0, until=3.5)
+    ]
+    expected = totals_to_message(aggregate([BID, BID2], GRID), cluster=1, epoch=1, seq=5)
+    out = b.handle(DL, 3.52)  # and within the budget of round 6, a local price at once
+    assert out[0] == Send(to=LEAD, message=expected) and len(out) == 2
+    local = out[1]
+    assert type(local) is Multicast and type(local.message) is wire.Price
+    assert (local.message.flags, local.message.aggregate) == (wire.Price.FLAG_LOCAL, 5)
+
+
+def test_broker_holds_a_replaced_lifes_cap_until_a_price_counts_the_new_life() -> None:
+    """Broker rule (caps held): a restarted node inherits its old life's cap until its new
+    life applies a price, so a view naming a newer life holds the old life's cap, until a
+    price of an aggregate that counts the new life's bid goes out; a hold never outlives
+    ``hold_for`` after the last price, and the bid of a node gone for good counts as
+    exactly the held cap once it has expired."""
+    b = active_broker()
+    _priced_twice(b)
+    members = (Member(node=ME, incarnation=Incarnation(2)), Member(node=OTHER, incarnation=INC))
+    new_life = ViewChanged(
+        view=View(group=CL, view_id=2, leader=BROKER, epoch=Epoch(1), members=members)
+    )
+    assert b.handle(new_life, 2.5) == [CapHeld(group=CL, node=ME, watts=162, until=7.6)]
+    assert b.bidders == (OTHER,)
+    only_held = aggregate_ladders(
+        [(Bid(floor=162, required=162, maximum=162), (162,) * 7), (BID2, BID2.ladder(GRID))], GRID
+    )
+    assert b.handle(DL, 2.52) == [
+        Send(to=LEAD, message=totals_to_message(only_held, cluster=1, epoch=1, seq=3))
+    ]
+    assert b.handle(rx(ME, BID.to_message(1), incarnation=2), 2.6) == [ack(1, 4)]
+    assert b.handle(DL, 3.0) == [held_aggregate(4)]
+    entry = wire.ClearingEntry(cluster=1, epoch=1, aggregate=4, budget=0)
+    out = b.handle(rx(LEAD, cleared(b, round=7, entries=(entry,))), 3.1)
+    assert out[1:] == [CapHeld(group=CL, node=ME, watts=0, until=3.1)]
+    assert [type(a) for a in out] == [Multicast, CapHeld]
 
 
 def test_broker_takes_a_joiners_bid_when_the_view_names_it() -> None:

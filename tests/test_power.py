@@ -9,7 +9,7 @@ import pytest
 
 from powergrid import node as node_mod
 from powergrid.events import LeaderElected
-from powergrid.protocols.market import Bid
+from powergrid.protocols.market import Bid, CapHeld
 from powergrid.protocols.market.broker import BrokerMachine
 from powergrid.protocols.market.client import ClientMachine
 from powergrid.sim.fuzzing import run_datacentre
@@ -113,6 +113,32 @@ def test_an_admitted_server_below_r_is_starved_while_the_supply_covers_r() -> No
     f = ledger.figures(4.0)
     assert f.starved_server_s == pytest.approx(2.0) == f.strict_starved_server_s
     assert f.intervals == ((1.0, 3.0),)
+
+
+def test_below_r_while_a_broker_holds_a_departed_members_cap_is_held_cap() -> None:
+    """Rule (``held-cap``): while a broker holds a departed member's cap (``CapHeld``), the
+    level owed is what the supply less the holds (beyond that node's own r, h in the owed
+    sums) pays. Server 3, cut off (alive, r 50), may hold 90 W for all its broker knows:
+    of 200 W, 110 W are left for servers 1 and 2 (sum r 100 fits) but 1 at 40 W is owed
+    r: strict. With 3 holding 130 W, 70 W are left (sum h 40 fits, sum r does not): 1 at
+    40 W is held-cap, not starved strictly; the hold's release is a rise of the owed
+    level (``stale-aggregates`` within ``regime_s``)."""
+    ledger = PowerLedger(200, bounds=PowerBounds(admission_s=0.0))
+    for n in (1, 2, 3):
+        admitted(ledger, 0.0, n, 50)
+    ledger.held(1.0, CapHeld(group=1, node=3, watts=90, until=9.0))
+    ledger.cap(1.0, 1, 40)
+    ledger.advance(2.0)
+    assert ledger.figures(2.0).strict_starved_server_s == pytest.approx(1.0)
+    ledger.held(2.0, CapHeld(group=1, node=3, watts=130, until=9.0))
+    ledger.advance(3.0)
+    f = ledger.figures(3.0)
+    assert f.strict_starved_server_s == pytest.approx(1.0)
+    assert f.exempt["held-cap"]["starved_server_seconds"] == pytest.approx(1.0)
+    ledger.held(3.0, CapHeld(group=1, node=3, watts=0, until=3.0))
+    f = ledger.figures(4.0)
+    assert f.exempt["held-cap"]["starved_server_seconds"] == pytest.approx(1.0)
+    assert f.exempt["stale-aggregates"]["starved_server_seconds"] == pytest.approx(1.0)
 
 
 def test_unadmitted_beyond_the_bound_is_starved_from_its_start() -> None:

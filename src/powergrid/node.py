@@ -41,7 +41,8 @@ knows no message or notification by name:
   cluster: join or leave the broker group; ``Deliver``/``DeliverUnicast``:
   unwrap; ``ViewChanged``: pass it on, then a ``MemberJoined`` / ``MemberLeft``
   for each other member that came or went, with the reason ``MemberRemoved``
-  gave, and a graceful leaver's ``MemberLeft`` to the broker too: its bid goes),
+  gave, and every ``MemberLeft`` to the broker too: a leaver's bid goes, a crashed
+  member's cap is held),
   and whether the app gets it as it is (all but those three).
 
 A machine is named by its role (:data:`UNICAST` ... :data:`LEAD`), an index
@@ -1195,8 +1196,9 @@ class Node:
             if node != me:
                 left = MemberLeft(group=stack.group, node=node, reason=removed.get(node, "unknown"))
                 out.append(left)
-                if left.reason == "left":  # powered off: its broker stops counting its bid
-                    self._run_market(self._call(broker, left, now), now, out)
+                # its broker stops counting a leaver's bid, and holds the cap a crashed
+                # or cut-off member may still draw out of its budget
+                self._run_market(self._call(broker, left, now), now, out)
         removed.clear()
 
     def _on_removed(

@@ -49,12 +49,12 @@ from powergrid.events import LeaderElected, ViewChanged
 from powergrid.node import MessageDelivered, Node
 from powergrid.protocols.election import ElectionStarted
 from powergrid.protocols.fragments import fragment_count
-from powergrid.protocols.market import Bid, Grid, MarketCleared
+from powergrid.protocols.market import Bid, CapHeld, Grid, MarketCleared
 from powergrid.protocols.market.client import PriceUpdated
 from powergrid.protocols.membership import Left, MemberRemoved
 from powergrid.protocols.order import MAX_ORDERED_PAYLOAD, ORDERED_FRAGMENT_DATA
 from powergrid.sim.fuzz import FuzzNetwork, NodeCrashed, NodeStarted
-from powergrid.sim.power import PowerGuarantee
+from powergrid.sim.power import HeldCaps, PowerGuarantee
 from powergrid.types import BROKER_GROUP, GroupId, Incarnation, NodeId, format_node
 
 __all__ = [
@@ -1161,7 +1161,11 @@ class RequiredPowerMet(_Prices):
     The supply that counts is what the lead may grant: less the watts a lead round
     within the last ``_WITHHELD_S`` held back for budgets still in force on their
     leases and for the join reserve (``MarketCleared.held`` and ``join_reserve``;
-    the power guarantee, instant by instant, checks what those cost the servers)."""
+    the power guarantee, instant by instant, checks what those cost the servers), and
+    less what brokers hold for departed members beyond their ``r`` (``CapHeld``; the
+    power guarantee's ``held-cap``): no protocol can cut a dead server, so the supply
+    left cannot cover every live ``r`` (seed 26,300,012 with supply steps: a server
+    crashed holding a surplus cap)."""
 
     name = "market-required"
     _WITHHELD_S = 2.0  # a price follows its lead round within a round or two
@@ -1171,6 +1175,10 @@ class RequiredPowerMet(_Prices):
         self._on[MarketCleared] = self._cleared
         self._withheld: tuple[float, int] = (-1e9, 0)
         self._found: tuple[float, list[str]] = (-1e9, [])  # problems found at one instant
+        # counted _WITHHELD_S past their end, like the lead's held watts: a clearing of an
+        # aggregate that held one may be priced a round or two later
+        self._holds = HeldCaps(linger=self._WITHHELD_S)
+        self._on[CapHeld] = lambda t, node, ev: self._holds.note(t, ev)
 
     def _cleared(self, t: float, node: int, ev: MarketCleared) -> None:
         if ev.held or ev.join_reserve:
@@ -1182,10 +1190,16 @@ class RequiredPowerMet(_Prices):
                 self.problems = [p for p in self.problems if p not in found]
                 self._found = (t, [])
 
+    def _held_above_r(self, t: float) -> int:
+        spec = self.info.spec
+        return sum(max(0, w - spec(n).bid.required) for n, w in self._holds.most(t).items())
+
     def _price(self, t: float, node: int, ev: PriceUpdated) -> None:
         at, watts = self._withheld
         least = self.info.supply_range(t - self._WITHHELD_S, t)[0]  # cleared within it
         supply = least - (watts if t - at < self._WITHHELD_S else 0)
+        if self._holds:
+            supply -= self._held_above_r(t)
         if ev.local or not ev.includes_latest_bid or supply < self.info.required:
             return
         r = self.info.spec(node).bid.required

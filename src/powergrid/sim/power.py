@@ -68,7 +68,13 @@ A starved server is classed by why:
   bound (counted from the rise), within ``regime_s`` of it, or
   of any owed r falling (the lead clears on aggregates up to two rounds old);
 * ``departed-bids``: within ``bid_timeout_s`` of a crash or leave (the broker
-  still counts the departed bid).
+  still counts the departed bid);
+* ``held-cap``: a broker holds the cap of a member gone without powering off
+  (``CapHeld``: it may still draw the most a recent price gave it, and nobody
+  confirmed a cut), and the supply less those holds (beyond what the owed sums
+  count of those nodes already) does not cover the owed level. No protocol can
+  tell a member that crashed after applying its last price from one cut off
+  before: giving the others their ``r`` overloads the supply in the first case.
 
 An overload beyond the reaction bound is classed, in this order:
 ``partition`` (while the network is split, and one lease after),
@@ -92,13 +98,14 @@ from typing import Any
 import attrs
 
 from powergrid.events import LeaderElected
-from powergrid.protocols.market import Bid
+from powergrid.protocols.market import Bid, CapHeld
 from powergrid.protocols.market.client import AllocationChanged, PriceUpdated
 from powergrid.sim.fuzz import FuzzNetwork, NodeCrashed, NodeStarted
 from powergrid.types import BROKER_GROUP, NodeId
 
 __all__ = [
     "EXEMPTIONS",
+    "HeldCaps",
     "PowerBounds",
     "PowerFigures",
     "PowerGuarantee",
@@ -117,14 +124,15 @@ _OVERLOAD_EXCUSES = (
     "missed-price",
     "lease-held",
 )
-_STARVED_EXCUSES = ("stale-aggregates", "departed-bids")
+_STARVED_EXCUSES = ("stale-aggregates", "departed-bids", "held-cap")
 _WINDOWS = (
     "partition",
     "lead-change",
     "supply-drop",
     "raise-before-cut",
     "regime-grace",
-    *_STARVED_EXCUSES,
+    "stale-aggregates",
+    "departed-bids",
 )
 EXEMPTIONS = (
     "unadmitted",
@@ -135,6 +143,35 @@ EXEMPTIONS = (
     *_OVERLOAD_EXCUSES,
 )
 """The named exemptions of the strict check (see the module docstring)."""
+
+
+class HeldCaps:
+    """The caps brokers hold for departed members (``CapHeld``): the most per node, each
+    counted until its end plus ``linger`` (a release ends it now, plus ``linger``)."""
+
+    def __init__(self, linger: float = 0.0) -> None:
+        self._linger = linger
+        self._holds: dict[tuple[int, int], tuple[int, float]] = {}  # (group, node) -> W, end
+
+    def __bool__(self) -> bool:
+        return bool(self._holds)
+
+    def note(self, t: float, ev: CapHeld) -> None:
+        key = (ev.group, ev.node)
+        if ev.watts:
+            self._holds[key] = (ev.watts, ev.until + self._linger)
+        elif key in self._holds:
+            self._holds[key] = (self._holds[key][0], t + self._linger)
+
+    def most(self, t: float) -> dict[int, int]:
+        """Node -> the most any broker holds for it at ``t``."""
+        holds = self._holds
+        for key in [k for k, (_, end) in holds.items() if end <= t]:
+            del holds[key]
+        out: dict[int, int] = {}
+        for (_, node), (watts, _) in holds.items():
+            out[node] = max(out.get(node, 0), watts)
+        return out
 
 
 @attrs.frozen(kw_only=True)
@@ -298,8 +335,26 @@ class PowerLedger:
         self.strict_events: list[str] = []
         """Descriptions of strict violations as they begin (the invariant drains it)."""
         self._strict_on = False
+        self._holds = HeldCaps()
 
     # ------------------------------------------------------------- state
+
+    def held(self, t: float, ev: CapHeld) -> None:
+        """A broker holds a departed member's cap, or released it (see ``held-cap``)."""
+        self.advance(t)
+        self._holds.note(t, ev)
+
+    def _held_beyond(self, t: float, level: int) -> int:
+        """Watts the brokers hold for departed members beyond what the owed sums of
+        ``level`` (2: r, 1: h) already count of those nodes (see ``held-cap``)."""
+        beyond = 0
+        for node, watts in self._holds.most(t).items():
+            srv = self._servers.get(node)
+            counted = 0  # a live server's r (h) is in the owed or the joining sums
+            if srv is not None and srv.live:
+                counted = srv.required if level == 2 else srv.floor
+            beyond += max(0, watts - counted)
+        return beyond
 
     def _starving(self) -> tuple[dict[str, int] | None, int]:
         """The below-counts that apply now, and the total starved count."""
@@ -377,6 +432,8 @@ class PowerLedger:
         start = self._t
         excess = self.cap_sum - self.supply_w
         counts, starved = self._starving()
+        if counts is not None and starved and self._holds:
+            counts, starved = self._after_holds(start, counts, starved, dt)
         if self._join_r and self.supply_w >= self._sum_r and counts is not self._below_r:
             # judged over the admitted servers alone, r would be owed here (see "owed")
             literal = sum(self._below_r.values()) - starved
@@ -441,6 +498,24 @@ class PowerLedger:
             self.strict_events.append(f"from t={start:.3f}: {what}")
         self._strict_on = strict
         self._t = t
+
+    def _after_holds(
+        self, start: float, counts: dict[str, int], starved: int, dt: float
+    ) -> tuple[dict[str, int] | None, int]:
+        """The below-counts left once the level the supply less the brokers' holds can
+        pay is owed; the servers only the holds keep from their level are ``held-cap``."""
+        s = self.supply_w
+        if counts is self._below_r:
+            if s - self._held_beyond(start, 2) >= self._sum_r + self._join_r:
+                return counts, starved
+            if s - self._held_beyond(start, 1) >= self._sum_h + self._join_h:
+                left = sum(self._below_h.values())
+                self._starved["held-cap"] += (starved - left) * dt
+                return (self._below_h, left) if left else (None, 0)
+        elif s - self._held_beyond(start, 1) >= self._sum_h + self._join_h:
+            return counts, starved
+        self._starved["held-cap"] += starved * dt
+        return None, 0
 
     def _strict_at_zero(self) -> bool:
         """Whether an admitted, counted server owed power has a cap of 0: no stale aggregate
@@ -827,7 +902,14 @@ class PowerGuarantee:
 
     def watches(self, kind: type) -> bool:
         """The notification types :meth:`observe` acts on."""
-        return kind in (NodeStarted, NodeCrashed, AllocationChanged, PriceUpdated, LeaderElected)
+        return kind in (
+            NodeStarted,
+            NodeCrashed,
+            AllocationChanged,
+            PriceUpdated,
+            LeaderElected,
+            CapHeld,
+        )
 
     def observe(self, time: float, node: NodeId, output: object) -> None:
         if self._steps:
@@ -851,6 +933,8 @@ class PowerGuarantee:
             ledger.crashed(time, node)
         elif kind is LeaderElected:
             self._elected(time, output)  # type: ignore[arg-type]
+        elif kind is CapHeld:
+            ledger.held(time, output)  # type: ignore[arg-type]
 
     def _elected(self, time: float, out: LeaderElected) -> None:
         if out.group == BROKER_GROUP and out.epoch > self._lead_epoch:

@@ -16,7 +16,7 @@ from powergrid.protocols.market.bids import (
     Corner,
     Grid,
 )
-from powergrid.protocols.market.broker import BrokerConfig, BrokerMachine, BrokerStats
+from powergrid.protocols.market.broker import BrokerConfig, BrokerMachine, BrokerStats, CapHeld
 from powergrid.protocols.market.clearing import (
     FILL_ONE,
     FLOORS_CUT,
@@ -63,6 +63,7 @@ __all__ = [
     "BrokerConfig",
     "BrokerMachine",
     "BrokerStats",
+    "CapHeld",
     "ClearingResult",
     "ClientConfig",
     "ClientMachine",

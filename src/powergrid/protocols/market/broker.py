@@ -45,6 +45,22 @@ a crashed server's bid holds its share for up to ``bid_timeout``. A node that
 left **gracefully** (``MemberLeft`` with reason ``"left"``, after the view
 without it) has powered off and never takes a share again: its bid goes at once.
 
+**Caps held for departed members.** A member removed as crashed (or gone
+unannounced, or replaced by a newer life) may still draw the cap of the last price
+it applied, until that price's lease ends: a dead agent cannot apply a cut, and a
+restarted one inherits its old life's lease until its new life applies a price. The
+broker keeps the results it priced in the last ``hold_for`` seconds; when such a
+member goes, its **held cap** is the most any of them gave its bid, and until
+``hold_for`` after the last price it sent, the aggregates count that node as
+demanding at least that much at every price (its ladder, ``h``, ``r`` and ``m``
+raised to it; a node whose bid expired counts as exactly that). So the cluster's
+budget pays for the watts it may still draw, and the others' caps come down to make
+room (at once within the budget, by a local price, or by the lead's clearing, which
+the aggregate reaches at once): nobody is given watts whose cut nobody confirmed.
+(Fuzz seeds 26,300,012 and 26,300,049 with supply steps: a server crashed holding a
+surplus cap, the supply fell, and the lead, counting its bid at the new price, gave
+the survivors the watts it still drew, up to 78 W over the supply for 2 s.)
+
 **Driving.** Inputs: ``LeaderElected``, ``ViewChanged``, ``MemberLeft``, ``Received`` and
 ``DeadlineReached``. Outputs: ``Send(client, BidAck)``, ``Send(lead, Aggregate)``,
 ``Send(lead, Clearing)`` (forwarded to a new lead) and ``Multicast(Price)``. A new
@@ -81,7 +97,8 @@ price never renews a lease (the lead's hold of the old budget ends with it).
 
 **Timeouts.** ``round_interval`` (1 s), ``bid_timeout`` (6 s; make it exceed
 the clients' refresh interval, 2 s by default, at least twice), ``lead_timeout``
-(3 s, more than ``round_interval``).
+(3 s, more than ``round_interval``), ``hold_for`` (5.5 s: the clients' ``lease``
+plus a margin for the price's delivery).
 """
 
 from __future__ import annotations
@@ -119,7 +136,7 @@ from powergrid.protocols.market.clearing import (
 from powergrid.protocols.market.repeat import Repeater, check_round_settings, earliest
 from powergrid.types import BROKER_GROUP, Epoch, GroupId, Incarnation, NodeId
 
-__all__ = ["BrokerConfig", "BrokerMachine", "BrokerStats"]
+__all__ = ["BrokerConfig", "BrokerMachine", "BrokerStats", "CapHeld"]
 
 _MAX_WAITING = 1024
 """Bids of nodes not in the view yet kept for the view that may name them (one each): a
@@ -160,6 +177,9 @@ class BrokerConfig:
     """Each price and aggregate is sent once more this much later (s; 0: never; see ``repeat``)."""
     raise_gather: float = attrs.field(default=0.02, validator=real)
     """A raise is repriced this long after it arrives, with the others of that instant (s)."""
+    hold_for: float = attrs.field(default=5.5, validator=real)
+    """A departed member's cap is held this long after the last price (s; at least the
+    clients' ``lease`` plus a price's delivery; see "Caps held for departed members")."""
 
     def __attrs_post_init__(self) -> None:
         if not self.round_interval > 0:
@@ -181,6 +201,8 @@ class BrokerConfig:
             raise config_problem(
                 self, f"republish_within must be >= 0 s, got {self.republish_within}"
             )
+        if not self.hold_for > 0:
+            raise config_problem(self, f"hold_for must be > 0 s, got {self.hold_for}")
         if not 0 < self.raise_gather < self.round_interval:
             raise config_problem(
                 self, f"raise_gather must be in (0, round_interval) s, got {self.raise_gather}"
@@ -196,9 +218,12 @@ class BrokerStats:
     bids_expired: int = 0
     bids_left: int = 0
     bids_departed: int = 0
+    """Bids dropped at once because their node left gracefully (it powered off)."""
     bids_waited: int = 0
     """Bids of a joining node that came before the view naming it, taken when it did."""
-    """Bids dropped at once because their node left gracefully (it powered off)."""
+    caps_held: int = 0
+    """Departed members (crashed, gone unannounced, replaced) whose cap is held out of the
+    budget until its lease ends (see "Caps held for departed members")."""
     aggregates_sent: int = 0
     aggregates_early: int = 0
     """Aggregates sent at a view that admitted joiners whose bids waited for it, besides
@@ -228,6 +253,28 @@ class BrokerStats:
     dropped_unexpected: int = 0
 
 
+@attrs.frozen(kw_only=True)
+class CapHeld:
+    """Notification: the broker of ``group`` holds ``watts`` out of its budget for
+    ``node``, a member gone without powering off, until ``until`` (see "Caps held for
+    departed members"); ``watts`` 0: the hold ended before that (the node is back in
+    the view, or a price counts its new life)."""
+
+    group: GroupId
+    node: NodeId
+    watts: int
+    until: float
+
+
+@attrs.frozen
+class _Hold:
+    """A departed member's cap, counted until ``until`` (see "Caps held ...")."""
+
+    cap: int
+    until: float
+    incarnation: Incarnation  # the life that holds it
+
+
 @attrs.define
 class _Held:
     incarnation: Incarnation
@@ -252,6 +299,7 @@ class BrokerMachine(Dispatching):
         "_cluster",
         "_config",
         "_heard",
+        "_holds",
         "_kept",
         "_lead_heard_at",
         "_lead_round",
@@ -261,6 +309,7 @@ class BrokerMachine(Dispatching):
         "_me",
         "_members",
         "_price_round",
+        "_priced",
         "_raised",
         "_recent",
         "_repeat",
@@ -315,6 +364,8 @@ class BrokerMachine(Dispatching):
         self._reprice_at: float | None = None  # when the raises gathered are repriced
         self._heard: tuple[wire.Price, float] | None = None  # last Price of our cluster, when
         self._kept: list[wire.Clearing] = []  # the last lead round's datagrams, for a new lead
+        self._priced: list[tuple[float, ClearingResult]] = []  # within hold_for, oldest first
+        self._holds: dict[NodeId, _Hold] = {}  # departed members' caps in force
 
     # ------------------------------------------------------------ read-only state
 
@@ -402,15 +453,19 @@ class BrokerMachine(Dispatching):
         if view.group != self._cluster:
             return []
         self._members = member_maps(view.members)[1]  # shared: read only
+        out: list[object] = []
+        for node in sorted(
+            n for n, h in self._holds.items() if self._members.get(n) == h.incarnation
+        ):
+            out.append(self._release(node, now))  # back in the view: it hears our prices
         for node in sorted(self._bids):
             # Only a newer life in the view proves the bidder dead; a node out of
             # the view may be alive and still count on its bid: it stays until it
             # expires (see "A bid counts until it expires").
             incarnation = self._members.get(node)
             if incarnation is not None and incarnation != self._bids[node].incarnation:
-                del self._bids[node]
+                out += self._hold(node, self._bids.pop(node), now)  # a restart inherits it
                 self.stats.bids_left += 1
-        out: list[object] = []
         accepted = self.stats.bids_accepted
         for node in sorted(self._waiting):  # joiners whose bid came before this view
             rx, bid, heard = self._waiting[node]
@@ -428,19 +483,23 @@ class BrokerMachine(Dispatching):
         return out
 
     def _on_member_left(self, ev: MemberLeft, now: float) -> list[object]:
-        # A graceful leave: the node powered off, so it draws nothing and will never
-        # take a share of a price again (a new life bids anew): its bid goes at once
-        # instead of holding its share until it expires (see "A bid counts until it
-        # expires", which is about nodes that may still be alive).
+        node = ev.node
+        held = self._bids.get(node)
         if (
-            ev.group == self._cluster
-            and ev.reason == "left"
-            and ev.node in self._bids
-            and (self._members is None or ev.node not in self._members)
+            ev.group != self._cluster
+            or held is None
+            or (self._members is not None and node in self._members)
         ):
-            del self._bids[ev.node]
+            return []
+        if ev.reason == "left":
+            # A graceful leave: the node powered off, so it draws nothing and will never
+            # take a share of a price again (a new life bids anew): its bid goes at once
+            # instead of holding its share until it expires (see "A bid counts until it
+            # expires", which is about nodes that may still be alive).
+            del self._bids[node]
             self.stats.bids_departed += 1
-        return []
+            return []
+        return self._hold(node, held, now)
 
     def _on_received(self, ev: Received, now: float) -> list[object]:
         msg = ev.message
@@ -557,9 +616,9 @@ class BrokerMachine(Dispatching):
         self._budget = entry.budget
         self._budget_from = (msg.epoch, msg.round)
         self._local_regime = result.regime
-        out: list[object] = [self._price(result, entry.aggregate, local=False)]
+        out: list[object] = [self._price(result, entry.aggregate, now, local=False)]
         self._repeat.arm(out, now)
-        return out
+        return out + self._release_replaced(entry.aggregate, now)
 
     def _on_deadline(self, ev: DeadlineReached, now: float) -> list[object]:
         if not self._active:
@@ -583,6 +642,8 @@ class BrokerMachine(Dispatching):
             if now - self._bids[node].heard_at >= cfg.bid_timeout:
                 del self._bids[node]
                 self.stats.bids_expired += 1
+        for node in [n for n, hold in self._holds.items() if hold.until <= now]:
+            del self._holds[node]
         actions = self._aggregate(now)
         self._local = now - self._lead_heard_at >= cfg.lead_timeout
         if self._local:
@@ -627,16 +688,20 @@ class BrokerMachine(Dispatching):
             self._totals, self._budget, cfg.grid, previous=self._local_regime, band=cfg.band
         )
         self._local_regime = result.regime
-        actions.append(self._price(result, self._agg_seq, local=True))
-        self._repeat.arm(actions, now)
+        price = self._price(result, self._agg_seq, now, local=True)
+        self._repeat.arm([price], now)
+        actions += [price, *self._release_replaced(self._agg_seq, now)]
 
     def _aggregate(self, now: float) -> list[object]:
         """Sum the bids held into the next aggregate; send it to the lead, if one is known."""
         self._agg_seq += 1
         grid = self._config.grid
-        totals = aggregate_ladders(
-            ((self._bids[n].bid, self._bids[n].ladder) for n in sorted(self._bids)), grid
-        )
+        if self._holds:
+            totals = aggregate_ladders(self._with_holds(now), grid)
+        else:
+            totals = aggregate_ladders(
+                ((self._bids[n].bid, self._bids[n].ladder) for n in sorted(self._bids)), grid
+            )
         if self._totals is not None:
             self._recent = [self._totals, *self._recent[: _KEEP_AGGREGATES - 2]]
         self._totals = totals
@@ -650,6 +715,80 @@ class BrokerMachine(Dispatching):
         out: list[object] = [Send(to=lead, message=msg)]
         self._agg_repeat.arm(out, now, Send)
         return out
+
+    def _hold(self, node: NodeId, held: _Held, now: float) -> list[object]:
+        """``node``'s life of ``held`` went without powering off: hold the most our prices
+        of the last ``hold_for`` gave it, until ``hold_for`` after the last of them (it
+        applied none later), and have the lead hear of it at once (a raise's path)."""
+        old = self._holds.get(node)
+        if old is not None and old.until > now:
+            return []  # held since an earlier departure: it applied none of our prices since
+        horizon = now - self._config.hold_for
+        priced = [r for t, r in self._priced if t > horizon]
+        if not priced:
+            return []
+        grid = self._config.grid
+        cap = max(allocate(held.bid, result, grid) for result in priced)
+        until = self._priced[-1][0] + self._config.hold_for
+        self._holds[node] = _Hold(cap=cap, until=until, incarnation=held.incarnation)
+        self.stats.caps_held += 1
+        self._reprice_soon(now)
+        return [CapHeld(group=self._cluster, node=node, watts=cap, until=until)]
+
+    def _release(self, node: NodeId, now: float) -> CapHeld:
+        """End ``node``'s hold before its time; the watts go back to the others at once
+        (a raise's path: the aggregate to the lead, a local price within the budget)."""
+        del self._holds[node]
+        self._reprice_soon(now)
+        return CapHeld(group=self._cluster, node=node, watts=0, until=now)
+
+    def _reprice_soon(self, now: float) -> None:
+        if self._active and self._reprice_at is None and self._raised < _MAX_REPRICES:
+            self._reprice_at = now + self._config.raise_gather
+
+    def _release_replaced(self, aggregate: int, now: float) -> list[object]:
+        """End the holds of nodes whose newer life aggregate ``aggregate`` counts: it
+        applies the price just sent in place of its old life's cap."""
+        out: list[object] = []
+        for node in sorted(self._holds):
+            held = self._bids.get(node)
+            if (
+                held is not None
+                and held.incarnation != self._holds[node].incarnation
+                and held.first_aggregate <= aggregate
+            ):
+                out.append(self._release(node, now))
+        return out
+
+    def _with_holds(self, now: float) -> list[tuple[Bid, tuple[int, ...]]]:
+        """Each bid with its ladder, a held cap raising its node's (see "Caps held")."""
+        items: list[tuple[Bid, tuple[int, ...]]] = []
+        holds = self._holds
+        for node in sorted(self._bids.keys() | holds.keys()):
+            held = self._bids.get(node)
+            hold = holds.get(node)
+            if hold is None or hold.until <= now:
+                if held is not None:
+                    items.append((held.bid, held.ladder))
+                continue
+            cap = hold.cap
+            if held is None:
+                bid = Bid(floor=cap, required=cap, maximum=cap)
+                items.append((bid, bid.ladder(self._config.grid)))
+                continue
+            b = held.bid
+            items.append(
+                (
+                    Bid(
+                        floor=max(b.floor, cap),
+                        required=max(b.required, cap),
+                        maximum=max(b.maximum, cap),
+                        priority=b.priority,
+                    ),
+                    tuple(max(w, cap) for w in held.ladder),
+                )
+            )
+        return items
 
     def _keep(self, msg: wire.Clearing) -> None:
         """Keep the datagrams of the followed lead's last round (``msg`` is of its epoch)."""
@@ -703,6 +842,8 @@ class BrokerMachine(Dispatching):
         self._active = True
         self._bids.clear()
         self._waiting.clear()
+        self._holds.clear()
+        self._priced.clear()
         self._agg_seq = 0
         self._totals = None
         self._recent = []
@@ -723,6 +864,8 @@ class BrokerMachine(Dispatching):
         self._kept = []
         self._bids.clear()
         self._waiting.clear()
+        self._holds.clear()
+        self._priced.clear()
         self._totals = None
         self._recent = []
         self._round_at = None
@@ -742,8 +885,15 @@ class BrokerMachine(Dispatching):
             ),
         )
 
-    def _price(self, result: ClearingResult, aggregate: int, *, local: bool) -> Multicast:
+    def _price(
+        self, result: ClearingResult, aggregate: int, now: float, *, local: bool
+    ) -> Multicast:
         self._result = result
+        priced = self._priced
+        horizon = now - self._config.hold_for
+        while priced and priced[0][0] <= horizon:
+            del priced[0]
+        priced.append((now, result))
         self._price_round += 1
         self.stats.prices_sent += 1
         return Multicast(
