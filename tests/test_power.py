@@ -201,6 +201,38 @@ def test_a_rise_of_the_owed_level_is_owed_after_the_bound() -> None:
         assert f.intervals == intervals and f.strict_starved_server_s == 0
 
 
+def test_a_rise_of_the_owed_level_during_a_partition_is_owed_after_the_heal() -> None:
+    """Rule (owed): while the network is partitioned within the bound of a rise of the
+    owed level, the bound runs from the heal: no price crosses a cut (fuzz seed 27,200,676
+    with supply steps: two servers shed at 0 W were cut off one-way when the supply rose,
+    and a price raised them 0.3 s after the heal, 2 ms past a bound counted from the
+    rise). Without the partition the bound runs from the rise: unmet, the wait counts as
+    starved from the rise (``stale-aggregates``)."""
+    split = [True]
+    ledger = PowerLedger(30, partitioned=lambda: split[0])
+    for n in (1, 2):
+        admitted(ledger, 0.0, n, 0)  # shed: the supply covers neither floor (20 W each)
+    ledger.supply(1.0, 200)  # covers every r (50 W each): r owed after the bound
+    ledger.advance(1.5)
+    split[0] = False  # healed at 1.5 s: owed from 2.5 s
+    ledger.advance(2.2)
+    ledger.cap(2.2, 1, 50)
+    ledger.cap(2.2, 2, 50)
+    f = ledger.figures(3.0)
+    assert f.strict_starved_server_s == 0.0 == f.starved_server_s
+    assert f.regime_grace_server_s == pytest.approx(2 * 1.2)
+    alone = PowerLedger(30)
+    for n in (1, 2):
+        admitted(alone, 0.0, n, 0)
+    alone.supply(1.0, 200)
+    alone.advance(2.2)
+    alone.cap(2.2, 1, 50)
+    alone.cap(2.2, 2, 50)
+    f = alone.figures(3.0)  # unmet by the bound: starved from the rise
+    assert f.exempt["stale-aggregates"]["starved_server_seconds"] == pytest.approx(2 * 1.2)
+    assert f.regime_grace_server_s == 0.0
+
+
 def test_a_server_shed_below_the_floors_gets_the_bound_when_the_supply_rises() -> None:
     """Rule (owed): below the sum of floors a server may be shed (cap 0); when the supply
     rises to cover the floors it is owed its h after the raise bound, like every rise of

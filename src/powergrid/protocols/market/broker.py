@@ -729,6 +729,8 @@ class BrokerMachine(Dispatching):
             return []
         grid = self._config.grid
         cap = max(allocate(held.bid, result, grid) for result in priced)
+        if not cap:
+            return []  # it may draw nothing of ours
         until = self._priced[-1][0] + self._config.hold_for
         self._holds[node] = _Hold(cap=cap, until=until, incarnation=held.incarnation)
         self.stats.caps_held += 1
