@@ -775,6 +775,27 @@ def test_broker_holds_the_cap_a_crashed_member_may_still_draw() -> None:
     assert (local.message.flags, local.message.aggregate) == (wire.Price.FLAG_LOCAL, 5)
 
 
+def test_broker_holds_only_what_prices_that_counted_the_member_gave_it() -> None:
+    """Broker rule (caps held): a price of an aggregate from before a bid was counted gave
+    that client 0 W (it takes nothing of a price that did not count it), so it does not
+    raise the held cap (fresh seed 31,101,974 with supply steps: a server uncounted in a
+    surplus round was held at its maximum, 210 W, while it drew 46 W, and the others
+    went below their r)."""
+    b = active_broker()
+    b.handle(view(ME, OTHER, BROKER), 0.0)
+    b.handle(rx(OTHER, BID2.to_message(1)), 0.1)
+    b.handle(DL, 1.0)  # aggregate 1: OTHER alone
+    b.handle(rx(LEAD, cleared(b, round=5)), 1.1)  # would give BID 162 W
+    assert b.handle(rx(ME, BID.to_message(1)), 1.2) == [ack(1, 2)]
+    b.handle(DL, 2.0)
+    entry = wire.ClearingEntry(cluster=1, epoch=1, aggregate=2, budget=0)
+    b.handle(rx(LEAD, cleared(b, round=6, level=5, entries=(entry,))), 2.1)  # BID: 112 W
+    b.handle(view(OTHER, BROKER), 2.5)
+    assert b.handle(MemberLeft(group=CL, node=ME, reason="crashed"), 2.5) == [
+        CapHeld(group=CL, node=ME, watts=112, until=7.6)
+    ]
+
+
 def test_broker_holds_a_replaced_lifes_cap_until_a_price_counts_the_new_life() -> None:
     """Broker rule (caps held): a restarted node inherits its old life's cap until its new
     life applies a price, so a view naming a newer life holds the old life's cap, until a

@@ -1178,7 +1178,10 @@ class RequiredPowerMet(_Prices):
         # counted _WITHHELD_S past their end, like the lead's held watts: a clearing of an
         # aggregate that held one may be priced a round or two later
         self._holds = HeldCaps(linger=self._WITHHELD_S)
-        self._on[CapHeld] = lambda t, node, ev: self._holds.note(t, ev)
+        self._on[CapHeld] = self._held
+
+    def _held(self, t: float, node: int, ev: CapHeld) -> None:
+        self._holds.note(t, ev)
 
     def _cleared(self, t: float, node: int, ev: MarketCleared) -> None:
         if ev.held or ev.join_reserve:

@@ -76,7 +76,8 @@ A starved server is classed by why:
 * ``held-cap``: a broker holds the cap of a member gone without powering off
   (``CapHeld``: it may still draw the most a recent price gave it, and nobody
   confirmed a cut), and the supply less those holds (beyond what the owed sums
-  count of those nodes already) does not cover the owed level. No protocol can
+  count of those nodes already) does not cover the owed level, and ``round_s`` after
+  a hold ends (the lead clears on aggregates a round or two old). No protocol can
   tell a member that crashed after applying its last price from one cut off
   before: giving the others their ``r`` overloads the supply in the first case.
 
@@ -160,12 +161,16 @@ class HeldCaps:
     def __bool__(self) -> bool:
         return bool(self._holds)
 
-    def note(self, t: float, ev: CapHeld) -> None:
+    def note(self, t: float, ev: CapHeld) -> float | None:
+        """Record ``ev``; the instant its hold stops counting (None: nothing held)."""
         key = (ev.group, ev.node)
         if ev.watts:
             self._holds[key] = (ev.watts, ev.until + self._linger)
         elif key in self._holds:
             self._holds[key] = (self._holds[key][0], t + self._linger)
+        else:
+            return None
+        return self._holds[key][1]
 
     def most(self, t: float) -> dict[int, int]:
         """Node -> the most any broker holds for it at ``t``."""
@@ -191,7 +196,8 @@ class PowerBounds:
     reaction_s: float = 0.05
     lease_s: float = 5.0
     round_s: float = 2.0
-    """Exemption ``supply-drop``: overload this long after a drop (two of today's rounds)."""
+    """Exemption ``supply-drop``: overload this long after a drop (two of today's rounds);
+    ``held-cap``: a broker's hold counts this long after it ends, likewise."""
     skew_s: float = 1.5
     """Exemption ``raise-before-cut``: overload this soon after any cap was raised (a
     round, 1 s, plus the resend of a lost price: make-before-break is by time only, a
@@ -339,14 +345,17 @@ class PowerLedger:
         self.strict_events: list[str] = []
         """Descriptions of strict violations as they begin (the invariant drains it)."""
         self._strict_on = False
-        self._holds = HeldCaps()
+        # counted round_s past their end: the lead clears on aggregates a round or two old
+        self._holds = HeldCaps(linger=self.bounds.round_s)
 
     # ------------------------------------------------------------- state
 
     def held(self, t: float, ev: CapHeld) -> None:
         """A broker holds a departed member's cap, or released it (see ``held-cap``)."""
         self.advance(t)
-        self._holds.note(t, ev)
+        end = self._holds.note(t, ev)
+        if end is not None:  # the integration splits exactly there
+            self._timer(end, "held", 0, 0)
 
     def _held_beyond(self, t: float, level: int) -> int:
         """Watts the brokers hold for departed members beyond what the owed sums of
@@ -562,6 +571,8 @@ class PowerLedger:
                 self._timer(end, "tick", 0, 0, name)
 
     def _fire(self, t: float, kind: str, node: int, life: int, name: str) -> None:
+        if kind == "held":  # a hold stopped counting: advance integrated up to it
+            return
         if kind == "tick":  # an exemption window ends (or was extended meanwhile)
             end = self._windows[name]
             if end > t:

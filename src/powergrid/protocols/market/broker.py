@@ -152,6 +152,10 @@ _KEEP_AGGREGATES = 3
 raise's aggregate goes 20 ms after the raise, so at most one or two can pass the lead's
 clearing of an earlier one on the way."""
 
+_EARLIER_BIDS = 8
+"""A client's earlier bids kept to tell what a price of an older aggregate gave it (a
+departed member's held cap, see "Caps held for departed members")."""
+
 _MAX_KEPT = 64
 """Datagrams of the last lead round kept to pass on to a new lead (54 clusters each)."""
 
@@ -283,6 +287,17 @@ class _Held:
     ladder: tuple[int, ...]
     first_aggregate: int
     heard_at: float
+    earlier: tuple[tuple[int, Bid], ...] = ()
+    """This life's bids before, as (first aggregate, bid), oldest first (a few)."""
+
+    def counted_at(self, aggregate: int) -> Bid | None:
+        """The bid of this life that aggregate ``aggregate`` counted, if known."""
+        if self.first_aggregate <= aggregate:
+            return self.bid
+        for first, bid in reversed(self.earlier):
+            if first <= aggregate:
+                return bid
+        return None
 
 
 class BrokerMachine(Dispatching):
@@ -364,7 +379,8 @@ class BrokerMachine(Dispatching):
         self._reprice_at: float | None = None  # when the raises gathered are repriced
         self._heard: tuple[wire.Price, float] | None = None  # last Price of our cluster, when
         self._kept: list[wire.Clearing] = []  # the last lead round's datagrams, for a new lead
-        self._priced: list[tuple[float, ClearingResult]] = []  # within hold_for, oldest first
+        # (when, result, aggregate) of the prices sent within hold_for, oldest first
+        self._priced: list[tuple[float, ClearingResult, int]] = []
         self._holds: dict[NodeId, _Hold] = {}  # departed members' caps in force
 
     # ------------------------------------------------------------ read-only state
@@ -559,6 +575,9 @@ class BrokerMachine(Dispatching):
             ladder=bid.ladder(self._config.grid),
             first_aggregate=self._agg_seq + 1,
             heard_at=now,
+            earlier=()
+            if old is None
+            else (*old.earlier, (old.first_aggregate, old.bid))[-_EARLIER_BIDS:],
         )
         self._bids[node] = held
         self.stats.bids_accepted += 1
@@ -724,11 +743,12 @@ class BrokerMachine(Dispatching):
         if old is not None and old.until > now:
             return []  # held since an earlier departure: it applied none of our prices since
         horizon = now - self._config.hold_for
-        priced = [r for t, r in self._priced if t > horizon]
-        if not priced:
-            return []
         grid = self._config.grid
-        cap = max(allocate(held.bid, result, grid) for result in priced)
+        cap = 0
+        for t, result, aggregate in self._priced:
+            bid = held.counted_at(aggregate)
+            if t > horizon and bid is not None:  # else it took 0 W of that price
+                cap = max(cap, allocate(bid, result, grid))
         if not cap:
             return []  # it may draw nothing of ours
         until = self._priced[-1][0] + self._config.hold_for
@@ -895,7 +915,7 @@ class BrokerMachine(Dispatching):
         horizon = now - self._config.hold_for
         while priced and priced[0][0] <= horizon:
             del priced[0]
-        priced.append((now, result))
+        priced.append((now, result, aggregate))
         self._price_round += 1
         self.stats.prices_sent += 1
         return Multicast(
