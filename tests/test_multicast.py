@@ -27,6 +27,7 @@ from powergrid.protocols.multicast import (
     MulticastConfig,
     MulticastMachine,
     Publish,
+    WindowFull,
 )
 from powergrid.protocols.multicast._life import (
     CURRENT,
@@ -155,6 +156,32 @@ def test_out_of_order_held_then_delivered_in_order() -> None:
     assert m.handle(data(2), 0.001) == [deliver(2), deliver(3), deliver(4)]
     assert m.stats.duplicates == 1
     assert m.next_deadline() is None  # the gap closed before its Nak was due
+
+
+def test_the_hot_paths_do_what_handle_does() -> None:
+    """Interface (hot paths): publish is handle(Publish), publish_data the same without
+    the actions (the Data, or the WindowFull), deliver_next the in-order Data alone and
+    nothing else (False, no state changed: handle then places it)."""
+    a, b = machine(), machine()
+    assert a.publish(3, b"hi", True, 0.0) == b.handle(Publish(kind=3, payload=b"hi"), 0.0)
+    assert a.publish_data(0, b"x", True, 0.0) == Data(seq=2, kind=0, payload=b"x")
+    assert (a.stats.published, a.stats.delivered, a.buffer_size) == (2, 2, 2)
+    full = machine(MulticastConfig(status_jitter=0.0, send_window=1))
+    full.publish_data(0, b"1", True, 0.0)
+    assert full.publish_data(0, b"2", True, 0.0) == WindowFull(in_flight=1, window=1)
+    assert full.publish(0, b"2", True, 0.0) == [WindowFull(in_flight=1, window=1)]
+    m = machine()
+    assert m.handle(data(1), 0.0) == [deliver(1)]  # the life is known from here on
+    assert m.deliver_next(A, I1, data(2).message, 0.0)
+    assert m.delivered[A] == (I1, 2)
+    assert not m.deliver_next(A, I1, data(4).message, 0.0)  # ahead of a gap
+    assert not m.deliver_next(A, I2, data(3).message, 0.0)  # another life
+    assert not m.deliver_next(B, I1, data(1, sender=B).message, 0.0)  # an unknown origin
+    assert m.delivered[A] == (I1, 2) and B not in m.delivered
+    assert (m.stats.delivered, m.buffer_size) == (2, 2)
+    assert m.handle(data(4), 0.0) == []  # held
+    assert not m.deliver_next(A, I1, data(3).message, 0.0)  # next, but a message is held
+    assert m.handle(data(3), 0.0) == [deliver(3), deliver(4)]
 
 
 def test_held_beyond_max_held_dropped_and_counted() -> None:
