@@ -26,14 +26,17 @@ from powergrid.protocols.multicast import (
     Deliver,
     MulticastConfig,
     MulticastMachine,
+    MulticastStats,
     Publish,
     WindowFull,
 )
+from powergrid.protocols.multicast._buffer import ResendBuffer
 from powergrid.protocols.multicast._life import (
     CURRENT,
     PAST,
     TRANSITIONS,
     IllegalTransitionError,
+    OriginLife,
     Phase,
     Trigger,
     next_phase,
@@ -687,6 +690,30 @@ def test_buffer_cap_drops_oldest_and_counts() -> None:
     assert (m.stats.buffer_overflow, m.stats.peak_buffer) == (3, 3)
     nak = Nak(origin=A, origin_incarnation=1, first=1, last=5)
     assert m.handle(recv(D, nak), 0.0) == [Send(to=D, message=xmit(s)) for s in (4, 5)]
+
+
+@given(
+    st.lists(st.tuples(st.integers(1, 4), st.integers(0, 3)), max_size=5),
+    st.lists(st.tuples(st.integers(1, 4), st.integers(0, 3)), max_size=5),
+)
+def test_buffer_cap_takes_from_the_fullest_life(
+    current: list[tuple[int, int]], retired: list[tuple[int, int]]
+) -> None:
+    """Rule 15: the cap takes from the life with the most buffered; of equal ones the
+    lowest origin's, of one origin's the current life before the retired one."""
+    lives: list[dict[int, OriginLife]] = [{}, {}]
+    for index, pairs in enumerate((current, retired)):
+        for origin, size in pairs:
+            life = OriginLife(origin, index + 1, 0, Phase.LIVE)
+            life.buf = {seq: (0, b"") for seq in range(1, size + 1)}
+            lives[index][origin] = life
+    if not lives[0] and not lives[1]:
+        return
+    buffer = ResendBuffer(CFG, MulticastStats(), lives[0], lives[1])
+    _, expected = max(  # the rule as one expression
+        [*lives[0].items(), *lives[1].items()], key=lambda item: (len(item[1].buf), -item[0])
+    )
+    assert buffer._fullest() is expected
 
 
 def test_coordinator_overflow_declares_evicted_stable_so_laggards_skip() -> None:

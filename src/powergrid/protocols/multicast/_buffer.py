@@ -92,10 +92,7 @@ class ResendBuffer:
         """Drop the oldest message of the life with the most buffered, while over the cap."""
         limit = self._config.max_buffer
         while self.size > limit:
-            _, st = max(
-                [*self._current.items(), *self._retired.items()],
-                key=lambda item: (len(item[1].buf), -item[0]),
-            )
+            st = self._fullest()
             seq = st.buf_low
             while seq not in st.buf:
                 seq += 1
@@ -107,6 +104,21 @@ class ResendBuffer:
                 st.stable = seq  # nobody can fetch it any more: let laggards skip it
                 if self._current.get(st.origin) is st:
                     self.evicted[st.origin] = (st.incarnation, seq)
+
+    def _fullest(self) -> OriginLife:
+        """The life with the most buffered messages: of equal ones the lowest origin's,
+        and of one origin's the current life before the retired one (what
+        ``max(key=(len(buf), -origin))`` over the current lives, then the retired, picks;
+        a loop, for the buffer overflows at every message of a stream it cannot keep)."""
+        best: OriginLife | None = None
+        most = best_origin = -1
+        for lives in (self._current, self._retired):
+            for origin, st in lives.items():
+                n = len(st.buf)
+                if n > most or (n == most and origin < best_origin):
+                    best, most, best_origin = st, n, origin
+        assert best is not None  # (called while the buffer holds a message)
+        return best
 
     def release(self, st: OriginLife) -> None:
         """``st``'s state is dropped: its buffered messages no longer count."""
