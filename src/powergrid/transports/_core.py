@@ -60,7 +60,7 @@ import struct
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
@@ -790,6 +790,10 @@ class Driver:
         self._closed = False
         self._left = False
         self._failed = False  # a transport task raised: no graceful leave
+        # the endpoint's flow control (multicast rule 27), if it has any
+        self._multicast_room: Callable[..., int | None] | None = getattr(
+            endpoint, "multicast_room", None
+        )
         self._handlers: dict[type, Callable[[Any], None]] = {
             Transmit: self._on_transmit,
             JoinGroup: self._on_join,
@@ -902,12 +906,13 @@ class Driver:
         if not self._running:
             self._check_running()  # raises
         endpoint: Any = self._endpoint
-        room = getattr(endpoint, "multicast_room", None)
+        room = self._multicast_room
         if room is not None and room(group=group) == 0:  # flow control: a full window
             await _room(self, room, group)
-        yield_now = self._commanded(endpoint.multicast(payload, self._now(), group=group))
-        if yield_now or self._checks_every_command:  # (a stream's hot path skips the await)
-            await self._after_command(yield_now)
+        if self._commanded(endpoint.multicast(payload, self._now(), group=group)):
+            await self._after_command(True)
+        elif self._check_cancelled is not None:  # (a stream's hot path: the loop's own check)
+            await self._check_cancelled()
 
     async def send(self, to: int, payload: bytes, *, group: int | None = None) -> None:
         """``node.send(to, payload, now, group=group)``: reliable unicast to node ``to``.
@@ -1213,9 +1218,9 @@ class Driver:
         """Wait until :meth:`_wake_events` is called."""
         raise NotImplementedError
 
-    _checks_every_command = True
-    """Whether :meth:`_after_command` has work even when not yielding (trio's
-    cancellation check); if not, :meth:`multicast` skips awaiting it then."""
+    _check_cancelled: Callable[[], Awaitable[None]] | None = None
+    """What :meth:`_after_command` does when not yielding, if anything (trio's
+    cancellation check; None: nothing): :meth:`multicast` awaits it itself then."""
 
     async def _after_command(self, yield_now: bool) -> None:
         """Let other tasks run if ``yield_now``, else only check for cancellation."""
