@@ -472,12 +472,15 @@ def test_holder_answers_unicast_nak_with_xmits() -> None:
 
 
 def test_origin_answers_nak_for_its_own_messages() -> None:
-    """Rule 8: the origin resends its own messages as Xmits."""
+    """Rule 8: the origin resends its own messages as Xmits, each of its kind (the buffer
+    keeps an app message's payload alone, any other's kind with it)."""
     m = machine()
     m.handle(Publish(kind=1, payload=b"p"), 0.0)
-    nak = Nak(origin=ME, origin_incarnation=1, first=1, last=1)
+    m.handle(Publish(kind=0, payload=b"q"), 0.0)
+    nak = Nak(origin=ME, origin_incarnation=1, first=1, last=2)
     assert m.handle(recv(B, nak), 0.0) == [
-        Send(to=B, message=Xmit(origin=ME, origin_incarnation=1, seq=1, kind=1, payload=b"p"))
+        Send(to=B, message=Xmit(origin=ME, origin_incarnation=1, seq=1, kind=1, payload=b"p")),
+        Send(to=B, message=Xmit(origin=ME, origin_incarnation=1, seq=2, kind=0, payload=b"q")),
     ]
 
 

@@ -3,7 +3,8 @@
 Theory of operation
 -------------------
 Every life keeps the messages it delivered and that are not stable yet in its own
-``buf`` (seq -> (kind, payload), seqs ``buf_low..delivered``, rule 10). This part
+``buf`` (seq -> what ``_life.stored`` keeps: an app message's payload, else
+``(kind, payload)``; seqs ``buf_low..delivered``, rule 10). This part
 counts them over all lives (``size``) and enforces ``max_buffer`` (rule 15): beyond
 it, the oldest message of the life with the most buffered is dropped
 (``buffer_overflow``), and the coordinator also declares it stable so members stuck
@@ -34,7 +35,7 @@ from typing import Any
 
 from powergrid.events import Send
 from powergrid.protocols.multicast._config import MulticastConfig, MulticastStats
-from powergrid.protocols.multicast._life import OriginLife
+from powergrid.protocols.multicast._life import OriginLife, unstored
 from powergrid.types import NodeId
 from powergrid.wire import Nak, Xmit
 
@@ -199,7 +200,7 @@ class ResendBuffer:
                 self._stats.xmits_rate_limited += 1
                 continue
             budget -= 1
-            kind, payload = stored
+            kind, payload = unstored(stored)
             xmit = Xmit(
                 origin=msg.origin,
                 origin_incarnation=st.incarnation,

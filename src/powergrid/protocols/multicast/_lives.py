@@ -49,6 +49,7 @@ from powergrid.protocols.multicast._life import (
     Tombstones,
     Trigger,
     next_phase,
+    stored,
 )
 from powergrid.types import NodeId, incarnation_newer
 from powergrid.wire import Nak, Stable
@@ -339,7 +340,7 @@ class Lives:
         """:meth:`deliver` without the ``Deliver`` action (the caller makes it, or its
         equivalent): ``seq`` of ``st`` is delivered and kept in the resend buffer."""
         st.delivered = seq
-        st.buf[seq] = (msg.kind, msg.payload)
+        st.buf[seq] = stored(msg.kind, msg.payload)
         buffer = self._buffer
         size = buffer.size = buffer.size + 1
         self._stats.delivered += 1

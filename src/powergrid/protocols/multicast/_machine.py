@@ -289,16 +289,9 @@ class MulticastMachine(Dispatching):
             and not st.held
             and origin != self._me
         ):
-            st.delivered = seq
             if seq > st.highest:  # noqa: PLR1730 (faster than max() on the hot path)
                 st.highest = seq
-            st.buf[seq] = (msg.kind, msg.payload)
-            buffer = self._buffer
-            size = buffer.size = buffer.size + 1
-            stats = self._stats
-            stats.delivered += 1
-            if size > stats.peak_buffer:
-                buffer.new_peak(size, self._coord is not None)
+            self._lives.keep(st, seq, msg)
             if self._status_due is None and self._reporting:
                 self._arm_status(now)
             elif self._window and self._reporting:
