@@ -850,18 +850,24 @@ class Node:
             self._stats.foreign_group += 1
             return []
         msg = event.message
-        if type(msg) is Data and _DATA_TO_MULTICAST_ALONE and msg.kind == KIND_APP:
-            # The hot path of a stream: an application multicast delivered in order by
-            # the only machine ROUTES names for Data. The same as _take, then _run of
-            # its lone Deliver (_on_deliver), without their loops nor the Deliver.
+        if type(msg) is Data and _DATA_TO_MULTICAST_ALONE:
+            # Data goes to the multicast machine alone (ROUTES): _take without its lookups.
+            # The hot path of a stream: an application multicast delivered in order, the
+            # same as _run of its lone Deliver (_on_deliver), without the Deliver.
             machine = stack.multicast
             self._touched.add(machine)  # (as _call notes it)
-            if machine.deliver_next(event.sender, event.incarnation, msg, now):
+            if msg.kind == KIND_APP and machine.deliver_next(
+                event.sender, event.incarnation, msg, now
+            ):
                 return [_new_delivered(stack.group, event.sender, msg.seq, msg.payload)]
+            actions = machine.handle(event, now)
+        else:
+            actions = None
         out: list[Output] = []
-        actions = self._take(stack, event, now, out)
-        if self._gate.send_only(stack.group, actions, out):  # (most of a quiet group's is)
-            return out
+        if actions is None:
+            actions = self._take(stack, event, now, out)
+            if self._gate.send_only(stack.group, actions, out):  # (most of a quiet group's is)
+                return out
         self._run(stack, actions, now, out)
         return out
 
