@@ -31,6 +31,7 @@ reads it). Driven by the machine (Naks, views, the hold) and the registry of liv
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from powergrid.events import Send
@@ -44,9 +45,9 @@ class ResendBuffer:
     """The resend buffer of one machine over all its lives (see the module docstring)."""
 
     __slots__ = (
+        "_cap",
         "_config",
         "_current",
-        "_flow",
         "_held",
         "_hold_floor",
         "_retired",
@@ -66,7 +67,7 @@ class ResendBuffer:
     ) -> None:
         self._config = config
         # under flow control (rule 27) the cap evicts nothing: the windows bound the buffer
-        self._flow = bool(config.send_window)
+        self._cap = math.inf if config.send_window else config.max_buffer
         self._stats = stats
         self._current = current  # the registry's dicts (read only here)
         self._retired = retired
@@ -84,10 +85,12 @@ class ResendBuffer:
     def new_peak(self, size: int, coordinating: bool) -> None:
         """The buffer grew past its peak: enforce the cap (rule 15; not under flow control,
         rule 27), then record the peak."""
-        if size > self._config.max_buffer and not self._flow:
+        if size > self._cap:
             self._overflow(coordinating)
             size = self.size
-        self._stats.peak_buffer = max(self._stats.peak_buffer, size)
+        stats = self._stats
+        if size > stats.peak_buffer:  # noqa: PLR1730 (at every message while it grows)
+            stats.peak_buffer = size
 
     def _overflow(self, coordinating: bool) -> None:
         """Drop the oldest message of the life with the most buffered, while over the cap."""
