@@ -381,7 +381,7 @@ class NoWindow(MulticastMachine):
     def __init__(self, config: Any, **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
         self._window = 0
-        self._buffer._flow = False
+        self._buffer._cap = config.max_buffer  # (under flow control the cap is inf)
 
 
 def first_caught(nodes: int, limit: int = 1000) -> Iterator[tuple[int, RunResult]]:

@@ -26,13 +26,17 @@ from powergrid.protocols.multicast import (
     Deliver,
     MulticastConfig,
     MulticastMachine,
+    MulticastStats,
     Publish,
+    WindowFull,
 )
+from powergrid.protocols.multicast._buffer import ResendBuffer
 from powergrid.protocols.multicast._life import (
     CURRENT,
     PAST,
     TRANSITIONS,
     IllegalTransitionError,
+    OriginLife,
     Phase,
     Trigger,
     next_phase,
@@ -155,6 +159,32 @@ def test_out_of_order_held_then_delivered_in_order() -> None:
     assert m.handle(data(2), 0.001) == [deliver(2), deliver(3), deliver(4)]
     assert m.stats.duplicates == 1
     assert m.next_deadline() is None  # the gap closed before its Nak was due
+
+
+def test_the_hot_paths_do_what_handle_does() -> None:
+    """Interface (hot paths): publish is handle(Publish), publish_data the same without
+    the actions (the Data, or the WindowFull), deliver_next the in-order Data alone and
+    nothing else (False, no state changed: handle then places it)."""
+    a, b = machine(), machine()
+    assert a.publish(3, b"hi", True, 0.0) == b.handle(Publish(kind=3, payload=b"hi"), 0.0)
+    assert a.publish_data(0, b"x", True, 0.0) == Data(seq=2, kind=0, payload=b"x")
+    assert (a.stats.published, a.stats.delivered, a.buffer_size) == (2, 2, 2)
+    full = machine(MulticastConfig(status_jitter=0.0, send_window=1))
+    full.publish_data(0, b"1", True, 0.0)
+    assert full.publish_data(0, b"2", True, 0.0) == WindowFull(in_flight=1, window=1)
+    assert full.publish(0, b"2", True, 0.0) == [WindowFull(in_flight=1, window=1)]
+    m = machine()
+    assert m.handle(data(1), 0.0) == [deliver(1)]  # the life is known from here on
+    assert m.deliver_next(A, I1, data(2).message, 0.0)
+    assert m.delivered[A] == (I1, 2)
+    assert not m.deliver_next(A, I1, data(4).message, 0.0)  # ahead of a gap
+    assert not m.deliver_next(A, I2, data(3).message, 0.0)  # another life
+    assert not m.deliver_next(B, I1, data(1, sender=B).message, 0.0)  # an unknown origin
+    assert m.delivered[A] == (I1, 2) and B not in m.delivered
+    assert (m.stats.delivered, m.buffer_size) == (2, 2)
+    assert m.handle(data(4), 0.0) == []  # held
+    assert not m.deliver_next(A, I1, data(3).message, 0.0)  # next, but a message is held
+    assert m.handle(data(3), 0.0) == [deliver(3), deliver(4)]
 
 
 def test_held_beyond_max_held_dropped_and_counted() -> None:
@@ -442,12 +472,15 @@ def test_holder_answers_unicast_nak_with_xmits() -> None:
 
 
 def test_origin_answers_nak_for_its_own_messages() -> None:
-    """Rule 8: the origin resends its own messages as Xmits."""
+    """Rule 8: the origin resends its own messages as Xmits, each of its kind (the buffer
+    keeps an app message's payload alone, any other's kind with it)."""
     m = machine()
     m.handle(Publish(kind=1, payload=b"p"), 0.0)
-    nak = Nak(origin=ME, origin_incarnation=1, first=1, last=1)
+    m.handle(Publish(kind=0, payload=b"q"), 0.0)
+    nak = Nak(origin=ME, origin_incarnation=1, first=1, last=2)
     assert m.handle(recv(B, nak), 0.0) == [
-        Send(to=B, message=Xmit(origin=ME, origin_incarnation=1, seq=1, kind=1, payload=b"p"))
+        Send(to=B, message=Xmit(origin=ME, origin_incarnation=1, seq=1, kind=1, payload=b"p")),
+        Send(to=B, message=Xmit(origin=ME, origin_incarnation=1, seq=2, kind=0, payload=b"q")),
     ]
 
 
@@ -660,6 +693,30 @@ def test_buffer_cap_drops_oldest_and_counts() -> None:
     assert (m.stats.buffer_overflow, m.stats.peak_buffer) == (3, 3)
     nak = Nak(origin=A, origin_incarnation=1, first=1, last=5)
     assert m.handle(recv(D, nak), 0.0) == [Send(to=D, message=xmit(s)) for s in (4, 5)]
+
+
+@given(
+    st.lists(st.tuples(st.integers(1, 4), st.integers(0, 3)), max_size=5),
+    st.lists(st.tuples(st.integers(1, 4), st.integers(0, 3)), max_size=5),
+)
+def test_buffer_cap_takes_from_the_fullest_life(
+    current: list[tuple[int, int]], retired: list[tuple[int, int]]
+) -> None:
+    """Rule 15: the cap takes from the life with the most buffered; of equal ones the
+    lowest origin's, of one origin's the current life before the retired one."""
+    lives: list[dict[int, OriginLife]] = [{}, {}]
+    for index, pairs in enumerate((current, retired)):
+        for origin, size in pairs:
+            life = OriginLife(origin, index + 1, 0, Phase.LIVE)
+            life.buf = {seq: (0, b"") for seq in range(1, size + 1)}
+            lives[index][origin] = life
+    if not lives[0] and not lives[1]:
+        return
+    buffer = ResendBuffer(CFG, MulticastStats(), lives[0], lives[1])
+    _, expected = max(  # the rule as one expression
+        [*lives[0].items(), *lives[1].items()], key=lambda item: (len(item[1].buf), -item[0])
+    )
+    assert buffer._fullest() is expected
 
 
 def test_coordinator_overflow_declares_evicted_stable_so_laggards_skip() -> None:

@@ -38,11 +38,12 @@ from powergrid.events import (
 )
 from powergrid.node import MessageDelivered, Node, NodeConfig
 from powergrid.protocols.multicast import WindowFull, WindowOpen
-from powergrid.transports._core import open_group_socket
+from powergrid.transports._core import Outbox, open_group_socket
 from powergrid.transports.trio_udp import (
     BUNDLE_MAGIC,
     UdpConfig,
     UdpHandle,
+    UdpStats,
     pack_bundles,
     split_bundle,
 )
@@ -256,6 +257,40 @@ def test_a_lone_datagram_leaves_unbundled() -> None:
     assert pack_bundles([small, big, small], 1400) == [small, big, small]
     assert pack_bundles([b"PBx"], 1400) == [b"PB\x01\x00\x03PBx"]
     assert split_bundle(pack_bundles([b"PBx"], 1400)[0]) == [b"PBx"]
+
+
+def test_a_flush_sends_each_destinations_bundles_in_order() -> None:
+    """Rule: a flush sends, per destination (in the order of each one's first datagram),
+    what pack_bundles makes of that destination's datagrams, and counts the bundles."""
+    rng = random.Random(11)
+    dests = [("239.255.0.1", 20001), ("127.0.0.1", 47001), ("127.0.0.1", 47002)]
+    for _ in range(300):
+        stats = UdpStats()
+        box = Outbox(UdpConfig(), stats, lambda: None)
+        sent: list[tuple[bytes, tuple[str, int]]] = []
+
+        def sendto(data: bytes, addr: tuple[str, int], sent: list[Any] = sent) -> int:
+            sent.append((data, addr))
+            return len(data)
+
+        box.sendto = sendto
+        queued = [
+            (b"PG" + bytes([rng.getrandbits(8)]) * rng.choice([20, 130, 700]), rng.choice(dests))
+            for _ in range(rng.randint(1, 14))
+        ]
+        for data, addr in queued:
+            box.queue(data, addr)
+        assert box.queued == len(queued)
+        box.flush()
+        by_dest: dict[tuple[str, int], list[bytes]] = {}
+        for data, addr in queued:
+            by_dest.setdefault(addr, []).append(data)
+        expected = [(w, a) for a, ds in by_dest.items() for w in pack_bundles(ds, WIRE_LIMIT)]
+        assert sent == expected
+        bundles = [w for w, _ in expected if w[:2] == BUNDLE_MAGIC]
+        assert stats.bundles_sent == len(bundles)
+        assert stats.bundled == sum(len(split_bundle(w) or []) for w in bundles)
+        assert (box.queued, box.pending) == (0, {})
 
 
 @pytest.mark.parametrize(

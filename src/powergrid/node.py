@@ -678,17 +678,13 @@ class _Gate:
             kind = type(act)
             if not (kind is Multicast or (kind is Send and act.to != me)):
                 return False
-        inc = self._inc
-        realm = self._realm
-        seal = None if self._auth is None else self._auth.seal
+        sealed = self._auth is not None
         for act in actions:
             last = self._last_out
-            if act is last[0] and group == last[1] and seal is None:
+            if act is last[0] and group == last[1] and not sealed:
                 out.append(last[2])  # the same action as last time (a member's ack)
                 continue
-            data = encode(group, me, inc, act.message, realm)
-            if seal is not None:
-                data = seal(data)
+            data = self.datagram(group, act.message)
             if type(act) is Send:
                 tx: Output = _new_transmit(act.to, data)
             else:
@@ -696,6 +692,12 @@ class _Gate:
             out.append(tx)
             self._last_out = (act, group, tx)
         return True
+
+    def datagram(self, group: int, message: Message) -> bytes:
+        """``message`` of ``group`` as this node sends it: header, body and, with a
+        keyring, the seal."""
+        data = encode(group, self._id, self._inc, message, self._realm)
+        return data if self._auth is None else self._auth.seal(data)
 
     def _foreign(self, data: bytes) -> bool:
         """Whether ``data`` (not of our realm and version, by its header bytes) is a
@@ -848,15 +850,18 @@ class Node:
         if stack is None:
             self._stats.foreign_group += 1
             return []
-        if type(event.message) is Data and _DATA_TO_MULTICAST_ALONE:
-            # The hot path of a stream: an application multicast delivered in order,
-            # the one action of the only machine ROUTES names for Data. The same as
-            # _take, then _run of a lone Deliver (_on_deliver), without their loops.
-            actions = self._call(stack.multicast, event, now)
-            if len(actions) == 1:
-                act = actions[0]
-                if type(act) is Deliver and act.kind == KIND_APP:
-                    return [_app_delivery(stack, act)]
+        msg = event.message
+        if type(msg) is Data and _DATA_TO_MULTICAST_ALONE:
+            # Data goes to the multicast machine alone (ROUTES): _take without its lookups.
+            # The hot path of a stream: an application multicast delivered in order, the
+            # same as _run of its lone Deliver (_on_deliver), without the Deliver.
+            machine = stack.multicast
+            self._touched.add(machine)  # (as _call notes it)
+            if msg.kind == KIND_APP and machine.deliver_next(
+                event.sender, event.incarnation, msg, now
+            ):
+                return [_new_delivered(stack.group, event.sender, msg.seq, msg.payload)]
+            actions = machine.handle(event, now)
         else:
             actions = None
         out: list[Output] = []
@@ -931,6 +936,23 @@ class Node:
             stack = self._stack_or_raise(group)
         out: list[Output] = []
         order = stack.order  # a totally ordered group: the order layer numbers each piece
+        if order is None and type(payload) is bytes and len(payload) <= MAX_MULTICAST_PAYLOAD:
+            # The hot path of a stream: one piece, whose Publish the machine answers with
+            # its own delivery (rule 10) and the Multicast; the same as the loop below
+            # and _run, without their loops and lookups, nor a Publish record.
+            machine = stack.multicast
+            self._touched.add(machine)  # (as _call notes it)
+            if not _DELIVER_ALONE:
+                self._run(stack, machine.publish(KIND_APP, payload, True, now), now, out)
+                return out
+            sent = machine.publish_data(KIND_APP, payload, True, now)
+            if type(sent) is not Data:  # refused by the send window (WindowFull)
+                out.append(sent)
+                return out
+            group = stack.group
+            out.append(_new_delivered(group, self._id, sent.seq, payload))
+            out.append(_new_transmit_group(group, self._gate.datagram(group, sent)))
+            return out
         limit, data = _FRAGMENTING[order is not None]
         pieces: list[Any] = [_new_piece(KIND_APP, payload)]
         if type(payload) is bytes and len(payload) > limit:
@@ -1098,8 +1120,7 @@ class Node:
         group = stack.group
         me = self._id
         inc = self._incarnation
-        realm = self._realm
-        seal = None if self._auth is None else self._auth.seal
+        datagram = self._gate.datagram
         for act in queue:
             kind = type(act)
             if kind is Send or kind is SendReliable:
@@ -1107,8 +1128,7 @@ class Node:
                     event = Received(sender=me, incarnation=inc, message=act.message)
                     queue.extend(self._take(stack, event, now, out))
                 elif kind is Send:
-                    data = encode(group, me, inc, act.message, realm)
-                    out.append(_new_transmit(act.to, data if seal is None else seal(data)))
+                    out.append(_new_transmit(act.to, datagram(group, act.message)))
                 else:
                     msg: Message = act.message
                     # A protocol message sent reliably is state (a bid): a newer one makes
@@ -1118,8 +1138,7 @@ class Node:
                     )
                     queue.extend(self._call(stack.unicast, submit, now))
             elif kind is Multicast:
-                data = encode(group, me, inc, act.message, realm)
-                out.append(_new_transmit_group(group, data if seal is None else seal(data)))
+                out.append(_new_transmit_group(group, datagram(group, act.message)))
             elif kind is MulticastReliable:
                 msg = act.message
                 publish = Publish(kind=msg.TYPE, payload=encode_body(msg), flow=False)
@@ -1334,8 +1353,10 @@ NOTES: dict[type[Any], Note] = {
 }
 """Notification type -> what the node does with it. A type not here goes to the app only."""
 
-_DATA_TO_MULTICAST_ALONE = ROUTES[Data] == Route(MULTICAST) and NOTES[Deliver] == Note(
-    then=_on_deliver, to_app=False
-)
+_DELIVER_ALONE = NOTES[Deliver] == Note(then=_on_deliver, to_app=False)
+"""Whether a Deliver goes to :func:`_on_deliver` alone, so the hot paths of
+:meth:`Node.multicast` and :meth:`Node.receive` may hand the app its delivery at once
+(else the general path)."""
+_DATA_TO_MULTICAST_ALONE = ROUTES[Data] == Route(MULTICAST) and _DELIVER_ALONE
 """Whether :meth:`Node.receive`'s hot path for Data holds: Data goes to the multicast
 machine alone, and a Deliver to :func:`_on_deliver` alone (else the general path)."""

@@ -60,7 +60,7 @@ import struct
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
@@ -655,6 +655,7 @@ class Outbox:
         "_wake_writer",
         "backlog",
         "pending",
+        "queued",
         "sendto",
     )
 
@@ -663,8 +664,10 @@ class Outbox:
         self._stats = stats
         self._wake_writer = wake_writer
         self.sendto: Callable[[bytes, Address], int] = _not_open
-        # datagrams waiting for the next flush, and their bytes as bundled
-        self.pending: list[tuple[bytes, Address]] = []
+        # datagrams waiting for the next flush, by destination (in the order of each
+        # destination's first), how many in all, and their bytes as bundled
+        self.pending: dict[Address, list[bytes]] = {}
+        self.queued = 0
         self._pending_bytes = 0
         self._last_size = 0  # of the last datagram queued, framing included
         # a command flushes at once when one more such datagram would not fit
@@ -677,7 +680,12 @@ class Outbox:
 
     def queue(self, data: bytes, addr: Address) -> None:
         """Keep a datagram of the endpoint for the next :meth:`flush` (bundling on)."""
-        self.pending.append((data, addr))
+        waiting = self.pending.get(addr)
+        if waiting is None:
+            self.pending[addr] = [data]
+        else:
+            waiting.append(data)
+        self.queued += 1
         size = len(data) + 2
         self._pending_bytes += size
         self._last_size = size
@@ -691,22 +699,23 @@ class Outbox:
         pending = self.pending
         if not pending:
             return
-        self.pending = []
-        self._pending_bytes = self._last_size = 0
-        if len(pending) == 1:
-            data, addr = pending[0]
-            self.send_lone(data, addr)
-            return
-        by_addr: dict[Address, list[bytes]] = {}
-        for data, addr in pending:
-            datagrams = by_addr.get(addr)
-            if datagrams is None:
-                by_addr[addr] = [data]
-            else:
-                datagrams.append(data)
+        queued = self.queued
+        one_bundle = self._pending_bytes <= self._room  # all of it fits in one
+        self.pending = {}
+        self.queued = self._pending_bytes = self._last_size = 0
         stats = self._stats
+        if len(pending) == 1:
+            addr, datagrams = next(iter(pending.items()))
+            if queued == 1:
+                self.send_lone(datagrams[0], addr)
+                return
+            if one_bundle:  # (a stream's flush: what pack_bundles makes of it, at once)
+                stats.bundles_sent += 1
+                stats.bundled += queued
+                self.send(_pack(datagrams), addr)
+                return
         limit = self._config.bundle_size
-        for addr, datagrams in by_addr.items():
+        for addr, datagrams in pending.items():
             wire = pack_bundles(datagrams, limit)
             bundles = sum(1 for w in wire if w[:2] == BUNDLE_MAGIC)
             stats.bundles_sent += bundles
@@ -790,6 +799,10 @@ class Driver:
         self._closed = False
         self._left = False
         self._failed = False  # a transport task raised: no graceful leave
+        # the endpoint's flow control (multicast rule 27), if it has any
+        self._multicast_room: Callable[..., int | None] | None = getattr(
+            endpoint, "multicast_room", None
+        )
         self._handlers: dict[type, Callable[[Any], None]] = {
             Transmit: self._on_transmit,
             JoinGroup: self._on_join,
@@ -902,12 +915,13 @@ class Driver:
         if not self._running:
             self._check_running()  # raises
         endpoint: Any = self._endpoint
-        room = getattr(endpoint, "multicast_room", None)
+        room = self._multicast_room
         if room is not None and room(group=group) == 0:  # flow control: a full window
             await _room(self, room, group)
-        yield_now = self._commanded(endpoint.multicast(payload, self._now(), group=group))
-        if yield_now or self._checks_every_command:  # (a stream's hot path skips the await)
-            await self._after_command(yield_now)
+        if self._commanded(endpoint.multicast(payload, self._now(), group=group)):
+            await self._after_command(True)
+        elif self._check_cancelled is not None:  # (a stream's hot path: the loop's own check)
+            await self._check_cancelled()
 
     async def send(self, to: int, payload: bytes, *, group: int | None = None) -> None:
         """``node.send(to, payload, now, group=group)``: reliable unicast to node ``to``.
@@ -963,9 +977,9 @@ class Driver:
         yielding only while it adds to a bundle that is not full yet.
         """
         box = self._box
-        before = len(box.pending)
+        before = box.queued
         self._dispatch(outputs)
-        if len(box.pending) == before or box.full():
+        if box.queued == before or box.full():
             self._settle()
             return True
         if not self._flush_due:
@@ -1213,9 +1227,9 @@ class Driver:
         """Wait until :meth:`_wake_events` is called."""
         raise NotImplementedError
 
-    _checks_every_command = True
-    """Whether :meth:`_after_command` has work even when not yielding (trio's
-    cancellation check); if not, :meth:`multicast` skips awaiting it then."""
+    _check_cancelled: Callable[[], Awaitable[None]] | None = None
+    """What :meth:`_after_command` does when not yielding, if anything (trio's
+    cancellation check; None: nothing): :meth:`multicast` awaits it itself then."""
 
     async def _after_command(self, yield_now: bool) -> None:
         """Let other tasks run if ``yield_now``, else only check for cancellation."""

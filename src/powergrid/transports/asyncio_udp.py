@@ -120,8 +120,6 @@ class AsyncioUdpHandle(Driver):
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
 
-    _checks_every_command = False  # asyncio has no cancellation check to make
-
     async def _after_command(self, yield_now: bool) -> None:
         if yield_now:
             await asyncio.sleep(0)

@@ -88,6 +88,7 @@ class UdpHandle(Driver):
         self._backlog_lot = trio.lowlevel.ParkingLot()
         self._drained_lot = trio.lowlevel.ParkingLot()
         self._events_lot = trio.lowlevel.ParkingLot()
+        self._check_cancelled = trio.lowlevel.checkpoint_if_cancelled
 
     # ------------------------------------------------------------ Driver's hooks
 

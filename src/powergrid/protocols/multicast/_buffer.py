@@ -3,7 +3,8 @@
 Theory of operation
 -------------------
 Every life keeps the messages it delivered and that are not stable yet in its own
-``buf`` (seq -> (kind, payload), seqs ``buf_low..delivered``, rule 10). This part
+``buf`` (seq -> what ``_life.stored`` keeps: an app message's payload, else
+``(kind, payload)``; seqs ``buf_low..delivered``, rule 10). This part
 counts them over all lives (``size``) and enforces ``max_buffer`` (rule 15): beyond
 it, the oldest message of the life with the most buffered is dropped
 (``buffer_overflow``), and the coordinator also declares it stable so members stuck
@@ -30,11 +31,12 @@ reads it). Driven by the machine (Naks, views, the hold) and the registry of liv
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from powergrid.events import Send
 from powergrid.protocols.multicast._config import MulticastConfig, MulticastStats
-from powergrid.protocols.multicast._life import OriginLife
+from powergrid.protocols.multicast._life import OriginLife, unstored
 from powergrid.types import NodeId
 from powergrid.wire import Nak, Xmit
 
@@ -43,9 +45,9 @@ class ResendBuffer:
     """The resend buffer of one machine over all its lives (see the module docstring)."""
 
     __slots__ = (
+        "_cap",
         "_config",
         "_current",
-        "_flow",
         "_held",
         "_hold_floor",
         "_retired",
@@ -65,7 +67,7 @@ class ResendBuffer:
     ) -> None:
         self._config = config
         # under flow control (rule 27) the cap evicts nothing: the windows bound the buffer
-        self._flow = bool(config.send_window)
+        self._cap = math.inf if config.send_window else config.max_buffer
         self._stats = stats
         self._current = current  # the registry's dicts (read only here)
         self._retired = retired
@@ -83,19 +85,18 @@ class ResendBuffer:
     def new_peak(self, size: int, coordinating: bool) -> None:
         """The buffer grew past its peak: enforce the cap (rule 15; not under flow control,
         rule 27), then record the peak."""
-        if size > self._config.max_buffer and not self._flow:
+        if size > self._cap:
             self._overflow(coordinating)
             size = self.size
-        self._stats.peak_buffer = max(self._stats.peak_buffer, size)
+        stats = self._stats
+        if size > stats.peak_buffer:  # noqa: PLR1730 (at every message while it grows)
+            stats.peak_buffer = size
 
     def _overflow(self, coordinating: bool) -> None:
         """Drop the oldest message of the life with the most buffered, while over the cap."""
         limit = self._config.max_buffer
         while self.size > limit:
-            _, st = max(
-                [*self._current.items(), *self._retired.items()],
-                key=lambda item: (len(item[1].buf), -item[0]),
-            )
+            st = self._fullest()
             seq = st.buf_low
             while seq not in st.buf:
                 seq += 1
@@ -107,6 +108,21 @@ class ResendBuffer:
                 st.stable = seq  # nobody can fetch it any more: let laggards skip it
                 if self._current.get(st.origin) is st:
                     self.evicted[st.origin] = (st.incarnation, seq)
+
+    def _fullest(self) -> OriginLife:
+        """The life with the most buffered messages: of equal ones the lowest origin's,
+        and of one origin's the current life before the retired one (what
+        ``max(key=(len(buf), -origin))`` over the current lives, then the retired, picks;
+        a loop, for the buffer overflows at every message of a stream it cannot keep)."""
+        best: OriginLife | None = None
+        most = best_origin = -1
+        for lives in (self._current, self._retired):
+            for origin, st in lives.items():
+                n = len(st.buf)
+                if n > most or (n == most and origin < best_origin):
+                    best, most, best_origin = st, n, origin
+        assert best is not None  # (called while the buffer holds a message)
+        return best
 
     def release(self, st: OriginLife) -> None:
         """``st``'s state is dropped: its buffered messages no longer count."""
@@ -187,7 +203,7 @@ class ResendBuffer:
                 self._stats.xmits_rate_limited += 1
                 continue
             budget -= 1
-            kind, payload = stored
+            kind, payload = unstored(stored)
             xmit = Xmit(
                 origin=msg.origin,
                 origin_incarnation=st.incarnation,

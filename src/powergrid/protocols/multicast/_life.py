@@ -46,6 +46,7 @@ from typing import Final
 
 from powergrid.protocols.multicast._config import Stored
 from powergrid.types import incarnation_newer
+from powergrid.wire import KIND_APP
 
 
 class Phase(enum.Enum):
@@ -133,6 +134,19 @@ def next_phase(phase: Phase, trigger: Trigger) -> Phase:
         raise IllegalTransitionError(f"a {phase.value} life cannot be {trigger.value}") from None
 
 
+def stored(kind: int, payload: bytes) -> bytes | tuple[int, bytes]:
+    """What :attr:`OriginLife.buf` keeps of a message: an app message's payload alone,
+    for a tuple per message kept would be one more object per message for the garbage
+    collector to count and promote (a stream keeps up to ``max_buffer`` of them), else
+    ``(kind, payload)``."""
+    return payload if kind == KIND_APP else (kind, payload)
+
+
+def unstored(value: bytes | tuple[int, bytes]) -> tuple[int, bytes]:
+    """``(kind, payload)`` of what :func:`stored` kept."""
+    return value if isinstance(value, tuple) else (KIND_APP, value)
+
+
 class OriginLife:
     """What this member knows of one life (incarnation) of one origin's stream."""
 
@@ -167,8 +181,9 @@ class OriginLife:
         self.stable = max(start, 0)
         self.seen = max(start, 0)  # the highest seq of a Data or Xmit of this life received
         self.held: dict[int, Stored] = {}
-        # delivered, not yet stable: seq -> (kind, payload), seqs buf_low..delivered
-        self.buf: dict[int, tuple[int, bytes]] = {}
+        # delivered, not yet stable, seqs buf_low..delivered: seq -> the payload of an
+        # app message (KIND_APP), else (kind, payload); read with unstored()
+        self.buf: dict[int, bytes | tuple[int, bytes]] = {}
         self.buf_low = start + 1
         self.nak_due: float | None = None  # the Nak timer (rules 5, 6), set while a gap lasts
         self.asked_at: float | None = None  # the last Nak, until a delivery answers it

@@ -49,6 +49,7 @@ from powergrid.protocols.multicast._life import (
     Tombstones,
     Trigger,
     next_phase,
+    stored,
 )
 from powergrid.types import NodeId, incarnation_newer
 from powergrid.wire import Nak, Stable
@@ -332,14 +333,19 @@ class Lives:
 
     def deliver(self, st: OriginLife, seq: int, msg: Stored, out: list[Any]) -> None:
         """Deliver ``seq`` of ``st`` and keep it in the resend buffer (rule 10)."""
+        self.keep(st, seq, msg)
+        out.append(new_deliver(st.origin, st.incarnation, seq, msg.kind, msg.payload))
+
+    def keep(self, st: OriginLife, seq: int, msg: Stored) -> None:
+        """:meth:`deliver` without the ``Deliver`` action (the caller makes it, or its
+        equivalent): ``seq`` of ``st`` is delivered and kept in the resend buffer."""
         st.delivered = seq
-        st.buf[seq] = (msg.kind, msg.payload)
+        st.buf[seq] = stored(msg.kind, msg.payload)
         buffer = self._buffer
         size = buffer.size = buffer.size + 1
         self._stats.delivered += 1
         if size > self._stats.peak_buffer:
             buffer.new_peak(size, self.coordinator is not None)
-        out.append(new_deliver(st.origin, st.incarnation, seq, msg.kind, msg.payload))
 
     def drain(self, st: OriginLife, out: list[Any]) -> None:
         """Deliver held messages that are now in order (rule 3)."""

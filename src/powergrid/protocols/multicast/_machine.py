@@ -216,12 +216,26 @@ class MulticastMachine(Dispatching):
 
     # ------------------------------------------------------------ commands
 
-    def _on_publish(self, cmd: Publish, now: float) -> list[Any]:
-        payload = cmd.payload
+    def publish(self, kind: int, payload: bytes, flow: bool, now: float) -> list[Any]:
+        """``handle(Publish(kind=kind, payload=payload, flow=flow), now)``."""
+        sent = self.publish_data(kind, payload, flow, now)
+        if isinstance(sent, WindowFull):
+            return [sent]
+        own = self._own  # self-delivery (rule 10), then the multicast
+        return [
+            new_deliver(own.origin, own.incarnation, sent.seq, kind, payload),
+            new_multicast(sent),
+        ]
+
+    def publish_data(self, kind: int, payload: bytes, flow: bool, now: float) -> Data | WindowFull:
+        """:meth:`publish`, without its actions: the :class:`~powergrid.wire.Data` to
+        multicast (the message is delivered to this node already, whose ``Deliver`` is the
+        caller's to make), or the :class:`WindowFull` that refuses it. The node's hot path
+        for every multicast it sends (no command, no action records)."""
         if not isinstance(payload, bytes):
             raise UsageError(f"payload must be bytes, not {type(payload).__name__}")
-        if not 0 <= cmd.kind <= 255:
-            raise UsageError(f"kind {cmd.kind} is outside 0..255")
+        if not 0 <= kind <= 255:
+            raise UsageError(f"kind {kind} is outside 0..255")
         if len(payload) > MAX_MULTICAST_PAYLOAD:
             raise PayloadTooLargeError(
                 f"payload is {len(payload)} bytes, over the {MAX_MULTICAST_PAYLOAD}-byte "
@@ -229,19 +243,20 @@ class MulticastMachine(Dispatching):
             )
         own = self._own
         window = self._window
-        if window and cmd.flow and own.delivered - own.stable >= window:  # rule 27
+        if window and flow and own.delivered - own.stable >= window:  # rule 27
             self._stats.window_full += 1
             self._blocked = True
-            return [WindowFull(in_flight=own.delivered - own.stable, window=window)]
+            return WindowFull(in_flight=own.delivered - own.stable, window=window)
         seq = own.delivered + 1
-        msg = new_data(seq, cmd.kind, payload)
+        msg: Data = new_data(seq, kind, payload)
         own.delivered = own.highest = seq
         self._stats.published += 1
-        out: list[Any] = []
-        self._lives.deliver(own, seq, msg, out)  # self-delivery (rule 10: kept for resends)
-        out.append(new_multicast(msg))
+        self._lives.keep(own, seq, msg)  # self-delivery (rule 10: kept for resends)
         self._arm_reports(now)
-        return out
+        return msg
+
+    def _on_publish(self, cmd: Publish, now: float) -> list[Any]:
+        return self.publish(cmd.kind, cmd.payload, cmd.flow, now)
 
     # ------------------------------------------------------------ receiving
 
@@ -256,9 +271,18 @@ class MulticastMachine(Dispatching):
     def _on_data(self, ev: Received, msg: Data, now: float) -> list[Any]:
         origin = ev.sender
         inc = ev.incarnation
+        if self.deliver_next(origin, inc, msg, now):
+            return [new_deliver(origin, inc, msg.seq, msg.kind, msg.payload)]
+        return self._accept(origin, inc, msg.seq, msg, now)
+
+    def deliver_next(self, origin: int, inc: int, msg: Data, now: float) -> bool:
+        """The hot path of ``Received(Data)`` (rule 3): if ``msg``, a Data of ``origin`` in
+        incarnation ``inc``, is the next message of a known life with nothing held, deliver
+        it and return True (its ``Deliver`` is the caller's to make); else change nothing
+        and return False (then :meth:`handle` places it). The node's hot path for every
+        message of a stream it receives."""
         st = self._origins.get(origin)
         seq = msg.seq
-        # The hot path (rule 3): the next message of a known life, nothing held.
         if (
             st is not None
             and seq == st.delivered + 1
@@ -266,16 +290,9 @@ class MulticastMachine(Dispatching):
             and not st.held
             and origin != self._me
         ):
-            st.delivered = seq
             if seq > st.highest:  # noqa: PLR1730 (faster than max() on the hot path)
                 st.highest = seq
-            st.buf[seq] = (msg.kind, msg.payload)
-            buffer = self._buffer
-            size = buffer.size = buffer.size + 1
-            stats = self._stats
-            stats.delivered += 1
-            if size > stats.peak_buffer:
-                buffer.new_peak(size, self._coord is not None)
+            self._lives.keep(st, seq, msg)
             if self._status_due is None and self._reporting:
                 self._arm_status(now)
             elif self._window and self._reporting:
@@ -286,8 +303,8 @@ class MulticastMachine(Dispatching):
                     coord.stable_due = now + self._config.stable_interval
             if st.nak_due is not None:
                 self._lives.check_gap(st, now)
-            return [new_deliver(origin, inc, seq, msg.kind, msg.payload)]
-        return self._accept(origin, inc, seq, msg, now)
+            return True
+        return False
 
     def _on_xmit(self, ev: Received, msg: Xmit, now: float) -> list[Any]:
         return self._accept(msg.origin, msg.origin_incarnation, msg.seq, msg, now)  # rule 4
