@@ -212,6 +212,7 @@ STEPS_REGRESSIONS: dict[tuple[int | None, float, int], str] = {
     (None, 15.0, 26300012): "power-guarantee",  # a crashed server's cap, then a supply drop
     (None, 15.0, 26300049): "power-guarantee",  # the same
     (20, 5.0, 26202255): "multicast-agreement",  # the origin's hold began after its digest
+    (None, 5.0, 32101199): "multicast-agreement",  # a hearsay life's lost history unskipped
 }
 """(size or None, safety phase, seed) -> what failed with supply steps (``powergrid fuzz
 --replay SEED --supply-steps`` with ``--nodes`` and ``--safety`` as keyed)."""
@@ -223,7 +224,10 @@ def test_supply_steps_regression_seeds(nodes: int | None, safety: float, seed: i
     server crashed holding a surplus cap, the supply fell, and the lead, counting its bid
     at the new price, gave the others the watts it still drew (broker, *caps held for
     departed members*). 26,202,255: an origin dropped its own message as stable in a view
-    without a cut-off member before its hold for that member began (multicast rule 28)."""
+    without a cut-off member before its hold for that member began (multicast rule 28).
+    32,101,199: a joiner stuck behind a restarted origin's lost history waited for a
+    coordinator that knew that past life only from hearsay and never walked it (rules 16,
+    24)."""
     assert_ok(run_datacentre(seed, nodes=nodes, safety_s=safety, supply_steps=True))
 
 

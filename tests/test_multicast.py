@@ -1036,8 +1036,9 @@ def test_coordinator_that_never_knew_a_past_life_digests_it_from_status() -> Non
     """Rule 24 (hearsay lives): a coordinator with no state of an origin's past life (it
     joined, restarted or took over after that life ended; the view lists the origin's
     later life) keeps the members' Status entries of that life as a retired life of its
-    own, for flush_grace from the first report: it holds, delivers and declares stable
-    nothing of it (its Data and Xmits are ignored), but its highest goes out in the
+    own, for flush_grace from the first report: it holds and delivers nothing of it (its
+    Data and Xmits are ignored) and declares stable only what nobody holds any more
+    (rule 16, with the members' reports of it), but its highest goes out in the
     Stable digest, so a member that missed the life's last message fetches it from one
     that delivered it. It is digest state only: dropped when the node stops
     coordinating. A life above the listed one (forged) is still ignored. (Before, it
@@ -1069,7 +1070,8 @@ def test_coordinator_that_never_knew_a_past_life_digests_it_from_status() -> Non
     live = Multicast(
         message=Stable(view_id=1, entries=(StableEntry(A, 2, 0, 0), StableEntry(B, 2, 0, 1)))
     )
-    past = Multicast(message=Stable(view_id=1, entries=(StableEntry(B, 1, 0, 14),)))
+    # rule 16: D and E dropped up to 13, which nobody holds any more
+    past = Multicast(message=Stable(view_id=1, entries=(StableEntry(B, 1, 13, 14),)))
     assert m.handle(TICK, 1.0) == [live, past]
     assert m.handle(data(15, sender=B), 1.0) == []  # the old life: not taken here
     assert m.stats.ignored == 1
@@ -1127,6 +1129,51 @@ def test_coordinator_skips_lost_history_of_a_retired_life() -> None:
     ]
     assert m.handle(TICK, m.next_deadline() or 0.0) == ask[1:]  # only 17 now, from D
     assert m.stats.skipped == 15
+
+
+def test_coordinator_skips_lost_history_of_a_hearsay_life() -> None:
+    """Rules 16 and 24 (lost history, hearsay lives): a coordinator that never knew an
+    origin's past life keeps the members' reports of it and walks it like a retired
+    life's, holding none of it itself: with every member but the origin reported, the
+    first message nobody holds is declared stable, so a member stuck behind it skips
+    there and delivers the rest. (Before, a hearsay life was never walked and went out
+    as stable 0: fuzz seed 32,101,199, where 9002, a joiner started at 0 of 9001's life 1
+    by a new coordinator's first digest, held #4-#13 behind #1-#3 that nobody held; 9001
+    restarted and the last coordinator, itself restarted after that life, only heard of
+    it, so 9002 never delivered #12 and #13, which 9003 had.)"""
+    m = MulticastMachine(CFG, me=A, incarnation=I2, rng=random.Random(7))
+    members = (
+        Member(node=A, incarnation=I2),
+        Member(node=B, incarnation=I2),
+        *(Member(node=n, incarnation=I1) for n in (D, E)),
+    )
+    m.handle(
+        ViewChanged(
+            view=View(group=GroupId(1), view_id=1, leader=A, epoch=Epoch(1), members=members)
+        ),
+        0.0,
+    )
+    assert m.handle(data(1, sender=B, inc=2, payload=b"new"), 0.0) == [
+        deliver(1, B, inc=2, payload=b"new")
+    ]
+    while (due := m.next_deadline()) is not None and due < 0.9:  # the view change's digests
+        m.handle(TICK, due)
+    live = Multicast(
+        message=Stable(view_id=1, entries=(StableEntry(A, 2, 0, 0), StableEntry(B, 2, 0, 1)))
+    )
+    # D is stuck at 0 of B's life 1; until E reports it too, nothing is known lost.
+    assert m.handle(recv(D, Status(view_id=1, entries=(StatusEntry(B, 1, 0, 0),))), 0.9) == []
+    assert m.handle(TICK, 1.0) == [
+        live,
+        Multicast(message=Stable(view_id=1, entries=(StableEntry(B, 1, 0, 0),))),
+    ]
+    # E delivered up to 13 and dropped up to 7 as stable: nobody holds 7 or below.
+    assert m.handle(recv(E, Status(view_id=1, entries=(StatusEntry(B, 1, 13, 7),))), 1.1) == []
+    assert m.handle(TICK, 1.25) == [
+        live,
+        Multicast(message=Stable(view_id=1, entries=(StableEntry(B, 1, 7, 13),))),
+    ]
+    assert (m.buffer_size, m.stats.skipped) == (1, 0)  # nothing of it held or skipped here
 
 
 def test_departed_origin_kept_for_flush_grace_then_dropped() -> None:

@@ -73,7 +73,8 @@ it raises the origin's stable point to it, skipping there itself (``skipped``)
 and so making every member behind skip too, instead of asking forever. Within
 one view nobody drops what a member lacks, so this never skips a message
 someone can still resend. Retired lives (see *Restarts*) are counted the same
-way, with the reports of every member but their origin. A member that skips to
+way, with the reports of every member but their origin, and so are hearsay
+lives, of which the coordinator holds nothing. A member that skips to
 a stable point also drops what it holds at or below it (``skipped``): the
 stream jumps once and goes on after the point, never delivering with gaps in
 between. No Stable moves a member's point beyond the highest seq of the origin
@@ -138,7 +139,8 @@ per datagram), so members that missed the old life's last messages fetch them
 from those that delivered them. Then it is dropped whole. A coordinator that
 has no state of the past life (it is the restarted origin itself, or it joined,
 restarted or took over after that life ended) learns of it only from Status: it
-keeps that life's highest reported (nothing held, delivered or stable) as a
+keeps that life's highest reported and the members' reports of it (nothing held
+or delivered; stable only where *lost history* finds nobody holds it) as a
 retired life from the first such report, so the digest names it all the same;
 such a *hearsay* life is dropped when the node stops coordinating.
 

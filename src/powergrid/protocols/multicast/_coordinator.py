@@ -15,7 +15,8 @@ them it computes per life ``stable`` = the minimum delivered over the view's mem
 and ``highest`` = the most seen, trims its own buffer to it and digests both in
 :class:`~powergrid.wire.Stable` datagrams, retired lives in datagrams of their own
 (rules 12, 23). Before each digest it skips history nobody holds any more (rule 16).
-A member's report of a past life it has no state of makes a HEARSAY life (rule 24).
+A member's report of a past life it has no state of makes a HEARSAY life (rule 24),
+whose reports are kept like a retired life's and walked the same way.
 
 It declares only the stable points it found itself (``vouched``) from the reports of
 its view's members, as lost history or by its own buffer cap: one carried from a
@@ -166,10 +167,10 @@ class StabilityCoordinator:
                 if inc == own.incarnation:
                     self._report(report, origin, inc, min(delivered, own.delivered), low)
                 elif incarnation_newer(own.incarnation, inc):
-                    self._hearsay(origin, inc, delivered, now)
+                    self._hearsay(member, origin, inc, delivered, low, now)
                 continue
             if self._hearsay_of(origin, inc):
-                self._hearsay(origin, inc, delivered, now)
+                self._hearsay(member, origin, inc, delivered, low, now)
                 continue
             if lives.unlisted(origin, inc) and lives.retired_life(origin, inc) is None:
                 continue  # (rule 2; a retired life is repaired for its flush_grace, never revived)
@@ -201,13 +202,17 @@ class StabilityCoordinator:
             self.stable_due = due
         return out
 
-    def _hearsay(self, origin: int, inc: int, delivered: int, now: float) -> None:
-        """A member reports it delivered up to ``delivered`` of a past life ``inc`` of
-        ``origin`` that this node has no state of (its own past life, or a life of another
-        origin it never knew: it joined, restarted or took over after that life ended):
-        keep it as a HEARSAY life, for ``flush_grace`` from the first report, so its highest
-        goes out in the digest like any retired life's and members behind fetch its end
-        from those that delivered it. Only its highest grows, with the reports (rule 24)."""
+    def _hearsay(
+        self, member: int, origin: int, inc: int, delivered: int, low: int, now: float
+    ) -> None:
+        """``member`` reports it delivered up to ``delivered`` (and dropped up to ``low``) of a
+        past life ``inc`` of ``origin`` that this node has no state of (its own past life,
+        or a life of another origin it never knew: it joined, restarted or took over after
+        that life ended): keep it as a HEARSAY life, for ``flush_grace`` from the first
+        report, so its highest goes out in the digest like any retired life's and members
+        behind fetch its end from those that delivered it. Only its highest grows, with the
+        reports, which are kept like a retired life's for the lost-history walk (rules 16,
+        24)."""
         lives = self._lives
         old = lives.retired.get(origin)
         if old is None or incarnation_newer(inc, old.incarnation):
@@ -216,6 +221,7 @@ class StabilityCoordinator:
             return
         if delivered > old.highest:
             old.highest = old.delivered = delivered  # no gap: this node never asks for it
+        self._report(self.retired_reports.setdefault(member, {}), origin, inc, delivered, low)
 
     def _hearsay_of(self, origin: int, inc: int) -> bool:
         """Whether a Status entry of life ``inc`` of ``origin`` (not this node) is of a past
@@ -259,7 +265,9 @@ class StabilityCoordinator:
         skip to it; the coordinator skips first. Retired lives too: with the reports of
         every member but the origin (its new life holds none of the old one), for the
         coordinator may have started the old life at 0 and not yet skipped when the
-        origin restarted.
+        origin restarted. And hearsay lives (rule 24), of which this node holds nothing:
+        a member may be stuck behind a past life's lost stretch that only this digest
+        can let it skip.
         """
         lives = self._lives
         me = self._me
@@ -279,20 +287,22 @@ class StabilityCoordinator:
                     lives.skip_to(st, lives.plausible(st, lost, claim), out)  # rule 25
                     lives.check_gap(st, now)
         for origin, st in sorted(lives.retired.items()):
-            if st.phase is Phase.HEARSAY:  # a life known from reports: nothing held here
-                continue
+            # A hearsay life too (rule 24): this node holds none of it, and a member stuck
+            # behind its lost stretch (a joiner started at a new coordinator's 0) waits
+            # for this digest alone (fuzz seed 32,101,199).
             holders = [m for m in others if m != origin]
             lost = self._lost_point(st, holders, self.retired_reports)
             if lost > st.stable:
                 st.stable = lost
-                if lost > st.delivered:
+                if lost > st.delivered and st.phase is not Phase.HEARSAY:
                     lives.skip_to(st, lost, out)
                     lives.check_gap(st, now)
 
     @staticmethod
     def _lost_point(st: OriginLife, others: list[int], reports: _Reports) -> int:
         """The highest message of life ``st`` that nobody holds (``0``: none, or a member
-        of ``others`` has not reported this life yet).
+        of ``others`` has not reported this life yet). This node's own span counts too,
+        except for a HEARSAY life, of which it holds nothing (rule 24).
 
         The origin, when it is among ``others`` (a member of the view in this life),
         holds every message of its life above its reported ``low``, up to ``highest``:
@@ -303,12 +313,16 @@ class StabilityCoordinator:
         origin = st.origin
         inc = st.incarnation
         top = st.highest
-        spans = [(min(st.buf_low - 1, st.delivered), st.delivered)]
+        spans: list[tuple[int, int]] = []
+        if st.phase is not Phase.HEARSAY:  # this node holds none of a hearsay life (rule 24)
+            spans.append((min(st.buf_low - 1, st.delivered), st.delivered))
         for m in others:
             got = reports.get(m, NO_REPORT).get(origin)
             if got is None or got[0] != inc:
                 return 0
             spans.append((got[2], max(top, got[1]) if m == origin else got[1]))
+        if not spans:
+            return 0
         lost = max(d for _, d in spans)
         held = st.held
         while lost > 0:

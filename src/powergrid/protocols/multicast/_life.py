@@ -16,7 +16,8 @@ incarnation of one origin's stream as this member knows it, and its
   the origin's one retired slot for ``flush_grace``, still delivered, repaired
   from the group and answering Naks (rule 23).
 * ``HEARSAY``: a past life the coordinator knows only from members' Status: it
-  holds and delivers nothing of it, only digests its highest (rule 24).
+  holds and delivers nothing of it, only digests its highest and, from the
+  members' reports, where nobody holds it any more (rules 24, 16).
 * ``DROPPED``: the state was dropped after its grace; only ``(stable,
   delivered)`` is remembered, in :class:`Tombstones`, so a life that comes back
   resumes after what was delivered (rule 22).
