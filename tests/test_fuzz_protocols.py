@@ -212,6 +212,7 @@ STEPS_REGRESSIONS: dict[tuple[int | None, float, int], str] = {
     (None, 15.0, 26300012): "power-guarantee",  # a crashed server's cap, then a supply drop
     (None, 15.0, 26300049): "power-guarantee",  # the same
     (20, 5.0, 26202255): "multicast-agreement",  # the origin's hold began after its digest
+    (None, 15.0, 32300167): "market-prices-fresh",  # a lead restarted in its own epoch
     (None, 5.0, 32101199): "multicast-agreement",  # a hearsay life's lost history unskipped
 }
 """(size or None, safety phase, seed) -> what failed with supply steps (``powergrid fuzz

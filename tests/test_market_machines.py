@@ -608,6 +608,25 @@ def test_broker_reprices_a_raise_at_once() -> None:
     assert [type(a) for a in b.handle(rx(LEAD, older), 1.7)] == [Multicast]  # 2 back
 
 
+def test_broker_follows_a_restarted_lead_of_the_same_epoch_anew() -> None:
+    """Broker rule: a lead that restarted and won its epoch again numbers its rounds from 1;
+    its clearings (a newer incarnation) are taken from round 1 on, and a late one of the
+    dead life is stale (fresh seed 32,300,167, --safety 15 --supply-steps: the lead
+    restarted at 15.0 s and its cluster-1 broker dropped rounds 1-10 as duplicates of the
+    dead life's round 16, so that cluster had no price for the run's last 10 s)."""
+    b = active_broker()
+    b.handle(rx(ME, BID.to_message(1)), 0.1)
+    b.handle(DL, 1.0)
+    assert [type(a) for a in b.handle(rx(LEAD, cleared(b, round=16)), 1.1)] == [Multicast]
+    b.handle(DL, 2.0)
+    entry = wire.ClearingEntry(cluster=1, epoch=1, aggregate=2, budget=0)
+    again = cleared(b, round=1, entries=(entry,))
+    assert [type(a) for a in b.handle(rx(LEAD, again, incarnation=2), 2.1)] == [Multicast]
+    stale = b.stats.dropped_stale
+    assert b.handle(rx(LEAD, cleared(b, round=17, entries=(entry,))), 2.2) == []
+    assert b.stats.dropped_stale == stale + 1
+
+
 def test_broker_refuses_stale_lead_and_strangers() -> None:
     """Fencing rule: a clearing of an older lead epoch, or a same-epoch stranger, is dropped."""
     b = active_broker()

@@ -85,6 +85,13 @@ learns of it, with its aggregate: a lead that never heard that round (a
 restarted node, elected as it joins the broker group) learns the budgets in
 force at the clusters it has not heard from yet and reserves them.
 
+**Lead lives.** A lead that restarts and wins its epoch again (nobody remembers a
+higher one) numbers its rounds from 1: a clearing of the followed lead from a newer
+incarnation than the one heard so far starts the round count anew, and one from an
+older incarnation is stale (fresh seed 32,300,167: rounds 1-10 of a restarted lead
+were dropped as duplicates of its dead life's round 16, and a cluster went without a
+price for the last 10 s of the run).
+
 **Failover continuity.** A broker-capable node's broker overhears its
 cluster's ``Price`` while another node is the broker. When it becomes the
 broker itself it republishes the last price it heard (within
@@ -317,6 +324,7 @@ class BrokerMachine(Dispatching):
         "_holds",
         "_kept",
         "_lead_heard_at",
+        "_lead_inc",
         "_lead_round",
         "_leadership",
         "_local",
@@ -365,6 +373,7 @@ class BrokerMachine(Dispatching):
         self._recent: list[Totals] = []
         self._brokers = Leadership()  # the broker group's: the lead broker and its epoch
         self._lead_round = 0
+        self._lead_inc = 0  # the incarnation of the lead whose rounds _lead_round counts
         self._lead_heard_at = 0.0
         self._budget: int | None = None
         self._budget_from = (0, 0)  # the lead's (epoch, round) that granted _budget
@@ -522,7 +531,7 @@ class BrokerMachine(Dispatching):
         if type(msg) is wire.Bid:
             return self._on_bid(ev, msg, now)
         if type(msg) is wire.Clearing:
-            return self._on_clearing(ev.sender, msg, now)
+            return self._on_clearing(ev.sender, msg, now, ev.incarnation)
         if type(msg) is wire.Price:
             return self._on_price(ev.sender, msg, now)
         self.stats.dropped_unexpected += 1
@@ -586,7 +595,9 @@ class BrokerMachine(Dispatching):
             self._reprice_at = now + self._config.raise_gather
         return out
 
-    def _on_clearing(self, sender: NodeId, msg: wire.Clearing, now: float) -> list[object]:
+    def _on_clearing(
+        self, sender: NodeId, msg: wire.Clearing, now: float, incarnation: int = 0
+    ) -> list[object]:
         if not self._active:
             self.stats.dropped_unexpected += 1
             return []
@@ -602,6 +613,13 @@ class BrokerMachine(Dispatching):
         if sender != brokers.leader:
             self.stats.dropped_foreign += 1
             return []
+        if incarnation != self._lead_inc:
+            if incarnation < self._lead_inc:
+                self.stats.dropped_stale += 1  # the dead life's, late
+                return []
+            # A restarted lead that won its epoch again numbers its rounds from 1.
+            self._lead_inc = incarnation
+            self._lead_round = 0
         self._keep(msg)
         self._lead_heard_at = now
         self._local = False
