@@ -228,7 +228,8 @@ def test_supply_steps_regression_seeds(nodes: int | None, safety: float, seed: i
     without a cut-off member before its hold for that member began (multicast rule 28).
     32,101,199: a joiner stuck behind a restarted origin's lost history waited for a
     coordinator that knew that past life only from hearsay and never walked it (rules 16,
-    24)."""
+    24). 32,300,167: a lead restarted and won its epoch again, and a broker dropped its
+    rounds 1-10 as duplicates of the dead life's round 16 (broker, *lead lives*)."""
     assert_ok(run_datacentre(seed, nodes=nodes, safety_s=safety, supply_steps=True))
 
 
