@@ -625,6 +625,11 @@ def test_broker_follows_a_restarted_lead_of_the_same_epoch_anew() -> None:
     stale = b.stats.dropped_stale
     assert b.handle(rx(LEAD, cleared(b, round=17, entries=(entry,))), 2.2) == []
     assert b.stats.dropped_stale == stale + 1
+    # another lead (a first life, below the last one's incarnation) is followed anew too
+    other = NodeId(32)
+    b.handle(LeaderElected(group=BROKER_GROUP, leader=other, epoch=Epoch(8)), 2.3)
+    new_lead = cleared(b, epoch=8, round=1, entries=(entry,))
+    assert [type(a) for a in b.handle(rx(other, new_lead), 2.4)] == [Multicast]
 
 
 def test_broker_refuses_stale_lead_and_strangers() -> None:

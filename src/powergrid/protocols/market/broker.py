@@ -451,6 +451,7 @@ class BrokerMachine(Dispatching):
                 self.stats.dropped_stale += 1
             elif verdict.follow:
                 self._lead_round = 0  # a new lead (or epoch) numbers its rounds anew
+                self._lead_inc = 0
                 if self._active:
                     out = self._forward()
                     if self._totals is not None:
@@ -889,6 +890,7 @@ class BrokerMachine(Dispatching):
         self._recent = []
         self._price_round = 0
         self._lead_round = 0
+        self._lead_inc = 0
         self._lead_heard_at = now
         self._budget = None
         self._budget_from = (0, 0)
@@ -916,6 +918,7 @@ class BrokerMachine(Dispatching):
         # came from that group's election, which is gone. Its next stack starts from 0.
         self._brokers.forget()
         self._lead_round = 0
+        self._lead_inc = 0
 
     def _ack(self, node: NodeId, held: _Held) -> Send:
         return Send(
