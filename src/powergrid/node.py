@@ -534,6 +534,9 @@ _new_piece = record_builder(Piece)  # kind, payload
 _new_arrived = record_builder(FragmentArrived)  # channel, origin, incarnation, seq, payload
 
 
+_TICK = DeadlineReached()  # (immutable and empty: one for every wake-up)
+
+
 def _app_delivery(stack: _Stack, act: Deliver) -> MessageDelivered:
     """The app's notification of a multicast machine's Deliver of KIND_APP."""
     return _new_delivered(stack.group, act.origin, act.seq, act.payload)
@@ -861,15 +864,15 @@ class Node:
         out: list[Output] = []
         if actions is None:
             actions = self._take(stack, event, now, out)
-            if self._gate.send_only(stack.group, actions, out):  # (most of a quiet group's is)
-                return out
+            if not actions or self._gate.send_only(stack.group, actions, out):
+                return out  # (most of a quiet group's traffic is answered by nothing, or sent)
         self._run(stack, actions, now, out)
         return out
 
     def handle_deadline(self, now: float) -> list[Output]:
         """Wake every machine whose deadline has come."""
         out: list[Output] = []
-        tick = DeadlineReached()
+        tick = _TICK
         for group in sorted(self._stacks):
             stack = self._stacks.get(group)
             if stack is None:
@@ -1052,9 +1055,10 @@ class Node:
             return []
         machines = stack.machines
         if route.travels is not None:
-            self._run_market(self._call(machines[route.owner], event, now), now, out)
-            for role in route.overhearers:
-                self._run_market(self._call(machines[role], event, now), now, out)
+            for role in (route.owner, *route.overhearers):
+                actions = self._call(machines[role], event, now)
+                if actions:  # (an overhearer mostly has nothing to do)
+                    self._run_market(actions, now, out)
             return []
         actions = self._call(machines[route.owner], event, now)
         if route.overhearers and (route.overhear_if is None or route.overhear_if(stack)):
