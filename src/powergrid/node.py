@@ -81,8 +81,9 @@ The node keeps no timers of its own: ``next_deadline()`` is the earliest of
 its machines' deadlines, and ``handle_deadline(now)`` wakes those that are due.
 Every call of a machine goes through one place, :meth:`Node._call`, which notes
 the machine; ``next_deadline()`` asks again only the machines noted since it
-last ran (their deadlines are kept per machine) and the membership machines
-(touched by nearly every datagram, asked every time). No other code has to
+last ran (their deadlines are kept per machine; the memberships', touched by
+most datagrams, are kept apart, so that a membership message asks no other
+machine and any other message asks no membership). No other code has to
 remember that a deadline may have moved.
 
 Two shortcuts keep a large group cheap to simulate, with the same results.
@@ -596,6 +597,19 @@ def _earliest(dues: list[float | None]) -> float | None:
     return best
 
 
+_realm_headers: dict[int, bytes] = {}
+"""Realm tag -> its four header bytes: one object per realm for all the nodes of a
+process, not one each (every datagram reads it; in a simulated data centre a node's
+own copy was one more cold object per delivery)."""
+
+
+def _realm_header(realm: int) -> bytes:
+    header = _realm_headers.get(realm)
+    if header is None:
+        header = _realm_headers[realm] = realm.to_bytes(4, "big")
+    return header
+
+
 class _Gate:
     """What a datagram must pass before any machine sees it, in this order: the
     wire version and realm (header bytes; another realm's or version's datagram is
@@ -620,7 +634,7 @@ class _Gate:
         self._id = me
         self._inc = incarnation
         self._realm = realm
-        self._realm_bytes = realm.to_bytes(4, "big")
+        self._realm_bytes = _realm_header(realm)
         self._auth = auth
         self._stats = stats
         self._last_out: tuple[Any, int, Output] = (None, -1, None)  # action, group, datagram
@@ -736,6 +750,8 @@ class Node:
         "_lead",
         "_lead_epoch_seen",
         "_market",
+        "_membership_called",
+        "_membership_due",
         "_membership_one",
         "_memberships",
         "_realm",
@@ -773,10 +789,11 @@ class Node:
         self._lead_epoch_seen = 0  # the lead epoch of the last price the client applied
         self._broker = BrokerMachine(me, self._cluster, config.broker)
         self._market: tuple[Any, ...] = (self._client, self._broker, self._lead)  # role - CLIENT
-        # next_deadline(): every machine is called through _call, which notes it in
-        # _touched; the earliest deadline of all machines but the memberships (_rest_due)
-        # is kept per machine (_dues, by _index) and asked again only of the noted ones.
-        # The memberships (touched by nearly every datagram) are asked every time.
+        # next_deadline(): every machine is called through _call, which notes it; the
+        # earliest deadline of all machines but the memberships (_rest_due) is kept per
+        # machine (_dues, by _index) and asked again only of those noted in _touched. The
+        # memberships' earliest (_membership_due; they are touched by most datagrams, and
+        # a Price or a Coordinator touches none) is asked again when one was called.
         self._touched: set[Any] = set()
         self._index: dict[Any, int] = {}
         self._dues: list[float | None] = []
@@ -784,6 +801,8 @@ class Node:
         self._memberships: list[MembershipMachine] = []
         # the only membership when the node is in one group (most nodes)
         self._membership_one: MembershipMachine | None = None
+        self._membership_due: float | None = None
+        self._membership_called = False
 
     # ------------------------------------------------------------ surface
 
@@ -898,17 +917,18 @@ class Node:
                     dues[i] = machine.next_deadline()
             touched.clear()
             self._rest_due = _earliest(dues)
+        if self._membership_called:
+            self._membership_called = False
+            one = self._membership_one  # one group (most nodes): no list
+            self._membership_due = (
+                one.next_deadline()
+                if one is not None
+                else _earliest([m.next_deadline() for m in self._memberships])
+            )
         best = self._rest_due
-        one = self._membership_one
-        if one is not None:  # one group: no loop (called after every delivery)
-            due = one.next_deadline()
-            if due is not None and (best is None or due < best):
-                return due
-            return best
-        for membership in self._memberships:
-            due = membership.next_deadline()
-            if due is not None and (best is None or due < best):
-                best = due
+        due = self._membership_due
+        if due is not None and (best is None or due < best):
+            return due
         return best
 
     def multicast(self, payload: bytes, now: float, *, group: int | None = None) -> list[Output]:
@@ -1000,9 +1020,10 @@ class Node:
 
     def _call(self, machine: Any, event: object, now: float) -> list[Any]:
         """Every machine call goes through here: the machine is noted, and
-        :meth:`next_deadline` asks it for its deadline again (nothing else can move it).
-        A membership machine is asked every time anyway: it is not noted."""
-        if type(machine) is not MembershipMachine:
+        :meth:`next_deadline` asks it for its deadline again (nothing else can move it)."""
+        if type(machine) is MembershipMachine:
+            self._membership_called = True
+        else:
             self._touched.add(machine)
         return machine.handle(event, now)  # type: ignore[no-any-return]
 
@@ -1012,6 +1033,7 @@ class Node:
         self._home = self._stacks.get(self._cluster)
         self._memberships = [st.membership for st in stacks]
         self._membership_one = stacks[0].membership if len(stacks) == 1 else None
+        self._membership_called = True  # (ask them all again)
         rest = [m for st in stacks for m in st.own if m is not st.membership]
         rest.extend(self._market)
         self._index = {m: i for i, m in enumerate(rest)}
