@@ -911,12 +911,17 @@ class Node:
         touched = self._touched
         if touched:
             dues, index = self._dues, self._index
+            moved = False
             for machine in touched:
                 i = index.get(machine)
                 if i is not None:  # (None: of a stack that is gone)
-                    dues[i] = machine.next_deadline()
+                    due = machine.next_deadline()
+                    if due != dues[i]:
+                        dues[i] = due
+                        moved = True
             touched.clear()
-            self._rest_due = _earliest(dues)
+            if moved:  # (a duplicate, an ack, a Coordinator mostly moves none)
+                self._rest_due = _earliest(dues)
         if self._membership_called:
             self._membership_called = False
             one = self._membership_one  # one group (most nodes): no list
