@@ -128,7 +128,6 @@ from powergrid.events import DeadlineReached, LeaderElected, Received, Send
 from powergrid.protocols.leadership import Leadership, Verdict
 from powergrid.protocols.market.bids import DEFAULT_GRID, Bid, Grid
 from powergrid.protocols.market.clearing import ClearingResult, Regime, allocate
-from powergrid.protocols.market.repeat import earliest
 from powergrid.types import Epoch, GroupId, NodeId, incarnation_newer
 
 __all__ = [
@@ -376,14 +375,19 @@ class ClientMachine(Dispatching):
 
     def next_deadline(self) -> float | None:
         """The next refresh, resend, lease expiry or raise to apply, whichever is first."""
-        # (Asked after every event the client takes: four fields compared, no lists.)
-        retry, release = self._retry, self._release
-        return earliest(
-            self._refresh_at,
-            None if retry is None else retry[0],
-            self._lease_until,
-            None if release is None else release[0],
-        )
+        # (Asked after every event the client takes: four fields compared in line, the
+        # first of equal times kept, as min() would.)
+        best = self._refresh_at
+        retry = self._retry
+        if retry is not None and (best is None or retry[0] < best):
+            best = retry[0]
+        lease = self._lease_until
+        if lease is not None and (best is None or lease < best):
+            best = lease
+        release = self._release
+        if release is not None and (best is None or release[0] < best):
+            best = release[0]
+        return best
 
     # ---------------------------------------------------------------- handlers
 
