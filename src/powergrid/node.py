@@ -639,8 +639,9 @@ class _Gate:
         self._stats = stats
         self._last_out: tuple[Any, int, Output] = (None, -1, None)  # action, group, datagram
 
-    def admit(self, data: bytes, source: int) -> tuple[int, Received] | None:
-        """``(group, Received)`` for a datagram that passes, else None (counted)."""
+    def admit(self, data: bytes, source: int) -> tuple[Envelope, Received] | None:
+        """``(envelope, Received)`` for a datagram that passes, else None (counted): the
+        pair the cache of decodings keeps, as it is (no tuple built per datagram)."""
         stats = self._stats
         stats.received += 1
         if (
@@ -660,19 +661,18 @@ class _Gate:
         is_data = len(data) > 3 and data[3] == _DATA_CODE
         cache = _recent_data if is_data else _decoded
         known = cache.get(data)
-        if known is not None:
-            env, event = known
-        else:
+        if known is None:
             try:
-                env = decode(data)
+                decoded = decode(data)
             except DecodeError:
                 stats.malformed += 1
                 return None
-            event = _new_received(env.sender, env.incarnation, env.message)
-            if type(env.message) is not UData:  # (see _decoded)
+            known = (decoded, _new_received(decoded.sender, decoded.incarnation, decoded.message))
+            if type(decoded.message) is not UData:  # (see _decoded)
                 if len(cache) >= (_RECENT_DATA_MAX if is_data else _DECODED_MAX):
                     cache.clear()
-                cache[data] = (env, event)
+                cache[data] = known
+        env = known[0]
         if source and env.sender != source:
             stats.spoofed += 1
             return None
@@ -682,7 +682,7 @@ class _Gate:
         if auth is not None and not auth.accept(env.sender, env.incarnation, counter):
             stats.replayed += 1
             return None
-        return env.group, event
+        return known
 
     def send_only(self, group: int, actions: list[Any], out: list[Output]) -> bool:
         """Encode ``actions`` of ``group`` into ``out`` if they are all datagrams to
@@ -864,7 +864,8 @@ class Node:
         admitted = self._gate.admit(data, source)
         if admitted is None:
             return []
-        group, event = admitted
+        env, event = admitted
+        group = env.group
         stack = self._home if group == self._cluster else self._stacks.get(group)
         if stack is None:
             self._stats.foreign_group += 1
