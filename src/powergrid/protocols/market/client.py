@@ -425,14 +425,16 @@ class ClientMachine(Dispatching):
 
     def _on_received(self, ev: Received, now: float) -> list[object]:
         msg = ev.message
+        # (From the broker life heard so far, the common case, _restarted has nothing to say.)
+        known = ev.incarnation == self._broker_life
         if type(msg) is wire.Price:
-            out = self._restarted(ev, msg.epoch, now)
+            out = [] if known else self._restarted(ev, msg.epoch, now)
             if out is None:
                 return []
             prices = self._on_price(ev.sender, msg, now)
             return out + prices if out else prices
         if type(msg) is wire.BidAck:
-            out = self._restarted(ev, msg.epoch, now)
+            out = [] if known else self._restarted(ev, msg.epoch, now)
             return [] if out is None else out + self._on_bid_ack(ev.sender, msg, now)
         self.stats.dropped_unexpected += 1
         return []
