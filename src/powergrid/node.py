@@ -82,8 +82,9 @@ The node keeps no timers of its own: ``next_deadline()`` is the earliest of
 its machines' deadlines, and ``handle_deadline(now)`` wakes those that are due.
 Every call of a machine goes through one place, :meth:`Node._call`, which notes
 the machine; ``next_deadline()`` asks again only the machines noted since it
-last ran (their deadlines are kept per machine) and the membership machines
-(touched by nearly every datagram, asked every time). No other code has to
+last ran (their deadlines are kept per machine; the memberships', touched by
+most datagrams, are kept apart, so that a membership message asks no other
+machine and any other message asks no membership). No other code has to
 remember that a deadline may have moved.
 
 Two shortcuts keep a large group cheap to simulate, with the same results.
@@ -535,6 +536,9 @@ _new_piece = record_builder(Piece)  # kind, payload
 _new_arrived = record_builder(FragmentArrived)  # channel, origin, incarnation, seq, payload
 
 
+_TICK = DeadlineReached()  # (immutable and empty: one for every wake-up)
+
+
 def _app_delivery(stack: _Stack, act: Deliver) -> MessageDelivered:
     """The app's notification of a multicast machine's Deliver of KIND_APP."""
     return _new_delivered(stack.group, act.origin, act.seq, act.payload)
@@ -594,6 +598,19 @@ def _earliest(dues: list[float | None]) -> float | None:
     return best
 
 
+_realm_headers: dict[int, bytes] = {}
+"""Realm tag -> its four header bytes: one object per realm for all the nodes of a
+process, not one each (every datagram reads it; in a simulated data centre a node's
+own copy was one more cold object per delivery)."""
+
+
+def _realm_header(realm: int) -> bytes:
+    header = _realm_headers.get(realm)
+    if header is None:
+        header = _realm_headers[realm] = realm.to_bytes(4, "big")
+    return header
+
+
 class _Gate:
     """What a datagram must pass before any machine sees it, in this order: the
     wire version and realm (header bytes; another realm's or version's datagram is
@@ -618,13 +635,14 @@ class _Gate:
         self._id = me
         self._inc = incarnation
         self._realm = realm
-        self._realm_bytes = realm.to_bytes(4, "big")
+        self._realm_bytes = _realm_header(realm)
         self._auth = auth
         self._stats = stats
         self._last_out: tuple[Any, int, Output] = (None, -1, None)  # action, group, datagram
 
-    def admit(self, data: bytes, source: int) -> tuple[int, Received] | None:
-        """``(group, Received)`` for a datagram that passes, else None (counted)."""
+    def admit(self, data: bytes, source: int) -> tuple[Envelope, Received] | None:
+        """``(envelope, Received)`` for a datagram that passes, else None (counted): the
+        pair the cache of decodings keeps, as it is (no tuple built per datagram)."""
         stats = self._stats
         stats.received += 1
         if (
@@ -644,19 +662,18 @@ class _Gate:
         is_data = len(data) > 3 and data[3] == _DATA_CODE
         cache = _recent_data if is_data else _decoded
         known = cache.get(data)
-        if known is not None:
-            env, event = known
-        else:
+        if known is None:
             try:
-                env = decode(data)
+                decoded = decode(data)
             except DecodeError:
                 stats.malformed += 1
                 return None
-            event = _new_received(env.sender, env.incarnation, env.message)
-            if type(env.message) is not UData:  # (see _decoded)
+            known = (decoded, _new_received(decoded.sender, decoded.incarnation, decoded.message))
+            if type(decoded.message) is not UData:  # (see _decoded)
                 if len(cache) >= (_RECENT_DATA_MAX if is_data else _DECODED_MAX):
                     cache.clear()
-                cache[data] = (env, event)
+                cache[data] = known
+        env = known[0]
         if source and env.sender != source:
             stats.spoofed += 1
             return None
@@ -666,7 +683,7 @@ class _Gate:
         if auth is not None and not auth.accept(env.sender, env.incarnation, counter):
             stats.replayed += 1
             return None
-        return env.group, event
+        return known
 
     def send_only(self, group: int, actions: list[Any], out: list[Output]) -> bool:
         """Encode ``actions`` of ``group`` into ``out`` if they are all datagrams to
@@ -736,6 +753,8 @@ class Node:
         "_lead",
         "_lead_epoch_seen",
         "_market",
+        "_membership_called",
+        "_membership_due",
         "_membership_one",
         "_memberships",
         "_realm",
@@ -773,10 +792,11 @@ class Node:
         self._lead_epoch_seen = 0  # the lead epoch of the last price the client applied
         self._broker = BrokerMachine(me, self._cluster, config.broker)
         self._market: tuple[Any, ...] = (self._client, self._broker, self._lead)  # role - CLIENT
-        # next_deadline(): every machine is called through _call, which notes it in
-        # _touched; the earliest deadline of all machines but the memberships (_rest_due)
-        # is kept per machine (_dues, by _index) and asked again only of the noted ones.
-        # The memberships (touched by nearly every datagram) are asked every time.
+        # next_deadline(): every machine is called through _call, which notes it; the
+        # earliest deadline of all machines but the memberships (_rest_due) is kept per
+        # machine (_dues, by _index) and asked again only of those noted in _touched. The
+        # memberships' earliest (_membership_due; they are touched by most datagrams, and
+        # a Price or a Coordinator touches none) is asked again when one was called.
         self._touched: set[Any] = set()
         self._index: dict[Any, int] = {}
         self._dues: list[float | None] = []
@@ -784,6 +804,8 @@ class Node:
         self._memberships: list[MembershipMachine] = []
         # the only membership when the node is in one group (most nodes)
         self._membership_one: MembershipMachine | None = None
+        self._membership_due: float | None = None
+        self._membership_called = False
 
     # ------------------------------------------------------------ surface
 
@@ -845,7 +867,8 @@ class Node:
         admitted = self._gate.admit(data, source)
         if admitted is None:
             return []
-        group, event = admitted
+        env, event = admitted
+        group = env.group
         stack = self._home if group == self._cluster else self._stacks.get(group)
         if stack is None:
             self._stats.foreign_group += 1
@@ -867,15 +890,15 @@ class Node:
         out: list[Output] = []
         if actions is None:
             actions = self._take(stack, event, now, out)
-            if self._gate.send_only(stack.group, actions, out):  # (most of a quiet group's is)
-                return out
+            if not actions or self._gate.send_only(stack.group, actions, out):
+                return out  # (most of a quiet group's traffic is answered by nothing, or sent)
         self._run(stack, actions, now, out)
         return out
 
     def handle_deadline(self, now: float) -> list[Output]:
         """Wake every machine whose deadline has come."""
         out: list[Output] = []
-        tick = DeadlineReached()
+        tick = _TICK
         for group in sorted(self._stacks):
             stack = self._stacks.get(group)
             if stack is None:
@@ -895,23 +918,29 @@ class Node:
         touched = self._touched
         if touched:
             dues, index = self._dues, self._index
+            moved = False
             for machine in touched:
                 i = index.get(machine)
                 if i is not None:  # (None: of a stack that is gone)
-                    dues[i] = machine.next_deadline()
+                    due = machine.next_deadline()
+                    if due != dues[i]:
+                        dues[i] = due
+                        moved = True
             touched.clear()
-            self._rest_due = _earliest(dues)
+            if moved:  # (a duplicate, an ack, a Coordinator mostly moves none)
+                self._rest_due = _earliest(dues)
+        if self._membership_called:
+            self._membership_called = False
+            one = self._membership_one  # one group (most nodes): no list
+            self._membership_due = (
+                one.next_deadline()
+                if one is not None
+                else _earliest([m.next_deadline() for m in self._memberships])
+            )
         best = self._rest_due
-        one = self._membership_one
-        if one is not None:  # one group: no loop (called after every delivery)
-            due = one.next_deadline()
-            if due is not None and (best is None or due < best):
-                return due
-            return best
-        for membership in self._memberships:
-            due = membership.next_deadline()
-            if due is not None and (best is None or due < best):
-                best = due
+        due = self._membership_due
+        if due is not None and (best is None or due < best):
+            return due
         return best
 
     def multicast(self, payload: bytes, now: float, *, group: int | None = None) -> list[Output]:
@@ -1020,9 +1049,10 @@ class Node:
 
     def _call(self, machine: Any, event: object, now: float) -> list[Any]:
         """Every machine call goes through here: the machine is noted, and
-        :meth:`next_deadline` asks it for its deadline again (nothing else can move it).
-        A membership machine is asked every time anyway: it is not noted."""
-        if type(machine) is not MembershipMachine:
+        :meth:`next_deadline` asks it for its deadline again (nothing else can move it)."""
+        if type(machine) is MembershipMachine:
+            self._membership_called = True
+        else:
             self._touched.add(machine)
         return machine.handle(event, now)  # type: ignore[no-any-return]
 
@@ -1032,6 +1062,7 @@ class Node:
         self._home = self._stacks.get(self._cluster)
         self._memberships = [st.membership for st in stacks]
         self._membership_one = stacks[0].membership if len(stacks) == 1 else None
+        self._membership_called = True  # (ask them all again)
         rest = [m for st in stacks for m in st.own if m is not st.membership]
         rest.extend(self._market)
         self._index = {m: i for i, m in enumerate(rest)}
@@ -1075,9 +1106,10 @@ class Node:
             return []
         machines = stack.machines
         if route.travels is not None:
-            self._run_market(self._call(machines[route.owner], event, now), now, out)
-            for role in route.overhearers:
-                self._run_market(self._call(machines[role], event, now), now, out)
+            for role in (route.owner, *route.overhearers):
+                actions = self._call(machines[role], event, now)
+                if actions:  # (an overhearer mostly has nothing to do)
+                    self._run_market(actions, now, out)
             return []
         actions = self._call(machines[route.owner], event, now)
         if route.overhearers and (route.overhear_if is None or route.overhear_if(stack)):

@@ -490,9 +490,11 @@ class ElectionMachine(Dispatching):
         one forged message cannot drag this node's epochs anywhere it likes.
         """
         top = self._max_epoch
+        if epoch == top:  # (the common case: every Coordinator of the leader followed)
+            return
         if epoch_newer(epoch, top):
             self._max_epoch = epoch
-        elif epoch != top and not epoch_newer(top, epoch):
+        elif not epoch_newer(top, epoch):
             self._stats.foreign_epoch += 1
 
     def _adopt(self, epoch: int) -> None:

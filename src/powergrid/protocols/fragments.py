@@ -80,7 +80,7 @@ import attrs
 from powergrid._checks import config_error, number, whole
 from powergrid._dispatch import Dispatching
 from powergrid.errors import DecodeError, PayloadTooLargeError, UsageError
-from powergrid.events import DeadlineReached, ViewChanged
+from powergrid.events import DeadlineReached, ViewChanged, member_maps
 from powergrid.protocols.multicast import MAX_MULTICAST_PAYLOAD
 from powergrid.protocols.unicast import MAX_UNICAST_PAYLOAD
 from powergrid.types import Incarnation, NodeId, node_field
@@ -269,7 +269,7 @@ class FragmentMachine(Dispatching):
         self._partials: dict[_Key, _Partial] = {}
         self._held = 0  # bytes in all partials
         self._born = 0
-        self._members: frozenset[int] | None = None  # of the last view
+        self._members: dict[int, int] | None = None  # of the last view (shared: read only)
         self._departed: dict[int, float] = {}  # origin -> end of its grace
 
     @property
@@ -422,8 +422,9 @@ class FragmentMachine(Dispatching):
     # ------------------------------------------------------------ views and time
 
     def _view(self, ev: ViewChanged, now: float) -> list[Any]:  # F5
-        members = frozenset(int(m.node) for m in ev.view.members)
-        self._members = members
+        # The group's one dict for this view (member_maps), not a set per node: every
+        # node of a data centre's group installs each view.
+        members = self._members = member_maps(ev.view.members)[1]
         if not self._partials:
             return []
         for origin in sorted({k[1] for k in self._partials}):

@@ -780,8 +780,8 @@ class MemoryNetwork:
         self._send_after(delay, src, dsts[0], data)
         run = self._run
         assert run is not None  # the first copy's run, and nothing scheduled since
-        life = self._life
-        run.extend((dst, data, src, life.get(dst, 0)) for dst in dsts[1:])
+        life_of = self._life.get
+        run += [(dst, data, src, life_of(dst, 0)) for dst in dsts[1:]]  # (no generator)
 
     def _send_after(self, delay: float, src: int, dst: int, data: bytes) -> None:
         if not delay >= 0:

@@ -746,14 +746,18 @@ class PowerLedger:
             ),
         )
         srv.last_price = t
-        self._out(srv)
-        if counted and not srv.admitted:
-            srv.admitted = True
-            self._latency.append(t - srv.started)
-            srv.owed = True
-        srv.counted = counted
-        srv.older = counted and not latest
-        self._in(srv)
+        admitted = counted and not srv.admitted
+        older = counted and not latest
+        if admitted or counted != srv.counted or older != srv.older:
+            # (Else nothing _in reads changes: out and in again would give the same sums.)
+            self._out(srv)
+            if admitted:
+                srv.admitted = True
+                self._latency.append(t - srv.started)
+                srv.owed = True
+            srv.counted = counted
+            srv.older = older
+            self._in(srv)
         self._integrate(t)
 
     def crashed(self, t: float, node: int) -> None:

@@ -183,6 +183,11 @@ class PriceUpdated:
     lead_round: int = 0
 
 
+# Every applied price builds one (see wire.record_builder: the same object, about twice
+# as fast); positional, in field order.
+_new_price_updated = wire.record_builder(PriceUpdated)
+
+
 @attrs.frozen(kw_only=True)
 class AllocationChanged:
     """Notification: this server's power cap is now ``allocation`` watts, because of ``cause``."""
@@ -370,14 +375,19 @@ class ClientMachine(Dispatching):
 
     def next_deadline(self) -> float | None:
         """The next refresh, resend, lease expiry or raise to apply, whichever is first."""
-        times = [
-            self._refresh_at,
-            self._retry and self._retry[0],
-            self._lease_until,
-            self._release and self._release[0],
-        ]
-        known = [t for t in times if t is not None]
-        return min(known) if known else None
+        # (Asked after every event the client takes: four fields compared in line, the
+        # first of equal times kept, as min() would.)
+        best = self._refresh_at
+        retry = self._retry
+        if retry is not None and (best is None or retry[0] < best):
+            best = retry[0]
+        lease = self._lease_until
+        if lease is not None and (best is None or lease < best):
+            best = lease
+        release = self._release
+        if release is not None and (best is None or release[0] < best):
+            best = release[0]
+        return best
 
     # ---------------------------------------------------------------- handlers
 
@@ -415,11 +425,16 @@ class ClientMachine(Dispatching):
 
     def _on_received(self, ev: Received, now: float) -> list[object]:
         msg = ev.message
+        # (From the broker life heard so far, the common case, _restarted has nothing to say.)
+        known = ev.incarnation == self._broker_life
         if type(msg) is wire.Price:
-            out = self._restarted(ev, msg.epoch, now)
-            return [] if out is None else out + self._on_price(ev.sender, msg, now)
+            out = [] if known else self._restarted(ev, msg.epoch, now)
+            if out is None:
+                return []
+            prices = self._on_price(ev.sender, msg, now)
+            return out + prices if out else prices
         if type(msg) is wire.BidAck:
-            out = self._restarted(ev, msg.epoch, now)
+            out = [] if known else self._restarted(ev, msg.epoch, now)
             return [] if out is None else out + self._on_bid_ack(ev.sender, msg, now)
         self.stats.dropped_unexpected += 1
         return []
@@ -488,8 +503,10 @@ class ClientMachine(Dispatching):
             self.stats.dropped_no_bid += 1
             return actions
         self._round = msg.round
-        counted = [seq for seq, agg in self._acks.items() if agg <= msg.aggregate]
-        seq = max(counted, default=0)
+        seq = 0  # the newest bid the aggregate counted (seqs start at 1)
+        for acked, agg in self._acks.items():
+            if agg <= msg.aggregate and acked > seq:
+                seq = acked
         if msg.flags & wire.Price.FLAG_REPUBLISHED:
             seq = 0  # a new broker's republished price: it counts no bid
         if seq and now - self._acked_at[seq] >= self._config.ack_timeout:
@@ -499,13 +516,17 @@ class ClientMachine(Dispatching):
             allocation = allocate(self._bids[seq], result, self._config.grid)
             # A newer bid not acknowledged yet may be the one the broker counted (its ack
             # is on its way, or lost): take the lesser share (see "Unacknowledged bids").
-            for newer in sorted(s for s in self._bids if s > seq and s not in self._acks):
-                allocation = min(allocation, allocate(self._bids[newer], result, self._config.grid))
+            if seq != self._seq:  # (no bid is newer than the current one)
+                for newer in sorted(s for s in self._bids if s > seq and s not in self._acks):
+                    allocation = min(
+                        allocation, allocate(self._bids[newer], result, self._config.grid)
+                    )
             self._includes_latest = seq == self._seq
-            for old in [s for s in self._bids if s < seq]:
-                del self._bids[old]
-                self._acks.pop(old, None)
-                self._acked_at.pop(old, None)
+            if len(self._bids) > 1:  # (seq's own bid is one of them)
+                for old in [s for s in self._bids if s < seq]:
+                    del self._bids[old]
+                    self._acks.pop(old, None)
+                    self._acked_at.pop(old, None)
         else:  # not counted, or not surely: the clearing budgeted nothing for us
             allocation = bid.floor if self._config.floor_reserve else 0  # the join reserve's
             self._includes_latest = False
@@ -519,20 +540,20 @@ class ClientMachine(Dispatching):
         self.stats.prices_applied += 1
         self._price = result.price
         self._regime = result.regime
-        update = PriceUpdated(
-            group=self._cluster,
-            epoch=self._leadership.epoch,
-            round=msg.round,
-            price=result.price,
-            regime=result.regime,
-            allocation=allocation,
-            includes_latest_bid=self._includes_latest,
-            deficit=result.deficit,
-            local=bool(msg.flags & wire.Price.FLAG_LOCAL),
-            counted=bool(seq),
-            carried=carried,
-            lead_epoch=Epoch(msg.lead_epoch),
-            lead_round=msg.lead_round,
+        update = _new_price_updated(
+            self._cluster,  # group
+            self._leadership.epoch,  # epoch
+            msg.round,  # round
+            result.price,  # price
+            result.regime,  # regime
+            allocation,  # allocation
+            self._includes_latest,  # includes_latest_bid
+            result.deficit,  # deficit
+            bool(msg.flags & wire.Price.FLAG_LOCAL),  # local
+            bool(seq),  # counted
+            carried,  # carried
+            Epoch(msg.lead_epoch),  # lead_epoch
+            msg.lead_round,  # lead_round
         )
         self._release = None  # a newer price replaces a raise not applied yet
         after = self._config.raise_after

@@ -530,13 +530,16 @@ class LeadBrokerMachine(Dispatching):
             self.stats.dropped_unexpected += 1
             return []
         self.stats.clearings_overheard += 1
-        for e in msg.entries:
-            old = self._granted.get(e.cluster)
-            if e.aggregate == 0 and old is not None and old.epoch == e.epoch:
-                continue  # a budget we know of, passed on: it was given no later than ours
-            if old is not None and old.epoch == e.epoch and epoch_newer(old.lead, msg.epoch):
-                continue  # an older lead's budget (forwarded late): ours replaced it
-            result = None if e.aggregate == 0 else ClearingResult.checked(msg, self._config.grid)
+        granted = self._granted
+        checked = ClearingResult.checked(msg, self._config.grid)  # (one per message)
+        for e in msg.entries:  # (one per cluster, at every broker: kept lean)
+            old = granted.get(e.cluster)
+            if old is not None and old.epoch == e.epoch:
+                if e.aggregate == 0:
+                    continue  # a budget we know of, passed on: it was given no later than ours
+                if old.lead != msg.epoch and epoch_newer(old.lead, msg.epoch):
+                    continue  # an older lead's budget (forwarded late): ours replaced it
+            result = None if e.aggregate == 0 else checked
             self._grant(e.cluster, _Grant(budget=e.budget, at=now, epoch=e.epoch, result=result))
         return []
 

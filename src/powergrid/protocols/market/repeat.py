@@ -87,6 +87,11 @@ class Repeater:
 
 
 def earliest(*times: float | None) -> float | None:
-    """The earliest of ``times`` that is not None (None if all are)."""
-    known = [t for t in times if t is not None]
-    return min(known) if known else None
+    """The earliest of ``times`` that is not None (None if all are; the first of equals,
+    as ``min``). A loop, not a list and ``min``: the market machines' deadlines are
+    asked after every event they take."""
+    best = None
+    for t in times:
+        if t is not None and (best is None or t < best):
+            best = t
+    return best

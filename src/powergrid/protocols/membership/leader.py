@@ -394,7 +394,8 @@ class Leader(_Role):
             self.alive(ev.sender, now)
         else:
             m._stats.dropped_not_member += 1
-        if view_newer(ack.view_id, m._view_id()):
+        own = m._view_id()
+        if ack.view_id != own and view_newer(ack.view_id, own):  # (False for equals)
             # Rule L8: even a node we do not list holds a newer view id: go above it, so
             # that it installs our view (and, if left out, joins again).
             m._highest = newest(m._highest, ack.view_id)

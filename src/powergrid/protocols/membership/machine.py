@@ -582,6 +582,7 @@ class MembershipMachine(Dispatching):
         known = self._members.get(sender)
         if (
             known is not None
+            and known.incarnation != ev.incarnation  # (the common case: no call)
             and incarnation_newer(known.incarnation, ev.incarnation)
             and sender != self._lead.leader
         ):
@@ -625,7 +626,8 @@ class MembershipMachine(Dispatching):
         self._heard = now
         self._lost_reported = False
         self._leader_left = False
-        self._highest = newest(self._highest, view_id)
+        if view_id != self._highest:  # (newest of equals is either)
+            self._highest = newest(self._highest, view_id)
         return True
 
     def _request_view(self, leader: int, now: float, actions: list[Any]) -> None:

@@ -439,33 +439,36 @@ class Member(_Following):
             return actions  # rule M1
         view = m._view
         assert view is not None
-        if installable(hb.view_id, view.view_id) or (
-            hb.view_id == view.view_id
-            and (hb.epoch != view.epoch or m._view_from != (ev.sender, ev.incarnation))
+        sender, epoch, vid, own = ev.sender, hb.epoch, hb.view_id, view.view_id
+        view_from = m._view_from
+        if (vid != own and installable(vid, own)) or (
+            vid == own
+            and (epoch != view.epoch or view_from[0] != sender or view_from[1] != ev.incarnation)
         ):
             # Rule M3: a newer view, or one with our view's id that is not our view (another
             # epoch, or another leader of this epoch: a twin, or a new life of our leader).
-            m._request_view(ev.sender, now, actions)
+            m._request_view(sender, now, actions)
         # Rule M2: ack with our own view id; with sparse acks, only once the last ack
         # (to any leader, in any view) is _ack_gap old: every ack_every-th heartbeat;
         # but every heartbeat for dense_acks_for after a sign of loss (a heartbeat
         # missed: more than 2.5 ticks since the last, two beats lost, not one beat
         # late; or a probe of this node).
-        key = (ev.sender, hb.epoch, view.view_id)
+        key = (sender, epoch, own)
         ack = self.ack_out
-        if ack is not None and ack[0][:2] == key[:2] and now - self.beat_at > 2.5 * m._tick_s:
-            self.dense_until = now + m._config.dense_acks_for  # (the same leader's beat)
-        self.beat_at = now
+        last = None if ack is None else ack[0]  # the key of the last ack
         if (
-            ack is not None
-            and ack[0] == key
-            and now - self.acked_at < m._ack_gap
-            and now >= self.dense_until
+            last is not None
+            and last[0] == sender  # the same leader's beat
+            and last[1] == epoch
+            and now - self.beat_at > 2.5 * m._tick_s
         ):
+            self.dense_until = now + m._config.dense_acks_for
+        self.beat_at = now
+        if last == key and now - self.acked_at < m._ack_gap and now >= self.dense_until:
             return actions
         self.acked_at = now
-        if ack is None or ack[0] != key:  # else the same (immutable) action as last time
-            send = Send(to=ev.sender, message=HeartbeatAck(epoch=hb.epoch, view_id=view.view_id))
+        if ack is None or last != key:  # else the same (immutable) action as last time
+            send = Send(to=sender, message=HeartbeatAck(epoch=epoch, view_id=own))
             ack = self.ack_out = (key, send)
         actions.append(ack[1])
         m._stats.acks_sent += 1
