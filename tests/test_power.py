@@ -316,8 +316,8 @@ class CutDelayingBroker(BrokerMachine):
             out.append(act)
         return out
 
-    def _on_clearing(self, sender: Any, msg: Any, now: float) -> list[object]:
-        return self._held_back(super()._on_clearing(sender, msg, now))
+    def _on_clearing(self, sender: Any, msg: Any, now: float, incarnation: int = 0) -> list[object]:
+        return self._held_back(super()._on_clearing(sender, msg, now, incarnation))
 
     def _on_deadline(self, ev: Any, now: float) -> list[object]:
         return self._held_back(super()._on_deadline(ev, now))  # its repeats too
