@@ -1032,6 +1032,31 @@ def test_restarted_coordinator_digests_its_own_past_life_from_status() -> None:
     assert m.next_deadline() is None
 
 
+_RESTARTED = (
+    Member(node=A, incarnation=I2),
+    Member(node=B, incarnation=I2),
+    *(Member(node=n, incarnation=I1) for n in (D, E)),
+)
+
+
+def _restarted_coordinator() -> MulticastMachine:
+    """A, restarted (life 2), coordinates a view with B's life 2 and D's and E's life 1;
+    B's #1 delivered and the view change's digests sent (0.9 s)."""
+    m = MulticastMachine(CFG, me=A, incarnation=I2, rng=random.Random(7))
+    m.handle(
+        ViewChanged(
+            view=View(group=GroupId(1), view_id=1, leader=A, epoch=Epoch(1), members=_RESTARTED)
+        ),
+        0.0,
+    )
+    assert m.handle(data(1, sender=B, inc=2, payload=b"new"), 0.0) == [
+        deliver(1, B, inc=2, payload=b"new")
+    ]
+    while (due := m.next_deadline()) is not None and due < 0.9:  # the view change's digests
+        m.handle(TICK, due)
+    return m
+
+
 def test_coordinator_that_never_knew_a_past_life_digests_it_from_status() -> None:
     """Rule 24 (hearsay lives): a coordinator with no state of an origin's past life (it
     joined, restarted or took over after that life ended; the view lists the origin's
@@ -1045,23 +1070,7 @@ def test_coordinator_that_never_knew_a_past_life_digests_it_from_status() -> Non
     skipped those entries: a new coordinator, itself restarted and in the group only
     after the origin's restart, never named the old life's last message, which one
     member had lost and two had delivered: multicast-agreement seed 17141.)"""
-    m = MulticastMachine(CFG, me=A, incarnation=I2, rng=random.Random(7))
-    members = (
-        Member(node=A, incarnation=I2),
-        Member(node=B, incarnation=I2),
-        *(Member(node=n, incarnation=I1) for n in (D, E)),
-    )
-    m.handle(
-        ViewChanged(
-            view=View(group=GroupId(1), view_id=1, leader=A, epoch=Epoch(1), members=members)
-        ),
-        0.0,
-    )
-    assert m.handle(data(1, sender=B, inc=2, payload=b"new"), 0.0) == [
-        deliver(1, B, inc=2, payload=b"new")
-    ]
-    while (due := m.next_deadline()) is not None and due < 0.9:  # the view change's digests
-        m.handle(TICK, due)
+    m = _restarted_coordinator()
     t = 0.9
     assert m.handle(recv(D, Status(view_id=1, entries=(StatusEntry(B, 1, 13, 13),))), t) == []
     assert m.handle(recv(E, Status(view_id=1, entries=(StatusEntry(B, 1, 14, 13),))), t) == []
@@ -1083,7 +1092,7 @@ def test_coordinator_that_never_knew_a_past_life_digests_it_from_status() -> Non
     # Stepping down drops it: it is not reported to the next coordinator.
     m.handle(
         ViewChanged(
-            view=View(group=GroupId(1), view_id=2, leader=D, epoch=Epoch(2), members=members)
+            view=View(group=GroupId(1), view_id=2, leader=D, epoch=Epoch(2), members=_RESTARTED)
         ),
         t + 0.4,
     )
@@ -1141,23 +1150,7 @@ def test_coordinator_skips_lost_history_of_a_hearsay_life() -> None:
     by a new coordinator's first digest, held #4-#13 behind #1-#3 that nobody held; 9001
     restarted and the last coordinator, itself restarted after that life, only heard of
     it, so 9002 never delivered #12 and #13, which 9003 had.)"""
-    m = MulticastMachine(CFG, me=A, incarnation=I2, rng=random.Random(7))
-    members = (
-        Member(node=A, incarnation=I2),
-        Member(node=B, incarnation=I2),
-        *(Member(node=n, incarnation=I1) for n in (D, E)),
-    )
-    m.handle(
-        ViewChanged(
-            view=View(group=GroupId(1), view_id=1, leader=A, epoch=Epoch(1), members=members)
-        ),
-        0.0,
-    )
-    assert m.handle(data(1, sender=B, inc=2, payload=b"new"), 0.0) == [
-        deliver(1, B, inc=2, payload=b"new")
-    ]
-    while (due := m.next_deadline()) is not None and due < 0.9:  # the view change's digests
-        m.handle(TICK, due)
+    m = _restarted_coordinator()
     live = Multicast(
         message=Stable(view_id=1, entries=(StableEntry(A, 2, 0, 0), StableEntry(B, 2, 0, 1)))
     )
