@@ -357,17 +357,19 @@ class PowerLedger:
         if end is not None:  # the integration splits exactly there
             self._timer(end, "held", 0, 0)
 
-    def _held_beyond(self, t: float, level: int) -> int:
-        """Watts the brokers hold for departed members beyond what the owed sums of
-        ``level`` (2: r, 1: h) already count of those nodes (see ``held-cap``)."""
-        beyond = 0
+    def _held_beyond(self, t: float) -> tuple[int, int]:
+        """Watts the brokers hold for departed members beyond what the owed sums of r,
+        and of h, already count of those nodes (see ``held-cap``)."""
+        beyond_r = beyond_h = 0
         for node, watts in self._holds.most(t).items():
             srv = self._servers.get(node)
-            counted = 0  # a live server's r (h) is in the owed or the joining sums
-            if srv is not None and srv.live:
-                counted = srv.required if level == 2 else srv.floor
-            beyond += max(0, watts - counted)
-        return beyond
+            if srv is not None and srv.live:  # its r and h are in the owed or joining sums
+                beyond_r += max(0, watts - srv.required)
+                beyond_h += max(0, watts - srv.floor)
+            else:
+                beyond_r += watts
+                beyond_h += watts
+        return beyond_r, beyond_h
 
     def _starving(self) -> tuple[dict[str, int] | None, int]:
         """The below-counts that apply now, and the total starved count."""
@@ -525,14 +527,16 @@ class PowerLedger:
         """The below-counts left once the level the supply less the brokers' holds can
         pay is owed; the servers only the holds keep from their level are ``held-cap``."""
         s = self.supply_w
+        beyond_r, beyond_h = self._held_beyond(start)
+        pays_h = s - beyond_h >= self._sum_h + self._join_h
         if counts is self._below_r:
-            if s - self._held_beyond(start, 2) >= self._sum_r + self._join_r:
+            if s - beyond_r >= self._sum_r + self._join_r:
                 return counts, starved
-            if s - self._held_beyond(start, 1) >= self._sum_h + self._join_h:
+            if pays_h:
                 left = sum(self._below_h.values())
                 self._starved["held-cap"] += (starved - left) * dt
                 return (self._below_h, left) if left else (None, 0)
-        elif s - self._held_beyond(start, 1) >= self._sum_h + self._join_h:
+        elif pays_h:
             return counts, starved
         self._starved["held-cap"] += starved * dt
         return None, 0

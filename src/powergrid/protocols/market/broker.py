@@ -59,7 +59,7 @@ room (at once within the budget, by a local price, or by the lead's clearing, wh
 the aggregate reaches at once): nobody is given watts whose cut nobody confirmed.
 (Fuzz seeds 26,300,012 and 26,300,049 with supply steps: a server crashed holding a
 surplus cap, the supply fell, and the lead, counting its bid at the new price, gave
-the survivors the watts it still drew, up to 78 W over the supply for 2 s.)
+the survivors the watts it still drew: 78 W over the supply, strict 2 s after the drop.)
 
 **Driving.** Inputs: ``LeaderElected``, ``ViewChanged``, ``MemberLeft``, ``Received`` and
 ``DeadlineReached``. Outputs: ``Send(client, BidAck)``, ``Send(lead, Aggregate)``,
@@ -592,8 +592,8 @@ class BrokerMachine(Dispatching):
         self._bids[node] = held
         self.stats.bids_accepted += 1
         out: list[object] = [self._ack(node, held)]
-        if old is not None and self._reprice_at is None and self._raise_due(old.bid, bid):
-            self._reprice_at = now + self._config.raise_gather
+        if old is not None and self._raise_due(old.bid, bid):
+            self._reprice_soon(now)
         return out
 
     def _on_clearing(
@@ -784,6 +784,8 @@ class BrokerMachine(Dispatching):
         return CapHeld(group=self._cluster, node=node, watts=0, until=now)
 
     def _reprice_soon(self, now: float) -> None:
+        """Reprice ``raise_gather`` from now (with what else comes meanwhile), unless one
+        is pending or this round repriced enough (the path of a raise and of a hold)."""
         if self._active and self._reprice_at is None and self._raised < _MAX_REPRICES:
             self._reprice_at = now + self._config.raise_gather
 
