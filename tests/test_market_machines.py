@@ -75,6 +75,7 @@ def price(**kw: Any) -> wire.Price:
         "aggregate": 1,
         "lead_epoch": 7,
         "lead_round": 1,
+        "budget": 0,
     }
     fields.update(kw)
     return wire.Price(**fields)
@@ -540,7 +541,7 @@ def test_broker_multicasts_price_from_clearing() -> None:
     b.handle(rx(ME, BID.to_message(1)), 0.1)
     b.handle(DL, 1.0)
     out = b.handle(rx(LEAD, cleared(b, round=5)), 1.1)
-    assert out == [Multicast(message=price(lead_epoch=7, lead_round=5))]
+    assert out == [Multicast(message=price(lead_epoch=7, lead_round=5, budget=162))]
     assert b.budget == 162  # BID's rungs 150 and 175 at level 3, half filled
     assert b.handle(rx(LEAD, cleared(b, round=5)), 1.2) == []  # same round
     assert b.stats.dropped_duplicate == 1
@@ -947,6 +948,7 @@ def test_broker_reclears_within_last_budget_when_lead_is_gone() -> None:
                 aggregate=4,
                 lead_epoch=7,  # the clearing whose budget it spends
                 lead_round=1,
+                budget=290,  # and that budget
             )
         ),
     ]
@@ -1674,6 +1676,37 @@ def test_lead_passes_budgets_on_and_a_later_lead_holds_them() -> None:
     lead.handle(rx(BROKER, agg_msg(2, [BID2], seq=2, epoch=2)), 6.4)
     out = lead.handle(DL, 6.5)[-1]  # 1.0 + 5.5: over
     assert isinstance(out, MarketCleared) and out.held == 0
+
+
+def test_lead_holds_the_budget_its_clusters_price_named() -> None:
+    """Lead rule (budgets in force): a node's lead machine overhears its cluster's prices
+    from the broker, another node, and learns the budget each names. If that broker was
+    the lead too and crashed, this node may be the next lead without ever having heard its
+    Clearings: it holds the budget once the cluster's aggregates come from a newer cluster
+    epoch, until lease + lease_margin after the price, less the old share of the servers
+    counted again (fresh seed 32,300,668: the dead lead's own 185 W went to the others)."""
+    surplus = {"regime": int(Regime.SURPLUS), "price": 0.0, "level": 0, "fill": 0}
+    lead = LeadBrokerMachine(LEAD, 600, LCFG, cluster=2)
+    assert lead.handle(rx(BROKER, price(**surplus, budget=350)), 1.0) == []  # 200 + 150
+    # a republished price (its budget is an older epoch's) and a budget of 0 teach nothing
+    lead.handle(rx(BROKER, price(**surplus, epoch=2, flags=2, budget=999)), 1.5)
+    lead.handle(rx(BROKER, price(**surplus, epoch=2, budget=0)), 1.5)
+    assert (lead.stats.prices_overheard, lead.stats.dropped_unexpected) == (1, 2)
+    lead.handle(LeaderElected(group=BROKER_GROUP, leader=LEAD, epoch=Epoch(1)), 2.0)
+    lead.handle(rx(OTHER, agg_msg(2, [BID2], epoch=2)), 2.5)  # the 200-W server is gone
+    out = lead.handle(DL, 3.0)[-1]
+    # 350 - (150 - 1): the dead server's 200 W (and a watt) stay out until 1.0 + 5.5
+    assert isinstance(out, MarketCleared) and (out.held, out.allocated) == (201, 150)
+    lead.handle(rx(OTHER, agg_msg(2, [BID2], seq=2, epoch=2)), 6.4)
+    out = lead.handle(DL, 6.5)[-1]
+    assert isinstance(out, MarketCleared) and out.held == 0
+    # a lead machine that gave the budget itself keeps its own grant
+    own = LeadBrokerMachine(LEAD, 600, LCFG, cluster=2)
+    own.handle(LeaderElected(group=BROKER_GROUP, leader=LEAD, epoch=Epoch(7)), 0.0)
+    own.handle(rx(OTHER, agg_msg(2, [BID2])), 0.5)
+    own.handle(DL, 1.0)
+    own.handle(rx(BROKER, price(**surplus, budget=150)), 1.1)
+    assert (own.stats.prices_overheard, own.stats.dropped_stale) == (0, 1)
 
 
 def test_lead_join_reserve_holds_back_the_floors_not_counted() -> None:

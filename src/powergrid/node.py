@@ -405,6 +405,7 @@ class _Stack:
     """The machines of one group, and the node's market machines, by role."""
 
     __slots__ = (
+        "capable",
         "election",
         "fragments",
         "group",
@@ -424,6 +425,7 @@ class _Stack:
         inc = node.incarnation
         rng = node.rng
         self.group = group
+        self.capable = cfg.broker_capable
         self.unicast = UnicastMachine(cfg.unicast, incarnation=inc, rng=rng)
         self.multicast = MulticastMachine(cfg.multicast, me=me, incarnation=inc, rng=rng)
         self.membership = MembershipMachine(
@@ -457,6 +459,10 @@ class _Stack:
 
 def _leads(stack: _Stack) -> bool:
     return stack.election.state == "leader"
+
+
+def _capable(stack: _Stack) -> bool:
+    return stack.capable
 
 
 @attrs.frozen
@@ -499,7 +505,9 @@ ROUTES: dict[type[Message], Route] = {
     wire.BidAck: Route(CLIENT, travels="cluster"),
     # A broker-capable node's broker overhears its cluster's prices: as a new broker it
     # republishes the last one at once (broker "Failover continuity").
-    wire.Price: Route(CLIENT, overhearers=(BROKER,), travels="cluster"),
+    # Its lead machine overhears them too: the budget in force, which it holds if it
+    # becomes the lead when that broker is gone (lead broker, "Budgets in force").
+    wire.Price: Route(CLIENT, overhearers=(BROKER, LEAD), overhear_if=_capable, travels="cluster"),
     wire.Aggregate: Route(LEAD, travels="brokers"),
     # The lead broker overhears other leads' budgets (its reserve for clusters it has
     # not heard from); it never answers them.
@@ -788,7 +796,7 @@ class Node:
         self._gate = _Gate(self._id, self._incarnation, self._realm, self._auth, self._stats)
         me = self._id
         self._client = ClientMachine(me, self._cluster, config.client)
-        self._lead = LeadBrokerMachine(me, config.supply, config.lead)
+        self._lead = LeadBrokerMachine(me, config.supply, config.lead, cluster=self._cluster)
         self._lead_epoch_seen = 0  # the lead epoch of the last price the client applied
         self._broker = BrokerMachine(me, self._cluster, config.broker)
         self._market: tuple[Any, ...] = (self._client, self._broker, self._lead)  # role - CLIENT
@@ -1106,7 +1114,10 @@ class Node:
             return []
         machines = stack.machines
         if route.travels is not None:
-            for role in (route.owner, *route.overhearers):
+            roles = (route.owner, *route.overhearers)
+            if route.overhear_if is not None and not route.overhear_if(stack):
+                roles = roles[:1]
+            for role in roles:
                 actions = self._call(machines[role], event, now)
                 if actions:  # (an overhearer mostly has nothing to do)
                     self._run_market(actions, now, out)

@@ -913,7 +913,7 @@ class Clearing(Message):
         return None
 
 
-@_layout("IQBBdHQQQIQ")
+@_layout("IQBBdHQQQIQQ")
 @attrs.frozen
 class Price(Message):
     """The price of round ``round`` (1, 2, ... per broker) from the broker of cluster ``epoch``.
@@ -926,7 +926,10 @@ class Price(Message):
     under its own epoch: it counts no bid (``aggregate`` is 1, nominal).
     ``lead_epoch`` and ``lead_round`` name the lead broker's :class:`Clearing` the
     price comes from: the one cleared, or for a local clearing the one whose budget
-    it spends, or for a republished price the one the heard price named.
+    it spends, or for a republished price the one the heard price named. ``budget``
+    is the cluster's budget that clearing gave (watts): what the cluster's caps under
+    this price may sum to, which a node of the cluster that becomes the lead holds
+    until its lease ends (lead broker, "Budgets in force").
     """
 
     TYPE: ClassVar[int] = 52
@@ -943,6 +946,7 @@ class Price(Message):
     aggregate: int
     lead_epoch: int
     lead_round: int
+    budget: int
 
     def problem(self) -> str | None:
         if self.epoch == 0 or self.round == 0 or self.aggregate == 0:

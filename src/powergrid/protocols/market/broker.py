@@ -877,6 +877,7 @@ class BrokerMachine(Dispatching):
                     aggregate=1,
                     lead_epoch=msg.lead_epoch,
                     lead_round=msg.lead_round,
+                    budget=msg.budget,
                 )
             )
         ]
@@ -954,5 +955,6 @@ class BrokerMachine(Dispatching):
                 aggregate=aggregate,
                 lead_epoch=self._budget_from[0],
                 lead_round=self._budget_from[1],
+                budget=self._budget or 0,
             )
         )

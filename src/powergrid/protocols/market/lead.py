@@ -55,7 +55,11 @@ servers' ``sum r``), cutting below the held clusters' ``sum r`` means the whole
 data centre is short, and the reserve yields only to their floors
 (``reserved <= S - sum h``). The brokers forward the last round they heard to a
 new lead (see the broker), which learns it like an overheard Clearing; a budget
-this lead gave a broker epoch is never replaced by an older lead's.
+this lead gave a broker epoch is never replaced by an older lead's. Every Price
+names its cluster's budget too, and the lead machine (given its node's
+``cluster``) overhears its own cluster's prices from the broker: a node that becomes
+the lead after its cluster's broker crashed as the lead never heard that lead's
+Clearings (it was not in the broker group), but it knows the budget in force.
 
 **Grantors wait out leases.** A budget given to a cluster stays in force at
 its clients for their lease after the price that carried it, whatever the
@@ -291,6 +295,8 @@ class LeadStats:
     rounds_with_reserve: int = 0
     rounds_with_hold: int = 0
     clearings_overheard: int = 0
+    prices_overheard: int = 0
+    """Our cluster's prices from its broker (another node), whose budgets we learn."""
     clearings_sent: int = 0
     aggregates_accepted: int = 0
     aggregates_expired: int = 0
@@ -332,6 +338,7 @@ class LeadBrokerMachine(Dispatching):
     __slots__ = (
         "_active",
         "_cleared_at",
+        "_cluster",
         "_clusters",
         "_config",
         "_granted",
@@ -355,8 +362,11 @@ class LeadBrokerMachine(Dispatching):
         DeadlineReached: "_on_deadline",
     }
 
-    def __init__(self, me: NodeId, supply: int, config: LeadConfig | None = None) -> None:
+    def __init__(
+        self, me: NodeId, supply: int, config: LeadConfig | None = None, *, cluster: int = 0
+    ) -> None:
         self._me = me
+        self._cluster = cluster  # this node's cluster, whose prices it overhears (0: none)
         self._supply = _check_supply(supply)
         self._config = config if config is not None else LeadConfig()
         self.stats = LeadStats()
@@ -464,6 +474,8 @@ class LeadBrokerMachine(Dispatching):
         msg = ev.message
         if type(msg) is wire.Clearing:
             return self._on_clearing(ev.sender, msg, now)
+        if type(msg) is wire.Price:
+            return self._on_price(msg, now)
         if type(msg) is not wire.Aggregate:
             self.stats.dropped_unexpected += 1
             return []
@@ -541,6 +553,28 @@ class LeadBrokerMachine(Dispatching):
                     continue  # an older lead's budget (forwarded late): ours replaced it
             result = None if e.aggregate == 0 else checked
             self._grant(e.cluster, _Grant(budget=e.budget, at=now, epoch=e.epoch, result=result))
+        return []
+
+    def _on_price(self, msg: wire.Price, now: float) -> list[object]:
+        """Overheard: our cluster's price from its broker, another node. The budget it names
+        is in force at our cluster's clients, learnt like an overheard Clearing: if that
+        broker crashes as the lead, this node may be the next lead and never have heard
+        its Clearings (see "Budgets in force")."""
+        cluster = self._cluster
+        if not cluster or not msg.budget or msg.flags & wire.Price.FLAG_REPUBLISHED:
+            # (A republished price renews no cap, and names a budget of an older epoch.)
+            self.stats.dropped_unexpected += 1
+            return []
+        result = ClearingResult.checked(msg, self._config.grid)
+        if result is None:
+            self.stats.dropped_invalid += 1
+            return []
+        old = self._granted.get(cluster)
+        if old is not None and (old.lead or epoch_newer(old.epoch, msg.epoch)):
+            self.stats.dropped_stale += 1  # our own grant, or a newer broker's
+            return []
+        self.stats.prices_overheard += 1
+        self._grant(cluster, _Grant(budget=msg.budget, at=now, epoch=msg.epoch, result=result))
         return []
 
     def _grant(self, cluster: int, grant: _Grant) -> None:
