@@ -214,6 +214,7 @@ STEPS_REGRESSIONS: dict[tuple[int | None, float, int], str] = {
     (20, 5.0, 26202255): "multicast-agreement",  # the origin's hold began after its digest
     (None, 15.0, 32300167): "market-prices-fresh",  # a lead restarted in its own epoch
     (None, 5.0, 32101199): "multicast-agreement",  # a hearsay life's lost history unskipped
+    (None, 15.0, 35300221): "power-guarantee",  # a floors cut shared a held cap's watts
 }
 """(size or None, safety phase, seed) -> what failed with supply steps (``powergrid fuzz
 --replay SEED --supply-steps`` with ``--nodes`` and ``--safety`` as keyed)."""
@@ -229,7 +230,10 @@ def test_supply_steps_regression_seeds(nodes: int | None, safety: float, seed: i
     32,101,199: a joiner stuck behind a restarted origin's lost history waited for a
     coordinator that knew that past life only from hearsay and never walked it (rules 16,
     24). 32,300,167: a lead restarted and won its epoch again, and a broker dropped its
-    rounds 1-10 as duplicates of the dead life's round 16 (broker, *lead lives*)."""
+    rounds 1-10 as duplicates of the dead life's round 16 (broker, *lead lives*).
+    35,300,221: a server crashed holding 305 W, the supply fell to 91 W, and the floors
+    cut gave the live servers a share beside it (broker, *held caps come first*; what the
+    dead cap alone exceeds the supply by is the ledger's ``dead-at-drop``)."""
     assert_ok(run_datacentre(seed, nodes=nodes, safety_s=safety, supply_steps=True))
 
 

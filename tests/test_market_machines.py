@@ -46,7 +46,7 @@ from powergrid.protocols.market import (
     allocate,
     totals_to_message,
 )
-from powergrid.protocols.market.clearing import budget
+from powergrid.protocols.market.clearing import FLOORS_CUT, budget, clear
 from powergrid.testing import Address, Conditions, FakeNet
 from powergrid.types import BROKER_GROUP, EPOCH_WINDOW, Epoch, GroupId, Incarnation, NodeId
 
@@ -798,6 +798,75 @@ def test_broker_holds_the_cap_a_crashed_member_may_still_draw() -> None:
     local = out[1]
     assert type(local) is Multicast and type(local.message) is wire.Price
     assert (local.message.flags, local.message.aggregate) == (wire.Price.FLAG_LOCAL, 5)
+
+
+def test_broker_prices_a_floors_cut_within_the_budget_less_the_held_caps() -> None:
+    """Broker rule (held caps come first): a clearing that cuts the floors gives a held
+    cap, raised into ``h``, only ``h * fill``, and a dead server cannot apply that cut. So
+    while caps are held it is priced as a local clearing of the bids alone (ME's bid still
+    counts until it expires) against the budget less the held caps: ME may draw 162 W, the
+    budget is 91 W, and OTHER gets 0 W, not the 10 W the lead's fill gives it (fresh seed
+    35,300,221 with supply steps: a server crashed holding 305 W, the supply fell to 91 W,
+    and the floors cut gave the two live servers 20 W more). Watts the holds leave are
+    shared; any other rule passes the lead's price on."""
+    b = active_broker()
+    _priced_twice(b)
+    b.handle(view(OTHER, BROKER), 2.5)
+    assert b.handle(MemberLeft(group=CL, node=ME, reason="crashed"), 2.5) == [
+        CapHeld(group=CL, node=ME, watts=162, until=7.6)
+    ]
+
+    def cut(agg: int, rnd: int, fill: int, level: int = FLOORS_CUT) -> wire.Clearing:
+        """Lead round ``rnd``, a shortage, clearing our aggregate ``agg``."""
+        entry = wire.ClearingEntry(cluster=1, epoch=1, aggregate=agg, budget=0)
+        return cleared(
+            b,
+            round=rnd,
+            regime=int(Regime.SHORTAGE),
+            price=1.0,
+            level=level,
+            fill=fill,
+            deficit=150,
+            entries=(entry,),
+        )
+
+    def shed(agg: int, rnd: int, result: ClearingResult) -> list[object]:
+        """Our local price of ``result`` for aggregate ``agg`` (our price round ``agg``
+        too: rounds 1 and 2 priced aggregates 1 and 2), budget of lead round ``rnd``."""
+        return [
+            Multicast(
+                message=price(
+                    round=agg,
+                    regime=int(Regime.SHORTAGE),
+                    flags=wire.Price.FLAG_LOCAL,
+                    price=1.0,
+                    level=result.level,
+                    fill=result.fill,
+                    deficit=result.deficit,
+                    aggregate=agg,
+                    lead_round=rnd,
+                )
+            )
+        ]
+
+    assert b.handle(DL, 2.52) == [held_aggregate(3)]
+    msg = cut(3, 7, FILL_ONE // 2)  # floors 182 W (ME's raised to 162 W), half: 91 W
+    assert msg.entries[0].budget == 91
+    assert allocate(BID2, ClearingResult.checked(msg, GRID), GRID) == 10  # type: ignore[arg-type]
+    nothing = clear(aggregate([BID, BID2], GRID), 0, GRID)  # 91 - 162 < 0
+    assert (nothing.level, nothing.fill, nothing.deficit) == (FLOORS_CUT, 0, 180)
+    assert b.handle(rx(LEAD, msg), 2.6) == shed(3, 7, nothing)
+    assert b.stats.shed_for_holds == 1
+    assert b.handle(DL, 3.0) == [held_aggregate(4)]
+    msg = cut(4, 8, FILL_ONE * 15 // 16)  # 170 W: 8 W left beside ME's 162 W
+    left = clear(aggregate([BID, BID2], GRID), msg.entries[0].budget - 162, GRID)
+    assert (left.level, allocate(BID2, left, GRID)) == (FLOORS_CUT, 2)
+    assert b.handle(rx(LEAD, msg), 3.1) == shed(4, 8, left)
+    assert b.handle(DL, 4.0) == [held_aggregate(5)]
+    msg = cut(5, 9, 0, level=0)  # a shortage above the floors gives ME its 162 W
+    out = b.handle(rx(LEAD, msg), 4.1)
+    assert [m.message.flags for m in out if isinstance(m, Multicast)] == [0]
+    assert b.stats.shed_for_holds == 2
 
 
 def test_broker_holds_only_what_prices_that_counted_the_member_gave_it() -> None:

@@ -92,6 +92,43 @@ def test_overload_while_a_crashed_server_holds_its_lease_is_strict() -> None:
     assert ledger.strict_events == ["from t=2.000: caps in force 150 W > supply 100 W"]
 
 
+def test_what_the_caps_of_servers_down_at_a_drop_exceed_the_supply_by_is_dead_at_drop() -> None:
+    """Rule (exemption dead-at-drop): after a supply drop, the part of the excess by which
+    the caps of the servers already down at the drop (on their leases) exceed the supply
+    by themselves is no protocol's to remove: no message reaches them, and shedding every
+    live server would leave it. What live servers' caps add, and the caps of servers that
+    crash after the drop, stay strict (fresh seed 35,300,221 with supply steps: 305 W of a
+    server crashed at 6.43 s against a supply of 91 W from 7.77 s)."""
+    bounds = PowerBounds(lease_s=5.0, reaction_s=0.05, round_s=0.5, skew_s=0.0)
+
+    def run(live_cap: int) -> PowerLedger:
+        ledger = PowerLedger(400, bounds=bounds)
+        admitted(ledger, 0.0, 1, 300)
+        admitted(ledger, 0.0, 2, 50)
+        admitted(ledger, 0.0, 3, 50)
+        ledger.crashed(1.0, 1)  # its 300 W in force until 5.0
+        ledger.supply(2.0, 100)
+        ledger.cap(2.01, 2, live_cap)
+        ledger.cap(2.01, 3, 0)
+        ledger.crashed(2.2, 3)  # down after the drop (at 0 W): nothing of it is excused
+        return ledger
+
+    f = run(0).figures(6.0)
+    assert f.exempt["dead-at-drop"]["overload_watt_seconds"] == pytest.approx(200 * 2.5)
+    assert f.strict_overload_ws == 0.0
+    ledger = run(20)
+    f = ledger.figures(6.0)
+    assert f.exempt["dead-at-drop"]["overload_watt_seconds"] == pytest.approx(200 * 2.5)
+    assert f.strict_overload_ws == pytest.approx(20 * 2.5)  # the live server's 20 W
+    assert "from t=2.500: caps in force 320 W > supply 100 W" in ledger.strict_events
+    ledger = PowerLedger(400, bounds=bounds)
+    admitted(ledger, 0.0, 1, 300)
+    admitted(ledger, 0.0, 2, 50)
+    ledger.supply(2.0, 100)
+    ledger.crashed(2.01, 1)  # crashed after the drop, its cut never applied: strict
+    assert ledger.figures(6.0).strict_overload_ws == pytest.approx(250 * 2.5)
+
+
 def test_a_restart_inherits_the_lease_until_it_applies_its_own_cap() -> None:
     ledger = PowerLedger(1000, bounds=PowerBounds(lease_s=5.0))
     admitted(ledger, 0.0, 1, 80)

@@ -61,6 +61,16 @@ the aggregate reaches at once): nobody is given watts whose cut nobody confirmed
 surplus cap, the supply fell, and the lead, counting its bid at the new price, gave
 the survivors the watts it still drew: 78 W over the supply, strict 2 s after the drop.)
 
+**Held caps come first.** Raised into ``h``, ``r`` and every rung, a held cap gets at
+least itself from every clearing rule but one: a cut of the floors (``FLOORS_CUT``) gives
+every floor the same fill, the held one included, and a dead server cannot apply it. So a
+clearing (or a local one) that cuts the floors while we hold caps is priced as a local
+clearing of the bids alone against the budget less the held caps (0 W if they take it
+all): the cluster's live servers share what the holds leave, never the watts a departed
+member may still draw (fresh seed 35,300,221 with supply steps: a server crashed holding
+305 W, the supply fell to 91 W, and the floors cut gave the two live servers 20 W of
+it).
+
 **Driving.** Inputs: ``LeaderElected``, ``ViewChanged``, ``MemberLeft``, ``Received`` and
 ``DeadlineReached``. Outputs: ``Send(client, BidAck)``, ``Send(lead, Aggregate)``,
 ``Send(lead, Clearing)`` (forwarded to a new lead) and ``Multicast(Price)``. A new
@@ -131,6 +141,7 @@ from powergrid.events import (
 from powergrid.protocols.leadership import Leadership, Verdict
 from powergrid.protocols.market.bids import DEFAULT_GRID, Bid, Grid
 from powergrid.protocols.market.clearing import (
+    FLOORS_CUT,
     ClearingResult,
     Regime,
     Totals,
@@ -245,6 +256,9 @@ class BrokerStats:
     clearings_forwarded: int = 0
     """Datagrams of the last lead round sent to a new lead (see "Budgets in force")."""
     local_clearings: int = 0
+    shed_for_holds: int = 0
+    """Clearings that cut floors while we held departed members' caps, priced instead
+    within the budget less those caps (see "Held caps come first")."""
     raises_repriced: int = 0
     """Raises of a counted client's ``r`` above its cap sent to the lead at once, with a
     price of our own within our budget when it covers the cluster's new ``sum r``."""
@@ -334,6 +348,7 @@ class BrokerMachine(Dispatching):
         "_price_round",
         "_priced",
         "_raised",
+        "_raw",
         "_recent",
         "_repeat",
         "_reprice_at",
@@ -371,6 +386,8 @@ class BrokerMachine(Dispatching):
         # the aggregates before the last, newest first (numbers - 1, - 2, ...; a raise sends
         # one besides the round's, so a clearing may name one of those)
         self._recent: list[Totals] = []
+        # the same aggregates (the latest first) without the held caps: the bids alone
+        self._raw: list[Totals] = []
         self._brokers = Leadership()  # the broker group's: the lead broker and its epoch
         self._lead_round = 0
         self._lead_inc = 0  # the incarnation of the lead whose rounds _lead_round counts
@@ -654,7 +671,12 @@ class BrokerMachine(Dispatching):
         self._budget = entry.budget
         self._budget_from = (msg.epoch, msg.round)
         self._local_regime = result.regime
-        out: list[object] = [self._price(result, entry.aggregate, now, local=False)]
+        shed = self._holds_first(result, self._raw[back], entry.budget, now)
+        if shed is not None:
+            self.stats.shed_for_holds += 1
+        out: list[object] = [
+            self._price(shed or result, entry.aggregate, now, local=shed is not None)
+        ]
         self._repeat.arm(out, now)
         return out + self._release_replaced(entry.aggregate, now)
 
@@ -726,6 +748,10 @@ class BrokerMachine(Dispatching):
             self._totals, self._budget, cfg.grid, previous=self._local_regime, band=cfg.band
         )
         self._local_regime = result.regime
+        shed = self._holds_first(result, self._raw[0], self._budget, now)
+        if shed is not None:
+            self.stats.shed_for_holds += 1
+            result = shed
         price = self._price(result, self._agg_seq, now, local=True)
         self._repeat.arm([price], now)
         actions += [price, *self._release_replaced(self._agg_seq, now)]
@@ -734,14 +760,13 @@ class BrokerMachine(Dispatching):
         """Sum the bids held into the next aggregate; send it to the lead, if one is known."""
         self._agg_seq += 1
         grid = self._config.grid
-        if self._holds:
-            totals = aggregate_ladders(self._with_holds(now), grid)
-        else:
-            totals = aggregate_ladders(
-                ((self._bids[n].bid, self._bids[n].ladder) for n in sorted(self._bids)), grid
-            )
+        raw = aggregate_ladders(
+            ((self._bids[n].bid, self._bids[n].ladder) for n in sorted(self._bids)), grid
+        )
+        totals = aggregate_ladders(self._with_holds(now), grid) if self._holds else raw
         if self._totals is not None:
             self._recent = [self._totals, *self._recent[: _KEEP_AGGREGATES - 2]]
+        self._raw = [raw, *self._raw[: _KEEP_AGGREGATES - 1]]
         self._totals = totals
         lead = self._brokers.leader
         if not lead:
@@ -782,6 +807,22 @@ class BrokerMachine(Dispatching):
         del self._holds[node]
         self._reprice_soon(now)
         return CapHeld(group=self._cluster, node=node, watts=0, until=now)
+
+    def _holds_first(
+        self, result: ClearingResult, raw: Totals, budget_w: int, now: float
+    ) -> ClearingResult | None:
+        """The result to price instead of ``result`` when it cuts floors while we hold
+        departed members' caps (see "Held caps come first"), else None: ``raw`` (the bids
+        of the aggregate priced, without the holds) cleared against ``budget_w`` less the
+        held caps. Every other rule gives a held cap, raised into ``h``, ``r`` and every
+        rung, at least itself; a floors cut gives it ``h * fill``, but a dead server cannot
+        apply a cut."""
+        if result.regime is not Regime.SHORTAGE or result.level != FLOORS_CUT:
+            return None
+        held = sum(h.cap for h in self._holds.values() if h.until > now)
+        if not held:
+            return None
+        return clear(raw, max(0, budget_w - held), self._config.grid)
 
     def _reprice_soon(self, now: float) -> None:
         """Reprice ``raise_gather`` from now (with what else comes meanwhile), unless one
@@ -891,6 +932,7 @@ class BrokerMachine(Dispatching):
         self._agg_seq = 0
         self._totals = None
         self._recent = []
+        self._raw = []
         self._price_round = 0
         self._lead_round = 0
         self._lead_inc = 0
@@ -913,6 +955,7 @@ class BrokerMachine(Dispatching):
         self._priced.clear()
         self._totals = None
         self._recent = []
+        self._raw = []
         self._round_at = None
         self._reprice_at = None
         self._repeat.cancel()
