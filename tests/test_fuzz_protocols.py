@@ -214,6 +214,7 @@ STEPS_REGRESSIONS: dict[tuple[int | None, float, int], str] = {
     (20, 5.0, 26202255): "multicast-agreement",  # the origin's hold began after its digest
     (None, 15.0, 32300167): "market-prices-fresh",  # a lead restarted in its own epoch
     (None, 5.0, 32101199): "multicast-agreement",  # a hearsay life's lost history unskipped
+    (None, 15.0, 32300652): "power-guarantee",  # a lead counting exactly half granted nothing
 }
 """(size or None, safety phase, seed) -> what failed with supply steps (``powergrid fuzz
 --replay SEED --supply-steps`` with ``--nodes`` and ``--safety`` as keyed)."""
@@ -229,7 +230,10 @@ def test_supply_steps_regression_seeds(nodes: int | None, safety: float, seed: i
     32,101,199: a joiner stuck behind a restarted origin's lost history waited for a
     coordinator that knew that past life only from hearsay and never walked it (rules 16,
     24). 32,300,167: a lead restarted and won its epoch again, and a broker dropped its
-    rounds 1-10 as duplicates of the dead life's round 16 (broker, *lead lives*)."""
+    rounds 1-10 as duplicates of the dead life's round 16 (broker, *lead lives*).
+    32,300,652: a cluster lost its only broker-capable node, and the lead, counting the
+    other cluster's three of six servers, granted nothing while the supply rose to cover
+    them (lead, *Islanding*: exactly half now clears within half the supply)."""
     assert_ok(run_datacentre(seed, nodes=nodes, safety_s=safety, supply_steps=True))
 
 
