@@ -215,6 +215,7 @@ STEPS_REGRESSIONS: dict[tuple[int | None, float, int], str] = {
     (None, 15.0, 32300167): "market-prices-fresh",  # a lead restarted in its own epoch
     (None, 5.0, 32101199): "multicast-agreement",  # a hearsay life's lost history unskipped
     (None, 15.0, 35300221): "power-guarantee",  # a floors cut shared a held cap's watts
+    (None, 15.0, 32300652): "power-guarantee",  # a lead counting exactly half granted nothing
 }
 """(size or None, safety phase, seed) -> what failed with supply steps (``powergrid fuzz
 --replay SEED --supply-steps`` with ``--nodes`` and ``--safety`` as keyed)."""
@@ -233,7 +234,10 @@ def test_supply_steps_regression_seeds(nodes: int | None, safety: float, seed: i
     rounds 1-10 as duplicates of the dead life's round 16 (broker, *lead lives*).
     35,300,221: a server crashed holding 305 W, the supply fell to 91 W, and the floors
     cut gave the live servers a share beside it (broker, *held caps come first*; what the
-    dead cap alone exceeds the supply by is the ledger's ``dead-at-drop``)."""
+    dead cap alone exceeds the supply by is the ledger's ``dead-at-drop``).
+    32,300,652: a cluster lost its only broker-capable node, and the lead, counting the
+    other cluster's three of six servers, granted nothing while the supply rose to cover
+    them (lead, *Islanding*: exactly half now clears within half the supply)."""
     assert_ok(run_datacentre(seed, nodes=nodes, safety_s=safety, supply_steps=True))
 
 

@@ -1850,6 +1850,58 @@ def test_lead_counting_at_most_half_the_servers_grants_nothing() -> None:
     assert isinstance(unprovisioned.handle(DL, 0.1)[-1], MarketCleared)  # 0: no rule
 
 
+def test_lead_counting_exactly_half_the_servers_clears_within_half_the_supply() -> None:
+    """Lead rule (islanding): a round whose aggregates count exactly half the provisioned
+    servers clears within half the supply (the other side counts at most the other half:
+    it grants nothing, or at most its own half), not nothing; an aggregate that makes a
+    majority brings the next round forward, which clears the whole. Fresh seed
+    32,300,652 (``--safety 15 --supply-steps``): cluster 1 lost its only broker-capable
+    node, the lead counted cluster 2's three of six servers and granted nothing from 7.25 s,
+    so after the supply rose from 285 to 968 W its servers kept their shortage caps
+    (127 W for a sum r of 161 W): strict starvation from 13.29 s."""
+    cfg = LeadConfig(grid=GRID, gather=0.1, provisioned=6, floor_provision=50)
+    lead = LeadBrokerMachine(LEAD, 1000, cfg)
+    lead.handle(LeaderElected(group=BROKER_GROUP, leader=LEAD, epoch=Epoch(1)), 0.0)
+    lead.handle(rx(BROKER, agg_msg(1, [BID, BID, BID])), 0.05)
+    out = lead.handle(DL, 0.1)  # three of six: 500 W of 1000 (not 1000 - 3 x 50 = 850)
+    assert [type(a) for a in out] == [Multicast, MarketCleared]
+    assert out[-1] == MarketCleared(
+        epoch=1,
+        round=1,
+        supply=1000,
+        regime=Regime.NORMAL,
+        price=out[-1].price,
+        deficit=0,
+        clusters=1,
+        bids=3,
+        allocated=499,
+        reserved=0,
+        held=0,
+        join_reserve=150,
+    )
+    assert (lead.stats.rounds_at_half, lead.stats.rounds_islanded) == (1, 0)
+    lead.handle(DL, 0.11)  # the round's repeat
+    assert lead.next_deadline() == 1.1  # no retry every gather while at half
+    lead.handle(rx(OTHER, agg_msg(2, [BID2])), 0.15)  # four of six: a majority
+    assert lead.next_deadline() == 0.25
+    cleared = lead.handle(DL, 0.25)[-1]
+    assert isinstance(cleared, MarketCleared)
+    assert (cleared.round, cleared.regime, cleared.bids, cleared.allocated) == (
+        2,
+        Regime.SURPLUS,
+        4,
+        BID.maximum * 3 + BID2.maximum,
+    )
+    assert lead.stats.rounds_at_half == 1
+    # Half of 500 W does not cover the three servers' r (300 W): no clearing (a half that
+    # cut them below r while 500 W covers every server's would starve them; 36,310,041)
+    short = LeadBrokerMachine(LEAD, 500, cfg)
+    short.handle(LeaderElected(group=BROKER_GROUP, leader=LEAD, epoch=Epoch(1)), 0.0)
+    short.handle(rx(BROKER, agg_msg(1, [BID, BID, BID])), 0.05)
+    assert short.handle(DL, 0.1) == []
+    assert (short.stats.rounds_islanded, short.stats.rounds_at_half) == (1, 0)
+
+
 def test_client_takes_the_lesser_share_while_a_newer_bid_is_unacknowledged() -> None:
     """Client rule (unacknowledged bids): the broker may already count a newer bid whose
     ack is lost or on its way, so a price gives the lesser of the two shares; a lowered

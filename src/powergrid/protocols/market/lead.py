@@ -105,13 +105,21 @@ floors (kept whole while the counted floors fit beside it).
 **Islanding.** A lead cannot tell a crashed server from one cut off with a twin
 lead of its own (bully elections on both sides of a partition each elect one,
 often in the same epoch). So, with ``provisioned`` set, a round whose aggregates
-count at most half the provisioned servers is **not cleared** (``rounds_islanded``):
+count fewer than half the provisioned servers is **not cleared** (``rounds_islanded``):
 a lead on the other side of the cut may count the majority, and it keeps only the
 floors of the servers it does not count (the join reserve) for them. The lead tries
 again ``gather`` later, so a lead that has heard only the first aggregates of a new
 epoch clears as soon as a majority is in. At most one side of a cut counts a
 majority of distinct servers; that side keeps the other's floors; the other side
-grants nothing new, and its servers keep the caps in force on their leases. Not
+grants nothing new, and its servers keep the caps in force on their leases. A round
+that counts **exactly half** clears within half the supply (``rounds_at_half``): the
+other side counts at most the other half, so it grants nothing or, at exactly half
+too, at most the other half (with every other deduction still made: the reserve for
+the clusters not heard, the lease holds, the join reserve), and only while that half
+covers the ``r`` of the servers it counts (else it is islanded as above: a half that
+cut its own servers below ``r`` while the whole supply covers every ``r`` would starve
+them, fresh seed 36,310,041 at its start). An aggregate that makes a majority brings
+the next round forward to ``gather`` later. Not
 covered: a bid counted on both sides (a broker still counts a bid for
 ``bid_timeout`` after its server was cut away), so two sides can each count a
 majority for a few seconds after a cut; a supply that does not cover the counted
@@ -291,7 +299,10 @@ class LeadStats:
     rounds_on_raise: int = 0
     """Rounds brought forward because a cluster's ``sum r`` rose above its budget."""
     rounds_islanded: int = 0
-    """Rounds not cleared: the aggregates held count at most half the provisioned servers."""
+    """Rounds not cleared: the aggregates held count fewer than half the provisioned servers."""
+    rounds_at_half: int = 0
+    """Rounds cleared within half the supply: the aggregates held count exactly half the
+    provisioned servers."""
     rounds_with_reserve: int = 0
     rounds_with_hold: int = 0
     clearings_overheard: int = 0
@@ -342,6 +353,7 @@ class LeadBrokerMachine(Dispatching):
         "_clusters",
         "_config",
         "_granted",
+        "_half",
         "_held",
         "_leadership",
         "_me",
@@ -375,6 +387,7 @@ class LeadBrokerMachine(Dispatching):
         self._round = 0
         self._round_at: float | None = None
         self._cleared_at = float("-inf")  # when the last round was cleared
+        self._half = False  # the last round counted exactly half the provisioned servers
         self._previous: Regime | None = None
         self._result: ClearingResult | None = None
         self._clusters: dict[int, _Latest] = {}
@@ -497,6 +510,11 @@ class LeadBrokerMachine(Dispatching):
             epoch=msg.epoch, seq=msg.seq, totals=totals, heard_at=now
         )
         self.stats.aggregates_accepted += 1
+        if self._half and self._active and self._round_at is not None:
+            # cleared within half the supply: a majority now clears the whole, soon
+            bids = sum(self._clusters[c].totals.bids for c in sorted(self._clusters))
+            if 2 * bids > self._config.provisioned:
+                self._round_at = min(self._round_at, now + self._config.gather)
         grant = self._granted.get(msg.cluster)
         if (
             self._active
@@ -666,10 +684,14 @@ class LeadBrokerMachine(Dispatching):
             return []
         order = sorted(self._clusters)
         totals = combine((self._clusters[c].totals for c in order), cfg.grid)
-        if 2 * totals.bids <= cfg.provisioned:
+        half = cfg.provisioned > 0 and 2 * totals.bids == cfg.provisioned
+        if (half and self._supply // 2 < totals.required) or (
+            not half and 2 * totals.bids <= cfg.provisioned
+        ):
             # Islanded: a majority of the servers may run under a twin lead on the other
             # side of a cut, which keeps only our servers' floors for them (its join
-            # reserve). Grant nothing; try again soon (see "Islanding").
+            # reserve). Grant nothing; try again soon (see "Islanding"). Exactly half
+            # grants within half the supply, and only while that covers its servers' r.
             self.stats.rounds_islanded += 1
             if self._round_at is not None:
                 self._round_at = min(self._round_at, now + cfg.gather)
@@ -686,9 +708,16 @@ class LeadBrokerMachine(Dispatching):
             self.stats.rounds_with_reserve += 1
         if holding:
             self.stats.rounds_with_hold += 1
-        result = clear(
-            totals, max(0, usable - reserved), cfg.grid, previous=self._previous, band=cfg.band
-        )
+        clearable = max(0, usable - reserved)
+        if half:
+            # Exactly half: the other side counts at most the other half, so it grants
+            # nothing or, if it counts exactly half too, at most its half of the supply.
+            # Clear within ours (see "Islanding"); an aggregate that makes a majority
+            # brings the next round forward (_on_received).
+            clearable = min(clearable, self._supply // 2)
+            self.stats.rounds_at_half += 1
+        self._half = half
+        result = clear(totals, clearable, cfg.grid, previous=self._previous, band=cfg.band)
         self._previous = result.regime
         self._result = result
         self._cleared_at = now
