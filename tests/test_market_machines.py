@@ -830,9 +830,9 @@ def test_broker_prices_a_floors_cut_within_the_budget_less_the_held_caps() -> No
             entries=(entry,),
         )
 
-    def shed(agg: int, rnd: int, result: ClearingResult) -> list[object]:
+    def shed(agg: int, rnd: int, result: ClearingResult, budget: int) -> list[object]:
         """Our local price of ``result`` for aggregate ``agg`` (our price round ``agg``
-        too: rounds 1 and 2 priced aggregates 1 and 2), budget of lead round ``rnd``."""
+        too: rounds 1 and 2 priced aggregates 1 and 2), ``budget`` of lead round ``rnd``."""
         return [
             Multicast(
                 message=price(
@@ -845,6 +845,7 @@ def test_broker_prices_a_floors_cut_within_the_budget_less_the_held_caps() -> No
                     deficit=result.deficit,
                     aggregate=agg,
                     lead_round=rnd,
+                    budget=budget,
                 )
             )
         ]
@@ -855,13 +856,13 @@ def test_broker_prices_a_floors_cut_within_the_budget_less_the_held_caps() -> No
     assert allocate(BID2, ClearingResult.checked(msg, GRID), GRID) == 10  # type: ignore[arg-type]
     nothing = clear(aggregate([BID, BID2], GRID), 0, GRID)  # 91 - 162 < 0
     assert (nothing.level, nothing.fill, nothing.deficit) == (FLOORS_CUT, 0, 180)
-    assert b.handle(rx(LEAD, msg), 2.6) == shed(3, 7, nothing)
+    assert b.handle(rx(LEAD, msg), 2.6) == shed(3, 7, nothing, 91)
     assert b.stats.shed_for_holds == 1
     assert b.handle(DL, 3.0) == [held_aggregate(4)]
     msg = cut(4, 8, FILL_ONE * 15 // 16)  # 170 W: 8 W left beside ME's 162 W
     left = clear(aggregate([BID, BID2], GRID), msg.entries[0].budget - 162, GRID)
     assert (left.level, allocate(BID2, left, GRID)) == (FLOORS_CUT, 2)
-    assert b.handle(rx(LEAD, msg), 3.1) == shed(4, 8, left)
+    assert b.handle(rx(LEAD, msg), 3.1) == shed(4, 8, left, 170)
     assert b.handle(DL, 4.0) == [held_aggregate(5)]
     msg = cut(5, 9, 0, level=0)  # a shortage above the floors gives ME its 162 W
     out = b.handle(rx(LEAD, msg), 4.1)
