@@ -216,6 +216,7 @@ STEPS_REGRESSIONS: dict[tuple[int | None, float, int], str] = {
     (None, 5.0, 32101199): "multicast-agreement",  # a hearsay life's lost history unskipped
     (None, 15.0, 35300221): "power-guarantee",  # a floors cut shared a held cap's watts
     (None, 15.0, 32300652): "power-guarantee",  # a lead counting exactly half granted nothing
+    (None, 5.0, 36800639): "power-guarantee",  # a rise's window from the heal, not 1 s
 }
 """(size or None, safety phase, seed) -> what failed with supply steps (``powergrid fuzz
 --replay SEED --supply-steps`` with ``--nodes`` and ``--safety`` as keyed)."""
@@ -237,7 +238,10 @@ def test_supply_steps_regression_seeds(nodes: int | None, safety: float, seed: i
     dead cap alone exceeds the supply by is the ledger's ``dead-at-drop``).
     32,300,652: a cluster lost its only broker-capable node, and the lead, counting the
     other cluster's three of six servers, granted nothing while the supply rose to cover
-    them (lead, *Islanding*: exactly half now clears within half the supply)."""
+    them (lead, *Islanding*: exactly half now clears within half the supply).
+    36,800,639: a server that missed its prices in flapping cuts was raised by the
+    broker's next round 1.0003 s after the heal; the rise's stale-aggregates window runs
+    from the heal like its bound (ledger)."""
     assert_ok(run_datacentre(seed, nodes=nodes, safety_s=safety, supply_steps=True))
 
 

@@ -269,6 +269,20 @@ def test_a_rise_of_the_owed_level_during_a_partition_is_owed_after_the_heal() ->
     f = alone.figures(3.0)  # unmet by the bound: starved from the rise
     assert f.exempt["stale-aggregates"]["starved_server_seconds"] == pytest.approx(2 * 1.2)
     assert f.regime_grace_server_s == 0.0
+    # The rise's stale-aggregates window (regime_s, 3 s) runs from the heal too, like the
+    # bound (seed 36,800,639: raised by the broker's next round, 1.0003 s after the heal)
+    late = [True]
+    cut = PowerLedger(50, partitioned=lambda: late[0])
+    for n in (1, 2):
+        admitted(cut, 0.0, n, 25)  # floors (20 W) met, r (50 W) not: a shortage
+    cut.supply(1.0, 200)
+    cut.advance(3.5)
+    late[0] = False  # healed at 3.5 s: owed from 4.5 s, stale-aggregates until 6.5 s
+    cut.cap(5.0, 1, 50)
+    cut.cap(5.0, 2, 50)
+    f = cut.figures(6.0)
+    assert f.strict_starved_server_s == 0.0  # (1.0: 2 x 0.5 s from 4.5 s, before)
+    assert f.exempt["stale-aggregates"]["starved_server_seconds"] == pytest.approx(2 * 4.0)
 
 
 def test_a_server_shed_below_the_floors_gets_the_bound_when_the_supply_rises() -> None:

@@ -44,10 +44,13 @@ every change costs O(1) (amortised O(log n) for its own timers):
   starvation, and how long servers waited is measured (``regime_grace_server_s``). A
   server at 0 W at the rise (shed below the floors) gets the bound too; past it, a
   cap of 0 is strict as below. While the network is partitioned within the bound,
-  the bound runs from the heal: no price crosses a cut (fuzz seed 27,200,676 with
+  the bound runs from the heal, and so does the rise's ``stale-aggregates`` window
+  (``regime_s``): no price crosses a cut (fuzz seed 27,200,676 with
   supply steps: two servers shed at 0 W by a 1 W supply were cut off one-way when
   it rose to 1,571 W at 3.18 s; the cut healed at 3.88 s and a price raised them at
-  4.185 s, 2 ms past a bound counted from the rise).
+  4.185 s, 2 ms past a bound counted from the rise; seed 36,800,639: a server that
+  missed its cluster's prices in flapping cuts until 4.93 s was raised 1.0003 s after
+  the heal, by the broker's next round, strict while the window ran 1 s from the heal).
 * **starved server-seconds**: the integral of the number of owed servers whose
   cap is below what they are owed. It is kept as two running counts (below r,
   below h) per exemption class, so the regime flips at no cost.
@@ -472,9 +475,9 @@ class PowerLedger:
             start < self._windows["regime-grace"]
             and self._partitioned is not None
             and self._partitioned()
-        ):  # no price crosses a cut: the bound of the rise runs from the heal
+        ):  # no price crosses a cut: the rise's bound and window run from the heal
             self._window("regime-grace", t + self.bounds.admission_s)
-            self._window("stale-aggregates", t + self.bounds.admission_s)
+            self._window("stale-aggregates", t + self.bounds.regime_s)
         self._level = level
         over_from = None
         strict_over = False
