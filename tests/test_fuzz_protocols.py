@@ -217,6 +217,7 @@ STEPS_REGRESSIONS: dict[tuple[int | None, float, int], str] = {
     (None, 15.0, 35300221): "power-guarantee",  # a floors cut shared a held cap's watts
     (None, 15.0, 32300652): "power-guarantee",  # a lead counting exactly half granted nothing
     (None, 5.0, 36800639): "power-guarantee",  # a rise's window from the heal, not 1 s
+    (None, 15.0, 26300253): "power-guarantee",  # an island: the ledger owed r, not h
 }
 """(size or None, safety phase, seed) -> what failed with supply steps (``powergrid fuzz
 --replay SEED --supply-steps`` with ``--nodes`` and ``--safety`` as keyed)."""
@@ -241,7 +242,10 @@ def test_supply_steps_regression_seeds(nodes: int | None, safety: float, seed: i
     them (lead, *Islanding*: exactly half now clears within half the supply).
     36,800,639: a server that missed its prices in flapping cuts was raised by the
     broker's next round 1.0003 s after the heal; the rise's stale-aggregates window runs
-    from the heal like its bound (ledger)."""
+    from the heal like its bound (ledger).
+    26,300,253: a cluster's two broker-capable nodes crashed for good, the lead counted
+    3 of 7 servers, and the ledger owed them their r when the supply rose; no protocol
+    can promise an island more than its floors (ledger, ``islanded`` and ``no-broker``)."""
     assert_ok(run_datacentre(seed, nodes=nodes, safety_s=safety, supply_steps=True))
 
 

@@ -425,3 +425,82 @@ def test_fuzz_catches_the_power_canaries(
         if any(v.invariant == "power-guarantee" and words in v.detail for v in r.violations):
             return
     pytest.fail(f"{mutant.__name__} was not caught by the fuzz within 60 seeds")
+
+
+def _one_cluster_loses_its_broker(raised_at: float, placed: bool) -> PowerLedger:
+    """Cluster 1: server 1 (broker-capable) and 2; 1 leaves at 0.5 s, the supply rises to
+    cover every r at 8.0 s, a broker-capable server 3 of the cluster starts at 12.0 s and
+    2 is raised to its r at ``raised_at``."""
+    servers = {1: (1, True, 20), 2: (1, False, 20), 3: (1, True, 20)}
+    ledger = PowerLedger(40, servers=servers if placed else None)
+    admitted(ledger, 0.0, 1, 20)
+    admitted(ledger, 0.0, 2, 20)
+    ledger.left(0.5, 1)
+    ledger.supply(8.0, 1000)
+    ledger.started(12.0, 3, BID)
+    ledger.priced(12.1, 3, counted=True)
+    ledger.cap(12.1, 3, 50)
+    ledger.cap(raised_at, 2, 50)
+    return ledger
+
+
+def test_a_cluster_with_no_live_broker_capable_server_is_owed_a_bound_after_one_starts() -> None:
+    """Rule (``no-broker``): only a broker-capable server can price its cluster (a client
+    may not raise its own cap, lease expiry never raises one), so while a server's
+    cluster has no live broker-capable server its starvation is ``no-broker``, and what
+    it is owed is owed ``admission_s`` after one starts again (fuzz seed 35,300,249: the
+    supply rose while the cluster's only broker-capable node was down). Without the
+    placement the same run is ``stale-aggregates`` for three seconds after the rise and
+    strict from 11.0 s."""
+    f = _one_cluster_loses_its_broker(12.8, placed=True).figures(14.0)
+    assert f.exempt["no-broker"]["starved_server_seconds"] == pytest.approx(4.8)  # 8.0-12.8
+    assert f.strict_starved_server_s == 0.0 and f.intervals == ((8.0, 12.8),)
+    late = _one_cluster_loses_its_broker(13.5, placed=True)
+    f = late.figures(14.0)  # owed from 13.0 s, a bound after server 3 started
+    assert f.exempt["no-broker"]["starved_server_seconds"] == pytest.approx(5.0)
+    assert f.strict_starved_server_s == pytest.approx(0.5)
+    assert late.strict_events[0].startswith("from t=13.000: 1 admitted server(s)")
+    f = _one_cluster_loses_its_broker(12.8, placed=False).figures(14.0)
+    assert f.exempt["stale-aggregates"]["starved_server_seconds"] == pytest.approx(4.0)
+    assert f.strict_starved_server_s == pytest.approx(0.8)
+
+
+def _an_island(placed: bool, raised_at: float | None) -> PowerLedger:
+    """Five provisioned servers: cluster 1 is 1 (broker-capable) and 2, cluster 2 is 3
+    (broker-capable), 4 and 5, which crash at 1.0 s; 3 starts again at 12.0 s. The supply
+    (200 W) covers every floor (100 W) and, from 1.0 s, every live server's r. Server 1 is
+    raised at 12.5 s, 2 at ``raised_at``."""
+    servers = {1: (1, True, 20), 2: (1, False, 20), 3: (2, True, 20), 4: (2, False, 20)}
+    servers[5] = (2, False, 20)
+    ledger = PowerLedger(200, servers=servers if placed else None)
+    for n in (1, 2, 3, 4, 5):
+        admitted(ledger, 0.0, n, 40)
+    for n in (3, 4, 5):
+        ledger.crashed(1.0, n)
+    ledger.started(12.0, 3, BID)
+    ledger.priced(12.1, 3, counted=True)
+    ledger.cap(12.1, 3, 50)
+    ledger.cap(12.5, 1, 50)
+    if raised_at is not None:
+        ledger.cap(raised_at, 2, 50)
+    return ledger
+
+
+def test_servers_a_lead_counting_fewer_than_half_can_price_are_owed_their_floors() -> None:
+    """Rule (``islanded``): while the live servers whose cluster has a live broker-capable
+    server are fewer than half the provisioned ones, no lead can tell the others' crash
+    from a cut in which they are a majority that may take all but these servers' floors:
+    below r but not below h is ``islanded`` (fuzz seed 26,300,253). When that ends, the
+    level they are owed rises after the raise bound, like any rise of the owed level."""
+    f = _an_island(True, 12.9).figures(14.0)
+    assert f.exempt["islanded"]["starved_server_seconds"] == pytest.approx(2 * 11.0)
+    assert f.strict_starved_server_s == 0.0 and f.intervals == ((1.0, 12.0),)
+    assert f.regime_grace_server_s == pytest.approx(2 * 0.5 + 0.4)
+    never = _an_island(True, None)
+    f = never.figures(14.0)  # 2 unraised past the bound: from the rise, then strict
+    assert f.exempt["stale-aggregates"]["starved_server_seconds"] == pytest.approx(1.5)
+    assert f.strict_starved_server_s == pytest.approx(1.0)
+    assert never.strict_events[0].startswith("from t=13.000: 1 admitted server(s)")
+    f = _an_island(False, 12.9).figures(14.0)  # without the placement: strict from 8.0 s
+    assert f.strict_starved_server_s == pytest.approx(4.5 + 4.9)  # raised at 12.5, 12.9 s
+    assert f.exempt["departed-bids"]["starved_server_seconds"] == pytest.approx(8.0)

@@ -1303,6 +1303,11 @@ def all_invariants(info: DataCentre, *, strict_epochs: bool = False) -> list[Any
         PriceBounds(info),
         StaleEpochRefused(info),
         PricesFresh(info),
-        PowerGuarantee(info.supply, lambda n: info.spec(n).bid, steps=info.supply_steps),
+        PowerGuarantee(
+            info.supply,
+            lambda n: info.spec(n).bid,
+            steps=info.supply_steps,
+            servers={s.node: (s.cluster, s.broker_capable, s.bid.floor) for s in info.nodes},
+        ),
         *([TotalOrderAgreement(info, sessions)] if info.total_order else []),
     ]

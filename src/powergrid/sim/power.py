@@ -64,6 +64,13 @@ intervals in red.
 :class:`PowerFigures`): the protocol does not hold the guarantee in every case yet.
 A starved server is classed by why:
 
+* ``no-broker``: its cluster has no live broker-capable server, or had none until less
+  than ``admission_s`` ago (the bound runs from that server's start, as a heal's does).
+  Only a broker-capable server can be its cluster's broker, a client may not raise its
+  own cap and lease expiry never raises one (FIGURES), so nobody can price it: fuzz seed
+  35,300,249 with supply steps, whose one cluster's only broker-capable node was down
+  from 3.72 to 15.0 s while the supply rose to cover every ``r``. Needs the placement
+  (``servers``: each provisioned server's cluster, broker-capability and floor);
 * ``unadmitted``: no price of this life counted its bid yet (today a server
   gets 0 W until its bid is counted: the first seconds of a run, a join);
 * ``uncounted``: it was admitted, but its latest price did not count its bid
@@ -83,6 +90,18 @@ A starved server is classed by why:
   a hold ends (the lead clears on aggregates a round or two old). No protocol can
   tell a member that crashed after applying its last price from one cut off
   before: giving the others their ``r`` overloads the supply in the first case.
+* ``islanded``: fewer than half the provisioned servers are live in a cluster with a
+  live broker-capable server (the most any lead can count), and the server is below the
+  level the supply owes but not below what an island is owed: its floor ``h`` while the
+  supply covers every provisioned server's floor, else nothing. No protocol can do
+  better: the lead's side cannot tell the others' crash from a cut in which they are
+  alive, a majority, and have raised their bids so that the supply is exactly their
+  ``r`` plus this side's floors; in the crash world (which that majority cannot tell
+  from the cut) the ledger owes them their ``r``, so they hold it, and this side may hold
+  no more than its floors without overload in the cut world (fuzz seed 26,300,253: a
+  cluster's two broker-capable nodes crashed, the lead counted 3 of 7). Exactly half is
+  not exempt (the lead clears within ``S / 2``). When the island ends, the level its
+  servers are owed rises after the raise bound (``regime-grace``, not ``regime_s``).
 
 An overload beyond the reaction bound is classed, in this order:
 ``partition`` (while the network is split, and one lease after),
@@ -107,7 +126,8 @@ fails on it. Every class is reported, so each exemption is measured.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -130,7 +150,7 @@ __all__ = [
 ]
 
 STRICT = "strict"
-_CLASSES = (STRICT, "unadmitted", "uncounted", "slow-raise", "older-bid")
+_CLASSES = (STRICT, "no-broker", "unadmitted", "uncounted", "slow-raise", "older-bid")
 _OVERLOAD_EXCUSES = (
     "partition",
     "lead-change",
@@ -140,7 +160,7 @@ _OVERLOAD_EXCUSES = (
     "lease-held",
     "dead-at-drop",
 )
-_STARVED_EXCUSES = ("stale-aggregates", "departed-bids", "held-cap")
+_STARVED_EXCUSES = ("stale-aggregates", "departed-bids", "held-cap", "islanded")
 _WINDOWS = (
     "partition",
     "lead-change",
@@ -151,6 +171,7 @@ _WINDOWS = (
     "departed-bids",
 )
 EXEMPTIONS = (
+    "no-broker",
     "unadmitted",
     "uncounted",
     "slow-raise",
@@ -297,6 +318,7 @@ class _Server:
     lease_end: float = 0.0
     at_drop: bool = False  # down at the last supply drop, its cap on its lease
     cls: str = STRICT  # the exemption class it was counted under in the below-counts
+    cluster: int = 0  # the cluster it is placed in (0: the ledger was given no placement)
 
 
 def _quantile(xs: list[float], q: float) -> float | None:
@@ -319,6 +341,7 @@ class PowerLedger:
         *,
         bounds: PowerBounds | None = None,
         partitioned: Callable[[], bool] | None = None,
+        servers: Mapping[int, tuple[int, bool, int]] | None = None,
     ) -> None:
         self.bounds = bounds if bounds is not None else PowerBounds()
         self._partitioned = partitioned
@@ -360,6 +383,18 @@ class PowerLedger:
         self._strict_on = False
         # counted round_s past their end: the lead clears on aggregates a round or two old
         self._holds = HeldCaps(linger=self.bounds.round_s)
+        # ``no-broker`` and ``islanded``: every provisioned server's (cluster, broker-capable,
+        # floor); empty, neither exemption applies (the ledger knows no placement)
+        self._placed = dict(servers) if servers is not None else {}
+        self._floors = {n: f for n, (_, _, f) in self._placed.items()}  # latest known floor
+        self._floor_sum = sum(self._floors.values())  # of every provisioned server
+        self._capable_live: dict[int, int] = {}  # cluster -> its live broker-capable servers
+        self._live_in: dict[int, int] = {}  # cluster -> its live servers
+        # cluster -> (since, until): no live broker-capable server since ``since``; ``until``
+        # inf while so, else the end of the bound after one started again
+        self._brokerless: dict[int, tuple[float, float]] = {}
+        self._reach = 0  # live servers whose cluster has a live broker-capable server
+        self._island = 2  # the level owed at the last integration, ``islanded`` counted
 
     # ------------------------------------------------------------- state
 
@@ -414,7 +449,9 @@ class PowerLedger:
         """Put ``srv`` (back) into the owed sums and below-counts, classed as it is now."""
         if srv.owed:
             srv.cls = (
-                "unadmitted"
+                "no-broker"
+                if srv.cluster in self._brokerless
+                else "unadmitted"
                 if not srv.admitted
                 else "uncounted"
                 if not srv.counted
@@ -435,6 +472,90 @@ class PowerLedger:
         elif srv.live:
             self._join_r += srv.required
             self._join_h += srv.floor
+
+    def _place(self, t: float, srv: _Server, node: int, delta: int) -> None:
+        """A life of ``node`` began (``delta`` 1) or ended (-1): its cluster's live counts,
+        and whether that cluster has a live broker-capable server (``no-broker``: from
+        the instant it has none until ``admission_s`` after one starts again). O(n) when
+        that changes (the cluster's servers are classed again), else O(clusters)."""
+        place = self._placed.get(node)
+        if place is None:
+            return
+        c, capable, _ = place
+        srv.cluster = c
+        live = self._live_in.get(c, 0) + delta
+        self._live_in[c] = live
+        brokers = self._capable_live.get(c, 0) + (delta if capable else 0)
+        self._capable_live[c] = brokers
+        self._reach = sum(n for k, n in self._live_in.items() if self._capable_live.get(k, 0))
+        span = self._brokerless.get(c)
+        if not brokers and live and span is None:
+            self._brokerless[c] = (t, math.inf)
+        elif brokers and span is not None and span[1] == math.inf:
+            if span[0] < t:  # the bound runs from this start (none at a cold start)
+                self._brokerless[c] = (span[0], t + self.bounds.admission_s)
+                self._timer(t + self.bounds.admission_s, "broker", c, 0)
+            else:
+                del self._brokerless[c]
+        else:
+            return
+        self._reclass(c)
+
+    def _reclass(self, cluster: int) -> None:
+        """Class the live servers of ``cluster`` again (O(n), when ``no-broker`` begins or ends)."""
+        for srv in self._servers.values():
+            if srv.live and srv.cluster == cluster:
+                self._out(srv)
+                self._in(srv)
+
+    def _island_level(self) -> int:
+        """What the servers a lead can count are owed at most (2 r, 1 h, 0 nothing; see
+        ``islanded``): 2 unless the live servers whose cluster has a live broker-capable
+        server are fewer than half the provisioned servers; then 1 while the supply covers
+        every provisioned server's floor, else 0 (2 too when there are none: no island)."""
+        n = len(self._placed)
+        if not n or not self._reach or 2 * self._reach >= n:
+            return 2
+        return 1 if self.supply_w >= self._floor_sum else 0
+
+    def _unpriceable(
+        self, counts: dict[str, int], starved: int, level: int, dt: float
+    ) -> tuple[dict[str, int], int, int, int]:
+        """Take out of the below-counts the servers nobody can price (``no-broker``) and
+        those below what a lead counting a majority would owe them but not below what an
+        island's are owed (``islanded``), and account ``dt`` of both. Returns the counts
+        left, their total, the level owed to them and how many were taken out."""
+        nb = counts["no-broker"]
+        island = self._island_level()
+        if not nb and island >= level:
+            return counts, starved, level, 0
+        self._starved["no-broker"] += nb * dt
+        rest = {**counts, "no-broker": 0}
+        left = starved - nb
+        isl = 0
+        if island < level:
+            if island == 1:  # owed r by the supply, the island's servers their floors only
+                rest = {**self._below_h, "no-broker": 0}
+                kept = sum(rest.values())
+                isl, left = max(0, left - kept), kept
+            else:
+                rest = dict.fromkeys(rest, 0)
+                isl, left = left, 0
+            self._starved["islanded"] += isl * dt
+            level = island
+        return rest, left, level, nb + isl
+
+    def _below_owed(self, srv: _Server) -> bool:
+        """Whether ``srv`` is below what it is owed now (its class aside)."""
+        counts, _ = self._starving()
+        if counts is None:
+            return False
+        level = 2 if counts is self._below_r else 1
+        if self._placed and srv.cls != "no-broker":
+            level = min(level, self._island_level())
+        if not level:
+            return False
+        return srv.cap < (srv.owed_r if level == 2 else srv.owed_h)
 
     def _timer(self, at: float, kind: str, node: int, life: int, name: str = "") -> None:
         self._seq += 1
@@ -468,8 +589,16 @@ class PowerLedger:
             if literal > 0:
                 self._joining_regime += literal * dt
         level = 0 if counts is None else 2 if counts is self._below_r else 1
+        unpriced = 0
+        island = level
+        if counts is not None and starved and self._placed:
+            counts, starved, island, unpriced = self._unpriceable(counts, starved, level, dt)
+        elif self._placed and level:
+            island = min(level, self._island_level())
         if level > self._level:
             self._window("stale-aggregates", start + self.bounds.regime_s)
+            self._window("regime-grace", start + self.bounds.admission_s)
+        elif island > self._island:  # an island's servers are owed more: the raise bound
             self._window("regime-grace", start + self.bounds.admission_s)
         if (
             start < self._windows["regime-grace"]
@@ -479,6 +608,7 @@ class PowerLedger:
             self._window("regime-grace", t + self.bounds.admission_s)
             self._window("stale-aggregates", t + self.bounds.regime_s)
         self._level = level
+        self._island = island
         over_from = None
         strict_over = False
         if excess > 0:
@@ -517,7 +647,7 @@ class PowerLedger:
                     counts[STRICT] = 0
                 for c, k in counts.items():
                     self._starved[c] += k * dt
-        bad_from = start if starved else over_from
+        bad_from = start if starved or unpriced else over_from
         if bad_from is not None:
             if self._open is None:
                 self._open = bad_from
@@ -594,6 +724,12 @@ class PowerLedger:
     def _fire(self, t: float, kind: str, node: int, life: int, name: str) -> None:
         if kind == "held":  # a hold stopped counting: advance integrated up to it
             return
+        if kind == "broker":  # the bound after a cluster's broker-capable start has passed
+            span = self._brokerless.get(node)
+            if span is not None and span[1] <= t:
+                del self._brokerless[node]
+                self._reclass(node)
+            return
         if kind == "tick":  # an exemption window ends (or was extended meanwhile)
             end = self._windows[name]
             if end > t:
@@ -622,10 +758,7 @@ class PowerLedger:
             self._out(srv)
             srv.owed = True  # owed from now on; the bound it waited counts as starved
             self._in(srv)
-            counts, _ = self._starving()
-            if counts is not None and srv.cap < (
-                srv.owed_r if counts is self._below_r else srv.owed_h
-            ):
+            if self._below_owed(srv):
                 self._starved[srv.cls] += self.bounds.admission_s
                 self._late(srv.started, t)
         elif kind == "raise" and srv.live and (srv.owed_r, srv.owed_h) != (srv.required, srv.floor):
@@ -633,10 +766,7 @@ class PowerLedger:
             srv.owed_r, srv.owed_h = srv.required, srv.floor
             srv.slow = srv.cap < srv.owed_r
             self._in(srv)
-            counts, _ = self._starving()
-            if counts is not None and srv.cap < (
-                srv.owed_r if counts is self._below_r else srv.owed_h
-            ):
+            if self._below_owed(srv):
                 self._starved[srv.cls] += self.bounds.admission_s
                 self._late(t - self.bounds.admission_s, t)
 
@@ -647,7 +777,11 @@ class PowerLedger:
         self._grace_pending, self._grace_from = 0.0, None
         if since is None:
             return
-        if self._starving()[1]:
+        counts, starved = self._starving()
+        if counts is not None and starved and self._placed:
+            level = 2 if counts is self._below_r else 1
+            starved = self._unpriceable(counts, starved, level, 0.0)[1]
+        if starved:
             self._starved["stale-aggregates"] += pending
             self._late(since, t)
         else:
@@ -702,7 +836,14 @@ class PowerLedger:
         self._servers[node] = srv
         self._in(srv)  # not owed yet: its bid joins the regime
         self._timer(t + self.bounds.admission_s, "admit", node, srv.life)
+        self._floor_known(node, bid.floor)
+        self._place(t, srv, node, 1)
         self._integrate(t)
+
+    def _floor_known(self, node: int, floor: int) -> None:
+        if node in self._floors:
+            self._floor_sum += floor - self._floors[node]
+            self._floors[node] = floor
 
     def bid(self, t: float, node: int, bid: Bid) -> None:
         """``node``'s bid is now ``bid`` (a rise of r is owed after the bound)."""
@@ -725,6 +866,7 @@ class PowerLedger:
             srv.owed_h = bid.floor
         srv.required, srv.floor = bid.required, bid.floor
         self._in(srv)
+        self._floor_known(node, bid.floor)
         self._integrate(t)
 
     def cap(self, t: float, node: int, watts: int) -> None:
@@ -798,6 +940,7 @@ class PowerLedger:
             return
         self._end(t, srv)
         srv.live = False
+        self._place(t, srv, node, -1)
         if srv.last_price is not None and srv.last_price + self.bounds.lease_s > t and srv.cap:
             srv.lease_end = srv.last_price + self.bounds.lease_s
             self._timer(srv.lease_end, "lease", node, srv.life)
@@ -813,6 +956,8 @@ class PowerLedger:
         if srv is not None:
             if srv.live:
                 self._end(t, srv)
+                srv.live = False
+                self._place(t, srv, node, -1)
             if srv.at_drop:
                 self._dead_at_drop -= srv.cap
             self.cap_sum -= srv.cap
@@ -876,6 +1021,7 @@ class PowerLedger:
                 **{
                     c: {"starved_server_seconds": round(starved[c], 3)}
                     for c in (
+                        "no-broker",
                         "unadmitted",
                         "uncounted",
                         "slow-raise",
@@ -930,7 +1076,9 @@ class PowerGuarantee:
     ``NodeCrashed``, ``AllocationChanged``, ``PriceUpdated``) and fails on
     every **strict** violation as it begins (named exemptions are measured in
     :meth:`figures`, not failed). ``bid_of(node)`` gives a starting life's bid; ``steps``
-    (``(t, watts)``, sorted) the supply's changes after the first ``supply``.
+    (``(t, watts)``, sorted) the supply's changes after the first ``supply``; ``servers``
+    every provisioned server's ``(cluster, broker-capable, floor)`` (``no-broker`` and
+    ``islanded`` need it).
     """
 
     name = "power-guarantee"
@@ -943,10 +1091,11 @@ class PowerGuarantee:
         bounds: PowerBounds | None = None,
         network: FuzzNetwork | None = None,
         steps: tuple[tuple[float, int], ...] = (),
+        servers: Mapping[int, tuple[int, bool, int]] | None = None,
     ) -> None:
         self._bid_of = bid_of
         self._network = network
-        self.ledger = PowerLedger(supply, bounds=bounds, partitioned=self._split)
+        self.ledger = PowerLedger(supply, bounds=bounds, partitioned=self._split, servers=servers)
         self._lead_epoch = 0
         self._steps = SupplySteps(steps)
 

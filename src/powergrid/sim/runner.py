@@ -626,6 +626,10 @@ class Simulation:
             self._bids.__getitem__,
             bounds=PowerBounds(reaction_s=0.05 if s.network.loss <= 0.02 else 5.0),
             network=net,
+            servers={
+                n: (self._where[n][0], self.broker_capable(n), self._bids[n].floor)
+                for n in sorted(self._where)
+            },
         )
         self.invariants: list[Invariant] = [self.guarantee, self.power]
         if invariants is not None:
