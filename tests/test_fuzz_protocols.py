@@ -218,6 +218,7 @@ STEPS_REGRESSIONS: dict[tuple[int | None, float, int], str] = {
     (None, 15.0, 32300652): "power-guarantee",  # a lead counting exactly half granted nothing
     (None, 5.0, 36800639): "power-guarantee",  # a rise's window from the heal, not 1 s
     (None, 15.0, 26300253): "power-guarantee",  # an island: the ledger owed r, not h
+    (None, 15.0, 36410377): "power-guarantee",  # the join reserve above a silent budget
 }
 """(size or None, safety phase, seed) -> what failed with supply steps (``powergrid fuzz
 --replay SEED --supply-steps`` with ``--nodes`` and ``--safety`` as keyed)."""
@@ -245,7 +246,10 @@ def test_supply_steps_regression_seeds(nodes: int | None, safety: float, seed: i
     from the heal like its bound (ledger).
     26,300,253: a cluster's two broker-capable nodes crashed for good, the lead counted
     3 of 7 servers, and the ledger owed them their r when the supply rose; no protocol
-    can promise an island more than its floors (ledger, ``islanded`` and ``no-broker``)."""
+    can promise an island more than its floors (ledger, ``islanded`` and ``no-broker``).
+    36,410,377: the lead kept the uncounted servers' floors and then a silent cluster's
+    shortage budget beside them, cutting the counted servers into a shortage while the
+    supply covered every live r (lead, *join reserve*: it yields to silent budgets too)."""
     assert_ok(run_datacentre(seed, nodes=nodes, safety_s=safety, supply_steps=True))
 
 

@@ -2064,6 +2064,49 @@ def test_lead_reserve_in_a_shortage_keeps_the_floors_only() -> None:
     assert isinstance(cleared, MarketCleared) and (cleared.reserved, cleared.allocated) == (50, 100)
 
 
+def test_lead_join_reserve_yields_to_a_silent_clusters_shortage_budget_too() -> None:
+    """Lead rule (join reserve, reserve for silent clusters): the floors kept for servers
+    not counted yield to the servers that run, the counted ones' r and the silent
+    clusters' budgets, while the supply covers both; a silent shortage budget then takes
+    the join reserve's room, not the counted servers' r. Fresh seed 36,410,377
+    (``--safety 15 --supply-steps``): 4 of 11 servers dead, the lead counting 6 (sum r
+    450 W) against 701 W kept 251 W of floors (5 x 57 W, yielded to sum r) and then
+    reserved 152 W for the brokerless cluster 2 (a shortage budget, yielding only to the
+    floors): a shortage of 298 W, five servers below r while the live ones' sum r was
+    563 W. Now it keeps 99 W of floors and clears 450 W."""
+    short = attrs.evolve(
+        old_clearing((2, 90)), regime=int(Regime.SHORTAGE), price=1.0, level=1, deficit=50
+    )
+
+    def cleared(supply: int, floor_provision: int) -> MarketCleared:
+        cfg = attrs.evolve(LCFG, provisioned=5, floor_provision=floor_provision)
+        lead = LeadBrokerMachine(LEAD, supply, cfg)
+        lead.handle(rx(OTHER, short), 0.0)  # cluster 2's budget, 90 W: silent from now on
+        lead.handle(LeaderElected(group=BROKER_GROUP, leader=LEAD, epoch=Epoch(7)), 0.1)
+        lead.handle(rx(BROKER, agg_msg(1, [BID, BID2, BID2])), 0.5)  # 3 of 5: h 90, r 260
+        out = lead.handle(DL, 1.1)[-1]
+        assert isinstance(out, MarketCleared)
+        return out
+
+    # 2 floors of 80 W not counted: 400 - 160 < 260 + 90 <= 400, so 50 W of them are
+    # kept (before: 140 W, yielding to sum r alone, and the reserve cut the r: 170 W)
+    out = cleared(400, 80)
+    assert (out.join_reserve, out.reserved, out.allocated, out.regime) == (
+        50,
+        90,
+        260,
+        Regime.NORMAL,
+    )
+    # 2 floors of 60 W: 400 - 120 < 350 (before: kept whole, and 190 W cleared)
+    out = cleared(400, 60)
+    assert (out.join_reserve, out.reserved, out.allocated) == (50, 90, 260)
+    # the supply does not cover sum r and the budget: as before, the data centre is short
+    # (the budget is at most its servers' r) and the reserve yields to the floors only
+    out = cleared(300, 80)
+    assert (out.join_reserve, out.reserved, out.regime) == (40, 90, Regime.SHORTAGE)
+    assert out.allocated <= 170
+
+
 def test_broker_takes_only_an_entry_whose_budget_is_its_own_aggregates() -> None:
     """Broker rule: a clearing entry names the cluster, the broker epoch and the aggregate
     number, which a twin broker of the same epoch (the other side of a cut) shares; the

@@ -640,11 +640,10 @@ class LeadBrokerMachine(Dispatching):
         self._round_at = nxt if nxt > now else now + cfg.round_interval
         return repeat + self._clear(now)
 
-    def _reserve(self, totals: Totals, now: float, usable: int) -> int:
-        """Watts held back for clusters budgeted within reserve_timeout but not held now:
-        at most ``usable`` minus the held clusters' sum r, or minus their sum h when
-        every such budget came from a shortage clearing (see "Reserve for silent
-        clusters")."""
+    def _silent(self, now: float) -> tuple[int, bool]:
+        """The budgets of clusters budgeted within reserve_timeout but not held now, and
+        whether every one of them came from a shortage clearing (each then at most its
+        servers' sum r; see "Reserve for silent clusters")."""
         timeout = self._config.reserve_timeout
         reserve = 0
         short = True  # every silent budget is at most its servers' sum r
@@ -656,18 +655,33 @@ class LeadBrokerMachine(Dispatching):
                 reserve += grant.budget
                 result = grant.result
                 short = short and result is not None and result.regime is Regime.SHORTAGE
-        line = totals.floor if short else totals.required
-        return min(reserve, max(0, usable - line))
+        return reserve, short
 
-    def _join_reserve(self, totals: Totals) -> int:
+    @staticmethod
+    def _reserve(totals: Totals, silent: int, short: bool, usable: int) -> int:
+        """Watts held back for the silent clusters (``silent``, see :meth:`_silent`): at
+        most ``usable`` minus the held clusters' sum r, or minus their sum h when every
+        such budget came from a shortage clearing (see "Reserve for silent clusters")."""
+        line = totals.floor if short else totals.required
+        return min(silent, max(0, usable - line))
+
+    def _join_reserve(self, totals: Totals, running: int = 0) -> int:
         """Watts kept for the floors of the servers the aggregates do not count (see
-        "Join reserve"): whole, unless that would put counted servers below their ``r``
-        while the supply covers their ``r``; then only what is left above it. (In a
-        shortage the counted servers are owed their floors only, so it is kept whole
-        while their floors fit.)"""
+        "Join reserve"): whole, unless that would put the servers that run below what
+        they need while the supply covers it (the counted servers' ``r`` and ``running``,
+        the silent clusters' budgets the reserve keeps for them); then only what is left
+        above that. (In a shortage the counted servers are owed their floors only, so it
+        is kept whole while their floors fit.)"""
         cfg = self._config
         want = max(0, cfg.provisioned - totals.bids) * cfg.floor_provision
         supply = self._supply
+        need = totals.required + running
+        if supply - want >= need:
+            return want
+        if supply >= need:
+            # The silent clusters' caps are in force (on their leases, or re-cleared within
+            # their budgets); the joiners' floors only may be: these yield first.
+            return supply - need
         if supply - want >= totals.required or supply < totals.required:
             return min(want, max(0, supply - totals.floor))
         return supply - totals.required
@@ -700,10 +714,16 @@ class LeadBrokerMachine(Dispatching):
         for c in order:
             held_c = self._clusters[c]
             self._grant(c, _Grant(budget=0, at=now, epoch=held_c.epoch, lead=self.epoch))
-        joining = self._join_reserve(totals)
-        holding = min(self._holding(now), max(0, self._supply - joining - totals.required))
+        silent, short = self._silent(now)
+        # What of the silent budgets the reserve keeps beside the counted servers' r: all
+        # of shortage budgets (their servers' r is demand too), else what the r leaves.
+        running = silent if short else min(silent, max(0, self._supply - totals.required))
+        joining = self._join_reserve(totals, running)
+        holding = min(
+            self._holding(now), max(0, self._supply - joining - totals.required - running)
+        )
         usable = max(0, self._supply - holding - joining)
-        reserved = self._reserve(totals, now, usable)
+        reserved = self._reserve(totals, silent, short, usable)
         if reserved:
             self.stats.rounds_with_reserve += 1
         if holding:
