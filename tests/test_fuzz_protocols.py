@@ -216,6 +216,7 @@ STEPS_REGRESSIONS: dict[tuple[int | None, float, int], str] = {
     (None, 5.0, 32101199): "multicast-agreement",  # a hearsay life's lost history unskipped
     (None, 15.0, 35300221): "power-guarantee",  # a floors cut shared a held cap's watts
     (None, 15.0, 32300652): "power-guarantee",  # a lead counting exactly half granted nothing
+    (None, 15.0, 36410936): "multicast-agreement",  # a newer view's highest ignored
 }
 """(size or None, safety phase, seed) -> what failed with supply steps (``powergrid fuzz
 --replay SEED --supply-steps`` with ``--nodes`` and ``--safety`` as keyed)."""
@@ -237,7 +238,11 @@ def test_supply_steps_regression_seeds(nodes: int | None, safety: float, seed: i
     dead cap alone exceeds the supply by is the ledger's ``dead-at-drop``).
     32,300,652: a cluster lost its only broker-capable node, and the lead, counting the
     other cluster's three of six servers, granted nothing while the supply rose to cover
-    them (lead, *Islanding*: exactly half now clears within half the supply)."""
+    them (lead, *Islanding*: exactly half now clears within half the supply).
+    36,410,936: a member a view behind its leader ignored every digest of the newer
+    views naming a crashed origin's last message, which it had missed, and dropped that
+    retired life at the end of its grace before it caught up (multicast rule 14: a
+    member's Stable of a newer view now gives its ``highest``)."""
     assert_ok(run_datacentre(seed, nodes=nodes, safety_s=safety, supply_steps=True))
 
 
