@@ -219,6 +219,7 @@ STEPS_REGRESSIONS: dict[tuple[int | None, float, int], str] = {
     (None, 5.0, 36800639): "power-guarantee",  # a rise's window from the heal, not 1 s
     (None, 15.0, 26300253): "power-guarantee",  # an island: the ledger owed r, not h
     (None, 15.0, 36410377): "power-guarantee",  # the join reserve above a silent budget
+    (None, 15.0, 36410936): "multicast-agreement",  # a newer view's highest ignored
 }
 """(size or None, safety phase, seed) -> what failed with supply steps (``powergrid fuzz
 --replay SEED --supply-steps`` with ``--nodes`` and ``--safety`` as keyed)."""
@@ -249,7 +250,11 @@ def test_supply_steps_regression_seeds(nodes: int | None, safety: float, seed: i
     can promise an island more than its floors (ledger, ``islanded`` and ``no-broker``).
     36,410,377: the lead kept the uncounted servers' floors and then a silent cluster's
     shortage budget beside them, cutting the counted servers into a shortage while the
-    supply covered every live r (lead, *join reserve*: it yields to silent budgets too)."""
+    supply covered every live r (lead, *join reserve*: it yields to silent budgets too).
+    36,410,936: a member a view behind its leader ignored every digest of the newer
+    views naming a crashed origin's last message, which it had missed, and dropped that
+    retired life at the end of its grace before it caught up (multicast rule 14: a
+    member's Stable of a newer view now gives its ``highest``)."""
     assert_ok(run_datacentre(seed, nodes=nodes, safety_s=safety, supply_steps=True))
 
 

@@ -58,7 +58,10 @@ it is behind ``highest`` (this is how a lost *last* message is found). A
 Stable is only taken from the coordinator of the member's own view (same view
 id, the leader, its incarnation): one of another view, or any before the first
 view, says nothing about what this view's members hold, so it is ignored (an
-origin keeps its own messages until its own view finds them stable). Status
+origin keeps its own messages until its own view finds them stable), except
+that a member's Stable of a newer view still tells how far the lives this node
+keeps went: it only makes it nak, so a member that lags in membership fetches a
+last message before a retired life's grace runs out. Status
 and Stable are split into several datagrams when there are many origins.
 
 *Lost history.* Messages dropped as stable in a view that some of today's

@@ -452,6 +452,26 @@ class Lives:
         self.digest_lags = lags
         return out
 
+    def take_highest(self, msg: Stable, now: float) -> None:
+        """Take only the ``highest`` of a Stable of a newer view than this node's, from a
+        member of its view (rule 14: such a digest may not make it drop, skip or start
+        anything): a life it keeps, current or retired, never its own, naks up to there
+        (rule 13). Every ``highest`` is what some member reported delivering, so it only
+        makes this node ask holders for what it missed, before it installs that view, and
+        before the grace of a retired life it lacks the end of runs out."""
+        for origin, inc, _, highest in msg.entries:
+            if origin == self._me:
+                continue
+            st = self.current.get(origin)
+            if st is None or st.incarnation != inc:
+                st = self.retired_life(origin, inc)
+                if st is None or st.phase is not Phase.RETIRED:
+                    continue  # no state of it (nothing is started), or hearsay (rule 24)
+            if st.delivered == PENDING or highest <= st.highest:
+                continue
+            st.highest = highest
+            self.check_gap(st, now)
+
     # ------------------------------------------------------------ the resend requester
 
     def check_gap(self, st: OriginLife, now: float) -> None:

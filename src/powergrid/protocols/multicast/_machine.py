@@ -15,7 +15,8 @@ member's Status timer; it routes each event to a part:
   (``_coordinator.StabilityCoordinator``), which exists only while this node is the
   view's leader (rules 11, 12, 16, 24);
 * ``Received(Stable)`` of the own view's coordinator trims, starts and skips lives
-  (rules 13, 14, 17, 18);
+  (rules 13, 14, 17, 18); of a newer view, from a member, it only raises the
+  ``highest`` of lives kept here, so they nak (rule 14);
 * ``ViewChanged`` moves lives between LIVE and DEPARTING (rule 22), starts or
   ends the origin's hold (rule 28) before the view's first digest, and builds or
   drops the coordinator; ``DeadlineReached`` runs the parts' timers.
@@ -385,6 +386,18 @@ class MulticastMachine(Dispatching):
             or self._coord is not None
         ):
             self._stats.ignored += 1
+            if (
+                view is not None
+                and msg.view_id > view.view_id
+                and ev.sender != self._me
+                and lives.members.get(ev.sender) == ev.incarnation
+            ):
+                # Rule 14: yet a member's digest of a view this node has not installed
+                # (yet) names how far lives went, which only makes it nak: a member that
+                # lags in membership would otherwise wait for the view to learn of a last
+                # message, and a retired life's grace may run out first (fresh seed
+                # 36,410,936 with --supply-steps).
+                lives.take_highest(msg, now)
             return []
         out = lives.take_digest(msg, now)
         if self._needs_status():  # e.g. the digest lags what we delivered: tell it
