@@ -33,7 +33,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from powergrid.events import Multicast, Send
 from powergrid.protocols.multicast._buffer import ResendBuffer
 from powergrid.protocols.multicast._config import (
     PENDING,
@@ -41,6 +40,9 @@ from powergrid.protocols.multicast._config import (
     MulticastStats,
     Stored,
     new_deliver,
+    new_multicast,
+    new_nak,
+    new_send,
 )
 from powergrid.protocols.multicast._life import (
     CURRENT,
@@ -52,7 +54,7 @@ from powergrid.protocols.multicast._life import (
     stored,
 )
 from powergrid.types import NodeId, incarnation_newer
-from powergrid.wire import Nak, Stable
+from powergrid.wire import Stable
 
 if TYPE_CHECKING:
     from powergrid.protocols.multicast._coordinator import StabilityCoordinator
@@ -535,19 +537,12 @@ class Lives:
             for lo, hi in ranges:
                 stats.naks_sent += 1
                 stats.naks_group += 1
-                nak = Nak(
-                    origin=origin,
-                    origin_incarnation=st.incarnation,
-                    first=lo,
-                    last=hi,
-                    helper=helper,
-                )
-                out.append(Multicast(message=nak))
+                out.append(new_multicast(new_nak(origin, st.incarnation, lo, hi, helper)))
         else:
+            to = NodeId(origin)
             for lo, hi in ranges:
                 stats.naks_sent += 1
-                nak = Nak(origin=origin, origin_incarnation=st.incarnation, first=lo, last=hi)
-                out.append(Send(to=NodeId(origin), message=nak))
+                out.append(new_send(to, new_nak(origin, st.incarnation, lo, hi, 0)))
         if reask:
             st.tries += 1
 
