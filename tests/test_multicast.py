@@ -187,6 +187,38 @@ def test_the_hot_paths_do_what_handle_does() -> None:
     assert m.handle(data(3), 0.0) == [deliver(3), deliver(4)]
 
 
+def test_hold_next_holds_what_handle_holds() -> None:
+    """Interface (hot paths): hold_next takes the Data after the highest seen of a life
+    whose gap has its Nak timer, as handle would (held, the same Naks and deliveries
+    after), and nothing else (False, no state changed)."""
+    fast, slow = machine(), machine()
+    for m in (fast, slow):
+        m.handle(view(ME, A), 0.0)
+        m.handle(data(1), 0.0)
+    assert not fast.hold_next(A, I1, data(2).message, 0.0)  # in order: deliver_next's
+    assert not fast.hold_next(A, I1, data(4).message, 0.0)  # opens the gap: handle's
+    for m in (fast, slow):
+        assert m.handle(data(4), 0.0) == []
+    assert not fast.hold_next(A, I1, data(6).message, 0.0)  # shows a new gap (5)
+    assert not fast.hold_next(A, I2, data(5).message, 0.0)  # another life
+    assert not fast.hold_next(B, I1, data(5, sender=B).message, 0.0)  # an unknown origin
+    assert (fast.stats.delivered, fast.next_deadline()) == (slow.stats.delivered, 0.0)
+    due = fast.next_deadline()
+    assert due is not None
+    naks = fast.handle(DeadlineReached(), due)
+    assert naks == slow.handle(DeadlineReached(), due)
+    assert [a.message.first for a in naks] == [2]
+    for seq in range(5, 9):  # the stream goes on while the gap is repaired
+        assert fast.hold_next(A, I1, data(seq).message, 0.01)
+        assert slow.handle(data(seq), 0.01) == []
+    assert fast.next_deadline() == slow.next_deadline()
+    assert fast.handle(data(2), 0.02) == slow.handle(data(2), 0.02)  # the repair (a Data)
+    assert fast.handle(data(3), 0.02) == [deliver(s) for s in range(3, 9)]
+    assert slow.handle(data(3), 0.02) == [deliver(s) for s in range(3, 9)]
+    assert fast.next_deadline() == slow.next_deadline()
+    assert fast.stats == slow.stats
+
+
 def test_held_beyond_max_held_dropped_and_counted() -> None:
     """Rule 3: at most max_held messages are held per origin; beyond, dropped and counted."""
     m = machine(MulticastConfig(status_jitter=0.0, max_held=2))

@@ -757,6 +757,45 @@ def test_a_burst_is_read_in_one_batch_and_rearmed_once(raw: socket.socket, loop:
     assert [v for _, _, v in ep.received] == list(range(10))
 
 
+class DueNow(Settable):
+    """A recorder whose every datagram makes its deadline due at once (as a gap makes a
+    multicast machine's first Nak due), and whose wake-up sends a datagram back."""
+
+    def __init__(self, node: int, reply_to: int) -> None:
+        super().__init__(node)
+        self.reply_to = reply_to
+
+    def receive(self, data: bytes, now: float) -> list[Output]:
+        out = super().receive(data, now)
+        self.deadline = now
+        return out
+
+    def handle_deadline(self, now: float) -> list[Output]:
+        super().handle_deadline(now)
+        return [Transmit(to=NodeId(self.reply_to), data=datagram(self.node_id, len(self.wakes)))]
+
+
+def test_a_deadline_a_batch_makes_due_runs_at_its_end(raw: socket.socket, loop: Any) -> None:
+    """Rule: a deadline that the datagrams of a batch make due by the batch's time runs at
+    the end of the batch, with that time, and what it sends leaves with the batch's
+    flush, not a timer round later."""
+    raw.settimeout(5.0)
+    me = node_id(HOST, raw.getsockname()[1])  # (so the node unicasts back to raw)
+    ep = DueNow(new_id(), me)
+
+    async def main() -> None:
+        async with run_node(ep, udp=udp_config()) as h:
+            for v in range(3):
+                raw.sendto(datagram(me, v), node_addr(ep.node_id))
+                await until(lambda v=v: len(ep.wakes) == v + 1)
+            assert h.stats.wakeups == 3
+
+    run(main)
+    assert [due for due, _ in ep.wakes] == [now for now, _, _ in ep.received]
+    assert all(woke == due for due, woke in ep.wakes)  # the batch's time: no timer ran it
+    assert [value_of(raw.recv(2048))[1] for _ in range(3)] == [1, 2, 3]
+
+
 def test_on_event_takes_notifications_inline_in_order(raw: socket.socket, loop: Any) -> None:
     """Rule: with on_event every notification goes to it at once, in order; none is queued."""
     ep = Recorder(new_id())

@@ -888,10 +888,11 @@ class Node:
             # same as _run of its lone Deliver (_on_deliver), without the Deliver.
             machine = stack.multicast
             self._touched.add(machine)  # (as _call notes it)
-            if msg.kind == KIND_APP and machine.deliver_next(
-                event.sender, event.incarnation, msg, now
-            ):
-                return [_new_delivered(stack.group, event.sender, msg.seq, msg.payload)]
+            if msg.kind == KIND_APP:
+                if machine.deliver_next(event.sender, event.incarnation, msg, now):
+                    return [_new_delivered(stack.group, event.sender, msg.seq, msg.payload)]
+                if machine.hold_next(event.sender, event.incarnation, msg, now):
+                    return []  # held behind a gap being repaired: nothing to do yet
             actions = machine.handle(event, now)
         else:
             actions = None
@@ -1166,6 +1167,10 @@ class Node:
         datagram = self._gate.datagram
         for act in queue:
             kind = type(act)
+            if kind is Deliver and _DELIVER_ALONE and act.kind == KIND_APP:
+                # (_on_deliver's first case, inlined: what a repair drains, a delivery each)
+                out.append(_new_delivered(group, act.origin, act.seq, act.payload))
+                continue
             if kind is Send or kind is SendReliable:
                 if act.to == me:  # to ourselves: no network, no channel
                     event = Received(sender=me, incarnation=inc, message=act.message)

@@ -17,6 +17,8 @@ datagram, then feed the node*:
   bundles (:func:`split_bundle`; a malformed one is dropped whole and
   counted), hands each datagram to ``endpoint.receive(data, now)``, carries
   out the outputs (:meth:`Driver._dispatch`) and, at the end of the batch,
+  runs the endpoint's deadline if the batch made it due by ``now`` (a gap's
+  first Nak: not a scheduling round later, when the timer would fire), then
   flushes and re-arms the timer (:meth:`Driver._settle`);
 * the timer fires: :meth:`Driver._on_deadline` calls
   ``endpoint.handle_deadline(now)`` if it is due, and flushes;
@@ -1045,10 +1047,24 @@ class Driver:
                 self._settle()
                 return 2
         else:  # a full batch and maybe more waiting: let the other tasks run first
-            self._settle()
+            self._settle_batch(now)
             return 1
-        self._settle()
+        self._settle_batch(now)
         return 0
+
+    def _settle_batch(self, now: float) -> None:
+        """The end of a batch read at ``now``: a deadline its datagrams made due by then
+        (a gap's first Nak, asked ``nak_delay`` after the gap shows, 0 by default) is
+        run at once, so its datagrams leave with the batch's flush rather than a
+        scheduling round later, when the timer would fire; then :meth:`_settle`."""
+        due = self._endpoint.next_deadline()
+        if due is not None and due <= now:
+            self._stats.wakeups += 1
+            self._dispatch(self._endpoint.handle_deadline(now))
+            self._settle()
+        else:
+            self._flush()
+            self._rearm(due)
 
     def _on_deadline(self) -> None:
         """The timer fired: wake the endpoint if its deadline is due, and flush."""
@@ -1100,7 +1116,10 @@ class Driver:
     def _settle(self) -> None:
         """Before a task lets other tasks run: send what it produced, re-arm the timer."""
         self._flush()
-        due = self._endpoint.next_deadline()
+        self._rearm(self._endpoint.next_deadline())
+
+    def _rearm(self, due: float | None) -> None:
+        """Arm the timer for the endpoint's deadline ``due`` (None: none) if it moved."""
         if due is None:
             due = math.inf
         if due != self._armed:  # moving a loop's timer costs more than comparing

@@ -34,11 +34,15 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from powergrid.events import Send
-from powergrid.protocols.multicast._config import MulticastConfig, MulticastStats
+from powergrid.protocols.multicast._config import (
+    MulticastConfig,
+    MulticastStats,
+    new_send,
+    new_xmit,
+)
 from powergrid.protocols.multicast._life import OriginLife, unstored
 from powergrid.types import NodeId
-from powergrid.wire import Nak, Xmit
+from powergrid.wire import Nak
 
 
 class ResendBuffer:
@@ -195,8 +199,10 @@ class ResendBuffer:
         last = min(msg.last, msg.first + cfg.max_nak_range - 1, st.delivered)
         out: list[Any] = []
         to = NodeId(requester)
+        buf = st.buf
+        origin, inc = msg.origin, st.incarnation
         for seq in range(first, last + 1):
-            stored = st.buf.get(seq)
+            stored = buf.get(seq)
             if stored is None:
                 continue
             if budget <= 0:
@@ -204,14 +210,7 @@ class ResendBuffer:
                 continue
             budget -= 1
             kind, payload = unstored(stored)
-            xmit = Xmit(
-                origin=msg.origin,
-                origin_incarnation=st.incarnation,
-                seq=seq,
-                kind=kind,
-                payload=payload,
-            )
-            out.append(Send(to=to, message=xmit))
+            out.append(new_send(to, new_xmit(origin, inc, seq, kind, payload)))
         window[1] = cfg.max_xmit_per_interval - budget
         self._stats.xmits_sent += len(out)
         return out

@@ -18,9 +18,9 @@ from typing import Final
 import attrs
 
 from powergrid._checks import config_problem, integer, real
-from powergrid.events import Multicast
+from powergrid.events import Multicast, Send
 from powergrid.types import Incarnation, NodeId
-from powergrid.wire import HEADER_SIZE, MAX_DATAGRAM, Data, Xmit, record_builder
+from powergrid.wire import HEADER_SIZE, MAX_DATAGRAM, Data, Nak, Xmit, record_builder
 
 MAX_MULTICAST_PAYLOAD: Final = MAX_DATAGRAM - HEADER_SIZE - struct.calcsize("!QIQB")
 """The largest payload one :class:`Publish` can carry (bytes): what still fits
@@ -199,6 +199,9 @@ class Deliver:
 new_deliver: Final = record_builder(Deliver)
 new_data: Final = record_builder(Data)
 new_multicast: Final = record_builder(Multicast)
+new_send: Final = record_builder(Send)  # to, message
+new_xmit: Final = record_builder(Xmit)  # origin, origin_incarnation, seq, kind, payload
+new_nak: Final = record_builder(Nak)  # origin, origin_incarnation, first, last, helper
 
 
 @attrs.define(kw_only=True)

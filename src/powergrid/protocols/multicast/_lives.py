@@ -33,7 +33,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from powergrid.events import Multicast, Send
 from powergrid.protocols.multicast._buffer import ResendBuffer
 from powergrid.protocols.multicast._config import (
     PENDING,
@@ -41,6 +40,9 @@ from powergrid.protocols.multicast._config import (
     MulticastStats,
     Stored,
     new_deliver,
+    new_multicast,
+    new_nak,
+    new_send,
 )
 from powergrid.protocols.multicast._life import (
     CURRENT,
@@ -52,7 +54,7 @@ from powergrid.protocols.multicast._life import (
     stored,
 )
 from powergrid.types import NodeId, incarnation_newer
-from powergrid.wire import Nak, Stable
+from powergrid.wire import KIND_APP, Stable
 
 if TYPE_CHECKING:
     from powergrid.protocols.multicast._coordinator import StabilityCoordinator
@@ -348,13 +350,32 @@ class Lives:
             buffer.new_peak(size, self.coordinator is not None)
 
     def drain(self, st: OriginLife, out: list[Any]) -> None:
-        """Deliver held messages that are now in order (rule 3)."""
+        """Deliver held messages that are now in order (rule 3): :meth:`deliver` of each,
+        in one loop (a repair under loss drains most of a stream)."""
         held = st.held
-        while held:
-            nxt = held.pop(st.delivered + 1, None)
-            if nxt is None:
+        if not held:
+            return
+        seq = st.delivered + 1
+        msg = held.pop(seq, None)
+        if msg is None:
+            return
+        buffer = self._buffer
+        stats = self._stats
+        origin, inc = st.origin, st.incarnation
+        coordinating = self.coordinator is not None
+        while msg is not None:
+            kind, payload = msg.kind, msg.payload
+            st.delivered = seq
+            st.buf[seq] = payload if kind == KIND_APP else (kind, payload)  # (as stored())
+            size = buffer.size = buffer.size + 1
+            stats.delivered += 1
+            if size > stats.peak_buffer:
+                buffer.new_peak(size, coordinating)
+            out.append(new_deliver(origin, inc, seq, kind, payload))
+            if not held:
                 break
-            self.deliver(st, st.delivered + 1, nxt, out)
+            seq += 1
+            msg = held.pop(seq, None)
 
     def start(self, st: OriginLife, start: int, out: list[Any]) -> None:
         """A pending stream starts after ``start``: drop older held, deliver the rest (rule 18)."""
@@ -555,19 +576,12 @@ class Lives:
             for lo, hi in ranges:
                 stats.naks_sent += 1
                 stats.naks_group += 1
-                nak = Nak(
-                    origin=origin,
-                    origin_incarnation=st.incarnation,
-                    first=lo,
-                    last=hi,
-                    helper=helper,
-                )
-                out.append(Multicast(message=nak))
+                out.append(new_multicast(new_nak(origin, st.incarnation, lo, hi, helper)))
         else:
+            to = NodeId(origin)
             for lo, hi in ranges:
                 stats.naks_sent += 1
-                nak = Nak(origin=origin, origin_incarnation=st.incarnation, first=lo, last=hi)
-                out.append(Send(to=NodeId(origin), message=nak))
+                out.append(new_send(to, new_nak(origin, st.incarnation, lo, hi, 0)))
         if reask:
             st.tries += 1
 

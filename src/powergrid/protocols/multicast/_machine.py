@@ -307,6 +307,41 @@ class MulticastMachine(Dispatching):
             return True
         return False
 
+    def hold_next(self, origin: int, inc: int, msg: Data, now: float) -> bool:
+        """The hot path of a ``Received(Data)`` ahead of a gap that is being repaired (rule
+        3): if ``msg``, a Data of ``origin`` in incarnation ``inc``, is the next message
+        the origin sends after the highest seen of a known, listed life whose gap has its
+        Nak timer already, hold it and return True (nothing to deliver; it is what
+        :meth:`handle` does with it, without its records); else change nothing and
+        return False. While loss is repaired, most of a stream arrives this way."""
+        st = self._origins.get(origin)
+        seq = msg.seq
+        if (
+            st is None
+            or seq != st.highest + 1
+            or st.nak_due is None
+            or seq <= st.delivered + 1
+            or st.incarnation != inc
+            or origin == self._me
+            or self._departing  # (_accept's hold bookkeeping, rule 28)
+        ):
+            return False
+        held = st.held
+        if len(held) >= self._config.max_held:
+            return False
+        st.highest = seq
+        if seq > st.seen:  # noqa: PLR1730 (as place() keeps it)
+            st.seen = seq
+        held[seq] = msg
+        # Rule 5: the message after the highest seen shows no missing seq that was not
+        # missing before, so the Nak timer stands as it is (a fresh gap below it set it
+        # already); only the scan for fresh gaps moves over it, if it had reached it.
+        if st.scan == seq - 1 and seq <= st.delivered + self._config.max_nak_range:
+            st.scan = seq
+        if self._window and self._reporting and self._status_due is not None:
+            self._credit_due(st, now)
+        return True
+
     def _on_xmit(self, ev: Received, msg: Xmit, now: float) -> list[Any]:
         return self._accept(msg.origin, msg.origin_incarnation, msg.seq, msg, now)  # rule 4
 
