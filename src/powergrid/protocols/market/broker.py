@@ -386,8 +386,9 @@ class BrokerMachine(Dispatching):
         # the aggregates before the last, newest first (numbers - 1, - 2, ...; a raise sends
         # one besides the round's, so a clearing may name one of those)
         self._recent: list[Totals] = []
-        # the same aggregates (the latest first) without the held caps: the bids alone
-        self._raw: list[Totals] = []
+        # the same aggregates (the latest first) without the held caps, the bids alone: None
+        # where no cap was held (the aggregate is the bids alone), so no copy is kept
+        self._raw: list[Totals | None] = []
         self._brokers = Leadership()  # the broker group's: the lead broker and its epoch
         self._lead_round = 0
         self._lead_inc = 0  # the incarnation of the lead whose rounds _lead_round counts
@@ -671,7 +672,7 @@ class BrokerMachine(Dispatching):
         self._budget = entry.budget
         self._budget_from = (msg.epoch, msg.round)
         self._local_regime = result.regime
-        shed = self._holds_first(result, self._raw[back], entry.budget, now)
+        shed = self._holds_first(result, self._raw[back] or ours, entry.budget, now)
         if shed is not None:
             self.stats.shed_for_holds += 1
         out: list[object] = [
@@ -748,7 +749,7 @@ class BrokerMachine(Dispatching):
             self._totals, self._budget, cfg.grid, previous=self._local_regime, band=cfg.band
         )
         self._local_regime = result.regime
-        shed = self._holds_first(result, self._raw[0], self._budget, now)
+        shed = self._holds_first(result, self._raw[0] or self._totals, self._budget, now)
         if shed is not None:
             self.stats.shed_for_holds += 1
             result = shed
@@ -766,7 +767,7 @@ class BrokerMachine(Dispatching):
         totals = aggregate_ladders(self._with_holds(now), grid) if self._holds else raw
         if self._totals is not None:
             self._recent = [self._totals, *self._recent[: _KEEP_AGGREGATES - 2]]
-        self._raw = [raw, *self._raw[: _KEEP_AGGREGATES - 1]]
+        self._raw = [None if totals is raw else raw, *self._raw[: _KEEP_AGGREGATES - 1]]
         self._totals = totals
         lead = self._brokers.leader
         if not lead:
