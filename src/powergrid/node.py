@@ -457,7 +457,7 @@ class _Stack:
 
 
 def _leads(stack: _Stack) -> bool:
-    return stack.election.state == "leader"
+    return stack.election._state == "leader"  # (the state property's field: every heartbeat)
 
 
 @attrs.frozen
