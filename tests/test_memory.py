@@ -240,6 +240,36 @@ def test_step_processes_one_event() -> None:
     assert [v for _, _, v in b.received] == [1, 2]
 
 
+@given(
+    delays=st.lists(st.sampled_from([0.0, 0.001, 0.002, 0.003]), min_size=1, max_size=30),
+    stepping=st.booleans(),
+)
+def test_deliveries_in_time_then_send_order_whatever_the_latencies(
+    delays: list[float], stepping: bool
+) -> None:
+    """Rule: datagrams are delivered in (due time, send order), also when a later send is
+    due earlier (deliveries wait in a queue while in time order, else in the heap)."""
+    pending = list(delays)
+
+    def latency(src: NodeId, dst: NodeId) -> float:
+        return pending.pop(0)
+
+    net = MemoryNetwork(latency=latency)
+    for n in (2, 3, 4):
+        net.add(Recorder(n))
+    sends = [send(1, 2 + i % 3, i) for i in range(len(delays))]
+    net.add(Recorder(1, on_start=sends))
+    assert net.pending >= 1 and net.next_time() == min(delays)
+    if stepping:
+        while net.step():
+            pass
+    else:
+        net.run_until_quiet(1.0)
+    assert net.pending == 0 and net.next_time() is None
+    got = [(t, out.value) for t, _, out in net.log or []]
+    assert got == sorted((d, i) for i, d in enumerate(delays))
+
+
 def test_remove_loses_in_flight_datagrams_and_timer() -> None:
     """Rule: remove() discards the endpoint, its timer and datagrams in flight to it,
     even if a new node takes the address before they arrive."""

@@ -169,6 +169,27 @@ def test_data_is_kept_decoded_apart_and_briefly(monkeypatch: pytest.MonkeyPatch)
     assert len(node_mod._decoded) == 1
 
 
+def test_a_process_of_many_nodes_makes_room_for_their_decodings_while_it_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """decoding_room raises the cache's bound for the block (the simulator: what
+    repeats is per node) and brings the cache back under its own bound after."""
+    decoded = count_decodings(monkeypatch)
+    monkeypatch.setattr(node_mod, "_DECODED_MAX", 2)
+    a = make_node(9000)
+    a.start(0.0)
+    other = node_id("127.0.0.1", 9005)
+    beats = [encode(1, other, 1, wire.Heartbeat(epoch=e, view_id=1)) for e in (1, 2, 3)]
+    with node_mod.decoding_room(4):
+        assert node_mod._DECODED_MAX == 4
+        for beat in beats + beats:
+            a.receive(beat, 0.1)
+        assert decoded == beats  # each once: no clear at two
+    assert node_mod._DECODED_MAX == 2 and not node_mod._decoded
+    with node_mod.decoding_room(1):  # never lowers it
+        assert node_mod._DECODED_MAX == 2
+
+
 def test_a_reliable_unicast_datagram_is_not_kept_decoded(monkeypatch: pytest.MonkeyPatch) -> None:
     """UData is unlike any other datagram (sender, sequence, payload): it is decoded at each
     arrival and never takes a place in the cache of decodings, which other datagrams do."""

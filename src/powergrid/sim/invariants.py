@@ -279,6 +279,16 @@ class _Base:
             return True
         return kind in self._on or kind is NodeStarted or kind is NodeCrashed
 
+    def observer_of(self, kind: type) -> Callable[[float, int, Any], None] | None:
+        """The one function :meth:`observe` calls for a notification of type ``kind``, when
+        that is all it does with it (``observe`` is not overridden, ``kind`` is neither
+        NodeStarted nor NodeCrashed, which it records first, and ``_on``, filled in
+        ``__init__``, names one); else None. A caller that sees many notifications (the
+        simulator: every client's every price) may call it instead of :meth:`observe`."""
+        if type(self).observe is not _Base.observe or kind is NodeStarted or kind is NodeCrashed:
+            return None
+        return self._on.get(kind)
+
     @property
     def passive(self) -> bool:
         """Whether :meth:`check` only reports the problems observing found (it is not

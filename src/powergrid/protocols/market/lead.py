@@ -562,15 +562,26 @@ class LeadBrokerMachine(Dispatching):
         self.stats.clearings_overheard += 1
         granted = self._granted
         checked = ClearingResult.checked(msg, self._config.grid)  # (one per message)
+        lead = msg.epoch
         for e in msg.entries:  # (one per cluster, at every broker: kept lean)
             old = granted.get(e.cluster)
-            if old is not None and old.epoch == e.epoch:
-                if e.aggregate == 0:
-                    continue  # a budget we know of, passed on: it was given no later than ours
-                if old.lead != msg.epoch and epoch_newer(old.lead, msg.epoch):
-                    continue  # an older lead's budget (forwarded late): ours replaced it
-            result = None if e.aggregate == 0 else checked
-            self._grant(e.cluster, _Grant(budget=e.budget, at=now, epoch=e.epoch, result=result))
+            if old is None or old.epoch != e.epoch:  # a cluster (epoch) new to us
+                result = None if e.aggregate == 0 else checked
+                grant = _Grant(budget=e.budget, at=now, epoch=e.epoch, result=result)
+                self._grant(e.cluster, grant)
+                continue
+            if e.aggregate == 0:
+                continue  # a budget we know of, passed on: it was given no later than ours
+            if old.lead and old.lead != lead and epoch_newer(old.lead, lead):
+                continue  # an older lead's budget (forwarded late): ours replaced it
+            # The same cluster epoch: _grant would put a new grant in its place, and
+            # nothing else refers to the one in _granted (_held keeps replaced grants
+            # only), so it is updated in place (no object per entry). A learnt grant's
+            # lead is 0, and epoch_newer(0, x) is False: asked only for one of ours.
+            old.budget = e.budget
+            old.at = now
+            old.result = checked
+            old.lead = 0
         return []
 
     def _on_price(self, msg: wire.Price, now: float) -> list[object]:

@@ -384,12 +384,13 @@ class Leader(_Role):
 
     def heartbeat_ack(self, ev: Received, now: float) -> list[Any]:
         m = self._m
-        ack = cast(HeartbeatAck, ev.message)
+        ack: HeartbeatAck = ev.message  # type: ignore[assignment]  # (no cast() call: every ack)
         if ack.epoch != m._lead.epoch:  # rule L9
             m._stats.stale_epoch += 1
             return []
         actions: list[Any] = []
-        if self.is_member(ev):
+        known = m._members.get(ev.sender)  # (is_member, in line: every ack)
+        if known is not None and known.incarnation == ev.incarnation:
             m._stats.acks_received += 1
             self.alive(ev.sender, now)
         else:
