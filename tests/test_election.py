@@ -425,6 +425,35 @@ def test_epoch_is_highest_seen_plus_one() -> None:
     assert m.handle(WAKE, 1.125)[0] == Multicast(message=Coordinator(epoch=9, rank=0))
 
 
+def test_a_heartbeats_epoch_is_seen_so_a_candidate_wins_above_it() -> None:
+    """Epochs (rule 2): a membership Heartbeat's epoch is noted as seen in any state,
+    so a candidate that heard a leader heartbeat but missed its Coordinator does not win
+    that leader's epoch (a twin) when it stands again. The Hypothesis schedule of
+    ``test_hypothesis_twin_of_a_paused_lead``: the broker 9011 got the lead 9000's
+    Answer, lost every copy of its Coordinator, heard its epoch-1 heartbeats, stood
+    again after coordinator_timeout while 9000 was paused, and won epoch 1 too."""
+    m = machine(4, nodes=(4, 5))
+    assert m.handle(lost(0, 0), 0.0) == []  # bootstrap: one candidate above, 0.125 s
+    assert m.handle(WAKE, 0.125) == [started(1), elect_msg(0)]
+    assert m.handle(rx(5, Answer(epoch=0, rank=0)), 0.1875) == []  # a higher key objects
+    assert (m.state, m.next_deadline()) == ("waiting", 0.6875)
+    # 5 won epoch 1; its Coordinator is lost here, its heartbeat is not:
+    assert m.handle(rx(5, Heartbeat(epoch=1, view_id=1)), 0.3) == []
+    assert (m.state, m.leader, m.stats.rival_heartbeats) == ("waiting", 0, 0)
+    assert m.handle(WAKE, 0.6875) == [started(2), elect_msg(1)]  # no Coordinator: again
+    assert m.handle(WAKE, 0.8125) == [  # 5 does not answer (paused): win above its epoch
+        Multicast(message=Coordinator(epoch=2, rank=0)),
+        elected(4, 2),
+    ]
+    # A follower notes it too (its next win is above it); a foreign epoch is not noted.
+    f = follower_of(1, 5, 3)
+    assert f.handle(rx(2, Heartbeat(epoch=6, view_id=1)), 0.5) == []
+    assert f.handle(rx(3, Heartbeat(epoch=6 + EPOCH_WINDOW + 1, view_id=1)), 0.5) == []
+    assert (f.leader, f.epoch, f.stats.foreign_epoch) == (5, 3, 1)
+    f.handle(lost(5, 3), 1.0)
+    assert f.handle(WAKE, 1.5)[:2] == [started(7), elect_msg(6)]
+
+
 def test_rank_comes_before_node_id() -> None:
     """Keys: operator rank first, then node id: node 1 with rank 1 outranks node 5."""
     m = machine(1, rank=1)

@@ -23,6 +23,16 @@ from powergrid import node
 from powergrid.protocols import multicast
 from powergrid.protocols.election import ElectionMachine
 from powergrid.protocols.multicast import Deliver, MulticastMachine
+from powergrid.sim.fuzz import (
+    Crash,
+    Delay,
+    FaultOptions,
+    FaultSchedule,
+    Heal,
+    LinkFaults,
+    Pause,
+    Split,
+)
 from powergrid.sim.fuzzing import datacentre, invariants, run_datacentre
 from powergrid.sim.harness import RunResult, assert_ok, fault_options, run_seed, schedules
 from powergrid.types import node_id
@@ -338,6 +348,55 @@ def test_hypothesis_schedules(options: Any, schedule: Any) -> None:
     if not result.ok and result.violations[0].invariant in HYPOTHESIS_TOLERATED:
         return
     assert_ok(result)
+
+
+def test_hypothesis_twin_of_a_paused_lead() -> None:
+    """A schedule Hypothesis found (it failed ``election-one-leader-per-epoch`` at
+    t=2.737): 9000 won epoch 1 of the broker group at 0.736; 9011 had its Answer but lost
+    every copy of its Coordinator, heard two of its epoch-1 heartbeats, and stood again
+    after coordinator_timeout, at 1.137, while 9000 was paused (from 0.956, no resume
+    before the settle at 3 s): nobody objected and 9011 won epoch 1 too. Two faults:
+    the election did not note a heartbeat's epoch as seen (now it does, at every
+    broker-capable node: 9011 wins epoch 2), and the invariant started the twins' clock
+    at the second win though one of them was frozen (now a pause stops it like a cut)."""
+    options = FaultOptions(
+        intensity="hypothesis",
+        link=LinkFaults(
+            loss=0.3,
+            duplicate=0.3,
+            reorder=0.0,
+            reorder_window=0.01,
+            delay=Delay(kind="constant", base=0.001, spread=0.0, cap=1.0),
+        ),
+        crashes=0,
+        restart_after=1.0,
+        pauses=0,
+        pause_for=0.5,
+        partitions=0,
+        partition_kinds=("isolate", "split", "one_way"),
+        partition_for=1.0,
+        flapping=False,
+    )
+    lead, crashed = node_id("127.0.0.1", 9000), node_id("127.0.0.1", 9002)
+    schedule = FaultSchedule(
+        (
+            Split(at=0.0, groups=((lead,),)),
+            Crash(at=0.0, node=crashed),
+            Heal(at=0.0),
+            Pause(at=0.956, node=lead),
+        )
+    )
+    build = datacentre(nodes=6, safety_s=SAFETY_S, liveness_s=LIVENESS_S)
+    result = run_seed(
+        1,
+        build,
+        invariants,
+        options=options,
+        schedule=schedule,
+        safety_s=SAFETY_S,
+        liveness_s=LIVENESS_S,
+    )
+    assert result.ok, result.report()
 
 
 HYPOTHESIS_TOLERATED = set(KNOWN.values())

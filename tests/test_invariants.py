@@ -405,6 +405,66 @@ def test_tolerant_twins_cut_apart_again_get_resolve_s_of_contact_in_all() -> Non
     ]
 
 
+class Idle:
+    """An endpoint that does nothing (so that the network can pause it)."""
+
+    def __init__(self, node: NodeId) -> None:
+        self.node_id = node
+
+    def start(self, now: float) -> list[object]:
+        return []
+
+    def receive(self, data: bytes, now: float) -> list[object]:
+        return []
+
+    def handle_deadline(self, now: float) -> list[object]:
+        return []
+
+    def next_deadline(self) -> float | None:
+        return None
+
+
+def test_tolerant_twins_are_apart_while_either_is_paused() -> None:
+    """Election safety (tolerant): a paused twin is frozen (it neither heartbeats nor
+    hears the other's Coordinator, and its state cannot change), so a pause stops the
+    clock like a cut: resolve_s counts contact with both running. The Hypothesis
+    schedule of test_fuzz_protocols.py (test_hypothesis_twin_of_a_paused_lead) was
+    flagged 1.5 s after the second win though the lead had been paused since before it
+    and until the settle: no protocol resolves twins one of which executes nothing."""
+    net = FuzzNetwork(seed=0)
+    for n in (B, C):
+        net.add(Idle(n))
+    inv = Leading(INFO, strict=False)  # resolve_s 1.5, contact_s 0.1
+    start([inv], A, B, C)
+    inv.observe(0.0, B, LeaderElected(group=G, leader=B, epoch=Epoch(1)))
+    assert net.pause(B)
+    net.run_until(0.3)
+    inv.observe(0.3, C, LeaderElected(group=G, leader=C, epoch=Epoch(1)))
+    assert inv.check(net) == []
+    net.run_until(2.0)  # connected, but B paused: apart
+    assert inv.check(net) == []
+    assert net.resume(B)
+    assert inv.check(net) == []
+    net.run_until(2.5)  # in contact, both running: the clock runs from 2.0
+    assert inv.check(net) == []
+    assert net.pause(C)  # 0.5 s of contact, then C pauses: the clock stops
+    assert inv.check(net) == []
+    net.run_until(5.0)
+    assert inv.check(net) == []
+    assert net.resume(C)
+    assert inv.check(net) == []
+    net.run_until(5.1)
+    assert inv.check(net) == []
+    net.run_until(5.999)  # 0.5 + 0.999 s of contact
+    assert inv.check(net) == []
+    net.run_until(6.0)
+    assert inv.check(net) == [
+        "0.0.0.0:2 and 0.0.0.0:3 both still lead epoch 1 of group 1 1.5 s after they "
+        "could reach each other (t=5.000, after 0.500 s of contact before; the second "
+        "won it at t=0.300)"
+    ]
+
+
 def test_tolerant_twins_in_contact_get_resolve_s_from_the_second_win() -> None:
     """Election safety (tolerant): twins that win while they can reach each other must
     resolve within resolve_s of the second win; twins that resolved in time are not

@@ -30,7 +30,8 @@ knows no message or notification by name:
 
 * :data:`ROUTES`: wire message type -> :class:`Route`, its owner machine and
   the machines that overhear it (a membership ``Heartbeat`` is overheard by
-  the election while it leads: election rule 7; a ``Clearing`` by the lead
+  a broker-capable node's election: its epoch is seen, and a leader re-announces
+  to a rival, election rule 7; a ``Clearing`` by the lead
   broker, for its reserve). A market route also names the group its messages
   travel in (Bid, BidAck and Price in the cluster; Aggregate and Clearing in
   the broker group), whose stack carries the market's actions out.
@@ -458,10 +459,6 @@ class _Stack:
         self.own: tuple[Any, ...] = group_own if self.order is None else (*group_own, self.order)
 
 
-def _leads(stack: _Stack) -> bool:
-    return stack.election._state == "leader"  # (the state property's field: every heartbeat)
-
-
 def _capable(stack: _Stack) -> bool:
     return stack.capable
 
@@ -485,10 +482,11 @@ class Route:
 ROUTES: dict[type[Message], Route] = {
     **{t: Route(MULTICAST) for t in (wire.Data, wire.Xmit, wire.Nak, wire.Status, wire.Stable)},
     **{t: Route(UNICAST) for t in (wire.UData, wire.UAck)},
-    # A heartbeat is membership's; one heard while this node leads is also the
-    # election's business: the leader re-announces to a rival (election rule 7). An
-    # election that does not lead ignores heartbeats, so it is not asked.
-    wire.Heartbeat: Route(MEMBERSHIP, overhearers=(ELECTION,), overhear_if=_leads),
+    # A heartbeat is membership's; a broker-capable node's election overhears it too:
+    # it notes the epoch as seen (a win takes the highest seen + 1, so it must not win
+    # the epoch of a leader it heard heartbeat), and a leader re-announces to a rival
+    # (election rule 7). A node that cannot stand never wins, so it is not asked.
+    wire.Heartbeat: Route(MEMBERSHIP, overhearers=(ELECTION,), overhear_if=_capable),
     **{
         t: Route(MEMBERSHIP)
         for t in (

@@ -739,7 +739,16 @@ class ElectionMachine(Dispatching):
         Coordinators from ever crossing while many heartbeats do. Re-announce at once (at
         most once per ``answer_timeout``): the rival then applies the Coordinator rules
         (steps down, or re-asserts above our epoch), and so do its followers.
+
+        In any state the heartbeat's epoch is noted as seen (rule 2: a win takes the
+        highest seen + 1): its sender leads that epoch, so winning it would make a twin.
+        A candidate whose copies of the leader's Coordinator were all lost but that heard
+        its heartbeats otherwise stood again after ``coordinator_timeout`` and, the leader
+        not answering (paused, or its answer lost), won the leader's own epoch (the
+        Hypothesis schedule in ``tests/test_fuzz_protocols.py``,
+        ``test_hypothesis_twin_of_a_paused_lead``).
         """
+        self._seen(msg.epoch)
         if self._state != "leader":
             return []  # who a follower follows is fenced by membership and the Coordinators
         self._stats.rival_heartbeats += 1

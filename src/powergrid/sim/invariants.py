@@ -903,7 +903,10 @@ class LeaderPerEpoch(_Base):
     again where it stopped: they must resolve within ``resolve_s`` of contact in
     all (seed 15,100,651 at 20 servers: twins in contact for 0.5 s, cut apart, in
     contact again for 0.03 s, cut apart again, were flagged 1.5 s after their first
-    contact while the bound assumes an open way).
+    contact while the bound assumes an open way). A pause of either twin separates them
+    like a cut: a paused node runs nothing, so no protocol can resolve its twin while it
+    lasts (a Hypothesis schedule: the second twin won while the first was paused, and
+    was flagged 1.5 s later, the first still paused; ``_open``).
     """
 
     name = "election-one-leader-per-epoch"
@@ -978,24 +981,25 @@ class LeaderPerEpoch(_Base):
         return super().check(network)
 
     def _separated(self, network: FuzzNetwork, now: float) -> None:
-        """Stop the clock of twins in contact that a cut separates again: back to the
-        twins apart, with the contact time they had."""
+        """Stop the clock of twins in contact that a cut (or a pause of either) separates
+        again: back to the twins apart, with the contact time they had."""
         still = []
         for twin in self._twins:
             _, group, epoch, a, b, since, won, before = twin
-            if twin[0] > now and not (network.connected(a, b) and network.connected(b, a)):
+            if twin[0] > now and not self._open(network, a, b):
                 self._apart.append([group, epoch, a, b, won, None, before + now - since])
             else:
                 still.append(twin)
         self._twins = still
 
     def _contact(self, network: FuzzNetwork, now: float) -> None:
-        """Start the clock of twins that have been able to reach each other both ways
-        for ``contact_s`` (the network's partitions change only at events)."""
+        """Start the clock of twins that have been able to reach each other both ways,
+        both running, for ``contact_s`` (the network's partitions and pauses change only
+        at events)."""
         still = []
         for twin in self._apart:
             group, epoch, a, b, won, since, before = twin
-            if network.connected(a, b) and network.connected(b, a):
+            if self._open(network, a, b):
                 if since is None:
                     since = twin[5] = now
                 if now - since >= self.contact_s:
@@ -1008,6 +1012,20 @@ class LeaderPerEpoch(_Base):
         if len(still) != len(self._apart):
             self._twins.sort()
         self._apart = still
+
+    @staticmethod
+    def _open(network: FuzzNetwork, a: int, b: int) -> bool:
+        """Whether twins ``a`` and ``b`` can resolve now: datagrams pass both ways between
+        them and neither is paused. A paused node is frozen (its deliveries queue, its
+        timer holds): it neither heartbeats nor hears the other's Coordinator, and the
+        state :meth:`_leads` reads cannot change, so for the other twin the pause is a cut
+        (it cannot tell a paused node from a crashed or cut-off one)."""
+        return (
+            network.connected(a, b)
+            and network.connected(b, a)
+            and not network.is_paused(a)
+            and not network.is_paused(b)
+        )
 
     @staticmethod
     def _leads(network: FuzzNetwork, n: int, group: int, epoch: int) -> bool:
