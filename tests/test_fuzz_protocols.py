@@ -335,16 +335,7 @@ NODES6 = [node_id("127.0.0.1", 9000 + 10 * c + i) for c in range(2) for i in ran
 @given(options=fault_options(), schedule=schedules(NODES6, SAFETY_S))
 def test_hypothesis_schedules(options: Any, schedule: Any) -> None:
     """Safety and liveness under Hypothesis-built schedules (shrinks to a pasteable test)."""
-    build = datacentre(nodes=6, safety_s=SAFETY_S, liveness_s=LIVENESS_S)
-    result = run_seed(
-        1,
-        build,
-        invariants,
-        options=options,
-        schedule=schedule,
-        safety_s=SAFETY_S,
-        liveness_s=LIVENESS_S,
-    )
+    result = _six_nodes(options, schedule)
     if not result.ok and result.violations[0].invariant in HYPOTHESIS_TOLERATED:
         return
     assert_ok(result)
@@ -386,8 +377,14 @@ def test_hypothesis_twin_of_a_paused_lead() -> None:
             Pause(at=0.956, node=lead),
         )
     )
+    result = _six_nodes(options, schedule)
+    assert result.ok, result.report()
+
+
+def _six_nodes(options: Any, schedule: Any) -> Any:
+    """Run the six-node data centre of the Hypothesis tests under ``schedule``."""
     build = datacentre(nodes=6, safety_s=SAFETY_S, liveness_s=LIVENESS_S)
-    result = run_seed(
+    return run_seed(
         1,
         build,
         invariants,
@@ -396,7 +393,6 @@ def test_hypothesis_twin_of_a_paused_lead() -> None:
         safety_s=SAFETY_S,
         liveness_s=LIVENESS_S,
     )
-    assert result.ok, result.report()
 
 
 HYPOTHESIS_TOLERATED = set(KNOWN.values())
