@@ -56,7 +56,9 @@ def test_a_bid_with_corners_far_apart_does_not_make_a_broker_raise() -> None:
     broker.handle(LeaderElected(group=cl, leader=me, epoch=Epoch(1)), 0.0)
     broker.handle(LeaderElected(group=BROKER_GROUP, leader=NodeId(31), epoch=Epoch(1)), 0.0)
     corners = (wire.Corner(-_MAX, 200), wire.Corner(_MAX, 100))
-    msg = wire.Bid(seq=1, floor=50, required=100, maximum=200, priority=0, corners=corners)
+    msg = wire.Bid(
+        seq=1, floor=50, required=100, maximum=200, priority=0, lead_epoch=0, corners=corners
+    )
     data = wire.encode(1, client, 1, msg)
     env = wire.decode(data)  # well formed: it reaches the broker
     broker.handle(Received(sender=client, incarnation=Incarnation(1), message=env.message), 0.1)

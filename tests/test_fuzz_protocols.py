@@ -230,6 +230,7 @@ STEPS_REGRESSIONS: dict[tuple[int | None, float, int], str] = {
     (None, 15.0, 26300253): "power-guarantee",  # an island: the ledger owed r, not h
     (None, 15.0, 36410377): "power-guarantee",  # the join reserve above a silent budget
     (None, 15.0, 36410936): "multicast-agreement",  # a newer view's highest ignored
+    (None, 5.0, 36800068): "power-guarantee",  # a restarted broker listened 0.5 s
 }
 """(size or None, safety phase, seed) -> what failed with supply steps (``powergrid fuzz
 --replay SEED --supply-steps`` with ``--nodes`` and ``--safety`` as keyed)."""
@@ -264,7 +265,11 @@ def test_supply_steps_regression_seeds(nodes: int | None, safety: float, seed: i
     36,410,936: a member a view behind its leader ignored every digest of the newer
     views naming a crashed origin's last message, which it had missed, and dropped that
     retired life at the end of its grace before it caught up (multicast rule 14: a
-    member's Stable of a newer view now gives its ``highest``)."""
+    member's Stable of a newer view now gives its ``highest``).
+    36,800,068: the one broker and lead restarted, re-won its cluster in epoch 3 and,
+    never having applied a price, listened 0.5 s in the broker group before standing,
+    past the 1 s bound of a supply rise (node: its clients' bids name the lead epoch of
+    their last price, which seeds its election and ends the listen)."""
     assert_ok(run_datacentre(seed, nodes=nodes, safety_s=safety, supply_steps=True))
 
 

@@ -122,7 +122,7 @@ def test_invalid_bid_raises_config_error(kwargs: dict[str, object], words: str) 
 
 def test_invalid_wire_bid_is_refused_by_decode() -> None:
     """Bid rule: a peer's Bid that breaks the bid rules never decodes."""
-    bad = wire.Bid(seq=1, floor=30, required=20, maximum=40, priority=0, corners=())
+    bad = wire.Bid(seq=1, floor=30, required=20, maximum=40, priority=0, lead_epoch=0, corners=())
     data = wire.encode(1, 5, 1, bad)
     with pytest.raises(DecodeError, match="floor <= required"):
         wire.decode(data)

@@ -202,7 +202,7 @@ def test_client_follows_a_restarted_broker_of_the_same_epoch_anew() -> None:
     c.handle(rx(BROKER, price(round=9)), 1.0)
     assert c.allocation == 162
     out = c.handle(rx(BROKER, price(round=1), incarnation=2), 5.0)
-    assert out[0] == Send(to=BROKER, message=BID.to_message(1))
+    assert out[0] == Send(to=BROKER, message=BID.to_message(1, lead_epoch=7))
     assert [type(a) for a in out[1:]] == [PriceUpdated]  # not counted: the cap stays
     assert (c.stats.broker_restarts, c.allocation) == (1, 162)
     c.handle(rx(BROKER, wire.BidAck(epoch=1, seq=1, aggregate=2), incarnation=2), 5.1)
@@ -210,6 +210,28 @@ def test_client_follows_a_restarted_broker_of_the_same_epoch_anew() -> None:
     assert c.stats.dropped_stale == 1
     out = c.handle(rx(BROKER, price(round=2, aggregate=2), incarnation=2), 6.0)
     assert [type(a) for a in out] == [PriceUpdated] and c.includes_latest_bid
+
+
+def test_client_bids_name_the_lead_epoch_of_the_last_price_it_applied() -> None:
+    """Client rule (issue 16, fresh seed 36,800,068): a bid carries the lead epoch of the
+    last price the client applied (0 before any), so a new broker that never applied a
+    price learns a lead epoch to stand above in the broker group from its clients' bids,
+    re-sent to it at once (node, election rule 1)."""
+    c = ClientMachine(ME, CL, ClientConfig(grid=GRID, raise_after=0.0))
+    c.handle(BidChanged(bid=BID), 0.0)
+    assert c.handle(LeaderElected(group=CL, leader=BROKER, epoch=Epoch(1)), 0.0) == [
+        Send(to=BROKER, message=BID.to_message(1, lead_epoch=0))
+    ]
+    c.handle(rx(BROKER, wire.BidAck(epoch=1, seq=1, aggregate=1)), 0.1)
+    c.handle(rx(BROKER, price(lead_epoch=4)), 1.0)
+    c.handle(rx(BROKER, price(round=2, lead_epoch=5)), 2.0)
+    other = NodeId(BROKER + 1)
+    assert c.handle(LeaderElected(group=CL, leader=other, epoch=Epoch(2)), 3.0) == [
+        Send(to=other, message=BID.to_message(1, lead_epoch=5))
+    ]
+    assert wire.decode(wire.encode(1, ME, 1, BID.to_message(1, lead_epoch=5))).message == (
+        BID.to_message(1, lead_epoch=5)
+    )
 
 
 def test_client_applies_a_cut_at_once_and_a_raise_raise_after_later() -> None:
@@ -408,19 +430,19 @@ def test_client_lease_expiry_falls_back_to_required_and_never_rises() -> None:
     c = client_following()
     c.handle(rx(BROKER, wire.BidAck(epoch=1, seq=1, aggregate=1)), 0.1)
     c.handle(rx(BROKER, price()), 1.0)
-    assert c.handle(DL, 2.0) == [Send(to=BROKER, message=BID.to_message(1))]
+    assert c.handle(DL, 2.0) == [Send(to=BROKER, message=BID.to_message(1, lead_epoch=7))]
     c.handle(rx(BROKER, wire.BidAck(epoch=1, seq=1, aggregate=1)), 2.01)
-    assert c.handle(DL, 4.0) == [Send(to=BROKER, message=BID.to_message(1))]
+    assert c.handle(DL, 4.0) == [Send(to=BROKER, message=BID.to_message(1, lead_epoch=7))]
     c.handle(rx(BROKER, wire.BidAck(epoch=1, seq=1, aggregate=1)), 4.01)
     assert c.next_deadline() == 6.0
     assert c.handle(DL, 6.0) == [
-        Send(to=BROKER, message=BID.to_message(1)),
+        Send(to=BROKER, message=BID.to_message(1, lead_epoch=7)),
         AllocationChanged(group=CL, allocation=100, cause="lease"),
     ]
     assert c.lease_expired and c.stats.leases_expired == 1
     big = Bid(floor=50, required=180, maximum=300)
     out = c.handle(BidChanged(bid=big), 6.5)
-    assert out == [Send(to=BROKER, message=big.to_message(2))]
+    assert out == [Send(to=BROKER, message=big.to_message(2, lead_epoch=7))]
     assert c.allocation == 100
     small = Bid(floor=10, required=70, maximum=300)
     out = c.handle(BidChanged(bid=small), 7.0)
@@ -433,7 +455,7 @@ def test_client_lease_in_shortage_keeps_lower_allocation() -> None:
     c.handle(rx(BROKER, wire.BidAck(epoch=1, seq=1, aggregate=1)), 0.1)
     c.handle(rx(BROKER, price(regime=2, price=1.0, level=1, fill=0, deficit=9)), 1.0)
     assert c.allocation == 50
-    assert c.handle(DL, 6.0) == [Send(to=BROKER, message=BID.to_message(1))]
+    assert c.handle(DL, 6.0) == [Send(to=BROKER, message=BID.to_message(1, lead_epoch=7))]
     assert c.allocation == 50 and c.lease_expired
 
 
@@ -1052,7 +1074,7 @@ def test_broker_drops_unexpected_messages() -> None:
     """Peer input never raises: other messages are counted."""
     b = active_broker()
     assert b.handle(rx(ME, price()), 0.1) == []
-    bad = wire.Bid(seq=1, floor=9, required=1, maximum=2, priority=0, corners=())
+    bad = wire.Bid(seq=1, floor=9, required=1, maximum=2, priority=0, lead_epoch=0, corners=())
     assert b.handle(rx(ME, bad), 0.1) == []
     assert (b.stats.dropped_unexpected, b.stats.dropped_invalid) == (1, 1)
 

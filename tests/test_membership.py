@@ -31,6 +31,7 @@ from powergrid.events import (
 )
 from powergrid.protocols.membership import (
     VIEW_ENTRIES_PER_PART,
+    EndListen,
     Join,
     Leave,
     Left,
@@ -267,6 +268,27 @@ def test_join_without_listening_reports_the_bootstrap_at_once() -> None:
     assert m.next_deadline() == 3.0
     assert m.handle(WAKE, 3.0) == [Multicast(message=JOIN)]
     assert m.stats.leader_lost_reported == 1
+
+
+def test_end_listen_reports_the_bootstrap_of_a_listening_joiner_at_once() -> None:
+    """Bootstrap (rule M8 without the rest of the wait): EndListen makes a joiner still
+    listening for a leader report LeaderLost(group, 0, 0) now, as Join(listen=False)
+    would have (the node's new broker that learnt a lead epoch from a client's bid,
+    issue 16); it keeps joining as after a bootstrap. Once reported, or with a leader
+    known, or in another phase, it does nothing."""
+    m = machine(A)
+    assert m.handle(EndListen(), 0.0) == []  # idle
+    m.handle(Join(), 0.0)
+    assert m.next_deadline() == 2.0  # the listen (join_timeout)
+    assert m.handle(EndListen(), 0.25) == [LeaderLost(group=G, leader=NodeId(0), epoch=Epoch(0))]
+    assert m.handle(EndListen(), 0.3) == []
+    assert m.next_deadline() == 3.0  # the join retry, no bootstrap any more
+    assert m.handle(WAKE, 3.0) == [Multicast(message=JOIN)]
+    assert m.stats.leader_lost_reported == 1
+    heard = machine(A)
+    heard.handle(Join(), 0.0)
+    heard.handle(rcv(L, Heartbeat(epoch=1, view_id=1)), 0.125)
+    assert heard.handle(EndListen(), 0.25) == []  # a leader is known: it asks it
 
 
 def test_joiner_installs_view_that_lists_it() -> None:

@@ -11,7 +11,7 @@ import pytest
 from powergrid import node as node_mod
 from powergrid import wire
 from powergrid.errors import ConfigError, UsageError
-from powergrid.events import JoinGroup, LeaderElected, Transmit, TransmitGroup
+from powergrid.events import JoinGroup, LeaderElected, LeaderLost, Transmit, TransmitGroup
 from powergrid.node import MessageDelivered, Node, NodeConfig
 from powergrid.protocols.market import Bid, ClientConfig, Grid, PriceUpdated
 from powergrid.sim.memory import MemoryNetwork
@@ -281,6 +281,36 @@ def test_crash_of_the_lead_broker_fails_over_at_both_levels() -> None:
         price = dc.last_price(node.node_id)
         assert elected and price is not None
         assert price.epoch == elected[-1].epoch
+
+
+def test_a_restarted_broker_stands_in_the_broker_group_above_its_clients_lead_epoch() -> None:
+    """Node, election rule 1 (issue 16, fresh seed 36,800,068): a restarted node that
+    re-wins its running cluster (a cluster epoch after 1) and never applied a price knows
+    no lead epoch of its own; its clients' bids, re-sent to it at once, name the lead
+    epoch of their last price, and the first ends its broker-group listen (rule M8 without
+    the wait) with its election seeded above that epoch. Before, it listened
+    ``join_timeout`` (0.5 s) and won the broker group in epoch 1, below the lead epoch 2
+    its clients had followed."""
+    dc = DataCentre(clusters=1, per_cluster=3)
+    dc.net.run_until(6.0)
+    top = max(dc.nodes)
+    assert dc.leader(top, BROKER_GROUP) == top
+    dc.crash(top)
+    dc.net.run_until(9.0)
+    followed = {dc.last_price(n).lead_epoch for n in dc.nodes if n != top}  # type: ignore[union-attr]
+    assert followed == {2}  # the second broker's lead
+    again = Node(dc.nodes[top].config, incarnation=2, rng=random.Random(5))
+    dc.nodes[top] = again
+    dc.net.add(again, at=9.0)
+    dc.net.run_until(12.0)
+    notes = [(t, o) for t, o in dc.notes[top] if t >= 9.0]
+    won = [t for t, o in notes if isinstance(o, LeaderElected) and o.group == 1]
+    lost = [t for t, o in notes if isinstance(o, LeaderLost) and o.group == BROKER_GROUP]
+    led = [o for _, o in notes if isinstance(o, LeaderElected) and o.group == BROKER_GROUP]
+    assert len(won) == len(lost) == len(led) == 1
+    assert 0.0 < lost[0] - won[0] < 0.01  # the first bid, not join_timeout
+    assert led[0] == LeaderElected(group=BROKER_GROUP, leader=top, epoch=3)  # type: ignore[arg-type]
+    assert {dc.last_price(n).lead_epoch for n in dc.nodes if n != top} == {3}  # type: ignore[union-attr]
 
 
 def test_transmissions_name_only_members_and_the_group() -> None:

@@ -9,8 +9,9 @@ election machine, all parameterised by the group id. Every node is in its
 cluster's group; a node that its cluster elects as broker also joins the
 broker group (:data:`~powergrid.types.BROKER_GROUP`) with a second stack of
 the same classes (without listening for a lead first, its election seeded with
-the lead epoch of its client's last price: election rule 1), and leaves it when
-it stops being the broker.
+the lead epoch of its client's last price: election rule 1; a broker whose client
+applied none listens until the first client bid that names a lead epoch, which
+seeds it instead), and leaves it when it stops being the broker.
 
 Inbound, first of all, a datagram's wire version and realm tag (header bytes
 read in place) must be ours: another version is dropped and counted in
@@ -156,6 +157,7 @@ from powergrid.protocols.market import (
     SupplyChanged,
 )
 from powergrid.protocols.membership import (
+    EndListen,
     Join,
     Leave,
     MemberRemoved,
@@ -793,6 +795,7 @@ class Node:
         "_memberships",
         "_realm",
         "_rest_due",
+        "_seed_from_bids",
         "_stacks",
         "_started",
         "_stats",
@@ -824,6 +827,9 @@ class Node:
         self._client = ClientMachine(me, self._cluster, config.client)
         self._lead = LeadBrokerMachine(me, config.supply, config.lead, cluster=self._cluster)
         self._lead_epoch_seen = 0  # the lead epoch of the last price the client applied
+        # A new broker that joined the broker group listening (it knew no lead epoch) until
+        # that group has a leader: its clients' bids name lead epochs to stand above.
+        self._seed_from_bids = False
         self._broker = BrokerMachine(me, self._cluster, config.broker)
         self._market: tuple[Any, ...] = (self._client, self._broker, self._lead)  # role - CLIENT
         # next_deadline(): every machine is called through _call, which notes it; the
@@ -1127,6 +1133,7 @@ class Node:
         self._machines_changed()
         out.append(LeaveGroup(group=stack.group))
         if stack.group == BROKER_GROUP:  # no broker group, no lead broker
+            self._seed_from_bids = False
             self._run_market(self._call(self._lead, SteppedDown(), now), now, out)
 
     def _take(self, stack: _Stack, event: Received, now: float, out: list[Output]) -> list[Any]:
@@ -1141,6 +1148,8 @@ class Node:
             return []
         machines = stack.machines
         if route.travels is not None:
+            if self._seed_from_bids and type(event.message) is wire.Bid:
+                self._seed_from_bid(event.message, now, out)
             roles = (route.owner, *route.overhearers)
             if route.overhear_if is not None and not route.overhear_if(stack):
                 roles = roles[:1]
@@ -1154,6 +1163,20 @@ class Node:
             for role in route.overhearers:
                 actions = actions + self._call(machines[role], event, now)
         return actions
+
+    def _seed_from_bid(self, bid: wire.Bid, now: float, out: list[Output]) -> None:
+        """A new broker listening in the broker group (it knew no lead epoch) takes the lead
+        epoch a member's bid names: its election stands above it, and the listen ends at
+        once (rule M8 without the wait, as ``Join(listen=False)`` does): the same seeding
+        as election rule 1's, with a client's last price instead of its own client's."""
+        # Any sender of the cluster group will do (a new broker's view names no other
+        # member yet when the re-sent bids come): an epoch that was a lead's, however old,
+        # only raises the win above it (election rule 2).
+        brokers = self._stacks.get(BROKER_GROUP)
+        if not bid.lead_epoch or brokers is None:
+            return
+        brokers.election.saw_epoch(bid.lead_epoch)
+        self._run(brokers, self._call(brokers.membership, EndListen(), now), now, out)
 
     def _run_market(self, actions: list[Any], now: float, out: list[Output]) -> None:
         """Carry out market actions in the stack of the group their message travels in."""
@@ -1305,6 +1328,7 @@ class Node:
     ) -> None:
         """The node's own role: in the broker group exactly while it leads its cluster."""
         if stack.group != self._cluster:
+            self._seed_from_bids = False  # the broker group has a leader: the seeding is over
             return
         in_brokers = BROKER_GROUP in self._stacks
         if act.leader == self._id and not in_brokers:
@@ -1317,8 +1341,13 @@ class Node:
             # over a running cluster knows no lead epoch to win above (without listening,
             # the demo's restarted c4.1 won the broker group in too old an epoch, and the
             # lead changed three times instead of once).
+            # Until the broker group has a leader, the lead epoch its clients' bids name
+            # seeds the election and ends the listen (_seed_from_bid): they re-send their
+            # bids to a new broker at once, ~1 ms after its win.
             seen = self._lead_epoch_seen
-            self._join(BROKER_GROUP, now, out, listen=not seen and act.epoch != 1, seen=seen)
+            listen = not seen and act.epoch != 1
+            self._join(BROKER_GROUP, now, out, listen=listen, seen=seen)
+            self._seed_from_bids = listen
         elif act.leader != self._id and in_brokers:
             self._leave(self._stacks[BROKER_GROUP], now, out)
 

@@ -734,7 +734,7 @@ class Corner(NamedTuple):
     watts: int
 
 
-@_layout("QIIIB", tail="entries", entry="dI", entry_type=Corner)
+@_layout("QIIIBI", tail="entries", entry="dI", entry_type=Corner)
 @attrs.frozen
 class Bid(Message):
     """A client's bid ``seq`` (1, 2, ...; a refresh repeats it) to its broker, a plain datagram sent
@@ -744,7 +744,9 @@ class Bid(Message):
     important; ``corners`` (at most 8, prices strictly rising, watts never rising,
     each within ``required..maximum``) give the demand curve; none means the
     default straight line from ``maximum`` at the grid's lowest price to
-    ``required`` at its highest.
+    ``required`` at its highest. ``lead_epoch``: the lead broker's epoch of the last
+    price the client applied (0: none yet); a broker that never applied a price stands
+    in the broker group above it (``Node``, election rule 1).
     """
 
     TYPE: ClassVar[int] = 48
@@ -756,6 +758,7 @@ class Bid(Message):
     required: int
     maximum: int
     priority: int
+    lead_epoch: int
     corners: tuple[Corner, ...]
 
     def problem(self) -> str | None:

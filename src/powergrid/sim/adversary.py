@@ -307,9 +307,9 @@ class Adversary:
             # mostly floor <= required <= maximum, corner watts within required..maximum
             values[1:4] = sorted(values[1:4])
             lo, hi = values[2], values[3]
-            values[5] = tuple(wire.Corner(c.price, min(hi, max(lo, c.watts))) for c in values[5])
-            if any(a.watts < b.watts for a, b in zip(values[5], values[5][1:], strict=False)):
-                values[5] = ()
+            values[-1] = tuple(wire.Corner(c.price, min(hi, max(lo, c.watts))) for c in values[-1])
+            if any(a.watts < b.watts for a, b in zip(values[-1], values[-1][1:], strict=False)):
+                values[-1] = ()  # (the corners are the tail, after lead_epoch)
         if shape.cls is wire.Aggregate and self.rng.random() < 0.8:
             values[3:7] = self._aggregate_tail()
         return shape.cls(*values)

@@ -163,14 +163,16 @@ class Bid:
         """``(m, floor(d(p_0)), ..., floor(d(p_{G-1})), r)``: never rising, within ``r..m``."""
         return tuple(self.level(j, grid) for j in range(grid.points + 2))
 
-    def to_message(self, seq: int) -> wire.Bid:
-        """This bid as wire bid number ``seq``."""
+    def to_message(self, seq: int, lead_epoch: int = 0) -> wire.Bid:
+        """This bid as wire bid number ``seq``, from a client whose last applied price
+        came from the lead broker of ``lead_epoch`` (0: none)."""
         return wire.Bid(
             seq=seq,
             floor=self.floor,
             required=self.required,
             maximum=self.maximum,
             priority=self.priority,
+            lead_epoch=lead_epoch,
             corners=self.corners,
         )
 

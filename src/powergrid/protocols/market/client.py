@@ -281,6 +281,7 @@ class ClientMachine(Dispatching):
         "_config",
         "_counted",
         "_includes_latest",
+        "_lead_epoch",
         "_leadership",
         "_lease_until",
         "_me",
@@ -323,6 +324,7 @@ class ClientMachine(Dispatching):
         self._carry = False  # the cap of a previous broker's counted price, on its lease
         self._counted = False  # the last applied price counted a bid of ours
         self._release: tuple[float, PriceUpdated] | None = None  # a raise, and when it applies
+        self._lead_epoch = 0  # the lead epoch of the last price taken (0: none), in our bids
 
     # ------------------------------------------------------------ read-only state
 
@@ -538,6 +540,8 @@ class ClientMachine(Dispatching):
             self._carry = False
             self._lease_until = now + self._config.lease
         self.stats.prices_applied += 1
+        if msg.lead_epoch:
+            self._lead_epoch = msg.lead_epoch
         self._price = result.price
         self._regime = result.regime
         update = _new_price_updated(
@@ -614,7 +618,7 @@ class ClientMachine(Dispatching):
         wait = cfg.bid_retry if wait is None else wait
         self._retry = (now + wait, wait)
         self.stats.bids_sent += 1
-        return [Send(to=broker, message=bid.to_message(self._seq))]
+        return [Send(to=broker, message=bid.to_message(self._seq, self._lead_epoch))]
 
     def _set_allocation(
         self, allocation: int, cause: Literal["price", "lease", "bid", "reserve"]

@@ -5,7 +5,7 @@ Theory of operation. One :class:`MembershipMachine` per group the node is in
 joining, fencing, leadership). The package is split by what changes together:
 
 - :mod:`.config`: :class:`MembershipConfig`, the timeouts and how they scale;
-- :mod:`.messages`: the commands :class:`Join`, :class:`Leave`, the
+- :mod:`.messages`: the commands :class:`Join`, :class:`EndListen`, :class:`Leave`, the
   notifications :class:`MemberSuspected`, :class:`MemberRemoved`,
   :class:`Left`, and :class:`MembershipStats`;
 - :mod:`.view`: a view as ViewPart datagrams and back, view id comparisons;
@@ -20,6 +20,7 @@ docs/protocols/membership.md.
 from powergrid.protocols.membership.config import LEADER_TICKS, SUSPECT_TICKS, MembershipConfig
 from powergrid.protocols.membership.machine import MembershipMachine
 from powergrid.protocols.membership.messages import (
+    EndListen,
     Join,
     Leave,
     Left,
@@ -39,6 +40,7 @@ __all__ = [
     "MAX_VIEW_MEMBERS",
     "SUSPECT_TICKS",
     "VIEW_ENTRIES_PER_PART",
+    "EndListen",
     "Join",
     "Leave",
     "Left",

@@ -190,6 +190,7 @@ from powergrid.protocols.leadership import Leadership, Verdict
 from powergrid.protocols.membership.config import MembershipConfig
 from powergrid.protocols.membership.leader import Leader
 from powergrid.protocols.membership.messages import (
+    EndListen,
     Join,
     Leave,
     Left,
@@ -249,6 +250,7 @@ class MembershipMachine(Dispatching):
         Received: "_received",
         DeadlineReached: "_deadline",
         Join: "_join",
+        EndListen: "_end_listen",
         Leave: "_leave",
         LeaderElected: "_leader_elected",
     }
@@ -386,7 +388,7 @@ class MembershipMachine(Dispatching):
         except KeyError:
             raise UsageError(
                 f"MembershipMachine does not handle {type(event).__name__}; pass Received, "
-                "DeadlineReached, Join, Leave or LeaderElected"
+                "DeadlineReached, Join, EndListen, Leave or LeaderElected"
             ) from None
         return on(self, event, now)
 
@@ -426,6 +428,14 @@ class MembershipMachine(Dispatching):
         joining = Joining(self)
         self._become(joining)
         return joining.start(now, listen=ev.listen)
+
+    def _end_listen(self, ev: EndListen, now: float) -> list[Any]:
+        # Rule M8 without the rest of the wait: a joiner listening for a leader it never
+        # heard of stops listening (the node learnt an epoch to stand above).
+        role = self._role
+        if type(role) is not Joining or role.bootstrap_due is None:
+            return []
+        return role.end_listen(now)
 
     def _leave(self, ev: Leave, now: float) -> list[Any]:
         # Rule M10: one LeaveNotice, Left, and idle (a leader's term, a joiner's timers end).

@@ -50,6 +50,16 @@ class Join:
 
 
 @attrs.frozen(kw_only=True)
+class EndListen:
+    """Command: a joiner still listening for a leader (``Join(listen=True)``, rule M8)
+    reports ``LeaderLost(0, 0)`` now, as ``Join(listen=False)`` would have, so its
+    election stands now. The node sends it when a new broker that listened learns a
+    lead epoch to stand above (from its clients' bids). Nothing happens in any other
+    phase, or once a leader is known or the report is made.
+    """
+
+
+@attrs.frozen(kw_only=True)
 class Leave:
     """Command: leave the group now (one LeaveNotice is multicast; the machine goes idle).
 

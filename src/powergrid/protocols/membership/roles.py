@@ -309,6 +309,15 @@ class Joining(_Following):
                 m._report_lost(now, actions)
         return actions
 
+    def end_listen(self, now: float) -> list[Any]:
+        """``EndListen()``: rule M8 now, if this joiner is still listening (no leader)."""
+        actions: list[Any] = []
+        if self.bootstrap_due is not None:
+            self.bootstrap_due = None
+            if not self._m._lead.leader:  # (as the bootstrap deadline does)
+                self._m._report_lost(now, actions)
+        return actions
+
     def join_now(self, now: float, actions: list[Any]) -> None:
         """Rule M7: send a join request now and restart the retry timer at the current delay.
 
