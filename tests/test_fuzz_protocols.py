@@ -231,6 +231,7 @@ STEPS_REGRESSIONS: dict[tuple[int | None, float, int], str] = {
     (None, 15.0, 36410377): "power-guarantee",  # the join reserve above a silent budget
     (None, 15.0, 36410936): "multicast-agreement",  # a newer view's highest ignored
     (None, 5.0, 36800068): "power-guarantee",  # a restarted broker listened 0.5 s
+    (None, 15.0, 35300249): "power-guarantee",  # no broker-capable node, then a listen
 }
 """(size or None, safety phase, seed) -> what failed with supply steps (``powergrid fuzz
 --replay SEED --supply-steps`` with ``--nodes`` and ``--safety`` as keyed)."""
@@ -269,7 +270,11 @@ def test_supply_steps_regression_seeds(nodes: int | None, safety: float, seed: i
     36,800,068: the one broker and lead restarted, re-won its cluster in epoch 3 and,
     never having applied a price, listened 0.5 s in the broker group before standing,
     past the 1 s bound of a supply rise (node: its clients' bids name the lead epoch of
-    their last price, which seeds its election and ends the listen)."""
+    their last price, which seeds its election and ends the listen). 35,300,249: a
+    cluster's only broker-capable node was down from 3.72 to 15.0 s while the supply rose
+    to cover every r (``no-broker``), and its new life listened 0.64 s before standing in
+    the broker group (the same listen; its wait also falls in the rise's window from the
+    heal)."""
     assert_ok(run_datacentre(seed, nodes=nodes, safety_s=safety, supply_steps=True))
 
 
