@@ -479,6 +479,12 @@ class Route:
     overhearers: tuple[int, ...] = ()
     overhear_if: Callable[[_Stack], bool] | None = None
     travels: Literal["cluster", "brokers"] | None = None
+    roles: tuple[int, ...] = attrs.field(init=False)
+    """The owner, then the overhearers (built once, not per message)."""
+
+    @roles.default
+    def _all_roles(self) -> tuple[int, ...]:
+        return (self.owner, *self.overhearers)
 
 
 ROUTES: dict[type[Message], Route] = {
@@ -1150,7 +1156,7 @@ class Node:
         if route.travels is not None:
             if self._seed_from_bids and type(event.message) is wire.Bid:
                 self._seed_from_bid(event.message, now, out)
-            roles = (route.owner, *route.overhearers)
+            roles = route.roles
             if route.overhear_if is not None and not route.overhear_if(stack):
                 roles = roles[:1]
             for role in roles:
