@@ -137,7 +137,7 @@ PEAK = {
     "ElectionMachine": 5_000,
     "FragmentMachine": 5_000,
     "ClientMachine": 50,
-    "BrokerMachine": 1_000,
+    "BrokerMachine": 2_000,
     "LeadBrokerMachine": 1_000,
 }
 """Stated bounds: items held per machine class and node (adversary.footprint), under attack.
@@ -148,7 +148,11 @@ election's bound was 500 until heavy seed 2009 (fresh ids) reached 501: each dis
 that sends an election message is a candidate until the next view (at most
 election.MAX_CANDIDATES, 65,536). Fragments (nested in forged Data since the fragment
 layer came): peaks of 4, 6 and 6 items at seeds 101, 202 and 7 (fresh ids); its real
-bound is in bytes (FragmentConfig.max_reassembly, PARTIAL_COST per partial)."""
+bound is in bytes (FragmentConfig.max_reassembly, PARTIAL_COST per partial). The broker's
+was 1,000 until Price and Clearing gained ``supply`` (issue 16), which moved the
+adversary's draws: seed 101 went from 825 to 1,143 items (its aggregates without the held
+caps, ``_raw``, 3 -> 99). Its structure bounds it: at most 1,024 waiting bids
+(``_MAX_WAITING``), the bids of the view, and three aggregates' ladders besides."""
 RECOVER_WITHIN = 15.0
 """Seconds of virtual quiet within which one leader and full views must be back."""
 

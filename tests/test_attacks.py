@@ -175,6 +175,7 @@ def test_forged_price_from_the_brokers_address_is_never_applied(keyed: bool) -> 
         lead_epoch=1,
         lead_round=10**6,
         budget=10**6,
+        supply=10**6,
     )
     plain = encode(1, dc.broker.node_id, 1, forged)
     wrong_key = Authenticator(WRONG).seal(plain)

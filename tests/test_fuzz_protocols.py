@@ -232,6 +232,8 @@ STEPS_REGRESSIONS: dict[tuple[int | None, float, int], str] = {
     (None, 15.0, 36410936): "multicast-agreement",  # a newer view's highest ignored
     (None, 5.0, 36800068): "power-guarantee",  # a restarted broker listened 0.5 s
     (None, 15.0, 35300249): "power-guarantee",  # no broker-capable node, then a listen
+    (None, 15.0, 38301324): "power-guarantee",  # no broker left, then a supply drop
+    (None, 15.0, 38300174): "power-guarantee",  # the same, two drops
 }
 """(size or None, safety phase, seed) -> what failed with supply steps (``powergrid fuzz
 --replay SEED --supply-steps`` with ``--nodes`` and ``--safety`` as keyed)."""
@@ -274,7 +276,10 @@ def test_supply_steps_regression_seeds(nodes: int | None, safety: float, seed: i
     cluster's only broker-capable node was down from 3.72 to 15.0 s while the supply rose
     to cover every r (``no-broker``), and its new life listened 0.64 s before standing in
     the broker group (the same listen; its wait also falls in the rise's window from the
-    heal)."""
+    heal). 38,301,324 and 38,300,174: a cluster's broker-capable nodes crashed, the supply
+    fell, and a surviving client held 118 W (197 W) beyond the new supply beside the dead
+    servers' caps for the rest of its lease (client, *supply drops without a price*: with
+    no broker it takes its cluster's cut of the drop on itself)."""
     assert_ok(run_datacentre(seed, nodes=nodes, safety_s=safety, supply_steps=True))
 
 

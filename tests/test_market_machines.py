@@ -13,6 +13,7 @@ from powergrid.errors import ConfigError, UsageError
 from powergrid.events import (
     DeadlineReached,
     LeaderElected,
+    LeaderLost,
     Member,
     MemberLeft,
     Multicast,
@@ -76,6 +77,7 @@ def price(**kw: Any) -> wire.Price:
         "lead_epoch": 7,
         "lead_round": 1,
         "budget": 0,
+        "supply": 0,
     }
     fields.update(kw)
     return wire.Price(**fields)
@@ -459,11 +461,85 @@ def test_client_lease_in_shortage_keeps_lower_allocation() -> None:
     assert c.allocation == 50 and c.lease_expired
 
 
+def _cap_changes(out: list[object]) -> list[AllocationChanged]:
+    return [a for a in out if isinstance(a, AllocationChanged)]
+
+
+def test_client_without_a_broker_takes_its_clusters_cut_of_a_supply_drop() -> None:
+    """Client rule (supply drops without a price): with no broker (LeaderLost, no
+    LeaderElected since), once the node's supply has been below the supply of the price in
+    force for drop_grace, the cap falls by the whole cut of the cluster's budget,
+    budget * (1 - now / then), at once on a further drop, never back up on a rise."""
+    c = client_following()
+    c.handle(rx(BROKER, wire.BidAck(epoch=1, seq=1, aggregate=1)), 0.1)
+    c.handle(rx(BROKER, price(budget=300, supply=1000)), 1.0)
+    assert c.allocation == 162
+    assert c.handle(SupplyChanged(watts=700), 2.0) == []  # the grace runs from here
+    assert c.handle(LeaderLost(group=CL, leader=BROKER, epoch=Epoch(1)), 2.5) == []
+    while (at := c.next_deadline()) is not None and at < 3.5:  # refreshes: no cut yet
+        assert _cap_changes(c.handle(DL, at)) == []
+    assert c.next_deadline() == 3.5  # the drop at 2.0, plus drop_grace
+    assert _cap_changes(c.handle(DL, 3.5)) == [
+        AllocationChanged(group=CL, allocation=162 - 90, cause="supply")
+    ]
+    out = c.handle(SupplyChanged(watts=400), 4.0)  # 300 * 0.6 = 180 > 162: nothing left
+    assert out == [AllocationChanged(group=CL, allocation=0, cause="supply")]
+    assert c.handle(SupplyChanged(watts=1000), 4.5) == []
+    assert c.allocation == 0 and c.stats.supply_cuts == 2
+    # The supply back, a price of it applies as it is; a later drop is cut after its grace,
+    # and so is a late price of the older supply (its PriceUpdated names the price's share).
+    late = c.handle(rx(BROKER, price(round=2, budget=300, supply=1000)), 5.0)
+    assert _cap_changes(late) == [AllocationChanged(group=CL, allocation=162, cause="price")]
+    c.handle(SupplyChanged(watts=900), 5.1)
+    assert _cap_changes(c.handle(DL, 6.6)) == [
+        AllocationChanged(group=CL, allocation=162 - 30, cause="supply")
+    ]
+    c.handle(rx(BROKER, wire.BidAck(epoch=1, seq=1, aggregate=1)), 6.9)  # (a fresh ack)
+    assert _cap_changes(c.handle(rx(BROKER, price(round=3, budget=300, supply=1000)), 7.0)) == []
+    assert c.allocation == 132 and c.stats.supply_cuts == 4  # (the late price counts)
+
+
+def test_client_with_a_broker_waits_for_its_price_at_a_supply_drop() -> None:
+    """Client rule (supply drops without a price): while the client has a broker it never
+    cuts itself, however long the price of the new supply takes (a broker cut off from
+    the lead keeps pricing; the overload is the cut's); losing the broker after the grace
+    cuts at once; a new broker's price of the new supply is applied as it is."""
+    c = client_following()
+    c.handle(rx(BROKER, wire.BidAck(epoch=1, seq=1, aggregate=1)), 0.1)
+    c.handle(rx(BROKER, price(budget=300, supply=1000)), 1.0)
+    c.handle(SupplyChanged(watts=500), 1.5)
+    assert _cap_changes(c.handle(DL, 3.0)) == []
+    assert c.handle(rx(BROKER, price(round=2, budget=300, supply=1000)), 3.2) == [
+        PriceUpdated(
+            group=CL,
+            epoch=Epoch(1),
+            round=2,
+            price=0.5,
+            regime=Regime.NORMAL,
+            allocation=162,
+            includes_latest_bid=True,
+            counted=True,
+            lead_epoch=Epoch(7),
+            lead_round=1,
+        )
+    ]  # same cap: a price only
+    assert c.allocation == 162
+    out = c.handle(LeaderLost(group=CL, leader=BROKER, epoch=Epoch(1)), 4.0)
+    assert out == [AllocationChanged(group=CL, allocation=162 - 150, cause="supply")]
+    c.handle(LeaderElected(group=CL, leader=OTHER, epoch=Epoch(2)), 4.5)
+    c.handle(rx(OTHER, wire.BidAck(epoch=2, seq=1, aggregate=1)), 4.6)
+    new = c.handle(rx(OTHER, price(epoch=2, budget=150, supply=500)), 5.0)
+    assert _cap_changes(new) == [AllocationChanged(group=CL, allocation=162, cause="price")]
+    assert c.stats.supply_cuts == 1
+
+
 def test_client_usage_errors() -> None:
     """Local misuse: unknown events and bad config raise at once."""
     c = ClientMachine(ME, CL)
     with pytest.raises(UsageError):
-        c.handle(SupplyChanged(watts=1), 0.0)
+        c.handle(SteppedDown(), 0.0)
+    with pytest.raises(UsageError):
+        c.handle(SupplyChanged(watts=-1), 0.0)
     with pytest.raises(UsageError):
         c.handle(BidChanged(bid="lots"), 0.0)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="lease"):
@@ -472,6 +548,8 @@ def test_client_usage_errors() -> None:
         ClientConfig(refresh_interval=-1)
     with pytest.raises(ConfigError, match="ack_timeout"):
         ClientConfig(ack_timeout=2.0)
+    with pytest.raises(ConfigError, match="drop_grace"):
+        ClientConfig(drop_grace=5.0)
 
 
 # ================================================================== broker
@@ -507,6 +585,7 @@ def clearing(**kw: Any) -> wire.Clearing:
         "level": 3,
         "fill": FILL_ONE // 2,
         "deficit": 0,
+        "supply": 0,
         "entries": (wire.ClearingEntry(cluster=1, epoch=1, aggregate=1, budget=290),),
     }
     fields.update(kw)
@@ -849,6 +928,7 @@ def test_broker_prices_a_floors_cut_within_the_budget_less_the_held_caps() -> No
             level=level,
             fill=fill,
             deficit=150,
+            supply=0,
             entries=(entry,),
         )
 
@@ -1140,6 +1220,7 @@ def test_lead_clears_each_round_and_multicasts_budgets() -> None:
                 level=3,
                 fill=fill,
                 deficit=0,
+                supply=300,
                 entries=(
                     wire.ClearingEntry(cluster=1, epoch=1, aggregate=1, budget=168),
                     wire.ClearingEntry(cluster=2, epoch=3, aggregate=4, budget=131),
@@ -1214,6 +1295,7 @@ def test_lead_supply_drop_clears_at_once() -> None:
                 level=0,
                 fill=half,
                 deficit=30,
+                supply=150,
                 entries=(wire.ClearingEntry(cluster=1, epoch=1, aggregate=1, budget=150),),
             )
         ),
@@ -1297,6 +1379,7 @@ def old_clearing(*budgets: tuple[int, int], epoch: int = 6, round: int = 9) -> w
         level=3,
         fill=0,
         deficit=0,
+        supply=0,
         entries=tuple(
             wire.ClearingEntry(cluster=c, epoch=1, aggregate=1, budget=b) for c, b in budgets
         ),
@@ -1324,6 +1407,7 @@ def test_new_lead_reserves_budgets_of_clusters_not_heard_yet() -> None:
                 level=3,
                 fill=fill,
                 deficit=0,
+                supply=300,
                 entries=(
                     wire.ClearingEntry(cluster=1, epoch=1, aggregate=1, budget=168),
                     # cluster 2's budget, passed on (aggregate 0: no broker takes it)

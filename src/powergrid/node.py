@@ -830,7 +830,7 @@ class Node:
         )
         self._gate = _Gate(self._id, self._incarnation, self._realm, self._auth, self._stats)
         me = self._id
-        self._client = ClientMachine(me, self._cluster, config.client)
+        self._client = ClientMachine(me, self._cluster, config.client, supply=config.supply)
         self._lead = LeadBrokerMachine(me, config.supply, config.lead, cluster=self._cluster)
         self._lead_epoch_seen = 0  # the lead epoch of the last price the client applied
         # A new broker that joined the broker group listening (it knew no lead epoch) until
@@ -1080,9 +1080,13 @@ class Node:
         return out
 
     def set_supply(self, watts: int, now: float) -> list[Output]:
-        """The usable supply (watts) this node clears against while it is the lead broker."""
+        """The usable supply (watts): the lead broker clears against it, and a client with
+        no broker whose cap was granted from a higher one cuts its cap when no price of it
+        comes (docs/protocols/market.md, "Supply drops without a price")."""
         out: list[Output] = []
-        self._run_market(self._call(self._lead, SupplyChanged(watts=watts), now), now, out)
+        changed = SupplyChanged(watts=watts)
+        for machine in (self._lead, self._client):
+            self._run_market(self._call(machine, changed, now), now, out)
         return out
 
     def leave(self, now: float) -> list[Output]:
@@ -1451,7 +1455,8 @@ NOTES: dict[type[Any], Note] = {
     # (a broker ignores other groups'); then the app gets the view and who came or went
     ViewChanged: Note((MULTICAST, ELECTION, FRAGMENTS, BROKER), then=Node._on_view, to_app=False),
     MemberRemoved: Note((UNICAST,), as_event=_peer_gone, then=Node._on_removed),
-    LeaderLost: Note((ELECTION,)),
+    # the client last: it cuts its own cap at a supply drop only while it has no broker
+    LeaderLost: Note((ELECTION, CLIENT)),
     # The client last: a node that becomes broker activates its broker before its own
     # client re-sends its bid to it, or the bid is dropped (issue 16).
     LeaderElected: Note((MEMBERSHIP, BROKER, LEAD, CLIENT), then=Node._follow_cluster_leader),

@@ -871,15 +871,17 @@ class ClearingEntry(NamedTuple):
     budget: int
 
 
-@_layout("IQBdHQQ", tail="entries", entry="IIQQ", entry_type=ClearingEntry)
+@_layout("IQBdHQQQ", tail="entries", entry="IIQQ", entry_type=ClearingEntry)
 @attrs.frozen
 class Clearing(Message):
     """Round ``round`` cleared by the lead broker of ``epoch`` (multicast to the broker group).
 
     ``regime`` 0 surplus, 1 normal, 2 shortage; ``level`` and ``fill`` (of
     ``2**32``) are the share factors; ``deficit`` is ``sum required - supply``
-    in watts during a shortage. ``entries`` (sorted by cluster) name what was
-    cleared; a round with many clusters is sent as several Clearings. A broker
+    in watts during a shortage. ``supply`` is the usable supply the round was cleared
+    against (watts; 0: not known), passed on in each :class:`Price`. ``entries``
+    (sorted by cluster) name what was cleared; a round with many clusters is sent as
+    several Clearings. A broker
     forwards the last round it heard to a new lead broker, unicast, unchanged.
     """
 
@@ -892,6 +894,7 @@ class Clearing(Message):
     level: int
     fill: int
     deficit: int
+    supply: int
     entries: tuple[ClearingEntry, ...]
 
     def problem(self) -> str | None:
@@ -916,7 +919,7 @@ class Clearing(Message):
         return None
 
 
-@_layout("IQBBdHQQQIQQ")
+@_layout("IQBBdHQQQIQQQ")
 @attrs.frozen
 class Price(Message):
     """The price of round ``round`` (1, 2, ... per broker) from the broker of cluster ``epoch``.
@@ -932,7 +935,10 @@ class Price(Message):
     it spends, or for a republished price the one the heard price named. ``budget``
     is the cluster's budget that clearing gave (watts): what the cluster's caps under
     this price may sum to, which a node of the cluster that becomes the lead holds
-    until its lease ends (lead broker, "Budgets in force").
+    until its lease ends (lead broker, "Budgets in force"), and ``supply`` the supply
+    that budget was granted from (the :class:`Clearing`'s; 0: not known): a client
+    with no broker whose node learns of a lower supply cuts its cap by its cluster's
+    share of the drop (market client, "Supply drops without a price").
     """
 
     TYPE: ClassVar[int] = 52
@@ -950,6 +956,7 @@ class Price(Message):
     lead_epoch: int
     lead_round: int
     budget: int
+    supply: int
 
     def problem(self) -> str | None:
         if self.epoch == 0 or self.round == 0 or self.aggregate == 0:

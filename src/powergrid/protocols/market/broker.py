@@ -16,7 +16,8 @@ unchanged. If no clearing comes for ``lead_timeout``
 seconds, it clears its own cluster each round within its last budget (the
 watts the lead gave the cluster last time), so the cluster never draws more
 than it was granted (its price names the lead's clearing that granted that
-budget); with no budget yet it publishes nothing.
+budget); with no budget yet it publishes nothing. Every price names the cluster's
+budget and the supply the lead cleared it against (``Price.budget``, ``Price.supply``).
 
 **Assumptions.** The node passes it ``LeaderElected`` for the cluster and for
 the broker group, ``ViewChanged`` of the cluster, and the ``Bid`` and
@@ -332,6 +333,7 @@ class BrokerMachine(Dispatching):
         "_brokers",
         "_budget",
         "_budget_from",
+        "_budget_supply",
         "_cluster",
         "_config",
         "_heard",
@@ -395,6 +397,7 @@ class BrokerMachine(Dispatching):
         self._lead_heard_at = 0.0
         self._budget: int | None = None
         self._budget_from = (0, 0)  # the lead's (epoch, round) that granted _budget
+        self._budget_supply = 0  # the supply that clearing was made against (0: not known)
         self._round_at: float | None = None
         self._repeat = Repeater(self._config.repeat_after)  # each price, sent twice
         self._agg_repeat = Repeater(self._config.repeat_after)  # each aggregate, likewise
@@ -671,6 +674,7 @@ class BrokerMachine(Dispatching):
         self._lead_round = msg.round
         self._budget = entry.budget
         self._budget_from = (msg.epoch, msg.round)
+        self._budget_supply = msg.supply
         self._local_regime = result.regime
         shed = self._holds_first(result, self._raw[back] or ours, entry.budget, now)
         if shed is not None:
@@ -920,6 +924,7 @@ class BrokerMachine(Dispatching):
                     lead_epoch=msg.lead_epoch,
                     lead_round=msg.lead_round,
                     budget=msg.budget,
+                    supply=msg.supply,
                 )
             )
         ]
@@ -940,6 +945,7 @@ class BrokerMachine(Dispatching):
         self._lead_heard_at = now
         self._budget = None
         self._budget_from = (0, 0)
+        self._budget_supply = 0
         self._local_regime = None
         self._local = False
         self._result = None
@@ -1000,5 +1006,6 @@ class BrokerMachine(Dispatching):
                 lead_epoch=self._budget_from[0],
                 lead_round=self._budget_from[1],
                 budget=self._budget or 0,
+                supply=self._budget_supply,
             )
         )

@@ -84,6 +84,31 @@ does not budget those watts yet (issue 16: grantors that wait out leases are
 still to come), so the carried cap may overlap the new clearing for the round
 or two until the bid is counted; the simulator measures that overlap.
 
+**Supply drops without a price.** The node tells the client the supply in force
+(:class:`~powergrid.protocols.market.lead.SupplyChanged`, as it tells the lead
+machine), and every price names its cluster's ``budget`` and the ``supply`` the lead
+cleared that budget against. A drop reaches the lead at the same instant and it
+clears at once, so a price of the new supply follows within a message delay. But a
+client whose cluster lost its broker (``LeaderLost``, no ``LeaderElected`` since) is
+priced by nobody: if its cluster has no broker-capable node left, nobody ever will,
+and the others of its cluster may be dead, still drawing their caps on their leases.
+So once the node's supply has been below the supply of the price whose cap is in
+force for ``drop_grace`` (1.5 s) while the client has no broker, it takes the whole
+cut of its cluster's budget on itself: its cap becomes at most
+``allocation - budget * (1 - supply_now / supply_then)`` (0 W if that is below 0;
+``AllocationChanged`` cause ``"supply"``), and so does every later price of an older
+supply. Every cluster's budget scaled by one factor fits the new supply (a clearing's
+budgets sum to at most its supply), whichever of a cluster's servers are alive to
+apply it. The cut never raises a cap; a price of the new supply (or a higher one) is
+applied as usual. Only without a broker: a broker cut off from the lead keeps
+pricing its cluster, and a client that cut itself then would starve while the
+overload it saves is the partition's (fresh seeds 40,100,000-40,100,599 with
+``--safety 15`` and supply steps: 11 failed, all strict starvation, when a client cut
+itself whenever no price at all came within the grace; 0 with this rule). Fresh seeds
+38,301,324 and 38,300,174 with ``--safety 15``: a cluster's broker-capable nodes
+crashed, the supply fell, and a surviving client held 118 W and 197 W beyond the supply
+for the rest of its lease.
+
 **Broker lives.** A broker that restarts and wins its cluster's epoch again
 (a restarted node leads a cluster of itself first, and nobody remembers a
 higher epoch) numbers its rounds and aggregates from 1. The election reports
@@ -111,7 +136,10 @@ time an ack takes to arrive stays below the broker's ``bid_timeout``.
 The lease must outlast a few of the broker's rounds (1 s by default).
 ``ack_timeout`` (default 5 s, more than ``refresh_interval``, less than the
 broker's ``bid_timeout`` by more than an ack's delay): how long a
-``BidAck`` proves the bid is counted.
+``BidAck`` proves the bid is counted. ``drop_grace`` (default 1.5 s: more than a
+lost price's resend by the broker's next round, less than the simulator's 2 s
+``supply-drop`` window): how long a supply drop waits, while the client has no
+broker, before the client cuts itself.
 """
 
 from __future__ import annotations
@@ -124,10 +152,11 @@ from powergrid import wire
 from powergrid._checks import config_problem, flag, instance, real
 from powergrid._dispatch import Dispatching
 from powergrid.errors import UsageError
-from powergrid.events import DeadlineReached, LeaderElected, Received, Send
+from powergrid.events import DeadlineReached, LeaderElected, LeaderLost, Received, Send
 from powergrid.protocols.leadership import Leadership, Verdict
 from powergrid.protocols.market.bids import DEFAULT_GRID, Bid, Grid
 from powergrid.protocols.market.clearing import ClearingResult, Regime, allocate
+from powergrid.protocols.market.lead import SupplyChanged
 from powergrid.types import Epoch, GroupId, NodeId, incarnation_newer
 
 __all__ = [
@@ -194,7 +223,7 @@ class AllocationChanged:
 
     group: GroupId
     allocation: int
-    cause: Literal["price", "lease", "bid", "reserve"]
+    cause: Literal["price", "lease", "bid", "reserve", "supply"]
 
 
 @attrs.frozen(kw_only=True)
@@ -213,6 +242,9 @@ class ClientConfig:
     raise_after: float = attrs.field(default=0.02, validator=real)
     """A price that raises the cap is applied this much later (s; 0: at once; see
     "Make-before-break")."""
+    drop_grace: float = attrs.field(default=1.5, validator=real)
+    """How long a supply drop waits for a price of the new supply before the client cuts
+    its own cap (s; see "Supply drops without a price")."""
 
     def __attrs_post_init__(self) -> None:
         if not self.refresh_interval > 0:
@@ -230,6 +262,8 @@ class ClientConfig:
             raise config_problem(
                 self, f"raise_after must be in [0, lease) s, got {self.raise_after}"
             )
+        if not 0 < self.drop_grace < self.lease:
+            raise config_problem(self, f"drop_grace must be in (0, lease) s, got {self.drop_grace}")
         if not self.ack_timeout > self.refresh_interval:
             raise config_problem(
                 self,
@@ -256,6 +290,9 @@ class ClientStats:
     same epoch again): followed anew, its rounds and acks counted from scratch."""
     prices_with_stale_ack: int = 0
     leases_expired: int = 0
+    supply_cuts: int = 0
+    """Caps (and shares of prices of an older supply) cut by the client itself, with no
+    broker, for a supply drop ``drop_grace`` old (see "Supply drops without a price")."""
     dropped_stale: int = 0
     dropped_early: int = 0
     """Prices of a newer (or foreign) epoch than the election named: not applied, and the
@@ -280,8 +317,12 @@ class ClientMachine(Dispatching):
         "_cluster",
         "_config",
         "_counted",
+        "_cut_at",
+        "_drop_at",
+        "_grant",
         "_includes_latest",
         "_lead_epoch",
+        "_leaderless",
         "_leadership",
         "_lease_until",
         "_me",
@@ -292,6 +333,7 @@ class ClientMachine(Dispatching):
         "_retry",
         "_round",
         "_seq",
+        "_supply",
         "stats",
     )
 
@@ -300,9 +342,18 @@ class ClientMachine(Dispatching):
         Received: "_on_received",
         LeaderElected: "_on_leader_elected",
         DeadlineReached: "_on_deadline",
+        SupplyChanged: "_on_supply_changed",
+        LeaderLost: "_on_leader_lost",
     }
 
-    def __init__(self, me: NodeId, cluster: GroupId, config: ClientConfig | None = None) -> None:
+    def __init__(
+        self,
+        me: NodeId,
+        cluster: GroupId,
+        config: ClientConfig | None = None,
+        *,
+        supply: int = 0,
+    ) -> None:
         self._me = me
         self._cluster = cluster
         self._config = config if config is not None else ClientConfig()
@@ -323,8 +374,16 @@ class ClientMachine(Dispatching):
         self._includes_latest = False
         self._carry = False  # the cap of a previous broker's counted price, on its lease
         self._counted = False  # the last applied price counted a bid of ours
-        self._release: tuple[float, PriceUpdated] | None = None  # a raise, and when it applies
+        # a raise: when it applies, and its grant (see _grant_cap)
+        self._release: tuple[float, PriceUpdated, tuple[int, int, int] | None] | None = None
         self._lead_epoch = 0  # the lead epoch of the last price taken (0: none), in our bids
+        self._supply = supply  # the node's supply in force (0: not told)
+        # The counted price whose cap is in force: (allocation, budget, supply), and when
+        # the node's supply fell below its supply (see "Supply drops without a price").
+        self._grant: tuple[int, int, int] | None = None
+        self._drop_at: float | None = None
+        self._cut_at: float | None = None  # drop_at + drop_grace, until acted on
+        self._leaderless = False  # LeaderLost of our cluster, no LeaderElected since
 
     # ------------------------------------------------------------ read-only state
 
@@ -389,6 +448,9 @@ class ClientMachine(Dispatching):
         release = self._release
         if release is not None and (best is None or release[0] < best):
             best = release[0]
+        cut = self._cut_at
+        if cut is not None and (best is None or cut < best):
+            best = cut
         return best
 
     # ---------------------------------------------------------------- handlers
@@ -413,9 +475,16 @@ class ClientMachine(Dispatching):
             actions += self._set_allocation(min(self._allocation, ev.bid.required), "bid")
         return actions
 
+    def _on_leader_lost(self, ev: LeaderLost, now: float) -> list[object]:
+        if ev.group != self._cluster:
+            return []
+        self._leaderless = True
+        return self._cut(now)  # a drop older than the grace: at once
+
     def _on_leader_elected(self, ev: LeaderElected, now: float) -> list[object]:
         if ev.group != self._cluster:
             return []
+        self._leaderless = False
         verdict = self._leadership.obey(ev.leader, ev.epoch)
         if verdict is Verdict.STALE:
             self.stats.dropped_stale += 1
@@ -560,24 +629,25 @@ class ClientMachine(Dispatching):
             msg.lead_round,  # lead_round
         )
         self._release = None  # a newer price replaces a raise not applied yet
+        grant = (allocation, msg.budget, msg.supply) if seq else None
         after = self._config.raise_after
         if not carried and after > 0 and allocation > (self._allocation or 0):
             # Make-before-break: the cuts this raise is paid by land within the latency
             # bound (and a repeat); the raise (and its PriceUpdated) waits that long.
-            self._release = (now + after, update)
+            self._release = (now + after, update, grant)
             return actions
         actions.append(update)
         if not carried:
-            actions += self._set_allocation(allocation, "price")
+            actions += self._grant_cap(grant, allocation, "price", now)
         return actions
 
     def _on_deadline(self, ev: DeadlineReached, now: float) -> list[object]:
         actions: list[object] = []
         if self._release is not None and now >= self._release[0]:
-            update = self._release[1]
+            _, update, grant = self._release
             self._release = None
             actions.append(update)
-            actions += self._set_allocation(update.allocation, "price")
+            actions += self._grant_cap(grant, update.allocation, "price", now)
         if self._refresh_at is not None and now >= self._refresh_at:
             actions += self._send_bid(now)
         elif self._retry is not None and now >= self._retry[0]:
@@ -590,7 +660,17 @@ class ClientMachine(Dispatching):
             bid = self.bid
             if self._allocation is not None and bid is not None:
                 actions += self._set_allocation(min(self._allocation, bid.required), "lease")
+        if self._cut_at is not None and now >= self._cut_at:
+            self._cut_at = None
+            actions += self._cut(now)
         return actions
+
+    def _on_supply_changed(self, ev: SupplyChanged, now: float) -> list[object]:
+        if not isinstance(ev.watts, int) or ev.watts < 0:
+            raise UsageError(f"SupplyChanged needs whole watts >= 0, got {ev.watts!r}")
+        self._supply = ev.watts
+        self._note_drop(now)
+        return self._cut(now)  # a further drop, after the grace: at once
 
     # ----------------------------------------------------------------- helpers
 
@@ -620,8 +700,59 @@ class ClientMachine(Dispatching):
         self.stats.bids_sent += 1
         return [Send(to=broker, message=bid.to_message(self._seq, self._lead_epoch))]
 
+    def _grant_cap(
+        self,
+        grant: tuple[int, int, int] | None,
+        allocation: int,
+        cause: Literal["price"],
+        now: float,
+    ) -> list[object]:
+        """Apply a price's ``allocation``; ``grant`` (its allocation, budget and supply; None:
+        it counted no bid) becomes the cap in force, cut at once if the node's supply fell
+        below its supply more than ``drop_grace`` ago (see "Supply drops without a price")."""
+        self._grant = grant
+        self._note_drop(now)
+        capped = self._capped(allocation, now)
+        if capped < allocation:
+            self.stats.supply_cuts += 1
+            return self._set_allocation(capped, "supply")
+        return self._set_allocation(allocation, cause)
+
+    def _note_drop(self, now: float) -> None:
+        """Note when the node's supply fell below the supply of the cap in force (and arm
+        the cut ``drop_grace`` later), or forget it when it is not below."""
+        grant, supply = self._grant, self._supply
+        if grant is None or not supply or supply >= grant[2]:
+            self._drop_at = self._cut_at = None
+        elif self._drop_at is None:
+            self._drop_at = now
+            self._cut_at = now + self._config.drop_grace
+
+    def _cut(self, now: float) -> list[object]:
+        """Cut the cap in force as :meth:`_capped` says (nothing if it says no cut)."""
+        if self._allocation is None:
+            return []
+        capped = self._capped(self._allocation, now)
+        if capped >= self._allocation:
+            return []
+        self.stats.supply_cuts += 1
+        return self._set_allocation(capped, "supply")
+
+    def _capped(self, allocation: int, now: float) -> int:
+        """``allocation`` less the whole cut of the cluster's budget that the supply drop
+        in force asks (0 at least), once it is ``drop_grace`` old while we have no broker;
+        else ``allocation``."""
+        drop_at, grant = self._drop_at, self._grant
+        if not self._leaderless or drop_at is None or grant is None:
+            return allocation
+        if now < drop_at + self._config.drop_grace:
+            return allocation
+        _, budget, then = grant
+        cut = -(-budget * (then - self._supply) // then)  # (rounded up)
+        return max(0, min(allocation, grant[0] - cut))
+
     def _set_allocation(
-        self, allocation: int, cause: Literal["price", "lease", "bid", "reserve"]
+        self, allocation: int, cause: Literal["price", "lease", "bid", "reserve", "supply"]
     ) -> list[object]:
         if allocation == self._allocation:
             return []

@@ -177,7 +177,9 @@ __all__ = [
 
 _CLEARING_EMPTY = len(
     wire.encode_body(
-        wire.Clearing(epoch=1, round=1, regime=0, price=0.0, level=0, fill=0, deficit=0, entries=())
+        wire.Clearing(
+            epoch=1, round=1, regime=0, price=0.0, level=0, fill=0, deficit=0, supply=0, entries=()
+        )
     )
 )
 MAX_CLEARING_ENTRIES = (wire.MAX_PAYLOAD - _CLEARING_EMPTY) // 24
@@ -783,6 +785,7 @@ class LeadBrokerMachine(Dispatching):
                         level=result.level,
                         fill=result.fill,
                         deficit=result.deficit,
+                        supply=self._supply,
                         entries=tuple(entries[i : i + MAX_CLEARING_ENTRIES]),
                     )
                 )
