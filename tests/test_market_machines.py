@@ -466,23 +466,24 @@ def _cap_changes(out: list[object]) -> list[AllocationChanged]:
 
 
 def test_client_without_a_broker_takes_its_clusters_cut_of_a_supply_drop() -> None:
-    """Client rule (supply drops without a price): with no broker (LeaderLost, no
-    LeaderElected since), once the node's supply has been below the supply of the price in
-    force for drop_grace, the cap falls by the whole cut of the cluster's budget,
-    budget * (1 - now / then), at once on a further drop, never back up on a rise."""
+    """Client rule (supply drops without a price): once the client has had no broker
+    (LeaderLost, no LeaderElected since) and the node's supply has been below the supply of
+    the price in force, both for drop_grace, the cap falls by the whole cut of the
+    cluster's budget, budget * (1 - now / then), at once on a further drop, never back up
+    on a rise."""
     c = client_following()
     c.handle(rx(BROKER, wire.BidAck(epoch=1, seq=1, aggregate=1)), 0.1)
     c.handle(rx(BROKER, price(budget=300, supply=1000)), 1.0)
     assert c.allocation == 162
-    assert c.handle(SupplyChanged(watts=700), 2.0) == []  # the grace runs from here
+    assert c.handle(SupplyChanged(watts=700), 2.0) == []
     assert c.handle(LeaderLost(group=CL, leader=BROKER, epoch=Epoch(1)), 2.5) == []
-    while (at := c.next_deadline()) is not None and at < 3.5:  # refreshes: no cut yet
+    while (at := c.next_deadline()) is not None and at < 4.0:  # refreshes: no cut yet
         assert _cap_changes(c.handle(DL, at)) == []
-    assert c.next_deadline() == 3.5  # the drop at 2.0, plus drop_grace
-    assert _cap_changes(c.handle(DL, 3.5)) == [
+    assert c.next_deadline() == 4.0  # the later of the drop and the loss, plus drop_grace
+    assert _cap_changes(c.handle(DL, 4.0)) == [
         AllocationChanged(group=CL, allocation=162 - 90, cause="supply")
     ]
-    out = c.handle(SupplyChanged(watts=400), 4.0)  # 300 * 0.6 = 180 > 162: nothing left
+    out = c.handle(SupplyChanged(watts=400), 4.2)  # 300 * 0.6 = 180 > 162: nothing left
     assert out == [AllocationChanged(group=CL, allocation=0, cause="supply")]
     assert c.handle(SupplyChanged(watts=1000), 4.5) == []
     assert c.allocation == 0 and c.stats.supply_cuts == 2
@@ -502,8 +503,9 @@ def test_client_without_a_broker_takes_its_clusters_cut_of_a_supply_drop() -> No
 def test_client_with_a_broker_waits_for_its_price_at_a_supply_drop() -> None:
     """Client rule (supply drops without a price): while the client has a broker it never
     cuts itself, however long the price of the new supply takes (a broker cut off from
-    the lead keeps pricing; the overload is the cut's); losing the broker after the grace
-    cuts at once; a new broker's price of the new supply is applied as it is."""
+    the lead keeps pricing; the overload is the cut's); a broker lost for less than
+    drop_grace (a failover) cuts nothing; lost for drop_grace, the cap is cut; a new
+    broker's price of the new supply is applied as it is."""
     c = client_following()
     c.handle(rx(BROKER, wire.BidAck(epoch=1, seq=1, aggregate=1)), 0.1)
     c.handle(rx(BROKER, price(budget=300, supply=1000)), 1.0)
@@ -524,11 +526,19 @@ def test_client_with_a_broker_waits_for_its_price_at_a_supply_drop() -> None:
         )
     ]  # same cap: a price only
     assert c.allocation == 162
-    out = c.handle(LeaderLost(group=CL, leader=BROKER, epoch=Epoch(1)), 4.0)
-    assert out == [AllocationChanged(group=CL, allocation=162 - 150, cause="supply")]
-    c.handle(LeaderElected(group=CL, leader=OTHER, epoch=Epoch(2)), 4.5)
-    c.handle(rx(OTHER, wire.BidAck(epoch=2, seq=1, aggregate=1)), 4.6)
-    new = c.handle(rx(OTHER, price(epoch=2, budget=150, supply=500)), 5.0)
+    assert c.handle(LeaderLost(group=CL, leader=BROKER, epoch=Epoch(1)), 3.5) == []
+    c.handle(LeaderElected(group=CL, leader=BROKER, epoch=Epoch(2)), 4.5)  # a failover
+    while (at := c.next_deadline()) is not None and at < 5.5:  # (lost 1.0 s: no cut)
+        assert _cap_changes(c.handle(DL, at)) == []
+    assert c.handle(LeaderLost(group=CL, leader=BROKER, epoch=Epoch(2)), 5.5) == []
+    while (at := c.next_deadline()) is not None and at < 7.0:
+        assert _cap_changes(c.handle(DL, at)) == []
+    assert c.next_deadline() == 7.0  # lost at 5.5, plus drop_grace
+    out = c.handle(DL, 7.0)
+    assert _cap_changes(out) == [AllocationChanged(group=CL, allocation=162 - 150, cause="supply")]
+    c.handle(LeaderElected(group=CL, leader=OTHER, epoch=Epoch(3)), 7.5)
+    c.handle(rx(OTHER, wire.BidAck(epoch=3, seq=1, aggregate=1)), 7.6)
+    new = c.handle(rx(OTHER, price(epoch=3, budget=150, supply=500)), 8.0)
     assert _cap_changes(new) == [AllocationChanged(group=CL, allocation=162, cause="price")]
     assert c.stats.supply_cuts == 1
 

@@ -93,8 +93,9 @@ client whose cluster lost its broker (``LeaderLost``, no ``LeaderElected`` since
 priced by nobody: if its cluster has no broker-capable node left, nobody ever will,
 and the others of its cluster may be dead, still drawing their caps on their leases.
 So once the node's supply has been below the supply of the price whose cap is in
-force for ``drop_grace`` (1.5 s) while the client has no broker, it takes the whole
-cut of its cluster's budget on itself: its cap becomes at most
+force for ``drop_grace`` (1.5 s), and the client has had no broker for as long (a
+failover elects the next broker sooner), it takes the whole cut of its cluster's budget
+on itself: its cap becomes at most
 ``allocation - budget * (1 - supply_now / supply_then)`` (0 W if that is below 0;
 ``AllocationChanged`` cause ``"supply"``), and so does every later price of an older
 supply. Every cluster's budget scaled by one factor fits the new supply (a clearing's
@@ -104,7 +105,10 @@ applied as usual. Only without a broker: a broker cut off from the lead keeps
 pricing its cluster, and a client that cut itself then would starve while the
 overload it saves is the partition's (fresh seeds 40,100,000-40,100,599 with
 ``--safety 15`` and supply steps: 11 failed, all strict starvation, when a client cut
-itself whenever no price at all came within the grace; 0 with this rule). Fresh seeds
+itself whenever no price at all came within the grace; 0 with this rule; the grace
+after the broker's loss came from fresh seed 41,002,165, where a client cut itself to
+0 W 0.08 s after losing its crashed broker while a broker-capable node of its cluster
+lived to succeed it). Fresh seeds
 38,301,324 and 38,300,174 with ``--safety 15``: a cluster's broker-capable nodes
 crashed, the supply fell, and a surviving client held 118 W and 197 W beyond the supply
 for the rest of its lease.
@@ -138,8 +142,8 @@ The lease must outlast a few of the broker's rounds (1 s by default).
 broker's ``bid_timeout`` by more than an ack's delay): how long a
 ``BidAck`` proves the bid is counted. ``drop_grace`` (default 1.5 s: more than a
 lost price's resend by the broker's next round, less than the simulator's 2 s
-``supply-drop`` window): how long a supply drop waits, while the client has no
-broker, before the client cuts itself.
+``supply-drop`` window): how long a supply drop, and the loss of the broker, wait
+before the client cuts itself.
 """
 
 from __future__ import annotations
@@ -243,8 +247,8 @@ class ClientConfig:
     """A price that raises the cap is applied this much later (s; 0: at once; see
     "Make-before-break")."""
     drop_grace: float = attrs.field(default=1.5, validator=real)
-    """How long a supply drop waits for a price of the new supply before the client cuts
-    its own cap (s; see "Supply drops without a price")."""
+    """How long a supply drop, and the loss of the broker, wait before the client cuts its
+    own cap (s; see "Supply drops without a price")."""
 
     def __attrs_post_init__(self) -> None:
         if not self.refresh_interval > 0:
@@ -291,8 +295,9 @@ class ClientStats:
     prices_with_stale_ack: int = 0
     leases_expired: int = 0
     supply_cuts: int = 0
-    """Caps (and shares of prices of an older supply) cut by the client itself, with no
-    broker, for a supply drop ``drop_grace`` old (see "Supply drops without a price")."""
+    """Caps (and shares of prices of an older supply) cut by the client itself: a supply
+    drop and the broker's loss, both ``drop_grace`` old (see "Supply drops without a
+    price")."""
     dropped_stale: int = 0
     dropped_early: int = 0
     """Prices of a newer (or foreign) epoch than the election named: not applied, and the
@@ -322,9 +327,9 @@ class ClientMachine(Dispatching):
         "_grant",
         "_includes_latest",
         "_lead_epoch",
-        "_leaderless",
         "_leadership",
         "_lease_until",
+        "_lost_at",
         "_me",
         "_price",
         "_refresh_at",
@@ -382,8 +387,8 @@ class ClientMachine(Dispatching):
         # the node's supply fell below its supply (see "Supply drops without a price").
         self._grant: tuple[int, int, int] | None = None
         self._drop_at: float | None = None
-        self._cut_at: float | None = None  # drop_at + drop_grace, until acted on
-        self._leaderless = False  # LeaderLost of our cluster, no LeaderElected since
+        self._cut_at: float | None = None  # see _arm
+        self._lost_at: float | None = None  # LeaderLost of our cluster, no LeaderElected since
 
     # ------------------------------------------------------------ read-only state
 
@@ -478,13 +483,16 @@ class ClientMachine(Dispatching):
     def _on_leader_lost(self, ev: LeaderLost, now: float) -> list[object]:
         if ev.group != self._cluster:
             return []
-        self._leaderless = True
-        return self._cut(now)  # a drop older than the grace: at once
+        if self._lost_at is None:
+            self._lost_at = now
+            self._arm(now)
+        return []
 
     def _on_leader_elected(self, ev: LeaderElected, now: float) -> list[object]:
         if ev.group != self._cluster:
             return []
-        self._leaderless = False
+        self._lost_at = None
+        self._arm(now)
         verdict = self._leadership.obey(ev.leader, ev.epoch)
         if verdict is Verdict.STALE:
             self.stats.dropped_stale += 1
@@ -708,8 +716,8 @@ class ClientMachine(Dispatching):
         now: float,
     ) -> list[object]:
         """Apply a price's ``allocation``; ``grant`` (its allocation, budget and supply; None:
-        it counted no bid) becomes the cap in force, cut at once if the node's supply fell
-        below its supply more than ``drop_grace`` ago (see "Supply drops without a price")."""
+        it counted no bid) becomes the cap in force, cut at once if :meth:`_capped` says so
+        (see "Supply drops without a price")."""
         self._grant = grant
         self._note_drop(now)
         capped = self._capped(allocation, now)
@@ -719,14 +727,24 @@ class ClientMachine(Dispatching):
         return self._set_allocation(allocation, cause)
 
     def _note_drop(self, now: float) -> None:
-        """Note when the node's supply fell below the supply of the cap in force (and arm
-        the cut ``drop_grace`` later), or forget it when it is not below."""
+        """Note when the node's supply fell below the supply of the cap in force, or forget
+        it when it is not below; then arm the cut (:meth:`_arm`)."""
         grant, supply = self._grant, self._supply
         if grant is None or not supply or supply >= grant[2]:
-            self._drop_at = self._cut_at = None
+            self._drop_at = None
         elif self._drop_at is None:
             self._drop_at = now
-            self._cut_at = now + self._config.drop_grace
+        self._arm(now)
+
+    def _arm(self, now: float) -> None:
+        """The cut's deadline: ``drop_grace`` after both the drop and the broker's loss (None
+        when one is missing, or when it has passed: the callers then cut at once)."""
+        drop_at, lost_at = self._drop_at, self._lost_at
+        self._cut_at = None
+        if drop_at is not None and lost_at is not None:
+            at = max(drop_at, lost_at) + self._config.drop_grace
+            if at > now:
+                self._cut_at = at
 
     def _cut(self, now: float) -> list[object]:
         """Cut the cap in force as :meth:`_capped` says (nothing if it says no cut)."""
@@ -740,12 +758,13 @@ class ClientMachine(Dispatching):
 
     def _capped(self, allocation: int, now: float) -> int:
         """``allocation`` less the whole cut of the cluster's budget that the supply drop
-        in force asks (0 at least), once it is ``drop_grace`` old while we have no broker;
-        else ``allocation``."""
+        in force asks (0 at least), once the drop and the broker's loss are both
+        ``drop_grace`` old; else ``allocation``."""
         drop_at, grant = self._drop_at, self._grant
-        if not self._leaderless or drop_at is None or grant is None:
+        lost_at = self._lost_at
+        if lost_at is None or drop_at is None or grant is None:
             return allocation
-        if now < drop_at + self._config.drop_grace:
+        if now < max(drop_at, lost_at) + self._config.drop_grace:
             return allocation
         _, budget, then = grant
         cut = -(-budget * (then - self._supply) // then)  # (rounded up)
