@@ -105,13 +105,15 @@ applied as usual. Only without a broker: a broker cut off from the lead keeps
 pricing its cluster, and a client that cut itself then would starve while the
 overload it saves is the partition's (fresh seeds 40,100,000-40,100,599 with
 ``--safety 15`` and supply steps: 11 failed, all strict starvation, when a client cut
-itself whenever no price at all came within the grace; 0 with this rule; the grace
-after the broker's loss came from fresh seed 41,002,165, where a client cut itself to
-0 W 0.08 s after losing its crashed broker while a broker-capable node of its cluster
-lived to succeed it). Fresh seeds
-38,301,324 and 38,300,174 with ``--safety 15``: a cluster's broker-capable nodes
-crashed, the supply fell, and a surviving client held 118 W and 197 W beyond the supply
-for the rest of its lease.
+itself whenever no price at all came within the grace; 0 when it cut itself only
+without a broker, 1 as built). And only ``drop_grace`` after the broker's loss: a
+failover elects the next broker sooner (fresh seed 41,002,165: a client cut itself to
+0 W 0.08 s after losing its crashed broker, while a broker-capable node of its cluster
+lived to succeed it). Fresh seeds 38,301,324 and 38,300,174 with ``--safety 15``: a
+cluster's broker-capable nodes crashed, the supply fell, and a surviving client held
+118 W and 197 W beyond the supply for the rest of its lease. The cost, measured in
+docs/protocols/market.md: a client cut to 0 W starves until a broker prices it again,
+which a restarted broker may not do within the simulator's 1 s.
 
 **Broker lives.** A broker that restarts and wins its cluster's epoch again
 (a restarted node leads a cluster of itself first, and nobody remembers a
@@ -194,7 +196,9 @@ class PriceUpdated:
     or an earlier one): False means it got 0 W for want of a counted bid;
     ``carried``: the price allocated nothing (not counted) but the server keeps
     the cap of a previous broker's counted price in force, on its lease (see
-    "A cap outlives its broker"), so its cap stays above ``allocation``.
+    "A cap outlives its broker"), so its cap stays above ``allocation``. A client
+    without a broker cuts the share of a price of an older supply (see "Supply drops
+    without a price"): its cap, in ``AllocationChanged``, is then below ``allocation``.
     ``epoch`` and ``round`` are the cluster broker's (``round`` restarts at 1 with a
     new broker); ``lead_epoch`` and ``lead_round`` name the lead broker's clearing
     the price comes from (:class:`~powergrid.wire.Price`; 0 only where a test builds
@@ -646,7 +650,7 @@ class ClientMachine(Dispatching):
             return actions
         actions.append(update)
         if not carried:
-            actions += self._grant_cap(grant, allocation, "price", now)
+            actions += self._grant_cap(grant, allocation, now)
         return actions
 
     def _on_deadline(self, ev: DeadlineReached, now: float) -> list[object]:
@@ -655,7 +659,7 @@ class ClientMachine(Dispatching):
             _, update, grant = self._release
             self._release = None
             actions.append(update)
-            actions += self._grant_cap(grant, update.allocation, "price", now)
+            actions += self._grant_cap(grant, update.allocation, now)
         if self._refresh_at is not None and now >= self._refresh_at:
             actions += self._send_bid(now)
         elif self._retry is not None and now >= self._retry[0]:
@@ -712,7 +716,6 @@ class ClientMachine(Dispatching):
         self,
         grant: tuple[int, int, int] | None,
         allocation: int,
-        cause: Literal["price"],
         now: float,
     ) -> list[object]:
         """Apply a price's ``allocation``; ``grant`` (its allocation, budget and supply; None:
@@ -724,7 +727,7 @@ class ClientMachine(Dispatching):
         if capped < allocation:
             self.stats.supply_cuts += 1
             return self._set_allocation(capped, "supply")
-        return self._set_allocation(allocation, cause)
+        return self._set_allocation(allocation, "price")
 
     def _note_drop(self, now: float) -> None:
         """Note when the node's supply fell below the supply of the cap in force, or forget
