@@ -234,6 +234,7 @@ STEPS_REGRESSIONS: dict[tuple[int | None, float, int], str] = {
     (None, 15.0, 35300249): "power-guarantee",  # no broker-capable node, then a listen
     (None, 15.0, 38301324): "power-guarantee",  # no broker left, then a supply drop
     (None, 15.0, 38300174): "power-guarantee",  # the same, two drops
+    (None, 15.0, 41001153): "power-guarantee",  # a lease hold yielded to r in a shortage
 }
 """(size or None, safety phase, seed) -> what failed with supply steps (``powergrid fuzz
 --replay SEED --supply-steps`` with ``--nodes`` and ``--safety`` as keyed)."""
@@ -279,7 +280,10 @@ def test_supply_steps_regression_seeds(nodes: int | None, safety: float, seed: i
     heal). 38,301,324 and 38,300,174: a cluster's broker-capable nodes crashed, the supply
     fell, and a surviving client held 118 W (197 W) beyond the new supply beside the dead
     servers' caps for the rest of its lease (client, *supply drops without a price*: with
-    no broker it takes its cluster's cut of the drop on itself)."""
+    no broker it takes its cluster's cut of the drop on itself). 41,001,153: a broker
+    crashed holding 71 W, and the lead's shortage clearing of its new epoch held none of
+    its lease (the hold yielded to the counted servers' r, which the supply could not
+    cover anyway); the hold now yields only to their floors (lead)."""
     assert_ok(run_datacentre(seed, nodes=nodes, safety_s=safety, supply_steps=True))
 
 

@@ -2057,6 +2057,25 @@ def test_lead_hold_never_cuts_into_required_power() -> None:
     assert out.regime is Regime.NORMAL and out.allocated <= 500 - 120
 
 
+def test_lead_hold_in_a_shortage_yields_only_to_the_floors() -> None:
+    """Lead rule: when the supply is short of the counted servers' sum r, they are owed
+    their floors only, so the lease hold yields only to the floors (fresh seed 41,001,153
+    with --safety 15: a broker crashed holding 71 W, the new epoch's shortage clearing
+    held nothing and gave its watts to the others, 15 W over the supply for 2 s)."""
+    lead = active_lead(350)
+    lead.handle(rx(BROKER, agg_msg(1, [BID])), 0.5)
+    lead.handle(rx(OTHER, agg_msg(2, [BID2, BID2, BID2])), 0.5)
+    first = lead.handle(DL, 1.0)[-1]
+    assert isinstance(first, MarketCleared) and first.regime is Regime.NORMAL
+    lead.handle(rx(BROKER, agg_msg(1, [BID, BID, BID], seq=2)), 1.5)  # two servers join
+    lead.handle(rx(OTHER, agg_msg(2, [BID2], seq=2, epoch=2)), 1.5)  # two servers gone
+    out = lead.handle(DL, 2.0)[-1]
+    assert isinstance(out, MarketCleared) and out.regime is Regime.SHORTAGE
+    floors = 3 * BID.floor + BID2.floor
+    assert 0 < out.held <= 350 - floors  # (it was 0: held only above sum r, 380 > 350)
+    assert out.allocated + out.held <= 350 and out.allocated >= floors
+
+
 def test_broker_and_lead_send_each_rounds_multicasts_twice() -> None:
     """Broker and lead rule (repeats): each Price, each Aggregate and each round's Clearings
     are sent once more ``repeat_after`` later, so a lost one costs that, not a round (the partition

@@ -78,7 +78,11 @@ counted yet still draws. Like the reserve, it never cuts into the required
 power of the servers cleared (at most ``S - join reserve - sum r``): the hold
 is conservative (a budget passed on is held whole), and holding it whole made
 the fuzz find live servers below ``r`` while the supply covered them (seeds
-7700000, 7700016 with ``--safety 15``). The overlap that cap leaves is
+7700000, 7700016 with ``--safety 15``). In a shortage (the supply short of the
+counted servers' ``sum r`` alone) they are owed their floors only, and the hold yields
+only to those (at most ``S - join reserve - sum h``; fresh seed 41,001,153: a broker
+crashed holding 71 W, and a shortage clearing of its new epoch held nothing and gave
+those watts to the others). The overlap that cap leaves is
 measured: the simulator's strict check has no exemption for a crashed
 server's lease any more.
 
@@ -732,9 +736,10 @@ class LeadBrokerMachine(Dispatching):
         # of shortage budgets (their servers' r is demand too), else what the r leaves.
         running = silent if short else min(silent, max(0, self._supply - totals.required))
         joining = self._join_reserve(totals, running)
-        holding = min(
-            self._holding(now), max(0, self._supply - joining - totals.required - running)
-        )
+        # The hold never cuts the counted servers below what they are owed: their r, or
+        # in a shortage (the supply short of their r alone) their floors.
+        owed = totals.required if self._supply >= totals.required else totals.floor
+        holding = min(self._holding(now), max(0, self._supply - joining - owed - running))
         usable = max(0, self._supply - holding - joining)
         reserved = self._reserve(totals, silent, short, usable)
         if reserved:
