@@ -162,7 +162,7 @@ from powergrid.events import DeadlineReached, LeaderElected, LeaderLost, Receive
 from powergrid.protocols.leadership import Leadership, Verdict
 from powergrid.protocols.market.bids import DEFAULT_GRID, Bid, Grid
 from powergrid.protocols.market.clearing import ClearingResult, Regime, allocate
-from powergrid.protocols.market.lead import SupplyChanged
+from powergrid.protocols.market.lead import SupplyChanged, check_supply
 from powergrid.types import Epoch, GroupId, NodeId, incarnation_newer
 
 __all__ = [
@@ -674,15 +674,16 @@ class ClientMachine(Dispatching):
                 actions += self._set_allocation(min(self._allocation, bid.required), "lease")
         if self._cut_at is not None and now >= self._cut_at:
             self._cut_at = None
-            actions += self._cut(now)
+            if self._allocation is not None:
+                actions += self._apply(self._allocation, "supply", now)
         return actions
 
     def _on_supply_changed(self, ev: SupplyChanged, now: float) -> list[object]:
-        if not isinstance(ev.watts, int) or ev.watts < 0:
-            raise UsageError(f"SupplyChanged needs whole watts >= 0, got {ev.watts!r}")
-        self._supply = ev.watts
+        self._supply = check_supply(ev.watts)
         self._note_drop(now)
-        return self._cut(now)  # a further drop, after the grace: at once
+        if self._allocation is None:
+            return []
+        return self._apply(self._allocation, "supply", now)  # a drop after the grace: now
 
     # ----------------------------------------------------------------- helpers
 
@@ -723,11 +724,17 @@ class ClientMachine(Dispatching):
         (see "Supply drops without a price")."""
         self._grant = grant
         self._note_drop(now)
+        return self._apply(allocation, "price", now)
+
+    def _apply(
+        self, allocation: int, cause: Literal["price", "supply"], now: float
+    ) -> list[object]:
+        """Make ``allocation`` the cap (for ``cause``), or less if :meth:`_capped` cuts it."""
         capped = self._capped(allocation, now)
         if capped < allocation:
             self.stats.supply_cuts += 1
             return self._set_allocation(capped, "supply")
-        return self._set_allocation(allocation, "price")
+        return self._set_allocation(allocation, cause)
 
     def _note_drop(self, now: float) -> None:
         """Note when the node's supply fell below the supply of the cap in force, or forget
@@ -742,36 +749,26 @@ class ClientMachine(Dispatching):
     def _arm(self, now: float) -> None:
         """The cut's deadline: ``drop_grace`` after both the drop and the broker's loss (None
         when one is missing, or when it has passed: the callers then cut at once)."""
-        drop_at, lost_at = self._drop_at, self._lost_at
-        self._cut_at = None
-        if drop_at is not None and lost_at is not None:
-            at = max(drop_at, lost_at) + self._config.drop_grace
-            if at > now:
-                self._cut_at = at
+        at = self._cut_from()
+        self._cut_at = at if at is not None and at > now else None
 
-    def _cut(self, now: float) -> list[object]:
-        """Cut the cap in force as :meth:`_capped` says (nothing if it says no cut)."""
-        if self._allocation is None:
-            return []
-        capped = self._capped(self._allocation, now)
-        if capped >= self._allocation:
-            return []
-        self.stats.supply_cuts += 1
-        return self._set_allocation(capped, "supply")
+    def _cut_from(self) -> float | None:
+        """When the cut applies: ``drop_grace`` after the later of the drop and the loss of
+        the broker (None while either is missing)."""
+        if self._drop_at is None or self._lost_at is None:
+            return None
+        return max(self._drop_at, self._lost_at) + self._config.drop_grace
 
     def _capped(self, allocation: int, now: float) -> int:
         """``allocation`` less the whole cut of the cluster's budget that the supply drop
         in force asks (0 at least), once the drop and the broker's loss are both
         ``drop_grace`` old; else ``allocation``."""
-        drop_at, grant = self._drop_at, self._grant
-        lost_at = self._lost_at
-        if lost_at is None or drop_at is None or grant is None:
+        grant, at = self._grant, self._cut_from()
+        if grant is None or at is None or now < at:
             return allocation
-        if now < max(drop_at, lost_at) + self._config.drop_grace:
-            return allocation
-        _, budget, then = grant
+        granted, budget, then = grant
         cut = -(-budget * (then - self._supply) // then)  # (rounded up)
-        return max(0, min(allocation, grant[0] - cut))
+        return max(0, min(allocation, granted - cut))
 
     def _set_allocation(
         self, allocation: int, cause: Literal["price", "lease", "bid", "reserve", "supply"]

@@ -340,7 +340,8 @@ class _Grant:
     lead: int = 0  # our lead epoch when we gave it (0: another lead's, learnt)
 
 
-def _check_supply(watts: object) -> int:
+def check_supply(watts: object) -> int:
+    """``watts`` if it is a supply (a whole number of watts >= 0), else ``UsageError``."""
     if type(watts) is not int or watts < 0:
         raise UsageError(f"supply must be a non-negative int of watts, got {watts!r}")
     return watts
@@ -385,7 +386,7 @@ class LeadBrokerMachine(Dispatching):
     ) -> None:
         self._me = me
         self._cluster = cluster  # this node's cluster, whose prices it overhears (0: none)
-        self._supply = _check_supply(supply)
+        self._supply = check_supply(supply)
         self._config = config if config is not None else LeadConfig()
         self.stats = LeadStats()
         self._active = False
@@ -442,7 +443,7 @@ class LeadBrokerMachine(Dispatching):
     # ---------------------------------------------------------------- handlers
 
     def _on_supply_changed(self, ev: SupplyChanged, now: float) -> list[object]:
-        watts = _check_supply(ev.watts)
+        watts = check_supply(ev.watts)
         old, self._supply = self._supply, watts
         if not self._active or not self._clusters or watts == old:
             return []
