@@ -493,8 +493,10 @@ def test_servers_a_lead_counting_fewer_than_half_can_price_are_owed_their_floors
     below r but not below h is ``islanded`` (fuzz seed 26,300,253). When that ends, the
     level they are owed rises after the raise bound, like any rise of the owed level."""
     f = _an_island(True, 12.9).figures(14.0)
-    assert f.exempt["islanded"]["starved_server_seconds"] == pytest.approx(2 * 11.0)
-    assert f.strict_starved_server_s == 0.0 and f.intervals == ((1.0, 12.0),)
+    # (until 5.0 s the three dead servers' caps, 120 W on their leases, leave 80 W: held-cap)
+    assert f.exempt["held-cap"]["starved_server_seconds"] == pytest.approx(2 * 4.0)
+    assert f.exempt["islanded"]["starved_server_seconds"] == pytest.approx(2 * 7.0)
+    assert f.strict_starved_server_s == 0.0 and f.intervals == ((5.0, 12.0),)
     assert f.regime_grace_server_s == pytest.approx(2 * 0.5 + 0.4)
     never = _an_island(True, None)
     f = never.figures(14.0)  # 2 unraised past the bound: from the rise, then strict
@@ -503,4 +505,27 @@ def test_servers_a_lead_counting_fewer_than_half_can_price_are_owed_their_floors
     assert never.strict_events[0].startswith("from t=13.000: 1 admitted server(s)")
     f = _an_island(False, 12.9).figures(14.0)  # without the placement: strict from 8.0 s
     assert f.strict_starved_server_s == pytest.approx(4.5 + 4.9)  # raised at 12.5, 12.9 s
-    assert f.exempt["departed-bids"]["starved_server_seconds"] == pytest.approx(8.0)
+    # the dead servers' caps until 5.0 s (held-cap), the departed bids' window until 7.0 s
+    assert f.exempt["held-cap"]["starved_server_seconds"] == pytest.approx(8.0)
+    assert f.exempt["stale-aggregates"]["starved_server_seconds"] == pytest.approx(6.0)
+
+
+def test_a_dead_servers_cap_on_its_lease_is_paid_before_the_floors() -> None:
+    """Rule (``held-cap``): a crashed server draws its cap until its lease ends and no
+    message lowers it, so the live servers are owed only the level the supply less those
+    caps pays (fresh seed 41,005,695 with supply steps: the live servers' floors did not
+    fit beside dead servers' caps on their leases);
+    once the lease ends they are owed their floors again, within the raise bound."""
+    ledger = PowerLedger(150)
+    for n in (1, 2, 3):
+        admitted(ledger, 0.0, n, 50)
+    ledger.crashed(1.0, 3)  # 50 W on its lease until 5.0 s
+    ledger.supply(2.0, 60)  # 60 - 50 = 10 W < the live floors, 40 W
+    ledger.cap(2.0, 1, 5)
+    ledger.cap(2.0, 2, 5)
+    ledger.cap(5.5, 1, 20)  # the lease has ended: floors within the bound
+    ledger.cap(5.5, 2, 20)
+    f = ledger.figures(7.0)
+    assert f.exempt["held-cap"]["starved_server_seconds"] == pytest.approx(2 * 3.0)
+    assert f.regime_grace_server_s == pytest.approx(2 * 0.5)
+    assert f.strict_starved_server_s == 0.0 and f.overload_ws == 0.0 and f.intervals == ()

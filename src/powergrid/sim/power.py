@@ -85,11 +85,15 @@ A starved server is classed by why:
   still counts the departed bid);
 * ``held-cap``: a broker holds the cap of a member gone without powering off
   (``CapHeld``: it may still draw the most a recent price gave it, and nobody
-  confirmed a cut), and the supply less those holds (beyond what the owed sums
-  count of those nodes already) does not cover the owed level, and ``round_s`` after
-  a hold ends (the lead clears on aggregates a round or two old). No protocol can
-  tell a member that crashed after applying its last price from one cut off
-  before: giving the others their ``r`` overloads the supply in the first case.
+  confirmed a cut), or a crashed server still draws its cap on its lease, and the
+  supply less those holds and caps (beyond what the owed sums count of those nodes
+  already) does not cover the owed level, and ``round_s`` after a broker's hold ends
+  (the lead clears on aggregates a round or two old). No protocol can tell a member
+  that crashed after applying its last price from one cut off before: giving the
+  others their ``r`` overloads the supply in the first case; and no message lowers a
+  dead server's cap, so any share the live servers get beyond what it leaves overloads
+  the supply (fresh seed 41,005,695 with supply steps: the live servers' floors did not
+  fit beside dead servers' caps still on their leases).
 * ``islanded``: fewer than half the provisioned servers are live in a cluster with a
   live broker-capable server (the most any lead can count), and the server is below the
   level the supply owes but not below what an island is owed: its floor ``h`` while the
@@ -357,6 +361,7 @@ class PowerLedger:
         self._below_h = dict.fromkeys(_CLASSES, 0)
         self._reaction_until = -1.0
         self._dead_at_drop = 0  # sum of the caps of the servers down at the last drop
+        self._dead_caps = 0  # sum of the caps of the dead servers still on their leases
         self._timers: list[tuple[float, int, str, int, int, str]] = []
         self._seq = 0
         self._over_in = 0.0
@@ -408,6 +413,7 @@ class PowerLedger:
     def _held_beyond(self, t: float) -> tuple[int, int]:
         """Watts the brokers hold for departed members beyond what the owed sums of r,
         and of h, already count of those nodes (see ``held-cap``)."""
+        dead = self._dead_caps  # no message lowers these before their leases end
         beyond_r = beyond_h = 0
         for node, watts in self._holds.most(t).items():
             srv = self._servers.get(node)
@@ -415,9 +421,11 @@ class PowerLedger:
                 beyond_r += max(0, watts - srv.required)
                 beyond_h += max(0, watts - srv.floor)
             else:
+                if srv is not None:  # dead, on its lease: counted once, the more of the two
+                    watts = max(0, watts - srv.cap)
                 beyond_r += watts
                 beyond_h += watts
-        return beyond_r, beyond_h
+        return beyond_r + dead, beyond_h + dead
 
     def _starving(self) -> tuple[dict[str, int] | None, int]:
         """The below-counts that apply now, and the total starved count."""
@@ -581,7 +589,7 @@ class PowerLedger:
         start = self._t
         excess = self.cap_sum - self.supply_w
         counts, starved = self._starving()
-        if counts is not None and starved and self._holds:
+        if counts is not None and starved and (self._holds or self._dead_caps):
             counts, starved = self._after_holds(start, counts, starved, dt)
         if self._join_r and self.supply_w >= self._sum_r and counts is not self._below_r:
             # judged over the admitted servers alone, r would be owed here (see "owed")
@@ -747,6 +755,8 @@ class PowerLedger:
                 return
             if srv.at_drop:
                 self._dead_at_drop -= srv.cap
+            if not srv.live:
+                self._dead_caps -= srv.cap
             self._out(srv)
             self.cap_sum -= srv.cap
             srv.cap = 0
@@ -828,7 +838,8 @@ class PowerLedger:
                 self.crashed(t, node)
                 old = self._servers.get(node)
             if old is not None:  # the old cap, still on its lease, is inherited
-                if old.at_drop:  # a live life may apply a cut: no longer out of reach
+                self._dead_caps -= old.cap  # a live life may apply a cut
+                if old.at_drop:  # ... so it is no longer out of reach
                     self._dead_at_drop -= old.cap
                 srv.cap, srv.inherited, srv.life = old.cap, True, old.life + 1
                 srv.last_price = old.last_price
@@ -944,6 +955,7 @@ class PowerLedger:
         if srv.last_price is not None and srv.last_price + self.bounds.lease_s > t and srv.cap:
             srv.lease_end = srv.last_price + self.bounds.lease_s
             self._timer(srv.lease_end, "lease", node, srv.life)
+            self._dead_caps += srv.cap
         else:
             self.cap_sum -= srv.cap
             del self._servers[node]
@@ -958,6 +970,8 @@ class PowerLedger:
                 self._end(t, srv)
                 srv.live = False
                 self._place(t, srv, node, -1)
+            else:
+                self._dead_caps -= srv.cap
             if srv.at_drop:
                 self._dead_at_drop -= srv.cap
             self.cap_sum -= srv.cap
