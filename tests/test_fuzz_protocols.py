@@ -235,6 +235,14 @@ STEPS_REGRESSIONS: dict[tuple[int | None, float, int], str] = {
     (None, 15.0, 38301324): "power-guarantee",  # no broker left, then a supply drop
     (None, 15.0, 38300174): "power-guarantee",  # the same, two drops
     (None, 15.0, 41001153): "power-guarantee",  # a lease hold yielded to r in a shortage
+    (None, 15.0, 41005687): "power-guarantee",  # a cut nobody priced: the hold was the cut
+    (None, 15.0, 41000950): "power-guarantee",  # a cut never confirmed, its grant expired
+    (None, 15.0, 41007050): "power-guarantee",  # a hold yielded to floors nobody was owed
+    (None, 15.0, 41005695): "power-guarantee",  # live floors beside dead servers' caps
+    (None, 15.0, 38300721): "power-guarantee",  # a new broker priced at the next round
+    (None, 15.0, 38301092): "power-guarantee",  # the same
+    (None, 15.0, 40100538): "power-guarantee",  # the same
+    (None, 15.0, 41006884): "power-guarantee",  # the same
 }
 """(size or None, safety phase, seed) -> what failed with supply steps (``powergrid fuzz
 --replay SEED --supply-steps`` with ``--nodes`` and ``--safety`` as keyed)."""
@@ -283,7 +291,18 @@ def test_supply_steps_regression_seeds(nodes: int | None, safety: float, seed: i
     no broker it takes its cluster's cut of the drop on itself). 41,001,153: a broker
     crashed holding 71 W, and the lead's shortage clearing of its new epoch held none of
     its lease (the hold yielded to the counted servers' r, which the supply could not
-    cover anyway); the hold now yields only to their floors (lead)."""
+    cover anyway); the hold now yields only to their floors (lead). 41,005,687: a broker
+    crashed, the drop's clearing cut its cluster, nobody priced the cut, and the lead held
+    the cut budget for the old epoch, not the one in force (lead, *unconfirmed cuts*).
+    41,000,950 failed on a first version of that rule, whose rounds moved a cut's
+    confirmation on every round, so the hold was a grant whose lease had ended.
+    41,007,050: below the floors the hold still yielded to them (lead: nobody is owed
+    anything there). 41,005,695: the live servers' floors did
+    not fit beside dead servers' caps on their leases, which no message lowers (ledger,
+    ``held-cap``). 38,300,721, 38,301,092, 40,100,538 and
+    41,006,884: a restarted broker-capable node's cluster got its first price at the
+    lead's next round, more than 1 s after that node's start (lead, *raises*: a cluster
+    epoch not cleared yet brings the round forward)."""
     assert_ok(run_datacentre(seed, nodes=nodes, safety_s=safety, supply_steps=True))
 
 

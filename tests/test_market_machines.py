@@ -2261,3 +2261,112 @@ def test_broker_takes_only_an_entry_whose_budget_is_its_own_aggregates() -> None
     assert (b.stats.clearings_not_ours, b.budget) == (1, None)
     assert b.handle(rx(LEAD, cleared(b, round=6)), 1.2) != []  # its own: taken
     assert b.budget == 162
+
+
+def _cut_then_new_epoch(confirm: bool = False, supply: int = 500) -> tuple[MarketCleared, int, int]:
+    """Cluster 1 (two BIDs) is budgeted in surplus, the supply drops to ``supply`` (its
+    budget is cut), its broker is heard again after the cut (``confirm``) or never, and a
+    new broker epoch counts one BID. The new epoch's round, the first budget, the cut one."""
+    lead = active_lead(1000)
+    lead.handle(rx(BROKER, agg_msg(1, [BID, BID])), 0.5)
+    lead.handle(rx(OTHER, agg_msg(2, [BID2])), 0.5)
+    first = lead.handle(DL, 1.0)
+    full = first[0].message.entries[0].budget  # type: ignore[attr-defined]
+    cut = lead.handle(SupplyChanged(watts=supply), 1.5)
+    lowered = cut[0].message.entries[0].budget  # type: ignore[attr-defined]
+    if confirm:  # two aggregates on from the one the cut cleared: it reached the broker
+        lead.handle(rx(BROKER, agg_msg(1, [BID, BID], seq=2)), 1.6)
+        lead.handle(rx(BROKER, agg_msg(1, [BID, BID], seq=3)), 1.7)
+    lead.handle(rx(BROKER, agg_msg(1, [BID], epoch=2)), 1.9)
+    lead.handle(rx(OTHER, agg_msg(2, [BID2], seq=2)), 1.9)
+    out = lead.handle(DL, 2.0)[-1]
+    assert isinstance(out, MarketCleared)
+    return out, full, lowered
+
+
+def test_lead_holds_the_budget_a_cut_nobody_confirmed_lowered() -> None:
+    """Lead rule (unconfirmed cuts): a clearing that cuts a cluster's budget leaves the
+    higher one in force until that cluster's broker is heard two aggregates on; when its
+    epoch ends first, the hold is the higher budget (fresh seed 41,005,687 with --safety 15
+    --supply-steps: a broker crashed, the drop's clearing cut its cluster, nobody priced
+    the cut, and the hold of the old epoch was the cut budget: 109 W over the supply)."""
+    out, full, lowered = _cut_then_new_epoch(confirm=False)
+    assert (full, lowered) == (400, 356)
+    surplus = ClearingResult(regime=Regime.SURPLUS, price=GRID.price_min)
+    credit = budget(aggregate([BID], GRID), surplus) - 1  # the server counted again
+    assert out.held == full - credit == 201
+    confirmed, _, _ = _cut_then_new_epoch(confirm=True)
+    normal = clear(aggregate([BID, BID, BID2], GRID), 500, GRID, previous=Regime.SURPLUS)
+    assert confirmed.held == lowered - (budget(aggregate([BID], GRID), normal) - 1)
+
+
+def test_lead_confirms_a_cut_by_the_aggregates_after_the_first_one() -> None:
+    """Lead rule (unconfirmed cuts): rounds that keep the cut do not move its confirmation
+    on (else a cluster heard every round never confirms it); and a higher grant whose
+    lease has ended is not held, the last grant is (fresh seed 41,000,950 with --safety 15
+    --supply-steps: a broker crashed long after a cut its rounds never confirmed, and the
+    hold of its epoch was that cut's expired higher grant: nothing was held, 29 W over the
+    supply)."""
+    lead = active_lead(1000)
+    lead.handle(rx(BROKER, agg_msg(1, [BID, BID])), 0.5)
+    lead.handle(rx(OTHER, agg_msg(2, [BID2])), 0.5)
+    lead.handle(DL, 1.0)
+    cut = lead.handle(SupplyChanged(watts=500), 1.5)  # clears aggregate 1: confirmed by 3
+    lowered = cut[0].message.entries[0].budget  # type: ignore[attr-defined]
+    normal = clear(aggregate([BID, BID, BID2], GRID), 500, GRID, previous=Regime.SURPLUS)
+    credit = budget(aggregate([BID], GRID), normal) - 1
+    seq = 2
+    for t in (2.0, 3.0):  # rounds that keep the cut; aggregate 3 confirms it at 2.9 s
+        lead.handle(rx(BROKER, agg_msg(1, [BID, BID], seq=seq)), t - 0.1)
+        lead.handle(rx(OTHER, agg_msg(2, [BID2], seq=seq)), t - 0.1)
+        lead.handle(DL, t)
+        seq += 1
+    lead.handle(rx(BROKER, agg_msg(1, [BID], epoch=2)), 3.9)
+    lead.handle(rx(OTHER, agg_msg(2, [BID2], seq=seq)), 3.9)
+    out = lead.handle(DL, 4.0)[-1]
+    assert isinstance(out, MarketCleared) and out.held == lowered - credit  # not 400's
+    # Unconfirmed (no aggregate after the cut), the higher grant's lease ends at 6.5 s:
+    late = active_lead(1000)
+    late.handle(rx(BROKER, agg_msg(1, [BID, BID])), 0.5)
+    late.handle(rx(OTHER, agg_msg(2, [BID2])), 0.5)
+    late.handle(DL, 1.0)
+    late.handle(SupplyChanged(watts=500), 1.5)
+    for t in (2.0, 3.0):  # cluster 1's aggregate 1 is still held: its broker is silent
+        late.handle(rx(OTHER, agg_msg(2, [BID2], seq=int(t))), t - 0.1)
+        late.handle(DL, t)
+    late.handle(rx(BROKER, agg_msg(1, [BID], epoch=2)), 6.55)
+    late.handle(rx(OTHER, agg_msg(2, [BID2], seq=4)), 6.55)
+    out = late.handle(DL, 6.6)[-1]
+    assert isinstance(out, MarketCleared) and out.held == lowered - credit  # not 400's
+
+
+def test_lead_hold_below_the_floors_yields_to_nobody() -> None:
+    """Lead rule: while the supply is short of the counted floors nobody is owed anything
+    (the floors are cut), so the hold is kept whole up to the supply (it yielded to floors
+    nobody was owed: fresh seed 41,007,050, 36 W over an 80 W supply)."""
+    out, _, _ = _cut_then_new_epoch(supply=60)  # sum h 70
+    assert (out.held, out.allocated) == (60, 0)
+
+
+def test_lead_clears_soon_for_a_cluster_epoch_it_has_not_cleared() -> None:
+    """Lead rule (raises): an aggregate of a cluster epoch no round has cleared yet (a new
+    broker's, or a cluster new to the lead) brings the next round forward to ``gather``
+    later: its servers wait for their first price under that broker (fresh seeds
+    38,300,721, 38,301,092, 40,100,538 and 41,006,884 with --safety 15 --supply-steps: a
+    restarted broker-capable node's cluster was priced at the lead's next round, more than
+    1 s after its start). An aggregate of an epoch already cleared waits for the round."""
+    lead = LeadBrokerMachine(LEAD, 1000, attrs.evolve(LCFG, gather=0.1))
+    lead.handle(LeaderElected(group=BROKER_GROUP, leader=LEAD, epoch=Epoch(7)), 0.0)
+    lead.handle(rx(BROKER, agg_msg(1, [BID])), 0.05)
+    assert lead.next_deadline() == pytest.approx(0.1)
+    assert isinstance(lead.handle(DL, 0.1)[-1], MarketCleared)
+    assert lead.next_deadline() == pytest.approx(1.1)
+    assert lead.handle(rx(BROKER, agg_msg(1, [BID, BID2], seq=2)), 0.3) == []
+    assert lead.next_deadline() == pytest.approx(1.1)  # the same epoch: the next round
+    assert lead.handle(rx(BROKER, agg_msg(1, [BID], epoch=2)), 0.4) == []
+    assert lead.next_deadline() == pytest.approx(0.5)  # a new broker's: gather later
+    out = lead.handle(DL, 0.5)
+    assert isinstance(out[-1], MarketCleared) and out[-1].round == 2
+    assert lead.next_deadline() == pytest.approx(1.5)
+    lead.handle(rx(OTHER, agg_msg(2, [BID2])), 0.7)  # a cluster new to the lead
+    assert lead.next_deadline() == pytest.approx(0.8)

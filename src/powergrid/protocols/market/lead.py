@@ -35,7 +35,12 @@ last given, while its servers are owed more than that budget (their ``sum r``
 while the supply covers every ``r``, else their ``sum h`` while it covers
 every ``h``), clears at once, or half a round after the last clearing if that
 comes before the next round (``rounds_on_raise``): the brokers send a raise
-at once, so a rise is priced within half a round, not after two.
+at once, so a rise is priced within half a round, not after two. An aggregate of a
+cluster epoch no round has cleared yet (a new broker's first, or a cluster new to the
+lead) brings the next round forward to ``gather`` later: its servers have no price of
+that broker, and a restarted broker-capable node's cluster waited up to a round for
+one (fresh seeds 38,300,721, 38,301,092, 40,100,538 and 41,006,884 with supply steps:
+priced more than 1 s after that node's start). The round schedule moves with it.
 
 **Reserve for silent clusters.** Clients keep their caps for a lease after
 the last price and then fall back to at most their required power, and a
@@ -82,9 +87,22 @@ the fuzz find live servers below ``r`` while the supply covered them (seeds
 counted servers' ``sum r`` alone) they are owed their floors only, and the hold yields
 only to those (at most ``S - join reserve - sum h``; fresh seed 41,001,153: a broker
 crashed holding 71 W, and a shortage clearing of its new epoch held nothing and gave
-those watts to the others). The overlap that cap leaves is
-measured: the simulator's strict check has no exemption for a crashed
-server's lease any more.
+those watts to the others); below their floors nobody is owed anything (the floors are
+cut) and it yields to nobody (fresh seed 41,007,050: it yielded to floors nobody was
+owed, 36 W over an 80 W supply). The overlap the yielding leaves is measured: the
+simulator's strict check has no exemption for a crashed server's lease any more.
+
+**Unconfirmed cuts.** A clearing that gives a cluster less than a grant still in force
+there does not make the cut happen: its broker may have crashed (nobody prices it), so
+its clients keep their caps on their leases. So the higher grant stays on record beside
+the lower one until the cut is **confirmed**: an aggregate of that broker epoch
+numbered two past the one the cut cleared (the broker was alive after the cut reached it:
+it prices a clearing at once, and it sends an aggregate a round); rounds that keep the
+cut do not move that target on. When that epoch ends unconfirmed, the hold is the higher
+grant while its lease runs, then the last one. Fresh seed 41,005,687 with supply steps: a
+broker crashed, the drop's clearing cut its cluster from 614 to 207 W, nobody priced the
+cut, and the old epoch's hold was the cut budget: a dead server's 220 W overlapped the
+others' new caps, 109 W over the supply until its lease ended.
 
 **Budgets are passed on.** A round's Clearing also names, with aggregate 0, the
 last budget of every cluster it reserves for (silent, or not heard yet): no
@@ -338,6 +356,16 @@ class _Grant:
     epoch: int = 0  # the cluster epoch of the aggregate it cleared
     result: ClearingResult | None = None  # the clearing that gave it (None: not known)
     lead: int = 0  # our lead epoch when we gave it (0: another lead's, learnt)
+    # The higher grant of this epoch that a later one of ours cut, until the cut is
+    # confirmed (an aggregate of this epoch numbered ``confirm`` or later; see
+    # "Unconfirmed cuts").
+    unconfirmed: _Grant | None = None
+    confirm: int = 0
+
+    def in_force(self) -> _Grant:
+        """The grant whose caps may be in force: the higher one of an unconfirmed cut."""
+        top = self.unconfirmed
+        return top if top is not None and top.budget > self.budget else self
 
 
 def check_supply(watts: object) -> int:
@@ -526,6 +554,16 @@ class LeadBrokerMachine(Dispatching):
         if (
             self._active
             and self._round_at is not None
+            and totals.bids
+            and (grant is None or grant.epoch != msg.epoch)
+        ):
+            # a cluster (epoch) not cleared yet: its servers wait for a price (see "Raises")
+            self._round_at = min(self._round_at, now + self._config.gather)
+        if grant is not None and grant.epoch == msg.epoch and msg.seq >= grant.confirm:
+            grant.unconfirmed = None  # the broker was heard after the cut reached it
+        if (
+            self._active
+            and self._round_at is not None
             and grant is not None
             and grant.epoch == msg.epoch
             and grant.budget < totals.required
@@ -619,8 +657,11 @@ class LeadBrokerMachine(Dispatching):
         if old is not None and old.epoch != grant.epoch:
             if epoch_newer(old.epoch, grant.epoch):
                 return  # an older broker's budget (a stale lead's): the newer one stands
-            if old.budget:
-                self._held.setdefault(cluster, []).append(old)
+            kept = old.in_force()
+            if grant.at - kept.at >= self._config.hold:
+                kept = old  # the higher grant's lease has ended: only the last one runs
+            if kept.budget:
+                self._held.setdefault(cluster, []).append(kept)
         self._granted[cluster] = grant
 
     def _holding(self, now: float) -> int:
@@ -729,6 +770,7 @@ class LeadBrokerMachine(Dispatching):
                 self._round_at = min(self._round_at, now + cfg.gather)
             return []
         # Record this round's epochs first, so a broker change is held in this round.
+        before = {c: self._granted.get(c) for c in order}
         for c in order:
             held_c = self._clusters[c]
             self._grant(c, _Grant(budget=0, at=now, epoch=held_c.epoch, lead=self.epoch))
@@ -738,10 +780,18 @@ class LeadBrokerMachine(Dispatching):
         running = silent if short else min(silent, max(0, self._supply - totals.required))
         joining = self._join_reserve(totals, running)
         # The hold never cuts the counted servers below what they are owed: their r, or
-        # in a shortage (the supply short of their r alone) their floors.
-        owed = totals.required if self._supply >= totals.required else totals.floor
-        holding = min(self._holding(now), max(0, self._supply - joining - owed - running))
-        usable = max(0, self._supply - holding - joining)
+        # in a shortage (the supply short of their r alone) their floors, or below those
+        # nothing (the floors are cut).
+        supply = self._supply
+        owed = (
+            totals.required
+            if supply >= totals.required
+            else totals.floor
+            if supply >= totals.floor
+            else 0
+        )
+        holding = min(self._holding(now), max(0, supply - joining - owed - running))
+        usable = max(0, supply - holding - joining)
         reserved = self._reserve(totals, silent, short, usable)
         if reserved:
             self.stats.rounds_with_reserve += 1
@@ -772,9 +822,15 @@ class LeadBrokerMachine(Dispatching):
             held = self._clusters[c]
             share = budget(held.totals, result)
             allocated += share
-            self._granted[c] = _Grant(
-                budget=share, at=now, epoch=held.epoch, result=result, lead=self.epoch
-            )
+            grant = _Grant(budget=share, at=now, epoch=held.epoch, result=result, lead=self.epoch)
+            prev = before[c]
+            if prev is not None and prev.epoch == held.epoch:
+                top = prev.in_force()
+                if share < top.budget:  # a cut: the higher grant stays until it is confirmed
+                    pending = top is not prev  # (an earlier cut, still unconfirmed)
+                    grant.unconfirmed = top if pending else attrs.evolve(prev, unconfirmed=None)
+                    grant.confirm = prev.confirm if pending else held.seq + 2
+            self._granted[c] = grant
             entries.append(
                 wire.ClearingEntry(cluster=c, epoch=held.epoch, aggregate=held.seq, budget=share)
             )
