@@ -238,6 +238,7 @@ STEPS_REGRESSIONS: dict[tuple[int | None, float, int], str] = {
     (None, 15.0, 41005687): "power-guarantee",  # a cut nobody priced: the hold was the cut
     (None, 15.0, 41000950): "power-guarantee",  # a cut never confirmed, its grant expired
     (None, 15.0, 41007050): "power-guarantee",  # a hold yielded to floors nobody was owed
+    (None, 15.0, 41006724): "power-guarantee",  # one fill for every floor, held caps too
     (None, 15.0, 41005695): "power-guarantee",  # live floors beside dead servers' caps
     (None, 15.0, 38300721): "power-guarantee",  # a new broker priced at the next round
     (None, 15.0, 38301092): "power-guarantee",  # the same
@@ -297,7 +298,9 @@ def test_supply_steps_regression_seeds(nodes: int | None, safety: float, seed: i
     41,000,950 failed on a first version of that rule, whose rounds moved a cut's
     confirmation on every round, so the hold was a grant whose lease had ended.
     41,007,050: below the floors the hold still yielded to them (lead: nobody is owed
-    anything there). 41,005,695: the live servers' floors did
+    anything there). 41,006,724: the lead cut every floor with one fill, a dead server's
+    held cap too (broker, *held caps come first*: held caps travel in the top class, whose
+    floors a floors cut pays first). 41,005,695: the live servers' floors did
     not fit beside dead servers' caps on their leases, which no message lowers (ledger,
     ``held-cap``). 38,300,721, 38,301,092, 40,100,538 and
     41,006,884: a restarted broker-capable node's cluster got its first price at the

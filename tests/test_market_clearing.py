@@ -269,6 +269,21 @@ def test_shortage_below_floors_cuts_floors_pro_rata() -> None:
     assert _allocs(r) == [25, 10]
 
 
+def test_shortage_below_floors_pays_the_highest_class_first() -> None:
+    """Shortage rule: S < sum h -> the highest class (where brokers put held caps) gets its
+    floors first and the others share what is left pro rata (``FLOORS_CUT``); below its
+    floors it is cut pro rata and the others get 0 (``FLOORS_CUT + 1``)."""
+    held = Bid(floor=30, required=30, maximum=30, priority=MAX_PRIORITY)
+    bs = [held, *TWO]  # floors 30 + 70
+    t = aggregate(bs, GRID)
+    r = clear(t, 65, GRID)  # 30 first, then 35 of 70: half of every other floor
+    assert (r.level, r.fill) == (FLOORS_CUT, FILL_ONE // 2)
+    assert [allocate(b, r, GRID) for b in bs] == [30, 25, 10] and budget(t, r) == 65
+    r = clear(t, 15, GRID)  # the held 30 W alone exceed the supply
+    assert (r.level, r.fill) == (FLOORS_CUT + 1, FILL_ONE // 2)
+    assert [allocate(b, r, GRID) for b in bs] == [15, 0, 0] and budget(t, r) == 15
+
+
 def test_negative_supply_is_usage_error() -> None:
     """Local misuse: a negative or float supply raises UsageError."""
     with pytest.raises(UsageError):
@@ -416,6 +431,8 @@ def test_shortage_respects_priorities(market: tuple[Grid, list[Bid]], data: st.D
         for a2, b2 in zip(alloc, bs, strict=True):
             if b1.priority > b2.priority and a2 > b2.floor:
                 assert a1 == b1.required
+            if b1.priority == MAX_PRIORITY and b2.priority < MAX_PRIORITY and a2 > 0:
+                assert a1 >= b1.floor  # below the floors the highest class comes first
 
 
 @settings(max_examples=100)

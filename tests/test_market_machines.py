@@ -25,6 +25,7 @@ from powergrid.events import (
 from powergrid.protocols.market import (
     FILL_ONE,
     MAX_CLEARING_ENTRIES,
+    MAX_PRIORITY,
     AllocationChanged,
     Bid,
     BidChanged,
@@ -869,8 +870,9 @@ def _priced_twice(b: BrokerMachine) -> None:
     b.handle(rx(LEAD, cleared(b, round=6, level=5)), 2.1)
 
 
-HELD = Bid(floor=162, required=162, maximum=200, priority=1)
-"""BID with ME's held cap, 162 W, as its floor, r and every rung below it."""
+HELD = Bid(floor=162, required=162, maximum=200, priority=MAX_PRIORITY)
+"""BID with ME's held cap, 162 W, as its floor, r and every rung below it, in the highest
+priority class (a floors cut pays it first: "Held caps come first")."""
 
 
 def held_aggregate(seq: int) -> Send:
@@ -912,14 +914,15 @@ def test_broker_holds_the_cap_a_crashed_member_may_still_draw() -> None:
 
 
 def test_broker_prices_a_floors_cut_within_the_budget_less_the_held_caps() -> None:
-    """Broker rule (held caps come first): a clearing that cuts the floors gives a held
-    cap, raised into ``h``, only ``h * fill``, and a dead server cannot apply that cut. So
-    while caps are held it is priced as a local clearing of the bids alone (ME's bid still
-    counts until it expires) against the budget less the held caps: ME may draw 162 W, the
-    budget is 91 W, and OTHER gets 0 W, not the 10 W the lead's fill gives it (fresh seed
-    35,300,221 with supply steps: a server crashed holding 305 W, the supply fell to 91 W,
-    and the floors cut gave the two live servers 20 W more). Watts the holds leave are
-    shared; any other rule passes the lead's price on."""
+    """Broker rule (held caps come first): held caps are aggregated in the highest class,
+    which a floors cut pays first; a cut of that class itself (``FLOORS_CUT + 1``: the held
+    caps alone exceed the supply) gives a held cap only ``h * fill``, and a dead server
+    cannot apply that cut. So such a clearing is priced as a local clearing of the bids
+    alone (ME's bid still counts until it expires) against the budget less the held caps:
+    ME may draw 162 W, the budget is 81 W, and OTHER gets 0 W (fresh seed 35,300,221 with
+    supply steps: a server crashed holding 305 W, the supply fell to 91 W, and the floors
+    cut gave the two live servers 20 W more). A floors cut that pays the held caps
+    (``FLOORS_CUT``) and any other rule are passed on as the lead priced them."""
     b = active_broker()
     _priced_twice(b)
     b.handle(view(OTHER, BROKER), 2.5)
@@ -927,7 +930,7 @@ def test_broker_prices_a_floors_cut_within_the_budget_less_the_held_caps() -> No
         CapHeld(group=CL, node=ME, watts=162, until=7.6)
     ]
 
-    def cut(agg: int, rnd: int, fill: int, level: int = FLOORS_CUT) -> wire.Clearing:
+    def cut(agg: int, rnd: int, fill: int, level: int = FLOORS_CUT + 1) -> wire.Clearing:
         """Lead round ``rnd``, a shortage, clearing our aggregate ``agg``."""
         entry = wire.ClearingEntry(cluster=1, epoch=1, aggregate=agg, budget=0)
         return cleared(
@@ -963,23 +966,24 @@ def test_broker_prices_a_floors_cut_within_the_budget_less_the_held_caps() -> No
         ]
 
     assert b.handle(DL, 2.52) == [held_aggregate(3)]
-    msg = cut(3, 7, FILL_ONE // 2)  # floors 182 W (ME's raised to 162 W), half: 91 W
-    assert msg.entries[0].budget == 91
-    assert allocate(BID2, ClearingResult.checked(msg, GRID), GRID) == 10  # type: ignore[arg-type]
-    nothing = clear(aggregate([BID, BID2], GRID), 0, GRID)  # 91 - 162 < 0
+    msg = cut(3, 7, FILL_ONE // 2)  # the held class (ME's 162 W) cut by half: 81 W
+    assert msg.entries[0].budget == 81
+    nothing = clear(aggregate([BID, BID2], GRID), 0, GRID)  # 81 - 162 < 0
     assert (nothing.level, nothing.fill, nothing.deficit) == (FLOORS_CUT, 0, 180)
-    assert b.handle(rx(LEAD, msg), 2.6) == shed(3, 7, nothing, 91)
+    assert b.handle(rx(LEAD, msg), 2.6) == shed(3, 7, nothing, 81)
     assert b.stats.shed_for_holds == 1
     assert b.handle(DL, 3.0) == [held_aggregate(4)]
-    msg = cut(4, 8, FILL_ONE * 15 // 16)  # 170 W: 8 W left beside ME's 162 W
-    left = clear(aggregate([BID, BID2], GRID), msg.entries[0].budget - 162, GRID)
-    assert (left.level, allocate(BID2, left, GRID)) == (FLOORS_CUT, 2)
-    assert b.handle(rx(LEAD, msg), 3.1) == shed(4, 8, left, 170)
+    msg = cut(4, 8, FILL_ONE * 15 // 16, level=FLOORS_CUT)  # ME's 162 W, then 15/16 of 20
+    result = ClearingResult.checked(msg, GRID)
+    assert result is not None and msg.entries[0].budget == 180
+    assert (allocate(HELD, result, GRID), allocate(BID2, result, GRID)) == (162, 18)
+    out = b.handle(rx(LEAD, msg), 3.1)
+    assert [m.message.flags for m in out if isinstance(m, Multicast)] == [0]
     assert b.handle(DL, 4.0) == [held_aggregate(5)]
     msg = cut(5, 9, 0, level=0)  # a shortage above the floors gives ME its 162 W
     out = b.handle(rx(LEAD, msg), 4.1)
     assert [m.message.flags for m in out if isinstance(m, Multicast)] == [0]
-    assert b.stats.shed_for_holds == 2
+    assert b.stats.shed_for_holds == 1
 
 
 def test_broker_holds_only_what_prices_that_counted_the_member_gave_it() -> None:
@@ -1017,9 +1021,8 @@ def test_broker_holds_a_replaced_lifes_cap_until_a_price_counts_the_new_life() -
     )
     assert b.handle(new_life, 2.5) == [CapHeld(group=CL, node=ME, watts=162, until=7.6)]
     assert b.bidders == (OTHER,)
-    only_held = aggregate_ladders(
-        [(Bid(floor=162, required=162, maximum=162), (162,) * 7), (BID2, BID2.ladder(GRID))], GRID
-    )
+    held_only = Bid(floor=162, required=162, maximum=162, priority=MAX_PRIORITY)
+    only_held = aggregate_ladders([(held_only, (162,) * 7), (BID2, BID2.ladder(GRID))], GRID)
     assert b.handle(DL, 2.52) == [
         Send(to=LEAD, message=totals_to_message(only_held, cluster=1, epoch=1, seq=3))
     ]

@@ -62,15 +62,19 @@ the aggregate reaches at once): nobody is given watts whose cut nobody confirmed
 surplus cap, the supply fell, and the lead, counting its bid at the new price, gave
 the survivors the watts it still drew: 78 W over the supply, strict 2 s after the drop.)
 
-**Held caps come first.** Raised into ``h``, ``r`` and every rung, a held cap gets at
-least itself from every clearing rule but one: a cut of the floors (``FLOORS_CUT``) gives
-every floor the same fill, the held one included, and a dead server cannot apply it. So a
-clearing (or a local one) that cuts the floors while we hold caps is priced as a local
-clearing of the bids alone against the budget less the held caps (0 W if they take it
-all): the cluster's live servers share what the holds leave, never the watts a departed
-member may still draw (fresh seed 35,300,221 with supply steps: a server crashed holding
-305 W, the supply fell to 91 W, and the floors cut gave the two live servers 20 W of
-it).
+**Held caps come first.** A held cap is aggregated in the highest priority class
+(``MAX_PRIORITY``), raised into ``h``, ``r`` and every rung, so every clearing rule gives
+it at least itself but one: a floors cut pays that class's floors first and cuts only
+the others' (``FLOORS_CUT``), unless the held caps alone exceed the supply
+(``FLOORS_CUT + 1``), which gives them ``h * fill``, and a dead server cannot apply
+that cut. So such a clearing (or a local one) is priced as a local clearing of the bids
+alone against the budget less the held caps (0 W if they take it all): the cluster's
+live servers share what the holds leave, never the watts a departed member may still
+draw (fresh seed 35,300,221 with supply steps: a server crashed holding 305 W, the
+supply fell to 91 W, and the floors cut gave the two live servers 20 W of it). Across
+clusters the class does the same at the lead (fresh seed 41,006,724 with supply steps:
+one fill for every floor gave a cluster holding a dead server's cap less than that cap,
+and the others the rest: 354 W in force over a 258 W supply).
 
 **Driving.** Inputs: ``LeaderElected``, ``ViewChanged``, ``MemberLeft``, ``Received`` and
 ``DeadlineReached``. Outputs: ``Send(client, BidAck)``, ``Send(lead, Aggregate)``,
@@ -140,7 +144,7 @@ from powergrid.events import (
     member_maps,
 )
 from powergrid.protocols.leadership import Leadership, Verdict
-from powergrid.protocols.market.bids import DEFAULT_GRID, Bid, Grid
+from powergrid.protocols.market.bids import DEFAULT_GRID, MAX_PRIORITY, Bid, Grid
 from powergrid.protocols.market.clearing import (
     FLOORS_CUT,
     ClearingResult,
@@ -822,7 +826,7 @@ class BrokerMachine(Dispatching):
         held caps. Every other rule gives a held cap, raised into ``h``, ``r`` and every
         rung, at least itself; a floors cut gives it ``h * fill``, but a dead server cannot
         apply a cut."""
-        if result.regime is not Regime.SHORTAGE or result.level != FLOORS_CUT:
+        if result.regime is not Regime.SHORTAGE or result.level != FLOORS_CUT + 1:
             return None
         held = sum(h.cap for h in self._holds.values() if h.until > now)
         if not held:
@@ -862,7 +866,7 @@ class BrokerMachine(Dispatching):
                 continue
             cap = hold.cap
             if held is None:
-                bid = Bid(floor=cap, required=cap, maximum=cap)
+                bid = Bid(floor=cap, required=cap, maximum=cap, priority=MAX_PRIORITY)
                 items.append((bid, bid.ladder(self._config.grid)))
                 continue
             b = held.bid
@@ -872,7 +876,7 @@ class BrokerMachine(Dispatching):
                         floor=max(b.floor, cap),
                         required=max(b.required, cap),
                         maximum=max(b.maximum, cap),
-                        priority=b.priority,
+                        priority=MAX_PRIORITY,
                     ),
                     tuple(max(w, cap) for w in held.ladder),
                 )

@@ -21,8 +21,13 @@ sum their clusters, the lead broker sums the brokers (:func:`combine`), and
   ``S >= sum h``: floors first, then whole classes from the highest priority
   down get ``r``; the class ``level`` that cannot be fully served gets
   ``h + floor((r - h) * fill / 2**32)`` with its pro-rata ``fill``; lower classes
-  get ``h``. If ``S < sum h`` (``level`` = :data:`FLOORS_CUT`): everyone gets
-  ``floor(h * fill / 2**32)`` with ``fill = floor(S * 2**32 / sum h)``.
+  get ``h``. If ``S < sum h``, the highest class (``MAX_PRIORITY``, where brokers put
+  the caps they hold for departed members) is served first: while ``S`` covers its
+  floors (``level`` = :data:`FLOORS_CUT`) it gets ``h`` and everyone else
+  ``floor(h * fill / 2**32)`` with ``fill = floor((S - its floors) * 2**32 / the
+  others' floors)``; below them (``level = FLOORS_CUT + 1``) it gets
+  ``floor(h * fill / 2**32)`` with ``fill = floor(S * 2**32 / its floors)`` and
+  everyone else 0. With no bid in that class this is every floor cut pro rata.
 
 Because every share is rounded *down* in integers, the allocations
 (:func:`allocate`, each client from its own bid) sum to at most ``S``, exactly,
@@ -69,7 +74,8 @@ __all__ = [
 FILL_ONE = wire.Clearing.FILL_ONE
 """A fill of ``FILL_ONE`` (2**32) is a whole share."""
 FLOORS_CUT = MAX_PRIORITY + 1
-"""Shortage ``level`` meaning that even the floors are cut pro rata."""
+"""Shortage ``level`` meaning that even the floors are cut pro rata (all but the highest
+class's; ``FLOORS_CUT + 1``: that class's too, and the others get 0)."""
 
 _CLASSES = MAX_PRIORITY + 1
 _ZERO3 = (0, 0, 0)
@@ -229,7 +235,7 @@ class ClearingResult:
         r = Regime(regime)
         if r is Regime.NORMAL and not 1 <= level <= grid.points + 1:
             return None
-        if r is Regime.SHORTAGE and not 0 <= level <= FLOORS_CUT:
+        if r is Regime.SHORTAGE and not 0 <= level <= FLOORS_CUT + 1:
             return None
         return cls(regime=r, price=price, level=level, fill=fill, deficit=msg.deficit)
 
@@ -292,12 +298,13 @@ def _shortage(totals: Totals, s: int, grid: Grid) -> ClearingResult:
     deficit = min(totals.required - s, DEFICIT_MAX)
     floors = totals.floor
     if s < floors:
-        fill = (s << 32) // floors
+        top = totals.classes[MAX_PRIORITY][0]
+        first = s >= top  # the highest class's floors fit: the others share what is left
         return ClearingResult(
             regime=Regime.SHORTAGE,
             price=grid.price_max,
-            level=FLOORS_CUT,
-            fill=fill,
+            level=FLOORS_CUT if first else FLOORS_CUT + 1,
+            fill=((s - top) << 32) // (floors - top) if first else (s << 32) // top,
             deficit=deficit,
         )
     left = s - floors
@@ -327,8 +334,11 @@ def allocate(bid: Bid, result: ClearingResult, grid: Grid) -> int:
         lo = bid.level(j, grid)
         return lo + ((bid.level(j - 1, grid) - lo) * fill >> 32)
     level = result.level
-    if level == FLOORS_CUT:
-        return bid.floor * fill >> 32
+    if level >= FLOORS_CUT:  # below the floors: the highest class first
+        top = bid.priority == MAX_PRIORITY
+        if level == FLOORS_CUT:
+            return bid.floor if top else bid.floor * fill >> 32
+        return bid.floor * fill >> 32 if top else 0
     if bid.priority > level:
         return bid.required
     if bid.priority == level:
@@ -347,8 +357,11 @@ def budget(totals: Totals, result: ClearingResult) -> int:
         j = result.level
         return rungs[j] + ((rungs[j - 1] - rungs[j]) * fill >> 32)
     level = result.level
-    if level == FLOORS_CUT:
-        return totals.floor * fill >> 32
+    if level >= FLOORS_CUT:
+        top = totals.classes[MAX_PRIORITY][0]
+        if level == FLOORS_CUT:
+            return top + ((totals.floor - top) * fill >> 32)
+        return top * fill >> 32
     total = 0
     for k, (h, r, _m) in enumerate(totals.classes):
         if k > level:
