@@ -262,8 +262,9 @@ class BrokerStats:
     """Datagrams of the last lead round sent to a new lead (see "Budgets in force")."""
     local_clearings: int = 0
     shed_for_holds: int = 0
-    """Clearings that cut floors while we held departed members' caps, priced instead
-    within the budget less those caps (see "Held caps come first")."""
+    """Clearings that cut the floors of departed members' held caps (they alone exceeded
+    the supply), priced instead within the budget less those caps (see "Held caps come
+    first")."""
     raises_repriced: int = 0
     """Raises of a counted client's ``r`` above its cap sent to the lead at once, with a
     price of our own within our budget when it covers the cluster's new ``sum r``."""
