@@ -2266,17 +2266,24 @@ def test_broker_takes_only_an_entry_whose_budget_is_its_own_aggregates() -> None
     assert b.budget == 162
 
 
-def _cut_then_new_epoch(confirm: bool = False, supply: int = 500) -> tuple[MarketCleared, int, int]:
-    """Cluster 1 (two BIDs) is budgeted in surplus, the supply drops to ``supply`` (its
-    budget is cut), its broker is heard again after the cut (``confirm``) or never, and a
-    new broker epoch counts one BID. The new epoch's round, the first budget, the cut one."""
+def _lead_after_a_cut(supply: int = 500) -> tuple[LeadBrokerMachine, int, int]:
+    """Cluster 1 (two BIDs) is budgeted in surplus at 1.0 s beside cluster 2 (BID2), and
+    the supply drops to ``supply`` at 1.5 s (its budget is cut, clearing aggregate 1): the
+    lead, cluster 1's first budget and the cut one."""
     lead = active_lead(1000)
     lead.handle(rx(BROKER, agg_msg(1, [BID, BID])), 0.5)
     lead.handle(rx(OTHER, agg_msg(2, [BID2])), 0.5)
     first = lead.handle(DL, 1.0)
     full = first[0].message.entries[0].budget  # type: ignore[attr-defined]
     cut = lead.handle(SupplyChanged(watts=supply), 1.5)
-    lowered = cut[0].message.entries[0].budget  # type: ignore[attr-defined]
+    return lead, full, cut[0].message.entries[0].budget  # type: ignore[attr-defined]
+
+
+def _cut_then_new_epoch(confirm: bool = False, supply: int = 500) -> tuple[MarketCleared, int, int]:
+    """:func:`_lead_after_a_cut`, then cluster 1's broker is heard again after the cut
+    (``confirm``) or never, and a new broker epoch counts one BID. The new epoch's round,
+    the first budget, the cut one."""
+    lead, full, lowered = _lead_after_a_cut(supply)
     if confirm:  # two aggregates on from the one the cut cleared: it reached the broker
         lead.handle(rx(BROKER, agg_msg(1, [BID, BID], seq=2)), 1.6)
         lead.handle(rx(BROKER, agg_msg(1, [BID, BID], seq=3)), 1.7)
@@ -2310,12 +2317,7 @@ def test_lead_confirms_a_cut_by_the_aggregates_after_the_first_one() -> None:
     --supply-steps: a broker crashed long after a cut its rounds never confirmed, and the
     hold of its epoch was that cut's expired higher grant: nothing was held, 29 W over the
     supply)."""
-    lead = active_lead(1000)
-    lead.handle(rx(BROKER, agg_msg(1, [BID, BID])), 0.5)
-    lead.handle(rx(OTHER, agg_msg(2, [BID2])), 0.5)
-    lead.handle(DL, 1.0)
-    cut = lead.handle(SupplyChanged(watts=500), 1.5)  # clears aggregate 1: confirmed by 3
-    lowered = cut[0].message.entries[0].budget  # type: ignore[attr-defined]
+    lead, _, lowered = _lead_after_a_cut()  # the cut cleared aggregate 1: confirmed by 3
     normal = clear(aggregate([BID, BID, BID2], GRID), 500, GRID, previous=Regime.SURPLUS)
     credit = budget(aggregate([BID], GRID), normal) - 1
     seq = 2
@@ -2329,11 +2331,7 @@ def test_lead_confirms_a_cut_by_the_aggregates_after_the_first_one() -> None:
     out = lead.handle(DL, 4.0)[-1]
     assert isinstance(out, MarketCleared) and out.held == lowered - credit  # not 400's
     # Unconfirmed (no aggregate after the cut), the higher grant's lease ends at 6.5 s:
-    late = active_lead(1000)
-    late.handle(rx(BROKER, agg_msg(1, [BID, BID])), 0.5)
-    late.handle(rx(OTHER, agg_msg(2, [BID2])), 0.5)
-    late.handle(DL, 1.0)
-    late.handle(SupplyChanged(watts=500), 1.5)
+    late, _, _ = _lead_after_a_cut()
     for t in (2.0, 3.0):  # cluster 1's aggregate 1 is still held: its broker is silent
         late.handle(rx(OTHER, agg_msg(2, [BID2], seq=int(t))), t - 0.1)
         late.handle(DL, t)

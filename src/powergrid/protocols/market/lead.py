@@ -368,6 +368,15 @@ class _Grant:
         return top if top is not None and top.budget > self.budget else self
 
 
+def _owed(supply: int, totals: Totals, of: Totals) -> int:
+    """What the servers summed in ``of`` (some of those in ``totals``) are owed while the
+    supply covers ``totals``: their ``r`` while it covers every ``r``, their floors while it
+    covers every floor, else nothing (the floors are cut)."""
+    if supply >= totals.required:
+        return of.required
+    return of.floor if supply >= totals.floor else 0
+
+
 def check_supply(watts: object) -> int:
     """``watts`` if it is a supply (a whole number of watts >= 0), else ``UsageError``."""
     if type(watts) is not int or watts < 0:
@@ -545,29 +554,22 @@ class LeadBrokerMachine(Dispatching):
             epoch=msg.epoch, seq=msg.seq, totals=totals, heard_at=now
         )
         self.stats.aggregates_accepted += 1
-        if self._half and self._active and self._round_at is not None:
-            # cleared within half the supply: a majority now clears the whole, soon
-            bids = sum(self._clusters[c].totals.bids for c in sorted(self._clusters))
-            if 2 * bids > self._config.provisioned:
-                self._round_at = min(self._round_at, now + self._config.gather)
         grant = self._granted.get(msg.cluster)
-        if (
-            self._active
-            and self._round_at is not None
-            and totals.bids
-            and (grant is None or grant.epoch != msg.epoch)
-        ):
-            # a cluster (epoch) not cleared yet: its servers wait for a price (see "Raises")
-            self._round_at = min(self._round_at, now + self._config.gather)
-        if grant is not None and grant.epoch == msg.epoch and msg.seq >= grant.confirm:
+        if grant is not None and grant.epoch != msg.epoch:
+            grant = None  # this cluster epoch was not cleared yet
+        if grant is not None and msg.seq >= grant.confirm:
             grant.unconfirmed = None  # the broker was heard after the cut reached it
-        if (
-            self._active
-            and self._round_at is not None
-            and grant is not None
-            and grant.epoch == msg.epoch
-            and grant.budget < totals.required
+        if not self._active or self._round_at is None:
+            return []
+        if (grant is None and totals.bids) or (
+            self._half
+            and 2 * sum(self._clusters[c].totals.bids for c in sorted(self._clusters))
+            > self._config.provisioned
         ):
+            # soon: a cluster epoch not cleared yet, whose servers wait for a price (see
+            # "Raises"); or a majority, where the last round cleared within half the supply
+            self._round_at = min(self._round_at, now + self._config.gather)
+        if grant is not None and grant.budget < totals.required:
             return self._raise(grant.budget, totals, now)
         return []
 
@@ -579,13 +581,7 @@ class LeadBrokerMachine(Dispatching):
         cfg = self._config
         assert self._round_at is not None
         totals = combine((self._clusters[c].totals for c in sorted(self._clusters)), cfg.grid)
-        if self._supply >= totals.required:
-            owed = cluster.required
-        elif self._supply >= totals.floor:
-            owed = cluster.floor
-        else:
-            return []  # below the floors: nobody is owed anything
-        if given >= owed:
+        if given >= _owed(self._supply, totals, cluster):
             return []
         at = max(now, self._cleared_at + cfg.round_interval / 2)
         if at >= self._round_at:
@@ -779,17 +775,9 @@ class LeadBrokerMachine(Dispatching):
         # of shortage budgets (their servers' r is demand too), else what the r leaves.
         running = silent if short else min(silent, max(0, self._supply - totals.required))
         joining = self._join_reserve(totals, running)
-        # The hold never cuts the counted servers below what they are owed: their r, or
-        # in a shortage (the supply short of their r alone) their floors, or below those
-        # nothing (the floors are cut).
+        # The hold never cuts the counted servers below what they are owed.
         supply = self._supply
-        owed = (
-            totals.required
-            if supply >= totals.required
-            else totals.floor
-            if supply >= totals.floor
-            else 0
-        )
+        owed = _owed(supply, totals, totals)
         holding = min(self._holding(now), max(0, supply - joining - owed - running))
         usable = max(0, supply - holding - joining)
         reserved = self._reserve(totals, silent, short, usable)
