@@ -152,7 +152,10 @@ bound is in bytes (FragmentConfig.max_reassembly, PARTIAL_COST per partial). The
 was 1,000 until Price and Clearing gained ``supply`` (issue 16), which moved the
 adversary's draws: seed 101 went from 825 to 1,143 items (its aggregates without the held
 caps, ``_raw``, 3 -> 99). Its structure bounds it: at most 1,024 waiting bids
-(``_MAX_WAITING``), the bids of the view, and three aggregates' ladders besides."""
+(``_MAX_WAITING``), the bids of the view, and three aggregates' ladders besides. The
+lead machine was counted twice (the broker group's stack lists it too) until ``Applied``
+(issue 16, twelfth session) moved the draws again and seed 101 reached 1,004 items of
+lead state, 502 once counted; ``node_machines`` lists each machine once now."""
 RECOVER_WITHIN = 15.0
 """Seconds of virtual quiet within which one leader and full views must be back."""
 

@@ -115,6 +115,36 @@ def test_client_sends_bid_once_broker_is_known_and_refreshes() -> None:
     assert (c.stats.bids_sent, c.stats.bids_resent) == (2, 0)
 
 
+def test_client_confirms_a_cut_and_a_price_after_a_missed_round() -> None:
+    """Client rule (cuts are confirmed): a counted price that leaves the cap below the most
+    the broker may think we draw (the highest cap since our last ``Applied``) is confirmed
+    to the broker with ``Applied(epoch, round, cap)``, once; a raise or the same cap is not,
+    unless a round was missed (it may have raised us, and the broker counts it)."""
+    c = client_following()
+    c.handle(rx(BROKER, wire.BidAck(epoch=1, seq=1, aggregate=1)), 0.1)
+    high = price(round=1, level=3, fill=FILL_ONE)
+    low = price(round=2, level=4, fill=0)
+    r_high = ClearingResult.checked(high, GRID)
+    r_low = ClearingResult.checked(low, GRID)
+    assert r_high is not None and r_low is not None
+    w_high, w_low = allocate(BID, r_high, GRID), allocate(BID, r_low, GRID)
+    assert w_low < w_high
+
+    def sends(out: list[object]) -> list[object]:
+        return [a for a in out if isinstance(a, Send)]
+
+    assert sends(c.handle(rx(BROKER, high), 1.0)) == []  # the first price: nothing to confirm
+    assert sends(c.handle(rx(BROKER, low), 2.0)) == [
+        Send(to=BROKER, message=wire.Applied(epoch=1, round=2, cap=w_low))
+    ]
+    assert sends(c.handle(rx(BROKER, attrs.evolve(low, round=3)), 3.0)) == []  # the same cap
+    assert sends(c.handle(rx(BROKER, attrs.evolve(high, round=4)), 4.0)) == []  # a raise
+    assert sends(c.handle(rx(BROKER, attrs.evolve(high, round=6)), 5.0)) == [
+        Send(to=BROKER, message=wire.Applied(epoch=1, round=6, cap=w_high))
+    ]  # round 5 was missed
+    assert c.stats.applied_sent == 2
+
+
 def test_client_resends_an_unacknowledged_bid_backing_off_until_its_ack() -> None:
     """Client rule: a bid with no BidAck ``bid_retry`` after it was sent goes again, the
     wait doubling up to refresh_interval; the ack of the current bid stops it, an ack of
@@ -433,19 +463,21 @@ def test_client_lease_expiry_falls_back_to_required_and_never_rises() -> None:
     c = client_following()
     c.handle(rx(BROKER, wire.BidAck(epoch=1, seq=1, aggregate=1)), 0.1)
     c.handle(rx(BROKER, price()), 1.0)
-    assert c.handle(DL, 2.0) == [Send(to=BROKER, message=BID.to_message(1, lead_epoch=7))]
+    # each refresh says what it applied last (cuts are confirmed): round 1, 162 W
+    refresh = BID.to_message(1, lead_epoch=7, applied=(1, 1, 162))
+    assert c.handle(DL, 2.0) == [Send(to=BROKER, message=refresh)]
     c.handle(rx(BROKER, wire.BidAck(epoch=1, seq=1, aggregate=1)), 2.01)
-    assert c.handle(DL, 4.0) == [Send(to=BROKER, message=BID.to_message(1, lead_epoch=7))]
+    assert c.handle(DL, 4.0) == [Send(to=BROKER, message=refresh)]
     c.handle(rx(BROKER, wire.BidAck(epoch=1, seq=1, aggregate=1)), 4.01)
     assert c.next_deadline() == 6.0
     assert c.handle(DL, 6.0) == [
-        Send(to=BROKER, message=BID.to_message(1, lead_epoch=7)),
+        Send(to=BROKER, message=refresh),  # (162 W still: what the broker may count on)
         AllocationChanged(group=CL, allocation=100, cause="lease"),
     ]
     assert c.lease_expired and c.stats.leases_expired == 1
     big = Bid(floor=50, required=180, maximum=300)
     out = c.handle(BidChanged(bid=big), 6.5)
-    assert out == [Send(to=BROKER, message=big.to_message(2, lead_epoch=7))]
+    assert out == [Send(to=BROKER, message=big.to_message(2, lead_epoch=7, applied=(1, 1, 162)))]
     assert c.allocation == 100
     small = Bid(floor=10, required=70, maximum=300)
     out = c.handle(BidChanged(bid=small), 7.0)
@@ -458,7 +490,8 @@ def test_client_lease_in_shortage_keeps_lower_allocation() -> None:
     c.handle(rx(BROKER, wire.BidAck(epoch=1, seq=1, aggregate=1)), 0.1)
     c.handle(rx(BROKER, price(regime=2, price=1.0, level=1, fill=0, deficit=9)), 1.0)
     assert c.allocation == 50
-    assert c.handle(DL, 6.0) == [Send(to=BROKER, message=BID.to_message(1, lead_epoch=7))]
+    refresh = BID.to_message(1, lead_epoch=7, applied=(1, 1, 50))  # it applied round 1: 50 W
+    assert c.handle(DL, 6.0) == [Send(to=BROKER, message=refresh)]
     assert c.allocation == 50 and c.lease_expired
 
 
@@ -576,8 +609,8 @@ def view(*nodes: NodeId, incarnation: int = 1) -> ViewChanged:
     )
 
 
-def active_broker(now: float = 0.0) -> BrokerMachine:
-    b = BrokerMachine(BROKER, CL, BCFG)
+def active_broker(now: float = 0.0, config: BrokerConfig = BCFG) -> BrokerMachine:
+    b = BrokerMachine(BROKER, CL, config)
     assert b.handle(LeaderElected(group=CL, leader=BROKER, epoch=Epoch(1)), now) == []
     assert b.handle(LeaderElected(group=BROKER_GROUP, leader=LEAD, epoch=Epoch(7)), now) == []
     return b
@@ -698,6 +731,12 @@ def test_broker_reprices_a_raise_at_once() -> None:
     )
     assert allocate(up, repriced, GRID) >= up.required
     assert allocate(up, repriced, GRID) + allocate(BID2, repriced, GRID) <= budget_w
+    # the local price cut OTHER (it pays for the raise): it confirms, so nobody is held
+    cut = allocate(BID2, repriced, GRID)
+    assert cut < allocate(BID2, result, GRID)
+    assert b.next_deadline() == pytest.approx(1.22 + BCFG.confirm_within)
+    assert b.handle(rx(OTHER, wire.Applied(epoch=1, round=local.round, cap=cut)), 1.25) == []
+    assert b.stats.cuts_confirmed == 1
     big = Bid(floor=20, required=budget_w, maximum=budget_w + 10)
     assert b.handle(rx(OTHER, big.to_message(2)), 1.3) == [ack(2, 3, to=OTHER)]
     out = b.handle(DL, 1.32)  # beyond the budget: the aggregate only
@@ -707,6 +746,8 @@ def test_broker_reprices_a_raise_at_once() -> None:
     b.handle(DL, 1.42)
     assert b.stats.raises_repriced == 3
     b.handle(rx(ME, Bid(floor=50, required=200, maximum=200).to_message(4)), 1.5)
+    # the confirmed cut's deadline still wakes the broker (it holds nobody), then
+    assert b.handle(DL, 1.22 + BCFG.confirm_within) == [] and b.stats.cuts_unconfirmed == 0
     assert b.next_deadline() == 2.0  # a fourth waits for the round
     too_old = attrs.evolve(first, round=6, entries=(first.entries[0]._replace(aggregate=1),))
     assert b.handle(rx(LEAD, too_old), 1.6) == [] and b.stats.clearings_not_ours == 1
@@ -858,16 +899,25 @@ def test_broker_drops_the_bid_of_a_graceful_leaver_at_once() -> None:
     ]
 
 
+DEPART = attrs.evolve(BCFG, confirm_within=1.0)
+"""For the departure tests: round 6 of :func:`_priced_twice` cuts ME, which dies without
+confirming it; its cut is due at 3.1 s, after the departure at 2.5 s, which holds ME
+(the unconfirmed cut's own hold is tested apart)."""
+
+
 def _priced_twice(b: BrokerMachine) -> None:
     """ME and OTHER bid; round 5 (level 3) gives ME 162 W at 1.1 s, round 6 (level 5, a
-    higher price) 112 W at 2.1 s."""
+    higher price) 112 W at 2.1 s. OTHER confirms its cut (it lives)."""
     b.handle(view(ME, OTHER, BROKER), 0.0)
     b.handle(rx(ME, BID.to_message(1)), 0.1)
     b.handle(rx(OTHER, BID2.to_message(1)), 0.1)
     b.handle(DL, 1.0)
     b.handle(rx(LEAD, cleared(b, round=5)), 1.1)
     b.handle(DL, 2.0)
-    b.handle(rx(LEAD, cleared(b, round=6, level=5)), 2.1)
+    round6 = cleared(b, round=6, level=5)
+    b.handle(rx(LEAD, round6), 2.1)
+    cap = allocate(BID2, ClearingResult.checked(round6, GRID), GRID)  # type: ignore[arg-type]
+    assert b.handle(rx(OTHER, wire.Applied(epoch=1, round=2, cap=cap)), 2.15) == []
 
 
 HELD = Bid(floor=162, required=162, maximum=200, priority=MAX_PRIORITY)
@@ -891,7 +941,7 @@ def test_broker_holds_the_cap_a_crashed_member_may_still_draw() -> None:
     price after a supply drop and gave the others the watts it still drew, 78 W over). Back
     in the view in the same life, it hears our prices again: the hold ends, and the next
     aggregate goes at once."""
-    b = active_broker()
+    b = active_broker(config=DEPART)
     _priced_twice(b)
     assert allocate(BID, ClearingResult.checked(cleared(b, round=5), GRID), GRID) == 162  # type: ignore[arg-type]
     assert b.handle(view(OTHER, BROKER), 2.5) == []
@@ -923,7 +973,7 @@ def test_broker_prices_a_floors_cut_within_the_budget_less_the_held_caps() -> No
     supply steps: a server crashed holding 305 W, the supply fell to 91 W, and the floors
     cut gave the two live servers 20 W more). A floors cut that pays the held caps
     (``FLOORS_CUT``) and any other rule are passed on as the lead priced them."""
-    b = active_broker()
+    b = active_broker(config=DEPART)
     _priced_twice(b)
     b.handle(view(OTHER, BROKER), 2.5)
     assert b.handle(MemberLeft(group=CL, node=ME, reason="crashed"), 2.5) == [
@@ -972,6 +1022,7 @@ def test_broker_prices_a_floors_cut_within_the_budget_less_the_held_caps() -> No
     assert (nothing.level, nothing.fill, nothing.deficit) == (FLOORS_CUT, 0, 180)
     assert b.handle(rx(LEAD, msg), 2.6) == shed(3, 7, nothing, 81)
     assert b.stats.shed_for_holds == 1
+    assert b.handle(rx(OTHER, wire.Applied(epoch=1, round=3, cap=0)), 2.65) == []  # OTHER's cut
     assert b.handle(DL, 3.0) == [held_aggregate(4)]
     msg = cut(4, 8, FILL_ONE * 15 // 16, level=FLOORS_CUT)  # ME's 162 W, then 15/16 of 20
     result = ClearingResult.checked(msg, GRID)
@@ -1007,13 +1058,79 @@ def test_broker_holds_only_what_prices_that_counted_the_member_gave_it() -> None
     ]
 
 
+def test_broker_holds_a_member_that_does_not_confirm_its_cut() -> None:
+    """Broker rule (cuts are confirmed): a price that cuts a member below the most it may
+    draw must be confirmed by its ``Applied`` within ``confirm_within`` (0.3 s); one that is
+    not (ME died before round 6 and nobody has noticed yet) is held at the most it may
+    draw, 162 W, as a departed member's cap is, and the aggregate goes to the lead at once;
+    a late ``Applied`` of that round ends the hold (fresh seed 41,002,802 with supply steps:
+    a crashed server not yet detected kept 35 W where the next clearing gave it 13 W, and
+    the others' caps left no room for it: 18 W over the supply). OTHER confirmed its cut
+    at once and is not held."""
+    b = active_broker()
+    _priced_twice(b)
+    assert b.stats.cuts_confirmed == 1  # OTHER's
+    assert b.next_deadline() == pytest.approx(2.1 + BCFG.confirm_within)
+    assert b.handle(DL, 2.1 + BCFG.confirm_within) == [
+        CapHeld(group=CL, node=ME, watts=162, until=7.6)
+    ]
+    assert b.stats.cuts_unconfirmed == 1
+    assert b.handle(DL, 2.42) == [held_aggregate(3)]  # raise_gather later: to the lead
+    # ME was alive after all: its Applied of round 2 (112 W) ends the hold
+    out = b.handle(rx(ME, wire.Applied(epoch=1, round=2, cap=112)), 2.5)
+    assert out == [CapHeld(group=CL, node=ME, watts=0, until=2.5)]
+    assert b.stats.holds_confirmed == 1
+    # what a member confirms bounds a later departure's hold: 112 W, not round 5's 162 W
+    b.handle(view(OTHER, BROKER), 2.6)
+    assert b.handle(MemberLeft(group=CL, node=ME, reason="crashed"), 2.6) == [
+        CapHeld(group=CL, node=ME, watts=112, until=7.6)
+    ]
+
+
+def test_broker_takes_a_bid_refresh_as_a_confirmation() -> None:
+    """Broker rule (cuts are confirmed): every bid says what its client applied last
+    (``applied_*``), so a lost ``Applied`` costs a hold until the next refresh at most (seed
+    517 of the 3-server suite, 20% loss: a lost ``Applied`` and no cut since kept a live
+    member held, and its cluster priced locally, to the end of the run)."""
+    b = active_broker()
+    _priced_twice(b)
+    assert b.handle(DL, 2.1 + BCFG.confirm_within) == [
+        CapHeld(group=CL, node=ME, watts=162, until=7.6)
+    ]
+    refresh = BID.to_message(1, applied=(1, 2, 112))
+    assert b.handle(rx(ME, refresh), 3.0) == [
+        ack(1, 1),
+        CapHeld(group=CL, node=ME, watts=0, until=3.0),
+    ]
+    assert b.stats.holds_confirmed == 1
+
+
+def test_broker_refuses_applied_messages_it_cannot_place() -> None:
+    """Broker rule (cuts are confirmed): an ``Applied`` of another broker epoch is stale, of
+    a member never priced (or another life) unexpected, of a round not sent yet invalid;
+    none changes what the member may draw."""
+    b = active_broker()
+    _priced_twice(b)
+    assert b.handle(rx(ME, wire.Applied(epoch=2, round=2, cap=0)), 2.2) == []
+    assert b.handle(rx(ME, wire.Applied(epoch=1, round=2, cap=0), incarnation=2), 2.2) == []
+    assert b.handle(rx(ME, wire.Applied(epoch=1, round=3, cap=0)), 2.2) == []
+    assert (b.stats.dropped_stale, b.stats.dropped_unexpected, b.stats.dropped_invalid) == (
+        1,
+        1,
+        1,
+    )
+    assert b.handle(DL, 2.1 + BCFG.confirm_within) == [
+        CapHeld(group=CL, node=ME, watts=162, until=7.6)
+    ]
+
+
 def test_broker_holds_a_replaced_lifes_cap_until_a_price_counts_the_new_life() -> None:
     """Broker rule (caps held): a restarted node inherits its old life's cap until its new
     life applies a price, so a view naming a newer life holds the old life's cap, until a
     price of an aggregate that counts the new life's bid goes out; a hold never outlives
     ``hold_for`` after the last price, and the bid of a node gone for good counts as
     exactly the held cap once it has expired."""
-    b = active_broker()
+    b = active_broker(config=DEPART)
     _priced_twice(b)
     members = (Member(node=ME, incarnation=Incarnation(2)), Member(node=OTHER, incarnation=INC))
     new_life = ViewChanged(
@@ -1280,6 +1397,33 @@ def test_lead_clears_at_once_when_a_clusters_sum_r_rises_above_its_budget() -> N
     short.handle(DL, 1.0)
     assert short.handle(rx(BROKER, agg_msg(1, [up], seq=2)), 1.6) == []
     assert short.stats.rounds_on_raise == 0
+
+
+def test_lead_clears_at_once_when_a_clusters_held_caps_rise_beyond_its_budget() -> None:
+    """Lead rule (held caps): an aggregate whose highest class (where brokers put the caps
+    they hold) grew, while its cluster's budget is below its sum r, clears at once, like a
+    supply drop: the held caps may be drawn now, and the others make room. Below the floors
+    the raise rule would not clear (nobody is owed anything), so it is this rule that does
+    (fresh seed 41,002,802 with supply steps); at most once a ``gather`` (a flood of forged
+    aggregates must not make every datagram a round); a rise of the other classes is a
+    raise."""
+    short = LeadBrokerMachine(LEAD, 40, attrs.evolve(LCFG, gather=0.1))
+    short.handle(LeaderElected(group=BROKER_GROUP, leader=LEAD, epoch=Epoch(7)), 0.0)
+    short.handle(rx(BROKER, agg_msg(1, [BID])), 0.05)
+    short.handle(DL, 0.1)
+    assert short.round == 1 and short.next_deadline() == pytest.approx(1.1)
+    held = Bid(floor=30, required=30, maximum=30, priority=MAX_PRIORITY)
+    assert short.handle(rx(BROKER, agg_msg(1, [BID, held], seq=2)), 0.15) == []
+    assert short.stats.rounds_on_hold == 1 and short.next_deadline() == pytest.approx(0.2)
+    short.handle(DL, 0.2)
+    assert short.round == 2
+    more = Bid(floor=40, required=40, maximum=40, priority=MAX_PRIORITY)
+    out = short.handle(rx(BROKER, agg_msg(1, [BID, more], seq=3)), 0.5)
+    assert [type(a) for a in out] == [Multicast, MarketCleared] and short.round == 3
+    assert short.stats.rounds_on_hold == 2
+    up = Bid(floor=50, required=250, maximum=300, priority=1)
+    assert short.handle(rx(BROKER, agg_msg(1, [up, more], seq=4)), 0.9) == []
+    assert (short.stats.rounds_on_hold, short.stats.rounds_on_raise) == (2, 0)
 
 
 def test_lead_that_stepped_down_stops_clearing() -> None:

@@ -510,6 +510,7 @@ ROUTES: dict[type[Message], Route] = {
     **{t: Route(ELECTION) for t in (wire.Election, wire.Answer, wire.Coordinator, wire.Fenced)},
     wire.Bid: Route(BROKER, travels="cluster"),
     wire.BidAck: Route(CLIENT, travels="cluster"),
+    wire.Applied: Route(BROKER, travels="cluster"),
     # A broker-capable node's broker overhears its cluster's prices: as a new broker it
     # republishes the last one at once (broker "Failover continuity").
     # Its lead machine overhears them too: the budget in force, which it holds if it

@@ -94,6 +94,7 @@ __all__ = [
     "WIRE_LIMIT",
     "Aggregate",
     "Answer",
+    "Applied",
     "Bid",
     "BidAck",
     "Clearing",
@@ -734,7 +735,7 @@ class Corner(NamedTuple):
     watts: int
 
 
-@_layout("QIIIBI", tail="entries", entry="dI", entry_type=Corner)
+@_layout("QIIIBIIQI", tail="entries", entry="dI", entry_type=Corner)
 @attrs.frozen
 class Bid(Message):
     """A client's bid ``seq`` (1, 2, ...; a refresh repeats it) to its broker, a plain datagram sent
@@ -746,7 +747,10 @@ class Bid(Message):
     default straight line from ``maximum`` at the grid's lowest price to
     ``required`` at its highest. ``lead_epoch``: the lead broker's epoch of the last
     price the client applied (0: none yet); a broker that never applied a price stands
-    in the broker group above it (``Node``, election rule 1).
+    in the broker group above it (``Node``, election rule 1). ``applied_epoch``,
+    ``applied_round`` and ``applied_cap``: the last counted price the client applied, as
+    an :class:`Applied` says it (0: none), so every refresh confirms it again (a lost
+    ``Applied`` costs a hold until the next refresh at most).
     """
 
     TYPE: ClassVar[int] = 48
@@ -759,7 +763,10 @@ class Bid(Message):
     maximum: int
     priority: int
     lead_epoch: int
-    corners: tuple[Corner, ...]
+    applied_epoch: int = 0
+    applied_round: int = 0
+    applied_cap: int = 0
+    corners: tuple[Corner, ...] = ()
 
     def problem(self) -> str | None:
         if self.seq == 0:
@@ -966,6 +973,23 @@ class Price(Message):
         if self.flags & ~(Price.FLAG_LOCAL | Price.FLAG_REPUBLISHED):
             return f"unknown flags {self.flags:#04x}"
         return Clearing.check_result(self.regime, self.price, self.fill)
+
+
+@_layout("IQI")
+@attrs.frozen
+class Applied(Message):
+    """I applied round ``round`` of the broker of cluster ``epoch``: my cap in force is now
+    ``cap`` watts (unicast to that broker, once: when the price cut the most it may have
+    thought I draw, or came after a round I missed; market client, "Cuts are confirmed").
+    """
+
+    TYPE: ClassVar[int] = 53
+    epoch: int
+    round: int
+    cap: int
+
+    def problem(self) -> str | None:
+        return "epoch 0 or round 0" if self.epoch == 0 or self.round == 0 else None
 
 
 _MARKET_FLOAT_MAX = 1.7976931348623157e308

@@ -494,12 +494,13 @@ class _Attacker:
 
 
 def node_machines(node: Node) -> list[Any]:
-    """Every machine of ``node``: each group's stack, then the market's."""
+    """Every machine of ``node``, once: each group's stack, then the market's (the broker
+    group's stack lists the lead machine too, which was counted twice)."""
     machines: list[Any] = []
     for group in node.groups:
         machines.extend(node.stack(group).machines)
     machines.extend((node.client, node.broker, node.lead))
-    return machines
+    return list({id(m): m for m in machines}.values())
 
 
 def recovered(nodes: Sequence[Node]) -> bool:

@@ -1280,27 +1280,40 @@ class StaleEpochRefused(_Prices):
 
 
 class PricesFresh(_Prices):
-    """At the end every live client applied a lead-cleared price within ``bounds.fresh_s``."""
+    """At the end every live client applied a lead-cleared price within ``bounds.fresh_s``.
+
+    A local price after it does not undo it (a broker prices a raise, or a cap it holds for
+    a cut nobody confirmed, within its budget at once: under 20% loss, lost ``Applied``
+    made the last price of seed 517 of the 3-server suite a local one, 0.16 s before the
+    end, 0.84 s after the lead's). The check used to ask for the last price to be the
+    lead's; it asks what this docstring always said."""
 
     name = "market-prices-fresh"
 
     def __init__(self, info: DataCentre) -> None:
         super().__init__(info)
-        self._last: dict[tuple[int, int], tuple[float, bool]] = {}
+        self._last: dict[tuple[int, int], float] = {}  # the last lead-cleared price's time
+        self._local: dict[tuple[int, int], float] = {}  # the last local one's, if later
 
     def _price(self, t: float, node: int, ev: PriceUpdated) -> None:
-        self._last[(node, self.inc.get(node, 0))] = (t, ev.local)
+        key = (node, self.inc.get(node, 0))
+        if ev.local:
+            self._local[key] = t
+        else:
+            self._last[key] = t
+            self._local.pop(key, None)
 
     def check_final(self, network: FuzzNetwork) -> list[str]:
         out = []
         limit = network.now - self.info.bounds.fresh_s
         for n in sorted(network.nodes):
-            inc = network.incarnation(n)
-            last = self._last.get((n, inc or 0))
-            if last is None or last[0] < limit or last[1]:
-                when = "never" if last is None else f"last at t={last[0]:.3f}"
-                local = " (local)" if last is not None and last[1] else ""
-                out.append(f"{_fmt(n)} has no fresh price: {when}{local}")
+            key = (n, network.incarnation(n) or 0)
+            last = self._last.get(key)
+            if last is None or last < limit:
+                when = "never" if last is None else f"last at t={last:.3f}"
+                local = self._local.get(key)
+                after = "" if local is None else f" (a local one at t={local:.3f})"
+                out.append(f"{_fmt(n)} has no fresh lead-cleared price: {when}{after}")
         return out
 
 

@@ -163,9 +163,12 @@ class Bid:
         """``(m, floor(d(p_0)), ..., floor(d(p_{G-1})), r)``: never rising, within ``r..m``."""
         return tuple(self.level(j, grid) for j in range(grid.points + 2))
 
-    def to_message(self, seq: int, lead_epoch: int = 0) -> wire.Bid:
+    def to_message(
+        self, seq: int, lead_epoch: int = 0, applied: tuple[int, int, int] = (0, 0, 0)
+    ) -> wire.Bid:
         """This bid as wire bid number ``seq``, from a client whose last applied price
-        came from the lead broker of ``lead_epoch`` (0: none)."""
+        came from the lead broker of ``lead_epoch`` (0: none), and whose last counted price
+        applied was ``applied`` (its broker's epoch, its round, the cap; zeros: none)."""
         return wire.Bid(
             seq=seq,
             floor=self.floor,
@@ -173,6 +176,9 @@ class Bid:
             maximum=self.maximum,
             priority=self.priority,
             lead_epoch=lead_epoch,
+            applied_epoch=applied[0],
+            applied_round=applied[1],
+            applied_cap=applied[2],
             corners=self.corners,
         )
 

@@ -76,6 +76,23 @@ clusters the class does the same at the lead (fresh seed 41,006,724 with supply 
 one fill for every floor gave a cluster holding a dead server's cap less than that cap,
 and the others the rest: 354 W in force over a 258 W supply).
 
+**Cuts are confirmed.** A member that crashed is a member until the failure detector
+says so (about a second), and a price that cuts it meanwhile is never applied: it keeps
+drawing the old cap, while the others' caps leave it only the new one. So every price
+notes each counted member it gives less than the most that member may draw (its
+``ceiling``: the cap of its last :class:`~powergrid.wire.Applied`, or more if a price
+since gave more), and the member's client confirms such a cut with an ``Applied``
+(a datagram per cut, not per price; see the market client). A cut not confirmed within
+``confirm_within`` (0.3 s) is held like a departed member's cap, at the most the member
+may draw (its ceiling, and no more than any price of the last ``hold_for`` gave it), and
+the aggregate goes to the lead at once; the lead clears at once when a cluster's held
+caps rise beyond its budget. A late ``Applied`` of that round ends the hold, and so does a
+bid that says it (every bid names the last price its client applied). What a
+member confirmed also bounds its hold when it departs, instead of the most of the last
+``hold_for`` (fresh seed 41,002,802 with supply steps: a server crashed, and before it
+was detected the next clearing gave it 13 W of the 35 W it still drew; the others' caps
+left no room for those 22 W: 18 W over the supply, strict after the drop's window).
+
 **Driving.** Inputs: ``LeaderElected``, ``ViewChanged``, ``MemberLeft``, ``Received`` and
 ``DeadlineReached``. Outputs: ``Send(client, BidAck)``, ``Send(lead, Aggregate)``,
 ``Send(lead, Clearing)`` (forwarded to a new lead) and ``Multicast(Price)``. A new
@@ -120,7 +137,8 @@ price never renews a lease (the lead's hold of the old budget ends with it).
 **Timeouts.** ``round_interval`` (1 s), ``bid_timeout`` (6 s; make it exceed
 the clients' refresh interval, 2 s by default, at least twice), ``lead_timeout``
 (3 s, more than ``round_interval``), ``hold_for`` (5.5 s: the clients' ``lease``
-plus a margin for the price's delivery).
+plus a margin for the price's delivery), ``confirm_within`` (0.3 s: a price's
+delivery, a repeat and the ``Applied`` back, at the latencies the simulator draws).
 """
 
 from __future__ import annotations
@@ -207,6 +225,9 @@ class BrokerConfig:
     hold_for: float = attrs.field(default=5.5, validator=real)
     """A departed member's cap is held this long after the last price (s; at least the
     clients' ``lease`` plus a price's delivery; see "Caps held for departed members")."""
+    confirm_within: float = attrs.field(default=0.3, validator=real)
+    """A member whose ``Applied`` of a price that cut it has not come this long after the
+    price is held at the most it may draw (s; see "Cuts are confirmed")."""
 
     def __attrs_post_init__(self) -> None:
         if not self.round_interval > 0:
@@ -230,6 +251,10 @@ class BrokerConfig:
             )
         if not self.hold_for > 0:
             raise config_problem(self, f"hold_for must be > 0 s, got {self.hold_for}")
+        if not 0 < self.confirm_within < self.hold_for:
+            raise config_problem(
+                self, f"confirm_within must be in (0, hold_for) s, got {self.confirm_within}"
+            )
         if not 0 < self.raise_gather < self.round_interval:
             raise config_problem(
                 self, f"raise_gather must be in (0, round_interval) s, got {self.raise_gather}"
@@ -251,6 +276,12 @@ class BrokerStats:
     caps_held: int = 0
     """Departed members (crashed, gone unannounced, replaced) whose cap is held out of the
     budget until its lease ends (see "Caps held for departed members")."""
+    cuts_confirmed: int = 0
+    """``Applied`` messages that confirmed a cut (see "Cuts are confirmed")."""
+    cuts_unconfirmed: int = 0
+    """Members held because no ``Applied`` confirmed a price that cut them in time."""
+    holds_confirmed: int = 0
+    """Such holds ended by a late ``Applied``."""
     aggregates_sent: int = 0
     aggregates_early: int = 0
     """Aggregates sent at a view that admitted joiners whose bids waited for it, besides
@@ -299,11 +330,23 @@ class CapHeld:
 
 @attrs.frozen
 class _Hold:
-    """A departed member's cap, counted until ``until`` (see "Caps held ...")."""
+    """A departed member's cap, counted until ``until`` (see "Caps held ..."), or a
+    member's whose cut of price round ``cut`` nobody confirmed (see "Cuts are confirmed")."""
 
     cap: int
     until: float
     incarnation: Incarnation  # the life that holds it
+    cut: int = 0  # the price round whose Applied ends the hold (0: a departed member's)
+
+
+@attrs.define
+class _Cap:
+    """What a member life may draw of our prices, as far as its ``Applied`` tell."""
+
+    incarnation: Incarnation
+    ceiling: int  # its last confirmed cap, or more if a price since gave it more
+    cut: int = 0  # the first price round that cut it below ``ceiling``, unconfirmed (0: none)
+    cut_at: float = 0.0  # when that price went
 
 
 @attrs.define
@@ -339,8 +382,10 @@ class BrokerMachine(Dispatching):
         "_budget",
         "_budget_from",
         "_budget_supply",
+        "_caps",
         "_cluster",
         "_config",
+        "_confirm_at",
         "_heard",
         "_holds",
         "_kept",
@@ -414,9 +459,11 @@ class BrokerMachine(Dispatching):
         self._reprice_at: float | None = None  # when the raises gathered are repriced
         self._heard: tuple[wire.Price, float] | None = None  # last Price of our cluster, when
         self._kept: list[wire.Clearing] = []  # the last lead round's datagrams, for a new lead
-        # (when, result, aggregate) of the prices sent within hold_for, oldest first
-        self._priced: list[tuple[float, ClearingResult, int]] = []
+        # (when, result, aggregate, round) of the prices sent within hold_for, oldest first
+        self._priced: list[tuple[float, ClearingResult, int, int]] = []
         self._holds: dict[NodeId, _Hold] = {}  # departed members' caps in force
+        self._caps: dict[NodeId, _Cap] = {}  # what each member may draw (see "Cuts ...")
+        self._confirm_at: float | None = None  # when the first unconfirmed cut is due
 
     # ------------------------------------------------------------ read-only state
 
@@ -466,7 +513,13 @@ class BrokerMachine(Dispatching):
         """The next round or price repeat, while active."""
         if not self._active:
             return None
-        return earliest(self._round_at, self._repeat.at, self._agg_repeat.at, self._reprice_at)
+        return earliest(
+            self._round_at,
+            self._repeat.at,
+            self._agg_repeat.at,
+            self._reprice_at,
+            self._confirm_at,
+        )
 
     # ---------------------------------------------------------------- handlers
 
@@ -507,7 +560,7 @@ class BrokerMachine(Dispatching):
         self._members = member_maps(view.members)[1]  # shared: read only
         out: list[object] = []
         for node in sorted(
-            n for n, h in self._holds.items() if self._members.get(n) == h.incarnation
+            n for n, h in self._holds.items() if not h.cut and self._members.get(n) == h.incarnation
         ):
             out.append(self._release(node, now))  # back in the view: it hears our prices
         for node in sorted(self._bids):
@@ -561,7 +614,51 @@ class BrokerMachine(Dispatching):
             return self._on_clearing(ev.sender, msg, now, ev.incarnation)
         if type(msg) is wire.Price:
             return self._on_price(ev.sender, msg, now)
+        if type(msg) is wire.Applied:
+            return self._on_applied(ev, msg, now)
         self.stats.dropped_unexpected += 1
+        return []
+
+    def _on_applied(self, ev: Received, msg: wire.Applied, now: float) -> list[object]:
+        """A member applied price round ``msg.round``: its cap is ``msg.cap`` (see "Cuts are
+        confirmed")."""
+        if not self._active:
+            self.stats.dropped_unexpected += 1
+            return []
+        return self._confirmed(ev, msg.epoch, msg.round, msg.cap, now)
+
+    def _confirmed(
+        self, ev: Received, epoch: int, round_: int, watts: int, now: float
+    ) -> list[object]:
+        """``ev``'s sender applied our price round ``round_`` of ``epoch`` and draws at most
+        ``watts`` from it on (an ``Applied``, or a bid's ``applied_*``; see "Cuts are
+        confirmed")."""
+        if epoch != self._leadership.epoch:
+            self.stats.dropped_stale += 1
+            return []
+        node = ev.sender
+        cap = self._caps.get(node)
+        if cap is None or cap.incarnation != ev.incarnation:
+            self.stats.dropped_unexpected += 1
+            return []
+        if round_ == 0 or round_ > self._price_round:
+            self.stats.dropped_invalid += 1
+            return []
+        if cap.cut and round_ >= cap.cut:
+            cap.cut = 0
+            self.stats.cuts_confirmed += 1
+        held = self._bids.get(node)
+        ceiling = watts
+        grid = self._config.grid
+        for _, result, aggregate, rnd in self._priced:
+            bid = None if held is None or rnd <= round_ else held.counted_at(aggregate)
+            if bid is not None:  # a price sent since, that it may apply next
+                ceiling = max(ceiling, allocate(bid, result, grid))
+        cap.ceiling = ceiling
+        hold = self._holds.get(node)
+        if hold is not None and hold.cut and round_ >= hold.cut:
+            self.stats.holds_confirmed += 1
+            return [self._release(node, now)]
         return []
 
     def _on_price(self, sender: NodeId, msg: wire.Price, now: float) -> list[object]:
@@ -594,7 +691,7 @@ class BrokerMachine(Dispatching):
             if msg.seq == held.seq:
                 held.heard_at = now
                 self.stats.bids_refreshed += 1
-                return [self._ack(node, held)]
+                return [self._ack(node, held), *self._reconfirmed(ev, msg, now)]
         if msg.seq == 0 or msg.problem() is not None:
             self.stats.dropped_invalid += 1
             return []
@@ -617,10 +714,20 @@ class BrokerMachine(Dispatching):
         )
         self._bids[node] = held
         self.stats.bids_accepted += 1
-        out: list[object] = [self._ack(node, held)]
+        out: list[object] = [self._ack(node, held), *self._reconfirmed(ev, msg, now)]
         if old is not None and self._raise_due(old.bid, bid):
             self._reprice_soon(now)
         return out
+
+    def _reconfirmed(self, ev: Received, msg: wire.Bid, now: float) -> list[object]:
+        """A bid says again what its client applied last, if anything of ours: the
+        confirmation that a lost ``Applied`` did not bring (see "Cuts are confirmed")."""
+        if not msg.applied_round or msg.applied_epoch != self._leadership.epoch:
+            return []
+        cap = self._caps.get(ev.sender)
+        if cap is None or cap.incarnation != ev.incarnation:
+            return []
+        return self._confirmed(ev, msg.applied_epoch, msg.applied_round, msg.applied_cap, now)
 
     def _on_clearing(
         self, sender: NodeId, msg: wire.Clearing, now: float, incarnation: int = 0
@@ -694,6 +801,8 @@ class BrokerMachine(Dispatching):
         if not self._active:
             return []
         repeat = self._repeat.due(now) + self._agg_repeat.due(now)
+        if self._confirm_at is not None and now >= self._confirm_at:
+            repeat += self._hold_unconfirmed(now)
         if self._round_at is not None and now >= self._round_at:
             return repeat + self._round(now)
         if self._reprice_at is not None and now >= self._reprice_at:
@@ -795,14 +904,13 @@ class BrokerMachine(Dispatching):
         applied none later), and have the lead hear of it at once (a raise's path)."""
         old = self._holds.get(node)
         if old is not None and old.until > now:
+            if old.cut:  # held for a cut it never confirmed: now for its departure
+                self._holds[node] = attrs.evolve(old, cut=0)
             return []  # held since an earlier departure: it applied none of our prices since
-        horizon = now - self._config.hold_for
-        grid = self._config.grid
-        cap = 0
-        for t, result, aggregate in self._priced:
-            bid = held.counted_at(aggregate)
-            if t > horizon and bid is not None:  # else it took 0 W of that price
-                cap = max(cap, allocate(bid, result, grid))
+        cap = self._most(node, held, now)
+        confirm = self._caps.get(node)
+        if confirm is not None:
+            confirm.cut = 0  # the hold covers a cut it did not confirm
         if not cap:
             return []  # it may draw nothing of ours
         until = self._priced[-1][0] + self._config.hold_for
@@ -810,6 +918,78 @@ class BrokerMachine(Dispatching):
         self.stats.caps_held += 1
         self._reprice_soon(now)
         return [CapHeld(group=self._cluster, node=node, watts=cap, until=until)]
+
+    def _most(self, node: NodeId, held: _Held, now: float) -> int:
+        """The most ``node``'s life of ``held`` may draw of our prices: the most any of the
+        last ``hold_for`` gave it, and no more than its confirmed cap and what the prices
+        since gave it (see "Cuts are confirmed")."""
+        horizon = now - self._config.hold_for
+        grid = self._config.grid
+        most = 0
+        for t, result, aggregate, _ in self._priced:
+            bid = held.counted_at(aggregate)
+            if t > horizon and bid is not None:  # else it took 0 W of that price
+                most = max(most, allocate(bid, result, grid))
+        cap = self._caps.get(node)
+        if cap is not None and cap.incarnation == held.incarnation:
+            most = min(most, cap.ceiling)
+        return most
+
+    def _expect(self, result: ClearingResult, aggregate: int, now: float) -> None:
+        """Price round ``_price_round`` (of ``result`` for ``aggregate``) went: note each
+        member it cut below what it may draw, whose ``Applied`` must come within
+        ``confirm_within`` (see "Cuts are confirmed")."""
+        grid = self._config.grid
+        caps = self._caps
+        rnd = self._price_round
+        for node in sorted(self._bids):
+            held = self._bids[node]
+            bid = held.counted_at(aggregate)
+            if bid is None:
+                continue  # it takes nothing of this price: nothing to confirm
+            watts = allocate(bid, result, grid)
+            cap = caps.get(node)
+            if cap is None or cap.incarnation != held.incarnation:
+                caps[node] = _Cap(incarnation=held.incarnation, ceiling=watts)
+            elif watts >= cap.ceiling:
+                cap.ceiling = watts
+                cap.cut = 0  # whatever it applied, it may draw at most this now
+            elif not cap.cut:
+                cap.cut = rnd
+                cap.cut_at = now
+                if self._confirm_at is None:
+                    self._confirm_at = now + self._config.confirm_within
+        if len(caps) > len(self._bids):
+            for node in [n for n in caps if n not in self._bids and n not in self._holds]:
+                del caps[node]
+
+    def _hold_unconfirmed(self, now: float) -> list[object]:
+        """Hold the members whose cut was not confirmed within ``confirm_within``, at the
+        most they may draw (see "Cuts are confirmed"); set the next such deadline."""
+        out: list[object] = []
+        within = self._config.confirm_within
+        first: float | None = None
+        for node in sorted(self._caps):
+            cap = self._caps[node]
+            if not cap.cut:
+                continue
+            if cap.cut_at + within > now:  # (the sum the deadline was set to: no rounding)
+                first = cap.cut_at if first is None else min(first, cap.cut_at)
+                continue
+            held = self._bids.get(node)
+            rnd, cap.cut = cap.cut, 0
+            if held is None or held.incarnation != cap.incarnation or node in self._holds:
+                continue
+            watts = self._most(node, held, now)
+            if not watts:
+                continue
+            until = self._priced[-1][0] + self._config.hold_for
+            self._holds[node] = _Hold(cap=watts, until=until, incarnation=held.incarnation, cut=rnd)
+            self.stats.cuts_unconfirmed += 1
+            self._reprice_soon(now)
+            out.append(CapHeld(group=self._cluster, node=node, watts=watts, until=until))
+        self._confirm_at = None if first is None else first + within
+        return out
 
     def _release(self, node: NodeId, now: float) -> CapHeld:
         """End ``node``'s hold before its time; the watts go back to the others at once
@@ -940,6 +1120,8 @@ class BrokerMachine(Dispatching):
         self._waiting.clear()
         self._holds.clear()
         self._priced.clear()
+        self._caps.clear()
+        self._confirm_at = None
         self._agg_seq = 0
         self._totals = None
         self._recent = []
@@ -965,6 +1147,8 @@ class BrokerMachine(Dispatching):
         self._waiting.clear()
         self._holds.clear()
         self._priced.clear()
+        self._caps.clear()
+        self._confirm_at = None
         self._totals = None
         self._recent = []
         self._raw = []
@@ -994,8 +1178,9 @@ class BrokerMachine(Dispatching):
         horizon = now - self._config.hold_for
         while priced and priced[0][0] <= horizon:
             del priced[0]
-        priced.append((now, result, aggregate))
         self._price_round += 1
+        priced.append((now, result, aggregate, self._price_round))
+        self._expect(result, aggregate, now)
         self.stats.prices_sent += 1
         return Multicast(
             message=wire.Price(

@@ -28,7 +28,7 @@ bid changes nothing; a broker that a bid never reaches is replaced by the electi
 495 of them ``UAck``; now 1,021, and 1,030 with each aggregate sent twice.)
 
 **Driving.** Inputs: :class:`BidChanged` (command), ``LeaderElected``,
-``Received`` and ``DeadlineReached``. Outputs: ``Send(broker, Bid)``
+``Received`` and ``DeadlineReached``. Outputs: ``Send(broker, Bid)``, ``Send(broker, Applied)``
 and the notifications :class:`PriceUpdated` (every applied price) and
 :class:`AllocationChanged` (whenever the allocation's value changes).
 
@@ -71,8 +71,19 @@ its :class:`PriceUpdated` is emitted) ``raise_after`` later, unless a newer
 price replaces it first. The cuts of the same clearing reach the other
 clients within two message delays (and a repeat, see
 :mod:`~powergrid.protocols.market.repeat`), so the raise they pay for lands
-after them. Release is by time, not by a confirmed cut: a client that never
-applies its cut (crashed, cut off) is not covered.
+after them. Release is by time, not by a confirmed cut; a client that never
+applies its cut (crashed, not detected yet) is covered by the broker instead, which
+holds the cap of a member whose cut is not confirmed (next).
+
+**Cuts are confirmed.** A counted price whose cap is below the most the broker may think
+we draw (the highest cap since our last ``Applied``, the ``ceiling``) is confirmed to the
+broker with :class:`~powergrid.wire.Applied` (epoch, round, the cap drawn from it on: a
+raise waiting for ``raise_after`` counts as applied), once, as a plain datagram; so is any
+counted price that follows a round we never took (it may have given us more). The broker
+holds a member whose cut is not confirmed within its ``confirm_within`` at the most it may
+draw (broker, "Cuts are confirmed"). Every bid (each refresh) says the same of the last
+counted price applied (``applied_*``), so a lost ``Applied`` costs the others that hold
+until the next refresh at most; a raise or an unchanged cap sends nothing.
 
 **A cap outlives its broker.** After a failover (a new broker followed while
 the lease of the last applied price runs), a price of the new broker that does
@@ -289,6 +300,8 @@ class ClientStats:
     """Bids sent again because no ``BidAck`` of them had come ``bid_retry`` after (also in
     ``bids_sent``)."""
     prices_applied: int = 0
+    applied_sent: int = 0
+    """``Applied`` sent to the broker: a price cut the cap, or came after a missed round."""
     prices_carried: int = 0
     """Prices of a new broker that did not count the bid yet, while the cap of the previous
     broker's counted price stayed in force on its lease."""
@@ -320,9 +333,11 @@ class ClientMachine(Dispatching):
         "_acked_at",
         "_acks",
         "_allocation",
+        "_applied",
         "_bids",
         "_broker_life",
         "_carry",
+        "_ceiling",
         "_cluster",
         "_config",
         "_counted",
@@ -375,6 +390,10 @@ class ClientMachine(Dispatching):
         self._refresh_at: float | None = None
         self._retry: tuple[float, float] | None = None  # an unacked bid: (when again, wait)
         self._round = 0
+        # the most the broker may think we draw: our last Applied's cap, or more if a price
+        # since gave more (None: no price of this broker yet; see "Cuts are confirmed")
+        self._ceiling: int | None = None
+        self._applied = (0, 0, 0)  # the last counted price applied: (epoch, round, cap)
         self._broker_life = 0  # the followed broker's incarnation (0: not heard from yet)
         self._allocation: int | None = None
         self._lease_until: float | None = None
@@ -576,6 +595,7 @@ class ClientMachine(Dispatching):
         if msg.round <= self._round:
             self.stats.dropped_duplicate += 1
             return actions
+        missed = msg.round != self._round + 1  # a round we never took: it may have cut us
         result = ClearingResult.checked(msg, self._config.grid)
         if result is None:
             self.stats.dropped_invalid += 1
@@ -647,11 +667,30 @@ class ClientMachine(Dispatching):
             # Make-before-break: the cuts this raise is paid by land within the latency
             # bound (and a repeat); the raise (and its PriceUpdated) waits that long.
             self._release = (now + after, update, grant)
-            return actions
+            return actions + self._confirm(msg.round, allocation, missed) if seq else actions
         actions.append(update)
         if not carried:
             actions += self._grant_cap(grant, allocation, now)
+        if seq:
+            actions += self._confirm(msg.round, self._allocation or 0, missed)
         return actions
+
+    def _confirm(self, round_: int, cap: int, missed: bool) -> list[object]:
+        """A counted price of round ``round_`` leaves us drawing at most ``cap``: tell the
+        broker if that is below the most it may think we draw, or if we missed a round
+        (see "Cuts are confirmed")."""
+        self._applied = (self._leadership.epoch, round_, cap)  # every refresh says it again
+        ceiling = self._ceiling
+        if not missed and (ceiling is None or cap >= ceiling):
+            self._ceiling = cap if ceiling is None else max(ceiling, cap)
+            return []
+        self._ceiling = cap
+        broker = self._leadership.leader
+        if not broker:
+            return []
+        self.stats.applied_sent += 1
+        msg = wire.Applied(epoch=self._leadership.epoch, round=round_, cap=cap)
+        return [Send(to=broker, message=msg)]
 
     def _on_deadline(self, ev: DeadlineReached, now: float) -> list[object]:
         actions: list[object] = []
@@ -695,6 +734,8 @@ class ClientMachine(Dispatching):
         self._acks.clear()
         self._acked_at.clear()
         self._round = 0
+        self._ceiling = None
+        self._applied = (0, 0, 0)
         return self._send_bid(now)
 
     def _send_bid(self, now: float, wait: float | None = None) -> list[object]:
@@ -711,7 +752,7 @@ class ClientMachine(Dispatching):
         wait = cfg.bid_retry if wait is None else wait
         self._retry = (now + wait, wait)
         self.stats.bids_sent += 1
-        return [Send(to=broker, message=bid.to_message(self._seq, self._lead_epoch))]
+        return [Send(to=broker, message=bid.to_message(self._seq, self._lead_epoch, self._applied))]
 
     def _grant_cap(
         self,

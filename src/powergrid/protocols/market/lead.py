@@ -42,6 +42,13 @@ that broker, and a restarted broker-capable node's cluster waited up to a round 
 one (fresh seeds 38,300,721, 38,301,092, 40,100,538 and 41,006,884 with supply steps:
 priced more than 1 s after that node's start). The round schedule moves with it.
 
+**Held caps rise.** An aggregate whose highest class (where brokers put the caps they
+hold for departed members and for cuts nobody confirmed) grew, while its cluster's budget
+is below its ``sum r``, clears at once (``rounds_on_hold``), as a supply drop does: those
+caps may be drawn now, and the others make room; at most once a ``gather`` (0.1 s: a flood
+of forged aggregates made every datagram a round). The raise rule would not clear it below
+the floors, where nobody is owed anything (fresh seed 41,002,802 with supply steps).
+
 **Reserve for silent clusters.** Clients keep their caps for a lease after
 the last price and then fall back to at most their required power, and a
 broker cut off from the lead re-clears its cluster within its last budget: a
@@ -174,7 +181,7 @@ from powergrid._dispatch import Dispatching
 from powergrid.errors import UsageError
 from powergrid.events import DeadlineReached, LeaderElected, Multicast, Received
 from powergrid.protocols.leadership import Leadership, Verdict
-from powergrid.protocols.market.bids import DEFAULT_GRID, Grid
+from powergrid.protocols.market.bids import DEFAULT_GRID, MAX_PRIORITY, Grid
 from powergrid.protocols.market.clearing import (
     ClearingResult,
     Regime,
@@ -322,6 +329,9 @@ class LeadStats:
     """Rounds cleared at once because a rise newly covered the sum of r (or of h)."""
     rounds_on_raise: int = 0
     """Rounds brought forward because a cluster's ``sum r`` rose above its budget."""
+    rounds_on_hold: int = 0
+    """Rounds cleared at once because a cluster's held caps rose beyond its budget's reach
+    (its aggregate's highest class grew while the budget is below its ``sum r``)."""
     rounds_islanded: int = 0
     """Rounds not cleared: the aggregates held count fewer than half the provisioned servers."""
     rounds_at_half: int = 0
@@ -550,6 +560,11 @@ class LeadBrokerMachine(Dispatching):
             if msg.epoch == held.epoch and msg.seq == held.seq:
                 self.stats.dropped_duplicate += 1
                 return []
+        held_before = (
+            held.totals.classes[MAX_PRIORITY][0]
+            if held is not None and held.epoch == msg.epoch
+            else None
+        )
         self._clusters[msg.cluster] = _Latest(
             epoch=msg.epoch, seq=msg.seq, totals=totals, heard_at=now
         )
@@ -570,8 +585,24 @@ class LeadBrokerMachine(Dispatching):
             # "Raises"); or a majority, where the last round cleared within half the supply
             self._round_at = min(self._round_at, now + self._config.gather)
         if grant is not None and grant.budget < totals.required:
+            if held_before is not None and totals.classes[MAX_PRIORITY][0] > held_before:
+                return self._hold_rose(now)
             return self._raise(grant.budget, totals, now)
         return []
+
+    def _hold_rose(self, now: float) -> list[object]:
+        """A cluster's held caps rose beyond its budget: clear now, or ``gather`` after the
+        last clearing if that is later (so forged aggregates cannot make every datagram a
+        round), as for a supply drop (see "Held caps rise")."""
+        assert self._round_at is not None
+        at = self._cleared_at + self._config.gather
+        if at >= self._round_at:
+            return []
+        self.stats.rounds_on_hold += 1
+        if at > now:
+            self._round_at = at
+            return []
+        return self._clear(now)
 
     def _raise(self, given: int, cluster: Totals, now: float) -> list[object]:
         """A cluster's ``sum r`` rose above the budget ``given`` it: if its servers are owed
