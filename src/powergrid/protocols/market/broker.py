@@ -913,11 +913,18 @@ class BrokerMachine(Dispatching):
             confirm.cut = 0  # the hold covers a cut it did not confirm
         if not cap:
             return []  # it may draw nothing of ours
-        until = self._priced[-1][0] + self._config.hold_for
-        self._holds[node] = _Hold(cap=cap, until=until, incarnation=held.incarnation)
         self.stats.caps_held += 1
+        return [self._start_hold(node, cap, held.incarnation, now)]
+
+    def _start_hold(
+        self, node: NodeId, cap: int, incarnation: Incarnation, now: float, cut: int = 0
+    ) -> CapHeld:
+        """Hold ``cap`` for ``node`` until ``hold_for`` after our last price (it applied none
+        later), and have the lead hear of it at once (a raise's path)."""
+        until = self._priced[-1][0] + self._config.hold_for
+        self._holds[node] = _Hold(cap=cap, until=until, incarnation=incarnation, cut=cut)
         self._reprice_soon(now)
-        return [CapHeld(group=self._cluster, node=node, watts=cap, until=until)]
+        return CapHeld(group=self._cluster, node=node, watts=cap, until=until)
 
     def _most(self, node: NodeId, held: _Held, now: float) -> int:
         """The most ``node``'s life of ``held`` may draw of our prices: the most any of the
@@ -981,13 +988,9 @@ class BrokerMachine(Dispatching):
             if held is None or held.incarnation != cap.incarnation or node in self._holds:
                 continue
             watts = self._most(node, held, now)
-            if not watts:
-                continue
-            until = self._priced[-1][0] + self._config.hold_for
-            self._holds[node] = _Hold(cap=watts, until=until, incarnation=held.incarnation, cut=rnd)
-            self.stats.cuts_unconfirmed += 1
-            self._reprice_soon(now)
-            out.append(CapHeld(group=self._cluster, node=node, watts=watts, until=until))
+            if watts:
+                self.stats.cuts_unconfirmed += 1
+                out.append(self._start_hold(node, watts, held.incarnation, now, cut=rnd))
         self._confirm_at = None if first is None else first + within
         return out
 

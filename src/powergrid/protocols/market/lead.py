@@ -594,15 +594,11 @@ class LeadBrokerMachine(Dispatching):
         """A cluster's held caps rose beyond its budget: clear now, or ``gather`` after the
         last clearing if that is later (so forged aggregates cannot make every datagram a
         round), as for a supply drop (see "Held caps rise")."""
-        assert self._round_at is not None
-        at = self._cleared_at + self._config.gather
-        if at >= self._round_at:
+        out = self._bring_forward(self._cleared_at + self._config.gather, now)
+        if out is None:
             return []
         self.stats.rounds_on_hold += 1
-        if at > now:
-            self._round_at = at
-            return []
-        return self._clear(now)
+        return out
 
     def _raise(self, given: int, cluster: Totals, now: float) -> list[object]:
         """A cluster's ``sum r`` rose above the budget ``given`` it: if its servers are owed
@@ -610,14 +606,21 @@ class LeadBrokerMachine(Dispatching):
         ``sum h`` while it covers every ``h``), clear now, or half a round after the last
         clearing (see "Raises")."""
         cfg = self._config
-        assert self._round_at is not None
         totals = combine((self._clusters[c].totals for c in sorted(self._clusters)), cfg.grid)
         if given >= _owed(self._supply, totals, cluster):
             return []
-        at = max(now, self._cleared_at + cfg.round_interval / 2)
-        if at >= self._round_at:
+        out = self._bring_forward(max(now, self._cleared_at + cfg.round_interval / 2), now)
+        if out is None:
             return []
         self.stats.rounds_on_raise += 1
+        return out
+
+    def _bring_forward(self, at: float, now: float) -> list[object] | None:
+        """Clear at ``at`` (at once if it has come) when that is before the next round: the
+        clearing's actions, or [] with the round moved to ``at``; None if it is not sooner."""
+        assert self._round_at is not None
+        if at >= self._round_at:
+            return None
         if at > now:
             self._round_at = at
             return []
