@@ -10,8 +10,8 @@ are straight-line curves (no corners) with seeded random watts and classes.
 brokers a lead. In the steady state (after 8 virtual seconds) the market's
 datagrams per round (``round_interval`` 1 s) are counted where they are sent
 (a multicast counts once) by kind: bids (plain datagrams, resent until
-acknowledged), BidAck, Aggregate, Clearing, Price (and UAck, had bids a reliable
-unicast's acks). The design estimates about
+acknowledged), BidAck, Aggregate, Clearing, Price, Applied (a client confirming a
+cut; none in a steady state) (and UAck, had bids a reliable unicast's acks). The design estimates about
 N + 3B per round (N clients, B brokers). Then one client changes its bid;
 the figure is the virtual time until it applies a price that includes it.
 
@@ -50,6 +50,7 @@ KINDS = {
     50: "aggregate",
     51: "clearing",
     52: "price",
+    53: "applied",
 }
 
 
