@@ -11,8 +11,8 @@ brokers a lead. In the steady state (after 8 virtual seconds) the market's
 datagrams per round (``round_interval`` 1 s) are counted where they are sent
 (a multicast counts once) by kind: bids (plain datagrams, resent until
 acknowledged), BidAck, Aggregate, Clearing, Price, Applied (a client confirming a
-cut; none in a steady state) (and UAck, had bids a reliable unicast's acks). The design estimates about
-N + 3B per round (N clients, B brokers). Then one client changes its bid;
+cut; none in a steady state) (and UAck, had bids a reliable unicast's acks). The
+design estimates about N + 3B per round (N clients, B brokers). Then one client changes its bid;
 the figure is the virtual time until it applies a price that includes it.
 
 *Power in time* (``powergrid.sim`` with its strict power ledger, no loss, 1 ms
