@@ -1283,10 +1283,11 @@ class PricesFresh(_Prices):
     """At the end every live client applied a lead-cleared price within ``bounds.fresh_s``.
 
     A local price after it does not undo it (a broker prices a raise, or a cap it holds for
-    a cut nobody confirmed, within its budget at once: under 20% loss, lost ``Applied``
-    made the last price of seed 517 of the 3-server suite a local one, 0.16 s before the
-    end, 0.84 s after the lead's). The check used to ask for the last price to be the
-    lead's; it asks what this docstring always said."""
+    a cut nobody confirmed, within its budget at once). The check used to ask for the last
+    price to be the lead's; it asks what this docstring always said, and names the local
+    price that came after (seed 517 of the 3-server suite, 20% loss, on a tree where a lost
+    ``Applied`` kept a member held: the lead's last price reached a client at 7.85 s, local
+    ones followed until 11.84 s; the bid's ``applied_*`` fixed that)."""
 
     name = "market-prices-fresh"
 

@@ -667,7 +667,9 @@ class ClientMachine(Dispatching):
             # Make-before-break: the cuts this raise is paid by land within the latency
             # bound (and a repeat); the raise (and its PriceUpdated) waits that long.
             self._release = (now + after, update, grant)
-            return actions + self._confirm(msg.round, allocation, missed) if seq else actions
+            if seq:  # (the raise counts as applied: the broker may think we draw it now)
+                actions += self._confirm(msg.round, allocation, missed)
+            return actions
         actions.append(update)
         if not carried:
             actions += self._grant_cap(grant, allocation, now)
